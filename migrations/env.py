@@ -1,0 +1,16 @@
+"""Alembic environment for the pyfuncs core schema (run by `pyfuncs install`).
+
+The connection comes from pyfuncs (config.attributes["connection"]): a SQLAlchemy
+connection over psycopg 3, so the whole upgrade runs in one transaction.
+"""
+
+from alembic import context
+
+connection = context.config.attributes["connection"]
+context.configure(
+    connection=connection,
+    version_table="pyfuncs_alembic_version",
+    transactional_ddl=True,
+)
+with context.begin_transaction():
+    context.run_migrations()

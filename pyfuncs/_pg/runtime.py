@@ -1,0 +1,379 @@
+"""The pyfuncs runtime that runs inside PostgreSQL.
+
+This file is executed by `pyfuncs.boot()` in the backend's PL/Python interpreter (Debian's
+system Python, stdlib only: nothing from the virtualenv is importable here). `pyfuncs install`
+stores its source in `pyfuncs.runtime_module`.
+
+It provides:
+* a `pyfuncs` module in `sys.modules`, so routine modules keep their normal
+  `from pyfuncs import stored_function, procedure, db` imports;
+* `db`, the routine's handle on the database (parameterised queries with per-backend plan
+  caching, cursors, subtransactions, JWT claims);
+* `routine()`, which turns a deployed routine's module source and spec into the callable that
+  its generated PL/Python body calls: arguments arrive as their hinted Python types, errors
+  leave with an SQLSTATE and the routine's own source file:line.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import hashlib
+import json
+import linecache
+import sys
+import traceback
+import types
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+# plpy is PL/Python's module; it exists only inside the backend, so it is bound by boot().
+# Outside PostgreSQL this file stays importable for RaiseError and Rows (pyfuncs.local).
+plpy: Any = None
+_GD: dict[str, Any] = {}
+
+# --- values ------------------------------------------------------------------------------
+# PL/Python hands these types over as their text form; everything else (numbers, bool, bytea,
+# arrays, jsonb through the transform) already arrives as the natural Python value.
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "datetime": datetime.datetime.fromisoformat,
+    "date": datetime.date.fromisoformat,
+    "time": datetime.time.fromisoformat,
+    "uuid": uuid.UUID,
+}
+
+# type OID -> parser, for values in query results
+_OID_PARSERS: dict[int, str] = {
+    1114: "datetime", 1184: "datetime", 1082: "date", 1083: "time", 2950: "uuid",
+    1115: "list:datetime", 1185: "list:datetime", 1182: "list:date", 1183: "list:time",
+    2951: "list:uuid",
+}  # fmt: skip
+
+
+def _converter(kind: str | None) -> Callable[[Any], Any] | None:
+    if not kind:
+        return None
+    if kind.startswith("list:"):
+        inner = _converter(kind[5:])
+        assert inner is not None
+
+        def convert_list(value: Any) -> Any:
+            if value is None:
+                return None
+            return [convert_list(v) if isinstance(v, list) else _none_or(inner, v) for v in value]
+
+        return convert_list
+    parse = _PARSERS[kind]
+    return lambda value: _none_or(parse, value)
+
+
+def _none_or(fn: Callable[[Any], Any], value: Any) -> Any:
+    return None if value is None else fn(value)
+
+
+def _adapt_param(value: Any) -> tuple[str, Any]:
+    """The SQL type to declare for a query parameter, and the value PL/Python can send."""
+    if value is None:
+        return "text", None
+    if isinstance(value, bool):
+        return "boolean", value
+    if isinstance(value, int):
+        return "bigint", value
+    if isinstance(value, float):
+        return "double precision", value
+    if isinstance(value, decimal.Decimal):
+        return "numeric", value
+    if isinstance(value, str):
+        return "text", value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "bytea", bytes(value)
+    if isinstance(value, datetime.datetime):
+        return ("timestamptz" if value.tzinfo else "timestamp"), value.isoformat()
+    if isinstance(value, datetime.date):
+        return "date", value.isoformat()
+    if isinstance(value, datetime.time):
+        return "time", value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return "uuid", str(value)
+    if isinstance(value, Mapping):
+        return "jsonb", dict(value)
+    if isinstance(value, list | tuple):
+        items = [v for v in value if v is not None]
+        if items and all(not isinstance(v, Mapping | list | tuple) for v in items):
+            sqltype, _ = _adapt_param(items[0])
+            return sqltype + "[]", [_adapt_param(v)[1] for v in value]
+        return "jsonb", list(value)
+    raise TypeError(
+        f"db: cannot pass a {type(value).__name__} as a query parameter; "
+        "use int, float, Decimal, str, bool, bytes, datetime, date, time, UUID, dict or list"
+    )
+
+
+# --- the db handle ----------------------------------------------------------------------
+
+
+class Rows(list[dict[str, Any]]):
+    """Result rows as dicts, plus the number of rows a write touched (`rowcount`)."""
+
+    rowcount: int = 0
+
+
+class Db:
+    """The database, as seen from inside a routine. Runs as the caller; RLS applies."""
+
+    def __init__(self) -> None:
+        self._plans: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+    def _plan(self, query: str, params: Sequence[Any]) -> tuple[Any, list[Any]]:
+        adapted = [_adapt_param(v) for v in params]
+        sqltypes = tuple(t for t, _ in adapted)
+        key = (query, sqltypes)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = plpy.prepare(query, list(sqltypes))
+        return plan, [v for _, v in adapted]
+
+    def execute(self, query: str, params: Sequence[Any] = (), /) -> Rows:
+        """Run `query` with `$1, $2 …` bound to `params`; return the rows as dicts.
+
+        Plans are prepared once per backend for each query text and parameter types.
+        """
+        plan, values = self._plan(query, params)
+        result = plpy.execute(plan, values)
+        rows = Rows(_convert_rows(result))
+        rows.rowcount = result.nrows()
+        return rows
+
+    def fetchone(self, query: str, params: Sequence[Any] = (), /) -> dict[str, Any] | None:
+        """The first row of `query`, or None."""
+        rows = self.execute(query, params)
+        return rows[0] if rows else None
+
+    def fetchval(self, query: str, params: Sequence[Any] = (), /) -> Any:
+        """The first column of the first row of `query`, or None."""
+        row = self.fetchone(query, params)
+        return next(iter(row.values())) if row else None
+
+    def cursor(
+        self, query: str, params: Sequence[Any] = (), /, *, batch: int = 1000
+    ) -> Iterator[dict[str, Any]]:
+        """Iterate over a large result without holding it all in memory."""
+        plan, values = self._plan(query, params)
+        cur = plpy.cursor(plan, values)
+        try:
+            while True:
+                chunk = cur.fetch(batch)
+                if not chunk:
+                    return
+                yield from _convert_rows(chunk)
+        finally:
+            cur.close()
+
+    def subtransaction(self) -> Any:
+        """A savepoint: `with db.subtransaction(): ...` undoes its writes if the block raises."""
+        return plpy.subtransaction()
+
+    def claims(self) -> dict[str, Any]:
+        """The caller's JWT claims (`request.jwt.claims`), empty without a token."""
+        raw = plpy.execute("SELECT current_setting('request.jwt.claims', true) AS c")[0]["c"]
+        return dict(json.loads(raw)) if raw else {}
+
+    def user_id(self) -> uuid.UUID | None:
+        """The caller's `sub` claim as a UUID, or None."""
+        sub = self.claims().get("sub")
+        return uuid.UUID(sub) if sub else None
+
+
+def _convert_rows(result: Any) -> Any:
+    try:
+        names, oids = result.colnames(), result.coltypes()
+    except plpy.Error:  # a utility statement or a write without RETURNING: no columns
+        return result
+    fixes = [(n, _converter(_OID_PARSERS[o])) for n, o in zip(names, oids) if o in _OID_PARSERS]
+    if not fixes:
+        return result
+    for row in result:
+        for name, convert in fixes:
+            row[name] = convert(row[name])  # type: ignore[misc]
+    return result
+
+
+db = Db()
+
+# --- errors -----------------------------------------------------------------------------
+
+
+class RaiseError(Exception):
+    """Raise from a routine to fail with your own SQLSTATE, detail and hint."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sqlstate: str = "P0001",
+        detail: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.sqlstate = sqlstate
+        self.detail = detail
+        self.hint = hint
+
+
+_ERROR_TYPES: dict[str, type] = {}
+
+
+def _error(
+    type_name: str,
+    message: str,
+    sqlstate: str,
+    detail: str | None = None,
+    hint: str | None = None,
+) -> Exception:
+    """A plpy.Error PostgreSQL reports as `<type_name>: <message>` with our SQLSTATE.
+
+    PL/Python prefixes the message with the exception's module and class name, and reads
+    `sqlstate`, `detail` and `hint` attributes off plpy.Error instances; a subclass named after
+    the original exception and placed in `builtins` gives a clean `ValueError: ...` message.
+    """
+    cls = _ERROR_TYPES.get(type_name)
+    if cls is None:
+        cls = _ERROR_TYPES[type_name] = type(type_name, (plpy.Error,), {"__module__": "builtins"})
+    err: Exception = cls(message)
+    err.sqlstate = sqlstate  # type: ignore[attr-defined]
+    if detail:
+        err.detail = detail  # type: ignore[attr-defined]
+    if hint:
+        err.hint = hint  # type: ignore[attr-defined]
+    return err
+
+
+def _translate(routine: str, filename: str, exc: BaseException) -> Exception:
+    """The PostgreSQL error for an exception from a routine, pointing at its own source line."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
+    where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else routine
+    trace = "".join(traceback.format_list(frames)).rstrip()
+    detail: str | None = None
+    hint: str | None = None
+    if isinstance(exc, plpy.SPIError):
+        sqlstate = getattr(exc, "sqlstate", None) or "XX000"
+        message = str(exc.args[0] if exc.args else exc)
+        detail, hint = getattr(exc, "detail", None), getattr(exc, "hint", None)
+    elif isinstance(exc, RaiseError):
+        sqlstate, message, detail, hint = exc.sqlstate, exc.message, exc.detail, exc.hint
+    else:
+        sqlstate, message = "PF000", str(exc)
+    traced = f"Python traceback (routine {routine}):\n{trace}" if trace else None
+    detail = "\n".join(p for p in (detail, traced) if p) or None
+    return _error(type(exc).__name__, f"{message} ({where})", sqlstate, detail, hint)
+
+
+# --- routines ---------------------------------------------------------------------------
+
+
+def _load_module(source: str, filename: str, module_name: str) -> dict[str, Any]:
+    """Execute a routine module once per backend, keyed by its exact source."""
+    modules: dict[str, dict[str, Any]] = _GD.setdefault("pyfuncs.modules", {})
+    key = hashlib.sha256(source.encode()).hexdigest()
+    namespace = modules.get(key)
+    if namespace is None:
+        module = types.ModuleType(module_name)
+        module.__file__ = filename
+        # dataclasses and typing look classes' modules up in sys.modules while they are built
+        sys.modules[module_name] = module
+        # so tracebacks show the routine's source lines: the file itself is not on the server
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        exec(compile(source, filename, "exec"), module.__dict__)
+        namespace = modules[key] = module.__dict__
+    return namespace
+
+
+def routine(spec: Mapping[str, Any], source: str) -> Callable[..., Any]:
+    """Build the callable for one deployed routine (called once per backend and routine).
+
+    `spec` is written by the deployer: qualified name, Python name, file, module name, and per
+    parameter its name, converter and nullability.
+    """
+    qualname: str = spec["routine"]
+    filename: str = spec["file"]
+    try:
+        fn = _load_module(source, filename, spec["module"])[spec["function"]]
+    except Exception as exc:
+        raise _translate(qualname, filename, exc) from None
+    params: list[tuple[str, Callable[[Any], Any] | None, bool]] = [
+        (p["name"], _converter(p.get("convert")), p["nullable"]) for p in spec["params"]
+    ]
+    convert_any = any(c is not None for _, c, _ in params)
+    required = [(i, name) for i, (name, _, nullable) in enumerate(params) if not nullable]
+    setof: bool = spec["setof"]
+    out_names: list[str] | None = spec.get("out_names")
+
+    def check(args: list[Any]) -> list[Any]:
+        for i, name in required:
+            if args[i] is None:
+                raise _error(
+                    "NullNotAllowed",
+                    f"{qualname}: parameter {name!r} must not be NULL",
+                    "22004",
+                    hint=f"pass a value for {name}, or declare it `| None` in {filename}",
+                )
+        if convert_any:
+            try:
+                args = [c(a) if c else a for a, (_, c, _) in zip(args, params)]
+            except ValueError as exc:
+                raise _error(
+                    "InvalidArgument", f"{qualname}: an argument could not be read: {exc}",
+                    "22023", hint="dates and times must use DateStyle ISO",
+                ) from None  # fmt: skip
+        return args
+
+    def rows(result: Any) -> Iterator[Any]:
+        try:
+            yield from result
+        except Exception as exc:
+            raise _translate(qualname, filename, exc) from None
+
+    def call(*args: Any) -> Any:
+        values = check(list(args))
+        try:
+            result = fn(*values)
+        except Exception as exc:
+            raise _translate(qualname, filename, exc) from None
+        if setof:
+            return rows(result if result is not None else ())
+        if out_names is not None and result is not None and len(out_names) == 1:
+            return {out_names[0]: result}
+        return result
+
+    return call
+
+
+# --- the `pyfuncs` module that routine sources import -----------------------------------
+
+
+def _decorator(*args: Any, **_options: Any) -> Any:
+    """In the database the decorators only mark; the definition was read at deploy time."""
+    if len(args) == 1 and callable(args[0]) and not _options:
+        return args[0]
+    return lambda fn: fn
+
+
+def boot(gd: dict[str, Any]) -> None:
+    """Called once per backend by pyfuncs.boot()."""
+    global _GD, plpy
+    import plpy as _plpy  # type: ignore[import-not-found]
+
+    _GD, plpy = gd, _plpy
+    shim = types.ModuleType("pyfuncs")
+    shim.__dict__.update(
+        db=db,
+        Rows=Rows,
+        RaiseError=RaiseError,
+        stored_function=_decorator,
+        procedure=_decorator,
+        __all__=["db", "Rows", "RaiseError", "stored_function", "procedure"],
+    )
+    sys.modules["pyfuncs"] = shim

@@ -1,0 +1,103 @@
+"""The SQL that installs a routine, composed with psycopg.sql (never by string formatting).
+
+SQL type names come from `typemap` (a fixed vocabulary), identifiers go through
+`sql.Identifier`, values (bodies, defaults, comments) through `sql.Literal`.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+from psycopg.abc import AdaptContext
+from psycopg.types.json import Jsonb
+
+from .definition import Definition, Param
+from .typemap import is_json
+
+# The generated PL/Python body. `args` is PL/Python's list of the call's arguments; the
+# runtime is loaded once per backend (GD) and the routine's callable once per function (SD),
+# so a call costs one dict lookup and one Python call on top of bare PL/Python.
+BODY = """\
+# pyfuncs {qualname}: generated from {where}; edit the Python source and deploy it.
+try:
+    c = SD["c"]
+except KeyError:
+    if "pyfuncs.runtime" not in GD:
+        plpy.execute("SELECT pyfuncs.boot()")
+    spec = {spec!r}
+    source = {source!r}
+    c = SD["c"] = GD["pyfuncs.runtime"].routine(spec, source)
+return c(*args)
+"""
+
+
+def body(definition: Definition) -> str:
+    return BODY.format(
+        qualname=definition.qualname,
+        where=definition.where,
+        spec=definition.spec(),
+        source=definition.source,
+    )
+
+
+def routine_ident(schema: str, name: str) -> sql.Composed:
+    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+
+
+def routine_ref(kind: str, schema: str, name: str, identity_args: str) -> sql.Composed:
+    """`FUNCTION api.f(bigint, text)`: names one routine for DROP, GRANT and COMMENT."""
+    return sql.SQL("{} {}({})").format(
+        sql.SQL(kind.upper()), routine_ident(schema, name), sql.SQL(identity_args)
+    )
+
+
+def _default(param: Param) -> sql.Composable:
+    value = param.default
+    if value is not None and is_json(param.type.python):
+        value = Jsonb(value)
+    return sql.SQL(" DEFAULT {}").format(sql.Literal(value)) if param.has_default else sql.SQL("")
+
+
+def create_statement(d: Definition) -> sql.Composed:
+    args: list[sql.Composable] = [
+        sql.SQL("{} {}{}").format(sql.Identifier(p.name), sql.SQL(p.type.sql), _default(p))
+        for p in d.params
+    ]
+    args += [
+        sql.SQL("OUT {} {}").format(sql.Identifier(n), sql.SQL(t.sql)) for n, t in d.out_columns
+    ]
+    shape = d.returns
+    parts: list[sql.Composable] = [
+        sql.SQL("CREATE OR REPLACE {} {}({})").format(
+            sql.SQL(d.kind.upper()), routine_ident(d.schema, d.name), sql.SQL(", ").join(args)
+        )
+    ]
+    if d.kind == "function":
+        if shape.kind == "void":
+            returns: sql.Composable = sql.SQL("void")
+        elif shape.kind == "row" and shape.setof:
+            returns = sql.SQL("TABLE({})").format(
+                sql.SQL(", ").join(
+                    sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t.sql))
+                    for n, t in shape.columns
+                )
+            )
+        elif shape.kind == "row":
+            returns = sql.SQL("record")
+        else:
+            assert shape.scalar is not None
+            returns = sql.SQL(("SETOF " if shape.setof else "") + shape.scalar.sql)
+        parts.append(sql.SQL("RETURNS {}").format(returns))
+    parts.append(sql.SQL("LANGUAGE plpython3u TRANSFORM FOR TYPE jsonb"))
+    if d.kind == "function":
+        o = d.options
+        parts.append(sql.SQL(o.volatility.upper()))
+        if o.strict:
+            parts.append(sql.SQL("STRICT"))
+        parts.append(sql.SQL("PARALLEL " + o.parallel.upper()))
+    parts.append(sql.SQL("SECURITY INVOKER"))
+    parts.append(sql.SQL("AS {}").format(sql.Literal(body(d))))
+    return sql.SQL("\n").join(parts)
+
+
+def render(statement: sql.Composable, context: AdaptContext | None = None) -> str:
+    return statement.as_string(context)

@@ -1,0 +1,299 @@
+"""Deploy routines as immutable versions, and undo deploys.
+
+A deploy runs in one transaction: every routine of a module is installed, or none is. Each
+routine whose definition changed gets a new version row (the exact DDL, source and signature,
+never updated afterwards); a definition equal to an older version switches back to that
+version instead of creating a copy; an unchanged one is left alone. Every deploy that changes
+something is recorded with the versions it switched from and to, which is what `rollback`
+(and an Alembic downgrade) replays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from . import ddl
+from .definition import Definition, collect
+from .errors import DeployError, from_psycopg
+from .queries import query
+
+Action = Literal["created", "updated", "restored", "unchanged", "dropped"]
+
+
+@dataclass(frozen=True)
+class Change:
+    routine: str
+    action: Action
+    version: int | None
+    previous: int | None = None
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    deployment_id: int | None
+    changes: tuple[Change, ...]
+
+    @property
+    def changed(self) -> bool:
+        return any(c.action != "unchanged" for c in self.changes)
+
+
+@contextmanager
+def _errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except psycopg.Error as exc:
+        err = from_psycopg(exc)
+        raise DeployError(f"{what} failed, nothing was changed: {err}") from exc
+
+
+def fingerprint(d: Definition, statement: str) -> str:
+    """A version's identity: the exact DDL plus what is applied around it (grants, comment)."""
+    h = hashlib.sha256(statement.encode())
+    h.update(json.dumps({"roles": sorted(d.options.roles), "doc": d.doc}).encode())
+    return h.hexdigest()
+
+
+def _row(conn: psycopg.Connection[Any], query_name: str, /, **params: Any) -> dict[str, Any] | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query(query_name), params).fetchone()
+
+
+def _rows(conn: psycopg.Connection[Any], query_name: str, /, **params: Any) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query(query_name), params).fetchall()
+
+
+def _needs_drop(current: dict[str, Any] | None, kind: str, signature: dict[str, Any]) -> bool:
+    """CREATE OR REPLACE cannot change argument types, the result type or the routine kind."""
+    if current is None or current["live_version"] is None:
+        return False
+    old = current["signature"]
+    return bool(
+        current["kind"] != kind
+        or current["identity_args"] != signature["identity_args"]
+        or old["returns"] != signature["returns"]
+        or old["out"] != signature["out"]
+    )
+
+
+def _apply(
+    conn: psycopg.Connection[Any],
+    current: dict[str, Any] | None,
+    target: dict[str, Any],
+) -> None:
+    """Make the database routine match a catalog version: DDL, grants, comment, live pointer."""
+    sig = target["signature"]
+    kind, schema, name = sig["kind"], target["schema_name"], target["name"]
+    if _needs_drop(current, kind, sig):
+        _drop(conn, current, schema, name)
+    conn.execute(target["ddl"])
+    ref = ddl.routine_ref(kind, schema, name, target["identity_args"])
+    conn.execute(sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(ref))
+    old_roles = set(current["signature"].get("roles", [])) if current and current["signature"] else set()
+    for role in sorted(old_roles - set(sig["roles"])):
+        conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(ref, sql.Identifier(role)))
+    for role in sig["roles"]:
+        conn.execute(sql.SQL("GRANT EXECUTE ON {} TO {}").format(ref, sql.Identifier(role)))
+    conn.execute(sql.SQL("COMMENT ON {} IS {}").format(ref, sql.Literal(sig.get("doc"))))
+    conn.execute(
+        query("set_live"),
+        {"version": target["version"], "kind": kind, "routine_id": target["routine_id"]},
+    )
+
+
+def _drop(conn: psycopg.Connection[Any], current: dict[str, Any] | None, schema: str, name: str) -> None:
+    if current is None or current["live_version"] is None:
+        return
+    ref = ddl.routine_ref(current["kind"], schema, name, current["identity_args"])
+    conn.execute(sql.SQL("DROP {}").format(ref))
+
+
+def _check_roles(conn: psycopg.Connection[Any], definitions: Sequence[Definition]) -> None:
+    wanted = sorted({r for d in definitions for r in d.options.roles})
+    missing = {row["role"] for row in _rows(conn, "missing_roles", roles=wanted)}
+    if missing:
+        lines = [
+            f"  - {d.where}: {d.qualname} grants EXECUTE to {', '.join(sorted(set(d.options.roles) & missing))}"
+            for d in definitions
+            if set(d.options.roles) & missing
+        ]
+        raise DeployError(
+            "these roles do not exist; create them first (CREATE ROLE name NOLOGIN) or fix "
+            "roles=:\n" + "\n".join(lines)
+        )
+
+
+def deploy_definitions(
+    conn: psycopg.Connection[Any],
+    definitions: Sequence[Definition],
+    *,
+    target: str,
+    label: str | None = None,
+    notify: bool = True,
+) -> DeployResult:
+    """Deploy inside the caller's transaction (no commit): the building block of `deploy`."""
+    conn.execute(query("lock_deploys"))
+    _check_roles(conn, definitions)
+    changes: list[Change] = []
+    switched: list[tuple[int, int | None, int]] = []
+    for d in definitions:
+        statement = ddl.render(ddl.create_statement(d), conn)
+        sha = fingerprint(d, statement)
+        current = _row(conn, "live_routine", schema=d.schema, name=d.name)
+        if current is not None and current["sha256"] == sha:
+            changes.append(Change(d.qualname, "unchanged", current["live_version"]))
+            continue
+        if current is None:
+            routine_id = _row(conn, "insert_routine", schema=d.schema, name=d.name, kind=d.kind)
+            assert routine_id is not None
+            current = {"id": routine_id["id"], "live_version": None, "kind": d.kind,
+                       "identity_args": None, "signature": None, "sha256": None}  # fmt: skip
+        signature = d.signature() | {
+            "identity_args": d.identity_args,
+            "roles": list(d.options.roles),
+            "doc": d.doc,
+        }
+        existing = _row(conn, "version_by_sha", routine_id=current["id"], sha256=sha)
+        if existing is not None:
+            version, action = existing["version"], "restored"
+        else:
+            inserted = _row(
+                conn, "insert_version",
+                routine_id=current["id"], sha256=sha, identity_args=d.identity_args,
+                signature=Jsonb(signature), source=d.source, source_file=d.file,
+                source_line=d.line, ddl=statement,
+            )  # fmt: skip
+            assert inserted is not None
+            version = inserted["version"]
+            action = "created" if current["live_version"] is None else "updated"
+        _apply(conn, current, {
+            "routine_id": current["id"], "version": version, "schema_name": d.schema,
+            "name": d.name, "identity_args": d.identity_args, "signature": signature,
+            "ddl": statement,
+        })  # fmt: skip
+        changes.append(Change(d.qualname, action, version, current["live_version"]))
+        switched.append((current["id"], current["live_version"], version))
+    deployment_id = _record(conn, target, label, switched)
+    if switched and notify:
+        notify_schema_reload(conn)
+    return DeployResult(deployment_id, tuple(changes))
+
+
+def _record(
+    conn: psycopg.Connection[Any],
+    target: str,
+    label: str | None,
+    switched: Sequence[tuple[int, int | None, int | None]],
+) -> int | None:
+    if not switched:
+        return None
+    row = _row(conn, "insert_deployment", label=label, target=target)
+    assert row is not None
+    for routine_id, from_version, to_version in switched:
+        conn.execute(query("insert_change"), {
+            "deployment_id": row["id"], "routine_id": routine_id,
+            "from_version": from_version, "to_version": to_version,
+        })  # fmt: skip
+    return int(row["id"])
+
+
+def notify_schema_reload(conn: psycopg.Connection[Any]) -> None:
+    """Tell PostgREST-style schema caches to reload (delivered when the transaction commits)."""
+    conn.execute("NOTIFY pgrst, 'reload schema'")
+
+
+def deploy(
+    conn: psycopg.Connection[Any],
+    target: str | ModuleType,
+    *,
+    label: str | None = None,
+    notify: bool = True,
+) -> DeployResult:
+    """Deploy every routine of a module (dotted name, file path or module object), all or nothing."""
+    definitions = collect(target)  # raises DefinitionError before touching the database
+    name = target if isinstance(target, str) else target.__name__
+    with _errors(f"deploy of {name}"), conn.transaction():
+        return deploy_definitions(conn, definitions, target=name, label=label, notify=notify)
+
+
+def rollback_deployment(
+    conn: psycopg.Connection[Any], *, label: str | None = None, notify: bool = True
+) -> DeployResult:
+    """Undo the newest deployment still in effect (or the one labelled `label`), in the
+    caller's transaction: every routine it switched goes back to its previous version."""
+    conn.execute(query("lock_deploys"))
+    deployment = _row(conn, "deployment_to_undo", label=label)
+    if deployment is None:
+        what = f"labelled {label!r}" if label else "in effect"
+        raise DeployError(f"there is no deployment {what} to roll back")
+    changes: list[Change] = []
+    for ch in _rows(conn, "deployment_changes", deployment_id=deployment["id"]):
+        qualname = f"{ch['schema_name']}.{ch['name']}"
+        if ch["live_version"] != ch["to_version"]:
+            raise DeployError(
+                f"{qualname} is at version {ch['live_version']}, not {ch['to_version']} as "
+                f"deployment {deployment['id']} left it; roll back the later deployments first"
+            )
+        _switch(conn, ch["routine_id"], ch["from_version"])
+        action: Action = "dropped" if ch["from_version"] is None else "restored"
+        changes.append(Change(qualname, action, ch["from_version"], ch["to_version"]))
+    conn.execute(query("mark_rolled_back"), {"deployment_id": deployment["id"]})
+    if notify:
+        notify_schema_reload(conn)
+    return DeployResult(int(deployment["id"]), tuple(changes))
+
+
+def _switch(conn: psycopg.Connection[Any], routine_id: int, version: int | None) -> None:
+    live = _row(conn, "routine_by_id", routine_id=routine_id)
+    assert live is not None
+    if version is None:
+        _drop(conn, live, live["schema_name"], live["name"])
+        conn.execute(query("set_live"), {"version": None, "kind": None, "routine_id": routine_id})
+        return
+    target = _row(conn, "get_version", routine_id=routine_id, version=version)
+    assert target is not None
+    _apply(conn, live, target | {"routine_id": routine_id})
+
+
+def rollback(
+    conn: psycopg.Connection[Any], *, label: str | None = None, notify: bool = True
+) -> DeployResult:
+    """`rollback_deployment` in its own transaction."""
+    with _errors("rollback"), conn.transaction():
+        return rollback_deployment(conn, label=label, notify=notify)
+
+
+def switch_version(
+    conn: psycopg.Connection[Any], routine: str, version: int, *, notify: bool = True
+) -> DeployResult:
+    """Make an existing version of one routine live again (instant rollback of one routine)."""
+    schema, _, name = routine.rpartition(".")
+    with _errors(f"switch of {routine}"), conn.transaction():
+        conn.execute(query("lock_deploys"))
+        current = _row(conn, "live_routine", schema=schema or "public", name=name)
+        if current is None:
+            raise DeployError(f"no routine {routine} in the catalog; see `pyfuncs status`")
+        if _row(conn, "get_version", routine_id=current["id"], version=version) is None:
+            raise DeployError(f"{routine} has no version {version}; see `pyfuncs status`")
+        _switch(conn, current["id"], version)
+        deployment_id = _record(conn, routine, f"switch to v{version}",
+                                [(current["id"], current["live_version"], version)])  # fmt: skip
+        if notify:
+            notify_schema_reload(conn)
+    return DeployResult(deployment_id, (Change(routine, "restored", version, current["live_version"]),))
+
+
+def status(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    return _rows(conn, "status")

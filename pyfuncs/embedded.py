@@ -1,0 +1,136 @@
+"""A private PostgreSQL cluster under `.pgdata/`, for the demo, tests and local work.
+
+initdb and pg_ctl refuse to run as root, so when we are root they run as the `postgres` OS user
+(`runuser`). The cluster listens on loopback and on a Unix socket inside the data directory,
+on a free port chosen at first start and remembered in `.pgdata/port`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ClusterError
+
+PG_BIN_CANDIDATES = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin")
+SUPERUSER = "postgres"
+DATABASE = "pyfuncs"
+
+
+def _pg_bin() -> Path:
+    env = os.environ.get("PYFUNCS_PG_BIN")
+    for candidate in ([env] if env else []) + list(PG_BIN_CANDIDATES):
+        if (Path(candidate) / "pg_ctl").exists():
+            return Path(candidate)
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).parent
+    raise ClusterError(
+        "PostgreSQL server binaries not found; install postgresql-15 "
+        "(make setup does) or set PYFUNCS_PG_BIN to the directory holding pg_ctl"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """An embedded cluster rooted at `root` (by default `.pgdata` in the working directory)."""
+
+    root: Path
+
+    @classmethod
+    def default(cls) -> Cluster:
+        return cls(Path(os.environ.get("PYFUNCS_PGDATA", ".pgdata")).resolve())
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def port_file(self) -> Path:
+        return self.root / "port"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "postgres.log"
+
+    @property
+    def port(self) -> int:
+        try:
+            return int(self.port_file.read_text())
+        except (FileNotFoundError, ValueError) as exc:
+            raise ClusterError(f"no embedded cluster in {self.root}; run `pyfuncs db up`") from exc
+
+    def url(self, dbname: str = DATABASE) -> str:
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = list(args)
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", SUPERUSER, "--", *cmd]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if check and proc.returncode != 0:
+            raise ClusterError(f"{' '.join(args[:2])} failed:\n{proc.stdout}{proc.stderr}")
+        return proc
+
+    def _own(self) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(self.root, SUPERUSER, SUPERUSER)
+
+    def is_running(self) -> bool:
+        if not (self.data / "PG_VERSION").exists():
+            return False
+        return self._run(str(_pg_bin() / "pg_ctl"), "status", "-D", str(self.data), check=False).returncode == 0
+
+    def up(self) -> str:
+        """Create (first time) and start the cluster; idempotent. Returns its URL."""
+        bin_dir = _pg_bin()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._own()
+        if not (self.data / "PG_VERSION").exists():
+            self._run(
+                str(bin_dir / "initdb"), "-D", str(self.data), "-U", SUPERUSER,
+                "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync",
+            )  # fmt: skip
+        if not self.port_file.exists():
+            self.port_file.write_text(str(_free_port()))
+        if not self.is_running():
+            options = " ".join([
+                f"-p {self.port}", "-c listen_addresses=127.0.0.1",
+                f"-k {self.root}", "-c max_connections=300", "-c shared_buffers=256MB",
+                "-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off",
+                "-c max_wal_size=2GB", "-c logging_collector=off",
+            ])  # fmt: skip
+            if os.geteuid() == 0 and self.log_file.exists():
+                shutil.chown(self.log_file, SUPERUSER, SUPERUSER)
+            self._run(
+                str(bin_dir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data),
+                "-l", str(self.log_file), "-o", options,
+            )  # fmt: skip
+        self._ensure_database()
+        return self.url()
+
+    def _ensure_database(self) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone():
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+
+    def down(self) -> None:
+        """Stop the cluster (fast shutdown); a no-op when it is not running."""
+        if self.is_running():
+            self._run(str(_pg_bin() / "pg_ctl"), "stop", "-m", "fast", "-w", "-D", str(self.data))
+
+    def postmaster_pid(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split()[0])

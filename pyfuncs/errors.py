@@ -1,0 +1,160 @@
+"""One exception hierarchy for everything pyfuncs raises.
+
+Errors that come back from the database carry their SQLSTATE; `from_sqlstate` maps a code to
+the most specific class registered for it (registration through `__init_subclass__(code=...)`,
+the way psycopg.errors does it), so callers catch meaning, not driver classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class PyfuncsError(Exception):
+    """Base class of every pyfuncs error."""
+
+
+class ConfigError(PyfuncsError):
+    """The configuration (DSN, key, option) is missing or malformed."""
+
+
+class ClusterError(PyfuncsError):
+    """The embedded PostgreSQL cluster could not be set up, started or stopped."""
+
+
+class DefinitionError(PyfuncsError):
+    """A routine definition is invalid. Raised before anything is installed."""
+
+    def __init__(self, message: str, *, where: str | None = None) -> None:
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class DeployError(PyfuncsError):
+    """A deploy or rollback failed; the transaction was rolled back and nothing changed."""
+
+
+class MigrationError(PyfuncsError):
+    """Installing, upgrading or downgrading the core schema failed; nothing was changed."""
+
+
+class AuthError(PyfuncsError):
+    """A JWT is invalid, expired, not yet valid, for another audience or wrongly signed."""
+
+
+class ArgumentError(PyfuncsError):
+    """The arguments of a call do not match the routine's signature (checked client-side)."""
+
+
+_BY_CODE: dict[str, type[DatabaseError]] = {}
+
+
+class DatabaseError(PyfuncsError):
+    """An error reported by PostgreSQL, from a routine or around it.
+
+    `sqlstate`, `detail` and `hint` come straight from the server; for an exception raised in a
+    routine body, the message ends with the routine's source file:line.
+    """
+
+    code: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, code: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
+            _BY_CODE[code] = cls
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sqlstate: str | None = None,
+        detail: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate or self.code
+        self.detail = detail
+        self.hint = hint
+
+
+class RoutineFailed(DatabaseError, code="PF000"):
+    """A routine raised an exception that it did not map to an SQLSTATE itself."""
+
+
+class ImmutableVersion(DatabaseError, code="PF001"):
+    """Something tried to change a deployed version in the catalog."""
+
+
+class RuntimeMissing(DatabaseError, code="PF002"):
+    """The in-database runtime is not installed; run `pyfuncs install`."""
+
+
+class RaisedError(DatabaseError, code="P0001"):
+    """A routine raised `pyfuncs.RaiseError` (or plpgsql RAISE EXCEPTION)."""
+
+
+class InvalidArgument(DatabaseError, code="22023"):
+    """An argument value was rejected by the routine before its body ran."""
+
+
+class NullNotAllowed(DatabaseError, code="22004"):
+    """NULL was passed for a parameter that is not Optional."""
+
+
+class PermissionDenied(DatabaseError, code="42501"):
+    """The caller lacks a privilege (EXECUTE on the routine, or a table privilege or policy)."""
+
+
+class UndefinedRoutine(DatabaseError, code="42883"):
+    """No routine matches the name and argument types."""
+
+
+class UniqueViolation(DatabaseError, code="23505"):
+    """A write broke a unique constraint."""
+
+
+class ForeignKeyViolation(DatabaseError, code="23503"):
+    """A write broke a foreign key."""
+
+
+class CheckViolation(DatabaseError, code="23514"):
+    """A write broke a check constraint."""
+
+
+class SerializationFailure(DatabaseError, code="40001"):
+    """A serializable transaction could not be serialized; safe to retry."""
+
+
+class DeadlockDetected(DatabaseError, code="40P01"):
+    """The transaction was chosen as a deadlock victim; safe to retry."""
+
+
+class QueryCanceled(DatabaseError, code="57014"):
+    """The statement was cancelled (statement_timeout, pg_cancel_backend or a routine limit)."""
+
+
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+def from_sqlstate(
+    sqlstate: str | None,
+    message: str,
+    *,
+    detail: str | None = None,
+    hint: str | None = None,
+) -> DatabaseError:
+    """Build the most specific `DatabaseError` for an SQLSTATE."""
+    cls = _BY_CODE.get(sqlstate or "", DatabaseError)
+    return cls(message, sqlstate=sqlstate, detail=detail, hint=hint)
+
+
+def from_psycopg(exc: Exception) -> PyfuncsError:
+    """Translate a psycopg error; the one place driver errors become pyfuncs errors."""
+    import psycopg
+
+    if not isinstance(exc, psycopg.Error):
+        return PyfuncsError(str(exc))
+    diag = exc.diag
+    message = diag.message_primary or str(exc).strip()
+    return from_sqlstate(exc.sqlstate, message, detail=diag.message_detail, hint=diag.message_hint)

@@ -1,0 +1,100 @@
+"""Installing and upgrading the pyfuncs core schema with Alembic.
+
+The migrations live in migrations/ and their SQL in sql/migrations/; `install` runs
+`alembic upgrade head` in one transaction and then stores the in-database runtime
+(pyfuncs/_pg/runtime.py) in `pyfuncs.runtime_module`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from alembic import command, op
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from .errors import MigrationError, from_psycopg
+from .queries import query, read
+
+RUNTIME_FILE = Path(__file__).parent / "_pg" / "runtime.py"
+
+
+def migrations_dir() -> Path:
+    packaged = Path(__file__).parent / "_migrations"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "migrations"
+
+
+def run_sql(name: str) -> None:
+    """Run one file of sql/migrations/ inside the current Alembic migration."""
+    # Straight to psycopg without parameters, so `%` in the SQL is not a placeholder.
+    op.get_bind().connection.driver_connection.execute(read(f"migrations/{name}"))
+
+
+def engine(dsn: str) -> sa.Engine:
+    """A SQLAlchemy engine over psycopg 3 for any DSN form psycopg accepts."""
+    return sa.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn),
+                            poolclass=sa.NullPool)  # fmt: skip
+
+
+def _config(connection: sa.Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["connection"] = connection
+    return config
+
+
+@contextmanager
+def _migrating(dsn: str, what: str) -> Iterator[sa.Connection]:
+    try:
+        with engine(dsn).begin() as connection:
+            yield connection
+    except sa.exc.DBAPIError as exc:
+        err = from_psycopg(exc.orig) if exc.orig is not None else exc
+        raise MigrationError(f"{what} failed, nothing was changed: {err}") from exc
+
+
+def upgrade(dsn: str, revision: str = "head") -> None:
+    with _migrating(dsn, f"upgrade to {revision}") as connection:
+        command.upgrade(_config(connection), revision)
+        if revision == "head":
+            install_runtime(connection)
+
+
+def downgrade(dsn: str, revision: str = "base") -> None:
+    with _migrating(dsn, f"downgrade to {revision}") as connection:
+        command.downgrade(_config(connection), revision)
+
+
+def current_revision(dsn: str) -> str | None:
+    with engine(dsn).connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"version_table": "pyfuncs_alembic_version"}
+        )
+        return context.get_current_revision()
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory(str(migrations_dir())).get_current_head()
+
+
+def install_runtime(connection: sa.Connection) -> None:
+    source = RUNTIME_FILE.read_text()
+    params: dict[str, Any] = {
+        "name": "runtime",
+        "source": source,
+        "sha256": hashlib.sha256(source.encode()).hexdigest(),
+    }
+    connection.exec_driver_sql(query("runtime_upsert"), params)
+
+
+def install(dsn: str) -> str | None:
+    """Install or upgrade the core schema and runtime; returns the schema revision."""
+    upgrade(dsn)
+    return current_revision(dsn)

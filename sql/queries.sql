@@ -1,0 +1,90 @@
+-- Named queries used by pyfuncs (loaded by pyfuncs.queries). Parameters are psycopg's
+-- %(name)s placeholders; identifiers are never formatted into these texts.
+
+-- name: lock_deploys
+-- Deploys and rollbacks run one at a time per database.
+SELECT pg_advisory_xact_lock(hashtext('pyfuncs.deploy'))
+
+-- name: missing_roles
+SELECT r AS role FROM unnest(%(roles)s::text[]) AS r
+WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r)
+
+-- name: live_routine
+SELECT r.id, r.kind, r.live_version, v.sha256, v.identity_args, v.signature
+FROM pyfuncs.routine r
+LEFT JOIN pyfuncs.routine_version v ON v.routine_id = r.id AND v.version = r.live_version
+WHERE r.schema_name = %(schema)s AND r.name = %(name)s
+
+-- name: insert_routine
+INSERT INTO pyfuncs.routine (schema_name, name, kind)
+VALUES (%(schema)s, %(name)s, %(kind)s)
+RETURNING id
+
+-- name: version_by_sha
+SELECT version FROM pyfuncs.routine_version WHERE routine_id = %(routine_id)s AND sha256 = %(sha256)s
+
+-- name: insert_version
+INSERT INTO pyfuncs.routine_version
+    (routine_id, version, sha256, identity_args, signature, source, source_file, source_line, ddl)
+SELECT %(routine_id)s, coalesce(max(version), 0) + 1, %(sha256)s, %(identity_args)s,
+       %(signature)s, %(source)s, %(source_file)s, %(source_line)s, %(ddl)s
+FROM pyfuncs.routine_version WHERE routine_id = %(routine_id)s
+RETURNING version
+
+-- name: get_version
+SELECT r.schema_name, r.name, v.version, v.sha256, v.identity_args, v.signature, v.ddl
+FROM pyfuncs.routine_version v JOIN pyfuncs.routine r ON r.id = v.routine_id
+WHERE v.routine_id = %(routine_id)s AND v.version = %(version)s
+
+-- name: set_live
+UPDATE pyfuncs.routine SET live_version = %(version)s, kind = coalesce(%(kind)s, kind)
+WHERE id = %(routine_id)s
+
+-- name: insert_deployment
+INSERT INTO pyfuncs.deployment (label, target) VALUES (%(label)s, %(target)s) RETURNING id
+
+-- name: insert_change
+INSERT INTO pyfuncs.deployment_change (deployment_id, routine_id, from_version, to_version)
+VALUES (%(deployment_id)s, %(routine_id)s, %(from_version)s, %(to_version)s)
+
+-- name: deployment_to_undo
+-- The newest deployment still in effect, or the one with the given label.
+SELECT id, label, target FROM pyfuncs.deployment
+WHERE rolled_back_at IS NULL AND (%(label)s::text IS NULL OR label = %(label)s)
+  AND EXISTS (SELECT 1 FROM pyfuncs.deployment_change c WHERE c.deployment_id = id)
+ORDER BY id DESC LIMIT 1
+
+-- name: deployment_changes
+SELECT c.routine_id, c.from_version, c.to_version, r.schema_name, r.name, r.live_version
+FROM pyfuncs.deployment_change c JOIN pyfuncs.routine r ON r.id = c.routine_id
+WHERE c.deployment_id = %(deployment_id)s
+ORDER BY c.routine_id DESC
+
+-- name: mark_rolled_back
+UPDATE pyfuncs.deployment SET rolled_back_at = now() WHERE id = %(deployment_id)s
+
+-- name: status
+SELECT r.schema_name, r.name, r.kind, r.live_version,
+       (SELECT max(version) FROM pyfuncs.routine_version WHERE routine_id = r.id) AS versions,
+       v.sha256, v.source_file, v.source_line, v.deployed_by, v.deployed_at
+FROM pyfuncs.routine r
+LEFT JOIN pyfuncs.routine_version v ON v.routine_id = r.id AND v.version = r.live_version
+ORDER BY r.schema_name, r.name
+
+-- name: routine_versions
+SELECT v.version, v.sha256, v.deployed_by, v.deployed_at, v.version = r.live_version AS live
+FROM pyfuncs.routine r JOIN pyfuncs.routine_version v ON v.routine_id = r.id
+WHERE r.schema_name = %(schema)s AND r.name = %(name)s
+ORDER BY v.version
+
+-- name: runtime_upsert
+INSERT INTO pyfuncs.runtime_module (name, source, sha256) VALUES (%(name)s, %(source)s, %(sha256)s)
+ON CONFLICT (name) DO UPDATE
+SET source = excluded.source, sha256 = excluded.sha256, installed_at = now()
+WHERE pyfuncs.runtime_module.sha256 <> excluded.sha256
+
+-- name: routine_by_id
+SELECT r.id, r.schema_name, r.name, r.kind, r.live_version, v.sha256, v.identity_args, v.signature
+FROM pyfuncs.routine r
+LEFT JOIN pyfuncs.routine_version v ON v.routine_id = r.id AND v.version = r.live_version
+WHERE r.id = %(routine_id)s
