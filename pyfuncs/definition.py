@@ -214,6 +214,7 @@ class Definition:
             "returns": {
                 "kind": shape.kind,
                 "setof": shape.setof,
+                "nullable": shape.nullable,
                 "type": shape.scalar.sql if shape.scalar else None,
                 "columns": [[n, t.sql] for n, t in shape.columns],
             },
@@ -316,18 +317,17 @@ def build(fn: Callable[..., Any], source: str | None = None) -> Definition:
             returns = return_shape(hints["return"])
         except UnsupportedType as exc:
             problems.append(f"return type: {exc}")
-    if options.kind == "procedure":
-        if returns.setof:
-            problems.append("a procedure cannot return a set of rows; use @stored_function")
-        out_names = {n for n, _ in (returns.columns or (("result", None),))}
-        clash = out_names & {p.name for p in params} if returns.kind != "void" else set()
-        if clash:
-            problems.append(f"parameter names {sorted(clash)} clash with the result's fields")
-    elif returns.kind == "row" and not returns.setof:
-        clash = {n for n, _ in returns.columns} & {p.name for p in params}
-        if clash:
-            problems.append(f"parameter names {sorted(clash)} clash with the result's fields")
-
+    if options.kind == "procedure" and returns.setof:
+        problems.append("a procedure cannot return a set of rows; use @stored_function")
+    result_names = {n for n, _ in returns.columns}
+    if options.kind == "procedure" and returns.kind == "scalar":
+        result_names = {"result"}
+    clash = result_names & {p.name for p in params}
+    if clash:
+        problems.append(
+            f"parameter names {sorted(clash)} are also result columns; PostgreSQL keeps result "
+            "columns and parameters in one namespace, so rename one side"
+        )
     if problems:
         raise DefinitionError(
             f"routine {name} is invalid:\n" + "\n".join(f"  - {m}" for m in problems), where=where

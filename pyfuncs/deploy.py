@@ -98,6 +98,7 @@ def _apply(
     kind, schema, name = sig["kind"], target["schema_name"], target["name"]
     if _needs_drop(current, kind, sig):
         _drop(conn, current, schema, name)
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
     conn.execute(target["ddl"])
     ref = ddl.routine_ref(kind, schema, name, target["identity_args"])
     conn.execute(sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(ref))
@@ -105,6 +106,9 @@ def _apply(
     for role in sorted(old_roles - set(sig["roles"])):
         conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(ref, sql.Identifier(role)))
     for role in sig["roles"]:
+        # EXECUTE is useless without USAGE on the schema; USAGE alone exposes nothing
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+            sql.Identifier(schema), sql.Identifier(role)))  # fmt: skip
         conn.execute(sql.SQL("GRANT EXECUTE ON {} TO {}").format(ref, sql.Identifier(role)))
     conn.execute(sql.SQL("COMMENT ON {} IS {}").format(ref, sql.Literal(sig.get("doc"))))
     conn.execute(
@@ -229,12 +233,18 @@ def deploy(
 
 
 def rollback_deployment(
-    conn: psycopg.Connection[Any], *, label: str | None = None, notify: bool = True
+    conn: psycopg.Connection[Any],
+    *,
+    label: str | None = None,
+    notify: bool = True,
+    missing_ok: bool = False,
 ) -> DeployResult:
     """Undo the newest deployment still in effect (or the one labelled `label`), in the
     caller's transaction: every routine it switched goes back to its previous version."""
     conn.execute(query("lock_deploys"))
     deployment = _row(conn, "deployment_to_undo", label=label)
+    if deployment is None and missing_ok:
+        return DeployResult(None, ())
     if deployment is None:
         what = f"labelled {label!r}" if label else "in effect"
         raise DeployError(f"there is no deployment {what} to roll back")

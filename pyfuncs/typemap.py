@@ -142,11 +142,13 @@ class ReturnShape:
     scalar: SqlType | None = None
     row_type: type | None = None
     columns: tuple[tuple[str, SqlType], ...] = ()
+    nullable: bool = False
 
 
 def return_shape(hint: Any) -> ReturnShape:
     if hint is None or hint is type(None):
         return ReturnShape("void", False)
+    hint, nullable = _unwrap_optional(hint)
     origin = get_origin(hint)
     setof = origin in (Iterator, Iterable, typing.Generator, list) or hint in (Iterator, Iterable)
     if setof and origin is list:
@@ -161,5 +163,8 @@ def return_shape(hint: Any) -> ReturnShape:
     else:
         item = hint
     if is_row_type(item):
-        return ReturnShape("row", setof, row_type=item, columns=tuple(row_fields(item)))
-    return ReturnShape("scalar", setof, scalar=sql_type(item))
+        columns = tuple(row_fields(item))
+        return ReturnShape("row", setof, row_type=item, columns=columns, nullable=nullable)
+    scalar = sql_type(item)
+    return ReturnShape("scalar", setof, scalar=scalar.with_nullable() if nullable else scalar,
+                       nullable=nullable)  # fmt: skip

@@ -1,0 +1,113 @@
+"""JWT verification and the PostgREST-style request settings derived from a token.
+
+A verified token becomes an `Identity`: the database role to switch to (from a configurable
+claim, PostgREST's `jwt-role-claim-key`) and the claims, which the client sets for one
+transaction as `role` and `request.jwt.claims`: the settings PostgREST and Supabase use, so RLS
+policies written for them (`current_setting('request.jwt.claims', true)::jsonb ->> 'sub'`)
+work unchanged. The connecting login role must be a member of every role a token may name
+(PostgREST's "authenticator" pattern).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+
+from .errors import AuthError, ConfigError
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a call runs as."""
+
+    role: str
+    claims: dict[str, Any] = field(default_factory=dict)
+
+    def settings(self) -> tuple[str, str]:
+        return self.role, json.dumps(self.claims, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class JwtVerifier:
+    """Verifies tokens: HS256 with `secret`, or RS256 with `public_key` (PEM).
+
+    `exp` and `nbf` are checked when present, `aud` against `audience` when configured, `iss`
+    against `issuer` when configured. `role_claim` is a dotted path into the claims
+    (`"role"`, or `"app_metadata.role"`); `default_role` is used when a token has none.
+    """
+
+    secret: str | None = None
+    public_key: str | None = None
+    audience: str | Sequence[str] | None = None
+    issuer: str | None = None
+    role_claim: str = "role"
+    default_role: str | None = None
+    leeway: float = 0.0
+
+    def __post_init__(self) -> None:
+        if (self.secret is None) == (self.public_key is None):
+            raise ConfigError("JwtVerifier needs exactly one of secret (HS256) or public_key (RS256)")
+
+    @classmethod
+    def from_env(cls) -> JwtVerifier:
+        """From PYFUNCS_JWT_SECRET or PYFUNCS_JWT_PUBLIC_KEY, PYFUNCS_JWT_AUDIENCE,
+        PYFUNCS_JWT_ISSUER, PYFUNCS_JWT_ROLE_CLAIM and PYFUNCS_JWT_DEFAULT_ROLE."""
+        env = os.environ.get
+        return cls(
+            secret=env("PYFUNCS_JWT_SECRET"),
+            public_key=env("PYFUNCS_JWT_PUBLIC_KEY"),
+            audience=env("PYFUNCS_JWT_AUDIENCE"),
+            issuer=env("PYFUNCS_JWT_ISSUER"),
+            role_claim=env("PYFUNCS_JWT_ROLE_CLAIM", "role"),
+            default_role=env("PYFUNCS_JWT_DEFAULT_ROLE"),
+        )
+
+    @property
+    def algorithm(self) -> str:
+        return "HS256" if self.secret is not None else "RS256"
+
+    def verify(self, token: str) -> Identity:
+        """Check signature and time claims; raise AuthError saying exactly what is wrong."""
+        key = self.secret if self.secret is not None else self.public_key
+        assert key is not None
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[self.algorithm],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"verify_aud": self.audience is not None},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise AuthError("the token has expired (exp is in the past); get a new one") from exc
+        except jwt.ImmatureSignatureError as exc:
+            raise AuthError("the token is not valid yet (nbf or iat is in the future)") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise AuthError(f"the token is for another audience; expected {self.audience!r}") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise AuthError(f"the token has another issuer; expected {self.issuer!r}") from exc
+        except jwt.InvalidSignatureError as exc:
+            raise AuthError("the token's signature does not verify with the configured key") from exc
+        except jwt.InvalidAlgorithmError as exc:
+            raise AuthError(f"the token is not signed with {self.algorithm}") from exc
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"the token is malformed: {exc}") from exc
+        return Identity(self._role(claims), claims)
+
+    def _role(self, claims: dict[str, Any]) -> str:
+        value: Any = claims
+        for part in self.role_claim.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        role = value if isinstance(value, str) and value else self.default_role
+        if role is None:
+            raise AuthError(
+                f"the token has no {self.role_claim!r} claim and no default role is configured"
+            )
+        return role

@@ -1,0 +1,88 @@
+"""Fixtures shared by every test that needs PostgreSQL.
+
+One embedded cluster per run (started if needed), one template database migrated once per
+session, and one fresh database per test cloned from it with CREATE DATABASE ... TEMPLATE
+(pytest-postgresql's DatabaseJanitor), so tests never see each other's routines or rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from pytest_postgresql.janitor import DatabaseJanitor
+
+from pyfuncs import migrate
+from pyfuncs.embedded import SUPERUSER, Cluster
+
+TEMPLATE = "pyfuncs_test_template"
+ROOT = Path(__file__).resolve().parent.parent
+
+# Cluster-wide roles the tests use: two application roles and PostgREST's login role.
+ROLES_SQL = """
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'student') THEN CREATE ROLE student NOLOGIN; END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'manager') THEN CREATE ROLE manager NOLOGIN; END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticator') THEN
+        CREATE ROLE authenticator LOGIN NOINHERIT;
+    END IF;
+END $$;
+GRANT student, manager TO authenticator;
+"""
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Cluster:
+    cluster = Cluster(Path(os.environ.get("PYFUNCS_TEST_PGDATA", ROOT / ".pgdata")).resolve())
+    cluster.up()
+    return cluster
+
+
+def _janitor(cluster: Cluster, dbname: str, **kwargs: object) -> DatabaseJanitor:
+    return DatabaseJanitor(
+        user=SUPERUSER, host="127.0.0.1", port=cluster.port, dbname=dbname, **kwargs
+    )  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def template(cluster: Cluster) -> str:
+    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
+        conn.execute(ROLES_SQL)
+        conn.execute("UPDATE pg_database SET datistemplate = false WHERE datname = %s", [TEMPLATE])
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEMPLATE)))
+    _janitor(cluster, TEMPLATE, as_template=True).init()
+    migrate.install(cluster.url(TEMPLATE))
+    return TEMPLATE
+
+
+@pytest.fixture
+def dsn(cluster: Cluster, template: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh database for this test, with the core schema installed."""
+    name = "t_" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]
+    janitor = _janitor(cluster, name, template_dbname=template)
+    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    janitor.init()
+    try:
+        yield cluster.url(name)
+    finally:
+        with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def conn(dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def authenticator_dsn(dsn: str) -> str:
+    """The same database, logged in as the non-superuser login role."""
+    return dsn.replace(f"{SUPERUSER}@", "authenticator@", 1)
