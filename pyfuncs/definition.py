@@ -8,11 +8,14 @@ reported with its file:line.
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import importlib
 import importlib.util
 import inspect
 import re
 import sys
+import traceback
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -350,6 +353,36 @@ def build(fn: Callable[..., Any], source: str | None = None) -> Definition:
     )
 
 
+def routine_source(source: str, keep: str, routines: set[str]) -> str:
+    """The module source one routine needs: other routines' definitions become blank lines.
+
+    A routine's version then changes only when its own code or the module code it shares
+    (imports, helpers, row types, constants) changes, and line numbers stay those of the file.
+    Another routine stays when the kept code refers to it by name.
+    """
+    tree = ast.parse(source)
+    spans = {
+        node.name: (min([node.lineno] + [d.lineno for d in node.decorator_list]), node.end_lineno)
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and node.name in routines and node.name != keep
+    }
+    lines = source.splitlines(keepends=True)
+    dropped = set(spans)
+    while True:
+        kept = "".join(
+            line for i, line in enumerate(lines, 1)
+            if not any(spans[n][0] <= i <= (spans[n][1] or i) for n in dropped)
+        )  # fmt: skip
+        used = {n.id for n in ast.walk(ast.parse(kept)) if isinstance(n, ast.Name)}
+        if not dropped & used:
+            break
+        dropped -= used
+    return "".join(
+        "\n" if any(spans[n][0] <= i <= (spans[n][1] or i) for n in dropped) else line
+        for i, line in enumerate(lines, 1)
+    )
+
+
 def load_module(target: str) -> ModuleType:
     """Import a module by dotted name or by file path; syntax errors come back with file:line."""
     try:
@@ -372,6 +405,15 @@ def load_module(target: str) -> ModuleType:
     except ModuleNotFoundError as exc:
         raise DefinitionError(
             f"cannot import {target!r}: {exc}; pass a file path or an importable module name"
+        ) from exc
+    except DefinitionError:
+        raise
+    except Exception as exc:  # the module's own code failed while it was imported
+        frames = traceback.extract_tb(exc.__traceback__)
+        last = frames[-1] if frames else None
+        where = f"{display_path(last.filename)}:{last.lineno}" if last else None
+        raise DefinitionError(
+            f"importing {target} failed: {type(exc).__name__}: {exc}", where=where
         ) from exc
 
 
@@ -402,5 +444,12 @@ def collect(target: str | ModuleType) -> list[Definition]:
         raise DefinitionError("\n".join(errors))
     if not definitions:
         raise DefinitionError(f"{module.__name__} defines no @stored_function or @procedure")
-    return sorted(definitions, key=lambda d: d.line)
+    functions = {d.function.__name__ for d in definitions}
+    return sorted(
+        (
+            dataclasses.replace(d, source=routine_source(d.source, d.function.__name__, functions))
+            for d in definitions
+        ),
+        key=lambda d: d.line,
+    )
 

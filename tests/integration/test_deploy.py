@@ -1,0 +1,203 @@
+"""Deploys are atomic, versioned, immutable, reversible, and validated before they start."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pyfuncs import DefinitionError, DeployError, errors
+from pyfuncs import deploy as deploying
+from pyfuncs.cli import main
+
+HEADER = "from pyfuncs import stored_function, procedure, db\n\n"
+
+
+def write(path: Path, body: str) -> str:
+    path.write_text(HEADER + textwrap.dedent(body))
+    return str(path)
+
+
+def call(conn: psycopg.Connection[Any], query: str) -> Any:
+    row = conn.execute(query).fetchone()
+    assert row is not None
+    return row[0]
+
+
+V1 = """
+@stored_function(schema="dep", roles=["student"])
+def greet(name: str) -> str:
+    return "hello " + name
+
+@stored_function(schema="dep")
+def answer() -> int:
+    return 42
+"""
+V2 = V1.replace('"hello "', '"hi "')
+
+
+def test_versions_unchanged_restore_and_rollback(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    mod = tmp_path / "dep_a.py"
+    first = deploying.deploy(conn, write(mod, V1))
+    assert [(c.routine, c.action, c.version) for c in first.changes] == [
+        ("dep.greet", "created", 1), ("dep.answer", "created", 1)]  # fmt: skip
+    assert call(conn, "SELECT dep.greet('ann')") == "hello ann"
+
+    again = deploying.deploy(conn, str(mod))
+    assert not again.changed and again.deployment_id is None
+
+    second = deploying.deploy(conn, write(mod, V2))
+    assert [(c.routine, c.action, c.version) for c in second.changes] == [
+        ("dep.greet", "updated", 2), ("dep.answer", "unchanged", 1)]  # fmt: skip
+    assert call(conn, "SELECT dep.greet('ann')") == "hi ann"
+
+    # a version records what it is, and never changes
+    row = conn.execute(
+        """SELECT v.version, v.sha256, v.deployed_by, v.source_file, v.identity_args
+           FROM pyfuncs.routine_version v JOIN pyfuncs.routine r ON r.id = v.routine_id
+           WHERE r.name = 'greet' ORDER BY v.version"""
+    ).fetchall()
+    assert [(r[0], len(r[1]), r[2], r[4]) for r in row] == [(1, 64, "postgres", "text"),
+                                                           (2, 64, "postgres", "text")]
+    with pytest.raises(psycopg.Error) as info:
+        conn.execute("UPDATE pyfuncs.routine_version SET source = 'x'")
+    assert info.value.sqlstate == "PF001"
+
+    # undo the last deployment: greet goes back to v1
+    undone = deploying.rollback(conn)
+    assert [(c.routine, c.action, c.version) for c in undone.changes] == [("dep.greet", "restored", 1)]
+    assert call(conn, "SELECT dep.greet('ann')") == "hello ann"
+
+    # redeploying v2's source reuses version 2 instead of copying it
+    third = deploying.deploy(conn, write(mod, V2))
+    assert [(c.action, c.version) for c in third.changes][0] == ("restored", 2)
+
+    # switching one routine by version
+    deploying.switch_version(conn, "dep.greet", 1)
+    assert call(conn, "SELECT dep.greet('x')") == "hello x"
+
+    # undoing the very first deployment drops what it created
+    deploying.rollback(conn)  # the switch
+    deploying.rollback(conn)  # third
+    deploying.rollback(conn)  # first (second was already rolled back)
+    assert call(conn, "SELECT count(*) FROM pg_proc WHERE proname IN ('greet', 'answer')") == 0
+    with pytest.raises(DeployError, match="no deployment in effect"):
+        deploying.rollback(conn)
+
+
+def test_signature_change_replaces_the_function(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    mod = tmp_path / "dep_b.py"
+    deploying.deploy(conn, write(mod, V1))
+    changed = V1.replace("def greet(name: str) -> str:", "def greet(name: str, times: int = 1) -> str:")
+    changed = changed.replace('return "hello " + name', 'return "hello " * times + name')
+    deploying.deploy(conn, write(mod, changed))
+    assert call(conn, "SELECT dep.greet('a', 2)") == "hello hello a"
+    assert call(conn, "SELECT count(*) FROM pg_proc WHERE proname = 'greet'") == 1
+    deploying.rollback(conn)
+    assert call(conn, "SELECT pg_get_function_arguments('dep.greet'::regproc)") == "name text"
+
+
+def test_execute_is_granted_only_to_declared_roles(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    deploying.deploy(conn, write(tmp_path / "dep_c.py", V1))
+    acl = call(conn, "SELECT proacl::text FROM pg_proc WHERE proname = 'greet'")
+    assert "student=X/postgres" in acl and "=X/" not in acl.replace("student=X", "").replace("postgres=X", "")
+    assert call(conn, "SELECT prosecdef FROM pg_proc WHERE proname = 'greet'") is False
+    conn.execute("SET ROLE manager")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT dep.greet('x')")
+    conn.execute("RESET ROLE")
+    conn.execute("SET ROLE student")
+    assert call(conn, "SELECT dep.greet('x')") == "hello x"
+
+
+def test_a_failing_deploy_changes_nothing(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    mod = write(tmp_path / "dep_d.py", V1 + """
+@stored_function(schema="dep")
+def clash() -> int:
+    return 1
+""")
+    # make the third routine's DDL fail: a table in the way of nothing, but a type of that name
+    conn.execute("CREATE SCHEMA dep; CREATE FUNCTION dep.clash() RETURNS text LANGUAGE sql AS 'select 1::text'")
+    with pytest.raises(DeployError, match="nothing was changed"):
+        deploying.deploy(conn, mod)
+    assert call(conn, "SELECT count(*) FROM pyfuncs.routine_version") == 0
+    assert call(conn, "SELECT count(*) FROM pg_proc WHERE proname IN ('greet', 'answer')") == 0
+
+
+def test_missing_roles_are_reported_before_anything_changes(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    mod = write(tmp_path / "dep_e.py", V1.replace('roles=["student"]', 'roles=["nobody_here"]'))
+    with pytest.raises(DeployError, match=r"dep_e.py:\d+: dep.greet grants EXECUTE to nobody_here"):
+        deploying.deploy(conn, mod)
+    assert call(conn, "SELECT count(*) FROM pyfuncs.routine") == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("@stored_function\ndef f(x) -> int:\n    return 1\n", "parameter 'x' has no type annotation"),
+        ("@stored_function\ndef f(x: int):\n    return 1\n", "the return type is not annotated"),
+        ("@stored_function\ndef f(x: set[int]) -> int:\n    return 1\n", "has no PostgreSQL type"),
+        ("@stored_function\ndef f(x: int | str) -> int:\n    return 1\n", "only `T | None` is allowed"),
+        ("@stored_function(schema='Bad-Name')\ndef f() -> int:\n    return 1\n", "schema 'Bad-Name' is not a valid name"),
+        ("@stored_function(security='definer')\ndef f() -> int:\n    return 1\n", "security='definer' is refused"),
+        ("@stored_function\ndef f(*args: int) -> int:\n    return 1\n", "no PostgreSQL equivalent"),
+        ("@stored_function\ndef f(args: int) -> int:\n    return 1\n", "reserved by PL/Python"),
+        ("@stored_function\ndef f(a: int = 1, *, b: int) -> int:\n    return 1\n", "needs one too"),
+        ("@stored_function\ndef f(a: int = None) -> int:\n    return 1\n", "default None needs an Optional type"),
+        ("@stored_function\ndef f() -> Missing:\n    return 1\n", "type hints cannot be resolved"),
+        ("@stored_function\nasync def f() -> int:\n    return 1\n", "async functions cannot run"),
+        ("@procedure\ndef f() -> list[Row]:\n    return []\n", "a procedure cannot return a set"),
+        ("@stored_function\ndef f() -> int\n    return 1\n", "syntax error"),
+        ("@stored_function\ndef f() -> int:\n    return 1\nx = 1 / 0\n", "ZeroDivisionError"),
+    ],
+)
+def test_invalid_definitions_are_reported_with_file_and_line(
+    conn: psycopg.Connection[Any], tmp_path: Path, body: str, message: str
+) -> None:
+    prelude = "from __future__ import annotations\nfrom typing import NamedTuple\n"
+    prelude += "class Row(NamedTuple):\n    a: int\n"
+    mod = tmp_path / f"bad_{abs(hash(body))}.py"
+    mod.write_text(prelude + HEADER + body)
+    with pytest.raises(DefinitionError, match=message) as info:
+        deploying.deploy(conn, str(mod))
+    # the decorator is on line 7; syntax and import errors are reported where they are
+    expected = {"syntax error": 8, "ZeroDivisionError": 10}.get(message, 7)
+    assert re.search(rf"{mod.name}:{expected}\b", str(info.value))
+    assert call(conn, "SELECT count(*) FROM pyfuncs.routine") == 0
+
+
+def test_deploy_notifies_postgrest_to_reload(dsn: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pgrst")
+        deploying.deploy(conn, write(tmp_path / "dep_f.py", V1))
+        notes = list(listener.notifies(timeout=2, stop_after=1))
+        assert [(n.channel, n.payload) for n in notes] == [("pgrst", "reload schema")]
+        deploying.deploy(conn, write(tmp_path / "dep_f.py", V2), notify=False)
+        assert list(listener.notifies(timeout=0.5)) == []
+
+
+def test_cli_deploy_status_rollback(dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mod = write(tmp_path / "dep_g.py", V1)
+    assert main(["--dsn", dsn, "check", mod]) == 0
+    assert main(["--dsn", dsn, "deploy", mod, "--label", "r1"]) == 0
+    assert main(["--dsn", dsn, "status"]) == 0
+    out = capsys.readouterr().out
+    assert "created  dep.greet  v1" in out
+    assert "dep.greet" in out.splitlines()[-2] + out.splitlines()[-1]
+    assert main(["--dsn", dsn, "rollback", "--label", "r1"]) == 0
+    assert "dropped  dep.greet" in capsys.readouterr().out
+    assert main(["--dsn", dsn, "deploy", str(tmp_path / "missing.py")]) == 1
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_runtime_missing_is_a_clear_error(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    deploying.deploy(conn, write(tmp_path / "dep_h.py", V1))
+    conn.execute("DELETE FROM pyfuncs.runtime_module")
+    with pytest.raises(psycopg.Error) as info:
+        conn.execute("SELECT dep.answer()")
+    assert info.value.sqlstate == "PF002"
+    assert errors.from_psycopg(info.value).__class__ is errors.RuntimeMissing
