@@ -322,6 +322,12 @@ def build(fn: Callable[..., Any], source: str | None = None) -> Definition:
             problems.append(f"return type: {exc}")
     if options.kind == "procedure" and returns.setof:
         problems.append("a procedure cannot return a set of rows; use @stored_function")
+    if options.kind == "procedure" and returns.kind != "void" and seen_default:
+        problems.append(
+            "a procedure that returns a value cannot have parameters with defaults (PostgreSQL "
+            "puts its result in OUT parameters, which may not follow defaults); drop the "
+            "defaults, return None, or make it a @stored_function"
+        )
     result_names = {n for n, _ in returns.columns}
     if options.kind == "procedure" and returns.kind == "scalar":
         result_names = {"result"}

@@ -151,6 +151,7 @@ def test_missing_roles_are_reported_before_anything_changes(conn: psycopg.Connec
         ("@stored_function\ndef f() -> Missing:\n    return 1\n", "type hints cannot be resolved"),
         ("@stored_function\nasync def f() -> int:\n    return 1\n", "async functions cannot run"),
         ("@procedure\ndef f() -> list[Row]:\n    return []\n", "a procedure cannot return a set"),
+        ("@procedure\ndef f(a: int = 1) -> int:\n    return a\n", "cannot have parameters with defaults"),
         ("@stored_function\ndef f() -> int\n    return 1\n", "syntax error"),
         ("@stored_function\ndef f() -> int:\n    return 1\nx = 1 / 0\n", "ZeroDivisionError"),
     ],
