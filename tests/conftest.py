@@ -23,20 +23,6 @@ from pyfuncs.embedded import SUPERUSER, Cluster
 TEMPLATE = "pyfuncs_test_template"
 ROOT = Path(__file__).resolve().parent.parent
 
-# Cluster-wide roles the tests use: two application roles and PostgREST's login role.
-ROLES_SQL = """
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'student') THEN CREATE ROLE student NOLOGIN; END IF;
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'manager') THEN CREATE ROLE manager NOLOGIN; END IF;
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticator') THEN
-        CREATE ROLE authenticator LOGIN NOINHERIT;
-    END IF;
-END $$;
-GRANT student, manager TO authenticator;
-"""
-
-
 @pytest.fixture(scope="session")
 def cluster() -> Cluster:
     cluster = Cluster(Path(os.environ.get("PYFUNCS_TEST_PGDATA", ROOT / ".pgdata")).resolve())
@@ -53,7 +39,7 @@ def _janitor(cluster: Cluster, dbname: str, **kwargs: object) -> DatabaseJanitor
 @pytest.fixture(scope="session")
 def template(cluster: Cluster) -> str:
     with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
-        conn.execute(ROLES_SQL)
+        conn.execute((ROOT / "examples" / "academy" / "roles.sql").read_text())
         conn.execute("UPDATE pg_database SET datistemplate = false WHERE datname = %s", [TEMPLATE])
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEMPLATE)))
     _janitor(cluster, TEMPLATE, as_template=True).init()

@@ -103,8 +103,10 @@ def dashboard_stats(for_user: uuid.UUID | None = None) -> DashboardStats:
     Aggregates every row the caller may see: a student's own, or (for a manager) the whole
     academy's, narrowed to one student with `for_user`.
     """
-    today = datetime.date.today()
-    week_start = today - datetime.timedelta(days=6)
+    # days in the session's time zone; `since` as timestamptz lets the planner use the index
+    week = db.fetchone("SELECT current_date - 6 AS start, (current_date - 6)::timestamptz AS since")
+    assert week is not None
+    week_start: datetime.date = week["start"]
     days = db.execute(
         """SELECT updated_at::date AS day,
                   count(*) FILTER (WHERE is_completed) AS lessons,
@@ -112,7 +114,7 @@ def dashboard_stats(for_user: uuid.UUID | None = None) -> DashboardStats:
            FROM student_progress
            WHERE updated_at >= $1 AND ($2::uuid IS NULL OR user_id = $2::uuid)
            GROUP BY 1""",
-        [datetime.datetime.combine(week_start, datetime.time(), datetime.timezone.utc), for_user],
+        [week["since"], for_user],
     )
     by_day = {row["day"]: row for row in days}
     activity = []
@@ -154,12 +156,13 @@ def sales_leaderboard(top: int = 10) -> Iterator[LeaderRow]:
     if top < 1 or top > 100:
         raise RaiseError(f"top must be between 1 and 100, got {top}", sqlstate="22023")
     rows = db.execute(
-        """SELECT t.granted_by AS manager_id, u.full_name AS manager_name,
-                  count(*) AS students,
-                  count(*) FILTER (WHERE t.status = 'active') AS active_students,
-                  coalesce(sum(t.payment_amount) FILTER (WHERE t.status = 'active'), 0) AS revenue
-           FROM tripwire_users t JOIN users u ON u.id = t.granted_by
-           GROUP BY t.granted_by, u.full_name""",
+        """SELECT t.manager_id, u.full_name AS manager_name, t.students, t.active_students,
+                  t.revenue
+           FROM (SELECT granted_by AS manager_id, count(*) AS students,
+                        count(*) FILTER (WHERE status = 'active') AS active_students,
+                        coalesce(sum(payment_amount) FILTER (WHERE status = 'active'), 0) AS revenue
+                 FROM tripwire_users GROUP BY granted_by) t
+           JOIN users u ON u.id = t.manager_id""",
     )
     ranked = sorted(rows, key=lambda r: (-r["revenue"], r["manager_name"]))
     for r in ranked[:top]:

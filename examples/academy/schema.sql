@@ -54,6 +54,8 @@ CREATE TABLE student_progress (
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (user_id, lesson_id)
 );
+CREATE INDEX ON student_progress (updated_at);   -- dashboards look at recent activity
+CREATE INDEX ON student_progress (user_id) WHERE is_completed;   -- completed-lesson counts
 
 CREATE TABLE tripwire_users (
     user_id uuid PRIMARY KEY REFERENCES users (id),
