@@ -51,7 +51,9 @@ class JwtVerifier:
 
     def __post_init__(self) -> None:
         if (self.secret is None) == (self.public_key is None):
-            raise ConfigError("JwtVerifier needs exactly one of secret (HS256) or public_key (RS256)")
+            raise ConfigError(
+                "JwtVerifier needs exactly one of secret (HS256) or public_key (RS256)"
+            )
 
     @classmethod
     def from_env(cls) -> JwtVerifier:
@@ -90,11 +92,15 @@ class JwtVerifier:
         except jwt.ImmatureSignatureError as exc:
             raise AuthError("the token is not valid yet (nbf or iat is in the future)") from exc
         except jwt.InvalidAudienceError as exc:
-            raise AuthError(f"the token is for another audience; expected {self.audience!r}") from exc
+            raise AuthError(
+                f"the token is for another audience; expected {self.audience!r}"
+            ) from exc
         except jwt.InvalidIssuerError as exc:
             raise AuthError(f"the token has another issuer; expected {self.issuer!r}") from exc
         except jwt.InvalidSignatureError as exc:
-            raise AuthError("the token's signature does not verify with the configured key") from exc
+            raise AuthError(
+                "the token's signature does not verify with the configured key"
+            ) from exc
         except jwt.InvalidAlgorithmError as exc:
             raise AuthError(f"the token is not signed with {self.algorithm}") from exc
         except jwt.PyJWTError as exc:

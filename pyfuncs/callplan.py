@@ -120,7 +120,7 @@ def bind(sig: Signature, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict
     names = [p.name for p in sig.params]
     if len(args) > len(names):
         raise ArgumentError(f"{sig.qualname} takes {len(names)} arguments, {len(args)} given")
-    bound = dict(zip(names, args))
+    bound = dict(zip(names, args, strict=False))  # fewer args than names is fine
     for key, value in kwargs.items():
         if key not in names:
             raise ArgumentError(
@@ -132,7 +132,9 @@ def bind(sig: Signature, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict
     for p in sig.params:
         if p.name not in bound:
             if not p.has_default:
-                raise ArgumentError(f"{sig.qualname}: missing required argument {p.name!r} ({p.sql})")
+                raise ArgumentError(
+                    f"{sig.qualname}: missing required argument {p.name!r} ({p.sql})"
+                )
             continue
         value = bound[p.name]
         if value is None:
@@ -201,4 +203,3 @@ def _reader(sig: Signature) -> Callable[[list[dict[str, Any]]], Any]:
     if returns["setof"]:
         return lambda rows: [next(iter(r.values())) for r in rows]
     return lambda rows: rows[0]["result"]
-

@@ -115,9 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--label", help="undo the deployment with this label")
     rb.set_defaults(fn=cmd_rollback)
 
-    sub.add_parser("status", help="routines and their live versions").set_defaults(
-        fn=cmd_status
-    )
+    sub.add_parser("status", help="routines and their live versions").set_defaults(fn=cmd_status)
 
     chk = sub.add_parser("check", help="validate a module's routines without deploying")
     chk.add_argument("target")

@@ -417,9 +417,9 @@ def load_module(target: str) -> ModuleType:
     except Exception as exc:  # the module's own code failed while it was imported
         frames = traceback.extract_tb(exc.__traceback__)
         last = frames[-1] if frames else None
-        where = f"{display_path(last.filename)}:{last.lineno}" if last else None
+        location = f"{display_path(last.filename)}:{last.lineno}" if last else None
         raise DefinitionError(
-            f"importing {target} failed: {type(exc).__name__}: {exc}", where=where
+            f"importing {target} failed: {type(exc).__name__}: {exc}", where=location
         ) from exc
 
 
@@ -458,4 +458,3 @@ def collect(target: str | ModuleType) -> list[Definition]:
         ),
         key=lambda d: d.line,
     )
-

@@ -102,7 +102,9 @@ def _apply(
     conn.execute(target["ddl"])
     ref = ddl.routine_ref(kind, schema, name, target["identity_args"])
     conn.execute(sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(ref))
-    old_roles = set(current["signature"].get("roles", [])) if current and current["signature"] else set()
+    old_roles = (
+        set(current["signature"].get("roles", [])) if current and current["signature"] else set()
+    )
     for role in sorted(old_roles - set(sig["roles"])):
         conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(ref, sql.Identifier(role)))
     for role in sig["roles"]:
@@ -117,7 +119,9 @@ def _apply(
     )
 
 
-def _drop(conn: psycopg.Connection[Any], current: dict[str, Any] | None, schema: str, name: str) -> None:
+def _drop(
+    conn: psycopg.Connection[Any], current: dict[str, Any] | None, schema: str, name: str
+) -> None:
     if current is None or current["live_version"] is None:
         return
     ref = ddl.routine_ref(current["kind"], schema, name, current["identity_args"])
@@ -129,7 +133,8 @@ def _check_roles(conn: psycopg.Connection[Any], definitions: Sequence[Definition
     missing = {row["role"] for row in _rows(conn, "missing_roles", roles=wanted)}
     if missing:
         lines = [
-            f"  - {d.where}: {d.qualname} grants EXECUTE to {', '.join(sorted(set(d.options.roles) & missing))}"
+            f"  - {d.where}: {d.qualname} grants EXECUTE to "
+            + ", ".join(sorted(set(d.options.roles) & missing))
             for d in definitions
             if set(d.options.roles) & missing
         ]
@@ -170,6 +175,7 @@ def deploy_definitions(
             "doc": d.doc,
         }
         existing = _row(conn, "version_by_sha", routine_id=current["id"], sha256=sha)
+        action: Action
         if existing is not None:
             version, action = existing["version"], "restored"
         else:
@@ -225,7 +231,7 @@ def deploy(
     label: str | None = None,
     notify: bool = True,
 ) -> DeployResult:
-    """Deploy every routine of a module (dotted name, file path or module object), all or nothing."""
+    """Deploy every routine of a module (dotted name, file path or module), all or nothing."""
     definitions = collect(target)  # raises DefinitionError before touching the database
     name = target if isinstance(target, str) else target.__name__
     with _errors(f"deploy of {name}"), conn.transaction():
@@ -302,7 +308,9 @@ def switch_version(
                                 [(current["id"], current["live_version"], version)])  # fmt: skip
         if notify:
             notify_schema_reload(conn)
-    return DeployResult(deployment_id, (Change(routine, "restored", version, current["live_version"]),))
+    return DeployResult(
+        deployment_id, (Change(routine, "restored", version, current["live_version"]),)
+    )
 
 
 def status(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:

@@ -89,7 +89,12 @@ class Cluster:
     def is_running(self) -> bool:
         if not (self.data / "PG_VERSION").exists():
             return False
-        return self._run(str(_pg_bin() / "pg_ctl"), "status", "-D", str(self.data), check=False).returncode == 0
+        return (
+            self._run(
+                str(_pg_bin() / "pg_ctl"), "status", "-D", str(self.data), check=False
+            ).returncode
+            == 0
+        )
 
     def up(self) -> str:
         """Create (first time) and start the cluster; idempotent. Returns its URL."""
@@ -124,7 +129,9 @@ class Cluster:
         from psycopg import sql
 
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone():
+            if not conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]
+            ).fetchone():
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
 
     def down(self) -> None:

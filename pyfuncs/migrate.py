@@ -34,7 +34,9 @@ def migrations_dir() -> Path:
 def run_sql(name: str) -> None:
     """Run one file of sql/migrations/ inside the current Alembic migration."""
     # Straight to psycopg without parameters, so `%` in the SQL is not a placeholder.
-    op.get_bind().connection.driver_connection.execute(read(f"migrations/{name}"))
+    driver = op.get_bind().connection.driver_connection
+    assert driver is not None
+    driver.execute(read(f"migrations/{name}"))
 
 
 def engine(dsn: str) -> sa.Engine:

@@ -22,7 +22,9 @@ from .errors import ConfigError
 _signatures = _Signatures()
 
 
-def call(session: orm.Session | sa.Connection, routine: Routine, /, *args: Any, **kwargs: Any) -> Any:
+def call(
+    session: orm.Session | sa.Connection, routine: Routine, /, *args: Any, **kwargs: Any
+) -> Any:
     """Call a routine on the session's connection; commit or roll back with the session."""
     connection = session.connection() if isinstance(session, orm.Session) else session
     driver = connection.connection.driver_connection

@@ -23,6 +23,7 @@ from pyfuncs.embedded import SUPERUSER, Cluster
 TEMPLATE = "pyfuncs_test_template"
 ROOT = Path(__file__).resolve().parent.parent
 
+
 @pytest.fixture(scope="session")
 def cluster() -> Cluster:
     cluster = Cluster(Path(os.environ.get("PYFUNCS_TEST_PGDATA", ROOT / ".pgdata")).resolve())
@@ -41,7 +42,9 @@ def template(cluster: Cluster) -> str:
     with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
         conn.execute((ROOT / "examples" / "academy" / "roles.sql").read_text())
         conn.execute("UPDATE pg_database SET datistemplate = false WHERE datname = %s", [TEMPLATE])
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEMPLATE)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEMPLATE))
+        )
     _janitor(cluster, TEMPLATE, as_template=True).init()
     migrate.install(cluster.url(TEMPLATE))
     return TEMPLATE
@@ -53,13 +56,17 @@ def dsn(cluster: Cluster, template: str, request: pytest.FixtureRequest) -> Iter
     name = "t_" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]
     janitor = _janitor(cluster, name, template_dbname=template)
     with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
     janitor.init()
     try:
         yield cluster.url(name)
     finally:
         with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 @pytest.fixture

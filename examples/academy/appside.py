@@ -17,14 +17,18 @@ from psycopg.rows import dict_row
 from .routines import DashboardStats, LeaderRow, TripwireStats
 
 
-def _rows(conn: psycopg.Connection[Any], query: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+def _rows(
+    conn: psycopg.Connection[Any], query: str, params: list[Any] | None = None
+) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(query, params).fetchall()
 
 
 def sales_leaderboard(conn: psycopg.Connection[Any], top: int = 10) -> list[LeaderRow]:
     sales = _rows(conn, "SELECT * FROM tripwire_users")  # .from('tripwire_users').select('*')
-    names = {u["id"]: u["full_name"] for u in _rows(conn, "SELECT * FROM users WHERE role = 'manager'")}
+    names = {
+        u["id"]: u["full_name"] for u in _rows(conn, "SELECT * FROM users WHERE role = 'manager'")
+    }
     acc: dict[Any, list[Any]] = defaultdict(lambda: [0, 0, Decimal(0)])
     for s in sales:
         a = acc[s["granted_by"]]
@@ -68,7 +72,7 @@ def dashboard_stats(conn: psycopg.Connection[Any]) -> DashboardStats:
 def tripwire_stats(conn: psycopg.Connection[Any], manager_id: Any) -> TripwireStats:
     sales = _rows(conn, "SELECT * FROM tripwire_users WHERE granted_by = %s", [manager_id])
     now = _rows(conn, "SELECT now() AS n")[0]["n"]
-    month_start = now.astimezone(datetime.timezone.utc).replace(day=1, hour=0, minute=0, second=0,
+    month_start = now.astimezone(datetime.UTC).replace(day=1, hour=0, minute=0, second=0,
                                                                 microsecond=0)  # fmt: skip
     active = [s for s in sales if s["status"] == "active"]
     return TripwireStats(

@@ -115,7 +115,10 @@ def main() -> int:
     taps = (tap, admin_tap)
     manager = pf.as_user(token(manager_id, "manager"))
     student = pf.as_user(token(student_id, "student"))
-    with psycopg.connect(admin_url, autocommit=True) as sql_conn, psycopg.connect(admin_tap.url) as raw:
+    with (
+        psycopg.connect(admin_url, autocommit=True) as sql_conn,
+        psycopg.connect(admin_tap.url) as raw,
+    ):
         sql_conn.execute("SET ROLE manager")
         sql_conn.execute("SELECT set_config('request.jwt.claims', %s, false)",
                          [f'{{"sub": "{manager_id}"}}'])  # fmt: skip
@@ -124,10 +127,15 @@ def main() -> int:
         row = sql_conn.execute(
             "CALL api.create_student('sql.student@academy.test', 'From SQL', ARRAY[1, 2], NULL, 49, NULL)"
         ).fetchone()
-        print(f"   SQL:    CALL api.create_student('sql.student@academy.test', ...)  -> {row[0] if row else None}")
+        print(
+            "   SQL:    CALL api.create_student('sql.student@academy.test', ...)"
+            f"  -> {row[0] if row else None}"
+        )
         new_id = manager.call(routines.create_student, "py.student@academy.test", "From Python",
                               [1, 3], "+49 170 1234567", Decimal("99.00"))  # fmt: skip
-        print(f"   Python: manager.call(create_student, 'py.student@academy.test', ...) -> {new_id}")
+        print(
+            f"   Python: manager.call(create_student, 'py.student@academy.test', ...) -> {new_id}"
+        )
         before = raw.execute("SELECT count(*) FROM auth.users").fetchone()
         try:
             manager.call(routines.create_student, "bad.phone@academy.test", "Bad Phone", [1],
@@ -135,8 +143,10 @@ def main() -> int:
         except errors.CheckViolation as exc:
             print(f"   a bad phone fails the 3rd write: [{exc.sqlstate}] {exc}")
         after = raw.execute("SELECT count(*) FROM auth.users").fetchone()
-        print(f"   rows left behind by the failed call: {after[0] - before[0] if after and before else '?'}"
-              "  (the seed's four separate API calls left an auth user and a users row)")
+        print(
+            f"   rows left behind by the failed call: {after[0] - before[0] if after and before else '?'}"
+            "  (the seed's four separate API calls left an auth user and a users row)"
+        )
 
         step("4. sales_leaderboard(top => 5), as a manager")
         board = sql_conn.execute("SELECT manager_name, students, active_students, revenue "
@@ -148,7 +158,9 @@ def main() -> int:
                 lambda: manager.call(routines.sales_leaderboard, top=5),
                 lambda: appside.sales_leaderboard(raw, top=5))  # fmt: skip
 
-        step("5. dashboard_stats(): the whole academy for a manager, only their own rows for a student")
+        step(
+            "5. dashboard_stats(): the whole academy for a manager, only their own rows for a student"
+        )
         stats = manager.call(routines.dashboard_stats)
         print(f"   manager: {stats.completed_total:,} lessons completed, {stats.lessons_today:,} today, "
               f"{stats.watch_minutes_today:,} minutes watched today")  # fmt: skip
@@ -161,7 +173,9 @@ def main() -> int:
                 lambda: appside.dashboard_stats(raw))  # fmt: skip
 
         step("6. tripwire_stats(): one manager's sales")
-        sql_row = sql_conn.execute("SELECT total_students, active_students, revenue FROM api.tripwire_stats()").fetchone()
+        sql_row = sql_conn.execute(
+            "SELECT total_students, active_students, revenue FROM api.tripwire_stats()"
+        ).fetchone()
         print(f"   SQL: SELECT * FROM api.tripwire_stats() -> {sql_row}")
         compare(taps, "tripwire_stats",
                 lambda: manager.call(routines.tripwire_stats),
@@ -171,14 +185,23 @@ def main() -> int:
         try:
             student.call(routines.sales_leaderboard)
         except errors.PermissionDenied as exc:
-            print(f"   a student calling sales_leaderboard: PermissionDenied [{exc.sqlstate}] {exc}")
+            print(
+                f"   a student calling sales_leaderboard: PermissionDenied [{exc.sqlstate}] {exc}"
+            )
         try:
-            pf.as_user(jwt.encode({"sub": str(uuid.uuid4()), "role": "manager"}, "wrong-secret-0123456789012345678"))
+            pf.as_user(
+                jwt.encode(
+                    {"sub": str(uuid.uuid4()), "role": "manager"},
+                    "wrong-secret-0123456789012345678",
+                )
+            )
         except errors.AuthError as exc:
             print(f"   a token signed with another key: AuthError: {exc}")
     pf.close()
-    print(f"\nDone in {time.perf_counter() - started:.1f} s. The cluster keeps running: "
-          "`pyfuncs db url` prints its DSN, `pyfuncs db down` stops it.")
+    print(
+        f"\nDone in {time.perf_counter() - started:.1f} s. The cluster keeps running: "
+        "`pyfuncs db url` prints its DSN, `pyfuncs db down` stops it."
+    )
     return 0
 
 

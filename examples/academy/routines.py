@@ -174,7 +174,7 @@ def sales_leaderboard(top: int = 10) -> Iterator[LeaderRow]:
 def tripwire_stats(manager_id: uuid.UUID | None = None) -> TripwireStats:
     """One manager's sales (the caller's own by default)."""
     manager = manager_id or db.user_id()
-    month_start = datetime.datetime.now(datetime.timezone.utc).replace(
+    month_start = datetime.datetime.now(datetime.UTC).replace(
         day=1, hour=0, minute=0, second=0, microsecond=0
     )
     row = db.fetchone(

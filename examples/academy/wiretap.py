@@ -6,6 +6,7 @@ The demo and the benchmark route connections through it to report real bytes on 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from urllib.parse import urlsplit, urlunsplit
@@ -56,10 +57,8 @@ class WireTap:
             pass
         finally:
             for sock in (src, dst):
-                try:
+                with contextlib.suppress(OSError):  # the other pump may have closed it
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def close(self) -> None:
         self._server.close()

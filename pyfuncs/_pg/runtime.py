@@ -191,7 +191,11 @@ def _convert_rows(result: Any) -> Any:
         names, oids = result.colnames(), result.coltypes()
     except plpy.Error:  # a utility statement or a write without RETURNING: no columns
         return result
-    fixes = [(n, _converter(_OID_PARSERS[o])) for n, o in zip(names, oids) if o in _OID_PARSERS]
+    fixes = [
+        (n, _converter(_OID_PARSERS[o]))
+        for n, o in zip(names, oids, strict=True)
+        if o in _OID_PARSERS
+    ]
     if not fixes:
         return result
     for row in result:
@@ -322,7 +326,7 @@ def routine(spec: Mapping[str, Any], source: str) -> Callable[..., Any]:
                 )
         if convert_any:
             try:
-                args = [c(a) if c else a for a, (_, c, _) in zip(args, params)]
+                args = [c(a) if c else a for a, (_, c, _) in zip(args, params, strict=True)]
             except ValueError as exc:
                 raise _error(
                     "InvalidArgument", f"{qualname}: an argument could not be read: {exc}",
@@ -364,7 +368,7 @@ def _decorator(*args: Any, **_options: Any) -> Any:
 def boot(gd: dict[str, Any]) -> None:
     """Called once per backend by pyfuncs.boot()."""
     global _GD, plpy
-    import plpy as _plpy  # type: ignore[import-not-found]
+    import plpy as _plpy
 
     _GD, plpy = gd, _plpy
     shim = types.ModuleType("pyfuncs")

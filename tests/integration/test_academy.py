@@ -49,35 +49,47 @@ def count(conn: psycopg.Connection[Any], query: str, *params: Any) -> int:
     return int(row[0])
 
 
-def test_two_students_see_only_their_own_rows(academy: psycopg.Connection[Any], client: Client) -> None:
+def test_two_students_see_only_their_own_rows(
+    academy: psycopg.Connection[Any], client: Client
+) -> None:
     for n in (21, 22):
         student = database.person_id(academy, n)
         stats = client.as_user(token(student, "student")).call(routines.dashboard_stats)
         # as the superuser (no RLS), the same numbers for that one student
         assert stats.completed_total == count(
-            academy, "SELECT count(*) FROM student_progress WHERE is_completed AND user_id = %s", student
+            academy,
+            "SELECT count(*) FROM student_progress WHERE is_completed AND user_id = %s",
+            student,
         )
         xp = count(academy, "SELECT xp FROM profiles WHERE id = %s", student)
         assert stats.xp == xp
         # asking for someone else's data gives nothing: RLS hides their rows
         other = database.person_id(academy, 43 - n)
-        assert client.as_user(token(student, "student")).call(
-            routines.dashboard_stats, for_user=other
-        ).completed_total == 0
+        assert (
+            client.as_user(token(student, "student"))
+            .call(routines.dashboard_stats, for_user=other)
+            .completed_total
+            == 0
+        )
     manager = client.as_user(token(database.person_id(academy, 1), "manager"))
     assert manager.call(routines.dashboard_stats).completed_total == count(
         academy, "SELECT count(*) FROM student_progress WHERE is_completed"
     )
 
 
-def test_a_role_without_execute_gets_42501(academy: psycopg.Connection[Any], client: Client) -> None:
+def test_a_role_without_execute_gets_42501(
+    academy: psycopg.Connection[Any], client: Client
+) -> None:
     student = client.as_user(token(database.person_id(academy, 21), "student"))
     with pytest.raises(errors.PermissionDenied) as info:
         student.call(routines.sales_leaderboard)
     assert info.value.sqlstate == "42501"
-    with psycopg.connect(client.pool.conninfo) as conn:  # authenticator itself: no role at all
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("SELECT * FROM api.sales_leaderboard()")
+    # the login role itself, without switching to a role from a token
+    with (
+        psycopg.connect(client.pool.conninfo) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute("SELECT * FROM api.sales_leaderboard()")
 
 
 def test_leaderboard_and_tripwire_stats(academy: psycopg.Connection[Any], client: Client) -> None:
@@ -117,10 +129,18 @@ def test_create_student_is_atomic(academy: psycopg.Connection[Any], client: Clie
     student_id = manager.call(routines.create_student, "New@Academy.test ", "New Student", [1, 2],
                               phone="+49 170 1234567", payment_amount=Decimal("99.00"))  # fmt: skip
     assert isinstance(student_id, uuid.UUID)
-    for table, column in [("auth.users", "id"), ("users", "id"), ("profiles", "id"),
-                          ("tripwire_users", "user_id"), ("sales_activity_log", "student_id")]:
+    for table, column in [
+        ("auth.users", "id"),
+        ("users", "id"),
+        ("profiles", "id"),
+        ("tripwire_users", "user_id"),
+        ("sales_activity_log", "student_id"),
+    ]:
         assert count(academy, f"SELECT count(*) FROM {table} WHERE {column} = %s", student_id) == 1
-    assert count(academy, "SELECT count(*) FROM course_assignments WHERE user_id = %s", student_id) == 2
+    assert (
+        count(academy, "SELECT count(*) FROM course_assignments WHERE user_id = %s", student_id)
+        == 2
+    )
 
 
 def test_create_student_from_sql_with_call(academy: psycopg.Connection[Any]) -> None:
@@ -140,7 +160,10 @@ def test_create_student_from_sql_with_call(academy: psycopg.Connection[Any]) -> 
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda s: token(s, "student", secret="another-secret-that-is-long-enough!"), "signature does not verify"),
+        (
+            lambda s: token(s, "student", secret="another-secret-that-is-long-enough!"),
+            "signature does not verify",
+        ),
         (lambda s: token(s, "student", exp=int(time.time()) - 10), "has expired"),
         (lambda s: token(s, "student", nbf=int(time.time()) + 600), "not valid yet"),
         (lambda s: "not.a.token", "malformed"),
@@ -156,15 +179,19 @@ def test_bad_tokens_are_refused_before_anything_runs(
 
 def test_audience_and_rs256(academy: psycopg.Connection[Any], authenticator_dsn: str) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     verifier = JwtVerifier(public_key=public, audience="academy", role_claim="app.role")
     student = database.person_id(academy, 21)
     claims = {"sub": str(student), "app": {"role": "student"}, "aud": "academy",
               "exp": int(time.time()) + 60}  # fmt: skip
     with Client(authenticator_dsn, jwt=verifier) as client:
-        stats = client.as_user(jwt.encode(claims, key, algorithm="RS256")).call(routines.dashboard_stats)
+        stats = client.as_user(jwt.encode(claims, key, algorithm="RS256")).call(
+            routines.dashboard_stats
+        )
         assert stats.completed_total > 0
         with pytest.raises(errors.AuthError, match="another audience"):
             client.as_user(jwt.encode(claims | {"aud": "other"}, key, algorithm="RS256"))

@@ -43,7 +43,9 @@ def test_isolation_level_is_applied(client: Client) -> None:
         assert tx.connection.execute("SHOW transaction_isolation").fetchone() == ("read committed",)
 
 
-def test_real_serialization_conflict_is_retried(client: Client, conn: psycopg.Connection[Any]) -> None:
+def test_real_serialization_conflict_is_retried(
+    client: Client, conn: psycopg.Connection[Any]
+) -> None:
     conn.execute("CREATE TABLE rty.counter (n int); INSERT INTO rty.counter VALUES (0)")
     serializable = client.options(isolation="serializable", retries=5, backoff=0.001)
     attempts: Counter[str] = Counter()
@@ -74,7 +76,9 @@ def test_real_serialization_conflict_is_retried(client: Client, conn: psycopg.Co
     assert sum(attempts.values()) == 3  # exactly one transaction was retried
 
 
-def test_a_session_spans_several_calls_in_one_transaction(client: Client, conn: psycopg.Connection[Any]) -> None:
+def test_a_session_spans_several_calls_in_one_transaction(
+    client: Client, conn: psycopg.Connection[Any]
+) -> None:
     with pytest.raises(errors.SerializationFailure), client.transaction() as tx:
         first = tx.call("rty.flaky", failures=0)
         tx.connection.execute("CREATE TABLE rty.trace (n int)")

@@ -40,7 +40,9 @@ def answer() -> int:
 V2 = V1.replace('"hello "', '"hi "')
 
 
-def test_versions_unchanged_restore_and_rollback(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+def test_versions_unchanged_restore_and_rollback(
+    conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
     mod = tmp_path / "dep_a.py"
     first = deploying.deploy(conn, write(mod, V1))
     assert [(c.routine, c.action, c.version) for c in first.changes] == [
@@ -61,20 +63,24 @@ def test_versions_unchanged_restore_and_rollback(conn: psycopg.Connection[Any], 
            FROM pyfuncs.routine_version v JOIN pyfuncs.routine r ON r.id = v.routine_id
            WHERE r.name = 'greet' ORDER BY v.version"""
     ).fetchall()
-    assert [(r[0], len(r[1]), r[2], r[4]) for r in row] == [(1, 64, "postgres", "text"),
-                                                           (2, 64, "postgres", "text")]
+    assert [(r[0], len(r[1]), r[2], r[4]) for r in row] == [
+        (1, 64, "postgres", "text"),
+        (2, 64, "postgres", "text"),
+    ]
     with pytest.raises(psycopg.Error) as info:
         conn.execute("UPDATE pyfuncs.routine_version SET source = 'x'")
     assert info.value.sqlstate == "PF001"
 
     # undo the last deployment: greet goes back to v1
     undone = deploying.rollback(conn)
-    assert [(c.routine, c.action, c.version) for c in undone.changes] == [("dep.greet", "restored", 1)]
+    assert [(c.routine, c.action, c.version) for c in undone.changes] == [
+        ("dep.greet", "restored", 1)
+    ]
     assert call(conn, "SELECT dep.greet('ann')") == "hello ann"
 
     # redeploying v2's source reuses version 2 instead of copying it
     third = deploying.deploy(conn, write(mod, V2))
-    assert [(c.action, c.version) for c in third.changes][0] == ("restored", 2)
+    assert (third.changes[0].action, third.changes[0].version) == ("restored", 2)
 
     # switching one routine by version
     deploying.switch_version(conn, "dep.greet", 1)
@@ -89,10 +95,14 @@ def test_versions_unchanged_restore_and_rollback(conn: psycopg.Connection[Any], 
         deploying.rollback(conn)
 
 
-def test_signature_change_replaces_the_function(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+def test_signature_change_replaces_the_function(
+    conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
     mod = tmp_path / "dep_b.py"
     deploying.deploy(conn, write(mod, V1))
-    changed = V1.replace("def greet(name: str) -> str:", "def greet(name: str, times: int = 1) -> str:")
+    changed = V1.replace(
+        "def greet(name: str) -> str:", "def greet(name: str, times: int = 1) -> str:"
+    )
     changed = changed.replace('return "hello " + name', 'return "hello " * times + name')
     deploying.deploy(conn, write(mod, changed))
     assert call(conn, "SELECT dep.greet('a', 2)") == "hello hello a"
@@ -101,10 +111,14 @@ def test_signature_change_replaces_the_function(conn: psycopg.Connection[Any], t
     assert call(conn, "SELECT pg_get_function_arguments('dep.greet'::regproc)") == "name text"
 
 
-def test_execute_is_granted_only_to_declared_roles(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+def test_execute_is_granted_only_to_declared_roles(
+    conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
     deploying.deploy(conn, write(tmp_path / "dep_c.py", V1))
     acl = call(conn, "SELECT proacl::text FROM pg_proc WHERE proname = 'greet'")
-    assert "student=X/postgres" in acl and "=X/" not in acl.replace("student=X", "").replace("postgres=X", "")
+    assert "student=X/postgres" in acl and "=X/" not in acl.replace("student=X", "").replace(
+        "postgres=X", ""
+    )
     assert call(conn, "SELECT prosecdef FROM pg_proc WHERE proname = 'greet'") is False
     conn.execute("SET ROLE manager")
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -115,20 +129,28 @@ def test_execute_is_granted_only_to_declared_roles(conn: psycopg.Connection[Any]
 
 
 def test_a_failing_deploy_changes_nothing(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
-    mod = write(tmp_path / "dep_d.py", V1 + """
+    mod = write(
+        tmp_path / "dep_d.py",
+        V1
+        + """
 @stored_function(schema="dep")
 def clash() -> int:
     return 1
-""")
-    # make the third routine's DDL fail: a table in the way of nothing, but a type of that name
-    conn.execute("CREATE SCHEMA dep; CREATE FUNCTION dep.clash() RETURNS text LANGUAGE sql AS 'select 1::text'")
+""",
+    )
+    # the third routine's DDL fails: a function of that name already returns another type
+    conn.execute(
+        "CREATE SCHEMA dep; CREATE FUNCTION dep.clash() RETURNS text LANGUAGE sql AS 'select 1::text'"
+    )
     with pytest.raises(DeployError, match="nothing was changed"):
         deploying.deploy(conn, mod)
     assert call(conn, "SELECT count(*) FROM pyfuncs.routine_version") == 0
     assert call(conn, "SELECT count(*) FROM pg_proc WHERE proname IN ('greet', 'answer')") == 0
 
 
-def test_missing_roles_are_reported_before_anything_changes(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+def test_missing_roles_are_reported_before_anything_changes(
+    conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
     mod = write(tmp_path / "dep_e.py", V1.replace('roles=["student"]', 'roles=["nobody_here"]'))
     with pytest.raises(DeployError, match=r"dep_e.py:\d+: dep.greet grants EXECUTE to nobody_here"):
         deploying.deploy(conn, mod)
@@ -138,20 +160,38 @@ def test_missing_roles_are_reported_before_anything_changes(conn: psycopg.Connec
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ("@stored_function\ndef f(x) -> int:\n    return 1\n", "parameter 'x' has no type annotation"),
+        (
+            "@stored_function\ndef f(x) -> int:\n    return 1\n",
+            "parameter 'x' has no type annotation",
+        ),
         ("@stored_function\ndef f(x: int):\n    return 1\n", "the return type is not annotated"),
         ("@stored_function\ndef f(x: set[int]) -> int:\n    return 1\n", "has no PostgreSQL type"),
-        ("@stored_function\ndef f(x: int | str) -> int:\n    return 1\n", "only `T | None` is allowed"),
-        ("@stored_function(schema='Bad-Name')\ndef f() -> int:\n    return 1\n", "schema 'Bad-Name' is not a valid name"),
-        ("@stored_function(security='definer')\ndef f() -> int:\n    return 1\n", "security='definer' is refused"),
+        (
+            "@stored_function\ndef f(x: int | str) -> int:\n    return 1\n",
+            "only `T | None` is allowed",
+        ),
+        (
+            "@stored_function(schema='Bad-Name')\ndef f() -> int:\n    return 1\n",
+            "schema 'Bad-Name' is not a valid name",
+        ),
+        (
+            "@stored_function(security='definer')\ndef f() -> int:\n    return 1\n",
+            "security='definer' is refused",
+        ),
         ("@stored_function\ndef f(*args: int) -> int:\n    return 1\n", "no PostgreSQL equivalent"),
         ("@stored_function\ndef f(args: int) -> int:\n    return 1\n", "reserved by PL/Python"),
         ("@stored_function\ndef f(a: int = 1, *, b: int) -> int:\n    return 1\n", "needs one too"),
-        ("@stored_function\ndef f(a: int = None) -> int:\n    return 1\n", "default None needs an Optional type"),
+        (
+            "@stored_function\ndef f(a: int = None) -> int:\n    return 1\n",
+            "default None needs an Optional type",
+        ),
         ("@stored_function\ndef f() -> Missing:\n    return 1\n", "type hints cannot be resolved"),
         ("@stored_function\nasync def f() -> int:\n    return 1\n", "async functions cannot run"),
         ("@procedure\ndef f() -> list[Row]:\n    return []\n", "a procedure cannot return a set"),
-        ("@procedure\ndef f(a: int = 1) -> int:\n    return a\n", "cannot have parameters with defaults"),
+        (
+            "@procedure\ndef f(a: int = 1) -> int:\n    return a\n",
+            "cannot have parameters with defaults",
+        ),
         ("@stored_function\ndef f() -> int\n    return 1\n", "syntax error"),
         ("@stored_function\ndef f() -> int:\n    return 1\nx = 1 / 0\n", "ZeroDivisionError"),
     ],
@@ -171,7 +211,9 @@ def test_invalid_definitions_are_reported_with_file_and_line(
     assert call(conn, "SELECT count(*) FROM pyfuncs.routine") == 0
 
 
-def test_deploy_notifies_postgrest_to_reload(dsn: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+def test_deploy_notifies_postgrest_to_reload(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute("LISTEN pgrst")
         deploying.deploy(conn, write(tmp_path / "dep_f.py", V1))
@@ -181,7 +223,9 @@ def test_deploy_notifies_postgrest_to_reload(dsn: str, conn: psycopg.Connection[
         assert list(listener.notifies(timeout=0.5)) == []
 
 
-def test_cli_deploy_status_rollback(dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_deploy_status_rollback(
+    dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     mod = write(tmp_path / "dep_g.py", V1)
     assert main(["--dsn", dsn, "check", mod]) == 0
     assert main(["--dsn", dsn, "deploy", mod, "--label", "r1"]) == 0

@@ -8,8 +8,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from pyfuncs import errors
 from pyfuncs import deploy as deploying
+from pyfuncs import errors
 from pyfuncs.client import Client
 
 from .modules import errors_mod as m
@@ -71,7 +71,9 @@ def test_a_caught_query_error_does_not_poison_the_call(client: Client) -> None:
     assert client.call(m.caught) == "caught DivisionByZero"
 
 
-def test_null_for_a_required_parameter_is_rejected_by_name(conn: psycopg.Connection[Any], client: Client) -> None:
+def test_null_for_a_required_parameter_is_rejected_by_name(
+    conn: psycopg.Connection[Any], client: Client
+) -> None:
     with pytest.raises(psycopg.errors.NullValueNotAllowed) as info:
         conn.execute("SELECT err.nested(NULL)")
     assert "parameter 'amount' must not be NULL" in str(info.value)
@@ -97,6 +99,6 @@ def test_bad_arguments_are_rejected_before_anything_runs(
 
 
 def test_calling_an_unknown_routine_by_name(client: Client) -> None:
-    with pytest.raises(errors.ArgumentError, match="no routine named 'err.nope' is deployed"):
+    with pytest.raises(errors.ArgumentError, match=r"no routine named 'err\.nope' is deployed"):
         client.call("err.nope")
     assert client.call("err.nested", amount=3) == 3

@@ -15,7 +15,7 @@ from pyfuncs.client import Client
 
 from .modules import types_mod as m
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 SAMPLE: dict[str, Any] = {
     "i": 2**40,
     "small": 7,
@@ -57,7 +57,7 @@ def test_every_type_round_trips_from_sql(client: Client, conn: psycopg.Connectio
         [psycopg.types.json.Jsonb(SAMPLE[n]) if n == "j" else SAMPLE[n] for n in names],
     ).fetchone()
     assert row is not None
-    assert dict(zip(names, row)) == SAMPLE
+    assert dict(zip(names, row, strict=True)) == SAMPLE
 
 
 def test_nulls_round_trip(client: Client) -> None:
@@ -102,7 +102,9 @@ def test_signature_options_and_comment(client: Client, conn: psycopg.Connection[
     assert args == ("""a jsonb, b jsonb DEFAULT '{"default": true}'::jsonb""",)
 
 
-def test_named_arguments_and_defaults_from_sql(client: Client, conn: psycopg.Connection[Any]) -> None:
+def test_named_arguments_and_defaults_from_sql(
+    client: Client, conn: psycopg.Connection[Any]
+) -> None:
     assert conn.execute("SELECT rt.shift(hours => 2, ts => '2024-01-01T00:00:00Z')").fetchone() == (
         datetime.datetime(2024, 1, 1, 2, tzinfo=UTC),
     )

@@ -22,7 +22,7 @@ with context.begin_transaction():
     context.run_migrations()
 """
 
-MIGRATION = '''
+MIGRATION = """
 from alembic import op
 
 revision = "{rev}"
@@ -35,7 +35,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.rollback_routines(label=revision)
-'''
+"""
 
 ROUTINES = """
 from pyfuncs import stored_function
@@ -80,7 +80,9 @@ def live(conn: psycopg.Connection[Any]) -> Any:
     return row
 
 
-def test_upgrade_deploys_and_downgrade_restores(project: Path, dsn: str, conn: psycopg.Connection[Any]) -> None:
+def test_upgrade_deploys_and_downgrade_restores(
+    project: Path, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
     run(project, dsn, "upgrade", "head")
     assert live(conn) == ("two", 7, 2)
     run(project, dsn, "downgrade", "-1")
@@ -91,9 +93,13 @@ def test_upgrade_deploys_and_downgrade_restores(project: Path, dsn: str, conn: p
     assert live(conn) == ("two", 7, 2)
 
 
-def test_a_failing_migration_deploys_nothing(project: Path, dsn: str, conn: psycopg.Connection[Any]) -> None:
-    (project / "routines_a2.py").write_text("from pyfuncs import stored_function\n\n"
-                                            "@stored_function(schema='app')\ndef version(): ...\n")
+def test_a_failing_migration_deploys_nothing(
+    project: Path, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    (project / "routines_a2.py").write_text(
+        "from pyfuncs import stored_function\n\n"
+        "@stored_function(schema='app')\ndef version(): ...\n"
+    )
     with pytest.raises(Exception, match="return type is not annotated"):
         run(project, dsn, "upgrade", "head")
     assert conn.execute("SELECT count(*) FROM pyfuncs.routine").fetchone() == (0,)

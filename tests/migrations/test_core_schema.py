@@ -19,7 +19,9 @@ from pyfuncs.queries import read
 def empty_db(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     name = f"mig_{request.node.name[:40].lower()}"
     with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     yield cluster.url(name)
     with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
@@ -37,12 +39,16 @@ def dump(url: str) -> str:
     return "\n".join(line for line in out.splitlines() if not line.startswith(skip))
 
 
-def test_upgrade_from_empty_gives_the_declared_schema(empty_db: str, cluster: Cluster, request: Any) -> None:
+def test_upgrade_from_empty_gives_the_declared_schema(
+    empty_db: str, cluster: Cluster, request: Any
+) -> None:
     migrate.upgrade(empty_db)
     declared = empty_db.rsplit("/", 1)[0] + "/" + "decl_" + empty_db.rsplit("/", 1)[1][4:]
     name = declared.rsplit("/", 1)[1]
     with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
         with psycopg.connect(declared, autocommit=True) as conn:

@@ -22,7 +22,9 @@ def test_role_and_claims() -> None:
 
 def test_default_role_and_nested_claim() -> None:
     token = jwt.encode({"sub": "u1", "app_metadata": {"role": "manager"}}, SECRET)
-    assert JwtVerifier(secret=SECRET, role_claim="app_metadata.role").verify(token).role == "manager"
+    assert (
+        JwtVerifier(secret=SECRET, role_claim="app_metadata.role").verify(token).role == "manager"
+    )
     bare = jwt.encode({"sub": "u1"}, SECRET)
     assert JwtVerifier(secret=SECRET, default_role="anon").verify(bare).role == "anon"
 

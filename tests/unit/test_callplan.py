@@ -11,7 +11,9 @@ from pyfuncs.callplan import bind, plan, signature_of
 
 
 @stored_function(schema="api")
-def f(when: datetime.date, ids: list[uuid.UUID], meta: dict[str, Any], note: str | None = None) -> int:
+def f(
+    when: datetime.date, ids: list[uuid.UUID], meta: dict[str, Any], note: str | None = None
+) -> int:
     return 1
 
 
@@ -40,5 +42,8 @@ def test_bad_arguments(args: tuple[Any, ...], kwargs: dict[str, Any], message: s
 def test_statement_uses_named_arguments_with_casts() -> None:
     p = plan(SIG, (datetime.date(2020, 1, 1), [uuid.UUID(int=1)], {"a": 1}), {})
     text = p.statement.as_string(None)
-    assert text == 'SELECT "api"."f"("when" => %s::date, "ids" => %s::uuid[], "meta" => %s::jsonb) AS result'
+    assert (
+        text
+        == 'SELECT "api"."f"("when" => %s::date, "ids" => %s::uuid[], "meta" => %s::jsonb) AS result'
+    )
     assert p.read([{"result": 7}]) == 7

@@ -54,7 +54,7 @@ def test_undecorated_functions_are_refused() -> None:
 
 
 def test_routine_source_blanks_other_routines_but_keeps_line_numbers() -> None:
-    source = textwrap.dedent('''\
+    source = textwrap.dedent("""\
         import x
 
         def helper():
@@ -71,7 +71,7 @@ def test_routine_source_blanks_other_routines_but_keeps_line_numbers() -> None:
         @stored_function
         def c():
             return 3
-    ''')
+    """)
     only_a = routine_source(source, "a", {"a", "b", "c"})
     assert only_a.count("\n") == source.count("\n")
     assert "def a" in only_a and "def helper" in only_a

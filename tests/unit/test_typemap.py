@@ -32,9 +32,14 @@ from pyfuncs.typemap import UnsupportedType, return_shape, sql_type
         (list[datetime.date], "date[]", "list:date", False),
         (list[list[uuid.UUID]], "uuid[]", "list:uuid", False),
         (int | None, "bigint", None, True),
-        (Optional[str], "text", None, True),  # noqa: UP007
+        (Optional[str], "text", None, True),  # noqa: UP045 - the spelling under test
         (Annotated[int, "integer"], "integer", None, False),
-        (Annotated[datetime.datetime, "timestamp without time zone"], "timestamp without time zone", "datetime", False),
+        (
+            Annotated[datetime.datetime, "timestamp without time zone"],
+            "timestamp without time zone",
+            "datetime",
+            False,
+        ),
     ],
 )
 def test_sql_types(hint: Any, sql: str, convert: str | None, nullable: bool) -> None:
@@ -68,7 +73,10 @@ def test_return_shapes() -> None:
     assert return_shape(Iterator[int]).setof
     assert return_shape(list[int]).scalar is not None and not return_shape(list[int]).setof
     shape = return_shape(DC)
-    assert shape.kind == "row" and [(n, t.sql) for n, t in shape.columns] == [("a", "bigint"), ("b", "date")]
+    assert shape.kind == "row" and [(n, t.sql) for n, t in shape.columns] == [
+        ("a", "bigint"),
+        ("b", "date"),
+    ]
     assert return_shape(list[NT]).setof and return_shape(list[NT]).row_type is NT
     assert return_shape(Iterator[TD]).columns[0][0] == "y"
     assert return_shape(DC | None).nullable

@@ -1,0 +1,43 @@
+# One command per task. `make demo` and `make test` install what they need on first use:
+# Debian's PL/Python for PostgreSQL 15 and a virtualenv at .venv with pyfuncs and its tools.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PLPYTHON := /usr/share/postgresql/15/extension/plpython3u.control
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: setup demo test lint bench clean db-down
+
+setup: $(PLPYTHON) $(STAMP)
+
+$(PLPYTHON):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql-15 postgresql-plpython3-15
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/python -m examples.academy.demo
+
+test: setup
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check pyfuncs tests examples bench
+	$(BIN)/ruff format --check pyfuncs tests examples bench
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python -m bench.run
+
+db-down: setup
+	$(BIN)/pyfuncs db down
+
+clean: db-down
+	rm -rf $(VENV) .pgdata
