@@ -189,19 +189,13 @@ class Definition:
         return ()
 
     def spec(self) -> dict[str, Any]:
-        """What the in-database runtime needs to call this routine."""
-        out = self.out_columns
+        """What the in-database runtime needs to load this routine (see ddl.body for calls)."""
         return {
             "routine": self.qualname,
             "function": self.function.__name__,
             "module": self.module_name,
             "file": self.file,
-            "params": [
-                {"name": p.name, "convert": p.type.convert, "nullable": p.type.nullable}
-                for p in self.params
-            ],
-            "setof": self.returns.setof,
-            "out_names": [n for n, _ in out] if self.kind == "procedure" and out else None,
+            "converters": sorted({p.type.convert for p in self.params if p.type.convert}),
         }
 
     def signature(self) -> dict[str, Any]:
@@ -292,7 +286,7 @@ def build(fn: Callable[..., Any], source: str | None = None) -> Definition:
                             "PostgreSQL equivalent; use named parameters")  # fmt: skip
             continue
         _check_name(label + " name", p.name, problems)
-        if p.name in _RESERVED_PARAMS:
+        if p.name in _RESERVED_PARAMS or p.name.startswith("_pf"):
             problems.append(f"{label}: the name is reserved by PL/Python; rename it")
         if p.name not in hints:
             problems.append(f"{label} has no type annotation; add one (e.g. `{p.name}: int`)")

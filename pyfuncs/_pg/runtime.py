@@ -295,64 +295,63 @@ def _load_module(source: str, filename: str, module_name: str) -> dict[str, Any]
     return namespace
 
 
-def routine(spec: Mapping[str, Any], source: str) -> Callable[..., Any]:
-    """Build the callable for one deployed routine (called once per backend and routine).
+class Routine:
+    """One deployed routine, loaded in this backend: what its generated body calls.
 
-    `spec` is written by the deployer: qualified name, Python name, file, module name, and per
-    parameter its name, converter and nullability.
+    The body (pyfuncs/ddl.py) does the per-call work inline, so a call costs what bare
+    PL/Python costs plus one direct call of the user's function: `null` and the converters
+    run only for the parameters that need them, `fail` and `rows` only on errors and sets.
     """
-    qualname: str = spec["routine"]
-    filename: str = spec["file"]
-    try:
-        fn = _load_module(source, filename, spec["module"])[spec["function"]]
-    except Exception as exc:
-        raise _translate(qualname, filename, exc) from None
-    params: list[tuple[str, Callable[[Any], Any] | None, bool]] = [
-        (p["name"], _converter(p.get("convert")), p["nullable"]) for p in spec["params"]
-    ]
-    convert_any = any(c is not None for _, c, _ in params)
-    required = [(i, name) for i, (name, _, nullable) in enumerate(params) if not nullable]
-    setof: bool = spec["setof"]
-    out_names: list[str] | None = spec.get("out_names")
 
-    def check(args: list[Any]) -> list[Any]:
-        for i, name in required:
-            if args[i] is None:
-                raise _error(
-                    "NullNotAllowed",
-                    f"{qualname}: parameter {name!r} must not be NULL",
-                    "22004",
-                    hint=f"pass a value for {name}, or declare it `| None` in {filename}",
-                )
-        if convert_any:
+    __slots__ = ("convert", "filename", "fn", "qualname")
+
+    def __init__(self, spec: Mapping[str, Any], source: str) -> None:
+        self.qualname: str = spec["routine"]
+        self.filename: str = spec["file"]
+        try:
+            self.fn = _load_module(source, self.filename, spec["module"])[spec["function"]]
+        except Exception as exc:
+            raise self.fail(exc) from None
+        self.convert = {kind: self._reading(_converter(kind)) for kind in spec["converters"]}
+
+    def _reading(self, convert: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+        assert convert is not None
+
+        def read(value: Any) -> Any:
             try:
-                args = [c(a) if c else a for a, (_, c, _) in zip(args, params, strict=True)]
+                return convert(value)
             except ValueError as exc:
                 raise _error(
-                    "InvalidArgument", f"{qualname}: an argument could not be read: {exc}",
+                    "InvalidArgument", f"{self.qualname}: an argument could not be read: {exc}",
                     "22023", hint="dates and times must use DateStyle ISO",
                 ) from None  # fmt: skip
-        return args
 
-    def rows(result: Any) -> Iterator[Any]:
+        return read
+
+    def null(self, name: str) -> Exception:
+        return _error(
+            "NullNotAllowed",
+            f"{self.qualname}: parameter {name!r} must not be NULL",
+            "22004",
+            hint=f"pass a value for {name}, or declare it `| None` in {self.filename}",
+        )
+
+    def fail(self, exc: BaseException) -> Exception:
+        if type(exc) in _ERROR_TYPES.values():  # already translated (a NULL or unreadable argument)
+            return exc  # type: ignore[return-value]
+        return _translate(self.qualname, self.filename, exc)
+
+    def rows(self, result: Any) -> Iterator[Any]:
+        """A set-returning routine's rows; errors while iterating are translated too."""
         try:
-            yield from result
+            yield from (result if result is not None else ())
         except Exception as exc:
-            raise _translate(qualname, filename, exc) from None
+            raise self.fail(exc) from None
 
-    def call(*args: Any) -> Any:
-        values = check(list(args))
-        try:
-            result = fn(*values)
-        except Exception as exc:
-            raise _translate(qualname, filename, exc) from None
-        if setof:
-            return rows(result if result is not None else ())
-        if out_names is not None and result is not None and len(out_names) == 1:
-            return {out_names[0]: result}
-        return result
 
-    return call
+def routine(spec: Mapping[str, Any], source: str) -> Routine:
+    """Load one deployed routine (once per backend and routine; the body keeps it in SD)."""
+    return Routine(spec, source)
 
 
 # --- the `pyfuncs` module that routine sources import -----------------------------------

@@ -37,10 +37,7 @@ def test_definition_describes_the_routine() -> None:
     assert d.identity_args == "bigint, date"
     assert d.doc == "Docs."
     assert d.where.endswith("test_definition.py:18")  # the decorator line
-    assert d.spec()["params"] == [
-        {"name": "top", "convert": None, "nullable": False},
-        {"name": "since", "convert": "date", "nullable": True},
-    ]
+    assert d.spec()["converters"] == ["date"]
     assert d.signature()["returns"]["columns"] == [["total", "bigint"]]
     assert build(enroll).kind == "procedure" and build(enroll).out_columns == ()
 

@@ -1,0 +1,214 @@
+"""`make bench`: pyfuncs against its baselines, measured in the same run, reported as ratios.
+
+(a) A trivial routine: pyfuncs vs a bare plpython3u function vs a SQL function,
+    - as round trips: pgbench, many concurrent clients, prepared statements;
+    - inside the database: one query calling the function for 1,000,000 rows (no network),
+      as calls per second of the backend's CPU time.
+(b) The academy at 1,000,000 progress rows: sales_leaderboard and dashboard_stats as pyfuncs
+    routines vs the seed application's way (fetch raw rows with psycopg, aggregate in Python),
+    time and bytes on the wire.
+
+Results are printed and written to bench/results/latest.json. Targets: (a) >= 0.85 of bare
+PL/Python throughput; (b) >= 20x faster and >= 1000x fewer bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jwt
+import psycopg
+from psycopg import sql
+
+from examples.academy import appside, database
+from examples.academy import routines as academy
+from examples.academy.wiretap import WireTap
+from pyfuncs import deploy as deploying
+from pyfuncs import migrate
+from pyfuncs.auth import JwtVerifier
+from pyfuncs.client import Client
+from pyfuncs.embedded import Cluster, _pg_bin
+
+from . import routines as trivial
+
+DB = "pyfuncs_bench"
+CLIENTS = int(os.environ.get("BENCH_CLIENTS", "16"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "6"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+ROWS = 1_000_000
+SECRET = "bench-secret-0123456789-0123456789-0123"
+RESULTS = Path(__file__).parent / "results"
+
+BASELINES = """
+CREATE FUNCTION bench.bare_add_one(x bigint) RETURNS bigint
+LANGUAGE plpython3u IMMUTABLE PARALLEL SAFE AS 'return x + 1';
+CREATE FUNCTION bench.sql_add_one(x bigint) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS 'SELECT x + 1';
+"""
+FUNCTIONS = {"pyfuncs": "bench.add_one", "bare plpython3u": "bench.bare_add_one",
+             "sql": "bench.sql_add_one"}  # fmt: skip
+
+
+def pgbench_tps(url: str, function: str) -> float:
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
+        script.write(f"\\set n random(1, 1000000)\nSELECT {function}(:n);\n")
+    os.chmod(script.name, 0o644)
+    out = subprocess.run(
+        [str(_pg_bin() / "pgbench"), "-n", "-M", "prepared", "-c", str(CLIENTS), "-j", "2",
+         "-T", str(SECONDS), "-f", script.name, url],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    os.unlink(script.name)
+    match = re.search(r"tps = ([\d.]+)", out)
+    assert match, out
+    return float(match.group(1))
+
+
+def backend_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a backend process (the benchmark runs on the same machine).
+
+    CPU time, unlike wall time, barely moves when other processes compete for the cores.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def in_database_rate(conn: psycopg.Connection[Any], function: str, runs: int = 3) -> float:
+    """Calls per CPU second of `function` inside one query (best of `runs`)."""
+    query = sql.SQL("SELECT count({}(i)) FROM generate_series(1, %s) i").format(
+        sql.SQL(function)  # a fixed name from FUNCTIONS
+    )
+    conn.execute(query, [1000])  # warm: the runtime and the routine load once per backend
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    best = float("inf")
+    for _ in range(runs):
+        before = backend_cpu_seconds(row[0])
+        conn.execute(query, [ROWS])
+        best = min(best, backend_cpu_seconds(row[0]) - before)
+    return ROWS / best
+
+
+def bench_a(url: str) -> dict[str, Any]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS bench")
+        conn.execute(BASELINES)
+        deploying.deploy(conn, trivial)
+        # interleave rounds, reversing the order each time, so that drift on a shared machine
+        # (and being first or last) hits every target alike; report medians
+        tps: dict[str, list[float]] = {name: [] for name in FUNCTIONS}
+        inside: dict[str, list[float]] = {name: [] for name in FUNCTIONS}
+        for round_ in range(ROUNDS):
+            order = list(FUNCTIONS.items())
+            for name, fn in order if round_ % 2 == 0 else reversed(order):
+                tps[name].append(pgbench_tps(url, fn))
+                inside[name].append(in_database_rate(conn, fn))
+    result = {
+        "round_trips_tps": {n: statistics.median(v) for n, v in tps.items()},
+        "in_database_calls_per_s": {n: statistics.median(v) for n, v in inside.items()},
+    }
+    for key in ("round_trips_tps", "in_database_calls_per_s"):
+        bare = result[key]["bare plpython3u"]
+        result[key + "_ratio_vs_bare"] = {n: v / bare for n, v in result[key].items()}
+    return result
+
+
+def measure(tap: WireTap, fn: Callable[[], Any], runs: int) -> tuple[Any, float, int]:
+    fn()
+    times, sizes, value = [], [], None
+    for _ in range(runs):
+        tap.reset()
+        start = time.perf_counter()
+        value = fn()
+        times.append(time.perf_counter() - start)
+        sizes.append(tap.total)
+    return value, statistics.median(times), int(statistics.median(sizes))
+
+
+def bench_b(cluster: Cluster, url: str) -> dict[str, Any]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        database.build(conn, students=50_000)
+        manager_id = database.person_id(conn, 1)
+    ours_tap = WireTap(url.replace("postgres@", "authenticator@", 1))
+    app_tap = WireTap(url)
+    token = jwt.encode({"sub": str(manager_id), "role": "manager"}, SECRET)
+    results: dict[str, Any] = {}
+    with (
+        Client(ours_tap.url, jwt=JwtVerifier(secret=SECRET), max_size=1) as pf,
+        psycopg.connect(app_tap.url) as raw,
+    ):
+        manager = pf.as_user(token)
+        cases: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
+            "sales_leaderboard": (lambda: manager.call(academy.sales_leaderboard, top=10),
+                                  lambda: appside.sales_leaderboard(raw, top=10)),
+            "dashboard_stats": (lambda: manager.call(academy.dashboard_stats),
+                                lambda: appside.dashboard_stats(raw)),
+        }  # fmt: skip
+        for name, (ours, seed) in cases.items():
+            mine, t1, b1 = measure(ours_tap, ours, runs=7)
+            theirs, t2, b2 = measure(app_tap, seed, runs=3)
+            if mine != theirs:
+                raise SystemExit(f"{name}: pyfuncs and the app-side computation disagree")
+            results[name] = {
+                "pyfuncs_ms": t1 * 1000, "app_side_ms": t2 * 1000,
+                "pyfuncs_bytes": b1, "app_side_bytes": b2,
+                "speedup": t2 / t1, "bytes_ratio": b2 / b1,
+            }  # fmt: skip
+    return results
+
+
+def main() -> int:
+    cluster = Cluster.default()
+    cluster.up()
+    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
+        conn.execute((database.HERE / "roles.sql").read_text())
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
+    url = cluster.url(DB)
+    migrate.install(url)
+    print(f"benchmark on {os.cpu_count()} cores, {CLIENTS} pgbench clients x {SECONDS} s, loopback")
+
+    a = bench_a(url)
+    print(
+        "\n(a) trivial routine            round trips (tps)   ratio | in database (calls/s)  ratio"
+    )
+    for name in FUNCTIONS:
+        print(f"    {name:<26}{a['round_trips_tps'][name]:>12,.0f}"
+              f"{a['round_trips_tps_ratio_vs_bare'][name]:>10.2f} |"
+              f"{a['in_database_calls_per_s'][name]:>16,.0f}"
+              f"{a['in_database_calls_per_s_ratio_vs_bare'][name]:>10.2f}")  # fmt: skip
+
+    b = bench_b(cluster, url)
+    print("\n(b) 1,000,000 progress rows    pyfuncs        app-side     speedup   "
+          "bytes      app bytes   ratio")  # fmt: skip
+    for name, r in b.items():
+        print(f"    {name:<26}{r['pyfuncs_ms']:>8.1f} ms{r['app_side_ms']:>11.1f} ms"
+              f"{r['speedup']:>9.1f}x{r['pyfuncs_bytes']:>8,} B{r['app_side_bytes']:>13,} B"
+              f"{r['bytes_ratio']:>9,.0f}x")  # fmt: skip
+
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps({"a": a, "b": b}, indent=2))
+    failures = []
+    if a["round_trips_tps_ratio_vs_bare"]["pyfuncs"] < 0.85:
+        failures.append("(a) round trips below 0.85 of bare PL/Python")
+    if a["in_database_calls_per_s_ratio_vs_bare"]["pyfuncs"] < 0.85:
+        failures.append("(a) in-database rate below 0.85 of bare PL/Python")
+    for name, r in b.items():
+        if r["speedup"] < 20 or r["bytes_ratio"] < 1000:
+            failures.append(f"(b) {name} below 20x faster / 1000x fewer bytes")
+    print("\ntargets: " + ("all met" if not failures else "; ".join(failures)))
+    return 0 if not failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
