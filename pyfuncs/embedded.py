@@ -7,6 +7,7 @@ on a free port chosen at first start and remembered in `.pgdata/port`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -52,16 +53,21 @@ class Cluster:
         return cls(Path(os.environ.get("PYFUNCS_PGDATA", ".pgdata")).resolve())
 
     @property
+    def home(self) -> Path:
+        """Where the cluster really lives (`root` may be a symlink, see `_place`)."""
+        return self.root.resolve()
+
+    @property
     def data(self) -> Path:
-        return self.root / "data"
+        return self.home / "data"
 
     @property
     def port_file(self) -> Path:
-        return self.root / "port"
+        return self.home / "port"
 
     @property
     def log_file(self) -> Path:
-        return self.root / "postgres.log"
+        return self.home / "postgres.log"
 
     @property
     def port(self) -> int:
@@ -82,9 +88,28 @@ class Cluster:
             raise ClusterError(f"{' '.join(args[:2])} failed:\n{proc.stdout}{proc.stderr}")
         return proc
 
-    def _own(self) -> None:
+    def _place(self) -> None:
+        """Create the cluster directory where the `postgres` OS user can reach it.
+
+        As root, initdb and postgres run as `postgres`, which cannot enter a project under a
+        private directory (/root, a 0700 temp dir). Then the cluster lives under
+        /var/tmp/pyfuncs/ and `root` becomes a symlink to it.
+        """
+        if self.root.exists() or os.geteuid() != 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+        else:
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+            probe = ["runuser", "-u", SUPERUSER, "--", "test", "-x", str(self.root.parent)]
+            reachable = subprocess.run(probe, capture_output=True).returncode == 0
+            if reachable:
+                self.root.mkdir()
+            else:
+                digest = hashlib.sha1(str(self.root).encode()).hexdigest()[:12]
+                home = Path("/var/tmp/pyfuncs") / digest
+                home.mkdir(parents=True, exist_ok=True)
+                self.root.symlink_to(home, target_is_directory=True)
         if os.geteuid() == 0:
-            shutil.chown(self.root, SUPERUSER, SUPERUSER)
+            shutil.chown(self.home, SUPERUSER, SUPERUSER)
 
     def is_running(self) -> bool:
         if not (self.data / "PG_VERSION").exists():
@@ -99,8 +124,7 @@ class Cluster:
     def up(self) -> str:
         """Create (first time) and start the cluster; idempotent. Returns its URL."""
         bin_dir = _pg_bin()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._own()
+        self._place()
         if not (self.data / "PG_VERSION").exists():
             self._run(
                 str(bin_dir / "initdb"), "-D", str(self.data), "-U", SUPERUSER,
@@ -111,7 +135,7 @@ class Cluster:
         if not self.is_running():
             options = " ".join([
                 f"-p {self.port}", "-c listen_addresses=127.0.0.1",
-                f"-k {self.root}", "-c max_connections=300", "-c shared_buffers=256MB",
+                f"-k {self.home}", "-c max_connections=300", "-c shared_buffers=256MB",
                 "-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off",
                 "-c max_wal_size=2GB", "-c logging_collector=off",
             ])  # fmt: skip
