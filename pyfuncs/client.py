@@ -19,13 +19,14 @@ Serialization failures and deadlocks are retried with exponential backoff and ji
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import psycopg
 from psycopg import IsolationLevel
@@ -35,7 +36,14 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from .auth import Identity, JwtVerifier
 from .callplan import Signature, plan, signature_of
 from .config import resolve_dsn
-from .errors import RETRYABLE_SQLSTATES, ArgumentError, ConfigError, UndefinedRoutine, from_psycopg
+from .errors import (
+    RETRYABLE_SQLSTATES,
+    ArgumentError,
+    ConfigError,
+    PyfuncsError,
+    UndefinedRoutine,
+    from_psycopg,
+)
 
 T = TypeVar("T")
 Isolation = Literal["read committed", "repeatable read", "serializable"]
@@ -79,8 +87,11 @@ def _split(name: str) -> tuple[str, str]:
     return schema or "public", routine
 
 
-def _retryable(exc: psycopg.Error) -> bool:
-    return exc.sqlstate in RETRYABLE_SQLSTATES
+def _call_error(exc: psycopg.Error, routine: Routine, signatures: _Signatures) -> PyfuncsError:
+    err = from_psycopg(exc)
+    if isinstance(err, UndefinedRoutine) and isinstance(routine, str):
+        signatures.forget(routine)  # redeployed with another signature: read it again next time
+    return err
 
 
 class _Signatures:
@@ -134,14 +145,46 @@ class Session:
                 cur.execute(p.statement, p.params)
                 rows = cur.fetchall() if cur.description else []
         except psycopg.Error as exc:
-            err = from_psycopg(exc)
-            if isinstance(err, UndefinedRoutine) and isinstance(routine, str):
-                self._signatures.forget(routine)
-            raise err from exc
+            raise _call_error(exc, routine, self._signatures) from exc
         return p.read(rows)
 
 
-class Client:
+class _ClientBase:
+    """What both clients share: the pool, the JWT verifier, call options, known signatures."""
+
+    def __init__(
+        self, pool: Any, jwt: JwtVerifier | None, options: CallOptions | None = None
+    ) -> None:
+        self.pool = pool
+        self.jwt = jwt
+        self._options = options or CallOptions()
+        self._signatures = _Signatures()
+
+    def options(self, **changes: Any) -> Self:
+        """A client sharing this pool with other options (isolation, retries, backoff)."""
+        derived = copy.copy(self)
+        derived._options = dataclasses.replace(self._options, **changes)
+        return derived
+
+    def as_user(self, token: str) -> Self:
+        """A client whose calls run as the token's role with its claims. Verified here."""
+        if self.jwt is None:
+            raise ConfigError("as_user needs a JwtVerifier: Client(..., jwt=JwtVerifier(...))")
+        return self.options(identity=self.jwt.verify(token))
+
+    def as_identity(self, identity: Identity) -> Self:
+        return self.options(identity=identity)
+
+    def _retry_delay(self, exc: Exception, attempt: int) -> float | None:
+        """Seconds to wait before retrying after `exc`, or None to give up."""
+        cause = exc.__cause__
+        retryable = isinstance(cause, psycopg.Error) and cause.sqlstate in RETRYABLE_SQLSTATES
+        if not retryable or attempt >= self._options.retries:
+            return None
+        return self._options.delay(attempt)
+
+
+class Client(_ClientBase):
     """A pool of connections and the options calls run with. Cheap to derive (`options`)."""
 
     def __init__(
@@ -152,32 +195,11 @@ class Client:
         jwt: JwtVerifier | None = None,
         min_size: int = 1,
         max_size: int = 10,
-        _options: CallOptions | None = None,
-        _signatures: _Signatures | None = None,
     ) -> None:
         if pool is None:
             pool = ConnectionPool(resolve_dsn(conninfo), min_size=min_size, max_size=max_size,
                                   open=True)  # fmt: skip
-        self.pool = pool
-        self.jwt = jwt
-        self._options = _options or CallOptions()
-        self._signatures = _signatures or _Signatures()
-
-    def options(self, **changes: Any) -> Client:
-        """A client sharing this pool with other options (isolation, retries, backoff)."""
-        return Client(
-            pool=self.pool, jwt=self.jwt, _signatures=self._signatures,
-            _options=dataclasses.replace(self._options, **changes),
-        )  # fmt: skip
-
-    def as_user(self, token: str) -> Client:
-        """A client whose calls run as the token's role with its claims. Verified here."""
-        if self.jwt is None:
-            raise ConfigError("as_user needs a JwtVerifier: Client(..., jwt=JwtVerifier(...))")
-        return self.options(identity=self.jwt.verify(token))
-
-    def as_identity(self, identity: Identity) -> Client:
-        return self.options(identity=identity)
+        super().__init__(pool, jwt)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -200,12 +222,10 @@ class Client:
                 with self.transaction() as tx:
                     return fn(tx)
             except Exception as exc:
-                cause = exc.__cause__
-                if not (isinstance(cause, psycopg.Error) and _retryable(cause)):
+                delay = self._retry_delay(exc, attempt)
+                if delay is None:
                     raise
-                if attempt >= self._options.retries:
-                    raise
-                time.sleep(self._options.delay(attempt))
+                time.sleep(delay)
                 attempt += 1
 
     def call(self, routine: Routine, /, *args: Any, **kwargs: Any) -> Any:
@@ -248,14 +268,11 @@ class AsyncSession:
                 await cur.execute(p.statement, p.params)
                 rows = await cur.fetchall() if cur.description else []
         except psycopg.Error as exc:
-            err = from_psycopg(exc)
-            if isinstance(err, UndefinedRoutine) and isinstance(routine, str):
-                self._signatures.forget(routine)
-            raise err from exc
+            raise _call_error(exc, routine, self._signatures) from exc
         return p.read(rows)
 
 
-class AsyncClient:
+class AsyncClient(_ClientBase):
     """The async twin of `Client`, over psycopg_pool.AsyncConnectionPool.
 
     Create it inside a running event loop, then `await client.open()` (or `async with`).
@@ -269,31 +286,15 @@ class AsyncClient:
         jwt: JwtVerifier | None = None,
         min_size: int = 1,
         max_size: int = 10,
-        _options: CallOptions | None = None,
-        _signatures: _Signatures | None = None,
     ) -> None:
         if pool is None:
             pool = AsyncConnectionPool(resolve_dsn(conninfo), min_size=min_size,
                                        max_size=max_size, open=False)  # fmt: skip
-        self.pool = pool
-        self.jwt = jwt
-        self._options = _options or CallOptions()
-        self._signatures = _signatures or _Signatures()
+        super().__init__(pool, jwt)
 
     async def open(self) -> AsyncClient:
         await self.pool.open()
         return self
-
-    def options(self, **changes: Any) -> AsyncClient:
-        return AsyncClient(
-            pool=self.pool, jwt=self.jwt, _signatures=self._signatures,
-            _options=dataclasses.replace(self._options, **changes),
-        )  # fmt: skip
-
-    def as_user(self, token: str) -> AsyncClient:
-        if self.jwt is None:
-            raise ConfigError("as_user needs a JwtVerifier: AsyncClient(..., jwt=JwtVerifier(...))")
-        return self.options(identity=self.jwt.verify(token))
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -314,12 +315,10 @@ class AsyncClient:
                 async with self.transaction() as tx:
                     return await fn(tx)
             except Exception as exc:
-                cause = exc.__cause__
-                if not (isinstance(cause, psycopg.Error) and _retryable(cause)):
+                delay = self._retry_delay(exc, attempt)
+                if delay is None:
                     raise
-                if attempt >= self._options.retries:
-                    raise
-                await asyncio.sleep(self._options.delay(attempt))
+                await asyncio.sleep(delay)
                 attempt += 1
 
     async def call(self, routine: Routine, /, *args: Any, **kwargs: Any) -> Any:

@@ -9,7 +9,6 @@ they are (psycopg's raw cursors), so the query text is the same in both places.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
@@ -19,7 +18,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from ._pg.runtime import RaiseError, Rows
+from ._pg.runtime import Queries, RaiseError, Rows
 from .errors import ConfigError
 
 _connection: ContextVar[psycopg.Connection[Any] | None] = ContextVar("pyfuncs_db", default=None)
@@ -43,7 +42,7 @@ def _param(value: Any) -> Any:
     return value
 
 
-class LocalDb:
+class LocalDb(Queries):
     """The routine's database handle, over psycopg (see the module docstring)."""
 
     def _conn(self) -> psycopg.Connection[Any]:
@@ -62,14 +61,6 @@ class LocalDb:
             rows.rowcount = cur.rowcount
             return rows
 
-    def fetchone(self, query: str, params: Sequence[Any] = (), /) -> dict[str, Any] | None:
-        rows = self.execute(query, params)
-        return rows[0] if rows else None
-
-    def fetchval(self, query: str, params: Sequence[Any] = (), /) -> Any:
-        row = self.fetchone(query, params)
-        return next(iter(row.values())) if row else None
-
     def cursor(
         self, query: str, params: Sequence[Any] = (), /, *, batch: int = 1000
     ) -> Iterator[dict[str, Any]]:
@@ -84,10 +75,6 @@ class LocalDb:
     def claims(self) -> dict[str, Any]:
         raw = self.fetchval("SELECT current_setting('request.jwt.claims', true)")
         return dict(json.loads(raw)) if raw else {}
-
-    def user_id(self) -> uuid.UUID | None:
-        sub = self.claims().get("sub")
-        return uuid.UUID(sub) if sub else None
 
 
 db = LocalDb()

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 from pytest_postgresql.janitor import DatabaseJanitor
 
+from pyfuncs import deploy as deploying
 from pyfuncs import migrate
+from pyfuncs.client import Client
 from pyfuncs.embedded import SUPERUSER, Cluster
 
 TEMPLATE = "pyfuncs_test_template"
@@ -73,6 +77,21 @@ def dsn(cluster: Cluster, template: str, request: pytest.FixtureRequest) -> Iter
 def conn(dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+def deployed(dsn: str, conn: psycopg.Connection[Any]) -> Iterator[Callable[[ModuleType], Client]]:
+    """Deploy a routine module into this test's database and get a client for it."""
+    clients: list[Client] = []
+
+    def deploy(module: ModuleType) -> Client:
+        deploying.deploy(conn, module)
+        clients.append(Client(dsn))
+        return clients[-1]
+
+    yield deploy
+    for client in clients:
+        client.close()
 
 
 @pytest.fixture

@@ -120,7 +120,32 @@ class Rows(list[dict[str, Any]]):
     rowcount: int = 0
 
 
-class Db:
+class Queries:
+    """The calls derived from `execute` and `claims`, shared with pyfuncs.local.LocalDb."""
+
+    def execute(self, query: str, params: Sequence[Any] = (), /) -> Rows:
+        raise NotImplementedError
+
+    def claims(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def fetchone(self, query: str, params: Sequence[Any] = (), /) -> dict[str, Any] | None:
+        """The first row of `query`, or None."""
+        rows = self.execute(query, params)
+        return rows[0] if rows else None
+
+    def fetchval(self, query: str, params: Sequence[Any] = (), /) -> Any:
+        """The first column of the first row of `query`, or None."""
+        row = self.fetchone(query, params)
+        return next(iter(row.values())) if row else None
+
+    def user_id(self) -> uuid.UUID | None:
+        """The caller's `sub` claim as a UUID, or None."""
+        sub = self.claims().get("sub")
+        return uuid.UUID(sub) if sub else None
+
+
+class Db(Queries):
     """The database, as seen from inside a routine. Runs as the caller; RLS applies."""
 
     def __init__(self) -> None:
@@ -146,16 +171,6 @@ class Db:
         rows.rowcount = result.nrows()
         return rows
 
-    def fetchone(self, query: str, params: Sequence[Any] = (), /) -> dict[str, Any] | None:
-        """The first row of `query`, or None."""
-        rows = self.execute(query, params)
-        return rows[0] if rows else None
-
-    def fetchval(self, query: str, params: Sequence[Any] = (), /) -> Any:
-        """The first column of the first row of `query`, or None."""
-        row = self.fetchone(query, params)
-        return next(iter(row.values())) if row else None
-
     def cursor(
         self, query: str, params: Sequence[Any] = (), /, *, batch: int = 1000
     ) -> Iterator[dict[str, Any]]:
@@ -179,11 +194,6 @@ class Db:
         """The caller's JWT claims (`request.jwt.claims`), empty without a token."""
         raw = plpy.execute("SELECT current_setting('request.jwt.claims', true) AS c")[0]["c"]
         return dict(json.loads(raw)) if raw else {}
-
-    def user_id(self) -> uuid.UUID | None:
-        """The caller's `sub` claim as a UUID, or None."""
-        sub = self.claims().get("sub")
-        return uuid.UUID(sub) if sub else None
 
 
 def _convert_rows(result: Any) -> Any:

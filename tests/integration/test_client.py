@@ -9,7 +9,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from pyfuncs import deploy as deploying
 from pyfuncs import errors
 from pyfuncs.client import Client
 
@@ -17,11 +16,9 @@ from .modules import retry_mod
 
 
 @pytest.fixture
-def client(dsn: str, conn: psycopg.Connection[Any]) -> Any:
+def client(deployed: Any, conn: psycopg.Connection[Any]) -> Client:
     conn.execute("CREATE SCHEMA rty; CREATE SEQUENCE rty.attempts")
-    deploying.deploy(conn, retry_mod)
-    with Client(dsn) as client:
-        yield client
+    return deployed(retry_mod)
 
 
 def test_serialization_failures_are_retried(client: Client) -> None:

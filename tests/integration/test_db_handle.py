@@ -9,7 +9,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from pyfuncs import deploy as deploying
 from pyfuncs import local
 from pyfuncs.client import Client
 from pyfuncs.errors import ConfigError
@@ -21,11 +20,9 @@ IDENT = uuid.UUID(int=9)
 
 
 @pytest.fixture
-def client(dsn: str, conn: psycopg.Connection[Any]) -> Any:
+def client(deployed: Any, conn: psycopg.Connection[Any]) -> Client:
     conn.execute("CREATE SCHEMA dbh; CREATE TABLE dbh.items (v int CHECK (v >= 0))")
-    deploying.deploy(conn, m)
-    with Client(dsn) as client:
-        yield client
+    return deployed(m)
 
 
 def test_cursor_streams_large_results(client: Client) -> None:

@@ -8,7 +8,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from pyfuncs import deploy as deploying
 from pyfuncs import errors
 from pyfuncs.client import Client
 
@@ -23,10 +22,8 @@ def _line(text: str) -> int:
 
 
 @pytest.fixture
-def client(dsn: str, conn: psycopg.Connection[Any]) -> Any:
-    deploying.deploy(conn, m)
-    with Client(dsn) as client:
-        yield client
+def client(deployed: Any) -> Client:
+    return deployed(m)
 
 
 def test_python_exception_points_at_the_raising_line(client: Client) -> None:

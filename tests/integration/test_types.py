@@ -10,7 +10,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from pyfuncs import deploy as deploying
 from pyfuncs.client import Client
 
 from .modules import types_mod as m
@@ -36,10 +35,8 @@ SAMPLE: dict[str, Any] = {
 
 
 @pytest.fixture
-def client(dsn: str, conn: psycopg.Connection[Any]) -> Any:
-    deploying.deploy(conn, m)
-    with Client(dsn) as client:
-        yield client
+def client(deployed: Any) -> Client:
+    return deployed(m)
 
 
 def test_every_type_round_trips_through_the_client(client: Client) -> None:
