@@ -9,9 +9,10 @@ It provides:
   `from pyfuncs import stored_function, procedure, db` imports;
 * `db`, the routine's handle on the database (parameterised queries with per-backend plan
   caching, cursors, subtransactions, JWT claims);
-* `routine()`, which turns a deployed routine's module source and spec into the callable that
-  its generated PL/Python body calls: arguments arrive as their hinted Python types, errors
-  leave with an SQLSTATE and the routine's own source file:line.
+* `routine()`, which loads a deployed routine's module source once per backend for its
+  generated PL/Python body (pyfuncs/ddl.py): the function to call, converters for arguments
+  PL/Python hands over as text, and the translation of exceptions into PostgreSQL errors with
+  an SQLSTATE and the routine's own source file:line.
 """
 
 from __future__ import annotations
@@ -101,7 +102,9 @@ def _adapt_param(value: Any) -> tuple[str, Any]:
         return "jsonb", dict(value)
     if isinstance(value, list | tuple):
         items = [v for v in value if v is not None]
-        if items and all(not isinstance(v, Mapping | list | tuple) for v in items):
+        if not items:  # like None, an empty list says nothing of its type: cast the placeholder
+            return "text[]", list(value)
+        if all(not isinstance(v, Mapping | list | tuple) for v in items):
             sqltype, _ = _adapt_param(items[0])
             return sqltype + "[]", [_adapt_param(v)[1] for v in value]
         return "jsonb", list(value)
