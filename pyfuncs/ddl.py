@@ -30,7 +30,7 @@ except KeyError:
     _pf_fn = SD["fn"] = SD["pf"].fn
 {checks}try:
     return {result}
-except Exception as _pf_error:
+except BaseException as _pf_error:  # RoutineInterrupted is a BaseException on purpose
     raise SD["pf"].fail(_pf_error) from None
 """
 

@@ -51,6 +51,7 @@ class Options:
     strict: bool = False
     parallel: Parallel = "unsafe"
     security: str = "invoker"
+    timeout_ms: int | None = None
 
 
 def _mark(options: Options) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -73,6 +74,7 @@ def stored_function(
     strict: bool = False,
     parallel: Parallel = "unsafe",
     security: str = "invoker",
+    timeout_ms: int | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 def stored_function(
     fn: Callable[P, R] | None = None,
@@ -85,14 +87,17 @@ def stored_function(
     strict: bool = False,
     parallel: Parallel = "unsafe",
     security: str = "invoker",
+    timeout_ms: int | None = None,
 ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Mark a typed Python function as a PostgreSQL function (`LANGUAGE plpython3u`).
 
     `roles` get EXECUTE; nobody else does. The docstring becomes the function's COMMENT.
+    `timeout_ms` stops a call that runs longer (SQLSTATE 57014).
     """
     options = Options(
-        "function", schema, name, tuple(roles), volatility, strict, parallel, security
-    )
+        "function", schema, name, tuple(roles), volatility, strict, parallel, security,
+        timeout_ms,
+    )  # fmt: skip
     return _mark(options)(fn) if fn is not None else _mark(options)
 
 
@@ -105,6 +110,7 @@ def procedure(
     name: str | None = None,
     roles: typing.Sequence[str] = (),
     security: str = "invoker",
+    timeout_ms: int | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 def procedure(
     fn: Callable[P, R] | None = None,
@@ -114,13 +120,16 @@ def procedure(
     name: str | None = None,
     roles: typing.Sequence[str] = (),
     security: str = "invoker",
+    timeout_ms: int | None = None,
 ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Mark a typed Python function as a PostgreSQL procedure, run with `CALL`.
 
     A procedure is atomic: it runs inside the caller's transaction and none of its writes
     survive an error. A return value becomes OUT parameters (`result`, or a row's fields).
     """
-    options = Options("procedure", schema, name, tuple(roles), security=security)
+    options = Options(
+        "procedure", schema, name, tuple(roles), security=security, timeout_ms=timeout_ms
+    )
     return _mark(options)(fn) if fn is not None else _mark(options)
 
 
@@ -196,6 +205,7 @@ class Definition:
             "module": self.module_name,
             "file": self.file,
             "converters": sorted({p.type.convert for p in self.params if p.type.convert}),
+            "timeout_ms": self.options.timeout_ms,
         }
 
     def signature(self) -> dict[str, Any]:
@@ -267,6 +277,12 @@ def build(fn: Callable[..., Any], source: str | None = None) -> Definition:
         )
     if options.volatility not in ("volatile", "stable", "immutable"):
         problems.append(f"volatility={options.volatility!r}: use volatile, stable or immutable")
+    if options.timeout_ms is not None and (
+        isinstance(options.timeout_ms, bool)
+        or not isinstance(options.timeout_ms, int)
+        or options.timeout_ms <= 0
+    ):
+        problems.append(f"timeout_ms={options.timeout_ms!r}: use a positive number of milliseconds")
     if options.parallel not in ("unsafe", "restricted", "safe"):
         problems.append(f"parallel={options.parallel!r}: use unsafe, restricted or safe")
     if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):

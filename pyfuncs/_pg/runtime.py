@@ -17,12 +17,16 @@ It provides:
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import decimal
 import hashlib
 import json
 import linecache
+import signal
 import sys
+import threading
+import time
 import traceback
 import types
 import uuid
@@ -155,6 +159,8 @@ class Db(Queries):
         self._plans: dict[tuple[str, tuple[str, ...]], Any] = {}
 
     def _plan(self, query: str, params: Sequence[Any]) -> tuple[Any, list[Any]]:
+        if _WATCHDOG is not None:
+            _WATCHDOG.check()
         adapted = [_adapt_param(v) for v in params]
         sqltypes = tuple(t for t, _ in adapted)
         key = (query, sqltypes)
@@ -169,7 +175,11 @@ class Db(Queries):
         Plans are prepared once per backend for each query text and parameter types.
         """
         plan, values = self._plan(query, params)
-        result = plpy.execute(plan, values)
+        try:
+            result = plpy.execute(plan, values)
+        except plpy.SPIError as exc:
+            _interrupted(exc)
+            raise
         rows = Rows(_convert_rows(result))
         rows.rowcount = result.nrows()
         return rows
@@ -182,7 +192,13 @@ class Db(Queries):
         cur = plpy.cursor(plan, values)
         try:
             while True:
-                chunk = cur.fetch(batch)
+                if _WATCHDOG is not None:
+                    _WATCHDOG.check()
+                try:
+                    chunk = cur.fetch(batch)
+                except plpy.SPIError as exc:
+                    _interrupted(exc)
+                    raise
                 if not chunk:
                     return
                 yield from _convert_rows(chunk)
@@ -288,6 +304,176 @@ def _translate(routine: str, filename: str, exc: BaseException) -> Exception:
     return _error(type(exc).__name__, f"{message} ({where})", sqlstate, detail, hint)
 
 
+# --- stopping ---------------------------------------------------------------------------
+# Stock PL/Python never looks at PostgreSQL's interrupt flags while Python bytecode runs, so a
+# pure-Python loop ignores statement_timeout, pg_cancel_backend and pg_terminate_backend. The
+# watchdog is a thread of this backend that wakes every few milliseconds while Python runs
+# (it needs the GIL, which the main thread hands over at its periodic switch points), reads
+# the flags the postgres executable exports, and raises RoutineInterrupted in the main thread
+# while a routine's frame is on its stack. The stop is sticky for that call: `db` refuses
+# further queries, and a pending call (run by the main thread at its next switch point)
+# installs a trace function on the call's frames that raises again at every line, so no
+# `except`, retry loop or `finally` can swallow it: each handler is interrupted at its first
+# line until the exception has left the routine. Tracing costs nothing until a stop. The
+# thread never calls into PostgreSQL and blocks every signal, so PostgreSQL's handlers keep
+# running on the main thread.
+
+
+class RoutineInterrupted(BaseException):
+    """Raised into a routine that must stop; translated to 57014 / 57P01 when it leaves."""
+
+
+_STATEMENT_TIMEOUT = 3  # TimeoutId STATEMENT_TIMEOUT in utils/timeout.h (PostgreSQL 15)
+
+
+class Stop:
+    __slots__ = ("elapsed", "frame", "reason", "sqlstate")
+
+    def __init__(self, frame: types.FrameType, sqlstate: str, reason: str, elapsed: float) -> None:
+        self.frame, self.sqlstate, self.reason, self.elapsed = frame, sqlstate, reason, elapsed
+
+
+class Watchdog:
+    TICK = 0.005
+
+    def __init__(self) -> None:
+        lib = ctypes.CDLL(None)  # the postgres executable itself
+        self._cancel = ctypes.c_int.in_dll(lib, "QueryCancelPending")
+        self._die = ctypes.c_int.in_dll(lib, "ProcDiePending")
+        self._timeout_indicator = lib.get_timeout_indicator
+        self._timeout_indicator.argtypes = [ctypes.c_int, ctypes.c_bool]
+        self._timeout_indicator.restype = ctypes.c_bool
+        self._main = threading.get_ident()
+        self.routines: dict[types.CodeType, Routine] = {}
+        # the outermost routine frame seen last, held so that a new call is a new object
+        self._frame: types.FrameType | None = None
+        self._since = 0.0
+        self.stop: Stop | None = None
+        # a C callback the main thread runs as a pending call; referenced so it stays alive
+        self._enforce_cb = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)(self._enforce)
+        self._add_pending = ctypes.pythonapi.Py_AddPendingCall
+        self._add_pending.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        self._add_pending.restype = ctypes.c_int
+
+    def start(self) -> None:
+        every = signal.valid_signals()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, every)
+        try:  # the thread inherits the blocked mask
+            threading.Thread(target=self._run, name="pyfuncs-watchdog", daemon=True).start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    def _outermost(self, frame: types.FrameType | None) -> tuple[types.FrameType, Routine] | None:
+        found = None
+        while frame is not None:
+            routine = self.routines.get(frame.f_code)
+            if routine is not None:
+                found = (frame, routine)
+            frame = frame.f_back
+        return found
+
+    def _run(self) -> None:
+        interrupt = ctypes.pythonapi.PyThreadState_SetAsyncExc
+        main = ctypes.c_ulong(self._main)
+        exc = ctypes.py_object(RoutineInterrupted)
+        while True:
+            time.sleep(self.TICK)
+            hit = self._outermost(sys._current_frames().get(self._main))
+            if hit is None:
+                self._frame = None
+                continue
+            top, routine = hit
+            now = time.monotonic()
+            if top is not self._frame:
+                self._frame, self._since = top, now
+            if self.stop is None or self.stop.frame is not top:
+                why = self._why(routine, now - self._since)
+                if why is None:
+                    continue
+                self.stop = Stop(top, why[0], why[1], now - self._since)
+                self._add_pending(ctypes.cast(self._enforce_cb, ctypes.c_void_p), None)
+            interrupt(main, exc)
+
+    def _enforce(self, _arg: Any) -> int:
+        """On the main thread: trace the stopped call's frames so that every line raises."""
+        frame: types.FrameType | None = sys._getframe(1)
+        while frame is not None:
+            frame.f_trace = self._trace
+            frame.f_trace_opcodes = True
+            frame = frame.f_back
+        sys.settrace(self._trace)
+        return 0
+
+    def _trace(self, frame: types.FrameType, event: str, arg: Any) -> Any:
+        stop = self.stop
+        if stop is None:
+            return None
+        inside: types.FrameType | None = frame
+        while inside is not None:  # only frames of the stopped call, never the code around it
+            if inside is stop.frame:
+                frame.f_trace_opcodes = True
+                raise RoutineInterrupted()
+            inside = inside.f_back
+        return self._trace
+
+    def _why(self, routine: Routine, elapsed: float) -> tuple[str, str] | None:
+        if self._die.value:
+            return "57P01", "terminated by pg_terminate_backend"
+        if self._cancel.value:
+            return "57014", "canceled"  # by statement_timeout or a cancel request: see fail()
+        if routine.timeout is not None and elapsed > routine.timeout:
+            return "57014", f"exceeded its limit timeout_ms={round(routine.timeout * 1000)}"
+        return None
+
+    def stop_here(self, sqlstate: str, reason: str) -> None:
+        """A query inside the routine was cancelled: make the stop sticky for this call."""
+        hit = self._outermost(sys._getframe(1))
+        if hit is not None:
+            self.stop = Stop(hit[0], sqlstate, reason, time.monotonic() - self._since)
+
+    def check(self) -> None:
+        """Refuse to start a query for a call that has been told to stop."""
+        stop = self.stop
+        if stop is None:
+            return
+        frame: types.FrameType | None = sys._getframe(1)
+        while frame is not None:
+            if frame is stop.frame:
+                raise RoutineInterrupted()
+            frame = frame.f_back
+
+    def describe(self, routine: str) -> tuple[str, str]:
+        """SQLSTATE and message for the stop of the call that is leaving, then forget it."""
+        stop, self.stop = self.stop, None
+        sys.settrace(None)
+        if stop is None:
+            return "57014", f"{routine} was canceled"
+        reason = stop.reason
+        if reason == "canceled":
+            statement_timeout = self._timeout_indicator(_STATEMENT_TIMEOUT, False)
+            reason = ("canceled: statement_timeout expired" if statement_timeout
+                      else "canceled by pg_cancel_backend or the client")  # fmt: skip
+        return stop.sqlstate, f"{routine} {reason} (after {stop.elapsed * 1000:.0f} ms)"
+
+
+_WATCHDOG: Watchdog | None = None
+
+
+def _interrupted(exc: BaseException) -> None:
+    """Turn a query cancelled inside a routine into a sticky stop."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    if _WATCHDOG is not None and sqlstate in ("57014", "57P01"):
+        message = str(exc.args[0] if exc.args else exc)
+        if sqlstate == "57P01":
+            reason = "terminated by pg_terminate_backend"
+        elif "statement timeout" in message:
+            reason = "canceled: statement_timeout expired"
+        else:
+            reason = "canceled by pg_cancel_backend or the client"
+        _WATCHDOG.stop_here(sqlstate, reason)
+        raise RoutineInterrupted() from None
+
+
 # --- routines ---------------------------------------------------------------------------
 
 
@@ -316,16 +502,20 @@ class Routine:
     run only for the parameters that need them, `fail` and `rows` only on errors and sets.
     """
 
-    __slots__ = ("convert", "filename", "fn", "qualname")
+    __slots__ = ("convert", "filename", "fn", "qualname", "timeout")
 
     def __init__(self, spec: Mapping[str, Any], source: str) -> None:
         self.qualname: str = spec["routine"]
         self.filename: str = spec["file"]
+        timeout_ms = spec.get("timeout_ms")
+        self.timeout: float | None = timeout_ms / 1000 if timeout_ms else None
         try:
             self.fn = _load_module(source, self.filename, spec["module"])[spec["function"]]
         except Exception as exc:
             raise self.fail(exc) from None
         self.convert = {kind: self._reading(_converter(kind)) for kind in spec["converters"]}
+        if _WATCHDOG is not None:
+            _WATCHDOG.routines[self.fn.__code__] = self
 
     def _reading(self, convert: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
         assert convert is not None
@@ -352,13 +542,17 @@ class Routine:
     def fail(self, exc: BaseException) -> Exception:
         if type(exc) in _ERROR_TYPES.values():  # already translated (a NULL or unreadable argument)
             return exc  # type: ignore[return-value]
+        if isinstance(exc, RoutineInterrupted) and _WATCHDOG is not None:
+            sqlstate, message = _WATCHDOG.describe(self.qualname)
+            name = "QueryCanceled" if sqlstate == "57014" else "AdminShutdown"
+            return _error(name, message, sqlstate)
         return _translate(self.qualname, self.filename, exc)
 
     def rows(self, result: Any) -> Iterator[Any]:
         """A set-returning routine's rows; errors while iterating are translated too."""
         try:
             yield from (result if result is not None else ())
-        except Exception as exc:
+        except BaseException as exc:
             raise self.fail(exc) from None
 
 
@@ -379,10 +573,12 @@ def _decorator(*args: Any, **_options: Any) -> Any:
 
 def boot(gd: dict[str, Any]) -> None:
     """Called once per backend by pyfuncs.boot()."""
-    global _GD, plpy
+    global _GD, _WATCHDOG, plpy
     import plpy as _plpy
 
     _GD, plpy = gd, _plpy
+    _WATCHDOG = Watchdog()
+    _WATCHDOG.start()
     shim = types.ModuleType("pyfuncs")
     shim.__dict__.update(
         db=db,

@@ -1,0 +1,87 @@
+"""Routines that never finish on their own, in every way the issue lists."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pyfuncs import db, stored_function
+
+
+@stored_function(schema="spin")
+def loop() -> int:
+    n = 0
+    while True:
+        n += 1
+
+
+@stored_function(schema="spin", timeout_ms=200)
+def limited() -> int:
+    n = 0
+    while True:
+        n += 1
+
+
+@stored_function(schema="spin")
+def swallow_exception() -> int:
+    while True:
+        try:
+            while True:
+                pass
+        except Exception:
+            pass
+
+
+@stored_function(schema="spin")
+def swallow_base_exception() -> int:
+    while True:
+        try:
+            while True:
+                pass
+        except BaseException:
+            pass
+
+
+@stored_function(schema="spin")
+def swallow_bare() -> int:
+    while True:
+        try:
+            while True:
+                pass
+        except:  # noqa: E722
+            pass
+
+
+@stored_function(schema="spin")
+def retry_queries() -> int:
+    while True:
+        try:
+            db.execute("SELECT pg_sleep(0.05)")
+        except BaseException:
+            continue
+
+
+@stored_function(schema="spin")
+def looping_finally() -> int:
+    try:
+        while True:
+            pass
+    finally:
+        while True:
+            pass
+
+
+@stored_function(schema="spin")
+def sleeping_query() -> int:
+    return int(db.fetchval("SELECT count(*) FROM pg_sleep(30)"))
+
+
+@stored_function(schema="spin")
+def over_results() -> Iterator[int]:
+    while True:
+        for row in db.cursor("SELECT g FROM generate_series(1, 1000) g", batch=10):
+            yield row["g"]
+
+
+@stored_function(schema="spin")
+def quick(x: int) -> int:
+    return x * 2

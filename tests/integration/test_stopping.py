@@ -1,0 +1,107 @@
+"""Routines stop on statement_timeout, timeout_ms, pg_cancel_backend and pg_terminate_backend,
+whatever they are doing, and nothing they do can swallow it; the session and the cluster stay
+healthy (issue 3, "Stopping")."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from pyfuncs import deploy as deploying
+from pyfuncs.embedded import Cluster
+
+from .modules import spin_mod
+
+# generous slack for a shared 2-core machine; the figure itself is reported by `make bench`
+SLACK = 0.5
+
+
+@pytest.fixture
+def spin(dsn: str, conn: psycopg.Connection[Any], cluster: Cluster) -> Iterator[str]:
+    deploying.deploy(conn, spin_mod)
+    postmaster = cluster.postmaster_pid()
+    log_size = cluster.log_file.stat().st_size
+    yield dsn
+    assert cluster.postmaster_pid() == postmaster, "the cluster restarted"
+    with cluster.log_file.open() as log:
+        log.seek(log_size)
+        tail = log.read()
+    assert "terminated by signal" not in tail
+    assert "all server processes terminated" not in tail
+
+
+def run(conn: psycopg.Connection[Any], query: str) -> tuple[psycopg.Error, float]:
+    start = time.monotonic()
+    with pytest.raises(psycopg.Error) as info:
+        conn.execute(query)
+    return info.value, time.monotonic() - start
+
+
+@pytest.mark.parametrize(
+    "routine",
+    ["loop", "swallow_exception", "swallow_base_exception", "swallow_bare", "retry_queries",
+     "looping_finally", "sleeping_query"],
+)  # fmt: skip
+def test_statement_timeout_stops_every_kind_of_routine(spin: str, routine: str) -> None:
+    with psycopg.connect(spin, autocommit=True) as conn:
+        conn.execute("SET statement_timeout = '300ms'")
+        err, took = run(conn, f"SELECT spin.{routine}()")
+        assert err.sqlstate == "57014"
+        assert took < 0.3 + SLACK
+        message = err.diag.message_primary or ""
+        if routine != "sleeping_query":  # that one is stopped by PostgreSQL inside the query
+            assert f"spin.{routine}" in message and "statement_timeout" in message
+        assert conn.execute("SELECT spin.quick(21)").fetchone() == (42,)  # the session is fine
+
+
+def test_looping_over_query_results_stops(spin: str) -> None:
+    with psycopg.connect(spin, autocommit=True) as conn:
+        conn.execute("SET statement_timeout = '300ms'")
+        err, took = run(conn, "SELECT count(*) FROM spin.over_results()")
+        assert err.sqlstate == "57014" and took < 0.3 + SLACK
+
+
+def test_per_routine_timeout(spin: str) -> None:
+    with psycopg.connect(spin, autocommit=True) as conn:
+        err, took = run(conn, "SELECT spin.limited()")
+        assert err.sqlstate == "57014"
+        assert "spin.limited exceeded its limit timeout_ms=200" in str(err)
+        assert 0.2 <= took < 0.2 + SLACK
+        assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)
+
+
+def _from_another_connection(dsn: str, query: str, pid: int, delay: float) -> threading.Thread:
+    def act() -> None:
+        time.sleep(delay)
+        with psycopg.connect(dsn, autocommit=True) as other:
+            other.execute(query, [pid])
+
+    thread = threading.Thread(target=act)
+    thread.start()
+    return thread
+
+
+def test_pg_cancel_backend(spin: str) -> None:
+    with psycopg.connect(spin, autocommit=True) as conn:
+        thread = _from_another_connection(spin, "SELECT pg_cancel_backend(%s)", conn.info.backend_pid, 0.3)
+        err, took = run(conn, "SELECT spin.swallow_base_exception()")
+        thread.join()
+        assert err.sqlstate == "57014"
+        assert "canceled by pg_cancel_backend" in str(err)
+        assert took < 0.3 + SLACK
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_pg_terminate_backend_ends_only_that_session(spin: str) -> None:
+    with psycopg.connect(spin, autocommit=True) as bystander, psycopg.connect(spin, autocommit=True) as conn:
+        thread = _from_another_connection(spin, "SELECT pg_terminate_backend(%s)", conn.info.backend_pid, 0.3)
+        err, took = run(conn, "SELECT spin.swallow_bare()")
+        thread.join()
+        assert err.sqlstate == "57P01"
+        assert took < 0.3 + SLACK
+        assert bystander.execute("SELECT spin.quick(5)").fetchone() == (10,)
