@@ -4,6 +4,8 @@
     - as round trips: pgbench, many concurrent clients, prepared statements;
     - inside the database: one query calling the function for 1,000,000 rows (no network),
       as calls per second of the backend's CPU time.
+(c) Stopping: the time from a limit (statement_timeout, timeout_ms) or a pg_cancel_backend
+    to the error, for a routine spinning in pure Python that swallows exceptions.
 (b) The academy at 1,000,000 progress rows: sales_leaderboard and dashboard_stats as pyfuncs
     routines vs the seed application's way (fetch raw rows with psycopg, aggregate in Python),
     time and bytes on the wire.
@@ -21,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -123,6 +126,46 @@ def bench_a(url: str) -> dict[str, Any]:
     return result
 
 
+def _cancel_later(conn: psycopg.Connection[Any], pid: int, sent: list[float]) -> None:
+    time.sleep(0.1)
+    sent.append(time.monotonic())
+    conn.execute("SELECT pg_cancel_backend(%s)", [pid])
+
+
+def bench_c(url: str, runs: int = 5) -> dict[str, dict[str, float]]:
+    def failing(conn: psycopg.Connection[Any], query: str) -> float:
+        try:
+            conn.execute(query)
+        except psycopg.errors.QueryCanceled:
+            return time.monotonic()
+        raise AssertionError(f"{query} was not stopped")
+
+    samples: dict[str, list[float]] = {"statement_timeout": [], "timeout_ms": [], "cancel": []}
+    with (
+        psycopg.connect(url, autocommit=True) as conn,
+        psycopg.connect(url, autocommit=True) as other,
+    ):
+        for _ in range(runs):
+            conn.execute("SET statement_timeout = '200ms'")
+            start = time.monotonic()
+            samples["statement_timeout"].append(failing(conn, "SELECT bench.spin()") - start - 0.2)
+            conn.execute("SET statement_timeout = 0")
+            start = time.monotonic()
+            samples["timeout_ms"].append(failing(conn, "SELECT bench.spin_limited()") - start - 0.1)
+            sent: list[float] = []
+            thread = threading.Thread(
+                target=_cancel_later, args=(other, conn.info.backend_pid, sent)
+            )
+            thread.start()
+            stopped = failing(conn, "SELECT bench.spin()")
+            thread.join()
+            samples["cancel"].append(stopped - sent[0])
+    return {
+        name: {"median_ms": statistics.median(v) * 1000, "max_ms": max(v) * 1000}
+        for name, v in samples.items()
+    }
+
+
 def measure(tap: WireTap, fn: Callable[[], Any], runs: int) -> tuple[Any, float, int]:
     fn()
     times, sizes, value = [], [], None
@@ -188,6 +231,11 @@ def main() -> int:
               f"{a['in_database_calls_per_s'][name]:>16,.0f}"
               f"{a['in_database_calls_per_s_ratio_vs_bare'][name]:>10.2f}")  # fmt: skip
 
+    c = bench_c(url)
+    print("\n(c) stop latency (limit or cancel to error)   median      max")
+    for name, r in c.items():
+        print(f"    {name:<40}{r['median_ms']:>7.1f} ms{r['max_ms']:>7.1f} ms")
+
     b = bench_b(cluster, url)
     print("\n(b) 1,000,000 progress rows    pyfuncs        app-side     speedup   "
           "bytes      app bytes   ratio")  # fmt: skip
@@ -197,12 +245,15 @@ def main() -> int:
               f"{r['bytes_ratio']:>9,.0f}x")  # fmt: skip
 
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps({"a": a, "b": b}, indent=2))
+    (RESULTS / "latest.json").write_text(json.dumps({"a": a, "b": b, "c": c}, indent=2))
     failures = []
     if a["round_trips_tps_ratio_vs_bare"]["pyfuncs"] < 0.85:
         failures.append("(a) round trips below 0.85 of bare PL/Python")
     if a["in_database_calls_per_s_ratio_vs_bare"]["pyfuncs"] < 0.85:
         failures.append("(a) in-database rate below 0.85 of bare PL/Python")
+    for name, r in c.items():
+        if r["max_ms"] > 100:
+            failures.append(f"(c) {name} took more than 100 ms to stop")
     for name, r in b.items():
         if r["speedup"] < 20 or r["bytes_ratio"] < 1000:
             failures.append(f"(b) {name} below 20x faster / 1000x fewer bytes")

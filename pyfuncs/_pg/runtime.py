@@ -17,6 +17,7 @@ It provides:
 
 from __future__ import annotations
 
+import ast
 import ctypes
 import datetime
 import decimal
@@ -311,12 +312,11 @@ def _translate(routine: str, filename: str, exc: BaseException) -> Exception:
 # (it needs the GIL, which the main thread hands over at its periodic switch points), reads
 # the flags the postgres executable exports, and raises RoutineInterrupted in the main thread
 # while a routine's frame is on its stack. The stop is sticky for that call: `db` refuses
-# further queries, and a pending call (run by the main thread at its next switch point)
-# installs a trace function on the call's frames that raises again at every line, so no
-# `except`, retry loop or `finally` can swallow it: each handler is interrupted at its first
-# line until the exception has left the routine. Tracing costs nothing until a stop. The
-# thread never calls into PostgreSQL and blocks every signal, so PostgreSQL's handlers keep
-# running on the main thread.
+# further queries, and every `except` handler, `finally` block and `with` block of a routine
+# module calls a guard (inserted when the module is compiled, see _Guards) that raises again,
+# so no handler, retry loop or suppressing context manager can swallow it. Nothing of this
+# runs on the normal path except that cheap guard in handlers. The thread never calls into
+# PostgreSQL and blocks every signal, so PostgreSQL's handlers keep running on the main thread.
 
 
 class RoutineInterrupted(BaseException):
@@ -334,7 +334,9 @@ class Stop:
 
 
 class Watchdog:
-    TICK = 0.005
+    # how often it looks: a stop takes at most TICK + the 5 ms switch interval; every look
+    # costs the main thread a GIL hand-off, so a short tick slows busy backends down
+    TICK = 0.02
 
     def __init__(self) -> None:
         lib = ctypes.CDLL(None)  # the postgres executable itself
@@ -349,11 +351,6 @@ class Watchdog:
         self._frame: types.FrameType | None = None
         self._since = 0.0
         self.stop: Stop | None = None
-        # a C callback the main thread runs as a pending call; referenced so it stays alive
-        self._enforce_cb = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)(self._enforce)
-        self._add_pending = ctypes.pythonapi.Py_AddPendingCall
-        self._add_pending.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-        self._add_pending.restype = ctypes.c_int
 
     def start(self) -> None:
         every = signal.valid_signals()
@@ -391,30 +388,11 @@ class Watchdog:
                 if why is None:
                     continue
                 self.stop = Stop(top, why[0], why[1], now - self._since)
-                self._add_pending(ctypes.cast(self._enforce_cb, ctypes.c_void_p), None)
             interrupt(main, exc)
 
-    def _enforce(self, _arg: Any) -> int:
-        """On the main thread: trace the stopped call's frames so that every line raises."""
-        frame: types.FrameType | None = sys._getframe(1)
-        while frame is not None:
-            frame.f_trace = self._trace
-            frame.f_trace_opcodes = True
-            frame = frame.f_back
-        sys.settrace(self._trace)
-        return 0
-
-    def _trace(self, frame: types.FrameType, event: str, arg: Any) -> Any:
-        stop = self.stop
-        if stop is None:
-            return None
-        inside: types.FrameType | None = frame
-        while inside is not None:  # only frames of the stopped call, never the code around it
-            if inside is stop.frame:
-                frame.f_trace_opcodes = True
-                raise RoutineInterrupted()
-            inside = inside.f_back
-        return self._trace
+    def _arm(self, exc: Any) -> None:
+        """Raise `exc` in the main thread at its next check (None: cancel an armed one)."""
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._main), exc)
 
     def _why(self, routine: Routine, elapsed: float) -> tuple[str, str] | None:
         if self._die.value:
@@ -432,7 +410,7 @@ class Watchdog:
             self.stop = Stop(hit[0], sqlstate, reason, time.monotonic() - self._since)
 
     def check(self) -> None:
-        """Refuse to start a query for a call that has been told to stop."""
+        """Raise again inside a call that has been told to stop (queries, handlers)."""
         stop = self.stop
         if stop is None:
             return
@@ -445,7 +423,7 @@ class Watchdog:
     def describe(self, routine: str) -> tuple[str, str]:
         """SQLSTATE and message for the stop of the call that is leaving, then forget it."""
         stop, self.stop = self.stop, None
-        sys.settrace(None)
+        self._arm(None)  # the call has left: nothing may be raised into the code around it
         if stop is None:
             return "57014", f"{routine} was canceled"
         reason = stop.reason
@@ -457,6 +435,47 @@ class Watchdog:
 
 
 _WATCHDOG: Watchdog | None = None
+
+
+def _pf_guard() -> None:
+    """Called first in every handler, `finally` and after every `with` of a routine module."""
+    if _WATCHDOG is not None and _WATCHDOG.stop is not None:
+        _WATCHDOG.check()
+
+
+class _Guards(ast.NodeTransformer):
+    """Insert `_pf_guard()` where routine code could swallow a RoutineInterrupted."""
+
+    @staticmethod
+    def _guard(at: ast.AST) -> ast.stmt:
+        call = ast.Expr(ast.Call(ast.Name("_pf_guard", ast.Load()), [], []))
+        return ast.copy_location(call, at)
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> ast.AST:
+        self.generic_visit(node)
+        node.body.insert(0, self._guard(node.body[0]))
+        return node
+
+    def visit_Try(self, node: ast.Try) -> ast.AST:
+        self.generic_visit(node)
+        if node.finalbody:
+            node.finalbody.insert(0, self._guard(node.finalbody[0]))
+        return node
+
+    def visit_TryStar(self, node: ast.TryStar) -> ast.AST:
+        self.generic_visit(node)
+        if node.finalbody:
+            node.finalbody.insert(0, self._guard(node.finalbody[0]))
+        return node
+
+    def visit_With(self, node: ast.With) -> list[ast.stmt]:
+        self.generic_visit(node)
+        return [node, self._guard(node)]  # a context manager's __exit__ may suppress it
+
+
+def _compile(source: str, filename: str) -> types.CodeType:
+    tree = _Guards().visit(ast.parse(source, filename))
+    return compile(ast.fix_missing_locations(tree), filename, "exec")
 
 
 def _interrupted(exc: BaseException) -> None:
@@ -489,7 +508,8 @@ def _load_module(source: str, filename: str, module_name: str) -> dict[str, Any]
         sys.modules[module_name] = module
         # so tracebacks show the routine's source lines: the file itself is not on the server
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-        exec(compile(source, filename, "exec"), module.__dict__)
+        module.__dict__["_pf_guard"] = _pf_guard
+        exec(_compile(source, filename), module.__dict__)
         namespace = modules[key] = module.__dict__
     return namespace
 

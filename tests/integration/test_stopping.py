@@ -45,7 +45,7 @@ def run(conn: psycopg.Connection[Any], query: str) -> tuple[psycopg.Error, float
 @pytest.mark.parametrize(
     "routine",
     ["loop", "swallow_exception", "swallow_base_exception", "swallow_bare", "retry_queries",
-     "looping_finally", "sleeping_query"],
+     "looping_finally", "sleeping_query", "swallow_then_spin"],
 )  # fmt: skip
 def test_statement_timeout_stops_every_kind_of_routine(spin: str, routine: str) -> None:
     with psycopg.connect(spin, autocommit=True) as conn:
@@ -88,7 +88,9 @@ def _from_another_connection(dsn: str, query: str, pid: int, delay: float) -> th
 
 def test_pg_cancel_backend(spin: str) -> None:
     with psycopg.connect(spin, autocommit=True) as conn:
-        thread = _from_another_connection(spin, "SELECT pg_cancel_backend(%s)", conn.info.backend_pid, 0.3)
+        thread = _from_another_connection(
+            spin, "SELECT pg_cancel_backend(%s)", conn.info.backend_pid, 0.3
+        )
         err, took = run(conn, "SELECT spin.swallow_base_exception()")
         thread.join()
         assert err.sqlstate == "57014"
@@ -98,8 +100,13 @@ def test_pg_cancel_backend(spin: str) -> None:
 
 
 def test_pg_terminate_backend_ends_only_that_session(spin: str) -> None:
-    with psycopg.connect(spin, autocommit=True) as bystander, psycopg.connect(spin, autocommit=True) as conn:
-        thread = _from_another_connection(spin, "SELECT pg_terminate_backend(%s)", conn.info.backend_pid, 0.3)
+    with (
+        psycopg.connect(spin, autocommit=True) as bystander,
+        psycopg.connect(spin, autocommit=True) as conn,
+    ):
+        thread = _from_another_connection(
+            spin, "SELECT pg_terminate_backend(%s)", conn.info.backend_pid, 0.3
+        )
         err, took = run(conn, "SELECT spin.swallow_bare()")
         thread.join()
         assert err.sqlstate == "57P01"

@@ -85,3 +85,17 @@ def over_results() -> Iterator[int]:
 @stored_function(schema="spin")
 def quick(x: int) -> int:
     return x * 2
+
+
+@stored_function(schema="spin")
+def swallow_then_spin() -> int:
+    try:  # noqa: SIM105 - the pattern under test
+        db.execute("SELECT pg_sleep(30)")
+    except BaseException:
+        pass
+    while True:
+        try:
+            while True:
+                pass
+        except BaseException:
+            pass
