@@ -308,7 +308,7 @@ def _translate(routine: str, filename: str, exc: BaseException) -> Exception:
 # --- stopping ---------------------------------------------------------------------------
 # Stock PL/Python never looks at PostgreSQL's interrupt flags while Python bytecode runs, so a
 # pure-Python loop ignores statement_timeout, pg_cancel_backend and pg_terminate_backend. The
-# watchdog is a thread of this backend that wakes every few milliseconds while Python runs
+# watchdog is a thread of this backend that looks every 20 ms while Python runs
 # (it needs the GIL, which the main thread hands over at its periodic switch points), reads
 # the flags the postgres executable exports, and raises RoutineInterrupted in the main thread
 # while a routine's frame is on its stack. The stop is sticky for that call: `db` refuses
@@ -378,6 +378,9 @@ class Watchdog:
             hit = self._outermost(sys._current_frames().get(self._main))
             if hit is None:
                 self._frame = None
+                if self.stop is not None:  # the call finished just as it was stopped
+                    self.stop = None
+                    self._arm(None)
                 continue
             top, routine = hit
             now = time.monotonic()
