@@ -52,6 +52,7 @@ class Options:
     parallel: Parallel = "unsafe"
     security: str = "invoker"
     timeout_ms: int | None = None
+    max_db_ops: int | None = None
 
 
 def _mark(options: Options) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -75,6 +76,7 @@ def stored_function(
     parallel: Parallel = "unsafe",
     security: str = "invoker",
     timeout_ms: int | None = None,
+    max_db_ops: int | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 def stored_function(
     fn: Callable[P, R] | None = None,
@@ -88,15 +90,17 @@ def stored_function(
     parallel: Parallel = "unsafe",
     security: str = "invoker",
     timeout_ms: int | None = None,
+    max_db_ops: int | None = None,
 ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Mark a typed Python function as a PostgreSQL function (`LANGUAGE plpython3u`).
 
     `roles` get EXECUTE; nobody else does. The docstring becomes the function's COMMENT.
-    `timeout_ms` stops a call that runs longer (SQLSTATE 57014).
+    `timeout_ms` stops a call that runs longer (SQLSTATE 57014); `max_db_ops` stops one that
+    makes more database operations (queries, prepares, cursor fetches; SQLSTATE 54000).
     """
     options = Options(
         "function", schema, name, tuple(roles), volatility, strict, parallel, security,
-        timeout_ms,
+        timeout_ms, max_db_ops,
     )  # fmt: skip
     return _mark(options)(fn) if fn is not None else _mark(options)
 
@@ -111,6 +115,7 @@ def procedure(
     roles: typing.Sequence[str] = (),
     security: str = "invoker",
     timeout_ms: int | None = None,
+    max_db_ops: int | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 def procedure(
     fn: Callable[P, R] | None = None,
@@ -121,6 +126,7 @@ def procedure(
     roles: typing.Sequence[str] = (),
     security: str = "invoker",
     timeout_ms: int | None = None,
+    max_db_ops: int | None = None,
 ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Mark a typed Python function as a PostgreSQL procedure, run with `CALL`.
 
@@ -128,8 +134,9 @@ def procedure(
     survive an error. A return value becomes OUT parameters (`result`, or a row's fields).
     """
     options = Options(
-        "procedure", schema, name, tuple(roles), security=security, timeout_ms=timeout_ms
-    )
+        "procedure", schema, name, tuple(roles), security=security, timeout_ms=timeout_ms,
+        max_db_ops=max_db_ops,
+    )  # fmt: skip
     return _mark(options)(fn) if fn is not None else _mark(options)
 
 
@@ -206,6 +213,7 @@ class Definition:
             "file": self.file,
             "converters": sorted({p.type.convert for p in self.params if p.type.convert}),
             "timeout_ms": self.options.timeout_ms,
+            "max_db_ops": self.options.max_db_ops,
         }
 
     def signature(self) -> dict[str, Any]:

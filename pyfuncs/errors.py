@@ -134,6 +134,14 @@ class QueryCanceled(DatabaseError, code="57014"):
     """The statement was cancelled (statement_timeout, pg_cancel_backend or a routine limit)."""
 
 
+class AdminShutdown(DatabaseError, code="57P01"):
+    """The session was terminated (pg_terminate_backend) while a routine ran."""
+
+
+class LimitExceeded(DatabaseError, code="54000"):
+    """A routine went past one of its limits (max_db_ops)."""
+
+
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 
 

@@ -161,7 +161,7 @@ class Db(Queries):
 
     def _plan(self, query: str, params: Sequence[Any]) -> tuple[Any, list[Any]]:
         if _WATCHDOG is not None:
-            _WATCHDOG.check()
+            _WATCHDOG.count_db_op()
         adapted = [_adapt_param(v) for v in params]
         sqltypes = tuple(t for t, _ in adapted)
         key = (query, sqltypes)
@@ -194,7 +194,7 @@ class Db(Queries):
         try:
             while True:
                 if _WATCHDOG is not None:
-                    _WATCHDOG.check()
+                    _WATCHDOG.count_db_op()
                 try:
                     chunk = cur.fetch(batch)
                 except plpy.SPIError as exc:
@@ -351,6 +351,9 @@ class Watchdog:
         self._frame: types.FrameType | None = None
         self._since = 0.0
         self.stop: Stop | None = None
+        # database operations of the current call (main thread only)
+        self._ops_frame: types.FrameType | None = None
+        self._ops = 0
 
     def start(self) -> None:
         every = signal.valid_signals()
@@ -412,6 +415,22 @@ class Watchdog:
         if hit is not None:
             self.stop = Stop(hit[0], sqlstate, reason, time.monotonic() - self._since)
 
+    def count_db_op(self) -> None:
+        """Before each query, prepare or cursor fetch: refuse it for a stopped call or past
+        the routine's max_db_ops."""
+        self.check()
+        hit = self._outermost(sys._getframe(1))
+        if hit is None:
+            return
+        top, routine = hit
+        if top is not self._ops_frame:
+            self._ops_frame, self._ops = top, 0
+        self._ops += 1
+        if routine.max_db_ops is not None and self._ops > routine.max_db_ops:
+            reason = f"exceeded its limit max_db_ops={routine.max_db_ops} (operation {self._ops})"
+            self.stop = Stop(top, "54000", reason, time.monotonic() - self._since)
+            raise RoutineInterrupted()
+
     def check(self) -> None:
         """Raise again inside a call that has been told to stop (queries, handlers)."""
         stop = self.stop
@@ -426,6 +445,7 @@ class Watchdog:
     def describe(self, routine: str) -> tuple[str, str]:
         """SQLSTATE and message for the stop of the call that is leaving, then forget it."""
         stop, self.stop = self.stop, None
+        self._ops_frame = None
         self._arm(None)  # the call has left: nothing may be raised into the code around it
         if stop is None:
             return "57014", f"{routine} was canceled"
@@ -525,13 +545,14 @@ class Routine:
     run only for the parameters that need them, `fail` and `rows` only on errors and sets.
     """
 
-    __slots__ = ("convert", "filename", "fn", "qualname", "timeout")
+    __slots__ = ("convert", "filename", "fn", "max_db_ops", "qualname", "timeout")
 
     def __init__(self, spec: Mapping[str, Any], source: str) -> None:
         self.qualname: str = spec["routine"]
         self.filename: str = spec["file"]
         timeout_ms = spec.get("timeout_ms")
         self.timeout: float | None = timeout_ms / 1000 if timeout_ms else None
+        self.max_db_ops: int | None = spec.get("max_db_ops")
         try:
             self.fn = _load_module(source, self.filename, spec["module"])[spec["function"]]
         except Exception as exc:
@@ -567,7 +588,9 @@ class Routine:
             return exc  # type: ignore[return-value]
         if isinstance(exc, RoutineInterrupted) and _WATCHDOG is not None:
             sqlstate, message = _WATCHDOG.describe(self.qualname)
-            name = "QueryCanceled" if sqlstate == "57014" else "AdminShutdown"
+            name = {"57014": "QueryCanceled", "57P01": "AdminShutdown"}.get(
+                sqlstate, "LimitExceeded"
+            )
             return _error(name, message, sqlstate)
         return _translate(self.qualname, self.filename, exc)
 

@@ -112,3 +112,15 @@ def test_pg_terminate_backend_ends_only_that_session(spin: str) -> None:
         assert err.sqlstate == "57P01"
         assert took < 0.3 + SLACK
         assert bystander.execute("SELECT spin.quick(5)").fetchone() == (10,)
+
+
+def test_max_db_ops_counts_every_operation_and_keeps_no_writes(spin: str) -> None:
+    with psycopg.connect(spin, autocommit=True) as conn:
+        conn.execute("CREATE TABLE spin.log (i int)")
+        assert conn.execute("SELECT spin.chatty(3)").fetchone() == (3,)
+        conn.execute("DELETE FROM spin.log")
+        err, _ = run(conn, "SELECT spin.chatty(5)")  # swallowing does not help
+        assert err.sqlstate == "54000"
+        assert "spin.chatty exceeded its limit max_db_ops=3 (operation 4)" in str(err)
+        assert conn.execute("SELECT count(*) FROM spin.log").fetchone() == (0,)
+        assert conn.execute("SELECT spin.chatty(2)").fetchone() == (2,)  # the next call counts anew

@@ -99,3 +99,15 @@ def swallow_then_spin() -> int:
                 pass
         except BaseException:
             pass
+
+
+@stored_function(schema="spin", max_db_ops=3)
+def chatty(writes: int) -> int:
+    done = 0
+    for i in range(writes):
+        try:
+            db.execute("INSERT INTO spin.log VALUES ($1)", [i])
+            done += 1
+        except BaseException:
+            continue
+    return done
