@@ -23,6 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
+from . import policy
 from .errors import DefinitionError
 from .typemap import ReturnShape, SqlType, UnsupportedType, return_shape, sql_type
 
@@ -441,9 +442,39 @@ def load_module(target: str) -> ModuleType:
         ) from exc
 
 
+def _source_file(target: str) -> Path:
+    if target.endswith(".py") or "/" in target:
+        return Path(target).resolve()
+    try:
+        spec = importlib.util.find_spec(target)
+    except (ImportError, ValueError) as exc:
+        raise DefinitionError(f"cannot find module {target!r}: {exc}") from exc
+    if spec is None or spec.origin is None:
+        raise DefinitionError(f"cannot find module {target!r}; pass a file path or a module name")
+    return Path(spec.origin)
+
+
+def enforce_policy(file: Path) -> None:
+    """Refuse a routine module whose source breaks the policy (see pyfuncs.policy)."""
+    if not file.is_file():
+        raise DefinitionError(f"no such file: {display_path(file)}")
+    violations = policy.check_source(file.read_text(), display_path(file))
+    if violations:
+        raise DefinitionError(
+            f"{len(violations)} policy violation(s), nothing was deployed:\n"
+            + "\n".join(f"  {v}" for v in violations)
+        )
+
+
 def collect(target: str | ModuleType) -> list[Definition]:
-    """Every routine defined in a module, validated. All problems are reported at once."""
-    module = load_module(target) if isinstance(target, str) else target
+    """Every routine defined in a module, validated: the policy first, on the source, before
+    the module is imported; then each definition. All problems are reported at once."""
+    if isinstance(target, str):
+        enforce_policy(_source_file(target))
+        module = load_module(target)
+    else:
+        enforce_policy(Path(getattr(target, "__file__", "") or "."))
+        module = target
     source_file = getattr(module, "__file__", None)
     source = Path(source_file).read_text() if source_file else None
     found = [

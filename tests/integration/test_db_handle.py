@@ -36,8 +36,8 @@ def test_subtransactions_roll_back_alone(client: Client) -> None:
 
 def test_query_results_arrive_as_python_types(client: Client) -> None:
     result = client.call(m.typed_values, DAY, IDENT, {"k": [1, 2]})
-    assert result == {"next": "2024-02-29", "ident_type": "UUID", "k": [1, 2],
-                      "ts_type": "datetime", "one": 1, "missing": None}  # fmt: skip
+    assert result == {"next": "2024-02-29", "ident_is_uuid": True, "k": [1, 2],
+                      "ts_is_datetime": True, "one": 1, "missing": None}  # fmt: skip
 
 
 def test_claims_inside_a_routine(client: Client) -> None:

@@ -46,9 +46,9 @@ def typed_values(day: datetime.date, ident: uuid.UUID, meta: dict[str, Any]) -> 
     assert row is not None
     return {
         "next": row["next"].isoformat(),
-        "ident_type": type(row["ident"]).__name__,
+        "ident_is_uuid": isinstance(row["ident"], uuid.UUID),
         "k": row["k"],
-        "ts_type": type(row["ts"]).__name__,
+        "ts_is_datetime": isinstance(row["ts"], datetime.datetime),
         "one": db.fetchval("SELECT 1"),
         "missing": db.fetchone("SELECT 1 WHERE false"),
     }

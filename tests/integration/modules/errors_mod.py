@@ -39,5 +39,5 @@ def caught() -> str:
     try:
         db.execute("SELECT 1/0")
     except Exception as exc:  # an SPI error caught by the routine leaves the call usable
-        return f"caught {type(exc).__name__}"
+        return f"caught {getattr(exc, 'sqlstate', None)}"
     return "no error"

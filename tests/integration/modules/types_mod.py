@@ -71,10 +71,11 @@ def everything(
     p_uuids: list[uuid.UUID],
 ) -> Everything:
     """Returns its arguments after checking each arrived as its hinted Python type."""
-    values = {name[2:]: value for name, value in locals().items()}
+    values = dict(zip(_EXPECTED, (p_i, p_small, p_f, p_n, p_s, p_b, p_by, p_ts, p_d, p_t, p_u,
+                                  p_j, p_ints, p_dates, p_uuids), strict=True))  # fmt: skip
     for name, expected in _EXPECTED.items():
         if type(values[name]) is not expected:
-            raise TypeError(f"{name} arrived as {type(values[name]).__name__}")
+            raise TypeError(f"{name} arrived as {type(values[name])!r}")
     if not all(type(x) is datetime.date for x in p_dates):
         raise TypeError("dates items are not dates")
     if not all(type(x) is uuid.UUID for x in p_uuids):

@@ -1,0 +1,179 @@
+"""The policy check: what routine source may do, verified before anything is installed.
+
+It reads the source (it never imports it) and reports every violation with file:line:col, the
+rule and how to fix it. It is defence in depth, not the security boundary (see the README):
+routines are untrusted-language code that only a superuser can install, and caller rights
+and RLS bound the data they reach. The policy stops the mistakes and tricks that would let a
+routine step outside pure computation over its `db` handle: the OS, the interpreter's
+internals, dynamic code, and the frames and globals behind a function.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import string
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+# Pure-computation standard library. `re` is left out on purpose: a backtracking regular
+# expression runs inside one C call that no watchdog can interrupt.
+DEFAULT_ALLOWED = frozenset({
+    "__future__", "pyfuncs", "math", "cmath", "decimal", "fractions", "numbers", "statistics",
+    "random", "datetime", "zoneinfo", "calendar", "uuid", "json", "collections",
+    "collections.abc", "dataclasses", "enum", "typing", "itertools", "heapq", "bisect",
+    "hashlib", "hmac", "base64", "secrets", "struct", "unicodedata",
+})  # fmt: skip
+
+# Named in the error message, so that the refusal says why (the allow-list refuses them anyway).
+FORBIDDEN_MODULES = {
+    "ctypes": "reaches raw memory", "os": "reaches the operating system",
+    "posix": "reaches the operating system", "nt": "reaches the operating system",
+    "sys": "reaches the interpreter", "subprocess": "runs programs", "socket": "opens sockets",
+    "importlib": "imports anything", "gc": "reaches every object", "inspect": "reaches frames",
+    "pickle": "runs code while loading", "marshal": "loads code objects",
+    "builtins": "reaches the unrestricted builtins", "operator": "attrgetter reaches attributes",
+    "functools": "builds callables that hide what they call",
+    "string": "Formatter reaches attributes", "types": "builds functions and code",
+    "threading": "starts threads", "_thread": "starts threads", "signal": "changes signals",
+    "io": "opens files", "pathlib": "opens files", "shutil": "changes files",
+    "tempfile": "creates files", "plpy": "bypasses the db handle", "code": "runs code",
+    "codeop": "compiles code", "runpy": "runs modules", "pkgutil": "imports anything",
+    "multiprocessing": "starts processes", "asyncio": "runs an event loop",
+    "re": "backtracking regular expressions cannot be interrupted",
+}  # fmt: skip
+
+FORBIDDEN_BUILTINS = {
+    "exec": "runs code built at run time", "eval": "runs code built at run time",
+    "compile": "builds code", "open": "opens files", "globals": "exposes module globals",
+    "vars": "exposes namespaces", "locals": "exposes namespaces", "__import__": "imports anything",
+    "breakpoint": "starts a debugger", "input": "reads the server's stdin",
+    "help": "starts the help system", "memoryview": "exposes raw memory",
+    "delattr": "changes objects by name",
+}  # fmt: skip
+
+NAMED_ACCESS = frozenset({"getattr", "setattr", "hasattr"})
+
+# Attributes that lead from an object to frames, code or globals.
+FRAME_ATTRIBUTES = frozenset({
+    "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "cr_await", "ag_frame",
+    "ag_code", "f_back", "f_globals", "f_locals", "f_builtins", "f_code", "tb_frame", "tb_next",
+    "co_code", "co_consts", "func_globals", "func_code",
+})  # fmt: skip
+
+_DUNDER = re.compile(r"^__\w+__$")
+_ALLOWED_DUNDER_NAMES = frozenset({"__name__"})
+
+
+@dataclass(frozen=True)
+class Violation:
+    file: str
+    line: int
+    col: int
+    rule: str
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}: [{self.rule}] {self.message}; {self.fix}"
+
+
+def allowed_modules() -> frozenset[str]:
+    """The default allow-list plus PYFUNCS_ALLOWED_MODULES (comma-separated)."""
+    extra = os.environ.get("PYFUNCS_ALLOWED_MODULES", "")
+    return DEFAULT_ALLOWED | {m.strip() for m in extra.split(",") if m.strip()}
+
+
+class _Checker(ast.NodeVisitor):
+    def __init__(self, file: str, allowed: frozenset[str]) -> None:
+        self.file, self.allowed = file, allowed
+        self.found: list[Violation] = []
+
+    def _add(self, node: ast.AST, rule: str, message: str, fix: str) -> None:
+        line, col = getattr(node, "lineno", 0), getattr(node, "col_offset", -1) + 1
+        self.found.append(Violation(self.file, line, col, rule, message, fix))
+
+    def _module(self, node: ast.AST, name: str) -> None:
+        if name in self.allowed:
+            return
+        why = FORBIDDEN_MODULES.get(name.split(".")[0])
+        message = f"import of {name!r} is not allowed" + (f" ({why})" if why else "")
+        fix = ("use the db handle and pure-computation modules"
+               if why else "add it to PYFUNCS_ALLOWED_MODULES if it is pure computation")  # fmt: skip
+        self._add(node, "import-not-allowed", message, fix)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        for alias in node.names:
+            self._module(node, alias.name)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.level:
+            self._add(node, "relative-import", "relative imports are not allowed",
+                      "a routine module must be self-contained")  # fmt: skip
+            return
+        self._module(node, node.module or "")
+
+    def visit_Name(self, node: ast.Name) -> None:
+        name = node.id
+        if _DUNDER.match(name) and name not in _ALLOWED_DUNDER_NAMES:
+            self._add(node, "dunder-name", f"the name {name!r} reaches interpreter internals",
+                      "use an ordinary name")  # fmt: skip
+        elif name in FORBIDDEN_BUILTINS:
+            self._add(node, "forbidden-builtin", f"{name}() {FORBIDDEN_BUILTINS[name]}",
+                      "express it without dynamic code or namespaces")  # fmt: skip
+        elif name in NAMED_ACCESS and not getattr(node, "_pf_direct", False):
+            self._add(node, "computed-attribute", f"{name} may only be called directly",
+                      f"call {name}(obj, 'literal_name') or use obj.attr")  # fmt: skip
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        if _DUNDER.match(node.attr) or node.attr.startswith("__"):
+            self._add(node, "dunder-attribute",
+                      f"the attribute {node.attr!r} reaches interpreter internals",
+                      "use the object's public interface")  # fmt: skip
+        elif node.attr in FRAME_ATTRIBUTES:
+            self._add(node, "frame-attribute",
+                      f"the attribute {node.attr!r} leads to frames, code or globals",
+                      "routines do not need frames")  # fmt: skip
+        elif node.attr in ("format", "format_map") and isinstance(node.value, ast.Constant):
+            self._format_template(node, node.value.value)
+        self.generic_visit(node)
+
+    def _format_template(self, node: ast.AST, template: object) -> None:
+        if not isinstance(template, str):
+            return
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f]
+        except ValueError:
+            return
+        if any("." in f or "[" in f for f in fields):
+            self._add(node, "format-traversal",
+                      "a format field walks attributes or items ({0.attr} / {0[key]})",
+                      "format plain values, or use an f-string")  # fmt: skip
+
+    def visit_Call(self, node: ast.Call) -> None:
+        func = node.func
+        if isinstance(func, ast.Name) and func.id in NAMED_ACCESS:
+            func._pf_direct = True  # type: ignore[attr-defined]
+            name = node.args[1] if len(node.args) > 1 else None
+            if not (isinstance(name, ast.Constant) and isinstance(name.value, str)):
+                self._add(node, "computed-attribute",
+                          f"{func.id}() with a computed attribute name",
+                          "name the attribute with a string literal")  # fmt: skip
+            elif name.value.startswith("_") or name.value in FRAME_ATTRIBUTES:
+                self._add(node, "dunder-attribute",
+                          f"{func.id}() of the private attribute {name.value!r}",
+                          "use the object's public interface")  # fmt: skip
+        self.generic_visit(node)
+
+
+def check_source(source: str, file: str, allowed: Iterable[str] | None = None) -> list[Violation]:
+    """Every policy violation in a routine module's source (syntax errors are left to the
+    import, which reports them with file:line)."""
+    try:
+        tree = ast.parse(source, file)
+    except SyntaxError:
+        return []
+    checker = _Checker(file, frozenset(allowed) if allowed is not None else allowed_modules())
+    checker.visit(tree)
+    return sorted(checker.found, key=lambda v: (v.line, v.col))
