@@ -215,6 +215,7 @@ class Definition:
             "converters": sorted({p.type.convert for p in self.params if p.type.convert}),
             "timeout_ms": self.options.timeout_ms,
             "max_db_ops": self.options.max_db_ops,
+            "allowed_modules": sorted(policy.allowed_modules()),
         }
 
     def signature(self) -> dict[str, Any]:

@@ -519,10 +519,50 @@ def _interrupted(exc: BaseException) -> None:
 # --- routines ---------------------------------------------------------------------------
 
 
-def _load_module(source: str, filename: str, module_name: str) -> dict[str, Any]:
+# --- runtime guards ---------------------------------------------------------------------
+# Behind the policy check done before deploy: a routine module runs with builtins that lack
+# dynamic code and namespaces, an importer limited to the allow-list, and attribute access by
+# name that refuses private names. Defence in depth, like the policy itself.
+
+_REMOVED_BUILTINS = frozenset({
+    "exec", "eval", "compile", "open", "globals", "vars", "locals", "breakpoint", "input",
+    "help", "memoryview", "delattr", "__import__", "__loader__", "__spec__",
+})  # fmt: skip
+
+
+def _restricted_builtins(allowed: frozenset[str]) -> dict[str, Any]:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def guarded_import(
+        name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0
+    ) -> Any:
+        if level != 0 or name not in allowed:
+            raise ImportError(f"pyfuncs: import of {name!r} is not allowed in a routine")
+        return real_import(name, globals, locals, fromlist, level)
+
+    def public(name: object) -> str:
+        if not isinstance(name, str) or name.startswith("_"):
+            raise AttributeError(f"pyfuncs: attribute {name!r} is not accessible from a routine")
+        return name
+
+    restricted = {k: v for k, v in vars(builtins).items() if k not in _REMOVED_BUILTINS}
+    restricted.update(
+        __import__=guarded_import,
+        getattr=lambda obj, name, *default: getattr(obj, public(name), *default),
+        hasattr=lambda obj, name: hasattr(obj, public(name)),
+        setattr=lambda obj, name, value: setattr(obj, public(name), value),
+    )
+    return restricted
+
+
+def _load_module(
+    source: str, filename: str, module_name: str, allowed: frozenset[str]
+) -> dict[str, Any]:
     """Execute a routine module once per backend, keyed by its exact source."""
     modules: dict[str, dict[str, Any]] = _GD.setdefault("pyfuncs.modules", {})
-    key = hashlib.sha256(source.encode()).hexdigest()
+    key = hashlib.sha256(repr((source, sorted(allowed))).encode()).hexdigest()
     namespace = modules.get(key)
     if namespace is None:
         module = types.ModuleType(module_name)
@@ -532,6 +572,7 @@ def _load_module(source: str, filename: str, module_name: str) -> dict[str, Any]
         # so tracebacks show the routine's source lines: the file itself is not on the server
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         module.__dict__["_pf_guard"] = _pf_guard
+        module.__dict__["__builtins__"] = _restricted_builtins(allowed)
         exec(_compile(source, filename), module.__dict__)
         namespace = modules[key] = module.__dict__
     return namespace
@@ -554,7 +595,10 @@ class Routine:
         self.timeout: float | None = timeout_ms / 1000 if timeout_ms else None
         self.max_db_ops: int | None = spec.get("max_db_ops")
         try:
-            self.fn = _load_module(source, self.filename, spec["module"])[spec["function"]]
+            namespace = _load_module(
+                source, self.filename, spec["module"], frozenset(spec["allowed_modules"])
+            )
+            self.fn = namespace[spec["function"]]
         except Exception as exc:
             raise self.fail(exc) from None
         self.convert = {kind: self._reading(_converter(kind)) for kind in spec["converters"]}
