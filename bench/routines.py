@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyfuncs import stored_function
+from pyfuncs import db, stored_function
 
 
 @stored_function(schema="bench", volatility="immutable", parallel="safe")
@@ -26,3 +26,8 @@ def spin_limited() -> int:
     n = 0
     while True:
         n += 1
+
+
+@stored_function(schema="bench", volatility="stable")
+def query_one(x: int) -> int:
+    return int(db.fetchval("SELECT $1::bigint + 1", [x]))

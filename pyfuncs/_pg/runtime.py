@@ -79,6 +79,12 @@ def _none_or(fn: Callable[[Any], Any], value: Any) -> Any:
     return None if value is None else fn(value)
 
 
+_SIMPLE_TYPES: dict[type, str] = {
+    type(None): "text", bool: "boolean", int: "bigint", float: "double precision",
+    decimal.Decimal: "numeric", str: "text", bytes: "bytea",
+}  # fmt: skip
+
+
 def _adapt_param(value: Any) -> tuple[str, Any]:
     """The SQL type to declare for a query parameter, and the value PL/Python can send."""
     if value is None:
@@ -153,44 +159,85 @@ class Queries:
         return uuid.UUID(sub) if sub else None
 
 
+class _Prepared:
+    """A plan, and how to convert its result columns (learnt from its first result)."""
+
+    __slots__ = ("fixes", "plan")
+
+    def __init__(self, plan: Any) -> None:
+        self.plan = plan
+        self.fixes: list[tuple[str, Callable[[Any], Any]]] | None = None
+
+    def rows(self, result: Any) -> Any:
+        fixes = self.fixes
+        if fixes is None:
+            try:
+                names, oids = result.colnames(), result.coltypes()
+            except plpy.Error:  # a utility statement or a write without RETURNING
+                return result
+            fixes = self.fixes = [
+                (n, _converter(_OID_PARSERS[o]))  # type: ignore[misc]
+                for n, o in zip(names, oids, strict=True)
+                if o in _OID_PARSERS
+            ]
+        for row in result if fixes else ():
+            for name, convert in fixes:
+                row[name] = convert(row[name])
+        return result
+
+
 class Db(Queries):
     """The database, as seen from inside a routine. Runs as the caller; RLS applies."""
 
     def __init__(self) -> None:
-        self._plans: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._plans: dict[tuple[str, tuple[str, ...]], _Prepared] = {}
 
-    def _plan(self, query: str, params: Sequence[Any]) -> tuple[Any, list[Any]]:
+    def _plan(self, query: str, params: Sequence[Any]) -> tuple[_Prepared, list[Any]]:
         if _WATCHDOG is not None:
             _WATCHDOG.count_db_op()
-        adapted = [_adapt_param(v) for v in params]
-        sqltypes = tuple(t for t, _ in adapted)
+        try:  # the common case: values PL/Python sends as they are
+            sqltypes = tuple([_SIMPLE_TYPES[type(v)] for v in params])
+            values = list(params)
+        except KeyError:
+            adapted = [_adapt_param(v) for v in params]
+            sqltypes = tuple(t for t, _ in adapted)
+            values = [v for _, v in adapted]
         key = (query, sqltypes)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._plans[key] = plpy.prepare(query, list(sqltypes))
-        return plan, [v for _, v in adapted]
+        prepared = self._plans.get(key)
+        if prepared is None:
+            prepared = self._plans[key] = _Prepared(plpy.prepare(query, list(sqltypes)))
+        return prepared, values
 
     def execute(self, query: str, params: Sequence[Any] = (), /) -> Rows:
         """Run `query` with `$1, $2 …` bound to `params`; return the rows as dicts.
 
         Plans are prepared once per backend for each query text and parameter types.
         """
-        plan, values = self._plan(query, params)
+        result = self._run(query, params)
+        rows = Rows(result)
+        rows.rowcount = result.nrows()
+        return rows
+
+    def fetchone(self, query: str, params: Sequence[Any] = (), /) -> dict[str, Any] | None:
+        """The first row of `query`, or None."""
+        result = self._run(query, params)  # read in place: no copy for one row
+        return result[0] if len(result) else None
+
+    def _run(self, query: str, params: Sequence[Any]) -> Any:
+        prepared, values = self._plan(query, params)
         try:
-            result = plpy.execute(plan, values)
+            result = plpy.execute(prepared.plan, values)
         except plpy.SPIError as exc:
             _interrupted(exc)
             raise
-        rows = Rows(_convert_rows(result))
-        rows.rowcount = result.nrows()
-        return rows
+        return prepared.rows(result)
 
     def cursor(
         self, query: str, params: Sequence[Any] = (), /, *, batch: int = 1000
     ) -> Iterator[dict[str, Any]]:
         """Iterate over a large result without holding it all in memory."""
-        plan, values = self._plan(query, params)
-        cur = plpy.cursor(plan, values)
+        prepared, values = self._plan(query, params)
+        cur = plpy.cursor(prepared.plan, values)
         try:
             while True:
                 if _WATCHDOG is not None:
@@ -202,7 +249,7 @@ class Db(Queries):
                     raise
                 if not chunk:
                     return
-                yield from _convert_rows(chunk)
+                yield from prepared.rows(chunk)
         finally:
             cur.close()
 
@@ -214,24 +261,6 @@ class Db(Queries):
         """The caller's JWT claims (`request.jwt.claims`), empty without a token."""
         raw = plpy.execute("SELECT current_setting('request.jwt.claims', true) AS c")[0]["c"]
         return dict(json.loads(raw)) if raw else {}
-
-
-def _convert_rows(result: Any) -> Any:
-    try:
-        names, oids = result.colnames(), result.coltypes()
-    except plpy.Error:  # a utility statement or a write without RETURNING: no columns
-        return result
-    fixes = [
-        (n, _converter(_OID_PARSERS[o]))
-        for n, o in zip(names, oids, strict=True)
-        if o in _OID_PARSERS
-    ]
-    if not fixes:
-        return result
-    for row in result:
-        for name, convert in fixes:
-            row[name] = convert(row[name])  # type: ignore[misc]
-    return result
 
 
 db = Db()
@@ -351,7 +380,9 @@ class Watchdog:
         self._frame: types.FrameType | None = None
         self._since = 0.0
         self.stop: Stop | None = None
-        # database operations of the current call (main thread only)
+        # database operations of the current call (main thread only), counted only once a
+        # routine with max_db_ops has been loaded in this backend
+        self.counting = False
         self._ops_frame: types.FrameType | None = None
         self._ops = 0
 
@@ -417,12 +448,21 @@ class Watchdog:
 
     def count_db_op(self) -> None:
         """Before each query, prepare or cursor fetch: refuse it for a stopped call or past
-        the routine's max_db_ops."""
-        self.check()
-        hit = self._outermost(sys._getframe(1))
-        if hit is None:
+        the routine's max_db_ops (one walk up the stack does both)."""
+        stop = self.stop
+        if stop is None and not self.counting:
+            return  # nothing to refuse and nothing to count: the common case, no stack walk
+        frame: types.FrameType | None = sys._getframe(1)
+        top, routine = None, None
+        while frame is not None:
+            if stop is not None and frame is stop.frame:
+                raise RoutineInterrupted()
+            found = self.routines.get(frame.f_code)
+            if found is not None:
+                top, routine = frame, found
+            frame = frame.f_back
+        if top is None or routine is None or routine.max_db_ops is None:
             return
-        top, routine = hit
         if top is not self._ops_frame:
             self._ops_frame, self._ops = top, 0
         self._ops += 1
@@ -604,6 +644,7 @@ class Routine:
         self.convert = {kind: self._reading(_converter(kind)) for kind in spec["converters"]}
         if _WATCHDOG is not None:
             _WATCHDOG.routines[self.fn.__code__] = self
+            _WATCHDOG.counting = _WATCHDOG.counting or self.max_db_ops is not None
 
     def _reading(self, convert: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
         assert convert is not None
