@@ -414,8 +414,6 @@ def load_module(target: str) -> ModuleType:
     try:
         if target.endswith(".py") or "/" in target:
             path = Path(target).resolve()
-            if not path.is_file():
-                raise DefinitionError(f"no such file: {target}")
             module_name = f"pyfuncs_user.{path.stem}"
             spec = importlib.util.spec_from_file_location(module_name, path)
             if spec is None or spec.loader is None:
@@ -455,11 +453,19 @@ def _source_file(target: str) -> Path:
     return Path(spec.origin)
 
 
-def enforce_policy(file: Path) -> None:
-    """Refuse a routine module whose source breaks the policy (see pyfuncs.policy)."""
+def _read_source(target: str | ModuleType) -> tuple[Path, str]:
+    if isinstance(target, str):
+        file, name = _source_file(target), target
+    else:
+        file, name = Path(getattr(target, "__file__", None) or ""), target.__name__
     if not file.is_file():
-        raise DefinitionError(f"no such file: {display_path(file)}")
-    violations = policy.check_source(file.read_text(), display_path(file))
+        raise DefinitionError(f"no such file: {name} (routines are read from their .py source)")
+    return file, file.read_text()
+
+
+def enforce_policy(source: str, file: Path) -> None:
+    """Refuse a routine module whose source breaks the policy (see pyfuncs.policy)."""
+    violations = policy.check_source(source, display_path(file))
     if violations:
         raise DefinitionError(
             f"{len(violations)} policy violation(s), nothing was deployed:\n"
@@ -470,14 +476,9 @@ def enforce_policy(file: Path) -> None:
 def collect(target: str | ModuleType) -> list[Definition]:
     """Every routine defined in a module, validated: the policy first, on the source, before
     the module is imported; then each definition. All problems are reported at once."""
-    if isinstance(target, str):
-        enforce_policy(_source_file(target))
-        module = load_module(target)
-    else:
-        enforce_policy(Path(getattr(target, "__file__", "") or "."))
-        module = target
-    source_file = getattr(module, "__file__", None)
-    source = Path(source_file).read_text() if source_file else None
+    file, source = _read_source(target)
+    enforce_policy(source, file)
+    module = load_module(target) if isinstance(target, str) else target
     found = [
         obj
         for obj in vars(module).values()

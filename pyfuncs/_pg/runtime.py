@@ -354,6 +354,12 @@ class RoutineInterrupted(BaseException):
 
 _STATEMENT_TIMEOUT = 3  # TimeoutId STATEMENT_TIMEOUT in utils/timeout.h (PostgreSQL 15)
 
+# why a call was stopped, as its error message says it
+TERMINATED = "terminated by pg_terminate_backend"
+CANCELED = "canceled"  # not yet known whether by statement_timeout or a cancel request
+BY_STATEMENT_TIMEOUT = "canceled: statement_timeout expired"
+BY_CANCEL_REQUEST = "canceled by pg_cancel_backend or the client"
+
 
 class Stop:
     __slots__ = ("elapsed", "frame", "reason", "sqlstate")
@@ -404,8 +410,6 @@ class Watchdog:
         return found
 
     def _run(self) -> None:
-        interrupt = ctypes.pythonapi.PyThreadState_SetAsyncExc
-        main = ctypes.c_ulong(self._main)
         exc = ctypes.py_object(RoutineInterrupted)
         while True:
             time.sleep(self.TICK)
@@ -425,7 +429,7 @@ class Watchdog:
                 if why is None:
                     continue
                 self.stop = Stop(top, why[0], why[1], now - self._since)
-            interrupt(main, exc)
+            self._arm(exc)
 
     def _arm(self, exc: Any) -> None:
         """Raise `exc` in the main thread at its next check (None: cancel an armed one)."""
@@ -433,9 +437,9 @@ class Watchdog:
 
     def _why(self, routine: Routine, elapsed: float) -> tuple[str, str] | None:
         if self._die.value:
-            return "57P01", "terminated by pg_terminate_backend"
+            return "57P01", TERMINATED
         if self._cancel.value:
-            return "57014", "canceled"  # by statement_timeout or a cancel request: see fail()
+            return "57014", CANCELED  # describe() tells which, on the main thread
         if routine.timeout is not None and elapsed > routine.timeout:
             return "57014", f"exceeded its limit timeout_ms={round(routine.timeout * 1000)}"
         return None
@@ -490,10 +494,9 @@ class Watchdog:
         if stop is None:
             return "57014", f"{routine} was canceled"
         reason = stop.reason
-        if reason == "canceled":
-            statement_timeout = self._timeout_indicator(_STATEMENT_TIMEOUT, False)
-            reason = ("canceled: statement_timeout expired" if statement_timeout
-                      else "canceled by pg_cancel_backend or the client")  # fmt: skip
+        if reason == CANCELED:
+            timed_out = self._timeout_indicator(_STATEMENT_TIMEOUT, False)
+            reason = BY_STATEMENT_TIMEOUT if timed_out else BY_CANCEL_REQUEST
         return stop.sqlstate, f"{routine} {reason} (after {stop.elapsed * 1000:.0f} ms)"
 
 
@@ -519,17 +522,13 @@ class _Guards(ast.NodeTransformer):
         node.body.insert(0, self._guard(node.body[0]))
         return node
 
-    def visit_Try(self, node: ast.Try) -> ast.AST:
+    def visit_Try(self, node: ast.Try | ast.TryStar) -> ast.AST:
         self.generic_visit(node)
         if node.finalbody:
             node.finalbody.insert(0, self._guard(node.finalbody[0]))
         return node
 
-    def visit_TryStar(self, node: ast.TryStar) -> ast.AST:
-        self.generic_visit(node)
-        if node.finalbody:
-            node.finalbody.insert(0, self._guard(node.finalbody[0]))
-        return node
+    visit_TryStar = visit_Try
 
     def visit_With(self, node: ast.With) -> list[ast.stmt]:
         self.generic_visit(node)
@@ -546,17 +545,15 @@ def _interrupted(exc: BaseException) -> None:
     sqlstate = getattr(exc, "sqlstate", None)
     if _WATCHDOG is not None and sqlstate in ("57014", "57P01"):
         message = str(exc.args[0] if exc.args else exc)
+        # PostgreSQL has consumed the timeout indicator by now: its message tells which
         if sqlstate == "57P01":
-            reason = "terminated by pg_terminate_backend"
+            reason = TERMINATED
         elif "statement timeout" in message:
-            reason = "canceled: statement_timeout expired"
+            reason = BY_STATEMENT_TIMEOUT
         else:
-            reason = "canceled by pg_cancel_backend or the client"
+            reason = BY_CANCEL_REQUEST
         _WATCHDOG.stop_here(sqlstate, reason)
         raise RoutineInterrupted() from None
-
-
-# --- routines ---------------------------------------------------------------------------
 
 
 # --- runtime guards ---------------------------------------------------------------------
@@ -616,6 +613,9 @@ def _load_module(
         exec(_compile(source, filename), module.__dict__)
         namespace = modules[key] = module.__dict__
     return namespace
+
+
+# --- routines ---------------------------------------------------------------------------
 
 
 class Routine:
