@@ -28,8 +28,9 @@ class Identity:
     role: str
     claims: dict[str, Any] = field(default_factory=dict)
 
-    def settings(self) -> tuple[str, str]:
-        return self.role, json.dumps(self.claims, separators=(",", ":"))
+    def settings(self) -> dict[str, str]:
+        """Parameters of the `set_identity` query."""
+        return {"role": self.role, "claims": json.dumps(self.claims, separators=(",", ":"))}
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from .errors import (
     UndefinedRoutine,
     from_psycopg,
 )
+from .queries import query
 
 T = TypeVar("T")
 Isolation = Literal["read committed", "repeatable read", "serializable"]
@@ -54,14 +55,6 @@ _ISOLATION = {
     "repeatable read": IsolationLevel.REPEATABLE_READ,
     "serializable": IsolationLevel.SERIALIZABLE,
 }
-_SIGNATURE_SQL = """
-SELECT v.signature FROM pyfuncs.routine r
-JOIN pyfuncs.routine_version v ON v.routine_id = r.id AND v.version = r.live_version
-WHERE r.schema_name = %s AND r.name = %s
-"""
-_SET_IDENTITY_SQL = (
-    "SELECT set_config('role', %s, true), set_config('request.jwt.claims', %s, true)"
-)
 
 
 @dataclass(frozen=True)
@@ -85,6 +78,11 @@ class CallOptions:
 def _split(name: str) -> tuple[str, str]:
     schema, _, routine = name.rpartition(".")
     return schema or "public", routine
+
+
+def _by_name(name: str) -> dict[str, str]:
+    schema, routine = _split(name)
+    return {"schema": schema, "name": routine}
 
 
 def _call_error(exc: psycopg.Error, routine: Routine, signatures: _Signatures) -> PyfuncsError:
@@ -134,7 +132,7 @@ class Session:
         if not isinstance(routine, str):
             return self._signatures.of_object(routine)
         return self._signatures.cached(routine) or self._signatures.store(
-            routine, self.connection.execute(_SIGNATURE_SQL, _split(routine)).fetchone()
+            routine, self.connection.execute(query("live_signature"), _by_name(routine)).fetchone()
         )
 
     def call(self, routine: Routine, /, *args: Any, **kwargs: Any) -> Any:
@@ -209,7 +207,7 @@ class Client(_ClientBase):
             try:
                 with conn.transaction():
                     if self._options.identity is not None:
-                        conn.execute(_SET_IDENTITY_SQL, self._options.identity.settings())
+                        conn.execute(query("set_identity"), self._options.identity.settings())
                     yield Session(conn, self._signatures)
             except psycopg.Error as exc:
                 raise from_psycopg(exc) from exc
@@ -258,7 +256,7 @@ class AsyncSession:
         cached = self._signatures.cached(routine)
         if cached is not None:
             return cached
-        cur = await self.connection.execute(_SIGNATURE_SQL, _split(routine))
+        cur = await self.connection.execute(query("live_signature"), _by_name(routine))
         return self._signatures.store(routine, await cur.fetchone())
 
     async def call(self, routine: Routine, /, *args: Any, **kwargs: Any) -> Any:
@@ -303,7 +301,7 @@ class AsyncClient(_ClientBase):
             try:
                 async with conn.transaction():
                     if self._options.identity is not None:
-                        await conn.execute(_SET_IDENTITY_SQL, self._options.identity.settings())
+                        await conn.execute(query("set_identity"), self._options.identity.settings())
                     yield AsyncSession(conn, self._signatures)
             except psycopg.Error as exc:
                 raise from_psycopg(exc) from exc

@@ -127,7 +127,7 @@ class _Checker(ast.NodeVisitor):
                       f"call {name}(obj, 'literal_name') or use obj.attr")  # fmt: skip
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
-        if _DUNDER.match(node.attr) or node.attr.startswith("__"):
+        if node.attr.startswith("__"):
             self._add(node, "dunder-attribute",
                       f"the attribute {node.attr!r} reaches interpreter internals",
                       "use the object's public interface")  # fmt: skip

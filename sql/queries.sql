@@ -88,3 +88,13 @@ SELECT r.id, r.schema_name, r.name, r.kind, r.live_version, v.sha256, v.identity
 FROM pyfuncs.routine r
 LEFT JOIN pyfuncs.routine_version v ON v.routine_id = r.id AND v.version = r.live_version
 WHERE r.id = %(routine_id)s
+
+-- name: live_signature
+-- For clients calling a routine by name; reads only the columns granted to PUBLIC.
+SELECT v.signature FROM pyfuncs.routine r
+JOIN pyfuncs.routine_version v ON v.routine_id = r.id AND v.version = r.live_version
+WHERE r.schema_name = %(schema)s AND r.name = %(name)s
+
+-- name: set_identity
+-- A verified JWT for one transaction, as PostgREST sets it.
+SELECT set_config('role', %(role)s, true), set_config('request.jwt.claims', %(claims)s, true)

@@ -16,8 +16,8 @@ def test_role_and_claims() -> None:
     token = jwt.encode({"sub": "u1", "role": "student", "exp": time.time() + 60}, SECRET)
     identity = JwtVerifier(secret=SECRET).verify(token)
     assert identity.role == "student" and identity.claims["sub"] == "u1"
-    role, claims = identity.settings()
-    assert role == "student" and '"sub":"u1"' in claims
+    settings = identity.settings()
+    assert settings["role"] == "student" and '"sub":"u1"' in settings["claims"]
 
 
 def test_default_role_and_nested_claim() -> None:
