@@ -48,6 +48,8 @@ def body(d: Definition) -> str:
     result = f"_pf_fn({args})"
     if d.returns.setof:
         result = f"SD['pf'].rows({result})"
+    elif d.limits.max_result_bytes and d.returns.kind != "void":
+        result = f"SD['pf'].sized({result})"
     elif d.kind == "procedure" and d.returns.kind == "scalar":
         result = f"{{'result': {result}}}"  # a procedure's OUT parameters form a row
     return BODY.format(

@@ -23,8 +23,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
-from . import policy
+from . import limits, policy
 from .errors import DefinitionError
+from .limits import Limits
 from .typemap import ReturnShape, SqlType, UnsupportedType, return_shape, sql_type
 
 P = ParamSpec("P")
@@ -53,7 +54,13 @@ class Options:
     parallel: Parallel = "unsafe"
     security: str = "invoker"
     timeout_ms: int | None = None
+    max_memory_mb: int | None = None
     max_db_ops: int | None = None
+    max_result_rows: int | None = None
+    max_result_bytes: int | None = None
+
+    def limit_overrides(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in Limits.names()}
 
 
 def _mark(options: Options) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -77,7 +84,10 @@ def stored_function(
     parallel: Parallel = "unsafe",
     security: str = "invoker",
     timeout_ms: int | None = None,
+    max_memory_mb: int | None = None,
     max_db_ops: int | None = None,
+    max_result_rows: int | None = None,
+    max_result_bytes: int | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 def stored_function(
     fn: Callable[P, R] | None = None,
@@ -91,17 +101,20 @@ def stored_function(
     parallel: Parallel = "unsafe",
     security: str = "invoker",
     timeout_ms: int | None = None,
+    max_memory_mb: int | None = None,
     max_db_ops: int | None = None,
+    max_result_rows: int | None = None,
+    max_result_bytes: int | None = None,
 ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Mark a typed Python function as a PostgreSQL function (`LANGUAGE plpython3u`).
 
     `roles` get EXECUTE; nobody else does. The docstring becomes the function's COMMENT.
-    `timeout_ms` stops a call that runs longer (SQLSTATE 57014); `max_db_ops` stops one that
-    makes more database operations (queries, prepares, cursor fetches; SQLSTATE 54000).
+    The limits (`timeout_ms`, `max_memory_mb`, `max_db_ops`, `max_result_rows`,
+    `max_result_bytes`; see pyfuncs.limits) default to the configured ones; 0 lifts one.
     """
     options = Options(
         "function", schema, name, tuple(roles), volatility, strict, parallel, security,
-        timeout_ms, max_db_ops,
+        timeout_ms, max_memory_mb, max_db_ops, max_result_rows, max_result_bytes,
     )  # fmt: skip
     return _mark(options)(fn) if fn is not None else _mark(options)
 
@@ -116,7 +129,10 @@ def procedure(
     roles: typing.Sequence[str] = (),
     security: str = "invoker",
     timeout_ms: int | None = None,
+    max_memory_mb: int | None = None,
     max_db_ops: int | None = None,
+    max_result_rows: int | None = None,
+    max_result_bytes: int | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 def procedure(
     fn: Callable[P, R] | None = None,
@@ -127,7 +143,10 @@ def procedure(
     roles: typing.Sequence[str] = (),
     security: str = "invoker",
     timeout_ms: int | None = None,
+    max_memory_mb: int | None = None,
     max_db_ops: int | None = None,
+    max_result_rows: int | None = None,
+    max_result_bytes: int | None = None,
 ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Mark a typed Python function as a PostgreSQL procedure, run with `CALL`.
 
@@ -136,7 +155,8 @@ def procedure(
     """
     options = Options(
         "procedure", schema, name, tuple(roles), security=security, timeout_ms=timeout_ms,
-        max_db_ops=max_db_ops,
+        max_memory_mb=max_memory_mb, max_db_ops=max_db_ops, max_result_rows=max_result_rows,
+        max_result_bytes=max_result_bytes,
     )  # fmt: skip
     return _mark(options)(fn) if fn is not None else _mark(options)
 
@@ -171,6 +191,7 @@ class Definition:
     line: int
     module_name: str
     source: str
+    limits: Limits = dataclasses.field(default_factory=Limits)
 
     @property
     def kind(self) -> Kind:
@@ -213,8 +234,7 @@ class Definition:
             "module": self.module_name,
             "file": self.file,
             "converters": sorted({p.type.convert for p in self.params if p.type.convert}),
-            "timeout_ms": self.options.timeout_ms,
-            "max_db_ops": self.options.max_db_ops,
+            "limits": self.limits.as_dict(),
             "allowed_modules": sorted(policy.allowed_modules()),
         }
 
@@ -264,8 +284,13 @@ def _check_name(what: str, value: str, problems: list[str]) -> None:
         )
 
 
-def build(fn: Callable[..., Any], source: str | None = None) -> Definition:
-    """Validate one decorated function and describe it; raises DefinitionError."""
+def build(
+    fn: Callable[..., Any], source: str | None = None, defaults: Limits | None = None
+) -> Definition:
+    """Validate one decorated function and describe it; raises DefinitionError.
+
+    Its limits are `defaults` (by default those configured, see Limits.from_env) with the
+    decorator's on top."""
     options = options_of(fn)
     file, line = _where(fn)
     where = f"{file}:{line}"
@@ -287,12 +312,7 @@ def build(fn: Callable[..., Any], source: str | None = None) -> Definition:
         )
     if options.volatility not in ("volatile", "stable", "immutable"):
         problems.append(f"volatility={options.volatility!r}: use volatile, stable or immutable")
-    if options.timeout_ms is not None and (
-        isinstance(options.timeout_ms, bool)
-        or not isinstance(options.timeout_ms, int)
-        or options.timeout_ms <= 0
-    ):
-        problems.append(f"timeout_ms={options.timeout_ms!r}: use a positive number of milliseconds")
+    problems += limits.problems(options.limit_overrides())
     if options.parallel not in ("unsafe", "restricted", "safe"):
         problems.append(f"parallel={options.parallel!r}: use unsafe, restricted or safe")
     if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
@@ -376,6 +396,7 @@ def build(fn: Callable[..., Any], source: str | None = None) -> Definition:
         line=line,
         module_name=getattr(module, "__name__", fn.__module__),
         source=source,
+        limits=(defaults or Limits.from_env()).overridden(options.limit_overrides()),
     )
 
 
@@ -484,11 +505,12 @@ def collect(target: str | ModuleType) -> list[Definition]:
         for obj in vars(module).values()
         if options_of(obj) is not None and getattr(obj, "__module__", None) == module.__name__
     ]
+    defaults = Limits.from_env()
     definitions: list[Definition] = []
     errors: list[str] = []
     for fn in found:
         try:
-            definitions.append(build(fn, source))
+            definitions.append(build(fn, source, defaults))
         except DefinitionError as exc:
             errors.append(str(exc))
     names: dict[str, Definition] = {}

@@ -139,7 +139,12 @@ class AdminShutdown(DatabaseError, code="57P01"):
 
 
 class LimitExceeded(DatabaseError, code="54000"):
-    """A routine went past one of its limits (max_db_ops)."""
+    """A routine went past max_db_ops, max_result_rows or max_result_bytes, or one of its
+    operations would have made a result too large to make at once."""
+
+
+class OutOfMemory(DatabaseError, code="53200"):
+    """A routine went past max_memory_mb, or the server ran out of memory."""
 
 
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})

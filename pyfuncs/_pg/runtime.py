@@ -18,12 +18,16 @@ It provides:
 from __future__ import annotations
 
 import ast
+import copy
 import ctypes
+import dataclasses
 import datetime
 import decimal
 import hashlib
 import json
 import linecache
+import math
+import os
 import signal
 import sys
 import threading
@@ -32,7 +36,7 @@ import traceback
 import types
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 # plpy is PL/Python's module; it exists only inside the backend, so it is bound by boot().
 # Outside PostgreSQL this file stays importable for RaiseError and Rows (pyfuncs.local).
@@ -327,6 +331,10 @@ def _translate(routine: str, filename: str, exc: BaseException) -> Exception:
         detail, hint = getattr(exc, "detail", None), getattr(exc, "hint", None)
     elif isinstance(exc, RaiseError):
         sqlstate, message, detail, hint = exc.sqlstate, exc.message, exc.detail, exc.hint
+    elif isinstance(exc, MemoryError):
+        sqlstate, message = "53200", f"{routine} ran out of memory"
+    elif isinstance(exc, OperationTooLarge):
+        sqlstate, message = "54000", f"{routine}: {exc}"
     else:
         sqlstate, message = "PF000", str(exc)
     traced = f"Python traceback (routine {routine}):\n{trace}" if trace else None
@@ -352,6 +360,7 @@ class RoutineInterrupted(BaseException):
     """Raised into a routine that must stop; translated to 57014 / 57P01 when it leaves."""
 
 
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 _STATEMENT_TIMEOUT = 3  # TimeoutId STATEMENT_TIMEOUT in utils/timeout.h (PostgreSQL 15)
 
 # why a call was stopped, as its error message says it
@@ -391,6 +400,12 @@ class Watchdog:
         self.counting = False
         self._ops_frame: types.FrameType | None = None
         self._ops = 0
+        # memory (watchdog thread only), read once a routine with max_memory_mb is loaded: the
+        # level when the current call began, and the last one read while no routine ran
+        self.measuring = False
+        self._statm = -1
+        self._idle_memory: int | None = None
+        self._base_memory = 0
 
     def start(self) -> None:
         every = signal.valid_signals()
@@ -416,6 +431,8 @@ class Watchdog:
             hit = self._outermost(sys._current_frames().get(self._main))
             if hit is None:
                 self._frame = None
+                if self.measuring:
+                    self._idle_memory = self._private_memory()
                 if self.stop is not None:  # the call finished just as it was stopped
                     self.stop = None
                     self._arm(None)
@@ -424,6 +441,10 @@ class Watchdog:
             now = time.monotonic()
             if top is not self._frame:
                 self._frame, self._since = top, now
+                if routine.max_memory is not None:
+                    # read before the call if the last look found none running, else now
+                    idle, self._idle_memory = self._idle_memory, None
+                    self._base_memory = idle if idle is not None else self._private_memory()
             if self.stop is None or self.stop.frame is not top:
                 why = self._why(routine, now - self._since)
                 if why is None:
@@ -442,7 +463,24 @@ class Watchdog:
             return "57014", CANCELED  # describe() tells which, on the main thread
         if routine.timeout is not None and elapsed > routine.timeout:
             return "57014", f"exceeded its limit timeout_ms={round(routine.timeout * 1000)}"
+        if routine.max_memory is not None:
+            grown = self._private_memory() - self._base_memory
+            if grown > routine.max_memory:
+                limit = routine.max_memory >> 20
+                return (
+                    "53200",
+                    f"exceeded its limit max_memory_mb={limit} (grew by {grown >> 20} MB)",
+                )
         return None
+
+    def _private_memory(self) -> int:
+        """Resident private memory of this backend, in bytes: what Python objects, malloc
+        and palloc use, without the shared buffers a backend maps (/proc/self/statm is
+        size, resident, shared, ... in pages; resident - shared is RssAnon)."""
+        if self._statm < 0:
+            self._statm = os.open("/proc/self/statm", os.O_RDONLY)
+        fields = os.pread(self._statm, 128, 0).split()
+        return (int(fields[1]) - int(fields[2])) * _PAGE
 
     def stop_here(self, sqlstate: str, reason: str) -> None:
         """A query inside the routine was cancelled: make the stop sticky for this call."""
@@ -503,18 +541,24 @@ class Watchdog:
 _WATCHDOG: Watchdog | None = None
 
 
-def _pf_guard() -> None:
+def _stop_guard() -> None:
     """Called first in every handler, `finally` and after every `with` of a routine module."""
     if _WATCHDOG is not None and _WATCHDOG.stop is not None:
         _WATCHDOG.check()
 
 
 class _Guards(ast.NodeTransformer):
-    """Insert `_pf_guard()` where routine code could swallow a RoutineInterrupted."""
+    """Insert `pyfuncs.guard()` where routine code could swallow a RoutineInterrupted, and
+    route the operators of bounded operations through their checks.
+
+    The inserted calls name globals with a dot in them (see _ROUTINE_HELPERS): no source
+    code can spell, rebind or shadow such a name, and the policy keeps routines away from
+    the module's namespace, so a routine cannot replace the checks with its own.
+    """
 
     @staticmethod
     def _guard(at: ast.AST) -> ast.stmt:
-        call = ast.Expr(ast.Call(ast.Name("_pf_guard", ast.Load()), [], []))
+        call = ast.Expr(ast.Call(ast.Name("pyfuncs.guard", ast.Load()), [], []))
         return ast.copy_location(call, at)
 
     def visit_ExceptHandler(self, node: ast.ExceptHandler) -> ast.AST:
@@ -533,6 +577,144 @@ class _Guards(ast.NodeTransformer):
     def visit_With(self, node: ast.With) -> list[ast.stmt]:
         self.generic_visit(node)
         return [node, self._guard(node)]  # a context manager's __exit__ may suppress it
+
+    # operators whose result can dwarf their operands, and their checks (bounded operations)
+    _BOUNDED: ClassVar[dict[type[ast.operator], str]] = {
+        ast.Mult: "mul", ast.Pow: "pow", ast.LShift: "lshift",
+    }  # fmt: skip
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        self.generic_visit(node)
+        name = self._BOUNDED.get(type(node.op))
+        if name is None:
+            return node
+        call = ast.Call(ast.Name(f"pyfuncs.{name}", ast.Load()), [node.left, node.right], [])
+        return ast.copy_location(call, node)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST:
+        """`t *= v` becomes `t *= pyfuncs.check_mul(t, v)`: in-place operators stay in place."""
+        self.generic_visit(node)
+        name = self._BOUNDED.get(type(node.op))
+        if name is None:
+            return node
+        current = _as_load(node.target)
+        check = ast.Name(f"pyfuncs.check_{name}", ast.Load())
+        node.value = ast.copy_location(ast.Call(check, [current, node.value], []), node.value)
+        return node
+
+
+def _as_load(target: ast.expr) -> ast.expr:
+    """An assignment target read instead of written (`x`, `obj.x`, `seq[i]`)."""
+    read = copy.deepcopy(target)
+    for node in ast.walk(read):
+        if isinstance(node, (ast.Name, ast.Attribute, ast.Subscript, ast.Starred)):
+            node.ctx = ast.Load()
+    return read
+
+
+# --- bounded operations -----------------------------------------------------------------
+# The watchdog can only stop code that returns to the interpreter. A few operations make a
+# result far larger than their operands inside one C call: `*` of a sequence or of big
+# integers, `**`, `<<`, and factorial, comb and perm. In routine modules those operators go
+# through the checks below (inserted by _Guards; constant expressions the compiler folds
+# stay as they are) and `pow` and the math module are replaced by checked ones, so such an
+# operation is refused before it starts. Other long C operations take time in proportion to
+# an input that had to be built first, in code the watchdog and max_memory_mb do see.
+
+MAX_INT_BITS = 100_000  # ~30,000 decimal digits; Python refuses to print more than 4,300
+MAX_REPEAT_BYTES = 64 << 20
+
+
+class OperationTooLarge(OverflowError):
+    """One operation would have made a result beyond what a routine may make at once."""
+
+
+def _refuse(what: str, size: float, unit: str, most: int) -> None:
+    raise OperationTooLarge(
+        f"{what} would make {size:,.0f} {unit}; one operation in a routine may make at most "
+        f"{most:,} (build it in steps, or keep the numbers smaller)"
+    )
+
+
+def _repeat(seq: Any, times: Any, op: str) -> None:
+    if isinstance(seq, (str, bytes, bytearray, list, tuple)) and isinstance(times, int):
+        size = len(seq) * times * (8 if isinstance(seq, (list, tuple)) else 1)
+        if size > MAX_REPEAT_BYTES:
+            _refuse(f"{type(seq).__name__} {op} {times}", size, "bytes", MAX_REPEAT_BYTES)
+
+
+def _check_mul(a: Any, b: Any) -> Any:
+    """Refuse `a * b` if it would be too large; else b (for `a *= b`, which stays in place)."""
+    if type(a) is int and type(b) is int:
+        bits = a.bit_length() + b.bit_length()
+        if bits > MAX_INT_BITS:
+            _refuse("int * int", bits, "bits", MAX_INT_BITS)
+    elif type(a) is not float and type(b) is not float:
+        _repeat(a, b, "*")
+        _repeat(b, a, "*")
+    return b
+
+
+def _check_pow(base: Any, exponent: Any) -> Any:
+    if isinstance(base, int) and isinstance(exponent, int) and exponent > 0 and abs(base) > 1:
+        bits = exponent * math.log2(abs(base))
+        if bits > MAX_INT_BITS:
+            _refuse("int ** int", bits, "bits", MAX_INT_BITS)
+    return exponent
+
+
+def _check_lshift(a: Any, b: Any) -> Any:
+    if type(a) is int and type(b) is int and a and b > 0:
+        bits = a.bit_length() + b
+        if bits > MAX_INT_BITS:
+            _refuse("int << int", bits, "bits", MAX_INT_BITS)
+    return b
+
+
+def _checked_mul(a: Any, b: Any) -> Any:
+    return a * _check_mul(a, b)
+
+
+def _checked_pow(base: Any, exponent: Any, mod: Any = None) -> Any:
+    if mod is not None:  # modular: the result stays below mod
+        return pow(base, exponent, mod)
+    return base ** _check_pow(base, exponent)
+
+
+def _checked_lshift(a: Any, b: Any) -> Any:
+    return a << _check_lshift(a, b)
+
+
+def _factorial_bits(n: Any) -> float:
+    return math.lgamma(n + 1) / math.log(2) if isinstance(n, int) and n > 1 else 0.0
+
+
+def _guarded_math() -> types.ModuleType:
+    """The math module with factorial, comb and perm refusing results beyond MAX_INT_BITS."""
+
+    def checked(bits: float, what: str) -> None:
+        if bits > MAX_INT_BITS:
+            _refuse(what, bits, "bits", MAX_INT_BITS)
+
+    def factorial(n: int, /) -> int:
+        checked(_factorial_bits(n), f"factorial({n})")
+        return math.factorial(n)
+
+    def comb(n: int, k: int, /) -> int:
+        if isinstance(n, int) and isinstance(k, int) and 0 <= k <= n:
+            bits = _factorial_bits(n) - _factorial_bits(k) - _factorial_bits(n - k)
+            checked(bits, f"comb({n}, {k})")
+        return math.comb(n, k)
+
+    def perm(n: int, k: int | None = None, /) -> int:
+        if isinstance(n, int) and isinstance(k, int) and 0 <= k <= n:
+            checked(_factorial_bits(n) - _factorial_bits(n - k), f"perm({n}, {k})")
+        return math.perm(n, k)
+
+    module = types.ModuleType("math", math.__doc__)
+    module.__dict__.update({k: v for k, v in vars(math).items() if not k.startswith("_")})
+    module.__dict__.update(factorial=factorial, comb=comb, perm=perm)
+    return module
 
 
 def _compile(source: str, filename: str) -> types.CodeType:
@@ -571,13 +753,14 @@ def _restricted_builtins(allowed: frozenset[str]) -> dict[str, Any]:
     import builtins
 
     real_import = builtins.__import__
+    replaced = {"math": _guarded_math()}
 
     def guarded_import(
         name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0
     ) -> Any:
         if level != 0 or name not in allowed:
             raise ImportError(f"pyfuncs: import of {name!r} is not allowed in a routine")
-        return real_import(name, globals, locals, fromlist, level)
+        return replaced.get(name) or real_import(name, globals, locals, fromlist, level)
 
     def public(name: object) -> str:
         if not isinstance(name, str) or name.startswith("_"):
@@ -590,8 +773,17 @@ def _restricted_builtins(allowed: frozenset[str]) -> dict[str, Any]:
         getattr=lambda obj, name, *default: getattr(obj, public(name), *default),
         hasattr=lambda obj, name: hasattr(obj, public(name)),
         setattr=lambda obj, name, value: setattr(obj, public(name), value),
+        pow=_checked_pow,
     )
     return restricted
+
+
+# what the code _Guards inserts calls, in every routine module's globals
+_ROUTINE_HELPERS = {
+    "pyfuncs.guard": _stop_guard, "pyfuncs.mul": _checked_mul, "pyfuncs.pow": _checked_pow,
+    "pyfuncs.lshift": _checked_lshift, "pyfuncs.check_mul": _check_mul,
+    "pyfuncs.check_pow": _check_pow, "pyfuncs.check_lshift": _check_lshift,
+}  # fmt: skip
 
 
 def _load_module(
@@ -608,7 +800,7 @@ def _load_module(
         sys.modules[module_name] = module
         # so tracebacks show the routine's source lines: the file itself is not on the server
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-        module.__dict__["_pf_guard"] = _pf_guard
+        module.__dict__.update(_ROUTINE_HELPERS)
         module.__dict__["__builtins__"] = _restricted_builtins(allowed)
         exec(_compile(source, filename), module.__dict__)
         namespace = modules[key] = module.__dict__
@@ -626,14 +818,21 @@ class Routine:
     run only for the parameters that need them, `fail` and `rows` only on errors and sets.
     """
 
-    __slots__ = ("convert", "filename", "fn", "max_db_ops", "qualname", "timeout")
+    __slots__ = (
+        "convert", "filename", "fn", "max_bytes", "max_db_ops", "max_memory", "max_rows",
+        "qualname", "timeout",
+    )  # fmt: skip
 
     def __init__(self, spec: Mapping[str, Any], source: str) -> None:
         self.qualname: str = spec["routine"]
         self.filename: str = spec["file"]
-        timeout_ms = spec.get("timeout_ms")
+        limits = spec["limits"]
+        timeout_ms, memory_mb = limits["timeout_ms"], limits["max_memory_mb"]
         self.timeout: float | None = timeout_ms / 1000 if timeout_ms else None
-        self.max_db_ops: int | None = spec.get("max_db_ops")
+        self.max_memory: int | None = memory_mb << 20 if memory_mb else None
+        self.max_db_ops: int | None = limits["max_db_ops"]
+        self.max_rows: int | None = limits["max_result_rows"]
+        self.max_bytes: int | None = limits["max_result_bytes"]
         try:
             namespace = _load_module(
                 source, self.filename, spec["module"], frozenset(spec["allowed_modules"])
@@ -645,6 +844,7 @@ class Routine:
         if _WATCHDOG is not None:
             _WATCHDOG.routines[self.fn.__code__] = self
             _WATCHDOG.counting = _WATCHDOG.counting or self.max_db_ops is not None
+            _WATCHDOG.measuring = _WATCHDOG.measuring or self.max_memory is not None
 
     def _reading(self, convert: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
         assert convert is not None
@@ -673,18 +873,67 @@ class Routine:
             return exc  # type: ignore[return-value]
         if isinstance(exc, RoutineInterrupted) and _WATCHDOG is not None:
             sqlstate, message = _WATCHDOG.describe(self.qualname)
-            name = {"57014": "QueryCanceled", "57P01": "AdminShutdown"}.get(
-                sqlstate, "LimitExceeded"
-            )
-            return _error(name, message, sqlstate)
+            return _error(_STOP_ERRORS.get(sqlstate, "LimitExceeded"), message, sqlstate)
         return _translate(self.qualname, self.filename, exc)
 
+    def _over(self, limit: str, value: int, observed: str) -> Exception:
+        message = f"{self.qualname} exceeded its limit {limit}={value} ({observed})"
+        return _error("LimitExceeded", message, "54000")
+
     def rows(self, result: Any) -> Iterator[Any]:
-        """A set-returning routine's rows; errors while iterating are translated too."""
+        """A set-returning routine's rows, within its result limits; errors while iterating
+        are translated too."""
+        rows = () if result is None else result
         try:
-            yield from (result if result is not None else ())
+            if self.max_rows is None and self.max_bytes is None:
+                yield from rows
+                return
+            size = 0
+            for count, row in enumerate(rows, 1):
+                if self.max_rows is not None and count > self.max_rows:
+                    raise self._over("max_result_rows", self.max_rows, f"row {count}")
+                if self.max_bytes is not None:
+                    size += _size(row)
+                    if size > self.max_bytes:
+                        observed = f"{size} bytes by row {count}"
+                        raise self._over("max_result_bytes", self.max_bytes, observed)
+                yield row
         except BaseException as exc:
             raise self.fail(exc) from None
+
+    def sized(self, value: Any) -> Any:
+        """A single result, within max_result_bytes (the body calls this only with one)."""
+        assert self.max_bytes is not None
+        size = _size(value)
+        if size > self.max_bytes:
+            raise self._over("max_result_bytes", self.max_bytes, f"{size} bytes")
+        return value
+
+
+_STOP_ERRORS = {"57014": "QueryCanceled", "57P01": "AdminShutdown", "53200": "OutOfMemory"}
+
+
+def _size(value: Any) -> int:
+    """About the bytes a returned value takes in PostgreSQL: text and bytea by their length,
+    rows, arrays and json by their items, any other scalar by 8."""
+    kind = type(value)
+    if kind is str:
+        return len(value) if value.isascii() else len(value.encode())
+    if kind is bytes or kind is bytearray:
+        return len(value)
+    if kind is dict:
+        return sum(_size(k) + _size(v) for k, v in value.items())
+    if kind is list or kind is tuple:
+        return sum(map(_size, value))
+    if value is None:
+        return 0
+    if isinstance(value, decimal.Decimal):
+        return len(str(value))
+    if isinstance(value, Mapping):  # PL/Python row objects, user mappings
+        return sum(_size(v) for v in value.values())
+    if dataclasses.is_dataclass(value):  # a row type
+        return sum(_size(getattr(value, f.name)) for f in dataclasses.fields(value))
+    return 8
 
 
 def routine(spec: Mapping[str, Any], source: str) -> Routine:

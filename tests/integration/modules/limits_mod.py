@@ -1,0 +1,114 @@
+"""Routines that go past their limits, and operations too large to make at once."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from math import factorial
+
+from pyfuncs import db, stored_function
+
+
+@stored_function(schema="lim", max_memory_mb=64)
+def hog(mb: int) -> int:
+    db.execute("INSERT INTO lim.log VALUES ('hog')")
+    chunks = []
+    for i in range(mb):
+        try:
+            chunks.append(bytes([i % 256]) * (1 << 20))
+        except BaseException:  # swallowing the stop does not help
+            continue
+    return len(chunks)
+
+
+@stored_function(schema="lim", max_result_rows=10)
+def numbers(n: int) -> Iterator[int]:
+    yield from range(n)
+
+
+@stored_function(schema="lim", max_result_bytes=1000)
+def text_of(n: int) -> str:
+    return "é" * n
+
+
+@dataclass
+class Entry:
+    id: int
+    label: str
+
+
+@stored_function(schema="lim", max_result_bytes=1000)
+def entries(n: int, width: int) -> list[Entry]:
+    return [Entry(i, "x" * width) for i in range(n)]
+
+
+@stored_function(schema="lim")
+def power(base: int, exponent: int) -> int:
+    return (base**exponent).bit_length()
+
+
+@stored_function(schema="lim")
+def modular_power(base: int, exponent: int, mod: int) -> int:
+    return pow(base, exponent, mod)
+
+
+@stored_function(schema="lim")
+def builtin_power(base: int, exponent: int) -> int:
+    return pow(base, exponent).bit_length()
+
+
+@stored_function(schema="lim")
+def repeat(text: str, times: int) -> int:
+    return len(text * times)
+
+
+@stored_function(schema="lim")
+def repeat_in_place(times: int) -> int:
+    items = [0]
+    alias = items
+    items *= times
+    return len(alias)  # still the same list: `*=` stays in place
+
+
+@stored_function(schema="lim")
+def shift(bits: int) -> int:
+    n = 1
+    n <<= bits
+    return (1 << bits).bit_length() + n.bit_length()
+
+
+@stored_function(schema="lim")
+def growing(steps: int) -> int:
+    n = 3
+    for _ in range(steps):
+        n *= n
+    return n.bit_length()
+
+
+@stored_function(schema="lim")
+def factorial_bits(n: int) -> int:
+    return factorial(n).bit_length() + math.comb(n, n // 2).bit_length()
+
+
+@stored_function(schema="lim")
+def caught(times: int) -> int:
+    try:
+        return len("x" * times)
+    except OverflowError:
+        return -1
+
+
+@stored_function(schema="lim")
+def huge_allocation() -> int:
+    return len(bytearray(1 << 62))
+
+
+@stored_function(schema="lim")
+def defaulted(n: int) -> Iterator[int]:
+    yield from range(n)
+
+
+@stored_function(schema="lim", max_result_rows=0)
+def unlimited(n: int) -> Iterator[int]:
+    yield from range(n)

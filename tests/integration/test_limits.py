@@ -1,0 +1,134 @@
+"""Per-routine limits (memory, result rows and bytes, configured defaults) and operations
+bounded before they start (issue 3, "Limits" and long C operations)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from pyfuncs import deploy as deploying
+from pyfuncs.definition import collect
+from pyfuncs.embedded import Cluster
+
+from .modules import limits_mod
+
+
+@pytest.fixture
+def lim(dsn: str, conn: psycopg.Connection[Any], cluster: Cluster,
+        monkeypatch: pytest.MonkeyPatch) -> Iterator[psycopg.Connection[Any]]:  # fmt: skip
+    monkeypatch.setenv("PYFUNCS_MAX_RESULT_ROWS", "5")  # the configured default
+    deploying.deploy(conn, limits_mod)
+    conn.execute("CREATE TABLE lim.log (what text)")
+    conn.commit()
+    postmaster = cluster.postmaster_pid()
+    with psycopg.connect(dsn, autocommit=True) as session:
+        yield session
+    assert cluster.postmaster_pid() == postmaster, "the cluster restarted"
+
+
+def fails(conn: psycopg.Connection[Any], query: str, *params: object) -> psycopg.Error:
+    with pytest.raises(psycopg.Error) as info:
+        conn.execute(query, params)
+    return info.value
+
+
+def test_max_memory_mb_stops_the_call_and_keeps_no_writes(lim: psycopg.Connection[Any]) -> None:
+    err = fails(lim, "SELECT lim.hog(4000)")
+    assert err.sqlstate == "53200"
+    message = err.diag.message_primary or ""
+    assert "lim.hog exceeded its limit max_memory_mb=64 (grew by " in message
+    grown = int(message.split("grew by ")[1].split(" MB")[0])
+    assert 64 < grown < 4000
+    assert lim.execute("SELECT count(*) FROM lim.log").fetchone() == (0,)
+    # the memory went back: calls within the limit keep working in the same session
+    for _ in range(3):
+        assert lim.execute("SELECT lim.hog(24)").fetchone() == (24,)
+
+
+def test_max_result_rows(lim: psycopg.Connection[Any]) -> None:
+    assert lim.execute("SELECT count(*) FROM lim.numbers(10)").fetchone() == (10,)
+    err = fails(lim, "SELECT * FROM lim.numbers(1000000)")
+    assert err.sqlstate == "54000"
+    assert "lim.numbers exceeded its limit max_result_rows=10 (row 11)" in str(err)
+
+
+def test_max_result_bytes_of_a_value_and_of_rows(lim: psycopg.Connection[Any]) -> None:
+    assert lim.execute("SELECT length(lim.text_of(500))").fetchone() == (500,)  # 1000 bytes
+    err = fails(lim, "SELECT lim.text_of(501)")
+    assert err.sqlstate == "54000"
+    assert "lim.text_of exceeded its limit max_result_bytes=1000 (1002 bytes)" in str(err)
+
+    assert lim.execute("SELECT count(*) FROM lim.entries(4, 100)").fetchone() == (4,)
+    err = fails(lim, "SELECT * FROM lim.entries(5, 300)")
+    assert "lim.entries exceeded its limit max_result_bytes=1000 (1232 bytes by row 4)" in str(err)
+
+
+def test_configured_defaults_apply_and_zero_lifts_them(lim: psycopg.Connection[Any]) -> None:
+    err = fails(lim, "SELECT * FROM lim.defaulted(6)")
+    assert "lim.defaulted exceeded its limit max_result_rows=5 (row 6)" in str(err)
+    assert lim.execute("SELECT count(*) FROM lim.unlimited(100)").fetchone() == (100,)
+
+
+def test_limits_are_part_of_the_deployed_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYFUNCS_TIMEOUT_MS", "2500")
+    by_name = {d.name: d for d in collect(limits_mod)}
+    assert by_name["hog"].limits.timeout_ms == 2500
+    assert by_name["hog"].limits.max_memory_mb == 64
+    assert by_name["unlimited"].limits.max_result_rows is None
+    assert by_name["hog"].spec()["limits"]["timeout_ms"] == 2500
+
+
+@pytest.mark.parametrize(
+    ("query", "result"),
+    [
+        ("SELECT lim.power(2, 1000)", 1001),
+        ("SELECT lim.power(10, 100)", 333),
+        (
+            "SELECT lim.modular_power(3, 1000000000000000000, 1000000007)",
+            pow(3, 10**18, 1000000007),
+        ),
+        ("SELECT lim.builtin_power(7, 2)", 6),
+        ("SELECT lim.repeat('ab', 1000)", 2000),
+        ("SELECT lim.repeat_in_place(1000)", 1000),
+        ("SELECT lim.shift(1000)", 2002),
+        ("SELECT lim.growing(10)", 1624),
+        ("SELECT lim.factorial_bits(100)", 622),
+        ("SELECT lim.caught(1000000000)", -1),  # refused before it started, so catchable
+    ],
+)
+def test_bounded_operations_within_bounds(
+    lim: psycopg.Connection[Any], query: str, result: int
+) -> None:
+    assert lim.execute(query).fetchone() == (result,)
+
+
+@pytest.mark.parametrize(
+    ("query", "refused"),
+    [
+        ("SELECT lim.power(3, 100000000)", "int ** int would make 158,496,250 bits"),
+        ("SELECT lim.builtin_power(10, 1000000)", "int ** int would make 3,321,928 bits"),
+        ("SELECT lim.repeat('ab', 1000000000)", "str * 1000000000 would make 2,000,000,000 bytes"),
+        ("SELECT lim.repeat_in_place(100000000)", "list * 100000000 would make 800,000,000 bytes"),
+        ("SELECT lim.shift(100000000)", "int << int would make 100,000,001 bits"),
+        ("SELECT lim.growing(40)", "int * int would make"),
+        ("SELECT lim.factorial_bits(100000000)", "factorial(100000000) would make"),
+    ],
+)
+def test_bounded_operations_are_refused_before_they_start(
+    lim: psycopg.Connection[Any], query: str, refused: str
+) -> None:
+    err = fails(lim, query)
+    assert err.sqlstate == "54000"
+    assert refused in str(err)
+    assert "one operation in a routine may make at most" in str(err)
+    assert "limits_mod.py:" in str(err) and "lim." in str(err)  # routine, file:line
+
+
+def test_memory_error_is_out_of_memory(lim: psycopg.Connection[Any]) -> None:
+    err = fails(lim, "SELECT lim.huge_allocation()")
+    assert err.sqlstate == "53200"
+    assert "lim.huge_allocation ran out of memory" in str(err)
+    assert lim.execute("SELECT lim.repeat('a', 3)").fetchone() == (3,)

@@ -1,0 +1,45 @@
+"""Limit defaults come from the environment, strictly parsed; decorators override them."""
+
+from __future__ import annotations
+
+import pytest
+
+from pyfuncs import stored_function
+from pyfuncs.definition import build
+from pyfuncs.errors import ConfigError, DefinitionError
+from pyfuncs.limits import Limits
+
+
+def test_defaults_from_the_environment() -> None:
+    env = {"PYFUNCS_TIMEOUT_MS": "1500", "PYFUNCS_MAX_MEMORY_MB": " 256 ",
+           "PYFUNCS_MAX_DB_OPS": "0", "PYFUNCS_MAX_RESULT_ROWS": ""}  # fmt: skip
+    assert Limits.from_env(env) == Limits(timeout_ms=1500, max_memory_mb=256)
+    assert Limits.from_env({}) == Limits()
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [("fast", "is not a whole number"), ("-5", "is negative"), ("1.5", "is not a whole number")],
+)
+def test_a_bad_default_names_the_variable(value: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=f"PYFUNCS_MAX_DB_OPS='{value}' {says}"):
+        Limits.from_env({"PYFUNCS_MAX_DB_OPS": value})
+
+
+def test_decorator_overrides_and_zero_lifts() -> None:
+    @stored_function(timeout_ms=50, max_result_rows=0)
+    def f(x: int) -> int:
+        return x
+
+    defaults = Limits(timeout_ms=1000, max_result_rows=100, max_memory_mb=64)
+    assert build(f, "", defaults).limits == Limits(timeout_ms=50, max_memory_mb=64)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "100"])
+def test_bad_limit_in_the_decorator_is_refused(bad: object) -> None:
+    @stored_function(max_memory_mb=bad)  # type: ignore[arg-type]
+    def f(x: int) -> int:
+        return x
+
+    with pytest.raises(DefinitionError, match=r"max_memory_mb=.*: use a whole number"):
+        build(f, "")
