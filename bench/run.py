@@ -68,6 +68,7 @@ $$;
 """
 FUNCTIONS = {"pyfuncs": "bench.add_one", "bare plpython3u": "bench.bare_add_one",
              "sql": "bench.sql_add_one", "pyfuncs, a query per call": "bench.query_one",
+             "pyfuncs, same with max_db_ops": "bench.query_one_counted",
              "bare, a query per call": "bench.bare_query_one"}  # fmt: skip
 
 
@@ -95,21 +96,19 @@ def backend_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def in_database_rate(
-    conn: psycopg.Connection[Any], function: str, rows: int = ROWS, runs: int = 3
-) -> float:
-    """Calls per CPU second of `function` inside one query (best of `runs`)."""
+def in_database_rate(url: str, function: str, rows: int = ROWS, runs: int = 3) -> float:
+    """Calls per CPU second of `function` inside one query (best of `runs`), in a backend of
+    its own: what one routine loads (max_db_ops counting, say) must not slow the others."""
     query = sql.SQL("SELECT count({}(i)) FROM generate_series(1, %s) i").format(
         sql.SQL(function)  # a fixed name from FUNCTIONS
     )
-    conn.execute(query, [1000])  # warm: the runtime and the routine load once per backend
-    row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    assert row is not None
-    best = float("inf")
-    for _ in range(runs):
-        before = backend_cpu_seconds(row[0])
-        conn.execute(query, [rows])
-        best = min(best, backend_cpu_seconds(row[0]) - before)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(query, [1000])  # warm: the runtime and the routine load once per backend
+        best = float("inf")
+        for _ in range(runs):
+            before = backend_cpu_seconds(conn.info.backend_pid)
+            conn.execute(query, [rows])
+            best = min(best, backend_cpu_seconds(conn.info.backend_pid) - before)
     return rows / best
 
 
@@ -118,17 +117,17 @@ def bench_a(url: str) -> dict[str, Any]:
         conn.execute("CREATE SCHEMA IF NOT EXISTS bench")
         conn.execute(BASELINES)
         deploying.deploy(conn, trivial)
-        # interleave rounds, reversing the order each time, so that drift on a shared machine
-        # (and being first or last) hits every target alike; report medians
-        tps: dict[str, list[float]] = {name: [] for name in FUNCTIONS}
-        inside: dict[str, list[float]] = {name: [] for name in FUNCTIONS}
-        for round_ in range(ROUNDS):
-            order = list(FUNCTIONS.items())
-            for name, fn in order if round_ % 2 == 0 else reversed(order):
-                tps[name].append(pgbench_tps(url, fn))
-                # a query per call is ~10x slower: fewer calls give the same measuring time
-                rows = ROWS // 10 if "query" in name else ROWS
-                inside[name].append(in_database_rate(conn, fn, rows))
+    # interleave rounds, reversing the order each time, so that drift on a shared machine
+    # (and being first or last) hits every target alike; report medians
+    tps: dict[str, list[float]] = {name: [] for name in FUNCTIONS}
+    inside: dict[str, list[float]] = {name: [] for name in FUNCTIONS}
+    for round_ in range(ROUNDS):
+        order = list(FUNCTIONS.items())
+        for name, fn in order if round_ % 2 == 0 else reversed(order):
+            tps[name].append(pgbench_tps(url, fn))
+            # a query per call is ~10x slower: fewer calls give the same measuring time
+            rows = ROWS // 10 if "query" in fn else ROWS
+            inside[name].append(in_database_rate(url, fn, rows))
     result = {
         "round_trips_tps": {n: statistics.median(v) for n, v in tps.items()},
         "in_database_calls_per_s": {n: statistics.median(v) for n, v in inside.items()},
@@ -137,7 +136,8 @@ def bench_a(url: str) -> dict[str, Any]:
         plain = result[key]["bare plpython3u"]
         querying = result[key]["bare, a query per call"]
         result[key + "_ratio_vs_bare"] = {
-            n: v / (querying if "query" in n else plain) for n, v in result[key].items()
+            n: v / (querying if "query" in fn else plain)
+            for (n, fn), v in zip(FUNCTIONS.items(), result[key].values(), strict=True)
         }
     return result
 

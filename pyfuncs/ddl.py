@@ -28,11 +28,11 @@ except KeyError:
     _pf_source = {source!r}
     SD["pf"] = GD["pyfuncs.runtime"].routine(_pf_spec, _pf_source)
     _pf_fn = SD["fn"] = SD["pf"].fn
-{checks}try:
+{checks}{begin}try:
     return {result}
 except BaseException as _pf_error:  # RoutineInterrupted is a BaseException on purpose
     raise SD["pf"].fail(_pf_error) from None
-"""
+{end}"""
 
 
 def body(d: Definition) -> str:
@@ -46,15 +46,19 @@ def body(d: Definition) -> str:
         for p in d.params
     )
     result = f"_pf_fn({args})"
+    # max_db_ops: the call's budget of operations, for the runtime to count against
+    counted = d.limits.max_db_ops is not None
+    begin = "_pf_budget = SD['pf'].begin()\n" if counted else ""
+    end = "finally:\n    SD['pf'].end()\n" if counted else ""
     if d.returns.setof:
-        result = f"SD['pf'].rows({result})"
+        result = f"SD['pf'].rows({result}, _pf_budget)" if counted else f"SD['pf'].rows({result})"
     elif d.limits.max_result_bytes and d.returns.kind != "void":
         result = f"SD['pf'].sized({result})"
     elif d.kind == "procedure" and d.returns.kind == "scalar":
         result = f"{{'result': {result}}}"  # a procedure's OUT parameters form a row
     return BODY.format(
         qualname=d.qualname, where=d.where, spec=d.spec(), source=d.source,
-        checks=checks, result=result,
+        checks=checks, begin=begin, result=result, end=end,
     )  # fmt: skip
 
 

@@ -35,7 +35,7 @@ import time
 import traceback
 import types
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 # plpy is PL/Python's module; it exists only inside the backend, so it is bound by boot().
@@ -166,11 +166,12 @@ class Queries:
 class _Prepared:
     """A plan, and how to convert its result columns (learnt from its first result)."""
 
-    __slots__ = ("fixes", "plan")
+    __slots__ = ("fixes", "plain", "plan")
 
     def __init__(self, plan: Any) -> None:
         self.plan = plan
         self.fixes: list[tuple[str, Callable[[Any], Any]]] | None = None
+        self.plain = False  # known to need no conversion
 
     def rows(self, result: Any) -> Any:
         fixes = self.fixes
@@ -184,33 +185,72 @@ class _Prepared:
                 for n, o in zip(names, oids, strict=True)
                 if o in _OID_PARSERS
             ]
+            self.plain = not fixes
         for row in result if fixes else ():
             for name, convert in fixes:
                 row[name] = convert(row[name])
         return result
 
 
+def _plan_key(query: str, params: Sequence[Any]) -> tuple[Any, ...]:
+    # a query's parameters are mostly one or two: build those keys without unpacking
+    count = len(params)
+    if count == 1:
+        return (query, type(params[0]))
+    if count == 2:
+        return (query, type(params[0]), type(params[1]))
+    return (query, *map(type, params))
+
+
 class Db(Queries):
     """The database, as seen from inside a routine. Runs as the caller; RLS applies."""
 
     def __init__(self) -> None:
-        self._plans: dict[tuple[str, tuple[str, ...]], _Prepared] = {}
+        # plans by query text and the Python types of its parameters, when PL/Python sends
+        # the values as they are (the common case: one dict lookup, no conversion) ...
+        self._direct: dict[tuple[Any, ...], _Prepared] = {}
+        # ... and by query text and SQL types, when values have to be adapted first
+        self._adapted: dict[tuple[str, tuple[str, ...]], _Prepared] = {}
 
-    def _plan(self, query: str, params: Sequence[Any]) -> tuple[_Prepared, list[Any]]:
-        if _WATCHDOG is not None:
-            _WATCHDOG.count_db_op()
-        try:  # the common case: values PL/Python sends as they are
-            sqltypes = tuple([_SIMPLE_TYPES[type(v)] for v in params])
-            values = list(params)
-        except KeyError:
-            adapted = [_adapt_param(v) for v in params]
-            sqltypes = tuple(t for t, _ in adapted)
-            values = [v for _, v in adapted]
-        key = (query, sqltypes)
-        prepared = self._plans.get(key)
+    def _plan(self, query: str, params: Sequence[Any]) -> tuple[_Prepared, Sequence[Any]]:
+        """The plan for `query` with these parameters' types, and the values to send."""
+        key = _plan_key(query, params)
+        prepared = self._direct.get(key)
+        if prepared is not None:
+            return prepared, params
+        if all(type(v) in _SIMPLE_TYPES for v in params):
+            sqltypes = [_SIMPLE_TYPES[type(v)] for v in params]
+            prepared = self._direct[key] = _Prepared(plpy.prepare(query, sqltypes))
+            return prepared, params
+        adapted = [_adapt_param(v) for v in params]
+        adapted_key = (query, tuple(t for t, _ in adapted))
+        prepared = self._adapted.get(adapted_key)
         if prepared is None:
-            prepared = self._plans[key] = _Prepared(plpy.prepare(query, list(sqltypes)))
-        return prepared, values
+            prepared = _Prepared(plpy.prepare(query, list(adapted_key[1])))
+            self._adapted[adapted_key] = prepared
+        return prepared, [v for _, v in adapted]
+
+    @staticmethod
+    def _count() -> None:
+        """Every database operation: refused in a stopped call, counted for max_db_ops."""
+        watchdog = _WATCHDOG
+        if watchdog is not None and (watchdog.stop is not None or watchdog.budgets):
+            watchdog.count_db_op()
+
+    def _run(self, query: str, params: Sequence[Any]) -> Any:
+        # the hot path of every query: _count and the first step of _plan, inlined
+        watchdog = _WATCHDOG
+        if watchdog is not None and (watchdog.stop is not None or watchdog.budgets):
+            watchdog.count_db_op()
+        prepared = self._direct.get(_plan_key(query, params))
+        if prepared is None:
+            prepared, params = self._plan(query, params)
+        try:
+            result = plpy.execute(prepared.plan, params)
+        except plpy.SPIError as exc:
+            _interrupted(exc)
+            raise
+        return result if prepared.plain else prepared.rows(result)
 
     def execute(self, query: str, params: Sequence[Any] = (), /) -> Rows:
         """Run `query` with `$1, $2 …` bound to `params`; return the rows as dicts.
@@ -227,25 +267,25 @@ class Db(Queries):
         result = self._run(query, params)  # read in place: no copy for one row
         return result[0] if len(result) else None
 
-    def _run(self, query: str, params: Sequence[Any]) -> Any:
-        prepared, values = self._plan(query, params)
-        try:
-            result = plpy.execute(prepared.plan, values)
-        except plpy.SPIError as exc:
-            _interrupted(exc)
-            raise
-        return prepared.rows(result)
+    def fetchval(self, query: str, params: Sequence[Any] = (), /) -> Any:
+        """The first column of the first row of `query`, or None."""
+        result = self._run(query, params)
+        if not len(result):
+            return None
+        for value in result[0].values():
+            return value
+        return None
 
     def cursor(
         self, query: str, params: Sequence[Any] = (), /, *, batch: int = 1000
     ) -> Iterator[dict[str, Any]]:
         """Iterate over a large result without holding it all in memory."""
+        self._count()
         prepared, values = self._plan(query, params)
         cur = plpy.cursor(prepared.plan, values)
         try:
             while True:
-                if _WATCHDOG is not None:
-                    _WATCHDOG.count_db_op()
+                self._count()
                 try:
                     chunk = cur.fetch(batch)
                 except plpy.SPIError as exc:
@@ -370,11 +410,24 @@ BY_STATEMENT_TIMEOUT = "canceled: statement_timeout expired"
 BY_CANCEL_REQUEST = "canceled by pg_cancel_backend or the client"
 
 
-class Stop:
-    __slots__ = ("elapsed", "frame", "reason", "sqlstate")
+class Budget:
+    """The database operations one call of a routine with max_db_ops has made."""
 
-    def __init__(self, frame: types.FrameType, sqlstate: str, reason: str, elapsed: float) -> None:
+    __slots__ = ("most", "ops", "routine")
+
+    def __init__(self, routine: str, most: int) -> None:
+        self.routine, self.most, self.ops = routine, most, 0
+
+
+class Stop:
+    __slots__ = ("elapsed", "frame", "reason", "sqlstate", "who")
+
+    def __init__(
+        self, frame: types.FrameType, sqlstate: str, reason: str, elapsed: float,
+        who: str | None = None,
+    ) -> None:  # fmt: skip
         self.frame, self.sqlstate, self.reason, self.elapsed = frame, sqlstate, reason, elapsed
+        self.who = who  # the routine whose limit it was, when not the one that is leaving
 
 
 class Watchdog:
@@ -395,11 +448,9 @@ class Watchdog:
         self._frame: types.FrameType | None = None
         self._since = 0.0
         self.stop: Stop | None = None
-        # database operations of the current call (main thread only), counted only once a
-        # routine with max_db_ops has been loaded in this backend
-        self.counting = False
-        self._ops_frame: types.FrameType | None = None
-        self._ops = 0
+        # the calls of routines with max_db_ops under way, innermost last (main thread only;
+        # their generated bodies push and pop them, so counting needs no stack walk)
+        self.budgets: list[Budget] = []
         # memory (watchdog thread only), read once a routine with max_memory_mb is loaded: the
         # level when the current call began, and the last one read while no routine ran
         self.measuring = False
@@ -482,60 +533,56 @@ class Watchdog:
         fields = os.pread(self._statm, 128, 0).split()
         return (int(fields[1]) - int(fields[2])) * _PAGE
 
-    def stop_here(self, sqlstate: str, reason: str) -> None:
-        """A query inside the routine was cancelled: make the stop sticky for this call."""
+    def stop_here(self, sqlstate: str, reason: str, who: str | None = None) -> None:
+        """Stop the call under way from the main thread (a query inside it was cancelled,
+        or it went past a limit), sticky like the watchdog's stops."""
         hit = self._outermost(sys._getframe(1))
         if hit is not None:
-            self.stop = Stop(hit[0], sqlstate, reason, time.monotonic() - self._since)
+            self.stop = Stop(hit[0], sqlstate, reason, time.monotonic() - self._since, who)
 
     def count_db_op(self) -> None:
-        """Before each query, prepare or cursor fetch: refuse it for a stopped call or past
-        the routine's max_db_ops (one walk up the stack does both)."""
-        stop = self.stop
-        if stop is None and not self.counting:
-            return  # nothing to refuse and nothing to count: the common case, no stack walk
-        frame: types.FrameType | None = sys._getframe(1)
-        top, routine = None, None
-        while frame is not None:
-            if stop is not None and frame is stop.frame:
+        """Before each query, prepare or cursor fetch: refuse it for a stopped call, and
+        count it against every call with max_db_ops under way (queries of routines they
+        call through SQL are theirs too)."""
+        if self.stop is not None:
+            self.check()
+        for budget in self.budgets:
+            budget.ops += 1
+            if budget.ops > budget.most:
+                reason = f"exceeded its limit max_db_ops={budget.most} (operation {budget.ops})"
+                self.stop_here("54000", reason, budget.routine)
                 raise RoutineInterrupted()
-            found = self.routines.get(frame.f_code)
-            if found is not None:
-                top, routine = frame, found
-            frame = frame.f_back
-        if top is None or routine is None or routine.max_db_ops is None:
-            return
-        if top is not self._ops_frame:
-            self._ops_frame, self._ops = top, 0
-        self._ops += 1
-        if routine.max_db_ops is not None and self._ops > routine.max_db_ops:
-            reason = f"exceeded its limit max_db_ops={routine.max_db_ops} (operation {self._ops})"
-            self.stop = Stop(top, "54000", reason, time.monotonic() - self._since)
-            raise RoutineInterrupted()
 
     def check(self) -> None:
         """Raise again inside a call that has been told to stop (queries, handlers)."""
         stop = self.stop
-        if stop is None:
-            return
-        frame: types.FrameType | None = sys._getframe(1)
-        while frame is not None:
-            if frame is stop.frame:
-                raise RoutineInterrupted()
-            frame = frame.f_back
+        if stop is not None and _on_stack(stop.frame, sys._getframe(1)):
+            raise RoutineInterrupted()
 
     def describe(self, routine: str) -> tuple[str, str]:
-        """SQLSTATE and message for the stop of the call that is leaving, then forget it."""
-        stop, self.stop = self.stop, None
-        self._ops_frame = None
-        self._arm(None)  # the call has left: nothing may be raised into the code around it
+        """SQLSTATE and message for the stop of the call that is leaving; forgotten unless it
+        belongs to an outer call still under way (a routine called through SQL by another
+        stopped inside it), which must not be able to carry on either."""
+        stop = self.stop
+        if stop is None or not _on_stack(stop.frame, sys._getframe(1)):
+            self.stop = None
+            self._arm(None)  # the call has left: nothing may be raised into the code around it
         if stop is None:
             return "57014", f"{routine} was canceled"
         reason = stop.reason
         if reason == CANCELED:
             timed_out = self._timeout_indicator(_STATEMENT_TIMEOUT, False)
             reason = BY_STATEMENT_TIMEOUT if timed_out else BY_CANCEL_REQUEST
-        return stop.sqlstate, f"{routine} {reason} (after {stop.elapsed * 1000:.0f} ms)"
+        who = stop.who or routine
+        return stop.sqlstate, f"{who} {reason} (after {stop.elapsed * 1000:.0f} ms)"
+
+
+def _on_stack(wanted: types.FrameType, frame: types.FrameType | None) -> bool:
+    while frame is not None:
+        if frame is wanted:
+            return True
+        frame = frame.f_back
+    return False
 
 
 _WATCHDOG: Watchdog | None = None
@@ -843,7 +890,6 @@ class Routine:
         self.convert = {kind: self._reading(_converter(kind)) for kind in spec["converters"]}
         if _WATCHDOG is not None:
             _WATCHDOG.routines[self.fn.__code__] = self
-            _WATCHDOG.counting = _WATCHDOG.counting or self.max_db_ops is not None
             _WATCHDOG.measuring = _WATCHDOG.measuring or self.max_memory is not None
 
     def _reading(self, convert: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
@@ -880,10 +926,37 @@ class Routine:
         message = f"{self.qualname} exceeded its limit {limit}={value} ({observed})"
         return _error("LimitExceeded", message, "54000")
 
-    def rows(self, result: Any) -> Iterator[Any]:
+    def begin(self) -> Budget:
+        """A call of a routine with max_db_ops starts (the body calls this, then end())."""
+        assert _WATCHDOG is not None and self.max_db_ops is not None
+        budget = Budget(self.qualname, self.max_db_ops)
+        _WATCHDOG.budgets.append(budget)
+        return budget
+
+    def end(self) -> None:
+        assert _WATCHDOG is not None
+        _WATCHDOG.budgets.pop()
+
+    def _counted(self, rows: Iterable[Any], budget: Budget) -> Iterator[Any]:
+        """A generator's rows, its database operations counted while it makes each one."""
+        assert _WATCHDOG is not None
+        iterator = iter(rows)
+        while True:
+            _WATCHDOG.budgets.append(budget)
+            try:
+                row = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                _WATCHDOG.budgets.pop()
+            yield row
+
+    def rows(self, result: Any, budget: Budget | None = None) -> Iterator[Any]:
         """A set-returning routine's rows, within its result limits; errors while iterating
         are translated too."""
         rows = () if result is None else result
+        if budget is not None:
+            rows = self._counted(rows, budget)
         try:
             if self.max_rows is None and self.max_bytes is None:
                 yield from rows

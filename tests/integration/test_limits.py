@@ -132,3 +132,17 @@ def test_memory_error_is_out_of_memory(lim: psycopg.Connection[Any]) -> None:
     assert err.sqlstate == "53200"
     assert "lim.huge_allocation ran out of memory" in str(err)
     assert lim.execute("SELECT lim.repeat('a', 3)").fetchone() == (3,)
+
+
+def test_max_db_ops_counts_while_a_generator_makes_its_rows(lim: psycopg.Connection[Any]) -> None:
+    assert lim.execute("SELECT array_agg(x) FROM lim.queried_rows(3) x").fetchone() == (
+        [0, 10, 20],
+    )
+    err = fails(lim, "SELECT count(*) FROM lim.queried_rows(4)")
+    assert err.sqlstate == "54000"
+    assert "lim.queried_rows exceeded its limit max_db_ops=3 (operation 4)" in str(err)
+    # a routine called through SQL spends the budget of the call it serves as well
+    assert lim.execute("SELECT lim.outer_ops(1)").fetchone() == (1,)
+    err = fails(lim, "SELECT lim.outer_ops(2)")
+    assert err.sqlstate == "54000"
+    assert "lim.outer_ops exceeded its limit max_db_ops=2 (operation 3)" in str(err)

@@ -112,3 +112,25 @@ def defaulted(n: int) -> Iterator[int]:
 @stored_function(schema="lim", max_result_rows=0)
 def unlimited(n: int) -> Iterator[int]:
     yield from range(n)
+
+
+@stored_function(schema="lim", max_db_ops=3)
+def queried_rows(n: int) -> Iterator[int]:
+    for i in range(n):
+        yield int(db.fetchval("SELECT $1::bigint * 10", [i]))
+
+
+@stored_function(schema="lim")
+def inner_ops(n: int) -> int:
+    for i in range(n):
+        db.execute("SELECT $1::bigint", [i])
+    return n
+
+
+@stored_function(schema="lim", max_db_ops=2)
+def outer_ops(inner: int) -> int:
+    # the queries of what it calls through SQL count as its own
+    try:
+        return int(db.fetchval("SELECT lim.inner_ops($1)", [inner]))
+    except BaseException:  # the stop is sticky: catching it does not help
+        return -1
