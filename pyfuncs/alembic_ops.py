@@ -1,7 +1,8 @@
 """Alembic operations that deploy routines from a migration and undo them on downgrade.
 
 ```python
-import pyfuncs.alembic_ops  # registers op.deploy_routines / op.rollback_routines
+import pyfuncs.alembic_ops  # registers op.deploy_routines / op.rollback_routines, and
+                            # op.enable_realtime / op.disable_realtime
 
 def upgrade():
     op.deploy_routines("app.routines", label=revision)
@@ -22,6 +23,7 @@ from typing import Any
 import psycopg
 from alembic.operations import MigrateOperation, Operations
 
+from . import realtime
 from .definition import collect
 from .deploy import deploy_definitions, rollback_deployment
 from .errors import ConfigError
@@ -72,3 +74,41 @@ def _deploy(operations: Operations, operation: DeployRoutinesOp) -> None:
 def _rollback(operations: Operations, operation: RollbackRoutinesOp) -> None:
     rollback_deployment(_driver(operations), label=operation.label, notify=operation.notify,
                         missing_ok=True)  # fmt: skip
+
+
+@Operations.register_operation("enable_realtime")
+class EnableRealtimeOp(MigrateOperation):
+    def __init__(self, table: str) -> None:
+        self.table = table
+
+    @classmethod
+    def enable_realtime(cls, operations: Operations, table: str) -> None:
+        """Capture every change of `table` for the change feed (undone by disable_realtime)."""
+        operations.invoke(cls(table))
+
+    def reverse(self) -> DisableRealtimeOp:
+        return DisableRealtimeOp(self.table)
+
+
+@Operations.register_operation("disable_realtime")
+class DisableRealtimeOp(MigrateOperation):
+    def __init__(self, table: str) -> None:
+        self.table = table
+
+    @classmethod
+    def disable_realtime(cls, operations: Operations, table: str) -> None:
+        """Stop capturing `table`."""
+        operations.invoke(cls(table))
+
+    def reverse(self) -> EnableRealtimeOp:
+        return EnableRealtimeOp(self.table)
+
+
+@Operations.implementation_for(EnableRealtimeOp)
+def _enable_realtime(operations: Operations, operation: EnableRealtimeOp) -> None:
+    realtime.enable(_driver(operations), operation.table)
+
+
+@Operations.implementation_for(DisableRealtimeOp)
+def _disable_realtime(operations: Operations, operation: DisableRealtimeOp) -> None:
+    realtime.disable(_driver(operations), operation.table)

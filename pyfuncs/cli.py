@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
 from collections.abc import Sequence
 
 import psycopg
 
 from . import deploy as deploying
-from . import migrate
+from . import migrate, realtime
 from .config import resolve_dsn
 from .definition import collect
 from .embedded import Cluster
@@ -88,6 +89,20 @@ def cmd_check(args: argparse.Namespace) -> None:
         print(f"ok  {d.qualname}({d.identity_args})  {d.where}")
 
 
+def cmd_realtime(args: argparse.Namespace) -> None:
+    with _connect(args) as conn:
+        if args.action == "prune":
+            keep = datetime.timedelta(days=args.keep_days) if args.keep_days is not None else None
+            print(f"pruned the changes of {realtime.prune(conn, keep)} transaction(s)")
+            return
+        if not args.tables:
+            raise PyfuncsError(f"name the tables to {args.action}: pyfuncs realtime {args.action} "
+                               "schema.table [...]")  # fmt: skip
+        for table in args.tables:
+            (realtime.enable if args.action == "enable" else realtime.disable)(conn, table)
+            print(f"{args.action}d  {table}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyfuncs", description=__doc__)
     parser.add_argument("--dsn", help="database to use (default: PYFUNCS_DSN, DATABASE_URL, "
@@ -120,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     chk = sub.add_parser("check", help="validate a module's routines without deploying")
     chk.add_argument("target")
     chk.set_defaults(fn=cmd_check)
+
+    rt = sub.add_parser("realtime", help="capture tables' changes for the change feed")
+    rt.add_argument("action", choices=["enable", "disable", "prune"])
+    rt.add_argument("tables", nargs="*", help="schema.table names (enable, disable)")
+    rt.add_argument("--keep-days", type=float,
+                    help="prune: keep this many days (default: the configured retention)")  # fmt: skip
+    rt.set_defaults(fn=cmd_realtime)
     return parser
 
 

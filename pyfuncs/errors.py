@@ -38,6 +38,15 @@ class MigrationError(PyfuncsError):
     """Installing, upgrading or downgrading the core schema failed; nothing was changed."""
 
 
+class ResyncRequired(PyfuncsError):
+    """A change-feed consumer is behind the retention window: changes it has not seen were
+    pruned. Read the current state of the tables again, then follow the feed from now."""
+
+    def __init__(self, message: str, *, pruned_through: int) -> None:
+        self.pruned_through = pruned_through
+        super().__init__(message)
+
+
 class AuthError(PyfuncsError):
     """A JWT is invalid, expired, not yet valid, for another audience or wrongly signed."""
 

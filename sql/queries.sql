@@ -98,3 +98,26 @@ WHERE r.schema_name = %(schema)s AND r.name = %(name)s
 -- name: set_identity
 -- A verified JWT for one transaction, as PostgREST sets it.
 SELECT set_config('role', %(role)s, true), set_config('request.jwt.claims', %(claims)s, true)
+
+-- name: realtime_enable
+SELECT pyfuncs.enable_realtime(%(table)s::regclass)
+
+-- name: realtime_disable
+SELECT pyfuncs.disable_realtime(%(table)s::regclass)
+
+-- name: realtime_prune
+SELECT pyfuncs.prune_realtime(%(keep)s::interval) AS pruned
+
+-- name: realtime_pruned_through
+SELECT pruned_through FROM pyfuncs.realtime_state
+
+-- name: realtime_read
+-- Committed changes after a position, in commit order (see sql/schema.sql on why that is
+-- complete). Run in the same snapshot as realtime_pruned_through.
+SELECT c.position, ch.id AS change, ch.schema_name, ch.table_name, ch.op, ch.new_row,
+       ch.old_row, c.committed_at
+FROM pyfuncs.realtime_commit c
+JOIN pyfuncs.realtime_change ch ON ch.txid = c.txid
+WHERE c.position IS NOT NULL AND (c.position, ch.id) > (%(commit)s, %(change)s)
+ORDER BY c.position, ch.id
+LIMIT %(limit)s

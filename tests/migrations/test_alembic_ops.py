@@ -103,3 +103,32 @@ def test_a_failing_migration_deploys_nothing(
     with pytest.raises(Exception, match="return type is not annotated"):
         run(project, dsn, "upgrade", "head")
     assert conn.execute("SELECT count(*) FROM pyfuncs.routine").fetchone() == (0,)
+
+
+REALTIME_MIGRATION = """
+from alembic import op
+
+revision = "a3"
+down_revision = "a2"
+
+
+def upgrade() -> None:
+    op.execute("CREATE TABLE app.notes (id int PRIMARY KEY)")
+    op.enable_realtime("app.notes")
+
+
+def downgrade() -> None:
+    op.disable_realtime("app.notes")
+    op.execute("DROP TABLE app.notes")
+"""
+
+
+def test_enable_realtime_in_a_migration(
+    project: Path, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    (project / "versions" / "a3.py").write_text(REALTIME_MIGRATION)
+    run(project, dsn, "upgrade", "head")
+    enabled = "SELECT count(*) FROM pyfuncs.realtime_table WHERE table_name = 'notes'"
+    assert conn.execute(enabled).fetchone() == (1,)
+    run(project, dsn, "downgrade", "a2")
+    assert conn.execute(enabled).fetchone() == (0,)

@@ -1,0 +1,155 @@
+"""The change feed: which tables are captured, and reading their changes in commit order.
+
+Capture itself is SQL (sql/schema.sql, "Realtime change capture"): triggers write each change
+of an enabled table in the writing transaction, and a deferred trigger gives each committing
+transaction the next position under a lock, so positions become visible in order. A consumer
+follows the feed from its last position; NOTIFY on `pyfuncs_realtime` only wakes it up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from .errors import ConfigError, ResyncRequired, from_psycopg
+from .queries import query
+
+CHANNEL = "pyfuncs_realtime"
+Op = Literal["INSERT", "UPDATE", "DELETE", "TRUNCATE"]
+_POSITION = re.compile(r"^(\d+)\.(\d+)$")
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """Where a consumer is: the commit, and the change within it. `str()` gives the token
+    clients keep (`"42.1337"`); `Position()` is the start of the feed."""
+
+    commit: int = 0
+    change: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.commit}.{self.change}"
+
+    @classmethod
+    def parse(cls, token: str) -> Position:
+        match = _POSITION.match(token.strip())
+        if match is None:
+            raise ConfigError(
+                f"{token!r} is not a change-feed position; use the `position` of the last "
+                "change you received, such as '42.1337'"
+            )
+        return cls(int(match.group(1)), int(match.group(2)))
+
+
+@dataclass(frozen=True)
+class Change:
+    """One captured change. `new` is the row after INSERT/UPDATE, `old` the row before
+    UPDATE/DELETE; TRUNCATE has neither."""
+
+    position: Position
+    schema: str
+    table: str
+    op: Op
+    new: dict[str, Any] | None
+    old: dict[str, Any] | None
+    committed_at: datetime.datetime
+
+
+def enable(conn: psycopg.Connection[Any], table: str) -> None:
+    """Capture every change of `table` (`name` or `schema.name`) from now on; idempotent."""
+    _call(conn, "realtime_enable", f"enabling realtime on {table}", table=table)
+
+
+def disable(conn: psycopg.Connection[Any], table: str) -> None:
+    """Stop capturing `table`; changes already captured stay in the feed until pruned."""
+    _call(conn, "realtime_disable", f"disabling realtime on {table}", table=table)
+
+
+def prune(conn: psycopg.Connection[Any], keep: datetime.timedelta | None = None) -> int:
+    """Delete committed changes older than `keep` (default: the configured retention);
+    returns how many transactions' changes went."""
+    row = _call(conn, "realtime_prune", "pruning the change feed", keep=keep)
+    return int(row[0]) if row else 0
+
+
+def _call(conn: psycopg.Connection[Any], name: str, what: str, **params: Any) -> Any:
+    try:
+        with conn.transaction():
+            return conn.execute(query(name), params).fetchone()
+    except psycopg.Error as exc:
+        raise ConfigError(f"{what} failed, nothing was changed: {from_psycopg(exc)}") from exc
+
+
+async def read(
+    conn: psycopg.AsyncConnection[Any], after: Position, limit: int = 500
+) -> list[Change]:
+    """Committed changes after `after`, in commit order, at most `limit`; raises
+    ResyncRequired when some of them were pruned."""
+    async with conn.transaction():
+        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        cur = conn.cursor(row_factory=dict_row)
+        state = await (await cur.execute(query("realtime_pruned_through"))).fetchone()
+        pruned_through = state["pruned_through"] if state else 0
+        if after.commit < pruned_through:
+            raise ResyncRequired(
+                f"the change feed was pruned through position {pruned_through}.0 and this "
+                f"consumer is at {after}: read the tables again, then follow from now",
+                pruned_through=pruned_through,
+            )
+        params = {"commit": after.commit, "change": after.change, "limit": limit}
+        rows = await (await cur.execute(query("realtime_read"), params)).fetchall()
+    return [
+        Change(Position(r["position"], r["change"]), r["schema_name"], r["table_name"],
+               r["op"], r["new_row"], r["old_row"], r["committed_at"])
+        for r in rows
+    ]  # fmt: skip
+
+
+class ChangeFeed:
+    """Follow the change feed from a position, reconnecting by itself:
+
+    ```python
+    async for change in ChangeFeed(dsn, since=Position.parse(saved)):
+        apply(change)
+        saved = str(change.position)
+    ```
+    Every committed change after `since` arrives once, in commit order (per row and
+    overall). Between batches it waits for a NOTIFY, and looks anyway every `poll` seconds
+    in case a wake-up was lost while it was disconnected.
+    """
+
+    def __init__(
+        self, dsn: str, *, since: Position | None = None, batch: int = 500,
+        poll: float = 5.0, retry: float = 0.5,
+    ) -> None:  # fmt: skip
+        self.dsn, self.batch, self.poll, self.retry = dsn, batch, poll, retry
+        self.position = since or Position()
+
+    async def __aiter__(self) -> AsyncIterator[Change]:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.dsn) as conn:
+                    await conn.set_autocommit(True)
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                    while True:
+                        changes = await read(conn, self.position, self.batch)
+                        for change in changes:
+                            self.position = change.position
+                            yield change
+                        if len(changes) < self.batch:
+                            await self._wake_up(conn)
+            except psycopg.OperationalError:
+                await asyncio.sleep(self.retry)  # the server went away: connect again
+
+    async def _wake_up(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Wait for a commit's NOTIFY, or `poll` seconds, whichever comes first."""
+        async for _ in conn.notifies(timeout=self.poll, stop_after=1):
+            pass

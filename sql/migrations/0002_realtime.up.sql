@@ -1,0 +1,148 @@
+-- 0002 up: realtime change capture.
+-- Realtime change capture (README "Realtime: the change feed"). Each change to an enabled
+-- table is written here in the writing transaction. At commit, one deferred trigger per
+-- transaction gives it the next commit position while holding a lock that every capturing
+-- commit takes: PostgreSQL makes a transaction visible before it releases its locks, so once
+-- position N is visible every smaller position is visible too or never will be. A consumer
+-- reading "after my last position" in position order therefore misses nothing and repeats
+-- nothing, whatever order transactions started or wrote in.
+CREATE SEQUENCE pyfuncs.realtime_position;
+
+CREATE TABLE pyfuncs.realtime_table (
+    relid oid PRIMARY KEY,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    enabled_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per capturing transaction; `position` is set at commit.
+CREATE TABLE pyfuncs.realtime_commit (
+    txid xid8 PRIMARY KEY,
+    position bigint UNIQUE,
+    committed_at timestamptz
+);
+
+CREATE TABLE pyfuncs.realtime_change (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    txid xid8 NOT NULL,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    op text NOT NULL CHECK (op IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')),
+    new_row jsonb,
+    old_row jsonb
+);
+CREATE INDEX realtime_change_txid ON pyfuncs.realtime_change (txid, id);
+
+-- The oldest position still kept (pruning moves it on) and how long changes are kept.
+CREATE TABLE pyfuncs.realtime_state (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    retention interval NOT NULL DEFAULT '7 days',
+    pruned_through bigint NOT NULL DEFAULT 0
+);
+INSERT INTO pyfuncs.realtime_state DEFAULT VALUES;
+
+-- Runs as the writer of an enabled table, so it is SECURITY DEFINER: writers need no
+-- privileges on the capture tables.
+CREATE FUNCTION pyfuncs.realtime_capture() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pyfuncs AS $$
+BEGIN
+    INSERT INTO pyfuncs.realtime_commit (txid) VALUES (pg_current_xact_id())
+    ON CONFLICT (txid) DO NOTHING;
+    IF TG_LEVEL = 'STATEMENT' THEN  -- TRUNCATE
+        INSERT INTO pyfuncs.realtime_change (txid, schema_name, table_name, op)
+        VALUES (pg_current_xact_id(), TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP);
+    ELSE
+        INSERT INTO pyfuncs.realtime_change (txid, schema_name, table_name, op, new_row, old_row)
+        VALUES (pg_current_xact_id(), TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP,
+                CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END,
+                CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- The commit step: deferred to the end of the transaction, once per transaction.
+CREATE FUNCTION pyfuncs.realtime_commit_position() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pyfuncs AS $$
+DECLARE
+    assigned bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('pyfuncs.realtime'));
+    assigned := nextval('pyfuncs.realtime_position');
+    UPDATE pyfuncs.realtime_commit SET position = assigned, committed_at = clock_timestamp()
+    WHERE txid = NEW.txid;
+    -- a wake-up only: the payload is a position, far below NOTIFY's 8000-byte limit
+    PERFORM pg_notify('pyfuncs_realtime', assigned::text);
+    RETURN NULL;
+END
+$$;
+
+CREATE CONSTRAINT TRIGGER realtime_commit_position
+    AFTER INSERT ON pyfuncs.realtime_commit
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION pyfuncs.realtime_commit_position();
+
+CREATE FUNCTION pyfuncs.enable_realtime(target regclass) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    rel record;
+BEGIN
+    SELECT n.nspname, c.relname, c.relkind INTO rel
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = target;
+    IF rel.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'pyfuncs: % is not a table, realtime captures tables only', target
+            USING ERRCODE = '42809';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pyfuncs.realtime_table WHERE relid = target) THEN
+        RETURN;
+    END IF;
+    INSERT INTO pyfuncs.realtime_table (relid, schema_name, table_name)
+    VALUES (target, rel.nspname, rel.relname);
+    EXECUTE format('CREATE TRIGGER pyfuncs_realtime AFTER INSERT OR UPDATE OR DELETE ON %I.%I '
+                   'FOR EACH ROW EXECUTE FUNCTION pyfuncs.realtime_capture()',
+                   rel.nspname, rel.relname);
+    EXECUTE format('CREATE TRIGGER pyfuncs_realtime_truncate AFTER TRUNCATE ON %I.%I '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION pyfuncs.realtime_capture()',
+                   rel.nspname, rel.relname);
+END
+$$;
+
+CREATE FUNCTION pyfuncs.disable_realtime(target regclass) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    rel record;
+BEGIN
+    SELECT schema_name, table_name INTO rel FROM pyfuncs.realtime_table WHERE relid = target;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    EXECUTE format('DROP TRIGGER pyfuncs_realtime ON %I.%I', rel.schema_name, rel.table_name);
+    EXECUTE format('DROP TRIGGER pyfuncs_realtime_truncate ON %I.%I',
+                   rel.schema_name, rel.table_name);
+    DELETE FROM pyfuncs.realtime_table WHERE relid = target;
+END
+$$;
+
+-- Delete committed changes older than the retention (or `keep`); returns how many commits
+-- went. Consumers behind the new pruned_through are told to resync when they next read.
+CREATE FUNCTION pyfuncs.prune_realtime(keep interval DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    horizon bigint;
+    pruned bigint;
+BEGIN
+    SELECT max(position) INTO horizon FROM pyfuncs.realtime_commit
+    WHERE position IS NOT NULL
+      AND committed_at < clock_timestamp()
+          - coalesce(keep, (SELECT retention FROM pyfuncs.realtime_state));
+    IF horizon IS NULL THEN
+        RETURN 0;
+    END IF;
+    UPDATE pyfuncs.realtime_state SET pruned_through = greatest(pruned_through, horizon);
+    DELETE FROM pyfuncs.realtime_change ch USING pyfuncs.realtime_commit c
+    WHERE ch.txid = c.txid AND c.position <= horizon;
+    DELETE FROM pyfuncs.realtime_commit WHERE position <= horizon;
+    GET DIAGNOSTICS pruned = ROW_COUNT;
+    RETURN pruned;
+END
+$$;

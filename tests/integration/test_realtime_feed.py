@@ -1,0 +1,233 @@
+"""The change feed: durable capture, commit order, resume without loss or repeats, pruning
+(issue 4, "Change capture")."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import random
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from pyfuncs import realtime
+from pyfuncs.errors import ConfigError, ResyncRequired
+from pyfuncs.realtime import Change, ChangeFeed, Position
+
+
+@pytest.fixture
+def feed_db(dsn: str, conn: psycopg.Connection[Any]) -> Iterator[str]:
+    conn.execute("CREATE SCHEMA rt")
+    conn.execute("CREATE TABLE rt.counter (id int PRIMARY KEY, n int NOT NULL, note text)")
+    conn.commit()
+    realtime.enable(conn, "rt.counter")
+    yield dsn
+
+
+def read_all(dsn: str, after: Position | None = None) -> list[Change]:
+    start = after or Position()
+
+    async def collect() -> list[Change]:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            changes: list[Change] = []
+            while batch := await realtime.read(conn, changes[-1].position if changes else start):
+                changes += batch
+            return changes
+
+    return asyncio.run(collect())
+
+
+def follow(
+    dsn: str, count: int, since: Position | None = None, timeout: float = 60
+) -> list[Change]:
+    """The first `count` changes a ChangeFeed delivers."""
+
+    async def collect() -> list[Change]:
+        got: list[Change] = []
+        async for change in ChangeFeed(dsn, since=since, batch=7, poll=0.5):
+            got.append(change)
+            if len(got) == count:
+                break
+        return got
+
+    return asyncio.run(asyncio.wait_for(collect(), timeout))
+
+
+def test_a_later_transaction_that_commits_first_comes_first_and_nothing_is_skipped(
+    feed_db: str,
+) -> None:
+    with psycopg.connect(feed_db) as early, psycopg.connect(feed_db) as late:
+        early.execute("INSERT INTO rt.counter VALUES (1, 0)")  # writes first ...
+        late.execute("INSERT INTO rt.counter VALUES (2, 0)")
+        late.commit()  # ... but commits last
+        seen = read_all(feed_db)
+        assert [c.new["id"] for c in seen if c.new] == [2]  # the open one is not there yet
+        early.commit()
+    rest = read_all(feed_db, after=seen[-1].position)  # a reader resuming after `late`
+    assert [c.new["id"] for c in rest if c.new] == [1]  # still sees `early`
+    assert seen[-1].position < rest[0].position
+
+
+def test_concurrent_writers_every_transition_once_in_commit_order(feed_db: str) -> None:
+    rows, writers, rounds = 8, 6, 25
+    with psycopg.connect(feed_db, autocommit=True) as conn:
+        for i in range(rows):
+            conn.execute("INSERT INTO rt.counter VALUES (%s, 0)", [i])
+    errors: list[BaseException] = []
+
+    def write(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            with psycopg.connect(feed_db) as conn:
+                for _ in range(rounds):
+                    for row in rng.sample(range(rows), 2):  # two rows per transaction
+                        conn.execute("UPDATE rt.counter SET n = n + 1 WHERE id = %s", [row])
+                        time.sleep(rng.random() / 500)  # commit order != start order
+                    conn.commit()
+        except psycopg.errors.DeadlockDetected:
+            pass  # a rolled-back transaction captures nothing, which the checks below cover
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(seed,)) for seed in range(writers)]
+    for thread in threads:
+        thread.start()
+    # follow the feed while the writers run; count what they committed at the end
+    consumer: list[Change] = []
+    done = threading.Event()
+
+    def consume() -> None:  # reads while the writers commit, in batches of 13
+        async def run() -> None:
+            async with await psycopg.AsyncConnection.connect(feed_db, autocommit=True) as conn:
+                position = Position()
+                while not (done.is_set() and len(consumer) >= expected[0]):
+                    batch = await realtime.read(conn, position, limit=13)
+                    consumer.extend(batch)
+                    position = batch[-1].position if batch else position
+                    await asyncio.sleep(0 if batch else 0.005)
+
+        asyncio.run(asyncio.wait_for(run(), 120))
+
+    expected = [1 << 62]
+    reader = threading.Thread(target=consume)
+    reader.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    with psycopg.connect(feed_db, autocommit=True) as conn:
+        final = dict(conn.execute("SELECT id, n FROM rt.counter").fetchall())
+    expected[0] = rows + sum(final.values())  # the inserts and one update per increment
+    done.set()
+    reader.join()
+
+    assert len(consumer) == expected[0]
+    written = [c.position.change for c in consumer]
+    assert written != sorted(written), "no transaction committed out of write order"
+    positions = [c.position for c in consumer]
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+    state: dict[int, int] = {}
+    for change in consumer:
+        assert change.new is not None
+        row = change.new["id"]
+        if change.op == "INSERT":
+            state[row] = change.new["n"]
+        else:  # every transition, in order: n goes up by one each time
+            assert change.old is not None and change.old["n"] == state[row]
+            assert change.new["n"] == state[row] + 1
+            state[row] = change.new["n"]
+    assert state == final
+    assert read_all(feed_db) == consumer  # a fresh reader sees the same history
+
+
+def test_resume_from_a_position_misses_nothing_and_repeats_nothing(feed_db: str) -> None:
+    with psycopg.connect(feed_db, autocommit=True) as conn:
+        for i in range(20):
+            conn.execute("INSERT INTO rt.counter VALUES (%s, %s)", [i, i])
+    first = follow(feed_db, 8)
+    token = str(first[-1].position)
+    rest = follow(feed_db, 12, since=Position.parse(token))
+    assert [c.new["id"] for c in first + rest if c.new] == list(range(20))
+
+
+def test_delete_truncate_and_large_rows(feed_db: str) -> None:
+    big = "x" * 100_000  # far beyond NOTIFY's 8000 bytes: the feed carries rows by reference
+    with psycopg.connect(feed_db, autocommit=True) as conn:
+        conn.execute("INSERT INTO rt.counter VALUES (1, 0, %s)", [big])
+        conn.execute("DELETE FROM rt.counter WHERE id = 1")
+        conn.execute("INSERT INTO rt.counter VALUES (2, 0)")
+        conn.execute("TRUNCATE rt.counter")
+    changes = read_all(feed_db)
+    assert [c.op for c in changes] == ["INSERT", "DELETE", "INSERT", "TRUNCATE"]
+    assert changes[0].new is not None and changes[0].new["note"] == big
+    assert changes[1].new is None and changes[1].old is not None and changes[1].old["id"] == 1
+    assert changes[3].new is None and changes[3].old is None
+    assert {(c.schema, c.table) for c in changes} == {("rt", "counter")}
+
+
+def test_rolled_back_writes_are_not_captured(feed_db: str) -> None:
+    with psycopg.connect(feed_db) as conn:
+        conn.execute("INSERT INTO rt.counter VALUES (1, 0)")
+        conn.rollback()
+        with conn.transaction():
+            conn.execute("INSERT INTO rt.counter VALUES (2, 0)")
+            with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction():
+                conn.execute("INSERT INTO rt.counter VALUES (3, 0)")
+                conn.execute("INSERT INTO rt.counter VALUES (3, 0)")
+    assert [c.new["id"] for c in read_all(feed_db) if c.new] == [2]
+
+
+def test_pruning_tells_consumers_behind_the_window_to_resync(
+    feed_db: str, conn: psycopg.Connection[Any]
+) -> None:
+    with psycopg.connect(feed_db, autocommit=True) as writer:
+        writer.execute("INSERT INTO rt.counter VALUES (1, 0)")
+        writer.execute("INSERT INTO rt.counter VALUES (2, 0)")
+    before = read_all(feed_db)
+    assert realtime.prune(conn, keep=datetime.timedelta(0)) == 2
+    assert realtime.prune(conn, keep=datetime.timedelta(0)) == 0
+    with pytest.raises(ResyncRequired, match="read the tables again") as info:
+        read_all(feed_db)  # from the start: behind the window
+    assert info.value.pruned_through == before[-1].position.commit
+    assert read_all(feed_db, after=before[-1].position) == []  # caught up: fine
+    with psycopg.connect(feed_db, autocommit=True) as writer:
+        writer.execute("INSERT INTO rt.counter VALUES (3, 0)")
+    assert [c.new["id"] for c in read_all(feed_db, before[-1].position) if c.new] == [3]
+
+
+def test_enable_disable_and_bad_input(feed_db: str, conn: psycopg.Connection[Any]) -> None:
+    realtime.enable(conn, "rt.counter")  # idempotent
+    with pytest.raises(ConfigError, match=r"enabling realtime on rt\.nope failed.*does not exist"):
+        realtime.enable(conn, "rt.nope")
+    conn.execute("CREATE VIEW rt.v AS SELECT 1 AS x")
+    conn.commit()
+    with pytest.raises(ConfigError, match="is not a table"):
+        realtime.enable(conn, "rt.v")
+    with pytest.raises(ConfigError, match="is not a change-feed position"):
+        Position.parse("yesterday")
+    realtime.disable(conn, "rt.counter")
+    with psycopg.connect(feed_db, autocommit=True) as writer:
+        writer.execute("INSERT INTO rt.counter VALUES (1, 0)")
+    assert read_all(feed_db) == []
+
+
+def test_cli_enables_disables_and_prunes(
+    dsn: str, conn: psycopg.Connection[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pyfuncs.cli import main
+
+    conn.execute("CREATE TABLE public.notes (id int PRIMARY KEY)")
+    conn.commit()
+    assert main(["--dsn", dsn, "realtime", "enable", "public.notes"]) == 0
+    conn.execute("INSERT INTO public.notes VALUES (1)")
+    conn.commit()
+    assert [c.op for c in read_all(dsn)] == ["INSERT"]
+    assert main(["--dsn", dsn, "realtime", "prune", "--keep-days", "0"]) == 0
+    assert "pruned the changes of 1 transaction(s)" in capsys.readouterr().out
+    assert main(["--dsn", dsn, "realtime", "disable", "public.notes"]) == 0
+    assert main(["--dsn", dsn, "realtime", "enable"]) == 1
+    assert main(["--dsn", dsn, "realtime", "enable", "public.missing"]) == 1
+    assert "does not exist" in capsys.readouterr().err
