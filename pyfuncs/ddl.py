@@ -52,10 +52,11 @@ def body(d: Definition) -> str:
     end = "finally:\n    SD['pf'].end()\n" if counted else ""
     if d.returns.setof:
         result = f"SD['pf'].rows({result}, _pf_budget)" if counted else f"SD['pf'].rows({result})"
-    elif d.limits.max_result_bytes and d.returns.kind != "void":
-        result = f"SD['pf'].sized({result})"
-    elif d.kind == "procedure" and d.returns.kind == "scalar":
-        result = f"{{'result': {result}}}"  # a procedure's OUT parameters form a row
+    else:
+        if d.limits.max_result_bytes and d.returns.kind != "void":
+            result = f"SD['pf'].sized({result})"
+        if d.kind == "procedure" and d.returns.kind == "scalar":
+            result = f"{{'result': {result}}}"  # a procedure's OUT parameters form a row
     return BODY.format(
         qualname=d.qualname, where=d.where, spec=d.spec(), source=d.source,
         checks=checks, begin=begin, result=result, end=end,

@@ -451,11 +451,10 @@ class Watchdog:
         # the calls of routines with max_db_ops under way, innermost last (main thread only;
         # their generated bodies push and pop them, so counting needs no stack walk)
         self.budgets: list[Budget] = []
-        # memory (watchdog thread only), read once a routine with max_memory_mb is loaded: the
-        # level when the current call began, and the last one read while no routine ran
-        self.measuring = False
+        # memory (watchdog thread only): the level when it first saw the current call. Not
+        # a reading from before the call: the thread only runs when Python does, so such a
+        # reading could be old and charge the call for what earlier calls kept.
         self._statm = -1
-        self._idle_memory: int | None = None
         self._base_memory = 0
 
     def start(self) -> None:
@@ -482,8 +481,6 @@ class Watchdog:
             hit = self._outermost(sys._current_frames().get(self._main))
             if hit is None:
                 self._frame = None
-                if self.measuring:
-                    self._idle_memory = self._private_memory()
                 if self.stop is not None:  # the call finished just as it was stopped
                     self.stop = None
                     self._arm(None)
@@ -493,9 +490,7 @@ class Watchdog:
             if top is not self._frame:
                 self._frame, self._since = top, now
                 if routine.max_memory is not None:
-                    # read before the call if the last look found none running, else now
-                    idle, self._idle_memory = self._idle_memory, None
-                    self._base_memory = idle if idle is not None else self._private_memory()
+                    self._base_memory = self._private_memory()
             if self.stop is None or self.stop.frame is not top:
                 why = self._why(routine, now - self._since)
                 if why is None:
@@ -890,7 +885,6 @@ class Routine:
         self.convert = {kind: self._reading(_converter(kind)) for kind in spec["converters"]}
         if _WATCHDOG is not None:
             _WATCHDOG.routines[self.fn.__code__] = self
-            _WATCHDOG.measuring = _WATCHDOG.measuring or self.max_memory is not None
 
     def _reading(self, convert: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
         assert convert is not None

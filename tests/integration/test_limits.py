@@ -61,6 +61,10 @@ def test_max_result_bytes_of_a_value_and_of_rows(lim: psycopg.Connection[Any]) -
     assert err.sqlstate == "54000"
     assert "lim.text_of exceeded its limit max_result_bytes=1000 (1002 bytes)" in str(err)
 
+    assert lim.execute("CALL lim.text_proc(100, NULL)").fetchone() == ("x" * 100,)
+    err = fails(lim, "CALL lim.text_proc(101, NULL)")
+    assert "lim.text_proc exceeded its limit max_result_bytes=100 (101 bytes)" in str(err)
+
     assert lim.execute("SELECT count(*) FROM lim.entries(4, 100)").fetchone() == (4,)
     err = fails(lim, "SELECT * FROM lim.entries(5, 300)")
     assert "lim.entries exceeded its limit max_result_bytes=1000 (1232 bytes by row 4)" in str(err)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from math import factorial
 
-from pyfuncs import db, stored_function
+from pyfuncs import db, procedure, stored_function
 
 
 @stored_function(schema="lim", max_memory_mb=64)
@@ -30,6 +30,11 @@ def numbers(n: int) -> Iterator[int]:
 @stored_function(schema="lim", max_result_bytes=1000)
 def text_of(n: int) -> str:
     return "é" * n
+
+
+@procedure(schema="lim", max_result_bytes=100)
+def text_proc(n: int) -> str:
+    return "x" * n
 
 
 @dataclass
