@@ -7,6 +7,7 @@
       as calls per second of the backend's CPU time.
 (c) Stopping: the time from a limit (statement_timeout, timeout_ms) or a pg_cancel_backend
     to the error, for a routine spinning in pure Python that swallows exceptions.
+(d) The first call in a new connection: PL/Python's start, and the pyfuncs runtime's.
 (b) The academy at 1,000,000 progress rows: sales_leaderboard and dashboard_stats as pyfuncs
     routines vs the seed application's way (fetch raw rows with psycopg, aggregate in Python),
     time and bytes on the wire.
@@ -182,6 +183,19 @@ def bench_c(url: str, runs: int = 5) -> dict[str, dict[str, float]]:
     }
 
 
+def bench_d(url: str, runs: int = 10) -> dict[str, float]:
+    """Milliseconds of the first call in a new connection (median): the cost of a backend's
+    start, PL/Python's own for bare and sql, plus the pyfuncs runtime's for pyfuncs."""
+    first: dict[str, list[float]] = {name: [] for name in ("bare plpython3u", "pyfuncs")}
+    for _ in range(runs):
+        for name in first:
+            with psycopg.connect(url, autocommit=True) as conn:
+                start = time.perf_counter()
+                conn.execute(sql.SQL("SELECT {}(1)").format(sql.SQL(FUNCTIONS[name])))
+                first[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(v) for name, v in first.items()}
+
+
 def measure(tap: WireTap, fn: Callable[[], Any], runs: int) -> tuple[Any, float, int]:
     fn()
     times, sizes, value = [], [], None
@@ -252,6 +266,11 @@ def main() -> int:
     for name, r in c.items():
         print(f"    {name:<40}{r['median_ms']:>7.1f} ms{r['max_ms']:>7.1f} ms")
 
+    d = bench_d(url)
+    print("\n(d) first call in a new connection (backend start)")
+    for name, ms in d.items():
+        print(f"    {name:<40}{ms:>7.1f} ms")
+
     b = bench_b(cluster, url)
     print("\n(b) 1,000,000 progress rows    pyfuncs        app-side     speedup   "
           "bytes      app bytes   ratio")  # fmt: skip
@@ -261,7 +280,7 @@ def main() -> int:
               f"{r['bytes_ratio']:>9,.0f}x")  # fmt: skip
 
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps({"a": a, "b": b, "c": c}, indent=2))
+    (RESULTS / "latest.json").write_text(json.dumps({"a": a, "b": b, "c": c, "d": d}, indent=2))
     failures = []
     if a["round_trips_tps_ratio_vs_bare"]["pyfuncs"] < 0.85:
         failures.append("(a) round trips below 0.85 of bare PL/Python")

@@ -20,10 +20,8 @@ from __future__ import annotations
 import ast
 import copy
 import ctypes
-import dataclasses
 import datetime
 import decimal
-import hashlib
 import json
 import linecache
 import math
@@ -32,7 +30,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 import types
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -360,6 +357,8 @@ def _error(
 
 def _translate(routine: str, filename: str, exc: BaseException) -> Exception:
     """The PostgreSQL error for an exception from a routine, pointing at its own source line."""
+    import traceback  # here: the error path pays for the import, not every backend's boot
+
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
     where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else routine
     trace = "".join(traceback.format_list(frames)).rstrip()
@@ -385,7 +384,7 @@ def _translate(routine: str, filename: str, exc: BaseException) -> Exception:
 # --- stopping ---------------------------------------------------------------------------
 # Stock PL/Python never looks at PostgreSQL's interrupt flags while Python bytecode runs, so a
 # pure-Python loop ignores statement_timeout, pg_cancel_backend and pg_terminate_backend. The
-# watchdog is a thread of this backend that looks every 20 ms while Python runs
+# watchdog is a thread of this backend that looks every 40 ms while Python runs
 # (it needs the GIL, which the main thread hands over at its periodic switch points), reads
 # the flags the postgres executable exports, and raises RoutineInterrupted in the main thread
 # while a routine's frame is on its stack. The stop is sticky for that call: `db` refuses
@@ -433,7 +432,7 @@ class Stop:
 class Watchdog:
     # how often it looks: a stop takes at most TICK + the 5 ms switch interval; every look
     # costs the main thread a GIL hand-off, so a short tick slows busy backends down
-    TICK = 0.02
+    TICK = 0.04
 
     def __init__(self) -> None:
         lib = ctypes.CDLL(None)  # the postgres executable itself
@@ -832,8 +831,10 @@ def _load_module(
     source: str, filename: str, module_name: str, allowed: frozenset[str]
 ) -> dict[str, Any]:
     """Execute a routine module once per backend, keyed by its exact source."""
-    modules: dict[str, dict[str, Any]] = _GD.setdefault("pyfuncs.modules", {})
-    key = hashlib.sha256(repr((source, sorted(allowed))).encode()).hexdigest()
+    modules: dict[tuple[str, frozenset[str]], dict[str, Any]] = _GD.setdefault(
+        "pyfuncs.modules", {}
+    )
+    key = (source, allowed)
     namespace = modules.get(key)
     if namespace is None:
         module = types.ModuleType(module_name)
@@ -998,7 +999,9 @@ def _size(value: Any) -> int:
         return len(str(value))
     if isinstance(value, Mapping):  # PL/Python row objects, user mappings
         return sum(_size(v) for v in value.values())
-    if dataclasses.is_dataclass(value):  # a row type
+    if hasattr(type(value), "__dataclass_fields__"):  # a row type
+        import dataclasses  # already loaded by the module that made the dataclass
+
         return sum(_size(getattr(value, f.name)) for f in dataclasses.fields(value))
     return 8
 
