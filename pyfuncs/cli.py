@@ -103,6 +103,21 @@ def cmd_realtime(args: argparse.Namespace) -> None:
             print(f"{args.action}d  {table}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    import os
+
+    import uvicorn
+
+    from .auth import JwtVerifier
+    from .gateway.config import GatewayConfig
+
+    dsn = resolve_dsn(args.dsn)
+    GatewayConfig.from_env(dsn, JwtVerifier.from_env())  # fail here, not in every worker
+    os.environ["PYFUNCS_DSN"] = dsn  # what the workers' create_app() reads
+    uvicorn.run("pyfuncs.gateway.app:create_app", factory=True, host=args.host,
+                port=args.port, workers=args.workers, log_level=args.log_level)  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyfuncs", description=__doc__)
     parser.add_argument("--dsn", help="database to use (default: PYFUNCS_DSN, DATABASE_URL, "
@@ -142,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--keep-days", type=float,
                     help="prune: keep this many days (default: the configured retention)")  # fmt: skip
     rt.set_defaults(fn=cmd_realtime)
+
+    srv = sub.add_parser("serve", help="run the realtime gateway (WebSocket and SSE)")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--workers", type=int, default=1,
+                     help="gateway processes sharing the port (each follows the feed)")  # fmt: skip
+    srv.add_argument("--log-level", default="info")
+    srv.set_defaults(fn=cmd_serve)
     return parser
 
 

@@ -180,3 +180,12 @@ def from_psycopg(exc: Exception) -> PyfuncsError:
     diag = exc.diag
     message = diag.message_primary or str(exc).strip()
     return from_sqlstate(exc.sqlstate, message, detail=diag.message_detail, hint=diag.message_hint)
+
+
+class SubscriptionError(PyfuncsError):
+    """A realtime client asked for something the gateway refuses: `code` is the protocol's
+    error code (README "Realtime: the gateway"), the message says what to do."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)

@@ -121,3 +121,41 @@ JOIN pyfuncs.realtime_change ch ON ch.txid = c.txid
 WHERE c.position IS NOT NULL AND (c.position, ch.id) > (%(commit)s, %(change)s)
 ORDER BY c.position, ch.id
 LIMIT %(limit)s
+
+-- name: realtime_head
+-- The last committed position (everything up to it is visible: see realtime_read).
+SELECT coalesce((SELECT max(position) FROM pyfuncs.realtime_commit),
+                (SELECT pruned_through FROM pyfuncs.realtime_state)) AS head
+
+-- name: realtime_table_info
+-- A table a client names: its key, and whether realtime captures it. NULL when unknown.
+SELECT c.oid AS relid, n.nspname AS schema_name, c.relname AS table_name,
+       EXISTS (SELECT 1 FROM pyfuncs.realtime_table t WHERE t.relid = c.oid) AS enabled,
+       ARRAY(SELECT a.attname::text
+             FROM pg_index i
+             CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+             WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.ord) AS key
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = to_regclass(%(table)s)
+
+-- name: realtime_readable_columns
+-- The columns the current role (a subscriber's, set for the transaction) may SELECT.
+SELECT coalesce(array_agg(attname::text ORDER BY attnum), '{}') AS columns
+FROM pg_attribute
+WHERE attrelid = %(relid)s::oid AND attnum > 0 AND NOT attisdropped
+  AND has_column_privilege(attrelid, attnum, 'SELECT')
+
+-- name: realtime_audit
+INSERT INTO pyfuncs.realtime_audit (at, event, connection, role, subject, detail)
+VALUES (%(at)s, %(event)s, %(connection)s, %(role)s, %(subject)s, %(detail)s)
+
+-- name: realtime_removed_later
+-- Changes committed after a position that delete, re-key or truncate rows of one table
+-- (for keys given as jsonb objects): the gateway defers telling a subscriber that such a row
+-- left its view, and sends the DELETE instead when it gets there.
+SELECT ch.op, ch.old_row, ch.new_row
+FROM pyfuncs.realtime_commit c JOIN pyfuncs.realtime_change ch ON ch.txid = c.txid
+WHERE c.position > %(after)s AND ch.schema_name = %(schema)s AND ch.table_name = %(table)s
+  AND (ch.op = 'TRUNCATE'
+       OR (ch.op IN ('DELETE', 'UPDATE') AND ch.old_row @> ANY (%(keys)s::jsonb[])))

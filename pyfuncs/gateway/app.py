@@ -1,0 +1,406 @@
+"""`pyfuncs serve`: the realtime gateway, a Starlette application.
+
+Endpoints (the protocol is in the README, "Realtime: the gateway"):
+    /realtime       WebSocket: auth, subscribe/unsubscribe, events, errors, heartbeats
+    /realtime/sse   Server-Sent Events: one subscription per stream, Last-Event-ID resume
+    /health         200 while the change feed is followed, 503 otherwise
+    /metrics        Prometheus text: connections, subscriptions, delivery lag, counters
+    /realtime.js    the browser client;  /demo  a page of live academy rows
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from ..auth import Identity, JwtVerifier
+from ..config import resolve_dsn
+from ..errors import AuthError, SubscriptionError
+from .audit import AuditLog
+from .clients import Client, Outgoing, user_of
+from .config import GatewayConfig
+from .hub import Hub
+from .ratelimit import RateLimits
+
+log = logging.getLogger("pyfuncs.gateway")
+STATIC = Path(__file__).parent / "static"
+# WebSocket close codes (4000-4999 are the application's): the reason text says more
+CLOSE_CODES = {"unauthorized": 4001, "token_expired": 4003, "slow_consumer": 4008,
+               "rate_limited": 4029, "resync_required": 4010, "shutdown": 1001}  # fmt: skip
+
+
+def _bearer(value: str | None) -> str | None:
+    if value and value.lower().startswith("bearer "):
+        return value[7:].strip() or None
+    return None
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            config.dsn, min_size=2, max_size=config.pool_size, open=False,
+            kwargs={"autocommit": True},
+        )  # fmt: skip
+        self.hub = Hub(config, self.pool)
+        self.audit = AuditLog(self.pool)
+        self.limits = RateLimits(config)
+        self.clients: set[Client] = set()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.pool.open(wait=True)
+        await self.hub.start()
+        tasks = [asyncio.create_task(t) for t in
+                 (self.hub.run(), self.hub.prune_forever(), self.audit.run())]  # fmt: skip
+        try:
+            yield
+        finally:
+            for client in list(self.clients):
+                client.close("shutdown", "the gateway is shutting down; reconnect to resume")
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.audit.flush()
+            await self.pool.close()
+
+    # --- connections, whatever the transport ---------------------------------------------
+
+    def _authenticate(self, token: str | None, connection: str) -> Identity:
+        try:
+            if not token:
+                raise AuthError(
+                    'no token: send "Authorization: Bearer <jwt>", or {"type": "auth", '
+                    '"token": "<jwt>"} as the first message'
+                )
+            return self.config.verifier.verify(token)
+        except AuthError as exc:
+            self.hub.metrics.auth_failures += 1
+            self.audit.record("auth_failed", connection, reason=str(exc))
+            raise
+
+    def _open(self, identity: Identity, transport: str) -> Client:
+        client = Client(identity, self.config.outbox_size, transport)
+        try:
+            self.limits.connect(client.user)
+        except SubscriptionError as exc:
+            self.audit.record("rate_limited", client.id, client=client, reason=str(exc))
+            raise
+        self.clients.add(client)
+        self.audit.record("connect", client.id, client=client, transport=transport)
+        return client
+
+    def _close(self, client: Client) -> None:
+        count = len(client.subscriptions)
+        self.hub.drop(client)
+        self.clients.discard(client)
+        self.limits.disconnect(client.user, count)
+        code, message = client.reason or ("client_closed", "the client went away")
+        if code == "slow_consumer":
+            self.hub.metrics.slow_consumers += 1
+        self.audit.record("disconnect", client.id, client=client, reason=code, message=message)
+
+    async def _subscribe(self, client: Client, message: dict[str, Any]) -> None:
+        try:
+            self.limits.subscribe(client.user)
+        except SubscriptionError as exc:
+            self.audit.record("rate_limited", client.id, client=client, reason=str(exc))
+            raise
+        try:
+            sub = await self.hub.subscribe(client, message)
+        except SubscriptionError as exc:
+            self.limits.unsubscribe(client.user)
+            self.audit.record("subscribe_failed", client.id, client=client, code=exc.code,
+                              reason=str(exc), table=str(message.get("table")))  # fmt: skip
+            raise
+        self.audit.record("subscribe", client.id, client=client, sub=sub.id,
+                          table=sub.table.qualified, filters=message.get("filters") or [],
+                          since=message.get("since"))  # fmt: skip
+
+    def _unsubscribe(self, client: Client, sub_id: Any) -> None:
+        sub = client.subscriptions.get(sub_id) if isinstance(sub_id, str) else None
+        if sub is None:
+            raise SubscriptionError("unknown_subscription", f"no subscription {sub_id!r}")
+        self.hub.unsubscribe(sub)
+        self.limits.unsubscribe(client.user)
+        self.audit.record("unsubscribe", client.id, client=client, sub=sub.id)
+        client.send("unsubscribed", {"type": "unsubscribed", "sub": sub.id})
+
+    def _heartbeat(self, client: Client) -> Outgoing:
+        positions = {s.id: str(s.position) for s in client.subscriptions.values()}
+        last = max(client.subscriptions.values(), key=lambda s: s.position, default=None)
+        data = json.dumps({"type": "heartbeat", "positions": positions}, separators=(",", ":"))
+        return Outgoing("heartbeat", str(last.position) if last else None, data)
+
+    async def _watch_expiry(self, client: Client) -> None:
+        """End a client's subscriptions when its token expires; a refreshed token within
+        the grace period resumes them from where they stopped."""
+        while True:
+            exp = client.identity.claims.get("exp")
+            if not isinstance(exp, (int, float)):
+                return
+            client.refreshed.clear()
+            try:
+                await asyncio.wait_for(client.refreshed.wait(), max(0.0, exp - time.time()))
+                continue
+            except TimeoutError:
+                pass
+            client.suspended = True
+            self.audit.record("token_expired", client.id, client=client)
+            client.send("error", {
+                "type": "error", "code": "token_expired",
+                "message": "your token has expired: deliveries are paused; send "
+                           '{"type": "auth", "token": "<new jwt>"} within '
+                           f"{self.config.expiry_grace:g} s to resume without loss",
+            })  # fmt: skip
+            try:
+                await asyncio.wait_for(client.refreshed.wait(), self.config.expiry_grace)
+            except TimeoutError:
+                client.close("token_expired", "the token expired and was not refreshed")
+                return
+
+    def _refresh(self, client: Client, token: Any) -> None:
+        identity = self._authenticate(token if isinstance(token, str) else None, client.id)
+        if user_of(identity) != client.user or identity.role != client.identity.role:
+            raise SubscriptionError(
+                "unauthorized", "a refreshed token must be for the same user and role"
+            )
+        suspended = client.suspended
+        client.reauthenticate(identity)
+        if suspended:
+            for sub in client.subscriptions.values():
+                self.hub.catch_up(sub)
+        client.send("ready", {"type": "ready", "connection": client.id,
+                              "expires": identity.claims.get("exp")})  # fmt: skip
+
+    # --- WebSocket -----------------------------------------------------------------------
+
+    async def websocket(self, ws: WebSocket) -> None:
+        await ws.accept()
+        provisional = f"ws-{id(ws):x}"
+        try:
+            token = _bearer(ws.headers.get("authorization"))
+            if token is None:
+                first = await asyncio.wait_for(ws.receive_json(), self.config.auth_timeout)
+                if isinstance(first, dict) and first.get("type") == "auth":
+                    token = first.get("token") if isinstance(first.get("token"), str) else None
+            client = self._open(self._authenticate(token, provisional), "websocket")
+        except (AuthError, TimeoutError, ValueError) as exc:
+            why = str(exc) if isinstance(exc, AuthError) else "send a token first"
+            await self._refuse(ws, "unauthorized", why)
+            return
+        except SubscriptionError as exc:
+            await self._refuse(ws, exc.code, str(exc))
+            return
+        except WebSocketDisconnect:
+            return
+        client.send("ready", {"type": "ready", "connection": client.id,
+                              "expires": client.identity.claims.get("exp")})  # fmt: skip
+        tasks = [asyncio.create_task(c) for c in (
+            self._ws_send(ws, client), self._ws_receive(ws, client),
+            self._watch_expiry(client), client.closing.wait(),
+        )]  # fmt: skip
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._close(client)
+            if client.reason is not None:
+                code, message = client.reason
+                with contextlib.suppress(Exception):
+                    await ws.close(CLOSE_CODES.get(code, 1011), f"{code}: {message}"[:120])
+
+    async def _refuse(self, ws: WebSocket, code: str, message: str) -> None:
+        with contextlib.suppress(Exception):
+            await ws.send_json({"type": "error", "code": code, "message": message})
+            await ws.close(CLOSE_CODES.get(code, 1008), f"{code}: {message}"[:120])
+
+    async def _ws_send(self, ws: WebSocket, client: Client) -> None:
+        while True:
+            try:
+                message = await asyncio.wait_for(client.outbox.get(), self.config.heartbeat)
+            except TimeoutError:
+                message = self._heartbeat(client)
+            await ws.send_text(message.data)
+
+    async def _ws_receive(self, ws: WebSocket, client: Client) -> None:
+        while True:
+            try:
+                text = await ws.receive_text()
+            except WebSocketDisconnect:
+                return
+            try:
+                self.limits.message(client.user)
+                await self._handle(client, text)
+            except (SubscriptionError, AuthError) as exc:
+                code = exc.code if isinstance(exc, SubscriptionError) else "unauthorized"
+                try:
+                    sub = json.loads(text).get("id")
+                except (ValueError, AttributeError):
+                    sub = None
+                client.send("error", {"type": "error", "code": code, "message": str(exc),
+                                      "sub": sub if isinstance(sub, str) else None})  # fmt: skip
+
+    async def _handle(self, client: Client, text: str) -> None:
+        try:
+            message = json.loads(text)
+        except ValueError:
+            raise SubscriptionError("bad_request", "messages are JSON objects") from None
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "auth":
+            self._refresh(client, message.get("token"))
+        elif client.suspended:
+            raise SubscriptionError("token_expired", "send a refreshed token first")
+        elif kind == "subscribe":
+            await self._subscribe(client, message)
+        elif kind == "unsubscribe":
+            self._unsubscribe(client, message.get("id"))
+        elif kind == "ping":
+            client.send("pong", {"type": "pong"})
+        else:
+            raise SubscriptionError(
+                "bad_request", "type is one of auth, subscribe, unsubscribe, ping"
+            )
+
+    # --- Server-Sent Events --------------------------------------------------------------
+
+    async def sse(self, request: Request) -> Response:
+        """GET /realtime/sse?table=s.t&col=op.value...: one subscription as an event
+        stream; `Last-Event-ID` (or `since`) resumes after that position."""
+        params = request.query_params
+        token = _bearer(request.headers.get("authorization")) or params.get("access_token")
+        try:
+            client = self._open(self._authenticate(token, "sse"), "sse")
+        except AuthError as exc:
+            return JSONResponse({"code": "unauthorized", "message": str(exc)}, 401)
+        except SubscriptionError as exc:
+            return JSONResponse({"code": exc.code, "message": str(exc)}, 429)
+        filters: list[dict[str, Any]] = []
+        for column, spec in params.multi_items():
+            if column in ("table", "access_token", "since"):
+                continue
+            op, _, value = spec.partition(".")
+            parsed: Any = value[1:-1].split(",") if op == "in" and value[:1] == "(" else value
+            filters.append({"column": column, "op": op, "value": parsed})
+        since = request.headers.get("last-event-id") or params.get("since")
+        message = {"id": "sse", "table": params.get("table"), "filters": filters, "since": since}
+        try:
+            await self._subscribe(client, message)
+        except SubscriptionError as exc:
+            client.close(exc.code, str(exc))
+            self._close(client)
+            return JSONResponse({"code": exc.code, "message": str(exc)}, 400)
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(self._sse_stream(client), media_type="text/event-stream",
+                                 headers=headers)  # fmt: skip
+
+    async def _sse_stream(self, client: Client) -> AsyncIterator[str]:
+        expiry = asyncio.create_task(self._watch_expiry(client))
+        try:
+            while client.reason is None:
+                get = asyncio.ensure_future(client.outbox.get())
+                closing = asyncio.ensure_future(client.closing.wait())
+                done, _ = await asyncio.wait(
+                    {get, closing}, timeout=self.config.heartbeat,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )  # fmt: skip
+                closing.cancel()
+                if get in done:
+                    message = get.result()
+                else:
+                    get.cancel()
+                    if client.reason is not None or client.suspended:
+                        break  # SSE has no way to send a new token: reconnect with one
+                    message = self._heartbeat(client)
+                yield _sse_format(message)
+            code, text = client.reason or ("token_expired", "reconnect with a new token")
+            yield _sse_format(Outgoing("error", None, json.dumps(
+                {"type": "error", "code": code, "message": text})))  # fmt: skip
+        finally:
+            expiry.cancel()
+            self._close(client)
+
+    # --- health and metrics --------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        healthy = self.hub.connected
+        body = {"status": "ok" if healthy else "degraded", "feed_connected": healthy,
+                "position": str(self.hub.position), "connections": len(self.clients),
+                "subscriptions": self.hub.subscription_count()}  # fmt: skip
+        return JSONResponse(body, 200 if healthy else 503)
+
+    async def metrics(self, request: Request) -> Response:
+        m, hub = self.hub.metrics, self.hub
+        by_transport = {"websocket": 0, "sse": 0}
+        for client in self.clients:
+            by_transport[client.transport] += 1
+        lines = [
+            "# TYPE pyfuncs_gateway_connections gauge",
+            *(f'pyfuncs_gateway_connections{{transport="{t}"}} {n}'
+              for t, n in by_transport.items()),
+            "# TYPE pyfuncs_gateway_subscriptions gauge",
+            f"pyfuncs_gateway_subscriptions {hub.subscription_count()}",
+            "# TYPE pyfuncs_gateway_delivery_lag_seconds gauge",
+            f"pyfuncs_gateway_delivery_lag_seconds {hub.lag_seconds():.6f}",
+            "# TYPE pyfuncs_gateway_feed_connected gauge",
+            f"pyfuncs_gateway_feed_connected {int(hub.connected)}",
+            "# TYPE pyfuncs_gateway_changes_total counter",
+            f"pyfuncs_gateway_changes_total {m.changes}",
+            "# TYPE pyfuncs_gateway_messages_delivered_total counter",
+            f"pyfuncs_gateway_messages_delivered_total {m.delivered}",
+            "# TYPE pyfuncs_gateway_visibility_checks_total counter",
+            f"pyfuncs_gateway_visibility_checks_total {m.checks}",
+            "# TYPE pyfuncs_gateway_slow_consumers_total counter",
+            f"pyfuncs_gateway_slow_consumers_total {m.slow_consumers}",
+            "# TYPE pyfuncs_gateway_auth_failures_total counter",
+            f"pyfuncs_gateway_auth_failures_total {m.auth_failures}",
+            "# TYPE pyfuncs_gateway_audit_dropped_total counter",
+            f"pyfuncs_gateway_audit_dropped_total {self.audit.dropped}",
+        ]  # fmt: skip
+        return PlainTextResponse("\n".join(lines) + "\n")
+
+
+def _sse_format(message: Outgoing) -> str:
+    head = f"id: {message.position}\n" if message.position else ""
+    return f"{head}event: {message.kind}\ndata: {message.data}\n\n"
+
+
+def create_app(config: GatewayConfig | None = None) -> Starlette:
+    """The gateway application; without a config, from the environment (PYFUNCS_DSN,
+    PYFUNCS_JWT_*, PYFUNCS_GATEWAY_*): what `pyfuncs serve` and its workers use."""
+    if config is None:
+        config = GatewayConfig.from_env(resolve_dsn(), JwtVerifier.from_env())
+    gateway = Gateway(config)
+    routes = [
+        WebSocketRoute("/realtime", gateway.websocket),
+        Route("/realtime/sse", gateway.sse),
+        Route("/health", gateway.health),
+        Route("/metrics", gateway.metrics),
+        Route("/realtime.js", lambda r: FileResponse(STATIC / "realtime.js",
+                                                     media_type="text/javascript")),
+        Route("/demo", lambda r: FileResponse(STATIC / "demo.html")),
+    ]  # fmt: skip
+    app = Starlette(routes=routes, lifespan=gateway.lifespan)
+    app.state.gateway = gateway
+    return app

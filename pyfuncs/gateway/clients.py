@@ -1,0 +1,107 @@
+"""A gateway's clients (one per WebSocket or SSE connection) and their subscriptions.
+
+Each client has a bounded outbox that the hub fills and the connection's sender drains. A
+client that lets it fill up is disconnected with the reason `slow_consumer` instead of being
+buffered for: the gateway's memory stays bounded, and the client resumes from its last
+position on any gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..auth import Identity
+from ..realtime import Position
+from .tables import Filters, Key, Table
+
+# claims that differ between two tokens of the same user: left out of the identity that
+# delivery checks run as, so that a user's connections share one check
+_TIME_CLAIMS = ("exp", "iat", "nbf", "jti")
+
+
+def delivery_identity(identity: Identity) -> Identity:
+    claims = {k: v for k, v in identity.claims.items() if k not in _TIME_CLAIMS}
+    return Identity(identity.role, claims)
+
+
+def identity_key(identity: Identity) -> str:
+    return identity.role + "\0" + json.dumps(identity.claims, sort_keys=True)
+
+
+def user_of(identity: Identity) -> str:
+    """Who rate limits count against: the token's subject, else its role."""
+    sub = identity.claims.get("sub")
+    return f"sub:{sub}" if isinstance(sub, str) and sub else f"role:{identity.role}"
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One table subscription of a client. `position` is the last change the hub has dealt
+    with for it (delivered or not visible to it); `seen` holds the keys of the rows it has
+    been sent, so that it can be told when one leaves its view, and only then."""
+
+    id: str
+    client: Client
+    table: Table
+    filters: Filters
+    position: Position
+    live: bool = False  # caught up: the hub delivers to it
+    seen: set[Key] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message for a client: its kind (the SSE event name), the position it carries (the
+    SSE id) if any, and its JSON text."""
+
+    kind: str
+    position: str | None
+    data: str
+
+
+class Client:
+    def __init__(self, identity: Identity, outbox_size: int, transport: str) -> None:
+        self.id = uuid.uuid4().hex
+        self.transport = transport
+        self.identity = identity
+        self.user = user_of(identity)
+        self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue(outbox_size)
+        self.subscriptions: dict[str, Subscription] = {}
+        self.suspended = False  # its token expired; a refreshed one resumes it
+        self.refreshed = asyncio.Event()  # set when a new token arrives
+        self.closing = asyncio.Event()
+        self.reason: tuple[str, str] | None = None  # (code, message) once closing
+
+    def reauthenticate(self, identity: Identity) -> None:
+        self.identity = identity
+        self.suspended = False
+        self.refreshed.set()
+
+    @property
+    def check_identity(self) -> Identity:
+        return delivery_identity(self.identity)
+
+    def send(self, kind: str, message: dict[str, Any], position: str | None = None) -> None:
+        self.push_raw(kind, position, json.dumps(message, separators=(",", ":")))
+
+    def push_raw(self, kind: str, position: str | None, data: str) -> None:
+        """Queue a message whose JSON is already made (rows arrive as PostgreSQL's JSON)."""
+        if self.reason is not None:
+            return
+        try:
+            self.outbox.put_nowait(Outgoing(kind, position, data))
+        except asyncio.QueueFull:
+            self.close(
+                "slow_consumer",
+                f"more than {self.outbox.maxsize} messages were waiting for this client; "
+                "reconnect and resume from your last position",
+            )
+
+    def close(self, code: str, message: str) -> None:
+        if self.reason is None:
+            self.reason = (code, message)
+            self.closing.set()

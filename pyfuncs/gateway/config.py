@@ -1,0 +1,54 @@
+"""The gateway's settings: typed, with defaults, read from PYFUNCS_GATEWAY_* variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..auth import JwtVerifier
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    dsn: str
+    verifier: JwtVerifier
+    outbox_size: int = 1000  # messages waiting for one client before it is disconnected
+    heartbeat: float = 15.0  # seconds between heartbeats (they carry positions)
+    auth_timeout: float = 10.0  # for the first message's token, when no header has one
+    expiry_grace: float = 60.0  # to send a refreshed token after one expired
+    max_connections_per_user: int = 20
+    max_subscriptions_per_user: int = 100
+    messages_per_second: float = 20.0  # from one user's clients; bursts of twice that
+    max_snapshot_rows: int = 10_000  # rows a subscription may start with
+    batch: int = 500  # changes read from the feed at once
+    poll: float = 5.0  # look at the feed this often even without a NOTIFY
+    retry: float = 0.5  # wait before reconnecting to the database
+    prune_every: float = 3600.0  # seconds between prunes of the change feed
+    pool_size: int = 10  # database connections for snapshots and delivery checks
+
+    @classmethod
+    def from_env(
+        cls, dsn: str, verifier: JwtVerifier, environ: Mapping[str, str] | None = None
+    ) -> GatewayConfig:
+        """Defaults overridden by PYFUNCS_GATEWAY_<FIELD> (PYFUNCS_GATEWAY_OUTBOX_SIZE...)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, int | float] = {}
+        for f in dataclasses.fields(cls):
+            variable = f"PYFUNCS_GATEWAY_{f.name.upper()}"
+            raw = env.get(variable, "").strip()
+            if f.name in ("dsn", "verifier") or not raw:
+                continue
+            kind = int if f.type == "int" else float
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise ConfigError(
+                    f"{variable}={raw!r} is not a {'whole ' if kind is int else ''}number"
+                ) from None
+            if value <= 0:
+                raise ConfigError(f"{variable}={raw!r} must be positive")
+            values[f.name] = value
+        return cls(dsn, verifier, **values)  # type: ignore[arg-type]

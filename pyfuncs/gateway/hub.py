@@ -1,0 +1,368 @@
+"""The hub: follows the change feed and delivers each change to the subscriptions allowed
+to see it.
+
+One feed reader per gateway process reads committed changes in position order (see
+pyfuncs/realtime.py). For each batch it asks PostgreSQL, once per distinct (table,
+subscriber identity), which of the changed rows that identity sees now and which of its
+subscriptions' filters they match (tables.visible); then it walks the batch in order and
+queues events. So the cost grows with distinct identities, not connections, and delivery is
+in commit order for every subscription.
+
+A new subscription starts from a snapshot (or from the position it resumes from) and
+catches up on its own, reading the feed itself, until it has reached what the hub has
+read; from then on the hub delivers to it. Positions make the hand-over exact: a change is
+delivered to a subscription only if it is after the subscription's position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from ..errors import ConfigError, ResyncRequired, SubscriptionError
+from ..queries import query
+from ..realtime import CHANNEL, Change, Position, read
+from .clients import Client, Subscription, identity_key
+from .config import GatewayConfig
+from .tables import (
+    Filter,
+    Filters,
+    Key,
+    Table,
+    as_identity,
+    check,
+    describe,
+    removed_later,
+    snapshot,
+    visible,
+)
+
+log = logging.getLogger("pyfuncs.gateway")
+END = 2**63 - 1  # the change number after every change of a commit
+
+
+@dataclass
+class _Group:
+    """The subscriptions of one identity on one table in a batch: one visibility query."""
+
+    table: Table
+    client: Client
+    filter_sets: list[Filters] = field(default_factory=list)
+    keys: set[Key] = field(default_factory=set)
+
+    def index(self, filters: Filters) -> int:
+        if filters not in self.filter_sets:
+            self.filter_sets.append(filters)
+        return self.filter_sets.index(filters)
+
+
+_Visible = tuple[dict[Key, tuple[str, list[bool]]], set[Key]]
+
+
+def _removed_later_in_batch(changes: Sequence[Change], tables: dict[str, Table]) -> list[bool]:
+    """For each change, whether a later change of the batch removes (deletes, re-keys or
+    truncates) the row it wrote."""
+    removed: dict[str, set[Key]] = defaultdict(set)
+    truncated: set[str] = set()
+    later = [False] * len(changes)
+    for i in range(len(changes) - 1, -1, -1):
+        change, name = changes[i], f"{changes[i].schema}.{changes[i].table}"
+        table = tables.get(name)
+        if table is None:
+            continue
+        if change.new is not None:
+            later[i] = name in truncated or table.key_of(change.new) in removed[name]
+        if change.op == "TRUNCATE":
+            truncated.add(name)
+        elif change.old is not None and (
+            change.new is None or table.key_of(change.new) != table.key_of(change.old)
+        ):
+            removed[name].add(table.key_of(change.old))
+    return later
+
+
+@dataclass
+class Metrics:
+    delivered: int = 0
+    changes: int = 0
+    slow_consumers: int = 0
+    checks: int = 0  # visibility queries: one per (table, identity) per batch
+    auth_failures: int = 0
+    lag: float = 0.0  # seconds from the commit of the last batch's newest change to its queueing
+    disconnected_at: float | None = None  # when the feed connection was lost
+
+
+class Hub:
+    def __init__(self, config: GatewayConfig, pool: AsyncConnectionPool[Any]) -> None:
+        self.config = config
+        self.pool = pool
+        self.metrics = Metrics()
+        self.position = Position()  # every live subscription has had everything up to here
+        self.through = Position()  # the end of the batch being delivered (or the position)
+        self.connected = False
+        self._by_table: dict[str, set[Subscription]] = defaultdict(set)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- the feed ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(query("realtime_head"))).fetchone()
+        self.position = self.through = Position(row[0] if row else 0, END)
+
+    async def run(self) -> None:
+        """Follow the feed forever, reconnecting when the server goes away."""
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.config.dsn, autocommit=True
+                ) as conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                    self.connected, self.metrics.disconnected_at = True, None
+                    await self._follow(conn)
+            except psycopg.OperationalError as exc:
+                log.warning("change feed connection lost (%s); reconnecting", exc)
+            except ResyncRequired as exc:
+                # the gateway itself was away longer than the retention: its clients may
+                # have missed pruned changes, so they must resync too
+                log.error("%s", exc)
+                for sub in self._subscriptions():
+                    sub.client.close("resync_required", str(exc))
+                await self.start()
+            finally:
+                if self.connected:
+                    self.connected, self.metrics.disconnected_at = False, time.monotonic()
+            await asyncio.sleep(self.config.retry)
+
+    async def _follow(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        while True:
+            changes = await read(conn, self.position, self.config.batch)
+            if changes:
+                self.through = changes[-1].position
+                live = [s for s in self._subscriptions() if s.live and not s.client.suspended]
+                await self._deliver(changes, live)
+                self.position = self.through
+                self.metrics.changes += len(changes)
+                now = datetime.datetime.now(datetime.UTC)
+                self.metrics.lag = (now - changes[-1].committed_at).total_seconds()
+            if len(changes) < self.config.batch:
+                async for _ in conn.notifies(timeout=self.config.poll, stop_after=1):
+                    pass
+
+    async def prune_forever(self) -> None:
+        """Prune the change feed to its retention now and then (several gateways may: it
+        is idempotent)."""
+        while True:
+            await asyncio.sleep(self.config.prune_every)
+            try:
+                async with self.pool.connection() as conn:
+                    await conn.execute(query("realtime_prune"), {"keep": None})
+            except psycopg.Error as exc:
+                log.warning("pruning the change feed failed: %s", exc)
+
+    def lag_seconds(self) -> float:
+        """Delivery lag: of the last batch, or the time since the feed connection was lost."""
+        if self.metrics.disconnected_at is not None:
+            return time.monotonic() - self.metrics.disconnected_at
+        return self.metrics.lag
+
+    # --- subscriptions -------------------------------------------------------------------
+
+    def _subscriptions(self) -> list[Subscription]:
+        return [s for subs in self._by_table.values() for s in subs]
+
+    def subscription_count(self) -> int:
+        return sum(len(s) for s in self._by_table.values())
+
+    async def subscribe(self, client: Client, message: dict[str, Any]) -> Subscription:
+        """Check and register a subscription, send its snapshot (or confirm its resume),
+        and start its catch-up. SubscriptionError says what is wrong; nothing is
+        registered then."""
+        sub_id = message.get("id")
+        if not isinstance(sub_id, str) or not 0 < len(sub_id) <= 64:
+            raise SubscriptionError("bad_request", "give the subscription an `id` (1-64 chars)")
+        if sub_id in client.subscriptions:
+            raise SubscriptionError("duplicate", f"subscription {sub_id!r} already exists")
+        raw_filters = message.get("filters") or []
+        if not isinstance(raw_filters, list):
+            raise SubscriptionError("bad_filter", "`filters` is a list of {column, op, value}")
+        filters = tuple(Filter.parse(f) for f in raw_filters)
+        since = None
+        if message.get("since") is not None:
+            try:
+                since = Position.parse(str(message["since"]))
+            except ConfigError as exc:
+                raise SubscriptionError("bad_position", str(exc)) from None
+        async with self.pool.connection() as conn:
+            table = await describe(conn, message.get("table"))
+            async with conn.transaction():
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                head = await (await conn.execute(query("realtime_head"))).fetchone()
+                await as_identity(conn, client.check_identity)
+                columns = await check(conn, table, filters)
+                rows = await snapshot(conn, table, columns, filters, self.config.max_snapshot_rows)
+        start = since if since is not None else Position(head[0] if head else 0, END)
+        sub = Subscription(sub_id, client, table, filters, start, seen={k for k, _ in rows})
+        reply = {"type": "subscribed", "sub": sub_id, "table": table.qualified,
+                 "position": str(start)}  # fmt: skip
+        if since is None:
+            data = json.dumps(reply, separators=(",", ":"))[:-1]
+            rows_json = ",".join(row for _, row in rows)
+            client.push_raw("subscribed", str(start), f'{data},"rows":[{rows_json}]}}')
+        else:
+            client.send("subscribed", {**reply, "resumed": True}, str(start))
+        client.subscriptions[sub_id] = sub
+        self._by_table[table.qualified].add(sub)
+        self.catch_up(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        sub.client.subscriptions.pop(sub.id, None)
+        self._by_table[sub.table.qualified].discard(sub)
+
+    def drop(self, client: Client) -> None:
+        for sub in list(client.subscriptions.values()):
+            self.unsubscribe(sub)
+
+    def catch_up(self, sub: Subscription) -> None:
+        sub.live = False
+        task = asyncio.create_task(self._catch_up(sub))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _catch_up(self, sub: Subscription) -> None:
+        while not sub.live and sub.client.subscriptions.get(sub.id) is sub:
+            if sub.position >= self.through:
+                sub.live = True  # no await since the check: the hub's next batch includes it
+                return
+            try:
+                async with self.pool.connection() as conn:
+                    changes = await read(conn, sub.position, self.config.batch)
+                    if not changes:
+                        sub.live = True
+                        return
+                    await self._deliver(changes, [sub], conn)
+            except ResyncRequired as exc:
+                sub.client.send("error", {"type": "error", "sub": sub.id,
+                                          "code": "resync_required", "message": str(exc)})  # fmt: skip
+                self.unsubscribe(sub)
+            except psycopg.OperationalError as exc:
+                log.warning("catching up %s failed (%s); retrying", sub.id, exc)
+                await asyncio.sleep(self.config.retry)
+
+    # --- delivery ------------------------------------------------------------------------
+
+    async def _deliver(
+        self, changes: Sequence[Change], subs: Sequence[Subscription],
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> None:  # fmt: skip
+        """Queue the events of `changes` for `subs`. Asks every visibility question first,
+        then queues without awaiting: a failure queues nothing and moves no position."""
+        by_table: dict[str, list[Subscription]] = defaultdict(list)
+        for sub in subs:
+            by_table[sub.table.qualified].append(sub)
+        groups: dict[tuple[str, str], _Group] = {}
+        slot: dict[Subscription, tuple[_Group, int]] = {}
+        for sub in subs:
+            ident = identity_key(sub.client.check_identity)
+            group = groups.setdefault((sub.table.qualified, ident), _Group(sub.table, sub.client))
+            slot[sub] = (group, group.index(sub.filters))
+        for change in changes:
+            if change.new is None:
+                continue
+            for sub in by_table.get(f"{change.schema}.{change.table}", ()):
+                slot[sub][0].keys.add(sub.table.key_of(change.new))
+        wanted = [g for g in groups.values() if g.keys]
+        self.metrics.checks += len(wanted)
+        after = changes[-1].position.commit
+        if conn is not None:  # a catch-up: one group, on its own connection
+            answers = [await self._visible(conn, g, after) for g in wanted]
+        else:
+            answers = list(await asyncio.gather(*(self._checked(g, after) for g in wanted)))
+        seen_rows = {id(g): a for g, a in zip(wanted, answers, strict=True)}
+        later = _removed_later_in_batch(changes, {s.table.qualified: s.table for s in subs})
+        for i, change in enumerate(changes):
+            for sub in by_table.get(f"{change.schema}.{change.table}", ()):
+                if change.position > sub.position:
+                    group, index = slot[sub]
+                    rows, removed = seen_rows.get(id(group), ({}, set()))
+                    self._event(sub, change, rows, index, removed if not later[i] else None)
+        last = changes[-1].position
+        for sub in subs:
+            sub.position = max(sub.position, last)
+
+    async def _checked(self, group: _Group, after: int) -> _Visible:
+        async with self.pool.connection() as conn:
+            return await self._visible(conn, group, after)
+
+    async def _visible(
+        self, conn: psycopg.AsyncConnection[Any], group: _Group, after: int
+    ) -> _Visible:
+        """The group's rows as its identity sees them now, and which of them a later commit
+        removes, in one snapshot."""
+        try:
+            async with conn.transaction():
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                removed = await removed_later(conn, group.table, after, group.keys)
+                await as_identity(conn, group.client.check_identity)
+                columns = await check(conn, group.table, ())
+                rows = await visible(conn, group.table, columns, group.keys, group.filter_sets)
+                return rows, removed
+        except psycopg.OperationalError:
+            raise  # the server went away: deliver nothing, retry the batch
+        except (psycopg.Error, SubscriptionError) as exc:
+            # the role lost its privileges, or no longer exists: it sees nothing
+            log.info("visibility check for %s failed: %s", group.client.identity.role, exc)
+            return {}, set()
+
+    def _event(
+        self, sub: Subscription, change: Change, rows: dict[Key, tuple[str, list[bool]]],
+        index: int, removed: set[Key] | None,
+    ) -> None:  # fmt: skip
+        """Queue what `change` means for `sub`. `removed`: keys a later commit removes (None:
+        a later change of this batch removes this change's row)."""
+        table = sub.table
+        if change.op == "TRUNCATE":
+            sub.seen.clear()
+            self._emit(sub, change, None, None)
+            return
+        if change.old is not None:
+            old_key = table.key_of(change.old)
+            moved = change.new is None or table.key_of(change.new) != old_key
+            if moved and old_key in sub.seen:  # deleted, or its key changed
+                sub.seen.discard(old_key)
+                self._emit(sub, change, old_key, None)
+        if change.new is None:
+            return
+        key = table.key_of(change.new)
+        found = rows.get(key)
+        if found is not None and found[1][index]:
+            sub.seen.add(key)
+            self._emit(sub, change, key, found[0])
+        elif key in sub.seen and (found is not None or not (removed is None or key in removed)):
+            # it left this subscription's view (a row that is gone because a later change
+            # removes it is reported by that change, as a DELETE)
+            sub.seen.discard(key)
+            self._emit(sub, change, key, None)
+
+    def _emit(self, sub: Subscription, change: Change, key: Key | None, row: str | None) -> None:
+        position = str(change.position)
+        head = json.dumps(
+            {"type": "change", "sub": sub.id, "position": position, "table": sub.table.qualified,
+             "op": change.op, "committed_at": change.committed_at.isoformat(),
+             "key": None if key is None else dict(zip(sub.table.key, key, strict=True))},
+            separators=(",", ":"), default=str,
+        )  # fmt: skip
+        sub.client.push_raw("change", position, f'{head[:-1]},"row":{row or "null"}}}')
+        self.metrics.delivered += 1

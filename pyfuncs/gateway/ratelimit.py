@@ -1,0 +1,72 @@
+"""Per-user limits on one gateway process: connections, subscriptions, messages per second.
+
+A user is a token's subject (else its role). Counts are per process: with several gateway
+processes behind a balancer a user may hold up to N times the limit, which bounds the load
+one user puts on each process, the purpose of these limits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ..errors import SubscriptionError
+from .config import GatewayConfig
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float = field(default_factory=time.monotonic)
+
+
+class RateLimits:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.connections: Counter[str] = Counter()
+        self.subscriptions: Counter[str] = Counter()
+        self._buckets: dict[str, _Bucket] = {}
+
+    def connect(self, user: str) -> None:
+        if self.connections[user] >= self.config.max_connections_per_user:
+            raise SubscriptionError(
+                "rate_limited",
+                f"{user} already has {self.config.max_connections_per_user} connections to "
+                "this gateway; close one (one per browser is enough: the client shares it "
+                "between tabs)",
+            )
+        self.connections[user] += 1
+
+    def disconnect(self, user: str, subscriptions: int) -> None:
+        self.connections[user] -= 1
+        self.subscriptions[user] -= subscriptions
+        if self.connections[user] <= 0:
+            del self.connections[user], self.subscriptions[user]
+            self._buckets.pop(user, None)
+
+    def subscribe(self, user: str) -> None:
+        if self.subscriptions[user] >= self.config.max_subscriptions_per_user:
+            raise SubscriptionError(
+                "rate_limited",
+                f"{user} already has {self.config.max_subscriptions_per_user} subscriptions "
+                "on this gateway; unsubscribe from one first",
+            )
+        self.subscriptions[user] += 1
+
+    def unsubscribe(self, user: str) -> None:
+        self.subscriptions[user] -= 1
+
+    def message(self, user: str) -> None:
+        """A message from one of `user`'s clients: a token bucket of twice the rate."""
+        rate = self.config.messages_per_second
+        now = time.monotonic()
+        bucket = self._buckets.setdefault(user, _Bucket(2 * rate, now))
+        bucket.tokens = min(2 * rate, bucket.tokens + (now - bucket.at) * rate)
+        bucket.at = now
+        if bucket.tokens < 1:
+            raise SubscriptionError(
+                "rate_limited",
+                f"more than {rate:g} messages per second from {user}; slow down",
+            )
+        bucket.tokens -= 1

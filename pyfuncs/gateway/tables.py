@@ -1,0 +1,256 @@
+"""What a subscriber may see of a table: filters, and the queries that answer it as them.
+
+Every question is asked as the subscriber, inside a transaction that has switched to their
+role and claims (the `set_identity` query), so PostgreSQL itself applies row-level security
+and privileges: the gateway never decides visibility on its own. Rows come back as the JSON
+text PostgreSQL makes (`to_jsonb`), restricted to the columns the role may SELECT, and are
+passed to clients as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from ..auth import Identity
+from ..errors import SubscriptionError
+from ..queries import query
+
+OPERATORS = {"eq": "=", "neq": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">=", "in": "in"}
+Key = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Table:
+    """A realtime-enabled table with a primary key."""
+
+    relid: int
+    schema: str
+    name: str
+    key: tuple[str, ...]
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    def key_of(self, image: dict[str, Any]) -> Key:
+        """The key of a change's row image (JSON as captured, so equal to `visible`'s)."""
+        return tuple(image[column] for column in self.key)
+
+
+@dataclass(frozen=True)
+class Filter:
+    """`column op value`, PostgREST's operator names; `in` takes a list."""
+
+    column: str
+    op: str
+    value: Any
+
+    @classmethod
+    def parse(cls, raw: Any) -> Filter:
+        if not isinstance(raw, dict) or set(raw) != {"column", "op", "value"}:
+            raise SubscriptionError(
+                "bad_filter",
+                f"a filter is an object {{column, op, value}}, not {json.dumps(raw)[:80]}",
+            )
+        column, op, value = raw["column"], raw["op"], raw["value"]
+        if not isinstance(column, str) or op not in OPERATORS:
+            raise SubscriptionError(
+                "bad_filter",
+                f"filter {json.dumps(raw)[:80]}: op must be one of {', '.join(OPERATORS)}",
+            )
+        values = value if op == "in" else [value]
+        if op == "in" and not (isinstance(value, list) and value):
+            raise SubscriptionError("bad_filter", f"filter on {column}: `in` takes a list")
+        if any(v is None or isinstance(v, (dict, list)) for v in values):
+            raise SubscriptionError(
+                "bad_filter", f"filter on {column}: compare with a string, number or boolean"
+            )
+        return cls(column, op, tuple(value) if op == "in" else value)
+
+    def condition(self, table: Table, param: str) -> sql.Composable:
+        """SQL for this filter on `t`; the value is converted by the column's own type, via
+        jsonb_populate_record of the table's row type (no type names in the SQL)."""
+        column = sql.SQL("t.{}").format(sql.Identifier(self.column))
+        converted = sql.SQL("(jsonb_populate_record(NULL::{}, {})).{}")
+        if self.op == "in":
+            each = converted.format(table.ident, sql.SQL("e"), sql.Identifier(self.column))
+            return sql.SQL("{} = ANY (ARRAY(SELECT {} FROM jsonb_array_elements({}) e))").format(
+                column, each, sql.Placeholder(param)
+            )
+        value = converted.format(table.ident, sql.Placeholder(param), sql.Identifier(self.column))
+        return sql.SQL("{} {} {}").format(column, sql.SQL(OPERATORS[self.op]), value)
+
+    def parameter(self) -> Jsonb:
+        if self.op == "in":
+            return Jsonb([{self.column: v} for v in self.value])
+        return Jsonb({self.column: self.value})
+
+
+Filters = tuple[Filter, ...]
+
+
+def _matches(table: Table, filters: Filters, prefix: str) -> tuple[sql.Composable, dict[str, Any]]:
+    """One boolean SQL expression for a set of filters, and its parameters."""
+    if not filters:
+        return sql.SQL("true"), {}
+    params = {f"{prefix}_{i}": f.parameter() for i, f in enumerate(filters)}
+    parts = [f.condition(table, name) for f, name in zip(filters, params, strict=True)]
+    return sql.SQL("coalesce({}, false)").format(sql.SQL(" AND ").join(parts)), params
+
+
+def _row(columns: Sequence[str]) -> sql.Composable:
+    """The row as JSON text, only `columns` (those the subscriber may read)."""
+    picked = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns)
+    return sql.SQL("(SELECT to_jsonb(r) FROM (SELECT {}) r)::text").format(picked)
+
+
+def _key(table: Table) -> sql.Composable:
+    parts = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in table.key)
+    return sql.SQL("jsonb_build_array({})::text").format(parts)
+
+
+async def describe(conn: psycopg.AsyncConnection[Any], name: Any) -> Table:
+    """The table a client named, if realtime serves it; SubscriptionError otherwise."""
+    if not isinstance(name, str) or not name:
+        raise SubscriptionError("unknown_table", "name the table as 'schema.table'")
+    try:
+        cur = await conn.execute(query("realtime_table_info"), {"table": name})
+        row = await cur.fetchone()
+    except psycopg.DataError:  # not a relation name at all
+        row = None
+    if row is None:
+        raise SubscriptionError("unknown_table", f"there is no table {name!r}")
+    relid, schema, table, enabled, key = row
+    if not enabled:
+        raise SubscriptionError(
+            "not_enabled",
+            f"{schema}.{table} is not enabled for realtime; run `pyfuncs realtime enable "
+            f"{schema}.{table}` (or op.enable_realtime) first",
+        )
+    if not key:
+        raise SubscriptionError(
+            "no_primary_key", f"{schema}.{table} has no primary key; realtime needs one"
+        )
+    return Table(relid, schema, table, tuple(key))
+
+
+async def removed_later(
+    conn: psycopg.AsyncConnection[Any], table: Table, after: int, keys: Iterable[Key]
+) -> set[Key]:
+    """Of `keys`, those a change committed after position `after` deletes, re-keys or
+    truncates (run as the gateway, in the snapshot of the visibility check)."""
+    objects = [Jsonb(dict(zip(table.key, k, strict=True))) for k in keys]
+    params = {"after": after, "schema": table.schema, "table": table.name, "keys": objects}
+    cur = await conn.execute(query("realtime_removed_later"), params)
+    removed: set[Key] = set()
+    for op, old, new in await cur.fetchall():
+        if op == "TRUNCATE":
+            return set(keys)
+        if op == "DELETE" or table.key_of(new) != table.key_of(old):
+            removed.add(table.key_of(old))
+    return removed
+
+
+async def as_identity(conn: psycopg.AsyncConnection[Any], identity: Identity) -> None:
+    """Switch the current transaction to a subscriber's role and claims."""
+    await conn.execute(query("set_identity"), identity.settings())
+
+
+async def readable_columns(conn: psycopg.AsyncConnection[Any], table: Table) -> list[str]:
+    """Columns the current role may SELECT (call after `as_identity`)."""
+    cur = await conn.execute(query("realtime_readable_columns"), {"relid": table.relid})
+    row = await cur.fetchone()
+    return list(row[0]) if row else []
+
+
+async def check(conn: psycopg.AsyncConnection[Any], table: Table, filters: Filters) -> list[str]:
+    """Whether the current role may subscribe to `table` with `filters`: it must read the key
+    and every filtered column (a filter on a hidden column would reveal it), and each value
+    must convert to its column's type. Returns the readable columns."""
+    columns = await readable_columns(conn, table)
+    if not columns:
+        raise SubscriptionError("forbidden", f"your role may not SELECT from {table.qualified}")
+    missing = [c for c in table.key if c not in columns]
+    if missing:
+        raise SubscriptionError(
+            "forbidden",
+            f"your role may not read the key of {table.qualified} ({', '.join(missing)})",
+        )
+    for f in filters:
+        if f.column not in columns:
+            raise SubscriptionError(
+                "bad_filter",
+                f"filter on {f.column!r}: {table.qualified} has no such column you may read; "
+                f"columns: {', '.join(columns)}",
+            )
+        # convert the value(s) by the row type, as the delivery queries will
+        records = sql.SQL("jsonb_array_elements(%(v)s)" if f.op == "in" else "(SELECT %(v)s)")
+        value = sql.SQL("SELECT jsonb_populate_record(NULL::{}, e) FROM {} AS x(e)").format(
+            table.ident, records
+        )
+        try:
+            async with conn.transaction():  # a savepoint: a bad value must not end ours
+                await conn.execute(value, {"v": f.parameter()})
+        except psycopg.DataError as exc:
+            raise SubscriptionError(
+                "bad_filter",
+                f"filter on {f.column!r}: {f.value!r} is not a valid value for this column "
+                f"({exc.diag.message_primary})",
+            ) from None
+    return columns
+
+
+async def snapshot(
+    conn: psycopg.AsyncConnection[Any], table: Table, columns: Sequence[str],
+    filters: Filters, limit: int,
+) -> list[tuple[Key, str]]:  # fmt: skip
+    """The rows the current role sees that match `filters` (key, JSON text), at most
+    `limit` (SubscriptionError beyond: the subscriber must narrow it)."""
+    matches, params = _matches(table, filters, "f")
+    statement = sql.SQL("SELECT {}, {} FROM {} t WHERE {} LIMIT %(limit)s").format(
+        _key(table), _row(columns), table.ident, matches
+    )
+    cur = await conn.execute(statement, {**params, "limit": limit + 1})
+    rows = await cur.fetchall()
+    if len(rows) > limit:
+        raise SubscriptionError(
+            "too_many_rows",
+            f"{table.qualified} has more than {limit} rows for this subscription; narrow it "
+            "with filters",
+        )
+    return [(tuple(json.loads(key)), row) for key, row in rows]
+
+
+async def visible(
+    conn: psycopg.AsyncConnection[Any], table: Table, columns: Sequence[str],
+    keys: Iterable[Key], filter_sets: Sequence[Filters],
+) -> dict[Key, tuple[str, list[bool]]]:  # fmt: skip
+    """Of the rows with `keys`, those the current role sees now: key -> (JSON text, whether
+    each filter set matches). One query whatever the number of subscriptions."""
+    matches = [_matches(table, filters, f"s{i}") for i, filters in enumerate(filter_sets)]
+    flags = sql.SQL(", ").join(m for m, _ in matches) if matches else sql.SQL("true")
+    key_columns = sql.SQL(", ").join(sql.Identifier(c) for c in table.key)
+    statement = sql.SQL(
+        "SELECT {}, {}, ARRAY[{}] FROM {} t WHERE ({}) IN "
+        "(SELECT {} FROM jsonb_populate_recordset(NULL::{}, %(keys)s))"
+    ).format(
+        _key(table), _row(columns), flags, table.ident,
+        sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in table.key),
+        key_columns, table.ident,
+    )  # fmt: skip
+    params: dict[str, Any] = {"keys": Jsonb([dict(zip(table.key, k, strict=True)) for k in keys])}
+    for _, p in matches:
+        params.update(p)
+    cur = await conn.execute(statement, params)
+    return {tuple(json.loads(key)): (row, list(flags)) for key, row, flags in await cur.fetchall()}

@@ -1,0 +1,2 @@
+-- 0003 down.
+DROP TABLE pyfuncs.realtime_audit;

@@ -1,0 +1,190 @@
+"""Fixtures for the realtime gateway: a real `pyfuncs serve` process on a free port, tokens,
+and WebSocket/SSE clients that record what they receive."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import jwt
+import psycopg
+import pytest
+import websockets
+
+from pyfuncs import realtime
+
+SECRET = "gateway-test-secret-0123456789-0123456789"
+STUDENTS = ("11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222")
+
+SCHEMA = """
+CREATE SCHEMA rt;
+CREATE TABLE rt.notes (id int PRIMARY KEY, owner uuid, body text, secret text, n int DEFAULT 0);
+ALTER TABLE rt.notes ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_notes ON rt.notes FOR SELECT TO student USING (owner = pyfuncs.current_user_id());
+CREATE POLICY all_notes ON rt.notes FOR SELECT TO manager USING (true);
+GRANT USAGE ON SCHEMA rt TO student, manager;
+GRANT SELECT (id, owner, body, n) ON rt.notes TO student;
+GRANT SELECT ON rt.notes TO manager;
+"""
+
+
+def token(role: str = "manager", sub: str | None = None, ttl: float = 3600, **claims: Any) -> str:
+    payload = {"role": role, "exp": int(time.time() + ttl), **claims}
+    if sub is not None:
+        payload["sub"] = sub
+    return jwt.encode(payload, SECRET, algorithm="HS256")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class GatewayProcess:
+    dsn: str
+    env: dict[str, str]
+    port: int = field(default_factory=_free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/realtime"
+
+    def start(self) -> GatewayProcess:
+        env = {**os.environ, "PYFUNCS_JWT_SECRET": SECRET, **self.env}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pyfuncs.cli", "--dsn", self.dsn, "serve",
+             "--port", str(self.port), "--log-level", "warning"],
+            env=env,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "the gateway exited at start"
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("the gateway did not become healthy")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def metrics(self) -> dict[str, float]:
+        text = httpx.get(self.url + "/metrics", timeout=5).text
+        values: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+        return values
+
+
+@pytest.fixture
+def rt_db(dsn: str, conn: psycopg.Connection[Any]) -> str:
+    conn.execute(SCHEMA)
+    realtime.enable(conn, "rt.notes")
+    return dsn
+
+
+@pytest.fixture
+def gateway_factory(rt_db: str) -> Iterator[Callable[..., GatewayProcess]]:
+    started: list[GatewayProcess] = []
+
+    def start(**settings: Any) -> GatewayProcess:
+        env = {f"PYFUNCS_GATEWAY_{k.upper()}": str(v) for k, v in settings.items()}
+        started.append(GatewayProcess(rt_db, env).start())
+        return started[-1]
+
+    yield start
+    for g in started:
+        g.stop()
+
+
+@pytest.fixture
+def gateway(gateway_factory: Callable[..., GatewayProcess]) -> GatewayProcess:
+    return gateway_factory(heartbeat=1)
+
+
+class WsClient:
+    """A WebSocket client that records every message it receives."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.messages: list[dict[str, Any]] = []
+        self._task = asyncio.create_task(self._read())
+        self.closed: Any = None
+
+    @classmethod
+    async def connect(cls, url: str, tok: str | None, header: bool = False) -> WsClient:
+        headers = {"Authorization": f"Bearer {tok}"} if header and tok else None
+        ws = await websockets.connect(url, additional_headers=headers)
+        client = cls(ws)
+        if tok is not None and not header:
+            await client.send(type="auth", token=tok)
+        return client
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                self.messages.append(json.loads(raw))
+        except websockets.ConnectionClosed:
+            pass
+        self.closed = self.ws.close_code, self.ws.close_reason
+
+    async def send(self, **message: Any) -> None:
+        await self.ws.send(json.dumps(message))
+
+    async def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for m in self.messages:
+                if predicate(m):
+                    return m
+            if self.closed is not None and not any(predicate(m) for m in self.messages):
+                raise AssertionError(f"closed {self.closed} before: {self.messages[-5:]}")
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"timed out; last messages: {self.messages[-5:]}")
+
+    async def subscribe(self, sub: str, table: str = "rt.notes", **extra: Any) -> dict[str, Any]:
+        await self.send(type="subscribe", id=sub, table=table, **extra)
+        return await self.wait_for(
+            lambda m: m.get("sub") == sub and m["type"] in ("subscribed", "error")
+        )
+
+    def changes(self, sub: str | None = None) -> list[dict[str, Any]]:
+        return [m for m in self.messages
+                if m["type"] == "change" and (sub is None or m["sub"] == sub)]  # fmt: skip
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self._task
