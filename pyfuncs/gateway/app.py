@@ -159,8 +159,11 @@ class Gateway:
             if not isinstance(exp, (int, float)):
                 return
             client.refreshed.clear()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow the
+            # cancellation that ends the connection, and the task then never finishes
             try:
-                await asyncio.wait_for(client.refreshed.wait(), max(0.0, exp - time.time()))
+                async with asyncio.timeout(max(0.0, exp - time.time())):
+                    await client.refreshed.wait()
                 continue
             except TimeoutError:
                 pass
@@ -173,7 +176,8 @@ class Gateway:
                            f"{self.config.expiry_grace:g} s to resume without loss",
             })  # fmt: skip
             try:
-                await asyncio.wait_for(client.refreshed.wait(), self.config.expiry_grace)
+                async with asyncio.timeout(self.config.expiry_grace):
+                    await client.refreshed.wait()
             except TimeoutError:
                 client.close("token_expired", "the token expired and was not refreshed")
                 return
@@ -228,7 +232,7 @@ class Gateway:
             self._close(client)
             if client.reason is not None:
                 code, message = client.reason
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(Exception):  # the client may be gone already
                     await ws.close(CLOSE_CODES.get(code, 1011), f"{code}: {message}"[:120])
 
     async def _refuse(self, ws: WebSocket, code: str, message: str) -> None:
@@ -238,8 +242,9 @@ class Gateway:
 
     async def _ws_send(self, ws: WebSocket, client: Client) -> None:
         while True:
-            try:
-                message = await asyncio.wait_for(client.outbox.get(), self.config.heartbeat)
+            try:  # (asyncio.timeout: see _watch_expiry)
+                async with asyncio.timeout(self.config.heartbeat):
+                    message = await client.outbox.get()
             except TimeoutError:
                 message = self._heartbeat(client)
             await ws.send_text(message.data)

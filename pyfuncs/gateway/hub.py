@@ -242,13 +242,25 @@ class Hub:
         task.add_done_callback(self._tasks.discard)
 
     async def _catch_up(self, sub: Subscription) -> None:
-        while not sub.live and sub.client.subscriptions.get(sub.id) is sub:
+        while (
+            not sub.live
+            and sub.client.subscriptions.get(sub.id) is sub
+            and sub.client.reason is None
+        ):
             if sub.position >= self.through:
                 sub.live = True  # no await since the check: the hub's next batch includes it
                 return
+            # catching up is paced by the client: read only what its outbox has room for
+            # (a change may make two events), so a resuming slow reader is not cut off again
+            outbox = sub.client.outbox
+            room = outbox.maxsize - outbox.qsize()
+            if room < min(outbox.maxsize, max(2, outbox.maxsize // 2)):
+                await asyncio.sleep(0.01)
+                continue
+            limit = max(1, min(self.config.batch, room // 2))
             try:
                 async with self.pool.connection() as conn:
-                    changes = await read(conn, sub.position, self.config.batch)
+                    changes = await read(conn, sub.position, limit)
                     if not changes:
                         sub.live = True
                         return

@@ -163,22 +163,24 @@ class WsClient:
         await self.ws.send(json.dumps(message))
 
     async def wait_for(
-        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10, start: int = 0
     ) -> dict[str, Any]:
+        """The first message from index `start` on that satisfies `predicate`."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for m in self.messages:
+            for m in self.messages[start:]:
                 if predicate(m):
                     return m
-            if self.closed is not None and not any(predicate(m) for m in self.messages):
+            if self.closed is not None:
                 raise AssertionError(f"closed {self.closed} before: {self.messages[-5:]}")
             await asyncio.sleep(0.02)
         raise AssertionError(f"timed out; last messages: {self.messages[-5:]}")
 
     async def subscribe(self, sub: str, table: str = "rt.notes", **extra: Any) -> dict[str, Any]:
+        start = len(self.messages)
         await self.send(type="subscribe", id=sub, table=table, **extra)
         return await self.wait_for(
-            lambda m: m.get("sub") == sub and m["type"] in ("subscribed", "error")
+            lambda m: m.get("sub") == sub and m["type"] in ("subscribed", "error"), start=start
         )
 
     def changes(self, sub: str | None = None) -> list[dict[str, Any]]:

@@ -1,0 +1,357 @@
+"""The gateway's protocol: auth, subscriptions with snapshots, filters, errors, heartbeats,
+token expiry and refresh, rate limits, slow consumers, SSE, audit, health and metrics
+(issue 4, "Gateway")."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from .conftest import STUDENTS, GatewayProcess, WsClient, token
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def audit(dsn: str) -> list[tuple[str, str | None, dict[str, Any]]]:
+    time.sleep(0.5)  # the gateway writes its audit in batches
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT event, role, detail FROM pyfuncs.realtime_audit ORDER BY id"
+        ).fetchall()
+
+
+def test_snapshot_then_changes_in_commit_order(gateway: GatewayProcess, rt_db: str) -> None:
+    async def main() -> None:
+        with psycopg.connect(rt_db, autocommit=True) as db:
+            db.execute("INSERT INTO rt.notes (id, body) VALUES (1, 'one'), (2, 'two')")
+            ws = await WsClient.connect(gateway.ws_url, token("manager"), header=True)
+            reply = await ws.subscribe("all")
+            assert reply["type"] == "subscribed"
+            assert sorted(r["id"] for r in reply["rows"]) == [1, 2]
+            db.execute("INSERT INTO rt.notes (id, body) VALUES (3, 'three')")
+            db.execute("UPDATE rt.notes SET body = 'uno' WHERE id = 1")
+            db.execute("DELETE FROM rt.notes WHERE id = 2")
+            await ws.wait_for(lambda m: m.get("op") == "DELETE")
+            changes = ws.changes("all")
+            assert [(c["op"], c["key"]) for c in changes] == [
+                ("INSERT", {"id": 3}), ("UPDATE", {"id": 1}), ("DELETE", {"id": 2})
+            ]  # fmt: skip
+            assert changes[1]["row"]["body"] == "uno" and changes[2]["row"] is None
+            positions = [tuple(map(int, c["position"].split("."))) for c in changes]
+            assert positions == sorted(positions) and len(set(positions)) == 3
+            beat = await ws.wait_for(lambda m: m["type"] == "heartbeat")
+            assert beat["positions"]["all"] == changes[-1]["position"]
+            await ws.send(type="unsubscribe", id="all")
+            await ws.wait_for(lambda m: m["type"] == "unsubscribed")
+            db.execute("INSERT INTO rt.notes (id) VALUES (4)")
+            await asyncio.sleep(0.5)
+            assert len(ws.changes()) == 3
+            await ws.close()
+
+    run(main())
+    events = [e for e, _, _ in audit(rt_db)]
+    assert events[:3] == ["connect", "subscribe", "unsubscribe"]
+    assert events[-1] == "disconnect"
+
+
+def test_bad_tokens_are_refused_before_anything_is_subscribed(
+    gateway: GatewayProcess, rt_db: str
+) -> None:
+    async def main() -> None:
+        for tok in (None, "not-a-jwt", token(ttl=-10), token() + "x"):
+            ws = await WsClient.connect(gateway.ws_url, None)
+            await ws.send(type="auth", token=tok) if tok else await ws.send(type="subscribe")
+            error = await ws.wait_for(lambda m: m["type"] == "error")
+            assert error["code"] == "unauthorized"
+            await ws._task
+            assert ws.closed[0] == 4001
+
+    run(main())
+    assert httpx.get(gateway.url + "/realtime/sse?table=rt.notes").status_code == 401
+    failures = [d["reason"] for e, _, d in audit(rt_db) if e == "auth_failed"]
+    assert len(failures) == 5
+    assert any("expired" in f for f in failures) and any("signature" in f for f in failures)
+    assert not [e for e, _, _ in audit(rt_db) if e == "subscribe"]
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ([{"column": "n", "op": "eq", "value": 2}], [2]),
+        ([{"column": "n", "op": "neq", "value": 2}], [1, 3]),
+        ([{"column": "n", "op": "lt", "value": 2}], [1]),
+        ([{"column": "n", "op": "lte", "value": "2"}], [1, 2]),
+        ([{"column": "n", "op": "gt", "value": 2}], [3]),
+        ([{"column": "n", "op": "gte", "value": 2}], [2, 3]),
+        ([{"column": "body", "op": "in", "value": ["a", "c"]}], [1, 3]),
+        (
+            [{"column": "n", "op": "gt", "value": 1}, {"column": "body", "op": "eq", "value": "c"}],
+            [3],
+        ),
+    ],
+)
+def test_filters(
+    gateway: GatewayProcess, rt_db: str, filters: list[dict[str, Any]], expected: list[int]
+) -> None:
+    async def main() -> None:
+        with psycopg.connect(rt_db, autocommit=True) as db:
+            db.execute("INSERT INTO rt.notes (id, body, n) VALUES (1, 'a', 1), (2, 'b', 2)")
+            ws = await WsClient.connect(gateway.ws_url, token())
+            reply = await ws.subscribe("f", filters=filters)
+            db.execute("INSERT INTO rt.notes (id, body, n) VALUES (3, 'c', 3)")
+            db.execute("UPDATE rt.notes SET n = n + 10 WHERE id = 0")  # touches nothing
+            db.execute("INSERT INTO rt.notes (id, n) VALUES (99, NULL)")  # matches no filter
+            await ws.wait_for(lambda m: m["type"] == "heartbeat" and m["positions"]["f"]
+                              .startswith("3."))  # fmt: skip
+            got = sorted([r["id"] for r in reply["rows"]] + [c["key"]["id"] for c in ws.changes()])
+            assert got == expected
+            await ws.close()
+
+    run(main())
+
+
+def test_a_row_that_leaves_a_filter_is_reported_without_its_data(
+    gateway: GatewayProcess, rt_db: str
+) -> None:
+    async def main() -> None:
+        with psycopg.connect(rt_db, autocommit=True) as db:
+            db.execute("INSERT INTO rt.notes (id, n) VALUES (1, 1)")
+            ws = await WsClient.connect(gateway.ws_url, token())
+            await ws.subscribe("low", filters=[{"column": "n", "op": "lt", "value": 5}])
+            db.execute("UPDATE rt.notes SET n = 7 WHERE id = 1")
+            left = await ws.wait_for(lambda m: m["type"] == "change")
+            assert (left["op"], left["key"], left["row"]) == ("UPDATE", {"id": 1}, None)
+            db.execute("UPDATE rt.notes SET n = 8 WHERE id = 1")  # still out: nothing
+            db.execute("UPDATE rt.notes SET n = 2 WHERE id = 1")  # back in
+            await ws.wait_for(lambda m: m.get("position", "").startswith("4."))
+            # rows are sent as they are at delivery: never one outside the filter
+            assert all(c["row"] is None or c["row"]["n"] < 5 for c in ws.changes())
+            assert ws.changes()[-1]["row"]["n"] == 2
+            await ws.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "says"),
+    [
+        ({"table": "rt.nope"}, "unknown_table", "no table"),
+        ({"table": "pg_catalog.pg_class"}, "not_enabled", "pyfuncs realtime enable"),
+        ({"filters": [{"column": "nope", "op": "eq", "value": 1}]}, "bad_filter", "columns:"),
+        ({"filters": [{"column": "n", "op": "eq", "value": "x"}]}, "bad_filter", "valid value"),
+        ({"filters": [{"column": "n", "op": "like", "value": 1}]}, "bad_filter", "one of"),
+        ({"filters": [{"column": "n", "op": "in", "value": 3}]}, "bad_filter", "list"),
+        ({"filters": "n=1"}, "bad_filter", "list"),
+        ({"since": "yesterday"}, "bad_position", "42.1337"),
+    ],
+)
+def test_bad_subscriptions_get_a_clear_error_and_change_nothing(
+    gateway: GatewayProcess, rt_db: str, request_: dict[str, Any], code: str, says: str
+) -> None:
+    async def main() -> None:
+        ws = await WsClient.connect(gateway.ws_url, token())
+        reply = await ws.subscribe("x", **{"table": "rt.notes", **request_})
+        assert reply["type"] == "error" and reply["code"] == code and says in reply["message"]
+        assert (await ws.subscribe("x"))["type"] == "subscribed"  # the id was not taken
+        await ws.close()
+
+    run(main())
+    assert [e for e, _, _ in audit(rt_db)].count("subscribe_failed") == 1
+
+
+def test_a_student_cannot_filter_on_a_column_it_may_not_read(
+    gateway: GatewayProcess, rt_db: str
+) -> None:
+    async def main() -> None:
+        ws = await WsClient.connect(gateway.ws_url, token("student", STUDENTS[0]))
+        reply = await ws.subscribe("s", filters=[{"column": "secret", "op": "eq", "value": "s"}])
+        assert reply["code"] == "bad_filter"
+        await ws.close()
+
+    run(main())
+
+
+def test_expiry_pauses_and_a_refreshed_token_resumes_without_loss(
+    gateway_factory: Callable[..., GatewayProcess], rt_db: str
+) -> None:
+    gateway = gateway_factory(expiry_grace=30, heartbeat=1)
+
+    async def main() -> None:
+        with psycopg.connect(rt_db, autocommit=True) as db:
+            ws = await WsClient.connect(gateway.ws_url, token(ttl=2))
+            await ws.subscribe("a")
+            db.execute("INSERT INTO rt.notes (id) VALUES (1)")
+            await ws.wait_for(lambda m: m["type"] == "change")
+            expired = await ws.wait_for(lambda m: m.get("code") == "token_expired", timeout=10)
+            assert "resume" in expired["message"]
+            db.execute("INSERT INTO rt.notes (id) VALUES (2)")
+            await asyncio.sleep(1)
+            assert len(ws.changes()) == 1  # paused
+            await ws.send(type="subscribe", id="b", table="rt.notes")
+            refused = await ws.wait_for(lambda m: m.get("sub") == "b")
+            assert refused["code"] == "token_expired"
+            await ws.send(type="auth", token=token("student", STUDENTS[0]))
+            other = await ws.wait_for(lambda m: m.get("code") == "unauthorized")
+            assert "same user" in other["message"]
+            await ws.send(type="auth", token=token(ttl=60))
+            resumed = await ws.wait_for(lambda m: m["type"] == "change" and m["key"]["id"] == 2)
+            assert resumed["op"] == "INSERT" and len(ws.changes()) == 2
+            await ws.close()
+
+    run(main())
+    assert "token_expired" in [e for e, _, _ in audit(rt_db)]
+
+
+def test_an_unrefreshed_token_ends_the_connection_with_the_reason(
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    gateway = gateway_factory(expiry_grace=1)
+
+    async def main() -> None:
+        ws = await WsClient.connect(gateway.ws_url, token(ttl=1))
+        await ws.subscribe("a")
+        await ws._task
+        assert ws.closed[0] == 4003 and "token_expired" in ws.closed[1]
+
+    run(main())
+
+
+def test_rate_limits_per_user(gateway_factory: Callable[..., GatewayProcess], rt_db: str) -> None:
+    gateway = gateway_factory(max_connections_per_user=2, max_subscriptions_per_user=2,
+                              messages_per_second=5)  # fmt: skip
+
+    async def main() -> None:
+        alice = token("student", STUDENTS[0])
+        first, second = [await WsClient.connect(gateway.ws_url, alice) for _ in range(2)]
+        await first.wait_for(lambda m: m["type"] == "ready")
+        await second.wait_for(lambda m: m["type"] == "ready")
+        third = await WsClient.connect(gateway.ws_url, alice)
+        refused = await third.wait_for(lambda m: m["type"] == "error")
+        assert refused["code"] == "rate_limited"
+        await third._task
+        assert third.closed[0] == 4029
+        bob = await WsClient.connect(gateway.ws_url, token("student", STUDENTS[1]))
+        await bob.wait_for(lambda m: m["type"] == "ready")  # another user is not limited
+        assert (await first.subscribe("a"))["type"] == "subscribed"
+        assert (await second.subscribe("b"))["type"] == "subscribed"
+        assert (await first.subscribe("c"))["code"] == "rate_limited"
+        for _ in range(20):
+            await bob.send(type="ping")
+        await bob.wait_for(lambda m: m.get("code") == "rate_limited")
+        assert 5 <= len([m for m in bob.messages if m["type"] == "pong"]) <= 12
+        for c in (first, second, bob):
+            await c.close()
+
+    run(main())
+
+
+def test_a_slow_consumer_is_disconnected_and_resumes_without_loss(
+    gateway_factory: Callable[..., GatewayProcess], rt_db: str
+) -> None:
+    gateway = gateway_factory(outbox_size=5)
+
+    async def main() -> None:
+        with psycopg.connect(rt_db, autocommit=True) as db:
+            ws = await WsClient.connect(gateway.ws_url, token())
+            await ws.subscribe("a")
+            db.execute("INSERT INTO rt.notes (id) SELECT generate_series(1, 50)")
+            await ws._task
+            assert ws.closed[0] == 4008 and "slow_consumer" in ws.closed[1]
+            got = ws.changes()
+            assert len(got) < 50
+            since = got[-1]["position"] if got else ws.messages[1]["position"]
+            again = await WsClient.connect(gateway.ws_url, token())
+            await again.subscribe("a", since=since)
+            await again.wait_for(lambda m: m.get("key") == {"id": 50})
+            ids = [c["key"]["id"] for c in got + again.changes()]
+            assert ids == list(range(1, 51))
+            await again.close()
+
+    run(main())
+    reasons = [d.get("reason") for e, _, d in audit(rt_db) if e == "disconnect"]
+    assert "slow_consumer" in reasons
+    assert gateway.metrics()["pyfuncs_gateway_slow_consumers_total"] == 1
+
+
+def _sse_events(response: httpx.Response, count: int) -> list[tuple[str, str, dict[str, Any]]]:
+    events, fields = [], {}
+    for line in response.iter_lines():
+        if not line:
+            if "data" in fields:
+                events.append((fields.get("id", ""), fields["event"], json.loads(fields["data"])))
+                if len(events) == count:
+                    return events
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(": ")
+            fields[name] = value
+    return events
+
+
+def test_sse_with_filters_and_last_event_id_resume(gateway: GatewayProcess, rt_db: str) -> None:
+    headers = {"Authorization": f"Bearer {token()}"}
+    url = gateway.url + "/realtime/sse?table=rt.notes&n=in.(1,3)"
+    with psycopg.connect(rt_db, autocommit=True) as db, httpx.Client(timeout=10) as http:
+        db.execute("INSERT INTO rt.notes (id, n) VALUES (1, 1), (2, 2)")
+        with http.stream("GET", url, headers=headers) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            db.execute("INSERT INTO rt.notes (id, n) VALUES (3, 3), (4, 4)")
+            (_, kind, snap), (last_id, _, change) = _sse_events(response, 2)
+        assert kind == "subscribed" and [r["id"] for r in snap["rows"]] == [1]
+        assert change["key"] == {"id": 3} and last_id == change["position"]
+        db.execute("UPDATE rt.notes SET n = 3 WHERE id = 4")
+        with http.stream("GET", url, headers={**headers, "Last-Event-ID": last_id}) as response:
+            (_, _, resumed), *rest = _sse_events(response, 3)
+        assert resumed.get("resumed")
+        # row 4 is in the filter now, so its INSERT is delivered too, with the row as it is now
+        assert [(c["op"], c["key"]["id"], c["row"]["n"]) for _, _, c in rest] == [
+            ("INSERT", 4, 3), ("UPDATE", 4, 3)
+        ]  # fmt: skip
+        bad = http.get(gateway.url + "/realtime/sse?table=rt.notes&nope=eq.1", headers=headers)
+        assert bad.status_code == 400 and bad.json()["code"] == "bad_filter"
+
+
+def test_checks_are_batched_per_identity_not_per_connection(
+    gateway: GatewayProcess, rt_db: str
+) -> None:
+    async def main() -> None:
+        with psycopg.connect(rt_db, autocommit=True) as db:
+            tokens = [token("manager", STUDENTS[0]), token("student", STUDENTS[0])]
+            clients = [await WsClient.connect(gateway.ws_url, tokens[i % 2]) for i in range(12)]
+            for i, c in enumerate(clients):
+                await c.subscribe(f"s{i}", filters=[] if i < 6 else
+                                  [{"column": "n", "op": "gte", "value": 0}])  # fmt: skip
+            before = gateway.metrics()["pyfuncs_gateway_visibility_checks_total"]
+            db.execute("INSERT INTO rt.notes (id, owner) VALUES (1, %s)", [STUDENTS[0]])
+            for c in clients:
+                await c.wait_for(lambda m: m["type"] == "change")
+            after = gateway.metrics()["pyfuncs_gateway_visibility_checks_total"]
+            assert after - before == 2  # two identities, twelve connections
+            for c in clients:
+                await c.close()
+
+    run(main())
+
+
+def test_health_and_metrics(gateway: GatewayProcess) -> None:
+    async def main() -> None:
+        ws = await WsClient.connect(gateway.ws_url, token())
+        await ws.subscribe("a")
+        health = httpx.get(gateway.url + "/health").json()
+        assert health["status"] == "ok" and health["subscriptions"] == 1
+        metrics = gateway.metrics()
+        assert metrics['pyfuncs_gateway_connections{transport="websocket"}'] == 1
+        assert metrics["pyfuncs_gateway_feed_connected"] == 1
+        assert "pyfuncs_gateway_delivery_lag_seconds" in metrics
+        await ws.close()
+
+    run(main())
