@@ -59,7 +59,7 @@ class Gateway:
         self.config = config
         self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             config.dsn, min_size=2, max_size=config.pool_size, open=False,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "application_name": "pyfuncs-gateway"},
         )  # fmt: skip
         self.hub = Hub(config, self.pool)
         self.audit = AuditLog(self.pool)

@@ -126,7 +126,7 @@ class Hub:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self.config.dsn, autocommit=True
+                    self.config.dsn, autocommit=True, application_name="pyfuncs-gateway-feed"
                 ) as conn:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
                     self.connected, self.metrics.disconnected_at = True, None
