@@ -5,7 +5,6 @@ Endpoints (the protocol is in the README, "Realtime: the gateway"):
     /realtime/sse   Server-Sent Events: one subscription per stream, Last-Event-ID resume
     /health         200 while the change feed is followed, 503 otherwise
     /metrics        Prometheus text: connections, subscriptions, delivery lag, counters
-    /realtime.js    the browser client;  /demo  a page of live academy rows
 """
 
 from __future__ import annotations
@@ -16,14 +15,12 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import (
-    FileResponse,
     JSONResponse,
     PlainTextResponse,
     Response,
@@ -42,7 +39,6 @@ from .hub import Hub
 from .ratelimit import RateLimits
 
 log = logging.getLogger("pyfuncs.gateway")
-STATIC = Path(__file__).parent / "static"
 # WebSocket close codes (4000-4999 are the application's): the reason text says more
 CLOSE_CODES = {"unauthorized": 4001, "token_expired": 4003, "slow_consumer": 4008,
                "rate_limited": 4029, "resync_required": 4010, "shutdown": 1001}  # fmt: skip
@@ -402,9 +398,6 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
         Route("/realtime/sse", gateway.sse),
         Route("/health", gateway.health),
         Route("/metrics", gateway.metrics),
-        Route("/realtime.js", lambda r: FileResponse(STATIC / "realtime.js",
-                                                     media_type="text/javascript")),
-        Route("/demo", lambda r: FileResponse(STATIC / "demo.html")),
     ]  # fmt: skip
     app = Starlette(routes=routes, lifespan=gateway.lifespan)
     app.state.gateway = gateway
