@@ -113,6 +113,18 @@ async def read(
     ]  # fmt: skip
 
 
+async def listen(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Subscribe an autocommit connection to the commits' wake-ups."""
+    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+
+
+async def wake_up(conn: psycopg.AsyncConnection[Any], poll: float) -> None:
+    """Wait for a commit's NOTIFY on a listening connection, or `poll` seconds, whichever
+    comes first."""
+    async for _ in conn.notifies(timeout=poll, stop_after=1):
+        pass
+
+
 class ChangeFeed:
     """Follow the change feed from a position, reconnecting by itself:
 
@@ -138,18 +150,13 @@ class ChangeFeed:
             try:
                 async with await psycopg.AsyncConnection.connect(self.dsn) as conn:
                     await conn.set_autocommit(True)
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                    await listen(conn)
                     while True:
                         changes = await read(conn, self.position, self.batch)
                         for change in changes:
                             self.position = change.position
                             yield change
                         if len(changes) < self.batch:
-                            await self._wake_up(conn)
+                            await wake_up(conn, self.poll)
             except psycopg.OperationalError:
                 await asyncio.sleep(self.retry)  # the server went away: connect again
-
-    async def _wake_up(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Wait for a commit's NOTIFY, or `poll` seconds, whichever comes first."""
-        async for _ in conn.notifies(timeout=self.poll, stop_after=1):
-            pass

@@ -251,23 +251,21 @@ class Gateway:
                 text = await ws.receive_text()
             except WebSocketDisconnect:
                 return
+            message: Any = None
             try:
                 self.limits.message(client.user)
-                await self._handle(client, text)
+                try:
+                    message = json.loads(text)
+                except ValueError:
+                    raise SubscriptionError("bad_request", "messages are JSON objects") from None
+                await self._handle(client, message)
             except (SubscriptionError, AuthError) as exc:
                 code = exc.code if isinstance(exc, SubscriptionError) else "unauthorized"
-                try:
-                    sub = json.loads(text).get("id")
-                except (ValueError, AttributeError):
-                    sub = None
+                sub = message.get("id") if isinstance(message, dict) else None
                 client.send("error", {"type": "error", "code": code, "message": str(exc),
                                       "sub": sub if isinstance(sub, str) else None})  # fmt: skip
 
-    async def _handle(self, client: Client, text: str) -> None:
-        try:
-            message = json.loads(text)
-        except ValueError:
-            raise SubscriptionError("bad_request", "messages are JSON objects") from None
+    async def _handle(self, client: Client, message: Any) -> None:
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "auth":
             self._refresh(client, message.get("token"))

@@ -27,12 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from ..errors import ConfigError, ResyncRequired, SubscriptionError
 from ..queries import query
-from ..realtime import CHANNEL, Change, Position, read
+from ..realtime import Change, Position, listen, read, wake_up
 from .clients import Client, Subscription, identity_key
 from .config import GatewayConfig
 from .tables import (
@@ -52,7 +51,7 @@ log = logging.getLogger("pyfuncs.gateway")
 END = 2**63 - 1  # the change number after every change of a commit
 
 
-@dataclass
+@dataclass(eq=False)
 class _Group:
     """The subscriptions of one identity on one table in a batch: one visibility query."""
 
@@ -128,7 +127,7 @@ class Hub:
                 async with await psycopg.AsyncConnection.connect(
                     self.config.dsn, autocommit=True, application_name="pyfuncs-gateway-feed"
                 ) as conn:
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                    await listen(conn)
                     self.connected, self.metrics.disconnected_at = True, None
                     await self._follow(conn)
             except psycopg.OperationalError as exc:
@@ -157,8 +156,7 @@ class Hub:
                 now = datetime.datetime.now(datetime.UTC)
                 self.metrics.lag = (now - changes[-1].committed_at).total_seconds()
             if len(changes) < self.config.batch:
-                async for _ in conn.notifies(timeout=self.config.poll, stop_after=1):
-                    pass
+                await wake_up(conn, self.config.poll)
 
     async def prune_forever(self) -> None:
         """Prune the change feed to its retention now and then (several gateways may: it
@@ -302,13 +300,13 @@ class Hub:
             answers = [await self._visible(conn, g, after) for g in wanted]
         else:
             answers = list(await asyncio.gather(*(self._checked(g, after) for g in wanted)))
-        seen_rows = {id(g): a for g, a in zip(wanted, answers, strict=True)}
+        answer = dict(zip(wanted, answers, strict=True))
         later = _removed_later_in_batch(changes, {s.table.qualified: s.table for s in subs})
         for i, change in enumerate(changes):
             for sub in by_table.get(f"{change.schema}.{change.table}", ()):
                 if change.position > sub.position:
                     group, index = slot[sub]
-                    rows, removed = seen_rows.get(id(group), ({}, set()))
+                    rows, removed = answer.get(group, ({}, set()))
                     self._event(sub, change, rows, index, removed if not later[i] else None)
         last = changes[-1].position
         for sub in subs:
