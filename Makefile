@@ -1,20 +1,27 @@
 # One command per task. `make demo` and `make test` install what they need on first use:
-# Debian's PL/Python for PostgreSQL 15 and a virtualenv at .venv with pyfuncs and its tools.
+# Debian's PL/Python for PostgreSQL 15 and a virtualenv at .venv with pyfuncs and its tools
+# (and, for the tests, Debian's Chromium).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PLPYTHON := /usr/share/postgresql/15/extension/plpython3u.control
+CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup demo test lint bench clean db-down
+.PHONY: setup demo live test lint bench clean db-down
 
 setup: $(PLPYTHON) $(STAMP)
 
 $(PLPYTHON):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql-15 postgresql-plpython3-15
+
+# the browser client's tests drive Debian's Chromium (playwright's own browsers are not used)
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +32,10 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/python -m examples.academy.demo
 
-test: setup
+live: setup
+	$(BIN)/python -m examples.academy.live
+
+test: setup $(CHROMIUM)
 	$(BIN)/pytest
 
 lint: setup

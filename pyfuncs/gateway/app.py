@@ -5,12 +5,15 @@ Endpoints (the protocol is in the README, "Realtime: the gateway"):
     /realtime/sse   Server-Sent Events: one subscription per stream, Last-Event-ID resume
     /health         200 while the change feed is followed, 503 otherwise
     /metrics        Prometheus text: connections, subscriptions, delivery lag, counters
+    /realtime.js    the browser client (an ES module)
+    /demo           a page listing a table's live rows (token and table in the URL fragment)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.resources
 import json
 import logging
 import time
@@ -385,6 +388,16 @@ def _sse_format(message: Outgoing) -> str:
     return f"{head}event: {message.kind}\ndata: {message.data}\n\n"
 
 
+def _static(name: str, media_type: str) -> Route:
+    body = (importlib.resources.files(__package__) / "static" / name).read_bytes()
+    headers = {"Cache-Control": "no-cache"}  # small, and must follow the gateway's version
+
+    async def endpoint(request: Request) -> Response:
+        return Response(body, media_type=media_type, headers=headers)
+
+    return Route("/" + name.removesuffix(".html"), endpoint)
+
+
 def create_app(config: GatewayConfig | None = None) -> Starlette:
     """The gateway application; without a config, from the environment (PYFUNCS_DSN,
     PYFUNCS_JWT_*, PYFUNCS_GATEWAY_*): what `pyfuncs serve` and its workers use."""
@@ -396,6 +409,8 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
         Route("/realtime/sse", gateway.sse),
         Route("/health", gateway.health),
         Route("/metrics", gateway.metrics),
+        _static("realtime.js", "text/javascript"),
+        _static("demo.html", "text/html"),
     ]  # fmt: skip
     app = Starlette(routes=routes, lifespan=gateway.lifespan)
     app.state.gateway = gateway

@@ -213,7 +213,7 @@ class Hub:
         start = since if since is not None else Position(head[0] if head else 0, END)
         sub = Subscription(sub_id, client, table, filters, start, seen={k for k, _ in rows})
         reply = {"type": "subscribed", "sub": sub_id, "table": table.qualified,
-                 "position": str(start)}  # fmt: skip
+                 "key": table.key, "position": str(start)}  # fmt: skip
         if since is None:
             data = json.dumps(reply, separators=(",", ":"))[:-1]
             rows_json = ",".join(row for _, row in rows)

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -105,6 +106,54 @@ class GatewayProcess:
                 name, value = line.rsplit(" ", 1)
                 values[name] = float(value)
         return values
+
+
+def head_commit(dsn: str) -> int:
+    """The position of the last commit in the change feed (0 if none)."""
+    with psycopg.connect(dsn) as db:
+        row = db.execute("SELECT coalesce(max(position), 0) FROM pyfuncs.realtime_commit")
+        return int(row.fetchone()[0])  # type: ignore[index]
+
+
+def feed(dsn: str, since: int) -> list[tuple[int, int]]:
+    """The positions of every change committed after commit `since`, in feed order."""
+    with psycopg.connect(dsn) as db:
+        return [
+            tuple(r) for r in db.execute(
+                "SELECT c.position, ch.id FROM pyfuncs.realtime_commit c "
+                "JOIN pyfuncs.realtime_change ch USING (txid) WHERE c.position > %s "
+                "ORDER BY 1, 2", [since],
+            )
+        ]  # fmt: skip
+
+
+def notes(dsn: str) -> dict[int, dict[str, Any]]:
+    """rt.notes as the superuser sees it: id -> the row as JSON."""
+    with psycopg.connect(dsn) as db:
+        return {r[0]: r[1] for r in db.execute("SELECT id, to_jsonb(t) FROM rt.notes t")}
+
+
+def burst(dsn: str, writers: int = 4, each: int = 60) -> threading.Thread:
+    """Concurrent writers inserting and updating rows, in the background."""
+
+    def writer(w: int) -> None:
+        with psycopg.connect(dsn, autocommit=True) as db:
+            for i in range(each):
+                row = w * 1000 + i
+                db.execute("INSERT INTO rt.notes (id, n) VALUES (%s, 0)", [row])
+                db.execute("UPDATE rt.notes SET n = n + 1 WHERE id = %s", [w * 1000 + i // 2])
+                time.sleep(0.003)
+
+    def all_writers() -> None:
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    thread = threading.Thread(target=all_writers)
+    thread.start()
+    return thread
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ connection dropped, clients resuming on another gateway process (issue 4, "Relia
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +13,7 @@ import psycopg
 
 from pyfuncs.embedded import Cluster
 
-from .conftest import GatewayProcess, WsClient, token
+from .conftest import GatewayProcess, WsClient, burst, feed, head_commit, notes, token
 
 
 class Follower:
@@ -54,47 +53,16 @@ class Follower:
             self.last = change["position"]
 
 
-def burst(dsn: str, writers: int = 4, each: int = 60) -> threading.Thread:
-    """Concurrent writers inserting and updating rows, in the background."""
-
-    def writer(w: int) -> None:
-        with psycopg.connect(dsn, autocommit=True) as db:
-            for i in range(each):
-                row = w * 1000 + i
-                db.execute("INSERT INTO rt.notes (id, n) VALUES (%s, 0)", [row])
-                db.execute("UPDATE rt.notes SET n = n + 1 WHERE id = %s", [w * 1000 + i // 2])
-                time.sleep(0.003)
-
-    def all_writers() -> None:
-        threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-
-    thread = threading.Thread(target=all_writers)
-    thread.start()
-    return thread
-
-
 def final_check(dsn: str, followers: list[Follower], since: int) -> None:
-    with psycopg.connect(dsn) as db:
-        state = {r[0]: r[1] for r in db.execute("SELECT id, n FROM rt.notes")}
-        feed = [
-            tuple(r) for r in db.execute(
-                "SELECT c.position, ch.id FROM pyfuncs.realtime_commit c "
-                "JOIN pyfuncs.realtime_change ch USING (txid) WHERE c.position > %s "
-                "ORDER BY 1, 2", [since],
-            )
-        ]  # fmt: skip
+    state = {k: v["n"] for k, v in notes(dsn).items()}
+    changes = feed(dsn, since)
     for f in followers:
         assert {k: v["n"] for k, v in f.cache.items()} == state  # exactly the committed state
-        assert f.positions == feed  # every change once, in commit order
+        assert f.positions == changes  # every change once, in commit order
 
 
 async def caught_up(followers: list[Follower], dsn: str, timeout: float = 60) -> None:
-    with psycopg.connect(dsn) as db:
-        head = db.execute("SELECT max(position) FROM pyfuncs.realtime_commit").fetchone()[0]
+    head = head_commit(dsn)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for f in followers:
@@ -105,17 +73,11 @@ async def caught_up(followers: list[Follower], dsn: str, timeout: float = 60) ->
     raise AssertionError("followers did not catch up")
 
 
-def _start(dsn: str) -> int:
-    with psycopg.connect(dsn) as db:
-        return int(db.execute("SELECT coalesce(max(position), 0) FROM pyfuncs.realtime_commit")
-                   .fetchone()[0])  # fmt: skip
-
-
 def test_gateway_killed_mid_burst_then_restarted(
     gateway_factory: Callable[..., GatewayProcess], rt_db: str
 ) -> None:
     first = gateway_factory()
-    start = _start(rt_db)
+    start = head_commit(rt_db)
 
     async def main() -> None:
         followers = [Follower() for _ in range(3)]
@@ -143,7 +105,7 @@ def test_postgres_restarted_and_listen_connection_dropped(
     gateway_factory: Callable[..., GatewayProcess], rt_db: str, cluster: Cluster
 ) -> None:
     gateway = gateway_factory(retry=0.2, poll=1)
-    start = _start(rt_db)
+    start = head_commit(rt_db)
 
     async def main() -> None:
         follower = Follower()
@@ -175,7 +137,7 @@ def test_a_client_resumes_on_another_gateway_process(
     gateway_factory: Callable[..., GatewayProcess], rt_db: str
 ) -> None:
     one, two = gateway_factory(), gateway_factory()
-    start = _start(rt_db)
+    start = head_commit(rt_db)
 
     async def main() -> None:
         follower = Follower()

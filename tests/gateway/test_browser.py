@@ -1,0 +1,140 @@
+"""The browser client (`/realtime.js`) in real headless Chromium: Debian's `chromium`, driven
+by playwright. Tabs are pages of one browser context (one origin, so they share Web Locks
+and BroadcastChannel, as the tabs of one browser window do)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+
+from .conftest import GatewayProcess, burst, feed, head_commit, notes, token
+
+CHROMIUM = "/usr/bin/chromium"  # apt's chromium (`make setup` installs it); no download here
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    context = browser.new_context()
+    yield context
+    context.close()
+
+
+def open_tab(context: BrowserContext, gateway: GatewayProcess, table: str = "rt.notes") -> Page:
+    """A tab of the demo page: one subscription through the browser client."""
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{gateway.url}/demo#token={token()}&table={table}")
+    try:
+        page.wait_for_function("window.demo?.subscription.ready", timeout=15_000)
+    except Exception:
+        raise AssertionError(f"the demo page did not subscribe; page errors: {errors}") from None
+    return page
+
+
+def cache(page: Page) -> dict[int, dict[str, Any]]:
+    return {r["id"]: r for r in page.evaluate("[...demo.subscription.rows.values()]")}
+
+
+def role(page: Page) -> str:
+    return str(page.evaluate("demo.realtime.role"))
+
+
+def record_changes(page: Page) -> None:
+    """Keep the position of every change the tab's subscription applies in window.applied."""
+    page.evaluate("""() => {
+        window.applied = [];
+        const options = demo.subscription.options, shown = options.onChange;
+        options.onChange = (event, sub) => { applied.push(event.position); shown(event, sub); };
+    }""")
+
+
+def applied(page: Page) -> list[tuple[int, int]]:
+    positions = page.evaluate("window.applied")
+    return [(int(c), int(n)) for c, n in (p.split(".") for p in positions)]
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.05)
+
+
+def websockets_open(gateway: GatewayProcess) -> float:
+    return gateway.metrics()['pyfuncs_gateway_connections{transport="websocket"}']
+
+
+def test_two_tabs_share_one_connection_and_both_see_every_change(
+    context: BrowserContext, gateway: GatewayProcess, rt_db: str
+) -> None:
+    with psycopg.connect(rt_db, autocommit=True) as db:
+        db.execute("INSERT INTO rt.notes (id, body) VALUES (1, 'before the tabs')")
+        first = open_tab(context, gateway)
+        second = open_tab(context, gateway)
+        assert (role(first), role(second)) == ("leader", "follower")
+        eventually(lambda: websockets_open(gateway) == 1, "one WebSocket serves both tabs")
+        assert cache(first) == cache(second) == notes(rt_db)  # the snapshot, in both
+        db.execute("INSERT INTO rt.notes (id, body) SELECT i, 'new' FROM generate_series(2, 6) i")
+        db.execute("UPDATE rt.notes SET n = 7, body = 'changed' WHERE id IN (1, 3)")
+        db.execute("DELETE FROM rt.notes WHERE id = 2")
+        state = notes(rt_db)
+        eventually(lambda: cache(first) == state and cache(second) == state,
+                   "both tabs hold the committed rows")  # fmt: skip
+    assert websockets_open(gateway) == 1
+    assert gateway.metrics()["pyfuncs_gateway_subscriptions"] == 2  # one per tab, shared socket
+
+
+def test_leader_tab_closed_another_takes_over_without_gap(
+    context: BrowserContext, gateway: GatewayProcess, rt_db: str
+) -> None:
+    leader = open_tab(context, gateway)
+    follower = open_tab(context, gateway)
+    assert (role(leader), role(follower)) == ("leader", "follower")
+    record_changes(follower)
+    since = head_commit(rt_db)
+    writing = burst(rt_db)  # four concurrent writers
+    eventually(lambda: len(applied(follower)) > 20, "the follower receives the burst")
+    leader.close()  # mid-burst: its lock is released, the follower is elected
+    eventually(lambda: role(follower) == "leader", "the other tab takes over")
+    writing.join()
+    head = head_commit(rt_db)
+    eventually(lambda: applied(follower)[-1][0] >= head, "the new leader catches up")
+    assert cache(follower) == notes(rt_db)  # exactly the committed rows
+    assert applied(follower) == feed(rt_db, since)  # every change once, in order: no gap
+    eventually(lambda: websockets_open(gateway) == 1, "only the new leader's connection is left")
+
+
+def test_a_tab_reconnects_and_resumes_when_the_gateway_restarts(
+    context: BrowserContext, gateway: GatewayProcess, rt_db: str
+) -> None:
+    page = open_tab(context, gateway)
+    record_changes(page)
+    since = head_commit(rt_db)
+    with psycopg.connect(rt_db, autocommit=True) as db:
+        db.execute("INSERT INTO rt.notes (id) VALUES (1)")
+        eventually(lambda: len(applied(page)) == 1, "the first change arrives")
+        gateway.kill()
+        for i in range(2, 12):  # committed while no gateway runs
+            db.execute("INSERT INTO rt.notes (id) VALUES (%s)", [i])
+        db.execute("UPDATE rt.notes SET n = 1 WHERE id < 5")
+        gateway.start()  # the same address: the client's retries find it
+        db.execute("DELETE FROM rt.notes WHERE id = 11")
+    eventually(lambda: cache(page) == notes(rt_db), "the tab resumes and catches up")
+    assert applied(page) == feed(rt_db, since)
