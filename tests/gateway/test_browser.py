@@ -135,6 +135,52 @@ def test_a_tab_reconnects_and_resumes_when_the_gateway_restarts(
             db.execute("INSERT INTO rt.notes (id) VALUES (%s)", [i])
         db.execute("UPDATE rt.notes SET n = 1 WHERE id < 5")
         gateway.start()  # the same address: the client's retries find it
+        eventually(lambda: cache(page) == notes(rt_db), "the tab resumes and catches up")
         db.execute("DELETE FROM rt.notes WHERE id = 11")
-    eventually(lambda: cache(page) == notes(rt_db), "the tab resumes and catches up")
+        eventually(lambda: 11 not in cache(page), "the live connection goes on")
+    # every change once, in order (each row was still there when its change was delivered;
+    # a change to a row deleted before its delivery is sent as the DELETE, README)
     assert applied(page) == feed(rt_db, since)
+
+
+def test_closed_tabs_and_refused_subscriptions_are_dropped(
+    context: BrowserContext, gateway: GatewayProcess, rt_db: str
+) -> None:
+    leader = open_tab(context, gateway)
+    follower = open_tab(context, gateway)
+    eventually(lambda: gateway.metrics()["pyfuncs_gateway_subscriptions"] == 2, "two subscribed")
+    follower.close()  # the leader unsubscribes for it
+    eventually(lambda: gateway.metrics()["pyfuncs_gateway_subscriptions"] == 1, "one is left")
+    error = leader.evaluate("""() => new Promise((resolve) => {
+        demo.realtime.subscribe("rt.notes", {
+            filters: [{ column: "nope", op: "eq", value: 1 }],
+            onError: (error, sub) => resolve({ code: error.code, closed: sub.closed }),
+        });
+    })""")
+    assert error == {"code": "bad_filter", "closed": True}
+    assert leader.evaluate("demo.realtime.subscriptions.size") == 1
+
+
+def test_the_token_is_refreshed_before_it_expires(
+    context: BrowserContext, gateway: GatewayProcess, rt_db: str
+) -> None:
+    page = open_tab(context, gateway)
+    tokens = [token(ttl=3), token(ttl=3600)]
+    page.evaluate(
+        """(tokens) => {
+        window.asked = 0;
+        window.states = [];
+        window.refreshing = new demo.Realtime({
+            crossTab: false, refreshBefore: 2.5, token: async () => tokens[asked++],
+            onStatus: ({ state }) => states.push(state),
+        });
+        window.rows = refreshing.subscribe("rt.notes").rows;
+    }""",
+        tokens,
+    )
+    eventually(lambda: page.evaluate("asked") == 2, "the client asks for a new token")
+    time.sleep(3)  # past the first token's expiry
+    with psycopg.connect(rt_db, autocommit=True) as db:
+        db.execute("INSERT INTO rt.notes (id) VALUES (1)")
+    eventually(lambda: page.evaluate("rows.size") == 1, "changes still arrive")
+    assert page.evaluate("states") == ["connecting", "open"]  # on the same connection

@@ -23,7 +23,6 @@
 const CLOSE = { unauthorized: 4001, tokenExpired: 4003, resyncRequired: 4010 };
 const RETRY_MIN_MS = 250;
 const RETRY_MAX_MS = 10_000;
-const REFRESH_BEFORE_S = 30; // ask for a new token this long before the current one expires
 const SWEEP_MS = 5_000; // how often the leader forgets the subscriptions of closed tabs
 
 /** Positions are "commit.change"; compare them as integers of any size. */
@@ -79,7 +78,8 @@ export class Subscription {
     if (type === "subscribed") {
       this.keyColumns = message.key;
       if (!message.resumed) {
-        this.rows = new Map(message.rows.map((row) => [this.keyOf(row), row]));
+        this.rows.clear(); // the same Map throughout, so holding on to sub.rows is safe
+        for (const row of message.rows) this.rows.set(this.keyOf(row), row);
         this.position = message.position;
         this._call("onSnapshot", this.rows, this);
         this._call("onRows", this.rows, this);
@@ -125,6 +125,7 @@ export class Subscription {
  * reconnect and before expiry), url (default: /realtime of the gateway serving this
  * module), crossTab (default true: share one connection between the tabs of this origin),
  * channel (the name tabs share; tabs of different users must use different names),
+ * refreshBefore (default 30: seconds before the token's expiry to ask for a new one),
  * onStatus(status) with status.role "leader" | "follower" and status.state "connecting" |
  * "open" | "closed".
  */
@@ -132,6 +133,7 @@ export class Realtime {
   constructor(options = {}) {
     this.url = options.url || defaultUrl();
     this.token = options.token;
+    this.refreshBefore = options.refreshBefore ?? 30;
     this.onStatus = options.onStatus || (() => {});
     this.tab = crypto.randomUUID().slice(0, 8);
     this.subscriptions = new Map(); // id -> Subscription, this tab's
@@ -408,7 +410,7 @@ class Leader {
     // once per token: a token function that keeps returning the same token must not loop
     if (typeof expires !== "number" || expires === this.expires) return;
     this.expires = expires;
-    const ms = (expires - REFRESH_BEFORE_S) * 1000 - Date.now();
+    const ms = (expires - this.realtime.refreshBefore) * 1000 - Date.now();
     this.after(Math.max(ms, 0), () => this.refresh());
   }
 
