@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from decimal import Decimal
 from urllib.parse import urlencode
 
@@ -74,7 +75,9 @@ def main() -> int:
         wait_healthy(base, gateway)
         fragment = urlencode([
             ("token", token(manager_id, "manager", ttl=3600)), ("table", "public.tripwire_users"),
-            ("filter", f"granted_by=eq.{manager_id}"), ("title", "Manager #1: my sales, live"),
+            ("filter", f"granted_by=eq.{manager_id}"), ("order", "created_at.desc"),
+            ("columns", "full_name,email,status,payment_amount,created_at"),
+            ("title", "Manager #1: my sales, live"),
         ])  # fmt: skip
         print(f"\nOpen {base}/demo#{fragment}\n(in two tabs, too). Selling... Ctrl-C stops.")
         sell(cluster.url(DB).replace("postgres@", "authenticator@"), manager_id)
@@ -90,9 +93,10 @@ def sell(url: str, manager_id: object) -> None:
     """The manager at work, through pyfuncs routines and RLS like any caller."""
     with Client(url, jwt=JwtVerifier(secret=SECRET), max_size=1) as pf:
         manager = pf.as_user(token(manager_id, "manager", ttl=24 * 3600))
+        run = uuid.uuid4().hex[:6]  # emails are unique: a run of its own
         for n in range(1, 1_000_000):
             if n % 4:
-                manager.call(routines.create_student, f"live{n}.{time.time_ns()}@academy.test",
+                manager.call(routines.create_student, f"live{n}.{run}@academy.test",
                              f"Live Student {n}", [1], None, Decimal(random.choice((49, 99))))  # fmt: skip
                 print(f"  sold #{n}")
             else:
