@@ -52,6 +52,9 @@ class Subscription:
     live: bool = False  # caught up: the hub delivers to it
     seen: set[Key] = field(default_factory=set)
 
+    def __post_init__(self) -> None:
+        self.id_json = json.dumps(self.id)  # as it goes into each of its events
+
 
 @dataclass(frozen=True)
 class Outgoing:
@@ -68,6 +71,7 @@ class Client:
         self.id = uuid.uuid4().hex
         self.transport = transport
         self.identity = identity
+        self.identity_key = identity_key(delivery_identity(identity))
         self.user = user_of(identity)
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue(outbox_size)
         self.subscriptions: dict[str, Subscription] = {}
@@ -78,6 +82,7 @@ class Client:
 
     def reauthenticate(self, identity: Identity) -> None:
         self.identity = identity
+        self.identity_key = identity_key(delivery_identity(identity))
         self.suspended = False
         self.refreshed.set()
 

@@ -32,19 +32,24 @@ from psycopg_pool import AsyncConnectionPool
 from ..errors import ConfigError, ResyncRequired, SubscriptionError
 from ..queries import query
 from ..realtime import Change, Position, listen, read, wake_up
-from .clients import Client, Subscription, identity_key
+from .clients import Client, Subscription
 from .config import GatewayConfig
 from .tables import (
     Filter,
     Filters,
     Key,
     Table,
+    Visible,
     as_identity,
     check,
     describe,
+    removed_keys,
     removed_later,
+    removed_later_query,
     snapshot,
     visible,
+    visible_query,
+    visible_rows,
 )
 
 log = logging.getLogger("pyfuncs.gateway")
@@ -66,7 +71,7 @@ class _Group:
         return self.filter_sets.index(filters)
 
 
-_Visible = tuple[dict[Key, tuple[str, list[bool]]], set[Key]]
+_Visible = tuple[Visible, set[Key]]
 
 
 def _removed_later_in_batch(changes: Sequence[Change], tables: dict[str, Table]) -> list[bool]:
@@ -282,45 +287,90 @@ class Hub:
         by_table: dict[str, list[Subscription]] = defaultdict(list)
         for sub in subs:
             by_table[sub.table.qualified].append(sub)
+        changed: dict[str, set[Key]] = defaultdict(set)  # table -> keys of the rows written
+        for change in changes:
+            name = f"{change.schema}.{change.table}"
+            if change.new is not None and name in by_table:
+                changed[name].add(by_table[name][0].table.key_of(change.new))
         groups: dict[tuple[str, str], _Group] = {}
         slot: dict[Subscription, tuple[_Group, int]] = {}
         for sub in subs:
-            ident = identity_key(sub.client.check_identity)
-            group = groups.setdefault((sub.table.qualified, ident), _Group(sub.table, sub.client))
+            name = sub.table.qualified
+            group = groups.get((name, sub.client.identity_key))
+            if group is None:
+                group = groups[name, sub.client.identity_key] = _Group(sub.table, sub.client)
+                group.keys = changed[name]
             slot[sub] = (group, group.index(sub.filters))
-        for change in changes:
-            if change.new is None:
-                continue
-            for sub in by_table.get(f"{change.schema}.{change.table}", ()):
-                slot[sub][0].keys.add(sub.table.key_of(change.new))
         wanted = [g for g in groups.values() if g.keys]
         self.metrics.checks += len(wanted)
         after = changes[-1].position.commit
-        if conn is not None:  # a catch-up: one group, on its own connection
-            answers = [await self._visible(conn, g, after) for g in wanted]
-        else:
-            answers = list(await asyncio.gather(*(self._checked(g, after) for g in wanted)))
-        answer = dict(zip(wanted, answers, strict=True))
+        answer: dict[_Group, _Visible] = {}
+        if conn is not None:  # a catch-up, on its own connection
+            answer = await self._visibility(conn, wanted, after)
+        elif wanted:
+            async with self.pool.connection() as conn:
+                answer = await self._visibility(conn, wanted, after)
         later = _removed_later_in_batch(changes, {s.table.qualified: s.table for s in subs})
         for i, change in enumerate(changes):
+            events: dict[tuple[Key | None, str | None], str] = {}  # its JSON, once per content
             for sub in by_table.get(f"{change.schema}.{change.table}", ()):
                 if change.position > sub.position:
                     group, index = slot[sub]
                     rows, removed = answer.get(group, ({}, set()))
-                    self._event(sub, change, rows, index, removed if not later[i] else None)
+                    removed_now = removed if not later[i] else None
+                    self._event(sub, change, rows, index, removed_now, events)
         last = changes[-1].position
         for sub in subs:
             sub.position = max(sub.position, last)
 
-    async def _checked(self, group: _Group, after: int) -> _Visible:
-        async with self.pool.connection() as conn:
-            return await self._visible(conn, group, after)
+    async def _visibility(
+        self, conn: psycopg.AsyncConnection[Any], groups: Sequence[_Group], after: int
+    ) -> dict[_Group, _Visible]:
+        """For every group, in one snapshot: the rows its identity sees now, and which of
+        them a later commit removes. One transaction, pipelined: two round trips whatever the
+        number of groups (the column privileges of each role, then every group's rows)."""
+        if not groups:
+            return {}
+        tables = {g.table.qualified: g for g in groups}  # the groups of a table share keys
+        roles = {(g.client.check_identity.role, g.table.qualified): g for g in groups}
+        try:
+            async with conn.pipeline(), conn.transaction():
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                removing = {name: await conn.execute(*removed_later_query(g.table, after, g.keys))
+                            for name, g in tables.items()}  # fmt: skip
+                reading = {}
+                for key, g in roles.items():
+                    await as_identity(conn, g.client.check_identity)
+                    reading[key] = await conn.execute(
+                        query("realtime_readable_columns"), {"relid": g.table.relid}
+                    )
+                columns = {key: list((await cur.fetchall())[0][0]) for key, cur in reading.items()}
+                selecting = {}
+                for g in groups:
+                    readable = columns[g.client.check_identity.role, g.table.qualified]
+                    if all(c in readable for c in g.table.key):  # else it sees nothing
+                        await as_identity(conn, g.client.check_identity)
+                        selecting[g] = await conn.execute(
+                            *visible_query(g.table, readable, g.keys, g.filter_sets)
+                        )
+                rows = {g: visible_rows(await cur.fetchall()) for g, cur in selecting.items()}
+                removed = {
+                    name: removed_keys(tables[name].table, tables[name].keys, await cur.fetchall())
+                    for name, cur in removing.items()
+                }
+        except psycopg.OperationalError:
+            raise  # the server went away: deliver nothing, retry the batch
+        except psycopg.Error as exc:
+            # some identity cannot run its check (its role lost a privilege or is gone):
+            # check each group on its own, so that only that one sees nothing
+            log.info("batched visibility check failed (%s); checking one by one", exc)
+            return {g: await self._visible(conn, g, after) for g in groups}
+        return {g: (rows.get(g, {}), removed[g.table.qualified]) for g in groups}
 
     async def _visible(
         self, conn: psycopg.AsyncConnection[Any], group: _Group, after: int
     ) -> _Visible:
-        """The group's rows as its identity sees them now, and which of them a later commit
-        removes, in one snapshot."""
+        """One group's rows and removed keys, in a transaction of its own."""
         try:
             async with conn.transaction():
                 await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -330,49 +380,56 @@ class Hub:
                 rows = await visible(conn, group.table, columns, group.keys, group.filter_sets)
                 return rows, removed
         except psycopg.OperationalError:
-            raise  # the server went away: deliver nothing, retry the batch
+            raise
         except (psycopg.Error, SubscriptionError) as exc:
             # the role lost its privileges, or no longer exists: it sees nothing
             log.info("visibility check for %s failed: %s", group.client.identity.role, exc)
             return {}, set()
 
     def _event(
-        self, sub: Subscription, change: Change, rows: dict[Key, tuple[str, list[bool]]],
-        index: int, removed: set[Key] | None,
+        self, sub: Subscription, change: Change, rows: Visible, index: int,
+        removed: set[Key] | None, events: dict[tuple[Key | None, str | None], str],
     ) -> None:  # fmt: skip
         """Queue what `change` means for `sub`. `removed`: keys a later commit removes (None:
-        a later change of this batch removes this change's row)."""
+        a later change of this batch removes this change's row); `events`: the change's
+        event JSON made so far, by content (the same for every subscription but its id)."""
         table = sub.table
         if change.op == "TRUNCATE":
             sub.seen.clear()
-            self._emit(sub, change, None, None)
+            self._emit(sub, change, None, None, events)
             return
         if change.old is not None:
             old_key = table.key_of(change.old)
             moved = change.new is None or table.key_of(change.new) != old_key
             if moved and old_key in sub.seen:  # deleted, or its key changed
                 sub.seen.discard(old_key)
-                self._emit(sub, change, old_key, None)
+                self._emit(sub, change, old_key, None, events)
         if change.new is None:
             return
         key = table.key_of(change.new)
         found = rows.get(key)
         if found is not None and found[1][index]:
             sub.seen.add(key)
-            self._emit(sub, change, key, found[0])
+            self._emit(sub, change, key, found[0], events)
         elif key in sub.seen and (found is not None or not (removed is None or key in removed)):
             # it left this subscription's view (a row that is gone because a later change
             # removes it is reported by that change, as a DELETE)
             sub.seen.discard(key)
-            self._emit(sub, change, key, None)
+            self._emit(sub, change, key, None, events)
 
-    def _emit(self, sub: Subscription, change: Change, key: Key | None, row: str | None) -> None:
-        position = str(change.position)
-        head = json.dumps(
-            {"type": "change", "sub": sub.id, "position": position, "table": sub.table.qualified,
-             "op": change.op, "committed_at": change.committed_at.isoformat(),
-             "key": None if key is None else dict(zip(sub.table.key, key, strict=True))},
-            separators=(",", ":"), default=str,
-        )  # fmt: skip
-        sub.client.push_raw("change", position, f'{head[:-1]},"row":{row or "null"}}}')
+    def _emit(
+        self, sub: Subscription, change: Change, key: Key | None, row: str | None,
+        events: dict[tuple[Key | None, str | None], str],
+    ) -> None:  # fmt: skip
+        body = events.get((key, row))
+        if body is None:
+            head = json.dumps(
+                {"position": str(change.position), "table": sub.table.qualified,
+                 "op": change.op, "committed_at": change.committed_at.isoformat(),
+                 "key": None if key is None else dict(zip(sub.table.key, key, strict=True))},
+                separators=(",", ":"), default=str,
+            )  # fmt: skip
+            body = events[key, row] = f'{head[1:-1]},"row":{row or "null"}}}'
+        data = f'{{"type":"change","sub":{sub.id_json},{body}'
+        sub.client.push_raw("change", str(change.position), data)
         self.metrics.delivered += 1

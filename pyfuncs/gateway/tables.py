@@ -145,21 +145,32 @@ async def describe(conn: psycopg.AsyncConnection[Any], name: Any) -> Table:
     return Table(relid, schema, table, tuple(key))
 
 
-async def removed_later(
-    conn: psycopg.AsyncConnection[Any], table: Table, after: int, keys: Iterable[Key]
-) -> set[Key]:
+def removed_later_query(
+    table: Table, after: int, keys: Iterable[Key]
+) -> tuple[str, dict[str, Any]]:  # fmt: skip
     """Of `keys`, those a change committed after position `after` deletes, re-keys or
-    truncates (run as the gateway, in the snapshot of the visibility check)."""
+    truncates (run as the gateway, in the snapshot of the visibility check); read the
+    answer with `removed_keys`."""
     objects = [Jsonb(dict(zip(table.key, k, strict=True))) for k in keys]
     params = {"after": after, "schema": table.schema, "table": table.name, "keys": objects}
-    cur = await conn.execute(query("realtime_removed_later"), params)
+    return query("realtime_removed_later"), params
+
+
+def removed_keys(table: Table, keys: set[Key], rows: Iterable[tuple[Any, ...]]) -> set[Key]:
     removed: set[Key] = set()
-    for op, old, new in await cur.fetchall():
+    for op, old, new in rows:
         if op == "TRUNCATE":
             return set(keys)
         if op == "DELETE" or table.key_of(new) != table.key_of(old):
             removed.add(table.key_of(old))
     return removed
+
+
+async def removed_later(
+    conn: psycopg.AsyncConnection[Any], table: Table, after: int, keys: set[Key]
+) -> set[Key]:
+    cur = await conn.execute(*removed_later_query(table, after, keys))
+    return removed_keys(table, keys, await cur.fetchall())
 
 
 async def as_identity(conn: psycopg.AsyncConnection[Any], identity: Identity) -> None:
@@ -232,12 +243,15 @@ async def snapshot(
     return [(tuple(json.loads(key)), row) for key, row in rows]
 
 
-async def visible(
-    conn: psycopg.AsyncConnection[Any], table: Table, columns: Sequence[str],
-    keys: Iterable[Key], filter_sets: Sequence[Filters],
-) -> dict[Key, tuple[str, list[bool]]]:  # fmt: skip
+Visible = dict[Key, tuple[str, list[bool]]]
+
+
+def visible_query(
+    table: Table, columns: Sequence[str], keys: Iterable[Key], filter_sets: Sequence[Filters]
+) -> tuple[sql.Composed, dict[str, Any]]:
     """Of the rows with `keys`, those the current role sees now: key -> (JSON text, whether
-    each filter set matches). One query whatever the number of subscriptions."""
+    each filter set matches). One query whatever the number of subscriptions; read the
+    answer with `visible_rows`."""
     matches = [_matches(table, filters, f"s{i}") for i, filters in enumerate(filter_sets)]
     flags = sql.SQL(", ").join(m for m, _ in matches) if matches else sql.SQL("true")
     key_columns = sql.SQL(", ").join(sql.Identifier(c) for c in table.key)
@@ -252,5 +266,16 @@ async def visible(
     params: dict[str, Any] = {"keys": Jsonb([dict(zip(table.key, k, strict=True)) for k in keys])}
     for _, p in matches:
         params.update(p)
-    cur = await conn.execute(statement, params)
-    return {tuple(json.loads(key)): (row, list(flags)) for key, row, flags in await cur.fetchall()}
+    return statement, params
+
+
+def visible_rows(rows: Iterable[tuple[Any, ...]]) -> Visible:
+    return {tuple(json.loads(key)): (row, list(flags)) for key, row, flags in rows}
+
+
+async def visible(
+    conn: psycopg.AsyncConnection[Any], table: Table, columns: Sequence[str],
+    keys: Iterable[Key], filter_sets: Sequence[Filters],
+) -> Visible:  # fmt: skip
+    cur = await conn.execute(*visible_query(table, columns, keys, filter_sets))
+    return visible_rows(await cur.fetchall())

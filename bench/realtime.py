@@ -1,0 +1,284 @@
+"""`make bench`, realtime: the gateway under 1,000 WebSocket and 50 SSE subscribers.
+
+A `pyfuncs serve` process (one worker) follows the change feed of one table that every
+subscriber watches (10 distinct identities, RLS on). A writer commits single-row updates at a
+rising rate; each commit fans out to every subscriber. The subscribers run in two load
+processes (asyncio, one core's worth each at most), which note for every change they receive
+the delay from its `committed_at` (set at commit, clock_timestamp()) to its arrival.
+
+Each step offers a rate for STEP_SECONDS and reports delivered messages/s, p50/p99
+commit-to-client latency, and the gateway's RSS and CPU. The result is the highest delivered
+rate whose p99 stays under 50 ms. Targets (the issue's floors): 1,000 connections, >= 10,000
+messages/s with p99 < 50 ms, gateway RSS < 200 MB. Everything runs on this one machine, so the
+load processes and PostgreSQL compete with the gateway for its two cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from array import array
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import psycopg
+import websockets
+from psycopg import sql
+
+from examples.academy import database
+from pyfuncs import migrate, realtime
+from pyfuncs.embedded import Cluster
+
+DB = "pyfuncs_bench_realtime"
+SECRET = "bench-secret-0123456789-0123456789-0123"
+WS_CLIENTS = int(os.environ.get("BENCH_WS_CLIENTS", "1000"))
+SSE_CLIENTS = int(os.environ.get("BENCH_SSE_CLIENTS", "50"))
+LOADERS = 2  # load processes
+USERS = 10  # distinct identities: one visibility query each per batch
+STEP_SECONDS = float(os.environ.get("BENCH_STEP_SECONDS", "8"))
+RATES = [int(r) for r in os.environ.get(  # offered messages/s
+    "BENCH_RATES", "2000,5000,10000,15000,20000,25000,30000,40000").split(",")]
+RESULTS = Path(__file__).parent / "results"
+
+SCHEMA = """
+CREATE SCHEMA live;
+CREATE TABLE live.ticks (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0, note text);
+ALTER TABLE live.ticks ENABLE ROW LEVEL SECURITY;
+CREATE POLICY everyone ON live.ticks FOR SELECT TO manager USING (true);
+GRANT USAGE ON SCHEMA live TO manager;
+GRANT SELECT ON live.ticks TO manager;
+INSERT INTO live.ticks (id, note) SELECT i, 'tick ' || i FROM generate_series(1, 100) i;
+"""
+
+
+def token(user: int) -> str:
+    claims = {"role": "manager", "sub": f"user-{user}", "exp": int(time.time()) + 3600}
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+def latency_of(data: str | bytes, now: float) -> float:
+    """Seconds from the change's commit to now, read from its JSON text without parsing it
+    all (the load processes must stay cheap next to the gateway)."""
+    text = data if isinstance(data, str) else data.decode()
+    start = text.find('"committed_at":"') + 16
+    if start < 16:
+        return -1.0  # not a change (subscribed, heartbeat)
+    committed = datetime.datetime.fromisoformat(text[start : text.index('"', start)])
+    return now - committed.timestamp()
+
+
+# --- load processes -----------------------------------------------------------------------
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.arrived = array("d")  # arrival times
+        self.latency = array("d")  # seconds from commit
+
+    def note(self, data: str | bytes) -> None:
+        now = time.time()
+        delay = latency_of(data, now)
+        if delay >= 0:
+            self.arrived.append(now)
+            self.latency.append(delay)
+
+
+async def ws_client(url: str, user: int, recorder: Recorder, ready: asyncio.Event) -> None:
+    async with websockets.connect(url, max_queue=None, ping_interval=None) as ws:
+        await ws.send(json.dumps({"type": "auth", "token": token(user)}))
+        await ws.send(json.dumps({"type": "subscribe", "id": "s", "table": "live.ticks"}))
+        async for data in ws:
+            if not ready.is_set() and '"subscribed"' in str(data)[:40]:
+                ready.set()
+            recorder.note(data)
+        raise RuntimeError(f"the gateway closed a client: {ws.close_code} {ws.close_reason}")
+
+
+async def sse_client(base: str, user: int, recorder: Recorder, ready: asyncio.Event) -> None:
+    headers = {"Authorization": f"Bearer {token(user)}"}
+    async with (
+        httpx.AsyncClient(timeout=None) as http,
+        http.stream("GET", base + "/realtime/sse?table=live.ticks", headers=headers) as stream,
+    ):
+        async for line in stream.aiter_lines():
+            if line.startswith("event: subscribed"):
+                ready.set()
+            elif line.startswith("data: "):
+                recorder.note(line[6:])
+
+
+def loader(base: str, ws: int, sse: int, offset: int, pipe: Connection) -> None:
+    """One load process: open the clients, say so, record until told to stop, send back."""
+
+    async def main() -> None:
+        recorder = Recorder()
+        readies = [asyncio.Event() for _ in range(ws + sse)]
+        url = base.replace("http", "ws", 1) + "/realtime"
+        tasks = [asyncio.create_task(ws_client(url, (offset + i) % USERS, recorder, readies[i]))
+                 for i in range(ws)]  # fmt: skip
+        tasks += [asyncio.create_task(sse_client(base, i % USERS, recorder, readies[ws + i]))
+                  for i in range(sse)]  # fmt: skip
+        for i in range(0, ws + sse, 50):  # connect in waves, not a thundering herd
+            await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies[i : i + 50])), 60)
+        pipe.send("ready")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, pipe.recv)  # "stop"
+        failed = [t for t in tasks if t.done() and t.exception() is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        pipe.send((recorder.arrived.tobytes(), recorder.latency.tobytes(), len(failed)))
+
+    asyncio.run(main())
+
+
+# --- the gateway and the writer -----------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def process_usage(pid: int) -> tuple[float, float]:
+    """(CPU seconds, RSS in MB) of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    rss = int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    return cpu, rss
+
+
+def write_at(url: str, commits_per_s: float, seconds: float) -> int:
+    """Commit single-row updates at a steady rate; returns how many were committed."""
+    interval, done = 1 / commits_per_s, 0
+    with psycopg.connect(url, autocommit=True) as db:
+        start = time.monotonic()
+        while time.monotonic() - start < seconds:
+            db.execute("UPDATE live.ticks SET n = n + 1 WHERE id = %s", [done % 100 + 1])
+            done += 1
+            time.sleep(max(0.0, start + done * interval - time.monotonic()))
+    return done
+
+
+def step_figures(
+    arrived: array[float], latency: array[float], window: tuple[float, float]
+) -> dict[str, float]:
+    picked = [lat for at, lat in zip(arrived, latency, strict=True) if window[0] <= at < window[1]]
+    if not picked:
+        return {"delivered_per_s": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan")}
+    picked.sort()
+    return {
+        "delivered_per_s": len(picked) / (window[1] - window[0]),
+        "p50_ms": statistics.median(picked) * 1000,
+        "p99_ms": picked[int(len(picked) * 0.99)] * 1000,
+    }
+
+
+def main() -> int:
+    cluster = Cluster.default()
+    cluster.up()
+    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
+        conn.execute((database.HERE / "roles.sql").read_text())
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
+    url = cluster.url(DB)
+    migrate.install(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(SCHEMA)
+        realtime.enable(conn, "live.ticks")
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYFUNCS_JWT_SECRET": SECRET,
+           "PYFUNCS_GATEWAY_MAX_CONNECTIONS_PER_USER": str(WS_CLIENTS + SSE_CLIENTS)}  # fmt: skip
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "pyfuncs.cli", "--dsn", url, "serve", "--port", str(port),
+         "--log-level", "warning"], env=env,
+    )  # fmt: skip
+    pipes, loaders = [], []
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        for n in range(LOADERS):
+            mine, theirs = multiprocessing.Pipe()
+            ws, sse = WS_CLIENTS // LOADERS, SSE_CLIENTS if n == 0 else 0
+            p = multiprocessing.Process(target=loader, args=(base, ws, sse, n, theirs))
+            p.start()
+            pipes.append(mine)
+            loaders.append(p)
+        for pipe in pipes:
+            if not pipe.poll(180) or pipe.recv() != "ready":
+                raise SystemExit("the load processes could not connect their clients")
+        subscribers = WS_CLIENTS // LOADERS * LOADERS + SSE_CLIENTS
+        print(f"\nrealtime: {subscribers - SSE_CLIENTS} WebSocket + {SSE_CLIENTS} SSE subscribers "
+              f"({USERS} identities) on one gateway process, {STEP_SECONDS:g} s per step")  # fmt: skip
+        steps: list[dict[str, Any]] = []
+        for rate in RATES:
+            cpu0, _ = process_usage(gateway.pid)
+            start = time.time()
+            commits = write_at(url, rate / subscribers, STEP_SECONDS)
+            end = time.time()
+            cpu1, rss = process_usage(gateway.pid)
+            time.sleep(1)  # stragglers of this step arrive before the next one starts
+            steps.append({"offered_per_s": rate, "window": (start + 1, end), "commits": commits,
+                          "gateway_cpu": (cpu1 - cpu0) / (end - start), "gateway_rss_mb": rss})  # fmt: skip
+        for pipe in pipes:
+            pipe.send("stop")
+        arrived, latency, failed = array("d"), array("d"), 0
+        for pipe in pipes:
+            a, lat, f = pipe.recv()
+            arrived.frombytes(a)
+            latency.frombytes(lat)
+            failed += f
+    finally:
+        for p in loaders:
+            p.join(30)
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(30)
+
+    print("    offered/s  delivered/s   p50 ms   p99 ms   gateway CPU   gateway RSS")
+    best: dict[str, Any] | None = None
+    for s in steps:
+        s.update(step_figures(arrived, latency, s.pop("window")))
+        print(f"    {s['offered_per_s']:>9,}{s['delivered_per_s']:>13,.0f}{s['p50_ms']:>9.1f}"
+              f"{s['p99_ms']:>9.1f}{s['gateway_cpu'] * 100:>12.0f}%{s['gateway_rss_mb']:>11.0f} MB")  # fmt: skip
+        keeps_up = s["delivered_per_s"] >= 0.95 * s["offered_per_s"]
+        if keeps_up and s["p99_ms"] < 50 and (best is None or s["delivered_per_s"] > best["delivered_per_s"]):
+            best = s
+    result = {"subscribers": subscribers, "sse": SSE_CLIENTS, "identities": USERS,
+              "clients_failed": failed, "steps": steps, "best": best}  # fmt: skip
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "realtime.json").write_text(json.dumps(result, indent=2))
+    failures = []
+    if failed:
+        failures.append(f"{failed} clients failed")
+    if best is None or best["delivered_per_s"] < 10_000:
+        failures.append("below 10,000 messages/s with p99 < 50 ms")
+    if max(s["gateway_rss_mb"] for s in steps) >= 200:
+        failures.append("gateway RSS reached 200 MB")
+    if best:
+        print(f"\n    highest sustained rate with p99 < 50 ms: {best['delivered_per_s']:,.0f} "
+              f"messages/s (p50 {best['p50_ms']:.1f} ms, p99 {best['p99_ms']:.1f} ms)")  # fmt: skip
+    print("realtime targets: " + ("all met" if not failures else "; ".join(failures)))
+    return 0 if not failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
