@@ -69,8 +69,8 @@ class Gateway:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.pool.open(wait=True)
         await self.hub.start()
-        tasks = [asyncio.create_task(t) for t in
-                 (self.hub.run(), self.hub.prune_forever(), self.audit.run())]  # fmt: skip
+        tasks = [asyncio.create_task(t) for t in (self.hub.run(), self.hub.prune_forever(),
+                                                  self.audit.run(), self._heartbeats())]  # fmt: skip
         try:
             yield
         finally:
@@ -144,11 +144,21 @@ class Gateway:
         self.audit.record("unsubscribe", client.id, client=client, sub=sub.id)
         client.send("unsubscribed", {"type": "unsubscribed", "sub": sub.id})
 
-    def _heartbeat(self, client: Client) -> Outgoing:
-        positions = {s.id: str(s.position) for s in client.subscriptions.values()}
-        last = max(client.subscriptions.values(), key=lambda s: s.position, default=None)
-        data = json.dumps({"type": "heartbeat", "positions": positions}, separators=(",", ":"))
-        return Outgoing("heartbeat", str(last.position) if last else None, data)
+    async def _heartbeats(self) -> None:
+        """Send a heartbeat to each client that was sent nothing for `heartbeat` seconds:
+        it carries the positions of all its subscriptions (one timer for all clients, not
+        one per message of each)."""
+        every = self.config.heartbeat
+        while True:
+            await asyncio.sleep(min(every / 4, 1.0))
+            now = time.monotonic()
+            for client in list(self.clients):
+                if now - client.queued_at >= every and client.reason is None:
+                    positions = {s.id: str(s.position) for s in client.subscriptions.values()}
+                    last = max(client.subscriptions.values(), key=lambda s: s.position,
+                               default=None)  # fmt: skip
+                    message = {"type": "heartbeat", "positions": positions}
+                    client.send("heartbeat", message, str(last.position) if last else None)
 
     async def _watch_expiry(self, client: Client) -> None:
         """End a client's subscriptions when its token expires; a refreshed token within
@@ -241,11 +251,7 @@ class Gateway:
 
     async def _ws_send(self, ws: WebSocket, client: Client) -> None:
         while True:
-            try:  # (asyncio.timeout: see _watch_expiry)
-                async with asyncio.timeout(self.config.heartbeat):
-                    message = await client.outbox.get()
-            except TimeoutError:
-                message = self._heartbeat(client)
+            message = await client.outbox.get()
             await ws.send_text(message.data)
 
     async def _ws_receive(self, ws: WebSocket, client: Client) -> None:
@@ -323,19 +329,14 @@ class Gateway:
             while client.reason is None:
                 get = asyncio.ensure_future(client.outbox.get())
                 closing = asyncio.ensure_future(client.closing.wait())
-                done, _ = await asyncio.wait(
-                    {get, closing}, timeout=self.config.heartbeat,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )  # fmt: skip
+                done, _ = await asyncio.wait({get, closing}, return_when=asyncio.FIRST_COMPLETED)
                 closing.cancel()
-                if get in done:
-                    message = get.result()
-                else:
+                if get not in done:
                     get.cancel()
-                    if client.reason is not None or client.suspended:
-                        break  # SSE has no way to send a new token: reconnect with one
-                    message = self._heartbeat(client)
-                yield _sse_format(message)
+                    break
+                yield _sse_format(get.result())
+                if client.suspended:
+                    break  # SSE has no way to send a new token: reconnect with one
             code, text = client.reason or ("token_expired", "reconnect with a new token")
             yield _sse_format(Outgoing("error", None, json.dumps(
                 {"type": "error", "code": code, "message": text})))  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +79,7 @@ class Client:
         self.suspended = False  # its token expired; a refreshed one resumes it
         self.refreshed = asyncio.Event()  # set when a new token arrives
         self.closing = asyncio.Event()
+        self.queued_at = time.monotonic()  # when a message was last queued (heartbeats)
         self.reason: tuple[str, str] | None = None  # (code, message) once closing
 
     def reauthenticate(self, identity: Identity) -> None:
@@ -97,6 +99,7 @@ class Client:
         """Queue a message whose JSON is already made (rows arrive as PostgreSQL's JSON)."""
         if self.reason is not None:
             return
+        self.queued_at = time.monotonic()
         try:
             self.outbox.put_nowait(Outgoing(kind, position, data))
         except asyncio.QueueFull:

@@ -312,13 +312,19 @@ class Hub:
                 answer = await self._visibility(conn, wanted, after)
         later = _removed_later_in_batch(changes, {s.table.qualified: s.table for s in subs})
         for i, change in enumerate(changes):
+            table_subs = by_table.get(f"{change.schema}.{change.table}", ())
+            if not table_subs:
+                continue
+            table = table_subs[0].table
+            keys = (None if change.old is None else table.key_of(change.old),
+                    None if change.new is None else table.key_of(change.new))  # fmt: skip
             events: dict[tuple[Key | None, str | None], str] = {}  # its JSON, once per content
-            for sub in by_table.get(f"{change.schema}.{change.table}", ()):
+            for sub in table_subs:
                 if change.position > sub.position:
                     group, index = slot[sub]
                     rows, removed = answer.get(group, ({}, set()))
                     removed_now = removed if not later[i] else None
-                    self._event(sub, change, rows, index, removed_now, events)
+                    self._event(sub, change, keys, rows, index, removed_now, events)
         last = changes[-1].position
         for sub in subs:
             sub.position = max(sub.position, last)
@@ -387,26 +393,24 @@ class Hub:
             return {}, set()
 
     def _event(
-        self, sub: Subscription, change: Change, rows: Visible, index: int,
-        removed: set[Key] | None, events: dict[tuple[Key | None, str | None], str],
+        self, sub: Subscription, change: Change, keys: tuple[Key | None, Key | None],
+        rows: Visible, index: int, removed: set[Key] | None,
+        events: dict[tuple[Key | None, str | None], str],
     ) -> None:  # fmt: skip
-        """Queue what `change` means for `sub`. `removed`: keys a later commit removes (None:
-        a later change of this batch removes this change's row); `events`: the change's
-        event JSON made so far, by content (the same for every subscription but its id)."""
-        table = sub.table
+        """Queue what `change` (whose old and new keys are `keys`) means for `sub`.
+        `removed`: keys a later commit removes (None: a later change of this batch removes
+        this change's row); `events`: the change's event JSON made so far, by content (the
+        same for every subscription but its id)."""
         if change.op == "TRUNCATE":
             sub.seen.clear()
             self._emit(sub, change, None, None, events)
             return
-        if change.old is not None:
-            old_key = table.key_of(change.old)
-            moved = change.new is None or table.key_of(change.new) != old_key
-            if moved and old_key in sub.seen:  # deleted, or its key changed
-                sub.seen.discard(old_key)
-                self._emit(sub, change, old_key, None, events)
-        if change.new is None:
+        old_key, key = keys
+        if old_key is not None and key != old_key and old_key in sub.seen:
+            sub.seen.discard(old_key)  # deleted, or its key changed
+            self._emit(sub, change, old_key, None, events)
+        if key is None:
             return
-        key = table.key_of(change.new)
         found = rows.get(key)
         if found is not None and found[1][index]:
             sub.seen.add(key)

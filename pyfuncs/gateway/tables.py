@@ -9,6 +9,7 @@ passed to clients as they are.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -248,10 +249,21 @@ Visible = dict[Key, tuple[str, list[bool]]]
 
 def visible_query(
     table: Table, columns: Sequence[str], keys: Iterable[Key], filter_sets: Sequence[Filters]
-) -> tuple[sql.Composed, dict[str, Any]]:
+) -> tuple[str, dict[str, Any]]:
     """Of the rows with `keys`, those the current role sees now: key -> (JSON text, whether
     each filter set matches). One query whatever the number of subscriptions; read the
     answer with `visible_rows`."""
+    statement, params = _visible_statement(table, tuple(columns), tuple(filter_sets))
+    objects = Jsonb([dict(zip(table.key, k, strict=True)) for k in keys])
+    return statement, {**params, "keys": objects}
+
+
+@functools.lru_cache(maxsize=1024)
+def _visible_statement(
+    table: Table, columns: tuple[str, ...], filter_sets: tuple[Filters, ...]
+) -> tuple[str, dict[str, Any]]:
+    """The statement of `visible_query` and its filter parameters, composed once for each
+    table, columns and filters (it runs for every batch)."""
     matches = [_matches(table, filters, f"s{i}") for i, filters in enumerate(filter_sets)]
     flags = sql.SQL(", ").join(m for m, _ in matches) if matches else sql.SQL("true")
     key_columns = sql.SQL(", ").join(sql.Identifier(c) for c in table.key)
@@ -263,10 +275,10 @@ def visible_query(
         sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in table.key),
         key_columns, table.ident,
     )  # fmt: skip
-    params: dict[str, Any] = {"keys": Jsonb([dict(zip(table.key, k, strict=True)) for k in keys])}
+    params: dict[str, Any] = {}
     for _, p in matches:
         params.update(p)
-    return statement, params
+    return statement.as_string(), params
 
 
 def visible_rows(rows: Iterable[tuple[Any, ...]]) -> Visible:
