@@ -44,7 +44,7 @@ lint: setup
 	$(BIN)/mypy
 
 bench: setup
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run; routines=$$?; $(BIN)/python -m bench.realtime && exit $$routines
 
 db-down: setup
 	$(BIN)/pyfuncs db down
