@@ -148,8 +148,9 @@ class ChangeFeed:
     async def __aiter__(self) -> AsyncIterator[Change]:
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self.dsn) as conn:
-                    await conn.set_autocommit(True)
+                async with await psycopg.AsyncConnection.connect(
+                    self.dsn, autocommit=True, application_name="pyfuncs-change-feed"
+                ) as conn:
                     await listen(conn)
                     while True:
                         changes = await read(conn, self.position, self.batch)

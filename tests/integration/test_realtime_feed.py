@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from pyfuncs import realtime
+from pyfuncs.embedded import Cluster
 from pyfuncs.errors import ConfigError, ResyncRequired
 from pyfuncs.realtime import Change, ChangeFeed, Position
 
@@ -151,6 +152,36 @@ def test_resume_from_a_position_misses_nothing_and_repeats_nothing(feed_db: str)
     token = str(first[-1].position)
     rest = follow(feed_db, 12, since=Position.parse(token))
     assert [c.new["id"] for c in first + rest if c.new] == list(range(20))
+
+
+def test_the_feed_reconnects_by_itself_mid_stream(feed_db: str, cluster: Cluster) -> None:
+    """Its connection terminated, then PostgreSQL restarted: the same iterator goes on with
+    every change once, in order."""
+
+    def insert(ids: range) -> None:
+        with psycopg.connect(feed_db, autocommit=True) as db:
+            for i in ids:
+                db.execute("INSERT INTO rt.counter VALUES (%s, 0)", [i])
+
+    async def main() -> list[int]:
+        changes = ChangeFeed(feed_db, batch=4, poll=0.5, retry=0.1).__aiter__()
+        got = []
+        insert(range(0, 10))
+        got += [(await anext(changes)).new["id"] for _ in range(8)]  # mid-stream
+        with psycopg.connect(feed_db, autocommit=True) as db:
+            killed = db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                "WHERE application_name = 'pyfuncs-change-feed'").fetchall()  # fmt: skip
+        assert killed == [(True,)]
+        insert(range(10, 20))
+        got += [(await anext(changes)).new["id"] for _ in range(12)]
+        cluster.down()
+        cluster.up()
+        insert(range(20, 30))
+        got += [(await anext(changes)).new["id"] for _ in range(10)]
+        await changes.aclose()
+        return got
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == list(range(30))
 
 
 def test_delete_truncate_and_large_rows(feed_db: str) -> None:
