@@ -35,10 +35,9 @@ import httpx
 import jwt
 import psycopg
 import websockets
-from psycopg import sql
 
 from examples.academy import database
-from pyfuncs import migrate, realtime
+from pyfuncs import realtime
 from pyfuncs.embedded import Cluster
 
 DB = "pyfuncs_bench_realtime"
@@ -205,12 +204,7 @@ def step_figures(
 def main() -> int:
     cluster = Cluster.default()
     cluster.up()
-    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
-        conn.execute((database.HERE / "roles.sql").read_text())
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
-    url = cluster.url(DB)
-    migrate.install(url)
+    url = database.fresh_database(cluster, DB)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(SCHEMA)
         realtime.enable(conn, "live.ticks")

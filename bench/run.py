@@ -39,7 +39,6 @@ from examples.academy import appside, database
 from examples.academy import routines as academy
 from examples.academy.wiretap import WireTap
 from pyfuncs import deploy as deploying
-from pyfuncs import migrate
 from pyfuncs.auth import JwtVerifier
 from pyfuncs.client import Client
 from pyfuncs.embedded import Cluster, _pg_bin
@@ -246,12 +245,7 @@ def bench_b(cluster: Cluster, url: str) -> dict[str, Any]:
 def main() -> int:
     cluster = Cluster.default()
     cluster.up()
-    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
-        conn.execute((database.HERE / "roles.sql").read_text())
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
-    url = cluster.url(DB)
-    migrate.install(url)
+    url = database.fresh_database(cluster, DB)
     print(f"benchmark on {os.cpu_count()} cores, {CLIENTS} pgbench clients x {SECONDS} s, loopback")
 
     a = bench_a(url)

@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from pyfuncs import deploy as deploying
+from pyfuncs import migrate
+from pyfuncs.embedded import Cluster
 
 HERE = Path(__file__).parent
 ROUTINES = str(HERE / "routines.py")
@@ -39,3 +42,17 @@ def person_id(conn: psycopg.Connection[Any], n: int) -> Any:
     row = conn.execute(MANAGER_SQL, [str(n)]).fetchone()
     assert row is not None
     return row[0]
+
+
+def fresh_database(cluster: Cluster, name: str) -> str:
+    """(Re)create database `name` on the cluster with the academy's roles and the pyfuncs
+    core schema; returns its URL (as the superuser)."""
+    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
+        conn.execute((HERE / "roles.sql").read_text())
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = cluster.url(name)
+    migrate.install(url)
+    return url

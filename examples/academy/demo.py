@@ -19,9 +19,8 @@ from typing import Any
 
 import jwt
 import psycopg
-from psycopg import sql
 
-from pyfuncs import errors, migrate
+from pyfuncs import errors
 from pyfuncs.auth import JwtVerifier
 from pyfuncs.client import Client
 from pyfuncs.embedded import Cluster
@@ -83,12 +82,7 @@ def main() -> int:
     step("1. Embedded PostgreSQL")
     cluster = Cluster.default()
     print(f"   {cluster.up()}  (data in {cluster.root})")
-    admin_url = cluster.url(DB)
-    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
-        conn.execute((database.HERE / "roles.sql").read_text())
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
-    migrate.install(admin_url)
+    admin_url = database.fresh_database(cluster, DB)
     print(f"   pyfuncs core schema installed in database {DB!r}")
 
     step(f"2. The academy: schema with RLS, {STUDENTS:,} students, seeded inside the database")

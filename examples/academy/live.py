@@ -21,9 +21,8 @@ from decimal import Decimal
 from urllib.parse import urlencode
 
 import psycopg
-from psycopg import sql
 
-from pyfuncs import migrate, realtime
+from pyfuncs import realtime
 from pyfuncs.auth import JwtVerifier
 from pyfuncs.client import Client
 from pyfuncs.embedded import Cluster
@@ -51,12 +50,7 @@ def wait_healthy(url: str, gateway: subprocess.Popen[bytes]) -> None:
 def main() -> int:
     cluster = Cluster.default()
     print(cluster.up())
-    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
-        conn.execute((database.HERE / "roles.sql").read_text())
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
-    admin_url = cluster.url(DB)
-    migrate.install(admin_url)
+    admin_url = database.fresh_database(cluster, DB)
     with psycopg.connect(admin_url, autocommit=True) as admin:
         database.build(admin, students=2_000)
         realtime.enable(admin, "tripwire_users")
