@@ -20,7 +20,7 @@
 //
 // The protocol is documented in the pyfuncs README ("Realtime: the gateway").
 
-const CLOSE = { unauthorized: 4001, tokenExpired: 4003, resyncRequired: 4010 };
+const RESYNC_REQUIRED = 4010; // the close code after which positions are worthless
 const RETRY_MIN_MS = 250;
 const RETRY_MAX_MS = 10_000;
 const SWEEP_MS = 5_000; // how often the leader forgets the subscriptions of closed tabs
@@ -339,7 +339,7 @@ class Leader {
       this.open = false;
       this.ws = null;
       for (const want of this.wants.values()) want.sent = false;
-      if (event.code === CLOSE.resyncRequired) {
+      if (event.code === RESYNC_REQUIRED) {
         for (const want of this.wants.values()) want.position = null;
       }
       this.status("closed");
