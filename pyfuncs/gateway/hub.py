@@ -44,10 +44,8 @@ from .tables import (
     check,
     describe,
     removed_keys,
-    removed_later,
     removed_later_query,
     snapshot,
-    visible,
     visible_query,
     visible_rows,
 )
@@ -287,11 +285,17 @@ class Hub:
         by_table: dict[str, list[Subscription]] = defaultdict(list)
         for sub in subs:
             by_table[sub.table.qualified].append(sub)
-        changed: dict[str, set[Key]] = defaultdict(set)  # table -> keys of the rows written
+        # each change's (old key, new key), and each table's keys of the rows written
+        keys: list[tuple[Key | None, Key | None]] = []
+        changed: dict[str, set[Key]] = defaultdict(set)
         for change in changes:
             name = f"{change.schema}.{change.table}"
-            if change.new is not None and name in by_table:
-                changed[name].add(by_table[name][0].table.key_of(change.new))
+            table = by_table[name][0].table if name in by_table else None
+            old = None if table is None or change.old is None else table.key_of(change.old)
+            new = None if table is None or change.new is None else table.key_of(change.new)
+            keys.append((old, new))
+            if new is not None:
+                changed[name].add(new)
         groups: dict[tuple[str, str], _Group] = {}
         slot: dict[Subscription, tuple[_Group, int]] = {}
         for sub in subs:
@@ -312,19 +316,13 @@ class Hub:
                 answer = await self._visibility(conn, wanted, after)
         later = _removed_later_in_batch(changes, {s.table.qualified: s.table for s in subs})
         for i, change in enumerate(changes):
-            table_subs = by_table.get(f"{change.schema}.{change.table}", ())
-            if not table_subs:
-                continue
-            table = table_subs[0].table
-            keys = (None if change.old is None else table.key_of(change.old),
-                    None if change.new is None else table.key_of(change.new))  # fmt: skip
             events: dict[tuple[Key | None, str | None], str] = {}  # its JSON, once per content
-            for sub in table_subs:
+            for sub in by_table.get(f"{change.schema}.{change.table}", ()):
                 if change.position > sub.position:
                     group, index = slot[sub]
                     rows, removed = answer.get(group, ({}, set()))
                     removed_now = removed if not later[i] else None
-                    self._event(sub, change, keys, rows, index, removed_now, events)
+                    self._event(sub, change, keys[i], rows, index, removed_now, events)
         last = changes[-1].position
         for sub in subs:
             sub.position = max(sub.position, last)
@@ -367,30 +365,13 @@ class Hub:
         except psycopg.OperationalError:
             raise  # the server went away: deliver nothing, retry the batch
         except psycopg.Error as exc:
-            # some identity cannot run its check (its role lost a privilege or is gone):
-            # check each group on its own, so that only that one sees nothing
+            if len(groups) == 1:  # its role lost a privilege, or is gone: it sees nothing
+                log.info("visibility check for %s failed: %s", groups[0].client.identity.role, exc)
+                return {groups[0]: ({}, set())}
+            # check each group on its own, so that only the failing one sees nothing
             log.info("batched visibility check failed (%s); checking one by one", exc)
-            return {g: await self._visible(conn, g, after) for g in groups}
+            return {g: (await self._visibility(conn, [g], after))[g] for g in groups}
         return {g: (rows.get(g, {}), removed[g.table.qualified]) for g in groups}
-
-    async def _visible(
-        self, conn: psycopg.AsyncConnection[Any], group: _Group, after: int
-    ) -> _Visible:
-        """One group's rows and removed keys, in a transaction of its own."""
-        try:
-            async with conn.transaction():
-                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                removed = await removed_later(conn, group.table, after, group.keys)
-                await as_identity(conn, group.client.check_identity)
-                columns = await check(conn, group.table, ())
-                rows = await visible(conn, group.table, columns, group.keys, group.filter_sets)
-                return rows, removed
-        except psycopg.OperationalError:
-            raise
-        except (psycopg.Error, SubscriptionError) as exc:
-            # the role lost its privileges, or no longer exists: it sees nothing
-            log.info("visibility check for %s failed: %s", group.client.identity.role, exc)
-            return {}, set()
 
     def _event(
         self, sub: Subscription, change: Change, keys: tuple[Key | None, Key | None],

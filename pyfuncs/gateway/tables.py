@@ -167,13 +167,6 @@ def removed_keys(table: Table, keys: set[Key], rows: Iterable[tuple[Any, ...]]) 
     return removed
 
 
-async def removed_later(
-    conn: psycopg.AsyncConnection[Any], table: Table, after: int, keys: set[Key]
-) -> set[Key]:
-    cur = await conn.execute(*removed_later_query(table, after, keys))
-    return removed_keys(table, keys, await cur.fetchall())
-
-
 async def as_identity(conn: psycopg.AsyncConnection[Any], identity: Identity) -> None:
     """Switch the current transaction to a subscriber's role and claims."""
     await conn.execute(query("set_identity"), identity.settings())
@@ -283,11 +276,3 @@ def _visible_statement(
 
 def visible_rows(rows: Iterable[tuple[Any, ...]]) -> Visible:
     return {tuple(json.loads(key)): (row, list(flags)) for key, row, flags in rows}
-
-
-async def visible(
-    conn: psycopg.AsyncConnection[Any], table: Table, columns: Sequence[str],
-    keys: Iterable[Key], filter_sets: Sequence[Filters],
-) -> Visible:  # fmt: skip
-    cur = await conn.execute(*visible_query(table, columns, keys, filter_sets))
-    return visible_rows(await cur.fetchall())
