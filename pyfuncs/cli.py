@@ -106,19 +106,14 @@ def cmd_realtime(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import os
 
-    import uvicorn
-
     from .auth import JwtVerifier
     from .gateway.config import GatewayConfig
+    from .gateway.server import serve
 
     dsn = resolve_dsn(args.dsn)
     GatewayConfig.from_env(dsn, JwtVerifier.from_env())  # fail here, not in every worker
     os.environ["PYFUNCS_DSN"] = dsn  # what the workers' create_app() reads
-    # no per-message compression: the gateway sends each change to many clients, and
-    # deflating small JSON messages once per client cost more CPU than all the rest
-    uvicorn.run("pyfuncs.gateway.app:create_app", factory=True, host=args.host,
-                port=args.port, workers=args.workers, log_level=args.log_level,
-                ws_per_message_deflate=False)  # fmt: skip
+    serve(args.host, args.port, args.workers, args.log_level)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,6 +40,7 @@ from .clients import Client, Outgoing, user_of
 from .config import GatewayConfig
 from .hub import Hub
 from .ratelimit import RateLimits
+from .server import WRITE_NOW
 
 log = logging.getLogger("pyfuncs.gateway")
 # WebSocket close codes (4000-4999 are the application's): the reason text says more
@@ -226,6 +227,7 @@ class Gateway:
             return
         except WebSocketDisconnect:
             return
+        client.write_now = ws.scope.get("extensions", {}).get(WRITE_NOW, {}).get("write")
         client.send("ready", {"type": "ready", "connection": client.id,
                               "expires": client.identity.claims.get("exp")})  # fmt: skip
         tasks = [asyncio.create_task(c) for c in (
@@ -252,7 +254,9 @@ class Gateway:
     async def _ws_send(self, ws: WebSocket, client: Client) -> None:
         while True:
             message = await client.outbox.get()
+            client.sending = True
             await ws.send_text(message.data)
+            client.sending = False
 
     async def _ws_receive(self, ws: WebSocket, client: Client) -> None:
         while True:

@@ -1,9 +1,10 @@
 """A gateway's clients (one per WebSocket or SSE connection) and their subscriptions.
 
-Each client has a bounded outbox that the hub fills and the connection's sender drains. A
-client that lets it fill up is disconnected with the reason `slow_consumer` instead of being
-buffered for: the gateway's memory stays bounded, and the client resumes from its last
-position on any gateway.
+A message for a client goes straight to its socket when the connection can take it at once
+(`write_now`, see server.py); otherwise it waits in the client's bounded outbox, which the
+connection's sender drains. A client that lets the outbox fill up is disconnected with the
+reason `slow_consumer` instead of being buffered for: the gateway's memory stays bounded,
+and the client resumes from its last position on any gateway.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,11 +77,14 @@ class Client:
         self.identity_key = identity_key(delivery_identity(identity))
         self.user = user_of(identity)
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue(outbox_size)
+        # writes a message now if the connection has room (False: it must wait its turn)
+        self.write_now: Callable[[str], bool] | None = None
+        self.sending = False  # the sender holds a message it took from the outbox
         self.subscriptions: dict[str, Subscription] = {}
         self.suspended = False  # its token expired; a refreshed one resumes it
         self.refreshed = asyncio.Event()  # set when a new token arrives
         self.closing = asyncio.Event()
-        self.queued_at = time.monotonic()  # when a message was last queued (heartbeats)
+        self.queued_at = time.monotonic()  # when a message was last sent (heartbeats)
         self.reason: tuple[str, str] | None = None  # (code, message) once closing
 
     def reauthenticate(self, identity: Identity) -> None:
@@ -100,6 +105,9 @@ class Client:
         if self.reason is not None:
             return
         self.queued_at = time.monotonic()
+        # straight to the socket only if nothing is waiting before it: order is kept
+        if self.write_now and not self.sending and self.outbox.empty() and self.write_now(data):
+            return
         try:
             self.outbox.put_nowait(Outgoing(kind, position, data))
         except asyncio.QueueFull:

@@ -4,6 +4,7 @@ and WebSocket/SSE clients that record what they receive."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -192,9 +193,19 @@ class WsClient:
         self.closed: Any = None
 
     @classmethod
-    async def connect(cls, url: str, tok: str | None, header: bool = False) -> WsClient:
+    async def connect(
+        cls, url: str, tok: str | None, header: bool = False, receive_buffer: int | None = None
+    ) -> WsClient:
+        """`receive_buffer`: a small socket buffer (bytes), for a client that stops reading
+        to be noticed soon."""
         headers = {"Authorization": f"Bearer {tok}"} if header and tok else None
-        ws = await websockets.connect(url, additional_headers=headers)
+        sock = None
+        if receive_buffer is not None:
+            host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            sock.connect((host, int(port)))
+        ws = await websockets.connect(url, additional_headers=headers, sock=sock)
         client = cls(ws)
         if tok is not None and not header:
             await client.send(type="auth", token=tok)
@@ -207,6 +218,15 @@ class WsClient:
         except websockets.ConnectionClosed:
             pass
         self.closed = self.ws.close_code, self.ws.close_reason
+
+    async def pause(self) -> None:
+        """Stop reading (what arrives waits in the socket's buffers)."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    def resume(self) -> None:
+        self._task = asyncio.create_task(self._read())
 
     async def send(self, **message: Any) -> None:
         await self.ws.send(json.dumps(message))

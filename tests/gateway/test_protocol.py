@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -258,22 +259,33 @@ def test_a_slow_consumer_is_disconnected_and_resumes_without_loss(
     gateway_factory: Callable[..., GatewayProcess], rt_db: str
 ) -> None:
     gateway = gateway_factory(outbox_size=5)
+    send_buffer_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    rows = (send_buffer_max + 2_000_000) // 3000  # more than the socket can hold
 
     async def main() -> None:
         with psycopg.connect(rt_db, autocommit=True) as db:
-            ws = await WsClient.connect(gateway.ws_url, token())
+            ws = await WsClient.connect(gateway.ws_url, token(), receive_buffer=4096)
             await ws.subscribe("a")
-            db.execute("INSERT INTO rt.notes (id) SELECT generate_series(1, 50)")
+            # it stops reading: the socket's buffers fill (the kernel lets the gateway's side
+            # grow up to net.ipv4.tcp_wmem's maximum), then the gateway's outbox for it
+            await ws.pause()
+            db.execute("INSERT INTO rt.notes (id, body) "
+                       "SELECT i, repeat('x', 3000) FROM generate_series(1, %s) i", [rows])  # fmt: skip
+            deadline = time.monotonic() + 10
+            while not gateway.metrics()["pyfuncs_gateway_slow_consumers_total"]:
+                assert time.monotonic() < deadline, "the slow consumer was not disconnected"
+                await asyncio.sleep(0.05)
+            ws.resume()  # it reads what was sent before the gateway gave up, then the close
             await ws._task
             assert ws.closed[0] == 4008 and "slow_consumer" in ws.closed[1]
             got = ws.changes()
-            assert len(got) < 50
+            assert len(got) < rows
             since = got[-1]["position"] if got else ws.messages[1]["position"]
             again = await WsClient.connect(gateway.ws_url, token())
             await again.subscribe("a", since=since)
-            await again.wait_for(lambda m: m.get("key") == {"id": 50})
+            await again.wait_for(lambda m: m.get("key") == {"id": rows})
             ids = [c["key"]["id"] for c in got + again.changes()]
-            assert ids == list(range(1, 51))
+            assert ids == list(range(1, rows + 1))
             await again.close()
 
     run(main())

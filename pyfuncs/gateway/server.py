@@ -1,0 +1,61 @@
+"""How `pyfuncs serve` runs the gateway: uvicorn, with a WebSocket protocol that lets the
+hub write a message at once.
+
+Through ASGI, every message a server sends is a coroutine (`await send(...)`), so the
+gateway had one sender task per connection, woken through a queue for each message: with
+a change fanned out to a thousand clients, the wake-ups and the send path cost more than
+the writes. This protocol (uvicorn's websockets-sansio one, plus an ASGI extension) offers
+`scope["extensions"]["pyfuncs.write_now"]["write"]`: a plain function that frames a text message
+and hands it to the socket when the connection has room, and says False otherwise (its
+buffer is past the high-water mark, or it is closing). The gateway then queues the message
+for the connection's sender task, which awaits room through the ordinary ASGI path: slow
+clients still fill their bounded outbox and are disconnected, and memory stays bounded.
+
+Under another server the extension is missing and every message takes the ASGI path.
+"""
+
+from __future__ import annotations
+
+import uvicorn
+from websockets.exceptions import InvalidState
+
+WRITE_NOW = "pyfuncs.write_now"
+
+try:  # uvicorn >= 0.35; the default WebSocket implementation since 0.50
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+except ImportError as exc:  # pragma: no cover
+    raise ImportError("pyfuncs serve needs uvicorn >= 0.50 (pip install -U uvicorn)") from exc
+
+
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    async def run_asgi(self) -> None:
+        # ASGI extensions are dicts: the function is under "write"
+        self.scope["extensions"][WRITE_NOW] = {"write": self.write_now}  # type: ignore[index]
+        await super().run_asgi()
+
+    def write_now(self, text: str) -> bool:
+        """Send a text message now if the connection is open and has room; False if the
+        caller must take the ASGI path (await send) instead."""
+        if (
+            not self.handshake_complete
+            or self.close_sent
+            or self.disconnected
+            or not self.writable.is_set()
+        ):
+            return False
+        try:
+            self.conn.send_text(text.encode())
+        except InvalidState:  # the client started closing
+            return False
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
+
+
+def serve(host: str, port: int, workers: int, log_level: str) -> None:
+    """Run the gateway (`create_app` from the environment) until interrupted."""
+    # no per-message compression: the gateway sends each change to many clients, and
+    # deflating small JSON messages once per client cost more CPU than all the rest
+    uvicorn.run("pyfuncs.gateway.app:create_app", factory=True, host=host, port=port,
+                workers=workers, log_level=log_level,
+                ws=f"{__name__}:WebSocketProtocol",
+                ws_per_message_deflate=False)  # fmt: skip
