@@ -30,7 +30,7 @@ except ImportError as exc:  # pragma: no cover
 class WebSocketProtocol(WebSocketsSansIOProtocol):
     async def run_asgi(self) -> None:
         # ASGI extensions are dicts: the function is under "write"
-        self.scope["extensions"][WRITE_NOW] = {"write": self.write_now}  # type: ignore[index]
+        self.scope["extensions"][WRITE_NOW] = {"write": self.write_now}
         await super().run_asgi()
 
     def write_now(self, text: str) -> bool:
