@@ -70,6 +70,7 @@ class _Group:
 
 
 _Visible = tuple[Visible, set[Key]]
+_NOTHING: _Visible = ({}, set())  # what a group whose check was not needed sees (never changed)
 
 
 def _removed_later_in_batch(changes: Sequence[Change], tables: dict[str, Table]) -> list[bool]:
@@ -315,14 +316,16 @@ class Hub:
             async with self.pool.connection() as conn:
                 answer = await self._visibility(conn, wanted, after)
         later = _removed_later_in_batch(changes, {s.table.qualified: s.table for s in subs})
+        # subscriptions that caught up past the batch's start skip what they have had
+        ahead = {s for s in subs if s.position >= changes[0].position}
         for i, change in enumerate(changes):
-            events: dict[tuple[Key | None, str | None], str] = {}  # its JSON, once per content
+            messages = _Messages(change)
             for sub in by_table.get(f"{change.schema}.{change.table}", ()):
-                if change.position > sub.position:
-                    group, index = slot[sub]
-                    rows, removed = answer.get(group, ({}, set()))
-                    removed_now = removed if not later[i] else None
-                    self._event(sub, change, keys[i], rows, index, removed_now, events)
+                if sub in ahead and change.position <= sub.position:
+                    continue
+                group, index = slot[sub]
+                rows, removed = answer.get(group, _NOTHING)
+                self._event(sub, messages, keys[i], rows, index, None if later[i] else removed)
         last = changes[-1].position
         for sub in subs:
             sub.position = max(sub.position, last)
@@ -374,47 +377,64 @@ class Hub:
         return {g: (rows.get(g, {}), removed[g.table.qualified]) for g in groups}
 
     def _event(
-        self, sub: Subscription, change: Change, keys: tuple[Key | None, Key | None],
+        self, sub: Subscription, messages: _Messages, keys: tuple[Key | None, Key | None],
         rows: Visible, index: int, removed: set[Key] | None,
-        events: dict[tuple[Key | None, str | None], str],
     ) -> None:  # fmt: skip
-        """Queue what `change` (whose old and new keys are `keys`) means for `sub`.
+        """Send what a change (whose old and new keys are `keys`) means for `sub`.
         `removed`: keys a later commit removes (None: a later change of this batch removes
-        this change's row); `events`: the change's event JSON made so far, by content (the
-        same for every subscription but its id)."""
-        if change.op == "TRUNCATE":
+        this change's row)."""
+        if messages.change.op == "TRUNCATE":
             sub.seen.clear()
-            self._emit(sub, change, None, None, events)
+            self._emit(sub, messages, None, None)
             return
         old_key, key = keys
         if old_key is not None and key != old_key and old_key in sub.seen:
             sub.seen.discard(old_key)  # deleted, or its key changed
-            self._emit(sub, change, old_key, None, events)
+            self._emit(sub, messages, old_key, None)
         if key is None:
             return
         found = rows.get(key)
         if found is not None and found[1][index]:
             sub.seen.add(key)
-            self._emit(sub, change, key, found[0], events)
+            self._emit(sub, messages, key, found[0])
         elif key in sub.seen and (found is not None or not (removed is None or key in removed)):
             # it left this subscription's view (a row that is gone because a later change
             # removes it is reported by that change, as a DELETE)
             sub.seen.discard(key)
-            self._emit(sub, change, key, None, events)
+            self._emit(sub, messages, key, None)
 
     def _emit(
-        self, sub: Subscription, change: Change, key: Key | None, row: str | None,
-        events: dict[tuple[Key | None, str | None], str],
-    ) -> None:  # fmt: skip
-        body = events.get((key, row))
-        if body is None:
-            head = json.dumps(
-                {"position": str(change.position), "table": sub.table.qualified,
-                 "op": change.op, "committed_at": change.committed_at.isoformat(),
-                 "key": None if key is None else dict(zip(sub.table.key, key, strict=True))},
-                separators=(",", ":"), default=str,
-            )  # fmt: skip
-            body = events[key, row] = f'{head[1:-1]},"row":{row or "null"}}}'
-        data = f'{{"type":"change","sub":{sub.id_json},{body}'
-        sub.client.push_raw("change", str(change.position), data)
+        self, sub: Subscription, messages: _Messages, key: Key | None, row: str | None
+    ) -> None:
+        sub.client.push_raw("change", messages.position, messages.text(sub, key, row))
         self.metrics.delivered += 1
+
+
+class _Messages:
+    """The event messages of one change: the JSON of each content (key and row) is made
+    once, and so is each message (content and subscription id), which many subscriptions
+    then share (and the WebSocket protocol frames once, see server.py)."""
+
+    def __init__(self, change: Change) -> None:
+        self.change = change
+        self.position = str(change.position)
+        self._bodies: dict[tuple[Key | None, str | None], str] = {}
+        self._texts: dict[tuple[str, Key | None, str | None], str] = {}
+
+    def text(self, sub: Subscription, key: Key | None, row: str | None) -> str:
+        text = self._texts.get((sub.id_json, key, row))
+        if text is None:
+            body = self._bodies.get((key, row))
+            if body is None:
+                change = self.change
+                head = json.dumps(
+                    {"position": self.position, "table": sub.table.qualified, "op": change.op,
+                     "committed_at": change.committed_at.isoformat(),
+                     "key": None if key is None else dict(zip(sub.table.key, key, strict=True))},
+                    separators=(",", ":"), default=str,
+                )  # fmt: skip
+                body = self._bodies[key, row] = f'{head[1:-1]},"row":{row or "null"}}}'
+            text = self._texts[sub.id_json, key, row] = (
+                f'{{"type":"change","sub":{sub.id_json},{body}'
+            )
+        return text

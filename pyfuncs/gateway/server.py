@@ -17,7 +17,8 @@ Under another server the extension is missing and every message takes the ASGI p
 from __future__ import annotations
 
 import uvicorn
-from websockets.exceptions import InvalidState
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 
 WRITE_NOW = "pyfuncs.write_now"
 
@@ -36,19 +37,26 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     def write_now(self, text: str) -> bool:
         """Send a text message now if the connection is open and has room; False if the
         caller must take the ASGI path (await send) instead."""
-        if (
-            not self.handshake_complete
-            or self.close_sent
-            or self.disconnected
-            or not self.writable.is_set()
-        ):
+        if self.close_sent or self.disconnected or not self.writable.is_set():
             return False
-        try:
-            self.conn.send_text(text.encode())
-        except InvalidState:  # the client started closing
-            return False
-        self.transport.write(b"".join(self.conn.data_to_send()))
+        conn = self.conn
+        if conn.state is not State.OPEN or conn.expect_continuation_frame or conn.extensions:
+            return False  # the ASGI path knows what to do (extensions: serve() has none)
+        self.transport.write(_frame(text))
         return True
+
+
+# The frame of the last message written. The hub hands the same message (the same str) to
+# every subscription that gets it, one after the other: each is framed once, not once per
+# client. Server frames are not masked, so the bytes are the same for every connection.
+_last: tuple[str, bytes] = ("", b"")
+
+
+def _frame(text: str) -> bytes:
+    global _last
+    if text is not _last[0]:
+        _last = (text, Frame(Opcode.TEXT, text.encode()).serialize(mask=False))
+    return _last[1]
 
 
 def serve(host: str, port: int, workers: int, log_level: str) -> None:

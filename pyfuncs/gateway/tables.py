@@ -36,7 +36,7 @@ class Table:
     name: str
     key: tuple[str, ...]
 
-    @property
+    @functools.cached_property
     def qualified(self) -> str:
         return f"{self.schema}.{self.name}"
 
