@@ -123,9 +123,10 @@ class WsClient(asyncio.Protocol):
         self.conn.receive_data(data)
         for event in self.conn.events_received():
             if isinstance(event, Response):  # the handshake: authenticate and subscribe
-                for message in ({"type": "auth", "token": token(self.user)},
-                                {"type": "subscribe", "id": "s", "table": "live.ticks"}):
-                    self.conn.send_text(json.dumps(message).encode())  # fmt: skip
+                auth = {"type": "auth", "token": token(self.user)}
+                subscribe = {"type": "subscribe", "id": "s", "table": "live.ticks"}
+                for message in (auth, subscribe):
+                    self.conn.send_text(json.dumps(message).encode())
             elif event.opcode is Opcode.TEXT:
                 if not self.ready.is_set():
                     if b'"error"' in event.data[:40]:

@@ -92,24 +92,22 @@ async def read(
     conn: psycopg.AsyncConnection[Any], after: Position, limit: int = 500
 ) -> list[Change]:
     """Committed changes after `after`, in commit order, at most `limit`; raises
-    ResyncRequired when some of them were pruned."""
-    async with conn.transaction():
-        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        cur = conn.cursor(row_factory=dict_row)
-        state = await (await cur.execute(query("realtime_pruned_through"))).fetchone()
-        pruned_through = state["pruned_through"] if state else 0
-        if after.commit < pruned_through:
-            raise ResyncRequired(
-                f"the change feed was pruned through position {pruned_through}.0 and this "
-                f"consumer is at {after}: read the tables again, then follow from now",
-                pruned_through=pruned_through,
-            )
-        params = {"commit": after.commit, "change": after.change, "limit": limit}
-        rows = await (await cur.execute(query("realtime_read"), params)).fetchall()
+    ResyncRequired when some of them were pruned. One statement, so one snapshot and one
+    round trip."""
+    params = {"commit": after.commit, "change": after.change, "limit": limit}
+    cur = conn.cursor(row_factory=dict_row)
+    rows = await (await cur.execute(query("realtime_read"), params)).fetchall()
+    pruned_through = rows[0]["pruned_through"] if rows else 0
+    if after.commit < pruned_through:
+        raise ResyncRequired(
+            f"the change feed was pruned through position {pruned_through}.0 and this "
+            f"consumer is at {after}: read the tables again, then follow from now",
+            pruned_through=pruned_through,
+        )
     return [
         Change(Position(r["position"], r["change"]), r["schema_name"], r["table_name"],
                r["op"], r["new_row"], r["old_row"], r["committed_at"])
-        for r in rows
+        for r in rows if r["position"] is not None
     ]  # fmt: skip
 
 

@@ -108,19 +108,22 @@ SELECT pyfuncs.disable_realtime(%(table)s::regclass)
 -- name: realtime_prune
 SELECT pyfuncs.prune_realtime(%(keep)s::interval) AS pruned
 
--- name: realtime_pruned_through
-SELECT pruned_through FROM pyfuncs.realtime_state
-
 -- name: realtime_read
 -- Committed changes after a position, in commit order (see sql/schema.sql on why that is
--- complete). Run in the same snapshot as realtime_pruned_through.
-SELECT c.position, ch.id AS change, ch.schema_name, ch.table_name, ch.op, ch.new_row,
-       ch.old_row, c.committed_at
-FROM pyfuncs.realtime_commit c
-JOIN pyfuncs.realtime_change ch ON ch.txid = c.txid
-WHERE c.position IS NOT NULL AND (c.position, ch.id) > (%(commit)s, %(change)s)
-ORDER BY c.position, ch.id
-LIMIT %(limit)s
+-- complete), each with how far the feed was pruned in the same snapshot (one statement);
+-- a single row of NULL changes when there are none.
+SELECT s.pruned_through, r.*
+FROM pyfuncs.realtime_state s
+LEFT JOIN LATERAL (
+    SELECT c.position, ch.id AS change, ch.schema_name, ch.table_name, ch.op, ch.new_row,
+           ch.old_row, c.committed_at
+    FROM pyfuncs.realtime_commit c
+    JOIN pyfuncs.realtime_change ch ON ch.txid = c.txid
+    WHERE c.position IS NOT NULL AND (c.position, ch.id) > (%(commit)s, %(change)s)
+    ORDER BY c.position, ch.id
+    LIMIT %(limit)s
+) r ON true
+ORDER BY r.position, r.change
 
 -- name: realtime_head
 -- The last committed position (everything up to it is visible: see realtime_read).
