@@ -55,7 +55,7 @@ STEP_SECONDS = float(os.environ.get("BENCH_STEP_SECONDS", "8"))
 RATES = [
     int(r)
     for r in os.environ.get(  # offered messages/s
-        "BENCH_RATES", "2000,5000,10000,15000,20000,25000,30000,40000"
+        "BENCH_RATES", "2000,5000,10000,20000,30000,40000,45000,50000"
     ).split(",")
 ]
 RESULTS = Path(__file__).parent / "results"

@@ -59,6 +59,7 @@ class GatewayProcess:
     env: dict[str, str]
     port: int = field(default_factory=_free_port)
     proc: subprocess.Popen[bytes] | None = None
+    plain_uvicorn: bool = False  # run the app under uvicorn's own CLI, not `pyfuncs serve`
 
     @property
     def url(self) -> str:
@@ -69,12 +70,13 @@ class GatewayProcess:
         return f"ws://127.0.0.1:{self.port}/realtime"
 
     def start(self) -> GatewayProcess:
-        env = {**os.environ, "PYFUNCS_JWT_SECRET": SECRET, **self.env}
+        env = {**os.environ, "PYFUNCS_JWT_SECRET": SECRET, "PYFUNCS_DSN": self.dsn, **self.env}
+        command = (["uvicorn", "pyfuncs.gateway.app:create_app", "--factory"] if self.plain_uvicorn
+                   else ["pyfuncs.cli", "--dsn", self.dsn, "serve"])  # fmt: skip
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pyfuncs.cli", "--dsn", self.dsn, "serve",
-             "--port", str(self.port), "--log-level", "warning"],
+            [sys.executable, "-m", *command, "--port", str(self.port), "--log-level", "warning"],
             env=env,
-        )  # fmt: skip
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, "the gateway exited at start"
@@ -168,9 +170,9 @@ def rt_db(dsn: str, conn: psycopg.Connection[Any]) -> str:
 def gateway_factory(rt_db: str) -> Iterator[Callable[..., GatewayProcess]]:
     started: list[GatewayProcess] = []
 
-    def start(**settings: Any) -> GatewayProcess:
+    def start(plain_uvicorn: bool = False, **settings: Any) -> GatewayProcess:
         env = {f"PYFUNCS_GATEWAY_{k.upper()}": str(v) for k, v in settings.items()}
-        started.append(GatewayProcess(rt_db, env).start())
+        started.append(GatewayProcess(rt_db, env, plain_uvicorn=plain_uvicorn).start())
         return started[-1]
 
     yield start

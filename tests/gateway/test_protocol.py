@@ -294,6 +294,29 @@ def test_a_slow_consumer_is_disconnected_and_resumes_without_loss(
     assert gateway.metrics()["pyfuncs_gateway_slow_consumers_total"] == 1
 
 
+def test_under_another_server_every_message_takes_the_asgi_path(
+    gateway_factory: Callable[..., GatewayProcess], rt_db: str
+) -> None:
+    """uvicorn's own WebSocket protocol offers no `pyfuncs.write_now`: the same messages, in
+    the same order, through the outbox and `await send`."""
+    gateway = gateway_factory(plain_uvicorn=True)
+
+    async def main() -> None:
+        with psycopg.connect(rt_db, autocommit=True) as db:
+            db.execute("INSERT INTO rt.notes (id) VALUES (1)")
+            ws = await WsClient.connect(gateway.ws_url, token())
+            snapshot = await ws.subscribe("a")
+            assert [r["id"] for r in snapshot["rows"]] == [1]
+            db.execute("INSERT INTO rt.notes (id) SELECT generate_series(2, 300)")
+            db.execute("DELETE FROM rt.notes WHERE id = 1")
+            await ws.wait_for(lambda m: m.get("op") == "DELETE")
+            got = [(c["op"], c["key"]["id"]) for c in ws.changes()]
+            assert got == [("INSERT", i) for i in range(2, 301)] + [("DELETE", 1)]
+            await ws.close()
+
+    run(main())
+
+
 def _sse_events(response: httpx.Response, count: int) -> list[tuple[str, str, dict[str, Any]]]:
     events, fields = [], {}
     for line in response.iter_lines():
