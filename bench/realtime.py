@@ -3,8 +3,9 @@
 A `pyfuncs serve` process (one worker) follows the change feed of one table that every
 subscriber watches (10 distinct identities, RLS on). A writer commits single-row updates at a
 rising rate; each commit fans out to every subscriber. The subscribers run in two load
-processes (asyncio, one core's worth each at most), which note for every change they receive
-the delay from its `committed_at` (set at commit, clock_timestamp()) to its arrival.
+processes (uvloop, websockets' sans-I/O protocol: no task per message), which note for every
+change they receive the delay from its `committed_at` (set at commit, clock_timestamp()) to
+its arrival.
 
 Each step offers a rate for STEP_SECONDS and reports delivered messages/s, p50/p99
 commit-to-client latency, and the gateway's RSS and CPU. The result is the highest delivered

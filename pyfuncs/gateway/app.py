@@ -154,7 +154,7 @@ class Gateway:
             await asyncio.sleep(min(every / 4, 1.0))
             now = time.monotonic()
             for client in list(self.clients):
-                if now - client.queued_at >= every and client.reason is None:
+                if now - client.sent_at >= every and client.reason is None:
                     positions = {s.id: str(s.position) for s in client.subscriptions.values()}
                     last = max(client.subscriptions.values(), key=lambda s: s.position,
                                default=None)  # fmt: skip

@@ -84,7 +84,7 @@ class Client:
         self.suspended = False  # its token expired; a refreshed one resumes it
         self.refreshed = asyncio.Event()  # set when a new token arrives
         self.closing = asyncio.Event()
-        self.queued_at = time.monotonic()  # when a message was last sent (heartbeats)
+        self.sent_at = time.monotonic()  # when a message was last sent (heartbeats)
         self.reason: tuple[str, str] | None = None  # (code, message) once closing
 
     def reauthenticate(self, identity: Identity) -> None:
@@ -104,7 +104,7 @@ class Client:
         """Queue a message whose JSON is already made (rows arrive as PostgreSQL's JSON)."""
         if self.reason is not None:
             return
-        self.queued_at = time.monotonic()
+        self.sent_at = time.monotonic()
         # straight to the socket only if nothing is waiting before it: order is kept
         if self.write_now and not self.sending and self.outbox.empty() and self.write_now(data):
             return

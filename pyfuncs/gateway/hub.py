@@ -5,7 +5,8 @@ One feed reader per gateway process reads committed changes in position order (s
 pyfuncs/realtime.py). For each batch it asks PostgreSQL, once per distinct (table,
 subscriber identity), which of the changed rows that identity sees now and which of its
 subscriptions' filters they match (tables.visible); then it walks the batch in order and
-queues events. So the cost grows with distinct identities, not connections, and delivery is
+sends events (each message made once and shared by the subscriptions that get it; see
+clients.py for where it goes). So the cost grows with distinct identities, not connections, and delivery is
 in commit order for every subscription.
 
 A new subscription starts from a snapshot (or from the position it resumes from) and
@@ -102,7 +103,7 @@ class Metrics:
     slow_consumers: int = 0
     checks: int = 0  # visibility queries: one per (table, identity) per batch
     auth_failures: int = 0
-    lag: float = 0.0  # seconds from the commit of the last batch's newest change to its queueing
+    lag: float = 0.0  # seconds from the commit of the last batch's newest change to its sending
     disconnected_at: float | None = None  # when the feed connection was lost
 
 
@@ -281,8 +282,8 @@ class Hub:
         self, changes: Sequence[Change], subs: Sequence[Subscription],
         conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> None:  # fmt: skip
-        """Queue the events of `changes` for `subs`. Asks every visibility question first,
-        then queues without awaiting: a failure queues nothing and moves no position."""
+        """Send the events of `changes` to `subs`. Asks every visibility question first,
+        then sends without awaiting: a failure sends nothing and moves no position."""
         by_table: dict[str, list[Subscription]] = defaultdict(list)
         for sub in subs:
             by_table[sub.table.qualified].append(sub)

@@ -1,15 +1,15 @@
 """How `pyfuncs serve` runs the gateway: uvicorn, with a WebSocket protocol that lets the
 hub write a message at once.
 
-Through ASGI, every message a server sends is a coroutine (`await send(...)`), so the
-gateway had one sender task per connection, woken through a queue for each message: with
-a change fanned out to a thousand clients, the wake-ups and the send path cost more than
-the writes. This protocol (uvicorn's websockets-sansio one, plus an ASGI extension) offers
-`scope["extensions"]["pyfuncs.write_now"]["write"]`: a plain function that frames a text message
-and hands it to the socket when the connection has room, and says False otherwise (its
-buffer is past the high-water mark, or it is closing). The gateway then queues the message
-for the connection's sender task, which awaits room through the ordinary ASGI path: slow
-clients still fill their bounded outbox and are disconnected, and memory stays bounded.
+Through ASGI alone, every message a server sends is a coroutine (`await send(...)`), which
+takes a sender task per connection, woken through a queue for each message: with a change
+fanned out to a thousand clients, the wake-ups and the send path cost more than the writes.
+This protocol (uvicorn's websockets-sansio one, plus an ASGI extension) offers
+`scope["extensions"]["pyfuncs.write_now"]["write"]`: a plain function that frames a text
+message and hands it to the socket when the connection has room, and says False otherwise
+(its buffer is past the high-water mark, or it is closing). The gateway then queues the
+message for the connection's sender task, which awaits room through the ordinary ASGI path:
+slow clients still fill their bounded outbox and are disconnected, and memory stays bounded.
 
 Under another server the extension is missing and every message takes the ASGI path.
 """
@@ -17,15 +17,11 @@ Under another server the extension is missing and every message takes the ASGI p
 from __future__ import annotations
 
 import uvicorn
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 WRITE_NOW = "pyfuncs.write_now"
-
-try:  # uvicorn >= 0.35; the default WebSocket implementation since 0.50
-    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-except ImportError as exc:  # pragma: no cover
-    raise ImportError("pyfuncs serve needs uvicorn >= 0.50 (pip install -U uvicorn)") from exc
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
