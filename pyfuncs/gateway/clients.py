@@ -73,8 +73,7 @@ class Client:
     def __init__(self, identity: Identity, outbox_size: int, transport: str) -> None:
         self.id = uuid.uuid4().hex
         self.transport = transport
-        self.identity = identity
-        self.identity_key = identity_key(delivery_identity(identity))
+        self._set_identity(identity)
         self.user = user_of(identity)
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue(outbox_size)
         # writes a message now if the connection has room (False: it must wait its turn)
@@ -87,15 +86,15 @@ class Client:
         self.sent_at = time.monotonic()  # when a message was last sent (heartbeats)
         self.reason: tuple[str, str] | None = None  # (code, message) once closing
 
-    def reauthenticate(self, identity: Identity) -> None:
+    def _set_identity(self, identity: Identity) -> None:
         self.identity = identity
-        self.identity_key = identity_key(delivery_identity(identity))
+        self.check_identity = delivery_identity(identity)  # what delivery checks run as
+        self.identity_key = identity_key(self.check_identity)  # the checks it shares
+
+    def reauthenticate(self, identity: Identity) -> None:
+        self._set_identity(identity)
         self.suspended = False
         self.refreshed.set()
-
-    @property
-    def check_identity(self) -> Identity:
-        return delivery_identity(self.identity)
 
     def send(self, kind: str, message: dict[str, Any], position: str | None = None) -> None:
         self.push_raw(kind, position, json.dumps(message, separators=(",", ":")))

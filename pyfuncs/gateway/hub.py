@@ -4,7 +4,7 @@ to see it.
 One feed reader per gateway process reads committed changes in position order (see
 pyfuncs/realtime.py). For each batch it asks PostgreSQL, once per distinct (table,
 subscriber identity), which of the changed rows that identity sees now and which of its
-subscriptions' filters they match (tables.visible); then it walks the batch in order and
+subscriptions' filters they match (tables.visible_query); then it walks the batch in order and
 sends events (each message made once and shared by the subscriptions that get it; see
 clients.py for where it goes). So the cost grows with distinct identities, not connections, and delivery is
 in commit order for every subscription.

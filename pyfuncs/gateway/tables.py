@@ -82,7 +82,7 @@ class Filter:
     def condition(self, table: Table, param: str) -> sql.Composable:
         """SQL for this filter on `t`; the value is converted by the column's own type, via
         jsonb_populate_record of the table's row type (no type names in the SQL)."""
-        column = sql.SQL("t.{}").format(sql.Identifier(self.column))
+        column = sql.Identifier("t", self.column)
         converted = sql.SQL("(jsonb_populate_record(NULL::{}, {})).{}")
         if self.op == "in":
             each = converted.format(table.ident, sql.SQL("e"), sql.Identifier(self.column))
@@ -112,12 +112,12 @@ def _matches(table: Table, filters: Filters, prefix: str) -> tuple[sql.Composabl
 
 def _row(columns: Sequence[str]) -> sql.Composable:
     """The row as JSON text, only `columns` (those the subscriber may read)."""
-    picked = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns)
+    picked = sql.SQL(", ").join(sql.Identifier("t", c) for c in columns)
     return sql.SQL("(SELECT to_jsonb(r) FROM (SELECT {}) r)::text").format(picked)
 
 
 def _key(table: Table) -> sql.Composable:
-    parts = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in table.key)
+    parts = sql.SQL(", ").join(sql.Identifier("t", c) for c in table.key)
     return sql.SQL("jsonb_build_array({})::text").format(parts)
 
 
@@ -265,7 +265,7 @@ def _visible_statement(
         "(SELECT {} FROM jsonb_populate_recordset(NULL::{}, %(keys)s))"
     ).format(
         _key(table), _row(columns), flags, table.ident,
-        sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in table.key),
+        sql.SQL(", ").join(sql.Identifier("t", c) for c in table.key),
         key_columns, table.ident,
     )  # fmt: skip
     params: dict[str, Any] = {}

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -203,10 +204,10 @@ class WsClient:
         headers = {"Authorization": f"Bearer {tok}"} if header and tok else None
         sock = None
         if receive_buffer is not None:
-            host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+            where = urllib.parse.urlsplit(url)
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-            sock.connect((host, int(port)))
+            sock.connect((where.hostname, where.port))
         ws = await websockets.connect(url, additional_headers=headers, sock=sock)
         client = cls(ws)
         if tok is not None and not header:
