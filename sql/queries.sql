@@ -2,8 +2,9 @@
 -- %(name)s placeholders; identifiers are never formatted into these texts.
 
 -- name: lock_deploys
--- Deploys and rollbacks run one at a time per database.
-SELECT pg_advisory_xact_lock(hashtext('pyfuncs.deploy'))
+-- Deploys and rollbacks run one at a time per database. A table lock, not an advisory one:
+-- only the catalog's owner can take it, so no other session can hold deploys up.
+LOCK TABLE pyfuncs.deployment IN EXCLUSIVE MODE
 
 -- name: missing_roles
 SELECT r AS role FROM unnest(%(roles)s::text[]) AS r
@@ -96,8 +97,9 @@ JOIN pyfuncs.routine_version v ON v.routine_id = r.id AND v.version = r.live_ver
 WHERE r.schema_name = %(schema)s AND r.name = %(name)s
 
 -- name: set_identity
--- A verified JWT for one transaction, as PostgREST sets it.
-SELECT set_config('role', %(role)s, true), set_config('request.jwt.claims', %(claims)s, true)
+-- A verified JWT for one transaction, as PostgREST sets it (the function refuses roles no
+-- token may name, see sql/schema.sql).
+SELECT pyfuncs.set_identity(%(role)s, %(claims)s)
 
 -- name: realtime_enable
 SELECT pyfuncs.enable_realtime(%(table)s::regclass)

@@ -1,0 +1,293 @@
+"""What `pyfuncs install` creates, tried as a login role with no privileges (README "Security
+model"): no function runs another role's code with its owner's rights, nothing lets anyone
+write the change log or hold pyfuncs' locks, and every function's privileges are justified."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from pyfuncs import deploy as deploying
+from pyfuncs import realtime
+
+from .conftest import is_superuser
+
+# Every function in the pyfuncs schema: (SECURITY DEFINER?, may PUBLIC execute it?,
+# search_path pinned?) and why. A new function, or a change to one, fails the audit until it
+# is added here with its reason.
+FUNCTIONS = {
+    "pyfuncs.boot()": (False, True, True,
+        "runs as its caller: every routine loads the runtime through it"),
+    "pyfuncs.current_user_id()": (False, True, False,
+        "caller's rights; SQL-standard body, bound at creation; inlined into RLS policies"),
+    "pyfuncs.jwt_claim(text)": (False, True, False,
+        "caller's rights; SQL-standard body, bound at creation; inlined into RLS policies"),
+    "pyfuncs.jwt_claims()": (False, True, False,
+        "caller's rights; SQL-standard body, bound at creation; inlined into RLS policies"),
+    "pyfuncs.set_identity(text,text)": (False, True, True,
+        "caller's rights: the login role switching to a token's role, as SET ROLE would"),
+    "pyfuncs.enable_realtime(regclass)": (False, True, True,
+        "caller's rights: needs the owner's privileges on pyfuncs.realtime_table"),
+    "pyfuncs.disable_realtime(regclass)": (False, True, True,
+        "caller's rights: needs the owner's privileges on pyfuncs.realtime_table"),
+    "pyfuncs.prune_realtime(interval)": (False, True, True,
+        "caller's rights: needs DELETE on the change log"),
+    "pyfuncs.forbid_change()": (False, False, True,
+        "trigger; only its owner may attach it"),
+    "pyfuncs.realtime_image(anyelement,oid)": (False, False, True,
+        "called by realtime_capture only; converts with output functions, never casts"),
+    "pyfuncs.realtime_capture()": (True, False, True,
+        "writers need no privileges on the change log; only its owner may attach it, it "
+        "checks the table is enabled and calls no cast or function another role defines"),
+    "pyfuncs.realtime_commit_position()": (True, False, True,
+        "runs as any capturing commit; touches only pyfuncs' own tables and sequence"),
+}  # fmt: skip
+
+# What PUBLIC may do with pyfuncs' tables (nothing else is granted to anyone).
+TABLE_GRANTS = {
+    ("runtime_module", None, "SELECT"),  # routines load the runtime as their caller
+    ("routine", "id", "SELECT"),  # signatures, for clients calling by name
+    ("routine", "schema_name", "SELECT"),
+    ("routine", "name", "SELECT"),
+    ("routine", "kind", "SELECT"),
+    ("routine", "live_version", "SELECT"),
+    ("routine_version", "routine_id", "SELECT"),
+    ("routine_version", "version", "SELECT"),
+    ("routine_version", "identity_args", "SELECT"),
+    ("routine_version", "signature", "SELECT"),
+}
+
+AUDIT = """
+SELECT p.oid::regprocedure::text, p.prosecdef, pg_get_userbyid(p.proowner),
+       EXISTS (SELECT FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+               WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'),
+       coalesce(p.proconfig, '{}'),
+       ARRAY(SELECT pg_get_userbyid(a.grantee)
+             FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+             WHERE a.grantee NOT IN (0, p.proowner))
+FROM pg_proc p WHERE p.pronamespace = 'pyfuncs'::regnamespace
+"""
+
+
+def test_every_function_pyfuncs_installs_is_accounted_for(conn: psycopg.Connection[Any]) -> None:
+    found = {row[0]: row[1:] for row in conn.execute(AUDIT)}
+    assert set(found) == {k.replace(", ", ",") for k in FUNCTIONS}, "unlisted or missing"
+    for name, (definer, public, pinned, _why) in FUNCTIONS.items():
+        secdef, owner, public_execute, config, others = found[name.replace(", ", ",")]
+        assert (secdef, public_execute) == (definer, public), name
+        assert owner == "postgres" and others == [], f"{name}: owned by {owner}, granted {others}"
+        paths = [c for c in config if c.startswith("search_path=")]
+        assert paths == (["search_path=pg_catalog, pg_temp"] if pinned else []), name
+        if secdef:
+            assert not public_execute, f"{name} is SECURITY DEFINER and executable by PUBLIC"
+
+
+def test_pyfuncs_tables_grant_public_only_reading_signatures_and_the_runtime(
+    conn: psycopg.Connection[Any],
+) -> None:
+    grants = set()
+    for table, column, acl in conn.execute(
+        "SELECT c.relname, NULL, c.relacl FROM pg_class c "
+        "WHERE c.relnamespace = 'pyfuncs'::regnamespace AND c.relacl IS NOT NULL "
+        "UNION ALL SELECT c.relname, a.attname::text, a.attacl FROM pg_attribute a "
+        "JOIN pg_class c ON c.oid = a.attrelid WHERE c.relnamespace = 'pyfuncs'::regnamespace "
+        "AND a.attacl IS NOT NULL"
+    ):
+        for grantee, privilege in conn.execute(
+            "SELECT a.grantee, a.privilege_type FROM aclexplode(%s::aclitem[]) a "
+            "JOIN pg_roles r ON true WHERE r.rolname = 'postgres' AND a.grantee <> r.oid",
+            [acl],
+        ):
+            assert grantee == 0, f"{table}.{column}: {privilege} granted to {grantee}"
+            grants.add((table, column, privilege))
+    assert grants == TABLE_GRANTS
+
+
+USER_TYPES = """
+CREATE SCHEMA m AUTHORIZATION mallory;
+SET ROLE mallory;
+CREATE TABLE m.log (what text);
+CREATE TYPE m.mood AS ENUM ('calm', 'evil');
+CREATE FUNCTION m.become_superuser(m.mood) RETURNS json LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO m.log VALUES ('ran as ' || current_user);
+    EXECUTE 'ALTER ROLE mallory SUPERUSER';
+    RETURN '"pwned"';
+END $$;
+CREATE CAST (m.mood AS json) WITH FUNCTION m.become_superuser(m.mood);
+CREATE DOMAIN m.mood_domain AS m.mood;
+CREATE TYPE m.pair AS (a m.mood, b int);
+CREATE TYPE m.moods AS RANGE (subtype = float8);
+CREATE FUNCTION m.range_to_json(m.moods) RETURNS json LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO m.log VALUES ('range cast ran as ' || current_user);
+    EXECUTE 'ALTER ROLE mallory SUPERUSER';
+    RETURN '1';
+END $$;
+CREATE CAST (m.moods AS json) WITH FUNCTION m.range_to_json(m.moods);
+CREATE DOMAIN m.positive AS int CHECK (VALUE > 0);
+CREATE TABLE m.t (id int PRIMARY KEY, note text);
+RESET ROLE;
+"""
+
+
+def test_a_capture_trigger_cannot_be_attached_to_another_table(
+    conn: psycopg.Connection[Any], mallory: psycopg.Connection[Any]
+) -> None:
+    # the attack that made any login role superuser: a temporary table with a column whose
+    # type casts to json through a function of the attacker's, and the capture trigger
+    mallory.execute("CREATE TYPE pg_temp.e AS ENUM ('a')")
+    mallory.execute(
+        "CREATE FUNCTION pg_temp.evil(pg_temp.e) RETURNS json LANGUAGE plpgsql AS "
+        "$$ BEGIN EXECUTE 'ALTER ROLE mallory SUPERUSER'; RETURN '1'; END $$"
+    )
+    mallory.execute("CREATE CAST (pg_temp.e AS json) WITH FUNCTION pg_temp.evil(pg_temp.e)")
+    mallory.execute("CREATE TEMP TABLE t (x pg_temp.e)")
+    for function in ("realtime_capture", "realtime_commit_position", "forbid_change"):
+        for when in ("AFTER INSERT ON t FOR EACH ROW", "AFTER TRUNCATE ON t"):
+            with pytest.raises(errors.InsufficientPrivilege):
+                mallory.execute(f"CREATE TRIGGER x {when} EXECUTE FUNCTION pyfuncs.{function}()")
+    mallory.execute("INSERT INTO t VALUES ('a')")
+    assert not is_superuser(conn)
+    # and were it attached (only a superuser can), it captures only enabled tables
+    conn.execute("CREATE TABLE public.not_enabled (id int PRIMARY KEY)")
+    conn.execute("CREATE TRIGGER x AFTER INSERT ON public.not_enabled FOR EACH ROW "
+                 "EXECUTE FUNCTION pyfuncs.realtime_capture()")  # fmt: skip
+    with pytest.raises(errors.InsufficientPrivilege, match="not enabled for realtime"):
+        conn.execute("INSERT INTO public.not_enabled VALUES (1)")
+
+
+def test_casts_of_an_enabled_tables_types_never_run_as_the_capture_owner(
+    conn: psycopg.Connection[Any], mallory: psycopg.Connection[Any]
+) -> None:
+    """mallory owns an enabled table and the types of its columns: enum, domain over it,
+    array of it, composite containing it, a range, each with a cast to json of hers."""
+    conn.execute(USER_TYPES)
+    realtime.enable(conn, "m.t")  # enabled while harmless, then altered by its owner
+    mallory.execute(
+        "ALTER TABLE m.t ADD COLUMN mood m.mood, ADD COLUMN wrapped m.mood_domain, "
+        "ADD COLUMN moods m.mood[], ADD COLUMN pair m.pair, ADD COLUMN span m.moods, "
+        "ADD COLUMN n m.positive"
+    )
+    mallory.execute(
+        "INSERT INTO m.t VALUES (1, 'x', 'evil', 'evil', '{evil,calm}', '(evil,2)', '[1,2)', 5)"
+    )
+    mallory.execute("UPDATE m.t SET note = 'y'")
+    mallory.execute("DELETE FROM m.t")
+    assert not is_superuser(conn)
+    assert conn.execute("SELECT count(*) FROM m.log").fetchone() == (0,)
+    rows = conn.execute(
+        "SELECT op, new_row, old_row FROM pyfuncs.realtime_change ORDER BY id"
+    ).fetchall()
+    assert [op for op, _, _ in rows] == ["INSERT", "UPDATE", "DELETE"]
+    # the columns of types defined in the database arrive as their text; domains over
+    # built-in types as their base type
+    assert rows[0][1] == {"id": 1, "note": "x", "mood": "evil", "wrapped": "evil",
+                          "moods": "{evil,calm}", "pair": "(evil,2)", "span": "[1,2)", "n": 5}  # fmt: skip
+    assert rows[2][2]["note"] == "y"
+
+
+def test_a_tables_changes_are_recorded_only_by_capture(
+    conn: psycopg.Connection[Any], mallory: psycopg.Connection[Any]
+) -> None:
+    for statement in (
+        "INSERT INTO pyfuncs.realtime_change (txid, schema_name, table_name, op) "
+        "VALUES (pg_current_xact_id(), 'public', 'x', 'DELETE')",
+        "INSERT INTO pyfuncs.realtime_commit (txid) VALUES (pg_current_xact_id())",
+        "UPDATE pyfuncs.realtime_state SET pruned_through = 0",
+        "SELECT pyfuncs.realtime_image(1, 0)",
+        "SELECT pyfuncs.prune_realtime('0 seconds')",
+        "SELECT position_key FROM pyfuncs.realtime_state",
+        "SELECT * FROM pyfuncs.realtime_change",
+    ):
+        with pytest.raises(errors.InsufficientPrivilege):
+            mallory.execute(statement)
+
+
+def test_partitions_of_an_enabled_table_are_captured_under_its_name(
+    conn: psycopg.Connection[Any],
+) -> None:
+    conn.execute("CREATE TABLE public.parts (id int PRIMARY KEY) PARTITION BY RANGE (id)")
+    conn.execute(
+        "CREATE TABLE public.parts_1 PARTITION OF public.parts FOR VALUES FROM (0) TO (10)"
+    )
+    realtime.enable(conn, "public.parts")
+    conn.execute("INSERT INTO public.parts VALUES (1)")
+    assert conn.execute(
+        "SELECT schema_name, table_name, new_row FROM pyfuncs.realtime_change"
+    ).fetchall() == [("public", "parts", {"id": 1})]
+
+
+def test_pyfuncs_locks_cannot_be_held_by_another_role(
+    dsn: str, conn: psycopg.Connection[Any], mallory: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    conn.execute("CREATE TABLE public.w (id int PRIMARY KEY, n int)")
+    conn.execute("GRANT ALL ON public.w TO mallory")
+    realtime.enable(conn, "public.w")
+    # the advisory locks pyfuncs took before, and the tables it locks now
+    mallory.execute("SELECT pg_advisory_lock(hashtext('pyfuncs.realtime')), "
+                    "pg_advisory_lock(hashtext('pyfuncs.deploy'))")  # fmt: skip
+    for statement in (
+        "LOCK TABLE pyfuncs.realtime_sequencer IN ACCESS SHARE MODE",
+        "LOCK TABLE pyfuncs.deployment IN ACCESS SHARE MODE",
+        "SELECT FROM pyfuncs.realtime_sequencer FOR UPDATE",
+        "SELECT FROM pyfuncs.deployment FOR UPDATE",
+    ):
+        with mallory.transaction(), pytest.raises(errors.InsufficientPrivilege):
+            mallory.execute(statement)
+    done: list[float] = []
+
+    def work() -> None:
+        start = time.monotonic()
+        with psycopg.connect(dsn, autocommit=True) as other:
+            other.execute("SET statement_timeout = '5s'")
+            other.execute("INSERT INTO public.w VALUES (1, 1)")  # a capturing commit
+            module = tmp_path / "lockfree.py"
+            module.write_text(
+                "from pyfuncs import stored_function\n\n"
+                "@stored_function(schema='lk')\ndef one() -> int:\n    return 1\n"
+            )
+            deploying.deploy(other, str(module))  # a deploy
+        done.append(time.monotonic() - start)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join(20)
+    assert done and done[0] < 10, "a capturing commit or a deploy waited for mallory"
+    assert conn.execute("SELECT count(*) FROM pyfuncs.realtime_commit "
+                        "WHERE position IS NOT NULL").fetchone() == (1,)  # fmt: skip
+
+
+def test_set_identity_refuses_what_no_token_may_become(authenticator_dsn: str) -> None:
+    with psycopg.connect(authenticator_dsn) as conn:
+        for role in ("none", "", "postgres", "authenticator", "no_such_role", "NONE", "Student"):
+            with conn.transaction(), pytest.raises(errors.InvalidAuthorizationSpecification):
+                conn.execute("SELECT pyfuncs.set_identity(%s, '{}')", [role])
+        with conn.transaction():
+            conn.execute("SELECT pyfuncs.set_identity('student', '{\"sub\": \"s1\"}')")
+            assert conn.execute("SELECT current_user, pyfuncs.jwt_claim('sub')").fetchone() == (
+                "student", "s1")  # fmt: skip
+
+
+def test_helpers_are_bound_where_they_were_created(
+    conn: psycopg.Connection[Any], mallory: psycopg.Connection[Any]
+) -> None:
+    """A caller's search_path cannot swap the functions and operators pyfuncs' helpers use."""
+    conn.execute("CREATE SCHEMA m AUTHORIZATION mallory")
+    mallory.execute(
+        "CREATE FUNCTION m.current_setting(text, boolean) RETURNS text LANGUAGE sql "
+        'AS $$ SELECT \'{"sub": "00000000-0000-0000-0000-000000000001"}\' $$'
+    )
+    mallory.execute("CREATE FUNCTION m.same(text, text) RETURNS boolean LANGUAGE sql "
+                    "AS $$ SELECT true $$")  # fmt: skip
+    mallory.execute("CREATE OPERATOR m.= (function = m.same, leftarg = text, rightarg = text)")
+    mallory.execute("SET search_path = m, pg_catalog")
+    mallory.execute("SELECT set_config('request.jwt.claims', '{\"sub\": \"\"}', false)")
+    assert mallory.execute("SELECT pyfuncs.jwt_claims(), pyfuncs.current_user_id()").fetchone() == (
+        {"sub": ""}, None)  # fmt: skip
+    mallory.execute("SELECT pyfuncs.boot()")  # loads the runtime by its own name, still
