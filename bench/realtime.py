@@ -259,7 +259,7 @@ def main() -> int:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     per_user = str(WS_CLIENTS + SSE_CLIENTS)  # the load's 10 users hold many connections
-    env = {**os.environ, "PYFUNCS_JWT_SECRET": SECRET,
+    env = {**os.environ, "PYFUNCS_JWT_SECRET": SECRET, "PYFUNCS_JWT_ROLES": "manager",
            "PYFUNCS_GATEWAY_MAX_CONNECTIONS_PER_USER": per_user,
            "PYFUNCS_GATEWAY_MAX_SUBSCRIPTIONS_PER_USER": per_user,
            "PYFUNCS_GATEWAY_MESSAGES_PER_SECOND": per_user}  # fmt: skip

@@ -113,7 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     dsn = resolve_dsn(args.dsn)
     GatewayConfig.from_env(dsn, JwtVerifier.from_env())  # fail here, not in every worker
     os.environ["PYFUNCS_DSN"] = dsn  # what the workers' create_app() reads
-    serve(args.host, args.port, args.workers, args.log_level)
+    serve(args.host, args.port, args.workers, args.log_level, args.access_log)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--workers", type=int, default=1,
                      help="gateway processes sharing the port (each follows the feed)")  # fmt: skip
     srv.add_argument("--log-level", default="info")
+    srv.add_argument("--access-log", action="store_true",
+                     help="log every request (query strings, which may hold tokens, left out)")  # fmt: skip
     srv.set_defaults(fn=cmd_serve)
     return parser
 

@@ -115,6 +115,11 @@ class PermissionDenied(DatabaseError, code="42501"):
     """The caller lacks a privilege (EXECUTE on the routine, or a table privilege or policy)."""
 
 
+class IdentityRefused(DatabaseError, code="28000"):
+    """The identity a call was to run as may not be used: its role does not exist, is a
+    superuser, or is the login role itself (pyfuncs.set_identity)."""
+
+
 class UndefinedRoutine(DatabaseError, code="42883"):
     """No routine matches the name and argument types."""
 

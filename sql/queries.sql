@@ -132,17 +132,24 @@ ORDER BY r.position, r.change
 SELECT coalesce((SELECT max(position) FROM pyfuncs.realtime_commit),
                 (SELECT pruned_through FROM pyfuncs.realtime_state)) AS head
 
+-- name: realtime_position_key
+-- The key the gateways encrypt the positions they give subscribers with (gateway/positions.py).
+SELECT position_key FROM pyfuncs.realtime_state
+
 -- name: realtime_table_info
--- A table a client names: its key, and whether realtime captures it. NULL when unknown.
+-- A table a subscriber names, as the subscriber: nothing unless it may read some of it (so
+-- that nobody learns what exists by asking), else its key and whether realtime captures it
+-- (the capture trigger is in the catalog, which anyone may read).
 SELECT c.oid AS relid, n.nspname AS schema_name, c.relname AS table_name,
-       EXISTS (SELECT 1 FROM pyfuncs.realtime_table t WHERE t.relid = c.oid) AS enabled,
+       EXISTS (SELECT 1 FROM pg_trigger g
+               WHERE g.tgrelid = c.oid AND g.tgname = 'pyfuncs_realtime') AS enabled,
        ARRAY(SELECT a.attname::text
              FROM pg_index i
              CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
              WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.ord) AS key
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.oid = to_regclass(%(table)s)
+WHERE c.oid = to_regclass(%(table)s) AND has_any_column_privilege(c.oid, 'SELECT')
 
 -- name: realtime_readable_columns
 -- The columns the current role (a subscriber's, set for the transaction) may SELECT.

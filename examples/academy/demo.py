@@ -105,7 +105,7 @@ def main() -> int:
 
     tap = WireTap(cluster.url(DB).replace("postgres@", "authenticator@"))
     admin_tap = WireTap(admin_url)
-    pf = Client(tap.url, jwt=JwtVerifier(secret=SECRET), max_size=2)
+    pf = Client(tap.url, jwt=JwtVerifier(secret=SECRET, roles=["student", "manager"]), max_size=2)
     taps = (tap, admin_tap)
     manager = pf.as_user(token(manager_id, "manager"))
     student = pf.as_user(token(student_id, "student"))

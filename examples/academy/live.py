@@ -58,7 +58,7 @@ def main() -> int:
 
     # For brevity the gateway connects as the cluster's superuser; in production it connects
     # as an authenticator role (README, "Realtime: the gateway", Deploying it).
-    env = {**os.environ, "PYFUNCS_JWT_SECRET": SECRET}
+    env = {**os.environ, "PYFUNCS_JWT_SECRET": SECRET, "PYFUNCS_JWT_ROLES": "manager"}
     gateway = subprocess.Popen(
         [sys.executable, "-m", "pyfuncs.cli", "--dsn", admin_url, "serve",
          "--host", "127.0.0.1", "--port", str(PORT), "--log-level", "warning"],
@@ -85,7 +85,7 @@ def main() -> int:
 
 def sell(url: str, manager_id: object) -> None:
     """The manager at work, through pyfuncs routines and RLS like any caller."""
-    with Client(url, jwt=JwtVerifier(secret=SECRET), max_size=1) as pf:
+    with Client(url, jwt=JwtVerifier(secret=SECRET, roles=["manager"]), max_size=1) as pf:
         manager = pf.as_user(token(manager_id, "manager", ttl=24 * 3600))
         run = uuid.uuid4().hex[:6]  # emails are unique: a run of its own
         for n in range(1, 1_000_000):

@@ -4,7 +4,8 @@ Endpoints (the protocol is in the README, "Realtime: the gateway"):
     /realtime       WebSocket: auth, subscribe/unsubscribe, events, errors, heartbeats
     /realtime/sse   Server-Sent Events: one subscription per stream, Last-Event-ID resume
     /health         200 while the change feed is followed, 503 otherwise
-    /metrics        Prometheus text: connections, subscriptions, delivery lag, counters
+    /metrics        Prometheus text: connections, subscriptions, delivery lag, counters (to
+                    loopback clients, or with PYFUNCS_GATEWAY_METRICS_TOKEN)
     /realtime.js    the browser client (an ES module)
     /demo           a page listing a table's live rows (token and table in the URL fragment)
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import importlib.resources
 import json
 import logging
@@ -153,13 +155,14 @@ class Gateway:
         while True:
             await asyncio.sleep(min(every / 4, 1.0))
             now = time.monotonic()
+            tokens = self.hub.tokens
             for client in list(self.clients):
                 if now - client.sent_at >= every and client.reason is None:
-                    positions = {s.id: str(s.position) for s in client.subscriptions.values()}
-                    last = max(client.subscriptions.values(), key=lambda s: s.position,
-                               default=None)  # fmt: skip
+                    subs = client.subscriptions.values()
+                    positions = {s.id: tokens.token(s.position) for s in subs}
+                    last = max(subs, key=lambda s: s.position, default=None)
                     message = {"type": "heartbeat", "positions": positions}
-                    client.send("heartbeat", message, str(last.position) if last else None)
+                    client.send("heartbeat", message, positions[last.id] if last else None)
 
     async def _watch_expiry(self, client: Client) -> None:
         """End a client's subscriptions when its token expires; a refreshed token within
@@ -351,13 +354,24 @@ class Gateway:
     # --- health and metrics --------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
+        """Anyone may ask: it says nothing of the feed's position or of other clients."""
         healthy = self.hub.connected
-        body = {"status": "ok" if healthy else "degraded", "feed_connected": healthy,
-                "position": str(self.hub.position), "connections": len(self.clients),
-                "subscriptions": self.hub.subscription_count()}  # fmt: skip
+        body = {"status": "ok" if healthy else "degraded", "feed_connected": healthy}
         return JSONResponse(body, 200 if healthy else 503)
 
+    def _may_read_metrics(self, request: Request) -> bool:
+        """Counters tell how busy the database and the gateway are: for this host's loopback
+        (a scraper beside the gateway) or the bearer of the configured metrics token."""
+        token = self.config.metrics_token
+        if token is not None:
+            given = _bearer(request.headers.get("authorization")) or ""
+            return hmac.compare_digest(given.encode(), token.encode())
+        host = request.client.host if request.client else ""
+        return host in ("127.0.0.1", "::1") and "x-forwarded-for" not in request.headers
+
     async def metrics(self, request: Request) -> Response:
+        if not self._may_read_metrics(request):
+            return PlainTextResponse("Not Found", 404)
         m, hub = self.hub.metrics, self.hub
         by_transport = {"websocket": 0, "sse": 0}
         for client in self.clients:

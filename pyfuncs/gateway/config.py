@@ -28,6 +28,8 @@ class GatewayConfig:
     retry: float = 0.5  # wait before reconnecting to the database
     prune_every: float = 3600.0  # seconds between prunes of the change feed
     pool_size: int = 10  # database connections for snapshots and delivery checks
+    # /metrics answers requests from this host's loopback, or bearing this token
+    metrics_token: str | None = None
 
     @classmethod
     def from_env(
@@ -39,7 +41,7 @@ class GatewayConfig:
         for f in dataclasses.fields(cls):
             variable = f"PYFUNCS_GATEWAY_{f.name.upper()}"
             raw = env.get(variable, "").strip()
-            if f.name in ("dsn", "verifier") or not raw:
+            if f.type not in ("int", "float") or not raw:
                 continue
             kind = int if f.type == "int" else float
             try:
@@ -51,4 +53,5 @@ class GatewayConfig:
             if value <= 0:
                 raise ConfigError(f"{variable}={raw!r} must be positive")
             values[f.name] = value
-        return cls(dsn, verifier, **values)  # type: ignore[arg-type]
+        token = env.get("PYFUNCS_GATEWAY_METRICS_TOKEN", "").strip() or None
+        return cls(dsn, verifier, metrics_token=token, **values)  # type: ignore[arg-type]

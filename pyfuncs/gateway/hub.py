@@ -30,11 +30,12 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from ..errors import ConfigError, ResyncRequired, SubscriptionError
+from ..errors import ResyncRequired, SubscriptionError
 from ..queries import query
 from ..realtime import Change, Position, listen, read, wake_up
 from .clients import Client, Subscription
 from .config import GatewayConfig
+from .positions import PositionTokens
 from .tables import (
     Filter,
     Filters,
@@ -112,6 +113,7 @@ class Hub:
         self.config = config
         self.pool = pool
         self.metrics = Metrics()
+        self.tokens: PositionTokens  # what subscribers see of positions (set by start())
         self.position = Position()  # every live subscription has had everything up to here
         self.through = Position()  # the end of the batch being delivered (or the position)
         self.connected = False
@@ -122,7 +124,10 @@ class Hub:
 
     async def start(self) -> None:
         async with self.pool.connection() as conn:
+            key = await (await conn.execute(query("realtime_position_key"))).fetchone()
             row = await (await conn.execute(query("realtime_head"))).fetchone()
+        assert key is not None
+        self.tokens = PositionTokens(key[0])
         self.position = self.through = Position(row[0] if row else 0, END)
 
     async def run(self) -> None:
@@ -203,28 +208,25 @@ class Hub:
         filters = tuple(Filter.parse(f) for f in raw_filters)
         since = None
         if message.get("since") is not None:
-            try:
-                since = Position.parse(str(message["since"]))
-            except ConfigError as exc:
-                raise SubscriptionError("bad_position", str(exc)) from None
-        async with self.pool.connection() as conn:
+            since = self.tokens.position(message["since"])
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            head = await (await conn.execute(query("realtime_head"))).fetchone()
+            await as_identity(conn, client.check_identity)
             table = await describe(conn, message.get("table"))
-            async with conn.transaction():
-                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                head = await (await conn.execute(query("realtime_head"))).fetchone()
-                await as_identity(conn, client.check_identity)
-                columns = await check(conn, table, filters)
-                rows = await snapshot(conn, table, columns, filters, self.config.max_snapshot_rows)
+            columns = await check(conn, table, filters)
+            rows = await snapshot(conn, table, columns, filters, self.config.max_snapshot_rows)
         start = since if since is not None else Position(head[0] if head else 0, END)
         sub = Subscription(sub_id, client, table, filters, start, seen={k for k, _ in rows})
+        token = self.tokens.token(start)
         reply = {"type": "subscribed", "sub": sub_id, "table": table.qualified,
-                 "key": table.key, "position": str(start)}  # fmt: skip
+                 "key": table.key, "position": token}  # fmt: skip
         if since is None:
             data = json.dumps(reply, separators=(",", ":"))[:-1]
             rows_json = ",".join(row for _, row in rows)
-            client.push_raw("subscribed", str(start), f'{data},"rows":[{rows_json}]}}')
+            client.push_raw("subscribed", token, f'{data},"rows":[{rows_json}]}}')
         else:
-            client.send("subscribed", {**reply, "resumed": True}, str(start))
+            client.send("subscribed", {**reply, "resumed": True}, token)
         client.subscriptions[sub_id] = sub
         self._by_table[table.qualified].add(sub)
         self.catch_up(sub)
@@ -320,7 +322,7 @@ class Hub:
         # subscriptions that caught up past the batch's start skip what they have had
         ahead = {s for s in subs if s.position >= changes[0].position}
         for i, change in enumerate(changes):
-            messages = _Messages(change)
+            messages = _Messages(change, self.tokens.token(change.position))
             for sub in by_table.get(f"{change.schema}.{change.table}", ()):
                 if sub in ahead and change.position <= sub.position:
                     continue
@@ -416,9 +418,9 @@ class _Messages:
     once, and so is each message (content and subscription id), which many subscriptions
     then share (and the WebSocket protocol frames once, see server.py)."""
 
-    def __init__(self, change: Change) -> None:
+    def __init__(self, change: Change, position: str) -> None:
         self.change = change
-        self.position = str(change.position)
+        self.position = position  # the token subscribers get
         self._bodies: dict[tuple[Key | None, str | None], str] = {}
         self._texts: dict[tuple[str, Key | None, str | None], str] = {}
 

@@ -16,7 +16,12 @@ Under another server the extension is missing and every message takes the ASGI p
 
 from __future__ import annotations
 
+import copy
+import logging
+from typing import Any
+
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
@@ -55,11 +60,33 @@ def _frame(text: str) -> bytes:
     return _last[1]
 
 
-def serve(host: str, port: int, workers: int, log_level: str) -> None:
-    """Run the gateway (`create_app` from the environment) until interrupted."""
+class WithoutQuery(logging.Filter):
+    """Access-log lines without query strings: EventSource clients, which cannot send
+    headers, put their token there (`access_token=`), and a log is no place for secrets."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        # uvicorn's access record: client, method, path with query, HTTP version, status
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            path, query_string = args[2].partition("?")[::2]
+            record.args = (args[0], args[1], path + ("?[query]" if query_string else ""),
+                           *args[3:])  # fmt: skip
+        return True
+
+
+def log_config() -> dict[str, Any]:
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"without_query": {"()": f"{__name__}.WithoutQuery"}}
+    config["handlers"]["access"]["filters"] = ["without_query"]
+    return config
+
+
+def serve(host: str, port: int, workers: int, log_level: str, access_log: bool = False) -> None:
+    """Run the gateway (`create_app` from the environment) until interrupted. Requests are
+    logged only with `access_log`, and then without their query strings."""
     # no per-message compression: the gateway sends each change to many clients, and
     # deflating small JSON messages once per client cost more CPU than all the rest
     uvicorn.run("pyfuncs.gateway.app:create_app", factory=True, host=host, port=port,
-                workers=workers, log_level=log_level,
-                ws=f"{__name__}:WebSocketProtocol",
+                workers=workers, log_level=log_level, access_log=access_log,
+                log_config=log_config(), ws=f"{__name__}:WebSocketProtocol",
                 ws_per_message_deflate=False)  # fmt: skip

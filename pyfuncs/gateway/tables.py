@@ -122,16 +122,24 @@ def _key(table: Table) -> sql.Composable:
 
 
 async def describe(conn: psycopg.AsyncConnection[Any], name: Any) -> Table:
-    """The table a client named, if realtime serves it; SubscriptionError otherwise."""
-    if not isinstance(name, str) or not name:
-        raise SubscriptionError("unknown_table", "name the table as 'schema.table'")
-    try:
-        cur = await conn.execute(query("realtime_table_info"), {"table": name})
-        row = await cur.fetchone()
-    except psycopg.DataError:  # not a relation name at all
-        row = None
+    """The table a client named, if realtime serves it; SubscriptionError otherwise. Asked as
+    the subscriber (after `as_identity`, in its transaction): a table it may not read gets the
+    same answer as one that does not exist, enabled or not, so nobody learns what exists by
+    asking."""
+    row = None
+    if isinstance(name, str) and 0 < len(name) <= 256 and "\x00" not in name:
+        try:
+            async with conn.transaction():  # a savepoint: a malformed name must not end ours
+                cur = await conn.execute(query("realtime_table_info"), {"table": name})
+                row = await cur.fetchone()
+        except (psycopg.DataError, psycopg.ProgrammingError):  # not a relation name at all
+            row = None
     if row is None:
-        raise SubscriptionError("unknown_table", f"there is no table {name!r}")
+        raise SubscriptionError(
+            "unknown_table",
+            f"there is no table {repr(name)[:80]} that you may read; name it as "
+            "'schema.table'",
+        )
     relid, schema, table, enabled, key = row
     if not enabled:
         raise SubscriptionError(
@@ -169,7 +177,10 @@ def removed_keys(table: Table, keys: set[Key], rows: Iterable[tuple[Any, ...]]) 
 
 async def as_identity(conn: psycopg.AsyncConnection[Any], identity: Identity) -> None:
     """Switch the current transaction to a subscriber's role and claims."""
-    await conn.execute(query("set_identity"), identity.settings())
+    try:
+        await conn.execute(query("set_identity"), identity.settings())
+    except psycopg.errors.InvalidAuthorizationSpecification as exc:
+        raise SubscriptionError("unauthorized", exc.diag.message_primary or str(exc)) from None
 
 
 async def readable_columns(conn: psycopg.AsyncConnection[Any], table: Table) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,8 +27,10 @@ import pytest
 import websockets
 
 from pyfuncs import realtime
+from pyfuncs.gateway.positions import PositionTokens
 
 SECRET = "gateway-test-secret-0123456789-0123456789"
+ROLES = "student,manager,rt_nobody"  # what tokens may name (PYFUNCS_JWT_ROLES)
 STUDENTS = ("11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222")
 
 SCHEMA = """
@@ -61,6 +65,8 @@ class GatewayProcess:
     port: int = field(default_factory=_free_port)
     proc: subprocess.Popen[bytes] | None = None
     plain_uvicorn: bool = False  # run the app under uvicorn's own CLI, not `pyfuncs serve`
+    args: tuple[str, ...] = ()  # more command-line arguments
+    log: Path | None = None  # where its output goes (default: the test's own)
 
     @property
     def url(self) -> str:
@@ -71,13 +77,16 @@ class GatewayProcess:
         return f"ws://127.0.0.1:{self.port}/realtime"
 
     def start(self) -> GatewayProcess:
-        env = {**os.environ, "PYFUNCS_JWT_SECRET": SECRET, "PYFUNCS_DSN": self.dsn, **self.env}
+        env = {**os.environ, "PYFUNCS_JWT_SECRET": SECRET, "PYFUNCS_JWT_ROLES": ROLES,
+               "PYFUNCS_DSN": self.dsn, **self.env}  # fmt: skip
         command = (["uvicorn", "pyfuncs.gateway.app:create_app", "--factory"] if self.plain_uvicorn
                    else ["pyfuncs.cli", "--dsn", self.dsn, "serve"])  # fmt: skip
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", *command, "--port", str(self.port), "--log-level", "warning"],
-            env=env,
-        )
+        with contextlib.ExitStack() as files:  # the child keeps its own descriptor
+            output = files.enter_context(self.log.open("ab")) if self.log else None
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", *command, "--port", str(self.port),
+                 "--log-level", "warning", *self.args], env=env, stdout=output, stderr=output,
+            )  # fmt: skip
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, "the gateway exited at start"
@@ -117,6 +126,21 @@ def head_commit(dsn: str) -> int:
     with psycopg.connect(dsn) as db:
         row = db.execute("SELECT coalesce(max(position), 0) FROM pyfuncs.realtime_commit")
         return int(row.fetchone()[0])  # type: ignore[index]
+
+
+@functools.cache
+def _tokens(dsn: str) -> PositionTokens:
+    with psycopg.connect(dsn) as db:
+        row = db.execute("SELECT position_key FROM pyfuncs.realtime_state").fetchone()
+    assert row is not None
+    return PositionTokens(row[0])
+
+
+def decode(dsn: str, token: str) -> tuple[int, int]:
+    """The (commit, change) behind a position token the gateway gave (the test can read the
+    key; subscribers cannot)."""
+    position = _tokens(dsn).position(token)
+    return position.commit, position.change
 
 
 def feed(dsn: str, since: int) -> list[tuple[int, int]]:
@@ -171,9 +195,13 @@ def rt_db(dsn: str, conn: psycopg.Connection[Any]) -> str:
 def gateway_factory(rt_db: str) -> Iterator[Callable[..., GatewayProcess]]:
     started: list[GatewayProcess] = []
 
-    def start(plain_uvicorn: bool = False, **settings: Any) -> GatewayProcess:
+    def start(
+        plain_uvicorn: bool = False, args: tuple[str, ...] = (), log: Path | None = None,
+        **settings: Any,
+    ) -> GatewayProcess:  # fmt: skip
         env = {f"PYFUNCS_GATEWAY_{k.upper()}": str(v) for k, v in settings.items()}
-        started.append(GatewayProcess(rt_db, env, plain_uvicorn=plain_uvicorn).start())
+        process = GatewayProcess(rt_db, env, plain_uvicorn=plain_uvicorn, args=args, log=log)
+        started.append(process.start())
         return started[-1]
 
     yield start

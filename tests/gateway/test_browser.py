@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
-from .conftest import GatewayProcess, burst, feed, head_commit, notes, token
+from .conftest import GatewayProcess, burst, decode, feed, head_commit, notes, token
 
 CHROMIUM = "/usr/bin/chromium"  # apt's chromium (`make setup` installs it); no download here
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
@@ -64,9 +64,8 @@ def record_changes(page: Page) -> None:
     }""")
 
 
-def applied(page: Page) -> list[tuple[int, int]]:
-    positions = page.evaluate("window.applied")
-    return [(int(c), int(n)) for c, n in (p.split(".") for p in positions)]
+def applied(page: Page, dsn: str) -> list[tuple[int, int]]:
+    return [decode(dsn, p) for p in page.evaluate("window.applied")]
 
 
 def eventually(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
@@ -110,14 +109,14 @@ def test_leader_tab_closed_another_takes_over_without_gap(
     record_changes(follower)
     since = head_commit(rt_db)
     writing = burst(rt_db)  # four concurrent writers
-    eventually(lambda: len(applied(follower)) > 20, "the follower receives the burst")
+    eventually(lambda: len(applied(follower, rt_db)) > 20, "the follower receives the burst")
     leader.close()  # mid-burst: its lock is released, the follower is elected
     eventually(lambda: role(follower) == "leader", "the other tab takes over")
     writing.join()
     head = head_commit(rt_db)
-    eventually(lambda: applied(follower)[-1][0] >= head, "the new leader catches up")
+    eventually(lambda: applied(follower, rt_db)[-1][0] >= head, "the new leader catches up")
     assert cache(follower) == notes(rt_db)  # exactly the committed rows
-    assert applied(follower) == feed(rt_db, since)  # every change once, in order: no gap
+    assert applied(follower, rt_db) == feed(rt_db, since)  # every change once, in order: no gap
     eventually(lambda: websockets_open(gateway) == 1, "only the new leader's connection is left")
 
 
@@ -129,7 +128,7 @@ def test_a_tab_reconnects_and_resumes_when_the_gateway_restarts(
     since = head_commit(rt_db)
     with psycopg.connect(rt_db, autocommit=True) as db:
         db.execute("INSERT INTO rt.notes (id) VALUES (1)")
-        eventually(lambda: len(applied(page)) == 1, "the first change arrives")
+        eventually(lambda: len(applied(page, rt_db)) == 1, "the first change arrives")
         gateway.kill()
         for i in range(2, 12):  # committed while no gateway runs
             db.execute("INSERT INTO rt.notes (id) VALUES (%s)", [i])
@@ -140,7 +139,7 @@ def test_a_tab_reconnects_and_resumes_when_the_gateway_restarts(
         eventually(lambda: 11 not in cache(page), "the live connection goes on")
     # every change once, in order (each row was still there when its change was delivered;
     # a change to a row deleted before its delivery is sent as the DELETE, README)
-    assert applied(page) == feed(rt_db, since)
+    assert applied(page, rt_db) == feed(rt_db, since)
 
 
 def test_closed_tabs_and_refused_subscriptions_are_dropped(

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import psycopg
 import pytest
 
-from .conftest import STUDENTS, GatewayProcess, WsClient, token
+from .conftest import SECRET, STUDENTS, GatewayProcess, WsClient, decode, token
 
 
 def run(coro: Any) -> Any:
@@ -47,7 +48,7 @@ def test_snapshot_then_changes_in_commit_order(gateway: GatewayProcess, rt_db: s
                 ("INSERT", {"id": 3}), ("UPDATE", {"id": 1}), ("DELETE", {"id": 2})
             ]  # fmt: skip
             assert changes[1]["row"]["body"] == "uno" and changes[2]["row"] is None
-            positions = [tuple(map(int, c["position"].split("."))) for c in changes]
+            positions = [decode(rt_db, c["position"]) for c in changes]
             assert positions == sorted(positions) and len(set(positions)) == 3
             beat = await ws.wait_for(lambda m: m["type"] == "heartbeat")
             assert beat["positions"]["all"] == changes[-1]["position"]
@@ -63,12 +64,24 @@ def test_snapshot_then_changes_in_commit_order(gateway: GatewayProcess, rt_db: s
     assert events[:3] == ["connect", "subscribe", "unsubscribe"]
     assert events[-1] == "disconnect"
 
+# what the gateway's login role needs (README, "Deploying it")
+GATEWAY_GRANTS = """
+GRANT SELECT ON pyfuncs.realtime_state, pyfuncs.realtime_table, pyfuncs.realtime_commit,
+    pyfuncs.realtime_change TO authenticator;
+GRANT INSERT ON pyfuncs.realtime_audit TO authenticator;
+"""
+
 
 def test_bad_tokens_are_refused_before_anything_is_subscribed(
     gateway: GatewayProcess, rt_db: str
 ) -> None:
+    forever = jwt.encode({"role": "manager"}, SECRET, algorithm="HS256")  # no exp
+    # roles outside the allow-list: `none` and the empty name would fall back to the login
+    # role, which (like the superuser) is a member of everything
+    others = [token(role) for role in ("none", "", "postgres", "authenticator", "Manager")]
+
     async def main() -> None:
-        for tok in (None, "not-a-jwt", token(ttl=-10), token() + "x"):
+        for tok in (None, "not-a-jwt", token(ttl=-10), token() + "x", forever, *others):
             ws = await WsClient.connect(gateway.ws_url, None)
             await ws.send(type="auth", token=tok) if tok else await ws.send(type="subscribe")
             error = await ws.wait_for(lambda m: m["type"] == "error")
@@ -79,7 +92,7 @@ def test_bad_tokens_are_refused_before_anything_is_subscribed(
     run(main())
     assert httpx.get(gateway.url + "/realtime/sse?table=rt.notes").status_code == 401
     failures = [d["reason"] for e, _, d in audit(rt_db) if e == "auth_failed"]
-    assert len(failures) == 5
+    assert len(failures) == 11
     assert any("expired" in f for f in failures) and any("signature" in f for f in failures)
     assert not [e for e, _, _ in audit(rt_db) if e == "subscribe"]
 
@@ -111,8 +124,8 @@ def test_filters(
             db.execute("INSERT INTO rt.notes (id, body, n) VALUES (3, 'c', 3)")
             db.execute("UPDATE rt.notes SET n = n + 10 WHERE id = 0")  # touches nothing
             db.execute("INSERT INTO rt.notes (id, n) VALUES (99, NULL)")  # matches no filter
-            await ws.wait_for(lambda m: m["type"] == "heartbeat" and m["positions"]["f"]
-                              .startswith("3."))  # fmt: skip
+            await ws.wait_for(lambda m: m["type"] == "heartbeat"
+                              and decode(rt_db, m["positions"]["f"])[0] == 3)  # fmt: skip
             got = sorted([r["id"] for r in reply["rows"]] + [c["key"]["id"] for c in ws.changes()])
             assert got == expected
             await ws.close()
@@ -133,7 +146,7 @@ def test_a_row_that_leaves_a_filter_is_reported_without_its_data(
             assert (left["op"], left["key"], left["row"]) == ("UPDATE", {"id": 1}, None)
             db.execute("UPDATE rt.notes SET n = 8 WHERE id = 1")  # still out: nothing
             db.execute("UPDATE rt.notes SET n = 2 WHERE id = 1")  # back in
-            await ws.wait_for(lambda m: m.get("position", "").startswith("4."))
+            await ws.wait_for(lambda m: "position" in m and decode(rt_db, m["position"])[0] == 4)
             # rows are sent as they are at delivery: never one outside the filter
             assert all(c["row"] is None or c["row"]["n"] < 5 for c in ws.changes())
             assert ws.changes()[-1]["row"]["n"] == 2
@@ -152,7 +165,10 @@ def test_a_row_that_leaves_a_filter_is_reported_without_its_data(
         ({"filters": [{"column": "n", "op": "like", "value": 1}]}, "bad_filter", "one of"),
         ({"filters": [{"column": "n", "op": "in", "value": 3}]}, "bad_filter", "list"),
         ({"filters": "n=1"}, "bad_filter", "list"),
-        ({"since": "yesterday"}, "bad_position", "42.1337"),
+        ({"since": "yesterday"}, "bad_position", "gave out"),
+        ({"since": "42.1337"}, "bad_position", "gave out"),  # raw positions are not given out
+        ({"since": 42}, "bad_position", "gave out"),
+        ({"since": "A" * 43}, "bad_position", "gave out"),  # forged
     ],
 )
 def test_bad_subscriptions_get_a_clear_error_and_change_nothing(
@@ -382,11 +398,76 @@ def test_health_and_metrics(gateway: GatewayProcess) -> None:
         ws = await WsClient.connect(gateway.ws_url, token())
         await ws.subscribe("a")
         health = httpx.get(gateway.url + "/health").json()
-        assert health["status"] == "ok" and health["subscriptions"] == 1
+        assert health == {"status": "ok", "feed_connected": True}  # nothing about others
         metrics = gateway.metrics()
+        assert metrics["pyfuncs_gateway_subscriptions"] == 1
         assert metrics['pyfuncs_gateway_connections{transport="websocket"}'] == 1
         assert metrics["pyfuncs_gateway_feed_connected"] == 1
         assert "pyfuncs_gateway_delivery_lag_seconds" in metrics
         await ws.close()
 
     run(main())
+
+
+def test_metrics_are_for_this_host_or_the_bearer_of_the_metrics_token(
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    """Counters tell how busy the database is: not for anyone who can reach the gateway."""
+    local = gateway_factory()
+    assert httpx.get(local.url + "/metrics").status_code == 200
+    relayed = httpx.get(local.url + "/metrics", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert relayed.status_code == 404  # a request a proxy passed on is not from this host
+    guarded = gateway_factory(metrics_token="metrics-secret")
+    for header in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "metrics-secret"}):
+        assert httpx.get(guarded.url + "/metrics", headers=header).status_code == 404
+    good = httpx.get(guarded.url + "/metrics", headers={"Authorization": "Bearer metrics-secret"})
+    assert good.status_code == 200 and "pyfuncs_gateway_connections" in good.text
+
+
+def test_tokens_never_reach_the_log(
+    gateway_factory: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    """EventSource clients send their token in the query string: the access log is off by
+    default, and with --access-log it leaves query strings out."""
+    for args in (("--log-level", "info"), ("--access-log", "--log-level", "info")):
+        log = tmp_path / f"gateway{len(args)}.log"
+        gateway = gateway_factory(args=args, log=log)
+        secret = token()
+        url = f"{gateway.url}/realtime/sse?table=rt.notes&access_token={secret}"
+        with httpx.stream("GET", url, timeout=10) as response:
+            assert response.status_code == 200
+            next(response.iter_lines())
+        assert httpx.get(url.replace(secret, secret[:-4] + "AAAA")).status_code == 401
+        gateway.stop()
+        text = log.read_text()
+        assert secret.split(".")[2] not in text and secret.split(".")[1] not in text
+        assert ("GET /realtime/sse?[query] HTTP/1.1" in text) == ("--access-log" in args)
+
+
+def test_the_gateway_refuses_them_with_a_clear_error_and_keeps_the_connection(
+    rt_db: str, conn: psycopg.Connection[Any]
+) -> None:
+    """The gateway logged in as the authenticator, as in production (README, Deploying it),
+    with a careless allow-list: the database still refuses all but the first role."""
+    conn.execute(GATEWAY_GRANTS)
+    roles = "manager,authenticator,postgres,ghost"
+    authenticator = rt_db.replace("postgres@", "authenticator@", 1)
+    gateway = GatewayProcess(authenticator, {"PYFUNCS_JWT_ROLES": roles}).start()
+    try:
+
+        async def main() -> None:
+            ws = await WsClient.connect(gateway.ws_url, token("manager"))
+            reply = await ws.subscribe("s")
+            assert reply["type"] == "subscribed", reply
+            await ws.close()
+            for role in ("authenticator", "postgres", "ghost"):
+                ws = await WsClient.connect(gateway.ws_url, token(role))
+                reply = await ws.subscribe("s")
+                assert reply["code"] == "unauthorized" and reply["sub"] == "s", reply
+                await ws.send(type="ping")
+                await ws.wait_for(lambda m: m["type"] == "pong")
+                await ws.close()
+
+        run(main())
+    finally:
+        gateway.stop()

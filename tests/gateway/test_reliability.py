@@ -13,13 +13,14 @@ import psycopg
 
 from pyfuncs.embedded import Cluster
 
-from .conftest import GatewayProcess, WsClient, burst, feed, head_commit, notes, token
+from .conftest import GatewayProcess, WsClient, burst, decode, feed, head_commit, notes, token
 
 
 class Follower:
     """A subscriber that keeps a cache and its last position, and resumes on any gateway."""
 
-    def __init__(self) -> None:
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
         self.cache: dict[int, dict[str, Any]] = {}
         self.positions: list[tuple[int, int]] = []
         self.last: str | None = None
@@ -43,7 +44,7 @@ class Follower:
         assert self.ws is not None
         for change in self.ws.changes()[self._applied :]:
             self._applied += 1
-            position = tuple(map(int, change["position"].split(".")))
+            position = decode(self.dsn, change["position"])
             assert not self.positions or position > self.positions[-1], "out of order"
             self.positions.append(position)  # type: ignore[arg-type]
             if change["row"] is None:
@@ -80,7 +81,7 @@ def test_gateway_killed_mid_burst_then_restarted(
     start = head_commit(rt_db)
 
     async def main() -> None:
-        followers = [Follower() for _ in range(3)]
+        followers = [Follower(rt_db) for _ in range(3)]
         for f in followers:
             await f.connect(first)
         writing = burst(rt_db)
@@ -108,7 +109,7 @@ def test_postgres_restarted_and_listen_connection_dropped(
     start = head_commit(rt_db)
 
     async def main() -> None:
-        follower = Follower()
+        follower = Follower(rt_db)
         await follower.connect(gateway)
         with psycopg.connect(rt_db, autocommit=True) as db:
             db.execute("INSERT INTO rt.notes (id) VALUES (1)")
@@ -140,7 +141,7 @@ def test_a_client_resumes_on_another_gateway_process(
     start = head_commit(rt_db)
 
     async def main() -> None:
-        follower = Follower()
+        follower = Follower(rt_db)
         await follower.connect(one)
         with psycopg.connect(rt_db, autocommit=True) as db:
             for i in range(10):

@@ -24,6 +24,7 @@ from pyfuncs.auth import JwtVerifier
 from pyfuncs.client import AsyncClient, Client
 
 SECRET = "test-secret-with-at-least-32-bytes!!"
+ROLES = ("student", "manager")
 
 
 def token(sub: Any, role: str, *, secret: str = SECRET, **claims: Any) -> str:
@@ -39,7 +40,7 @@ def academy(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
 
 @pytest.fixture
 def client(academy: psycopg.Connection[Any], authenticator_dsn: str) -> Iterator[Client]:
-    with Client(authenticator_dsn, jwt=JwtVerifier(secret=SECRET)) as client:
+    with Client(authenticator_dsn, jwt=JwtVerifier(secret=SECRET, roles=ROLES)) as client:
         yield client
 
 
@@ -184,7 +185,9 @@ def test_audience_and_rs256(academy: psycopg.Connection[Any], authenticator_dsn:
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
-    verifier = JwtVerifier(public_key=public, audience="academy", role_claim="app.role")
+    verifier = JwtVerifier(
+        public_key=public, roles=ROLES, audience="academy", role_claim="app.role"
+    )
     student = database.person_id(academy, 21)
     claims = {"sub": str(student), "app": {"role": "student"}, "aud": "academy",
               "exp": int(time.time()) + 60}  # fmt: skip
@@ -210,7 +213,9 @@ def test_claims_helpers_in_sql(academy: psycopg.Connection[Any], client: Client)
 
 def test_async_client(academy: psycopg.Connection[Any], authenticator_dsn: str) -> None:
     async def main() -> list[Any]:
-        async with AsyncClient(authenticator_dsn, jwt=JwtVerifier(secret=SECRET)) as client:
+        async with AsyncClient(
+            authenticator_dsn, jwt=JwtVerifier(secret=SECRET, roles=ROLES)
+        ) as client:
             manager = client.as_user(token(database.person_id(academy, 1), "manager"))
             calls = [manager.call(routines.sales_leaderboard, top=n) for n in (1, 2, 3)]
             return list(await asyncio.gather(*calls))

@@ -9,9 +9,11 @@
 //   });
 //
 // * Each subscription keeps a local cache of its rows (`sub.rows`, a Map by primary key):
-//   the snapshot fills it, changes are applied in position order, each exactly once.
+//   the snapshot fills it, changes are applied in the order the gateway sends them, each
+//   exactly once.
 // * The connection reconnects by itself and resumes every subscription from its last
-//   position (heartbeats advance positions even when nothing visible changed).
+//   position (heartbeats advance positions even when nothing visible changed). Positions
+//   are opaque tokens: they say nothing of the changes a subscriber was not shown.
 // * Cross-tab: the tabs of one origin share one WebSocket. They elect a leader with the Web
 //   Locks API; the leader holds the connection, subscribes for every tab and relays the
 //   gateway's messages over a BroadcastChannel. When the leader's tab closes its lock is
@@ -25,15 +27,10 @@ const RETRY_MIN_MS = 250;
 const RETRY_MAX_MS = 10_000;
 const SWEEP_MS = 5_000; // how often the leader forgets the subscriptions of closed tabs
 
-/** Positions are "commit.change"; compare them as integers of any size. */
-export function comparePositions(a, b) {
-  const [ac, an] = String(a).split(".").map(BigInt);
-  const [bc, bn] = String(b).split(".").map(BigInt);
-  if (ac !== bc) return ac < bc ? -1 : 1;
-  return an === bn ? 0 : an < bn ? -1 : 1;
-}
-
-const later = (a, b) => (a == null ? b : b == null || comparePositions(a, b) >= 0 ? a : b);
+// The positions of the changes a subscription applied last, so that one arriving again
+// (relayed by a tab that was leader, after a new leader resumed from an earlier position)
+// is applied once. Positions are opaque: they can be told apart, not ordered.
+const REMEMBERED = 1000;
 
 function defaultUrl() {
   const url = new URL("/realtime", import.meta.url);
@@ -52,6 +49,7 @@ export class Subscription {
     this.rows = new Map(); // JSON of the key values -> row
     this.keyColumns = null;
     this.position = null; // the last position applied: where to resume
+    this.applied = new Set(); // the positions of the changes applied last (REMEMBERED)
     this.ready = false; // the snapshot (or the resume) has been confirmed
     this.closed = false;
   }
@@ -81,13 +79,16 @@ export class Subscription {
         this.rows.clear(); // the same Map throughout, so holding on to sub.rows is safe
         for (const row of message.rows) this.rows.set(this.keyOf(row), row);
         this.position = message.position;
+        this.applied.clear();
         this._call("onSnapshot", this.rows, this);
         this._call("onRows", this.rows, this);
       }
       this.ready = true;
     } else if (type === "change") {
-      // after a takeover or a reconnect the same change can arrive again: apply it once
-      if (this.position != null && comparePositions(message.position, this.position) <= 0) return;
+      // after a takeover the same change can arrive again: apply it once
+      if (this.applied.has(message.position)) return;
+      this.applied.add(message.position);
+      if (this.applied.size > REMEMBERED) this.applied.delete(this.applied.values().next().value);
       this.position = message.position;
       if (message.op === "TRUNCATE") this.rows.clear();
       else if (message.row == null) this.rows.delete(this.keyOf(message.key));
@@ -95,7 +96,7 @@ export class Subscription {
       this._call("onChange", message, this);
       this._call("onRows", this.rows, this);
     } else if (type === "heartbeat") {
-      this.position = later(this.position, message.positions[this.id]);
+      this.position = message.positions[this.id] ?? this.position;
     } else if (type === "error") {
       if (message.code === "resync_required") {
         this.position = null; // the leader subscribes afresh: a snapshot replaces the cache
@@ -382,7 +383,7 @@ class Leader {
       case "heartbeat":
         for (const [id, position] of Object.entries(message.positions)) {
           const w = this.wants.get(id);
-          if (w) w.position = later(w.position, position);
+          if (w) w.position = position;
         }
         break;
       case "error":
