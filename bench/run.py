@@ -216,7 +216,9 @@ def bench_b(cluster: Cluster, url: str) -> dict[str, Any]:
         manager_id = database.person_id(conn, 1)
     ours_tap = WireTap(url.replace("postgres@", "authenticator@", 1))
     app_tap = WireTap(url)
-    token = jwt.encode({"sub": str(manager_id), "role": "manager", "exp": time.time() + 3600}, SECRET)
+    token = jwt.encode(
+        {"sub": str(manager_id), "role": "manager", "exp": time.time() + 3600}, SECRET
+    )
     results: dict[str, Any] = {}
     with (
         Client(ours_tap.url, jwt=JwtVerifier(secret=SECRET, roles=["manager"]), max_size=1) as pf,

@@ -24,7 +24,7 @@ import psycopg
 from alembic.operations import MigrateOperation, Operations
 
 from . import realtime
-from .definition import collect
+from .collect import collect
 from .deploy import deploy_definitions, rollback_deployment
 from .errors import ConfigError
 

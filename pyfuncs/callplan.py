@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import types
+import typing
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +20,9 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from .ddl import routine_ident
-from .definition import Definition, build, options_of
+from .definition import definition_of, options_of
 from .errors import ArgumentError
+from .typemap import SQL_TYPES, is_row_type
 
 # SQL type -> the Python types a client may pass for it (bool is never an int here).
 _ACCEPTS: dict[str, tuple[type, ...]] = {
@@ -62,21 +65,21 @@ class Signature:
         return f"{self.schema}.{self.name}"
 
     @classmethod
-    def from_definition(cls, d: Definition) -> Signature:
-        return cls.from_json(d.schema, d.name, d.signature(), d.returns.row_type)
-
-    @classmethod
     def from_json(
         cls, schema: str, name: str, sig: Mapping[str, Any], row_type: type | None = None
     ) -> Signature:
+        params = tuple(
+            ParamInfo(p["name"], p["type"], p["nullable"], p["has_default"]) for p in sig["params"]
+        )
+        for p in params:  # composed into each call's SQL: only the vocabulary's type names
+            if p.sql.removesuffix("[]") not in SQL_TYPES:
+                raise ArgumentError(f"{schema}.{name}: parameter {p.name!r} has the unknown "
+                                    f"type {p.sql!r}; redeploy it")  # fmt: skip
         return cls(
             schema=schema,
             name=name,
             kind=sig["kind"],
-            params=tuple(
-                ParamInfo(p["name"], p["type"], p["nullable"], p["has_default"])
-                for p in sig["params"]
-            ),
+            params=params,
             returns=sig["returns"],
             out=tuple(sig["out"]),
             row_type=row_type,
@@ -84,11 +87,22 @@ class Signature:
 
 
 def signature_of(routine: Callable[..., Any]) -> Signature:
-    """The signature of a decorated Python function (validated like a deploy would)."""
+    """The signature of a decorated Python function the application imported (validated
+    like a deploy would), with the row class its results are built as."""
     if options_of(routine) is None:
         raise ArgumentError(f"{routine!r} is not a pyfuncs routine; pass a decorated function "
                             "or a routine name")  # fmt: skip
-    return Signature.from_definition(build(routine))
+    d = definition_of(routine)
+    return Signature.from_json(d.schema, d.name, d.signature(), _row_class(routine))
+
+
+def _row_class(routine: Callable[..., Any]) -> type | None:
+    """The TypedDict, dataclass or NamedTuple a routine returns (one, optional, or a set)."""
+    hint = typing.get_type_hints(routine).get("return")
+    while typing.get_origin(hint) in (typing.Union, types.UnionType, list, Iterator, Iterable):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = args[0] if args else None
+    return hint if is_row_type(hint) else None
 
 
 def _accepts(sqltype: str, value: Any) -> bool:

@@ -11,8 +11,8 @@ import psycopg
 
 from . import deploy as deploying
 from . import migrate, realtime
+from .collect import collect
 from .config import resolve_dsn
-from .definition import collect
 from .embedded import Cluster
 from .errors import PyfuncsError
 

@@ -11,7 +11,6 @@ from psycopg.abc import AdaptContext
 from psycopg.types.json import Jsonb
 
 from .definition import Definition, Param
-from .typemap import is_json
 
 # The generated PL/Python body. PL/Python passes arguments as globals named after the
 # parameters. The runtime is loaded once per backend (GD) and the routine once per function
@@ -75,8 +74,8 @@ def routine_ref(kind: str, schema: str, name: str, identity_args: str) -> sql.Co
 
 
 def _default(param: Param) -> sql.Composable:
-    value = param.default
-    if value is not None and is_json(param.type.python):
+    value = param.default  # of an exact type (see definition.decode)
+    if value is not None and param.type.is_json:
         value = Jsonb(value)
     return sql.SQL(" DEFAULT {}").format(sql.Literal(value)) if param.has_default else sql.SQL("")
 

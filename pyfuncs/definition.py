@@ -1,32 +1,41 @@
-"""Decorators that mark routines, and the validated `Definition` read from each one.
+"""Decorators that mark routines, and the validated `Definition` of each one.
 
 The decorators only attach options and return the function unchanged, so a routine stays a
-plain, type-checkable, unit-testable Python function. Everything is checked when the module is
-collected for deploy (`collect`), before anything touches the database; every problem is
-reported with its file:line.
+plain, type-checkable, unit-testable Python function.
+
+A definition is made in two steps. `facts_of(fn)` describes a decorated function as plain
+JSON data: its options, parameters, hints (pyfuncs.typemap.describe) and defaults, each value
+with its exact type. It runs where the module was executed: for `pyfuncs check` and
+`deploy`, a contained child process (pyfuncs._sandbox), so its output is data from a module
+nobody has reviewed yet. `build(facts, module)` checks those facts against the module's
+source (the function must be a top-level `def` there; its line and docstring come from the
+source) and against fixed vocabularies, and reports every problem with file:line. Nothing a
+module made reaches DDL: only names that passed a pattern, types from the vocabulary, and
+values rebuilt here from their JSON.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
-import importlib
-import importlib.util
+import datetime
+import decimal
 import inspect
+import json
 import re
 import sys
-import traceback
 import typing
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Literal, ParamSpec, TypeVar, overload
+from typing import Any, Literal, NoReturn, ParamSpec, TypeVar, overload
 
 from . import limits, policy
 from .errors import DefinitionError
 from .limits import Limits
-from .typemap import ReturnShape, SqlType, UnsupportedType, return_shape, sql_type
+from .typemap import ReturnShape, SqlType, UnsupportedType, describe, evaluate, return_shape
+from .typemap import sql_type as map_sql_type
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -39,6 +48,13 @@ _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # Names PL/Python itself puts in a routine's globals: a parameter must not hide them.
 _RESERVED_PARAMS = frozenset({"args", "plpy", "self"})
 _ATTR = "__pyfuncs__"
+# the keyword each decorator takes, and the types its value may have
+_OPTIONS: dict[str, tuple[type, ...]] = {
+    "schema": (str,), "name": (str, type(None)), "roles": (list,), "volatility": (str,),
+    "strict": (bool,), "parallel": (str,), "security": (str,),
+    **{name: (int, type(None)) for name in Limits.names()},
+}  # fmt: skip
+_FUNCTION_ONLY = frozenset({"volatility", "strict", "parallel"})
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,14 @@ class Options:
 
     def limit_overrides(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in Limits.names()}
+
+    def given(self) -> dict[str, Any]:
+        """The options as a decorator call would pass them (what `facts_of` records)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "kind" and not (self.kind == "procedure" and f.name in _FUNCTION_ONLY)
+        }
 
 
 def _mark(options: Options) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -166,7 +190,115 @@ def options_of(obj: object) -> Options | None:
     return options if isinstance(options, Options) else None
 
 
-# --- definitions ------------------------------------------------------------------------
+# --- values that travel as JSON, with their exact types ---------------------------------
+
+
+def encode(value: Any, depth: int = 0) -> Any:
+    """A value as JSON that keeps its exact type; a subclass (whose str() or repr() could
+    say anything) or any other type is marked unsupported."""
+    kind = type(value)
+    if depth > 8:
+        return {"t": "unsupported", "v": "a value nested too deeply"}
+    if value is None:
+        return {"t": "none"}
+    if kind in (bool, int, str):
+        return {"t": kind.__name__, "v": value}
+    if kind is float:
+        return {"t": "float", "v": float.__repr__(value)}  # inf and nan too
+    if kind is decimal.Decimal:
+        return {"t": "Decimal", "v": decimal.Decimal.__str__(value)}
+    if kind is bytes:
+        return {"t": "bytes", "v": value.hex()}
+    if kind in (datetime.datetime, datetime.date, datetime.time):
+        return {"t": kind.__name__, "v": kind.isoformat(value)}
+    if kind is uuid.UUID:
+        return {"t": "UUID", "v": uuid.UUID.__str__(value)}
+    if kind in (list, tuple):
+        return {"t": "list", "v": [encode(v, depth + 1) for v in value]}
+    if kind is dict and all(type(k) is str for k in value):
+        return {"t": "dict", "v": {k: encode(v, depth + 1) for k, v in dict.items(value)}}
+    return {"t": "unsupported", "v": f"a {kind.__name__}"}
+
+
+_DECODE: dict[str, Callable[[Any], Any]] = {
+    "bool": lambda v: v if type(v) is bool else _bad(),
+    "int": lambda v: v if type(v) is int else _bad(),
+    "str": lambda v: v if type(v) is str else _bad(),
+    "float": lambda v: float(v) if type(v) is str else _bad(),
+    "Decimal": lambda v: decimal.Decimal(v) if type(v) is str else _bad(),
+    "bytes": lambda v: bytes.fromhex(v) if type(v) is str else _bad(),
+    "datetime": lambda v: datetime.datetime.fromisoformat(v) if type(v) is str else _bad(),
+    "date": lambda v: datetime.date.fromisoformat(v) if type(v) is str else _bad(),
+    "time": lambda v: datetime.time.fromisoformat(v) if type(v) is str else _bad(),
+    "UUID": lambda v: uuid.UUID(v) if type(v) is str else _bad(),
+}
+
+
+class _Unreadable(ValueError):
+    pass
+
+
+def _bad() -> NoReturn:
+    raise _Unreadable("an unreadable value")
+
+
+def decode(data: Any, depth: int = 0) -> Any:
+    """The value `encode` described, rebuilt with its exact type; ValueError otherwise."""
+    if not isinstance(data, dict) or depth > 8:
+        _bad()
+    kind, value = data.get("t"), data.get("v")
+    if kind == "none":
+        return None
+    if kind == "list" and isinstance(value, list):
+        return [decode(v, depth + 1) for v in value]
+    if kind == "dict" and isinstance(value, dict):
+        return {str(k): decode(v, depth + 1) for k, v in value.items()}
+    if kind == "unsupported":
+        raise _Unreadable(f"{value if type(value) is str else 'a value'} cannot be written "
+                          "into SQL")  # fmt: skip
+    convert = _DECODE.get(kind) if type(kind) is str else None
+    if convert is None:
+        _bad()
+    try:
+        return convert(value)
+    except (ValueError, TypeError, decimal.InvalidOperation) as exc:
+        raise _Unreadable(str(exc)) from None
+
+
+# --- facts: a decorated function described (where its module runs) ----------------------
+
+
+def facts_of(fn: Callable[..., Any], kind: Kind, given: Mapping[str, Any]) -> dict[str, Any]:
+    """What `build` needs to know of a decorated function, as JSON data: its options as given
+    to the decorator, its parameters with their hints and defaults, its return hint."""
+    annotations = dict(getattr(fn, "__annotations__", None) or {})
+    namespace = getattr(fn, "__globals__", {})
+
+    def hint(name: str) -> Any:
+        if name not in annotations:
+            return None
+        try:
+            return describe(annotations[name], lambda text: evaluate(text, namespace))
+        except Exception as exc:  # NameError, UnsupportedType, and whatever a hint raises
+            return {"kind": "unreadable", "text": f"{type(exc).__name__}: {str(exc)[:200]}"}
+
+    params = []
+    for p in inspect.signature(fn, follow_wrapped=False).parameters.values():
+        param = {"name": str.__str__(p.name), "kind": p.kind.name, "hint": hint(p.name)}
+        if p.default is not p.empty:
+            param["default"] = encode(p.default)
+        params.append(param)
+    return {
+        "function": str.__str__(fn.__name__),
+        "kind": kind,
+        "options": {str.__str__(k): encode(v) for k, v in given.items()},
+        "params": params,
+        "returns": hint("return"),
+        "async": inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn),
+    }
+
+
+# --- definitions (trusted: built from facts and the source) ------------------------------
 
 
 @dataclass(frozen=True)
@@ -178,11 +310,41 @@ class Param:
 
 
 @dataclass(frozen=True)
+class ModuleSource:
+    """A routine module as read from its file: the routines are its top-level defs."""
+
+    name: str  # the module's name, as the database loads it
+    file: str  # its path, as messages show it
+    text: str
+    tree: ast.Module
+
+    @classmethod
+    def parse(cls, name: str, file: str, text: str) -> ModuleSource:
+        try:
+            tree = ast.parse(text, file)
+        except SyntaxError as exc:
+            where = f"{file}:{exc.lineno}:{exc.offset or 0}"
+            raise DefinitionError(f"syntax error: {exc.msg}", where=where) from None
+        except (ValueError, RecursionError, MemoryError) as exc:
+            raise DefinitionError(f"{file} cannot be parsed: {type(exc).__name__}") from None
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise DefinitionError(f"{name!r} is not a module name; rename {file}")
+        return cls(name, file, text, tree)
+
+    def defs(self) -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef]:
+        return {
+            node.name: node
+            for node in self.tree.body
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        }
+
+
+@dataclass(frozen=True)
 class Definition:
     """A routine as it will be installed: validated and independent of the database."""
 
     options: Options
-    function: Callable[..., Any]
+    function: str  # the top-level def the database calls
     name: str
     params: tuple[Param, ...]
     returns: ReturnShape
@@ -230,7 +392,7 @@ class Definition:
         """What the in-database runtime needs to load this routine (see ddl.body for calls)."""
         return {
             "routine": self.qualname,
-            "function": self.function.__name__,
+            "function": self.function,
             "module": self.module_name,
             "file": self.file,
             "converters": sorted({p.type.convert for p in self.params if p.type.convert}),
@@ -259,48 +421,99 @@ class Definition:
         }  # fmt: skip
 
 
-def _where(fn: Callable[..., Any]) -> tuple[str, int]:
-    try:
-        file = inspect.getsourcefile(fn) or "<unknown>"
-        line = inspect.getsourcelines(fn)[1]
-    except (OSError, TypeError):
-        return getattr(fn, "__module__", "<unknown>"), 0
-    return display_path(file), line
-
-
-def display_path(file: str | Path) -> str:
-    path = Path(file).resolve()
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
-def _check_name(what: str, value: str, problems: list[str]) -> None:
-    if not _NAME.match(value):
+def _check_name(what: str, value: Any, problems: list[str]) -> None:
+    if type(value) is not str or not _NAME.match(value):
         problems.append(
             f"{what} {value!r} is not a valid name: use lowercase letters, digits and "
             "underscores, starting with a letter or underscore, at most 63 characters"
         )
 
 
-def build(
-    fn: Callable[..., Any], source: str | None = None, defaults: Limits | None = None
-) -> Definition:
-    """Validate one decorated function and describe it; raises DefinitionError.
+def _options(kind: Any, raw: Any, problems: list[str]) -> Options:
+    """The decorator's options, each of an exact, expected type (defaults for bad ones)."""
+    if kind not in ("function", "procedure") or not isinstance(raw, dict):
+        raise DefinitionError("unreadable facts about a routine")
+    values: dict[str, Any] = {}
+    for key, data in raw.items():
+        allowed = _OPTIONS.get(key)
+        if allowed is None or (kind == "procedure" and key in _FUNCTION_ONLY):
+            problems.append(f"@{'stored_function' if kind == 'function' else kind} has no "
+                            f"option {key!r}")  # fmt: skip
+            continue
+        try:
+            value = decode(data)
+        except ValueError as exc:
+            problems.append(f"{key}: {exc}")
+            continue
+        if key == "roles":
+            if type(value) is list and all(type(r) is str for r in value):
+                values[key] = tuple(value)
+                continue
+            problems.append(f"roles={value!r}: give a list of role names")
+        elif key in Limits.names():
+            values[key] = value  # limits.problems says what is wrong with it
+        elif type(value) in allowed:
+            values[key] = value
+        else:
+            problems.append(f"{key}={value!r}: expected {' or '.join(t.__name__ for t in allowed)}")
+    return Options(kind, **values)
 
-    Its limits are `defaults` (by default those configured, see Limits.from_env) with the
-    decorator's on top."""
-    options = options_of(fn)
-    file, line = _where(fn)
-    where = f"{file}:{line}"
-    if options is None:
+
+def _default(param: Param, data: Any, problems: list[str]) -> Param:
+    label = f"parameter {param.name!r}"
+    try:
+        value = decode(data)
+    except ValueError as exc:
+        problems.append(f"{label}: its default: {exc}")
+        return param
+    if value is None and not param.type.nullable:
+        problems.append(f"{label}: default None needs an Optional type (`T | None`)")
+    elif value is not None and not _fits(param.type.python, value):
+        problems.append(f"{label}: the default {value!r} is not a {param.type.python}")
+    return dataclasses.replace(param, has_default=True, default=value)
+
+
+_FITS: dict[str, tuple[type, ...]] = {
+    "bool": (bool,), "int": (int,), "float": (float, int), "Decimal": (decimal.Decimal, int),
+    "str": (str,), "bytes": (bytes,), "datetime": (datetime.datetime,),
+    "date": (datetime.date,), "time": (datetime.time,), "UUID": (uuid.UUID,),
+}  # fmt: skip
+
+
+def _fits(python: str, value: Any) -> bool:
+    """Whether a default (rebuilt by `decode`, so of an exact type) suits a parameter of the
+    hinted type `python` (as SqlType.python names it)."""
+    if python == "json":
+        return type(value) in (dict, list, str, int, float, bool)
+    if python.startswith("list["):
+        return type(value) is list and all(v is None or _fits(python[5:-1], v) for v in value)
+    expected = _FITS.get(python, ())
+    if type(value) is bool and bool not in expected:
+        return False
+    if python == "date" and type(value) is datetime.datetime:
+        return False
+    return type(value) in expected
+
+
+def build(facts: Any, module: ModuleSource, defaults: Limits | None = None) -> Definition:
+    """Validate the facts of one routine against its module's source; DefinitionError with
+    every problem found, at file:line. Its limits are `defaults` (by default those configured,
+    see Limits.from_env) with the decorator's on top."""
+    if not isinstance(facts, dict) or type(facts.get("function")) is not str:
+        raise DefinitionError("unreadable facts about a routine", where=module.file)
+    function = facts["function"]
+    node = module.defs().get(function)
+    if node is None:
         raise DefinitionError(
-            f"{fn!r} is not a routine; decorate it with @stored_function or @procedure",
-            where=where,
+            f"{function!r} is not a top-level def of {module.file}: define routines with "
+            "`def` at module level, decorated with @stored_function or @procedure",
+            where=module.file,
         )
+    line = min([node.lineno] + [d.lineno for d in node.decorator_list])
+    where = f"{module.file}:{line}"
     problems: list[str] = []
-    name = options.name or fn.__name__
+    options = _options(facts.get("kind"), facts.get("options"), problems)
+    name = options.name or function
     _check_name("schema", options.schema, problems)
     _check_name("routine name", name, problems)
     for role in options.roles:
@@ -315,49 +528,51 @@ def build(
     problems += limits.problems(options.limit_overrides())
     if options.parallel not in ("unsafe", "restricted", "safe"):
         problems.append(f"parallel={options.parallel!r}: use unsafe, restricted or safe")
-    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+    if facts.get("async") is not False or isinstance(node, ast.AsyncFunctionDef):
         problems.append("async functions cannot run inside PostgreSQL; use a plain def")
 
-    try:
-        hints = typing.get_type_hints(fn, include_extras=True)
-    except Exception as exc:  # NameError for unknown names, and whatever a hint raises
-        raise DefinitionError(f"{name}: type hints cannot be resolved: {exc}", where=where) from exc
+    given = facts.get("params")
+    given = [p for p in given if isinstance(p, dict)] if isinstance(given, list) else []
+    declared = [a.arg for a in (*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs)]
+    if [p.get("name") for p in given] != declared or (node.args.vararg or node.args.kwarg):
+        if node.args.vararg or node.args.kwarg or node.args.posonlyargs:
+            problems.append("*args, **kwargs and positional-only parameters have no "
+                            "PostgreSQL equivalent; use named parameters")  # fmt: skip
+        else:
+            problems.append(f"its parameters at run time are not those of `def {function}` "
+                            "in the source; do not replace routines while the module loads")  # fmt: skip
+        given = []
 
     params: list[Param] = []
     seen_default = False
-    for p in inspect.signature(fn).parameters.values():
-        label = f"parameter {p.name!r}"
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
-            problems.append(f"{label}: *args, **kwargs and positional-only parameters have no "
-                            "PostgreSQL equivalent; use named parameters")  # fmt: skip
-            continue
-        _check_name(label + " name", p.name, problems)
-        if p.name in _RESERVED_PARAMS or p.name.startswith("_pf"):
+    for p in given:
+        pname = p["name"]
+        label = f"parameter {pname!r}"
+        _check_name(label + " name", pname, problems)
+        if pname in _RESERVED_PARAMS or str(pname).startswith("_pf"):
             problems.append(f"{label}: the name is reserved by PL/Python; rename it")
-        if p.name not in hints:
-            problems.append(f"{label} has no type annotation; add one (e.g. `{p.name}: int`)")
+        if p.get("hint") is None:
+            problems.append(f"{label} has no type annotation; add one (e.g. `{pname}: int`)")
             continue
         try:
-            ptype = sql_type(hints[p.name])
+            param = Param(pname, map_sql_type(p["hint"]))
         except UnsupportedType as exc:
             problems.append(f"{label}: {exc}")
             continue
-        has_default = p.default is not p.empty
-        if has_default:
+        if "default" in p:
             seen_default = True
-            if p.default is None and not ptype.nullable:
-                problems.append(f"{label}: default None needs an Optional type (`T | None`)")
+            param = _default(param, p["default"], problems)
         elif seen_default:
             problems.append(f"{label}: follows a parameter with a default, so it needs one too "
                             "(PostgreSQL requires it)")  # fmt: skip
-        params.append(Param(p.name, ptype, has_default, p.default if has_default else None))
+        params.append(param)
 
     returns = ReturnShape("void", False)
-    if "return" not in hints:
+    if facts.get("returns") is None:
         problems.append("the return type is not annotated; add `-> T` (or `-> None`)")
     else:
         try:
-            returns = return_shape(hints["return"])
+            returns = return_shape(facts["returns"])
         except UnsupportedType as exc:
             problems.append(f"return type: {exc}")
     if options.kind == "procedure" and returns.setof:
@@ -371,6 +586,8 @@ def build(
     result_names = {n for n, _ in returns.columns}
     if options.kind == "procedure" and returns.kind == "scalar":
         result_names = {"result"}
+    for column in result_names:
+        _check_name("result column", column, problems)
     clash = result_names & {p.name for p in params}
     if clash:
         problems.append(
@@ -381,23 +598,47 @@ def build(
         raise DefinitionError(
             f"routine {name} is invalid:\n" + "\n".join(f"  - {m}" for m in problems), where=where
         )
-    module = sys.modules.get(fn.__module__)
-    if source is None:
-        source_file = inspect.getsourcefile(fn)
-        source = Path(source_file).read_text() if source_file else inspect.getsource(fn)
     return Definition(
         options=options,
-        function=fn,
+        function=function,
         name=name,
         params=tuple(params),
         returns=returns,
-        doc=inspect.cleandoc(fn.__doc__) if fn.__doc__ else None,
-        file=file,
+        doc=ast.get_docstring(node),
+        file=module.file,
         line=line,
-        module_name=getattr(module, "__name__", fn.__module__),
-        source=source,
+        module_name=module.name,
+        source=module.text,
         limits=(defaults or Limits.from_env()).overridden(options.limit_overrides()),
     )
+
+
+def definition_of(fn: Callable[..., Any], defaults: Limits | None = None) -> Definition:
+    """The definition of a decorated function imported by the application itself (trusted
+    code, as any import is), e.g. for a client calling it by its Python object."""
+    options = options_of(fn)
+    if options is None:
+        raise DefinitionError(
+            f"{fn!r} is not a routine; decorate it with @stored_function or @procedure"
+        )
+    try:
+        file = inspect.getsourcefile(fn)
+    except TypeError:
+        file = None
+    if file is None:
+        raise DefinitionError(f"{fn!r}: its source file cannot be found")
+    module = getattr(sys.modules.get(fn.__module__), "__name__", fn.__module__)
+    source = ModuleSource.parse(module, display_path(file), Path(file).read_text())
+    facts = json.loads(json.dumps(facts_of(fn, options.kind, options.given())))
+    return build(facts, source, defaults)
+
+
+def display_path(file: str | Path) -> str:
+    path = Path(file).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def routine_source(source: str, keep: str, routines: set[str]) -> str:
@@ -427,107 +668,4 @@ def routine_source(source: str, keep: str, routines: set[str]) -> str:
     return "".join(
         "\n" if any(spans[n][0] <= i <= (spans[n][1] or i) for n in dropped) else line
         for i, line in enumerate(lines, 1)
-    )
-
-
-def load_module(target: str) -> ModuleType:
-    """Import a module by dotted name or by file path; syntax errors come back with file:line."""
-    try:
-        if target.endswith(".py") or "/" in target:
-            path = Path(target).resolve()
-            module_name = f"pyfuncs_user.{path.stem}"
-            spec = importlib.util.spec_from_file_location(module_name, path)
-            if spec is None or spec.loader is None:
-                raise DefinitionError(f"cannot load {target} as a Python module")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[module_name] = module
-            spec.loader.exec_module(module)
-            return module
-        return importlib.import_module(target)
-    except SyntaxError as exc:
-        where = f"{display_path(exc.filename or target)}:{exc.lineno}:{exc.offset or 0}"
-        raise DefinitionError(f"syntax error: {exc.msg}", where=where) from exc
-    except ModuleNotFoundError as exc:
-        raise DefinitionError(
-            f"cannot import {target!r}: {exc}; pass a file path or an importable module name"
-        ) from exc
-    except DefinitionError:
-        raise
-    except Exception as exc:  # the module's own code failed while it was imported
-        frames = traceback.extract_tb(exc.__traceback__)
-        last = frames[-1] if frames else None
-        location = f"{display_path(last.filename)}:{last.lineno}" if last else None
-        raise DefinitionError(
-            f"importing {target} failed: {type(exc).__name__}: {exc}", where=location
-        ) from exc
-
-
-def _source_file(target: str) -> Path:
-    if target.endswith(".py") or "/" in target:
-        return Path(target).resolve()
-    try:
-        spec = importlib.util.find_spec(target)
-    except (ImportError, ValueError) as exc:
-        raise DefinitionError(f"cannot find module {target!r}: {exc}") from exc
-    if spec is None or spec.origin is None:
-        raise DefinitionError(f"cannot find module {target!r}; pass a file path or a module name")
-    return Path(spec.origin)
-
-
-def _read_source(target: str | ModuleType) -> tuple[Path, str]:
-    if isinstance(target, str):
-        file, name = _source_file(target), target
-    else:
-        file, name = Path(getattr(target, "__file__", None) or ""), target.__name__
-    if not file.is_file():
-        raise DefinitionError(f"no such file: {name} (routines are read from their .py source)")
-    return file, file.read_text()
-
-
-def enforce_policy(source: str, file: Path) -> None:
-    """Refuse a routine module whose source breaks the policy (see pyfuncs.policy)."""
-    violations = policy.check_source(source, display_path(file))
-    if violations:
-        raise DefinitionError(
-            f"{len(violations)} policy violation(s), nothing was deployed:\n"
-            + "\n".join(f"  {v}" for v in violations)
-        )
-
-
-def collect(target: str | ModuleType) -> list[Definition]:
-    """Every routine defined in a module, validated: the policy first, on the source, before
-    the module is imported; then each definition. All problems are reported at once."""
-    file, source = _read_source(target)
-    enforce_policy(source, file)
-    module = load_module(target) if isinstance(target, str) else target
-    found = [
-        obj
-        for obj in vars(module).values()
-        if options_of(obj) is not None and getattr(obj, "__module__", None) == module.__name__
-    ]
-    defaults = Limits.from_env()
-    definitions: list[Definition] = []
-    errors: list[str] = []
-    for fn in found:
-        try:
-            definitions.append(build(fn, source, defaults))
-        except DefinitionError as exc:
-            errors.append(str(exc))
-    names: dict[str, Definition] = {}
-    for d in definitions:
-        if d.qualname in names:
-            errors.append(f"{d.where}: {d.qualname} is defined twice (also at "
-                          f"{names[d.qualname].where})")  # fmt: skip
-        names[d.qualname] = d
-    if errors:
-        raise DefinitionError("\n".join(errors))
-    if not definitions:
-        raise DefinitionError(f"{module.__name__} defines no @stored_function or @procedure")
-    functions = {d.function.__name__ for d in definitions}
-    return sorted(
-        (
-            dataclasses.replace(d, source=routine_source(d.source, d.function.__name__, functions))
-            for d in definitions
-        ),
-        key=lambda d: d.line,
     )

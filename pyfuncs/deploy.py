@@ -24,7 +24,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from . import ddl
-from .definition import Definition, collect
+from .collect import collect
+from .definition import Definition
 from .errors import DeployError, from_psycopg
 from .queries import query
 

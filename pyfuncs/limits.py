@@ -51,6 +51,8 @@ class Limits:
                 ) from None
             if value < 0:
                 raise ConfigError(f"{variable}={raw!r} is negative; use 0 for no limit")
+            if value > MOST:
+                raise ConfigError(f"{variable}={raw!r} is too large; at most {MOST}")
             values[name] = value or None
         return cls(**values)
 
@@ -69,11 +71,14 @@ _EXAMPLES = {
 }  # fmt: skip
 
 
+MOST = 2**31 - 1  # a limit is written into the routine's body; this is plenty for each
+
+
 def problems(overrides: Mapping[str, Any]) -> list[str]:
     """What is wrong with a decorator's limit arguments."""
     return [
-        f"{name}={value!r}: use a whole number (0 for no limit, e.g. {name}={_EXAMPLES[name]})"
+        f"{name}={value!r:.40}: use a whole number from 0 (no limit) to {MOST}, e.g. "
+        f"{name}={_EXAMPLES[name]}"
         for name, value in overrides.items()
-        if value is not None
-        and (isinstance(value, bool) or not isinstance(value, int) or value < 0)
+        if value is not None and (type(value) is not int or not 0 <= value <= MOST)
     ]

@@ -17,6 +17,8 @@ import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .errors import ConfigError
+
 # Pure-computation standard library. `re` is left out on purpose: a backtracking regular
 # expression runs inside one C call that no watchdog can interrupt.
 DEFAULT_ALLOWED = frozenset({
@@ -81,8 +83,13 @@ class Violation:
 
 def allowed_modules() -> frozenset[str]:
     """The default allow-list plus PYFUNCS_ALLOWED_MODULES (comma-separated)."""
-    extra = os.environ.get("PYFUNCS_ALLOWED_MODULES", "")
-    return DEFAULT_ALLOWED | {m.strip() for m in extra.split(",") if m.strip()}
+    extra = {m.strip() for m in os.environ.get("PYFUNCS_ALLOWED_MODULES", "").split(",")}
+    extra.discard("")
+    bad = sorted(m for m in extra if not all(p.isidentifier() for p in m.split(".")))
+    if bad:
+        raise ConfigError(f"PYFUNCS_ALLOWED_MODULES: {', '.join(map(repr, bad))} are not "
+                          "module names")  # fmt: skip
+    return DEFAULT_ALLOWED | extra
 
 
 class _Checker(ast.NodeVisitor):

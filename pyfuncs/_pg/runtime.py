@@ -18,6 +18,7 @@ It provides:
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import ctypes
 import datetime
@@ -230,12 +231,16 @@ class Db(Queries):
     @staticmethod
     def _count() -> None:
         """Every database operation: refused in a stopped call, counted for max_db_ops."""
+        if _disposing:
+            raise RoutineInterrupted()
         watchdog = _WATCHDOG
         if watchdog is not None and (watchdog.stop is not None or watchdog.budgets):
             watchdog.count_db_op()
 
     def _run(self, query: str, params: Sequence[Any]) -> Any:
         # the hot path of every query: _count and the first step of _plan, inlined
+        if _disposing:
+            raise RoutineInterrupted()
         watchdog = _WATCHDOG
         if watchdog is not None and (watchdog.stop is not None or watchdog.budgets):
             watchdog.count_db_op()
@@ -277,6 +282,7 @@ class Db(Queries):
         self, query: str, params: Sequence[Any] = (), /, *, batch: int = 1000
     ) -> Iterator[dict[str, Any]]:
         """Iterate over a large result without holding it all in memory."""
+        _dispose_orphans()
         self._count()
         prepared, values = self._plan(query, params)
         cur = plpy.cursor(prepared.plan, values)
@@ -292,7 +298,11 @@ class Db(Queries):
                     return
                 yield from prepared.rows(chunk)
         finally:
-            cur.close()
+            if _in_transaction():
+                with contextlib.suppress(ValueError):  # its portal went with an aborted one
+                    cur.close()
+            else:  # PostgreSQL is aborting: closing its portal now can crash it
+                _ORPHANS.append(cur)
 
     def subtransaction(self) -> Any:
         """A savepoint: `with db.subtransaction(): ...` undoes its writes if the block raises."""
@@ -584,8 +594,46 @@ _WATCHDOG: Watchdog | None = None
 
 def _stop_guard() -> None:
     """Called first in every handler, `finally` and after every `with` of a routine module."""
+    if _disposing:
+        raise RoutineInterrupted()
     if _WATCHDOG is not None and _WATCHDOG.stop is not None:
         _WATCHDOG.check()
+
+
+# --- what an aborted statement leaves behind ---------------------------------------------
+# When PostgreSQL aborts a statement while a set-returning routine's generator is suspended
+# (a cancel or statement_timeout in the query consuming its rows), it drops the generator
+# during its own cleanup. Finalising it then runs Python that may call back into PostgreSQL
+# (a cursor's close, a `finally` that queries), which can crash the backend and, with it,
+# restart the cluster. So what is left suspended at that moment is kept here instead, and
+# closed at the next set-returning call or cursor in this backend: with every handler and
+# `finally` of routine code skipped (their first statement is the guard, which raises while
+# disposing) and every query refused, so none of it runs in another call's context.
+
+_ORPHANS: list[Any] = []
+_disposing = False
+
+
+def _in_transaction() -> bool:
+    """Whether PostgreSQL is in a transaction, not aborting one (boot() binds the real
+    IsTransactionState; outside PostgreSQL there is no abort to be in)."""
+    return True
+
+
+def _dispose_orphans() -> None:
+    global _disposing
+    if not _ORPHANS:
+        return
+    orphans = _ORPHANS[:]
+    _ORPHANS.clear()
+    _disposing = True
+    try:
+        for orphan in orphans:
+            with contextlib.suppress(BaseException):
+                orphan.close()
+        del orphan, orphans  # finalised here, while disposing
+    finally:
+        _disposing = False
 
 
 class _Guards(ast.NodeTransformer):
@@ -790,11 +838,18 @@ _REMOVED_BUILTINS = frozenset({
 })  # fmt: skip
 
 
+# The `pyfuncs` module routine modules import: the public API for routines only (boot()
+# makes it in the database; pyfuncs._sandbox makes one that records the decorators).
+_SHIM: types.ModuleType | None = None
+
+
 def _restricted_builtins(allowed: frozenset[str]) -> dict[str, Any]:
     import builtins
 
     real_import = builtins.__import__
     replaced = {"math": _guarded_math()}
+    if _SHIM is not None:
+        replaced["pyfuncs"] = _SHIM
 
     def guarded_import(
         name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0
@@ -949,12 +1004,16 @@ class Routine:
     def rows(self, result: Any, budget: Budget | None = None) -> Iterator[Any]:
         """A set-returning routine's rows, within its result limits; errors while iterating
         are translated too."""
-        rows = () if result is None else result
+        _dispose_orphans()
+        rows: Iterator[Any] = iter(() if result is None else result)
         if budget is not None:
             rows = self._counted(rows, budget)
+        # a loop, not `yield from`, so that closing this generator does not close `rows`
+        # by itself: see _ORPHANS
         try:
             if self.max_rows is None and self.max_bytes is None:
-                yield from rows
+                for row in rows:
+                    yield row
                 return
             size = 0
             for count, row in enumerate(rows, 1):
@@ -966,6 +1025,14 @@ class Routine:
                         observed = f"{size} bytes by row {count}"
                         raise self._over("max_result_bytes", self.max_bytes, observed)
                 yield row
+        except GeneratorExit:
+            if _in_transaction():  # the query needs no more rows (LIMIT, say)
+                close = getattr(rows, "close", None)
+                if close is not None:
+                    close()
+            else:  # PostgreSQL is aborting the statement
+                _ORPHANS.append(rows)
+            raise
         except BaseException as exc:
             raise self.fail(exc) from None
 
@@ -1023,10 +1090,13 @@ def _decorator(*args: Any, **_options: Any) -> Any:
 
 def boot(gd: dict[str, Any]) -> None:
     """Called once per backend by pyfuncs.boot()."""
-    global _GD, _WATCHDOG, plpy
+    global _GD, _WATCHDOG, _SHIM, _in_transaction, plpy
     import plpy as _plpy
 
     _GD, plpy = gd, _plpy
+    in_transaction = ctypes.CDLL(None).IsTransactionState  # the postgres executable's
+    in_transaction.restype = ctypes.c_bool
+    _in_transaction = in_transaction
     _WATCHDOG = Watchdog()
     _WATCHDOG.start()
     shim = types.ModuleType("pyfuncs")
@@ -1038,4 +1108,4 @@ def boot(gd: dict[str, Any]) -> None:
         procedure=_decorator,
         __all__=["db", "Rows", "RaiseError", "stored_function", "procedure"],
     )
-    sys.modules["pyfuncs"] = shim
+    _SHIM = shim

@@ -137,8 +137,7 @@ async def describe(conn: psycopg.AsyncConnection[Any], name: Any) -> Table:
     if row is None:
         raise SubscriptionError(
             "unknown_table",
-            f"there is no table {repr(name)[:80]} that you may read; name it as "
-            "'schema.table'",
+            f"there is no table {repr(name)[:80]} that you may read; name it as 'schema.table'",
         )
     relid, schema, table, enabled, key = row
     if not enabled:

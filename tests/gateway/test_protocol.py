@@ -64,6 +64,7 @@ def test_snapshot_then_changes_in_commit_order(gateway: GatewayProcess, rt_db: s
     assert events[:3] == ["connect", "subscribe", "unsubscribe"]
     assert events[-1] == "disconnect"
 
+
 # what the gateway's login role needs (README, "Deploying it")
 GATEWAY_GRANTS = """
 GRANT SELECT ON pyfuncs.realtime_state, pyfuncs.realtime_table, pyfuncs.realtime_commit,

@@ -27,8 +27,9 @@ SECRET = "test-secret-with-at-least-32-bytes!!"
 ROLES = ("student", "manager")
 
 
-def token(sub: Any, role: str, *, secret: str = SECRET, **claims: Any) -> str:
+def token(sub: Any, role: str | None, *, secret: str = SECRET, **claims: Any) -> str:
     payload = {"sub": str(sub), "role": role, "exp": int(time.time()) + 300, **claims}
+    payload = {k: v for k, v in payload.items() if v is not None}
     return jwt.encode(payload, secret, algorithm="HS256")
 
 
@@ -168,7 +169,10 @@ def test_create_student_from_sql_with_call(academy: psycopg.Connection[Any]) -> 
         (lambda s: token(s, "student", exp=int(time.time()) - 10), "has expired"),
         (lambda s: token(s, "student", nbf=int(time.time()) + 600), "not valid yet"),
         (lambda s: "not.a.token", "malformed"),
-        (lambda s: jwt.encode({"sub": str(s)}, SECRET, algorithm="HS256"), "no 'role' claim"),
+        (lambda s: token(s, None), "no 'role' claim"),
+        (lambda s: token(s, "none"), "may not take"),  # that is the login role itself
+        (lambda s: token(s, "authenticator"), "may not take"),
+        (lambda s: jwt.encode({"sub": str(s), "role": "student"}, SECRET), "no exp"),
     ],
 )
 def test_bad_tokens_are_refused_before_anything_runs(

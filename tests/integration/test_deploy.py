@@ -185,7 +185,7 @@ def test_missing_roles_are_reported_before_anything_changes(
             "@stored_function\ndef f(a: int = None) -> int:\n    return 1\n",
             "default None needs an Optional type",
         ),
-        ("@stored_function\ndef f() -> Missing:\n    return 1\n", "type hints cannot be resolved"),
+        ("@stored_function\ndef f() -> Missing:\n    return 1\n", "type hint cannot be resolved"),
         ("@stored_function\nasync def f() -> int:\n    return 1\n", "async functions cannot run"),
         ("@procedure\ndef f() -> list[Row]:\n    return []\n", "a procedure cannot return a set"),
         (

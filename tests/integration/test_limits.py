@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from pyfuncs import deploy as deploying
-from pyfuncs.definition import collect
+from pyfuncs.collect import collect
 from pyfuncs.embedded import Cluster
 
 from .modules import limits_mod

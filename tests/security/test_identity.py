@@ -37,4 +37,3 @@ def test_the_database_refuses_roles_no_token_may_take(
             assert tx.connection.execute("SELECT current_user").fetchone() == ("student",)
         with pytest.raises(AuthError, match="may not take"):
             client.as_user(token("none"))
-

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import pytest
 
 from pyfuncs import DefinitionError, procedure, stored_function
-from pyfuncs.definition import build, routine_source
+from pyfuncs.definition import definition_of, routine_source
 
 
 class Row(NamedTuple):
@@ -32,14 +32,14 @@ def test_decorators_keep_the_function_callable() -> None:
 
 
 def test_definition_describes_the_routine() -> None:
-    d = build(leaderboard)
+    d = definition_of(leaderboard)
     assert d.qualname == "api.leaderboard"
     assert d.identity_args == "bigint, date"
     assert d.doc == "Docs."
     assert d.where.endswith("test_definition.py:18")  # the decorator line
     assert d.spec()["converters"] == ["date"]
     assert d.signature()["returns"]["columns"] == [["total", "bigint"]]
-    assert build(enroll).kind == "procedure" and build(enroll).out_columns == ()
+    assert definition_of(enroll).kind == "procedure" and definition_of(enroll).out_columns == ()
 
 
 def test_undecorated_functions_are_refused() -> None:
@@ -47,7 +47,7 @@ def test_undecorated_functions_are_refused() -> None:
         return x
 
     with pytest.raises(DefinitionError, match="is not a routine"):
-        build(plain)
+        definition_of(plain)
 
 
 def test_routine_source_blanks_other_routines_but_keeps_line_numbers() -> None:

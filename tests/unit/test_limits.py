@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from pyfuncs import stored_function
-from pyfuncs.definition import build
+from pyfuncs.collect import collect
 from pyfuncs.errors import ConfigError, DefinitionError
 from pyfuncs.limits import Limits
 
@@ -26,20 +27,26 @@ def test_a_bad_default_names_the_variable(value: str, says: str) -> None:
         Limits.from_env({"PYFUNCS_MAX_DB_OPS": value})
 
 
-def test_decorator_overrides_and_zero_lifts() -> None:
-    @stored_function(timeout_ms=50, max_result_rows=0)
-    def f(x: int) -> int:
-        return x
+def write(tmp_path: Path, options: str) -> str:
+    module = tmp_path / "limited.py"
+    module.write_text(
+        "from pyfuncs import stored_function\n\n"
+        f"@stored_function({options})\ndef f(x: int) -> int:\n    return x\n"
+    )
+    return str(module)
 
-    defaults = Limits(timeout_ms=1000, max_result_rows=100, max_memory_mb=64)
-    assert build(f, "", defaults).limits == Limits(timeout_ms=50, max_memory_mb=64)
+
+def test_decorator_overrides_and_zero_lifts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYFUNCS_TIMEOUT_MS", "1000")
+    monkeypatch.setenv("PYFUNCS_MAX_RESULT_ROWS", "100")
+    monkeypatch.setenv("PYFUNCS_MAX_MEMORY_MB", "64")
+    (d,) = collect(write(tmp_path, "timeout_ms=50, max_result_rows=0"))
+    assert d.limits == Limits(timeout_ms=50, max_memory_mb=64)
 
 
-@pytest.mark.parametrize("bad", [-1, 1.5, True, "100"])
-def test_bad_limit_in_the_decorator_is_refused(bad: object) -> None:
-    @stored_function(max_memory_mb=bad)  # type: ignore[arg-type]
-    def f(x: int) -> int:
-        return x
-
+@pytest.mark.parametrize("bad", ["-1", "1.5", "True", "'100'", "10**400"])
+def test_bad_limit_in_the_decorator_is_refused(tmp_path: Path, bad: str) -> None:
     with pytest.raises(DefinitionError, match=r"max_memory_mb=.*: use a whole number"):
-        build(f, "")
+        collect(write(tmp_path, f"max_memory_mb={bad}"))

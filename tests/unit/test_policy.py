@@ -9,7 +9,7 @@ import pytest
 
 from pyfuncs import DefinitionError
 from pyfuncs.cli import main
-from pyfuncs.definition import collect
+from pyfuncs.collect import collect
 from pyfuncs.policy import check_source
 
 ATTEMPTS = [

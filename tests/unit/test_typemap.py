@@ -9,7 +9,16 @@ from typing import Annotated, Any, NamedTuple, Optional, TypedDict
 
 import pytest
 
-from pyfuncs.typemap import UnsupportedType, return_shape, sql_type
+from pyfuncs import typemap
+from pyfuncs.typemap import ReturnShape, SqlType, UnsupportedType
+
+
+def sql_type(hint: Any) -> SqlType:
+    return typemap.sql_type(typemap.describe(hint, lambda t: typemap.evaluate(t, globals())))
+
+
+def return_shape(hint: Any) -> ReturnShape:
+    return typemap.return_shape(typemap.describe(hint, lambda t: typemap.evaluate(t, globals())))
 
 
 @pytest.mark.parametrize(
@@ -77,6 +86,6 @@ def test_return_shapes() -> None:
         ("a", "bigint"),
         ("b", "date"),
     ]
-    assert return_shape(list[NT]).setof and return_shape(list[NT]).row_type is NT
+    assert return_shape(list[NT]).setof and return_shape(list[NT]).row_name == "NT"
     assert return_shape(Iterator[TD]).columns[0][0] == "y"
     assert return_shape(DC | None).nullable

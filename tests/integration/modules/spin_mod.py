@@ -83,6 +83,15 @@ def over_results() -> Iterator[int]:
 
 
 @stored_function(schema="spin")
+def cleaning_rows() -> Iterator[int]:
+    try:
+        for row in db.cursor("SELECT g FROM generate_series(1, 1000000) g", batch=10):
+            yield row["g"]
+    finally:
+        db.execute("SELECT 1")  # must never run while PostgreSQL aborts the statement
+
+
+@stored_function(schema="spin")
 def quick(x: int) -> int:
     return x * 2
 

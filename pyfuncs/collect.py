@@ -1,0 +1,183 @@
+"""Collecting a routine module's definitions for `pyfuncs check` and `deploy`, without running
+its code here.
+
+The module is found and read as a file: a dotted name is looked up on the path, never
+imported (importing a package runs its `__init__`). Its source passes the policy check
+(pyfuncs.policy); then it is executed in a contained child process (pyfuncs._sandbox) that
+answers with plain facts about each routine, and those facts are validated against the source
+and the vocabularies (pyfuncs.definition.build). The deployer's machine, and CI's, never run a
+line of the module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import subprocess
+import sys
+import threading
+import unicodedata
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from . import _sandbox, policy
+from .definition import Definition, ModuleSource, build, display_path, routine_source
+from .errors import DefinitionError
+from .limits import Limits
+
+TIMEOUT = 30.0  # seconds of wall clock a check may take
+MAX_ANSWER = 32 << 20  # bytes of facts a child may send back
+
+
+def _clean(text: str, limit: int = 2000) -> str:
+    """Text from the child, shown to whoever runs the check: no control characters (no
+    terminal escapes, no forged lines), and not too long."""
+    kept = "".join(
+        c if c == "\n" or unicodedata.category(c)[0] != "C" else repr(c)[1:-1] for c in text
+    )
+    return kept[:limit]
+
+
+def find(target: str | ModuleType) -> tuple[str, Path]:
+    """The module's name (as the database will load it) and its file, without importing it."""
+    if isinstance(target, ModuleType):
+        file = getattr(target, "__file__", None)
+        if not file:
+            raise DefinitionError(f"{target.__name__} has no source file")
+        return target.__name__, Path(file)
+    if target.endswith(".py") or "/" in target or os.sep in target:
+        path = Path(target)
+        if not path.is_file():
+            raise DefinitionError(f"no such file: {target}")
+        return f"pyfuncs_user.{path.stem}", path.resolve()
+    parts = target.split(".")
+    if not all(part.isidentifier() for part in parts):
+        raise DefinitionError(f"{target!r} is neither a file path nor a module name")
+    for entry in [os.getcwd(), *sys.path]:
+        base = Path(entry or ".").joinpath(*parts)
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return target, candidate.resolve()
+    raise DefinitionError(
+        f"cannot find module {target!r} on the path (it is looked up, not imported); pass a "
+        "file path, or run from the directory the module's package is in"
+    )
+
+
+def read(target: str | ModuleType) -> ModuleSource:
+    name, path = find(target)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DefinitionError(f"cannot read {path}: {exc}") from None
+    return ModuleSource.parse(name, display_path(path), text)
+
+
+def enforce_policy(module: ModuleSource) -> None:
+    """Refuse a routine module whose source breaks the policy (see pyfuncs.policy)."""
+    violations = policy.check_source(module.text, module.file)
+    if violations:
+        raise DefinitionError(
+            f"{len(violations)} policy violation(s), nothing was deployed:\n"
+            + "\n".join(f"  {v}" for v in violations)
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _run_child(request: str) -> dict[str, Any]:
+    """Execute a module in the contained child (pyfuncs._sandbox) and read its answer. One
+    answer per request: the same source, file, name and allow-list give the same facts."""
+    import pyfuncs
+
+    command = [sys.executable, "-I", "-B", _sandbox.__file__]
+    env = {"PATH": os.defpath, "LC_ALL": "C.UTF-8"}  # nothing of the deployer's environment
+    try:
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, env=env, cwd="/")  # fmt: skip
+    except OSError as exc:
+        raise DefinitionError(f"the module cannot be checked: {exc}") from None
+    assert proc.stdin is not None and proc.stdout is not None
+    timer = threading.Timer(TIMEOUT, proc.kill)
+    timer.start()
+    try:
+        path = str(Path(pyfuncs.__file__).resolve().parent.parent)
+        proc.stdin.write(json.dumps({**json.loads(request), "path": path}).encode())
+        proc.stdin.close()
+        data = proc.stdout.read(MAX_ANSWER + 1)
+    except BrokenPipeError:
+        data = b""
+    finally:
+        proc.kill()
+        code = proc.wait()
+        timer.cancel()
+        proc.stdout.close()
+    if code == -9 and not data:
+        raise DefinitionError(
+            f"checking the module took more than {TIMEOUT:g} s: module-level code must not run "
+            "that long (routines run when they are called, not when the module loads)"
+        )
+    if len(data) > MAX_ANSWER:
+        raise DefinitionError("checking the module produced too much output")
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        why = {-24: f"used more than {_sandbox.CPU_SECONDS} s of CPU"}.get(code, f"exit {code}")
+        raise DefinitionError(f"checking the module failed ({why}) without an answer") from None
+    if not isinstance(answer, dict):
+        raise DefinitionError("checking the module gave an unreadable answer")
+    return answer
+
+
+def facts(module: ModuleSource) -> list[Any]:
+    """Execute the module in the contained child and return its routines' facts."""
+    request = json.dumps({"source": module.text, "file": module.file, "module": module.name,
+                          "allowed": sorted(policy.allowed_modules())})  # fmt: skip
+    answer = _run_child(request)
+    error = answer.get("error")
+    if error is not None:
+        message = error.get("message") if isinstance(error, dict) else None
+        line = error.get("line") if isinstance(error, dict) else None
+        raise DefinitionError(
+            _clean(message if type(message) is str else "the module cannot be collected"),
+            where=f"{module.file}:{line}" if type(line) is int else module.file,
+        )
+    routines = answer.get("routines")
+    if not isinstance(routines, list):
+        raise DefinitionError("checking the module gave an unreadable answer")
+    return routines
+
+
+def collect(target: str | ModuleType) -> list[Definition]:
+    """Every routine defined in a module, validated, all problems reported at once: the
+    policy on the source, then the facts the contained child found, against the source."""
+    module = read(target)
+    enforce_policy(module)
+    defaults = Limits.from_env()
+    definitions: list[Definition] = []
+    errors: list[str] = []
+    for routine in facts(module):
+        try:
+            definitions.append(build(routine, module, defaults))
+        except DefinitionError as exc:
+            errors.append(_clean(str(exc)))
+    names: dict[str, Definition] = {}
+    for d in definitions:
+        if d.qualname in names:
+            errors.append(f"{d.where}: {d.qualname} is defined twice (also at "
+                          f"{names[d.qualname].where})")  # fmt: skip
+        names[d.qualname] = d
+    if errors:
+        raise DefinitionError("\n".join(errors))
+    if not definitions:
+        raise DefinitionError(f"{module.name} defines no @stored_function or @procedure")
+    functions = {d.function for d in definitions}
+    return sorted(
+        (
+            dataclasses.replace(d, source=routine_source(d.source, d.function, functions))
+            for d in definitions
+        ),
+        key=lambda d: d.line,
+    )
