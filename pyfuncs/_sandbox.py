@@ -2,8 +2,8 @@
 
 A routine module is code nobody may have reviewed yet (`pyfuncs check` runs in CI and in
 pre-commit hooks), so the deployer's machine never executes it. pyfuncs.collect starts this
-file with a clean environment, writes a request on its stdin
-(`{"source", "file", "module", "allowed", "path"}`) and reads one JSON answer on its stdout:
+file with a clean environment, writes a request on its stdin (`{"source", "file", "module",
+"allowed", "path", "cpu_seconds", "memory_bytes"}`) and reads one JSON answer on its stdout:
 `{"routines": [facts...]}` (pyfuncs.definition.facts_of) or `{"error": {"message", "line"}}`.
 
 Before a line of the module runs, the process is contained:
@@ -36,9 +36,6 @@ import traceback
 import types
 from typing import Any
 
-CPU_SECONDS = 20
-MEMORY_BYTES = 1 << 30
-
 # what Python needs to compute, manage memory, and read or write the pipes it already holds
 ALLOWED_SYSCALLS = (
     "read", "write", "readv", "writev", "lseek", "fstat", "close", "brk", "mmap", "munmap",
@@ -61,10 +58,10 @@ class Refused(Exception):
         self.line = line
 
 
-def contain() -> str:
+def contain(cpu_seconds: int, memory_bytes: int) -> str:
     """Resource limits, then (on Linux) the seccomp filter. Returns how it is contained."""
-    resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS))
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_BYTES, MEMORY_BYTES))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))  # SIGXCPU first
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     if not sys.platform.startswith("linux"):
@@ -129,11 +126,14 @@ def collect(request: dict[str, Any]) -> dict[str, Any]:
     marked: list[tuple[Any, str, dict[str, Any]]] = []
     runtime._SHIM = _shim(marked)
     filename, module = request["file"], request["module"]
-    how = contain()
+    how = contain(request["cpu_seconds"], request["memory_bytes"])
     try:
         namespace = runtime._load_module(request["source"], filename, module, allowed)
     except SyntaxError as exc:
         raise Refused(f"syntax error: {exc.msg}", exc.lineno) from None
+    except MemoryError:
+        raise Refused("the module used more memory than a check allows "
+                      f"({request['memory_bytes'] >> 20} MB of address space)") from None  # fmt: skip
     except BaseException as exc:  # whatever the module's own code raised
         message = f"importing {module} failed: {type(exc).__name__}: {exc}"
         if isinstance(exc, OSError):
@@ -164,7 +164,7 @@ def main() -> None:
         answer = {"error": {"message": str(exc)[:2000], "line": exc.line}}
     except MemoryError:
         answer = {"error": {"message": "the module used more memory than a check allows "
-                            f"({MEMORY_BYTES >> 20} MB)", "line": None}}  # fmt: skip
+                            f"({request['memory_bytes'] >> 20} MB)", "line": None}}  # fmt: skip
     except BaseException as exc:  # its exception's str() failed, say
         answer = {"error": {"message": f"the check failed: {type(exc).__name__}", "line": None}}
     data = json.dumps(answer).encode()

@@ -28,7 +28,10 @@ from .definition import Definition, ModuleSource, build, display_path, routine_s
 from .errors import DefinitionError
 from .limits import Limits
 
-TIMEOUT = 30.0  # seconds of wall clock a check may take
+# what executing a module for a check may take (module-level code should take next to nothing)
+TIMEOUT = 30.0  # seconds of wall clock
+CPU_SECONDS = 20
+MEMORY_BYTES = 1 << 30  # of address space
 MAX_ANSWER = 32 << 20  # bytes of facts a child may send back
 
 
@@ -100,11 +103,18 @@ def _run_child(request: str) -> dict[str, Any]:
     except OSError as exc:
         raise DefinitionError(f"the module cannot be checked: {exc}") from None
     assert proc.stdin is not None and proc.stdout is not None
-    timer = threading.Timer(TIMEOUT, proc.kill)
+    timed_out = threading.Event()
+
+    def stop() -> None:
+        timed_out.set()
+        proc.kill()
+
+    timer = threading.Timer(TIMEOUT, stop)
     timer.start()
     try:
         path = str(Path(pyfuncs.__file__).resolve().parent.parent)
-        proc.stdin.write(json.dumps({**json.loads(request), "path": path}).encode())
+        limits = {"cpu_seconds": CPU_SECONDS, "memory_bytes": MEMORY_BYTES, "path": path}
+        proc.stdin.write(json.dumps({**json.loads(request), **limits}).encode())
         proc.stdin.close()
         data = proc.stdout.read(MAX_ANSWER + 1)
     except BrokenPipeError:
@@ -114,7 +124,7 @@ def _run_child(request: str) -> dict[str, Any]:
         code = proc.wait()
         timer.cancel()
         proc.stdout.close()
-    if code == -9 and not data:
+    if timed_out.is_set() and not data:
         raise DefinitionError(
             f"checking the module took more than {TIMEOUT:g} s: module-level code must not run "
             "that long (routines run when they are called, not when the module loads)"
@@ -124,7 +134,8 @@ def _run_child(request: str) -> dict[str, Any]:
     try:
         answer = json.loads(data)
     except ValueError:
-        why = {-24: f"used more than {_sandbox.CPU_SECONDS} s of CPU"}.get(code, f"exit {code}")
+        cpu = f"used more than {CPU_SECONDS} s of CPU: module-level code must not run that long"
+        why = {-24: cpu, -9: cpu}.get(code, f"exit status {code}")
         raise DefinitionError(f"checking the module failed ({why}) without an answer") from None
     if not isinstance(answer, dict):
         raise DefinitionError("checking the module gave an unreadable answer")

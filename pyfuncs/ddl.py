@@ -49,13 +49,26 @@ def body(d: Definition) -> str:
     counted = d.limits.max_db_ops is not None
     begin = "_pf_budget = SD['pf'].begin()\n" if counted else ""
     end = "finally:\n    SD['pf'].end()\n" if counted else ""
-    if d.returns.setof:
+    shape = d.returns
+    # a single column: PostgreSQL types the result by that column (one OUT parameter, or
+    # TABLE of one column), so the body returns the field, not the row
+    single = shape.kind == "row" and len(shape.columns) == 1 and d.kind == "function"
+    field = ""
+    if single:
+        column = repr(shape.columns[0][0])
+        field = (f"(lambda _pf_row: None if _pf_row is None else _pf_row[{column}] "
+                 f"if isinstance(_pf_row, dict) else getattr(_pf_row, {column}))")  # fmt: skip
+    if shape.setof:
+        if single:
+            result = f"map({field}, {result} or ())"
         result = f"SD['pf'].rows({result}, _pf_budget)" if counted else f"SD['pf'].rows({result})"
     else:
         if d.limits.max_result_bytes and d.returns.kind != "void":
             result = f"SD['pf'].sized({result})"
         if d.kind == "procedure" and d.returns.kind == "scalar":
             result = f"{{'result': {result}}}"  # a procedure's OUT parameters form a row
+        elif single:
+            result = f"{field}({result})"
     return BODY.format(
         qualname=d.qualname, where=d.where, spec=d.spec(), source=d.source,
         checks=checks, begin=begin, result=result, end=end,
@@ -104,6 +117,8 @@ def create_statement(d: Definition) -> sql.Composed:
                     for n, t in shape.columns
                 )
             )
+        elif shape.kind == "row" and len(shape.columns) == 1:
+            returns = sql.SQL(shape.columns[0][1].sql)  # what one OUT parameter makes it
         elif shape.kind == "row":
             returns = sql.SQL("record")
         else:

@@ -634,11 +634,15 @@ def definition_of(fn: Callable[..., Any], defaults: Limits | None = None) -> Def
 
 
 def display_path(file: str | Path) -> str:
+    """A file's path as messages, catalogs and generated code show it: relative to the
+    working directory when it is under it, and never with a control character (a newline in
+    a directory's name must not start a line anywhere)."""
     path = Path(file).resolve()
     try:
-        return str(path.relative_to(Path.cwd()))
+        text = str(path.relative_to(Path.cwd()))
     except ValueError:
-        return str(path)
+        text = str(path)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def routine_source(source: str, keep: str, routines: set[str]) -> str:

@@ -76,6 +76,24 @@ def _rows(conn: psycopg.Connection[Any], query_name: str, /, **params: Any) -> l
         return cur.execute(query(query_name), params).fetchall()
 
 
+# what every statement a deploy runs begins with (ddl.py and _apply make no other kind)
+_DDL = ("CREATE OR REPLACE FUNCTION ", "CREATE OR REPLACE PROCEDURE ", "CREATE SCHEMA IF NOT ",
+        "DROP FUNCTION ", "DROP PROCEDURE ", "GRANT ", "REVOKE ", "COMMENT ON ")  # fmt: skip
+
+
+def _execute_ddl(conn: psycopg.Connection[Any], statement: sql.Composed | str) -> None:
+    """One DDL statement, in the deploy's transaction, and nothing else: it must be of a kind
+    a deploy makes (never a transaction command such as COMMIT, which would end the deploy
+    part way), and it goes through the extended protocol (`binary` asks for it), which takes
+    exactly one statement, so nothing in its text can smuggle in a second one."""
+    text = statement if isinstance(statement, str) else statement.as_string(conn)
+    if not text.startswith(_DDL):
+        raise DeployError(f"refusing to run {text[:60]!r}: not a statement a deploy makes")
+    conn.execute(text, binary=True)
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
+        raise DeployError("a DDL statement ended the deploy's transaction")
+
+
 def _needs_drop(current: dict[str, Any] | None, kind: str, signature: dict[str, Any]) -> bool:
     """CREATE OR REPLACE cannot change argument types, the result type or the routine kind."""
     if current is None or current["live_version"] is None:
@@ -99,21 +117,21 @@ def _apply(
     kind, schema, name = sig["kind"], target["schema_name"], target["name"]
     if _needs_drop(current, kind, sig):
         _drop(conn, current, schema, name)
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-    conn.execute(target["ddl"])
+    _execute_ddl(conn, sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    _execute_ddl(conn, target["ddl"])
     ref = ddl.routine_ref(kind, schema, name, target["identity_args"])
-    conn.execute(sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(ref))
+    _execute_ddl(conn, sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(ref))
     old_roles = (
         set(current["signature"].get("roles", [])) if current and current["signature"] else set()
     )
     for role in sorted(old_roles - set(sig["roles"])):
-        conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(ref, sql.Identifier(role)))
+        _execute_ddl(conn, sql.SQL("REVOKE ALL ON {} FROM {}").format(ref, sql.Identifier(role)))
     for role in sig["roles"]:
         # EXECUTE is useless without USAGE on the schema; USAGE alone exposes nothing
-        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+        _execute_ddl(conn, sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
             sql.Identifier(schema), sql.Identifier(role)))  # fmt: skip
-        conn.execute(sql.SQL("GRANT EXECUTE ON {} TO {}").format(ref, sql.Identifier(role)))
-    conn.execute(sql.SQL("COMMENT ON {} IS {}").format(ref, sql.Literal(sig.get("doc"))))
+        _execute_ddl(conn, sql.SQL("GRANT EXECUTE ON {} TO {}").format(ref, sql.Identifier(role)))
+    _execute_ddl(conn, sql.SQL("COMMENT ON {} IS {}").format(ref, sql.Literal(sig.get("doc"))))
     conn.execute(
         query("set_live"),
         {"version": target["version"], "kind": kind, "routine_id": target["routine_id"]},
@@ -126,7 +144,7 @@ def _drop(
     if current is None or current["live_version"] is None:
         return
     ref = ddl.routine_ref(current["kind"], schema, name, current["identity_args"])
-    conn.execute(sql.SQL("DROP {}").format(ref))
+    _execute_ddl(conn, sql.SQL("DROP {}").format(ref))
 
 
 def _check_roles(conn: psycopg.Connection[Any], definitions: Sequence[Definition]) -> None:
@@ -232,11 +250,24 @@ def deploy(
     label: str | None = None,
     notify: bool = True,
 ) -> DeployResult:
-    """Deploy every routine of a module (dotted name, file path or module), all or nothing."""
-    definitions = collect(target)  # raises DefinitionError before touching the database
+    """Deploy every routine of a module (dotted name, file path or module), all or nothing.
+    The module is collected first (pyfuncs.collect: never executed here), before the
+    database is touched."""
     name = target if isinstance(target, str) else target.__name__
-    with _errors(f"deploy of {name}"), conn.transaction():
-        return deploy_definitions(conn, definitions, target=name, label=label, notify=notify)
+    return deploy_collected(conn, collect(target), target=name, label=label, notify=notify)
+
+
+def deploy_collected(
+    conn: psycopg.Connection[Any],
+    definitions: Sequence[Definition],
+    *,
+    target: str,
+    label: str | None = None,
+    notify: bool = True,
+) -> DeployResult:
+    """Deploy collected definitions in a transaction of their own, all or nothing."""
+    with _errors(f"deploy of {target}"), conn.transaction():
+        return deploy_definitions(conn, definitions, target=target, label=label, notify=notify)
 
 
 def rollback_deployment(

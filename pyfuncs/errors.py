@@ -176,14 +176,19 @@ def from_sqlstate(
     return cls(message, sqlstate=sqlstate, detail=detail, hint=hint)
 
 
+def one_line(text: str) -> str:
+    """A message that may span lines (libpq's do) as one line."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
 def from_psycopg(exc: Exception) -> PyfuncsError:
     """Translate a psycopg error; the one place driver errors become pyfuncs errors."""
     import psycopg
 
     if not isinstance(exc, psycopg.Error):
-        return PyfuncsError(str(exc))
+        return PyfuncsError(one_line(str(exc)))
     diag = exc.diag
-    message = diag.message_primary or str(exc).strip()
+    message = diag.message_primary or one_line(str(exc))
     return from_sqlstate(exc.sqlstate, message, detail=diag.message_detail, hint=diag.message_hint)
 
 

@@ -57,6 +57,10 @@ FORBIDDEN_BUILTINS = {
 
 NAMED_ACCESS = frozenset({"getattr", "setattr", "hasattr"})
 
+# What a routine module may use of pyfuncs: the API for routines, not pyfuncs' internals
+# (the `pyfuncs` module routines import in the database and in a check has nothing else).
+ROUTINE_API = frozenset({"stored_function", "procedure", "db", "RaiseError", "Rows"})
+
 # Attributes that lead from an object to frames, code or globals.
 FRAME_ATTRIBUTES = frozenset({
     "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "cr_await", "ag_frame",
@@ -96,6 +100,7 @@ class _Checker(ast.NodeVisitor):
     def __init__(self, file: str, allowed: frozenset[str]) -> None:
         self.file, self.allowed = file, allowed
         self.found: list[Violation] = []
+        self.pyfuncs_names: set[str] = set()  # what `import pyfuncs [as x]` bound
 
     def _add(self, node: ast.AST, rule: str, message: str, fix: str) -> None:
         line, col = getattr(node, "lineno", 0), getattr(node, "col_offset", -1) + 1
@@ -110,9 +115,17 @@ class _Checker(ast.NodeVisitor):
                if why else "add it to PYFUNCS_ALLOWED_MODULES if it is pure computation")  # fmt: skip
         self._add(node, "import-not-allowed", message, fix)
 
+    def _pyfuncs_name(self, node: ast.AST, name: str) -> None:
+        if name not in ROUTINE_API and name != "*":
+            self._add(node, "import-not-allowed",
+                      f"pyfuncs.{name} is not part of pyfuncs' API for routines",
+                      f"use only {', '.join(sorted(ROUTINE_API))}")  # fmt: skip
+
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
             self._module(node, alias.name)
+            if alias.name == "pyfuncs":
+                self.pyfuncs_names.add(alias.asname or "pyfuncs")
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         if node.level:
@@ -120,6 +133,9 @@ class _Checker(ast.NodeVisitor):
                       "a routine module must be self-contained")  # fmt: skip
             return
         self._module(node, node.module or "")
+        if node.module == "pyfuncs":
+            for alias in node.names:
+                self._pyfuncs_name(node, alias.name)
 
     def visit_Name(self, node: ast.Name) -> None:
         name = node.id
@@ -134,6 +150,8 @@ class _Checker(ast.NodeVisitor):
                       f"call {name}(obj, 'literal_name') or use obj.attr")  # fmt: skip
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
+        if isinstance(node.value, ast.Name) and node.value.id in self.pyfuncs_names:
+            self._pyfuncs_name(node, node.attr)
         if node.attr.startswith("__"):
             self._add(node, "dunder-attribute",
                       f"the attribute {node.attr!r} reaches interpreter internals",

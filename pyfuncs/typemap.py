@@ -148,7 +148,9 @@ def describe(hint: Any, resolve: Resolve, depth: int = 0) -> Description:
         return {"kind": "unsupported", "text": "a hint nested too deeply"}
     if isinstance(hint, ForwardRef):
         hint = hint.__forward_arg__
-    if type(hint) is str:
+    for _ in range(_DEPTH):  # "'Row'": a quoted annotation in a module whose are strings
+        if type(hint) is not str:
+            break
         hint = resolve(hint)
     if hint is None or hint is type(None):
         return {"kind": "none"}

@@ -16,6 +16,7 @@ It provides:
 """
 
 from __future__ import annotations
+import __future__
 
 import ast
 import contextlib
@@ -807,8 +808,15 @@ def _guarded_math() -> types.ModuleType:
 
 
 def _compile(source: str, filename: str) -> types.CodeType:
+    """A routine module compiled with the guards inserted. Its annotations are kept as
+    strings (PEP 563) whether or not it says so: nothing evaluates them in the database, and
+    a check reads them as type expressions only (pyfuncs.typemap.evaluate)."""
     tree = _Guards().visit(ast.parse(source, filename))
-    return compile(ast.fix_missing_locations(tree), filename, "exec")
+    flags = __future__.annotations.compiler_flag
+    code: types.CodeType = compile(
+        ast.fix_missing_locations(tree), filename, "exec", flags, dont_inherit=True
+    )
+    return code
 
 
 def _interrupted(exc: BaseException) -> None:

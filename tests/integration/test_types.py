@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime
 import uuid
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
+from pyfuncs import deploy as deploying
 from pyfuncs.client import Client
 
 from .modules import types_mod as m
@@ -106,3 +108,74 @@ def test_named_arguments_and_defaults_from_sql(
         datetime.datetime(2024, 1, 1, 2, tzinfo=UTC),
     )
     assert conn.execute("SELECT count(*) FROM rt.pairs(count => 4)").fetchone() == (4,)
+
+
+ONE_FIELD = """
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import NamedTuple, TypedDict
+
+from pyfuncs import procedure, stored_function
+
+
+class One(NamedTuple):
+    total: int
+
+
+@dataclass
+class Solo:
+    name: str
+
+
+class Single(TypedDict):
+    n: int
+
+
+@stored_function(schema="one")
+def one_tuple(x: int) -> One:
+    return One(x + 1)
+
+
+@stored_function(schema="one")
+def one_dataclass(s: str) -> Solo | None:
+    return None if s == "" else Solo(s)
+
+
+@stored_function(schema="one")
+def one_dict(x: int) -> Single:
+    return {"n": x}
+
+
+@stored_function(schema="one")
+def one_set(x: int) -> Iterator[One]:
+    yield One(x)
+    yield One(x + 1)
+
+
+@procedure(schema="one")
+def one_procedure(x: int) -> One:
+    return One(x * 2)
+"""
+
+
+def test_a_row_type_with_a_single_field(
+    conn: psycopg.Connection[Any], dsn: str, tmp_path: Path
+) -> None:
+    """One OUT parameter makes PostgreSQL type the function by that column, not as a
+    record: such a routine could not be deployed ("function result type must be bigint")."""
+    module = tmp_path / "one_field.py"
+    module.write_text(ONE_FIELD)
+    deploying.deploy(conn, str(module))
+    assert conn.execute("SELECT * FROM one.one_tuple(1)").fetchall() == [(2,)]
+    assert conn.execute("SELECT total FROM one.one_tuple(1)").fetchone() == (2,)
+    assert conn.execute("SELECT one.one_dataclass('x'), one.one_dataclass('')").fetchone() == (
+        "x", None)  # fmt: skip
+    assert conn.execute("SELECT n FROM one.one_dict(7)").fetchone() == (7,)
+    assert conn.execute("SELECT * FROM one.one_set(5)").fetchall() == [(5,), (6,)]
+    assert conn.execute("CALL one.one_procedure(4, NULL)").fetchone() == (8,)
+    with Client(dsn) as client:
+        assert client.call("one.one_tuple", x=1) == {"total": 2}
+        assert client.call("one.one_dataclass", s="") is None
+        assert client.call("one.one_procedure", x=3) == {"total": 6}

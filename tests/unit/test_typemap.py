@@ -89,3 +89,17 @@ def test_return_shapes() -> None:
     assert return_shape(list[NT]).setof and return_shape(list[NT]).row_name == "NT"
     assert return_shape(Iterator[TD]).columns[0][0] == "y"
     assert return_shape(DC | None).nullable
+
+
+def test_type_names_come_from_the_vocabulary_never_from_the_hint() -> None:
+    """A str that claims to equal every type name is still not one: descriptions carry its
+    characters, and the mapping compares exact strings and returns its own."""
+
+    def evil() -> type:  # typing caches Annotated[] by equality: a class for each use
+        return type("S", (str,), {"__eq__": lambda a, b: True, "__hash__": lambda a: id(a)})
+
+    with pytest.raises(UnsupportedType, match="choose one of"):
+        sql_type(Annotated[int, evil()("integer); DROP TABLE t; --")])
+    chosen = sql_type(Annotated[int, evil()("integer")]).sql
+    assert type(chosen) is str and chosen == "integer"
+    assert all(type(t) is str for t in typemap.SQL_TYPES)

@@ -1,0 +1,285 @@
+"""`pyfuncs check` and `deploy` never run a routine module unguarded here: it runs in a
+contained child process, and nothing it makes reaches DDL but names that passed a pattern,
+types from the vocabulary and values rebuilt with their exact types (README "Security
+model"). Each hostile module below passes the policy check, so it really runs."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pyfuncs import DefinitionError, DeployError, ddl
+from pyfuncs import collect as collecting
+from pyfuncs import deploy as deploying
+from pyfuncs.cli import main
+from pyfuncs.policy import check_source
+
+ROUTINE = "\n\n@stored_function\ndef ok() -> int:\n    return 1\n"
+
+# ways out of the guards (these routes are issue 12's to close in the database too) and
+# what each does once out: every one tries to leave MARKER behind
+ESCAPES = {
+    "a module attribute": "import uuid\nOS = uuid.os\n",
+    "sys.modules": "import uuid\nOS = uuid.sys.modules['os']\n",
+    "match on __globals__": textwrap.dedent("""\
+        from pyfuncs import RaiseError
+        match RaiseError:
+            case type(__init__=init):
+                pass
+        match init:
+            case object(__globals__=g):
+                pass
+        OS = g['__builtins__']['__import__']('os')
+    """),
+}
+ACTIONS = {
+    "open": "OS.close(OS.open(MARKER, OS.O_CREAT | OS.O_WRONLY))",
+    "mkdir": "OS.mkdir(MARKER)",
+    "system": "OS.system('touch ' + MARKER)",
+    "fork": "OS._exit(0) if OS.fork() == 0 else OS.wait()",
+    "rename": "OS.rename(__file__, MARKER)",
+    "ctypes": "OS.sys.modules['ctypes'].CDLL(None).system(b'touch ' + MARKER.encode())",
+    "thread": "OS.sys.modules['threading'].Thread(target=OS.mkdir, args=(MARKER,)).start()",
+}
+
+
+def hostile(tmp_path: Path, escape: str, action: str) -> Path:
+    marker = tmp_path / "marker"
+    module = tmp_path / "hostile.py"
+    module.write_text(
+        "from pyfuncs import stored_function\n"
+        + f"MARKER = {str(marker)!r}\n"
+        + ESCAPES[escape]
+        + "try:\n    "
+        + ACTIONS[action].replace("__file__", repr(str(module)))
+        + "\nexcept OSError:\n    pass\n"
+        + ROUTINE
+    )
+    assert check_source(module.read_text(), "hostile.py") == []  # it really runs
+    return marker
+
+
+@pytest.mark.parametrize("action", sorted(ACTIONS))
+@pytest.mark.parametrize("escape", sorted(ESCAPES))
+def test_a_hostile_module_leaves_no_trace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], escape: str, action: str
+) -> None:
+    marker = hostile(tmp_path, escape, action)
+    main(["check", str(tmp_path / "hostile.py")])
+    out, err = capsys.readouterr()
+    assert not marker.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hostile.py"]  # not even a cache
+    assert "ok  public.ok" in out or "pyfuncs:" in err
+
+
+def test_the_module_sees_neither_the_deployers_environment_nor_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEPLOY_SECRET", "s3cr3t-in-the-environment")
+    secret_file = tmp_path / "key"
+    secret_file.write_text("s3cr3t-in-a-file")
+    module = tmp_path / "nosy.py"
+    module.write_text(
+        "from pyfuncs import stored_function\nimport uuid\n"
+        f"try:\n    found = uuid.os.read(uuid.os.open({str(secret_file)!r}, 0), 100)\n"
+        "except OSError as exc:\n    found = str(exc)\n"
+        "raise ValueError(str(dict(uuid.os.environ)) + str(found))\n" + ROUTINE
+    )
+    with pytest.raises(DefinitionError) as info:
+        collecting.collect(str(module))
+    message = str(info.value)
+    assert "importing" in message and "Operation not permitted" in message
+    assert "s3cr3t" not in message
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ("while True:\n    pass\n", "CPU"),
+        ("x = bytearray(2 ** 31)\n", "memory"),
+        ("import uuid\nuuid.os.kill(uuid.os.getppid(), 9)\n", "Operation not permitted"),
+        ("print('{\"routines\": []}')\n", None),  # printing cannot forge the answer
+    ],
+)
+def test_limits_of_a_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str, says: str | None
+) -> None:
+    monkeypatch.setattr(collecting, "CPU_SECONDS", 2)
+    module = tmp_path / "heavy.py"
+    module.write_text("from pyfuncs import stored_function\n" + body + ROUTINE)
+    if says is None:
+        assert [d.qualname for d in collecting.collect(str(module))] == ["public.ok"]
+        return
+    with pytest.raises(DefinitionError, match=says):
+        collecting.collect(str(module))
+
+
+def test_the_parent_builds_the_body_whatever_the_module_patches(
+    conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """A module once rewrote the generator of PL/Python bodies through pyfuncs' internals;
+    what runs in the database is now made in a process the module never ran in."""
+    module = tmp_path / "patcher.py"
+    module.write_text(
+        "from pyfuncs import stored_function\nimport uuid\n"
+        "for name, m in list(uuid.sys.modules.items()):\n"
+        "    if name.startswith('pyfuncs') and hasattr(m, 'BODY'):\n"
+        "        m.BODY = 'return 666'\n"
+        "    if name.startswith('pyfuncs') and hasattr(m, 'body'):\n"
+        "        m.body = lambda d: 'return 666'\n" + ROUTINE
+    )
+    (definition,) = collecting.collect(str(module))
+    deploying.deploy(conn, str(module))
+    row = conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'ok'").fetchone()
+    assert row == (ddl.body(definition),) and row[0].startswith("# pyfuncs public.ok")
+    assert conn.execute("SELECT public.ok()").fetchone() == (1,)
+
+
+@pytest.mark.parametrize(
+    "imports",
+    ["from pyfuncs import deploy", "from pyfuncs import _pg", "import pyfuncs.ddl",
+     "from pyfuncs import definition as d", "import pyfuncs\nx = pyfuncs.collect",
+     "import pyfuncs as p\nx = p.errors"],
+)  # fmt: skip
+def test_routine_modules_import_only_the_api_for_routines(tmp_path: Path, imports: str) -> None:
+    module = tmp_path / "internal.py"
+    module.write_text("from pyfuncs import stored_function\n" + imports + ROUTINE)
+    with pytest.raises(DefinitionError, match=r"not part of pyfuncs' API for routines|import"):
+        collecting.collect(str(module))
+
+
+# --- DDL is made of exact types only ------------------------------------------------------
+
+# A module cannot spell __str__ or __repr__ (the policy refuses dunder names), but it can
+# make a class with them: type() takes them as dictionary keys.
+INJECTIONS = {
+    "a Decimal whose str() is SQL": (
+        "from decimal import Decimal\n"
+        "D = type('D', (Decimal,), {'__str__': lambda s: SQL, '__repr__': lambda s: SQL})\n"
+        "@stored_function(schema='inj')\ndef f(x: Decimal = D('1')) -> int:\n    return 1\n",
+        "cannot be written into SQL",
+    ),
+    "an int whose str() is SQL": (
+        "I = type('I', (int,), {'__str__': lambda s: SQL, '__repr__': lambda s: SQL})\n"
+        "@stored_function(schema='inj')\ndef f(x: int = I(1)) -> int:\n    return 1\n",
+        "cannot be written into SQL",
+    ),
+    "a float whose repr() is SQL": (
+        "F = type('F', (float,), {'__str__': lambda s: SQL, '__repr__': lambda s: SQL})\n"
+        "@stored_function(schema='inj')\ndef f(x: float = F(1)) -> int:\n    return 1\n",
+        "cannot be written into SQL",
+    ),
+    "a str equal to every type name": (
+        "from typing import Annotated\n"
+        "S = type('S', (str,), {'__eq__': lambda a, b: True, '__hash__': lambda a: 0})\n"
+        "EVIL = S('integer) RETURNS int AS $$ x $$ LANGUAGE sql; ' + SQL)\n"
+        "@stored_function(schema='inj')\ndef f(x: Annotated[int, EVIL]) -> int:\n"
+        "    return 1\n",
+        "choose one of",
+    ),
+    "a dict default with a str-subclass key": (
+        "from typing import Any\nK = type('K', (str,), {})\n"
+        "@stored_function(schema='inj')\n"
+        "def f(x: dict[str, Any] = {K('a'): 1}) -> int:\n    return 1\n",
+        "cannot be written into SQL",
+    ),
+    "a role that is SQL": (
+        "@stored_function(schema='inj', roles=['student; ' + SQL])\ndef f() -> int:\n"
+        "    return 1\n",
+        "is not a valid name",
+    ),
+    "a routine name that is SQL": (
+        "@stored_function(schema='inj', name='f(); ' + SQL)\ndef f() -> int:\n    return 1\n",
+        "is not a valid name",
+    ),
+    "a limit that is an int subclass": (
+        "I = type('I', (int,), {'__repr__': lambda s: SQL})\n"
+        "@stored_function(schema='inj', timeout_ms=I(5))\ndef f() -> int:\n    return 1\n",
+        "timeout_ms",
+    ),
+    "an annotation that calls": (
+        "import uuid\n@stored_function(schema='inj')\n"
+        "def f(x: \"uuid.os.system('touch x')\") -> int:\n    return 1\n",
+        "not a plain type expression",
+    ),
+}
+SQL = "0; DROP TABLE public.victim; --"
+
+
+@pytest.mark.parametrize("case", sorted(INJECTIONS))
+def test_values_a_module_makes_never_become_sql(
+    conn: psycopg.Connection[Any], tmp_path: Path, case: str
+) -> None:
+    conn.execute("CREATE TABLE public.victim (id int)")
+    body, says = INJECTIONS[case]
+    module = tmp_path / "injector.py"
+    module.write_text(f"from pyfuncs import stored_function\nSQL = {SQL!r}\n" + body)
+    with pytest.raises(DefinitionError, match=says):
+        deploying.deploy(conn, str(module))
+    assert conn.execute("SELECT to_regclass('public.victim')").fetchone() != (None,)
+    assert conn.execute("SELECT to_regnamespace('inj')").fetchone() == (None,)
+
+
+def test_text_a_module_may_choose_is_quoted(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    """Docstrings, string defaults and file names end up in DDL, as literals only."""
+    conn.execute("CREATE TABLE public.victim (id int)")
+    folder = tmp_path / "odd\nimport os\nos.system('x')\n"
+    folder.mkdir()
+    odd = folder / "odd.py"
+    odd.write_text(
+        "from pyfuncs import stored_function\n\n@stored_function(schema='quoted')\n"
+        f'def f(x: str = {SQL!r} + "\'$$") -> str:\n'
+        f'    """{SQL} $$ \'"""\n    return x\n'
+    )
+    deploying.deploy(conn, str(odd))
+    assert conn.execute("SELECT quoted.f()").fetchone() == (SQL + "'$$",)
+    comment = conn.execute("SELECT obj_description('quoted.f'::regproc)").fetchone()
+    assert comment == (f"{SQL} $$ '",)
+    prosrc = conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'f'").fetchone()[0]
+    assert "\nimport os" not in prosrc.split("try:", 1)[0]  # the path stays in its comment
+    assert conn.execute("SELECT to_regclass('public.victim')").fetchone() != (None,)
+
+
+def test_a_deploy_stays_whole_when_a_statement_misbehaves(
+    conn: psycopg.Connection[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Were generated DDL ever to carry a second statement (a COMMIT, say), the deploy
+    refuses it as a whole instead of committing part of it."""
+    module = tmp_path / "two.py"
+    module.write_text("from pyfuncs import stored_function\n\n@stored_function(schema='two')\n"
+                      "def f() -> int:\n    return 1\n")  # fmt: skip
+    real = ddl.create_statement
+    monkeypatch.setattr(
+        ddl, "create_statement",
+        lambda d: ddl.sql.SQL("{}; COMMIT; CREATE TABLE public.leaked ()").format(real(d)),
+    )  # fmt: skip
+    with pytest.raises(DeployError, match="nothing was changed"):
+        deploying.deploy(conn, str(module))
+    assert conn.execute("SELECT to_regnamespace('two'), to_regclass('public.leaked')").fetchone() == (
+        None, None)  # fmt: skip
+    assert conn.execute("SELECT count(*) FROM pyfuncs.routine").fetchone() == (0,)
+    monkeypatch.setattr(ddl, "create_statement", lambda d: ddl.sql.SQL("COMMIT"))
+    with pytest.raises(DeployError, match="not a statement a deploy makes"):
+        deploying.deploy(conn, str(module))
+    assert conn.execute("SELECT count(*) FROM pyfuncs.routine").fetchone() == (0,)
+
+
+def test_dotted_names_are_looked_up_not_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Importing a package runs its __init__: a module named by its dotted name is found on
+    the path and read, its packages never executed."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    marker = tmp_path / "marker"
+    (package / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (package / "routines.py").write_text("from pyfuncs import stored_function" + ROUTINE)
+    monkeypatch.chdir(tmp_path)
+    assert [d.qualname for d in collecting.collect("pkg.routines")] == ["public.ok"]
+    assert not marker.exists()
+    assert os.listdir(package) == sorted(os.listdir(package))  # nothing new beside it either
