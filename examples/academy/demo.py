@@ -191,6 +191,13 @@ def main() -> int:
             )
         except errors.AuthError as exc:
             print(f"   a token signed with another key: AuthError: {exc}")
+        # the demo's login role is the superuser, a member of every role: only the
+        # allow-list (student, manager) decides which roles a token may take
+        for role in ("postgres", "none"):
+            try:
+                pf.as_user(token(uuid.uuid4(), role))
+            except errors.AuthError as exc:
+                print(f"   a token claiming role {role!r}: AuthError: {exc}")
     pf.close()
     print(
         f"\nDone in {time.perf_counter() - started:.1f} s. The cluster keeps running: "

@@ -472,3 +472,33 @@ def test_the_gateway_refuses_them_with_a_clear_error_and_keeps_the_connection(
         run(main())
     finally:
         gateway.stop()
+
+
+def test_positions_say_nothing_of_the_changes_a_subscriber_was_not_shown(
+    gateway: GatewayProcess, rt_db: str
+) -> None:
+    """The feed's positions count every change in the database; what subscribers get are
+    opaque tokens, the same for everyone who receives a change."""
+
+    async def main() -> None:
+        with psycopg.connect(rt_db, autocommit=True) as db:
+            student = await WsClient.connect(gateway.ws_url, token("student", sub=STUDENTS[0]))
+            manager = await WsClient.connect(gateway.ws_url, token("manager", sub="m"))
+            await student.subscribe("s")
+            await manager.subscribe("m")
+            db.execute("INSERT INTO rt.notes (id, owner) VALUES (1, %s)", [STUDENTS[0]])
+            for i in range(2, 22):  # changes the student may not see
+                db.execute("INSERT INTO rt.notes (id, owner) VALUES (%s, %s)", [i, STUDENTS[1]])
+            db.execute("INSERT INTO rt.notes (id, owner) VALUES (99, %s)", [STUDENTS[0]])
+            await student.wait_for(lambda m: m.get("key") == {"id": 99})
+            await manager.wait_for(lambda m: m.get("key") == {"id": 99})
+            seen = [c["position"] for c in student.changes()]
+            assert len(seen) == 2 and all(len(p) == 43 and "." not in p for p in seen)
+            by_key = {c["key"]["id"]: c["position"] for c in manager.changes()}
+            assert seen == [by_key[1], by_key[99]]  # one change, one token, for everyone
+            first, last = (decode(rt_db, p) for p in seen)
+            assert last[0] - first[0] == 21  # what the tokens hide from the student
+            await student.close()
+            await manager.close()
+
+    run(main())
