@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -55,7 +56,9 @@ def find(target: str | ModuleType) -> tuple[str, Path]:
         path = Path(target)
         if not path.is_file():
             raise DefinitionError(f"no such file: {target}")
-        return f"pyfuncs_user.{path.stem}", path.resolve()
+        # the name the database gives the module: an identifier, whatever the file is called
+        stem = re.sub(r"\W", "_", path.stem)
+        return f"pyfuncs_user.{'_' if stem[:1].isdigit() else ''}{stem}", path.resolve()
     parts = target.split(".")
     if not all(part.isidentifier() for part in parts):
         raise DefinitionError(f"{target!r} is neither a file path nor a module name")
