@@ -19,7 +19,7 @@ Before a line of the module runs, the process is contained:
    with EPERM. Whatever a module does to Python's guards, it cannot leave a trace.
 
 Then the module runs as it does in the database: compiled by the runtime's guards
-(pyfuncs/_pg/runtime.py), with its restricted builtins and allow-listed imports, importing a
+(pyfuncs/_pg/), with its restricted builtins and allow-listed imports, importing a
 `pyfuncs` that holds only the public API for routines (the decorators record their options
 here; `db` cannot be used while a module is collected).
 """
@@ -79,7 +79,9 @@ def contain(cpu_seconds: int, memory_bytes: int) -> str:
 
 def _shim(marked: list[tuple[Any, str, dict[str, Any]]]) -> types.ModuleType:
     """The `pyfuncs` a routine module imports here: the decorators record what they mark."""
-    from pyfuncs._pg.runtime import RaiseError, Rows
+    from pyfuncs._pg import vocabulary
+    from pyfuncs._pg.db import Rows
+    from pyfuncs._pg.errors import RaiseError
 
     def recorder(kind: str) -> Any:
         def decorator(fn: Any = None, /, **options: Any) -> Any:
@@ -101,11 +103,11 @@ def _shim(marked: list[tuple[Any, str, dict[str, Any]]]) -> types.ModuleType:
                 "not at module level"
             )
 
-    shim = types.ModuleType("pyfuncs")
+    shim = types.ModuleType(vocabulary.SHIM_NAME)
     shim.__dict__.update(
         db=Db(), Rows=Rows, RaiseError=RaiseError, stored_function=recorder("function"),
         procedure=recorder("procedure"),
-        __all__=["db", "Rows", "RaiseError", "stored_function", "procedure"],
+        __all__=list(vocabulary.ROUTINE_API),
     )  # fmt: skip
     return shim
 
@@ -116,7 +118,7 @@ def _line_in(exc: BaseException, filename: str) -> int | None:
 
 
 def collect(request: dict[str, Any]) -> dict[str, Any]:
-    from pyfuncs._pg import runtime
+    from pyfuncs._pg import sandbox
     from pyfuncs.definition import facts_of
 
     allowed = frozenset(request["allowed"])
@@ -124,11 +126,11 @@ def collect(request: dict[str, Any]) -> dict[str, Any]:
         with contextlib.suppress(ImportError):  # the module's own import will say so
             importlib.import_module(name)
     marked: list[tuple[Any, str, dict[str, Any]]] = []
-    runtime._SHIM = _shim(marked)
+    sandbox.SHIM = _shim(marked)
     filename, module = request["file"], request["module"]
     how = contain(request["cpu_seconds"], request["memory_bytes"])
     try:
-        namespace = runtime._load_module(request["source"], filename, module, allowed)
+        namespace = sandbox.load_module(request["source"], filename, module, allowed)
     except SyntaxError as exc:
         raise Refused(f"syntax error: {exc.msg}", exc.lineno) from None
     except MemoryError:

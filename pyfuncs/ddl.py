@@ -12,6 +12,10 @@ from psycopg.types.json import Jsonb
 
 from .definition import Definition, Param
 
+# The interface of the runtime the bodies generated here call (pyfuncs/_pg/boot.py): a body
+# keeps the version it was generated for, and the runtime keeps serving it.
+INTERFACE = "pyfuncs.v1"
+
 # The generated PL/Python body. PL/Python passes arguments as globals named after the
 # parameters. The runtime is loaded once per backend (GD) and the routine once per function
 # (SD); per call the body checks NULLs and converts text-typed values inline, then calls the
@@ -21,11 +25,14 @@ BODY = """\
 try:
     _pf_fn = SD["fn"]
 except KeyError:
-    if "pyfuncs.runtime" not in GD:
+    if {interface!r} not in GD:
         plpy.execute("SELECT pyfuncs.boot()")
+    if {interface!r} not in GD:
+        plpy.error("the pyfuncs runtime in this database is older than this routine",
+                   hint="run `pyfuncs install`", sqlstate="PF002")
     _pf_spec = {spec!r}
     _pf_source = {source!r}
-    SD["pf"] = GD["pyfuncs.runtime"].routine(_pf_spec, _pf_source)
+    SD["pf"] = GD[{interface!r}].routine(_pf_spec, _pf_source)
     _pf_fn = SD["fn"] = SD["pf"].fn
 {checks}{begin}try:
     return {result}
@@ -70,7 +77,7 @@ def body(d: Definition) -> str:
         elif single:
             result = f"{field}({result})"
     return BODY.format(
-        qualname=d.qualname, where=d.where, spec=d.spec(), source=d.source,
+        qualname=d.qualname, where=d.where, spec=d.spec(), source=d.source, interface=INTERFACE,
         checks=checks, begin=begin, result=result, end=end,
     )  # fmt: skip
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from ._pg import vocabulary
+
 
 class PyfuncsError(Exception):
     """Base class of every pyfuncs error."""
@@ -87,35 +89,35 @@ class DatabaseError(PyfuncsError):
         self.hint = hint
 
 
-class RoutineFailed(DatabaseError, code="PF000"):
+class RoutineFailed(DatabaseError, code=vocabulary.ROUTINE_FAILED):
     """A routine raised an exception that it did not map to an SQLSTATE itself."""
 
 
-class ImmutableVersion(DatabaseError, code="PF001"):
+class ImmutableVersion(DatabaseError, code=vocabulary.IMMUTABLE_VERSION):
     """Something tried to change a deployed version in the catalog."""
 
 
-class RuntimeMissing(DatabaseError, code="PF002"):
+class RuntimeMissing(DatabaseError, code=vocabulary.RUNTIME_MISSING):
     """The in-database runtime is not installed; run `pyfuncs install`."""
 
 
-class RaisedError(DatabaseError, code="P0001"):
+class RaisedError(DatabaseError, code=vocabulary.RAISED):
     """A routine raised `pyfuncs.RaiseError` (or plpgsql RAISE EXCEPTION)."""
 
 
-class InvalidArgument(DatabaseError, code="22023"):
+class InvalidArgument(DatabaseError, code=vocabulary.INVALID_ARGUMENT):
     """An argument value was rejected by the routine before its body ran."""
 
 
-class NullNotAllowed(DatabaseError, code="22004"):
+class NullNotAllowed(DatabaseError, code=vocabulary.NULL_NOT_ALLOWED):
     """NULL was passed for a parameter that is not Optional."""
 
 
-class PermissionDenied(DatabaseError, code="42501"):
+class PermissionDenied(DatabaseError, code=vocabulary.PERMISSION_DENIED):
     """The caller lacks a privilege (EXECUTE on the routine, or a table privilege or policy)."""
 
 
-class IdentityRefused(DatabaseError, code="28000"):
+class IdentityRefused(DatabaseError, code=vocabulary.IDENTITY_REFUSED):
     """The identity a call was to run as may not be used: its role does not exist, is a
     superuser, or is the login role itself (pyfuncs.set_identity)."""
 
@@ -144,20 +146,20 @@ class DeadlockDetected(DatabaseError, code="40P01"):
     """The transaction was chosen as a deadlock victim; safe to retry."""
 
 
-class QueryCanceled(DatabaseError, code="57014"):
+class QueryCanceled(DatabaseError, code=vocabulary.QUERY_CANCELED):
     """The statement was cancelled (statement_timeout, pg_cancel_backend or a routine limit)."""
 
 
-class AdminShutdown(DatabaseError, code="57P01"):
+class AdminShutdown(DatabaseError, code=vocabulary.ADMIN_SHUTDOWN):
     """The session was terminated (pg_terminate_backend) while a routine ran."""
 
 
-class LimitExceeded(DatabaseError, code="54000"):
+class LimitExceeded(DatabaseError, code=vocabulary.LIMIT_EXCEEDED):
     """A routine went past max_db_ops, max_result_rows or max_result_bytes, or one of its
     operations would have made a result too large to make at once."""
 
 
-class OutOfMemory(DatabaseError, code="53200"):
+class OutOfMemory(DatabaseError, code=vocabulary.OUT_OF_MEMORY):
     """A routine went past max_memory_mb, or the server ran out of memory."""
 
 

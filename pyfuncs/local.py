@@ -18,7 +18,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from ._pg.runtime import Queries, RaiseError, Rows
+from ._pg.db import Queries, Rows
+from ._pg.errors import RaiseError
 from .errors import ConfigError
 
 _connection: ContextVar[psycopg.Connection[Any] | None] = ContextVar("pyfuncs_db", default=None)

@@ -2,7 +2,7 @@
 
 The migrations live in migrations/ and their SQL in sql/migrations/; `install` runs
 `alembic upgrade head` in one transaction and then stores the in-database runtime
-(pyfuncs/_pg/runtime.py) in `pyfuncs.runtime_module`.
+(the modules of pyfuncs/_pg/) in `pyfuncs.runtime_module`, one row each.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from alembic.script import ScriptDirectory
 from .errors import MigrationError, from_psycopg
 from .queries import query, read
 
-RUNTIME_FILE = Path(__file__).parent / "_pg" / "runtime.py"
+RUNTIME_DIR = Path(__file__).parent / "_pg"
 
 
 def migrations_dir() -> Path:
@@ -87,13 +87,20 @@ def head_revision() -> str | None:
 
 
 def install_runtime(connection: sa.Connection) -> None:
-    source = RUNTIME_FILE.read_text()
-    params: dict[str, Any] = {
-        "name": "runtime",
-        "source": source,
-        "sha256": hashlib.sha256(source.encode()).hexdigest(),
-    }
-    connection.exec_driver_sql(query("runtime_upsert"), params)
+    """Store every module of the runtime (pyfuncs/_pg/) by name, and no other."""
+    names = []
+    for file in sorted(RUNTIME_DIR.glob("*.py")):
+        if file.name == "__init__.py":
+            continue
+        source = file.read_text()
+        params: dict[str, Any] = {
+            "name": file.stem,
+            "source": source,
+            "sha256": hashlib.sha256(source.encode()).hexdigest(),
+        }
+        connection.exec_driver_sql(query("runtime_upsert"), params)
+        names.append(file.stem)
+    connection.exec_driver_sql(query("runtime_prune"), {"names": names})
 
 
 def install(dsn: str) -> str | None:

@@ -17,6 +17,7 @@ import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ._pg.vocabulary import FORBIDDEN_BUILTINS, FRAME_ATTRIBUTES, ROUTINE_API
 from .errors import ConfigError
 
 # Pure-computation standard library. `re` is left out on purpose: a backtracking regular
@@ -46,27 +47,7 @@ FORBIDDEN_MODULES = {
     "re": "backtracking regular expressions cannot be interrupted",
 }  # fmt: skip
 
-FORBIDDEN_BUILTINS = {
-    "exec": "runs code built at run time", "eval": "runs code built at run time",
-    "compile": "builds code", "open": "opens files", "globals": "exposes module globals",
-    "vars": "exposes namespaces", "locals": "exposes namespaces", "__import__": "imports anything",
-    "breakpoint": "starts a debugger", "input": "reads the server's stdin",
-    "help": "starts the help system", "memoryview": "exposes raw memory",
-    "delattr": "changes objects by name",
-}  # fmt: skip
-
 NAMED_ACCESS = frozenset({"getattr", "setattr", "hasattr"})
-
-# What a routine module may use of pyfuncs: the API for routines, not pyfuncs' internals
-# (the `pyfuncs` module routines import in the database and in a check has nothing else).
-ROUTINE_API = frozenset({"stored_function", "procedure", "db", "RaiseError", "Rows"})
-
-# Attributes that lead from an object to frames, code or globals.
-FRAME_ATTRIBUTES = frozenset({
-    "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "cr_await", "ag_frame",
-    "ag_code", "f_back", "f_globals", "f_locals", "f_builtins", "f_code", "tb_frame", "tb_next",
-    "co_code", "co_consts", "func_globals", "func_code",
-})  # fmt: skip
 
 _DUNDER = re.compile(r"^__\w+__$")
 _ALLOWED_DUNDER_NAMES = frozenset({"__name__"})

@@ -84,6 +84,10 @@ ON CONFLICT (name) DO UPDATE
 SET source = excluded.source, sha256 = excluded.sha256, installed_at = now()
 WHERE pyfuncs.runtime_module.sha256 <> excluded.sha256
 
+-- name: runtime_prune
+-- Modules an older runtime had and this one has not.
+DELETE FROM pyfuncs.runtime_module WHERE name <> ALL (%(names)s::text[])
+
 -- name: routine_by_id
 SELECT r.id, r.schema_name, r.name, r.kind, r.live_version, v.sha256, v.identity_args, v.signature
 FROM pyfuncs.routine r

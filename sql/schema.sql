@@ -9,7 +9,7 @@ CREATE SCHEMA pyfuncs;
 -- themselves stay readable only by their owner (the deployer) unless granted.
 GRANT USAGE ON SCHEMA pyfuncs TO PUBLIC;
 
--- The in-database runtime (pyfuncs/_pg/runtime.py), written by `pyfuncs install`.
+-- The in-database runtime (the modules of pyfuncs/_pg/, by name), written by `pyfuncs install`.
 CREATE TABLE pyfuncs.runtime_module (
     name text PRIMARY KEY,
     source text NOT NULL,
@@ -90,19 +90,19 @@ CREATE TRIGGER routine_version_immutable
 REVOKE EXECUTE ON FUNCTION pyfuncs.forbid_change() FROM PUBLIC;
 
 -- Loads the runtime into this backend's interpreter once (GD is per backend, shared by all
--- PL/Python routines). Routines call it only on their first call in a session.
+-- PL/Python routines): its modules, one row each, loaded by pyfuncs/_pg/boot.py. Routines
+-- call it only on their first call in a session.
 CREATE FUNCTION pyfuncs.boot() RETURNS void
 LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
-if "pyfuncs.runtime" not in GD:
-    import types
-    rows = plpy.execute("SELECT source FROM pyfuncs.runtime_module WHERE name = 'runtime'")
-    if not rows:
+if "pyfuncs.v1" not in GD:
+    rows = plpy.execute("SELECT name, source FROM pyfuncs.runtime_module")
+    sources = {row["name"]: row["source"] for row in rows}
+    if "boot" not in sources:
         plpy.error("the pyfuncs runtime is not installed in this database",
                    hint="run `pyfuncs install`", sqlstate="PF002")
-    module = types.ModuleType("pyfuncs_runtime")
-    exec(compile(rows[0]["source"], "pyfuncs/_pg/runtime.py", "exec"), module.__dict__)
-    module.boot(GD)
-    GD["pyfuncs.runtime"] = module
+    loader = {"__name__": "pyfuncs_pg_loader"}
+    exec(compile(sources["boot"], "pyfuncs/_pg/boot.py", "exec", dont_inherit=True), loader)
+    loader["load"](sources, GD)
 $$;
 GRANT EXECUTE ON FUNCTION pyfuncs.boot() TO PUBLIC;
 

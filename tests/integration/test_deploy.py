@@ -246,3 +246,36 @@ def test_runtime_missing_is_a_clear_error(conn: psycopg.Connection[Any], tmp_pat
         conn.execute("SELECT dep.answer()")
     assert info.value.sqlstate == "PF002"
     assert errors.from_psycopg(info.value).__class__ is errors.RuntimeMissing
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_versions_deployed_by_an_older_pyfuncs_run_on_this_runtime(
+    conn: psycopg.Connection[Any], dsn: str
+) -> None:
+    """Bodies keep the interface version they were generated for, and the runtime keeps
+    serving every version: deploy, upgrade the runtime, roll back to the old version, call."""
+    deploying.deploy(conn, str(DATA / "gold_routines.py"))  # today's bodies: v1
+    old = (DATA / "v0_routines.sql").read_text()
+    routine_id = call(conn, "SELECT id FROM pyfuncs.routine WHERE name = 'add'")
+    ddl_v0 = old[old.index('CREATE OR REPLACE FUNCTION "gold"."add"') :].split(";\nCREATE")[0]
+    conn.execute(  # the version an older pyfuncs recorded, as a rollback finds it
+        "INSERT INTO pyfuncs.routine_version (routine_id, version, sha256, identity_args, "
+        "signature, source, source_file, source_line, ddl) SELECT routine_id, 9, 'v0', "
+        "identity_args, signature, source, source_file, source_line, %s "
+        "FROM pyfuncs.routine_version WHERE routine_id = %s AND version = 1",
+        [ddl_v0, routine_id],
+    )
+    conn.execute("SELECT pyfuncs.boot()")  # this backend runs the runtime installed now
+    deploying.switch_version(conn, "gold.add", 9)
+    assert 'GD["pyfuncs.runtime"]' in call(conn, "SELECT prosrc FROM pg_proc WHERE proname = 'add'")
+    assert call(conn, "SELECT gold.add(2)") == 3
+    assert call(conn, "SELECT sum(x) FROM gold.upto(4) x") == 6  # a v1 body, same backend
+    conn.execute(old)  # every routine as the older pyfuncs made it
+    with psycopg.connect(dsn, autocommit=True) as fresh:  # a backend the v0 body boots
+        assert call(fresh, "SELECT gold.add(40, 2)") == 42
+        assert call(fresh, "SELECT count(*) FROM gold.upto(5)") == 5
+        with pytest.raises(psycopg.errors.QueryCanceled):  # and it is stopped as ever
+            fresh.execute("SET statement_timeout = 100")
+            fresh.execute("SELECT count(*) FROM gold.upto(1000000000)")

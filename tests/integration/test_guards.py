@@ -10,7 +10,8 @@ from .modules import errors_mod
 
 INSPECT = """
 DO LANGUAGE plpython3u $$
-namespace = next(iter(GD["pyfuncs.modules"].values()))
+import sys
+namespace = next(iter(sys.modules["pyfuncs_pg.sandbox"].MODULES.values()))
 b = namespace["__builtins__"]
 missing = [n for n in ("exec", "eval", "compile", "open", "globals", "vars", "locals") if n in b]
 assert not missing, missing

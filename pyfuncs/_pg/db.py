@@ -1,0 +1,205 @@
+"""`db`: the routine's handle on the database. Parameterised queries with plans prepared
+once per backend, cursors, subtransactions, JWT claims; every query counted and refused in a
+stopped call."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from . import watchdog as stopping
+from .values import OID_PARSERS, SIMPLE_TYPES, adapt_param, converter
+from .watchdog import RoutineInterrupted
+
+# PL/Python's module, bound by boot() (outside PostgreSQL, Rows and Queries serve pyfuncs.local)
+plpy: Any = None
+
+
+class Rows(list[dict[str, Any]]):
+    """Result rows as dicts, plus the number of rows a write touched (`rowcount`)."""
+
+    rowcount: int = 0
+
+
+class Queries:
+    """The calls derived from `execute` and `claims`, shared with pyfuncs.local.LocalDb."""
+
+    def execute(self, query: str, params: Sequence[Any] = (), /) -> Rows:
+        raise NotImplementedError
+
+    def claims(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def fetchone(self, query: str, params: Sequence[Any] = (), /) -> dict[str, Any] | None:
+        """The first row of `query`, or None."""
+        rows = self.execute(query, params)
+        return rows[0] if rows else None
+
+    def fetchval(self, query: str, params: Sequence[Any] = (), /) -> Any:
+        """The first column of the first row of `query`, or None."""
+        row = self.fetchone(query, params)
+        return next(iter(row.values())) if row else None
+
+    def user_id(self) -> uuid.UUID | None:
+        """The caller's `sub` claim as a UUID, or None."""
+        sub = self.claims().get("sub")
+        return uuid.UUID(sub) if sub else None
+
+
+class _Prepared:
+    """A plan, and how to convert its result columns (learnt from its first result)."""
+
+    __slots__ = ("fixes", "plain", "plan")
+
+    def __init__(self, plan: Any) -> None:
+        self.plan = plan
+        self.fixes: list[tuple[str, Callable[[Any], Any]]] | None = None
+        self.plain = False  # known to need no conversion
+
+    def rows(self, result: Any) -> Any:
+        fixes = self.fixes
+        if fixes is None:
+            try:
+                names, oids = result.colnames(), result.coltypes()
+            except plpy.Error:  # a utility statement or a write without RETURNING
+                return result
+            fixes = self.fixes = [
+                (n, converter(OID_PARSERS[o]))  # type: ignore[misc]
+                for n, o in zip(names, oids, strict=True)
+                if o in OID_PARSERS
+            ]
+            self.plain = not fixes
+        for row in result if fixes else ():
+            for name, convert in fixes:
+                row[name] = convert(row[name])
+        return result
+
+
+def _plan_key(query: str, params: Sequence[Any]) -> tuple[Any, ...]:
+    # a query's parameters are mostly one or two: build those keys without unpacking
+    count = len(params)
+    if count == 1:
+        return (query, type(params[0]))
+    if count == 2:
+        return (query, type(params[0]), type(params[1]))
+    return (query, *map(type, params))
+
+
+class Db(Queries):
+    """The database, as seen from inside a routine. Runs as the caller; RLS applies."""
+
+    def __init__(self) -> None:
+        # plans by query text and the Python types of its parameters, when PL/Python sends
+        # the values as they are (the common case: one dict lookup, no conversion) ...
+        self._direct: dict[tuple[Any, ...], _Prepared] = {}
+        # ... and by query text and SQL types, when values have to be adapted first
+        self._adapted: dict[tuple[str, tuple[str, ...]], _Prepared] = {}
+
+    def _plan(self, query: str, params: Sequence[Any]) -> tuple[_Prepared, Sequence[Any]]:
+        """The plan for `query` with these parameters' types, and the values to send."""
+        key = _plan_key(query, params)
+        prepared = self._direct.get(key)
+        if prepared is not None:
+            return prepared, params
+        if all(type(v) in SIMPLE_TYPES for v in params):
+            sqltypes = [SIMPLE_TYPES[type(v)] for v in params]
+            prepared = self._direct[key] = _Prepared(plpy.prepare(query, sqltypes))
+            return prepared, params
+        adapted = [adapt_param(v) for v in params]
+        adapted_key = (query, tuple(t for t, _ in adapted))
+        prepared = self._adapted.get(adapted_key)
+        if prepared is None:
+            prepared = _Prepared(plpy.prepare(query, list(adapted_key[1])))
+            self._adapted[adapted_key] = prepared
+        return prepared, [v for _, v in adapted]
+
+    @staticmethod
+    def _count() -> None:
+        """Every database operation: refused in a stopped call, counted for max_db_ops."""
+        if stopping.disposing:
+            raise RoutineInterrupted()
+        watchdog = stopping.WATCHDOG
+        if watchdog is not None and (watchdog.stop is not None or watchdog.budgets):
+            watchdog.count_db_op()
+
+    def _run(self, query: str, params: Sequence[Any]) -> Any:
+        # the hot path of every query: _count and the first step of _plan, inlined
+        if stopping.disposing:
+            raise RoutineInterrupted()
+        watchdog = stopping.WATCHDOG
+        if watchdog is not None and (watchdog.stop is not None or watchdog.budgets):
+            watchdog.count_db_op()
+        prepared = self._direct.get(_plan_key(query, params))
+        if prepared is None:
+            prepared, params = self._plan(query, params)
+        try:
+            result = plpy.execute(prepared.plan, params)
+        except plpy.SPIError as exc:
+            stopping.interrupted(exc)
+            raise
+        return result if prepared.plain else prepared.rows(result)
+
+    def execute(self, query: str, params: Sequence[Any] = (), /) -> Rows:
+        """Run `query` with `$1, $2 …` bound to `params`; return the rows as dicts.
+
+        Plans are prepared once per backend for each query text and parameter types.
+        """
+        result = self._run(query, params)
+        rows = Rows(result)
+        rows.rowcount = result.nrows()
+        return rows
+
+    def fetchone(self, query: str, params: Sequence[Any] = (), /) -> dict[str, Any] | None:
+        """The first row of `query`, or None."""
+        result = self._run(query, params)  # read in place: no copy for one row
+        return result[0] if len(result) else None
+
+    def fetchval(self, query: str, params: Sequence[Any] = (), /) -> Any:
+        """The first column of the first row of `query`, or None."""
+        result = self._run(query, params)
+        if not len(result):
+            return None
+        for value in result[0].values():
+            return value
+        return None
+
+    def cursor(
+        self, query: str, params: Sequence[Any] = (), /, *, batch: int = 1000
+    ) -> Iterator[dict[str, Any]]:
+        """Iterate over a large result without holding it all in memory."""
+        stopping.dispose_orphans()
+        self._count()
+        prepared, values = self._plan(query, params)
+        cur = plpy.cursor(prepared.plan, values)
+        try:
+            while True:
+                self._count()
+                try:
+                    chunk = cur.fetch(batch)
+                except plpy.SPIError as exc:
+                    stopping.interrupted(exc)
+                    raise
+                if not chunk:
+                    return
+                yield from prepared.rows(chunk)
+        finally:
+            if stopping.in_transaction():
+                with contextlib.suppress(ValueError):  # its portal went with an aborted one
+                    cur.close()
+            else:  # PostgreSQL is aborting: closing its portal now can crash it
+                stopping.ORPHANS.append(cur)
+
+    def subtransaction(self) -> Any:
+        """A savepoint: `with db.subtransaction(): ...` undoes its writes if the block raises."""
+        return plpy.subtransaction()
+
+    def claims(self) -> dict[str, Any]:
+        """The caller's JWT claims (`request.jwt.claims`), empty without a token."""
+        raw = plpy.execute("SELECT current_setting('request.jwt.claims', true) AS c")[0]["c"]
+        return dict(json.loads(raw)) if raw else {}
+
+
+db = Db()

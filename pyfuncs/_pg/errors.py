@@ -1,0 +1,85 @@
+"""Errors as PostgreSQL reports them: RaiseError for routines, and the translation of any
+exception that leaves a routine into an error with an SQLSTATE and the routine's own
+file:line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import vocabulary
+from .bounded import OperationTooLarge
+
+# PL/Python's module, bound by boot() (outside PostgreSQL RaiseError is all there is here)
+plpy: Any = None
+
+
+class RaiseError(Exception):
+    """Raise from a routine to fail with your own SQLSTATE, detail and hint."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sqlstate: str = vocabulary.RAISED,
+        detail: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.sqlstate = sqlstate
+        self.detail = detail
+        self.hint = hint
+
+
+ERROR_TYPES: dict[str, type] = {}
+
+
+def make(
+    type_name: str,
+    message: str,
+    sqlstate: str,
+    detail: str | None = None,
+    hint: str | None = None,
+) -> Exception:
+    """A plpy.Error PostgreSQL reports as `<type_name>: <message>` with our SQLSTATE.
+
+    PL/Python prefixes the message with the exception's module and class name, and reads
+    `sqlstate`, `detail` and `hint` attributes off plpy.Error instances; a subclass named after
+    the original exception and placed in `builtins` gives a clean `ValueError: ...` message.
+    """
+    cls = ERROR_TYPES.get(type_name)
+    if cls is None:
+        cls = ERROR_TYPES[type_name] = type(type_name, (plpy.Error,), {"__module__": "builtins"})
+    err: Exception = cls(message)
+    err.sqlstate = sqlstate  # type: ignore[attr-defined]
+    if detail:
+        err.detail = detail  # type: ignore[attr-defined]
+    if hint:
+        err.hint = hint  # type: ignore[attr-defined]
+    return err
+
+
+def translate(routine: str, filename: str, exc: BaseException) -> Exception:
+    """The PostgreSQL error for an exception from a routine, pointing at its own source line."""
+    import traceback  # here: the error path pays for the import, not every backend's boot
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
+    where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else routine
+    trace = "".join(traceback.format_list(frames)).rstrip()
+    detail: str | None = None
+    hint: str | None = None
+    if isinstance(exc, plpy.SPIError):
+        sqlstate = getattr(exc, "sqlstate", None) or vocabulary.INTERNAL_ERROR
+        message = str(exc.args[0] if exc.args else exc)
+        detail, hint = getattr(exc, "detail", None), getattr(exc, "hint", None)
+    elif isinstance(exc, RaiseError):
+        sqlstate, message, detail, hint = exc.sqlstate, exc.message, exc.detail, exc.hint
+    elif isinstance(exc, MemoryError):
+        sqlstate, message = vocabulary.OUT_OF_MEMORY, f"{routine} ran out of memory"
+    elif isinstance(exc, OperationTooLarge):
+        sqlstate, message = vocabulary.LIMIT_EXCEEDED, f"{routine}: {exc}"
+    else:
+        sqlstate, message = vocabulary.ROUTINE_FAILED, str(exc)
+    traced = f"Python traceback (routine {routine}):\n{trace}" if trace else None
+    detail = "\n".join(p for p in (detail, traced) if p) or None
+    return make(type(exc).__name__, f"{message} ({where})", sqlstate, detail, hint)

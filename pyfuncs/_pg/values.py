@@ -1,0 +1,119 @@
+"""Values crossing between PostgreSQL and routine code: arguments PL/Python hands over as
+text, query parameters and their SQL types, and the size of a returned value."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+# PL/Python hands these types over as their text form; everything else (numbers, bool, bytea,
+# arrays, jsonb through the transform) already arrives as the natural Python value.
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "datetime": datetime.datetime.fromisoformat,
+    "date": datetime.date.fromisoformat,
+    "time": datetime.time.fromisoformat,
+    "uuid": uuid.UUID,
+}
+
+# type OID -> parser, for values in query results
+OID_PARSERS: dict[int, str] = {
+    1114: "datetime", 1184: "datetime", 1082: "date", 1083: "time", 2950: "uuid",
+    1115: "list:datetime", 1185: "list:datetime", 1182: "list:date", 1183: "list:time",
+    2951: "list:uuid",
+}  # fmt: skip
+
+
+def converter(kind: str | None) -> Callable[[Any], Any] | None:
+    if not kind:
+        return None
+    if kind.startswith("list:"):
+        inner = converter(kind[5:])
+        assert inner is not None
+
+        def convert_list(value: Any) -> Any:
+            if value is None:
+                return None
+            return [convert_list(v) if isinstance(v, list) else _none_or(inner, v) for v in value]
+
+        return convert_list
+    parse = _PARSERS[kind]
+    return lambda value: _none_or(parse, value)
+
+
+def _none_or(fn: Callable[[Any], Any], value: Any) -> Any:
+    return None if value is None else fn(value)
+
+
+SIMPLE_TYPES: dict[type, str] = {
+    type(None): "text", bool: "boolean", int: "bigint", float: "double precision",
+    decimal.Decimal: "numeric", str: "text", bytes: "bytea",
+}  # fmt: skip
+
+
+def adapt_param(value: Any) -> tuple[str, Any]:
+    """The SQL type to declare for a query parameter, and the value PL/Python can send."""
+    if value is None:
+        return "text", None
+    if isinstance(value, bool):
+        return "boolean", value
+    if isinstance(value, int):
+        return "bigint", value
+    if isinstance(value, float):
+        return "double precision", value
+    if isinstance(value, decimal.Decimal):
+        return "numeric", value
+    if isinstance(value, str):
+        return "text", value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "bytea", bytes(value)
+    if isinstance(value, datetime.datetime):
+        return ("timestamptz" if value.tzinfo else "timestamp"), value.isoformat()
+    if isinstance(value, datetime.date):
+        return "date", value.isoformat()
+    if isinstance(value, datetime.time):
+        return "time", value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return "uuid", str(value)
+    if isinstance(value, Mapping):
+        return "jsonb", dict(value)
+    if isinstance(value, list | tuple):
+        items = [v for v in value if v is not None]
+        if not items:  # like None, an empty list says nothing of its type: cast the placeholder
+            return "text[]", list(value)
+        if all(not isinstance(v, Mapping | list | tuple) for v in items):
+            sqltype, _ = adapt_param(items[0])
+            return sqltype + "[]", [adapt_param(v)[1] for v in value]
+        return "jsonb", list(value)
+    raise TypeError(
+        f"db: cannot pass a {type(value).__name__} as a query parameter; "
+        "use int, float, Decimal, str, bool, bytes, datetime, date, time, UUID, dict or list"
+    )
+
+
+def size(value: Any) -> int:
+    """About the bytes a returned value takes in PostgreSQL: text and bytea by their length,
+    rows, arrays and json by their items, any other scalar by 8."""
+    kind = type(value)
+    if kind is str:
+        return len(value) if value.isascii() else len(value.encode())
+    if kind is bytes or kind is bytearray:
+        return len(value)
+    if kind is dict:
+        return sum(size(k) + size(v) for k, v in value.items())
+    if kind is list or kind is tuple:
+        return sum(map(size, value))
+    if value is None:
+        return 0
+    if isinstance(value, decimal.Decimal):
+        return len(str(value))
+    if isinstance(value, Mapping):  # PL/Python row objects, user mappings
+        return sum(size(v) for v in value.values())
+    if hasattr(type(value), "__dataclass_fields__"):  # a row type
+        import dataclasses  # already loaded by the module that made the dataclass
+
+        return sum(size(getattr(value, f.name)) for f in dataclasses.fields(value))
+    return 8

@@ -1,0 +1,48 @@
+"""The words pyfuncs shares with its in-database runtime, defined once.
+
+SQLSTATE codes, the builtins routine code does not get, the attributes that lead from an
+object to frames and code, and pyfuncs' API for routines. The policy check, the client's
+error classes and the runtime all import them from here (standard library only: this module
+is loaded inside PostgreSQL too).
+"""
+
+from __future__ import annotations
+
+# SQLSTATEs of errors raised by routines and the runtime
+ROUTINE_FAILED = "PF000"  # an unhandled Python exception in a routine
+IMMUTABLE_VERSION = "PF001"  # something tried to change a deployed version
+RUNTIME_MISSING = "PF002"  # the runtime is not installed, or too old for a routine
+RAISED = "P0001"  # RaiseError, as plpgsql's RAISE
+NULL_NOT_ALLOWED = "22004"
+INVALID_ARGUMENT = "22023"
+IDENTITY_REFUSED = "28000"
+PERMISSION_DENIED = "42501"
+OUT_OF_MEMORY = "53200"
+LIMIT_EXCEEDED = "54000"
+QUERY_CANCELED = "57014"
+ADMIN_SHUTDOWN = "57P01"
+INTERNAL_ERROR = "XX000"
+
+# builtins a routine module does not get, and why (the runtime leaves them out; the policy
+# refuses their names)
+FORBIDDEN_BUILTINS = {
+    "exec": "runs code built at run time", "eval": "runs code built at run time",
+    "compile": "builds code", "open": "opens files", "globals": "exposes module globals",
+    "vars": "exposes namespaces", "locals": "exposes namespaces", "__import__": "imports anything",
+    "breakpoint": "starts a debugger", "input": "reads the server's stdin",
+    "help": "starts the help system", "memoryview": "exposes raw memory",
+    "delattr": "changes objects by name",
+}  # fmt: skip
+
+# attributes that lead from an object to frames, code or globals
+FRAME_ATTRIBUTES = frozenset({
+    "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "cr_await", "ag_frame",
+    "ag_code", "f_back", "f_globals", "f_locals", "f_builtins", "f_code", "tb_frame", "tb_next",
+    "co_code", "co_consts", "func_globals", "func_code",
+})  # fmt: skip
+
+# what a routine module may use of pyfuncs (the `pyfuncs` it imports has nothing else)
+ROUTINE_API = ("stored_function", "procedure", "db", "RaiseError", "Rows")
+# that module's __name__: no real module has a colon in its name, so `from pyfuncs import x`
+# cannot fall back on a module sys.modules holds as "pyfuncs.x" (CPython's import_from does)
+SHIM_NAME = "pyfuncs:routines"

@@ -1,0 +1,82 @@
+"""The in-database runtime's modules, tested as plain Python outside PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import uuid
+from typing import Any
+
+import pytest
+
+from pyfuncs import errors, policy
+from pyfuncs._pg import bounded, guards, sandbox, values, vocabulary
+from pyfuncs._pg.watchdog import RoutineInterrupted
+
+
+def test_one_home_for_the_shared_vocabulary() -> None:
+    assert policy.FORBIDDEN_BUILTINS is vocabulary.FORBIDDEN_BUILTINS
+    assert policy.FRAME_ATTRIBUTES is vocabulary.FRAME_ATTRIBUTES
+    assert errors.LimitExceeded.code == vocabulary.LIMIT_EXCEEDED
+    assert errors.from_sqlstate(vocabulary.ROUTINE_FAILED, "x").__class__ is errors.RoutineFailed
+    assert set(sandbox.REMOVED_BUILTINS) >= set(vocabulary.FORBIDDEN_BUILTINS)
+
+
+def test_values() -> None:
+    convert = values.converter("list:date")
+    assert convert is not None
+    assert convert(["2026-01-02", None, ["2026-01-03"]]) == [
+        datetime.date(2026, 1, 2), None, [datetime.date(2026, 1, 3)]]  # fmt: skip
+    assert values.adapt_param(uuid.UUID(int=1)) == ("uuid", str(uuid.UUID(int=1)))
+    assert values.adapt_param([1, None, 2]) == ("bigint[]", [1, None, 2])
+    assert values.adapt_param([{"a": 1}]) == ("jsonb", [{"a": 1}])
+    with pytest.raises(TypeError, match="cannot pass a set"):
+        values.adapt_param({1})
+    assert values.size({"a": "é", "b": [decimal.Decimal("1.5"), None]}) == 1 + 2 + 1 + 3
+
+
+def test_bounded_operations_refuse_before_they_start() -> None:
+    with pytest.raises(bounded.OperationTooLarge, match="int \\*\\* int"):
+        bounded.checked_pow(10, 10**6)
+    with pytest.raises(bounded.OperationTooLarge, match="str \\* "):
+        bounded.checked_mul("x", 10**9)
+    assert bounded.checked_pow(2, 10) == 1024
+    assert bounded.guarded_math().factorial(5) == 120
+    with pytest.raises(bounded.OperationTooLarge):
+        bounded.guarded_math().factorial(10**6)
+
+
+def run(source: str, allowed: frozenset[str] = frozenset({"math", "pyfuncs"})) -> dict[str, Any]:
+    sandbox.SHIM = sandbox.shim(object())
+    return sandbox.load_module(source, f"mod{abs(hash(source))}.py", "m", allowed)
+
+
+def test_modules_are_compiled_with_their_guards_and_run_with_restricted_builtins() -> None:
+    code = guards.compile_module("try:\n    x = 2 ** 3\nexcept Exception:\n    pass\n", "g.py")
+    names = set(code.co_names)
+    assert {"pyfuncs.guard", "pyfuncs.pow"} <= names
+    namespace = run("import math\nfrom pyfuncs import RaiseError\nX = math.floor(2.5)\n")
+    assert namespace["X"] == 2
+    builtins = namespace["__builtins__"]
+    assert not set(vocabulary.FORBIDDEN_BUILTINS) - {"__import__"} & set(builtins)
+    for source, error in [
+        ("import os\n", ImportError),
+        ("from pyfuncs import deploy\n", ImportError),
+        ("x = getattr(1, '__class__')\n", AttributeError),
+        ("x = 10 ** 10 ** 6\n", bounded.OperationTooLarge),
+    ]:
+        with pytest.raises(error):
+            run(source)
+
+
+def test_a_stopped_call_cannot_swallow_the_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard at the top of every handler raises again while the runtime disposes of
+    what an aborted statement left (and, in a stopped call, while the call is stopped)."""
+    namespace = run(
+        "def f():\n    try:\n        raise ValueError\n    except ValueError:\n"
+        "        return 'swallowed'\n"
+    )
+    assert namespace["f"]() == "swallowed"
+    monkeypatch.setattr("pyfuncs._pg.watchdog.disposing", True)
+    with pytest.raises(RoutineInterrupted):
+        namespace["f"]()
