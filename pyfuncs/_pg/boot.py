@@ -66,11 +66,13 @@ def start(gd: dict[str, Any]) -> None:
 
     import plpy
 
-    from . import db, errors, routines, sandbox
+    from . import db, errors, identity, routines, sandbox
     from . import watchdog as stopping
 
     db.plpy = errors.plpy = plpy
-    in_transaction = ctypes.CDLL(None).IsTransactionState  # the postgres executable's
+    postgres = ctypes.CDLL(None)  # the postgres executable itself
+    identity.bind(postgres)
+    in_transaction = postgres.IsTransactionState
     in_transaction.restype = ctypes.c_bool
     stopping.in_transaction = in_transaction
     stopping.WATCHDOG = stopping.Watchdog()

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from . import identity, vocabulary
 from . import watchdog as stopping
 from .values import OID_PARSERS, SIMPLE_TYPES, adapt_param, converter
 from .watchdog import RoutineInterrupted
@@ -135,11 +136,16 @@ class Db(Queries):
         prepared = self._direct.get(_plan_key(query, params))
         if prepared is None:
             prepared, params = self._plan(query, params)
+        entered = identity.enter()
         try:
             result = plpy.execute(prepared.plan, params)
-        except plpy.SPIError as exc:
-            stopping.interrupted(exc)
+        except plpy.SPIError as exc:  # its subtransaction, and what it changed, rolled back
+            _failed(exc)
             raise
+        finally:
+            changed = identity.leave(entered)
+        if changed:
+            _stop_identity(changed)
         return result if prepared.plain else prepared.rows(result)
 
     def execute(self, query: str, params: Sequence[Any] = (), /) -> Rows:
@@ -173,15 +179,26 @@ class Db(Queries):
         stopping.dispose_orphans()
         self._count()
         prepared, values = self._plan(query, params)
-        cur = plpy.cursor(prepared.plan, values)
+        entered = identity.enter()
+        try:
+            cur = plpy.cursor(prepared.plan, values)
+        finally:
+            changed = identity.leave(entered)
+        if changed:
+            _stop_identity(changed)
         try:
             while True:
                 self._count()
+                entered = identity.enter()
                 try:
                     chunk = cur.fetch(batch)
                 except plpy.SPIError as exc:
-                    stopping.interrupted(exc)
+                    _failed(exc)
                     raise
+                finally:
+                    changed = identity.leave(entered)
+                if changed:
+                    _stop_identity(changed)
                 if not chunk:
                     return
                 yield from prepared.rows(chunk)
@@ -200,6 +217,22 @@ class Db(Queries):
         """The caller's JWT claims (`request.jwt.claims`), empty without a token."""
         raw = plpy.execute("SELECT current_setting('request.jwt.claims', true) AS c")[0]["c"]
         return dict(json.loads(raw)) if raw else {}
+
+
+def _failed(exc: BaseException) -> None:
+    """A routine's query failed: stopped by PostgreSQL (a cancel), or refused a change of
+    identity; either stops the call for good."""
+    stopping.interrupted(exc)
+    what = identity.refused(exc)
+    if what is not None:
+        _stop_identity(what)
+
+
+def _stop_identity(what: str) -> None:
+    """Stop the call whose query changed, or tried to change, who it runs as."""
+    if stopping.WATCHDOG is not None:
+        stopping.WATCHDOG.stop_here(vocabulary.PERMISSION_DENIED, identity.message(what))
+    raise RoutineInterrupted()
 
 
 db = Db()

@@ -152,6 +152,7 @@ class Routine:
 
 
 _STOP_ERRORS = {vocabulary.QUERY_CANCELED: "QueryCanceled",
+                vocabulary.PERMISSION_DENIED: "PermissionDenied",
                 vocabulary.ADMIN_SHUTDOWN: "AdminShutdown",
                 vocabulary.OUT_OF_MEMORY: "OutOfMemory"}  # fmt: skip
 

@@ -5,13 +5,19 @@ gateway's side is in tests/gateway/test_protocol.py)."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import jwt
+import psycopg
 import pytest
 
+from pyfuncs import PermissionDenied
+from pyfuncs import deploy as deploying
 from pyfuncs.auth import JwtVerifier
 from pyfuncs.client import Client
 from pyfuncs.errors import AuthError, IdentityRefused
+
+from ..integration.modules import identity_mod
 
 SECRET = "identity-test-secret-0123456789-0123456789"
 # a careless allow-list: the database still refuses the last three
@@ -37,3 +43,44 @@ def test_the_database_refuses_roles_no_token_may_take(
             assert tx.connection.execute("SELECT current_user").fetchone() == ("student",)
         with pytest.raises(AuthError, match="may not take"):
             client.as_user(token("none"))
+
+
+# --- inside routines: the caller's identity for every query ---------------------------------
+
+IDENT = """
+CREATE SCHEMA ident;
+CREATE FUNCTION ident.become_authenticator() RETURNS text LANGUAGE plpgsql AS
+$$ BEGIN PERFORM set_config('role', 'none', true); RETURN current_user; END $$;
+CREATE FUNCTION ident.whoami() RETURNS text LANGUAGE sql AS $$ SELECT current_user::text $$;
+GRANT USAGE ON SCHEMA ident TO student;
+"""
+
+
+@pytest.fixture
+def ident(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(IDENT)
+    deploying.deploy(conn, identity_mod)
+
+
+@pytest.mark.parametrize("swallow", [False, True])
+@pytest.mark.parametrize("attempt", sorted(identity_mod.ATTEMPTS))
+def test_a_routine_cannot_leave_its_callers_identity(
+    ident: None, authenticator_dsn: str, attempt: str, swallow: bool
+) -> None:
+    """Every spelling fails the call with 42501, even when the routine catches what its
+    query raised; the caller's next call runs as itself."""
+    with Client(authenticator_dsn, jwt=JwtVerifier(secret=SECRET, roles=["student"])) as client:
+        student = client.as_user(token("student", sub="s1"))
+        with pytest.raises(PermissionDenied, match=r"ident\.attempt tried to change its"):
+            student.call("ident.attempt", name=attempt, swallow=swallow)
+        assert student.call("ident.innocent") == "student s1"
+
+
+def test_nor_through_a_cursor_or_as_a_superuser(ident: None, dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:  # the deployer, trying a routine
+        for statement in ("SELECT ident.through_cursor()",
+                          "SELECT ident.attempt('session_authorization', true)"):  # fmt: skip
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="tried to change"):
+                conn.execute(statement)
+        assert conn.execute("SELECT current_user, session_user").fetchone() == (
+            "postgres", "postgres")  # fmt: skip

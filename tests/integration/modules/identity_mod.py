@@ -1,0 +1,48 @@
+"""Routines that try to leave their caller's identity from SQL, by every spelling."""
+
+from __future__ import annotations
+
+from pyfuncs import db, stored_function
+
+ATTEMPTS = {
+    "reset_role": "RESET ROLE",
+    "set_role_none": "SET ROLE NONE",
+    "set_role": "SET ROLE manager",
+    "set_local_role": "SET LOCAL ROLE manager",
+    "set_config_role": "SELECT set_config('role', 'none', false)",
+    "set_config_role_local": "SELECT set_config('role', 'manager', true)",
+    "session_authorization": "SET SESSION AUTHORIZATION DEFAULT",
+    "claims": "SELECT set_config('request.jwt.claims', '{\"sub\": \"someone-else\"}', true)",
+    "set_claims": 'SET request.jwt.claims = \'{"sub": "someone-else"}\'',
+    "search_path": "SET search_path = pg_catalog",
+    "set_config_search_path": "SELECT set_config('search_path', 'pg_catalog', true)",
+    "do_block": "DO $$ BEGIN PERFORM set_config('role', 'none', true); END $$",
+    "function": "SELECT ident.become_authenticator()",
+    "flip_role": "SELECT set_config('role', 'none', true), ident.whoami(), "
+    "set_config('role', 'student', true)",
+    "flip_claims": "SELECT set_config('request.jwt.claims', '{\"sub\": \"x\"}', true), "
+    "set_config('request.jwt.claims', current_setting('request.jwt.claims'), true)",
+}
+
+
+@stored_function(schema="ident", roles=["student"])
+def attempt(name: str, swallow: bool) -> str:
+    """Run one attempt; with `swallow`, catch what it raises and carry on querying."""
+    try:
+        db.execute(ATTEMPTS[name])
+    except Exception:
+        if not swallow:
+            raise
+    return str(db.fetchval("SELECT current_user::text || ' ' || current_setting('search_path')"))
+
+
+@stored_function(schema="ident", roles=["student"])
+def through_cursor() -> int:
+    return sum(
+        1 for _ in db.cursor("SELECT set_config('role', 'none', true) FROM generate_series(1, 3)")
+    )
+
+
+@stored_function(schema="ident", roles=["student"])
+def innocent() -> str:
+    return str(db.fetchval("SELECT current_user::text || ' ' || pyfuncs.jwt_claim('sub')"))
