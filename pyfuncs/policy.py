@@ -114,9 +114,22 @@ class _Checker(ast.NodeVisitor):
                       "a routine module must be self-contained")  # fmt: skip
             return
         self._module(node, node.module or "")
-        if node.module == "pyfuncs":
-            for alias in node.names:
+        for alias in node.names:
+            if node.module == "pyfuncs":
                 self._pyfuncs_name(node, alias.name)
+            if alias.name.startswith("__"):
+                self._add(node, "dunder-name", f"importing {alias.name!r} reaches interpreter "
+                          "internals", "import public names only")  # fmt: skip
+
+    def visit_MatchClass(self, node: ast.MatchClass) -> None:
+        for name in node.kwd_attrs:  # `case object(__globals__=g)` reads the attribute
+            if name.startswith("_"):
+                self._add(node, "dunder-attribute", f"a class pattern reads {name!r}",
+                          "match on public attributes")  # fmt: skip
+            elif name in FRAME_ATTRIBUTES:
+                self._add(node, "frame-attribute", f"a class pattern reads {name!r}",
+                          "routines do not need frames")  # fmt: skip
+        self.generic_visit(node)
 
     def visit_Name(self, node: ast.Name) -> None:
         name = node.id

@@ -107,5 +107,7 @@ def guarded_math() -> types.ModuleType:
 
     module = types.ModuleType("math", math.__doc__)
     module.__dict__.update({k: v for k, v in vars(math).items() if not k.startswith("_")})
-    module.__dict__.update(factorial=factorial, comb=comb, perm=perm)
+    for checked_one in (factorial, comb, perm):
+        checked_one.__module__ = "math"  # what routines see them as: math's own
+        module.__dict__[checked_one.__name__] = checked_one
     return module

@@ -1,5 +1,7 @@
-"""Compiling a routine module: guards inserted where its code could swallow a stop, and the
-operators of bounded operations routed through their checks."""
+"""Compiling a routine module: what the policy refuses, refused again; guards inserted where
+its code could swallow a stop; the operators of bounded operations routed through their
+checks; and attribute stores, and the few attribute reads that reach shared state, routed
+through the sandbox's checks."""
 
 from __future__ import annotations
 import __future__
@@ -9,15 +11,67 @@ import copy
 import types
 from typing import ClassVar
 
+from .vocabulary import FRAME_ATTRIBUTES
+
+# attribute reads the sandbox checks (sandbox.attribute): registering a virtual subclass of
+# an ABC every call shares, and str.format, whose fields can walk attributes ("{0.__class__}")
+CHECKED_READS = frozenset({"register", "format", "format_map"})
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") or name in FRAME_ATTRIBUTES
+
 
 class Guards(ast.NodeTransformer):
-    """Insert `pyfuncs.guard()` where routine code could swallow a RoutineInterrupted, and
-    route the operators of bounded operations through their checks.
+    """Insert `pyfuncs.guard()` where routine code could swallow a RoutineInterrupted, route
+    the operators of bounded operations through their checks, and attribute stores and
+    checked reads through the sandbox's (`pyfuncs.writable`, `pyfuncs.attribute`).
 
-    The inserted calls name globals with a dot in them (see sandbox.HELPERS): no source
-    code can spell, rebind or shadow such a name, and the policy keeps routines away from
-    the module's namespace, so a routine cannot replace the checks with its own.
+    The inserted calls name globals with a dot in them (see sandbox.helpers): no source code
+    can spell, rebind or shadow such a name. What the policy check refuses that leads past
+    these (a dunder name or attribute, a frame attribute, a class pattern or an import that
+    reads one) is refused again here, a SyntaxError at the line, whatever code is compiled.
     """
+
+    def __init__(self, filename: str = "<routine>") -> None:
+        self.filename = filename
+
+    def _refuse(self, node: ast.AST, what: str) -> None:
+        line, col = getattr(node, "lineno", 0), getattr(node, "col_offset", 0) + 1
+        raise SyntaxError(f"pyfuncs: {what} is not allowed in a routine",
+                          (self.filename, line, col, None))  # fmt: skip
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id.startswith("__") and node.id.endswith("__") and node.id != "__name__":
+            self._refuse(node, f"the name {node.id!r}")
+        return node
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        self.generic_visit(node)
+        if node.attr.startswith("__") or node.attr in FRAME_ATTRIBUTES:
+            self._refuse(node, f"the attribute {node.attr!r}")
+        if not isinstance(node.ctx, ast.Load):  # x.a = ..., del x.a: may x be changed?
+            check = ast.Name("pyfuncs.writable", ast.Load())
+            node.value = ast.copy_location(ast.Call(check, [node.value], []), node.value)
+            return node
+        if node.attr in CHECKED_READS:
+            read = ast.Name("pyfuncs.attribute", ast.Load())
+            call = ast.Call(read, [node.value, ast.Constant(node.attr)], [])
+            return ast.copy_location(call, node)
+        return node
+
+    def visit_MatchClass(self, node: ast.MatchClass) -> ast.AST:
+        self.generic_visit(node)
+        for name in node.kwd_attrs:
+            if _private(name):
+                self._refuse(node, f"a class pattern on the attribute {name!r}")
+        return node
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> ast.AST:
+        for alias in node.names:
+            if alias.name.startswith("__"):
+                self._refuse(node, f"importing {alias.name!r}")
+        return node
 
     @staticmethod
     def _guard(at: ast.AST) -> ast.stmt:
@@ -79,7 +133,7 @@ def compile_module(source: str, filename: str) -> types.CodeType:
     """A routine module compiled with the guards inserted. Its annotations are kept as
     strings (PEP 563) whether or not it says so: nothing evaluates them in the database, and
     a check reads them as type expressions only (pyfuncs.typemap.evaluate)."""
-    tree = Guards().visit(ast.parse(source, filename))
+    tree = Guards(filename).visit(ast.parse(source, filename))
     flags = __future__.annotations.compiler_flag
     code: types.CodeType = compile(
         ast.fix_missing_locations(tree), filename, "exec", flags, dont_inherit=True

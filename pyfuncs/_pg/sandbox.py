@@ -1,69 +1,169 @@
 """What routine code runs with: builtins without dynamic code and namespaces, an importer
-limited to the allow-list, attribute access by name that refuses private names, the
-`pyfuncs` it imports, and the helpers the inserted guards call."""
+that gives read-only views of the allowed modules (views.py), attribute access by name that
+refuses private names, the `pyfuncs` it imports, and the helpers the inserted guards call:
+one set per routine module, because what a module may change is what it made itself.
+
+Behind the policy check done before deploy, and defence in depth like it: see the README's
+security model for what this holds and what it does not.
+"""
 
 from __future__ import annotations
 
+import _string  # the parser behind str.format
+import abc
+import decimal
 import linecache
 import sys
 import types
+from collections.abc import Callable
 from typing import Any
 
-from . import bounded, vocabulary
+from . import bounded, views, vocabulary
 from . import watchdog as stopping
 from .guards import compile_module
 
-# Behind the policy check done before deploy: a routine module runs with builtins that lack
-# dynamic code and namespaces, an importer limited to the allow-list, and attribute access by
-# name that refuses private names. Defence in depth, like the policy itself.
-
 # __import__ is replaced by one limited to the allow-list
 REMOVED_BUILTINS = frozenset(vocabulary.FORBIDDEN_BUILTINS) | {"__loader__", "__spec__"}
-
 
 # The `pyfuncs` module routine modules import: the public API for routines only (boot()
 # makes it in the database; pyfuncs._sandbox makes one that records the decorators).
 SHIM: types.ModuleType | None = None
 
+# views of allowed modules, by name and allow-list (read-only: every routine shares them)
+VIEWS: dict[tuple[str, frozenset[str]], types.ModuleType] = {}
 
-def restricted_builtins(allowed: frozenset[str]) -> dict[str, Any]:
+# instances of these classes from outside a routine's module it may change all the same:
+# each is made for the routine (decimal.localcontext() gives a copy of the context, and an
+# exception is raised for the call that caught it)
+_MUTABLE_INSTANCES: tuple[type, ...] = (decimal.Context, BaseException)
+
+
+def _view(name: str, allowed: frozenset[str]) -> types.ModuleType:
+    key = (name, allowed)
+    found = VIEWS.get(key)
+    if found is None:
+        if name in allowed:
+            stand_in = bounded.guarded_math() if name == "math" else None
+            found = views.view(name, allowed, stand_in)
+        else:  # a package only some of whose modules are allowed: just those
+            found = views.ModuleView(f"{name} (view)")
+            for child in sorted(m for m in allowed if m.startswith(name + ".")):
+                rest = child[len(name) + 1 :]
+                if "." not in rest:
+                    types.ModuleType.__setattr__(found, rest, _view(child, allowed))
+        VIEWS[key] = found
+    return found
+
+
+def _owner(obj: object) -> str | None:
+    """The module an object belongs to, as far as changing it goes."""
+    if isinstance(obj, types.ModuleType):
+        return None
+    if isinstance(obj, type | types.FunctionType | types.MethodType):
+        owner = getattr(obj, "__module__", None)
+    else:
+        owner = type(obj).__module__
+    return owner if isinstance(owner, str) else None
+
+
+def _format_fields(template: str, depth: int = 0) -> None:
+    """Refuse a format template whose fields walk private or frame attributes."""
+    for _, field, spec, _ in _string.formatter_parser(template):
+        if field is not None:
+            _, rest = _string.formatter_field_name_split(field)
+            for is_attribute, name in rest:
+                if is_attribute and (name.startswith("_") or name in vocabulary.FRAME_ATTRIBUTES):
+                    raise AttributeError(
+                        f"pyfuncs: a format field may not read the attribute {name!r}"
+                    )
+        if spec and depth < 2:
+            _format_fields(spec, depth + 1)
+
+
+def helpers(module_name: str) -> dict[str, Any]:
+    """What the code guards.py inserts calls, for one routine module: its globals."""
+
+    def writable(obj: Any) -> Any:
+        """`obj.x = ...` and `del obj.x`: only on what this module made."""
+        if _owner(obj) == module_name or isinstance(obj, _MUTABLE_INSTANCES):
+            return obj
+        raise AttributeError(
+            f"pyfuncs: a routine may not change {type(obj).__name__} objects it did not make: "
+            "every call in this backend shares them"
+        )
+
+    def attribute(obj: Any, name: str) -> Any:
+        value = getattr(obj, name)
+        if name == "register" and isinstance(obj, abc.ABCMeta) and _owner(obj) != module_name:
+            raise AttributeError(
+                f"pyfuncs: a routine may not register virtual subclasses of {obj.__name__}: "
+                "every call in this backend shares it"
+            )
+        if name in ("format", "format_map") and (obj is str or isinstance(obj, str)):
+            return _checked_format(obj, value)
+        return value
+
+    return {
+        "pyfuncs.guard": stopping.guard, "pyfuncs.mul": bounded.checked_mul,
+        "pyfuncs.pow": bounded.checked_pow, "pyfuncs.lshift": bounded.checked_lshift,
+        "pyfuncs.check_mul": bounded.check_mul, "pyfuncs.check_pow": bounded.check_pow,
+        "pyfuncs.check_lshift": bounded.check_lshift, "pyfuncs.writable": writable,
+        "pyfuncs.attribute": attribute,
+    }  # fmt: skip
+
+
+def _checked_format(obj: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+    """str.format (bound to a template, or str's own) that refuses fields walking attributes
+    a routine may not read."""
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        template = args[0] if obj is str and args else obj
+        if isinstance(template, str):
+            _format_fields(template)
+        return method(*args, **kwargs)
+
+    return checked
+
+
+def restricted_builtins(allowed: frozenset[str], module_name: str) -> dict[str, Any]:
     import builtins
 
-    real_import = builtins.__import__
-    replaced = {"math": bounded.guarded_math()}
-    if SHIM is not None:
-        replaced["pyfuncs"] = SHIM
+    checked = helpers(module_name)
+    attribute, writable = checked["pyfuncs.attribute"], checked["pyfuncs.writable"]
 
     def guarded_import(
         name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0
     ) -> Any:
         if level != 0 or name not in allowed:
             raise ImportError(f"pyfuncs: import of {name!r} is not allowed in a routine")
-        return replaced.get(name) or real_import(name, globals, locals, fromlist, level)
+        if name == "pyfuncs" and SHIM is not None:
+            return SHIM
+        # `import a.b` binds a, `from a.b import c` reads c of a.b (as __import__ does)
+        return _view(name if fromlist else name.partition(".")[0], allowed)
 
     def public(name: object) -> str:
-        if not isinstance(name, str) or name.startswith("_"):
+        if not isinstance(name, str) or name.startswith("_") or name in vocabulary.FRAME_ATTRIBUTES:
             raise AttributeError(f"pyfuncs: attribute {name!r} is not accessible from a routine")
         return name
+
+    def getattr_(obj: Any, name: str, *default: Any) -> Any:
+        try:
+            return attribute(obj, public(name))
+        except AttributeError:
+            if default:
+                return default[0]
+            raise
 
     restricted = {k: v for k, v in vars(builtins).items() if k not in REMOVED_BUILTINS}
     restricted.update(
         __import__=guarded_import,
-        getattr=lambda obj, name, *default: getattr(obj, public(name), *default),
+        getattr=getattr_,
         hasattr=lambda obj, name: hasattr(obj, public(name)),
-        setattr=lambda obj, name, value: setattr(obj, public(name), value),
+        setattr=lambda obj, name, value: setattr(writable(obj), public(name), value),
         pow=bounded.checked_pow,
     )
     return restricted
 
-
-# what the code guards.py inserts calls, in every routine module's globals
-HELPERS = {
-    "pyfuncs.guard": stopping.guard, "pyfuncs.mul": bounded.checked_mul,
-    "pyfuncs.pow": bounded.checked_pow, "pyfuncs.lshift": bounded.checked_lshift,
-    "pyfuncs.check_mul": bounded.check_mul, "pyfuncs.check_pow": bounded.check_pow,
-    "pyfuncs.check_lshift": bounded.check_lshift,
-}  # fmt: skip
 
 # routine modules executed in this backend, by their exact source and allow-list
 MODULES: dict[tuple[str, frozenset[str]], dict[str, Any]] = {}
@@ -82,8 +182,8 @@ def load_module(
         sys.modules[module_name] = module
         # so tracebacks show the routine's source lines: the file itself is not on the server
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-        module.__dict__.update(HELPERS)
-        module.__dict__["__builtins__"] = restricted_builtins(allowed)
+        module.__dict__.update(helpers(module_name))
+        module.__dict__["__builtins__"] = restricted_builtins(allowed, module_name)
         exec(compile_module(source, filename), module.__dict__)
         namespace = MODULES[key] = module.__dict__
     return namespace

@@ -6,7 +6,8 @@ model"). Each hostile module below passes the policy check, so it really runs.""
 from __future__ import annotations
 
 import os
-import textwrap
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +22,12 @@ from pyfuncs.policy import check_source
 
 ROUTINE = "\n\n@stored_function\ndef ok() -> int:\n    return 1\n"
 
-# ways out of the guards (these routes are issue 12's to close in the database too) and
+# ways out of the guards that pass the policy check (module views close them now; a class
+# pattern on __globals__, the other route there was, the policy and the compiler refuse), and
 # what each does once out: every one tries to leave MARKER behind
 ESCAPES = {
     "a module attribute": "import uuid\nOS = uuid.os\n",
     "sys.modules": "import uuid\nOS = uuid.sys.modules['os']\n",
-    "match on __globals__": textwrap.dedent("""\
-        from pyfuncs import RaiseError
-        match RaiseError:
-            case type(__init__=init):
-                pass
-        match init:
-            case object(__globals__=g):
-                pass
-        OS = g['__builtins__']['__import__']('os')
-    """),
 }
 ACTIONS = {
     "open": "OS.close(OS.open(MARKER, OS.O_CREAT | OS.O_WRONLY))",
@@ -93,8 +85,54 @@ def test_the_module_sees_neither_the_deployers_environment_nor_files(
     with pytest.raises(DefinitionError) as info:
         collecting.collect(str(module))
     message = str(info.value)
-    assert "importing" in message and "Operation not permitted" in message
-    assert "s3cr3t" not in message
+    assert "importing" in message and "s3cr3t" not in message
+
+
+CONTAINED = """
+import os, socket, sys, threading
+from pyfuncs._sandbox import contain
+contain(5, 1 << 30)
+marker = sys.argv[1]
+
+
+def system():
+    if os.system("touch " + marker) != 0:  # it cannot start a shell: a status, not an error
+        raise OSError("refused")
+
+
+attempts = {
+    "open": lambda: open(marker, "w"),
+    "mkdir": lambda: os.mkdir(marker),
+    "system": system,
+    "fork": lambda: os.fork(),
+    "socket": lambda: socket.socket(),
+    "thread": lambda: threading.Thread(target=os.mkdir, args=(marker,)).start(),
+    "kill": lambda: os.kill(os.getppid(), 9),
+    "unlink": lambda: os.unlink(sys.argv[2]),
+    "read": lambda: os.open(sys.argv[2], os.O_RDONLY),
+}
+refused = []
+for name, attempt in attempts.items():
+    try:
+        attempt()
+    except (OSError, RuntimeError):
+        refused.append(name)
+os.write(1, " ".join(refused).encode())
+"""
+
+
+def test_the_check_process_can_only_compute(tmp_path: Path) -> None:
+    """What contains a module under check, on its own: whatever Python code does once it is
+    in place (the way out of the guards it took does not matter), the system refuses it."""
+    marker, precious = tmp_path / "marker", tmp_path / "precious"
+    precious.write_text("keep me")
+    done = subprocess.run(
+        [sys.executable, "-c", CONTAINED, str(marker), str(precious)],
+        capture_output=True, timeout=30, check=True,
+    )  # fmt: skip
+    assert sorted(done.stdout.decode().split()) == sorted(
+        ["open", "mkdir", "system", "fork", "socket", "thread", "kill", "unlink", "read"])  # fmt: skip
+    assert not marker.exists() and precious.read_text() == "keep me"
 
 
 @pytest.mark.parametrize(
@@ -102,7 +140,6 @@ def test_the_module_sees_neither_the_deployers_environment_nor_files(
     [
         ("while True:\n    pass\n", "CPU"),
         ("x = bytearray(2 ** 31)\n", "memory"),
-        ("import uuid\nuuid.os.kill(uuid.os.getppid(), 9)\n", "Operation not permitted"),
         ("print('{\"routines\": []}')\n", None),  # printing cannot forge the answer
     ],
 )
@@ -127,7 +164,8 @@ def test_the_parent_builds_the_body_whatever_the_module_patches(
     module = tmp_path / "patcher.py"
     module.write_text(
         "from pyfuncs import stored_function\nimport uuid\n"
-        "for name, m in list(uuid.sys.modules.items()):\n"
+        "try:\n    modules = uuid.sys.modules\nexcept AttributeError:\n    modules = {}\n"
+        "for name, m in list(modules.items()):\n"
         "    if name.startswith('pyfuncs') and hasattr(m, 'BODY'):\n"
         "        m.BODY = 'return 666'\n"
         "    if name.startswith('pyfuncs') and hasattr(m, 'body'):\n"

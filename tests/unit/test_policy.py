@@ -60,6 +60,15 @@ ATTEMPTS = [
     ("try:\n    1 / 0\nexcept Exception as e:\n    t = e.__traceback__", "dunder-attribute"),
     ("try:\n    1 / 0\nexcept Exception as e:\n    f = sum.tb_frame", "frame-attribute"),
     ("async def c():\n    pass\nf = c().cr_frame", "frame-attribute"),
+    # class patterns and imports that read what attribute syntax may not
+    ("match len:\n    case object(__self__=m):\n        pass", "dunder-attribute"),
+    (
+        "def g():\n    yield\nmatch g():\n    case object(gi_frame=f):\n        pass",
+        "frame-attribute",
+    ),
+    ("from json import __builtins__", "dunder-name"),
+    ("from pyfuncs import _pg", "import-not-allowed"),
+    ("import pyfuncs\nd = pyfuncs.deploy", "import-not-allowed"),
     # format strings that walk attributes
     ("s = '{0.__class__}'.format(1)", "format-traversal"),
     ("s = '{0.real}'.format(1)", "format-traversal"),

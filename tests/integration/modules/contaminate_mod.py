@@ -1,0 +1,117 @@
+"""A routine that tries to change what other calls in the same backend run, by every route
+it has, and routines that check nothing changed."""
+
+from __future__ import annotations
+
+import calendar
+import collections.abc
+import dataclasses
+import decimal
+import json
+import math
+import random
+import uuid
+from decimal import Decimal
+
+from pyfuncs import RaiseError, Rows, db, stored_function
+
+
+def _json_dumps() -> None:
+    json.dumps = lambda *args, **kwargs: "pwned"
+
+
+def _json_class() -> None:
+    json.JSONEncoder.item_separator = ";"
+
+
+def _setattr_view() -> None:
+    json.loads = len
+
+
+def _db_handle() -> None:
+    db.execute = lambda *args: "pwned"
+
+
+def _db_class() -> None:
+    type(db).fetchval = lambda *args: "pwned"
+
+
+def _rows_class() -> None:
+    Rows.rowcount = 99
+
+
+def _raise_error_class() -> None:
+    RaiseError.sqlstate = "XX000"
+
+
+def _register() -> None:
+    collections.abc.Mapping.register(str)
+
+
+def _register_by_name() -> None:
+    collections.abc.Sequence.register(dict)
+
+
+def _seed() -> None:
+    random.seed(1)
+
+
+def _decimal_context() -> None:
+    decimal.getcontext().prec = 2
+
+
+def _first_weekday() -> None:
+    calendar.setfirstweekday(3)
+
+
+def _math_constant() -> None:
+    math.pi = 3
+
+
+def _sentinel() -> None:
+    dataclasses.MISSING.hijacked = True
+
+
+def _uuid_class() -> None:
+    uuid.UUID.hex = property(lambda self: "pwned")
+
+
+def _format_walk() -> None:
+    template = "{0." + "__class__}"
+    template.format(1)
+
+
+def _str_format_walk() -> None:
+    str.format("{0.gi_frame}", (x for x in ()))
+
+
+ATTEMPTS = {
+    "json_dumps": _json_dumps, "json_class": _json_class, "setattr_view": _setattr_view,
+    "db_handle": _db_handle, "db_class": _db_class, "rows_class": _rows_class,
+    "raise_error_class": _raise_error_class, "register": _register,
+    "register_by_name": _register_by_name, "seed": _seed, "decimal_context": _decimal_context,
+    "first_weekday": _first_weekday, "math_constant": _math_constant, "sentinel": _sentinel,
+    "uuid_class": _uuid_class, "format_walk": _format_walk, "str_format_walk": _str_format_walk,
+}  # fmt: skip
+
+
+@stored_function(schema="cont")
+def contaminate(attempt: str) -> str:
+    try:
+        ATTEMPTS[attempt]()
+    except (AttributeError, TypeError) as exc:
+        return f"refused: {exc}"
+    return "done"
+
+
+@stored_function(schema="cont", roles=["student"])
+def observe() -> str:
+    """What other calls rely on, as every call should find it."""
+    with decimal.localcontext() as ctx:  # a routine's own copy may be changed
+        ctx.prec = 5
+        third = str(Decimal(1) / Decimal(3))
+    return " ".join([
+        json.dumps({"a": [1, 2]}), str(isinstance("x", collections.abc.Mapping)),
+        str(Decimal(1) / Decimal(7))[:8], str(calendar.firstweekday()), str(round(math.pi, 2)),
+        str(db.fetchval("SELECT 1")), third, uuid.UUID(int=1).hex[-4:],
+    ])  # fmt: skip
