@@ -20,7 +20,7 @@ import psycopg
 from . import deploy as deploying
 from . import migrate, realtime
 from .collect import collect
-from .config import resolve_dsn
+from .config import connect, resolve_dsn
 from .embedded import Cluster
 from .errors import ConfigError, PyfuncsError, from_psycopg, one_line
 
@@ -32,7 +32,7 @@ def _connect(args: argparse.Namespace, *, installed: bool = True) -> Connection:
     there (at this version's schema) unless `installed` is False."""
     dsn = resolve_dsn(args.dsn)
     try:
-        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+        conn = connect(dsn, autocommit=True, connect_timeout=10)
     except psycopg.Error as exc:
         raise PyfuncsError(
             f"cannot connect to the database ({one_line(str(exc))}); check --dsn, "
@@ -49,8 +49,8 @@ def _connect(args: argparse.Namespace, *, installed: bool = True) -> Connection:
 
 def _require_installed(conn: Connection) -> None:
     row = conn.execute(
-        "SELECT to_regclass('pyfuncs.routine') IS NOT NULL, "
-        "to_regclass('public.pyfuncs_alembic_version') IS NOT NULL"
+        "SELECT pg_catalog.to_regclass('pyfuncs.routine') IS NOT NULL, "
+        "pg_catalog.to_regclass('public.pyfuncs_alembic_version') IS NOT NULL"
     ).fetchone()
     if not (row and row[0] and row[1]):
         raise PyfuncsError("pyfuncs is not installed in this database; run `pyfuncs install`")
@@ -159,7 +159,9 @@ def cmd_realtime(args: argparse.Namespace) -> None:
             print(f"pruned the changes of {realtime.prune(conn, keep)} transaction(s)")
             return
         for table in args.tables:
-            (realtime.enable if args.action == "enable" else realtime.disable)(conn, table)
+            # the command's session searches pg_catalog only (config.connect)
+            qualified = table if "." in table else f"public.{table}"
+            (realtime.enable if args.action == "enable" else realtime.disable)(conn, qualified)
             print(f"{args.action}d  {table}")
 
 

@@ -2,11 +2,20 @@
 
 Order: an explicit `--dsn`, then `PYFUNCS_DSN`, then `DATABASE_URL`, then the embedded
 cluster under `.pgdata/` if it has been started (`pyfuncs db up`).
+
+pyfuncs' own sessions (install, deploy, status...) run as a superuser in a database whose
+owner, or anyone with CREATE on a schema, may have put functions or tables of the same name
+as the ones pyfuncs uses on the database's default search_path. `connect` pins search_path
+to pg_catalog for them, over whatever the database, the role or the DSN set.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from .embedded import Cluster
 from .errors import ClusterError, ConfigError
@@ -23,3 +32,14 @@ def resolve_dsn(explicit: str | None = None) -> str:
             "no database given: pass --dsn, set PYFUNCS_DSN or DATABASE_URL, "
             "or start the embedded one with `pyfuncs db up`"
         ) from exc
+
+
+# Startup options a client sends win over ALTER DATABASE / ALTER ROLE settings; a later -c
+# wins over an earlier one, so the pin goes last.
+PINNED_SEARCH_PATH = "-c search_path=pg_catalog,pg_temp"
+
+
+def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A connection for pyfuncs' own work, with search_path pinned to pg_catalog."""
+    given = conninfo_to_dict(dsn).get("options") or os.environ.get("PGOPTIONS") or ""
+    return psycopg.connect(dsn, options=f"{given} {PINNED_SEARCH_PATH}".strip(), **kwargs)

@@ -10,13 +10,14 @@ something is recorded with the versions it switched from and to, which is what `
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -28,6 +29,10 @@ from .collect import collect
 from .definition import Definition
 from .errors import DeployError, from_psycopg
 from .queries import query
+
+Conn = psycopg.Connection[Any]
+P = ParamSpec("P")
+R = TypeVar("R")
 
 Action = Literal["created", "updated", "restored", "unchanged", "dropped"]
 
@@ -163,6 +168,26 @@ def _check_roles(conn: psycopg.Connection[Any], definitions: Sequence[Definition
         )
 
 
+def _serialised(work: Callable[Concatenate[Conn, P], R]) -> Callable[Concatenate[Conn, P], R]:
+    """A deploy, rollback or switch in the caller's transaction: under the deploy lock, so
+    that they run one at a time, and with search_path pinned to pg_catalog while it runs (a
+    database's or role's search_path could otherwise put other objects first), then given
+    back to the caller's transaction as it was."""
+
+    @functools.wraps(work)
+    def serialised(conn: Conn, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        row = conn.execute(query("search_path")).fetchone()
+        assert row is not None
+        conn.execute(query("set_search_path"), {"path": "pg_catalog, pg_temp"})
+        conn.execute(query("lock_deploys"))
+        result = work(conn, *args, **kwargs)
+        conn.execute(query("set_search_path"), {"path": row[0]})
+        return result
+
+    return serialised
+
+
+@_serialised
 def deploy_definitions(
     conn: psycopg.Connection[Any],
     definitions: Sequence[Definition],
@@ -172,7 +197,6 @@ def deploy_definitions(
     notify: bool = True,
 ) -> DeployResult:
     """Deploy inside the caller's transaction (no commit): the building block of `deploy`."""
-    conn.execute(query("lock_deploys"))
     _check_roles(conn, definitions)
     changes: list[Change] = []
     switched: list[tuple[int, int | None, int]] = []
@@ -270,6 +294,7 @@ def deploy_collected(
         return deploy_definitions(conn, definitions, target=target, label=label, notify=notify)
 
 
+@_serialised
 def rollback_deployment(
     conn: psycopg.Connection[Any],
     *,
@@ -279,7 +304,6 @@ def rollback_deployment(
 ) -> DeployResult:
     """Undo the newest deployment still in effect (or the one labelled `label`), in the
     caller's transaction: every routine it switched goes back to its previous version."""
-    conn.execute(query("lock_deploys"))
     deployment = _row(conn, "deployment_to_undo", label=label)
     if deployment is None and missing_ok:
         return DeployResult(None, ())
@@ -327,19 +351,25 @@ def switch_version(
     conn: psycopg.Connection[Any], routine: str, version: int, *, notify: bool = True
 ) -> DeployResult:
     """Make an existing version of one routine live again (instant rollback of one routine)."""
-    schema, _, name = routine.rpartition(".")
     with _errors(f"switch of {routine}"), conn.transaction():
-        conn.execute(query("lock_deploys"))
-        current = _row(conn, "live_routine", schema=schema or "public", name=name)
-        if current is None:
-            raise DeployError(f"no routine {routine} in the catalog; see `pyfuncs status`")
-        if _row(conn, "get_version", routine_id=current["id"], version=version) is None:
-            raise DeployError(f"{routine} has no version {version}; see `pyfuncs status`")
-        _switch(conn, current["id"], version)
-        deployment_id = _record(conn, routine, f"switch to v{version}",
-                                [(current["id"], current["live_version"], version)])  # fmt: skip
-        if notify:
-            notify_schema_reload(conn)
+        return _switch_version(conn, routine, version, notify=notify)
+
+
+@_serialised
+def _switch_version(
+    conn: psycopg.Connection[Any], routine: str, version: int, *, notify: bool
+) -> DeployResult:
+    schema, _, name = routine.rpartition(".")
+    current = _row(conn, "live_routine", schema=schema or "public", name=name)
+    if current is None:
+        raise DeployError(f"no routine {routine} in the catalog; see `pyfuncs status`")
+    if _row(conn, "get_version", routine_id=current["id"], version=version) is None:
+        raise DeployError(f"{routine} has no version {version}; see `pyfuncs status`")
+    _switch(conn, current["id"], version)
+    deployment_id = _record(conn, routine, f"switch to v{version}",
+                            [(current["id"], current["live_version"], version)])  # fmt: skip
+    if notify:
+        notify_schema_reload(conn)
     return DeployResult(
         deployment_id, (Change(routine, "restored", version, current["live_version"]),)
     )

@@ -20,8 +20,13 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from .config import connect
 from .errors import MigrationError, from_psycopg
 from .queries import query, read
+
+# Alembic's record of the core schema's revision. It lives in public (where earlier releases
+# put it), named with its schema so that no search_path can point Alembic elsewhere.
+VERSION_TABLE = {"version_table": "pyfuncs_alembic_version", "version_table_schema": "public"}
 
 RUNTIME_DIR = Path(__file__).parent / "_pg"
 
@@ -39,10 +44,26 @@ def run_sql(name: str) -> None:
     driver.execute(read(f"migrations/{name}"))
 
 
-def engine(dsn: str) -> sa.Engine:
-    """A SQLAlchemy engine over psycopg 3 for any DSN form psycopg accepts."""
-    return sa.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn),
+def engine(dsn: str, *, pinned: bool = False) -> sa.Engine:
+    """A SQLAlchemy engine over psycopg 3 for any DSN form psycopg accepts. pyfuncs' own
+    migrations run `pinned`: search_path is pg_catalog only (config.connect), and they name
+    everything else they mean."""
+    opener = connect if pinned else psycopg.connect
+    return sa.create_engine("postgresql+psycopg://", creator=lambda: opener(dsn),
                             poolclass=sa.NullPool)  # fmt: skip
+
+
+def _check_version_table(connection: sa.Connection) -> None:
+    """Refuse a version table pyfuncs did not make: whoever may create tables in public
+    could otherwise leave one there whose triggers or rules run as the installer."""
+    row = connection.exec_driver_sql(query("version_table_trust")).mappings().fetchone()
+    if row is not None and not row["trusted"]:
+        raise MigrationError(
+            f"public.pyfuncs_alembic_version exists but pyfuncs did not make it (owner "
+            f"{row['owner']}, {row['triggers']} trigger(s), rules: {row['rules']}); pyfuncs "
+            "keeps its revision there as a plain table owned by a superuser. Find out who "
+            "created it, then drop it (or fix it) and run `pyfuncs install` again"
+        )
 
 
 def _config(connection: sa.Connection) -> Config:
@@ -55,7 +76,7 @@ def _config(connection: sa.Connection) -> Config:
 @contextmanager
 def _migrating(dsn: str, what: str) -> Iterator[sa.Connection]:
     try:
-        with engine(dsn).begin() as connection:
+        with engine(dsn, pinned=True).begin() as connection:
             yield connection
     except sa.exc.DBAPIError as exc:
         err = from_psycopg(exc.orig) if exc.orig is not None else exc
@@ -64,6 +85,7 @@ def _migrating(dsn: str, what: str) -> Iterator[sa.Connection]:
 
 def upgrade(dsn: str, revision: str = "head") -> None:
     with _migrating(dsn, f"upgrade to {revision}") as connection:
+        _check_version_table(connection)
         command.upgrade(_config(connection), revision)
         if revision == "head":
             install_runtime(connection)
@@ -71,14 +93,13 @@ def upgrade(dsn: str, revision: str = "head") -> None:
 
 def downgrade(dsn: str, revision: str = "base") -> None:
     with _migrating(dsn, f"downgrade to {revision}") as connection:
+        _check_version_table(connection)
         command.downgrade(_config(connection), revision)
 
 
 def current_revision(dsn: str) -> str | None:
-    with engine(dsn).connect() as connection:
-        context = MigrationContext.configure(
-            connection, opts={"version_table": "pyfuncs_alembic_version"}
-        )
+    with engine(dsn, pinned=True).connect() as connection:
+        context = MigrationContext.configure(connection, opts=dict(VERSION_TABLE))
         return context.get_current_revision()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -116,11 +117,20 @@ async def listen(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
 
 
+# Any role may NOTIFY the channel: however many wake-ups arrive, a consumer reads at most
+# once per this many seconds (wake-ups received meanwhile are taken together).
+WAKE_UP_GAP = 0.01
+
+
 async def wake_up(conn: psycopg.AsyncConnection[Any], poll: float) -> None:
     """Wait for a commit's NOTIFY on a listening connection, or `poll` seconds, whichever
-    comes first."""
+    comes first, but at least WAKE_UP_GAP."""
+    start = time.monotonic()
     async for _ in conn.notifies(timeout=poll, stop_after=1):
         pass
+    rest = WAKE_UP_GAP - (time.monotonic() - start)
+    if rest > 0:
+        await asyncio.sleep(rest)
 
 
 class ChangeFeed:

@@ -1,10 +1,29 @@
 -- Named queries used by pyfuncs (loaded by pyfuncs.queries). Parameters are psycopg's
 -- %(name)s placeholders; identifiers are never formatted into these texts.
 
+-- name: search_path
+SELECT pg_catalog.current_setting('search_path')
+
+-- name: set_search_path
+-- For the rest of the transaction (deploys pin it to pg_catalog while they run).
+SELECT pg_catalog.set_config('search_path', %(path)s, true)
+
 -- name: lock_deploys
--- Deploys and rollbacks run one at a time per database. A table lock, not an advisory one:
--- only the catalog's owner can take it, so no other session can hold deploys up.
-LOCK TABLE pyfuncs.deployment IN EXCLUSIVE MODE
+-- Deploys and rollbacks run one at a time per database. A table lock, not an advisory one
+-- (any session can take those), in a mode that no statement of a role without privileges on
+-- the table takes, not even one only prepared (PREPARE ... FOR UPDATE holds ROW SHARE).
+LOCK TABLE pyfuncs.deploy_lock IN SHARE UPDATE EXCLUSIVE MODE
+
+-- name: version_table_trust
+-- The table Alembic keeps pyfuncs' revision in, if it exists: trusted when it is a plain
+-- table of a superuser (or of the installer) on which writing runs nothing.
+SELECT c.relkind = 'r' AND (r.rolsuper OR r.rolname = current_user) AND NOT c.relhasrules
+       AND NOT c.relrowsecurity AND t.count = 0 AS trusted,
+       r.rolname AS owner, t.count AS triggers, c.relhasrules AS rules
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_roles r ON r.oid = c.relowner,
+LATERAL (SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger WHERE tgrelid = c.oid) AS t
+WHERE c.oid = pg_catalog.to_regclass('public.pyfuncs_alembic_version')
 
 -- name: missing_roles
 SELECT r AS role FROM unnest(%(roles)s::text[]) AS r

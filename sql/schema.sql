@@ -1,8 +1,8 @@
 -- The pyfuncs core schema, as declared. Migrations under sql/migrations/ must produce exactly
 -- this catalog from an empty database (tests/migrations proves it).
 
-CREATE EXTENSION IF NOT EXISTS plpython3u;
-CREATE EXTENSION IF NOT EXISTS jsonb_plpython3u;
+CREATE EXTENSION IF NOT EXISTS plpython3u WITH SCHEMA pg_catalog;
+CREATE EXTENSION IF NOT EXISTS jsonb_plpython3u WITH SCHEMA pg_catalog;
 
 CREATE SCHEMA pyfuncs;
 -- Callers need the schema for the runtime loader and the JWT helpers; the catalog tables
@@ -123,22 +123,31 @@ RETURN nullif(pyfuncs.jwt_claims() OPERATOR(pg_catalog.->>) 'sub', '')::pg_catal
 
 -- A verified token's role and claims for the rest of the transaction (what PostgREST sets).
 -- The client and the gateway check the role against their allow-list first; this refuses,
--- whatever they were told, what no token may become: a superuser, the login role itself
--- (that is `SET ROLE NONE` in disguise), or a role that does not exist.
+-- whatever they were told, what no token may become: the login role itself (that is
+-- `SET ROLE NONE` in disguise), a role that does not exist, and a role that is a superuser
+-- or can make itself one or act as one (CREATEROLE, REPLICATION, BYPASSRLS, or a member of a
+-- predefined role that reads or writes the server's files, runs programs or reads and writes
+-- all data).
 CREATE FUNCTION pyfuncs.set_identity(role text, claims text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    super boolean;
+    r record;
 BEGIN
-    SELECT r.rolsuper INTO super FROM pg_roles r WHERE r.rolname = role;
+    SELECT rolsuper OR rolcreaterole OR rolreplication OR rolbypassrls
+           OR EXISTS (SELECT FROM unnest(ARRAY['pg_execute_server_program',
+                          'pg_read_server_files', 'pg_write_server_files',
+                          'pg_read_all_data', 'pg_write_all_data']) AS p (name)
+                      WHERE pg_has_role(a.oid, p.name, 'MEMBER')) AS powerful
+    INTO r FROM pg_roles a WHERE a.rolname = role;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pyfuncs: the token names role %, which does not exist', quote_literal(role)
             USING ERRCODE = '28000', HINT = 'create the role, or fix the token''s role claim';
     END IF;
-    IF super OR role = session_user THEN
+    IF r.powerful OR role = session_user THEN
         RAISE EXCEPTION 'pyfuncs: a token may not act as %', quote_ident(role)
             USING ERRCODE = '28000',
-                  HINT = 'tokens name application roles: not a superuser, not the login role';
+                  HINT = 'tokens name application roles: not a superuser or a role with '
+                         'superuser-like powers, not the login role';
     END IF;
     PERFORM set_config('role', role, true);
     PERFORM set_config('request.jwt.claims', claims, true);
@@ -193,9 +202,14 @@ CREATE TABLE pyfuncs.realtime_state (
 );
 INSERT INTO pyfuncs.realtime_state DEFAULT VALUES;
 
--- Locked by every capturing commit (see realtime_commit_position), never written. Only its
--- owner can lock it, unlike an advisory lock, which any session could take and hold.
+-- Locked by every capturing commit (see realtime_commit_position), never written; deploys
+-- lock deploy_lock the same way. Table locks, not advisory ones (any session can take those),
+-- in SHARE UPDATE EXCLUSIVE mode: it conflicts with itself but not with the ROW SHARE / ROW
+-- EXCLUSIVE locks that merely naming a table in a prepared statement takes before any
+-- privilege check (PREPARE ... FOR UPDATE), and the statements that do take it (LOCK TABLE,
+-- VACUUM, ANALYZE, ALTER TABLE...) check their privileges first.
 CREATE TABLE pyfuncs.realtime_sequencer ();
+CREATE TABLE pyfuncs.deploy_lock ();
 
 -- A row of a table with columns of types defined in the database (enums, domains over
 -- them, composite types...) as jsonb, without calling any cast or function their owners
@@ -268,18 +282,22 @@ BEGIN
 END
 $$;
 
--- The commit step, once per capturing transaction as it commits.
+-- The commit step, once per capturing transaction as it commits. The wake-up carries no
+-- payload (any role may LISTEN, and positions are not for everyone) and is skipped when the
+-- NOTIFY queue is half full: any role can fill it, and a full queue would fail this commit.
+-- Consumers poll as well, so a skipped wake-up delays delivery by at most their poll interval.
 CREATE FUNCTION pyfuncs.realtime_commit_position() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     assigned bigint;
 BEGIN
-    LOCK TABLE pyfuncs.realtime_sequencer IN EXCLUSIVE MODE;
+    LOCK TABLE pyfuncs.realtime_sequencer IN SHARE UPDATE EXCLUSIVE MODE;
     assigned := nextval('pyfuncs.realtime_position');
     UPDATE pyfuncs.realtime_commit SET position = assigned, committed_at = clock_timestamp()
     WHERE txid = NEW.txid;
-    -- a wake-up only: the payload is a position, far below NOTIFY's 8000-byte limit
-    PERFORM pg_notify('pyfuncs_realtime', assigned::text);
+    IF pg_notification_queue_usage() < 0.5 THEN
+        PERFORM pg_notify('pyfuncs_realtime', '');
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -291,6 +309,7 @@ CREATE CONSTRAINT TRIGGER realtime_commit_position
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION pyfuncs.realtime_commit_position();
 
+-- pyfuncs' own tables and the system's are not application tables.
 CREATE FUNCTION pyfuncs.enable_realtime(target regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -298,6 +317,11 @@ DECLARE
 BEGIN
     SELECT n.nspname, c.relname, c.relkind, c.relpersistence INTO rel
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = target;
+    IF rel.nspname = 'pyfuncs' OR rel.nspname = 'information_schema'
+       OR starts_with(rel.nspname, 'pg_') THEN
+        RAISE EXCEPTION 'pyfuncs: % belongs to pyfuncs or to the system, realtime captures '
+                        'application tables only', target USING ERRCODE = '42501';
+    END IF;
     IF rel.relkind NOT IN ('r', 'p') THEN
         RAISE EXCEPTION 'pyfuncs: % is not a table, realtime captures tables only', target
             USING ERRCODE = '42809';

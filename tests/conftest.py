@@ -98,3 +98,17 @@ def deployed(dsn: str, conn: psycopg.Connection[Any]) -> Iterator[Callable[[Modu
 def authenticator_dsn(dsn: str) -> str:
     """The same database, logged in as the non-superuser login role."""
     return dsn.replace(f"{SUPERUSER}@", "authenticator@", 1)
+
+
+@pytest.fixture
+def empty_db(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A database of its own where pyfuncs was never installed."""
+    name = f"mig_{request.node.name[:40].lower()}"
+    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield cluster.url(name)
+    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))

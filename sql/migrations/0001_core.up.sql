@@ -1,7 +1,7 @@
 -- 0001: the first core schema (a snapshot of sql/schema.sql at that time).
 
-CREATE EXTENSION IF NOT EXISTS plpython3u;
-CREATE EXTENSION IF NOT EXISTS jsonb_plpython3u;
+CREATE EXTENSION IF NOT EXISTS plpython3u WITH SCHEMA pg_catalog;
+CREATE EXTENSION IF NOT EXISTS jsonb_plpython3u WITH SCHEMA pg_catalog;
 
 CREATE SCHEMA pyfuncs;
 -- Callers need the schema for the runtime loader and the JWT helpers; the catalog tables

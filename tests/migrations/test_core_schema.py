@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-import pytest
 from psycopg import sql
 
 from pyfuncs import migrate
 from pyfuncs.embedded import Cluster, _pg_bin
 from pyfuncs.queries import read
-
-
-@pytest.fixture
-def empty_db(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = f"mig_{request.node.name[:40].lower()}"
-    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield cluster.url(name)
-    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def dump(url: str) -> str:

@@ -10,10 +10,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import errors
+from psycopg import errors, sql
 
 from pyfuncs import deploy as deploying
 from pyfuncs import realtime
+from pyfuncs.embedded import SUPERUSER, Cluster
 
 from .conftest import is_superuser
 
@@ -223,6 +224,11 @@ def test_partitions_of_an_enabled_table_are_captured_under_its_name(
     ).fetchall() == [("public", "parts", {"id": 1})]
 
 
+# The tables whose locks serialise pyfuncs' work, and the deployments table an earlier
+# release locked.
+LOCKED = ("pyfuncs.realtime_sequencer", "pyfuncs.deploy_lock", "pyfuncs.deployment")
+
+
 def test_pyfuncs_locks_cannot_be_held_by_another_role(
     dsn: str, conn: psycopg.Connection[Any], mallory: psycopg.Connection[Any], tmp_path: Any
 ) -> None:
@@ -232,14 +238,33 @@ def test_pyfuncs_locks_cannot_be_held_by_another_role(
     # the advisory locks pyfuncs took before, and the tables it locks now
     mallory.execute("SELECT pg_advisory_lock(hashtext('pyfuncs.realtime')), "
                     "pg_advisory_lock(hashtext('pyfuncs.deploy'))")  # fmt: skip
-    for statement in (
-        "LOCK TABLE pyfuncs.realtime_sequencer IN ACCESS SHARE MODE",
-        "LOCK TABLE pyfuncs.deployment IN ACCESS SHARE MODE",
-        "SELECT FROM pyfuncs.realtime_sequencer FOR UPDATE",
-        "SELECT FROM pyfuncs.deployment FOR UPDATE",
-    ):
-        with mallory.transaction(), pytest.raises(errors.InsufficientPrivilege):
-            mallory.execute(statement)
+    for table in LOCKED:
+        for statement in (
+            "LOCK TABLE {} IN ACCESS SHARE MODE",
+            "LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE",
+            "SELECT FROM {} FOR UPDATE",
+            "COMMENT ON TABLE {} IS 'mine'",
+            "ALTER TABLE {} ADD COLUMN x int",
+            "CREATE INDEX ON {} ((1))",
+        ):
+            with mallory.transaction(), pytest.raises(errors.InsufficientPrivilege):
+                mallory.execute(statement.format(table))
+    # Statements only prepared lock what they name before any privilege check; they are
+    # held, with whatever else mallory can take, while the work below runs.
+    mallory.execute("BEGIN")
+    for n, table in enumerate(LOCKED):
+        mallory.execute(f"ANALYZE {table}")  # skipped with a warning, its lock let go
+        for m, statement in enumerate((
+            "SELECT FROM {} FOR UPDATE", "SELECT FROM {} FOR SHARE", "DELETE FROM {}",
+            "INSERT INTO {} DEFAULT VALUES",
+        )):  # fmt: skip
+            mallory.execute(f"PREPARE p{n}_{m} AS {statement.format(table)}")
+    held = mallory.execute(
+        "SELECT relation::regclass::text, mode FROM pg_locks WHERE pid = pg_backend_pid() "
+        "AND relation = ANY(%s::regclass[])",
+        [list(LOCKED)],
+    ).fetchall()
+    assert ("pyfuncs.realtime_sequencer", "RowShareLock") in held  # the attack is live
     done: list[float] = []
 
     def work() -> None:
@@ -258,20 +283,83 @@ def test_pyfuncs_locks_cannot_be_held_by_another_role(
     worker = threading.Thread(target=work)
     worker.start()
     worker.join(20)
+    mallory.execute("ROLLBACK")
     assert done and done[0] < 10, "a capturing commit or a deploy waited for mallory"
     assert conn.execute("SELECT count(*) FROM pyfuncs.realtime_commit "
                         "WHERE position IS NOT NULL").fetchone() == (1,)  # fmt: skip
 
 
-def test_set_identity_refuses_what_no_token_may_become(authenticator_dsn: str) -> None:
+# Roles no token may become although a login role may be a member of them: each is, or can
+# make itself, a superuser, or reads or writes what no application role should.
+POWERFUL = {
+    "tok_createrole": "CREATEROLE",
+    "tok_replication": "REPLICATION",
+    "tok_bypassrls": "BYPASSRLS",
+    "tok_program": "IN ROLE pg_execute_server_program",
+    "tok_readfiles": "IN ROLE pg_read_server_files",
+    "tok_writefiles": "IN ROLE pg_write_server_files",
+    "tok_readall": "IN ROLE pg_read_all_data",
+    "tok_writeall": "IN ROLE pg_write_all_data",
+    "tok_nested": "IN ROLE tok_writefiles",  # through another role
+}
+
+
+@pytest.fixture(scope="session")
+def gatekeeper(cluster: Cluster) -> str:
+    """A NOINHERIT login role that is a member of every POWERFUL role and of `student`."""
+    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
+        for role, options in POWERFUL.items():
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone():
+                continue
+            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN " + options).format(sql.Identifier(role)))
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'gatekeeper'").fetchone():
+            conn.execute("CREATE ROLE gatekeeper LOGIN NOINHERIT")
+        for role in (*POWERFUL, "student"):
+            conn.execute(sql.SQL("GRANT {} TO gatekeeper").format(sql.Identifier(role)))
+    return "gatekeeper"
+
+
+def test_set_identity_refuses_what_no_token_may_become(
+    dsn: str, authenticator_dsn: str, gatekeeper: str
+) -> None:
     with psycopg.connect(authenticator_dsn) as conn:
         for role in ("none", "", "postgres", "authenticator", "no_such_role", "NONE", "Student"):
             with conn.transaction(), pytest.raises(errors.InvalidAuthorizationSpecification):
+                conn.execute("SELECT pyfuncs.set_identity(%s, '{}')", [role])
+    with psycopg.connect(dsn.replace(f"{SUPERUSER}@", "gatekeeper@", 1)) as conn:
+        for role in POWERFUL:
+            with conn.transaction():  # a member may become it by itself
+                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+            with (
+                conn.transaction(),
+                pytest.raises(errors.InvalidAuthorizationSpecification, match="may not act as"),
+            ):
                 conn.execute("SELECT pyfuncs.set_identity(%s, '{}')", [role])
         with conn.transaction():
             conn.execute("SELECT pyfuncs.set_identity('student', '{\"sub\": \"s1\"}')")
             assert conn.execute("SELECT current_user, pyfuncs.jwt_claim('sub')").fetchone() == (
                 "student", "s1")  # fmt: skip
+
+
+def test_pyfuncs_and_system_tables_cannot_be_enabled(conn: psycopg.Connection[Any]) -> None:
+    for table in ("pyfuncs.realtime_change", "pyfuncs.realtime_table", "pyfuncs.deployment",
+                  "information_schema.sql_features", "pg_catalog.pg_class"):  # fmt: skip
+        with pytest.raises(errors.InsufficientPrivilege, match="belongs to pyfuncs or"):
+            conn.execute("SELECT pyfuncs.enable_realtime(%s)", [table])
+    assert conn.execute("SELECT count(*) FROM pyfuncs.realtime_table").fetchone() == (0,)
+
+
+def test_commit_wake_ups_carry_nothing(
+    conn: psycopg.Connection[Any], mallory: psycopg.Connection[Any]
+) -> None:
+    """Any role may LISTEN: the wake-ups say that something committed, not its position."""
+    conn.execute("CREATE TABLE public.w (id int PRIMARY KEY)")
+    realtime.enable(conn, "public.w")
+    mallory.execute("LISTEN pyfuncs_realtime")
+    conn.execute("INSERT INTO public.w VALUES (1)")
+    conn.execute("INSERT INTO public.w VALUES (2)")
+    heard = [n.payload for n in mallory.notifies(timeout=1, stop_after=2)]
+    assert heard == ["", ""]
 
 
 def test_helpers_are_bound_where_they_were_created(
