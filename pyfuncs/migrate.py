@@ -8,6 +8,8 @@ The migrations live in migrations/ and their SQL in sql/migrations/; `install` r
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import marshal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -108,16 +110,21 @@ def head_revision() -> str | None:
 
 
 def install_runtime(connection: sa.Connection) -> None:
-    """Store every module of the runtime (pyfuncs/_pg/) by name, and no other."""
+    """Store every module of the runtime (pyfuncs/_pg/) by name, and no other: its source,
+    and its code compiled by this Python, which a backend whose Python has the same bytecode
+    runs without compiling (the first call in a new connection is that much faster)."""
     names = []
     for file in sorted(RUNTIME_DIR.glob("*.py")):
         if file.name == "__init__.py":
             continue
         source = file.read_text()
+        code = compile(source, f"pyfuncs/_pg/{file.name}", "exec", dont_inherit=True)
         params: dict[str, Any] = {
             "name": file.stem,
             "source": source,
             "sha256": hashlib.sha256(source.encode()).hexdigest(),
+            "code": marshal.dumps(code),
+            "magic": importlib.util.MAGIC_NUMBER,
         }
         connection.exec_driver_sql(query("runtime_upsert"), params)
         names.append(file.stem)

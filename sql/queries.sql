@@ -98,10 +98,13 @@ WHERE r.schema_name = %(schema)s AND r.name = %(name)s
 ORDER BY v.version
 
 -- name: runtime_upsert
-INSERT INTO pyfuncs.runtime_module (name, source, sha256) VALUES (%(name)s, %(source)s, %(sha256)s)
+INSERT INTO pyfuncs.runtime_module (name, source, sha256, code, magic)
+VALUES (%(name)s, %(source)s, %(sha256)s, %(code)s, %(magic)s)
 ON CONFLICT (name) DO UPDATE
-SET source = excluded.source, sha256 = excluded.sha256, installed_at = now()
-WHERE pyfuncs.runtime_module.sha256 <> excluded.sha256
+SET source = excluded.source, sha256 = excluded.sha256, code = excluded.code,
+    magic = excluded.magic, installed_at = now()
+WHERE (pyfuncs.runtime_module.sha256, pyfuncs.runtime_module.magic)
+      IS DISTINCT FROM (excluded.sha256, excluded.magic)
 
 -- name: runtime_prune
 -- Modules an older runtime had and this one has not.

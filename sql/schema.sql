@@ -14,7 +14,10 @@ CREATE TABLE pyfuncs.runtime_module (
     name text PRIMARY KEY,
     source text NOT NULL,
     sha256 text NOT NULL,
-    installed_at timestamptz NOT NULL DEFAULT now()
+    installed_at timestamptz NOT NULL DEFAULT now(),
+    -- compiled by the installing Python (marshal), used where the bytecode is the same
+    code bytea,
+    magic bytea
 );
 -- Every routine loads the runtime as its caller, so the code (not a secret) is public.
 GRANT SELECT ON pyfuncs.runtime_module TO PUBLIC;
@@ -95,14 +98,19 @@ REVOKE EXECUTE ON FUNCTION pyfuncs.forbid_change() FROM PUBLIC;
 CREATE FUNCTION pyfuncs.boot() RETURNS void
 LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
 if "pyfuncs.v1" not in GD:
-    rows = plpy.execute("SELECT name, source FROM pyfuncs.runtime_module")
-    sources = {row["name"]: row["source"] for row in rows}
-    if "boot" not in sources:
+    rows = plpy.execute("SELECT name, source, code, magic FROM pyfuncs.runtime_module")
+    modules = {row["name"]: row for row in rows}
+    if "boot" not in modules:
         plpy.error("the pyfuncs runtime is not installed in this database",
                    hint="run `pyfuncs install`", sqlstate="PF002")
+    import marshal
+    from importlib.util import MAGIC_NUMBER
+    boot = modules["boot"]
+    code = (marshal.loads(boot["code"]) if boot["magic"] == MAGIC_NUMBER
+            else compile(boot["source"], "pyfuncs/_pg/boot.py", "exec", dont_inherit=True))
     loader = {"__name__": "pyfuncs_pg_loader"}
-    exec(compile(sources["boot"], "pyfuncs/_pg/boot.py", "exec", dont_inherit=True), loader)
-    loader["load"](sources, GD)
+    exec(code, loader)
+    loader["load"](modules, GD)
 $$;
 GRANT EXECUTE ON FUNCTION pyfuncs.boot() TO PUBLIC;
 

@@ -1,5 +1,19 @@
--- 0006 down: the functions as 0004 made them; deploys lock pyfuncs.deployment again.
+-- 0006 down: the functions as 0004 and 0005 made them; deploys lock pyfuncs.deployment again.
 DROP TABLE pyfuncs.deploy_lock;
+ALTER TABLE pyfuncs.runtime_module DROP COLUMN code, DROP COLUMN magic;
+
+CREATE OR REPLACE FUNCTION pyfuncs.boot() RETURNS void
+LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
+if "pyfuncs.v1" not in GD:
+    rows = plpy.execute("SELECT name, source FROM pyfuncs.runtime_module")
+    sources = {row["name"]: row["source"] for row in rows}
+    if "boot" not in sources:
+        plpy.error("the pyfuncs runtime is not installed in this database",
+                   hint="run `pyfuncs install`", sqlstate="PF002")
+    loader = {"__name__": "pyfuncs_pg_loader"}
+    exec(compile(sources["boot"], "pyfuncs/_pg/boot.py", "exec", dont_inherit=True), loader)
+    loader["load"](sources, GD)
+$$;
 
 CREATE OR REPLACE FUNCTION pyfuncs.realtime_commit_position() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
