@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import marshal
 import subprocess
 from typing import Any
 
@@ -55,3 +57,28 @@ def test_downgrade_removes_everything_and_upgrade_again_works(empty_db: str) -> 
     with psycopg.connect(empty_db) as conn:
         names = {name for (name,) in conn.execute("SELECT name FROM pyfuncs.runtime_module")}
     assert names == {p.stem for p in migrate.RUNTIME_DIR.glob("*.py")} - {"__init__"}
+
+
+def test_the_runtime_runs_compiled_where_the_bytecode_matches(empty_db: str) -> None:
+    """install stores each module's code compiled by this Python; a backend runs it when its
+    Python's MAGIC_NUMBER is the same, and compiles the source otherwise."""
+    migrate.install(empty_db)
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        rows = conn.execute("SELECT name, code, magic FROM pyfuncs.runtime_module")
+        for name, code, magic in rows:
+            assert magic == importlib.util.MAGIC_NUMBER, name
+            assert marshal.loads(code).co_filename == f"pyfuncs/_pg/{name}.py"
+
+        def boots() -> bool:
+            with psycopg.connect(empty_db) as fresh:
+                try:
+                    fresh.execute("SELECT pyfuncs.boot()")
+                except psycopg.errors.ExternalRoutineException:
+                    return False
+            return True
+
+        assert boots()
+        conn.execute("UPDATE pyfuncs.runtime_module SET code = '\\x00'")  # not code at all
+        assert not boots()  # the code was used
+        conn.execute("UPDATE pyfuncs.runtime_module SET magic = '\\x00'")  # another Python's
+        assert boots()  # the source was compiled
