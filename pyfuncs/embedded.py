@@ -135,7 +135,8 @@ class Cluster:
         if not self.is_running():
             options = " ".join([
                 f"-p {self.port}", "-c listen_addresses=127.0.0.1",
-                f"-k {self.home}", "-c max_connections=300", "-c shared_buffers=256MB",
+                f"-k {self.home}", "-c unix_socket_permissions=0700",
+                "-c max_connections=300", "-c shared_buffers=256MB",
                 "-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off",
                 "-c max_wal_size=2GB", "-c logging_collector=off",
             ])  # fmt: skip
