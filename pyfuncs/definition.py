@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn, ParamSpec, TypeVar, overload
 
 from . import limits, policy
-from .errors import DefinitionError
+from .errors import DefinitionError, printable
 from .limits import Limits
 from .typemap import ReturnShape, SqlType, UnsupportedType, describe, evaluate, return_shape
 from .typemap import sql_type as map_sql_type
@@ -44,7 +44,8 @@ Kind = Literal["function", "procedure"]
 Volatility = Literal["volatile", "stable", "immutable"]
 Parallel = Literal["unsafe", "restricted", "safe"]
 
-_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# used with fullmatch: `$` would also match before a final newline
+_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # Names PL/Python itself puts in a routine's globals: a parameter must not hide them.
 _RESERVED_PARAMS = frozenset({"args", "plpy", "self"})
 _ATTR = "__pyfuncs__"
@@ -421,8 +422,15 @@ class Definition:
         }  # fmt: skip
 
 
+def valid_name(value: object) -> bool:
+    """Whether `value` may name a schema, routine, role, parameter or result column:
+    lowercase ASCII letters, digits and underscores, starting with a letter or underscore,
+    at most 63 characters, and nothing else (no trailing newline either)."""
+    return type(value) is str and _NAME.fullmatch(value) is not None
+
+
 def _check_name(what: str, value: Any, problems: list[str]) -> None:
-    if type(value) is not str or not _NAME.match(value):
+    if not valid_name(value):
         problems.append(
             f"{what} {value!r} is not a valid name: use lowercase letters, digits and "
             "underscores, starting with a letter or underscore, at most 63 characters"
@@ -513,7 +521,7 @@ def build(facts: Any, module: ModuleSource, defaults: Limits | None = None) -> D
     where = f"{module.file}:{line}"
     problems: list[str] = []
     options = _options(facts.get("kind"), facts.get("options"), problems)
-    name = options.name or function
+    name = function if options.name is None else options.name
     _check_name("schema", options.schema, problems)
     _check_name("routine name", name, problems)
     for role in options.roles:
@@ -595,8 +603,11 @@ def build(facts: Any, module: ModuleSource, defaults: Limits | None = None) -> D
             "columns and parameters in one namespace, so rename one side"
         )
     if problems:
+        # what the module chose (names, values, hint texts) is in these lines: printed safely
+        lines = [printable(m) for m in problems]
         raise DefinitionError(
-            f"routine {name} is invalid:\n" + "\n".join(f"  - {m}" for m in problems), where=where
+            f"routine {printable(name)} is invalid:\n" + "\n".join(f"  - {m}" for m in lines),
+            where=where,
         )
     return Definition(
         options=options,
@@ -642,7 +653,7 @@ def display_path(file: str | Path) -> str:
         text = str(path.relative_to(Path.cwd()))
     except ValueError:
         text = str(path)
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return printable(text)
 
 
 def routine_source(source: str, keep: str, routines: set[str]) -> str:

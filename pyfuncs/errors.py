@@ -178,6 +178,13 @@ def from_sqlstate(
     return cls(message, sqlstate=sqlstate, detail=detail, hint=hint)
 
 
+def printable(text: str) -> str:
+    """Text someone else chose (a module, a child process, a path), safe to print: every
+    character that is not printable (newlines, terminal escapes, bidi controls, line
+    separators) is written as its escape, so it can neither start a line nor hide one."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def one_line(text: str) -> str:
     """A message that may span lines (libpq's do) as one line."""
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())

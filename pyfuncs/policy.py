@@ -49,7 +49,7 @@ FORBIDDEN_MODULES = {
 
 NAMED_ACCESS = frozenset({"getattr", "setattr", "hasattr"})
 
-_DUNDER = re.compile(r"^__\w+__$")
+_DUNDER = re.compile(r"__\w+__")  # with fullmatch (`$` would match before a final newline)
 _ALLOWED_DUNDER_NAMES = frozenset({"__name__"})
 
 
@@ -133,7 +133,7 @@ class _Checker(ast.NodeVisitor):
 
     def visit_Name(self, node: ast.Name) -> None:
         name = node.id
-        if _DUNDER.match(name) and name not in _ALLOWED_DUNDER_NAMES:
+        if _DUNDER.fullmatch(name) and name not in _ALLOWED_DUNDER_NAMES:
             self._add(node, "dunder-name", f"the name {name!r} reaches interpreter internals",
                       "use an ordinary name")  # fmt: skip
         elif name in FORBIDDEN_BUILTINS:

@@ -321,3 +321,33 @@ def test_dotted_names_are_looked_up_not_imported(
     assert [d.qualname for d in collecting.collect("pkg.routines")] == ["public.ok"]
     assert not marker.exists()
     assert os.listdir(package) == sorted(os.listdir(package))  # nothing new beside it either
+
+
+# --- names are whole names -----------------------------------------------------------------
+
+NOT_NAMES = ["total\n", "total\r", "total\t", "to\x00tal", "total ", "\ntotal", "total\u2028",
+             "ｔotal", "totál", "Total", "t" * 64, ""]  # fmt: skip  # noqa: RUF001
+
+
+@pytest.mark.parametrize("name", NOT_NAMES, ids=repr)
+@pytest.mark.parametrize("where", ["schema", "name", "role", "result column", "row field"])
+def test_names_are_whole_names(tmp_path: Path, name: str, where: str) -> None:
+    """`$` matched before a final newline: a result column named "total\\n" deployed, and a
+    schema "nl2\\n" printed "ok  nl2" and ".f()" on two lines."""
+    options = {"schema": f"schema={name!r}", "name": f"name={name!r}",
+               "role": f"roles=[{name!r}]"}.get(where, "")  # fmt: skip
+    returns = "int"
+    if where == "result column":
+        returns = "Row"
+    elif where == "row field":
+        returns = "Iterator[Row]"
+    module = tmp_path / "names.py"
+    module.write_text(
+        "from typing import Iterator, TypedDict\nfrom pyfuncs import stored_function\n"
+        f"Row = TypedDict('Row', {{{name!r}: int, 'id': int}})\n"
+        f"@stored_function({options})\ndef f() -> {returns}:\n    return 1\n"
+    )
+    with pytest.raises(DefinitionError, match="is not a valid name") as info:
+        collecting.collect(str(module))
+    lines = str(info.value).splitlines()
+    assert all(line.startswith((f"{module}:", "  - ")) for line in lines), lines
