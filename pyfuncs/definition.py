@@ -46,6 +46,9 @@ Parallel = Literal["unsafe", "restricted", "safe"]
 
 # used with fullmatch: `$` would also match before a final newline
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+# Schemas a module may not deploy into: pyfuncs' own (its security functions live there) and
+# PostgreSQL's (pg_catalog, pg_toast, pg_temp_N: every name with the reserved `pg_` prefix).
+RESERVED_SCHEMAS = frozenset({"pyfuncs", "information_schema"})
 # Names PL/Python itself puts in a routine's globals: a parameter must not hide them.
 _RESERVED_PARAMS = frozenset({"args", "plpy", "self"})
 _ATTR = "__pyfuncs__"
@@ -429,6 +432,11 @@ def valid_name(value: object) -> bool:
     return type(value) is str and _NAME.fullmatch(value) is not None
 
 
+def reserved_schema(schema: str) -> bool:
+    """Whether routines may not be deployed into `schema` (see RESERVED_SCHEMAS)."""
+    return schema in RESERVED_SCHEMAS or schema.startswith("pg_")
+
+
 def _check_name(what: str, value: Any, problems: list[str]) -> None:
     if not valid_name(value):
         problems.append(
@@ -523,6 +531,12 @@ def build(facts: Any, module: ModuleSource, defaults: Limits | None = None) -> D
     options = _options(facts.get("kind"), facts.get("options"), problems)
     name = function if options.name is None else options.name
     _check_name("schema", options.schema, problems)
+    if valid_name(options.schema) and reserved_schema(options.schema):
+        problems.append(
+            f"schema {options.schema!r} is reserved (pyfuncs' own and PostgreSQL's system "
+            "schemas cannot hold routines): deploy into a schema of your application's, "
+            "e.g. schema='api'"
+        )
     _check_name("routine name", name, problems)
     for role in options.roles:
         _check_name("role", role, problems)

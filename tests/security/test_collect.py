@@ -351,3 +351,18 @@ def test_names_are_whole_names(tmp_path: Path, name: str, where: str) -> None:
         collecting.collect(str(module))
     lines = str(info.value).splitlines()
     assert all(line.startswith((f"{module}:", "  - ")) for line in lines), lines
+
+
+@pytest.mark.parametrize(
+    "schema", ["pyfuncs", "pg_catalog", "information_schema", "pg_toast", "pg_temp",
+               "pg_temp_3", "pg_toast_temp_1", "pg_mine"],
+)  # fmt: skip
+def test_reserved_schemas_are_refused_by_the_check(tmp_path: Path, schema: str) -> None:
+    module = tmp_path / "hijack.py"
+    module.write_text(
+        "from pyfuncs import stored_function, db\n\n"
+        f"@stored_function(schema={schema!r}, roles=['writer'])\n"
+        "def set_identity(role: str, claims: str) -> None:\n    return None\n"
+    )
+    with pytest.raises(DefinitionError, match=f"schema '{schema}' is reserved"):
+        collecting.collect(str(module))
