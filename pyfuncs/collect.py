@@ -11,6 +11,7 @@ line of the module.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import json
@@ -25,7 +26,7 @@ from types import ModuleType
 from typing import Any
 
 from . import _sandbox, policy
-from .definition import Definition, ModuleSource, build, display_path, routine_source
+from .definition import Definition, ModuleSource, build, display_path, routine_sources, stored_size
 from .errors import DefinitionError
 from .limits import Limits
 
@@ -34,6 +35,11 @@ TIMEOUT = 30.0  # seconds of wall clock
 CPU_SECONDS = 20
 MEMORY_BYTES = 1 << 30  # of address space
 MAX_ANSWER = 32 << 20  # bytes of facts a child may send back
+# what a module may be: checking it takes time linear in these, and the catalog stores each
+# routine with the module code it uses
+MAX_SOURCE_BYTES = 1 << 20
+MAX_ROUTINES = 1000
+MAX_STORED = 64 << 20  # characters of source all of a module's routines keep, together
 
 
 def _clean(text: str, limit: int = 2000) -> str:
@@ -74,12 +80,38 @@ def find(target: str | ModuleType) -> tuple[str, Path]:
 
 
 def read(target: str | ModuleType) -> ModuleSource:
+    """The module's source, read as a file (never imported), at most MAX_SOURCE_BYTES."""
     name, path = find(target)
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
+        with path.open("rb") as file:
+            data = file.read(MAX_SOURCE_BYTES + 1)
+    except OSError as exc:
         raise DefinitionError(f"cannot read {path}: {exc}") from None
-    return ModuleSource.parse(name, display_path(path), text)
+    shown = display_path(path)
+    if len(data) > MAX_SOURCE_BYTES:
+        raise DefinitionError(
+            f"{shown} is larger than {MAX_SOURCE_BYTES >> 20} MB, the most a routine module may "
+            "be; split it into several modules"
+        )
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        raise DefinitionError(f"cannot read {shown}: not UTF-8 ({exc.reason} at byte "
+                              f"{exc.start})") from None  # fmt: skip
+    # universal newlines, as Path.read_text reads (and versions were fingerprinted) before
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    module = ModuleSource.parse(name, shown, text)
+    routines = sum(
+        1
+        for node in module.tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.decorator_list
+    )
+    if routines > MAX_ROUTINES:
+        raise DefinitionError(
+            f"{shown} has {routines} decorated functions; a module may define at most "
+            f"{MAX_ROUTINES} routines: split it into several modules"
+        )
+    return module
 
 
 def enforce_policy(module: ModuleSource) -> None:
@@ -188,10 +220,16 @@ def collect(target: str | ModuleType) -> list[Definition]:
     if not definitions:
         raise DefinitionError(f"{module.name} defines no @stored_function or @procedure")
     functions = {d.function for d in definitions}
+    stored = stored_size(module, functions)
+    if stored > MAX_STORED:
+        raise DefinitionError(
+            f"{module.file}: its {len(definitions)} routines would keep {stored >> 20} MB of "
+            f"source in the catalog, more than {MAX_STORED >> 20} MB (each keeps the module code "
+            "it uses: constants and helpers shared by all of them count once per routine); "
+            "split the module, or make large constants smaller"
+        )
+    sources = routine_sources(module, functions)
     return sorted(
-        (
-            dataclasses.replace(d, source=routine_source(d.source, d.function, functions))
-            for d in definitions
-        ),
+        (dataclasses.replace(d, source=sources[d.function]) for d in definitions),
         key=lambda d: d.line,
     )

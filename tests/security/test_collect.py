@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -321,6 +322,87 @@ def test_dotted_names_are_looked_up_not_imported(
     assert [d.qualname for d in collecting.collect("pkg.routines")] == ["public.ok"]
     assert not marker.exists()
     assert os.listdir(package) == sorted(os.listdir(package))  # nothing new beside it either
+
+
+# --- a module cannot make the deployer's side work without bound ---------------------------
+
+
+def many(count: int, *, decorator: str = "@stored_function", call_next: bool = False) -> str:
+    """A module of `count` trivial routines (each calling the next one, if asked)."""
+    head = "from pyfuncs import stored_function, procedure\n"
+    return head + "".join(
+        f"{decorator}\ndef f{i}() -> int:\n    return "
+        + (f"f{i + 1}() + {i}\n" if call_next and i + 1 < count else f"{i}\n")
+        for i in range(count)
+    )
+
+
+@pytest.mark.parametrize("call_next", [False, True], ids=["independent", "a chain"])
+def test_a_module_with_the_most_routines_is_checked_in_seconds(
+    tmp_path: Path, call_next: bool
+) -> None:
+    """800 routines took 144 s (each routine's source re-parsed the module per routine, and
+    3,000 ran for more than 20 minutes); a chain, where each routine keeps every later one,
+    is the worst case for the sources each routine keeps."""
+    module = tmp_path / "many.py"
+    module.write_text(many(collecting.MAX_ROUTINES, call_next=call_next))
+    started = time.monotonic()
+    definitions = collecting.collect(str(module))
+    assert time.monotonic() - started < 15
+    assert len(definitions) == collecting.MAX_ROUTINES
+    first, last = definitions[0], definitions[-1]
+    assert "def f1()" not in last.source and ("def f1()" in first.source) == call_next
+    assert first.source.count("\n") == module.read_text().count("\n")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        many(collecting.MAX_ROUTINES + 1),
+        many(3000),
+        many(1001, decorator="@procedure"),
+        many(1001, decorator="@stored_function(schema='api')"),
+        many(1001).replace("def f7()", "async def f7()"),
+    ],
+    ids=["one too many", "3000", "procedures", "with options", "an async one"],
+)
+def test_more_routines_than_a_module_may_have_are_refused_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], source: str
+) -> None:
+    module = tmp_path / "many.py"
+    module.write_text(source)
+    started = time.monotonic()
+    assert main(["check", str(module)]) == 1
+    assert time.monotonic() - started < 5
+    _, err = capsys.readouterr()
+    assert "at most 1000 routines: split it" in err and err.count("\n") == 1
+
+
+def test_a_module_may_be_1_mb_and_no_more(tmp_path: Path) -> None:
+    module = tmp_path / "big.py"
+    body = "from pyfuncs import stored_function" + ROUTINE
+    padding = collecting.MAX_SOURCE_BYTES - len(body.encode()) - 2
+    module.write_text("#" + "x" * padding + "\n" + body)
+    assert module.stat().st_size == collecting.MAX_SOURCE_BYTES
+    assert [d.qualname for d in collecting.collect(str(module))] == ["public.ok"]
+    module.write_text("#" + "x" * (padding + 1) + "\n" + body)
+    with pytest.raises(DefinitionError, match="larger than 1 MB, the most a routine module"):
+        collecting.collect(str(module))
+    module.write_text("#" + "é" * (padding // 2 + 1) + "\n" + body)  # bytes count, not chars
+    with pytest.raises(DefinitionError, match="larger than 1 MB"):
+        collecting.collect(str(module))
+
+
+def test_the_source_all_routines_keep_together_is_bounded(tmp_path: Path) -> None:
+    """Each routine keeps the module code it uses: 600 KB of constants shared by 200
+    routines would be 120 MB of source in the catalog (and as much DDL)."""
+    module = tmp_path / "shared.py"
+    constant = "TABLE = " + repr("x" * 600_000) + "\n"
+    module.write_text(constant + many(200))
+    with pytest.raises(DefinitionError, match=r"200 routines would keep 114 MB of source"):
+        collecting.collect(str(module))
+    module.write_text(constant + many(50))  # 30 MB: kept
+    assert len(collecting.collect(str(module))) == 50
 
 
 # --- names are whole names -----------------------------------------------------------------
