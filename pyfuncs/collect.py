@@ -17,17 +17,19 @@ import functools
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import threading
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from . import _sandbox, policy
 from .definition import Definition, ModuleSource, build, display_path, routine_sources, stored_size
-from .errors import DefinitionError
+from .errors import DefinitionError, printable
 from .limits import Limits
 
 # what executing a module for a check may take (module-level code should take next to nothing)
@@ -51,42 +53,97 @@ def _clean(text: str, limit: int = 2000) -> str:
     return kept[:limit]
 
 
-def find(target: str | ModuleType) -> tuple[str, Path]:
-    """The module's name (as the database will load it) and its file, without importing it."""
+def find(target: str | ModuleType) -> tuple[str, Path, Path | None]:
+    """The module's name (as the database will load it), its file and the directory that
+    file is looked up from (see `_open`; None for a module the application imported itself),
+    without importing it."""
     if isinstance(target, ModuleType):
         file = getattr(target, "__file__", None)
         if not file:
             raise DefinitionError(f"{target.__name__} has no source file")
-        return target.__name__, Path(file)
+        return target.__name__, Path(file), None
     if target.endswith(".py") or "/" in target or os.sep in target:
         path = Path(target)
-        if not path.is_file():
-            raise DefinitionError(f"no such file: {target}")
+        if not os.path.lexists(path):
+            raise DefinitionError(f"no such file: {printable(target)}")
         # the name the database gives the module: an identifier, whatever the file is called
         stem = re.sub(r"\W", "_", path.stem)
-        return f"pyfuncs_user.{'_' if stem[:1].isdigit() else ''}{stem}", path.resolve()
+        name = f"pyfuncs_user.{'_' if stem[:1].isdigit() else ''}{stem}"
+        cwd = Path.cwd()
+        if path.is_absolute() and path.parts[: len(cwd.parts)] == cwd.parts:
+            return name, Path(*path.parts[len(cwd.parts) :]), cwd
+        if path.is_absolute():
+            return name, path.relative_to(path.anchor), Path(path.anchor)
+        return name, path, cwd
     parts = target.split(".")
     if not all(part.isidentifier() for part in parts):
-        raise DefinitionError(f"{target!r} is neither a file path nor a module name")
+        raise DefinitionError(f"{printable(repr(target))} is neither a file path nor a module name")
     for entry in [os.getcwd(), *sys.path]:
-        base = Path(entry or ".").joinpath(*parts)
-        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-            if candidate.is_file():
-                return target, candidate.resolve()
+        base = Path(entry or ".")
+        for relative in (Path(*parts).with_suffix(".py"), Path(*parts, "__init__.py")):
+            if os.path.lexists(base / relative):
+                return target, relative, base
     raise DefinitionError(
         f"cannot find module {target!r} on the path (it is looked up, not imported); pass a "
         "file path, or run from the directory the module's package is in"
     )
 
 
+def _open(relative: Path, base: Path) -> int:
+    """Open `base/relative` for reading without following a symbolic link below `base`.
+
+    A module's path is chosen by the deployer, but what lies below the working directory
+    (or the path entry a dotted name is found on) may come from the change under review: a
+    checkout can hold `routines.py -> ~/.env`, or a directory linked anywhere. Reading one
+    would run the deployer's file as the module, and its contents would come back in error
+    messages. So each component is opened relative to the last with O_NOFOLLOW (nothing can
+    be swapped in between), and a link is refused. Links above `base` (the working
+    directory's own path, say) are the deployer's, and followed.
+    """
+    display = printable(str(relative if base == Path.cwd() else base / relative))
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    *directories, last = relative.parts
+    for part in directories:
+        fd = _step(fd, part, stat.S_ISDIR, display)
+    return _step(fd, last, stat.S_ISREG, display)
+
+
+def _step(fd: int, part: str, kind: Callable[[int], bool], display: str) -> int:
+    """Open `part` in the directory `fd` (and close that): a directory or a regular file as
+    `kind` says, never through a symbolic link."""
+    try:
+        mode = os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode
+        if stat.S_ISLNK(mode):
+            raise DefinitionError(
+                f"{display}: {printable(part)!r} is a symbolic link, and pyfuncs reads a module "
+                "only through real files and directories (a link in a checkout could point at "
+                "any file of the deployer's); pass the module's real path"
+            )
+        if not kind(mode):  # a FIFO or a device is never opened: that could block or act
+            raise DefinitionError(f"no such file: {display} ({printable(part)!r} is not a "
+                                  f"{'directory' if kind is stat.S_ISDIR else 'regular file'})")  # fmt: skip
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        opened = os.open(part, flags | (os.O_DIRECTORY if kind is stat.S_ISDIR else 0), dir_fd=fd)
+    except OSError as exc:  # ELOOP: it became a link since the check above
+        raise DefinitionError(f"cannot read {display}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if not kind(os.fstat(opened).st_mode):  # it was replaced since the check above
+        os.close(opened)
+        raise DefinitionError(f"cannot read {display}: it changed while it was read")
+    return opened
+
+
 def read(target: str | ModuleType) -> ModuleSource:
     """The module's source, read as a file (never imported), at most MAX_SOURCE_BYTES."""
-    name, path = find(target)
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_SOURCE_BYTES + 1)
-    except OSError as exc:
-        raise DefinitionError(f"cannot read {path}: {exc}") from None
+    name, path, base = find(target)
+    if base is None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # imported already: its own file
+    else:
+        fd = _open(path, base)
+        path = base / path
+    with os.fdopen(fd, "rb") as file:
+        data = file.read(MAX_SOURCE_BYTES + 1)
     shown = display_path(path)
     if len(data) > MAX_SOURCE_BYTES:
         raise DefinitionError(

@@ -405,6 +405,105 @@ def test_the_source_all_routines_keep_together_is_bounded(tmp_path: Path) -> Non
     assert len(collecting.collect(str(module))) == 50
 
 
+# --- a module is read only through real files ------------------------------------------------
+
+SECRET = "ghp_S3cr3tT0kenValue1234567890"
+
+
+@pytest.fixture
+def deployers_secret(tmp_path: Path) -> Path:
+    home = tmp_path / "ci_home"
+    home.mkdir()
+    (home / ".env").write_text(f"API_TOKEN={SECRET}\n")
+    (home / "routines.py").write_text(f"API_TOKEN = {SECRET}\n")  # a module-looking file
+    return home
+
+
+def checkout(tmp_path: Path, home: Path, link: str) -> str:
+    """A checkout whose `app` holds a link of the kind a pull request could add; returns the
+    name to check it by."""
+    repo = tmp_path / "repo"
+    (repo / "app").mkdir(parents=True)
+    (repo / "app" / "__init__.py").write_text("")
+    if link == "file":
+        (repo / "app" / "routines.py").symlink_to(home / ".env")
+        return "app/routines.py"
+    if link == "absolute path":
+        (repo / "app" / "routines.py").symlink_to(home / ".env")
+        return str(repo / "app" / "routines.py")
+    if link == "dotted name":
+        (repo / "app" / "routines.py").symlink_to(home / ".env")
+        return "app.routines"
+    if link == "directory":
+        (repo / "app" / "lib").symlink_to(home, target_is_directory=True)
+        return "app/lib/routines.py"
+    if link == "directory, dotted":
+        (repo / "app" / "lib").symlink_to(home, target_is_directory=True)
+        (home / "__init__.py").write_text("")
+        return "app.lib.routines"
+    if link == "through ..":
+        (repo / "app" / "lib").symlink_to(home / "sub", target_is_directory=True)
+        (home / "sub").mkdir()
+        return "app/lib/../routines.py"
+    if link == "dangling":
+        (repo / "app" / "routines.py").symlink_to(tmp_path / "nowhere")
+        return "app/routines.py"
+    if link == "relative":
+        (repo / "app" / "routines.py").symlink_to(os.path.relpath(home / ".env", repo / "app"))
+        return "app/routines.py"
+    raise AssertionError(link)
+
+
+LINKS = ["file", "absolute path", "dotted name", "directory", "directory, dotted", "through ..",
+         "dangling", "relative"]  # fmt: skip
+
+
+@pytest.mark.parametrize("link", LINKS)
+def test_a_symlinked_module_does_not_leak_the_deployers_files(
+    tmp_path: Path,
+    deployers_secret: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    link: str,
+) -> None:
+    target = checkout(tmp_path, deployers_secret, link)
+    monkeypatch.chdir(tmp_path / "repo")
+    assert main(["check", target]) == 1
+    out, err = capsys.readouterr()
+    assert "is a symbolic link" in err and err.count("\n") == 1, err
+    assert SECRET not in out + err and "ci_home" not in out + err
+
+
+def test_links_above_the_working_directory_are_the_deployers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the checkout itself is (a symlinked home, say) is the deployer's choice."""
+    real = tmp_path / "real"
+    (real / "app").mkdir(parents=True)
+    (real / "app" / "routines.py").write_text("from pyfuncs import stored_function" + ROUTINE)
+    (tmp_path / "home").symlink_to(real, target_is_directory=True)
+    monkeypatch.chdir(tmp_path / "home")
+    for target in ("app/routines.py", str(real / "app" / "routines.py")):
+        assert [d.qualname for d in collecting.collect(target)] == ["public.ok"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_only_regular_files_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "pipe.py")  # opening it to read would wait for a writer
+        target = "pipe.py"
+    elif kind == "directory":
+        (tmp_path / "dir.py").mkdir()
+        target = "dir.py"
+    else:
+        target = os.path.relpath("/dev/zero", tmp_path)
+    with pytest.raises(DefinitionError, match="is not a regular file"):
+        collecting.collect(target)
+
+
 # --- names are whole names -----------------------------------------------------------------
 
 NOT_NAMES = ["total\n", "total\r", "total\t", "to\x00tal", "total ", "\ntotal", "total\u2028",
