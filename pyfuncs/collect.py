@@ -21,7 +21,6 @@ import stat
 import subprocess
 import sys
 import threading
-import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -29,28 +28,28 @@ from typing import Any
 
 from . import _sandbox, policy
 from .definition import Definition, ModuleSource, build, display_path, routine_sources, stored_size
-from .errors import DefinitionError, printable
+from .errors import DefinitionError, capped, printable
 from .limits import Limits
 
 # what executing a module for a check may take (module-level code should take next to nothing)
 TIMEOUT = 30.0  # seconds of wall clock
 CPU_SECONDS = 20
 MEMORY_BYTES = 1 << 30  # of address space
-MAX_ANSWER = 32 << 20  # bytes of facts a child may send back
 # what a module may be: checking it takes time linear in these, and the catalog stores each
 # routine with the module code it uses
 MAX_SOURCE_BYTES = 1 << 20
 MAX_ROUTINES = 1000
 MAX_STORED = 64 << 20  # characters of source all of a module's routines keep, together
+# what a child may answer: about 1 KB describes a routine (options, parameters, hints,
+# defaults), so this leaves a routine 8 KB at the most routines a module may have
+MAX_ANSWER = 8 << 20
+MAX_ERRORS = 20  # routines whose problems a report lists (then how many more there are)
 
 
 def _clean(text: str, limit: int = 2000) -> str:
-    """Text from the child, shown to whoever runs the check: no control characters (no
-    terminal escapes, no forged lines), and not too long."""
-    kept = "".join(
-        c if c == "\n" or unicodedata.category(c)[0] != "C" else repr(c)[1:-1] for c in text
-    )
-    return kept[:limit]
+    """Text from the child, shown to whoever runs the check: one line (no control
+    characters: no terminal escapes, no forged lines), and not too long."""
+    return printable(text[: limit * 2])[:limit]
 
 
 def find(target: str | ModuleType) -> tuple[str, Path, Path | None]:
@@ -175,13 +174,14 @@ def enforce_policy(module: ModuleSource) -> None:
     """Refuse a routine module whose source breaks the policy (see pyfuncs.policy)."""
     violations = policy.check_source(module.text, module.file)
     if violations:
+        shown = capped([printable(str(v)) for v in violations], MAX_ERRORS, "violations", 2000)
         raise DefinitionError(
             f"{len(violations)} policy violation(s), nothing was deployed:\n"
-            + "\n".join(f"  {v}" for v in violations)
+            + "\n".join(f"  {v}" for v in shown)
         )
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)
 def _run_child(request: str) -> dict[str, Any]:
     """Execute a module in the contained child (pyfuncs._sandbox) and read its answer. One
     answer per request: the same source, file, name and allow-list give the same facts."""
@@ -222,9 +222,15 @@ def _run_child(request: str) -> dict[str, Any]:
             "that long (routines run when they are called, not when the module loads)"
         )
     if len(data) > MAX_ANSWER:
-        raise DefinitionError("checking the module produced too much output")
+        raise DefinitionError(
+            f"the module's routines take more than {MAX_ANSWER >> 20} MB to describe (their "
+            "options, parameters, type hints and default values): use smaller default values, "
+            "or split the module"
+        )
     try:
         answer = json.loads(data)
+    except RecursionError:  # nested deeper than a description ever is
+        raise DefinitionError("checking the module gave an unreadable answer") from None
     except ValueError:
         cpu = f"used more than {CPU_SECONDS} s of CPU: module-level code must not run that long"
         why = {-24: cpu, -9: cpu}.get(code, f"exit status {code}")
@@ -248,14 +254,16 @@ def facts(module: ModuleSource) -> list[Any]:
             where=f"{module.file}:{line}" if type(line) is int else module.file,
         )
     routines = answer.get("routines")
-    if not isinstance(routines, list):
+    # more routines than the module may define is not an answer the child gives
+    if not isinstance(routines, list) or len(routines) > MAX_ROUTINES:
         raise DefinitionError("checking the module gave an unreadable answer")
     return routines
 
 
 def collect(target: str | ModuleType) -> list[Definition]:
-    """Every routine defined in a module, validated, all problems reported at once: the
-    policy on the source, then the facts the contained child found, against the source."""
+    """Every routine defined in a module, validated, all problems reported at once (up to
+    MAX_ERRORS of them): the policy on the source, then the facts the contained child found,
+    against the source."""
     module = read(target)
     enforce_policy(module)
     defaults = Limits.from_env()
@@ -265,7 +273,10 @@ def collect(target: str | ModuleType) -> list[Definition]:
         try:
             definitions.append(build(routine, module, defaults))
         except DefinitionError as exc:
-            errors.append(_clean(str(exc)))
+            # one line per problem: what the module chose is escaped where build puts it in
+            errors.append("\n".join(_clean(line) for line in str(exc).split("\n")))
+        except RecursionError:  # facts nested deeper than any description (a forged answer)
+            errors.append(f"{module.file}: checking the module gave an unreadable answer")
     names: dict[str, Definition] = {}
     for d in definitions:
         if d.qualname in names:
@@ -273,7 +284,9 @@ def collect(target: str | ModuleType) -> list[Definition]:
                           f"{names[d.qualname].where})")  # fmt: skip
         names[d.qualname] = d
     if errors:
-        raise DefinitionError("\n".join(errors))
+        raise DefinitionError(
+            "\n".join(capped(errors, MAX_ERRORS, "routines with problems", 50_000))
+        )
     if not definitions:
         raise DefinitionError(f"{module.name} defines no @stored_function or @procedure")
     functions = {d.function for d in definitions}

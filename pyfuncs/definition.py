@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn, ParamSpec, TypeVar, overload
 
 from . import limits, policy
-from .errors import DefinitionError, printable
+from .errors import DefinitionError, capped, printable
 from .limits import Limits
 from .typemap import ReturnShape, SqlType, UnsupportedType, describe, evaluate, return_shape
 from .typemap import sql_type as map_sql_type
@@ -50,6 +50,7 @@ _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # Schemas a module may not deploy into: pyfuncs' own (its security functions live there) and
 # PostgreSQL's (pg_catalog, pg_toast, pg_temp_N: every name with the reserved `pg_` prefix).
 RESERVED_SCHEMAS = frozenset({"pyfuncs", "information_schema"})
+MAX_PROBLEMS = 20  # problems reported for one routine
 # Names PL/Python itself puts in a routine's globals: a parameter must not hide them.
 _RESERVED_PARAMS = frozenset({"args", "plpy", "self"})
 _ATTR = "__pyfuncs__"
@@ -624,7 +625,7 @@ def build(facts: Any, module: ModuleSource, defaults: Limits | None = None) -> D
         )
     if problems:
         # what the module chose (names, values, hint texts) is in these lines: printed safely
-        lines = [printable(m) for m in problems]
+        lines = capped([printable(m) for m in problems], MAX_PROBLEMS, "problems")
         raise DefinitionError(
             f"routine {printable(name)} is invalid:\n" + "\n".join(f"  - {m}" for m in lines),
             where=where,

@@ -5,10 +5,13 @@ model"). Each hostile module below passes the policy check, so it really runs.""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from pyfuncs import DefinitionError, DeployError, ddl
 from pyfuncs import collect as collecting
 from pyfuncs import deploy as deploying
 from pyfuncs.cli import main
+from pyfuncs.definition import MAX_PROBLEMS
 from pyfuncs.policy import check_source
 
 ROUTINE = "\n\n@stored_function\ndef ok() -> int:\n    return 1\n"
@@ -502,6 +506,143 @@ def test_only_regular_files_are_read(
         target = os.path.relpath("/dev/zero", tmp_path)
     with pytest.raises(DefinitionError, match="is not a regular file"):
         collecting.collect(target)
+
+
+# --- what the child says is data: bounded, and printed on lines of its own ------------------
+
+
+@pytest.fixture
+def forged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[bytes], None]]:
+    """Make the child answer these bytes, as a module that escaped every guard could."""
+
+    def answer(data: bytes) -> None:
+        child = tmp_path / f"child_{len(list(tmp_path.iterdir()))}.py"
+        (tmp_path / "answer.bin").write_bytes(data)
+        child.write_text(
+            "import sys, os\nsys.stdin.read()\n"
+            f"data = open({str(tmp_path / 'answer.bin')!r}, 'rb').read()\n"
+            "while data:\n    data = data[os.write(1, data):]\n"
+        )
+        monkeypatch.setattr(collecting, "_sandbox", types.SimpleNamespace(__file__=str(child)))
+        collecting._run_child.cache_clear()
+
+    yield answer
+    collecting._run_child.cache_clear()
+
+
+def long_path(tmp_path: Path) -> Path:
+    """A module at a path of ~3,800 characters (each error line used to repeat it)."""
+    folder = tmp_path.joinpath(*["d" * 200] * 19)
+    folder.mkdir(parents=True)
+    module = folder / "amp.py"
+    module.write_text("from pyfuncs import stored_function" + ROUTINE)
+    return module
+
+
+def check_output(capsys: pytest.CaptureFixture[str], module: Path) -> tuple[int, str, str]:
+    code = main(["check", str(module)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("count", [1000, 200_000])
+def test_a_forged_answer_cannot_flood_the_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], forged: Any, count: int
+) -> None:
+    """4.5 MB of `{"function": "xN"}` once printed 400 MB: one long line per fact."""
+    facts = b",".join(b'{"function":"x%d"}' % i for i in range(count))
+    forged(b'{"routines":[' + facts + b"]}")
+    code, out, err = check_output(capsys, long_path(tmp_path))
+    assert code == 1 and out == ""
+    assert len(err) < 128_000, len(err)
+    assert "more routines with problems" in err or "unreadable answer" in err
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        (b'{"routines": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "unreadable answer"),
+        (b'{"routines": [], "pad": "' + b"x" * (9 << 20) + b'"}', "more than 8 MB to describe"),
+        (b'{"routines": [' + b"[" * 400 + b"]" * 400 + b"]}", "unreadable facts"),
+        (b'{"routines": "no"}', "unreadable answer"),
+        (b"", "without an answer"),
+    ],
+    ids=["deep", "huge", "nested facts", "not a list", "nothing"],
+)
+def test_an_unreadable_answer_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], forged: Any, answer: bytes, says: str
+) -> None:
+    forged(answer)
+    module = tmp_path / "mod.py"
+    module.write_text("from pyfuncs import stored_function" + ROUTINE)
+    code, _, err = check_output(capsys, module)
+    assert code == 1 and says in err and err.count("\n") == 1, err
+    assert "unexpected error" not in err
+
+
+def deep_hint(levels: int) -> dict[str, Any]:
+    hint: dict[str, Any] = {"kind": "scalar", "type": "int"}
+    for _ in range(levels):
+        hint = {"kind": "list", "of": hint}
+    return hint
+
+
+FORGE = "\n::error::forged\x1b[2K\rok  public.fake()  fake.py:1\u2028\u202e"
+FORGED_FACTS = {
+    "the error message": {"error": {"message": "boom" + FORGE, "line": 3}},
+    "an option's name": {"routines": [{"function": "ok", "kind": "function",
+                                       "options": {"x" + FORGE: {"t": "int", "v": 1}}}]},
+    "a routine name": {"routines": [{"function": "ok", "kind": "function",
+                                     "options": {"name": {"t": "str", "v": "n" + FORGE}}}]},
+    "a schema": {"routines": [{"function": "ok", "kind": "function",
+                               "options": {"schema": {"t": "str", "v": "s" + FORGE}}}]},
+    "an unsupported value": {"routines": [{"function": "ok", "kind": "function",
+                                           "options": {"roles": {"t": "unsupported",
+                                                                 "v": FORGE}}}]},
+    "a hint's text": {"routines": [{"function": "ok", "kind": "function", "options": {},
+                                    "params": [], "returns": {"kind": "unreadable",
+                                                              "text": FORGE}}]},
+    "a row's name": {"routines": [{"function": "ok", "kind": "function", "options": {},
+                                   "params": [], "returns": {"kind": "row", "name": FORGE,
+                                                             "fields": [["a", {"kind": "x"}]]}}]},
+    "a column name": {"routines": [{"function": "ok", "kind": "function", "options": {},
+                                    "params": [], "returns": {"kind": "row", "name": "r",
+                                                              "fields": [[FORGE, deep_hint(1)]]}}]},
+    "a deep hint": {"routines": [{"function": "ok", "kind": "function", "options": {},
+                                  "params": [], "returns": deep_hint(300)}]},
+    "many problems": {"routines": [{"function": "ok", "kind": "function",
+                                    "options": {f"o{i}" + FORGE: 1 for i in range(5000)}}]},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(FORGED_FACTS))
+def test_what_the_child_says_cannot_forge_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], forged: Any, case: str
+) -> None:
+    """Every line of a report is pyfuncs' own: the child's text is escaped wherever it is
+    shown (a fake `ok` line, or a CI workflow command such as `::error::`, used to get
+    through), and a routine's problems are listed up to a number."""
+    forged(json.dumps(FORGED_FACTS[case]).encode())
+    module = tmp_path / "mod.py"
+    module.write_text("from pyfuncs import stored_function" + ROUTINE)
+    code, out, err = check_output(capsys, module)
+    assert code == 1 and out == ""
+    lines = err.splitlines()
+    assert lines[0].startswith(f"pyfuncs: {module}:"), err
+    assert all(line.startswith(("  - ", "pyfuncs: ")) for line in lines[1:]), err
+    assert not any(c in err for c in "\x1b\r\u2028\u202e") and "unexpected" not in err
+    assert len(lines) <= MAX_PROBLEMS + 2 and len(err) < 20_000
+
+
+def test_policy_violations_are_listed_up_to_a_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """5,000 violations at a long path were 20 MB of output; now the first twenty."""
+    module = long_path(tmp_path)
+    module.write_text("from pyfuncs import stored_function\n" + "__x__\n" * 5000 + ROUTINE)
+    code, _, err = check_output(capsys, module)
+    assert code == 1 and "5000 policy violation(s)" in err
+    assert "... and 4980 more violations" in err and len(err) < 100_000
 
 
 # --- names are whole names -----------------------------------------------------------------
