@@ -331,8 +331,11 @@ class ModuleSource:
         except SyntaxError as exc:
             where = f"{file}:{exc.lineno}:{exc.offset or 0}"
             raise DefinitionError(f"syntax error: {exc.msg}", where=where) from None
-        except (ValueError, RecursionError, MemoryError) as exc:
-            raise DefinitionError(f"{file} cannot be parsed: {type(exc).__name__}") from None
+        except (RecursionError, MemoryError):
+            raise DefinitionError(f"{file} nests too deeply to be parsed: split deeply nested "
+                                  "expressions into named parts") from None  # fmt: skip
+        except ValueError as exc:  # a NUL byte
+            raise DefinitionError(f"{file} cannot be parsed: {printable(str(exc))}") from None
         if not all(part.isidentifier() for part in name.split(".")):
             raise DefinitionError(f"{name!r} is not a module name; rename {file}")
         return cls(name, file, text, tree)
