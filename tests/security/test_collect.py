@@ -688,3 +688,36 @@ def test_reserved_schemas_are_refused_by_the_check(tmp_path: Path, schema: str) 
     )
     with pytest.raises(DefinitionError, match=f"schema '{schema}' is reserved"):
         collecting.collect(str(module))
+
+
+# --- the filter holds every thread ---------------------------------------------------------
+
+THREADED = """
+import os, sys, threading
+from pyfuncs._sandbox import contain
+go, done, result = threading.Event(), threading.Event(), []
+
+
+def worker():  # started before the filter, as an allowed module could at import
+    go.wait()
+    try:
+        os.close(os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY))
+        result.append("opened")
+    except OSError as exc:
+        result.append(exc.errno)
+    done.set()
+
+
+threading.Thread(target=worker).start()
+contain(5, 1 << 30)
+go.set()
+done.wait()
+os.write(1, repr(result).encode())
+"""
+
+
+def test_the_filter_holds_threads_started_before_it(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    done = subprocess.run([sys.executable, "-c", THREADED, str(marker)], capture_output=True,
+                          timeout=30, check=True)  # fmt: skip
+    assert done.stdout == b"[1]" and not marker.exists()  # EPERM
