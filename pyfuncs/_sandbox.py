@@ -12,11 +12,12 @@ Before a line of the module runs, the process is contained:
    among them (nothing can be imported later: see 3);
 2. resource limits: CPU seconds and address space (the parent also kills it after a wall
    clock timeout), no core file, no file larger than 0 bytes;
-3. on Linux, a seccomp filter: from then on the process may compute, manage its memory and
-   read or write the pipes it was given, and nothing else. Opening a file, creating,
-   renaming or removing one, running a program, starting a process or a thread, opening a
-   socket, signalling another process: every system call outside a short allow-list fails
-   with EPERM. Whatever a module does to Python's guards, it cannot leave a trace.
+3. on Linux, a seccomp filter, on every thread of the process (TSYNC): from then on the
+   process may compute, manage its memory and read or write the pipes it was given, and
+   nothing else. Opening a file, creating, renaming or removing one, running a program,
+   starting a process or a thread, opening a socket, signalling another process: every
+   system call outside a short allow-list fails with EPERM. Whatever a module does to
+   Python's guards, it cannot leave a trace.
 
 Then the module runs as it does in the database: compiled by the runtime's guards
 (pyfuncs/_pg/), with its restricted builtins and allow-listed imports, importing a
@@ -73,6 +74,16 @@ def contain(cpu_seconds: int, memory_bytes: int) -> str:
     syscall_filter = seccomp.SyscallFilter(defaction=seccomp.ERRNO(errno.EPERM))
     for name in ALLOWED_SYSCALLS:
         syscall_filter.add_rule(seccomp.ALLOW, name)
+    try:
+        # for every thread of the process, not only this one: an allowed module may have
+        # started one when it was imported (the kernel fails the load rather than leave one
+        # of them unfiltered)
+        syscall_filter.set_attr(seccomp.Attr.CTL_TSYNC, 1)
+    except OSError:  # a libseccomp without TSYNC: then there must be no other thread
+        if len(os.listdir("/proc/self/task")) != 1:
+            raise Refused("a module imported for the check started a thread, which this "
+                          "system's seccomp cannot contain; leave it out of "
+                          "PYFUNCS_ALLOWED_MODULES") from None  # fmt: skip
     syscall_filter.load()
     return "seccomp"
 

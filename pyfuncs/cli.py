@@ -10,19 +10,23 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import socket
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import psycopg
+from psycopg import sql
 
 from . import deploy as deploying
 from . import migrate, realtime
 from .collect import collect
 from .config import connect, resolve_dsn
+from .definition import valid_name
 from .embedded import Cluster
-from .errors import ConfigError, PyfuncsError, from_psycopg, one_line
+from .errors import ConfigError, PyfuncsError, from_psycopg, one_line, printable
+from .queries import query
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
@@ -81,13 +85,20 @@ def _print_result(result: deploying.DeployResult) -> None:
 
 def cmd_db(args: argparse.Namespace) -> None:
     cluster = Cluster.default()
-    if args.action == "up":
-        print(cluster.up())
-    elif args.action == "url":
-        print(cluster.url())
-    else:
-        cluster.down()
-        print("stopped")
+    try:
+        if args.action == "up":
+            print(cluster.up())
+        elif args.action == "url":
+            print(cluster.url())
+        else:
+            cluster.down()
+            print("stopped")
+    except OSError as exc:  # .pgdata is a file, or not ours to write, say
+        where = f" ({printable(str(exc.filename))})" if exc.filename else ""
+        raise ConfigError(
+            f"the embedded cluster cannot be used: {exc.strerror or exc}{where}; it lives in "
+            ".pgdata/ under the working directory, which must be a directory pyfuncs may write"
+        ) from None
 
 
 def cmd_install(args: argparse.Namespace) -> None:
@@ -148,8 +159,6 @@ def cmd_realtime(args: argparse.Namespace) -> None:
     if args.action == "prune":
         if args.tables:
             raise ConfigError("prune takes no table names: pyfuncs realtime prune [--keep-days N]")
-        if args.keep_days is not None and args.keep_days < 0:
-            raise ConfigError("--keep-days must be 0 or more")
     elif not args.tables:
         raise ConfigError(f"name the tables to {args.action}: pyfuncs realtime {args.action} "
                           "schema.table [...]")  # fmt: skip
@@ -165,6 +174,50 @@ def cmd_realtime(args: argparse.Namespace) -> None:
             print(f"{args.action}d  {table}")
 
 
+# what README "Deploying it" asks the gateway's login role for
+_GATEWAY_GRANTS = (
+    ("SELECT", "pyfuncs.realtime_state"), ("SELECT", "pyfuncs.realtime_table"),
+    ("SELECT", "pyfuncs.realtime_commit"), ("SELECT", "pyfuncs.realtime_change"),
+    ("INSERT", "pyfuncs.realtime_audit"),
+)  # fmt: skip
+
+
+def _check_gateway_role(conn: Connection) -> None:
+    privileges, names = zip(*_GATEWAY_GRANTS, strict=True)
+    params = {"privileges": list(privileges), "names": list(names)}
+    missing = conn.execute(query("gateway_missing_grants"), params).fetchall()
+    if missing:
+        row = conn.execute("SELECT current_user").fetchone()
+        role = sql.Identifier(row[0] if row else "role").as_string(conn)
+        lacking: dict[str, list[str]] = {}
+        for privilege, name in missing:
+            lacking.setdefault(privilege, []).append(name)
+        grants = "; ".join(f"GRANT {p} ON {', '.join(n)} TO {role}" for p, n in lacking.items())
+        lacks = ", ".join(f"{p} on {', '.join(n)}" for p, n in lacking.items())
+        raise ConfigError(
+            f"the gateway's role {role} lacks {lacks}, which it needs to follow the change "
+            f"feed; as a superuser, run: {grants} (README: Deploying it)"
+        )
+
+
+def _check_address(host: str, port: int) -> None:
+    """The address the gateway will listen on: one line now rather than uvicorn's error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn chooses
+    try:
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(f"--host {printable(host)!r} is not an address to listen on "
+                          f"({exc}); use an IP address or a host name") from None  # fmt: skip
+    _, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {printable(host)}:{port} ({exc.strerror}); "
+                              "choose another --host or --port") from None  # fmt: skip
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from .auth import JwtVerifier
     from .gateway.config import GatewayConfig
@@ -172,7 +225,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     dsn = resolve_dsn(args.dsn)
     GatewayConfig.from_env(dsn, JwtVerifier.from_env())  # fail here, not in every worker
-    _connect(args).close()
+    with _connect(args) as conn:
+        _check_gateway_role(conn)
+    _check_address(args.host, args.port)
     os.environ["PYFUNCS_DSN"] = dsn  # what the workers' create_app() reads
     serve(args.host, args.port, args.workers, args.log_level, args.access_log)
 
@@ -184,14 +239,52 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return value
+def _whole(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An argument type: a whole number from `low` to `high` (no sign tricks, no floats, no
+    nan or inf), or one line saying which numbers are."""
+
+    def parse(text: str) -> int:
+        stripped = text.strip()
+        if stripped.isascii() and stripped.isdigit() and len(stripped) <= 12:
+            value = int(stripped)
+            if low <= value <= high:
+                return value
+        raise argparse.ArgumentTypeError(
+            f"{printable(text)[:40]!r} is not {what}: give a whole number from {low} to {high}"
+        )
+
+    parse.__name__ = what  # what argparse names in its own messages
+    return parse
+
+
+_version = _whole(1, 2**31 - 1, "a version number")
+_port = _whole(1, 65535, "a port number")
+_workers = _whole(1, 64, "a number of workers")
+_days = _whole(0, 36500, "a number of days")
+
+
+def _label(text: str) -> str:
+    if not text or len(text) > 200 or not text.isprintable():
+        raise argparse.ArgumentTypeError(
+            f"{printable(text)[:40]!r} is not a label: use up to 200 printable characters"
+        )
+    return text
+
+
+def _routine(text: str) -> str:
+    parts = text.split(".")
+    if len(parts) > 2 or not all(valid_name(part) for part in parts):
+        raise argparse.ArgumentTypeError(
+            f"{printable(text)[:80]!r} is not a routine name: give schema.name, as "
+            "`pyfuncs status` lists them"
+        )
+    return text
+
+
+def _host(text: str) -> str:
+    if not text or len(text) > 253 or not text.isprintable() or not text.isascii():
+        raise argparse.ArgumentTypeError(f"{printable(text)[:40]!r} is not a host to listen on")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,14 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     dep = command("deploy", cmd_deploy, "deploy every routine of a module or file")
     dep.add_argument("target", help="module name (pkg.mod) or file path (path/to/mod.py)")
-    dep.add_argument("--label", help="a name for this deployment (e.g. a release)")
+    dep.add_argument("--label", type=_label, help="a name for this deployment (e.g. a release)")
     dep.add_argument("--no-notify", action="store_true",
                      help="do not send NOTIFY pgrst, 'reload schema'")  # fmt: skip
 
     rb = command("rollback", cmd_rollback, "undo the last deployment, or switch one routine")
-    rb.add_argument("routine", nargs="?", help="schema.name of one routine to switch")
-    rb.add_argument("--to", type=_positive, help="the version to make live (with a routine)")
-    rb.add_argument("--label", help="undo the deployment with this label")
+    rb.add_argument(
+        "routine", nargs="?", type=_routine, help="schema.name of one routine to switch"
+    )
+    rb.add_argument("--to", type=_version, help="the version to make live (with a routine)")
+    rb.add_argument("--label", type=_label, help="undo the deployment with this label")
 
     command("status", cmd_status, "routines and their live versions")
 
@@ -232,13 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     rt = command("realtime", cmd_realtime, "capture tables' changes for the change feed")
     rt.add_argument("action", choices=["enable", "disable", "prune"])
     rt.add_argument("tables", nargs="*", help="schema.table names (enable, disable)")
-    rt.add_argument("--keep-days", type=float,
+    rt.add_argument("--keep-days", type=_days,
                     help="prune: keep this many days (default: the configured retention)")  # fmt: skip
 
     srv = command("serve", cmd_serve, "run the realtime gateway (WebSocket and SSE)")
-    srv.add_argument("--host", default="127.0.0.1")
-    srv.add_argument("--port", type=_positive, default=8000)
-    srv.add_argument("--workers", type=_positive, default=1,
+    srv.add_argument("--host", type=_host, default="127.0.0.1")
+    srv.add_argument("--port", type=_port, default=8000)
+    srv.add_argument("--workers", type=_workers, default=1,
                      help="gateway processes sharing the port (each follows the feed)")  # fmt: skip
     srv.add_argument("--log-level", default="info",
                      choices=["critical", "error", "warning", "info", "debug", "trace"])  # fmt: skip
@@ -247,12 +342,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_MESSAGE = 64 << 10  # characters of an error report (a module's problems are listed)
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= MAX_MESSAGE:
+        return message
+    return f"{message[:MAX_MESSAGE]}\n... (cut: {len(message) - MAX_MESSAGE} more characters)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
     except PyfuncsError as exc:
-        print(f"pyfuncs: {exc}", file=sys.stderr)
+        print(f"pyfuncs: {_bounded(str(exc))}", file=sys.stderr)
+        return 1
+    except RecursionError:  # whatever was given nests deeper than anything is checked to
+        print("pyfuncs: the input nests too deeply to be processed; simplify it",
+              file=sys.stderr)  # fmt: skip
         return 1
     except psycopg.Error as exc:  # what no command turned into a PyfuncsError
         print(f"pyfuncs: {one_line(str(from_psycopg(exc)))}", file=sys.stderr)

@@ -11,88 +11,177 @@ line of the module.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import threading
-import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from . import _sandbox, policy
-from .definition import Definition, ModuleSource, build, display_path, routine_source
-from .errors import DefinitionError
+from .definition import Definition, ModuleSource, build, display_path, routine_sources, stored_size
+from .errors import DefinitionError, capped, printable
 from .limits import Limits
 
 # what executing a module for a check may take (module-level code should take next to nothing)
 TIMEOUT = 30.0  # seconds of wall clock
 CPU_SECONDS = 20
 MEMORY_BYTES = 1 << 30  # of address space
-MAX_ANSWER = 32 << 20  # bytes of facts a child may send back
+# what a module may be: checking it takes time linear in these, and the catalog stores each
+# routine with the module code it uses
+MAX_SOURCE_BYTES = 1 << 20
+MAX_ROUTINES = 1000
+MAX_STORED = 64 << 20  # characters of source all of a module's routines keep, together
+# what a child may answer: about 1 KB describes a routine (options, parameters, hints,
+# defaults), so this leaves a routine 8 KB at the most routines a module may have
+MAX_ANSWER = 8 << 20
+MAX_ERRORS = 20  # routines whose problems a report lists (then how many more there are)
 
 
 def _clean(text: str, limit: int = 2000) -> str:
-    """Text from the child, shown to whoever runs the check: no control characters (no
-    terminal escapes, no forged lines), and not too long."""
-    kept = "".join(
-        c if c == "\n" or unicodedata.category(c)[0] != "C" else repr(c)[1:-1] for c in text
-    )
-    return kept[:limit]
+    """Text from the child, shown to whoever runs the check: one line (no control
+    characters: no terminal escapes, no forged lines), and not too long."""
+    return printable(text[: limit * 2])[:limit]
 
 
-def find(target: str | ModuleType) -> tuple[str, Path]:
-    """The module's name (as the database will load it) and its file, without importing it."""
+def find(target: str | ModuleType) -> tuple[str, Path, Path | None]:
+    """The module's name (as the database will load it), its file and the directory that
+    file is looked up from (see `_open`; None for a module the application imported itself),
+    without importing it."""
     if isinstance(target, ModuleType):
         file = getattr(target, "__file__", None)
         if not file:
             raise DefinitionError(f"{target.__name__} has no source file")
-        return target.__name__, Path(file)
+        return target.__name__, Path(file), None
     if target.endswith(".py") or "/" in target or os.sep in target:
         path = Path(target)
-        if not path.is_file():
-            raise DefinitionError(f"no such file: {target}")
+        if not os.path.lexists(path):
+            raise DefinitionError(f"no such file: {printable(target)}")
         # the name the database gives the module: an identifier, whatever the file is called
         stem = re.sub(r"\W", "_", path.stem)
-        return f"pyfuncs_user.{'_' if stem[:1].isdigit() else ''}{stem}", path.resolve()
+        name = f"pyfuncs_user.{'_' if stem[:1].isdigit() else ''}{stem}"
+        cwd = Path.cwd()
+        if path.is_absolute() and path.parts[: len(cwd.parts)] == cwd.parts:
+            return name, Path(*path.parts[len(cwd.parts) :]), cwd
+        if path.is_absolute():
+            return name, path.relative_to(path.anchor), Path(path.anchor)
+        return name, path, cwd
     parts = target.split(".")
     if not all(part.isidentifier() for part in parts):
-        raise DefinitionError(f"{target!r} is neither a file path nor a module name")
+        raise DefinitionError(f"{printable(repr(target))} is neither a file path nor a module name")
     for entry in [os.getcwd(), *sys.path]:
-        base = Path(entry or ".").joinpath(*parts)
-        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-            if candidate.is_file():
-                return target, candidate.resolve()
+        base = Path(entry or ".")
+        for relative in (Path(*parts).with_suffix(".py"), Path(*parts, "__init__.py")):
+            if os.path.lexists(base / relative):
+                return target, relative, base
     raise DefinitionError(
         f"cannot find module {target!r} on the path (it is looked up, not imported); pass a "
         "file path, or run from the directory the module's package is in"
     )
 
 
-def read(target: str | ModuleType) -> ModuleSource:
-    name, path = find(target)
+def _open(relative: Path, base: Path) -> int:
+    """Open `base/relative` for reading without following a symbolic link below `base`.
+
+    A module's path is chosen by the deployer, but what lies below the working directory
+    (or the path entry a dotted name is found on) may come from the change under review: a
+    checkout can hold `routines.py -> ~/.env`, or a directory linked anywhere. Reading one
+    would run the deployer's file as the module, and its contents would come back in error
+    messages. So each component is opened relative to the last with O_NOFOLLOW (nothing can
+    be swapped in between), and a link is refused. Links above `base` (the working
+    directory's own path, say) are the deployer's, and followed.
+    """
+    display = printable(str(relative if base == Path.cwd() else base / relative))
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    *directories, last = relative.parts
+    for part in directories:
+        fd = _step(fd, part, stat.S_ISDIR, display)
+    return _step(fd, last, stat.S_ISREG, display)
+
+
+def _step(fd: int, part: str, kind: Callable[[int], bool], display: str) -> int:
+    """Open `part` in the directory `fd` (and close that): a directory or a regular file as
+    `kind` says, never through a symbolic link."""
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DefinitionError(f"cannot read {path}: {exc}") from None
-    return ModuleSource.parse(name, display_path(path), text)
+        mode = os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode
+        if stat.S_ISLNK(mode):
+            raise DefinitionError(
+                f"{display}: {printable(part)!r} is a symbolic link, and pyfuncs reads a module "
+                "only through real files and directories (a link in a checkout could point at "
+                "any file of the deployer's); pass the module's real path"
+            )
+        if not kind(mode):  # a FIFO or a device is never opened: that could block or act
+            raise DefinitionError(f"no such file: {display} ({printable(part)!r} is not a "
+                                  f"{'directory' if kind is stat.S_ISDIR else 'regular file'})")  # fmt: skip
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        opened = os.open(part, flags | (os.O_DIRECTORY if kind is stat.S_ISDIR else 0), dir_fd=fd)
+    except OSError as exc:  # ELOOP: it became a link since the check above
+        raise DefinitionError(f"cannot read {display}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if not kind(os.fstat(opened).st_mode):  # it was replaced since the check above
+        os.close(opened)
+        raise DefinitionError(f"cannot read {display}: it changed while it was read")
+    return opened
+
+
+def read(target: str | ModuleType) -> ModuleSource:
+    """The module's source, read as a file (never imported), at most MAX_SOURCE_BYTES."""
+    name, path, base = find(target)
+    if base is None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # imported already: its own file
+    else:
+        fd = _open(path, base)
+        path = base / path
+    with os.fdopen(fd, "rb") as file:
+        data = file.read(MAX_SOURCE_BYTES + 1)
+    shown = display_path(path)
+    if len(data) > MAX_SOURCE_BYTES:
+        raise DefinitionError(
+            f"{shown} is larger than {MAX_SOURCE_BYTES >> 20} MB, the most a routine module may "
+            "be; split it into several modules"
+        )
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        raise DefinitionError(f"cannot read {shown}: not UTF-8 ({exc.reason} at byte "
+                              f"{exc.start})") from None  # fmt: skip
+    # universal newlines, as Path.read_text reads (and versions were fingerprinted) before
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    module = ModuleSource.parse(name, shown, text)
+    routines = sum(
+        1
+        for node in module.tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.decorator_list
+    )
+    if routines > MAX_ROUTINES:
+        raise DefinitionError(
+            f"{shown} has {routines} decorated functions; a module may define at most "
+            f"{MAX_ROUTINES} routines: split it into several modules"
+        )
+    return module
 
 
 def enforce_policy(module: ModuleSource) -> None:
     """Refuse a routine module whose source breaks the policy (see pyfuncs.policy)."""
     violations = policy.check_source(module.text, module.file)
     if violations:
+        shown = capped([printable(str(v)) for v in violations], MAX_ERRORS, "violations", 2000)
         raise DefinitionError(
             f"{len(violations)} policy violation(s), nothing was deployed:\n"
-            + "\n".join(f"  {v}" for v in violations)
+            + "\n".join(f"  {v}" for v in shown)
         )
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)
 def _run_child(request: str) -> dict[str, Any]:
     """Execute a module in the contained child (pyfuncs._sandbox) and read its answer. One
     answer per request: the same source, file, name and allow-list give the same facts."""
@@ -133,9 +222,15 @@ def _run_child(request: str) -> dict[str, Any]:
             "that long (routines run when they are called, not when the module loads)"
         )
     if len(data) > MAX_ANSWER:
-        raise DefinitionError("checking the module produced too much output")
+        raise DefinitionError(
+            f"the module's routines take more than {MAX_ANSWER >> 20} MB to describe (their "
+            "options, parameters, type hints and default values): use smaller default values, "
+            "or split the module"
+        )
     try:
         answer = json.loads(data)
+    except RecursionError:  # nested deeper than a description ever is
+        raise DefinitionError("checking the module gave an unreadable answer") from None
     except ValueError:
         cpu = f"used more than {CPU_SECONDS} s of CPU: module-level code must not run that long"
         why = {-24: cpu, -9: cpu}.get(code, f"exit status {code}")
@@ -159,14 +254,16 @@ def facts(module: ModuleSource) -> list[Any]:
             where=f"{module.file}:{line}" if type(line) is int else module.file,
         )
     routines = answer.get("routines")
-    if not isinstance(routines, list):
+    # more routines than the module may define is not an answer the child gives
+    if not isinstance(routines, list) or len(routines) > MAX_ROUTINES:
         raise DefinitionError("checking the module gave an unreadable answer")
     return routines
 
 
 def collect(target: str | ModuleType) -> list[Definition]:
-    """Every routine defined in a module, validated, all problems reported at once: the
-    policy on the source, then the facts the contained child found, against the source."""
+    """Every routine defined in a module, validated, all problems reported at once (up to
+    MAX_ERRORS of them): the policy on the source, then the facts the contained child found,
+    against the source."""
     module = read(target)
     enforce_policy(module)
     defaults = Limits.from_env()
@@ -176,7 +273,10 @@ def collect(target: str | ModuleType) -> list[Definition]:
         try:
             definitions.append(build(routine, module, defaults))
         except DefinitionError as exc:
-            errors.append(_clean(str(exc)))
+            # one line per problem: what the module chose is escaped where build puts it in
+            errors.append("\n".join(_clean(line) for line in str(exc).split("\n")))
+        except RecursionError:  # facts nested deeper than any description (a forged answer)
+            errors.append(f"{module.file}: checking the module gave an unreadable answer")
     names: dict[str, Definition] = {}
     for d in definitions:
         if d.qualname in names:
@@ -184,14 +284,22 @@ def collect(target: str | ModuleType) -> list[Definition]:
                           f"{names[d.qualname].where})")  # fmt: skip
         names[d.qualname] = d
     if errors:
-        raise DefinitionError("\n".join(errors))
+        raise DefinitionError(
+            "\n".join(capped(errors, MAX_ERRORS, "routines with problems", 50_000))
+        )
     if not definitions:
         raise DefinitionError(f"{module.name} defines no @stored_function or @procedure")
     functions = {d.function for d in definitions}
+    stored = stored_size(module, functions)
+    if stored > MAX_STORED:
+        raise DefinitionError(
+            f"{module.file}: its {len(definitions)} routines would keep {stored >> 20} MB of "
+            f"source in the catalog, more than {MAX_STORED >> 20} MB (each keeps the module code "
+            "it uses: constants and helpers shared by all of them count once per routine); "
+            "split the module, or make large constants smaller"
+        )
+    sources = routine_sources(module, functions)
     return sorted(
-        (
-            dataclasses.replace(d, source=routine_source(d.source, d.function, functions))
-            for d in definitions
-        ),
+        (dataclasses.replace(d, source=sources[d.function]) for d in definitions),
         key=lambda d: d.line,
     )

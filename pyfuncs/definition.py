@@ -20,19 +20,20 @@ import ast
 import dataclasses
 import datetime
 import decimal
+import functools
 import inspect
 import json
 import re
 import sys
 import typing
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NoReturn, ParamSpec, TypeVar, overload
 
 from . import limits, policy
-from .errors import DefinitionError
+from .errors import DefinitionError, capped, printable
 from .limits import Limits
 from .typemap import ReturnShape, SqlType, UnsupportedType, describe, evaluate, return_shape
 from .typemap import sql_type as map_sql_type
@@ -44,7 +45,12 @@ Kind = Literal["function", "procedure"]
 Volatility = Literal["volatile", "stable", "immutable"]
 Parallel = Literal["unsafe", "restricted", "safe"]
 
-_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# used with fullmatch: `$` would also match before a final newline
+_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+# Schemas a module may not deploy into: pyfuncs' own (its security functions live there) and
+# PostgreSQL's (pg_catalog, pg_toast, pg_temp_N: every name with the reserved `pg_` prefix).
+RESERVED_SCHEMAS = frozenset({"pyfuncs", "information_schema"})
+MAX_PROBLEMS = 20  # problems reported for one routine
 # Names PL/Python itself puts in a routine's globals: a parameter must not hide them.
 _RESERVED_PARAMS = frozenset({"args", "plpy", "self"})
 _ATTR = "__pyfuncs__"
@@ -325,18 +331,26 @@ class ModuleSource:
         except SyntaxError as exc:
             where = f"{file}:{exc.lineno}:{exc.offset or 0}"
             raise DefinitionError(f"syntax error: {exc.msg}", where=where) from None
-        except (ValueError, RecursionError, MemoryError) as exc:
-            raise DefinitionError(f"{file} cannot be parsed: {type(exc).__name__}") from None
+        except (RecursionError, MemoryError):
+            raise DefinitionError(f"{file} nests too deeply to be parsed: split deeply nested "
+                                  "expressions into named parts") from None  # fmt: skip
+        except ValueError as exc:  # a NUL byte
+            raise DefinitionError(f"{file} cannot be parsed: {printable(str(exc))}") from None
         if not all(part.isidentifier() for part in name.split(".")):
             raise DefinitionError(f"{name!r} is not a module name; rename {file}")
         return cls(name, file, text, tree)
 
-    def defs(self) -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef]:
+    @functools.cached_property
+    def _defs(self) -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef]:
         return {
             node.name: node
             for node in self.tree.body
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
         }
+
+    def defs(self) -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef]:
+        """The module's top-level defs by name (the last one, where a name is defined twice)."""
+        return self._defs
 
 
 @dataclass(frozen=True)
@@ -421,8 +435,20 @@ class Definition:
         }  # fmt: skip
 
 
+def valid_name(value: object) -> bool:
+    """Whether `value` may name a schema, routine, role, parameter or result column:
+    lowercase ASCII letters, digits and underscores, starting with a letter or underscore,
+    at most 63 characters, and nothing else (no trailing newline either)."""
+    return type(value) is str and _NAME.fullmatch(value) is not None
+
+
+def reserved_schema(schema: str) -> bool:
+    """Whether routines may not be deployed into `schema` (see RESERVED_SCHEMAS)."""
+    return schema in RESERVED_SCHEMAS or schema.startswith("pg_")
+
+
 def _check_name(what: str, value: Any, problems: list[str]) -> None:
-    if type(value) is not str or not _NAME.match(value):
+    if not valid_name(value):
         problems.append(
             f"{what} {value!r} is not a valid name: use lowercase letters, digits and "
             "underscores, starting with a letter or underscore, at most 63 characters"
@@ -513,8 +539,14 @@ def build(facts: Any, module: ModuleSource, defaults: Limits | None = None) -> D
     where = f"{module.file}:{line}"
     problems: list[str] = []
     options = _options(facts.get("kind"), facts.get("options"), problems)
-    name = options.name or function
+    name = function if options.name is None else options.name
     _check_name("schema", options.schema, problems)
+    if valid_name(options.schema) and reserved_schema(options.schema):
+        problems.append(
+            f"schema {options.schema!r} is reserved (pyfuncs' own and PostgreSQL's system "
+            "schemas cannot hold routines): deploy into a schema of your application's, "
+            "e.g. schema='api'"
+        )
     _check_name("routine name", name, problems)
     for role in options.roles:
         _check_name("role", role, problems)
@@ -595,8 +627,11 @@ def build(facts: Any, module: ModuleSource, defaults: Limits | None = None) -> D
             "columns and parameters in one namespace, so rename one side"
         )
     if problems:
+        # what the module chose (names, values, hint texts) is in these lines: printed safely
+        lines = capped([printable(m) for m in problems], MAX_PROBLEMS, "problems")
         raise DefinitionError(
-            f"routine {name} is invalid:\n" + "\n".join(f"  - {m}" for m in problems), where=where
+            f"routine {printable(name)} is invalid:\n" + "\n".join(f"  - {m}" for m in lines),
+            where=where,
         )
     return Definition(
         options=options,
@@ -642,34 +677,156 @@ def display_path(file: str | Path) -> str:
         text = str(path.relative_to(Path.cwd()))
     except ValueError:
         text = str(path)
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return printable(text)
 
 
-def routine_source(source: str, keep: str, routines: set[str]) -> str:
-    """The module source one routine needs: other routines' definitions become blank lines.
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+
+
+def routine_sources(module: ModuleSource, routines: Collection[str]) -> dict[str, str]:
+    """The module source each routine needs: other routines' definitions become blank lines.
 
     A routine's version then changes only when its own code or the module code it shares
     (imports, helpers, row types, constants) changes, and line numbers stay those of the file.
-    Another routine stays when the kept code refers to it by name.
+    Another routine stays when the kept code refers to it by name, directly or through other
+    routines that stay.
+
+    The module is parsed once and the closures are computed on the graph of which routine
+    names which (strongly connected components, bitsets), so the time is linear in the
+    module's size plus the size of the sources made (`stored_size` tells that first).
     """
-    tree = ast.parse(source)
-    spans = {
-        node.name: (min([node.lineno] + [d.lineno for d in node.decorator_list]), node.end_lineno)
-        for node in tree.body
-        if isinstance(node, ast.FunctionDef) and node.name in routines and node.name != keep
-    }
-    lines = source.splitlines(keepends=True)
-    dropped = set(spans)
-    while True:
-        kept = "".join(
-            line for i, line in enumerate(lines, 1)
-            if not any(spans[n][0] <= i <= (spans[n][1] or i) for n in dropped)
-        )  # fmt: skip
-        used = {n.id for n in ast.walk(ast.parse(kept)) if isinstance(n, ast.Name)}
-        if not dropped & used:
-            break
-        dropped -= used
-    return "".join(
-        "\n" if any(spans[n][0] <= i <= (spans[n][1] or i) for n in dropped) else line
-        for i, line in enumerate(lines, 1)
-    )
+    plan = _Plan(module, routines)
+    return {name: plan.source(name) for name in plan.spans if name in routines}
+
+
+def stored_size(module: ModuleSource, routines: Collection[str]) -> int:
+    """How many characters `routine_sources` would make, without making them."""
+    return _Plan(module, routines).size()
+
+
+class _Plan:
+    """Where each routine's definition is in the module, and which others each one needs."""
+
+    def __init__(self, module: ModuleSource, routines: Collection[str]) -> None:
+        # lines as the parser counts them (str.splitlines would also split at \f, \x1c,
+        # \u2028 ... and shift every span after one)
+        self.lines = _LINE.findall(module.text)
+        nodes: dict[str, ast.FunctionDef] = {}
+        shared: set[str] = set()  # names the code every routine keeps refers to
+        for node in module.tree.body:
+            if isinstance(node, ast.FunctionDef) and node.name in routines:
+                previous = nodes.get(node.name)
+                if previous is not None:  # redefined: the earlier def is ordinary code
+                    shared |= _names(previous)
+                    del nodes[node.name]  # (and the spans stay in the module's order)
+                nodes[node.name] = node
+            else:
+                shared |= _names(node)
+        self.order = list(nodes)
+        index = {name: i for i, name in enumerate(self.order)}
+        self.spans = {
+            name: (min([n.lineno] + [d.lineno for d in n.decorator_list]), n.end_lineno or n.lineno)
+            for name, n in nodes.items()
+        }
+        edges = [[index[m] for m in _names(nodes[name]) if m in index] for name in self.order]
+        reach = _reach(edges)
+        common = 0
+        for name in shared:
+            if name in index:
+                common |= reach[index[name]]
+        self.needed = {name: reach[i] | common for i, name in enumerate(self.order)}
+        self.pieces: list[tuple[str, str, int]] | None = None
+
+    def size(self) -> int:
+        """The characters of every routine's source: the module, less what blanking saves."""
+        whole = sum(map(len, self.lines))
+        saved = [
+            sum(map(len, self.lines[start - 1 : end])) - (end - start + 1)
+            for start, end in self.spans.values()
+        ]
+        everything = sum(saved)
+        total = 0
+        for needed in self.needed.values():
+            kept = sum(saved[i] for i in _bits(needed))
+            total += whole - everything + kept
+        return total
+
+    def source(self, keep: str) -> str:
+        if self.pieces is None:  # the module cut at routines: (text, blanked, routine index)
+            self.pieces, at = [], 0
+            for i, (start, end) in enumerate(self.spans.values()):
+                self.pieces.append(("".join(self.lines[at : start - 1]), "", -1))
+                span = "".join(self.lines[start - 1 : end])
+                self.pieces.append((span, "\n" * (end - start + 1), i))
+                at = end
+            self.pieces.append(("".join(self.lines[at:]), "", -1))
+        mask = bin(self.needed[keep])[:1:-1]  # mask[i] == "1": routine i stays
+        return "".join(
+            text if i < 0 or (i < len(mask) and mask[i] == "1") else blank
+            for text, blank, i in self.pieces
+        )
+
+
+def _bits(value: int) -> Iterator[int]:
+    """The positions of the bits set in `value`."""
+    while value:
+        low = value & -value
+        yield low.bit_length() - 1
+        value ^= low
+
+
+def _names(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def _reach(edges: list[list[int]]) -> list[int]:
+    """For each node of a directed graph, the set of nodes it reaches (itself included), as a
+    bitset: Tarjan's strongly connected components, iteratively, each component's set made
+    once from its successors' (which Tarjan finishes first)."""
+    count = len(edges)
+    order = [-1] * count  # discovery index
+    low = [0] * count
+    reach = [0] * count
+    stack: list[int] = []
+    on_stack = [False] * count
+    counter = 0
+    for root in range(count):
+        if order[root] != -1:
+            continue
+        work = [(root, 0)]
+        while work:
+            node, child = work.pop()
+            if child == 0:
+                order[node] = low[node] = counter
+                counter += 1
+                stack.append(node)
+                on_stack[node] = True
+            if child < len(edges[node]):
+                work.append((node, child + 1))
+                succ = edges[node][child]
+                if order[succ] == -1:
+                    work.append((succ, 0))
+                elif on_stack[succ]:
+                    low[node] = min(low[node], order[succ])
+                continue
+            if low[node] == order[node]:  # the root of a component: pop it whole
+                members = []
+                while True:
+                    member = stack.pop()
+                    on_stack[member] = False
+                    members.append(member)
+                    if member == node:
+                        break
+                bits = 0
+                for member in members:
+                    bits |= 1 << member
+                for member in members:
+                    for succ in edges[member]:
+                        if not bits >> succ & 1:
+                            bits |= reach[succ]
+                for member in members:
+                    reach[member] = bits
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    return reach

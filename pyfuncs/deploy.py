@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 
 from . import ddl
 from .collect import collect
-from .definition import Definition
+from .definition import Definition, reserved_schema
 from .errors import DeployError, from_psycopg
 from .queries import query
 
@@ -99,6 +99,32 @@ def _execute_ddl(conn: psycopg.Connection[Any], statement: sql.Composed | str) -
         raise DeployError("a DDL statement ended the deploy's transaction")
 
 
+def _refuse_reserved(schema: str, routine: str) -> None:
+    if reserved_schema(schema):
+        raise DeployError(
+            f"{routine}: the schema {schema!r} is reserved (pyfuncs' own and PostgreSQL's "
+            "system schemas cannot hold routines); nothing was changed: deploy into a schema of "
+            "your application's"
+        )
+
+
+def _refuse_foreign(
+    conn: psycopg.Connection[Any], schema: str, name: str, identity_args: str, where: str
+) -> None:
+    """CREATE OR REPLACE would silently take over a routine pyfuncs did not make (and a
+    rollback would then drop it): refuse if one of that signature exists."""
+    params = {"schema": schema, "name": name, "identity_args": identity_args}
+    row = conn.execute(query("existing_routine"), params).fetchone()
+    if row is not None:
+        kind = "procedure" if row[0] == "p" else "function"
+        raise DeployError(
+            f"{where}{schema}.{name}({identity_args}): a {kind} with this signature already "
+            "exists and pyfuncs did not deploy it; nothing was changed (deploying would replace "
+            "it): give the routine another name (name=...) or schema, or drop the existing "
+            "one first if it is really to be replaced"
+        )
+
+
 def _needs_drop(current: dict[str, Any] | None, kind: str, signature: dict[str, Any]) -> bool:
     """CREATE OR REPLACE cannot change argument types, the result type or the routine kind."""
     if current is None or current["live_version"] is None:
@@ -116,12 +142,20 @@ def _apply(
     conn: psycopg.Connection[Any],
     current: dict[str, Any] | None,
     target: dict[str, Any],
+    where: str = "",
 ) -> None:
-    """Make the database routine match a catalog version: DDL, grants, comment, live pointer."""
+    """Make the database routine match a catalog version: DDL, grants, comment, live pointer.
+    A routine pyfuncs' records do not say it made is never replaced, nor one in a reserved
+    schema made (`where` prefixes what says so)."""
     sig = target["signature"]
     kind, schema, name = sig["kind"], target["schema_name"], target["name"]
+    _refuse_reserved(schema, f"{where}{schema}.{name}")
+    replacing = current is not None and current["live_version"] is not None
     if _needs_drop(current, kind, sig):
         _drop(conn, current, schema, name)
+        replacing = False
+    if not replacing:  # what is there now, pyfuncs' records say it made
+        _refuse_foreign(conn, schema, name, target["identity_args"], where)
     _execute_ddl(conn, sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
     _execute_ddl(conn, target["ddl"])
     ref = ddl.routine_ref(kind, schema, name, target["identity_args"])
@@ -148,6 +182,7 @@ def _drop(
 ) -> None:
     if current is None or current["live_version"] is None:
         return
+    _refuse_reserved(schema, f"{schema}.{name}")  # recorded by a pyfuncs that allowed it
     ref = ddl.routine_ref(current["kind"], schema, name, current["identity_args"])
     _execute_ddl(conn, sql.SQL("DROP {}").format(ref))
 
@@ -197,6 +232,8 @@ def deploy_definitions(
     notify: bool = True,
 ) -> DeployResult:
     """Deploy inside the caller's transaction (no commit): the building block of `deploy`."""
+    for d in definitions:
+        _refuse_reserved(d.schema, f"{d.where}: {d.qualname}")
     _check_roles(conn, definitions)
     changes: list[Change] = []
     switched: list[tuple[int, int | None, int]] = []
@@ -235,7 +272,7 @@ def deploy_definitions(
             "routine_id": current["id"], "version": version, "schema_name": d.schema,
             "name": d.name, "identity_args": d.identity_args, "signature": signature,
             "ddl": statement,
-        })  # fmt: skip
+        }, f"{d.where}: ")  # fmt: skip
         changes.append(Change(d.qualname, action, version, current["live_version"]))
         switched.append((current["id"], current["live_version"], version))
     deployment_id = _record(conn, target, label, switched)

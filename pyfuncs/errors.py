@@ -7,6 +7,7 @@ the way psycopg.errors does it), so callers catch meaning, not driver classes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from ._pg import vocabulary
@@ -176,6 +177,23 @@ def from_sqlstate(
     """Build the most specific `DatabaseError` for an SQLSTATE."""
     cls = _BY_CODE.get(sqlstate or "", DatabaseError)
     return cls(message, sqlstate=sqlstate, detail=detail, hint=hint)
+
+
+def printable(text: str) -> str:
+    """Text someone else chose (a module, a child process, a path), safe to print: every
+    character that is not printable (newlines, terminal escapes, bidi controls, line
+    separators) is written as its escape, so it can neither start a line nor hide one."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def capped(lines: Sequence[str], most: int, what: str, width: int = 500) -> list[str]:
+    """At most `most` of `lines`, each cut at `width` characters, then one that says how many
+    more `what` there were: a report stays readable (and CI's log small) however many
+    problems a module has."""
+    shown = [line if len(line) <= width else line[: width - 3] + "..." for line in lines[:most]]
+    if len(lines) > most:
+        shown.append(f"... and {len(lines) - most} more {what}")
+    return shown
 
 
 def one_line(text: str) -> str:

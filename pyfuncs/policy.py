@@ -49,7 +49,10 @@ FORBIDDEN_MODULES = {
 
 NAMED_ACCESS = frozenset({"getattr", "setattr", "hasattr"})
 
-_DUNDER = re.compile(r"^__\w+__$")
+_DUNDER = re.compile(r"__\w+__")  # with fullmatch (`$` would match before a final newline)
+# How deeply the syntax tree may nest: checking it (and compiling it with the runtime's
+# guards) walks it recursively, and real code stays far below this.
+MAX_DEPTH = 100
 _ALLOWED_DUNDER_NAMES = frozenset({"__name__"})
 
 
@@ -133,7 +136,7 @@ class _Checker(ast.NodeVisitor):
 
     def visit_Name(self, node: ast.Name) -> None:
         name = node.id
-        if _DUNDER.match(name) and name not in _ALLOWED_DUNDER_NAMES:
+        if _DUNDER.fullmatch(name) and name not in _ALLOWED_DUNDER_NAMES:
             self._add(node, "dunder-name", f"the name {name!r} reaches interpreter internals",
                       "use an ordinary name")  # fmt: skip
         elif name in FORBIDDEN_BUILTINS:
@@ -193,6 +196,33 @@ def check_source(source: str, file: str, allowed: Iterable[str] | None = None) -
         tree = ast.parse(source, file)
     except SyntaxError:
         return []
+    except (RecursionError, MemoryError):
+        return [Violation(file, 1, 1, "too-deep", "the code nests too deeply to be parsed",
+                          "split deeply nested expressions into named parts")]  # fmt: skip
     checker = _Checker(file, frozenset(allowed) if allowed is not None else allowed_modules())
-    checker.visit(tree)
+    deep = _too_deep(tree)
+    if deep is None:
+        try:
+            checker.visit(tree)
+        except RecursionError:  # called with little stack left: refuse rather than crash
+            deep = tree.body[0]
+    if deep is not None:
+        checker._add(deep, "too-deep",
+                     f"the code nests more than {MAX_DEPTH} levels deep here, too deep to check",
+                     "split the expression or statement into named parts")  # fmt: skip
+        return checker.found[-1:]
     return sorted(checker.found, key=lambda v: (v.line, v.col))
+
+
+def _too_deep(tree: ast.AST) -> ast.AST | None:
+    """The innermost node with a position above one nested more than MAX_DEPTH levels deep
+    (found without recursion)."""
+    stack: list[tuple[ast.AST, int, ast.AST]] = [(tree, 0, tree)]
+    while stack:
+        node, depth, located = stack.pop()
+        if hasattr(node, "lineno"):
+            located = node
+        if depth > MAX_DEPTH:
+            return located
+        stack.extend((child, depth + 1, located) for child in ast.iter_child_nodes(node))
+    return None

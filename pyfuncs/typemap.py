@@ -219,11 +219,13 @@ def _said(d: Description) -> str:
     return text if type(text) is str else "this hint"
 
 
-def sql_type(d: Any) -> SqlType:
+def sql_type(d: Any, depth: int = 0) -> SqlType:
     """The SQL type for a parameter or scalar return description."""
+    if depth > _DEPTH:  # descriptions come from the child: never trust them to be shallow
+        raise UnsupportedType("a hint nested too deeply")
     if _kind(d) == "optional":
-        return _sql_type(d["of"]).with_nullable()
-    return _sql_type(d)
+        return _sql_type(d["of"], depth + 1).with_nullable()
+    return _sql_type(d, depth)
 
 
 def _sql_type(d: Any, depth: int = 0) -> SqlType:
@@ -249,7 +251,7 @@ def _sql_type(d: Any, depth: int = 0) -> SqlType:
     if kind == "json":
         return SqlType("jsonb", "json")
     if kind == "list":
-        inner = sql_type(d.get("of"))
+        inner = sql_type(d.get("of"), depth + 1)
         if inner.sql.endswith("[]"):  # nested lists: one multi-dimensional array
             return SqlType(inner.sql, f"list[{inner.python}]", inner.convert)
         return SqlType(inner.sql + "[]", f"list[{inner.python}]",

@@ -197,3 +197,17 @@ FROM pyfuncs.realtime_commit c JOIN pyfuncs.realtime_change ch ON ch.txid = c.tx
 WHERE c.position > %(after)s AND ch.schema_name = %(schema)s AND ch.table_name = %(table)s
   AND (ch.op = 'TRUNCATE'
        OR (ch.op IN ('DELETE', 'UPDATE') AND ch.old_row @> ANY (%(keys)s::jsonb[])))
+
+-- name: gateway_missing_grants
+-- Of the privileges the gateway's role needs (README "Deploying it"), those it lacks.
+SELECT g.privilege, g.name
+FROM unnest(%(privileges)s::text[], %(names)s::text[]) AS g (privilege, name)  -- (only unqualified)
+WHERE pg_catalog.to_regclass(g.name) IS NULL
+   OR NOT pg_catalog.has_table_privilege(g.name, g.privilege)
+
+-- name: existing_routine
+-- A routine of that schema, name and argument types, whoever made it.
+SELECT p.prokind FROM pg_catalog.pg_proc p
+WHERE p.oid = pg_catalog.to_regprocedure(
+    pg_catalog.quote_ident(%(schema)s) || '.' || pg_catalog.quote_ident(%(name)s)
+    || '(' || %(identity_args)s || ')')

@@ -4,8 +4,10 @@ with one line saying what to do, never with a traceback."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -86,15 +88,15 @@ def test_every_command_says_when_pyfuncs_is_not_installed(
         (["rollback"], "no deployment in effect"),
         (["rollback", "api.one"], "--to VERSION"),
         (["rollback", "--to", "2"], "--to needs a routine"),
-        (["rollback", "api.one", "--to", "two"], "not a positive whole number"),
+        (["rollback", "api.one", "--to", "two"], "not a version number"),
         (["rollback", "api.nope", "--to", "1"], "no routine api.nope"),
         (["realtime", "enable"], "name the tables"),
         (["realtime", "enable", "public.nope"], "does not exist"),
         (["realtime", "enable", "not a name!"], "enabling realtime"),
         (["realtime", "prune", "public.t"], "prune takes no table names"),
-        (["realtime", "prune", "--keep-days", "-1"], "0 or more"),
+        (["realtime", "prune", "--keep-days", "-1"], "from 0 to 36500"),
         (["serve"], "PYFUNCS_JWT_ROLES"),
-        (["serve", "--port", "0"], "not a positive whole number"),
+        (["serve", "--port", "0"], "from 1 to 65535"),
         (["serve", "--log-level", "loud"], "invalid choice"),
     ],
 )  # fmt: skip
@@ -125,3 +127,146 @@ def test_dsn_before_or_after_the_command(
         assert code == 0 and "public.one" in out
     # the one after the command wins over the one before it, as with any option
     assert run(capsys, "--dsn", UNREACHABLE, "status", "--dsn", dsn)[0] == 0
+
+
+NOT_DAYS = ["nan", "inf", "-inf", "1e9", "1e308", "1.5", "-1", "36501", "99999999999999999999",
+            "", " ", "٣", "0x10", "+3", "1_0"]  # fmt: skip
+NOT_PORTS = ["99999", "65536", "0", "-1", "nan", "1e3", "80.0", "８０"]  # noqa: RUF001
+NOT_VERSIONS = ["0", "nan", "1e3", "2147483648", "-2", "1.0"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        *(["realtime", "prune", "--keep-days", days] for days in NOT_DAYS),
+        *(["serve", "--port", port] for port in NOT_PORTS),
+        *(["serve", "--workers", workers] for workers in ["0", "65", "1000000", "nan"]),
+        *(["rollback", "api.one", "--to", version] for version in NOT_VERSIONS),
+        ["rollback", "api.one\nx", "--to", "1"],
+        ["rollback", "a.b.c", "--to", "1"],
+        ["rollback", "API.One", "--to", "1"],
+        ["rollback", "--label", "x\n::error::forged"],
+        ["rollback", "--label", "x" * 201],
+        ["rollback", "--label", ""],
+        ["serve", "--host", ""],
+        ["serve", "--host", "local\nhost"],
+    ],
+    ids=repr,
+)
+def test_every_argument_is_validated_by_its_type(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    """`--keep-days nan` was a traceback, `--port 99999` listened on 34463: every number is
+    a whole number in a range, every name a name, every label printable, before anything is
+    done (the database named here cannot even be reached)."""
+    monkeypatch.setenv("PYFUNCS_JWT_SECRET", "cli-test-secret-0123456789-0123456789")
+    monkeypatch.setenv("PYFUNCS_JWT_ROLES", "student")
+    code, out, err = run(capsys, *argv, "--dsn", UNREACHABLE)
+    assert code == 2 and out == "", (argv, out)
+    assert err.startswith("pyfuncs ") and err.count("\n") == 1, (argv, err)
+    assert "cannot connect" not in err and "Traceback" not in err
+
+
+def test_valid_numbers_pass(capsys: pytest.CaptureFixture[str], dsn: str) -> None:
+    for days in ("0", "3", " 7 ", "36500"):
+        code, out, err = run(capsys, "realtime", "prune", "--keep-days", days, "--dsn", dsn)
+        assert code == 0 and out.startswith("pruned the changes of 0"), (days, err)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "x = a" + ".b" * 400,
+        "x = 1" + " + 1" * 1000,
+        "x = " + "-" * 100_000 + "1",
+        "x = " + "(" * 300 + ")" * 300,
+        "x = " + "lambda: " * 400 + "1",
+        "x = " + "[" * 150 + "]" * 150,
+        "x = a" + "[0]" * 400,
+        "x = f" + "()" * 400,
+        "x = " + "not " * 5000 + "1",
+        "".join(f"{' ' * i}if x:\n" for i in range(120)) + " " * 120 + "pass",
+    ],
+    ids=["attributes", "sum", "unary", "parentheses", "lambdas", "lists", "subscripts", "calls",
+         "not", "blocks"],
+)  # fmt: skip
+def test_deep_nesting_is_a_clear_refusal(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, source: str
+) -> None:
+    """`x = a.b.b…` 400 levels deep was `unexpected error: RecursionError`."""
+    module = tmp_path / "deep.py"
+    module.write_text(GOOD + source + "\n")
+    code, out, err = run(capsys, "check", str(module))
+    assert code == 1 and out == ""
+    assert err.startswith("pyfuncs: ") and "deep.py" in err, err
+    assert "unexpected error" not in err and "Traceback" not in err
+    assert any(says in err for says in ("too deep", "too deeply", "syntax error")), err
+
+
+def test_serve_as_a_role_without_the_gateways_grants_says_which(
+    capsys: pytest.CaptureFixture[str],
+    dsn: str,
+    authenticator_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It passed the install check (the role may not read the version table), then failed in
+    the gateway's startup with a traceback."""
+    monkeypatch.setenv("PYFUNCS_JWT_SECRET", "cli-test-secret-0123456789-0123456789")
+    monkeypatch.setenv("PYFUNCS_JWT_ROLES", "student")
+    grants = ('GRANT SELECT ON pyfuncs.realtime_state, pyfuncs.realtime_table, '
+              'pyfuncs.realtime_commit, pyfuncs.realtime_change TO "authenticator"; '
+              'GRANT INSERT ON pyfuncs.realtime_audit TO "authenticator"')  # fmt: skip
+    refused(capsys, grants, "serve", "--dsn", authenticator_dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:  # what README says it needs is enough
+        conn.execute(grants.replace('"authenticator"', "authenticator"))
+    with socket.socket() as taken:  # and then it gets as far as the address
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        refused(capsys, "cannot listen on", "serve", "--port", port, "--dsn", authenticator_dsn)
+
+
+@pytest.mark.parametrize("host", ["no-such-host.invalid", "256.1.1.1", "::99999"])
+def test_serve_on_an_address_it_cannot_listen_on(
+    capsys: pytest.CaptureFixture[str], dsn: str, monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
+    monkeypatch.setenv("PYFUNCS_JWT_SECRET", "cli-test-secret-0123456789-0123456789")
+    monkeypatch.setenv("PYFUNCS_JWT_ROLES", "student")
+    refused(capsys, "is not an address to listen on", "serve", "--host", host, "--dsn", dsn)
+
+
+def test_serve_on_a_port_in_use(
+    capsys: pytest.CaptureFixture[str], dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYFUNCS_JWT_SECRET", "cli-test-secret-0123456789-0123456789")
+    monkeypatch.setenv("PYFUNCS_JWT_ROLES", "student")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        refused(capsys, f"cannot listen on 127.0.0.1:{port}", "serve", "--port", port,
+                "--dsn", dsn)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "table",
+    ["pyfuncs.realtime_change", '"pyfuncs".realtime_change', "PYFUNCS.REALTIME_CHANGE",
+     "pyfuncs.realtime_commit", "pyfuncs.routine", "pg_catalog.pg_class", "PG_CATALOG.pg_class",
+     "information_schema.sql_features"],
+)  # fmt: skip
+def test_realtime_never_captures_system_tables(
+    capsys: pytest.CaptureFixture[str], dsn: str, conn: psycopg.Connection[Any], table: str
+) -> None:
+    """Enabling pyfuncs.realtime_change made every later capture recurse into itself."""
+    refused(capsys, "realtime captures application tables only", "realtime", "enable", table,
+            "--dsn", dsn)  # fmt: skip
+    assert conn.execute("SELECT count(*) FROM pyfuncs.realtime_table").fetchone() == (0,)
+
+
+def test_db_with_a_file_where_the_cluster_lives(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "pgdata").write_text("not a directory")
+    monkeypatch.setenv("PYFUNCS_PGDATA", str(tmp_path / "pgdata"))
+    for action in ("up", "url"):
+        refused(capsys, "the embedded cluster cannot be used", "db", action)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import textwrap
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from pyfuncs import DefinitionError, DeployError, errors
 from pyfuncs import deploy as deploying
 from pyfuncs.cli import main
+from pyfuncs.collect import collect
 
 HEADER = "from pyfuncs import stored_function, procedure, db\n\n"
 
@@ -279,3 +281,158 @@ def test_versions_deployed_by_an_older_pyfuncs_run_on_this_runtime(
         with pytest.raises(psycopg.errors.QueryCanceled):  # and it is stopped as ever
             fresh.execute("SET statement_timeout = 100")
             fresh.execute("SELECT count(*) FROM gold.upto(1000000000)")
+
+
+# --- a deploy replaces only what pyfuncs made ----------------------------------------------
+
+CLASH = """
+@stored_function(schema="api2")
+def f(x: int) -> int:
+    return -1
+"""
+FOREIGN = {
+    "a plain SQL function": "CREATE FUNCTION api2.f(x bigint) RETURNS bigint LANGUAGE sql "
+    "AS 'SELECT 42'",
+    "other names, another result": "CREATE FUNCTION api2.f(y int8) RETURNS text LANGUAGE sql "
+    "AS 'SELECT 42::text'",
+    "OUT parameters": "CREATE FUNCTION api2.f(x bigint, OUT a int, OUT b int) LANGUAGE sql "
+    "AS 'SELECT 4, 2'",
+    "a procedure": "CREATE PROCEDURE api2.f(x bigint) LANGUAGE sql AS 'SELECT 42'",
+    "plpgsql, quoted": 'CREATE FUNCTION "api2"."f"(bigint) RETURNS bigint LANGUAGE plpgsql '
+    "AS 'BEGIN RETURN 42; END'",
+}
+
+
+def foreign_prosrc(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT oid::regprocedure::text, prosrc FROM pg_proc WHERE pronamespace = 'api2'::regnamespace"
+    ).fetchall()
+
+
+@pytest.mark.parametrize("spelling", ["def f", "name='f'"])
+@pytest.mark.parametrize("existing", sorted(FOREIGN))
+def test_a_deploy_never_replaces_a_routine_it_did_not_make(
+    conn: psycopg.Connection[Any], tmp_path: Path, existing: str, spelling: str
+) -> None:
+    """CREATE OR REPLACE silently took over a function of the same signature (and a rollback
+    then dropped it): the application's own `api2.f(bigint)`, or pyfuncs.set_identity."""
+    conn.execute("CREATE SCHEMA api2")
+    conn.execute(FOREIGN[existing])
+    before = foreign_prosrc(conn)
+    body = (
+        CLASH
+        if spelling == "def f"
+        else CLASH.replace("schema=", "name='f', schema=").replace("def f(", "def other(")
+    )
+    mod = write(tmp_path / "clash.py", body)
+    with pytest.raises(DeployError, match=r"clash.py:\d+: api2.f\(bigint\): a (function|procedure)"
+                       " with this signature already exists and pyfuncs did not deploy it"):  # fmt: skip
+        deploying.deploy(conn, mod)
+    assert foreign_prosrc(conn) == before
+    assert call(conn, "SELECT count(*) FROM pyfuncs.routine") == 0
+    with pytest.raises(DeployError, match="no deployment in effect"):
+        deploying.rollback(conn)
+    assert foreign_prosrc(conn) == before
+
+
+def test_a_clash_is_one_line_from_the_cli(
+    conn: psycopg.Connection[Any], dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conn.execute("CREATE SCHEMA api2")
+    conn.execute(FOREIGN["a plain SQL function"])
+    assert main(["deploy", write(tmp_path / "clash.py", CLASH), "--dsn", dsn]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "drop the existing one first" in err
+    assert call(conn, "SELECT api2.f(1)") == 42
+
+
+def test_what_pyfuncs_dropped_and_someone_made_again_is_not_taken_back(
+    conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    mod = write(tmp_path / "clash.py", CLASH)
+    deploying.deploy(conn, mod)
+    deploying.rollback(conn)  # dropped: the catalog keeps version 1
+    conn.execute(FOREIGN["a plain SQL function"])
+    for attempt in (lambda: deploying.switch_version(conn, "api2.f", 1),
+                    lambda: deploying.deploy(conn, mod)):  # fmt: skip
+        with pytest.raises(DeployError, match="already exists and pyfuncs did not deploy it"):
+            attempt()
+        assert call(conn, "SELECT api2.f(1)") == 42
+
+
+def test_a_signature_change_does_not_take_over_another_overload(
+    conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """Its own old signature is dropped and the new one created: one that someone else
+    made is in the way."""
+    mod = tmp_path / "clash.py"
+    deploying.deploy(conn, write(mod, CLASH))
+    conn.execute("CREATE FUNCTION api2.f(x text) RETURNS bigint LANGUAGE sql AS 'SELECT 42'")
+    with pytest.raises(DeployError, match=r"api2.f\(text\): a function with this signature"):
+        deploying.deploy(conn, write(mod, CLASH.replace("x: int", "x: str")))
+    assert call(conn, "SELECT api2.f(1)") == -1 and call(conn, "SELECT api2.f('a')") == 42
+    # its own routine, redeployed with changes, is replaced as before
+    assert deploying.deploy(conn, write(mod, CLASH.replace("-1", "-2"))).changes[0].action == (
+        "updated")  # fmt: skip
+    assert call(conn, "SELECT api2.f(1)") == -2
+
+
+RESERVED = ["pyfuncs", "pg_catalog", "information_schema", "pg_toast", "pg_temp", "pg_temp_1",
+            "pg_mine"]  # fmt: skip
+
+
+def identity_source(conn: psycopg.Connection[Any]) -> Any:
+    return call(conn, "SELECT md5(prosrc) FROM pg_proc WHERE oid = 'pyfuncs.set_identity'::regproc")
+
+
+@pytest.mark.parametrize("schema", RESERVED)
+def test_reserved_schemas_are_refused_at_deploy_time_too(
+    conn: psycopg.Connection[Any], tmp_path: Path, schema: str
+) -> None:
+    """Definitions made some other way than by `collect` (which refuses them) are refused
+    before the database is touched."""
+    before = identity_source(conn)
+    (good,) = collect(write(tmp_path / "hijack.py", """
+        @stored_function(schema="api", roles=["writer"])
+        def set_identity(role: str, claims: str) -> None:
+            db.execute("SELECT set_config('role', $1, true)", [role])
+    """))  # fmt: skip
+    hijack = dataclasses.replace(good, options=dataclasses.replace(good.options, schema=schema))
+    with pytest.raises(DeployError, match=f"the schema '{schema}' is reserved"):
+        deploying.deploy_collected(conn, [hijack], target="hijack")
+    assert identity_source(conn) == before
+    assert call(conn, "SELECT count(*) FROM pyfuncs.routine") == 0
+
+
+def test_versions_recorded_in_a_reserved_schema_are_neither_made_nor_dropped(
+    conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """What an older pyfuncs recorded there (a deploy that replaced pyfuncs.set_identity):
+    switching to it or rolling it back would change pyfuncs' own functions."""
+    before = identity_source(conn)
+    deploying.deploy(conn, write(tmp_path / "old.py", """
+        @stored_function(schema="api")
+        def set_identity(role: str, claims: str) -> None:
+            return None
+    """))  # fmt: skip
+    conn.execute("UPDATE pyfuncs.routine SET schema_name = 'pyfuncs'")  # as it was recorded
+    for attempt in (lambda: deploying.rollback(conn),
+                    lambda: deploying.switch_version(conn, "pyfuncs.set_identity", 1)):  # fmt: skip
+        with pytest.raises(DeployError, match="the schema 'pyfuncs' is reserved"):
+            attempt()
+        assert identity_source(conn) == before
+
+
+def test_the_red_teams_module_is_refused_from_the_cli(
+    conn: psycopg.Connection[Any], dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = identity_source(conn)
+    mod = write(tmp_path / "hijack.py", """
+        @stored_function(schema="pyfuncs", roles=["writer"])
+        def set_identity(role: str, claims: str) -> None:
+            db.execute("SELECT set_config('role', $1, true)", [role])
+    """)  # fmt: skip
+    for command in ("check", "deploy"):
+        assert main([command, mod, "--dsn", dsn]) == 1
+        assert "schema 'pyfuncs' is reserved" in capsys.readouterr().err
+    assert identity_source(conn) == before

@@ -5,9 +5,13 @@ model"). Each hostile module below passes the policy check, so it really runs.""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ from pyfuncs import DefinitionError, DeployError, ddl
 from pyfuncs import collect as collecting
 from pyfuncs import deploy as deploying
 from pyfuncs.cli import main
+from pyfuncs.definition import MAX_PROBLEMS
 from pyfuncs.policy import check_source
 
 ROUTINE = "\n\n@stored_function\ndef ok() -> int:\n    return 1\n"
@@ -321,3 +326,398 @@ def test_dotted_names_are_looked_up_not_imported(
     assert [d.qualname for d in collecting.collect("pkg.routines")] == ["public.ok"]
     assert not marker.exists()
     assert os.listdir(package) == sorted(os.listdir(package))  # nothing new beside it either
+
+
+# --- a module cannot make the deployer's side work without bound ---------------------------
+
+
+def many(count: int, *, decorator: str = "@stored_function", call_next: bool = False) -> str:
+    """A module of `count` trivial routines (each calling the next one, if asked)."""
+    head = "from pyfuncs import stored_function, procedure\n"
+    return head + "".join(
+        f"{decorator}\ndef f{i}() -> int:\n    return "
+        + (f"f{i + 1}() + {i}\n" if call_next and i + 1 < count else f"{i}\n")
+        for i in range(count)
+    )
+
+
+@pytest.mark.parametrize("call_next", [False, True], ids=["independent", "a chain"])
+def test_a_module_with_the_most_routines_is_checked_in_seconds(
+    tmp_path: Path, call_next: bool
+) -> None:
+    """800 routines took 144 s (each routine's source re-parsed the module per routine, and
+    3,000 ran for more than 20 minutes); a chain, where each routine keeps every later one,
+    is the worst case for the sources each routine keeps."""
+    module = tmp_path / "many.py"
+    module.write_text(many(collecting.MAX_ROUTINES, call_next=call_next))
+    started = time.monotonic()
+    definitions = collecting.collect(str(module))
+    assert time.monotonic() - started < 15
+    assert len(definitions) == collecting.MAX_ROUTINES
+    first, last = definitions[0], definitions[-1]
+    assert "def f1()" not in last.source and ("def f1()" in first.source) == call_next
+    assert first.source.count("\n") == module.read_text().count("\n")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        many(collecting.MAX_ROUTINES + 1),
+        many(3000),
+        many(1001, decorator="@procedure"),
+        many(1001, decorator="@stored_function(schema='api')"),
+        many(1001).replace("def f7()", "async def f7()"),
+    ],
+    ids=["one too many", "3000", "procedures", "with options", "an async one"],
+)
+def test_more_routines_than_a_module_may_have_are_refused_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], source: str
+) -> None:
+    module = tmp_path / "many.py"
+    module.write_text(source)
+    started = time.monotonic()
+    assert main(["check", str(module)]) == 1
+    assert time.monotonic() - started < 5
+    _, err = capsys.readouterr()
+    assert "at most 1000 routines: split it" in err and err.count("\n") == 1
+
+
+def test_a_module_may_be_1_mb_and_no_more(tmp_path: Path) -> None:
+    module = tmp_path / "big.py"
+    body = "from pyfuncs import stored_function" + ROUTINE
+    padding = collecting.MAX_SOURCE_BYTES - len(body.encode()) - 2
+    module.write_text("#" + "x" * padding + "\n" + body)
+    assert module.stat().st_size == collecting.MAX_SOURCE_BYTES
+    assert [d.qualname for d in collecting.collect(str(module))] == ["public.ok"]
+    module.write_text("#" + "x" * (padding + 1) + "\n" + body)
+    with pytest.raises(DefinitionError, match="larger than 1 MB, the most a routine module"):
+        collecting.collect(str(module))
+    module.write_text("#" + "é" * (padding // 2 + 1) + "\n" + body)  # bytes count, not chars
+    with pytest.raises(DefinitionError, match="larger than 1 MB"):
+        collecting.collect(str(module))
+
+
+def test_the_source_all_routines_keep_together_is_bounded(tmp_path: Path) -> None:
+    """Each routine keeps the module code it uses: 600 KB of constants shared by 200
+    routines would be 120 MB of source in the catalog (and as much DDL)."""
+    module = tmp_path / "shared.py"
+    constant = "TABLE = " + repr("x" * 600_000) + "\n"
+    module.write_text(constant + many(200))
+    with pytest.raises(DefinitionError, match=r"200 routines would keep 114 MB of source"):
+        collecting.collect(str(module))
+    module.write_text(constant + many(50))  # 30 MB: kept
+    assert len(collecting.collect(str(module))) == 50
+
+
+# --- a module is read only through real files ------------------------------------------------
+
+SECRET = "ghp_S3cr3tT0kenValue1234567890"
+
+
+@pytest.fixture
+def deployers_secret(tmp_path: Path) -> Path:
+    home = tmp_path / "ci_home"
+    home.mkdir()
+    (home / ".env").write_text(f"API_TOKEN={SECRET}\n")
+    (home / "routines.py").write_text(f"API_TOKEN = {SECRET}\n")  # a module-looking file
+    return home
+
+
+def checkout(tmp_path: Path, home: Path, link: str) -> str:
+    """A checkout whose `app` holds a link of the kind a pull request could add; returns the
+    name to check it by."""
+    repo = tmp_path / "repo"
+    (repo / "app").mkdir(parents=True)
+    (repo / "app" / "__init__.py").write_text("")
+    if link == "file":
+        (repo / "app" / "routines.py").symlink_to(home / ".env")
+        return "app/routines.py"
+    if link == "absolute path":
+        (repo / "app" / "routines.py").symlink_to(home / ".env")
+        return str(repo / "app" / "routines.py")
+    if link == "dotted name":
+        (repo / "app" / "routines.py").symlink_to(home / ".env")
+        return "app.routines"
+    if link == "directory":
+        (repo / "app" / "lib").symlink_to(home, target_is_directory=True)
+        return "app/lib/routines.py"
+    if link == "directory, dotted":
+        (repo / "app" / "lib").symlink_to(home, target_is_directory=True)
+        (home / "__init__.py").write_text("")
+        return "app.lib.routines"
+    if link == "through ..":
+        (repo / "app" / "lib").symlink_to(home / "sub", target_is_directory=True)
+        (home / "sub").mkdir()
+        return "app/lib/../routines.py"
+    if link == "dangling":
+        (repo / "app" / "routines.py").symlink_to(tmp_path / "nowhere")
+        return "app/routines.py"
+    if link == "relative":
+        (repo / "app" / "routines.py").symlink_to(os.path.relpath(home / ".env", repo / "app"))
+        return "app/routines.py"
+    raise AssertionError(link)
+
+
+LINKS = ["file", "absolute path", "dotted name", "directory", "directory, dotted", "through ..",
+         "dangling", "relative"]  # fmt: skip
+
+
+@pytest.mark.parametrize("link", LINKS)
+def test_a_symlinked_module_does_not_leak_the_deployers_files(
+    tmp_path: Path,
+    deployers_secret: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    link: str,
+) -> None:
+    target = checkout(tmp_path, deployers_secret, link)
+    monkeypatch.chdir(tmp_path / "repo")
+    assert main(["check", target]) == 1
+    out, err = capsys.readouterr()
+    assert "is a symbolic link" in err and err.count("\n") == 1, err
+    assert SECRET not in out + err and "ci_home" not in out + err
+
+
+def test_links_above_the_working_directory_are_the_deployers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the checkout itself is (a symlinked home, say) is the deployer's choice."""
+    real = tmp_path / "real"
+    (real / "app").mkdir(parents=True)
+    (real / "app" / "routines.py").write_text("from pyfuncs import stored_function" + ROUTINE)
+    (tmp_path / "home").symlink_to(real, target_is_directory=True)
+    monkeypatch.chdir(tmp_path / "home")
+    for target in ("app/routines.py", str(real / "app" / "routines.py")):
+        assert [d.qualname for d in collecting.collect(target)] == ["public.ok"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_only_regular_files_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "pipe.py")  # opening it to read would wait for a writer
+        target = "pipe.py"
+    elif kind == "directory":
+        (tmp_path / "dir.py").mkdir()
+        target = "dir.py"
+    else:
+        target = os.path.relpath("/dev/zero", tmp_path)
+    with pytest.raises(DefinitionError, match="is not a regular file"):
+        collecting.collect(target)
+
+
+# --- what the child says is data: bounded, and printed on lines of its own ------------------
+
+
+@pytest.fixture
+def forged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[bytes], None]]:
+    """Make the child answer these bytes, as a module that escaped every guard could."""
+
+    def answer(data: bytes) -> None:
+        child = tmp_path / f"child_{len(list(tmp_path.iterdir()))}.py"
+        (tmp_path / "answer.bin").write_bytes(data)
+        child.write_text(
+            "import sys, os\nsys.stdin.read()\n"
+            f"data = open({str(tmp_path / 'answer.bin')!r}, 'rb').read()\n"
+            "while data:\n    data = data[os.write(1, data):]\n"
+        )
+        monkeypatch.setattr(collecting, "_sandbox", types.SimpleNamespace(__file__=str(child)))
+        collecting._run_child.cache_clear()
+
+    yield answer
+    collecting._run_child.cache_clear()
+
+
+def long_path(tmp_path: Path) -> Path:
+    """A module at a path of ~3,800 characters (each error line used to repeat it)."""
+    folder = tmp_path.joinpath(*["d" * 200] * 19)
+    folder.mkdir(parents=True)
+    module = folder / "amp.py"
+    module.write_text("from pyfuncs import stored_function" + ROUTINE)
+    return module
+
+
+def check_output(capsys: pytest.CaptureFixture[str], module: Path) -> tuple[int, str, str]:
+    code = main(["check", str(module)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("count", [1000, 200_000])
+def test_a_forged_answer_cannot_flood_the_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], forged: Any, count: int
+) -> None:
+    """4.5 MB of `{"function": "xN"}` once printed 400 MB: one long line per fact."""
+    facts = b",".join(b'{"function":"x%d"}' % i for i in range(count))
+    forged(b'{"routines":[' + facts + b"]}")
+    code, out, err = check_output(capsys, long_path(tmp_path))
+    assert code == 1 and out == ""
+    assert len(err) < 128_000, len(err)
+    assert "more routines with problems" in err or "unreadable answer" in err
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        (b'{"routines": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "unreadable answer"),
+        (b'{"routines": [], "pad": "' + b"x" * (9 << 20) + b'"}', "more than 8 MB to describe"),
+        (b'{"routines": [' + b"[" * 400 + b"]" * 400 + b"]}", "unreadable facts"),
+        (b'{"routines": "no"}', "unreadable answer"),
+        (b"", "without an answer"),
+    ],
+    ids=["deep", "huge", "nested facts", "not a list", "nothing"],
+)
+def test_an_unreadable_answer_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], forged: Any, answer: bytes, says: str
+) -> None:
+    forged(answer)
+    module = tmp_path / "mod.py"
+    module.write_text("from pyfuncs import stored_function" + ROUTINE)
+    code, _, err = check_output(capsys, module)
+    assert code == 1 and says in err and err.count("\n") == 1, err
+    assert "unexpected error" not in err
+
+
+def deep_hint(levels: int) -> dict[str, Any]:
+    hint: dict[str, Any] = {"kind": "scalar", "type": "int"}
+    for _ in range(levels):
+        hint = {"kind": "list", "of": hint}
+    return hint
+
+
+FORGE = "\n::error::forged\x1b[2K\rok  public.fake()  fake.py:1\u2028\u202e"
+FORGED_FACTS = {
+    "the error message": {"error": {"message": "boom" + FORGE, "line": 3}},
+    "an option's name": {"routines": [{"function": "ok", "kind": "function",
+                                       "options": {"x" + FORGE: {"t": "int", "v": 1}}}]},
+    "a routine name": {"routines": [{"function": "ok", "kind": "function",
+                                     "options": {"name": {"t": "str", "v": "n" + FORGE}}}]},
+    "a schema": {"routines": [{"function": "ok", "kind": "function",
+                               "options": {"schema": {"t": "str", "v": "s" + FORGE}}}]},
+    "an unsupported value": {"routines": [{"function": "ok", "kind": "function",
+                                           "options": {"roles": {"t": "unsupported",
+                                                                 "v": FORGE}}}]},
+    "a hint's text": {"routines": [{"function": "ok", "kind": "function", "options": {},
+                                    "params": [], "returns": {"kind": "unreadable",
+                                                              "text": FORGE}}]},
+    "a row's name": {"routines": [{"function": "ok", "kind": "function", "options": {},
+                                   "params": [], "returns": {"kind": "row", "name": FORGE,
+                                                             "fields": [["a", {"kind": "x"}]]}}]},
+    "a column name": {"routines": [{"function": "ok", "kind": "function", "options": {},
+                                    "params": [], "returns": {"kind": "row", "name": "r",
+                                                              "fields": [[FORGE, deep_hint(1)]]}}]},
+    "a deep hint": {"routines": [{"function": "ok", "kind": "function", "options": {},
+                                  "params": [], "returns": deep_hint(300)}]},
+    "many problems": {"routines": [{"function": "ok", "kind": "function",
+                                    "options": {f"o{i}" + FORGE: 1 for i in range(5000)}}]},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(FORGED_FACTS))
+def test_what_the_child_says_cannot_forge_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], forged: Any, case: str
+) -> None:
+    """Every line of a report is pyfuncs' own: the child's text is escaped wherever it is
+    shown (a fake `ok` line, or a CI workflow command such as `::error::`, used to get
+    through), and a routine's problems are listed up to a number."""
+    forged(json.dumps(FORGED_FACTS[case]).encode())
+    module = tmp_path / "mod.py"
+    module.write_text("from pyfuncs import stored_function" + ROUTINE)
+    code, out, err = check_output(capsys, module)
+    assert code == 1 and out == ""
+    lines = err.splitlines()
+    assert lines[0].startswith(f"pyfuncs: {module}:"), err
+    assert all(line.startswith(("  - ", "pyfuncs: ")) for line in lines[1:]), err
+    assert not any(c in err for c in "\x1b\r\u2028\u202e") and "unexpected" not in err
+    assert len(lines) <= MAX_PROBLEMS + 2 and len(err) < 20_000
+
+
+def test_policy_violations_are_listed_up_to_a_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """5,000 violations at a long path were 20 MB of output; now the first twenty."""
+    module = long_path(tmp_path)
+    module.write_text("from pyfuncs import stored_function\n" + "__x__\n" * 5000 + ROUTINE)
+    code, _, err = check_output(capsys, module)
+    assert code == 1 and "5000 policy violation(s)" in err
+    assert "... and 4980 more violations" in err and len(err) < 100_000
+
+
+# --- names are whole names -----------------------------------------------------------------
+
+NOT_NAMES = ["total\n", "total\r", "total\t", "to\x00tal", "total ", "\ntotal", "total\u2028",
+             "ｔotal", "totál", "Total", "t" * 64, ""]  # fmt: skip  # noqa: RUF001
+
+
+@pytest.mark.parametrize("name", NOT_NAMES, ids=repr)
+@pytest.mark.parametrize("where", ["schema", "name", "role", "result column", "row field"])
+def test_names_are_whole_names(tmp_path: Path, name: str, where: str) -> None:
+    """`$` matched before a final newline: a result column named "total\\n" deployed, and a
+    schema "nl2\\n" printed "ok  nl2" and ".f()" on two lines."""
+    options = {"schema": f"schema={name!r}", "name": f"name={name!r}",
+               "role": f"roles=[{name!r}]"}.get(where, "")  # fmt: skip
+    returns = "int"
+    if where == "result column":
+        returns = "Row"
+    elif where == "row field":
+        returns = "Iterator[Row]"
+    module = tmp_path / "names.py"
+    module.write_text(
+        "from typing import Iterator, TypedDict\nfrom pyfuncs import stored_function\n"
+        f"Row = TypedDict('Row', {{{name!r}: int, 'id': int}})\n"
+        f"@stored_function({options})\ndef f() -> {returns}:\n    return 1\n"
+    )
+    with pytest.raises(DefinitionError, match="is not a valid name") as info:
+        collecting.collect(str(module))
+    lines = str(info.value).splitlines()
+    assert all(line.startswith((f"{module}:", "  - ")) for line in lines), lines
+
+
+@pytest.mark.parametrize(
+    "schema", ["pyfuncs", "pg_catalog", "information_schema", "pg_toast", "pg_temp",
+               "pg_temp_3", "pg_toast_temp_1", "pg_mine"],
+)  # fmt: skip
+def test_reserved_schemas_are_refused_by_the_check(tmp_path: Path, schema: str) -> None:
+    module = tmp_path / "hijack.py"
+    module.write_text(
+        "from pyfuncs import stored_function, db\n\n"
+        f"@stored_function(schema={schema!r}, roles=['writer'])\n"
+        "def set_identity(role: str, claims: str) -> None:\n    return None\n"
+    )
+    with pytest.raises(DefinitionError, match=f"schema '{schema}' is reserved"):
+        collecting.collect(str(module))
+
+
+# --- the filter holds every thread ---------------------------------------------------------
+
+THREADED = """
+import os, sys, threading
+from pyfuncs._sandbox import contain
+go, done, result = threading.Event(), threading.Event(), []
+
+
+def worker():  # started before the filter, as an allowed module could at import
+    go.wait()
+    try:
+        os.close(os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY))
+        result.append("opened")
+    except OSError as exc:
+        result.append(exc.errno)
+    done.set()
+
+
+threading.Thread(target=worker).start()
+contain(5, 1 << 30)
+go.set()
+done.wait()
+os.write(1, repr(result).encode())
+"""
+
+
+def test_the_filter_holds_threads_started_before_it(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    done = subprocess.run([sys.executable, "-c", THREADED, str(marker)], capture_output=True,
+                          timeout=30, check=True)  # fmt: skip
+    assert done.stdout == b"[1]" and not marker.exists()  # EPERM
