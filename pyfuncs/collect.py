@@ -27,9 +27,10 @@ from types import ModuleType
 from typing import Any
 
 from . import _sandbox, policy
-from .definition import Definition, ModuleSource, build, display_path, routine_sources, stored_size
+from .definition import Definition, build
 from .errors import DefinitionError, capped, printable
 from .limits import Limits
+from .module_source import ModuleSource, display_path, routine_sources, stored_size
 
 # what executing a module for a check may take (module-level code should take next to nothing)
 TIMEOUT = 30.0  # seconds of wall clock

@@ -436,3 +436,22 @@ def test_the_red_teams_module_is_refused_from_the_cli(
         assert main([command, mod, "--dsn", dsn]) == 1
         assert "schema 'pyfuncs' is reserved" in capsys.readouterr().err
     assert identity_source(conn) == before
+
+
+def test_the_catalog_names_no_path_of_the_deployers_machine(
+    conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """PUBLIC may read pg_proc and the versions' source_file: a module outside the working
+    directory is named there by its file name alone."""
+    module = tmp_path / "secret_place" / "placed.py"
+    module.parent.mkdir()
+    module.write_text("from pyfuncs import stored_function\n\n"
+                      "@stored_function(schema='app')\ndef placed() -> int:\n    return 1\n")  # fmt: skip
+    deploying.deploy(conn, str(module))
+    row = conn.execute(
+        "SELECT v.source_file, p.prosrc FROM pyfuncs.routine_version v, pg_proc p "
+        "WHERE p.oid = 'app.placed'::regproc"
+    ).fetchone()
+    assert row is not None and row[0] == "placed.py"
+    assert "placed.py:3" in row[1] and "secret_place" not in row[1]
+    assert conn.execute("SELECT app.placed()").fetchone() == (1,)

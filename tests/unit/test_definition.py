@@ -10,7 +10,8 @@ from typing import NamedTuple
 import pytest
 
 from pyfuncs import DefinitionError, procedure, stored_function
-from pyfuncs.definition import ModuleSource, definition_of, routine_sources, stored_size
+from pyfuncs.definition import definition_of
+from pyfuncs.module_source import ModuleSource, routine_sources, stored_size
 
 
 class Row(NamedTuple):
@@ -38,7 +39,7 @@ def test_definition_describes_the_routine() -> None:
     assert d.qualname == "api.leaderboard"
     assert d.identity_args == "bigint, date"
     assert d.doc == "Docs."
-    assert d.where.endswith("test_definition.py:20")  # the decorator line
+    assert d.where.endswith("test_definition.py:21")  # the decorator line
     assert d.spec()["converters"] == ["date"]
     assert d.signature()["returns"]["columns"] == [["total", "bigint"]]
     assert definition_of(enroll).kind == "procedure" and definition_of(enroll).out_columns == ()
