@@ -136,17 +136,41 @@ ORDER BY r.position, r.change
 SELECT coalesce((SELECT max(position) FROM pyfuncs.realtime_commit),
                 (SELECT pruned_through FROM pyfuncs.realtime_state)) AS head
 
+-- name: realtime_export_head
+-- The gateway's snapshot, for its check connection to import (SET TRANSACTION SNAPSHOT),
+-- and the last position committed in it: a new subscription's rows and its starting
+-- position then agree exactly, though they are read by two roles.
+SELECT pg_export_snapshot() AS snapshot,
+       coalesce((SELECT max(position) FROM pyfuncs.realtime_commit),
+                (SELECT pruned_through FROM pyfuncs.realtime_state)) AS head
+
 -- name: realtime_position_key
 -- The key the gateways encrypt the positions they give subscribers with (gateway/positions.py).
 SELECT position_key FROM pyfuncs.realtime_state
 
+-- name: realtime_check_role
+-- What the gateway's check connection (which runs as subscribers, and so runs code of the
+-- owners of their tables) can reach of pyfuncs' own tables: nothing, in the recommended
+-- setup (README "Deploying it").
+SELECT current_user AS login_role,
+       (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser,
+       has_table_privilege('pyfuncs.realtime_change', 'SELECT')
+       OR has_column_privilege('pyfuncs.realtime_state', 'position_key', 'SELECT')
+           AS reads_change_log
+
 -- name: realtime_table_info
 -- A table a subscriber names, as the subscriber: nothing unless it may read some of it (so
--- that nobody learns what exists by asking), else its key and whether realtime captures it
--- (the capture trigger is in the catalog, which anyone may read).
+-- that nobody learns what exists by asking), else its key and whether realtime captures it.
+-- Captured means that pyfuncs' capture function is one of its triggers (not a trigger
+-- cloned onto a partition): only pyfuncs' owner may attach that function, whereas any
+-- table owner can name a trigger of theirs anything. The catalog is readable by anyone.
 SELECT c.oid AS relid, n.nspname AS schema_name, c.relname AS table_name,
        EXISTS (SELECT 1 FROM pg_trigger g
-               WHERE g.tgrelid = c.oid AND g.tgname = 'pyfuncs_realtime') AS enabled,
+               JOIN pg_proc p ON p.oid = g.tgfoid
+               JOIN pg_namespace pn ON pn.oid = p.pronamespace
+               WHERE g.tgrelid = c.oid AND g.tgparentid = 0
+                 AND pn.nspname = 'pyfuncs' AND p.proname = 'realtime_capture'
+                 AND p.pronargs = 0) AS enabled,
        ARRAY(SELECT a.attname::text
              FROM pg_index i
              CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)

@@ -16,6 +16,7 @@ Under another server the extension is missing and every message takes the ASGI p
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 from typing import Any
@@ -25,6 +26,11 @@ from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
+
+from ..auth import JwtVerifier
+from ..config import resolve_dsn
+from .config import GatewayConfig
+from .sessions import verify
 
 WRITE_NOW = "pyfuncs.write_now"
 
@@ -83,7 +89,9 @@ def log_config() -> dict[str, Any]:
 
 def serve(host: str, port: int, workers: int, log_level: str, access_log: bool = False) -> None:
     """Run the gateway (`create_app` from the environment) until interrupted. Requests are
-    logged only with `access_log`, and then without their query strings."""
+    logged only with `access_log`, and then without their query strings. A configuration the
+    gateway cannot work with is a ConfigError here, before any worker starts."""
+    asyncio.run(verify(GatewayConfig.from_env(resolve_dsn(), JwtVerifier.from_env())))
     # no per-message compression: the gateway sends each change to many clients, and
     # deflating small JSON messages once per client cost more CPU than all the rest
     uvicorn.run("pyfuncs.gateway.app:create_app", factory=True, host=host, port=port,
