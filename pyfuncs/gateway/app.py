@@ -168,7 +168,7 @@ class Gateway:
             for client in list(self.clients):
                 if now - client.sent_at >= every and client.reason is None:
                     subs = client.subscriptions.values()
-                    positions = {s.id: tokens.token(s.position) for s in subs}
+                    positions = {s.id: tokens.resume_token(s.position) for s in subs}
                     last = max(subs, key=lambda s: s.position, default=None)
                     message = {"type": "heartbeat", "positions": positions}
                     client.send("heartbeat", message, positions[last.id] if last else None)

@@ -58,6 +58,8 @@ from .tables import (
 log = logging.getLogger("pyfuncs.gateway")
 END = 2**63 - 1  # the change number after every change of a commit
 RESTART_MAX = 30.0  # seconds, the longest wait before the feed loop restarts after errors
+RESYNC = ("the change feed no longer holds the changes after your position (they are kept "
+          "for a limited time): subscribe again without `since` to read the table afresh")  # fmt: skip
 FAILED = ("the gateway could not deliver a change of this table to this subscription: "
           "subscribe again without `since` to read the table afresh")  # fmt: skip
 
@@ -114,7 +116,7 @@ class Hub:
                 # have missed pruned changes, so they must resync too
                 log.error("%s", exc)
                 for sub in self._subscriptions():
-                    sub.client.close("resync_required", str(exc))
+                    sub.client.close("resync_required", RESYNC)
                 restart = True
             except Exception as exc:
                 self.metrics.failures += 1
@@ -196,7 +198,7 @@ class Hub:
         # one Table object for equal tables: delivery looks them up in dicts for every change
         table = self._tables.setdefault(table, table)
         sub = Subscription(sub_id, client, table, filters, start, seen={k for k, _ in rows})
-        token = self.tokens.token(start)
+        token = self.tokens.resume_token(start)
         reply = {"type": "subscribed", "sub": sub_id, "table": table.qualified,
                  "key": table.key, "position": token}  # fmt: skip
         if since is None:
@@ -275,8 +277,8 @@ class Hub:
                     sub.live = True
                     return
                 await self._deliver(changes, [sub])
-            except ResyncRequired as exc:
-                self._end(sub, "resync_required", str(exc))
+            except ResyncRequired:
+                self._end(sub, "resync_required", RESYNC)
             except psycopg.OperationalError as exc:
                 log.warning("catching up %s failed (%s); retrying", sub.id, exc)
                 await asyncio.sleep(self.config.retry)

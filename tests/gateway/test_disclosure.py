@@ -1,0 +1,77 @@
+"""What the gateway lets slip, and to whom: positions (the database's commit count and when
+others commit)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import psycopg
+
+from .conftest import STUDENTS, GatewayProcess, WsClient, decode, token
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_resync_required_says_what_to_do_and_no_position(
+    gateway: GatewayProcess, rt_db: str, conn: psycopg.Connection[Any]
+) -> None:
+    async def main() -> None:
+        ws = await WsClient.connect(gateway.ws_url, token("student", STUDENTS[0]))
+        old = (await ws.subscribe("a"))["position"]
+        await ws.close()
+        conn.execute("CREATE TABLE rt.private (id int PRIMARY KEY)")  # not the student's
+        conn.execute("SELECT pyfuncs.enable_realtime('rt.private')")
+        for i in range(5):
+            conn.execute("INSERT INTO rt.private VALUES (%s)", [i])
+        conn.execute("SELECT pyfuncs.prune_realtime('0 seconds')")
+        ws = await WsClient.connect(gateway.ws_url, token("student", STUDENTS[0]))
+        assert (await ws.subscribe("b", since=old)).get("resumed")
+        reply = await ws.wait_for(lambda m: m["type"] == "error")
+        assert reply["code"] == "resync_required" and reply["sub"] == "b", reply
+        assert "without `since`" in reply["message"]
+        assert not re.search(r"\d", reply["message"]), reply["message"]  # no position
+        await ws.close()
+
+    run(main())
+
+
+def test_resume_points_never_compare_equal(
+    gateway: GatewayProcess, rt_db: str, conn: psycopg.Connection[Any]
+) -> None:
+    """`subscribed` and heartbeat positions are sealed afresh each time: a subscriber cannot
+    tell from them whether anyone committed anything (in tables it cannot read) meanwhile;
+    each still resumes from where it stands."""
+
+    async def main() -> None:
+        ws = await WsClient.connect(gateway.ws_url, token("student", STUDENTS[0]))
+        probes = []
+        for i in range(4):  # nothing is committed between the probes
+            probes.append((await ws.subscribe(f"p{i}"))["position"])
+            await ws.send(type="unsubscribe", id=f"p{i}")
+        assert len(set(probes)) == 4
+        assert len({decode(rt_db, p) for p in probes}) == 1  # the same point, four tokens
+        await ws.subscribe("s")
+        beats = []
+        for _ in range(2):
+            start = len(ws.messages)
+            beats.append(
+                (await ws.wait_for(lambda m: m["type"] == "heartbeat", start=start))["positions"][
+                    "s"
+                ]
+            )
+        assert beats[0] != beats[1] and decode(rt_db, beats[0]) == decode(rt_db, beats[1])
+        conn.execute("INSERT INTO rt.notes (id, owner) VALUES (1, %s)", [STUDENTS[0]])
+        await ws.wait_for(lambda m: m["type"] == "change")
+        again = await WsClient.connect(gateway.ws_url, token("student", STUDENTS[0]))
+        resumed = await again.subscribe("s", since=probes[0])
+        assert resumed.get("resumed")
+        change = await again.wait_for(lambda m: m["type"] == "change")
+        assert change["position"] == ws.changes()[0]["position"]  # a change's token is one
+        for c in (ws, again):
+            await c.close()
+
+    run(main())
