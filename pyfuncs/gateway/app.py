@@ -44,6 +44,7 @@ log = logging.getLogger("pyfuncs.gateway")
 CLOSE_CODES = {"unauthorized": 4001, "token_expired": 4003, "slow_consumer": 4008,
                "rate_limited": 4029, "resync_required": 4010, "shutdown": 1001,
                "internal_error": 1011}  # fmt: skip
+MAX_MESSAGE = 65_536  # characters of a message from a client (`pyfuncs serve` frames: 1 MiB)
 INTERNAL = "the gateway failed unexpectedly; reconnect and resume from your last position"
 
 
@@ -227,7 +228,7 @@ class Gateway:
             token = _bearer(ws.headers.get("authorization"))
             if token is None:
                 text = await asyncio.wait_for(_receive(ws), self.config.auth_timeout)
-                first = json.loads(text) if text is not None else None
+                first = json.loads(text) if text is not None and len(text) <= MAX_MESSAGE else None
                 if isinstance(first, dict) and first.get("type") == "auth":
                     token = first.get("token") if isinstance(first.get("token"), str) else None
             client = self._open(self._authenticate(token, provisional), "websocket")
@@ -299,6 +300,10 @@ class Gateway:
                 self.limits.message(client.user)
                 if text is None:
                     raise SubscriptionError("bad_request", "messages are JSON text, not binary")
+                if len(text) > MAX_MESSAGE:
+                    raise SubscriptionError(
+                        "bad_request", f"a message has at most {MAX_MESSAGE} characters"
+                    )
                 try:
                     message = json.loads(text)
                 except ValueError:

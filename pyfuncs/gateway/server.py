@@ -66,6 +66,9 @@ def _frame(text: str) -> bytes:
     return _last[1]
 
 
+MAX_FRAME = 1 << 20  # bytes of a WebSocket message; the gateway answers past 64 KiB (app.py)
+
+
 class WithoutQuery(logging.Filter):
     """Access-log lines without query strings: EventSource clients, which cannot send
     headers, put their token there (`access_token=`), and a log is no place for secrets."""
@@ -97,4 +100,4 @@ def serve(host: str, port: int, workers: int, log_level: str, access_log: bool =
     uvicorn.run("pyfuncs.gateway.app:create_app", factory=True, host=host, port=port,
                 workers=workers, log_level=log_level, access_log=access_log,
                 log_config=log_config(), ws=f"{__name__}:WebSocketProtocol",
-                ws_per_message_deflate=False)  # fmt: skip
+                ws_per_message_deflate=False, ws_max_size=MAX_FRAME)  # fmt: skip

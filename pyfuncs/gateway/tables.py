@@ -28,6 +28,12 @@ from ..errors import SubscriptionError
 from ..queries import query
 
 OPERATORS = {"eq": "=", "neq": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">=", "in": "in"}
+# what one subscription may ask for: filters are kept for its lifetime and sent with every
+# visibility check, so their size is bounded (the WebSocket message limit is in app.py)
+MAX_FILTERS = 16
+MAX_IN_VALUES = 100
+MAX_VALUE_LENGTH = 1000  # characters of a value (as JSON, for numbers and booleans)
+MAX_FILTERS_SIZE = 16_384  # characters of all the filters of a subscription, as JSON
 Key = tuple[Any, ...]
 
 
@@ -86,6 +92,11 @@ class Table:
         return {column: plain(v) for column, v in zip(self.key, key, strict=True)}
 
 
+def _too_long(value: Any) -> bool:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return len(text) > MAX_VALUE_LENGTH
+
+
 @dataclass(frozen=True)
 class Filter:
     """`column op value`, PostgREST's operator names; `in` takes a list."""
@@ -110,21 +121,42 @@ class Filter:
         values = value if op == "in" else [value]
         if op == "in" and not (isinstance(value, list) and value):
             raise SubscriptionError("bad_filter", f"filter on {column[:80]!r}: `in` takes a list")
+        if len(values) > MAX_IN_VALUES:
+            raise SubscriptionError(
+                "bad_filter",
+                f"filter on {column[:80]!r}: `in` takes at most {MAX_IN_VALUES} values",
+            )
         if any(v is None or isinstance(v, (dict, list)) for v in values):
             raise SubscriptionError(
                 "bad_filter",
                 f"filter on {column[:80]!r}: compare with a string, number or boolean",
             )
+        if len(column) > MAX_VALUE_LENGTH or any(_too_long(v) for v in values):
+            raise SubscriptionError(
+                "bad_filter",
+                f"filter on {column[:80]!r}: a value has at most {MAX_VALUE_LENGTH} characters",
+            )
         return cls(column, op, tuple(value) if op == "in" else value)
 
     @classmethod
     def parse_all(cls, raw: Any) -> tuple[Filter, ...]:
-        """A subscription's filters (a list, maybe empty)."""
+        """A subscription's filters (a list, maybe empty), within the limits above."""
         if raw is None:
             return ()
         if not isinstance(raw, list):
             raise SubscriptionError("bad_filter", "`filters` is a list of {column, op, value}")
-        return tuple(cls.parse(f) for f in raw)
+        if len(raw) > MAX_FILTERS:
+            raise SubscriptionError(
+                "bad_filter", f"a subscription has at most {MAX_FILTERS} filters"
+            )
+        filters = tuple(cls.parse(f) for f in raw)
+        if len(json.dumps(raw)) > MAX_FILTERS_SIZE:
+            raise SubscriptionError(
+                "bad_filter",
+                f"the filters of a subscription take at most {MAX_FILTERS_SIZE} characters "
+                "as JSON; subscribe more narrowly, or to several subscriptions",
+            )
+        return filters
 
     def condition(self, table: Table, param: str) -> sql.Composable:
         """SQL for this filter on `t`; the value is converted by the column's own type, via

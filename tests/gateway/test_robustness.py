@@ -1,10 +1,11 @@
 """What one client or one table can do to everyone else's realtime: keys of any type, keys
-that change under the gateway, errors the database raises. Delivery to others goes on, the
-connection slots are given back, and the client gets a clear error."""
+that change under the gateway, errors the database raises, requests of any size. Delivery to
+others goes on, the connection slots are given back, and the client gets a clear error."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import websockets
 
 from pyfuncs.errors import ConfigError
 from pyfuncs.gateway.config import GatewayConfig
@@ -196,6 +198,58 @@ def test_binary_messages_get_a_clear_error(gateway: GatewayProcess) -> None:
         assert first.closed[0] == 4001
 
     run(main())
+
+
+BIG = "x" * 1001
+
+
+@pytest.mark.parametrize(
+    ("filters", "says"),
+    [
+        ([{"column": "n", "op": "eq", "value": 1}] * 17, "at most 16 filters"),
+        ([{"column": "n", "op": "in", "value": list(range(101))}], "at most 100 values"),
+        ([{"column": "body", "op": "eq", "value": BIG}], "at most 1000 characters"),
+        ([{"column": "body", "op": "in", "value": ["a", BIG]}], "at most 1000 characters"),
+        ([{"column": BIG, "op": "eq", "value": 1}], "at most 1000 characters"),
+        ([{"column": "body", "op": "in", "value": ["y" * 999] * 17}], "16384 characters"),
+    ],
+)
+def test_filters_are_bounded(
+    gateway: GatewayProcess, filters: list[dict[str, Any]], says: str
+) -> None:
+    async def main() -> None:
+        ws = await WsClient.connect(gateway.ws_url, token())
+        reply = await ws.subscribe("f", filters=filters)
+        assert reply["code"] == "bad_filter" and says in reply["message"], reply
+        await ws.close()
+
+    run(main())
+
+
+def test_messages_are_bounded(gateway: GatewayProcess) -> None:
+    """Past 64 KiB a message is refused (the connection goes on); past 1 MiB `pyfuncs serve`
+    does not even read it (1009, message too big)."""
+
+    async def main() -> None:
+        ws = await WsClient.connect(gateway.ws_url, token())
+        await ws.send(type="subscribe", id="big", table="rt.notes", pad="p" * 70_000)
+        error = await ws.wait_for(lambda m: m["type"] == "error")
+        assert error["code"] == "bad_request" and "65536" in error["message"]
+        assert (await ws.subscribe("small"))["type"] == "subscribed"
+        await ws.close()
+        huge = await websockets.connect(gateway.ws_url, max_size=None)
+        await huge.send(json.dumps({"type": "auth", "token": token()}))
+        await huge.recv()
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await huge.send("x" * (2 << 20))
+            await asyncio.wait_for(huge.recv(), 10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+    run(main())
+    in_list = "in.(" + ",".join(str(i) for i in range(101)) + ")"
+    headers = {"Authorization": f"Bearer {token()}"}
+    bad = httpx.get(gateway.url + f"/realtime/sse?table=rt.notes&n={in_list}", headers=headers)
+    assert bad.status_code == 400 and "at most 100 values" in bad.json()["message"]
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-1", "0"])
