@@ -1,13 +1,19 @@
 """What the gateway lets slip, and to whom: positions (the database's commit count and when
-others commit)."""
+others commit), tokens in its logs."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
+import pytest
+import websockets
 
 from .conftest import STUDENTS, GatewayProcess, WsClient, decode, token
 
@@ -75,3 +81,40 @@ def test_resume_points_never_compare_equal(
             await c.close()
 
     run(main())
+
+
+SECRET_HEADER = "eyJhbGciOiJIUzI1NiJ9"  # a JWT's first part, as a marker
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--log-level", "info"), ("--access-log", "--log-level", "debug"), ("--log-level", "trace")],
+)
+def test_tokens_in_urls_never_reach_the_log(
+    gateway_factory: Callable[..., GatewayProcess], tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """Whatever the log level, and whether the token is valid or not: the query strings of
+    WebSocket handshakes and SSE requests are left out of every log line."""
+    log = tmp_path / "gateway.log"
+    gateway = gateway_factory(args=args, log=log)
+    secret = token()
+    bogus = SECRET_HEADER + ".LEAKED-IF-LOGGED.x"
+
+    async def main() -> None:
+        for tok in (secret, bogus):
+            url = f"{gateway.ws_url}?access_token={tok}"
+            async with websockets.connect(url) as ws:
+                await ws.send(json.dumps({"type": "auth", "token": secret}))
+                await ws.recv()
+
+    run(main())
+    for tok in (secret, bogus):
+        url = f"{gateway.url}/realtime/sse?table=rt.notes&access_token={tok}"
+        with httpx.stream("GET", url, timeout=10) as response:
+            if response.status_code == 200:
+                next(response.iter_lines())
+    gateway.stop()
+    text = log.read_text()
+    assert "LEAKED-IF-LOGGED" not in text and secret.split(".")[2] not in text
+    assert secret.split(".")[1] not in text
+    assert "WebSocket /realtime?[query]" in text  # the handshake is logged, its query not
