@@ -186,6 +186,36 @@ FROM pg_attribute
 WHERE attrelid = %(relid)s::oid AND attnum > 0 AND NOT attisdropped
   AND has_column_privilege(attrelid, attnum, 'SELECT')
 
+-- name: realtime_lookup_columns
+-- Of the named columns of a table, those whose type converts a value by looking objects up
+-- by name (regclass and the other reg* types, aclitem), itself or inside it (a domain's base
+-- type, an array's elements, a composite's attributes, a range's subtype): a filter on one
+-- would tell a subscriber whether a table, schema or role it may not see exists.
+WITH RECURSIVE inside (column_name, type_id) AS (
+    SELECT a.attname::text, a.atttypid FROM pg_attribute a
+    WHERE a.attrelid = %(relid)s::oid AND a.attnum > 0 AND NOT a.attisdropped
+      AND a.attname = ANY (%(columns)s::text[])
+  UNION
+    SELECT i.column_name, u.type_id
+    FROM inside i JOIN pg_type t ON t.oid = i.type_id
+    CROSS JOIN LATERAL (
+        SELECT t.typbasetype WHERE t.typbasetype <> 0
+        UNION ALL SELECT t.typelem WHERE t.typelem <> 0
+        UNION ALL SELECT a.atttypid FROM pg_attribute a
+                  WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+        UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid
+        UNION ALL SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = t.oid
+    ) AS u (type_id)
+)
+SELECT DISTINCT column_name FROM inside
+WHERE type_id = ANY (ARRAY['pg_catalog.regclass', 'pg_catalog.regcollation',
+                           'pg_catalog.regconfig', 'pg_catalog.regdictionary',
+                           'pg_catalog.regnamespace', 'pg_catalog.regoper',
+                           'pg_catalog.regoperator', 'pg_catalog.regproc',
+                           'pg_catalog.regprocedure', 'pg_catalog.regrole',
+                           'pg_catalog.regtype', 'pg_catalog.aclitem']::regtype[])
+ORDER BY column_name
+
 -- name: realtime_audit
 INSERT INTO pyfuncs.realtime_audit (at, event, connection, role, subject, detail)
 VALUES (%(at)s, %(event)s, %(connection)s, %(role)s, %(subject)s, %(detail)s)

@@ -278,8 +278,10 @@ async def readable_columns(conn: psycopg.AsyncConnection[Any], table: Table) -> 
 
 async def check(conn: psycopg.AsyncConnection[Any], table: Table, filters: Filters) -> list[str]:
     """Whether the current role may subscribe to `table` with `filters`: it must read the key
-    and every filtered column (a filter on a hidden column would reveal it), and each value
-    must convert to its column's type. Returns the readable columns."""
+    and every filtered column (a filter on a hidden column would reveal it), each value must
+    convert to its column's type, and no filtered column may have a type whose conversion
+    looks objects up by name (regclass...: it would tell whether they exist). Returns the
+    readable columns."""
     columns = await readable_columns(conn, table)
     if not columns:
         raise SubscriptionError("forbidden", f"your role may not SELECT from {table.qualified}")
@@ -296,6 +298,19 @@ async def check(conn: psycopg.AsyncConnection[Any], table: Table, filters: Filte
                 f"filter on {f.column[:80]!r}: {table.qualified} has no such column you may "
                 f"read; columns: {', '.join(columns)}",
             )
+    if not filters:
+        return columns
+    named = sorted({f.column for f in filters})
+    cur = await conn.execute(
+        query("realtime_lookup_columns"), {"relid": table.relid, "columns": named}
+    )
+    lookups = [c for (c,) in await cur.fetchall()]
+    if lookups:
+        raise SubscriptionError(
+            "bad_filter",
+            f"filter on {lookups[0]!r}: its type names database objects (regclass, regrole "
+            "and the like), which filters do not compare; filter on another column",
+        )
     for f in filters:
         # convert the value(s) by the row type, as the delivery queries will
         records = sql.SQL("jsonb_array_elements(%(v)s)" if f.op == "in" else "(SELECT %(v)s)")

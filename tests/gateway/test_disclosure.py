@@ -1,5 +1,5 @@
 """What the gateway lets slip, and to whom: positions (the database's commit count and when
-others commit), tokens in its logs."""
+others commit), whether objects a subscriber may not see exist, tokens in its logs."""
 
 from __future__ import annotations
 
@@ -79,6 +79,43 @@ def test_resume_points_never_compare_equal(
         assert change["position"] == ws.changes()[0]["position"]  # a change's token is one
         for c in (ws, again):
             await c.close()
+
+    run(main())
+
+
+def test_filters_on_types_that_look_objects_up_are_refused(
+    gateway: GatewayProcess, conn: psycopg.Connection[Any]
+) -> None:
+    """A regclass value is converted by looking the table up: `eq rt.hidden` would tell a
+    subscriber whether a table it may not read exists. Refused for every such type, and for
+    a type that holds one (arrays, domains, composites, ranges)."""
+    conn.execute("CREATE TABLE rt.hidden (id int PRIMARY KEY)")
+    conn.execute("CREATE TYPE rt.pair AS (what regclass, n int)")
+    conn.execute("CREATE DOMAIN rt.tablename AS regclass")
+    conn.execute(
+        "CREATE TABLE rt.refs (id int PRIMARY KEY, target regclass, ns regnamespace, "
+        "owners regrole[], named rt.tablename, pair rt.pair, acl aclitem, fn regprocedure, "
+        "label text)"
+    )
+    conn.execute("GRANT SELECT ON rt.refs TO manager")
+    conn.execute("SELECT pyfuncs.enable_realtime('rt.refs')")
+
+    async def main() -> None:
+        ws = await WsClient.connect(gateway.ws_url, token("manager"))
+        for column, value in [("target", "rt.hidden"), ("target", "rt.nosuch"),
+                              ("ns", "pg_toast"), ("owners", "{student}"),
+                              ("named", "rt.hidden"), ("pair", "(rt.hidden,1)"),
+                              ("acl", "student=r/postgres"), ("fn", "now()")]:  # fmt: skip
+            reply = await ws.subscribe(
+                "r", table="rt.refs", filters=[{"column": column, "op": "eq", "value": value}]
+            )
+            assert reply["code"] == "bad_filter", (column, value, reply)
+            assert "names database objects" in reply["message"]
+        ok = await ws.subscribe(
+            "r", table="rt.refs", filters=[{"column": "label", "op": "eq", "value": "x"}]
+        )
+        assert ok["type"] == "subscribed"
+        await ws.close()
 
     run(main())
 
