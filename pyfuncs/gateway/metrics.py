@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+# headers a proxy adds: a request that has one was relayed, so it is not this host's own
+PROXY_HEADERS = ("forwarded", "via", "x-real-ip", "true-client-ip", "cf-connecting-ip",
+                 "x-client-ip", "x-cluster-client-ip", "fastly-client-ip")  # fmt: skip
+
 
 @dataclass
 class Metrics:
@@ -22,13 +26,16 @@ class Metrics:
 
 def may_read(request: Request, token: str | None) -> bool:
     """Counters tell how busy the database and the gateway are: for this host's loopback (a
-    scraper beside the gateway) or, when a metrics token is configured, only its bearer."""
+    scraper beside the gateway, not a request any proxy relayed, whichever header says so)
+    or, when a metrics token is configured, only its bearer."""
     if token is not None:
         auth = request.headers.get("authorization") or ""
         given = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
         return hmac.compare_digest(given.encode(), token.encode())
     host = request.client.host if request.client else ""
-    return host in ("127.0.0.1", "::1") and "x-forwarded-for" not in request.headers
+    relayed = any(name in PROXY_HEADERS or name.startswith("x-forwarded-")
+                  for name in request.headers)  # fmt: skip
+    return host in ("127.0.0.1", "::1") and not relayed
 
 
 def exposition(

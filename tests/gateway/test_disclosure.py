@@ -1,5 +1,6 @@
 """What the gateway lets slip, and to whom: positions (the database's commit count and when
-others commit), whether objects a subscriber may not see exist, tokens in its logs."""
+others commit), whether objects a subscriber may not see exist, tokens in its logs, its
+counters to whoever a proxy relays."""
 
 from __future__ import annotations
 
@@ -155,3 +156,21 @@ def test_tokens_in_urls_never_reach_the_log(
     assert "LEAKED-IF-LOGGED" not in text and secret.split(".")[2] not in text
     assert secret.split(".")[1] not in text
     assert "WebSocket /realtime?[query]" in text  # the handshake is logged, its query not
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"X-Forwarded-For": "203.0.113.9"},
+        {"Forwarded": "for=203.0.113.7;proto=https"},
+        {"X-Real-IP": "203.0.113.7"},
+        {"Via": "1.1 proxy"},
+        {"X-Forwarded-Host": "metrics.example"},
+        {"True-Client-IP": "203.0.113.7"},
+    ],
+)
+def test_metrics_are_not_for_requests_a_proxy_relayed(
+    gateway: GatewayProcess, header: dict[str, str]
+) -> None:
+    assert httpx.get(gateway.url + "/metrics").status_code == 200
+    assert httpx.get(gateway.url + "/metrics", headers=header).status_code == 404
