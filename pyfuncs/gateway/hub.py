@@ -57,6 +57,10 @@ from .tables import (
 
 log = logging.getLogger("pyfuncs.gateway")
 END = 2**63 - 1  # the change number after every change of a commit
+# after a read of the feed that found nothing, wait this long before reading again: any
+# login role may NOTIFY the feed's channel, and a flood of those must not become a flood
+# of reads (a real commit's wake-up waits at most this much more)
+QUIET = 0.01
 RESTART_MAX = 30.0  # seconds, the longest wait before the feed loop restarts after errors
 RESYNC = ("the change feed no longer holds the changes after your position (they are kept "
           "for a limited time): subscribe again without `since` to read the table afresh")  # fmt: skip
@@ -130,7 +134,11 @@ class Hub:
 
     async def _follow(self, conn: psycopg.AsyncConnection[Any]) -> None:
         while True:
+            # every wake-up received so far is answered by this read
+            async for _ in conn.notifies(timeout=0):
+                pass
             changes = await read(conn, self.position, self.config.batch)
+            self.metrics.feed_reads += 1
             if changes:
                 self.through = changes[-1].position
                 live = [s for s in self._subscriptions() if s.live and not s.client.suspended]
@@ -139,6 +147,8 @@ class Hub:
                 self.metrics.changes += len(changes)
                 now = datetime.datetime.now(datetime.UTC)
                 self.metrics.lag = (now - changes[-1].committed_at).total_seconds()
+            else:
+                await asyncio.sleep(QUIET)
             if len(changes) < self.config.batch:
                 await wake_up(conn, self.config.poll)
 

@@ -21,6 +21,7 @@ class Metrics:
     auth_failures: int = 0
     lag: float = 0.0  # seconds from the commit of the last batch's newest change to its sending
     disconnected_at: float | None = None  # when the feed connection was lost
+    feed_reads: int = 0  # reads of the change feed by the hub
     failures: int = 0  # unexpected errors survived (each logged)
 
 
@@ -53,6 +54,8 @@ def exposition(
         f"pyfuncs_gateway_feed_connected {int(connected)}",
         "# TYPE pyfuncs_gateway_changes_total counter",
         f"pyfuncs_gateway_changes_total {m.changes}",
+        "# TYPE pyfuncs_gateway_feed_reads_total counter",
+        f"pyfuncs_gateway_feed_reads_total {m.feed_reads}",
         "# TYPE pyfuncs_gateway_messages_delivered_total counter",
         f"pyfuncs_gateway_messages_delivered_total {m.delivered}",
         "# TYPE pyfuncs_gateway_visibility_checks_total counter",

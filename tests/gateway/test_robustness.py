@@ -1,11 +1,14 @@
 """What one client or one table can do to everyone else's realtime: keys of any type, keys
-that change under the gateway, errors the database raises, requests of any size. Delivery to
-others goes on, the connection slots are given back, and the client gets a clear error."""
+that change under the gateway, errors the database raises, requests of any size, a flood of
+wake-ups. Delivery to others goes on, the connection slots are given back, and the client
+gets a clear error."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -250,6 +253,45 @@ def test_messages_are_bounded(gateway: GatewayProcess) -> None:
     headers = {"Authorization": f"Bearer {token()}"}
     bad = httpx.get(gateway.url + f"/realtime/sse?table=rt.notes&n={in_list}", headers=headers)
     assert bad.status_code == 400 and "at most 100 values" in bad.json()["message"]
+
+
+def test_a_flood_of_wake_ups_does_not_become_a_flood_of_reads(
+    gateway: GatewayProcess, rt_db: str
+) -> None:
+    """Any login role may NOTIFY the feed's channel. The hub reads the feed once for all the
+    wake-ups it has received, and waits a little after a read that found nothing; a real
+    commit amid the flood is still delivered at once."""
+    sent = 0
+    stop = threading.Event()
+
+    def flood() -> None:
+        nonlocal sent
+        with psycopg.connect(rt_db, autocommit=True) as db:
+            while not stop.is_set():
+                db.execute("NOTIFY pyfuncs_realtime")
+                sent += 1
+
+    async def main() -> None:
+        ws = await WsClient.connect(gateway.ws_url, token())
+        await ws.subscribe("n")
+        before = gateway.metrics()["pyfuncs_gateway_feed_reads_total"]
+        thread = threading.Thread(target=flood)
+        thread.start()
+        try:
+            await asyncio.sleep(1.0)
+            with psycopg.connect(rt_db, autocommit=True) as db:
+                started = time.monotonic()
+                await still_delivers(ws, db, 1)
+                assert time.monotonic() - started < 1.0
+            await asyncio.sleep(1.0)
+        finally:
+            stop.set()
+            thread.join()
+        reads = gateway.metrics()["pyfuncs_gateway_feed_reads_total"] - before
+        assert sent > 1000 and reads < 400, (sent, reads)
+        await ws.close()
+
+    run(main())
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-1", "0"])
