@@ -158,17 +158,41 @@ ORDER BY r.position, r.change
 SELECT coalesce((SELECT max(position) FROM pyfuncs.realtime_commit),
                 (SELECT pruned_through FROM pyfuncs.realtime_state)) AS head
 
+-- name: realtime_export_head
+-- The gateway's snapshot, for its check connection to import (SET TRANSACTION SNAPSHOT),
+-- and the last position committed in it: a new subscription's rows and its starting
+-- position then agree exactly, though they are read by two roles.
+SELECT pg_export_snapshot() AS snapshot,
+       coalesce((SELECT max(position) FROM pyfuncs.realtime_commit),
+                (SELECT pruned_through FROM pyfuncs.realtime_state)) AS head
+
 -- name: realtime_position_key
 -- The key the gateways encrypt the positions they give subscribers with (gateway/positions.py).
 SELECT position_key FROM pyfuncs.realtime_state
 
+-- name: realtime_check_role
+-- What the gateway's check connection (which runs as subscribers, and so runs code of the
+-- owners of their tables) can reach of pyfuncs' own tables: nothing, in the recommended
+-- setup (README "Deploying it").
+SELECT current_user AS login_role,
+       (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser,
+       has_table_privilege('pyfuncs.realtime_change', 'SELECT')
+       OR has_column_privilege('pyfuncs.realtime_state', 'position_key', 'SELECT')
+           AS reads_change_log
+
 -- name: realtime_table_info
 -- A table a subscriber names, as the subscriber: nothing unless it may read some of it (so
--- that nobody learns what exists by asking), else its key and whether realtime captures it
--- (the capture trigger is in the catalog, which anyone may read).
+-- that nobody learns what exists by asking), else its key and whether realtime captures it.
+-- Captured means that pyfuncs' capture function is one of its triggers (not a trigger
+-- cloned onto a partition): only pyfuncs' owner may attach that function, whereas any
+-- table owner can name a trigger of theirs anything. The catalog is readable by anyone.
 SELECT c.oid AS relid, n.nspname AS schema_name, c.relname AS table_name,
        EXISTS (SELECT 1 FROM pg_trigger g
-               WHERE g.tgrelid = c.oid AND g.tgname = 'pyfuncs_realtime') AS enabled,
+               JOIN pg_proc p ON p.oid = g.tgfoid
+               JOIN pg_namespace pn ON pn.oid = p.pronamespace
+               WHERE g.tgrelid = c.oid AND g.tgparentid = 0
+                 AND pn.nspname = 'pyfuncs' AND p.proname = 'realtime_capture'
+                 AND p.pronargs = 0) AS enabled,
        ARRAY(SELECT a.attname::text
              FROM pg_index i
              CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
@@ -183,6 +207,36 @@ SELECT coalesce(array_agg(attname::text ORDER BY attnum), '{}') AS columns
 FROM pg_attribute
 WHERE attrelid = %(relid)s::oid AND attnum > 0 AND NOT attisdropped
   AND has_column_privilege(attrelid, attnum, 'SELECT')
+
+-- name: realtime_lookup_columns
+-- Of the named columns of a table, those whose type converts a value by looking objects up
+-- by name (regclass and the other reg* types, aclitem), itself or inside it (a domain's base
+-- type, an array's elements, a composite's attributes, a range's subtype): a filter on one
+-- would tell a subscriber whether a table, schema or role it may not see exists.
+WITH RECURSIVE inside (column_name, type_id) AS (
+    SELECT a.attname::text, a.atttypid FROM pg_attribute a
+    WHERE a.attrelid = %(relid)s::oid AND a.attnum > 0 AND NOT a.attisdropped
+      AND a.attname = ANY (%(columns)s::text[])
+  UNION
+    SELECT i.column_name, u.type_id
+    FROM inside i JOIN pg_type t ON t.oid = i.type_id
+    CROSS JOIN LATERAL (
+        SELECT t.typbasetype WHERE t.typbasetype <> 0
+        UNION ALL SELECT t.typelem WHERE t.typelem <> 0
+        UNION ALL SELECT a.atttypid FROM pg_attribute a
+                  WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+        UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid
+        UNION ALL SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = t.oid
+    ) AS u (type_id)
+)
+SELECT DISTINCT column_name FROM inside
+WHERE type_id = ANY (ARRAY['pg_catalog.regclass', 'pg_catalog.regcollation',
+                           'pg_catalog.regconfig', 'pg_catalog.regdictionary',
+                           'pg_catalog.regnamespace', 'pg_catalog.regoper',
+                           'pg_catalog.regoperator', 'pg_catalog.regproc',
+                           'pg_catalog.regprocedure', 'pg_catalog.regrole',
+                           'pg_catalog.regtype', 'pg_catalog.aclitem']::regtype[])
+ORDER BY column_name
 
 -- name: realtime_audit
 INSERT INTO pyfuncs.realtime_audit (at, event, connection, role, subject, detail)

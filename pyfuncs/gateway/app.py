@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import importlib.resources
 import json
 import logging
@@ -22,32 +21,40 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import (
-    JSONResponse,
-    PlainTextResponse,
-    Response,
-    StreamingResponse,
-)
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..auth import Identity, JwtVerifier
 from ..config import resolve_dsn
 from ..errors import AuthError, SubscriptionError
+from . import metrics, sse
 from .audit import AuditLog
 from .clients import Client, Outgoing, user_of
 from .config import GatewayConfig
 from .hub import Hub
 from .ratelimit import RateLimits
 from .server import WRITE_NOW
+from .sessions import Sessions
 
 log = logging.getLogger("pyfuncs.gateway")
 # WebSocket close codes (4000-4999 are the application's): the reason text says more
 CLOSE_CODES = {"unauthorized": 4001, "token_expired": 4003, "slow_consumer": 4008,
-               "rate_limited": 4029, "resync_required": 4010, "shutdown": 1001}  # fmt: skip
+               "rate_limited": 4029, "resync_required": 4010, "shutdown": 1001,
+               "internal_error": 1011}  # fmt: skip
+MAX_MESSAGE = 65_536  # characters of a message from a client (`pyfuncs serve` frames: 1 MiB)
+INTERNAL = "the gateway failed unexpectedly; reconnect and resume from your last position"
+
+
+async def _receive(ws: WebSocket) -> str | None:
+    """The next message's text (None for a binary one); WebSocketDisconnect at the end."""
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+    text = message.get("text")
+    return text if isinstance(text, str) else None
 
 
 def _bearer(value: str | None) -> str | None:
@@ -59,18 +66,16 @@ def _bearer(value: str | None) -> str | None:
 class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
-        self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            config.dsn, min_size=2, max_size=config.pool_size, open=False,
-            kwargs={"autocommit": True, "application_name": "pyfuncs-gateway"},
-        )  # fmt: skip
-        self.hub = Hub(config, self.pool)
-        self.audit = AuditLog(self.pool)
+        self.sessions = Sessions(config)
+        self.hub = Hub(config, self.sessions)
+        self.audit = AuditLog(self.sessions.feed)
         self.limits = RateLimits(config)
         self.clients: set[Client] = set()
+        self.hub.on_end = lambda sub: self.limits.unsubscribe(sub.client.user)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        await self.pool.open(wait=True)
+        await self.sessions.open()
         await self.hub.start()
         tasks = [asyncio.create_task(t) for t in (self.hub.run(), self.hub.prune_forever(),
                                                   self.audit.run(), self._heartbeats())]  # fmt: skip
@@ -83,7 +88,7 @@ class Gateway:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.audit.flush()
-            await self.pool.close()
+            await self.sessions.close()
 
     # --- connections, whatever the transport ---------------------------------------------
 
@@ -112,6 +117,8 @@ class Gateway:
         return client
 
     def _close(self, client: Client) -> None:
+        if client not in self.clients:
+            return  # closed already
         count = len(client.subscriptions)
         self.hub.drop(client)
         self.clients.discard(client)
@@ -132,7 +139,10 @@ class Gateway:
         except SubscriptionError as exc:
             self.limits.unsubscribe(client.user)
             self.audit.record("subscribe_failed", client.id, client=client, code=exc.code,
-                              reason=str(exc), table=str(message.get("table")))  # fmt: skip
+                              reason=str(exc), table=str(message.get("table"))[:256])  # fmt: skip
+            raise
+        except BaseException:
+            self.limits.unsubscribe(client.user)
             raise
         self.audit.record("subscribe", client.id, client=client, sub=sub.id,
                           table=sub.table.qualified, filters=message.get("filters") or [],
@@ -159,7 +169,7 @@ class Gateway:
             for client in list(self.clients):
                 if now - client.sent_at >= every and client.reason is None:
                     subs = client.subscriptions.values()
-                    positions = {s.id: tokens.token(s.position) for s in subs}
+                    positions = {s.id: tokens.resume_token(s.position) for s in subs}
                     last = max(subs, key=lambda s: s.position, default=None)
                     message = {"type": "heartbeat", "positions": positions}
                     client.send("heartbeat", message, positions[last.id] if last else None)
@@ -217,7 +227,8 @@ class Gateway:
         try:
             token = _bearer(ws.headers.get("authorization"))
             if token is None:
-                first = await asyncio.wait_for(ws.receive_json(), self.config.auth_timeout)
+                text = await asyncio.wait_for(_receive(ws), self.config.auth_timeout)
+                first = json.loads(text) if text is not None and len(text) <= MAX_MESSAGE else None
                 if isinstance(first, dict) and first.get("type") == "auth":
                     token = first.get("token") if isinstance(first.get("token"), str) else None
             client = self._open(self._authenticate(token, provisional), "websocket")
@@ -238,7 +249,11 @@ class Gateway:
             self._watch_expiry(client), client.closing.wait(),
         )]  # fmt: skip
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                error = None if task.cancelled() else task.exception()
+                if error is not None and not isinstance(error, WebSocketDisconnect):
+                    self._failed(client, error)
         finally:
             for task in tasks:
                 task.cancel()
@@ -248,6 +263,17 @@ class Gateway:
                 code, message = client.reason
                 with contextlib.suppress(Exception):  # the client may be gone already
                     await ws.close(CLOSE_CODES.get(code, 1011), f"{code}: {message}"[:120])
+
+    def _failed(self, client: Client, exc: BaseException) -> None:
+        """A bug: one line in the log (no traceback, no message text, which could hold a
+        client's data), and the connection ends with 1011."""
+        where = exc.__traceback__
+        while where is not None and where.tb_next is not None:
+            where = where.tb_next
+        place = f"{where.tb_frame.f_code.co_filename}:{where.tb_lineno}" if where else "?"
+        log.error("%s connection %s failed: %s at %s", client.transport, client.id,
+                  type(exc).__name__, place)  # fmt: skip
+        client.close("internal_error", INTERNAL)
 
     async def _refuse(self, ws: WebSocket, code: str, message: str) -> None:
         with contextlib.suppress(Exception):
@@ -262,14 +288,22 @@ class Gateway:
             client.sending = False
 
     async def _ws_receive(self, ws: WebSocket, client: Client) -> None:
+        """The client's messages, one at a time; an error in one is answered with an error
+        message. Anything else it raises is a bug: the connection ends (see `_failed`)."""
         while True:
             try:
-                text = await ws.receive_text()
+                text = await _receive(ws)
             except WebSocketDisconnect:
                 return
             message: Any = None
             try:
                 self.limits.message(client.user)
+                if text is None:
+                    raise SubscriptionError("bad_request", "messages are JSON text, not binary")
+                if len(text) > MAX_MESSAGE:
+                    raise SubscriptionError(
+                        "bad_request", f"a message has at most {MAX_MESSAGE} characters"
+                    )
                 try:
                     message = json.loads(text)
                 except ValueError:
@@ -311,26 +345,28 @@ class Gateway:
             return JSONResponse({"code": "unauthorized", "message": str(exc)}, 401)
         except SubscriptionError as exc:
             return JSONResponse({"code": exc.code, "message": str(exc)}, 429)
-        filters: list[dict[str, Any]] = []
-        for column, spec in params.multi_items():
-            if column in ("table", "access_token", "since"):
-                continue
-            op, _, value = spec.partition(".")
-            parsed: Any = value[1:-1].split(",") if op == "in" and value[:1] == "(" else value
-            filters.append({"column": column, "op": op, "value": parsed})
         since = request.headers.get("last-event-id") or params.get("since")
-        message = {"id": "sse", "table": params.get("table"), "filters": filters, "since": since}
+        message = {"id": "sse", "table": params.get("table"), "filters": sse.filters(params),
+                   "since": since}  # fmt: skip
         try:
             await self._subscribe(client, message)
         except SubscriptionError as exc:
             client.close(exc.code, str(exc))
             self._close(client)
             return JSONResponse({"code": exc.code, "message": str(exc)}, 400)
+        except Exception as exc:
+            self._failed(client, exc)
+            self._close(client)
+            return JSONResponse({"code": "internal_error", "message": INTERNAL}, 500)
+        except BaseException:
+            self._close(client)
+            raise
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(self._sse_stream(client), media_type="text/event-stream",
-                                 headers=headers)  # fmt: skip
+        return sse.Stream(self._sse_stream(client), lambda: self._close(client),
+                          media_type="text/event-stream", headers=headers)  # fmt: skip
 
     async def _sse_stream(self, client: Client) -> AsyncIterator[str]:
+        """The stream's events (sse.Stream lets the connection go, even if this never runs)."""
         expiry = asyncio.create_task(self._watch_expiry(client))
         try:
             while client.reason is None:
@@ -341,11 +377,11 @@ class Gateway:
                 if get not in done:
                     get.cancel()
                     break
-                yield _sse_format(get.result())
+                yield sse.event(get.result())
                 if client.suspended:
                     break  # SSE has no way to send a new token: reconnect with one
             code, text = client.reason or ("token_expired", "reconnect with a new token")
-            yield _sse_format(Outgoing("error", None, json.dumps(
+            yield sse.event(Outgoing("error", None, json.dumps(
                 {"type": "error", "code": code, "message": text})))  # fmt: skip
         finally:
             expiry.cancel()
@@ -359,52 +395,17 @@ class Gateway:
         body = {"status": "ok" if healthy else "degraded", "feed_connected": healthy}
         return JSONResponse(body, 200 if healthy else 503)
 
-    def _may_read_metrics(self, request: Request) -> bool:
-        """Counters tell how busy the database and the gateway are: for this host's loopback
-        (a scraper beside the gateway) or the bearer of the configured metrics token."""
-        token = self.config.metrics_token
-        if token is not None:
-            given = _bearer(request.headers.get("authorization")) or ""
-            return hmac.compare_digest(given.encode(), token.encode())
-        host = request.client.host if request.client else ""
-        return host in ("127.0.0.1", "::1") and "x-forwarded-for" not in request.headers
-
     async def metrics(self, request: Request) -> Response:
-        if not self._may_read_metrics(request):
+        if not metrics.may_read(request, self.config.metrics_token):
             return PlainTextResponse("Not Found", 404)
-        m, hub = self.hub.metrics, self.hub
         by_transport = {"websocket": 0, "sse": 0}
         for client in self.clients:
             by_transport[client.transport] += 1
-        lines = [
-            "# TYPE pyfuncs_gateway_connections gauge",
-            *(f'pyfuncs_gateway_connections{{transport="{t}"}} {n}'
-              for t, n in by_transport.items()),
-            "# TYPE pyfuncs_gateway_subscriptions gauge",
-            f"pyfuncs_gateway_subscriptions {hub.subscription_count()}",
-            "# TYPE pyfuncs_gateway_delivery_lag_seconds gauge",
-            f"pyfuncs_gateway_delivery_lag_seconds {hub.lag_seconds():.6f}",
-            "# TYPE pyfuncs_gateway_feed_connected gauge",
-            f"pyfuncs_gateway_feed_connected {int(hub.connected)}",
-            "# TYPE pyfuncs_gateway_changes_total counter",
-            f"pyfuncs_gateway_changes_total {m.changes}",
-            "# TYPE pyfuncs_gateway_messages_delivered_total counter",
-            f"pyfuncs_gateway_messages_delivered_total {m.delivered}",
-            "# TYPE pyfuncs_gateway_visibility_checks_total counter",
-            f"pyfuncs_gateway_visibility_checks_total {m.checks}",
-            "# TYPE pyfuncs_gateway_slow_consumers_total counter",
-            f"pyfuncs_gateway_slow_consumers_total {m.slow_consumers}",
-            "# TYPE pyfuncs_gateway_auth_failures_total counter",
-            f"pyfuncs_gateway_auth_failures_total {m.auth_failures}",
-            "# TYPE pyfuncs_gateway_audit_dropped_total counter",
-            f"pyfuncs_gateway_audit_dropped_total {self.audit.dropped}",
-        ]  # fmt: skip
-        return PlainTextResponse("\n".join(lines) + "\n")
-
-
-def _sse_format(message: Outgoing) -> str:
-    head = f"id: {message.position}\n" if message.position else ""
-    return f"{head}event: {message.kind}\ndata: {message.data}\n\n"
+        return PlainTextResponse(metrics.exposition(
+            self.hub.metrics, connections=by_transport, lag=self.hub.lag_seconds(),
+            subscriptions=self.hub.subscription_count(), connected=self.hub.connected,
+            audit_dropped=self.audit.dropped,
+        ))  # fmt: skip
 
 
 def _static(name: str, media_type: str) -> Route:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,6 +14,11 @@ from ..errors import ConfigError
 
 @dataclass(frozen=True)
 class GatewayConfig:
+    """`dsn` is the check connection's: a login role that can take every role tokens name
+    and that runs as subscribers (README "Deploying it"); `feed_dsn` (default: `dsn`) is the
+    connection that reads the change log and writes the audit, and never runs as anyone
+    else. Two login roles let the check role go without any grant on pyfuncs' tables."""
+
     dsn: str
     verifier: JwtVerifier
     outbox_size: int = 1000  # messages waiting for one client before it is disconnected
@@ -30,12 +36,18 @@ class GatewayConfig:
     pool_size: int = 10  # database connections for snapshots and delivery checks
     # /metrics answers requests from this host's loopback, or bearing this token
     metrics_token: str | None = None
+    feed_dsn: str = ""  # PYFUNCS_GATEWAY_FEED_DSN; empty: `dsn`
+
+    def __post_init__(self) -> None:
+        if not self.feed_dsn:
+            object.__setattr__(self, "feed_dsn", self.dsn)
 
     @classmethod
     def from_env(
         cls, dsn: str, verifier: JwtVerifier, environ: Mapping[str, str] | None = None
     ) -> GatewayConfig:
-        """Defaults overridden by PYFUNCS_GATEWAY_<FIELD> (PYFUNCS_GATEWAY_OUTBOX_SIZE...)."""
+        """Defaults overridden by PYFUNCS_GATEWAY_<FIELD> (PYFUNCS_GATEWAY_OUTBOX_SIZE...),
+        PYFUNCS_GATEWAY_METRICS_TOKEN and PYFUNCS_GATEWAY_FEED_DSN."""
         env = os.environ if environ is None else environ
         values: dict[str, int | float] = {}
         for f in dataclasses.fields(cls):
@@ -50,8 +62,9 @@ class GatewayConfig:
                 raise ConfigError(
                     f"{variable}={raw!r} is not a {'whole ' if kind is int else ''}number"
                 ) from None
-            if value <= 0:
-                raise ConfigError(f"{variable}={raw!r} must be positive")
+            if not 0 < value < math.inf:  # nan and inf too
+                raise ConfigError(f"{variable}={raw!r} must be a positive, finite number")
             values[f.name] = value
         token = env.get("PYFUNCS_GATEWAY_METRICS_TOKEN", "").strip() or None
-        return cls(dsn, verifier, metrics_token=token, **values)  # type: ignore[arg-type]
+        feed = env.get("PYFUNCS_GATEWAY_FEED_DSN", "").strip()
+        return cls(dsn, verifier, metrics_token=token, feed_dsn=feed, **values)  # type: ignore[arg-type]

@@ -6,13 +6,19 @@ pyfuncs/realtime.py). For each batch it asks PostgreSQL, once per distinct (tabl
 subscriber identity), which of the changed rows that identity sees now and which of its
 subscriptions' filters they match (tables.visible_query); then it walks the batch in order and
 sends events (each message made once and shared by the subscriptions that get it; see
-clients.py for where it goes). So the cost grows with distinct identities, not connections, and delivery is
-in commit order for every subscription.
+clients.py for where it goes). So the cost grows with distinct identities, not
+connections, and delivery is in commit order for every subscription.
 
 A new subscription starts from a snapshot (or from the position it resumes from) and
 catches up on its own, reading the feed itself, until it has reached what the hub has
 read; from then on the hub delivers to it. Positions make the hand-over exact: a change is
 delivered to a subscription only if it is after the subscription's position.
+
+The feed is read in the gateway's own role, on feed sessions; questions asked as subscribers
+go to check sessions (sessions.py). One bad change or subscription
+must not stop delivery to everyone: a change whose key cannot be read is skipped (and
+logged), a subscription that cannot be served is told to resubscribe, and the feed loop
+restarts after any error.
 """
 
 from __future__ import annotations
@@ -23,19 +29,20 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
 
 from ..errors import ResyncRequired, SubscriptionError
 from ..queries import query
 from ..realtime import Change, Position, listen, read, wake_up
 from .clients import Client, Subscription
 from .config import GatewayConfig
+from .delivery import NOTHING, Group, Messages, removed_later_in_batch, visibility
+from .metrics import Metrics
 from .positions import PositionTokens
+from .sessions import Sessions, pin_search_path
 from .tables import (
     Filter,
     Filters,
@@ -45,73 +52,26 @@ from .tables import (
     as_identity,
     check,
     describe,
-    removed_keys,
-    removed_later_query,
     snapshot,
-    visible_query,
-    visible_rows,
 )
 
 log = logging.getLogger("pyfuncs.gateway")
 END = 2**63 - 1  # the change number after every change of a commit
-
-
-@dataclass(eq=False)
-class _Group:
-    """The subscriptions of one identity on one table in a batch: one visibility query."""
-
-    table: Table
-    client: Client
-    filter_sets: list[Filters] = field(default_factory=list)
-    keys: set[Key] = field(default_factory=set)
-
-    def index(self, filters: Filters) -> int:
-        if filters not in self.filter_sets:
-            self.filter_sets.append(filters)
-        return self.filter_sets.index(filters)
-
-
-_Visible = tuple[Visible, set[Key]]
-_NOTHING: _Visible = ({}, set())  # what a group whose check was not needed sees (never changed)
-
-
-def _removed_later_in_batch(changes: Sequence[Change], tables: dict[str, Table]) -> list[bool]:
-    """For each change, whether a later change of the batch removes (deletes, re-keys or
-    truncates) the row it wrote."""
-    removed: dict[str, set[Key]] = defaultdict(set)
-    truncated: set[str] = set()
-    later = [False] * len(changes)
-    for i in range(len(changes) - 1, -1, -1):
-        change, name = changes[i], f"{changes[i].schema}.{changes[i].table}"
-        table = tables.get(name)
-        if table is None:
-            continue
-        if change.new is not None:
-            later[i] = name in truncated or table.key_of(change.new) in removed[name]
-        if change.op == "TRUNCATE":
-            truncated.add(name)
-        elif change.old is not None and (
-            change.new is None or table.key_of(change.new) != table.key_of(change.old)
-        ):
-            removed[name].add(table.key_of(change.old))
-    return later
-
-
-@dataclass
-class Metrics:
-    delivered: int = 0
-    changes: int = 0
-    slow_consumers: int = 0
-    checks: int = 0  # visibility queries: one per (table, identity) per batch
-    auth_failures: int = 0
-    lag: float = 0.0  # seconds from the commit of the last batch's newest change to its sending
-    disconnected_at: float | None = None  # when the feed connection was lost
+# after a read of the feed that found nothing, wait this long before reading again: any
+# login role may NOTIFY the feed's channel, and a flood of those must not become a flood
+# of reads (a real commit's wake-up waits at most this much more)
+QUIET = 0.01
+RESTART_MAX = 30.0  # seconds, the longest wait before the feed loop restarts after errors
+RESYNC = ("the change feed no longer holds the changes after your position (they are kept "
+          "for a limited time): subscribe again without `since` to read the table afresh")  # fmt: skip
+FAILED = ("the gateway could not deliver a change of this table to this subscription: "
+          "subscribe again without `since` to read the table afresh")  # fmt: skip
 
 
 class Hub:
-    def __init__(self, config: GatewayConfig, pool: AsyncConnectionPool[Any]) -> None:
+    def __init__(self, config: GatewayConfig, sessions: Sessions) -> None:
         self.config = config
-        self.pool = pool
+        self.sessions = sessions
         self.metrics = Metrics()
         self.tokens: PositionTokens  # what subscribers see of positions (set by start())
         self.position = Position()  # every live subscription has had everything up to here
@@ -119,11 +79,15 @@ class Hub:
         self.connected = False
         self._by_table: dict[str, set[Subscription]] = defaultdict(set)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._warned: set[tuple[str, tuple[str, ...]]] = set()  # tables whose keys are gone
+        self._tables: dict[Table, Table] = {}
+        # told when the hub ends a subscription on its own (the gateway's limits count it)
+        self.on_end: Callable[[Subscription], None] = lambda sub: None
 
     # --- the feed ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        async with self.pool.connection() as conn:
+        async with self.sessions.feed.connection() as conn:
             key = await (await conn.execute(query("realtime_position_key"))).fetchone()
             row = await (await conn.execute(query("realtime_head"))).fetchone()
         assert key is not None
@@ -131,14 +95,23 @@ class Hub:
         self.position = self.through = Position(row[0] if row else 0, END)
 
     async def run(self) -> None:
-        """Follow the feed forever, reconnecting when the server goes away."""
+        """Follow the feed forever: reconnect when the server goes away, and start again
+        (after a growing pause, logged) after any other error, so that no error ends
+        delivery for good."""
+        pause, restart = self.config.retry, False
         while True:
             try:
+                if restart:
+                    await self.start()
+                    restart = False
                 async with await psycopg.AsyncConnection.connect(
-                    self.config.dsn, autocommit=True, application_name="pyfuncs-gateway-feed"
-                ) as conn:
+                    self.config.feed_dsn, autocommit=True,
+                    application_name="pyfuncs-gateway-feed",
+                ) as conn:  # fmt: skip
+                    await pin_search_path(conn)
                     await listen(conn)
                     self.connected, self.metrics.disconnected_at = True, None
+                    pause = self.config.retry
                     await self._follow(conn)
             except psycopg.OperationalError as exc:
                 log.warning("change feed connection lost (%s); reconnecting", exc)
@@ -147,24 +120,35 @@ class Hub:
                 # have missed pruned changes, so they must resync too
                 log.error("%s", exc)
                 for sub in self._subscriptions():
-                    sub.client.close("resync_required", str(exc))
-                await self.start()
+                    sub.client.close("resync_required", RESYNC)
+                restart = True
+            except Exception as exc:
+                self.metrics.failures += 1
+                pause = min(pause * 2, RESTART_MAX)
+                log.error("the change feed stopped on an unexpected error (%s: %s); "
+                          "starting again in %g s", type(exc).__name__, exc, pause)  # fmt: skip
             finally:
                 if self.connected:
                     self.connected, self.metrics.disconnected_at = False, time.monotonic()
-            await asyncio.sleep(self.config.retry)
+            await asyncio.sleep(pause)
 
     async def _follow(self, conn: psycopg.AsyncConnection[Any]) -> None:
         while True:
+            # every wake-up received so far is answered by this read
+            async for _ in conn.notifies(timeout=0):
+                pass
             changes = await read(conn, self.position, self.config.batch)
+            self.metrics.feed_reads += 1
             if changes:
                 self.through = changes[-1].position
                 live = [s for s in self._subscriptions() if s.live and not s.client.suspended]
-                await self._deliver(changes, live)
+                await self._deliver_isolated(changes, live, conn)
                 self.position = self.through
                 self.metrics.changes += len(changes)
                 now = datetime.datetime.now(datetime.UTC)
                 self.metrics.lag = (now - changes[-1].committed_at).total_seconds()
+            else:
+                await asyncio.sleep(QUIET)
             if len(changes) < self.config.batch:
                 await wake_up(conn, self.config.poll)
 
@@ -174,7 +158,7 @@ class Hub:
         while True:
             await asyncio.sleep(self.config.prune_every)
             try:
-                async with self.pool.connection() as conn:
+                async with self.sessions.feed.connection() as conn:
                     await conn.execute(query("realtime_prune"), {"keep": None})
             except psycopg.Error as exc:
                 log.warning("pruning the change feed failed: %s", exc)
@@ -202,23 +186,29 @@ class Hub:
             raise SubscriptionError("bad_request", "give the subscription an `id` (1-64 chars)")
         if sub_id in client.subscriptions:
             raise SubscriptionError("duplicate", f"subscription {sub_id!r} already exists")
-        raw_filters = message.get("filters") or []
-        if not isinstance(raw_filters, list):
-            raise SubscriptionError("bad_filter", "`filters` is a list of {column, op, value}")
-        filters = tuple(Filter.parse(f) for f in raw_filters)
+        filters = Filter.parse_all(message.get("filters") or [])
         since = None
         if message.get("since") is not None:
             since = self.tokens.position(message["since"])
-        async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            head = await (await conn.execute(query("realtime_head"))).fetchone()
-            await as_identity(conn, client.check_identity)
-            table = await describe(conn, message.get("table"))
-            columns = await check(conn, table, filters)
-            rows = await snapshot(conn, table, columns, filters, self.config.max_snapshot_rows)
-        start = since if since is not None else Position(head[0] if head else 0, END)
+        try:
+            head, table, rows = await self._snapshot(client, message.get("table"), filters)
+        except SubscriptionError:
+            raise
+        except psycopg.OperationalError:  # the database is away, or the pool exhausted
+            raise SubscriptionError(
+                "unavailable", "the gateway cannot reach the database now; subscribe again "
+                "in a moment",
+            ) from None  # fmt: skip
+        except psycopg.Error:  # raised by the table's policies or privileges
+            raise SubscriptionError(
+                "forbidden", "the database refused to read this table for you; nothing was "
+                "subscribed",
+            ) from None  # fmt: skip
+        start = since if since is not None else Position(head, END)
+        # one Table object for equal tables: delivery looks them up in dicts for every change
+        table = self._tables.setdefault(table, table)
         sub = Subscription(sub_id, client, table, filters, start, seen={k for k, _ in rows})
-        token = self.tokens.token(start)
+        token = self.tokens.resume_token(start)
         reply = {"type": "subscribed", "sub": sub_id, "table": table.qualified,
                  "key": table.key, "position": token}  # fmt: skip
         if since is None:
@@ -232,9 +222,36 @@ class Hub:
         self.catch_up(sub)
         return sub
 
+    async def _snapshot(
+        self, client: Client, name: Any, filters: Filters
+    ) -> tuple[int, Table, list[tuple[Key, str]]]:
+        """The last position committed, and the table and rows a subscriber sees in that
+        same snapshot: the position read in the gateway's role, the rest as the subscriber."""
+        async with self.sessions.feed_snapshot() as feed:
+            row = await (await feed.execute(query("realtime_export_head"))).fetchone()
+            assert row is not None  # one row, always
+            exported, head = row
+            async with self.sessions.as_subscribers(exported) as conn:
+                await as_identity(conn, client.check_identity)
+                table = await describe(conn, name)
+                columns = await check(conn, table, filters)
+                # whatever converting the filters ran, the rows are read as the subscriber
+                await as_identity(conn, client.check_identity)
+                rows = await snapshot(conn, table, columns, filters, self.config.max_snapshot_rows)
+        return head, table, rows
+
     def unsubscribe(self, sub: Subscription) -> None:
         sub.client.subscriptions.pop(sub.id, None)
         self._by_table[sub.table.qualified].discard(sub)
+
+    def _end(self, sub: Subscription, code: str, message: str) -> None:
+        """End a subscription the hub cannot go on serving, telling its client why."""
+        if sub.client.subscriptions.get(sub.id) is not sub:
+            return
+        sub.client.send("error", {"type": "error", "sub": sub.id, "code": code,
+                                  "message": message})  # fmt: skip
+        self.unsubscribe(sub)
+        self.on_end(sub)
 
     def drop(self, client: Client) -> None:
         for sub in list(client.subscriptions.values()):
@@ -264,123 +281,135 @@ class Hub:
                 continue
             limit = max(1, min(self.config.batch, room // 2))
             try:
-                async with self.pool.connection() as conn:
+                async with self.sessions.feed.connection() as conn:
                     changes = await read(conn, sub.position, limit)
-                    if not changes:
-                        sub.live = True
-                        return
-                    await self._deliver(changes, [sub], conn)
-            except ResyncRequired as exc:
-                sub.client.send("error", {"type": "error", "sub": sub.id,
-                                          "code": "resync_required", "message": str(exc)})  # fmt: skip
-                self.unsubscribe(sub)
+                if not changes:
+                    sub.live = True
+                    return
+                await self._deliver(changes, [sub])
+            except ResyncRequired:
+                self._end(sub, "resync_required", RESYNC)
             except psycopg.OperationalError as exc:
                 log.warning("catching up %s failed (%s); retrying", sub.id, exc)
                 await asyncio.sleep(self.config.retry)
+            except Exception as exc:
+                self.metrics.failures += 1
+                log.error("catching up a subscription to %s failed (%s: %s); ended it",
+                          sub.table.qualified, type(exc).__name__, exc)  # fmt: skip
+                self._end(sub, "resync_required", FAILED)
 
     # --- delivery ------------------------------------------------------------------------
 
+    async def _deliver_isolated(
+        self, changes: Sequence[Change], subs: Sequence[Subscription],
+        feed: psycopg.AsyncConnection[Any] | None = None,
+    ) -> None:  # fmt: skip
+        """`_deliver`, but an error (other than losing the database) does not stop the
+        batch for everyone: the batch is then delivered table by table, and the
+        subscriptions of a table it still fails for are ended (told to resubscribe)."""
+        try:
+            await self._deliver(changes, subs, feed)
+            return
+        except psycopg.OperationalError:
+            raise
+        except Exception as exc:
+            self.metrics.failures += 1
+            log.error("delivering a batch failed (%s: %s); delivering it table by table",
+                      type(exc).__name__, exc)  # fmt: skip
+        by_table: dict[Table, list[Subscription]] = defaultdict(list)
+        for sub in subs:
+            by_table[sub.table].append(sub)
+        for table, some in by_table.items():
+            try:
+                await self._deliver(changes, some, feed)
+            except psycopg.OperationalError:
+                raise
+            except Exception as exc:
+                log.error("delivering changes of %s failed (%s: %s); ended its %d "
+                          "subscription(s)", table.qualified, type(exc).__name__, exc,
+                          len(some))  # fmt: skip
+                for sub in some:
+                    self._end(sub, "resync_required", FAILED)
+
     async def _deliver(
         self, changes: Sequence[Change], subs: Sequence[Subscription],
-        conn: psycopg.AsyncConnection[Any] | None = None,
+        feed: psycopg.AsyncConnection[Any] | None = None,
     ) -> None:  # fmt: skip
-        """Send the events of `changes` to `subs`. Asks every visibility question first,
-        then sends without awaiting: a failure sends nothing and moves no position."""
-        by_table: dict[str, list[Subscription]] = defaultdict(list)
+        """Send the events of `changes` to `subs`. Asks every visibility question first
+        (reading the change log on `feed`, the hub's own connection, else a pooled one),
+        then sends without awaiting: a failure before sending sends nothing and moves no
+        position; a failure while sending to one subscription ends that one only."""
+        by_table: dict[Table, list[Subscription]] = defaultdict(list)
         for sub in subs:
-            by_table[sub.table.qualified].append(sub)
-        # each change's (old key, new key), and each table's keys of the rows written
-        keys: list[tuple[Key | None, Key | None]] = []
-        changed: dict[str, set[Key]] = defaultdict(set)
+            by_table[sub.table].append(sub)
+        # a table as each subscription knows it: one name may stand for versions of a table
+        # (its key renamed, or dropped and created again since some subscribed)
+        named: dict[tuple[str, str], list[Table]] = defaultdict(list)
+        for table in by_table:
+            named[table.schema, table.name].append(table)
+        # each change's (old key, new key) for each version, and the keys of rows written
+        keys: list[dict[Table, tuple[Key | None, Key | None]]] = []
+        changed: dict[Table, set[Key]] = defaultdict(set)
         for change in changes:
-            name = f"{change.schema}.{change.table}"
-            table = by_table[name][0].table if name in by_table else None
-            old = None if table is None or change.old is None else table.key_of(change.old)
-            new = None if table is None or change.new is None else table.key_of(change.new)
-            keys.append((old, new))
-            if new is not None:
-                changed[name].add(new)
-        groups: dict[tuple[str, str], _Group] = {}
-        slot: dict[Subscription, tuple[_Group, int]] = {}
+            mine: dict[Table, tuple[Key | None, Key | None]] = {}
+            for table in named.get((change.schema, change.table), ()):
+                old = None if change.old is None else table.key_of(change.old)
+                new = None if change.new is None else table.key_of(change.new)
+                if (change.old is not None and old is None) or (
+                    change.new is not None and new is None
+                ):
+                    self._key_missing(table)
+                mine[table] = (old, new)
+                if new is not None:
+                    changed[table].add(new)
+            keys.append(mine)
+        groups: dict[tuple[Table, str], Group] = {}
+        slot: dict[Subscription, tuple[Group, int]] = {}
         for sub in subs:
-            name = sub.table.qualified
-            group = groups.get((name, sub.client.identity_key))
+            group = groups.get((sub.table, sub.client.identity_key))
             if group is None:
-                group = groups[name, sub.client.identity_key] = _Group(sub.table, sub.client)
-                group.keys = changed[name]
+                group = groups[sub.table, sub.client.identity_key] = Group(sub.table, sub.client)
+                group.keys = changed[sub.table]
             slot[sub] = (group, group.index(sub.filters))
         wanted = [g for g in groups.values() if g.keys]
         self.metrics.checks += len(wanted)
-        after = changes[-1].position.commit
-        answer: dict[_Group, _Visible] = {}
-        if conn is not None:  # a catch-up, on its own connection
-            answer = await self._visibility(conn, wanted, after)
-        elif wanted:
-            async with self.pool.connection() as conn:
-                answer = await self._visibility(conn, wanted, after)
-        later = _removed_later_in_batch(changes, {s.table.qualified: s.table for s in subs})
+        answer = await visibility(self.sessions, wanted, changes[-1].position.commit, feed)
+        later = {table: removed_later_in_batch(changes, table) for table in by_table}
         # subscriptions that caught up past the batch's start skip what they have had
         ahead = {s for s in subs if s.position >= changes[0].position}
+        failed: set[Subscription] = set()
         for i, change in enumerate(changes):
-            messages = _Messages(change, self.tokens.token(change.position))
-            for sub in by_table.get(f"{change.schema}.{change.table}", ()):
-                if sub in ahead and change.position <= sub.position:
-                    continue
-                group, index = slot[sub]
-                rows, removed = answer.get(group, _NOTHING)
-                self._event(sub, messages, keys[i], rows, index, None if later[i] else removed)
+            messages = Messages(change, self.tokens.token(change.position))
+            for table, change_keys in keys[i].items():
+                for sub in by_table[table]:
+                    if sub in failed or (sub in ahead and change.position <= sub.position):
+                        continue
+                    group, index = slot[sub]
+                    rows, removed = answer.get(group, NOTHING)
+                    try:
+                        self._event(sub, messages, change_keys, rows, index,
+                                    None if later[table][i] else removed)  # fmt: skip
+                    except Exception as exc:
+                        self.metrics.failures += 1
+                        log.error("a change of %s could not be sent (%s: %s); ended the "
+                                  "subscription", table.qualified, type(exc).__name__, exc)  # fmt: skip
+                        failed.add(sub)
+        for sub in failed:
+            self._end(sub, "resync_required", FAILED)
         last = changes[-1].position
         for sub in subs:
             sub.position = max(sub.position, last)
 
-    async def _visibility(
-        self, conn: psycopg.AsyncConnection[Any], groups: Sequence[_Group], after: int
-    ) -> dict[_Group, _Visible]:
-        """For every group, in one snapshot: the rows its identity sees now, and which of
-        them a later commit removes. One transaction, pipelined: two round trips whatever the
-        number of groups (the column privileges of each role, then every group's rows)."""
-        if not groups:
-            return {}
-        tables = {g.table.qualified: g for g in groups}  # the groups of a table share keys
-        roles = {(g.client.check_identity.role, g.table.qualified): g for g in groups}
-        try:
-            async with conn.pipeline(), conn.transaction():
-                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                removing = {name: await conn.execute(*removed_later_query(g.table, after, g.keys))
-                            for name, g in tables.items()}  # fmt: skip
-                reading = {}
-                for key, g in roles.items():
-                    await as_identity(conn, g.client.check_identity)
-                    reading[key] = await conn.execute(
-                        query("realtime_readable_columns"), {"relid": g.table.relid}
-                    )
-                columns = {key: list((await cur.fetchall())[0][0]) for key, cur in reading.items()}
-                selecting = {}
-                for g in groups:
-                    readable = columns[g.client.check_identity.role, g.table.qualified]
-                    if all(c in readable for c in g.table.key):  # else it sees nothing
-                        await as_identity(conn, g.client.check_identity)
-                        selecting[g] = await conn.execute(
-                            *visible_query(g.table, readable, g.keys, g.filter_sets)
-                        )
-                rows = {g: visible_rows(await cur.fetchall()) for g, cur in selecting.items()}
-                removed = {
-                    name: removed_keys(tables[name].table, tables[name].keys, await cur.fetchall())
-                    for name, cur in removing.items()
-                }
-        except psycopg.OperationalError:
-            raise  # the server went away: deliver nothing, retry the batch
-        except psycopg.Error as exc:
-            if len(groups) == 1:  # its role lost a privilege, or is gone: it sees nothing
-                log.info("visibility check for %s failed: %s", groups[0].client.identity.role, exc)
-                return {groups[0]: ({}, set())}
-            # check each group on its own, so that only the failing one sees nothing
-            log.info("batched visibility check failed (%s); checking one by one", exc)
-            return {g: (await self._visibility(conn, [g], after))[g] for g in groups}
-        return {g: (rows.get(g, {}), removed[g.table.qualified]) for g in groups}
+    def _key_missing(self, table: Table) -> None:
+        if (table.qualified, table.key) not in self._warned:
+            self._warned.add((table.qualified, table.key))
+            log.warning("changes of %s lack its primary key (%s) as its subscriptions know "
+                        "it (renamed or dropped?): they are not delivered to those "
+                        "subscriptions, which must subscribe again", table.qualified,
+                        ", ".join(table.key))  # fmt: skip
 
     def _event(
-        self, sub: Subscription, messages: _Messages, keys: tuple[Key | None, Key | None],
+        self, sub: Subscription, messages: Messages, keys: tuple[Key | None, Key | None],
         rows: Visible, index: int, removed: set[Key] | None,
     ) -> None:  # fmt: skip
         """Send what a change (whose old and new keys are `keys`) means for `sub`.
@@ -407,37 +436,7 @@ class Hub:
             self._emit(sub, messages, key, None)
 
     def _emit(
-        self, sub: Subscription, messages: _Messages, key: Key | None, row: str | None
+        self, sub: Subscription, messages: Messages, key: Key | None, row: str | None
     ) -> None:
         sub.client.push_raw("change", messages.position, messages.text(sub, key, row))
         self.metrics.delivered += 1
-
-
-class _Messages:
-    """The event messages of one change: the JSON of each content (key and row) is made
-    once, and so is each message (content and subscription id), which many subscriptions
-    then share (and the WebSocket protocol frames once, see server.py)."""
-
-    def __init__(self, change: Change, position: str) -> None:
-        self.change = change
-        self.position = position  # the token subscribers get
-        self._bodies: dict[tuple[Key | None, str | None], str] = {}
-        self._texts: dict[tuple[str, Key | None, str | None], str] = {}
-
-    def text(self, sub: Subscription, key: Key | None, row: str | None) -> str:
-        text = self._texts.get((sub.id_json, key, row))
-        if text is None:
-            body = self._bodies.get((key, row))
-            if body is None:
-                change = self.change
-                head = json.dumps(
-                    {"position": self.position, "table": sub.table.qualified, "op": change.op,
-                     "committed_at": change.committed_at.isoformat(),
-                     "key": None if key is None else dict(zip(sub.table.key, key, strict=True))},
-                    separators=(",", ":"), default=str,
-                )  # fmt: skip
-                body = self._bodies[key, row] = f'{head[1:-1]},"row":{row or "null"}}}'
-            text = self._texts[sub.id_json, key, row] = (
-                f'{{"type":"change","sub":{sub.id_json},{body}'
-            )
-        return text

@@ -16,8 +16,10 @@ Under another server the extension is missing and every message takes the ASGI p
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
+import re
 from typing import Any
 
 import uvicorn
@@ -25,6 +27,11 @@ from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
+
+from ..auth import JwtVerifier
+from ..config import resolve_dsn
+from .config import GatewayConfig
+from .sessions import verify
 
 WRITE_NOW = "pyfuncs.write_now"
 
@@ -60,33 +67,59 @@ def _frame(text: str) -> bytes:
     return _last[1]
 
 
+_QUERY = re.compile(r"(/[^\s?\"']*)\?[^\s\"']*")
+MAX_FRAME = 1 << 20  # bytes of a WebSocket message; the gateway answers past 64 KiB (app.py)
+
+
+def without_query(text: str) -> str:
+    """`text` with the query string of every path or URL in it left out: EventSource clients
+    put their token there (`access_token=`), and so may WebSocket clients."""
+    return _QUERY.sub(r"\1?[query]", text) if "?" in text else text
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("/"):  # a path, as uvicorn logs it
+        path, mark, _ = value.partition("?")
+        return path + "?[query]" if mark else path
+    if isinstance(value, str):
+        return without_query(value)
+    if isinstance(value, dict) and value.get("query_string"):  # an ASGI scope (trace level)
+        return {**value, "query_string": b"[query]"}
+    return value
+
+
 class WithoutQuery(logging.Filter):
-    """Access-log lines without query strings: EventSource clients, which cannot send
-    headers, put their token there (`access_token=`), and a log is no place for secrets."""
+    """Log lines without query strings, whichever uvicorn logger writes them: the access
+    log ("GET /realtime/sse?..."), the WebSocket handshakes ("WebSocket /realtime?...") and
+    the ASGI scopes `--log-level trace` prints; a log is no place for secrets."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        # uvicorn's access record: client, method, path with query, HTTP version, status
-        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
-            path, query_string = args[2].partition("?")[::2]
-            record.args = (args[0], args[1], path + ("?[query]" if query_string else ""),
-                           *args[3:])  # fmt: skip
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(_redacted(a) for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = _redacted(record.args)
+        elif isinstance(record.msg, str):  # no arguments: the message is the text
+            record.msg = without_query(record.msg)
         return True
 
 
 def log_config() -> dict[str, Any]:
+    """uvicorn's logging, with WithoutQuery on every handler (its loggers log through them)."""
     config = copy.deepcopy(LOGGING_CONFIG)
     config["filters"] = {"without_query": {"()": f"{__name__}.WithoutQuery"}}
-    config["handlers"]["access"]["filters"] = ["without_query"]
+    for handler in config["handlers"].values():
+        handler["filters"] = ["without_query"]
     return config
 
 
 def serve(host: str, port: int, workers: int, log_level: str, access_log: bool = False) -> None:
     """Run the gateway (`create_app` from the environment) until interrupted. Requests are
-    logged only with `access_log`, and then without their query strings."""
+    logged only with `access_log`; no log line has a query string. A configuration the
+    gateway cannot work with is a ConfigError here, before any worker starts."""
+    asyncio.run(verify(GatewayConfig.from_env(resolve_dsn(), JwtVerifier.from_env())))
     # no per-message compression: the gateway sends each change to many clients, and
     # deflating small JSON messages once per client cost more CPU than all the rest
     uvicorn.run("pyfuncs.gateway.app:create_app", factory=True, host=host, port=port,
                 workers=workers, log_level=log_level, access_log=access_log,
                 log_config=log_config(), ws=f"{__name__}:WebSocketProtocol",
-                ws_per_message_deflate=False)  # fmt: skip
+                ws_per_message_deflate=False, ws_max_size=MAX_FRAME)  # fmt: skip

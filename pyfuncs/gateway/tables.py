@@ -5,6 +5,10 @@ role and claims (the `set_identity` query), so PostgreSQL itself applies row-lev
 and privileges: the gateway never decides visibility on its own. Rows come back as the JSON
 text PostgreSQL makes (`to_jsonb`), restricted to the columns the role may SELECT, and are
 passed to clients as they are.
+
+Those transactions run code that table owners wrote (policies, the functions they call,
+domain checks), so they run on the gateway's check connections, which never read pyfuncs'
+own tables, and they always end with ROLLBACK (see hub.py and the README's security model).
 """
 
 from __future__ import annotations
@@ -24,7 +28,37 @@ from ..errors import SubscriptionError
 from ..queries import query
 
 OPERATORS = {"eq": "=", "neq": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">=", "in": "in"}
+# what one subscription may ask for: filters are kept for its lifetime and sent with every
+# visibility check, so their size is bounded (the WebSocket message limit is in app.py)
+MAX_FILTERS = 16
+MAX_IN_VALUES = 100
+MAX_VALUE_LENGTH = 1000  # characters of a value (as JSON, for numbers and booleans)
+MAX_FILTERS_SIZE = 16_384  # characters of all the filters of a subscription, as JSON
 Key = tuple[Any, ...]
+
+
+class _Object(tuple[tuple[str, Any], ...]):
+    """A JSON object in a key (a jsonb primary key): its members, sorted, so it can be
+    hashed and compared (jsonb has one form for equal objects too)."""
+
+
+def hashable(value: Any) -> Any:
+    """A JSON value of a key, in a form that can be hashed: arrays (an array primary key)
+    become tuples and objects `_Object`s; `plain` turns it back."""
+    if isinstance(value, list):
+        return tuple(hashable(v) for v in value)
+    if isinstance(value, dict):
+        return _Object(sorted((k, hashable(v)) for k, v in value.items()))
+    return value
+
+
+def plain(value: Any) -> Any:
+    """The JSON value a `hashable` one stands for."""
+    if isinstance(value, _Object):
+        return {k: plain(v) for k, v in value}
+    if isinstance(value, tuple):
+        return [plain(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -44,9 +78,23 @@ class Table:
     def ident(self) -> sql.Identifier:
         return sql.Identifier(self.schema, self.name)
 
-    def key_of(self, image: dict[str, Any]) -> Key:
-        """The key of a change's row image (JSON as captured, so equal to `visible`'s)."""
-        return tuple(image[column] for column in self.key)
+    def key_of(self, image: dict[str, Any]) -> Key | None:
+        """The key of a change's row image (JSON as captured, so equal to `visible`'s), or
+        None when the image lacks a key column (the key was renamed or dropped since the
+        subscription began)."""
+        try:
+            return tuple(hashable(image[column]) for column in self.key)
+        except (KeyError, TypeError):
+            return None
+
+    def key_object(self, key: Key) -> dict[str, Any]:
+        """A key as the JSON object clients receive (and the queries take)."""
+        return {column: plain(v) for column, v in zip(self.key, key, strict=True)}
+
+
+def _too_long(value: Any) -> bool:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return len(text) > MAX_VALUE_LENGTH
 
 
 @dataclass(frozen=True)
@@ -72,12 +120,43 @@ class Filter:
             )
         values = value if op == "in" else [value]
         if op == "in" and not (isinstance(value, list) and value):
-            raise SubscriptionError("bad_filter", f"filter on {column}: `in` takes a list")
+            raise SubscriptionError("bad_filter", f"filter on {column[:80]!r}: `in` takes a list")
+        if len(values) > MAX_IN_VALUES:
+            raise SubscriptionError(
+                "bad_filter",
+                f"filter on {column[:80]!r}: `in` takes at most {MAX_IN_VALUES} values",
+            )
         if any(v is None or isinstance(v, (dict, list)) for v in values):
             raise SubscriptionError(
-                "bad_filter", f"filter on {column}: compare with a string, number or boolean"
+                "bad_filter",
+                f"filter on {column[:80]!r}: compare with a string, number or boolean",
+            )
+        if len(column) > MAX_VALUE_LENGTH or any(_too_long(v) for v in values):
+            raise SubscriptionError(
+                "bad_filter",
+                f"filter on {column[:80]!r}: a value has at most {MAX_VALUE_LENGTH} characters",
             )
         return cls(column, op, tuple(value) if op == "in" else value)
+
+    @classmethod
+    def parse_all(cls, raw: Any) -> tuple[Filter, ...]:
+        """A subscription's filters (a list, maybe empty), within the limits above."""
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            raise SubscriptionError("bad_filter", "`filters` is a list of {column, op, value}")
+        if len(raw) > MAX_FILTERS:
+            raise SubscriptionError(
+                "bad_filter", f"a subscription has at most {MAX_FILTERS} filters"
+            )
+        filters = tuple(cls.parse(f) for f in raw)
+        if len(json.dumps(raw)) > MAX_FILTERS_SIZE:
+            raise SubscriptionError(
+                "bad_filter",
+                f"the filters of a subscription take at most {MAX_FILTERS_SIZE} characters "
+                "as JSON; subscribe more narrowly, or to several subscriptions",
+            )
+        return filters
 
     def condition(self, table: Table, param: str) -> sql.Composable:
         """SQL for this filter on `t`; the value is converted by the column's own type, via
@@ -121,18 +200,25 @@ def _key(table: Table) -> sql.Composable:
     return sql.SQL("jsonb_build_array({})::text").format(parts)
 
 
+def _parse_key(text: str) -> Key:
+    return tuple(hashable(v) for v in json.loads(text))
+
+
 async def describe(conn: psycopg.AsyncConnection[Any], name: Any) -> Table:
     """The table a client named, if realtime serves it; SubscriptionError otherwise. Asked as
     the subscriber (after `as_identity`, in its transaction): a table it may not read gets the
     same answer as one that does not exist, enabled or not, so nobody learns what exists by
-    asking."""
+    asking. Enabled means that pyfuncs' capture trigger function is attached to it, which
+    only `pyfuncs.enable_realtime` (pyfuncs' owner) can do; a trigger's name proves nothing."""
     row = None
     if isinstance(name, str) and 0 < len(name) <= 256 and "\x00" not in name:
         try:
             async with conn.transaction():  # a savepoint: a malformed name must not end ours
                 cur = await conn.execute(query("realtime_table_info"), {"table": name})
                 row = await cur.fetchone()
-        except (psycopg.DataError, psycopg.ProgrammingError):  # not a relation name at all
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error:  # not a relation name at all, another database's, ...
             row = None
     if row is None:
         raise SubscriptionError(
@@ -157,9 +243,9 @@ def removed_later_query(
     table: Table, after: int, keys: Iterable[Key]
 ) -> tuple[str, dict[str, Any]]:  # fmt: skip
     """Of `keys`, those a change committed after position `after` deletes, re-keys or
-    truncates (run as the gateway, in the snapshot of the visibility check); read the
-    answer with `removed_keys`."""
-    objects = [Jsonb(dict(zip(table.key, k, strict=True))) for k in keys]
+    truncates (run by the gateway in its own role, in the snapshot of the visibility check);
+    read the answer with `removed_keys`."""
+    objects = [Jsonb(table.key_object(k)) for k in keys]
     params = {"after": after, "schema": table.schema, "table": table.name, "keys": objects}
     return query("realtime_removed_later"), params
 
@@ -169,8 +255,9 @@ def removed_keys(table: Table, keys: set[Key], rows: Iterable[tuple[Any, ...]]) 
     for op, old, new in rows:
         if op == "TRUNCATE":
             return set(keys)
-        if op == "DELETE" or table.key_of(new) != table.key_of(old):
-            removed.add(table.key_of(old))
+        old_key = table.key_of(old)
+        if old_key is not None and (op == "DELETE" or table.key_of(new) != old_key):
+            removed.add(old_key)
     return removed
 
 
@@ -191,8 +278,10 @@ async def readable_columns(conn: psycopg.AsyncConnection[Any], table: Table) -> 
 
 async def check(conn: psycopg.AsyncConnection[Any], table: Table, filters: Filters) -> list[str]:
     """Whether the current role may subscribe to `table` with `filters`: it must read the key
-    and every filtered column (a filter on a hidden column would reveal it), and each value
-    must convert to its column's type. Returns the readable columns."""
+    and every filtered column (a filter on a hidden column would reveal it), each value must
+    convert to its column's type, and no filtered column may have a type whose conversion
+    looks objects up by name (regclass...: it would tell whether they exist). Returns the
+    readable columns."""
     columns = await readable_columns(conn, table)
     if not columns:
         raise SubscriptionError("forbidden", f"your role may not SELECT from {table.qualified}")
@@ -206,9 +295,23 @@ async def check(conn: psycopg.AsyncConnection[Any], table: Table, filters: Filte
         if f.column not in columns:
             raise SubscriptionError(
                 "bad_filter",
-                f"filter on {f.column!r}: {table.qualified} has no such column you may read; "
-                f"columns: {', '.join(columns)}",
+                f"filter on {f.column[:80]!r}: {table.qualified} has no such column you may "
+                f"read; columns: {', '.join(columns)}",
             )
+    if not filters:
+        return columns
+    named = sorted({f.column for f in filters})
+    cur = await conn.execute(
+        query("realtime_lookup_columns"), {"relid": table.relid, "columns": named}
+    )
+    lookups = [c for (c,) in await cur.fetchall()]
+    if lookups:
+        raise SubscriptionError(
+            "bad_filter",
+            f"filter on {lookups[0]!r}: its type names database objects (regclass, regrole "
+            "and the like), which filters do not compare; filter on another column",
+        )
+    for f in filters:
         # convert the value(s) by the row type, as the delivery queries will
         records = sql.SQL("jsonb_array_elements(%(v)s)" if f.op == "in" else "(SELECT %(v)s)")
         value = sql.SQL("SELECT jsonb_populate_record(NULL::{}, e) FROM {} AS x(e)").format(
@@ -217,13 +320,22 @@ async def check(conn: psycopg.AsyncConnection[Any], table: Table, filters: Filte
         try:
             async with conn.transaction():  # a savepoint: a bad value must not end ours
                 await conn.execute(value, {"v": f.parameter()})
-        except psycopg.DataError as exc:
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error:
+            # PostgreSQL's message is not passed on: the column's type may run code of the
+            # type's owner (a domain's CHECK), which could put anything in it
             raise SubscriptionError(
                 "bad_filter",
-                f"filter on {f.column!r}: {f.value!r} is not a valid value for this column "
-                f"({exc.diag.message_primary})",
+                f"filter on {f.column!r}: {_shown(f.value)} is not a valid value for this "
+                "column (its type refused it)",
             ) from None
     return columns
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(list(value) if isinstance(value, tuple) else value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 async def snapshot(
@@ -244,7 +356,7 @@ async def snapshot(
             f"{table.qualified} has more than {limit} rows for this subscription; narrow it "
             "with filters",
         )
-    return [(tuple(json.loads(key)), row) for key, row in rows]
+    return [(_parse_key(key), row) for key, row in rows]
 
 
 Visible = dict[Key, tuple[str, list[bool]]]
@@ -257,7 +369,7 @@ def visible_query(
     each filter set matches). One query whatever the number of subscriptions; read the
     answer with `visible_rows`."""
     statement, params = _visible_statement(table, tuple(columns), tuple(filter_sets))
-    objects = Jsonb([dict(zip(table.key, k, strict=True)) for k in keys])
+    objects = Jsonb([table.key_object(k) for k in keys])
     return statement, {**params, "keys": objects}
 
 
@@ -285,4 +397,4 @@ def _visible_statement(
 
 
 def visible_rows(rows: Iterable[tuple[Any, ...]]) -> Visible:
-    return {tuple(json.loads(key)): (row, list(flags)) for key, row, flags in rows}
+    return {_parse_key(key): (row, list(flags)) for key, row, flags in rows}

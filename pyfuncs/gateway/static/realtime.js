@@ -26,6 +26,8 @@ const RESYNC_REQUIRED = 4010; // the close code after which positions are worthl
 const RETRY_MIN_MS = 250;
 const RETRY_MAX_MS = 10_000;
 const SWEEP_MS = 5_000; // how often the leader forgets the subscriptions of closed tabs
+// refusals that pass: the subscription is asked for again a second later
+const RETRIED = new Set(["rate_limited", "unavailable"]);
 
 // The positions of the changes a subscription applied last, so that one arriving again
 // (relayed by a tab that was leader, after a new leader resumed from an earlier position)
@@ -100,7 +102,7 @@ export class Subscription {
     } else if (type === "error") {
       if (message.code === "resync_required") {
         this.position = null; // the leader subscribes afresh: a snapshot replaces the cache
-      } else if (message.code !== "rate_limited") {
+      } else if (!RETRIED.has(message.code)) {
         this.closed = true; // the gateway refused it (a bad filter, forbidden...)
         this.realtime._forget(this);
       }
@@ -392,7 +394,7 @@ class Leader {
           want.position = null;
           want.sent = false;
           this.subscribe(want);
-        } else if (want && message.code === "rate_limited") {
+        } else if (want && RETRIED.has(message.code)) {
           want.sent = false;
           this.after(1000, () => this.subscribe(want));
         } else if (want) {

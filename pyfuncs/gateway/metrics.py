@@ -1,0 +1,72 @@
+"""The gateway's counters, and who may read them (`GET /metrics`, Prometheus' text format)."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+# headers a proxy adds: a request that has one was relayed, so it is not this host's own
+PROXY_HEADERS = ("forwarded", "via", "x-real-ip", "true-client-ip", "cf-connecting-ip",
+                 "x-client-ip", "x-cluster-client-ip", "fastly-client-ip")  # fmt: skip
+
+
+@dataclass
+class Metrics:
+    delivered: int = 0
+    changes: int = 0
+    slow_consumers: int = 0
+    checks: int = 0  # visibility queries: one per (table, identity) per batch
+    auth_failures: int = 0
+    lag: float = 0.0  # seconds from the commit of the last batch's newest change to its sending
+    disconnected_at: float | None = None  # when the feed connection was lost
+    feed_reads: int = 0  # reads of the change feed by the hub
+    failures: int = 0  # unexpected errors survived (each logged)
+
+
+def may_read(request: Request, token: str | None) -> bool:
+    """Counters tell how busy the database and the gateway are: for this host's loopback (a
+    scraper beside the gateway, not a request any proxy relayed, whichever header says so)
+    or, when a metrics token is configured, only its bearer."""
+    if token is not None:
+        auth = request.headers.get("authorization") or ""
+        given = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        return hmac.compare_digest(given.encode(), token.encode())
+    host = request.client.host if request.client else ""
+    relayed = any(name in PROXY_HEADERS or name.startswith("x-forwarded-")
+                  for name in request.headers)  # fmt: skip
+    return host in ("127.0.0.1", "::1") and not relayed
+
+
+def exposition(
+    m: Metrics, *, connections: dict[str, int], subscriptions: int, lag: float,
+    connected: bool, audit_dropped: int,
+) -> str:  # fmt: skip
+    lines = [
+        "# TYPE pyfuncs_gateway_connections gauge",
+        *(f'pyfuncs_gateway_connections{{transport="{t}"}} {n}' for t, n in connections.items()),
+        "# TYPE pyfuncs_gateway_subscriptions gauge",
+        f"pyfuncs_gateway_subscriptions {subscriptions}",
+        "# TYPE pyfuncs_gateway_delivery_lag_seconds gauge",
+        f"pyfuncs_gateway_delivery_lag_seconds {lag:.6f}",
+        "# TYPE pyfuncs_gateway_feed_connected gauge",
+        f"pyfuncs_gateway_feed_connected {int(connected)}",
+        "# TYPE pyfuncs_gateway_changes_total counter",
+        f"pyfuncs_gateway_changes_total {m.changes}",
+        "# TYPE pyfuncs_gateway_feed_reads_total counter",
+        f"pyfuncs_gateway_feed_reads_total {m.feed_reads}",
+        "# TYPE pyfuncs_gateway_messages_delivered_total counter",
+        f"pyfuncs_gateway_messages_delivered_total {m.delivered}",
+        "# TYPE pyfuncs_gateway_visibility_checks_total counter",
+        f"pyfuncs_gateway_visibility_checks_total {m.checks}",
+        "# TYPE pyfuncs_gateway_slow_consumers_total counter",
+        f"pyfuncs_gateway_slow_consumers_total {m.slow_consumers}",
+        "# TYPE pyfuncs_gateway_auth_failures_total counter",
+        f"pyfuncs_gateway_auth_failures_total {m.auth_failures}",
+        "# TYPE pyfuncs_gateway_failures_total counter",
+        f"pyfuncs_gateway_failures_total {m.failures}",
+        "# TYPE pyfuncs_gateway_audit_dropped_total counter",
+        f"pyfuncs_gateway_audit_dropped_total {audit_dropped}",
+    ]
+    return "\n".join(lines) + "\n"
