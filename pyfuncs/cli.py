@@ -34,7 +34,10 @@ Connection = psycopg.Connection[tuple[Any, ...]]
 def _connect(args: argparse.Namespace, *, installed: bool = True) -> Connection:
     """A connection to the database the command names; checks that pyfuncs is installed
     there (at this version's schema) unless `installed` is False."""
-    dsn = resolve_dsn(args.dsn)
+    return _connect_to(resolve_dsn(args.dsn), installed=installed)
+
+
+def _connect_to(dsn: str, *, installed: bool = True) -> Connection:
     try:
         conn = connect(dsn, autocommit=True, connect_timeout=10)
     except psycopg.Error as exc:
@@ -174,9 +177,9 @@ def cmd_realtime(args: argparse.Namespace) -> None:
             print(f"{args.action}d  {table}")
 
 
-# what README "Deploying it" asks the gateway's login role for
+# what README "Deploying it" asks the role of the gateway's feed sessions for
 _GATEWAY_GRANTS = (
-    ("SELECT", "pyfuncs.realtime_state"), ("SELECT", "pyfuncs.realtime_table"),
+    ("SELECT", "pyfuncs.realtime_state"),
     ("SELECT", "pyfuncs.realtime_commit"), ("SELECT", "pyfuncs.realtime_change"),
     ("INSERT", "pyfuncs.realtime_audit"),
 )  # fmt: skip
@@ -195,7 +198,8 @@ def _check_gateway_role(conn: Connection) -> None:
         grants = "; ".join(f"GRANT {p} ON {', '.join(n)} TO {role}" for p, n in lacking.items())
         lacks = ", ".join(f"{p} on {', '.join(n)}" for p, n in lacking.items())
         raise ConfigError(
-            f"the gateway's role {role} lacks {lacks}, which it needs to follow the change "
+            f"the gateway's feed role {role} (PYFUNCS_GATEWAY_FEED_DSN, by default the --dsn "
+            f"role) lacks {lacks}, which it needs to follow the change "
             f"feed; as a superuser, run: {grants} (README: Deploying it)"
         )
 
@@ -224,8 +228,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from .gateway.server import serve
 
     dsn = resolve_dsn(args.dsn)
-    GatewayConfig.from_env(dsn, JwtVerifier.from_env())  # fail here, not in every worker
-    with _connect(args) as conn:
+    config = GatewayConfig.from_env(dsn, JwtVerifier.from_env())  # here, not in every worker
+    _connect_to(dsn).close()
+    with _connect_to(config.feed_dsn) as conn:  # the feed sessions' role reads the feed
         _check_gateway_role(conn)
     _check_address(args.host, args.port)
     os.environ["PYFUNCS_DSN"] = dsn  # what the workers' create_app() reads

@@ -57,10 +57,6 @@ from .tables import (
 
 log = logging.getLogger("pyfuncs.gateway")
 END = 2**63 - 1  # the change number after every change of a commit
-# after a read of the feed that found nothing, wait this long before reading again: any
-# login role may NOTIFY the feed's channel, and a flood of those must not become a flood
-# of reads (a real commit's wake-up waits at most this much more)
-QUIET = 0.01
 RESTART_MAX = 30.0  # seconds, the longest wait before the feed loop restarts after errors
 RESYNC = ("the change feed no longer holds the changes after your position (they are kept "
           "for a limited time): subscribe again without `since` to read the table afresh")  # fmt: skip
@@ -147,9 +143,7 @@ class Hub:
                 self.metrics.changes += len(changes)
                 now = datetime.datetime.now(datetime.UTC)
                 self.metrics.lag = (now - changes[-1].committed_at).total_seconds()
-            else:
-                await asyncio.sleep(QUIET)
-            if len(changes) < self.config.batch:
+            if len(changes) < self.config.batch:  # (reads at most every WAKE_UP_GAP)
                 await wake_up(conn, self.config.poll)
 
     async def prune_forever(self) -> None:

@@ -322,4 +322,4 @@ def test_serve_refuses_a_feed_role_it_cannot_work_with_in_one_line(rt_db: str, r
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1, result.stderr
     assert "PYFUNCS_GATEWAY_FEED_DSN" in result.stderr
-    assert "permission denied for table realtime_commit" in result.stderr
+    assert "GRANT SELECT ON pyfuncs.realtime_state, pyfuncs.realtime_commit" in result.stderr

@@ -213,7 +213,7 @@ def test_serve_as_a_role_without_the_gateways_grants_says_which(
     the gateway's startup with a traceback."""
     monkeypatch.setenv("PYFUNCS_JWT_SECRET", "cli-test-secret-0123456789-0123456789")
     monkeypatch.setenv("PYFUNCS_JWT_ROLES", "student")
-    grants = ('GRANT SELECT ON pyfuncs.realtime_state, pyfuncs.realtime_table, '
+    grants = ('GRANT SELECT ON pyfuncs.realtime_state, '
               'pyfuncs.realtime_commit, pyfuncs.realtime_change TO "authenticator"; '
               'GRANT INSERT ON pyfuncs.realtime_audit TO "authenticator"')  # fmt: skip
     refused(capsys, grants, "serve", "--dsn", authenticator_dsn)
