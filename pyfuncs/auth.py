@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
+from jwt.algorithms import RSAAlgorithm
+from jwt.exceptions import InvalidKeyError
 
 from .errors import AuthError, ConfigError
 
@@ -78,6 +80,19 @@ class JwtVerifier:
             raise ConfigError(
                 "JwtVerifier needs exactly one of secret (HS256) or public_key (RS256)"
             )
+        if self.secret is not None and len(self.secret.encode()) < 32:
+            raise ConfigError(
+                "the JWT secret (PYFUNCS_JWT_SECRET) is shorter than 32 bytes, which HS256 "
+                "needs to resist guessing; use a random one, e.g. `openssl rand -hex 32`"
+            )
+        if self.public_key is not None:
+            try:
+                RSAAlgorithm(RSAAlgorithm.SHA256).prepare_key(self.public_key)
+            except (InvalidKeyError, ValueError, TypeError):
+                raise ConfigError(
+                    "the JWT public key (PYFUNCS_JWT_PUBLIC_KEY) is not an RSA public key: "
+                    "give its PEM text, from -----BEGIN PUBLIC KEY----- to the END line"
+                ) from None
         if isinstance(self.roles, str) or not self.roles:
             raise ConfigError(
                 "JwtVerifier needs roles=[...] (PYFUNCS_JWT_ROLES=a,b): the database roles "

@@ -87,3 +87,17 @@ def test_configuration_mistakes() -> None:
         JwtVerifier(secret=SECRET, roles=["student", "none"])
     with pytest.raises(ConfigError, match="default_role"):
         JwtVerifier(secret=SECRET, roles=ROLES, default_role="admin")
+
+
+@pytest.mark.parametrize("secret", ["", "a", "x" * 31, "é" * 15])
+def test_a_secret_too_short_to_resist_guessing_is_refused(secret: str) -> None:
+    with pytest.raises(ConfigError, match="shorter than 32 bytes"):
+        JwtVerifier(secret=secret, roles=ROLES)
+
+
+@pytest.mark.parametrize(
+    "key", ["notapem", "", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", SECRET]
+)
+def test_a_public_key_that_is_not_one_is_refused(key: str) -> None:
+    with pytest.raises(ConfigError, match="not an RSA public key"):
+        JwtVerifier(public_key=key, roles=ROLES)
