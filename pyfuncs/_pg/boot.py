@@ -60,17 +60,18 @@ def load(sources: Mapping[str, str], gd: dict[str, Any]) -> None:
 
 
 def start(gd: dict[str, Any]) -> None:
-    """Bind PL/Python and the postgres executable to the runtime, start the watchdog, and
-    offer every interface generated bodies use."""
+    """Bind PL/Python and the postgres executable to the runtime, contain C stack overflows,
+    start the watchdog, and offer every interface generated bodies use."""
     import ctypes
 
     import plpy
 
-    from . import db, errors, identity, routines, sandbox
+    from . import db, errors, identity, overflow, routines, sandbox
     from . import watchdog as stopping
 
     db.plpy = errors.plpy = plpy
     postgres = ctypes.CDLL(None)  # the postgres executable itself
+    overflow.contain(plpy.fatal, postgres)
     identity.bind(postgres)
     in_transaction = postgres.IsTransactionState
     in_transaction.restype = ctypes.c_bool
