@@ -66,13 +66,14 @@ def start(gd: dict[str, Any]) -> None:
 
     import plpy
 
-    from . import db, errors, identity, overflow, routines, sandbox
+    from . import db, deadline, errors, identity, overflow, routines, sandbox
     from . import watchdog as stopping
 
     db.plpy = errors.plpy = plpy
     postgres = ctypes.CDLL(None)  # the postgres executable itself
     overflow.contain(plpy.fatal, postgres)
     identity.bind(postgres)
+    deadline.bind(postgres)
     in_transaction = postgres.IsTransactionState
     in_transaction.restype = ctypes.c_bool
     stopping.in_transaction = in_transaction
