@@ -75,18 +75,20 @@ def load(modules: Mapping[str, Mapping[str, Any]], gd: dict[str, Any]) -> None:
 
 
 def start(gd: dict[str, Any]) -> None:
-    """Bind PL/Python and the postgres executable to the runtime, start the watchdog, and
-    offer every interface generated bodies use."""
+    """Bind PL/Python and the postgres executable to the runtime, contain C stack overflows,
+    start the watchdog, and offer every interface generated bodies use."""
     import ctypes
 
     import plpy
 
-    from . import db, errors, identity, routines, sandbox
+    from . import db, deadline, errors, identity, overflow, routines, sandbox
     from . import watchdog as stopping
 
     db.plpy = errors.plpy = plpy
     postgres = ctypes.CDLL(None)  # the postgres executable itself
+    overflow.contain(plpy.fatal, postgres)
     identity.bind(postgres)
+    deadline.bind(postgres)
     in_transaction = postgres.IsTransactionState
     in_transaction.restype = ctypes.c_bool
     stopping.in_transaction = in_transaction

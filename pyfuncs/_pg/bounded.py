@@ -1,22 +1,34 @@
-"""Bounded operations: the few operations that make a result far larger than their operands
-inside one C call, checked before they start."""
+"""Bounded operations: the operations that do far more work, or make a far larger result,
+than their operands' size inside one C call, checked before they start."""
 
 from __future__ import annotations
 
 import math
+import random
+import secrets
+import struct
 import types
+from collections.abc import Callable, Iterable
 from typing import Any
 
-# The watchdog can only stop code that returns to the interpreter. A few operations make a
-# result far larger than their operands inside one C call: `*` of a sequence or of big
-# integers, `**`, `<<`, and factorial, comb and perm. In routine modules those operators go
-# through the checks below (inserted by guards.py; constant expressions the compiler folds
-# stay as they are) and `pow` and the math module are replaced by checked ones, so such an
-# operation is refused before it starts. Other long C operations take time in proportion to
-# an input that had to be built first, in code the watchdog and max_memory_mb do see.
+# The watchdog can only stop code that returns to the interpreter. Some operations make a
+# result far larger than their operands inside one C call (`*` of a sequence or of big
+# integers, `**`, `<<`, factorial, comb, perm, prod, lcm, str.replace, join, padding), or
+# take time far beyond their operands' size (`pow(a, e, m)`, `//`, `%` and divmod of big
+# integers, gcd, isqrt). In routine modules those operators go through the checks below
+# (inserted by guards.py; constant expressions the compiler folds stay as they are), `pow`
+# and `divmod` are checked builtins, `math`, `struct`, `random` and `secrets` are replaced
+# by checked copies, and the methods are read through checks (sandbox.attribute), so such
+# an operation is refused before it starts. Lazy inputs consumed in C come back to Python
+# (lazy.py). Other C operations take time in proportion to data that was built first, in
+# code the watchdog and max_memory_mb do see.
 
 MAX_INT_BITS = 100_000  # ~30,000 decimal digits; Python refuses to print more than 4,300
-MAX_REPEAT_BYTES = 64 << 20
+MAX_REPEAT_BYTES = 64 << 20  # a string, bytes, list or tuple made by one operation
+# work, in the units the checks below count, that takes ~0.05-0.3 s on this kind of machine
+MAX_DIVISION = 10**10  # bits of the quotient x bits of the divisor
+MAX_OPERAND_BITS = 2 * MAX_INT_BITS  # of gcd, lcm and isqrt, which are quadratic
+MAX_MODULAR = 4 * 10**6  # bits of the exponent x (30-bit digits of the modulus) ** 1.6
 
 
 class OperationTooLarge(OverflowError):
@@ -27,6 +39,14 @@ def refuse(what: str, size: float, unit: str, most: int) -> None:
     raise OperationTooLarge(
         f"{what} would make {size:,.0f} {unit}; one operation in a routine may make at most "
         f"{most:,} (build it in steps, or keep the numbers smaller)"
+    )
+
+
+def refuse_work(what: str, work: float, unit: str, most: int) -> None:
+    raise OperationTooLarge(
+        f"{what} would take {work:,.0f} {unit} of work in one C call, which no stop can "
+        f"interrupt; one operation in a routine may take at most {most:,} (keep the numbers "
+        "smaller)"
     )
 
 
@@ -65,49 +85,268 @@ def check_lshift(a: Any, b: Any) -> Any:
     return b
 
 
+def check_divide(a: Any, b: Any) -> Any:
+    """Refuse `a // b`, `a % b`, divmod(a, b) of integers whose long division would take
+    too long (its work grows with the quotient's bits times the divisor's); else b."""
+    if isinstance(a, int) and isinstance(b, int):
+        big = a.bit_length()
+        if big > MAX_INT_BITS:  # below, the work is below MAX_DIVISION whatever b is
+            small = b.bit_length()
+            work = (big - small) * small
+            if work > MAX_DIVISION:
+                refuse_work("dividing a big integer", work, "bit x bit", MAX_DIVISION)
+    return b
+
+
 def checked_mul(a: Any, b: Any) -> Any:
     return a * check_mul(a, b)
 
 
 def checked_pow(base: Any, exponent: Any, mod: Any = None) -> Any:
-    if mod is not None:  # modular: the result stays below mod
-        return pow(base, exponent, mod)
-    return base ** check_pow(base, exponent)
+    if mod is None:
+        return base ** check_pow(base, exponent)
+    if isinstance(exponent, int) and isinstance(mod, int) and mod:
+        # modular: the result stays below mod, but the work is one multiplication modulo
+        # mod per bit of the exponent
+        digits = max(1.0, mod.bit_length() / 30)
+        work = exponent.bit_length() * digits**1.6
+        if work > MAX_MODULAR:
+            refuse_work("pow(int, int, int)", work, "digit", MAX_MODULAR)
+    return pow(base, exponent, mod)
 
 
 def checked_lshift(a: Any, b: Any) -> Any:
     return a << check_lshift(a, b)
 
 
+def checked_floordiv(a: Any, b: Any) -> Any:
+    return a // check_divide(a, b)
+
+
+def checked_mod(a: Any, b: Any) -> Any:
+    return a % check_divide(a, b)
+
+
+def checked_divmod(a: Any, b: Any) -> Any:
+    return divmod(a, check_divide(a, b))
+
+
 def _factorial_bits(n: Any) -> float:
     return math.lgamma(n + 1) / math.log(2) if isinstance(n, int) and n > 1 else 0.0
 
 
-def guarded_math() -> types.ModuleType:
-    """The math module with factorial, comb and perm refusing results beyond MAX_INT_BITS."""
+def _bits_at_most(bits: float, what: str, most: int = MAX_INT_BITS) -> None:
+    if bits > most:
+        refuse(what, bits, "bits", most)
 
-    def checked(bits: float, what: str) -> None:
-        if bits > MAX_INT_BITS:
-            refuse(what, bits, "bits", MAX_INT_BITS)
+
+def _operands(what: str, *numbers: Any) -> None:
+    for n in numbers:
+        if isinstance(n, int) and n.bit_length() > MAX_OPERAND_BITS:
+            bits = n.bit_length()
+            refuse_work(f"{what} of a {bits:,}-bit integer", bits**2, "bit x bit",
+                        MAX_OPERAND_BITS**2)  # fmt: skip
+
+
+def _stand_in(module: types.ModuleType, *checked: Callable[..., Any]) -> types.ModuleType:
+    """A copy of `module` (its public names) with the `checked` functions in place."""
+    copy = types.ModuleType(module.__name__, module.__doc__)
+    copy.__dict__.update({k: v for k, v in vars(module).items() if not k.startswith("_")})
+    if hasattr(module, "__all__"):
+        copy.__dict__["__all__"] = list(module.__all__)
+    for function in checked:
+        function.__module__ = module.__name__  # what routines see them as: the module's own
+        function.__qualname__ = function.__name__
+        copy.__dict__[function.__name__] = function
+    return copy
+
+
+def guarded_math() -> types.ModuleType:
+    """The math module with factorial, comb, perm, prod and lcm refusing results beyond
+    MAX_INT_BITS, and gcd and isqrt operands beyond MAX_OPERAND_BITS."""
 
     def factorial(n: int, /) -> int:
-        checked(_factorial_bits(n), f"factorial({n})")
+        _bits_at_most(_factorial_bits(n), f"factorial({n})")
         return math.factorial(n)
 
     def comb(n: int, k: int, /) -> int:
         if isinstance(n, int) and isinstance(k, int) and 0 <= k <= n:
             bits = _factorial_bits(n) - _factorial_bits(k) - _factorial_bits(n - k)
-            checked(bits, f"comb({n}, {k})")
+            _bits_at_most(bits, f"comb({n}, {k})")
         return math.comb(n, k)
 
     def perm(n: int, k: int | None = None, /) -> int:
         if isinstance(n, int) and isinstance(k, int) and 0 <= k <= n:
-            checked(_factorial_bits(n) - _factorial_bits(n - k), f"perm({n}, {k})")
+            _bits_at_most(_factorial_bits(n) - _factorial_bits(n - k), f"perm({n}, {k})")
         return math.perm(n, k)
 
-    module = types.ModuleType("math", math.__doc__)
-    module.__dict__.update({k: v for k, v in vars(math).items() if not k.startswith("_")})
-    for checked_one in (factorial, comb, perm):
-        checked_one.__module__ = "math"  # what routines see them as: math's own
-        module.__dict__[checked_one.__name__] = checked_one
-    return module
+    def prod(iterable: Iterable[Any], /, *, start: Any = 1) -> Any:
+        result = start
+        for item in iterable:  # each product checked, as `*` is in a routine
+            result = checked_mul(result, item)
+        return result
+
+    def lcm(*integers: int) -> int:
+        _operands("lcm", *integers)
+        bits = sum(n.bit_length() for n in integers if isinstance(n, int))
+        _bits_at_most(bits, "lcm(...)")
+        return math.lcm(*integers)
+
+    def gcd(*integers: int) -> int:
+        _operands("gcd", *integers)
+        return math.gcd(*integers)
+
+    def isqrt(n: int, /) -> int:
+        _operands("isqrt", n)
+        return math.isqrt(n)
+
+    return _stand_in(math, factorial, comb, perm, prod, lcm, gcd, isqrt)
+
+
+def _size_at_most(size: Any, what: str) -> None:
+    if isinstance(size, int) and size > MAX_REPEAT_BYTES:
+        refuse(what, size, "bytes", MAX_REPEAT_BYTES)
+
+
+def guarded_struct() -> types.ModuleType:
+    """struct with pack and Struct refusing formats of more than MAX_REPEAT_BYTES."""
+
+    def pack(format: Any, /, *values: Any) -> bytes:
+        _size_at_most(struct.calcsize(format), "struct.pack")
+        return struct.pack(format, *values)
+
+    def Struct(format: Any) -> struct.Struct:
+        _size_at_most(struct.calcsize(format), "struct.Struct")
+        return struct.Struct(format)
+
+    def calcsize(format: Any, /) -> int:
+        return struct.calcsize(format)
+
+    return _stand_in(struct, pack, Struct, calcsize)
+
+
+def _random_bytes(generator: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+    def randbytes(n: Any) -> Any:
+        _size_at_most(n, f"randbytes({n})")
+        return method(n)
+
+    return randbytes
+
+
+def _random_bits(generator: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+    def getrandbits(k: Any, /) -> Any:
+        if isinstance(k, int):
+            _bits_at_most(k, f"getrandbits({k})", MAX_REPEAT_BYTES * 8)
+        return method(k)
+
+    return getrandbits
+
+
+def guarded_random() -> types.ModuleType:
+    """random with randbytes and getrandbits refusing more than MAX_REPEAT_BYTES."""
+
+    def randbytes(n: int) -> bytes:
+        _size_at_most(n, f"randbytes({n})")
+        return random.randbytes(n)
+
+    def getrandbits(k: int, /) -> int:
+        _bits_at_most(k, f"getrandbits({k})", MAX_REPEAT_BYTES * 8)
+        return random.getrandbits(k)
+
+    return _stand_in(random, randbytes, getrandbits)
+
+
+def guarded_secrets() -> types.ModuleType:
+    """secrets with its token and bit functions refusing more than MAX_REPEAT_BYTES."""
+
+    def token_bytes(nbytes: int | None = None) -> bytes:
+        _size_at_most(nbytes, f"token_bytes({nbytes})")
+        return secrets.token_bytes(nbytes)
+
+    def token_hex(nbytes: int | None = None) -> str:
+        _size_at_most(nbytes, f"token_hex({nbytes})")
+        return secrets.token_hex(nbytes)
+
+    def token_urlsafe(nbytes: int | None = None) -> str:
+        _size_at_most(nbytes, f"token_urlsafe({nbytes})")
+        return secrets.token_urlsafe(nbytes)
+
+    def randbits(k: int) -> int:
+        _bits_at_most(k, f"randbits({k})", MAX_REPEAT_BYTES * 8)
+        return secrets.randbits(k)
+
+    return _stand_in(secrets, token_bytes, token_hex, token_urlsafe, randbits)
+
+
+# --- methods of built-in types, read through a check (sandbox.attribute) ---------------
+
+
+def _text_size(text: Any, size: float, what: str) -> None:
+    # characters, as `str * n` counts them (a character takes 1 to 4 bytes)
+    if size > MAX_REPEAT_BYTES:
+        unit = "bytes" if isinstance(text, (bytes, bytearray)) else "characters"
+        refuse(what, size, unit, MAX_REPEAT_BYTES)
+
+
+def _replace(text: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+    def replace(old: Any, new: Any, count: int = -1, /) -> Any:
+        if isinstance(old, (str, bytes, bytearray)) and isinstance(new, (str, bytes, bytearray)):
+            found = text.count(old) if len(old) else len(text) + 1
+            if isinstance(count, int) and count >= 0:
+                found = min(found, count)
+            size = len(text) + found * (len(new) - len(old))
+            _text_size(text, size, f"{type(text).__name__}.replace")
+        return method(old, new, count)
+
+    return replace
+
+
+def _join(separator: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+    def join(iterable: Iterable[Any], /) -> Any:
+        items = iterable if isinstance(iterable, (list, tuple)) else list(iterable)
+        size = sum(len(i) for i in items if isinstance(i, (str, bytes, bytearray)))
+        size += len(separator) * max(0, len(items) - 1)
+        _text_size(separator, size, f"{type(separator).__name__}.join")
+        return method(items)
+
+    return join
+
+
+def _padding(name: str) -> Callable[[Any, Callable[..., Any]], Callable[..., Any]]:
+    def checked(text: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+        def pad(*args: Any, **kwargs: Any) -> Any:
+            width = args[0] if args else kwargs.get("tabsize", kwargs.get("width", 8))
+            if isinstance(width, int):
+                size = width
+                if name == "expandtabs":  # every tab may become `width` spaces
+                    tabs = text.count("\t" if isinstance(text, str) else b"\t")
+                    size = len(text) + tabs * width
+                _text_size(text, size, f"{type(text).__name__}.{name}({width})")
+            return method(*args, **kwargs)
+
+        return pad
+
+    return checked
+
+
+def _to_bytes(number: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+    def to_bytes(length: Any = 1, *args: Any, **kwargs: Any) -> Any:
+        _size_at_most(length, f"int.to_bytes({length})")
+        return method(length, *args, **kwargs)
+
+    return to_bytes
+
+
+_TEXT = (str, bytes, bytearray)
+PADDING = ("ljust", "rjust", "center", "zfill", "expandtabs")
+
+# name -> (the types whose method it is, what a routine gets instead: made from the object
+# and its own bound method)
+READS: dict[str, tuple[tuple[type, ...], Callable[[Any, Callable[..., Any]], Any]]] = {
+    "replace": (_TEXT, _replace),
+    "join": (_TEXT, _join),
+    "to_bytes": ((int,), _to_bytes),
+    "randbytes": ((random.Random,), _random_bytes),
+    "getrandbits": ((random.Random,), _random_bits),
+    **{name: (_TEXT, _padding(name)) for name in PADDING},
+}

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from . import identity, vocabulary
+from . import deadline, identity, vocabulary
 from . import watchdog as stopping
 from .values import OID_PARSERS, SIMPLE_TYPES, adapt_param, converter
 from .watchdog import RoutineInterrupted
@@ -118,31 +119,38 @@ class Db(Queries):
         return prepared, [v for _, v in adapted]
 
     @staticmethod
-    def _count() -> None:
-        """Every database operation: refused in a stopped call, counted for max_db_ops."""
-        if stopping.disposing:
-            raise RoutineInterrupted()
+    def _count() -> Any:
+        """Every database operation: refused in a stopped call and to code that is not the
+        call's (see _from_the_call), counted for max_db_ops. Returns the call's innermost
+        entry frame."""
+        stopping.guard()
+        entry = _from_the_call()
         watchdog = stopping.WATCHDOG
-        if watchdog is not None and (watchdog.stop is not None or watchdog.budgets):
+        if watchdog is not None and watchdog.budgets:
             watchdog.count_db_op()
+        return entry
 
     def _run(self, query: str, params: Sequence[Any]) -> Any:
         # the hot path of every query: _count and the first step of _plan, inlined
-        if stopping.disposing:
-            raise RoutineInterrupted()
+        stopping.guard()
+        entry = _from_the_call()
         watchdog = stopping.WATCHDOG
-        if watchdog is not None and (watchdog.stop is not None or watchdog.budgets):
+        if watchdog is not None and watchdog.budgets:
             watchdog.count_db_op()
         prepared = self._direct.get(_plan_key(query, params))
         if prepared is None:
             prepared, params = self._plan(query, params)
+        lent = deadline.lend(entry)
         entered = identity.enter()
         try:
             result = plpy.execute(prepared.plan, params)
         except plpy.SPIError as exc:  # its subtransaction, and what it changed, rolled back
+            deadline.expired(exc)
             _failed(exc)
             raise
         finally:
+            if lent:
+                deadline.give_back()
             changed = identity.leave(entered)
         if changed:
             _stop_identity(changed)
@@ -177,25 +185,36 @@ class Db(Queries):
     ) -> Iterator[dict[str, Any]]:
         """Iterate over a large result without holding it all in memory."""
         stopping.dispose_orphans()
-        self._count()
+        entry = self._count()
         prepared, values = self._plan(query, params)
+        lent = deadline.lend(entry)
         entered = identity.enter()
         try:
             cur = plpy.cursor(prepared.plan, values)
+        except plpy.SPIError as exc:
+            deadline.expired(exc)
+            _failed(exc)
+            raise
         finally:
+            if lent:
+                deadline.give_back()
             changed = identity.leave(entered)
         if changed:
             _stop_identity(changed)
         try:
             while True:
-                self._count()
+                entry = self._count()
+                lent = deadline.lend(entry)
                 entered = identity.enter()
                 try:
                     chunk = cur.fetch(batch)
                 except plpy.SPIError as exc:
+                    deadline.expired(exc)
                     _failed(exc)
                     raise
                 finally:
+                    if lent:
+                        deadline.give_back()
                     changed = identity.leave(entered)
                 if changed:
                     _stop_identity(changed)
@@ -211,12 +230,42 @@ class Db(Queries):
 
     def subtransaction(self) -> Any:
         """A savepoint: `with db.subtransaction(): ...` undoes its writes if the block raises."""
+        stopping.guard()
+        _from_the_call()
         return plpy.subtransaction()
 
     def claims(self) -> dict[str, Any]:
         """The caller's JWT claims (`request.jwt.claims`), empty without a token."""
+        stopping.guard()
+        _from_the_call()
         raw = plpy.execute("SELECT current_setting('request.jwt.claims', true) AS c")[0]["c"]
         return dict(json.loads(raw)) if raw else {}
+
+
+def _from_the_call() -> Any:
+    """Refuse `db` to code that is not that of the call under way: the code of a routine
+    module runs only in calls of its routines, except for what Python runs at other times
+    (a finalizer, `__del__` or a generator's `finally`, run when the garbage collector
+    gets to it, maybe in another routine's call or in none), which must not query as
+    whoever happens to be calling then. The caller's code is the first of a routine
+    module's on the stack; the call is that of the innermost entry frame, returned."""
+    owners, entries = stopping.ROUTINE_CODE, stopping.ENTRIES
+    owner = None
+    frame: Any = sys._getframe(2)
+    while frame is not None:
+        code = id(frame.f_code)
+        routine = entries.get(code)
+        if routine is not None:
+            if owner is not None and (owner is routine.namespace or owner is stopping.LOADING):
+                return frame
+            break
+        if owner is None:
+            owner = owners.get(code)
+        frame = frame.f_back
+    raise PermissionError(
+        "pyfuncs: db is for the routine whose call is under way, not for code that runs "
+        "outside it (a finalizer, or an object of another routine module)"
+    )
 
 
 def _failed(exc: BaseException) -> None:

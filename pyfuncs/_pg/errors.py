@@ -8,6 +8,7 @@ from typing import Any
 
 from . import vocabulary
 from .bounded import OperationTooLarge
+from .watchdog import RoutineInterrupted
 
 # PL/Python's module, bound by boot() (outside PostgreSQL RaiseError is all there is here)
 plpy: Any = None
@@ -59,8 +60,39 @@ def make(
     return err
 
 
+def text(value: object) -> str:
+    """`value` as a string of the exact type str (a subclass's text, without its methods)."""
+    if type(value) is not str:
+        value = str(value)
+    return value if type(value) is str else str.__str__(value)
+
+
 def translate(routine: str, filename: str, exc: BaseException) -> Exception:
-    """The PostgreSQL error for an exception from a routine, pointing at its own source line."""
+    """The PostgreSQL error for an exception from a routine, pointing at its own source line.
+
+    Called inside the routine's call (routines.py): formatting the exception may run the
+    routine's code (its __str__, properties of its own RaiseError subclass), which the
+    watchdog stops like any other. What it makes holds plain strings only, which PL/Python
+    reports without running any Python; an exception that cannot be formatted is reported
+    by its class name."""
+    try:
+        return _translate(routine, filename, exc)
+    except RoutineInterrupted:
+        raise
+    except Exception:
+        return make(class_name(exc), f"{routine} raised an exception that could not be "
+                    "formatted", vocabulary.ROUTINE_FAILED)  # fmt: skip
+
+
+_TYPE_NAME = type.__dict__["__name__"]
+
+
+def class_name(value: object) -> str:
+    """The name of `value`'s class, read without its metaclass's code."""
+    return text(_TYPE_NAME.__get__(type(value)))
+
+
+def _translate(routine: str, filename: str, exc: BaseException) -> Exception:
     import traceback  # here: the error path pays for the import, not every backend's boot
 
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
@@ -80,6 +112,10 @@ def translate(routine: str, filename: str, exc: BaseException) -> Exception:
         sqlstate, message = vocabulary.LIMIT_EXCEEDED, f"{routine}: {exc}"
     else:
         sqlstate, message = vocabulary.ROUTINE_FAILED, str(exc)
+    sqlstate = text(sqlstate)
+    if len(sqlstate) != 5 or not sqlstate.isascii() or not sqlstate.isalnum():
+        sqlstate = vocabulary.ROUTINE_FAILED
     traced = f"Python traceback (routine {routine}):\n{trace}" if trace else None
-    detail = "\n".join(p for p in (detail, traced) if p) or None
-    return make(type(exc).__name__, f"{message} ({where})", sqlstate, detail, hint)
+    detail = "\n".join(text(p) for p in (detail, traced) if p) or None
+    hint = text(hint) if hint else None
+    return make(class_name(exc), f"{text(message)} ({where})", sqlstate, detail, hint)

@@ -11,11 +11,14 @@ import copy
 import types
 from typing import ClassVar
 
+from . import bounded, lazy
 from .vocabulary import FRAME_ATTRIBUTES
 
 # attribute reads the sandbox checks (sandbox.attribute): registering a virtual subclass of
-# an ABC every call shares, and str.format, whose fields can walk attributes ("{0.__class__}")
-CHECKED_READS = frozenset({"register", "format", "format_map"})
+# an ABC every call shares, str.format, whose fields can walk attributes ("{0.__class__}"),
+# and methods whose work is bounded or made to come back to Python (bounded.READS,
+# lazy.READS)
+CHECKED_READS = frozenset({"register", "format", "format_map", *bounded.READS, *lazy.READS})
 
 
 def _private(name: str) -> bool:
@@ -33,8 +36,11 @@ class Guards(ast.NodeTransformer):
     reads one) is refused again here, a SyntaxError at the line, whatever code is compiled.
     """
 
-    def __init__(self, filename: str = "<routine>") -> None:
+    def __init__(self, filename: str = "<routine>", loops_over_range: bool = False) -> None:
         self.filename = filename
+        # `for x in range(n)` may use Python's own range (see lazy.py): the module never
+        # binds the name `range` itself
+        self.loops_over_range = loops_over_range
 
     def _refuse(self, node: ast.AST, what: str) -> None:
         line, col = getattr(node, "lineno", 0), getattr(node, "col_offset", 0) + 1
@@ -62,8 +68,8 @@ class Guards(ast.NodeTransformer):
 
     def visit_MatchClass(self, node: ast.MatchClass) -> ast.AST:
         self.generic_visit(node)
-        for name in node.kwd_attrs:
-            if _private(name):
+        for name in node.kwd_attrs:  # read by the pattern, past any check
+            if _private(name) or name in CHECKED_READS:
                 self._refuse(node, f"a class pattern on the attribute {name!r}")
         return node
 
@@ -91,13 +97,35 @@ class Guards(ast.NodeTransformer):
 
     visit_TryStar = visit_Try
 
+    def _loop_range(self, iterable: ast.expr) -> ast.expr:
+        """The iterable of a loop or comprehension: `range(...)` as Python's own range."""
+        if (
+            self.loops_over_range
+            and isinstance(iterable, ast.Call)
+            and isinstance(iterable.func, ast.Name)
+            and iterable.func.id == "range"
+        ):
+            iterable.func = ast.copy_location(ast.Name("pyfuncs.range", ast.Load()), iterable.func)
+        return iterable
+
+    def visit_For(self, node: ast.For) -> ast.AST:
+        self.generic_visit(node)
+        node.iter = self._loop_range(node.iter)
+        return node
+
+    def visit_comprehension(self, node: ast.comprehension) -> ast.AST:
+        self.generic_visit(node)
+        node.iter = self._loop_range(node.iter)
+        return node
+
     def visit_With(self, node: ast.With) -> list[ast.stmt]:
         self.generic_visit(node)
         return [node, self._guard(node)]  # a context manager's __exit__ may suppress it
 
     # operators whose result can dwarf their operands, and their checks (bounded operations)
     _BOUNDED: ClassVar[dict[type[ast.operator], str]] = {
-        ast.Mult: "mul", ast.Pow: "pow", ast.LShift: "lshift",
+        ast.Mult: "mul", ast.Pow: "pow", ast.LShift: "lshift", ast.FloorDiv: "floordiv",
+        ast.Mod: "mod",
     }  # fmt: skip
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
@@ -129,11 +157,34 @@ def _as_load(target: ast.expr) -> ast.expr:
     return read
 
 
+def _bound_names(tree: ast.AST) -> set[str]:
+    """Every name the module binds anywhere (assignments, parameters, imports, definitions,
+    handlers, patterns)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            names.add(node.id)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.alias):
+            names.add(node.asname or node.name.partition(".")[0])
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
+                               ast.ExceptHandler, ast.MatchAs, ast.MatchStar)):  # fmt: skip
+            if node.name:
+                names.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            names.add(node.rest)
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            names.update(node.names)
+    return names
+
+
 def compile_module(source: str, filename: str) -> types.CodeType:
     """A routine module compiled with the guards inserted. Its annotations are kept as
     strings (PEP 563) whether or not it says so: nothing evaluates them in the database, and
     a check reads them as type expressions only (pyfuncs.typemap.evaluate)."""
-    tree = Guards(filename).visit(ast.parse(source, filename))
+    tree = ast.parse(source, filename)
+    tree = Guards(filename, loops_over_range="range" not in _bound_names(tree)).visit(tree)
     flags = __future__.annotations.compiler_flag
     code: types.CodeType = compile(
         ast.fix_missing_locations(tree), filename, "exec", flags, dont_inherit=True

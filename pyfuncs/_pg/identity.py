@@ -30,6 +30,7 @@ _search_path: Any = None
 _claims: Any = None  # read and compared only where PostgreSQL could not be made to refuse
 _user = ctypes.c_uint()
 _context = ctypes.c_int()
+_user_ref, _context_ref = ctypes.byref(_user), ctypes.byref(_context)  # made once: per query
 _claims_value = ctypes.c_char_p()  # the storage of the claims parameter, once pyfuncs defines it
 
 
@@ -38,6 +39,7 @@ def bind(lib: ctypes.CDLL) -> None:
     global _get_context, _set_context, _search_path, _claims
     _get_context, _set_context = lib.GetUserIdAndSecContext, lib.SetUserIdAndSecContext
     _get_context.argtypes = [ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_int)]
+    _get_context.restype = _set_context.restype = None
     _set_context.argtypes = [ctypes.c_uint, ctypes.c_int]
     _search_path = ctypes.c_char_p.in_dll(lib, "namespace_search_path")
     if not _protect_claims(lib):
@@ -86,7 +88,7 @@ def enter() -> Any:
     authorization or the claims until `leave`. Returns what `leave` needs."""
     if _get_context is None:
         return None
-    _get_context(ctypes.byref(_user), ctypes.byref(_context))
+    _get_context(_user_ref, _context_ref)
     user, context = _user.value, _context.value
     _set_context(user, context | SECURITY_LOCAL_USERID_CHANGE)
     return (user, context, _search_path.value, _claims and _claims())

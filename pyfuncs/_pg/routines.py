@@ -1,30 +1,80 @@
-"""Routines loaded in this backend: what a generated body (pyfuncs/ddl.py) calls."""
+"""Routines loaded in this backend: what a generated body (pyfuncs/ddl.py) calls.
+
+Everything of a call that runs Python of the routine's runs inside one of the routine's
+entry functions, where the watchdog's limits and signals reach it (see watchdog.py):
+loading its module, the function itself, making its result plain (results.py) and its
+exception a PostgreSQL error, each row of a set-returning routine and the closing of its
+generator. What the generated body does around it (NULL checks, argument conversion) runs
+no code of the routine's.
+"""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from . import errors, sandbox, values, vocabulary
+from . import errors, results, sandbox, vocabulary
 from . import watchdog as stopping
 from .values import converter
-from .watchdog import Budget, RoutineInterrupted
+from .watchdog import SEQUENCE, Budget, RoutineInterrupted
+
+_DONE = object()  # no more rows
+
+# The entry functions, compiled once per routine so that their code is the routine's own
+# (watchdog.ENTRIES). `call` is what the body calls for a routine that returns a value (its
+# parameters are the function's), `within` runs other work of a call, whose number is `n`.
+# An exception leaves as a PostgreSQL error made inside the call; a stop leaves as a fresh
+# RoutineInterrupted, so that nothing of the routine's travels out with it (its frames,
+# their locals: what was raised in them is let go here, inside the call). `call` also drops
+# the entry frames the watchdog let go of (watchdog.GRAVE).
+_CALL = """
+def call({params}):
+    if grave:
+        grave.clear()
+    try:
+        result = function({params})
+        if type(result) in inert:
+            return result
+        return finish(result)
+    except RoutineInterrupted:
+        stopped = True
+    except BaseException as exc:
+        error, stopped = fail(exc), False
+    if stopped:
+        raise RoutineInterrupted()
+    raise error
+"""
+_WITHIN = """
+def within(n, work, *args):
+    try:
+        return work(*args)
+    except RoutineInterrupted:
+        stopped = True
+    except BaseException as exc:
+        error, stopped = fail(exc), False
+    if stopped:
+        raise RoutineInterrupted()
+    raise error
+"""
 
 
 class Routine:
     """One deployed routine, loaded in this backend: what its generated body calls.
 
-    The body (pyfuncs/ddl.py) does the per-call work inline, so a call costs what bare
-    PL/Python costs plus one direct call of the user's function: `null` and the converters
-    run only for the parameters that need them, `fail` and `rows` only on errors and sets.
+    The body (pyfuncs/ddl.py) does the per-call work inline and calls `fn`: for a routine
+    that returns a value, its entry function `call`, which costs one Python frame and a
+    counter on top of the user's function; for a set-returning one, a Pending, which
+    `rows` makes the rows of. `null` and the converters run only for the parameters that
+    need them, `fail` only on errors.
     """
 
     __slots__ = (
-        "convert", "filename", "fn", "max_bytes", "max_db_ops", "max_memory", "max_rows",
-        "qualname", "timeout",
+        "convert", "filename", "fn", "function", "last", "max_bytes", "max_db_ops",
+        "max_memory", "max_rows", "namespace", "qualname", "timeout", "within",
     )  # fmt: skip
 
-    def __init__(self, spec: Mapping[str, Any], source: str) -> None:
+    def __init__(self, spec: Mapping[str, Any], source: str, srf: bool = False) -> None:
         self.qualname: str = spec["routine"]
         self.filename: str = spec["file"]
         limits = spec["limits"]
@@ -34,18 +84,59 @@ class Routine:
         self.max_db_ops: int | None = limits["max_db_ops"]
         self.max_rows: int | None = limits["max_result_rows"]
         self.max_bytes: int | None = limits["max_result_bytes"]
-        try:
-            namespace = sandbox.load_module(
-                source, self.filename, spec["module"], frozenset(spec["allowed_modules"])
-            )
-            self.fn = namespace[spec["function"]]
-        except Exception as exc:
-            raise self.fail(exc) from None
-        self.convert = {kind: self._reading(converter(kind)) for kind in spec["converters"]}
-        if stopping.WATCHDOG is not None:
-            stopping.WATCHDOG.routines[self.fn.__code__] = self
+        self.convert = {kind: self._reading(kind) for kind in spec["converters"]}
+        self.last: Pending | None = None  # what `fn` gave the body last (see rows)
+        self.within: Callable[..., Any] = self._entry(_WITHIN, "within")
+        # the module's top-level code runs in a call of this routine: stoppable too
+        self.namespace: dict[str, Any] = {}
+        self.namespace = self.within(
+            SEQUENCE(), sandbox.load_module, source, self.filename, spec["module"],
+            frozenset(spec["allowed_modules"]),
+        )  # fmt: skip
+        self.function: Callable[..., Any] = self.namespace[spec["function"]]
+        code = getattr(self.function, "__code__", None)
+        arity = code.co_argcount if code is not None and not code.co_flags & 0x0C else -1
+        params = ", ".join(f"a{i}" for i in range(arity)) if arity >= 0 else "*args"
+        call = self._entry(_CALL.format(params=params), "call", function=self.function)
+        call.__name__ = call.__qualname__ = getattr(self.function, "__name__", "call")
+        self.fn: Callable[..., Any] = self._pending if srf else call
 
-    def _reading(self, convert: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    def _entry(self, source: str, name: str, **names: Any) -> Callable[..., Any]:
+        """One entry function, compiled for this routine (its code is this routine's)."""
+        namespace: dict[str, Any] = {
+            "grave": stopping.GRAVE, "inert": results.INERT, "finish": self._finish,
+            "fail": self.fail, "RoutineInterrupted": RoutineInterrupted, **names,
+        }  # fmt: skip
+        exec(compile(source, f"<pyfuncs: {self.qualname}>", "exec"), namespace)
+        entry: Callable[..., Any] = namespace[name]
+        stopping.ENTRIES[id(entry.__code__)] = self  # kept alive by this routine
+        return entry
+
+    def numbered(self, frame: Any) -> bool:
+        """Whether an entry frame of this routine's tells its call by its number, `n`."""
+        return frame.f_code is self.within.__code__
+
+    def _finish(self, result: Any) -> Any:
+        """A result not of an exact built-in type, made plain inside the call, and its
+        size within max_result_bytes."""
+        result = results.plain(result)
+        if self.max_bytes is not None:
+            made = results.size(result)
+            if made > self.max_bytes:
+                raise self._over("max_result_bytes", self.max_bytes, f"{made} bytes")
+        return result
+
+    def sized(self, value: Any) -> Any:
+        """A single result (the body calls this only with max_result_bytes): checked inside
+        the call already, unless it was of an exact built-in type."""
+        if type(value) in results.INERT and self.max_bytes is not None:
+            made = results.size(value)
+            if made > self.max_bytes:
+                raise self._over("max_result_bytes", self.max_bytes, f"{made} bytes")
+        return value
+
+    def _reading(self, kind: str) -> Callable[[Any], Any]:
+        convert = converter(kind)
         assert convert is not None
 
         def read(value: Any) -> Any:
@@ -68,12 +159,16 @@ class Routine:
         )
 
     def fail(self, exc: BaseException) -> Exception:
-        if (
-            type(exc) in errors.ERROR_TYPES.values()
-        ):  # already translated (a NULL or unreadable argument)
+        """The PostgreSQL error for what left the routine (inside the call, by the entry
+        functions; by the body for what reaches it: an error made already, or a stop)."""
+        if type(exc) in errors.ERROR_TYPES.values():  # translated already
             return exc  # type: ignore[return-value]
-        if isinstance(exc, RoutineInterrupted) and stopping.WATCHDOG is not None:
-            sqlstate, message = stopping.WATCHDOG.describe(self.qualname)
+        if isinstance(exc, RoutineInterrupted):
+            watchdog = stopping.WATCHDOG
+            if watchdog is None:
+                sqlstate, message = vocabulary.QUERY_CANCELED, f"{self.qualname} was canceled"
+            else:
+                sqlstate, message = watchdog.describe(self.qualname)
             return errors.make(_STOP_ERRORS.get(sqlstate, "LimitExceeded"), message, sqlstate)
         return errors.translate(self.qualname, self.filename, exc)
 
@@ -92,63 +187,97 @@ class Routine:
         assert stopping.WATCHDOG is not None
         stopping.WATCHDOG.budgets.pop()
 
-    def _counted(self, rows: Iterable[Any], budget: Budget) -> Iterator[Any]:
-        """A generator's rows, its database operations counted while it makes each one."""
-        watchdog = stopping.WATCHDOG
-        assert watchdog is not None
-        iterator = iter(rows)
-        while True:
-            watchdog.budgets.append(budget)
-            try:
-                row = next(iterator)
-            except StopIteration:
-                return
-            finally:
-                watchdog.budgets.pop()
-            yield row
+    # --- set-returning routines --------------------------------------------------------
+
+    def _pending(self, *args: Any) -> Pending:
+        """What the body gets for a set-returning routine: its rows, not yet made. The
+        body hands it to `rows` next, maybe mapped (see there)."""
+        pending = self.last = Pending(self.function, args)
+        return pending
 
     def rows(self, result: Any, budget: Budget | None = None) -> Iterator[Any]:
-        """A set-returning routine's rows, within its result limits; errors while iterating
-        are translated too."""
+        """A set-returning routine's rows, each made (the routine's code for it, made
+        plain, within the result limits) inside the routine's call, which lasts from the
+        first row to the last. The body passes what `fn` returned (a Pending), or, for a
+        row type of one column, a map of it that reads the column."""
         stopping.dispose_orphans()
-        rows: Iterator[Any] = iter(() if result is None else result)
-        if budget is not None:
-            rows = self._counted(rows, budget)
+        pending, self.last = self.last, None
+        source: Iterator[Any] = iter(() if result is None else result)
+        call = SEQUENCE()  # the call's number: one for all its rows
+        count = size = 0
         # a loop, not `yield from`, so that closing this generator does not close `rows`
         # by itself: see watchdog.ORPHANS
         try:
-            if self.max_rows is None and self.max_bytes is None:
-                for row in rows:
-                    yield row
-                return
-            size = 0
-            for count, row in enumerate(rows, 1):
+            while True:
+                row, made = self.within(call, self._row, source, budget)
+                if row is _DONE:
+                    return
+                count += 1
                 if self.max_rows is not None and count > self.max_rows:
                     raise self._over("max_result_rows", self.max_rows, f"row {count}")
                 if self.max_bytes is not None:
-                    size += values.size(row)
+                    size += made
                     if size > self.max_bytes:
                         observed = f"{size} bytes by row {count}"
                         raise self._over("max_result_bytes", self.max_bytes, observed)
                 yield row
+        except RoutineInterrupted:  # stopped: the call is over, so it is told here
+            error = self.fail(RoutineInterrupted())
         except GeneratorExit:
-            if stopping.in_transaction():  # the query needs no more rows (LIMIT, say)
-                close = getattr(rows, "close", None)
-                if close is not None:
-                    close()
-            else:  # PostgreSQL is aborting the statement
-                stopping.ORPHANS.append(rows)
+            if pending is not None:
+                if stopping.in_transaction():  # the query needs no more rows (LIMIT, say)
+                    self.within(call, pending.close)
+                else:  # PostgreSQL is aborting the statement
+                    stopping.ORPHANS.append(pending)
             raise
-        except BaseException as exc:
-            raise self.fail(exc) from None
+        raise error
 
-    def sized(self, value: Any) -> Any:
-        """A single result, within max_result_bytes (the body calls this only with one)."""
-        assert self.max_bytes is not None
-        size = values.size(value)
-        if size > self.max_bytes:
-            raise self._over("max_result_bytes", self.max_bytes, f"{size} bytes")
-        return value
+    def _row(self, source: Iterator[Any], budget: Budget | None) -> tuple[Any, int]:
+        """The next row (inside the call: see rows) and its size, or _DONE."""
+        watchdog = stopping.WATCHDOG
+        if budget is not None and watchdog is not None:
+            watchdog.budgets.append(budget)
+            try:
+                row = next(source, _DONE)
+            finally:
+                watchdog.budgets.pop()
+        else:
+            row = next(source, _DONE)
+        if row is _DONE:
+            return row, 0
+        if type(row) not in results.INERT:
+            row = results.plain(row)
+        return row, (results.size(row) if self.max_bytes is not None else 0)
+
+
+class Pending:
+    """A set-returning routine's rows before the first is asked for: PostgreSQL iterates
+    this (through `Routine.rows`, inside the call), and the routine's function runs then."""
+
+    __slots__ = ("args", "function", "iterator")
+
+    def __init__(self, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.function, self.args = function, args
+        self.iterator: Iterator[Any] | None = None
+
+    def __bool__(self) -> bool:  # the body's `fn(...) or ()` must not ask the routine
+        return True
+
+    def __iter__(self) -> Pending:
+        return self
+
+    def __next__(self) -> Any:
+        iterator = self.iterator
+        if iterator is None:
+            made: Iterable[Any] | None = self.function(*self.args)
+            iterator = self.iterator = iter(() if made is None else made)
+        return next(iterator)
+
+    def close(self) -> None:
+        close = getattr(self.iterator, "close", None)
+        self.iterator = None
+        if close is not None:
+            close()
 
 
 _STOP_ERRORS = {vocabulary.QUERY_CANCELED: "QueryCanceled",
@@ -158,5 +287,9 @@ _STOP_ERRORS = {vocabulary.QUERY_CANCELED: "QueryCanceled",
 
 
 def routine(spec: Mapping[str, Any], source: str) -> Routine:
-    """Load one deployed routine (once per backend and routine; the body keeps it in SD)."""
-    return Routine(spec, source)
+    """Load one deployed routine (once per backend and routine; the body keeps it in SD).
+
+    Whether it returns a set is read from the body that calls this: a set-returning body
+    hands what `fn` returns to `rows` (every version of pyfuncs/ddl.py's template does)."""
+    caller = sys._getframe(1).f_code
+    return Routine(spec, source, srf="rows" in caller.co_names)

@@ -18,7 +18,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from . import bounded, views, vocabulary
+from . import bounded, lazy, views, vocabulary
 from . import watchdog as stopping
 from .guards import compile_module
 
@@ -43,8 +43,7 @@ def _view(name: str, allowed: frozenset[str]) -> types.ModuleType:
     found = VIEWS.get(key)
     if found is None:
         if name in allowed:
-            stand_in = bounded.guarded_math() if name == "math" else None
-            found = views.view(name, allowed, stand_in)
+            found = views.view(name, allowed, STAND_INS[name]() if name in STAND_INS else None)
         else:  # a package only some of whose modules are allowed: just those
             found = views.ModuleView(f"{name} (view)")
             for child in sorted(m for m in allowed if m.startswith(name + ".")):
@@ -53,6 +52,14 @@ def _view(name: str, allowed: frozenset[str]) -> types.ModuleType:
                     types.ModuleType.__setattr__(found, rest, _view(child, allowed))
         VIEWS[key] = found
     return found
+
+
+# modules routines get a changed copy of (bounded work, producers that come back to Python)
+STAND_INS = {
+    "math": bounded.guarded_math, "itertools": lazy.stand_in_itertools,
+    "struct": bounded.guarded_struct, "random": bounded.guarded_random,
+    "secrets": bounded.guarded_secrets,
+}  # fmt: skip
 
 
 def _owner(obj: object) -> str | None:
@@ -94,6 +101,9 @@ def helpers(module_name: str) -> dict[str, Any]:
 
     def attribute(obj: Any, name: str) -> Any:
         value = getattr(obj, name)
+        read = READS.get(name)
+        if read is not None:
+            return _checked_read(obj, value, *read)
         if name == "register" and isinstance(obj, abc.ABCMeta) and _owner(obj) != module_name:
             raise AttributeError(
                 f"pyfuncs: a routine may not register virtual subclasses of {obj.__name__}: "
@@ -108,8 +118,23 @@ def helpers(module_name: str) -> dict[str, Any]:
         "pyfuncs.pow": bounded.checked_pow, "pyfuncs.lshift": bounded.checked_lshift,
         "pyfuncs.check_mul": bounded.check_mul, "pyfuncs.check_pow": bounded.check_pow,
         "pyfuncs.check_lshift": bounded.check_lshift, "pyfuncs.writable": writable,
-        "pyfuncs.attribute": attribute,
+        "pyfuncs.attribute": attribute, "pyfuncs.range": range,
+        "pyfuncs.floordiv": bounded.checked_floordiv, "pyfuncs.mod": bounded.checked_mod,
+        "pyfuncs.check_floordiv": bounded.check_divide, "pyfuncs.check_mod": bounded.check_divide,
     }  # fmt: skip
+
+
+def _checked_read(
+    obj: Any, value: Any, kinds: tuple[type, ...], check: Callable[[Any, Any], Any]
+) -> Any:
+    """A method of READS, read through its check: bound (`s.replace`) or from its class
+    (`str.replace`, called with the object first)."""
+    if isinstance(obj, kinds):
+        return check(obj, value)
+    if isinstance(obj, type) and issubclass(obj, kinds) and hasattr(value, "__get__"):
+        return lambda instance, *args, **kwargs: check(instance, value.__get__(instance))(
+            *args, **kwargs)  # fmt: skip
+    return value
 
 
 def _checked_format(obj: Any, method: Callable[..., Any]) -> Callable[..., Any]:
@@ -161,9 +186,19 @@ def restricted_builtins(allowed: frozenset[str], module_name: str) -> dict[str, 
         hasattr=lambda obj, name: hasattr(obj, public(name)),
         setattr=lambda obj, name, value: setattr(writable(obj), public(name), value),
         pow=bounded.checked_pow,
+        divmod=bounded.checked_divmod,
+        range=lazy.range,
+        iter=lazy.iter,
     )
     return restricted
 
+
+# methods whose results a routine gets through a check (guards.CHECKED_READS names them):
+# name -> (the class whose method it is, what to give instead, made from the object)
+READS: dict[str, tuple[tuple[type, ...], Callable[[Any, Any], Any]]] = {
+    **lazy.READS,
+    **bounded.READS,
+}
 
 # routine modules executed in this backend, by their exact source and allow-list
 MODULES: dict[tuple[str, frozenset[str]], dict[str, Any]] = {}
@@ -184,9 +219,29 @@ def load_module(
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         module.__dict__.update(helpers(module_name))
         module.__dict__["__builtins__"] = restricted_builtins(allowed, module_name)
-        exec(compile_module(source, filename), module.__dict__)
+        code = compile_module(source, filename)
+        _register(code, module.__dict__)
+        loading, stopping.LOADING = stopping.LOADING, module.__dict__
+        try:
+            exec(code, module.__dict__)
+        finally:
+            stopping.LOADING = loading
         namespace = MODULES[key] = module.__dict__
     return namespace
+
+
+# the code objects of loaded routine modules, kept alive: watchdog.ROUTINE_CODE has their ids
+CODE: list[types.CodeType] = []
+
+
+def _register(code: types.CodeType, namespace: dict[str, Any]) -> None:
+    """Make every code object of a routine module (functions, lambdas, comprehensions,
+    class bodies) known to the watchdog as the module's."""
+    CODE.append(code)
+    stopping.ROUTINE_CODE[id(code)] = namespace
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            _register(constant, namespace)
 
 
 def _decorator(*args: Any, **_options: Any) -> Any:

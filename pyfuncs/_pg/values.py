@@ -1,5 +1,5 @@
 """Values crossing between PostgreSQL and routine code: arguments PL/Python hands over as
-text, query parameters and their SQL types, and the size of a returned value."""
+text, and query parameters and their SQL types (results: see results.py)."""
 
 from __future__ import annotations
 
@@ -92,28 +92,3 @@ def adapt_param(value: Any) -> tuple[str, Any]:
         f"db: cannot pass a {type(value).__name__} as a query parameter; "
         "use int, float, Decimal, str, bool, bytes, datetime, date, time, UUID, dict or list"
     )
-
-
-def size(value: Any) -> int:
-    """About the bytes a returned value takes in PostgreSQL: text and bytea by their length,
-    rows, arrays and json by their items, any other scalar by 8."""
-    kind = type(value)
-    if kind is str:
-        return len(value) if value.isascii() else len(value.encode())
-    if kind is bytes or kind is bytearray:
-        return len(value)
-    if kind is dict:
-        return sum(size(k) + size(v) for k, v in value.items())
-    if kind is list or kind is tuple:
-        return sum(map(size, value))
-    if value is None:
-        return 0
-    if isinstance(value, decimal.Decimal):
-        return len(str(value))
-    if isinstance(value, Mapping):  # PL/Python row objects, user mappings
-        return sum(size(v) for v in value.values())
-    if hasattr(type(value), "__dataclass_fields__"):  # a row type
-        import dataclasses  # already loaded by the module that made the dataclass
-
-        return sum(size(getattr(value, f.name)) for f in dataclasses.fields(value))
-    return 8

@@ -1,5 +1,5 @@
-"""Stopping routines: the watchdog thread, sticky stops, and what an aborted statement leaves
-behind."""
+"""Stopping routines: the calls under way, the watchdog thread that stops them, sticky stops,
+and what an aborted statement leaves behind."""
 
 from __future__ import annotations
 
@@ -7,30 +7,64 @@ import _signal  # type: ignore[import-not-found]  # not signal: its enums cost 4
 import _thread
 import contextlib
 import ctypes
+import gc
+import itertools
 import os
 import sys
 import time
-import types
 from typing import Any
 
 from . import vocabulary
 
 # Stock PL/Python never looks at PostgreSQL's interrupt flags while Python bytecode runs, so a
-# pure-Python loop ignores statement_timeout, pg_cancel_backend and pg_terminate_backend. The
-# watchdog is a thread of this backend that looks every 40 ms while Python runs
-# (it needs the GIL, which the main thread hands over at its periodic switch points), reads
-# the flags the postgres executable exports, and raises RoutineInterrupted in the main thread
-# while a routine's frame is on its stack. The stop is sticky for that call: `db` refuses
-# further queries, and every `except` handler, `finally` block and `with` block of a routine
-# module calls a guard (inserted when the module is compiled, see guards.py) that raises again,
-# so no handler, retry loop or suppressing context manager can swallow it. Nothing of this
-# runs on the normal path except that cheap guard in handlers. The thread never calls into
-# PostgreSQL and blocks every signal, so PostgreSQL's handlers keep running on the main thread.
+# pure-Python loop ignores statement_timeout, pg_cancel_backend and pg_terminate_backend.
+#
+# Every piece of a call that runs Python of the routine's runs inside an entry function of
+# that routine (routines.py): loading its module, the function itself, making its result
+# plain (results.py) and its exception a PostgreSQL error, each row of a set-returning
+# routine and closing its generator. Each routine has entry functions of its own (ENTRIES
+# knows their code). The watchdog is a thread of this backend that looks every 40 ms while
+# Python runs (it needs the GIL, which the main thread hands over at its periodic switch
+# points): it finds the outermost entry frame on the main thread's stack, reads the flags
+# the postgres executable exports and that routine's limits, and raises RoutineInterrupted
+# in the main thread. A call is told from the next by its entry frame, which the watchdog
+# holds on to so that no later frame can take its place; the rows of a set-returning
+# routine, each made in a frame of its own, share a number, the frame's local `n`. So a
+# call costs one Python frame and nothing else. Code of a routine module that runs outside
+# every entry frame (a finalizer, `__del__` or a generator's `finally`, run by the garbage
+# collector at some later time) is found on the stack too, and stopped: on cancel,
+# terminate and statement_timeout at once, and after STRAY seconds whatever the limits.
+#
+# A stop is sticky for its call: `db` refuses further queries, and every `except` handler,
+# `finally` block and `with` block of a routine module calls a guard (inserted when the
+# module is compiled, see guards.py) that raises again, so no handler, retry loop or
+# suppressing context manager can swallow it. The thread never calls into PostgreSQL and
+# blocks every signal, so PostgreSQL's handlers keep running on the main thread; and it
+# never runs a routine's code (see Watchdog._run).
 
 
 class RoutineInterrupted(BaseException):
     """Raised into a routine that must stop; translated to 57014 / 57P01 when it leaves."""
 
+
+# call numbers, for calls made of several entries (a set-returning routine's rows): their
+# entry frames' local `n`
+SEQUENCE = itertools.count(1).__next__
+
+# the code of every routine's entry functions, by id: the Routine they enter
+ENTRIES: dict[int, Any] = {}
+
+# Entry frames the watchdog let go of. A frame that has finished holds its locals (the
+# call's arguments, which the routine may have filled with objects of its own), and the
+# thread that drops the last reference to an object runs its finalizer: so the main thread
+# drops them (the entry functions clear this as they start).
+GRAVE: list[Any] = []
+
+# The code objects of every routine module loaded in this backend, by id, and the namespace
+# of the module each belongs to (sandbox.load_module fills it and keeps the code alive).
+ROUTINE_CODE: dict[int, dict[str, Any]] = {}
+# the namespace of the routine module whose top-level code runs now (its first load)
+LOADING: dict[str, Any] | None = None
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _STATEMENT_TIMEOUT = 3  # TimeoutId STATEMENT_TIMEOUT in utils/timeout.h (PostgreSQL 15)
@@ -52,20 +86,38 @@ class Budget:
 
 
 class Stop:
-    __slots__ = ("elapsed", "frame", "reason", "sqlstate", "who")
+    __slots__ = ("call", "elapsed", "reason", "sqlstate", "who")
 
     def __init__(
-        self, frame: types.FrameType, sqlstate: str, reason: str, elapsed: float,
+        self, call: Any, sqlstate: str, reason: str, elapsed: float | None,
         who: str | None = None,
     ) -> None:  # fmt: skip
-        self.frame, self.sqlstate, self.reason, self.elapsed = frame, sqlstate, reason, elapsed
+        self.call = call  # the outermost call under way (see key); None: outside any call
+        self.sqlstate, self.reason, self.elapsed = sqlstate, reason, elapsed
         self.who = who  # the routine whose limit it was, when not the one that is leaving
+
+
+def key(frame: Any) -> Any:
+    """What tells the call of an entry frame from any other: its number, or the frame."""
+    return frame.f_locals.get("n", frame) if ENTRIES[id(frame.f_code)].numbered(frame) else frame
+
+
+def calls(frame: Any) -> list[Any]:
+    """The calls whose entry frames are on the stack from `frame` outward, outermost last."""
+    found = []
+    while frame is not None:
+        if id(frame.f_code) in ENTRIES:
+            found.append(key(frame))
+        frame = frame.f_back
+    return found
 
 
 class Watchdog:
     # how often it looks: a stop takes at most TICK + the 5 ms switch interval; every look
     # costs the main thread a GIL hand-off, so a short tick slows busy backends down
     TICK = 0.04
+    # how long code of a routine module may run while no call is under way (a finalizer)
+    STRAY = 0.1
 
     def __init__(self) -> None:
         lib = ctypes.CDLL(None)  # the postgres executable itself
@@ -75,19 +127,20 @@ class Watchdog:
         self._timeout_indicator.argtypes = [ctypes.c_int, ctypes.c_bool]
         self._timeout_indicator.restype = ctypes.c_bool
         self._main = _thread.get_ident()
-        self.routines: dict[types.CodeType, Any] = {}  # code -> its Routine
-        # the outermost routine frame seen last, held so that a new call is a new object
-        self._frame: types.FrameType | None = None
-        self._since = 0.0
+        self._main_id = ctypes.c_ulong(self._main)
         self.stop: Stop | None = None
         # the calls of routines with max_db_ops under way, innermost last (main thread only;
         # their generated bodies push and pop them, so counting needs no stack walk)
         self.budgets: list[Budget] = []
-        # memory (watchdog thread only): the level when it first saw the current call. Not
-        # a reading from before the call: the thread only runs when Python does, so such a
-        # reading could be old and charge the call for what earlier calls kept.
+        # the outermost call seen last, since when, and the backend's private memory then
+        # (watchdog thread only). Not a reading from before the call: the thread only runs
+        # when Python does, so such a reading could be old and charge the call for what
+        # earlier calls kept. A set-returning routine's rows are one call.
+        self._call: Any = None
+        self._since = 0.0
+        self._base_memory = -1
+        self._stray_since = 0.0  # when stray code was first seen still running
         self._statm = -1
-        self._base_memory = 0
 
     def start(self) -> None:
         every = _signal.valid_signals()
@@ -97,61 +150,108 @@ class Watchdog:
         finally:
             _signal.pthread_sigmask(_signal.SIG_SETMASK, previous)
 
-    def _outermost(self, frame: types.FrameType | None) -> tuple[types.FrameType, Any] | None:
-        found = None
-        while frame is not None:
-            routine = self.routines.get(frame.f_code)
-            if routine is not None:
-                found = (frame, routine)
-            frame = frame.f_back
-        return found
-
     def _run(self) -> None:
         exc = ctypes.py_object(RoutineInterrupted)
         while True:
             time.sleep(self.TICK)
-            hit = self._outermost(sys._current_frames().get(self._main))
-            if hit is None:
-                self._frame = None
-                if self.stop is not None:  # the call finished just as it was stopped
-                    self.stop = None
-                    self._arm(None)
-                continue
-            top, routine = hit
-            now = time.monotonic()
-            if top is not self._frame:
-                self._frame, self._since = top, now
-                if routine.max_memory is not None:
-                    self._base_memory = self._private_memory()
-            if self.stop is None or self.stop.frame is not top:
-                why = self._why(routine, now - self._since)
-                if why is None:
-                    continue
-                self.stop = Stop(top, why[0], why[1], now - self._since)
-            self._arm(exc)
+            # No routine code may ever run on this thread: it would run outside every call,
+            # stop the watchdog for good by never returning, or query from the wrong thread.
+            # Python runs code on the thread that collects garbage (finalizers) and on the
+            # thread that drops the last reference to an object. So the collector is off
+            # while this thread holds the GIL (it holds it only while looking, and never
+            # lets go of it then: a look takes microseconds, the switch interval is 5 ms),
+            # and it keeps no reference to anything of the main thread's from one look to
+            # the next (call numbers and times only).
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                self._arm(exc if self._look() else None)
+            except Exception:  # a bug here must not end the watchdog
+                pass
+            finally:
+                if collecting:
+                    gc.enable()
+
+    def _look(self) -> bool:
+        """Whether the main thread must be stopped now."""
+        now = time.monotonic()
+        frame = sys._current_frames().get(self._main)
+        outer: Any = None
+        stray = False
+        while frame is not None:
+            code = id(frame.f_code)
+            if code in ENTRIES:
+                outer = frame
+            elif code in ROUTINE_CODE:
+                stray = True
+            frame = frame.f_back
+        if outer is None:
+            return self._look_stray(now) if stray else self._idle()
+        call, routine = key(outer), ENTRIES[id(outer.f_code)]
+        del outer
+        self._stray_since = 0.0
+        if call != self._call:
+            if self._call is not None and not isinstance(self._call, int):
+                GRAVE.append(self._call)
+            self._call, self._since, self._base_memory = call, now, -1
+        stop = self.stop
+        if stop is not None and stop.call == call:
+            return True
+        why = self._why(routine, now - self._since)
+        if why is None:
+            return False
+        if stop is not None and stop.call is not None and not isinstance(stop.call, int):
+            GRAVE.append(stop.call)
+        self.stop = Stop(call, why[0], why[1], now - self._since)
+        return True
+
+    def _idle(self) -> bool:
+        self._stray_since = 0.0
+        if self.stop is not None and self.stop.call is None:
+            self.stop = None  # the stray code has gone
+        return False
+
+    def _look_stray(self, now: float) -> bool:
+        """Code of a routine module runs outside every call."""
+        stop = self.stop
+        if stop is not None and stop.call is None:
+            return True
+        self._stray_since = self._stray_since or now
+        stray_for = now - self._stray_since
+        if self._die.value:
+            sqlstate, reason = vocabulary.ADMIN_SHUTDOWN, TERMINATED
+        elif self._cancel.value:
+            sqlstate, reason = vocabulary.QUERY_CANCELED, CANCELED
+        elif stray_for > self.STRAY:
+            sqlstate, reason = vocabulary.QUERY_CANCELED, "ran outside any call for too long"
+        else:
+            return False
+        if stop is not None and stop.call is not None and not isinstance(stop.call, int):
+            GRAVE.append(stop.call)
+        self.stop = Stop(None, sqlstate, reason, stray_for, "code of a routine module")
+        return True
 
     def _arm(self, exc: Any) -> None:
         """Raise `exc` in the main thread at its next check (None: cancel an armed one)."""
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._main), exc)
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(self._main_id, exc)
 
     def _why(self, routine: Any, elapsed: float) -> tuple[str, str] | None:
         if self._die.value:
             return vocabulary.ADMIN_SHUTDOWN, TERMINATED
-        if self._cancel.value:
-            return vocabulary.QUERY_CANCELED, CANCELED  # describe() tells which, on the main thread
         if routine.timeout is not None and elapsed > routine.timeout:
-            return (
-                vocabulary.QUERY_CANCELED,
-                f"exceeded its limit timeout_ms={round(routine.timeout * 1000)}",
-            )
+            limit = round(routine.timeout * 1000)
+            return vocabulary.QUERY_CANCELED, f"exceeded its limit timeout_ms={limit}"
+        if self._cancel.value:
+            return vocabulary.QUERY_CANCELED, CANCELED  # describe() tells which
         if routine.max_memory is not None:
+            if self._base_memory < 0:
+                self._base_memory = self._private_memory()
+                return None
             grown = self._private_memory() - self._base_memory
             if grown > routine.max_memory:
                 limit = routine.max_memory >> 20
-                return (
-                    vocabulary.OUT_OF_MEMORY,
-                    f"exceeded its limit max_memory_mb={limit} (grew by {grown >> 20} MB)",
-                )
+                return (vocabulary.OUT_OF_MEMORY,
+                        f"exceeded its limit max_memory_mb={limit} (grew by {grown >> 20} MB)")  # fmt: skip
         return None
 
     def _private_memory(self) -> int:
@@ -163,12 +263,22 @@ class Watchdog:
         fields = os.pread(self._statm, 128, 0).split()
         return (int(fields[1]) - int(fields[2])) * _PAGE
 
+    def began(self, call: Any, now: float) -> float:
+        """When the call `call` (see key) began, as far as this watchdog knows: when it first
+        saw it, or `now` for a call it has not seen yet."""
+        return self._since if call == self._call else now
+
     def stop_here(self, sqlstate: str, reason: str, who: str | None = None) -> None:
         """Stop the call under way from the main thread (a query inside it was cancelled,
-        or it went past a limit), sticky like the watchdog's stops."""
-        hit = self._outermost(sys._getframe(1))
-        if hit is not None:
-            self.stop = Stop(hit[0], sqlstate, reason, time.monotonic() - self._since, who)
+        or it went past a limit), sticky like the watchdog's stops. A call stopped already
+        keeps its first reason."""
+        under_way = calls(sys._getframe(1))
+        if not under_way:
+            return
+        call = under_way[-1]
+        if self.stop is None or self.stop.call != call:
+            elapsed = time.monotonic() - self._since if call == self._call else None
+            self.stop = Stop(call, sqlstate, reason, elapsed, who)
 
     def count_db_op(self) -> None:
         """Before each query, prepare or cursor fetch: refuse it for a stopped call, and
@@ -183,18 +293,26 @@ class Watchdog:
                 self.stop_here(vocabulary.LIMIT_EXCEEDED, reason, budget.routine)
                 raise RoutineInterrupted()
 
+    def _applies(self, stop: Stop, frame: Any) -> bool:
+        under_way = calls(frame)
+        if stop.call is None:
+            return not under_way
+        return any(call == stop.call for call in under_way)
+
     def check(self) -> None:
-        """Raise again inside a call that has been told to stop (queries, handlers)."""
+        """Raise again inside a call that has been told to stop (queries, handlers), or in
+        stray code that has."""
         stop = self.stop
-        if stop is not None and _on_stack(stop.frame, sys._getframe(1)):
+        if stop is not None and self._applies(stop, sys._getframe(1)):
             raise RoutineInterrupted()
 
     def describe(self, routine: str) -> tuple[str, str]:
-        """SQLSTATE and message for the stop of the call that is leaving; forgotten unless it
-        belongs to an outer call still under way (a routine called through SQL by another
-        stopped inside it), which must not be able to carry on either."""
+        """SQLSTATE and message for the stop of the call that is leaving (called from its
+        generated body, outside its entry frames); forgotten unless it belongs to an outer
+        call still under way (a routine called through SQL by another stopped inside it),
+        which must not be able to carry on either."""
         stop = self.stop
-        if stop is None or not _on_stack(stop.frame, sys._getframe(1)):
+        if stop is None or not self._applies(stop, sys._getframe(1)):
             self.stop = None
             self._arm(None)  # the call has left: nothing may be raised into the code around it
         if stop is None:
@@ -204,22 +322,16 @@ class Watchdog:
             timed_out = self._timeout_indicator(_STATEMENT_TIMEOUT, False)
             reason = BY_STATEMENT_TIMEOUT if timed_out else BY_CANCEL_REQUEST
         who = stop.who or routine
-        return stop.sqlstate, f"{who} {reason} (after {stop.elapsed * 1000:.0f} ms)"
-
-
-def _on_stack(wanted: types.FrameType, frame: types.FrameType | None) -> bool:
-    while frame is not None:
-        if frame is wanted:
-            return True
-        frame = frame.f_back
-    return False
+        after = "" if stop.elapsed is None else f" (after {stop.elapsed * 1000:.0f} ms)"
+        return stop.sqlstate, f"{who} {reason}{after}"
 
 
 WATCHDOG: Watchdog | None = None  # this backend's (boot() starts it)
 
 
 def guard() -> None:
-    """Called first in every handler, `finally` and after every `with` of a routine module."""
+    """Called first in every handler, `finally` and after every `with` of a routine module,
+    and before every query: raises again for what has been told to stop."""
     if disposing:
         raise RoutineInterrupted()
     if WATCHDOG is not None and WATCHDOG.stop is not None:

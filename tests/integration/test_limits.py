@@ -67,7 +67,7 @@ def test_max_result_bytes_of_a_value_and_of_rows(lim: psycopg.Connection[Any]) -
 
     assert lim.execute("SELECT count(*) FROM lim.entries(4, 100)").fetchone() == (4,)
     err = fails(lim, "SELECT * FROM lim.entries(5, 300)")
-    assert "lim.entries exceeded its limit max_result_bytes=1000 (1232 bytes by row 4)" in str(err)
+    assert "lim.entries exceeded its limit max_result_bytes=1000 (1260 bytes by row 4)" in str(err)
 
 
 def test_configured_defaults_apply_and_zero_lifts_them(lim: psycopg.Connection[Any]) -> None:

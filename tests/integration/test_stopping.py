@@ -142,3 +142,29 @@ def test_max_db_ops_counts_every_operation_and_keeps_no_writes(spin: str) -> Non
         assert "spin.chatty exceeded its limit max_db_ops=3 (operation 4)" in str(err)
         assert conn.execute("SELECT count(*) FROM spin.log").fetchone() == (0,)
         assert conn.execute("SELECT spin.chatty(2)").fetchone() == (2,)  # the next call counts anew
+
+
+@pytest.mark.parametrize("routine", ["sleeping_limited", "swallow_sleeping_limited"])
+def test_timeout_ms_holds_while_waiting_in_a_query(spin: str, routine: str) -> None:
+    """The watchdog cannot run while PostgreSQL holds the backend in a query: the query is
+    lent the statement timer, set to the call's deadline."""
+    with psycopg.connect(spin, autocommit=True) as conn:
+        err, took = run(conn, f"SELECT spin.{routine}()")
+        assert err.sqlstate == "57014"
+        assert f"spin.{routine} exceeded its limit timeout_ms=200" in str(err)
+        assert 0.2 <= took < 0.2 + SLACK
+        assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)
+
+
+def test_the_statement_timer_is_given_back_after_each_query(spin: str) -> None:
+    with psycopg.connect(spin, autocommit=True) as conn:
+        # a routine's deadline (5 s) lent to its query must not outlive it: the statement's
+        # own timeout still ends the statement after the routine has returned ...
+        conn.execute("SET statement_timeout = '400ms'")
+        err, took = run(conn, "SELECT spin.quick_query(2), pg_sleep(5)")
+        assert err.sqlstate == "57014" and "statement timeout" in str(err)
+        assert 0.4 <= took < 0.4 + SLACK
+        # ... and without one, the statement is not cut short by the routine's deadline
+        conn.execute("SET statement_timeout = 0")
+        row = conn.execute("SELECT spin.quick_query(2), pg_sleep(0.3)").fetchone()
+        assert row == (4, "")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pyfuncs import errors, policy
-from pyfuncs._pg import bounded, guards, sandbox, values, vocabulary
+from pyfuncs._pg import bounded, guards, results, sandbox, values, vocabulary
 from pyfuncs._pg.watchdog import RoutineInterrupted
 
 
@@ -32,7 +32,7 @@ def test_values() -> None:
     assert values.adapt_param([{"a": 1}]) == ("jsonb", [{"a": 1}])
     with pytest.raises(TypeError, match="cannot pass a set"):
         values.adapt_param({1})
-    assert values.size({"a": "é", "b": [decimal.Decimal("1.5"), None]}) == 1 + 2 + 1 + 3
+    assert results.size({"a": "é", "b": [decimal.Decimal("1.5"), None]}) == 1 + 2 + 1 + 3
 
 
 def test_bounded_operations_refuse_before_they_start() -> None:

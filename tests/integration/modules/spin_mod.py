@@ -120,3 +120,24 @@ def chatty(writes: int) -> int:
         except BaseException:
             continue
     return done
+
+
+@stored_function(schema="spin", timeout_ms=200)
+def sleeping_limited() -> int:
+    """timeout_ms holds while the routine waits in a query."""
+    return int(db.fetchval("SELECT count(*) FROM pg_sleep(30)"))
+
+
+@stored_function(schema="spin", timeout_ms=200)
+def swallow_sleeping_limited() -> int:
+    try:  # noqa: SIM105 - the pattern under test
+        db.execute("SELECT pg_sleep(30)")
+    except BaseException:
+        pass
+    while True:
+        pass
+
+
+@stored_function(schema="spin", timeout_ms=5000)
+def quick_query(x: int) -> int:
+    return int(db.fetchval("SELECT $1::bigint * 2", [x]))

@@ -1,0 +1,97 @@
+"""A routine's timeout_ms while it waits in a query.
+
+The watchdog only runs while the main thread runs Python: during a query PostgreSQL holds
+the main thread (and PL/Python the GIL), so a routine waiting on a lock or in `pg_sleep`
+would wait past its timeout_ms. So the runtime registers a timer of its own with
+PostgreSQL's timeout machinery, whose handler is the one PostgreSQL runs for a cancel
+request (StatementCancelHandler). Before each query of a call with a timeout, `db` sets it
+to the call's deadline, and turns it off after the query: a query still running at the
+deadline is cancelled like any other, and the call stops with its timeout_ms reason.
+statement_timeout keeps its own timer.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from typing import Any
+
+from . import watchdog as stopping
+
+# TimeoutId USER_TIMEOUT (utils/timeout.h) by major version: RegisterTimeout gives the first
+# free id from it
+_USER_TIMEOUT = {15: 12, 16: 12}
+_EPOCH = 946_684_800  # PostgreSQL's timestamps count microseconds from 2000-01-01 UTC
+
+# the postgres executable's timeout functions and our timer's id (boot() binds them; outside
+# PostgreSQL, or where the layout is not known, there is no timer and nothing is lent)
+_enable_at: Any = None
+_disable: Any = None
+_timer = -1
+
+
+def bind(lib: ctypes.CDLL) -> bool:
+    global _enable_at, _disable, _timer
+    option = lib.GetConfigOption
+    option.restype = ctypes.c_char_p
+    option.argtypes = [ctypes.c_char_p, ctypes.c_bool, ctypes.c_bool]
+    version = int(option(b"server_version_num", False, False) or 0) // 10000
+    if version not in _USER_TIMEOUT or not hasattr(lib, "StatementCancelHandler"):
+        return False
+    register = lib.RegisterTimeout
+    register.restype, register.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_void_p]
+    handler = ctypes.cast(lib.StatementCancelHandler, ctypes.c_void_p).value
+    _timer = register(_USER_TIMEOUT[version], handler)
+    _enable_at, _disable = lib.enable_timeout_at, lib.disable_timeout
+    _enable_at.restype, _enable_at.argtypes = None, [ctypes.c_int, ctypes.c_int64]
+    _disable.restype, _disable.argtypes = None, [ctypes.c_int, ctypes.c_bool]
+    return True
+
+
+# the query the timer is set for (queries of routines called through SQL inside it are
+# covered by it) and whose deadline it is
+_depth = 0
+_lent: tuple[Any, float] | None = None  # (the Routine, its deadline in time.monotonic())
+
+
+def lend(entry: Any) -> bool:
+    """Before a query: the timer set to the deadline of the call under way (`entry` is its
+    innermost entry frame), if it has a timeout_ms and no query around it has one set
+    already. Whether give_back must be called after the query."""
+    global _depth, _lent
+    if _depth:
+        _depth += 1
+        return True
+    if entry is None or _enable_at is None:
+        return False
+    routine = stopping.ENTRIES[id(entry.f_code)]
+    watchdog = stopping.WATCHDOG
+    if routine.timeout is None or watchdog is None:
+        return False
+    now = time.monotonic()
+    # when the call began, as the watchdog saw it; a call it has not seen yet began now
+    remaining = max(0.0, watchdog.began(stopping.key(entry), now) + routine.timeout - now)
+    _enable_at(_timer, int((time.time() + remaining - _EPOCH) * 1_000_000) + 1)
+    _lent, _depth = (routine, now + remaining), 1
+    return True
+
+
+def give_back() -> None:
+    """After the query: the timer off, unless a query around it set it."""
+    global _depth
+    _depth -= 1
+    if not _depth:
+        _disable(_timer, False)
+
+
+def expired(exc: BaseException) -> None:
+    """A query was cancelled: if by the deadline set for it, stop the call for its limit."""
+    if not _depth or _lent is None or getattr(exc, "sqlstate", None) != "57014":
+        return
+    routine, at = _lent
+    if time.monotonic() < at - 0.002:  # cancelled before the deadline: not by it
+        return
+    if stopping.WATCHDOG is not None:
+        limit = round(routine.timeout * 1000)
+        stopping.WATCHDOG.stop_here("57014", f"exceeded its limit timeout_ms={limit}",
+                                    routine.qualname)  # fmt: skip

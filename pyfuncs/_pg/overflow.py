@@ -1,0 +1,99 @@
+"""A C stack overflow ends this session only, not the cluster.
+
+CPython 3.11 checks the depth of recursion in most of its C code (repr, str, ==, <, json,
+copy: deep data raises RecursionError there), but not everywhere: hashing a tuple nested a
+million deep, or taking the next item of a million iterators wrapped in one another (map,
+filter, zip, enumerate, itertools' islice, accumulate, starmap, ...), recurses in C until
+the stack runs out. The backend then dies of SIGSEGV, and PostgreSQL, which cannot know
+what a dying backend left half-done in shared memory, restarts every session of the
+cluster (crash recovery).
+
+Nothing cheap can stop such data being built, so the overflow is contained instead. The
+runtime gives the main thread an alternate signal stack and a SIGSEGV handler that runs on
+it. The handler tells an overflow of the main thread's stack (the faulting address just
+below the stack's limit) from any other fault: for anything else it gives the signal back
+to its default action, and the backend dies as it would have. For an overflow it ends the
+session with a FATAL error (SQLSTATE 54001, "statement too complex") the way PostgreSQL ends
+a session it terminates: the transaction is aborted, locks and shared state are released,
+the client gets the message, the process exits with status 1, and PostgreSQL's postmaster
+carries on, with every other session untouched. The interpreter cannot carry on after an
+overflow (the C code that overflowed is half-way through), so ending the session is the
+least that is safe. PostgreSQL's own depth checks (max_stack_depth) are measured from the
+alternate stack while the session ends.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import resource
+import signal
+from collections.abc import Callable
+from typing import Any
+
+ALTERNATE_STACK = 4 << 20  # what the handler and PostgreSQL's FATAL path need, with room
+MESSAGE = (
+    "pyfuncs: a routine overflowed the C stack (data nested too deeply for C code that "
+    "hashes or iterates it); this session ends so that no other is affected"
+)
+
+_SA_SIGINFO, _SA_ONSTACK, _SA_RESETHAND = 0x4, 0x08000000, 0x80000000  # Linux, any arch
+_SI_ADDR = 16  # offsetof(siginfo_t, si_addr) on 64-bit Linux
+
+
+class _StackT(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int),
+                ("ss_size", ctypes.c_size_t)]  # fmt: skip
+
+
+class _SigAction(ctypes.Structure):  # glibc's struct sigaction (x86-64, aarch64)
+    _fields_ = [("sa_sigaction", ctypes.c_void_p), ("sa_mask", ctypes.c_ulong * 16),
+                ("sa_flags", ctypes.c_int), ("sa_restorer", ctypes.c_void_p)]  # fmt: skip
+
+
+_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+_KEPT: list[Any] = []  # the handler and its stack live as long as the process
+
+
+def main_stack() -> tuple[int, int]:
+    """The range of addresses where an overflow of the main thread's stack faults: from
+    below the lowest address its stack may grow to, up to its top."""
+    with open("/proc/self/maps") as maps:
+        line = next(line for line in maps if line.rstrip().endswith("[stack]"))
+    top = int(line.split("-")[1].split()[0], 16)
+    limit = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    if limit == resource.RLIM_INFINITY or limit <= 0:
+        limit = 1 << 30
+    return top - limit - (16 << 20), top
+
+
+def contain(fatal: Callable[..., Any], lib: ctypes.CDLL) -> bool:
+    """Install the handler for this backend (its main thread); `fatal` is plpy.fatal, `lib`
+    the postgres executable. False where it could not be."""
+    if _KEPT or not hasattr(lib, "set_stack_base"):
+        return bool(_KEPT)
+    libc = ctypes.CDLL(None, use_errno=True)
+    low, high = main_stack()
+    set_stack_base = lib.set_stack_base
+    set_stack_base.restype = ctypes.c_void_p
+
+    def on_fault(signum: int, info: int, context: int) -> None:
+        address = ctypes.c_void_p.from_address(info + _SI_ADDR).value or 0
+        if not low <= address < high:
+            return  # not an overflow: the default action (SA_RESETHAND) ends the backend
+        set_stack_base()  # PostgreSQL's depth checks, from here on this stack
+        fatal(MESSAGE, sqlstate="54001")
+
+    stack = mmap.mmap(-1, ALTERNATE_STACK, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    where = ctypes.addressof(ctypes.c_char.from_buffer(stack))
+    alternate = _StackT(where, 0, ALTERNATE_STACK)
+    if libc.sigaltstack(ctypes.byref(alternate), None) != 0:
+        return False
+    handler = _HANDLER(on_fault)
+    action = _SigAction()
+    action.sa_sigaction = ctypes.cast(handler, ctypes.c_void_p).value
+    action.sa_flags = _SA_SIGINFO | _SA_ONSTACK | _SA_RESETHAND
+    if libc.sigaction(signal.SIGSEGV, ctypes.byref(action), None) != 0:
+        return False
+    _KEPT.extend((stack, alternate, handler, action))
+    return True
