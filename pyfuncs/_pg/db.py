@@ -90,32 +90,34 @@ def _plan_key(query: str, params: Sequence[Any]) -> tuple[Any, ...]:
     return (query, *map(type, params))
 
 
+# Plans, kept where no routine reaches them (not on the handle every call shares, whose
+# attributes routine code can read): by query text and the Python types of its parameters,
+# when PL/Python sends the values as they are (the common case: one dict lookup, no
+# conversion) ...
+_DIRECT: dict[tuple[Any, ...], _Prepared] = {}
+# ... and by query text and SQL types, when values have to be adapted first
+_ADAPTED: dict[tuple[str, tuple[str, ...]], _Prepared] = {}
+
+
 class Db(Queries):
     """The database, as seen from inside a routine. Runs as the caller; RLS applies."""
-
-    def __init__(self) -> None:
-        # plans by query text and the Python types of its parameters, when PL/Python sends
-        # the values as they are (the common case: one dict lookup, no conversion) ...
-        self._direct: dict[tuple[Any, ...], _Prepared] = {}
-        # ... and by query text and SQL types, when values have to be adapted first
-        self._adapted: dict[tuple[str, tuple[str, ...]], _Prepared] = {}
 
     def _plan(self, query: str, params: Sequence[Any]) -> tuple[_Prepared, Sequence[Any]]:
         """The plan for `query` with these parameters' types, and the values to send."""
         key = _plan_key(query, params)
-        prepared = self._direct.get(key)
+        prepared = _DIRECT.get(key)
         if prepared is not None:
             return prepared, params
         if all(type(v) in SIMPLE_TYPES for v in params):
             sqltypes = [SIMPLE_TYPES[type(v)] for v in params]
-            prepared = self._direct[key] = _Prepared(plpy.prepare(query, sqltypes))
+            prepared = _DIRECT[key] = _Prepared(plpy.prepare(query, sqltypes))
             return prepared, params
         adapted = [adapt_param(v) for v in params]
         adapted_key = (query, tuple(t for t, _ in adapted))
-        prepared = self._adapted.get(adapted_key)
+        prepared = _ADAPTED.get(adapted_key)
         if prepared is None:
             prepared = _Prepared(plpy.prepare(query, list(adapted_key[1])))
-            self._adapted[adapted_key] = prepared
+            _ADAPTED[adapted_key] = prepared
         return prepared, [v for _, v in adapted]
 
     @staticmethod
@@ -137,7 +139,7 @@ class Db(Queries):
         watchdog = stopping.WATCHDOG
         if watchdog is not None and watchdog.budgets:
             watchdog.count_db_op()
-        prepared = self._direct.get(_plan_key(query, params))
+        prepared = _DIRECT.get(_plan_key(query, params))
         if prepared is None:
             prepared, params = self._plan(query, params)
         lent = deadline.lend(entry)

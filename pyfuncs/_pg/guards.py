@@ -41,6 +41,7 @@ class Guards(ast.NodeTransformer):
         # `for x in range(n)` may use Python's own range (see lazy.py): the module never
         # binds the name `range` itself
         self.loops_over_range = loops_over_range
+        self.match_classes = 0  # names of the checked classes of class patterns
 
     def _refuse(self, node: ast.AST, what: str) -> None:
         line, col = getattr(node, "lineno", 0), getattr(node, "col_offset", 0) + 1
@@ -72,6 +73,24 @@ class Guards(ast.NodeTransformer):
             if _private(name) or name in CHECKED_READS:
                 self._refuse(node, f"a class pattern on the attribute {name!r}")
         return node
+
+    def visit_Match(self, node: ast.Match) -> ast.AST | list[ast.stmt]:
+        """A class pattern with positional sub-patterns reads the attributes its class's
+        `__match_args__` names, which code can set where no guard sees it (a string key of
+        `type(name, bases, namespace)`, make_dataclass): its class is checked first
+        (sandbox.match_class), and the pattern uses what was checked."""
+        self.generic_visit(node)
+        checked: list[ast.stmt] = []
+        for case in node.cases:
+            for pattern in ast.walk(case.pattern):
+                if isinstance(pattern, ast.MatchClass) and pattern.patterns:
+                    name = f"pyfuncs.match_class_{self.match_classes}"
+                    self.match_classes += 1
+                    check = ast.Call(ast.Name("pyfuncs.match_class", ast.Load()), [pattern.cls], [])
+                    bind = ast.Assign([ast.Name(name, ast.Store())], check)
+                    checked.append(ast.copy_location(bind, pattern))
+                    pattern.cls = ast.copy_location(ast.Name(name, ast.Load()), pattern.cls)
+        return [*checked, node] if checked else node
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> ast.AST:
         for alias in node.names:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import _string  # the parser behind str.format
 import abc
+import collections
 import decimal
+import enum
 import linecache
 import sys
 import types
@@ -20,7 +22,7 @@ from typing import Any
 
 from . import bounded, lazy, views, vocabulary
 from . import watchdog as stopping
-from .guards import compile_module
+from .guards import CHECKED_READS, compile_module
 
 # __import__ is replaced by one limited to the allow-list
 REMOVED_BUILTINS = frozenset(vocabulary.FORBIDDEN_BUILTINS) | {"__loader__", "__spec__"}
@@ -109,8 +111,8 @@ def helpers(module_name: str) -> dict[str, Any]:
                 f"pyfuncs: a routine may not register virtual subclasses of {obj.__name__}: "
                 "every call in this backend shares it"
             )
-        if name in ("format", "format_map") and (obj is str or isinstance(obj, str)):
-            return _checked_format(obj, value)
+        if name in ("format", "format_map"):
+            return _checked_format(value)
         return value
 
     return {
@@ -121,6 +123,7 @@ def helpers(module_name: str) -> dict[str, Any]:
         "pyfuncs.attribute": attribute, "pyfuncs.range": range,
         "pyfuncs.floordiv": bounded.checked_floordiv, "pyfuncs.mod": bounded.checked_mod,
         "pyfuncs.check_floordiv": bounded.check_divide, "pyfuncs.check_mod": bounded.check_divide,
+        "pyfuncs.match_class": match_class,
     }  # fmt: skip
 
 
@@ -137,17 +140,61 @@ def _checked_read(
     return value
 
 
-def _checked_format(obj: Any, method: Callable[..., Any]) -> Callable[..., Any]:
-    """str.format (bound to a template, or str's own) that refuses fields walking attributes
-    a routine may not read."""
+def _template(obj: Any) -> Any:
+    """The template a format method formats: a str, or the text of a UserString."""
+    return obj.data if isinstance(obj, collections.UserString) else obj
+
+
+def _checked_format(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A `format` or `format_map` method that refuses templates whose fields walk attributes
+    a routine may not read: str's own, bound (`"{0.x}".format`, `super().format` in a
+    subclass) or not (`str.format`, called with the template first), and UserString's, which
+    call str's in code that is not the routine's."""
+    bound = getattr(method, "__self__", None)
 
     def checked(*args: Any, **kwargs: Any) -> Any:
-        template = args[0] if obj is str and args else obj
+        template = _template(bound) if bound is not None and not isinstance(bound, type) else (
+            _template(args[0]) if args else None)  # fmt: skip
         if isinstance(template, str):
             _format_fields(template)
         return method(*args, **kwargs)
 
     return checked
+
+
+_MRO: Callable[[type], tuple[type, ...]] = type.__dict__["__mro__"].__get__
+_DICT: Callable[[type], Any] = type.__dict__["__dict__"].__get__
+
+
+def match_class(cls: Any) -> Any:
+    """The class of a class pattern with positional sub-patterns (guards.py inserts the
+    call before the match statement): refused unless the attributes those sub-patterns
+    read, its `__match_args__`, are public names, given by a plain tuple in the class that
+    nothing of the routine's computes (a metaclass's __getattribute__, a descriptor)."""
+    if type not in _MRO(type(cls)):
+        return cls  # not a class: the match statement refuses it
+    for meta in _MRO(type(cls)):  # read as type reads them, whatever the classes define
+        own = _DICT(meta)
+        if meta is not type and meta is not object and (
+            "__match_args__" in own or "__getattribute__" in own
+            or ("__getattr__" in own and meta is not enum.EnumType)):  # fmt: skip
+            raise TypeError(
+                f"pyfuncs: a class pattern with positional sub-patterns may not use "
+                f"{cls.__name__}, whose metaclass computes its attributes"
+            )
+    for klass in _MRO(cls):
+        own = _DICT(klass)
+        if "__match_args__" in own:
+            names = own["__match_args__"]
+            if type(names) is not tuple or not all(
+                type(n) is str and not n.startswith("_") and n not in vocabulary.FRAME_ATTRIBUTES
+                and n not in CHECKED_READS for n in names):  # fmt: skip
+                raise TypeError(
+                    f"pyfuncs: a class pattern may not read {names!r} of a {cls.__name__}: "
+                    "__match_args__ must be a tuple of public attribute names"
+                )
+            break
+    return cls
 
 
 def restricted_builtins(allowed: frozenset[str], module_name: str) -> dict[str, Any]:
@@ -167,6 +214,9 @@ def restricted_builtins(allowed: frozenset[str], module_name: str) -> dict[str, 
         return _view(name if fromlist else name.partition(".")[0], allowed)
 
     def public(name: object) -> str:
+        # a subclass of str could answer startswith() and `in` as it likes: what is checked,
+        # and used, is a plain copy of it
+        name = str.__str__(name) if isinstance(name, str) else name
         if not isinstance(name, str) or name.startswith("_") or name in vocabulary.FRAME_ATTRIBUTES:
             raise AttributeError(f"pyfuncs: attribute {name!r} is not accessible from a routine")
         return name
