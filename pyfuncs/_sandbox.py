@@ -45,10 +45,11 @@ ALLOWED_SYSCALLS = (
     "rt_sigreturn", "sigaltstack", "sched_yield", "getpid", "gettid", "exit", "exit_group",
 )  # fmt: skip
 
-# imported on first use by allowed modules (strptime, codecs): imported now, while imports
-# can still read files
+# imported on first use by allowed modules (strptime, codecs) and by the runtime's guards
+# (copy, for `x *= y`): imported now, while imports can still read files
 LAZY = ("_strptime", "encodings.idna", "encodings.latin_1", "encodings.ascii",
-        "encodings.utf_16", "encodings.utf_32", "encodings.cp1252", "unicodedata")  # fmt: skip
+        "encodings.utf_16", "encodings.utf_32", "encodings.cp1252", "unicodedata",
+        "copy")  # fmt: skip
 
 
 class Refused(Exception):

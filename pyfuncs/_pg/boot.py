@@ -16,14 +16,19 @@ rollback, still runs after the runtime was upgraded.
 
 from __future__ import annotations
 
-import importlib
-import importlib.machinery
 import marshal
 import sys
 import types
-from collections.abc import Mapping
-from importlib.util import MAGIC_NUMBER
-from typing import Any
+
+# importlib's own parts, which every interpreter has loaded already: importlib.util and
+# collections.abc cost the first call in every new connection some milliseconds of imports
+from _frozen_importlib import ModuleSpec
+from _frozen_importlib_external import MAGIC_NUMBER
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
 
 PACKAGE = "pyfuncs_pg"
 INTERFACES = ("pyfuncs.runtime", "pyfuncs.v1")
@@ -38,18 +43,16 @@ class _Rows:
     def __init__(self, modules: Mapping[str, Mapping[str, Any]]) -> None:
         self.modules = modules
 
-    def find_spec(
-        self, name: str, path: Any = None, target: Any = None
-    ) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> ModuleSpec | None:
         package, _, module = name.rpartition(".")
         loader: Any = self  # a Loader by protocol
         if name == PACKAGE:
-            return importlib.machinery.ModuleSpec(name, loader, is_package=True)
+            return ModuleSpec(name, loader, is_package=True)
         if package == PACKAGE and module in self.modules:
-            return importlib.machinery.ModuleSpec(name, loader, origin=f"pyfuncs/_pg/{module}.py")
+            return ModuleSpec(name, loader, origin=f"pyfuncs/_pg/{module}.py")
         return None
 
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
+    def create_module(self, spec: ModuleSpec) -> None:
         return None  # the default module
 
     def exec_module(self, module: types.ModuleType) -> None:
@@ -71,7 +74,8 @@ def load(modules: Mapping[str, Mapping[str, Any]], gd: dict[str, Any]) -> None:
     """Make the runtime's modules importable from their rows and start it."""
     if not any(isinstance(f, _Rows) for f in sys.meta_path):
         sys.meta_path.insert(0, _Rows(modules))
-    importlib.import_module(f"{PACKAGE}.boot").start(gd)
+    __import__(f"{PACKAGE}.boot")
+    sys.modules[f"{PACKAGE}.boot"].start(gd)
 
 
 def start(gd: dict[str, Any]) -> None:

@@ -4,12 +4,18 @@ than their operands' size inside one C call, checked before they start."""
 from __future__ import annotations
 
 import math
-import random
-import secrets
 import struct
 import types
-from collections.abc import Callable, Iterable
-from typing import Any
+
+from .imported import imported
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import Any, TypeAlias
+
+    # the types whose method a check stands for: a tuple, or a function that gives them
+    Kinds: TypeAlias = tuple[type, ...] | Callable[[], tuple[type, ...]]
 
 # The watchdog can only stop code that returns to the interpreter. Some operations make a
 # result far larger than their operands inside one C call (`*` of a sequence or of big
@@ -244,6 +250,7 @@ def _random_bits(generator: Any, method: Callable[..., Any]) -> Callable[..., An
 
 def guarded_random() -> types.ModuleType:
     """random with randbytes and getrandbits refusing more than MAX_REPEAT_BYTES."""
+    import random  # when a routine first imports it, not in every backend's boot
 
     def randbytes(n: int) -> bytes:
         _size_at_most(n, f"randbytes({n})")
@@ -258,6 +265,7 @@ def guarded_random() -> types.ModuleType:
 
 def guarded_secrets() -> types.ModuleType:
     """secrets with its token and bit functions refusing more than MAX_REPEAT_BYTES."""
+    import secrets  # when a routine first imports it, not in every backend's boot
 
     def token_bytes(nbytes: int | None = None) -> bytes:
         _size_at_most(nbytes, f"token_bytes({nbytes})")
@@ -340,13 +348,20 @@ def _to_bytes(number: Any, method: Callable[..., Any]) -> Callable[..., Any]:
 _TEXT = (str, bytes, bytearray)
 PADDING = ("ljust", "rjust", "center", "zfill", "expandtabs")
 
-# name -> (the types whose method it is, what a routine gets instead: made from the object
-# and its own bound method)
-READS: dict[str, tuple[tuple[type, ...], Callable[[Any, Callable[..., Any]], Any]]] = {
+
+def _random_kinds() -> tuple[type, ...]:
+    """random.Random, once random has been imported (before, no instance of it can exist)."""
+    random = imported("random")
+    return (random.Random,) if random is not None else ()
+
+
+# name -> (the types whose method it is, or a function that gives them when asked; what a
+# routine gets instead: made from the object and its own bound method)
+READS: dict[str, tuple[Kinds, Callable[[Any, Callable[..., Any]], Any]]] = {
     "replace": (_TEXT, _replace),
     "join": (_TEXT, _join),
     "to_bytes": ((int,), _to_bytes),
-    "randbytes": ((random.Random,), _random_bytes),
-    "getrandbits": ((random.Random,), _random_bits),
+    "randbytes": (_random_kinds, _random_bytes),
+    "getrandbits": (_random_kinds, _random_bits),
     **{name: (_TEXT, _padding(name)) for name in PADDING},
 }

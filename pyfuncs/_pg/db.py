@@ -4,23 +4,24 @@ stopped call."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import sys
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 from . import deadline, identity, vocabulary
 from . import watchdog as stopping
-from .values import OID_PARSERS, SIMPLE_TYPES, adapt_param, converter
+from .values import OID_PARSERS, adapt_param, converter, simple_types
 from .watchdog import RoutineInterrupted
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import uuid
+    from collections.abc import Callable, Iterator, Sequence
+    from typing import Any
 
 # PL/Python's module, bound by boot() (outside PostgreSQL, Rows and Queries serve pyfuncs.local)
 plpy: Any = None
 
 
-class Rows(list[dict[str, Any]]):
+class Rows(list[dict[str, "Any"]]):  # Any is imported only for type checkers
     """Result rows as dicts, plus the number of rows a write touched (`rowcount`)."""
 
     rowcount: int = 0
@@ -48,7 +49,11 @@ class Queries:
     def user_id(self) -> uuid.UUID | None:
         """The caller's `sub` claim as a UUID, or None."""
         sub = self.claims().get("sub")
-        return uuid.UUID(sub) if sub else None
+        if not sub:
+            return None
+        import uuid  # here: not every backend's boot pays for it
+
+        return uuid.UUID(sub)
 
 
 class _Prepared:
@@ -108,8 +113,9 @@ class Db(Queries):
         prepared = _DIRECT.get(key)
         if prepared is not None:
             return prepared, params
-        if all(type(v) in SIMPLE_TYPES for v in params):
-            sqltypes = [SIMPLE_TYPES[type(v)] for v in params]
+        simple = simple_types()
+        if all(type(v) in simple for v in params):
+            sqltypes = [simple[type(v)] for v in params]
             prepared = _DIRECT[key] = _Prepared(plpy.prepare(query, sqltypes))
             return prepared, params
         adapted = [adapt_param(v) for v in params]
@@ -225,8 +231,10 @@ class Db(Queries):
                 yield from prepared.rows(chunk)
         finally:
             if stopping.in_transaction():
-                with contextlib.suppress(ValueError):  # its portal went with an aborted one
+                try:  # noqa: SIM105  (contextlib costs every backend's boot 3 ms)
                     cur.close()
+                except ValueError:  # its portal went with an aborted one
+                    pass
             else:  # PostgreSQL is aborting: closing its portal now can crash it
                 stopping.ORPHANS.append(cur)
 
@@ -241,7 +249,11 @@ class Db(Queries):
         stopping.guard()
         _from_the_call()
         raw = plpy.execute("SELECT current_setting('request.jwt.claims', true) AS c")[0]["c"]
-        return dict(json.loads(raw)) if raw else {}
+        if not raw:
+            return {}
+        import json  # here: not every backend's boot pays for it
+
+        return dict(json.loads(raw))
 
 
 def _from_the_call() -> Any:

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import ctypes
 import time
-from typing import Any
 
 from . import watchdog as stopping
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # TimeoutId USER_TIMEOUT (utils/timeout.h) by major version: RegisterTimeout gives the first
 # free id from it

@@ -4,11 +4,15 @@ file:line."""
 
 from __future__ import annotations
 
-from typing import Any
+import sys
 
 from . import vocabulary
 from .bounded import OperationTooLarge
 from .watchdog import RoutineInterrupted
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # PL/Python's module, bound by boot() (outside PostgreSQL RaiseError is all there is here)
 plpy: Any = None
@@ -33,6 +37,25 @@ class RaiseError(Exception):
 
 
 ERROR_TYPES: dict[str, type] = {}
+
+# Routine modules' source lines, for their tracebacks (the files are not on the server): in
+# linecache's cache, or here until something imports linecache (tokenize and re with it,
+# which would cost the first call in every backend 3 ms): a traceback made here does.
+_LINES: dict[str, tuple[int, None, list[str], str]] = {}
+
+
+def remember_lines(filename: str, source: str) -> None:
+    """Keep a routine module's source for the tracebacks that point into it."""
+    _LINES[filename] = (len(source), None, source.splitlines(True), filename)
+    if "linecache" in sys.modules:
+        _to_linecache()
+
+
+def _to_linecache() -> None:
+    import linecache
+
+    linecache.cache.update(_LINES)
+    _LINES.clear()
 
 
 def make(
@@ -94,6 +117,8 @@ def class_name(value: object) -> str:
 
 def _translate(routine: str, filename: str, exc: BaseException) -> Exception:
     import traceback  # here: the error path pays for the import, not every backend's boot
+
+    _to_linecache()
 
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
     where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else routine

@@ -6,13 +6,20 @@ through the sandbox's checks."""
 from __future__ import annotations
 import __future__
 
-import ast
-import copy
+# The node classes. Not ast.py, whose imports (contextlib, enum) cost the first routine in
+# every backend 5 ms: what this module needs of it, its node walks, are below, as it has them.
+import _ast as ast
 import types
-from typing import ClassVar
 
 from . import bounded, lazy
 from .vocabulary import FRAME_ATTRIBUTES
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any, ClassVar, TypeVar
+
+    Node = TypeVar("Node", bound=ast.AST)
 
 # attribute reads the sandbox checks (sandbox.attribute): registering a virtual subclass of
 # an ABC every call shares, str.format, whose fields can walk attributes ("{0.__class__}"),
@@ -25,7 +32,110 @@ def _private(name: str) -> bool:
     return name.startswith("_") or name in FRAME_ATTRIBUTES
 
 
-class Guards(ast.NodeTransformer):
+def _fields(node: ast.AST) -> Iterator[tuple[str, Any]]:
+    """ast.iter_fields: the fields of `node` it has."""
+    for field in node._fields:
+        try:  # noqa: SIM105  (contextlib costs every backend's first routine 3 ms)
+            yield field, getattr(node, field)
+        except AttributeError:
+            pass
+
+
+def _children(node: ast.AST) -> Iterator[ast.AST]:
+    """ast.iter_child_nodes: the nodes of `node`'s fields, and of its fields' lists."""
+    for _, field in _fields(node):
+        if isinstance(field, ast.AST):
+            yield field
+        elif isinstance(field, list):
+            for item in field:
+                if isinstance(item, ast.AST):
+                    yield item
+
+
+def _walk(node: ast.AST) -> Iterator[ast.AST]:
+    """ast.walk: `node` and every node below it (in no particular order)."""
+    todo = [node]
+    while todo:
+        node = todo.pop()
+        todo.extend(_children(node))
+        yield node
+
+
+def _copy_location(new_node: Node, old_node: ast.AST) -> Node:
+    """ast.copy_location: `new_node`, at `old_node`'s place in the source."""
+    for attr in "lineno", "col_offset", "end_lineno", "end_col_offset":
+        if attr in old_node._attributes and attr in new_node._attributes:
+            value = getattr(old_node, attr, None)
+            # end_lineno and end_col_offset are optional, and copied even when None
+            if value is not None or (hasattr(old_node, attr) and attr.startswith("end_")):
+                setattr(new_node, attr, value)
+    return new_node
+
+
+def _fix_missing_locations(node: Node) -> Node:
+    """ast.fix_missing_locations: every node without a place in the source gets its
+    parent's."""
+
+    def fix(node: Any, lineno: int, col_offset: int, end_lineno: int, end_col_offset: int) -> None:
+        if "lineno" in node._attributes:
+            if not hasattr(node, "lineno"):
+                node.lineno = lineno
+            else:
+                lineno = node.lineno
+        if "end_lineno" in node._attributes:
+            if getattr(node, "end_lineno", None) is None:
+                node.end_lineno = end_lineno
+            else:
+                end_lineno = node.end_lineno
+        if "col_offset" in node._attributes:
+            if not hasattr(node, "col_offset"):
+                node.col_offset = col_offset
+            else:
+                col_offset = node.col_offset
+        if "end_col_offset" in node._attributes:
+            if getattr(node, "end_col_offset", None) is None:
+                node.end_col_offset = end_col_offset
+            else:
+                end_col_offset = node.end_col_offset
+        for child in _children(node):
+            fix(child, lineno, col_offset, end_lineno, end_col_offset)
+
+    fix(node, 1, 0, 1, 0)
+    return node
+
+
+class _Transformer:
+    """ast.NodeTransformer: visits each node with its `visit_<class>` method, or else its
+    fields; a node a visit returns replaces it, None removes it, and a list of them takes
+    its place in a list."""
+
+    def visit(self, node: ast.AST) -> Any:
+        return getattr(self, "visit_" + node.__class__.__name__, self.generic_visit)(node)
+
+    def generic_visit(self, node: ast.AST) -> ast.AST:
+        for field, old_value in _fields(node):
+            if isinstance(old_value, list):
+                new_values = []
+                for value in old_value:
+                    if isinstance(value, ast.AST):
+                        value = self.visit(value)
+                        if value is None:
+                            continue
+                        if not isinstance(value, ast.AST):
+                            new_values.extend(value)
+                            continue
+                    new_values.append(value)
+                old_value[:] = new_values
+            elif isinstance(old_value, ast.AST):
+                new_node = self.visit(old_value)
+                if new_node is None:
+                    delattr(node, field)
+                else:
+                    setattr(node, field, new_node)
+        return node
+
+
+class Guards(_Transformer):
     """Insert `pyfuncs.guard()` where routine code could swallow a RoutineInterrupted, route
     the operators of bounded operations through their checks, and attribute stores and
     checked reads through the sandbox's (`pyfuncs.writable`, `pyfuncs.attribute`).
@@ -59,12 +169,12 @@ class Guards(ast.NodeTransformer):
             self._refuse(node, f"the attribute {node.attr!r}")
         if not isinstance(node.ctx, ast.Load):  # x.a = ..., del x.a: may x be changed?
             check = ast.Name("pyfuncs.writable", ast.Load())
-            node.value = ast.copy_location(ast.Call(check, [node.value], []), node.value)
+            node.value = _copy_location(ast.Call(check, [node.value], []), node.value)
             return node
         if node.attr in CHECKED_READS:
             read = ast.Name("pyfuncs.attribute", ast.Load())
             call = ast.Call(read, [node.value, ast.Constant(node.attr)], [])
-            return ast.copy_location(call, node)
+            return _copy_location(call, node)
         return node
 
     def visit_MatchClass(self, node: ast.MatchClass) -> ast.AST:
@@ -82,14 +192,14 @@ class Guards(ast.NodeTransformer):
         self.generic_visit(node)
         checked: list[ast.stmt] = []
         for case in node.cases:
-            for pattern in ast.walk(case.pattern):
+            for pattern in _walk(case.pattern):
                 if isinstance(pattern, ast.MatchClass) and pattern.patterns:
                     name = f"pyfuncs.match_class_{self.match_classes}"
                     self.match_classes += 1
                     check = ast.Call(ast.Name("pyfuncs.match_class", ast.Load()), [pattern.cls], [])
                     bind = ast.Assign([ast.Name(name, ast.Store())], check)
-                    checked.append(ast.copy_location(bind, pattern))
-                    pattern.cls = ast.copy_location(ast.Name(name, ast.Load()), pattern.cls)
+                    checked.append(_copy_location(bind, pattern))
+                    pattern.cls = _copy_location(ast.Name(name, ast.Load()), pattern.cls)
         return [*checked, node] if checked else node
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> ast.AST:
@@ -101,7 +211,7 @@ class Guards(ast.NodeTransformer):
     @staticmethod
     def _guard(at: ast.AST) -> ast.stmt:
         call = ast.Expr(ast.Call(ast.Name("pyfuncs.guard", ast.Load()), [], []))
-        return ast.copy_location(call, at)
+        return _copy_location(call, at)
 
     def visit_ExceptHandler(self, node: ast.ExceptHandler) -> ast.AST:
         self.generic_visit(node)
@@ -124,7 +234,7 @@ class Guards(ast.NodeTransformer):
             and isinstance(iterable.func, ast.Name)
             and iterable.func.id == "range"
         ):
-            iterable.func = ast.copy_location(ast.Name("pyfuncs.range", ast.Load()), iterable.func)
+            iterable.func = _copy_location(ast.Name("pyfuncs.range", ast.Load()), iterable.func)
         return iterable
 
     def visit_For(self, node: ast.For) -> ast.AST:
@@ -153,7 +263,7 @@ class Guards(ast.NodeTransformer):
         if name is None:
             return node
         call = ast.Call(ast.Name(f"pyfuncs.{name}", ast.Load()), [node.left, node.right], [])
-        return ast.copy_location(call, node)
+        return _copy_location(call, node)
 
     def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST:
         """`t *= v` becomes `t *= pyfuncs.check_mul(t, v)`: in-place operators stay in place."""
@@ -163,14 +273,16 @@ class Guards(ast.NodeTransformer):
             return node
         current = _as_load(node.target)
         check = ast.Name(f"pyfuncs.check_{name}", ast.Load())
-        node.value = ast.copy_location(ast.Call(check, [current, node.value], []), node.value)
+        node.value = _copy_location(ast.Call(check, [current, node.value], []), node.value)
         return node
 
 
 def _as_load(target: ast.expr) -> ast.expr:
     """An assignment target read instead of written (`x`, `obj.x`, `seq[i]`)."""
+    import copy  # only for `x op= y`: not every backend's first routine pays for it
+
     read = copy.deepcopy(target)
-    for node in ast.walk(read):
+    for node in _walk(read):
         if isinstance(node, (ast.Name, ast.Attribute, ast.Subscript, ast.Starred)):
             node.ctx = ast.Load()
     return read
@@ -180,7 +292,7 @@ def _bound_names(tree: ast.AST) -> set[str]:
     """Every name the module binds anywhere (assignments, parameters, imports, definitions,
     handlers, patterns)."""
     names: set[str] = set()
-    for node in ast.walk(tree):
+    for node in _walk(tree):
         if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
             names.add(node.id)
         elif isinstance(node, ast.arg):
@@ -202,10 +314,11 @@ def compile_module(source: str, filename: str) -> types.CodeType:
     """A routine module compiled with the guards inserted. Its annotations are kept as
     strings (PEP 563) whether or not it says so: nothing evaluates them in the database, and
     a check reads them as type expressions only (pyfuncs.typemap.evaluate)."""
-    tree = ast.parse(source, filename)
+    # ast.parse
+    tree: Any = compile(source, filename, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
     tree = Guards(filename, loops_over_range="range" not in _bound_names(tree)).visit(tree)
     flags = __future__.annotations.compiler_flag
     code: types.CodeType = compile(
-        ast.fix_missing_locations(tree), filename, "exec", flags, dont_inherit=True
+        _fix_missing_locations(tree), filename, "exec", flags, dont_inherit=True
     )
     return code

@@ -15,7 +15,10 @@ what the statement did is rolled back with it.
 from __future__ import annotations
 
 import ctypes
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SECURITY_LOCAL_USERID_CHANGE = 0x0001  # miscadmin.h, the same in every version
 PGC_USERSET = 6  # guc.h GucContext

@@ -20,12 +20,16 @@ compiles them so): there the loop itself is Python, and as fast as ever.
 from __future__ import annotations
 
 import builtins
-import collections
-import collections.abc
 import itertools
 import types
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, SupportsIndex
+from _collections_abc import Sequence
+
+from .imported import imported
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import Any, SupportsIndex
 
 _range = builtins.range
 
@@ -105,7 +109,7 @@ class range:  # what routines know as `range`
         raise AttributeError("readonly attribute")
 
 
-collections.abc.Sequence.register(range)
+Sequence.register(range)
 range.__module__ = "builtins"
 
 
@@ -181,7 +185,15 @@ def _elements(counter: Any, method: Callable[[], Iterator[Any]]) -> Callable[[],
     return lambda: _each(method())
 
 
+def _counter_kinds() -> tuple[type, ...]:
+    """collections.Counter, once collections has been imported (before, none can exist)."""
+    collections = imported("collections")
+    return (collections.Counter,) if collections is not None else ()
+
+
 # what a routine reads instead of these methods (see sandbox.attribute)
-READS: dict[str, tuple[tuple[type, ...], Callable[[Any, Callable[..., Any]], Any]]] = {
-    "elements": ((collections.Counter,), _elements),
+READS: dict[
+    str, tuple[Callable[[], tuple[type, ...]], Callable[[Any, Callable[..., Any]], Any]]
+] = {
+    "elements": (_counter_kinds, _elements),
 }

@@ -24,12 +24,15 @@ alternate stack while the session ends.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # not signal: its enums cost ms per backend
 import ctypes
 import mmap
 import resource
-import signal
-from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 ALTERNATE_STACK = 4 << 20  # what the handler and PostgreSQL's FATAL path need, with room
 MESSAGE = (
@@ -93,7 +96,7 @@ def contain(fatal: Callable[..., Any], lib: ctypes.CDLL) -> bool:
     action = _SigAction()
     action.sa_sigaction = ctypes.cast(handler, ctypes.c_void_p).value
     action.sa_flags = _SA_SIGINFO | _SA_ONSTACK | _SA_RESETHAND
-    if libc.sigaction(signal.SIGSEGV, ctypes.byref(action), None) != 0:
+    if libc.sigaction(_signal.SIGSEGV, ctypes.byref(action), None) != 0:
         return False
     _KEPT.extend((stack, alternate, handler, action))
     return True

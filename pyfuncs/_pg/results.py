@@ -24,27 +24,66 @@ which PL/Python converts without running any Python.
 
 from __future__ import annotations
 
-import collections
-import dataclasses
-import datetime
-import decimal
-import uuid
-import zoneinfo
-from collections.abc import Mapping, Sequence
-from typing import Any
+import sys
+from _collections_abc import Mapping, Sequence
 
 from . import lazy
 from .bounded import OperationTooLarge
+from .imported import imported
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_DEPTH = 200  # PostgreSQL's arrays have at most 6 dimensions; JSON this deep is rare
 
-# kept as they are: PL/Python converts them without running Python of the routine's
-INERT: frozenset[type] = frozenset({
-    type(None), bool, int, float, str, bytes, decimal.Decimal, datetime.date,
-    datetime.timedelta, uuid.UUID,
-})  # fmt: skip
-_ZONES: frozenset[type] = frozenset({datetime.timezone, zoneinfo.ZoneInfo})
-_TIMES = (datetime.datetime, datetime.time)
+# Kept as they are: PL/Python converts them without running Python of the routine's. The
+# types of decimal, datetime and uuid are among them once those modules have been imported
+# (before, no value can be of them, and no backend pays for importing them): see _learn.
+INERT: set[type] = {type(None), bool, int, float, str, bytes}
+_ZONES: set[type] = set()  # time zones PL/Python converts without the routine's code
+_TIMES: tuple[type, ...] = ()  # datetime and time
+_LISTS: tuple[type, ...] = (range, lazy.range)  # made lists (and collections.deque)
+_datetime: Any = None  # the modules, once imported
+_Decimal: Any = None
+_dataclasses: Any = None
+_seen = -1  # how many modules sys.modules held when _learn last looked
+
+
+def _learn() -> bool:
+    """Take in the types of the modules imported since _learn last looked (modules are only
+    ever added to sys.modules: a count that has not changed means none was); whether any
+    module was new."""
+    global _seen, _TIMES, _LISTS, _BASES, _datetime, _Decimal, _dataclasses
+    _seen = len(sys.modules)
+    new = False
+    if _Decimal is None and (decimal := imported("decimal")) is not None:
+        _Decimal = decimal.Decimal
+        INERT.add(_Decimal)
+        new = True
+    if _datetime is None and (datetime := imported("datetime")) is not None:
+        _datetime = datetime
+        INERT.update((datetime.date, datetime.timedelta))
+        _ZONES.add(datetime.timezone)
+        _TIMES = (datetime.datetime, datetime.time)
+        new = True
+    zoneinfo = imported("zoneinfo")
+    if zoneinfo is not None and zoneinfo.ZoneInfo not in _ZONES:
+        _ZONES.add(zoneinfo.ZoneInfo)
+        new = True
+    if _dataclasses is None and (dataclasses := imported("dataclasses")) is not None:
+        _dataclasses = dataclasses
+        new = True
+    if len(_LISTS) == 2 and (collections := imported("collections")) is not None:
+        _LISTS = (range, lazy.range, collections.deque)
+        new = True
+    uuid = imported("uuid")
+    if uuid is not None and uuid.UUID not in INERT:
+        INERT.add(uuid.UUID)
+        new = True
+    if new:
+        _BASES = _bases(uuid)
+    return new
 
 
 class ResultTooDeep(OperationTooLarge):
@@ -56,6 +95,8 @@ def plain(value: Any, row: bool = True) -> Any:
     a function's result or one row of a set-returning function's."""
     if type(value) in INERT:
         return value
+    if len(sys.modules) != _seen:
+        _learn()
     return _plain(value, 0, row)
 
 
@@ -84,7 +125,8 @@ def _plain(value: Any, depth: int, row: bool) -> Any:
 
 def _other(value: Any, kind: type, depth: int, row: bool) -> Any:
     """Everything that is not of an exact built-in type (rarer: a function of its own)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    dataclasses = _dataclasses
+    if dataclasses is not None and dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name), depth, False)
                 for f in dataclasses.fields(value)}  # fmt: skip
     if isinstance(value, tuple):
@@ -105,8 +147,11 @@ def _other(value: Any, kind: type, depth: int, row: bool) -> Any:
         return {_plain(k, depth, False): _plain(v, depth, False) for k, v in dict.items(value)}
     if isinstance(value, Mapping):
         return {_plain(k, depth, False): _plain(v, depth, False) for k, v in value.items()}
-    if isinstance(value, (range, lazy.range, collections.deque)):
-        return [_plain(item, depth, False) for item in value]
+    if isinstance(value, _LISTS):
+        lazy_items: Any = value
+        return [_plain(item, depth, False) for item in lazy_items]
+    if _learn():  # of a type whose module was imported since plain() looked: once more
+        return _plain(value, depth - 1, row)
     what = "a set" if isinstance(value, (set, frozenset)) else f"a {kind.__name__}"
     if isinstance(value, Sequence) or hasattr(value, "__next__"):
         what += " (declare the routine as returning Iterator[...] for rows, or return a list)"
@@ -122,11 +167,11 @@ def _moment(value: Any, kind: type) -> Any:
     if zone is None or type(zone) in _ZONES:
         return value
     offset = value.utcoffset()  # the routine's tzinfo, asked now, inside the call
-    return value.replace(tzinfo=None if offset is None else datetime.timezone(offset))
+    return value.replace(tzinfo=None if offset is None else _datetime.timezone(offset))
 
 
 def _copy_moment(value: Any) -> Any:
-    made: datetime.datetime | datetime.time
+    datetime = _datetime
     if isinstance(value, datetime.datetime):
         made = datetime.datetime(value.year, value.month, value.day, value.hour, value.minute,
                                  value.second, value.microsecond, value.tzinfo, fold=value.fold)  # fmt: skip
@@ -138,14 +183,27 @@ def _copy_moment(value: Any) -> Any:
     return _moment(made, type(made))
 
 
-# subclasses of built-in types, and their base values read without the subclass's methods
-_BASES: tuple[tuple[type, Any], ...] = (
-    (str, str.__str__), (bytes, bytes.__bytes__), (int, int.__index__),
-    (float, float.__float__), (bytearray, bytearray.copy), (decimal.Decimal, decimal.Decimal),
-    (datetime.date, _copy_moment), (datetime.time, _copy_moment),
-    (datetime.timedelta, lambda v: datetime.timedelta(v.days, v.seconds, v.microseconds)),
-    (uuid.UUID, lambda v: uuid.UUID(int=v.int)),
-)  # fmt: skip
+def _bases(uuid: Any) -> tuple[tuple[type, Any], ...]:
+    """Subclasses of built-in types, and their base values read without the subclass's
+    methods (those of modules imported so far)."""
+    bases: list[tuple[type, Any]] = [
+        (str, str.__str__), (bytes, bytes.__bytes__), (int, int.__index__),
+        (float, float.__float__), (bytearray, bytearray.copy),
+    ]  # fmt: skip
+    if _Decimal is not None:
+        bases.append((_Decimal, _Decimal))
+    datetime = _datetime
+    if datetime is not None:
+        bases += [
+            (datetime.date, _copy_moment), (datetime.time, _copy_moment),
+            (datetime.timedelta, lambda v: datetime.timedelta(v.days, v.seconds, v.microseconds)),
+        ]  # fmt: skip
+    if uuid is not None:
+        bases.append((uuid.UUID, lambda v: uuid.UUID(int=v.int)))
+    return tuple(bases)
+
+
+_BASES = _bases(None)
 
 
 def size(value: Any) -> int:
@@ -162,6 +220,7 @@ def size(value: Any) -> int:
         return sum(map(size, value))
     if value is None:
         return 0
-    if kind is decimal.Decimal:
+    if kind is _Decimal or (_Decimal is None and len(sys.modules) != _seen and _learn()
+                            and kind is _Decimal):  # fmt: skip
         return len(str(value))
     return 8

@@ -11,13 +11,16 @@ no code of the routine's.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
 
 from . import errors, results, sandbox, vocabulary
 from . import watchdog as stopping
 from .values import converter
 from .watchdog import SEQUENCE, Budget, RoutineInterrupted
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Mapping
+    from typing import Any
 
 _DONE = object()  # no more rows
 

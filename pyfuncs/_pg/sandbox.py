@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import _string  # the parser behind str.format
 import abc
-import collections
-import decimal
-import enum
-import linecache
 import sys
 import types
-from collections.abc import Callable
-from typing import Any
 
-from . import bounded, lazy, views, vocabulary
+from . import bounded, errors, lazy, views, vocabulary
 from . import watchdog as stopping
 from .guards import CHECKED_READS, compile_module
+from .imported import imported
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 # __import__ is replaced by one limited to the allow-list
 REMOVED_BUILTINS = frozenset(vocabulary.FORBIDDEN_BUILTINS) | {"__loader__", "__spec__"}
@@ -36,8 +36,18 @@ VIEWS: dict[tuple[str, frozenset[str]], types.ModuleType] = {}
 
 # instances of these classes from outside a routine's module it may change all the same:
 # each is made for the routine (decimal.localcontext() gives a copy of the context, and an
-# exception is raised for the call that caught it)
-_MUTABLE_INSTANCES: tuple[type, ...] = (decimal.Context, BaseException)
+# exception is raised for the call that caught it). decimal.Context joins once decimal has
+# been imported (before, no instance of it can exist): see _mutable_instances
+_MUTABLE_INSTANCES: tuple[type, ...] = (BaseException,)
+
+
+def _mutable_instances() -> tuple[type, ...]:
+    global _MUTABLE_INSTANCES
+    if len(_MUTABLE_INSTANCES) == 1:
+        decimal = imported("decimal")
+        if decimal is not None:
+            _MUTABLE_INSTANCES = (decimal.Context, BaseException)
+    return _MUTABLE_INSTANCES
 
 
 def _view(name: str, allowed: frozenset[str]) -> types.ModuleType:
@@ -94,7 +104,7 @@ def helpers(module_name: str) -> dict[str, Any]:
 
     def writable(obj: Any) -> Any:
         """`obj.x = ...` and `del obj.x`: only on what this module made."""
-        if _owner(obj) == module_name or isinstance(obj, _MUTABLE_INSTANCES):
+        if _owner(obj) == module_name or isinstance(obj, _mutable_instances()):
             return obj
         raise AttributeError(
             f"pyfuncs: a routine may not change {type(obj).__name__} objects it did not make: "
@@ -128,10 +138,12 @@ def helpers(module_name: str) -> dict[str, Any]:
 
 
 def _checked_read(
-    obj: Any, value: Any, kinds: tuple[type, ...], check: Callable[[Any, Any], Any]
+    obj: Any, value: Any, kinds: bounded.Kinds, check: Callable[[Any, Any], Any]
 ) -> Any:
     """A method of READS, read through its check: bound (`s.replace`) or from its class
     (`str.replace`, called with the object first)."""
+    if not isinstance(kinds, tuple):  # the types of a module imported only when needed
+        kinds = kinds()
     if isinstance(obj, kinds):
         return check(obj, value)
     if isinstance(obj, type) and issubclass(obj, kinds) and hasattr(value, "__get__"):
@@ -142,7 +154,10 @@ def _checked_read(
 
 def _template(obj: Any) -> Any:
     """The template a format method formats: a str, or the text of a UserString."""
-    return obj.data if isinstance(obj, collections.UserString) else obj
+    collections = imported("collections")
+    if collections is not None and isinstance(obj, collections.UserString):
+        return obj.data
+    return obj
 
 
 def _checked_format(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -166,6 +181,12 @@ _MRO: Callable[[type], tuple[type, ...]] = type.__dict__["__mro__"].__get__
 _DICT: Callable[[type], Any] = type.__dict__["__dict__"].__get__
 
 
+def _enum_type() -> type | None:
+    """enum's metaclass, once enum is imported (before, no class has it)."""
+    enum = imported("enum")
+    return None if enum is None else enum.EnumType
+
+
 def match_class(cls: Any) -> Any:
     """The class of a class pattern with positional sub-patterns (guards.py inserts the
     call before the match statement): refused unless the attributes those sub-patterns
@@ -177,7 +198,7 @@ def match_class(cls: Any) -> Any:
         own = _DICT(meta)
         if meta is not type and meta is not object and (
             "__match_args__" in own or "__getattribute__" in own
-            or ("__getattr__" in own and meta is not enum.EnumType)):  # fmt: skip
+            or ("__getattr__" in own and meta is not _enum_type())):  # fmt: skip
             raise TypeError(
                 f"pyfuncs: a class pattern with positional sub-patterns may not use "
                 f"{cls.__name__}, whose metaclass computes its attributes"
@@ -245,7 +266,7 @@ def restricted_builtins(allowed: frozenset[str], module_name: str) -> dict[str, 
 
 # methods whose results a routine gets through a check (guards.CHECKED_READS names them):
 # name -> (the class whose method it is, what to give instead, made from the object)
-READS: dict[str, tuple[tuple[type, ...], Callable[[Any, Any], Any]]] = {
+READS: dict[str, tuple[bounded.Kinds, Callable[[Any, Any], Any]]] = {
     **lazy.READS,
     **bounded.READS,
 }
@@ -266,7 +287,7 @@ def load_module(
         # dataclasses and typing look classes' modules up in sys.modules while they are built
         sys.modules[module_name] = module
         # so tracebacks show the routine's source lines: the file itself is not on the server
-        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        errors.remember_lines(filename, source)
         module.__dict__.update(helpers(module_name))
         module.__dict__["__builtins__"] = restricted_builtins(allowed, module_name)
         code = compile_module(source, filename)

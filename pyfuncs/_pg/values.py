@@ -3,20 +3,24 @@ text, and query parameters and their SQL types (results: see results.py)."""
 
 from __future__ import annotations
 
-import datetime
-import decimal
-import uuid
-from collections.abc import Callable, Mapping
-from typing import Any
+from _collections_abc import Mapping
+
+from .imported import imported
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 # PL/Python hands these types over as their text form; everything else (numbers, bool, bytea,
 # arrays, jsonb through the transform) already arrives as the natural Python value.
 
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "datetime": datetime.datetime.fromisoformat,
-    "date": datetime.date.fromisoformat,
-    "time": datetime.time.fromisoformat,
-    "uuid": uuid.UUID,
+# (imported when a routine or a query result first needs them, not in every backend's boot)
+_PARSERS: dict[str, tuple[str, str, str | None]] = {
+    "datetime": ("datetime", "datetime", "fromisoformat"),
+    "date": ("datetime", "date", "fromisoformat"),
+    "time": ("datetime", "time", "fromisoformat"),
+    "uuid": ("uuid", "UUID", None),
 }
 
 # type OID -> parser, for values in query results
@@ -40,7 +44,10 @@ def converter(kind: str | None) -> Callable[[Any], Any] | None:
             return [convert_list(v) if isinstance(v, list) else _none_or(inner, v) for v in value]
 
         return convert_list
-    parse = _PARSERS[kind]
+    module, name, method = _PARSERS[kind]
+    parse = getattr(__import__(module), name)
+    if method is not None:
+        parse = getattr(parse, method)
     return lambda value: _none_or(parse, value)
 
 
@@ -48,10 +55,22 @@ def _none_or(fn: Callable[[Any], Any], value: Any) -> Any:
     return None if value is None else fn(value)
 
 
+# Decimal joins them once decimal has been imported (before, no value can be one): see
+# simple_types
 SIMPLE_TYPES: dict[type, str] = {
     type(None): "text", bool: "boolean", int: "bigint", float: "double precision",
-    decimal.Decimal: "numeric", str: "text", bytes: "bytea",
+    str: "text", bytes: "bytea",
 }  # fmt: skip
+
+
+def simple_types() -> dict[type, str]:
+    """The types of parameters PL/Python sends as they are: SIMPLE_TYPES, Decimal among
+    them once a Decimal can exist."""
+    if len(SIMPLE_TYPES) == 6:
+        decimal = imported("decimal")
+        if decimal is not None:
+            SIMPLE_TYPES[decimal.Decimal] = "numeric"
+    return SIMPLE_TYPES
 
 
 def adapt_param(value: Any) -> tuple[str, Any]:
@@ -64,19 +83,22 @@ def adapt_param(value: Any) -> tuple[str, Any]:
         return "bigint", value
     if isinstance(value, float):
         return "double precision", value
-    if isinstance(value, decimal.Decimal):
+    # a value of these modules' types exists only once they were imported
+    decimal, datetime, uuid = imported("decimal"), imported("datetime"), imported("uuid")
+    if decimal is not None and isinstance(value, decimal.Decimal):
         return "numeric", value
     if isinstance(value, str):
         return "text", value
     if isinstance(value, bytes | bytearray | memoryview):
         return "bytea", bytes(value)
-    if isinstance(value, datetime.datetime):
-        return ("timestamptz" if value.tzinfo else "timestamp"), value.isoformat()
-    if isinstance(value, datetime.date):
-        return "date", value.isoformat()
-    if isinstance(value, datetime.time):
-        return "time", value.isoformat()
-    if isinstance(value, uuid.UUID):
+    if datetime is not None:
+        if isinstance(value, datetime.datetime):
+            return ("timestamptz" if value.tzinfo else "timestamp"), value.isoformat()
+        if isinstance(value, datetime.date):
+            return "date", value.isoformat()
+        if isinstance(value, datetime.time):
+            return "time", value.isoformat()
+    if uuid is not None and isinstance(value, uuid.UUID):
         return "uuid", str(value)
     if isinstance(value, Mapping):
         return "jsonb", dict(value)

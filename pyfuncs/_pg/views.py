@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import importlib
 import types
-from typing import Any, NoReturn
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 # names of allowed modules that routines do not get, and why
 LEFT_OUT: dict[str, dict[str, str]] = {

@@ -11,10 +11,11 @@ allowed modules, and the checks the guards route reads and writes through.
 An attempt passes when it is refused, with the exception and message it names, and nothing
 that calls share changed (a fingerprint of shared state is taken before and after each).
 `attempt()` returns what it got hold of when it gets through, and the test shows what that
-was; the checks that refuse them leave what routines ordinarily do working (the last tests). The catalogue of the other classes lives with their tests: calls affecting each other
-(tests/integration/modules/contaminate_mod.py), leaving the caller's identity
+was; the checks that refuse them leave what routines ordinarily do working (the last
+tests). The catalogue of the other classes lives with their tests: calls affecting each
+other (tests/integration/modules/contaminate_mod.py), leaving the caller's identity
 (tests/integration/modules/identity_mod.py) and calls that cannot be stopped
-(tests/integration/test_stopping.py); the last test here counts them all.
+(tests/integration/test_stopping.py, test_late_work.py); the last test here counts them all.
 """
 
 from __future__ import annotations
