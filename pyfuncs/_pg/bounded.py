@@ -35,6 +35,9 @@ MAX_REPEAT_BYTES = 64 << 20  # a string, bytes, list or tuple made by one operat
 MAX_DIVISION = 10**10  # bits of the quotient x bits of the divisor
 MAX_OPERAND_BITS = 2 * MAX_INT_BITS  # of gcd, lcm and isqrt, which are quadratic
 MAX_MODULAR = 4 * 10**6  # bits of the exponent x (30-bit digits of the modulus) ** 1.6
+# a Decimal context's precision where routines work with it, and the digits of a Decimal
+# power's operands: exp, ln, log10 or a power of 1,000 digits take ~20 ms, of 4,000 seconds
+MAX_DECIMAL_DIGITS = 1_000
 
 
 class OperationTooLarge(OverflowError):
@@ -76,11 +79,61 @@ def check_mul(a: Any, b: Any) -> Any:
 
 
 def check_pow(base: Any, exponent: Any) -> Any:
-    if isinstance(base, int) and isinstance(exponent, int) and exponent > 0 and abs(base) > 1:
+    if isinstance(base, int) and isinstance(exponent, int):
+        _int_pow(base, exponent, "int ** int")
+    elif not isinstance(base, float) and not isinstance(exponent, float):
+        _other_pow(base, exponent)
+    return exponent
+
+
+def _int_pow(base: int, exponent: int, what: str) -> None:
+    if exponent > 0 and abs(base) > 1:
         bits = exponent * math.log2(abs(base))
         if bits > MAX_INT_BITS:
-            refuse("int ** int", bits, "bits", MAX_INT_BITS)
-    return exponent
+            refuse(what, bits, "bits", MAX_INT_BITS)
+
+
+def _other_pow(base: Any, exponent: Any) -> None:
+    """`**` of Fractions (which raise their numerator and denominator, in fractions' own
+    code) and of Decimals (whose non-integral powers take time far beyond their digits)."""
+    fractions = imported("fractions")
+    if fractions is not None:
+        fraction = fractions.Fraction
+        if isinstance(exponent, fraction) and exponent.denominator == 1:
+            exponent = exponent.numerator  # what fractions raises to
+        if isinstance(exponent, int):
+            if isinstance(base, int):
+                _int_pow(base, exponent, "int ** Fraction")
+            elif isinstance(base, fraction):
+                top = max(abs(base.numerator), base.denominator)
+                _int_pow(top, abs(exponent), "Fraction ** int")
+    decimal = imported("decimal")
+    if decimal is not None and (
+        isinstance(base, decimal.Decimal) or isinstance(exponent, decimal.Decimal)
+    ):
+        check_precision(decimal.getcontext(), "Decimal **")
+        _decimal_operands("Decimal **", base, exponent)
+
+
+def check_precision(context: Any, what: str) -> None:
+    """Refuse work at a Decimal context's precision beyond MAX_DECIMAL_DIGITS."""
+    prec = context.prec
+    if prec > MAX_DECIMAL_DIGITS:
+        refuse(f"{what} at a precision of {prec:,} digits", prec, "digits", MAX_DECIMAL_DIGITS)
+
+
+def _decimal_operands(what: str, *operands: Any) -> None:
+    decimal = imported("decimal")
+    for operand in operands:
+        if isinstance(operand, int):
+            digits = operand.bit_length() * 0.30103
+        elif decimal is not None and isinstance(operand, decimal.Decimal):
+            digits = len(operand.as_tuple().digits) if operand.is_finite() else 0
+        else:
+            continue
+        if digits > MAX_DECIMAL_DIGITS:
+            refuse(f"{what} of a {digits:,.0f}-digit number", digits, "digits",
+                   MAX_DECIMAL_DIGITS)  # fmt: skip
 
 
 def check_lshift(a: Any, b: Any) -> Any:
@@ -248,6 +301,45 @@ def _random_bits(generator: Any, method: Callable[..., Any]) -> Callable[..., An
     return getrandbits
 
 
+def guarded_decimal() -> types.ModuleType:
+    """decimal with a localcontext() that refuses a precision beyond MAX_DECIMAL_DIGITS
+    (the contexts it makes are current in the call, where `/` and the rest use them)."""
+    import decimal
+
+    def localcontext(ctx: Any = None, **kwargs: Any) -> Any:
+        for context in (ctx, types.SimpleNamespace(**kwargs)):
+            prec = getattr(context, "prec", None)
+            if type(prec) is int and prec > MAX_DECIMAL_DIGITS:
+                check_precision(context, "decimal.localcontext")
+        return decimal.localcontext(ctx, **kwargs)
+
+    return _stand_in(decimal, localcontext)
+
+
+def precision_setter(context: Any) -> Any:
+    """What `context.prec = n` (or setattr) sets through on a routine's Context: the
+    precision only up to MAX_DECIMAL_DIGITS."""
+    return _PrecisionSetter(context)
+
+
+class _PrecisionSetter:
+    __slots__ = ("context",)
+
+    def __init__(self, context: Any) -> None:
+        object.__setattr__(self, "context", context)
+
+    def __getattr__(self, name: str) -> Any:  # `context.prec += 1` reads it first
+        return getattr(self.context, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "prec" and type(value) is int:
+            check_precision(types.SimpleNamespace(prec=value), "a Decimal context")
+        setattr(self.context, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        delattr(self.context, name)
+
+
 def guarded_random() -> types.ModuleType:
     """random with randbytes and getrandbits refusing more than MAX_REPEAT_BYTES."""
     import random  # when a routine first imports it, not in every backend's boot
@@ -355,6 +447,34 @@ def _random_kinds() -> tuple[type, ...]:
     return (random.Random,) if random is not None else ()
 
 
+def _decimal_kinds() -> tuple[type, ...]:
+    """Decimal and its Context, once decimal has been imported."""
+    decimal = imported("decimal")
+    return (decimal.Decimal, decimal.Context) if decimal is not None else ()
+
+
+def _decimal_work(name: str) -> Callable[[Any, Callable[..., Any]], Callable[..., Any]]:
+    """A method of Decimal or Context whose work grows with the precision (and, for
+    power, with its operands' digits), refused beyond MAX_DECIMAL_DIGITS. Its context: the
+    Context it is a method of, the one it is given, or the current one."""
+
+    def check(obj: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            decimal = imported("decimal")
+            assert decimal is not None  # obj is one of its types
+            kind = decimal.Context
+            given = [a for a in (*args, kwargs.get("context")) if isinstance(a, kind)]
+            context = obj if isinstance(obj, kind) else (given[-1] if given else None)
+            check_precision(context or decimal.getcontext(), f"Decimal {name}")
+            if name == "power":
+                _decimal_operands("Decimal power", *args[:2])
+            return method(*args, **kwargs)
+
+        return checked
+
+    return check
+
+
 # name -> (the types whose method it is, or a function that gives them when asked; what a
 # routine gets instead: made from the object and its own bound method)
 READS: dict[str, tuple[Kinds, Callable[[Any, Callable[..., Any]], Any]]] = {
@@ -364,4 +484,6 @@ READS: dict[str, tuple[Kinds, Callable[[Any, Callable[..., Any]], Any]]] = {
     "randbytes": (_random_kinds, _random_bytes),
     "getrandbits": (_random_kinds, _random_bits),
     **{name: (_TEXT, _padding(name)) for name in PADDING},
-}
+    **{name: (_decimal_kinds, _decimal_work(name))
+       for name in ("exp", "ln", "log10", "sqrt", "power", "divide", "quantize", "fma")},
+}  # fmt: skip

@@ -11,6 +11,7 @@ no code of the routine's.
 from __future__ import annotations
 
 import sys
+from contextvars import copy_context as own_context
 
 from . import errors, results, sandbox, vocabulary
 from . import watchdog as stopping
@@ -31,12 +32,15 @@ _DONE = object()  # no more rows
 # RoutineInterrupted, so that nothing of the routine's travels out with it (its frames,
 # their locals: what was raised in them is let go here, inside the call). `call` also drops
 # the entry frames the watchdog let go of (watchdog.GRAVE).
+# Each call runs in a copy of the context it was called in (`own_context`): what it sets
+# there (decimal's current context, in a `with decimal.localcontext()` a generator it keeps
+# is suspended in) ends with it. A set-returning routine's rows share one.
 _CALL = """
 def call({params}):
     if grave:
         grave.clear()
     try:
-        result = function({params})
+        result = own_context().run(function, {params})
         if type(result) in inert:
             return result
         return finish(result)
@@ -93,7 +97,7 @@ class Routine:
         # the module's top-level code runs in a call of this routine: stoppable too
         self.namespace: dict[str, Any] = {}
         self.namespace = self.within(
-            SEQUENCE(), sandbox.load_module, source, self.filename, spec["module"],
+            SEQUENCE(), own_context().run, sandbox.load_module, source, self.filename, spec["module"],
             frozenset(spec["allowed_modules"]),
         )  # fmt: skip
         self.function: Callable[..., Any] = self.namespace[spec["function"]]
@@ -108,7 +112,8 @@ class Routine:
         """One entry function, compiled for this routine (its code is this routine's)."""
         namespace: dict[str, Any] = {
             "grave": stopping.GRAVE, "inert": results.INERT, "finish": self._finish,
-            "fail": self.fail, "RoutineInterrupted": RoutineInterrupted, **names,
+            "fail": self.fail, "RoutineInterrupted": RoutineInterrupted,
+            "own_context": own_context, **names,
         }  # fmt: skip
         exec(compile(source, f"<pyfuncs: {self.qualname}>", "exec"), namespace)
         entry: Callable[..., Any] = namespace[name]
@@ -207,12 +212,13 @@ class Routine:
         pending, self.last = self.last, None
         source: Iterator[Any] = iter(() if result is None else result)
         call = SEQUENCE()  # the call's number: one for all its rows
+        run = own_context().run  # and their context
         count = size = 0
         # a loop, not `yield from`, so that closing this generator does not close `rows`
         # by itself: see watchdog.ORPHANS
         try:
             while True:
-                row, made = self.within(call, self._row, source, budget)
+                row, made = self.within(call, run, self._row, source, budget)
                 if row is _DONE:
                     return
                 count += 1
@@ -229,7 +235,7 @@ class Routine:
         except GeneratorExit:
             if pending is not None:
                 if stopping.in_transaction():  # the query needs no more rows (LIMIT, say)
-                    self.within(call, pending.close)
+                    self.within(call, run, pending.close)
                 else:  # PostgreSQL is aborting the statement
                     stopping.ORPHANS.append(pending)
             raise

@@ -54,6 +54,7 @@ def _view(name: str, allowed: frozenset[str]) -> types.ModuleType:
     key = (name, allowed)
     found = VIEWS.get(key)
     if found is None:
+        _contain_copies()
         if name in allowed:
             found = views.view(name, allowed, STAND_INS[name]() if name in STAND_INS else None)
         else:  # a package only some of whose modules are allowed: just those
@@ -66,11 +67,48 @@ def _view(name: str, allowed: frozenset[str]) -> types.ModuleType:
     return found
 
 
+def _contain_copies() -> None:
+    """Copying an object (copy.copy, copy.deepcopy: dataclasses.asdict and astuple, a
+    UserDict's copy) calls its class's __reduce_ex__, makes an object with the function it
+    names and then sets the state it gives on that object, with the real setattr. A
+    routine's class could name a function that returns a shared object (a module's constant,
+    an enum member) and so change it past every check. So, once for the backend (before a
+    routine can reach any module that copies): when state is set, the object made must be
+    of the class of the object copied, whose instances are its module's own."""
+    import copy
+
+    real = copy._reconstruct  # type: ignore[attr-defined]
+    if getattr(real, "contained", False):
+        return
+
+    def reconstruct(x: Any, memo: Any, func: Any, args: Any, state: Any = None,
+                    listiter: Any = None, dictiter: Any = None, **kwargs: Any) -> Any:  # fmt: skip
+        if state is not None or listiter is not None or dictiter is not None:
+            func = _making(func, type(x))
+        return real(x, memo, func, args, state, listiter, dictiter, **kwargs)
+
+    reconstruct.contained = True  # type: ignore[attr-defined]
+    copy._reconstruct = reconstruct  # type: ignore[attr-defined]
+
+
+def _making(func: Callable[..., Any], kind: type) -> Callable[..., Any]:
+    def make(*args: Any) -> Any:
+        made = func(*args)
+        if type(made) is not kind:
+            raise TypeError(
+                f"pyfuncs: copying a {kind.__name__} made a {type(made).__name__}: a copy "
+                f"may only set state on a new {kind.__name__}"
+            )
+        return made
+
+    return make
+
+
 # modules routines get a changed copy of (bounded work, producers that come back to Python)
 STAND_INS = {
     "math": bounded.guarded_math, "itertools": lazy.stand_in_itertools,
     "struct": bounded.guarded_struct, "random": bounded.guarded_random,
-    "secrets": bounded.guarded_secrets,
+    "secrets": bounded.guarded_secrets, "decimal": bounded.guarded_decimal,
 }  # fmt: skip
 
 
@@ -99,16 +137,34 @@ def _format_fields(template: str, depth: int = 0) -> None:
             _format_fields(spec, depth + 1)
 
 
+# the private names a routine may read of any named tuple (its documented API)
+NAMED_TUPLE_API = frozenset({"_asdict", "_replace", "_fields", "_make"})
+
+
 def helpers(module_name: str) -> dict[str, Any]:
     """What the code guards.py inserts calls, for one routine module: its globals."""
 
-    def writable(obj: Any) -> Any:
-        """`obj.x = ...` and `del obj.x`: only on what this module made."""
-        if _owner(obj) == module_name or isinstance(obj, _mutable_instances()):
+    def writable(obj: Any, name: str | None = None) -> Any:
+        """`obj.x = ...` and `del obj.x`: only on what this module made (a Context's
+        precision within bounds)."""
+        if _owner(obj) == module_name:
             return obj
+        if isinstance(obj, _mutable_instances()):
+            return bounded.precision_setter(obj) if name == "prec" else obj
         raise AttributeError(
             f"pyfuncs: a routine may not change {type(obj).__name__} objects it did not make: "
             "every call in this backend shares them"
+        )
+
+    def private(obj: Any, name: str) -> Any:
+        """`obj._x`: of what this module made, and a named tuple's API. The private state of
+        what allowed modules made (an enum's member maps, say) is every call's."""
+        if name in NAMED_TUPLE_API or _owner(obj) == module_name:
+            return getattr(obj, name)
+        raise AttributeError(
+            f"pyfuncs: a routine may not read the private attribute {name!r} of "
+            f"{type(obj).__name__} objects it did not make: every call in this backend "
+            "shares them"
         )
 
     def attribute(obj: Any, name: str) -> Any:
@@ -133,7 +189,7 @@ def helpers(module_name: str) -> dict[str, Any]:
         "pyfuncs.attribute": attribute, "pyfuncs.range": range,
         "pyfuncs.floordiv": bounded.checked_floordiv, "pyfuncs.mod": bounded.checked_mod,
         "pyfuncs.check_floordiv": bounded.check_divide, "pyfuncs.check_mod": bounded.check_divide,
-        "pyfuncs.match_class": match_class,
+        "pyfuncs.match_class": match_class, "pyfuncs.private": private,
     }  # fmt: skip
 
 
@@ -255,7 +311,7 @@ def restricted_builtins(allowed: frozenset[str], module_name: str) -> dict[str, 
         __import__=guarded_import,
         getattr=getattr_,
         hasattr=lambda obj, name: hasattr(obj, public(name)),
-        setattr=lambda obj, name, value: setattr(writable(obj), public(name), value),
+        setattr=lambda obj, name, value: setattr(writable(obj, public(name)), public(name), value),
         pow=bounded.checked_pow,
         divmod=bounded.checked_divmod,
         range=lazy.range,
