@@ -130,6 +130,10 @@ class JwtVerifier:
         """Check signature, time claims and role; raise AuthError saying what is wrong."""
         key = self.secret if self.secret is not None else self.public_key
         assert key is not None
+        if not isinstance(token, str) or not token.isascii():
+            # a JWT is base64url and dots: anything else (a lone surrogate, which no
+            # encoding takes, included) is malformed, not a reason to fail otherwise
+            raise AuthError("the token is malformed: a JWT is ASCII text (base64url and dots)")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -165,6 +169,8 @@ class JwtVerifier:
             raise AuthError(f"the token is not signed with {self.algorithm}") from exc
         except jwt.PyJWTError as exc:
             raise AuthError(f"the token is malformed: {exc}") from exc
+        except (ValueError, TypeError) as exc:  # whatever else a malformed token raises
+            raise AuthError(f"the token is malformed ({type(exc).__name__})") from None
         return Identity(self._role(claims), claims)
 
     def _role(self, claims: dict[str, Any]) -> str:

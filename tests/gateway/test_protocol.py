@@ -445,6 +445,29 @@ def test_tokens_never_reach_the_log(
         assert ("GET /realtime/sse?[query] HTTP/1.1" in text) == ("--access-log" in args)
 
 
+def test_a_refresh_with_a_malformed_token_is_refused_and_keeps_the_connection(
+    gateway: GatewayProcess,
+) -> None:
+    """A lone surrogate (JSON "\\ud800") in a refreshed token: `unauthorized`, like any
+    malformed token, not a failure that ends the connection with 1011."""
+
+    async def main() -> None:
+        ws = await WsClient.connect(gateway.ws_url, token())
+        await ws.wait_for(lambda m: m["type"] == "ready")
+        for bad in ("\ud800", token() + "\udcff", "é.é.é"):
+            start = len(ws.messages)
+            await ws.send(type="auth", token=bad)
+            refused = await ws.wait_for(lambda m: m["type"] == "error", start=start)
+            assert refused["code"] == "unauthorized" and "malformed" in refused["message"]
+        await ws.send(type="ping")
+        await ws.wait_for(lambda m: m["type"] == "pong")
+        assert ws.closed is None
+        await ws.close()
+
+    run(main())
+    assert gateway.metrics()["pyfuncs_gateway_failures_total"] == 0
+
+
 def test_the_gateway_refuses_them_with_a_clear_error_and_keeps_the_connection(
     rt_db: str, conn: psycopg.Connection[Any]
 ) -> None:
