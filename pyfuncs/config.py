@@ -22,8 +22,14 @@ from .errors import ClusterError, ConfigError
 
 
 def resolve_dsn(explicit: str | None = None) -> str:
-    for candidate in (explicit, os.environ.get("PYFUNCS_DSN"), os.environ.get("DATABASE_URL")):
+    given = (("--dsn", explicit), ("PYFUNCS_DSN", os.environ.get("PYFUNCS_DSN")),
+             ("DATABASE_URL", os.environ.get("DATABASE_URL")))  # fmt: skip
+    for where, candidate in given:
         if candidate:
+            try:
+                candidate.encode("utf-8")
+            except UnicodeEncodeError:  # bytes that are not UTF-8, as Python sees them
+                raise ConfigError(f"the DSN given by {where} is not UTF-8 text") from None
             return candidate
     try:
         return Cluster.default().url()
