@@ -84,6 +84,8 @@ def _print_result(result: deploying.DeployResult) -> None:
         print(f"deployment {result.deployment_id} recorded")
     else:
         print("nothing changed")
+    for warning in result.warnings:
+        print(f"pyfuncs: warning: {warning}", file=sys.stderr)
 
 
 def cmd_db(args: argparse.Namespace) -> None:

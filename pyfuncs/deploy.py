@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ Conn = psycopg.Connection[Any]
 P = ParamSpec("P")
 R = TypeVar("R")
 
+log = logging.getLogger("pyfuncs.deploy")
+
 Action = Literal["created", "updated", "restored", "unchanged", "dropped"]
 
 
@@ -49,6 +52,7 @@ class Change:
 class DeployResult:
     deployment_id: int | None
     changes: tuple[Change, ...]
+    warnings: tuple[str, ...] = ()  # what went otherwise than asked (a NOTIFY not sent)
 
     @property
     def changed(self) -> bool:
@@ -276,9 +280,12 @@ def deploy_definitions(
         changes.append(Change(d.qualname, action, version, current["live_version"]))
         switched.append((current["id"], current["live_version"], version))
     deployment_id = _record(conn, target, label, switched)
-    if switched and notify:
-        notify_schema_reload(conn)
-    return DeployResult(deployment_id, tuple(changes))
+    warning = notify_schema_reload(conn) if switched and notify else None
+    return DeployResult(deployment_id, tuple(changes), _warnings(warning))
+
+
+def _warnings(*warnings: str | None) -> tuple[str, ...]:
+    return tuple(w for w in warnings if w)
 
 
 def _record(
@@ -299,9 +306,32 @@ def _record(
     return int(row["id"])
 
 
-def notify_schema_reload(conn: psycopg.Connection[Any]) -> None:
-    """Tell PostgREST-style schema caches to reload (delivered when the transaction commits)."""
+# Any role may LISTEN and then leave the NOTIFY queue unread (idle in a transaction) while
+# it fills it, and a NOTIFY into a full queue fails the COMMIT: the deploy would fail with
+# it. So, as the realtime wake-up, the reload notice is skipped when the queue is half full.
+NOTIFY_QUEUE_LIMIT = 0.5
+
+
+def _queue_usage(conn: psycopg.Connection[Any]) -> float:
+    row = conn.execute("SELECT pg_catalog.pg_notification_queue_usage()").fetchone()
+    return float(row[0]) if row else 0.0
+
+
+def notify_schema_reload(conn: psycopg.Connection[Any]) -> str | None:
+    """Tell PostgREST-style schema caches to reload (delivered when the transaction commits),
+    unless the NOTIFY queue is half full: then the notice is not sent, so that the commit
+    cannot fail for it, and the warning returned (and logged) says so."""
+    usage = _queue_usage(conn)
+    if usage >= NOTIFY_QUEUE_LIMIT:
+        warning = (
+            f"NOTIFY pgrst, 'reload schema' was not sent: the NOTIFY queue is {usage:.0%} "
+            "full (a session that LISTENs without reading holds it; see pg_stat_activity), "
+            "and a full one would fail this commit; reload PostgREST's schema cache by hand"
+        )
+        log.warning("%s", warning)
+        return warning
     conn.execute("NOTIFY pgrst, 'reload schema'")
+    return None
 
 
 def deploy(
@@ -359,9 +389,8 @@ def rollback_deployment(
         action: Action = "dropped" if ch["from_version"] is None else "restored"
         changes.append(Change(qualname, action, ch["from_version"], ch["to_version"]))
     conn.execute(query("mark_rolled_back"), {"deployment_id": deployment["id"]})
-    if notify:
-        notify_schema_reload(conn)
-    return DeployResult(int(deployment["id"]), tuple(changes))
+    warning = notify_schema_reload(conn) if notify else None
+    return DeployResult(int(deployment["id"]), tuple(changes), _warnings(warning))
 
 
 def _switch(conn: psycopg.Connection[Any], routine_id: int, version: int | None) -> None:
@@ -405,10 +434,10 @@ def _switch_version(
     _switch(conn, current["id"], version)
     deployment_id = _record(conn, routine, f"switch to v{version}",
                             [(current["id"], current["live_version"], version)])  # fmt: skip
-    if notify:
-        notify_schema_reload(conn)
+    warning = notify_schema_reload(conn) if notify else None
     return DeployResult(
-        deployment_id, (Change(routine, "restored", version, current["live_version"]),)
+        deployment_id, (Change(routine, "restored", version, current["live_version"]),),
+        _warnings(warning),
     )
 
 

@@ -225,6 +225,37 @@ def test_deploy_notifies_postgrest_to_reload(
         assert list(listener.notifies(timeout=0.5)) == []
 
 
+def test_a_full_notify_queue_skips_the_reload_notice_and_says_so(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Any role can fill the NOTIFY queue (LISTEN, stay idle in a transaction, NOTIFY until
+    it is full: half of it is 4 GB, too much for a test, so its usage is what the test sets),
+    and a NOTIFY into a full queue fails the COMMIT: deploys, rollbacks and switches skip
+    theirs from half full, and say so."""
+    mod = write(tmp_path / "dep_q.py", V1)
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pgrst")
+        assert deploying._queue_usage(conn) < deploying.NOTIFY_QUEUE_LIMIT  # the real one
+        monkeypatch.setattr(deploying, "_queue_usage", lambda conn: 0.5)
+        assert main(["--dsn", dsn, "deploy", mod, "--label", "q1"]) == 0
+        out, err = capsys.readouterr()
+        assert "created  dep.greet  v1" in out
+        assert err.count("\n") == 1 and err.startswith("pyfuncs: warning: NOTIFY pgrst"), err
+        assert "queue is 50% full" in err
+        result = deploying.deploy(conn, write(tmp_path / "dep_q.py", V2))
+        assert result.changed and "was not sent" in result.warnings[0]
+        assert deploying.switch_version(conn, "dep.greet", 1).warnings
+        assert main(["--dsn", dsn, "rollback"]) == 0
+        assert "pyfuncs: warning: NOTIFY pgrst" in capsys.readouterr().err
+        assert list(listener.notifies(timeout=0.5)) == []  # none sent
+        monkeypatch.undo()
+        result = deploying.deploy(conn, write(tmp_path / "dep_q.py", V1))  # the switch undone
+        assert result.changed and result.warnings == ()
+        notes = list(listener.notifies(timeout=2, stop_after=1))
+        assert [(n.channel, n.payload) for n in notes] == [("pgrst", "reload schema")]
+
+
 def test_cli_deploy_status_rollback(
     dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
