@@ -28,7 +28,7 @@ from psycopg.types.json import Jsonb
 from . import ddl
 from .collect import collect
 from .definition import Definition, reserved_schema
-from .errors import DeployError, from_psycopg
+from .errors import DeployError, from_psycopg, printable
 from .queries import query
 
 Conn = psycopg.Connection[Any]
@@ -129,6 +129,31 @@ def _refuse_foreign(
         )
 
 
+def _refuse_taken_over(
+    conn: psycopg.Connection[Any], current: dict[str, Any], schema: str, name: str,
+    where: str = "",
+) -> None:  # fmt: skip
+    """The routine pyfuncs' records say is live must still be the one it made: another role
+    (the schema's owner) may have dropped it and created its own under the same signature,
+    which CREATE OR REPLACE would take over, keeping that role as its owner, with its grants
+    (and a DROP would drop theirs). pyfuncs' routines are plpython3u routines of a superuser;
+    refuse anything else. A routine that is gone is simply made again."""
+    identity_args = current["identity_args"]
+    params = {"schema": schema, "name": name, "identity_args": identity_args}
+    row = _row(conn, "routine_maker", **params)
+    if row is None:
+        return
+    kind = "p" if current["kind"] == "procedure" else "f"
+    if row["superuser"] and row["language"] == "plpython3u" and row["kind"] == kind:
+        return
+    raise DeployError(
+        f"{where}{schema}.{name}({identity_args}): the routine in the database is not the one "
+        f"pyfuncs deployed (its owner is {printable(row['owner'])}, its language "
+        f"{printable(row['language'])}): someone dropped pyfuncs' and made their own; "
+        "nothing was changed: drop that one first if pyfuncs' is to replace it"
+    )
+
+
 def _needs_drop(current: dict[str, Any] | None, kind: str, signature: dict[str, Any]) -> bool:
     """CREATE OR REPLACE cannot change argument types, the result type or the routine kind."""
     if current is None or current["live_version"] is None:
@@ -155,6 +180,9 @@ def _apply(
     kind, schema, name = sig["kind"], target["schema_name"], target["name"]
     _refuse_reserved(schema, f"{where}{schema}.{name}")
     replacing = current is not None and current["live_version"] is not None
+    if replacing:
+        assert current is not None
+        _refuse_taken_over(conn, current, schema, name, where)
     if _needs_drop(current, kind, sig):
         _drop(conn, current, schema, name)
         replacing = False
@@ -187,6 +215,7 @@ def _drop(
     if current is None or current["live_version"] is None:
         return
     _refuse_reserved(schema, f"{schema}.{name}")  # recorded by a pyfuncs that allowed it
+    _refuse_taken_over(conn, current, schema, name)
     ref = ddl.routine_ref(current["kind"], schema, name, current["identity_args"])
     _execute_ddl(conn, sql.SQL("DROP {}").format(ref))
 

@@ -265,3 +265,15 @@ SELECT p.prokind FROM pg_catalog.pg_proc p
 WHERE p.oid = pg_catalog.to_regprocedure(
     pg_catalog.quote_ident(%(schema)s) || '.' || pg_catalog.quote_ident(%(name)s)
     || '(' || %(identity_args)s || ')')
+
+-- name: routine_maker
+-- Who owns the routine of that schema, name and argument types, and in what language it is
+-- written: pyfuncs' own are plpython3u routines of a superuser (only one can create them),
+-- which another role cannot have re-created under the same signature.
+SELECT r.rolname AS owner, r.rolsuper AS superuser, l.lanname AS language, p.prokind AS kind
+FROM pg_catalog.pg_proc p
+JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+WHERE p.oid = pg_catalog.to_regprocedure(
+    pg_catalog.quote_ident(%(schema)s) || '.' || pg_catalog.quote_ident(%(name)s)
+    || '(' || %(identity_args)s || ')')
