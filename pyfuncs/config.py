@@ -45,7 +45,13 @@ def resolve_dsn(explicit: str | None = None) -> str:
 PINNED_SEARCH_PATH = "-c search_path=pg_catalog,pg_temp"
 
 
+def pinned_options(dsn: str) -> str:
+    """The `options` connection parameter for `dsn` with search_path pinned to pg_catalog:
+    those of the DSN (or PGOPTIONS), then the pin, which wins."""
+    given = conninfo_to_dict(dsn).get("options") or os.environ.get("PGOPTIONS") or ""
+    return f"{given} {PINNED_SEARCH_PATH}".strip()
+
+
 def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
     """A connection for pyfuncs' own work, with search_path pinned to pg_catalog."""
-    given = conninfo_to_dict(dsn).get("options") or os.environ.get("PGOPTIONS") or ""
-    return psycopg.connect(dsn, options=f"{given} {PINNED_SEARCH_PATH}".strip(), **kwargs)
+    return psycopg.connect(dsn, options=pinned_options(dsn), **kwargs)
