@@ -449,6 +449,43 @@ def test_tokens_never_reach_the_log(
         assert ("GET /realtime/sse?[query] HTTP/1.1" in text) == ("--access-log" in args)
 
 
+@pytest.mark.parametrize("level", ["debug", "trace"])
+def test_tokens_never_reach_the_log_at_any_level(
+    gateway_factory: Callable[..., GatewayProcess], tmp_path: Path, level: str
+) -> None:
+    """At debug, websockets logs every request header (`< authorization: Bearer ...`) and
+    every frame (`< TEXT '{"type": "auth", "token": ...}'`); at trace, uvicorn logs ASGI
+    scopes with their headers and query strings. None of a token may be in the log."""
+    log = tmp_path / "gateway.log"
+    gateway = gateway_factory(args=("--log-level", level, "--access-log"), log=log)
+    tokens = [token(sub=f"user-{n}") for n in range(4)]
+
+    async def main() -> None:
+        header = await WsClient.connect(gateway.ws_url, tokens[0], header=True)
+        await header.wait_for(lambda m: m["type"] == "ready")
+        await header.send(type="auth", token=tokens[1])  # a refresh
+        await header.send(type="ping")
+        await header.wait_for(lambda m: m["type"] == "pong")
+        await header.close()
+        message = await WsClient.connect(gateway.ws_url, tokens[2])
+        await message.wait_for(lambda m: m["type"] == "ready")
+        await message.close()
+
+    run(main())
+    url = f"{gateway.url}/realtime/sse?table=rt.notes&access_token={tokens[3]}"
+    with httpx.stream("GET", url, headers={"Cookie": f"sb={tokens[3]}"}, timeout=10) as response:
+        assert response.status_code == 200
+        next(response.iter_lines())
+    gateway.stop()
+    text = log.read_text()
+    for secret in tokens:
+        header, claims, signature = secret.split(".")
+        for piece in (claims[:16], claims[-12:], signature[:12], signature[-12:]):
+            assert piece not in text, (piece, level)
+        assert header not in text
+    assert "< authorization: [redacted]" in text or "authorization', b'[redacted]" in text
+
+
 def test_a_refresh_with_a_malformed_token_is_refused_and_keeps_the_connection(
     gateway: GatewayProcess,
 ) -> None:
