@@ -11,7 +11,8 @@ SELECT pg_catalog.set_config('search_path', %(path)s, true)
 -- name: lock_deploys
 -- Deploys and rollbacks run one at a time per database. A table lock, not an advisory one
 -- (any session can take those), in a mode that no statement of a role without privileges on
--- the table takes, not even one only prepared (PREPARE ... FOR UPDATE holds ROW SHARE).
+-- the table takes, not even one only prepared (PREPARE ... FOR UPDATE holds ROW SHARE); only
+-- a superuser and the database's owner (ANALYZE) can take it (README "Security model").
 LOCK TABLE pyfuncs.deploy_lock IN SHARE UPDATE EXCLUSIVE MODE
 
 -- name: version_table_trust

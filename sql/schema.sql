@@ -217,7 +217,8 @@ INSERT INTO pyfuncs.realtime_state DEFAULT VALUES;
 -- in SHARE UPDATE EXCLUSIVE mode: it conflicts with itself but not with the ROW SHARE / ROW
 -- EXCLUSIVE locks that merely naming a table in a prepared statement takes before any
 -- privilege check (PREPARE ... FOR UPDATE), and the statements that do take it (LOCK TABLE,
--- VACUUM, ANALYZE, ALTER TABLE...) check their privileges first.
+-- VACUUM, ANALYZE, ALTER TABLE...) check their privileges first. ANALYZE's check admits the
+-- database's owner, who is trusted not to deny service (README "Security model").
 CREATE TABLE pyfuncs.realtime_sequencer ();
 CREATE TABLE pyfuncs.deploy_lock ();
 
