@@ -465,7 +465,8 @@ def _switch_version(
                             [(current["id"], current["live_version"], version)])  # fmt: skip
     warning = notify_schema_reload(conn) if notify else None
     return DeployResult(
-        deployment_id, (Change(routine, "restored", version, current["live_version"]),),
+        deployment_id,
+        (Change(routine, "restored", version, current["live_version"]),),
         _warnings(warning),
     )
 

@@ -73,8 +73,10 @@ _SCOPE_QUERY = re.compile(r"('query_string': )b?(['\"]).*?(?<!\\)\2")
 # the value of a header that carries credentials: `authorization: Bearer …` (websockets'
 # request headers at debug), `(b'authorization', b'Bearer …')` (a scope's headers at trace),
 # and a credential after its scheme wherever else it appears
-_HEADER = re.compile(r"(?i)\b((?:proxy-)?authorization|cookie|sec-websocket-protocol)"
-                     r"(:\s*|['\"],\s*b?['\"])[^'\"\n]*")
+_HEADER = re.compile(
+    r"(?i)\b((?:proxy-)?authorization|cookie|sec-websocket-protocol)"
+    r"(:\s*|['\"],\s*b?['\"])[^'\"\n]*"
+)
 _CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s'\",)\]]+")
 # a JWT, or any part of one, wherever it is (a cookie, a subprotocol, a frame cut short)
 _JWT = re.compile(r"eyJ[A-Za-z0-9_\-]*(?:\.[A-Za-z0-9_\-]*){0,2}")

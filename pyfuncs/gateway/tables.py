@@ -165,9 +165,9 @@ class Filter:
         converted = sql.SQL("(pg_catalog.jsonb_populate_record(NULL::{}, {})).{}")
         if self.op == "in":
             each = converted.format(table.ident, sql.SQL("e"), sql.Identifier(self.column))
-            return sql.SQL("{} = ANY (ARRAY(SELECT {} FROM pg_catalog.jsonb_array_elements({}) e))").format(
-                column, each, sql.Placeholder(param)
-            )
+            return sql.SQL(
+                "{} = ANY (ARRAY(SELECT {} FROM pg_catalog.jsonb_array_elements({}) e))"
+            ).format(column, each, sql.Placeholder(param))
         value = converted.format(table.ident, sql.Placeholder(param), sql.Identifier(self.column))
         return sql.SQL("{} {} {}").format(column, sql.SQL(OPERATORS[self.op]), value)
 
@@ -313,10 +313,12 @@ async def check(conn: psycopg.AsyncConnection[Any], table: Table, filters: Filte
         )
     for f in filters:
         # convert the value(s) by the row type, as the delivery queries will
-        records = sql.SQL("pg_catalog.jsonb_array_elements(%(v)s)" if f.op == "in" else "(SELECT %(v)s)")
-        value = sql.SQL("SELECT pg_catalog.jsonb_populate_record(NULL::{}, e) FROM {} AS x(e)").format(
-            table.ident, records
+        records = sql.SQL(
+            "pg_catalog.jsonb_array_elements(%(v)s)" if f.op == "in" else "(SELECT %(v)s)"
         )
+        value = sql.SQL(
+            "SELECT pg_catalog.jsonb_populate_record(NULL::{}, e) FROM {} AS x(e)"
+        ).format(table.ident, records)
         try:
             async with conn.transaction():  # a savepoint: a bad value must not end ours
                 await conn.execute(value, {"v": f.parameter()})

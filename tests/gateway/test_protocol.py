@@ -416,9 +416,20 @@ def test_metrics_are_for_this_host_or_the_bearer_of_the_metrics_token(
     """Counters tell how busy the database is: not for anyone who can reach the gateway."""
     local = gateway_factory()
     assert httpx.get(local.url + "/metrics").status_code == 200
-    for header in ("X-Forwarded-For", "X-Forwarded", "Forwarded", "Via", "X-Real-IP",
-                   "Client-IP", "X-Original-Forwarded-For", "X-Envoy-External-Address",
-                   "X-ProxyUser-Ip", "True-Client-IP", "X-Forwarded-Host", "X-Remote-Addr"):
+    for header in (
+        "X-Forwarded-For",
+        "X-Forwarded",
+        "Forwarded",
+        "Via",
+        "X-Real-IP",
+        "Client-IP",
+        "X-Original-Forwarded-For",
+        "X-Envoy-External-Address",
+        "X-ProxyUser-Ip",
+        "True-Client-IP",
+        "X-Forwarded-Host",
+        "X-Remote-Addr",
+    ):
         relayed = httpx.get(local.url + "/metrics", headers={header: "for=203.0.113.9"})
         assert relayed.status_code == 404, header  # a request a proxy passed on
     assert httpx.get(local.url + "/metrics", headers={"Accept": "text/plain"}).status_code == 200

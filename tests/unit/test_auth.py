@@ -109,5 +109,5 @@ def test_a_public_key_that_is_not_one_is_refused(key: str) -> None:
 def test_every_malformed_token_is_an_auth_error(bad: str) -> None:
     """A lone surrogate (which no encoding takes) or any other non-JWT text: AuthError, never
     UnicodeEncodeError or another exception an application does not expect."""
-    with pytest.raises(AuthError, match="malformed|signature"):
+    with pytest.raises(AuthError, match=r"malformed|signature"):
         JwtVerifier(secret=SECRET, roles=ROLES).verify(bad)
