@@ -42,8 +42,23 @@ class Identity:
 _NOT_ROLES = frozenset({"", "none"})
 
 
+def env_text(variable: str, default: str | None = None, environ: Any = None) -> str | None:
+    """A setting from the environment, which must be text (UTF-8): a variable holding other
+    bytes (Python sees them as lone surrogates) is refused in one line here, not later by
+    whatever first encodes it."""
+    value = (os.environ if environ is None else environ).get(variable, default)
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(
+                f"{variable} is not UTF-8 text (it holds other bytes); set it to text"
+            ) from None
+    return value
+
+
 def _flag(variable: str, default: bool) -> bool:
-    raw = os.environ.get(variable, "").strip().lower()
+    raw = (env_text(variable) or "").strip().lower()
     if not raw:
         return default
     if raw in ("1", "true", "yes", "on"):
@@ -51,6 +66,14 @@ def _flag(variable: str, default: bool) -> bool:
     if raw in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{variable}={raw!r}: use true or false")
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -80,6 +103,9 @@ class JwtVerifier:
             raise ConfigError(
                 "JwtVerifier needs exactly one of secret (HS256) or public_key (RS256)"
             )
+        for what, value in (("secret", self.secret), ("public key", self.public_key)):
+            if isinstance(value, str) and not _encodes(value):
+                raise ConfigError(f"the JWT {what} is not UTF-8 text (it holds lone surrogates)")
         if self.secret is not None and len(self.secret.encode()) < 32:
             raise ConfigError(
                 "the JWT secret (PYFUNCS_JWT_SECRET) is shorter than 32 bytes, which HS256 "
@@ -110,14 +136,14 @@ class JwtVerifier:
         """From PYFUNCS_JWT_SECRET or PYFUNCS_JWT_PUBLIC_KEY, PYFUNCS_JWT_ROLES (comma
         separated), PYFUNCS_JWT_AUDIENCE, PYFUNCS_JWT_ISSUER, PYFUNCS_JWT_ROLE_CLAIM,
         PYFUNCS_JWT_DEFAULT_ROLE and PYFUNCS_JWT_REQUIRE_EXP (true by default)."""
-        env = os.environ.get
+        env = env_text
         return cls(
             secret=env("PYFUNCS_JWT_SECRET"),
             public_key=env("PYFUNCS_JWT_PUBLIC_KEY"),
-            roles=[r.strip() for r in env("PYFUNCS_JWT_ROLES", "").split(",") if r.strip()],
+            roles=[r.strip() for r in (env("PYFUNCS_JWT_ROLES") or "").split(",") if r.strip()],
             audience=env("PYFUNCS_JWT_AUDIENCE"),
             issuer=env("PYFUNCS_JWT_ISSUER"),
-            role_claim=env("PYFUNCS_JWT_ROLE_CLAIM", "role"),
+            role_claim=env("PYFUNCS_JWT_ROLE_CLAIM") or "role",
             default_role=env("PYFUNCS_JWT_DEFAULT_ROLE"),
             require_exp=_flag("PYFUNCS_JWT_REQUIRE_EXP", True),
         )
@@ -130,6 +156,10 @@ class JwtVerifier:
         """Check signature, time claims and role; raise AuthError saying what is wrong."""
         key = self.secret if self.secret is not None else self.public_key
         assert key is not None
+        if not isinstance(token, str) or not token.isascii():
+            # a JWT is base64url and dots: anything else (a lone surrogate, which no
+            # encoding takes, included) is malformed, not a reason to fail otherwise
+            raise AuthError("the token is malformed: a JWT is ASCII text (base64url and dots)")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -165,6 +195,8 @@ class JwtVerifier:
             raise AuthError(f"the token is not signed with {self.algorithm}") from exc
         except jwt.PyJWTError as exc:
             raise AuthError(f"the token is malformed: {exc}") from exc
+        except (ValueError, TypeError) as exc:  # whatever else a malformed token raises
+            raise AuthError(f"the token is malformed ({type(exc).__name__})") from None
         return Identity(self._role(claims), claims)
 
     def _role(self, claims: dict[str, Any]) -> str:

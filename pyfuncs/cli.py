@@ -84,6 +84,8 @@ def _print_result(result: deploying.DeployResult) -> None:
         print(f"deployment {result.deployment_id} recorded")
     else:
         print("nothing changed")
+    for warning in result.warnings:
+        print(f"pyfuncs: warning: {warning}", file=sys.stderr)
 
 
 def cmd_db(args: argparse.Namespace) -> None:
@@ -286,6 +288,14 @@ def _routine(text: str) -> str:
     return text
 
 
+def _table(text: str) -> str:
+    if not text or len(text) > 500 or not text.isprintable():  # lone surrogates are not
+        raise argparse.ArgumentTypeError(
+            f"{printable(text)[:80]!r} is not a table name: give schema.table"
+        )
+    return text
+
+
 def _host(text: str) -> str:
     if not text or len(text) > 253 or not text.isprintable() or not text.isascii():
         raise argparse.ArgumentTypeError(f"{printable(text)[:40]!r} is not a host to listen on")
@@ -331,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rt = command("realtime", cmd_realtime, "capture tables' changes for the change feed")
     rt.add_argument("action", choices=["enable", "disable", "prune"])
-    rt.add_argument("tables", nargs="*", help="schema.table names (enable, disable)")
+    rt.add_argument("tables", nargs="*", type=_table, help="schema.table names (enable, disable)")
     rt.add_argument("--keep-days", type=_days,
                     help="prune: keep this many days (default: the configured retention)")  # fmt: skip
 

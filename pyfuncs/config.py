@@ -22,8 +22,14 @@ from .errors import ClusterError, ConfigError
 
 
 def resolve_dsn(explicit: str | None = None) -> str:
-    for candidate in (explicit, os.environ.get("PYFUNCS_DSN"), os.environ.get("DATABASE_URL")):
+    given = (("--dsn", explicit), ("PYFUNCS_DSN", os.environ.get("PYFUNCS_DSN")),
+             ("DATABASE_URL", os.environ.get("DATABASE_URL")))  # fmt: skip
+    for where, candidate in given:
         if candidate:
+            try:
+                candidate.encode("utf-8")
+            except UnicodeEncodeError:  # bytes that are not UTF-8, as Python sees them
+                raise ConfigError(f"the DSN given by {where} is not UTF-8 text") from None
             return candidate
     try:
         return Cluster.default().url()
@@ -39,7 +45,13 @@ def resolve_dsn(explicit: str | None = None) -> str:
 PINNED_SEARCH_PATH = "-c search_path=pg_catalog,pg_temp"
 
 
+def pinned_options(dsn: str) -> str:
+    """The `options` connection parameter for `dsn` with search_path pinned to pg_catalog:
+    those of the DSN (or PGOPTIONS), then the pin, which wins."""
+    given = conninfo_to_dict(dsn).get("options") or os.environ.get("PGOPTIONS") or ""
+    return f"{given} {PINNED_SEARCH_PATH}".strip()
+
+
 def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
     """A connection for pyfuncs' own work, with search_path pinned to pg_catalog."""
-    given = conninfo_to_dict(dsn).get("options") or os.environ.get("PGOPTIONS") or ""
-    return psycopg.connect(dsn, options=f"{given} {PINNED_SEARCH_PATH}".strip(), **kwargs)
+    return psycopg.connect(dsn, options=pinned_options(dsn), **kwargs)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,12 +28,14 @@ from psycopg.types.json import Jsonb
 from . import ddl
 from .collect import collect
 from .definition import Definition, reserved_schema
-from .errors import DeployError, from_psycopg
+from .errors import DeployError, from_psycopg, printable
 from .queries import query
 
 Conn = psycopg.Connection[Any]
 P = ParamSpec("P")
 R = TypeVar("R")
+
+log = logging.getLogger("pyfuncs.deploy")
 
 Action = Literal["created", "updated", "restored", "unchanged", "dropped"]
 
@@ -49,6 +52,7 @@ class Change:
 class DeployResult:
     deployment_id: int | None
     changes: tuple[Change, ...]
+    warnings: tuple[str, ...] = ()  # what went otherwise than asked (a NOTIFY not sent)
 
     @property
     def changed(self) -> bool:
@@ -125,6 +129,31 @@ def _refuse_foreign(
         )
 
 
+def _refuse_taken_over(
+    conn: psycopg.Connection[Any], current: dict[str, Any], schema: str, name: str,
+    where: str = "",
+) -> None:  # fmt: skip
+    """The routine pyfuncs' records say is live must still be the one it made: another role
+    (the schema's owner) may have dropped it and created its own under the same signature,
+    which CREATE OR REPLACE would take over, keeping that role as its owner, with its grants
+    (and a DROP would drop theirs). pyfuncs' routines are plpython3u routines of a superuser;
+    refuse anything else. A routine that is gone is simply made again."""
+    identity_args = current["identity_args"]
+    params = {"schema": schema, "name": name, "identity_args": identity_args}
+    row = _row(conn, "routine_maker", **params)
+    if row is None:
+        return
+    kind = "p" if current["kind"] == "procedure" else "f"
+    if row["superuser"] and row["language"] == "plpython3u" and row["kind"] == kind:
+        return
+    raise DeployError(
+        f"{where}{schema}.{name}({identity_args}): the routine in the database is not the one "
+        f"pyfuncs deployed (its owner is {printable(row['owner'])}, its language "
+        f"{printable(row['language'])}): someone dropped pyfuncs' and made their own; "
+        "nothing was changed: drop that one first if pyfuncs' is to replace it"
+    )
+
+
 def _needs_drop(current: dict[str, Any] | None, kind: str, signature: dict[str, Any]) -> bool:
     """CREATE OR REPLACE cannot change argument types, the result type or the routine kind."""
     if current is None or current["live_version"] is None:
@@ -151,6 +180,9 @@ def _apply(
     kind, schema, name = sig["kind"], target["schema_name"], target["name"]
     _refuse_reserved(schema, f"{where}{schema}.{name}")
     replacing = current is not None and current["live_version"] is not None
+    if replacing:
+        assert current is not None
+        _refuse_taken_over(conn, current, schema, name, where)
     if _needs_drop(current, kind, sig):
         _drop(conn, current, schema, name)
         replacing = False
@@ -183,6 +215,7 @@ def _drop(
     if current is None or current["live_version"] is None:
         return
     _refuse_reserved(schema, f"{schema}.{name}")  # recorded by a pyfuncs that allowed it
+    _refuse_taken_over(conn, current, schema, name)
     ref = ddl.routine_ref(current["kind"], schema, name, current["identity_args"])
     _execute_ddl(conn, sql.SQL("DROP {}").format(ref))
 
@@ -276,9 +309,12 @@ def deploy_definitions(
         changes.append(Change(d.qualname, action, version, current["live_version"]))
         switched.append((current["id"], current["live_version"], version))
     deployment_id = _record(conn, target, label, switched)
-    if switched and notify:
-        notify_schema_reload(conn)
-    return DeployResult(deployment_id, tuple(changes))
+    warning = notify_schema_reload(conn) if switched and notify else None
+    return DeployResult(deployment_id, tuple(changes), _warnings(warning))
+
+
+def _warnings(*warnings: str | None) -> tuple[str, ...]:
+    return tuple(w for w in warnings if w)
 
 
 def _record(
@@ -299,9 +335,32 @@ def _record(
     return int(row["id"])
 
 
-def notify_schema_reload(conn: psycopg.Connection[Any]) -> None:
-    """Tell PostgREST-style schema caches to reload (delivered when the transaction commits)."""
+# Any role may LISTEN and then leave the NOTIFY queue unread (idle in a transaction) while
+# it fills it, and a NOTIFY into a full queue fails the COMMIT: the deploy would fail with
+# it. So, as the realtime wake-up, the reload notice is skipped when the queue is half full.
+NOTIFY_QUEUE_LIMIT = 0.5
+
+
+def _queue_usage(conn: psycopg.Connection[Any]) -> float:
+    row = conn.execute("SELECT pg_catalog.pg_notification_queue_usage()").fetchone()
+    return float(row[0]) if row else 0.0
+
+
+def notify_schema_reload(conn: psycopg.Connection[Any]) -> str | None:
+    """Tell PostgREST-style schema caches to reload (delivered when the transaction commits),
+    unless the NOTIFY queue is half full: then the notice is not sent, so that the commit
+    cannot fail for it, and the warning returned (and logged) says so."""
+    usage = _queue_usage(conn)
+    if usage >= NOTIFY_QUEUE_LIMIT:
+        warning = (
+            f"NOTIFY pgrst, 'reload schema' was not sent: the NOTIFY queue is {usage:.0%} "
+            "full (a session that LISTENs without reading holds it; see pg_stat_activity), "
+            "and a full one would fail this commit; reload PostgREST's schema cache by hand"
+        )
+        log.warning("%s", warning)
+        return warning
     conn.execute("NOTIFY pgrst, 'reload schema'")
+    return None
 
 
 def deploy(
@@ -359,9 +418,8 @@ def rollback_deployment(
         action: Action = "dropped" if ch["from_version"] is None else "restored"
         changes.append(Change(qualname, action, ch["from_version"], ch["to_version"]))
     conn.execute(query("mark_rolled_back"), {"deployment_id": deployment["id"]})
-    if notify:
-        notify_schema_reload(conn)
-    return DeployResult(int(deployment["id"]), tuple(changes))
+    warning = notify_schema_reload(conn) if notify else None
+    return DeployResult(int(deployment["id"]), tuple(changes), _warnings(warning))
 
 
 def _switch(conn: psycopg.Connection[Any], routine_id: int, version: int | None) -> None:
@@ -405,10 +463,11 @@ def _switch_version(
     _switch(conn, current["id"], version)
     deployment_id = _record(conn, routine, f"switch to v{version}",
                             [(current["id"], current["live_version"], version)])  # fmt: skip
-    if notify:
-        notify_schema_reload(conn)
+    warning = notify_schema_reload(conn) if notify else None
     return DeployResult(
-        deployment_id, (Change(routine, "restored", version, current["live_version"]),)
+        deployment_id,
+        (Change(routine, "restored", version, current["live_version"]),),
+        _warnings(warning),
     )
 
 

@@ -31,7 +31,8 @@ class ModuleSource:
         try:
             tree = ast.parse(text, file)
         except SyntaxError as exc:
-            where = f"{file}:{exc.lineno}:{exc.offset or 0}"
+            # a NUL byte is a syntax error without a position (Python 3.12: a ValueError)
+            where = f"{file}:{exc.lineno}:{exc.offset or 0}" if exc.lineno else file
             raise DefinitionError(f"syntax error: {exc.msg}", where=where) from None
         except (RecursionError, MemoryError):
             raise DefinitionError(f"{file} nests too deeply to be parsed: split deeply nested "

@@ -11,7 +11,8 @@ SELECT pg_catalog.set_config('search_path', %(path)s, true)
 -- name: lock_deploys
 -- Deploys and rollbacks run one at a time per database. A table lock, not an advisory one
 -- (any session can take those), in a mode that no statement of a role without privileges on
--- the table takes, not even one only prepared (PREPARE ... FOR UPDATE holds ROW SHARE).
+-- the table takes, not even one only prepared (PREPARE ... FOR UPDATE holds ROW SHARE); only
+-- a superuser and the database's owner (ANALYZE) can take it (README "Security model").
 LOCK TABLE pyfuncs.deploy_lock IN SHARE UPDATE EXCLUSIVE MODE
 
 -- name: version_table_trust
@@ -155,15 +156,15 @@ ORDER BY r.position, r.change
 
 -- name: realtime_head
 -- The last committed position (everything up to it is visible: see realtime_read).
-SELECT coalesce((SELECT max(position) FROM pyfuncs.realtime_commit),
+SELECT coalesce((SELECT pg_catalog.max(position) FROM pyfuncs.realtime_commit),
                 (SELECT pruned_through FROM pyfuncs.realtime_state)) AS head
 
 -- name: realtime_export_head
 -- The gateway's snapshot, for its check connection to import (SET TRANSACTION SNAPSHOT),
 -- and the last position committed in it: a new subscription's rows and its starting
 -- position then agree exactly, though they are read by two roles.
-SELECT pg_export_snapshot() AS snapshot,
-       coalesce((SELECT max(position) FROM pyfuncs.realtime_commit),
+SELECT pg_catalog.pg_export_snapshot() AS snapshot,
+       coalesce((SELECT pg_catalog.max(position) FROM pyfuncs.realtime_commit),
                 (SELECT pruned_through FROM pyfuncs.realtime_state)) AS head
 
 -- name: realtime_position_key
@@ -176,8 +177,8 @@ SELECT position_key FROM pyfuncs.realtime_state
 -- setup (README "Deploying it").
 SELECT current_user AS login_role,
        (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser,
-       has_table_privilege('pyfuncs.realtime_change', 'SELECT')
-       OR has_column_privilege('pyfuncs.realtime_state', 'position_key', 'SELECT')
+       pg_catalog.has_table_privilege('pyfuncs.realtime_change', 'SELECT')
+       OR pg_catalog.has_column_privilege('pyfuncs.realtime_state', 'position_key', 'SELECT')
            AS reads_change_log
 
 -- name: realtime_table_info
@@ -195,18 +196,19 @@ SELECT c.oid AS relid, n.nspname AS schema_name, c.relname AS table_name,
                  AND p.pronargs = 0) AS enabled,
        ARRAY(SELECT a.attname::text
              FROM pg_index i
-             CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+             CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
              WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.ord) AS key
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.oid = to_regclass(%(table)s) AND has_any_column_privilege(c.oid, 'SELECT')
+WHERE c.oid = pg_catalog.to_regclass(%(table)s)
+  AND pg_catalog.has_any_column_privilege(c.oid, 'SELECT')
 
 -- name: realtime_readable_columns
 -- The columns the current role (a subscriber's, set for the transaction) may SELECT.
-SELECT coalesce(array_agg(attname::text ORDER BY attnum), '{}') AS columns
+SELECT coalesce(pg_catalog.array_agg(attname::text ORDER BY attnum), '{}') AS columns
 FROM pg_attribute
 WHERE attrelid = %(relid)s::oid AND attnum > 0 AND NOT attisdropped
-  AND has_column_privilege(attrelid, attnum, 'SELECT')
+  AND pg_catalog.has_column_privilege(attrelid, attnum, 'SELECT')
 
 -- name: realtime_lookup_columns
 -- Of the named columns of a table, those whose type converts a value by looking objects up
@@ -262,6 +264,18 @@ WHERE pg_catalog.to_regclass(g.name) IS NULL
 -- name: existing_routine
 -- A routine of that schema, name and argument types, whoever made it.
 SELECT p.prokind FROM pg_catalog.pg_proc p
+WHERE p.oid = pg_catalog.to_regprocedure(
+    pg_catalog.quote_ident(%(schema)s) || '.' || pg_catalog.quote_ident(%(name)s)
+    || '(' || %(identity_args)s || ')')
+
+-- name: routine_maker
+-- Who owns the routine of that schema, name and argument types, and in what language it is
+-- written: pyfuncs' own are plpython3u routines of a superuser (only one can create them),
+-- which another role cannot have re-created under the same signature.
+SELECT r.rolname AS owner, r.rolsuper AS superuser, l.lanname AS language, p.prokind AS kind
+FROM pg_catalog.pg_proc p
+JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
 WHERE p.oid = pg_catalog.to_regprocedure(
     pg_catalog.quote_ident(%(schema)s) || '.' || pg_catalog.quote_ident(%(name)s)
     || '(' || %(identity_args)s || ')')

@@ -136,19 +136,21 @@ RETURN nullif(pyfuncs.jwt_claims() OPERATOR(pg_catalog.->>) 'sub', '')::pg_catal
 -- The client and the gateway check the role against their allow-list first; this refuses,
 -- whatever they were told, what no token may become: the login role itself (that is
 -- `SET ROLE NONE` in disguise), a role that does not exist, and a role that is a superuser
--- or can make itself one or act as one (CREATEROLE, REPLICATION, BYPASSRLS, or a member of a
--- predefined role that reads or writes the server's files, runs programs or reads and writes
--- all data).
+-- or can make itself one or act as one: one that is, or is a member (directly or not, with
+-- or without INHERIT: a member may SET ROLE to it) of, a role that is SUPERUSER, CREATEROLE,
+-- REPLICATION or BYPASSRLS, or a predefined role that reads or writes the server's files,
+-- runs programs or reads and writes all data.
 CREATE FUNCTION pyfuncs.set_identity(role text, claims text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
 BEGIN
-    SELECT rolsuper OR rolcreaterole OR rolreplication OR rolbypassrls
-           OR EXISTS (SELECT FROM unnest(ARRAY['pg_execute_server_program',
-                          'pg_read_server_files', 'pg_write_server_files',
-                          'pg_read_all_data', 'pg_write_all_data']) AS p (name)
-                      WHERE pg_has_role(a.oid, p.name, 'MEMBER')) AS powerful
+    SELECT EXISTS (SELECT FROM pg_roles p
+                   WHERE (p.rolsuper OR p.rolcreaterole OR p.rolreplication OR p.rolbypassrls
+                          OR p.rolname IN ('pg_execute_server_program', 'pg_read_server_files',
+                                           'pg_write_server_files', 'pg_read_all_data',
+                                           'pg_write_all_data'))
+                     AND pg_has_role(a.oid, p.oid, 'MEMBER')) AS powerful
     INTO r FROM pg_roles a WHERE a.rolname = role;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pyfuncs: the token names role %, which does not exist', quote_literal(role)
@@ -158,7 +160,7 @@ BEGIN
         RAISE EXCEPTION 'pyfuncs: a token may not act as %', quote_ident(role)
             USING ERRCODE = '28000',
                   HINT = 'tokens name application roles: not a superuser or a role with '
-                         'superuser-like powers, not the login role';
+                         'superuser-like powers or a member of one, not the login role';
     END IF;
     PERFORM set_config('role', role, true);
     PERFORM set_config('request.jwt.claims', claims, true);
@@ -218,7 +220,8 @@ INSERT INTO pyfuncs.realtime_state DEFAULT VALUES;
 -- in SHARE UPDATE EXCLUSIVE mode: it conflicts with itself but not with the ROW SHARE / ROW
 -- EXCLUSIVE locks that merely naming a table in a prepared statement takes before any
 -- privilege check (PREPARE ... FOR UPDATE), and the statements that do take it (LOCK TABLE,
--- VACUUM, ANALYZE, ALTER TABLE...) check their privileges first.
+-- VACUUM, ANALYZE, ALTER TABLE...) check their privileges first. ANALYZE's check admits the
+-- database's owner, who is trusted not to deny service (README "Security model").
 CREATE TABLE pyfuncs.realtime_sequencer ();
 CREATE TABLE pyfuncs.deploy_lock ();
 

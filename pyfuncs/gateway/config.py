@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..auth import JwtVerifier
+from ..auth import JwtVerifier, env_text
 from ..errors import ConfigError
 
 
@@ -65,6 +65,6 @@ class GatewayConfig:
             if not 0 < value < math.inf:  # nan and inf too
                 raise ConfigError(f"{variable}={raw!r} must be a positive, finite number")
             values[f.name] = value
-        token = env.get("PYFUNCS_GATEWAY_METRICS_TOKEN", "").strip() or None
-        feed = env.get("PYFUNCS_GATEWAY_FEED_DSN", "").strip()
+        token = (env_text("PYFUNCS_GATEWAY_METRICS_TOKEN", "", env) or "").strip() or None
+        feed = (env_text("PYFUNCS_GATEWAY_FEED_DSN", "", env) or "").strip()
         return cls(dsn, verifier, metrics_token=token, feed_dsn=feed, **values)  # type: ignore[arg-type]

@@ -42,7 +42,7 @@ from .config import GatewayConfig
 from .delivery import NOTHING, Group, Messages, removed_later_in_batch, visibility
 from .metrics import Metrics
 from .positions import PositionTokens
-from .sessions import Sessions, pin_search_path
+from .sessions import Sessions, connect
 from .tables import (
     Filter,
     Filters,
@@ -100,11 +100,9 @@ class Hub:
                 if restart:
                     await self.start()
                     restart = False
-                async with await psycopg.AsyncConnection.connect(
-                    self.config.feed_dsn, autocommit=True,
-                    application_name="pyfuncs-gateway-feed",
-                ) as conn:  # fmt: skip
-                    await pin_search_path(conn)
+                async with await connect(
+                    self.config.feed_dsn, application_name="pyfuncs-gateway-feed"
+                ) as conn:
                     await listen(conn)
                     self.connected, self.metrics.disconnected_at = True, None
                     pause = self.config.retry

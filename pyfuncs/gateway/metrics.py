@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from starlette.requests import Request
 
-# headers a proxy adds: a request that has one was relayed, so it is not this host's own
-PROXY_HEADERS = ("forwarded", "via", "x-real-ip", "true-client-ip", "cf-connecting-ip",
-                 "x-client-ip", "x-cluster-client-ip", "fastly-client-ip")  # fmt: skip
+# Headers a proxy adds: a request that has one was relayed, so it is not this host's own.
+# Beyond the names, any header that speaks of forwarding, a client's or an original
+# address, or a proxy (X-Forwarded, X-Original-Forwarded-For, Client-IP, X-ProxyUser-Ip,
+# X-Envoy-External-Address...). A proxy that adds no header at all (nginx's bare
+# proxy_pass, `ssh -L`, socat) cannot be told from a local client: README says what to do.
+PROXY_HEADERS = frozenset({"forwarded", "via", "x-real-ip", "true-client-ip", "client-ip",
+                           "cf-connecting-ip", "x-client-ip", "x-cluster-client-ip",
+                           "fastly-client-ip", "cdn-loop", "x-envoy-external-address"})  # fmt: skip
+_PROXY_MARKS = ("forwarded", "real-ip", "client-ip", "original", "proxy", "envoy", "remote")
+_ADDRESS_ENDS = ("-ip", "-addr", "-address", "-for", "-host")
+
+
+def relayed(names: Iterable[str]) -> bool:
+    """Whether any of these header names (lower case) says a proxy relayed the request."""
+    return any(name in PROXY_HEADERS or name.endswith(_ADDRESS_ENDS)
+               or any(mark in name for mark in _PROXY_MARKS) for name in names)  # fmt: skip
 
 
 @dataclass
@@ -27,16 +41,14 @@ class Metrics:
 
 def may_read(request: Request, token: str | None) -> bool:
     """Counters tell how busy the database and the gateway are: for this host's loopback (a
-    scraper beside the gateway, not a request any proxy relayed, whichever header says so)
-    or, when a metrics token is configured, only its bearer."""
+    scraper beside the gateway, not a request that any header says a proxy relayed) or,
+    when a metrics token is configured, only its bearer."""
     if token is not None:
         auth = request.headers.get("authorization") or ""
         given = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
         return hmac.compare_digest(given.encode(), token.encode())
     host = request.client.host if request.client else ""
-    relayed = any(name in PROXY_HEADERS or name.startswith("x-forwarded-")
-                  for name in request.headers)  # fmt: skip
-    return host in ("127.0.0.1", "::1") and not relayed
+    return host in ("127.0.0.1", "::1") and not relayed(request.headers.keys())
 
 
 def exposition(

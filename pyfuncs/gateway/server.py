@@ -68,6 +68,21 @@ def _frame(text: str) -> bytes:
 
 
 _QUERY = re.compile(r"(/[^\s?\"']*)\?[^\s\"']*")
+# an ASGI scope's query string, as `--log-level trace` prints scopes
+_SCOPE_QUERY = re.compile(r"('query_string': )b?(['\"]).*?(?<!\\)\2")
+# the value of a header that carries credentials: `authorization: Bearer …` (websockets'
+# request headers at debug), `(b'authorization', b'Bearer …')` (a scope's headers at trace),
+# and a credential after its scheme wherever else it appears
+_HEADER = re.compile(
+    r"(?i)\b((?:proxy-)?authorization|cookie|sec-websocket-protocol)"
+    r"(:\s*|['\"],\s*b?['\"])[^'\"\n]*"
+)
+_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s'\",)\]]+")
+# a JWT, or any part of one, wherever it is (a cookie, a subprotocol, a frame cut short)
+_JWT = re.compile(r"eyJ[A-Za-z0-9_\-]*(?:\.[A-Za-z0-9_\-]*){0,2}")
+# a WebSocket frame as websockets logs it at debug (`< TEXT '{"type": "auth", …}' [217
+# bytes]`): what clients send holds tokens, and what the gateway sends, rows
+_FRAME = re.compile(r"^([<>] (?:TEXT|BINARY|CONT)) .*( \[\d+ bytes?[^\]]*\])$", re.DOTALL)
 MAX_FRAME = 1 << 20  # bytes of a WebSocket message; the gateway answers past 64 KiB (app.py)
 
 
@@ -77,38 +92,44 @@ def without_query(text: str) -> str:
     return _QUERY.sub(r"\1?[query]", text) if "?" in text else text
 
 
-def _redacted(value: Any) -> Any:
-    if isinstance(value, str) and value.startswith("/"):  # a path, as uvicorn logs it
-        path, mark, _ = value.partition("?")
-        return path + "?[query]" if mark else path
-    if isinstance(value, str):
-        return without_query(value)
-    if isinstance(value, dict) and value.get("query_string"):  # an ASGI scope (trace level)
-        return {**value, "query_string": b"[query]"}
-    return value
+def redacted(text: str) -> str:
+    """A log line without what may hold a token: query strings, credentials after their
+    scheme, anything shaped like a JWT, and the payloads of WebSocket frames."""
+    text = _FRAME.sub(r"\1 [payload]\2", text)
+    text = without_query(text)
+    text = _SCOPE_QUERY.sub(r"\1b'[query]'", text)
+    text = _HEADER.sub(r"\1\2[redacted]", text)
+    text = _CREDENTIAL.sub(r"\1\2[redacted]", text)
+    return _JWT.sub("[token]", text)
 
 
 class WithoutQuery(logging.Filter):
-    """Log lines without query strings, whichever uvicorn logger writes them: the access
-    log ("GET /realtime/sse?..."), the WebSocket handshakes ("WebSocket /realtime?...") and
-    the ASGI scopes `--log-level trace` prints; a log is no place for secrets."""
+    """Log lines without secrets, whichever logger writes them and at whatever level: the
+    access log ("GET /realtime/sse?..."), the WebSocket handshakes ("WebSocket
+    /realtime?..."), the request headers and frames websockets logs at debug
+    ("< authorization: Bearer ...", "< TEXT '{"type": "auth", ...}'") and the ASGI scopes
+    `--log-level trace` prints (their headers and query strings); a log is no place for
+    tokens. The message is formatted here, redacted, and passed on as plain text."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and record.args:
-            record.args = tuple(_redacted(a) for a in record.args)
-        elif isinstance(record.args, dict):
-            record.args = _redacted(record.args)
-        elif isinstance(record.msg, str):  # no arguments: the message is the text
-            record.msg = without_query(record.msg)
+        try:
+            text = record.getMessage()
+        except Exception:  # a malformed record: logging reports it, without arguments
+            text, record.args = str(record.msg), None
+        record.msg, record.args = redacted(text), None
+        if record.exc_text:
+            record.exc_text = redacted(record.exc_text)
         return True
 
 
 def log_config() -> dict[str, Any]:
-    """uvicorn's logging, with WithoutQuery on every handler (its loggers log through them)."""
+    """uvicorn's logging, with WithoutQuery on every handler, and the root logger (the
+    gateway's own and any library's) through uvicorn's handler, so through the filter too."""
     config = copy.deepcopy(LOGGING_CONFIG)
     config["filters"] = {"without_query": {"()": f"{__name__}.WithoutQuery"}}
     for handler in config["handlers"].values():
         handler["filters"] = ["without_query"]
+    config["root"] = {"handlers": ["default"], "level": "WARNING"}
     return config
 
 

@@ -33,6 +33,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from ..config import pinned_options
 from ..errors import ConfigError
 from ..queries import query
 from .config import GatewayConfig
@@ -42,10 +43,16 @@ _BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 _IN_TRANSACTION = (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)
 
 
-async def pin_search_path(conn: psycopg.AsyncConnection[Any]) -> None:
-    """The gateway's own SQL names pyfuncs' objects in full; nothing it calls is looked up
-    in a schema another role could create objects in."""
-    await conn.execute("SET search_path = pg_catalog, pg_temp")
+async def connect(dsn: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+    """A session of the gateway's: every one, feed or check, has search_path pinned to
+    pg_catalog from its start (a startup option, over the database's, the role's and the
+    DSN's), so that no function or operator its SQL names, nor one that code run in it as a
+    subscriber names without a schema, is looked up in a schema another role may create
+    objects in (`public`, or one named after a token role for `"$user"`). The gateway's SQL
+    names pyfuncs' objects in full, and the built-ins it calls as `pg_catalog.`."""
+    return await psycopg.AsyncConnection.connect(
+        dsn, autocommit=True, options=pinned_options(dsn), **kwargs
+    )
 
 
 class Sessions:
@@ -53,8 +60,8 @@ class Sessions:
         self.config = config
         self.feed: AsyncConnectionPool[Any] = AsyncConnectionPool(
             config.feed_dsn, min_size=2, max_size=config.pool_size, open=False,
-            kwargs={"autocommit": True, "application_name": "pyfuncs-gateway"},
-            configure=pin_search_path,
+            kwargs={"autocommit": True, "application_name": "pyfuncs-gateway",
+                    "options": pinned_options(config.feed_dsn)},
         )  # fmt: skip
         # no server-side prepared statements: every transaction ends with ROLLBACK, after
         # which psycopg would deallocate them anyway, and DEALLOCATE ALL clears any that
@@ -62,7 +69,7 @@ class Sessions:
         self.check: AsyncConnectionPool[Any] = AsyncConnectionPool(
             config.dsn, min_size=2, max_size=config.pool_size, open=False,
             kwargs={"autocommit": True, "application_name": "pyfuncs-gateway-check",
-                    "prepare_threshold": None},
+                    "prepare_threshold": None, "options": pinned_options(config.dsn)},
         )  # fmt: skip
 
     async def open(self) -> None:
@@ -147,8 +154,8 @@ async def verify(config: GatewayConfig) -> str | None:
     the check role may read what code run as a subscriber should not reach."""
     try:
         async with (
-            await psycopg.AsyncConnection.connect(config.feed_dsn, autocommit=True) as feed,
-            await psycopg.AsyncConnection.connect(config.dsn, autocommit=True) as check,
+            await connect(config.feed_dsn) as feed,
+            await connect(config.dsn) as check,
             _read_only(feed, pipeline=False),
         ):  # fmt: skip
             row = await (await feed.execute(query("realtime_export_head"))).fetchone()

@@ -162,12 +162,12 @@ class Filter:
         """SQL for this filter on `t`; the value is converted by the column's own type, via
         jsonb_populate_record of the table's row type (no type names in the SQL)."""
         column = sql.Identifier("t", self.column)
-        converted = sql.SQL("(jsonb_populate_record(NULL::{}, {})).{}")
+        converted = sql.SQL("(pg_catalog.jsonb_populate_record(NULL::{}, {})).{}")
         if self.op == "in":
             each = converted.format(table.ident, sql.SQL("e"), sql.Identifier(self.column))
-            return sql.SQL("{} = ANY (ARRAY(SELECT {} FROM jsonb_array_elements({}) e))").format(
-                column, each, sql.Placeholder(param)
-            )
+            return sql.SQL(
+                "{} = ANY (ARRAY(SELECT {} FROM pg_catalog.jsonb_array_elements({}) e))"
+            ).format(column, each, sql.Placeholder(param))
         value = converted.format(table.ident, sql.Placeholder(param), sql.Identifier(self.column))
         return sql.SQL("{} {} {}").format(column, sql.SQL(OPERATORS[self.op]), value)
 
@@ -192,12 +192,12 @@ def _matches(table: Table, filters: Filters, prefix: str) -> tuple[sql.Composabl
 def _row(columns: Sequence[str]) -> sql.Composable:
     """The row as JSON text, only `columns` (those the subscriber may read)."""
     picked = sql.SQL(", ").join(sql.Identifier("t", c) for c in columns)
-    return sql.SQL("(SELECT to_jsonb(r) FROM (SELECT {}) r)::text").format(picked)
+    return sql.SQL("(SELECT pg_catalog.to_jsonb(r) FROM (SELECT {}) r)::text").format(picked)
 
 
 def _key(table: Table) -> sql.Composable:
     parts = sql.SQL(", ").join(sql.Identifier("t", c) for c in table.key)
-    return sql.SQL("jsonb_build_array({})::text").format(parts)
+    return sql.SQL("pg_catalog.jsonb_build_array({})::text").format(parts)
 
 
 def _parse_key(text: str) -> Key:
@@ -313,10 +313,12 @@ async def check(conn: psycopg.AsyncConnection[Any], table: Table, filters: Filte
         )
     for f in filters:
         # convert the value(s) by the row type, as the delivery queries will
-        records = sql.SQL("jsonb_array_elements(%(v)s)" if f.op == "in" else "(SELECT %(v)s)")
-        value = sql.SQL("SELECT jsonb_populate_record(NULL::{}, e) FROM {} AS x(e)").format(
-            table.ident, records
+        records = sql.SQL(
+            "pg_catalog.jsonb_array_elements(%(v)s)" if f.op == "in" else "(SELECT %(v)s)"
         )
+        value = sql.SQL(
+            "SELECT pg_catalog.jsonb_populate_record(NULL::{}, e) FROM {} AS x(e)"
+        ).format(table.ident, records)
         try:
             async with conn.transaction():  # a savepoint: a bad value must not end ours
                 await conn.execute(value, {"v": f.parameter()})
@@ -384,7 +386,7 @@ def _visible_statement(
     key_columns = sql.SQL(", ").join(sql.Identifier(c) for c in table.key)
     statement = sql.SQL(
         "SELECT {}, {}, ARRAY[{}] FROM {} t WHERE ({}) IN "
-        "(SELECT {} FROM jsonb_populate_recordset(NULL::{}, %(keys)s))"
+        "(SELECT {} FROM pg_catalog.jsonb_populate_recordset(NULL::{}, %(keys)s))"
     ).format(
         _key(table), _row(columns), flags, table.ident,
         sql.SQL(", ").join(sql.Identifier("t", c) for c in table.key),

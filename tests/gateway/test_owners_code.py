@@ -323,3 +323,77 @@ def test_serve_refuses_a_feed_role_it_cannot_work_with_in_one_line(rt_db: str, r
     assert result.stderr.count("\n") == 1, result.stderr
     assert "PYFUNCS_GATEWAY_FEED_DSN" in result.stderr
     assert "GRANT SELECT ON pyfuncs.realtime_state, pyfuncs.realtime_commit" in result.stderr
+
+
+# Functions that beat the built-ins the gateway's queries call, by a better argument match
+# (pg_catalog comes first only for identical signatures), planted by a role that may create
+# in public (the database's owner, or anyone with PostgreSQL 14's defaults) and in a schema
+# named after a token role (which "$user" on the default search_path finds first).
+HIJACKS = """
+CREATE FUNCTION {schema}.unnest(v int2vector) RETURNS SETOF smallint LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM public.rt_witness(format('{schema}.unnest ran as %s', current_user));
+    RETURN QUERY SELECT x::smallint FROM pg_catalog.unnest(v::int2[]) x;
+END $$;
+CREATE FUNCTION {schema}.to_jsonb(r record) RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM public.rt_witness(format('{schema}.to_jsonb ran as %s', current_user));
+    RETURN pg_catalog.to_jsonb(r);
+END $$;
+CREATE FUNCTION {schema}.jsonb_build_array(v integer) RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM public.rt_witness(format('{schema}.jsonb_build_array ran as %s', current_user));
+    RETURN pg_catalog.jsonb_build_array(v);
+END $$;
+CREATE FUNCTION {schema}.jsonb_array_elements(v jsonb) RETURNS SETOF jsonb LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM public.rt_witness(format('{schema}.jsonb_array_elements ran as %s', current_user));
+    RETURN QUERY SELECT * FROM pg_catalog.jsonb_array_elements(v);
+END $$;
+"""
+
+
+def test_nothing_on_the_default_search_path_runs_in_the_gateways_sessions(
+    rt_db: str, conn: psycopg.Connection[Any], roles: None, witness: Path, tmp_path: Path
+) -> None:
+    """rt_mallory (no superuser, no grant on rt.notes) plants look-alikes of the functions the
+    gateway's queries call, in public and in a schema named `student`: none of them runs,
+    whoever subscribes, while subscriptions, filters and changes work as ever."""
+    conn.execute(FEED_GRANTS)
+    conn.execute("GRANT CREATE ON SCHEMA public TO rt_mallory")
+    conn.execute("CREATE SCHEMA student AUTHORIZATION rt_mallory")
+    conn.execute("SET ROLE rt_mallory")
+    for schema in ("public", "student"):
+        conn.execute(HIJACKS.replace("{schema}", schema))
+    conn.execute("GRANT USAGE ON SCHEMA student TO PUBLIC")
+    conn.execute("RESET ROLE")
+    conn.execute("INSERT INTO rt.notes (id, owner, body) VALUES (1, %s, 'mine')", [STUDENTS[0]])
+    # the look-alikes do win where the search_path is not pinned
+    with psycopg.connect(as_role(rt_db, "authenticator"), autocommit=True) as plain:
+        plain.execute("SET ROLE student")
+        plain.execute("SELECT count(*) FROM unnest('1 2'::int2vector)")
+    assert lines(witness) == ["student.unnest ran as student"]
+    witness.unlink()
+    settings = {"PYFUNCS_GATEWAY_FEED_DSN": as_role(rt_db, "rt_feed")}
+    gateway = GatewayProcess(as_role(rt_db, "authenticator"), settings,
+                             log=tmp_path / "gateway.log").start()  # fmt: skip
+
+    async def main() -> None:
+        for role, sub in (("student", STUDENTS[0]), ("manager", None)):
+            ws = await WsClient.connect(gateway.ws_url, token(role, sub))
+            plain = await ws.subscribe("all")
+            assert plain["type"] == "subscribed" and [r["id"] for r in plain["rows"]] == [1]
+            filtered = await ws.subscribe(
+                "in", filters=[{"column": "id", "op": "in", "value": [1, 2]}]
+            )
+            assert filtered["type"] == "subscribed", filtered
+            with psycopg.connect(rt_db, autocommit=True) as db:
+                db.execute("UPDATE rt.notes SET n = n + 1 WHERE id = 1")
+            await ws.wait_for(lambda m: m["type"] == "change" and m["sub"] == "in")
+            await ws.close()
+
+    try:
+        run(main())
+    finally:
+        gateway.stop()
+    assert lines(witness) == []

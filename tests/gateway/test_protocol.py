@@ -416,8 +416,23 @@ def test_metrics_are_for_this_host_or_the_bearer_of_the_metrics_token(
     """Counters tell how busy the database is: not for anyone who can reach the gateway."""
     local = gateway_factory()
     assert httpx.get(local.url + "/metrics").status_code == 200
-    relayed = httpx.get(local.url + "/metrics", headers={"X-Forwarded-For": "203.0.113.9"})
-    assert relayed.status_code == 404  # a request a proxy passed on is not from this host
+    for header in (
+        "X-Forwarded-For",
+        "X-Forwarded",
+        "Forwarded",
+        "Via",
+        "X-Real-IP",
+        "Client-IP",
+        "X-Original-Forwarded-For",
+        "X-Envoy-External-Address",
+        "X-ProxyUser-Ip",
+        "True-Client-IP",
+        "X-Forwarded-Host",
+        "X-Remote-Addr",
+    ):
+        relayed = httpx.get(local.url + "/metrics", headers={header: "for=203.0.113.9"})
+        assert relayed.status_code == 404, header  # a request a proxy passed on
+    assert httpx.get(local.url + "/metrics", headers={"Accept": "text/plain"}).status_code == 200
     guarded = gateway_factory(metrics_token="metrics-secret")
     for header in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "metrics-secret"}):
         assert httpx.get(guarded.url + "/metrics", headers=header).status_code == 404
@@ -443,6 +458,66 @@ def test_tokens_never_reach_the_log(
         text = log.read_text()
         assert secret.split(".")[2] not in text and secret.split(".")[1] not in text
         assert ("GET /realtime/sse?[query] HTTP/1.1" in text) == ("--access-log" in args)
+
+
+@pytest.mark.parametrize("level", ["debug", "trace"])
+def test_tokens_never_reach_the_log_at_any_level(
+    gateway_factory: Callable[..., GatewayProcess], tmp_path: Path, level: str
+) -> None:
+    """At debug, websockets logs every request header (`< authorization: Bearer ...`) and
+    every frame (`< TEXT '{"type": "auth", "token": ...}'`); at trace, uvicorn logs ASGI
+    scopes with their headers and query strings. None of a token may be in the log."""
+    log = tmp_path / "gateway.log"
+    gateway = gateway_factory(args=("--log-level", level, "--access-log"), log=log)
+    tokens = [token(sub=f"user-{n}") for n in range(4)]
+
+    async def main() -> None:
+        header = await WsClient.connect(gateway.ws_url, tokens[0], header=True)
+        await header.wait_for(lambda m: m["type"] == "ready")
+        await header.send(type="auth", token=tokens[1])  # a refresh
+        await header.send(type="ping")
+        await header.wait_for(lambda m: m["type"] == "pong")
+        await header.close()
+        message = await WsClient.connect(gateway.ws_url, tokens[2])
+        await message.wait_for(lambda m: m["type"] == "ready")
+        await message.close()
+
+    run(main())
+    url = f"{gateway.url}/realtime/sse?table=rt.notes&access_token={tokens[3]}"
+    with httpx.stream("GET", url, headers={"Cookie": f"sb={tokens[3]}"}, timeout=10) as response:
+        assert response.status_code == 200
+        next(response.iter_lines())
+    gateway.stop()
+    text = log.read_text()
+    for secret in tokens:
+        header, claims, signature = secret.split(".")
+        for piece in (claims[:16], claims[-12:], signature[:12], signature[-12:]):
+            assert piece not in text, (piece, level)
+        assert header not in text
+    assert "< authorization: [redacted]" in text or "authorization', b'[redacted]" in text
+
+
+def test_a_refresh_with_a_malformed_token_is_refused_and_keeps_the_connection(
+    gateway: GatewayProcess,
+) -> None:
+    """A lone surrogate (JSON "\\ud800") in a refreshed token: `unauthorized`, like any
+    malformed token, not a failure that ends the connection with 1011."""
+
+    async def main() -> None:
+        ws = await WsClient.connect(gateway.ws_url, token())
+        await ws.wait_for(lambda m: m["type"] == "ready")
+        for bad in ("\ud800", token() + "\udcff", "é.é.é"):
+            start = len(ws.messages)
+            await ws.send(type="auth", token=bad)
+            refused = await ws.wait_for(lambda m: m["type"] == "error", start=start)
+            assert refused["code"] == "unauthorized" and "malformed" in refused["message"]
+        await ws.send(type="ping")
+        await ws.wait_for(lambda m: m["type"] == "pong")
+        assert ws.closed is None
+        await ws.close()
+
+    run(main())
+    assert gateway.metrics()["pyfuncs_gateway_failures_total"] == 0
 
 
 def test_the_gateway_refuses_them_with_a_clear_error_and_keeps_the_connection(

@@ -270,3 +270,31 @@ def test_db_with_a_file_where_the_cluster_lives(
     monkeypatch.setenv("PYFUNCS_PGDATA", str(tmp_path / "pgdata"))
     for action in ("up", "url"):
         refused(capsys, "the embedded cluster cannot be used", "db", action)
+
+
+def test_text_that_is_not_utf8_gets_one_line(
+    capsys: pytest.CaptureFixture[str], dsn: str, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Bytes that are not UTF-8 reach Python as lone surrogates: `unexpected error:
+    UnicodeEncodeError` once something encoded them; a NUL byte in a module was reported at
+    position `None:0`."""
+    refused(capsys, "is not a table name", "realtime", "enable", "rt.notes\udcff", "--dsn", dsn)
+    monkeypatch.setenv("PYFUNCS_JWT_ROLES", "student")
+    monkeypatch.setenv("PYFUNCS_JWT_SECRET", "\udcff" * 40)
+    refused(capsys, "PYFUNCS_JWT_SECRET is not UTF-8 text", "serve", "--dsn", dsn)
+    monkeypatch.setenv("PYFUNCS_JWT_SECRET", "cli-test-secret-0123456789-0123456789")
+    monkeypatch.setenv("PYFUNCS_JWT_ROLES", "student\udcff")
+    refused(capsys, "PYFUNCS_JWT_ROLES is not UTF-8 text", "serve", "--dsn", dsn)
+    monkeypatch.setenv("PYFUNCS_JWT_ROLES", "student")
+    monkeypatch.setenv("PYFUNCS_GATEWAY_METRICS_TOKEN", "\udcff")
+    refused(capsys, "PYFUNCS_GATEWAY_METRICS_TOKEN is not UTF-8 text", "serve", "--dsn", dsn)
+    refused(capsys, "the DSN given by --dsn is not UTF-8 text", "status", "--dsn", dsn + "\udcff")
+    monkeypatch.setenv("PYFUNCS_DSN", dsn + "\udcff")
+    refused(capsys, "the DSN given by PYFUNCS_DSN is not UTF-8 text", "status")
+    module = tmp_path / "nul.py"
+    module.write_bytes(b"x = 1\x00\n")
+    code, out, err = run(capsys, "check", str(module))
+    assert code == 1 and out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"pyfuncs: {module}: ") and "null bytes" in err, err
+    assert "None" not in err

@@ -225,6 +225,37 @@ def test_deploy_notifies_postgrest_to_reload(
         assert list(listener.notifies(timeout=0.5)) == []
 
 
+def test_a_full_notify_queue_skips_the_reload_notice_and_says_so(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Any role can fill the NOTIFY queue (LISTEN, stay idle in a transaction, NOTIFY until
+    it is full: half of it is 4 GB, too much for a test, so its usage is what the test sets),
+    and a NOTIFY into a full queue fails the COMMIT: deploys, rollbacks and switches skip
+    theirs from half full, and say so."""
+    mod = write(tmp_path / "dep_q.py", V1)
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pgrst")
+        assert deploying._queue_usage(conn) < deploying.NOTIFY_QUEUE_LIMIT  # the real one
+        monkeypatch.setattr(deploying, "_queue_usage", lambda conn: 0.5)
+        assert main(["--dsn", dsn, "deploy", mod, "--label", "q1"]) == 0
+        out, err = capsys.readouterr()
+        assert "created  dep.greet  v1" in out
+        assert err.count("\n") == 1 and err.startswith("pyfuncs: warning: NOTIFY pgrst"), err
+        assert "queue is 50% full" in err
+        result = deploying.deploy(conn, write(tmp_path / "dep_q.py", V2))
+        assert result.changed and "was not sent" in result.warnings[0]
+        assert deploying.switch_version(conn, "dep.greet", 1).warnings
+        assert main(["--dsn", dsn, "rollback"]) == 0
+        assert "pyfuncs: warning: NOTIFY pgrst" in capsys.readouterr().err
+        assert list(listener.notifies(timeout=0.5)) == []  # none sent
+        monkeypatch.undo()
+        result = deploying.deploy(conn, write(tmp_path / "dep_q.py", V1))  # the switch undone
+        assert result.changed and result.warnings == ()
+        notes = list(listener.notifies(timeout=2, stop_after=1))
+        assert [(n.channel, n.payload) for n in notes] == [("pgrst", "reload schema")]
+
+
 def test_cli_deploy_status_rollback(
     dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -358,6 +389,55 @@ def test_what_pyfuncs_dropped_and_someone_made_again_is_not_taken_back(
         with pytest.raises(DeployError, match="already exists and pyfuncs did not deploy it"):
             attempt()
         assert call(conn, "SELECT api2.f(1)") == 42
+
+
+def routine_state(conn: psycopg.Connection[Any]) -> Any:
+    return conn.execute(
+        "SELECT pg_get_userbyid(p.proowner), l.lanname, p.proacl::text[], p.prosrc "
+        "FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang "
+        "WHERE p.oid = 'api2.f(bigint)'::regprocedure"
+    ).fetchone()
+
+
+@pytest.mark.parametrize("later", ["deploy", "signature change", "rollback", "switch"])
+def test_what_the_schema_owner_made_again_under_the_same_signature_is_not_taken_over(
+    conn: psycopg.Connection[Any], dsn: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], later: str,
+) -> None:  # fmt: skip
+    """The schema's owner (not a superuser) drops pyfuncs' live routine and makes its own:
+    CREATE OR REPLACE kept that role as the owner of the next version, with its grants, and
+    a rollback dropped its routine. Refused, in one line, with nothing changed."""
+    conn.execute("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'api2_owner')"
+                 " THEN CREATE ROLE api2_owner NOLOGIN; END IF; END $$")  # fmt: skip
+    conn.execute("CREATE SCHEMA api2 AUTHORIZATION api2_owner")
+    mod = tmp_path / "clash.py"
+    deploying.deploy(conn, write(mod, CLASH))
+    deploying.deploy(conn, write(mod, CLASH.replace("-1", "-2")))
+    conn.execute("SET ROLE api2_owner")
+    conn.execute("DROP FUNCTION api2.f(bigint)")
+    conn.execute(FOREIGN["a plain SQL function"])
+    conn.execute("GRANT EXECUTE ON FUNCTION api2.f(bigint) TO student")
+    conn.execute("RESET ROLE")
+    before = routine_state(conn), call(conn, "SELECT live_version FROM pyfuncs.routine")
+    argv = {
+        "deploy": ["deploy", write(mod, CLASH.replace("-2", "-3"))],
+        "signature change": ["deploy", write(mod, CLASH.replace("x: int", "x: str"))],
+        "rollback": ["rollback"],
+        "switch": ["rollback", "api2.f", "--to", "1"],
+    }[later]
+    assert main([*argv, "--dsn", dsn]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "api2.f(bigint): the routine in the database is not the one pyfuncs deployed" in err
+    assert "its owner is api2_owner, its language sql" in err
+    assert (routine_state(conn), call(conn, "SELECT live_version FROM pyfuncs.routine")) == before
+    assert call(conn, "SELECT api2.f(1)") == 42
+    # dropped, it is simply made again, by and for pyfuncs
+    conn.execute("DROP FUNCTION api2.f(bigint)")
+    deploying.deploy(conn, write(mod, CLASH.replace("-2", "-3")))
+    owner, language, acl, _ = routine_state(conn)
+    assert (owner, language) == ("postgres", "plpython3u") and not any(
+        "student" in a for a in acl or [])  # fmt: skip
 
 
 def test_a_signature_change_does_not_take_over_another_overload(

@@ -301,6 +301,14 @@ POWERFUL = {
     "tok_readall": "IN ROLE pg_read_all_data",
     "tok_writeall": "IN ROLE pg_write_all_data",
     "tok_nested": "IN ROLE tok_writefiles",  # through another role
+    # members of a role with such an attribute may SET ROLE to it (with or without INHERIT)
+    "tok_boss": "SUPERUSER",
+    "tok_under_boss": "IN ROLE tok_boss",
+    "tok_under_under_boss": "IN ROLE tok_under_boss",
+    "tok_under_createrole": "IN ROLE tok_createrole",
+    "tok_under_replication": "IN ROLE tok_replication",
+    "tok_under_bypassrls": "IN ROLE tok_bypassrls",
+    "tok_noinherit_boss": "NOINHERIT IN ROLE tok_boss",
 }
 
 

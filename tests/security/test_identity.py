@@ -84,3 +84,11 @@ def test_nor_through_a_cursor_or_as_a_superuser(ident: None, dsn: str) -> None:
                 conn.execute(statement)
         assert conn.execute("SELECT current_user, session_user").fetchone() == (
             "postgres", "postgres")  # fmt: skip
+
+
+def test_a_token_with_a_lone_surrogate_is_an_auth_error(authenticator_dsn: str) -> None:
+    with Client(authenticator_dsn, jwt=JwtVerifier(secret=SECRET, roles=ROLES)) as client:
+        with pytest.raises(AuthError, match="malformed"):
+            client.as_user("\ud800")
+        with pytest.raises(AuthError, match="malformed"):
+            client.as_user(token("student") + "\udcff")

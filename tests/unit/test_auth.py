@@ -101,3 +101,13 @@ def test_a_secret_too_short_to_resist_guessing_is_refused(secret: str) -> None:
 def test_a_public_key_that_is_not_one_is_refused(key: str) -> None:
     with pytest.raises(ConfigError, match="not an RSA public key"):
         JwtVerifier(public_key=key, roles=ROLES)
+
+
+@pytest.mark.parametrize(
+    "bad", ["\ud800", sign(role="student") + "\ud800", "é.é.é", "\x00", "a.b.c", "", "...."]
+)
+def test_every_malformed_token_is_an_auth_error(bad: str) -> None:
+    """A lone surrogate (which no encoding takes) or any other non-JWT text: AuthError, never
+    UnicodeEncodeError or another exception an application does not expect."""
+    with pytest.raises(AuthError, match=r"malformed|signature"):
+        JwtVerifier(secret=SECRET, roles=ROLES).verify(bad)
