@@ -27,6 +27,7 @@ from types import ModuleType
 from typing import Any
 
 from . import _sandbox, policy
+from ._pg.vocabulary import reserved_module_name
 from .definition import Definition, build
 from .errors import DefinitionError, capped, printable
 from .limits import Limits
@@ -137,6 +138,11 @@ def _step(fd: int, part: str, kind: Callable[[int], bool], display: str) -> int:
 def read(target: str | ModuleType) -> ModuleSource:
     """The module's source, read as a file (never imported), at most MAX_SOURCE_BYTES."""
     name, path, base = find(target)
+    if reserved_module_name(name):
+        raise DefinitionError(
+            f"a routine module may not be called {name!r}: the database loads it under that "
+            "name, which is a module of the standard library or of pyfuncs (rename it)"
+        )
     if base is None:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # imported already: its own file
     else:

@@ -338,6 +338,11 @@ def load_module(
     key = (source, allowed)
     namespace = MODULES.get(key)
     if namespace is None:
+        if vocabulary.reserved_module_name(module_name):  # deploy refuses it too
+            raise ImportError(
+                f"pyfuncs: a routine module may not be called {module_name!r}, the name of a "
+                "module of the standard library or of pyfuncs (rename it)"
+            )
         module = types.ModuleType(module_name)
         module.__file__ = filename
         # dataclasses and typing look classes' modules up in sys.modules while they are built

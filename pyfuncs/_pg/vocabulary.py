@@ -34,6 +34,17 @@ FORBIDDEN_BUILTINS = {
     "delattr": "changes objects by name",
 }  # fmt: skip
 
+
+def reserved_module_name(name: str) -> bool:
+    """Whether a routine module may not be called `name`: the runtime loads it under its
+    name, where a module of the standard library or of pyfuncs (which the runtime itself
+    imports) would be shadowed."""
+    import sys
+
+    top = name.partition(".")[0]
+    return top in sys.stdlib_module_names or top in ("pyfuncs", "pyfuncs_pg", "plpy")
+
+
 # attributes that lead from an object to frames, code or globals
 FRAME_ATTRIBUTES = frozenset({
     "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "cr_await", "ag_frame",

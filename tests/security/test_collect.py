@@ -721,3 +721,21 @@ def test_the_filter_holds_threads_started_before_it(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", THREADED, str(marker)], capture_output=True,
                           timeout=30, check=True)  # fmt: skip
     assert done.stdout == b"[1]" and not marker.exists()  # EPERM
+
+
+@pytest.mark.parametrize("name", ["json", "decimal.tools", "pyfuncs.mine", "pyfuncs_pg", "plpy"])
+def test_a_module_named_as_one_the_runtime_imports_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """The database loads a routine module under its name: one named after a module of the
+    standard library or of pyfuncs would shadow the module the runtime itself imports."""
+    parts = name.split(".")
+    package = tmp_path.joinpath(*parts[:-1])
+    package.mkdir(parents=True, exist_ok=True)
+    for level in range(1, len(parts)):
+        tmp_path.joinpath(*parts[:level], "__init__.py").write_text("")
+    package.joinpath(parts[-1] + ".py").write_text(ROUTINE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [str(tmp_path)])
+    with pytest.raises(DefinitionError, match="may not be called .*rename it"):
+        collecting.read(name)

@@ -80,3 +80,13 @@ def test_a_stopped_call_cannot_swallow_the_stop(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr("pyfuncs._pg.watchdog.disposing", True)
     with pytest.raises(RoutineInterrupted):
         namespace["f"]()
+
+
+def test_the_runtime_refuses_a_module_that_would_shadow_one_it_imports() -> None:
+    import sys
+
+    before = dict(sys.modules)
+    for name in ("json", "uuid.sub", "pyfuncs_pg.db", "plpy"):
+        with pytest.raises(ImportError, match="may not be called"):
+            sandbox.load_module("x = 1\n", "m.py", name, policy.DEFAULT_ALLOWED)
+    assert sys.modules == before
