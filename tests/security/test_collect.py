@@ -737,5 +737,5 @@ def test_a_module_named_as_one_the_runtime_imports_is_refused(
     package.joinpath(parts[-1] + ".py").write_text(ROUTINE)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [str(tmp_path)])
-    with pytest.raises(DefinitionError, match="may not be called .*rename it"):
+    with pytest.raises(DefinitionError, match=r"may not be called .*rename it"):
         collecting.read(name)
