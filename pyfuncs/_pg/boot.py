@@ -23,7 +23,7 @@ import types
 # importlib's own parts, which every interpreter has loaded already: importlib.util and
 # collections.abc cost the first call in every new connection some milliseconds of imports
 from _frozen_importlib import ModuleSpec
-from _frozen_importlib_external import MAGIC_NUMBER
+from _frozen_importlib_external import MAGIC_NUMBER, PathFinder
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -61,6 +61,45 @@ class _Rows:
         exec(code_of(module.__name__.rpartition(".")[2], self.modules), module.__dict__)
 
 
+class _WhenImported:
+    """Runs `then(module)` as soon as the module `name` has been imported, by whoever
+    imports it (a routine, PL/Python converting a numeric, the runtime), before anything
+    can use it: a finder that hands the import on and wraps its loader."""
+
+    def __init__(self, name: str, then: Any) -> None:
+        self.name, self.then = name, then
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> ModuleSpec | None:
+        if name != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = PathFinder.find_spec(name, path, target)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _Then(spec.loader, self.then)  # type: ignore[assignment]
+        return spec
+
+
+class _Then:
+    def __init__(self, loader: Any, then: Any) -> None:
+        self.loader, self.then = loader, then
+
+    def create_module(self, spec: ModuleSpec) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        self.loader.exec_module(module)
+        self.then(module)
+
+
+def when_imported(name: str, then: Any) -> None:
+    """`then(module)` now if `name` is imported already, else as soon as it is."""
+    module = sys.modules.get(name)
+    if module is not None:
+        then(module)
+    elif not any(isinstance(f, _WhenImported) and f.name == name for f in sys.meta_path):
+        sys.meta_path.insert(0, _WhenImported(name, then))
+
+
 def code_of(name: str, modules: Mapping[str, Mapping[str, Any]]) -> types.CodeType:
     row = modules[name]
     if row.get("magic") == MAGIC_NUMBER and row.get("code") is not None:
@@ -85,7 +124,7 @@ def start(gd: dict[str, Any]) -> None:
 
     import plpy
 
-    from . import db, deadline, errors, identity, overflow, routines, sandbox
+    from . import bounded, db, deadline, errors, identity, overflow, routines, sandbox
     from . import watchdog as stopping
 
     db.plpy = errors.plpy = plpy
@@ -99,5 +138,6 @@ def start(gd: dict[str, Any]) -> None:
     stopping.WATCHDOG = stopping.Watchdog()
     stopping.WATCHDOG.start()
     sandbox.SHIM = sandbox.shim(db.db)
+    when_imported("decimal", bounded.bound_decimal_conversions)
     for name in INTERFACES:
         gd[name] = routines

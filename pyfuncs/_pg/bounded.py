@@ -38,6 +38,11 @@ MAX_MODULAR = 4 * 10**6  # bits of the exponent x (30-bit digits of the modulus)
 # a Decimal context's precision where routines work with it, and the digits of a Decimal
 # power's operands: exp, ln, log10 or a power of 1,000 digits take ~20 ms, of 4,000 seconds
 MAX_DECIMAL_DIGITS = 1_000
+# the digits of an int or of a fixed-point text a Decimal becomes in one call (int(d),
+# as_integer_ratio, format(d, "f")): converting 1e1000000 to an int takes 30 s in C
+MAX_DECIMAL_CONVERSION = 30_000
+# a PBKDF2's iterations times its output blocks: 1,000,000 take ~0.35 s, in C
+MAX_PBKDF2_ROUNDS = 1_000_000
 
 
 class OperationTooLarge(OverflowError):
@@ -340,6 +345,22 @@ class _PrecisionSetter:
         delattr(self.context, name)
 
 
+def guarded_hashlib() -> types.ModuleType:
+    """hashlib with a pbkdf2_hmac that refuses more than MAX_PBKDF2_ROUNDS rounds."""
+    import hashlib
+
+    def pbkdf2_hmac(hash_name: str, password: Any, salt: Any, iterations: int,
+                    dklen: int | None = None) -> bytes:  # fmt: skip
+        if isinstance(iterations, int) and (dklen is None or isinstance(dklen, int)):
+            blocks = 1 if not dklen else -(-dklen // 16)  # a 16-byte digest at the least
+            rounds = iterations * blocks
+            if rounds > MAX_PBKDF2_ROUNDS:
+                refuse_work("pbkdf2_hmac", rounds, "rounds", MAX_PBKDF2_ROUNDS)
+        return hashlib.pbkdf2_hmac(hash_name, password, salt, iterations, dklen)
+
+    return _stand_in(hashlib, pbkdf2_hmac)
+
+
 def guarded_random() -> types.ModuleType:
     """random with randbytes and getrandbits refusing more than MAX_REPEAT_BYTES."""
     import random  # when a routine first imports it, not in every backend's boot
@@ -487,3 +508,97 @@ READS: dict[str, tuple[Kinds, Callable[[Any, Callable[..., Any]], Any]]] = {
     **{name: (_decimal_kinds, _decimal_work(name))
        for name in ("exp", "ln", "log10", "sqrt", "power", "divide", "quantize", "fma")},
 }  # fmt: skip
+
+
+# --- Decimal conversions -------------------------------------------------------------------
+# A Decimal holds its exponent apart from its digits: Decimal("1e1000000") is ten characters,
+# and so is 10 ** 999_998 in decimal's default context. Turned into an int (int(), round(),
+# math.floor, as_integer_ratio, Fraction, statistics) or into fixed-point text (format "f"),
+# it becomes a million digits, in C code no stop reaches (int() of it takes 30 s). These
+# conversions are methods of the Decimal type, which every caller reaches, whoever made the
+# value (a routine, PL/Python for a numeric argument, a query's result): so the runtime
+# bounds them on the type itself, once per backend, as soon as decimal is imported
+# (boot.py). The type is immutable to Python code; the runtime lifts that flag for the time
+# it takes to set the checked methods, which then run for every Decimal in the backend.
+
+_IMMUTABLE_TYPE = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE
+
+
+def _digits(value: Any) -> int:
+    """The digits of the int (or of the numerator or denominator) a Decimal would become."""
+    if not value.is_finite():
+        return 0
+    return int(max(value.adjusted() + 1, -value.as_tuple().exponent, 0))
+
+
+def _conversion(value: Any, what: str, digits: int | None = None) -> None:
+    digits = _digits(value) if digits is None else digits
+    if digits > MAX_DECIMAL_CONVERSION:
+        refuse(f"{what} of a Decimal", digits, "digits", MAX_DECIMAL_CONVERSION)
+
+
+def _format_digits(value: Any, spec: str) -> int:
+    """About the digits format(value, spec) writes: a fixed-point one writes the integer part
+    and the fraction in full, any kind writes its precision."""
+    kind = spec[-1:] if spec[-1:].isalpha() or spec[-1:] == "%" else ""
+    _, dot, tail = spec.rstrip("%fFeEgGn").partition(".")
+    precision = int(tail) if dot and tail.isdigit() else 0
+    if kind in ("f", "F", "%") and value.is_finite():
+        return int(max(value.adjusted(), 0) + 3 + max(precision, -value.as_tuple().exponent))
+    return precision
+
+
+def bound_decimal_conversions(decimal: types.ModuleType) -> None:
+    """Check, on the Decimal type, the conversions to int and to fixed-point text."""
+    import ctypes
+
+    kind = decimal.Decimal
+    if getattr(kind.__int__, "bounded", False):
+        return
+    original = {name: kind.__dict__[name] for name in (
+        "__int__", "__trunc__", "__floor__", "__ceil__", "__round__", "as_integer_ratio",
+        "__format__")}  # fmt: skip
+
+    def to_int(name: str) -> Callable[..., Any]:
+        real = original[name]
+
+        def convert(self: Any) -> int:
+            _conversion(self, f"{name.strip('_')}()")
+            return real(self)  # type: ignore[no-any-return]
+
+        return convert
+
+    def rounded(self: Any, *ndigits: Any) -> Any:
+        if not ndigits or ndigits[0] is None:
+            _conversion(self, "round()")
+        return original["__round__"](self, *ndigits)
+
+    def as_integer_ratio(self: Any) -> tuple[int, int]:
+        _conversion(self, "as_integer_ratio()")
+        return original["as_integer_ratio"](self)  # type: ignore[no-any-return]
+
+    def formatted(self: Any, spec: str, *rest: Any) -> str:
+        if type(spec) is str:
+            _conversion(self, f"format(..., {spec[:20]!r})", _format_digits(self, spec))
+        return original["__format__"](self, spec, *rest)  # type: ignore[no-any-return]
+
+    checked = {name: to_int(name) for name in ("__int__", "__trunc__", "__floor__", "__ceil__")}
+    checked.update(__round__=rounded, as_integer_ratio=as_integer_ratio, __format__=formatted)
+    checked["__int__"].bounded = True  # type: ignore[attr-defined]
+    flags = _type_flags(kind, ctypes)
+    flags.value &= ~_IMMUTABLE_TYPE
+    try:
+        for name, method in checked.items():
+            method.__name__ = method.__qualname__ = name
+            setattr(kind, name, method)
+    finally:
+        flags.value |= _IMMUTABLE_TYPE
+
+
+def _type_flags(kind: type, ctypes: Any) -> Any:
+    """The tp_flags field of a type object, found by its value (type.__flags__)."""
+    for offset in range(16, 400, 8):
+        field = ctypes.c_ulong.from_address(id(kind) + offset)
+        if field.value == kind.__flags__:
+            return field
+    raise RuntimeError("pyfuncs: the layout of type objects is not the expected one")

@@ -11,6 +11,7 @@ no code of the routine's.
 from __future__ import annotations
 
 import sys
+import time
 from contextvars import copy_context as own_context
 
 from . import errors, results, sandbox, vocabulary
@@ -37,6 +38,7 @@ _DONE = object()  # no more rows
 # is suspended in) ends with it. A set-returning routine's rows share one.
 _CALL = """
 def call({params}):
+    began = now()  # for the watchdog, which may first see this call up to a tick later
     if grave:
         grave.clear()
     try:
@@ -113,7 +115,7 @@ class Routine:
         namespace: dict[str, Any] = {
             "grave": stopping.GRAVE, "inert": results.INERT, "finish": self._finish,
             "fail": self.fail, "RoutineInterrupted": RoutineInterrupted,
-            "own_context": own_context, **names,
+            "own_context": own_context, "now": time.monotonic, **names,
         }  # fmt: skip
         exec(compile(source, f"<pyfuncs: {self.qualname}>", "exec"), namespace)
         entry: Callable[..., Any] = namespace[name]

@@ -104,11 +104,35 @@ def _making(func: Callable[..., Any], kind: type) -> Callable[..., Any]:
     return make
 
 
+def guarded_dataclasses() -> types.ModuleType:
+    """dataclasses, whose `dataclass` refuses a class with field names that are not plain
+    identifiers: dataclasses writes them into the source of the methods it compiles (and
+    runs without the runtime's guards), and a class made with `type(name, bases, namespace)`
+    can have any string as an annotation's name."""
+    import dataclasses
+    import keyword
+
+    def dataclass(cls: Any = None, /, **options: Any) -> Any:
+        def wrap(cls: Any) -> Any:
+            annotations = _DICT(cls).get("__annotations__", {}) if isinstance(cls, type) else {}
+            for name in annotations:
+                if type(name) is not str or not name.isidentifier() or keyword.iskeyword(name):
+                    raise TypeError(
+                        f"pyfuncs: a dataclass's fields must be named by identifiers, not {name!r}"
+                    )
+            return dataclasses.dataclass(cls, **options)
+
+        return wrap if cls is None else wrap(cls)
+
+    return bounded._stand_in(dataclasses, dataclass)
+
+
 # modules routines get a changed copy of (bounded work, producers that come back to Python)
 STAND_INS = {
     "math": bounded.guarded_math, "itertools": lazy.stand_in_itertools,
     "struct": bounded.guarded_struct, "random": bounded.guarded_random,
     "secrets": bounded.guarded_secrets, "decimal": bounded.guarded_decimal,
+    "hashlib": bounded.guarded_hashlib, "dataclasses": guarded_dataclasses,
 }  # fmt: skip
 
 
@@ -172,11 +196,12 @@ def helpers(module_name: str) -> dict[str, Any]:
         read = READS.get(name)
         if read is not None:
             return _checked_read(obj, value, *read)
-        if name == "register" and isinstance(obj, abc.ABCMeta) and _owner(obj) != module_name:
-            raise AttributeError(
-                f"pyfuncs: a routine may not register virtual subclasses of {obj.__name__}: "
-                "every call in this backend shares it"
-            )
+        if name == "register" and isinstance(obj, type):
+            if isinstance(obj, abc.ABCMeta) and _owner(obj) != module_name:
+                _shared_abc(obj)
+            if issubclass(obj, abc.ABCMeta):  # ABCMeta.register(abc, cls): the abc first
+                return lambda abstract, *args, **kwargs: value(
+                    attribute(abstract, "register") and abstract, *args, **kwargs)  # fmt: skip
         if name in ("format", "format_map"):
             return _checked_format(value)
         return value
@@ -206,6 +231,13 @@ def _checked_read(
         return lambda instance, *args, **kwargs: check(instance, value.__get__(instance))(
             *args, **kwargs)  # fmt: skip
     return value
+
+
+def _shared_abc(obj: Any) -> None:
+    raise AttributeError(
+        f"pyfuncs: a routine may not register virtual subclasses of {obj.__name__}: every "
+        "call in this backend shares it"
+    )
 
 
 def _template(obj: Any) -> Any:

@@ -39,7 +39,8 @@ LEFT_OUT: dict[str, dict[str, str]] = {
     "__future__": {"all_feature_names": "a list every call shares"},
     "hashlib": {name: "a set every call shares"
                 for name in ("algorithms_available", "algorithms_guaranteed")},
-    "enum": {"property": "a descriptor class from the types module"},
+    "enum": {"property": "a descriptor class from the types module",
+             "global_enum": "writes members into the namespace of the module an enum names"},
     "typing": {"get_type_hints": "evaluates strings as code",
                "ForwardRef": "evaluates strings as code"},
     "zoneinfo": {"reset_tzpath": "changes where every call's time zones are read from"},

@@ -142,6 +142,7 @@ class Watchdog:
         self._since = 0.0
         self._base_memory = -1
         self._stray_since = 0.0  # when stray code was first seen still running
+        self._nap = self.TICK  # until the next look
         self._statm = -1
 
     def start(self) -> None:
@@ -155,7 +156,7 @@ class Watchdog:
     def _run(self) -> None:
         exc = ctypes.py_object(RoutineInterrupted)
         while True:
-            time.sleep(self.TICK)
+            time.sleep(self._nap)
             # No routine code may ever run on this thread: it would run outside every call,
             # stop the watchdog for good by never returning, or query from the wrong thread.
             # Python runs code on the thread that collects garbage (finalizers) and on the
@@ -177,6 +178,7 @@ class Watchdog:
     def _look(self) -> bool:
         """Whether the main thread must be stopped now."""
         now = time.monotonic()
+        self._nap = self.TICK
         frame = sys._current_frames().get(self._main)
         outer: Any = None
         stray = False
@@ -190,12 +192,16 @@ class Watchdog:
         if outer is None:
             return self._look_stray(now) if stray else self._idle()
         call, routine = key(outer), ENTRIES[id(outer.f_code)]
+        # when a call of a routine's `call` entry began, as it noted (see routines.py)
+        began = outer.f_locals.get("began", now) if call is outer and call != self._call else now
         del outer
         self._stray_since = 0.0
         if call != self._call:
             if self._call is not None and not isinstance(self._call, int):
                 GRAVE.append(self._call)
-            self._call, self._since, self._base_memory = call, now, -1
+            self._call, self._since, self._base_memory = call, min(began, now), -1
+        if routine.timeout is not None:  # look again at its deadline, if that comes first
+            self._nap = min(self.TICK, max(0.001, self._since + routine.timeout - now + 0.001))
         stop = self.stop
         if stop is not None and stop.call == call:
             return True

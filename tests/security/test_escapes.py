@@ -820,6 +820,101 @@ for label, body in [
     )
 
 
+# --- found by the fourth red team, and closed since --------------------------------------
+attempt(
+    "dataclass_field_name_as_code",
+    "load TypeError: pyfuncs: a dataclass's fields must be named by identifiers",
+    """
+    import dataclasses
+
+    FIELD = "a if 0 else print(().__class__)"
+    Spy = dataclasses.dataclass(type("Spy", (), {"__annotations__": {FIELD: int}}))
+
+    def attempt():
+        return Spy()
+""",
+)
+attempt(
+    "dataclass_field_name_as_code_by_a_decorator_with_options",
+    "load TypeError: pyfuncs: a dataclass's fields must be named by identifiers",
+    """
+    import dataclasses
+
+    Spy = dataclasses.dataclass(eq=True)(type("Spy", (), {"__annotations__": {"a b": int}}))
+
+    def attempt():
+        return Spy
+""",
+)
+attempt(
+    "enum_members_into_another_modules_namespace",
+    "call AttributeError: module 'enum (view)' has no attribute 'global_enum'",
+    """
+    import enum
+    import json
+
+    class Callable(enum.Enum):
+        def __call__(self, *args, **kwargs):
+            return "pwned"
+
+    def attempt():
+        enum.global_enum(Callable("Fake", {"dumps": 1}, module="json"))
+        return json.dumps({"a": 1})
+""",
+)
+for label, expression in [
+    ("metaclass", "type(collections.abc.Mapping).register(collections.abc.Mapping, str)"),
+    (
+        "named_metaclass",
+        "(meta := type(collections.abc.Sized)).register(collections.abc.Sequence, dict)",
+    ),
+    ("getattr", "getattr(type(collections.abc.Set), 'register')(collections.abc.Set, str)"),
+]:
+    attempt(
+        f"register_through_the_{label}",
+        "call AttributeError: pyfuncs: a routine may not register virtual subclasses",
+        f"""
+    import collections.abc
+
+    def attempt():
+        return {expression}
+""",
+    )
+for label, body in [
+    ("int", "return int(D('1e1000000'))"),
+    ("int_of_arithmetic", "return int(D(10) ** 999_998)"),
+    ("int_by_map", "return list(map(int, [D('1e1000000')]))"),
+    ("round", "return round(D('1e1000000'))"),
+    ("floor", "return math.floor(D('1e1000000'))"),
+    ("trunc", "return math.trunc(D('-1e1000000'))"),
+    ("ratio", "return D('1e-1000000').as_integer_ratio()"),
+    ("fraction", "return fractions.Fraction(D('1e1000000'))"),
+    ("statistics", "return statistics.mean([D('1e1000000'), D(1)])"),
+    ("percent_d", "return '%d' % D('1e1000000')"),
+    ("format_f", "return format(D('1e100000000'), 'f')"),
+    ("fstring_f", "return f\"{D('1e100000000'):f}\""),
+    ("format_precision", "return format(D(1), '.100000000f')"),
+    ("str_format", "return '{:f}'.format(D('-1e-100000000'))"),
+    ("pbkdf2", "return hashlib.pbkdf2_hmac('sha256', b'x', b'salt', 10**7)"),
+    ("pbkdf2_long_key", "return hashlib.pbkdf2_hmac('sha256', b'x', b's', 10**5, 10**4)"),
+]:
+    attempt(
+        f"bounded_decimal_{label}" if label[:6] != "pbkdf2" else f"bounded_{label}",
+        # statistics turns the refusal (an OverflowError) into an assertion of its own
+        "call AssertionError" if label == "statistics" else "call OperationTooLarge: ",
+        f"""
+    import fractions
+    import hashlib
+    import math
+    import statistics
+    from decimal import Decimal as D
+
+    def attempt():
+        {body}
+""",
+    )
+
+
 @pytest.fixture(scope="module")
 def runtime(cluster: Cluster, template: str) -> Iterator[psycopg.Connection[Any]]:
     """One database and one session for the whole catalogue: the runtime booted once."""
@@ -857,6 +952,8 @@ CONTAMINATING = frozenset({
     "enum_member_names_by_private_attribute",
     "instance_state_by_a_constructor_returning_a_shared_object",
     "decimal_context_set_by_a_generator_kept_by_a_class",
+    "enum_members_into_another_modules_namespace",
+    *(a.name for a in ATTEMPTS if a.name.startswith("register_through")),
     *(a.name for a in ATTEMPTS if a.name.startswith("private_")),
 })  # fmt: skip
 
@@ -1011,7 +1108,8 @@ def attempt():
         Account(21).report(), third[-3:], root[:6], digits, str(D("1.5") ** 2),
         str(fractions.Fraction(2, 3) ** 3), pair._asdict(), Pair._fields,
         copied["inner"]["id"].int, str(copied["inner"]["amount"]), Bag(a=1).copy().data,
-        decimal.Context(prec=5000).prec,
+        decimal.Context(prec=5000).prec, int(D("1e20")), round(D("2.5")), f"{D('1.25'):.1f}",
+        D("0.75").as_integer_ratio(), str(fractions.Fraction(D("1.5"))),
     ]
 """
 
@@ -1022,5 +1120,6 @@ def test_routines_keep_their_own_state_private_and_copies_and_decimals_work(
     row = runtime.execute("SELECT public.escape_attempt('ordinary_state', %s)", [ORDINARY_STATE])
     assert row.fetchone() == (
         "returned list: [42, '333', '1.4142', 32, '2.25', '8/27', {'left': 1, 'right': 5}, "
-        "('left', 'right'), 5, '1.5', {'a': 1}, 5000]",
+        "('left', 'right'), 5, '1.5', {'a': 1}, 5000, 100000000000000000000, 2, '1.2', "
+        "(3, 4), '3/2']",
     )
