@@ -100,6 +100,14 @@ def when_imported(name: str, then: Any) -> None:
         sys.meta_path.insert(0, _WhenImported(name, then))
 
 
+def _decimal_imported(module: types.ModuleType, bounded: Any, routines: Any) -> None:
+    """Bound Decimal's conversions, and make every call run in its own copy of the context,
+    where decimal keeps its current one (see bounded.py and routines.py)."""
+    bounded.bound_decimal_conversions(module)
+    if not routines.ISOLATED:
+        routines.ISOLATED.append(True)
+
+
 def code_of(name: str, modules: Mapping[str, Mapping[str, Any]]) -> types.CodeType:
     row = modules[name]
     if row.get("magic") == MAGIC_NUMBER and row.get("code") is not None:
@@ -138,6 +146,6 @@ def start(gd: dict[str, Any]) -> None:
     stopping.WATCHDOG = stopping.Watchdog()
     stopping.WATCHDOG.start()
     sandbox.SHIM = sandbox.shim(db.db)
-    when_imported("decimal", bounded.bound_decimal_conversions)
+    when_imported("decimal", lambda module: _decimal_imported(module, bounded, routines))
     for name in INTERFACES:
         gd[name] = routines

@@ -590,6 +590,7 @@ def bound_decimal_conversions(decimal: types.ModuleType) -> None:
     try:
         for name, method in checked.items():
             method.__name__ = method.__qualname__ = name
+            method.__module__ = kind.__module__  # what routines see them as: Decimal's own
             setattr(kind, name, method)
     finally:
         flags.value |= _IMMUTABLE_TYPE

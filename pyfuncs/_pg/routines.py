@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 _DONE = object()  # no more rows
+ISOLATED: list[bool] = []  # [True] once decimal has been imported (boot.py)
 
 # The entry functions, compiled once per routine so that their code is the routine's own
 # (watchdog.ENTRIES). `call` is what the body calls for a routine that returns a value (its
@@ -35,14 +36,19 @@ _DONE = object()  # no more rows
 # the entry frames the watchdog let go of (watchdog.GRAVE).
 # Each call runs in a copy of the context it was called in (`own_context`): what it sets
 # there (decimal's current context, in a `with decimal.localcontext()` a generator it keeps
-# is suspended in) ends with it. A set-returning routine's rows share one.
+# is suspended in) ends with it. A set-returning routine's rows share one. decimal is the
+# only module routines may import that keeps state in the context, so until it has been
+# imported (ISOLATED is empty) there is nothing to isolate, and a call saves the copy.
 _CALL = """
 def call({params}):
     began = now()  # for the watchdog, which may first see this call up to a tick later
     if grave:
         grave.clear()
     try:
-        result = own_context().run(function, {params})
+        if isolated:
+            result = own_context().run(function, {params})
+        else:
+            result = function({params})
         if type(result) in inert:
             return result
         return finish(result)
@@ -115,7 +121,7 @@ class Routine:
         namespace: dict[str, Any] = {
             "grave": stopping.GRAVE, "inert": results.INERT, "finish": self._finish,
             "fail": self.fail, "RoutineInterrupted": RoutineInterrupted,
-            "own_context": own_context, "now": time.monotonic, **names,
+            "own_context": own_context, "isolated": ISOLATED, "now": time.monotonic, **names,
         }  # fmt: skip
         exec(compile(source, f"<pyfuncs: {self.qualname}>", "exec"), namespace)
         entry: Callable[..., Any] = namespace[name]
