@@ -103,7 +103,7 @@ def when_imported(name: str, then: Any) -> None:
 def _decimal_imported(module: types.ModuleType, bounded: Any, routines: Any) -> None:
     """Bound Decimal's conversions, and make every call run in its own copy of the context,
     where decimal keeps its current one (see bounded.py and routines.py)."""
-    bounded.bound_decimal_conversions(module)
+    bounded.bound_decimal(module)
     if not routines.ISOLATED:
         routines.ISOLATED.append(True)
 
@@ -147,5 +147,6 @@ def start(gd: dict[str, Any]) -> None:
     stopping.WATCHDOG.start()
     sandbox.SHIM = sandbox.shim(db.db)
     when_imported("decimal", lambda module: _decimal_imported(module, bounded, routines))
+    when_imported("fractions", bounded.bound_fractions)
     for name in INTERFACES:
         gd[name] = routines

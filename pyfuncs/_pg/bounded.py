@@ -124,7 +124,15 @@ def check_precision(context: Any, what: str) -> None:
     """Refuse work at a Decimal context's precision beyond MAX_DECIMAL_DIGITS."""
     prec = context.prec
     if prec > MAX_DECIMAL_DIGITS:
-        refuse(f"{what} at a precision of {prec:,} digits", prec, "digits", MAX_DECIMAL_DIGITS)
+        _refuse_precision(f"{what} at a precision of {prec:,} digits")
+
+
+def _refuse_precision(what: str) -> None:
+    raise OperationTooLarge(
+        f"{what}: a routine may work with Decimals at a precision of at most "
+        f"{MAX_DECIMAL_DIGITS:,} digits, where no operation runs long in C (keep the "
+        "precision lower)"
+    )
 
 
 def _decimal_operands(what: str, *operands: Any) -> None:
@@ -319,30 +327,6 @@ def guarded_decimal() -> types.ModuleType:
         return decimal.localcontext(ctx, **kwargs)
 
     return _stand_in(decimal, localcontext)
-
-
-def precision_setter(context: Any) -> Any:
-    """What `context.prec = n` (or setattr) sets through on a routine's Context: the
-    precision only up to MAX_DECIMAL_DIGITS."""
-    return _PrecisionSetter(context)
-
-
-class _PrecisionSetter:
-    __slots__ = ("context",)
-
-    def __init__(self, context: Any) -> None:
-        object.__setattr__(self, "context", context)
-
-    def __getattr__(self, name: str) -> Any:  # `context.prec += 1` reads it first
-        return getattr(self.context, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "prec" and type(value) is int:
-            check_precision(types.SimpleNamespace(prec=value), "a Decimal context")
-        setattr(self.context, name, value)
-
-    def __delattr__(self, name: str) -> None:
-        delattr(self.context, name)
 
 
 def guarded_hashlib() -> types.ModuleType:
@@ -548,10 +532,51 @@ def _format_digits(value: Any, spec: str) -> int:
     return precision
 
 
-def bound_decimal_conversions(decimal: types.ModuleType) -> None:
-    """Check, on the Decimal type, the conversions to int and to fixed-point text."""
+def bound_decimal(decimal: types.ModuleType) -> None:
+    """Check, on the Decimal type, the conversions to int and to fixed-point text, and on
+    the Context type, the precision of every context made or changed (however a routine
+    got hold of the type: `decimal.Context`, `type(context)`, `super()`)."""
+    _bound_conversions(decimal)
+    kind = decimal.Context
+    if getattr(kind.__init__, "bounded", False):
+        return
+    init, prec = kind.__dict__["__init__"], kind.__dict__["prec"]
+
+    def __init__(self: Any, prec: Any = None, *args: Any, **kwargs: Any) -> None:
+        _precision_at_most(prec)
+        init(self, prec, *args, **kwargs)
+
+    def set_prec(self: Any, value: Any) -> None:
+        _precision_at_most(value)
+        prec.__set__(self, value)
+
+    __init__.bounded = True  # type: ignore[attr-defined]
+    _set_on_type(kind, {"__init__": __init__, "prec": property(prec.__get__, set_prec)})
+
+
+def _precision_at_most(prec: Any) -> None:
+    if type(prec) is int and prec > MAX_DECIMAL_DIGITS:
+        _refuse_precision(f"a Decimal context with a precision of {prec:,} digits")
+
+
+def _set_on_type(kind: type, attributes: dict[str, Any]) -> None:
+    """Set attributes of a type Python code may not change (a C type), for the runtime."""
     import ctypes
 
+    flags = _type_flags(kind, ctypes)
+    flags.value &= ~_IMMUTABLE_TYPE
+    try:
+        for name, value in attributes.items():
+            for function in (value.fset,) if isinstance(value, property) else (value,):
+                if isinstance(function, types.FunctionType):
+                    function.__name__ = function.__qualname__ = name
+                    function.__module__ = kind.__module__  # what routines see: the type's own
+            setattr(kind, name, value)
+    finally:
+        flags.value |= _IMMUTABLE_TYPE
+
+
+def _bound_conversions(decimal: types.ModuleType) -> None:
     kind = decimal.Decimal
     if getattr(kind.__int__, "bounded", False):
         return
@@ -585,15 +610,7 @@ def bound_decimal_conversions(decimal: types.ModuleType) -> None:
     checked = {name: to_int(name) for name in ("__int__", "__trunc__", "__floor__", "__ceil__")}
     checked.update(__round__=rounded, as_integer_ratio=as_integer_ratio, __format__=formatted)
     checked["__int__"].bounded = True  # type: ignore[attr-defined]
-    flags = _type_flags(kind, ctypes)
-    flags.value &= ~_IMMUTABLE_TYPE
-    try:
-        for name, method in checked.items():
-            method.__name__ = method.__qualname__ = name
-            method.__module__ = kind.__module__  # what routines see them as: Decimal's own
-            setattr(kind, name, method)
-    finally:
-        flags.value |= _IMMUTABLE_TYPE
+    _set_on_type(kind, checked)
 
 
 def _type_flags(kind: type, ctypes: Any) -> Any:
@@ -603,3 +620,37 @@ def _type_flags(kind: type, ctypes: Any) -> Any:
         if field.value == kind.__flags__:
             return field
     raise RuntimeError("pyfuncs: the layout of type objects is not the expected one")
+
+
+def bound_fractions(fractions: types.ModuleType) -> None:
+    """Check what makes fractions compute a power of ten of its own (in its own code, where
+    the guards of routines are not): a Fraction from text with a large exponent or many
+    digits (`Fraction("1e100000000")`), and round() to many digits."""
+    kind = fractions.Fraction
+    if getattr(kind.__new__, "bounded", False):
+        return
+    new, rounded = kind.__new__, kind.__round__
+
+    def __new__(cls: Any, numerator: Any = 0, denominator: Any = None, **kwargs: Any) -> Any:
+        if isinstance(numerator, str):
+            text = str.__str__(numerator)
+            _, e, exponent = text.lower().rpartition("e")
+            digits = len(text)
+            if e and exponent.strip().lstrip("+-").isdigit():
+                exponent = exponent.strip().lstrip("+-")
+                digits += int(exponent) if len(exponent) < 10 else 10**10
+            if digits > MAX_DECIMAL_CONVERSION:
+                refuse("Fraction(text)", digits, "digits", MAX_DECIMAL_CONVERSION)
+        return new(cls, numerator, denominator, **kwargs)
+
+    def __round__(self: Any, ndigits: Any = None) -> Any:
+        if isinstance(ndigits, int) and abs(ndigits) > MAX_DECIMAL_CONVERSION:
+            refuse("round(Fraction, ndigits)", abs(ndigits), "digits", MAX_DECIMAL_CONVERSION)
+        return rounded(self, ndigits)
+
+    __new__.bounded = True  # type: ignore[attr-defined]
+    for name, function in (("__new__", __new__), ("__round__", __round__)):
+        function.__name__, function.__module__ = name, kind.__module__
+        function.__qualname__ = f"Fraction.{name}"
+    kind.__new__ = staticmethod(__new__)
+    kind.__round__ = __round__

@@ -169,8 +169,7 @@ class Guards(_Transformer):
             self._refuse(node, f"the attribute {node.attr!r}")
         if not isinstance(node.ctx, ast.Load):  # x.a = ..., del x.a: may x be changed?
             check = ast.Name("pyfuncs.writable", ast.Load())
-            call = ast.Call(check, [node.value, ast.Constant(node.attr)], [])
-            node.value = _copy_location(call, node.value)
+            node.value = _copy_location(ast.Call(check, [node.value], []), node.value)
             return node
         if node.attr.startswith("_"):  # private: of what this module made only
             read = ast.Name("pyfuncs.private", ast.Load())

@@ -115,6 +115,8 @@ def guarded_dataclasses() -> types.ModuleType:
     def dataclass(cls: Any = None, /, **options: Any) -> Any:
         def wrap(cls: Any) -> Any:
             annotations = _DICT(cls).get("__annotations__", {}) if isinstance(cls, type) else {}
+            if type(annotations) is not dict:  # dataclasses reads a subclass's own items()
+                raise TypeError("pyfuncs: a dataclass's annotations must be a plain dict")
             for name in annotations:
                 if type(name) is not str or not name.isidentifier() or keyword.iskeyword(name):
                     raise TypeError(
@@ -168,13 +170,10 @@ NAMED_TUPLE_API = frozenset({"_asdict", "_replace", "_fields", "_make"})
 def helpers(module_name: str) -> dict[str, Any]:
     """What the code guards.py inserts calls, for one routine module: its globals."""
 
-    def writable(obj: Any, name: str | None = None) -> Any:
-        """`obj.x = ...` and `del obj.x`: only on what this module made (a Context's
-        precision within bounds)."""
-        if _owner(obj) == module_name:
+    def writable(obj: Any) -> Any:
+        """`obj.x = ...` and `del obj.x`: only on what this module made."""
+        if _owner(obj) == module_name or isinstance(obj, _mutable_instances()):
             return obj
-        if isinstance(obj, _mutable_instances()):
-            return bounded.precision_setter(obj) if name == "prec" else obj
         raise AttributeError(
             f"pyfuncs: a routine may not change {type(obj).__name__} objects it did not make: "
             "every call in this backend shares them"
@@ -343,7 +342,7 @@ def restricted_builtins(allowed: frozenset[str], module_name: str) -> dict[str, 
         __import__=guarded_import,
         getattr=getattr_,
         hasattr=lambda obj, name: hasattr(obj, public(name)),
-        setattr=lambda obj, name, value: setattr(writable(obj, public(name)), public(name), value),
+        setattr=lambda obj, name, value: setattr(writable(obj), public(name), value),
         pow=bounded.checked_pow,
         divmod=bounded.checked_divmod,
         range=lazy.range,

@@ -915,6 +915,49 @@ for label, body in [
     )
 
 
+# --- found by the fifth red team, and closed since ---------------------------------------
+attempt(
+    "dataclass_field_names_behind_a_dict_subclass",
+    "load TypeError: pyfuncs: a dataclass's annotations must be a plain dict",
+    """
+    import dataclasses
+
+    class Sneaky(dict):
+        def items(self):
+            return [("a if 0 else print(1)", int)]
+
+    Spy = dataclasses.dataclass(type("Spy", (), {"__annotations__": Sneaky()}))
+
+    def attempt():
+        return Spy
+""",
+)
+for label, body in [
+    ("fraction_text_exponent", "return fractions.Fraction('1e100000000')"),
+    ("fraction_text_negative_exponent", "return fractions.Fraction('-1.5E-100000000')"),
+    ("fraction_round", "return round(fractions.Fraction(1, 3), 10**8)"),
+    ("context_constructor", "return decimal.Context(prec=999_999_999)"),
+    ("context_positional", "return decimal.Context(10**9)"),
+    ("context_by_type", "return type(decimal.Context())(prec=10**9)"),
+    ("context_by_mro", "return decimal.Context.mro()[0](prec=10**9)"),
+    ("context_store", "c = decimal.Context()\n        c.prec = 10**9"),
+    ("context_copy_store", "c = decimal.Context().copy()\n        c.prec = 10**9"),
+    ("context_setattr", "c = decimal.Context()\n        setattr(c, 'prec', 10**9)"),
+    ("localcontext_kwargs", "with decimal.localcontext(prec=10**9):\n            pass"),
+]:  # fmt: skip
+    attempt(
+        f"bounded_{label}",
+        "call OperationTooLarge: ",
+        f"""
+    import decimal
+    import fractions
+
+    def attempt():
+        {body}
+""",
+    )
+
+
 @pytest.fixture(scope="module")
 def runtime(cluster: Cluster, template: str) -> Iterator[psycopg.Connection[Any]]:
     """One database and one session for the whole catalogue: the runtime booted once."""
@@ -1108,8 +1151,10 @@ def attempt():
         Account(21).report(), third[-3:], root[:6], digits, str(D("1.5") ** 2),
         str(fractions.Fraction(2, 3) ** 3), pair._asdict(), Pair._fields,
         copied["inner"]["id"].int, str(copied["inner"]["amount"]), Bag(a=1).copy().data,
-        decimal.Context(prec=5000).prec, int(D("1e20")), round(D("2.5")), f"{D('1.25'):.1f}",
+        decimal.Context(prec=500).prec, int(D("1e20")), round(D("2.5")), f"{D('1.25'):.1f}",
         D("0.75").as_integer_ratio(), str(fractions.Fraction(D("1.5"))),
+        str(fractions.Fraction("1.25e2")), str(round(fractions.Fraction(1, 3), 3)),
+        decimal.Context(prec=28, Emax=99).Emax,
     ]
 """
 
@@ -1120,6 +1165,6 @@ def test_routines_keep_their_own_state_private_and_copies_and_decimals_work(
     row = runtime.execute("SELECT public.escape_attempt('ordinary_state', %s)", [ORDINARY_STATE])
     assert row.fetchone() == (
         "returned list: [42, '333', '1.4142', 32, '2.25', '8/27', {'left': 1, 'right': 5}, "
-        "('left', 'right'), 5, '1.5', {'a': 1}, 5000, 100000000000000000000, 2, '1.2', "
-        "(3, 4), '3/2']",
+        "('left', 'right'), 5, '1.5', {'a': 1}, 500, 100000000000000000000, 2, '1.2', "
+        "(3, 4), '3/2', '125', '333/1000', 99]",
     )
