@@ -146,6 +146,7 @@ def start(gd: dict[str, Any]) -> None:
     stopping.WATCHDOG = stopping.Watchdog()
     stopping.WATCHDOG.start()
     sandbox.SHIM = sandbox.shim(db.db)
+    sandbox.contain_abcs()
     when_imported("decimal", lambda module: _decimal_imported(module, bounded, routines))
     when_imported("fractions", bounded.bound_fractions)
     for name in INTERFACES:

@@ -159,7 +159,11 @@ class Guards(_Transformer):
                           (self.filename, line, col, None))  # fmt: skip
 
     def visit_Name(self, node: ast.Name) -> ast.AST:
-        if node.id.startswith("__") and node.id.endswith("__") and node.id != "__name__":
+        if (
+            node.id.startswith("__")
+            and node.id.endswith("__")
+            and (node.id != "__name__" or not isinstance(node.ctx, ast.Load))
+        ):  # __name__ may be read, not rebound: what the module is called is pyfuncs' to say
             self._refuse(node, f"the name {node.id!r}")
         return node
 

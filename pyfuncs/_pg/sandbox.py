@@ -182,8 +182,17 @@ def helpers(module_name: str) -> dict[str, Any]:
     def private(obj: Any, name: str) -> Any:
         """`obj._x`: of what this module made, and a named tuple's API. The private state of
         what allowed modules made (an enum's member maps, say) is every call's."""
-        if name in NAMED_TUPLE_API or _owner(obj) == module_name:
+        if name in NAMED_TUPLE_API:
             return getattr(obj, name)
+        if _owner(obj) == module_name:
+            # and not one a class of the module inherits from a class every call shares
+            for klass in _MRO(obj if isinstance(obj, type) else type(obj)):
+                if name in _DICT(klass):
+                    if _owner(klass) == module_name or name in getattr(obj, "__dict__", ()):
+                        return getattr(obj, name)
+                    break
+            else:
+                return getattr(obj, name)  # an instance's own, or none (AttributeError)
         raise AttributeError(
             f"pyfuncs: a routine may not read the private attribute {name!r} of "
             f"{type(obj).__name__} objects it did not make: every call in this backend "
@@ -196,7 +205,10 @@ def helpers(module_name: str) -> dict[str, Any]:
         if read is not None:
             return _checked_read(obj, value, *read)
         if name == "register" and isinstance(obj, type):
-            if isinstance(obj, abc.ABCMeta) and _owner(obj) != module_name:
+            if isinstance(obj, abc.ABCMeta) and any(
+                isinstance(klass, abc.ABCMeta) and _owner(klass) != module_name
+                for klass in _MRO(obj)
+            ):  # a shared ABC answers for its subclasses' registries too
                 _shared_abc(obj)
             if issubclass(obj, abc.ABCMeta):  # ABCMeta.register(abc, cls): the abc first
                 return lambda abstract, *args, **kwargs: value(
@@ -234,9 +246,41 @@ def _checked_read(
 
 def _shared_abc(obj: Any) -> None:
     raise AttributeError(
-        f"pyfuncs: a routine may not register virtual subclasses of {obj.__name__}: every "
-        "call in this backend shares it"
+        f"pyfuncs: a routine may not register virtual subclasses of {obj.__name__}: it is, "
+        "or derives from, an ABC every call in this backend shares"
     )
+
+
+_HOOKS = ("__subclasshook__", "__subclasscheck__", "__instancecheck__")
+
+
+def contain_abcs() -> None:
+    """`isinstance(x, collections.abc.Mapping)` in any call asks every subclass of Mapping,
+    a routine's too: its `__subclasshook__` (or its metaclass's `__subclasscheck__` or
+    `__instancecheck__`) would run in other roles' calls and decide for them. So, once per
+    backend, abc.ABCMeta refuses to make a class with such a hook of a routine's own."""
+    new = abc.ABCMeta.__new__
+    if getattr(new, "contained", False):
+        return
+
+    def __new__(mcls: Any, name: str, bases: Any, namespace: Any, /, **kwargs: Any) -> Any:
+        found = [(namespace, "__subclasshook__")] + [
+            (_DICT(meta), hook) for meta in _MRO(mcls) for hook in _HOOKS[1:]
+        ]  # fmt: skip
+        for where, hook in found:
+            # read as type() will copy it (a dict's own items, whatever a subclass says)
+            function = dict.get(where, hook) if isinstance(where, dict) else (
+                where.get(hook) if where is not namespace else None)  # fmt: skip
+            code = getattr(getattr(function, "__func__", function), "__code__", None)
+            if code is not None and id(code) in stopping.ROUTINE_CODE:
+                raise TypeError(
+                    f"pyfuncs: a routine's abstract class may not define {hook}: it would "
+                    "decide isinstance and issubclass for every call in this backend"
+                )
+        return new(mcls, name, bases, namespace, **kwargs)
+
+    __new__.contained = True  # type: ignore[attr-defined]
+    abc.ABCMeta.__new__ = staticmethod(__new__)  # type: ignore[method-assign]
 
 
 def _template(obj: Any) -> Any:

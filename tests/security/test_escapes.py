@@ -56,6 +56,8 @@ def fingerprint():
         [(m.name, m.value) for m in uuid.SafeUUID], uuid.SafeUUID(0).name,
         [(m.name, m.value) for m in enum.FlagBoundary], calendar.firstweekday(),
         sorted(vars(dataclasses.MISSING)), math.pi, isinstance("x", collections.abc.Mapping),
+        isinstance(type("Fresh", (), {})(), collections.abc.Mapping),
+        issubclass(type("Fresh", (), {}), collections.abc.Sized),
         sorted((repr(k), id(v)) for k, v in plans._DIRECT.items()),
         sorted((repr(k), id(v)) for k, v in plans._ADAPTED.items()), sorted(vars(plans.db)),
     ))
@@ -958,6 +960,100 @@ for label, body in [
     )
 
 
+# --- found by the sixth red team, and closed since ---------------------------------------
+for label, body in [
+    ("subclasshook", """
+    class Evil(collections.abc.Mapping):
+        @classmethod
+        def __subclasshook__(cls, other):
+            return True
+"""),
+    ("subclasshook_by_type", """
+    Evil = type(collections.abc.Mapping)(
+        "Evil", (collections.abc.Mapping,),
+        {"__subclasshook__": classmethod(lambda cls, other: True)})
+"""),
+    ("subclasshook_in_a_dict_subclass", """
+    class Hiding(dict):
+        def get(self, key, default=None):
+            return default
+
+    Evil = type(collections.abc.Sized)(
+        "Evil", (collections.abc.Sized,),
+        Hiding(__subclasshook__=classmethod(lambda cls, other: True)))
+"""),
+    ("metaclass_subclasscheck", """
+    class Meta(type(collections.abc.Mapping)):
+        def __subclasscheck__(cls, other):
+            return True
+
+    class Evil(collections.abc.Sized, metaclass=Meta):
+        pass
+"""),
+    ("metaclass_instancecheck", """
+    class Meta(type(collections.abc.Mapping)):
+        def __instancecheck__(cls, other):
+            return True
+
+    class Evil(collections.abc.Container, metaclass=Meta):
+        pass
+"""),
+]:  # fmt: skip
+    attempt(
+        f"abc_{label}",
+        "load TypeError: pyfuncs: a routine's abstract class may not define __",
+        "import collections.abc\n"
+        + textwrap.dedent(body)
+        + "\n\ndef attempt():\n    return Evil\n",
+    )
+attempt(
+    "abc_register_on_a_subclass_of_a_shared_abc",
+    "call AttributeError: pyfuncs: a routine may not register virtual subclasses of Mine",
+    """
+    import collections.abc
+
+    class Mine(collections.abc.Mapping):
+        pass
+
+    def attempt():
+        Mine.register(int)
+""",
+)
+attempt(
+    "module_renamed_after_another",
+    "load SyntaxError: pyfuncs: the name '__name__' is not allowed",
+    """
+    __name__ = "json"
+
+    def attempt():
+        return __name__
+""",
+)
+attempt(
+    "typing_overload_registry",
+    "call AttributeError: module 'typing (view)' has no attribute 'clear_overloads'",
+    """
+    import typing
+
+    def attempt():
+        typing.clear_overloads()
+""",
+)
+attempt(
+    "private_inherited_from_a_shared_class",
+    "call AttributeError: pyfuncs: a routine may not read the private attribute",
+    """
+    import decimal
+
+    class Mine(decimal.DecimalTuple):
+        pass
+
+    def attempt():
+        Mine._field_defaults["sign"] = "spoofed"
+""",
+)
+
+
 @pytest.fixture(scope="module")
 def runtime(cluster: Cluster, template: str) -> Iterator[psycopg.Connection[Any]]:
     """One database and one session for the whole catalogue: the runtime booted once."""
@@ -997,6 +1093,8 @@ CONTAMINATING = frozenset({
     "decimal_context_set_by_a_generator_kept_by_a_class",
     "enum_members_into_another_modules_namespace",
     *(a.name for a in ATTEMPTS if a.name.startswith("register_through")),
+    *(a.name for a in ATTEMPTS if a.name.startswith("abc_")),
+    "module_renamed_after_another", "typing_overload_registry",
     *(a.name for a in ATTEMPTS if a.name.startswith("private_")),
 })  # fmt: skip
 
