@@ -149,5 +149,6 @@ def start(gd: dict[str, Any]) -> None:
     sandbox.contain_abcs()
     when_imported("decimal", lambda module: _decimal_imported(module, bounded, routines))
     when_imported("fractions", bounded.bound_fractions)
+    when_imported("copy", sandbox.contain_copies)
     for name in INTERFACES:
         gd[name] = routines

@@ -23,11 +23,12 @@ if TYPE_CHECKING:
 # take time far beyond their operands' size (`pow(a, e, m)`, `//`, `%` and divmod of big
 # integers, gcd, isqrt). In routine modules those operators go through the checks below
 # (inserted by guards.py; constant expressions the compiler folds stay as they are), `pow`
-# and `divmod` are checked builtins, `math`, `struct`, `random` and `secrets` are replaced
-# by checked copies, and the methods are read through checks (sandbox.attribute), so such
-# an operation is refused before it starts. Lazy inputs consumed in C come back to Python
-# (lazy.py). Other C operations take time in proportion to data that was built first, in
-# code the watchdog and max_memory_mb do see.
+# and `divmod` are checked builtins, `math`, `struct`, `random`, `secrets`, `decimal` and
+# `hashlib` are replaced by checked copies, the methods are read through checks
+# (sandbox.attribute), and the Decimal, Context and Fraction types check themselves (at the
+# end of this module), so such an operation is refused before it starts. Lazy inputs
+# consumed in C come back to Python (lazy.py). Other C operations take time in proportion
+# to data that was built first, in code the watchdog and max_memory_mb do see.
 
 MAX_INT_BITS = 100_000  # ~30,000 decimal digits; Python refuses to print more than 4,300
 MAX_REPEAT_BYTES = 64 << 20  # a string, bytes, list or tuple made by one operation
@@ -116,23 +117,7 @@ def _other_pow(base: Any, exponent: Any) -> None:
     if decimal is not None and (
         isinstance(base, decimal.Decimal) or isinstance(exponent, decimal.Decimal)
     ):
-        check_precision(decimal.getcontext(), "Decimal **")
-        _decimal_operands("Decimal **", base, exponent)
-
-
-def check_precision(context: Any, what: str) -> None:
-    """Refuse work at a Decimal context's precision beyond MAX_DECIMAL_DIGITS."""
-    prec = context.prec
-    if prec > MAX_DECIMAL_DIGITS:
-        _refuse_precision(f"{what} at a precision of {prec:,} digits")
-
-
-def _refuse_precision(what: str) -> None:
-    raise OperationTooLarge(
-        f"{what}: a routine may work with Decimals at a precision of at most "
-        f"{MAX_DECIMAL_DIGITS:,} digits, where no operation runs long in C (keep the "
-        "precision lower)"
-    )
+        _decimal_operands("Decimal **", base, exponent)  # the precision: see bound_decimal
 
 
 def _decimal_operands(what: str, *operands: Any) -> None:
@@ -320,10 +305,9 @@ def guarded_decimal() -> types.ModuleType:
     import decimal
 
     def localcontext(ctx: Any = None, **kwargs: Any) -> Any:
-        for context in (ctx, types.SimpleNamespace(**kwargs)):
-            prec = getattr(context, "prec", None)
-            if type(prec) is int and prec > MAX_DECIMAL_DIGITS:
-                check_precision(context, "decimal.localcontext")
+        # the C localcontext sets a precision it is given past the Context type's check
+        # (bound_decimal); the context it copies has a precision within bounds already
+        _precision_at_most(kwargs.get("prec"))
         return decimal.localcontext(ctx, **kwargs)
 
     return _stand_in(decimal, localcontext)
@@ -452,32 +436,20 @@ def _random_kinds() -> tuple[type, ...]:
     return (random.Random,) if random is not None else ()
 
 
-def _decimal_kinds() -> tuple[type, ...]:
-    """Decimal and its Context, once decimal has been imported."""
+def _contexts() -> tuple[type, ...]:
+    """decimal's Context, once decimal has been imported."""
     decimal = imported("decimal")
-    return (decimal.Decimal, decimal.Context) if decimal is not None else ()
+    return (decimal.Context,) if decimal is not None else ()
 
 
-def _decimal_work(name: str) -> Callable[[Any, Callable[..., Any]], Callable[..., Any]]:
-    """A method of Decimal or Context whose work grows with the precision (and, for
-    power, with its operands' digits), refused beyond MAX_DECIMAL_DIGITS. Its context: the
-    Context it is a method of, the one it is given, or the current one."""
+def _context_power(context: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+    """Context.power, its operands' digits checked as `**` checks a Decimal power's."""
 
-    def check(obj: Any, method: Callable[..., Any]) -> Callable[..., Any]:
-        def checked(*args: Any, **kwargs: Any) -> Any:
-            decimal = imported("decimal")
-            assert decimal is not None  # obj is one of its types
-            kind = decimal.Context
-            given = [a for a in (*args, kwargs.get("context")) if isinstance(a, kind)]
-            context = obj if isinstance(obj, kind) else (given[-1] if given else None)
-            check_precision(context or decimal.getcontext(), f"Decimal {name}")
-            if name == "power":
-                _decimal_operands("Decimal power", *args[:2])
-            return method(*args, **kwargs)
+    def power(*args: Any, **kwargs: Any) -> Any:
+        _decimal_operands("Decimal power", *args[:2])
+        return method(*args, **kwargs)
 
-        return checked
-
-    return check
+    return power
 
 
 # name -> (the types whose method it is, or a function that gives them when asked; what a
@@ -489,8 +461,7 @@ READS: dict[str, tuple[Kinds, Callable[[Any, Callable[..., Any]], Any]]] = {
     "randbytes": (_random_kinds, _random_bytes),
     "getrandbits": (_random_kinds, _random_bits),
     **{name: (_TEXT, _padding(name)) for name in PADDING},
-    **{name: (_decimal_kinds, _decimal_work(name))
-       for name in ("exp", "ln", "log10", "sqrt", "power", "divide", "quantize", "fma")},
+    "power": (_contexts, _context_power),
 }  # fmt: skip
 
 
@@ -556,24 +527,31 @@ def bound_decimal(decimal: types.ModuleType) -> None:
 
 def _precision_at_most(prec: Any) -> None:
     if type(prec) is int and prec > MAX_DECIMAL_DIGITS:
-        _refuse_precision(f"a Decimal context with a precision of {prec:,} digits")
+        raise OperationTooLarge(
+            f"a Decimal context with a precision of {prec:,} digits: a routine may work with "
+            f"Decimals at a precision of at most {MAX_DECIMAL_DIGITS:,} digits, where no "
+            "operation runs long in C (keep the precision lower)"
+        )
 
 
 def _set_on_type(kind: type, attributes: dict[str, Any]) -> None:
-    """Set attributes of a type Python code may not change (a C type), for the runtime."""
+    """Set attributes of a type for the runtime, a type Python code may not change (a C
+    type) too, named as the type's own."""
     import ctypes
 
     flags = _type_flags(kind, ctypes)
+    # only the one flag goes back: setting attributes changes others (the method cache's)
+    immutable = flags.value & _IMMUTABLE_TYPE
     flags.value &= ~_IMMUTABLE_TYPE
     try:
         for name, value in attributes.items():
-            for function in (value.fset,) if isinstance(value, property) else (value,):
-                if isinstance(function, types.FunctionType):
-                    function.__name__ = function.__qualname__ = name
-                    function.__module__ = kind.__module__  # what routines see: the type's own
+            inner = value.fset if isinstance(value, property) else getattr(value, "__func__", value)
+            if isinstance(inner, types.FunctionType):
+                inner.__name__ = inner.__qualname__ = name
+                inner.__module__ = kind.__module__  # what routines see: the type's own
             setattr(kind, name, value)
     finally:
-        flags.value |= _IMMUTABLE_TYPE
+        flags.value |= immutable
 
 
 def _bound_conversions(decimal: types.ModuleType) -> None:
@@ -649,8 +627,4 @@ def bound_fractions(fractions: types.ModuleType) -> None:
         return rounded(self, ndigits)
 
     __new__.bounded = True  # type: ignore[attr-defined]
-    for name, function in (("__new__", __new__), ("__round__", __round__)):
-        function.__name__, function.__module__ = name, kind.__module__
-        function.__qualname__ = f"Fraction.{name}"
-    kind.__new__ = staticmethod(__new__)
-    kind.__round__ = __round__
+    _set_on_type(kind, {"__new__": staticmethod(__new__), "__round__": __round__})

@@ -79,7 +79,7 @@ class Routine:
 
     The body (pyfuncs/ddl.py) does the per-call work inline and calls `fn`: for a routine
     that returns a value, its entry function `call`, which costs one Python frame and a
-    counter on top of the user's function; for a set-returning one, a Pending, which
+    clock reading on top of the user's function; for a set-returning one, a Pending, which
     `rows` makes the rows of. `null` and the converters run only for the parameters that
     need them, `fail` only on errors.
     """

@@ -54,7 +54,6 @@ def _view(name: str, allowed: frozenset[str]) -> types.ModuleType:
     key = (name, allowed)
     found = VIEWS.get(key)
     if found is None:
-        _contain_copies()
         if name in allowed:
             found = views.view(name, allowed, STAND_INS[name]() if name in STAND_INS else None)
         else:  # a package only some of whose modules are allowed: just those
@@ -67,17 +66,15 @@ def _view(name: str, allowed: frozenset[str]) -> types.ModuleType:
     return found
 
 
-def _contain_copies() -> None:
+def contain_copies(copy: types.ModuleType) -> None:
     """Copying an object (copy.copy, copy.deepcopy: dataclasses.asdict and astuple, a
     UserDict's copy) calls its class's __reduce_ex__, makes an object with the function it
     names and then sets the state it gives on that object, with the real setattr. A
     routine's class could name a function that returns a shared object (a module's constant,
-    an enum member) and so change it past every check. So, once for the backend (before a
-    routine can reach any module that copies): when state is set, the object made must be
-    of the class of the object copied, whose instances are its module's own."""
-    import copy
-
-    real = copy._reconstruct  # type: ignore[attr-defined]
+    an enum member) and so change it past every check. So, once for the backend, as soon as
+    `copy` is imported (boot.py): when state is set, the object made must be of the class of
+    the object copied, whose instances are its module's own."""
+    real = copy._reconstruct
     if getattr(real, "contained", False):
         return
 
