@@ -42,18 +42,28 @@ class Identity:
 _NOT_ROLES = frozenset({"", "none"})
 
 
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def bearer(value: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, if that is what it holds."""
+    if value and value.lower().startswith("bearer "):
+        return value[7:].strip() or None
+    return None
+
+
 def env_text(variable: str, default: str | None = None, environ: Any = None) -> str | None:
     """A setting from the environment, which must be text (UTF-8): a variable holding other
     bytes (Python sees them as lone surrogates) is refused in one line here, not later by
     whatever first encodes it."""
     value = (os.environ if environ is None else environ).get(variable, default)
-    if value is not None:
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ConfigError(
-                f"{variable} is not UTF-8 text (it holds other bytes); set it to text"
-            ) from None
+    if value is not None and not _encodes(value):
+        raise ConfigError(f"{variable} is not UTF-8 text (it holds other bytes); set it to text")
     return value
 
 
@@ -66,14 +76,6 @@ def _flag(variable: str, default: bool) -> bool:
     if raw in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{variable}={raw!r}: use true or false")
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)

@@ -117,10 +117,9 @@ def _refuse_foreign(
 ) -> None:
     """CREATE OR REPLACE would silently take over a routine pyfuncs did not make (and a
     rollback would then drop it): refuse if one of that signature exists."""
-    params = {"schema": schema, "name": name, "identity_args": identity_args}
-    row = conn.execute(query("existing_routine"), params).fetchone()
+    row = _row(conn, "routine_maker", schema=schema, name=name, identity_args=identity_args)
     if row is not None:
-        kind = "procedure" if row[0] == "p" else "function"
+        kind = "procedure" if row["kind"] == "p" else "function"
         raise DeployError(
             f"{where}{schema}.{name}({identity_args}): a {kind} with this signature already "
             "exists and pyfuncs did not deploy it; nothing was changed (deploying would replace "
@@ -139,8 +138,7 @@ def _refuse_taken_over(
     (and a DROP would drop theirs). pyfuncs' routines are plpython3u routines of a superuser;
     refuse anything else. A routine that is gone is simply made again."""
     identity_args = current["identity_args"]
-    params = {"schema": schema, "name": name, "identity_args": identity_args}
-    row = _row(conn, "routine_maker", **params)
+    row = _row(conn, "routine_maker", schema=schema, name=name, identity_args=identity_args)
     if row is None:
         return
     kind = "p" if current["kind"] == "procedure" else "f"

@@ -261,15 +261,9 @@ FROM unnest(%(privileges)s::text[], %(names)s::text[]) AS g (privilege, name)  -
 WHERE pg_catalog.to_regclass(g.name) IS NULL
    OR NOT pg_catalog.has_table_privilege(g.name, g.privilege)
 
--- name: existing_routine
--- A routine of that schema, name and argument types, whoever made it.
-SELECT p.prokind FROM pg_catalog.pg_proc p
-WHERE p.oid = pg_catalog.to_regprocedure(
-    pg_catalog.quote_ident(%(schema)s) || '.' || pg_catalog.quote_ident(%(name)s)
-    || '(' || %(identity_args)s || ')')
-
 -- name: routine_maker
--- Who owns the routine of that schema, name and argument types, and in what language it is
+-- The routine of that schema, name and argument types, if there is one, whoever made it:
+-- who owns it, what kind it is, and in what language it is
 -- written: pyfuncs' own are plpython3u routines of a superuser (only one can create them),
 -- which another role cannot have re-created under the same signature.
 SELECT r.rolname AS owner, r.rolsuper AS superuser, l.lanname AS language, p.prokind AS kind

@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ..auth import Identity, JwtVerifier
+from ..auth import Identity, JwtVerifier, bearer
 from ..config import resolve_dsn
 from ..errors import AuthError, SubscriptionError
 from . import metrics, sse
@@ -55,12 +55,6 @@ async def _receive(ws: WebSocket) -> str | None:
         raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
     text = message.get("text")
     return text if isinstance(text, str) else None
-
-
-def _bearer(value: str | None) -> str | None:
-    if value and value.lower().startswith("bearer "):
-        return value[7:].strip() or None
-    return None
 
 
 class Gateway:
@@ -225,7 +219,7 @@ class Gateway:
         await ws.accept()
         provisional = f"ws-{id(ws):x}"
         try:
-            token = _bearer(ws.headers.get("authorization"))
+            token = bearer(ws.headers.get("authorization"))
             if token is None:
                 text = await asyncio.wait_for(_receive(ws), self.config.auth_timeout)
                 first = json.loads(text) if text is not None and len(text) <= MAX_MESSAGE else None
@@ -338,7 +332,7 @@ class Gateway:
         """GET /realtime/sse?table=s.t&col=op.value...: one subscription as an event
         stream; `Last-Event-ID` (or `since`) resumes after that position."""
         params = request.query_params
-        token = _bearer(request.headers.get("authorization")) or params.get("access_token")
+        token = bearer(request.headers.get("authorization")) or params.get("access_token")
         try:
             client = self._open(self._authenticate(token, "sse"), "sse")
         except AuthError as exc:

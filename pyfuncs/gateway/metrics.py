@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from ..auth import bearer
+
 # Headers a proxy adds: a request that has one was relayed, so it is not this host's own.
 # Beyond the names, any header that speaks of forwarding, a client's or an original
 # address, or a proxy (X-Forwarded, X-Original-Forwarded-For, Client-IP, X-ProxyUser-Ip,
@@ -44,8 +46,7 @@ def may_read(request: Request, token: str | None) -> bool:
     scraper beside the gateway, not a request that any header says a proxy relayed) or,
     when a metrics token is configured, only its bearer."""
     if token is not None:
-        auth = request.headers.get("authorization") or ""
-        given = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        given = bearer(request.headers.get("authorization")) or ""
         return hmac.compare_digest(given.encode(), token.encode())
     host = request.client.host if request.client else ""
     return host in ("127.0.0.1", "::1") and not relayed(request.headers.keys())
