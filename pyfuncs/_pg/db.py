@@ -145,7 +145,9 @@ class Db(Queries):
         watchdog = stopping.WATCHDOG
         if watchdog is not None and watchdog.budgets:
             watchdog.count_db_op()
-        prepared = _DIRECT.get(_plan_key(query, params))
+        # most queries have one parameter: its key is built here, without a call
+        key = (query, type(params[0])) if len(params) == 1 else _plan_key(query, params)
+        prepared = _DIRECT.get(key)
         if prepared is None:
             prepared, params = self._plan(query, params)
         lent = deadline.lend(entry)

@@ -13,7 +13,7 @@ statement_timeout keeps its own timer.
 from __future__ import annotations
 
 import ctypes
-import time
+from time import monotonic
 
 from . import watchdog as stopping
 
@@ -24,17 +24,16 @@ if TYPE_CHECKING:
 # TimeoutId USER_TIMEOUT (utils/timeout.h) by major version: RegisterTimeout gives the first
 # free id from it
 _USER_TIMEOUT = {15: 12, 16: 12}
-_EPOCH = 946_684_800  # PostgreSQL's timestamps count microseconds from 2000-01-01 UTC
 
 # the postgres executable's timeout functions and our timer's id (boot() binds them; outside
 # PostgreSQL, or where the layout is not known, there is no timer and nothing is lent)
-_enable_at: Any = None
+_enable_after: Any = None
 _disable: Any = None
 _timer = -1
 
 
 def bind(lib: ctypes.CDLL) -> bool:
-    global _enable_at, _disable, _timer
+    global _enable_after, _disable, _timer
     option = lib.GetConfigOption
     option.restype = ctypes.c_char_p
     option.argtypes = [ctypes.c_char_p, ctypes.c_bool, ctypes.c_bool]
@@ -45,9 +44,12 @@ def bind(lib: ctypes.CDLL) -> bool:
     register.restype, register.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_void_p]
     handler = ctypes.cast(lib.StatementCancelHandler, ctypes.c_void_p).value
     _timer = register(_USER_TIMEOUT[version], handler)
-    _enable_at, _disable = lib.enable_timeout_at, lib.disable_timeout
-    _enable_at.restype, _enable_at.argtypes = None, [ctypes.c_int, ctypes.c_int64]
-    _disable.restype, _disable.argtypes = None, [ctypes.c_int, ctypes.c_bool]
+    # called around every query of a call with a timeout: like identity's, as PyDLL functions
+    # whose arguments are all ints (enable_timeout_after(TimeoutId, int ms),
+    # disable_timeout(TimeoutId, bool)), so no argtypes to convert through
+    hot = ctypes.PyDLL(lib._name)
+    _enable_after, _disable = hot.enable_timeout_after, hot.disable_timeout
+    _enable_after.restype = _disable.restype = None
     return True
 
 
@@ -65,17 +67,19 @@ def lend(entry: Any) -> bool:
     if _depth:
         _depth += 1
         return True
-    if entry is None or _enable_at is None:
+    if _enable_after is None:
         return False
     routine = stopping.ENTRIES[id(entry.f_code)]
-    watchdog = stopping.WATCHDOG
-    if routine.timeout is None or watchdog is None:
+    timeout, watchdog = routine.timeout, stopping.WATCHDOG
+    if timeout is None or watchdog is None:
         return False
-    now = time.monotonic()
+    now = monotonic()
     # when the call began, as the watchdog saw it; a call it has not seen yet began now
-    remaining = max(0.0, watchdog.began(stopping.key(entry), now) + routine.timeout - now)
-    _enable_at(_timer, int((time.time() + remaining - _EPOCH) * 1_000_000) + 1)
-    _lent, _depth = (routine, now + remaining), 1
+    at = watchdog.began(entry, now) + timeout
+    # in whole milliseconds, rounded up: the timer never fires before the deadline (one
+    # past it fires at once)
+    _enable_after(_timer, int((at - now) * 1000) + 1)
+    _lent, _depth = (routine, at), 1
     return True
 
 
@@ -84,7 +88,7 @@ def give_back() -> None:
     global _depth
     _depth -= 1
     if not _depth:
-        _disable(_timer, False)
+        _disable(_timer, 0)
 
 
 def expired(exc: BaseException) -> None:
@@ -92,7 +96,7 @@ def expired(exc: BaseException) -> None:
     if not _depth or _lent is None or getattr(exc, "sqlstate", None) != "57014":
         return
     routine, at = _lent
-    if time.monotonic() < at - 0.002:  # cancelled before the deadline: not by it
+    if monotonic() < at - 0.002:  # cancelled before the deadline: not by it
         return
     if stopping.WATCHDOG is not None:
         limit = round(routine.timeout * 1000)

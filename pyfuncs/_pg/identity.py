@@ -26,30 +26,149 @@ CLAIMS = b"request.jwt.claims"
 # guc.h flag bits by major version: (GUC_CUSTOM_PLACEHOLDER, GUC_NOT_WHILE_SEC_REST)
 _FLAGS = {15: (0x0080, 0x0400), 16: (0x0200, 0x1000), 17: (0x0200, 0x1000)}
 
-# outside PostgreSQL there is no identity to keep: boot() binds the real ones
-_get_context: Any = None
-_set_context: Any = None
 _search_path: Any = None
 _claims: Any = None  # read and compared only where PostgreSQL could not be made to refuse
-_user = ctypes.c_uint()
-_context = ctypes.c_int()
-_user_ref, _context_ref = ctypes.byref(_user), ctypes.byref(_context)  # made once: per query
 _claims_value = ctypes.c_char_p()  # the storage of the claims parameter, once pyfuncs defines it
+
+
+def enter() -> Any:
+    """Before a routine's query: PostgreSQL will refuse to change the role, the session
+    authorization or the claims until `leave`. Returns what `leave` needs (bind() puts the
+    real one in place; outside PostgreSQL there is no identity to keep)."""
+    return None
+
+
+def leave(entered: Any) -> str | None:
+    """After the query: the flags as they were; what the query changed, or None."""
+    return None
 
 
 def bind(lib: ctypes.CDLL) -> None:
     """Keep the identity through the postgres executable (`lib`) from now on."""
-    global _get_context, _set_context, _search_path, _claims
-    _get_context, _set_context = lib.GetUserIdAndSecContext, lib.SetUserIdAndSecContext
-    _get_context.argtypes = [ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_int)]
-    _get_context.restype = _set_context.restype = None
-    _set_context.argtypes = [ctypes.c_uint, ctypes.c_int]
+    global _search_path, _claims, enter, leave
+    variables = _variables(lib)
+    enter, leave = _through(lib) if variables is None else _directly(*variables)
     _search_path = ctypes.c_char_p.in_dll(lib, "namespace_search_path")
     if not _protect_claims(lib):
         option = lib.GetConfigOption
         option.restype = ctypes.c_char_p
         option.argtypes = [ctypes.c_char_p, ctypes.c_bool, ctypes.c_bool]
         _claims = lambda: option(CLAIMS, True, False)  # noqa: E731
+
+
+# The flag goes on before every query of a routine's and comes off after it, so this is the
+# cost of each query's guard. miscinit.c keeps the current user and the flags in two static
+# ints, which GetUserIdAndSecContext and SetUserIdAndSecContext only load and store. On
+# x86-64 those two functions are a fixed pair of RIP-relative moves each, which name the two
+# ints' addresses: then entering and leaving are five loads and stores (~30 ns each) instead
+# of three foreign calls (~300 ns each, more with cold caches). The addresses are used only
+# if both functions name the same two, they lie in a writable mapping, and what is stored
+# through the functions is seen through the addresses and back; anywhere else the two
+# functions are called.
+_ENDBR64 = b"\xf3\x0f\x1e\xfa"  # where built with control-flow protection
+# each function's bytes around its two 4-byte operands
+_GET = (b"\x8b\x05", b"\x89\x07\x8b\x05", b"\x89\x06\xc3")  # mov eax,[u]; mov [rdi],eax ...
+_SET = (b"\x89\x3d", b"\x89\x35", b"\xc3")  # mov [u],edi; mov [c],esi; ret
+
+
+def _variables(lib: ctypes.CDLL) -> tuple[Any, Any] | None:
+    """CurrentUserId and SecurityRestrictionContext themselves, or None (see above)."""
+    get, put = lib.GetUserIdAndSecContext, lib.SetUserIdAndSecContext
+    get.restype = put.restype = None
+    get.argtypes = [ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_int)]
+    put.argtypes = [ctypes.c_uint, ctypes.c_int]
+    named = {_operands(get, _GET), _operands(put, _SET)}
+    if len(named) != 1 or None in named:
+        return None
+    ((user_at, context_at),) = named  # type: ignore[misc]
+    if not (_writable(user_at) and _writable(context_at)):
+        return None
+    user, context = ctypes.c_uint.from_address(user_at), ctypes.c_int.from_address(context_at)
+    seen_user, seen_context = ctypes.c_uint(), ctypes.c_int()
+    get(ctypes.byref(seen_user), ctypes.byref(seen_context))
+    was = seen_user.value, seen_context.value
+    if (user.value, context.value) != was:
+        return None
+    put(was[0], was[1] | SECURITY_LOCAL_USERID_CHANGE)
+    flagged = context.value
+    context.value = was[1]
+    get(ctypes.byref(seen_user), ctypes.byref(seen_context))
+    put(*was)
+    if flagged != was[1] | SECURITY_LOCAL_USERID_CHANGE or seen_context.value != was[1]:
+        return None
+    return user, context
+
+
+def _operands(function: Any, shape: tuple[bytes, ...]) -> tuple[int, int] | None:
+    """The addresses the two RIP-relative operands of `function` name, if its code is
+    `shape` (the bytes around them), else None."""
+    start = ctypes.cast(function, ctypes.c_void_p).value or 0
+    code = ctypes.string_at(start, 21)  # the longest shape, with endbr64
+    at = len(_ENDBR64) if code.startswith(_ENDBR64) else 0
+    found: list[int] = []
+    for part in shape:
+        if code[at : at + len(part)] != part:
+            return None
+        at += len(part)
+        if len(found) < 2:  # an operand counts from the end of its instruction: its own end
+            found.append(start + at + 4 + int.from_bytes(code[at : at + 4], "little", signed=True))
+            at += 4
+    return found[0], found[1]
+
+
+def _writable(address: int) -> bool:
+    """Whether the int at `address` lies in a writable mapping of this process."""
+    with open("/proc/self/maps", "rb") as maps:
+        for line in maps:
+            span, perms = line.split()[:2]
+            start, end = (int(x, 16) for x in span.split(b"-"))
+            if start <= address and address + 4 <= end:
+                return perms.startswith(b"rw")
+    return False
+
+
+def _directly(user: Any, context: Any) -> tuple[Any, Any]:
+    def enter() -> Any:
+        were = user.value, context.value
+        context.value = were[1] | SECURITY_LOCAL_USERID_CHANGE
+        return (*were, _search_path.value, _claims and _claims())
+
+    def leave(entered: Any) -> str | None:
+        user.value, context.value = entered[0], entered[1]
+        if _search_path.value != entered[2]:
+            return "search_path"
+        return _changed(entered) if _claims is not None else None
+
+    return enter, leave
+
+
+def _through(lib: ctypes.CDLL) -> tuple[Any, Any]:
+    # as PyDLL functions (the GIL kept for two stores) without argtypes (ints and byref pass
+    # as they are), a call costs a third of a CDLL call with argtypes
+    hot = ctypes.PyDLL(lib._name)
+    get, put = hot.GetUserIdAndSecContext, hot.SetUserIdAndSecContext
+    get.restype = put.restype = None
+    user, context = ctypes.c_uint(), ctypes.c_int()
+    refs = ctypes.byref(user), ctypes.byref(context)
+
+    def enter() -> Any:
+        get(*refs)
+        were = user.value, context.value
+        put(were[0], were[1] | SECURITY_LOCAL_USERID_CHANGE)
+        return (*were, _search_path.value, _claims and _claims())
+
+    def leave(entered: Any) -> str | None:
+        put(entered[0], entered[1])
+        if _search_path.value != entered[2]:
+            return "search_path"
+        return _changed(entered) if _claims is not None else None
+
+    return enter, leave
+
+
+def _changed(entered: Any) -> str | None:
+    """The claims, if a query changed them where PostgreSQL could not be made to refuse."""
+    return "request.jwt.claims" if _claims() != entered[3] else None
 
 
 def _protect_claims(lib: ctypes.CDLL) -> bool:
@@ -84,30 +203,6 @@ def _protect_claims(lib: ctypes.CDLL) -> bool:
            b"while a routine's query runs)", None, ctypes.byref(_claims_value), b"",
            PGC_USERSET, not_while_sec_rest, None, None, None)  # fmt: skip
     return True
-
-
-def enter() -> Any:
-    """Before a routine's query: PostgreSQL will refuse to change the role, the session
-    authorization or the claims until `leave`. Returns what `leave` needs."""
-    if _get_context is None:
-        return None
-    _get_context(_user_ref, _context_ref)
-    user, context = _user.value, _context.value
-    _set_context(user, context | SECURITY_LOCAL_USERID_CHANGE)
-    return (user, context, _search_path.value, _claims and _claims())
-
-
-def leave(entered: Any) -> str | None:
-    """After the query: the context as it was; what changed, or None."""
-    if entered is None:
-        return None
-    user, context, search_path, claims = entered
-    _set_context(user, context)
-    if _search_path.value != search_path:
-        return "search_path"
-    if _claims is not None and _claims() != claims:
-        return "request.jwt.claims"
-    return None
 
 
 def refused(exc: BaseException) -> str | None:

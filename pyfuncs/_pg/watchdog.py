@@ -271,10 +271,14 @@ class Watchdog:
         fields = os.pread(self._statm, 128, 0).split()
         return (int(fields[1]) - int(fields[2])) * _PAGE
 
-    def began(self, call: Any, now: float) -> float:
-        """When the call `call` (see key) began, as far as this watchdog knows: when it first
-        saw it, or `now` for a call it has not seen yet."""
-        return self._since if call == self._call else now
+    def began(self, entry: Any, now: float) -> float:
+        """When the call of the entry frame `entry` began, as far as this watchdog knows: when
+        it first saw it, or `now` for a call it has not seen yet (before each query of a call
+        with a timeout: the frame itself first, then its number)."""
+        seen = self._call
+        if seen is entry or (type(seen) is int and key(entry) == seen):
+            return self._since
+        return now
 
     def stop_here(self, sqlstate: str, reason: str, who: str | None = None) -> None:
         """Stop the call under way from the main thread (a query inside it was cancelled,

@@ -86,6 +86,41 @@ def test_nor_through_a_cursor_or_as_a_superuser(ident: None, dsn: str) -> None:
             "postgres", "postgres")  # fmt: skip
 
 
+GUARD = """
+CREATE FUNCTION ident.guard(through_calls boolean) RETURNS text LANGUAGE plpython3u AS $$
+import ctypes, sys
+plpy.execute("SELECT pyfuncs.boot()")
+identity = sys.modules["pyfuncs_pg.identity"]
+if through_calls:  # PostgreSQL's functions, as where the variables are not found
+    identity.enter, identity.leave = identity._through(ctypes.CDLL(None))
+return identity.enter.__qualname__.split(".")[0]
+$$;
+"""
+
+
+@pytest.mark.parametrize("through_calls", [False, True])
+def test_the_guard_holds_on_the_variables_and_through_the_functions(
+    ident: None, dsn: str, through_calls: bool
+) -> None:
+    """On x86-64 the flag is set on PostgreSQL's variables directly (found in its machine
+    code and checked); elsewhere through its functions. Both refuse every attempt."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(GUARD)
+        way = conn.execute("SELECT ident.guard(%s)", [through_calls]).fetchone()
+        assert way == ("_through" if through_calls else "_directly",)
+        for name in sorted(identity_mod.ATTEMPTS):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="tried to change"):
+                conn.execute("SELECT ident.attempt(%s, true)", [name])
+            # the caller's next call runs as itself (`innocent` is NULL without a `sub` claim)
+            assert conn.execute(
+                "SELECT current_user, session_user, current_setting('search_path'), "
+                "ident.innocent()"
+            ).fetchone() == ("postgres", "postgres", '"$user", public', "None")
+        # and the flag is off again once the routine has left: the session may change role
+        conn.execute("SET ROLE student")
+        assert conn.execute("SELECT current_user").fetchone() == ("student",)
+
+
 def test_a_token_with_a_lone_surrogate_is_an_auth_error(authenticator_dsn: str) -> None:
     with Client(authenticator_dsn, jwt=JwtVerifier(secret=SECRET, roles=ROLES)) as client:
         with pytest.raises(AuthError, match="malformed"):
