@@ -138,6 +138,7 @@ def start(gd: dict[str, Any]) -> None:
     db.plpy = errors.plpy = plpy
     postgres = ctypes.CDLL(None)  # the postgres executable itself
     overflow.contain(plpy.fatal, postgres)
+    overflow.cap_address_space()
     identity.bind(postgres)
     deadline.bind(postgres)
     in_transaction = postgres.IsTransactionState

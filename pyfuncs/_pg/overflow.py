@@ -1,4 +1,4 @@
-"""A C stack overflow ends this session only, not the cluster.
+"""A C stack overflow ends this session only, not the cluster; a huge allocation fails.
 
 CPython 3.11 checks the depth of recursion in most of its C code (repr, str, ==, <, json,
 copy: deep data raises RecursionError there), but not everywhere: hashing a tuple nested a
@@ -20,6 +20,16 @@ carries on, with every other session untouched. The interpreter cannot carry on 
 overflow (the C code that overflowed is half-way through), so ending the session is the
 least that is safe. PostgreSQL's own depth checks (max_stack_depth) are measured from the
 alternate stack while the session ends.
+
+Memory is the other way C code takes the cluster down: one call that allocates and fills
+more than the machine has (a format width of 30 billion, `bytes(n).hex()` of a lazily
+zeroed `bytes`) wakes the kernel's OOM killer, which kills the backend with SIGKILL, and
+PostgreSQL restarts every session. So the runtime caps the backend's address space
+(RLIMIT_AS, soft limit) at what it had when the runtime started plus ADDRESS_SPACE_MB: an
+allocation beyond fails at once, as a Python MemoryError (53200) in a routine and as
+PostgreSQL's "out of memory" error in a query, and the session carries on. The cap stays
+for the life of the backend (a pooled connection's later queries have it too), and is far
+above what PostgreSQL's own work needs (work_mem, maintenance_work_mem).
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 ALTERNATE_STACK = 4 << 20  # what the handler and PostgreSQL's FATAL path need, with room
+ADDRESS_SPACE_MB = 4096  # what a backend may map beyond its size when the runtime started
 MESSAGE = (
     "pyfuncs: a routine overflowed the C stack (data nested too deeply for C code that "
     "hashes or iterates it); this session ends so that no other is affected"
@@ -100,3 +111,21 @@ def contain(fatal: Callable[..., Any], lib: ctypes.CDLL) -> bool:
         return False
     _KEPT.extend((stack, alternate, handler, action))
     return True
+
+
+def cap_address_space() -> int:
+    """Cap this backend's address space (see above); the cap in bytes, or 0 where there is a
+    lower one already or it could not be set."""
+    with open("/proc/self/statm", "rb") as statm:
+        size = int(statm.read().split()[0]) * mmap.PAGESIZE
+    cap = size + (ADDRESS_SPACE_MB << 20)
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY and soft <= cap:
+        return 0
+    if hard != resource.RLIM_INFINITY and hard < cap:
+        return 0
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    except (ValueError, OSError):
+        return 0
+    return cap

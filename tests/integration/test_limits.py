@@ -3,6 +3,7 @@ bounded before they start (issue 3, "Limits" and long C operations)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -136,6 +137,22 @@ def test_memory_error_is_out_of_memory(lim: psycopg.Connection[Any]) -> None:
     assert err.sqlstate == "53200"
     assert "lim.huge_allocation ran out of memory" in str(err)
     assert lim.execute("SELECT lim.repeat('a', 3)").fetchone() == (3,)
+
+
+@pytest.mark.parametrize("how", ["format", "format_builtin", "percent", "hex", "bytearray"])
+def test_one_allocation_beyond_the_address_space_cap_fails_at_once(
+    lim: psycopg.Connection[Any], how: str
+) -> None:
+    """Far more than the cap (4 GiB beyond the backend's size at boot), still within what
+    the machine would grant: without the cap the call would fill gigabytes, or wake the OOM
+    killer and restart the cluster (the fixture checks it did not)."""
+    assert lim.execute("SELECT lim.filled(%s, 0)", [how]).fetchone() in ((0,), (1,))
+    started = time.monotonic()
+    err = fails(lim, f"SELECT lim.filled('{how}', 6)")
+    assert err.sqlstate == "53200" and "ran out of memory" in str(err)
+    assert time.monotonic() - started < 2
+    # the session carries on, PostgreSQL's own work included
+    assert lim.execute("SELECT count(*) FROM generate_series(1, 100000)").fetchone() == (100000,)
 
 
 def test_max_db_ops_counts_while_a_generator_makes_its_rows(lim: psycopg.Connection[Any]) -> None:

@@ -110,6 +110,22 @@ def huge_allocation() -> int:
 
 
 @stored_function(schema="lim")
+def filled(how: str, gib: int) -> int:
+    """One C call that allocates and fills `gib` GiB: beyond the backend's address space cap
+    it fails at once instead of waking the OOM killer."""
+    n = gib << 30
+    if how == "format":
+        return len(f"{'':>{n}}")
+    if how == "format_builtin":
+        return len(format(1, f">{n}"))
+    if how == "percent":
+        return len("%*d" % (n, 1))
+    if how == "hex":  # bytes(n) costs nothing until touched; its hex is twice n, written
+        return len(bytes(n // 2).hex())
+    return len(bytearray(n))
+
+
+@stored_function(schema="lim")
 def defaulted(n: int) -> Iterator[int]:
     yield from range(n)
 
