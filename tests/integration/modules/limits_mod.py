@@ -119,7 +119,7 @@ def filled(how: str, gib: int) -> int:
     if how == "format_builtin":
         return len(format(1, f">{n}"))
     if how == "percent":
-        return len("%*d" % (n, 1))
+        return len("%*d" % (n, 1))  # noqa: UP031  (the spelling under test)
     if how == "hex":  # bytes(n) costs nothing until touched; its hex is twice n, written
         return len(bytes(n // 2).hex())
     return len(bytearray(n))
