@@ -181,7 +181,15 @@ def checked_floordiv(a: Any, b: Any) -> Any:
 
 
 def checked_mod(a: Any, b: Any) -> Any:
-    return a % check_divide(a, b)
+    return a % check_mod(a, b)
+
+
+def check_mod(a: Any, b: Any) -> Any:
+    """`a % b`: integers' division, or a %-format's widths (see _check_percent)."""
+    if isinstance(a, (str, bytes, bytearray)):
+        _check_percent(a, b)
+        return b
+    return check_divide(a, b)
 
 
 def checked_divmod(a: Any, b: Any) -> Any:
@@ -375,6 +383,84 @@ def _text_size(text: Any, size: float, what: str) -> None:
     if size > MAX_REPEAT_BYTES:
         unit = "bytes" if isinstance(text, (bytes, bytearray)) else "characters"
         refuse(what, size, unit, MAX_REPEAT_BYTES)
+
+
+# --- formats ----------------------------------------------------------------------------
+# A format's width or precision is the size of what it writes, in one C call:
+# f"{x:>{n}}", format(x, spec), "{:>{}}".format(x, n) and "%*d" % (n, x) each fill n
+# characters. So every number in a format spec (or a %-format's, `*` included) must be at
+# most MAX_REPEAT_BYTES; a number in a spec of a type's own __format__ (a date's, say) is
+# held to the same bound.
+
+
+def largest_number(text: str) -> int:
+    """The largest run of decimal digits in `text` (any script's, as format specs read them)
+    as a number; a run too long to be within any bound counts as one past it."""
+    largest, start = 0, -1
+    for at, character in enumerate(f"{text} "):
+        if character.isdecimal():
+            if start < 0:
+                start = at
+        elif start >= 0:
+            run = text[start:at]
+            largest = max(largest, int(run) if len(run) <= 9 else MAX_REPEAT_BYTES + 1)
+            start = -1
+    return largest
+
+
+def check_spec(spec: Any) -> Any:
+    """A format spec (f-strings' and format()'s) whose numbers are within the bound; else
+    refused. Returns the spec."""
+    if isinstance(spec, str) and len(spec) > 7:  # shorter, no number can be beyond it
+        size = largest_number(spec)
+        if size > MAX_REPEAT_BYTES:
+            refuse(f"a format of width or precision {size}", size, "characters", MAX_REPEAT_BYTES)
+    return spec
+
+
+def checked_format(value: Any, spec: Any = "", /) -> Any:
+    return format(value, check_spec(spec))
+
+
+def _check_percent(template: Any, values: Any) -> None:
+    """Refuse a %-format (str or bytes) whose widths or precisions, written or taken from
+    the values by `*`, are beyond the bound."""
+    text = template if isinstance(template, str) else bytes(template).decode("latin-1")
+    if "%" not in text:
+        return
+    values = values if isinstance(values, tuple) else (values,)
+    taken, at, end = 0, 0, len(text)
+    while (at := text.find("%", at) + 1) > 0:
+        if text.startswith("(", at):  # a mapping key: '*' may not follow it
+            depth = 0
+            while at < end:
+                depth += {"(": 1, ")": -1}.get(text[at], 0)
+                at += 1
+                if not depth:
+                    break
+        while at < end and text[at] in "-+ #0":
+            at += 1
+        for part in ("width", "precision"):
+            if part == "precision":
+                if not text.startswith(".", at):
+                    break
+                at += 1
+            if text.startswith("*", at):
+                size = values[taken] if taken < len(values) else 0
+                taken, at = taken + 1, at + 1
+                size = abs(size) if isinstance(size, int) else 0
+            else:
+                start = at
+                while at < end and "0" <= text[at] <= "9":
+                    at += 1
+                size = largest_number(text[start:at])
+            if size > MAX_REPEAT_BYTES:
+                refuse(f"a %-format of {part} {size}", size, "characters", MAX_REPEAT_BYTES)
+        while at < end and text[at] in "hlL":
+            at += 1
+        if at < end and text[at] != "%":
+            taken += 1
+        at += 1
 
 
 def _replace(text: Any, method: Callable[..., Any]) -> Callable[..., Any]:

@@ -273,6 +273,23 @@ class Guards(_Transformer):
         call = ast.Call(ast.Name(f"pyfuncs.{name}", ast.Load()), [node.left, node.right], [])
         return _copy_location(call, node)
 
+    def visit_FormattedValue(self, node: ast.FormattedValue) -> ast.AST:
+        """`f"{x:{spec}}"`: the spec checked (bounded.check_spec) before x is formatted, unless
+        it is a constant within the bound."""
+        self.generic_visit(node)
+        spec = node.format_spec
+        if isinstance(spec, ast.JoinedStr):
+            parts = spec.values
+            if all(isinstance(p, ast.Constant) and isinstance(p.value, str) for p in parts):
+                text = "".join(p.value for p in parts)  # type: ignore[attr-defined]
+                if bounded.largest_number(text) <= bounded.MAX_REPEAT_BYTES:
+                    return node
+            check = ast.Call(ast.Name("pyfuncs.spec", ast.Load()), [spec], [])
+            node.format_spec = _copy_location(
+                ast.JoinedStr([ast.FormattedValue(check, -1, None)]), spec
+            )
+        return node
+
     def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST:
         """`t *= v` becomes `t *= pyfuncs.check_mul(t, v)`: in-place operators stay in place."""
         self.generic_visit(node)

@@ -221,7 +221,8 @@ def helpers(module_name: str) -> dict[str, Any]:
         "pyfuncs.check_lshift": bounded.check_lshift, "pyfuncs.writable": writable,
         "pyfuncs.attribute": attribute, "pyfuncs.range": range,
         "pyfuncs.floordiv": bounded.checked_floordiv, "pyfuncs.mod": bounded.checked_mod,
-        "pyfuncs.check_floordiv": bounded.check_divide, "pyfuncs.check_mod": bounded.check_divide,
+        "pyfuncs.check_floordiv": bounded.check_divide, "pyfuncs.check_mod": bounded.check_mod,
+        "pyfuncs.spec": bounded.check_spec,
         "pyfuncs.match_class": match_class, "pyfuncs.private": private,
     }  # fmt: skip
 
@@ -294,15 +295,57 @@ def _checked_format(method: Callable[..., Any]) -> Callable[..., Any]:
     subclass) or not (`str.format`, called with the template first), and UserString's, which
     call str's in code that is not the routine's."""
     bound = getattr(method, "__self__", None)
+    mapped = getattr(method, "__name__", "") == "format_map"
 
     def checked(*args: Any, **kwargs: Any) -> Any:
-        template = _template(bound) if bound is not None and not isinstance(bound, type) else (
-            _template(args[0]) if args else None)  # fmt: skip
+        unbound = bound is None or isinstance(bound, type)
+        template = _template(args[0] if args else None) if unbound else _template(bound)
         if isinstance(template, str):
             _format_fields(template)
+            values = args[1:] if unbound else args
+            if mapped:
+                _format_specs(template, (), values[0] if values else {})
+            else:
+                _format_specs(template, values, kwargs)
         return method(*args, **kwargs)
 
     return checked
+
+
+_CONVERSIONS: dict[str | None, Callable[[Any], Any]] = {"r": repr, "s": str, "a": ascii}
+
+
+def _format_specs(template: str, args: Any, names: Any) -> None:
+    """Refuse a str.format template whose fields' widths or precisions are beyond the bound
+    (bounded.check_spec), nested ones (`{:>{}}`) read from the arguments as str.format
+    reads them. Where reading one fails, the method itself will fail the same way."""
+    auto = 0
+    for _, field, spec, _ in _string.formatter_parser(template):
+        if field is None:
+            continue
+        if not _string.formatter_field_name_split(field)[0] and field[:1] in ("", ".", "["):
+            auto += 1  # numbered automatically, before the fields in its spec
+        if spec and "{" in spec:
+            parts = []
+            try:
+                for literal, inner, inner_spec, conversion in _string.formatter_parser(spec):
+                    parts.append(literal)
+                    if inner is None:
+                        continue
+                    first, rest = _string.formatter_field_name_split(inner)
+                    if first == "":
+                        first, auto = auto, auto + 1
+                    value = args[first] if isinstance(first, int) else names[first]
+                    for is_attribute, key in rest:
+                        value = getattr(value, key) if is_attribute else value[key]
+                    value = _CONVERSIONS.get(conversion, lambda v: v)(value)
+                    parts.append(format(value, bounded.check_spec(inner_spec or "")))
+            except bounded.OperationTooLarge:
+                raise
+            except Exception:  # the method itself reports it
+                return
+            spec = "".join(parts)
+        bounded.check_spec(spec)
 
 
 _MRO: Callable[[type], tuple[type, ...]] = type.__dict__["__mro__"].__get__
@@ -386,6 +429,7 @@ def restricted_builtins(allowed: frozenset[str], module_name: str) -> dict[str, 
         setattr=lambda obj, name, value: setattr(writable(obj), public(name), value),
         pow=bounded.checked_pow,
         divmod=bounded.checked_divmod,
+        format=bounded.checked_format,
         range=lazy.range,
         iter=lazy.iter,
     )

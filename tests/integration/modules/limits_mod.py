@@ -114,15 +114,47 @@ def filled(how: str, gib: int) -> int:
     """One C call that allocates and fills `gib` GiB: beyond the backend's address space cap
     it fails at once instead of waking the OOM killer."""
     n = gib << 30
-    if how == "format":
-        return len(f"{'':>{n}}")
-    if how == "format_builtin":
-        return len(format(1, f">{n}"))
-    if how == "percent":
-        return len("%*d" % (n, 1))  # noqa: UP031  (the spelling under test)
     if how == "hex":  # bytes(n) costs nothing until touched; its hex is twice n, written
         return len(bytes(n // 2).hex())
+    if how == "decode":
+        return len(bytes(n).decode())
     return len(bytearray(n))
+
+
+@stored_function(schema="lim")
+def formatted(how: str, n: int) -> int:
+    """A width or precision of n through each way of formatting (bounded when n is large)."""
+    if how == "fstring":
+        return len(f"{'x':>{n}}")
+    if how == "fstring_precision":
+        return len(f"{1.5:.{n}f}")
+    if how == "fstring_constant":
+        return len(f"{'x':>99999999}") if n else len(f"{'x':>9}")
+    if how == "format":
+        return len(format("x", f">{n}"))
+    if how == "str_format":
+        return len("{:>{}}".format("x", n))
+    if how == "str_format_named":
+        return len("{v:>{w}}".format(v="x", w=n))
+    if how == "format_map":
+        return len("{v:>{w[0]}}".format_map({"v": "x", "w": [n]}))
+    if how == "str_format_static":
+        return len("{:>99999999}".format("x")) if n else len("{:>9}".format("x"))
+    if how == "percent":
+        return len("%*s" % (n, "x"))  # noqa: UP031
+    if how == "percent_precision":
+        return len("%.*f" % (n, 1.5))  # noqa: UP031
+    if how == "percent_bytes":
+        return len(b"%*b" % (n, b"x"))
+    if how == "percent_in_place":
+        text = "%*s"
+        text %= (n, "x")
+        return len(text)
+    if how == "nested_spec_of_nested":  # the width is a nested field padded by its own spec
+        return len(("{:{:0>" + str(n) + "}}").format(7, 9))
+    if how == "unicode_digits":  # format specs read any script's digits
+        return len(format("x", ">" + "".join(chr(0x660 + int(d)) for d in str(n))))
+    raise ValueError(how)
 
 
 @stored_function(schema="lim")
