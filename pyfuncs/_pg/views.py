@@ -52,6 +52,24 @@ LEFT_OUT: dict[str, dict[str, str]] = {
 }  # fmt: skip
 
 
+def _unmarked(given: Any) -> Any:
+    return given
+
+
+def _dataclass_transform(**_: Any) -> Any:
+    return _unmarked
+
+
+# names routines get a stand-in for, and why: typing's markers set an attribute on whatever
+# they are given (`__final__`, `__no_type_check__`, `__dataclass_transform__`), a function
+# or class every call shares too; only static type checkers need them, so a routine's
+# decorators return what they are given, unmarked
+STAND_INS: dict[str, dict[str, Any]] = {
+    "typing": {"final": _unmarked, "no_type_check": _unmarked,
+               "dataclass_transform": _dataclass_transform},
+}  # fmt: skip
+
+
 class ModuleView(types.ModuleType):
     """A read-only view of a module: its public names, nothing to assign to."""
 
@@ -72,10 +90,10 @@ def public_names(module: types.ModuleType) -> list[str]:
 def view(name: str, allowed: frozenset[str], module: types.ModuleType | None = None) -> ModuleView:
     """A view of the allowed module `name` (or of `module`, a stand-in for it)."""
     real = module or importlib.import_module(name)
-    left_out = LEFT_OUT.get(name, {})
+    left_out, stand_ins = LEFT_OUT.get(name, {}), STAND_INS.get(name, {})
     namespace: dict[str, Any] = {}
     for attribute in public_names(real):
-        value = getattr(real, attribute)
+        value = stand_ins.get(attribute) or getattr(real, attribute)
         if attribute not in left_out and not isinstance(value, types.ModuleType):
             namespace[attribute] = value
     for child in allowed:  # its allowed submodules, as views of their own

@@ -60,6 +60,8 @@ def fingerprint():
         issubclass(type("Fresh", (), {}), collections.abc.Sized),
         sorted((repr(k), id(v)) for k, v in plans._DIRECT.items()),
         sorted((repr(k), id(v)) for k, v in plans._ADAPTED.items()), sorted(vars(plans.db)),
+        [hasattr(shared, marker) for shared in (json.dumps, json.loads, collections.OrderedDict)
+         for marker in ("__final__", "__no_type_check__", "__dataclass_transform__")],
     ))
 
 
@@ -1040,6 +1042,20 @@ attempt(
 """,
 )
 attempt(
+    "typing_markers_on_shared_objects",
+    "returned type: <class 'collections.OrderedDict'>",  # given back, unmarked (fingerprint)
+    """
+    import json
+    import typing
+    from collections import OrderedDict
+
+    def attempt():
+        typing.final(json.dumps)
+        typing.no_type_check(json.loads)
+        return typing.dataclass_transform(eq_default=False)(OrderedDict)
+""",
+)
+attempt(
     "private_inherited_from_a_shared_class",
     "call AttributeError: pyfuncs: a routine may not read the private attribute",
     """
@@ -1095,6 +1111,7 @@ CONTAMINATING = frozenset({
     *(a.name for a in ATTEMPTS if a.name.startswith("register_through")),
     *(a.name for a in ATTEMPTS if a.name.startswith("abc_")),
     "module_renamed_after_another", "typing_overload_registry",
+    "typing_markers_on_shared_objects",
     *(a.name for a in ATTEMPTS if a.name.startswith("private_")),
 })  # fmt: skip
 
