@@ -34,12 +34,14 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
     context.close()
 
 
-def open_tab(context: BrowserContext, gateway: GatewayProcess, table: str = "rt.notes") -> Page:
+def open_tab(
+    context: BrowserContext, gateway: GatewayProcess, table: str = "rt.notes", more: str = ""
+) -> Page:
     """A tab of the demo page: one subscription through the browser client."""
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"{gateway.url}/demo#token={token()}&table={table}")
+    page.goto(f"{gateway.url}/demo#token={token()}&table={table}{more}")
     try:
         page.wait_for_function("window.demo?.subscription.ready", timeout=15_000)
     except Exception:
@@ -140,6 +142,31 @@ def test_a_tab_reconnects_and_resumes_when_the_gateway_restarts(
     # every change once, in order (each row was still there when its change was delivered;
     # a change to a row deleted before its delivery is sent as the DELETE, README)
     assert applied(page, rt_db) == feed(rt_db, since)
+
+
+def test_rows_that_went_while_the_gateway_was_away_leave_every_tab(
+    context: BrowserContext, gateway: GatewayProcess, rt_db: str
+) -> None:
+    """Resuming, the leader names the keys each tab holds; the rows deleted, or moved out of
+    the subscription's filter, while the gateway was down leave both tabs' caches."""
+    with psycopg.connect(rt_db, autocommit=True) as db:
+        db.execute("INSERT INTO rt.notes (id, n) SELECT i, 0 FROM generate_series(1, 5) i")
+        tabs = [open_tab(context, gateway, more="&filter=n=lt.10") for _ in range(2)]
+        assert [role(t) for t in tabs] == ["leader", "follower"]
+        gateway.kill()
+        db.execute("DELETE FROM rt.notes WHERE id = 1")
+        db.execute("UPDATE rt.notes SET n = 50 WHERE id = 2")  # out of the filter
+        db.execute("UPDATE rt.notes SET body = 'kept' WHERE id = 3")
+        db.execute("INSERT INTO rt.notes (id, n) VALUES (6, 0)")
+        gateway.start()
+        want = {k: v for k, v in notes(rt_db).items() if v["n"] < 10}
+        assert sorted(want) == [3, 4, 5, 6]
+        for tab in tabs:
+            eventually(lambda tab=tab: cache(tab) == want, "each tab holds exactly its rows")
+        # resumed (naming the keys held), not subscribed afresh
+        resumed = ("SELECT count(*) FROM pyfuncs.realtime_audit "
+                   "WHERE event = 'subscribe' AND (detail->>'keys')::int = 5")  # fmt: skip
+        eventually(lambda: db.execute(resumed).fetchone() == (2,), "both resumed with keys")
 
 
 def test_closed_tabs_and_refused_subscriptions_are_dropped(
