@@ -338,13 +338,19 @@ class Gateway:
             except WebSocketDisconnect:
                 return
             raw: Any = None
+            malformed: SubscriptionError | None = None
             try:
                 raw = protocol.decode(text, self.config.max_message)
-                self.limits.message(client.user)
-                await self._handle(client, protocol.parse(raw, self.config.max_resume_keys))
             except TooBig as exc:
                 client.close(exc.code, str(exc))
                 return
+            except SubscriptionError as exc:
+                malformed = exc
+            try:
+                self.limits.message(client.user)  # every message counts, malformed or not
+                if malformed is not None:
+                    raise malformed
+                await self._handle(client, protocol.parse(raw, self.config.max_resume_keys))
             except (SubscriptionError, AuthError) as exc:
                 code = exc.code if isinstance(exc, SubscriptionError) else "unauthorized"
                 client.send("error", {"type": "error", "code": code, "message": str(exc),
