@@ -45,9 +45,10 @@ class TooBig(SubscriptionError):
 def close_reason(code: str, message: str) -> str:
     """`code: message`, cut to what a close frame may carry (123 bytes of UTF-8)."""
     text = f"{code}: {message}"
-    while len(text.encode()) > MAX_REASON:
-        text = text[: MAX_REASON - 3 - (len(text.encode()) - len(text))] + "..."
-    return text
+    data = text.encode("utf-8", "replace")
+    if len(data) <= MAX_REASON:
+        return text
+    return data[: MAX_REASON - 3].decode("utf-8", "ignore") + "..."
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def decode(text: str | None, limit: int) -> dict[str, Any]:
     if size_of(text) > limit:
         raise TooBig(limit)
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_not_json)
     except RecursionError:
         raise SubscriptionError(
             "bad_request", f"a message is nested at most {MAX_DEPTH} levels deep"
@@ -100,6 +101,11 @@ def decode(text: str | None, limit: int) -> dict[str, Any]:
         raise SubscriptionError("bad_request", "messages are JSON objects")
     _check(value)
     return value
+
+
+def _not_json(name: str) -> Any:
+    # Python's decoder takes NaN and Infinity, which JSON (and PostgreSQL's jsonb) do not
+    raise ValueError(f"{name} is not JSON")
 
 
 def _check(value: Any) -> None:
