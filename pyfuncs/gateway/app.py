@@ -17,11 +17,8 @@ import contextlib
 import importlib.resources
 import json
 import logging
-import signal
-import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from types import FrameType
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
@@ -42,7 +39,7 @@ from .hub import Hub
 from .origins import ClientCors, Origins
 from .protocol import CLOSE_CODES, Auth, Ping, Subscribe, TooBig, Unsubscribe, close_reason
 from .ratelimit import RateLimits
-from .server import WRITE_NOW
+from .server import WRITE_NOW, on_exit_signal
 from .sessions import Sessions
 
 log = logging.getLogger("pyfuncs.gateway")
@@ -77,7 +74,7 @@ class Gateway:
         tasks = [asyncio.create_task(t) for t in (self.hub.run(), self.hub.prune_forever(),
                                                   self.audit.run(), self._heartbeats())]  # fmt: skip
         loop = asyncio.get_running_loop()
-        restore = _on_exit_signal(lambda: loop.call_soon_threadsafe(self._going_away))
+        restore = on_exit_signal(lambda: loop.call_soon_threadsafe(self._going_away))
         try:
             yield
         finally:
@@ -380,7 +377,7 @@ class Gateway:
         except AuthError as exc:
             return JSONResponse({"code": "unauthorized", "message": str(exc)}, 401)
         except SubscriptionError as exc:
-            return JSONResponse({"code": exc.code, "message": str(exc)}, _status(exc.code))
+            return JSONResponse({"code": exc.code, "message": str(exc)}, sse.status(exc.code))
         except Exception as exc:  # a bug: the connection slot is not taken
             log.error("sse request failed: %s", type(exc).__name__)
             return JSONResponse({"code": "internal_error", "message": INTERNAL}, 500)
@@ -391,7 +388,7 @@ class Gateway:
         except SubscriptionError as exc:
             client.close(exc.code, str(exc))
             self._close(client)
-            return JSONResponse({"code": exc.code, "message": str(exc)}, _status(exc.code))
+            return JSONResponse({"code": exc.code, "message": str(exc)}, sse.status(exc.code))
         except Exception as exc:
             self._failed(client, exc)
             self._close(client)
@@ -444,36 +441,6 @@ class Gateway:
             subscriptions=self.hub.subscription_count(), connected=self.hub.connected,
             audit_dropped=self.audit.dropped,
         ))  # fmt: skip
-
-
-def _status(code: str) -> int:
-    """The HTTP status of an SSE request refused with `code`."""
-    return {"unauthorized": 401, "rate_limited": 429, "unavailable": 503,
-            "shutdown": 503}.get(code, 400)  # fmt: skip
-
-
-def _on_exit_signal(then: Callable[[], object]) -> Callable[[], None]:
-    """Call `then` too when SIGTERM or SIGINT arrives, before the server's own handler (which
-    only starts the server's shutdown); returns what puts the handlers back. Only the main
-    thread may set handlers: elsewhere (a server in a thread) this does nothing."""
-    previous: dict[int, Any] = {}
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        then()
-        before = previous.get(signum)
-        if callable(before):
-            before(signum, frame)
-
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, handler)
-
-    def restore() -> None:
-        for signum, before in previous.items():
-            if signal.getsignal(signum) is handler:
-                signal.signal(signum, before)
-
-    return restore
 
 
 def _static(name: str, media_type: str) -> Route:

@@ -20,6 +20,10 @@ import asyncio
 import copy
 import logging
 import re
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -97,6 +101,33 @@ _JWT = re.compile(r"eyJ[A-Za-z0-9_\-]*(?:\.[A-Za-z0-9_\-]*){0,2}")
 # a WebSocket frame as websockets logs it at debug (`< TEXT '{"type": "auth", …}' [217
 # bytes]`): what clients send holds tokens, and what the gateway sends, rows
 _FRAME = re.compile(r"^([<>] (?:TEXT|BINARY|CONT)) .*( \[\d+ bytes?[^\]]*\])$", re.DOTALL)
+
+
+def on_exit_signal(then: Callable[[], object]) -> Callable[[], None]:
+    """Call `then` too when SIGTERM or SIGINT arrives, before the server's own handler (which
+    only starts the server's shutdown); returns what puts the handlers back. Only the main
+    thread may set handlers: elsewhere (a server in a thread) this does nothing."""
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        then()
+        before = previous.get(signum)
+        if callable(before):
+            before(signum, frame)
+        elif before == signal.SIG_DFL:  # nobody else handles it: what it would have done
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, handler)
+
+    def restore() -> None:
+        for signum, before in previous.items():
+            if signal.getsignal(signum) is handler:
+                signal.signal(signum, before)
+
+    return restore
 
 
 def without_query(text: str) -> str:
