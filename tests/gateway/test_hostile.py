@@ -269,3 +269,26 @@ def test_allowed_origins_are_origins() -> None:
     for bad in ("https://a.example/", "a.example", "*,https://a.example", "https://a/x"):
         with pytest.raises(ConfigError, match="is not an origin"):
             origins_from(bad)
+
+
+def test_a_role_dropped_under_its_subscription_stops_only_its_deliveries(
+    gateway: GatewayProcess, rt_db: str, conn: psycopg.Connection[Any]
+) -> None:
+    conn.execute("CREATE ROLE rt_nobody; GRANT rt_nobody TO CURRENT_USER")
+    conn.execute("GRANT USAGE ON SCHEMA rt TO rt_nobody; GRANT SELECT ON rt.notes TO rt_nobody")
+
+    async def main() -> None:
+        doomed = await WsClient.connect(gateway.ws_url, token("rt_nobody"))
+        other = await WsClient.connect(gateway.ws_url, token())
+        assert (await doomed.subscribe("a"))["type"] == "subscribed"
+        assert (await other.subscribe("a"))["type"] == "subscribed"
+        conn.execute("DROP OWNED BY rt_nobody; DROP ROLE rt_nobody")
+        for i in range(3):
+            conn.execute("INSERT INTO rt.notes (id) VALUES (%s)", [i])
+        for i in range(3):
+            await other.wait_for(lambda m, i=i: m["type"] == "change" and m["key"] == {"id": i})
+        assert not [m for m in other.messages if m["type"] == "error"], other.messages
+        await doomed.close()
+        await other.close()
+
+    run(main())
