@@ -230,6 +230,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from .gateway.server import serve
 
     dsn = resolve_dsn(args.dsn)
+    if args.allowed_origin:  # what the workers' create_app() reads, like the DSN
+        os.environ["PYFUNCS_GATEWAY_ALLOWED_ORIGINS"] = ",".join(args.allowed_origin)
     config = GatewayConfig.from_env(dsn, JwtVerifier.from_env())  # here, not in every worker
     _connect_to(dsn).close()
     with _connect_to(config.feed_dsn) as conn:  # the feed sessions' role reads the feed
@@ -354,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
                      choices=["critical", "error", "warning", "info", "debug", "trace"])  # fmt: skip
     srv.add_argument("--access-log", action="store_true",
                      help="log every request (query strings, which may hold tokens, left out)")  # fmt: skip
+    srv.add_argument("--allowed-origin", action="append", metavar="ORIGIN",
+                     help="an origin (https://app.example) whose pages may use the gateway: "
+                          "CORS and WebSocket Origin; repeat for several, * for any (default: "
+                          "PYFUNCS_GATEWAY_ALLOWED_ORIGINS)")  # fmt: skip
     return parser
 
 

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -30,21 +31,18 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..auth import Identity, JwtVerifier, bearer
 from ..config import resolve_dsn
 from ..errors import AuthError, SubscriptionError
-from . import metrics, sse
+from . import metrics, protocol, sse
 from .audit import AuditLog
 from .clients import Client, Outgoing, user_of
 from .config import GatewayConfig
 from .hub import Hub
+from .origins import ClientCors, Origins
+from .protocol import CLOSE_CODES, Auth, Ping, Subscribe, TooBig, Unsubscribe, close_reason
 from .ratelimit import RateLimits
-from .server import WRITE_NOW
+from .server import WRITE_NOW, on_exit_signal
 from .sessions import Sessions
 
 log = logging.getLogger("pyfuncs.gateway")
-# WebSocket close codes (4000-4999 are the application's): the reason text says more
-CLOSE_CODES = {"unauthorized": 4001, "token_expired": 4003, "slow_consumer": 4008,
-               "rate_limited": 4029, "resync_required": 4010, "shutdown": 1001,
-               "internal_error": 1011}  # fmt: skip
-MAX_MESSAGE = 65_536  # characters of a message from a client (`pyfuncs serve` frames: 1 MiB)
 INTERNAL = "the gateway failed unexpectedly; reconnect and resume from your last position"
 
 
@@ -65,6 +63,8 @@ class Gateway:
         self.audit = AuditLog(self.sessions.feed)
         self.limits = RateLimits(config)
         self.clients: set[Client] = set()
+        self.cors = Origins(config.allowed_origins)
+        self.stopping = False
         self.hub.on_end = lambda sub: self.limits.unsubscribe(sub.client.user)
 
     @contextlib.asynccontextmanager
@@ -73,16 +73,26 @@ class Gateway:
         await self.hub.start()
         tasks = [asyncio.create_task(t) for t in (self.hub.run(), self.hub.prune_forever(),
                                                   self.audit.run(), self._heartbeats())]  # fmt: skip
+        loop = asyncio.get_running_loop()
+        restore = on_exit_signal(lambda: loop.call_soon_threadsafe(self._going_away))
         try:
             yield
         finally:
-            for client in list(self.clients):
-                client.close("shutdown", "the gateway is shutting down; reconnect to resume")
+            restore()
+            self._going_away()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.audit.flush()
             await self.sessions.close()
+
+    def _going_away(self) -> None:
+        """The server is stopping: end every connection now, WebSockets with 1001 and SSE
+        streams with an `error` event `shutdown`. The server waits for open connections to
+        end before it stops, and an event stream would otherwise never end."""
+        self.stopping = True
+        for client in list(self.clients):
+            client.close("shutdown", protocol.SHUTDOWN)
 
     # --- connections, whatever the transport ---------------------------------------------
 
@@ -95,11 +105,16 @@ class Gateway:
                 )
             return self.config.verifier.verify(token)
         except AuthError as exc:
-            self.hub.metrics.auth_failures += 1
-            self.audit.record("auth_failed", connection, reason=str(exc))
+            self._auth_failed(connection, exc)
             raise
 
+    def _auth_failed(self, connection: str, exc: AuthError) -> None:
+        self.hub.metrics.auth_failures += 1
+        self.audit.record("auth_failed", connection, reason=str(exc))
+
     def _open(self, identity: Identity, transport: str) -> Client:
+        if self.stopping:
+            raise SubscriptionError("shutdown", protocol.SHUTDOWN)
         client = Client(identity, self.config.outbox_size, transport)
         try:
             self.limits.connect(client.user)
@@ -122,7 +137,7 @@ class Gateway:
             self.hub.metrics.slow_consumers += 1
         self.audit.record("disconnect", client.id, client=client, reason=code, message=message)
 
-    async def _subscribe(self, client: Client, message: dict[str, Any]) -> None:
+    async def _subscribe(self, client: Client, message: Subscribe) -> None:
         try:
             self.limits.subscribe(client.user)
         except SubscriptionError as exc:
@@ -133,17 +148,18 @@ class Gateway:
         except SubscriptionError as exc:
             self.limits.unsubscribe(client.user)
             self.audit.record("subscribe_failed", client.id, client=client, code=exc.code,
-                              reason=str(exc), table=str(message.get("table"))[:256])  # fmt: skip
+                              reason=str(exc), table=str(message.table)[:256])  # fmt: skip
             raise
         except BaseException:
             self.limits.unsubscribe(client.user)
             raise
         self.audit.record("subscribe", client.id, client=client, sub=sub.id,
-                          table=sub.table.qualified, filters=message.get("filters") or [],
-                          since=message.get("since"))  # fmt: skip
+                          table=sub.table.qualified, filters=message.filters or [],
+                          since=message.since, keys=None if message.keys is None
+                          else len(message.keys))  # fmt: skip
 
-    def _unsubscribe(self, client: Client, sub_id: Any) -> None:
-        sub = client.subscriptions.get(sub_id) if isinstance(sub_id, str) else None
+    def _unsubscribe(self, client: Client, sub_id: str) -> None:
+        sub = client.subscriptions.get(sub_id)
         if sub is None:
             raise SubscriptionError("unknown_subscription", f"no subscription {sub_id!r}")
         self.hub.unsubscribe(sub)
@@ -199,8 +215,8 @@ class Gateway:
                 client.close("token_expired", "the token expired and was not refreshed")
                 return
 
-    def _refresh(self, client: Client, token: Any) -> None:
-        identity = self._authenticate(token if isinstance(token, str) else None, client.id)
+    def _refresh(self, client: Client, token: str | None) -> None:
+        identity = self._authenticate(token, client.id)
         if user_of(identity) != client.user or identity.role != client.identity.role:
             raise SubscriptionError(
                 "unauthorized", "a refreshed token must be for the same user and role"
@@ -210,25 +226,37 @@ class Gateway:
         if suspended:
             for sub in client.subscriptions.values():
                 self.hub.catch_up(sub)
+        self._ready(client)
+
+    def _ready(self, client: Client) -> None:
+        """`ready`, with the limits a client needs to know to stay within them."""
         client.send("ready", {"type": "ready", "connection": client.id,
-                              "expires": identity.claims.get("exp")})  # fmt: skip
+                              "expires": client.identity.claims.get("exp"),
+                              "limits": {"message": self.config.max_message,
+                                         "keys": self.config.max_resume_keys}})  # fmt: skip
 
     # --- WebSocket -----------------------------------------------------------------------
 
     async def websocket(self, ws: WebSocket) -> None:
+        origin = ws.headers.get("origin")
+        if origin is not None and not self.cors.websocket_allowed(origin, ws.headers):
+            self.audit.record("refused", f"ws-{id(ws):x}", reason="origin not allowed",
+                              origin=origin[:256])  # fmt: skip
+            await ws.close(protocol.REFUSED, "origin not allowed")  # before accept: HTTP 403
+            return
         await ws.accept()
         provisional = f"ws-{id(ws):x}"
         try:
             token = bearer(ws.headers.get("authorization"))
             if token is None:
-                text = await asyncio.wait_for(_receive(ws), self.config.auth_timeout)
-                first = json.loads(text) if text is not None and len(text) <= MAX_MESSAGE else None
-                if isinstance(first, dict) and first.get("type") == "auth":
-                    token = first.get("token") if isinstance(first.get("token"), str) else None
+                first = self._first_token(ws, provisional)
+                token = await asyncio.wait_for(first, self.config.auth_timeout)
             client = self._open(self._authenticate(token, provisional), "websocket")
-        except (AuthError, TimeoutError, ValueError) as exc:
-            why = str(exc) if isinstance(exc, AuthError) else "send a token first"
-            await self._refuse(ws, "unauthorized", why)
+        except TimeoutError:
+            await self._refuse(ws, "unauthorized", "send a token first")
+            return
+        except AuthError as exc:
+            await self._refuse(ws, "unauthorized", str(exc))
             return
         except SubscriptionError as exc:
             await self._refuse(ws, exc.code, str(exc))
@@ -236,8 +264,7 @@ class Gateway:
         except WebSocketDisconnect:
             return
         client.write_now = ws.scope.get("extensions", {}).get(WRITE_NOW, {}).get("write")
-        client.send("ready", {"type": "ready", "connection": client.id,
-                              "expires": client.identity.claims.get("exp")})  # fmt: skip
+        self._ready(client)
         tasks = [asyncio.create_task(c) for c in (
             self._ws_send(ws, client), self._ws_receive(ws, client),
             self._watch_expiry(client), client.closing.wait(),
@@ -256,7 +283,23 @@ class Gateway:
             if client.reason is not None:
                 code, message = client.reason
                 with contextlib.suppress(Exception):  # the client may be gone already
-                    await ws.close(CLOSE_CODES.get(code, 1011), f"{code}: {message}"[:120])
+                    await ws.close(CLOSE_CODES.get(code, 1011), close_reason(code, message))
+
+    async def _first_token(self, ws: WebSocket, connection: str) -> str | None:
+        """The token of the first message, None unless it is `auth`; AuthError (the
+        connection is refused with 4001) saying what was wrong with a malformed one, TooBig
+        past the size limit."""
+        try:
+            message = protocol.parse(
+                protocol.decode(await _receive(ws), self.config.max_message), 0
+            )  # fmt: skip
+        except TooBig:
+            raise
+        except SubscriptionError as exc:
+            error = AuthError(f'send {{"type": "auth", "token": "<jwt>"}} first: {exc}')
+            self._auth_failed(connection, error)
+            raise error from None
+        return message.token if isinstance(message, Auth) else None
 
     def _failed(self, client: Client, exc: BaseException) -> None:
         """A bug: one line in the log (no traceback, no message text, which could hold a
@@ -272,7 +315,7 @@ class Gateway:
     async def _refuse(self, ws: WebSocket, code: str, message: str) -> None:
         with contextlib.suppress(Exception):
             await ws.send_json({"type": "error", "code": code, "message": message})
-            await ws.close(CLOSE_CODES.get(code, 1008), f"{code}: {message}"[:120])
+            await ws.close(CLOSE_CODES.get(code, protocol.REFUSED), close_reason(code, message))
 
     async def _ws_send(self, ws: WebSocket, client: Client) -> None:
         while True:
@@ -283,48 +326,44 @@ class Gateway:
 
     async def _ws_receive(self, ws: WebSocket, client: Client) -> None:
         """The client's messages, one at a time; an error in one is answered with an error
-        message. Anything else it raises is a bug: the connection ends (see `_failed`)."""
+        message (carrying the subscription's id when it names one), and a message over the
+        size limit ends the connection (1009). Anything else it raises is a bug: the
+        connection ends (see `_failed`)."""
         while True:
             try:
                 text = await _receive(ws)
             except WebSocketDisconnect:
                 return
-            message: Any = None
+            raw: Any = None
+            malformed: SubscriptionError | None = None
             try:
-                self.limits.message(client.user)
-                if text is None:
-                    raise SubscriptionError("bad_request", "messages are JSON text, not binary")
-                if len(text) > MAX_MESSAGE:
-                    raise SubscriptionError(
-                        "bad_request", f"a message has at most {MAX_MESSAGE} characters"
-                    )
-                try:
-                    message = json.loads(text)
-                except ValueError:
-                    raise SubscriptionError("bad_request", "messages are JSON objects") from None
-                await self._handle(client, message)
+                raw = protocol.decode(text, self.config.max_message)
+            except TooBig as exc:
+                client.close(exc.code, str(exc))
+                return
+            except SubscriptionError as exc:
+                malformed = exc
+            try:
+                self.limits.message(client.user)  # every message counts, malformed or not
+                if malformed is not None:
+                    raise malformed
+                await self._handle(client, protocol.parse(raw, self.config.max_resume_keys))
             except (SubscriptionError, AuthError) as exc:
                 code = exc.code if isinstance(exc, SubscriptionError) else "unauthorized"
-                sub = message.get("id") if isinstance(message, dict) else None
                 client.send("error", {"type": "error", "code": code, "message": str(exc),
-                                      "sub": sub if isinstance(sub, str) else None})  # fmt: skip
+                                      "sub": protocol.message_id(raw)})  # fmt: skip
 
-    async def _handle(self, client: Client, message: Any) -> None:
-        kind = message.get("type") if isinstance(message, dict) else None
-        if kind == "auth":
-            self._refresh(client, message.get("token"))
+    async def _handle(self, client: Client, message: protocol.Message) -> None:
+        if isinstance(message, Auth):
+            self._refresh(client, message.token)
         elif client.suspended:
             raise SubscriptionError("token_expired", "send a refreshed token first")
-        elif kind == "subscribe":
+        elif isinstance(message, Subscribe):
             await self._subscribe(client, message)
-        elif kind == "unsubscribe":
-            self._unsubscribe(client, message.get("id"))
-        elif kind == "ping":
+        elif isinstance(message, Unsubscribe):
+            self._unsubscribe(client, message.id)
+        elif isinstance(message, Ping):
             client.send("pong", {"type": "pong"})
-        else:
-            raise SubscriptionError(
-                "bad_request", "type is one of auth, subscribe, unsubscribe, ping"
-            )
 
     # --- Server-Sent Events --------------------------------------------------------------
 
@@ -338,16 +377,18 @@ class Gateway:
         except AuthError as exc:
             return JSONResponse({"code": "unauthorized", "message": str(exc)}, 401)
         except SubscriptionError as exc:
-            return JSONResponse({"code": exc.code, "message": str(exc)}, 429)
+            return JSONResponse({"code": exc.code, "message": str(exc)}, sse.status(exc.code))
+        except Exception as exc:  # a bug: the connection slot is not taken
+            log.error("sse request failed: %s", type(exc).__name__)
+            return JSONResponse({"code": "internal_error", "message": INTERNAL}, 500)
         since = request.headers.get("last-event-id") or params.get("since")
-        message = {"id": "sse", "table": params.get("table"), "filters": sse.filters(params),
-                   "since": since}  # fmt: skip
         try:
+            message = Subscribe("sse", params.get("table"), sse.filters(params), since)
             await self._subscribe(client, message)
         except SubscriptionError as exc:
             client.close(exc.code, str(exc))
             self._close(client)
-            return JSONResponse({"code": exc.code, "message": str(exc)}, 400)
+            return JSONResponse({"code": exc.code, "message": str(exc)}, sse.status(exc.code))
         except Exception as exc:
             self._failed(client, exc)
             self._close(client)
@@ -426,6 +467,8 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
         _static("realtime.js", "text/javascript"),
         _static("demo.html", "text/html"),
     ]  # fmt: skip
-    app = Starlette(routes=routes, lifespan=gateway.lifespan)
+    middleware = [Middleware(ClientCors, allowed=config.allowed_origins)]
+    app = Starlette(routes=routes, lifespan=gateway.lifespan,
+                    middleware=middleware if config.allowed_origins else None)  # fmt: skip
     app.state.gateway = gateway
     return app

@@ -43,8 +43,9 @@ class AuditLog:
             self.dropped += 1
         self._pending.append({
             "at": datetime.datetime.now(datetime.UTC), "event": event,
-            "connection": connection, "role": role,
-            "subject": subject if isinstance(subject, str) else None, "detail": Jsonb(detail),
+            "connection": _storable(connection), "role": _storable(role),
+            "subject": _storable(subject) if isinstance(subject, str) else None,
+            "detail": Jsonb(_storable(detail)),
         })  # fmt: skip
         self._wake.set()
 
@@ -62,6 +63,12 @@ class AuditLog:
         try:
             async with self.pool.connection() as conn, conn.cursor() as cur:
                 await cur.executemany(query("realtime_audit"), batch)
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            # a record the table refuses must not hold up the others for ever: write them
+            # one by one, and drop (and count) the ones refused
+            log.warning("writing %d audit records failed (%s); writing them one by one",
+                        len(batch), type(exc).__name__)  # fmt: skip
+            await self._one_by_one(batch)
         except psycopg.Error as exc:
             log.warning("writing %d audit records failed (%s); will retry", len(batch), exc)
             batch.extend(self._pending)  # put them back in front of what came meanwhile
@@ -70,3 +77,33 @@ class AuditLog:
                 self.dropped += 1
             self._pending = batch
             self._wake.set()
+
+    async def _one_by_one(self, batch: deque[dict[str, Any]]) -> None:
+        try:
+            async with self.pool.connection() as conn:
+                while batch:
+                    try:
+                        async with conn.transaction():
+                            await conn.execute(query("realtime_audit"), batch[0])
+                    except (psycopg.DataError, psycopg.IntegrityError):
+                        self.dropped += 1
+                    batch.popleft()
+        except psycopg.Error as exc:
+            log.warning("writing audit records failed (%s); dropped %d", type(exc).__name__,
+                        len(batch))  # fmt: skip
+            self.dropped += len(batch)
+
+
+def _storable(value: Any) -> Any:
+    """`value` as PostgreSQL's text and jsonb can hold it: clients put what they like in
+    what the audit records (a table name, a filter), and a NUL or a lone surrogate would
+    make the insert fail."""
+    if isinstance(value, str):
+        if value.isascii() and "\x00" not in value:
+            return value
+        return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode()
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_storable(v) for v in value]
+    return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -37,6 +38,12 @@ class GatewayConfig:
     # /metrics answers requests from this host's loopback, or bearing this token
     metrics_token: str | None = None
     feed_dsn: str = ""  # PYFUNCS_GATEWAY_FEED_DSN; empty: `dsn`
+    max_message: int = 65_536  # bytes of a message from a client; past it: closed, 1009
+    max_resume_keys: int = 1000  # keys a resuming subscription may name (`keys`)
+    # origins (scheme://host[:port]) whose pages may use the gateway across origins: CORS
+    # for /realtime.js and /realtime/sse, and the Origin a browser's WebSocket may come
+    # from; ("*",): any. Empty: same-origin pages only for CORS, WebSockets from anywhere
+    allowed_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.feed_dsn:
@@ -67,4 +74,27 @@ class GatewayConfig:
             values[f.name] = value
         token = (env_text("PYFUNCS_GATEWAY_METRICS_TOKEN", "", env) or "").strip() or None
         feed = (env_text("PYFUNCS_GATEWAY_FEED_DSN", "", env) or "").strip()
-        return cls(dsn, verifier, metrics_token=token, feed_dsn=feed, **values)  # type: ignore[arg-type]
+        origins = origins_from(env_text("PYFUNCS_GATEWAY_ALLOWED_ORIGINS", "", env) or "")
+        return cls(dsn, verifier, metrics_token=token, feed_dsn=feed, allowed_origins=origins,
+                   **values)  # type: ignore[arg-type]  # fmt: skip
+
+
+_ORIGIN = re.compile(
+    r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
+)
+
+
+def origins_from(text: str) -> tuple[str, ...]:
+    """PYFUNCS_GATEWAY_ALLOWED_ORIGINS (or `--allowed-origin`s joined): origins separated
+    by commas or spaces, each `scheme://host[:port]` as browsers send it in `Origin`, or
+    `*` alone for any; ConfigError for anything else (a path, a trailing slash)."""
+    origins = tuple(o for o in re.split(r"[,\s]+", text.strip()) if o)
+    if origins == ("*",):
+        return origins
+    for origin in origins:
+        if not _ORIGIN.fullmatch(origin):
+            raise ConfigError(
+                f"PYFUNCS_GATEWAY_ALLOWED_ORIGINS: {origin[:80]!r} is not an origin: give "
+                "scheme://host[:port] (no path, no trailing slash), or * alone for any"
+            )
+    return tuple(o.lower() for o in origins)

@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 
+from ..errors import SubscriptionError
 from ..queries import query
 from ..realtime import Change
 from .clients import Client, Subscription
@@ -127,9 +128,14 @@ async def _visible(sessions: Sessions, groups: Sequence[Group]) -> dict[Group, V
                         *visible_query(g.table, readable, g.keys, g.filter_sets)
                     )
             return {g: visible_rows(await cur.fetchall()) for g, cur in selecting.items()}
-    except psycopg.OperationalError:
-        raise  # the server went away: deliver nothing, retry the batch
-    except psycopg.Error as exc:
+    except (psycopg.Error, SubscriptionError) as exc:
+        # the server went away: deliver nothing, retry the batch. But PostgreSQL's class 28
+        # (a role refused: dropped, or made powerful, since it subscribed), which psycopg
+        # counts as operational too, is about one identity: it must not stop the feed
+        if isinstance(exc, psycopg.OperationalError) and not isinstance(
+            exc, psycopg.errors.InvalidAuthorizationSpecification
+        ):
+            raise
         if len(groups) == 1:
             log.info("visibility check of %s for %s failed: %s", groups[0].table.qualified,
                      groups[0].client.identity.role, type(exc).__name__)  # fmt: skip

@@ -42,6 +42,7 @@ from .config import GatewayConfig
 from .delivery import NOTHING, Group, Messages, removed_later_in_batch, visibility
 from .metrics import Metrics
 from .positions import PositionTokens
+from .protocol import Subscribe
 from .sessions import Sessions, connect
 from .tables import (
     Filter,
@@ -100,6 +101,11 @@ class Hub:
                 if restart:
                     await self.start()
                     restart = False
+                    # a subscription that went live at an older position while the feed
+                    # was being restarted would now skip what lies between: resync it
+                    for sub in self._subscriptions():
+                        if sub.live and sub.position < self.position:
+                            self._end(sub, "resync_required", RESYNC)
                 async with await connect(
                     self.config.feed_dsn, application_name="pyfuncs-gateway-feed"
                 ) as conn:
@@ -169,21 +175,17 @@ class Hub:
     def subscription_count(self) -> int:
         return sum(len(s) for s in self._by_table.values())
 
-    async def subscribe(self, client: Client, message: dict[str, Any]) -> Subscription:
-        """Check and register a subscription, send its snapshot (or confirm its resume),
-        and start its catch-up. SubscriptionError says what is wrong; nothing is
-        registered then."""
-        sub_id = message.get("id")
-        if not isinstance(sub_id, str) or not 0 < len(sub_id) <= 64:
-            raise SubscriptionError("bad_request", "give the subscription an `id` (1-64 chars)")
+    async def subscribe(self, client: Client, message: Subscribe) -> Subscription:
+        """Check and register a subscription, send its snapshot (or confirm its resume,
+        with the keys the client holds that it no longer sees), and start its catch-up.
+        SubscriptionError says what is wrong; nothing is registered then."""
+        sub_id = message.id
         if sub_id in client.subscriptions:
             raise SubscriptionError("duplicate", f"subscription {sub_id!r} already exists")
-        filters = Filter.parse_all(message.get("filters") or [])
-        since = None
-        if message.get("since") is not None:
-            since = self.tokens.position(message["since"])
+        filters = Filter.parse_all(message.filters)
+        since = None if message.since is None else self.tokens.position(message.since)
         try:
-            head, table, rows = await self._snapshot(client, message.get("table"), filters)
+            head, table, rows = await self._snapshot(client, message.table, filters)
         except SubscriptionError:
             raise
         except psycopg.OperationalError:  # the database is away, or the pool exhausted
@@ -196,10 +198,12 @@ class Hub:
                 "forbidden", "the database refused to read this table for you; nothing was "
                 "subscribed",
             ) from None  # fmt: skip
+        visible = {k for k, _ in rows}
+        held = None if message.keys is None else [table.key_from(k) for k in message.keys]
         start = since if since is not None else Position(head, END)
         # one Table object for equal tables: delivery looks them up in dicts for every change
         table = self._tables.setdefault(table, table)
-        sub = Subscription(sub_id, client, table, filters, start, seen={k for k, _ in rows})
+        sub = Subscription(sub_id, client, table, filters, start, seen=visible)
         token = self.tokens.resume_token(start)
         reply = {"type": "subscribed", "sub": sub_id, "table": table.qualified,
                  "key": table.key, "position": token}  # fmt: skip
@@ -208,7 +212,12 @@ class Hub:
             rows_json = ",".join(row for _, row in rows)
             client.push_raw("subscribed", token, f'{data},"rows":[{rows_json}]}}')
         else:
-            client.send("subscribed", {**reply, "resumed": True}, token)
+            # of the keys the client holds, those it does not see now (gone, hidden, or out
+            # of its filters: one answer for all, and only for keys it named); the changes
+            # after `since` then follow, and only rows it sees now count as sent to it
+            gone = [] if held is None else [k for k in dict.fromkeys(held) if k not in visible]
+            extra = {} if held is None else {"gone": [table.key_object(k) for k in gone]}
+            client.send("subscribed", {**reply, "resumed": True, **extra}, token)
         client.subscriptions[sub_id] = sub
         self._by_table[table.qualified].add(sub)
         self.catch_up(sub)
@@ -375,6 +384,10 @@ class Hub:
             for table, change_keys in keys[i].items():
                 for sub in by_table[table]:
                     if sub in failed or (sub in ahead and change.position <= sub.position):
+                        continue
+                    if sub.client.subscriptions.get(sub.id) is not sub:
+                        # unsubscribed (or its connection ended) while the checks ran: no
+                        # event may follow its `unsubscribed` reply
                         continue
                     group, index = slot[sub]
                     rows, removed = answer.get(group, NOTHING)

@@ -20,6 +20,10 @@ import asyncio
 import copy
 import logging
 import re
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -31,6 +35,7 @@ from websockets.protocol import State
 from ..auth import JwtVerifier
 from ..config import resolve_dsn
 from .config import GatewayConfig
+from .protocol import SHUTDOWN, close_reason
 from .sessions import verify
 
 WRITE_NOW = "pyfuncs.write_now"
@@ -41,6 +46,19 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         # ASGI extensions are dicts: the function is under "write"
         self.scope["extensions"][WRITE_NOW] = {"write": self.write_now}
         await super().run_asgi()
+
+    def shutdown(self) -> None:
+        """The server is stopping: close with 1001 (going away) and the reason, as the
+        README says, where uvicorn would say 1012 (service restart). The gateway has
+        normally closed every connection itself by now (on the signal, see app.py)."""
+        if self.close_sent or not self.handshake_complete:
+            super().shutdown()
+            return
+        self.stop_keepalive()
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": 1001})
+        self.conn.send_close(1001, close_reason("shutdown", SHUTDOWN))
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.transport.close()
 
     def write_now(self, text: str) -> bool:
         """Send a text message now if the connection is open and has room; False if the
@@ -83,7 +101,33 @@ _JWT = re.compile(r"eyJ[A-Za-z0-9_\-]*(?:\.[A-Za-z0-9_\-]*){0,2}")
 # a WebSocket frame as websockets logs it at debug (`< TEXT '{"type": "auth", …}' [217
 # bytes]`): what clients send holds tokens, and what the gateway sends, rows
 _FRAME = re.compile(r"^([<>] (?:TEXT|BINARY|CONT)) .*( \[\d+ bytes?[^\]]*\])$", re.DOTALL)
-MAX_FRAME = 1 << 20  # bytes of a WebSocket message; the gateway answers past 64 KiB (app.py)
+
+
+def on_exit_signal(then: Callable[[], object]) -> Callable[[], None]:
+    """Call `then` too when SIGTERM or SIGINT arrives, before the server's own handler (which
+    only starts the server's shutdown); returns what puts the handlers back. Only the main
+    thread may set handlers: elsewhere (a server in a thread) this does nothing."""
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        then()
+        before = previous.get(signum)
+        if callable(before):
+            before(signum, frame)
+        elif before == signal.SIG_DFL:  # nobody else handles it: what it would have done
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, handler)
+
+    def restore() -> None:
+        for signum, before in previous.items():
+            if signal.getsignal(signum) is handler:
+                signal.signal(signum, before)
+
+    return restore
 
 
 def without_query(text: str) -> str:
@@ -137,10 +181,12 @@ def serve(host: str, port: int, workers: int, log_level: str, access_log: bool =
     """Run the gateway (`create_app` from the environment) until interrupted. Requests are
     logged only with `access_log`; no log line has a query string. A configuration the
     gateway cannot work with is a ConfigError here, before any worker starts."""
-    asyncio.run(verify(GatewayConfig.from_env(resolve_dsn(), JwtVerifier.from_env())))
+    config = GatewayConfig.from_env(resolve_dsn(), JwtVerifier.from_env())
+    asyncio.run(verify(config))
+    # websockets refuses a message past the gateway's limit without reading it all (1009);
     # no per-message compression: the gateway sends each change to many clients, and
     # deflating small JSON messages once per client cost more CPU than all the rest
     uvicorn.run("pyfuncs.gateway.app:create_app", factory=True, host=host, port=port,
                 workers=workers, log_level=log_level, access_log=access_log,
                 log_config=log_config(), ws=f"{__name__}:WebSocketProtocol",
-                ws_per_message_deflate=False, ws_max_size=MAX_FRAME)  # fmt: skip
+                ws_per_message_deflate=False, ws_max_size=config.max_message)  # fmt: skip

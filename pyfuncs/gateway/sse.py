@@ -49,3 +49,9 @@ class Stream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self._done()
+
+
+def status(code: str) -> int:
+    """The HTTP status of an SSE request refused with `code`."""
+    return {"unauthorized": 401, "rate_limited": 429, "unavailable": 503,
+            "shutdown": 503}.get(code, 400)  # fmt: skip

@@ -91,6 +91,26 @@ class Table:
         """A key as the JSON object clients receive (and the queries take)."""
         return {column: plain(v) for column, v in zip(self.key, key, strict=True)}
 
+    def key_from(self, raw: dict[str, Any]) -> Key:
+        """A key a client sends back (an event's `key` object), as `visible` gives keys;
+        SubscriptionError("bad_request") unless it has exactly the key's columns."""
+        if set(raw) != set(self.key):
+            raise SubscriptionError(
+                "bad_request",
+                f"a key of {self.qualified} is an object of its primary key's columns "
+                f"({', '.join(self.key)}), as events carry it",
+            )
+        return tuple(hashable(raw[column]) for column in self.key)
+
+
+def _is_text(text: str) -> bool:
+    """Not a lone surrogate in it (a JSON `\\ud800` escape makes one), which no query takes."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
 
 def _too_long(value: Any) -> bool:
     text = value if isinstance(value, str) else json.dumps(value)
@@ -211,7 +231,7 @@ async def describe(conn: psycopg.AsyncConnection[Any], name: Any) -> Table:
     asking. Enabled means that pyfuncs' capture trigger function is attached to it, which
     only `pyfuncs.enable_realtime` (pyfuncs' owner) can do; a trigger's name proves nothing."""
     row = None
-    if isinstance(name, str) and 0 < len(name) <= 256 and "\x00" not in name:
+    if isinstance(name, str) and 0 < len(name) <= 256 and "\x00" not in name and _is_text(name):
         try:
             async with conn.transaction():  # a savepoint: a malformed name must not end ours
                 cur = await conn.execute(query("realtime_table_info"), {"table": name})

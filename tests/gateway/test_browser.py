@@ -4,6 +4,9 @@ and BroadcastChannel, as the tabs of one browser window do)."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -34,12 +37,14 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
     context.close()
 
 
-def open_tab(context: BrowserContext, gateway: GatewayProcess, table: str = "rt.notes") -> Page:
+def open_tab(
+    context: BrowserContext, gateway: GatewayProcess, table: str = "rt.notes", more: str = ""
+) -> Page:
     """A tab of the demo page: one subscription through the browser client."""
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"{gateway.url}/demo#token={token()}&table={table}")
+    page.goto(f"{gateway.url}/demo#token={token()}&table={table}{more}")
     try:
         page.wait_for_function("window.demo?.subscription.ready", timeout=15_000)
     except Exception:
@@ -142,6 +147,31 @@ def test_a_tab_reconnects_and_resumes_when_the_gateway_restarts(
     assert applied(page, rt_db) == feed(rt_db, since)
 
 
+def test_rows_that_went_while_the_gateway_was_away_leave_every_tab(
+    context: BrowserContext, gateway: GatewayProcess, rt_db: str
+) -> None:
+    """Resuming, the leader names the keys each tab holds; the rows deleted, or moved out of
+    the subscription's filter, while the gateway was down leave both tabs' caches."""
+    with psycopg.connect(rt_db, autocommit=True) as db:
+        db.execute("INSERT INTO rt.notes (id, n) SELECT i, 0 FROM generate_series(1, 5) i")
+        tabs = [open_tab(context, gateway, more="&filter=n=lt.10") for _ in range(2)]
+        assert [role(t) for t in tabs] == ["leader", "follower"]
+        gateway.kill()
+        db.execute("DELETE FROM rt.notes WHERE id = 1")
+        db.execute("UPDATE rt.notes SET n = 50 WHERE id = 2")  # out of the filter
+        db.execute("UPDATE rt.notes SET body = 'kept' WHERE id = 3")
+        db.execute("INSERT INTO rt.notes (id, n) VALUES (6, 0)")
+        gateway.start()
+        want = {k: v for k, v in notes(rt_db).items() if v["n"] < 10}
+        assert sorted(want) == [3, 4, 5, 6]
+        for tab in tabs:
+            eventually(lambda tab=tab: cache(tab) == want, "each tab holds exactly its rows")
+        # resumed (naming the keys held), not subscribed afresh
+        resumed = ("SELECT count(*) FROM pyfuncs.realtime_audit "
+                   "WHERE event = 'subscribe' AND (detail->>'keys')::int = 5")  # fmt: skip
+        eventually(lambda: db.execute(resumed).fetchone() == (2,), "both resumed with keys")
+
+
 def test_closed_tabs_and_refused_subscriptions_are_dropped(
     context: BrowserContext, gateway: GatewayProcess, rt_db: str
 ) -> None:
@@ -183,3 +213,70 @@ def test_the_token_is_refreshed_before_it_expires(
         db.execute("INSERT INTO rt.notes (id) VALUES (1)")
     eventually(lambda: page.evaluate("rows.size") == 1, "changes still arrive")
     assert page.evaluate("states") == ["connecting", "open"]  # on the same connection
+
+
+PAGE = """<!doctype html><script type="module">
+  import { Realtime } from "GATEWAY/realtime.js";
+  const realtime = new Realtime({ token: "TOKEN", crossTab: false });
+  window.live = realtime.subscribe("rt.notes", {});
+  const events = new EventSource("GATEWAY/realtime/sse?table=rt.notes&access_token=TOKEN");
+  window.streamed = [];
+  events.addEventListener("change", (e) => streamed.push(JSON.parse(e.data).key.id));
+</script>"""
+
+
+@contextlib.contextmanager
+def page_server(html: str) -> Iterator[int]:
+    """A web server of another origin (another port) serving one page: the app's."""
+    body = html.encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield server.server_address[1]
+        finally:
+            server.shutdown()
+
+
+def test_a_page_on_an_allowed_origin_imports_the_client_and_streams(
+    browser: Browser, gateway_factory: Callable[..., GatewayProcess], rt_db: str
+) -> None:
+    """README's own example, from another origin: the module import, the WebSocket and an
+    EventSource all cross origins, allowed by PYFUNCS_GATEWAY_ALLOWED_ORIGINS; the same page
+    on an origin not allowed (another host name) gets none of them."""
+    gateway = gateway_factory(heartbeat=1)
+    html = PAGE.replace("GATEWAY", gateway.url).replace("TOKEN", token())
+    with page_server(html) as port:
+        allowed = f"http://127.0.0.1:{port}"
+        gateway.stop()
+        gateway.env["PYFUNCS_GATEWAY_ALLOWED_ORIGINS"] = allowed
+        gateway.start()
+        for origin in (allowed, f"http://localhost:{port}"):
+            context = browser.new_context()
+            try:
+                page = context.new_page()
+                page.goto(f"{origin}/")
+                if origin != allowed:
+                    time.sleep(1)
+                    assert page.evaluate("typeof window.live") == "undefined"  # import refused
+                    continue
+                page.wait_for_function("window.live?.ready", timeout=15_000)
+                with psycopg.connect(rt_db, autocommit=True) as db:
+                    db.execute("INSERT INTO rt.notes (id) VALUES (1)")
+                for count, what in (("live.rows.size", "the WebSocket"),
+                                    ("streamed.length", "an EventSource")):  # fmt: skip
+                    eventually(lambda p=page, c=count: p.evaluate(c) == 1, f"{what} delivers")
+            finally:
+                context.close()

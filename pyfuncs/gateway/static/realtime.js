@@ -12,8 +12,10 @@
 //   the snapshot fills it, changes are applied in the order the gateway sends them, each
 //   exactly once.
 // * The connection reconnects by itself and resumes every subscription from its last
-//   position (heartbeats advance positions even when nothing visible changed). Positions
-//   are opaque tokens: they say nothing of the changes a subscriber was not shown.
+//   position (heartbeats advance positions even when nothing visible changed), naming the
+//   keys of the rows it holds: the gateway answers which of them went while it was away
+//   (deleted, or no longer visible), and those leave the cache. Positions are opaque
+//   tokens: they say nothing of the changes a subscriber was not shown.
 // * Cross-tab: the tabs of one origin share one WebSocket. They elect a leader with the Web
 //   Locks API; the leader holds the connection, subscribes for every tab and relays the
 //   gateway's messages over a BroadcastChannel. When the leader's tab closes its lock is
@@ -40,6 +42,33 @@ function defaultUrl() {
   return url.href;
 }
 
+/** A row's key as the gateway writes keys: {column: value} for the key's columns. */
+function keyObject(columns, row) {
+  return Object.fromEntries(columns.map((c) => [c, row[c] ?? null]));
+}
+
+/** The leader's copy of the keys a subscription holds, after a gateway message for it. */
+function trackKeys(want, message) {
+  const { keys } = want;
+  if (message.type === "subscribed") {
+    want.keyColumns = message.key;
+    if (!message.resumed) {
+      keys.clear();
+      for (const row of message.rows) {
+        const key = keyObject(message.key, row);
+        keys.set(JSON.stringify(key), key);
+      }
+    }
+    for (const key of message.gone || []) keys.delete(JSON.stringify(keyObject(message.key, key)));
+  } else if (message.op === "TRUNCATE") {
+    keys.clear();
+  } else if (message.key && want.keyColumns) {
+    const key = keyObject(want.keyColumns, message.key);
+    if (message.row == null) keys.delete(JSON.stringify(key));
+    else keys.set(JSON.stringify(key), key);
+  }
+}
+
 /** One subscription of this tab: its callbacks, its cache and its position. */
 export class Subscription {
   constructor(realtime, id, table, options) {
@@ -56,9 +85,13 @@ export class Subscription {
     this.closed = false;
   }
 
-  /** What the leader needs to (re)subscribe it. */
+  /** What the leader needs to (re)subscribe it: where to resume, and the keys of the rows
+   * it holds, so that the gateway can say which of them went while it was away. */
   spec() {
-    return { id: this.id, table: this.table, filters: this.filters, since: this.position };
+    const columns = this.keyColumns;
+    const keys =
+      this.position && columns ? [...this.rows.values()].map((row) => keyObject(columns, row)) : null;
+    return { id: this.id, table: this.table, filters: this.filters, since: this.position, keys };
   }
 
   keyOf(values) {
@@ -83,6 +116,10 @@ export class Subscription {
         this.position = message.position;
         this.applied.clear();
         this._call("onSnapshot", this.rows, this);
+        this._call("onRows", this.rows, this);
+      } else if (message.gone?.length) {
+        // rows deleted, or no longer visible to us, while we were away
+        for (const key of message.gone) this.rows.delete(this.keyOf(key));
         this._call("onRows", this.rows, this);
       }
       this.ready = true;
@@ -262,6 +299,7 @@ class Leader {
     this.stopped = false;
     this.retries = 0;
     this.expires = null; // of the token in use
+    this.limits = null; // the gateway's, from `ready`: message bytes, keys to resume with
     this.timers = new Set();
     if (realtime._channel) this.every(SWEEP_MS, () => this.sweep());
   }
@@ -293,7 +331,10 @@ class Leader {
     }
     for (const spec of specs) {
       if (this.wants.has(spec.id)) continue;
-      const want = { tab, spec, position: spec.since, sent: false };
+      // keys: the keys of the rows the tab holds (JSON -> key object), kept up to date from
+      // what the gateway sends, for resuming with them
+      const keys = new Map((spec.keys || []).map((key) => [JSON.stringify(key), key]));
+      const want = { tab, spec, position: spec.since, keys, keyColumns: null, sent: false };
       this.wants.set(spec.id, want);
       this.subscribe(want);
     }
@@ -303,7 +344,17 @@ class Leader {
     if (!this.open || want.sent) return;
     want.sent = true;
     const { id, table, filters } = want.spec;
-    this.send({ type: "subscribe", id, table, filters, since: want.position });
+    const message = { type: "subscribe", id, table, filters, since: want.position };
+    if (want.position && this.limits) {
+      // resume with the keys we hold; with more than the gateway takes, a snapshot instead
+      message.keys = [...want.keys.values()];
+      const size = new TextEncoder().encode(JSON.stringify(message)).length;
+      if (message.keys.length > this.limits.keys || size > this.limits.message) {
+        message.since = null;
+        delete message.keys;
+      }
+    }
+    this.send(message);
   }
 
   send(message) {
@@ -370,6 +421,7 @@ class Leader {
     const want = message.sub ? this.wants.get(message.sub) : null;
     switch (message.type) {
       case "ready":
+        this.limits = message.limits || null; // a gateway without them takes no keys
         if (!this.open) {
           this.open = true;
           this.retries = 0;
@@ -380,7 +432,10 @@ class Leader {
         return;
       case "subscribed":
       case "change":
-        if (want) want.position = message.position;
+        if (want) {
+          want.position = message.position;
+          trackKeys(want, message);
+        }
         break;
       case "heartbeat":
         for (const [id, position] of Object.entries(message.positions)) {
