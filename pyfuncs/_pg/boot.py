@@ -151,5 +151,6 @@ def start(gd: dict[str, Any]) -> None:
     when_imported("decimal", lambda module: _decimal_imported(module, bounded, routines))
     when_imported("fractions", bounded.bound_fractions)
     when_imported("copy", sandbox.contain_copies)
+    when_imported("typing", sandbox.contain_typing)
     for name in INTERFACES:
         gd[name] = routines

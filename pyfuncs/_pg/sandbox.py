@@ -88,6 +88,66 @@ def contain_copies(copy: types.ModuleType) -> None:
     copy._reconstruct = reconstruct  # type: ignore[attr-defined]
 
 
+def contain_typing(typing: types.ModuleType) -> None:
+    """typing caches what its subscriptions make (`Optional[int]`, `Callable[..., T]`) in
+    lru caches every call in the backend shares, keyed by the arguments' equality: a
+    routine's class whose metaclass says it equals int (and hashes like it) was cached in
+    int's place, and a later call's `Optional[int]` was `Optional[ThatClass]`. So, once for
+    the backend, as soon as typing is imported (boot.py), its caches key by identity: the
+    same objects give the same cached result, as before, and nothing else can."""
+    import gc
+
+    code = typing._SpecialForm.__getitem__.__code__  # every cached subscription's (_tp_cache)
+    for function in gc.get_referrers(code):
+        if not isinstance(function, types.FunctionType) or function.__code__ is not code:
+            continue
+        cell = function.__closure__[code.co_freevars.index("cached")]  # type: ignore[index]
+        if not getattr(cell.cell_contents, "contained", False):
+            cell.cell_contents = _by_identity(cell.cell_contents)
+
+
+def _by_identity(cached: Any) -> Any:
+    """What lru_cache `cached` caches, cached by its arguments' identity (the keys keep them
+    alive, so an identity is never another object's while its entry is there)."""
+    import functools
+
+    function = cached.__wrapped__
+
+    def make(key: _Identity) -> Any:
+        return function(*key.args, **key.kwds)
+
+    made = functools.lru_cache(cached.cache_parameters()["maxsize"])(make)
+
+    def by_identity(*args: Any, **kwds: Any) -> Any:
+        return made(_Identity(args, kwds))
+
+    by_identity.contained = True  # type: ignore[attr-defined]
+    by_identity.cache_clear = made.cache_clear  # type: ignore[attr-defined]
+    return by_identity
+
+
+class _Identity:
+    __slots__ = ("args", "hash", "key", "kwds")
+
+    def __init__(self, args: tuple[Any, ...], kwds: dict[str, Any]) -> None:
+        self.args, self.kwds = args, kwds
+        self.key = (_identity(args), tuple(kwds), _identity(tuple(kwds.values())))
+        self.hash = hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Identity) and self.key == other.key  # ints and tuples only
+
+    def __hash__(self) -> int:
+        return self.hash
+
+
+def _identity(value: Any) -> Any:
+    if type(value) is tuple:
+        return tuple(map(_identity, value))
+    hash(value)  # unhashable: a TypeError, on which typing calls the function uncached
+    return id(value)
+
+
 def _making(func: Callable[..., Any], kind: type) -> Callable[..., Any]:
     def make(*args: Any) -> Any:
         made = func(*args)

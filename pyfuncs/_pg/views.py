@@ -52,12 +52,14 @@ LEFT_OUT: dict[str, dict[str, str]] = {
 }  # fmt: skip
 
 
-def _unmarked(given: Any) -> Any:
-    return given
-
-
 def _dataclass_transform(**_: Any) -> Any:
-    return _unmarked
+    return lambda given: given
+
+
+def _typing(function: Any, name: str) -> Any:
+    """`function`, named as the typing function it stands in for."""
+    function.__module__, function.__name__, function.__qualname__ = "typing", name, name
+    return function
 
 
 # names routines get a stand-in for, and why: typing's markers set an attribute on whatever
@@ -65,8 +67,9 @@ def _dataclass_transform(**_: Any) -> Any:
 # or class every call shares too; only static type checkers need them, so a routine's
 # decorators return what they are given, unmarked
 STAND_INS: dict[str, dict[str, Any]] = {
-    "typing": {"final": _unmarked, "no_type_check": _unmarked,
-               "dataclass_transform": _dataclass_transform},
+    "typing": {"final": _typing(lambda given: given, "final"),
+               "no_type_check": _typing(lambda given: given, "no_type_check"),
+               "dataclass_transform": _typing(_dataclass_transform, "dataclass_transform")},
 }  # fmt: skip
 
 

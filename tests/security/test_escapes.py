@@ -47,7 +47,7 @@ allowed = frozenset(%(allowed)s)
 
 
 def fingerprint():
-    import calendar, collections.abc, dataclasses, decimal, enum, json, math, uuid
+    import calendar, collections.abc, dataclasses, decimal, enum, json, math, typing, uuid
     plans = sys.modules["pyfuncs_pg.db"]
     context = decimal.getcontext()
     return repr((
@@ -62,6 +62,7 @@ def fingerprint():
         sorted((repr(k), id(v)) for k, v in plans._ADAPTED.items()), sorted(vars(plans.db)),
         [hasattr(shared, marker) for shared in (json.dumps, json.loads, collections.OrderedDict)
          for marker in ("__final__", "__no_type_check__", "__dataclass_transform__")],
+        typing.get_args(typing.Optional[int]), typing.get_args(typing.Union[int, str]),
     ))
 
 
@@ -1056,6 +1057,28 @@ attempt(
 """,
 )
 attempt(
+    "typing_cache_by_a_lying_metaclass",
+    "returned tuple: (<class 'escape_typing_cache_by_a_lying_metaclass.Int'>, <class 'NoneType'>)",
+    """
+    import typing
+
+    class Liar(type):
+        def __eq__(cls, other):
+            return other is int or cls is other
+
+        def __hash__(cls):
+            return hash(int)
+
+    class Int(metaclass=Liar):
+        pass
+
+    def attempt():
+        # cached by identity: Optional[Int] is its own, and a later Optional[int] (the
+        # fingerprint's, in this call and others) is still int's
+        return typing.get_args(typing.Optional[Int])
+""",
+)
+attempt(
     "private_inherited_from_a_shared_class",
     "call AttributeError: pyfuncs: a routine may not read the private attribute",
     """
@@ -1111,7 +1134,7 @@ CONTAMINATING = frozenset({
     *(a.name for a in ATTEMPTS if a.name.startswith("register_through")),
     *(a.name for a in ATTEMPTS if a.name.startswith("abc_")),
     "module_renamed_after_another", "typing_overload_registry",
-    "typing_markers_on_shared_objects",
+    "typing_markers_on_shared_objects", "typing_cache_by_a_lying_metaclass",
     *(a.name for a in ATTEMPTS if a.name.startswith("private_")),
 })  # fmt: skip
 
