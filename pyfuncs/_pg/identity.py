@@ -15,6 +15,7 @@ what the statement did is rolled back with it.
 from __future__ import annotations
 
 import ctypes
+import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -62,9 +63,9 @@ def bind(lib: ctypes.CDLL) -> None:
 # x86-64 those two functions are a fixed pair of RIP-relative moves each, which name the two
 # ints' addresses: then entering and leaving are five loads and stores (~30 ns each) instead
 # of three foreign calls (~300 ns each, more with cold caches). The addresses are used only
-# if both functions name the same two, they lie in a writable mapping, and what is stored
-# through the functions is seen through the addresses and back; anywhere else the two
-# functions are called.
+# if both functions name the same two, the kernel can read them, and what is stored through
+# the functions is seen through the addresses and back (so they are the variables, which are
+# writable); anywhere else the two functions are called.
 _ENDBR64 = b"\xf3\x0f\x1e\xfa"  # where built with control-flow protection
 # each function's bytes around its two 4-byte operands
 _GET = (b"\x8b\x05", b"\x89\x07\x8b\x05", b"\x89\x06\xc3")  # mov eax,[u]; mov [rdi],eax ...
@@ -81,7 +82,7 @@ def _variables(lib: ctypes.CDLL) -> tuple[Any, Any] | None:
     if len(named) != 1 or None in named:
         return None
     ((user_at, context_at),) = named  # type: ignore[misc]
-    if not (_writable(user_at) and _writable(context_at)):
+    if not _readable(user_at, context_at):
         return None
     user, context = ctypes.c_uint.from_address(user_at), ctypes.c_int.from_address(context_at)
     seen_user, seen_context = ctypes.c_uint(), ctypes.c_int()
@@ -116,15 +117,19 @@ def _operands(function: Any, shape: tuple[bytes, ...]) -> tuple[int, int] | None
     return found[0], found[1]
 
 
-def _writable(address: int) -> bool:
-    """Whether the int at `address` lies in a writable mapping of this process."""
-    with open("/proc/self/maps", "rb") as maps:
-        for line in maps:
-            span, perms = line.split()[:2]
-            start, end = (int(x, 16) for x in span.split(b"-"))
-            if start <= address and address + 4 <= end:
-                return perms.startswith(b"rw")
-    return False
+def _readable(*addresses: int) -> bool:
+    """Whether each int at `addresses` can be read, asked of the kernel (/proc/self/mem
+    answers an error where reading it directly would fault)."""
+    try:
+        memory = os.open("/proc/self/mem", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return all(len(os.pread(memory, 4, address)) == 4 for address in addresses)
+    except OSError:
+        return False
+    finally:
+        os.close(memory)
 
 
 def _directly(user: Any, context: Any) -> tuple[Any, Any]:
