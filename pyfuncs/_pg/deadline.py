@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 # TimeoutId USER_TIMEOUT (utils/timeout.h) by major version: RegisterTimeout gives the first
 # free id from it
 _USER_TIMEOUT = {15: 12, 16: 12}
+_LONGEST = 2**31 - 1  # ms: enable_timeout_after takes an int
 
 # the postgres executable's timeout functions and our timer's id (boot() binds them; outside
 # PostgreSQL, or where the layout is not known, there is no timer and nothing is lent)
@@ -77,8 +78,8 @@ def lend(entry: Any) -> bool:
     # when the call began, as the watchdog saw it; a call it has not seen yet began now
     at = watchdog.began(entry, now) + timeout
     # in whole milliseconds, rounded up: the timer never fires before the deadline (one
-    # past it fires at once)
-    _enable_after(_timer, int((at - now) * 1000) + 1)
+    # past it fires at once); passed as a C int, so at most ~24 days
+    _enable_after(_timer, min(int((at - now) * 1000) + 1, _LONGEST))
     _lent, _depth = (routine, at), 1
     return True
 

@@ -132,6 +132,10 @@ def test_bounded_operations_are_refused_before_they_start(
     assert "limits_mod.py:" in str(err) and "lim." in str(err)  # routine, file:line
 
 
+def test_the_longest_timeout_holds_queries_within_it(lim: psycopg.Connection[Any]) -> None:
+    assert lim.execute("SELECT lim.patient()").fetchone() == (1,)
+
+
 def test_memory_error_is_out_of_memory(lim: psycopg.Connection[Any]) -> None:
     err = fails(lim, "SELECT lim.huge_allocation()")
     assert err.sqlstate == "53200"

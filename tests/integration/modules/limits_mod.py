@@ -121,6 +121,12 @@ def filled(how: str, gib: int) -> int:
     return len(bytearray(n))
 
 
+@stored_function(schema="lim", timeout_ms=2**31 - 1)
+def patient() -> int:
+    """The longest timeout_ms: the timer lent to its query is as long as PostgreSQL's allows."""
+    return int(db.fetchval("SELECT 1"))
+
+
 @stored_function(schema="lim")
 def formatted(how: str, n: int) -> int:
     """A width or precision of n through each way of formatting (bounded when n is large)."""
