@@ -13,12 +13,13 @@ Endpoints (the protocol is in the README, "Realtime: the gateway"):
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import importlib.resources
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -65,6 +66,12 @@ class Gateway:
         self.clients: set[Client] = set()
         self.cors = Origins(config.allowed_origins)
         self.stopping = False
+        # WebSockets not authenticated yet: in all, and by peer address
+        self.pending: collections.Counter[str] = collections.Counter()
+        # auth_failed audit records: a token bucket (anyone can fail to authenticate)
+        self._audit_tokens = 10 * config.auth_failures_audited
+        self._audit_at = time.monotonic()
+        self._unaudited = 0  # failures not audited since the last record (in its detail)
         self.hub.on_end = lambda sub: self.limits.unsubscribe(sub.client.user)
 
     @contextlib.asynccontextmanager
@@ -93,6 +100,13 @@ class Gateway:
         self.stopping = True
         for client in list(self.clients):
             client.close("shutdown", protocol.SHUTDOWN)
+        # an event stream whose client stopped reading cannot send its last event: it is
+        # cut off after a short grace, else the server would wait for it for ever
+        stuck = [c.abort for c in self.clients if c.abort is not None]
+        if stuck:
+            loop = asyncio.get_running_loop()
+            for abort in stuck:
+                loop.call_later(self.config.shutdown_grace, abort)
 
     # --- connections, whatever the transport ---------------------------------------------
 
@@ -109,13 +123,25 @@ class Gateway:
             raise
 
     def _auth_failed(self, connection: str, exc: AuthError) -> None:
+        """Counted always; audited at most `auth_failures_audited` times a second (bursts
+        of ten times that), each record saying how many failures went unaudited before it:
+        failing needs no token, and the audit table must not grow at an attacker's pace."""
         self.hub.metrics.auth_failures += 1
-        self.audit.record("auth_failed", connection, reason=str(exc))
+        rate = self.config.auth_failures_audited
+        now = time.monotonic()
+        self._audit_tokens = min(10 * rate, self._audit_tokens + (now - self._audit_at) * rate)
+        self._audit_at = now
+        if self._audit_tokens < 1:
+            self._unaudited += 1
+            return
+        self._audit_tokens -= 1
+        unaudited, self._unaudited = self._unaudited, 0
+        self.audit.record("auth_failed", connection, reason=str(exc), unaudited_before=unaudited)
 
     def _open(self, identity: Identity, transport: str) -> Client:
         if self.stopping:
             raise SubscriptionError("shutdown", protocol.SHUTDOWN)
-        client = Client(identity, self.config.outbox_size, transport)
+        client = Client(identity, self.config.outbox_size, transport, self.config.outbox_bytes)
         try:
             self.limits.connect(client.user)
         except SubscriptionError as exc:
@@ -163,6 +189,7 @@ class Gateway:
         if sub is None:
             raise SubscriptionError("unknown_subscription", f"no subscription {sub_id!r}")
         self.hub.unsubscribe(sub)
+        client.drop_snapshot(sub.id)
         self.limits.unsubscribe(client.user)
         self.audit.record("unsubscribe", client.id, client=client, sub=sub.id)
         client.send("unsubscribed", {"type": "unsubscribed", "sub": sub.id})
@@ -239,11 +266,45 @@ class Gateway:
 
     async def websocket(self, ws: WebSocket) -> None:
         origin = ws.headers.get("origin")
-        if origin is not None and not self.cors.websocket_allowed(origin, ws.headers):
-            self.audit.record("refused", f"ws-{id(ws):x}", reason="origin not allowed",
-                              origin=origin[:256])  # fmt: skip
+        if origin is not None and not self.cors.websocket_allowed(
+            origin, ws.headers, "https" if ws.url.scheme == "wss" else "http"
+        ):
+            # audited as an authentication failure (the audit table's events), rate limited
+            self._auth_failed(f"ws-{id(ws):x}", AuthError(
+                f"origin not allowed: {origin[:256]}"))  # fmt: skip
             await ws.close(protocol.REFUSED, "origin not allowed")  # before accept: HTTP 403
             return
+        peer = ws.client.host if ws.client else "?"
+        if bearer(ws.headers.get("authorization")) is not None:
+            await self._websocket(ws, lambda: None)  # authenticated at once, not held
+            return
+        if (
+            sum(self.pending.values()) >= self.config.max_pending
+            or self.pending[peer] >= self.config.max_pending_per_peer
+        ):
+            self.hub.metrics.auth_failures += 1
+            busy = "too many connections are waiting to authenticate; try again later"
+            if "websocket.http.response" in ws.scope.get("extensions", {}):
+                await ws.send_denial_response(PlainTextResponse(busy, 503))
+            else:
+                await ws.close(protocol.REFUSED, busy)
+            return
+        self.pending[peer] += 1
+        counted = [True]
+
+        def authenticated() -> None:
+            if counted:
+                counted.clear()
+                self.pending[peer] -= 1
+                if self.pending[peer] <= 0:
+                    del self.pending[peer]
+
+        try:
+            await self._websocket(ws, authenticated)
+        finally:
+            authenticated()
+
+    async def _websocket(self, ws: WebSocket, authenticated: Callable[[], None]) -> None:
         await ws.accept()
         provisional = f"ws-{id(ws):x}"
         try:
@@ -263,6 +324,7 @@ class Gateway:
             return
         except WebSocketDisconnect:
             return
+        authenticated()
         client.write_now = ws.scope.get("extensions", {}).get(WRITE_NOW, {}).get("write")
         self._ready(client)
         tasks = [asyncio.create_task(c) for c in (
@@ -320,6 +382,7 @@ class Gateway:
     async def _ws_send(self, ws: WebSocket, client: Client) -> None:
         while True:
             message = await client.outbox.get()
+            client.taken(message)
             client.sending = True
             await ws.send_text(message.data)
             client.sending = False
@@ -397,8 +460,10 @@ class Gateway:
             self._close(client)
             raise
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return sse.Stream(self._sse_stream(client), lambda: self._close(client),
-                          media_type="text/event-stream", headers=headers)  # fmt: skip
+        stream = sse.Stream(self._sse_stream(client), lambda: self._close(client),
+                            media_type="text/event-stream", headers=headers)  # fmt: skip
+        client.abort = stream.abort
+        return stream
 
     async def _sse_stream(self, client: Client) -> AsyncIterator[str]:
         """The stream's events (sse.Stream lets the connection go, even if this never runs)."""
@@ -412,6 +477,7 @@ class Gateway:
                 if get not in done:
                     get.cancel()
                     break
+                client.taken(get.result())
                 yield sse.event(get.result())
                 if client.suspended:
                     break  # SSE has no way to send a new token: reconnect with one

@@ -67,15 +67,20 @@ class Outgoing:
     kind: str
     position: str | None
     data: str
+    snapshot_of: str | None = None  # a `subscribed` snapshot: its subscription's id
 
 
 class Client:
-    def __init__(self, identity: Identity, outbox_size: int, transport: str) -> None:
+    def __init__(
+        self, identity: Identity, outbox_size: int, transport: str, outbox_bytes: int = 2**62
+    ) -> None:
         self.id = uuid.uuid4().hex
         self.transport = transport
         self._set_identity(identity)
         self.user = user_of(identity)
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue(outbox_size)
+        self.outbox_bytes = outbox_bytes  # the most characters the outbox may hold
+        self.queued = 0  # characters in the outbox (`taken` subtracts what leaves it)
         # writes a message now if the connection has room (False: it must wait its turn)
         self.write_now: Callable[[str], bool] | None = None
         self.sending = False  # the sender holds a message it took from the outbox
@@ -83,8 +88,10 @@ class Client:
         self.suspended = False  # its token expired; a refreshed one resumes it
         self.refreshed = asyncio.Event()  # set when a new token arrives
         self.closing = asyncio.Event()
+        self.drained = asyncio.Event()  # set when the outbox is down to half (catch-up waits)
         self.sent_at = time.monotonic()  # when a message was last sent (heartbeats)
         self.reason: tuple[str, str] | None = None  # (code, message) once closing
+        self.abort: Callable[[], None] | None = None  # ends an SSE stream that is stuck
 
     def _set_identity(self, identity: Identity) -> None:
         self.identity = identity
@@ -99,7 +106,9 @@ class Client:
     def send(self, kind: str, message: dict[str, Any], position: str | None = None) -> None:
         self.push_raw(kind, position, json.dumps(message, separators=(",", ":")))
 
-    def push_raw(self, kind: str, position: str | None, data: str) -> None:
+    def push_raw(
+        self, kind: str, position: str | None, data: str, snapshot_of: str | None = None
+    ) -> None:
         """Queue a message whose JSON is already made (rows arrive as PostgreSQL's JSON)."""
         if self.reason is not None:
             return
@@ -107,8 +116,16 @@ class Client:
         # straight to the socket only if nothing is waiting before it: order is kept
         if self.write_now and not self.sending and self.outbox.empty() and self.write_now(data):
             return
+        if self.queued + len(data) > self.outbox_bytes:
+            self.close(
+                "slow_consumer",
+                f"more than {self.outbox_bytes} bytes were waiting for this client; "
+                "reconnect and resume from your last position",
+            )
+            return
         try:
-            self.outbox.put_nowait(Outgoing(kind, position, data))
+            self.outbox.put_nowait(Outgoing(kind, position, data, snapshot_of))
+            self.queued += len(data)
         except asyncio.QueueFull:
             self.close(
                 "slow_consumer",
@@ -116,7 +133,25 @@ class Client:
                 "reconnect and resume from your last position",
             )
 
+    def taken(self, message: Outgoing) -> None:
+        """`message` left the outbox (to be written)."""
+        self.queued -= len(message.data)
+        if self.outbox.qsize() <= self.outbox.maxsize // 2:
+            self.drained.set()
+
+    def drop_snapshot(self, sub_id: str) -> None:
+        """Free the snapshot of subscription `sub_id` if it still waits in the outbox (it
+        was unsubscribed before the client read it): a client that does not read must not
+        hold snapshots by subscribing and unsubscribing."""
+        waiting = [self.outbox.get_nowait() for _ in range(self.outbox.qsize())]
+        for message in waiting:
+            if message.snapshot_of == sub_id:
+                self.taken(message)
+            else:
+                self.outbox.put_nowait(message)
+
     def close(self, code: str, message: str) -> None:
         if self.reason is None:
             self.reason = (code, message)
             self.closing.set()
+            self.drained.set()

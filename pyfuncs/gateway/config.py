@@ -23,8 +23,15 @@ class GatewayConfig:
     dsn: str
     verifier: JwtVerifier
     outbox_size: int = 1000  # messages waiting for one client before it is disconnected
+    outbox_bytes: int = 16 * 2**20  # characters waiting for one client: past it, the same
+    max_snapshot_bytes: int = 8 * 2**20  # characters of a snapshot's rows (too_many_rows)
     heartbeat: float = 15.0  # seconds between heartbeats (they carry positions)
-    auth_timeout: float = 10.0  # for the first message's token, when no header has one
+    auth_timeout: float = 3.0  # for the first message's token, when no header has one
+    max_pending: int = 256  # WebSockets not yet authenticated, in all (more: HTTP 503)
+    max_pending_per_peer: int = 32  # ... from one IP address (more: HTTP 503)
+    auth_failures_audited: float = 1.0  # auth_failed audit rows per second (bursts of 10x)
+    catch_up_wait: float = 60.0  # seconds a resuming subscription waits for a client to read
+    shutdown_grace: float = 3.0  # seconds a stalled stream is given to end on SIGTERM
     expiry_grace: float = 60.0  # to send a refreshed token after one expired
     max_connections_per_user: int = 20
     max_subscriptions_per_user: int = 100

@@ -203,14 +203,17 @@ class Hub:
         start = since if since is not None else Position(head, END)
         # one Table object for equal tables: delivery looks them up in dicts for every change
         table = self._tables.setdefault(table, table)
-        sub = Subscription(sub_id, client, table, filters, start, seen=visible)
+        # a resume with `keys` holds what it named and still sees: only those can leave its
+        # view (a DELETE of a row it never had is none of its business)
+        seen = visible if held is None else visible.intersection(held)
+        sub = Subscription(sub_id, client, table, filters, start, seen=seen)
         token = self.tokens.resume_token(start)
         reply = {"type": "subscribed", "sub": sub_id, "table": table.qualified,
                  "key": table.key, "position": token}  # fmt: skip
         if since is None:
             data = json.dumps(reply, separators=(",", ":"))[:-1]
             rows_json = ",".join(row for _, row in rows)
-            client.push_raw("subscribed", token, f'{data},"rows":[{rows_json}]}}')
+            client.push_raw("subscribed", token, f'{data},"rows":[{rows_json}]}}', sub_id)
         else:
             # of the keys the client holds, those it does not see now (gone, hidden, or out
             # of its filters: one answer for all, and only for keys it named); the changes
@@ -239,6 +242,13 @@ class Hub:
                 # whatever converting the filters ran, the rows are read as the subscriber
                 await as_identity(conn, client.check_identity)
                 rows = await snapshot(conn, table, columns, filters, self.config.max_snapshot_rows)
+        if sum(len(row) for _, row in rows) > self.config.max_snapshot_bytes:
+            raise SubscriptionError(
+                "too_many_rows",
+                f"the rows you see in {table.qualified} come to more than "
+                f"{self.config.max_snapshot_bytes} bytes; subscribe with filters that "
+                "select fewer rows",
+            )
         return head, table, rows
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -278,7 +288,17 @@ class Hub:
             outbox = sub.client.outbox
             room = outbox.maxsize - outbox.qsize()
             if room < min(outbox.maxsize, max(2, outbox.maxsize // 2)):
-                await asyncio.sleep(0.01)
+                # wait for the client to read (no polling), but not for ever
+                sub.client.drained.clear()
+                try:
+                    async with asyncio.timeout(self.config.catch_up_wait):
+                        await sub.client.drained.wait()
+                except TimeoutError:
+                    sub.client.close(
+                        "slow_consumer",
+                        f"this client read nothing for {self.config.catch_up_wait:g} s while "
+                        "subscriptions caught up; reconnect and resume from your last position",
+                    )  # fmt: skip
                 continue
             limit = max(1, min(self.config.batch, room // 2))
             try:

@@ -30,11 +30,18 @@ class Origins:
         self.allowed = allowed
         self.any = allowed == ("*",)
 
-    def websocket_allowed(self, origin: str, headers: Mapping[str, str]) -> bool:
+    def websocket_allowed(
+        self, origin: str, headers: Mapping[str, str], scheme: str = "http"
+    ) -> bool:
         if self.any or not self.allowed or origin.lower() in self.allowed:
             return True
+        # the gateway's own pages: the same scheme (http for ws, https for wss), host and
+        # port. The host is the request's `Host`, which a DNS-rebinding page controls: with
+        # origins configured only pages it names or the gateway's own may connect, but the
+        # own-host rule cannot tell a rebinding page from the gateway's (tokens still rule)
         host = headers.get("host", "").lower()
-        return bool(host) and urllib.parse.urlsplit(origin.lower()).netloc == host
+        parts = urllib.parse.urlsplit(origin.lower())
+        return bool(host) and parts.scheme == scheme and parts.netloc == host
 
 
 class ClientCors:

@@ -12,6 +12,7 @@ is closed with 1009.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,7 +91,7 @@ def decode(text: str | None, limit: int) -> dict[str, Any]:
     if size_of(text) > limit:
         raise TooBig(limit)
     try:
-        value = json.loads(text, parse_constant=_not_json)
+        value = json.loads(text, parse_constant=_not_json, parse_float=_finite)
     except RecursionError:
         raise SubscriptionError(
             "bad_request", f"a message is nested at most {MAX_DEPTH} levels deep"
@@ -106,6 +107,14 @@ def decode(text: str | None, limit: int) -> dict[str, Any]:
 def _not_json(name: str) -> Any:
     # Python's decoder takes NaN and Infinity, which JSON (and PostgreSQL's jsonb) do not
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    # `1e400` would be inf, which no JSON (and no answer the gateway sends) may hold
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text[:40]} is out of range")
+    return number
 
 
 def _check(value: Any) -> None:

@@ -29,6 +29,8 @@ class RateLimits:
         self._buckets: dict[str, _Bucket] = {}
 
     def connect(self, user: str) -> None:
+        """A connection counts as a message too (reconnecting is no way around the rate)."""
+        self.message(user)
         if self.connections[user] >= self.config.max_connections_per_user:
             raise SubscriptionError(
                 "rate_limited",
@@ -43,7 +45,21 @@ class RateLimits:
         self.subscriptions[user] -= subscriptions
         if self.connections[user] <= 0:
             del self.connections[user], self.subscriptions[user]
-            self._buckets.pop(user, None)
+            self._prune()
+
+    def _prune(self) -> None:
+        """Forget the buckets of users without connections once they are full again (a
+        full bucket is what a new one would be): a user's rate outlives its connections,
+        and memory stays bounded by the users active in the last few seconds."""
+        if len(self._buckets) <= 2 * len(self.connections) + 64:
+            return
+        rate, now = self.config.messages_per_second, time.monotonic()
+        for user, bucket in list(self._buckets.items()):
+            if (
+                user not in self.connections
+                and bucket.tokens + (now - bucket.at) * rate >= 2 * rate
+            ):
+                del self._buckets[user]
 
     def subscribe(self, user: str) -> None:
         if self.subscriptions[user] >= self.config.max_subscriptions_per_user:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import math
 import re
+import resource
 import signal
 import threading
 from collections.abc import Callable
@@ -183,10 +185,30 @@ def serve(host: str, port: int, workers: int, log_level: str, access_log: bool =
     gateway cannot work with is a ConfigError here, before any worker starts."""
     config = GatewayConfig.from_env(resolve_dsn(), JwtVerifier.from_env())
     asyncio.run(verify(config))
+    files = raise_file_limit()
     # websockets refuses a message past the gateway's limit without reading it all (1009);
     # no per-message compression: the gateway sends each change to many clients, and
     # deflating small JSON messages once per client cost more CPU than all the rest
     uvicorn.run("pyfuncs.gateway.app:create_app", factory=True, host=host, port=port,
                 workers=workers, log_level=log_level, access_log=access_log,
                 log_config=log_config(), ws=f"{__name__}:WebSocketProtocol",
-                ws_per_message_deflate=False, ws_max_size=config.max_message)  # fmt: skip
+                ws_per_message_deflate=False, ws_max_size=config.max_message,
+                # past it uvicorn answers 503 (sockets for the database and logs aside);
+                # on SIGTERM, connections still open after the grace are cut
+                limit_concurrency=max(64, files - 128),
+                timeout_graceful_shutdown=math.ceil(2 * config.shutdown_grace + 1))  # fmt: skip
+
+
+def raise_file_limit() -> int:
+    """Raise the soft limit on open files to the hard one (each connection is a socket):
+    the soft limit a service starts with is often 1024. Returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 65_536)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else 65_536

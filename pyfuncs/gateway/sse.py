@@ -3,6 +3,7 @@ always lets its connection go (the endpoint itself is Gateway.sse, in app.py).""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -43,11 +44,26 @@ class Stream(StreamingResponse):
     ) -> None:
         super().__init__(content, **kwargs)
         self._done = done
+        self._task: asyncio.Task[Any] | None = None
+        self._aborted = False
+
+    def abort(self) -> None:
+        """Stop sending (the server is stopping and the client does not read): the
+        response ends unfinished and the server closes the connection."""
+        if self._task is not None and not self._task.done():
+            self._aborted = True
+            self._task.cancel()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._task = asyncio.current_task()
         try:
             await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:
+            if not self._aborted:
+                raise
+            # the server closes the connection: the response is incomplete
         finally:
+            self._task = None
             self._done()
 
 
