@@ -65,6 +65,33 @@ FAILED = ("the gateway could not deliver a change of this table to this subscrip
           "subscribe again without `since` to read the table afresh")  # fmt: skip
 
 
+def _latest_only(changes: Sequence[Change], table: Table) -> list[Change]:
+    """The changes of a catch-up read that a resuming subscription needs: of the changes
+    to `table`, only the last one of each key (a re-key counts for both of its keys), so
+    that it learns nothing of what a key went through before the version it may see now
+    (another user's row that had the key, and was deleted, say). The last change of the
+    read is always kept: the subscription's position moves to it."""
+    last: dict[Key, int] = {}
+    keys: list[tuple[Key | None, ...]] = []
+    for i, change in enumerate(changes):
+        if change.schema != table.schema or change.table != table.name or change.op == "TRUNCATE":
+            keys.append(())
+            continue
+        mine = tuple(
+            None if image is None else table.key_of(image) for image in (change.old, change.new)
+        )
+        keys.append(mine)
+        for key in mine:
+            if key is not None:
+                last[key] = i
+    kept = [
+        change for i, change in enumerate(changes)
+        if not keys[i] or any(k is not None and last[k] == i for k in keys[i])
+        or all(k is None for k in keys[i])
+    ]  # fmt: skip
+    return kept
+
+
 class Hub:
     def __init__(self, config: GatewayConfig, sessions: Sessions) -> None:
         self.config = config
@@ -307,7 +334,7 @@ class Hub:
                 if not changes:
                     sub.live = True
                     return
-                await self._deliver(changes, [sub])
+                await self._deliver(_latest_only(changes, sub.table), [sub])
             except ResyncRequired:
                 self._end(sub, "resync_required", RESYNC)
             except psycopg.OperationalError as exc:
