@@ -283,11 +283,9 @@ class Gateway:
             or self.pending[peer] >= self.config.max_pending_per_peer
         ):
             self.hub.metrics.auth_failures += 1
-            busy = "too many connections are waiting to authenticate; try again later"
-            if "websocket.http.response" in ws.scope.get("extensions", {}):
-                await ws.send_denial_response(PlainTextResponse(busy, 503))
-            else:
-                await ws.close(protocol.REFUSED, busy)
+            # refused before the handshake (HTTP 403), the cheapest answer (uvicorn logs an
+            # error for each denial response with another status)
+            await ws.close(protocol.REFUSED, "too many connections waiting to authenticate")
             return
         self.pending[peer] += 1
         counted = [True]
