@@ -417,12 +417,12 @@ class Gateway:
     async def _handle(self, client: Client, message: protocol.Message) -> None:
         if isinstance(message, Auth):
             self._refresh(client, message.token)
+        elif isinstance(message, Unsubscribe):  # also while paused: shedding is fine
+            self._unsubscribe(client, message.id)
         elif client.suspended:
             raise SubscriptionError("token_expired", "send a refreshed token first")
         elif isinstance(message, Subscribe):
             await self._subscribe(client, message)
-        elif isinstance(message, Unsubscribe):
-            self._unsubscribe(client, message.id)
         elif isinstance(message, Ping):
             client.send("pong", {"type": "pong"})
 

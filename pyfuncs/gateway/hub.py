@@ -65,30 +65,21 @@ FAILED = ("the gateway could not deliver a change of this table to this subscrip
           "subscribe again without `since` to read the table afresh")  # fmt: skip
 
 
-def _latest_only(changes: Sequence[Change], table: Table) -> list[Change]:
-    """The changes of a catch-up read that a resuming subscription needs: of the changes
-    to `table`, only the last one of each key (a re-key counts for both of its keys), so
-    that it learns nothing of what a key went through before the version it may see now
-    (another user's row that had the key, and was deleted, say). The last change of the
-    read is always kept: the subscription's position moves to it."""
-    last: dict[Key, int] = {}
-    keys: list[tuple[Key | None, ...]] = []
+def _not_overwritten(changes: Sequence[Change], table: Table) -> list[Change]:
+    """The changes of a catch-up read, less those of `table` that wrote a row a later change
+    of the read removes (deletes or re-keys) and that remove nothing themselves: the live
+    path skips them too (their row is gone), but here a later row with the same key would
+    be reported in their place, telling a resuming subscriber about the history of a key it
+    may not have seen (another user's row that had it, and was deleted, say). The last
+    change of the read is always kept: the subscription's position moves to it."""
+    later = removed_later_in_batch(changes, table)
+    kept = []
     for i, change in enumerate(changes):
-        if change.schema != table.schema or change.table != table.name or change.op == "TRUNCATE":
-            keys.append(())
-            continue
-        mine = tuple(
-            None if image is None else table.key_of(image) for image in (change.old, change.new)
-        )
-        keys.append(mine)
-        for key in mine:
-            if key is not None:
-                last[key] = i
-    kept = [
-        change for i, change in enumerate(changes)
-        if not keys[i] or any(k is not None and last[k] == i for k in keys[i])
-        or all(k is None for k in keys[i])
-    ]  # fmt: skip
+        if later[i] and change.new is not None:
+            old = None if change.old is None else table.key_of(change.old)
+            if old is None or old == table.key_of(change.new):
+                continue  # an INSERT or UPDATE of a row removed later: not a removal itself
+        kept.append(change)
     return kept
 
 
@@ -334,7 +325,7 @@ class Hub:
                 if not changes:
                     sub.live = True
                     return
-                await self._deliver(_latest_only(changes, sub.table), [sub])
+                await self._deliver(_not_overwritten(changes, sub.table), [sub])
             except ResyncRequired:
                 self._end(sub, "resync_required", RESYNC)
             except psycopg.OperationalError as exc:

@@ -294,3 +294,24 @@ def test_catch_up_for_a_client_that_does_not_read_gives_up(
         ws.transport.abort()
 
     run(main())
+
+
+def test_unsubscribe_is_answered_while_the_token_is_expired(
+    gateway_factory: Callable[..., GatewayProcess], rt_db: str
+) -> None:
+    gateway = gateway_factory(expiry_grace=30)
+
+    async def main() -> None:
+        ws = await WsClient.connect(gateway.ws_url, token(ttl=1))
+        await ws.subscribe("a")
+        await ws.wait_for(lambda m: m.get("code") == "token_expired", timeout=10)
+        await ws.send(type="unsubscribe", id="a")
+        reply = await ws.wait_for(lambda m: m.get("sub") == "a" and m["type"] != "subscribed")
+        assert reply["type"] == "unsubscribed"
+        await ws.send(type="ping")
+        refused = await ws.wait_for(lambda m: m.get("code") == "token_expired" and
+                                    "refreshed" in m["message"])  # fmt: skip
+        assert refused["type"] == "error"
+        await ws.close()
+
+    run(main())
