@@ -395,12 +395,24 @@ def visible_query(
     return statement, {**params, "keys": objects}
 
 
-@functools.lru_cache(maxsize=1024)
+CACHED_FILTER_SETS = 8  # statements for more filter sets are composed for each batch
+
+
 def _visible_statement(
     table: Table, columns: tuple[str, ...], filter_sets: tuple[Filters, ...]
 ) -> tuple[str, dict[str, Any]]:
     """The statement of `visible_query` and its filter parameters, composed once for each
-    table, columns and filters (it runs for every batch)."""
+    table, columns and filters (it runs for every batch). Only statements for a few filter
+    sets are cached, in a small cache: a user's many subscriptions, changed between
+    batches, would otherwise fill it with large statements (and their parameters)."""
+    if len(filter_sets) > CACHED_FILTER_SETS:
+        return _compose_visible(table, columns, filter_sets)
+    return _cached_visible(table, columns, filter_sets)
+
+
+def _compose_visible(
+    table: Table, columns: tuple[str, ...], filter_sets: tuple[Filters, ...]
+) -> tuple[str, dict[str, Any]]:
     matches = [_matches(table, filters, f"s{i}") for i, filters in enumerate(filter_sets)]
     flags = sql.SQL(", ").join(m for m, _ in matches) if matches else sql.SQL("true")
     key_columns = sql.SQL(", ").join(sql.Identifier(c) for c in table.key)
@@ -420,3 +432,6 @@ def _visible_statement(
 
 def visible_rows(rows: Iterable[tuple[Any, ...]]) -> Visible:
     return {_parse_key(key): (row, list(flags)) for key, row, flags in rows}
+
+
+_cached_visible = functools.lru_cache(maxsize=256)(_compose_visible)

@@ -315,3 +315,16 @@ def test_unsubscribe_is_answered_while_the_token_is_expired(
         await ws.close()
 
     run(main())
+
+
+def test_the_visibility_statement_cache_is_small() -> None:
+    from pyfuncs.gateway import tables
+
+    table = tables.Table(1, "rt", "notes", ("id",))
+    none = tables.Filter.parse_all([])
+    tables._cached_visible.cache_clear()
+    tables._visible_statement(table, ("id",), (none,) * (tables.CACHED_FILTER_SETS + 1))
+    assert tables._cached_visible.cache_info().currsize == 0  # large: composed each time
+    for i in range(300):
+        tables._visible_statement(table, ("id", f"c{i}"), (none,))
+    assert tables._cached_visible.cache_info().currsize <= 256
