@@ -69,7 +69,7 @@ class Gateway:
         # WebSockets not authenticated yet: in all, and by peer address
         self.pending: collections.Counter[str] = collections.Counter()
         # auth_failed audit records: a token bucket (anyone can fail to authenticate)
-        self._audit_tokens = 10 * config.auth_failures_audited
+        self._audit_tokens = 30 * config.auth_failures_audited
         self._audit_at = time.monotonic()
         self._unaudited = 0  # failures not audited since the last record (in its detail)
         self.hub.on_end = lambda sub: self.limits.unsubscribe(sub.client.user)
@@ -124,12 +124,12 @@ class Gateway:
 
     def _auth_failed(self, connection: str, exc: AuthError) -> None:
         """Counted always; audited at most `auth_failures_audited` times a second (bursts
-        of ten times that), each record saying how many failures went unaudited before it:
+        of thirty times that), each record saying how many failures went unaudited before it:
         failing needs no token, and the audit table must not grow at an attacker's pace."""
         self.hub.metrics.auth_failures += 1
         rate = self.config.auth_failures_audited
         now = time.monotonic()
-        self._audit_tokens = min(10 * rate, self._audit_tokens + (now - self._audit_at) * rate)
+        self._audit_tokens = min(30 * rate, self._audit_tokens + (now - self._audit_at) * rate)
         self._audit_at = now
         if self._audit_tokens < 1:
             self._unaudited += 1

@@ -29,7 +29,7 @@ class GatewayConfig:
     auth_timeout: float = 3.0  # for the first message's token, when no header has one
     max_pending: int = 256  # WebSockets not yet authenticated, in all (more: HTTP 503)
     max_pending_per_peer: int = 32  # ... from one IP address (more: HTTP 503)
-    auth_failures_audited: float = 1.0  # auth_failed audit rows per second (bursts of 10x)
+    auth_failures_audited: float = 1.0  # auth_failed audit rows per second (bursts of 30x)
     catch_up_wait: float = 60.0  # seconds a resuming subscription waits for a client to read
     shutdown_grace: float = 3.0  # seconds a stalled stream is given to end on SIGTERM
     expiry_grace: float = 60.0  # to send a refreshed token after one expired

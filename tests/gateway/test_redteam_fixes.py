@@ -188,6 +188,7 @@ def test_anonymous_connections_are_limited_and_auth_failures_audited_at_a_bounde
 ) -> None:
     log = tmp_path / "gateway.log"
     gateway = gateway_factory(max_pending_per_peer=4, auth_timeout=1, log=log,
+                              auth_failures_audited=0.5,
                               allowed_origins="https://app.example")  # fmt: skip
 
     async def main() -> None:
@@ -214,7 +215,7 @@ def test_anonymous_connections_are_limited_and_auth_failures_audited_at_a_bounde
                         await ws.recv()
         # a refused Origin is audited too (as auth_failed, which the table takes), with
         # the count of failures not audited before it
-        await asyncio.sleep(1.1)
+        await asyncio.sleep(2.2)
         with pytest.raises(websockets.InvalidStatus):
             await websockets.connect(gateway.ws_url, origin="https://evil.example")  # type: ignore[arg-type]
 
@@ -228,7 +229,7 @@ def test_anonymous_connections_are_limited_and_auth_failures_audited_at_a_bounde
     assert metrics["pyfuncs_gateway_audit_dropped_total"] == 0
     audited = conn.execute("SELECT detail FROM pyfuncs.realtime_audit "
                            "WHERE event = 'auth_failed' ORDER BY at").fetchall()  # fmt: skip
-    assert 1 <= len(audited) <= 10 + elapsed + 1
+    assert 1 <= len(audited) <= 15 + elapsed / 2 + 1
     last = audited[-1][0]
     assert "origin not allowed" in last["reason"] and last["unaudited_before"] > 0
 
