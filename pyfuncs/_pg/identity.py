@@ -21,7 +21,14 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-SECURITY_LOCAL_USERID_CHANGE = 0x0001  # miscadmin.h, the same in every version
+# miscadmin.h, the same in every version: what a routine's queries run with, as PostgreSQL
+# runs a SECURITY DEFINER function's body (no change of role or session authorization) and
+# a maintenance command's index expressions (no temporary tables or types, no deferred
+# triggers, no WITH HOLD cursors: nothing that would run or be found after the query, as
+# the caller or as whoever the session serves next)
+SECURITY_LOCAL_USERID_CHANGE = 0x0001
+SECURITY_RESTRICTED_OPERATION = 0x0002
+RESTRICTED = SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION
 PGC_USERSET = 6  # guc.h GucContext
 CLAIMS = b"request.jwt.claims"
 # guc.h flag bits by major version: (GUC_CUSTOM_PLACEHOLDER, GUC_NOT_WHILE_SEC_REST)
@@ -135,7 +142,7 @@ def _readable(*addresses: int) -> bool:
 def _directly(user: Any, context: Any) -> tuple[Any, Any]:
     def enter() -> Any:
         were = user.value, context.value
-        context.value = were[1] | SECURITY_LOCAL_USERID_CHANGE
+        context.value = were[1] | RESTRICTED
         return (*were, _search_path.value, _claims and _claims())
 
     def leave(entered: Any) -> str | None:
@@ -159,7 +166,7 @@ def _through(lib: ctypes.CDLL) -> tuple[Any, Any]:
     def enter() -> Any:
         get(*refs)
         were = user.value, context.value
-        put(were[0], were[1] | SECURITY_LOCAL_USERID_CHANGE)
+        put(were[0], were[1] | RESTRICTED)
         return (*were, _search_path.value, _claims and _claims())
 
     def leave(entered: Any) -> str | None:
