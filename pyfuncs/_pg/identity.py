@@ -17,6 +17,8 @@ from __future__ import annotations
 import ctypes
 import os
 
+from . import watchdog as stopping
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -56,6 +58,7 @@ def bind(lib: ctypes.CDLL) -> None:
     global _search_path, _claims, enter, leave
     variables = _variables(lib)
     enter, leave = _through(lib) if variables is None else _directly(*variables)
+    stopping.BOOKKEEPING.update(id(f.__code__) for f in (enter, leave, _changed))
     _search_path = ctypes.c_char_p.in_dll(lib, "namespace_search_path")
     if not _protect_claims(lib):
         option = lib.GetConfigOption
