@@ -403,20 +403,13 @@ class Gateway:
     async def _sse_stream(self, client: Client) -> AsyncIterator[str]:
         """The stream's events (sse.Stream lets the connection go, even if this never runs)."""
         expiry = asyncio.create_task(self._watch_expiry(client))
-        closing = asyncio.ensure_future(client.closing.wait())
         outbox = client.outbox
         try:
             while client.reason is None:
                 if outbox.empty():
-                    get = asyncio.ensure_future(outbox.get())
-                    done, _ = await asyncio.wait({get, closing},
-                                                 return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-                    if get not in done:
-                        get.cancel()
-                        break
-                    events = [sse.event(get.result())]
-                else:
-                    events = [sse.event(outbox.get_nowait())]
+                    await client.arrival()  # a message, or the client is closing
+                    continue
+                events = [sse.event(outbox.get_nowait())]
                 # what else is waiting (a batch's events) goes out in the same write
                 while not client.suspended and client.reason is None and not outbox.empty():
                     events.append(sse.event(outbox.get_nowait()))
@@ -427,7 +420,6 @@ class Gateway:
             yield sse.event(Outgoing("error", None, json.dumps(
                 {"type": "error", "code": code, "message": text})))  # fmt: skip
         finally:
-            closing.cancel()
             expiry.cancel()
             self._close(client)
 

@@ -87,6 +87,7 @@ class Client:
         self.suspended = False  # its token expired; a refreshed one resumes it
         self.refreshed = asyncio.Event()  # set when a new token arrives
         self.closing = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # see `arrival`
         self.sent_at = time.monotonic()  # when a message was last sent (heartbeats)
         self.reason: tuple[str, str] | None = None  # (code, message) once closing
 
@@ -136,9 +137,24 @@ class Client:
             if not self._queue("change", positions[i], held[i]):
                 return
 
+    def arrival(self) -> asyncio.Future[None]:
+        """Done when a message is queued or the client is closing (for a reader of the
+        outbox that has more than it to wait for: a future, not a task per message)."""
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+        return waiter
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def _queue(self, kind: str, position: str | None, data: str) -> bool:
         try:
             self.outbox.put_nowait(Outgoing(kind, position, data))
+            if self._waiter is not None:
+                self._wake()
             return True
         except asyncio.QueueFull:
             self.close(
@@ -152,3 +168,4 @@ class Client:
         if self.reason is None:
             self.reason = (code, message)
             self.closing.set()
+            self._wake()

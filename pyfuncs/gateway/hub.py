@@ -340,9 +340,17 @@ class Hub:
         (reading the change log on `feed`, the hub's own connection, else a pooled one),
         then sends without awaiting: a failure before sending sends nothing and moves no
         position; a failure while sending to one subscription ends that one only."""
+        # the subscriptions of each table, and of each identity on it (one check each)
         by_table: dict[Table, list[Subscription]] = defaultdict(list)
+        groups: dict[tuple[Table, str], Group] = {}
+        slot: dict[Subscription, tuple[Group, int]] = {}
         for sub in subs:
-            by_table[sub.table].append(sub)
+            table = sub.table
+            by_table[table].append(sub)
+            group = groups.get((table, sub.client.identity_key))
+            if group is None:
+                group = groups[table, sub.client.identity_key] = Group(table, sub.client)
+            slot[sub] = (group, group.index(sub.filters))
         # a table as each subscription knows it: one name may stand for versions of a table
         # (its key renamed, or dropped and created again since some subscribed)
         named: dict[tuple[str, str], list[Table]] = defaultdict(list)
@@ -364,23 +372,20 @@ class Hub:
                 if new is not None:
                     changed[table].add(new)
             keys.append(mine)
-        groups: dict[tuple[Table, str], Group] = {}
-        slot: dict[Subscription, tuple[Group, int]] = {}
-        for sub in subs:
-            group = groups.get((sub.table, sub.client.identity_key))
-            if group is None:
-                group = groups[sub.table, sub.client.identity_key] = Group(sub.table, sub.client)
-                group.keys = changed[sub.table]
-            slot[sub] = (group, group.index(sub.filters))
+        for group in groups.values():
+            group.keys = changed[group.table]
         wanted = [g for g in groups.values() if g.keys]
         self.metrics.checks += len(wanted)
         answer = await visibility(self.sessions, wanted, changes[-1].position.commit, feed)
         later = {table: removed_later_in_batch(changes, table) for table in by_table}
         # subscriptions that caught up past the batch's start skip what they have had
         first = changes[0].position
-        plan = {table: [(sub, slot[sub][1], *answer.get(slot[sub][0], NOTHING),
-                         sub.position if sub.position >= first else None) for sub in some]
-                for table, some in by_table.items()}  # fmt: skip
+        plan: dict[Table, list[tuple[Subscription, int, Visible, set[Key], Position | None]]]
+        plan = {table: [] for table in by_table}
+        for sub, (group, index) in slot.items():
+            rows, removed = answer.get(group, NOTHING)
+            ahead = sub.position if sub.position >= first else None
+            plan[sub.table].append((sub, index, rows, removed, ahead))
         failed: set[Subscription] = set()
         held: set[Client] = set()  # the events of the batch go out together, per client
         try:
