@@ -95,7 +95,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 # subscription that gets it: each is framed once, not once per client. Server frames are not
 # masked, so the bytes are the same for every connection.
 _frames: dict[str, bytes] = {}
-_FRAMES_KEPT = 4096  # messages (a batch's, for its subscriptions), then forgotten
+_FRAMES_KEPT = 1024  # messages (a batch's, for its subscriptions), then forgotten
 _CHUNK = 65536  # bytes written at once when several messages are due
 
 
