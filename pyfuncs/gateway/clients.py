@@ -70,6 +70,28 @@ class Outgoing:
     snapshot_of: str | None = None  # a `subscribed` snapshot: its subscription's id
 
 
+class Outbox(asyncio.Queue[Outgoing]):
+    """A client's outbox: bounded in messages (the queue's maxsize) and counting the
+    characters of those waiting (`size`), whoever takes them out; `drained` is set when
+    it is down to half its messages (a catch-up waits for that)."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self.size = 0
+        self.drained = asyncio.Event()
+
+    def _put(self, item: Outgoing) -> None:
+        super()._put(item)
+        self.size += len(item.data)
+
+    def _get(self) -> Outgoing:
+        item: Outgoing = super()._get()
+        self.size -= len(item.data)
+        if self.qsize() <= self.maxsize // 2:
+            self.drained.set()
+        return item
+
+
 class Client:
     def __init__(
         self, identity: Identity, outbox_size: int, transport: str, outbox_bytes: int = 2**62
@@ -78,17 +100,20 @@ class Client:
         self.transport = transport
         self._set_identity(identity)
         self.user = user_of(identity)
-        self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue(outbox_size)
+        self.outbox = Outbox(outbox_size)
         self.outbox_bytes = outbox_bytes  # the most characters the outbox may hold
-        self.queued = 0  # characters in the outbox (`taken` subtracts what leaves it)
-        # writes a message now if the connection has room (False: it must wait its turn)
-        self.write_now: Callable[[str], bool] | None = None
+        # writes messages now while the connection has room; says how many it wrote (the
+        # rest must wait their turn)
+        self.write_now: Callable[[list[str]], int] | None = None
+        # a batch's events for this client, sent together when the hub has walked it
+        self.held: list[str] = []
+        self.held_positions: list[str | None] = []
         self.sending = False  # the sender holds a message it took from the outbox
         self.subscriptions: dict[str, Subscription] = {}
         self.suspended = False  # its token expired; a refreshed one resumes it
         self.refreshed = asyncio.Event()  # set when a new token arrives
         self.closing = asyncio.Event()
-        self.drained = asyncio.Event()  # set when the outbox is down to half (catch-up waits)
+        self._waiter: asyncio.Future[None] | None = None  # see `arrival`
         self.sent_at = time.monotonic()  # when a message was last sent (heartbeats)
         self.reason: tuple[str, str] | None = None  # (code, message) once closing
         self.abort: Callable[[], None] | None = None  # ends an SSE stream that is stuck
@@ -110,34 +135,72 @@ class Client:
         self, kind: str, position: str | None, data: str, snapshot_of: str | None = None
     ) -> None:
         """Queue a message whose JSON is already made (rows arrive as PostgreSQL's JSON)."""
+        if self.held:
+            self.release()  # what the hub holds came first
         if self.reason is not None:
             return
         self.sent_at = time.monotonic()
         # straight to the socket only if nothing is waiting before it: order is kept
-        if self.write_now and not self.sending and self.outbox.empty() and self.write_now(data):
+        if self.write_now and not self.sending and self.outbox.empty() and self.write_now([data]):
             return
-        if self.queued + len(data) > self.outbox_bytes:
+        self._queue(kind, position, data, snapshot_of)
+
+    def hold(self, position: str | None, data: str) -> None:
+        """A change event, sent with the others of its batch by `release` (the hub's walk of
+        a batch does not await: nothing can come between)."""
+        self.held.append(data)
+        self.held_positions.append(position)
+
+    def release(self) -> None:
+        """Send the held events: written together when the connection has room and nothing
+        waits before them, else (what did not fit) queued one by one."""
+        held, positions = self.held, self.held_positions
+        self.held, self.held_positions = [], []
+        if self.reason is not None or not held:
+            return
+        self.sent_at = time.monotonic()
+        done = 0
+        if self.write_now and not self.sending and self.outbox.empty():
+            done = self.write_now(held)
+        for i in range(done, len(held)):
+            if not self._queue("change", positions[i], held[i]):
+                return
+
+    def arrival(self) -> asyncio.Future[None]:
+        """Done when a message is queued or the client is closing (for a reader of the
+        outbox that has more than it to wait for: a future, not a task per message)."""
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+        return waiter
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _queue(
+        self, kind: str, position: str | None, data: str, snapshot_of: str | None = None
+    ) -> bool:
+        if self.outbox.size + len(data) > self.outbox_bytes:
             self.close(
                 "slow_consumer",
                 f"more than {self.outbox_bytes} bytes were waiting for this client; "
                 "reconnect and resume from your last position",
             )
-            return
+            return False
         try:
             self.outbox.put_nowait(Outgoing(kind, position, data, snapshot_of))
-            self.queued += len(data)
+            if self._waiter is not None:
+                self._wake()
+            return True
         except asyncio.QueueFull:
             self.close(
                 "slow_consumer",
                 f"more than {self.outbox.maxsize} messages were waiting for this client; "
                 "reconnect and resume from your last position",
             )
-
-    def taken(self, message: Outgoing) -> None:
-        """`message` left the outbox (to be written)."""
-        self.queued -= len(message.data)
-        if self.outbox.qsize() <= self.outbox.maxsize // 2:
-            self.drained.set()
+            return False
 
     def drop_snapshot(self, sub_id: str) -> None:
         """Free the snapshot of subscription `sub_id` if it still waits in the outbox (it
@@ -145,13 +208,12 @@ class Client:
         hold snapshots by subscribing and unsubscribing."""
         waiting = [self.outbox.get_nowait() for _ in range(self.outbox.qsize())]
         for message in waiting:
-            if message.snapshot_of == sub_id:
-                self.taken(message)
-            else:
+            if message.snapshot_of != sub_id:
                 self.outbox.put_nowait(message)
 
     def close(self, code: str, message: str) -> None:
         if self.reason is None:
             self.reason = (code, message)
             self.closing.set()
-            self.drained.set()
+            self.outbox.drained.set()  # a catch-up waiting for room: it is over
+            self._wake()

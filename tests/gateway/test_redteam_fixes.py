@@ -49,9 +49,9 @@ def test_the_outbox_is_bounded_in_bytes_and_a_queued_snapshot_is_freed() -> None
         client = Client(Identity("student", {"sub": "u"}), 100, "websocket", 1000)
         client.push_raw("subscribed", None, "x" * 600, "s1")
         client.push_raw("pong", None, "p" * 10)
-        assert client.queued == 610
+        assert client.outbox.size == 610
         client.drop_snapshot("s1")  # unsubscribed before the client read it
-        assert client.queued == 10 and client.outbox.qsize() == 1
+        assert client.outbox.size == 10 and client.outbox.qsize() == 1
         client.push_raw("subscribed", None, "y" * 900, "s2")
         assert client.reason is None
         client.push_raw("change", None, "z" * 200)  # past 1000 characters waiting
