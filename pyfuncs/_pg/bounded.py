@@ -408,13 +408,22 @@ def largest_number(text: str) -> int:
     return largest
 
 
+def exact_str(text: str) -> str:
+    """`text` as a plain str (a subclass's copy), read without any method of the subclass."""
+    return str.__str__(text)
+
+
 def check_spec(spec: Any) -> Any:
     """A format spec (f-strings' and format()'s) whose numbers are within the bound; else
-    refused. Returns the spec."""
-    if isinstance(spec, str) and len(spec) > 7:  # shorter, no number can be beyond it
-        size = largest_number(spec)
-        if size > MAX_REPEAT_BYTES:
-            refuse(f"a format of width or precision {size}", size, "characters", MAX_REPEAT_BYTES)
+    refused. Returns the spec, a plain str if it is a str (a subclass's length, digits or
+    __format__ are not what is read, nor what is used)."""
+    if isinstance(spec, str):
+        spec = exact_str(spec)
+        if len(spec) > 7:  # shorter, no number can be beyond it
+            size = largest_number(spec)
+            if size > MAX_REPEAT_BYTES:
+                refuse(f"a format of width or precision {size}", size, "characters",
+                       MAX_REPEAT_BYTES)  # fmt: skip
     return spec
 
 
@@ -425,10 +434,17 @@ def checked_format(value: Any, spec: Any = "", /) -> Any:
 def _check_percent(template: Any, values: Any) -> None:
     """Refuse a %-format (str or bytes) whose widths or precisions, written or taken from
     the values by `*`, are beyond the bound."""
-    text = template if isinstance(template, str) else bytes(template).decode("latin-1")
+    # read as the %-operator reads them: the template's own characters and the items of a
+    # tuple, whatever a subclass's methods say
+    if isinstance(template, str):
+        text = exact_str(template)
+    elif isinstance(template, bytes):
+        text = bytes.__getitem__(template, slice(None)).decode("latin-1")
+    else:
+        text = bytearray.__getitem__(template, slice(None)).decode("latin-1")
     if "%" not in text:
         return
-    values = values if isinstance(values, tuple) else (values,)
+    values = tuple.__getitem__(values, slice(None)) if isinstance(values, tuple) else (values,)
     taken, at, end = 0, 0, len(text)
     while (at := text.find("%", at) + 1) > 0:
         if text.startswith("(", at):  # a mapping key: '*' may not follow it
@@ -448,7 +464,7 @@ def _check_percent(template: Any, values: Any) -> None:
             if text.startswith("*", at):
                 size = values[taken] if taken < len(values) else 0
                 taken, at = taken + 1, at + 1
-                size = abs(size) if isinstance(size, int) else 0
+                size = abs(int.__index__(size)) if isinstance(size, int) else 0
             else:
                 start = at
                 while at < end and "0" <= text[at] <= "9":
