@@ -338,18 +338,28 @@ def guarded_hashlib() -> types.ModuleType:
 
 
 def guarded_random() -> types.ModuleType:
-    """random with randbytes and getrandbits refusing more than MAX_REPEAT_BYTES."""
+    """random with a generator of its own (each routine module gets one: see sandbox._view)
+    behind its module-level functions, and randbytes and getrandbits refusing more than
+    MAX_REPEAT_BYTES. The module's own generator is shared by every call in the backend: 624
+    draws of it tell its state, and so every later draw of every other role's."""
     import random  # when a routine first imports it, not in every backend's boot
+
+    generator = random.Random()  # seeded from os.urandom
 
     def randbytes(n: int) -> bytes:
         _size_at_most(n, f"randbytes({n})")
-        return random.randbytes(n)
+        return generator.randbytes(n)
 
     def getrandbits(k: int, /) -> int:
         _bits_at_most(k, f"getrandbits({k})", MAX_REPEAT_BYTES * 8)
-        return random.getrandbits(k)
+        return generator.getrandbits(k)
 
-    return _stand_in(random, randbytes, getrandbits)
+    copy = _stand_in(random, randbytes, getrandbits)
+    shared = random._inst
+    for name, value in list(vars(copy).items()):
+        if getattr(value, "__self__", None) is shared and name not in ("randbytes", "getrandbits"):
+            copy.__dict__[name] = getattr(generator, name)
+    return copy
 
 
 def guarded_secrets() -> types.ModuleType:

@@ -31,8 +31,9 @@ REMOVED_BUILTINS = frozenset(vocabulary.FORBIDDEN_BUILTINS) | {"__loader__", "__
 # makes it in the database; pyfuncs._sandbox makes one that records the decorators).
 SHIM: types.ModuleType | None = None
 
-# views of allowed modules, by name and allow-list (read-only: every routine shares them)
-VIEWS: dict[tuple[str, frozenset[str]], types.ModuleType] = {}
+# views of allowed modules, by name and allow-list (read-only: every routine shares them;
+# random's, by routine module too)
+VIEWS: dict[tuple[str, frozenset[str], str], types.ModuleType] = {}
 
 # instances of these classes from outside a routine's module it may change all the same:
 # each is made for the routine (decimal.localcontext() gives a copy of the context, and an
@@ -50,8 +51,10 @@ def _mutable_instances() -> tuple[type, ...]:
     return _MUTABLE_INSTANCES
 
 
-def _view(name: str, allowed: frozenset[str]) -> types.ModuleType:
-    key = (name, allowed)
+def _view(name: str, allowed: frozenset[str], owner: str = "") -> types.ModuleType:
+    # random's view is the routine module's own: its functions draw from a generator of the
+    # module's (bounded.guarded_random), which no other module's draws tell anything about
+    key = (name, allowed, owner if name == "random" else "")
     found = VIEWS.get(key)
     if found is None:
         if name in allowed:
@@ -505,7 +508,7 @@ def restricted_builtins(allowed: frozenset[str], module_name: str) -> dict[str, 
         if name == "pyfuncs" and SHIM is not None:
             return SHIM
         # `import a.b` binds a, `from a.b import c` reads c of a.b (as __import__ does)
-        return _view(name if fromlist else name.partition(".")[0], allowed)
+        return _view(name if fromlist else name.partition(".")[0], allowed, module_name)
 
     def public(name: object) -> str:
         # a subclass of str could answer startswith() and `in` as it likes: what is checked,
