@@ -362,6 +362,74 @@ def guarded_random() -> types.ModuleType:
     return copy
 
 
+# unicodedata.normalize sorts a run of combining characters (non-starters) by insertion sort,
+# in C: a run of 8,000 takes ~50 ms, 16,000 ~0.2 s, 200,000 ten seconds. A combining
+# character decomposes into at most 2, so a run of 1,000 sorts in a few ms.
+MAX_COMBINING_RUN = 1_000
+# the characters of combining class 0 whose decomposition starts with a non-starter
+_STARTING_MARKS = "\u0f73\u0f75\u0f81\uff9e\uff9f"
+
+
+def check_normalize(form: Any, text: Any, what: str = "unicodedata.normalize") -> None:
+    """Refuse to normalize `text` if its result could be beyond MAX_REPEAT_BYTES (18
+    characters for one in NFKC and NFKD, 4 in NFC and NFD) or if it has a run of more than
+    MAX_COMBINING_RUN combining characters (whose sort takes time quadratic in the run)."""
+    import unicodedata
+
+    if not isinstance(text, str) or not isinstance(form, str):
+        return  # unicodedata refuses it
+    text = exact_str(text)
+    if text.isascii():
+        return  # every form of ASCII is itself
+    size = len(text) * (18 if exact_str(form).startswith("NFK") else 4)
+    _text_size(text, size, what)
+    run, combining = 0, unicodedata.combining
+    for character in text:  # in Python: a stop reaches it
+        if combining(character) or character in _STARTING_MARKS:
+            run += 1
+            if run > MAX_COMBINING_RUN:
+                raise OperationTooLarge(
+                    f"{what} of a run of more than {MAX_COMBINING_RUN:,} combining characters "
+                    "would take time quadratic in the run in one C call, which no stop can "
+                    f"interrupt; a routine may normalize runs of at most {MAX_COMBINING_RUN:,}"
+                )
+        else:
+            run = 0
+
+
+def guarded_unicodedata() -> types.ModuleType:
+    """unicodedata with normalize and is_normalized refusing what check_normalize refuses
+    (the same methods of its UCD objects, `unicodedata.ucd_3_2_0`, are READS)."""
+    import unicodedata
+
+    def normalize(form: Any, unistr: Any, /) -> Any:
+        check_normalize(form, unistr)
+        return unicodedata.normalize(form, unistr)
+
+    def is_normalized(form: Any, unistr: Any, /) -> Any:
+        check_normalize(form, unistr, "unicodedata.is_normalized")
+        return unicodedata.is_normalized(form, unistr)
+
+    return _stand_in(unicodedata, normalize, is_normalized)
+
+
+def _ucd_kinds() -> tuple[type, ...]:
+    """unicodedata's UCD, once unicodedata has been imported."""
+    unicodedata = imported("unicodedata")
+    return (unicodedata.UCD,) if unicodedata is not None else ()
+
+
+def _normalizing(name: str) -> Callable[[Any, Callable[..., Any]], Callable[..., Any]]:
+    def checked(ucd: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+        def normalize(form: Any, unistr: Any, /) -> Any:
+            check_normalize(form, unistr, f"unicodedata.ucd_3_2_0.{name}")
+            return method(form, unistr)
+
+        return normalize
+
+    return checked
+
+
 def guarded_secrets() -> types.ModuleType:
     """secrets with its token and bit functions refusing more than MAX_REPEAT_BYTES."""
     import secrets  # when a routine first imports it, not in every backend's boot
@@ -502,6 +570,21 @@ def _replace(text: Any, method: Callable[..., Any]) -> Callable[..., Any]:
     return replace
 
 
+def _translate(text: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+    def translate(table: Any, /) -> Any:
+        # a dict's values as stored (what str.translate reads of a dict that does not
+        # override lookup); any other mapping is looked up by Python code for every
+        # character, where a stop reaches the call and its memory is counted as it grows
+        if isinstance(table, dict):
+            longest = max(
+                (str.__len__(v) for v in dict.values(table) if isinstance(v, str)), default=1
+            )
+            _text_size(text, str.__len__(text) * longest, "str.translate")
+        return method(table)
+
+    return translate
+
+
 def _join(separator: Any, method: Callable[..., Any]) -> Callable[..., Any]:
     def join(iterable: Iterable[Any], /) -> Any:
         items = iterable if isinstance(iterable, (list, tuple)) else list(iterable)
@@ -569,6 +652,9 @@ def _context_power(context: Any, method: Callable[..., Any]) -> Callable[..., An
 READS: dict[str, tuple[Kinds, Callable[[Any, Callable[..., Any]], Any]]] = {
     "replace": (_TEXT, _replace),
     "join": (_TEXT, _join),
+    "translate": ((str,), _translate),
+    "normalize": (_ucd_kinds, _normalizing("normalize")),
+    "is_normalized": (_ucd_kinds, _normalizing("is_normalized")),
     "to_bytes": ((int,), _to_bytes),
     "randbytes": (_random_kinds, _random_bytes),
     "getrandbits": (_random_kinds, _random_bits),

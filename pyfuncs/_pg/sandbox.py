@@ -195,6 +195,7 @@ STAND_INS = {
     "struct": bounded.guarded_struct, "random": bounded.guarded_random,
     "secrets": bounded.guarded_secrets, "decimal": bounded.guarded_decimal,
     "hashlib": bounded.guarded_hashlib, "dataclasses": guarded_dataclasses,
+    "unicodedata": bounded.guarded_unicodedata,
 }  # fmt: skip
 
 

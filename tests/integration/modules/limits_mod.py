@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from math import factorial
@@ -212,6 +213,27 @@ def _formatted_through_own_objects(how: str, n: int) -> int:
             return len("{v:>{w}}".format_map(mapping))
         except KeyError:  # the first lookup's error, raised: not formatted unchecked
             return len("{v:>{w}}".format_map(mapping))
+    raise ValueError(how)
+
+
+@stored_function(schema="lim")
+def normalized(how: str, n: int) -> int:
+    """Normalizing text (n combining characters in a run, or n characters that NFKD makes
+    18 of) and translating it (n characters, each to 1,000): bounded when n is large."""
+    if how == "nfd_run":  # sorted by insertion sort: quadratic in the run
+        return len(unicodedata.normalize("NFD", "a" + "\u0301\u0316" * (n // 2)))
+    if how == "nfc_run_after_starter":  # U+0F73 is a starter that decomposes to two marks
+        return len(unicodedata.normalize("NFC", "\u0f73" * n))
+    if how == "is_normalized":
+        return int(unicodedata.is_normalized("NFKD", "a" + "\u0316\u0301" * (n // 2)))
+    if how == "ucd":  # the Unicode 3.2 database's own method
+        return len(unicodedata.ucd_3_2_0.normalize("NFD", "a" + "\u0301\u0316" * (n // 2)))
+    if how == "nfkd_expands":  # U+FDFA: 18 characters
+        return len(unicodedata.normalize("NFKD", "\ufdfa" * n))
+    if how == "translate":
+        return len(("a" * n).translate({97: "b" * 1000})) // 1000
+    if how == "translate_class":
+        return len(str.translate("a" * n, {97: "b" * 1000})) // 1000
     raise ValueError(how)
 
 
