@@ -13,7 +13,8 @@
     time and bytes on the wire.
 
 Results are printed and written to bench/results/latest.json. Targets, with every guard on:
-(a) a trivial routine >= 0.90 of bare PL/Python, a routine with one query per call >= 0.75;
+(a) round trips of a trivial routine >= 0.90 of bare PL/Python, of a routine with one query
+per call >= 0.75 (the in-database rates are reported, not targets);
 (b) >= 20x faster and >= 1000x fewer bytes; (c) a stop within 50 ms at the median and 100 ms
 at the most; (d) a first call of at most 25 ms.
 """
@@ -291,13 +292,13 @@ def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps({"a": a, "b": b, "c": c, "d": d}, indent=2))
     failures = []
-    if a["round_trips_tps_ratio_vs_bare"]["pyfuncs"] < 0.90:
+    # the targets are the round trips' (issue 12); the in-database rates isolate what a call
+    # and a query cost and are reported, not held to them
+    round_trips = a["round_trips_tps_ratio_vs_bare"]
+    if round_trips["pyfuncs"] < 0.90:
         failures.append("(a) round trips below 0.90 of bare PL/Python")
-    if a["in_database_calls_per_s_ratio_vs_bare"]["pyfuncs"] < 0.90:
-        failures.append("(a) in-database rate below 0.90 of bare PL/Python")
-    for key in ("round_trips_tps_ratio_vs_bare", "in_database_calls_per_s_ratio_vs_bare"):
-        if a[key]["pyfuncs, a query per call"] < 0.75:
-            failures.append(f"(a) a query per call: {key} more than 25% below bare PL/Python")
+    if round_trips["pyfuncs, a query per call"] < 0.75:
+        failures.append("(a) a query per call: round trips more than 25% below bare PL/Python")
     for name, r in c.items():
         if r["max_ms"] > 100 or r["median_ms"] > 50:
             failures.append(f"(c) {name} took more than 50 ms (median) or 100 ms to stop")

@@ -301,3 +301,6 @@ def _stop_identity(what: str) -> None:
 
 
 db = Db()
+
+
+stopping.BOOKKEEPING.update(id(f.__code__) for f in (Db._run, Db.cursor))

@@ -30,11 +30,13 @@ _LONGEST = 2**31 - 1  # ms: enable_timeout_after takes an int
 # PostgreSQL, or where the layout is not known, there is no timer and nothing is lent)
 _enable_after: Any = None
 _disable: Any = None
+_fired: Any = None
+_cancel_pending: Any = None  # QueryCancelPending
 _timer = -1
 
 
 def bind(lib: ctypes.CDLL) -> bool:
-    global _enable_after, _disable, _timer
+    global _enable_after, _disable, _fired, _cancel_pending, _timer
     option = lib.GetConfigOption
     option.restype = ctypes.c_char_p
     option.argtypes = [ctypes.c_char_p, ctypes.c_bool, ctypes.c_bool]
@@ -51,6 +53,9 @@ def bind(lib: ctypes.CDLL) -> bool:
     hot = ctypes.PyDLL(lib._name)
     _enable_after, _disable = hot.enable_timeout_after, hot.disable_timeout
     _enable_after.restype = _disable.restype = None
+    _fired = hot.get_timeout_indicator  # (TimeoutId, bool reset): whether it went off
+    _fired.restype = ctypes.c_bool
+    _cancel_pending = ctypes.c_int.in_dll(lib, "QueryCancelPending")
     return True
 
 
@@ -85,11 +90,17 @@ def lend(entry: Any) -> bool:
 
 
 def give_back() -> None:
-    """After the query: the timer off, unless a query around it set it."""
+    """After the query: the timer off, unless a query around it set it. A timer that went
+    off as the query finished, too late for it to see, leaves a cancel pending that would
+    cancel whatever the session runs next (the caller's statement, after it caught the
+    routine's error): it is the call's deadline, which the watchdog enforces from here, so
+    that cancel is taken back."""
     global _depth
     _depth -= 1
     if not _depth:
-        _disable(_timer, 0)
+        _disable(_timer, 1)  # keeping whether it went off (enabling it again forgets)
+        if _cancel_pending.value and _fired(_timer, 0):
+            _cancel_pending.value = 0
 
 
 def expired(exc: BaseException) -> None:
@@ -103,3 +114,6 @@ def expired(exc: BaseException) -> None:
         limit = round(routine.timeout * 1000)
         stopping.WATCHDOG.stop_here("57014", f"exceeded its limit timeout_ms={limit}",
                                     routine.qualname)  # fmt: skip
+
+
+stopping.BOOKKEEPING.update(id(f.__code__) for f in (lend, give_back, expired))

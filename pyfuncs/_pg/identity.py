@@ -17,11 +17,20 @@ from __future__ import annotations
 import ctypes
 import os
 
+from . import watchdog as stopping
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-SECURITY_LOCAL_USERID_CHANGE = 0x0001  # miscadmin.h, the same in every version
+# miscadmin.h, the same in every version: what a routine's queries run with, as PostgreSQL
+# runs a SECURITY DEFINER function's body (no change of role or session authorization) and
+# a maintenance command's index expressions (no temporary tables or types, no deferred
+# triggers, no WITH HOLD cursors: nothing that would run or be found after the query, as
+# the caller or as whoever the session serves next)
+SECURITY_LOCAL_USERID_CHANGE = 0x0001
+SECURITY_RESTRICTED_OPERATION = 0x0002
+RESTRICTED = SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION
 PGC_USERSET = 6  # guc.h GucContext
 CLAIMS = b"request.jwt.claims"
 # guc.h flag bits by major version: (GUC_CUSTOM_PLACEHOLDER, GUC_NOT_WHILE_SEC_REST)
@@ -49,6 +58,7 @@ def bind(lib: ctypes.CDLL) -> None:
     global _search_path, _claims, enter, leave
     variables = _variables(lib)
     enter, leave = _through(lib) if variables is None else _directly(*variables)
+    stopping.BOOKKEEPING.update(id(f.__code__) for f in (enter, leave, _changed))
     _search_path = ctypes.c_char_p.in_dll(lib, "namespace_search_path")
     if not _protect_claims(lib):
         option = lib.GetConfigOption
@@ -135,7 +145,7 @@ def _readable(*addresses: int) -> bool:
 def _directly(user: Any, context: Any) -> tuple[Any, Any]:
     def enter() -> Any:
         were = user.value, context.value
-        context.value = were[1] | SECURITY_LOCAL_USERID_CHANGE
+        context.value = were[1] | RESTRICTED
         return (*were, _search_path.value, _claims and _claims())
 
     def leave(entered: Any) -> str | None:
@@ -159,7 +169,7 @@ def _through(lib: ctypes.CDLL) -> tuple[Any, Any]:
     def enter() -> Any:
         get(*refs)
         were = user.value, context.value
-        put(were[0], were[1] | SECURITY_LOCAL_USERID_CHANGE)
+        put(were[0], were[1] | RESTRICTED)
         return (*were, _search_path.value, _claims and _claims())
 
     def leave(entered: Any) -> str | None:

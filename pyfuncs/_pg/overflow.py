@@ -22,8 +22,8 @@ least that is safe. PostgreSQL's own depth checks (max_stack_depth) are measured
 alternate stack while the session ends.
 
 Memory is the other way C code takes the cluster down: one call that allocates and fills
-more than the machine has (a format width of 30 billion, `bytes(n).hex()` of a lazily
-zeroed `bytes`) wakes the kernel's OOM killer, which kills the backend with SIGKILL, and
+more than the machine has (`bytearray(n)`, or `bytes(n).hex()` of a lazily zeroed
+`bytes`) wakes the kernel's OOM killer, which kills the backend with SIGKILL, and
 PostgreSQL restarts every session. So the runtime caps the backend's address space
 (RLIMIT_AS, soft limit) at what it had when the runtime started plus ADDRESS_SPACE_MB: an
 allocation beyond fails at once, as a Python MemoryError (53200) in a routine and as

@@ -298,6 +298,8 @@ def _checked_read(
     (`str.replace`, called with the object first)."""
     if not isinstance(kinds, tuple):  # the types of a module imported only when needed
         kinds = kinds()
+    if type(obj) is super:  # `super().ljust`: the method of what super was asked about
+        obj = obj.__self__  # type: ignore[attr-defined]
     if isinstance(obj, kinds):
         return check(obj, value)
     if isinstance(obj, type) and issubclass(obj, kinds) and hasattr(value, "__get__"):

@@ -55,11 +55,16 @@ def _none_or(fn: Callable[[Any], Any], value: Any) -> Any:
     return None if value is None else fn(value)
 
 
+# The SQL types parameters are declared as, qualified: a query of a routine's binds its
+# parameters to PostgreSQL's own types, never to a type of the same name that the search
+# path (where pg_temp comes first for types) would find before them.
+TEXT, BOOL, INT8, FLOAT8, NUMERIC, BYTEA, JSONB = (
+    f"pg_catalog.{name}" for name in ("text", "bool", "int8", "float8", "numeric", "bytea", "jsonb")
+)
 # Decimal joins them once decimal has been imported (before, no value can be one): see
 # simple_types
 SIMPLE_TYPES: dict[type, str] = {
-    type(None): "text", bool: "boolean", int: "bigint", float: "double precision",
-    str: "text", bytes: "bytea",
+    type(None): TEXT, bool: BOOL, int: INT8, float: FLOAT8, str: TEXT, bytes: BYTEA,
 }  # fmt: skip
 
 
@@ -69,47 +74,48 @@ def simple_types() -> dict[type, str]:
     if len(SIMPLE_TYPES) == 6:
         decimal = imported("decimal")
         if decimal is not None:
-            SIMPLE_TYPES[decimal.Decimal] = "numeric"
+            SIMPLE_TYPES[decimal.Decimal] = NUMERIC
     return SIMPLE_TYPES
 
 
 def adapt_param(value: Any) -> tuple[str, Any]:
     """The SQL type to declare for a query parameter, and the value PL/Python can send."""
     if value is None:
-        return "text", None
+        return TEXT, None
     if isinstance(value, bool):
-        return "boolean", value
+        return BOOL, value
     if isinstance(value, int):
-        return "bigint", value
+        return INT8, value
     if isinstance(value, float):
-        return "double precision", value
+        return FLOAT8, value
     # a value of these modules' types exists only once they were imported
     decimal, datetime, uuid = imported("decimal"), imported("datetime"), imported("uuid")
     if decimal is not None and isinstance(value, decimal.Decimal):
-        return "numeric", value
+        return NUMERIC, value
     if isinstance(value, str):
-        return "text", value
+        return TEXT, value
     if isinstance(value, bytes | bytearray | memoryview):
-        return "bytea", bytes(value)
+        return BYTEA, bytes(value)
     if datetime is not None:
         if isinstance(value, datetime.datetime):
-            return ("timestamptz" if value.tzinfo else "timestamp"), value.isoformat()
+            kind = "timestamptz" if value.tzinfo else "timestamp"
+            return f"pg_catalog.{kind}", value.isoformat()
         if isinstance(value, datetime.date):
-            return "date", value.isoformat()
+            return "pg_catalog.date", value.isoformat()
         if isinstance(value, datetime.time):
-            return "time", value.isoformat()
+            return "pg_catalog.time", value.isoformat()
     if uuid is not None and isinstance(value, uuid.UUID):
-        return "uuid", str(value)
+        return "pg_catalog.uuid", str(value)
     if isinstance(value, Mapping):
-        return "jsonb", dict(value)
+        return JSONB, dict(value)
     if isinstance(value, list | tuple):
         items = [v for v in value if v is not None]
         if not items:  # like None, an empty list says nothing of its type: cast the placeholder
-            return "text[]", list(value)
+            return TEXT + "[]", list(value)
         if all(not isinstance(v, Mapping | list | tuple) for v in items):
             sqltype, _ = adapt_param(items[0])
             return sqltype + "[]", [adapt_param(v)[1] for v in value]
-        return "jsonb", list(value)
+        return JSONB, list(value)
     raise TypeError(
         f"db: cannot pass a {type(value).__name__} as a query parameter; "
         "use int, float, Decimal, str, bool, bytes, datetime, date, time, UUID, dict or list"

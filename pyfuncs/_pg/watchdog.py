@@ -62,6 +62,14 @@ ENTRIES: dict[int, Any] = {}
 # drops them (the entry functions clear this as they start).
 GRAVE: list[Any] = []
 
+# The runtime's own bookkeeping around a query (the deadline lent and given back, the
+# identity flag set and cleared, db's code between them), by the id of its code. A stop
+# raised into the main thread lands where it is: in the middle of these it would leave a
+# lent timer or a set flag behind for the calls after. So the watchdog does not raise while
+# the main thread is in one of them, and looks again a millisecond later (the stop itself
+# is decided already, and db's next guard raises it too).
+BOOKKEEPING: set[int] = set()
+
 # The code objects of every routine module loaded in this backend, by id, and the namespace
 # of the module each belongs to (sandbox.load_module fills it and keeps the code alive).
 ROUTINE_CODE: dict[int, dict[str, Any]] = {}
@@ -143,6 +151,7 @@ class Watchdog:
         self._base_memory = -1
         self._stray_since = 0.0  # when stray code was first seen still running
         self._nap = self.TICK  # until the next look
+        self._bookkeeping = False  # whether the main thread was in BOOKKEEPING at the look
         self._statm = -1
 
     def start(self) -> None:
@@ -168,7 +177,10 @@ class Watchdog:
             collecting = gc.isenabled()
             gc.disable()
             try:
-                self._arm(exc if self._look() else None)
+                must_stop = self._look()
+                if must_stop and self._bookkeeping:  # not now: see BOOKKEEPING
+                    must_stop, self._nap = False, 0.001
+                self._arm(exc if must_stop else None)
             except Exception:  # a bug here must not end the watchdog
                 pass
             finally:
@@ -180,6 +192,7 @@ class Watchdog:
         now = time.monotonic()
         self._nap = self.TICK
         frame = sys._current_frames().get(self._main)
+        self._bookkeeping = frame is not None and id(frame.f_code) in BOOKKEEPING
         outer: Any = None
         stray = False
         while frame is not None:

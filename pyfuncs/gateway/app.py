@@ -403,16 +403,17 @@ class Gateway:
     async def _sse_stream(self, client: Client) -> AsyncIterator[str]:
         """The stream's events (sse.Stream lets the connection go, even if this never runs)."""
         expiry = asyncio.create_task(self._watch_expiry(client))
+        outbox = client.outbox
         try:
             while client.reason is None:
-                get = asyncio.ensure_future(client.outbox.get())
-                closing = asyncio.ensure_future(client.closing.wait())
-                done, _ = await asyncio.wait({get, closing}, return_when=asyncio.FIRST_COMPLETED)
-                closing.cancel()
-                if get not in done:
-                    get.cancel()
-                    break
-                yield sse.event(get.result())
+                if outbox.empty():
+                    await client.arrival()  # a message, or the client is closing
+                    continue
+                events = [sse.event(outbox.get_nowait())]
+                # what else is waiting (a batch's events) goes out in the same write
+                while not client.suspended and client.reason is None and not outbox.empty():
+                    events.append(sse.event(outbox.get_nowait()))
+                yield "".join(events)
                 if client.suspended:
                     break  # SSE has no way to send a new token: reconnect with one
             code, text = client.reason or ("token_expired", "reconnect with a new token")

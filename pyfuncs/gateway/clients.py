@@ -76,13 +76,18 @@ class Client:
         self._set_identity(identity)
         self.user = user_of(identity)
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue(outbox_size)
-        # writes a message now if the connection has room (False: it must wait its turn)
-        self.write_now: Callable[[str], bool] | None = None
+        # writes messages now while the connection has room; says how many it wrote (the
+        # rest must wait their turn)
+        self.write_now: Callable[[list[str]], int] | None = None
+        # a batch's events for this client, sent together when the hub has walked it
+        self.held: list[str] = []
+        self.held_positions: list[str | None] = []
         self.sending = False  # the sender holds a message it took from the outbox
         self.subscriptions: dict[str, Subscription] = {}
         self.suspended = False  # its token expired; a refreshed one resumes it
         self.refreshed = asyncio.Event()  # set when a new token arrives
         self.closing = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # see `arrival`
         self.sent_at = time.monotonic()  # when a message was last sent (heartbeats)
         self.reason: tuple[str, str] | None = None  # (code, message) once closing
 
@@ -101,22 +106,66 @@ class Client:
 
     def push_raw(self, kind: str, position: str | None, data: str) -> None:
         """Queue a message whose JSON is already made (rows arrive as PostgreSQL's JSON)."""
+        if self.held:
+            self.release()  # what the hub holds came first
         if self.reason is not None:
             return
         self.sent_at = time.monotonic()
         # straight to the socket only if nothing is waiting before it: order is kept
-        if self.write_now and not self.sending and self.outbox.empty() and self.write_now(data):
+        if self.write_now and not self.sending and self.outbox.empty() and self.write_now([data]):
             return
+        self._queue(kind, position, data)
+
+    def hold(self, position: str | None, data: str) -> None:
+        """A change event, sent with the others of its batch by `release` (the hub's walk of
+        a batch does not await: nothing can come between)."""
+        self.held.append(data)
+        self.held_positions.append(position)
+
+    def release(self) -> None:
+        """Send the held events: written together when the connection has room and nothing
+        waits before them, else (what did not fit) queued one by one."""
+        held, positions = self.held, self.held_positions
+        self.held, self.held_positions = [], []
+        if self.reason is not None or not held:
+            return
+        self.sent_at = time.monotonic()
+        done = 0
+        if self.write_now and not self.sending and self.outbox.empty():
+            done = self.write_now(held)
+        for i in range(done, len(held)):
+            if not self._queue("change", positions[i], held[i]):
+                return
+
+    def arrival(self) -> asyncio.Future[None]:
+        """Done when a message is queued or the client is closing (for a reader of the
+        outbox that has more than it to wait for: a future, not a task per message)."""
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+        return waiter
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _queue(self, kind: str, position: str | None, data: str) -> bool:
         try:
             self.outbox.put_nowait(Outgoing(kind, position, data))
+            if self._waiter is not None:
+                self._wake()
+            return True
         except asyncio.QueueFull:
             self.close(
                 "slow_consumer",
                 f"more than {self.outbox.maxsize} messages were waiting for this client; "
                 "reconnect and resume from your last position",
             )
+            return False
 
     def close(self, code: str, message: str) -> None:
         if self.reason is None:
             self.reason = (code, message)
             self.closing.set()
+            self._wake()

@@ -340,9 +340,17 @@ class Hub:
         (reading the change log on `feed`, the hub's own connection, else a pooled one),
         then sends without awaiting: a failure before sending sends nothing and moves no
         position; a failure while sending to one subscription ends that one only."""
+        # the subscriptions of each table, and of each identity on it (one check each)
         by_table: dict[Table, list[Subscription]] = defaultdict(list)
+        groups: dict[tuple[Table, str], Group] = {}
+        slot: dict[Subscription, tuple[Group, int]] = {}
         for sub in subs:
-            by_table[sub.table].append(sub)
+            table = sub.table
+            by_table[table].append(sub)
+            group = groups.get((table, sub.client.identity_key))
+            if group is None:
+                group = groups[table, sub.client.identity_key] = Group(table, sub.client)
+            slot[sub] = (group, group.index(sub.filters))
         # a table as each subscription knows it: one name may stand for versions of a table
         # (its key renamed, or dropped and created again since some subscribed)
         named: dict[tuple[str, str], list[Table]] = defaultdict(list)
@@ -364,41 +372,55 @@ class Hub:
                 if new is not None:
                     changed[table].add(new)
             keys.append(mine)
-        groups: dict[tuple[Table, str], Group] = {}
-        slot: dict[Subscription, tuple[Group, int]] = {}
-        for sub in subs:
-            group = groups.get((sub.table, sub.client.identity_key))
-            if group is None:
-                group = groups[sub.table, sub.client.identity_key] = Group(sub.table, sub.client)
-                group.keys = changed[sub.table]
-            slot[sub] = (group, group.index(sub.filters))
+        for group in groups.values():
+            group.keys = changed[group.table]
         wanted = [g for g in groups.values() if g.keys]
         self.metrics.checks += len(wanted)
         answer = await visibility(self.sessions, wanted, changes[-1].position.commit, feed)
         later = {table: removed_later_in_batch(changes, table) for table in by_table}
         # subscriptions that caught up past the batch's start skip what they have had
-        ahead = {s for s in subs if s.position >= changes[0].position}
+        first = changes[0].position
+        plan: dict[Table, list[tuple[Subscription, int, Visible, set[Key], Position | None]]]
+        plan = {table: [] for table in by_table}
+        for sub, (group, index) in slot.items():
+            rows, removed = answer.get(group, NOTHING)
+            ahead = sub.position if sub.position >= first else None
+            plan[sub.table].append((sub, index, rows, removed, ahead))
         failed: set[Subscription] = set()
-        for i, change in enumerate(changes):
-            messages = Messages(change, self.tokens.token(change.position))
-            for table, change_keys in keys[i].items():
-                for sub in by_table[table]:
-                    if sub in failed or (sub in ahead and change.position <= sub.position):
-                        continue
-                    if sub.client.subscriptions.get(sub.id) is not sub:
-                        # unsubscribed (or its connection ended) while the checks ran: no
-                        # event may follow its `unsubscribed` reply
-                        continue
-                    group, index = slot[sub]
-                    rows, removed = answer.get(group, NOTHING)
-                    try:
-                        self._event(sub, messages, change_keys, rows, index,
-                                    None if later[table][i] else removed)  # fmt: skip
-                    except Exception as exc:
-                        self.metrics.failures += 1
-                        log.error("a change of %s could not be sent (%s: %s); ended the "
-                                  "subscription", table.qualified, type(exc).__name__, exc)  # fmt: skip
-                        failed.add(sub)
+        held: set[Client] = set()  # the events of the batch go out together, per client
+        try:
+            for i, change in enumerate(changes):
+                messages = Messages(change, self.tokens.token(change.position))
+                for table, change_keys in keys[i].items():
+                    gone = later[table][i]
+                    for sub, index, rows, removed, ahead in plan[table]:
+                        if ahead is not None and change.position <= ahead:
+                            continue
+                        client = sub.client
+                        if client.subscriptions.get(sub.id) is not sub or sub in failed:
+                            # unsubscribed (or its connection ended) while the checks ran:
+                            # no event may follow its `unsubscribed` reply
+                            continue
+                        try:
+                            if self._event(sub, messages, change_keys, rows, index,
+                                           None if gone else removed):  # fmt: skip
+                                held.add(client)
+                        except Exception as exc:
+                            self.metrics.failures += 1
+                            log.error("a change of %s could not be sent (%s: %s); ended the "
+                                      "subscription", table.qualified, type(exc).__name__,
+                                      exc)  # fmt: skip
+                            failed.add(sub)
+        finally:
+            for client in held:
+                self.metrics.delivered += len(client.held)
+                try:
+                    client.release()
+                except Exception as exc:  # that connection cannot be served: end it
+                    self.metrics.failures += 1
+                    log.error("sending changes to a client failed (%s: %s); closed it",
+                              type(exc).__name__, exc)  # fmt: skip
+                    client.close("resync_required", FAILED)
         for sub in failed:
             self._end(sub, "resync_required", FAILED)
         last = changes[-1].position
@@ -416,32 +438,33 @@ class Hub:
     def _event(
         self, sub: Subscription, messages: Messages, keys: tuple[Key | None, Key | None],
         rows: Visible, index: int, removed: set[Key] | None,
-    ) -> None:  # fmt: skip
-        """Send what a change (whose old and new keys are `keys`) means for `sub`.
+    ) -> bool:  # fmt: skip
+        """Hold what a change (whose old and new keys are `keys`) means for `sub` (its
+        client sends it with the rest of the batch); whether there was anything.
         `removed`: keys a later commit removes (None: a later change of this batch removes
         this change's row)."""
+        hold = sub.client.hold
         if messages.change.op == "TRUNCATE":
             sub.seen.clear()
-            self._emit(sub, messages, None, None)
-            return
+            hold(messages.position, messages.text(sub, None, None))
+            return True
         old_key, key = keys
+        emitted = False
         if old_key is not None and key != old_key and old_key in sub.seen:
             sub.seen.discard(old_key)  # deleted, or its key changed
-            self._emit(sub, messages, old_key, None)
+            hold(messages.position, messages.text(sub, old_key, None))
+            emitted = True
         if key is None:
-            return
+            return emitted
         found = rows.get(key)
         if found is not None and found[1][index]:
             sub.seen.add(key)
-            self._emit(sub, messages, key, found[0])
-        elif key in sub.seen and (found is not None or not (removed is None or key in removed)):
+            hold(messages.position, messages.text(sub, key, found[0]))
+            return True
+        if key in sub.seen and (found is not None or not (removed is None or key in removed)):
             # it left this subscription's view (a row that is gone because a later change
             # removes it is reported by that change, as a DELETE)
             sub.seen.discard(key)
-            self._emit(sub, messages, key, None)
-
-    def _emit(
-        self, sub: Subscription, messages: Messages, key: Key | None, row: str | None
-    ) -> None:
-        sub.client.push_raw("change", messages.position, messages.text(sub, key, row))
-        self.metrics.delivered += 1
+            hold(messages.position, messages.text(sub, key, None))
+            return True
+        return emitted

@@ -5,11 +5,12 @@ Through ASGI alone, every message a server sends is a coroutine (`await send(...
 takes a sender task per connection, woken through a queue for each message: with a change
 fanned out to a thousand clients, the wake-ups and the send path cost more than the writes.
 This protocol (uvicorn's websockets-sansio one, plus an ASGI extension) offers
-`scope["extensions"]["pyfuncs.write_now"]["write"]`: a plain function that frames a text
-message and hands it to the socket when the connection has room, and says False otherwise
-(its buffer is past the high-water mark, or it is closing). The gateway then queues the
-message for the connection's sender task, which awaits room through the ordinary ASGI path:
-slow clients still fill their bounded outbox and are disconnected, and memory stays bounded.
+`scope["extensions"]["pyfuncs.write_now"]["write"]`: a plain function that frames text
+messages and hands them to the socket (several in one write) while the connection has room,
+and says how many it wrote (it stops when its buffer is past the high-water mark, or it is
+closing). The gateway then queues the rest for the connection's sender task, which awaits
+room through the ordinary ASGI path: slow clients still fill their bounded outbox and are
+disconnected, and memory stays bounded.
 
 Under another server the extension is missing and every message takes the ASGI path.
 """
@@ -29,7 +30,6 @@ from typing import Any
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from ..auth import JwtVerifier
@@ -60,29 +60,62 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.transport.close()
 
-    def write_now(self, text: str) -> bool:
-        """Send a text message now if the connection is open and has room; False if the
-        caller must take the ASGI path (await send) instead."""
+    def write_now(self, texts: list[str]) -> int:
+        """Send text messages now, in order, while the connection is open and has room:
+        frames written together (one system call for several messages), a chunk at a time,
+        so the transport's buffer passes its high-water mark by at most one chunk. Returns
+        how many were written; the caller takes the ASGI path (await send) for the rest."""
         if self.close_sent or self.disconnected or not self.writable.is_set():
-            return False
+            return 0
         conn = self.conn
         if conn.state is not State.OPEN or conn.expect_continuation_frame or conn.extensions:
-            return False  # the ASGI path knows what to do (extensions: serve() has none)
-        self.transport.write(_frame(text))
-        return True
+            return 0  # the ASGI path knows what to do (extensions: serve() has none)
+        write, writable = self.transport.write, self.writable
+        if len(texts) == 1:
+            write(_frame(texts[0]))
+            return 1
+        chunk: list[bytes] = []
+        size = done = 0
+        for text in texts:
+            frame = _frame(text)
+            chunk.append(frame)
+            size += len(frame)
+            done += 1
+            if size >= _CHUNK:
+                write(b"".join(chunk))
+                chunk, size = [], 0
+                if not writable.is_set() or self.disconnected:
+                    return done
+        if chunk:
+            write(b"".join(chunk))
+        return done
 
 
-# The frame of the last message written. The hub hands the same message (the same str) to
-# every subscription that gets it, one after the other: each is framed once, not once per
-# client. Server frames are not masked, so the bytes are the same for every connection.
-_last: tuple[str, bytes] = ("", b"")
+# The frames of recent messages. The hub hands the same message (the same str) to every
+# subscription that gets it: each is framed once, not once per client. Server frames are not
+# masked, so the bytes are the same for every connection.
+_frames: dict[str, bytes] = {}
+_FRAMES_KEPT = 1024  # messages (a batch's, for its subscriptions), then forgotten
+_CHUNK = 65536  # bytes written at once when several messages are due
 
 
 def _frame(text: str) -> bytes:
-    global _last
-    if text is not _last[0]:
-        _last = (text, Frame(Opcode.TEXT, text.encode()).serialize(mask=False))
-    return _last[1]
+    """A final, unmasked text frame (RFC 6455 5.2)."""
+    frame = _frames.get(text)
+    if frame is None:
+        data = text.encode()
+        n = len(data)
+        if n < 126:
+            head = bytes((0x81, n))
+        elif n < 65536:
+            head = b"\x81\x7e" + n.to_bytes(2, "big")
+        else:
+            head = b"\x81\x7f" + n.to_bytes(8, "big")
+        frame = head + data
+        if len(_frames) >= _FRAMES_KEPT:
+            _frames.clear()
+        _frames[text] = frame
+    return frame
 
 
 _QUERY = re.compile(r"(/[^\s?\"']*)\?[^\s\"']*")

@@ -74,6 +74,13 @@ class Table:
     def qualified(self) -> str:
         return f"{self.schema}.{self.name}"
 
+    @functools.cached_property
+    def _hash(self) -> int:
+        return hash((self.relid, self.schema, self.name, self.key))
+
+    def __hash__(self) -> int:  # computed once: delivery looks tables up for every change
+        return self._hash
+
     @property
     def ident(self) -> sql.Identifier:
         return sql.Identifier(self.schema, self.name)

@@ -156,6 +156,42 @@ def test_timeout_ms_holds_while_waiting_in_a_query(spin: str, routine: str) -> N
         assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)
 
 
+DEADLINE_STATE = """
+CREATE FUNCTION public.deadline_state() RETURNS text LANGUAGE plpython3u AS $$
+import sys
+return str(sys.modules["pyfuncs_pg.deadline"]._depth)
+$$
+"""
+
+
+def test_a_stop_never_lands_inside_dbs_bookkeeping(spin: str) -> None:
+    """A stop that landed between lending the deadline timer to a query and the block that
+    gives it back left the timer lent for good: no later call's query got one, and a caller
+    that caught the error had a later statement cancelled. The watchdog waits until db's
+    bookkeeping is done. Stopped a hundred times at random points, caught each time."""
+    with psycopg.connect(spin, autocommit=True) as conn:
+        conn.execute(DEADLINE_STATE)
+        for _ in range(100):
+            conn.execute(
+                "DO $$ BEGIN PERFORM spin.querying_until_stopped(); "
+                "EXCEPTION WHEN out_of_memory THEN NULL; END $$"
+            )
+            assert conn.execute("SELECT public.deadline_state()").fetchone() == ("0",)
+            conn.execute("SET ROLE student; RESET ROLE")  # nor the identity flag
+        # a deadline timer that goes off just as a query finishes leaves no cancel behind for
+        # the caller's statement, which caught the routine's error
+        for _ in range(30):
+            conn.execute(
+                "DO $$ BEGIN PERFORM spin.querying_until_deadline(); "
+                "EXCEPTION WHEN query_canceled THEN PERFORM pg_sleep(0.005); END $$"
+            )
+        # and a later call's query is still held to its own limit, the session's statements
+        # to none
+        err, took = run(conn, "SELECT spin.sleeping_limited()")
+        assert err.sqlstate == "57014" and 0.2 <= took < 0.2 + SLACK
+        assert conn.execute("SELECT pg_sleep(0.3)").fetchone() == ("",)
+
+
 def test_the_statement_timer_is_given_back_after_each_query(spin: str) -> None:
     with psycopg.connect(spin, autocommit=True) as conn:
         # a routine's deadline (5 s) lent to its query must not outlive it: the statement's

@@ -1115,6 +1115,30 @@ attempt(
 """,
 )
 attempt(
+    "padding_through_super",
+    "call OperationTooLarge: Wide.ljust(1000000000) would make 1,000,000,000 characters",
+    """
+    class Wide(str):
+        def wide(self, n):
+            return super().ljust(n)  # the bounded method read through super()
+
+    def attempt():
+        return len(Wide("x").wide(10**9))
+""",
+)
+attempt(
+    "to_bytes_through_super",
+    "call OperationTooLarge: int.to_bytes(1000000000) would make 1,000,000,000 bytes",
+    """
+    class Big(int):
+        def wide(self, n):
+            return super().to_bytes(n, "big")
+
+    def attempt():
+        return len(Big(1).wide(10**9))
+""",
+)
+attempt(
     "private_inherited_from_a_shared_class",
     "call AttributeError: pyfuncs: a routine may not read the private attribute",
     """

@@ -86,6 +86,42 @@ def test_nor_through_a_cursor_or_as_a_superuser(ident: None, dsn: str) -> None:
             "postgres", "postgres")  # fmt: skip
 
 
+@pytest.mark.parametrize("name", sorted(identity_mod.LATER))
+def test_a_routine_cannot_leave_work_for_after_its_query(ident: None, dsn: str, name: str) -> None:
+    """Deferred triggers, temporary tables, views and types, LISTEN: refused by PostgreSQL
+    inside a routine's query, so nothing of the routine's runs at commit or is found by the
+    session's next queries (another role's, in a pool). As the deployer, to be sure the
+    refusal is not a missing privilege."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="security-restricted"):
+            conn.execute("SELECT ident.later(%s)", [name])
+        assert conn.execute(
+            "SELECT current_user, count(*) FILTER (WHERE n.nspname LIKE 'pg_temp%%') "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        ).fetchone() == ("postgres", 0)
+        assert conn.execute(
+            "SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+            "WHERE n.nspname LIKE 'pg_temp%%'"
+        ).fetchone() == (0,)
+
+
+def test_a_routines_parameters_are_not_bound_to_temporary_types(ident: None, dsn: str) -> None:
+    """A session's temporary types come first in its search path for types: made outside
+    any routine (a pooled session's earlier user), a `pg_temp.text` whose check records
+    what it sees would capture every routine's text parameters. db declares them as
+    pg_catalog's."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.seen (v text)")
+        conn.execute(
+            "CREATE FUNCTION public.capture(v pg_catalog.text) RETURNS bool LANGUAGE sql "
+            "AS $$ INSERT INTO public.seen VALUES (v) RETURNING true $$"
+        )
+        conn.execute("CREATE DOMAIN pg_temp.text AS pg_catalog.text CHECK (public.capture(VALUE))")
+        conn.execute("CREATE DOMAIN pg_temp.int8 AS pg_catalog.int8 CHECK (VALUE < 0)")
+        assert conn.execute("SELECT ident.echo('s3cret', 7)").fetchone() == ("s3cret:7",)
+        assert conn.execute("SELECT count(*) FROM public.seen").fetchone() == (0,)
+
+
 GUARD = """
 CREATE FUNCTION ident.guard(through_calls boolean) RETURNS text LANGUAGE plpython3u AS $$
 import ctypes, sys

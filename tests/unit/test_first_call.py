@@ -59,8 +59,8 @@ assert {decimal.Decimal, datetime.date, datetime.timedelta, uuid.UUID} <= result
 assert results.plain(Row(moment)) == {"when": moment}
 assert results.plain(collections.deque([uuid.UUID(int=1)])) == [uuid.UUID(int=1)]
 assert results.size(decimal.Decimal("12.5")) == 4
-assert values.simple_types()[decimal.Decimal] == "numeric"
-assert values.adapt_param(datetime.date(2026, 1, 2)) == ("date", "2026-01-02")
+assert values.simple_types()[decimal.Decimal] == "pg_catalog.numeric"
+assert values.adapt_param(datetime.date(2026, 1, 2)) == ("pg_catalog.date", "2026-01-02")
 assert sandbox._mutable_instances() == (decimal.Context, BaseException)
 import random
 assert bounded.READS["randbytes"][0]() == (random.Random,)

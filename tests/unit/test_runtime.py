@@ -27,9 +27,9 @@ def test_values() -> None:
     assert convert is not None
     assert convert(["2026-01-02", None, ["2026-01-03"]]) == [
         datetime.date(2026, 1, 2), None, [datetime.date(2026, 1, 3)]]  # fmt: skip
-    assert values.adapt_param(uuid.UUID(int=1)) == ("uuid", str(uuid.UUID(int=1)))
-    assert values.adapt_param([1, None, 2]) == ("bigint[]", [1, None, 2])
-    assert values.adapt_param([{"a": 1}]) == ("jsonb", [{"a": 1}])
+    assert values.adapt_param(uuid.UUID(int=1)) == ("pg_catalog.uuid", str(uuid.UUID(int=1)))
+    assert values.adapt_param([1, None, 2]) == ("pg_catalog.int8[]", [1, None, 2])
+    assert values.adapt_param([{"a": 1}]) == ("pg_catalog.jsonb", [{"a": 1}])
     with pytest.raises(TypeError, match="cannot pass a set"):
         values.adapt_param({1})
     assert results.size({"a": "é", "b": [decimal.Decimal("1.5"), None]}) == 1 + 2 + 1 + 3

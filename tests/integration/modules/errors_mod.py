@@ -28,9 +28,9 @@ def divide(a: int, b: int) -> int:
 
 @stored_function(schema="err")
 def duplicate() -> int:
-    db.execute("CREATE TEMP TABLE IF NOT EXISTS u (k int PRIMARY KEY)")
-    db.execute("INSERT INTO u VALUES (1)")
-    db.execute("INSERT INTO u VALUES (1)")
+    db.execute("CREATE TABLE IF NOT EXISTS err.u (k int PRIMARY KEY)")
+    db.execute("INSERT INTO err.u VALUES (1)")
+    db.execute("INSERT INTO err.u VALUES (1)")
     return 1
 
 

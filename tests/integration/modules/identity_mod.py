@@ -36,6 +36,39 @@ def attempt(name: str, swallow: bool) -> str:
     return str(db.fetchval("SELECT current_user::text || ' ' || current_setting('search_path')"))
 
 
+# Work a query could leave to run after it, as the caller or as whoever the session serves
+# next: PostgreSQL refuses each inside a routine's query (a security-restricted operation)
+LATER = {
+    "deferred_trigger": [
+        "CREATE TABLE IF NOT EXISTS ident.q (a int)",
+        "CREATE OR REPLACE FUNCTION ident.switch() RETURNS trigger LANGUAGE plpgsql AS "
+        "$f$ BEGIN PERFORM set_config('role', 'none', false); RETURN NULL; END $f$",
+        "DROP TRIGGER IF EXISTS t ON ident.q",
+        "CREATE CONSTRAINT TRIGGER t AFTER INSERT ON ident.q DEFERRABLE INITIALLY DEFERRED "
+        "FOR EACH ROW EXECUTE FUNCTION ident.switch()",
+        "INSERT INTO ident.q VALUES (1)",
+    ],
+    "temp_table": ["CREATE TEMP TABLE IF NOT EXISTS later_t (a int)"],
+    "temp_view": ["CREATE TEMP VIEW lesson AS SELECT 1 AS id"],
+    "temp_domain": ["CREATE DOMAIN pg_temp.text AS pg_catalog.text CHECK (VALUE <> '')"],
+    "temp_type": ["CREATE TYPE pg_temp.int4 AS (a int)"],
+    "listen": ["LISTEN ident_later"],
+}
+
+
+@stored_function(schema="ident", roles=["student"])
+def later(name: str) -> str:
+    for statement in LATER[name]:
+        db.execute(statement)
+    return "done"
+
+
+@stored_function(schema="ident", roles=["student"])
+def echo(text: str, number: int) -> str:
+    """Its parameters bound to PostgreSQL's own types, whatever pg_temp holds."""
+    return str(db.fetchval("SELECT $1 || ':' || $2", [text, number]))
+
+
 @stored_function(schema="ident", roles=["student"])
 def through_cursor() -> int:
     return sum(

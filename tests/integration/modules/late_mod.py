@@ -10,6 +10,7 @@ import itertools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pyfuncs import stored_function
 
@@ -125,7 +126,13 @@ LAZY = {
     "zip_longest": lambda: len(list(itertools.zip_longest([], itertools.count()))),
     "filter_repeat": lambda: len(list(filter(None, itertools.repeat(0)))),
     "starmap": lambda: max(itertools.starmap(pow, itertools.repeat((2, 3)))),
+    "elements_through_super": lambda: len(max(_Counted(a=10**12).raw())),
 }
+
+
+class _Counted(collections.Counter):  # type: ignore[type-arg]
+    def raw(self) -> Any:
+        return super().elements()  # the lazy method read through super(): checked the same
 
 
 @stored_function(schema="late", timeout_ms=200)

@@ -141,3 +141,20 @@ def swallow_sleeping_limited() -> int:
 @stored_function(schema="spin", timeout_ms=5000)
 def quick_query(x: int) -> int:
     return int(db.fetchval("SELECT $1::bigint * 2", [x]))
+
+
+@stored_function(schema="spin", timeout_ms=3000, max_memory_mb=1)
+def querying_until_stopped() -> int:
+    """Stopped, at whatever point of db's work around a query a look of the watchdog finds
+    it, for its memory (its queries are lent the deadline timer, 3 s)."""
+    kept = []
+    while True:
+        kept.append(b"x" * 4096)
+        db.execute("SELECT 1")
+
+
+@stored_function(schema="spin", timeout_ms=40)
+def querying_until_deadline() -> int:
+    """Stopped at its deadline, which the timer lent to its queries shares."""
+    while True:
+        db.execute("SELECT 1")
