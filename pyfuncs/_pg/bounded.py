@@ -338,18 +338,96 @@ def guarded_hashlib() -> types.ModuleType:
 
 
 def guarded_random() -> types.ModuleType:
-    """random with randbytes and getrandbits refusing more than MAX_REPEAT_BYTES."""
+    """random with a generator of its own (each routine module gets one: see sandbox._view)
+    behind its module-level functions, and randbytes and getrandbits refusing more than
+    MAX_REPEAT_BYTES. The module's own generator is shared by every call in the backend: 624
+    draws of it tell its state, and so every later draw of every other role's."""
     import random  # when a routine first imports it, not in every backend's boot
+
+    generator = random.Random()  # seeded from os.urandom
 
     def randbytes(n: int) -> bytes:
         _size_at_most(n, f"randbytes({n})")
-        return random.randbytes(n)
+        return generator.randbytes(n)
 
     def getrandbits(k: int, /) -> int:
         _bits_at_most(k, f"getrandbits({k})", MAX_REPEAT_BYTES * 8)
-        return random.getrandbits(k)
+        return generator.getrandbits(k)
 
-    return _stand_in(random, randbytes, getrandbits)
+    copy = _stand_in(random, randbytes, getrandbits)
+    shared = random._inst
+    for name, value in list(vars(copy).items()):
+        if getattr(value, "__self__", None) is shared and name not in ("randbytes", "getrandbits"):
+            copy.__dict__[name] = getattr(generator, name)
+    return copy
+
+
+# unicodedata.normalize sorts a run of combining characters (non-starters) by insertion sort,
+# in C: a run of 8,000 takes ~50 ms, 16,000 ~0.2 s, 200,000 ten seconds. A combining
+# character decomposes into at most 2, so a run of 1,000 sorts in a few ms.
+MAX_COMBINING_RUN = 1_000
+# the characters of combining class 0 whose decomposition starts with a non-starter
+_STARTING_MARKS = "\u0f73\u0f75\u0f81\uff9e\uff9f"
+
+
+def check_normalize(form: Any, text: Any, what: str = "unicodedata.normalize") -> None:
+    """Refuse to normalize `text` if its result could be beyond MAX_REPEAT_BYTES (18
+    characters for one in NFKC and NFKD, 4 in NFC and NFD) or if it has a run of more than
+    MAX_COMBINING_RUN combining characters (whose sort takes time quadratic in the run)."""
+    import unicodedata
+
+    if not isinstance(text, str) or not isinstance(form, str):
+        return  # unicodedata refuses it
+    text = exact_str(text)
+    if text.isascii():
+        return  # every form of ASCII is itself
+    size = len(text) * (18 if exact_str(form).startswith("NFK") else 4)
+    _text_size(text, size, what)
+    run, combining = 0, unicodedata.combining
+    for character in text:  # in Python: a stop reaches it
+        if combining(character) or character in _STARTING_MARKS:
+            run += 1
+            if run > MAX_COMBINING_RUN:
+                raise OperationTooLarge(
+                    f"{what} of a run of more than {MAX_COMBINING_RUN:,} combining characters "
+                    "would take time quadratic in the run in one C call, which no stop can "
+                    f"interrupt; a routine may normalize runs of at most {MAX_COMBINING_RUN:,}"
+                )
+        else:
+            run = 0
+
+
+def guarded_unicodedata() -> types.ModuleType:
+    """unicodedata with normalize and is_normalized refusing what check_normalize refuses
+    (the same methods of its UCD objects, `unicodedata.ucd_3_2_0`, are READS)."""
+    import unicodedata
+
+    def normalize(form: Any, unistr: Any, /) -> Any:
+        check_normalize(form, unistr)
+        return unicodedata.normalize(form, unistr)
+
+    def is_normalized(form: Any, unistr: Any, /) -> Any:
+        check_normalize(form, unistr, "unicodedata.is_normalized")
+        return unicodedata.is_normalized(form, unistr)
+
+    return _stand_in(unicodedata, normalize, is_normalized)
+
+
+def _ucd_kinds() -> tuple[type, ...]:
+    """unicodedata's UCD, once unicodedata has been imported."""
+    unicodedata = imported("unicodedata")
+    return (unicodedata.UCD,) if unicodedata is not None else ()
+
+
+def _normalizing(name: str) -> Callable[[Any, Callable[..., Any]], Callable[..., Any]]:
+    def checked(ucd: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+        def normalize(form: Any, unistr: Any, /) -> Any:
+            check_normalize(form, unistr, f"unicodedata.ucd_3_2_0.{name}")
+            return method(form, unistr)
+
+        return normalize
+
+    return checked
 
 
 def guarded_secrets() -> types.ModuleType:
@@ -408,13 +486,22 @@ def largest_number(text: str) -> int:
     return largest
 
 
+def exact_str(text: str) -> str:
+    """`text` as a plain str (a subclass's copy), read without any method of the subclass."""
+    return str.__str__(text)
+
+
 def check_spec(spec: Any) -> Any:
     """A format spec (f-strings' and format()'s) whose numbers are within the bound; else
-    refused. Returns the spec."""
-    if isinstance(spec, str) and len(spec) > 7:  # shorter, no number can be beyond it
-        size = largest_number(spec)
-        if size > MAX_REPEAT_BYTES:
-            refuse(f"a format of width or precision {size}", size, "characters", MAX_REPEAT_BYTES)
+    refused. Returns the spec, a plain str if it is a str (a subclass's length, digits or
+    __format__ are not what is read, nor what is used)."""
+    if isinstance(spec, str):
+        spec = exact_str(spec)
+        if len(spec) > 7:  # shorter, no number can be beyond it
+            size = largest_number(spec)
+            if size > MAX_REPEAT_BYTES:
+                refuse(f"a format of width or precision {size}", size, "characters",
+                       MAX_REPEAT_BYTES)  # fmt: skip
     return spec
 
 
@@ -425,10 +512,17 @@ def checked_format(value: Any, spec: Any = "", /) -> Any:
 def _check_percent(template: Any, values: Any) -> None:
     """Refuse a %-format (str or bytes) whose widths or precisions, written or taken from
     the values by `*`, are beyond the bound."""
-    text = template if isinstance(template, str) else bytes(template).decode("latin-1")
+    # read as the %-operator reads them: the template's own characters and the items of a
+    # tuple, whatever a subclass's methods say
+    if isinstance(template, str):
+        text = exact_str(template)
+    elif isinstance(template, bytes):
+        text = bytes.__getitem__(template, slice(None)).decode("latin-1")
+    else:
+        text = bytearray.__getitem__(template, slice(None)).decode("latin-1")
     if "%" not in text:
         return
-    values = values if isinstance(values, tuple) else (values,)
+    values = tuple.__getitem__(values, slice(None)) if isinstance(values, tuple) else (values,)
     taken, at, end = 0, 0, len(text)
     while (at := text.find("%", at) + 1) > 0:
         if text.startswith("(", at):  # a mapping key: '*' may not follow it
@@ -448,7 +542,7 @@ def _check_percent(template: Any, values: Any) -> None:
             if text.startswith("*", at):
                 size = values[taken] if taken < len(values) else 0
                 taken, at = taken + 1, at + 1
-                size = abs(size) if isinstance(size, int) else 0
+                size = abs(int.__index__(size)) if isinstance(size, int) else 0
             else:
                 start = at
                 while at < end and "0" <= text[at] <= "9":
@@ -474,6 +568,21 @@ def _replace(text: Any, method: Callable[..., Any]) -> Callable[..., Any]:
         return method(old, new, count)
 
     return replace
+
+
+def _translate(text: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+    def translate(table: Any, /) -> Any:
+        # a dict's values as stored (what str.translate reads of a dict that does not
+        # override lookup); any other mapping is looked up by Python code for every
+        # character, where a stop reaches the call and its memory is counted as it grows
+        if isinstance(table, dict):
+            longest = max(
+                (str.__len__(v) for v in dict.values(table) if isinstance(v, str)), default=1
+            )
+            _text_size(text, str.__len__(text) * longest, "str.translate")
+        return method(table)
+
+    return translate
 
 
 def _join(separator: Any, method: Callable[..., Any]) -> Callable[..., Any]:
@@ -543,6 +652,9 @@ def _context_power(context: Any, method: Callable[..., Any]) -> Callable[..., An
 READS: dict[str, tuple[Kinds, Callable[[Any, Callable[..., Any]], Any]]] = {
     "replace": (_TEXT, _replace),
     "join": (_TEXT, _join),
+    "translate": ((str,), _translate),
+    "normalize": (_ucd_kinds, _normalizing("normalize")),
+    "is_normalized": (_ucd_kinds, _normalizing("is_normalized")),
     "to_bytes": ((int,), _to_bytes),
     "randbytes": (_random_kinds, _random_bytes),
     "getrandbits": (_random_kinds, _random_bits),

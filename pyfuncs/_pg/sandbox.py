@@ -31,8 +31,9 @@ REMOVED_BUILTINS = frozenset(vocabulary.FORBIDDEN_BUILTINS) | {"__loader__", "__
 # makes it in the database; pyfuncs._sandbox makes one that records the decorators).
 SHIM: types.ModuleType | None = None
 
-# views of allowed modules, by name and allow-list (read-only: every routine shares them)
-VIEWS: dict[tuple[str, frozenset[str]], types.ModuleType] = {}
+# views of allowed modules, by name and allow-list (read-only: every routine shares them;
+# random's, by routine module too)
+VIEWS: dict[tuple[str, frozenset[str], str], types.ModuleType] = {}
 
 # instances of these classes from outside a routine's module it may change all the same:
 # each is made for the routine (decimal.localcontext() gives a copy of the context, and an
@@ -50,8 +51,10 @@ def _mutable_instances() -> tuple[type, ...]:
     return _MUTABLE_INSTANCES
 
 
-def _view(name: str, allowed: frozenset[str]) -> types.ModuleType:
-    key = (name, allowed)
+def _view(name: str, allowed: frozenset[str], owner: str = "") -> types.ModuleType:
+    # random's view is the routine module's own: its functions draw from a generator of the
+    # module's (bounded.guarded_random), which no other module's draws tell anything about
+    key = (name, allowed, owner if name == "random" else "")
     found = VIEWS.get(key)
     if found is None:
         if name in allowed:
@@ -192,6 +195,7 @@ STAND_INS = {
     "struct": bounded.guarded_struct, "random": bounded.guarded_random,
     "secrets": bounded.guarded_secrets, "decimal": bounded.guarded_decimal,
     "hashlib": bounded.guarded_hashlib, "dataclasses": guarded_dataclasses,
+    "unicodedata": bounded.guarded_unicodedata,
 }  # fmt: skip
 
 
@@ -353,61 +357,103 @@ def _template(obj: Any) -> Any:
 
 def _checked_format(method: Callable[..., Any]) -> Callable[..., Any]:
     """A `format` or `format_map` method that refuses templates whose fields walk attributes
-    a routine may not read: str's own, bound (`"{0.x}".format`, `super().format` in a
-    subclass) or not (`str.format`, called with the template first), and UserString's, which
-    call str's in code that is not the routine's."""
+    a routine may not read, or whose widths or precisions are beyond the bound: str's own,
+    bound (`"{0.x}".format`, `super().format` in a subclass) or not (`str.format`, called
+    with the template first), and UserString's, which call str's in code that is not the
+    routine's. str's method is then called on a template of the routine's rebuilt (see
+    _format_specs): its nested fields are not evaluated a second time."""
     bound = getattr(method, "__self__", None)
     mapped = getattr(method, "__name__", "") == "format_map"
 
     def checked(*args: Any, **kwargs: Any) -> Any:
         unbound = bound is None or isinstance(bound, type)
         template = _template(args[0] if args else None) if unbound else _template(bound)
-        if isinstance(template, str):
-            _format_fields(template)
-            values = args[1:] if unbound else args
-            if mapped:
-                _format_specs(template, (), values[0] if values else {})
-            else:
-                _format_specs(template, values, kwargs)
-        return method(*args, **kwargs)
+        if not isinstance(template, str) or not _is_str_format(method):
+            return method(*args, **kwargs)  # a routine's own method: what it calls is checked
+        template = bounded.exact_str(template)
+        _format_fields(template)
+        values = args[1:] if unbound else args
+        if mapped:
+            if len(values) != 1 or kwargs:
+                return method(*args, **kwargs)  # the method reports it
+            return str.format_map(_format_specs(template, (), values[0], True), values[0])
+        return str.format(_format_specs(template, values, kwargs, False), *values, **kwargs)
 
     return checked
+
+
+def _is_str_format(method: Any) -> bool:
+    """Whether `method` is str's format or format_map (bound or not) or UserString's."""
+    if method is str.format or method is str.format_map:
+        return True
+    if isinstance(method, types.BuiltinMethodType):
+        return isinstance(method.__self__, str) and method.__name__ in ("format", "format_map")
+    collections = imported("collections")
+    function = getattr(method, "__func__", method)
+    return collections is not None and (
+        function is collections.UserString.format or function is collections.UserString.format_map
+    )
 
 
 _CONVERSIONS: dict[str | None, Callable[[Any], Any]] = {"r": repr, "s": str, "a": ascii}
 
 
-def _format_specs(template: str, args: Any, names: Any) -> None:
-    """Refuse a str.format template whose fields' widths or precisions are beyond the bound
-    (bounded.check_spec), nested ones (`{:>{}}`) read from the arguments as str.format
-    reads them. Where reading one fails, the method itself will fail the same way."""
-    auto = 0
-    for _, field, spec, _ in _string.formatter_parser(template):
+def _format_specs(template: str, args: Any, names: Any, mapped: bool) -> str:
+    """The template str.format is to format instead of `template`: every field numbered
+    explicitly and every nested field (`{:>{}}`) replaced by its text, read from the
+    arguments once, as str.format reads them; refused if a width or precision is beyond the
+    bound (bounded.check_spec). Where reading a nested field fails, that error is raised."""
+    auto, manual, out = 0, False, []
+
+    def number(field: str) -> str:
+        nonlocal auto, manual
+        first = _string.formatter_field_name_split(field)[0]
+        if first == "":
+            if manual:
+                raise ValueError(
+                    "cannot switch from manual field specification to automatic field numbering"
+                )
+            if mapped:
+                raise ValueError("Format string contains positional fields")
+            auto += 1
+            return f"{auto - 1}{field}"
+        if isinstance(first, int):
+            if auto:
+                raise ValueError(
+                    "cannot switch from automatic field numbering to manual field specification"
+                )
+            manual = True
+        return field
+
+    for literal, field, spec, conversion in _string.formatter_parser(template):
+        out.append(literal.replace("{", "{{").replace("}", "}}"))
         if field is None:
             continue
-        if not _string.formatter_field_name_split(field)[0] and field[:1] in ("", ".", "["):
-            auto += 1  # numbered automatically, before the fields in its spec
+        field = number(field)  # numbered before the fields in its spec, as str.format does
         if spec and "{" in spec:
             parts = []
-            try:
-                for literal, inner, inner_spec, conversion in _string.formatter_parser(spec):
-                    parts.append(literal)
-                    if inner is None:
-                        continue
-                    first, rest = _string.formatter_field_name_split(inner)
-                    if first == "":
-                        first, auto = auto, auto + 1
-                    value = args[first] if isinstance(first, int) else names[first]
-                    for is_attribute, key in rest:
-                        value = getattr(value, key) if is_attribute else value[key]
-                    value = _CONVERSIONS.get(conversion, lambda v: v)(value)
-                    parts.append(format(value, bounded.check_spec(inner_spec or "")))
-            except bounded.OperationTooLarge:
-                raise
-            except Exception:  # the method itself reports it
-                return
+            for inner_literal, inner, inner_spec, inner_conversion in _string.formatter_parser(
+                spec
+            ):
+                parts.append(inner_literal)
+                if inner is None:
+                    continue
+                inner = number(inner)
+                first, rest = _string.formatter_field_name_split(inner)
+                value = args[first] if isinstance(first, int) else names[first]
+                for is_attribute, key in rest:
+                    value = getattr(value, key) if is_attribute else value[key]
+                value = _CONVERSIONS.get(inner_conversion, lambda v: v)(value)
+                text = format(value, bounded.check_spec(inner_spec or ""))
+                parts.append(bounded.exact_str(text) if isinstance(text, str) else text)
             spec = "".join(parts)
-        bounded.check_spec(spec)
+            if "{" in spec or "}" in spec:
+                raise ValueError(f"pyfuncs: a nested format field gave {spec!r}, with braces")
+        spec = bounded.check_spec(spec)
+        out.append(
+            f"{{{field}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+        )
+    return "".join(out)
 
 
 _MRO: Callable[[type], tuple[type, ...]] = type.__dict__["__mro__"].__get__
@@ -465,7 +511,7 @@ def restricted_builtins(allowed: frozenset[str], module_name: str) -> dict[str, 
         if name == "pyfuncs" and SHIM is not None:
             return SHIM
         # `import a.b` binds a, `from a.b import c` reads c of a.b (as __import__ does)
-        return _view(name if fromlist else name.partition(".")[0], allowed)
+        return _view(name if fromlist else name.partition(".")[0], allowed, module_name)
 
     def public(name: object) -> str:
         # a subclass of str could answer startswith() and `in` as it likes: what is checked,

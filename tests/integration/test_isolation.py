@@ -10,7 +10,7 @@ import pytest
 
 from pyfuncs import deploy as deploying
 
-from .modules import contaminate_mod
+from .modules import contaminate_mod, random_mod
 
 CLEAN = '{"a": [1, 2]} False 0.142857 0 3.14 1 0.33333 0001'
 
@@ -36,3 +36,50 @@ def test_every_attempt_is_refused_and_nothing_changes_for_anyone(
 
 def test_the_catalogue_of_contamination_is_large(cont: psycopg.Connection[Any]) -> None:
     assert len(contaminate_mod.ATTEMPTS) >= 15
+
+
+def _untemper(y: int) -> int:
+    """The Mersenne Twister's state word behind one 32-bit output (its tempering undone)."""
+    y ^= y >> 18
+    y ^= (y << 15) & 0xEFC60000
+    x = y
+    for _ in range(4):
+        x = y ^ ((x << 7) & 0x9D2C5680)
+    y = x & 0xFFFFFFFF
+    x = y
+    for _ in range(2):
+        x = y ^ (x >> 11)
+    return x & 0xFFFFFFFF
+
+
+def _predicted(observed: list[int], n: int) -> list[int]:
+    """The next n draws of the Mersenne Twister that gave the 624 `observed` ones."""
+    import random
+
+    twister = random.Random()
+    twister.setstate((3, (*(_untemper(y) for y in observed), 624), None))
+    return [twister.getrandbits(32) for _ in range(n)]
+
+
+def test_each_module_draws_from_a_generator_of_its_own(cont: psycopg.Connection[Any]) -> None:
+    """624 draws tell a Mersenne Twister's state: they predict the module's own next draws,
+    and nothing about another module's (another role's, the next call's)."""
+    deploying.deploy(cont, random_mod)
+    observed = cont.execute("SELECT rnd.draws(624)").fetchone()
+    assert observed is not None
+    predicted = _predicted(observed[0], 8)
+    assert cont.execute("SELECT rnd.draws(8)").fetchone() == (predicted,)  # the method works
+    predicted = _predicted(observed[0], 16)[8:]
+    others = cont.execute("SELECT cont.draws(8)").fetchone()
+    assert others is not None and others[0] != predicted
+    assert cont.execute("SELECT rnd.draws(8)").fetchone() == (predicted,)  # still its own
+    cont.execute("SET ROLE student")
+    others = cont.execute("SELECT cont.draws(8)").fetchone()
+    assert others is not None and others[0] != _predicted(observed[0], 24)[16:]
+    cont.execute("RESET ROLE")
+    for how in ("getrandbits", "randbytes", "instance"):
+        with pytest.raises(psycopg.Error) as info:
+            cont.execute("SELECT rnd.too_many(%s)", [how])
+        assert info.value.sqlstate == "54000", (how, info.value)
+        assert "one operation in a routine may make at most" in str(info.value)
+        cont.rollback()

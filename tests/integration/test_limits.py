@@ -146,7 +146,8 @@ def test_memory_error_is_out_of_memory(lim: psycopg.Connection[Any]) -> None:
 FORMATS = ["fstring", "fstring_precision", "fstring_constant", "format", "str_format",
            "str_format_named", "format_map", "str_format_static", "percent",
            "percent_precision", "percent_bytes", "percent_in_place", "unicode_digits",
-           "nested_spec_of_nested"]  # fmt: skip
+           "nested_spec_of_nested", "spec_len", "percent_find", "percent_abs",
+           "percent_bytes_abs", "percent_tuple", "format_map_fails_once"]  # fmt: skip
 
 
 @pytest.mark.parametrize("how", FORMATS)
@@ -158,6 +159,40 @@ def test_format_widths_and_precisions_are_bounded(lim: psycopg.Connection[Any], 
     err = fails(lim, f"SELECT lim.formatted('{how}', 99999999)")
     assert err.sqlstate == "54000", err
     assert "99,999,999 characters" in str(err) and "at most 67,108,864" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("how", "refused"),
+    [
+        ("nfd_run", "a run of more than 1,000 combining characters"),
+        ("nfc_run_after_starter", "a run of more than 1,000 combining characters"),
+        ("is_normalized", "a run of more than 1,000 combining characters"),
+        ("ucd", "a run of more than 1,000 combining characters"),
+        ("nfkd_expands", "unicodedata.normalize would make 90,000,000 characters"),
+        ("translate", "str.translate would make 5,000,000,000 characters"),
+        ("translate_class", "str.translate would make 5,000,000,000 characters"),
+    ],
+)
+def test_normalize_and_translate_are_bounded(
+    lim: psycopg.Connection[Any], how: str, refused: str
+) -> None:
+    """unicodedata's normalization sorts runs of combining characters in time quadratic in
+    the run, and NFKD makes up to 18 characters of one; str.translate makes each character
+    its replacement: refused before they start when beyond the bounds, done within them."""
+    small = lim.execute("SELECT lim.normalized(%s, 1000)", [how]).fetchone()
+    assert small is not None and small[0] in (0, 1, 1000, 1001, 2000, 18000)
+    n = 5_000_000 if how.startswith(("nfkd", "translate")) else 3000
+    started = time.monotonic()
+    err = fails(lim, "SELECT lim.normalized(%s, %s)", how, n)
+    assert err.sqlstate == "54000", err
+    assert refused in str(err), err
+    assert time.monotonic() - started < 2
+
+
+def test_a_nested_format_field_is_evaluated_once(lim: psycopg.Connection[Any]) -> None:
+    """str.format formats a template with the nested field's text as checked, not the field
+    again (whose __format__ could give a small width to the check, a huge one after)."""
+    assert lim.execute("SELECT lim.formatted_once()").fetchone() == ([3, 1],)
 
 
 @pytest.mark.parametrize("how", ["hex", "decode", "bytearray"])

@@ -825,6 +825,42 @@ for label, body in [
     )
 
 
+# red team 7: a format's bound read through the routine's own objects, or a nested field
+# evaluated twice; normalization and translation that work far beyond their input in C
+for label, body in [
+    ("spec_len", "class S(str):\n            def __len__(self):\n                return 1\n"
+                 "        return format('x', S('>500000000'))"),
+    ("percent_find", "class S(str):\n            def find(self, *a):\n                return -1\n"
+                     "        return S('%500000000s') % 'x'"),
+    ("percent_abs", "class I(int):\n            def __abs__(self):\n                return 0\n"
+                    "        return '%*s' % (I(500000000), 'x')"),
+    ("percent_bytes_abs", "class I(int):\n            def __abs__(self):\n"
+                          "                return 0\n"
+                          "        return b'%*b' % (I(500000000), b'x')"),
+    ("percent_tuple", "class T(tuple):\n            def __getitem__(self, i):\n"
+                      "                return 0\n"
+                      "        return '%*s' % T((500000000, 'x'))"),
+    ("format_flip", "class F:\n            n = []\n            def __format__(self, spec):\n"
+                    "                F.n.append(1)\n"
+                    "                return '500000000' if len(F.n) == 1 else '1'\n"
+                    "        return '{:>{}}'.format('x', F())"),
+    ("normalize_run", "return unicodedata.normalize('NFD', 'a' + '\\u0301\\u0316' * 5000)"),
+    ("normalize_ucd", "return unicodedata.ucd_3_2_0.normalize('NFC', '\\u0301' * 5000)"),
+    ("normalize_expands", "return unicodedata.normalize('NFKD', '\\ufdfa' * 5_000_000)"),
+    ("translate_long", "return ('a' * 100_000).translate({97: 'b' * 30_000})"),
+]:  # fmt: skip
+    attempt(
+        f"bounded_{label}",
+        "call OperationTooLarge: ",
+        f"""
+    import unicodedata
+
+    def attempt():
+        {body}
+""",
+    )
+
+
 # --- found by the fourth red team, and closed since --------------------------------------
 attempt(
     "dataclass_field_name_as_code",

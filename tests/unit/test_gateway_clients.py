@@ -16,10 +16,12 @@ class Socket:
         self.room = True
         self.received: list[str] = []
 
-    def write_now(self, text: str) -> bool:
-        if self.room:
-            self.received.append(text)
-        return self.room
+    def write_now(self, texts: list[str]) -> int:
+        """Like server.py's: writes the messages it has room for, says how many."""
+        if not self.room:
+            return 0
+        self.received.extend(texts)
+        return len(texts)
 
 
 def test_messages_wait_behind_queued_ones_and_go_straight_again_once_drained() -> None:

@@ -105,6 +105,13 @@ def contaminate(attempt: str) -> str:
 
 
 @stored_function(schema="cont", roles=["student"])
+def draws(n: int) -> list[int]:
+    """random's module-level draws: from this module's own generator (random_mod's are
+    another's)."""
+    return [random.getrandbits(32) for _ in range(n)]
+
+
+@stored_function(schema="cont", roles=["student"])
 def observe() -> str:
     """What other calls rely on, as every call should find it."""
     with decimal.localcontext() as ctx:  # a routine's own copy may be changed

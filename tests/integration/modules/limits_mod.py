@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from math import factorial
@@ -160,7 +161,95 @@ def formatted(how: str, n: int) -> int:
         return len(("{:{:0>" + str(n) + "}}").format(7, 9))
     if how == "unicode_digits":  # format specs read any script's digits
         return len(format("x", ">" + "".join(chr(0x660 + int(d)) for d in str(n))))
+    return _formatted_through_own_objects(how, n)
+
+
+class _Short(str):
+    def __len__(self) -> int:
+        return 1
+
+    def find(self, *args: object) -> int:
+        return -1
+
+
+class _Small(int):
+    def __abs__(self) -> int:
+        return 0
+
+
+class _Zeros(tuple):  # type: ignore[type-arg]
+    def __getitem__(self, at: object) -> object:  # type: ignore[override]
+        return 0
+
+
+class _FailsOnce(dict):  # type: ignore[type-arg]
+    failed = False
+    values: dict[str, object] = {}  # noqa: RUF012
+
+    def __getitem__(self, key: object) -> object:
+        if not _FailsOnce.failed:
+            _FailsOnce.failed = True
+            raise KeyError(key)
+        return _FailsOnce.values[key]  # type: ignore[index]
+
+
+def _formatted_through_own_objects(how: str, n: int) -> int:
+    """The spellings that read the spec through the routine's own objects (red team 7)."""
+    if how == "spec_len":  # a str subclass whose len() says 1
+        return len(format("x", _Short(f">{n}")))
+    if how == "percent_find":  # a str subclass whose find() finds no %
+        return len(_Short(f"%{n}s") % "x")
+    if how == "percent_abs":  # an int subclass whose abs() says 0
+        return len("%*s" % (_Small(n), "x"))  # noqa: UP031
+    if how == "percent_bytes_abs":
+        return len(b"%*b" % (_Small(n), b"x"))
+    if how == "percent_tuple":  # a tuple subclass whose items read as 0
+        return len("%*s" % _Zeros((n, "x")))  # noqa: UP031
+    if how == "format_map_fails_once":  # the lookup fails for the check only
+        _FailsOnce.failed = False
+        _FailsOnce.values = {"v": "x", "w": n}
+        mapping = _FailsOnce()
+        try:
+            return len("{v:>{w}}".format_map(mapping))
+        except KeyError:  # the first lookup's error, raised: not formatted unchecked
+            return len("{v:>{w}}".format_map(mapping))
     raise ValueError(how)
+
+
+@stored_function(schema="lim")
+def normalized(how: str, n: int) -> int:
+    """Normalizing text (n combining characters in a run, or n characters that NFKD makes
+    18 of) and translating it (n characters, each to 1,000): bounded when n is large."""
+    if how == "nfd_run":  # sorted by insertion sort: quadratic in the run
+        return len(unicodedata.normalize("NFD", "a" + "\u0301\u0316" * (n // 2)))
+    if how == "nfc_run_after_starter":  # U+0F73 is a starter that decomposes to two marks
+        return len(unicodedata.normalize("NFC", "\u0f73" * n))
+    if how == "is_normalized":
+        return int(unicodedata.is_normalized("NFKD", "a" + "\u0316\u0301" * (n // 2)))
+    if how == "ucd":  # the Unicode 3.2 database's own method
+        return len(unicodedata.ucd_3_2_0.normalize("NFD", "a" + "\u0301\u0316" * (n // 2)))
+    if how == "nfkd_expands":  # U+FDFA: 18 characters
+        return len(unicodedata.normalize("NFKD", "\ufdfa" * n))
+    if how == "translate":
+        return len(("a" * n).translate({97: "b" * 1000})) // 1000
+    if how == "translate_class":
+        return len(str.translate("a" * n, {97: "b" * 1000})) // 1000
+    raise ValueError(how)
+
+
+@stored_function(schema="lim")
+def formatted_once() -> list[int]:
+    """A nested field's __format__ that gives a small width, then a huge one: evaluated
+    once, so the width is the small one."""
+
+    class Flip:
+        calls = 0
+
+        def __format__(self, spec: str) -> str:
+            Flip.calls += 1
+            return "3" if Flip.calls == 1 else "500000000"
+
+    return [len("{:>{}}".format("x", Flip())), Flip.calls]
 
 
 @stored_function(schema="lim")
