@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ log = logging.getLogger("pyfuncs.capture")
 # the session advisory lock of the leading consumer ("pyfuncs1" in ASCII); advisory locks
 # are per database
 LEADER_KEY = 0x7079_6675_6E63_7331
+LOOK_EVERY = 5.0  # seconds between looks at the WAL the slot holds
 BATCH = 10_000  # rows decoded per batch (a transaction is never split)
 # the consumer commits durably whatever the server's default: the slot is advanced to what
 # it committed, and must never get ahead of what a crash keeps
@@ -122,6 +124,9 @@ class Capture:
         self.leading = False
         self.captured = 0  # changes written to the log by this consumer
         self.failures = 0
+        self.slot_wal_bytes: int | None = None  # WAL the slot holds (None: no slot)
+        self.denied = False  # this role may not capture (it runs elsewhere)
+        self._looked = 0.0
 
     async def run(self) -> None:
         pause = self.retry
@@ -137,6 +142,15 @@ class Capture:
                     pause = self.retry
             except psycopg.OperationalError as exc:
                 log.warning("the WAL consumer lost its connection (%s); reconnecting", exc)
+            except psycopg.errors.InsufficientPrivilege:
+                self.denied = True
+                log.warning(
+                    "this role may not capture from the WAL, so this process leaves capture "
+                    "to another (pyfuncs realtime capture --follow, or a gateway whose feed "
+                    "role may: GRANT EXECUTE ON FUNCTION pyfuncs.realtime_wal_capture(integer), "
+                    "pyfuncs.realtime_wal_slot() TO it)"
+                )
+                return
             except psycopg.Error as exc:
                 self.failures += 1
                 pause = min(pause * 2, 30.0)
@@ -152,6 +166,7 @@ class Capture:
             row = await cur.fetchone()
             if row is not None and row[0]:
                 break
+            await self._look(conn)
             await asyncio.sleep(self.standby)
         self.leading = True
         log.info("this process leads realtime capture from the WAL")
@@ -167,5 +182,14 @@ class Capture:
                 continue
             assert row is not None
             self.captured += int(row[0])
+            await self._look(conn)
             if row[1]:
                 await asyncio.sleep(self.poll)
+
+    async def _look(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """How much WAL the slot holds, now and then (for /metrics)."""
+        if time.monotonic() - self._looked < LOOK_EVERY:
+            return
+        self._looked = time.monotonic()
+        row = await (await conn.execute(query("realtime_slot_wal"))).fetchone()
+        self.slot_wal_bytes = None if row is None or row[0] is None else int(row[0])

@@ -179,6 +179,11 @@ SELECT pyfuncs.realtime_wal_slot() AS created
 -- Whether this session leads the database's WAL consumers (held until it ends).
 SELECT pg_catalog.pg_try_advisory_lock(%(key)s) AS leading
 
+-- name: realtime_slot_wal
+-- The WAL this database's slot holds from being recycled, in bytes (no row: no slot).
+SELECT (pg_catalog.pg_current_wal_lsn() - restart_lsn)::bigint AS held
+FROM pg_catalog.pg_replication_slots WHERE slot_name = pyfuncs.realtime_slot_name()
+
 -- name: realtime_set_mode
 SELECT pyfuncs.realtime_set_mode(%(mode)s)
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import psycopg
 
+from ..capture import Capture
 from ..errors import ResyncRequired, SubscriptionError
 from ..queries import query
 from ..realtime import Change, Position, listen, read, wake_up
@@ -143,6 +144,12 @@ class Hub:
                 self.metrics.lag = (now - changes[-1].committed_at).total_seconds()
             if len(changes) < self.config.batch:  # (reads at most every WAKE_UP_GAP)
                 await wake_up(conn, self.config.poll)
+
+    async def capture_forever(self) -> None:
+        """Take part in capturing from the WAL (pyfuncs/capture.py): one process per
+        database leads, the others stand by; nothing to do in trigger mode."""
+        self.metrics.capture = Capture(self.config.feed_dsn)
+        await self.metrics.capture.run()
 
     async def prune_forever(self) -> None:
         """Prune the change feed to its retention now and then (several gateways may: it
