@@ -50,7 +50,8 @@ lint: setup
 	$(BIN)/mypy
 
 bench: setup
-	$(BIN)/python -m bench.run; routines=$$?; $(BIN)/python -m bench.realtime && exit $$routines
+	$(BIN)/python -m bench.run; routines=$$?; $(BIN)/python -m bench.capture; capture=$$?; \
+		$(BIN)/python -m bench.realtime && exit $$(( routines || capture ))
 
 db-down: setup
 	$(BIN)/pyfuncs db down

@@ -145,7 +145,7 @@ SELECT s.pruned_through, r.*
 FROM pyfuncs.realtime_state s
 LEFT JOIN LATERAL (
     SELECT c.position, ch.id AS change, ch.schema_name, ch.table_name, ch.op, ch.new_row,
-           ch.old_row, c.committed_at
+           ch.old_row, c.committed_at, c.txid::text::bigint AS txid
     FROM pyfuncs.realtime_commit c
     JOIN pyfuncs.realtime_change ch ON ch.txid = c.txid
     WHERE c.position IS NOT NULL AND (c.position, ch.id) > (%(commit)s, %(change)s)
@@ -204,6 +204,10 @@ SELECT s.mode, pyfuncs.realtime_slot_name()::text AS slot,
        pg_catalog.current_setting('max_slot_wal_keep_size') AS max_slot_wal_keep_size
 FROM pyfuncs.realtime_state s
 LEFT JOIN pg_catalog.pg_replication_slots r ON r.slot_name = pyfuncs.realtime_slot_name()
+
+-- name: realtime_snapshot
+-- Which transactions the current snapshot sees (realtime.Snapshot).
+SELECT pg_catalog.pg_current_snapshot()::text AS taken
 
 -- name: realtime_position_key
 -- The key the gateways encrypt the positions they give subscribers with (gateway/positions.py).

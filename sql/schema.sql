@@ -398,14 +398,6 @@ RETURN CASE
     ELSE value
 END;
 
--- wal2json's column list as a row object.
-CREATE FUNCTION pyfuncs.realtime_wal_row(columns jsonb) RETURNS jsonb
-LANGUAGE sql STABLE
-RETURN (SELECT pg_catalog.jsonb_object_agg(c OPERATOR(pg_catalog.->>) 'name',
-                                           pyfuncs.realtime_wal_value(c OPERATOR(pg_catalog.->>) 'type',
-                                                                      c OPERATOR(pg_catalog.->) 'value'))
-        FROM pg_catalog.jsonb_array_elements(columns) AS c);
-
 -- Make this database's slot if it is missing or was invalidated (it held more WAL than
 -- max_slot_wal_keep_size allows), and say whether it made one. Changes committed while there
 -- was no slot are not in the log: if realtime was already capturing from the WAL, every
@@ -499,28 +491,36 @@ BEGIN
     flush := pg_current_wal_flush_lsn();
     RETURN QUERY
     WITH raw AS MATERIALIZED (
-        SELECT p.ord, p.lsn, p.xid, p.data::jsonb AS data
+        SELECT p.ord, p.lsn, p.data::jsonb AS data,
+               -- the full transaction id from the 32-bit one (it is older than any running
+               -- now), so that a transaction the triggers captured (while switching modes)
+               -- is known
+               (top - (((top & 4294967295) - p.xid::text::bigint + 4294967296) % 4294967296))
+               ::text::xid8 AS txid
         FROM pg_logical_slot_peek_changes(slot.slot_name, flush, max_changes,
                  'format-version', '2', 'include-timestamp', '1', 'include-typmod', '0',
                  'filter-tables', 'pyfuncs.*') WITH ORDINALITY AS p (lsn, xid, data, ord)
-    ), ended AS MATERIALIZED (
-        -- the full transaction id from the 32-bit one (it is older than any running now),
-        -- so that a transaction the triggers captured (while switching modes) is known
-        SELECT d.xid, d.lsn AS commit_lsn, (d.data->>'timestamp')::timestamptz AS committed_at,
-               (top - (((top & 4294967295) - d.xid::text::bigint + 4294967296) % 4294967296))
-               ::text::xid8 AS txid
-        FROM raw d WHERE d.data->>'action' = 'C' AND d.lsn > state.applied_lsn
+    ), framed AS MATERIALIZED (
+        -- a transaction's rows come together, B ... C: each row's commit is the first C
+        -- at or after it (none for a transaction cut short by max_changes)
+        SELECT r.ord, r.txid, r.data, r.data->>'action' AS action,
+               min(r.lsn) FILTER (WHERE r.data->>'action' = 'C')
+                   OVER (ORDER BY r.ord DESC) AS commit_lsn
+        FROM raw r
     ), cut AS (
         -- a transaction whose commit is in the WAL but not yet visible (it is between the
         -- two) waits for the next batch, with every later one: the log must never be ahead
         -- of the tables that a new subscriber reads its snapshot of
-        SELECT min(e.commit_lsn) AS lsn FROM ended e
-        WHERE NOT pg_visible_in_snapshot(e.txid, snap)
-    ), txn AS MATERIALIZED (
-        SELECT e.* FROM ended e, cut WHERE cut.lsn IS NULL OR e.commit_lsn < cut.lsn
+        SELECT min(f.commit_lsn) AS lsn FROM framed f
+        WHERE f.action = 'C' AND f.commit_lsn > state.applied_lsn
+          AND NOT pg_visible_in_snapshot(f.txid, snap)
+    ), bounds AS (
+        SELECT max(f.commit_lsn) AS last FROM framed f, cut
+        WHERE f.action = 'C' AND f.commit_lsn > state.applied_lsn
+          AND (cut.lsn IS NULL OR f.commit_lsn < cut.lsn)
     ), named AS MATERIALIZED (
-        SELECT DISTINCT d.data->>'schema' AS s, d.data->>'table' AS t
-        FROM raw d WHERE d.data->>'action' IN ('I', 'U', 'D', 'T')
+        SELECT DISTINCT f.data->>'schema' AS s, f.data->>'table' AS t
+        FROM framed f WHERE f.action IN ('I', 'U', 'D', 'T')
     ), resolved AS MATERIALIZED (
         -- captured under the name it was enabled with, a partition under its enabled table's
         SELECT n.s, n.t, e.schema_name, e.table_name
@@ -531,37 +531,60 @@ BEGIN
                          OR e.relid IN (SELECT a.relid FROM pg_partition_ancestors(r.rel) a)
                       LIMIT 1) e ON true
     ), change AS MATERIALIZED (
-        SELECT t.txid, t.commit_lsn, t.committed_at, d.ord, e.schema_name, e.table_name,
-               CASE d.data->>'action' WHEN 'I' THEN 'INSERT' WHEN 'U' THEN 'UPDATE'
-                                      WHEN 'D' THEN 'DELETE' ELSE 'TRUNCATE' END AS op,
-               d.data->'columns' AS columns, d.data->'identity' AS identity
-        FROM raw d
-        JOIN txn t ON t.xid = d.xid
-        JOIN resolved e ON e.s = d.data->>'schema' AND e.t = d.data->>'table'
-        WHERE d.data->>'action' IN ('I', 'U', 'D', 'T')
-          AND NOT EXISTS (SELECT FROM pyfuncs.realtime_commit c WHERE c.txid = t.txid)
+        SELECT f.txid, f.commit_lsn, (f.data->>'timestamp')::timestamptz AS committed_at,
+               f.ord, e.schema_name, e.table_name,
+               CASE f.action WHEN 'I' THEN 'INSERT' WHEN 'U' THEN 'UPDATE'
+                             WHEN 'D' THEN 'DELETE' ELSE 'TRUNCATE' END AS op,
+               w.new_row, w.old_row
+        FROM framed f
+        JOIN resolved e ON e.s = f.data->>'schema' AND e.t = f.data->>'table'
+        CROSS JOIN bounds b
+        -- wal2json's column lists as row objects; only the types realtime_wal_value
+        -- converts (arrays, json, timestamps: a cheap test of the name first) go through it,
+        -- and this is written out here rather than as a function, for it is most of the
+        -- consumer's work (a function call per row doubled it)
+        CROSS JOIN LATERAL (
+            SELECT jsonb_object_agg(c->>'name', CASE
+                       WHEN right(c->>'type', 1) = ']' OR left(c->>'type', 4) IN ('json', 'time')
+                       THEN pyfuncs.realtime_wal_value(c->>'type', c->'value')
+                       ELSE c->'value' END) FILTER (WHERE k.which = 'columns') AS new_row,
+                   jsonb_object_agg(c->>'name', CASE
+                       WHEN right(c->>'type', 1) = ']' OR left(c->>'type', 4) IN ('json', 'time')
+                       THEN pyfuncs.realtime_wal_value(c->>'type', c->'value')
+                       ELSE c->'value' END) FILTER (WHERE k.which = 'identity') AS old_row
+            FROM (VALUES ('columns'), ('identity')) AS k (which)
+            CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN f.data ? k.which
+                                                         THEN f.data->k.which
+                                                         ELSE '[]' END) AS c
+        ) w
+        WHERE f.action IN ('I', 'U', 'D', 'T')
+          AND f.commit_lsn > state.applied_lsn AND f.commit_lsn <= b.last
+          -- (a subquery, not NOT EXISTS: it probes the primary key for each change, where
+          -- an anti-join could read the whole table)
+          AND (SELECT count(*) FROM pyfuncs.realtime_commit c WHERE c.txid = f.txid) = 0
     ), commits AS (
         INSERT INTO pyfuncs.realtime_commit (txid, position, committed_at)
-        SELECT DISTINCT c.txid, (c.commit_lsn - '0/0')::bigint, c.committed_at FROM change c
+        SELECT DISTINCT ON (c.txid) c.txid, (c.commit_lsn - '0/0')::bigint, c.committed_at
+        FROM change c
     ), changes AS (
         INSERT INTO pyfuncs.realtime_change (txid, schema_name, table_name, op, new_row, old_row)
         SELECT c.txid, c.schema_name, c.table_name, c.op,
                -- an UPDATE leaves out the TOASTed columns it did not change: the old row
                -- has them when the replica identity is FULL
-               CASE WHEN c.op = 'UPDATE'
-                    THEN coalesce(pyfuncs.realtime_wal_row(c.identity), '{}')
-                         || pyfuncs.realtime_wal_row(c.columns)
-                    WHEN c.op = 'INSERT' THEN pyfuncs.realtime_wal_row(c.columns) END,
-               CASE WHEN c.op IN ('UPDATE', 'DELETE') THEN pyfuncs.realtime_wal_row(c.identity) END
+               CASE WHEN c.op = 'UPDATE' THEN coalesce(c.old_row, '{}') || c.new_row
+                    WHEN c.op = 'INSERT' THEN c.new_row END,
+               CASE WHEN c.op IN ('UPDATE', 'DELETE') THEN c.old_row END
         FROM change c ORDER BY c.commit_lsn, c.ord
         RETURNING 1
     ), applied AS (
-        -- written when something was captured, or when enough WAL without changes of
-        -- enabled tables went by to be worth releasing (writing every time would make each
-        -- batch a transaction for the next batch to read: an idle consumer writes nothing)
-        UPDATE pyfuncs.realtime_state SET applied_lsn = (SELECT max(t.commit_lsn) FROM txn t)
-        WHERE EXISTS (SELECT FROM change)
-           OR (SELECT max(t.commit_lsn) FROM txn t) - applied_lsn > 1048576
+        -- written when something was captured, when the batch was full (there is more
+        -- to read after it), or when enough WAL without changes of enabled tables went by
+        -- to be worth releasing; not otherwise, since each write is a transaction for the
+        -- next batch to read: an idle consumer writes nothing
+        UPDATE pyfuncs.realtime_state SET applied_lsn = b.last FROM bounds b
+        WHERE b.last IS NOT NULL
+          AND (EXISTS (SELECT FROM change) OR (SELECT count(*) FROM raw) >= max_changes
+               OR b.last - applied_lsn > 1048576)
     )
     SELECT (SELECT count(*) FROM changes),
            (SELECT count(*) FROM raw) < max_changes AND (SELECT cut.lsn IS NULL FROM cut);

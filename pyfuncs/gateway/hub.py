@@ -37,7 +37,7 @@ import psycopg
 from ..capture import Capture
 from ..errors import ResyncRequired, SubscriptionError
 from ..queries import query
-from ..realtime import Change, Position, listen, read, wake_up
+from ..realtime import Change, Position, Snapshot, listen, read, wake_up
 from .clients import Client, Subscription
 from .config import GatewayConfig
 from .delivery import NOTHING, Group, Messages, removed_later_in_batch, visibility
@@ -190,7 +190,7 @@ class Hub:
         if message.get("since") is not None:
             since = self.tokens.position(message["since"])
         try:
-            head, table, rows = await self._snapshot(client, message.get("table"), filters)
+            head, taken, table, rows = await self._snapshot(client, message.get("table"), filters)
         except SubscriptionError:
             raise
         except psycopg.OperationalError:  # the database is away, or the pool exhausted
@@ -206,7 +206,8 @@ class Hub:
         start = since if since is not None else Position(head, END)
         # one Table object for equal tables: delivery looks them up in dicts for every change
         table = self._tables.setdefault(table, table)
-        sub = Subscription(sub_id, client, table, filters, start, seen={k for k, _ in rows})
+        sub = Subscription(sub_id, client, table, filters, start, seen={k for k, _ in rows},
+                           taken=None if since is not None else taken)  # fmt: skip
         token = self.tokens.resume_token(start)
         reply = {"type": "subscribed", "sub": sub_id, "table": table.qualified,
                  "key": table.key, "position": token}  # fmt: skip
@@ -223,13 +224,16 @@ class Hub:
 
     async def _snapshot(
         self, client: Client, name: Any, filters: Filters
-    ) -> tuple[int, Table, list[tuple[Key, str]]]:
+    ) -> tuple[int, Snapshot, Table, list[tuple[Key, str]]]:
         """The last position committed, and the table and rows a subscriber sees in that
-        same snapshot: the position read in the gateway's role, the rest as the subscriber."""
+        same snapshot: the position read in the gateway's role, the rest as the subscriber;
+        and which transactions that snapshot sees."""
         async with self.sessions.feed_snapshot() as feed:
             row = await (await feed.execute(query("realtime_export_head"))).fetchone()
             assert row is not None  # one row, always
             exported, head = row
+            taken = await (await feed.execute(query("realtime_snapshot"))).fetchone()
+            assert taken is not None
             async with self.sessions.as_subscribers(exported) as conn:
                 await as_identity(conn, client.check_identity)
                 table = await describe(conn, name)
@@ -237,7 +241,7 @@ class Hub:
                 # whatever converting the filters ran, the rows are read as the subscriber
                 await as_identity(conn, client.check_identity)
                 rows = await snapshot(conn, table, columns, filters, self.config.max_snapshot_rows)
-        return head, table, rows
+        return head, Snapshot.parse(taken[0]), table, rows
 
     def unsubscribe(self, sub: Subscription) -> None:
         sub.client.subscriptions.pop(sub.id, None)
@@ -383,6 +387,8 @@ class Hub:
                 for sub in by_table[table]:
                     if sub in failed or (sub in ahead and change.position <= sub.position):
                         continue
+                    if sub.taken is not None and sub.taken.sees(change.txid):
+                        continue  # (from the WAL) in its snapshot, though after its head
                     group, index = slot[sub]
                     rows, removed = answer.get(group, NOTHING)
                     try:

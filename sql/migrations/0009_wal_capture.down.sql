@@ -24,7 +24,6 @@ DROP FUNCTION pyfuncs.realtime_wal_capture(integer);
 DROP FUNCTION pyfuncs.realtime_wal_slot();
 DROP FUNCTION pyfuncs.realtime_wal_drop();
 DROP FUNCTION pyfuncs.realtime_check_identity(regclass);
-DROP FUNCTION pyfuncs.realtime_wal_row(jsonb);
 DROP FUNCTION pyfuncs.realtime_wal_value(text, jsonb);
 DROP FUNCTION pyfuncs.realtime_slot_name();
 DROP TABLE pyfuncs.realtime_capture_lock;

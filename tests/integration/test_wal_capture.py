@@ -300,3 +300,27 @@ def test_what_a_change_carries_under_each_replica_identity(wal_db: str, conn: An
     with psycopg.connect(wal_db, autocommit=True) as db:  # values as to_jsonb gives them
         expected = db.execute("SELECT to_jsonb(f) FROM rt.full f WHERE id = 2").fetchone()
     assert expected is not None and full[3].new == expected[0]
+
+
+def test_cli_mode_status_and_capture(
+    dsn: str, conn: psycopg.Connection[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pyfuncs.cli import main
+
+    conn.execute("CREATE TABLE public.notes (id int PRIMARY KEY)")
+    conn.commit()
+    assert main(["--dsn", dsn, "realtime", "mode", "wal"]) == 0
+    assert main(["--dsn", dsn, "realtime", "enable", "public.notes"]) == 0
+    conn.execute("INSERT INTO public.notes VALUES (1)")
+    conn.commit()
+    time.sleep(0.3)  # (the test cluster flushes the WAL within 200 ms)
+    assert main(["--dsn", dsn, "realtime", "capture"]) == 0
+    assert "captured 1 change(s) from the WAL" in capsys.readouterr().out
+    assert main(["--dsn", dsn, "realtime", "status"]) == 0
+    out = capsys.readouterr().out
+    assert "mode            wal" in out and "(reserved)" in out and "consumer alive  no" in out
+    assert main(["--dsn", dsn, "realtime", "mode", "sometimes"]) == 1
+    assert main(["--dsn", dsn, "realtime", "status", "public.notes"]) == 1
+    assert "wal|trigger" in capsys.readouterr().err
+    assert main(["--dsn", dsn, "realtime", "mode", "trigger"]) == 0
+    assert capture.status(conn).mode == "trigger" and slot(dsn) is None
