@@ -145,7 +145,7 @@ SELECT s.pruned_through, r.*
 FROM pyfuncs.realtime_state s
 LEFT JOIN LATERAL (
     SELECT c.position, ch.id AS change, ch.schema_name, ch.table_name, ch.op, ch.new_row,
-           ch.old_row, c.committed_at
+           ch.old_row, c.committed_at, c.txid::text::bigint AS txid
     FROM pyfuncs.realtime_commit c
     JOIN pyfuncs.realtime_change ch ON ch.txid = c.txid
     WHERE c.position IS NOT NULL AND (c.position, ch.id) > (%(commit)s, %(change)s)
@@ -155,8 +155,9 @@ LEFT JOIN LATERAL (
 ORDER BY r.position, r.change
 
 -- name: realtime_head
--- The last committed position (everything up to it is visible: see realtime_read).
-SELECT coalesce((SELECT pg_catalog.max(position) FROM pyfuncs.realtime_commit),
+-- The last committed position (everything up to it is visible: see realtime_read), or where
+-- the feed was cut when that is later (pruned, or the WAL slot lost: sql/schema.sql).
+SELECT greatest((SELECT pg_catalog.max(position) FROM pyfuncs.realtime_commit),
                 (SELECT pruned_through FROM pyfuncs.realtime_state)) AS head
 
 -- name: realtime_export_head
@@ -164,8 +165,49 @@ SELECT coalesce((SELECT pg_catalog.max(position) FROM pyfuncs.realtime_commit),
 -- and the last position committed in it: a new subscription's rows and its starting
 -- position then agree exactly, though they are read by two roles.
 SELECT pg_catalog.pg_export_snapshot() AS snapshot,
-       coalesce((SELECT pg_catalog.max(position) FROM pyfuncs.realtime_commit),
+       greatest((SELECT pg_catalog.max(position) FROM pyfuncs.realtime_commit),
                 (SELECT pruned_through FROM pyfuncs.realtime_state)) AS head
+
+-- name: realtime_capture_batch
+-- One batch of the WAL consumer (pyfuncs/capture.py).
+SELECT captured, done FROM pyfuncs.realtime_wal_capture(%(batch)s)
+
+-- name: realtime_capture_slot
+SELECT pyfuncs.realtime_wal_slot() AS created
+
+-- name: realtime_capture_lead
+-- Whether this session leads the database's WAL consumers (held until it ends).
+SELECT pg_catalog.pg_try_advisory_lock(%(key)s) AS leading
+
+-- name: realtime_slot_wal
+-- The WAL this database's slot holds from being recycled, in bytes (no row: no slot).
+SELECT (pg_catalog.pg_current_wal_lsn() - restart_lsn)::bigint AS held
+FROM pg_catalog.pg_replication_slots WHERE slot_name = pyfuncs.realtime_slot_name()
+
+-- name: realtime_set_mode
+SELECT pyfuncs.realtime_set_mode(%(mode)s)
+
+-- name: realtime_status
+-- The capture mode, the slot and the WAL it holds, and the leading consumer's backend.
+SELECT s.mode, pyfuncs.realtime_slot_name()::text AS slot,
+       r.slot_name IS NOT NULL AS slot_exists, r.wal_status,
+       (pg_catalog.pg_current_wal_lsn() - r.restart_lsn)::bigint AS retained_bytes,
+       CASE WHEN r.slot_name IS NOT NULL THEN (pg_catalog.pg_current_wal_lsn()
+            - greatest(s.applied_lsn, r.confirmed_flush_lsn))::bigint END AS lag_bytes,
+       (SELECT l.pid FROM pg_catalog.pg_locks l
+        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+          AND l.database = (SELECT oid FROM pg_catalog.pg_database
+                            WHERE datname = pg_catalog.current_database())
+          AND l.classid = (%(key)s >> 32)::oid AND l.objid = (%(key)s & 4294967295)::oid
+        LIMIT 1) AS consumer_pid,
+       (SELECT pg_catalog.count(*) FROM pyfuncs.realtime_table)::int AS tables,
+       pg_catalog.current_setting('max_slot_wal_keep_size') AS max_slot_wal_keep_size
+FROM pyfuncs.realtime_state s
+LEFT JOIN pg_catalog.pg_replication_slots r ON r.slot_name = pyfuncs.realtime_slot_name()
+
+-- name: realtime_snapshot
+-- Which transactions the current snapshot sees (realtime.Snapshot).
+SELECT pg_catalog.pg_current_snapshot()::text AS taken
 
 -- name: realtime_position_key
 -- The key the gateways encrypt the positions they give subscribers with (gateway/positions.py).

@@ -34,9 +34,10 @@ from typing import Any
 
 import psycopg
 
+from ..capture import Capture
 from ..errors import ResyncRequired, SubscriptionError
 from ..queries import query
-from ..realtime import Change, Position, listen, read, wake_up
+from ..realtime import Change, Position, Snapshot, listen, read, wake_up
 from .clients import Client, Subscription
 from .config import GatewayConfig
 from .delivery import NOTHING, Group, Messages, removed_later_in_batch, visibility
@@ -150,6 +151,12 @@ class Hub:
             if len(changes) < self.config.batch:  # (reads at most every WAKE_UP_GAP)
                 await wake_up(conn, self.config.poll)
 
+    async def capture_forever(self) -> None:
+        """Take part in capturing from the WAL (pyfuncs/capture.py): one process per
+        database leads, the others stand by; nothing to do in trigger mode."""
+        self.metrics.capture = Capture(self.config.feed_dsn)
+        await self.metrics.capture.run()
+
     async def prune_forever(self) -> None:
         """Prune the change feed to its retention now and then (several gateways may: it
         is idempotent)."""
@@ -185,7 +192,7 @@ class Hub:
         filters = Filter.parse_all(message.filters)
         since = None if message.since is None else self.tokens.position(message.since)
         try:
-            head, table, rows = await self._snapshot(client, message.table, filters)
+            head, taken, table, rows = await self._snapshot(client, message.table, filters)
         except SubscriptionError:
             raise
         except psycopg.OperationalError:  # the database is away, or the pool exhausted
@@ -203,7 +210,8 @@ class Hub:
         start = since if since is not None else Position(head, END)
         # one Table object for equal tables: delivery looks them up in dicts for every change
         table = self._tables.setdefault(table, table)
-        sub = Subscription(sub_id, client, table, filters, start, seen=visible)
+        sub = Subscription(sub_id, client, table, filters, start, seen=visible,
+                           taken=None if since is not None else taken)  # fmt: skip
         token = self.tokens.resume_token(start)
         reply = {"type": "subscribed", "sub": sub_id, "table": table.qualified,
                  "key": table.key, "position": token}  # fmt: skip
@@ -225,13 +233,16 @@ class Hub:
 
     async def _snapshot(
         self, client: Client, name: Any, filters: Filters
-    ) -> tuple[int, Table, list[tuple[Key, str]]]:
+    ) -> tuple[int, Snapshot, Table, list[tuple[Key, str]]]:
         """The last position committed, and the table and rows a subscriber sees in that
-        same snapshot: the position read in the gateway's role, the rest as the subscriber."""
+        same snapshot: the position read in the gateway's role, the rest as the subscriber;
+        and which transactions that snapshot sees."""
         async with self.sessions.feed_snapshot() as feed:
             row = await (await feed.execute(query("realtime_export_head"))).fetchone()
             assert row is not None  # one row, always
             exported, head = row
+            taken = await (await feed.execute(query("realtime_snapshot"))).fetchone()
+            assert taken is not None
             async with self.sessions.as_subscribers(exported) as conn:
                 await as_identity(conn, client.check_identity)
                 table = await describe(conn, name)
@@ -239,7 +250,7 @@ class Hub:
                 # whatever converting the filters ran, the rows are read as the subscriber
                 await as_identity(conn, client.check_identity)
                 rows = await snapshot(conn, table, columns, filters, self.config.max_snapshot_rows)
-        return head, table, rows
+        return head, Snapshot.parse(taken[0]), table, rows
 
     def unsubscribe(self, sub: Subscription) -> None:
         sub.client.subscriptions.pop(sub.id, None)
@@ -396,6 +407,8 @@ class Hub:
                     for sub, index, rows, removed, ahead in plan[table]:
                         if ahead is not None and change.position <= ahead:
                             continue
+                        if sub.taken is not None and sub.taken.sees(change.txid):
+                            continue  # (from the WAL) in its snapshot, though after its head
                         client = sub.client
                         if client.subscriptions.get(sub.id) is not sub or sub in failed:
                             # unsubscribed (or its connection ended) while the checks ran:
