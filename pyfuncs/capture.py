@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,16 +112,21 @@ class Capture:
     ```python
     await Capture(dsn).run()
     ```
-    While it leads it reads the slot every `poll` seconds, at once again while a batch
-    was full; standing by, it tries to lead every `standby` seconds.
+    While it leads it reads the slot at once again while a batch was full, after `busy`
+    seconds while batches find changes, and, while they find none, after a pause that
+    doubles up to `poll` seconds (so a change waits for the consumer about `busy` under load,
+    and at most `poll` after a quiet spell); standing by, it tries to lead every `standby`
+    seconds. `on_captured`, if given, is called after every batch that wrote changes (the
+    gateway in the same process reads them at once, see hub.py).
     """
 
     def __init__(
-        self, dsn: str, *, batch: int = BATCH, poll: float = 0.05, standby: float = 2.0,
-        retry: float = 1.0,
+        self, dsn: str, *, batch: int = BATCH, poll: float = 0.02, busy: float = 0.003,
+        standby: float = 2.0, retry: float = 1.0, on_captured: Callable[[], None] | None = None,
     ) -> None:  # fmt: skip
-        self.dsn, self.batch, self.poll, self.standby, self.retry = (
-            dsn, batch, poll, standby, retry)  # fmt: skip
+        self.dsn, self.batch, self.poll, self.busy, self.standby, self.retry = (
+            dsn, batch, poll, busy, standby, retry)  # fmt: skip
+        self.on_captured = on_captured
         self.leading = False
         self.captured = 0  # changes written to the log by this consumer
         self.failures = 0
@@ -170,6 +176,7 @@ class Capture:
             await asyncio.sleep(self.standby)
         self.leading = True
         log.info("this process leads realtime capture from the WAL")
+        pause = self.busy
         while True:
             try:
                 cur = await conn.execute(query("realtime_capture_batch"), {"batch": self.batch})
@@ -181,10 +188,14 @@ class Capture:
                 await conn.execute(query("realtime_capture_slot"))
                 continue
             assert row is not None
-            self.captured += int(row[0])
+            captured = int(row[0])
+            self.captured += captured
+            if captured and self.on_captured is not None:
+                self.on_captured()
             await self._look(conn)
-            if row[1]:
-                await asyncio.sleep(self.poll)
+            if row[1]:  # all read: wait a little, longer while nothing comes
+                pause = self.busy if captured else min(pause * 2, self.poll)
+                await asyncio.sleep(pause)
 
     async def _look(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """How much WAL the slot holds, now and then (for /metrics)."""

@@ -24,6 +24,7 @@ restarts after any error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import logging
@@ -79,6 +80,8 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned: set[tuple[str, tuple[str, ...]]] = set()  # tables whose keys are gone
         self._tables: dict[Table, Table] = {}
+        # set by this process's WAL consumer when it wrote changes (see _wait)
+        self._captured = asyncio.Event()
         # told when the hub ends a subscription on its own (the gateway's limits count it)
         self.on_end: Callable[[Subscription], None] = lambda sub: None
 
@@ -134,27 +137,68 @@ class Hub:
             await asyncio.sleep(pause)
 
     async def _follow(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        while True:
-            # every wake-up received so far is answered by this read
-            async for _ in conn.notifies(timeout=0):
-                pass
-            changes = await read(conn, self.position, self.config.batch)
-            self.metrics.feed_reads += 1
-            if changes:
+        """Read the feed and deliver, reading the next batch (on a pooled feed session)
+        while the current one is checked and sent: under load a read costs no time of its
+        own. Positions are as read one after the other: the next read starts where this
+        batch ends (`through`, which catching-up subscriptions wait for too)."""
+        ahead: asyncio.Task[list[Change]] | None = None
+        try:
+            while True:
+                if ahead is None:
+                    await self._answered(conn)
+                    changes = await read(conn, self.position, self.config.batch)
+                else:
+                    try:
+                        changes = await ahead
+                    except psycopg.OperationalError:  # that pooled session was lost
+                        changes = await read(conn, self.position, self.config.batch)
+                    ahead = None
+                self.metrics.feed_reads += 1
+                if not changes:
+                    await self._wait(conn)
+                    continue
                 self.through = changes[-1].position
+                await self._answered(conn)
+                ahead = asyncio.create_task(self._read(self.through))
                 live = [s for s in self._subscriptions() if s.live and not s.client.suspended]
                 await self._deliver_isolated(changes, live, conn)
                 self.position = self.through
                 self.metrics.changes += len(changes)
                 now = datetime.datetime.now(datetime.UTC)
                 self.metrics.lag = (now - changes[-1].committed_at).total_seconds()
-            if len(changes) < self.config.batch:  # (reads at most every WAKE_UP_GAP)
-                await wake_up(conn, self.config.poll)
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
+
+    async def _answered(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Before a read: every wake-up received so far is answered by it."""
+        async for _ in conn.notifies(timeout=0):
+            pass
+        self._captured.clear()
+
+    async def _read(self, after: Position) -> list[Change]:
+        async with self.sessions.feed.connection() as feed:
+            return await read(feed, after, self.config.batch)
+
+    async def _wait(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Wait for new changes. When this process's WAL consumer leads (and a slot exists,
+        so the database captures from the WAL), it says when it wrote some, and the feed is
+        read at once: no NOTIFY round trip, and no WAKE_UP_GAP (only this process can set
+        the event). Otherwise wait for a NOTIFY (read at most every WAKE_UP_GAP)."""
+        capture = self.metrics.capture
+        if capture is None or not capture.leading or capture.slot_wal_bytes is None:
+            await wake_up(conn, self.config.poll)
+            return
+        if not self._captured.is_set():
+            # bounded: leadership may be lost, or the mode switched, meanwhile
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._captured.wait(), min(self.config.poll, 0.5))
 
     async def capture_forever(self) -> None:
         """Take part in capturing from the WAL (pyfuncs/capture.py): one process per
         database leads, the others stand by; nothing to do in trigger mode."""
-        self.metrics.capture = Capture(self.config.feed_dsn)
+        self.metrics.capture = Capture(self.config.feed_dsn, on_captured=self._captured.set)
         await self.metrics.capture.run()
 
     async def prune_forever(self) -> None:
