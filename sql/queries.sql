@@ -148,7 +148,7 @@ LEFT JOIN LATERAL (
            ch.old_row, c.committed_at, c.txid::text::bigint AS txid
     FROM pyfuncs.realtime_commit c
     JOIN pyfuncs.realtime_change ch ON ch.txid = c.txid
-    WHERE c.position IS NOT NULL AND (c.position, ch.id) > (%(commit)s, %(change)s)
+    WHERE c.position >= %(commit)s AND (c.position, ch.id) > (%(commit)s, %(change)s)
     ORDER BY c.position, ch.id
     LIMIT %(limit)s
 ) r ON true
@@ -289,12 +289,22 @@ VALUES (%(at)s, %(event)s, %(connection)s, %(role)s, %(subject)s, %(detail)s)
 -- name: realtime_removed_later
 -- Changes committed after a position that delete, re-key or truncate rows of one table
 -- (for keys given as jsonb objects): the gateway defers telling a subscriber that such a row
--- left its view, and sends the DELETE instead when it gets there.
+-- left its view, and sends the DELETE instead when it gets there. An UPDATE counts only if
+-- it changes a key column (their names given): CASE makes that cheap test come first, as
+-- comparing the old row with every key is not (a busy table's later changes, times the keys
+-- of a batch).
 SELECT ch.op, ch.old_row, ch.new_row
 FROM pyfuncs.realtime_commit c JOIN pyfuncs.realtime_change ch ON ch.txid = c.txid
 WHERE c.position > %(after)s AND ch.schema_name = %(schema)s AND ch.table_name = %(table)s
-  AND (ch.op = 'TRUNCATE'
-       OR (ch.op IN ('DELETE', 'UPDATE') AND ch.old_row @> ANY (%(keys)s::jsonb[])))
+  AND CASE ch.op
+      WHEN 'TRUNCATE' THEN true
+      WHEN 'DELETE' THEN ch.old_row @> ANY (%(keys)s::jsonb[])
+      WHEN 'UPDATE' THEN
+          CASE WHEN EXISTS (SELECT FROM pg_catalog.unnest(%(names)s::text[]) AS k (name)
+                            WHERE ch.old_row -> k.name IS DISTINCT FROM ch.new_row -> k.name)
+               THEN ch.old_row @> ANY (%(keys)s::jsonb[])
+               ELSE false END
+      ELSE false END
 
 -- name: gateway_missing_grants
 -- Of the privileges the gateway's role needs (README "Deploying it"), those it lacks.
