@@ -242,7 +242,10 @@ def write_at(url: str, commits_per_s: float, seconds: float, rows: range = range
     """Commit single-row updates (of `rows`, in turn) at a steady rate; returns how many were
     committed."""
     interval, done = 1 / commits_per_s, 0
-    with psycopg.connect(url, autocommit=True) as db:
+    # commits flushed at once, as PostgreSQL's default does (the embedded cluster turns
+    # synchronous_commit off): from the WAL, a change is captured once its commit is flushed,
+    # and with it off that waits for the WAL writer (wal_writer_delay, 200 ms)
+    with psycopg.connect(url, autocommit=True, options="-c synchronous_commit=on") as db:
         start = time.monotonic()
         while time.monotonic() - start < seconds:
             db.execute("UPDATE live.ticks SET n = n + 1 WHERE id = %s", [rows[done % len(rows)]])
