@@ -7,16 +7,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PLPYTHON := /usr/share/postgresql/15/extension/plpython3u.control
+WAL2JSON := /usr/lib/postgresql/15/lib/wal2json.so
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: setup demo live test lint bench clean db-down
 
-setup: $(PLPYTHON) $(STAMP)
+setup: $(PLPYTHON) $(WAL2JSON) $(STAMP)
 
 $(PLPYTHON):
 	$(SUDO) apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql-15 postgresql-plpython3-15
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql-15 postgresql-plpython3-15 postgresql-15-wal2json
+
+# logical decoding's output plugin for realtime capture (README "Realtime: how changes are captured")
+$(WAL2JSON):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql-15-wal2json
 
 # the browser client's tests drive Debian's Chromium (playwright's own browsers are not used)
 $(CHROMIUM):
@@ -44,7 +50,8 @@ lint: setup
 	$(BIN)/mypy
 
 bench: setup
-	$(BIN)/python -m bench.run; routines=$$?; $(BIN)/python -m bench.realtime && exit $$routines
+	$(BIN)/python -m bench.run; routines=$$?; $(BIN)/python -m bench.capture; capture=$$?; \
+		$(BIN)/python -m bench.realtime && exit $$(( routines || capture ))
 
 db-down: setup
 	$(BIN)/pyfuncs db down

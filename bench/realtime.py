@@ -48,7 +48,7 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from examples.academy import database
-from pyfuncs import realtime
+from pyfuncs import capture, realtime
 from pyfuncs.embedded import Cluster
 
 DB = "pyfuncs_bench_realtime"
@@ -70,6 +70,9 @@ RATES = [
 FEW_RATE = int(os.environ.get("BENCH_FEW_RATE", "5000"))  # commits/s, in all
 FEW_CLIENTS = int(os.environ.get("BENCH_FEW_CLIENTS", "10"))  # WebSocket subscribers
 FEW_WRITERS = int(os.environ.get("BENCH_FEW_WRITERS", "4"))  # writer processes
+# how changes are captured: 'wal' (logical decoding; the consumer runs in the gateway) or
+# 'trigger' (README "Realtime: how changes are captured")
+CAPTURE = os.environ.get("BENCH_CAPTURE", "wal")
 TARGET_P99_MS = 50
 TARGET_CPU_AT_10K = 0.20
 RESULTS = Path(__file__).parent / "results"
@@ -239,7 +242,10 @@ def write_at(url: str, commits_per_s: float, seconds: float, rows: range = range
     """Commit single-row updates (of `rows`, in turn) at a steady rate; returns how many were
     committed."""
     interval, done = 1 / commits_per_s, 0
-    with psycopg.connect(url, autocommit=True) as db:
+    # commits flushed at once, as PostgreSQL's default does (the embedded cluster turns
+    # synchronous_commit off): from the WAL, a change is captured once its commit is flushed,
+    # and with it off that waits for the WAL writer (wal_writer_delay, 200 ms)
+    with psycopg.connect(url, autocommit=True, options="-c synchronous_commit=on") as db:
         start = time.monotonic()
         while time.monotonic() - start < seconds:
             db.execute("UPDATE live.ticks SET n = n + 1 WHERE id = %s", [rows[done % len(rows)]])
@@ -354,6 +360,7 @@ def main() -> int:
     url = database.fresh_database(cluster, DB)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(SCHEMA)
+        capture.set_mode(conn, CAPTURE)
         realtime.enable(conn, "live.ticks")
 
     port = free_port()
@@ -383,8 +390,8 @@ def main() -> int:
         if RATES:
             plan = [(WS_CLIENTS // LOADERS, SSE_CLIENTS if n == 0 else 0) for n in range(LOADERS)]
             pipes, loaders = start_loaders(base, plan)
-            print(f"\nrealtime: {subscribers - SSE_CLIENTS} WebSocket + {SSE_CLIENTS} SSE "
-                  f"subscribers ({USERS} identities), gateway workers: {WORKERS}, "
+            print(f"\nrealtime ({CAPTURE} capture): {subscribers - SSE_CLIENTS} WebSocket + "
+                  f"{SSE_CLIENTS} SSE subscribers ({USERS} identities), gateway workers: {WORKERS}, "
                   f"{STEP_SECONDS:g} s per step")  # fmt: skip
             write_at(url, RATES[0] / subscribers, 3)  # warm-up: plans, caches, first batches
             time.sleep(1)
@@ -425,8 +432,8 @@ def main() -> int:
             best = s
         if s["offered_per_s"] == 10_000 and s["gateway_cpu"] > TARGET_CPU_AT_10K:
             failures.append(f"gateway CPU {s['gateway_cpu']:.0%} at 10,000 messages/s (> 20%)")
-    result = {"subscribers": subscribers, "sse": SSE_CLIENTS, "identities": USERS,
-              "clients_failed": failed, "steps": steps, "best": best,
+    result = {"capture": CAPTURE, "subscribers": subscribers, "sse": SSE_CLIENTS,
+              "identities": USERS, "clients_failed": failed, "steps": steps, "best": best,
               "few_subscribers": few}  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "realtime.json").write_text(json.dumps(result, indent=2))

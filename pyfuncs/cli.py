@@ -19,8 +19,8 @@ from typing import Any, NoReturn
 import psycopg
 from psycopg import sql
 
+from . import capture, migrate, realtime
 from . import deploy as deploying
-from . import migrate, realtime
 from .collect import collect
 from .config import connect, resolve_dsn
 from .definition import valid_name
@@ -161,6 +161,9 @@ def cmd_check(args: argparse.Namespace) -> None:
 
 
 def cmd_realtime(args: argparse.Namespace) -> None:
+    if args.action in ("mode", "status", "capture"):
+        _capture_command(args)
+        return
     if args.action == "prune":
         if args.tables:
             raise ConfigError("prune takes no table names: pyfuncs realtime prune [--keep-days N]")
@@ -177,6 +180,48 @@ def cmd_realtime(args: argparse.Namespace) -> None:
             qualified = table if "." in table else f"public.{table}"
             (realtime.enable if args.action == "enable" else realtime.disable)(conn, qualified)
             print(f"{args.action}d  {table}")
+
+
+def _capture_command(args: argparse.Namespace) -> None:
+    """`realtime mode wal|trigger`, `realtime status`, `realtime capture [--follow]`."""
+    if args.action == "mode":
+        if len(args.tables) != 1 or args.tables[0] not in ("wal", "trigger"):
+            raise ConfigError("say which mode: pyfuncs realtime mode wal|trigger")
+    elif args.tables:
+        raise ConfigError(f"pyfuncs realtime {args.action} takes no table names")
+    if args.action == "capture" and args.follow:
+        import asyncio
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        dsn = resolve_dsn(args.dsn)
+        _connect_to(dsn).close()
+        print("capturing from the WAL; stop with Ctrl-C", flush=True)
+        asyncio.run(capture.Capture(dsn).run())
+        return
+    with _connect(args) as conn:
+        conn.autocommit = True
+        if args.action == "mode":
+            capture.set_mode(conn, args.tables[0])
+            print(f"realtime captures with {args.tables[0]}")
+        elif args.action == "capture":
+            print(f"captured {capture.capture(conn)} change(s) from the WAL")
+        else:
+            st = capture.status(conn)
+            print(f"mode            {st.mode}")
+            print(f"tables          {st.tables}")
+            if st.mode == "wal" or st.slot_exists:
+                slot = f"{st.slot} ({st.wal_status})" if st.slot_exists else f"{st.slot}, missing"
+                print(f"slot            {slot}")
+                if st.retained_bytes is not None:
+                    print(f"WAL held        {st.retained_bytes} bytes "
+                          f"(max_slot_wal_keep_size = {st.max_slot_wal_keep_size})")  # fmt: skip
+                    print(f"behind          {st.lag_bytes} bytes")
+                alive = f"yes (backend {st.consumer_pid})" if st.consumer_pid else "no"
+                print(f"consumer alive  {alive}")
+                if st.wal_status == "lost":
+                    print("the slot was invalidated: the next capture makes a new one, and "
+                          "consumers resync")  # fmt: skip
 
 
 # what README "Deploying it" asks the role of the gateway's feed sessions for
@@ -342,8 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("target", help="module name (pkg.mod) or file path (path/to/mod.py)")
 
     rt = command("realtime", cmd_realtime, "capture tables' changes for the change feed")
-    rt.add_argument("action", choices=["enable", "disable", "prune"])
-    rt.add_argument("tables", nargs="*", type=_table, help="schema.table names (enable, disable)")
+    rt.add_argument("action", choices=["enable", "disable", "prune", "mode", "status", "capture"])
+    rt.add_argument("tables", nargs="*", type=_table,
+                    help="schema.table names (enable, disable); wal or trigger (mode)")  # fmt: skip
+    rt.add_argument("--follow", action="store_true",
+                    help="capture: keep capturing from the WAL (the gateway does too)")  # fmt: skip
     rt.add_argument("--keep-days", type=_days,
                     help="prune: keep this many days (default: the configured retention)")  # fmt: skip
 

@@ -20,6 +20,9 @@ from .errors import ClusterError
 PG_BIN_CANDIDATES = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin")
 SUPERUSER = "postgres"
 DATABASE = "pyfuncs"
+# the logical decoding output plugins this server lets slots use (a setting of the Debian
+# build here): realtime capture decodes with wal2json
+OUTPUT_PLUGINS = ("pgoutput", "test_decoding", "wal2json")
 
 
 def _pg_bin() -> Path:
@@ -132,6 +135,8 @@ class Cluster:
             )  # fmt: skip
         if not self.port_file.exists():
             self.port_file.write_text(str(_free_port()))
+        if self.is_running() and not self._logical():
+            self.down()  # started before it needed wal_level=logical: restart with it
         if not self.is_running():
             options = " ".join([
                 f"-p {self.port}", "-c listen_addresses=127.0.0.1",
@@ -139,6 +144,11 @@ class Cluster:
                 "-c max_connections=300", "-c shared_buffers=256MB",
                 "-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off",
                 "-c max_wal_size=2GB", "-c logging_collector=off",
+                # realtime capture reads the WAL through logical decoding (one slot per
+                # database); the tests make many databases
+                "-c wal_level=logical", "-c max_replication_slots=100",
+                "-c max_wal_senders=20", "-c max_slot_wal_keep_size=4GB",
+                f"-c output_plugin_libraries={','.join(OUTPUT_PLUGINS)}",
             ])  # fmt: skip
             if os.geteuid() == 0 and self.log_file.exists():
                 shutil.chown(self.log_file, SUPERUSER, SUPERUSER)
@@ -148,6 +158,20 @@ class Cluster:
             )  # fmt: skip
         self._ensure_database()
         return self.url()
+
+    def _logical(self) -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+                level = conn.execute("SHOW wal_level").fetchone()
+                plugins = conn.execute(
+                    "SELECT setting FROM pg_settings WHERE name = 'output_plugin_libraries'"
+                ).fetchone()
+        except psycopg.Error:
+            return True  # not reachable: leave it be, as before
+        allowed = plugins is None or "wal2json" in plugins[0]
+        return level is not None and level[0] == "logical" and allowed
 
     def _ensure_database(self) -> None:
         import psycopg

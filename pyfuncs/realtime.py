@@ -1,9 +1,11 @@
 """The change feed: which tables are captured, and reading their changes in commit order.
 
-Capture itself is SQL (sql/schema.sql, "Realtime change capture"): triggers write each change
-of an enabled table in the writing transaction, and a deferred trigger gives each committing
-transaction the next position under a lock, so positions become visible in order. A consumer
-follows the feed from its last position; NOTIFY on `pyfuncs_realtime` only wakes it up.
+Capture itself is SQL (sql/schema.sql, "Realtime change capture"), in one of two modes: from
+the WAL, where a consumer (pyfuncs/capture.py) writes each commit's changes with its commit
+LSN as position; or with triggers, which write each change of an enabled table in the writing
+transaction, a deferred trigger giving each committing transaction the next position under a
+lock. Either way positions become visible in order. A consumer of the feed follows it from
+its last position; NOTIFY on `pyfuncs_realtime` only wakes it up.
 """
 
 from __future__ import annotations
@@ -62,6 +64,28 @@ class Change:
     new: dict[str, Any] | None
     old: dict[str, Any] | None
     committed_at: datetime.datetime
+    txid: int = 0  # the writing transaction's id
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Which transactions a snapshot sees (`pg_current_snapshot()`'s `xmin:xmax:xip,...`).
+    From the WAL, a change is in the log some time after its commit: a transaction that a
+    subscriber's starting snapshot already shows may come after that snapshot's head, and
+    must not be delivered again."""
+
+    xmin: int
+    xmax: int
+    running: frozenset[int]
+
+    @classmethod
+    def parse(cls, text: str) -> Snapshot:
+        xmin, xmax, running = text.split(":")
+        return cls(int(xmin), int(xmax), frozenset(int(x) for x in running.split(",") if x))
+
+    def sees(self, txid: int) -> bool:
+        """Whether a committed transaction's changes are in this snapshot."""
+        return txid < self.xmin or (txid < self.xmax and txid not in self.running)
 
 
 def enable(conn: psycopg.Connection[Any], table: str) -> None:
@@ -107,7 +131,7 @@ async def read(
         )
     return [
         Change(Position(r["position"], r["change"]), r["schema_name"], r["table_name"],
-               r["op"], r["new_row"], r["old_row"], r["committed_at"])
+               r["op"], r["new_row"], r["old_row"], r["committed_at"], r["txid"])
         for r in rows if r["position"] is not None
     ]  # fmt: skip
 

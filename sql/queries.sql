@@ -145,18 +145,19 @@ SELECT s.pruned_through, r.*
 FROM pyfuncs.realtime_state s
 LEFT JOIN LATERAL (
     SELECT c.position, ch.id AS change, ch.schema_name, ch.table_name, ch.op, ch.new_row,
-           ch.old_row, c.committed_at
+           ch.old_row, c.committed_at, c.txid::text::bigint AS txid
     FROM pyfuncs.realtime_commit c
     JOIN pyfuncs.realtime_change ch ON ch.txid = c.txid
-    WHERE c.position IS NOT NULL AND (c.position, ch.id) > (%(commit)s, %(change)s)
+    WHERE c.position >= %(commit)s AND (c.position, ch.id) > (%(commit)s, %(change)s)
     ORDER BY c.position, ch.id
     LIMIT %(limit)s
 ) r ON true
 ORDER BY r.position, r.change
 
 -- name: realtime_head
--- The last committed position (everything up to it is visible: see realtime_read).
-SELECT coalesce((SELECT pg_catalog.max(position) FROM pyfuncs.realtime_commit),
+-- The last committed position (everything up to it is visible: see realtime_read), or where
+-- the feed was cut when that is later (pruned, or the WAL slot lost: sql/schema.sql).
+SELECT greatest((SELECT pg_catalog.max(position) FROM pyfuncs.realtime_commit),
                 (SELECT pruned_through FROM pyfuncs.realtime_state)) AS head
 
 -- name: realtime_export_head
@@ -164,8 +165,49 @@ SELECT coalesce((SELECT pg_catalog.max(position) FROM pyfuncs.realtime_commit),
 -- and the last position committed in it: a new subscription's rows and its starting
 -- position then agree exactly, though they are read by two roles.
 SELECT pg_catalog.pg_export_snapshot() AS snapshot,
-       coalesce((SELECT pg_catalog.max(position) FROM pyfuncs.realtime_commit),
+       greatest((SELECT pg_catalog.max(position) FROM pyfuncs.realtime_commit),
                 (SELECT pruned_through FROM pyfuncs.realtime_state)) AS head
+
+-- name: realtime_capture_batch
+-- One batch of the WAL consumer (pyfuncs/capture.py).
+SELECT captured, done FROM pyfuncs.realtime_wal_capture(%(batch)s)
+
+-- name: realtime_capture_slot
+SELECT pyfuncs.realtime_wal_slot() AS created
+
+-- name: realtime_capture_lead
+-- Whether this session leads the database's WAL consumers (held until it ends).
+SELECT pg_catalog.pg_try_advisory_lock(%(key)s) AS leading
+
+-- name: realtime_slot_wal
+-- The WAL this database's slot holds from being recycled, in bytes (no row: no slot).
+SELECT (pg_catalog.pg_current_wal_lsn() - restart_lsn)::bigint AS held
+FROM pg_catalog.pg_replication_slots WHERE slot_name = pyfuncs.realtime_slot_name()
+
+-- name: realtime_set_mode
+SELECT pyfuncs.realtime_set_mode(%(mode)s)
+
+-- name: realtime_status
+-- The capture mode, the slot and the WAL it holds, and the leading consumer's backend.
+SELECT s.mode, pyfuncs.realtime_slot_name()::text AS slot,
+       r.slot_name IS NOT NULL AS slot_exists, r.wal_status,
+       (pg_catalog.pg_current_wal_lsn() - r.restart_lsn)::bigint AS retained_bytes,
+       CASE WHEN r.slot_name IS NOT NULL THEN (pg_catalog.pg_current_wal_lsn()
+            - greatest(s.applied_lsn, r.confirmed_flush_lsn))::bigint END AS lag_bytes,
+       (SELECT l.pid FROM pg_catalog.pg_locks l
+        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+          AND l.database = (SELECT oid FROM pg_catalog.pg_database
+                            WHERE datname = pg_catalog.current_database())
+          AND l.classid = (%(key)s >> 32)::oid AND l.objid = (%(key)s & 4294967295)::oid
+        LIMIT 1) AS consumer_pid,
+       (SELECT pg_catalog.count(*) FROM pyfuncs.realtime_table)::int AS tables,
+       pg_catalog.current_setting('max_slot_wal_keep_size') AS max_slot_wal_keep_size
+FROM pyfuncs.realtime_state s
+LEFT JOIN pg_catalog.pg_replication_slots r ON r.slot_name = pyfuncs.realtime_slot_name()
+
+-- name: realtime_snapshot
+-- Which transactions the current snapshot sees (realtime.Snapshot).
+SELECT pg_catalog.pg_current_snapshot()::text AS taken
 
 -- name: realtime_position_key
 -- The key the gateways encrypt the positions they give subscribers with (gateway/positions.py).
@@ -247,12 +289,22 @@ VALUES (%(at)s, %(event)s, %(connection)s, %(role)s, %(subject)s, %(detail)s)
 -- name: realtime_removed_later
 -- Changes committed after a position that delete, re-key or truncate rows of one table
 -- (for keys given as jsonb objects): the gateway defers telling a subscriber that such a row
--- left its view, and sends the DELETE instead when it gets there.
+-- left its view, and sends the DELETE instead when it gets there. An UPDATE counts only if
+-- it changes a key column (their names given): CASE makes that cheap test come first, as
+-- comparing the old row with every key is not (a busy table's later changes, times the keys
+-- of a batch).
 SELECT ch.op, ch.old_row, ch.new_row
 FROM pyfuncs.realtime_commit c JOIN pyfuncs.realtime_change ch ON ch.txid = c.txid
 WHERE c.position > %(after)s AND ch.schema_name = %(schema)s AND ch.table_name = %(table)s
-  AND (ch.op = 'TRUNCATE'
-       OR (ch.op IN ('DELETE', 'UPDATE') AND ch.old_row @> ANY (%(keys)s::jsonb[])))
+  AND CASE ch.op
+      WHEN 'TRUNCATE' THEN true
+      WHEN 'DELETE' THEN ch.old_row @> ANY (%(keys)s::jsonb[])
+      WHEN 'UPDATE' THEN
+          CASE WHEN EXISTS (SELECT FROM pg_catalog.unnest(%(names)s::text[]) AS k (name)
+                            WHERE ch.old_row -> k.name IS DISTINCT FROM ch.new_row -> k.name)
+               THEN ch.old_row @> ANY (%(keys)s::jsonb[])
+               ELSE false END
+      ELSE false END
 
 -- name: gateway_missing_grants
 -- Of the privileges the gateway's role needs (README "Deploying it"), those it lacks.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -59,18 +60,35 @@ def dsn(cluster: Cluster, template: str, request: pytest.FixtureRequest) -> Iter
     """A fresh database for this test, with the core schema installed."""
     name = "t_" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]
     janitor = _janitor(cluster, name, template_dbname=template)
-    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    drop_database(cluster, name)
     janitor.init()
     try:
         yield cluster.url(name)
     finally:
-        with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
+        drop_database(cluster, name)
+
+
+def drop_database(cluster: Cluster, name: str) -> None:
+    """Drop a test database, and first its replication slots (realtime capture from the WAL
+    makes one), which DROP DATABASE refuses to drop by itself."""
+    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
+        for _ in range(100):
             conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                [name],
             )
+            try:
+                conn.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                    "WHERE database = %s",
+                    [name],
+                )
+                break
+            except psycopg.errors.ObjectInUse:  # its consumer is still going away
+                time.sleep(0.05)
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture
@@ -104,11 +122,8 @@ def authenticator_dsn(dsn: str) -> str:
 def empty_db(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A database of its own where pyfuncs was never installed."""
     name = f"mig_{request.node.name[:40].lower()}"
+    drop_database(cluster, name)
     with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     yield cluster.url(name)
-    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    drop_database(cluster, name)

@@ -79,6 +79,7 @@ class Gateway:
         await self.sessions.open()
         await self.hub.start()
         tasks = [asyncio.create_task(t) for t in (self.hub.run(), self.hub.prune_forever(),
+                                                  self.hub.capture_forever(),
                                                   self.audit.run(), self._heartbeats())]  # fmt: skip
         loop = asyncio.get_running_loop()
         restore = on_exit_signal(lambda: loop.call_soon_threadsafe(self._going_away))

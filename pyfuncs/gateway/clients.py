@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..auth import Identity
-from ..realtime import Position
+from ..realtime import Position, Snapshot
 from .tables import Filters, Key, Table
 
 # claims that differ between two tokens of the same user: left out of the identity that
@@ -54,6 +54,8 @@ class Subscription:
     position: Position
     live: bool = False  # caught up: the hub delivers to it
     seen: set[Key] = field(default_factory=set)
+    # the snapshot it started from: changes of transactions it saw are not sent again
+    taken: Snapshot | None = None
 
     def __post_init__(self) -> None:
         self.id_json = json.dumps(self.id)  # as it goes into each of its events

@@ -24,6 +24,7 @@ restarts after any error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import logging
@@ -34,9 +35,10 @@ from typing import Any
 
 import psycopg
 
+from ..capture import Capture
 from ..errors import ResyncRequired, SubscriptionError
 from ..queries import query
-from ..realtime import Change, Position, listen, read, wake_up
+from ..realtime import Change, Position, Snapshot, listen, read, wake_up
 from .clients import Client, Subscription
 from .config import GatewayConfig
 from .delivery import NOTHING, Group, Messages, removed_later_in_batch, visibility
@@ -96,6 +98,8 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned: set[tuple[str, tuple[str, ...]]] = set()  # tables whose keys are gone
         self._tables: dict[Table, Table] = {}
+        # set by this process's WAL consumer when it wrote changes (see _wait)
+        self._captured = asyncio.Event()
         # told when the hub ends a subscription on its own (the gateway's limits count it)
         self.on_end: Callable[[Subscription], None] = lambda sub: None
 
@@ -151,22 +155,69 @@ class Hub:
             await asyncio.sleep(pause)
 
     async def _follow(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        while True:
-            # every wake-up received so far is answered by this read
-            async for _ in conn.notifies(timeout=0):
-                pass
-            changes = await read(conn, self.position, self.config.batch)
-            self.metrics.feed_reads += 1
-            if changes:
+        """Read the feed and deliver, reading the next batch (on a pooled feed session)
+        while the current one is checked and sent: under load a read costs no time of its
+        own. Positions are as read one after the other: the next read starts where this
+        batch ends (`through`, which catching-up subscriptions wait for too)."""
+        ahead: asyncio.Task[list[Change]] | None = None
+        try:
+            while True:
+                if ahead is None:
+                    await self._answered(conn)
+                    changes = await read(conn, self.position, self.config.batch)
+                else:
+                    try:
+                        changes = await ahead
+                    except psycopg.OperationalError:  # that pooled session was lost
+                        changes = await read(conn, self.position, self.config.batch)
+                    ahead = None
+                self.metrics.feed_reads += 1
+                if not changes:
+                    await self._wait(conn)
+                    continue
                 self.through = changes[-1].position
+                await self._answered(conn)
+                ahead = asyncio.create_task(self._read(self.through))
                 live = [s for s in self._subscriptions() if s.live and not s.client.suspended]
                 await self._deliver_isolated(changes, live, conn)
                 self.position = self.through
                 self.metrics.changes += len(changes)
                 now = datetime.datetime.now(datetime.UTC)
                 self.metrics.lag = (now - changes[-1].committed_at).total_seconds()
-            if len(changes) < self.config.batch:  # (reads at most every WAKE_UP_GAP)
-                await wake_up(conn, self.config.poll)
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
+
+    async def _answered(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Before a read: every wake-up received so far is answered by it."""
+        async for _ in conn.notifies(timeout=0):
+            pass
+        self._captured.clear()
+
+    async def _read(self, after: Position) -> list[Change]:
+        async with self.sessions.feed.connection() as feed:
+            return await read(feed, after, self.config.batch)
+
+    async def _wait(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Wait for new changes. When this process's WAL consumer leads (and a slot exists,
+        so the database captures from the WAL), it says when it wrote some, and the feed is
+        read at once: no NOTIFY round trip, and no WAKE_UP_GAP (only this process can set
+        the event). Otherwise wait for a NOTIFY (read at most every WAKE_UP_GAP)."""
+        capture = self.metrics.capture
+        if capture is None or not capture.leading or capture.slot_wal_bytes is None:
+            await wake_up(conn, self.config.poll)
+            return
+        if not self._captured.is_set():
+            # bounded: leadership may be lost, or the mode switched, meanwhile
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._captured.wait(), min(self.config.poll, 0.5))
+
+    async def capture_forever(self) -> None:
+        """Take part in capturing from the WAL (pyfuncs/capture.py): one process per
+        database leads, the others stand by; nothing to do in trigger mode."""
+        self.metrics.capture = Capture(self.config.feed_dsn, on_captured=self._captured.set)
+        await self.metrics.capture.run()
 
     async def prune_forever(self) -> None:
         """Prune the change feed to its retention now and then (several gateways may: it
@@ -203,7 +254,7 @@ class Hub:
         filters = Filter.parse_all(message.filters)
         since = None if message.since is None else self.tokens.position(message.since)
         try:
-            head, table, rows = await self._snapshot(client, message.table, filters)
+            head, taken, table, rows = await self._snapshot(client, message.table, filters)
         except SubscriptionError:
             raise
         except psycopg.OperationalError:  # the database is away, or the pool exhausted
@@ -224,7 +275,8 @@ class Hub:
         # a resume with `keys` holds what it named and still sees: only those can leave its
         # view (a DELETE of a row it never had is none of its business)
         seen = visible if held is None else visible.intersection(held)
-        sub = Subscription(sub_id, client, table, filters, start, seen=seen)
+        sub = Subscription(sub_id, client, table, filters, start, seen=seen,
+                           taken=None if since is not None else taken)  # fmt: skip
         token = self.tokens.resume_token(start)
         reply = {"type": "subscribed", "sub": sub_id, "table": table.qualified,
                  "key": table.key, "position": token}  # fmt: skip
@@ -246,13 +298,16 @@ class Hub:
 
     async def _snapshot(
         self, client: Client, name: Any, filters: Filters
-    ) -> tuple[int, Table, list[tuple[Key, str]]]:
+    ) -> tuple[int, Snapshot, Table, list[tuple[Key, str]]]:
         """The last position committed, and the table and rows a subscriber sees in that
-        same snapshot: the position read in the gateway's role, the rest as the subscriber."""
+        same snapshot: the position read in the gateway's role, the rest as the subscriber;
+        and which transactions that snapshot sees."""
         async with self.sessions.feed_snapshot() as feed:
             row = await (await feed.execute(query("realtime_export_head"))).fetchone()
             assert row is not None  # one row, always
             exported, head = row
+            taken = await (await feed.execute(query("realtime_snapshot"))).fetchone()
+            assert taken is not None
             async with self.sessions.as_subscribers(exported) as conn:
                 await as_identity(conn, client.check_identity)
                 table = await describe(conn, name)
@@ -267,7 +322,7 @@ class Hub:
                 f"{self.config.max_snapshot_bytes} bytes; subscribe with filters that "
                 "select fewer rows",
             )
-        return head, table, rows
+        return head, Snapshot.parse(taken[0]), table, rows
 
     def unsubscribe(self, sub: Subscription) -> None:
         sub.client.subscriptions.pop(sub.id, None)
@@ -434,6 +489,8 @@ class Hub:
                     for sub, index, rows, removed, ahead in plan[table]:
                         if ahead is not None and change.position <= ahead:
                             continue
+                        if sub.taken is not None and sub.taken.sees(change.txid):
+                            continue  # (from the WAL) in its snapshot, though after its head
                         client = sub.client
                         if client.subscriptions.get(sub.id) is not sub or sub in failed:
                             # unsubscribed (or its connection ended) while the checks ran:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from ..auth import bearer
+from ..capture import Capture
 
 # Headers a proxy adds: a request that has one was relayed, so it is not this host's own.
 # Beyond the names, any header that speaks of forwarding, a client's or an original
@@ -39,6 +40,7 @@ class Metrics:
     disconnected_at: float | None = None  # when the feed connection was lost
     feed_reads: int = 0  # reads of the change feed by the hub
     failures: int = 0  # unexpected errors survived (each logged)
+    capture: Capture | None = None  # this process's WAL consumer (pyfuncs/capture.py)
 
 
 def may_read(request: Request, token: str | None) -> bool:
@@ -82,4 +84,16 @@ def exposition(
         "# TYPE pyfuncs_gateway_audit_dropped_total counter",
         f"pyfuncs_gateway_audit_dropped_total {audit_dropped}",
     ]
+    if m.capture is not None and not m.capture.denied:
+        lines += [
+            "# TYPE pyfuncs_capture_leading gauge",
+            f"pyfuncs_capture_leading {int(m.capture.leading)}",
+            "# TYPE pyfuncs_capture_changes_total counter",
+            f"pyfuncs_capture_changes_total {m.capture.captured}",
+        ]
+        if m.capture.slot_wal_bytes is not None:
+            lines += [
+                "# TYPE pyfuncs_capture_slot_wal_bytes gauge",
+                f"pyfuncs_capture_slot_wal_bytes {m.capture.slot_wal_bytes}",
+            ]
     return "\n".join(lines) + "\n"

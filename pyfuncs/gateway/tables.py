@@ -273,7 +273,8 @@ def removed_later_query(
     truncates (run by the gateway in its own role, in the snapshot of the visibility check);
     read the answer with `removed_keys`."""
     objects = [Jsonb(table.key_object(k)) for k in keys]
-    params = {"after": after, "schema": table.schema, "table": table.name, "keys": objects}
+    params = {"after": after, "schema": table.schema, "table": table.name, "keys": objects,
+              "names": list(table.key)}  # fmt: skip
     return query("realtime_removed_later"), params
 
 

@@ -47,6 +47,20 @@ FUNCTIONS = {
         "checks the table is enabled and calls no cast or function another role defines"),
     "pyfuncs.realtime_commit_position()": (True, False, True,
         "runs as any capturing commit; touches only pyfuncs' own tables and sequence"),
+    "pyfuncs.realtime_slot_name()": (False, True, True,
+        "caller's rights: names this database's slot, for status queries"),
+    "pyfuncs.realtime_wal_value(text,jsonb)": (False, True, False,
+        "caller's rights, pure: a wal2json value as to_jsonb gives it; built-in casts only"),
+    "pyfuncs.realtime_check_identity(regclass)": (False, True, True,
+        "caller's rights: reads the catalog, raises when a table has no replica identity"),
+    "pyfuncs.realtime_set_mode(text)": (False, True, True,
+        "caller's rights: needs the owner's privileges (ALTER TABLE, realtime_state)"),
+    "pyfuncs.realtime_wal_slot()": (True, False, True,
+        "creating a slot needs REPLICATION; makes only this database's slot"),
+    "pyfuncs.realtime_wal_capture(integer)": (True, False, True,
+        "reading the slot needs REPLICATION; the consumer's role needs EXECUTE only"),
+    "pyfuncs.realtime_wal_drop()": (True, False, True,
+        "dropping the slot needs REPLICATION; drops only this database's slot"),
 }  # fmt: skip
 
 # What PUBLIC may do with pyfuncs' tables (nothing else is granted to anyone).

@@ -1,0 +1,55 @@
+"""Helpers for tests of capture from the WAL: a consumer in the background, and catching up
+with everything committed so far."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+import psycopg
+
+from pyfuncs import capture
+from pyfuncs.capture import Capture
+
+
+def catch_up(dsn: str, timeout: float = 30) -> None:
+    """Return once every transaction committed before the call is in the change log (a
+    no-op in trigger mode). The test cluster commits asynchronously, so wait for the WAL
+    to be flushed first: the slot only reads flushed WAL."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
+        assert row is not None
+        deadline = time.monotonic() + timeout
+        while not conn.execute("SELECT pg_current_wal_flush_lsn() >= %s", [row[0]]).fetchone()[0]:  # type: ignore[index]
+            assert time.monotonic() < deadline, "the WAL was not flushed"
+            time.sleep(0.01)
+        capture.capture(conn)
+
+
+@contextmanager
+def consumer(dsn: str, **options: float) -> Iterator[Capture]:
+    """A Capture loop running in a thread of its own while the block runs."""
+    cap = Capture(dsn, **{"poll": 0.02, "standby": 0.1, "retry": 0.1, **options})  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    task: list[asyncio.Task[None]] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        task.append(loop.create_task(cap.run()))
+        started.set()
+        with suppress(asyncio.CancelledError):
+            loop.run_until_complete(task[0])
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    started.wait()
+    try:
+        yield cap
+    finally:
+        loop.call_soon_threadsafe(task[0].cancel)
+        thread.join(10)
+        loop.close()
