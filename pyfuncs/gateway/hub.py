@@ -144,6 +144,10 @@ class Hub:
                 for sub in self._subscriptions():
                     sub.client.close("resync_required", RESYNC)
                 restart = True
+                # until start() finds the new head, a subscription that comes meanwhile
+                # must read the feed itself (and be told to resync if it is behind), not
+                # count as caught up with a hub that is not
+                self.through = Position(END, END)
             except Exception as exc:
                 self.metrics.failures += 1
                 pause = min(pause * 2, RESTART_MAX)

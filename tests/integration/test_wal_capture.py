@@ -59,6 +59,19 @@ def insert(dsn: str, rows: range, durable: bool = False) -> None:
             db.execute("INSERT INTO rt.counter VALUES (%s, 0)", [i])
 
 
+def flushed(dsn: str) -> None:
+    """Wait until what was committed is flushed: the slot reads only flushed WAL, and the
+    test cluster commits asynchronously."""
+    with psycopg.connect(dsn, autocommit=True) as db:
+        target = db.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
+        for _ in range(1000):
+            row = db.execute("SELECT pg_current_wal_flush_lsn() >= %s", target).fetchone()
+            if row and row[0]:
+                return
+            time.sleep(0.01)
+    raise AssertionError("the WAL was not flushed")
+
+
 def slot(dsn: str) -> dict[str, Any] | None:
     with psycopg.connect(dsn, autocommit=True) as db:
         row = db.execute(
@@ -108,7 +121,7 @@ def test_a_consumer_killed_mid_batch_loses_and_repeats_nothing(wal_db: str) -> N
                 done.append(exc)
 
         worker = threading.Thread(target=run)
-        time.sleep(0.3)  # (the test cluster flushes the WAL within 200 ms)
+        flushed(wal_db)
         worker.start()
         deadline = time.monotonic() + 20
         with psycopg.connect(wal_db, autocommit=True) as watcher:
@@ -313,7 +326,7 @@ def test_cli_mode_status_and_capture(
     assert main(["--dsn", dsn, "realtime", "enable", "public.notes"]) == 0
     conn.execute("INSERT INTO public.notes VALUES (1)")
     conn.commit()
-    time.sleep(0.3)  # (the test cluster flushes the WAL within 200 ms)
+    flushed(dsn)
     assert main(["--dsn", dsn, "realtime", "capture"]) == 0
     assert "captured 1 change(s) from the WAL" in capsys.readouterr().out
     assert main(["--dsn", dsn, "realtime", "status"]) == 0
