@@ -197,37 +197,10 @@ class Db(Queries):
         stopping.dispose_orphans()
         entry = self._count()
         prepared, values = self._plan(query, params)
-        lent = deadline.lend(entry)
-        entered = identity.enter()
-        try:
-            cur = plpy.cursor(prepared.plan, values)
-        except plpy.SPIError as exc:
-            deadline.expired(exc)
-            _failed(exc)
-            raise
-        finally:
-            if lent:
-                deadline.give_back()
-            changed = identity.leave(entered)
-        if changed:
-            _stop_identity(changed)
+        cur = _guarded(entry, plpy.cursor, prepared.plan, values)
         try:
             while True:
-                entry = self._count()
-                lent = deadline.lend(entry)
-                entered = identity.enter()
-                try:
-                    chunk = cur.fetch(batch)
-                except plpy.SPIError as exc:
-                    deadline.expired(exc)
-                    _failed(exc)
-                    raise
-                finally:
-                    if lent:
-                        deadline.give_back()
-                    changed = identity.leave(entered)
-                if changed:
-                    _stop_identity(changed)
+                chunk = _guarded(self._count(), cur.fetch, batch)
                 if not chunk:
                     return
                 yield from prepared.rows(chunk)
@@ -284,6 +257,26 @@ def _from_the_call() -> Any:
     )
 
 
+def _guarded(entry: Any, operation: Callable[..., Any], *args: Any) -> Any:
+    """One database operation of the call whose innermost entry frame is `entry`, with its
+    deadline lent and its identity kept (Db._run does the same inline, for every query)."""
+    lent = deadline.lend(entry)
+    entered = identity.enter()
+    try:
+        result = operation(*args)
+    except plpy.SPIError as exc:
+        deadline.expired(exc)
+        _failed(exc)
+        raise
+    finally:
+        if lent:
+            deadline.give_back()
+        changed = identity.leave(entered)
+    if changed:
+        _stop_identity(changed)
+    return result
+
+
 def _failed(exc: BaseException) -> None:
     """A routine's query failed: stopped by PostgreSQL (a cancel), or refused a change of
     identity; either stops the call for good."""
@@ -303,4 +296,4 @@ def _stop_identity(what: str) -> None:
 db = Db()
 
 
-stopping.BOOKKEEPING.update(id(f.__code__) for f in (Db._run, Db.cursor))
+stopping.BOOKKEEPING.update(id(f.__code__) for f in (Db._run, Db.cursor, _guarded))

@@ -188,7 +188,7 @@ def test_a_stop_never_lands_inside_dbs_bookkeeping(spin: str) -> None:
         # and a later call's query is still held to its own limit, the session's statements
         # to none
         err, took = run(conn, "SELECT spin.sleeping_limited()")
-        assert err.sqlstate == "57014" and 0.2 <= took < 0.2 + SLACK
+        assert err.sqlstate == "57014" and 0.2 <= took < 2  # not its query's 30 s
         assert conn.execute("SELECT pg_sleep(0.3)").fetchone() == ("",)
 
 
