@@ -369,7 +369,10 @@ def main() -> int:
     env = {**os.environ, "PYFUNCS_JWT_SECRET": SECRET, "PYFUNCS_JWT_ROLES": "manager",
            "PYFUNCS_GATEWAY_MAX_CONNECTIONS_PER_USER": per_user,
            "PYFUNCS_GATEWAY_MAX_SUBSCRIPTIONS_PER_USER": per_user,
-           "PYFUNCS_GATEWAY_MESSAGES_PER_SECOND": per_user}  # fmt: skip
+           "PYFUNCS_GATEWAY_MESSAGES_PER_SECOND": per_user,
+           # every load client connects from 127.0.0.1, all at once
+           "PYFUNCS_GATEWAY_MAX_PENDING": per_user,
+           "PYFUNCS_GATEWAY_MAX_PENDING_PER_PEER": per_user}  # fmt: skip
     gateway = subprocess.Popen(
         [sys.executable, "-m", "pyfuncs.cli", "--dsn", url, "serve", "--port", str(port),
          "--workers", str(WORKERS), "--log-level", "warning"], env=env,
