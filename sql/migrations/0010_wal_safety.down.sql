@@ -350,6 +350,7 @@ DROP FUNCTION pyfuncs.realtime_wal_isolate(
 DROP FUNCTION pyfuncs.realtime_wal_probe(name, pg_lsn, integer, pg_snapshot, bigint);
 DROP FUNCTION pyfuncs.realtime_wal_apply(name, pg_lsn, integer, pg_snapshot, bigint);
 DROP FUNCTION pyfuncs.realtime_wal_transient(text);
+DROP FUNCTION pyfuncs.realtime_wal_json_refusal(text);
 DROP FUNCTION pyfuncs.realtime_capture_lock_take();
 DROP FUNCTION pyfuncs.realtime_wal_names_reset();
 DROP FUNCTION pyfuncs.realtime_wal_names(pg_lsn);

@@ -179,6 +179,25 @@ def test_values_jsonb_refuses_skip_their_transaction_and_consumers_resync(
     assert [i for _, i in logged(wal_db)] == [1, 3, 6, 7, 8]
 
 
+def test_many_values_jsonb_refuses_cost_the_consumer_one_pass(wal_db: str) -> None:
+    """Such values are found while the batch converts them (a json value with a \\u in it
+    is tried as jsonb first), so a writer who commits many costs no more than as many
+    ordinary changes: each is skipped in the same batch as its neighbours."""
+    with psycopg.connect(wal_db, autocommit=True) as db:
+        db.execute("ALTER TABLE rt.counter ADD COLUMN j json")
+        for i in range(300):
+            db.execute("INSERT INTO rt.counter (id, j) VALUES (%s, %s)",
+                       [i, '"\\u0000"' if i % 2 else '"caf\\u00e9"'])  # fmt: skip
+    catch_up(wal_db, options="-c track_functions=pl")
+    with psycopg.connect(wal_db, autocommit=True) as db:
+        calls = dict(db.execute("SELECT funcname, calls FROM pg_stat_user_functions").fetchall())
+    # one batch, and not the slow path (which probes, one failed batch per transaction)
+    assert calls["realtime_wal_apply"] == 1 and "realtime_wal_isolate" not in calls
+    assert len(skipped(wal_db)) == 150
+    assert [i for _, i in logged(wal_db)] == list(range(0, 300, 2))
+    assert since_resync(wal_db) == []
+
+
 def test_a_value_too_large_for_jsonb_is_skipped_and_an_uncaptured_table_costs_nothing(
     wal_db: str,
 ) -> None:
