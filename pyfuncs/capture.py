@@ -74,9 +74,11 @@ class _Warnings:
         self.skipped = 0
 
     def __call__(self, diag: psycopg.errors.Diagnostic) -> None:
-        if diag.severity_nonlocalized != "WARNING":
-            return
         message = diag.message_primary or ""
+        # (wal2json warns once per change of a table that lost its replica identity: those
+        # are not worth a line each)
+        if diag.severity_nonlocalized != "WARNING" or not message.startswith("pyfuncs:"):
+            return
         if diag.sqlstate == CAPTURE_SKIPPED:
             found = re.search(r"skipped (\d+)", message)
             self.skipped += int(found.group(1)) if found else 1
