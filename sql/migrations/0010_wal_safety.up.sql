@@ -202,6 +202,7 @@ EXCEPTION WHEN data_exception THEN
     RETURN 'a json value jsonb refuses: ' || message || coalesce(' (' || detail || ')', '');
 END
 $$;
+REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_json_refusal(text) FROM PUBLIC;
 
 -- Whether an error is about the server rather than about what was decoded (connection,
 -- transaction state, resources, locks, cancellation, the slot, files, corruption): then the
@@ -210,6 +211,7 @@ CREATE FUNCTION pyfuncs.realtime_wal_transient(sqlstate text) RETURNS boolean
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
 RETURN left(sqlstate, 2) IN ('08', '25', '40', '53', '55', '57', '58', '72', 'F0')
        OR sqlstate IN ('XX001', 'XX002');
+REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_transient(text) FROM PUBLIC;
 
 -- Make this database's slot if it is missing or was invalidated (it held more WAL than
 -- max_slot_wal_keep_size allows), and say whether it made one. Changes committed while there
