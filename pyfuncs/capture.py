@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from ._pg.vocabulary import CAPTURE_SKIPPED
 from .errors import ConfigError, from_psycopg
 from .queries import query
 
@@ -58,6 +60,32 @@ def _slot_lost(exc: psycopg.Error) -> bool:
     return exc.sqlstate == "55000" and "replication slot" in str(exc)
 
 
+def _held_up(exc: psycopg.Error) -> bool:
+    """Another transaction kept the capture lock for 30 s (realtime_capture_lock_take)."""
+    return isinstance(exc, psycopg.errors.LockNotAvailable)
+
+
+class _Warnings:
+    """Logs what the capture functions warn about (a new slot, transactions skipped) and
+    counts the transactions skipped: such a warning is the only word of them a consumer
+    gets, since the capture function's result says how many changes it wrote."""
+
+    def __init__(self) -> None:
+        self.skipped = 0
+
+    def __call__(self, diag: psycopg.errors.Diagnostic) -> None:
+        message = diag.message_primary or ""
+        # (wal2json warns once per change of a table that lost its replica identity: those
+        # are not worth a line each)
+        if diag.severity_nonlocalized != "WARNING" or not message.startswith("pyfuncs:"):
+            return
+        if diag.sqlstate == CAPTURE_SKIPPED:
+            found = re.search(r"skipped (\d+)", message)
+            self.skipped += int(found.group(1)) if found else 1
+            message += f" ({diag.message_hint})" if diag.message_hint else ""
+        log.warning("%s", message)
+
+
 def _batch(conn: psycopg.Connection[Any], batch: int) -> tuple[int, bool]:
     try:
         row = conn.execute(query("realtime_capture_batch"), {"batch": batch}).fetchone()
@@ -76,6 +104,8 @@ def capture(conn: psycopg.Connection[Any], batch: int = BATCH) -> int:
     no-op in trigger mode. `conn` must be in autocommit mode; its commits are made durable
     (synchronous_commit = on for the session), as the slot is advanced to them."""
     total, done = 0, False
+    warnings = _Warnings()
+    conn.add_notice_handler(warnings)
     try:
         conn.execute("SET synchronous_commit = on")
         while not done:
@@ -83,6 +113,8 @@ def capture(conn: psycopg.Connection[Any], batch: int = BATCH) -> int:
             total += captured
     except psycopg.Error as exc:
         raise ConfigError(f"capturing from the WAL failed: {from_psycopg(exc)}") from exc
+    finally:
+        conn.remove_notice_handler(warnings)
     return total
 
 
@@ -129,6 +161,7 @@ class Capture:
         self.on_captured = on_captured
         self.leading = False
         self.captured = 0  # changes written to the log by this consumer
+        self._warnings = _Warnings()  # transactions it skipped: .skipped
         self.failures = 0
         self.slot_wal_bytes: int | None = None  # WAL the slot holds (None: no slot)
         self.denied = False  # this role may not capture (it runs elsewhere)
@@ -144,6 +177,7 @@ class Capture:
                     application_name="pyfuncs-capture",
                     options=DURABLE,
                 ) as conn:
+                    conn.add_notice_handler(self._warnings)
                     await self._lead(conn)
                     pause = self.retry
             except psycopg.OperationalError as exc:
@@ -182,6 +216,10 @@ class Capture:
                 cur = await conn.execute(query("realtime_capture_batch"), {"batch": self.batch})
                 row = await cur.fetchone()
             except psycopg.Error as exc:
+                if _held_up(exc):  # keeps leading, and tries again
+                    log.warning("%s", from_psycopg(exc))
+                    await asyncio.sleep(self.retry)
+                    continue
                 if not _slot_lost(exc) or isinstance(exc, psycopg.OperationalError):
                     raise
                 log.warning("%s; making a new slot (consumers will be told to resync)", exc)
@@ -196,6 +234,11 @@ class Capture:
             if row[1]:  # all read: wait a little, longer while nothing comes
                 pause = self.busy if captured else min(pause * 2, self.poll)
                 await asyncio.sleep(pause)
+
+    @property
+    def skipped(self) -> int:
+        """Transactions this consumer could not capture and skipped (consumers resynced)."""
+        return self._warnings.skipped
 
     async def _look(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """How much WAL the slot holds, now and then (for /metrics)."""

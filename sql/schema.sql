@@ -218,7 +218,10 @@ CREATE TABLE pyfuncs.realtime_state (
     mode text NOT NULL DEFAULT 'trigger' CHECK (mode IN ('trigger', 'wal')),
     -- the end of the last commit the consumer applied, written with its changes: a consumer
     -- that dies anywhere starts again after it, and the slot is advanced only to it
-    applied_lsn pg_lsn NOT NULL DEFAULT '0/0'
+    applied_lsn pg_lsn NOT NULL DEFAULT '0/0',
+    -- the end of the WAL when a batch last found a captured table's name changed: changes
+    -- committed before it may carry the old names (realtime_wal_doubt)
+    renamed_lsn pg_lsn NOT NULL DEFAULT '0/0'
 );
 INSERT INTO pyfuncs.realtime_state DEFAULT VALUES;
 
@@ -356,7 +359,7 @@ BEGIN
 END
 $$;
 
--- Capture from the WAL (0009).
+-- Capture from the WAL (0009, made safe with untrusted writers and login roles in 0010).
 -- Locked (SHARE UPDATE EXCLUSIVE, never written) by the consumer for each batch and by
 -- whatever creates, drops or switches away from the slot, so those never overlap a batch.
 -- A table lock rather than a row lock: it gives the transaction no xid and writes no WAL,
@@ -370,10 +373,153 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 RETURN ('pyfuncs_realtime_' || (SELECT oid FROM pg_database
                                 WHERE datname = current_database()))::name;
 
--- A value as wal2json gives it (the type's text output, numbers and booleans as JSON) made
--- into what to_jsonb gives in trigger mode for the types whose two forms differ: json,
--- timestamps, and arrays of numbers, booleans and text. Other types arrive as wal2json
--- writes them (README "What a change carries"). No SET clause, so that it is inlined.
+-- The names under which the consumer last saw each captured table: an enabled table, or a
+-- partition of one, captured as `enabled`. wal2json names a change's table, not its OID, so
+-- a batch routes changes by these names, and compares them with the catalog first: a table
+-- renamed, or a name taken over by another table, between a change and the batch that reads
+-- it would otherwise deliver the change as another table's or drop it.
+CREATE TABLE pyfuncs.realtime_wal_name (
+    relid oid PRIMARY KEY,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    enabled oid NOT NULL,
+    UNIQUE (schema_name, table_name)
+);
+
+-- Names that changed (both the old and the new): a change under one of them committed before
+-- realtime_state.renamed_lsn may belong to another table, so its transaction is skipped and
+-- consumers resync. Emptied once everything up to renamed_lsn has been applied.
+CREATE TABLE pyfuncs.realtime_wal_doubt (
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    PRIMARY KEY (schema_name, table_name)
+);
+
+-- Transactions the consumer skipped, and why: what it could not capture (consumers were told
+-- to resync, so nothing was lost to them). Kept as long as changes are (retention).
+CREATE TABLE pyfuncs.realtime_skipped (
+    lsn pg_lsn PRIMARY KEY,  -- the end of its commit (its position, had it been captured)
+    txid xid8 NOT NULL,
+    at timestamptz NOT NULL DEFAULT now(),
+    reason text NOT NULL
+);
+
+-- The tables whose changes are captured now: every enabled table and every partition of one
+-- (as the nearest enabled table), under their current names.
+CREATE FUNCTION pyfuncs.realtime_wal_tables()
+RETURNS TABLE (relid oid, schema_name text, table_name text, enabled oid)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT DISTINCT ON (c.oid) c.oid, n.nspname::text, c.relname::text, e.relid
+    FROM pyfuncs.realtime_table e
+    CROSS JOIN LATERAL (
+        SELECT e.relid, 0 AS level
+        UNION ALL
+        SELECT t.relid, t.level FROM pg_partition_tree(e.relid::regclass) t WHERE t.level > 0
+    ) p (relid, level)
+    JOIN pg_class c ON c.oid = p.relid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    ORDER BY c.oid, p.level
+$$;
+REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_tables() FROM PUBLIC;
+
+-- Compare the captured tables' names with those the consumer saw last, and write only when
+-- they differ (an idle consumer writes nothing). A table whose name changed, and a name that
+-- now belongs to another table, put both names in doubt up to the end of the WAL now: every
+-- change made under the old name committed before the rename did, which is before now.
+CREATE FUNCTION pyfuncs.realtime_wal_names(applied pg_lsn) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    current jsonb;
+    doubtful bigint;
+BEGIN
+    IF applied >= (SELECT s.renamed_lsn FROM pyfuncs.realtime_state s)
+       AND EXISTS (SELECT FROM pyfuncs.realtime_wal_doubt) THEN
+        DELETE FROM pyfuncs.realtime_wal_doubt;
+    END IF;
+    IF NOT EXISTS (
+        SELECT FROM pyfuncs.realtime_wal_tables() c
+        FULL JOIN pyfuncs.realtime_wal_name w ON w.relid = c.relid
+        WHERE (c.schema_name, c.table_name, c.enabled)
+              IS DISTINCT FROM (w.schema_name, w.table_name, w.enabled)) THEN
+        RETURN;
+    END IF;
+    SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]') INTO current FROM pyfuncs.realtime_wal_tables() t;
+    WITH now_named AS (
+        SELECT * FROM jsonb_to_recordset(current)
+            AS c (relid oid, schema_name text, table_name text, enabled oid)
+    ), doubt AS (
+        SELECT w.schema_name, w.table_name FROM now_named c
+        JOIN pyfuncs.realtime_wal_name w ON w.relid = c.relid
+        WHERE (c.schema_name, c.table_name) <> (w.schema_name, w.table_name)
+        UNION
+        SELECT c.schema_name, c.table_name FROM now_named c
+        JOIN pyfuncs.realtime_wal_name w ON w.relid = c.relid
+        WHERE (c.schema_name, c.table_name) <> (w.schema_name, w.table_name)
+        UNION
+        SELECT c.schema_name, c.table_name FROM now_named c
+        JOIN pyfuncs.realtime_wal_name w
+          ON (w.schema_name, w.table_name) = (c.schema_name, c.table_name)
+        WHERE w.relid <> c.relid
+    ), noted AS (
+        INSERT INTO pyfuncs.realtime_wal_doubt SELECT * FROM doubt ON CONFLICT DO NOTHING
+    )
+    SELECT count(*) INTO doubtful FROM doubt;
+    IF doubtful > 0 THEN
+        UPDATE pyfuncs.realtime_state SET renamed_lsn = pg_current_wal_insert_lsn();
+    END IF;
+    DELETE FROM pyfuncs.realtime_wal_name;
+    INSERT INTO pyfuncs.realtime_wal_name (relid, schema_name, table_name, enabled)
+    SELECT * FROM jsonb_to_recordset(current)
+        AS c (relid oid, schema_name text, table_name text, enabled oid);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_names(pg_lsn) FROM PUBLIC;
+
+-- A new slot starts from now: the names the consumer compares with are today's.
+CREATE FUNCTION pyfuncs.realtime_wal_names_reset() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM pyfuncs.realtime_wal_doubt;
+    DELETE FROM pyfuncs.realtime_wal_name;
+    INSERT INTO pyfuncs.realtime_wal_name (relid, schema_name, table_name, enabled)
+    SELECT t.relid, t.schema_name, t.table_name, t.enabled FROM pyfuncs.realtime_wal_tables() t;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_names_reset() FROM PUBLIC;
+
+-- Take the capture lock (realtime_capture_lock) for the rest of the transaction, waiting at
+-- most 30 s: a transaction that keeps it (a consumer that called realtime_wal_capture in a
+-- transaction it left open) then costs the others an error that names it, not a wait
+-- without end. The capture function also gives its caller's session an
+-- idle_in_transaction_session_timeout, which ends such a transaction sooner.
+CREATE FUNCTION pyfuncs.realtime_capture_lock_take() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '30s' AS $$
+DECLARE
+    holder record;
+BEGIN
+    LOCK TABLE pyfuncs.realtime_capture_lock IN SHARE UPDATE EXCLUSIVE MODE;
+EXCEPTION WHEN lock_not_available THEN
+    SELECT l.pid, a.usename, a.state, a.state_change INTO holder
+    FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.locktype = 'relation' AND l.relation = 'pyfuncs.realtime_capture_lock'::regclass
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.granted AND l.pid <> pg_backend_pid()
+    LIMIT 1;
+    RAISE EXCEPTION 'pyfuncs: realtime capture is held up: backend % (role %, %) has held '
+                    'the capture lock for more than 30 s', holder.pid, holder.usename,
+                    coalesce(holder.state || ' since ' || holder.state_change, 'state unknown')
+        USING ERRCODE = '55P03',
+              HINT = 'a transaction that called pyfuncs.realtime_wal_capture must end; '
+                     'pg_terminate_backend ends it';
+END
+$$;
+REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_capture_lock_take() FROM PUBLIC;
+
+-- Values as wal2json gives them (the type's text output, numbers and booleans as JSON; a
+-- domain as its base type) made into what to_jsonb gives in trigger mode for the types whose
+-- two forms differ: json, timestamps, bytea (wal2json leaves out its \x), and arrays of
+-- numbers, booleans and text. Other types arrive as wal2json writes them (README "What a
+-- change carries"). No SET clause, so that it is inlined.
 CREATE FUNCTION pyfuncs.realtime_wal_value(type text, value jsonb) RETURNS jsonb
 LANGUAGE sql STABLE
 RETURN CASE
@@ -383,6 +529,9 @@ RETURN CASE
         THEN pg_catalog.to_jsonb((value OPERATOR(pg_catalog.#>>) '{}')::pg_catalog.timestamptz)
     WHEN type = 'timestamp without time zone'
         THEN pg_catalog.to_jsonb((value OPERATOR(pg_catalog.#>>) '{}')::pg_catalog.timestamp)
+    -- (a domain over bytea comes with its \x: wal2json drops it for bytea itself only)
+    WHEN type = 'bytea' AND NOT pg_catalog.starts_with(value OPERATOR(pg_catalog.#>>) '{}', '\x')
+        THEN pg_catalog.to_jsonb('\x' OPERATOR(pg_catalog.||) (value OPERATOR(pg_catalog.#>>) '{}'))
     WHEN type IN ('smallint[]', 'integer[]', 'bigint[]')
         THEN pg_catalog.to_jsonb((value OPERATOR(pg_catalog.#>>) '{}')::pg_catalog.int8[])
     WHEN type = 'numeric[]'
@@ -398,19 +547,51 @@ RETURN CASE
     ELSE value
 END;
 
+-- Why jsonb refuses the text of a json value, or NULL when it does not: json keeps its text as
+-- written, and takes escapes jsonb cannot hold ("\u0000", a lone surrogate, in a database
+-- not in UTF-8 a character its encoding lacks). realtime_wal_apply asks only about json
+-- values with a \u in them, so the exception block (a subtransaction) is rarely entered.
+CREATE FUNCTION pyfuncs.realtime_wal_json_refusal(value text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    message text;
+    detail text;
+BEGIN
+    PERFORM value::jsonb;
+    RETURN NULL;
+EXCEPTION WHEN data_exception THEN
+    GET STACKED DIAGNOSTICS message = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
+    RETURN 'a json value jsonb refuses: ' || message || coalesce(' (' || detail || ')', '');
+END
+$$;
+REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_json_refusal(text) FROM PUBLIC;
+
+-- Whether an error is about the server rather than about what was decoded (connection,
+-- transaction state, resources, locks, cancellation, the slot, files, corruption): then the
+-- batch fails as it is, to be tried again, and nothing is skipped.
+CREATE FUNCTION pyfuncs.realtime_wal_transient(sqlstate text) RETURNS boolean
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
+RETURN left(sqlstate, 2) IN ('08', '25', '40', '53', '55', '57', '58', '72', 'F0')
+       OR sqlstate IN ('XX001', 'XX002');
+REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_transient(text) FROM PUBLIC;
+
 -- Make this database's slot if it is missing or was invalidated (it held more WAL than
 -- max_slot_wal_keep_size allows), and say whether it made one. Changes committed while there
 -- was no slot are not in the log: if realtime was already capturing from the WAL, every
 -- consumer is told to resync (pruned_through moves past every position handed out). Creating
 -- a slot must come before the transaction writes anything (PostgreSQL's rule), and waits for
 -- the transactions running then to end. Runs as pyfuncs' owner: callers need no REPLICATION.
+-- Its settings are pinned (as every function that writes the log from the WAL), so that
+-- nothing it writes depends on its caller's.
 CREATE FUNCTION pyfuncs.realtime_wal_slot() RETURNS boolean
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET "DateStyle" = 'ISO, MDY' SET "IntervalStyle" = 'postgres' SET extra_float_digits = 1
+SET bytea_output = 'hex' SET "TimeZone" = 'UTC' AS $$
 DECLARE
     slot name := pyfuncs.realtime_slot_name();
     status text;
 BEGIN
-    LOCK TABLE pyfuncs.realtime_capture_lock IN SHARE UPDATE EXCLUSIVE MODE;
+    PERFORM pyfuncs.realtime_capture_lock_take();
     SELECT s.wal_status INTO status FROM pg_replication_slots s WHERE s.slot_name = slot;
     IF FOUND AND status IS DISTINCT FROM 'lost' THEN
         RETURN false;
@@ -425,6 +606,7 @@ BEGIN
                    'pyfuncs realtime mode trigger';
     END IF;
     PERFORM pg_create_logical_replication_slot(slot, 'wal2json');
+    PERFORM pyfuncs.realtime_wal_names_reset();
     IF EXISTS (SELECT FROM pyfuncs.realtime_state WHERE mode = 'wal')
        AND EXISTS (SELECT FROM pyfuncs.realtime_table) THEN
         UPDATE pyfuncs.realtime_state SET pruned_through = greatest(
@@ -438,29 +620,320 @@ END
 $$;
 REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_slot() FROM PUBLIC;
 
--- One batch of the consumer (pyfuncs/capture.py): the transactions the slot holds after
--- applied_lsn, at most about `max_changes` decoded rows, written to the log in commit (WAL)
--- order with positions from their commit LSNs, together with the new applied_lsn. The slot
--- is advanced at the start of the next batch, to an applied_lsn that has committed: so the
--- slot never gets ahead of what is durable, and a batch that is repeated (its transaction
--- lost, or its advance) skips what was applied. `done`: everything flushed when the batch
--- began has been read. Runs as pyfuncs' owner, who may read the slot (REPLICATION or
--- superuser); its callers need EXECUTE only (README "Privileges").
-CREATE FUNCTION pyfuncs.realtime_wal_capture(max_changes integer DEFAULT 10000)
+-- The heart of a batch: the transactions the slot holds after applied_lsn up to `upto`, at
+-- most about `max_changes` decoded rows, written to the log in commit (WAL) order with
+-- positions from their commit LSNs, together with the new applied_lsn (see
+-- realtime_wal_batch). wal2json is asked for the captured tables only (add-tables, by the
+-- names in realtime_wal_name and realtime_wal_doubt) and for no logical message (any role
+-- may emit one, of any size: add-msg-prefixes with a prefix no one can know). A transaction
+-- with a change over 64 MB (jsonb takes at most 256 MB, and no client wants such a change
+-- pushed), or one under a name in doubt, is skipped whole: recorded in realtime_skipped, and
+-- pruned_through moves to its position, so consumers behind it resync. `skipped` counts them.
+CREATE FUNCTION pyfuncs.realtime_wal_apply(
+    slot name, upto pg_lsn, max_changes integer, snap pg_snapshot, top bigint
+) RETURNS TABLE (captured bigint, done boolean, skipped bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    state record;
+    tables text;
+BEGIN
+    SELECT s.applied_lsn, s.renamed_lsn INTO state FROM pyfuncs.realtime_state s;
+    -- wal2json's list: schema.table, with every character but letters, digits and _ escaped
+    -- by a backslash (its rule for the separators, spaces, quotes, dots and *)
+    SELECT string_agg(regexp_replace(n.schema_name, '([^[:alnum:]_])', '\\\1', 'g') || '.'
+                      || regexp_replace(n.table_name, '([^[:alnum:]_])', '\\\1', 'g'), ',')
+    INTO tables
+    FROM (SELECT w.schema_name, w.table_name FROM pyfuncs.realtime_wal_name w
+          UNION SELECT d.schema_name, d.table_name FROM pyfuncs.realtime_wal_doubt d) n;
+    RETURN QUERY
+    WITH raw AS MATERIALIZED (
+        -- every row wal2json writes begins {"action":"X": only changes are made jsonb, and
+        -- only those of at most 64 MB
+        SELECT p.ord, p.lsn, substr(p.data, 12, 1) AS action,
+               octet_length(p.data) > 67108864 AS oversized,
+               CASE WHEN substr(p.data, 12, 1) IN ('I', 'U', 'D', 'T')
+                         AND octet_length(p.data) <= 67108864 THEN p.data::jsonb END AS data,
+               -- the full transaction id from the 32-bit one (it is older than any running
+               -- now), so that a transaction the triggers captured (while switching modes)
+               -- is known
+               (top - (((top & 4294967295) - p.xid::text::bigint + 4294967296) % 4294967296))
+               ::text::xid8 AS txid
+        FROM pg_logical_slot_peek_changes(slot, upto, max_changes,
+                 'format-version', '2', 'include-timestamp', '1', 'include-typmod', '0',
+                 'include-domain-data-type', '1', 'add-tables', coalesce(tables, ''),
+                 'add-msg-prefixes', 'pyfuncs-' || gen_random_uuid())
+             WITH ORDINALITY AS p (lsn, xid, data, ord)
+    ), framed AS MATERIALIZED (
+        -- a transaction's rows come together, B ... C: each row's commit is the first C
+        -- at or after it (none for a transaction cut short by max_changes)
+        SELECT r.ord, r.txid, r.data, r.action, r.oversized,
+               min(r.lsn) FILTER (WHERE r.action = 'C') OVER (ORDER BY r.ord DESC) AS commit_lsn
+        FROM raw r
+    ), cut AS (
+        -- a transaction whose commit is in the WAL but not yet visible (it is between the
+        -- two) waits for the next batch, with every later one: the log must never be ahead
+        -- of the tables that a new subscriber reads its snapshot of
+        SELECT min(f.commit_lsn) AS lsn FROM framed f
+        WHERE f.action = 'C' AND f.commit_lsn > state.applied_lsn
+          AND NOT pg_visible_in_snapshot(f.txid, snap)
+    ), bounds AS (
+        SELECT max(f.commit_lsn) AS last FROM framed f, cut
+        WHERE f.action = 'C' AND f.commit_lsn > state.applied_lsn
+          AND (cut.lsn IS NULL OR f.commit_lsn < cut.lsn)
+    ), named AS MATERIALIZED (
+        SELECT DISTINCT f.data->>'schema' AS s, f.data->>'table' AS t
+        FROM framed f WHERE f.data IS NOT NULL
+    ), resolved AS MATERIALIZED (
+        -- captured under the name it was enabled with, a partition under its enabled
+        -- table's; a name no longer captured (the old name of a renamed table) resolves to
+        -- nothing
+        SELECT n.s, n.t, e.schema_name, e.table_name,
+               EXISTS (SELECT FROM pyfuncs.realtime_wal_doubt d
+                       WHERE d.schema_name = n.s AND d.table_name = n.t) AS doubtful
+        FROM named n
+        LEFT JOIN pyfuncs.realtime_wal_name w ON w.schema_name = n.s AND w.table_name = n.t
+        LEFT JOIN pyfuncs.realtime_table e ON e.relid = w.enabled
+    ), change AS MATERIALIZED (
+        SELECT f.txid, f.commit_lsn, (f.data->>'timestamp')::timestamptz AS committed_at,
+               f.ord, e.schema_name, e.table_name,
+               CASE f.action WHEN 'I' THEN 'INSERT' WHEN 'U' THEN 'UPDATE'
+                             WHEN 'D' THEN 'DELETE' ELSE 'TRUNCATE' END AS op,
+               w.new_row, w.old_row, w.refused
+        FROM framed f
+        JOIN resolved e ON e.s = f.data->>'schema' AND e.t = f.data->>'table'
+        CROSS JOIN bounds b
+        -- wal2json's column lists as row objects; only the types realtime_wal_value
+        -- converts (arrays, json, timestamps, bytea: a cheap test of the name first) go
+        -- through it, and this is written out here rather than as a function, for it is
+        -- most of the consumer's work (a function call per row doubled it)
+        -- (a json value jsonb refuses is left out, and its transaction skipped: see `skip`)
+        CROSS JOIN LATERAL (
+            SELECT jsonb_object_agg(c->>'name', CASE
+                       WHEN v.refused IS NOT NULL THEN NULL
+                       WHEN right(c->>'type', 1) = ']'
+                            OR left(c->>'type', 4) IN ('json', 'time', 'byte')
+                       THEN pyfuncs.realtime_wal_value(c->>'type', c->'value')
+                       ELSE c->'value' END) FILTER (WHERE k.which = 'columns') AS new_row,
+                   jsonb_object_agg(c->>'name', CASE
+                       WHEN v.refused IS NOT NULL THEN NULL
+                       WHEN right(c->>'type', 1) = ']'
+                            OR left(c->>'type', 4) IN ('json', 'time', 'byte')
+                       THEN pyfuncs.realtime_wal_value(c->>'type', c->'value')
+                       ELSE c->'value' END) FILTER (WHERE k.which = 'identity') AS old_row,
+                   min(v.refused) AS refused
+            FROM (VALUES ('columns'), ('identity')) AS k (which)
+            CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN f.data ? k.which
+                                                         THEN f.data->k.which
+                                                         ELSE '[]' END) AS c
+            CROSS JOIN LATERAL (
+                SELECT CASE WHEN c->>'type' = 'json' AND strpos(c->>'value', '\u') > 0
+                            THEN pyfuncs.realtime_wal_json_refusal(c->>'value') END
+            ) AS v (refused)
+        ) w
+        WHERE f.action IN ('I', 'U', 'D', 'T') AND e.schema_name IS NOT NULL
+          AND f.commit_lsn > state.applied_lsn AND f.commit_lsn <= b.last
+          -- (a subquery, not NOT EXISTS: it probes the primary key for each change, where
+          -- an anti-join could read the whole table)
+          AND (SELECT count(*) FROM pyfuncs.realtime_commit c WHERE c.txid = f.txid) = 0
+    ), skip AS MATERIALIZED (
+        -- transactions not captured, with why: a change over 64 MB, a change under a name in
+        -- doubt (committed before the rename was noticed), a json value jsonb refuses
+        SELECT r.txid, min(r.commit_lsn) AS commit_lsn, min(r.reason) AS reason
+        FROM (
+            SELECT f.txid, f.commit_lsn,
+                   CASE WHEN f.oversized THEN 'a change of more than 64 MB'
+                        ELSE 'a table it changed was renamed, or its name taken, before the '
+                             'change was read' END
+            FROM framed f
+            LEFT JOIN resolved e ON e.s = f.data->>'schema' AND e.t = f.data->>'table'
+            CROSS JOIN bounds b
+            WHERE f.action IN ('I', 'U', 'D', 'T')
+              AND f.commit_lsn > state.applied_lsn AND f.commit_lsn <= b.last
+              AND (f.oversized OR (e.doubtful AND f.commit_lsn <= state.renamed_lsn))
+              AND (SELECT count(*) FROM pyfuncs.realtime_commit c WHERE c.txid = f.txid) = 0
+            UNION ALL
+            SELECT c.txid, c.commit_lsn, c.refused FROM change c WHERE c.refused IS NOT NULL
+        ) AS r (txid, commit_lsn, reason)
+        GROUP BY r.txid
+    ), commits AS (
+        INSERT INTO pyfuncs.realtime_commit (txid, position, committed_at)
+        SELECT DISTINCT ON (c.txid) c.txid, (c.commit_lsn - '0/0')::bigint, c.committed_at
+        FROM change c WHERE NOT EXISTS (SELECT FROM skip s WHERE s.txid = c.txid)
+    ), changes AS (
+        INSERT INTO pyfuncs.realtime_change (txid, schema_name, table_name, op, new_row, old_row)
+        SELECT c.txid, c.schema_name, c.table_name, c.op,
+               -- an UPDATE leaves out the TOASTed columns it did not change: the old row
+               -- has them when the replica identity is FULL
+               CASE WHEN c.op = 'UPDATE' THEN coalesce(c.old_row, '{}') || c.new_row
+                    WHEN c.op = 'INSERT' THEN c.new_row END,
+               CASE WHEN c.op IN ('UPDATE', 'DELETE') THEN c.old_row END
+        FROM change c WHERE NOT EXISTS (SELECT FROM skip s WHERE s.txid = c.txid)
+        ORDER BY c.commit_lsn, c.ord
+        RETURNING 1
+    ), recorded AS (
+        INSERT INTO pyfuncs.realtime_skipped (lsn, txid, reason)
+        SELECT s.commit_lsn, s.txid, s.reason FROM skip s
+        ON CONFLICT (lsn) DO NOTHING
+    ), applied AS (
+        -- written when something was captured or skipped, when the batch was full (there
+        -- is more to read after it), or when enough WAL without changes of enabled tables
+        -- went by to be worth releasing; not otherwise, since each write is a transaction
+        -- for the next batch to read: an idle consumer writes nothing
+        UPDATE pyfuncs.realtime_state SET applied_lsn = b.last,
+            pruned_through = greatest(pruned_through,
+                                      (SELECT max(s.commit_lsn - '0/0')::bigint FROM skip s))
+        FROM bounds b
+        WHERE b.last IS NOT NULL
+          AND (EXISTS (SELECT FROM change) OR EXISTS (SELECT FROM skip)
+               OR (SELECT count(*) FROM raw) >= max_changes OR b.last - applied_lsn > 1048576)
+    )
+    SELECT (SELECT count(*) FROM changes),
+           (SELECT count(*) FROM raw) < max_changes AND (SELECT cut.lsn IS NULL FROM cut),
+           (SELECT count(*) FROM skip);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION
+    pyfuncs.realtime_wal_apply(name, pg_lsn, integer, pg_snapshot, bigint) FROM PUBLIC;
+
+-- Whether realtime_wal_apply up to `upto` succeeds; what it wrote is undone either way.
+-- Server-side failures (realtime_wal_transient) are raised, not answered.
+CREATE FUNCTION pyfuncs.realtime_wal_probe(
+    slot name, upto pg_lsn, max_changes integer, snap pg_snapshot, top bigint
+) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    failed text;
+BEGIN
+    PERFORM FROM pyfuncs.realtime_wal_apply(slot, upto, max_changes, snap, top);
+    -- (a SQLSTATE of pyfuncs' own that never leaves this function: it undoes the probe)
+    RAISE EXCEPTION 'pyfuncs: probe succeeded' USING ERRCODE = 'PFW00';
+EXCEPTION
+    WHEN SQLSTATE 'PFW00' THEN
+        RETURN true;
+    WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS failed = RETURNED_SQLSTATE;
+        IF pyfuncs.realtime_wal_transient(failed) THEN
+            RAISE;
+        END IF;
+        RETURN false;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION
+    pyfuncs.realtime_wal_probe(name, pg_lsn, integer, pg_snapshot, bigint) FROM PUBLIC;
+
+-- A batch failed on something it decoded (`failed`, `failure`, `detail`: its SQLSTATE,
+-- message and detail):
+-- find the first transaction that fails (probing up to the 1st, 2nd, 4th... commit, then
+-- halving), apply those before it, and skip it: recorded in realtime_skipped, and
+-- pruned_through moved to its position so that consumers behind it resync. A failure that
+-- does not come back when probed is raised as it was, and nothing is skipped. The slow path:
+-- the normal one costs one subtransaction per batch.
+CREATE FUNCTION pyfuncs.realtime_wal_isolate(
+    slot name, flush pg_lsn, max_changes integer, snap pg_snapshot, top bigint,
+    failed text, failure text, detail text
+) RETURNS TABLE (captured bigint, done boolean, skipped bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    applied pg_lsn := (SELECT s.applied_lsn FROM pyfuncs.realtime_state s);
+    ends pg_lsn[];
+    txids xid8[];
+    n integer;
+    good integer := 0;  -- applying up to the good-th commit succeeds ...
+    bad integer;        -- ... and up to the bad-th fails
+    probe integer := 1;
+    result record;
+BEGIN
+    -- the commits the batch read, without their changes (no table, no message)
+    SELECT array_agg(p.lsn ORDER BY p.ord),
+           array_agg((top - (((top & 4294967295) - p.xid::text::bigint + 4294967296)
+                             % 4294967296))::text::xid8 ORDER BY p.ord)
+    INTO ends, txids
+    FROM pg_logical_slot_peek_changes(slot, flush, max_changes, 'format-version', '2',
+             'filter-tables', '*.*', 'add-msg-prefixes', 'pyfuncs-' || gen_random_uuid())
+         WITH ORDINALITY AS p (lsn, xid, data, ord)
+    WHERE starts_with(p.data, '{"action":"C"') AND p.lsn > applied;
+    n := coalesce(cardinality(ends), 0);
+    WHILE bad IS NULL AND good < n LOOP
+        probe := least(probe, n);
+        IF pyfuncs.realtime_wal_probe(slot, ends[probe], max_changes, snap, top) THEN
+            good := probe;
+            probe := probe * 2;
+        ELSE
+            bad := probe;
+        END IF;
+    END LOOP;
+    IF bad IS NULL THEN
+        RAISE EXCEPTION '%', failure USING ERRCODE = failed, DETAIL = coalesce(detail, '');
+    END IF;
+    WHILE bad - good > 1 LOOP
+        probe := (good + bad) / 2;
+        IF pyfuncs.realtime_wal_probe(slot, ends[probe], max_changes, snap, top) THEN
+            good := probe;
+        ELSE
+            bad := probe;
+        END IF;
+    END LOOP;
+    captured := 0;
+    skipped := 0;
+    IF good > 0 THEN
+        SELECT * INTO result
+        FROM pyfuncs.realtime_wal_apply(slot, ends[good], max_changes, snap, top);
+        captured := result.captured;
+        skipped := result.skipped;
+    END IF;
+    -- skipped only once it and every commit before it is visible (see `cut` in
+    -- realtime_wal_apply): a consumer that resyncs must see it in the tables
+    IF EXISTS (SELECT FROM unnest(txids[1:bad]) t WHERE NOT pg_visible_in_snapshot(t, snap)) THEN
+        done := true;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    -- (a transaction the triggers captured while the mode switched is in the log already)
+    IF NOT EXISTS (SELECT FROM pyfuncs.realtime_commit c WHERE c.txid = txids[bad]) THEN
+        INSERT INTO pyfuncs.realtime_skipped (lsn, txid, reason)
+        VALUES (ends[bad], txids[bad], format('%s (SQLSTATE %s)', left(failure || coalesce(
+                    ': ' || detail, ''), 500), failed))
+        ON CONFLICT (lsn) DO NOTHING;
+        UPDATE pyfuncs.realtime_state
+        SET pruned_through = greatest(pruned_through, (ends[bad] - '0/0')::bigint);
+        skipped := skipped + 1;
+    END IF;
+    UPDATE pyfuncs.realtime_state SET applied_lsn = greatest(applied_lsn, ends[bad]);
+    done := false;
+    RETURN NEXT;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_isolate(
+    name, pg_lsn, integer, pg_snapshot, bigint, text, text, text) FROM PUBLIC;
+
+-- One batch (realtime_wal_capture is its entry for consumers, realtime_set_mode calls it
+-- directly). The slot is advanced at the start of the next batch, to an applied_lsn that has
+-- committed: so the slot never gets ahead of what is durable, and a batch that is repeated
+-- (its transaction lost, or its advance) skips what was applied. `done`: everything flushed
+-- when the batch began has been read. The output settings are pinned, so that the values
+-- written (wal2json calls each type's output function in this session) are the same
+-- whatever the caller's session says, and as trigger mode writes them with the defaults.
+CREATE FUNCTION pyfuncs.realtime_wal_batch(max_changes integer)
 RETURNS TABLE (captured bigint, done boolean)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+SET "DateStyle" = 'ISO, MDY' SET "IntervalStyle" = 'postgres' SET extra_float_digits = 1
+SET bytea_output = 'hex' SET "TimeZone" = 'UTC' AS $$
 DECLARE
     state record;
     slot record;
     flush pg_lsn;
     snap pg_snapshot := pg_current_snapshot();
     top bigint := pg_snapshot_xmax(pg_current_snapshot())::text::bigint;
+    result record;
+    failed text;
+    failure text;
+    detail text;
 BEGIN
     IF max_changes IS NULL OR max_changes < 1 THEN
         RAISE EXCEPTION 'pyfuncs: max_changes must be a positive number, not %', max_changes
             USING ERRCODE = '22023';
     END IF;
-    LOCK TABLE pyfuncs.realtime_capture_lock IN SHARE UPDATE EXCLUSIVE MODE;
+    PERFORM pyfuncs.realtime_capture_lock_take();
     SELECT s.mode, s.applied_lsn INTO state FROM pyfuncs.realtime_state s;
     IF state.mode <> 'wal' THEN
         RETURN QUERY SELECT 0::bigint, true;
@@ -489,110 +962,55 @@ BEGIN
         PERFORM pg_replication_slot_advance(slot.slot_name, state.applied_lsn);
     END IF;
     flush := pg_current_wal_flush_lsn();
-    RETURN QUERY
-    WITH raw AS MATERIALIZED (
-        SELECT p.ord, p.lsn, p.data::jsonb AS data,
-               -- the full transaction id from the 32-bit one (it is older than any running
-               -- now), so that a transaction the triggers captured (while switching modes)
-               -- is known
-               (top - (((top & 4294967295) - p.xid::text::bigint + 4294967296) % 4294967296))
-               ::text::xid8 AS txid
-        FROM pg_logical_slot_peek_changes(slot.slot_name, flush, max_changes,
-                 'format-version', '2', 'include-timestamp', '1', 'include-typmod', '0',
-                 'filter-tables', 'pyfuncs.*') WITH ORDINALITY AS p (lsn, xid, data, ord)
-    ), framed AS MATERIALIZED (
-        -- a transaction's rows come together, B ... C: each row's commit is the first C
-        -- at or after it (none for a transaction cut short by max_changes)
-        SELECT r.ord, r.txid, r.data, r.data->>'action' AS action,
-               min(r.lsn) FILTER (WHERE r.data->>'action' = 'C')
-                   OVER (ORDER BY r.ord DESC) AS commit_lsn
-        FROM raw r
-    ), cut AS (
-        -- a transaction whose commit is in the WAL but not yet visible (it is between the
-        -- two) waits for the next batch, with every later one: the log must never be ahead
-        -- of the tables that a new subscriber reads its snapshot of
-        SELECT min(f.commit_lsn) AS lsn FROM framed f
-        WHERE f.action = 'C' AND f.commit_lsn > state.applied_lsn
-          AND NOT pg_visible_in_snapshot(f.txid, snap)
-    ), bounds AS (
-        SELECT max(f.commit_lsn) AS last FROM framed f, cut
-        WHERE f.action = 'C' AND f.commit_lsn > state.applied_lsn
-          AND (cut.lsn IS NULL OR f.commit_lsn < cut.lsn)
-    ), named AS MATERIALIZED (
-        SELECT DISTINCT f.data->>'schema' AS s, f.data->>'table' AS t
-        FROM framed f WHERE f.action IN ('I', 'U', 'D', 'T')
-    ), resolved AS MATERIALIZED (
-        -- captured under the name it was enabled with, a partition under its enabled table's
-        SELECT n.s, n.t, e.schema_name, e.table_name
-        FROM named n
-        CROSS JOIN LATERAL (SELECT to_regclass(format('%I.%I', n.s, n.t)) AS rel) r
-        JOIN LATERAL (SELECT e.schema_name, e.table_name FROM pyfuncs.realtime_table e
-                      WHERE e.relid = r.rel
-                         OR e.relid IN (SELECT a.relid FROM pg_partition_ancestors(r.rel) a)
-                      LIMIT 1) e ON true
-    ), change AS MATERIALIZED (
-        SELECT f.txid, f.commit_lsn, (f.data->>'timestamp')::timestamptz AS committed_at,
-               f.ord, e.schema_name, e.table_name,
-               CASE f.action WHEN 'I' THEN 'INSERT' WHEN 'U' THEN 'UPDATE'
-                             WHEN 'D' THEN 'DELETE' ELSE 'TRUNCATE' END AS op,
-               w.new_row, w.old_row
-        FROM framed f
-        JOIN resolved e ON e.s = f.data->>'schema' AND e.t = f.data->>'table'
-        CROSS JOIN bounds b
-        -- wal2json's column lists as row objects; only the types realtime_wal_value
-        -- converts (arrays, json, timestamps: a cheap test of the name first) go through it,
-        -- and this is written out here rather than as a function, for it is most of the
-        -- consumer's work (a function call per row doubled it)
-        CROSS JOIN LATERAL (
-            SELECT jsonb_object_agg(c->>'name', CASE
-                       WHEN right(c->>'type', 1) = ']' OR left(c->>'type', 4) IN ('json', 'time')
-                       THEN pyfuncs.realtime_wal_value(c->>'type', c->'value')
-                       ELSE c->'value' END) FILTER (WHERE k.which = 'columns') AS new_row,
-                   jsonb_object_agg(c->>'name', CASE
-                       WHEN right(c->>'type', 1) = ']' OR left(c->>'type', 4) IN ('json', 'time')
-                       THEN pyfuncs.realtime_wal_value(c->>'type', c->'value')
-                       ELSE c->'value' END) FILTER (WHERE k.which = 'identity') AS old_row
-            FROM (VALUES ('columns'), ('identity')) AS k (which)
-            CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN f.data ? k.which
-                                                         THEN f.data->k.which
-                                                         ELSE '[]' END) AS c
-        ) w
-        WHERE f.action IN ('I', 'U', 'D', 'T')
-          AND f.commit_lsn > state.applied_lsn AND f.commit_lsn <= b.last
-          -- (a subquery, not NOT EXISTS: it probes the primary key for each change, where
-          -- an anti-join could read the whole table)
-          AND (SELECT count(*) FROM pyfuncs.realtime_commit c WHERE c.txid = f.txid) = 0
-    ), commits AS (
-        INSERT INTO pyfuncs.realtime_commit (txid, position, committed_at)
-        SELECT DISTINCT ON (c.txid) c.txid, (c.commit_lsn - '0/0')::bigint, c.committed_at
-        FROM change c
-    ), changes AS (
-        INSERT INTO pyfuncs.realtime_change (txid, schema_name, table_name, op, new_row, old_row)
-        SELECT c.txid, c.schema_name, c.table_name, c.op,
-               -- an UPDATE leaves out the TOASTed columns it did not change: the old row
-               -- has them when the replica identity is FULL
-               CASE WHEN c.op = 'UPDATE' THEN coalesce(c.old_row, '{}') || c.new_row
-                    WHEN c.op = 'INSERT' THEN c.new_row END,
-               CASE WHEN c.op IN ('UPDATE', 'DELETE') THEN c.old_row END
-        FROM change c ORDER BY c.commit_lsn, c.ord
-        RETURNING 1
-    ), applied AS (
-        -- written when something was captured, when the batch was full (there is more
-        -- to read after it), or when enough WAL without changes of enabled tables went by
-        -- to be worth releasing; not otherwise, since each write is a transaction for the
-        -- next batch to read: an idle consumer writes nothing
-        UPDATE pyfuncs.realtime_state SET applied_lsn = b.last FROM bounds b
-        WHERE b.last IS NOT NULL
-          AND (EXISTS (SELECT FROM change) OR (SELECT count(*) FROM raw) >= max_changes
-               OR b.last - applied_lsn > 1048576)
-    )
-    SELECT (SELECT count(*) FROM changes),
-           (SELECT count(*) FROM raw) < max_changes AND (SELECT cut.lsn IS NULL FROM cut);
+    -- (after `flush`: a rename committed after this is after every change read now)
+    PERFORM pyfuncs.realtime_wal_names(state.applied_lsn);
+    BEGIN
+        SELECT * INTO result
+        FROM pyfuncs.realtime_wal_apply(slot.slot_name, flush, max_changes, snap, top);
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS failed = RETURNED_SQLSTATE, failure = MESSAGE_TEXT,
+                                detail = PG_EXCEPTION_DETAIL;
+        IF pyfuncs.realtime_wal_transient(failed) THEN
+            RAISE;
+        END IF;
+        SELECT * INTO result FROM pyfuncs.realtime_wal_isolate(
+            slot.slot_name, flush, max_changes, snap, top, failed, failure, detail);
+    END;
+    IF result.skipped > 0 THEN
+        DELETE FROM pyfuncs.realtime_skipped
+        WHERE at < now() - (SELECT retention FROM pyfuncs.realtime_state);
+        -- (a warning of pyfuncs' own SQLSTATE, which the consumer logs and counts)
+        RAISE WARNING 'pyfuncs: realtime capture skipped % transaction(s) it could not capture; '
+                      'consumers will be told to resync', result.skipped
+            USING ERRCODE = '01PF0', HINT = 'pyfuncs.realtime_skipped says which and why';
+    END IF;
+    RETURN QUERY SELECT result.captured, result.done;
     -- (the batch's own commit is in the WAL the next one reads, and writes nothing there)
     IF pg_notification_queue_usage() < 0.5 AND EXISTS (
         SELECT FROM pyfuncs.realtime_state s WHERE s.applied_lsn > state.applied_lsn) THEN
         PERFORM pg_notify('pyfuncs_realtime', '');
     END IF;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_batch(integer) FROM PUBLIC;
+
+-- One batch of the consumer (pyfuncs/capture.py; realtime_wal_batch). Runs as pyfuncs' owner,
+-- who may read the slot (REPLICATION or superuser); its callers need EXECUTE only (README
+-- "Privileges"). It gives its caller's session an idle_in_transaction_session_timeout of
+-- 10 s (unless it has a shorter one): a caller that leaves its transaction open keeps the
+-- capture lock, and every other batch, enabling and disabling wait for it.
+CREATE FUNCTION pyfuncs.realtime_wal_capture(max_changes integer DEFAULT 10000)
+RETURNS TABLE (captured bigint, done boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET "DateStyle" = 'ISO, MDY' SET "IntervalStyle" = 'postgres' SET extra_float_digits = 1
+SET bytea_output = 'hex' SET "TimeZone" = 'UTC' AS $$
+DECLARE
+    idle text := current_setting('idle_in_transaction_session_timeout');
+BEGIN
+    IF idle::interval = interval '0' OR idle::interval > interval '10 s' THEN
+        PERFORM set_config('idle_in_transaction_session_timeout', '10s', false);
+    END IF;
+    RETURN QUERY SELECT * FROM pyfuncs.realtime_wal_batch(max_changes);
 END
 $$;
 REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_capture(integer) FROM PUBLIC;
@@ -614,10 +1032,11 @@ BEGIN
 END
 $$;
 
--- pyfuncs' own tables and the system's are not application tables. Enabling in 'wal' mode
--- makes the slot (first, as PostgreSQL requires) when it is missing,
+-- Enabling in 'wal' mode makes the slot (first, as PostgreSQL requires) when it is missing,
 -- and adds the capture triggers disabled: they mark the table as captured in the catalog
--- (which subscribers can read, see realtime_table_info) and cost a writer nothing.
+-- (which subscribers can read, see realtime_table_info) and cost a writer nothing. The
+-- table's names are noted for the consumer (realtime_wal_name), so that a rename before it
+-- runs is noticed.
 CREATE FUNCTION pyfuncs.enable_realtime(target regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -651,7 +1070,7 @@ BEGIN
         PERFORM pyfuncs.realtime_check_identity(target);
         PERFORM pyfuncs.realtime_wal_slot();
         -- a consumer that found no table enabled drops the slot, under this lock
-        LOCK TABLE pyfuncs.realtime_capture_lock IN SHARE UPDATE EXCLUSIVE MODE;
+        PERFORM pyfuncs.realtime_capture_lock_take();
         IF NOT EXISTS (SELECT FROM pg_replication_slots
                        WHERE slot_name = pyfuncs.realtime_slot_name()) THEN
             RAISE EXCEPTION 'pyfuncs: the realtime slot was dropped while % was being enabled',
@@ -660,6 +1079,12 @@ BEGIN
     END IF;
     INSERT INTO pyfuncs.realtime_table (relid, schema_name, table_name)
     VALUES (target, rel.nspname, rel.relname);
+    IF wal THEN
+        INSERT INTO pyfuncs.realtime_wal_name (relid, schema_name, table_name, enabled)
+        SELECT t.relid, t.schema_name, t.table_name, t.enabled
+        FROM pyfuncs.realtime_wal_tables() t WHERE t.enabled = target
+        ON CONFLICT DO NOTHING;
+    END IF;
     EXECUTE format('CREATE TRIGGER pyfuncs_realtime AFTER INSERT OR UPDATE OR DELETE ON %I.%I '
                    'FOR EACH ROW EXECUTE FUNCTION pyfuncs.realtime_capture()',
                    rel.nspname, rel.relname);
@@ -696,9 +1121,11 @@ $$;
 
 -- Drop this database's slot if it exists, waiting for a batch in progress.
 CREATE FUNCTION pyfuncs.realtime_wal_drop() RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET "DateStyle" = 'ISO, MDY' SET "IntervalStyle" = 'postgres' SET extra_float_digits = 1
+SET bytea_output = 'hex' SET "TimeZone" = 'UTC' AS $$
 BEGIN
-    LOCK TABLE pyfuncs.realtime_capture_lock IN SHARE UPDATE EXCLUSIVE MODE;
+    PERFORM pyfuncs.realtime_capture_lock_take();
     PERFORM pg_drop_replication_slot(slot_name) FROM pg_replication_slots
     WHERE slot_name = pyfuncs.realtime_slot_name();
 END
@@ -741,7 +1168,7 @@ BEGIN
             PERFORM pyfuncs.realtime_wal_slot();
         END IF;
     END IF;
-    LOCK TABLE pyfuncs.realtime_capture_lock IN SHARE UPDATE EXCLUSIVE MODE;
+    PERFORM pyfuncs.realtime_capture_lock_take();
     IF (SELECT mode FROM pyfuncs.realtime_state) <> current THEN
         RAISE EXCEPTION 'pyfuncs: the capture mode changed meanwhile' USING ERRCODE = '40001';
     END IF;
@@ -763,7 +1190,7 @@ BEGIN
                 PERFORM pg_sleep(0.01);
             END LOOP;
             LOOP
-                SELECT * INTO batch FROM pyfuncs.realtime_wal_capture(100000);
+                SELECT * INTO batch FROM pyfuncs.realtime_wal_batch(100000);
                 EXIT WHEN batch.done;
             END LOOP;
         ELSIF EXISTS (SELECT FROM pyfuncs.realtime_table) THEN
@@ -778,6 +1205,8 @@ BEGIN
         UPDATE pyfuncs.realtime_state SET mode = 'trigger';
         PERFORM pyfuncs.realtime_wal_drop();
     ELSE
+        -- the slot may be older than this switch: the names are compared with today's
+        PERFORM pyfuncs.realtime_wal_names_reset();
         UPDATE pyfuncs.realtime_state SET mode = 'wal';
     END IF;
 END

@@ -15,11 +15,12 @@ from pyfuncs import capture
 from pyfuncs.capture import Capture
 
 
-def catch_up(dsn: str, timeout: float = 30) -> None:
+def catch_up(dsn: str, timeout: float = 30, options: str = "") -> None:
     """Return once every transaction committed before the call is in the change log (a
     no-op in trigger mode). The test cluster commits asynchronously, so wait for the WAL
-    to be flushed first: the slot only reads flushed WAL."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    to be flushed first: the slot only reads flushed WAL. `options`: the capturing
+    session's (libpq's `options`)."""
+    with psycopg.connect(dsn, autocommit=True, options=options) as conn:
         row = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
         assert row is not None
         deadline = time.monotonic() + timeout

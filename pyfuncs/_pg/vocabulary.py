@@ -12,6 +12,7 @@ from __future__ import annotations
 ROUTINE_FAILED = "PF000"  # an unhandled Python exception in a routine
 IMMUTABLE_VERSION = "PF001"  # something tried to change a deployed version
 RUNTIME_MISSING = "PF002"  # the runtime is not installed, or too old for a routine
+CAPTURE_SKIPPED = "01PF0"  # a warning: the WAL consumer skipped transactions (consumers resync)
 RAISED = "P0001"  # RaiseError, as plpgsql's RAISE
 NULL_NOT_ALLOWED = "22004"
 INVALID_ARGUMENT = "22023"

@@ -90,6 +90,8 @@ def exposition(
             f"pyfuncs_capture_leading {int(m.capture.leading)}",
             "# TYPE pyfuncs_capture_changes_total counter",
             f"pyfuncs_capture_changes_total {m.capture.captured}",
+            "# TYPE pyfuncs_capture_skipped_total counter",
+            f"pyfuncs_capture_skipped_total {m.capture.skipped}",
         ]
         if m.capture.slot_wal_bytes is not None:
             lines += [

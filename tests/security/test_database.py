@@ -61,6 +61,26 @@ FUNCTIONS = {
         "reading the slot needs REPLICATION; the consumer's role needs EXECUTE only"),
     "pyfuncs.realtime_wal_drop()": (True, False, True,
         "dropping the slot needs REPLICATION; drops only this database's slot"),
+    "pyfuncs.realtime_wal_batch(integer)": (False, False, True,
+        "one batch, for realtime_wal_capture and realtime_set_mode (the owner's rights)"),
+    "pyfuncs.realtime_wal_apply(name, pg_lsn, integer, pg_snapshot, bigint)": (False, False, True,
+        "called by realtime_wal_batch and its slow path only"),
+    "pyfuncs.realtime_wal_probe(name, pg_lsn, integer, pg_snapshot, bigint)": (False, False, True,
+        "called by realtime_wal_isolate only; undoes what it tried"),
+    "pyfuncs.realtime_wal_isolate(name, pg_lsn, integer, pg_snapshot, bigint, text, text, text)":
+        (False, False, True, "realtime_wal_batch's slow path: finds and skips a transaction"),
+    "pyfuncs.realtime_wal_tables()": (False, False, True,
+        "the captured tables and partitions, for the consumer and enabling"),
+    "pyfuncs.realtime_wal_names(pg_lsn)": (False, False, True,
+        "called by realtime_wal_batch only; writes the names it saw"),
+    "pyfuncs.realtime_wal_names_reset()": (False, False, True,
+        "called when a slot is made and when switching to wal"),
+    "pyfuncs.realtime_capture_lock_take()": (False, False, True,
+        "takes the capture lock, which only the owner may (realtime_sequencer's habit)"),
+    "pyfuncs.realtime_wal_json_refusal(text)": (False, False, True,
+        "called by realtime_wal_apply only; a cast to jsonb and nothing else"),
+    "pyfuncs.realtime_wal_transient(text)": (False, False, True,
+        "pure: which SQLSTATEs the consumer never skips a transaction for"),
 }  # fmt: skip
 
 # What PUBLIC may do with pyfuncs' tables (nothing else is granted to anyone).
