@@ -984,6 +984,18 @@ BEGIN
                       'consumers will be told to resync', result.skipped
             USING ERRCODE = '01PF0', HINT = 'pyfuncs.realtime_skipped says which and why';
     END IF;
+    -- Only commits of this database show up in a batch, but the slot keeps the WAL of every
+    -- database. With none for a while (this database quiet, others busy), applied_lsn, and
+    -- the slot with it, would stay put: the WAL kept would grow, and each batch read all of
+    -- it again. So a batch that found nothing while more than 16 MB went by since
+    -- applied_lsn commits a logical message of its own (a heartbeat; wal2json is never asked
+    -- for messages, but gives the transaction's commit), which the next batch advances to.
+    IF result.done AND result.captured = 0 AND result.skipped = 0
+       AND flush - state.applied_lsn > 16777216
+       AND NOT EXISTS (SELECT FROM pyfuncs.realtime_state s
+                       WHERE s.applied_lsn > state.applied_lsn) THEN
+        PERFORM pg_logical_emit_message(true, 'pyfuncs-heartbeat', '');
+    END IF;
     RETURN QUERY SELECT result.captured, result.done;
     -- (the batch's own commit is in the WAL the next one reads, and writes nothing there)
     IF pg_notification_queue_usage() < 0.5 AND EXISTS (

@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from pyfuncs import capture, realtime
 from pyfuncs.embedded import Cluster, _pg_bin
@@ -283,6 +284,37 @@ def test_status_and_slot_hygiene(wal_db: str, conn: Any) -> None:
     assert slot(wal_db) is None and capture.status(conn).tables == 0  # nothing changed
     realtime.enable(conn, "rt.counter")
     assert slot(wal_db) is not None
+
+
+def test_the_slot_follows_other_databases_wal_while_this_one_is_quiet(wal_db: str) -> None:
+    """Only this database's commits show up in a batch; a heartbeat of the consumer's own
+    lets applied_lsn, and the slot, move past what other databases write meanwhile."""
+    insert(wal_db, range(1, 3))
+    flushed(wal_db)
+    catch_up(wal_db)
+    with psycopg.connect(wal_db, autocommit=True) as db:
+        before = db.execute("SELECT applied_lsn FROM pyfuncs.realtime_state").fetchone()[0]  # type: ignore[index]
+    # 20 MB of WAL in another database (a message nobody decodes)
+    with psycopg.connect(make_conninfo(wal_db, dbname="postgres"), autocommit=True) as other:
+        written = other.execute(
+            "SELECT pg_logical_emit_message(false, 'elsewhere', repeat('x', 20000000))"
+        ).fetchone()[0]  # type: ignore[index]
+    flushed(wal_db)
+    # a batch finds nothing and beats, the next advances, the one after moves the slot
+    for _ in range(3):
+        catch_up(wal_db)
+    with psycopg.connect(wal_db, autocommit=True) as db:
+        applied, confirmed = db.execute(
+            "SELECT (SELECT applied_lsn FROM pyfuncs.realtime_state), confirmed_flush_lsn "
+            "FROM pg_replication_slots WHERE database = current_database()"
+        ).fetchone()  # type: ignore[misc]
+        assert db.execute("SELECT %s::pg_lsn > %s::pg_lsn", [applied, written]).fetchone()[0]  # type: ignore[index]
+        assert db.execute("SELECT %s::pg_lsn >= %s::pg_lsn", [confirmed, written]).fetchone()[0]  # type: ignore[index]
+        assert applied != before
+    insert(wal_db, range(3, 5))  # and capture goes on as before
+    flushed(wal_db)
+    catch_up(wal_db)
+    assert ids(log(wal_db)) == [1, 2, 3, 4]
 
 
 def test_what_a_change_carries_under_each_replica_identity(wal_db: str, conn: Any) -> None:
