@@ -36,9 +36,11 @@ log = logging.getLogger("pyfuncs.capture")
 LEADER_KEY = 0x7079_6675_6E63_7331
 LOOK_EVERY = 5.0  # seconds between looks at the WAL the slot holds
 BATCH = 10_000  # rows decoded per batch (a transaction is never split)
-# the consumer commits durably whatever the server's default: the slot is advanced to what
-# it committed, and must never get ahead of what a crash keeps
-DURABLE = "-c synchronous_commit=on"
+# The consumer's session, whatever the server's or its role's defaults: it commits durably
+# (the slot is advanced to what it committed, and must never get ahead of what a crash
+# keeps), and no statement_timeout cuts a batch short (a batch holding a large transaction
+# would be cut short every time, and capture would never get past it).
+SESSION = "-c synchronous_commit=on -c statement_timeout=0"
 
 
 @dataclass(frozen=True)
@@ -101,13 +103,15 @@ def _batch(conn: psycopg.Connection[Any], batch: int) -> tuple[int, bool]:
 
 def capture(conn: psycopg.Connection[Any], batch: int = BATCH) -> int:
     """Apply everything the slot holds now, in batches; returns how many changes. A
-    no-op in trigger mode. `conn` must be in autocommit mode; its commits are made durable
-    (synchronous_commit = on for the session), as the slot is advanced to them."""
+    no-op in trigger mode. `conn` must be in autocommit mode; its session gets
+    synchronous_commit = on (the slot is advanced to its commits) and statement_timeout = 0
+    (see SESSION)."""
     total, done = 0, False
     warnings = _Warnings()
     conn.add_notice_handler(warnings)
     try:
         conn.execute("SET synchronous_commit = on")
+        conn.execute("SET statement_timeout = 0")
         while not done:
             captured, done = _batch(conn, batch)
             total += captured
@@ -175,7 +179,7 @@ class Capture:
                     self.dsn,
                     autocommit=True,
                     application_name="pyfuncs-capture",
-                    options=DURABLE,
+                    options=SESSION,
                 ) as conn:
                     conn.add_notice_handler(self._warnings)
                     await self._lead(conn)

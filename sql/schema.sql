@@ -405,16 +405,22 @@ CREATE TABLE pyfuncs.realtime_skipped (
 );
 
 -- The tables whose changes are captured now: every enabled table and every partition of one
--- (as the nearest enabled table), under their current names.
+-- (as the nearest enabled table), under their current names. Partitions are found in
+-- pg_inherits, which takes no lock: pg_partition_tree locks every partition, so a writer of
+-- a partitioned table holding a lock on it (LOCK TABLE reaches its partitions) would hold up
+-- every batch, and with it the capture of every table.
 CREATE FUNCTION pyfuncs.realtime_wal_tables()
 RETURNS TABLE (relid oid, schema_name text, table_name text, enabled oid)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT DISTINCT ON (c.oid) c.oid, n.nspname::text, c.relname::text, e.relid
     FROM pyfuncs.realtime_table e
     CROSS JOIN LATERAL (
-        SELECT e.relid, 0 AS level
-        UNION ALL
-        SELECT t.relid, t.level FROM pg_partition_tree(e.relid::regclass) t WHERE t.level > 0
+        WITH RECURSIVE tree (relid, level) AS (
+            SELECT e.relid, 0
+            UNION ALL
+            SELECT i.inhrelid, t.level + 1 FROM tree t JOIN pg_inherits i ON i.inhparent = t.relid
+        )
+        SELECT tree.relid, tree.level FROM tree
     ) p (relid, level)
     JOIN pg_class c ON c.oid = p.relid
     JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -726,7 +732,14 @@ BEGIN
                                                          THEN f.data->k.which
                                                          ELSE '[]' END) AS c
             CROSS JOIN LATERAL (
-                SELECT CASE WHEN c->>'type' = 'json' AND strpos(c->>'value', '\u') > 0
+                -- (what jsonb may refuse: an escape, or a number numeric cannot hold: an
+                -- exponent of five digits or more, or more than 16,383 digits, which only a
+                -- long value with a long run of digits has)
+                SELECT CASE WHEN c->>'type' = 'json'
+                                 AND (strpos(c->>'value', '\u') > 0
+                                      OR c->>'value' ~ '[eE][-+]?[0-9]{5}'
+                                      OR (octet_length(c->>'value') > 16383
+                                          AND c->>'value' ~ '[0-9]{255}'))
                             THEN pyfuncs.realtime_wal_json_refusal(c->>'value') END
             ) AS v (refused)
         ) w
@@ -913,11 +926,13 @@ REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_isolate(
 -- when the batch began has been read. The output settings are pinned, so that the values
 -- written (wal2json calls each type's output function in this session) are the same
 -- whatever the caller's session says, and as trigger mode writes them with the defaults.
+-- No lock is waited for longer than 10 s (the capture lock, 30 s): a batch held up fails,
+-- and the consumer tries again, instead of waiting with the capture lock held.
 CREATE FUNCTION pyfuncs.realtime_wal_batch(max_changes integer)
 RETURNS TABLE (captured bigint, done boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 SET "DateStyle" = 'ISO, MDY' SET "IntervalStyle" = 'postgres' SET extra_float_digits = 1
-SET bytea_output = 'hex' SET "TimeZone" = 'UTC' AS $$
+SET bytea_output = 'hex' SET "TimeZone" = 'UTC' SET lock_timeout = '10s' AS $$
 DECLARE
     state record;
     slot record;

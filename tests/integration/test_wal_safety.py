@@ -394,3 +394,96 @@ def test_a_capture_transaction_left_open_holds_capture_up_for_seconds(
         sleeper.join()
         busy.close()
     catch_up(wal_db)
+
+
+# --- the second red team -----------------------------------------------------------------
+
+
+@pytest.fixture
+def writer(cluster: Cluster, wal_db: str, conn: psycopg.Connection[Any]) -> str:
+    """rt.part (captured, partitioned) and rt.docs (captured, a json column), which the role
+    walwriter may write; nothing else."""
+    with psycopg.connect(cluster.url("postgres"), autocommit=True) as db:
+        db.execute("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'walwriter')"
+                   " THEN CREATE ROLE walwriter LOGIN; END IF; END $$")  # fmt: skip
+    conn.execute("GRANT USAGE ON SCHEMA rt TO walwriter")
+    conn.execute("CREATE TABLE rt.part (id int, k int, PRIMARY KEY (id, k)) PARTITION BY LIST (k)")
+    conn.execute("CREATE TABLE rt.part1 PARTITION OF rt.part FOR VALUES IN (1)")
+    conn.execute("CREATE TABLE rt.docs (id int PRIMARY KEY, j json)")
+    conn.execute("GRANT SELECT, INSERT, UPDATE ON rt.part, rt.docs TO walwriter")
+    conn.commit()
+    for table in ("rt.part", "rt.docs"):
+        realtime.enable(conn, table)
+    return wal_db.replace("postgres@", "walwriter@", 1)
+
+
+@pytest.mark.parametrize(
+    "hold",
+    ["LOCK TABLE rt.part IN ACCESS EXCLUSIVE MODE", "LOCK TABLE rt.part IN SHARE MODE",
+     "UPDATE rt.part SET id = id"],
+)  # fmt: skip
+def test_a_writer_holding_a_lock_on_a_partitioned_table_holds_no_one_else_up(
+    wal_db: str, writer: str, hold: str
+) -> None:
+    """LOCK TABLE on a partitioned table reaches its partitions, with no privilege on them;
+    batches list partitions without taking locks, so another writer's change is captured
+    while the lock is held."""
+    with psycopg.connect(writer) as attacker:  # its transaction left open, holding the lock
+        attacker.execute("SET idle_in_transaction_session_timeout = 0")
+        attacker.execute(hold)
+        with psycopg.connect(wal_db, autocommit=True) as db:
+            db.execute("INSERT INTO rt.counter VALUES (1, 'someone else')")
+        result: list[BaseException | None] = []
+
+        def consume() -> None:
+            try:
+                catch_up(wal_db, options="-c statement_timeout=10s")
+                result.append(None)
+            except BaseException as exc:  # (reported by the assertion)
+                result.append(exc)
+
+        thread = threading.Thread(target=consume)
+        thread.start()
+        thread.join(20)
+        attacker.rollback()
+        thread.join(20)
+    assert result == [None], f"capture was held up by a writer's lock: {result}"
+    assert ("counter", 1) in logged(wal_db)
+
+
+def test_json_numbers_jsonb_cannot_hold_cost_one_pass(wal_db: str, writer: str) -> None:
+    """json takes numbers numeric cannot hold (1e200000, 1e-200000, a run of 200,000 digits);
+    like escapes, they are found while the batch converts them, not by a failed batch and a
+    search per transaction."""
+    numbers = ["1e200000", "-1E-200000", "1" * 200_000, '{"a": [1e+131073]}']
+    with psycopg.connect(writer, autocommit=True) as attacker, \
+            psycopg.connect(wal_db, autocommit=True) as other:  # fmt: skip
+        for i in range(20):
+            attacker.execute("INSERT INTO rt.docs VALUES (%s, %s)", [i, numbers[i % len(numbers)]])
+            other.execute("INSERT INTO rt.counter VALUES (%s, 'x')", [i])
+    with psycopg.connect(wal_db, autocommit=True) as db:
+        db.execute("SELECT pg_stat_reset()")
+    catch_up(wal_db, options="-c track_functions=pl")
+    with psycopg.connect(wal_db, autocommit=True) as db:
+        calls = dict(db.execute("SELECT funcname, calls FROM pg_stat_user_functions").fetchall())
+        skipped = db.execute("SELECT count(*) FROM pyfuncs.realtime_skipped").fetchone()
+    assert "realtime_wal_isolate" not in calls, calls
+    assert skipped == (20,)
+    assert [i for t, i in logged(wal_db) if t == "counter"] == list(range(20))
+
+
+def test_a_statement_timeout_of_the_consumers_role_does_not_stop_capture(wal_db: str) -> None:
+    """A batch holding a large transaction takes longer than a statement_timeout its role may
+    have; the consumer's session sets none, so capture gets past it."""
+    with psycopg.connect(wal_db, autocommit=True) as db:
+        database = sql.Identifier(db.info.dbname)
+        db.execute(sql.SQL("ALTER ROLE postgres IN DATABASE {} SET statement_timeout = '50ms'")
+                   .format(database))  # fmt: skip
+        try:
+            db.execute("INSERT INTO rt.counter SELECT g, repeat(md5(g::text), 20000) "
+                       "FROM generate_series(1, 300) g")  # fmt: skip
+            catch_up(wal_db)
+        finally:
+            db.execute(sql.SQL("ALTER ROLE postgres IN DATABASE {} RESET statement_timeout")
+                       .format(database))  # fmt: skip
+    assert len([t for t, _ in logged(wal_db) if t == "counter"]) == 300
