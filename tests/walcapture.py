@@ -11,8 +11,9 @@ from contextlib import contextmanager, suppress
 
 import psycopg
 
-from pyfuncs import capture
+from pyfuncs import capture, realtime
 from pyfuncs.capture import Capture
+from pyfuncs.realtime import Change, Position
 
 
 def catch_up(dsn: str, timeout: float = 30, options: str = "") -> None:
@@ -54,3 +55,21 @@ def consumer(dsn: str, **options: float) -> Iterator[Capture]:
         loop.call_soon_threadsafe(task[0].cancel)
         thread.join(10)
         loop.close()
+
+
+def log(dsn: str, after: Position | None = None) -> list[Change]:
+    """The whole change log after `after`, read the way consumers read it."""
+
+    async def collect() -> list[Change]:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            changes: list[Change] = []
+            start = after or Position()
+            while batch := await realtime.read(conn, changes[-1].position if changes else start):
+                changes += batch
+            return changes
+
+    return asyncio.run(collect())
+
+
+def ids(changes: list[Change]) -> list[int]:
+    return [(c.new or c.old or {}).get("id", -1) for c in changes]

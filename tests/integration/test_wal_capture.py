@@ -5,7 +5,6 @@ The feed's own guarantees are tested in both modes by test_realtime_feed.py."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import threading
 import time
@@ -19,8 +18,8 @@ from psycopg.conninfo import make_conninfo
 from pyfuncs import capture, realtime
 from pyfuncs.embedded import Cluster, _pg_bin
 from pyfuncs.errors import ConfigError, ResyncRequired
-from pyfuncs.realtime import Change, Position
-from tests.walcapture import catch_up, consumer
+from pyfuncs.realtime import Position
+from tests.walcapture import catch_up, consumer, ids, log
 
 
 @pytest.fixture
@@ -31,24 +30,6 @@ def wal_db(dsn: str, conn: psycopg.Connection[Any]) -> Iterator[str]:
     capture.set_mode(conn, "wal")
     realtime.enable(conn, "rt.counter")
     yield dsn
-
-
-def log(dsn: str, after: Position | None = None) -> list[Change]:
-    """The whole change log after `after`, read the way consumers read it."""
-
-    async def collect() -> list[Change]:
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            changes: list[Change] = []
-            start = after or Position()
-            while batch := await realtime.read(conn, changes[-1].position if changes else start):
-                changes += batch
-            return changes
-
-    return asyncio.run(collect())
-
-
-def ids(changes: list[Change]) -> list[int]:
-    return [(c.new or c.old or {}).get("id", -1) for c in changes]
 
 
 def insert(dsn: str, rows: range, durable: bool = False) -> None:

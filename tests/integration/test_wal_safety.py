@@ -9,7 +9,6 @@ seconds, not for good."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from pyfuncs import capture, realtime
 from pyfuncs.embedded import Cluster
 from pyfuncs.errors import ConfigError, ResyncRequired
 from pyfuncs.realtime import Change, Position
-from tests.walcapture import catch_up, consumer
+from tests.walcapture import catch_up, consumer, ids, log
 
 BIG = 300_000_000  # characters: as a jsonb string, more than its 256 MB
 
@@ -45,22 +44,6 @@ def login_role(cluster: Cluster, dsn: str) -> str:
         db.execute("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'walpoke')"
                    " THEN CREATE ROLE walpoke LOGIN; END IF; END $$")  # fmt: skip
     return dsn.replace("postgres@", "walpoke@", 1)
-
-
-def log(dsn: str, after: Position | None = None) -> list[Change]:
-    async def collect() -> list[Change]:
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            changes: list[Change] = []
-            start = after or Position()
-            while batch := await realtime.read(conn, changes[-1].position if changes else start):
-                changes += batch
-            return changes
-
-    return asyncio.run(collect())
-
-
-def ids(changes: list[Change]) -> list[int]:
-    return [(c.new or c.old or {}).get("id", -1) for c in changes]
 
 
 def logged(dsn: str) -> list[tuple[str, int]]:
