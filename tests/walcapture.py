@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
@@ -16,18 +15,21 @@ from pyfuncs.capture import Capture
 from pyfuncs.realtime import Change, Position
 
 
-def catch_up(dsn: str, timeout: float = 30, options: str = "") -> None:
+def flushed(dsn: str) -> None:
+    """Make everything in the WAL so far durable: the slot reads only flushed WAL, and the
+    test cluster commits asynchronously (and flushes a record no commit follows, such as a
+    row lock's, only once its page fills). A transaction that writes WAL (a logical message,
+    which capture never decodes) and commits synchronously flushes the WAL up to its commit,
+    so up to everything before it. (One that only has an xid commits asynchronously.)"""
+    with psycopg.connect(dsn, options="-c synchronous_commit=on") as conn:  # commits at the end
+        conn.execute("SELECT pg_logical_emit_message(true, 'pyfuncs-tests-flush', '')")
+
+
+def catch_up(dsn: str, options: str = "") -> None:
     """Return once every transaction committed before the call is in the change log (a
-    no-op in trigger mode). The test cluster commits asynchronously, so wait for the WAL
-    to be flushed first: the slot only reads flushed WAL. `options`: the capturing
-    session's (libpq's `options`)."""
+    no-op in trigger mode). `options`: the capturing session's (libpq's `options`)."""
+    flushed(dsn)
     with psycopg.connect(dsn, autocommit=True, options=options) as conn:
-        row = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
-        assert row is not None
-        deadline = time.monotonic() + timeout
-        while not conn.execute("SELECT pg_current_wal_flush_lsn() >= %s", [row[0]]).fetchone()[0]:  # type: ignore[index]
-            assert time.monotonic() < deadline, "the WAL was not flushed"
-            time.sleep(0.01)
         capture.capture(conn)
 
 

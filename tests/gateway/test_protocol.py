@@ -235,7 +235,8 @@ def test_an_unrefreshed_token_ends_the_connection_with_the_reason(
     gateway = gateway_factory(expiry_grace=1)
 
     async def main() -> None:
-        ws = await WsClient.connect(gateway.ws_url, token(ttl=1))
+        # a token that expires in 1-2 s (exp is in whole seconds)
+        ws = await WsClient.connect(gateway.ws_url, token(ttl=2))
         await ws.subscribe("a")
         await ws._task
         assert ws.closed[0] == 4003 and "token_expired" in ws.closed[1]

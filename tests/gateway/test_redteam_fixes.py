@@ -303,7 +303,8 @@ def test_unsubscribe_is_answered_while_the_token_is_expired(
     gateway = gateway_factory(expiry_grace=30)
 
     async def main() -> None:
-        ws = await WsClient.connect(gateway.ws_url, token(ttl=1))
+        # a token that expires in 1-2 s (exp is in whole seconds)
+        ws = await WsClient.connect(gateway.ws_url, token(ttl=2))
         await ws.subscribe("a")
         await ws.wait_for(lambda m: m.get("code") == "token_expired", timeout=10)
         await ws.send(type="unsubscribe", id="a")

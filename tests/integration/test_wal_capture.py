@@ -19,7 +19,7 @@ from pyfuncs import capture, realtime
 from pyfuncs.embedded import Cluster, _pg_bin
 from pyfuncs.errors import ConfigError, ResyncRequired
 from pyfuncs.realtime import Position
-from tests.walcapture import catch_up, consumer, ids, log
+from tests.walcapture import catch_up, consumer, flushed, ids, log
 
 
 @pytest.fixture
@@ -39,19 +39,6 @@ def insert(dsn: str, rows: range, durable: bool = False) -> None:
     with psycopg.connect(dsn, autocommit=True, options=options) as db:
         for i in rows:
             db.execute("INSERT INTO rt.counter VALUES (%s, 0)", [i])
-
-
-def flushed(dsn: str) -> None:
-    """Wait until what was committed is flushed: the slot reads only flushed WAL, and the
-    test cluster commits asynchronously."""
-    with psycopg.connect(dsn, autocommit=True) as db:
-        target = db.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
-        for _ in range(1000):
-            row = db.execute("SELECT pg_current_wal_flush_lsn() >= %s", target).fetchone()
-            if row and row[0]:
-                return
-            time.sleep(0.01)
-    raise AssertionError("the WAL was not flushed")
 
 
 def slot(dsn: str) -> dict[str, Any] | None:
