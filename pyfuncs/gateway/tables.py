@@ -3,7 +3,7 @@
 Every question is asked as the subscriber, inside a transaction that has switched to their
 role and claims (the `set_identity` query), so PostgreSQL itself applies row-level security
 and privileges: the gateway never decides visibility on its own. Rows come back as the JSON
-text PostgreSQL makes (`to_jsonb`), restricted to the columns the role may SELECT, and are
+text PostgreSQL makes (`row_to_json`), restricted to the columns the role may SELECT, and are
 passed to clients as they are.
 
 Those transactions run code that table owners wrote (policies, the functions they call,
@@ -217,9 +217,11 @@ def _matches(table: Table, filters: Filters, prefix: str) -> tuple[sql.Composabl
 
 
 def _row(columns: Sequence[str]) -> sql.Composable:
-    """The row as JSON text, only `columns` (those the subscriber may read)."""
+    """The row as JSON text, only `columns` (those the subscriber may read). json, not jsonb:
+    a `json` value keeps its text, which jsonb may refuse ("\u0000", a number numeric
+    cannot hold) — with jsonb, one such row made every snapshot of its table fail."""
     picked = sql.SQL(", ").join(sql.Identifier("t", c) for c in columns)
-    return sql.SQL("(SELECT pg_catalog.to_jsonb(r) FROM (SELECT {}) r)::text").format(picked)
+    return sql.SQL("(SELECT pg_catalog.row_to_json(r) FROM (SELECT {}) r)::text").format(picked)
 
 
 def _key(table: Table) -> sql.Composable:
