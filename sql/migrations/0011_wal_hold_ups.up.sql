@@ -17,7 +17,10 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         WITH RECURSIVE tree (relid, level) AS (
             SELECT e.relid, 0
             UNION ALL
-            SELECT i.inhrelid, t.level + 1 FROM tree t JOIN pg_inherits i ON i.inhparent = t.relid
+            -- (partitions only, as pg_partition_tree: not tables that merely inherit)
+            SELECT i.inhrelid, t.level + 1 FROM tree t
+            JOIN pg_inherits i ON i.inhparent = t.relid
+            JOIN pg_class k ON k.oid = i.inhrelid AND k.relispartition
         )
         SELECT tree.relid, tree.level FROM tree
     ) p (relid, level)

@@ -470,3 +470,17 @@ def test_a_statement_timeout_of_the_consumers_role_does_not_stop_capture(wal_db:
             db.execute(sql.SQL("ALTER ROLE postgres IN DATABASE {} RESET statement_timeout")
                        .format(database))  # fmt: skip
     assert len([t for t, _ in logged(wal_db) if t == "counter"]) == 300
+
+
+def test_a_table_that_only_inherits_from_a_captured_one_is_not_captured_as_it(
+    wal_db: str, conn: psycopg.Connection[Any]
+) -> None:
+    """Partitions are captured as their enabled table; a table that merely INHERITS from one
+    is a table of its own (its owner's rows), as in trigger mode."""
+    conn.execute("CREATE TABLE rt.heir (extra int) INHERITS (rt.counter)")
+    conn.commit()
+    with psycopg.connect(wal_db, autocommit=True) as db:
+        db.execute("INSERT INTO rt.heir VALUES (1, 'inherited', 0)")
+        db.execute("INSERT INTO rt.counter VALUES (2, 'own')")
+    catch_up(wal_db)
+    assert logged(wal_db) == [("counter", 2)]
