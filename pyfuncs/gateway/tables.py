@@ -218,7 +218,7 @@ def _matches(table: Table, filters: Filters, prefix: str) -> tuple[sql.Composabl
 
 def _row(columns: Sequence[str]) -> sql.Composable:
     """The row as JSON text, only `columns` (those the subscriber may read). json, not jsonb:
-    a `json` value keeps its text, which jsonb may refuse ("\u0000", a number numeric
+    a `json` value keeps its text, which jsonb may refuse (an escaped NUL, a number numeric
     cannot hold) — with jsonb, one such row made every snapshot of its table fail."""
     picked = sql.SQL(", ").join(sql.Identifier("t", c) for c in columns)
     return sql.SQL("(SELECT pg_catalog.row_to_json(r) FROM (SELECT {}) r)::text").format(picked)
