@@ -31,7 +31,13 @@ def filters(params: QueryParams) -> list[dict[str, Any]]:
 
 def event(message: Outgoing) -> str:
     head = f"id: {message.position}\n" if message.position else ""
-    return f"{head}event: {message.kind}\ndata: {message.data}\n\n"
+    data = message.data
+    if "\n" in data or "\r" in data:
+        # A line end would end the data line (and a blank line the event). In JSON text a raw
+        # CR or LF can only be whitespace between tokens (a json value's own text keeps it):
+        # a space means the same.
+        data = data.replace("\r", " ").replace("\n", " ")
+    return f"{head}event: {message.kind}\ndata: {data}\n\n"
 
 
 class Stream(StreamingResponse):

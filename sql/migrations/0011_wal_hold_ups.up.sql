@@ -17,7 +17,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         WITH RECURSIVE tree (relid, level) AS (
             SELECT e.relid, 0
             UNION ALL
-            -- (partitions only, as pg_partition_tree: not tables that merely inherit)
+            -- (partitions only: a table that merely inherits is a table of its own, which
+            -- trigger mode does not capture either; each partition has one parent, so this
+            -- is a tree, walked once, where multiple inheritance would multiply the paths)
             SELECT i.inhrelid, t.level + 1 FROM tree t
             JOIN pg_inherits i ON i.inhparent = t.relid
             JOIN pg_class k ON k.oid = i.inhrelid AND k.relispartition

@@ -373,6 +373,23 @@ def test_sse_with_filters_and_last_event_id_resume(gateway: GatewayProcess, rt_d
         assert bad.status_code == 400 and bad.json()["code"] == "bad_filter"
 
 
+def test_sse_events_hold_json_values_written_over_several_lines(
+    gateway: GatewayProcess, rt_db: str, conn: psycopg.Connection[Any]
+) -> None:
+    """A json value keeps its text, line ends included; an SSE event's data is one line."""
+    conn.execute("ALTER TABLE rt.notes ADD COLUMN j json")
+    conn.commit()
+    headers = {"Authorization": f"Bearer {token()}"}
+    with psycopg.connect(rt_db, autocommit=True) as db, httpx.Client(timeout=10) as http:
+        db.execute("INSERT INTO rt.notes (id, j) VALUES (1, E'[1,\\n\\n2]')")
+        url = gateway.url + "/realtime/sse?table=rt.notes"
+        with http.stream("GET", url, headers=headers) as response:
+            db.execute("""INSERT INTO rt.notes (id, j) VALUES (2, E'{"a":\\r\\n1}')""")
+            (_, _, snap), (_, _, change) = _sse_events(response, 2)
+    assert snap["rows"][0]["j"] == [1, 2]
+    assert change["row"]["j"] == {"a": 1}
+
+
 def test_checks_are_batched_per_identity_not_per_connection(
     gateway: GatewayProcess, rt_db: str
 ) -> None:
