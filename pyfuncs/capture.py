@@ -19,7 +19,8 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,18 @@ BATCH = 10_000  # rows decoded per batch (a transaction is never split)
 # keeps), and no statement_timeout cuts a batch short (a batch holding a large transaction
 # would be cut short every time, and capture would never get past it).
 SESSION = "-c synchronous_commit=on -c statement_timeout=0"
+# The streaming consumer's replication session: wal2json writes values with the output
+# functions of this session, so its settings are those realtime_wal_batch pins.
+STREAM_SESSION = (
+    "-c DateStyle=ISO,MDY -c IntervalStyle=postgres -c extra_float_digits=1 "
+    "-c bytea_output=hex -c TimeZone=UTC"
+)
+STREAM_RETRY = 60.0  # seconds of SQL batches after the slot could not be streamed
+STREAM_WRITE = 16 << 20  # bytes of rows given to one realtime_wal_write, at most ...
+STREAM_TX = 64 << 20  # ... but a transaction whole: one larger is left to the SQL batches
+STREAM_IDLE = 1.0  # seconds without a message after which the consumer looks around
+STREAM_QUIET = 0.05  # seconds a commit without captured changes waits to be given (at most)
+HEARTBEAT = 16 << 20  # WAL (bytes) past applied_lsn worth a heartbeat (realtime_wal_finish)
 
 
 @dataclass(frozen=True)
@@ -169,6 +182,10 @@ class Capture:
         self.failures = 0
         self.slot_wal_bytes: int | None = None  # WAL the slot holds (None: no slot)
         self.denied = False  # this role may not capture (it runs elsewhere)
+        # whether it streams the slot (None: not tried yet); after a failure to, SQL batches
+        # until _stream_after
+        self.streaming: bool | None = None
+        self._stream_after = 0.0
         self._looked = 0.0
 
     async def run(self) -> None:
@@ -214,6 +231,18 @@ class Capture:
             await asyncio.sleep(self.standby)
         self.leading = True
         log.info("this process leads realtime capture from the WAL")
+        while True:
+            if time.monotonic() >= self._stream_after:
+                outcome = await self._stream(conn)
+                if outcome == "restart":
+                    continue
+                if outcome == "idle":
+                    await asyncio.sleep(self.standby)
+            # SQL batches: until they have read everything when the stream needs them (a
+            # transaction too large for it, or one it could not write), for ever otherwise
+            await self._poll(conn, until_done=time.monotonic() >= self._stream_after)
+
+    async def _poll(self, conn: psycopg.AsyncConnection[Any], until_done: bool) -> None:
         pause = self.busy
         while True:
             try:
@@ -230,14 +259,43 @@ class Capture:
                 await conn.execute(query("realtime_capture_slot"))
                 continue
             assert row is not None
-            captured = int(row[0])
-            self.captured += captured
-            if captured and self.on_captured is not None:
-                self.on_captured()
+            self._captured(int(row[0]))
             await self._look(conn)
-            if row[1]:  # all read: wait a little, longer while nothing comes
-                pause = self.busy if captured else min(pause * 2, self.poll)
+            if row[1]:  # all read
+                if until_done or time.monotonic() >= self._stream_after:
+                    return
+                # wait a little, longer while nothing comes
+                pause = self.busy if row[0] else min(pause * 2, self.poll)
                 await asyncio.sleep(pause)
+
+    def _captured(self, captured: int) -> None:
+        self.captured += captured
+        if captured and self.on_captured is not None:
+            self.on_captured()
+
+    async def _stream(self, conn: psycopg.AsyncConnection[Any]) -> str:
+        """Capture from a stream of the slot (the replication protocol) until the SQL batches
+        must take over ("fallback"), the stream must start again with another list of tables
+        ("restart"), or there is nothing to capture ("idle")."""
+        try:
+            stream = await _Stream.open(self.dsn, conn)
+        except _NoStream as exc:
+            if self.streaming is not False:
+                log.warning(
+                    "the WAL consumer reads the slot with SQL batches, which is slower "
+                    '(README "Realtime: how changes are captured"): %s',
+                    exc,
+                )
+            self.streaming = False
+            self._stream_after = time.monotonic() + STREAM_RETRY
+            return "fallback"
+        if stream is None:
+            return "idle"
+        self.streaming = True
+        try:
+            return await stream.run(conn, self._captured, self._look)
+        finally:
+            stream.close()
 
     @property
     def skipped(self) -> int:
@@ -251,3 +309,236 @@ class Capture:
         self._looked = time.monotonic()
         row = await (await conn.execute(query("realtime_slot_wal"))).fetchone()
         self.slot_wal_bytes = None if row is None or row[0] is None else int(row[0])
+
+
+class _NoStream(Exception):
+    """The slot cannot be streamed: no psycopg2, a role without REPLICATION, a database not in
+    UTF-8, a server refusing replication connections."""
+
+
+class _Tx:
+    """A transaction received from the stream: its changes and commit rows as wal2json wrote
+    them (LSN, transaction id, text)."""
+
+    __slots__ = ("commit", "rows", "size", "xid")
+
+    def __init__(self, xid: int) -> None:
+        self.xid = xid
+        self.rows: list[tuple[int, str]] = []
+        self.size = 0
+        self.commit = 0  # the commit's LSN, once received
+
+
+_XID = re.compile(rb'"xid":(\d+)')
+
+
+class _Stream:
+    """The slot read over the replication protocol, and what was received written with
+    `pyfuncs.realtime_wal_write`, whole transactions at a time. The slot is told a position
+    (feedback) only once the change log holds everything before it; the stream starts at
+    applied_lsn, so a consumer that dies anywhere loses and repeats nothing. psycopg 3 has no
+    replication protocol, so this connection is psycopg2's; its reads never block, and the
+    event loop wakes it when its socket is readable."""
+
+    def __init__(self, conn: Any, cursor: Any, tables: str | None, applied: int) -> None:
+        self.conn, self.cursor, self.tables, self.applied = conn, cursor, tables, applied
+
+    @classmethod
+    async def open(cls, dsn: str, db: psycopg.AsyncConnection[Any]) -> _Stream | None:
+        """A stream from applied_lsn with the tables to capture now; None when there is
+        nothing to capture."""
+        try:
+            import psycopg2  # type: ignore[import-untyped]
+            import psycopg2.extras  # type: ignore[import-untyped]
+        except ImportError as exc:  # pragma: no cover (a dependency)
+            raise _NoStream("psycopg2 is not installed") from exc
+        row = await (await db.execute(query("realtime_capture_slot_name"))).fetchone()
+        assert row is not None
+        slot, encoding = row
+        if encoding != "UTF8":
+            raise _NoStream(f"the database's encoding is {encoding}, not UTF8")
+        try:
+            state = await _write(db, None, [])
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise _NoStream(str(exc.diag.message_primary)) from exc
+        if not state.capturing:
+            return None
+
+        def connect() -> tuple[Any, Any]:
+            conn = psycopg2.connect(
+                dsn, application_name="pyfuncs-capture-stream", options=STREAM_SESSION,
+                connection_factory=psycopg2.extras.LogicalReplicationConnection)  # fmt: skip
+            try:
+                cursor = conn.cursor()
+                cursor.start_replication(
+                    slot_name=slot, decode=False, start_lsn=state.applied, status_interval=1,
+                    options={
+                        "format-version": "2", "include-timestamp": "1", "include-typmod": "0",
+                        "include-domain-data-type": "1", "include-xids": "1",
+                        "add-tables": state.tables or "",
+                        "add-msg-prefixes": f"pyfuncs-{uuid.uuid4()}",
+                    })  # fmt: skip
+            except BaseException:
+                conn.close()
+                raise
+            return conn, cursor
+
+        try:
+            conn, cursor = await asyncio.to_thread(connect)
+        except psycopg2.Error as exc:
+            message = str(exc).strip()
+            code = getattr(exc, "pgcode", None)
+            if code in ("55000", "42704"):  # the slot is lost or missing: make a new one
+                log.warning("%s; making a new slot (consumers will be told to resync)", message)
+                await db.execute(query("realtime_capture_slot"))
+                return await cls.open(dsn, db)
+            # (the slot in use, or the server out of reach: the consumer starts again)
+            if code == "55006" or (
+                isinstance(exc, psycopg2.OperationalError) and "replication" not in message
+            ):
+                raise psycopg.OperationalError(f"streaming the slot failed: {message}") from exc
+            raise _NoStream(message) from exc
+        return cls(conn, cursor, state.tables, state.applied)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    async def run(
+        self, db: psycopg.AsyncConnection[Any], captured: Callable[[int], None],
+        look: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]],
+    ) -> str:  # fmt: skip
+        loop = asyncio.get_running_loop()
+        readable = asyncio.Event()
+        fd = self.conn.fileno()
+        loop.add_reader(fd, readable.set)
+        try:
+            return await self._run(db, readable, captured, look)
+        finally:
+            loop.remove_reader(fd)
+
+    async def _run(
+        self, db: psycopg.AsyncConnection[Any], readable: asyncio.Event,
+        captured: Callable[[int], None],
+        look: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]],
+    ) -> str:  # fmt: skip
+        import psycopg2
+
+        pending: list[_Tx] = []  # received whole, not yet written
+        current: _Tx | None = None
+        quiet: _Tx | None = None  # the last transaction without changes captured
+        quiet_since = 0.0
+        size = 0
+        while True:
+            readable.clear()
+            try:
+                while size < STREAM_WRITE and (message := self.cursor.read_message()):
+                    data = message.payload
+                    action = data[11:12]
+                    if action == b"B":
+                        found = _XID.search(data, 0, 64)
+                        current = _Tx(int(found.group(1)) if found else 0)
+                    elif current is None:
+                        continue
+                    elif action == b"C":
+                        current.commit = message.data_start
+                        current.rows.append((message.data_start, data.decode()))
+                        if len(current.rows) > 1:
+                            pending.append(current)
+                        else:
+                            if quiet is None:
+                                quiet_since = time.monotonic()
+                            quiet = current
+                        current = None
+                    else:
+                        current.rows.append((message.data_start, data.decode()))
+                        current.size += len(data)
+                        size += len(data)
+                        if current.size > STREAM_TX:
+                            log.info(
+                                "a transaction of more than %d MB: capturing it with SQL batches",
+                                STREAM_TX >> 20,
+                            )
+                            return "fallback"
+            except psycopg2.Error as exc:
+                log.warning(
+                    "the stream of the slot ended (%s); starting it again", str(exc).strip()
+                )
+                await asyncio.sleep(0.1)
+                return "restart"
+            # A transaction without changes of captured tables is given too, now and then: its
+            # commit moves applied_lsn on, and the call tells whether the tables to capture
+            # changed (one enabled or renamed, whose changes this stream leaves out)
+            now = time.monotonic()
+            due = quiet is not None and (quiet.commit - self.applied > (1 << 20)
+                                         or now - quiet_since >= STREAM_QUIET)  # fmt: skip
+            give = pending + ([quiet] if quiet is not None and due else [])
+            heartbeat = not give and (self.cursor.wal_end or 0) - self.applied > HEARTBEAT
+            if not give and not heartbeat:
+                wait = STREAM_IDLE if quiet is None else quiet_since + STREAM_QUIET - now
+                try:
+                    await asyncio.wait_for(readable.wait(), wait)
+                except TimeoutError:
+                    await look(db)
+                continue
+            give.sort(key=lambda tx: tx.commit)
+            try:
+                state = await _write(db, self.tables, give)
+            except psycopg.Error as exc:
+                if _held_up(exc):
+                    log.warning("%s", from_psycopg(exc))
+                    await asyncio.sleep(1.0)
+                    continue
+                if isinstance(exc, psycopg.OperationalError) or _transient(exc):
+                    raise
+                log.warning(
+                    "the WAL consumer could not write what it streamed (%s); capturing "
+                    "with SQL batches past it",
+                    from_psycopg(exc),
+                )
+                return "fallback"
+            if not state.capturing:
+                return "idle"
+            if state.tables != self.tables:
+                return "restart"
+            pending = [tx for tx in pending if tx.commit > state.processed]
+            size = sum(tx.size for tx in pending)
+            if quiet is not None and quiet.commit <= state.processed:
+                quiet = None
+            if state.applied > self.applied:
+                self.applied = state.applied
+                self.cursor.send_feedback(flush_lsn=state.applied)
+            captured(state.captured)
+            if pending:  # a commit not visible yet: in a moment
+                await asyncio.sleep(0.001)
+            if heartbeat:
+                await asyncio.sleep(STREAM_IDLE)
+
+
+@dataclass(frozen=True)
+class _Written:
+    applied: int  # applied_lsn, durable
+    processed: int  # the last commit dealt with, written or not
+    captured: int
+    skipped: int
+    capturing: bool
+    tables: str | None
+
+
+async def _write(db: psycopg.AsyncConnection[Any], tables: str | None, txs: list[_Tx]) -> _Written:
+    rows = [row for tx in txs for row in tx.rows]
+    xids = [tx.xid for tx in txs for _ in tx.rows]
+    cur = await db.execute(query("realtime_capture_write"), {
+        "tables": tables, "lsns": [lsn for lsn, _ in rows], "xids": xids,
+        "datas": [data for _, data in rows]})  # fmt: skip
+    row = await cur.fetchone()
+    assert row is not None
+    return _Written(*row)
+
+
+def _transient(exc: psycopg.Error) -> bool:
+    """realtime_wal_transient: an error about the server, not about what was written."""
+    code = exc.sqlstate or ""
+    return code[:2] in ("08", "25", "40", "53", "55", "57", "58", "72", "F0") or code in (
+        "XX001",
+        "XX002",
+    )

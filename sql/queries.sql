@@ -172,6 +172,14 @@ SELECT pg_catalog.pg_export_snapshot() AS snapshot,
 -- One batch of the WAL consumer (pyfuncs/capture.py).
 SELECT captured, done FROM pyfuncs.realtime_wal_capture(%(batch)s)
 
+-- name: realtime_capture_write
+-- One batch of the streaming WAL consumer (pyfuncs/capture.py): the rows it received.
+SELECT applied, processed, captured, skipped, capturing, add_tables
+FROM pyfuncs.realtime_wal_write(%(tables)s, %(lsns)s, %(xids)s, %(datas)s)
+
+-- name: realtime_capture_slot_name
+SELECT pyfuncs.realtime_slot_name() AS slot, pg_catalog.current_setting('server_encoding') AS encoding
+
 -- name: realtime_capture_slot
 SELECT pyfuncs.realtime_wal_slot() AS created
 

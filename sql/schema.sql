@@ -631,6 +631,21 @@ END
 $$;
 REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_slot() FROM PUBLIC;
 
+-- wal2json's list of the tables to decode (its add-tables option): the captured tables' names
+-- and the names in doubt, as schema.table with every character but letters, digits and _
+-- escaped by a backslash (its rule for the separators, spaces, quotes, dots and *), in a
+-- fixed order: a streaming consumer's list is stale when it differs (realtime_wal_write).
+CREATE FUNCTION pyfuncs.realtime_wal_add_tables() RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN (
+    SELECT string_agg(regexp_replace(n.schema_name, '([^[:alnum:]_])', '\\\1', 'g') || '.'
+                      || regexp_replace(n.table_name, '([^[:alnum:]_])', '\\\1', 'g'), ','
+                      ORDER BY n.schema_name, n.table_name)
+    FROM (SELECT w.schema_name, w.table_name FROM pyfuncs.realtime_wal_name w
+          UNION SELECT d.schema_name, d.table_name FROM pyfuncs.realtime_wal_doubt d) n
+);
+REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_add_tables() FROM PUBLIC;
+
 -- The heart of a batch: the transactions the slot holds after applied_lsn up to `upto`, at
 -- most about `max_changes` decoded rows, written to the log in commit (WAL) order with
 -- positions from their commit LSNs, together with the new applied_lsn (see
@@ -640,22 +655,17 @@ REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_slot() FROM PUBLIC;
 -- with a change over 64 MB (jsonb takes at most 256 MB, and no client wants such a change
 -- pushed), or one under a name in doubt, is skipped whole: recorded in realtime_skipped, and
 -- pruned_through moves to its position, so consumers behind it resync. `skipped` counts them.
+-- With `slot` NULL, the rows are those given (lsns, xids, datas: a streaming consumer's, see
+-- realtime_wal_write) instead of those peeked from the slot.
 CREATE FUNCTION pyfuncs.realtime_wal_apply(
-    slot name, upto pg_lsn, max_changes integer, snap pg_snapshot, top bigint
+    slot name, upto pg_lsn, max_changes integer, snap pg_snapshot, top bigint,
+    lsns bigint[] DEFAULT NULL, xids bigint[] DEFAULT NULL, datas text[] DEFAULT NULL
 ) RETURNS TABLE (captured bigint, done boolean, skipped bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     state record;
-    tables text;
 BEGIN
     SELECT s.applied_lsn, s.renamed_lsn INTO state FROM pyfuncs.realtime_state s;
-    -- wal2json's list: schema.table, with every character but letters, digits and _ escaped
-    -- by a backslash (its rule for the separators, spaces, quotes, dots and *)
-    SELECT string_agg(regexp_replace(n.schema_name, '([^[:alnum:]_])', '\\\1', 'g') || '.'
-                      || regexp_replace(n.table_name, '([^[:alnum:]_])', '\\\1', 'g'), ',')
-    INTO tables
-    FROM (SELECT w.schema_name, w.table_name FROM pyfuncs.realtime_wal_name w
-          UNION SELECT d.schema_name, d.table_name FROM pyfuncs.realtime_wal_doubt d) n;
     RETURN QUERY
     WITH raw AS MATERIALIZED (
         -- every row wal2json writes begins {"action":"X": only changes are made jsonb, and
@@ -667,13 +677,22 @@ BEGIN
                -- the full transaction id from the 32-bit one (it is older than any running
                -- now), so that a transaction the triggers captured (while switching modes)
                -- is known
-               (top - (((top & 4294967295) - p.xid::text::bigint + 4294967296) % 4294967296))
-               ::text::xid8 AS txid
-        FROM pg_logical_slot_peek_changes(slot, upto, max_changes,
-                 'format-version', '2', 'include-timestamp', '1', 'include-typmod', '0',
-                 'include-domain-data-type', '1', 'add-tables', coalesce(tables, ''),
-                 'add-msg-prefixes', 'pyfuncs-' || gen_random_uuid())
-             WITH ORDINALITY AS p (lsn, xid, data, ord)
+               (top - (((top & 4294967295) - p.xid + 4294967296) % 4294967296))::text::xid8
+               AS txid
+        FROM (
+            SELECT d.lsn, d.xid::text::bigint, d.data, d.ord
+            FROM pg_logical_slot_peek_changes(slot, upto, max_changes,
+                     'format-version', '2', 'include-timestamp', '1', 'include-typmod', '0',
+                     'include-domain-data-type', '1',
+                     'add-tables', coalesce(pyfuncs.realtime_wal_add_tables(), ''),
+                     'add-msg-prefixes', 'pyfuncs-' || gen_random_uuid())
+                 WITH ORDINALITY AS d (lsn, xid, data, ord)
+            WHERE slot IS NOT NULL
+            UNION ALL
+            SELECT '0/0'::pg_lsn + g.lsn, g.xid, g.data, g.ord
+            FROM unnest(lsns, xids, datas) WITH ORDINALITY AS g (lsn, xid, data, ord)
+            WHERE slot IS NULL
+        ) AS p (lsn, xid, data, ord)
     ), framed AS MATERIALIZED (
         -- a transaction's rows come together, B ... C: each row's commit is the first C
         -- at or after it (none for a transaction cut short by max_changes)
@@ -810,8 +829,8 @@ BEGIN
            (SELECT count(*) FROM skip);
 END
 $$;
-REVOKE EXECUTE ON FUNCTION
-    pyfuncs.realtime_wal_apply(name, pg_lsn, integer, pg_snapshot, bigint) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_apply(
+    name, pg_lsn, integer, pg_snapshot, bigint, bigint[], bigint[], text[]) FROM PUBLIC;
 
 -- Whether realtime_wal_apply up to `upto` succeeds; what it wrote is undone either way.
 -- Server-side failures (realtime_wal_transient) are raised, not answered.
@@ -924,6 +943,75 @@ $$;
 REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_isolate(
     name, pg_lsn, integer, pg_snapshot, bigint, text, text, text) FROM PUBLIC;
 
+-- Free the slot from a walsender streaming it (a streaming consumer, pyfuncs/capture.py) by
+-- ending that backend: reading the slot with SQL functions, and dropping it, need it free.
+-- The consumer connects again by itself. Whoever calls this must be allowed to end the
+-- walsender's backend (its role, pg_signal_backend, or a superuser).
+CREATE FUNCTION pyfuncs.realtime_wal_free(slot name) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    holder record;
+BEGIN
+    SELECT a.pid, a.usename INTO holder
+    FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid
+    WHERE s.slot_name = slot AND a.backend_type = 'walsender';
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    BEGIN
+        IF pg_terminate_backend(holder.pid, 10000) THEN
+            RETURN;
+        END IF;
+    EXCEPTION WHEN insufficient_privilege THEN
+        NULL;
+    END;
+    RAISE EXCEPTION 'pyfuncs: the realtime slot % is being streamed by backend % (role %), '
+                    'which could not be ended', slot, holder.pid, holder.usename
+        USING ERRCODE = '55006',
+              HINT = 'stop that consumer, or act as a role that may end its backend '
+                     '(a member of pg_signal_backend, or of its role)';
+END
+$$;
+REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_free(name) FROM PUBLIC;
+
+-- What a batch does last (realtime_wal_batch, realtime_wal_write), once it has applied what
+-- it read: `before` is applied_lsn when it began, `flush` the end of the WAL it read up to.
+CREATE FUNCTION pyfuncs.realtime_wal_finish(
+    before pg_lsn, flush pg_lsn, captured bigint, skipped bigint, done boolean
+) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF skipped > 0 THEN
+        DELETE FROM pyfuncs.realtime_skipped
+        WHERE at < now() - (SELECT retention FROM pyfuncs.realtime_state);
+        -- (a warning of pyfuncs' own SQLSTATE, which the consumer logs and counts)
+        RAISE WARNING 'pyfuncs: realtime capture skipped % transaction(s) it could not capture; '
+                      'consumers will be told to resync', skipped
+            USING ERRCODE = '01PF0', HINT = 'pyfuncs.realtime_skipped says which and why';
+    END IF;
+    -- Only commits of this database show up in a batch, but the slot keeps the WAL of every
+    -- database. With none for a while (this database quiet, others busy), applied_lsn, and
+    -- the slot with it, would stay put: the WAL kept would grow, and each batch read all of
+    -- it again. So a batch that found nothing while more than 16 MB went by since
+    -- applied_lsn commits a logical message of its own (a heartbeat; wal2json is never asked
+    -- for messages, but gives the transaction's commit), which the next batch advances to.
+    -- (A streaming consumer asks for one when it has had nothing to write for a while.)
+    IF done AND captured = 0 AND skipped = 0
+       AND flush - before > 16777216
+       AND NOT EXISTS (SELECT FROM pyfuncs.realtime_state s
+                       WHERE s.applied_lsn > before) THEN
+        PERFORM pg_logical_emit_message(true, 'pyfuncs-heartbeat', '');
+    END IF;
+    -- (the batch's own commit is in the WAL the next one reads, and writes nothing there)
+    IF pg_notification_queue_usage() < 0.5 AND EXISTS (
+        SELECT FROM pyfuncs.realtime_state s WHERE s.applied_lsn > before) THEN
+        PERFORM pg_notify('pyfuncs_realtime', '');
+    END IF;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION
+    pyfuncs.realtime_wal_finish(pg_lsn, pg_lsn, bigint, bigint, boolean) FROM PUBLIC;
+
 -- One batch (realtime_wal_capture is its entry for consumers, realtime_set_mode calls it
 -- directly). The slot is advanced at the start of the next batch, to an applied_lsn that has
 -- committed: so the slot never gets ahead of what is durable, and a batch that is repeated
@@ -932,7 +1020,8 @@ REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_isolate(
 -- written (wal2json calls each type's output function in this session) are the same
 -- whatever the caller's session says, and as trigger mode writes them with the defaults.
 -- No lock is waited for longer than 10 s (the capture lock, 30 s): a batch held up fails,
--- and the consumer tries again, instead of waiting with the capture lock held.
+-- and the consumer tries again, instead of waiting with the capture lock held. A streaming
+-- consumer holding the slot is ended first (realtime_wal_free).
 CREATE FUNCTION pyfuncs.realtime_wal_batch(max_changes integer)
 RETURNS TABLE (captured bigint, done boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -978,6 +1067,7 @@ BEGIN
                   HINT = 'pyfuncs.realtime_wal_slot() makes a new one and tells consumers to '
                          'resync; the capture loop does so by itself';
     END IF;
+    PERFORM pyfuncs.realtime_wal_free(slot.slot_name);
     IF slot.confirmed_flush_lsn < state.applied_lsn THEN
         PERFORM pg_replication_slot_advance(slot.slot_name, state.applied_lsn);
     END IF;
@@ -996,32 +1086,9 @@ BEGIN
         SELECT * INTO result FROM pyfuncs.realtime_wal_isolate(
             slot.slot_name, flush, max_changes, snap, top, failed, failure, detail);
     END;
-    IF result.skipped > 0 THEN
-        DELETE FROM pyfuncs.realtime_skipped
-        WHERE at < now() - (SELECT retention FROM pyfuncs.realtime_state);
-        -- (a warning of pyfuncs' own SQLSTATE, which the consumer logs and counts)
-        RAISE WARNING 'pyfuncs: realtime capture skipped % transaction(s) it could not capture; '
-                      'consumers will be told to resync', result.skipped
-            USING ERRCODE = '01PF0', HINT = 'pyfuncs.realtime_skipped says which and why';
-    END IF;
-    -- Only commits of this database show up in a batch, but the slot keeps the WAL of every
-    -- database. With none for a while (this database quiet, others busy), applied_lsn, and
-    -- the slot with it, would stay put: the WAL kept would grow, and each batch read all of
-    -- it again. So a batch that found nothing while more than 16 MB went by since
-    -- applied_lsn commits a logical message of its own (a heartbeat; wal2json is never asked
-    -- for messages, but gives the transaction's commit), which the next batch advances to.
-    IF result.done AND result.captured = 0 AND result.skipped = 0
-       AND flush - state.applied_lsn > 16777216
-       AND NOT EXISTS (SELECT FROM pyfuncs.realtime_state s
-                       WHERE s.applied_lsn > state.applied_lsn) THEN
-        PERFORM pg_logical_emit_message(true, 'pyfuncs-heartbeat', '');
-    END IF;
+    PERFORM pyfuncs.realtime_wal_finish(state.applied_lsn, flush, result.captured,
+                                        result.skipped, result.done);
     RETURN QUERY SELECT result.captured, result.done;
-    -- (the batch's own commit is in the WAL the next one reads, and writes nothing there)
-    IF pg_notification_queue_usage() < 0.5 AND EXISTS (
-        SELECT FROM pyfuncs.realtime_state s WHERE s.applied_lsn > state.applied_lsn) THEN
-        PERFORM pg_notify('pyfuncs_realtime', '');
-    END IF;
 END
 $$;
 REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_batch(integer) FROM PUBLIC;
@@ -1046,6 +1113,79 @@ BEGIN
 END
 $$;
 REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_capture(integer) FROM PUBLIC;
+
+-- One batch of a streaming consumer (pyfuncs/capture.py), which reads the slot over the
+-- replication protocol with the options realtime_wal_apply peeks with and `tables` as
+-- add-tables: the rows it received, whole transactions in the order received (`lsns`,
+-- `xids`, `datas`: each row's LSN, transaction id and wal2json text), applied as
+-- realtime_wal_batch applies what it peeks. It returns applied_lsn, which the consumer
+-- confirms to the slot once this has committed, how far it has dealt with what it was given
+-- (`processed`: a transaction not yet visible waits, with those after it, for the next
+-- call), what was captured and skipped, and the
+-- add-tables list the captured tables need now: when `tables` is not that list (a table was
+-- enabled, disabled or renamed since the stream began) nothing is applied, and the consumer
+-- streams again from applied_lsn with the new list. A row that cannot be applied fails the
+-- call (realtime_wal_batch's slow path isolates and skips it: the consumer captures with SQL
+-- batches past it). `capturing` is false when there is nothing to capture (trigger mode, no
+-- table enabled). Runs as pyfuncs' owner, and writes the change log as it is told: EXECUTE is
+-- for the consumer's role only, which must have REPLICATION (it can read every row anyway).
+CREATE FUNCTION pyfuncs.realtime_wal_write(
+    tables text, lsns bigint[], xids bigint[], datas text[]
+) RETURNS TABLE (applied bigint, processed bigint, captured bigint, skipped bigint,
+                 capturing boolean, add_tables text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET "DateStyle" = 'ISO, MDY' SET "IntervalStyle" = 'postgres' SET extra_float_digits = 1
+SET bytea_output = 'hex' SET "TimeZone" = 'UTC' SET lock_timeout = '10s' AS $$
+DECLARE
+    state record;
+    snap pg_snapshot := pg_current_snapshot();
+    top bigint := pg_snapshot_xmax(pg_current_snapshot())::text::bigint;
+    flush pg_lsn := pg_current_wal_flush_lsn();
+    wanted text;
+    result record;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles r WHERE r.rolname = session_user
+                   AND (r.rolreplication OR r.rolsuper)) THEN
+        RAISE EXCEPTION 'pyfuncs: the realtime change log is written from the replication '
+                        'stream by a role with REPLICATION, and % has not', session_user
+            USING ERRCODE = '42501';
+    END IF;
+    IF lsns IS NULL OR xids IS NULL OR datas IS NULL OR cardinality(lsns) <> cardinality(xids)
+       OR cardinality(lsns) <> cardinality(datas) THEN
+        RAISE EXCEPTION 'pyfuncs: lsns, xids and datas must be arrays of one length'
+            USING ERRCODE = '22023';
+    END IF;
+    PERFORM pyfuncs.realtime_capture_lock_take();
+    SELECT s.mode, s.applied_lsn INTO state FROM pyfuncs.realtime_state s;
+    IF state.mode <> 'wal' OR NOT EXISTS (SELECT FROM pyfuncs.realtime_table) THEN
+        RETURN QUERY SELECT (state.applied_lsn - '0/0')::bigint, (state.applied_lsn - '0/0')::bigint,
+                            0::bigint, 0::bigint, false, NULL::text;
+        RETURN;
+    END IF;
+    -- (every row given was flushed before this call began: a rename committed after the
+    -- names are compared here is after all of them, as in realtime_wal_batch)
+    PERFORM pyfuncs.realtime_wal_names(state.applied_lsn);
+    wanted := pyfuncs.realtime_wal_add_tables();
+    IF tables IS DISTINCT FROM wanted THEN
+        RETURN QUERY SELECT (state.applied_lsn - '0/0')::bigint, (state.applied_lsn - '0/0')::bigint,
+                            0::bigint, 0::bigint, true, wanted;
+        RETURN;
+    END IF;
+    SELECT * INTO result FROM pyfuncs.realtime_wal_apply(
+        NULL, NULL, cardinality(lsns) + 1, snap, top, lsns, xids, datas);
+    PERFORM pyfuncs.realtime_wal_finish(state.applied_lsn, flush, result.captured,
+                                        result.skipped, result.done);
+    RETURN QUERY
+    SELECT (s.applied_lsn - '0/0')::bigint,
+           CASE WHEN result.done THEN greatest((s.applied_lsn - '0/0')::bigint,
+                                               (SELECT max(l) FROM unnest(lsns) l))
+                ELSE (s.applied_lsn - '0/0')::bigint END,
+           result.captured, result.skipped, true, wanted
+    FROM pyfuncs.realtime_state s;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_write(text, bigint[], bigint[], text[])
+    FROM PUBLIC;
 
 -- What capture from the WAL needs of a table: its old rows identified (README "What a
 -- change carries"). Raises when it cannot say which row an UPDATE or DELETE changed.
@@ -1131,19 +1271,22 @@ END
 $$;
 
 -- Disabling the last table in 'wal' mode drops the slot, so that it holds no WAL. Changes of
--- the table that the consumer has not applied yet are not captured any more.
+-- the table that the consumer has not applied yet are not captured any more. The triggers
+-- are found by the table's name now (it may have been renamed since it was enabled).
 CREATE FUNCTION pyfuncs.disable_realtime(target regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     rel record;
 BEGIN
-    SELECT schema_name, table_name INTO rel FROM pyfuncs.realtime_table WHERE relid = target;
+    SELECT n.nspname, c.relname INTO rel
+    FROM pyfuncs.realtime_table e
+    JOIN pg_class c ON c.oid = e.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE e.relid = target;
     IF NOT FOUND THEN
         RETURN;
     END IF;
-    EXECUTE format('DROP TRIGGER pyfuncs_realtime ON %I.%I', rel.schema_name, rel.table_name);
-    EXECUTE format('DROP TRIGGER pyfuncs_realtime_truncate ON %I.%I',
-                   rel.schema_name, rel.table_name);
+    EXECUTE format('DROP TRIGGER pyfuncs_realtime ON %I.%I', rel.nspname, rel.relname);
+    EXECUTE format('DROP TRIGGER pyfuncs_realtime_truncate ON %I.%I', rel.nspname, rel.relname);
     DELETE FROM pyfuncs.realtime_table WHERE relid = target;
     IF NOT EXISTS (SELECT FROM pyfuncs.realtime_table) THEN
         PERFORM pyfuncs.realtime_wal_drop();
@@ -1151,13 +1294,16 @@ BEGIN
 END
 $$;
 
--- Drop this database's slot if it exists, waiting for a batch in progress.
+-- Drop this database's slot if it exists, waiting for a batch in progress, and ending a
+-- streaming consumer's hold on it.
 CREATE FUNCTION pyfuncs.realtime_wal_drop() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 SET "DateStyle" = 'ISO, MDY' SET "IntervalStyle" = 'postgres' SET extra_float_digits = 1
 SET bytea_output = 'hex' SET "TimeZone" = 'UTC' AS $$
 BEGIN
     PERFORM pyfuncs.realtime_capture_lock_take();
+    PERFORM pyfuncs.realtime_wal_free(slot_name) FROM pg_replication_slots
+    WHERE slot_name = pyfuncs.realtime_slot_name();
     PERFORM pg_drop_replication_slot(slot_name) FROM pg_replication_slots
     WHERE slot_name = pyfuncs.realtime_slot_name();
 END

@@ -63,8 +63,18 @@ FUNCTIONS = {
         "dropping the slot needs REPLICATION; drops only this database's slot"),
     "pyfuncs.realtime_wal_batch(integer)": (False, False, True,
         "one batch, for realtime_wal_capture and realtime_set_mode (the owner's rights)"),
-    "pyfuncs.realtime_wal_apply(name, pg_lsn, integer, pg_snapshot, bigint)": (False, False, True,
-        "called by realtime_wal_batch and its slow path only"),
+    "pyfuncs.realtime_wal_apply(name, pg_lsn, integer, pg_snapshot, bigint, bigint[], bigint[], "
+    "text[])": (False, False, True,
+        "called by realtime_wal_batch, its slow path and realtime_wal_write only"),
+    "pyfuncs.realtime_wal_write(text, bigint[], bigint[], text[])": (True, False, True,
+        "writes the change log as told: EXECUTE for the streaming consumer's role only, "
+        "and it refuses a session user without REPLICATION"),
+    "pyfuncs.realtime_wal_add_tables()": (False, False, True,
+        "wal2json's add-tables list, for realtime_wal_apply and realtime_wal_write"),
+    "pyfuncs.realtime_wal_free(name)": (False, False, True,
+        "ends a walsender streaming the slot, as its caller (the owner or an admin)"),
+    "pyfuncs.realtime_wal_finish(pg_lsn, pg_lsn, bigint, bigint, boolean)": (False, False, True,
+        "the end of a batch: warns of skips, heartbeat, notifies the gateways"),
     "pyfuncs.realtime_wal_probe(name, pg_lsn, integer, pg_snapshot, bigint)": (False, False, True,
         "called by realtime_wal_isolate only; undoes what it tried"),
     "pyfuncs.realtime_wal_isolate(name, pg_lsn, integer, pg_snapshot, bigint, text, text, text)":
