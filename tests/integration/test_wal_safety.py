@@ -22,7 +22,12 @@ from pyfuncs import capture, realtime
 from pyfuncs.embedded import Cluster
 from pyfuncs.errors import ConfigError, ResyncRequired
 from pyfuncs.realtime import Change, Position
-from tests.walcapture import catch_up, consumer, ids, log
+from tests.walcapture import (
+    catch_up,
+    consumer,
+    ids,
+    log,
+)
 
 BIG = 300_000_000  # characters: as a jsonb string, more than its 256 MB
 
@@ -35,15 +40,6 @@ def wal_db(dsn: str, conn: psycopg.Connection[Any]) -> Iterator[str]:
     capture.set_mode(conn, "wal")
     realtime.enable(conn, "rt.counter")
     yield dsn
-
-
-@pytest.fixture
-def login_role(cluster: Cluster, dsn: str) -> str:
-    """A plain LOGIN role: no privilege on anything of pyfuncs' or of the tables."""
-    with psycopg.connect(cluster.url("postgres"), autocommit=True) as db:
-        db.execute("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'walpoke')"
-                   " THEN CREATE ROLE walpoke LOGIN; END IF; END $$")  # fmt: skip
-    return dsn.replace("postgres@", "walpoke@", 1)
 
 
 def logged(dsn: str) -> list[tuple[str, int]]:

@@ -15,8 +15,12 @@ import psycopg
 import pytest
 
 from pyfuncs import capture, realtime
-from tests.integration.test_wal_safety import login_role  # noqa: F401 (a fixture)
-from tests.walcapture import consumer, flushed, ids, log
+from tests.walcapture import (
+    consumer,
+    flushed,
+    ids,
+    log,
+)
 
 
 @pytest.fixture
@@ -52,7 +56,8 @@ def logged(dsn: str, table: str = "counter") -> list[int]:
         rows = db.execute(
             "SELECT coalesce(ch.new_row, ch.old_row)->>'id' FROM pyfuncs.realtime_commit c "
             "JOIN pyfuncs.realtime_change ch USING (txid) WHERE ch.table_name = %s "
-            "ORDER BY c.position, ch.id", [table]
+            "ORDER BY c.position, ch.id",
+            [table],
         ).fetchall()
     return [int(i) for (i,) in rows]
 
@@ -178,8 +183,10 @@ def test_only_a_replication_role_granted_execute_writes_the_log(
     with psycopg.connect(login_role, autocommit=True) as db:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             db.execute(call)
-        conn.execute("GRANT EXECUTE ON FUNCTION "
-                     "pyfuncs.realtime_wal_write(text, bigint[], bigint[], text[]) TO walpoke")
+        conn.execute(
+            "GRANT EXECUTE ON FUNCTION "
+            "pyfuncs.realtime_wal_write(text, bigint[], bigint[], text[]) TO walpoke"
+        )
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="REPLICATION"):
             db.execute(call)
     assert log(wal_db) == []
