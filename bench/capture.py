@@ -12,7 +12,8 @@ serialised commits).
     captured, measured alternately in the same run. Target: wal >= 0.9.
 (2) Catch-up: BENCH_CATCHUP_CHANGES changes (default 1,000,000, in transactions of 1,000
     single-row UPDATEs... made by INSERT ... SELECT) left in the slot, then the time a fresh
-    consumer takes to write them all to the log, and the time a fresh reader (what a gateway
+    consumer (the streaming one `pyfuncs serve` runs) takes to write them all to the log, from
+    its start, and the time a fresh reader (what a gateway
     starting from position 0 does) takes to read them all from the log.
 
 Results are printed and written to bench/results/capture.json.
@@ -122,10 +123,14 @@ def consumer(url: str) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
-def flushed_and_captured(conn: psycopg.Connection[Any]) -> int:
-    capture.capture(conn)
+def logged_count(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute("SELECT count(*) FROM pyfuncs.realtime_change").fetchone()
     return int(row[0]) if row else 0
+
+
+def flushed_and_captured(conn: psycopg.Connection[Any]) -> int:
+    capture.capture(conn)
+    return logged_count(conn)
 
 
 def bench_writes(url: str) -> dict[str, Any]:
@@ -184,8 +189,16 @@ def bench_catch_up(url: str) -> dict[str, Any]:
             )
         made = time.monotonic() - start
         held = capture.status(conn).retained_bytes
+        # the consumer `pyfuncs serve` runs (streaming the slot), from its start
         start = time.monotonic()
-        captured = capture.capture(conn)
+        proc = consumer(url)
+        try:
+            while (captured := logged_count(conn)) < CATCHUP:
+                assert proc.poll() is None, "the consumer stopped"
+                time.sleep(0.05)
+        finally:
+            proc.terminate()
+            proc.wait()
         consumed = time.monotonic() - start
     assert captured == CATCHUP, (captured, CATCHUP)
 

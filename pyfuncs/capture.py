@@ -342,6 +342,18 @@ class _Stream:
 
     def __init__(self, conn: Any, cursor: Any, tables: str | None, applied: int) -> None:
         self.conn, self.cursor, self.tables, self.applied = conn, cursor, tables, applied
+        self._told = (0, 0)  # (written, flushed) last told to the server
+        self._told_at = 0.0
+
+    def _feedback(self, now: float, idle: bool = False) -> None:
+        """Tell the server how far the change log holds the stream (flush: the slot's
+        confirmed position), at most every 50 ms while busy; and, when idle, that everything
+        received was read (write: a walsender shutting down waits until the client's position
+        reaches the end of what it sent, and psycopg2 sends feedback only when asked to)."""
+        told = (self.cursor.wal_end if idle else self._told[0], self.applied)
+        if told > self._told and (idle or now - self._told_at >= 0.05):
+            self.cursor.send_feedback(write_lsn=told[0], flush_lsn=told[1], force=True)
+            self._told, self._told_at = told, now
 
     @classmethod
     async def open(cls, dsn: str, db: psycopg.AsyncConnection[Any]) -> _Stream | None:
@@ -474,6 +486,7 @@ class _Stream:
             give = pending + ([quiet] if quiet is not None and due else [])
             heartbeat = not give and (self.cursor.wal_end or 0) - self.applied > HEARTBEAT
             if not give and not heartbeat:
+                self._feedback(now, idle=True)
                 wait = STREAM_IDLE if quiet is None else quiet_since + STREAM_QUIET - now
                 try:
                     await asyncio.wait_for(readable.wait(), wait)
@@ -504,9 +517,8 @@ class _Stream:
             size = sum(tx.size for tx in pending)
             if quiet is not None and quiet.commit <= state.processed:
                 quiet = None
-            if state.applied > self.applied:
-                self.applied = state.applied
-                self.cursor.send_feedback(flush_lsn=state.applied)
+            self.applied = max(self.applied, state.applied)
+            self._feedback(time.monotonic())
             captured(state.captured)
             if pending:  # a commit not visible yet: in a moment
                 await asyncio.sleep(0.001)

@@ -27,6 +27,9 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     holder record;
 BEGIN
+    -- (pg_stat_activity is otherwise read once per transaction: a walsender started since
+    -- would not be in it)
+    PERFORM pg_stat_clear_snapshot();
     SELECT a.pid, a.usename INTO holder
     FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid
     WHERE s.slot_name = slot AND a.backend_type = 'walsender';
@@ -330,25 +333,36 @@ BEGIN
                   HINT = 'pyfuncs.realtime_wal_slot() makes a new one and tells consumers to '
                          'resync; the capture loop does so by itself';
     END IF;
-    PERFORM pyfuncs.realtime_wal_free(slot.slot_name);
-    IF slot.confirmed_flush_lsn < state.applied_lsn THEN
-        PERFORM pg_replication_slot_advance(slot.slot_name, state.applied_lsn);
-    END IF;
-    flush := pg_current_wal_flush_lsn();
-    -- (after `flush`: a rename committed after this is after every change read now)
-    PERFORM pyfuncs.realtime_wal_names(state.applied_lsn);
-    BEGIN
-        SELECT * INTO result
-        FROM pyfuncs.realtime_wal_apply(slot.slot_name, flush, max_changes, snap, top);
-    EXCEPTION WHEN OTHERS THEN
-        GET STACKED DIAGNOSTICS failed = RETURNED_SQLSTATE, failure = MESSAGE_TEXT,
-                                detail = PG_EXCEPTION_DETAIL;
-        IF pyfuncs.realtime_wal_transient(failed) THEN
-            RAISE;
-        END IF;
-        SELECT * INTO result FROM pyfuncs.realtime_wal_isolate(
-            slot.slot_name, flush, max_changes, snap, top, failed, failure, detail);
-    END;
+    -- (a stream that realtime_wal_free ended can be back before the slot is read, if its
+    -- consumer was already connecting: then it is ended again, up to five times)
+    FOR attempt IN 1..5 LOOP
+        BEGIN
+            PERFORM pyfuncs.realtime_wal_free(slot.slot_name);
+            IF slot.confirmed_flush_lsn < state.applied_lsn THEN
+                PERFORM pg_replication_slot_advance(slot.slot_name, state.applied_lsn);
+            END IF;
+            flush := pg_current_wal_flush_lsn();
+            -- (after `flush`: a rename committed after this is after every change read now)
+            PERFORM pyfuncs.realtime_wal_names(state.applied_lsn);
+            BEGIN
+                SELECT * INTO result
+                FROM pyfuncs.realtime_wal_apply(slot.slot_name, flush, max_changes, snap, top);
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS failed = RETURNED_SQLSTATE, failure = MESSAGE_TEXT,
+                                        detail = PG_EXCEPTION_DETAIL;
+                IF pyfuncs.realtime_wal_transient(failed) THEN
+                    RAISE;
+                END IF;
+                SELECT * INTO result FROM pyfuncs.realtime_wal_isolate(
+                    slot.slot_name, flush, max_changes, snap, top, failed, failure, detail);
+            END;
+            EXIT;
+        EXCEPTION WHEN object_in_use THEN
+            IF attempt = 5 THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
     PERFORM pyfuncs.realtime_wal_finish(state.applied_lsn, flush, result.captured,
                                         result.skipped, result.done);
     RETURN QUERY SELECT result.captured, result.done;
