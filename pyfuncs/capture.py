@@ -1,13 +1,16 @@
 """The consumer of the WAL: in 'wal' mode, it reads the database's logical replication slot
 and writes the change log in batches (README "Realtime: how changes are captured").
 
-The work is one SQL function, `pyfuncs.realtime_wal_capture` (sql/schema.sql), so a batch
-never leaves the server: it decodes, writes the changes with positions taken from their
-commit LSNs and records the last commit it applied, in one transaction; the slot is
-advanced to that commit at the start of the next batch, once it is durable. A consumer
-killed anywhere therefore loses nothing and repeats nothing, and two consumers at once are
-merely wasteful: a lock serialises their batches. To avoid that waste one consumer per
-database leads (a session advisory lock), and the others stand by.
+It streams the slot over the replication protocol (_Stream) and hands each batch of whole
+transactions to one SQL function, `pyfuncs.realtime_wal_write` (sql/schema.sql), which writes
+the changes with positions taken from their commit LSNs and records the last commit it
+applied, in one transaction; only then is the slot told that position. When it cannot stream
+(a role without REPLICATION) or the stream cannot write something (too large, a value jsonb
+refuses), it reads the slot with SQL batches instead, `pyfuncs.realtime_wal_capture`, which
+do the same without leaving the server and advance the slot at the start of the next batch.
+Either way a consumer killed anywhere loses nothing and repeats nothing, and two consumers at
+once are merely wasteful: a lock serialises their batches. To avoid that waste one consumer
+per database leads (a session advisory lock), and the others stand by.
 
 It runs inside `pyfuncs serve` (every gateway process; one leads) and as
 `pyfuncs realtime capture`, for deployments without a gateway or to catch up by hand.
@@ -25,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import psycopg2  # type: ignore[import-untyped]
+import psycopg2.extras  # type: ignore[import-untyped]
 from psycopg.rows import dict_row
 
 from ._pg.vocabulary import CAPTURE_SKIPPED
@@ -312,8 +317,8 @@ class Capture:
 
 
 class _NoStream(Exception):
-    """The slot cannot be streamed: no psycopg2, a role without REPLICATION, a database not in
-    UTF-8, a server refusing replication connections."""
+    """The slot cannot be streamed: a role without REPLICATION (or the grant on
+    realtime_wal_write), a database not in UTF-8, a server refusing replication connections."""
 
 
 class _Tx:
@@ -352,18 +357,16 @@ class _Stream:
         reaches the end of what it sent, and psycopg2 sends feedback only when asked to)."""
         told = (self.cursor.wal_end if idle else self._told[0], self.applied)
         if told > self._told and (idle or now - self._told_at >= 0.05):
-            self.cursor.send_feedback(write_lsn=told[0], flush_lsn=told[1], force=True)
+            try:
+                self.cursor.send_feedback(write_lsn=told[0], flush_lsn=told[1], force=True)
+            except psycopg2.Error:  # the connection is gone: the next read says so
+                return
             self._told, self._told_at = told, now
 
     @classmethod
     async def open(cls, dsn: str, db: psycopg.AsyncConnection[Any]) -> _Stream | None:
         """A stream from applied_lsn with the tables to capture now; None when there is
         nothing to capture."""
-        try:
-            import psycopg2  # type: ignore[import-untyped]
-            import psycopg2.extras  # type: ignore[import-untyped]
-        except ImportError as exc:  # pragma: no cover (a dependency)
-            raise _NoStream("psycopg2 is not installed") from exc
         row = await (await db.execute(query("realtime_capture_slot_name"))).fetchone()
         assert row is not None
         slot, encoding = row
@@ -433,13 +436,11 @@ class _Stream:
         captured: Callable[[int], None],
         look: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]],
     ) -> str:  # fmt: skip
-        import psycopg2
-
         pending: list[_Tx] = []  # received whole, not yet written
         current: _Tx | None = None
         quiet: _Tx | None = None  # the last transaction without changes captured
         quiet_since = 0.0
-        size = 0
+        size = 0  # of the transactions pending
         while True:
             readable.clear()
             try:
@@ -456,6 +457,7 @@ class _Stream:
                         current.rows.append((message.data_start, data.decode()))
                         if len(current.rows) > 1:
                             pending.append(current)
+                            size += current.size
                         else:
                             if quiet is None:
                                 quiet_since = time.monotonic()
@@ -464,7 +466,6 @@ class _Stream:
                     else:
                         current.rows.append((message.data_start, data.decode()))
                         current.size += len(data)
-                        size += len(data)
                         if current.size > STREAM_TX:
                             log.info(
                                 "a transaction of more than %d MB: capturing it with SQL batches",
@@ -501,8 +502,10 @@ class _Stream:
                     log.warning("%s", from_psycopg(exc))
                     await asyncio.sleep(1.0)
                     continue
-                if isinstance(exc, psycopg.OperationalError) or _transient(exc):
+                if isinstance(exc, psycopg.OperationalError):
                     raise
+                # (SQL batches skip what is wrong with the data, and fail as this did on
+                # what is wrong with the server)
                 log.warning(
                     "the WAL consumer could not write what it streamed (%s); capturing "
                     "with SQL batches past it",
@@ -545,12 +548,3 @@ async def _write(db: psycopg.AsyncConnection[Any], tables: str | None, txs: list
     row = await cur.fetchone()
     assert row is not None
     return _Written(*row)
-
-
-def _transient(exc: psycopg.Error) -> bool:
-    """realtime_wal_transient: an error about the server, not about what was written."""
-    code = exc.sqlstate or ""
-    return code[:2] in ("08", "25", "40", "53", "55", "57", "58", "72", "F0") or code in (
-        "XX001",
-        "XX002",
-    )

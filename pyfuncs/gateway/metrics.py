@@ -88,6 +88,8 @@ def exposition(
         lines += [
             "# TYPE pyfuncs_capture_leading gauge",
             f"pyfuncs_capture_leading {int(m.capture.leading)}",
+            "# TYPE pyfuncs_capture_streaming gauge",  # 0: SQL batches (README "Privileges")
+            f"pyfuncs_capture_streaming {int(m.capture.leading and bool(m.capture.streaming))}",
             "# TYPE pyfuncs_capture_changes_total counter",
             f"pyfuncs_capture_changes_total {m.capture.captured}",
             "# TYPE pyfuncs_capture_skipped_total counter",

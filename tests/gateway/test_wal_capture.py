@@ -53,6 +53,7 @@ def test_the_gateway_captures_from_the_wal_and_delivers_in_commit_order(
         assert time.monotonic() < deadline, metrics
         time.sleep(0.5)
     assert metrics["pyfuncs_capture_leading"] == 1
+    assert metrics["pyfuncs_capture_streaming"] == 1  # the gateway streams the slot
     assert metrics["pyfuncs_capture_changes_total"] >= 3
 
 

@@ -190,3 +190,23 @@ def test_only_a_replication_role_granted_execute_writes_the_log(
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="REPLICATION"):
             db.execute(call)
     assert log(wal_db) == []
+
+
+def test_transactions_larger_than_a_write_are_written_whole(
+    wal_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(capture, "STREAM_WRITE", 8 << 10)  # a transaction below is 200 KB
+    with consumer(wal_db) as cap, psycopg.connect(wal_db, autocommit=True) as db:
+        wait_for(lambda: cap.streaming is True and walsender(wal_db) is not None)
+        first = walsender(wal_db)
+        for start in (1, 201, 401):
+            with db.transaction():
+                db.execute("INSERT INTO rt.counter SELECT g, 0, repeat('x', 1000) "
+                           "FROM generate_series(%s::int, %s::int) g", [start, start + 199])  # fmt: skip
+            db.execute("INSERT INTO rt.counter VALUES (%s, 0)", [start + 1000])
+        flushed(wal_db)
+        expected = [
+            i for start in (1, 201, 401) for i in [*range(start, start + 200), start + 1000]
+        ]
+        wait_for(lambda: logged(wal_db) == expected)
+        assert walsender(wal_db) == first  # all through the one stream
