@@ -489,8 +489,11 @@ class _Stream:
             if not give and not heartbeat:
                 self._feedback(now, idle=True)
                 wait = STREAM_IDLE if quiet is None else quiet_since + STREAM_QUIET - now
+                # (asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that comes as the event is set, and the consumer never stops)
                 try:
-                    await asyncio.wait_for(readable.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await readable.wait()
                 except TimeoutError:
                     await look(db)
                 continue

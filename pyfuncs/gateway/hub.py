@@ -214,8 +214,10 @@ class Hub:
             return
         if not self._captured.is_set():
             # bounded: leadership may be lost, or the mode switched, meanwhile
+            # (asyncio.timeout: wait_for can swallow a cancellation on Python 3.11)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._captured.wait(), min(self.config.poll, 0.5))
+                async with asyncio.timeout(min(self.config.poll, 0.5)):
+                    await self._captured.wait()
 
     async def capture_forever(self) -> None:
         """Take part in capturing from the WAL (pyfuncs/capture.py): one process per
