@@ -350,13 +350,16 @@ class _Stream:
         self._told = (0, 0)  # (written, flushed) last told to the server
         self._told_at = 0.0
 
-    def _feedback(self, now: float, idle: bool = False) -> None:
+    def _feedback(self, now: float, caught_up: bool = False) -> None:
         """Tell the server how far the change log holds the stream (flush: the slot's
-        confirmed position), at most every 50 ms while busy; and, when idle, that everything
-        received was read (write: a walsender shutting down waits until the client's position
-        reaches the end of what it sent, and psycopg2 sends feedback only when asked to)."""
-        told = (self.cursor.wal_end if idle else self._told[0], self.applied)
-        if told > self._told and (idle or now - self._told_at >= 0.05):
+        confirmed position, applied_lsn), at most every 50 ms while busy. Caught up (every
+        transaction received dealt with, none begun), everything the server sent is dealt
+        with: flush and write are then the end of what it sent, so that a walsender shutting
+        down, which waits until the client's flush position reaches that end, can end.
+        (psycopg2 sends feedback only when asked to.)"""
+        end = self.cursor.wal_end or 0
+        told = (end, max(end, self.applied)) if caught_up else (self._told[0], self.applied)
+        if told > self._told and (caught_up or now - self._told_at >= 0.05):
             try:
                 self.cursor.send_feedback(write_lsn=told[0], flush_lsn=told[1], force=True)
             except psycopg2.Error:  # the connection is gone: the next read says so
@@ -487,7 +490,7 @@ class _Stream:
             give = pending + ([quiet] if quiet is not None and due else [])
             heartbeat = not give and (self.cursor.wal_end or 0) - self.applied > HEARTBEAT
             if not give and not heartbeat:
-                self._feedback(now, idle=True)
+                self._feedback(now, caught_up=current is None and quiet is None and not pending)
                 wait = STREAM_IDLE if quiet is None else quiet_since + STREAM_QUIET - now
                 # (asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
                 # cancellation that comes as the event is set, and the consumer never stops)
@@ -505,8 +508,8 @@ class _Stream:
                     log.warning("%s", from_psycopg(exc))
                     await asyncio.sleep(1.0)
                     continue
-                if isinstance(exc, psycopg.OperationalError):
-                    raise
+                if db.closed or db.broken or (exc.sqlstate or "08").startswith("08"):
+                    raise  # the connection is lost (the consumer connects again)
                 # (SQL batches skip what is wrong with the data, and fail as this did on
                 # what is wrong with the server)
                 log.warning(

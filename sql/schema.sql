@@ -631,6 +631,16 @@ END
 $$;
 REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_slot() FROM PUBLIC;
 
+-- The full transaction id of a 32-bit one read from the WAL, given `top`, the xmax of a
+-- snapshot taken when the batch began: the one within 2^31 of it, either side. A transaction
+-- whose commit is flushed but not yet visible can be at or after that xmax (which is the
+-- latest completed transaction's, plus one), and taking it as older would put it an epoch
+-- back, where it would count as visible. A standard body: bound when created.
+CREATE FUNCTION pyfuncs.realtime_wal_txid(xid bigint, top bigint) RETURNS xid8
+LANGUAGE sql IMMUTABLE
+RETURN (top + ((xid - (top & 4294967295) + 6442450944) % 4294967296 - 2147483648))::text::xid8;
+REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_txid(bigint, bigint) FROM PUBLIC;
+
 -- wal2json's list of the tables to decode (its add-tables option): the captured tables' names
 -- and the names in doubt, as schema.table with every character but letters, digits and _
 -- escaped by a backslash (its rule for the separators, spaces, quotes, dots and *), in a
@@ -674,11 +684,10 @@ BEGIN
                octet_length(p.data) > 67108864 AS oversized,
                CASE WHEN substr(p.data, 12, 1) IN ('I', 'U', 'D', 'T')
                          AND octet_length(p.data) <= 67108864 THEN p.data::jsonb END AS data,
-               -- the full transaction id from the 32-bit one (it is older than any running
-               -- now), so that a transaction the triggers captured (while switching modes)
-               -- is known
-               (top - (((top & 4294967295) - p.xid + 4294967296) % 4294967296))::text::xid8
-               AS txid
+               -- the full transaction id from the 32-bit one, so that a transaction the
+               -- triggers captured (while switching modes) is known, and one not yet visible
+               -- is seen as such
+               pyfuncs.realtime_wal_txid(p.xid, top) AS txid
         FROM (
             SELECT d.lsn, d.xid::text::bigint, d.data, d.ord
             FROM pg_logical_slot_peek_changes(slot, upto, max_changes,
@@ -882,8 +891,7 @@ DECLARE
 BEGIN
     -- the commits the batch read, without their changes (no table, no message)
     SELECT array_agg(p.lsn ORDER BY p.ord),
-           array_agg((top - (((top & 4294967295) - p.xid::text::bigint + 4294967296)
-                             % 4294967296))::text::xid8 ORDER BY p.ord)
+           array_agg(pyfuncs.realtime_wal_txid(p.xid::text::bigint, top) ORDER BY p.ord)
     INTO ends, txids
     FROM pg_logical_slot_peek_changes(slot, flush, max_changes, 'format-version', '2',
              'filter-tables', '*.*', 'add-msg-prefixes', 'pyfuncs-' || gen_random_uuid())

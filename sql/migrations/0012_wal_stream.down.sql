@@ -1,4 +1,5 @@
--- 0012 down: 0011's apply, batch, drop and disable functions, and no streaming consumer.
+-- 0012 down: 0011's apply, isolate, batch, drop and disable functions, and no streaming
+-- consumer.
 
 DROP FUNCTION pyfuncs.realtime_wal_write(text, bigint[], bigint[], text[]);
 DROP FUNCTION pyfuncs.realtime_wal_apply(
@@ -186,6 +187,91 @@ $$;
 REVOKE EXECUTE ON FUNCTION
     pyfuncs.realtime_wal_apply(name, pg_lsn, integer, pg_snapshot, bigint) FROM PUBLIC;
 
+-- A batch failed on something it decoded (`failed`, `failure`, `detail`: its SQLSTATE,
+-- message and detail):
+-- find the first transaction that fails (probing up to the 1st, 2nd, 4th... commit, then
+-- halving), apply those before it, and skip it: recorded in realtime_skipped, and
+-- pruned_through moved to its position so that consumers behind it resync. A failure that
+-- does not come back when probed is raised as it was, and nothing is skipped. The slow path:
+-- the normal one costs one subtransaction per batch.
+CREATE OR REPLACE FUNCTION pyfuncs.realtime_wal_isolate(
+    slot name, flush pg_lsn, max_changes integer, snap pg_snapshot, top bigint,
+    failed text, failure text, detail text
+) RETURNS TABLE (captured bigint, done boolean, skipped bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    applied pg_lsn := (SELECT s.applied_lsn FROM pyfuncs.realtime_state s);
+    ends pg_lsn[];
+    txids xid8[];
+    n integer;
+    good integer := 0;  -- applying up to the good-th commit succeeds ...
+    bad integer;        -- ... and up to the bad-th fails
+    probe integer := 1;
+    result record;
+BEGIN
+    -- the commits the batch read, without their changes (no table, no message)
+    SELECT array_agg(p.lsn ORDER BY p.ord),
+           array_agg((top - (((top & 4294967295) - p.xid::text::bigint + 4294967296)
+                             % 4294967296))::text::xid8 ORDER BY p.ord)
+    INTO ends, txids
+    FROM pg_logical_slot_peek_changes(slot, flush, max_changes, 'format-version', '2',
+             'filter-tables', '*.*', 'add-msg-prefixes', 'pyfuncs-' || gen_random_uuid())
+         WITH ORDINALITY AS p (lsn, xid, data, ord)
+    WHERE starts_with(p.data, '{"action":"C"') AND p.lsn > applied;
+    n := coalesce(cardinality(ends), 0);
+    WHILE bad IS NULL AND good < n LOOP
+        probe := least(probe, n);
+        IF pyfuncs.realtime_wal_probe(slot, ends[probe], max_changes, snap, top) THEN
+            good := probe;
+            probe := probe * 2;
+        ELSE
+            bad := probe;
+        END IF;
+    END LOOP;
+    IF bad IS NULL THEN
+        RAISE EXCEPTION '%', failure USING ERRCODE = failed, DETAIL = coalesce(detail, '');
+    END IF;
+    WHILE bad - good > 1 LOOP
+        probe := (good + bad) / 2;
+        IF pyfuncs.realtime_wal_probe(slot, ends[probe], max_changes, snap, top) THEN
+            good := probe;
+        ELSE
+            bad := probe;
+        END IF;
+    END LOOP;
+    captured := 0;
+    skipped := 0;
+    IF good > 0 THEN
+        SELECT * INTO result
+        FROM pyfuncs.realtime_wal_apply(slot, ends[good], max_changes, snap, top);
+        captured := result.captured;
+        skipped := result.skipped;
+    END IF;
+    -- skipped only once it and every commit before it is visible (see `cut` in
+    -- realtime_wal_apply): a consumer that resyncs must see it in the tables
+    IF EXISTS (SELECT FROM unnest(txids[1:bad]) t WHERE NOT pg_visible_in_snapshot(t, snap)) THEN
+        done := true;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    -- (a transaction the triggers captured while the mode switched is in the log already)
+    IF NOT EXISTS (SELECT FROM pyfuncs.realtime_commit c WHERE c.txid = txids[bad]) THEN
+        INSERT INTO pyfuncs.realtime_skipped (lsn, txid, reason)
+        VALUES (ends[bad], txids[bad], format('%s (SQLSTATE %s)', left(failure || coalesce(
+                    ': ' || detail, ''), 500), failed))
+        ON CONFLICT (lsn) DO NOTHING;
+        UPDATE pyfuncs.realtime_state
+        SET pruned_through = greatest(pruned_through, (ends[bad] - '0/0')::bigint);
+        skipped := skipped + 1;
+    END IF;
+    UPDATE pyfuncs.realtime_state SET applied_lsn = greatest(applied_lsn, ends[bad]);
+    done := false;
+    RETURN NEXT;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_isolate(
+    name, pg_lsn, integer, pg_snapshot, bigint, text, text, text) FROM PUBLIC;
+
 -- One batch (realtime_wal_capture is its entry for consumers, realtime_set_mode calls it
 -- directly). The slot is advanced at the start of the next batch, to an applied_lsn that has
 -- committed: so the slot never gets ahead of what is durable, and a batch that is repeated
@@ -304,6 +390,7 @@ REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_drop() FROM PUBLIC;
 DROP FUNCTION pyfuncs.realtime_wal_finish(pg_lsn, pg_lsn, bigint, bigint, boolean);
 DROP FUNCTION pyfuncs.realtime_wal_free(name);
 DROP FUNCTION pyfuncs.realtime_wal_add_tables();
+DROP FUNCTION pyfuncs.realtime_wal_txid(bigint, bigint);
 
 -- Disabling the last table in 'wal' mode drops the slot, so that it holds no WAL. Changes of
 -- the table that the consumer has not applied yet are not captured any more.

@@ -6,6 +6,7 @@ jsonb refuses) is left to the SQL batches; and only a REPLICATION role may write
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ import psycopg
 import pytest
 
 from pyfuncs import capture, realtime
+from pyfuncs.embedded import Cluster
 from tests.walcapture import (
     consumer,
     flushed,
@@ -150,6 +152,13 @@ def test_what_the_stream_cannot_write_is_left_to_the_sql_batches(
         realtime.enable(db, "rt.other")
         wait_for(lambda: cap.streaming is True and walsender(wal_db) is not None)
         db.execute("INSERT INTO rt.other VALUES (1, '\"\\u0000\"')")  # jsonb refuses it
+        # nested too deep for the consumer's parser (the writer's json accepts it): an error
+        # of class 54, which psycopg raises as OperationalError, is no lost connection
+        for depth in range(20_000, 5_000, -100):  # as deep as the writer's json accepts
+            with contextlib.suppress(psycopg.errors.StatementTooComplex):
+                db.execute("INSERT INTO rt.other SELECT 2, (repeat('[', %s) || repeat(']', %s))"
+                           "::json", [depth, depth])  # fmt: skip
+                break
         db.execute("INSERT INTO rt.counter VALUES (1, 0)")
         with db.transaction():  # larger than STREAM_TX
             db.execute("INSERT INTO rt.counter SELECT g, 0, repeat('x', 1000) "
@@ -158,8 +167,8 @@ def test_what_the_stream_cannot_write_is_left_to_the_sql_batches(
         flushed(wal_db)
         wait_for(lambda: logged(wal_db) == list(range(1, 203)), timeout=60)
         assert logged(wal_db, "other") == []
-        assert cap.skipped == 1
-        assert db.execute("SELECT count(*) FROM pyfuncs.realtime_skipped").fetchone()[0] == 1
+        assert cap.skipped == 2
+        assert db.execute("SELECT count(*) FROM pyfuncs.realtime_skipped").fetchone()[0] == 2
         wait_for(lambda: cap.streaming is True and walsender(wal_db) is not None)
 
 
@@ -210,3 +219,44 @@ def test_transactions_larger_than_a_write_are_written_whole(
         ]
         wait_for(lambda: logged(wal_db) == expected)
         assert walsender(wal_db) == first  # all through the one stream
+
+
+def test_a_clean_shutdown_is_not_held_up_by_the_stream(wal_db: str, cluster: Cluster) -> None:
+    """A walsender shutting down waits until its client's flush position reaches the end
+    of what it sent; a consumer whose last transactions captured nothing must say it has
+    dealt with them (red team: pg_ctl stop -m fast waited for ever)."""
+    with consumer(wal_db) as cap, psycopg.connect(wal_db, autocommit=True) as db:
+        wait_for(lambda: cap.streaming is True and walsender(wal_db) is not None)
+        db.execute("INSERT INTO rt.counter VALUES (1, 0)")
+        flushed(wal_db)  # (a transaction without captured changes comes last)
+        wait_for(lambda: logged(wal_db) == [1])
+        time.sleep(0.5)
+        started = time.monotonic()
+        cluster.down()
+        assert time.monotonic() - started < 10
+    cluster.up()
+    with consumer(wal_db) as cap, psycopg.connect(wal_db, autocommit=True) as db:
+        db.execute("INSERT INTO rt.counter VALUES (2, 0)")
+        flushed(wal_db)
+        wait_for(lambda: logged(wal_db) == [1, 2])
+
+
+def test_transaction_ids_are_made_full_on_the_right_side_of_the_snapshot(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """A 32-bit id from the WAL is the full id within 2^31 of the snapshot's xmax, either
+    side: a commit flushed but not visible yet can be at or after that xmax, and an epoch back
+    it would count as visible (red team)."""
+    epoch = 1 << 32
+    cases = [
+        (90, epoch + 100, epoch + 90),  # older, same epoch
+        (105, epoch + 100, epoch + 105),  # newer than xmax: not an epoch back
+        (epoch - 6, epoch + 100, epoch - 6),  # older, the epoch before
+        (5, 2 * epoch - 6, 2 * epoch + 5),  # newer, the next epoch
+        (700, 1000, 700),  # epoch 0
+        (1001, 1000, 1001),
+    ]
+    for xid, top, full in cases:
+        got = conn.execute("SELECT pyfuncs.realtime_wal_txid(%s, %s)::text::bigint",
+                           [xid, top]).fetchone()[0]  # fmt: skip
+        assert got == full, (xid, top)

@@ -69,6 +69,8 @@ FUNCTIONS = {
     "pyfuncs.realtime_wal_write(text, bigint[], bigint[], text[])": (True, False, True,
         "writes the change log as told: EXECUTE for the streaming consumer's role only, "
         "and it refuses a session user without REPLICATION"),
+    "pyfuncs.realtime_wal_txid(bigint, bigint)": (False, False, False,
+        "pure arithmetic; SQL-standard body, bound at creation"),
     "pyfuncs.realtime_wal_add_tables()": (False, False, True,
         "wal2json's add-tables list, for realtime_wal_apply and realtime_wal_write"),
     "pyfuncs.realtime_wal_free(name)": (False, False, True,
