@@ -10,7 +10,10 @@ serialised commits).
     realtime captures, in 'wal' mode with the consumer (`pyfuncs realtime capture --follow`)
     running on the same machine, and in 'trigger' mode, as ratios to a table that is not
     captured, measured alternately in the same run. Target: wal >= 0.9.
-(2) Catch-up: BENCH_CATCHUP_CHANGES changes (default 1,000,000, in transactions of 1,000
+(2) Commit to change log: pgbench offers BENCH_CAPTURE_RATE (5,000) single-row commits/s from
+    4 connections while the streaming consumer runs; p50 and p99 of the time from each
+    commit to the commit of the consumer's write that logged it (track_commit_timestamp).
+(3) Catch-up: BENCH_CATCHUP_CHANGES changes (default 1,000,000, in transactions of 1,000
     single-row UPDATEs... made by INSERT ... SELECT) left in the slot, then the time a fresh
     consumer (the streaming one `pyfuncs serve` runs) takes to write them all to the log, from
     its start, and the time a fresh reader (what a gateway
@@ -42,6 +45,7 @@ from pyfuncs.realtime import Position
 SECONDS = float(os.environ.get("BENCH_CAPTURE_SECONDS", "10"))
 CLIENTS = [int(c) for c in os.environ.get("BENCH_CAPTURE_CLIENTS", "16,64").split(",")]
 CATCHUP = int(os.environ.get("BENCH_CATCHUP_CHANGES", "1000000"))
+RATE = int(os.environ.get("BENCH_CAPTURE_RATE", "5000"))  # commits/s offered in (2)
 RUNS = int(os.environ.get("BENCH_CAPTURE_RUNS", "2"))
 ROWS = 10_000
 RESULTS = Path(__file__).parent / "results"
@@ -50,6 +54,8 @@ SETTINGS = {
     "wal_level": "logical", "max_replication_slots": "10", "max_wal_senders": "10",
     "max_connections": "200", "shared_buffers": "256MB", "max_wal_size": "4GB",
     "checkpoint_timeout": "15min", "output_plugin_libraries": ",".join(OUTPUT_PLUGINS),
+    # (when the consumer's writes committed: the latency of (2))
+    "track_commit_timestamp": "on",
 }  # fmt: skip
 SCHEMA = """
 CREATE SCHEMA b;
@@ -97,15 +103,17 @@ class Production:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{db}"
 
 
-def pgbench(url: str, table: str, clients: int) -> float:
-    """Committed transactions per second of single-row UPDATEs on `table`."""
+def pgbench(url: str, table: str, clients: int, rate: int | None = None) -> float:
+    """Committed transactions per second of single-row UPDATEs on `table` (at most `rate`
+    a second in all, if given)."""
     script = Path(tempfile.mkstemp(suffix=".sql")[1])
     script.write_text(f"\\set id random(1, {ROWS})\nUPDATE {table} SET n = n + 1 WHERE id = :id;\n")
     script.chmod(0o644)
     try:
         out = subprocess.run(
             [str(_pg_bin() / "pgbench"), "-n", "-M", "prepared", "-c", str(clients),
-             "-j", "2", "-T", str(int(SECONDS)), "-f", str(script), url],
+             "-j", "2", "-T", str(int(SECONDS)), "-f", str(script), url]
+            + (["-R", str(rate)] if rate else []),
             check=True, capture_output=True, text=True,
         ).stdout  # fmt: skip
     finally:
@@ -173,6 +181,36 @@ def bench_writes(url: str) -> dict[str, Any]:
     return results
 
 
+def bench_latency(url: str) -> dict[str, Any]:
+    """Commit to change log: pgbench offers RATE single-row commits/s from 4 connections
+    while the consumer streams; each commit's latency is from its commit (committed_at) to
+    the commit of the consumer's write that logged it (its commit timestamp)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        capture.set_mode(conn, "wal")
+        capture.capture(conn)
+        proc = consumer(url)
+        try:
+            time.sleep(3)  # it connects, leads and starts its stream
+            assert proc.poll() is None, "the consumer stopped"
+            start = conn.execute("SELECT now()").fetchone()
+            committed = pgbench(url, "b.captured", 4, RATE)
+            time.sleep(2)
+        finally:
+            proc.terminate()
+            proc.wait()
+        row = conn.execute(
+            "SELECT count(*), percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY"
+            " extract(epoch FROM pg_xact_commit_timestamp(xmin) - committed_at)) * 1000"
+            " FROM pyfuncs.realtime_commit WHERE committed_at >= %s",
+            start,
+        ).fetchone()
+    assert row is not None and row[0], "nothing was captured"
+    result = {"offered_commits_per_s": RATE, "commits_per_s": round(committed),
+              "p50_ms": round(row[1][0], 1), "p99_ms": round(row[1][1], 1)}  # fmt: skip
+    print(f"commit to change log: {result}", flush=True)
+    return result
+
+
 def bench_catch_up(url: str) -> dict[str, Any]:
     with psycopg.connect(url, autocommit=True) as conn:
         capture.set_mode(conn, "wal")
@@ -234,9 +272,10 @@ def main() -> int:
             realtime.enable(conn, "b.captured")
             conn.execute("VACUUM ANALYZE")
         writes = bench_writes(url)
+        latency = bench_latency(url)
         catch_up = bench_catch_up(url)
     results = {"settings": SETTINGS, "seconds_per_run": SECONDS, "writes": writes,
-               "catch_up": catch_up}  # fmt: skip
+               "latency": latency, "catch_up": catch_up}  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "capture.json").write_text(json.dumps(results, indent=2) + "\n")
     ok = all(w["wal_ratio"] >= 0.9 for w in writes.values())

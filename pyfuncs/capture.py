@@ -421,22 +421,32 @@ class _Stream:
     def close(self) -> None:
         self.conn.close()
 
-    async def run(
-        self, db: psycopg.AsyncConnection[Any], captured: Callable[[int], None],
-        look: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]],
-    ) -> str:  # fmt: skip
+    async def _readable(self, wait: float) -> bool:
+        """Wait at most `wait` seconds for the stream's socket to be readable. The event loop
+        watches it only meanwhile: watched while the consumer writes, a socket with data
+        unread would wake the loop on every turn, and keep it spinning."""
         loop = asyncio.get_running_loop()
-        readable = asyncio.Event()
+        readable: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
         fd = self.conn.fileno()
-        loop.add_reader(fd, readable.set)
+        loop.add_reader(fd, ready)
+        # (asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+        # cancellation that comes as the future is done, and the consumer never stops)
         try:
-            return await self._run(db, readable, captured, look)
+            async with asyncio.timeout(wait):
+                await readable
+        except TimeoutError:
+            return False
         finally:
             loop.remove_reader(fd)
+        return True
 
-    async def _run(
-        self, db: psycopg.AsyncConnection[Any], readable: asyncio.Event,
-        captured: Callable[[int], None],
+    async def run(
+        self, db: psycopg.AsyncConnection[Any], captured: Callable[[int], None],
         look: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]],
     ) -> str:  # fmt: skip
         pending: list[_Tx] = []  # received whole, not yet written
@@ -445,7 +455,6 @@ class _Stream:
         quiet_since = 0.0
         size = 0  # of the transactions pending
         while True:
-            readable.clear()
             try:
                 while size < STREAM_WRITE and (message := self.cursor.read_message()):
                     data = message.payload
@@ -492,12 +501,7 @@ class _Stream:
             if not give and not heartbeat:
                 self._feedback(now, caught_up=current is None and quiet is None and not pending)
                 wait = STREAM_IDLE if quiet is None else quiet_since + STREAM_QUIET - now
-                # (asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
-                # cancellation that comes as the event is set, and the consumer never stops)
-                try:
-                    async with asyncio.timeout(wait):
-                        await readable.wait()
-                except TimeoutError:
+                if not await self._readable(wait):
                     await look(db)
                 continue
             give.sort(key=lambda tx: tx.commit)

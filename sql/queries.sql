@@ -175,7 +175,7 @@ SELECT captured, done FROM pyfuncs.realtime_wal_capture(%(batch)s)
 -- name: realtime_capture_write
 -- One batch of the streaming WAL consumer (pyfuncs/capture.py): the rows it received.
 SELECT applied, processed, captured, skipped, capturing, add_tables
-FROM pyfuncs.realtime_wal_write(%(tables)s, %(lsns)s, %(xids)s, %(datas)s)
+FROM pyfuncs.realtime_wal_write(%(tables)s, %(lsns)b, %(xids)b, %(datas)b)
 
 -- name: realtime_capture_slot_name
 SELECT pyfuncs.realtime_slot_name() AS slot, pg_catalog.current_setting('server_encoding') AS encoding

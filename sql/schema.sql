@@ -411,7 +411,9 @@ CREATE TABLE pyfuncs.realtime_skipped (
 -- every batch, and with it the capture of every table.
 CREATE FUNCTION pyfuncs.realtime_wal_tables()
 RETURNS TABLE (relid oid, schema_name text, table_name text, enabled oid)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
     SELECT DISTINCT ON (c.oid) c.oid, n.nspname::text, c.relname::text, e.relid
     FROM pyfuncs.realtime_table e
     CROSS JOIN LATERAL (
@@ -429,7 +431,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     ) p (relid, level)
     JOIN pg_class c ON c.oid = p.relid
     JOIN pg_namespace n ON n.oid = c.relnamespace
-    ORDER BY c.oid, p.level
+    ORDER BY c.oid, p.level;
+END
 $$;
 REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_tables() FROM PUBLIC;
 
@@ -646,14 +649,17 @@ REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_txid(bigint, bigint) FROM PUBLIC
 -- escaped by a backslash (its rule for the separators, spaces, quotes, dots and *), in a
 -- fixed order: a streaming consumer's list is stale when it differs (realtime_wal_write).
 CREATE FUNCTION pyfuncs.realtime_wal_add_tables() RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-RETURN (
-    SELECT string_agg(regexp_replace(n.schema_name, '([^[:alnum:]_])', '\\\1', 'g') || '.'
-                      || regexp_replace(n.table_name, '([^[:alnum:]_])', '\\\1', 'g'), ','
-                      ORDER BY n.schema_name, n.table_name)
-    FROM (SELECT w.schema_name, w.table_name FROM pyfuncs.realtime_wal_name w
-          UNION SELECT d.schema_name, d.table_name FROM pyfuncs.realtime_wal_doubt d) n
-);
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+        SELECT string_agg(regexp_replace(n.schema_name, '([^[:alnum:]_])', '\\\1', 'g') || '.'
+                          || regexp_replace(n.table_name, '([^[:alnum:]_])', '\\\1', 'g'), ','
+                          ORDER BY n.schema_name, n.table_name)
+        FROM (SELECT w.schema_name, w.table_name FROM pyfuncs.realtime_wal_name w
+              UNION SELECT d.schema_name, d.table_name FROM pyfuncs.realtime_wal_doubt d) n
+    );
+END
+$$;
 REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_add_tables() FROM PUBLIC;
 
 -- The heart of a batch: the transactions the slot holds after applied_lsn up to `upto`, at
@@ -1157,7 +1163,10 @@ CREATE FUNCTION pyfuncs.realtime_wal_write(
                  capturing boolean, add_tables text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 SET "DateStyle" = 'ISO, MDY' SET "IntervalStyle" = 'postgres' SET extra_float_digits = 1
-SET bytea_output = 'hex' SET "TimeZone" = 'UTC' SET lock_timeout = '10s' AS $$
+SET bytea_output = 'hex' SET "TimeZone" = 'UTC' SET lock_timeout = '10s'
+-- one plan for every call: custom plans of realtime_wal_apply's query, made again on every
+-- call, cost more than a small batch's whole work
+SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     state record;
     snap pg_snapshot := pg_current_snapshot();

@@ -5,6 +5,7 @@ them). The hub (hub.py) walks the batch."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -81,15 +82,32 @@ async def visibility(
 ) -> dict[Group, Answer]:  # fmt: skip
     """For every group: the rows its identity sees now (asked as that identity, on a check
     session), and which of them a commit after position `after` removes (read from the
-    change log in the gateway's own role, on `feed` or a pooled feed session, afterwards: so
-    it sees every commit the check saw, and a row that is gone is either reported by a later
-    change or known to be). Pipelined: two round trips on the check session whatever the
-    number of groups (the column privileges of each role, then every group's rows), then
-    one."""
+    change log in the gateway's own role, on `feed` or a pooled feed session). Both are asked
+    at once: they need not agree. A row the check finds gone, removed by a commit the log
+    does not show yet (not yet captured, or after the log was read), is reported as having
+    left the view, and that commit's DELETE then finds nothing to report; either way the
+    client ends with the rows that exist. Pipelined: two round trips on the check session
+    whatever the number of groups (the column privileges of each role, then every group's
+    rows), and one on the feed session."""
     if not groups:
         return {}
-    rows = await _visible(sessions, groups)
     tables = {g.table: g for g in groups}  # the groups of a table share keys
+    removing = asyncio.create_task(_removed(sessions, tables, after, feed))
+    try:
+        rows = await _visible(sessions, groups)
+    except BaseException:
+        removing.cancel()
+        await asyncio.gather(removing, return_exceptions=True)
+        raise
+    removed = await removing
+    return {g: (rows.get(g, {}), removed[g.table]) for g in groups}
+
+
+async def _removed(
+    sessions: Sessions, tables: dict[Table, Group], after: int,
+    feed: psycopg.AsyncConnection[Any] | None,
+) -> dict[Table, set[Key]]:  # fmt: skip
+    """Of each table's keys (its groups'), those a commit after position `after` removes."""
     async with contextlib.AsyncExitStack() as stack:
         conn: psycopg.AsyncConnection[Any] = (
             feed
@@ -99,11 +117,10 @@ async def visibility(
         await stack.enter_async_context(conn.pipeline())
         removing = {table: await conn.execute(*removed_later_query(table, after, g.keys))
                     for table, g in tables.items()}  # fmt: skip
-        removed = {
+        return {
             table: removed_keys(table, tables[table].keys, await cur.fetchall())
             for table, cur in removing.items()
         }
-    return {g: (rows.get(g, {}), removed[g.table]) for g in groups}
 
 
 async def _visible(sessions: Sessions, groups: Sequence[Group]) -> dict[Group, Visible]:

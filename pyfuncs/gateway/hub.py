@@ -159,49 +159,31 @@ class Hub:
             await asyncio.sleep(pause)
 
     async def _follow(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Read the feed and deliver, reading the next batch (on a pooled feed session)
-        while the current one is checked and sent: under load a read costs no time of its
-        own. Positions are as read one after the other: the next read starts where this
-        batch ends (`through`, which catching-up subscriptions wait for too)."""
-        ahead: asyncio.Task[list[Change]] | None = None
-        try:
-            while True:
-                if ahead is None:
-                    await self._answered(conn)
-                    changes = await read(conn, self.position, self.config.batch)
-                else:
-                    try:
-                        changes = await ahead
-                    except psycopg.OperationalError:  # that pooled session was lost
-                        changes = await read(conn, self.position, self.config.batch)
-                    ahead = None
-                self.metrics.feed_reads += 1
-                if not changes:
-                    await self._wait(conn)
-                    continue
-                self.through = changes[-1].position
-                await self._answered(conn)
-                ahead = asyncio.create_task(self._read(self.through))
-                live = [s for s in self._subscriptions() if s.live and not s.client.suspended]
-                await self._deliver_isolated(changes, live, conn)
-                self.position = self.through
-                self.metrics.changes += len(changes)
-                now = datetime.datetime.now(datetime.UTC)
-                self.metrics.lag = (now - changes[-1].committed_at).total_seconds()
-        finally:
-            if ahead is not None:
-                ahead.cancel()
-                await asyncio.gather(ahead, return_exceptions=True)
+        """Read the feed and deliver, one batch after the other. Positions are as read: the
+        next read starts where this batch ends (`through`, which catching-up subscriptions
+        wait for too). (Reading the next batch while this one was checked and sent made a
+        change wait for one more batch under load: a change committed just after that read
+        began waited for the batch in progress, the next, and its own.)"""
+        while True:
+            await self._answered(conn)
+            changes = await read(conn, self.position, self.config.batch)
+            self.metrics.feed_reads += 1
+            if not changes:
+                await self._wait(conn)
+                continue
+            self.through = changes[-1].position
+            live = [s for s in self._subscriptions() if s.live and not s.client.suspended]
+            await self._deliver_isolated(changes, live, conn)
+            self.position = self.through
+            self.metrics.changes += len(changes)
+            now = datetime.datetime.now(datetime.UTC)
+            self.metrics.lag = (now - changes[-1].committed_at).total_seconds()
 
     async def _answered(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Before a read: every wake-up received so far is answered by it."""
         async for _ in conn.notifies(timeout=0):
             pass
         self._captured.clear()
-
-    async def _read(self, after: Position) -> list[Change]:
-        async with self.sessions.feed.connection() as feed:
-            return await read(feed, after, self.config.batch)
 
     async def _wait(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Wait for new changes. When this process's WAL consumer leads (and a slot exists,
