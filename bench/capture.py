@@ -200,7 +200,7 @@ def bench_latency(url: str) -> dict[str, Any]:
             proc.wait()
         row = conn.execute(
             "SELECT count(*), percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY"
-            " extract(epoch FROM pg_xact_commit_timestamp(xmin) - committed_at)) * 1000"
+            " extract(epoch FROM pg_xact_commit_timestamp(xmin) - committed_at) * 1000)"
             " FROM pyfuncs.realtime_commit WHERE committed_at >= %s",
             start,
         ).fetchone()

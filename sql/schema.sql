@@ -221,7 +221,11 @@ CREATE TABLE pyfuncs.realtime_state (
     applied_lsn pg_lsn NOT NULL DEFAULT '0/0',
     -- the end of the WAL when a batch last found a captured table's name changed: changes
     -- committed before it may carry the old names (realtime_wal_doubt)
-    renamed_lsn pg_lsn NOT NULL DEFAULT '0/0'
+    renamed_lsn pg_lsn NOT NULL DEFAULT '0/0',
+    -- the end of the WAL when the database last switched to 'wal': a transaction committed
+    -- before it may be in the log already, captured by its triggers (realtime_set_mode), and
+    -- realtime_wal_apply looks only those up
+    wal_since pg_lsn NOT NULL DEFAULT '0/0'
 );
 INSERT INTO pyfuncs.realtime_state DEFAULT VALUES;
 
@@ -681,7 +685,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     state record;
 BEGIN
-    SELECT s.applied_lsn, s.renamed_lsn INTO state FROM pyfuncs.realtime_state s;
+    SELECT s.applied_lsn, s.renamed_lsn, s.wal_since INTO state FROM pyfuncs.realtime_state s;
     RETURN QUERY
     WITH raw AS MATERIALIZED (
         -- every row wal2json writes begins {"action":"X": only changes are made jsonb, and
@@ -784,9 +788,14 @@ BEGIN
         ) w
         WHERE f.action IN ('I', 'U', 'D', 'T') AND e.schema_name IS NOT NULL
           AND f.commit_lsn > state.applied_lsn AND f.commit_lsn <= b.last
-          -- (a subquery, not NOT EXISTS: it probes the primary key for each change, where
-          -- an anti-join could read the whole table)
-          AND (SELECT count(*) FROM pyfuncs.realtime_commit c WHERE c.txid = f.txid) = 0
+          -- not in the log already (captured by its triggers: only a transaction committed
+          -- before the switch to 'wal' can be); a subquery, not NOT EXISTS: it probes the
+          -- primary key for each change, where an anti-join could read the whole table, and
+          -- behind CASE, which is never reordered: a plan kept from when the log was empty
+          -- would read all of it for every change
+          AND CASE WHEN f.commit_lsn > state.wal_since THEN true
+                   ELSE (SELECT count(*) FROM pyfuncs.realtime_commit c WHERE c.txid = f.txid) = 0
+              END
     ), skip AS MATERIALIZED (
         -- transactions not captured, with why: a change over 64 MB, a change under a name in
         -- doubt (committed before the rename was noticed), a json value jsonb refuses
@@ -802,7 +811,10 @@ BEGIN
             WHERE f.action IN ('I', 'U', 'D', 'T')
               AND f.commit_lsn > state.applied_lsn AND f.commit_lsn <= b.last
               AND (f.oversized OR (e.doubtful AND f.commit_lsn <= state.renamed_lsn))
-              AND (SELECT count(*) FROM pyfuncs.realtime_commit c WHERE c.txid = f.txid) = 0
+              AND CASE WHEN f.commit_lsn > state.wal_since THEN true
+                       ELSE (SELECT count(*) FROM pyfuncs.realtime_commit c
+                             WHERE c.txid = f.txid) = 0
+                  END
             UNION ALL
             SELECT c.txid, c.commit_lsn, c.refused FROM change c WHERE c.refused IS NOT NULL
         ) AS r (txid, commit_lsn, reason)
@@ -1416,7 +1428,8 @@ BEGIN
     ELSE
         -- the slot may be older than this switch: the names are compared with today's
         PERFORM pyfuncs.realtime_wal_names_reset();
-        UPDATE pyfuncs.realtime_state SET mode = 'wal';
+        -- (every transaction whose trigger fired has committed: the triggers' locks)
+        UPDATE pyfuncs.realtime_state SET mode = 'wal', wal_since = pg_current_wal_insert_lsn();
     END IF;
 END
 $$;

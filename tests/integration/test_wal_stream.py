@@ -260,3 +260,34 @@ def test_transaction_ids_are_made_full_on_the_right_side_of_the_snapshot(
         got = conn.execute("SELECT pyfuncs.realtime_wal_txid(%s, %s)::text::bigint",
                            [xid, top]).fetchone()[0]  # fmt: skip
         assert got == full, (xid, top)
+
+
+def test_a_transaction_is_looked_up_in_the_log_only_when_it_predates_the_switch(
+    wal_db: str,
+) -> None:
+    """Only a transaction committed before the switch to 'wal' can be in the log already
+    (captured by its triggers); the lookup of every other is skipped, so that a plan kept
+    from when the log was empty (realtime_wal_write plans once) cannot read the whole log
+    for every change. The batch's own statistics show it: no scan of realtime_commit."""
+    with psycopg.connect(wal_db, autocommit=True) as db:
+        for i in range(50):
+            db.execute("INSERT INTO rt.counter VALUES (%s, 0)", [i])
+    flushed(wal_db)
+    with psycopg.connect(wal_db) as db:  # one transaction: its own statistics
+        captured = db.execute("SELECT captured FROM pyfuncs.realtime_wal_capture(1000)").fetchone()
+        scans = db.execute(
+            "SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables "
+            "WHERE relid = 'pyfuncs.realtime_commit'::regclass"
+        ).fetchone()
+    assert captured == (50,) and scans == (0,)
+    with psycopg.connect(wal_db, autocommit=True) as db:
+        db.execute("INSERT INTO rt.counter VALUES (1000, 0)")
+    flushed(wal_db)
+    with psycopg.connect(wal_db) as db:  # committed before the switch: looked up
+        db.execute("UPDATE pyfuncs.realtime_state SET wal_since = pg_current_wal_insert_lsn()")
+        captured = db.execute("SELECT captured FROM pyfuncs.realtime_wal_capture(1000)").fetchone()
+        scans = db.execute(
+            "SELECT idx_scan FROM pg_stat_xact_user_tables "
+            "WHERE relid = 'pyfuncs.realtime_commit'::regclass"
+        ).fetchone()
+    assert captured == (1,) and scans is not None and scans[0] >= 1
