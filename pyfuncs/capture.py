@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,8 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-import psycopg2  # type: ignore[import-untyped]
-import psycopg2.extras  # type: ignore[import-untyped]
+from psycopg import conninfo, pq
+from psycopg.pq.abc import PGconn
 from psycopg.rows import dict_row
 
 from ._pg.vocabulary import CAPTURE_SKIPPED
@@ -54,6 +55,7 @@ STREAM_SESSION = (
     "-c bytea_output=hex -c TimeZone=UTC"
 )
 STREAM_RETRY = 60.0  # seconds of SQL batches after the slot could not be streamed
+STREAM_RESTARTS = (5, 10.0)  # more restarts than this within these seconds: SQL batches
 STREAM_WRITE = 16 << 20  # bytes of rows given to one realtime_wal_write, at most ...
 STREAM_TX = 64 << 20  # ... but a transaction whole: one larger is left to the SQL batches
 STREAM_IDLE = 1.0  # seconds without a message after which the consumer looks around
@@ -236,11 +238,26 @@ class Capture:
             await asyncio.sleep(self.standby)
         self.leading = True
         log.info("this process leads realtime capture from the WAL")
+        restarts: list[float] = []
         while True:
             if time.monotonic() >= self._stream_after:
                 outcome = await self._stream(conn)
                 if outcome == "restart":
-                    continue
+                    # A stream starts again when the tables to capture changed: a table owner
+                    # renaming a table again and again would keep every table's changes from
+                    # being written. Restarting too often, SQL batches take over for a while
+                    # (they compare the names at every batch, and go on).
+                    now = time.monotonic()
+                    restarts = [t for t in restarts if now - t < STREAM_RESTARTS[1]] + [now]
+                    if len(restarts) <= STREAM_RESTARTS[0]:
+                        continue
+                    log.warning(
+                        "the stream of the slot started again %d times in %g s (a table renamed "
+                        "again and again?): capturing with SQL batches for %g s",
+                        len(restarts), STREAM_RESTARTS[1], STREAM_RETRY,
+                    )  # fmt: skip
+                    restarts = []
+                    self._stream_after = now + STREAM_RETRY
                 if outcome == "idle":
                     await asyncio.sleep(self.standby)
             # SQL batches: until they have read everything when the stream needs them (a
@@ -337,34 +354,111 @@ class _Tx:
 _XID = re.compile(rb'"xid":(\d+)')
 
 
+class _ReplicationFailed(Exception):
+    """Starting the stream failed: the server's message and SQLSTATE (None: no connection)."""
+
+    def __init__(self, message: str, sqlstate: str | None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+def _literal(value: str) -> str:
+    """A string literal of the replication protocol's grammar (repl_scanner.l: quotes
+    doubled, nothing else special). Not SQL: psycopg.sql does not apply."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _replicate(dsn: str, slot: str, start: int, options: dict[str, str]) -> PGconn:
+    """A replication connection streaming `slot` from `start` (blocking: run in a thread)."""
+    info = conninfo.make_conninfo(
+        dsn, replication="database", application_name="pyfuncs-capture-stream",
+        options=STREAM_SESSION)  # fmt: skip
+    pgconn = pq.PGconn.connect(info.encode())
+    if pgconn.status != pq.ConnStatus.OK:
+        message = pgconn.get_error_message()
+        pgconn.finish()
+        raise _ReplicationFailed(message, None)
+    command = "START_REPLICATION SLOT {} LOGICAL {:X}/{:X} ({})".format(
+        '"' + slot.replace('"', '""') + '"', start >> 32, start & 0xFFFFFFFF,
+        ", ".join(f'"{k}" {_literal(v)}' for k, v in options.items()))  # fmt: skip
+    result = pgconn.exec_(command.encode())
+    if result.status != pq.ExecStatus.COPY_BOTH:
+        message = (result.error_message or pgconn.error_message).decode(errors="replace")
+        code = result.error_field(pq.DiagnosticField.SQLSTATE)
+        pgconn.finish()
+        raise _ReplicationFailed(message, code.decode() if code else None)
+    pgconn.nonblocking = 1
+    return pgconn
+
+
+_PG_EPOCH = 946_684_800  # 2000-01-01 in Unix time: the protocol's clock starts there
+_XLOG_DATA = struct.Struct("!QQq")  # after b"w": data start, WAL end, send time
+_KEEPALIVE = struct.Struct("!Qq?")  # after b"k": WAL end, send time, reply requested
+_STATUS = struct.Struct("!cQQQq?")  # b"r", written, flushed, applied, client time, reply
+
+
 class _Stream:
     """The slot read over the replication protocol, and what was received written with
     `pyfuncs.realtime_wal_write`, whole transactions at a time. The slot is told a position
     (feedback) only once the change log holds everything before it; the stream starts at
     applied_lsn, so a consumer that dies anywhere loses and repeats nothing. psycopg 3 has no
-    replication protocol, so this connection is psycopg2's; its reads never block, and the
-    event loop wakes it when its socket is readable."""
+    replication API, so the stream speaks the protocol over its libpq layer (`psycopg.pq`):
+    every status the server gets is one this class sent (a client library that confirms
+    positions by itself, as psycopg2 does on a keepalive, could confirm past transactions
+    received but not yet written). Its reads never block; the event loop wakes it when its
+    socket is readable."""
 
-    def __init__(self, conn: Any, cursor: Any, tables: str | None, applied: int) -> None:
-        self.conn, self.cursor, self.tables, self.applied = conn, cursor, tables, applied
+    def __init__(self, pgconn: PGconn, tables: str | None, applied: int) -> None:
+        self.pgconn, self.tables, self.applied = pgconn, tables, applied
+        self.wal_end = 0  # the end of the WAL the server says it has sent
         self._told = (0, 0)  # (written, flushed) last told to the server
         self._told_at = 0.0
+
+    def _send(self, told: tuple[int, int]) -> None:
+        now = int((time.time() - _PG_EPOCH) * 1_000_000)
+        self.pgconn.put_copy_data(_STATUS.pack(b"r", told[0], told[1], told[1], now, False))
+        self.pgconn.flush()  # (a few bytes: what does not go now goes with the next)
 
     def _feedback(self, now: float, caught_up: bool = False) -> None:
         """Tell the server how far the change log holds the stream (flush: the slot's
         confirmed position, applied_lsn), at most every 50 ms while busy. Caught up (every
         transaction received dealt with, none begun), everything the server sent is dealt
         with: flush and write are then the end of what it sent, so that a walsender shutting
-        down, which waits until the client's flush position reaches that end, can end.
-        (psycopg2 sends feedback only when asked to.)"""
-        end = self.cursor.wal_end or 0
+        down, which waits until the client's flush position reaches that end, can end."""
+        end = self.wal_end
         told = (end, max(end, self.applied)) if caught_up else (self._told[0], self.applied)
         if told > self._told and (caught_up or now - self._told_at >= 0.05):
             try:
-                self.cursor.send_feedback(write_lsn=told[0], flush_lsn=told[1], force=True)
-            except psycopg2.Error:  # the connection is gone: the next read says so
+                self._send(told)
+            except psycopg.OperationalError:  # the connection is gone: the next read says so
                 return
             self._told, self._told_at = told, now
+
+    def _read(self) -> tuple[int, bytes] | None:
+        """The next change message (its LSN and wal2json's text), None when none has
+        arrived. Keepalives are answered here, with what was last told (nothing more)."""
+        pgconn = self.pgconn
+        while True:
+            size, data = pgconn.get_copy_data(1)
+            if size == 0:
+                pgconn.consume_input()
+                size, data = pgconn.get_copy_data(1)
+                if size == 0:
+                    return None
+            if size < 0:
+                message = pgconn.get_error_message() or "the server ended the stream"
+                raise psycopg.OperationalError(message)
+            kind = data[0]
+            if kind == 0x77:  # "w": XLogData
+                start, end, _ = _XLOG_DATA.unpack_from(data, 1)
+                self.wal_end = max(self.wal_end, end)
+                return start, bytes(data[1 + _XLOG_DATA.size :])
+            if kind == 0x6B:  # "k": a keepalive
+                end, _, reply = _KEEPALIVE.unpack_from(data, 1)
+                self.wal_end = max(self.wal_end, end)
+                if reply:
+                    self._send(self._told)
+                    self._told_at = time.monotonic()
 
     @classmethod
     async def open(cls, dsn: str, db: psycopg.AsyncConnection[Any]) -> _Stream | None:
@@ -381,45 +475,28 @@ class _Stream:
             raise _NoStream(str(exc.diag.message_primary)) from exc
         if not state.capturing:
             return None
-
-        def connect() -> tuple[Any, Any]:
-            conn = psycopg2.connect(
-                dsn, application_name="pyfuncs-capture-stream", options=STREAM_SESSION,
-                connection_factory=psycopg2.extras.LogicalReplicationConnection)  # fmt: skip
-            try:
-                cursor = conn.cursor()
-                cursor.start_replication(
-                    slot_name=slot, decode=False, start_lsn=state.applied, status_interval=1,
-                    options={
-                        "format-version": "2", "include-timestamp": "1", "include-typmod": "0",
-                        "include-domain-data-type": "1", "include-xids": "1",
-                        "add-tables": state.tables or "",
-                        "add-msg-prefixes": f"pyfuncs-{uuid.uuid4()}",
-                    })  # fmt: skip
-            except BaseException:
-                conn.close()
-                raise
-            return conn, cursor
-
+        options = {
+            "format-version": "2", "include-timestamp": "1", "include-typmod": "0",
+            "include-domain-data-type": "1", "include-xids": "1",
+            "add-tables": state.tables or "", "add-msg-prefixes": f"pyfuncs-{uuid.uuid4()}",
+        }  # fmt: skip
         try:
-            conn, cursor = await asyncio.to_thread(connect)
-        except psycopg2.Error as exc:
+            pgconn = await asyncio.to_thread(_replicate, dsn, slot, state.applied, options)
+        except _ReplicationFailed as exc:
             message = str(exc).strip()
-            code = getattr(exc, "pgcode", None)
-            if code in ("55000", "42704"):  # the slot is lost or missing: make a new one
+            if exc.sqlstate in ("55000", "42704"):  # the slot is lost or missing: a new one
                 log.warning("%s; making a new slot (consumers will be told to resync)", message)
                 await db.execute(query("realtime_capture_slot"))
                 return await cls.open(dsn, db)
             # (the slot in use, or the server out of reach: the consumer starts again)
-            if code == "55006" or (
-                isinstance(exc, psycopg2.OperationalError) and "replication" not in message
-            ):
+            if exc.sqlstate == "55006" or (exc.sqlstate is None and "replication" not in message
+                                           and "permission" not in message):  # fmt: skip
                 raise psycopg.OperationalError(f"streaming the slot failed: {message}") from exc
             raise _NoStream(message) from exc
-        return cls(conn, cursor, state.tables, state.applied)
+        return cls(pgconn, state.tables, state.applied)
 
     def close(self) -> None:
-        self.conn.close()
+        self.pgconn.finish()
 
     async def _readable(self, wait: float) -> bool:
         """Wait at most `wait` seconds for the stream's socket to be readable. The event loop
@@ -432,7 +509,7 @@ class _Stream:
             if not readable.done():
                 readable.set_result(None)
 
-        fd = self.conn.fileno()
+        fd = self.pgconn.socket
         loop.add_reader(fd, ready)
         # (asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
         # cancellation that comes as the future is done, and the consumer never stops)
@@ -456,8 +533,8 @@ class _Stream:
         size = 0  # of the transactions pending
         while True:
             try:
-                while size < STREAM_WRITE and (message := self.cursor.read_message()):
-                    data = message.payload
+                while size < STREAM_WRITE and (message := self._read()):
+                    lsn, data = message
                     action = data[11:12]
                     if action == b"B":
                         found = _XID.search(data, 0, 64)
@@ -465,8 +542,8 @@ class _Stream:
                     elif current is None:
                         continue
                     elif action == b"C":
-                        current.commit = message.data_start
-                        current.rows.append((message.data_start, data.decode()))
+                        current.commit = lsn
+                        current.rows.append((lsn, data.decode()))
                         if len(current.rows) > 1:
                             pending.append(current)
                             size += current.size
@@ -476,7 +553,7 @@ class _Stream:
                             quiet = current
                         current = None
                     else:
-                        current.rows.append((message.data_start, data.decode()))
+                        current.rows.append((lsn, data.decode()))
                         current.size += len(data)
                         if current.size > STREAM_TX:
                             log.info(
@@ -484,7 +561,7 @@ class _Stream:
                                 STREAM_TX >> 20,
                             )
                             return "fallback"
-            except psycopg2.Error as exc:
+            except psycopg.OperationalError as exc:
                 log.warning(
                     "the stream of the slot ended (%s); starting it again", str(exc).strip()
                 )
@@ -497,7 +574,7 @@ class _Stream:
             due = quiet is not None and (quiet.commit - self.applied > (1 << 20)
                                          or now - quiet_since >= STREAM_QUIET)  # fmt: skip
             give = pending + ([quiet] if quiet is not None and due else [])
-            heartbeat = not give and (self.cursor.wal_end or 0) - self.applied > HEARTBEAT
+            heartbeat = not give and self.wal_end - self.applied > HEARTBEAT
             if not give and not heartbeat:
                 self._feedback(now, caught_up=current is None and quiet is None and not pending)
                 wait = STREAM_IDLE if quiet is None else quiet_since + STREAM_QUIET - now

@@ -150,9 +150,12 @@ class Db(Queries):
         prepared = _DIRECT.get(key)
         if prepared is None:
             prepared, params = self._plan(query, params)
-        lent = deadline.lend(entry)
-        entered = identity.enter()
+        # (lent and entered inside the try: an exception right after either, a MemoryError
+        # under max_memory_mb say, must still give back and leave)
+        lent, entered, changed = False, None, None
         try:
+            lent = deadline.lend(entry)
+            entered = identity.enter()
             result = plpy.execute(prepared.plan, params)
         except plpy.SPIError as exc:  # its subtransaction, and what it changed, rolled back
             deadline.expired(exc)
@@ -161,7 +164,8 @@ class Db(Queries):
         finally:
             if lent:
                 deadline.give_back()
-            changed = identity.leave(entered)
+            if entered is not None:
+                changed = identity.leave(entered)
         if changed:
             _stop_identity(changed)
         return result if prepared.plain else prepared.rows(result)
@@ -260,9 +264,10 @@ def _from_the_call() -> Any:
 def _guarded(entry: Any, operation: Callable[..., Any], *args: Any) -> Any:
     """One database operation of the call whose innermost entry frame is `entry`, with its
     deadline lent and its identity kept (Db._run does the same inline, for every query)."""
-    lent = deadline.lend(entry)
-    entered = identity.enter()
+    lent, entered, changed = False, None, None  # (inside the try: see Db._run)
     try:
+        lent = deadline.lend(entry)
+        entered = identity.enter()
         result = operation(*args)
     except plpy.SPIError as exc:
         deadline.expired(exc)
@@ -271,7 +276,8 @@ def _guarded(entry: Any, operation: Callable[..., Any], *args: Any) -> Any:
     finally:
         if lent:
             deadline.give_back()
-        changed = identity.leave(entered)
+        if entered is not None:
+            changed = identity.leave(entered)
     if changed:
         _stop_identity(changed)
     return result

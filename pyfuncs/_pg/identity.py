@@ -144,9 +144,12 @@ def _readable(*addresses: int) -> bool:
 
 def _directly(user: Any, context: Any) -> tuple[Any, Any]:
     def enter() -> Any:
+        # (what leave needs is made first: an allocation that fails after the flag is set
+        # would leave it set)
         were = user.value, context.value
+        entered = (*were, _search_path.value, _claims and _claims())
         context.value = were[1] | RESTRICTED
-        return (*were, _search_path.value, _claims and _claims())
+        return entered
 
     def leave(entered: Any) -> str | None:
         user.value, context.value = entered[0], entered[1]
@@ -169,8 +172,9 @@ def _through(lib: ctypes.CDLL) -> tuple[Any, Any]:
     def enter() -> Any:
         get(*refs)
         were = user.value, context.value
+        entered = (*were, _search_path.value, _claims and _claims())  # first: see _directly
         put(were[0], were[1] | RESTRICTED)
-        return (*were, _search_path.value, _claims and _claims())
+        return entered
 
     def leave(entered: Any) -> str | None:
         put(entered[0], entered[1])

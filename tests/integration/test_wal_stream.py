@@ -291,3 +291,36 @@ def test_a_transaction_is_looked_up_in_the_log_only_when_it_predates_the_switch(
             "WHERE relid = 'pyfuncs.realtime_commit'::regclass"
         ).fetchone()
     assert captured == (1,) and scans is not None and scans[0] >= 1
+
+
+def test_a_table_renamed_again_and_again_does_not_stall_the_others(wal_db: str) -> None:
+    """Each rename changes the tables to capture, and a stream starts again for it: a table
+    owner renaming in a loop kept every table's changes from being written (found by a red
+    team: 1 row of 21 in 20 s). Restarting too often, the consumer lets SQL batches capture
+    for a while."""
+    with psycopg.connect(wal_db, autocommit=True) as db:
+        db.execute("CREATE TABLE rt.churn (id int PRIMARY KEY)")
+        realtime.enable(db, "rt.churn")
+    stop = threading.Event()
+
+    def rename() -> None:
+        with psycopg.connect(wal_db, autocommit=True) as owner:
+            n = 0
+            while not stop.is_set():
+                owner.execute(f"ALTER TABLE rt.churn_{n} RENAME TO churn_{n + 1}" if n else
+                              "ALTER TABLE rt.churn RENAME TO churn_1")  # fmt: skip
+                n += 1
+
+    with consumer(wal_db) as cap, psycopg.connect(wal_db, autocommit=True) as db:
+        wait_for(lambda: cap.streaming is True)
+        renamer = threading.Thread(target=rename)
+        renamer.start()
+        try:
+            for i in range(8):
+                db.execute("INSERT INTO rt.counter VALUES (%s, 0)", [i])
+                flushed(wal_db)
+                time.sleep(0.5)
+            wait_for(lambda: logged(wal_db) == list(range(8)), timeout=5)  # while renaming
+        finally:
+            stop.set()
+            renamer.join()
