@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +40,8 @@ import psycopg
 from pyfuncs import capture, migrate, realtime
 from pyfuncs.embedded import OUTPUT_PLUGINS, SUPERUSER, _free_port, _pg_bin
 from pyfuncs.realtime import Position
+
+from .pgbench import pgbench
 
 SECONDS = float(os.environ.get("BENCH_CAPTURE_SECONDS", "10"))
 CLIENTS = [int(c) for c in os.environ.get("BENCH_CAPTURE_CLIENTS", "16,64").split(",")]
@@ -103,24 +104,11 @@ class Production:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{db}"
 
 
-def pgbench(url: str, table: str, clients: int, rate: int | None = None) -> float:
+def updates(url: str, table: str, clients: int, rate: int | None = None) -> float:
     """Committed transactions per second of single-row UPDATEs on `table` (at most `rate`
     a second in all, if given)."""
-    script = Path(tempfile.mkstemp(suffix=".sql")[1])
-    script.write_text(f"\\set id random(1, {ROWS})\nUPDATE {table} SET n = n + 1 WHERE id = :id;\n")
-    script.chmod(0o644)
-    try:
-        out = subprocess.run(
-            [str(_pg_bin() / "pgbench"), "-n", "-M", "prepared", "-c", str(clients),
-             "-j", "2", "-T", str(int(SECONDS)), "-f", str(script), url]
-            + (["-R", str(rate)] if rate else []),
-            check=True, capture_output=True, text=True,
-        ).stdout  # fmt: skip
-    finally:
-        script.unlink()
-    match = re.search(r"tps = ([\d.]+)", out)
-    assert match, out
-    return float(match.group(1))
+    script = f"\\set id random(1, {ROWS})\nUPDATE {table} SET n = n + 1 WHERE id = :id;\n"
+    return pgbench(url, script, clients, SECONDS, rate=rate)["tps"]
 
 
 def consumer(url: str) -> subprocess.Popen[bytes]:
@@ -149,18 +137,18 @@ def bench_writes(url: str) -> dict[str, Any]:
                                            "trigger": []}  # fmt: skip
             for _ in range(RUNS):  # alternate, so drift (checkpoints, caches) hits all alike
                 conn.execute("CHECKPOINT")
-                tps["plain"].append(pgbench(url, "b.plain", clients))
+                tps["plain"].append(updates(url, "b.plain", clients))
                 capture.set_mode(conn, "wal")
                 flushed_and_captured(conn)
                 conn.execute("CHECKPOINT")
                 # the writers alone (the consumer catches up afterwards)
-                tps["wal_writers_only"].append(pgbench(url, "b.captured", clients))
+                tps["wal_writers_only"].append(updates(url, "b.captured", clients))
                 flushed_and_captured(conn)
                 conn.execute("CHECKPOINT")
                 proc = consumer(url)
                 try:
                     before = flushed_and_captured(conn)
-                    tps["wal"].append(pgbench(url, "b.captured", clients))
+                    tps["wal"].append(updates(url, "b.captured", clients))
                 finally:
                     proc.terminate()
                     proc.wait()
@@ -168,7 +156,7 @@ def bench_writes(url: str) -> dict[str, Any]:
                 assert after > before, "the consumer captured nothing"
                 capture.set_mode(conn, "trigger")
                 conn.execute("CHECKPOINT")
-                tps["trigger"].append(pgbench(url, "b.captured", clients))
+                tps["trigger"].append(updates(url, "b.captured", clients))
                 realtime.prune(conn, keep=None)
             mean = {k: sum(v) / len(v) for k, v in tps.items()}
             results[f"{clients}_writers"] = {
@@ -193,7 +181,7 @@ def bench_latency(url: str) -> dict[str, Any]:
             time.sleep(3)  # it connects, leads and starts its stream
             assert proc.poll() is None, "the consumer stopped"
             start = conn.execute("SELECT now()").fetchone()
-            committed = pgbench(url, "b.captured", 4, RATE)
+            committed = updates(url, "b.captured", 4, RATE)
             time.sleep(2)
         finally:
             proc.terminate()

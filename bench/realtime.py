@@ -27,13 +27,11 @@ import datetime
 import json
 import multiprocessing
 import os
-import re
 import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from array import array
 from multiprocessing.connection import Connection
@@ -51,7 +49,9 @@ from websockets.uri import parse_uri
 
 from examples.academy import database
 from pyfuncs import capture, realtime
-from pyfuncs.embedded import Cluster, _pg_bin
+from pyfuncs.embedded import Cluster
+
+from .pgbench import pgbench
 
 DB = "pyfuncs_bench_realtime"
 SECRET = "bench-secret-0123456789-0123456789-0123"
@@ -71,7 +71,7 @@ RATES = [
 # the second scenario: few subscribers, many changes ("0" changes/s: skipped)
 FEW_RATE = int(os.environ.get("BENCH_FEW_RATE", "5000"))  # commits/s, in all
 FEW_CLIENTS = int(os.environ.get("BENCH_FEW_CLIENTS", "10"))  # WebSocket subscribers
-FEW_WRITERS = int(os.environ.get("BENCH_FEW_WRITERS", "4"))  # writer processes
+FEW_WRITERS = int(os.environ.get("BENCH_FEW_WRITERS", "4"))  # pgbench connections
 # how changes are captured: 'wal' (logical decoding; the consumer runs in the gateway) or
 # 'trigger' (README "Realtime: how changes are captured")
 CAPTURE = os.environ.get("BENCH_CAPTURE", "wal")
@@ -264,23 +264,12 @@ def pgbench_writers(url: str, commits_per_s: float, seconds: float, clients: int
     each on rows of its own (no waiting for each other's row locks); returns how many were
     committed. pgbench, not Python: on this 2-core machine the load must weigh little."""
     per_client = 100 // clients
-    script = Path(tempfile.mkstemp(suffix=".sql")[1])
-    script.write_text(f"\\set id 1 + :client_id * {per_client} + random(0, {per_client - 1})\n"
-                      "UPDATE live.ticks SET n = n + 1 WHERE id = :id;\n")  # fmt: skip
-    script.chmod(0o644)
-    try:
-        out = subprocess.run(
-            [str(_pg_bin() / "pgbench"), "-n", "-M", "prepared", "-c", str(clients), "-j", "1",
-             "-R", str(commits_per_s), "-T", str(int(seconds)), "-f", str(script), url],
-            check=True, capture_output=True, text=True,
-            # (see write_at: commits flushed at once)
-            env={**os.environ, "PGOPTIONS": "-c synchronous_commit=on"},
-        ).stdout  # fmt: skip
-    finally:
-        script.unlink()
-    match = re.search(r"number of transactions actually processed: (\d+)", out)
-    assert match, out
-    return int(match.group(1))
+    script = (f"\\set id 1 + :client_id * {per_client} + random(0, {per_client - 1})\n"
+              "UPDATE live.ticks SET n = n + 1 WHERE id = :id;\n")  # fmt: skip
+    # (commits flushed at once: see write_at)
+    done = pgbench(url, script, clients, seconds, rate=commits_per_s,
+                   options="-c synchronous_commit=on")  # fmt: skip
+    return int(done["processed"])
 
 
 def start_loaders(base: str, plan: list[tuple[int, int]]) -> tuple[list[Connection], list[Any]]:

@@ -23,11 +23,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -44,9 +41,10 @@ from examples.academy.wiretap import WireTap
 from pyfuncs import deploy as deploying
 from pyfuncs.auth import JwtVerifier
 from pyfuncs.client import Client
-from pyfuncs.embedded import Cluster, _pg_bin
+from pyfuncs.embedded import Cluster
 
 from . import routines as trivial
+from .pgbench import pgbench
 
 DB = "pyfuncs_bench"
 CLIENTS = int(os.environ.get("BENCH_CLIENTS", "16"))
@@ -79,18 +77,8 @@ FUNCTIONS = {"pyfuncs": "bench.add_one", "bare plpython3u": "bench.bare_add_one"
 
 
 def pgbench_tps(url: str, function: str) -> float:
-    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
-        script.write(f"\\set n random(1, 1000000)\nSELECT {function}(:n);\n")
-    os.chmod(script.name, 0o644)
-    out = subprocess.run(
-        [str(_pg_bin() / "pgbench"), "-n", "-M", "prepared", "-c", str(CLIENTS), "-j", "2",
-         "-T", str(SECONDS), "-f", script.name, url],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    os.unlink(script.name)
-    match = re.search(r"tps = ([\d.]+)", out)
-    assert match, out
-    return float(match.group(1))
+    script = f"\\set n random(1, 1000000)\nSELECT {function}(:n);\n"
+    return pgbench(url, script, CLIENTS, SECONDS)["tps"]
 
 
 def backend_cpu_seconds(pid: int) -> float:
