@@ -324,3 +324,35 @@ def test_a_table_renamed_again_and_again_does_not_stall_the_others(wal_db: str) 
         finally:
             stop.set()
             renamer.join()
+
+
+def test_a_role_without_replication_captures_with_sql_batches_until_it_may_stream(
+    wal_db: str, conn: psycopg.Connection[Any], login_role: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The grants of README "Privileges" without REPLICATION: the consumer says it cannot
+    stream, captures with SQL batches, and tries to stream again later (here after 0.5 s),
+    which works once the role has REPLICATION."""
+    conn.execute(
+        "GRANT EXECUTE ON FUNCTION pyfuncs.realtime_wal_capture(integer), "
+        "pyfuncs.realtime_wal_slot(), "
+        "pyfuncs.realtime_wal_write(text, bigint[], bigint[], text[]) TO walpoke"
+    )
+    monkeypatch.setattr(capture, "STREAM_RETRY", 0.5)
+    admin = wal_db.rsplit("/", 1)[0] + "/postgres"
+    try:
+        with consumer(login_role) as cap, psycopg.connect(wal_db, autocommit=True) as db:
+            wait_for(lambda: cap.streaming is False and cap.leading)
+            db.execute("INSERT INTO rt.counter VALUES (1, 0)")
+            flushed(wal_db)
+            wait_for(lambda: logged(wal_db) == [1])
+            assert walsender(wal_db) is None
+            with psycopg.connect(admin, autocommit=True) as root:
+                root.execute("ALTER ROLE walpoke REPLICATION")
+            wait_for(lambda: cap.streaming is True and walsender(wal_db) is not None)
+            db.execute("INSERT INTO rt.counter VALUES (2, 0)")
+            flushed(wal_db)
+            wait_for(lambda: logged(wal_db) == [1, 2])
+    finally:
+        with psycopg.connect(admin, autocommit=True) as root:
+            root.execute("ALTER ROLE walpoke NOREPLICATION")
