@@ -204,6 +204,7 @@ class Capture:
                     autocommit=True,
                     application_name="pyfuncs-capture",
                     options=SESSION,
+                    client_encoding="UTF8",  # (as the stream's: the rows it writes are UTF-8)
                 ) as conn:
                     conn.add_notice_handler(self._warnings)
                     await self._lead(conn)
@@ -370,9 +371,11 @@ def _literal(value: str) -> str:
 
 def _replicate(dsn: str, slot: str, start: int, options: dict[str, str]) -> PGconn:
     """A replication connection streaming `slot` from `start` (blocking: run in a thread)."""
+    # (client_encoding pinned: the server reads the command, table names included, in it;
+    # a database or role set to LATIN1 made wal2json leave a table named café out)
     info = conninfo.make_conninfo(
         dsn, replication="database", application_name="pyfuncs-capture-stream",
-        options=STREAM_SESSION)  # fmt: skip
+        options=STREAM_SESSION, client_encoding="UTF8")  # fmt: skip
     pgconn = pq.PGconn.connect(info.encode())
     if pgconn.status != pq.ConnStatus.OK:
         message = pgconn.get_error_message()
@@ -528,7 +531,8 @@ class _Stream:
     ) -> str:  # fmt: skip
         pending: list[_Tx] = []  # received whole, not yet written
         current: _Tx | None = None
-        quiet: _Tx | None = None  # the last transaction without changes captured
+        # transactions without changes captured (their commits only), since quiet_since
+        quiet: list[_Tx] = []
         quiet_since = 0.0
         size = 0  # of the transactions pending
         while True:
@@ -548,9 +552,9 @@ class _Stream:
                             pending.append(current)
                             size += current.size
                         else:
-                            if quiet is None:
+                            if not quiet:
                                 quiet_since = time.monotonic()
-                            quiet = current
+                            quiet.append(current)
                         current = None
                     else:
                         current.rows.append((lsn, data.decode()))
@@ -567,17 +571,19 @@ class _Stream:
                 )
                 await asyncio.sleep(0.1)
                 return "restart"
-            # A transaction without changes of captured tables is given too, now and then: its
-            # commit moves applied_lsn on, and the call tells whether the tables to capture
-            # changed (one enabled or renamed, whose changes this stream leaves out)
+            # Transactions without changes of captured tables are given too: with the others,
+            # every one, for a commit not yet visible (a table's rename, say, whose changes
+            # under the new name this stream leaves out) must hold up those after it; alone,
+            # now and then, as their commits move applied_lsn on, and the call tells whether
+            # the tables to capture changed (one enabled or renamed)
             now = time.monotonic()
-            due = quiet is not None and (quiet.commit - self.applied > (1 << 20)
-                                         or now - quiet_since >= STREAM_QUIET)  # fmt: skip
-            give = pending + ([quiet] if quiet is not None and due else [])
+            due = bool(quiet) and (quiet[-1].commit - self.applied > (1 << 20)
+                                   or now - quiet_since >= STREAM_QUIET)  # fmt: skip
+            give = pending + quiet if pending or due else []
             heartbeat = not give and self.wal_end - self.applied > HEARTBEAT
             if not give and not heartbeat:
-                self._feedback(now, caught_up=current is None and quiet is None and not pending)
-                wait = STREAM_IDLE if quiet is None else quiet_since + STREAM_QUIET - now
+                self._feedback(now, caught_up=current is None and not quiet and not pending)
+                wait = STREAM_IDLE if not quiet else quiet_since + STREAM_QUIET - now
                 if not await self._readable(wait):
                     await look(db)
                 continue
@@ -605,12 +611,11 @@ class _Stream:
                 return "restart"
             pending = [tx for tx in pending if tx.commit > state.processed]
             size = sum(tx.size for tx in pending)
-            if quiet is not None and quiet.commit <= state.processed:
-                quiet = None
+            quiet = [tx for tx in quiet if tx.commit > state.processed]
             self.applied = max(self.applied, state.applied)
             self._feedback(time.monotonic())
             captured(state.captured)
-            if pending:  # a commit not visible yet: in a moment
+            if pending or quiet:  # a commit not visible yet: in a moment
                 await asyncio.sleep(0.001)
             if heartbeat:
                 await asyncio.sleep(STREAM_IDLE)

@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from pyfuncs import capture, realtime
 from pyfuncs.embedded import Cluster
@@ -356,3 +357,69 @@ def test_a_role_without_replication_captures_with_sql_batches_until_it_may_strea
     finally:
         with psycopg.connect(admin, autocommit=True) as root:
             root.execute("ALTER ROLE walpoke NOREPLICATION")
+
+
+def test_a_commit_not_yet_visible_holds_up_the_stream_even_without_captured_changes(
+    wal_db: str, conn: psycopg.Connection[Any]
+) -> None:
+    """A schema's rename whose commit is in the WAL but not yet visible (here: waiting for a
+    synchronous standby that does not exist, after its commit record is flushed), a change
+    under the old name that wal2json names with the new one (so the stream leaves it out),
+    and a change of another table after both: the stream gave only the last, and applied_lsn
+    passed the lost change silently (found by a red team). Every commit the stream received
+    is given now, so the rename's holds the others up until it is visible, and the change
+    under a name in doubt is skipped with a resync, as with SQL batches."""
+    conn.execute("CREATE SCHEMA rtx")
+    conn.execute("CREATE TABLE rtx.t (id int PRIMARY KEY)")
+    realtime.enable(conn, "rtx.t")
+    admin = wal_db.rsplit("/", 1)[0] + "/postgres"
+    local = "-c synchronous_commit=local"  # (these commits must not wait for the standby)
+    with consumer(wal_db) as cap, psycopg.connect(wal_db, autocommit=True, options=local) as db:
+        wait_for(lambda: cap.streaming is True and walsender(wal_db) is not None)
+        renamer = psycopg.connect(wal_db, autocommit=True, options="-c synchronous_commit=on")
+        with psycopg.connect(admin, autocommit=True) as root:
+            root.execute("ALTER SYSTEM SET synchronous_standby_names = 'pyfuncs_nobody'")
+            root.execute("SELECT pg_reload_conf()")
+        rename = threading.Thread(target=renamer.execute, args=["ALTER SCHEMA rtx RENAME TO rty"])
+        try:
+            time.sleep(0.5)
+            rename.start()
+            wait_for(lambda: db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+            ).fetchone() == (1,))  # fmt: skip
+            db.execute("INSERT INTO rtx.t VALUES (1)")  # the old name still resolves
+            db.execute("INSERT INTO rt.counter VALUES (2, 0)")
+            db.execute("SELECT pg_logical_emit_message(true, 'pyfuncs-tests-flush', '')")
+            time.sleep(1)  # the stream has it all; the rename is not visible
+            assert logged(wal_db) == []
+        finally:
+            with psycopg.connect(admin, autocommit=True) as root:
+                root.execute("ALTER SYSTEM RESET synchronous_standby_names")
+                root.execute("SELECT pg_reload_conf()")
+            if rename.is_alive():
+                rename.join()
+            renamer.close()
+        wait_for(lambda: logged(wal_db) == [2])
+        skipped = db.execute("SELECT count(*) FROM pyfuncs.realtime_skipped").fetchone()
+        assert skipped == (1,)  # the change under the old name: skipped, consumers resync
+
+
+def test_the_stream_is_in_utf8_whatever_the_database_or_role_sets(
+    wal_db: str, conn: psycopg.Connection[Any]
+) -> None:
+    """The server reads the stream's command (the tables to decode, by name) in the
+    connection's client_encoding: a database (or the consumer's role) set to LATIN1 made
+    wal2json leave out a table named café, and its changes were lost (found by a red team)."""
+    conn.execute('CREATE TABLE rt."café" (id int PRIMARY KEY)')
+    realtime.enable(conn, 'rt."café"')
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} SET client_encoding = 'LATIN1'").format(
+            sql.Identifier(conn.info.dbname)
+        )
+    )
+    with consumer(wal_db) as cap, psycopg.connect(wal_db, autocommit=True) as db:
+        wait_for(lambda: cap.streaming is True and walsender(wal_db) is not None)
+        for i in range(3):
+            db.execute('INSERT INTO rt."café" VALUES (%s)', [i])
+        flushed(wal_db)
+        wait_for(lambda: logged(wal_db, "café") == [0, 1, 2])
