@@ -208,9 +208,12 @@ class Capture:
                 ) as conn:
                     conn.add_notice_handler(self._warnings)
                     await self._lead(conn)
-                    pause = self.retry
             except psycopg.OperationalError as exc:
-                log.warning("the WAL consumer lost its connection (%s); reconnecting", exc)
+                # at once after a connection that led, less and less often while none does
+                # (a database dropped, a server gone for good)
+                pause = self.retry if self.leading else min(pause * 2, 30.0)
+                log.warning("the WAL consumer lost its connection (%s); reconnecting in %g s",
+                            exc, pause)  # fmt: skip
             except psycopg.errors.InsufficientPrivilege:
                 self.denied = True
                 log.warning(
