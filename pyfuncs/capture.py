@@ -55,7 +55,8 @@ STREAM_SESSION = (
     "-c bytea_output=hex -c TimeZone=UTC"
 )
 STREAM_RETRY = 60.0  # seconds of SQL batches after the slot could not be streamed
-STREAM_RESTARTS = (5, 10.0)  # more restarts than this within these seconds: SQL batches
+STREAM_RESTARTS = 5  # more restarts of the stream than this ...
+STREAM_RESTARTS_WITHIN = 10.0  # ... within these seconds: SQL batches for STREAM_RETRY
 STREAM_WRITE = 16 << 20  # bytes of rows given to one realtime_wal_write, at most ...
 STREAM_TX = 64 << 20  # ... but a transaction whole: one larger is left to the SQL batches
 STREAM_IDLE = 1.0  # seconds without a message after which the consumer looks around
@@ -252,13 +253,13 @@ class Capture:
                     # being written. Restarting too often, SQL batches take over for a while
                     # (they compare the names at every batch, and go on).
                     now = time.monotonic()
-                    restarts = [t for t in restarts if now - t < STREAM_RESTARTS[1]] + [now]
-                    if len(restarts) <= STREAM_RESTARTS[0]:
+                    restarts = [t for t in restarts if now - t < STREAM_RESTARTS_WITHIN] + [now]
+                    if len(restarts) <= STREAM_RESTARTS:
                         continue
                     log.warning(
                         "the stream of the slot started again %d times in %g s (a table renamed "
                         "again and again?): capturing with SQL batches for %g s",
-                        len(restarts), STREAM_RESTARTS[1], STREAM_RETRY,
+                        len(restarts), STREAM_RESTARTS_WITHIN, STREAM_RETRY,
                     )  # fmt: skip
                     restarts = []
                     self._stream_after = now + STREAM_RETRY
@@ -532,12 +533,12 @@ class _Stream:
         self, db: psycopg.AsyncConnection[Any], captured: Callable[[int], None],
         look: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]],
     ) -> str:  # fmt: skip
-        pending: list[_Tx] = []  # received whole, not yet written
+        # transactions received whole and not yet written, in commit order (the stream's),
+        # the first since `since`; `size`: bytes of their changes (0: commits only)
+        received: list[_Tx] = []
+        since = 0.0
+        size = 0
         current: _Tx | None = None
-        # transactions without changes captured (their commits only), since quiet_since
-        quiet: list[_Tx] = []
-        quiet_since = 0.0
-        size = 0  # of the transactions pending
         while True:
             try:
                 while size < STREAM_WRITE and (message := self._read()):
@@ -551,13 +552,10 @@ class _Stream:
                     elif action == b"C":
                         current.commit = lsn
                         current.rows.append((lsn, data.decode()))
-                        if len(current.rows) > 1:
-                            pending.append(current)
-                            size += current.size
-                        else:
-                            if not quiet:
-                                quiet_since = time.monotonic()
-                            quiet.append(current)
+                        if not received:
+                            since = time.monotonic()
+                        received.append(current)
+                        size += current.size
                         current = None
                     else:
                         current.rows.append((lsn, data.decode()))
@@ -580,19 +578,17 @@ class _Stream:
             # now and then, as their commits move applied_lsn on, and the call tells whether
             # the tables to capture changed (one enabled or renamed)
             now = time.monotonic()
-            due = bool(quiet) and (quiet[-1].commit - self.applied > (1 << 20)
-                                   or now - quiet_since >= STREAM_QUIET)  # fmt: skip
-            give = pending + quiet if pending or due else []
+            give = bool(received) and (size > 0 or now - since >= STREAM_QUIET
+                                       or received[-1].commit - self.applied > (1 << 20))  # fmt: skip
             heartbeat = not give and self.wal_end - self.applied > HEARTBEAT
             if not give and not heartbeat:
-                self._feedback(now, caught_up=current is None and not quiet and not pending)
-                wait = STREAM_IDLE if not quiet else quiet_since + STREAM_QUIET - now
+                self._feedback(now, caught_up=current is None and not received)
+                wait = STREAM_IDLE if not received else since + STREAM_QUIET - now
                 if not await self._readable(wait):
                     await look(db)
                 continue
-            give.sort(key=lambda tx: tx.commit)
             try:
-                state = await _write(db, self.tables, give)
+                state = await _write(db, self.tables, received if give else [])
             except psycopg.Error as exc:
                 if _held_up(exc):
                     log.warning("%s", from_psycopg(exc))
@@ -612,13 +608,12 @@ class _Stream:
                 return "idle"
             if state.tables != self.tables:
                 return "restart"
-            pending = [tx for tx in pending if tx.commit > state.processed]
-            size = sum(tx.size for tx in pending)
-            quiet = [tx for tx in quiet if tx.commit > state.processed]
+            received = [tx for tx in received if tx.commit > state.processed]
+            size = sum(tx.size for tx in received)
             self.applied = max(self.applied, state.applied)
             self._feedback(time.monotonic())
             captured(state.captured)
-            if pending or quiet:  # a commit not visible yet: in a moment
+            if received:  # a commit not visible yet: in a moment
                 await asyncio.sleep(0.001)
             if heartbeat:
                 await asyncio.sleep(STREAM_IDLE)
