@@ -8,7 +8,8 @@ serialised commits).
 (1) Write throughput: pgbench, single-row UPDATEs by primary key on a 10,000-row table, 16 and
     64 clients, each run BENCH_CAPTURE_SECONDS long; the same statements against a table that
     realtime captures, in 'wal' mode with the consumer (`pyfuncs realtime capture --follow`)
-    running on the same machine, and in 'trigger' mode, as ratios to a table that is not
+    running on the same machine, and in 'trigger' mode (with the consumer too: it gives the
+    positions), as ratios to a table that is not
     captured, measured alternately in the same run. Target: wal >= 0.9.
 (2) Commit to change log: pgbench offers BENCH_CAPTURE_RATE (5,000) single-row commits/s from
     4 connections while the streaming consumer runs; p50 and p99 of the time from each
@@ -124,6 +125,11 @@ def logged_count(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
+def positioned(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT count(position) FROM pyfuncs.realtime_commit").fetchone()
+    return int(row[0]) if row else 0
+
+
 def flushed_and_captured(conn: psycopg.Connection[Any]) -> int:
     capture.capture(conn)
     return logged_count(conn)
@@ -156,7 +162,15 @@ def bench_writes(url: str) -> dict[str, Any]:
                 assert after > before, "the consumer captured nothing"
                 capture.set_mode(conn, "trigger")
                 conn.execute("CHECKPOINT")
-                tps["trigger"].append(updates(url, "b.captured", clients))
+                proc = consumer(url)  # (it gives the positions)
+                try:
+                    before = positioned(conn)
+                    tps["trigger"].append(updates(url, "b.captured", clients))
+                finally:
+                    proc.terminate()
+                    proc.wait()
+                assert positioned(conn) > before, "the consumer gave no positions"
+                capture.capture(conn)
                 realtime.prune(conn, keep=None)
             mean = {k: sum(v) / len(v) for k, v in tps.items()}
             results[f"{clients}_writers"] = {

@@ -1,5 +1,7 @@
 """The consumer of the WAL: in 'wal' mode, it reads the database's logical replication slot
-and writes the change log in batches (README "Realtime: how changes are captured").
+and writes the change log in batches (README "Realtime: how changes are captured"); in
+'trigger' mode, it gives the transactions the triggers captured their positions once they
+have committed (`pyfuncs.realtime_sequence`), a batch at a time.
 
 It streams the slot over the replication protocol (_Stream) and hands each batch of whole
 transactions to one SQL function, `pyfuncs.realtime_wal_write` (sql/schema.sql), which writes
@@ -76,6 +78,7 @@ class Status:
     lag_bytes: int | None  # WAL written after the last commit the consumer applied
     consumer_pid: int | None  # the backend of the leading consumer, if one runs
     tables: int
+    unpositioned: int  # transactions captured by triggers, committed or not, without a position
     max_slot_wal_keep_size: str
 
 
@@ -123,10 +126,10 @@ def _batch(conn: psycopg.Connection[Any], batch: int) -> tuple[int, bool]:
 
 
 def capture(conn: psycopg.Connection[Any], batch: int = BATCH) -> int:
-    """Apply everything the slot holds now, in batches; returns how many changes. A
-    no-op in trigger mode. `conn` must be in autocommit mode; its session gets
-    synchronous_commit = on (the slot is advanced to its commits) and statement_timeout = 0
-    (see SESSION)."""
+    """Apply everything the slot holds now, in batches; returns how many changes (in
+    trigger mode: give the transactions committed so far their positions). `conn` must be
+    in autocommit mode; its session gets synchronous_commit = on (the slot is advanced to
+    its commits) and statement_timeout = 0 (see SESSION)."""
     total, done = 0, False
     warnings = _Warnings()
     conn.add_notice_handler(warnings)
@@ -169,7 +172,8 @@ class Capture:
     ```python
     await Capture(dsn).run()
     ```
-    While it leads it reads the slot at once again while a batch was full, after `busy`
+    While it leads it reads the slot (in trigger mode, gives what committed its positions)
+    at once again while a batch was full, after `busy`
     seconds while batches find changes, and, while they find none, after a pause that
     doubles up to `poll` seconds (so a change waits for the consumer about `busy` under load,
     and at most `poll` after a quiet spell); standing by, it tries to lead every `standby`
@@ -218,8 +222,9 @@ class Capture:
             except psycopg.errors.InsufficientPrivilege:
                 self.denied = True
                 log.warning(
-                    "this role may not capture from the WAL, so this process leaves capture "
-                    "to another (pyfuncs realtime capture --follow, or a gateway whose feed "
+                    "this role may not run realtime capture (which reads the WAL in wal mode, "
+                    "and gives changes their positions in trigger mode), so this process leaves "
+                    "it to another (pyfuncs realtime capture --follow, or a gateway whose feed "
                     "role may: GRANT EXECUTE ON FUNCTION pyfuncs.realtime_wal_capture(integer), "
                     "pyfuncs.realtime_wal_slot() TO it)"
                 )
@@ -240,6 +245,8 @@ class Capture:
             if row is not None and row[0]:
                 break
             await self._look(conn)
+            if self.slot_wal_bytes is None:
+                await self._stand_in(conn)
             await asyncio.sleep(self.standby)
         self.leading = True
         log.info("this process leads realtime capture from the WAL")
@@ -264,7 +271,10 @@ class Capture:
                     restarts = []
                     self._stream_after = now + STREAM_RETRY
                 if outcome == "idle":
-                    await asyncio.sleep(self.standby)
+                    # nothing to stream (trigger mode, or no table enabled): SQL batches
+                    # until it is time to look again; in trigger mode they give what
+                    # committed its positions
+                    self._stream_after = time.monotonic() + self.standby
             # SQL batches: until they have read everything when the stream needs them (a
             # transaction too large for it, or one it could not write), for ever otherwise
             await self._poll(conn, until_done=time.monotonic() >= self._stream_after)
@@ -294,6 +304,23 @@ class Capture:
                 # wait a little, longer while nothing comes
                 pause = self.busy if row[0] else min(pause * 2, self.poll)
                 await asyncio.sleep(pause)
+
+    async def _stand_in(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Standing by while there is no slot (trigger mode): a batch anyway, so that a
+        session squatting on the leader's advisory lock (any role can take it) delays
+        positions by `standby` seconds, not for ever. Batches are serialised by the capture
+        lock, so one more is merely wasted when the leader is real. (With a slot, a standby
+        reads nothing: its batch would end the leader's stream.)"""
+        try:
+            cur = await conn.execute(query("realtime_capture_batch"), {"batch": self.batch})
+            row = await cur.fetchone()
+        except (psycopg.OperationalError, psycopg.errors.InsufficientPrivilege):
+            raise
+        except psycopg.Error as exc:  # (a slot made meanwhile and lost, say: the leader's)
+            log.debug("a standby batch failed: %s", exc)
+            return
+        assert row is not None
+        self._captured(int(row[0]))
 
     def _captured(self, captured: int) -> None:
         self.captured += captured

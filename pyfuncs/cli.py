@@ -205,7 +205,8 @@ def _capture_command(args: argparse.Namespace) -> None:
             capture.set_mode(conn, args.tables[0])
             print(f"realtime captures with {args.tables[0]}")
         elif args.action == "capture":
-            print(f"captured {capture.capture(conn)} change(s) from the WAL")
+            # (in trigger mode: changes given their positions)
+            print(f"captured {capture.capture(conn)} change(s)")
         else:
             st = capture.status(conn)
             print(f"mode            {st.mode}")
@@ -217,11 +218,13 @@ def _capture_command(args: argparse.Namespace) -> None:
                     print(f"WAL held        {st.retained_bytes} bytes "
                           f"(max_slot_wal_keep_size = {st.max_slot_wal_keep_size})")  # fmt: skip
                     print(f"behind          {st.lag_bytes} bytes")
-                alive = f"yes (backend {st.consumer_pid})" if st.consumer_pid else "no"
-                print(f"consumer alive  {alive}")
-                if st.wal_status == "lost":
-                    print("the slot was invalidated: the next capture makes a new one, and "
-                          "consumers resync")  # fmt: skip
+            else:
+                print(f"no position yet {st.unpositioned} transaction(s)")
+            alive = f"yes (backend {st.consumer_pid})" if st.consumer_pid else "no"
+            print(f"consumer alive  {alive}")
+            if st.wal_status == "lost":
+                print("the slot was invalidated: the next capture makes a new one, and "
+                      "consumers resync")  # fmt: skip
 
 
 # what README "Deploying it" asks the role of the gateway's feed sessions for

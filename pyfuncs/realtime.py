@@ -3,8 +3,8 @@
 Capture itself is SQL (sql/schema.sql, "Realtime change capture"), in one of two modes: from
 the WAL, where a consumer (pyfuncs/capture.py) writes each commit's changes with its commit
 LSN as position; or with triggers, which write each change of an enabled table in the writing
-transaction, a deferred trigger giving each committing transaction the next position under a
-lock. Either way positions become visible in order. A consumer of the feed follows it from
+transaction, and the same consumer gives each committed transaction the next position, a batch
+at a time. Either way positions become visible in order. A consumer of the feed follows it from
 its last position; NOTIFY on `pyfuncs_realtime` only wakes it up.
 """
 
@@ -70,7 +70,8 @@ class Change:
 @dataclass(frozen=True)
 class Snapshot:
     """Which transactions a snapshot sees (`pg_current_snapshot()`'s `xmin:xmax:xip,...`).
-    From the WAL, a change is in the log some time after its commit: a transaction that a
+    A change takes its position some time after its commit (from the WAL, when the consumer
+    writes it; with triggers, when the consumer's next batch gives it): a transaction that a
     subscriber's starting snapshot already shows may come after that snapshot's head, and
     must not be delivered again."""
 

@@ -196,7 +196,8 @@ FROM pg_catalog.pg_replication_slots WHERE slot_name = pyfuncs.realtime_slot_nam
 SELECT pyfuncs.realtime_set_mode(%(mode)s)
 
 -- name: realtime_status
--- The capture mode, the slot and the WAL it holds, and the leading consumer's backend.
+-- The capture mode, the slot and the WAL it holds, the leading consumer's backend, and the
+-- transactions captured by triggers still waiting for their positions.
 SELECT s.mode, pyfuncs.realtime_slot_name()::text AS slot,
        r.slot_name IS NOT NULL AS slot_exists, r.wal_status,
        (pg_catalog.pg_current_wal_lsn() - r.restart_lsn)::bigint AS retained_bytes,
@@ -209,6 +210,8 @@ SELECT s.mode, pyfuncs.realtime_slot_name()::text AS slot,
           AND l.classid = (%(key)s >> 32)::oid AND l.objid = (%(key)s & 4294967295)::oid
         LIMIT 1) AS consumer_pid,
        (SELECT pg_catalog.count(*) FROM pyfuncs.realtime_table)::int AS tables,
+       (SELECT pg_catalog.count(*) FROM pyfuncs.realtime_commit
+        WHERE position IS NULL)::int AS unpositioned,
        pg_catalog.current_setting('max_slot_wal_keep_size') AS max_slot_wal_keep_size
 FROM pyfuncs.realtime_state s
 LEFT JOIN pg_catalog.pg_replication_slots r ON r.slot_name = pyfuncs.realtime_slot_name()

@@ -169,13 +169,13 @@ $$;
 GRANT EXECUTE ON FUNCTION pyfuncs.set_identity(text, text) TO PUBLIC;
 
 
--- Realtime change capture (README "Realtime: the change feed"). Each change to an enabled
--- table is written here in the writing transaction. At commit, one deferred trigger per
--- transaction gives it the next commit position while holding a lock that every capturing
--- commit takes: PostgreSQL makes a transaction visible before it releases its locks, so once
--- position N is visible every smaller position is visible too or never will be. A consumer
--- reading "after my last position" in position order therefore misses nothing and repeats
--- nothing, whatever order transactions started or wrote in.
+-- Realtime change capture (README "Realtime: the change feed"). In trigger mode each change to
+-- an enabled table is written here in the writing transaction, and the consumer gives each
+-- committed transaction the next position, a batch at a time (realtime_sequence): once
+-- position N is visible every smaller position is visible too. A consumer reading "after my
+-- last position" in position order therefore misses nothing and repeats nothing, whatever
+-- order transactions started or wrote in. (From the WAL, the consumer writes the changes
+-- too, with their commit LSNs as positions: realtime_wal_apply.)
 CREATE SEQUENCE pyfuncs.realtime_position;
 
 CREATE TABLE pyfuncs.realtime_table (
@@ -185,12 +185,14 @@ CREATE TABLE pyfuncs.realtime_table (
     enabled_at timestamptz NOT NULL DEFAULT now()
 );
 
--- One row per capturing transaction; `position` is set at commit.
+-- One row per capturing transaction, with its position: from the WAL, its commit LSN; with
+-- triggers, given after it committed (realtime_sequence), NULL until then.
 CREATE TABLE pyfuncs.realtime_commit (
     txid xid8 PRIMARY KEY,
     position bigint UNIQUE,
     committed_at timestamptz
 );
+CREATE INDEX realtime_commit_pending ON pyfuncs.realtime_commit (txid) WHERE position IS NULL;
 
 CREATE TABLE pyfuncs.realtime_change (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -229,14 +231,12 @@ CREATE TABLE pyfuncs.realtime_state (
 );
 INSERT INTO pyfuncs.realtime_state DEFAULT VALUES;
 
--- Locked by every capturing commit (see realtime_commit_position), never written; deploys
--- lock deploy_lock the same way. Table locks, not advisory ones (any session can take those),
--- in SHARE UPDATE EXCLUSIVE mode: it conflicts with itself but not with the ROW SHARE / ROW
+-- Locked by every deploy, never written. A table lock, not an advisory one (any session can
+-- take those), in SHARE UPDATE EXCLUSIVE mode: it conflicts with itself but not with the ROW SHARE / ROW
 -- EXCLUSIVE locks that merely naming a table in a prepared statement takes before any
 -- privilege check (PREPARE ... FOR UPDATE), and the statements that do take it (LOCK TABLE,
 -- VACUUM, ANALYZE, ALTER TABLE...) check their privileges first. ANALYZE's check admits the
 -- database's owner, who is trusted not to deny service (README "Security model").
-CREATE TABLE pyfuncs.realtime_sequencer ();
 CREATE TABLE pyfuncs.deploy_lock ();
 
 -- A row of a table with columns of types defined in the database (enums, domains over
@@ -310,34 +310,52 @@ BEGIN
 END
 $$;
 
--- The commit step, once per capturing transaction as it commits. The wake-up carries no
--- payload (any role may LISTEN, and positions are not for everyone) and is skipped when the
--- NOTIFY queue is half full: any role can fill it, and a full queue would fail this commit.
--- Consumers poll as well, so a skipped wake-up delays delivery by at most their poll interval.
-CREATE FUNCTION pyfuncs.realtime_commit_position() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_capture() FROM PUBLIC;
+
+-- Trigger mode's positions, given after commit (README "Realtime: the change feed"): every
+-- capturing transaction committed since the last call takes the next position, in the order
+-- of its last change. A transaction that wrote a row after another did waited for that one's
+-- row lock, which PostgreSQL releases only once that one is visible: so whenever it is seen
+-- committed, the other is too, and its last change came later. One call at a time (the
+-- caller holds the capture lock until it commits: realtime_wal_batch, realtime_set_mode),
+-- and positions are read only once committed, so a position becomes visible only after
+-- every smaller one. Writers share nothing at commit, neither a lock nor a NOTIFY (whose
+-- queue lock PostgreSQL also holds until the commit is flushed): the call wakes consumers
+-- once for all. Returns how many changes it gave positions.
+CREATE FUNCTION pyfuncs.realtime_sequence() RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    assigned bigint;
+    base bigint;
+    commits bigint;
+    changes bigint;
 BEGIN
-    LOCK TABLE pyfuncs.realtime_sequencer IN SHARE UPDATE EXCLUSIVE MODE;
-    assigned := nextval('pyfuncs.realtime_position');
-    UPDATE pyfuncs.realtime_commit SET position = assigned, committed_at = clock_timestamp()
-    WHERE txid = NEW.txid;
-    IF pg_notification_queue_usage() < 0.5 THEN
-        PERFORM pg_notify('pyfuncs_realtime', '');
+    IF NOT EXISTS (SELECT FROM pyfuncs.realtime_commit WHERE position IS NULL) THEN
+        RETURN 0;
     END IF;
-    RETURN NULL;
+    base := nextval('pyfuncs.realtime_position') - 1;
+    WITH given AS (
+        UPDATE pyfuncs.realtime_commit c SET position = base + o.rank,
+                                             committed_at = clock_timestamp()
+        FROM (SELECT p.txid, l.changes,
+                     row_number() OVER (ORDER BY l.last NULLS FIRST, p.txid) AS rank
+              FROM pyfuncs.realtime_commit p
+              CROSS JOIN LATERAL (SELECT max(ch.id) AS last, count(*) AS changes
+                                  FROM pyfuncs.realtime_change ch WHERE ch.txid = p.txid) l
+              WHERE p.position IS NULL) o
+        WHERE c.txid = o.txid
+        RETURNING o.changes
+    )
+    SELECT count(*), coalesce(sum(given.changes), 0) INTO commits, changes FROM given;
+    IF commits > 0 THEN
+        PERFORM setval('pyfuncs.realtime_position', base + commits);
+        IF pg_notification_queue_usage() < 0.5 THEN
+            PERFORM pg_notify('pyfuncs_realtime', '');
+        END IF;
+    END IF;
+    RETURN changes;
 END
 $$;
-REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_capture() FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_commit_position() FROM PUBLIC;
-
--- (the WAL consumer inserts commits with their positions, commit LSNs, and skips this)
-CREATE CONSTRAINT TRIGGER realtime_commit_position
-    AFTER INSERT ON pyfuncs.realtime_commit
-    DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW WHEN (NEW.position IS NULL)
-    EXECUTE FUNCTION pyfuncs.realtime_commit_position();
+REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_sequence() FROM PUBLIC;
 
 -- Delete committed changes older than the retention (or `keep`); returns how many commits
 -- went. Consumers behind the new pruned_through are told to resync when they next read.
@@ -368,7 +386,7 @@ $$;
 -- whatever creates, drops or switches away from the slot, so those never overlap a batch.
 -- A table lock rather than a row lock: it gives the transaction no xid and writes no WAL,
 -- so an idle consumer's polls write nothing; and only pyfuncs' owner may take it (see
--- realtime_sequencer in 0004).
+-- deploy_lock).
 CREATE TABLE pyfuncs.realtime_capture_lock ();
 
 -- The slot of this database (slot names are per cluster).
@@ -1042,7 +1060,8 @@ REVOKE EXECUTE ON FUNCTION
     pyfuncs.realtime_wal_finish(pg_lsn, pg_lsn, bigint, bigint, boolean) FROM PUBLIC;
 
 -- One batch (realtime_wal_capture is its entry for consumers, realtime_set_mode calls it
--- directly). The slot is advanced at the start of the next batch, to an applied_lsn that has
+-- directly); in trigger mode, the positions of what committed since the last batch
+-- (realtime_sequence) and nothing else. The slot is advanced at the start of the next batch, to an applied_lsn that has
 -- committed: so the slot never gets ahead of what is durable, and a batch that is repeated
 -- (its transaction lost, or its advance) skips what was applied. `done`: everything flushed
 -- when the batch began has been read. The output settings are pinned, so that the values
@@ -1074,7 +1093,7 @@ BEGIN
     PERFORM pyfuncs.realtime_capture_lock_take();
     SELECT s.mode, s.applied_lsn INTO state FROM pyfuncs.realtime_state s;
     IF state.mode <> 'wal' THEN
-        RETURN QUERY SELECT 0::bigint, true;
+        RETURN QUERY SELECT pyfuncs.realtime_sequence(), true;
         RETURN;
     END IF;
     SELECT s.slot_name, s.wal_status, s.confirmed_flush_lsn INTO slot
@@ -1426,6 +1445,9 @@ BEGIN
         UPDATE pyfuncs.realtime_state SET mode = 'trigger';
         PERFORM pyfuncs.realtime_wal_drop();
     ELSE
+        -- the transactions the triggers captured take their positions first (the capture
+        -- lock keeps batches out), all smaller than commit LSNs
+        PERFORM pyfuncs.realtime_sequence();
         -- the slot may be older than this switch: the names are compared with today's
         PERFORM pyfuncs.realtime_wal_names_reset();
         -- (every transaction whose trigger fired has committed: the triggers' locks)

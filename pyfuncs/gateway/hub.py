@@ -186,12 +186,12 @@ class Hub:
         self._captured.clear()
 
     async def _wait(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Wait for new changes. When this process's WAL consumer leads (and a slot exists,
-        so the database captures from the WAL), it says when it wrote some, and the feed is
-        read at once: no NOTIFY round trip, and no WAKE_UP_GAP (only this process can set
-        the event). Otherwise wait for a NOTIFY (read at most every WAKE_UP_GAP)."""
+        """Wait for new changes. When this process's consumer leads, it says when it wrote
+        some (or, in trigger mode, gave them positions), and the feed is read at once: no
+        NOTIFY round trip, and no WAKE_UP_GAP (only this process can set the event).
+        Otherwise wait for a NOTIFY (read at most every WAKE_UP_GAP)."""
         capture = self.metrics.capture
-        if capture is None or not capture.leading or capture.slot_wal_bytes is None:
+        if capture is None or not capture.leading:
             await wake_up(conn, self.config.poll)
             return
         if not self._captured.is_set():
@@ -202,8 +202,8 @@ class Hub:
                     await self._captured.wait()
 
     async def capture_forever(self) -> None:
-        """Take part in capturing from the WAL (pyfuncs/capture.py): one process per
-        database leads, the others stand by; nothing to do in trigger mode."""
+        """Take part in capture (pyfuncs/capture.py): one process per database leads, the
+        others stand by."""
         self.metrics.capture = Capture(self.config.feed_dsn, on_captured=self._captured.set)
         await self.metrics.capture.run()
 
@@ -478,7 +478,7 @@ class Hub:
                         if ahead is not None and change.position <= ahead:
                             continue
                         if sub.taken is not None and sub.taken.sees(change.txid):
-                            continue  # (from the WAL) in its snapshot, though after its head
+                            continue  # in its snapshot, though positioned after its head
                         client = sub.client
                         if client.subscriptions.get(sub.id) is not sub or sub in failed:
                             # unsubscribed (or its connection ended) while the checks ran:

@@ -28,6 +28,7 @@ import websockets
 
 from pyfuncs import realtime
 from pyfuncs.gateway.positions import PositionTokens
+from tests.walcapture import catch_up
 
 SECRET = "gateway-test-secret-0123456789-0123456789"
 ROLES = "student,manager,rt_nobody"  # what tokens may name (PYFUNCS_JWT_ROLES)
@@ -122,7 +123,9 @@ class GatewayProcess:
 
 
 def head_commit(dsn: str) -> int:
-    """The position of the last commit in the change feed (0 if none)."""
+    """The position of the last commit in the change feed (0 if none), once everything
+    committed so far has its position."""
+    catch_up(dsn)
     with psycopg.connect(dsn) as db:
         row = db.execute("SELECT coalesce(max(position), 0) FROM pyfuncs.realtime_commit")
         return int(row.fetchone()[0])  # type: ignore[index]
@@ -145,6 +148,7 @@ def decode(dsn: str, token: str) -> tuple[int, int]:
 
 def feed(dsn: str, since: int) -> list[tuple[int, int]]:
     """The positions of every change committed after commit `since`, in feed order."""
+    catch_up(dsn)
     with psycopg.connect(dsn) as db:
         return [
             tuple(r) for r in db.execute(

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from .conftest import STUDENTS, GatewayProcess, WsClient, decode, token
+from .conftest import STUDENTS, GatewayProcess, WsClient, decode, head_commit, token
 
 A, B = STUDENTS
 
@@ -194,7 +194,7 @@ def test_randomised_no_subscriber_ever_receives_a_row_its_rls_hides(
             else:
                 conn.execute("UPDATE rt.items SET id = %s WHERE id = %s", [100 + step, i])
         conn.execute("INSERT INTO rt.items (id) VALUES (9999)")  # marker, visible to none
-        head = conn.execute("SELECT max(position) FROM pyfuncs.realtime_commit").fetchone()[0]
+        head = head_commit(rt_db)
         for *_, ws, _ in subscribers:
             await ws.wait_for(lambda m: m["type"] == "heartbeat"
                               and decode(rt_db, m["positions"]["s"])[0] == head, timeout=30)  # fmt: skip

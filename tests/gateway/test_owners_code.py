@@ -31,12 +31,14 @@ FEED_GRANTS = """
 GRANT SELECT ON pyfuncs.realtime_state, pyfuncs.realtime_commit, pyfuncs.realtime_change
     TO rt_feed;
 GRANT INSERT ON pyfuncs.realtime_audit TO rt_feed;
+GRANT EXECUTE ON FUNCTION pyfuncs.realtime_wal_capture(integer) TO rt_feed;
 """
 # one login role for both (what README asked for before there were two)
 ONE_ROLE_GRANTS = """
 GRANT SELECT ON pyfuncs.realtime_state, pyfuncs.realtime_table, pyfuncs.realtime_commit,
     pyfuncs.realtime_change TO authenticator;
 GRANT INSERT ON pyfuncs.realtime_audit TO authenticator;
+GRANT EXECUTE ON FUNCTION pyfuncs.realtime_wal_capture(integer) TO authenticator;
 """
 
 # mallory owns a schema (an application team's, say) and the tables and types in it

@@ -70,6 +70,7 @@ GATEWAY_GRANTS = """
 GRANT SELECT ON pyfuncs.realtime_state, pyfuncs.realtime_table, pyfuncs.realtime_commit,
     pyfuncs.realtime_change TO authenticator;
 GRANT INSERT ON pyfuncs.realtime_audit TO authenticator;
+GRANT EXECUTE ON FUNCTION pyfuncs.realtime_wal_capture(integer) TO authenticator;
 """
 
 

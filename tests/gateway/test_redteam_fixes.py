@@ -23,7 +23,7 @@ from pyfuncs.gateway.config import GatewayConfig
 from pyfuncs.gateway.origins import Origins
 from pyfuncs.gateway.ratelimit import RateLimits
 
-from .conftest import STUDENTS, GatewayProcess, WsClient, token
+from .conftest import STUDENTS, GatewayProcess, WsClient, head_commit, token
 
 
 def run(coro: Any) -> Any:
@@ -250,6 +250,7 @@ def test_a_resume_with_keys_learns_nothing_of_hidden_rows_history(
         conn.execute("UPDATE rt.notes SET id = 778 WHERE id = 777")
         conn.execute("INSERT INTO rt.notes (id, owner, body) VALUES (500, %s, 'mine')", [me])
         conn.execute("INSERT INTO rt.notes (id, owner, body) VALUES (777, %s, 'mine')", [me])
+        head_commit(rt_db)  # all of it in the feed while the client is away
         ws = await WsClient.connect(gateway.ws_url, token("student", me))
         reply = await ws.subscribe("a", since=pos, keys=[])
         assert reply["type"] == "subscribed" and reply["gone"] == []

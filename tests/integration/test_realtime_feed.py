@@ -1,6 +1,6 @@
 """The change feed: durable capture, commit order, resume without loss or repeats, pruning
-(issue 4, "Change capture"), whether changes are captured by triggers or from the WAL (with
-a consumer running in the background; issue 13)."""
+(issue 4, "Change capture"), whether changes are captured by triggers or from the WAL, with
+a consumer running in the background (issue 13)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from pyfuncs.embedded import Cluster
 from pyfuncs.errors import ConfigError, ResyncRequired
 from pyfuncs.realtime import Change, ChangeFeed, Position
 from tests.walcapture import catch_up, consumer
+from tests.walcapture import log as logged
 
 
 @pytest.fixture(params=["trigger", "wal"])
@@ -33,10 +34,7 @@ def feed_db(
     conn.commit()
     capture.set_mode(conn, request.param)
     realtime.enable(conn, "rt.counter")
-    if request.param == "trigger":
-        yield dsn
-        return
-    with consumer(dsn):
+    with consumer(dsn):  # (in trigger mode, it gives what committed its positions)
         yield dsn
 
 
@@ -280,3 +278,123 @@ def test_cli_enables_disables_and_prunes(
     assert main(["--dsn", dsn, "realtime", "enable"]) == 1
     assert main(["--dsn", dsn, "realtime", "enable", "public.missing"]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+# --- trigger mode: positions given after commit (issue 13) ----------------------------------
+
+
+@pytest.fixture
+def trigger_db(dsn: str, conn: psycopg.Connection[Any]) -> str:
+    """Trigger mode, with no consumer running: positions are given when the test says."""
+    conn.execute("CREATE SCHEMA rt")
+    conn.execute("CREATE TABLE rt.counter (id int PRIMARY KEY, n int NOT NULL, note text)")
+    conn.execute("INSERT INTO rt.counter VALUES (1, 0), (2, 0)")
+    conn.commit()
+    realtime.enable(conn, "rt.counter")
+    return dsn
+
+
+def transitions(changes: list[Change]) -> list[tuple[int, int]]:
+    return [(c.new["id"], c.new["n"]) for c in changes if c.new]
+
+
+def test_a_commit_waiting_to_be_flushed_holds_no_other_writer_up(
+    trigger_db: str, conn: psycopg.Connection[Any]
+) -> None:
+    """Trigger mode used to give a transaction its position at commit, under a lock every
+    capturing commit shared until its commit was flushed (and a NOTIFY, whose queue lock
+    PostgreSQL holds as long): one slow commit held every writer up, and with fsync on,
+    commits were flushed one at a time. A commit held here by a synchronous standby that
+    never answers must not hold up another writer's."""
+    admin = trigger_db.rsplit("/", 1)[0] + "/postgres"
+    held = psycopg.connect(trigger_db, autocommit=True, options="-c synchronous_commit=on")
+    local = "-c synchronous_commit=local"  # (these commits must not wait for the standby)
+    with psycopg.connect(admin, autocommit=True) as root:
+        root.execute("ALTER SYSTEM SET synchronous_standby_names = 'pyfuncs_nobody'")
+        root.execute("SELECT pg_reload_conf()")
+    update = threading.Thread(
+        target=held.execute, args=["UPDATE rt.counter SET n = 1 WHERE id = 1"]
+    )
+    try:
+        with psycopg.connect(trigger_db, autocommit=True, options=local) as db:
+            time.sleep(0.5)  # (the reload reaches every backend)
+            update.start()
+            deadline = time.monotonic() + 20
+            while db.execute("SELECT count(*) FROM pg_stat_activity "
+                             "WHERE wait_event = 'SyncRep'").fetchone() != (1,):  # fmt: skip
+                assert time.monotonic() < deadline, "the commit did not wait for the standby"
+                time.sleep(0.05)
+            db.execute("SET lock_timeout = '5s'")  # (the old commit step waited here)
+            db.execute("UPDATE rt.counter SET n = 1 WHERE id = 2")
+            # a batch (committed locally, as the writers') while the first is still held
+            db.execute("SELECT pyfuncs.realtime_wal_capture(100)")
+            assert transitions(logged(trigger_db)) == [(2, 1)]
+    finally:
+        with psycopg.connect(admin, autocommit=True) as root:
+            root.execute("ALTER SYSTEM RESET synchronous_standby_names")
+            root.execute("SELECT pg_reload_conf()")
+        update.join()
+        held.close()
+    catch_up(trigger_db)
+    assert transitions(read_all(trigger_db)) == [(2, 1), (1, 1)]
+
+
+def test_a_writer_that_waited_for_another_comes_after_it_though_it_wrote_first(
+    trigger_db: str,
+) -> None:
+    """Positions given after commit follow each transaction's last change: one that wrote
+    first (smaller transaction id, smaller first change) but then waited for another's row
+    lock committed after it, and must come after it in the feed, in the same batch."""
+    with psycopg.connect(trigger_db) as first, psycopg.connect(trigger_db) as second:
+        first.execute("UPDATE rt.counter SET n = n + 1 WHERE id = 1")  # writes first
+        second.execute("UPDATE rt.counter SET n = n + 1 WHERE id = 2")
+        waiting = threading.Thread(
+            target=first.execute, args=["UPDATE rt.counter SET n = n + 1 WHERE id = 2"]
+        )
+        waiting.start()  # waits for second's lock on row 2
+        time.sleep(0.3)
+        second.commit()
+        waiting.join()
+        first.commit()
+    catch_up(trigger_db)  # one batch gives both their positions
+    changes = read_all(trigger_db)
+    assert transitions(changes) == [(2, 1), (1, 1), (2, 2)]
+    assert len({c.position.commit for c in changes}) == 2
+
+
+def test_switching_to_wal_gives_what_the_triggers_captured_its_positions_first(
+    trigger_db: str, conn: psycopg.Connection[Any]
+) -> None:
+    with psycopg.connect(trigger_db, autocommit=True) as db:
+        db.execute("UPDATE rt.counter SET n = 1 WHERE id = 1")  # no consumer: no position yet
+        assert read_all_unpositioned(db) == 1
+        capture.set_mode(conn, "wal")
+        assert read_all_unpositioned(db) == 0
+        db.execute("UPDATE rt.counter SET n = 1 WHERE id = 2")
+    catch_up(trigger_db)
+    changes = read_all(trigger_db)
+    assert transitions(changes) == [(1, 1), (2, 1)]
+    assert changes[0].position < changes[1].position
+
+
+def read_all_unpositioned(db: psycopg.Connection[Any]) -> int:
+    row = db.execute("SELECT count(*) FROM pyfuncs.realtime_commit WHERE position IS NULL")
+    return int(row.fetchone()[0])  # type: ignore[index]
+
+
+def test_a_session_squatting_on_the_leaders_lock_delays_positions_by_seconds_only(
+    trigger_db: str,
+) -> None:
+    """Any role can take the advisory lock the leading consumer holds; in trigger mode the
+    consumers standing by then give positions anyway, every `standby` seconds."""
+    with psycopg.connect(trigger_db, autocommit=True) as squatter:
+        squatter.execute("SELECT pg_advisory_lock(%s)", [capture.LEADER_KEY])
+        with consumer(trigger_db, standby=0.5) as cap, psycopg.connect(trigger_db) as db:
+            db.execute("UPDATE rt.counter SET n = 1 WHERE id = 1")
+            db.commit()
+            deadline = time.monotonic() + 10
+            while not logged(trigger_db):
+                assert time.monotonic() < deadline, "no position given"
+                time.sleep(0.1)
+            assert not cap.leading
+    assert transitions(logged(trigger_db)) == [(1, 1)]

@@ -234,6 +234,7 @@ def test_values_do_not_depend_on_the_consumer_session(
     write_and_capture(2, "")
     capture.set_mode(conn, "trigger")
     run(wal_db, f"INSERT INTO rt.kinds VALUES (3, {values})")
+    catch_up(wal_db)
     rows = {c.new.pop("id"): c.new for c in log(wal_db) if c.table == "kinds" and c.new}
     assert rows[1] == rows[2]
     same = ("ts", "t", "d", "i", "f", "r", "n", "b", "tm", "tr")

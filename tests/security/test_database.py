@@ -12,8 +12,8 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
+from pyfuncs import capture, realtime
 from pyfuncs import deploy as deploying
-from pyfuncs import realtime
 from pyfuncs.embedded import SUPERUSER, Cluster
 
 from .conftest import is_superuser
@@ -45,8 +45,9 @@ FUNCTIONS = {
     "pyfuncs.realtime_capture()": (True, False, True,
         "writers need no privileges on the change log; only its owner may attach it, it "
         "checks the table is enabled and calls no cast or function another role defines"),
-    "pyfuncs.realtime_commit_position()": (True, False, True,
-        "runs as any capturing commit; touches only pyfuncs' own tables and sequence"),
+    "pyfuncs.realtime_sequence()": (False, False, True,
+        "trigger mode's positions; for realtime_wal_batch and realtime_set_mode (the owner's "
+        "rights), under the capture lock"),
     "pyfuncs.realtime_slot_name()": (False, True, True,
         "caller's rights: names this database's slot, for status queries"),
     "pyfuncs.realtime_wal_value(text,jsonb)": (False, True, False,
@@ -88,7 +89,7 @@ FUNCTIONS = {
     "pyfuncs.realtime_wal_names_reset()": (False, False, True,
         "called when a slot is made and when switching to wal"),
     "pyfuncs.realtime_capture_lock_take()": (False, False, True,
-        "takes the capture lock, which only the owner may (realtime_sequencer's habit)"),
+        "takes the capture lock, which only the owner may (deploy_lock's habit)"),
     "pyfuncs.realtime_wal_json_refusal(text)": (False, False, True,
         "called by realtime_wal_apply only; a cast to jsonb and nothing else"),
     "pyfuncs.realtime_wal_transient(text)": (False, False, True,
@@ -195,7 +196,7 @@ def test_a_capture_trigger_cannot_be_attached_to_another_table(
     )
     mallory.execute("CREATE CAST (pg_temp.e AS json) WITH FUNCTION pg_temp.evil(pg_temp.e)")
     mallory.execute("CREATE TEMP TABLE t (x pg_temp.e)")
-    for function in ("realtime_capture", "realtime_commit_position", "forbid_change"):
+    for function in ("realtime_capture", "forbid_change"):
         for when in ("AFTER INSERT ON t FOR EACH ROW", "AFTER TRUNCATE ON t"):
             with pytest.raises(errors.InsufficientPrivilege):
                 mallory.execute(f"CREATE TRIGGER x {when} EXECUTE FUNCTION pyfuncs.{function}()")
@@ -271,8 +272,8 @@ def test_partitions_of_an_enabled_table_are_captured_under_its_name(
 
 
 # The tables whose locks serialise pyfuncs' work, and the deployments table an earlier
-# release locked.
-LOCKED = ("pyfuncs.realtime_sequencer", "pyfuncs.deploy_lock", "pyfuncs.deployment")
+# release locked (and the commit sequencer, which 0014 dropped).
+LOCKED = ("pyfuncs.realtime_capture_lock", "pyfuncs.deploy_lock", "pyfuncs.deployment")
 
 
 def test_pyfuncs_locks_cannot_be_held_by_another_role(
@@ -310,7 +311,7 @@ def test_pyfuncs_locks_cannot_be_held_by_another_role(
         "AND relation = ANY(%s::regclass[])",
         [list(LOCKED)],
     ).fetchall()
-    assert ("pyfuncs.realtime_sequencer", "RowShareLock") in held  # the attack is live
+    assert ("pyfuncs.realtime_capture_lock", "RowShareLock") in held  # the attack is live
     done: list[float] = []
 
     def work() -> None:
@@ -318,6 +319,7 @@ def test_pyfuncs_locks_cannot_be_held_by_another_role(
         with psycopg.connect(dsn, autocommit=True) as other:
             other.execute("SET statement_timeout = '5s'")
             other.execute("INSERT INTO public.w VALUES (1, 1)")  # a capturing commit
+            capture.capture(other)  # a batch (giving it its position)
             module = tmp_path / "lockfree.py"
             module.write_text(
                 "from pyfuncs import stored_function\n\n"
@@ -330,7 +332,7 @@ def test_pyfuncs_locks_cannot_be_held_by_another_role(
     worker.start()
     worker.join(20)
     mallory.execute("ROLLBACK")
-    assert done and done[0] < 10, "a capturing commit or a deploy waited for mallory"
+    assert done and done[0] < 10, "a capturing commit, a batch or a deploy waited for mallory"
     assert conn.execute("SELECT count(*) FROM pyfuncs.realtime_commit "
                         "WHERE position IS NOT NULL").fetchone() == (1,)  # fmt: skip
 
@@ -411,7 +413,9 @@ def test_commit_wake_ups_carry_nothing(
     realtime.enable(conn, "public.w")
     mallory.execute("LISTEN pyfuncs_realtime")
     conn.execute("INSERT INTO public.w VALUES (1)")
+    capture.capture(conn)  # (the batch that gives positions wakes the consumers)
     conn.execute("INSERT INTO public.w VALUES (2)")
+    capture.capture(conn)
     heard = [n.payload for n in mallory.notifies(timeout=1, stop_after=2)]
     assert heard == ["", ""]
 

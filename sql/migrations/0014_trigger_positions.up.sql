@@ -1,0 +1,206 @@
+-- 0014 up: trigger mode without a serialised commit step (README "Realtime: the change
+-- feed"): writers no longer take a lock at commit and hold it until their commit is flushed,
+-- nor NOTIFY (whose queue lock is held as long); the consumer gives committed transactions
+-- their positions in batches (realtime_sequence), in the order of their last change.
+
+-- (waits for the transactions writing now: their commit step still runs, under the old rule)
+DROP TRIGGER realtime_commit_position ON pyfuncs.realtime_commit;
+DROP FUNCTION pyfuncs.realtime_commit_position();
+DROP TABLE pyfuncs.realtime_sequencer;
+CREATE INDEX realtime_commit_pending ON pyfuncs.realtime_commit (txid) WHERE position IS NULL;
+
+CREATE FUNCTION pyfuncs.realtime_sequence() RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    base bigint;
+    commits bigint;
+    changes bigint;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pyfuncs.realtime_commit WHERE position IS NULL) THEN
+        RETURN 0;
+    END IF;
+    base := nextval('pyfuncs.realtime_position') - 1;
+    WITH given AS (
+        UPDATE pyfuncs.realtime_commit c SET position = base + o.rank,
+                                             committed_at = clock_timestamp()
+        FROM (SELECT p.txid, l.changes,
+                     row_number() OVER (ORDER BY l.last NULLS FIRST, p.txid) AS rank
+              FROM pyfuncs.realtime_commit p
+              CROSS JOIN LATERAL (SELECT max(ch.id) AS last, count(*) AS changes
+                                  FROM pyfuncs.realtime_change ch WHERE ch.txid = p.txid) l
+              WHERE p.position IS NULL) o
+        WHERE c.txid = o.txid
+        RETURNING o.changes
+    )
+    SELECT count(*), coalesce(sum(given.changes), 0) INTO commits, changes FROM given;
+    IF commits > 0 THEN
+        PERFORM setval('pyfuncs.realtime_position', base + commits);
+        IF pg_notification_queue_usage() < 0.5 THEN
+            PERFORM pg_notify('pyfuncs_realtime', '');
+        END IF;
+    END IF;
+    RETURN changes;
+END
+$$;
+
+REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_sequence() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION pyfuncs.realtime_wal_batch(max_changes integer)
+RETURNS TABLE (captured bigint, done boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+SET "DateStyle" = 'ISO, MDY' SET "IntervalStyle" = 'postgres' SET extra_float_digits = 1
+SET bytea_output = 'hex' SET "TimeZone" = 'UTC' SET lock_timeout = '10s' AS $$
+DECLARE
+    state record;
+    slot record;
+    flush pg_lsn;
+    snap pg_snapshot := pg_current_snapshot();
+    top bigint := pg_snapshot_xmax(pg_current_snapshot())::text::bigint;
+    result record;
+    failed text;
+    failure text;
+    detail text;
+BEGIN
+    IF max_changes IS NULL OR max_changes < 1 THEN
+        RAISE EXCEPTION 'pyfuncs: max_changes must be a positive number, not %', max_changes
+            USING ERRCODE = '22023';
+    END IF;
+    PERFORM pyfuncs.realtime_capture_lock_take();
+    SELECT s.mode, s.applied_lsn INTO state FROM pyfuncs.realtime_state s;
+    IF state.mode <> 'wal' THEN
+        RETURN QUERY SELECT pyfuncs.realtime_sequence(), true;
+        RETURN;
+    END IF;
+    SELECT s.slot_name, s.wal_status, s.confirmed_flush_lsn INTO slot
+    FROM pg_replication_slots s WHERE s.slot_name = pyfuncs.realtime_slot_name();
+    IF NOT EXISTS (SELECT FROM pyfuncs.realtime_table) THEN
+        -- nothing to capture: a slot left by an enable that failed half-way holds WAL
+        IF slot.slot_name IS NOT NULL THEN
+            PERFORM pg_drop_replication_slot(slot.slot_name);
+        END IF;
+        RETURN QUERY SELECT 0::bigint, true;
+        RETURN;
+    END IF;
+    IF slot.slot_name IS NULL OR slot.wal_status = 'lost' THEN
+        RAISE EXCEPTION 'pyfuncs: the realtime replication slot % is %',
+            pyfuncs.realtime_slot_name(),
+            CASE WHEN slot.slot_name IS NULL THEN 'missing'
+                 ELSE 'invalidated: it held more WAL than max_slot_wal_keep_size allows' END
+            USING ERRCODE = '55000',
+                  HINT = 'pyfuncs.realtime_wal_slot() makes a new one and tells consumers to '
+                         'resync; the capture loop does so by itself';
+    END IF;
+    -- (a stream that realtime_wal_free ended can be back before the slot is read, if its
+    -- consumer was already connecting: then it is ended again, up to five times)
+    FOR attempt IN 1..5 LOOP
+        BEGIN
+            PERFORM pyfuncs.realtime_wal_free(slot.slot_name);
+            IF slot.confirmed_flush_lsn < state.applied_lsn THEN
+                PERFORM pg_replication_slot_advance(slot.slot_name, state.applied_lsn);
+            END IF;
+            flush := pg_current_wal_flush_lsn();
+            -- (after `flush`: a rename committed after this is after every change read now)
+            PERFORM pyfuncs.realtime_wal_names(state.applied_lsn);
+            BEGIN
+                SELECT * INTO result
+                FROM pyfuncs.realtime_wal_apply(slot.slot_name, flush, max_changes, snap, top);
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS failed = RETURNED_SQLSTATE, failure = MESSAGE_TEXT,
+                                        detail = PG_EXCEPTION_DETAIL;
+                IF pyfuncs.realtime_wal_transient(failed) THEN
+                    RAISE;
+                END IF;
+                SELECT * INTO result FROM pyfuncs.realtime_wal_isolate(
+                    slot.slot_name, flush, max_changes, snap, top, failed, failure, detail);
+            END;
+            EXIT;
+        EXCEPTION WHEN object_in_use THEN
+            IF attempt = 5 THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
+    PERFORM pyfuncs.realtime_wal_finish(state.applied_lsn, flush, result.captured,
+                                        result.skipped, result.done);
+    RETURN QUERY SELECT result.captured, result.done;
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION pyfuncs.realtime_set_mode(target text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    current text := (SELECT mode FROM pyfuncs.realtime_state);
+    rel record;
+    action text := CASE target WHEN 'wal' THEN 'DISABLE' ELSE 'ENABLE' END;
+    enough timestamptz := clock_timestamp() + interval '30 seconds';
+    pending pg_lsn;
+    batch record;
+BEGIN
+    IF target IS NULL OR target NOT IN ('wal', 'trigger') THEN
+        RAISE EXCEPTION 'pyfuncs: % is not a capture mode; use wal or trigger',
+            coalesce(quote_literal(target), 'NULL') USING ERRCODE = '22023';
+    END IF;
+    IF current = target THEN
+        RETURN;
+    END IF;
+    IF target = 'wal' THEN
+        FOR rel IN SELECT relid FROM pyfuncs.realtime_table ORDER BY relid LOOP
+            PERFORM pyfuncs.realtime_check_identity(rel.relid);
+            IF (SELECT relpersistence FROM pg_class WHERE oid = rel.relid) = 'u' THEN
+                RAISE EXCEPTION 'pyfuncs: % is unlogged: its changes are not in the WAL',
+                    rel.relid::regclass USING ERRCODE = '55000';
+            END IF;
+        END LOOP;
+        IF EXISTS (SELECT FROM pyfuncs.realtime_table) THEN
+            PERFORM pyfuncs.realtime_wal_slot();
+        END IF;
+    END IF;
+    PERFORM pyfuncs.realtime_capture_lock_take();
+    IF (SELECT mode FROM pyfuncs.realtime_state) <> current THEN
+        RAISE EXCEPTION 'pyfuncs: the capture mode changed meanwhile' USING ERRCODE = '40001';
+    END IF;
+    FOR rel IN SELECT schema_name, table_name FROM pyfuncs.realtime_table ORDER BY relid LOOP
+        EXECUTE format('ALTER TABLE %I.%I %s TRIGGER pyfuncs_realtime, %s TRIGGER '
+                       'pyfuncs_realtime_truncate', rel.schema_name, rel.table_name,
+                       action, action);
+    END LOOP;
+    IF target = 'trigger' THEN
+        IF EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = pyfuncs.realtime_slot_name()
+                                                      AND wal_status <> 'lost') THEN
+            -- every writer has committed (the triggers' locks); wait for their commits to
+            -- be flushed, so the slot can read them
+            pending := pg_current_wal_insert_lsn();
+            WHILE pg_current_wal_flush_lsn() < pending LOOP
+                IF clock_timestamp() > enough THEN
+                    RAISE EXCEPTION 'pyfuncs: the WAL was not flushed in 30 s' USING ERRCODE = '55000';
+                END IF;
+                PERFORM pg_sleep(0.01);
+            END LOOP;
+            LOOP
+                SELECT * INTO batch FROM pyfuncs.realtime_wal_batch(100000);
+                EXIT WHEN batch.done;
+            END LOOP;
+        ELSIF EXISTS (SELECT FROM pyfuncs.realtime_table) THEN
+            -- the slot was lost: what it held is gone, consumers must resync
+            UPDATE pyfuncs.realtime_state SET pruned_through = greatest(pruned_through,
+                (SELECT coalesce(max(position), 0) + 1 FROM pyfuncs.realtime_commit));
+        END IF;
+        PERFORM setval('pyfuncs.realtime_position', greatest(
+            (SELECT coalesce(max(position), 0) FROM pyfuncs.realtime_commit),
+            (SELECT pruned_through FROM pyfuncs.realtime_state),
+            (SELECT last_value FROM pyfuncs.realtime_position)));
+        UPDATE pyfuncs.realtime_state SET mode = 'trigger';
+        PERFORM pyfuncs.realtime_wal_drop();
+    ELSE
+        -- the transactions the triggers captured take their positions first (the capture
+        -- lock keeps batches out), all smaller than commit LSNs
+        PERFORM pyfuncs.realtime_sequence();
+        -- the slot may be older than this switch: the names are compared with today's
+        PERFORM pyfuncs.realtime_wal_names_reset();
+        -- (every transaction whose trigger fired has committed: the triggers' locks)
+        UPDATE pyfuncs.realtime_state SET mode = 'wal', wal_since = pg_current_wal_insert_lsn();
+    END IF;
+END
+$$;
+
