@@ -115,14 +115,17 @@ def _call(conn: psycopg.Connection[Any], name: str, what: str, **params: Any) ->
 
 
 async def read(
-    conn: psycopg.AsyncConnection[Any], after: Position, limit: int = 500
-) -> list[Change]:
+    conn: psycopg.AsyncConnection[Any], after: Position, limit: int = 500, *,
+    keys: bool = False,
+) -> list[Change]:  # fmt: skip
     """Committed changes after `after`, in commit order, at most `limit`; raises
     ResyncRequired when some of them were pruned. One statement, so one snapshot and one
-    round trip."""
+    round trip. With `keys`, `new` and `old` hold only the primary key columns of the
+    change's table (what the gateway needs: sql/queries.sql, realtime_read_keys)."""
     params = {"commit": after.commit, "change": after.change, "limit": limit}
     cur = conn.cursor(row_factory=dict_row)
-    rows = await (await cur.execute(query("realtime_read"), params)).fetchall()
+    name = "realtime_read_keys" if keys else "realtime_read"
+    rows = await (await cur.execute(query(name), params)).fetchall()
     pruned_through = rows[0]["pruned_through"] if rows else 0
     if after.commit < pruned_through:
         raise ResyncRequired(

@@ -166,7 +166,7 @@ class Hub:
         began waited for the batch in progress, the next, and its own.)"""
         while True:
             await self._answered(conn)
-            changes = await read(conn, self.position, self.config.batch)
+            changes = await read(conn, self.position, self.config.batch, keys=True)
             self.metrics.feed_reads += 1
             if not changes:
                 await self._wait(conn)
@@ -364,7 +364,7 @@ class Hub:
             limit = max(1, min(self.config.batch, room // 2))
             try:
                 async with self.sessions.feed.connection() as conn:
-                    changes = await read(conn, sub.position, limit)
+                    changes = await read(conn, sub.position, limit, keys=True)
                 if not changes:
                     sub.live = True
                     return
