@@ -169,8 +169,8 @@ class ChangeFeed:
         apply(change)
         saved = str(change.position)
     ```
-    Every committed change after `since` arrives once, in commit order (per row and
-    overall). Between batches it waits for a NOTIFY, and looks anyway every `poll` seconds
+    Every committed change after `since` arrives once, in commit order (per row; from the
+    WAL, overall too). Between batches it waits for a NOTIFY, and looks anyway every `poll` seconds
     in case a wake-up was lost while it was disconnected.
     """
 

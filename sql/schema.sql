@@ -1257,11 +1257,32 @@ DECLARE
     identity "char";
 BEGIN
     SELECT c.relreplident INTO identity FROM pg_class c WHERE c.oid = target;
+    -- (PostgreSQL takes a DEFERRABLE primary key for no replica identity)
     IF identity = 'n' OR (identity = 'd' AND NOT EXISTS (
-            SELECT FROM pg_index i WHERE i.indrelid = target AND i.indisprimary)) THEN
+            SELECT FROM pg_index i WHERE i.indrelid = target AND i.indisprimary
+                                     AND i.indimmediate)) THEN
         RAISE EXCEPTION 'pyfuncs: % has no replica identity, so the WAL does not say which row '
                         'an UPDATE or DELETE changed', target USING ERRCODE = '55000',
-            HINT = format('give it a primary key, or ALTER TABLE %s REPLICA IDENTITY FULL', target);
+            HINT = format('give it a primary key that is not DEFERRABLE, or ALTER TABLE %s '
+                          'REPLICA IDENTITY FULL', target);
+    END IF;
+END
+$$;
+
+-- Trigger mode orders the transactions a batch gives positions by their last change, which
+-- is commit order for each row because a writer of a row waits for the one before it. With a
+-- DEFERRABLE primary key it does not: an INSERT of a key another transaction is deleting
+-- waits only at its commit, after its change was recorded (found by a red team). So trigger
+-- mode refuses such a table (enabling it, or switching to trigger with it enabled).
+CREATE FUNCTION pyfuncs.realtime_check_key(target regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_index i WHERE i.indrelid = target AND i.indisprimary
+                                         AND NOT i.indimmediate) THEN
+        RAISE EXCEPTION 'pyfuncs: the primary key of % is DEFERRABLE, so trigger capture cannot '
+                        'keep its rows'' changes in commit order', target USING ERRCODE = '55000',
+            HINT = 'make the key NOT DEFERRABLE, or capture from the WAL (pyfuncs realtime '
+                   'mode wal; with REPLICA IDENTITY FULL)';
     END IF;
 END
 $$;
@@ -1299,6 +1320,9 @@ BEGIN
     END IF;
     IF EXISTS (SELECT 1 FROM pyfuncs.realtime_table WHERE relid = target) THEN
         RETURN;
+    END IF;
+    IF NOT wal THEN
+        PERFORM pyfuncs.realtime_check_key(target);
     END IF;
     IF wal THEN
         PERFORM pyfuncs.realtime_check_identity(target);
@@ -1388,6 +1412,8 @@ DECLARE
     enough timestamptz := clock_timestamp() + interval '30 seconds';
     pending pg_lsn;
     batch record;
+    waiting text := current_setting('lock_timeout');
+    made boolean := false;
 BEGIN
     IF target IS NULL OR target NOT IN ('wal', 'trigger') THEN
         RAISE EXCEPTION 'pyfuncs: % is not a capture mode; use wal or trigger',
@@ -1396,63 +1422,100 @@ BEGIN
     IF current = target THEN
         RETURN;
     END IF;
-    IF target = 'wal' THEN
-        FOR rel IN SELECT relid FROM pyfuncs.realtime_table ORDER BY relid LOOP
-            PERFORM pyfuncs.realtime_check_identity(rel.relid);
-            IF (SELECT relpersistence FROM pg_class WHERE oid = rel.relid) = 'u' THEN
-                RAISE EXCEPTION 'pyfuncs: % is unlogged: its changes are not in the WAL',
-                    rel.relid::regclass USING ERRCODE = '55000';
-            END IF;
-        END LOOP;
-        IF EXISTS (SELECT FROM pyfuncs.realtime_table) THEN
-            PERFORM pyfuncs.realtime_wal_slot();
+    -- No lock is waited for longer than 10 s (or the caller's shorter lock_timeout): the
+    -- switch holds the capture lock until it ends, so a transaction holding one of the
+    -- tables (any role can, by naming it in a PREPARE it keeps open) or the slot's creation
+    -- up would hold up every table's capture for as long (found by a red team)
+    IF waiting::interval = interval '0' OR waiting::interval > interval '10 s' THEN
+        PERFORM set_config('lock_timeout', '10s', true);
+    END IF;
+    FOR rel IN SELECT relid FROM pyfuncs.realtime_table ORDER BY relid LOOP
+        IF target = 'trigger' THEN
+            PERFORM pyfuncs.realtime_check_key(rel.relid);
+            CONTINUE;
         END IF;
-    END IF;
-    PERFORM pyfuncs.realtime_capture_lock_take();
-    IF (SELECT mode FROM pyfuncs.realtime_state) <> current THEN
-        RAISE EXCEPTION 'pyfuncs: the capture mode changed meanwhile' USING ERRCODE = '40001';
-    END IF;
-    FOR rel IN SELECT schema_name, table_name FROM pyfuncs.realtime_table ORDER BY relid LOOP
-        EXECUTE format('ALTER TABLE %I.%I %s TRIGGER pyfuncs_realtime, %s TRIGGER '
-                       'pyfuncs_realtime_truncate', rel.schema_name, rel.table_name,
-                       action, action);
+        PERFORM pyfuncs.realtime_check_identity(rel.relid);
+        IF (SELECT relpersistence FROM pg_class WHERE oid = rel.relid) = 'u' THEN
+            RAISE EXCEPTION 'pyfuncs: % is unlogged: its changes are not in the WAL',
+                rel.relid::regclass USING ERRCODE = '55000';
+        END IF;
     END LOOP;
-    IF target = 'trigger' THEN
-        IF EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = pyfuncs.realtime_slot_name()
-                                                      AND wal_status <> 'lost') THEN
-            -- every writer has committed (the triggers' locks); wait for their commits to
-            -- be flushed, so the slot can read them
-            pending := pg_current_wal_insert_lsn();
-            WHILE pg_current_wal_flush_lsn() < pending LOOP
-                IF clock_timestamp() > enough THEN
-                    RAISE EXCEPTION 'pyfuncs: the WAL was not flushed in 30 s' USING ERRCODE = '55000';
-                END IF;
-                PERFORM pg_sleep(0.01);
-            END LOOP;
-            LOOP
-                SELECT * INTO batch FROM pyfuncs.realtime_wal_batch(100000);
-                EXIT WHEN batch.done;
-            END LOOP;
-        ELSIF EXISTS (SELECT FROM pyfuncs.realtime_table) THEN
-            -- the slot was lost: what it held is gone, consumers must resync
-            UPDATE pyfuncs.realtime_state SET pruned_through = greatest(pruned_through,
-                (SELECT coalesce(max(position), 0) + 1 FROM pyfuncs.realtime_commit));
-        END IF;
-        PERFORM setval('pyfuncs.realtime_position', greatest(
-            (SELECT coalesce(max(position), 0) FROM pyfuncs.realtime_commit),
-            (SELECT pruned_through FROM pyfuncs.realtime_state),
-            (SELECT last_value FROM pyfuncs.realtime_position)));
-        UPDATE pyfuncs.realtime_state SET mode = 'trigger';
-        PERFORM pyfuncs.realtime_wal_drop();
-    ELSE
-        -- the transactions the triggers captured take their positions first (the capture
-        -- lock keeps batches out), all smaller than commit LSNs
-        PERFORM pyfuncs.realtime_sequence();
-        -- the slot may be older than this switch: the names are compared with today's
-        PERFORM pyfuncs.realtime_wal_names_reset();
-        -- (every transaction whose trigger fired has committed: the triggers' locks)
-        UPDATE pyfuncs.realtime_state SET mode = 'wal', wal_since = pg_current_wal_insert_lsn();
+    IF target = 'wal' AND EXISTS (SELECT FROM pyfuncs.realtime_table) THEN
+        BEGIN
+            made := pyfuncs.realtime_wal_slot();
+        EXCEPTION WHEN lock_not_available THEN
+            RAISE EXCEPTION 'pyfuncs: making the slot waited % for transactions to end, and '
+                            'gave up', current_setting('lock_timeout')
+                USING ERRCODE = '55P03',
+                      HINT = 'making a slot waits for every transaction of the cluster open '
+                             'when it starts (prepared ones too: pg_prepared_xacts)';
+        END;
     END IF;
+    -- a slot made here must not outlive a switch that fails (slots are not transactional:
+    -- it would hold WAL for ever)
+    BEGIN
+        BEGIN
+            -- the tables as they are named now (a table renamed since it was enabled, and
+            -- another given its old name, must not be taken for it)
+            FOR rel IN SELECT relid FROM pyfuncs.realtime_table ORDER BY relid LOOP
+                EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', rel.relid::regclass);
+            END LOOP;
+        EXCEPTION WHEN lock_not_available THEN
+            RAISE EXCEPTION 'pyfuncs: switching to % waited % for a lock on %, and gave up',
+                            target, current_setting('lock_timeout'),
+                            rel.relid::regclass USING ERRCODE = '55P03',
+                HINT = 'a transaction holding that table (pg_locks shows which) must end first';
+        END;
+        PERFORM pyfuncs.realtime_capture_lock_take();
+        IF (SELECT mode FROM pyfuncs.realtime_state) <> current THEN
+            RAISE EXCEPTION 'pyfuncs: the capture mode changed meanwhile' USING ERRCODE = '40001';
+        END IF;
+        FOR rel IN SELECT relid FROM pyfuncs.realtime_table ORDER BY relid LOOP
+            EXECUTE format('ALTER TABLE %s %s TRIGGER pyfuncs_realtime, %s TRIGGER '
+                           'pyfuncs_realtime_truncate', rel.relid::regclass, action, action);
+        END LOOP;
+        IF target = 'trigger' THEN
+            IF EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = pyfuncs.realtime_slot_name()
+                                                          AND wal_status <> 'lost') THEN
+                -- every writer has committed (the triggers' locks); wait for their commits to
+                -- be flushed, so the slot can read them
+                pending := pg_current_wal_insert_lsn();
+                WHILE pg_current_wal_flush_lsn() < pending LOOP
+                    IF clock_timestamp() > enough THEN
+                        RAISE EXCEPTION 'pyfuncs: the WAL was not flushed in 30 s' USING ERRCODE = '55000';
+                    END IF;
+                    PERFORM pg_sleep(0.01);
+                END LOOP;
+                LOOP
+                    SELECT * INTO batch FROM pyfuncs.realtime_wal_batch(100000);
+                    EXIT WHEN batch.done;
+                END LOOP;
+            ELSIF EXISTS (SELECT FROM pyfuncs.realtime_table) THEN
+                -- the slot was lost: what it held is gone, consumers must resync
+                UPDATE pyfuncs.realtime_state SET pruned_through = greatest(pruned_through,
+                    (SELECT coalesce(max(position), 0) + 1 FROM pyfuncs.realtime_commit));
+            END IF;
+            PERFORM setval('pyfuncs.realtime_position', greatest(
+                (SELECT coalesce(max(position), 0) FROM pyfuncs.realtime_commit),
+                (SELECT pruned_through FROM pyfuncs.realtime_state),
+                (SELECT last_value FROM pyfuncs.realtime_position)));
+            UPDATE pyfuncs.realtime_state SET mode = 'trigger';
+            PERFORM pyfuncs.realtime_wal_drop();
+        ELSE
+            -- the transactions the triggers captured take their positions first (the capture
+            -- lock keeps batches out), all smaller than commit LSNs
+            PERFORM pyfuncs.realtime_sequence();
+            -- the slot may be older than this switch: the names are compared with today's
+            PERFORM pyfuncs.realtime_wal_names_reset();
+            -- (every transaction whose trigger fired has committed: the triggers' locks)
+            UPDATE pyfuncs.realtime_state SET mode = 'wal', wal_since = pg_current_wal_insert_lsn();
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        IF made THEN
+            PERFORM pyfuncs.realtime_wal_drop();
+        END IF;
+        RAISE;
+    END;
 END
 $$;
 

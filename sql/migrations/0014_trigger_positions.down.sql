@@ -187,3 +187,82 @@ CREATE CONSTRAINT TRIGGER realtime_commit_position
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW WHEN (NEW.position IS NULL)
     EXECUTE FUNCTION pyfuncs.realtime_commit_position();
+
+DROP FUNCTION pyfuncs.realtime_check_key(regclass);
+CREATE OR REPLACE FUNCTION pyfuncs.realtime_check_identity(target regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    identity "char";
+BEGIN
+    SELECT c.relreplident INTO identity FROM pg_class c WHERE c.oid = target;
+    IF identity = 'n' OR (identity = 'd' AND NOT EXISTS (
+            SELECT FROM pg_index i WHERE i.indrelid = target AND i.indisprimary)) THEN
+        RAISE EXCEPTION 'pyfuncs: % has no replica identity, so the WAL does not say which row '
+                        'an UPDATE or DELETE changed', target USING ERRCODE = '55000',
+            HINT = format('give it a primary key, or ALTER TABLE %s REPLICA IDENTITY FULL', target);
+    END IF;
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION pyfuncs.enable_realtime(target regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel record;
+    wal boolean := (SELECT mode = 'wal' FROM pyfuncs.realtime_state);
+BEGIN
+    SELECT n.nspname, c.relname, c.relkind, c.relpersistence INTO rel
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = target;
+    IF rel.nspname = 'pyfuncs' OR rel.nspname = 'information_schema'
+       OR starts_with(rel.nspname, 'pg_') THEN
+        RAISE EXCEPTION 'pyfuncs: % belongs to pyfuncs or to the system, realtime captures '
+                        'application tables only', target USING ERRCODE = '42501';
+    END IF;
+    IF rel.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'pyfuncs: % is not a table, realtime captures tables only', target
+            USING ERRCODE = '42809';
+    END IF;
+    IF rel.relpersistence = 't' THEN
+        RAISE EXCEPTION 'pyfuncs: % is a temporary table, which no other session can read',
+            target USING ERRCODE = '42809';
+    END IF;
+    IF rel.relpersistence = 'u' AND wal THEN
+        RAISE EXCEPTION 'pyfuncs: % is unlogged: its changes are not in the WAL', target
+            USING ERRCODE = '55000',
+                  HINT = 'make it logged (ALTER TABLE ... SET LOGGED), or capture with triggers';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pyfuncs.realtime_table WHERE relid = target) THEN
+        RETURN;
+    END IF;
+    IF wal THEN
+        PERFORM pyfuncs.realtime_check_identity(target);
+        PERFORM pyfuncs.realtime_wal_slot();
+        -- a consumer that found no table enabled drops the slot, under this lock
+        PERFORM pyfuncs.realtime_capture_lock_take();
+        IF NOT EXISTS (SELECT FROM pg_replication_slots
+                       WHERE slot_name = pyfuncs.realtime_slot_name()) THEN
+            RAISE EXCEPTION 'pyfuncs: the realtime slot was dropped while % was being enabled',
+                target USING ERRCODE = '40001', HINT = 'enable it again';
+        END IF;
+    END IF;
+    INSERT INTO pyfuncs.realtime_table (relid, schema_name, table_name)
+    VALUES (target, rel.nspname, rel.relname);
+    IF wal THEN
+        INSERT INTO pyfuncs.realtime_wal_name (relid, schema_name, table_name, enabled)
+        SELECT t.relid, t.schema_name, t.table_name, t.enabled
+        FROM pyfuncs.realtime_wal_tables() t WHERE t.enabled = target
+        ON CONFLICT DO NOTHING;
+    END IF;
+    EXECUTE format('CREATE TRIGGER pyfuncs_realtime AFTER INSERT OR UPDATE OR DELETE ON %I.%I '
+                   'FOR EACH ROW EXECUTE FUNCTION pyfuncs.realtime_capture()',
+                   rel.nspname, rel.relname);
+    EXECUTE format('CREATE TRIGGER pyfuncs_realtime_truncate AFTER TRUNCATE ON %I.%I '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION pyfuncs.realtime_capture()',
+                   rel.nspname, rel.relname);
+    IF wal THEN
+        EXECUTE format('ALTER TABLE %I.%I DISABLE TRIGGER pyfuncs_realtime, '
+                       'DISABLE TRIGGER pyfuncs_realtime_truncate', rel.nspname, rel.relname);
+    END IF;
+END
+$$;
+

@@ -1,7 +1,10 @@
 -- 0014 up: trigger mode without a serialised commit step (README "Realtime: the change
 -- feed"): writers no longer take a lock at commit and hold it until their commit is flushed,
 -- nor NOTIFY (whose queue lock is held as long); the consumer gives committed transactions
--- their positions in batches (realtime_sequence), in the order of their last change.
+-- their positions in batches (realtime_sequence), in the order of their last change; a table
+-- whose primary key is DEFERRABLE is refused (realtime_check_key, and realtime_check_identity
+-- in 'wal' mode: no replica identity); a switch waits at most 10 s for any lock, and finds the
+-- tables by their names now.
 
 -- (waits for the transactions writing now: their commit step still runs, under the old rule)
 DROP TRIGGER realtime_commit_position ON pyfuncs.realtime_commit;
@@ -136,6 +139,8 @@ DECLARE
     enough timestamptz := clock_timestamp() + interval '30 seconds';
     pending pg_lsn;
     batch record;
+    waiting text := current_setting('lock_timeout');
+    made boolean := false;
 BEGIN
     IF target IS NULL OR target NOT IN ('wal', 'trigger') THEN
         RAISE EXCEPTION 'pyfuncs: % is not a capture mode; use wal or trigger',
@@ -144,62 +149,196 @@ BEGIN
     IF current = target THEN
         RETURN;
     END IF;
-    IF target = 'wal' THEN
-        FOR rel IN SELECT relid FROM pyfuncs.realtime_table ORDER BY relid LOOP
-            PERFORM pyfuncs.realtime_check_identity(rel.relid);
-            IF (SELECT relpersistence FROM pg_class WHERE oid = rel.relid) = 'u' THEN
-                RAISE EXCEPTION 'pyfuncs: % is unlogged: its changes are not in the WAL',
-                    rel.relid::regclass USING ERRCODE = '55000';
-            END IF;
-        END LOOP;
-        IF EXISTS (SELECT FROM pyfuncs.realtime_table) THEN
-            PERFORM pyfuncs.realtime_wal_slot();
+    -- No lock is waited for longer than 10 s (or the caller's shorter lock_timeout): the
+    -- switch holds the capture lock until it ends, so a transaction holding one of the
+    -- tables (any role can, by naming it in a PREPARE it keeps open) or the slot's creation
+    -- up would hold up every table's capture for as long (found by a red team)
+    IF waiting::interval = interval '0' OR waiting::interval > interval '10 s' THEN
+        PERFORM set_config('lock_timeout', '10s', true);
+    END IF;
+    FOR rel IN SELECT relid FROM pyfuncs.realtime_table ORDER BY relid LOOP
+        IF target = 'trigger' THEN
+            PERFORM pyfuncs.realtime_check_key(rel.relid);
+            CONTINUE;
         END IF;
-    END IF;
-    PERFORM pyfuncs.realtime_capture_lock_take();
-    IF (SELECT mode FROM pyfuncs.realtime_state) <> current THEN
-        RAISE EXCEPTION 'pyfuncs: the capture mode changed meanwhile' USING ERRCODE = '40001';
-    END IF;
-    FOR rel IN SELECT schema_name, table_name FROM pyfuncs.realtime_table ORDER BY relid LOOP
-        EXECUTE format('ALTER TABLE %I.%I %s TRIGGER pyfuncs_realtime, %s TRIGGER '
-                       'pyfuncs_realtime_truncate', rel.schema_name, rel.table_name,
-                       action, action);
+        PERFORM pyfuncs.realtime_check_identity(rel.relid);
+        IF (SELECT relpersistence FROM pg_class WHERE oid = rel.relid) = 'u' THEN
+            RAISE EXCEPTION 'pyfuncs: % is unlogged: its changes are not in the WAL',
+                rel.relid::regclass USING ERRCODE = '55000';
+        END IF;
     END LOOP;
-    IF target = 'trigger' THEN
-        IF EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = pyfuncs.realtime_slot_name()
-                                                      AND wal_status <> 'lost') THEN
-            -- every writer has committed (the triggers' locks); wait for their commits to
-            -- be flushed, so the slot can read them
-            pending := pg_current_wal_insert_lsn();
-            WHILE pg_current_wal_flush_lsn() < pending LOOP
-                IF clock_timestamp() > enough THEN
-                    RAISE EXCEPTION 'pyfuncs: the WAL was not flushed in 30 s' USING ERRCODE = '55000';
-                END IF;
-                PERFORM pg_sleep(0.01);
+    IF target = 'wal' AND EXISTS (SELECT FROM pyfuncs.realtime_table) THEN
+        BEGIN
+            made := pyfuncs.realtime_wal_slot();
+        EXCEPTION WHEN lock_not_available THEN
+            RAISE EXCEPTION 'pyfuncs: making the slot waited % for transactions to end, and '
+                            'gave up', current_setting('lock_timeout')
+                USING ERRCODE = '55P03',
+                      HINT = 'making a slot waits for every transaction of the cluster open '
+                             'when it starts (prepared ones too: pg_prepared_xacts)';
+        END;
+    END IF;
+    -- a slot made here must not outlive a switch that fails (slots are not transactional:
+    -- it would hold WAL for ever)
+    BEGIN
+        BEGIN
+            -- the tables as they are named now (a table renamed since it was enabled, and
+            -- another given its old name, must not be taken for it)
+            FOR rel IN SELECT relid FROM pyfuncs.realtime_table ORDER BY relid LOOP
+                EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', rel.relid::regclass);
             END LOOP;
-            LOOP
-                SELECT * INTO batch FROM pyfuncs.realtime_wal_batch(100000);
-                EXIT WHEN batch.done;
-            END LOOP;
-        ELSIF EXISTS (SELECT FROM pyfuncs.realtime_table) THEN
-            -- the slot was lost: what it held is gone, consumers must resync
-            UPDATE pyfuncs.realtime_state SET pruned_through = greatest(pruned_through,
-                (SELECT coalesce(max(position), 0) + 1 FROM pyfuncs.realtime_commit));
+        EXCEPTION WHEN lock_not_available THEN
+            RAISE EXCEPTION 'pyfuncs: switching to % waited % for a lock on %, and gave up',
+                            target, current_setting('lock_timeout'),
+                            rel.relid::regclass USING ERRCODE = '55P03',
+                HINT = 'a transaction holding that table (pg_locks shows which) must end first';
+        END;
+        PERFORM pyfuncs.realtime_capture_lock_take();
+        IF (SELECT mode FROM pyfuncs.realtime_state) <> current THEN
+            RAISE EXCEPTION 'pyfuncs: the capture mode changed meanwhile' USING ERRCODE = '40001';
         END IF;
-        PERFORM setval('pyfuncs.realtime_position', greatest(
-            (SELECT coalesce(max(position), 0) FROM pyfuncs.realtime_commit),
-            (SELECT pruned_through FROM pyfuncs.realtime_state),
-            (SELECT last_value FROM pyfuncs.realtime_position)));
-        UPDATE pyfuncs.realtime_state SET mode = 'trigger';
-        PERFORM pyfuncs.realtime_wal_drop();
-    ELSE
-        -- the transactions the triggers captured take their positions first (the capture
-        -- lock keeps batches out), all smaller than commit LSNs
-        PERFORM pyfuncs.realtime_sequence();
-        -- the slot may be older than this switch: the names are compared with today's
-        PERFORM pyfuncs.realtime_wal_names_reset();
-        -- (every transaction whose trigger fired has committed: the triggers' locks)
-        UPDATE pyfuncs.realtime_state SET mode = 'wal', wal_since = pg_current_wal_insert_lsn();
+        FOR rel IN SELECT relid FROM pyfuncs.realtime_table ORDER BY relid LOOP
+            EXECUTE format('ALTER TABLE %s %s TRIGGER pyfuncs_realtime, %s TRIGGER '
+                           'pyfuncs_realtime_truncate', rel.relid::regclass, action, action);
+        END LOOP;
+        IF target = 'trigger' THEN
+            IF EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = pyfuncs.realtime_slot_name()
+                                                          AND wal_status <> 'lost') THEN
+                -- every writer has committed (the triggers' locks); wait for their commits to
+                -- be flushed, so the slot can read them
+                pending := pg_current_wal_insert_lsn();
+                WHILE pg_current_wal_flush_lsn() < pending LOOP
+                    IF clock_timestamp() > enough THEN
+                        RAISE EXCEPTION 'pyfuncs: the WAL was not flushed in 30 s' USING ERRCODE = '55000';
+                    END IF;
+                    PERFORM pg_sleep(0.01);
+                END LOOP;
+                LOOP
+                    SELECT * INTO batch FROM pyfuncs.realtime_wal_batch(100000);
+                    EXIT WHEN batch.done;
+                END LOOP;
+            ELSIF EXISTS (SELECT FROM pyfuncs.realtime_table) THEN
+                -- the slot was lost: what it held is gone, consumers must resync
+                UPDATE pyfuncs.realtime_state SET pruned_through = greatest(pruned_through,
+                    (SELECT coalesce(max(position), 0) + 1 FROM pyfuncs.realtime_commit));
+            END IF;
+            PERFORM setval('pyfuncs.realtime_position', greatest(
+                (SELECT coalesce(max(position), 0) FROM pyfuncs.realtime_commit),
+                (SELECT pruned_through FROM pyfuncs.realtime_state),
+                (SELECT last_value FROM pyfuncs.realtime_position)));
+            UPDATE pyfuncs.realtime_state SET mode = 'trigger';
+            PERFORM pyfuncs.realtime_wal_drop();
+        ELSE
+            -- the transactions the triggers captured take their positions first (the capture
+            -- lock keeps batches out), all smaller than commit LSNs
+            PERFORM pyfuncs.realtime_sequence();
+            -- the slot may be older than this switch: the names are compared with today's
+            PERFORM pyfuncs.realtime_wal_names_reset();
+            -- (every transaction whose trigger fired has committed: the triggers' locks)
+            UPDATE pyfuncs.realtime_state SET mode = 'wal', wal_since = pg_current_wal_insert_lsn();
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        IF made THEN
+            PERFORM pyfuncs.realtime_wal_drop();
+        END IF;
+        RAISE;
+    END;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION pyfuncs.realtime_check_identity(target regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    identity "char";
+BEGIN
+    SELECT c.relreplident INTO identity FROM pg_class c WHERE c.oid = target;
+    -- (PostgreSQL takes a DEFERRABLE primary key for no replica identity)
+    IF identity = 'n' OR (identity = 'd' AND NOT EXISTS (
+            SELECT FROM pg_index i WHERE i.indrelid = target AND i.indisprimary
+                                     AND i.indimmediate)) THEN
+        RAISE EXCEPTION 'pyfuncs: % has no replica identity, so the WAL does not say which row '
+                        'an UPDATE or DELETE changed', target USING ERRCODE = '55000',
+            HINT = format('give it a primary key that is not DEFERRABLE, or ALTER TABLE %s '
+                          'REPLICA IDENTITY FULL', target);
+    END IF;
+END
+$$;
+
+
+CREATE FUNCTION pyfuncs.realtime_check_key(target regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_index i WHERE i.indrelid = target AND i.indisprimary
+                                         AND NOT i.indimmediate) THEN
+        RAISE EXCEPTION 'pyfuncs: the primary key of % is DEFERRABLE, so trigger capture cannot '
+                        'keep its rows'' changes in commit order', target USING ERRCODE = '55000',
+            HINT = 'make the key NOT DEFERRABLE, or capture from the WAL (pyfuncs realtime '
+                   'mode wal; with REPLICA IDENTITY FULL)';
+    END IF;
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION pyfuncs.enable_realtime(target regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel record;
+    wal boolean := (SELECT mode = 'wal' FROM pyfuncs.realtime_state);
+BEGIN
+    SELECT n.nspname, c.relname, c.relkind, c.relpersistence INTO rel
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = target;
+    IF rel.nspname = 'pyfuncs' OR rel.nspname = 'information_schema'
+       OR starts_with(rel.nspname, 'pg_') THEN
+        RAISE EXCEPTION 'pyfuncs: % belongs to pyfuncs or to the system, realtime captures '
+                        'application tables only', target USING ERRCODE = '42501';
+    END IF;
+    IF rel.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'pyfuncs: % is not a table, realtime captures tables only', target
+            USING ERRCODE = '42809';
+    END IF;
+    IF rel.relpersistence = 't' THEN
+        RAISE EXCEPTION 'pyfuncs: % is a temporary table, which no other session can read',
+            target USING ERRCODE = '42809';
+    END IF;
+    IF rel.relpersistence = 'u' AND wal THEN
+        RAISE EXCEPTION 'pyfuncs: % is unlogged: its changes are not in the WAL', target
+            USING ERRCODE = '55000',
+                  HINT = 'make it logged (ALTER TABLE ... SET LOGGED), or capture with triggers';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pyfuncs.realtime_table WHERE relid = target) THEN
+        RETURN;
+    END IF;
+    IF NOT wal THEN
+        PERFORM pyfuncs.realtime_check_key(target);
+    END IF;
+    IF wal THEN
+        PERFORM pyfuncs.realtime_check_identity(target);
+        PERFORM pyfuncs.realtime_wal_slot();
+        -- a consumer that found no table enabled drops the slot, under this lock
+        PERFORM pyfuncs.realtime_capture_lock_take();
+        IF NOT EXISTS (SELECT FROM pg_replication_slots
+                       WHERE slot_name = pyfuncs.realtime_slot_name()) THEN
+            RAISE EXCEPTION 'pyfuncs: the realtime slot was dropped while % was being enabled',
+                target USING ERRCODE = '40001', HINT = 'enable it again';
+        END IF;
+    END IF;
+    INSERT INTO pyfuncs.realtime_table (relid, schema_name, table_name)
+    VALUES (target, rel.nspname, rel.relname);
+    IF wal THEN
+        INSERT INTO pyfuncs.realtime_wal_name (relid, schema_name, table_name, enabled)
+        SELECT t.relid, t.schema_name, t.table_name, t.enabled
+        FROM pyfuncs.realtime_wal_tables() t WHERE t.enabled = target
+        ON CONFLICT DO NOTHING;
+    END IF;
+    EXECUTE format('CREATE TRIGGER pyfuncs_realtime AFTER INSERT OR UPDATE OR DELETE ON %I.%I '
+                   'FOR EACH ROW EXECUTE FUNCTION pyfuncs.realtime_capture()',
+                   rel.nspname, rel.relname);
+    EXECUTE format('CREATE TRIGGER pyfuncs_realtime_truncate AFTER TRUNCATE ON %I.%I '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION pyfuncs.realtime_capture()',
+                   rel.nspname, rel.relname);
+    IF wal THEN
+        EXECUTE format('ALTER TABLE %I.%I DISABLE TRIGGER pyfuncs_realtime, '
+                       'DISABLE TRIGGER pyfuncs_realtime_truncate', rel.nspname, rel.relname);
     END IF;
 END
 $$;

@@ -431,3 +431,73 @@ def test_the_gateways_read_gets_keys_not_rows(feed_db: str, conn: psycopg.Connec
     conn.execute("DROP TABLE rt.pair")  # no key to cut to: the whole image
     pair = next(c for c in asyncio.run(read(True)) if c.table == "pair")
     assert pair.new is not None and pair.new["wide"] == wide
+
+
+def test_a_deferrable_key_is_refused_where_it_would_break_commit_order(
+    trigger_db: str, conn: psycopg.Connection[Any]
+) -> None:
+    """With a DEFERRABLE primary key an INSERT of a key another transaction is deleting waits
+    only at commit, after its change was recorded, so trigger mode could give it the earlier
+    position (found by a red team); and PostgreSQL takes such a key for no replica identity,
+    so from the WAL its UPDATEs and DELETEs would say nothing."""
+    conn.execute("CREATE TABLE rt.swap (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED)")
+    with pytest.raises(ConfigError, match=r"primary key of rt\.swap is DEFERRABLE"):
+        realtime.enable(conn, "rt.swap")
+    capture.set_mode(conn, "wal")
+    with pytest.raises(ConfigError, match="no replica identity"):
+        realtime.enable(conn, "rt.swap")
+    conn.execute("ALTER TABLE rt.swap REPLICA IDENTITY FULL")
+    realtime.enable(conn, "rt.swap")  # from the WAL, commit order is the WAL's
+    with pytest.raises(ConfigError, match="DEFERRABLE"):
+        capture.set_mode(conn, "trigger")
+    assert capture.status(conn).mode == "wal"
+
+
+def test_a_switch_waits_for_a_table_a_bounded_time_and_changes_nothing(
+    trigger_db: str, conn: psycopg.Connection[Any], authenticator_dsn: str
+) -> None:
+    """A role that may not write a captured table still locks it by naming it in a PREPARE
+    it keeps open; the switch, which holds capture up while it waits, gives up after
+    lock_timeout (10 s at most) with a clear error, and capture goes on."""
+    conn.execute("GRANT USAGE ON SCHEMA rt TO authenticator")
+    with psycopg.connect(authenticator_dsn) as squatter:  # (its transaction stays open)
+        squatter.execute("PREPARE p AS INSERT INTO rt.counter VALUES (9, 9)")
+        conn.execute("SET lock_timeout = '1s'")
+        start = time.monotonic()
+        with pytest.raises(ConfigError, match=r"waited 1s for a lock on rt\.counter"):
+            capture.set_mode(conn, "wal")
+        assert time.monotonic() - start < 8
+        status = capture.status(conn)
+        assert status.mode == "trigger" and not status.slot_exists  # the one it made is gone
+    # making the slot waits for every transaction of the cluster with an id (another
+    # database's here), a lock wait too
+    with psycopg.connect(trigger_db.rsplit("/", 1)[0] + "/postgres") as elsewhere:
+        elsewhere.execute("SELECT txid_current()")
+        with pytest.raises(ConfigError, match="making the slot waited 1s"):
+            capture.set_mode(conn, "wal")
+    status = capture.status(conn)
+    assert status.mode == "trigger" and not status.slot_exists  # (slots are not transactional)
+    with psycopg.connect(trigger_db, autocommit=True) as db:
+        db.execute("UPDATE rt.counter SET n = 1 WHERE id = 1")
+    assert transitions(read_all(trigger_db)) == [(1, 1)]
+
+
+def test_a_switch_finds_the_tables_by_their_names_now(
+    trigger_db: str, conn: psycopg.Connection[Any]
+) -> None:
+    """A table renamed after it was enabled, and another given its old name with triggers of
+    the same names: the switch alters the captured one (found by a red team)."""
+    conn.execute("ALTER TABLE rt.counter RENAME TO counted")
+    conn.execute("CREATE TABLE rt.counter (id int PRIMARY KEY)")
+    conn.execute("CREATE FUNCTION rt.nothing() RETURNS trigger LANGUAGE plpgsql "
+                 "AS $$ BEGIN RETURN NULL; END $$")  # fmt: skip
+    for name in ("pyfuncs_realtime", "pyfuncs_realtime_truncate"):
+        conn.execute(f"CREATE TRIGGER {name} AFTER INSERT ON rt.counter "
+                     "FOR EACH ROW EXECUTE FUNCTION rt.nothing()")  # fmt: skip
+    capture.set_mode(conn, "wal")
+    enabled = dict(conn.execute(
+        "SELECT c.relname, bool_and(t.tgenabled = 'O') FROM pg_trigger t "
+        "JOIN pg_class c ON c.oid = t.tgrelid WHERE t.tgname LIKE 'pyfuncs_realtime%' "
+        "GROUP BY c.relname"
+    ).fetchall())  # fmt: skip
+    assert enabled == {"counted": False, "counter": True}
