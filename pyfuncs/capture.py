@@ -244,12 +244,12 @@ class Capture:
             row = await cur.fetchone()
             if row is not None and row[0]:
                 break
-            await self._look(conn)
+            await self._look(conn, fresh=True)  # (a slot made since the last look: no batch)
             if self.slot_wal_bytes is None:
                 await self._stand_in(conn)
             await asyncio.sleep(self.standby)
         self.leading = True
-        log.info("this process leads realtime capture from the WAL")
+        log.info("this process leads realtime capture")
         restarts: list[float] = []
         while True:
             if time.monotonic() >= self._stream_after:
@@ -356,9 +356,9 @@ class Capture:
         """Transactions this consumer could not capture and skipped (consumers resynced)."""
         return self._warnings.skipped
 
-    async def _look(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """How much WAL the slot holds, now and then (for /metrics)."""
-        if time.monotonic() - self._looked < LOOK_EVERY:
+    async def _look(self, conn: psycopg.AsyncConnection[Any], fresh: bool = False) -> None:
+        """How much WAL the slot holds, now and then (for /metrics), or now (`fresh`)."""
+        if not fresh and time.monotonic() - self._looked < LOOK_EVERY:
             return
         self._looked = time.monotonic()
         row = await (await conn.execute(query("realtime_slot_wal"))).fetchone()
