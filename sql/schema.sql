@@ -272,7 +272,11 @@ REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_image(anyelement, oid) FROM PUBLIC;
 CREATE FUNCTION pyfuncs.realtime_capture() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- one plan for every row: custom plans (they fold the CASEs) would be planned row by row
-SET plan_cache_mode = force_generic_plan AS $$
+SET plan_cache_mode = force_generic_plan
+-- values written whatever the writer's session says (a key in a writer's TimeZone never
+-- matched the one the gateway reads: a red team), as the WAL consumer writes them
+SET "DateStyle" = 'ISO, MDY' SET "IntervalStyle" = 'postgres' SET extra_float_digits = 1
+SET bytea_output = 'hex' SET "TimeZone" = 'UTC' AS $$
 DECLARE
     enabled oid := TG_RELID;
     written bigint;
@@ -1254,18 +1258,27 @@ REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_write(text, bigint[], bigint[], 
 CREATE FUNCTION pyfuncs.realtime_check_identity(target regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    identity "char";
+    part record;
 BEGIN
-    SELECT c.relreplident INTO identity FROM pg_class c WHERE c.oid = target;
-    -- (PostgreSQL takes a DEFERRABLE primary key for no replica identity)
-    IF identity = 'n' OR (identity = 'd' AND NOT EXISTS (
-            SELECT FROM pg_index i WHERE i.indrelid = target AND i.indisprimary
-                                     AND i.indimmediate)) THEN
-        RAISE EXCEPTION 'pyfuncs: % has no replica identity, so the WAL does not say which row '
-                        'an UPDATE or DELETE changed', target USING ERRCODE = '55000',
-            HINT = format('give it a primary key that is not DEFERRABLE, or ALTER TABLE %s '
-                          'REPLICA IDENTITY FULL', target);
-    END IF;
+    -- the table and each of its partitions (each has a replica identity of its own), read
+    -- from the catalog without locking them
+    FOR part IN WITH RECURSIVE tree (relid) AS (
+                    SELECT target::oid
+                    UNION ALL
+                    SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid
+                    JOIN pg_class c ON c.oid = i.inhrelid AND c.relispartition)
+                SELECT c.oid, c.relreplident FROM tree t JOIN pg_class c ON c.oid = t.relid LOOP
+        -- (PostgreSQL takes a DEFERRABLE primary key for no replica identity)
+        IF part.relreplident = 'n' OR (part.relreplident = 'd' AND NOT EXISTS (
+                SELECT FROM pg_index i WHERE i.indrelid = part.oid AND i.indisprimary
+                                         AND i.indimmediate)) THEN
+            RAISE EXCEPTION 'pyfuncs: % has no replica identity, so the WAL does not say which '
+                            'row an UPDATE or DELETE changed', part.oid::regclass
+                USING ERRCODE = '55000',
+                      HINT = format('give it a primary key that is not DEFERRABLE, or ALTER '
+                                    'TABLE %s REPLICA IDENTITY FULL', part.oid::regclass);
+        END IF;
+    END LOOP;
 END
 $$;
 
@@ -1276,13 +1289,25 @@ $$;
 -- mode refuses such a table (enabling it, or switching to trigger with it enabled).
 CREATE FUNCTION pyfuncs.realtime_check_key(target regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    offender regclass;
 BEGIN
-    IF EXISTS (SELECT FROM pg_index i WHERE i.indrelid = target AND i.indisprimary
-                                         AND NOT i.indimmediate) THEN
+    -- the table and each of its partitions (a partition's key may be DEFERRABLE where its
+    -- parent's is not)
+    WITH RECURSIVE tree (relid) AS (
+        SELECT target::oid
+        UNION ALL
+        SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid
+        JOIN pg_class c ON c.oid = i.inhrelid AND c.relispartition)
+    SELECT t.relid::regclass INTO offender
+    FROM tree t JOIN pg_index i ON i.indrelid = t.relid
+    WHERE i.indisprimary AND NOT i.indimmediate LIMIT 1;
+    IF offender IS NOT NULL THEN
         RAISE EXCEPTION 'pyfuncs: the primary key of % is DEFERRABLE, so trigger capture cannot '
-                        'keep its rows'' changes in commit order', target USING ERRCODE = '55000',
-            HINT = 'make the key NOT DEFERRABLE, or capture from the WAL (pyfuncs realtime '
-                   'mode wal; with REPLICA IDENTITY FULL)';
+                        'keep its rows'' changes in commit order', offender
+            USING ERRCODE = '55000',
+                  HINT = 'make the key NOT DEFERRABLE, or capture from the WAL (pyfuncs realtime '
+                         'mode wal; with REPLICA IDENTITY FULL)';
     END IF;
 END
 $$;
@@ -1409,11 +1434,13 @@ DECLARE
     current text := (SELECT mode FROM pyfuncs.realtime_state);
     rel record;
     action text := CASE target WHEN 'wal' THEN 'DISABLE' ELSE 'ENABLE' END;
-    enough timestamptz := clock_timestamp() + interval '30 seconds';
+    enough timestamptz;
     pending pg_lsn;
     batch record;
     waiting text := current_setting('lock_timeout');
     made boolean := false;
+    bound text;
+    deadline timestamptz;
 BEGIN
     IF target IS NULL OR target NOT IN ('wal', 'trigger') THEN
         RAISE EXCEPTION 'pyfuncs: % is not a capture mode; use wal or trigger',
@@ -1429,6 +1456,10 @@ BEGIN
     IF waiting::interval = interval '0' OR waiting::interval > interval '10 s' THEN
         PERFORM set_config('lock_timeout', '10s', true);
     END IF;
+    -- (for all the waits together: a role holding the tables one after the other must not
+    -- make it 10 s each)
+    bound := current_setting('lock_timeout');
+    deadline := clock_timestamp() + bound::interval;
     FOR rel IN SELECT relid FROM pyfuncs.realtime_table ORDER BY relid LOOP
         IF target = 'trigger' THEN
             PERFORM pyfuncs.realtime_check_key(rel.relid);
@@ -1441,11 +1472,15 @@ BEGIN
         END IF;
     END LOOP;
     IF target = 'wal' AND EXISTS (SELECT FROM pyfuncs.realtime_table) THEN
+        -- a slot found in trigger mode is stale (left by a switch ended without its cleanup,
+        -- a terminated backend): it would decode from where it stopped, and deliver again
+        -- what the triggers captured since
+        PERFORM pyfuncs.realtime_wal_drop();
         BEGIN
             made := pyfuncs.realtime_wal_slot();
         EXCEPTION WHEN lock_not_available THEN
             RAISE EXCEPTION 'pyfuncs: making the slot waited % for transactions to end, and '
-                            'gave up', current_setting('lock_timeout')
+                            'gave up', bound
                 USING ERRCODE = '55P03',
                       HINT = 'making a slot waits for every transaction of the cluster open '
                              'when it starts (prepared ones too: pg_prepared_xacts)';
@@ -1458,12 +1493,14 @@ BEGIN
             -- the tables as they are named now (a table renamed since it was enabled, and
             -- another given its old name, must not be taken for it)
             FOR rel IN SELECT relid FROM pyfuncs.realtime_table ORDER BY relid LOOP
+                PERFORM set_config('lock_timeout', greatest(1, ceil(1000 * extract(epoch FROM
+                                   deadline - clock_timestamp())))::bigint || 'ms', true);
                 EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', rel.relid::regclass);
             END LOOP;
         EXCEPTION WHEN lock_not_available THEN
-            RAISE EXCEPTION 'pyfuncs: switching to % waited % for a lock on %, and gave up',
-                            target, current_setting('lock_timeout'),
-                            rel.relid::regclass USING ERRCODE = '55P03',
+            RAISE EXCEPTION 'pyfuncs: switching to % waited % for locks (the last on %), '
+                            'and gave up', target, bound, rel.relid::regclass
+                USING ERRCODE = '55P03',
                 HINT = 'a transaction holding that table (pg_locks shows which) must end first';
         END;
         PERFORM pyfuncs.realtime_capture_lock_take();
@@ -1480,6 +1517,7 @@ BEGIN
                 -- every writer has committed (the triggers' locks); wait for their commits to
                 -- be flushed, so the slot can read them
                 pending := pg_current_wal_insert_lsn();
+                enough := clock_timestamp() + interval '30 seconds';
                 WHILE pg_current_wal_flush_lsn() < pending LOOP
                     IF clock_timestamp() > enough THEN
                         RAISE EXCEPTION 'pyfuncs: the WAL was not flushed in 30 s' USING ERRCODE = '55000';
@@ -1510,7 +1548,7 @@ BEGIN
             -- (every transaction whose trigger fired has committed: the triggers' locks)
             UPDATE pyfuncs.realtime_state SET mode = 'wal', wal_since = pg_current_wal_insert_lsn();
         END IF;
-    EXCEPTION WHEN OTHERS THEN
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
         IF made THEN
             PERFORM pyfuncs.realtime_wal_drop();
         END IF;

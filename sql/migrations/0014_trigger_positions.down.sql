@@ -266,3 +266,44 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION pyfuncs.realtime_capture() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- one plan for every row: custom plans (they fold the CASEs) would be planned row by row
+SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    enabled oid := TG_RELID;
+    written bigint;
+BEGIN
+    LOOP
+        INSERT INTO pyfuncs.realtime_change (txid, schema_name, table_name, op, new_row, old_row)
+        SELECT pg_current_xact_id(), t.schema_name, t.table_name, TG_OP,
+               CASE WHEN TG_LEVEL = 'STATEMENT' OR TG_OP = 'DELETE' THEN NULL
+                    WHEN plain.builtin THEN to_jsonb(NEW)
+                    ELSE pyfuncs.realtime_image(NEW, TG_RELID) END,
+               CASE WHEN TG_LEVEL = 'STATEMENT' OR TG_OP = 'INSERT' THEN NULL
+                    WHEN plain.builtin THEN to_jsonb(OLD)
+                    ELSE pyfuncs.realtime_image(OLD, TG_RELID) END
+        FROM pyfuncs.realtime_table t, (
+            -- dropped columns have type 0; a domain over a built-in type takes
+            -- realtime_image too, which converts it as its base type
+            SELECT NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = TG_RELID
+                               AND a.attnum > 0 AND a.atttypid >= 16384)
+        ) AS plain (builtin)
+        WHERE t.relid = enabled;
+        GET DIAGNOSTICS written = ROW_COUNT;
+        EXIT WHEN written > 0;
+        -- not enabled itself: a partition of an enabled table?
+        SELECT t.relid INTO enabled FROM pyfuncs.realtime_table t
+        WHERE t.relid IN (SELECT a.relid FROM pg_partition_ancestors(TG_RELID) a);
+        IF enabled IS NULL THEN
+            RAISE EXCEPTION 'pyfuncs: % is not enabled for realtime', TG_RELID::regclass
+                USING ERRCODE = '42501',
+                      HINT = 'capture runs only on the tables pyfuncs.enable_realtime enabled';
+        END IF;
+    END LOOP;
+    INSERT INTO pyfuncs.realtime_commit (txid) VALUES (pg_current_xact_id())
+    ON CONFLICT (txid) DO NOTHING;
+    RETURN NULL;
+END
+$$;
+

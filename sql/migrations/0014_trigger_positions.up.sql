@@ -3,8 +3,9 @@
 -- nor NOTIFY (whose queue lock is held as long); the consumer gives committed transactions
 -- their positions in batches (realtime_sequence), in the order of their last change; a table
 -- whose primary key is DEFERRABLE is refused (realtime_check_key, and realtime_check_identity
--- in 'wal' mode: no replica identity); a switch waits at most 10 s for any lock, and finds the
--- tables by their names now.
+-- in 'wal' mode: no replica identity), partitions included; a switch waits at most 10 s for
+-- its locks, drops a slot it made when it fails, and finds the tables by their names now; the
+-- capture trigger pins the settings values are written with (as the WAL consumer does).
 
 -- (waits for the transactions writing now: their commit step still runs, under the old rule)
 DROP TRIGGER realtime_commit_position ON pyfuncs.realtime_commit;
@@ -136,11 +137,13 @@ DECLARE
     current text := (SELECT mode FROM pyfuncs.realtime_state);
     rel record;
     action text := CASE target WHEN 'wal' THEN 'DISABLE' ELSE 'ENABLE' END;
-    enough timestamptz := clock_timestamp() + interval '30 seconds';
+    enough timestamptz;
     pending pg_lsn;
     batch record;
     waiting text := current_setting('lock_timeout');
     made boolean := false;
+    bound text;
+    deadline timestamptz;
 BEGIN
     IF target IS NULL OR target NOT IN ('wal', 'trigger') THEN
         RAISE EXCEPTION 'pyfuncs: % is not a capture mode; use wal or trigger',
@@ -156,6 +159,10 @@ BEGIN
     IF waiting::interval = interval '0' OR waiting::interval > interval '10 s' THEN
         PERFORM set_config('lock_timeout', '10s', true);
     END IF;
+    -- (for all the waits together: a role holding the tables one after the other must not
+    -- make it 10 s each)
+    bound := current_setting('lock_timeout');
+    deadline := clock_timestamp() + bound::interval;
     FOR rel IN SELECT relid FROM pyfuncs.realtime_table ORDER BY relid LOOP
         IF target = 'trigger' THEN
             PERFORM pyfuncs.realtime_check_key(rel.relid);
@@ -168,11 +175,15 @@ BEGIN
         END IF;
     END LOOP;
     IF target = 'wal' AND EXISTS (SELECT FROM pyfuncs.realtime_table) THEN
+        -- a slot found in trigger mode is stale (left by a switch ended without its cleanup,
+        -- a terminated backend): it would decode from where it stopped, and deliver again
+        -- what the triggers captured since
+        PERFORM pyfuncs.realtime_wal_drop();
         BEGIN
             made := pyfuncs.realtime_wal_slot();
         EXCEPTION WHEN lock_not_available THEN
             RAISE EXCEPTION 'pyfuncs: making the slot waited % for transactions to end, and '
-                            'gave up', current_setting('lock_timeout')
+                            'gave up', bound
                 USING ERRCODE = '55P03',
                       HINT = 'making a slot waits for every transaction of the cluster open '
                              'when it starts (prepared ones too: pg_prepared_xacts)';
@@ -185,12 +196,14 @@ BEGIN
             -- the tables as they are named now (a table renamed since it was enabled, and
             -- another given its old name, must not be taken for it)
             FOR rel IN SELECT relid FROM pyfuncs.realtime_table ORDER BY relid LOOP
+                PERFORM set_config('lock_timeout', greatest(1, ceil(1000 * extract(epoch FROM
+                                   deadline - clock_timestamp())))::bigint || 'ms', true);
                 EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', rel.relid::regclass);
             END LOOP;
         EXCEPTION WHEN lock_not_available THEN
-            RAISE EXCEPTION 'pyfuncs: switching to % waited % for a lock on %, and gave up',
-                            target, current_setting('lock_timeout'),
-                            rel.relid::regclass USING ERRCODE = '55P03',
+            RAISE EXCEPTION 'pyfuncs: switching to % waited % for locks (the last on %), '
+                            'and gave up', target, bound, rel.relid::regclass
+                USING ERRCODE = '55P03',
                 HINT = 'a transaction holding that table (pg_locks shows which) must end first';
         END;
         PERFORM pyfuncs.realtime_capture_lock_take();
@@ -207,6 +220,7 @@ BEGIN
                 -- every writer has committed (the triggers' locks); wait for their commits to
                 -- be flushed, so the slot can read them
                 pending := pg_current_wal_insert_lsn();
+                enough := clock_timestamp() + interval '30 seconds';
                 WHILE pg_current_wal_flush_lsn() < pending LOOP
                     IF clock_timestamp() > enough THEN
                         RAISE EXCEPTION 'pyfuncs: the WAL was not flushed in 30 s' USING ERRCODE = '55000';
@@ -237,7 +251,7 @@ BEGIN
             -- (every transaction whose trigger fired has committed: the triggers' locks)
             UPDATE pyfuncs.realtime_state SET mode = 'wal', wal_since = pg_current_wal_insert_lsn();
         END IF;
-    EXCEPTION WHEN OTHERS THEN
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
         IF made THEN
             PERFORM pyfuncs.realtime_wal_drop();
         END IF;
@@ -246,34 +260,56 @@ BEGIN
 END
 $$;
 
+
 CREATE OR REPLACE FUNCTION pyfuncs.realtime_check_identity(target regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    identity "char";
+    part record;
 BEGIN
-    SELECT c.relreplident INTO identity FROM pg_class c WHERE c.oid = target;
-    -- (PostgreSQL takes a DEFERRABLE primary key for no replica identity)
-    IF identity = 'n' OR (identity = 'd' AND NOT EXISTS (
-            SELECT FROM pg_index i WHERE i.indrelid = target AND i.indisprimary
-                                     AND i.indimmediate)) THEN
-        RAISE EXCEPTION 'pyfuncs: % has no replica identity, so the WAL does not say which row '
-                        'an UPDATE or DELETE changed', target USING ERRCODE = '55000',
-            HINT = format('give it a primary key that is not DEFERRABLE, or ALTER TABLE %s '
-                          'REPLICA IDENTITY FULL', target);
-    END IF;
+    -- the table and each of its partitions (each has a replica identity of its own), read
+    -- from the catalog without locking them
+    FOR part IN WITH RECURSIVE tree (relid) AS (
+                    SELECT target::oid
+                    UNION ALL
+                    SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid
+                    JOIN pg_class c ON c.oid = i.inhrelid AND c.relispartition)
+                SELECT c.oid, c.relreplident FROM tree t JOIN pg_class c ON c.oid = t.relid LOOP
+        -- (PostgreSQL takes a DEFERRABLE primary key for no replica identity)
+        IF part.relreplident = 'n' OR (part.relreplident = 'd' AND NOT EXISTS (
+                SELECT FROM pg_index i WHERE i.indrelid = part.oid AND i.indisprimary
+                                         AND i.indimmediate)) THEN
+            RAISE EXCEPTION 'pyfuncs: % has no replica identity, so the WAL does not say which '
+                            'row an UPDATE or DELETE changed', part.oid::regclass
+                USING ERRCODE = '55000',
+                      HINT = format('give it a primary key that is not DEFERRABLE, or ALTER '
+                                    'TABLE %s REPLICA IDENTITY FULL', part.oid::regclass);
+        END IF;
+    END LOOP;
 END
 $$;
 
 
 CREATE FUNCTION pyfuncs.realtime_check_key(target regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    offender regclass;
 BEGIN
-    IF EXISTS (SELECT FROM pg_index i WHERE i.indrelid = target AND i.indisprimary
-                                         AND NOT i.indimmediate) THEN
+    -- the table and each of its partitions (a partition's key may be DEFERRABLE where its
+    -- parent's is not)
+    WITH RECURSIVE tree (relid) AS (
+        SELECT target::oid
+        UNION ALL
+        SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid
+        JOIN pg_class c ON c.oid = i.inhrelid AND c.relispartition)
+    SELECT t.relid::regclass INTO offender
+    FROM tree t JOIN pg_index i ON i.indrelid = t.relid
+    WHERE i.indisprimary AND NOT i.indimmediate LIMIT 1;
+    IF offender IS NOT NULL THEN
         RAISE EXCEPTION 'pyfuncs: the primary key of % is DEFERRABLE, so trigger capture cannot '
-                        'keep its rows'' changes in commit order', target USING ERRCODE = '55000',
-            HINT = 'make the key NOT DEFERRABLE, or capture from the WAL (pyfuncs realtime '
-                   'mode wal; with REPLICA IDENTITY FULL)';
+                        'keep its rows'' changes in commit order', offender
+            USING ERRCODE = '55000',
+                  HINT = 'make the key NOT DEFERRABLE, or capture from the WAL (pyfuncs realtime '
+                         'mode wal; with REPLICA IDENTITY FULL)';
     END IF;
 END
 $$;
@@ -340,6 +376,52 @@ BEGIN
         EXECUTE format('ALTER TABLE %I.%I DISABLE TRIGGER pyfuncs_realtime, '
                        'DISABLE TRIGGER pyfuncs_realtime_truncate', rel.nspname, rel.relname);
     END IF;
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION pyfuncs.realtime_capture() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- one plan for every row: custom plans (they fold the CASEs) would be planned row by row
+SET plan_cache_mode = force_generic_plan
+-- values written whatever the writer's session says (a key in a writer's TimeZone never
+-- matched the one the gateway reads: a red team), as the WAL consumer writes them
+SET "DateStyle" = 'ISO, MDY' SET "IntervalStyle" = 'postgres' SET extra_float_digits = 1
+SET bytea_output = 'hex' SET "TimeZone" = 'UTC' AS $$
+DECLARE
+    enabled oid := TG_RELID;
+    written bigint;
+BEGIN
+    LOOP
+        INSERT INTO pyfuncs.realtime_change (txid, schema_name, table_name, op, new_row, old_row)
+        SELECT pg_current_xact_id(), t.schema_name, t.table_name, TG_OP,
+               CASE WHEN TG_LEVEL = 'STATEMENT' OR TG_OP = 'DELETE' THEN NULL
+                    WHEN plain.builtin THEN to_jsonb(NEW)
+                    ELSE pyfuncs.realtime_image(NEW, TG_RELID) END,
+               CASE WHEN TG_LEVEL = 'STATEMENT' OR TG_OP = 'INSERT' THEN NULL
+                    WHEN plain.builtin THEN to_jsonb(OLD)
+                    ELSE pyfuncs.realtime_image(OLD, TG_RELID) END
+        FROM pyfuncs.realtime_table t, (
+            -- dropped columns have type 0; a domain over a built-in type takes
+            -- realtime_image too, which converts it as its base type
+            SELECT NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = TG_RELID
+                               AND a.attnum > 0 AND a.atttypid >= 16384)
+        ) AS plain (builtin)
+        WHERE t.relid = enabled;
+        GET DIAGNOSTICS written = ROW_COUNT;
+        EXIT WHEN written > 0;
+        -- not enabled itself: a partition of an enabled table?
+        SELECT t.relid INTO enabled FROM pyfuncs.realtime_table t
+        WHERE t.relid IN (SELECT a.relid FROM pg_partition_ancestors(TG_RELID) a);
+        IF enabled IS NULL THEN
+            RAISE EXCEPTION 'pyfuncs: % is not enabled for realtime', TG_RELID::regclass
+                USING ERRCODE = '42501',
+                      HINT = 'capture runs only on the tables pyfuncs.enable_realtime enabled';
+        END IF;
+    END LOOP;
+    INSERT INTO pyfuncs.realtime_commit (txid) VALUES (pg_current_xact_id())
+    ON CONFLICT (txid) DO NOTHING;
+    RETURN NULL;
 END
 $$;
 

@@ -464,7 +464,7 @@ def test_a_switch_waits_for_a_table_a_bounded_time_and_changes_nothing(
         squatter.execute("PREPARE p AS INSERT INTO rt.counter VALUES (9, 9)")
         conn.execute("SET lock_timeout = '1s'")
         start = time.monotonic()
-        with pytest.raises(ConfigError, match=r"waited 1s for a lock on rt\.counter"):
+        with pytest.raises(ConfigError, match=r"waited 1s for locks \(the last on rt\.counter\)"):
             capture.set_mode(conn, "wal")
         assert time.monotonic() - start < 8
         status = capture.status(conn)
@@ -501,3 +501,74 @@ def test_a_switch_finds_the_tables_by_their_names_now(
         "GROUP BY c.relname"
     ).fetchall())  # fmt: skip
     assert enabled == {"counted": False, "counter": True}
+
+
+def test_a_partition_with_a_deferrable_key_is_refused_too(
+    trigger_db: str, conn: psycopg.Connection[Any]
+) -> None:
+    """A partition's primary key may be DEFERRABLE where its parent's is not (found by a red
+    team): the checks look at every partition."""
+    conn.execute("CREATE TABLE rt.parts (id int PRIMARY KEY, v text) PARTITION BY RANGE (id)")
+    conn.execute("CREATE TABLE rt.parts_low (id int PRIMARY KEY DEFERRABLE, v text)")
+    conn.execute("ALTER TABLE rt.parts ATTACH PARTITION rt.parts_low FOR VALUES FROM (0) TO (10)")
+    with pytest.raises(ConfigError, match=r"primary key of rt\.parts_low is DEFERRABLE"):
+        realtime.enable(conn, "rt.parts")
+    capture.set_mode(conn, "wal")
+    with pytest.raises(ConfigError, match=r"rt\.parts_low has no replica identity"):
+        realtime.enable(conn, "rt.parts")
+
+
+def test_a_switch_bounds_all_its_lock_waits_together_and_leaves_no_slot(
+    trigger_db: str, conn: psycopg.Connection[Any], authenticator_dsn: str
+) -> None:
+    """A role holding the tables one after the other must not get the bound once per table,
+    and a switch cancelled while it waits must not leave its slot behind (slots are not
+    transactional; found by a red team)."""
+    conn.execute("CREATE TABLE rt.second (id int PRIMARY KEY)")
+    realtime.enable(conn, "rt.second")
+    conn.execute("GRANT USAGE ON SCHEMA rt TO authenticator")
+    first = psycopg.connect(authenticator_dsn)
+    second = psycopg.connect(authenticator_dsn)
+    try:
+        first.execute("PREPARE p AS INSERT INTO rt.counter VALUES (9, 9)")
+        second.execute("PREPARE p AS INSERT INTO rt.second VALUES (9)")
+        threading.Timer(1.5, first.rollback).start()  # lets the first go after 1.5 s
+        conn.execute("SET lock_timeout = '2s'")
+        start = time.monotonic()
+        with pytest.raises(ConfigError, match="waited 2s for locks"):
+            capture.set_mode(conn, "wal")
+        assert time.monotonic() - start < 3.2  # not 1.5 + 2
+        assert not capture.status(conn).slot_exists
+        conn.execute("SET lock_timeout = 0")
+        conn.execute("SET statement_timeout = '1s'")  # a cancel, which no handler catches
+        with pytest.raises(ConfigError, match="statement timeout"):
+            capture.set_mode(conn, "wal")
+        assert not capture.status(conn).slot_exists
+    finally:
+        first.close()
+        second.close()
+    conn.execute("SET statement_timeout = 0")
+    # a slot found in trigger mode is stale: a switch to wal makes a new one
+    conn.execute("SELECT pg_create_logical_replication_slot(pyfuncs.realtime_slot_name(), "
+                 "'wal2json')")  # fmt: skip
+    ours = "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = pyfuncs.realtime_slot_name()"
+    stale = conn.execute(ours).fetchone()
+    conn.execute("SELECT pg_logical_emit_message(true, 'pyfuncs-tests', 'x')")
+    capture.set_mode(conn, "wal")
+    assert conn.execute(ours).fetchone() > stale  # type: ignore[operator]
+
+
+def test_trigger_capture_writes_values_whatever_the_writers_settings(
+    trigger_db: str, conn: psycopg.Connection[Any]
+) -> None:
+    """A key written in a writer's TimeZone never matched the one the gateway reads (found by
+    a red team): the capture trigger pins the settings values are written with."""
+    conn.execute("CREATE TABLE rt.times (at timestamptz PRIMARY KEY, i interval, b bytea)")
+    realtime.enable(conn, "rt.times")
+    odd = ("-c TimeZone=Asia/Tokyo -c IntervalStyle=sql_standard -c bytea_output=escape "
+           "-c extra_float_digits=-10 -c DateStyle=SQL,DMY")  # fmt: skip
+    with psycopg.connect(trigger_db, autocommit=True, options=odd) as db:
+        db.execute("INSERT INTO rt.times VALUES ('2024-01-01 09:00+09', '1 day 02:00', '\\x00ff')")
+    (change,) = [c for c in read_all(trigger_db) if c.table == "times"]
+    assert change.new == {"at": "2024-01-01T00:00:00+00:00", "i": "1 day 02:00:00",
+                          "b": "\\x00ff"}  # fmt: skip
