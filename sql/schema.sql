@@ -1449,8 +1449,8 @@ BEGIN
     IF current = target THEN
         RETURN;
     END IF;
-    -- No lock is waited for longer than 10 s (or the caller's shorter lock_timeout): the
-    -- switch holds the capture lock until it ends, so a transaction holding one of the
+    -- Locks are waited for 10 s at most, all together (or the caller's shorter lock_timeout):
+    -- the switch holds the capture lock until it ends, so a transaction holding one of the
     -- tables (any role can, by naming it in a PREPARE it keeps open) or the slot's creation
     -- up would hold up every table's capture for as long (found by a red team)
     IF waiting::interval = interval '0' OR waiting::interval > interval '10 s' THEN
