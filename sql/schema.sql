@@ -1253,6 +1253,18 @@ $$;
 REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_write(text, bigint[], bigint[], text[])
     FROM PUBLIC;
 
+-- A table and its partitions, at every level, from the catalog (without locking them: a
+-- writer's lock must not hold up enabling or switching), for the checks below.
+CREATE FUNCTION pyfuncs.realtime_tree(target regclass) RETURNS SETOF oid
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE tree (relid) AS (
+        SELECT target::oid
+        UNION ALL
+        SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid
+        JOIN pg_class c ON c.oid = i.inhrelid AND c.relispartition)
+    SELECT relid FROM tree
+$$;
+
 -- What capture from the WAL needs of a table: its old rows identified (README "What a
 -- change carries"). Raises when it cannot say which row an UPDATE or DELETE changed.
 CREATE FUNCTION pyfuncs.realtime_check_identity(target regclass) RETURNS void
@@ -1260,14 +1272,9 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     part record;
 BEGIN
-    -- the table and each of its partitions (each has a replica identity of its own), read
-    -- from the catalog without locking them
-    FOR part IN WITH RECURSIVE tree (relid) AS (
-                    SELECT target::oid
-                    UNION ALL
-                    SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid
-                    JOIN pg_class c ON c.oid = i.inhrelid AND c.relispartition)
-                SELECT c.oid, c.relreplident FROM tree t JOIN pg_class c ON c.oid = t.relid LOOP
+    -- (each partition has a replica identity of its own)
+    FOR part IN SELECT c.oid, c.relreplident FROM pyfuncs.realtime_tree(target) t (relid)
+                JOIN pg_class c ON c.oid = t.relid LOOP
         -- (PostgreSQL takes a DEFERRABLE primary key for no replica identity)
         IF part.relreplident = 'n' OR (part.relreplident = 'd' AND NOT EXISTS (
                 SELECT FROM pg_index i WHERE i.indrelid = part.oid AND i.indisprimary
@@ -1292,15 +1299,9 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     offender regclass;
 BEGIN
-    -- the table and each of its partitions (a partition's key may be DEFERRABLE where its
-    -- parent's is not)
-    WITH RECURSIVE tree (relid) AS (
-        SELECT target::oid
-        UNION ALL
-        SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid
-        JOIN pg_class c ON c.oid = i.inhrelid AND c.relispartition)
+    -- (a partition's key may be DEFERRABLE where its parent's is not)
     SELECT t.relid::regclass INTO offender
-    FROM tree t JOIN pg_index i ON i.indrelid = t.relid
+    FROM pyfuncs.realtime_tree(target) t (relid) JOIN pg_index i ON i.indrelid = t.relid
     WHERE i.indisprimary AND NOT i.indimmediate LIMIT 1;
     IF offender IS NOT NULL THEN
         RAISE EXCEPTION 'pyfuncs: the primary key of % is DEFERRABLE, so trigger capture cannot '
@@ -1437,7 +1438,6 @@ DECLARE
     enough timestamptz;
     pending pg_lsn;
     batch record;
-    waiting text := current_setting('lock_timeout');
     made boolean := false;
     bound text;
     deadline timestamptz;
@@ -1453,7 +1453,7 @@ BEGIN
     -- the switch holds the capture lock until it ends, so a transaction holding one of the
     -- tables (any role can, by naming it in a PREPARE it keeps open) or the slot's creation
     -- up would hold up every table's capture for as long (found by a red team)
-    IF waiting::interval = interval '0' OR waiting::interval > interval '10 s' THEN
+    IF current_setting('lock_timeout')::interval NOT BETWEEN interval '1 ms' AND interval '10 s' THEN
         PERFORM set_config('lock_timeout', '10s', true);
     END IF;
     -- (for all the waits together: a role holding the tables one after the other must not

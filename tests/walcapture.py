@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 import psycopg
@@ -57,6 +58,13 @@ def consumer(dsn: str, **options: float) -> Iterator[Capture]:
         loop.call_soon_threadsafe(task[0].cancel)
         thread.join(10)
         loop.close()
+
+
+def wait_for(what: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def log(dsn: str, after: Position | None = None) -> list[Change]:

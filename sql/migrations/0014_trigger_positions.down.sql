@@ -189,6 +189,7 @@ CREATE CONSTRAINT TRIGGER realtime_commit_position
     EXECUTE FUNCTION pyfuncs.realtime_commit_position();
 
 DROP FUNCTION pyfuncs.realtime_check_key(regclass);
+DROP FUNCTION pyfuncs.realtime_tree(regclass);
 CREATE OR REPLACE FUNCTION pyfuncs.realtime_check_identity(target regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE

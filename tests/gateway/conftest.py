@@ -112,6 +112,11 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    async def has_read(self, changes: int) -> None:
+        """Wait until the gateway's feed has read `changes` changes in all."""
+        while self.metrics().get("pyfuncs_gateway_changes_total", 0) < changes:
+            await asyncio.sleep(0.05)
+
     def metrics(self) -> dict[str, float]:
         text = httpx.get(self.url + "/metrics", timeout=5).text
         values: dict[str, float] = {}

@@ -37,8 +37,7 @@ def test_resync_required_says_what_to_do_and_no_position(
         head_commit(rt_db)  # (positions given: only those can be pruned)
         # the gateway has read them (else it is the one behind what is pruned, and closes
         # every connection with 4010)
-        while gateway.metrics().get("pyfuncs_gateway_changes_total", 0) < 5:
-            await asyncio.sleep(0.05)
+        await gateway.has_read(5)
         conn.execute("SELECT pyfuncs.prune_realtime('0 seconds')")
         ws = await WsClient.connect(gateway.ws_url, token("student", STUDENTS[0]))
         assert (await ws.subscribe("b", since=old)).get("resumed")

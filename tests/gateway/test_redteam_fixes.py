@@ -251,8 +251,7 @@ def test_a_resume_with_keys_learns_nothing_of_hidden_rows_history(
         conn.execute("INSERT INTO rt.notes (id, owner, body) VALUES (500, %s, 'mine')", [me])
         conn.execute("INSERT INTO rt.notes (id, owner, body) VALUES (777, %s, 'mine')", [me])
         head_commit(rt_db)  # all of it in the feed while the client is away ...
-        while gateway.metrics().get("pyfuncs_gateway_changes_total", 0) < 7:
-            await asyncio.sleep(0.05)  # ... and read by the gateway (so one catch-up page)
+        await gateway.has_read(7)  # ... and read by the gateway (so one catch-up page)
         ws = await WsClient.connect(gateway.ws_url, token("student", me))
         reply = await ws.subscribe("a", since=pos, keys=[])
         assert reply["type"] == "subscribed" and reply["gone"] == []

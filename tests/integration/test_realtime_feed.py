@@ -19,7 +19,7 @@ from pyfuncs import capture, realtime
 from pyfuncs.embedded import Cluster
 from pyfuncs.errors import ConfigError, ResyncRequired
 from pyfuncs.realtime import Change, ChangeFeed, Position
-from tests.walcapture import catch_up, consumer
+from tests.walcapture import catch_up, consumer, wait_for
 from tests.walcapture import log as logged
 
 
@@ -319,11 +319,9 @@ def test_a_commit_waiting_to_be_flushed_holds_no_other_writer_up(
         with psycopg.connect(trigger_db, autocommit=True, options=local) as db:
             time.sleep(0.5)  # (the reload reaches every backend)
             update.start()
-            deadline = time.monotonic() + 20
-            while db.execute("SELECT count(*) FROM pg_stat_activity "
-                             "WHERE wait_event = 'SyncRep'").fetchone() != (1,):  # fmt: skip
-                assert time.monotonic() < deadline, "the commit did not wait for the standby"
-                time.sleep(0.05)
+            wait_for(lambda: db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+            ).fetchone() == (1,))  # fmt: skip
             db.execute("SET lock_timeout = '5s'")  # (the old commit step waited here)
             db.execute("UPDATE rt.counter SET n = 1 WHERE id = 2")
             # a batch (committed locally, as the writers') while the first is still held
@@ -367,19 +365,14 @@ def test_switching_to_wal_gives_what_the_triggers_captured_its_positions_first(
 ) -> None:
     with psycopg.connect(trigger_db, autocommit=True) as db:
         db.execute("UPDATE rt.counter SET n = 1 WHERE id = 1")  # no consumer: no position yet
-        assert read_all_unpositioned(db) == 1
+        assert capture.status(conn).unpositioned == 1
         capture.set_mode(conn, "wal")
-        assert read_all_unpositioned(db) == 0
+        assert capture.status(conn).unpositioned == 0
         db.execute("UPDATE rt.counter SET n = 1 WHERE id = 2")
     catch_up(trigger_db)
     changes = read_all(trigger_db)
     assert transitions(changes) == [(1, 1), (2, 1)]
     assert changes[0].position < changes[1].position
-
-
-def read_all_unpositioned(db: psycopg.Connection[Any]) -> int:
-    row = db.execute("SELECT count(*) FROM pyfuncs.realtime_commit WHERE position IS NULL")
-    return int(row.fetchone()[0])  # type: ignore[index]
 
 
 def test_a_session_squatting_on_the_leaders_lock_delays_positions_by_seconds_only(
@@ -392,10 +385,7 @@ def test_a_session_squatting_on_the_leaders_lock_delays_positions_by_seconds_onl
         with consumer(trigger_db, standby=0.5) as cap, psycopg.connect(trigger_db) as db:
             db.execute("UPDATE rt.counter SET n = 1 WHERE id = 1")
             db.commit()
-            deadline = time.monotonic() + 10
-            while not logged(trigger_db):
-                assert time.monotonic() < deadline, "no position given"
-                time.sleep(0.1)
+            wait_for(lambda: bool(logged(trigger_db)), timeout=10)
             assert not cap.leading
     assert transitions(logged(trigger_db)) == [(1, 1)]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -23,6 +23,7 @@ from tests.walcapture import (
     flushed,
     ids,
     log,
+    wait_for,
 )
 
 
@@ -34,13 +35,6 @@ def wal_db(dsn: str, conn: psycopg.Connection[Any]) -> Iterator[str]:
     capture.set_mode(conn, "wal")
     realtime.enable(conn, "rt.counter")
     yield dsn
-
-
-def wait_for(what: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not what():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def walsender(dsn: str) -> int | None:

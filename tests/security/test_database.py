@@ -52,6 +52,8 @@ FUNCTIONS = {
         "caller's rights: names this database's slot, for status queries"),
     "pyfuncs.realtime_wal_value(text,jsonb)": (False, True, False,
         "caller's rights, pure: a wal2json value as to_jsonb gives it; built-in casts only"),
+    "pyfuncs.realtime_tree(regclass)": (False, True, True,
+        "caller's rights: reads the catalog, for the key and identity checks"),
     "pyfuncs.realtime_check_key(regclass)": (False, True, True,
         "caller's rights: reads the catalog, raises when a primary key is DEFERRABLE"),
     "pyfuncs.realtime_check_identity(regclass)": (False, True, True,
