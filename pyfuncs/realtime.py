@@ -121,11 +121,10 @@ async def read(
     """Committed changes after `after`, in commit order, at most `limit`; raises
     ResyncRequired when some of them were pruned. One statement, so one snapshot and one
     round trip. With `keys`, `new` and `old` hold only the primary key columns of the
-    change's table (what the gateway needs: sql/queries.sql, realtime_read_keys)."""
-    params = {"commit": after.commit, "change": after.change, "limit": limit}
+    change's table (what the gateway needs: sql/queries.sql, realtime_read)."""
+    params = {"commit": after.commit, "change": after.change, "limit": limit, "keys": keys}
     cur = conn.cursor(row_factory=dict_row)
-    name = "realtime_read_keys" if keys else "realtime_read"
-    rows = await (await cur.execute(query(name), params)).fetchall()
+    rows = await (await cur.execute(query("realtime_read"), params)).fetchall()
     pruned_through = rows[0]["pruned_through"] if rows else 0
     if after.commit < pruned_through:
         raise ResyncRequired(

@@ -140,26 +140,11 @@ SELECT pyfuncs.prune_realtime(%(keep)s::interval) AS pruned
 -- name: realtime_read
 -- Committed changes after a position, in commit order (see sql/schema.sql on why that is
 -- complete), each with how far the feed was pruned in the same snapshot (one statement);
--- a single row of NULL changes when there are none.
-SELECT s.pruned_through, r.*
-FROM pyfuncs.realtime_state s
-LEFT JOIN LATERAL (
-    SELECT c.position, ch.id AS change, ch.schema_name, ch.table_name, ch.op, ch.new_row,
-           ch.old_row, c.committed_at, c.txid::text::bigint AS txid
-    FROM pyfuncs.realtime_commit c
-    JOIN pyfuncs.realtime_change ch ON ch.txid = c.txid
-    WHERE c.position >= %(commit)s AND (c.position, ch.id) > (%(commit)s, %(change)s)
-    ORDER BY c.position, ch.id
-    LIMIT %(limit)s
-) r ON true
-ORDER BY r.position, r.change
-
--- name: realtime_read_keys
--- realtime_read for the gateway, which needs only each change's key (it reads rows again as
--- each subscriber): the row images cut down to their table's primary key columns, as the
--- catalog has them now, so that a page of changes to wide rows costs the gateway their keys,
--- not the rows. Whole images when no table of that name has a primary key now (the gateway
--- then finds no key in them, or the one it knew).
+-- a single row of NULL changes when there are none. With `keys` (the gateway, which needs
+-- only each change's key: it reads rows again as each subscriber), the row images are cut
+-- down to their table's primary key columns, as the catalog has them now, so that a page of
+-- changes to wide rows costs it their keys, not the rows; whole images where no table of that
+-- name has a primary key now (the gateway then finds no key in them, or the one it knew).
 WITH page AS (
     SELECT c.position, ch.id AS change, ch.schema_name, ch.table_name, ch.op, ch.new_row,
            ch.old_row, c.committed_at, c.txid::text::bigint AS txid
@@ -170,16 +155,16 @@ WITH page AS (
     LIMIT %(limit)s
 ), keyed AS (
     SELECT t.schema_name, t.table_name,
-           ARRAY(SELECT a.attname::text
-                 FROM pg_catalog.pg_index i
-                 CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-                 JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                 JOIN pg_catalog.pg_class r ON r.oid = i.indrelid
-                 JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
-                 -- (by name in the catalog: the feed's role has no USAGE on the schemas)
-                 WHERE n.nspname = t.schema_name AND r.relname = t.table_name
-                   AND i.indisprimary
-                 ORDER BY k.ord) AS key
+           CASE WHEN %(keys)s THEN ARRAY(
+               SELECT a.attname::text
+               FROM pg_catalog.pg_index i
+               CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+               JOIN pg_catalog.pg_class r ON r.oid = i.indrelid
+               JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
+               -- (by name in the catalog: the feed's role has no USAGE on the schemas)
+               WHERE n.nspname = t.schema_name AND r.relname = t.table_name AND i.indisprimary
+               ORDER BY k.ord) ELSE '{}' END AS key
     FROM (SELECT DISTINCT schema_name, table_name FROM page) t
 )
 SELECT s.pruned_through, r.*
