@@ -1276,9 +1276,12 @@ BEGIN
     FOR part IN SELECT c.oid, c.relreplident FROM pyfuncs.realtime_tree(target) t (relid)
                 JOIN pg_class c ON c.oid = t.relid LOOP
         -- (PostgreSQL takes a DEFERRABLE primary key for no replica identity)
+        -- (an index named as the identity and then dropped leaves 'i' and no identity)
         IF part.relreplident = 'n' OR (part.relreplident = 'd' AND NOT EXISTS (
                 SELECT FROM pg_index i WHERE i.indrelid = part.oid AND i.indisprimary
-                                         AND i.indimmediate)) THEN
+                                         AND i.indimmediate))
+           OR (part.relreplident = 'i' AND NOT EXISTS (
+                SELECT FROM pg_index i WHERE i.indrelid = part.oid AND i.indisreplident)) THEN
             RAISE EXCEPTION 'pyfuncs: % has no replica identity, so the WAL does not say which '
                             'row an UPDATE or DELETE changed', part.oid::regclass
                 USING ERRCODE = '55000',
@@ -1492,10 +1495,14 @@ BEGIN
         BEGIN
             -- the tables as they are named now (a table renamed since it was enabled, and
             -- another given its old name, must not be taken for it)
-            FOR rel IN SELECT relid FROM pyfuncs.realtime_table ORDER BY relid LOOP
+            -- (each partition on its own: LOCK TABLE of a parent waits for each of them with
+            -- the whole lock_timeout)
+            FOR rel IN SELECT t.relid FROM pyfuncs.realtime_table e,
+                              pyfuncs.realtime_tree(e.relid) t (relid) ORDER BY e.relid LOOP
                 PERFORM set_config('lock_timeout', greatest(1, ceil(1000 * extract(epoch FROM
                                    deadline - clock_timestamp())))::bigint || 'ms', true);
-                EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', rel.relid::regclass);
+                EXECUTE format('LOCK TABLE ONLY %s IN SHARE ROW EXCLUSIVE MODE',
+                               rel.relid::regclass);
             END LOOP;
         EXCEPTION WHEN lock_not_available THEN
             RAISE EXCEPTION 'pyfuncs: switching to % waited % for locks (the last on %), '

@@ -562,3 +562,17 @@ def test_trigger_capture_writes_values_whatever_the_writers_settings(
     (change,) = [c for c in read_all(trigger_db) if c.table == "times"]
     assert change.new == {"at": "2024-01-01T00:00:00+00:00", "i": "1 day 02:00:00",
                           "b": "\\x00ff"}  # fmt: skip
+
+
+def test_an_identity_index_dropped_is_no_replica_identity(
+    trigger_db: str, conn: psycopg.Connection[Any]
+) -> None:
+    """`REPLICA IDENTITY USING INDEX` and the index dropped leaves the table marked so, with no
+    identity: its UPDATEs and DELETEs were silently lost from the WAL (a red team)."""
+    capture.set_mode(conn, "wal")
+    conn.execute("CREATE TABLE rt.ri (id int NOT NULL, v int)")
+    conn.execute("CREATE UNIQUE INDEX ri_id ON rt.ri (id)")
+    conn.execute("ALTER TABLE rt.ri REPLICA IDENTITY USING INDEX ri_id")
+    conn.execute("DROP INDEX rt.ri_id")
+    with pytest.raises(ConfigError, match=r"rt\.ri has no replica identity"):
+        realtime.enable(conn, "rt.ri")
