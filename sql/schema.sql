@@ -1452,15 +1452,15 @@ BEGIN
     IF current = target THEN
         RETURN;
     END IF;
-    -- Locks are waited for 10 s at most, all together (or the caller's shorter lock_timeout):
-    -- the switch holds the capture lock until it ends, so a transaction holding one of the
-    -- tables (any role can, by naming it in a PREPARE it keeps open) or the slot's creation
-    -- up would hold up every table's capture for as long (found by a red team)
+    -- The switch holds the capture lock until it ends, so a transaction holding one of the
+    -- tables (any role can, by naming it in a PREPARE it keeps open) would hold up every
+    -- table's capture for as long (found by a red team): the table locks are waited for 10 s
+    -- at most (or the caller's shorter lock_timeout), all together, so that a role letting
+    -- them go one after the other gains nothing. (Making the slot waits for each transaction
+    -- it must see end with the whole bound: README "Choosing the mode".)
     IF current_setting('lock_timeout')::interval NOT BETWEEN interval '1 ms' AND interval '10 s' THEN
         PERFORM set_config('lock_timeout', '10s', true);
     END IF;
-    -- (for all the waits together: a role holding the tables one after the other must not
-    -- make it 10 s each)
     bound := current_setting('lock_timeout');
     deadline := clock_timestamp() + bound::interval;
     FOR rel IN SELECT relid FROM pyfuncs.realtime_table ORDER BY relid LOOP
@@ -1494,9 +1494,8 @@ BEGIN
     BEGIN
         BEGIN
             -- the tables as they are named now (a table renamed since it was enabled, and
-            -- another given its old name, must not be taken for it)
-            -- (each partition on its own: LOCK TABLE of a parent waits for each of them with
-            -- the whole lock_timeout)
+            -- another given its old name, must not be taken for it), each partition on its
+            -- own (LOCK TABLE of a parent waits for each with the whole lock_timeout)
             FOR rel IN SELECT t.relid FROM pyfuncs.realtime_table e,
                               pyfuncs.realtime_tree(e.relid) t (relid) ORDER BY e.relid LOOP
                 PERFORM set_config('lock_timeout', greatest(1, ceil(1000 * extract(epoch FROM
