@@ -1,10 +1,9 @@
-"""Stopping routines: the calls under way, the watchdog thread that stops them, sticky stops,
+"""Stopping routines: the calls under way, the watchdog that stops them, sticky stops,
 and what an aborted statement leaves behind."""
 
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # not signal: its enums cost 4 ms per backend
-import _thread
 import ctypes
 import gc
 import itertools
@@ -25,24 +24,28 @@ if TYPE_CHECKING:
 # that routine (routines.py): loading its module, the function itself, making its result
 # plain (results.py) and its exception a PostgreSQL error, each row of a set-returning
 # routine and closing its generator. Each routine has entry functions of its own (ENTRIES
-# knows their code). The watchdog is a thread of this backend that looks every 40 ms while
-# Python runs (it needs the GIL, which the main thread hands over at its periodic switch
-# points): it finds the outermost entry frame on the main thread's stack, reads the flags
-# the postgres executable exports and that routine's limits, and raises RoutineInterrupted
-# in the main thread. A call is told from the next by its entry frame, which the watchdog
-# holds on to so that no later frame can take its place; the rows of a set-returning
-# routine, each made in a frame of its own, share a number, the frame's local `n`. So a
-# call costs one Python frame and nothing else. Code of a routine module that runs outside
-# every entry frame (a finalizer, `__del__` or a generator's `finally`, run by the garbage
-# collector at some later time) is found on the stack too, and stopped: on cancel,
-# terminate and statement_timeout at once, and after STRAY seconds whatever the limits.
+# knows their code). The watchdog is SIGPROF's handler: a timer of the backend's CPU time
+# (ITIMER_PROF) expires every TICK of it, and Python runs the handler in the main thread
+# between two bytecodes of whatever runs there (or inside C code that checks for signals,
+# such as the arithmetic of very large integers). It finds the outermost entry frame on the
+# stack, reads the flags the postgres executable exports and that routine's limits, and
+# raises RoutineInterrupted where the routine is. A call is told from the next by its entry
+# frame, which the watchdog holds on to so that no later frame can take its place; the rows
+# of a set-returning routine, each made in a frame of its own, share a number, the frame's
+# local `n`. So a call costs one Python frame and nothing else. Code of a routine module
+# that runs outside every entry frame (a finalizer, `__del__` or a generator's `finally`,
+# run by the garbage collector at some later time) is found on the stack too, and stopped:
+# on cancel, terminate and statement_timeout at once, and after STRAY seconds whatever the
+# limits.
 #
 # A stop is sticky for its call: `db` refuses further queries, and every `except` handler,
 # `finally` block and `with` block of a routine module calls a guard (inserted when the
 # module is compiled, see guards.py) that raises again, so no handler, retry loop or
-# suppressing context manager can swallow it. The thread never calls into PostgreSQL and
-# blocks every signal, so PostgreSQL's handlers keep running on the main thread; and it
-# never runs a routine's code (see Watchdog._run).
+# suppressing context manager can swallow it. The handler never calls into PostgreSQL and
+# never runs a routine's code (see Watchdog._tick). A timer of CPU time costs an idle
+# backend nothing, and a busy one a signal per TICK; no thread (a second thread made every
+# round trip of a busy backend ~5% slower by existing, and its looks, GIL hand-offs, as much
+# again). The signal restarts PostgreSQL's interrupted system calls (SA_RESTART).
 
 
 class RoutineInterrupted(BaseException):
@@ -57,14 +60,14 @@ SEQUENCE = itertools.count(1).__next__
 ENTRIES: dict[int, Any] = {}
 
 # Entry frames the watchdog let go of. A frame that has finished holds its locals (the
-# call's arguments, which the routine may have filled with objects of its own), and the
-# thread that drops the last reference to an object runs its finalizer: so the main thread
-# drops them (the entry functions clear this as they start).
+# call's arguments, which the routine may have filled with objects of its own), and
+# dropping the last reference to an object runs its finalizer where that happens: so the
+# watchdog does not drop them inside a look, the entry functions do as they start.
 GRAVE: list[Any] = []
 
 # The runtime's own bookkeeping around a query (the deadline lent and given back, the
 # identity flag set and cleared, db's code between them), by the id of its code. A stop
-# raised into the main thread lands where it is: in the middle of these it would leave a
+# raised by the watchdog lands where the code is: in the middle of these it would leave a
 # lent timer or a set flag behind for the calls after. So the watchdog does not raise while
 # the main thread is in one of them, and looks again a millisecond later (the stop itself
 # is decided already, and db's next guard raises it too).
@@ -123,9 +126,9 @@ def calls(frame: Any) -> list[Any]:
 
 
 class Watchdog:
-    # how often it looks: a stop takes at most TICK + the 5 ms switch interval; every look
-    # costs the main thread a GIL hand-off, so a short tick slows busy backends down
-    TICK = 0.04
+    # how often it looks, in CPU time of the backend: a stop takes at most TICK while Python
+    # runs; a look costs a few microseconds
+    TICK = 0.02
     # how long code of a routine module may run while no call is under way (a finalizer)
     STRAY = 0.1
 
@@ -136,14 +139,12 @@ class Watchdog:
         self._timeout_indicator = lib.get_timeout_indicator
         self._timeout_indicator.argtypes = [ctypes.c_int, ctypes.c_bool]
         self._timeout_indicator.restype = ctypes.c_bool
-        self._main = _thread.get_ident()
-        self._main_id = ctypes.c_ulong(self._main)
         self.stop: Stop | None = None
         # the calls of routines with max_db_ops under way, innermost last (main thread only;
         # their generated bodies push and pop them, so counting needs no stack walk)
         self.budgets: list[Budget] = []
         # the outermost call seen last, since when, and the backend's private memory then
-        # (watchdog thread only). Not a reading from before the call: the thread only runs
+        # (the watchdog's only). Not a reading from before the call: the watchdog only runs
         # when Python does, so such a reading could be old and charge the call for what
         # earlier calls kept. A set-returning routine's rows are one call.
         self._call: Any = None
@@ -152,47 +153,52 @@ class Watchdog:
         self._stray_since = 0.0  # when stray code was first seen still running
         self._nap = self.TICK  # until the next look
         self._bookkeeping = False  # whether the main thread was in BOOKKEEPING at the look
+        self._looking = False
+        self._watching = False  # whether a call or stray code was under way at the look
+        self._wall: _WallTimer | None = None
         self._statm = -1
 
     def start(self) -> None:
-        every = _signal.valid_signals()
-        previous = _signal.pthread_sigmask(_signal.SIG_BLOCK, every)
-        try:  # the thread inherits the blocked mask; not waiting for it to run saves 4 ms
-            _thread.start_new_thread(self._run, ())
+        _signal.signal(_signal.SIGPROF, self._tick)
+        _signal.siginterrupt(_signal.SIGPROF, False)  # PostgreSQL's system calls restart
+        _signal.setitimer(_signal.ITIMER_PROF, self.TICK)
+        self._wall = _WallTimer.make(_signal.SIGPROF)
+
+    def _tick(self, signum: int, frame: Any) -> None:
+        """SIGPROF's handler: Python runs it in the main thread, between two bytecodes of
+        whatever runs there (or where C code checks for signals), after the timer expired."""
+        if self._looking:  # a tick while looking: the look under way re-arms the timer
+            return
+        self._looking = True
+        # No routine code may run in here: the collector's finalizers would (their code
+        # would run inside the look); the look keeps no reference to anything of a call's
+        # from one look to the next but its entry frame, which a call lets go of (GRAVE)
+        collecting = gc.isenabled()
+        gc.disable()
+        must_stop = False
+        try:
+            must_stop = self._look(frame)
+            if must_stop and self._bookkeeping:  # not now: see BOOKKEEPING
+                must_stop, self._nap = False, 0.001
+        except Exception:  # a bug here must not end the watchdog
+            pass
         finally:
-            _signal.pthread_sigmask(_signal.SIG_SETMASK, previous)
+            del frame
+            if collecting:
+                gc.enable()
+            self._looking = False
+            _signal.setitimer(_signal.ITIMER_PROF, self._nap)
+            if self._watching and self._wall is not None:
+                self._wall.arm(self._nap)
+        if must_stop:
+            raise RoutineInterrupted()
 
-    def _run(self) -> None:
-        exc = ctypes.py_object(RoutineInterrupted)
-        while True:
-            time.sleep(self._nap)
-            # No routine code may ever run on this thread: it would run outside every call,
-            # stop the watchdog for good by never returning, or query from the wrong thread.
-            # Python runs code on the thread that collects garbage (finalizers) and on the
-            # thread that drops the last reference to an object. So the collector is off
-            # while this thread holds the GIL (it holds it only while looking, and never
-            # lets go of it then: a look takes microseconds, the switch interval is 5 ms),
-            # and it keeps no reference to anything of the main thread's from one look to
-            # the next (call numbers and times only).
-            collecting = gc.isenabled()
-            gc.disable()
-            try:
-                must_stop = self._look()
-                if must_stop and self._bookkeeping:  # not now: see BOOKKEEPING
-                    must_stop, self._nap = False, 0.001
-                self._arm(exc if must_stop else None)
-            except Exception:  # a bug here must not end the watchdog
-                pass
-            finally:
-                if collecting:
-                    gc.enable()
-
-    def _look(self) -> bool:
-        """Whether the main thread must be stopped now."""
+    def _look(self, frame: Any) -> bool:
+        """Whether the code running `frame` must be stopped now."""
         now = time.monotonic()
         self._nap = self.TICK
-        frame = sys._current_frames().get(self._main)
         self._bookkeeping = frame is not None and id(frame.f_code) in BOOKKEEPING
+        self._watching = False
         outer: Any = None
         stray = False
         while frame is not None:
@@ -202,6 +208,7 @@ class Watchdog:
             elif code in ROUTINE_CODE:
                 stray = True
             frame = frame.f_back
+        self._watching = outer is not None or stray
         if outer is None:
             return self._look_stray(now) if stray else self._idle()
         call, routine = key(outer), ENTRIES[id(outer.f_code)]
@@ -251,10 +258,6 @@ class Watchdog:
             GRAVE.append(stop.call)
         self.stop = Stop(None, sqlstate, reason, stray_for, "code of a routine module")
         return True
-
-    def _arm(self, exc: Any) -> None:
-        """Raise `exc` in the main thread at its next check (None: cancel an armed one)."""
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(self._main_id, exc)
 
     def _why(self, routine: Any, elapsed: float) -> tuple[str, str] | None:
         if self._die.value:
@@ -339,7 +342,6 @@ class Watchdog:
         stop = self.stop
         if stop is None or not self._applies(stop, sys._getframe(1)):
             self.stop = None
-            self._arm(None)  # the call has left: nothing may be raised into the code around it
         if stop is None:
             return vocabulary.QUERY_CANCELED, f"{routine} was canceled"
         reason = stop.reason
@@ -352,6 +354,47 @@ class Watchdog:
 
 
 WATCHDOG: Watchdog | None = None  # this backend's (boot() starts it)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+
+
+class _ItimerSpec(ctypes.Structure):
+    _fields_ = [("interval", _Timespec), ("value", _Timespec)]
+
+
+class _SigEvent(ctypes.Structure):  # Linux's struct sigevent: 64 bytes
+    _fields_ = [("value", ctypes.c_void_p), ("signo", ctypes.c_int), ("notify", ctypes.c_int),
+                ("rest", ctypes.c_int * 12)]  # fmt: skip
+
+
+class _WallTimer:
+    """A one-shot timer of the monotonic clock that sends a signal (timer_create): the
+    watchdog's looks while a call is under way, TICK apart in wall time even when the
+    backend gets little CPU time (the CPU-time timer would look later then, by as much as
+    the machine is short of CPU). Armed only by a look that saw a call, so an idle backend
+    gets at most one signal after its last call."""
+
+    def __init__(self, timer: ctypes.c_void_p, settime: Any) -> None:
+        self._timer, self._settime = timer, settime
+        self._spec = _ItimerSpec()
+
+    @classmethod
+    def make(cls, signo: int) -> _WallTimer | None:
+        libc = ctypes.CDLL(None)
+        event = _SigEvent(None, signo, 0)  # SIGEV_SIGNAL
+        timer = ctypes.c_void_p()
+        if libc.timer_create(1, ctypes.byref(event), ctypes.byref(timer)) != 0:  # MONOTONIC
+            return None
+        settime = libc.timer_settime
+        settime.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+        return cls(timer, settime)
+
+    def arm(self, seconds: float) -> None:
+        whole = int(seconds)
+        self._spec.value.sec, self._spec.value.nsec = whole, int((seconds - whole) * 1e9)
+        self._settime(self._timer, 0, ctypes.byref(self._spec), None)
 
 
 def guard() -> None:
