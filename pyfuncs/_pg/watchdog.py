@@ -161,33 +161,38 @@ class Watchdog:
     def start(self) -> None:
         _signal.signal(_signal.SIGPROF, self._tick)
         _signal.siginterrupt(_signal.SIGPROF, False)  # PostgreSQL's system calls restart
-        _signal.setitimer(_signal.ITIMER_PROF, self.TICK)
+        _signal.setitimer(_signal.ITIMER_PROF, self.TICK, self.TICK)
         self._wall = _WallTimer.make(_signal.SIGPROF)
 
     def _tick(self, signum: int, frame: Any) -> None:
         """SIGPROF's handler: Python runs it in the main thread, between two bytecodes of
         whatever runs there (or where C code checks for signals), after the timer expired."""
-        if self._looking:  # a tick while looking: the look under way re-arms the timer
-            return
-        self._looking = True
-        # No routine code may run in here: the collector's finalizers would (their code
-        # would run inside the look); the look keeps no reference to anything of a call's
-        # from one look to the next but its entry frame, which a call lets go of (GRAVE)
-        collecting = gc.isenabled()
-        gc.disable()
+        if self._looking or frame is None:  # a tick while looking, or where no Python runs
+            return  # (the timer is periodic: the next tick comes anyway)
         must_stop = False
         try:
-            must_stop = self._look(frame)
+            self._looking = True
+            # No routine code may run in here: the collector's finalizers would (their
+            # code would run inside the look); the look keeps no reference to anything of
+            # a call's from one look to the next but its entry frame, which a call lets go
+            # of (GRAVE)
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                must_stop = self._look(frame)
+            finally:
+                if collecting:
+                    gc.enable()
             if must_stop and self._bookkeeping:  # not now: see BOOKKEEPING
                 must_stop, self._nap = False, 0.001
+            elif must_stop:  # the stop is sticky: nothing to look at until it has landed
+                self._nap = self.TICK
         except Exception:  # a bug here must not end the watchdog
             pass
         finally:
             del frame
-            if collecting:
-                gc.enable()
             self._looking = False
-            _signal.setitimer(_signal.ITIMER_PROF, self._nap)
+            _signal.setitimer(_signal.ITIMER_PROF, self._nap, self.TICK)
             if self._watching and self._wall is not None:
                 self._wall.arm(self._nap)
         if must_stop:

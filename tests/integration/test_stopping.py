@@ -204,3 +204,45 @@ def test_the_statement_timer_is_given_back_after_each_query(spin: str) -> None:
         conn.execute("SET statement_timeout = 0")
         row = conn.execute("SELECT spin.quick_query(2), pg_sleep(0.3)").fetchone()
         assert row == (4, "")
+
+
+CAUGHT = """
+CREATE FUNCTION spin.caught(times int) RETURNS int LANGUAGE plpgsql AS $$
+DECLARE stopped int := 0;
+BEGIN
+    FOR i IN 1..times LOOP
+        BEGIN
+            PERFORM spin.brief();
+        EXCEPTION WHEN query_canceled THEN
+            stopped := stopped + 1;
+        END;
+    END LOOP;
+    RETURN stopped;
+END $$
+"""
+
+
+def test_stops_caught_by_plpgsql_again_and_again_in_busy_sessions(
+    spin: str, conn: psycopg.Connection[Any]
+) -> None:
+    """A stop that the caller's PL/pgSQL catches, again and again, in three sessions at once:
+    every call is stopped. (A look that the watchdog began where PL/Python reports an error
+    could end before it re-armed its timer, and left that session's routines unstoppable for
+    good; pgbench found it in seconds, this test only sometimes.)"""
+    conn.execute(CAUGHT)
+    counts: list[Any] = []
+
+    def session() -> None:
+        with psycopg.connect(spin, autocommit=True) as own:
+            own.execute("SET statement_timeout = '20s'")
+            stopped = 0
+            for _ in range(40):  # statements of their own, and several stops in one
+                stopped += own.execute("SELECT spin.caught(2)").fetchone()[0]
+            counts.append(stopped)
+
+    sessions = [threading.Thread(target=session) for _ in range(3)]
+    for thread in sessions:
+        thread.start()
+    for thread in sessions:
+        thread.join()
+    assert counts == [80] * 3

@@ -158,3 +158,14 @@ def querying_until_deadline() -> int:
     """Stopped at its deadline, which the timer lent to its queries shares."""
     while True:
         db.execute("SELECT 1")
+
+
+@stored_function(schema="spin", timeout_ms=30)
+def brief() -> int:
+    """Stopped at 30 ms, again and again (a stop caught by the caller's PL/pgSQL)."""
+    n = 0
+    while True:
+        try:
+            n += 1
+        except BaseException:
+            continue
