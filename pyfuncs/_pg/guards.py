@@ -234,6 +234,17 @@ class Guards(_Transformer):
 
     visit_TryStar = visit_Try
 
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> ast.AST:
+        """A finalizer (`__del__`) of a stopped call does not run: Python reports a stop
+        raised in one as "ignored" and carries on, so a routine that spends its time in
+        finalizers it triggers would never see its stop (the watchdog does not log it)."""
+        self.generic_visit(node)
+        if node.name == "__del__":
+            node.body.insert(0, self._guard(node.body[0]))
+        return node
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
     def _loop_range(self, iterable: ast.expr) -> ast.expr:
         """The iterable of a loop or comprehension: `range(...)` as Python's own range."""
         if (

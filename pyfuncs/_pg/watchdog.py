@@ -156,6 +156,7 @@ class Watchdog:
         self._looking = False
         self._watching = False  # whether a call or stray code was under way at the look
         self._wall: _WallTimer | None = None
+        self._unraisable: Any = None
         self._statm = -1
 
     def start(self) -> None:
@@ -163,10 +164,26 @@ class Watchdog:
         _signal.siginterrupt(_signal.SIGPROF, False)  # PostgreSQL's system calls restart
         _signal.setitimer(_signal.ITIMER_PROF, self.TICK, self.TICK)
         self._wall = _WallTimer.make(_signal.SIGPROF)
+        self._unraisable = sys.unraisablehook
+        sys.unraisablehook = self._swallowed
+        BOOKKEEPING.add(id(Watchdog._swallowed.__code__))  # no stop lands in it
+
+    def _swallowed(self, unraisable: Any) -> None:
+        """sys.unraisablehook: a stop that lands in a finalizer (`__del__` and the like),
+        where Python reports an exception as "ignored" and carries on, is not logged (a
+        stopped call's finalizers raise it at once, see guards.py); the call's code raises
+        it again at its next guard or look. Anything else is reported as Python does."""
+        if unraisable.exc_type is not RoutineInterrupted:
+            self._unraisable(unraisable)
 
     def _tick(self, signum: int, frame: Any) -> None:
         """SIGPROF's handler: Python runs it in the main thread, between two bytecodes of
         whatever runs there (or where C code checks for signals), after the timer expired."""
+        # C code that checks for signals may do so with an exception of its own set (as
+        # PL/Python does while it reads an error's attributes): any call made here would
+        # then fail with a SystemError in its place. So that exception is raised again,
+        # as it was, for the C code to handle, and the look waits for the next tick.
+        _pending_exception()
         if self._looking or frame is None:  # a tick while looking, or where no Python runs
             return  # (the timer is periodic: the next tick comes anyway)
         must_stop = False
@@ -192,9 +209,12 @@ class Watchdog:
         finally:
             del frame
             self._looking = False
-            _signal.setitimer(_signal.ITIMER_PROF, self._nap, self.TICK)
-            if self._watching and self._wall is not None:
-                self._wall.arm(self._nap)
+            try:  # (near the recursion limit any call can fail: the periodic tick remains)
+                _signal.setitimer(_signal.ITIMER_PROF, self._nap, self.TICK)
+                if self._watching and self._wall is not None:
+                    self._wall.arm(self._nap)
+            except Exception:
+                pass
         if must_stop:
             raise RoutineInterrupted()
 
@@ -359,6 +379,10 @@ class Watchdog:
 
 
 WATCHDOG: Watchdog | None = None  # this backend's (boot() starts it)
+
+# PyErr_Occurred as a function of the Python API: ctypes raises what is set when it returns
+_pending_exception = ctypes.pythonapi.PyErr_Occurred
+_pending_exception.restype = ctypes.c_void_p
 
 
 class _Timespec(ctypes.Structure):

@@ -246,3 +246,18 @@ def test_stops_caught_by_plpgsql_again_and_again_in_busy_sessions(
     for thread in sessions:
         thread.join()
     assert counts == [80] * 3
+
+
+def test_a_routine_living_in_its_finalizers_is_stopped(spin: str, cluster: Cluster) -> None:
+    """A stop raised in `__del__` is "ignored" by Python: a routine spending its time in
+    finalizers it triggers never saw one. A stopped call's finalizers do not run, and the
+    stops they would have swallowed are not logged."""
+    log_size = cluster.log_file.stat().st_size
+    with psycopg.connect(spin, autocommit=True) as conn:
+        err, took = run(conn, "SELECT spin.finalizing()")
+        assert err.sqlstate == "57014" and "timeout_ms=100" in str(err)
+        assert took < 0.1 + SLACK
+        assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)
+    with cluster.log_file.open() as log:
+        log.seek(log_size)
+        assert "Exception ignored" not in log.read()

@@ -169,3 +169,17 @@ def brief() -> int:
             n += 1
         except BaseException:
             continue
+
+
+class _Slow:
+    def __del__(self) -> None:
+        n = 0
+        for i in range(100_000):  # milliseconds of Python in every finalizer
+            n += i
+
+
+@stored_function(schema="spin", timeout_ms=100)
+def finalizing() -> int:
+    """Spends its time in finalizers it triggers, where Python ignores exceptions."""
+    while True:
+        _Slow()
