@@ -139,10 +139,12 @@ class Db(Queries):
         return entry
 
     def _run(self, query: str, params: Sequence[Any]) -> Any:
-        # the hot path of every query: _count and the first step of _plan, inlined
-        stopping.guard()
-        entry = _from_the_call()
+        # the hot path of every query: _count (and the guard's test) and the first step of
+        # _plan, inlined
         watchdog = stopping.WATCHDOG
+        if stopping.disposing or (watchdog is not None and watchdog.stop is not None):
+            stopping.guard()
+        entry = _from_the_call()
         if watchdog is not None and watchdog.budgets:
             watchdog.count_db_op()
         # most queries have one parameter: its key is built here, without a call

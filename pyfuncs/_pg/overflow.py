@@ -39,6 +39,8 @@ import ctypes
 import mmap
 import resource
 
+from . import watchdog as stopping
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -98,6 +100,9 @@ def contain(fatal: Callable[..., Any], lib: ctypes.CDLL) -> bool:
         set_stack_base()  # PostgreSQL's depth checks, from here on this stack
         fatal(MESSAGE, sqlstate="54001")
 
+    # a stop due when the fault comes (a timeout during the long C call that overflowed)
+    # must not land in the handler: it would be lost there, and the fault kill the cluster
+    stopping.BOOKKEEPING.add(id(on_fault.__code__))
     stack = mmap.mmap(-1, ALTERNATE_STACK, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     where = ctypes.addressof(ctypes.c_char.from_buffer(stack))
     alternate = _StackT(where, 0, ALTERNATE_STACK)

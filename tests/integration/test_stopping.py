@@ -261,3 +261,18 @@ def test_a_routine_living_in_its_finalizers_is_stopped(spin: str, cluster: Clust
     with cluster.log_file.open() as log:
         log.seek(log_size)
         assert "Exception ignored" not in log.read()
+
+
+@pytest.mark.parametrize("routine", ["overflowing", "overflowing_when_stopped"])
+def test_a_c_stack_overflow_ends_only_its_session(spin: str, routine: str) -> None:
+    """The backend would die of SIGSEGV, and PostgreSQL restart every session: the session
+    ends with FATAL 54001 instead (the spin fixture checks the cluster did not restart),
+    also when a stop was due as the overflow came (the stop landed in the fault's handler
+    and was lost there, and the fault then killed the cluster)."""
+    with psycopg.connect(spin, autocommit=True) as conn:
+        with pytest.raises(psycopg.OperationalError) as info:
+            conn.execute(f"SELECT spin.{routine}()")
+        assert "overflowed the C stack" in str(info.value)
+        assert conn.closed or conn.broken
+    with psycopg.connect(spin, autocommit=True) as conn:  # everyone else carries on
+        assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)

@@ -183,3 +183,25 @@ def finalizing() -> int:
     """Spends its time in finalizers it triggers, where Python ignores exceptions."""
     while True:
         _Slow()
+
+
+def _nested(depth: int) -> tuple[object, ...]:
+    deep: tuple[object, ...] = ()
+    for _ in range(depth):
+        deep = (deep,)
+    return deep
+
+
+@stored_function(schema="spin")
+def overflowing() -> int:
+    """Hashing a tuple nested a million deep overflows the C stack (CPython does not count
+    that recursion)."""
+    return hash(_nested(1_000_000))
+
+
+@stored_function(schema="spin", timeout_ms=1000)
+def overflowing_when_stopped() -> int:
+    """The same, after a long C call (hashing a billion items, seconds) that its timeout_ms
+    falls in: the stop is due when the overflow comes."""
+    outer = (tuple(range(1_000_000)),) * 1000
+    return hash((outer, _nested(1_000_000)))
