@@ -1,7 +1,7 @@
 """A routine's timeout_ms while it waits in a query.
 
-The watchdog only runs while the main thread runs Python: during a query PostgreSQL holds
-the main thread (and PL/Python the GIL), so a routine waiting on a lock or in `pg_sleep`
+The watchdog only looks while Python runs (Python runs its signal handler between two
+bytecodes): during a query PostgreSQL runs, so a routine waiting on a lock or in `pg_sleep`
 would wait past its timeout_ms. So the runtime registers a timer of its own with
 PostgreSQL's timeout machinery, whose handler is the one PostgreSQL runs for a cancel
 request (StatementCancelHandler). Before each query of a call with a timeout, `db` sets it

@@ -24,6 +24,7 @@ import itertools
 import types
 from _collections_abc import Sequence
 
+from . import watchdog as stopping
 from .imported import imported
 
 TYPE_CHECKING = False
@@ -39,6 +40,9 @@ def _each(iterator: Iterable[Any]) -> Iterator[Any]:
     # resumes after `yield`, but not in the loop `yield from` runs
     for item in iterator:  # noqa: UP028
         yield item
+
+
+stopping.PRODUCERS.add(id(_each.__code__))
 
 
 class range:  # what routines know as `range`

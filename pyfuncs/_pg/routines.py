@@ -25,6 +25,14 @@ if TYPE_CHECKING:
     from typing import Any
 
 _DONE = object()  # no more rows
+
+
+class _Unwatched:  # what entry functions ask for a stop outside PostgreSQL: never one
+    stop = None
+    check = staticmethod(lambda: None)
+
+
+_UNWATCHED = _Unwatched()
 ISOLATED: list[bool] = []  # [True] once decimal has been imported (boot.py)
 
 # The entry functions, compiled once per routine so that their code is the routine's own
@@ -49,6 +57,8 @@ def call({params}):
             result = own_context().run(function, {params})
         else:
             result = function({params})
+        if watch.stop is not None:  # a stop it did not see (one a finalizer swallowed)
+            watch.check()
         if type(result) in inert:
             return result
         return finish(result)
@@ -63,7 +73,10 @@ def call({params}):
 _WITHIN = """
 def within(n, work, *args):
     try:
-        return work(*args)
+        done = work(*args)
+        if watch.stop is not None:
+            watch.check()
+        return done
     except RoutineInterrupted:
         stopped = True
     except BaseException as exc:
@@ -121,7 +134,8 @@ class Routine:
         namespace: dict[str, Any] = {
             "grave": stopping.GRAVE, "inert": results.INERT, "finish": self._finish,
             "fail": self.fail, "RoutineInterrupted": RoutineInterrupted,
-            "own_context": own_context, "isolated": ISOLATED, "now": time.monotonic, **names,
+            "own_context": own_context, "isolated": ISOLATED, "now": time.monotonic,
+            "watch": stopping.WATCHDOG or _UNWATCHED, **names,
         }  # fmt: skip
         exec(compile(source, f"<pyfuncs: {self.qualname}>", "exec"), namespace)
         entry: Callable[..., Any] = namespace[name]

@@ -76,6 +76,10 @@ BOOKKEEPING: set[int] = set()
 # The code objects of every routine module loaded in this backend, by id, and the namespace
 # of the module each belongs to (sandbox.load_module fills it and keeps the code alive).
 ROUTINE_CODE: dict[int, dict[str, Any]] = {}
+# The code that yields, item by item, what routines iterate (lazy.py's producers): run
+# outside every call (a finalizer that is a function of the standard library, consuming one
+# of them), it runs for a routine module, and is stopped as its code would be.
+PRODUCERS: set[int] = set()
 # the namespace of the routine module whose top-level code runs now (its first load)
 LOADING: dict[str, Any] | None = None
 
@@ -166,15 +170,41 @@ class Watchdog:
         self._wall = _WallTimer.make(_signal.SIGPROF)
         self._unraisable = sys.unraisablehook
         sys.unraisablehook = self._swallowed
-        BOOKKEEPING.add(id(Watchdog._swallowed.__code__))  # no stop lands in it
+        BOOKKEEPING.update(id(f.__code__) for f in (Watchdog._swallowed, Watchdog._trip, _untraced))
 
     def _swallowed(self, unraisable: Any) -> None:
-        """sys.unraisablehook: a stop that lands in a finalizer (`__del__` and the like),
-        where Python reports an exception as "ignored" and carries on, is not logged (a
-        stopped call's finalizers raise it at once, see guards.py); the call's code raises
-        it again at its next guard or look. Anything else is reported as Python does."""
+        """sys.unraisablehook. Python reports an exception raised in a finalizer (`__del__`
+        or any function a class names so, a context manager's exit when a suspended
+        generator is dropped, ...) as "ignored" and carries on: a stop that lands there
+        would be lost, and a routine that spends its time in finalizers it triggers would
+        never see one. So the stop is not logged, and is raised again at the next line of
+        the code that ran the finalizer, from a trace function set on that frame alone (a
+        stopped call's `def __del__` raises at once, see guards.py). Anything else is
+        reported as Python does."""
         if unraisable.exc_type is not RoutineInterrupted:
             self._unraisable(unraisable)
+            return
+        stop = self.stop
+        if stop is None or stop.call is None:  # stray code's stop: that code has ended
+            return
+        try:
+            frame = sys._getframe(1)  # the code that ran the finalizer
+        except ValueError:  # none: the next look raises it
+            return
+        if id(frame.f_code) in BOOKKEEPING:  # not there: the next look raises it
+            return
+        frame.f_trace = self._trip
+        frame.f_trace_lines = True
+        if sys.gettrace() is None:  # a frame's own trace runs only while one is set
+            sys.settrace(_untraced)
+
+    @staticmethod
+    def _trip(frame: Any, event: str, arg: Any) -> None:
+        """The trace of a frame whose finalizer swallowed a stop: raises it there."""
+        frame.f_trace = None
+        if sys.gettrace() is _untraced:
+            sys.settrace(None)
+        raise RoutineInterrupted()
 
     def _tick(self, signum: int, frame: Any) -> None:
         """SIGPROF's handler: Python runs it in the main thread, between two bytecodes of
@@ -230,7 +260,7 @@ class Watchdog:
             code = id(frame.f_code)
             if code in ENTRIES:
                 outer = frame
-            elif code in ROUTINE_CODE:
+            elif code in ROUTINE_CODE or code in PRODUCERS:
                 stray = True
             frame = frame.f_back
         self._watching = outer is not None or stray
@@ -367,6 +397,8 @@ class Watchdog:
         stop = self.stop
         if stop is None or not self._applies(stop, sys._getframe(1)):
             self.stop = None
+            if sys.gettrace() is _untraced:  # a stop a finalizer swallowed, not raised again
+                sys.settrace(None)
         if stop is None:
             return vocabulary.QUERY_CANCELED, f"{routine} was canceled"
         reason = stop.reason
@@ -379,6 +411,12 @@ class Watchdog:
 
 
 WATCHDOG: Watchdog | None = None  # this backend's (boot() starts it)
+
+
+def _untraced(frame: Any, event: str, arg: Any) -> None:
+    """The global trace while a frame waits to raise a swallowed stop: traces nothing else."""
+    return None
+
 
 # PyErr_Occurred as a function of the Python API: ctypes raises what is set when it returns
 _pending_exception = ctypes.pythonapi.PyErr_Occurred

@@ -263,6 +263,18 @@ def test_a_routine_living_in_its_finalizers_is_stopped(spin: str, cluster: Clust
         assert "Exception ignored" not in log.read()
 
 
+def test_a_stop_swallowed_by_any_finalizer_is_raised_again(spin: str) -> None:
+    """A finalizer named by a class's namespace, not by `def __del__`: the stop it swallows
+    is raised again at the next line of the code that ran it, and a stopped call never
+    returns a result (it did, once the finalizers it skipped made it finish early)."""
+    with psycopg.connect(spin, autocommit=True) as conn:
+        for rounds in (300, 3000):  # ~1 s and ~10 s of finalizers
+            err, took = run(conn, f"SELECT spin.finalizing_by_type({rounds})")
+            assert err.sqlstate == "57014" and "timeout_ms=100" in str(err)
+            assert took < 0.1 + SLACK
+        assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)
+
+
 @pytest.mark.parametrize("routine", ["overflowing", "overflowing_when_stopped"])
 def test_a_c_stack_overflow_ends_only_its_session(spin: str, routine: str) -> None:
     """The backend would die of SIGSEGV, and PostgreSQL restart every session: the session

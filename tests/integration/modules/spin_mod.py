@@ -205,3 +205,21 @@ def overflowing_when_stopped() -> int:
     falls in: the stop is due when the overflow comes."""
     outer = (tuple(range(1_000_000)),) * 1000
     return hash((outer, _nested(1_000_000)))
+
+
+def _slow_finalizer(self: object) -> None:
+    n = 0
+    for i in range(100_000):
+        n += i
+
+
+_ByType = type("_ByType", (), {"__del__": _slow_finalizer})  # no `def __del__` to guard
+
+
+@stored_function(schema="spin", timeout_ms=100)
+def finalizing_by_type(rounds: int) -> int:
+    """Finalizers not spelled `def __del__`, for longer than its limit; returns if never
+    stopped."""
+    for _ in range(rounds):
+        _ByType()
+    return rounds
