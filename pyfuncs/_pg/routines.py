@@ -193,8 +193,10 @@ class Routine:
         functions; by the body for what reaches it: an error made already, or a stop)."""
         if type(exc) in errors.ERROR_TYPES.values():  # translated already
             return exc  # type: ignore[return-value]
-        if isinstance(exc, RoutineInterrupted):
-            watchdog = stopping.WATCHDOG
+        watchdog = stopping.WATCHDOG
+        # a stopped call fails with its stop, whatever replaced it on the way out (an
+        # `__exit__` that raised an error of its own while the stop passed through it)
+        if isinstance(exc, RoutineInterrupted) or (watchdog is not None and watchdog.stopped()):
             if watchdog is None:
                 sqlstate, message = vocabulary.QUERY_CANCELED, f"{self.qualname} was canceled"
             else:

@@ -185,13 +185,15 @@ class Watchdog:
             self._unraisable(unraisable)
             return
         stop = self.stop
-        if stop is None or stop.call is None:  # stray code's stop: that code has ended
+        if stop is None or stop.call is None:  # stray code's stop: the next look's
             return
         try:
             frame = sys._getframe(1)  # the code that ran the finalizer
         except ValueError:  # none: the next look raises it
             return
-        if id(frame.f_code) in BOOKKEEPING:  # not there: the next look raises it
+        # not in the runtime's bookkeeping (the next look raises it), and only for the
+        # call that was stopped (not one that came after a stop nothing described)
+        if id(frame.f_code) in BOOKKEEPING or not self._applies(stop, frame):
             return
         frame.f_trace = self._trip
         frame.f_trace_lines = True
@@ -256,10 +258,12 @@ class Watchdog:
         self._watching = False
         outer: Any = None
         stray = False
+        under_way = []  # the calls of the entry frames on the stack
         while frame is not None:
             code = id(frame.f_code)
             if code in ENTRIES:
                 outer = frame
+                under_way.append(key(frame))
             elif code in ROUTINE_CODE or code in PRODUCERS:
                 stray = True
             frame = frame.f_back
@@ -280,6 +284,13 @@ class Watchdog:
         stop = self.stop
         if stop is not None and stop.call == call:
             return True
+        if stop is not None and stop.call is not None and stop.call not in under_way:
+            # a stop of a call that left without being described (PostgreSQL dropped the
+            # generator it was raised in): it applies to nothing, and every guard would
+            # walk the stack for it
+            if not isinstance(stop.call, int):
+                GRAVE.append(stop.call)
+            self.stop = stop = None
         why = self._why(routine, now - self._since)
         if why is None:
             return False
@@ -381,6 +392,11 @@ class Watchdog:
         if stop.call is None:
             return not under_way
         return any(call == stop.call for call in under_way)
+
+    def stopped(self) -> bool:
+        """Whether a call under way at the caller has been told to stop."""
+        stop = self.stop
+        return stop is not None and stop.call is not None and self._applies(stop, sys._getframe(1))
 
     def check(self) -> None:
         """Raise again inside a call that has been told to stop (queries, handlers), or in
