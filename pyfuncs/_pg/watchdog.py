@@ -254,7 +254,7 @@ class Watchdog:
         """Whether the code running `frame` must be stopped now."""
         now = time.monotonic()
         self._nap = self.TICK
-        self._bookkeeping = frame is not None and id(frame.f_code) in BOOKKEEPING
+        self._bookkeeping = id(frame.f_code) in BOOKKEEPING
         self._watching = False
         outer: Any = None
         stray = False

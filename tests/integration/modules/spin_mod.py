@@ -171,20 +171,6 @@ def brief() -> int:
             continue
 
 
-class _Slow:
-    def __del__(self) -> None:
-        n = 0
-        for i in range(100_000):  # milliseconds of Python in every finalizer
-            n += i
-
-
-@stored_function(schema="spin", timeout_ms=100)
-def finalizing() -> int:
-    """Spends its time in finalizers it triggers, where Python ignores exceptions."""
-    while True:
-        _Slow()
-
-
 def _nested(depth: int) -> tuple[object, ...]:
     deep: tuple[object, ...] = ()
     for _ in range(depth):
@@ -209,8 +195,13 @@ def overflowing_when_stopped() -> int:
 
 def _slow_finalizer(self: object) -> None:
     n = 0
-    for i in range(100_000):
+    for i in range(100_000):  # milliseconds of Python in every finalizer
         n += i
+
+
+class _Slow:
+    def __del__(self) -> None:  # spelled so: the guard inserted first makes it raise at once
+        _slow_finalizer(self)
 
 
 _ByType = type("_ByType", (), {"__del__": _slow_finalizer})  # no `def __del__` to guard
@@ -223,3 +214,10 @@ def finalizing_by_type(rounds: int) -> int:
     for _ in range(rounds):
         _ByType()
     return rounds
+
+
+@stored_function(schema="spin", timeout_ms=100)
+def finalizing() -> int:
+    """Spends its time in finalizers it triggers, where Python ignores exceptions."""
+    while True:
+        _Slow()
