@@ -9,11 +9,13 @@ STAMP := $(VENV)/.installed
 PLPYTHON := /usr/share/postgresql/15/extension/plpython3u.control
 WAL2JSON := /usr/lib/postgresql/15/lib/wal2json.so
 CHROMIUM := /usr/bin/chromium
+PG_CONFIG := /usr/lib/postgresql/15/bin/pg_config
+BACKSTOP := /usr/lib/postgresql/15/lib/pyfuncs_backstop.so
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: setup demo live test lint bench clean db-down
 
-setup: $(PLPYTHON) $(WAL2JSON) $(STAMP)
+setup: $(PLPYTHON) $(WAL2JSON) $(BACKSTOP) $(STAMP)
 
 $(PLPYTHON):
 	$(SUDO) apt-get update -qq
@@ -23,6 +25,18 @@ $(PLPYTHON):
 $(WAL2JSON):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql-15-wal2json
+
+# the backstop that ends the session of a routine stuck in one C call (README "Stopping
+# routines"): built against PostgreSQL's headers, installed where PostgreSQL keeps its libraries
+$(PG_CONFIG):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql-server-dev-15 gcc
+
+$(BACKSTOP): pyfuncs/_pg/backstop.c $(PLPYTHON) $(PG_CONFIG)
+	mkdir -p build
+	gcc -O2 -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Werror -fPIC \
+		-shared -I$$($(PG_CONFIG) --includedir-server) -o build/pyfuncs_backstop.so $<
+	$(SUDO) install -m 755 build/pyfuncs_backstop.so $@
 
 # the browser client's tests drive Debian's Chromium (playwright's own browsers are not used)
 $(CHROMIUM):

@@ -132,7 +132,7 @@ def start(gd: dict[str, Any]) -> None:
 
     import plpy
 
-    from . import bounded, db, deadline, errors, identity, overflow, routines, sandbox
+    from . import backstop, bounded, db, deadline, errors, identity, overflow, routines, sandbox
     from . import watchdog as stopping
 
     db.plpy = errors.plpy = plpy
@@ -145,7 +145,8 @@ def start(gd: dict[str, Any]) -> None:
     in_transaction.restype = ctypes.c_bool
     stopping.in_transaction = in_transaction
     stopping.WATCHDOG = stopping.Watchdog()
-    stopping.WATCHDOG.start()
+    stopping.WATCHDOG.start(plpy.fatal)
+    backstop.install(postgres, stopping.Watchdog.GRACE)  # in front of the watchdog's handler
     sandbox.SHIM = sandbox.shim(db.db)
     sandbox.contain_abcs()
     when_imported("decimal", lambda module: _decimal_imported(module, bounded, routines))

@@ -14,7 +14,7 @@ import sys
 import time
 from contextvars import copy_context as own_context
 
-from . import errors, results, sandbox, vocabulary
+from . import backstop, errors, results, sandbox, vocabulary
 from . import watchdog as stopping
 from .values import converter
 from .watchdog import SEQUENCE, Budget, RoutineInterrupted
@@ -47,9 +47,11 @@ ISOLATED: list[bool] = []  # [True] once decimal has been imported (boot.py)
 # is suspended in) ends with it. A set-returning routine's rows share one. decimal is the
 # only module routines may import that keeps state in the context, so until it has been
 # imported (ISOLATED is empty) there is nothing to isolate, and a call saves the copy.
-_CALL = """
+_CALL_HEAD = """
 def call({params}):
     began = now()  # for the watchdog, which may first see this call up to a tick later
+"""
+_CALL = """\
     if grave:
         grave.clear()
     try:
@@ -70,8 +72,10 @@ def call({params}):
         raise RoutineInterrupted()
     raise error
 """
-_WITHIN = """
+_WITHIN_HEAD = """
 def within(n, work, *args):
+"""
+_WITHIN = """\
     try:
         done = work(*args)
         if watch.stop is not None:
@@ -85,6 +89,26 @@ def within(n, work, *args):
         raise RoutineInterrupted()
     raise error
 """
+# A routine with a timeout_ms tells the backstop (backstop.py) its deadline while it runs:
+# the earliest of the calls under way, given back as it leaves (a finally runs no code that
+# a stop could land before)
+_DEADLINE = """\
+    prior, mine = clock[0], {start} + timeout
+    if not prior or mine < prior:
+        clock[0] = mine
+    try:
+{body}\
+    finally:
+        clock[0] = prior
+"""
+
+
+def _entry_source(head: str, body: str, timeout: float | None, start: str) -> str:
+    """An entry function's source: `start` is the expression for when the call began."""
+    if timeout is None:
+        return head + body
+    indented = "".join("    " + line if line.strip() else line for line in body.splitlines(True))
+    return head + _DEADLINE.format(body=indented, start=start)
 
 
 class Routine:
@@ -114,7 +138,9 @@ class Routine:
         self.max_bytes: int | None = limits["max_result_bytes"]
         self.convert = {kind: self._reading(kind) for kind in spec["converters"]}
         self.last: Pending | None = None  # what `fn` gave the body last (see rows)
-        self.within: Callable[..., Any] = self._entry(_WITHIN, "within")
+        self.within: Callable[..., Any] = self._entry(
+            _entry_source(_WITHIN_HEAD, _WITHIN, self.timeout, "now()"), "within"
+        )
         # the module's top-level code runs in a call of this routine: stoppable too
         self.namespace: dict[str, Any] = {}
         self.namespace = self.within(
@@ -125,7 +151,8 @@ class Routine:
         code = getattr(self.function, "__code__", None)
         arity = code.co_argcount if code is not None and not code.co_flags & 0x0C else -1
         params = ", ".join(f"a{i}" for i in range(arity)) if arity >= 0 else "*args"
-        call = self._entry(_CALL.format(params=params), "call", function=self.function)
+        source = _entry_source(_CALL_HEAD, _CALL, self.timeout, "began").format(params=params)
+        call = self._entry(source, "call", function=self.function)
         call.__name__ = call.__qualname__ = getattr(self.function, "__name__", "call")
         self.fn: Callable[..., Any] = self._pending if srf else call
 
@@ -135,7 +162,8 @@ class Routine:
             "grave": stopping.GRAVE, "inert": results.INERT, "finish": self._finish,
             "fail": self.fail, "RoutineInterrupted": RoutineInterrupted,
             "own_context": own_context, "isolated": ISOLATED, "now": time.monotonic,
-            "watch": stopping.WATCHDOG or _UNWATCHED, **names,
+            "watch": stopping.WATCHDOG or _UNWATCHED, "clock": backstop.CLOCK,
+            "timeout": self.timeout, **names,
         }  # fmt: skip
         exec(compile(source, f"<pyfuncs: {self.qualname}>", "exec"), namespace)
         entry: Callable[..., Any] = namespace[name]

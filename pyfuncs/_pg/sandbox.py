@@ -14,7 +14,7 @@ import abc
 import sys
 import types
 
-from . import bounded, errors, lazy, views, vocabulary
+from . import backstop, bounded, errors, lazy, views, vocabulary
 from . import watchdog as stopping
 from .guards import CHECKED_READS, compile_module
 from .imported import imported
@@ -66,6 +66,7 @@ def _view(name: str, allowed: frozenset[str], owner: str = "") -> types.ModuleTy
                 if "." not in rest:
                     types.ModuleType.__setattr__(found, rest, _view(child, allowed))
         VIEWS[key] = found
+        backstop.refresh()  # (it may have loaded an extension module)
     return found
 
 

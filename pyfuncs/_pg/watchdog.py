@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from . import vocabulary
+from . import backstop, vocabulary
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ class Budget:
 
 
 class Stop:
-    __slots__ = ("call", "elapsed", "reason", "sqlstate", "who")
+    __slots__ = ("call", "elapsed", "reason", "since", "sqlstate", "who")
 
     def __init__(
         self, call: Any, sqlstate: str, reason: str, elapsed: float | None,
@@ -112,6 +112,7 @@ class Stop:
         self.call = call  # the outermost call under way (see key); None: outside any call
         self.sqlstate, self.reason, self.elapsed = sqlstate, reason, elapsed
         self.who = who  # the routine whose limit it was, when not the one that is leaving
+        self.since = time.monotonic()
 
 
 def key(frame: Any) -> Any:
@@ -135,6 +136,10 @@ class Watchdog:
     TICK = 0.02
     # how long code of a routine module may run while no call is under way (a finalizer)
     STRAY = 0.1
+    # how long a routine may run on after it was told to stop (swallowing its stops in the
+    # finalizers one C call triggers, or stuck in one C call) before its session is ended
+    # (backstop.py)
+    GRACE = 1.0
 
     def __init__(self) -> None:
         lib = ctypes.CDLL(None)  # the postgres executable itself
@@ -162,8 +167,12 @@ class Watchdog:
         self._wall: _WallTimer | None = None
         self._unraisable: Any = None
         self._statm = -1
+        self._fatal: Any = None
 
-    def start(self) -> None:
+    def start(self, fatal: Any = None) -> None:
+        """Install the handler; `fatal` (plpy.fatal) ends the session of a routine that goes
+        on running GRACE after its stop."""
+        self._fatal = fatal
         _signal.signal(_signal.SIGPROF, self._tick)
         _signal.siginterrupt(_signal.SIGPROF, False)  # PostgreSQL's system calls restart
         _signal.setitimer(_signal.ITIMER_PROF, self.TICK, self.TICK)
@@ -216,6 +225,7 @@ class Watchdog:
         # then fail with a SystemError in its place. So that exception is raised again,
         # as it was, for the C code to handle, and the look waits for the next tick.
         _pending_exception()
+        backstop.CLOCK[1] = time.monotonic()  # Python runs: the C handler leaves it to us
         if self._looking or frame is None:  # a tick while looking, or where no Python runs
             return  # (the timer is periodic: the next tick comes anyway)
         must_stop = False
@@ -283,6 +293,7 @@ class Watchdog:
             self._nap = min(self.TICK, max(0.001, self._since + routine.timeout - now + 0.001))
         stop = self.stop
         if stop is not None and stop.call == call:
+            self._ignored(stop, now)
             return True
         if stop is not None and stop.call is not None and stop.call not in under_way:
             # a stop of a call that left without being described (PostgreSQL dropped the
@@ -299,6 +310,16 @@ class Watchdog:
         self.stop = Stop(call, why[0], why[1], now - self._since)
         return True
 
+    def _ignored(self, stop: Stop, now: float) -> None:
+        """A stop is raised again: the code it was raised in went on running Python (a
+        finalizer swallowed it, called by a C loop that comes back to no line of the
+        routine's). GRACE after it was due, the session ends."""
+        late = now - stop.since
+        if late > self.GRACE and self._fatal is not None:
+            who = f"{stop.who}: " if stop.who else ""
+            why = f"{who}{stop.reason} {late * 1000:.0f} ms before"
+            self._fatal(f"{backstop.MESSAGE} ({why})", sqlstate=stop.sqlstate)
+
     def _idle(self) -> bool:
         self._stray_since = 0.0
         if self.stop is not None and self.stop.call is None:
@@ -309,6 +330,7 @@ class Watchdog:
         """Code of a routine module runs outside every call."""
         stop = self.stop
         if stop is not None and stop.call is None:
+            self._ignored(stop, now)
             return True
         self._stray_since = self._stray_since or now
         stray_for = now - self._stray_since

@@ -282,9 +282,83 @@ def test_a_c_stack_overflow_ends_only_its_session(spin: str, routine: str) -> No
     also when a stop was due as the overflow came (the stop landed in the fault's handler
     and was lost there, and the fault then killed the cluster)."""
     with psycopg.connect(spin, autocommit=True) as conn:
+        if routine == "overflowing_when_stopped":
+            for _ in range(10):  # a million deep, within its timeout_ms
+                conn.execute("SELECT spin.overflowing_when_stopped(100000)")
         with pytest.raises(psycopg.OperationalError) as info:
-            conn.execute(f"SELECT spin.{routine}()")
+            conn.execute(f"SELECT spin.{routine}({'0' if routine.endswith('stopped') else ''})")
         assert "overflowed the C stack" in str(info.value)
         assert conn.closed or conn.broken
     with psycopg.connect(spin, autocommit=True) as conn:  # everyone else carries on
+        assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)
+
+
+# --- the backstop: a routine that cannot be stopped ends its session ----------------------
+
+BACKSTOP = "went on running after it was told to stop"
+
+
+def _ended(conn: psycopg.Connection[Any], query: str) -> tuple[psycopg.Error, float]:
+    """The session ended by the backstop: the error, and how long the query took."""
+    start = time.monotonic()
+    with pytest.raises(psycopg.Error) as info:
+        conn.execute(query)
+    took = time.monotonic() - start
+    assert BACKSTOP in str(info.value), info.value
+    assert conn.closed or conn.broken
+    return info.value, took
+
+
+def test_a_routine_stuck_in_one_c_call_past_its_timeout_ends_its_session(spin: str) -> None:
+    """Hashing a tuple nested by reference is one C call of 2**64 steps: no bytecode runs,
+    so the watchdog cannot raise. The C handler ends the session GRACE after timeout_ms;
+    the cluster carries on (the spin fixture checks it did not restart)."""
+    with psycopg.connect(spin, autocommit=True) as conn:
+        err, took = _ended(conn, "SELECT spin.stuck_in_c()")
+        assert err.sqlstate == "57014" and "timeout_ms" in str(err)
+        assert 0.2 + 1.0 <= took < 0.2 + 1.0 + 1.0 + SLACK
+    with psycopg.connect(spin, autocommit=True) as conn:  # everyone else carries on
+        assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)
+
+
+@pytest.mark.parametrize("how", ["statement_timeout", "pg_cancel_backend", "pg_terminate_backend"])
+def test_a_routine_stuck_in_one_c_call_ends_its_session_when_told_to_stop(
+    spin: str, how: str
+) -> None:
+    with psycopg.connect(spin, autocommit=True) as conn:
+        pid = conn.info.backend_pid
+        if how == "statement_timeout":
+            conn.execute("SET statement_timeout = '300ms'")
+        else:
+            _from_another_connection(spin, f"SELECT {how}(%s)", pid, 0.3)
+        err, took = _ended(conn, "SELECT spin.stuck_in_c_unlimited()")
+        assert err.sqlstate == ("57P01" if how == "pg_terminate_backend" else "57014")
+        assert took < 0.3 + 1.0 + 1.0 + SLACK
+    with psycopg.connect(spin, autocommit=True) as conn:
+        assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)
+
+
+def test_long_c_calls_nobody_stops_are_not_ended(spin: str) -> None:
+    """The backstop acts only on a stop that is due: a C call of seconds within its limits
+    finishes, also right after a call whose timeout_ms has passed since (the deadline a
+    call tells the backstop is given back as it leaves), and one in a routine without a
+    limit, when a routine with one ran before."""
+    with psycopg.connect(spin, autocommit=True) as conn:
+        conn.execute("SELECT spin.prompt(1)")  # timeout_ms=50: passed long before the next ends
+        assert conn.execute("SELECT spin.long_c_call(28)").fetchone() in [(0,), (1,)]
+        conn.execute("SELECT spin.prompt(1)")
+        assert conn.execute("SELECT spin.long_c_call_unlimited(28)").fetchone() in [(0,), (1,)]
+        assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)
+
+
+def test_stops_swallowed_by_finalizers_one_c_call_runs_end_the_session(spin: str) -> None:
+    """`all(map(cls, data))` whose class has a finalizer not spelled `def __del__`: every
+    stop lands in a finalizer and no line of the routine comes to raise it again until the
+    C call ends. The watchdog sees its stop raised again and again: GRACE after it was due,
+    the session ends."""
+    with psycopg.connect(spin, autocommit=True) as conn:
+        err, took = _ended(conn, "SELECT spin.finalizing_in_c(100000)")  # minutes of finalizers
+        assert err.sqlstate == "57014" and "timeout_ms=100" in str(err)
+        assert took < 0.1 + 1.0 + SLACK
+    with psycopg.connect(spin, autocommit=True) as conn:
         assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)

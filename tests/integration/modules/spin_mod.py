@@ -185,12 +185,22 @@ def overflowing() -> int:
     return hash(_nested(1_000_000))
 
 
-@stored_function(schema="spin", timeout_ms=1000)
-def overflowing_when_stopped() -> int:
-    """The same, after a long C call (hashing a billion items, seconds) that its timeout_ms
-    falls in: the stop is due when the overflow comes."""
-    outer = (tuple(range(1_000_000)),) * 1000
-    return hash((outer, _nested(1_000_000)))
+_DEEP: list[tuple[object, ...]] = [()]
+
+
+@stored_function(schema="spin", timeout_ms=200)
+def overflowing_when_stopped(levels: int) -> int:
+    """Nests the tuple it keeps `levels` deeper; with 0, hashes it after a long C call
+    (hashing 100 million items, ~0.5 s) that its timeout_ms falls in: the stop is due when
+    the overflow comes, and the overflow comes before the backstop would end the session."""
+    if levels:
+        deep = _DEEP[0]
+        for _ in range(levels):
+            deep = (deep,)
+        _DEEP[0] = deep
+        return 0
+    outer = (tuple(range(1_000_000)),) * 100
+    return hash((outer, _DEEP[0]))
 
 
 def _slow_finalizer(self: object) -> None:
@@ -221,3 +231,53 @@ def finalizing() -> int:
     """Spends its time in finalizers it triggers, where Python ignores exceptions."""
     while True:
         _Slow()
+
+
+def _shared(depth: int) -> tuple[object, ...]:
+    """A tuple nested by reference: hashing it is 2**depth steps of C, with no bytecode."""
+    shared: tuple[object, ...] = ()
+    for _ in range(depth):
+        shared = (shared, shared)
+    return shared
+
+
+@stored_function(schema="spin", timeout_ms=200)
+def stuck_in_c() -> int:
+    """One C call that would run for centuries, past its timeout_ms."""
+    return hash(_shared(64))
+
+
+@stored_function(schema="spin")
+def stuck_in_c_unlimited() -> int:
+    """The same without a limit of its own (statement_timeout, cancel, terminate)."""
+    return hash(_shared(64))
+
+
+@stored_function(schema="spin", timeout_ms=30_000)
+def long_c_call(depth: int) -> int:
+    """One C call of seconds that nothing stops (depth 28: ~2 s)."""
+    return hash(_shared(depth)) & 1
+
+
+@stored_function(schema="spin")
+def long_c_call_unlimited(depth: int) -> int:
+    return hash(_shared(depth)) & 1
+
+
+def _init(self: object, item: int) -> None:
+    pass
+
+
+_Dropped = type("_Dropped", (), {"__init__": _init, "__del__": _slow_finalizer})
+
+
+@stored_function(schema="spin", timeout_ms=100)
+def finalizing_in_c(count: int) -> bool:
+    """One C call (all over map) that runs a finalizer for each item: each stop lands in a
+    finalizer, and no line of the routine's comes to raise it again until the C call ends."""
+    return all(map(_Dropped, bytes(count)))
+
+
+@stored_function(schema="spin", timeout_ms=50)
+def prompt(x: int) -> int:
+    return x

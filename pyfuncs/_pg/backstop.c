@@ -1,0 +1,236 @@
+/*
+ * pyfuncs' backstop: ends the session of a routine that cannot be stopped.
+ *
+ * The watchdog (watchdog.py) is Python code that Python runs between two bytecodes. One
+ * call of C code that runs for long on data a routine built (comparing equal large objects
+ * over a list of references, hashing a tuple nested by reference, keys that collide) runs
+ * no bytecode, so no stop reaches it until it returns, which can be hours. This library,
+ * loaded into the backend by the runtime (backstop.py), puts a handler of C in front of
+ * Python's for SIGPROF, the watchdog's signal. It runs no Python and decides from what it
+ * reads:
+ *
+ *   - a stop is due: PostgreSQL's own flags (a cancel, statement_timeout, a terminate)
+ *     have been pending for GRACE, or the earliest deadline of the calls under way with a
+ *     timeout_ms (pyfuncs_backstop_clock[0], written by their entry functions) passed
+ *     GRACE ago;
+ *   - Python is stuck: the watchdog last ran (pyfuncs_backstop_clock[1]) GRACE ago;
+ *   - the interrupted instruction is in Python's own code (libpython, its extension
+ *     modules), and was found there at samples SUSTAIN apart with nothing in between that
+ *     said otherwise.
+ *
+ * Then it ends the session with a FATAL error, the way PostgreSQL ends a session it
+ * terminates (ProcessInterrupts): the transaction is aborted, locks and shared state are
+ * released, the client gets the message, the process exits with status 1 and every other
+ * session carries on (no crash recovery). Code of Python's own holds no lock and no state
+ * of PostgreSQL's (it runs between PostgreSQL's calls into PL/Python), and the exit runs no
+ * Python. Anywhere else (the C library, whose malloc may be half-way through changing its
+ * lists; PostgreSQL itself, which stops its own queries) the handler does nothing but look
+ * again a millisecond of CPU time later; nor while PostgreSQL holds interrupts off.
+ */
+#define _GNU_SOURCE				/* dl_iterate_phdr, REG_RIP */
+#include "postgres.h"
+
+#include <link.h>
+#include <signal.h>
+#include <sys/time.h>
+#include <time.h>
+#include <ucontext.h>
+
+#include "miscadmin.h"
+#include "storage/ipc.h"
+
+/* [0]: the earliest deadline of the calls under way with a timeout_ms, [1]: when the
+ * watchdog last ran; both in seconds of CLOCK_MONOTONIC (Python's time.monotonic), 0 for
+ * none. Written by the runtime through ctypes. */
+double		pyfuncs_backstop_clock[2];
+
+#define SUSTAIN 0.1				/* seconds the routine must be seen stuck for */
+#define MAX_RANGES 64
+
+typedef struct
+{
+	uintptr_t	low,
+				high;
+}			Range;
+
+static double grace;
+static char message[512];
+static struct sigaction chained;	/* Python's handler */
+static Range python_code[MAX_RANGES];	/* libpython, its extension modules */
+static int	python_ranges;
+static Range postgres_code[MAX_RANGES]; /* the postgres executable, PL/Python */
+static int	postgres_ranges;
+static double pg_stop_since;	/* since when a cancel or terminate has been pending */
+static double stuck_since;		/* the first sample that found the routine stuck */
+
+static double
+now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static uintptr_t
+interrupted_at(void *context)
+{
+	ucontext_t *uc = (ucontext_t *) context;
+
+#if defined(__x86_64__)
+	return (uintptr_t) uc->uc_mcontext.gregs[REG_RIP];
+#elif defined(__aarch64__)
+	return (uintptr_t) uc->uc_mcontext.pc;
+#else
+	return 0;
+#endif
+}
+
+static bool
+within(const Range *range, int count, uintptr_t pc)
+{
+	for (int i = 0; i < count; i++)
+		if (range[i].low <= pc && pc < range[i].high)
+			return true;
+	return false;
+}
+
+/* look again after a millisecond of CPU time (the watchdog's next look resets the timer) */
+static void
+sample_soon(void)
+{
+	struct itimerval soon = {{0, 1000}, {0, 1000}};
+
+	setitimer(ITIMER_PROF, &soon, NULL);
+}
+
+static void
+watch(void *context)
+{
+	double		t = now();
+	double		due = 0;
+	const char *why = NULL;
+	double		deadline = pyfuncs_backstop_clock[0];
+	uintptr_t	pc;
+
+	if (CritSectionCount || InterruptHoldoffCount || QueryCancelHoldoffCount || proc_exit_inprogress)
+	{
+		stuck_since = 0;
+		return;
+	}
+	if (InterruptPending && (ProcDiePending || QueryCancelPending))
+	{
+		if (!pg_stop_since)
+			pg_stop_since = t;
+		due = pg_stop_since;
+		why = ProcDiePending ? "terminated by pg_terminate_backend" : "canceled";
+	}
+	else
+		pg_stop_since = 0;
+	if (deadline > 0 && (!due || deadline < due))
+	{
+		due = deadline;
+		why = "its timeout_ms passed";
+	}
+	if (!due || t - due < grace || t - pyfuncs_backstop_clock[1] < grace)
+	{
+		stuck_since = 0;		/* nothing due, or Python runs: the watchdog stops it */
+		return;
+	}
+	pc = interrupted_at(context);
+	if (within(postgres_code, postgres_ranges, pc))
+	{
+		stuck_since = 0;		/* not a loop of Python's: a query, an error on its way */
+		return;
+	}
+	if (!within(python_code, python_ranges, pc) || !stuck_since || t - stuck_since < SUSTAIN)
+	{
+		if (!stuck_since && within(python_code, python_ranges, pc))
+			stuck_since = t;
+		sample_soon();			/* (in the C library, or not yet for long enough) */
+		return;
+	}
+	ereport(FATAL,
+			(errcode(ProcDiePending ? ERRCODE_ADMIN_SHUTDOWN : ERRCODE_QUERY_CANCELED),
+			 errmsg("%s (%s %.0f ms before)", message, why, (t - due) * 1000),
+			 errhint("A routine that spends that long in one call of C code (on data it "
+					 "built) cannot be stopped any other way; see \"Stopping routines\" in "
+					 "pyfuncs' README.")));
+}
+
+static void
+on_signal(int signo, siginfo_t *info, void *context)
+{
+	int			saved_errno = errno;
+
+	watch(context);
+	errno = saved_errno;
+	if (chained.sa_flags & SA_SIGINFO)
+		chained.sa_sigaction(signo, info, context);
+	else if (chained.sa_handler != SIG_IGN && chained.sa_handler != SIG_DFL)
+		chained.sa_handler(signo);
+}
+
+static void
+add(Range *range, int *count, uintptr_t low, uintptr_t high)
+{
+	if (*count < MAX_RANGES)
+	{
+		range[*count].low = low;
+		range[*count].high = high;
+		(*count)++;
+	}
+}
+
+static int
+add_code(struct dl_phdr_info *info, size_t size, void *data)
+{
+	const char *name = info->dlpi_name ? info->dlpi_name : "";
+	bool		python = strstr(name, "libpython3") || strstr(name, "/lib-dynload/") ||
+		strstr(name, "libmpdec");
+	bool		postgres = name[0] == '\0' || strstr(name, "plpython3");
+
+	if (!python && !postgres)
+		return 0;
+	for (int i = 0; i < info->dlpi_phnum; i++)
+	{
+		const ElfW(Phdr) *segment = &info->dlpi_phdr[i];
+		uintptr_t	low = info->dlpi_addr + segment->p_vaddr;
+
+		if (segment->p_type != PT_LOAD || !(segment->p_flags & PF_X))
+			continue;
+		if (python)
+			add(python_code, &python_ranges, low, low + segment->p_memsz);
+		else
+			add(postgres_code, &postgres_ranges, low, low + segment->p_memsz);
+	}
+	return 0;
+}
+
+/*
+ * Called by the runtime once per backend, after the watchdog installed Python's handler
+ * for SIGPROF (and again after a routine imported an extension module of Python's, to
+ * find its code). 0 on success.
+ */
+int
+pyfuncs_backstop_install(double grace_seconds, const char *text)
+{
+	struct sigaction action;
+
+	python_ranges = postgres_ranges = 0;
+	dl_iterate_phdr(add_code, NULL);
+	if (python_ranges == 0 || postgres_ranges == 0)
+		return -1;
+	grace = grace_seconds;
+	strlcpy(message, text, sizeof(message));
+	if (chained.sa_sigaction || chained.sa_handler)
+		return 0;				/* installed already */
+	if (sigaction(SIGPROF, NULL, &chained) != 0)
+		return -1;
+	action = chained;
+	action.sa_sigaction = on_signal;
+	action.sa_flags = chained.sa_flags | SA_SIGINFO;
+	if (sigaction(SIGPROF, &action, NULL) != 0)
+		return -1;
+	return 0;
+}

@@ -1,0 +1,65 @@
+"""The backstop: a session whose routine cannot be stopped ends, the cluster carries on.
+
+The watchdog (watchdog.py) stops a routine between two of its bytecodes. One call of C code
+on data the routine built (comparing equal large objects over a list of references, hashing
+a tuple nested by reference, keys that collide) runs no bytecode for as long as it takes;
+and a routine can swallow its stops in finalizers that such a call triggers one after the
+other. Neither can be stopped without the interpreter's help, so both end the session
+instead, GRACE after the stop was due, with a FATAL error the client gets: the watchdog does
+it for a routine that keeps running Python past its stop, and a small library of C
+(backstop.c, `make setup` builds it into PostgreSQL's library directory as
+pyfuncs_backstop.so) does it for one stuck in C, from a SIGPROF handler that runs no Python.
+
+CLOCK is what the C handler reads: [0] the earliest deadline of the calls under way with a
+timeout_ms (their entry functions write it, see routines.py), [1] when the watchdog last
+ran; seconds of time.monotonic(), 0 for none. Without the library it is a plain array, and
+a routine stuck in one C call runs until the call returns (README "What is open, plainly").
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+LIBRARY = "pyfuncs_backstop.so"
+MESSAGE = "pyfuncs: a routine went on running after it was told to stop; this session ends so that no other is affected"  # noqa: E501
+
+CLOCK: Any = memoryview(array.array("d", [0.0, 0.0]))
+_installed: list[Any] = []  # the library's install function and its arguments, once loaded
+
+
+def library_path(postgres: ctypes.CDLL) -> str:
+    """Where PostgreSQL keeps its libraries ($libdir), which is where `make setup` puts ours."""
+    libdir = (ctypes.c_char * 1024).in_dll(postgres, "pkglib_path").value.decode()
+    return os.path.join(libdir, LIBRARY)
+
+
+def install(postgres: ctypes.CDLL, grace: float) -> bool:
+    """Put the C handler in front of the watchdog's (which must be installed already) and
+    point CLOCK at what it reads. False where the library is not installed."""
+    global CLOCK
+    path = library_path(postgres)
+    if not os.path.exists(path):
+        return False
+    library = ctypes.CDLL(path)
+    setup = library.pyfuncs_backstop_install
+    setup.argtypes, setup.restype = [ctypes.c_double, ctypes.c_char_p], ctypes.c_int
+    if setup(grace, MESSAGE.encode()) != 0:
+        return False
+    clock = (ctypes.c_double * 2).in_dll(library, "pyfuncs_backstop_clock")
+    clock[0], clock[1] = CLOCK[0], CLOCK[1]
+    CLOCK = memoryview(clock).cast("B").cast("d")
+    _installed.extend((library, setup, grace))
+    return True
+
+
+def refresh() -> None:
+    """After a routine imported a module: the C handler learns where the code of Python's
+    extension modules loaded since is (a call stuck there is Python's too)."""
+    if _installed:
+        _installed[1](_installed[2], MESSAGE.encode())
