@@ -13,7 +13,7 @@ PG_CONFIG := /usr/lib/postgresql/15/bin/pg_config
 BACKSTOP := /usr/lib/postgresql/15/lib/pyfuncs_backstop.so
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup demo live test lint bench clean db-down
+.PHONY: setup backstop demo live test lint bench clean db-down
 
 setup: $(PLPYTHON) $(WAL2JSON) $(BACKSTOP) $(STAMP)
 
@@ -31,6 +31,8 @@ $(WAL2JSON):
 $(PG_CONFIG):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql-server-dev-15 gcc
+
+backstop: $(BACKSTOP)
 
 $(BACKSTOP): pyfuncs/_pg/backstop.c $(PLPYTHON) $(PG_CONFIG)
 	mkdir -p build

@@ -21,6 +21,7 @@ from psycopg import sql
 
 from . import capture, migrate, realtime
 from . import deploy as deploying
+from ._pg.backstop import LIBRARY as BACKSTOP_LIBRARY
 from .collect import collect
 from .config import connect, resolve_dsn
 from .definition import valid_name
@@ -116,6 +117,17 @@ def cmd_install(args: argparse.Namespace) -> None:
             )
     revision = migrate.install(resolve_dsn(args.dsn))
     print(f"pyfuncs core schema at revision {revision}, runtime installed")
+    with _connect(args) as conn:
+        libdir, found = conn.execute(
+            "SELECT setting, (pg_stat_file(setting || '/' || %s, true)).size IS NOT NULL"
+            " FROM pg_config WHERE name = 'PKGLIBDIR'", [BACKSTOP_LIBRARY],
+        ).fetchone() or ("?", False)  # fmt: skip
+    if not found:
+        print(
+            f"note: {BACKSTOP_LIBRARY} is not in {libdir} on the database server, so a routine "
+            "stuck in one call of C code cannot be stopped; build it there with `make backstop` "
+            '(README "Stopping routines")'
+        )
 
 
 def cmd_deploy(args: argparse.Namespace) -> None:

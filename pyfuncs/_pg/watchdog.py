@@ -165,7 +165,8 @@ class Watchdog:
         self._looking = False
         self._watching = False  # whether a call or stray code was under way at the look
         self._wall: _WallTimer | None = None
-        self._unraisable: Any = None
+        self._unreported = 0  # exceptions finalizers raised since the last line about them
+        self._reported_at = -1.0
         self._statm = -1
         self._fatal: Any = None
 
@@ -177,9 +178,11 @@ class Watchdog:
         _signal.siginterrupt(_signal.SIGPROF, False)  # PostgreSQL's system calls restart
         _signal.setitimer(_signal.ITIMER_PROF, self.TICK, self.TICK)
         self._wall = _WallTimer.make(_signal.SIGPROF)
-        self._unraisable = sys.unraisablehook
         sys.unraisablehook = self._swallowed
-        BOOKKEEPING.update(id(f.__code__) for f in (Watchdog._swallowed, Watchdog._trip, _untraced))
+        BOOKKEEPING.update(
+            id(f.__code__)
+            for f in (Watchdog._swallowed, Watchdog._report, Watchdog._trip, _untraced)
+        )
 
     def _swallowed(self, unraisable: Any) -> None:
         """sys.unraisablehook. Python reports an exception raised in a finalizer (`__del__`
@@ -189,9 +192,9 @@ class Watchdog:
         never see one. So the stop is not logged, and is raised again at the next line of
         the code that ran the finalizer, from a trace function set on that frame alone (a
         stopped call's `def __del__` raises at once, see guards.py). Anything else is
-        reported as Python does."""
+        reported in a line of the watchdog's (see _report)."""
         if unraisable.exc_type is not RoutineInterrupted:
-            self._unraisable(unraisable)
+            self._report(unraisable.exc_type)
             return
         stop = self.stop
         if stop is None or stop.call is None:  # stray code's stop: the next look's
@@ -208,6 +211,28 @@ class Watchdog:
         frame.f_trace_lines = True
         if sys.gettrace() is None:  # a frame's own trace runs only while one is set
             sys.settrace(_untraced)
+
+    def _report(self, kind: Any) -> None:
+        """An exception a finalizer raised, in the server's log. Python would write it as it
+        is (its message, its traceback: text of the routine's choosing, in a line that can
+        look like one of PostgreSQL's own), as often as finalizers raise. The watchdog
+        writes one line of its own, at most once a second, with the exception's type name
+        as a quoted literal (read without running code of the routine's) and how many it
+        did not write."""
+        self._unreported += 1
+        now = time.monotonic()
+        if now - self._reported_at < 1.0:
+            return
+        name = type.__dict__["__qualname__"].__get__(kind) if isinstance(kind, type) else "?"
+        message = (
+            f"pyfuncs: {self._unreported} exception(s) ignored in finalizers since the last "
+            f"such line, the last of type {str.__repr__(name)[:80]}\n"
+        )
+        self._unreported, self._reported_at = 0, now
+        try:  # noqa: SIM105  (contextlib costs every backend's boot 3 ms)
+            os.write(2, message.encode("utf-8", "backslashreplace"))
+        except OSError:
+            pass
 
     @staticmethod
     def _trip(frame: Any, event: str, arg: Any) -> None:

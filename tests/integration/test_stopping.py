@@ -263,6 +263,26 @@ def test_a_routine_living_in_its_finalizers_is_stopped(spin: str, cluster: Clust
         assert "Exception ignored" not in log.read()
 
 
+def test_exceptions_finalizers_raise_reach_the_log_as_a_line_of_ours(
+    spin: str, cluster: Cluster
+) -> None:
+    """Python would write each one as it is, text of the routine's choosing: the log gets
+    one line of pyfuncs' a second at most, with the type's name quoted."""
+    log_size = cluster.log_file.stat().st_size
+    with psycopg.connect(spin, autocommit=True) as conn:
+        assert conn.execute("SELECT spin.loud_finalizers(10000)").fetchone() == (10000,)
+        assert conn.execute("SELECT spin.loud_finalizers(10)").fetchone() == (10,)
+    with cluster.log_file.open() as log:
+        log.seek(log_size)
+        tail = log.read()
+    assert "FORGED-4711" in tail  # the type's name, quoted inside a line of ours
+    assert not any(line.startswith("LOG:  FORGED") for line in tail.splitlines())
+    assert "FORGED-4711 message" not in tail and "Exception ignored" not in tail
+    ours = [line for line in tail.splitlines() if "ignored in finalizers" in line]
+    assert 1 <= len(ours) <= 3, ours
+    assert ours[0].startswith("pyfuncs: 1 exception(s)") and "'Forged\\nLOG:" in ours[0]
+
+
 def test_a_stop_swallowed_by_any_finalizer_is_raised_again(spin: str) -> None:
     """A finalizer named by a class's namespace, not by `def __del__`: the stop it swallows
     is raised again at the next line of the code that ran it, and a stopped call never

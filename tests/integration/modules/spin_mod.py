@@ -281,3 +281,19 @@ def finalizing_in_c(count: int) -> bool:
 @stored_function(schema="spin", timeout_ms=50)
 def prompt(x: int) -> int:
     return x
+
+
+_Forged = type("Forged\nLOG:  FORGED-4711 type", (Exception,), {})
+
+
+class _Loud:
+    def __del__(self) -> None:
+        raise _Forged("\nLOG:  FORGED-4711 message\n" * 10)
+
+
+@stored_function(schema="spin")
+def loud_finalizers(count: int) -> int:
+    """Finalizers that raise exceptions whose type name and message look like log lines."""
+    for _ in range(count):
+        _Loud()
+    return count
