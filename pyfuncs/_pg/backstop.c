@@ -10,7 +10,7 @@
  * reads:
  *
  *   - a stop is due: PostgreSQL's own flags (a cancel, statement_timeout, a terminate)
- *     have been pending for GRACE, or the earliest deadline of the calls under way with a
+ *     have been pending for GRACE, or the deadline of the innermost call under way with a
  *     timeout_ms (pyfuncs_backstop_clock[0], written by their entry functions) passed
  *     GRACE ago;
  *   - Python is stuck: the watchdog last ran (pyfuncs_backstop_clock[1]) GRACE ago;
@@ -39,7 +39,7 @@
 #include "miscadmin.h"
 #include "storage/ipc.h"
 
-/* [0]: the earliest deadline of the calls under way with a timeout_ms, [1]: when the
+/* [0]: the deadline of the innermost call under way with a timeout_ms, [1]: when the
  * watchdog last ran; both in seconds of CLOCK_MONOTONIC (Python's time.monotonic), 0 for
  * none. Written by the runtime through ctypes. */
 double		pyfuncs_backstop_clock[2];

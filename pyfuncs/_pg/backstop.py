@@ -10,8 +10,8 @@ it for a routine that keeps running Python past its stop, and a small library of
 (backstop.c, `make setup` builds it into PostgreSQL's library directory as
 pyfuncs_backstop.so) does it for one stuck in C, from a SIGPROF handler that runs no Python.
 
-CLOCK is what the C handler reads: [0] the earliest deadline of the calls under way with a
-timeout_ms (their entry functions write it, see routines.py), [1] when the watchdog last
+CLOCK is what the C handler reads: [0] the deadline of the innermost call under way with a
+timeout_ms (its entry functions write it, see routines.py), [1] when the watchdog last
 ran; seconds of time.monotonic(), 0 for none. Without the library it is a plain array, and
 a routine stuck in one C call runs until the call returns (README "What is open, plainly").
 """

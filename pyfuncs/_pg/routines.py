@@ -89,13 +89,14 @@ _WITHIN = """\
         raise RoutineInterrupted()
     raise error
 """
-# A routine with a timeout_ms tells the backstop (backstop.py) its deadline while it runs:
-# the earliest of the calls under way, given back as it leaves (a finally runs no code that
-# a stop could land before)
+# A routine with a timeout_ms tells the backstop (backstop.py) its deadline while it runs,
+# and gives the one before back as it leaves (a finally runs no code a stop could land
+# before). A routine called through SQL inside another's query replaces the outer deadline
+# while it runs: the outer's is the deadline timer's of that query (deadline.py), which
+# cancels it, and a cancel is a stop the backstop acts on too.
 _DEADLINE = """\
-    prior, mine = clock[0], {start} + timeout
-    if not prior or mine < prior:
-        clock[0] = mine
+    prior = clock[0]
+    clock[0] = {start} + timeout
     try:
 {body}\
     finally:
