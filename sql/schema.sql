@@ -557,9 +557,10 @@ REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_capture_lock_take() FROM PUBLIC;
 
 -- Values as wal2json gives them (the type's text output, numbers and booleans as JSON; a
 -- domain as its base type) made into what to_jsonb gives in trigger mode for the types whose
--- two forms differ: json, timestamps, bytea (wal2json leaves out its \x), and arrays of
--- numbers, booleans and text. Other types arrive as wal2json writes them (README "What a
--- change carries"). No SET clause, so that it is inlined.
+-- two forms differ: json, timestamps, bytea (wal2json leaves out its \x), arrays of
+-- numbers, booleans and text, and domains over numbers and booleans (wal2json writes those
+-- as text: a key of such a domain never matched the row's). Other types arrive as wal2json
+-- writes them (README "What a change carries"). No SET clause, so that it is inlined.
 CREATE FUNCTION pyfuncs.realtime_wal_value(type text, value jsonb) RETURNS jsonb
 LANGUAGE sql STABLE
 RETURN CASE
@@ -584,6 +585,18 @@ RETURN CASE
         THEN pg_catalog.to_jsonb((value OPERATOR(pg_catalog.#>>) '{}')::pg_catalog.bool[])
     WHEN type IN ('text[]', 'character varying[]', 'character[]', 'name[]')
         THEN pg_catalog.to_jsonb((value OPERATOR(pg_catalog.#>>) '{}')::pg_catalog.text[])
+    -- (a domain over a number or a boolean: a string, where the base type's is not)
+    WHEN type IN ('smallint', 'integer', 'bigint')
+        THEN pg_catalog.to_jsonb((value OPERATOR(pg_catalog.#>>) '{}')::pg_catalog.int8)
+    WHEN type = 'numeric' OR (pg_catalog.starts_with(type, 'numeric(')
+                              AND pg_catalog.right(type, 1) = ')')
+        THEN pg_catalog.to_jsonb((value OPERATOR(pg_catalog.#>>) '{}')::pg_catalog.numeric)
+    WHEN type = 'real'
+        THEN pg_catalog.to_jsonb((value OPERATOR(pg_catalog.#>>) '{}')::pg_catalog.float4)
+    WHEN type = 'double precision'
+        THEN pg_catalog.to_jsonb((value OPERATOR(pg_catalog.#>>) '{}')::pg_catalog.float8)
+    WHEN type = 'boolean'
+        THEN pg_catalog.to_jsonb((value OPERATOR(pg_catalog.#>>) '{}')::pg_catalog.bool)
     ELSE value
 END;
 
@@ -774,7 +787,8 @@ BEGIN
         JOIN resolved e ON e.s = f.data->>'schema' AND e.t = f.data->>'table'
         CROSS JOIN bounds b
         -- wal2json's column lists as row objects; only the types realtime_wal_value
-        -- converts (arrays, json, timestamps, bytea: a cheap test of the name first) go
+        -- converts (arrays, json, timestamps, bytea, domains over numbers and booleans: a
+        -- cheap test of the name first) go
         -- through it, and this is written out here rather than as a function, for it is
         -- most of the consumer's work (a function call per row doubled it)
         -- (a json value jsonb refuses is left out, and its transaction skipped: see `skip`)
@@ -783,12 +797,18 @@ BEGIN
                        WHEN v.refused IS NOT NULL THEN NULL
                        WHEN right(c->>'type', 1) = ']'
                             OR left(c->>'type', 4) IN ('json', 'time', 'byte')
+                            OR (jsonb_typeof(c->'value') = 'string'
+                                AND left(c->>'type', 4) IN ('smal', 'inte', 'bigi', 'nume',
+                                                            'real', 'doub', 'bool'))
                        THEN pyfuncs.realtime_wal_value(c->>'type', c->'value')
                        ELSE c->'value' END) FILTER (WHERE k.which = 'columns') AS new_row,
                    jsonb_object_agg(c->>'name', CASE
                        WHEN v.refused IS NOT NULL THEN NULL
                        WHEN right(c->>'type', 1) = ']'
                             OR left(c->>'type', 4) IN ('json', 'time', 'byte')
+                            OR (jsonb_typeof(c->'value') = 'string'
+                                AND left(c->>'type', 4) IN ('smal', 'inte', 'bigi', 'nume',
+                                                            'real', 'doub', 'bool'))
                        THEN pyfuncs.realtime_wal_value(c->>'type', c->'value')
                        ELSE c->'value' END) FILTER (WHERE k.which = 'identity') AS old_row,
                    min(v.refused) AS refused

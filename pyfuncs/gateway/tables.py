@@ -254,7 +254,7 @@ async def describe(conn: psycopg.AsyncConnection[Any], name: Any) -> Table:
             "unknown_table",
             f"there is no table {repr(name)[:80]} that you may read; name it as 'schema.table'",
         )
-    relid, schema, table, enabled, key = row
+    relid, schema, table, enabled, key, odd_key = row
     if not enabled:
         raise SubscriptionError(
             "not_enabled",
@@ -264,6 +264,14 @@ async def describe(conn: psycopg.AsyncConnection[Any], name: Any) -> Table:
     if not key:
         raise SubscriptionError(
             "no_primary_key", f"{schema}.{table} has no primary key; realtime needs one"
+        )
+    if odd_key:
+        raise SubscriptionError(
+            "unsupported_key",
+            f"{schema}.{table}'s primary key has {', '.join(odd_key)}: capture logs such a "
+            "value as its text while rows carry it as JSON, so its changes could not be "
+            "matched to rows; realtime serves tables whose key columns have built-in types, "
+            "enums or domains over them",
         )
     return Table(relid, schema, table, tuple(key))
 

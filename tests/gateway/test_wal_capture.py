@@ -12,7 +12,7 @@ import httpx
 import psycopg
 import pytest
 
-from pyfuncs import capture
+from pyfuncs import capture, realtime
 
 from .conftest import GatewayProcess, WsClient, decode, token
 
@@ -94,3 +94,55 @@ def test_a_transaction_the_consumer_cannot_capture_makes_subscribers_resync(
 
     asyncio.run(asyncio.wait_for(main(), 60))
     assert wal_gateway.metrics()["pyfuncs_capture_skipped_total"] == 1
+
+
+@pytest.mark.parametrize("mode", ["trigger", "wal"])
+def test_keys_of_enums_and_domains_are_delivered_and_composites_refused(
+    mode: str, rt_db: str, conn: psycopg.Connection[Any],
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:  # fmt: skip
+    """A key column of a domain over a number was logged as text from the WAL (wal2json's
+    form) and as a number by triggers, and the gateway reads keys as numbers: in wal mode
+    none of such a table's changes was delivered (migration 0015 makes the WAL's values
+    what triggers give). A composite or an array of a type defined in the database is
+    logged as its text while rows carry it as JSON: subscribing is refused, saying why,
+    where it used to succeed and deliver nothing."""
+    conn.execute("""
+        CREATE TYPE rt.pair AS (a int, b text);
+        CREATE TYPE rt.mood AS ENUM ('calm', 'wild');
+        CREATE DOMAIN rt.small AS int CHECK (VALUE < 100);
+        CREATE DOMAIN rt.price AS numeric(6, 2);
+        CREATE TABLE rt.odd (m rt.mood, s rt.small, p rt.price, n int, PRIMARY KEY (m, s, p));
+        CREATE TABLE rt.pairs (p rt.pair PRIMARY KEY, n int);
+        CREATE TABLE rt.moods (m rt.mood[] PRIMARY KEY, n int);
+        GRANT SELECT ON rt.odd, rt.pairs, rt.moods TO manager;
+        INSERT INTO rt.odd VALUES ('wild', 7, 1.50, 0);
+    """)
+    for table in ("rt.odd", "rt.pairs", "rt.moods"):
+        realtime.enable(conn, table)
+    capture.set_mode(conn, mode)
+    gateway = gateway_factory(heartbeat=1)
+    first, second = {"m": "wild", "s": 7, "p": 1.5}, {"m": "calm", "s": 8, "p": 2.25}
+
+    async def main() -> None:
+        with psycopg.connect(rt_db, autocommit=True) as db:
+            ws = await WsClient.connect(gateway.ws_url, token("manager"), header=True)
+            for table, column in (("rt.pairs", "p (rt.pair)"), ("rt.moods", "m (rt.mood[])")):
+                refused = await ws.subscribe(table, table=table)
+                assert refused["type"] == "error" and refused["code"] == "unsupported_key"
+                assert column in refused["message"], refused
+            reply = await ws.subscribe("odd", table="rt.odd")
+            assert reply["type"] == "subscribed", reply
+            assert [r["s"] for r in reply["rows"]] == [7]
+            db.execute("INSERT INTO rt.odd VALUES ('calm', 8, 2.25, 0)")
+            await ws.wait_for(lambda m: m.get("op") == "INSERT")
+            db.execute("UPDATE rt.odd SET n = 1 WHERE s = 7")
+            db.execute("DELETE FROM rt.odd WHERE s = 8")
+            await ws.wait_for(lambda m: m.get("op") == "DELETE")
+            assert [(c["op"], c["key"]) for c in ws.changes("odd")] == [
+                ("INSERT", second), ("UPDATE", first), ("DELETE", second)
+            ]  # fmt: skip
+            assert ws.changes("odd")[1]["row"] == {**first, "n": 1}
+            await ws.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
