@@ -66,6 +66,7 @@ class Gateway:
         self.clients: set[Client] = set()
         self.cors = Origins(config.allowed_origins)
         self.stopping = False
+        self._leaving: asyncio.Task[None] | None = None  # (on a signal: see _going_away)
         # WebSockets not authenticated yet: in all, and by peer address
         self.pending: collections.Counter[str] = collections.Counter()
         # auth_failed audit records: a token bucket (anyone can fail to authenticate)
@@ -82,7 +83,9 @@ class Gateway:
                                                   self.hub.capture_forever(),
                                                   self.audit.run(), self._heartbeats())]  # fmt: skip
         loop = asyncio.get_running_loop()
-        restore = on_exit_signal(lambda: loop.call_soon_threadsafe(self._going_away))
+        restore = on_exit_signal(
+            lambda proceed: loop.call_soon_threadsafe(self._going_away, proceed)
+        )
         try:
             yield
         finally:
@@ -94,20 +97,29 @@ class Gateway:
             await self.audit.flush()
             await self.sessions.close()
 
-    def _going_away(self) -> None:
+    def _going_away(self, then: Callable[[], None] | None = None) -> None:
         """The server is stopping: end every connection now, WebSockets with 1001 and SSE
         streams with an `error` event `shutdown`. The server waits for open connections to
-        end before it stops, and an event stream would otherwise never end."""
+        end before it stops, and an event stream would otherwise never end. On a signal,
+        the server's own shutdown (`then`) starts once they have ended, or after the grace:
+        uvicorn's closes a WebSocket still open with 1012, and it used to beat the 1001 of a
+        connection whose sender had not run yet (a machine short of CPU)."""
         self.stopping = True
         for client in list(self.clients):
             client.close("shutdown", protocol.SHUTDOWN)
         # an event stream whose client stopped reading cannot send its last event: it is
         # cut off after a short grace, else the server would wait for it for ever
-        stuck = [c.abort for c in self.clients if c.abort is not None]
-        if stuck:
-            loop = asyncio.get_running_loop()
-            for abort in stuck:
-                loop.call_later(self.config.shutdown_grace, abort)
+        loop = asyncio.get_running_loop()
+        for abort in [c.abort for c in self.clients if c.abort is not None]:
+            loop.call_later(self.config.shutdown_grace, abort)
+        if then is not None:
+            self._leaving = asyncio.create_task(self._then_when_gone(then))
+
+    async def _then_when_gone(self, then: Callable[[], None]) -> None:
+        deadline = asyncio.get_running_loop().time() + self.config.shutdown_grace
+        while self.clients and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        then()
 
     # --- connections, whatever the transport ---------------------------------------------
 

@@ -138,20 +138,24 @@ _JWT = re.compile(r"eyJ[A-Za-z0-9_\-]*(?:\.[A-Za-z0-9_\-]*){0,2}")
 _FRAME = re.compile(r"^([<>] (?:TEXT|BINARY|CONT)) .*( \[\d+ bytes?[^\]]*\])$", re.DOTALL)
 
 
-def on_exit_signal(then: Callable[[], object]) -> Callable[[], None]:
-    """Call `then` too when SIGTERM or SIGINT arrives, before the server's own handler (which
-    only starts the server's shutdown); returns what puts the handlers back. Only the main
-    thread may set handlers: elsewhere (a server in a thread) this does nothing."""
+def on_exit_signal(then: Callable[[Callable[[], None]], object]) -> Callable[[], None]:
+    """When SIGTERM or SIGINT arrives, call `then(proceed)` first, and the server's own
+    handler (which starts the server's shutdown: uvicorn's closes every connection, a
+    WebSocket with 1012) only when `then` calls `proceed`; returns what puts the handlers
+    back. Only the main thread may set handlers: elsewhere (a server in a thread) this does
+    nothing."""
     previous: dict[int, Any] = {}
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        then()
-        before = previous.get(signum)
-        if callable(before):
-            before(signum, frame)
-        elif before == signal.SIG_DFL:  # nobody else handles it: what it would have done
-            signal.signal(signum, signal.SIG_DFL)
-            signal.raise_signal(signum)
+        def proceed() -> None:
+            before = previous.get(signum)
+            if callable(before):
+                before(signum, frame)
+            elif before == signal.SIG_DFL:  # nobody else handles it: what it would have done
+                signal.signal(signum, signal.SIG_DFL)
+                signal.raise_signal(signum)
+
+        then(proceed)
 
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
