@@ -15,21 +15,24 @@
  *     GRACE ago;
  *   - Python is stuck: the watchdog last ran (pyfuncs_backstop_clock[1]) GRACE ago;
  *   - the interrupted instruction is in Python's own code (libpython, its extension
- *     modules), and was found there at samples SUSTAIN apart with nothing in between that
- *     said otherwise.
+ *     modules; or one of the C library's string functions, which hold no state, called from
+ *     Python's code: comparing equal large objects spends nearly all its time in memcmp),
+ *     and was found there at samples SUSTAIN apart with nothing in between that said
+ *     otherwise.
  *
  * Then it ends the session with a FATAL error, the way PostgreSQL ends a session it
  * terminates (ProcessInterrupts): the transaction is aborted, locks and shared state are
  * released, the client gets the message, the process exits with status 1 and every other
  * session carries on (no crash recovery). Code of Python's own holds no lock and no state
- * of PostgreSQL's (it runs between PostgreSQL's calls into PL/Python), and the exit runs no
- * Python. Anywhere else (the C library, whose malloc may be half-way through changing its
- * lists; PostgreSQL itself, which stops its own queries) the handler does nothing but look
- * again a millisecond of CPU time later; nor while PostgreSQL holds interrupts off.
+ * of PostgreSQL's (it runs between PostgreSQL's calls into PL/Python). Anywhere else (the
+ * rest of the C library, whose malloc may be half-way through changing its lists;
+ * PostgreSQL itself, which stops its own queries) the handler does nothing but look again
+ * a millisecond of CPU time later; nor while PostgreSQL holds interrupts off.
  */
 #define _GNU_SOURCE				/* dl_iterate_phdr, REG_RIP */
 #include "postgres.h"
 
+#include <dlfcn.h>
 #include <link.h>
 #include <signal.h>
 #include <sys/time.h>
@@ -61,6 +64,19 @@ static int	python_ranges;
 static Range postgres_code[MAX_RANGES]; /* the postgres executable, PL/Python */
 static int	postgres_ranges;
 static double pg_stop_since;	/* since when a cancel or terminate has been pending */
+
+/* the C library's string functions (their implementations, as the dynamic linker chose
+ * them): the code from each one's start for STRING_CODE bytes, where the others follow.
+ * They are leaves: where one was interrupted, the word at the top of the stack (x86-64) or
+ * the link register (aarch64) is where it returns to, which must be Python's code (else it
+ * was PostgreSQL's call, or one the check cannot read, and the sample does not count) */
+#define STRING_CODE 2048
+static Range string_code[MAX_RANGES];
+static int	string_ranges;
+static const char *const string_functions[] = {
+	"memcmp", "bcmp", "memcpy", "memmove", "memset", "memchr", "memrchr", "strlen",
+	"strnlen", "strchr", "strcmp", "strncmp", "wmemset", "wcslen", "wmemcmp", "wmemchr",
+};
 static double stuck_since;		/* the first sample that found the routine stuck */
 
 static double
@@ -81,6 +97,21 @@ interrupted_at(void *context)
 	return (uintptr_t) uc->uc_mcontext.gregs[REG_RIP];
 #elif defined(__aarch64__)
 	return (uintptr_t) uc->uc_mcontext.pc;
+#else
+	return 0;
+#endif
+}
+
+/* where a leaf function interrupted at `context` returns to */
+static uintptr_t
+returns_to(void *context)
+{
+	ucontext_t *uc = (ucontext_t *) context;
+
+#if defined(__x86_64__)
+	return *(uintptr_t *) uc->uc_mcontext.gregs[REG_RSP];
+#elif defined(__aarch64__)
+	return (uintptr_t) uc->uc_mcontext.regs[30];
 #else
 	return 0;
 #endif
@@ -120,7 +151,8 @@ watch(void *context)
 	}
 	if (InterruptPending && (ProcDiePending || QueryCancelPending))
 	{
-		if (!pg_stop_since)
+		/* (due no earlier than the watchdog's last look: one it saw was its to stop) */
+		if (!pg_stop_since || pg_stop_since < pyfuncs_backstop_clock[1])
 			pg_stop_since = t;
 		due = pg_stop_since;
 		why = ProcDiePending ? "terminated by pg_terminate_backend" : "canceled";
@@ -138,6 +170,8 @@ watch(void *context)
 		return;
 	}
 	pc = interrupted_at(context);
+	if (within(string_code, string_ranges, pc))
+		pc = returns_to(context);
 	if (within(postgres_code, postgres_ranges, pc))
 	{
 		stuck_since = 0;		/* not a loop of Python's: a query, an error on its way */
@@ -150,6 +184,9 @@ watch(void *context)
 		sample_soon();			/* (in the C library, or not yet for long enough) */
 		return;
 	}
+	/* on the signal stack (Python's handlers run there): PostgreSQL's depth checks on the
+	 * way out are measured from here, as they are for a C stack overflow (overflow.py) */
+	set_stack_base();
 	ereport(FATAL,
 			(errcode(ProcDiePending ? ERRCODE_ADMIN_SHUTDOWN : ERRCODE_QUERY_CANCELED),
 			 errmsg("%s (%s %.0f ms before)", message, why, (t - due) * 1000),
@@ -217,8 +254,15 @@ pyfuncs_backstop_install(double grace_seconds, const char *text)
 {
 	struct sigaction action;
 
-	python_ranges = postgres_ranges = 0;
+	python_ranges = postgres_ranges = string_ranges = 0;
 	dl_iterate_phdr(add_code, NULL);
+	for (size_t i = 0; i < lengthof(string_functions); i++)
+	{
+		void	   *code = dlsym(RTLD_DEFAULT, string_functions[i]);
+
+		if (code)
+			add(string_code, &string_ranges, (uintptr_t) code, (uintptr_t) code + STRING_CODE);
+	}
 	if (python_ranges == 0 || postgres_ranges == 0)
 		return -1;
 	grace = grace_seconds;

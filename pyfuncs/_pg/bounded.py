@@ -322,14 +322,21 @@ def guarded_decimal() -> types.ModuleType:
 
 
 def guarded_hashlib() -> types.ModuleType:
-    """hashlib with a pbkdf2_hmac that refuses more than MAX_PBKDF2_ROUNDS rounds."""
+    """hashlib with a pbkdf2_hmac that refuses more than MAX_PBKDF2_ROUNDS rounds: each
+    block of output hashes the salt again and then `iterations` rounds (a salt of 64 MB
+    made 200 blocks take seconds of libcrypto, which nothing stops: a red team), so every
+    64 bytes of salt count as a round of each block."""
     import hashlib
 
     def pbkdf2_hmac(hash_name: str, password: Any, salt: Any, iterations: int,
                     dklen: int | None = None) -> bytes:  # fmt: skip
         if isinstance(iterations, int) and (dklen is None or isinstance(dklen, int)):
             blocks = 1 if not dklen else -(-dklen // 16)  # a 16-byte digest at the least
-            rounds = iterations * blocks
+            try:
+                salted = -(-memoryview(salt).nbytes // 64)  # (its buffer, whatever len says)
+            except TypeError:
+                salted = 0  # not bytes: hashlib says so
+            rounds = (iterations + salted) * blocks
             if rounds > MAX_PBKDF2_ROUNDS:
                 refuse_work("pbkdf2_hmac", rounds, "rounds", MAX_PBKDF2_ROUNDS)
         return hashlib.pbkdf2_hmac(hash_name, password, salt, iterations, dklen)

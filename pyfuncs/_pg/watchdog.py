@@ -140,6 +140,7 @@ class Watchdog:
     # finalizers one C call triggers, or stuck in one C call) before its session is ended
     # (backstop.py)
     GRACE = 1.0
+    HEADROOM = 100  # frames the look may use beyond the recursion limit
 
     def __init__(self) -> None:
         lib = ctypes.CDLL(None)  # the postgres executable itself
@@ -169,6 +170,7 @@ class Watchdog:
         self._reported_at = -1.0
         self._statm = -1
         self._fatal: Any = None
+        self._limit = 0  # the recursion limit a look could not give back yet, else 0
 
     def start(self, fatal: Any = None) -> None:
         """Install the handler; `fatal` (plpy.fatal) ends the session of a routine that goes
@@ -250,12 +252,16 @@ class Watchdog:
         # then fail with a SystemError in its place. So that exception is raised again,
         # as it was, for the C code to handle, and the look waits for the next tick.
         _pending_exception()
-        backstop.CLOCK[1] = time.monotonic()  # Python runs: the C handler leaves it to us
         if self._looking or frame is None:  # a tick while looking, or where no Python runs
             return  # (the timer is periodic: the next tick comes anyway)
         must_stop = False
+        # A routine that runs a few frames below the recursion limit would make every call
+        # of the look fail: the look gets HEADROOM frames more while it runs (given back
+        # at a later tick where the routine is too deep for the limit to go back now)
+        limit = self._limit or sys.getrecursionlimit()
         try:
             self._looking = True
+            sys.setrecursionlimit(limit + self.HEADROOM)
             # No routine code may run in here: the collector's finalizers would (their
             # code would run inside the look); the look keeps no reference to anything of
             # a call's from one look to the next but its entry frame, which a call lets go
@@ -271,11 +277,19 @@ class Watchdog:
                 must_stop, self._nap = False, 0.001
             elif must_stop:  # the stop is sticky: nothing to look at until it has landed
                 self._nap = self.TICK
+            # a look was made: the C handler leaves stopping to it (a look that fails, or
+            # never comes, leaves the routine to the C handler)
+            backstop.CLOCK[1] = time.monotonic()
         except Exception:  # a bug here must not end the watchdog
             pass
         finally:
             del frame
             self._looking = False
+            try:
+                sys.setrecursionlimit(limit)
+                self._limit = 0
+            except RecursionError:
+                self._limit = limit
             try:  # (near the recursion limit any call can fail: the periodic tick remains)
                 _signal.setitimer(_signal.ITIMER_PROF, self._nap, self.TICK)
                 if self._watching and self._wall is not None:
@@ -292,11 +306,14 @@ class Watchdog:
         self._bookkeeping = id(frame.f_code) in BOOKKEEPING
         self._watching = False
         outer: Any = None
+        inner: list[Any] = []  # entry frames inside the outermost (calls made through SQL)
         stray = False
         under_way = []  # the calls of the entry frames on the stack
         while frame is not None:
             code = id(frame.f_code)
             if code in ENTRIES:
+                if outer is not None:
+                    inner.append(outer)
                 outer = frame
                 under_way.append(key(frame))
             elif code in ROUTINE_CODE or code in PRODUCERS:
@@ -316,6 +333,8 @@ class Watchdog:
             self._call, self._since, self._base_memory = call, min(began, now), -1
         if routine.timeout is not None:  # look again at its deadline, if that comes first
             self._nap = min(self.TICK, max(0.001, self._since + routine.timeout - now + 0.001))
+        within = self._inner_deadline(inner, now) if inner else None
+        del inner
         stop = self.stop
         if stop is not None and stop.call == call:
             self._ignored(stop, now)
@@ -328,12 +347,36 @@ class Watchdog:
                 GRAVE.append(stop.call)
             self.stop = stop = None
         why = self._why(routine, now - self._since)
+        if why is None and within is not None and now > within[0]:
+            # a routine called through SQL inside this call went past its own timeout_ms:
+            # this call stops, as a query of it that failed
+            due, inner_routine = within
+            reason = f"exceeded its limit timeout_ms={round(inner_routine.timeout * 1000)}"
+            elapsed = now - due + inner_routine.timeout
+            self.stop = Stop(call, vocabulary.QUERY_CANCELED, reason, elapsed,
+                             inner_routine.qualname)  # fmt: skip
+            return True
         if why is None:
             return False
         if stop is not None and stop.call is not None and not isinstance(stop.call, int):
             GRAVE.append(stop.call)
         self.stop = Stop(call, why[0], why[1], now - self._since)
         return True
+
+    def _inner_deadline(self, frames: list[Any], now: float) -> tuple[float, Any] | None:
+        """The earliest deadline of the calls under way inside the outermost one (routines
+        called through SQL: their entry frames) that have a timeout_ms, and the routine's.
+        (The backstop has the innermost's: backstop.py.)"""
+        found = None
+        for frame in frames:
+            routine = ENTRIES[id(frame.f_code)]
+            if routine.timeout is not None and "began" in frame.f_locals:
+                due = frame.f_locals["began"] + routine.timeout
+                if found is None or due < found[0]:
+                    found = (due, routine)
+        if found is not None:  # look again at it, if that comes first
+            self._nap = min(self._nap, max(0.001, found[0] - now + 0.001))
+        return found
 
     def _ignored(self, stop: Stop, now: float) -> None:
         """A stop is raised again: the code it was raised in went on running Python (a

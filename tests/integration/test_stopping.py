@@ -283,6 +283,18 @@ def test_exceptions_finalizers_raise_reach_the_log_as_a_line_of_ours(
     assert ours[0].startswith("pyfuncs: 1 exception(s)") and "'Forged\\nLOG:" in ours[0]
 
 
+def test_print_writes_nothing_to_the_log(spin: str, cluster: Cluster) -> None:
+    """The backend's stdout and stderr are PostgreSQL's log: print() there let a routine
+    write lines of its choosing into it, as PostgreSQL's own."""
+    log_size = cluster.log_file.stat().st_size
+    with psycopg.connect(spin, autocommit=True) as conn:
+        text = "\nLOG:  FORGED-4712 by print\n"
+        assert conn.execute("SELECT spin.printing(%s)", [text]).fetchone() == (len(text),)
+    with cluster.log_file.open() as log:
+        log.seek(log_size)
+        assert "FORGED-4712" not in log.read()
+
+
 def test_a_stop_swallowed_by_any_finalizer_is_raised_again(spin: str) -> None:
     """A finalizer named by a class's namespace, not by `def __del__`: the stop it swallows
     is raised again at the next line of the code that ran it, and a stopped call never
@@ -329,16 +341,28 @@ def _ended(conn: psycopg.Connection[Any], query: str) -> tuple[psycopg.Error, fl
     return info.value, took
 
 
-def test_a_routine_stuck_in_one_c_call_past_its_timeout_ends_its_session(spin: str) -> None:
-    """Hashing a tuple nested by reference is one C call of 2**64 steps: no bytecode runs,
-    so the watchdog cannot raise. The C handler ends the session GRACE after timeout_ms;
-    the cluster carries on (the spin fixture checks it did not restart)."""
+@pytest.mark.parametrize("routine", ["stuck_in_c", "stuck_in_memcmp"])
+def test_a_routine_stuck_in_one_c_call_past_its_timeout_ends_its_session(
+    spin: str, routine: str
+) -> None:
+    """Hashing a tuple nested by reference is one C call of 2**64 steps (and comparing
+    equal large objects spends its time in memcmp): no bytecode runs, so the watchdog
+    cannot raise. The C handler ends the session GRACE after timeout_ms, cleaning up as
+    PostgreSQL does (its temporary table is dropped: the exit once ran on the signal stack,
+    where PostgreSQL's depth checks cut it short); the cluster carries on (the spin
+    fixture checks it did not restart)."""
     with psycopg.connect(spin, autocommit=True) as conn:
-        err, took = _ended(conn, "SELECT spin.stuck_in_c()")
+        conn.execute("CREATE TEMPORARY TABLE kept_by_the_session (n int)")
+        err, took = _ended(conn, f"SELECT spin.{routine}()")
         assert err.sqlstate == "57014" and "timeout_ms" in str(err)
         assert 0.2 + 1.0 <= took < 0.2 + 1.0 + 1.0 + SLACK
     with psycopg.connect(spin, autocommit=True) as conn:  # everyone else carries on
         assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)
+        left = "SELECT count(*) FROM pg_class WHERE relname = 'kept_by_the_session'"
+        deadline = time.monotonic() + 5  # (the backend's exit is not the client's error)
+        while conn.execute(left).fetchone() != (0,):
+            assert time.monotonic() < deadline, "the session's temporary table was left"
+            time.sleep(0.05)
 
 
 @pytest.mark.parametrize("how", ["statement_timeout", "pg_cancel_backend", "pg_terminate_backend"])
@@ -381,4 +405,35 @@ def test_stops_swallowed_by_finalizers_one_c_call_runs_end_the_session(spin: str
         assert err.sqlstate == "57014" and "timeout_ms=100" in str(err)
         assert took < 0.1 + 1.0 + SLACK
     with psycopg.connect(spin, autocommit=True) as conn:
+        assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)
+
+
+@pytest.mark.parametrize("margin", [1, 2, 3, 4, 6])
+def test_a_routine_near_the_recursion_limit_is_stopped(spin: str, margin: int) -> None:
+    """A few frames below the limit every call of the watchdog's look failed, and the look
+    swallowed it: no stop of any kind landed (a red team). The look has headroom now; where
+    even the handler cannot be called, Python raises RecursionError instead (a guard
+    re-raises it too), and when no look completes the C handler ends the session."""
+    with psycopg.connect(spin, autocommit=True) as conn:
+        start = time.monotonic()
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute("SELECT spin.near_the_recursion_limit(%s)", [margin])
+        took = time.monotonic() - start
+        stopped = info.value.sqlstate == "57014"
+        assert stopped or "RecursionError" in str(info.value), info.value
+        assert took < 0.3 + 1.0 + SLACK
+        if not (conn.closed or conn.broken):
+            assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)
+
+
+def test_a_routine_called_through_sql_is_stopped_at_its_own_timeout(spin: str) -> None:
+    """The watchdog followed the outermost call's limits only, while the backstop had the
+    inner call's deadline: the inner routine ran its seconds of Python unstopped, and then
+    the backstop ended the session during a C call no stop was due for (a red team). Now
+    the inner routine's timeout_ms stops the call, and the session carries on."""
+    with psycopg.connect(spin, autocommit=True) as conn:
+        err, took = run(conn, "SELECT spin.outer_calling('inner_building')")
+        assert err.sqlstate == "57014", err
+        assert "spin.inner_building exceeded its limit timeout_ms=100" in str(err)
+        assert took < 0.1 + SLACK
         assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)

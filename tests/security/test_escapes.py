@@ -938,6 +938,8 @@ for label, body in [
     ("str_format", "return '{:f}'.format(D('-1e-100000000'))"),
     ("pbkdf2", "return hashlib.pbkdf2_hmac('sha256', b'x', b'salt', 10**7)"),
     ("pbkdf2_long_key", "return hashlib.pbkdf2_hmac('sha256', b'x', b's', 10**5, 10**4)"),
+    # each block hashes the salt again: a 64 MB salt, 200 blocks (seconds of libcrypto)
+    ("pbkdf2_long_salt", "return hashlib.pbkdf2_hmac('sha256', b'x', bytes(64 << 20), 1, 6400)"),
 ]:
     attempt(
         f"bounded_decimal_{label}" if label[:6] != "pbkdf2" else f"bounded_{label}",

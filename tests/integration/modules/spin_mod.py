@@ -297,3 +297,63 @@ def loud_finalizers(count: int) -> int:
     for _ in range(count):
         _Loud()
     return count
+
+
+@stored_function(schema="spin")
+def printing(text: str) -> int:
+    """print() writes to the backend's stdout, which is PostgreSQL's log."""
+    print(text)
+    return len(text)
+
+
+_DEPTH = [0]
+
+
+def _probe(depth: int) -> None:
+    _DEPTH[0] = depth
+    _probe(depth + 1)
+
+
+def _sit(depth: int, target: int) -> int:
+    if depth < target:
+        return _sit(depth + 1, target)
+    i = 0
+    while True:  # a few frames below the recursion limit, swallowing what it can
+        try:  # noqa: SIM105  (the handler is the point)
+            i += 1
+        except Exception:
+            pass
+
+
+@stored_function(schema="spin", timeout_ms=300)
+def near_the_recursion_limit(margin: int) -> int:
+    """Spins `margin` frames below the recursion limit, where every call the watchdog's look
+    made failed with RecursionError, and nothing stopped it."""
+    try:  # noqa: SIM105  (a with block would be one more frame to look at)
+        _probe(0)
+    except RecursionError:
+        pass
+    return _sit(0, _DEPTH[0] - margin)
+
+
+@stored_function(schema="spin")
+def outer_calling(inner: str) -> int:
+    """Calls a routine through SQL."""
+    return int(db.fetchval(f"SELECT spin.{inner}()"))
+
+
+@stored_function(schema="spin", timeout_ms=100)
+def inner_building() -> int:
+    """Seconds of Python past its own timeout_ms, then a C call of seconds: called through
+    SQL by a routine without a limit."""
+    data = [(i * 7919) % 1_000_003 for i in range(3_000_000)]
+    data.sort()
+    return len(data)
+
+
+@stored_function(schema="spin", timeout_ms=200)
+def stuck_in_memcmp() -> int:
+    """Equal large objects compared over a list of references: nearly all the time in the
+    C library's memcmp (30 s), where the C handler waited for an instruction of Python's."""
+    a, b = bytes(64 << 20), bytes(64 << 20)
+    return ([a] * 20_000).count(b)
