@@ -138,7 +138,7 @@ def start(gd: dict[str, Any]) -> None:
     db.plpy = errors.plpy = plpy
     # the backend's stdout and stderr are PostgreSQL's log: print() and Python's own reports
     # (warnings, exceptions ignored) write nothing there (the watchdog writes what it must)
-    sys.stdout = sys.stderr = None  # type: ignore[assignment]
+    sys.stdout = sys.stderr = None
     postgres = ctypes.CDLL(None)  # the postgres executable itself
     overflow.contain(plpy.fatal, postgres)
     overflow.cap_address_space()
