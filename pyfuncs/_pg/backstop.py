@@ -12,13 +12,12 @@ pyfuncs_backstop.so) does it for one stuck in C, from a SIGPROF handler that run
 
 CLOCK is what the C handler reads: [0] the deadline of the innermost call under way with a
 timeout_ms (its entry functions write it, see routines.py), [1] when the watchdog last
-ran; seconds of time.monotonic(), 0 for none. Without the library it is a plain array, and
+ran; seconds of time.monotonic(), 0 for none. Without the library it is memory of its own, and
 a routine stuck in one C call runs until the call returns (README "What is open, plainly").
 """
 
 from __future__ import annotations
 
-import array
 import ctypes
 import os
 
@@ -29,7 +28,12 @@ if TYPE_CHECKING:
 LIBRARY = "pyfuncs_backstop.so"
 MESSAGE = "pyfuncs: a routine went on running after it was told to stop; this session ends so that no other is affected"  # noqa: E501
 
-CLOCK: Any = memoryview(array.array("d", [0.0, 0.0]))
+def _doubles(buffer: Any) -> Any:
+    return memoryview(buffer).cast("B").cast("d")
+
+
+# (ctypes, not array: array imports collections.abc, milliseconds of every first call)
+CLOCK: Any = _doubles((ctypes.c_double * 2)())
 _installed: list[Any] = []  # the library's install function and its arguments, once loaded
 
 
@@ -53,7 +57,7 @@ def install(postgres: ctypes.CDLL, grace: float) -> bool:
         return False
     clock = (ctypes.c_double * 2).in_dll(library, "pyfuncs_backstop_clock")
     clock[0], clock[1] = CLOCK[0], CLOCK[1]
-    CLOCK = memoryview(clock).cast("B").cast("d")
+    CLOCK = _doubles(clock)
     _installed.extend((library, setup, grace))
     return True
 
