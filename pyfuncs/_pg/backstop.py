@@ -26,7 +26,11 @@ if TYPE_CHECKING:
     from typing import Any
 
 LIBRARY = "pyfuncs_backstop.so"
-MESSAGE = "pyfuncs: a routine went on running after it was told to stop; this session ends so that no other is affected"  # noqa: E501
+MESSAGE = (
+    "pyfuncs: a routine went on running after it was told to stop; this session ends so that "
+    "no other is affected"
+)
+
 
 def _doubles(buffer: Any) -> Any:
     return memoryview(buffer).cast("B").cast("d")
