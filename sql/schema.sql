@@ -782,7 +782,10 @@ BEGIN
                f.ord, e.schema_name, e.table_name,
                CASE f.action WHEN 'I' THEN 'INSERT' WHEN 'U' THEN 'UPDATE'
                              WHEN 'D' THEN 'DELETE' ELSE 'TRUNCATE' END AS op,
-               w.new_row, w.old_row, w.refused
+               w.new_row, w.old_row, w.refused,
+               -- (a change of the captured table itself, under the name it was enabled
+               -- with, not of one of its partitions)
+               (e.s, e.t) = (e.schema_name, e.table_name) AS whole
         FROM framed f
         JOIN resolved e ON e.s = f.data->>'schema' AND e.t = f.data->>'table'
         CROSS JOIN bounds b
@@ -840,7 +843,8 @@ BEGIN
               END
     ), skip AS MATERIALIZED (
         -- transactions not captured, with why: a change over 64 MB, a change under a name in
-        -- doubt (committed before the rename was noticed), a json value jsonb refuses
+        -- doubt (committed before the rename was noticed), a json value jsonb refuses, a
+        -- TRUNCATE of partitions only
         SELECT r.txid, min(r.commit_lsn) AS commit_lsn, min(r.reason) AS reason
         FROM (
             SELECT f.txid, f.commit_lsn,
@@ -859,6 +863,16 @@ BEGIN
                   END
             UNION ALL
             SELECT c.txid, c.commit_lsn, c.refused FROM change c WHERE c.refused IS NOT NULL
+            UNION ALL
+            -- a TRUNCATE of partitions of a captured table but not of the table itself:
+            -- wal2json names the partition, logged under the table's name it would empty
+            -- the whole table for consumers, so they read the tables again instead
+            SELECT c.txid, c.commit_lsn, 'a partition was truncated, not its whole table'
+            FROM change c
+            WHERE c.op = 'TRUNCATE' AND NOT c.whole
+              AND NOT EXISTS (SELECT FROM change w WHERE w.txid = c.txid AND w.op = 'TRUNCATE'
+                              AND w.whole AND w.schema_name = c.schema_name
+                              AND w.table_name = c.table_name)
         ) AS r (txid, commit_lsn, reason)
         GROUP BY r.txid
     ), commits AS (

@@ -1,5 +1,6 @@
-"""In 'wal' mode, values of domains over numbers and booleans as trigger mode gives them
-(README "Realtime: how changes are captured").
+"""In 'wal' mode, values of domains over numbers and booleans as trigger mode gives them, and
+a TRUNCATE of partitions only makes consumers resync (README "Realtime: how changes are
+captured").
 
 Revision ID: 0015_wal_domain_values
 Revises: 0014_trigger_positions

@@ -1,4 +1,5 @@
--- 0015 down: domains over numbers and booleans as wal2json writes them (text).
+-- 0015 down: domains over numbers and booleans as wal2json writes them (text); a TRUNCATE
+-- of a partition logged as one of the whole table.
 
 CREATE OR REPLACE FUNCTION pyfuncs.realtime_wal_value(type text, value jsonb) RETURNS jsonb
 LANGUAGE sql STABLE

@@ -221,6 +221,43 @@ def test_switching_modes_loses_and_repeats_nothing(wal_db: str, conn: Any) -> No
     assert positions == sorted(positions) and len(set(positions)) == len(positions)
 
 
+def test_a_truncate_of_one_partition_makes_consumers_resync(wal_db: str, conn: Any) -> None:
+    """wal2json names the partition a TRUNCATE emptied, and the consumer logged it under the
+    enabled table's name: consumers dropped every partition's rows (a red team). A
+    transaction that truncates partitions but not the table itself is skipped now, and
+    consumers behind it resync (read the tables again); a TRUNCATE of the table is logged
+    as before."""
+    conn.execute("""
+        CREATE TABLE rt.parted (id int PRIMARY KEY, n int) PARTITION BY RANGE (id);
+        CREATE TABLE rt.low PARTITION OF rt.parted FOR VALUES FROM (0) TO (100);
+        CREATE TABLE rt.high PARTITION OF rt.parted FOR VALUES FROM (100) TO (200);
+    """)
+    conn.commit()
+    realtime.enable(conn, "rt.parted")
+    with psycopg.connect(wal_db, autocommit=True) as db:
+        db.execute("INSERT INTO rt.parted VALUES (1, 0), (150, 0)")
+    catch_up(wal_db)
+    before = log(wal_db)
+    assert sorted(ids(before)) == [1, 150]
+    with psycopg.connect(wal_db, autocommit=True) as db:
+        db.execute("TRUNCATE rt.low")
+        db.execute("INSERT INTO rt.parted VALUES (2, 0)")
+    catch_up(wal_db)
+    with pytest.raises(ResyncRequired, match="read the tables again"):
+        log(wal_db, after=before[-1].position)
+    with psycopg.connect(wal_db) as db:
+        pruned = db.execute("SELECT pruned_through FROM pyfuncs.realtime_state").fetchone()[0]  # type: ignore[index]
+        skipped = db.execute("SELECT reason FROM pyfuncs.realtime_skipped").fetchall()
+    assert any("partition" in reason for (reason,) in skipped), skipped
+    after_resync = log(wal_db, after=Position(pruned, 0))
+    assert [(c.op, c.table) for c in after_resync] == [("INSERT", "parted")]
+    with psycopg.connect(wal_db, autocommit=True) as db:
+        db.execute("TRUNCATE rt.parted")
+    catch_up(wal_db)
+    whole = log(wal_db, after=after_resync[-1].position)
+    assert whole and {c.op for c in whole} == {"TRUNCATE"}
+
+
 def test_trigger_mode_still_captures_and_bad_modes_change_nothing(wal_db: str, conn: Any) -> None:
     capture.set_mode(conn, "trigger")
     insert(wal_db, range(0, 3))
