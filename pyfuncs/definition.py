@@ -51,8 +51,10 @@ _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # PostgreSQL's (pg_catalog, pg_toast, pg_temp_N: every name with the reserved `pg_` prefix).
 RESERVED_SCHEMAS = frozenset({"pyfuncs", "information_schema"})
 MAX_PROBLEMS = 20  # problems reported for one routine
-# Names PL/Python itself puts in a routine's globals: a parameter must not hide them.
-_RESERVED_PARAMS = frozenset({"args", "plpy", "self"})
+# Names PL/Python itself puts in a routine's globals, and the builtins the generated body
+# uses (pyfuncs/ddl.py): a parameter must not hide them.
+_RESERVED_PARAMS = frozenset({"args", "plpy", "self", "SD", "GD", "TD", "map", "isinstance",
+                              "getattr", "BaseException"})  # fmt: skip
 _ATTR = "__pyfuncs__"
 # the keyword each decorator takes, and the types its value may have
 _OPTIONS: dict[str, tuple[type, ...]] = {

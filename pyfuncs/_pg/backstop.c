@@ -43,11 +43,15 @@
 #include "storage/ipc.h"
 
 /* [0]: the deadline of the innermost call under way with a timeout_ms, [1]: when the
- * watchdog last ran; both in seconds of CLOCK_MONOTONIC (Python's time.monotonic), 0 for
- * none. Written by the runtime through ctypes. */
-double		pyfuncs_backstop_clock[2];
+ * watchdog last completed a look, [2]: when it last raised a stop; in seconds of
+ * CLOCK_MONOTONIC (Python's time.monotonic), 0 for none. Written by the runtime through
+ * ctypes. */
+double		pyfuncs_backstop_clock[3];
 
 #define SUSTAIN 0.1				/* seconds the routine must be seen stuck for */
+/* seconds a routine the watchdog raised a stop into may take to unwind: freeing what it
+ * built (a gigabyte of small objects takes seconds of deallocation, where no look runs) */
+#define UNWIND 10.0
 #define MAX_RANGES 64
 
 typedef struct
@@ -164,7 +168,8 @@ watch(void *context)
 		due = deadline;
 		why = "its timeout_ms passed";
 	}
-	if (!due || t - due < grace || t - pyfuncs_backstop_clock[1] < grace)
+	if (!due || t - due < (t - pyfuncs_backstop_clock[2] < UNWIND ? UNWIND : grace)
+		|| t - pyfuncs_backstop_clock[1] < grace)
 	{
 		stuck_since = 0;		/* nothing due, or Python runs: the watchdog stops it */
 		return;

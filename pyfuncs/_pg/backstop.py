@@ -12,8 +12,10 @@ pyfuncs_backstop.so) does it for one stuck in C, from a SIGPROF handler that run
 
 CLOCK is what the C handler reads: [0] the deadline of the innermost call under way with a
 timeout_ms (its entry functions write it, see routines.py), [1] when the watchdog last
-ran; seconds of time.monotonic(), 0 for none. Without the library it is memory of its own, and
-a routine stuck in one C call runs until the call returns (README "What is open, plainly").
+completed a look, [2] when it last raised a stop (the routine may then take UNWIND seconds
+to unwind: freeing what it built); seconds of time.monotonic(), 0 for none. Without the
+library it is memory of its own, and a routine stuck in one C call runs until the call
+returns (README "What is open, plainly").
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def _doubles(buffer: Any) -> Any:
 
 
 # (ctypes, not array: array imports collections.abc, milliseconds of every first call)
-CLOCK: Any = _doubles((ctypes.c_double * 2)())
+CLOCK: Any = _doubles((ctypes.c_double * 3)())
 _installed: list[Any] = []  # the library's install function and its arguments, once loaded
 
 
@@ -59,8 +61,8 @@ def install(postgres: ctypes.CDLL, grace: float) -> bool:
     setup.argtypes, setup.restype = [ctypes.c_double, ctypes.c_char_p], ctypes.c_int
     if setup(grace, MESSAGE.encode()) != 0:
         return False
-    clock = (ctypes.c_double * 2).in_dll(library, "pyfuncs_backstop_clock")
-    clock[0], clock[1] = CLOCK[0], CLOCK[1]
+    clock = (ctypes.c_double * 3).in_dll(library, "pyfuncs_backstop_clock")
+    clock[:] = CLOCK.tolist()
     CLOCK = _doubles(clock)
     _installed.extend((library, setup, grace))
     return True

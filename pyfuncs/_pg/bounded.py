@@ -44,6 +44,10 @@ MAX_DECIMAL_DIGITS = 1_000
 MAX_DECIMAL_CONVERSION = 30_000
 # a PBKDF2's iterations times its output blocks: 1,000,000 take ~0.35 s, in C
 MAX_PBKDF2_ROUNDS = 1_000_000
+# what one call of hashlib's or hmac's hashes (the C library hashes 64 MB in ~0.1 s); beyond
+# it the call takes seconds per reference to data that costs nothing to build (`bytes(n)`
+# is zeroed lazily), in OpenSSL's code, where the backstop does not reach (a red team)
+MAX_HASHED_BYTES = 64 << 20
 
 
 class OperationTooLarge(OverflowError):
@@ -321,15 +325,85 @@ def guarded_decimal() -> types.ModuleType:
     return _stand_in(decimal, localcontext)
 
 
+def _hashed(what: str, data: Any) -> None:
+    """Refuse more than MAX_HASHED_BYTES for one call into the C library's hashing (its
+    buffer's size, whatever len() says; what is not a buffer, hashlib refuses itself)."""
+    try:
+        size = memoryview(data).nbytes
+    except TypeError:
+        return
+    if size > MAX_HASHED_BYTES:
+        refuse_work(what, size, "bytes hashed", MAX_HASHED_BYTES)
+
+
+class Hash:
+    """A hash object of hashlib's (or hmac's) whose methods are Python: each call is a
+    bytecode where a stop lands (a `map` over the real object's C methods runs in OpenSSL
+    for as long as its input lasts), and takes at most MAX_HASHED_BYTES."""
+
+    __slots__ = ("_hash",)
+
+    def __init__(self, hashed: Any) -> None:
+        self._hash = hashed
+
+    @property
+    def name(self) -> str:
+        return str(self._hash.name)
+
+    @property
+    def digest_size(self) -> int:
+        return int(self._hash.digest_size)
+
+    @property
+    def block_size(self) -> int:
+        return int(self._hash.block_size)
+
+    def update(self, data: Any, /) -> None:
+        _hashed("update", data)
+        self._hash.update(data)
+
+    def digest(self, *length: int) -> bytes:
+        _length_at_most(length)
+        return bytes(self._hash.digest(*length))
+
+    def hexdigest(self, *length: int) -> str:
+        _length_at_most(length)
+        return str(self._hash.hexdigest(*length))
+
+    def copy(self) -> Hash:
+        return Hash(self._hash.copy())
+
+
+def _length_at_most(length: tuple[int, ...]) -> None:
+    """A shake digest's length (the only hash whose output length is asked for)."""
+    if length and isinstance(length[0], int) and length[0] > MAX_HASHED_BYTES:
+        refuse("a digest", length[0], "bytes", MAX_HASHED_BYTES)
+
+
+def _hashing(name: str, real: Callable[..., Any], data_at: int) -> Callable[..., Any]:
+    """A constructor of `real` hash objects, made Hash, their first data bounded."""
+
+    def make(*args: Any, **kwargs: Any) -> Hash:
+        data = args[data_at] if len(args) > data_at else kwargs.get("data", kwargs.get("string"))
+        if data is not None:
+            _hashed(name, data)
+        return Hash(real(*args, **kwargs))
+
+    make.__name__ = name
+    return make
+
+
 def guarded_hashlib() -> types.ModuleType:
-    """hashlib with a pbkdf2_hmac that refuses more than MAX_PBKDF2_ROUNDS rounds: each
-    block of output hashes the salt again and then `iterations` rounds (a salt of 64 MB
-    made 200 blocks take seconds of libcrypto, which nothing stops: a red team), so every
-    64 bytes of salt count as a round of each block."""
+    """hashlib whose hash objects are Hash, each call hashing at most MAX_HASHED_BYTES, with
+    a pbkdf2_hmac that refuses more than MAX_PBKDF2_ROUNDS rounds: each block of output
+    hashes the salt again and then `iterations` rounds (a salt of 64 MB made 200 blocks
+    take seconds of libcrypto, which nothing stops: a red team), so every 64 bytes of salt
+    count as a round of each block."""
     import hashlib
 
     def pbkdf2_hmac(hash_name: str, password: Any, salt: Any, iterations: int,
                     dklen: int | None = None) -> bytes:  # fmt: skip
+        _hashed("pbkdf2_hmac's password", password)
         if isinstance(iterations, int) and (dklen is None or isinstance(dklen, int)):
             blocks = 1 if not dklen else -(-dklen // 16)  # a 16-byte digest at the least
             try:
@@ -341,7 +415,36 @@ def guarded_hashlib() -> types.ModuleType:
                 refuse_work("pbkdf2_hmac", rounds, "rounds", MAX_PBKDF2_ROUNDS)
         return hashlib.pbkdf2_hmac(hash_name, password, salt, iterations, dklen)
 
-    return _stand_in(hashlib, pbkdf2_hmac)
+    constructors = [_hashing("new", hashlib.new, 1)] + [
+        _hashing(name, getattr(hashlib, name), 0)
+        for name in hashlib.__all__
+        if name not in ("new", "pbkdf2_hmac", "file_digest")
+        and callable(getattr(hashlib, name, None))
+        and name not in ("algorithms_available", "algorithms_guaranteed")
+    ]
+    return _stand_in(hashlib, pbkdf2_hmac, *constructors)
+
+
+def guarded_hmac() -> types.ModuleType:
+    """hmac whose objects are Hash and whose one-shot digest hashes at most
+    MAX_HASHED_BYTES (a key longer than a block is hashed too)."""
+    import hmac
+
+    def new(key: Any, msg: Any = None, digestmod: Any = "") -> Hash:
+        _hashed("hmac's key", key)
+        if msg is not None:
+            _hashed("hmac.new", msg)
+        return Hash(hmac.new(key, msg, digestmod))
+
+    def digest(key: Any, msg: Any, digest: Any) -> bytes:
+        _hashed("hmac's key", key)
+        _hashed("hmac.digest", msg)
+        return hmac.digest(key, msg, digest)
+
+    def HMAC(key: Any, msg: Any = None, digestmod: Any = "") -> Hash:  # (the class, as made)
+        return new(key, msg, digestmod)
+
+    return _stand_in(hmac, new, digest, HMAC)
 
 
 def guarded_random() -> types.ModuleType:

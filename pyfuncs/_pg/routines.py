@@ -353,5 +353,24 @@ def routine(spec: Mapping[str, Any], source: str) -> Routine:
 
     Whether it returns a set is read from the body that calls this: a set-returning body
     hands what `fn` returns to `rows` (every version of pyfuncs/ddl.py's template does)."""
-    caller = sys._getframe(1).f_code
-    return Routine(spec, source, srf="rows" in caller.co_names)
+    return Routine(spec, source, srf=_hands_to_rows(sys._getframe(1).f_code))
+
+
+def _hands_to_rows(body: Any) -> bool:
+    """Whether a generated body reads the attribute `rows` (`SD['pf'].rows(...)`), not only
+    a global of that name: a parameter named `rows` (PL/Python makes parameters globals)
+    made every routine that had one set-returning, and its result a Pending's repr."""
+    names = body.co_names
+    if "rows" not in names:
+        return False
+    import opcode
+
+    wanted, raw, extended = names.index("rows"), body.co_code, 0
+    attributes = {opcode.opmap["LOAD_ATTR"], opcode.opmap.get("LOAD_METHOD", -1)}
+    shift = 1 if sys.version_info >= (3, 12) else 0  # (3.12's LOAD_ATTR: index << 1 | flag)
+    for i in range(0, len(raw), 2):
+        op, arg = raw[i], raw[i + 1] | extended
+        extended = arg << 8 if op == opcode.EXTENDED_ARG else 0
+        if op in attributes and arg >> shift == wanted:
+            return True
+    return False

@@ -195,7 +195,8 @@ STAND_INS = {
     "math": bounded.guarded_math, "itertools": lazy.stand_in_itertools,
     "struct": bounded.guarded_struct, "random": bounded.guarded_random,
     "secrets": bounded.guarded_secrets, "decimal": bounded.guarded_decimal,
-    "hashlib": bounded.guarded_hashlib, "dataclasses": guarded_dataclasses,
+    "hashlib": bounded.guarded_hashlib, "hmac": bounded.guarded_hmac,
+    "dataclasses": guarded_dataclasses,
     "unicodedata": bounded.guarded_unicodedata,
 }  # fmt: skip
 

@@ -37,8 +37,9 @@ LEFT_OUT: dict[str, dict[str, str]] = {
         "HTMLCalendar": "its class attributes are lists every call shares",
     },
     "__future__": {"all_feature_names": "a list every call shares"},
-    "hashlib": {name: "a set every call shares"
-                for name in ("algorithms_available", "algorithms_guaranteed")},
+    "hashlib": {**{name: "a set every call shares"
+                   for name in ("algorithms_available", "algorithms_guaranteed")},
+                "file_digest": "hashes a file object's whole buffer in one call"},
     "enum": {"property": "a descriptor class from the types module",
              "global_enum": "writes members into the namespace of the module an enum names"},
     "typing": {"get_type_hints": "evaluates strings as code",

@@ -103,7 +103,7 @@ class Budget:
 
 
 class Stop:
-    __slots__ = ("call", "elapsed", "reason", "since", "sqlstate", "who")
+    __slots__ = ("call", "elapsed", "looks", "reason", "since", "sqlstate", "who")
 
     def __init__(
         self, call: Any, sqlstate: str, reason: str, elapsed: float | None,
@@ -113,6 +113,7 @@ class Stop:
         self.sqlstate, self.reason, self.elapsed = sqlstate, reason, elapsed
         self.who = who  # the routine whose limit it was, when not the one that is leaving
         self.since = time.monotonic()
+        self.looks = 0  # looks that found it raised and its call still running Python
 
 
 def key(frame: Any) -> Any:
@@ -297,6 +298,7 @@ class Watchdog:
             except Exception:
                 pass
         if must_stop:
+            backstop.CLOCK[2] = time.monotonic()  # (it unwinds now: see backstop.c, UNWIND)
             raise RoutineInterrupted()
 
     def _look(self, frame: Any) -> bool:
@@ -381,9 +383,12 @@ class Watchdog:
     def _ignored(self, stop: Stop, now: float) -> None:
         """A stop is raised again: the code it was raised in went on running Python (a
         finalizer swallowed it, called by a C loop that comes back to no line of the
-        routine's). GRACE after it was due, the session ends."""
+        routine's). Once it has run GRACE of looks since (not merely GRACE since: freeing a
+        gigabyte the stop's unwinding let go of takes seconds of C, where no look runs, and
+        a red team saw such a stopped call's session ended), the session ends."""
+        stop.looks += 1
         late = now - stop.since
-        if late > self.GRACE and self._fatal is not None:
+        if stop.looks * self.TICK > self.GRACE and late > self.GRACE and self._fatal is not None:
             who = f"{stop.who}: " if stop.who else ""
             why = f"{who}{stop.reason} {late * 1000:.0f} ms before"
             self._fatal(f"{backstop.MESSAGE} ({why})", sqlstate=stop.sqlstate)

@@ -437,3 +437,13 @@ def test_a_routine_called_through_sql_is_stopped_at_its_own_timeout(spin: str) -
         assert "spin.inner_building exceeded its limit timeout_ms=100" in str(err)
         assert took < 0.1 + SLACK
         assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)
+
+
+def test_hashing_by_reference_is_stopped_and_a_parameter_named_rows_is_a_parameter(
+    spin: str,
+) -> None:
+    with psycopg.connect(spin, autocommit=True) as conn:
+        err, took = run(conn, "SELECT spin.hashing_by_reference()")
+        assert err.sqlstate == "57014" and "timeout_ms=200" in str(err), err
+        assert took < 0.2 + SLACK
+        assert conn.execute("SELECT spin.named_rows(41)").fetchone() == (42,)

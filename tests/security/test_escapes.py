@@ -940,9 +940,14 @@ for label, body in [
     ("pbkdf2_long_key", "return hashlib.pbkdf2_hmac('sha256', b'x', b's', 10**5, 10**4)"),
     # each block hashes the salt again: a 64 MB salt, 200 blocks (seconds of libcrypto)
     ("pbkdf2_long_salt", "return hashlib.pbkdf2_hmac('sha256', b'x', bytes(64 << 20), 1, 6400)"),
+    # one C loop over references to one lazily zeroed buffer, hashed each time (a red team)
+    ("hash_by_reference", "return list(map(hashlib.sha512, [bytes(256 << 20)] * 200))"),
+    ("hash_new", "return hashlib.new('sha256', bytes(256 << 20)).digest()"),
+    ("hash_update", "return hashlib.blake2b().update(bytes(256 << 20))"),
+    ("hash_shake_digest", "return hashlib.shake_128(b'x').digest(1 << 30)"),
 ]:
     attempt(
-        f"bounded_decimal_{label}" if label[:6] != "pbkdf2" else f"bounded_{label}",
+        f"bounded_{label}" if label.startswith(("pbkdf2", "hash")) else f"bounded_decimal_{label}",
         # statistics turns the refusal (an OverflowError) into an assertion of its own
         "call AssertionError" if label == "statistics" else "call OperationTooLarge: ",
         f"""

@@ -357,3 +357,21 @@ def stuck_in_memcmp() -> int:
     C library's memcmp (30 s), where the C handler waited for an instruction of Python's."""
     a, b = bytes(64 << 20), bytes(64 << 20)
     return ([a] * 20_000).count(b)
+
+
+@stored_function(schema="spin")
+def named_rows(rows: int) -> int:
+    """A parameter named like the runtime's `rows`: the routine was taken for a set-returning
+    one, and returned a Pending's repr (a red team)."""
+    return rows + 1
+
+
+@stored_function(schema="spin", timeout_ms=200)
+def hashing_by_reference() -> int:
+    """A hash object's update mapped over references to one large buffer: OpenSSL's code for
+    as long as the list lasts, where the backstop does not reach (a red team); the update
+    is a method of pyfuncs' now, and each call is a bytecode where the stop lands."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    return len(list(map(digest.update, [bytes(60 << 20)] * 10_000)))
