@@ -258,6 +258,22 @@ def test_a_truncate_of_one_partition_makes_consumers_resync(wal_db: str, conn: A
     assert whole and {c.op for c in whole} == {"TRUNCATE"}
 
 
+def test_a_switch_to_trigger_does_not_wait_seconds_for_a_flush(wal_db: str, conn: Any) -> None:
+    """The switch waits for the WAL up to its own start to be flushed, which on a cluster
+    committing asynchronously (the embedded one) took 3 to 21 s: a second session commits
+    synchronously while it waits now."""
+    written = 0
+    for _ in range(3):
+        insert(wal_db, range(written, written + 2))  # asynchronous commits
+        written += 2
+        start = time.monotonic()
+        capture.set_mode(conn, "trigger")
+        assert time.monotonic() - start < 2.0
+        capture.set_mode(conn, "wal")
+    catch_up(wal_db)
+    assert ids(log(wal_db)) == list(range(written))
+
+
 def test_trigger_mode_still_captures_and_bad_modes_change_nothing(wal_db: str, conn: Any) -> None:
     capture.set_mode(conn, "trigger")
     insert(wal_db, range(0, 3))
