@@ -418,9 +418,7 @@ def guarded_hashlib() -> types.ModuleType:
     constructors = [_hashing("new", hashlib.new, 1)] + [
         _hashing(name, getattr(hashlib, name), 0)
         for name in hashlib.__all__
-        if name not in ("new", "pbkdf2_hmac", "file_digest")
-        and callable(getattr(hashlib, name, None))
-        and name not in ("algorithms_available", "algorithms_guaranteed")
+        if name not in ("new", "pbkdf2_hmac", "file_digest") and callable(getattr(hashlib, name))
     ]
     return _stand_in(hashlib, pbkdf2_hmac, *constructors)
 
