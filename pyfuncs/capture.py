@@ -164,8 +164,9 @@ def set_mode(conn: psycopg.Connection[Any], mode: str) -> None:
     the embedded cluster). So, while it waits, a second session commits synchronously every
     FLUSH_NUDGE seconds, which flushes all the WAL before its commit."""
     stop = threading.Event()
-    nudging = threading.Thread(target=_nudge_flush, args=(_dsn(conn), stop), daemon=True)
+    nudging = None
     if mode == "trigger":
+        nudging = threading.Thread(target=_nudge_flush, args=(_dsn(conn), stop), daemon=True)
         nudging.start()
     try:
         with conn.transaction():
@@ -177,7 +178,7 @@ def set_mode(conn: psycopg.Connection[Any], mode: str) -> None:
         ) from exc
     finally:
         stop.set()
-        if nudging.is_alive():
+        if nudging is not None:
             nudging.join()
 
 

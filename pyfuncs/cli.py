@@ -115,13 +115,12 @@ def cmd_install(args: argparse.Namespace) -> None:
                 "pyfuncs install needs a superuser (it creates the untrusted plpython3u "
                 "language and the functions routines load with); connect as one with --dsn"
             )
-    revision = migrate.install(resolve_dsn(args.dsn))
-    print(f"pyfuncs core schema at revision {revision}, runtime installed")
-    with _connect(args) as conn:
         libdir, found = conn.execute(
             "SELECT setting, (pg_stat_file(setting || '/' || %s, true)).size IS NOT NULL"
             " FROM pg_config WHERE name = 'PKGLIBDIR'", [BACKSTOP_LIBRARY],
         ).fetchone() or ("?", False)  # fmt: skip
+    revision = migrate.install(resolve_dsn(args.dsn))
+    print(f"pyfuncs core schema at revision {revision}, runtime installed")
     if not found:
         print(
             f"note: {BACKSTOP_LIBRARY} is not in {libdir} on the database server, so a routine "

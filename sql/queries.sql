@@ -277,23 +277,24 @@ SELECT c.oid AS relid, n.nspname AS schema_name, c.relname AS table_name,
                WHERE g.tgrelid = c.oid AND g.tgparentid = 0
                  AND pn.nspname = 'pyfuncs' AND p.proname = 'realtime_capture'
                  AND p.pronargs = 0) AS enabled,
-       ARRAY(SELECT a.attname::text
-             FROM pg_index i
-             CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
-             WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.ord) AS key,
-       -- key columns whose value capture logs as its text while a row carries it as JSON
-       -- (a composite or an array of a type defined in the database, a domain over one),
-       -- so that a change's key never equals the key of the row it changed
-       ARRAY(SELECT pg_catalog.format('%%s (%%s)', a.attname, pg_catalog.format_type(a.atttypid, NULL))
-             FROM pg_index i
-             CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) AS k(attnum)
-             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
-             JOIN pg_type t ON t.oid = a.atttypid
-             JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
-             WHERE i.indrelid = c.oid AND i.indisprimary AND b.oid >= 16384
-               AND (b.typtype = 'c' OR b.typcategory = 'A')) AS odd_key
+       coalesce(pk.key, '{}') AS key, coalesce(pk.odd_key, '{}') AS odd_key
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN LATERAL (
+    -- its key columns, and those whose value capture logs as its text while a row carries
+    -- it as JSON (a composite or an array of a type defined in the database, a domain over
+    -- one), so that a change's key never equals the key of the row it changed
+    SELECT pg_catalog.array_agg(a.attname::text ORDER BY k.ord) AS key,
+           pg_catalog.array_agg(pg_catalog.format('%%s (%%s)', a.attname,
+                                                  pg_catalog.format_type(a.atttypid, NULL)))
+               FILTER (WHERE b.oid >= 16384 AND (b.typtype = 'c' OR b.typcategory = 'A'))
+               AS odd_key
+    FROM pg_index i
+    CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+    JOIN pg_type t ON t.oid = a.atttypid
+    JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+    WHERE i.indrelid = c.oid AND i.indisprimary
+) pk ON true
 WHERE c.oid = pg_catalog.to_regclass(%(table)s)
   AND pg_catalog.has_any_column_privilege(c.oid, 'SELECT')
 

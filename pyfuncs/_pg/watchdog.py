@@ -348,21 +348,20 @@ class Watchdog:
             if not isinstance(stop.call, int):
                 GRAVE.append(stop.call)
             self.stop = stop = None
-        why = self._why(routine, now - self._since)
+        elapsed, who = now - self._since, None
+        why = self._why(routine, elapsed)
         if why is None and within is not None and now > within[0]:
             # a routine called through SQL inside this call went past its own timeout_ms:
             # this call stops, as a query of it that failed
-            due, inner_routine = within
-            reason = f"exceeded its limit timeout_ms={round(inner_routine.timeout * 1000)}"
-            elapsed = now - due + inner_routine.timeout
-            self.stop = Stop(call, vocabulary.QUERY_CANCELED, reason, elapsed,
-                             inner_routine.qualname)  # fmt: skip
-            return True
+            due, nested = within
+            limit = round(nested.timeout * 1000)
+            why = vocabulary.QUERY_CANCELED, f"exceeded its limit timeout_ms={limit}"
+            elapsed, who = now - due + nested.timeout, nested.qualname
         if why is None:
             return False
         if stop is not None and stop.call is not None and not isinstance(stop.call, int):
             GRAVE.append(stop.call)
-        self.stop = Stop(call, why[0], why[1], now - self._since)
+        self.stop = Stop(call, why[0], why[1], elapsed, who)
         return True
 
     def _inner_deadline(self, frames: list[Any], now: float) -> tuple[float, Any] | None:
