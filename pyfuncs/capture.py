@@ -179,10 +179,11 @@ def set_mode(conn: psycopg.Connection[Any], mode: str) -> None:
     finally:
         stop.set()
         if nudging is not None:
-            nudging.join()
+            nudging.join(NUDGE_WAIT)  # (a commit held by a synchronous standby: not for ever)
 
 
 FLUSH_NUDGE = 0.05
+NUDGE_WAIT = 5.0  # seconds to connect, and to wait for the nudge to end after the switch
 
 
 def _dsn(conn: psycopg.Connection[Any]) -> str:
@@ -195,7 +196,7 @@ def _nudge_flush(dsn: str, stop: threading.Event) -> None:
     """Commit a transaction with an id, synchronously, every FLUSH_NUDGE s until `stop`
     (best effort: a session that cannot connect or commit leaves the switch to wait)."""
     try:
-        with psycopg.connect(dsn, autocommit=True) as nudge:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=int(NUDGE_WAIT)) as nudge:
             nudge.execute("SET synchronous_commit = on")
             while not stop.wait(FLUSH_NUDGE):
                 with nudge.transaction():

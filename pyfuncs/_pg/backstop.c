@@ -43,15 +43,12 @@
 #include "storage/ipc.h"
 
 /* [0]: the deadline of the innermost call under way with a timeout_ms, [1]: when the
- * watchdog last completed a look, [2]: when it last raised a stop; in seconds of
+ * watchdog last completed a look, [2]: when it first raised a stop; in seconds of
  * CLOCK_MONOTONIC (Python's time.monotonic), 0 for none. Written by the runtime through
  * ctypes. */
 double		pyfuncs_backstop_clock[3];
 
 #define SUSTAIN 0.1				/* seconds the routine must be seen stuck for */
-/* seconds a routine the watchdog raised a stop into may take to unwind: freeing what it
- * built (a gigabyte of small objects takes seconds of deallocation, where no look runs) */
-#define UNWIND 10.0
 #define MAX_RANGES 64
 
 typedef struct
@@ -61,6 +58,8 @@ typedef struct
 }			Range;
 
 static double grace;
+static double unwind;			/* after the watchdog first raised a stop: what it
+								 * built may take seconds of C to free */
 static char message[512];
 static struct sigaction chained;	/* Python's handler */
 static Range python_code[MAX_RANGES];	/* libpython, its extension modules */
@@ -155,8 +154,10 @@ watch(void *context)
 	}
 	if (InterruptPending && (ProcDiePending || QueryCancelPending))
 	{
-		/* (due no earlier than the watchdog's last look: one it saw was its to stop) */
-		if (!pg_stop_since || pg_stop_since < pyfuncs_backstop_clock[1])
+		/* (due no earlier than the watchdog's last look, unless it raised a stop since:
+		 * a look that saw it pending raised it, and the stop is the same) */
+		if (!pg_stop_since || (pg_stop_since < pyfuncs_backstop_clock[1]
+							   && pyfuncs_backstop_clock[2] < pg_stop_since))
 			pg_stop_since = t;
 		due = pg_stop_since;
 		why = ProcDiePending ? "terminated by pg_terminate_backend" : "canceled";
@@ -168,7 +169,7 @@ watch(void *context)
 		due = deadline;
 		why = "its timeout_ms passed";
 	}
-	if (!due || t - due < (t - pyfuncs_backstop_clock[2] < UNWIND ? UNWIND : grace)
+	if (!due || t - due < (t - pyfuncs_backstop_clock[2] < unwind ? unwind : grace)
 		|| t - pyfuncs_backstop_clock[1] < grace)
 	{
 		stuck_since = 0;		/* nothing due, or Python runs: the watchdog stops it */
@@ -255,7 +256,7 @@ add_code(struct dl_phdr_info *info, size_t size, void *data)
  * find its code). 0 on success.
  */
 int
-pyfuncs_backstop_install(double grace_seconds, const char *text)
+pyfuncs_backstop_install(double grace_seconds, double unwind_seconds, const char *text)
 {
 	struct sigaction action;
 
@@ -271,6 +272,7 @@ pyfuncs_backstop_install(double grace_seconds, const char *text)
 	if (python_ranges == 0 || postgres_ranges == 0)
 		return -1;
 	grace = grace_seconds;
+	unwind = unwind_seconds;
 	strlcpy(message, text, sizeof(message));
 	if (chained.sa_sigaction || chained.sa_handler)
 		return 0;				/* installed already */

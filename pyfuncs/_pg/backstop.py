@@ -12,8 +12,8 @@ pyfuncs_backstop.so) does it for one stuck in C, from a SIGPROF handler that run
 
 CLOCK is what the C handler reads: [0] the deadline of the innermost call under way with a
 timeout_ms (its entry functions write it, see routines.py), [1] when the watchdog last
-completed a look, [2] when it last raised a stop (the routine may then take UNWIND seconds
-to unwind: freeing what it built); seconds of time.monotonic(), 0 for none. Without the
+completed a look, [2] when it first raised a stop (the routine may then take `unwind`
+seconds to unwind: freeing what it built); seconds of time.monotonic(), 0 for none. Without the
 library it is memory of its own, and a routine stuck in one C call runs until the call
 returns (README "What is open, plainly").
 """
@@ -49,7 +49,7 @@ def library_path(postgres: ctypes.CDLL) -> str:
     return os.path.join(libdir, LIBRARY)
 
 
-def install(postgres: ctypes.CDLL, grace: float) -> bool:
+def install(postgres: ctypes.CDLL, grace: float, unwind: float) -> bool:
     """Put the C handler in front of the watchdog's (which must be installed already) and
     point CLOCK at what it reads. False where the library is not installed."""
     global CLOCK
@@ -58,13 +58,14 @@ def install(postgres: ctypes.CDLL, grace: float) -> bool:
         return False
     library = ctypes.CDLL(path)
     setup = library.pyfuncs_backstop_install
-    setup.argtypes, setup.restype = [ctypes.c_double, ctypes.c_char_p], ctypes.c_int
-    if setup(grace, MESSAGE.encode()) != 0:
+    setup.argtypes = [ctypes.c_double, ctypes.c_double, ctypes.c_char_p]
+    setup.restype = ctypes.c_int
+    if setup(grace, unwind, MESSAGE.encode()) != 0:
         return False
     clock = (ctypes.c_double * 3).in_dll(library, "pyfuncs_backstop_clock")
     clock[:] = CLOCK.tolist()
     CLOCK = _doubles(clock)
-    _installed.extend((library, setup, grace))
+    _installed.extend((library, setup, grace, unwind))
     return True
 
 
@@ -72,4 +73,4 @@ def refresh() -> None:
     """After a routine imported a module: the C handler learns where the code of Python's
     extension modules loaded since is (a call stuck there is Python's too)."""
     if _installed:
-        _installed[1](_installed[2], MESSAGE.encode())
+        _installed[1](_installed[2], _installed[3], MESSAGE.encode())

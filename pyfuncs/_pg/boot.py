@@ -149,7 +149,8 @@ def start(gd: dict[str, Any]) -> None:
     stopping.in_transaction = in_transaction
     stopping.WATCHDOG = stopping.Watchdog()
     stopping.WATCHDOG.start(plpy.fatal)
-    backstop.install(postgres, stopping.Watchdog.GRACE)  # in front of the watchdog's handler
+    # (in front of the watchdog's handler)
+    backstop.install(postgres, stopping.Watchdog.GRACE, stopping.Watchdog.UNWIND)
     sandbox.SHIM = sandbox.shim(db.db)
     sandbox.contain_abcs()
     when_imported("decimal", lambda module: _decimal_imported(module, bounded, routines))

@@ -103,7 +103,7 @@ class Budget:
 
 
 class Stop:
-    __slots__ = ("call", "elapsed", "looks", "reason", "since", "sqlstate", "who")
+    __slots__ = ("call", "elapsed", "looks", "raised", "reason", "since", "sqlstate", "who")
 
     def __init__(
         self, call: Any, sqlstate: str, reason: str, elapsed: float | None,
@@ -114,6 +114,15 @@ class Stop:
         self.who = who  # the routine whose limit it was, when not the one that is leaving
         self.since = time.monotonic()
         self.looks = 0  # looks that found it raised and its call still running Python
+        self.raised = False  # whether it has been raised into its call
+
+    def raising(self) -> None:
+        """Before it is raised: the first time, its call may take Watchdog.UNWIND from now
+        to unwind (what the C handler reads: backstop.py), not again (a routine raising it
+        again and again would keep the window open)."""
+        if not self.raised:
+            self.raised = True
+            backstop.CLOCK[2] = time.monotonic()
 
 
 def key(frame: Any) -> Any:
@@ -142,6 +151,9 @@ class Watchdog:
     # (backstop.py)
     GRACE = 1.0
     HEADROOM = 100  # frames the look may use beyond the recursion limit
+    # how long a stop the watchdog raised may take to unwind (freeing what the call built:
+    # a gigabyte of small objects takes seconds of C, where no look runs); backstop.c
+    UNWIND = 10.0
 
     def __init__(self) -> None:
         lib = ctypes.CDLL(None)  # the postgres executable itself
@@ -298,7 +310,8 @@ class Watchdog:
             except Exception:
                 pass
         if must_stop:
-            backstop.CLOCK[2] = time.monotonic()  # (it unwinds now: see backstop.c, UNWIND)
+            if self.stop is not None:
+                self.stop.raising()
             raise RoutineInterrupted()
 
     def _look(self, frame: Any) -> bool:
@@ -384,10 +397,12 @@ class Watchdog:
         finalizer swallowed it, called by a C loop that comes back to no line of the
         routine's). Once it has run GRACE of looks since (not merely GRACE since: freeing a
         gigabyte the stop's unwinding let go of takes seconds of C, where no look runs, and
-        a red team saw such a stopped call's session ended), the session ends."""
+        a red team saw such a stopped call's session ended), or UNWIND has passed since
+        anyway (finalizers that each run a long C call give few looks), the session ends."""
         stop.looks += 1
         late = now - stop.since
-        if stop.looks * self.TICK > self.GRACE and late > self.GRACE and self._fatal is not None:
+        enough = stop.looks * self.TICK > self.GRACE or late > self.GRACE + self.UNWIND
+        if enough and late > self.GRACE and self._fatal is not None:
             who = f"{stop.who}: " if stop.who else ""
             why = f"{who}{stop.reason} {late * 1000:.0f} ms before"
             self._fatal(f"{backstop.MESSAGE} ({why})", sqlstate=stop.sqlstate)
@@ -467,6 +482,7 @@ class Watchdog:
         if self.stop is None or self.stop.call != call:
             elapsed = time.monotonic() - self._since if call == self._call else None
             self.stop = Stop(call, sqlstate, reason, elapsed, who)
+        self.stop.raising()  # (every caller raises it next)
 
     def count_db_op(self) -> None:
         """Before each query, prepare or cursor fetch: refuse it for a stopped call, and

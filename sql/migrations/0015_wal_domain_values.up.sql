@@ -198,13 +198,22 @@ BEGIN
             UNION ALL
             -- a TRUNCATE of partitions of a captured table but not of the table itself:
             -- wal2json names the partition, logged under the table's name it would empty
-            -- the whole table for consumers, so they read the tables again instead
+            -- the whole table for consumers, so they read the tables again instead. One of
+            -- the table itself excuses it only with no other change of the table between
+            -- the two (the rows written in between would be lost to consumers: a red team)
             SELECT c.txid, c.commit_lsn, 'a partition was truncated, not its whole table'
             FROM change c
             WHERE c.op = 'TRUNCATE' AND NOT c.whole
-              AND NOT EXISTS (SELECT FROM change w WHERE w.txid = c.txid AND w.op = 'TRUNCATE'
-                              AND w.whole AND w.schema_name = c.schema_name
-                              AND w.table_name = c.table_name)
+              AND NOT EXISTS (
+                  SELECT FROM change w
+                  WHERE w.txid = c.txid AND w.op = 'TRUNCATE' AND w.whole
+                    AND w.schema_name = c.schema_name AND w.table_name = c.table_name
+                    AND NOT EXISTS (SELECT FROM change x
+                                    WHERE x.txid = c.txid AND x.op <> 'TRUNCATE'
+                                      AND x.schema_name = c.schema_name
+                                      AND x.table_name = c.table_name
+                                      AND x.ord BETWEEN least(w.ord, c.ord)
+                                                    AND greatest(w.ord, c.ord)))
         ) AS r (txid, commit_lsn, reason)
         GROUP BY r.txid
     ), commits AS (

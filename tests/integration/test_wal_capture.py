@@ -256,6 +256,14 @@ def test_a_truncate_of_one_partition_makes_consumers_resync(wal_db: str, conn: A
     catch_up(wal_db)
     whole = log(wal_db, after=after_resync[-1].position)
     assert whole and {c.op for c in whole} == {"TRUNCATE"}
+    # a whole TRUNCATE does not excuse a partition's with rows written in between
+    with psycopg.connect(wal_db) as db:
+        db.execute("TRUNCATE rt.parted")
+        db.execute("INSERT INTO rt.parted VALUES (150, 0), (2, 0)")
+        db.execute("TRUNCATE rt.low")
+    catch_up(wal_db)
+    with pytest.raises(ResyncRequired, match="read the tables again"):
+        log(wal_db, after=whole[-1].position)
 
 
 def test_a_switch_to_trigger_does_not_wait_seconds_for_a_flush(wal_db: str, conn: Any) -> None:
