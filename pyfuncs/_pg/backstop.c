@@ -28,6 +28,19 @@
  * rest of the C library, whose malloc may be half-way through changing its lists;
  * PostgreSQL itself, which stops its own queries) the handler does nothing but look again
  * a millisecond of CPU time later; nor while PostgreSQL holds interrupts off.
+ *
+ * It also contains crashes of Python's own code (pyfuncs_backstop_contain). A routine that
+ * reaches a memory-safety bug of the interpreter (CPython has had a few in what routines
+ * may use: deque.index in 3.11.2 compared an item it did not hold, which an __eq__ could
+ * free) makes the backend fault, and a backend that dies of a signal makes PostgreSQL end
+ * every session of the cluster and recover (it cannot know what the dying backend left
+ * half-done in shared memory). A fault whose instruction is Python's code, or a jump from
+ * Python's code to an address where no code is, or one of the string functions called from
+ * Python's code, happens where PostgreSQL holds no state of its own half-changed: so the
+ * handler ends the session with FATAL, as above, and the cluster carries on. A fault
+ * anywhere else (PostgreSQL, the C library's allocator, other libraries), a second fault,
+ * or one inside a critical section takes the default action, as without the handler. An
+ * overflow of the main thread's stack is contained wherever it happens (overflow.py).
  */
 #define _GNU_SOURCE				/* dl_iterate_phdr, REG_RIP */
 #include "postgres.h"
@@ -81,6 +94,16 @@ static const char *const string_functions[] = {
 	"strnlen", "strchr", "strcmp", "strncmp", "wmemset", "wcslen", "wmemcmp", "wmemchr",
 };
 static double stuck_since;		/* the first sample that found the routine stuck */
+
+/* for faults: every loaded object's code (where it is not, a jump went astray), the main
+ * thread's stack (an overflow faults below its limit), the messages */
+#define MAX_CODE 512
+static Range all_code[MAX_CODE];
+static int	all_ranges;
+static uintptr_t stack_low,
+			stack_high;
+static char overflow_message[512];
+static char crash_message[512];
 
 static double
 now(void)
@@ -217,7 +240,7 @@ on_signal(int signo, siginfo_t *info, void *context)
 static void
 add(Range *range, int *count, uintptr_t low, uintptr_t high)
 {
-	if (*count < MAX_RANGES)
+	if (*count < (range == all_code ? MAX_CODE : MAX_RANGES))
 	{
 		range[*count].low = low;
 		range[*count].high = high;
@@ -233,14 +256,15 @@ add_code(struct dl_phdr_info *info, size_t size, void *data)
 		strstr(name, "libmpdec");
 	bool		postgres = name[0] == '\0' || strstr(name, "plpython3");
 
-	if (!python && !postgres)
-		return 0;
 	for (int i = 0; i < info->dlpi_phnum; i++)
 	{
 		const ElfW(Phdr) *segment = &info->dlpi_phdr[i];
 		uintptr_t	low = info->dlpi_addr + segment->p_vaddr;
 
 		if (segment->p_type != PT_LOAD || !(segment->p_flags & PF_X))
+			continue;
+		add(all_code, &all_ranges, low, low + segment->p_memsz);
+		if (!python && !postgres)
 			continue;
 		if (python)
 			add(python_code, &python_ranges, low, low + segment->p_memsz);
@@ -260,7 +284,7 @@ pyfuncs_backstop_install(double grace_seconds, double unwind_seconds, const char
 {
 	struct sigaction action;
 
-	python_ranges = postgres_ranges = string_ranges = 0;
+	python_ranges = postgres_ranges = string_ranges = all_ranges = 0;
 	dl_iterate_phdr(add_code, NULL);
 	for (size_t i = 0; i < lengthof(string_functions); i++)
 	{
@@ -283,5 +307,73 @@ pyfuncs_backstop_install(double grace_seconds, double unwind_seconds, const char
 	action.sa_flags = chained.sa_flags | SA_SIGINFO;
 	if (sigaction(SIGPROF, &action, NULL) != 0)
 		return -1;
+	return 0;
+}
+
+/* whether a fault at `context` is Python's own (see the top of this file) */
+static bool
+python_fault(void *context)
+{
+	uintptr_t	pc = interrupted_at(context);
+
+	if (within(python_code, python_ranges, pc))
+		return true;
+	/* a string function's, or a jump to where no code is: from where it was called (a jump
+	 * through a pointer pushed its return address, and was the last thing done) */
+	if (within(string_code, string_ranges, pc) || (pc && !within(all_code, all_ranges, pc)))
+		return within(python_code, python_ranges, returns_to(context));
+	return false;
+}
+
+static void
+on_fault(int signo, siginfo_t *info, void *context)
+{
+	static volatile sig_atomic_t faulted;
+	uintptr_t	address = (uintptr_t) info->si_addr;
+	bool		overflow = signo == SIGSEGV && stack_low <= address && address < stack_high;
+
+	/* (the handler was reset to the default action as it ran: SA_RESETHAND) */
+	if (faulted || CritSectionCount || proc_exit_inprogress || !(overflow || python_fault(context)))
+		return;					/* the instruction faults again: the default action */
+	faulted = 1;
+	/* on the signal stack: PostgreSQL's depth checks on the way out are measured from here */
+	set_stack_base();
+	if (overflow)
+		ereport(FATAL,
+				(errcode(ERRCODE_STATEMENT_TOO_COMPLEX),
+				 errmsg("%s", overflow_message)));
+	ereport(FATAL,
+			(errcode(ERRCODE_INTERNAL_ERROR),
+			 errmsg("%s (%s)", crash_message,
+					signo == SIGSEGV ? "SIGSEGV" : signo == SIGBUS ? "SIGBUS" : "SIGILL"),
+			 errhint("The routine reached a bug of the Python interpreter; see \"Security "
+					 "model, honestly\" in pyfuncs' README.")));
+}
+
+/*
+ * Called by the runtime once per backend, after pyfuncs_backstop_install and after the
+ * alternate signal stack is in place (overflow.py): the handler for faults, in place of
+ * overflow.py's. `low`..`high` is where an overflow of the main thread's stack faults.
+ * 0 on success.
+ */
+int
+pyfuncs_backstop_contain(uintptr_t low, uintptr_t high, const char *overflow, const char *crash)
+{
+	struct sigaction action;
+	const int	signals[] = {SIGSEGV, SIGBUS, SIGILL};
+
+	if (all_ranges == 0)
+		return -1;
+	stack_low = low;
+	stack_high = high;
+	strlcpy(overflow_message, overflow, sizeof(overflow_message));
+	strlcpy(crash_message, crash, sizeof(crash_message));
+	memset(&action, 0, sizeof(action));
+	action.sa_sigaction = on_fault;
+	action.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESETHAND;
+	sigemptyset(&action.sa_mask);
+	for (size_t i = 0; i < lengthof(signals); i++)
+		if (sigaction(signals[i], &action, NULL) != 0)
+			return -1;
 	return 0;
 }

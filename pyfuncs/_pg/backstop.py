@@ -16,6 +16,11 @@ completed a look, [2] when it first raised a stop (the routine may then take `un
 seconds to unwind: freeing what it built); seconds of time.monotonic(), 0 for none. Without the
 library it is memory of its own, and a routine stuck in one C call runs until the call
 returns (README "What is open, plainly").
+
+The library also contains crashes of Python's own code (`contain`): a fault there, or in a
+jump from it to where no code is, ends the session with FATAL instead of making PostgreSQL
+restart every session of the cluster (see backstop.c). Without it, only an overflow of the
+C stack is contained (overflow.py).
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ LIBRARY = "pyfuncs_backstop.so"
 MESSAGE = (
     "pyfuncs: a routine went on running after it was told to stop; this session ends so that "
     "no other is affected"
+)
+CRASH = (
+    "pyfuncs: a routine's Python crashed, in the interpreter's own code; this session ends so "
+    "that no other is affected"
 )
 
 
@@ -49,9 +58,13 @@ def library_path(postgres: ctypes.CDLL) -> str:
     return os.path.join(libdir, LIBRARY)
 
 
-def install(postgres: ctypes.CDLL, grace: float, unwind: float) -> bool:
-    """Put the C handler in front of the watchdog's (which must be installed already) and
-    point CLOCK at what it reads. False where the library is not installed."""
+def install(
+    postgres: ctypes.CDLL, grace: float, unwind: float, stack: tuple[int, int], overflow: str
+) -> bool:
+    """Put the C handler in front of the watchdog's (which must be installed already), point
+    CLOCK at what it reads, and contain faults of Python's code (after overflow.contain:
+    `stack` is where an overflow faults, `overflow` its message). False where the library
+    is not installed."""
     global CLOCK
     path = library_path(postgres)
     if not os.path.exists(path):
@@ -66,6 +79,11 @@ def install(postgres: ctypes.CDLL, grace: float, unwind: float) -> bool:
     clock[:] = CLOCK.tolist()
     CLOCK = _doubles(clock)
     _installed.extend((library, setup, grace, unwind))
+    contain = getattr(library, "pyfuncs_backstop_contain", None)  # (a library built before it)
+    if contain is not None:
+        contain.argtypes = [ctypes.c_size_t, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_char_p]
+        contain.restype = ctypes.c_int
+        contain(*stack, overflow.encode(), CRASH.encode())
     return True
 
 

@@ -150,7 +150,11 @@ def start(gd: dict[str, Any]) -> None:
     stopping.WATCHDOG = stopping.Watchdog()
     stopping.WATCHDOG.start(plpy.fatal)
     # (in front of the watchdog's handler)
-    backstop.install(postgres, stopping.Watchdog.GRACE, stopping.Watchdog.UNWIND)
+    # (and in front of overflow's for faults, on the alternate stack it made)
+    backstop.install(
+        postgres, stopping.Watchdog.GRACE, stopping.Watchdog.UNWIND, overflow.STACK,
+        overflow.MESSAGE,
+    )  # fmt: skip
     sandbox.SHIM = sandbox.shim(db.db)
     sandbox.contain_abcs()
     when_imported("decimal", lambda module: _decimal_imported(module, bounded, routines))

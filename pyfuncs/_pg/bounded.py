@@ -6,13 +6,14 @@ from __future__ import annotations
 import math
 import struct
 import types
+from _collections import deque  # type: ignore[import-not-found]  # (collections costs ms)
 
 from .imported import imported
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
-    from typing import Any, TypeAlias
+    from typing import Any, NoReturn, TypeAlias
 
     # the types whose method a check stands for: a tuple, or a function that gives them
     Kinds: TypeAlias = tuple[type, ...] | Callable[[], tuple[type, ...]]
@@ -423,6 +424,30 @@ def guarded_hashlib() -> types.ModuleType:
     return _stand_in(hashlib, pbkdf2_hmac, *constructors)
 
 
+def guarded_uuid() -> types.ModuleType:
+    """uuid whose uuid3 and uuid5 hash a name of at most MAX_HASHED_BYTES (they hash it in
+    one call of the C library's, which nothing stops: a red team)."""
+    import uuid
+
+    def _name_at_most(name: Any, what: str) -> None:
+        if isinstance(name, str):  # hashed as UTF-8: a byte a character in ASCII, else 4 at most
+            size = len(name) if name.isascii() else 4 * len(name)
+            if size > MAX_HASHED_BYTES:
+                refuse_work(what, size, "bytes hashed", MAX_HASHED_BYTES)
+        else:
+            _hashed(what, name)
+
+    def uuid3(namespace: Any, name: Any) -> Any:
+        _name_at_most(name, "uuid3's name")
+        return uuid.uuid3(namespace, name)
+
+    def uuid5(namespace: Any, name: Any) -> Any:
+        _name_at_most(name, "uuid5's name")
+        return uuid.uuid5(namespace, name)
+
+    return _stand_in(uuid, uuid3, uuid5)
+
+
 def guarded_hmac() -> types.ModuleType:
     """hmac whose objects are Hash and whose one-shot digest hashes at most
     MAX_HASHED_BYTES (a key longer than a block is hashed too)."""
@@ -755,6 +780,46 @@ def _context_power(context: Any, method: Callable[..., Any]) -> Callable[..., An
     return power
 
 
+def _deque_index(items: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+    """deque.index compares each item without holding it: an __eq__ that empties the deque
+    frees the item being compared, and the reflected __eq__ gets freed memory to use
+    (CPython gh-115243, fixed in 3.11.9; Debian's 3.11.2 has it: a red team crashed the
+    cluster with it). This index compares the items of a copy, which holds them."""
+    if hasattr(method, "__func__"):
+        return method  # a subclass's own index, Python
+
+    def index(value: Any, start: Any = 0, stop: Any = _LONGEST, /) -> int:
+        copy = list(items)
+        length = len(copy)
+        for at in range(*slice(start, stop).indices(length)):
+            item = copy[at]
+            if item is value or item == value:
+                return at
+            if len(items) != length:
+                raise RuntimeError("deque mutated during iteration")
+        raise ValueError(f"{value!r} is not in deque")
+
+    return index
+
+
+def _clear_cache(zone: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+    """ZoneInfo.clear_cache empties the cache of time zones every call shares."""
+    zoneinfo = imported("zoneinfo")
+    kind = zone if isinstance(zone, type) else type(zone)
+    if zoneinfo is None or not issubclass(kind, zoneinfo.ZoneInfo):
+        return method
+
+    def clear_cache(*_: Any, **__: Any) -> NoReturn:
+        raise AttributeError(
+            "pyfuncs: a routine may not clear ZoneInfo's cache: every call in this backend "
+            "shares it (ZoneInfo.no_cache(key) gives a zone read afresh)"
+        )
+
+    return clear_cache
+
+
+_LONGEST = (1 << 63) - 1  # deque.index's default stop
+
 # name -> (the types whose method it is, or a function that gives them when asked; what a
 # routine gets instead: made from the object and its own bound method)
 READS: dict[str, tuple[Kinds, Callable[[Any, Callable[..., Any]], Any]]] = {
@@ -768,6 +833,8 @@ READS: dict[str, tuple[Kinds, Callable[[Any, Callable[..., Any]], Any]]] = {
     "getrandbits": (_random_kinds, _random_bits),
     **{name: (_TEXT, _padding(name)) for name in PADDING},
     "power": (_contexts, _context_power),
+    "index": ((deque,), _deque_index),
+    "clear_cache": ((object,), _clear_cache),
 }  # fmt: skip
 
 

@@ -10,6 +10,15 @@ session authorization (its GUC_NOT_WHILE_SEC_REST parameters) — and, at boot, 
 `SET search_path` would stop working), so it is compared before and after each query. Any of
 this fails the call with 42501 before another query runs, a sticky stop like a limit's, and
 what the statement did is rolled back with it.
+
+Nor does a call leave settings behind. A query can change any of the session's settings
+for the rest of the session (`SET statement_timeout`, `set_config('app.tenant', ..., false)`,
+`SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY`, `SET row_security`), where the calls
+after it, another role's on a pooled connection, would run with them. So a call's first
+query opens a level of PostgreSQL's settings (NewGUCNestLevel, as PostgreSQL does around a
+maintenance command's index expressions), and the call, as it ends, undoes every setting
+changed at that level or above it (AtEOXact_GUC, as for an abort): what a routine sets lasts
+until its call ends (a set-returning routine's: until the row it was set for is made).
 """
 
 from __future__ import annotations
@@ -36,6 +45,16 @@ CLAIMS = b"request.jwt.claims"
 # guc.h flag bits by major version: (GUC_CUSTOM_PLACEHOLDER, GUC_NOT_WHILE_SEC_REST)
 _FLAGS = {15: (0x0080, 0x0400), 16: (0x0200, 0x1000), 17: (0x0200, 0x1000)}
 
+# the level of PostgreSQL's settings the call under way opened at its first query, 0 for
+# none; the entry functions (routines.py) keep the one before and undo theirs as they leave
+SETTINGS = [0]
+_open_level: Any = None  # NewGUCNestLevel, once bound
+
+
+def undo_settings(commit: bool, level: int) -> None:
+    """AtEOXact_GUC(false, level), once bound (outside PostgreSQL, nothing to undo)."""
+
+
 _search_path: Any = None
 _claims: Any = None  # read and compared only where PostgreSQL could not be made to refuse
 _claims_value = ctypes.c_char_p()  # the storage of the claims parameter, once pyfuncs defines it
@@ -55,7 +74,11 @@ def leave(entered: Any) -> str | None:
 
 def bind(lib: ctypes.CDLL) -> None:
     """Keep the identity through the postgres executable (`lib`) from now on."""
-    global _search_path, _claims, enter, leave
+    global _search_path, _claims, enter, leave, _open_level, undo_settings
+    # (PyDLL functions whose arguments are ints: see _through; neither raises an error)
+    hot = ctypes.PyDLL(lib._name)
+    _open_level, undo_settings = hot.NewGUCNestLevel, hot.AtEOXact_GUC
+    _open_level.restype, undo_settings.restype = ctypes.c_int, None
     variables = _variables(lib)
     enter, leave = _through(lib) if variables is None else _directly(*variables)
     stopping.BOOKKEEPING.update(id(f.__code__) for f in (enter, leave, _changed))
@@ -148,6 +171,8 @@ def _directly(user: Any, context: Any) -> tuple[Any, Any]:
         # would leave it set)
         were = user.value, context.value
         entered = (*were, _search_path.value, _claims and _claims())
+        if not SETTINGS[0]:
+            SETTINGS[0] = _open_level()
         context.value = were[1] | RESTRICTED
         return entered
 
@@ -173,6 +198,8 @@ def _through(lib: ctypes.CDLL) -> tuple[Any, Any]:
         get(*refs)
         were = user.value, context.value
         entered = (*were, _search_path.value, _claims and _claims())  # first: see _directly
+        if not SETTINGS[0]:
+            SETTINGS[0] = _open_level()
         put(were[0], were[1] | RESTRICTED)
         return entered
 

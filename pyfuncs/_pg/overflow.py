@@ -69,6 +69,7 @@ class _SigAction(ctypes.Structure):  # glibc's struct sigaction (x86-64, aarch64
 
 _HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 _KEPT: list[Any] = []  # the handler and its stack live as long as the process
+STACK = (0, 0)  # where an overflow of the main thread's stack faults, once contained
 
 
 def main_stack() -> tuple[int, int]:
@@ -86,6 +87,7 @@ def main_stack() -> tuple[int, int]:
 def contain(fatal: Callable[..., Any], lib: ctypes.CDLL) -> bool:
     """Install the handler for this backend (its main thread); `fatal` is plpy.fatal, `lib`
     the postgres executable. False where it could not be."""
+    global STACK
     if _KEPT or not hasattr(lib, "set_stack_base"):
         return bool(_KEPT)
     libc = ctypes.CDLL(None, use_errno=True)
@@ -115,6 +117,7 @@ def contain(fatal: Callable[..., Any], lib: ctypes.CDLL) -> bool:
     if libc.sigaction(_signal.SIGSEGV, ctypes.byref(action), None) != 0:
         return False
     _KEPT.extend((stack, alternate, handler, action))
+    STACK = low, high
     return True
 
 

@@ -14,7 +14,7 @@ import sys
 import time
 from contextvars import copy_context as own_context
 
-from . import backstop, errors, results, sandbox, vocabulary
+from . import backstop, errors, identity, results, sandbox, vocabulary
 from . import watchdog as stopping
 from .values import converter
 from .watchdog import SEQUENCE, Budget, RoutineInterrupted
@@ -104,12 +104,31 @@ _DEADLINE = """\
 """
 
 
+# Every entry undoes the settings its call's queries changed (identity.py), and gives the
+# call it was entered from back its own level; the swap comes first, so that a stop landing
+# after the undo (the watchdog raises only between bytecodes, and a store is not a point
+# where it looks) leaves the outer call's level in place.
+_SETTINGS = """\
+    kept = settings[0]
+    settings[0] = 0
+    try:
+{body}\
+    finally:
+        opened, settings[0] = settings[0], kept
+        if opened:
+            undo(False, opened)
+"""
+
+
+def _indented(body: str) -> str:
+    return "".join("    " + line if line.strip() else line for line in body.splitlines(True))
+
+
 def _entry_source(head: str, body: str, timeout: float | None, start: str) -> str:
     """An entry function's source: `start` is the expression for when the call began."""
-    if timeout is None:
-        return head + body
-    indented = "".join("    " + line if line.strip() else line for line in body.splitlines(True))
-    return head + _DEADLINE.format(body=indented, start=start)
+    if timeout is not None:
+        body = _DEADLINE.format(body=_indented(body), start=start)
+    return head + _SETTINGS.format(body=_indented(body))
 
 
 class Routine:
@@ -164,6 +183,7 @@ class Routine:
             "fail": self.fail, "RoutineInterrupted": RoutineInterrupted,
             "own_context": own_context, "isolated": ISOLATED, "now": time.monotonic,
             "watch": stopping.WATCHDOG or _UNWATCHED, "clock": backstop.CLOCK,
+            "settings": identity.SETTINGS, "undo": identity.undo_settings,
             "timeout": self.timeout, **names,
         }  # fmt: skip
         exec(compile(source, f"<pyfuncs: {self.qualname}>", "exec"), namespace)

@@ -197,7 +197,7 @@ STAND_INS = {
     "secrets": bounded.guarded_secrets, "decimal": bounded.guarded_decimal,
     "hashlib": bounded.guarded_hashlib, "hmac": bounded.guarded_hmac,
     "dataclasses": guarded_dataclasses,
-    "unicodedata": bounded.guarded_unicodedata,
+    "unicodedata": bounded.guarded_unicodedata, "uuid": bounded.guarded_uuid,
 }  # fmt: skip
 
 

@@ -325,6 +325,50 @@ def test_a_c_stack_overflow_ends_only_its_session(spin: str, routine: str) -> No
         assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)
 
 
+# Faults of Python's own code: a routine that reaches a memory-safety bug of the interpreter
+# (deque.index in CPython 3.11.2, tests/security/test_escapes.py) makes the backend fault.
+# Made here on purpose, as the superuser, in a function of plain PL/Python run in a session
+# whose runtime has started.
+CRASH = """
+CREATE FUNCTION public.crash(how text) RETURNS int LANGUAGE plpython3u AS $$
+import ctypes
+if how == "python":  # Python's code reads an object at address 8
+    return ctypes.cast(8, ctypes.py_object).value
+if how == "string":  # memcpy from address 8, called by Python's code
+    return len(ctypes.string_at(8, 100))
+# a call through a type's hash function at an address where no code is, as a freed object
+# refilled by a routine (the deque.index bug) makes Python do
+fake_type = bytes(120) + (0x414141414140).to_bytes(8, "little") + bytes(300)
+header = (ctypes.c_ssize_t * 2)(1, id(fake_type) + 32)  # (a bytes object's data is at +32)
+return hash(ctypes.cast(ctypes.addressof(header), ctypes.py_object).value)
+$$;
+"""
+
+
+@pytest.mark.parametrize("how", ["python", "string", "jump"])
+def test_a_fault_in_pythons_code_ends_only_its_session(spin: str, how: str) -> None:
+    """The backend would die of SIGSEGV and PostgreSQL restart every session (the spin
+    fixture checks it did not); the session ends with FATAL instead, its temporary table
+    dropped."""
+    with psycopg.connect(spin, autocommit=True) as conn:
+        conn.execute(CRASH)
+    with psycopg.connect(spin, autocommit=True) as conn:
+        assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)  # the runtime started
+        conn.execute("CREATE TEMPORARY TABLE kept_by_the_crashed (n int)")
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute("SELECT public.crash(%s)", [how])
+        assert info.value.sqlstate == "XX000"
+        assert "a routine's Python crashed" in str(info.value) and "(SIGSEGV)" in str(info.value)
+        assert conn.closed or conn.broken
+    with psycopg.connect(spin, autocommit=True) as conn:
+        assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)
+        left = "SELECT count(*) FROM pg_class WHERE relname = 'kept_by_the_crashed'"
+        deadline = time.monotonic() + 5
+        while conn.execute(left).fetchone() != (0,):
+            assert time.monotonic() < deadline, "the session's temporary table was left"
+            time.sleep(0.05)
+
+
 # --- the backstop: a routine that cannot be stopped ends its session ----------------------
 
 BACKSTOP = "went on running after it was told to stop"

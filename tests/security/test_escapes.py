@@ -945,6 +945,13 @@ for label, body in [
     ("hash_new", "return hashlib.new('sha256', bytes(256 << 20)).digest()"),
     ("hash_update", "return hashlib.blake2b().update(bytes(256 << 20))"),
     ("hash_shake_digest", "return hashlib.shake_128(b'x').digest(1 << 30)"),
+    # uuid3 and uuid5 hash their name with the C library's md5 and sha1 (a red team)
+    ("hash_uuid3_name", "return uuid.uuid3(uuid.NAMESPACE_DNS, bytes(65 << 20))"),
+    ("hash_uuid5_text", "return uuid.uuid5(uuid.NAMESPACE_URL, 'é' * (17 << 20))"),
+    (
+        "hash_uuid5_by_map",
+        "return list(map(uuid.uuid5, [uuid.NAMESPACE_DNS] * 9, [bytes(1 << 30)] * 9))",
+    ),
 ]:
     attempt(
         f"bounded_{label}" if label.startswith(("pbkdf2", "hash")) else f"bounded_decimal_{label}",
@@ -955,10 +962,68 @@ for label, body in [
     import hashlib
     import math
     import statistics
+    import uuid
     from decimal import Decimal as D
 
     def attempt():
         {body}
+""",
+    )
+# CPython 3.11.2's deque.index compares an item it does not hold: an __eq__ that empties the
+# deque frees it, and the reflected __eq__ gets freed memory, which a list's items then
+# take over (gh-115243; a red team crashed the cluster with it). Routines get an index that
+# holds what it compares: each spelling ends in the error a mutated deque gives.
+for label, call in [
+    ("method", "DEQ.index(W())"), ("class", "collections.deque.index(DEQ, W())"),
+    ("getattr", "getattr(DEQ, 'index')(W())"), ("super", "MINE.index(W())"),
+    ("bounds", "DEQ.index(W(), -5, 10**30)"),
+]:  # fmt: skip
+    attempt(
+        f"freed_by_deque_index_{label}",
+        "call RuntimeError: deque mutated during iteration",
+        f"""
+    import collections
+
+    FAKE = bytes(88) + b"A" * 240  # a type object whose hash function is at 0x4141...
+
+    def eq_clear(self, other):
+        DEQ.clear()
+        MINE.clear()
+        return NotImplemented
+
+    def eq_hash(self, other):
+        spray = [0, 0, 0, FAKE]
+        return id(other) == 0  # (freed, in 3.11.2: hash(other) would jump to 0x4141...)
+
+    S = type("S", (), {{"__slots__": (), "__eq__": eq_clear}})
+    W = type("W", (), {{"__slots__": (), "__eq__": eq_hash}})
+    DEQ = collections.deque()
+
+    class Mine(collections.deque):
+        def index(self, *args):
+            return super().index(*args)
+
+    MINE = Mine()
+
+    def attempt():
+        DEQ.append(S())
+        MINE.append(S())
+        return {call}
+""",
+    )
+for label, call in [
+    ("class", "zoneinfo.ZoneInfo.clear_cache()"),
+    ("instance", "zoneinfo.ZoneInfo('UTC').clear_cache(only_keys=['UTC'])"),
+    ("getattr", "getattr(zoneinfo.ZoneInfo, 'clear_cache')()"),
+]:  # fmt: skip
+    attempt(
+        f"zoneinfo_cache_cleared_by_{label}",
+        "call AttributeError: pyfuncs: a routine may not clear ZoneInfo's cache",
+        f"""
+    import zoneinfo
+
+    def attempt():
+        return {call}
 """,
     )
 
@@ -1203,6 +1268,7 @@ CONTAMINATING = frozenset({
     "module_renamed_after_another", "typing_overload_registry",
     "typing_markers_on_shared_objects", "typing_cache_by_a_lying_metaclass",
     *(a.name for a in ATTEMPTS if a.name.startswith("private_")),
+    *(a.name for a in ATTEMPTS if a.name.startswith("zoneinfo_cache_")),
 })  # fmt: skip
 
 

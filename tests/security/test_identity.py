@@ -163,3 +163,30 @@ def test_a_token_with_a_lone_surrogate_is_an_auth_error(authenticator_dsn: str) 
             client.as_user("\ud800")
         with pytest.raises(AuthError, match="malformed"):
             client.as_user(token("student") + "\udcff")
+
+
+SHOWN = identity_mod.SHOWN.replace("$1", "%s")
+
+
+@pytest.mark.parametrize("name", sorted(identity_mod.SETTINGS))
+def test_settings_a_routine_changes_end_with_its_call(ident: None, dsn: str, name: str) -> None:
+    """A plain SET lasts for the session in PostgreSQL: made by a routine, the next caller of
+    a pooled session (another role) would run with it. The call sees it; its caller does
+    not, whether the call returns or fails, and what the caller had set stays."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET application_name = 'caller'")  # the caller's own: kept
+        before = conn.execute(SHOWN, [name]).fetchone()
+        with conn.transaction():
+            conn.execute("SET LOCAL ROLE student")
+            seen = conn.execute("SELECT ident.setting(%s, false)", [name]).fetchone()
+            assert seen is not None and before is not None and seen[0] != before[0]
+            assert conn.execute(SHOWN, [name]).fetchone() == before
+        with pytest.raises(psycopg.Error, match="ValueError"):
+            conn.execute("SELECT ident.setting(%s, true)", [name])
+        assert conn.execute(SHOWN, [name]).fetchone() == before
+        rows = conn.execute("SELECT * FROM ident.setting_rows(%s)", [name]).fetchall()
+        assert rows == [seen, before]
+        assert conn.execute(SHOWN, [name]).fetchone() == before
+        nested = conn.execute("SELECT ident.setting_nested(%s)", [name]).fetchone()
+        assert nested == (f"{seen[0]} {before[0]}",)
+        assert conn.execute(SHOWN, ["application_name"]).fetchone() == ("caller",)

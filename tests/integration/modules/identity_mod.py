@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from pyfuncs import db, stored_function
 
 ATTEMPTS = {
@@ -79,3 +81,44 @@ def through_cursor() -> int:
 @stored_function(schema="ident", roles=["student"])
 def innocent() -> str:
     return str(db.fetchval("SELECT current_user::text || ' ' || pyfuncs.jwt_claim('sub')"))
+
+
+# Settings a query can change for the rest of the session: each ends with the call
+SETTINGS = {
+    "statement_timeout": "SELECT set_config('statement_timeout', '1', false)",
+    "app.tenant": "SELECT set_config('app.tenant', 'evil', false)",
+    "TimeZone": "SET TimeZone = 'Asia/Kathmandu'",
+    "default_transaction_read_only": "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+    "row_security": "SET row_security = off",
+    "work_mem": "SET LOCAL work_mem = '77MB'",
+    "extra_float_digits": "DO $$ BEGIN PERFORM set_config('extra_float_digits', '-15', false);"
+    " END $$",
+}
+# (a custom setting a routine defined first stays defined, empty: shown as "-", as unset)
+SHOWN = "SELECT coalesce(nullif(current_setting($1, true), ''), '-')"
+
+
+@stored_function(schema="ident", roles=["student"])
+def setting(name: str, fail: bool) -> str:
+    """Change one setting, and say what the call's next query sees of it."""
+    db.execute(SETTINGS[name])
+    seen = str(db.fetchval(SHOWN, [name]))
+    if fail:
+        raise ValueError(seen)
+    return seen
+
+
+@stored_function(schema="ident", roles=["student"])
+def setting_rows(name: str) -> Iterator[str]:
+    """A set-returning routine that changes a setting for its first row: each row is made
+    in an entry of its own, which undoes what it set."""
+    db.execute(SETTINGS[name])
+    yield str(db.fetchval(SHOWN, [name]))
+    yield str(db.fetchval(SHOWN, [name]))
+
+
+@stored_function(schema="ident", roles=["student"])
+def setting_nested(name: str) -> str:
+    """A call through SQL changes a setting; the outer call's next query sees it undone."""
+    inner = db.fetchval("SELECT ident.setting($1, false)", [name])
+    return f"{inner} {db.fetchval(SHOWN, [name])}"
