@@ -10,7 +10,9 @@ serialised commits).
     realtime captures, in 'wal' mode with the consumer (`pyfuncs realtime capture --follow`)
     running on the same machine, and in 'trigger' mode (with the consumer too: it gives the
     positions), as ratios to a table that is not
-    captured, measured alternately in the same run. Target: wal >= 0.9.
+    captured, measured alternately in the same run. Target: wal >= 0.9. And where the CPU
+    goes: the machine's busy time per commit while the writers run alone, and the CPU time
+    per change of the consumer's Python, its walsender and its backend while it captures.
 (2) Commit to change log: pgbench offers BENCH_CAPTURE_RATE (5,000) single-row commits/s from
     4 connections while the streaming consumer runs; p50 and p99 of the time from each
     commit to the commit of the consumer's write that logged it (track_commit_timestamp).
@@ -120,6 +122,37 @@ def consumer(url: str) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def machine_seconds() -> float:
+    """CPU time the whole machine spent busy so far (every core: user, nice, system, irq)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:3]) + sum(fields[5:8])) / _TICK
+
+
+def capture_processes(
+    conn: psycopg.Connection[Any], proc: subprocess.Popen[bytes]
+) -> dict[str, int]:
+    """The consumer's three processes: its Python, its walsender, its backend."""
+    found = {"consumer's Python": proc.pid}
+    for pid, name in conn.execute(
+        "SELECT pid, application_name FROM pg_stat_activity"
+        " WHERE application_name IN ('pyfuncs-capture', 'pyfuncs-capture-stream')"
+    ):
+        found["walsender" if name.endswith("stream") else "consumer's backend"] = pid
+    return found
+
+
 def logged_count(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute("SELECT count(*) FROM pyfuncs.realtime_change").fetchone()
     return int(row[0]) if row else 0
@@ -141,9 +174,16 @@ def bench_writes(url: str) -> dict[str, Any]:
         for clients in CLIENTS:
             tps: dict[str, list[float]] = {"plain": [], "wal": [], "wal_writers_only": [],
                                            "trigger": []}  # fmt: skip
+            # CPU time per commit: the machine's while the writers alone run; the consumer's
+            # processes' per change while it captures
+            cost: dict[str, list[float]] = {}
             for _ in range(RUNS):  # alternate, so drift (checkpoints, caches) hits all alike
                 conn.execute("CHECKPOINT")
+                busy = machine_seconds()
                 tps["plain"].append(updates(url, "b.plain", clients))
+                cost.setdefault("machine, writers alone", []).append(
+                    (machine_seconds() - busy) / (tps["plain"][-1] * SECONDS)
+                )
                 capture.set_mode(conn, "wal")
                 flushed_and_captured(conn)
                 conn.execute("CHECKPOINT")
@@ -154,7 +194,14 @@ def bench_writes(url: str) -> dict[str, Any]:
                 proc = consumer(url)
                 try:
                     before = flushed_and_captured(conn)
+                    time.sleep(2)  # (it connects and starts its stream)
+                    parts = capture_processes(conn, proc)
+                    spent = {part: cpu_seconds(pid) for part, pid in parts.items()}
                     tps["wal"].append(updates(url, "b.captured", clients))
+                    for part, pid in parts.items():
+                        cost.setdefault(part, []).append(
+                            (cpu_seconds(pid) - spent[part]) / (tps["wal"][-1] * SECONDS)
+                        )
                 finally:
                     proc.terminate()
                     proc.wait()
@@ -178,6 +225,7 @@ def bench_writes(url: str) -> dict[str, Any]:
                 **{f"{k}_ratio": round(v / mean["plain"], 3) for k, v in mean.items()
                    if k != "plain"},
                 "runs": {k: [round(x) for x in v] for k, v in tps.items()},
+                "cpu_us_per_commit": {k: round(sum(v) / len(v) * 1e6, 1) for k, v in cost.items()},
             }  # fmt: skip
             print(f"{clients} writers: {results[f'{clients}_writers']}", flush=True)
     return results
