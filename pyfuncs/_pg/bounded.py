@@ -964,6 +964,78 @@ def _bound_conversions(decimal: types.ModuleType) -> None:
     _set_on_type(kind, checked)
 
 
+# --- memory-safety bugs of the interpreter --------------------------------------------------
+# Debian's CPython 3.11.2 lacks fixes of use-after-free bugs that plain Python code reaches:
+# red teams used two to crash the cluster and then to jump to an address of their choosing
+# (README "Security model, honestly"). deque.index is replaced for routines (READS); list
+# comparison, below, for the whole backend.
+
+
+def guarded_collections() -> types.ModuleType:
+    """collections whose OrderedDict is the one of Python that collections defines and then
+    replaces with C's: C's has use-after-free bugs that a key's `__eq__` or `__hash__` reaches
+    by changing the dict while it works (`==`, gh-119004, fixed after 3.11.2; `del`, `pop`,
+    `move_to_end` and `copy`, gh-142637 and gh-148660, open upstream). Python's keeps its
+    order in objects of its own, where such a change is a KeyError, not freed memory."""
+    import collections
+
+    return _stand_in(collections, python_ordered_dict())
+
+
+_ORDERED_DICT: list[type] = []
+
+
+def python_ordered_dict() -> type:
+    """collections' OrderedDict of Python, made from collections' source once per process
+    (pyfuncs check makes it before its child may no longer open files)."""
+    if not _ORDERED_DICT:
+        import builtins
+        import collections
+
+        real = builtins.__import__
+
+        def without_c_ordered_dict(name: str, *args: Any, **kwargs: Any) -> Any:
+            fromlist = args[2] if len(args) > 2 else kwargs.get("fromlist")
+            if name == "_collections" and fromlist and "OrderedDict" in fromlist:
+                raise ImportError("pyfuncs: the OrderedDict of Python")
+            return real(name, *args, **kwargs)
+
+        namespace: dict[str, Any] = {
+            "__name__": "collections",
+            "__builtins__": {**vars(builtins), "__import__": without_c_ordered_dict},
+        }
+        with open(collections.__file__, encoding="utf-8") as source:
+            exec(compile(source.read(), collections.__file__, "exec"), namespace)
+        _ORDERED_DICT.append(namespace["OrderedDict"])
+    return _ORDERED_DICT[0]
+
+
+def hold_compared_items() -> None:
+    """List ordering (`<`, `<=`, `>`, `>=`) compares the first items that differ a second
+    time, with the operator asked for, without holding them: a `__lt__` of the left item that
+    empties the right list frees the right item under the comparison, and the reflected call
+    goes through memory the routine refilled (gh-120298, fixed in 3.12.5). Once per backend,
+    the four compare copies of the lists, which hold the items and which nothing else can
+    change (equality holds them already). An ordering of lists then costs two copies and a
+    Python call."""
+    if getattr(list.__lt__, "held", False):
+        return
+    copy = list.copy
+
+    def ordering(name: str) -> Callable[[Any, Any], Any]:
+        compare = list.__dict__[name]  # the C comparison, through its slot's wrapper
+
+        def ordered(self: Any, other: Any) -> Any:
+            if not isinstance(other, list):
+                return NotImplemented
+            return compare(copy(self), copy(other))
+
+        ordered.held = True  # type: ignore[attr-defined]
+        return ordered
+
+    _set_on_type(list, {name: ordering(name) for name in ("__lt__", "__le__", "__gt__", "__ge__")})
+
+
 def _type_flags(kind: type, ctypes: Any) -> Any:
     """The tp_flags field of a type object, found by its value (type.__flags__)."""
     for offset in range(16, 400, 8):

@@ -219,11 +219,11 @@ class Db(Queries):
             else:  # PostgreSQL is aborting: closing its portal now can crash it
                 stopping.ORPHANS.append(cur)
 
-    def subtransaction(self) -> Any:
+    def subtransaction(self) -> Savepoint:
         """A savepoint: `with db.subtransaction(): ...` undoes its writes if the block raises."""
         stopping.guard()
         _from_the_call()
-        return plpy.subtransaction()
+        return Savepoint(plpy.subtransaction())
 
     def claims(self) -> dict[str, Any]:
         """The caller's JWT claims (`request.jwt.claims`), empty without a token."""
@@ -235,6 +235,24 @@ class Db(Queries):
         import json  # here: not every backend's boot pays for it
 
         return dict(json.loads(raw))
+
+
+class Savepoint:
+    """PL/Python's subtransaction, entered inside the call's level of settings (identity.py)."""
+
+    __slots__ = ("_savepoint",)
+
+    def __init__(self, savepoint: Any) -> None:
+        self._savepoint = savepoint
+
+    def __enter__(self) -> Any:
+        stopping.guard()
+        _from_the_call()
+        identity.open_settings()
+        return self._savepoint.__enter__()
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._savepoint.__exit__(*exc)
 
 
 def _from_the_call() -> Any:
@@ -304,4 +322,6 @@ def _stop_identity(what: str) -> None:
 db = Db()
 
 
-stopping.BOOKKEEPING.update(id(f.__code__) for f in (Db._run, Db.cursor, _guarded))
+stopping.BOOKKEEPING.update(
+    id(f.__code__) for f in (Db._run, Db.cursor, _guarded, Savepoint.__enter__, Savepoint.__exit__)
+)

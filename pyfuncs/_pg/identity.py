@@ -18,7 +18,10 @@ after it, another role's on a pooled connection, would run with them. So a call'
 query opens a level of PostgreSQL's settings (NewGUCNestLevel, as PostgreSQL does around a
 maintenance command's index expressions), and the call, as it ends, undoes every setting
 changed at that level or above it (AtEOXact_GUC, as for an abort): what a routine sets lasts
-until its call ends (a set-returning routine's: until the row it was set for is made).
+until its call ends (a set-returning routine's: until the row it was set for is made). A
+savepoint the routine opens (`db.subtransaction()`) opens the call's level first, if its
+queries have not: a level opened inside the savepoint would be handed to the caller's when
+the savepoint is released, or left behind when it is rolled back (a red team).
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ _FLAGS = {15: (0x0080, 0x0400), 16: (0x0200, 0x1000), 17: (0x0200, 0x1000)}
 # none; the entry functions (routines.py) keep the one before and undo theirs as they leave
 SETTINGS = [0]
 _open_level: Any = None  # NewGUCNestLevel, once bound
+
+
+def open_settings() -> None:
+    """Open the call's level of settings, if its queries have not (see above)."""
+    if not SETTINGS[0] and _open_level is not None:
+        SETTINGS[0] = _open_level()
 
 
 def undo_settings(commit: bool, level: int) -> None:

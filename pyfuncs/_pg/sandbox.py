@@ -198,6 +198,7 @@ STAND_INS = {
     "hashlib": bounded.guarded_hashlib, "hmac": bounded.guarded_hmac,
     "dataclasses": guarded_dataclasses,
     "unicodedata": bounded.guarded_unicodedata, "uuid": bounded.guarded_uuid,
+    "collections": bounded.guarded_collections,
 }  # fmt: skip
 
 

@@ -1011,6 +1011,93 @@ for label, call in [
         return {call}
 """,
     )
+# CPython 3.11.2's list ordering compares the first items that differ again without holding
+# them: a `__lt__` that empties the right list frees the right item, whose memory a spray
+# refills with a forged type, and the reflected call jumps where the routine says
+# (gh-120298; a red team aborted the cluster with it). Lists compare copies of themselves,
+# so the right item stays: the comparison is refused as for any two unrelated objects.
+for label, call in [
+    ("less", "[A()] < WL"), ("greater_equal", "[A()] >= WL"), ("sorted", "sorted([[A()], WL])"),
+    ("max", "max([A()], WL)"), ("less_equal", "[A()] <= WL"),
+]:  # fmt: skip
+    attempt(
+        f"freed_by_list_ordering_{label}",
+        "call TypeError: ",
+        f"""
+    SPRAY = []
+    FAKE = [bytes(168) + (0x414141414140).to_bytes(8, "little") + bytes(200)]
+    WL = []
+
+    class B:
+        pass
+
+    def free_and_refill():
+        WL.clear()  # (the caller's `other` is the last reference: gone with its frame)
+        for _ in range(64):
+            SPRAY.append([FAKE[0]] * 8)
+        return NotImplemented
+
+    class A:
+        def __eq__(self, other):
+            return False
+
+        def __lt__(self, other):
+            del other
+            return free_and_refill()
+
+        def __le__(self, other):
+            del other
+            return free_and_refill()
+
+        def __gt__(self, other):
+            del other
+            return free_and_refill()
+
+        def __ge__(self, other):
+            del other
+            return free_and_refill()
+
+    def attempt():
+        WL.append(B())
+        return {call}
+""",
+    )
+# C's OrderedDict walks its own nodes while a key's __eq__ runs, which may empty the dict and
+# free them (gh-119004: ==; gh-142637: del, pop, move_to_end; gh-148660: copy). Routines get
+# collections' OrderedDict of Python, where that is a change like any other.
+for label, call, outcome in [
+    ("equality", "ODICT == collections.OrderedDict({Evil(): 4, 5: 6})", "returned bool: "),
+    ("delete", "delete(Trigger())", "call KeyError: "),
+    ("pop", "ODICT.pop(Trigger())", "call KeyError: "),
+    ("move_to_end", "ODICT.move_to_end(Trigger())", "call KeyError: "),
+    ("copy", "ODICT.copy()", "returned OrderedDict: "),
+]:  # fmt: skip
+    attempt(
+        f"freed_by_ordered_dict_{label}",
+        outcome,
+        f"""
+    import collections
+
+    class Evil:
+        def __eq__(self, other):
+            ODICT.clear()
+            return True
+
+        def __hash__(self):
+            return 3
+
+    Trigger = Evil
+    ODICT = collections.OrderedDict()
+
+    def delete(key):
+        del ODICT[key]
+
+    def attempt():
+        ODICT[Evil()] = 4
+        ODICT[5] = 6
+        return {call}
+""",
+    )
 for label, call in [
     ("class", "zoneinfo.ZoneInfo.clear_cache()"),
     ("instance", "zoneinfo.ZoneInfo('UTC').clear_cache(only_keys=['UTC'])"),

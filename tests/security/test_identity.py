@@ -172,7 +172,8 @@ SHOWN = identity_mod.SHOWN.replace("$1", "%s")
 def test_settings_a_routine_changes_end_with_its_call(ident: None, dsn: str, name: str) -> None:
     """A plain SET lasts for the session in PostgreSQL: made by a routine, the next caller of
     a pooled session (another role) would run with it. The call sees it; its caller does
-    not, whether the call returns or fails, and what the caller had set stays."""
+    not, whether the call returns or fails, makes rows, is called through SQL or opens
+    savepoints, and what the caller had set stays."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SET application_name = 'caller'")  # the caller's own: kept
         before = conn.execute(SHOWN, [name]).fetchone()
@@ -189,4 +190,14 @@ def test_settings_a_routine_changes_end_with_its_call(ident: None, dsn: str, nam
         assert conn.execute(SHOWN, [name]).fetchone() == before
         nested = conn.execute("SELECT ident.setting_nested(%s)", [name]).fetchone()
         assert nested == (f"{seen[0]} {before[0]}",)
+        for roll_back_first in (False, True):
+            with conn.transaction():
+                assert (
+                    conn.execute(
+                        "SELECT ident.setting_in_savepoint(%s, %s)", [name, roll_back_first]
+                    ).fetchone()
+                    == seen
+                )
+                assert conn.execute(SHOWN, [name]).fetchone() == before
+            assert conn.execute(SHOWN, [name]).fetchone() == before
         assert conn.execute(SHOWN, ["application_name"]).fetchone() == ("caller",)

@@ -122,3 +122,21 @@ def setting_nested(name: str) -> str:
     """A call through SQL changes a setting; the outer call's next query sees it undone."""
     inner = db.fetchval("SELECT ident.setting($1, false)", [name])
     return f"{inner} {db.fetchval(SHOWN, [name])}"
+
+
+@stored_function(schema="ident", roles=["student"])
+def setting_in_savepoint(name: str, roll_back_first: bool) -> str:
+    """The call's first query inside a savepoint (released, the level it opened would be
+    handed to the caller's), or after one that rolled back (a red team)."""
+    if roll_back_first:
+        try:
+            with db.subtransaction():
+                db.execute("SELECT 1")
+                raise ValueError("rolled back")
+        except ValueError:
+            pass
+        db.execute(SETTINGS[name])
+    else:
+        with db.subtransaction():
+            db.execute(SETTINGS[name])
+    return str(db.fetchval(SHOWN, [name]))
