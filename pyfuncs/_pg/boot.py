@@ -157,7 +157,7 @@ def start(gd: dict[str, Any]) -> None:
     )  # fmt: skip
     sandbox.SHIM = sandbox.shim(db.db)
     sandbox.contain_abcs()
-    bounded.hold_compared_items()
+    bounded.hold_list_items()
     when_imported("decimal", lambda module: _decimal_imported(module, bounded, routines))
     when_imported("fractions", bounded.bound_fractions)
     when_imported("copy", sandbox.contain_copies)

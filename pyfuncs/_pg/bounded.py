@@ -1010,14 +1010,21 @@ def python_ordered_dict() -> type:
     return _ORDERED_DICT[0]
 
 
-def hold_compared_items() -> None:
-    """List ordering (`<`, `<=`, `>`, `>=`) compares the first items that differ a second
-    time, with the operator asked for, without holding them: a `__lt__` of the left item that
-    empties the right list frees the right item under the comparison, and the reflected call
-    goes through memory the routine refilled (gh-120298, fixed in 3.12.5). Once per backend,
-    the four compare copies of the lists, which hold the items and which nothing else can
-    change (equality holds them already). An ordering of lists then costs two copies and a
-    Python call."""
+def hold_list_items() -> None:
+    """Two use-after-free bugs of list, patched on the type once per backend:
+
+    - ordering (`<`, `<=`, `>`, `>=`) compares the first items that differ a second time,
+      with the operator asked for, without holding them: a `__lt__` of the left item that
+      empties the right list frees the right item under the comparison, and the reflected
+      call goes through memory the routine refilled (gh-120298, fixed in 3.12.5). The four
+      compare copies of the lists, which hold the items and which nothing else can change
+      (equality holds them already): two copies and a Python call per ordering of lists.
+    - assigning to an extended slice (`items[::2] = values`) works out the slice from the
+      list's size, then turns `values` into a sequence, which runs the routine's generator:
+      one that shrinks the list makes the assignment read and write past its items
+      (gh-120384, fixed in 3.12.5). Assignment to a slice turns its values into a list
+      first. (An item assigned by int index in Python code does not come here: Python 3.11
+      specialises it.)"""
     if getattr(list.__lt__, "held", False):
         return
     copy = list.copy
@@ -1030,10 +1037,18 @@ def hold_compared_items() -> None:
                 return NotImplemented
             return compare(copy(self), copy(other))
 
-        ordered.held = True  # type: ignore[attr-defined]
         return ordered
 
-    _set_on_type(list, {name: ordering(name) for name in ("__lt__", "__le__", "__gt__", "__ge__")})
+    assign = list.__dict__["__setitem__"]
+
+    def __setitem__(self: Any, key: Any, value: Any) -> None:
+        if type(key) is slice and type(value) is not list and type(value) is not tuple:
+            value = list(value)
+        assign(self, key, value)
+
+    patched = {name: ordering(name) for name in ("__lt__", "__le__", "__gt__", "__ge__")}
+    patched["__lt__"].held = True  # type: ignore[attr-defined]
+    _set_on_type(list, {**patched, "__setitem__": __setitem__})
 
 
 def _type_flags(kind: type, ctypes: Any) -> Any:

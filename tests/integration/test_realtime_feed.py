@@ -576,3 +576,64 @@ def test_an_identity_index_dropped_is_no_replica_identity(
     conn.execute("DROP INDEX rt.ri_id")
     with pytest.raises(ConfigError, match=r"rt\.ri has no replica identity"):
         realtime.enable(conn, "rt.ri")
+
+
+def test_a_truncate_of_one_partition_makes_consumers_resync_in_trigger_mode(
+    trigger_db: str, conn: psycopg.Connection[Any]
+) -> None:
+    """PostgreSQL gives partitions their parent's row triggers, not its TRUNCATE trigger: a
+    partition's TRUNCATE fired nothing, and clients kept its rows (a red team). Every
+    partition of an enabled table has a TRUNCATE trigger of its own now, those made or
+    attached after it was enabled too (an event trigger), and a transaction that truncates a
+    partition but not the table makes consumers behind it resync, as in 'wal' mode; a
+    TRUNCATE of the table is logged as before, its partitions' excused."""
+    conn.execute("""
+        CREATE TABLE rt.parted (id int PRIMARY KEY, n int) PARTITION BY RANGE (id);
+        CREATE TABLE rt.low PARTITION OF rt.parted FOR VALUES FROM (0) TO (100);
+    """)
+    conn.commit()
+    realtime.enable(conn, "rt.parted")
+    with psycopg.connect(trigger_db, autocommit=True) as db:  # made and attached after
+        db.execute("CREATE TABLE rt.high PARTITION OF rt.parted FOR VALUES FROM (100) TO (200)"
+                   " PARTITION BY RANGE (id)")  # fmt: skip
+        db.execute("CREATE TABLE rt.higher PARTITION OF rt.high FOR VALUES FROM (150) TO (200)")
+        db.execute("CREATE TABLE rt.middle (id int PRIMARY KEY, n int)")
+        db.execute("ALTER TABLE rt.high ATTACH PARTITION rt.middle FOR VALUES FROM (100) TO (150)")
+        db.execute("SET ROLE student")  # (the event trigger runs for anyone's DDL, harmlessly)
+        db.execute("CREATE TEMP TABLE elsewhere (id int)")
+        db.execute("RESET ROLE")
+        db.execute("INSERT INTO rt.parted VALUES (1, 0), (120, 0), (170, 0)")
+    catch_up(trigger_db)
+    before = read_all(trigger_db)
+    assert sorted(c.new["id"] for c in before if c.new) == [1, 120, 170]
+    position = before[-1].position
+    for n, partition in enumerate(("rt.low", "rt.middle", "rt.higher")):
+        with psycopg.connect(trigger_db, autocommit=True) as db:
+            db.execute(f"TRUNCATE {partition}")
+            db.execute("INSERT INTO rt.parted VALUES (%s, 0)", [10 + n])
+        catch_up(trigger_db)
+        with pytest.raises(ResyncRequired, match="read the tables again"):
+            read_all(trigger_db, after=position)
+        with psycopg.connect(trigger_db) as db:
+            pruned = db.execute("SELECT pruned_through FROM pyfuncs.realtime_state").fetchone()
+        assert pruned is not None
+        resynced = read_all(trigger_db, after=Position(pruned[0], 0))
+        assert [(c.op, c.new and c.new["id"]) for c in resynced] == [("INSERT", 10 + n)]
+        position = resynced[-1].position
+    with psycopg.connect(trigger_db, autocommit=True) as db:
+        db.execute("TRUNCATE rt.parted")
+    catch_up(trigger_db)
+    whole = read_all(trigger_db, after=position)
+    assert [(c.op, c.table) for c in whole] == [("TRUNCATE", "parted")]
+    with psycopg.connect(trigger_db) as db:  # rows written between: not excused
+        db.execute("TRUNCATE rt.parted")
+        db.execute("INSERT INTO rt.parted VALUES (170, 0), (2, 0)")
+        db.execute("TRUNCATE rt.low")
+    catch_up(trigger_db)
+    with pytest.raises(ResyncRequired, match="read the tables again"):
+        read_all(trigger_db, after=whole[-1].position)
+    realtime.disable(conn, "rt.parted")
+    left = conn.execute(
+        "SELECT count(*) FROM pg_trigger WHERE tgname = 'pyfuncs_realtime_partition_truncate'"
+    ).fetchone()
+    assert left == (0,)

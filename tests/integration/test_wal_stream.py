@@ -76,9 +76,10 @@ def test_the_consumer_streams_and_confirms_only_what_the_log_holds(wal_db: str) 
         assert len({c.position.commit for c in changes[200:]}) == 1  # one commit
         assert cap.captured == 251 and cap.streaming
         with psycopg.connect(wal_db, autocommit=True) as db:
-            # what the slot was told is what the log holds, never more
+            # the slot is told what the log holds (and, caught up, the end of the WAL sent,
+            # which other databases' writes move past applied_lsn: equality was a flake)
             wait_for(lambda: db.execute(
-                "SELECT s.confirmed_flush_lsn = r.applied_lsn FROM pg_replication_slots s, "
+                "SELECT s.confirmed_flush_lsn >= r.applied_lsn FROM pg_replication_slots s, "
                 "pyfuncs.realtime_state r WHERE s.database = current_database()"
             ).fetchone()[0])  # fmt: skip
 

@@ -45,6 +45,17 @@ FUNCTIONS = {
     "pyfuncs.realtime_capture()": (True, False, True,
         "writers need no privileges on the change log; only its owner may attach it, it "
         "checks the table is enabled and calls no cast or function another role defines"),
+    "pyfuncs.realtime_partition_truncate()": (True, False, True,
+        "statement trigger of a partition (trigger mode): writers need no privileges on the "
+        "change log; only its owner may attach it, it records a transaction for a resync and "
+        "calls no code another role defines"),
+    "pyfuncs.realtime_partition_triggers(regclass)": (False, False, True,
+        "puts that trigger on the partitions of an enabled table, for enable_realtime and "
+        "realtime_new_partitions (the owner's rights)"),
+    "pyfuncs.realtime_new_partitions()": (True, False, True,
+        "event trigger (ddl_command_end) for any role's CREATE TABLE and ALTER TABLE: reads "
+        "the catalog and the enabled tables, attaches only pyfuncs' partition trigger, to "
+        "partitions of enabled tables; cannot be called directly"),
     "pyfuncs.realtime_sequence()": (False, False, True,
         "trigger mode's positions; for realtime_wal_batch and realtime_set_mode (the owner's "
         "rights), under the capture lock"),

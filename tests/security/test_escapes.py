@@ -1062,6 +1062,41 @@ for label, call in [
         return {call}
 """,
     )
+# CPython 3.11.2's assignment to an extended slice sizes the slice, then runs the routine's
+# generator for the values, which may shrink the list: it then reads and writes past the
+# items (gh-120384; a red team made the backend jump where it chose). Slice assignment turns
+# the values into a list first, so the slice is sized after the generator ran.
+for label, call in [
+    ("generator", "shrink(ITEMS, values(ITEMS))"),
+    ("user_list", "shrink(USER, values(USER))"),
+    ("list_subclass", "shrink(ITEMS, Shrinking())"),
+]:  # fmt: skip
+    attempt(
+        f"past_the_list_by_slice_assignment_{label}",
+        "call ValueError: attempt to assign sequence of size",
+        f"""
+    import collections
+
+    ITEMS = list(range(64))
+    USER = collections.UserList(range(64))
+
+    def values(target):
+        del target[4:]
+        yield from range(32)
+
+    class Shrinking(list):
+        def __iter__(self):
+            del ITEMS[4:]
+            yield from range(32)
+
+    def shrink(target, given):
+        target[::2] = given
+        return len(target)
+
+    def attempt():
+        return {call}
+""",
+    )
 # C's OrderedDict walks its own nodes while a key's __eq__ runs, which may empty the dict and
 # free them (gh-119004: ==; gh-142637: del, pop, move_to_end; gh-148660: copy). Routines get
 # collections' OrderedDict of Python, where that is a change like any other.
