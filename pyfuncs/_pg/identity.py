@@ -180,7 +180,7 @@ def _directly(user: Any, context: Any) -> tuple[Any, Any]:
         # would leave it set)
         were = user.value, context.value
         entered = (*were, _search_path.value, _claims and _claims())
-        if not SETTINGS[0]:
+        if not SETTINGS[0]:  # (open_settings, inline: this runs before every query)
             SETTINGS[0] = _open_level()
         context.value = were[1] | RESTRICTED
         return entered
