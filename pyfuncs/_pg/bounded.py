@@ -7,6 +7,7 @@ import math
 import struct
 import types
 from _collections import deque  # type: ignore[import-not-found]  # (collections costs ms)
+from _operator import index as _index
 
 from .imported import imported
 
@@ -802,6 +803,24 @@ def _deque_index(items: Any, method: Callable[..., Any]) -> Callable[..., Any]:
     return index
 
 
+def _searching(data: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+    """bytearray's find, rfind, index, rindex and count take the buffer's address and length,
+    then convert `start` and `end` (and a byte given as an int) with their `__index__`, which
+    may empty the bytearray and free the buffer: the search then reads freed memory, or
+    memory no longer mapped (CPython 3.11.2; a red team). These convert them first."""
+
+    def search(sub: Any, *bounds: Any) -> Any:
+        if not isinstance(sub, (bytes, bytearray)) and hasattr(type(sub), "__index__"):
+            sub = _index(sub)
+        return method(sub, *(bound if bound is None else _index(bound) for bound in bounds))
+
+    return search
+
+
+def _index_of(items: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+    return (_deque_index if isinstance(items, deque) else _searching)(items, method)
+
+
 def _clear_cache(zone: Any, method: Callable[..., Any]) -> Callable[..., Any]:
     """ZoneInfo.clear_cache empties the cache of time zones every call shares."""
     zoneinfo = imported("zoneinfo")
@@ -833,7 +852,8 @@ READS: dict[str, tuple[Kinds, Callable[[Any, Callable[..., Any]], Any]]] = {
     "getrandbits": (_random_kinds, _random_bits),
     **{name: (_TEXT, _padding(name)) for name in PADDING},
     "power": (_contexts, _context_power),
-    "index": ((deque,), _deque_index),
+    "index": ((deque, bytearray), _index_of),
+    **{name: ((bytearray,), _searching) for name in ("find", "rfind", "rindex", "count")},
     "clear_cache": ((object,), _clear_cache),
 }  # fmt: skip
 

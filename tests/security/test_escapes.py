@@ -1097,6 +1097,37 @@ for label, call in [
         return {call}
 """,
     )
+# CPython 3.11.2's bytearray searches take the buffer, then convert `start` and `end` with
+# their `__index__`, which may empty the bytearray: they read freed memory (a red team found
+# bytes of another object in an empty bytearray) or memory no longer mapped. They convert
+# their arguments first: an emptied bytearray has nothing to find.
+for label, call in [
+    ("find", "DATA.find(b'MARK', Start())"), ("count", "DATA.count(b'x', Start())"),
+    ("rfind", "DATA.rfind(b'MARK', 0, Start())"), ("index_int", "DATA.find(Byte())"),
+    ("class", "bytearray.count(DATA, b'M', Start())"),
+]:  # fmt: skip
+    attempt(
+        f"freed_by_bytearray_search_{label}",
+        "returned int: -1" if "find" in label or label.endswith("int") else "returned int: 0",
+        f"""
+    HOLD = []
+    DATA = bytearray(b"A" * 100_000)
+
+    class Start:
+        def __index__(self):
+            DATA.clear()
+            HOLD.extend([b"MARK" * 25_000] * 4)
+            return 0
+
+    class Byte:
+        def __index__(self):
+            DATA.clear()
+            return 77
+
+    def attempt():
+        return {call}
+""",
+    )
 # C's OrderedDict walks its own nodes while a key's __eq__ runs, which may empty the dict and
 # free them (gh-119004: ==; gh-142637: del, pop, move_to_end; gh-148660: copy). Routines get
 # collections' OrderedDict of Python, where that is a change like any other.
