@@ -158,6 +158,7 @@ def start(gd: dict[str, Any]) -> None:
     sandbox.SHIM = sandbox.shim(db.db)
     sandbox.contain_abcs()
     bounded.hold_list_items()
+    bounded.hold_bytearray_buffers()
     when_imported("decimal", lambda module: _decimal_imported(module, bounded, routines))
     when_imported("fractions", bounded.bound_fractions)
     when_imported("copy", sandbox.contain_copies)

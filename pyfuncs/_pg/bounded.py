@@ -803,24 +803,6 @@ def _deque_index(items: Any, method: Callable[..., Any]) -> Callable[..., Any]:
     return index
 
 
-def _searching(data: Any, method: Callable[..., Any]) -> Callable[..., Any]:
-    """bytearray's find, rfind, index, rindex and count take the buffer's address and length,
-    then convert `start` and `end` (and a byte given as an int) with their `__index__`, which
-    may empty the bytearray and free the buffer: the search then reads freed memory, or
-    memory no longer mapped (CPython 3.11.2; a red team). These convert them first."""
-
-    def search(sub: Any, *bounds: Any) -> Any:
-        if not isinstance(sub, (bytes, bytearray)) and hasattr(type(sub), "__index__"):
-            sub = _index(sub)
-        return method(sub, *(bound if bound is None else _index(bound) for bound in bounds))
-
-    return search
-
-
-def _index_of(items: Any, method: Callable[..., Any]) -> Callable[..., Any]:
-    return (_deque_index if isinstance(items, deque) else _searching)(items, method)
-
-
 def _clear_cache(zone: Any, method: Callable[..., Any]) -> Callable[..., Any]:
     """ZoneInfo.clear_cache empties the cache of time zones every call shares."""
     zoneinfo = imported("zoneinfo")
@@ -852,8 +834,7 @@ READS: dict[str, tuple[Kinds, Callable[[Any, Callable[..., Any]], Any]]] = {
     "getrandbits": (_random_kinds, _random_bits),
     **{name: (_TEXT, _padding(name)) for name in PADDING},
     "power": (_contexts, _context_power),
-    "index": ((deque, bytearray), _index_of),
-    **{name: ((bytearray,), _searching) for name in ("find", "rfind", "rindex", "count")},
+    "index": ((deque,), _deque_index),
     "clear_cache": ((object,), _clear_cache),
 }  # fmt: skip
 
@@ -1069,6 +1050,47 @@ def hold_list_items() -> None:
     patched = {name: ordering(name) for name in ("__lt__", "__le__", "__gt__", "__ge__")}
     patched["__lt__"].held = True  # type: ignore[attr-defined]
     _set_on_type(list, {**patched, "__setitem__": __setitem__})
+
+
+def hold_bytearray_buffers() -> None:
+    """bytearray's methods take the buffer's address, then convert an argument with its
+    `__index__`, which may empty the bytearray (freeing the buffer) or grow it (moving it):
+    they then read, or write, where the buffer was. Red teams read freed and unmapped memory
+    with `find`, `count`, `startswith`, `in`, and wrote a chosen byte at a chosen offset with
+    `b[i] = value` (gh-91153 and its kind, in 3.11.2). Once per backend, those methods of the
+    type convert their arguments first."""
+    if getattr(bytearray.find, "held", False):
+        return
+    own = bytearray.__dict__
+
+    def number(value: Any) -> Any:  # a byte or a bound given as an object with __index__
+        if type(value) is int or value is None or isinstance(value, (bytes, bytearray, tuple)):
+            return value
+        return _index(value) if hasattr(type(value), "__index__") else value
+
+    def searching(name: str) -> Callable[..., Any]:
+        method = own[name]
+
+        def search(self: Any, sub: Any, *bounds: Any) -> Any:
+            return method(self, number(sub), *map(number, bounds))
+
+        return search
+
+    names = ("find", "rfind", "index", "rindex", "count", "startswith", "endswith")
+    patched: dict[str, Any] = {name: searching(name) for name in names}
+    contains, assign = own["__contains__"], own["__setitem__"]
+
+    def __contains__(self: Any, item: Any) -> bool:
+        return bool(contains(self, number(item)))
+
+    def __setitem__(self: Any, key: Any, value: Any) -> None:
+        if type(key) is slice:  # (a slice's values are made whole before the buffer is taken)
+            assign(self, key, value)
+        else:
+            assign(self, number(key), number(value))
+
+    patched["find"].held = True
+    _set_on_type(bytearray, {**patched, "__contains__": __contains__, "__setitem__": __setitem__})
 
 
 def _type_flags(kind: type, ctypes: Any) -> Any:

@@ -1097,18 +1097,28 @@ for label, call in [
         return {call}
 """,
     )
-# CPython 3.11.2's bytearray searches take the buffer, then convert `start` and `end` with
-# their `__index__`, which may empty the bytearray: they read freed memory (a red team found
-# bytes of another object in an empty bytearray) or memory no longer mapped. They convert
-# their arguments first: an emptied bytearray has nothing to find.
+# CPython 3.11.2's bytearray methods take the buffer, then convert an argument with its
+# `__index__`, which may empty the bytearray or move its buffer: they read freed memory (a
+# red team found bytes of another object in an empty bytearray) or memory no longer mapped,
+# or write there. They convert their arguments first: an emptied bytearray has nothing to
+# find, and a byte goes where the bytearray is now.
 for label, call in [
     ("find", "DATA.find(b'MARK', Start())"), ("count", "DATA.count(b'x', Start())"),
     ("rfind", "DATA.rfind(b'MARK', 0, Start())"), ("index_int", "DATA.find(Byte())"),
     ("class", "bytearray.count(DATA, b'M', Start())"),
+    ("startswith", "DATA.startswith(b'AAAA', Start())"),
+    ("endswith", "DATA.endswith(b'AAAA', 0, Start())"), ("contains", "Byte() in DATA"),
+    # a write: growing the bytearray moves its buffer, and the byte went where it was, at
+    # the offset given (a red team changed a running loop's iterator this way)
+    ("assigned", "assign(8)"), ("assigned_far", "assign(3_000_000)"),
 ]:  # fmt: skip
+    outcome = {"count": "returned int: 0", "class": "returned int: 0",
+               "assigned": "returned int: 66", "assigned_far": "returned int: 66"}.get(
+        label, "returned bool: False" if label.endswith(("with", "contains")) else
+        "returned int: -1")  # fmt: skip
     attempt(
         f"freed_by_bytearray_search_{label}",
-        "returned int: -1" if "find" in label or label.endswith("int") else "returned int: 0",
+        outcome,
         f"""
     HOLD = []
     DATA = bytearray(b"A" * 100_000)
@@ -1123,6 +1133,15 @@ for label, call in [
         def __index__(self):
             DATA.clear()
             return 77
+
+    class Grow:
+        def __index__(self):
+            DATA.extend(bytes(4_000_000))
+            return 66
+
+    def assign(at):
+        DATA[at] = Grow()
+        return DATA[at]
 
     def attempt():
         return {call}
