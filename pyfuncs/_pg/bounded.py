@@ -967,9 +967,10 @@ def _bound_conversions(decimal: types.ModuleType) -> None:
 
 # --- memory-safety bugs of the interpreter --------------------------------------------------
 # Debian's CPython 3.11.2 lacks fixes of use-after-free bugs that plain Python code reaches:
-# red teams used two to crash the cluster and then to jump to an address of their choosing
-# (README "Security model, honestly"). deque.index is replaced for routines (READS); list
-# comparison, below, for the whole backend.
+# red teams used them to crash the cluster, to jump to an address of their choosing and to
+# write a byte where they chose (README "Security model, honestly"). deque.index is replaced
+# for routines (_deque_index, through READS) and so is the C OrderedDict (below); list's and
+# bytearray's methods are patched on the types, for the whole backend (below, from boot.py).
 
 
 def guarded_collections() -> types.ModuleType:
