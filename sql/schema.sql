@@ -431,6 +431,18 @@ CREATE TABLE pyfuncs.realtime_wal_doubt (
     PRIMARY KEY (schema_name, table_name)
 );
 
+-- Names that left the capture (their table dropped, no longer captured, or out of a captured
+-- table's partitions) and the end of the WAL when a batch found them gone: until everything
+-- before that is applied, changes under such a name are its old table's, so another table
+-- that takes it is in doubt (realtime_wal_names).
+CREATE TABLE pyfuncs.realtime_wal_gone (
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    relid oid NOT NULL,
+    lsn pg_lsn NOT NULL,
+    PRIMARY KEY (schema_name, table_name)
+);
+
 -- Transactions the consumer skipped, and why: what it could not capture (consumers were told
 -- to resync, so nothing was lost to them). Kept as long as changes are (retention).
 CREATE TABLE pyfuncs.realtime_skipped (
@@ -486,6 +498,9 @@ BEGIN
        AND EXISTS (SELECT FROM pyfuncs.realtime_wal_doubt) THEN
         DELETE FROM pyfuncs.realtime_wal_doubt;
     END IF;
+    IF EXISTS (SELECT FROM pyfuncs.realtime_wal_gone g WHERE g.lsn <= applied) THEN
+        DELETE FROM pyfuncs.realtime_wal_gone g WHERE g.lsn <= applied;
+    END IF;
     IF NOT EXISTS (
         SELECT FROM pyfuncs.realtime_wal_tables() c
         FULL JOIN pyfuncs.realtime_wal_name w ON w.relid = c.relid
@@ -510,13 +525,31 @@ BEGIN
         JOIN pyfuncs.realtime_wal_name w
           ON (w.schema_name, w.table_name) = (c.schema_name, c.table_name)
         WHERE w.relid <> c.relid
+        UNION
+        SELECT c.schema_name, c.table_name FROM now_named c
+        JOIN pyfuncs.realtime_wal_gone g
+          ON (g.schema_name, g.table_name) = (c.schema_name, c.table_name)
+        WHERE g.relid <> c.relid
     ), noted AS (
         INSERT INTO pyfuncs.realtime_wal_doubt SELECT * FROM doubt ON CONFLICT DO NOTHING
+    ), gone AS (
+        INSERT INTO pyfuncs.realtime_wal_gone AS g (schema_name, table_name, relid, lsn)
+        SELECT w.schema_name, w.table_name, w.relid, pg_current_wal_insert_lsn()
+        FROM pyfuncs.realtime_wal_name w
+        WHERE NOT EXISTS (SELECT FROM now_named c WHERE c.relid = w.relid)
+          AND NOT EXISTS (SELECT FROM now_named c WHERE (c.schema_name, c.table_name)
+                                                        = (w.schema_name, w.table_name))
+        ON CONFLICT (schema_name, table_name)
+        DO UPDATE SET relid = excluded.relid, lsn = excluded.lsn
     )
     SELECT count(*) INTO doubtful FROM doubt;
     IF doubtful > 0 THEN
         UPDATE pyfuncs.realtime_state SET renamed_lsn = pg_current_wal_insert_lsn();
     END IF;
+    -- a name taken again is in doubt now, or back with its table
+    DELETE FROM pyfuncs.realtime_wal_gone g
+    WHERE EXISTS (SELECT FROM jsonb_to_recordset(current) AS c (schema_name text, table_name text)
+                  WHERE (c.schema_name, c.table_name) = (g.schema_name, g.table_name));
     DELETE FROM pyfuncs.realtime_wal_name;
     INSERT INTO pyfuncs.realtime_wal_name (relid, schema_name, table_name, enabled)
     SELECT * FROM jsonb_to_recordset(current)
@@ -530,6 +563,7 @@ CREATE FUNCTION pyfuncs.realtime_wal_names_reset() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     DELETE FROM pyfuncs.realtime_wal_doubt;
+    DELETE FROM pyfuncs.realtime_wal_gone;
     DELETE FROM pyfuncs.realtime_wal_name;
     INSERT INTO pyfuncs.realtime_wal_name (relid, schema_name, table_name, enabled)
     SELECT t.relid, t.schema_name, t.table_name, t.enabled FROM pyfuncs.realtime_wal_tables() t;
@@ -1420,10 +1454,7 @@ BEGIN
     INSERT INTO pyfuncs.realtime_table (relid, schema_name, table_name)
     VALUES (target, rel.nspname, rel.relname);
     IF wal THEN
-        INSERT INTO pyfuncs.realtime_wal_name (relid, schema_name, table_name, enabled)
-        SELECT t.relid, t.schema_name, t.table_name, t.enabled
-        FROM pyfuncs.realtime_wal_tables() t WHERE t.enabled = target
-        ON CONFLICT DO NOTHING;
+        PERFORM pyfuncs.realtime_wal_names((SELECT s.applied_lsn FROM pyfuncs.realtime_state s));
     END IF;
     EXECUTE format('CREATE TRIGGER pyfuncs_realtime AFTER INSERT OR UPDATE OR DELETE ON %I.%I '
                    'FOR EACH ROW EXECUTE FUNCTION pyfuncs.realtime_capture()',
@@ -1512,6 +1543,7 @@ CREATE FUNCTION pyfuncs.realtime_new_partitions() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     enabled record;
+    touched boolean := false;
 BEGIN
     FOR enabled IN
         SELECT e.relid FROM pyfuncs.realtime_table e
@@ -1520,7 +1552,12 @@ BEGIN
                         AND d.objid IN (SELECT pyfuncs.realtime_tree(e.relid)))
     LOOP
         PERFORM pyfuncs.realtime_partition_triggers(enabled.relid);
+        touched := true;
     END LOOP;
+    IF touched AND (SELECT s.mode = 'wal' FROM pyfuncs.realtime_state s) THEN
+        PERFORM pyfuncs.realtime_capture_lock_take();
+        PERFORM pyfuncs.realtime_wal_names((SELECT s.applied_lsn FROM pyfuncs.realtime_state s));
+    END IF;
 END
 $$;
 

@@ -1,0 +1,182 @@
+-- 0017 up: a table dropped (or no longer captured) and another that takes its name while
+-- capture lags are not confused: the names that left are kept until the changes before they
+-- left are applied (realtime_wal_gone), and a table that takes one is in doubt, like a
+-- rename (consumers resync); and the names of new partitions, and renames of captured tables,
+-- are noted as their DDL commits (the event trigger), not when the next batch looks, so a
+-- partition created and renamed before any batch ran is no longer missed or confused.
+
+-- Names that left the capture (their table dropped, no longer captured, or out of a captured
+-- table's partitions) and the end of the WAL when a batch found them gone: until everything
+-- before that is applied, changes under such a name are its old table's, so another table
+-- that takes it is in doubt (realtime_wal_names).
+CREATE TABLE pyfuncs.realtime_wal_gone (
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    relid oid NOT NULL,
+    lsn pg_lsn NOT NULL,
+    PRIMARY KEY (schema_name, table_name)
+);
+
+CREATE OR REPLACE FUNCTION pyfuncs.realtime_wal_names(applied pg_lsn) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    current jsonb;
+    doubtful bigint;
+BEGIN
+    IF applied >= (SELECT s.renamed_lsn FROM pyfuncs.realtime_state s)
+       AND EXISTS (SELECT FROM pyfuncs.realtime_wal_doubt) THEN
+        DELETE FROM pyfuncs.realtime_wal_doubt;
+    END IF;
+    IF EXISTS (SELECT FROM pyfuncs.realtime_wal_gone g WHERE g.lsn <= applied) THEN
+        DELETE FROM pyfuncs.realtime_wal_gone g WHERE g.lsn <= applied;
+    END IF;
+    IF NOT EXISTS (
+        SELECT FROM pyfuncs.realtime_wal_tables() c
+        FULL JOIN pyfuncs.realtime_wal_name w ON w.relid = c.relid
+        WHERE (c.schema_name, c.table_name, c.enabled)
+              IS DISTINCT FROM (w.schema_name, w.table_name, w.enabled)) THEN
+        RETURN;
+    END IF;
+    SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]') INTO current FROM pyfuncs.realtime_wal_tables() t;
+    WITH now_named AS (
+        SELECT * FROM jsonb_to_recordset(current)
+            AS c (relid oid, schema_name text, table_name text, enabled oid)
+    ), doubt AS (
+        SELECT w.schema_name, w.table_name FROM now_named c
+        JOIN pyfuncs.realtime_wal_name w ON w.relid = c.relid
+        WHERE (c.schema_name, c.table_name) <> (w.schema_name, w.table_name)
+        UNION
+        SELECT c.schema_name, c.table_name FROM now_named c
+        JOIN pyfuncs.realtime_wal_name w ON w.relid = c.relid
+        WHERE (c.schema_name, c.table_name) <> (w.schema_name, w.table_name)
+        UNION
+        SELECT c.schema_name, c.table_name FROM now_named c
+        JOIN pyfuncs.realtime_wal_name w
+          ON (w.schema_name, w.table_name) = (c.schema_name, c.table_name)
+        WHERE w.relid <> c.relid
+        UNION
+        SELECT c.schema_name, c.table_name FROM now_named c
+        JOIN pyfuncs.realtime_wal_gone g
+          ON (g.schema_name, g.table_name) = (c.schema_name, c.table_name)
+        WHERE g.relid <> c.relid
+    ), noted AS (
+        INSERT INTO pyfuncs.realtime_wal_doubt SELECT * FROM doubt ON CONFLICT DO NOTHING
+    ), gone AS (
+        INSERT INTO pyfuncs.realtime_wal_gone AS g (schema_name, table_name, relid, lsn)
+        SELECT w.schema_name, w.table_name, w.relid, pg_current_wal_insert_lsn()
+        FROM pyfuncs.realtime_wal_name w
+        WHERE NOT EXISTS (SELECT FROM now_named c WHERE c.relid = w.relid)
+          AND NOT EXISTS (SELECT FROM now_named c WHERE (c.schema_name, c.table_name)
+                                                        = (w.schema_name, w.table_name))
+        ON CONFLICT (schema_name, table_name)
+        DO UPDATE SET relid = excluded.relid, lsn = excluded.lsn
+    )
+    SELECT count(*) INTO doubtful FROM doubt;
+    IF doubtful > 0 THEN
+        UPDATE pyfuncs.realtime_state SET renamed_lsn = pg_current_wal_insert_lsn();
+    END IF;
+    -- a name taken again is in doubt now, or back with its table
+    DELETE FROM pyfuncs.realtime_wal_gone g
+    WHERE EXISTS (SELECT FROM jsonb_to_recordset(current) AS c (schema_name text, table_name text)
+                  WHERE (c.schema_name, c.table_name) = (g.schema_name, g.table_name));
+    DELETE FROM pyfuncs.realtime_wal_name;
+    INSERT INTO pyfuncs.realtime_wal_name (relid, schema_name, table_name, enabled)
+    SELECT * FROM jsonb_to_recordset(current)
+        AS c (relid oid, schema_name text, table_name text, enabled oid);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION pyfuncs.realtime_wal_names_reset() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM pyfuncs.realtime_wal_doubt;
+    DELETE FROM pyfuncs.realtime_wal_gone;
+    DELETE FROM pyfuncs.realtime_wal_name;
+    INSERT INTO pyfuncs.realtime_wal_name (relid, schema_name, table_name, enabled)
+    SELECT t.relid, t.schema_name, t.table_name, t.enabled FROM pyfuncs.realtime_wal_tables() t;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION pyfuncs.enable_realtime(target regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel record;
+    wal boolean := (SELECT mode = 'wal' FROM pyfuncs.realtime_state);
+BEGIN
+    SELECT n.nspname, c.relname, c.relkind, c.relpersistence INTO rel
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = target;
+    IF rel.nspname = 'pyfuncs' OR rel.nspname = 'information_schema'
+       OR starts_with(rel.nspname, 'pg_') THEN
+        RAISE EXCEPTION 'pyfuncs: % belongs to pyfuncs or to the system, realtime captures '
+                        'application tables only', target USING ERRCODE = '42501';
+    END IF;
+    IF rel.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'pyfuncs: % is not a table, realtime captures tables only', target
+            USING ERRCODE = '42809';
+    END IF;
+    IF rel.relpersistence = 't' THEN
+        RAISE EXCEPTION 'pyfuncs: % is a temporary table, which no other session can read',
+            target USING ERRCODE = '42809';
+    END IF;
+    IF rel.relpersistence = 'u' AND wal THEN
+        RAISE EXCEPTION 'pyfuncs: % is unlogged: its changes are not in the WAL', target
+            USING ERRCODE = '55000',
+                  HINT = 'make it logged (ALTER TABLE ... SET LOGGED), or capture with triggers';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pyfuncs.realtime_table WHERE relid = target) THEN
+        RETURN;
+    END IF;
+    IF NOT wal THEN
+        PERFORM pyfuncs.realtime_check_key(target);
+    END IF;
+    IF wal THEN
+        PERFORM pyfuncs.realtime_check_identity(target);
+        PERFORM pyfuncs.realtime_wal_slot();
+        -- a consumer that found no table enabled drops the slot, under this lock
+        PERFORM pyfuncs.realtime_capture_lock_take();
+        IF NOT EXISTS (SELECT FROM pg_replication_slots
+                       WHERE slot_name = pyfuncs.realtime_slot_name()) THEN
+            RAISE EXCEPTION 'pyfuncs: the realtime slot was dropped while % was being enabled',
+                target USING ERRCODE = '40001', HINT = 'enable it again';
+        END IF;
+    END IF;
+    INSERT INTO pyfuncs.realtime_table (relid, schema_name, table_name)
+    VALUES (target, rel.nspname, rel.relname);
+    IF wal THEN
+        PERFORM pyfuncs.realtime_wal_names((SELECT s.applied_lsn FROM pyfuncs.realtime_state s));
+    END IF;
+    EXECUTE format('CREATE TRIGGER pyfuncs_realtime AFTER INSERT OR UPDATE OR DELETE ON %I.%I '
+                   'FOR EACH ROW EXECUTE FUNCTION pyfuncs.realtime_capture()',
+                   rel.nspname, rel.relname);
+    EXECUTE format('CREATE TRIGGER pyfuncs_realtime_truncate AFTER TRUNCATE ON %I.%I '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION pyfuncs.realtime_capture()',
+                   rel.nspname, rel.relname);
+    PERFORM pyfuncs.realtime_partition_triggers(target);
+    IF wal THEN
+        EXECUTE format('ALTER TABLE %I.%I DISABLE TRIGGER pyfuncs_realtime, '
+                       'DISABLE TRIGGER pyfuncs_realtime_truncate', rel.nspname, rel.relname);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION pyfuncs.realtime_new_partitions() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    enabled record;
+    touched boolean := false;
+BEGIN
+    FOR enabled IN
+        SELECT e.relid FROM pyfuncs.realtime_table e
+        WHERE EXISTS (SELECT FROM pg_event_trigger_ddl_commands() d
+                      WHERE d.classid = 'pg_class'::regclass
+                        AND d.objid IN (SELECT pyfuncs.realtime_tree(e.relid)))
+    LOOP
+        PERFORM pyfuncs.realtime_partition_triggers(enabled.relid);
+        touched := true;
+    END LOOP;
+    IF touched AND (SELECT s.mode = 'wal' FROM pyfuncs.realtime_state s) THEN
+        PERFORM pyfuncs.realtime_capture_lock_take();
+        PERFORM pyfuncs.realtime_wal_names((SELECT s.applied_lsn FROM pyfuncs.realtime_state s));
+    END IF;
+END
+$$;
