@@ -1047,7 +1047,11 @@ def _bound_conversions(decimal: types.ModuleType) -> None:
 # red teams used them to crash the cluster, to jump to an address of their choosing and to
 # write a byte where they chose (README "Security model, honestly"). deque.index is replaced
 # for routines (_deque_index, through READS) and so is the C OrderedDict (below); list's and
-# bytearray's methods are patched on the types, for the whole backend (below, from boot.py).
+# bytearray's methods are patched on the types, for the whole backend (below, from boot.py),
+# and so are set's additions (hold_set_additions); a decimal Context's flags and traps and
+# ZoneInfo's utcoffset, dst and tzname go through READS (Signals, _zone_time); Counter's
+# tally is Python's (guarded_collections); itertools' zip_longest, islice and pairwise run
+# behind a generator (lazy.py).
 
 
 def guarded_collections() -> types.ModuleType:
