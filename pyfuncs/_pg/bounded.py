@@ -7,13 +7,14 @@ import math
 import struct
 import types
 from _collections import deque  # type: ignore[import-not-found]  # (collections costs ms)
+from _collections_abc import MutableMapping
 from _operator import index as _index
 
 from .imported import imported
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Iterator
     from typing import Any, NoReturn, TypeAlias
 
     # the types whose method a check stands for: a tuple, or a function that gives them
@@ -781,6 +782,53 @@ def _context_power(context: Any, method: Callable[..., Any]) -> Callable[..., An
     return power
 
 
+class Signals(MutableMapping):  # type: ignore[type-arg]
+    """A decimal Context's flags or traps as routines get them: through the context, which
+    this holds. The C context's own (a SignalDict) points into the context without holding
+    it, so one kept after its context was freed read and set bits of whatever took that
+    memory (CPython 3.11.2; gh-146011 made the pointer a checked one, in 3.13+)."""
+
+    __slots__ = ("_context", "_name")
+
+    def __init__(self, context: Any, name: str) -> None:
+        self._context, self._name = context, name
+
+    def _own(self) -> Any:
+        return getattr(self._context, self._name)
+
+    def __getitem__(self, signal: Any) -> bool:
+        return self._own()[signal]  # type: ignore[no-any-return]
+
+    def __setitem__(self, signal: Any, value: Any) -> None:
+        self._own()[signal] = value
+
+    def __delitem__(self, signal: Any) -> None:
+        del self._own()[signal]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(list(self._own()))
+
+    def __len__(self) -> int:
+        return len(self._own())
+
+    def __eq__(self, other: object) -> bool:
+        return self._own() == (other._own() if isinstance(other, Signals) else other)  # type: ignore[no-any-return]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._own())
+
+    def copy(self) -> dict[Any, bool]:
+        return self._own().copy()  # type: ignore[no-any-return]
+
+
+def _signals(context: Any, value: Any) -> Any:
+    """`context.flags` and `context.traps` of a decimal Context: Signals that hold it."""
+    name = "flags" if value is context.flags else "traps"
+    return Signals(context, name)
+
+
 def _deque_index(items: Any, method: Callable[..., Any]) -> Callable[..., Any]:
     """deque.index compares each item without holding it: an __eq__ that empties the deque
     frees the item being compared, and the reflected __eq__ gets freed memory to use
@@ -819,6 +867,29 @@ def _clear_cache(zone: Any, method: Callable[..., Any]) -> Callable[..., Any]:
     return clear_cache
 
 
+def _zone_kinds() -> tuple[type, ...]:
+    """zoneinfo.ZoneInfo, once zoneinfo has been imported."""
+    zoneinfo = imported("zoneinfo")
+    return (zoneinfo.ZoneInfo,) if zoneinfo is not None else ()
+
+
+def _zone_time(zone: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+    """ZoneInfo's utcoffset, dst and tzname read a datetime's fold from where a datetime
+    keeps it, whatever object they are given: an object of the routine's with the hour,
+    minute and second they ask for (and toordinal) has them read past its end (CPython
+    gh-125318, open upstream; a routine crashed its backend with it). These take a datetime
+    or None, as the C functions assume."""
+    import datetime
+
+    def on_time(dt: Any) -> Any:
+        if dt is not None and not isinstance(dt, datetime.datetime):
+            raise TypeError(f"{method.__name__}: argument must be a datetime or None, not "
+                            f"{type(dt).__name__}")  # fmt: skip
+        return method(dt)
+
+    return on_time
+
+
 _LONGEST = (1 << 63) - 1  # deque.index's default stop
 
 # name -> (the types whose method it is, or a function that gives them when asked; what a
@@ -834,8 +905,11 @@ READS: dict[str, tuple[Kinds, Callable[[Any, Callable[..., Any]], Any]]] = {
     "getrandbits": (_random_kinds, _random_bits),
     **{name: (_TEXT, _padding(name)) for name in PADDING},
     "power": (_contexts, _context_power),
+    "flags": (_contexts, _signals),
+    "traps": (_contexts, _signals),
     "index": ((deque,), _deque_index),
     "clear_cache": ((object,), _clear_cache),
+    **{name: (_zone_kinds, _zone_time) for name in ("utcoffset", "dst", "tzname")},
 }  # fmt: skip
 
 
@@ -889,6 +963,9 @@ def bound_decimal(decimal: types.ModuleType) -> None:
 
     def __init__(self: Any, prec: Any = None, *args: Any, **kwargs: Any) -> None:
         _precision_at_most(prec)
+        if args or kwargs:  # another context's flags or traps, as routines get them
+            args = tuple(a.copy() if isinstance(a, Signals) else a for a in args)
+            kwargs = {k: v.copy() if isinstance(v, Signals) else v for k, v in kwargs.items()}
         init(self, prec, *args, **kwargs)
 
     def set_prec(self: Any, value: Any) -> None:
@@ -970,7 +1047,11 @@ def _bound_conversions(decimal: types.ModuleType) -> None:
 # red teams used them to crash the cluster, to jump to an address of their choosing and to
 # write a byte where they chose (README "Security model, honestly"). deque.index is replaced
 # for routines (_deque_index, through READS) and so is the C OrderedDict (below); list's and
-# bytearray's methods are patched on the types, for the whole backend (below, from boot.py).
+# bytearray's methods are patched on the types, for the whole backend (below, from boot.py),
+# and so are set's additions (hold_set_additions); a decimal Context's flags and traps and
+# ZoneInfo's utcoffset, dst and tzname go through READS (Signals, _zone_time); Counter's
+# tally is Python's (guarded_collections); itertools' zip_longest, islice and pairwise run
+# behind a generator (lazy.py).
 
 
 def guarded_collections() -> types.ModuleType:
@@ -978,10 +1059,22 @@ def guarded_collections() -> types.ModuleType:
     replaces with C's: C's has use-after-free bugs that a key's `__eq__` or `__hash__` reaches
     by changing the dict while it works (`==`, gh-119004, fixed after 3.11.2; `del`, `pop`,
     `move_to_end` and `copy`, gh-142637 and gh-148660, open upstream). Python's keeps its
-    order in objects of its own, where such a change is a KeyError, not freed memory."""
+    order in objects of its own, where such a change is a KeyError, not freed memory.
+    Counter's tally is the one of Python too (_count_elements)."""
     import collections
 
+    collections._count_elements = _count_elements  # type: ignore[attr-defined]
     return _stand_in(collections, python_ordered_dict())
+
+
+def _count_elements(mapping: Any, iterable: Iterable[Any]) -> None:
+    """The tally behind Counter(items) and Counter.update, in Python (collections' own
+    fallback), in place of C's: that one holds an element's old count without a reference
+    while it adds one to it, and an `__add__` of the routine's that empties the Counter frees
+    the count under it (gh-143004, fixed upstream after 3.11.2)."""
+    get = mapping.get
+    for element in iterable:
+        mapping[element] = get(element, 0) + 1
 
 
 _ORDERED_DICT: list[type] = []
@@ -1092,6 +1185,55 @@ def hold_bytearray_buffers() -> None:
 
     patched["find"].held = True
     _set_on_type(bytearray, {**patched, "__contains__": __contains__, "__setitem__": __setitem__})
+
+
+def hold_set_additions() -> None:
+    """Adding to a set notes the first free slot it passes, then compares the items it
+    meets with the one added, which runs `__eq__`s of the routine's: one that adds to the
+    same set fills that slot, and the first addition then writes its item there too and
+    counts it again. The set then counts more items than it holds, and clearing or freeing
+    it walks past its table, dropping references to whatever lies there (gh-139071 and
+    gh-141805, fixed upstream after 3.11.2; a crash of Debian's 3.11.2 from four lines of
+    Python). Once per backend, the methods of the type that add to a set (`add`, `update`,
+    `|=`, `^=`, `symmetric_difference_update`) refuse to add to a set while an addition
+    to it is under way: one Python call and a dict entry per call (`s.add(x)`: ~80 ns
+    more; set displays, comprehensions and `set(items)` are not affected)."""
+    if getattr(set.add, "held", False):
+        return
+    own = set.__dict__
+    adding: dict[int, None] = {}  # the sets being added to, by id
+
+    def guarded(name: str) -> Callable[..., Any]:
+        method = own[name]
+
+        def adding_to(self: Any, *args: Any) -> Any:
+            key = id(self)
+            if key in adding:
+                raise RuntimeError("set changed by a comparison made while adding to it")
+            adding[key] = None
+            try:
+                return method(self, *args)
+            finally:
+                del adding[key]
+
+        return adding_to
+
+    add_one = own["add"]
+
+    def add(self: Any, item: Any) -> None:  # (the common one, without *args: ~80 ns a call)
+        key = id(self)
+        if key in adding:
+            raise RuntimeError("set changed by a comparison made while adding to it")
+        adding[key] = None
+        try:
+            add_one(self, item)
+        finally:
+            del adding[key]
+
+    names = ("update", "__ior__", "__ixor__", "symmetric_difference_update")
+    patched = {"add": add, **{name: guarded(name) for name in names}}
+    patched["add"].held = True  # type: ignore[attr-defined]
+    _set_on_type(set, patched)
 
 
 def _type_flags(kind: type, ctypes: Any) -> Any:

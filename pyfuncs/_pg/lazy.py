@@ -164,8 +164,24 @@ def _itertools() -> dict[str, Callable[..., Iterator[Any]]]:
         return _each(itertools.chain.from_iterable(iterables))
 
     chain.from_iterable = from_iterable  # type: ignore[attr-defined]
+
+    # These three drop an iterator they were given once it is exhausted, while a call of
+    # theirs further out may still be using it: an iterator of the routine's that calls
+    # next() on the zip_longest, islice or pairwise it feeds frees, say, a map() the outer
+    # call is inside of, which then calls through freed memory (CPython 3.11.2: gh-142732,
+    # open upstream; gh-109786). Behind a generator, a call back into one is a ValueError.
+    def zip_longest(*iterables: Iterable[Any], fillvalue: Any = None) -> Iterator[tuple[Any, ...]]:
+        return _each(itertools.zip_longest(*iterables, fillvalue=fillvalue))
+
+    def islice(iterable: Iterable[Any], *bounds: Any) -> Iterator[Any]:
+        return _each(itertools.islice(iterable, *bounds))
+
+    def pairwise(iterable: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
+        return _each(itertools.pairwise(iterable))
+
     made = {f.__name__: f for f in (count, repeat, cycle, product, permutations, combinations,
-                                    combinations_with_replacement, chain)}  # fmt: skip
+                                    combinations_with_replacement, chain, zip_longest, islice,
+                                    pairwise)}  # fmt: skip
     for function in (*made.values(), from_iterable):
         function.__module__ = "itertools"  # what routines see them as: itertools' own
         function.__qualname__ = function.__name__

@@ -1199,6 +1199,179 @@ for label, call in [
 """,
     )
 
+# --- found by auditing CPython's changelog after 3.11.2 (memory safety), and closed since ---
+# Adding to a set notes a free slot, then compares: an __eq__ that adds to the same set fills
+# the slot, the outer addition writes there too, and the set counts an item it does not hold
+# (freeing it walks past its table: a crash of 3.11.2; gh-139071, gh-141805). Additions to a
+# set refuse to nest.
+for label, call in [
+    ("add", "SEEN.add(Trigger())"), ("update", "SEEN.update([Trigger()])"),
+    ("in_place_or", "grow(Trigger())"), ("class", "set.add(SEEN, Trigger())"),
+    ("symmetric", "SEEN.symmetric_difference_update({Trigger()})"),
+]:  # fmt: skip
+    attempt(
+        f"set_overcounted_by_{label}",
+        "call RuntimeError: set changed by a comparison made while adding to it",
+        f"""
+    SEEN = set()
+
+    class Dummy:
+        def __hash__(self):
+            return 0
+
+    class Trigger:
+        def __hash__(self):
+            return 0
+
+        def __eq__(self, other):
+            SEEN.add(self)
+            return False
+
+    def grow(item):
+        global SEEN
+        SEEN |= {{item}}
+
+    def attempt():
+        SEEN.add(Dummy())
+        SEEN.add(Dummy())
+        SEEN.pop()
+        {call}
+        return len(SEEN), len(list(SEEN))
+""",
+    )
+# A decimal Context's flags and traps (C's SignalDict) point into the context without holding
+# it: kept after the context went, setting one set a bit of whatever took its memory (here,
+# another context's flags). Routines get them through the context, which they hold.
+for label, body in [
+    ("flags", "f = c.flags"), ("traps", "f = c.traps"), ("getattr", "f = getattr(c, 'flags')"),
+]:  # fmt: skip
+    attempt(
+        f"decimal_signals_outlive_their_context_{label}",
+        "returned tuple: (False, False)",
+        f"""
+    import decimal
+
+    def attempt():
+        c = decimal.Context(traps=[])
+        {body}
+        del c
+        other = decimal.Context(traps=[])
+        f[decimal.Inexact] = True
+        return other.flags[decimal.Inexact], other.traps[decimal.Inexact]
+""",
+    )
+attempt(
+    "decimal_signals_as_a_context_argument",
+    "returned bool: True",
+    """
+    import decimal
+
+    def attempt():
+        c = decimal.Context()
+        c.traps[decimal.Inexact] = True
+        return decimal.Context(traps=c.traps).traps[decimal.Inexact]
+""",
+)
+# Counter's C tally held an old count without a reference while adding one to it: an
+# __add__ that empties the Counter freed it (gh-143004). The tally is Python's (which hashes
+# each element twice: the second number counts its hash calls).
+attempt(
+    "freed_by_counter_update",
+    "returned tuple: (1, 2)",
+    """
+    import collections
+
+    COUNTS = collections.Counter()
+    HASHED = []
+
+    class Evil(int):
+        def __add__(self, other):
+            COUNTS.clear()
+            return NotImplemented
+
+    class Key:
+        def __hash__(self):
+            HASHED.append(1)
+            return 5
+
+    def attempt():
+        COUNTS["k"] = Evil(0)
+        COUNTS.update(["k"])
+        collections.Counter([Key()])
+        return COUNTS["k"], len(HASHED)
+""",
+)
+# zip_longest, islice and pairwise drop an exhausted iterator that a call of theirs further
+# out is still inside of: an iterator that calls back into the zip_longest freed the map()
+# around it, and the outer call then called through freed memory (gh-142732). Behind a
+# generator, calling back in is refused.
+for label, made in [
+    ("zip_longest", "itertools.zip_longest(map(same, d), [None, None])"),
+    ("islice", "itertools.islice(map(same, d), 3)"),
+    ("pairwise", "itertools.pairwise(map(same, d))"),
+]:  # fmt: skip
+    attempt(
+        f"freed_by_reentering_{label}",
+        "call ValueError: generator already executing",
+        f"""
+    import itertools
+
+    HOLD = []
+
+    def same(x):
+        return x
+
+    class Reenter:
+        z = None
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            z, self.z = self.z, None
+            if z is None:
+                raise StopIteration
+            next(z, None)
+            HOLD.extend([[0] * 6 for _ in range(200)])
+            return 7
+
+    def attempt():
+        d = Reenter()
+        d.z = {made}
+        return list(d.z)
+""",
+    )
+# ZoneInfo's utcoffset, dst and tzname read a datetime's fold from where a datetime keeps it,
+# whatever they are given: an object of the routine's had them read past its end (a crash of
+# the backend; gh-125318). They take a datetime or None.
+for label, call in [
+    ("utcoffset", "ZONE.utcoffset(Fake())"), ("dst", "ZONE.dst(Fake())"),
+    ("tzname", "ZONE.tzname(Fake())"), ("class", "zoneinfo.ZoneInfo.utcoffset(ZONE, Fake())"),
+    ("date", "ZONE.utcoffset(Day(2020, 1, 1))"),
+]:  # fmt: skip
+    attempt(
+        f"zoneinfo_reads_past_{label}",
+        "call TypeError: ",
+        f"""
+    import datetime
+    import zoneinfo
+
+    ZONE = zoneinfo.ZoneInfo("Europe/Berlin")
+
+    class Fake:
+        hour, minute, second = 14, 34, 56
+
+        def toordinal(self):
+            return 728538
+
+    class Day(datetime.date):
+        hour, minute, second = 14, 34, 56
+
+    def attempt():
+        return {call}
+""",
+    )
+
 
 # --- found by the fifth red team, and closed since ---------------------------------------
 attempt(
