@@ -158,7 +158,6 @@ def start(gd: dict[str, Any]) -> None:
     sandbox.SHIM = sandbox.shim(db.db)
     sandbox.contain_abcs()
     bounded.hold_list_items()
-    bounded.hold_bytearray_buffers()
     bounded.hold_set_additions()
     when_imported("decimal", lambda module: _decimal_imported(module, bounded, routines))
     when_imported("fractions", bounded.bound_fractions)

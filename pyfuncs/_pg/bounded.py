@@ -8,7 +8,6 @@ import struct
 import types
 from _collections import deque  # type: ignore[import-not-found]  # (collections costs ms)
 from _collections_abc import MutableMapping
-from _operator import index as _index
 
 from .imported import imported
 
@@ -1046,9 +1045,10 @@ def _bound_conversions(decimal: types.ModuleType) -> None:
 # Debian's CPython 3.11.2 lacks fixes of use-after-free bugs that plain Python code reaches:
 # red teams used them to crash the cluster, to jump to an address of their choosing and to
 # write a byte where they chose (README "Security model, honestly"). deque.index is replaced
-# for routines (_deque_index, through READS) and so is the C OrderedDict (below); list's and
-# bytearray's methods are patched on the types, for the whole backend (below, from boot.py),
-# and so are set's additions (hold_set_additions); a decimal Context's flags and traps and
+# for routines (_deque_index, through READS) and so is the C OrderedDict (below); list's
+# methods are patched on the type, for the whole backend (below, from boot.py), and so are
+# set's additions (hold_set_additions); bytearray, whose methods had the most such bugs, is
+# not among routines' builtins at all (vocabulary.FORBIDDEN_BUILTINS); a decimal Context's flags and traps and
 # ZoneInfo's utcoffset, dst and tzname go through READS (Signals, _zone_time); Counter's
 # tally is Python's (guarded_collections); itertools' zip_longest, islice and pairwise run
 # behind a generator (lazy.py).
@@ -1144,47 +1144,6 @@ def hold_list_items() -> None:
     patched = {name: ordering(name) for name in ("__lt__", "__le__", "__gt__", "__ge__")}
     patched["__lt__"].held = True  # type: ignore[attr-defined]
     _set_on_type(list, {**patched, "__setitem__": __setitem__})
-
-
-def hold_bytearray_buffers() -> None:
-    """bytearray's methods take the buffer's address, then convert an argument with its
-    `__index__`, which may empty the bytearray (freeing the buffer) or grow it (moving it):
-    they then read, or write, where the buffer was. Red teams read freed and unmapped memory
-    with `find`, `count`, `startswith`, `in`, and wrote a chosen byte at a chosen offset with
-    `b[i] = value` (gh-91153 and its kind, in 3.11.2). Once per backend, those methods of the
-    type convert their arguments first."""
-    if getattr(bytearray.find, "held", False):
-        return
-    own = bytearray.__dict__
-
-    def number(value: Any) -> Any:  # a byte or a bound given as an object with __index__
-        if type(value) is int or value is None or isinstance(value, (bytes, bytearray, tuple)):
-            return value
-        return _index(value) if hasattr(type(value), "__index__") else value
-
-    def searching(name: str) -> Callable[..., Any]:
-        method = own[name]
-
-        def search(self: Any, sub: Any, *bounds: Any) -> Any:
-            return method(self, number(sub), *map(number, bounds))
-
-        return search
-
-    names = ("find", "rfind", "index", "rindex", "count", "startswith", "endswith")
-    patched: dict[str, Any] = {name: searching(name) for name in names}
-    contains, assign = own["__contains__"], own["__setitem__"]
-
-    def __contains__(self: Any, item: Any) -> bool:
-        return bool(contains(self, number(item)))
-
-    def __setitem__(self: Any, key: Any, value: Any) -> None:
-        if type(key) is slice:  # (a slice's values are made whole before the buffer is taken)
-            assign(self, key, value)
-        else:
-            assign(self, number(key), number(value))
-
-    patched["find"].held = True
-    _set_on_type(bytearray, {**patched, "__contains__": __contains__, "__setitem__": __setitem__})
 
 
 def hold_set_additions() -> None:

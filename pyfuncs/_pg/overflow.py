@@ -22,7 +22,7 @@ least that is safe. PostgreSQL's own depth checks (max_stack_depth) are measured
 alternate stack while the session ends.
 
 Memory is the other way C code takes the cluster down: one call that allocates and fills
-more than the machine has (`bytearray(n)`, or `bytes(n).hex()` of a lazily zeroed
+more than the machine has (`bytes(n) + b"."`, or `bytes(n).hex()` of a lazily zeroed
 `bytes`) wakes the kernel's OOM killer, which kills the backend with SIGKILL, and
 PostgreSQL restarts every session. So the runtime caps the backend's address space
 (RLIMIT_AS, soft limit) at what it had when the runtime started plus ADDRESS_SPACE_MB: an

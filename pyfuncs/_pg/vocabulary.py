@@ -33,6 +33,8 @@ FORBIDDEN_BUILTINS = {
     "breakpoint": "starts a debugger", "input": "reads the server's stdin",
     "help": "starts the help system", "memoryview": "exposes raw memory",
     "delattr": "changes objects by name",
+    "bytearray": "has C methods that trust its buffer while they call back into the routine's "
+                 "code (memory-safety bugs of CPython 3.11.2); use bytes",
 }  # fmt: skip
 
 

@@ -144,7 +144,7 @@ def test_the_check_process_can_only_compute(tmp_path: Path) -> None:
     ("body", "says"),
     [
         ("while True:\n    pass\n", "CPU"),
-        ("x = bytearray(2 ** 31)\n", "memory"),
+        ('x = bytes(2 ** 31) + b"."\n', "memory"),
         ("print('{\"routines\": []}')\n", None),  # printing cannot forge the answer
     ],
 )
