@@ -24,7 +24,6 @@ import asyncio
 import logging
 import re
 import struct
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -156,18 +155,7 @@ def status(conn: psycopg.Connection[Any]) -> Status:
 
 def set_mode(conn: psycopg.Connection[Any], mode: str) -> None:
     """Capture with 'wal' (logical decoding) or 'trigger'; see sql/schema.sql,
-    pyfuncs.realtime_set_mode, for what a switch does.
-
-    A switch to 'trigger' reads what the slot holds up to its own start, so it waits for
-    that WAL to be flushed; on a cluster committing asynchronously nothing flushes the last
-    of it until a page fills or the background writer logs a snapshot (3 to 21 s seen on
-    the embedded cluster). So, while it waits, a second session commits synchronously every
-    FLUSH_NUDGE seconds, which flushes all the WAL before its commit."""
-    stop = threading.Event()
-    nudging = None
-    if mode == "trigger":
-        nudging = threading.Thread(target=_nudge_flush, args=(_dsn(conn), stop), daemon=True)
-        nudging.start()
+    pyfuncs.realtime_set_mode, for what a switch does."""
     try:
         with conn.transaction():
             conn.execute(query("realtime_set_mode"), {"mode": mode})
@@ -176,33 +164,6 @@ def set_mode(conn: psycopg.Connection[Any], mode: str) -> None:
             f"switching realtime capture to {mode!r} failed, nothing was changed: "
             f"{from_psycopg(exc)}"
         ) from exc
-    finally:
-        stop.set()
-        if nudging is not None:
-            nudging.join(NUDGE_WAIT)  # (a commit held by a synchronous standby: not for ever)
-
-
-FLUSH_NUDGE = 0.05
-NUDGE_WAIT = 5.0  # seconds to connect, and to wait for the nudge to end after the switch
-
-
-def _dsn(conn: psycopg.Connection[Any]) -> str:
-    """The connection's parameters, the password included (psycopg's info leaves it out)."""
-    given = {o.keyword.decode(): o.val.decode() for o in conn.pgconn.info if o.val is not None}
-    return conninfo.make_conninfo("", **given)
-
-
-def _nudge_flush(dsn: str, stop: threading.Event) -> None:
-    """Commit a transaction with an id, synchronously, every FLUSH_NUDGE s until `stop`
-    (best effort: a session that cannot connect or commit leaves the switch to wait)."""
-    try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=int(NUDGE_WAIT)) as nudge:
-            nudge.execute("SET synchronous_commit = on")
-            while not stop.wait(FLUSH_NUDGE):
-                with nudge.transaction():
-                    nudge.execute("SELECT pg_catalog.pg_current_xact_id()")
-    except psycopg.Error:
-        return
 
 
 class Capture:

@@ -1632,6 +1632,8 @@ DECLARE
     action text := CASE target WHEN 'wal' THEN 'DISABLE' ELSE 'ENABLE' END;
     enough timestamptz;
     pending pg_lsn;
+    switch_at timestamptz;
+    switched boolean := false;
     batch record;
     made boolean := false;
     bound text;
@@ -1716,9 +1718,22 @@ BEGIN
                 -- be flushed, so the slot can read them
                 pending := pg_current_wal_insert_lsn();
                 enough := clock_timestamp() + interval '30 seconds';
+                switch_at := clock_timestamp() + interval '50 milliseconds';
                 WHILE pg_current_wal_flush_lsn() < pending LOOP
                     IF clock_timestamp() > enough THEN
                         RAISE EXCEPTION 'pyfuncs: the WAL was not flushed in 30 s' USING ERRCODE = '55000';
+                    END IF;
+                    IF NOT switched AND clock_timestamp() > switch_at THEN
+                        -- the WAL writer flushes a tail that no commit follows only once its
+                        -- page fills: seconds on an idle cluster that commits asynchronously.
+                        -- Ending the WAL segment flushes it at once (where the caller may:
+                        -- superusers, or a role granted EXECUTE on pg_switch_wal)
+                        switched := true;
+                        BEGIN
+                            PERFORM pg_switch_wal();
+                        EXCEPTION WHEN insufficient_privilege THEN
+                            NULL;
+                        END;
                     END IF;
                     PERFORM pg_sleep(0.01);
                 END LOOP;

@@ -3,7 +3,9 @@
 -- left are applied (realtime_wal_gone), and a table that takes one is in doubt, like a
 -- rename (consumers resync); and the names of new partitions, and renames of captured tables,
 -- are noted as their DDL commits (the event trigger), not when the next batch looks, so a
--- partition created and renamed before any batch ran is no longer missed or confused.
+-- partition created and renamed before any batch ran is no longer missed or confused. And a
+-- switch to 'trigger' that waits for the WAL to be flushed ends the WAL segment (pg_switch_wal),
+-- so the SQL function alone no longer waits seconds on a cluster committing asynchronously.
 
 -- Names that left the capture (their table dropped, no longer captured, or out of a captured
 -- table's partitions) and the end of the WAL when a batch found them gone: until everything
@@ -178,5 +180,151 @@ BEGIN
         PERFORM pyfuncs.realtime_capture_lock_take();
         PERFORM pyfuncs.realtime_wal_names((SELECT s.applied_lsn FROM pyfuncs.realtime_state s));
     END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION pyfuncs.realtime_set_mode(target text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    current text := (SELECT mode FROM pyfuncs.realtime_state);
+    rel record;
+    action text := CASE target WHEN 'wal' THEN 'DISABLE' ELSE 'ENABLE' END;
+    enough timestamptz;
+    pending pg_lsn;
+    switch_at timestamptz;
+    switched boolean := false;
+    batch record;
+    made boolean := false;
+    bound text;
+    deadline timestamptz;
+BEGIN
+    IF target IS NULL OR target NOT IN ('wal', 'trigger') THEN
+        RAISE EXCEPTION 'pyfuncs: % is not a capture mode; use wal or trigger',
+            coalesce(quote_literal(target), 'NULL') USING ERRCODE = '22023';
+    END IF;
+    IF current = target THEN
+        RETURN;
+    END IF;
+    -- The switch holds the capture lock until it ends, so a transaction holding one of the
+    -- tables (any role can, by naming it in a PREPARE it keeps open) would hold up every
+    -- table's capture for as long (found by a red team): the table locks are waited for 10 s
+    -- at most (or the caller's shorter lock_timeout), all together, so that a role letting
+    -- them go one after the other gains nothing. (Making the slot waits for each transaction
+    -- it must see end with the whole bound: README "Choosing the mode".)
+    IF current_setting('lock_timeout')::interval NOT BETWEEN interval '1 ms' AND interval '10 s' THEN
+        PERFORM set_config('lock_timeout', '10s', true);
+    END IF;
+    bound := current_setting('lock_timeout');
+    deadline := clock_timestamp() + bound::interval;
+    FOR rel IN SELECT relid FROM pyfuncs.realtime_table ORDER BY relid LOOP
+        IF target = 'trigger' THEN
+            PERFORM pyfuncs.realtime_check_key(rel.relid);
+            CONTINUE;
+        END IF;
+        PERFORM pyfuncs.realtime_check_identity(rel.relid);
+        IF (SELECT relpersistence FROM pg_class WHERE oid = rel.relid) = 'u' THEN
+            RAISE EXCEPTION 'pyfuncs: % is unlogged: its changes are not in the WAL',
+                rel.relid::regclass USING ERRCODE = '55000';
+        END IF;
+    END LOOP;
+    IF target = 'wal' AND EXISTS (SELECT FROM pyfuncs.realtime_table) THEN
+        -- a slot found in trigger mode is stale (left by a switch ended without its cleanup,
+        -- a terminated backend): it would decode from where it stopped, and deliver again
+        -- what the triggers captured since
+        PERFORM pyfuncs.realtime_wal_drop();
+        BEGIN
+            made := pyfuncs.realtime_wal_slot();
+        EXCEPTION WHEN lock_not_available THEN
+            RAISE EXCEPTION 'pyfuncs: making the slot waited % for transactions to end, and '
+                            'gave up', bound
+                USING ERRCODE = '55P03',
+                      HINT = 'making a slot waits for every transaction of the cluster open '
+                             'when it starts (prepared ones too: pg_prepared_xacts)';
+        END;
+    END IF;
+    -- a slot made here must not outlive a switch that fails (slots are not transactional:
+    -- it would hold WAL for ever)
+    BEGIN
+        BEGIN
+            -- the tables as they are named now (a table renamed since it was enabled, and
+            -- another given its old name, must not be taken for it), each partition on its
+            -- own (LOCK TABLE of a parent waits for each with the whole lock_timeout)
+            FOR rel IN SELECT t.relid FROM pyfuncs.realtime_table e,
+                              pyfuncs.realtime_tree(e.relid) t (relid) ORDER BY e.relid LOOP
+                PERFORM set_config('lock_timeout', greatest(1, ceil(1000 * extract(epoch FROM
+                                   deadline - clock_timestamp())))::bigint || 'ms', true);
+                EXECUTE format('LOCK TABLE ONLY %s IN SHARE ROW EXCLUSIVE MODE',
+                               rel.relid::regclass);
+            END LOOP;
+        EXCEPTION WHEN lock_not_available THEN
+            RAISE EXCEPTION 'pyfuncs: switching to % waited % for locks (the last on %), '
+                            'and gave up', target, bound, rel.relid::regclass
+                USING ERRCODE = '55P03',
+                HINT = 'a transaction holding that table (pg_locks shows which) must end first';
+        END;
+        PERFORM pyfuncs.realtime_capture_lock_take();
+        IF (SELECT mode FROM pyfuncs.realtime_state) <> current THEN
+            RAISE EXCEPTION 'pyfuncs: the capture mode changed meanwhile' USING ERRCODE = '40001';
+        END IF;
+        FOR rel IN SELECT relid FROM pyfuncs.realtime_table ORDER BY relid LOOP
+            EXECUTE format('ALTER TABLE %s %s TRIGGER pyfuncs_realtime, %s TRIGGER '
+                           'pyfuncs_realtime_truncate', rel.relid::regclass, action, action);
+        END LOOP;
+        IF target = 'trigger' THEN
+            IF EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = pyfuncs.realtime_slot_name()
+                                                          AND wal_status <> 'lost') THEN
+                -- every writer has committed (the triggers' locks); wait for their commits to
+                -- be flushed, so the slot can read them
+                pending := pg_current_wal_insert_lsn();
+                enough := clock_timestamp() + interval '30 seconds';
+                switch_at := clock_timestamp() + interval '50 milliseconds';
+                WHILE pg_current_wal_flush_lsn() < pending LOOP
+                    IF clock_timestamp() > enough THEN
+                        RAISE EXCEPTION 'pyfuncs: the WAL was not flushed in 30 s' USING ERRCODE = '55000';
+                    END IF;
+                    IF NOT switched AND clock_timestamp() > switch_at THEN
+                        -- the WAL writer flushes a tail that no commit follows only once its
+                        -- page fills: seconds on an idle cluster that commits asynchronously.
+                        -- Ending the WAL segment flushes it at once (where the caller may:
+                        -- superusers, or a role granted EXECUTE on pg_switch_wal)
+                        switched := true;
+                        BEGIN
+                            PERFORM pg_switch_wal();
+                        EXCEPTION WHEN insufficient_privilege THEN
+                            NULL;
+                        END;
+                    END IF;
+                    PERFORM pg_sleep(0.01);
+                END LOOP;
+                LOOP
+                    SELECT * INTO batch FROM pyfuncs.realtime_wal_batch(100000);
+                    EXIT WHEN batch.done;
+                END LOOP;
+            ELSIF EXISTS (SELECT FROM pyfuncs.realtime_table) THEN
+                -- the slot was lost: what it held is gone, consumers must resync
+                UPDATE pyfuncs.realtime_state SET pruned_through = greatest(pruned_through,
+                    (SELECT coalesce(max(position), 0) + 1 FROM pyfuncs.realtime_commit));
+            END IF;
+            PERFORM setval('pyfuncs.realtime_position', greatest(
+                (SELECT coalesce(max(position), 0) FROM pyfuncs.realtime_commit),
+                (SELECT pruned_through FROM pyfuncs.realtime_state),
+                (SELECT last_value FROM pyfuncs.realtime_position)));
+            UPDATE pyfuncs.realtime_state SET mode = 'trigger';
+            PERFORM pyfuncs.realtime_wal_drop();
+        ELSE
+            -- the transactions the triggers captured take their positions first (the capture
+            -- lock keeps batches out), all smaller than commit LSNs
+            PERFORM pyfuncs.realtime_sequence();
+            -- the slot may be older than this switch: the names are compared with today's
+            PERFORM pyfuncs.realtime_wal_names_reset();
+            -- (every transaction whose trigger fired has committed: the triggers' locks)
+            UPDATE pyfuncs.realtime_state SET mode = 'wal', wal_since = pg_current_wal_insert_lsn();
+        END IF;
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        IF made THEN
+            PERFORM pyfuncs.realtime_wal_drop();
+        END IF;
+        RAISE;
+    END;
 END
 $$;

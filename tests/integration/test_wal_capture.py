@@ -282,6 +282,22 @@ def test_a_switch_to_trigger_does_not_wait_seconds_for_a_flush(wal_db: str, conn
     assert ids(log(wal_db)) == list(range(written))
 
 
+def test_the_sql_switch_alone_does_not_wait_seconds_for_a_flush(wal_db: str) -> None:
+    """Called by itself (no second session to commit synchronously), the SQL switch ends the
+    WAL segment once it has waited 50 ms, which flushes it."""
+    written = 0
+    with psycopg.connect(wal_db, autocommit=True) as db:
+        for _ in range(3):
+            insert(wal_db, range(written, written + 2))  # asynchronous commits
+            written += 2
+            start = time.monotonic()
+            db.execute("SELECT pyfuncs.realtime_set_mode('trigger')")
+            assert time.monotonic() - start < 2.0
+            db.execute("SELECT pyfuncs.realtime_set_mode('wal')")
+    catch_up(wal_db)
+    assert ids(log(wal_db)) == list(range(written))
+
+
 def test_trigger_mode_still_captures_and_bad_modes_change_nothing(wal_db: str, conn: Any) -> None:
     capture.set_mode(conn, "trigger")
     insert(wal_db, range(0, 3))
