@@ -484,6 +484,19 @@ END
 $$;
 REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_tables() FROM PUBLIC;
 
+-- Whether the captured tables' names differ from those the consumer saw last.
+CREATE FUNCTION pyfuncs.realtime_wal_names_stale() RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN EXISTS (
+        SELECT FROM pyfuncs.realtime_wal_tables() c
+        FULL JOIN pyfuncs.realtime_wal_name w ON w.relid = c.relid
+        WHERE (c.schema_name, c.table_name, c.enabled)
+              IS DISTINCT FROM (w.schema_name, w.table_name, w.enabled));
+END
+$$;
+REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_names_stale() FROM PUBLIC;
+
 -- Compare the captured tables' names with those the consumer saw last, and write only when
 -- they differ (an idle consumer writes nothing). A table whose name changed, and a name that
 -- now belongs to another table, put both names in doubt up to the end of the WAL now: every
@@ -501,11 +514,7 @@ BEGIN
     IF EXISTS (SELECT FROM pyfuncs.realtime_wal_gone g WHERE g.lsn <= applied) THEN
         DELETE FROM pyfuncs.realtime_wal_gone g WHERE g.lsn <= applied;
     END IF;
-    IF NOT EXISTS (
-        SELECT FROM pyfuncs.realtime_wal_tables() c
-        FULL JOIN pyfuncs.realtime_wal_name w ON w.relid = c.relid
-        WHERE (c.schema_name, c.table_name, c.enabled)
-              IS DISTINCT FROM (w.schema_name, w.table_name, w.enabled)) THEN
+    IF NOT pyfuncs.realtime_wal_names_stale() THEN
         RETURN;
     END IF;
     SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]') INTO current FROM pyfuncs.realtime_wal_tables() t;
@@ -1554,7 +1563,8 @@ BEGIN
         PERFORM pyfuncs.realtime_partition_triggers(enabled.relid);
         touched := true;
     END LOOP;
-    IF touched AND (SELECT s.mode = 'wal' FROM pyfuncs.realtime_state s) THEN
+    IF touched AND (SELECT s.mode = 'wal' FROM pyfuncs.realtime_state s)
+       AND pyfuncs.realtime_wal_names_stale() THEN
         PERFORM pyfuncs.realtime_capture_lock_take();
         PERFORM pyfuncs.realtime_wal_names((SELECT s.applied_lsn FROM pyfuncs.realtime_state s));
     END IF;

@@ -270,4 +270,5 @@ BEGIN
 END
 $$;
 
+DROP FUNCTION pyfuncs.realtime_wal_names_stale();
 DROP TABLE pyfuncs.realtime_wal_gone;

@@ -19,6 +19,19 @@ CREATE TABLE pyfuncs.realtime_wal_gone (
     PRIMARY KEY (schema_name, table_name)
 );
 
+-- Whether the captured tables' names differ from those the consumer saw last.
+CREATE FUNCTION pyfuncs.realtime_wal_names_stale() RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN EXISTS (
+        SELECT FROM pyfuncs.realtime_wal_tables() c
+        FULL JOIN pyfuncs.realtime_wal_name w ON w.relid = c.relid
+        WHERE (c.schema_name, c.table_name, c.enabled)
+              IS DISTINCT FROM (w.schema_name, w.table_name, w.enabled));
+END
+$$;
+REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_names_stale() FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION pyfuncs.realtime_wal_names(applied pg_lsn) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -32,11 +45,7 @@ BEGIN
     IF EXISTS (SELECT FROM pyfuncs.realtime_wal_gone g WHERE g.lsn <= applied) THEN
         DELETE FROM pyfuncs.realtime_wal_gone g WHERE g.lsn <= applied;
     END IF;
-    IF NOT EXISTS (
-        SELECT FROM pyfuncs.realtime_wal_tables() c
-        FULL JOIN pyfuncs.realtime_wal_name w ON w.relid = c.relid
-        WHERE (c.schema_name, c.table_name, c.enabled)
-              IS DISTINCT FROM (w.schema_name, w.table_name, w.enabled)) THEN
+    IF NOT pyfuncs.realtime_wal_names_stale() THEN
         RETURN;
     END IF;
     SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]') INTO current FROM pyfuncs.realtime_wal_tables() t;
@@ -176,7 +185,8 @@ BEGIN
         PERFORM pyfuncs.realtime_partition_triggers(enabled.relid);
         touched := true;
     END LOOP;
-    IF touched AND (SELECT s.mode = 'wal' FROM pyfuncs.realtime_state s) THEN
+    IF touched AND (SELECT s.mode = 'wal' FROM pyfuncs.realtime_state s)
+       AND pyfuncs.realtime_wal_names_stale() THEN
         PERFORM pyfuncs.realtime_capture_lock_take();
         PERFORM pyfuncs.realtime_wal_names((SELECT s.applied_lsn FROM pyfuncs.realtime_state s));
     END IF;
