@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from ..queries import query
+from . import exact
 from .clients import Client
 
 log = logging.getLogger("pyfuncs.gateway")
@@ -45,7 +46,7 @@ class AuditLog:
             "at": datetime.datetime.now(datetime.UTC), "event": event,
             "connection": _storable(connection), "role": _storable(role),
             "subject": _storable(subject) if isinstance(subject, str) else None,
-            "detail": Jsonb(_storable(detail)),
+            "detail": Jsonb(_storable(detail), exact.dumps),  # a filter's exact numbers
         })  # fmt: skip
         self._wake.set()
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..auth import Identity
 from ..realtime import Position, Snapshot
+from . import exact
 from .tables import Filters, Key, Table
 
 # claims that differ between two tokens of the same user: left out of the identity that
@@ -131,7 +132,8 @@ class Client:
         self.refreshed.set()
 
     def send(self, kind: str, message: dict[str, Any], position: str | None = None) -> None:
-        self.push_raw(kind, position, json.dumps(message, separators=(",", ":")))
+        # exact.dumps: a resume's `gone` keys may hold numbers kept exact (Decimals)
+        self.push_raw(kind, position, exact.dumps(message))
 
     def push_raw(
         self, kind: str, position: str | None, data: str, snapshot_of: str | None = None

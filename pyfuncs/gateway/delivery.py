@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import psycopg
 from ..errors import SubscriptionError
 from ..queries import query
 from ..realtime import Change
+from . import exact
 from .clients import Client, Subscription
 from .sessions import Sessions
 from .tables import (
@@ -186,11 +186,11 @@ class Messages:
             body = self._bodies.get((names, key, row))
             if body is None:
                 change = self.change
-                head = json.dumps(
+                # exact.dumps: a key may hold numbers kept exact (Decimals, see exact.py)
+                head = exact.dumps(
                     {"position": self.position, "table": sub.table.qualified, "op": change.op,
                      "committed_at": change.committed_at.isoformat(),
                      "key": None if key is None else sub.table.key_object(key)},
-                    separators=(",", ":"), default=str,
                 )  # fmt: skip
                 body = self._bodies[names, key, row] = f'{head[1:-1]},"row":{row or "null"}}}'
             text = self._texts[sub.id_json, names, key, row] = (

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ..errors import SubscriptionError
@@ -91,7 +92,7 @@ def decode(text: str | None, limit: int) -> dict[str, Any]:
     if size_of(text) > limit:
         raise TooBig(limit)
     try:
-        value = json.loads(text, parse_constant=_not_json, parse_float=_finite)
+        value = _DECODER.decode(text)
     except RecursionError:
         raise SubscriptionError(
             "bad_request", f"a message is nested at most {MAX_DEPTH} levels deep"
@@ -109,12 +110,19 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _finite(text: str) -> float:
-    # `1e400` would be inf, which no JSON (and no answer the gateway sends) may hold
-    number = float(text)
-    if not math.isfinite(number):
+def _finite(text: str) -> Decimal:
+    """A number with a fraction or an exponent, exactly (a key `0.10000000000000000001` is
+    not the key `0.1`: exact.py), if it is finite as a double: `1e400` gets bad_request, as
+    it did when such numbers were doubles (integers are Python's exact ints, as before)."""
+    if not math.isfinite(float(text)):
         raise ValueError(f"{text[:40]} is out of range")
-    return number
+    try:
+        return Decimal(text)
+    except InvalidOperation:  # an exponent beyond Decimal's (`1e-99999999999999999999`)
+        raise ValueError(f"{text[:40]} is out of range") from None
+
+
+_DECODER = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
 
 
 def _check(value: Any) -> None:

@@ -31,11 +31,13 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from ..config import pinned_options
 from ..errors import ConfigError
 from ..queries import query
+from . import exact
 from .config import GatewayConfig
 
 log = logging.getLogger("pyfuncs.gateway")
@@ -50,9 +52,25 @@ async def connect(dsn: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
     subscriber names without a schema, is looked up in a schema another role may create
     objects in (`public`, or one named after a token role for `"$user"`). The gateway's SQL
     names pyfuncs' objects in full, and the built-ins it calls as `pg_catalog.`."""
-    return await psycopg.AsyncConnection.connect(
-        dsn, autocommit=True, options=pinned_options(dsn), **kwargs
+    conn = await psycopg.AsyncConnection.connect(
+        dsn, autocommit=True, options=_options(dsn), **kwargs
     )
+    await _configure(conn)
+    return conn
+
+
+def _options(dsn: str) -> str:
+    """The pins above, and extra_float_digits at 1 (PostgreSQL's default: a double's
+    shortest exact digits), as capture writes the change log with (sql/schema.sql): a
+    `float8` key read in a row here has the same digits as in the log, whatever the DSN,
+    the role or the database set (15 digits, with 0, would make them differ)."""
+    return f"{pinned_options(dsn)} -c extra_float_digits=1"
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    """json and jsonb with exact numbers (exact.py): the change log's row images, whose
+    keys are compared with those of rows read as subscribers."""
+    set_json_loads(exact.loads, conn)
 
 
 class Sessions:
@@ -60,16 +78,18 @@ class Sessions:
         self.config = config
         self.feed: AsyncConnectionPool[Any] = AsyncConnectionPool(
             config.feed_dsn, min_size=2, max_size=config.pool_size, open=False,
+            configure=_configure,
             kwargs={"autocommit": True, "application_name": "pyfuncs-gateway",
-                    "options": pinned_options(config.feed_dsn)},
+                    "options": _options(config.feed_dsn)},
         )  # fmt: skip
         # no server-side prepared statements: every transaction ends with ROLLBACK, after
         # which psycopg would deallocate them anyway, and DEALLOCATE ALL clears any that
         # code run as a subscriber prepared
         self.check: AsyncConnectionPool[Any] = AsyncConnectionPool(
             config.dsn, min_size=2, max_size=config.pool_size, open=False,
+            configure=_configure,
             kwargs={"autocommit": True, "application_name": "pyfuncs-gateway-check",
-                    "prepare_threshold": None, "options": pinned_options(config.dsn)},
+                    "prepare_threshold": None, "options": _options(config.dsn)},
         )  # fmt: skip
 
     async def open(self) -> None:

@@ -14,7 +14,6 @@ own tables, and they always end with ROLLBACK (see hub.py and the README's secur
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from psycopg.types.json import Jsonb
 from ..auth import Identity
 from ..errors import SubscriptionError
 from ..queries import query
+from . import exact
 
 OPERATORS = {"eq": "=", "neq": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">=", "in": "in"}
 # what one subscription may ask for: filters are kept for its lifetime and sent with every
@@ -119,8 +119,13 @@ def _is_text(text: str) -> bool:
     return True
 
 
+def _json(value: Any) -> str:
+    """A client's value as JSON, as json.dumps writes it, numbers exactly (exact.py)."""
+    return exact.dumps(value, separators=(", ", ": "))
+
+
 def _too_long(value: Any) -> bool:
-    text = value if isinstance(value, str) else json.dumps(value)
+    text = value if isinstance(value, str) else exact.dumps(value)
     return len(text) > MAX_VALUE_LENGTH
 
 
@@ -137,13 +142,13 @@ class Filter:
         if not isinstance(raw, dict) or set(raw) != {"column", "op", "value"}:
             raise SubscriptionError(
                 "bad_filter",
-                f"a filter is an object {{column, op, value}}, not {json.dumps(raw)[:80]}",
+                f"a filter is an object {{column, op, value}}, not {_json(raw)[:80]}",
             )
         column, op, value = raw["column"], raw["op"], raw["value"]
         if not isinstance(column, str) or op not in OPERATORS:
             raise SubscriptionError(
                 "bad_filter",
-                f"filter {json.dumps(raw)[:80]}: op must be one of {', '.join(OPERATORS)}",
+                f"filter {_json(raw)[:80]}: op must be one of {', '.join(OPERATORS)}",
             )
         values = value if op == "in" else [value]
         if op == "in" and not (isinstance(value, list) and value):
@@ -177,7 +182,7 @@ class Filter:
                 "bad_filter", f"a subscription has at most {MAX_FILTERS} filters"
             )
         filters = tuple(cls.parse(f) for f in raw)
-        if len(json.dumps(raw)) > MAX_FILTERS_SIZE:
+        if len(_json(raw)) > MAX_FILTERS_SIZE:
             raise SubscriptionError(
                 "bad_filter",
                 f"the filters of a subscription take at most {MAX_FILTERS_SIZE} characters "
@@ -200,8 +205,8 @@ class Filter:
 
     def parameter(self) -> Jsonb:
         if self.op == "in":
-            return Jsonb([{self.column: v} for v in self.value])
-        return Jsonb({self.column: self.value})
+            return Jsonb([{self.column: v} for v in self.value], exact.dumps)
+        return Jsonb({self.column: self.value}, exact.dumps)
 
 
 Filters = tuple[Filter, ...]
@@ -230,7 +235,8 @@ def _key(table: Table) -> sql.Composable:
 
 
 def _parse_key(text: str) -> Key:
-    return tuple(hashable(v) for v in json.loads(text))
+    # exactly: numbers with a fraction as Decimals, as the change log's keys (exact.py)
+    return tuple(hashable(v) for v in exact.loads(text))
 
 
 async def describe(conn: psycopg.AsyncConnection[Any], name: Any) -> Table:
@@ -282,7 +288,7 @@ def removed_later_query(
     """Of `keys`, those a change committed after position `after` deletes, re-keys or
     truncates (run by the gateway in its own role, in the snapshot of the visibility check);
     read the answer with `removed_keys`."""
-    objects = [Jsonb(table.key_object(k)) for k in keys]
+    objects = [Jsonb(table.key_object(k), exact.dumps) for k in keys]
     params = {"after": after, "schema": table.schema, "table": table.name, "keys": objects,
               "names": list(table.key)}  # fmt: skip
     return query("realtime_removed_later"), params
@@ -374,7 +380,7 @@ async def check(conn: psycopg.AsyncConnection[Any], table: Table, filters: Filte
 
 
 def _shown(value: Any) -> str:
-    text = json.dumps(list(value) if isinstance(value, tuple) else value)
+    text = _json(list(value) if isinstance(value, tuple) else value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -409,7 +415,7 @@ def visible_query(
     each filter set matches). One query whatever the number of subscriptions; read the
     answer with `visible_rows`."""
     statement, params = _visible_statement(table, tuple(columns), tuple(filter_sets))
-    objects = Jsonb([table.key_object(k) for k in keys])
+    objects = Jsonb([table.key_object(k) for k in keys], exact.dumps)
     return statement, {**params, "keys": objects}
 
 

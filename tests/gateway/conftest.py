@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import decimal
 import functools
 import json
 import os
@@ -27,6 +28,7 @@ import pytest
 import websockets
 
 from pyfuncs import realtime
+from pyfuncs.gateway import exact
 from pyfuncs.gateway.positions import PositionTokens
 from tests.walcapture import catch_up
 
@@ -229,15 +231,18 @@ class WsClient:
     def __init__(self, ws: Any) -> None:
         self.ws = ws
         self.messages: list[dict[str, Any]] = []
+        # how messages are parsed: `exact` keeps numbers with a fraction exact (Decimal)
+        self.loads: Callable[[str], Any] = json.loads
         self._task = asyncio.create_task(self._read())
         self.closed: Any = None
 
     @classmethod
     async def connect(
-        cls, url: str, tok: str | None, header: bool = False, receive_buffer: int | None = None
-    ) -> WsClient:
+        cls, url: str, tok: str | None, header: bool = False, receive_buffer: int | None = None,
+        exact: bool = False,
+    ) -> WsClient:  # fmt: skip
         """`receive_buffer`: a small socket buffer (bytes), for a client that stops reading
-        to be noticed soon."""
+        to be noticed soon; `exact`: numbers with a fraction are parsed as Decimals."""
         headers = {"Authorization": f"Bearer {tok}"} if header and tok else None
         sock = None
         if receive_buffer is not None:
@@ -247,6 +252,8 @@ class WsClient:
             sock.connect((where.hostname, where.port))
         ws = await websockets.connect(url, additional_headers=headers, sock=sock)
         client = cls(ws)
+        if exact:
+            client.loads = functools.partial(json.loads, parse_float=decimal.Decimal)
         if tok is not None and not header:
             await client.send(type="auth", token=tok)
         return client
@@ -254,7 +261,7 @@ class WsClient:
     async def _read(self) -> None:
         try:
             async for raw in self.ws:
-                self.messages.append(json.loads(raw))
+                self.messages.append(self.loads(raw))
         except websockets.ConnectionClosed:
             pass
         self.closed = self.ws.close_code, self.ws.close_reason
@@ -269,7 +276,7 @@ class WsClient:
         self._task = asyncio.create_task(self._read())
 
     async def send(self, **message: Any) -> None:
-        await self.ws.send(json.dumps(message))
+        await self.ws.send(exact.dumps(message, (", ", ": ")))
 
     async def wait_for(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10, start: int = 0

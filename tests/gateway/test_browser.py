@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from .conftest import GatewayProcess, burst, decode, feed, head_commit, notes, token
+from .test_exact_keys import make_table
 
 CHROMIUM = "/usr/bin/chromium"  # apt's chromium (`make setup` installs it); no download here
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
@@ -280,3 +282,57 @@ def test_a_page_on_an_allowed_origin_imports_the_client_and_streams(
                     eventually(lambda p=page, c=count: p.evaluate(c) == 1, f"{what} delivers")
             finally:
                 context.close()
+
+
+# the browser's values of rt.k's keys (test_exact_keys.KEYS): a number JavaScript cannot
+# hold exactly arrives as a string of its digits; the cache's keys (sub.keyOf) are exact
+IN_THE_BROWSER = {
+    "bigint": ("9007199254740993", "9007199254740992"),
+    "numeric": ("0.10000000000000000001", 0.1),
+    "float8": (0.30000000000000004, 0.3),
+}
+
+
+def entries(page: Page) -> dict[str, dict[str, Any]]:
+    return dict(page.evaluate("[...demo.subscription.rows.entries()]"))
+
+
+@pytest.mark.parametrize("kind", list(IN_THE_BROWSER))
+def test_keys_a_double_cannot_tell_apart_stay_apart_in_every_tab(
+    kind: str, context: BrowserContext, gateway_factory: Callable[..., GatewayProcess],
+    rt_db: str, conn: psycopg.Connection[Any],
+) -> None:  # fmt: skip
+    """Two keys one double would hold: both tabs hold both rows, apply a change of one to it
+    alone, and, resuming after the gateway was away, drop exactly the one deleted meanwhile
+    (the leader named the keys with all their digits) and keep its neighbour."""
+    a, b = make_table(conn, kind)
+    gateway = gateway_factory(heartbeat=1)
+    js_a, js_b = IN_THE_BROWSER[kind]
+
+    def row(value: Any, n: int) -> tuple[str, dict[str, Any]]:
+        digits = value if isinstance(value, str) else json.dumps(value)
+        return f"[{digits}]", {"id": value, "n": n}
+
+    where = f"WHERE id = %s::text::{kind}"
+    with psycopg.connect(rt_db, autocommit=True) as db:
+        tabs = [open_tab(context, gateway, table="rt.k") for _ in range(2)]
+        assert [role(t) for t in tabs] == ["leader", "follower"]
+        for tab in tabs:
+            assert entries(tab) == dict([row(js_a, 0), row(js_b, 0)])
+        db.execute(f"UPDATE rt.k SET n = 1 {where}", [b])
+        want = dict([row(js_a, 0), row(js_b, 1)])
+        for tab in tabs:
+            eventually(lambda tab=tab: entries(tab) == want, "the change of one row, alone")
+        gateway.kill()
+        db.execute(f"DELETE FROM rt.k {where}", [a])
+        gateway.start()
+        db.execute("INSERT INTO rt.k (id) VALUES (7)")  # after the resume: it caught up
+        want = dict([row(js_b, 1), row(7, 0)])
+        for tab in tabs:
+            eventually(lambda tab=tab: entries(tab) == want, "exactly the deleted row left")
+        resumed = ("SELECT count(*) FROM pyfuncs.realtime_audit "
+                   "WHERE event = 'subscribe' AND (detail->>'keys')::int = 2")  # fmt: skip
+        eventually(lambda: db.execute(resumed).fetchone() == (2,), "both resumed with keys")
+        time.sleep(0.5)
+        for tab in tabs:
+            assert entries(tab) == want

@@ -8,6 +8,7 @@ import json
 import socket
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,11 @@ def test_numbers_out_of_range_are_bad_requests(number: str) -> None:
     with pytest.raises(SubscriptionError) as error:
         protocol.decode(text, 65536)
     assert error.value.code == "bad_request"
-    assert protocol.decode('{"a": 1e308}', 100) == {"a": 1e308}
+    assert protocol.decode('{"a": 1e308}', 100) == {"a": Decimal("1e308")}  # exactly
+    # an exponent beyond Decimal's is refused too (a double would have made it 0)
+    with pytest.raises(SubscriptionError) as error:
+        protocol.decode('{"a": 1e-99999999999999999999}', 100)
+    assert error.value.code == "bad_request"
 
 
 def test_the_own_origin_rule_compares_scheme_host_and_port() -> None:

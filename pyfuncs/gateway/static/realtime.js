@@ -16,6 +16,12 @@
 //   keys of the rows it holds: the gateway answers which of them went while it was away
 //   (deleted, or no longer visible), and those leave the cache. Positions are opaque
 //   tokens: they say nothing of the changes a subscriber was not shown.
+// * Numbers a JavaScript number cannot hold exactly (an integer beyond ±(2^53 - 1), a
+//   `bigint` snowflake; a `numeric` with more digits than a double holds) arrive as strings
+//   of their digits, in rows and keys alike, and keys stay exact: the cache tells them apart
+//   and the resume names them with their digits. This needs JSON.parse's source text access
+//   (Chromium 114, Firefox 135, Safari 18.4); elsewhere such numbers are rounded, as
+//   JSON.parse does (and a warning is logged once).
 // * Cross-tab: the tabs of one origin share one WebSocket. They elect a leader with the Web
 //   Locks API; the leader holds the connection, subscribes for every tab and relays the
 //   gateway's messages over a BroadcastChannel. When the leader's tab closes its lock is
@@ -36,36 +42,133 @@ const RETRIED = new Set(["rate_limited", "unavailable"]);
 // is applied once. Positions are opaque: they can be told apart, not ordered.
 const REMEMBERED = 1000;
 
+// Whether JSON.parse gives revivers the source text of a value (`context.source`).
+const SOURCE_ACCESS = (() => {
+  let given = false;
+  JSON.parse("[1]", function (key, value, context) {
+    if (key === "0") given = context?.source === "1";
+    return value;
+  });
+  return given;
+})();
+
+// The numbers received as strings because a number cannot hold them: for each object (a
+// row, a key) that holds some, member -> the number's JSON text. Each tab parses what it
+// receives itself (the leader relays the text), so each has these for its own objects.
+const NUMBERS = new WeakMap();
+let warned = false;
+
+/** A gateway message, numbers exact (see the top of this module). */
+function parse(text) {
+  return JSON.parse(text, SOURCE_ACCESS ? revive : reviveRounded);
+}
+
+function revive(key, value, context) {
+  if (typeof value !== "number" || exactNumber(value, context.source)) return value;
+  let members = NUMBERS.get(this);
+  if (!members) NUMBERS.set(this, (members = new Map()));
+  members.set(key, context.source);
+  return context.source;
+}
+
+function reviveRounded(key, value) {
+  if (!warned && typeof value === "number" && Number.isInteger(value) && !Number.isSafeInteger(value)) {
+    warned = true;
+    console.warn("pyfuncs realtime: this browser's JSON.parse gives no source text, so integers " +
+      "beyond 2^53 (and numerics with more digits than a double holds) are rounded, and rows " +
+      "whose keys differ only there are taken for one");
+  }
+  return value;
+}
+
+/** Whether `value`, parsed from JSON `source`, is exactly the number written: an integer
+ * (no fraction, no exponent) within ±(2^53 - 1), or another number whose shortest form has
+ * the value of its source (0.1 does, 0.10000000000000000001 does not). */
+function exactNumber(value, source) {
+  if (!/[.eE]/.test(source)) return Number.isSafeInteger(value);
+  if (!Number.isFinite(value)) return false;
+  const shortest = String(value);
+  return shortest === source || decimal(shortest) === decimal(source);
+}
+
+/** The value of a JSON number as [sign, digits without leading or trailing zeros (none for
+ * zero), exponent of the last digit]: two texts have equal values when these are equal. */
+function decimalParts(text) {
+  const [, sign, whole, fraction = "", exponent = "0"] =
+    /^(-?)(\d+)(?:\.(\d+))?(?:[eE]([+-]?\d+))?$/.exec(text);
+  let digits = (whole + fraction).replace(/^0+/, "");
+  const trimmed = digits.replace(/0+$/, "");
+  const exp = Number(exponent) - fraction.length + (digits.length - trimmed.length);
+  digits = trimmed;
+  return digits ? [sign, digits, exp] : ["", "", 0];
+}
+
+function decimal(text) {
+  const [sign, digits, exp] = decimalParts(text);
+  return `${sign}${digits || "0"}e${exp}`;
+}
+
+/** A JSON number's value written as JavaScript writes numbers (String(n)), with all its
+ * digits: a number received as a string is written as a number it equals would be. */
+function numberJSON(text) {
+  const [sign, digits, exp] = decimalParts(text);
+  if (!digits) return "0";
+  const k = digits.length;
+  const n = k + exp; // where the decimal point goes
+  if (k <= n && n <= 21) return sign + digits + "0".repeat(n - k);
+  if (0 < n && n <= 21) return `${sign}${digits.slice(0, n)}.${digits.slice(n)}`;
+  if (-6 < n && n <= 0) return `${sign}0.${"0".repeat(-n)}${digits}`;
+  const mantissa = k === 1 ? digits : `${digits[0]}.${digits.slice(1)}`;
+  return `${sign}${mantissa}e${n - 1 < 0 ? "-" : "+"}${Math.abs(n - 1)}`;
+}
+
+/** The exact JSON of `holder[member]` (null if missing): numbers received as strings are
+ * written as the numbers they are, objects with their members sorted (jsonb's order and
+ * the gateway's differ), so equal values have one text. */
+function exactJSON(holder, member) {
+  const source = NUMBERS.get(holder)?.get(member);
+  if (source !== undefined) return numberJSON(source);
+  const value = holder[member] ?? null;
+  if (typeof value !== "object" || value === null) return JSON.stringify(value);
+  if (Array.isArray(value)) return `[${value.map((_, i) => exactJSON(value, String(i))).join(",")}]`;
+  const members = Object.keys(value).sort();
+  return `{${members.map((m) => `${JSON.stringify(m)}:${exactJSON(value, m)}`).join(",")}}`;
+}
+
+/** A key as the cache's Map has it: the JSON of its values, exact (`sub.keyOf`). */
+function keyOf(columns, values) {
+  return `[${columns.map((c) => exactJSON(values, c)).join(",")}]`;
+}
+
+/** A row's (or an event key's) key as the gateway writes keys, {column: value} for the key's
+ * columns, as exact JSON: what a resume names (numbers with all their digits). */
+function keyJSON(columns, values) {
+  return `{${columns.map((c) => `${JSON.stringify(c)}:${exactJSON(values, c)}`).join(",")}}`;
+}
+
 function defaultUrl() {
   const url = new URL("/realtime", import.meta.url);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   return url.href;
 }
 
-/** A row's key as the gateway writes keys: {column: value} for the key's columns. */
-function keyObject(columns, row) {
-  return Object.fromEntries(columns.map((c) => [c, row[c] ?? null]));
-}
-
-/** The leader's copy of the keys a subscription holds, after a gateway message for it. */
+/** The leader's copy of the keys a subscription holds (as keyJSON), after a gateway
+ * message for it. */
 function trackKeys(want, message) {
   const { keys } = want;
   if (message.type === "subscribed") {
     want.keyColumns = message.key;
     if (!message.resumed) {
       keys.clear();
-      for (const row of message.rows) {
-        const key = keyObject(message.key, row);
-        keys.set(JSON.stringify(key), key);
-      }
+      for (const row of message.rows) keys.add(keyJSON(message.key, row));
     }
-    for (const key of message.gone || []) keys.delete(JSON.stringify(keyObject(message.key, key)));
+    for (const key of message.gone || []) keys.delete(keyJSON(message.key, key));
   } else if (message.op === "TRUNCATE") {
     keys.clear();
   } else if (message.key && want.keyColumns) {
-    const key = keyObject(want.keyColumns, message.key);
-    if (message.row == null) keys.delete(JSON.stringify(key));
-    else keys.set(JSON.stringify(key), key);
+    const key = keyJSON(want.keyColumns, message.key);
+    if (message.row == null) keys.delete(key);
+    else keys.add(key);
   }
 }
 
@@ -77,7 +180,7 @@ export class Subscription {
     this.table = table;
     this.filters = options.filters || [];
     this.options = options;
-    this.rows = new Map(); // JSON of the key values -> row
+    this.rows = new Map(); // sub.keyOf(row), the exact JSON of the key values -> row
     this.keyColumns = null;
     this.position = null; // the last position applied: where to resume
     this.applied = new Set(); // the positions of the changes applied last (REMEMBERED)
@@ -86,16 +189,20 @@ export class Subscription {
   }
 
   /** What the leader needs to (re)subscribe it: where to resume, and the keys of the rows
-   * it holds, so that the gateway can say which of them went while it was away. */
+   * it holds (exact JSON texts), so that the gateway can say which of them went while it
+   * was away. */
   spec() {
     const columns = this.keyColumns;
     const keys =
-      this.position && columns ? [...this.rows.values()].map((row) => keyObject(columns, row)) : null;
+      this.position && columns ? [...this.rows.values()].map((row) => keyJSON(columns, row)) : null;
     return { id: this.id, table: this.table, filters: this.filters, since: this.position, keys };
   }
 
+  /** The key of a row (or of an event's `key`) in `rows`: the JSON of its key's values,
+   * numbers exact: JSON.stringify([row.id]) for a key of text or of numbers a JavaScript
+   * number holds, but not for a number received as a string (its digits, unquoted). */
   keyOf(values) {
-    return JSON.stringify(this.keyColumns.map((c) => values[c] ?? null));
+    return keyOf(this.keyColumns, values);
   }
 
   unsubscribe() {
@@ -181,7 +288,9 @@ export class Realtime {
     this.state = "closed";
     this.closed = false;
     this._count = 0;
-    const name = options.channel || `pyfuncs-realtime ${this.url}`;
+    // (versioned: tabs still running an older client, which relayed parsed messages and
+    // named keys as objects, keep to themselves)
+    const name = `${options.channel || `pyfuncs-realtime ${this.url}`} v2`;
     const shared = options.crossTab !== false && "locks" in navigator && "BroadcastChannel" in self;
     this._leader = null; // set while this tab leads: the connection and every tab's wants
     if (shared) {
@@ -251,8 +360,8 @@ export class Realtime {
   /** A message from another tab. There is one leader at a time (the lock says so). */
   _onPeer(message) {
     switch (message.kind) {
-      case "gateway": // the leader relays what the gateway sent
-        return this._deliver(message.message);
+      case "gateway": // the leader relays what the gateway sent (as text: see parse)
+        return this._deliver(parse(message.text));
       case "status":
         return this._status(message.state);
       case "leader": // a new leader, or the answer to our hello: tell it what we need
@@ -331,9 +440,9 @@ class Leader {
     }
     for (const spec of specs) {
       if (this.wants.has(spec.id)) continue;
-      // keys: the keys of the rows the tab holds (JSON -> key object), kept up to date from
-      // what the gateway sends, for resuming with them
-      const keys = new Map((spec.keys || []).map((key) => [JSON.stringify(key), key]));
+      // keys: the keys of the rows the tab holds (keyJSON texts), kept up to date from what
+      // the gateway sends, for resuming with them
+      const keys = new Set(spec.keys || []);
       const want = { tab, spec, position: spec.since, keys, keyColumns: null, sent: false };
       this.wants.set(spec.id, want);
       this.subscribe(want);
@@ -345,16 +454,19 @@ class Leader {
     want.sent = true;
     const { id, table, filters } = want.spec;
     const message = { type: "subscribe", id, table, filters, since: want.position };
+    let text = JSON.stringify(message);
     if (want.position && this.limits) {
-      // resume with the keys we hold; with more than the gateway takes, a snapshot instead
-      message.keys = [...want.keys.values()];
-      const size = new TextEncoder().encode(JSON.stringify(message)).length;
-      if (message.keys.length > this.limits.keys || size > this.limits.message) {
-        message.since = null;
-        delete message.keys;
+      // resume with the keys we hold (their exact JSON, spliced in: a number received as a
+      // string goes back as the number); with more than the gateway takes, a snapshot
+      const resume = `${text.slice(0, -1)},"keys":[${[...want.keys].join(",")}]}`;
+      const size = new TextEncoder().encode(resume).length;
+      if (want.keys.size > this.limits.keys || size > this.limits.message) {
+        text = JSON.stringify({ ...message, since: null });
+      } else {
+        text = resume;
       }
     }
-    this.send(message);
+    if (this.open) this.ws.send(text);
   }
 
   send(message) {
@@ -387,7 +499,7 @@ class Leader {
     const ws = new WebSocket(this.realtime.url);
     this.ws = ws;
     ws.onopen = () => ws.send(JSON.stringify({ type: "auth", token }));
-    ws.onmessage = (event) => this.receive(JSON.parse(event.data));
+    ws.onmessage = (event) => this.receive(parse(event.data), event.data);
     ws.onclose = (event) => {
       if (this.ws !== ws) return;
       this.open = false;
@@ -417,7 +529,9 @@ class Leader {
     if (this.realtime._channel) this.realtime._tell({ kind: "status", state });
   }
 
-  receive(message) {
+  /** A gateway message (parsed) and its text, which other tabs get to parse themselves: the
+   * numbers received as strings are known to the tab that parsed them (NUMBERS). */
+  receive(message, text) {
     const want = message.sub ? this.wants.get(message.sub) : null;
     switch (message.type) {
       case "ready":
@@ -461,7 +575,7 @@ class Leader {
         return; // pong, unsubscribed
     }
     this.realtime._deliver(message);
-    if (this.realtime._channel) this.realtime._tell({ kind: "gateway", message });
+    if (this.realtime._channel) this.realtime._tell({ kind: "gateway", text });
   }
 
   refreshBefore(expires) {
