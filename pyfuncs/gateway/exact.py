@@ -20,12 +20,24 @@ from decimal import Decimal
 from typing import Any
 
 _DECODER = json.JSONDecoder(parse_float=Decimal)
+# integers too, for a text with one longer than Python converts (4,300 digits, its guard
+# against quadratic conversions): a `numeric` key may have 131,072 digits before the point,
+# and one such row must not make every read of the change log fail
+_WIDE = json.JSONDecoder(parse_float=Decimal, parse_int=Decimal)
 
 
 def loads(data: str | bytes) -> Any:
     """A JSON text, numbers with a fraction or an exponent as `Decimal`s (psycopg's jsonb
-    loader on the gateway's connections, see sessions.py, and the keys the queries return)."""
-    return _DECODER.decode(data if isinstance(data, str) else data.decode())
+    loader on the gateway's connections, see sessions.py, and the keys the queries return);
+    in a text with an integer too long for `int`, every integer is a `Decimal` (they compare
+    and hash as the `int`s would)."""
+    text = data if isinstance(data, str) else data.decode()
+    try:
+        return _DECODER.decode(text)
+    except json.JSONDecodeError:
+        raise
+    except ValueError:  # an integer over Python's limit of digits
+        return _WIDE.decode(text)
 
 
 COMPACT = (",", ":")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import decimal
 import functools
 import json
 import os
@@ -28,7 +27,7 @@ import pytest
 import websockets
 
 from pyfuncs import realtime
-from pyfuncs.gateway import exact
+from pyfuncs.gateway import exact as exact_json
 from pyfuncs.gateway.positions import PositionTokens
 from tests.walcapture import catch_up
 
@@ -242,7 +241,8 @@ class WsClient:
         exact: bool = False,
     ) -> WsClient:  # fmt: skip
         """`receive_buffer`: a small socket buffer (bytes), for a client that stops reading
-        to be noticed soon; `exact`: numbers with a fraction are parsed as Decimals."""
+        to be noticed soon; `exact`: numbers are parsed as the gateway parses keys
+        (pyfuncs/gateway/exact.py: with a fraction, or too long for an int, as Decimals)."""
         headers = {"Authorization": f"Bearer {tok}"} if header and tok else None
         sock = None
         if receive_buffer is not None:
@@ -253,7 +253,7 @@ class WsClient:
         ws = await websockets.connect(url, additional_headers=headers, sock=sock)
         client = cls(ws)
         if exact:
-            client.loads = functools.partial(json.loads, parse_float=decimal.Decimal)
+            client.loads = exact_json.loads
         if tok is not None and not header:
             await client.send(type="auth", token=tok)
         return client
@@ -276,7 +276,7 @@ class WsClient:
         self._task = asyncio.create_task(self._read())
 
     async def send(self, **message: Any) -> None:
-        await self.ws.send(exact.dumps(message, (", ", ": ")))
+        await self.ws.send(exact_json.dumps(message, (", ", ": ")))
 
     async def wait_for(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10, start: int = 0

@@ -91,3 +91,28 @@ def test_keys_a_double_cannot_tell_apart_are_told_apart(
             await ws.close()
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_key_longer_than_python_converts_holds_no_one_up(
+    rt_db: str, conn: psycopg.Connection[Any], gateway_factory: Callable[..., GatewayProcess]
+) -> None:
+    """A numeric key of 5,000 digits (Python converts at most 4,300 to an int): its change is
+    delivered with every digit, and the changes after it too (a read of the change log that
+    failed on it would have been tried again for ever, holding every subscriber up)."""
+    conn.execute("CREATE TABLE rt.k (id numeric PRIMARY KEY, n int NOT NULL DEFAULT 0)")
+    conn.execute("GRANT SELECT ON rt.k TO manager")
+    realtime.enable(conn, "rt.k")
+    gateway = gateway_factory(heartbeat=1)
+    huge = "9" * 5000
+
+    async def main() -> None:
+        with psycopg.connect(rt_db, autocommit=True) as db:
+            ws = await WsClient.connect(gateway.ws_url, token("manager"), exact=True)
+            assert (await ws.subscribe("k", table="rt.k"))["type"] == "subscribed"
+            db.execute("INSERT INTO rt.k (id) VALUES (%s::numeric)", [huge])
+            db.execute("INSERT INTO rt.k (id) VALUES (1)")
+            await ws.wait_for(lambda m: m.get("op") == "INSERT" and m["key"] == {"id": 1})
+            assert [c["key"]["id"] for c in ws.changes("k")] == [Decimal(huge), 1]
+            await ws.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))

@@ -61,3 +61,16 @@ def test_absurd_numbers_are_still_refused(number: str) -> None:
     with pytest.raises(SubscriptionError) as error:
         protocol.decode(f'{{"keys": [{{"id": {number}}}]}}', 1000)
     assert error.value.code == "bad_request"
+
+
+def test_integers_longer_than_python_converts_are_read_as_decimals() -> None:
+    """Python refuses to convert an integer of more than 4,300 digits; a numeric key may have
+    131,072. A text with one is read with every integer a Decimal (equal to, and hashed as,
+    the int), instead of failing every read of the change log."""
+    huge = "9" * 5000
+    logged = T.key_of(exact.loads(f'{{"id": {huge}, "n": 1}}'))
+    assert logged == _parse_key(f"[{huge}]") == (Decimal(huge),)
+    assert exact.loads('{"id": 7, "n": ' + huge + "}")["id"] == 7
+    assert exact.dumps(T.key_object(logged)) == f'{{"id":{huge}}}'
+    with pytest.raises(json.JSONDecodeError):
+        exact.loads('{"id": ' + huge)
