@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import decimal
+import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +23,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg.types.json import set_json_loads
 
 from .errors import ConfigError, ResyncRequired, from_psycopg
 from .queries import query
@@ -114,6 +117,19 @@ def _call(conn: psycopg.Connection[Any], name: str, what: str, **params: Any) ->
         raise ConfigError(f"{what} failed, nothing was changed: {from_psycopg(exc)}") from exc
 
 
+def _integer(text: str) -> int | decimal.Decimal:
+    try:
+        return int(text)
+    except ValueError:  # more digits than Python converts to an int (sys.get_int_max_str_digits)
+        return decimal.Decimal(text)
+
+
+def _wide_json(data: str | bytes) -> Any:
+    """JSON whose integers too long for an int are Decimals: a writer of a captured table
+    must not make every read of the feed fail (a `numeric` may have 131,072 digits)."""
+    return json.loads(data, parse_int=_integer)
+
+
 async def read(
     conn: psycopg.AsyncConnection[Any], after: Position, limit: int = 500, *,
     keys: bool = False,
@@ -124,7 +140,11 @@ async def read(
     change's table (what the gateway needs: sql/queries.sql, realtime_read)."""
     params = {"commit": after.commit, "change": after.change, "limit": limit, "keys": keys}
     cur = conn.cursor(row_factory=dict_row)
-    rows = await (await cur.execute(query("realtime_read"), params)).fetchall()
+    try:
+        rows = await (await cur.execute(query("realtime_read"), params)).fetchall()
+    except ValueError:  # a row with an integer Python will not convert (over 4,300 digits)
+        set_json_loads(_wide_json, cur)
+        rows = await (await cur.execute(query("realtime_read"), params)).fetchall()
     pruned_through = rows[0]["pruned_through"] if rows else 0
     if after.commit < pruned_through:
         raise ResyncRequired(

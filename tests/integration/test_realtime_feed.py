@@ -10,6 +10,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -213,6 +214,21 @@ def test_delete_truncate_and_large_rows(feed_db: str) -> None:
     assert changes[1].new is None and changes[1].old is not None and changes[1].old["id"] == 1
     assert changes[3].new is None and changes[3].old is None
     assert {(c.schema, c.table) for c in changes} == {("rt", "counter")}
+
+
+def test_a_number_longer_than_python_converts_is_read_not_refused(feed_db: str) -> None:
+    """A writer's value with more digits than Python makes an int of (4,300; a numeric may
+    have 131,072) is read as a Decimal of that value; before, every read of the feed failed
+    on it, for ever."""
+    huge = "9" * 5000
+    with psycopg.connect(feed_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE rt.counter ADD COLUMN amount numeric")
+        conn.execute("INSERT INTO rt.counter (id, n, amount) VALUES (1, 0, %s::numeric)", [huge])
+        conn.execute("INSERT INTO rt.counter (id, n) VALUES (2, 0)")
+    changes = read_all(feed_db)
+    assert [c.new["id"] for c in changes if c.new] == [1, 2]
+    assert changes[0].new is not None and changes[0].new["amount"] == Decimal(huge)
+    assert [c.new["id"] for c in follow(feed_db, 2)] == [1, 2]  # type: ignore[index]
 
 
 def test_rolled_back_writes_are_not_captured(feed_db: str) -> None:
