@@ -866,6 +866,25 @@ def _clear_cache(zone: Any, method: Callable[..., Any]) -> Callable[..., Any]:
     return clear_cache
 
 
+def _from_file(zone: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+    """ZoneInfo.from_file parses a TZif that an object of the routine's supplies, and C's
+    parser trusts its indices: a transition naming the type one past the last reads past
+    its array (gh-145883, fixed upstream after 3.11.2; a red team crashed a backend with
+    it). Routines get zones by key."""
+    zoneinfo = imported("zoneinfo")
+    kind = zone if isinstance(zone, type) else type(zone)
+    if zoneinfo is None or not issubclass(kind, zoneinfo.ZoneInfo):
+        return method
+
+    def from_file(*_: Any, **__: Any) -> NoReturn:
+        raise AttributeError(
+            "pyfuncs: a routine may not read a time zone from a file object: CPython 3.11.2's "
+            "parser trusts what it reads (use ZoneInfo(key))"
+        )
+
+    return from_file
+
+
 def _zone_kinds() -> tuple[type, ...]:
     """zoneinfo.ZoneInfo, once zoneinfo has been imported."""
     zoneinfo = imported("zoneinfo")
@@ -908,6 +927,7 @@ READS: dict[str, tuple[Kinds, Callable[[Any, Callable[..., Any]], Any]]] = {
     "traps": (_contexts, _signals),
     "index": ((deque,), _deque_index),
     "clear_cache": ((object,), _clear_cache),
+    "from_file": ((object,), _from_file),
     **{name: (_zone_kinds, _zone_time) for name in ("utcoffset", "dst", "tzname")},
 }  # fmt: skip
 

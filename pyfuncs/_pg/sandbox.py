@@ -229,6 +229,16 @@ def _format_fields(template: str, depth: int = 0) -> None:
 
 # the private names a routine may read of any named tuple (its documented API)
 NAMED_TUPLE_API = frozenset({"_asdict", "_replace", "_fields", "_make"})
+# enum keeps its machinery under names of the form _x_ in the classes of routines too: an
+# enum with a C type mixed in holds that type's constructor as `_new_member_`, which a red
+# team used to run a C __init__ again on an object in use (a set being added to, a Struct
+# packing). Of these, routines read only a member's name and value.
+ENUM_MEMBER_API = frozenset({"_name_", "_value_"})
+
+
+def _sunder(name: str) -> bool:
+    """`_x_`: one underscore at each end (not a dunder)."""
+    return len(name) > 2 and name[0] == name[-1] == "_" and name[1] != "_" and name[-2] != "_"
 
 
 def helpers(module_name: str) -> dict[str, Any]:
@@ -248,6 +258,11 @@ def helpers(module_name: str) -> dict[str, Any]:
         what allowed modules made (an enum's member maps, say) is every call's."""
         if name in NAMED_TUPLE_API:
             return getattr(obj, name)
+        if _sunder(name) and name not in ENUM_MEMBER_API:
+            raise AttributeError(
+                f"pyfuncs: a routine may not read {name!r}: names of the form _x_ are enum's "
+                "machinery (read a member's _name_ and _value_, or its name and value)"
+            )
         if _owner(obj) == module_name:
             # and not one a class of the module inherits from a class every call shares
             for klass in _MRO(obj if isinstance(obj, type) else type(obj)):

@@ -1170,6 +1170,100 @@ for label, call in [
         return {call}
 """,
     )
+# Enum keeps a mixed-in C type's constructor in the routine's own class, as _new_member_:
+# with it, a class whose __new__ returns an object in use makes type() run the C __init__
+# again on that object — a set while an addition to it is under way (the set counted an
+# item it did not hold), a Struct while it packs (a round-10 red team wrote a return
+# address on the C stack and ran system() as the server's user). Names of the form _x_ are
+# enum's machinery: routines read only a member's _name_ and _value_.
+for label, mixin, source in [
+    ("set", "set", "S(items())"),
+    ("struct", "type(struct.Struct('i'))", "S('8s')"),
+]:  # fmt: skip
+    attempt(
+        f"enum_constructor_reinitialises_a_{label}",
+        "call AttributeError: pyfuncs: a routine may not read '_new_member_'",
+        f"""
+    import struct
+    from enum import Enum
+
+    class E({mixin}, Enum):
+        A = {"()" if label == "set" else "'i'"}
+
+    BOX = []
+
+    class S({mixin}):
+        def __new__(cls, *args):
+            return BOX[0]
+
+    def items():
+        yield 1
+        yield 2
+
+    def attempt():
+        BOX.append(E._new_member_(S))
+        {source}
+        return len(BOX)
+""",
+    )
+for name in ("_member_type_", "_value2member_map_", "_member_map_"):
+    attempt(
+        f"enum_machinery_{name.strip('_')}",
+        f"call AttributeError: pyfuncs: a routine may not read {name!r}",
+        f"""
+    from enum import Enum
+
+    class E(Enum):
+        A = 1
+
+    def attempt():
+        return E.{name}
+""",
+    )
+attempt(
+    "enum_member_name_and_value_are_readable",
+    "returned str: 'A=1'",
+    """
+    from enum import Enum
+
+    class E(Enum):
+        A = 1
+
+        def label(self):
+            return f"{self._name_}={self._value_}"
+
+    def attempt():
+        return E.A.label()
+""",
+)
+# ZoneInfo.from_file's C parser trusts the TZif an object of the routine's supplies: a
+# transition naming the type one past the last read past its array (gh-145883)
+attempt(
+    "zoneinfo_from_file_reads_past_its_types",
+    "call AttributeError: pyfuncs: a routine may not read a time zone from a file object",
+    """
+    import struct
+    import zoneinfo
+
+    class Data:
+        def __init__(self, data):
+            self.data, self.pos = data, 0
+
+        def read(self, n=-1):
+            chunk = self.data[self.pos : self.pos + n]
+            self.pos += n
+            return chunk
+
+        def seek(self, n, whence):
+            self.pos += n
+
+    def attempt():
+        chars = b"AB" + bytes(1)
+        header = b"TZif" + bytes(16) + struct.pack(">6l", 0, 0, 0, 2, 1, len(chars))
+        body = struct.pack(">2l", 0, 1000) + bytes([0, 1]) + struct.pack(">lbb", 3600, 0, 0)
+        return repr(zoneinfo.ZoneInfo.from_file(Data(header + body + chars)))
+""",
+)
 # C's OrderedDict walks its own nodes while a key's __eq__ runs, which may empty the dict and
 # free them (gh-119004: ==; gh-142637: del, pop, move_to_end; gh-148660: copy). Routines get
 # collections' OrderedDict of Python, where that is a change like any other.
