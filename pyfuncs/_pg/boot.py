@@ -159,6 +159,7 @@ def start(gd: dict[str, Any]) -> None:
     sandbox.contain_abcs()
     bounded.hold_list_items()
     bounded.hold_set_additions()
+    bounded.hold_struct_formats()
     when_imported("decimal", lambda module: _decimal_imported(module, bounded, routines))
     when_imported("fractions", bounded.bound_fractions)
     when_imported("copy", sandbox.contain_copies)

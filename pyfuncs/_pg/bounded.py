@@ -1174,9 +1174,10 @@ def hold_set_additions() -> None:
     it walks past its table, dropping references to whatever lies there (gh-139071 and
     gh-141805, fixed upstream after 3.11.2; a crash of Debian's 3.11.2 from four lines of
     Python). Once per backend, the methods of the type that add to a set (`add`, `update`,
-    `|=`, `^=`, `symmetric_difference_update`) refuse to add to a set while an addition
-    to it is under way: one Python call and a dict entry per call (`s.add(x)`: ~80 ns
-    more; set displays, comprehensions and `set(items)` are not affected)."""
+    `|=`, `^=`, `symmetric_difference_update`, `__init__`) refuse to add to a set while an
+    addition to it is under way: one Python call and a dict entry per call (`s.add(x)`:
+    ~80 ns more, `set(items)` about as much; set displays and comprehensions are not
+    affected)."""
     if getattr(set.add, "held", False):
         return
     own = set.__dict__
@@ -1209,10 +1210,36 @@ def hold_set_additions() -> None:
         finally:
             del adding[key]
 
-    names = ("update", "__ior__", "__ixor__", "symmetric_difference_update")
+    # (__init__ too: an enum of the routine's with set mixed in hands its member to a
+    # __getattr__ of the routine's before set.__init__ fills it; a red team added to it there)
+    names = ("__init__", "update", "__ior__", "__ixor__", "symmetric_difference_update")
     patched = {"add": add, **{name: guarded(name) for name in names}}
     patched["add"].held = True  # type: ignore[attr-defined]
     _set_on_type(set, patched)
+
+
+def hold_struct_formats() -> None:
+    """A Struct's format is set once. Its C __init__ frees the format's codes and makes new
+    ones, and `pack` walks them while it runs an argument's `__index__`: an `__index__` that
+    re-initialised the Struct being packed (a routine's class whose __new__ returns one in
+    use, made by a C constructor: two red teams found two ways to get one) had `pack`
+    follow codes of its choosing, and write chosen bytes over the C stack. Once per backend,
+    the type's __init__ refuses a Struct that has a format already (a new one's size is -1;
+    only a Struct's creation is affected, which struct's functions cache by format)."""
+    import _struct
+
+    kind = _struct.Struct
+    if getattr(kind.__init__, "held", False):
+        return
+    init, size = kind.__dict__["__init__"], kind.__dict__["size"]
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        if size.__get__(self) != -1:
+            raise TypeError("pyfuncs: a Struct's format is set once (make a new Struct)")
+        init(self, *args, **kwargs)
+
+    __init__.held = True  # type: ignore[attr-defined]
+    _set_on_type(kind, {"__init__": __init__})
 
 
 def _type_flags(kind: type, ctypes: Any) -> Any:

@@ -82,8 +82,21 @@ def contain_copies(copy: types.ModuleType) -> None:
     if getattr(real, "contained", False):
         return
 
+    import copyreg
+
+    # copyreg's constructors make an object of the class they are given with the C
+    # constructor of another (`_reconstructor(cls, base, state)` is `base.__new__(cls, ...)`),
+    # bypassing the class's own __new__; copyreg picks that class from `x.__class__`, which a
+    # routine's class can make say anything (a red team made a Struct subclass that way,
+    # and re-initialised it while it packed: chosen bytes over the C stack)
+    constructors = (copyreg._reconstructor, copyreg.__newobj__, copyreg.__newobj_ex__)  # type: ignore[attr-defined]
+
     def reconstruct(x: Any, memo: Any, func: Any, args: Any, state: Any = None,
                     listiter: Any = None, dictiter: Any = None, **kwargs: Any) -> Any:  # fmt: skip
+        if func in constructors and (not args or args[0] is not type(x)):
+            raise TypeError(
+                f"pyfuncs: copying a {_NAME(type(x))} would make an object of another class"
+            )
         if state is not None or listiter is not None or dictiter is not None:
             func = _making(func, type(x))
         return real(x, memo, func, args, state, listiter, dictiter, **kwargs)
@@ -157,8 +170,8 @@ def _making(func: Callable[..., Any], kind: type) -> Callable[..., Any]:
         made = func(*args)
         if type(made) is not kind:
             raise TypeError(
-                f"pyfuncs: copying a {kind.__name__} made a {type(made).__name__}: a copy "
-                f"may only set state on a new {kind.__name__}"
+                f"pyfuncs: copying a {_NAME(kind)} made a {_NAME(type(made))}: a copy "
+                f"may only set state on a new {_NAME(kind)}"
             )
         return made
 
@@ -333,7 +346,11 @@ def _shared_abc(obj: Any) -> None:
     )
 
 
-_HOOKS = ("__subclasshook__", "__subclasscheck__", "__instancecheck__")
+# what a routine's abstract class (or its metaclass, the last four) may not define: each
+# would run in other roles' calls, inside isinstance and issubclass of shared ABCs (a
+# metaclass's attribute hooks answer the C code's look-ups of _abc_impl, __mro__...)
+_HOOKS = ("__subclasshook__", "__subclasscheck__", "__instancecheck__", "__getattribute__",
+          "__getattr__")  # fmt: skip
 
 
 def contain_abcs() -> None:
@@ -476,6 +493,7 @@ def _format_specs(template: str, args: Any, names: Any, mapped: bool) -> str:
 
 _MRO: Callable[[type], tuple[type, ...]] = type.__dict__["__mro__"].__get__
 _DICT: Callable[[type], Any] = type.__dict__["__dict__"].__get__
+_NAME: Callable[[type], str] = type.__dict__["__name__"].__get__  # (whatever a metaclass says)
 
 
 def _enum_type() -> type | None:

@@ -1236,6 +1236,113 @@ attempt(
         return E.A.label()
 """,
 )
+# ...and without it (round 11): an enum with set mixed in hands its member to a __getattr__
+# of the routine's (enum asks hasattr(member, "_value_")) before set.__init__ fills it, and an
+# __eq__ then adds to the member during that addition; and copy's reconstruction, told by a
+# `__class__` of the routine's (and a metaclass that says its class has no __reduce__) to
+# make another class with a C base's constructor, made a Struct subclass without its own
+# __new__, to re-initialise while it packed (the red team wrote over the C stack and the
+# cluster went through crash recovery). Set's additions include __init__, copies make only
+# the class copied, and a Struct's format is set once.
+attempt(
+    "enum_member_set_added_to_while_init_fills_it",
+    "load RuntimeError: set changed by a comparison made while adding to it",
+    """
+    from enum import Enum
+
+    BOX = []
+    PASSES = []
+
+    class K:
+        def __init__(self, n):
+            self.n, self.target = n, None
+
+        def __hash__(self):
+            return 7
+
+        def __eq__(self, other):
+            if self.target is not None:
+                target, self.target = self.target, None
+                target.add(K(99))
+            return False
+
+    class Items:
+        def __iter__(self):  # (enum iterates it twice: for the value, then for __init__)
+            PASSES.append(1)
+            x, y, z = K(1), K(2), K(3)
+            yield x
+            yield y
+            if len(PASSES) == 2:
+                BOX[0].discard(x)
+                y.target = BOX[0]
+            yield z
+
+    class E(set, Enum):
+        def __getattr__(self, name):
+            if not BOX:
+                BOX.append(self)
+            raise AttributeError(name)
+
+        A = (Items(),)
+
+    def attempt():
+        return len(E.A)
+""",
+)
+attempt(
+    "copy_makes_another_class_for_a_lying_class",
+    "call TypeError: pyfuncs: copying a Z would make an object of another class",
+    """
+    import dataclasses
+
+    class X(set):
+        pass
+
+    class M(type):
+        def __getattribute__(cls, name):
+            if name in ("__reduce__", "__getstate__"):
+                return None
+            if name == "__module__":
+                return __name__
+            if name == "__dict__":
+                return {}
+            raise AttributeError(name)
+
+    class Z(metaclass=M):
+        @property
+        def __class__(self):
+            return X
+
+        def __iter__(self):
+            return iter(())
+
+    @dataclasses.dataclass
+    class Holder:
+        value: object
+
+    def attempt():
+        return dataclasses.asdict(Holder(Z()))
+""",
+)
+attempt(
+    "abc_metaclass_attribute_hook_lies_to_copy",
+    "load TypeError: pyfuncs: a routine's abstract class may not define __getattribute__",
+    """
+    import collections
+
+    class M(type(collections.UserDict)):
+        def __getattribute__(cls, name):
+            if name in ("__reduce__", "__getstate__"):
+                return None
+            raise AttributeError(name)
+
+    class Y(collections.UserDict, metaclass=M):
+        pass
+
+    def attempt():
+        return Y().copy()
+""",
+)
 # ZoneInfo.from_file's C parser trusts the TZif an object of the routine's supplies: a
 # transition naming the type one past the last read past its array (gh-145883)
 attempt(
@@ -1900,4 +2007,24 @@ def test_routines_keep_their_own_state_private_and_copies_and_decimals_work(
         "returned list: [42, '333', '1.4142', 32, '2.25', '8/27', {'left': 1, 'right': 5}, "
         "('left', 'right'), 5, '1.5', {'a': 1}, 500, 100000000000000000000, 2, '1.2', "
         "(3, 4), '3/2', '125', '333/1000', 99]",
+    )
+
+
+def test_a_struct_is_initialised_once(runtime: psycopg.Connection[Any]) -> None:
+    """Once the runtime has started in a backend, Struct's C __init__ refuses a Struct that
+    has a format (re-initialising one while it packs wrote over the C stack): whoever calls
+    it, routine or not."""
+    runtime.execute("SELECT public.escape_attempt('boot', 'def attempt():\n    return 1\n')")
+    runtime.execute(
+        "DO LANGUAGE plpython3u $$\n"
+        "import struct\n"
+        "fresh = struct.Struct('i')\n"
+        "try:\n"
+        "    type(fresh).__init__(fresh, 'q')\n"
+        "except TypeError as exc:\n"
+        "    assert 'set once' in str(exc) and fresh.format == 'i', exc\n"
+        "else:\n"
+        "    raise AssertionError('re-initialised')\n"
+        "assert struct.unpack('<q', struct.pack('<q', 5)) == (5,)\n"
+        "$$"
     )
