@@ -22,6 +22,7 @@ from __future__ import annotations
 import builtins
 import itertools
 import types
+from _collections import deque  # type: ignore[import-not-found]
 from _collections_abc import Sequence
 
 from . import watchdog as stopping
@@ -133,7 +134,71 @@ def iter(obj: Any, *sentinel: Any) -> Iterator[Any]:  # what routines know as `i
 iter.__module__ = "builtins"
 
 
-def _itertools() -> dict[str, Callable[..., Iterator[Any]]]:
+def groupby(iterable: Iterable[Any], key: Any = None) -> Iterator[tuple[Any, Iterator[Any]]]:
+    """itertools.groupby in Python (its documentation's equivalent). C's compares the target
+    key with the current one holding neither, and its groups re-enter it: a key's `__eq__`
+    that advanced the groupby freed the key being compared, and a red team refilled that
+    memory to call system() (gh-143543, gh-146613; fixed upstream after 3.11.2). Here the
+    keys are the generator's locals, and advancing it from inside is a ValueError."""
+    keyfunc = (lambda value: value) if key is None else key
+    iterator = builtins.iter(iterable)
+    value = current = None
+    exhausted = False
+
+    def grouper(target: Any) -> Iterator[Any]:
+        nonlocal value, current, exhausted
+        yield value
+        for value in iterator:  # (a group moves the groupby on, as C's does)
+            current = keyfunc(value)
+            if not (target is current or target == current):  # (C's comparison, in C's order)
+                return
+            yield value
+        exhausted = True
+
+    try:
+        value = next(iterator)
+    except StopIteration:
+        return
+    current = keyfunc(value)
+    while not exhausted:
+        target = current
+        group = grouper(target)
+        yield current, group
+        if target is current or target == current:  # the group was not read to its end
+            for _ in group:
+                pass
+
+
+def tee(iterable: Iterable[Any], n: int = 2) -> tuple[Iterator[Any], ...]:
+    """itertools.tee in Python (its documentation's equivalent): C's iterators share a
+    buffer that one of them fills while the iterator it reads runs code of the routine's,
+    the shape of the bugs above."""
+    if not isinstance(n, int) or n < 0:
+        raise ValueError("n must be >= 0")
+    iterator = builtins.iter(iterable)
+    buffers = [deque() for _ in builtins.range(n)]
+
+    def gen(mine: deque[Any]) -> Iterator[Any]:
+        while True:
+            if not mine:
+                try:
+                    value = next(iterator)
+                except StopIteration:
+                    return
+                for buffer in buffers:
+                    buffer.append(value)
+            yield mine.popleft()
+
+    return tuple(gen(buffer) for buffer in buffers)
+
+
+for _producer in (groupby, tee):  # stops are checked when their generators resume
+    _code = _producer.__code__
+    for _inner in (_code, *(c for c in _code.co_consts if isinstance(c, types.CodeType))):
+        stopping.PRODUCERS.add(id(_inner))
+
+
+def _itertools() -> dict[str, Callable[..., Any]]:
     def count(start: Any = 0, step: Any = 1) -> Iterator[Any]:
         return _each(itertools.count(start, step))
 
@@ -179,9 +244,33 @@ def _itertools() -> dict[str, Callable[..., Iterator[Any]]]:
     def pairwise(iterable: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
         return _each(itertools.pairwise(iterable))
 
+    # These call a function of the routine's on each item: behind a generator, that function
+    # cannot call back into the C iterator it runs inside (a round of red teams found no bug
+    # there in 3.11.2, but groupby's is of the same shape, below)
+    def accumulate(
+        iterable: Iterable[Any], func: Any = None, *, initial: Any = None
+    ) -> Iterator[Any]:
+        return _each(itertools.accumulate(iterable, func, initial=initial))
+
+    def starmap(function: Any, iterable: Iterable[Any]) -> Iterator[Any]:
+        return _each(itertools.starmap(function, iterable))
+
+    def compress(data: Iterable[Any], selectors: Iterable[Any]) -> Iterator[Any]:
+        return _each(itertools.compress(data, selectors))
+
+    def dropwhile(predicate: Any, iterable: Iterable[Any]) -> Iterator[Any]:
+        return _each(itertools.dropwhile(predicate, iterable))
+
+    def takewhile(predicate: Any, iterable: Iterable[Any]) -> Iterator[Any]:
+        return _each(itertools.takewhile(predicate, iterable))
+
+    def filterfalse(predicate: Any, iterable: Iterable[Any]) -> Iterator[Any]:
+        return _each(itertools.filterfalse(predicate, iterable))
+
     made = {f.__name__: f for f in (count, repeat, cycle, product, permutations, combinations,
                                     combinations_with_replacement, chain, zip_longest, islice,
-                                    pairwise)}  # fmt: skip
+                                    pairwise, accumulate, starmap, compress, dropwhile,
+                                    takewhile, filterfalse, groupby, tee)}  # fmt: skip
     for function in (*made.values(), from_iterable):
         function.__module__ = "itertools"  # what routines see them as: itertools' own
         function.__qualname__ = function.__name__

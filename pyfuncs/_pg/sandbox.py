@@ -346,36 +346,53 @@ def _shared_abc(obj: Any) -> None:
     )
 
 
-# what a routine's abstract class (or its metaclass, the last four) may not define: each
-# would run in other roles' calls, inside isinstance and issubclass of shared ABCs (a
-# metaclass's attribute hooks answer the C code's look-ups of _abc_impl, __mro__...)
-_HOOKS = ("__subclasshook__", "__subclasscheck__", "__instancecheck__", "__getattribute__",
-          "__getattr__")  # fmt: skip
+# what a class statement puts in a class that defines nothing
+_EMPTY_CLASS = {"__module__", "__qualname__", "__doc__"}
 
 
 def contain_abcs() -> None:
     """`isinstance(x, collections.abc.Mapping)` in any call asks every subclass of Mapping,
     a routine's too: its `__subclasshook__` (or its metaclass's `__subclasscheck__` or
     `__instancecheck__`) would run in other roles' calls and decide for them. So, once per
-    backend, abc.ABCMeta refuses to make a class with such a hook of a routine's own."""
+    backend, abc.ABCMeta refuses to make a class with such a hook of a routine's own; and
+    an abstract class's metaclass must be one that existed when the runtime started
+    (ABCMeta, the standard library's), typing.Protocol's, or one that adds nothing to them:
+    isinstance of a shared ABC looks `__subclasshook__`, `__subclasses__` and `_abc_impl`
+    up on each of its subclasses as ordinary attributes, which a metaclass's property or
+    method answers (red teams ran a routine's code in other roles' isinstance that way)."""
     new = abc.ABCMeta.__new__
     if getattr(new, "contained", False):
         return
+    shared, pending = {abc.ABCMeta}, [abc.ABCMeta]
+    while pending:  # the metaclasses there are now: the standard library's, not a routine's
+        for meta in type.__subclasses__(pending.pop()):
+            if meta not in shared:
+                shared.add(meta)
+                pending.append(meta)
+
+    def known(meta: type) -> bool:
+        typing = imported("typing")
+        return (
+            meta in shared or meta is type or meta is object
+            or (typing is not None and meta is getattr(typing, "_ProtocolMeta", None))
+            or _DICT(meta).keys() <= _EMPTY_CLASS
+        )  # fmt: skip
 
     def __new__(mcls: Any, name: str, bases: Any, namespace: Any, /, **kwargs: Any) -> Any:
-        found = [(namespace, "__subclasshook__")] + [
-            (_DICT(meta), hook) for meta in _MRO(mcls) for hook in _HOOKS[1:]
-        ]  # fmt: skip
-        for where, hook in found:
-            # read as type() will copy it (a dict's own items, whatever a subclass says)
-            function = dict.get(where, hook) if isinstance(where, dict) else (
-                where.get(hook) if where is not namespace else None)  # fmt: skip
-            code = getattr(getattr(function, "__func__", function), "__code__", None)
-            if code is not None and id(code) in stopping.ROUTINE_CODE:
-                raise TypeError(
-                    f"pyfuncs: a routine's abstract class may not define {hook}: it would "
-                    "decide isinstance and issubclass for every call in this backend"
-                )
+        if mcls is not abc.ABCMeta and not all(known(meta) for meta in _MRO(mcls)):
+            raise TypeError(
+                f"pyfuncs: the abstract class {name!r} may not have the metaclass "
+                f"{_NAME(mcls)}: a metaclass of a routine's would answer isinstance and "
+                "issubclass of shared ABCs for every call in this backend (use abc.ABCMeta)"
+            )
+        # read as type() will copy it (a dict's own items, whatever a subclass says)
+        hook = dict.get(namespace, "__subclasshook__") if isinstance(namespace, dict) else None
+        code = getattr(getattr(hook, "__func__", hook), "__code__", None)
+        if hook is not None and (code is None or id(code) in stopping.ROUTINE_CODE):
+            raise TypeError(
+                f"pyfuncs: the abstract class {name!r} may not define __subclasshook__: it "
+                "would decide isinstance and issubclass for every call in this backend"
+            )
         return new(mcls, name, bases, namespace, **kwargs)
 
     __new__.contained = True  # type: ignore[attr-defined]

@@ -1326,7 +1326,7 @@ attempt(
 )
 attempt(
     "abc_metaclass_attribute_hook_lies_to_copy",
-    "load TypeError: pyfuncs: a routine's abstract class may not define __getattribute__",
+    "load TypeError: pyfuncs: the abstract class 'Y' may not have the metaclass M",
     """
     import collections
 
@@ -1341,6 +1341,59 @@ attempt(
 
     def attempt():
         return Y().copy()
+""",
+)
+# itertools.groupby compares the target key with the current one holding neither, and its
+# groups re-enter it: a key's __eq__ that advanced the groupby (or read its group) freed the
+# key being compared, and a round-12 red team refilled that memory with a forged object whose
+# repr was system() (gh-143543, gh-146613). Routines get groupby and tee in Python, and the
+# itertools that call a function of theirs behind a generator.
+for label, read in [("groupby", "[key.v for key, group in outer]")]:
+    attempt(
+        f"itertools_{label}_reentered_from_a_key_comparison",
+        "call ValueError: generator already executing",
+        f"""
+    import itertools
+
+    STATE = {{"n": 0, "outer": None}}
+
+    class Key:
+        def __init__(self, v):
+            self.v = v
+
+        def __eq__(self, other):
+            STATE["n"] += 1
+            if STATE["n"] == 1:
+                next(STATE["outer"], None)
+                return NotImplemented
+            return False
+
+    def keys():
+        i = 0
+        while True:
+            yield Key(i)
+            i += 1
+
+    def attempt():
+        outer = STATE["outer"] = itertools.groupby([None] + list(range(9)), keys().send)
+        key, group = next(outer)
+        return {read}
+""",
+    )
+attempt(
+    "itertools_are_routines_own_still",
+    "returned str: 'AB|3|[[1, 2], [1, 2]]|[1, 3, 6]|[3]|[4]'",
+    """
+    import itertools
+
+    def attempt():
+        letters = "".join(k for k, _ in itertools.groupby("AAABBB"))
+        sizes = max(len(list(g)) for _, g in itertools.groupby("AAABBB"))
+        copies = [list(t) for t in itertools.tee([1, 2])]
+        sums = list(itertools.accumulate([1, 2, 3]))
+        return "|".join(map(str, [letters, sizes, copies, sums,
+                                  list(itertools.dropwhile(lambda x: x < 3, [1, 3])),
+                                  list(itertools.filterfalse(lambda x: x < 4, [1, 4]))]))
 """,
 )
 # ZoneInfo.from_file's C parser trusts the TZif an object of the routine's supplies: a
@@ -1678,14 +1731,66 @@ for label, body in [
     class Evil(collections.abc.Container, metaclass=Meta):
         pass
 """),
+    # (round 12: C's isinstance looks these up on each subclass as attributes, which the
+    # metaclass answers: a property, or a method the class does not define)
+    ("metaclass_property_subclasshook", """
+    class Meta(type(collections.abc.Mapping)):
+        @property
+        def __subclasshook__(cls):
+            return lambda other: True
+
+    class Evil(collections.abc.Mapping, metaclass=Meta):
+        pass
+"""),
+    ("metaclass_subclasses", """
+    class Meta(type(collections.abc.Mapping)):
+        def __subclasses__(cls):
+            return []
+
+    class Evil(collections.abc.Mapping, metaclass=Meta):
+        pass
+"""),
+    ("metaclass_by_type_with_builtins", """
+    Meta = type("Meta", (type(collections.abc.Mapping),),
+                {"__module__": "abc", "__subclasses__": staticmethod(list)})
+
+    class Evil(collections.abc.Mapping, metaclass=Meta):
+        pass
+"""),
+    ("subclasshook_not_a_function", """
+    Evil = type(collections.abc.Mapping)(
+        "Evil", (collections.abc.Mapping,), {"__subclasshook__": property(len)})
+"""),
 ]:  # fmt: skip
     attempt(
         f"abc_{label}",
-        "load TypeError: pyfuncs: a routine's abstract class may not define __",
+        "load TypeError: pyfuncs: the abstract class 'Evil' may not ",
         "import collections.abc\n"
         + textwrap.dedent(body)
         + "\n\ndef attempt():\n    return Evil\n",
     )
+attempt(
+    "abc_with_protocols_and_an_empty_metaclass_still_work",
+    "returned str: 'ok'",
+    """
+    import collections.abc
+    import typing
+
+    class Plain(type(collections.abc.Mapping)):
+        pass
+
+    class Mine(collections.abc.Sized, metaclass=Plain):
+        def __len__(self):
+            return 0
+
+    class Closable(typing.Protocol):
+        def close(self) -> None: ...
+
+    def attempt():
+        assert len(Mine()) == 0 and not isinstance(Mine(), collections.abc.Mapping)
+        return "ok"
+""",
+)
 attempt(
     "abc_register_on_a_subclass_of_a_shared_abc",
     "call AttributeError: pyfuncs: a routine may not register virtual subclasses of Mine",
