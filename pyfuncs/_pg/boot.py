@@ -160,6 +160,7 @@ def start(gd: dict[str, Any]) -> None:
     bounded.hold_list_items()
     bounded.hold_set_additions()
     bounded.hold_struct_formats()
+    bounded.hold_dict_tables()
     when_imported("decimal", lambda module: _decimal_imported(module, bounded, routines))
     when_imported("fractions", bounded.bound_fractions)
     when_imported("copy", sandbox.contain_copies)

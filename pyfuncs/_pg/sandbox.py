@@ -385,6 +385,30 @@ def contain_abcs() -> None:
                 f"{_NAME(mcls)}: a metaclass of a routine's would answer isinstance and "
                 "issubclass of shared ABCs for every call in this backend (use abc.ABCMeta)"
             )
+        # typing's protocol check reads the names (and annotations) of every class under
+        # the ABC asked about, with their own methods: only plain str names, in a plain
+        # dict; and a protocol of a routine's under collections.abc's ABCs would have
+        # typing's check read its attributes in other roles' isinstance (a red team ran its
+        # code there, through a str subclass's startswith)
+        annotations = (
+            dict.get(namespace, "__annotations__", {}) if isinstance(namespace, dict) else {}
+        )
+        if (
+            not isinstance(namespace, dict)
+            or type(annotations) is not dict
+            or any(
+                type(key) is not str
+                for names in (namespace, annotations)
+                for key in dict.keys(names)
+            )
+        ):
+            raise TypeError(f"pyfuncs: the abstract class {name!r} must have plain str names")
+        if _extends_an_abc_as_a_protocol(bases):
+            raise TypeError(
+                f"pyfuncs: the protocol {name!r} may not extend an abstract class that is not "
+                "a protocol (collections.abc's): isinstance of that class in every call would "
+                "read its attributes"
+            )
         # read as type() will copy it (a dict's own items, whatever a subclass says)
         hook = dict.get(namespace, "__subclasshook__") if isinstance(namespace, dict) else None
         code = getattr(getattr(hook, "__func__", hook), "__code__", None)
@@ -397,6 +421,75 @@ def contain_abcs() -> None:
 
     __new__.contained = True  # type: ignore[attr-defined]
     abc.ABCMeta.__new__ = staticmethod(__new__)  # type: ignore[method-assign]
+    _contain_abc_caches()
+
+
+def _extends_an_abc_as_a_protocol(bases: Any) -> bool:
+    protocol = getattr(imported("typing"), "Protocol", None)  # (None while typing loads)
+    if protocol is None:
+        return False
+    mro = {k for base in bases if isinstance(base, type) for k in _MRO(base)}
+    return protocol in mro and any(
+        isinstance(k, abc.ABCMeta) and k is not protocol and not _DICT(k).get("_is_protocol")
+        for k in mro
+    )  # fmt: skip
+
+
+# what a metaclass may not define for its classes to go into an ABC's registry or caches,
+# which are sets of weak references that C compares and hashes by their classes
+_COMPARING = ("__eq__", "__ne__", "__hash__")
+
+
+def _plain_class(klass: Any) -> bool:
+    meta = type(klass)
+    if meta is type or meta is abc.ABCMeta:
+        return True
+    return not any(
+        name in _DICT(m) for m in _MRO(meta)[:-2] for name in _COMPARING
+    )  # (a metaclass's MRO ends with type and object, whose own are identity's)
+
+
+def _contain_abc_caches() -> None:
+    """An ABC's registry and caches are sets of weak references to classes, added to in C
+    (PySet_Add, past set's guard) while the classes' hash and equality run: a routine's
+    metaclass with `__hash__` and `__eq__` nested an addition in one (gh-139071's miscount),
+    and a class of it in a shared ABC's cache would run its `__eq__` in other roles'
+    isinstance. So a class whose metaclass defines them is refused at the ABC's door
+    (register, isinstance, issubclass), and so is an instance whose class says another
+    class is its own (`__class__`, or a `__getattribute__`: isinstance caches what it says)."""
+    meta = abc.ABCMeta
+    register, instancecheck, subclasscheck = (
+        meta.__dict__[name] for name in ("register", "__instancecheck__", "__subclasscheck__"))  # fmt: skip
+
+    def refuse(klass: Any) -> None:
+        raise TypeError(
+            f"pyfuncs: {_NAME(klass)}'s metaclass defines hashing or equality: its classes "
+            "cannot be registered with, or checked against, abstract classes"
+        )
+
+    def checked_register(cls: Any, subclass: Any) -> Any:
+        if isinstance(subclass, type) and not _plain_class(subclass):
+            refuse(subclass)
+        return register(cls, subclass)
+
+    def checked_subclasscheck(cls: Any, subclass: Any) -> bool:
+        if isinstance(subclass, type) and not _plain_class(subclass):
+            refuse(subclass)
+        return bool(subclasscheck(cls, subclass))
+
+    def checked_instancecheck(cls: Any, instance: Any) -> bool:
+        kind = type(instance)
+        if not _plain_class(kind):
+            refuse(kind)
+        if any("__class__" in _DICT(k) or "__getattribute__" in _DICT(k)
+               for k in _MRO(kind) if k is not object):  # fmt: skip
+            return bool(subclasscheck(cls, kind))  # what it is, not what it says
+        return bool(instancecheck(cls, instance))
+
+    checked_register.__name__, checked_register.__qualname__ = "register", "ABCMeta.register"
+    meta.register = checked_register  # type: ignore[method-assign]
+    meta.__subclasscheck__ = checked_subclasscheck  # type: ignore[method-assign]
+    meta.__instancecheck__ = checked_instancecheck  # type: ignore[method-assign]
 
 
 def _template(obj: Any) -> Any:

@@ -1396,6 +1396,92 @@ attempt(
                                   list(itertools.filterfalse(lambda x: x < 4, [1, 4]))]))
 """,
 )
+# An ABC's registry and caches are sets C adds to (past set's guard) while a class's hash
+# and equality run: a routine metaclass's nested an addition (gh-139071's miscount, a
+# contained crash), and its classes in a shared ABC's cache would run its __eq__ in other
+# roles' isinstance. And a protocol of a routine's under collections.abc's Iterable had
+# typing's own check call a str subclass's startswith (its member names) in every later
+# isinstance(x, Iterable) of the backend.
+attempt(
+    "abc_registry_with_a_metaclass_that_compares",
+    "call TypeError: pyfuncs: a's metaclass defines hashing or equality",
+    """
+    import collections.abc
+
+    class Base(metaclass=type(collections.abc.Sized)):
+        pass
+
+    class M(type):
+        def __hash__(cls):
+            return 7
+
+        def __eq__(cls, other):
+            return False
+
+    def attempt():
+        Base.register(M("a", (), {}))
+""",
+)
+attempt(
+    "abc_cache_with_a_metaclass_that_compares",
+    "call TypeError: pyfuncs: a's metaclass defines hashing or equality",
+    """
+    import collections.abc
+
+    class M(type):
+        def __hash__(cls):
+            return hash(int)
+
+        def __eq__(cls, other):
+            return False
+
+    def attempt():
+        return isinstance(M("a", (), {})(), collections.abc.Mapping)
+""",
+)
+attempt(
+    "abc_instance_that_says_it_is_another_class",
+    "returned bool: False",
+    """
+    import collections.abc
+
+    class Liar:
+        @property
+        def __class__(self):
+            return dict
+
+    def attempt():
+        return isinstance(Liar(), collections.abc.Mapping)
+""",
+)
+for label, names in [
+    ("str_subclass_names", "{Key('__iter__'): lambda self: iter(())}"),
+    ("plain_names", "{'__iter__': lambda self: iter(())}"),
+]:  # fmt: skip
+    attempt(
+        f"protocol_under_iterable_with_{label}",
+        "load TypeError: pyfuncs: the ",
+        f"""
+    import typing
+    from collections.abc import Iterable
+
+    class Key(str):
+        def startswith(self, *args):
+            raise LookupError("decided by this module")
+
+        def __hash__(self):
+            return hash(str(self))
+
+        def __eq__(self, other):
+            return True
+
+    Spy = typing.runtime_checkable(
+        type(typing.Protocol)("Spy", (Iterable, typing.Protocol), {names}))
+
+    def attempt():
+        return Spy
+""",
+    )
 # ZoneInfo.from_file's C parser trusts the TZif an object of the routine's supplies: a
 # transition naming the type one past the last read past its array (gh-145883)
 attempt(
@@ -2131,5 +2217,33 @@ def test_a_struct_is_initialised_once(runtime: psycopg.Connection[Any]) -> None:
         "else:\n"
         "    raise AssertionError('re-initialised')\n"
         "assert struct.unpack('<q', struct.pack('<q', 5)) == (5,)\n"
+        "$$"
+    )
+
+
+def test_a_dict_cleared_during_an_insert_keeps_a_table_for_any_key(
+    runtime: psycopg.Connection[Any],
+) -> None:
+    """A key's __eq__ that cleared the dict while a bytes key was being inserted left that
+    key in a table for str keys, read as a str from then on (gh-140551: a red team chose
+    the address memcmp read). Once the runtime has started in a backend, clear() leaves a
+    table for any key: the table's kind (dk_kind, 0 for any key) is read from the dict."""
+    runtime.execute("SELECT public.escape_attempt('boot', 'def attempt():\n    return 1\n')")
+    runtime.execute(
+        "DO LANGUAGE plpython3u $$\n"
+        "import ctypes\n"
+        "key = b'plain bytes key'\n"
+        "table = {}\n"
+        "class Clears:\n"
+        "    def __hash__(self):\n"
+        "        return hash(key)\n"
+        "    def __eq__(self, other):\n"
+        "        table.clear()\n"
+        "        return False\n"
+        "table[Clears()] = 0\n"
+        "table[key] = 1\n"
+        "keys = ctypes.c_void_p.from_address(id(table) + 32).value\n"
+        "kind = ctypes.c_uint8.from_address(keys + 10).value\n"
+        "assert kind == 0 and list(table) == [key], (kind, list(table))\n"
         "$$"
     )
