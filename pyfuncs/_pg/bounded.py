@@ -279,21 +279,49 @@ def _size_at_most(size: Any, what: str) -> None:
         refuse(what, size, "bytes", MAX_REPEAT_BYTES)
 
 
+def plain_key(key: Any) -> Any:
+    """A str or bytes key as the exact built-in value. Caches every call shares (struct's
+    formats, ZoneInfo's zones) keep the key they were given and compare later keys with it:
+    a str subclass of a routine's, whose `__eq__` says yes, ran in other roles' calls and
+    chose what they got (a red team's). Other keys as they are (C refuses them)."""
+    if isinstance(key, str):
+        return str.__str__(key)
+    if isinstance(key, bytes):
+        return bytes.__getitem__(key, slice(None))
+    return key
+
+
 def guarded_struct() -> types.ModuleType:
-    """struct with pack and Struct refusing formats of more than MAX_REPEAT_BYTES."""
+    """struct with pack and Struct refusing formats of more than MAX_REPEAT_BYTES, and every
+    function taking a format giving it to struct as a plain str or bytes (plain_key: struct
+    caches the formats its functions are given)."""
 
     def pack(format: Any, /, *values: Any) -> bytes:
+        format = plain_key(format)
         _size_at_most(struct.calcsize(format), "struct.pack")
         return struct.pack(format, *values)
 
     def Struct(format: Any) -> struct.Struct:
+        format = plain_key(format)
         _size_at_most(struct.calcsize(format), "struct.Struct")
         return struct.Struct(format)
 
     def calcsize(format: Any, /) -> int:
-        return struct.calcsize(format)
+        return struct.calcsize(plain_key(format))
 
-    return _stand_in(struct, pack, Struct, calcsize)
+    def pack_into(format: Any, buffer: Any, offset: Any, /, *values: Any) -> None:
+        struct.pack_into(plain_key(format), buffer, offset, *values)
+
+    def unpack(format: Any, buffer: Any, /) -> tuple[Any, ...]:
+        return struct.unpack(plain_key(format), buffer)
+
+    def unpack_from(format: Any, /, buffer: Any, offset: Any = 0) -> tuple[Any, ...]:
+        return struct.unpack_from(plain_key(format), buffer, offset)
+
+    def iter_unpack(format: Any, buffer: Any, /) -> Any:
+        return struct.iter_unpack(plain_key(format), buffer)
+
+    return _stand_in(struct, pack, Struct, calcsize, pack_into, unpack, unpack_from, iter_unpack)
 
 
 def _random_bytes(generator: Any, method: Callable[..., Any]) -> Callable[..., Any]:
@@ -1225,20 +1253,41 @@ def hold_dict_tables() -> None:
     inserted had that key stored in a str table, where it was then read as a str (CPython
     gh-140551, in 3.11.2: a red team chose the address memcmp read). Once per backend, the
     type's `clear` leaves the dict on a table for any key (it inserts and removes a key that
-    is not a str: ~0.1 µs per clear; the dict is as fast to use as before for most keys)."""
+    is not a str: ~0.1 µs per clear; the dict is as fast to use as before for most keys),
+    and so do `update` and `|=` into an empty dict, which copy the other's table."""
     if getattr(dict.clear, "held", False):
         return
     own = dict.__dict__
     clear, setitem, delitem = own["clear"], own["__setitem__"], own["__delitem__"]
     general = object()  # a key of no str kind
 
-    def clear_any(self: Any) -> None:
-        clear(self)
+    update, ior, size = own["update"], own["__ior__"], own["__len__"]
+
+    def any_keys(self: Any) -> None:
         setitem(self, general, None)
         delitem(self, general)
 
+    def clear_any(self: Any) -> None:
+        clear(self)
+        any_keys(self)
+
+    # (merging into an empty dict copies the other's table, of its kind: a red team emptied
+    # the dict with popitem() and then merged a dict of str keys into it)
+    def update_any(self: Any, *args: Any, **kwargs: Any) -> None:
+        empty = size(self) == 0
+        update(self, *args, **kwargs)
+        if empty:
+            any_keys(self)
+
+    def __ior__(self: Any, other: Any) -> Any:
+        empty = size(self) == 0
+        result = ior(self, other)
+        if empty and result is self:
+            any_keys(self)
+        return result
+
     clear_any.held = True  # type: ignore[attr-defined]
-    _set_on_type(dict, {"clear": clear_any})
+    _set_on_type(dict, {"clear": clear_any, "update": update_any, "__ior__": __ior__})
 
 
 def hold_struct_formats() -> None:

@@ -74,6 +74,39 @@ STAND_INS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
+def _zone_info() -> type:
+    """What routines get as zoneinfo.ZoneInfo: a subclass that gives ZoneInfo's constructor
+    a plain str key. ZoneInfo keeps zones in caches every call shares, keyed by the key it
+    was given, and compares later keys with it: a str subclass of a routine's whose `__eq__`
+    said yes ran in other roles' calls and chose the zone they got (a red team's). The
+    subclass has a cache of its own (ZoneInfo gives each subclass one), of plain keys; a
+    zone lives in it while something holds it."""
+    import zoneinfo
+
+    from .bounded import plain_key
+
+    class ZoneInfo(zoneinfo.ZoneInfo):
+        __slots__ = ()
+
+        def __new__(cls, key: Any) -> Any:
+            return super().__new__(cls, plain_key(key))
+
+        @classmethod
+        def no_cache(cls, key: Any) -> Any:
+            return super().no_cache(plain_key(key))
+
+    ZoneInfo.__module__ = "zoneinfo"
+    ZoneInfo.__qualname__ = "ZoneInfo"
+    for method in (ZoneInfo.__dict__["__new__"], ZoneInfo.__dict__["no_cache"]):
+        method.__func__.__module__ = "zoneinfo"  # what routines see them as: zoneinfo's own
+    return ZoneInfo
+
+
+# names routines get a stand-in for that is made when their module's view is (the module
+# imported then)
+LAZY_STAND_INS: dict[str, dict[str, Any]] = {"zoneinfo": {"ZoneInfo": _zone_info}}
+
+
 class ModuleView(types.ModuleType):
     """A read-only view of a module: its public names, nothing to assign to."""
 
@@ -94,7 +127,9 @@ def public_names(module: types.ModuleType) -> list[str]:
 def view(name: str, allowed: frozenset[str], module: types.ModuleType | None = None) -> ModuleView:
     """A view of the allowed module `name` (or of `module`, a stand-in for it)."""
     real = module or importlib.import_module(name)
-    left_out, stand_ins = LEFT_OUT.get(name, {}), STAND_INS.get(name, {})
+    left_out = LEFT_OUT.get(name, {})
+    stand_ins = {**STAND_INS.get(name, {}),
+                 **{k: make() for k, make in LAZY_STAND_INS.get(name, {}).items()}}  # fmt: skip
     namespace: dict[str, Any] = {}
     for attribute in public_names(real):
         value = stand_ins.get(attribute) or getattr(real, attribute)

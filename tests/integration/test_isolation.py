@@ -34,6 +34,16 @@ def test_every_attempt_is_refused_and_nothing_changes_for_anyone(
     assert cont.execute("SELECT cont.observe()").fetchone() == (CLEAN,)
 
 
+def test_shared_caches_keep_no_key_of_a_routines_class(cont: psycopg.Connection[Any]) -> None:
+    """struct's format cache and ZoneInfo's zone caches keep the key they were given and
+    compare later keys with it: a routine's str subclass that says it equals any key ran
+    its __eq__ in other roles' calls and chose what they got (8-byte packs of '<I', Paris
+    at +14:00). The runtime gives them plain str keys."""
+    assert cont.execute("SELECT cont.plant_caches()").fetchone() == ("planted",)
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT cont.cached()").fetchone() == ("4 4 1:00:00",)
+
+
 def test_the_catalogue_of_contamination_is_large(cont: psycopg.Connection[Any]) -> None:
     assert len(contaminate_mod.ATTEMPTS) >= 15
 

@@ -2221,13 +2221,24 @@ def test_a_struct_is_initialised_once(runtime: psycopg.Connection[Any]) -> None:
     )
 
 
-def test_a_dict_cleared_during_an_insert_keeps_a_table_for_any_key(
-    runtime: psycopg.Connection[Any],
+@pytest.mark.parametrize(
+    "empties",
+    [
+        "table.clear()",
+        "table.popitem(); table.update({'a': 1})",
+        "table.popitem(); table.__ior__({'a': 1})",
+    ],
+    ids=["clear", "popitem_update", "popitem_ior"],
+)
+def test_a_dict_emptied_during_an_insert_keeps_a_table_for_any_key(
+    runtime: psycopg.Connection[Any], empties: str
 ) -> None:
     """A key's __eq__ that cleared the dict while a bytes key was being inserted left that
     key in a table for str keys, read as a str from then on (gh-140551: a red team chose
-    the address memcmp read). Once the runtime has started in a backend, clear() leaves a
-    table for any key: the table's kind (dk_kind, 0 for any key) is read from the dict."""
+    the address memcmp read); so did emptying it and merging a dict of str keys into it
+    (round 14: the merge copies the other's table). Once the runtime has started in a
+    backend, neither leaves a table for str keys only: the table's kind (dk_kind, 0 for
+    any key) is read from the dict."""
     runtime.execute("SELECT public.escape_attempt('boot', 'def attempt():\n    return 1\n')")
     runtime.execute(
         "DO LANGUAGE plpython3u $$\n"
@@ -2238,12 +2249,12 @@ def test_a_dict_cleared_during_an_insert_keeps_a_table_for_any_key(
         "    def __hash__(self):\n"
         "        return hash(key)\n"
         "    def __eq__(self, other):\n"
-        "        table.clear()\n"
+        f"        {empties}\n"
         "        return False\n"
         "table[Clears()] = 0\n"
         "table[key] = 1\n"
         "keys = ctypes.c_void_p.from_address(id(table) + 32).value\n"
         "kind = ctypes.c_uint8.from_address(keys + 10).value\n"
-        "assert kind == 0 and list(table) == [key], (kind, list(table))\n"
+        "assert kind == 0 and key in list(table), (kind, list(table))\n"
         "$$"
     )

@@ -6,11 +6,14 @@ from __future__ import annotations
 import calendar
 import collections.abc
 import dataclasses
+import datetime
 import decimal
 import json
 import math
 import random
+import struct
 import uuid
+import zoneinfo
 from decimal import Decimal
 
 from pyfuncs import RaiseError, Rows, db, stored_function
@@ -122,3 +125,46 @@ def observe() -> str:
         str(Decimal(1) / Decimal(7))[:8], str(calendar.firstweekday()), str(round(math.pi, 2)),
         str(db.fetchval("SELECT 1")), third, uuid.UUID(int=1).hex[-4:],
     ])  # fmt: skip
+
+
+class _Format(str):
+    """A format that says it is any format, hashed as "<I" (a red team's)."""
+
+    def __hash__(self) -> int:
+        return hash("<I")
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+
+_ARMED: list[bool] = []
+
+
+class _ZoneKey(str):
+    """A zone key honest while it is planted, then equal to any key."""
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    def __eq__(self, other: object) -> bool:
+        return True if _ARMED else str(self) == str(other)
+
+
+@stored_function(schema="cont")
+def plant_caches() -> str:
+    """Keys of this module's classes into the caches every call shares: struct's formats
+    (filled past its 100 first, so that C empties it) and ZoneInfo's zones."""
+    for i in range(101):
+        struct.calcsize(str(i) + "x")
+    struct.calcsize(_Format("<Q"))
+    struct.unpack(_Format("<Q"), bytes(8))
+    zoneinfo.ZoneInfo(_ZoneKey("Pacific/Kiritimati"))
+    _ARMED.append(True)
+    return "planted"
+
+
+@stored_function(schema="cont", roles=["student"])
+def cached() -> str:
+    """What another role's call gets from those caches."""
+    offset = zoneinfo.ZoneInfo("Europe/Paris").utcoffset(datetime.datetime(2026, 1, 1))
+    return f"{len(struct.pack('<I', 5))} {struct.calcsize('<I')} {offset}"
