@@ -150,6 +150,21 @@ class _ZoneKey(str):
         return True if _ARMED else str(self) == str(other)
 
 
+class _Quiet:
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """Keeps ZoneInfo's own from giving a subclass a cache of its own (a red team's)."""
+
+
+class _ForeignZone(_Quiet, zoneinfo.ZoneInfo):
+    """A zone of this module's whose offset is its own: into the cache other calls read?"""
+
+    def utcoffset(self, dt: object) -> datetime.timedelta:
+        return datetime.timedelta(hours=14)
+
+
+_KEPT: list[object] = []
+
+
 @stored_function(schema="cont")
 def plant_caches() -> str:
     """Keys of this module's classes into the caches every call shares: struct's formats
@@ -159,6 +174,10 @@ def plant_caches() -> str:
     struct.calcsize(_Format("<Q"))
     struct.unpack(_Format("<Q"), bytes(8))
     zoneinfo.ZoneInfo(_ZoneKey("Pacific/Kiritimati"))
+    try:
+        _KEPT.append(_ForeignZone("Europe/Paris"))
+    except AttributeError as exc:  # (it has no cache: ZoneInfo's own is not its)
+        _KEPT.append(exc)
     _ARMED.append(True)
     return "planted"
 
