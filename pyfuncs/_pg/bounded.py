@@ -878,39 +878,21 @@ def _deque_index(items: Any, method: Callable[..., Any]) -> Callable[..., Any]:
     return index
 
 
-def _clear_cache(zone: Any, method: Callable[..., Any]) -> Callable[..., Any]:
-    """ZoneInfo.clear_cache empties the cache of time zones every call shares."""
-    zoneinfo = imported("zoneinfo")
-    kind = zone if isinstance(zone, type) else type(zone)
-    if zoneinfo is None or not issubclass(kind, zoneinfo.ZoneInfo):
-        return method
+def _refused_on_zones(message: str) -> Callable[[Any, Callable[..., Any]], Callable[..., Any]]:
+    """A READS entry: the method as it is, but ZoneInfo's (of the class or a zone) raises."""
 
-    def clear_cache(*_: Any, **__: Any) -> NoReturn:
-        raise AttributeError(
-            "pyfuncs: a routine may not clear ZoneInfo's cache: every call in this backend "
-            "shares it (ZoneInfo.no_cache(key) gives a zone read afresh)"
-        )
+    def read(zone: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+        zoneinfo = imported("zoneinfo")
+        kind = zone if isinstance(zone, type) else type(zone)
+        if zoneinfo is None or not issubclass(kind, zoneinfo.ZoneInfo):
+            return method
 
-    return clear_cache
+        def refused(*_: Any, **__: Any) -> NoReturn:
+            raise AttributeError(f"pyfuncs: a routine may not {message}")
 
+        return refused
 
-def _from_file(zone: Any, method: Callable[..., Any]) -> Callable[..., Any]:
-    """ZoneInfo.from_file parses a TZif that an object of the routine's supplies, and C's
-    parser trusts its indices: a transition naming the type one past the last reads past
-    its array (gh-145883, fixed upstream after 3.11.2; a red team crashed a backend with
-    it). Routines get zones by key."""
-    zoneinfo = imported("zoneinfo")
-    kind = zone if isinstance(zone, type) else type(zone)
-    if zoneinfo is None or not issubclass(kind, zoneinfo.ZoneInfo):
-        return method
-
-    def from_file(*_: Any, **__: Any) -> NoReturn:
-        raise AttributeError(
-            "pyfuncs: a routine may not read a time zone from a file object: CPython 3.11.2's "
-            "parser trusts what it reads (use ZoneInfo(key))"
-        )
-
-    return from_file
+    return read
 
 
 def _zone_kinds() -> tuple[type, ...]:
@@ -954,8 +936,16 @@ READS: dict[str, tuple[Kinds, Callable[[Any, Callable[..., Any]], Any]]] = {
     "flags": (_contexts, _signals),
     "traps": (_contexts, _signals),
     "index": ((deque,), _deque_index),
-    "clear_cache": ((object,), _clear_cache),
-    "from_file": ((object,), _from_file),
+    # ZoneInfo.clear_cache empties the cache every call shares; from_file parses a TZif an
+    # object of the routine's supplies, with C indices it trusts (a transition naming the
+    # type one past the last read past its array: gh-145883, fixed upstream after 3.11.2; a
+    # red team crashed a backend with it)
+    "clear_cache": ((object,), _refused_on_zones(
+        "clear ZoneInfo's cache: every call in this backend shares it (ZoneInfo.no_cache(key) "
+        "gives a zone read afresh)")),
+    "from_file": ((object,), _refused_on_zones(
+        "read a time zone from a file object: CPython 3.11.2's parser trusts what it reads "
+        "(use ZoneInfo(key))")),
     **{name: (_zone_kinds, _zone_time) for name in ("utcoffset", "dst", "tzname")},
 }  # fmt: skip
 
