@@ -163,6 +163,7 @@ def start(gd: dict[str, Any]) -> None:
     bounded.hold_dict_tables()
     when_imported("decimal", lambda module: _decimal_imported(module, bounded, routines))
     when_imported("fractions", bounded.bound_fractions)
+    when_imported("zoneinfo", bounded.hold_zones)
     when_imported("copy", sandbox.contain_copies)
     when_imported("typing", sandbox.contain_typing)
     for name in INTERFACES:

@@ -324,6 +324,39 @@ def guarded_struct() -> types.ModuleType:
     return _stand_in(struct, pack, Struct, calcsize, pack_into, unpack, unpack_from, iter_unpack)
 
 
+def hold_zones(zoneinfo: types.ModuleType) -> None:
+    """ZoneInfo(key) in Python, once per backend, as zoneinfo is imported. C's keeps zones
+    in caches every call shares, keyed by the key it was given, and compares later keys
+    with it: a routine's str subclass whose `__eq__` said yes ran in other roles' calls and
+    chose the zone they got. For a subclass, C uses the cache the class's `_weak_cache`
+    attribute names, trusting whatever it is (gh-142781, gh-142783: a red team's class
+    made C write a byte into a shared type's function pointer, and another role's call
+    crashed on it). So ZoneInfo's zones come from a cache of this function's, of plain str
+    keys, made with no_cache (which reads no cache), and subclasses are refused."""
+    kind = zoneinfo.ZoneInfo
+    if getattr(kind.__new__, "held", False):
+        return
+    no_cache = kind.no_cache
+    zones: dict[str, Any] = {}  # one per time zone file at most (an unknown key raises)
+
+    def __new__(cls: Any, key: Any) -> Any:
+        if cls is not kind:
+            raise TypeError(
+                "pyfuncs: ZoneInfo may not be subclassed in the database: CPython 3.11.2's "
+                "ZoneInfo trusts a subclass's cache (gh-142781)"
+            )
+        key = plain_key(key)
+        zone = zones.get(key) if type(key) is str else None
+        if zone is None:
+            zone = no_cache(key)
+            if type(key) is str:
+                zones[key] = zone
+        return zone
+
+    __new__.held = True  # type: ignore[attr-defined]
+    _set_on_type(kind, {"__new__": staticmethod(__new__)})
+
+
 def _random_bytes(generator: Any, method: Callable[..., Any]) -> Callable[..., Any]:
     def randbytes(n: Any) -> Any:
         _size_at_most(n, f"randbytes({n})")

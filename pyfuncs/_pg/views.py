@@ -74,51 +74,6 @@ STAND_INS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-def _zone_info() -> type:
-    """What routines get as zoneinfo.ZoneInfo: a subclass whose zones come from a cache of
-    its own, keyed by plain str keys, holding only zones of this class. ZoneInfo keeps zones
-    in caches every call shares, keyed by the key it was given, and compares later keys with
-    it: a str subclass of a routine's whose `__eq__` said yes ran in other roles' calls and
-    chose the zone they got (a red team's). C finds a subclass's cache as its `_weak_cache`
-    attribute, which a routine's subclass would inherit (it can keep ZoneInfo's
-    `__init_subclass__` from giving it one, and then its zones, with methods of its own,
-    went into the cache other calls read): so this class has none, its zones are made with
-    no_cache (which reads no cache), and a routine's subclass uses its own or fails."""
-    import zoneinfo
-
-    from .bounded import plain_key
-
-    zones: dict[str, Any] = {}  # at most one per time zone file (an unknown key raises)
-
-    class ZoneInfo(zoneinfo.ZoneInfo):
-        __slots__ = ()
-
-        def __new__(cls, key: Any) -> Any:
-            if cls is not ZoneInfo:  # a routine's subclass: its own cache, as C finds it
-                return super().__new__(cls, plain_key(key))
-            key = plain_key(key)
-            zone = zones.get(key) if type(key) is str else None
-            if zone is None:
-                zone = zones[key] = ZoneInfo.no_cache(key)
-            return zone
-
-        @classmethod
-        def no_cache(cls, key: Any) -> Any:
-            return super().no_cache(plain_key(key))
-
-    del ZoneInfo._weak_cache  # type: ignore[attr-defined]  # (ZoneInfo's __init_subclass__ made it)
-    ZoneInfo.__module__ = "zoneinfo"
-    ZoneInfo.__qualname__ = "ZoneInfo"
-    for method in (ZoneInfo.__dict__["__new__"], ZoneInfo.__dict__["no_cache"]):
-        method.__func__.__module__ = "zoneinfo"  # what routines see them as: zoneinfo's own
-    return ZoneInfo
-
-
-# names routines get a stand-in for that is made when their module's view is (the module
-# imported then)
-LAZY_STAND_INS: dict[str, dict[str, Any]] = {"zoneinfo": {"ZoneInfo": _zone_info}}
-
-
 class ModuleView(types.ModuleType):
     """A read-only view of a module: its public names, nothing to assign to."""
 
@@ -139,9 +94,7 @@ def public_names(module: types.ModuleType) -> list[str]:
 def view(name: str, allowed: frozenset[str], module: types.ModuleType | None = None) -> ModuleView:
     """A view of the allowed module `name` (or of `module`, a stand-in for it)."""
     real = module or importlib.import_module(name)
-    left_out = LEFT_OUT.get(name, {})
-    stand_ins = {**STAND_INS.get(name, {}),
-                 **{k: make() for k, make in LAZY_STAND_INS.get(name, {}).items()}}  # fmt: skip
+    left_out, stand_ins = LEFT_OUT.get(name, {}), STAND_INS.get(name, {})
     namespace: dict[str, Any] = {}
     for attribute in public_names(real):
         value = stand_ins.get(attribute) or getattr(real, attribute)

@@ -40,7 +40,8 @@ def test_shared_caches_keep_no_key_of_a_routines_class(cont: psycopg.Connection[
     its __eq__ in other roles' calls and chose what they got (8-byte packs of '<I', Paris
     at +14:00), and so did a routine's ZoneInfo subclass that kept ZoneInfo from giving it
     a cache of its own (its zones went into the one other calls read). The runtime gives
-    them plain str keys, and routines' ZoneInfo a cache no subclass inherits."""
+    them plain str keys; ZoneInfo's zones come from a cache of plain keys of the runtime's,
+    and its subclasses are refused."""
     assert cont.execute("SELECT cont.plant_caches()").fetchone() == ("planted",)
     cont.execute("SET ROLE student")
     assert cont.execute("SELECT cont.cached()").fetchone() == ("4 4 1:00:00",)

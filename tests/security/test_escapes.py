@@ -1380,6 +1380,52 @@ for label, read in [("groupby", "[key.v for key, group in outer]")]:
         return {read}
 """,
     )
+# ZoneInfo: for a subclass, C uses the cache its `_weak_cache` attribute names and trusts
+# what that cache returns, writing a byte into it (gh-142781; gh-142783: it also drops its
+# reference to the cache first). A round-16 red team had it write into a shared type's
+# function pointer, and another role's next call crashed. ZoneInfo's zones come from the
+# runtime's cache now, and subclasses are refused.
+attempt(
+    "zoneinfo_subclass_names_its_own_cache",
+    "call TypeError: pyfuncs: ZoneInfo may not be subclassed in the database",
+    """
+    import zoneinfo
+
+    class Cache:
+        def get(self, key, default=None):
+            return None
+
+        def setdefault(self, key, value):
+            return self.victim
+
+    class Quiet:
+        def __init_subclass__(cls, **kwargs):
+            pass
+
+    class Zone(Quiet, zoneinfo.ZoneInfo):
+        pass
+
+    def attempt():
+        cache = Cache()
+        cache.victim = bytes(400)
+        Zone._weak_cache = cache
+        got = Zone("UTC")
+        return [i for i, b in enumerate(got) if b]
+""",
+)
+attempt(
+    "zoneinfo_by_key_still_works",
+    "returned str: 'Europe/Paris 1:00:00 True'",
+    """
+    import datetime
+    import zoneinfo
+
+    def attempt():
+        zone = zoneinfo.ZoneInfo("Europe/Paris")
+        offset = zone.utcoffset(datetime.datetime(2026, 1, 1))
+        return f"{zone.key} {offset} {zone is zoneinfo.ZoneInfo('Europe/Paris')}"
+""",
+)
 attempt(
     "itertools_are_routines_own_still",
     "returned str: 'AB|3|[[1, 2], [1, 2]]|[1, 3, 6]|[3]|[4]'",

@@ -176,7 +176,7 @@ def plant_caches() -> str:
     zoneinfo.ZoneInfo(_ZoneKey("Pacific/Kiritimati"))
     try:
         _KEPT.append(_ForeignZone("Europe/Paris"))
-    except AttributeError as exc:  # (it has no cache: ZoneInfo's own is not its)
+    except TypeError as exc:  # (ZoneInfo may not be subclassed in the database)
         _KEPT.append(exc)
     _ARMED.append(True)
     return "planted"
