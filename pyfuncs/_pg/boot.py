@@ -165,6 +165,7 @@ def start(gd: dict[str, Any]) -> None:
     when_imported("fractions", bounded.bound_fractions)
     when_imported("zoneinfo", bounded.hold_zones)
     when_imported("copy", sandbox.contain_copies)
+    when_imported("enum", sandbox.contain_enums)
     when_imported("typing", sandbox.contain_typing)
     for name in INTERFACES:
         gd[name] = routines

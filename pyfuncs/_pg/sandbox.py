@@ -70,6 +70,36 @@ def _view(name: str, allowed: frozenset[str], owner: str = "") -> types.ModuleTy
     return found
 
 
+def contain_enums(enum: types.ModuleType) -> None:
+    """An enum makes its members with the constructor of the type mixed in
+    (`_new_member_`), past its metaclass's `__call__`; C code that later makes a value of
+    the member's class with `type(self)(...)` trusts what that call returns, and a routine's
+    metaclass's `__call__` returned a bytes object to datetime's `astimezone`, which wrote
+    through it (a red team decremented the shared int 7, and another role's `3 + 4` gave 6).
+    So, once per backend, as enum is imported, an enum's metaclass must be EnumType or one
+    that adds nothing to it."""
+    kind = enum.EnumType
+    new = _DICT(kind)["__new__"]
+    if getattr(new, "contained", False):
+        return
+    real = new.__func__ if isinstance(new, staticmethod) else new
+
+    def __new__(metacls: Any, cls: str, bases: Any, classdict: Any, /, **kwargs: Any) -> Any:
+        for meta in _MRO(metacls):
+            if meta is kind:
+                break
+            if not _DICT(meta).keys() <= _EMPTY_CLASS:
+                raise TypeError(
+                    f"pyfuncs: the enum {cls!r} may not have the metaclass {_NAME(metacls)}: "
+                    "enum makes its members past a metaclass's __call__, which C code then "
+                    "trusts (use enum's own)"
+                )
+        return real(metacls, cls, bases, classdict, **kwargs)
+
+    __new__.contained = True  # type: ignore[attr-defined]
+    kind.__new__ = staticmethod(__new__)
+
+
 def contain_copies(copy: types.ModuleType) -> None:
     """Copying an object (copy.copy, copy.deepcopy: dataclasses.asdict and astuple, a
     UserDict's copy) calls its class's __reduce_ex__, makes an object with the function it

@@ -1426,6 +1426,48 @@ attempt(
         return f"{zone.key} {offset} {zone is zoneinfo.ZoneInfo('Europe/Paris')}"
 """,
 )
+# An enum makes its members with the mixed-in type's constructor, past its metaclass's
+# __call__; datetime's C code then makes values of the member's class with type(self)(...)
+# and trusts what comes back: a round-17 red team's metaclass returned bytes, and
+# astimezone decremented the word at an address inside them (the shared int 7 became 6 for
+# another role's call). An enum's metaclass must be enum's own or add nothing.
+attempt(
+    "enum_metaclass_call_hands_c_a_foreign_object",
+    "load TypeError: pyfuncs: the enum 'When' may not have the metaclass Meta",
+    """
+    import datetime
+    import enum
+
+    PAYLOAD = [b"A" * 48]
+
+    class Meta(enum.EnumType):
+        def __call__(cls, *args, **kwargs):
+            return PAYLOAD[0]
+
+    class When(datetime.datetime, enum.Enum, metaclass=Meta):
+        START = (2020, 1, 1, 0, 0, 0, 0, datetime.timezone.utc)
+
+    def attempt():
+        return When.START.astimezone(datetime.timezone(datetime.timedelta(hours=1)))
+""",
+)
+attempt(
+    "enum_with_an_empty_metaclass_and_a_datetime_mixin_still_work",
+    "returned int: 2020",
+    """
+    import datetime
+    import enum
+
+    class Plain(enum.EnumType):
+        pass
+
+    class When(datetime.datetime, enum.Enum, metaclass=Plain):
+        START = (2020, 1, 1, 0, 0, 0, 0, datetime.timezone.utc)
+
+    def attempt():
+        return When.START.year
+""",
+)
 attempt(
     "itertools_are_routines_own_still",
     "returned str: 'AB|3|[[1, 2], [1, 2]]|[1, 3, 6]|[3]|[4]'",
