@@ -209,12 +209,23 @@ def _making(func: Callable[..., Any], kind: type) -> Callable[..., Any]:
 
 
 def guarded_dataclasses() -> types.ModuleType:
-    """dataclasses, whose `dataclass` refuses a class with field names that are not plain
-    identifiers: dataclasses writes them into the source of the methods it compiles (and
-    runs without the runtime's guards), and a class made with `type(name, bases, namespace)`
-    can have any string as an annotation's name."""
+    """dataclasses, whose `dataclass` and `make_dataclass` refuse field names that are not
+    plain identifiers (dataclasses writes them into the source of the methods it compiles,
+    and runs them without the runtime's guards; a class made with `type(name, bases,
+    namespace)` can have any string as an annotation's name), or that are names of the
+    interpreter's or of enum's (`__x__`, `_x_`): `asdict`, `astuple` and `replace` read each
+    field with getattr, past the policy's check of names (a red team read datetime's
+    `__new__` so, to make an instance its class's own constructor would not)."""
     import dataclasses
     import keyword
+
+    def plain(name: Any) -> None:
+        if (type(name) is not str or not name.isidentifier() or keyword.iskeyword(name)
+                or _sunder(name) or (name.startswith("__") and name.endswith("__"))):  # fmt: skip
+            raise TypeError(
+                f"pyfuncs: a dataclass's fields must be named by identifiers other than the "
+                f"interpreter's and enum's (__x__, _x_), not {name!r}"
+            )
 
     def dataclass(cls: Any = None, /, **options: Any) -> Any:
         def wrap(cls: Any) -> Any:
@@ -222,15 +233,24 @@ def guarded_dataclasses() -> types.ModuleType:
             if type(annotations) is not dict:  # dataclasses reads a subclass's own items()
                 raise TypeError("pyfuncs: a dataclass's annotations must be a plain dict")
             for name in annotations:
-                if type(name) is not str or not name.isidentifier() or keyword.iskeyword(name):
-                    raise TypeError(
-                        f"pyfuncs: a dataclass's fields must be named by identifiers, not {name!r}"
-                    )
+                plain(name)
             return dataclasses.dataclass(cls, **options)
 
         return wrap if cls is None else wrap(cls)
 
-    return bounded._stand_in(dataclasses, dataclass)
+    def make_dataclass(cls_name: Any, fields: Any, /, **options: Any) -> Any:
+        fields = list(fields)
+        for item in fields:
+            plain(
+                item
+                if isinstance(item, str)
+                else item[0]
+                if isinstance(item, tuple) and item
+                else None
+            )
+        return dataclasses.make_dataclass(cls_name, fields, **options)
+
+    return bounded._stand_in(dataclasses, dataclass, make_dataclass)
 
 
 # modules routines get a changed copy of (bounded work, producers that come back to Python)

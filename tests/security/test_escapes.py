@@ -540,7 +540,7 @@ for name, refused, made in [
     ("type", MATCH + "may not read", 'Spy = Lying("Spy", (), {"__match_args__": ("__globals__",)})'),
     ("dict_keywords", MATCH + "may not read",
      'Spy = Lying("Spy", (), dict(__match_args__=("__globals__",)))'),
-    ("dataclass", MATCH + "may not read",
+    ("dataclass", "load TypeError: pyfuncs: a dataclass's fields must be named by identifiers",
      'class Base(metaclass=Lying):\n    pass\n\n'
      'Spy = dataclasses.make_dataclass("Spy", ["__globals__"], bases=(Base,))'),
     ("prepare", MATCH + "may not read",
@@ -1466,6 +1466,51 @@ attempt(
 
     def attempt():
         return When.START.year
+""",
+)
+# dataclasses' asdict/astuple/replace read each field with getattr, past the policy's check
+# of names: a round-18 red team named a field __new__ and read datetime's constructor off
+# its own instance, made a datetime subclass whose metaclass __call__ returns bytes without
+# calling it, and astimezone (which makes its result with type(self)(...)) decremented the
+# word at an address of its choosing. Field names may not be __x__ or _x_.
+for label, source in [
+    ("make_dataclass", """
+    def attempt():
+        made = dataclasses.make_dataclass("Maker", [("__new__", object)], bases=(Quiet,))
+        return dataclasses.asdict(made(b"x"))["__new__"]
+"""),
+    ("decorator_by_type", """
+    Maker = type("Maker", (Quiet,), {"__annotations__": {"__new__": object}})
+
+    def attempt():
+        return dataclasses.dataclass(Maker)
+"""),
+    ("sunder", """
+    def attempt():
+        return dataclasses.make_dataclass("Maker", [("_new_member_", object)])
+"""),
+]:  # fmt: skip
+    attempt(
+        f"dataclass_field_named_{label}",
+        "call TypeError: pyfuncs: a dataclass's fields must be named by identifiers other than",
+        """
+    import dataclasses
+    import datetime
+
+    class Quiet(datetime.datetime):
+        def __setattr__(self, name, value):
+            pass
+""" + textwrap.indent(textwrap.dedent(source), "    "),
+    )
+attempt(
+    "dataclasses_made_the_plain_way_still_work",
+    "returned dict: {'x': 1, '_hidden': 2}",
+    """
+    import dataclasses
+
+    def attempt():
+        Point = dataclasses.make_dataclass("Point", [("x", int), ("_hidden", int)])
+        return dataclasses.asdict(Point(1, 2))
 """,
 )
 attempt(
