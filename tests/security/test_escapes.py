@@ -1500,7 +1500,8 @@ for label, source in [
     class Quiet(datetime.datetime):
         def __setattr__(self, name, value):
             pass
-""" + textwrap.indent(textwrap.dedent(source), "    "),
+"""
+        + textwrap.indent(textwrap.dedent(source), "    "),
     )
 attempt(
     "dataclasses_made_the_plain_way_still_work",
