@@ -346,11 +346,11 @@ def hold_zones(zoneinfo: types.ModuleType) -> None:
                 "ZoneInfo trusts a subclass's cache (gh-142781)"
             )
         key = plain_key(key)
-        zone = zones.get(key) if type(key) is str else None
+        if type(key) is not str:
+            return no_cache(key)  # (which says what a key must be)
+        zone = zones.get(key)
         if zone is None:
-            zone = no_cache(key)
-            if type(key) is str:
-                zones[key] = zone
+            zone = zones[key] = no_cache(key)
         return zone
 
     __new__.held = True  # type: ignore[attr-defined]
@@ -1113,16 +1113,18 @@ def _bound_conversions(decimal: types.ModuleType) -> None:
 
 
 # --- memory-safety bugs of the interpreter --------------------------------------------------
-# Debian's CPython 3.11.2 lacks fixes of use-after-free bugs that plain Python code reaches:
-# red teams used them to crash the cluster, to jump to an address of their choosing and to
-# write a byte where they chose (README "Security model, honestly"). deque.index is replaced
-# for routines (_deque_index, through READS) and so is the C OrderedDict (below); list's
-# methods are patched on the type, for the whole backend (below, from boot.py), and so are
-# set's additions (hold_set_additions); bytearray, whose methods had the most such bugs, is
-# not among routines' builtins at all (vocabulary.FORBIDDEN_BUILTINS); a decimal Context's flags and traps and
-# ZoneInfo's utcoffset, dst and tzname go through READS (Signals, _zone_time); Counter's
-# tally is Python's (guarded_collections); itertools' zip_longest, islice and pairwise run
-# behind a generator (lazy.py).
+# Debian's CPython 3.11.2 lacks fixes of use-after-free and type-confusion bugs that plain
+# Python code reaches: red teams used them to crash the cluster, to jump to an address of
+# their choosing and to write where they chose (README "Security model, honestly"). Where
+# each is closed:
+# - for routines only: deque.index (_deque_index) and ZoneInfo's utcoffset, dst, tzname,
+#   clear_cache and from_file (READS); a decimal Context's flags and traps (Signals); the C
+#   OrderedDict and Counter's C tally (guarded_collections); struct's cached formats
+#   (guarded_struct); itertools (lazy.py); bytearray (vocabulary.FORBIDDEN_BUILTINS);
+# - on the types, for the whole backend (boot.py): list ordering and slice assignment
+#   (hold_list_items), set additions (hold_set_additions), dict tables (hold_dict_tables),
+#   Struct formats (hold_struct_formats), ZoneInfo's constructor (hold_zones);
+# - in sandbox.py: copies, abstract classes, enums' metaclasses, dataclass field names.
 
 
 def guarded_collections() -> types.ModuleType:
@@ -1282,9 +1284,8 @@ def hold_dict_tables() -> None:
         return
     own = dict.__dict__
     clear, setitem, delitem = own["clear"], own["__setitem__"], own["__delitem__"]
-    general = object()  # a key of no str kind
-
     update, ior, size = own["update"], own["__ior__"], own["__len__"]
+    general = object()  # a key of no str kind
 
     def any_keys(self: Any) -> None:
         setitem(self, general, None)

@@ -88,7 +88,7 @@ def contain_enums(enum: types.ModuleType) -> None:
         for meta in _MRO(metacls):
             if meta is kind:
                 break
-            if not _DICT(meta).keys() <= _EMPTY_CLASS:
+            if not _adds_nothing(meta):
                 raise TypeError(
                     f"pyfuncs: the enum {cls!r} may not have the metaclass {_NAME(metacls)}: "
                     "enum makes its members past a metaclass's __call__, which C code then "
@@ -400,6 +400,11 @@ def _shared_abc(obj: Any) -> None:
 _EMPTY_CLASS = {"__module__", "__qualname__", "__doc__"}
 
 
+def _adds_nothing(klass: type) -> bool:
+    """Whether a class (a metaclass of a routine's, say) defines nothing of its own."""
+    return bool(_DICT(klass).keys() <= _EMPTY_CLASS)
+
+
 def contain_abcs() -> None:
     """`isinstance(x, collections.abc.Mapping)` in any call asks every subclass of Mapping,
     a routine's too: its `__subclasshook__` (or its metaclass's `__subclasscheck__` or
@@ -425,7 +430,7 @@ def contain_abcs() -> None:
         return (
             meta in shared or meta is type or meta is object
             or (typing is not None and meta is getattr(typing, "_ProtocolMeta", None))
-            or _DICT(meta).keys() <= _EMPTY_CLASS
+            or _adds_nothing(meta)
         )  # fmt: skip
 
     def __new__(mcls: Any, name: str, bases: Any, namespace: Any, /, **kwargs: Any) -> Any:
