@@ -130,14 +130,17 @@ def _line_in(exc: BaseException, filename: str) -> int | None:
 
 
 def collect(request: dict[str, Any]) -> dict[str, Any]:
-    from pyfuncs._pg import bounded, sandbox
+    from pyfuncs._pg import bounded, classes, sandbox
     from pyfuncs.definition import facts_of
 
     allowed = frozenset(request["allowed"])
     for name in sorted(allowed) + list(LAZY):
         with contextlib.suppress(ImportError):  # the module's own import will say so
             importlib.import_module(name)
-    bounded.python_ordered_dict()  # (read from a file: now, while the child still may)
+    # (read from files: now, while the child still may)
+    bounded.python_ordered_dict()
+    bounded.guarded_json()
+    classes.install()  # (as in the database: no metaclasses, shared classes immutable)
     marked: list[tuple[Any, str, dict[str, Any]]] = []
     sandbox.SHIM = _shim(marked)
     filename, module = request["file"], request["module"]

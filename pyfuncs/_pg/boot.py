@@ -134,6 +134,7 @@ def start(gd: dict[str, Any]) -> None:
 
     from . import backstop, bounded, db, deadline, errors, identity, overflow, routines, sandbox
     from . import watchdog as stopping
+    from .classes import install as hold_classes
 
     db.plpy = errors.plpy = plpy
     # the backend's stdout and stderr are PostgreSQL's log: print() and Python's own reports
@@ -167,5 +168,6 @@ def start(gd: dict[str, Any]) -> None:
     when_imported("copy", sandbox.contain_copies)
     when_imported("enum", sandbox.contain_enums)
     when_imported("typing", sandbox.contain_typing)
+    hold_classes()  # (last: its import finder goes in front of the others)
     for name in INTERFACES:
         gd[name] = routines

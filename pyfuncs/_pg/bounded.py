@@ -1150,32 +1150,67 @@ def _count_elements(mapping: Any, iterable: Iterable[Any]) -> None:
         mapping[element] = get(element, 0) + 1
 
 
-_ORDERED_DICT: list[type] = []
+# modules of the standard library run again from their source without a C part, by name
+_PYTHON_ONLY: dict[str, dict[str, Any]] = {}
 
 
-def python_ordered_dict() -> type:
-    """collections' OrderedDict of Python, made from collections' source once per process
-    (pyfuncs check makes it before its child may no longer open files)."""
-    if not _ORDERED_DICT:
+def python_only(
+    module: types.ModuleType, c_part: str, names: tuple[str, ...], **modules: types.ModuleType
+) -> dict[str, Any]:
+    """The namespace of `module` run again from its source, once per process, where
+    `from <c_part> import <names>` fails (the module then defines them in Python), and
+    where a relative import `from .<name> import ...` gets `modules[name]`. (pyfuncs check
+    makes them before its child may no longer open files.)"""
+    key = module.__name__
+    if key not in _PYTHON_ONLY:
         import builtins
-        import collections
 
         real = builtins.__import__
 
-        def without_c_ordered_dict(name: str, *args: Any, **kwargs: Any) -> Any:
-            fromlist = args[2] if len(args) > 2 else kwargs.get("fromlist")
-            if name == "_collections" and fromlist and "OrderedDict" in fromlist:
-                raise ImportError("pyfuncs: the OrderedDict of Python")
-            return real(name, *args, **kwargs)
+        def importing(name: str, globals: Any = None, locals: Any = None,
+                      fromlist: Any = (), level: int = 0) -> Any:  # fmt: skip
+            if level and name in modules:
+                return modules[name]
+            if name == c_part and fromlist and any(n in names for n in fromlist):
+                raise ImportError(f"pyfuncs: {key} of Python")
+            return real(name, globals, locals, fromlist, level)
 
         namespace: dict[str, Any] = {
-            "__name__": "collections",
-            "__builtins__": {**vars(builtins), "__import__": without_c_ordered_dict},
-        }
-        with open(collections.__file__, encoding="utf-8") as source:
-            exec(compile(source.read(), collections.__file__, "exec"), namespace)
-        _ORDERED_DICT.append(namespace["OrderedDict"])
-    return _ORDERED_DICT[0]
+            "__name__": key, "__package__": module.__package__,
+            "__builtins__": {**vars(builtins), "__import__": importing},
+        }  # fmt: skip
+        path = module.__file__
+        assert path is not None
+        with open(path, encoding="utf-8") as source:
+            exec(compile(source.read(), path, "exec"), namespace)
+        _PYTHON_ONLY[key] = namespace
+    return _PYTHON_ONLY[key]
+
+
+def python_ordered_dict() -> type:
+    """collections' OrderedDict of Python."""
+    import collections
+
+    return python_only(collections, "_collections", ("OrderedDict",))["OrderedDict"]  # type: ignore[no-any-return]
+
+
+def guarded_json() -> types.ModuleType:
+    """json whose encoder is the one of Python: C's takes a list or tuple it holds without
+    a reference (an item of the list around it) and, when it is a subclass, turns it into a
+    sequence by calling its `__iter__`, which may free it; then it enters and leaves it in
+    its table of objects being encoded, changing the count of whatever took that memory (a
+    red team freed an object of its own it still held, and another role's call crashed its
+    session). Decoding stays C's (its hooks were tried: nothing it holds is freed)."""
+    import json
+    import json.encoder
+
+    encoder = types.ModuleType("json.encoder")
+    encoder.__dict__.update(python_only(json.encoder, "_json", ("make_encoder",)))
+    python = python_only(json, "", (), encoder=encoder, decoder=json.decoder)
+    copy = types.ModuleType(json.__name__, json.__doc__)
+    copy.__dict__.update({name: python[name] for name in json.__all__})
+    copy.__dict__["__all__"] = list(json.__all__)
+    return copy
 
 
 def hold_list_items() -> None:

@@ -57,28 +57,37 @@ class Queries:
 
 
 class _Prepared:
-    """A plan, and how to convert its result columns (learnt from its first result)."""
+    """A plan, and how to convert the columns of its results.
 
-    __slots__ = ("fixes", "plain", "plan")
+    Every call in the backend shares the plan, whoever calls: PostgreSQL plans it again
+    when what it depends on changed (a relation, the search_path, the role under row
+    security), and its columns may then be others. So the conversions are those of the
+    columns each result has (names and types), learnt again when they differ from the last
+    result's: a red team's temporary table gave a query text-typed columns, and the
+    conversions learnt from it gave the next role's call of that query str for its uuid and
+    timestamptz columns (one comparison of two short lists per query)."""
+
+    __slots__ = ("columns", "fixes", "plan")
 
     def __init__(self, plan: Any) -> None:
         self.plan = plan
-        self.fixes: list[tuple[str, Callable[[Any], Any]]] | None = None
-        self.plain = False  # known to need no conversion
+        self.columns: tuple[list[str], list[int]] | None = None
+        self.fixes: list[tuple[str, Callable[[Any], Any]]] = []
 
     def rows(self, result: Any) -> Any:
-        fixes = self.fixes
-        if fixes is None:
-            try:
-                names, oids = result.colnames(), result.coltypes()
-            except plpy.Error:  # a utility statement or a write without RETURNING
-                return result
-            fixes = self.fixes = [
+        try:
+            columns = (result.colnames(), result.coltypes())
+        except plpy.Error:  # a utility statement or a write without RETURNING
+            return result
+        if columns != self.columns:
+            names, oids = columns
+            self.fixes = [
                 (n, converter(OID_PARSERS[o]))  # type: ignore[misc]
                 for n, o in zip(names, oids, strict=True)
                 if o in OID_PARSERS
             ]
-            self.plain = not fixes
+            self.columns = columns
+        fixes = self.fixes
         for row in result if fixes else ():
             for name, convert in fixes:
                 row[name] = convert(row[name])
@@ -170,7 +179,7 @@ class Db(Queries):
                 changed = identity.leave(entered)
         if changed:
             _stop_identity(changed)
-        return result if prepared.plain else prepared.rows(result)
+        return prepared.rows(result)
 
     def execute(self, query: str, params: Sequence[Any] = (), /) -> Rows:
         """Run `query` with `$1, $2 …` bound to `params`; return the rows as dicts.

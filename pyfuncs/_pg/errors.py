@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from . import vocabulary
+from . import classes, vocabulary
 from .bounded import OperationTooLarge
 from .watchdog import RoutineInterrupted
 
@@ -74,6 +74,7 @@ def make(
     cls = ERROR_TYPES.get(type_name)
     if cls is None:
         cls = ERROR_TYPES[type_name] = type(type_name, (plpy.Error,), {"__module__": "builtins"})
+        classes.share(cls)
     err: Exception = cls(message)
     err.sqlstate = sqlstate  # type: ignore[attr-defined]
     if detail:

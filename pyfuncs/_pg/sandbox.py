@@ -14,7 +14,7 @@ import abc
 import sys
 import types
 
-from . import backstop, bounded, errors, lazy, views, vocabulary
+from . import backstop, bounded, classes, errors, lazy, views, vocabulary
 from . import watchdog as stopping
 from .guards import CHECKED_READS, compile_module
 from .imported import imported
@@ -58,7 +58,8 @@ def _view(name: str, allowed: frozenset[str], owner: str = "") -> types.ModuleTy
     found = VIEWS.get(key)
     if found is None:
         if name in allowed:
-            found = views.view(name, allowed, STAND_INS[name]() if name in STAND_INS else None)
+            with classes.sharing():  # (a stand-in's classes are every call's too)
+                found = views.view(name, allowed, STAND_INS[name]() if name in STAND_INS else None)
         else:  # a package only some of whose modules are allowed: just those
             found = views.ModuleView(f"{name} (view)")
             for child in sorted(m for m in allowed if m.startswith(name + ".")):
@@ -261,7 +262,7 @@ STAND_INS = {
     "hashlib": bounded.guarded_hashlib, "hmac": bounded.guarded_hmac,
     "dataclasses": guarded_dataclasses,
     "unicodedata": bounded.guarded_unicodedata, "uuid": bounded.guarded_uuid,
-    "collections": bounded.guarded_collections,
+    "collections": bounded.guarded_collections, "json": bounded.guarded_json,
 }  # fmt: skip
 
 
@@ -730,8 +731,19 @@ def restricted_builtins(allowed: frozenset[str], module_name: str) -> dict[str, 
                 return default[0]
             raise
 
+    build_class = builtins.__build_class__
+
+    def __build_class__(func: Any, name: Any, /, *bases_: Any, **kwargs: Any) -> Any:
+        for base in bases_:  # (C refuses them anyway: this says why)
+            why = classes.refused(base)
+            if why is not None:
+                raise TypeError(f"pyfuncs: the class {name!r} may not derive from "
+                                f"{_NAME(base)}: {why}")  # fmt: skip
+        return build_class(func, name, *bases_, **kwargs)
+
     restricted = {k: v for k, v in vars(builtins).items() if k not in REMOVED_BUILTINS}
     restricted.update(
+        __build_class__=__build_class__,
         __import__=guarded_import,
         getattr=getattr_,
         hasattr=lambda obj, name: hasattr(obj, public(name)),
@@ -768,14 +780,21 @@ def load_module(
                 f"pyfuncs: a routine module may not be called {module_name!r}, the name of a "
                 "module of the standard library or of pyfuncs (rename it)"
             )
-        module = types.ModuleType(module_name)
+        # what the module owns is told by its name (sandbox.writable, private, random's
+        # generator): another module of the same name (another version of it, or another
+        # deployer's file of that name) gets a name of its own
+        name, serial = module_name, 1
+        while name in sys.modules:
+            serial += 1
+            name = f"{module_name}~{serial}"  # (no real module has a ~ in its name)
+        module = types.ModuleType(name)
         module.__file__ = filename
         # dataclasses and typing look classes' modules up in sys.modules while they are built
-        sys.modules[module_name] = module
+        sys.modules[name] = module
         # so tracebacks show the routine's source lines: the file itself is not on the server
         errors.remember_lines(filename, source)
-        module.__dict__.update(helpers(module_name))
-        module.__dict__["__builtins__"] = restricted_builtins(allowed, module_name)
+        module.__dict__.update(helpers(name))
+        module.__dict__["__builtins__"] = restricted_builtins(allowed, name)
         code = compile_module(source, filename)
         _register(code, module.__dict__)
         loading, stopping.LOADING = stopping.LOADING, module.__dict__

@@ -12,7 +12,7 @@ from pyfuncs import deploy as deploying
 
 from .modules import contaminate_mod, random_mod
 
-CLEAN = '{"a": [1, 2]} False 0.142857 0 3.14 1 0.33333 0001'
+CLEAN = '{"a": [1, 2]} False 0.142857 0 3.14 1 0.33333 0001 2 False {"b":1} unchecked 22023'
 
 
 @pytest.fixture
@@ -96,3 +96,63 @@ def test_each_module_draws_from_a_generator_of_its_own(cont: psycopg.Connection[
         assert info.value.sqlstate == "54000", (how, info.value)
         assert "one operation in a routine may make at most" in str(info.value)
         cont.rollback()
+
+
+def test_modules_of_the_same_name_draw_from_generators_of_their_own(
+    cont: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """Two deployers' files of the same name are two modules: what a module owns is told
+    by its name (its random generator, what it may change), so the second gets a name of
+    its own (a red team predicted another file's draws from its own, both `routines.py`)."""
+    for schema in ("same_a", "same_b"):
+        folder = tmp_path / schema
+        folder.mkdir()
+        (folder / "routines.py").write_text(
+            "import random\nfrom pyfuncs import stored_function\n\n\n"
+            f"@stored_function(schema={schema!r})\n"
+            "def draws(n: int) -> list[int]:\n"
+            "    return [random.getrandbits(32) for _ in range(n)]\n"
+        )
+        deploying.deploy(cont, str(folder / "routines.py"))
+    observed = cont.execute("SELECT same_a.draws(624)").fetchone()
+    assert observed is not None
+    predicted = _predicted(observed[0], 8)
+    others = cont.execute("SELECT same_b.draws(8)").fetchone()
+    assert others is not None and others[0] != predicted
+    assert cont.execute("SELECT same_a.draws(8)").fetchone() == (predicted,)
+
+
+PLANS = """
+from pyfuncs import db, stored_function
+
+
+@stored_function(schema="plans", roles=["student", "manager"])
+def kinds() -> str:
+    row = db.fetchone("SELECT id, at FROM events")
+    return " ".join("str" if isinstance(value, str) else "other" for value in row.values())
+"""
+
+
+def test_a_shared_plan_converts_each_result_by_its_own_columns(
+    cont: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """Plans are every call's, and PostgreSQL plans one again for another search_path or
+    relation: its result's columns may then be others. A red team's temporary table gave a
+    query text columns, and the next role's call of the same query got str for its uuid and
+    timestamptz (the conversions were learnt once, from the first result)."""
+    module = tmp_path / "plans_mod.py"
+    module.write_text(PLANS)
+    deploying.deploy(cont, str(module))
+    cont.execute(
+        "CREATE TABLE public.events (id uuid, at timestamptz);"
+        "INSERT INTO public.events VALUES (gen_random_uuid(), now());"
+        "GRANT SELECT ON public.events TO student, manager"
+    )
+    cont.execute("SET ROLE student")
+    cont.execute("CREATE TEMP TABLE events (id text, at text)")
+    cont.execute("INSERT INTO events VALUES ('x', 'y')")
+    assert cont.execute("SELECT plans.kinds()").fetchone() == ("str str",)
+    cont.execute("DROP TABLE pg_temp.events")
+    cont.execute("RESET ROLE")
+    cont.execute("SET ROLE manager")
+    assert cont.execute("SELECT plans.kinds()").fetchone() == ("other other",)

@@ -739,3 +739,31 @@ def test_a_module_named_as_one_the_runtime_imports_is_refused(
     monkeypatch.setattr(sys, "path", [str(tmp_path)])
     with pytest.raises(DefinitionError, match=r"may not be called .*rename it"):
         collecting.read(name)
+
+
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [
+        ("class M(type):\n    pass\n", "the class 'M' may not derive from type"),
+        (
+            "import datetime\n\nclass D(datetime.datetime):\n    pass\n",
+            "the class 'D' may not derive from datetime",
+        ),
+        (
+            "import dataclasses\nimport json\n\ndataclasses.dataclass(json.JSONEncoder)\n",
+            "cannot set",
+        ),
+    ],
+    ids=["metaclass", "datetime_subclass", "shared_class"],
+)
+def test_check_refuses_what_the_database_would(tmp_path: Path, source: str, said: str) -> None:
+    """A module that defines a metaclass, derives from datetime or changes a shared class
+    at its top level fails `pyfuncs check` as it would fail its first call, with the
+    runtime's words (the check runs it with the same flags on the types)."""
+    module = tmp_path / "classy.py"
+    module.write_text("from pyfuncs import stored_function\n" + source + ROUTINE)
+    assert check_source(module.read_text(), "classy.py") == []
+    with pytest.raises(DefinitionError) as info:
+        collecting.collect(str(module))
+    assert "classy failed: TypeError: " in str(info.value)
+    assert said in str(info.value)

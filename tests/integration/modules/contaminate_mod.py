@@ -4,6 +4,7 @@ it has, and routines that check nothing changed."""
 from __future__ import annotations
 
 import calendar
+import collections
 import collections.abc
 import dataclasses
 import datetime
@@ -12,6 +13,7 @@ import json
 import math
 import random
 import struct
+import typing
 import uuid
 import zoneinfo
 from decimal import Decimal
@@ -88,6 +90,39 @@ def _str_format_walk() -> None:
     str.format("{0.gi_frame}", (x for x in ()))
 
 
+# the standard library's code sets attributes of the classes it is given (round 19): shared
+# classes are immutable, whoever sets them
+def _dataclass_rows() -> None:
+    dataclasses.dataclass(Rows)
+
+
+def _dataclass_user_dict() -> None:
+    dataclasses.dataclass(collections.UserDict)
+
+
+def _dataclass_encoder() -> None:
+    dataclasses.dataclass(frozen=True)(json.JSONEncoder)
+
+
+def _dataclass_raise_error() -> None:
+    dataclasses.dataclass(frozen=True)(RaiseError)
+
+
+def _runtime_checkable() -> None:
+    typing.runtime_checkable(typing.Protocol)
+
+
+class _Closable(typing.Protocol):
+    def close(self) -> None: ...
+
+
+def _protocol_check() -> str:
+    try:
+        return str(isinstance(1, _Closable))
+    except TypeError:
+        return "unchecked"
+
+
 ATTEMPTS = {
     "json_dumps": _json_dumps, "json_class": _json_class, "setattr_view": _setattr_view,
     "db_handle": _db_handle, "db_class": _db_class, "rows_class": _rows_class,
@@ -95,6 +130,9 @@ ATTEMPTS = {
     "register_by_name": _register_by_name, "seed": _seed, "decimal_context": _decimal_context,
     "first_weekday": _first_weekday, "math_constant": _math_constant, "sentinel": _sentinel,
     "uuid_class": _uuid_class, "format_walk": _format_walk, "str_format_walk": _str_format_walk,
+    "dataclass_rows": _dataclass_rows, "dataclass_user_dict": _dataclass_user_dict,
+    "dataclass_encoder": _dataclass_encoder, "dataclass_raise_error": _dataclass_raise_error,
+    "runtime_checkable": _runtime_checkable,
 }  # fmt: skip
 
 
@@ -124,6 +162,10 @@ def observe() -> str:
         json.dumps({"a": [1, 2]}), str(isinstance("x", collections.abc.Mapping)),
         str(Decimal(1) / Decimal(7))[:8], str(calendar.firstweekday()), str(round(math.pi, 2)),
         str(db.fetchval("SELECT 1")), third, uuid.UUID(int=1).hex[-4:],
+        str(len(db.execute("SELECT 1 AS x UNION ALL SELECT 2"))),
+        str(collections.UserDict() == collections.UserDict({1: 2})),
+        json.dumps({"b": 1}, separators=(",", ":")), _protocol_check(),
+        RaiseError("no", sqlstate="22023").sqlstate,
     ])  # fmt: skip
 
 

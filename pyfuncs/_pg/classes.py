@@ -1,0 +1,239 @@
+"""Classes: which ones a routine's class may derive from, and which ones nobody may change.
+
+Two flags of type objects, which CPython checks in C however it is asked, kept for the whole
+backend once the runtime has started:
+
+* **No metaclasses, no subclasses of date, datetime and time** (Py_TPFLAGS_BASETYPE off).
+  A metaclass answers for its classes whatever C asks of them: `cls(...)` (its `__call__`),
+  their attributes (`__getattribute__`), their hash and equality inside the caches of
+  shared abstract classes, isinstance and issubclass of shared ABCs; and datetime's C code
+  makes a value of a subclass with `cls(...)` (`fromtimestamp`, `combine`, `replace`,
+  `astimezone`, arithmetic) and writes through what that returns as a datetime. Red teams
+  used both, to run one module's code in other roles' calls and to make C write into an
+  object of another type (the shared int 7 became 6). C refuses a base without the flag
+  however a class is made (a class statement, `type(name, bases, namespace)`,
+  `types.new_class`, a metaclass's `__new__`), so the flag is off on `type` and every type
+  derived from it, and on date and time (datetime derives from date) and theirs.
+* **Classes every call shares are immutable** (Py_TPFLAGS_IMMUTABLETYPE on). A routine's
+  own code may set attributes only of what its module made (sandbox.writable), but the
+  standard library's code sets attributes of whatever class it is given:
+  `dataclasses.dataclass(Rows)` gave pyfuncs' Rows a new `__init__` and `__eq__`, and every
+  later `db.execute` in the backend, any role's, returned no rows (a red team's);
+  `typing.runtime_checkable(typing.Protocol)`, `dataclass(collections.UserDict)` likewise.
+  With the flag on, Python refuses to set or delete an attribute of the class, whoever
+  asks. Shared classes are those that exist when the runtime starts, those an import makes
+  and those the runtime makes for routines later (stand-ins of modules, error classes):
+  all but a routine's own.
+
+The standard library makes its metaclasses (enum's, typing's) as it is imported, which a
+routine's import may do during a call: an import finder in front of the others opens a
+window for the import system's work on a module, in which the flags are given back, and
+when it closes, the classes made meanwhile are shared ones and the new metaclasses lose the
+flag too. Meanwhile the one way a routine's code could run is a finalizer (a `__del__` of
+the routine's that something the import does sets off): the collector is off, and a profile
+hook takes BASETYPE away again while any frame of a routine's code runs.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+
+from . import watchdog as stopping
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
+
+BASETYPE = 1 << 10  # Py_TPFLAGS_BASETYPE
+IMMUTABLE = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE
+HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made at run time (the others are C's)
+
+# the types withheld as bases, and the classes made immutable, by id: (the type, its
+# tp_flags field as a ctypes c_ulong)
+WITHHELD: dict[int, tuple[type, Any]] = {}
+SHARED: dict[int, tuple[type, Any]] = {}
+
+_SUBCLASSES = type.__dict__["__subclasses__"]
+_MRO = type.__dict__["__mro__"].__get__
+_FLAGS = type.__dict__["__flags__"].__get__
+_FLAGS_AT: list[int] = []  # the offset of tp_flags in a type object
+
+
+def _flags(kind: type) -> Any:
+    import ctypes
+
+    if not _FLAGS_AT:
+        for offset in range(16, 400, 8):
+            if ctypes.c_ulong.from_address(id(type) + offset).value == _FLAGS(type):
+                _FLAGS_AT.append(offset)
+                break
+        else:
+            raise RuntimeError("pyfuncs: the layout of type objects is not the expected one")
+    return ctypes.c_ulong.from_address(id(kind) + _FLAGS_AT[0])
+
+
+def _roots() -> Iterator[type]:
+    yield type
+    datetime = sys.modules.get("_datetime") or sys.modules.get("datetime")
+    if datetime is not None:
+        yield from (datetime.date, datetime.time)  # (datetime derives from date)
+
+
+def _every_class(root: type = object) -> dict[int, type]:
+    found: dict[int, type] = {}
+    pending = [root]
+    while pending:
+        kind = pending.pop()
+        if id(kind) not in found:
+            found[id(kind)] = kind
+            pending.extend(_SUBCLASSES(kind))
+    return found
+
+
+def withhold() -> None:
+    """Take BASETYPE from every type of the kinds there is now."""
+    for root in _roots():
+        for key, kind in _every_class(root).items():
+            if key not in WITHHELD and _FLAGS(kind) & BASETYPE:
+                WITHHELD[key] = (kind, _flags(kind))
+    for _, field in WITHHELD.values():
+        field.value &= ~BASETYPE
+
+
+def _give_back() -> None:
+    for _, field in WITHHELD.values():
+        field.value |= BASETYPE
+
+
+def _freeze() -> None:
+    for _, field in SHARED.values():
+        field.value |= IMMUTABLE
+
+
+def _thaw() -> None:  # (module code may set attributes of classes of other modules: ast's)
+    for _, field in SHARED.values():
+        field.value &= ~IMMUTABLE
+
+
+def share(*classes: type) -> None:
+    """Make classes every call shares immutable (the ones C made are already), but
+    weakref.finalize, whose own code keeps its state in class attributes (no routine
+    reaches it: weakref is not an allowed module, and none of theirs hands one out)."""
+    finalize = getattr(sys.modules.get("weakref"), "finalize", None)
+    for kind in classes:
+        flags = _FLAGS(kind)
+        if flags & HEAPTYPE and not flags & IMMUTABLE and kind is not finalize:
+            field = _flags(kind)
+            field.value |= IMMUTABLE
+            SHARED[id(kind)] = (kind, field)  # (held: its id is not reused)
+
+
+def refused(base: Any) -> str | None:
+    """Why a class of a routine's may not derive from `base`, or None if it may."""
+    if id(base) not in WITHHELD or WITHHELD[id(base)][0] is not base:
+        return None
+    if type in _MRO(base):
+        return (
+            "a routine may not define metaclasses: C code and every call's isinstance of "
+            "shared abstract classes trust what a metaclass answers for its classes"
+        )
+    return (
+        "datetime's C code makes values of a subclass with cls(...) and writes through what "
+        "that returns (hold a datetime in an attribute instead)"
+    )
+
+
+_DEPTH = [0]  # windows open (one inside another: an import during an import)
+_ROUTINE_FRAMES = [0]  # frames of a routine's code running in a window
+
+
+def _watch(frame: Any, event: str, arg: Any) -> None:
+    """The profile hook while a window is open: closes it while code of a routine's runs
+    (a finalizer), and opens it again when that code returns."""
+    if event == "call":
+        if id(frame.f_code) in stopping.ROUTINE_CODE:
+            _ROUTINE_FRAMES[0] += 1
+            if _ROUTINE_FRAMES[0] == 1:
+                withhold()
+                _freeze()
+    elif event == "return" and _ROUTINE_FRAMES[0] and id(frame.f_code) in stopping.ROUTINE_CODE:
+        _ROUTINE_FRAMES[0] -= 1
+        if _ROUTINE_FRAMES[0] == 0:
+            _give_back()
+            _thaw()
+
+
+class sharing:
+    """A window in which the standard library or the runtime makes classes every call will
+    share: BASETYPE is given back meanwhile, and the classes made are shared ones after."""
+
+    def __enter__(self) -> None:
+        if _DEPTH[0] == 0:
+            self.collecting, self.profile = gc.isenabled(), sys.getprofile()
+            gc.disable()
+            self.before = _every_class()  # (held: no id is reused until the window closes)
+            _ROUTINE_FRAMES[0] = 0
+            sys.setprofile(_watch)
+            _give_back()
+            _thaw()
+        _DEPTH[0] += 1
+
+    def __exit__(self, *exc: object) -> None:
+        _DEPTH[0] -= 1
+        if _DEPTH[0] == 0:
+            sys.setprofile(self.profile)
+            withhold()
+            _freeze()
+            before = self.before
+            share(*(kind for key, kind in _every_class().items() if key not in before))
+            del self.before
+            if self.collecting:
+                gc.enable()
+
+
+class _Importing:
+    """The import finder in front of the others: hands each import on to them, and runs
+    the module's code in a window (see the module's docstring)."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        for finder in list(sys.meta_path):
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(name, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _Loader(spec.loader)
+                return spec
+        return None
+
+
+class _Loader:
+    """A loader that runs the one it wraps in a window."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __getattr__(self, name: str) -> Any:  # get_source, resource readers, ...
+        return getattr(self.loader, name)
+
+    def create_module(self, spec: Any) -> Any:  # (an extension module makes its types here)
+        create = getattr(self.loader, "create_module", None)
+        if create is None:
+            return None
+        with sharing():
+            return create(spec)
+
+    def exec_module(self, module: Any) -> None:
+        with sharing():
+            self.loader.exec_module(module)
+
+
+def install() -> None:
+    """Keep the flags, from now on, in this process."""
+    withhold()
+    share(*_every_class().values())
+    if not any(isinstance(finder, _Importing) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _Importing())
