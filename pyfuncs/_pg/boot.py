@@ -166,7 +166,6 @@ def start(gd: dict[str, Any]) -> None:
     when_imported("fractions", bounded.bound_fractions)
     when_imported("zoneinfo", bounded.hold_zones)
     when_imported("copy", sandbox.contain_copies)
-    when_imported("enum", sandbox.contain_enums)
     when_imported("typing", sandbox.contain_typing)
     hold_classes()  # (last: its import finder goes in front of the others)
     for name in INTERFACES:

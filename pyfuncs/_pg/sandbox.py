@@ -71,36 +71,6 @@ def _view(name: str, allowed: frozenset[str], owner: str = "") -> types.ModuleTy
     return found
 
 
-def contain_enums(enum: types.ModuleType) -> None:
-    """An enum makes its members with the constructor of the type mixed in
-    (`_new_member_`), past its metaclass's `__call__`; C code that later makes a value of
-    the member's class with `type(self)(...)` trusts what that call returns, and a routine's
-    metaclass's `__call__` returned a bytes object to datetime's `astimezone`, which wrote
-    through it (a red team decremented the shared int 7, and another role's `3 + 4` gave 6).
-    So, once per backend, as enum is imported, an enum's metaclass must be EnumType or one
-    that adds nothing to it."""
-    kind = enum.EnumType
-    new = _DICT(kind)["__new__"]
-    if getattr(new, "contained", False):
-        return
-    real = new.__func__ if isinstance(new, staticmethod) else new
-
-    def __new__(metacls: Any, cls: str, bases: Any, classdict: Any, /, **kwargs: Any) -> Any:
-        for meta in _MRO(metacls):
-            if meta is kind:
-                break
-            if not _adds_nothing(meta):
-                raise TypeError(
-                    f"pyfuncs: the enum {cls!r} may not have the metaclass {_NAME(metacls)}: "
-                    "enum makes its members past a metaclass's __call__, which C code then "
-                    "trusts (use enum's own)"
-                )
-        return real(metacls, cls, bases, classdict, **kwargs)
-
-    __new__.contained = True  # type: ignore[attr-defined]
-    kind.__new__ = staticmethod(__new__)
-
-
 def contain_copies(copy: types.ModuleType) -> None:
     """Copying an object (copy.copy, copy.deepcopy: dataclasses.asdict and astuple, a
     UserDict's copy) calls its class's __reduce_ex__, makes an object with the function it
@@ -139,8 +109,9 @@ def contain_copies(copy: types.ModuleType) -> None:
 def contain_typing(typing: types.ModuleType) -> None:
     """typing caches what its subscriptions make (`Optional[int]`, `Callable[..., T]`) in
     lru caches every call in the backend shares, keyed by the arguments' equality: a
-    routine's class whose metaclass says it equals int (and hashes like it) was cached in
-    int's place, and a later call's `Optional[int]` was `Optional[ThatClass]`. So, once for
+    routine's class whose metaclass said it equals int (and hashed like it) was cached in
+    int's place, and a later call's `Optional[int]` was `Optional[ThatClass]`; an object of
+    the routine's with its own `__eq__` (`Literal[obj]`) would run it in other calls. So, once for
     the backend, as soon as typing is imported (boot.py), its caches key by identity: the
     same objects give the same cached result, as before, and nothing else can."""
     import gc
@@ -397,50 +368,18 @@ def _shared_abc(obj: Any) -> None:
     )
 
 
-# what a class statement puts in a class that defines nothing
-_EMPTY_CLASS = {"__module__", "__qualname__", "__doc__"}
-
-
-def _adds_nothing(klass: type) -> bool:
-    """Whether a class (a metaclass of a routine's, say) defines nothing of its own."""
-    return bool(_DICT(klass).keys() <= _EMPTY_CLASS)
-
-
 def contain_abcs() -> None:
     """`isinstance(x, collections.abc.Mapping)` in any call asks every subclass of Mapping,
-    a routine's too: its `__subclasshook__` (or its metaclass's `__subclasscheck__` or
-    `__instancecheck__`) would run in other roles' calls and decide for them. So, once per
-    backend, abc.ABCMeta refuses to make a class with such a hook of a routine's own; and
-    an abstract class's metaclass must be one that existed when the runtime started
-    (ABCMeta, the standard library's), typing.Protocol's, or one that adds nothing to them:
-    isinstance of a shared ABC looks `__subclasshook__`, `__subclasses__` and `_abc_impl`
-    up on each of its subclasses as ordinary attributes, which a metaclass's property or
-    method answers (red teams ran a routine's code in other roles' isinstance that way)."""
+    a routine's too: its `__subclasshook__` would run in other roles' calls and decide for
+    them. So, once per backend, abc.ABCMeta refuses to make a class with such a hook of a
+    routine's own, or whose names typing's protocol check would read with the routine's
+    methods. (A metaclass answered these for its classes too; routines may not define
+    metaclasses: see classes.py.)"""
     new = abc.ABCMeta.__new__
     if getattr(new, "contained", False):
         return
-    shared, pending = {abc.ABCMeta}, [abc.ABCMeta]
-    while pending:  # the metaclasses there are now: the standard library's, not a routine's
-        for meta in type.__subclasses__(pending.pop()):
-            if meta not in shared:
-                shared.add(meta)
-                pending.append(meta)
-
-    def known(meta: type) -> bool:
-        typing = imported("typing")
-        return (
-            meta in shared or meta is type or meta is object
-            or (typing is not None and meta is getattr(typing, "_ProtocolMeta", None))
-            or _adds_nothing(meta)
-        )  # fmt: skip
 
     def __new__(mcls: Any, name: str, bases: Any, namespace: Any, /, **kwargs: Any) -> Any:
-        if mcls is not abc.ABCMeta and not all(known(meta) for meta in _MRO(mcls)):
-            raise TypeError(
-                f"pyfuncs: the abstract class {name!r} may not have the metaclass "
-                f"{_NAME(mcls)}: a metaclass of a routine's would answer isinstance and "
-                "issubclass of shared ABCs for every call in this backend (use abc.ABCMeta)"
-            )
         # typing's protocol check reads the names (and annotations) of every class under
         # the ABC asked about, with their own methods: only plain str names, in a plain
         # dict; and a protocol of a routine's under collections.abc's ABCs would have
@@ -491,60 +430,23 @@ def _extends_an_abc_as_a_protocol(bases: Any) -> bool:
     )  # fmt: skip
 
 
-# what a metaclass may not define for its classes to go into an ABC's registry or caches,
-# which are sets of weak references that C compares and hashes by their classes
-_COMPARING = ("__eq__", "__ne__", "__hash__")
-
-
-def _plain_class(klass: Any) -> bool:
-    meta = type(klass)
-    if meta is type or meta is abc.ABCMeta:
-        return True
-    return not any(
-        name in _DICT(m) for m in _MRO(meta)[:-2] for name in _COMPARING
-    )  # (a metaclass's MRO ends with type and object, whose own are identity's)
-
-
 def _contain_abc_caches() -> None:
-    """An ABC's registry and caches are sets of weak references to classes, added to in C
-    (PySet_Add, past set's guard) while the classes' hash and equality run: a routine's
-    metaclass with `__hash__` and `__eq__` nested an addition in one (gh-139071's miscount),
-    and a class of it in a shared ABC's cache would run its `__eq__` in other roles'
-    isinstance. So a class whose metaclass defines them is refused at the ABC's door
-    (register, isinstance, issubclass), and so is an instance whose class says another
-    class is its own (`__class__`, or a `__getattribute__`: isinstance caches what it says)."""
+    """isinstance against an ABC caches what an instance says its class is: an instance
+    whose class says it is another (`__class__`, or a `__getattribute__`) would put that
+    class in a shared ABC's cache. Such instances are checked as what they are."""
     meta = abc.ABCMeta
-    register, instancecheck, subclasscheck = (
-        meta.__dict__[name] for name in ("register", "__instancecheck__", "__subclasscheck__"))  # fmt: skip
-
-    def refuse(klass: Any) -> None:
-        raise TypeError(
-            f"pyfuncs: {_NAME(klass)}'s metaclass defines hashing or equality: its classes "
-            "cannot be registered with, or checked against, abstract classes"
-        )
-
-    def checked_register(cls: Any, subclass: Any) -> Any:
-        if isinstance(subclass, type) and not _plain_class(subclass):
-            refuse(subclass)
-        return register(cls, subclass)
-
-    def checked_subclasscheck(cls: Any, subclass: Any) -> bool:
-        if isinstance(subclass, type) and not _plain_class(subclass):
-            refuse(subclass)
-        return bool(subclasscheck(cls, subclass))
+    instancecheck, subclasscheck = (
+        meta.__dict__["__instancecheck__"],
+        meta.__dict__["__subclasscheck__"],
+    )
 
     def checked_instancecheck(cls: Any, instance: Any) -> bool:
         kind = type(instance)
-        if not _plain_class(kind):
-            refuse(kind)
         if any("__class__" in _DICT(k) or "__getattribute__" in _DICT(k)
                for k in _MRO(kind) if k is not object):  # fmt: skip
             return bool(subclasscheck(cls, kind))  # what it is, not what it says
         return bool(instancecheck(cls, instance))
 
-    checked_register.__name__, checked_register.__qualname__ = "register", "ABCMeta.register"
-    meta.register = checked_register  # type: ignore[method-assign]
-    meta.__subclasscheck__ = checked_subclasscheck  # type: ignore[method-assign]
     meta.__instancecheck__ = checked_instancecheck  # type: ignore[method-assign]
 
 
@@ -662,28 +564,14 @@ _DICT: Callable[[type], Any] = type.__dict__["__dict__"].__get__
 _NAME: Callable[[type], str] = type.__dict__["__name__"].__get__  # (whatever a metaclass says)
 
 
-def _enum_type() -> type | None:
-    """enum's metaclass, once enum is imported (before, no class has it)."""
-    enum = imported("enum")
-    return None if enum is None else enum.EnumType
-
-
 def match_class(cls: Any) -> Any:
     """The class of a class pattern with positional sub-patterns (guards.py inserts the
     call before the match statement): refused unless the attributes those sub-patterns
     read, its `__match_args__`, are public names, given by a plain tuple in the class that
-    nothing of the routine's computes (a metaclass's __getattribute__, a descriptor)."""
+    nothing of the routine's computes (a descriptor; and routines may not define the
+    metaclasses whose `__getattribute__` would: classes.py)."""
     if type not in _MRO(type(cls)):
         return cls  # not a class: the match statement refuses it
-    for meta in _MRO(type(cls)):  # read as type reads them, whatever the classes define
-        own = _DICT(meta)
-        if meta is not type and meta is not object and (
-            "__match_args__" in own or "__getattribute__" in own
-            or ("__getattr__" in own and meta is not _enum_type())):  # fmt: skip
-            raise TypeError(
-                f"pyfuncs: a class pattern with positional sub-patterns may not use "
-                f"{cls.__name__}, whose metaclass computes its attributes"
-            )
     for klass in _MRO(cls):
         own = _DICT(klass)
         if "__match_args__" in own:
