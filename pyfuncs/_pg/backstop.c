@@ -377,3 +377,85 @@ pyfuncs_backstop_contain(uintptr_t low, uintptr_t high, const char *overflow, co
 			return -1;
 	return 0;
 }
+
+
+/*
+ * The profile function of an import window (classes.py): while the import system runs a
+ * module's code, the flags that keep routines from defining metaclasses and from changing
+ * shared classes are off, and code of a routine's must not run with them off (a finalizer
+ * something the import does sets off). This sees every call and return of Python code in
+ * the window, as sys.setprofile's hook would, without running Python for each: when a frame
+ * of a routine's code (its code's id is a key of `codes`, watchdog.ROUTINE_CODE) is entered
+ * with no other running, it calls `closing`, and `opening` when the last one returns. The
+ * few functions of Python's C API it needs are given to it by address (so the library
+ * links against nothing of Python's); Python calls it with the GIL held.
+ */
+typedef struct _object PyObject;
+typedef PyObject *(*GetCode) (void *frame);
+typedef PyObject *(*FromPointer) (void *pointer);
+typedef int (*Contains) (PyObject *dict, PyObject *key);
+typedef PyObject *(*CallNoArgs) (PyObject *callable);
+typedef void (*DecRef) (PyObject *object);
+
+#define PYTRACE_CALL 0
+#define PYTRACE_RETURN 3
+
+static GetCode get_code;
+static FromPointer from_pointer;
+static Contains contains;
+static CallNoArgs call;
+static DecRef decref;
+static PyObject *codes;
+static PyObject *closing;
+static PyObject *opening;
+static long routine_frames;		/* frames of a routine's code running in the window */
+
+/*
+ * Before a window opens: Python's functions (PyFrame_GetCode, PyLong_FromVoidPtr,
+ * PyDict_Contains, PyObject_CallNoArgs, Py_DecRef), the dict of routine code and the two
+ * callables, which the caller keeps alive while the window is open.
+ */
+void
+pyfuncs_window_open(GetCode a, FromPointer b, Contains c, CallNoArgs d, DecRef e,
+					PyObject *routine_code, PyObject *on_close, PyObject *on_open)
+{
+	get_code = a;
+	from_pointer = b;
+	contains = c;
+	call = d;
+	decref = e;
+	codes = routine_code;
+	closing = on_close;
+	opening = on_open;
+	routine_frames = 0;
+}
+
+/* A Py_tracefunc, for PyEval_SetProfile: 0, or -1 with Python's error set. */
+int
+pyfuncs_window_watch(PyObject *unused, void *frame, int what, PyObject *arg)
+{
+	PyObject   *code,
+			   *key,
+			   *result;
+	int			found;
+
+	if (what != PYTRACE_CALL && (what != PYTRACE_RETURN || routine_frames == 0))
+		return 0;
+	code = get_code(frame);
+	key = from_pointer(code);
+	decref(code);
+	if (key == NULL)
+		return -1;
+	found = contains(codes, key);
+	decref(key);
+	if (found <= 0)
+		return found;
+	if (what == PYTRACE_CALL ? routine_frames++ == 0 : --routine_frames == 0)
+	{
+		result = call(what == PYTRACE_CALL ? closing : opening);
+		if (result == NULL)
+			return -1;
+		decref(result);
+	}
+	return 0;
+}

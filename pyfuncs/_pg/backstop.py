@@ -92,3 +92,24 @@ def refresh() -> None:
     extension modules loaded since is (a call stuck there is Python's too)."""
     if _installed:
         _installed[1](_installed[2], _installed[3], MESSAGE.encode())
+
+
+def window_profile(codes: dict[int, Any], closing: Any, opening: Any) -> bool:
+    """Make the library's profile function the thread's, for an import window
+    (classes.py): it calls `closing` when code of a routine's (`codes`) starts running and
+    `opening` when it has returned. False without the library (or one built before it)."""
+    watch = getattr(_installed[0], "pyfuncs_window_watch", None) if _installed else None
+    if watch is None:
+        return False
+    api = ctypes.pythonapi
+    address = [ctypes.cast(f, ctypes.c_void_p) for f in (
+        api.PyFrame_GetCode, api.PyLong_FromVoidPtr, api.PyDict_Contains,
+        api.PyObject_CallNoArgs, api.Py_DecRef, watch)]  # fmt: skip
+    bind = _installed[0].pyfuncs_window_open
+    bind.argtypes = [ctypes.c_void_p] * 5 + [ctypes.py_object] * 3
+    bind.restype = None
+    bind(*address[:5], codes, closing, opening)
+    api.PyEval_SetProfile.argtypes = [ctypes.c_void_p, ctypes.py_object]
+    api.PyEval_SetProfile.restype = None
+    api.PyEval_SetProfile(address[5], None)
+    return True

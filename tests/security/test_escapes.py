@@ -2503,20 +2503,27 @@ def test_a_dict_emptied_during_an_insert_keeps_a_table_for_any_key(
     )
 
 
+@pytest.mark.parametrize("hook", ["C", "Python"])
 def test_a_window_for_imports_closes_while_code_of_a_routines_runs(
-    runtime: psycopg.Connection[Any],
+    runtime: psycopg.Connection[Any], hook: str
 ) -> None:
     """While the import system runs a module's code, the standard library may define
     metaclasses and set attributes of other modules' classes (ast's): the flags are given
     back, in a window. Code of a routine's that runs meanwhile (a finalizer something the
     import does sets off) finds the window closed: it may not derive from type, nor change
-    a shared class; the window opens again when it returns, and closes for good after."""
+    a shared class; the window opens again when it returns, and closes for good after. The
+    profile function that sees it is backstop.c's, or Python's where that is missing."""
     runtime.execute("SELECT public.escape_attempt('boot', 'def attempt():\n    return 1\n')")
     runtime.execute(
         "DO LANGUAGE plpython3u $$\n"
         "import sys\n"
         "sandbox = sys.modules['pyfuncs_pg.sandbox']\n"
         "classes = sys.modules['pyfuncs_pg.classes']\n"
+        "backstop = sys.modules['pyfuncs_pg.backstop']\n"
+        f"c_hook = {hook == 'C'}\n"
+        "assert not c_hook or backstop._installed, 'pyfuncs_backstop.so is not installed'\n"
+        "real = backstop.window_profile\n"
+        "backstop.window_profile = real if c_hook else (lambda *args: False)\n"
         "import json\n"
         "source = '\\n'.join([\n"
         "    'import dataclasses',\n"
@@ -2535,12 +2542,17 @@ def test_a_window_for_imports_closes_while_code_of_a_routines_runs(
         "    '    return made, \"changed\"',\n"
         "]) + '\\n'\n"
         "allowed = frozenset({'json', 'dataclasses'})\n"
-        "namespace = sandbox.load_module(source, 'window.py', 'window_mod', allowed)\n"
-        "with classes.sharing():\n"
-        "    M = type('M', (type,), {})  # (as enum and typing define theirs)\n"
-        "    got = namespace['finalizer']()\n"
-        "    json.JSONDecodeError.y = 1  # (as ast sets attributes of _ast's classes)\n"
-        "    del json.JSONDecodeError.y\n"
+        "namespace = sandbox.load_module(source, 'window.py', f'window_{c_hook}', allowed)\n"
+        "try:\n"
+        "    with classes.sharing():\n"
+        "        assert (sys.getprofile() is classes._watch) is not c_hook\n"
+        "        M = type('M', (type,), {})  # (as enum and typing define theirs)\n"
+        "        got = namespace['finalizer']()\n"
+        "        json.JSONDecodeError.y = 1  # (as ast sets attributes of _ast's classes)\n"
+        "        del json.JSONDecodeError.y\n"
+        "finally:\n"
+        "    backstop.window_profile = real\n"
+        "assert sys.getprofile() is None\n"
         "assert got[0] == \"type 'type' is not an acceptable base type\", got\n"
         "assert 'immutable type' in got[1], got\n"
         "assert namespace['finalizer']() == got\n"
