@@ -108,8 +108,62 @@ class _Checker(ast.NodeVisitor):
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
             self._module(node, alias.name)
+            self._binds(node, alias.asname)
             if alias.name == "pyfuncs":
                 self.pyfuncs_names.add(alias.asname or "pyfuncs")
+
+    # a name of the interpreter's (`__x__`) bound by a statement other than an assignment
+    # (visit_Name sees those): a module-level `def __getattr__` answers the import system's
+    # questions about the module (the runtime refuses the same, see pyfuncs/_pg/guards.py);
+    # methods of a class are the class's own
+    def _binds(self, node: ast.AST, name: str | None) -> None:
+        if name is not None and _DUNDER.fullmatch(name):
+            self._add(node, "dunder-name", f"binding the name {name!r} reaches interpreter "
+                      "internals", "use an ordinary name (methods of a class may have one)")  # fmt: skip
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.ClassDef) -> None:
+        if not getattr(node, "_pf_member", False):
+            self._binds(node, node.name)
+        if isinstance(node, ast.ClassDef):
+            for statement in node.body:
+                if isinstance(statement, (ast.FunctionDef, ast.ClassDef)):
+                    statement._pf_member = True  # type: ignore[union-attr]
+        self.generic_visit(node)
+
+    visit_ClassDef = visit_FunctionDef
+
+    def visit_Global(self, node: ast.Global | ast.Nonlocal) -> None:
+        for name in node.names:
+            self._binds(node, name)
+
+    visit_Nonlocal = visit_Global
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
+        self._binds(node, node.name)
+        self.generic_visit(node)
+
+    def visit_MatchAs(self, node: ast.MatchAs | ast.MatchStar) -> None:
+        self._binds(node, node.name)
+        self.generic_visit(node)
+
+    visit_MatchStar = visit_MatchAs
+
+    def visit_MatchMapping(self, node: ast.MatchMapping) -> None:
+        self._binds(node, node.rest)
+        self.generic_visit(node)
+
+    def _async(self, node: ast.AST) -> None:
+        self._add(node, "async", "async code: routines run without an event loop",
+                  "write the routine as plain functions (a generator for rows)")  # fmt: skip
+        self.generic_visit(node)
+
+    visit_AsyncFunctionDef = visit_Await = visit_AsyncWith = visit_AsyncFor = _async
+
+    def visit_comprehension(self, node: ast.comprehension) -> None:
+        if node.is_async:
+            self._add(node.target, "async", "async code: routines run without an event loop",
+                      "write the routine as plain functions (a generator for rows)")  # fmt: skip
+        self.generic_visit(node)
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         if node.level:
@@ -118,6 +172,7 @@ class _Checker(ast.NodeVisitor):
             return
         self._module(node, node.module or "")
         for alias in node.names:
+            self._binds(node, alias.asname)
             if node.module == "pyfuncs":
                 self._pyfuncs_name(node, alias.name)
             if alias.name.startswith("__"):

@@ -454,7 +454,12 @@ pyfuncs_window_watch(PyObject *unused, void *frame, int what, PyObject *arg)
 	{
 		result = call(what == PYTRACE_CALL ? closing : opening);
 		if (result == NULL)
+		{
+			/* the frame does not run (its call fails): the next one closes the window */
+			if (what == PYTRACE_CALL)
+				routine_frames = 0;
 			return -1;
+		}
 		decref(result);
 	}
 	return 0;

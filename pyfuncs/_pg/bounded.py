@@ -816,6 +816,20 @@ def _to_bytes(number: Any, method: Callable[..., Any]) -> Callable[..., Any]:
     return to_bytes
 
 
+def _from_bytes(kind: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+    """int.from_bytes makes an int of eight bits a byte, linear in them: the ints that
+    stdlib code then works on in quadratic time (Fraction's gcd, Decimal(int)) must not come
+    that way beyond what the operators may make (a red team's 8,000,001 bits)."""
+
+    def from_bytes(data: Any, *args: Any, **kwargs: Any) -> Any:
+        size = len(data) if isinstance(data, (bytes, bytearray)) else 0
+        if size * 8 > MAX_INT_BITS:
+            refuse(f"int.from_bytes of {size:,} bytes", size * 8, "bits", MAX_INT_BITS)
+        return method(data, *args, **kwargs)
+
+    return from_bytes
+
+
 _TEXT = (str, bytes, bytearray)
 PADDING = ("ljust", "rjust", "center", "zfill", "expandtabs")
 
@@ -962,6 +976,7 @@ READS: dict[str, tuple[Kinds, Callable[[Any, Callable[..., Any]], Any]]] = {
     "normalize": (_ucd_kinds, _normalizing("normalize")),
     "is_normalized": (_ucd_kinds, _normalizing("is_normalized")),
     "to_bytes": ((int,), _to_bytes),
+    "from_bytes": ((int,), _from_bytes),
     "randbytes": (_random_kinds, _random_bytes),
     "getrandbits": (_random_kinds, _random_bits),
     **{name: (_TEXT, _padding(name)) for name in PADDING},
@@ -1194,6 +1209,30 @@ def python_ordered_dict() -> type:
     return python_only(collections, "_collections", ("OrderedDict",))["OrderedDict"]  # type: ignore[no-any-return]
 
 
+MAX_JSON_INDENT = 64  # characters of json's indent and of each separator
+
+
+def _bound_indents(kind: type) -> None:
+    """The encoder repeats its indent once a level (`' ' * indent`, in one C call): an
+    indent of 1.3 billion took a red team's call past its memory limit. It and the
+    separators are at most MAX_JSON_INDENT characters."""
+    init = kind.__dict__["__init__"]
+    if getattr(init, "bounded", False):
+        return
+
+    def __init__(self: Any, *, indent: Any = None, separators: Any = None, **kwargs: Any) -> None:
+        widths = [indent if isinstance(indent, int) else len(indent) if isinstance(indent, str)
+                  else 0]  # fmt: skip
+        if isinstance(separators, tuple):
+            widths += [len(s) for s in separators if isinstance(s, str)]
+        if max(widths) > MAX_JSON_INDENT:
+            refuse("json's indent or separators", max(widths), "characters", MAX_JSON_INDENT)
+        init(self, indent=indent, separators=separators, **kwargs)
+
+    __init__.bounded = True  # type: ignore[attr-defined]
+    kind.__init__ = __init__  # type: ignore[misc]
+
+
 def guarded_json() -> types.ModuleType:
     """json whose encoder is the one of Python: C's takes a list or tuple it holds without
     a reference (an item of the list around it) and, when it is a subclass, turns it into a
@@ -1206,6 +1245,7 @@ def guarded_json() -> types.ModuleType:
 
     encoder = types.ModuleType("json.encoder")
     encoder.__dict__.update(python_only(json.encoder, "_json", ("make_encoder",)))
+    _bound_indents(encoder.JSONEncoder)
     python = python_only(json, "", (), encoder=encoder, decoder=json.decoder)
     copy = types.ModuleType(json.__name__, json.__doc__)
     copy.__dict__.update({name: python[name] for name in json.__all__})
@@ -1383,15 +1423,20 @@ def _type_flags(kind: type, ctypes: Any) -> Any:
 
 
 def bound_fractions(fractions: types.ModuleType) -> None:
-    """Check what makes fractions compute a power of ten of its own (in its own code, where
-    the guards of routines are not): a Fraction from text with a large exponent or many
-    digits (`Fraction("1e100000000")`), and round() to many digits."""
+    """Check what makes fractions compute large numbers in its own code, where the guards of
+    routines are not, for whoever asks (statistics' code too): a Fraction from text with a
+    large exponent or many digits (`Fraction("1e100000000")`), round() to many digits,
+    powers, and Fractions of ints beyond MAX_INT_BITS (the gcd of two 8-million-bit ints
+    held a red team's call in one C call for seconds)."""
     kind = fractions.Fraction
     if getattr(kind.__new__, "bounded", False):
         return
     new, rounded = kind.__new__, kind.__round__
 
     def __new__(cls: Any, numerator: Any = 0, denominator: Any = None, **kwargs: Any) -> Any:
+        for part in (numerator, denominator):  # (fractions' own arithmetic makes them too)
+            if isinstance(part, int) and int.bit_length(part) > MAX_INT_BITS:
+                refuse("a Fraction", int.bit_length(part), "bits", MAX_INT_BITS)
         if isinstance(numerator, str):
             text = str.__str__(numerator)
             _, e, exponent = text.lower().rpartition("e")
@@ -1408,5 +1453,18 @@ def bound_fractions(fractions: types.ModuleType) -> None:
             refuse("round(Fraction, ndigits)", abs(ndigits), "digits", MAX_DECIMAL_CONVERSION)
         return rounded(self, ndigits)
 
+    # a power with an int exponent is computed by `**` on the numerator and denominator in
+    # fractions' code, for whoever asks (statistics' code, say): checked as the operator is
+    # in a routine's
+    def __pow__(a: Any, b: Any) -> Any:
+        _other_pow(a, b)
+        return power(a, b)
+
+    def __rpow__(b: Any, a: Any) -> Any:
+        _other_pow(a, b)
+        return rpower(b, a)
+
+    power, rpower = kind.__pow__, kind.__rpow__
     __new__.bounded = True  # type: ignore[attr-defined]
-    _set_on_type(kind, {"__new__": staticmethod(__new__), "__round__": __round__})
+    _set_on_type(kind, {"__new__": staticmethod(__new__), "__round__": __round__,
+                        "__pow__": __pow__, "__rpow__": __rpow__})  # fmt: skip

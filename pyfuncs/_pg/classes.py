@@ -185,7 +185,8 @@ class sharing:
             gc.disable()
             self.before = _every_class()  # (held: no id is reused until the window closes)
             _ROUTINE_FRAMES[0] = 0
-            if not backstop.window_profile(stopping.ROUTINE_CODE, _close, _open):
+            self.python = not backstop.window_profile(stopping.ROUTINE_CODE, _close, _open)
+            if self.python:
                 sys.setprofile(_watch)
             _open()
         _DEPTH[0] += 1
@@ -193,8 +194,17 @@ class sharing:
     def __exit__(self, *exc: object) -> None:
         _DEPTH[0] -= 1
         if _DEPTH[0] == 0:
+            # Python drops a profile function of Python that raised (one called where the
+            # stack was nearly full, say): code of a routine's may have run with the
+            # window open, and the session ends (C's cannot be dropped that way)
+            dropped = self.python and sys.getprofile() is not _watch
             sys.setprofile(self.profile)
             _close()
+            if dropped and stopping.WATCHDOG is not None:
+                stopping.WATCHDOG.end_session(
+                    "pyfuncs: the runtime lost sight of a routine's code while a module was "
+                    "imported; this session ends so that no other is affected"
+                )
             before = self.before
             share(*(kind for key, kind in _every_class().items() if key not in before))
             del self.before

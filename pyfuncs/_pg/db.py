@@ -230,14 +230,12 @@ class Db(Queries):
 
     def subtransaction(self) -> Savepoint:
         """A savepoint: `with db.subtransaction(): ...` undoes its writes if the block raises."""
-        stopping.guard()
-        _from_the_call()
+        self._count()  # (a savepoint is a database operation: max_db_ops counts it)
         return Savepoint(plpy.subtransaction())
 
     def claims(self) -> dict[str, Any]:
         """The caller's JWT claims (`request.jwt.claims`), empty without a token."""
-        stopping.guard()
-        _from_the_call()
+        self._count()
         raw = plpy.execute("SELECT current_setting('request.jwt.claims', true) AS c")[0]["c"]
         if not raw:
             return {}

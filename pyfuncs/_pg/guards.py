@@ -214,7 +214,56 @@ class Guards(_Transformer):
         for alias in node.names:
             if alias.name.startswith("__"):
                 self._refuse(node, f"importing {alias.name!r}")
+        return self.visit_Import(node)
+
+    # Names of the interpreter's (`__x__`) a module may not bind, however it binds them:
+    # a module-level `def __getattr__` answers the import system's questions about the
+    # module (`__path__`, `__spec__`), and a red team had Python import code of its choosing
+    # with the real builtins that way. Methods of a class are the class's own.
+    def visit_Import(self, node: ast.Import | ast.ImportFrom) -> ast.AST:
+        for alias in node.names:
+            self._binds(node, alias.asname)
         return node
+
+    def _binds(self, node: ast.AST, name: str | None) -> None:
+        if name is not None and name.startswith("__") and name.endswith("__"):
+            self._refuse(node, f"binding the name {name!r}")
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
+        if not getattr(node, "_pf_member", False):
+            self._binds(node, node.name)
+        for statement in node.body:
+            if isinstance(statement, (ast.FunctionDef, ast.ClassDef)):
+                statement._pf_member = True  # type: ignore[union-attr]
+        self.generic_visit(node)
+        return node
+
+    def visit_Global(self, node: ast.Global | ast.Nonlocal) -> ast.AST:
+        for name in node.names:
+            self._binds(node, name)
+        return node
+
+    visit_Nonlocal = visit_Global
+
+    def visit_MatchAs(self, node: ast.MatchAs | ast.MatchStar) -> ast.AST:
+        self._binds(node, node.name)
+        self.generic_visit(node)
+        return node
+
+    visit_MatchStar = visit_MatchAs
+
+    def visit_MatchMapping(self, node: ast.MatchMapping) -> ast.AST:
+        self._binds(node, node.rest)
+        self.generic_visit(node)
+        return node
+
+    # Routines run without an event loop, and an `async with` whose __aexit__ swallowed
+    # its stops kept a call running until its session was ended (a red team): no coroutines
+    def _no_async(self, node: ast.AST) -> ast.AST:
+        self._refuse(node, "async code (routines run without an event loop)")
+        return node
+
+    visit_AsyncFunctionDef = visit_Await = visit_AsyncWith = visit_AsyncFor = _no_async
 
     @staticmethod
     def _guard(at: ast.AST) -> ast.stmt:
@@ -222,6 +271,7 @@ class Guards(_Transformer):
         return _copy_location(call, at)
 
     def visit_ExceptHandler(self, node: ast.ExceptHandler) -> ast.AST:
+        self._binds(node, node.name)
         self.generic_visit(node)
         node.body.insert(0, self._guard(node.body[0]))
         return node
@@ -234,16 +284,16 @@ class Guards(_Transformer):
 
     visit_TryStar = visit_Try
 
-    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> ast.AST:
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
         """A finalizer (`__del__`) of a stopped call does not run: Python reports a stop
         raised in one as "ignored" and carries on, so a routine that spends its time in
         finalizers it triggers would never see its stop (the watchdog does not log it)."""
+        if not getattr(node, "_pf_member", False):
+            self._binds(node, node.name)
         self.generic_visit(node)
         if node.name == "__del__":
             node.body.insert(0, self._guard(node.body[0]))
         return node
-
-    visit_AsyncFunctionDef = visit_FunctionDef
 
     def _loop_range(self, iterable: ast.expr) -> ast.expr:
         """The iterable of a loop or comprehension: `range(...)` as Python's own range."""
@@ -262,6 +312,8 @@ class Guards(_Transformer):
         return node
 
     def visit_comprehension(self, node: ast.comprehension) -> ast.AST:
+        if node.is_async:
+            self._no_async(node)
         self.generic_visit(node)
         node.iter = self._loop_range(node.iter)
         return node

@@ -7,8 +7,13 @@ call is under way any more: a `__str__` that loops there could only be ended by 
 So every result is made plain first, inside the call: values of exact built-in types,
 which PL/Python converts without running any Python.
 
-* `None`, `bool`, `int`, `float`, `str`, `bytes`, `Decimal`, `date`, `timedelta`, `UUID`,
-  and `datetime`/`time` with no time zone or a built-in one, are kept as they are.
+* `None`, `bool`, `int`, `float`, `str`, `bytes`, `Decimal`, `date`, `timedelta`, and
+  `datetime`/`time` with no time zone or a built-in one, are kept as they are; but an `int`
+  beyond `bigint`'s range becomes a `Decimal`, and a `UUID` its text. PL/Python would turn
+  them into text after the call, where no limit applies: `str()` of a large int takes time
+  quadratic in its digits (a red team's list of 150,000 of 4,000 digits took a minute, at
+  1.4 GB), and a UUID's is Python code. The same text, made inside the call, and sized
+  as text by max_result_bytes; an int of more than MAX_INT_BITS is refused.
 * `list`, `tuple` and `dict` are rebuilt from plain items (a dict's keys too).
 * Rows: a dataclass instance becomes a dict of its fields; a NamedTuple a dict of its
   fields where it is the result or a row (so a single column can be read by name), a tuple
@@ -28,7 +33,7 @@ import sys
 from _collections_abc import Mapping, Sequence
 
 from . import lazy
-from .bounded import OperationTooLarge
+from .bounded import MAX_INT_BITS, OperationTooLarge, refuse
 from .imported import imported
 
 TYPE_CHECKING = False
@@ -44,6 +49,8 @@ INERT: set[type] = {type(None), bool, int, float, str, bytes}
 _ZONES: set[type] = set()  # time zones PL/Python converts without the routine's code
 _TIMES: tuple[type, ...] = ()  # datetime and time
 _LISTS: tuple[type, ...] = (range, lazy.range)  # made lists (and collections.deque)
+_TEXT: dict[type, Any] = {}  # exact types made text inside the call (uuid.UUID)
+_LONGEST = 1 << 63  # ints in bigint's range are kept
 _datetime: Any = None  # the modules, once imported
 _Decimal: Any = None
 _dataclasses: Any = None
@@ -78,8 +85,8 @@ def _learn() -> bool:
         _LISTS = (range, lazy.range, collections.deque)
         new = True
     uuid = imported("uuid")
-    if uuid is not None and uuid.UUID not in INERT:
-        INERT.add(uuid.UUID)
+    if uuid is not None and uuid.UUID not in _TEXT:
+        _TEXT[uuid.UUID] = str
         new = True
     if new:
         _BASES = _bases(uuid)
@@ -93,24 +100,49 @@ class ResultTooDeep(OperationTooLarge):
 def plain(value: Any, row: bool = True) -> Any:
     """`value` as values of exact built-in types (see the module's docstring). `row`: it is
     a function's result or one row of a set-returning function's."""
-    if type(value) in INERT:
+    kind = type(value)
+    if kind in INERT and (kind is not int or -_LONGEST <= value < _LONGEST):
         return value
     if len(sys.modules) != _seen:
         _learn()
     return _plain(value, 0, row)
 
 
+def _big(value: int) -> Any:
+    """An int beyond bigint's range, as a Decimal (whose text PL/Python reads in linear time)."""
+    bits = value.bit_length()
+    if bits > MAX_INT_BITS:
+        refuse("returning an int", bits, "bits", MAX_INT_BITS)
+    import decimal  # (here: rare, and decimal is imported by PL/Python for numerics anyway)
+
+    return decimal.Decimal(value)
+
+
+def _small_ints(items: Any, kinds: set[type]) -> bool:
+    """Whether the ints among `items` are all in bigint's range (min and max in C when
+    all are ints)."""
+    if int not in kinds:
+        return True
+    if len(kinds) == 1:
+        return bool(min(items) >= -_LONGEST and max(items) < _LONGEST)
+    return all(-_LONGEST <= v < _LONGEST for v in items if type(v) is int)
+
+
 def _plain(value: Any, depth: int, row: bool) -> Any:
     kind = type(value)
     if kind in INERT:
-        return value
+        return value if kind is not int or -_LONGEST <= value < _LONGEST else _big(value)
+    text = _TEXT.get(kind)
+    if text is not None:
+        return text(value)
     if depth >= MAX_DEPTH:
         raise ResultTooDeep(
             f"the result is nested deeper than {MAX_DEPTH} levels, or contains itself"
         )
     inner = depth + 1
     if kind is list or kind is tuple:
-        if set(map(type, value)) <= INERT:
+        kinds = set(map(type, value))
+        if kinds <= INERT and _small_ints(value, kinds):
             return list(value) if kind is list else value
         items = [_plain(item, inner, False) for item in value]
         return items if kind is list else tuple(items)
@@ -199,7 +231,7 @@ def _bases(uuid: Any) -> tuple[tuple[type, Any], ...]:
             (datetime.timedelta, lambda v: datetime.timedelta(v.days, v.seconds, v.microseconds)),
         ]  # fmt: skip
     if uuid is not None:
-        bases.append((uuid.UUID, lambda v: uuid.UUID(int=v.int)))
+        bases.append((uuid.UUID, lambda v: str(uuid.UUID(int=int(v.int)))))
     return tuple(bases)
 
 

@@ -355,6 +355,12 @@ def _checked_read(
         obj = obj.__self__  # type: ignore[attr-defined]
     if isinstance(obj, kinds):
         return check(obj, value)
+    if (
+        isinstance(obj, type)
+        and issubclass(obj, kinds)
+        and (type(value) is types.BuiltinMethodType and value.__self__ is obj)
+    ):  # a class method read from the class (`int.from_bytes`)
+        return check(obj, value)
     if isinstance(obj, type) and issubclass(obj, kinds) and hasattr(value, "__get__"):
         return lambda instance, *args, **kwargs: check(instance, value.__get__(instance))(
             *args, **kwargs)  # fmt: skip
@@ -652,8 +658,10 @@ READS: dict[str, tuple[bounded.Kinds, Callable[[Any, Any], Any]]] = {
     **bounded.READS,
 }
 
-# routine modules executed in this backend, by their exact source and allow-list
+# routine modules executed in this backend, by their exact source and allow-list, and the
+# names of their files
 MODULES: dict[tuple[str, frozenset[str]], dict[str, Any]] = {}
+FILENAMES: set[str] = set()
 
 
 def load_module(
@@ -668,13 +676,23 @@ def load_module(
                 f"pyfuncs: a routine module may not be called {module_name!r}, the name of a "
                 "module of the standard library or of pyfuncs (rename it)"
             )
-        # what the module owns is told by its name (sandbox.writable, private, random's
-        # generator): another module of the same name (another version of it, or another
-        # deployer's file of that name) gets a name of its own
-        name, serial = module_name, 1
+        # What the module owns is told by its name (writable, private, random's generator),
+        # and dataclasses find it in sys.modules by that name while they build its classes.
+        # A name no import asks for: a module named as one the standard library imports
+        # (`tzdata`, which zoneinfo does) answered the import system's questions, and a red
+        # team had it import code with the real builtins. Another module of the same name
+        # (another version of it, or another deployer's file of that name) gets one of its
+        # own, and so do the lines of a file of the same name (tracebacks show them).
+        name, serial = f"routine:{module_name}", 1
         while name in sys.modules:
             serial += 1
-            name = f"{module_name}~{serial}"  # (no real module has a ~ in its name)
+            name = f"routine:{module_name}~{serial}"
+        shown, serial = filename, 1
+        while shown in FILENAMES:
+            serial += 1
+            shown = f"{filename}~{serial}"
+        FILENAMES.add(shown)
+        filename = shown
         module = types.ModuleType(name)
         module.__file__ = filename
         # dataclasses and typing look classes' modules up in sys.modules while they are built

@@ -185,6 +185,12 @@ class Watchdog:
         self._fatal: Any = None
         self._limit = 0  # the recursion limit a look could not give back yet, else 0
 
+    def end_session(self, message: str) -> None:
+        """End the session (FATAL, as PostgreSQL ends one it terminates), where something
+        may have happened that no later call should run after; nothing without plpy."""
+        if self._fatal is not None:
+            self._fatal(message, sqlstate=vocabulary.INTERNAL_ERROR)
+
     def start(self, fatal: Any = None) -> None:
         """Install the handler; `fatal` (plpy.fatal) ends the session of a routine that goes
         on running GRACE after its stop."""

@@ -4,7 +4,9 @@ bounded before they start (issue 3, "Limits" and long C operations)."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -223,3 +225,25 @@ def test_max_db_ops_counts_while_a_generator_makes_its_rows(lim: psycopg.Connect
     err = fails(lim, "SELECT lim.outer_ops(2)")
     assert err.sqlstate == "54000"
     assert "lim.outer_ops exceeded its limit max_db_ops=2 (operation 3)" in str(err)
+
+
+@pytest.mark.parametrize("how", ["claims", "subtransaction"])
+def test_max_db_ops_counts_claims_and_savepoints(lim: psycopg.Connection[Any], how: str) -> None:
+    """A red team made 20,000 of them under a budget of 3."""
+    err = fails(lim, f"SELECT lim.other_ops('{how}')")
+    assert err.sqlstate == "54000"
+    assert "lim.other_ops exceeded its limit max_db_ops=3 (operation 4)" in str(err)
+
+
+def test_large_ints_and_uuids_become_text_inside_the_call(lim: psycopg.Connection[Any]) -> None:
+    """PL/Python turns a result's ints into text after the call, in time quadratic in their
+    digits, where timeout_ms does not apply (a red team's 150,000 ints of 4,000 digits took
+    a minute): beyond bigint's range they are turned inside the call, as UUIDs are."""
+    row = lim.execute("SELECT lim.big_numbers(2)").fetchone()
+    assert row is not None and row[0] == [Decimal(10**4000 + 1)] * 2
+    started = time.monotonic()
+    err = fails(lim, "SELECT cardinality(lim.big_numbers(150000))")
+    assert err.sqlstate == "57014", err
+    assert time.monotonic() - started < 2
+    ids = lim.execute("SELECT lim.ids(3)").fetchone()
+    assert ids is not None and ids[0] == [uuid.UUID(int=i) for i in range(3)]

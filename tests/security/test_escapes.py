@@ -2227,6 +2227,91 @@ attempt(
 """,
 )
 
+# Names of the interpreter's bound by a statement (round 21): a module-level `def
+# __getattr__` answered the import system's questions about a routine module deployed as
+# `tzdata`, and zoneinfo's import of tzdata ran code of the routine's choosing with the real
+# builtins. Refused however they are bound, but as methods of a class. (And routine modules
+# are kept in sys.modules under names no import asks for: see the test below.)
+BINDS = "load SyntaxError: pyfuncs: binding the name "
+for label, source in [
+    ("module_getattr", "def __getattr__(name):\n    return [name]"),
+    ("module_dir", "def __dir__():\n    return []"),
+    ("class_path", "import enum\n\nclass __path__(str, enum.Enum):\n    A = '/tmp'"),
+    ("import_as", "import json as __spec__"),
+    ("from_import_as", "from json import dumps as __loader__"),
+    ("global_def", "def make():\n    global __getattr__\n\n    def __getattr__(name):\n"
+                   "        return name"),
+    ("except_as", "try:\n    pass\nexcept ValueError as __path__:\n    pass"),
+    ("match_capture", "match [1]:\n    case [*__path__]:\n        pass"),
+    ("nested_class_in_a_function", "def make():\n    class __getattr__:\n        pass"),
+]:  # fmt: skip
+    attempt(f"dunder_bound_{label}", BINDS, source + "\n\ndef attempt():\n    return 1\n")
+attempt(
+    "dunder_methods_of_classes_still_work",
+    "returned str: 'x 2'",
+    """
+    class Box:
+        def __init__(self, items):
+            self.items = items
+
+        def __getattr__(self, name):
+            return name
+
+        def __len__(self):
+            return len(self.items)
+
+    def attempt():
+        box = Box([1, 2])
+        return f"{box.x} {len(box)}"
+""",
+)
+# Coroutines (round 22): routines run without an event loop, and an `async with` whose
+# __aexit__ swallowed the stop, driven by hand with send(), kept the call running until
+# the backstop ended its session.
+ASYNC = "load SyntaxError: pyfuncs: async code (routines run without an event loop)"
+for label, source in [
+    ("with", "class S:\n    async def __aenter__(self):\n        return self\n\n"
+             "    async def __aexit__(self, *exc):\n        return True"),
+    ("def", "async def spin():\n    return 1"),
+    ("comprehension", "def f(xs):\n    return [x async for x in xs]"),
+]:  # fmt: skip
+    attempt(f"async_{label}", ASYNC, source + "\n\ndef attempt():\n    return 1\n")
+
+# Ints made without an operator, that stdlib code then works on in quadratic time (round
+# 22: the gcd of two 8-million-bit ints in Fraction's code, in one C call): int.from_bytes
+# is bounded as the operators are, and so are Fractions of large ints (int(text, 2) makes
+# them too) and Fraction powers, whoever asks for them.
+for label, refused, body in [
+    ("from_bytes", "call OperationTooLarge: int.from_bytes of 20,000 bytes would make",
+     'return int.from_bytes(b"\\x01" + bytes(19_999), "big")'),
+    ("from_bytes_of_an_int", "call OperationTooLarge: int.from_bytes of 20,000 bytes",
+     'return (1).from_bytes(bytes(20_000), "little")'),
+    ("fraction_of_a_large_int", "call OperationTooLarge: a Fraction would make 200,000 bits",
+     'return fractions.Fraction(int("1" * 200_000, 2), 3)'),
+    ("fraction_from_ints_summed", "call OperationTooLarge: a Fraction would make",
+     'return statistics.mean([int("1" * 200_000, 2), 1])'),
+]:  # fmt: skip
+    attempt(f"large_int_{label}", refused,
+            f"import fractions\nimport statistics\n\ndef attempt():\n    {body}\n")  # fmt: skip
+attempt(
+    "json_indent_repeated_in_one_call",
+    "call OperationTooLarge: json's indent or separators would make 1,300,000,000 characters",
+    """
+    import json
+
+    def attempt():
+        return len(json.dumps([[1]], indent=1_300_000_000))
+""",
+)
+for label in ("indent_as_text", "separators"):
+    attempt(
+        f"json_{label}_bounded",
+        "call OperationTooLarge: json's indent or separators would make 100 characters",
+        "import json\n\ndef attempt():\n    return json.dumps([1], "
+        + ('indent=" " * 100)' if label == "indent_as_text" else 'separators=(",", " " * 100))')
+        + "\n",
+    )
+
 
 @pytest.fixture(scope="module")
 def runtime(cluster: Cluster, template: str) -> Iterator[psycopg.Connection[Any]]:
@@ -2562,5 +2647,74 @@ def test_a_window_for_imports_closes_while_code_of_a_routines_runs(
         "    assert 'not an acceptable base type' in str(exc)\n"
         "else:\n"
         "    raise AssertionError('a metaclass made in a window is still a base after it')\n"
+        "$$"
+    )
+
+
+def test_routine_modules_have_names_no_import_asks_for(runtime: psycopg.Connection[Any]) -> None:
+    """A routine module deployed as `tzdata` was what zoneinfo's import of tzdata found in
+    sys.modules (round 21). Routine modules are there under `routine:<name>`, a name no
+    import statement or standard module asks for; another module of that name, and the
+    lines of another file of that name, get names of their own."""
+    runtime.execute("SELECT public.escape_attempt('boot', 'def attempt():\n    return 1\n')")
+    runtime.execute(
+        "DO LANGUAGE plpython3u $$\n"
+        "import linecache, sys\n"
+        "sandbox = sys.modules['pyfuncs_pg.sandbox']\n"
+        "allowed = frozenset({'zoneinfo'})\n"
+        "first = sandbox.load_module('A = 1\\n', 'tzdata.py', 'tzdata', allowed)\n"
+        "second = sandbox.load_module('A = 2\\n', 'tzdata.py', 'tzdata', allowed)\n"
+        "assert 'tzdata' not in sys.modules\n"
+        "assert first['__name__'] == 'routine:tzdata', first['__name__']\n"
+        "assert second['__name__'] == 'routine:tzdata~2', second['__name__']\n"
+        "assert sys.modules['routine:tzdata~2'].__dict__ is second\n"
+        "assert (first['__file__'], second['__file__']) == ('tzdata.py', 'tzdata.py~2')\n"
+        "assert linecache.getline('tzdata.py', 1) == 'A = 1\\n'\n"
+        "assert linecache.getline('tzdata.py~2', 1) == 'A = 2\\n'\n"
+        "$$"
+    )
+
+
+def test_a_window_whose_profile_function_was_dropped_ends_the_session(
+    runtime: psycopg.Connection[Any],
+) -> None:
+    """Python drops a profile function of Python that raised (called where the stack was
+    nearly full, say: a red team's harness did it), after which code of a routine's could
+    run with the window open. Where the window found its function gone, the session ends."""
+    with psycopg.connect(runtime.info.dsn, autocommit=True) as conn:
+        conn.execute("SELECT public.escape_attempt('boot', 'def attempt():\n    return 1\n')")
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute(
+                "DO LANGUAGE plpython3u $$\n"
+                "import sys\n"
+                "classes = sys.modules['pyfuncs_pg.classes']\n"
+                "backstop = sys.modules['pyfuncs_pg.backstop']\n"
+                "backstop.window_profile = lambda *args: False\n"
+                "with classes.sharing():\n"
+                "    sys.setprofile(None)  # (as Python does when the function raised)\n"
+                "$$"
+            )
+        assert "lost sight of a routine's code while a module was imported" in str(info.value)
+        assert conn.closed or conn.broken
+    assert runtime.execute("SELECT 1").fetchone() == (1,)  # (the catalogue's carries on)
+
+
+def test_fraction_powers_are_bounded_for_whoever_asks(runtime: psycopg.Connection[Any]) -> None:
+    """fractions raises a numerator to a power in its own code (statistics' code calls it
+    too, past a routine's guards): bounded on the type, as the operator is in a routine."""
+    runtime.execute("SELECT public.escape_attempt('boot', 'def attempt():\n    return 1\n')")
+    runtime.execute(
+        "DO LANGUAGE plpython3u $$\n"
+        "import fractions, sys\n"
+        "bounded = sys.modules['pyfuncs_pg.bounded']\n"
+        "for power in (lambda: fractions.Fraction(3, 2) ** 10**6,\n"
+        "              lambda: 10 ** fractions.Fraction(10**6)):\n"
+        "    try:\n"
+        "        power()\n"
+        "    except bounded.OperationTooLarge as exc:\n"
+        "        assert 'would make' in str(exc), exc\n"
+        "    else:\n"
+        "        raise AssertionError('computed')\n"
+        "assert fractions.Fraction(3, 2) ** 2 == fractions.Fraction(9, 4)\n"
         "$$"
     )

@@ -69,6 +69,16 @@ ATTEMPTS = [
     ("from json import __builtins__", "dunder-name"),
     ("from pyfuncs import _pg", "import-not-allowed"),
     ("import pyfuncs\nd = pyfuncs.deploy", "import-not-allowed"),
+    # names of the interpreter's bound by statements (a module's __getattr__ answers the
+    # import system), and coroutines (no event loop: an `async with` swallowed stops)
+    ("def __getattr__(name):\n    return name", "dunder-name"),
+    ("class __path__:\n    pass", "dunder-name"),
+    ("import json as __spec__", "dunder-name"),
+    ("def f():\n    global __getattr__", "dunder-name"),
+    ("try:\n    pass\nexcept ValueError as __loader__:\n    pass", "dunder-name"),
+    ("match [1]:\n    case [*__path__]:\n        pass", "dunder-name"),
+    ("async def c():\n    pass", "async"),
+    ("class S:\n    async def __aexit__(self, *exc):\n        return True", "async"),
     # format strings that walk attributes
     ("s = '{0.__class__}'.format(1)", "format-traversal"),
     ("s = '{0.real}'.format(1)", "format-traversal"),
@@ -99,6 +109,9 @@ from pyfuncs import db, stored_function
 @dataclass
 class Row:
     n: int
+
+    def __post_init__(self) -> None:
+        self.n = int(self.n)
 
 @stored_function
 def f(x: int) -> int:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import unicodedata
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from math import factorial
 
 from pyfuncs import db, procedure, stored_function
@@ -282,3 +284,26 @@ def outer_ops(inner: int) -> int:
         return int(db.fetchval("SELECT lim.inner_ops($1)", [inner]))
     except BaseException:  # the stop is sticky: catching it does not help
         return -1
+
+
+@stored_function(schema="lim", max_db_ops=3)
+def other_ops(how: str) -> int:
+    """Database operations that are not queries: counted as well."""
+    for _ in range(4):
+        if how == "claims":
+            db.claims()
+        else:
+            with db.subtransaction():
+                pass
+    return 4
+
+
+@stored_function(schema="lim", timeout_ms=200)
+def big_numbers(n: int) -> list[Decimal]:
+    """Ints PL/Python would turn into text after the call: turned inside it."""
+    return [10**4000 + 1] * n
+
+
+@stored_function(schema="lim")
+def ids(n: int) -> list[uuid.UUID]:
+    return [uuid.UUID(int=i) for i in range(n)]
