@@ -141,6 +141,7 @@ def collect(request: dict[str, Any]) -> dict[str, Any]:
     bounded.python_ordered_dict()
     bounded.guarded_json()
     classes.install()  # (as in the database: no metaclasses, shared classes immutable)
+    bounded.hold_unicodedata(importlib.import_module("unicodedata"))
     marked: list[tuple[Any, str, dict[str, Any]]] = []
     sandbox.SHIM = _shim(marked)
     filename, module = request["file"], request["module"]

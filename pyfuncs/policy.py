@@ -153,7 +153,9 @@ class _Checker(ast.NodeVisitor):
         self.generic_visit(node)
 
     def _async(self, node: ast.AST) -> None:
-        self._add(node, "async", "async code: routines run without an event loop",
+        decorators = getattr(node, "decorator_list", None)  # (where its definition starts)
+        self._add(decorators[0] if decorators else node, "async",
+                  "async code: routines run without an event loop",
                   "write the routine as plain functions (a generator for rows)")  # fmt: skip
         self.generic_visit(node)
 

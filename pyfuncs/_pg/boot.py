@@ -22,7 +22,7 @@ import types
 
 # importlib's own parts, which every interpreter has loaded already: importlib.util and
 # collections.abc cost the first call in every new connection some milliseconds of imports
-from _frozen_importlib import ModuleSpec
+from _frozen_importlib import BuiltinImporter, ModuleSpec
 from _frozen_importlib_external import MAGIC_NUMBER, PathFinder
 
 TYPE_CHECKING = False
@@ -73,7 +73,8 @@ class _WhenImported:
         if name != self.name:
             return None
         sys.meta_path.remove(self)
-        spec = PathFinder.find_spec(name, path, target)
+        # (unicodedata is built into Debian's Python: not a file PathFinder finds)
+        spec = BuiltinImporter.find_spec(name) or PathFinder.find_spec(name, path, target)
         if spec is not None and spec.loader is not None:
             spec.loader = _Then(spec.loader, self.then)  # type: ignore[assignment]
         return spec
@@ -167,6 +168,7 @@ def start(gd: dict[str, Any]) -> None:
     when_imported("zoneinfo", bounded.hold_zones)
     when_imported("copy", sandbox.contain_copies)
     when_imported("typing", sandbox.contain_typing)
+    when_imported("unicodedata", bounded.hold_unicodedata)
     hold_classes()  # (last: its import finder goes in front of the others)
     for name in INTERFACES:
         gd[name] = routines

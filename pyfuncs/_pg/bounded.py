@@ -226,8 +226,9 @@ def _stand_in(module: types.ModuleType, *checked: Callable[..., Any]) -> types.M
     if hasattr(module, "__all__"):
         copy.__dict__["__all__"] = list(module.__all__)
     for function in checked:
-        function.__module__ = module.__name__  # what routines see them as: the module's own
-        function.__qualname__ = function.__name__
+        if isinstance(function, types.FunctionType):  # (a class is named already, and shared)
+            function.__module__ = module.__name__  # what routines see: the module's own
+            function.__qualname__ = function.__name__
         copy.__dict__[function.__name__] = function
     return copy
 
@@ -592,37 +593,32 @@ def check_normalize(form: Any, text: Any, what: str = "unicodedata.normalize") -
             run = 0
 
 
-def guarded_unicodedata() -> types.ModuleType:
-    """unicodedata with normalize and is_normalized refusing what check_normalize refuses
-    (the same methods of its UCD objects, `unicodedata.ucd_3_2_0`, are READS)."""
-    import unicodedata
+def hold_unicodedata(unicodedata: types.ModuleType) -> None:
+    """normalize and is_normalized refuse what check_normalize refuses, once per backend as
+    unicodedata is imported: the module's functions and its UCD objects' methods
+    (`unicodedata.ucd_3_2_0`), for whoever calls them. A routine's `"...".encode("idna")`
+    had the idna codec's code normalize a long run of combining characters in one C call
+    (a red team's; the codec reaches them by name, past anything a routine's view holds)."""
+    kind = unicodedata.UCD
+    if getattr(kind.__dict__["normalize"], "held", False):
+        return
+    own = kind.__dict__
 
-    def normalize(form: Any, unistr: Any, /) -> Any:
-        check_normalize(form, unistr)
-        return unicodedata.normalize(form, unistr)
+    def held(name: str, method: Callable[..., Any], prefix: str) -> Callable[..., Any]:
+        def checked(*args: Any) -> Any:
+            form, unistr = args[-2:] if len(args) >= 2 else (None, None)
+            check_normalize(form, unistr, f"{prefix}{name}")
+            return method(*args)
 
-    def is_normalized(form: Any, unistr: Any, /) -> Any:
-        check_normalize(form, unistr, "unicodedata.is_normalized")
-        return unicodedata.is_normalized(form, unistr)
+        checked.held = True  # type: ignore[attr-defined]
+        checked.__name__ = checked.__qualname__ = name
+        checked.__module__ = "unicodedata"  # what routines see: the module's own
+        return checked
 
-    return _stand_in(unicodedata, normalize, is_normalized)
-
-
-def _ucd_kinds() -> tuple[type, ...]:
-    """unicodedata's UCD, once unicodedata has been imported."""
-    unicodedata = imported("unicodedata")
-    return (unicodedata.UCD,) if unicodedata is not None else ()
-
-
-def _normalizing(name: str) -> Callable[[Any, Callable[..., Any]], Callable[..., Any]]:
-    def checked(ucd: Any, method: Callable[..., Any]) -> Callable[..., Any]:
-        def normalize(form: Any, unistr: Any, /) -> Any:
-            check_normalize(form, unistr, f"unicodedata.ucd_3_2_0.{name}")
-            return method(form, unistr)
-
-        return normalize
-
-    return checked
+    for name in ("normalize", "is_normalized"):
+        setattr(unicodedata, name, held(name, getattr(unicodedata, name), "unicodedata."))
+    _set_on_type(kind, {name: held(name, own[name], "unicodedata.ucd_3_2_0.")
+                        for name in ("normalize", "is_normalized")})  # fmt: skip
 
 
 def guarded_secrets() -> types.ModuleType:
@@ -973,8 +969,6 @@ READS: dict[str, tuple[Kinds, Callable[[Any, Callable[..., Any]], Any]]] = {
     "replace": (_TEXT, _replace),
     "join": (_TEXT, _join),
     "translate": ((str,), _translate),
-    "normalize": (_ucd_kinds, _normalizing("normalize")),
-    "is_normalized": (_ucd_kinds, _normalizing("is_normalized")),
     "to_bytes": ((int,), _to_bytes),
     "from_bytes": ((int,), _from_bytes),
     "randbytes": (_random_kinds, _random_bytes),

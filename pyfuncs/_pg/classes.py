@@ -25,13 +25,16 @@ backend once the runtime has started:
   and those the runtime makes for routines later (stand-ins of modules, error classes):
   all but a routine's own.
 
-The standard library makes its metaclasses (enum's, typing's) as it is imported, which a
-routine's import may do during a call: an import finder in front of the others opens a
-window for the import system's work on a module, in which the flags are given back, and
-when it closes, the classes made meanwhile are shared ones and the new metaclasses lose the
-flag too. Meanwhile the one way a routine's code could run is a finalizer (a `__del__` of
-the routine's that something the import does sets off): the collector is off, and a profile
-hook takes BASETYPE away again while any frame of a routine's code runs.
+An import finder in front of the others makes the classes an import makes shared ones
+when it ends. A few modules of the standard library make metaclasses (enum's, typing's,
+ast's) or set attributes of other modules' classes (ast's of _ast's) as they are imported,
+which a routine's import may do during a call: their imports run in a window (`window`),
+in which the flags are given back. Meanwhile a routine's code could run only in a
+finalizer something the import sets off: the collector is off, a profile function takes
+the flags away again while any frame of a routine's code runs, and when the window closes
+a new type of the withheld kinds that is not one of the imported modules' own, by name,
+ends the session (a finalizer can run only the standard library's code, which the profile
+function does not see: a red team's made a metaclass through copy's reconstruction).
 """
 
 from __future__ import annotations
@@ -146,7 +149,6 @@ def refused(base: Any) -> str | None:
     )
 
 
-_DEPTH = [0]  # windows open (one inside another: an import during an import)
 _ROUTINE_FRAMES = [0]  # frames of a routine's code running in a window
 
 
@@ -176,40 +178,94 @@ def _watch(frame: Any, event: str, arg: Any) -> None:
 
 
 class sharing:
-    """A window in which the standard library or the runtime makes classes every call will
-    share: BASETYPE is given back meanwhile, and the classes made are shared ones after."""
+    """Code of the standard library's or the runtime's that makes classes every call will
+    share (an import, a view's stand-in): the classes made meanwhile are shared ones after."""
 
     def __enter__(self) -> None:
-        if _DEPTH[0] == 0:
+        if _SHARING[0] == 0:
+            self.before = _every_class()  # (held: no id is reused until it ends)
+        _SHARING[0] += 1
+
+    def __exit__(self, *exc: object) -> None:
+        _SHARING[0] -= 1
+        if _SHARING[0] == 0:
+            before = self.before
+            del self.before
+            share(*(kind for key, kind in _every_class().items() if key not in before))
+
+
+# the modules of the standard library that define metaclasses (enum's, typing's, ast's) or
+# set attributes of other modules' classes (ast's of _ast's) as they are imported: only
+# their imports open a window
+WINDOWED = frozenset({"enum", "typing", "ast", "_py_abc"})
+_SHARING = [0]  # `sharing`s under way, one inside another
+_WINDOWS: list[Any] = []  # the modules imported in the window open, outermost first
+_WINDOW_DEPTH = [0]
+
+
+def _kinds() -> dict[int, type]:
+    """Every type of the kinds withheld as bases there is now."""
+    return {key: kind for root in _roots() for key, kind in _every_class(root).items()}
+
+
+class window:
+    """The import of a module of WINDOWED: the flags are given back while its code runs,
+    the collector is off, and a profile function closes the window again while any code
+    of a routine's runs (a finalizer the import set off). When the outermost window closes,
+    every new type of the withheld kinds must be one the modules imported in it define, by
+    name: anything else was made by something the import set off, a routine's finalizer
+    running only the standard library's code (a red team's made a metaclass through copy's
+    reconstruction that way), and the session ends."""
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+
+    def __enter__(self) -> None:
+        if _WINDOW_DEPTH[0] == 0:
             self.collecting, self.profile = gc.isenabled(), sys.getprofile()
             gc.disable()
-            self.before = _every_class()  # (held: no id is reused until the window closes)
+            self.before = _kinds()
             _ROUTINE_FRAMES[0] = 0
             self.python = not backstop.window_profile(stopping.ROUTINE_CODE, _close, _open)
             if self.python:
                 sys.setprofile(_watch)
             _open()
-        _DEPTH[0] += 1
+        _WINDOWS.append(self.module)
+        _WINDOW_DEPTH[0] += 1
 
     def __exit__(self, *exc: object) -> None:
-        _DEPTH[0] -= 1
-        if _DEPTH[0] == 0:
-            # Python drops a profile function of Python that raised (one called where the
-            # stack was nearly full, say): code of a routine's may have run with the
-            # window open, and the session ends (C's cannot be dropped that way)
-            dropped = self.python and sys.getprofile() is not _watch
-            sys.setprofile(self.profile)
-            _close()
-            if dropped and stopping.WATCHDOG is not None:
-                stopping.WATCHDOG.end_session(
-                    "pyfuncs: the runtime lost sight of a routine's code while a module was "
-                    "imported; this session ends so that no other is affected"
-                )
-            before = self.before
-            share(*(kind for key, kind in _every_class().items() if key not in before))
-            del self.before
-            if self.collecting:
-                gc.enable()
+        _WINDOW_DEPTH[0] -= 1
+        if _WINDOW_DEPTH[0]:  # (an import inside the window: it closes with the outermost)
+            return
+        # Python drops a profile function of Python that raised (one called where the stack
+        # was nearly full, say): code of a routine's may have run with the window open (C's
+        # cannot be dropped that way)
+        dropped = self.python and sys.getprofile() is not _watch
+        sys.setprofile(self.profile)
+        _close()
+        names = {module.__name__: module for module in _WINDOWS}
+        _WINDOWS.clear()
+        before = self.before
+        del self.before
+        foreign = [kind for key, kind in _kinds().items()
+                   if key not in before and not _defined(kind, names)]  # fmt: skip
+        if self.collecting:
+            gc.enable()
+        if (dropped or foreign) and stopping.WATCHDOG is not None:
+            stopping.WATCHDOG.end_session(
+                "pyfuncs: the runtime lost sight of a routine's code while a module was "
+                "imported; this session ends so that no other is affected"
+            )
+
+
+_MODULE = type.__dict__["__module__"].__get__
+_QUALNAME = type.__dict__["__qualname__"].__get__
+
+
+def _defined(kind: type, modules: dict[str, Any]) -> bool:
+    """Whether `kind` is one of the imported modules' own, by the name it has there."""
+    module = modules.get(_MODULE(kind))
+    return module is not None and vars(module).get(_QUALNAME(kind)) is kind
 
 
 class _Importing:
@@ -230,7 +286,8 @@ class _Importing:
 
 
 class _Loader:
-    """A loader that runs the one it wraps in a window."""
+    """A loader that runs the one it wraps sharing the classes it makes, in a window for
+    the modules of WINDOWED."""
 
     def __init__(self, loader: Any) -> None:
         self.loader = loader
@@ -247,7 +304,11 @@ class _Loader:
 
     def exec_module(self, module: Any) -> None:
         with sharing():
-            self.loader.exec_module(module)
+            if module.__name__ not in WINDOWED:
+                self.loader.exec_module(module)
+                return
+            with window(module):
+                self.loader.exec_module(module)
 
 
 def install() -> None:

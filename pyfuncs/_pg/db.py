@@ -159,14 +159,16 @@ class Db(Queries):
         # most queries have one parameter: its key is built here, without a call
         key = (query, type(params[0])) if len(params) == 1 else _plan_key(query, params)
         prepared = _DIRECT.get(key)
-        if prepared is None:
-            prepared, params = self._plan(query, params)
         # (lent and entered inside the try: an exception right after either, a MemoryError
         # under max_memory_mb say, must still give back and leave)
         lent, entered, changed = False, None, None
         try:
             lent = deadline.lend(entry)
             entered = identity.enter()
+            if prepared is None:  # (under the flag too: preparing runs types' input
+                # functions on literals, and a domain's check with them, any SQL: a red
+                # team's changed the role as a query was prepared)
+                prepared, params = self._plan(query, params)
             result = plpy.execute(prepared.plan, params)
         except plpy.SPIError as exc:  # its subtransaction, and what it changed, rolled back
             deadline.expired(exc)
@@ -211,7 +213,7 @@ class Db(Queries):
         """Iterate over a large result without holding it all in memory."""
         stopping.dispose_orphans()
         entry = self._count()
-        prepared, values = self._plan(query, params)
+        prepared, values = _guarded(entry, self._plan, query, params)
         cur = _guarded(entry, plpy.cursor, prepared.plan, values)
         try:
             while True:
@@ -255,7 +257,9 @@ class Savepoint:
     def __enter__(self) -> Any:
         stopping.guard()
         _from_the_call()
-        identity.open_settings()
+        changed = identity.open_settings()
+        if changed:
+            _stop_identity(changed)
         return self._savepoint.__enter__()
 
     def __exit__(self, *exc: Any) -> Any:

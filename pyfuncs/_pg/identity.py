@@ -48,16 +48,19 @@ CLAIMS = b"request.jwt.claims"
 # guc.h flag bits by major version: (GUC_CUSTOM_PLACEHOLDER, GUC_NOT_WHILE_SEC_REST)
 _FLAGS = {15: (0x0080, 0x0400), 16: (0x0200, 0x1000), 17: (0x0200, 0x1000)}
 
-# the level of PostgreSQL's settings the call under way opened at its first query, 0 for
-# none; the entry functions (routines.py) keep the one before and undo theirs as they leave
-SETTINGS = [0]
+# [0] the level of PostgreSQL's settings the call under way opened at its first query, 0
+# for none, and [1] the identity then (what `enter` returns): the entry functions
+# (routines.py) keep the outer call's and give them back as they leave, undoing theirs
+SETTINGS: list[Any] = [0, None]
 _open_level: Any = None  # NewGUCNestLevel, once bound
 
 
-def open_settings() -> None:
-    """Open the call's level of settings, if its queries have not (see above)."""
-    if not SETTINGS[0] and _open_level is not None:
-        SETTINGS[0] = _open_level()
+def open_settings() -> str | None:
+    """Open the call's level of settings, if its queries have not (see above); what of the
+    identity changed since the call's first query, or None (as `leave`)."""
+    if _open_level is None:
+        return None
+    return leave(enter())  # (enter opens it, and notes the call's identity)
 
 
 def undo_settings(commit: bool, level: int) -> None:
@@ -65,7 +68,7 @@ def undo_settings(commit: bool, level: int) -> None:
 
 
 _search_path: Any = None
-_claims: Any = None  # read and compared only where PostgreSQL could not be made to refuse
+_claims: Any = None  # the claims' value now, once bound
 _claims_value = ctypes.c_char_p()  # the storage of the claims parameter, once pyfuncs defines it
 
 
@@ -92,7 +95,9 @@ def bind(lib: ctypes.CDLL) -> None:
     enter, leave = _through(lib) if variables is None else _directly(*variables)
     stopping.BOOKKEEPING.update(id(f.__code__) for f in (enter, leave, _changed))
     _search_path = ctypes.c_char_p.in_dll(lib, "namespace_search_path")
-    if not _protect_claims(lib):
+    if _protect_claims(lib) == "defined":  # its storage is ours: read without a call
+        _claims = lambda: _claims_value.value  # noqa: E731
+    else:
         option = lib.GetConfigOption
         option.restype = ctypes.c_char_p
         option.argtypes = [ctypes.c_char_p, ctypes.c_bool, ctypes.c_bool]
@@ -179,17 +184,15 @@ def _directly(user: Any, context: Any) -> tuple[Any, Any]:
         # (what leave needs is made first: an allocation that fails after the flag is set
         # would leave it set)
         were = user.value, context.value
-        entered = (*were, _search_path.value, _claims and _claims())
+        entered = (*were, _search_path.value, _claims())
         if not SETTINGS[0]:  # (open_settings, inline: this runs before every query)
-            SETTINGS[0] = _open_level()
+            SETTINGS[0], SETTINGS[1] = _open_level(), entered
         context.value = were[1] | RESTRICTED
         return entered
 
     def leave(entered: Any) -> str | None:
         user.value, context.value = entered[0], entered[1]
-        if _search_path.value != entered[2]:
-            return "search_path"
-        return _changed(entered) if _claims is not None else None
+        return _changed(entered)
 
     return enter, leave
 
@@ -206,46 +209,54 @@ def _through(lib: ctypes.CDLL) -> tuple[Any, Any]:
     def enter() -> Any:
         get(*refs)
         were = user.value, context.value
-        entered = (*were, _search_path.value, _claims and _claims())  # first: see _directly
+        entered = (*were, _search_path.value, _claims())  # first: see _directly
         if not SETTINGS[0]:
-            SETTINGS[0] = _open_level()
+            SETTINGS[0], SETTINGS[1] = _open_level(), entered
         put(were[0], were[1] | RESTRICTED)
         return entered
 
     def leave(entered: Any) -> str | None:
         put(entered[0], entered[1])
-        if _search_path.value != entered[2]:
-            return "search_path"
-        return _changed(entered) if _claims is not None else None
+        return _changed(entered)
 
     return enter, leave
 
 
 def _changed(entered: Any) -> str | None:
-    """The claims, if a query changed them where PostgreSQL could not be made to refuse."""
-    return "request.jwt.claims" if _claims() != entered[3] else None
+    """What of the identity is not what it was at the call's first query: changed by this
+    query where PostgreSQL could not be made to refuse (search_path; the claims by `RESET
+    ALL`, which skips the flag), or by anything between two queries (a domain's check that
+    ran as a query was prepared did, before prepares were made inside the flag: a red
+    team's)."""
+    call = SETTINGS[1]
+    if entered[0] != call[0]:
+        return "role"
+    if _search_path.value != call[2]:
+        return "search_path"
+    return "request.jwt.claims" if _claims() != call[3] else None
 
 
-def _protect_claims(lib: ctypes.CDLL) -> bool:
+def _protect_claims(lib: ctypes.CDLL) -> str | None:
     """Make request.jwt.claims a parameter PostgreSQL refuses to change while a routine's
-    query runs (as it refuses role). False where that cannot be done safely."""
+    query runs (as it refuses role): "defined" (its storage _claims_value), "done" (by a
+    runtime booted earlier in this backend), or None where that cannot be done safely."""
     option = lib.GetConfigOption
     option.restype = ctypes.c_char_p
     option.argtypes = [ctypes.c_char_p, ctypes.c_bool, ctypes.c_bool]
     version = int(option(b"server_version_num", False, False) or 0) // 10000
     if version not in _FLAGS or not hasattr(lib, "GetConfigOptionFlags"):
-        return False
+        return None
     placeholder, not_while_sec_rest = _FLAGS[version]
     flags = lib.GetConfigOptionFlags
     flags.restype = ctypes.c_int
     flags.argtypes = [ctypes.c_char_p, ctypes.c_bool]
     if not flags(b"role", False) & not_while_sec_rest:  # not the layout this expects
-        return False
+        return None
     current = flags(CLAIMS, True)  # 0 when it was never set in this session
     if current & not_while_sec_rest:
-        return True  # done already (a runtime booted earlier in this backend)
+        return "done"  # (by a runtime booted earlier in this backend)
     if current and not current & placeholder:
-        return False  # something else defined it
+        return None  # something else defined it
     define = lib.DefineCustomStringVariable
     define.restype = None
     define.argtypes = [
@@ -257,7 +268,7 @@ def _protect_claims(lib: ctypes.CDLL) -> bool:
     define(CLAIMS, b"JWT claims of the request (PostgREST's setting; pyfuncs keeps it fixed "
            b"while a routine's query runs)", None, ctypes.byref(_claims_value), b"",
            PGC_USERSET, not_while_sec_rest, None, None, None)  # fmt: skip
-    return True
+    return "defined"
 
 
 def refused(exc: BaseException) -> str | None:

@@ -105,16 +105,16 @@ _DEADLINE = """\
 
 
 # Every entry undoes the settings its call's queries changed (identity.py), and gives the
-# call it was entered from back its own level; the swap comes first, so that a stop landing
+# call it was entered from back its own level and identity; the swap comes first, so that a stop landing
 # after the undo (the watchdog raises only between bytecodes, and a store is not a point
 # where it looks) leaves the outer call's level in place.
 _SETTINGS = """\
-    kept = settings[0]
+    kept, kept_identity = settings
     settings[0] = 0
     try:
 {body}\
     finally:
-        opened, settings[0] = settings[0], kept
+        opened, settings[0], settings[1] = settings[0], kept, kept_identity
         if opened:
             undo(False, opened)
 """

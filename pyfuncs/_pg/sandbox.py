@@ -232,7 +232,7 @@ STAND_INS = {
     "secrets": bounded.guarded_secrets, "decimal": bounded.guarded_decimal,
     "hashlib": bounded.guarded_hashlib, "hmac": bounded.guarded_hmac,
     "dataclasses": guarded_dataclasses,
-    "unicodedata": bounded.guarded_unicodedata, "uuid": bounded.guarded_uuid,
+    "uuid": bounded.guarded_uuid,
     "collections": bounded.guarded_collections, "json": bounded.guarded_json,
 }  # fmt: skip
 

@@ -192,7 +192,7 @@ def test_missing_roles_are_reported_before_anything_changes(
             "default None needs an Optional type",
         ),
         ("@stored_function\ndef f() -> Missing:\n    return 1\n", "type hint cannot be resolved"),
-        ("@stored_function\nasync def f() -> int:\n    return 1\n", "async functions cannot run"),
+        ("@stored_function\nasync def f() -> int:\n    return 1\n", "async code: routines run"),
         ("@procedure\ndef f() -> list[Row]:\n    return []\n", "a procedure cannot return a set"),
         (
             "@procedure\ndef f(a: int = 1) -> int:\n    return a\n",

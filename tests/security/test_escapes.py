@@ -2293,6 +2293,17 @@ for label, refused, body in [
 ]:  # fmt: skip
     attempt(f"large_int_{label}", refused,
             f"import fractions\nimport statistics\n\ndef attempt():\n    {body}\n")  # fmt: skip
+# The idna codec, reached by name from str.encode, normalizes with unicodedata's own
+# functions, past a routine's view of the module (round 23): bounded for whoever calls.
+attempt(
+    "normalize_through_the_idna_codec",
+    "call OperationTooLarge: encoding with 'idna' codec failed (OperationTooLarge: "
+    "unicodedata.ucd_3_2_0.normalize of a run of more than 1,000",
+    """
+    def attempt():
+        return ("a" + "\\u0301" * 2_000).encode("idna")
+""",
+)
 attempt(
     "json_indent_repeated_in_one_call",
     "call OperationTooLarge: json's indent or separators would make 1,300,000,000 characters",
@@ -2628,10 +2639,14 @@ def test_a_window_for_imports_closes_while_code_of_a_routines_runs(
         "]) + '\\n'\n"
         "allowed = frozenset({'json', 'dataclasses'})\n"
         "namespace = sandbox.load_module(source, 'window.py', f'window_{c_hook}', allowed)\n"
+        "import types\n"
+        "imported = types.ModuleType(f'imported_{c_hook}')\n"
         "try:\n"
-        "    with classes.sharing():\n"
+        "    with classes.window(imported):\n"
         "        assert (sys.getprofile() is classes._watch) is not c_hook\n"
-        "        M = type('M', (type,), {})  # (as enum and typing define theirs)\n"
+        "        # (as enum and typing define theirs: a name of the imported module's)\n"
+        "        M = type('M', (type,), {'__module__': imported.__name__})\n"
+        "        imported.M = M\n"
         "        got = namespace['finalizer']()\n"
         "        json.JSONDecodeError.y = 1  # (as ast sets attributes of _ast's classes)\n"
         "        del json.JSONDecodeError.y\n"
@@ -2690,7 +2705,8 @@ def test_a_window_whose_profile_function_was_dropped_ends_the_session(
                 "classes = sys.modules['pyfuncs_pg.classes']\n"
                 "backstop = sys.modules['pyfuncs_pg.backstop']\n"
                 "backstop.window_profile = lambda *args: False\n"
-                "with classes.sharing():\n"
+                "import types\n"
+                "with classes.window(types.ModuleType('imported')):\n"
                 "    sys.setprofile(None)  # (as Python does when the function raised)\n"
                 "$$"
             )
@@ -2718,3 +2734,27 @@ def test_fraction_powers_are_bounded_for_whoever_asks(runtime: psycopg.Connectio
         "assert fractions.Fraction(3, 2) ** 2 == fractions.Fraction(9, 4)\n"
         "$$"
     )
+
+
+def test_a_metaclass_not_of_the_imported_modules_ends_the_session(
+    runtime: psycopg.Connection[Any],
+) -> None:
+    """A routine's finalizer that runs only the standard library's code (property(asdict)
+    as `__del__`, copy's reconstruction calling `type` with the routine's arguments) is not
+    seen by the profile function: a red team made a metaclass in a window that way. When
+    the window closes, a new metaclass (or date or time subclass) that is not one the
+    imported modules define by name ends the session."""
+    with psycopg.connect(runtime.info.dsn, autocommit=True) as conn:
+        conn.execute("SELECT public.escape_attempt('boot', 'def attempt():\n    return 1\n')")
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute(
+                "DO LANGUAGE plpython3u $$\n"
+                "import sys, types\n"
+                "classes = sys.modules['pyfuncs_pg.classes']\n"
+                "with classes.window(types.ModuleType('imported')):\n"
+                "    Spy = type('Spy', (type,), {'__module__': 'imported'})  # (not imported's)\n"
+                "$$"
+            )
+        assert "lost sight of a routine's code while a module was imported" in str(info.value)
+        assert conn.closed or conn.broken
+    assert runtime.execute("SELECT 1").fetchone() == (1,)

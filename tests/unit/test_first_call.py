@@ -55,9 +55,9 @@ class Row:
 zone = zoneinfo.ZoneInfo("UTC") if zoneinfo.available_timezones() else datetime.timezone.utc
 moment = datetime.datetime(2026, 1, 2, tzinfo=zone)
 assert results.plain(decimal.Decimal("1.5")) == decimal.Decimal("1.5")
-assert {decimal.Decimal, datetime.date, datetime.timedelta, uuid.UUID} <= results.INERT
+assert {decimal.Decimal, datetime.date, datetime.timedelta} <= results.INERT
 assert results.plain(Row(moment)) == {"when": moment}
-assert results.plain(collections.deque([uuid.UUID(int=1)])) == [uuid.UUID(int=1)]
+assert results.plain(collections.deque([uuid.UUID(int=1)])) == [str(uuid.UUID(int=1))]
 assert results.size(decimal.Decimal("12.5")) == 4
 assert values.simple_types()[decimal.Decimal] == "pg_catalog.numeric"
 assert values.adapt_param(datetime.date(2026, 1, 2)) == ("pg_catalog.date", "2026-01-02")

@@ -24,6 +24,11 @@ ATTEMPTS = {
     "set_config('role', 'student', true)",
     "flip_claims": "SELECT set_config('request.jwt.claims', '{\"sub\": \"x\"}', true), "
     "set_config('request.jwt.claims', current_setting('request.jwt.claims'), true)",
+    # code that runs as a query is prepared (a literal's type input: a domain's check, a
+    # composite's column of that domain), before a red team's query ran at all
+    "domain_check_at_prepare": "SELECT '{x}'::ident.switching[] AS t",
+    "composite_at_prepare": "SELECT '(x)'::ident.switching_row AS t",
+    "reset_all": "RESET ALL",  # (the claims: RESET ALL skips the flag that refuses them)
 }
 
 
