@@ -135,10 +135,14 @@ def share(*classes: type) -> None:
 
 
 def refused(base: Any) -> str | None:
-    """Why a class of a routine's may not derive from `base`, or None if it may."""
-    if id(base) not in WITHHELD or WITHHELD[id(base)][0] is not base:
+    """Why a class of a routine's may not derive from `base`, or None if it may: by what it
+    is (C refuses it anyway, where the flag is off)."""
+    if not isinstance(base, type):
         return None
-    if type in _MRO(base):
+    mro = _MRO(base)
+    if not any(root in mro for root in _roots()):
+        return None
+    if type in mro:
         return (
             "a routine may not define metaclasses: C code and every call's isinstance of "
             "shared abstract classes trust what a metaclass answers for its classes"
@@ -192,6 +196,7 @@ class sharing:
             before = self.before
             del self.before
             share(*(kind for key, kind in _every_class().items() if key not in before))
+            withhold()  # (an import of datetime, say: its types are withheld from now on)
 
 
 # the modules of the standard library that define metaclasses (enum's, typing's, ast's) or

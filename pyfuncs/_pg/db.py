@@ -238,7 +238,7 @@ class Db(Queries):
     def claims(self) -> dict[str, Any]:
         """The caller's JWT claims (`request.jwt.claims`), empty without a token."""
         self._count()
-        raw = plpy.execute("SELECT current_setting('request.jwt.claims', true) AS c")[0]["c"]
+        raw = identity.claims()
         if not raw:
             return {}
         import json  # here: not every backend's boot pays for it

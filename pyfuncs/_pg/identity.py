@@ -271,6 +271,14 @@ def _protect_claims(lib: ctypes.CDLL) -> str | None:
     return "defined"
 
 
+def claims() -> str:
+    """The caller's JWT claims as text, read from PostgreSQL's setting without SQL (a query
+    for them would resolve `current_setting` through the session's search_path); "" for
+    none, and outside PostgreSQL."""
+    raw = _claims() if _claims is not None else None
+    return raw.decode() if raw else ""
+
+
 def refused(exc: BaseException) -> str | None:
     """What a failed query tried to change, if PostgreSQL refused it for `enter`'s flag."""
     message = str(exc.args[0] if exc.args else exc)

@@ -100,6 +100,18 @@ def contain_copies(copy: types.ModuleType) -> None:
             )
         if state is not None or listiter is not None or dictiter is not None:
             func = _making(func, type(x))
+        # slot state is set with the real setattr, and `__class__` among it would move the
+        # new object into another class (a red team's made a datetime a class of its own
+        # whose __new__ returned bytes, to C's astimezone): names of the interpreter's and
+        # of enum's are refused there
+        slots = state[1] if type(state) is tuple and len(state) == 2 else None
+        if isinstance(slots, dict) and any(
+            not isinstance(key, str) or _sunder(key) or key.startswith("__")
+            for key in dict.keys(slots)
+        ):
+            raise TypeError(
+                f"pyfuncs: copying a {_NAME(type(x))} would set a name of the interpreter's"
+            )
         return real(x, memo, func, args, state, listiter, dictiter, **kwargs)
 
     reconstruct.contained = True  # type: ignore[attr-defined]

@@ -2304,6 +2304,30 @@ attempt(
         return ("a" + "\\u0301" * 2_000).encode("idna")
 """,
 )
+# copy's reconstruction sets slot state with the real setattr: `__class__` among it moved
+# a new datetime into a class of the routine's whose __new__ returned bytes, which C's
+# astimezone then wrote through (round 25)
+attempt(
+    "copy_slot_state_names_another_class",
+    "call TypeError: pyfuncs: copying a Base would set a name of the interpreter's",
+    """
+    import dataclasses
+
+    class Evil:
+        pass
+
+    class Base:
+        def __reduce_ex__(self, protocol):
+            return (Base, (), (None, {"__class__": Evil}))
+
+    @dataclasses.dataclass
+    class Box:
+        item: object
+
+    def attempt():
+        return type(dataclasses.asdict(Box(Base()))["item"])
+""",
+)
 attempt(
     "json_indent_repeated_in_one_call",
     "call OperationTooLarge: json's indent or separators would make 1,300,000,000 characters",
@@ -2758,3 +2782,28 @@ def test_a_metaclass_not_of_the_imported_modules_ends_the_session(
         assert "lost sight of a routine's code while a module was imported" in str(info.value)
         assert conn.closed or conn.broken
     assert runtime.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_datetime_imported_outside_a_window_is_withheld(runtime: psycopg.Connection[Any]) -> None:
+    """datetime is not imported when the runtime starts, and its import opens no window:
+    its types are withheld as bases when that import ends (a red team derived from datetime
+    in a fresh backend, where nothing else had withheld them yet)."""
+    with psycopg.connect(runtime.info.dsn, autocommit=True) as conn:
+        conn.execute(
+            "DO LANGUAGE plpython3u $$\n"
+            "import sys\n"
+            "plpy.execute('SELECT pyfuncs.boot()')\n"
+            "assert '_datetime' not in sys.modules and 'datetime' not in sys.modules\n"
+            "import datetime\n"
+            "classes = sys.modules['pyfuncs_pg.classes']\n"
+            "for kind in (datetime.date, datetime.datetime, datetime.time):\n"
+            "    assert not kind.__flags__ & classes.BASETYPE, kind\n"
+            "    assert 'cls(...)' in classes.refused(kind)\n"
+            "try:\n"
+            "    type('D', (datetime.datetime,), {})\n"
+            "except TypeError as exc:\n"
+            "    assert 'not an acceptable base type' in str(exc)\n"
+            "else:\n"
+            "    raise AssertionError('derived from datetime')\n"
+            "$$"
+        )

@@ -206,3 +206,25 @@ def test_settings_a_routine_changes_end_with_its_call(ident: None, dsn: str, nam
                 assert conn.execute(SHOWN, [name]).fetchone() == before
             assert conn.execute(SHOWN, [name]).fetchone() == before
         assert conn.execute(SHOWN, ["application_name"]).fetchone() == ("caller",)
+
+
+SHADOW = """
+CREATE SCHEMA shadow;
+CREATE FUNCTION shadow.current_setting(text, boolean) RETURNS text LANGUAGE plpgsql AS
+$$ BEGIN PERFORM set_config('role', 'manager', false);
+   RETURN '{"sub": "forged"}'; END $$;
+GRANT USAGE ON SCHEMA shadow TO PUBLIC;
+"""
+
+
+def test_the_claims_are_read_without_sql(ident: None, dsn: str) -> None:
+    """db.claims() ran a query resolved through the session's search_path, outside the
+    flag: a `current_setting` of a schema listed before pg_catalog changed the role and
+    forged the claims (a red team's). The claims are read from the setting itself."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SHADOW)
+        conn.execute("SELECT set_config('request.jwt.claims', '{\"sub\": \"s1\"}', false)")
+        conn.execute("SET search_path = shadow, pg_catalog, public")
+        conn.execute("SET ROLE student")
+        assert conn.execute("SELECT ident.claims_only()").fetchone() == ("s1",)
+        assert conn.execute("SELECT current_user").fetchone() == ("student",)

@@ -88,6 +88,12 @@ def innocent() -> str:
     return str(db.fetchval("SELECT current_user::text || ' ' || pyfuncs.jwt_claim('sub')"))
 
 
+@stored_function(schema="ident", roles=["student"])
+def claims_only() -> str:
+    """db.claims() and nothing else: no query after it that would compare the identity."""
+    return str(db.claims().get("sub"))
+
+
 # Settings a query can change for the rest of the session: each ends with the call
 SETTINGS = {
     "statement_timeout": "SELECT set_config('statement_timeout', '1', false)",
