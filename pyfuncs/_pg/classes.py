@@ -111,13 +111,18 @@ def _give_back() -> None:
         field.value |= BASETYPE
 
 
+# the shared classes a window thaws: ast's code sets attributes of _ast's classes (named
+# ast's) as it is imported; no other module of WINDOWED changes a class it did not make
+_THAWED: list[Any] = []
+
+
 def _freeze() -> None:
-    for _, field in SHARED.values():
+    for field in _THAWED:
         field.value |= IMMUTABLE
 
 
-def _thaw() -> None:  # (module code may set attributes of classes of other modules: ast's)
-    for _, field in SHARED.values():
+def _thaw() -> None:
+    for field in _THAWED:
         field.value &= ~IMMUTABLE
 
 
@@ -230,6 +235,8 @@ class window:
             self.collecting, self.profile = gc.isenabled(), sys.getprofile()
             gc.disable()
             self.before = _kinds()
+            _THAWED[:] = [field for kind, field in SHARED.values()
+                          if self.module.__name__ == "ast" and _MODULE(kind) == "ast"]  # fmt: skip
             _ROUTINE_FRAMES[0] = 0
             self.python = not backstop.window_profile(stopping.ROUTINE_CODE, _close, _open)
             if self.python:
@@ -248,6 +255,7 @@ class window:
         dropped = self.python and sys.getprofile() is not _watch
         sys.setprofile(self.profile)
         _close()
+        _THAWED.clear()
         names = {module.__name__: module for module in _WINDOWS}
         _WINDOWS.clear()
         before = self.before
