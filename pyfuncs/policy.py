@@ -152,9 +152,9 @@ class _Checker(ast.NodeVisitor):
         self._binds(node, node.rest)
         self.generic_visit(node)
 
-    def _async(self, node: ast.AST) -> None:
+    def _async(self, node: ast.AST, at: ast.AST | None = None) -> None:
         decorators = getattr(node, "decorator_list", None)  # (where its definition starts)
-        self._add(decorators[0] if decorators else node, "async",
+        self._add(at or (decorators[0] if decorators else node), "async",
                   "async code: routines run without an event loop",
                   "write the routine as plain functions (a generator for rows)")  # fmt: skip
         self.generic_visit(node)
@@ -162,10 +162,10 @@ class _Checker(ast.NodeVisitor):
     visit_AsyncFunctionDef = visit_Await = visit_AsyncWith = visit_AsyncFor = _async
 
     def visit_comprehension(self, node: ast.comprehension) -> None:
-        if node.is_async:
-            self._add(node.target, "async", "async code: routines run without an event loop",
-                      "write the routine as plain functions (a generator for rows)")  # fmt: skip
-        self.generic_visit(node)
+        if node.is_async:  # (a comprehension has no position of its own: its target's)
+            self._async(node, node.target)
+        else:
+            self.generic_visit(node)
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         if node.level:

@@ -106,8 +106,7 @@ def contain_copies(copy: types.ModuleType) -> None:
         # of enum's are refused there
         slots = state[1] if type(state) is tuple and len(state) == 2 else None
         if isinstance(slots, dict) and any(
-            not isinstance(key, str) or _sunder(key) or key.startswith("__")
-            for key in dict.keys(slots)
+            not isinstance(key, str) or _machinery(key) for key in dict.keys(slots)
         ):
             raise TypeError(
                 f"pyfuncs: copying a {_NAME(type(x))} would set a name of the interpreter's"
@@ -205,7 +204,7 @@ def guarded_dataclasses() -> types.ModuleType:
 
     def plain(name: Any) -> None:
         if (type(name) is not str or not name.isidentifier() or keyword.iskeyword(name)
-                or _sunder(name) or (name.startswith("__") and name.endswith("__"))):  # fmt: skip
+                or _machinery(name)):  # fmt: skip
             raise TypeError(
                 f"pyfuncs: a dataclass's fields must be named by identifiers other than the "
                 f"interpreter's and enum's (__x__, _x_), not {name!r}"
@@ -223,15 +222,9 @@ def guarded_dataclasses() -> types.ModuleType:
         return wrap if cls is None else wrap(cls)
 
     def make_dataclass(cls_name: Any, fields: Any, /, **options: Any) -> Any:
-        fields = list(fields)
+        fields = list(fields)  # (each a name, or a tuple that starts with one)
         for item in fields:
-            plain(
-                item
-                if isinstance(item, str)
-                else item[0]
-                if isinstance(item, tuple) and item
-                else None
-            )
+            plain(item[0] if isinstance(item, tuple) and item else item)
         return dataclasses.make_dataclass(cls_name, fields, **options)
 
     return bounded._stand_in(dataclasses, dataclass, make_dataclass)
@@ -281,6 +274,11 @@ NAMED_TUPLE_API = frozenset({"_asdict", "_replace", "_fields", "_make"})
 # team used to run a C __init__ again on an object in use (a set being added to, a Struct
 # packing). Of these, routines read only a member's name and value.
 ENUM_MEMBER_API = frozenset({"_name_", "_value_"})
+
+
+def _machinery(name: str) -> bool:
+    """Whether `name` is one of the interpreter's (`__x__`) or of enum's (`_x_`)."""
+    return _sunder(name) or (name.startswith("__") and name.endswith("__"))
 
 
 def _sunder(name: str) -> bool:
@@ -367,15 +365,12 @@ def _checked_read(
         obj = obj.__self__  # type: ignore[attr-defined]
     if isinstance(obj, kinds):
         return check(obj, value)
-    if (
-        isinstance(obj, type)
-        and issubclass(obj, kinds)
-        and (type(value) is types.BuiltinMethodType and value.__self__ is obj)
-    ):  # a class method read from the class (`int.from_bytes`)
-        return check(obj, value)
-    if isinstance(obj, type) and issubclass(obj, kinds) and hasattr(value, "__get__"):
-        return lambda instance, *args, **kwargs: check(instance, value.__get__(instance))(
-            *args, **kwargs)  # fmt: skip
+    if isinstance(obj, type) and issubclass(obj, kinds):
+        if type(value) is types.BuiltinMethodType and value.__self__ is obj:
+            return check(obj, value)  # a class method read from the class (`int.from_bytes`)
+        if hasattr(value, "__get__"):
+            return lambda instance, *args, **kwargs: check(instance, value.__get__(instance))(
+                *args, **kwargs)  # fmt: skip
     return value
 
 
@@ -695,16 +690,9 @@ def load_module(
         # team had it import code with the real builtins. Another module of the same name
         # (another version of it, or another deployer's file of that name) gets one of its
         # own, and so do the lines of a file of the same name (tracebacks show them).
-        name, serial = f"routine:{module_name}", 1
-        while name in sys.modules:
-            serial += 1
-            name = f"routine:{module_name}~{serial}"
-        shown, serial = filename, 1
-        while shown in FILENAMES:
-            serial += 1
-            shown = f"{filename}~{serial}"
-        FILENAMES.add(shown)
-        filename = shown
+        name = _unused(f"routine:{module_name}", sys.modules)
+        filename = _unused(filename, FILENAMES)
+        FILENAMES.add(filename)
         module = types.ModuleType(name)
         module.__file__ = filename
         # dataclasses and typing look classes' modules up in sys.modules while they are built
@@ -722,6 +710,15 @@ def load_module(
             stopping.LOADING = loading
         namespace = MODULES[key] = module.__dict__
     return namespace
+
+
+def _unused(name: str, taken: Any) -> str:
+    """`name`, or `name~2`, `name~3`... the first not in `taken`."""
+    found, serial = name, 1
+    while found in taken:
+        serial += 1
+        found = f"{name}~{serial}"
+    return found
 
 
 # the code objects of loaded routine modules, kept alive: watchdog.ROUTINE_CODE has their ids

@@ -2714,31 +2714,6 @@ def test_routine_modules_have_names_no_import_asks_for(runtime: psycopg.Connecti
     )
 
 
-def test_a_window_whose_profile_function_was_dropped_ends_the_session(
-    runtime: psycopg.Connection[Any],
-) -> None:
-    """Python drops a profile function of Python that raised (called where the stack was
-    nearly full, say: a red team's harness did it), after which code of a routine's could
-    run with the window open. Where the window found its function gone, the session ends."""
-    with psycopg.connect(runtime.info.dsn, autocommit=True) as conn:
-        conn.execute("SELECT public.escape_attempt('boot', 'def attempt():\n    return 1\n')")
-        with pytest.raises(psycopg.Error) as info:
-            conn.execute(
-                "DO LANGUAGE plpython3u $$\n"
-                "import sys\n"
-                "classes = sys.modules['pyfuncs_pg.classes']\n"
-                "backstop = sys.modules['pyfuncs_pg.backstop']\n"
-                "backstop.window_profile = lambda *args: False\n"
-                "import types\n"
-                "with classes.window(types.ModuleType('imported')):\n"
-                "    sys.setprofile(None)  # (as Python does when the function raised)\n"
-                "$$"
-            )
-        assert "lost sight of a routine's code while a module was imported" in str(info.value)
-        assert conn.closed or conn.broken
-    assert runtime.execute("SELECT 1").fetchone() == (1,)  # (the catalogue's carries on)
-
-
 def test_fraction_powers_are_bounded_for_whoever_asks(runtime: psycopg.Connection[Any]) -> None:
     """fractions raises a numerator to a power in its own code (statistics' code calls it
     too, past a routine's guards): bounded on the type, as the operator is in a routine."""
@@ -2760,14 +2735,29 @@ def test_fraction_powers_are_bounded_for_whoever_asks(runtime: psycopg.Connectio
     )
 
 
-def test_a_metaclass_not_of_the_imported_modules_ends_the_session(
-    runtime: psycopg.Connection[Any],
+@pytest.mark.parametrize(
+    "inside",
+    [
+        # Python drops a profile function of Python that raised (called where the stack
+        # was nearly full, say: a red team's harness did it), after which code of a
+        # routine's could run with the window open
+        "backstop.window_profile = lambda *args: False\n"
+        "with classes.window(imported):\n"
+        "    sys.setprofile(None)  # (as Python does when the function raised)\n",
+        # a routine's finalizer that runs only the standard library's code (property(asdict)
+        # as `__del__`, copy's reconstruction calling `type` with the routine's arguments)
+        # is not seen by the profile function: a red team made a metaclass in a window so
+        "with classes.window(imported):\n"
+        "    Spy = type('Spy', (type,), {'__module__': 'imported'})  # (not imported's)\n",
+    ],
+    ids=["profile_function_dropped", "metaclass_not_of_the_imported_modules"],
+)
+def test_a_window_that_may_have_let_a_routine_in_ends_the_session(
+    runtime: psycopg.Connection[Any], inside: str
 ) -> None:
-    """A routine's finalizer that runs only the standard library's code (property(asdict)
-    as `__del__`, copy's reconstruction calling `type` with the routine's arguments) is not
-    seen by the profile function: a red team made a metaclass in a window that way. When
-    the window closes, a new metaclass (or date or time subclass) that is not one the
-    imported modules define by name ends the session."""
+    """When an import window closes after its profile function was dropped, or with a new
+    metaclass (or date or time subclass) that is not one the imported modules define by
+    name, the session ends."""
     with psycopg.connect(runtime.info.dsn, autocommit=True) as conn:
         conn.execute("SELECT public.escape_attempt('boot', 'def attempt():\n    return 1\n')")
         with pytest.raises(psycopg.Error) as info:
@@ -2775,13 +2765,12 @@ def test_a_metaclass_not_of_the_imported_modules_ends_the_session(
                 "DO LANGUAGE plpython3u $$\n"
                 "import sys, types\n"
                 "classes = sys.modules['pyfuncs_pg.classes']\n"
-                "with classes.window(types.ModuleType('imported')):\n"
-                "    Spy = type('Spy', (type,), {'__module__': 'imported'})  # (not imported's)\n"
-                "$$"
+                "backstop = sys.modules['pyfuncs_pg.backstop']\n"
+                "imported = types.ModuleType('imported')\n" + inside + "$$"
             )
         assert "lost sight of a routine's code while a module was imported" in str(info.value)
         assert conn.closed or conn.broken
-    assert runtime.execute("SELECT 1").fetchone() == (1,)
+    assert runtime.execute("SELECT 1").fetchone() == (1,)  # (the catalogue's carries on)
 
 
 def test_datetime_imported_outside_a_window_is_withheld(runtime: psycopg.Connection[Any]) -> None:
