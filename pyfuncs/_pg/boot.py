@@ -102,11 +102,11 @@ def when_imported(name: str, then: Any) -> None:
 
 
 def _decimal_imported(module: types.ModuleType, bounded: Any, routines: Any) -> None:
-    """Bound Decimal's conversions, and make every call run in its own copy of the context,
-    where decimal keeps its current one (see bounded.py and routines.py)."""
+    """Bound Decimal's conversions, and make every call run with a decimal context of its
+    own, where decimal keeps its current one (see bounded.py and routines.py)."""
     bounded.bound_decimal(module)
     if not routines.ISOLATED:
-        routines.ISOLATED.append(True)
+        routines.ISOLATED[:] = [module.setcontext, module.Context()]
 
 
 def code_of(name: str, modules: Mapping[str, Mapping[str, Any]]) -> types.CodeType:
@@ -157,7 +157,7 @@ def start(gd: dict[str, Any]) -> None:
         postgres, stopping.Watchdog.GRACE, stopping.Watchdog.UNWIND, overflow.STACK,
         overflow.MESSAGE,
     )  # fmt: skip
-    sandbox.SHIM = sandbox.shim(db.db)
+    sandbox.API = lambda module: sandbox.shim(db.Db(module))
     sandbox.contain_abcs()
     bounded.hold_list_items()
     bounded.hold_set_additions()
@@ -166,6 +166,7 @@ def start(gd: dict[str, Any]) -> None:
     when_imported("decimal", lambda module: _decimal_imported(module, bounded, routines))
     when_imported("fractions", bounded.bound_fractions)
     when_imported("zoneinfo", bounded.hold_zones)
+    when_imported("_strptime", bounded.hold_strptime)
     when_imported("copy", sandbox.contain_copies)
     when_imported("typing", sandbox.contain_typing)
     when_imported("unicodedata", bounded.hold_unicodedata)

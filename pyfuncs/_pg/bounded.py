@@ -325,6 +325,23 @@ def guarded_struct() -> types.ModuleType:
     return _stand_in(struct, pack, Struct, calcsize, pack_into, unpack, unpack_from, iter_unpack)
 
 
+def hold_strptime(module: types.ModuleType) -> None:
+    """`datetime.strptime` with plain str, once per backend, as _strptime is imported (its
+    C code imports it and calls these two on it). _strptime keeps a compiled pattern per
+    format in a dict every call shares and compares later formats with the key it kept: a
+    red team's str subclass, kept there as a key, ran its `__eq__` in other roles' calls,
+    saw their formats and chose the patterns they parsed with."""
+    parse_datetime, parse_time = module._strptime_datetime, module._strptime_time
+
+    def _strptime_datetime(cls: Any, data: str, format: str = "%a %b %d %H:%M:%S %Y") -> Any:
+        return parse_datetime(cls, exact_str(data), exact_str(format))
+
+    def _strptime_time(data: str, format: str = "%a %b %d %H:%M:%S %Y") -> Any:
+        return parse_time(exact_str(data), exact_str(format))
+
+    module._strptime_datetime, module._strptime_time = _strptime_datetime, _strptime_time  # type: ignore[attr-defined]
+
+
 def hold_zones(zoneinfo: types.ModuleType) -> None:
     """ZoneInfo(key) in Python, once per backend, as zoneinfo is imported. C's keeps zones
     in caches every call shares, keyed by the key it was given, and compares later keys

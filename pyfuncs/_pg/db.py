@@ -30,6 +30,8 @@ class Rows(list[dict[str, "Any"]]):  # Any is imported only for type checkers
 class Queries:
     """The calls derived from `execute` and `claims`, shared with pyfuncs.local.LocalDb."""
 
+    __slots__ = ()
+
     def execute(self, query: str, params: Sequence[Any] = (), /) -> Rows:
         raise NotImplementedError
 
@@ -114,7 +116,15 @@ _ADAPTED: dict[tuple[str, tuple[str, ...]], _Prepared] = {}
 
 
 class Db(Queries):
-    """The database, as seen from inside a routine. Runs as the caller; RLS applies."""
+    """The database, as seen from inside a routine. Runs as the caller; RLS applies.
+
+    Each routine module has a handle of its own (`module`, its namespace): it queries only
+    in calls of that module's routines, from that module's code (see _from_the_call)."""
+
+    __slots__ = ("_module",)
+
+    def __init__(self, module: dict[str, Any]) -> None:
+        self._module = module
 
     def _plan(self, query: str, params: Sequence[Any]) -> tuple[_Prepared, Sequence[Any]]:
         """The plan for `query` with these parameters' types, and the values to send."""
@@ -135,13 +145,12 @@ class Db(Queries):
             _ADAPTED[adapted_key] = prepared
         return prepared, [v for _, v in adapted]
 
-    @staticmethod
-    def _count() -> Any:
+    def _count(self) -> Any:
         """Every database operation: refused in a stopped call and to code that is not the
         call's (see _from_the_call), counted for max_db_ops. Returns the call's innermost
         entry frame."""
         stopping.guard()
-        entry = _from_the_call()
+        entry = _from_the_call(self._module)
         watchdog = stopping.WATCHDOG
         if watchdog is not None and watchdog.budgets:
             watchdog.count_db_op()
@@ -153,7 +162,7 @@ class Db(Queries):
         watchdog = stopping.WATCHDOG
         if stopping.disposing or (watchdog is not None and watchdog.stop is not None):
             stopping.guard()
-        entry = _from_the_call()
+        entry = _from_the_call(self._module)
         if watchdog is not None and watchdog.budgets:
             watchdog.count_db_op()
         # most queries have one parameter: its key is built here, without a call
@@ -233,7 +242,7 @@ class Db(Queries):
     def subtransaction(self) -> Savepoint:
         """A savepoint: `with db.subtransaction(): ...` undoes its writes if the block raises."""
         self._count()  # (a savepoint is a database operation: max_db_ops counts it)
-        return Savepoint(plpy.subtransaction())
+        return Savepoint(plpy.subtransaction(), self._module)
 
     def claims(self) -> dict[str, Any]:
         """The caller's JWT claims (`request.jwt.claims`), empty without a token."""
@@ -249,14 +258,14 @@ class Db(Queries):
 class Savepoint:
     """PL/Python's subtransaction, entered inside the call's level of settings (identity.py)."""
 
-    __slots__ = ("_savepoint",)
+    __slots__ = ("_module", "_savepoint")
 
-    def __init__(self, savepoint: Any) -> None:
-        self._savepoint = savepoint
+    def __init__(self, savepoint: Any, module: dict[str, Any]) -> None:
+        self._savepoint, self._module = savepoint, module
 
     def __enter__(self) -> Any:
         stopping.guard()
-        _from_the_call()
+        _from_the_call(self._module)
         changed = identity.open_settings()
         if changed:
             _stop_identity(changed)
@@ -266,13 +275,17 @@ class Savepoint:
         return self._savepoint.__exit__(*exc)
 
 
-def _from_the_call() -> Any:
-    """Refuse `db` to code that is not that of the call under way: the code of a routine
-    module runs only in calls of its routines, except for what Python runs at other times
-    (a finalizer, `__del__` or a generator's `finally`, run when the garbage collector
-    gets to it, maybe in another routine's call or in none), which must not query as
-    whoever happens to be calling then. The caller's code is the first of a routine
-    module's on the stack; the call is that of the innermost entry frame, returned."""
+def _from_the_call(module: dict[str, Any]) -> Any:
+    """Refuse the `db` of routine module `module` (its namespace) to code that is not that
+    of a call of its routines: the code of a routine module runs only in calls of its
+    routines, except for what Python runs at other times (a finalizer, `__del__` or a
+    generator's `finally`, run when the garbage collector gets to it, maybe in another
+    routine's call or in none), which must not query as whoever happens to be calling then.
+    The caller's code is the first of a routine module's on the stack, and must be the
+    handle's module's; the call is that of the innermost entry frame, returned, and must be
+    one of that module's routines (or load it). By the stack alone, a red team's bound
+    `db.execute`, put in a shared cache as a class's `__eq__` and called there by C in
+    another role's call with none of its module's code on the stack, queried as that role."""
     owners, entries = stopping.ROUTINE_CODE, stopping.ENTRIES
     owner = None
     frame: Any = sys._getframe(2)
@@ -280,7 +293,7 @@ def _from_the_call() -> Any:
         code = id(frame.f_code)
         routine = entries.get(code)
         if routine is not None:
-            if owner is not None and (owner is routine.namespace or owner is stopping.LOADING):
+            if owner is module and (module is routine.namespace or module is stopping.LOADING):
                 return frame
             break
         if owner is None:
@@ -328,9 +341,6 @@ def _stop_identity(what: str) -> None:
     if stopping.WATCHDOG is not None:
         stopping.WATCHDOG.stop_here(vocabulary.PERMISSION_DENIED, identity.message(what))
     raise RoutineInterrupted()
-
-
-db = Db()
 
 
 stopping.BOOKKEEPING.update(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from contextvars import copy_context as own_context
+from contextvars import copy_context
 
 from . import backstop, errors, identity, results, sandbox, vocabulary
 from . import watchdog as stopping
@@ -33,7 +33,22 @@ class _Unwatched:  # what entry functions ask for a stop outside PostgreSQL: nev
 
 
 _UNWATCHED = _Unwatched()
-ISOLATED: list[bool] = []  # [True] once decimal has been imported (boot.py)
+# once decimal has been imported (boot.py): [decimal.setcontext, a context no call uses]
+ISOLATED: list[Any] = []
+
+
+def own_context() -> Any:
+    """A copy of the context a call was made in, where decimal's current context is a copy
+    of its own of a clean one. (A copy of the context shares the objects its variables
+    hold: decimal's context, made where PL/Python first converted a numeric, kept the flags
+    every call raised — a red team's routine read another role's division by zero there,
+    and one that asks whether its division was exact was told no.)"""
+    context = copy_context()
+    if ISOLATED:
+        setcontext, clean = ISOLATED
+        context.run(setcontext, clean.copy())
+    return context
+
 
 # The entry functions, compiled once per routine so that their code is the routine's own
 # (watchdog.ENTRIES). `call` is what the body calls for a routine that returns a value (its
@@ -42,11 +57,11 @@ ISOLATED: list[bool] = []  # [True] once decimal has been imported (boot.py)
 # RoutineInterrupted, so that nothing of the routine's travels out with it (its frames,
 # their locals: what was raised in them is let go here, inside the call). `call` also drops
 # the entry frames the watchdog let go of (watchdog.GRAVE).
-# Each call runs in a copy of the context it was called in (`own_context`): what it sets
-# there (decimal's current context, in a `with decimal.localcontext()` a generator it keeps
-# is suspended in) ends with it. A set-returning routine's rows share one. decimal is the
-# only module routines may import that keeps state in the context, so until it has been
-# imported (ISOLATED is empty) there is nothing to isolate, and a call saves the copy.
+# Each call runs in a context of its own (`own_context`): what it sets there (decimal's
+# current context, in a `with decimal.localcontext()` a generator it keeps is suspended
+# in) ends with it. A set-returning routine's rows share one. decimal is the only module
+# routines may import that keeps state in the context, so until it has been imported
+# (ISOLATED is empty) there is nothing to isolate, and a call saves the copy.
 _CALL_HEAD = """
 def call({params}):
     began = now()  # for the watchdog, which may first see this call up to a tick later

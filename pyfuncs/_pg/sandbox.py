@@ -27,9 +27,10 @@ if TYPE_CHECKING:
 # __import__ is replaced by one limited to the allow-list
 REMOVED_BUILTINS = frozenset(vocabulary.FORBIDDEN_BUILTINS) | {"__loader__", "__spec__"}
 
-# The `pyfuncs` module routine modules import: the public API for routines only (boot()
-# makes it in the database; pyfuncs._sandbox makes one that records the decorators).
-SHIM: types.ModuleType | None = None
+# What makes the `pyfuncs` module a routine module imports, given the module's namespace:
+# the public API for routines only, with a `db` of the module's own (boot() sets it in the
+# database; pyfuncs._sandbox sets one whose decorators record what they mark).
+API: Callable[[dict[str, Any]], types.ModuleType] | None = None
 
 # views of allowed modules, by name and allow-list (read-only: every routine shares them;
 # random's, by routine module too)
@@ -68,6 +69,29 @@ def _view(name: str, allowed: frozenset[str], owner: str = "") -> types.ModuleTy
                     types.ModuleType.__setattr__(found, rest, _view(child, allowed))
         VIEWS[key] = found
         backstop.refresh()  # (it may have loaded an extension module)
+    return found
+
+
+# modules the C code of allowed ones imports as it runs (datetime's strptime imports
+# _strptime, its strftime time): C imports through the `__import__` of the code that called
+# it, a routine's, and uses the module it then finds in sys.modules. The routine's import
+# gets a module with nothing in it.
+FOR_C_CODE = frozenset({"_strptime", "time"})
+
+
+class _ForCCode(views.ModuleView):
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(
+            f"pyfuncs: module {self.__name__.partition(' ')[0]!r} is not allowed in a routine "
+            f"(only the C code of an allowed module uses it), so it has no {name!r}"
+        )
+
+
+def _for_c_code(name: str) -> types.ModuleType:
+    __import__(name)  # (boot's hooks hold what it keeps: bounded.hold_strptime)
+    found = VIEWS.get((name, frozenset(), ""))
+    if found is None:
+        found = VIEWS[(name, frozenset(), "")] = _ForCCode(f"{name} (for C code only)")
     return found
 
 
@@ -600,7 +624,10 @@ def match_class(cls: Any) -> Any:
     return cls
 
 
-def restricted_builtins(allowed: frozenset[str], module_name: str) -> dict[str, Any]:
+def restricted_builtins(
+    allowed: frozenset[str], module_name: str, api: types.ModuleType | None = None
+) -> dict[str, Any]:
+    """The builtins of routine module `module_name`: `api` is the `pyfuncs` it imports."""
     import builtins
 
     checked = helpers(module_name)
@@ -609,10 +636,12 @@ def restricted_builtins(allowed: frozenset[str], module_name: str) -> dict[str, 
     def guarded_import(
         name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0
     ) -> Any:
+        if level == 0 and name in FOR_C_CODE:
+            return _for_c_code(name)
         if level != 0 or name not in allowed:
             raise ImportError(f"pyfuncs: import of {name!r} is not allowed in a routine")
-        if name == "pyfuncs" and SHIM is not None:
-            return SHIM
+        if name == "pyfuncs" and api is not None:
+            return api
         # `import a.b` binds a, `from a.b import c` reads c of a.b (as __import__ does)
         return _view(name if fromlist else name.partition(".")[0], allowed, module_name)
 
@@ -700,7 +729,8 @@ def load_module(
         # so tracebacks show the routine's source lines: the file itself is not on the server
         errors.remember_lines(filename, source)
         module.__dict__.update(helpers(name))
-        module.__dict__["__builtins__"] = restricted_builtins(allowed, name)
+        api = API(module.__dict__) if API is not None else None
+        module.__dict__["__builtins__"] = restricted_builtins(allowed, name, api)
         code = compile_module(source, filename)
         _register(code, module.__dict__)
         loading, stopping.LOADING = stopping.LOADING, module.__dict__

@@ -35,16 +35,16 @@ def test_every_attempt_is_refused_and_nothing_changes_for_anyone(
 
 
 def test_shared_caches_keep_no_key_of_a_routines_class(cont: psycopg.Connection[Any]) -> None:
-    """struct's format cache and ZoneInfo's zone caches keep the key they were given and
-    compare later keys with it: a routine's str subclass that says it equals any key ran
-    its __eq__ in other roles' calls and chose what they got (8-byte packs of '<I', Paris
-    at +14:00), and so did a routine's ZoneInfo subclass that kept ZoneInfo from giving it
-    a cache of its own (its zones went into the one other calls read). The runtime gives
-    them plain str keys; ZoneInfo's zones come from a cache of plain keys of the runtime's,
-    and its subclasses are refused."""
+    """struct's format cache, ZoneInfo's zone caches and strptime's patterns keep the key
+    they were given and compare later keys with it: a routine's str subclass that says it
+    equals any key ran its __eq__ in other roles' calls and chose what they got (8-byte
+    packs of '<I', Paris at +14:00, day and month swapped), and so did a routine's ZoneInfo
+    subclass that kept ZoneInfo from giving it a cache of its own (its zones went into the
+    one other calls read). The runtime gives them plain str keys; ZoneInfo's zones come
+    from a cache of plain keys of the runtime's, and its subclasses are refused."""
     assert cont.execute("SELECT cont.plant_caches()").fetchone() == ("planted",)
     cont.execute("SET ROLE student")
-    assert cont.execute("SELECT cont.cached()").fetchone() == ("4 4 1:00:00",)
+    assert cont.execute("SELECT cont.cached()").fetchone() == ("4 4 1:00:00 01 02",)
 
 
 def test_the_catalogue_of_contamination_is_large(cont: psycopg.Connection[Any]) -> None:
@@ -156,3 +156,113 @@ def test_a_shared_plan_converts_each_result_by_its_own_columns(
     cont.execute("RESET ROLE")
     cont.execute("SET ROLE manager")
     assert cont.execute("SELECT plans.kinds()").fetchone() == ("other other",)
+
+
+HANDLES = """
+from typing import Any
+
+from pyfuncs import db, stored_function
+
+LENT: Any = None  # set from outside by the test: another module's db.execute
+
+
+@stored_function(schema={schema!r}, roles=["student", "manager"])
+def own() -> str:
+    return str(db.fetchval("SELECT current_user"))
+
+
+@stored_function(schema={schema!r}, roles=["student", "manager"])
+def lent(method: str, query: str) -> str:
+    if LENT is None:
+        return "none lent"
+    if method == "claims":
+        return str(LENT())
+    return str(list(LENT(query)) if method == "cursor" else LENT(query))
+"""
+
+LEND = """
+CREATE FUNCTION public.lend(src text, dst text, method text) RETURNS void
+LANGUAGE plpython3u AS $$
+import sys
+modules = {name.rpartition(".")[2]: module for name, module in sys.modules.items()
+           if name.startswith("routine:")}
+modules[dst].LENT = getattr(modules[src].db, method)
+$$
+"""
+
+
+@pytest.mark.parametrize("method", ["execute", "fetchval", "cursor", "claims"])
+def test_a_modules_db_queries_only_in_its_own_modules_calls(
+    cont: psycopg.Connection[Any], tmp_path: Any, method: str
+) -> None:
+    """Each routine module has a `db` of its own, which queries only in calls of that
+    module's routines. A red team put a bound `db.execute` of its module into a cache every
+    call shares (as a class's `__eq__`), where C called it in another role's call with none
+    of its module's code on the stack: the query ran as that role. Here the handle is lent
+    directly (by a superuser) and called from another module's call."""
+    for schema in ("handle_a", "handle_b"):
+        module = tmp_path / f"{schema}.py"
+        module.write_text(HANDLES.format(schema=schema))
+        deploying.deploy(cont, str(module))
+    cont.execute(LEND)
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT handle_a.own(), handle_b.lent('', '')").fetchone() == (
+        "student", "none lent",
+    )  # fmt: skip
+    cont.execute("RESET ROLE")
+    cont.execute("SELECT public.lend('handle_a', 'handle_b', %s)", [method])
+    cont.execute("SET ROLE manager")
+    with pytest.raises(psycopg.Error, match="db is for the routine whose call is under way"):
+        cont.execute("SELECT handle_b.lent(%s, 'SELECT current_user')", [method])
+    # each module's own handle, and the one lent in its own module's calls, still query
+    assert cont.execute("SELECT handle_a.own(), handle_b.own()").fetchone() == (
+        "manager", "manager",
+    )  # fmt: skip
+
+
+FLAGS = """
+import decimal
+from decimal import Decimal
+
+from pyfuncs import stored_function
+
+
+@stored_function(schema="flags", roles=["student", "manager"])
+def divide(x: Decimal, y: Decimal) -> str:
+    return str(x / y)
+
+
+@stored_function(schema="flags", roles=["student", "manager"])
+def raised() -> list[str]:
+    with decimal.localcontext() as context:
+        return sorted(str(signal) for signal, up in context.flags.items() if up)
+
+
+@stored_function(schema="flags", roles=["student", "manager"])
+def exact(total: str, parts: int) -> bool:
+    with decimal.localcontext() as context:
+        Decimal(total) / parts
+        return not context.flags[decimal.Inexact]
+"""
+
+
+def test_each_call_has_a_decimal_context_of_its_own(
+    cont: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """decimal's current context was one object every call shared (made where PL/Python
+    first converted a numeric): a red team's routine read the flags another role's
+    divisions had raised, and one that asked whether its own division was exact was told
+    no after another role's inexact one."""
+    module = tmp_path / "flags_mod.py"
+    module.write_text(FLAGS)
+    deploying.deploy(cont, str(module))
+    cont.execute("SET ROLE manager")
+    assert cont.execute("SELECT flags.exact('10.00', 2)").fetchone() == (True,)
+    assert cont.execute("SELECT flags.divide(1, 3)").fetchone() == (
+        "0.3333333333333333333333333333",
+    )
+    with pytest.raises(psycopg.Error, match="DivisionByZero"):
+        cont.execute("SELECT flags.divide(1, 0)")
+    cont.execute("RESET ROLE")
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT flags.raised(), flags.exact('10.00', 2)").fetchone() == ([], True)

@@ -70,7 +70,20 @@ def test_max_result_bytes_of_a_value_and_of_rows(lim: psycopg.Connection[Any]) -
 
     assert lim.execute("SELECT count(*) FROM lim.entries(4, 100)").fetchone() == (4,)
     err = fails(lim, "SELECT * FROM lim.entries(5, 300)")
-    assert "lim.entries exceeded its limit max_result_bytes=1000 (1260 bytes by row 4)" in str(err)
+    assert "lim.entries exceeded its limit max_result_bytes=1000 (1276 bytes by row 4)" in str(err)
+
+
+def test_max_result_bytes_counts_what_postgresql_makes(lim: psycopg.Connection[Any]) -> None:
+    """Nulls in json and arrays, and a numeric's digits as it prints them: a red team's
+    million nulls and numerics of one digit and a large exponent were counted as nothing
+    (and made gigabytes of jsonb and text after the call, under none of its limits)."""
+    assert lim.execute("SELECT lim.nulls(3)").fetchone() == ({"a": [None, None, None]},)
+    err = fails(lim, "SELECT lim.nulls(1000000)")
+    assert "lim.nulls exceeded its limit max_result_bytes=1000 (4000009 bytes)" in str(err)
+    assert lim.execute("SELECT lim.wide(2, 3)").fetchone() == ([1000, 1000],)
+    for n, exponent, made in ((1, 131071, 131076), (7, -16383, 114699)):
+        err = fails(lim, f"SELECT lim.wide({n}, {exponent})")
+        assert f"max_result_bytes=100000 ({made} bytes)" in str(err)
 
 
 def test_configured_defaults_apply_and_zero_lifts_them(lim: psycopg.Connection[Any]) -> None:

@@ -50,8 +50,11 @@ def fingerprint():
     import calendar, collections.abc, dataclasses, decimal, enum, json, math, typing, uuid
     plans = sys.modules["pyfuncs_pg.db"]
     context = decimal.getcontext()
+    flags = sorted(str(signal) for signal, up in context.flags.items() if up)
+    with decimal.localcontext():  # (the flags it raises are not the context's)
+        seventh = str(decimal.Decimal(1) / decimal.Decimal(7))
     return repr((
-        context.prec, context.rounding, str(decimal.Decimal(1) / decimal.Decimal(7)),
+        context.prec, context.rounding, sorted(map(str, context.traps.items())), flags, seventh,
         json.dumps({"a": [1, 2]}), uuid.NAMESPACE_DNS.int, uuid.uuid5(uuid.NAMESPACE_DNS, "x"),
         [(m.name, m.value) for m in uuid.SafeUUID], uuid.SafeUUID(0).name,
         [(m.name, m.value) for m in enum.FlagBoundary], calendar.firstweekday(),
@@ -59,7 +62,7 @@ def fingerprint():
         isinstance(type("Fresh", (), {})(), collections.abc.Mapping),
         issubclass(type("Fresh", (), {}), collections.abc.Sized),
         sorted((repr(k), id(v)) for k, v in plans._DIRECT.items()),
-        sorted((repr(k), id(v)) for k, v in plans._ADAPTED.items()), sorted(vars(plans.db)),
+        sorted((repr(k), id(v)) for k, v in plans._ADAPTED.items()), sorted(vars(plans.Db)),
         [hasattr(shared, marker) for shared in (json.dumps, json.loads, collections.OrderedDict)
          for marker in ("__final__", "__no_type_check__", "__dataclass_transform__")],
         typing.get_args(typing.Optional[int]), typing.get_args(typing.Union[int, str]),

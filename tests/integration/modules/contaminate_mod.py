@@ -9,6 +9,7 @@ import collections.abc
 import dataclasses
 import datetime
 import decimal
+import itertools
 import json
 import math
 import random
@@ -182,6 +183,16 @@ class _Format(str):
 _ARMED: list[bool] = []
 
 
+class _DayFirst(str):
+    """A date format hashed as "%Y-%m-%d" that says it is any format (a red team's)."""
+
+    def __hash__(self) -> int:
+        return hash("%Y-%m-%d")
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+
 class _ZoneKey(str):
     """A zone key honest while it is planted, then equal to any key."""
 
@@ -210,7 +221,8 @@ _KEPT: list[object] = []
 @stored_function(schema="cont")
 def plant_caches() -> str:
     """Keys of this module's classes into the caches every call shares: struct's formats
-    (filled past its 100 first, so that C empties it) and ZoneInfo's zones."""
+    (filled past its 100 first, so that C empties it), ZoneInfo's zones and strptime's
+    patterns (past its 5 first; asked by the routine, and by C from itertools' code)."""
     for i in range(101):
         struct.calcsize(str(i) + "x")
     struct.calcsize(_Format("<Q"))
@@ -220,6 +232,11 @@ def plant_caches() -> str:
         _KEPT.append(_ForeignZone("Europe/Paris"))
     except TypeError as exc:  # (ZoneInfo may not be subclassed in the database)
         _KEPT.append(exc)
+    for i in range(6):
+        datetime.datetime.strptime("1" + "x" * i, "%d" + "x" * i)
+    datetime.datetime.strptime("2024-01-02", _DayFirst("%Y-%d-%m"))
+    pairs = [("2024-01-02", _DayFirst("%Y-%d-%m"))]
+    list(itertools.starmap(datetime.datetime.strptime, pairs))
     _ARMED.append(True)
     return "planted"
 
@@ -228,4 +245,5 @@ def plant_caches() -> str:
 def cached() -> str:
     """What another role's call gets from those caches."""
     offset = zoneinfo.ZoneInfo("Europe/Paris").utcoffset(datetime.datetime(2026, 1, 1))
-    return f"{len(struct.pack('<I', 5))} {struct.calcsize('<I')} {offset}"
+    day = datetime.datetime.strptime("2024-01-02", "%Y-%m-%d")
+    return f"{len(struct.pack('<I', 5))} {struct.calcsize('<I')} {offset} {day:%m %d}"

@@ -307,3 +307,13 @@ def big_numbers(n: int) -> list[Decimal]:
 @stored_function(schema="lim")
 def ids(n: int) -> list[uuid.UUID]:
     return [uuid.UUID(int=i) for i in range(n)]
+
+
+@stored_function(schema="lim", max_result_bytes=1000)
+def nulls(n: int) -> dict[str, list[None]]:
+    return {"a": [None] * n}
+
+
+@stored_function(schema="lim", max_result_bytes=100_000)
+def wide(n: int, exponent: int) -> list[Decimal]:
+    return [Decimal(f"1E{exponent:+d}")] * n
