@@ -131,6 +131,7 @@ def _line_in(exc: BaseException, filename: str) -> int | None:
 
 def collect(request: dict[str, Any]) -> dict[str, Any]:
     from pyfuncs._pg import bounded, classes, sandbox
+    from pyfuncs._pg import watchdog as stopping
     from pyfuncs.definition import facts_of
 
     allowed = frozenset(request["allowed"])
@@ -159,6 +160,9 @@ def collect(request: dict[str, Any]) -> dict[str, Any]:
         if isinstance(exc, OSError):
             message += " (module-level code may not use files or the OS while it is checked)"
         raise Refused(message, _line_in(exc, filename)) from None
+    # what it is described by (annotations, defaults) is read as in a call of its own: a
+    # module's code runs only in those (watchdog.CALLING)
+    stopping.CALLING[0] = namespace
     routines, seen = [], set()
     for fn, kind, options in marked:
         if id(fn) in seen or namespace.get(str(getattr(fn, "__name__", ""))) is not fn:

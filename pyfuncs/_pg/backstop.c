@@ -464,3 +464,60 @@ pyfuncs_window_watch(PyObject *unused, void *frame, int what, PyObject *arg)
 	}
 	return 0;
 }
+
+/*
+ * The check of every class made and of every attribute set on a class (classes.py): type's
+ * own tp_new and tp_setattro are replaced by these two, which first call Python's `check`
+ * with what the class is made of, or with the class, the name and the value, and go on only
+ * if it returns. Every way of making a class or setting a class attribute in Python goes
+ * through type's two slots (a class statement, `type(name, bases, namespace)`, a
+ * metaclass's `__new__` through `type.__new__`, `setattr`), and a class made after this
+ * inherits them. As above, Python's functions come by address.
+ */
+typedef PyObject *(*NewFunc) (PyObject *meta, PyObject *args, PyObject *kwds);
+typedef int (*SetAttr) (PyObject *type, PyObject *name, PyObject *value);
+typedef PyObject *(*CallArgs) (PyObject *callable,...);
+
+static NewFunc made_by;
+static SetAttr set_by;
+static CallArgs call_with;
+static PyObject *check_made;
+static PyObject *check_set;
+
+void
+pyfuncs_classes_checked(NewFunc new_original, SetAttr set_original, CallArgs a, DecRef b,
+						PyObject *on_make, PyObject *on_set)
+{
+	made_by = new_original;
+	set_by = set_original;
+	call_with = a;
+	decref = b;
+	check_made = on_make;
+	check_set = on_set;
+}
+
+PyObject *
+pyfuncs_type_new(PyObject *meta, PyObject *args, PyObject *kwds)
+{
+	PyObject   *checked = call_with(check_made, args, NULL);
+
+	if (checked == NULL)
+		return NULL;
+	decref(checked);
+	return made_by(meta, args, kwds);
+}
+
+int
+pyfuncs_type_setattro(PyObject *type, PyObject *name, PyObject *value)
+{
+	PyObject   *checked;
+
+	if (value != NULL)
+	{
+		checked = call_with(check_set, type, name, value, NULL);
+		if (checked == NULL)
+			return -1;
+		decref(checked);
+	}
+	return set_by(type, name, value);
+}

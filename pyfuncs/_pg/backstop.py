@@ -113,3 +113,52 @@ def window_profile(codes: dict[int, Any], closing: Any, opening: Any) -> bool:
     api.PyEval_SetProfile.restype = None
     api.PyEval_SetProfile(address[5], None)
     return True
+
+
+# typeslots.h: the slots of type objects PyType_GetSlot reads
+_TP_NEW, _TP_SETATTRO = 65, 69
+_checking: list[Any] = []  # what type's slots call, kept alive
+
+
+def check_classes(on_make: Any, on_set: Any) -> bool:
+    """Have type's tp_new call `on_make(args)` before it makes a class, and its tp_setattro
+    `on_set(cls, name, value)` before it sets an attribute of a class (backstop.c), for
+    type and for the metaclasses made before now that have its own (later ones inherit
+    them). False without the library (or one built before it)."""
+    library: Any = _installed[0] if _installed else None
+    made = getattr(library, "pyfuncs_type_new", None)
+    if made is None or _checking:
+        return bool(_checking)
+    api = ctypes.pythonapi
+    slot = api.PyType_GetSlot
+    slot.restype, slot.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_int]
+    originals = (slot(type, _TP_NEW), slot(type, _TP_SETATTRO))
+    words = (ctypes.c_void_p * 64).from_address(id(type))  # (a type object is ~50 words)
+    at = [[i for i in range(64) if words[i] == original] for original in originals]
+    if any(len(found) != 1 for found in at):
+        return False
+    hooks = [ctypes.cast(f, ctypes.c_void_p).value for f in (made, library.pyfuncs_type_setattro)]
+    bind = library.pyfuncs_classes_checked
+    bind.argtypes = [ctypes.c_void_p] * 4 + [ctypes.py_object] * 2
+    bind.restype = None
+    bind(*originals, ctypes.cast(api.PyObject_CallFunctionObjArgs, ctypes.c_void_p),
+         ctypes.cast(api.Py_DecRef, ctypes.c_void_p), on_make, on_set)  # fmt: skip
+    _checking.extend((on_make, on_set))
+    pending, seen = [type], set()
+    while pending:  # type and every metaclass (their slots are type's, or their own)
+        kind = pending.pop()
+        if id(kind) in seen:
+            continue
+        seen.add(id(kind))
+        pending.extend(type.__subclasses__(kind))
+        slots = (ctypes.c_void_p * 64).from_address(id(kind))
+        for (i,), original, hook in zip(at, originals, hooks, strict=True):
+            if slots[i] == original:
+                slots[i] = hook
+    # type.__setattr__ and type.__delattr__ (a metaclass's super().__delattr__: enum's) call
+    # the function they wrap, and refuse a type whose slot is another: they wrap the hook too
+    for name in ("__setattr__", "__delattr__"):
+        descriptor = (ctypes.c_void_p * 8).from_address(id(type.__dict__[name]))
+        (wrapped,) = [i for i in range(8) if descriptor[i] == originals[1]]
+        descriptor[wrapped] = hooks[1]
+    return bool(slot(type, _TP_NEW) == hooks[0] and slot(type, _TP_SETATTRO) == hooks[1])

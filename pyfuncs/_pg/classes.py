@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import types
 
 from . import backstop
 from . import watchdog as stopping
@@ -194,8 +195,10 @@ class sharing:
         if _SHARING[0] == 0:
             self.before = _every_class()  # (held: no id is reused until it ends)
         _SHARING[0] += 1
+        _SHARING_FRAMES.append(sys._getframe(1))
 
     def __exit__(self, *exc: object) -> None:
+        _SHARING_FRAMES.pop()
         _SHARING[0] -= 1
         if _SHARING[0] == 0:
             before = self.before
@@ -209,6 +212,7 @@ class sharing:
 # their imports open a window
 WINDOWED = frozenset({"enum", "typing", "ast", "_py_abc"})
 _SHARING = [0]  # `sharing`s under way, one inside another
+_SHARING_FRAMES: list[Any] = []  # the frames that entered them (an import's, a view's)
 _WINDOWS: list[Any] = []  # the modules imported in the window open, outermost first
 _WINDOW_DEPTH = [0]
 
@@ -324,9 +328,143 @@ class _Loader:
                 self.loader.exec_module(module)
 
 
+# Special methods. C calls a class's special methods (`__eq__`, `__hash__`, `__iter__`,
+# `__del__`...) wherever its objects are: in another role's call, when a cache every call
+# shares compares one of them with what that call looks up. A routine's own code refuses
+# to run outside its module's calls (guards.py), but a special method may be something
+# else: a C function or a bound method (`"__eq__": items.append`, a generator's `send`), or
+# a function of the standard library (`collections.Counter.update`), which would run there
+# unchecked and keep what it is given (a red team's `db.execute` queried as another role
+# from there). So while a routine's code is making a class or setting one's attribute, each
+# special method must be the routine module's own function (or a classmethod, staticmethod
+# or property of ones), what the code making the class defined (the standard library's
+# namedtuple, enum and dataclasses, called by the routine), a method of C that the class
+# has from a base under that name anyway, or data; checked in C's type slots (backstop.c),
+# however the class is made or set.
+
+_DESCRIPTORS = (type(object.__init__), type(list.append), type(dict.__dict__["fromkeys"]),
+                type(type.__dict__["__name__"]), type(type.__dict__["__basicsize__"]))  # fmt: skip
+_FUNCTION = types.FunctionType
+_BUILTIN = types.BuiltinFunctionType
+# C's methods a class may have under another name: what enum gives an enum of a C type
+_ALIASES = {("__str__", "__repr__"), ("__repr__", "__str__")}
+
+
+def _made_here(function: Any, here: set[int]) -> bool:
+    """Whether `function` is the routine module's own, defined by code making the class
+    (`here`: the globals of the frames between it and the routine's), or compiled by the
+    standard library from text it wrote (dataclasses' methods, namedtuple's `__new__`: no
+    routine can read such a function off a class)."""
+    owner = function.__globals__
+    return (
+        owner is stopping.CALLING[0] or id(owner) in here
+        or function.__code__.co_filename == "<string>"
+    )  # fmt: skip
+
+
+def _plain(key: str, value: Any, bases: Any, here: set[int]) -> bool:
+    kind = type(value)
+    if kind is _FUNCTION:
+        return _made_here(value, here)
+    if kind is classmethod or kind is staticmethod:
+        inner = value.__func__
+        if type(inner) is _FUNCTION:
+            return _made_here(inner, here)
+        return key == "__class_getitem__" and isinstance(inner, type)  # (GenericAlias)
+    if kind is property:
+        parts = (value.fget, value.fset, value.fdel)
+        return all(f is None or (type(f) is _FUNCTION and _made_here(f, here)) for f in parts)
+    if key in ("__dict__", "__weakref__") and kind in _DESCRIPTORS[3:]:
+        return True  # (another class's: dataclasses' slots=True makes the class again)
+    if kind in _DESCRIPTORS:  # C's, under its own name, of object or of a base
+        owner: Any = getattr(value, "__objclass__", object)
+        name = getattr(value, "__name__", None)
+        return (name == key or (key, name) in _ALIASES) and (
+            owner is object or any(isinstance(b, type) and issubclass(b, owner) for b in bases)
+        )
+    if kind is _BUILTIN:  # a C type's own __new__ (object.__new__: enum keeps its members')
+        made = getattr(value, "__self__", None)
+        return (
+            key in ("__new__", "__new_member__")
+            and value.__name__ == "__new__"
+            and (isinstance(made, type))
+        )
+    if callable(value) or hasattr(kind, "__get__"):
+        return False
+    if key != "__slots__":
+        return True  # data: None (`__hash__ = None`), names, a docstring, dataclass fields
+    names = [value] if kind is str else list(value) if kind in (tuple, list, dict) else None
+    return names is not None and all(
+        type(n) is str and (n in ("__dict__", "__weakref__") or not n.startswith("__"))
+        for n in names
+    )
+
+
+def _routines_frames() -> set[int] | None:
+    """If a routine's code is making the class: the globals of the frames between the check
+    and the nearest frame of a routine's; else None — no routine's code on the stack, or
+    the work of code that makes shared classes (an import, a view's stand-ins: `sharing`)
+    is nearer (the standard library's or the runtime's own)."""
+    here: set[int] = set()
+    frame: Any = sys._getframe(2)
+    routine_code, sharing = stopping.ROUTINE_CODE, _SHARING_FRAMES
+    while frame is not None:
+        if id(frame.f_code) in routine_code:
+            return here
+        if sharing and any(frame is f for f in sharing):
+            return None
+        here.add(id(frame.f_globals))
+        frame = frame.f_back
+    return None
+
+
+def _refuse(key: str, value: Any) -> None:
+    raise TypeError(
+        f"pyfuncs: the special method {key!r} of a routine's class may be only a function of "
+        f"its module's (a def, a lambda, or a classmethod, staticmethod or property of one), "
+        f"not {type(value).__name__} {value!r:.60}: C calls special methods wherever the "
+        "object is, another role's call among them"
+    )
+
+
+def _dunder(name: Any) -> str | None:
+    if not isinstance(name, str):
+        return None
+    name = str.__str__(name)
+    return name if name.startswith("__") and name.endswith("__") else None
+
+
+def check_made(args: Any) -> None:
+    """type's tp_new, before it makes a class of (name, bases, namespace)."""
+    if type(args) is not tuple or len(args) != 3 or not isinstance(args[2], dict):
+        return  # type(x), or what type refuses anyway
+    here = None
+    for key, value in dict.items(args[2]):
+        name = _dunder(key)
+        if name is None or name in ("__module__", "__qualname__", "__doc__"):
+            continue
+        if here is None:
+            here = _routines_frames()
+            if here is None:
+                return
+        if not _plain(name, value, args[1] if type(args[1]) is tuple else (), here):
+            _refuse(name, value)
+
+
+def check_set(cls: Any, key: Any, value: Any) -> None:
+    """type's tp_setattro, before it sets an attribute of class `cls`."""
+    name = _dunder(key)
+    if name is None:
+        return
+    here = _routines_frames()
+    if here is not None and not _plain(name, value, _MRO(cls), here):
+        _refuse(name, value)
+
+
 def install() -> None:
-    """Keep the flags, from now on, in this process."""
+    """Keep the flags, and check special methods, from now on, in this process."""
     withhold()
     share(*_every_class().values())
     if not any(isinstance(finder, _Importing) for finder in sys.meta_path):
         sys.meta_path.insert(0, _Importing())
+    backstop.check_classes(check_made, check_set)

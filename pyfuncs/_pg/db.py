@@ -293,7 +293,7 @@ def _from_the_call(module: dict[str, Any]) -> Any:
         code = id(frame.f_code)
         routine = entries.get(code)
         if routine is not None:
-            if owner is module and (module is routine.namespace or module is stopping.LOADING):
+            if owner is module and module is stopping.CALLING[0]:
                 return frame
             break
         if owner is None:

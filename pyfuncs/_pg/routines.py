@@ -119,16 +119,19 @@ _DEADLINE = """\
 """
 
 
-# Every entry undoes the settings its call's queries changed (identity.py), and gives the
-# call it was entered from back its own level and identity; the swap comes first, so that a stop landing
-# after the undo (the watchdog raises only between bytecodes, and a store is not a point
-# where it looks) leaves the outer call's level in place.
+# Every entry makes its routine's module the one whose call is under way (watchdog.CALLING),
+# undoes the settings its call's queries changed (identity.py), and gives the call it was
+# entered from back its module, its own level and identity; the swaps come first, so that a
+# stop landing after the undo (the watchdog raises only between bytecodes, and a store is
+# not a point where it looks) leaves the outer call's level in place.
 _SETTINGS = """\
-    kept, kept_identity = settings
+    kept, kept_identity, outer = settings[0], settings[1], calling[0]
     settings[0] = 0
     try:
+        calling[0] = routine.namespace
 {body}\
     finally:
+        calling[0] = outer
         opened, settings[0], settings[1] = settings[0], kept, kept_identity
         if opened:
             undo(False, opened)
@@ -199,6 +202,7 @@ class Routine:
             "own_context": own_context, "isolated": ISOLATED, "now": time.monotonic,
             "watch": stopping.WATCHDOG or _UNWATCHED, "clock": backstop.CLOCK,
             "settings": identity.SETTINGS, "undo": identity.undo_settings,
+            "calling": stopping.CALLING, "routine": self,
             "timeout": self.timeout, **names,
         }  # fmt: skip
         exec(compile(source, f"<pyfuncs: {self.qualname}>", "exec"), namespace)

@@ -22,7 +22,7 @@ from .imported import imported
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
+    from typing import Any, NoReturn
 
 # __import__ is replaced by one limited to the allow-list
 REMOVED_BUILTINS = frozenset(vocabulary.FORBIDDEN_BUILTINS) | {"__loader__", "__spec__"}
@@ -728,18 +728,50 @@ def load_module(
         sys.modules[name] = module
         # so tracebacks show the routine's source lines: the file itself is not on the server
         errors.remember_lines(filename, source)
-        module.__dict__.update(helpers(name))
+        module.__dict__.update(helpers(name), **_its_own(module.__dict__, module_name))
         api = API(module.__dict__) if API is not None else None
         module.__dict__["__builtins__"] = restricted_builtins(allowed, name, api)
         code = compile_module(source, filename)
         _register(code, module.__dict__)
-        loading, stopping.LOADING = stopping.LOADING, module.__dict__
+        outer, stopping.CALLING[0] = stopping.CALLING[0], module.__dict__
         try:
             exec(code, module.__dict__)
         finally:
-            stopping.LOADING = loading
+            stopping.CALLING[0] = outer
         namespace = MODULES[key] = module.__dict__
     return namespace
+
+
+def _its_own(namespace: dict[str, Any], module_name: str) -> dict[str, Any]:
+    """What the test guards.py puts where a routine module's code starts or resumes reads:
+    the code runs only in calls of the module's routines. Python runs code at other times
+    too: a finalizer when the collector gets to it, and the methods of an object kept where
+    calls share it (a key of a standard library cache: red teams had their `__eq__` run in
+    other roles' calls and see the keys those calls looked up). What runs then, in another
+    module's call or in none, is refused before its first statement."""
+    calling = stopping.CALLING
+
+    def foreign() -> NoReturn:
+        raise PermissionError(
+            f"pyfuncs: code of the routine module {module_name!r} runs only in calls of its "
+            "own routines, not in another module's call or outside calls (a finalizer, or an "
+            "object of the module kept where other calls reach it)"
+        )
+
+    def own() -> bool:  # (for expressions: lambdas, generator expressions)
+        if calling[0] is not namespace:
+            foreign()
+        return True
+
+    def resumed(value: Any) -> Any:  # (a generator's, as it resumes after a yield)
+        if calling[0] is not namespace:
+            foreign()
+        return value
+
+    return {
+        "pyfuncs.calling": calling, "pyfuncs.mine": namespace, "pyfuncs.foreign": foreign,
+        "pyfuncs.own": own, "pyfuncs.resumed": resumed,
+    }  # fmt: skip
 
 
 def _unused(name: str, taken: Any) -> str:

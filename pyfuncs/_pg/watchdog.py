@@ -80,8 +80,11 @@ ROUTINE_CODE: dict[int, dict[str, Any]] = {}
 # outside every call (a finalizer that is a function of the standard library, consuming one
 # of them), it runs for a routine module, and is stopped as its code would be.
 PRODUCERS: set[int] = set()
-# the namespace of the routine module whose top-level code runs now (its first load)
-LOADING: dict[str, Any] | None = None
+# The namespace of the routine module whose call is under way (the innermost entry's
+# routine's, set and given back by the entry functions: routines.py), or whose top-level
+# code runs now (its first load: sandbox.load_module); None outside calls. A routine
+# module's code runs only while this is its own (guards.py inserts the test).
+CALLING: list[dict[str, Any] | None] = [None]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _STATEMENT_TIMEOUT = 3  # TimeoutId STATEMENT_TIMEOUT in utils/timeout.h (PostgreSQL 15)

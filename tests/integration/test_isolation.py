@@ -266,3 +266,107 @@ def test_each_call_has_a_decimal_context_of_its_own(
     cont.execute("RESET ROLE")
     cont.execute("SET ROLE student")
     assert cont.execute("SELECT flags.raised(), flags.exact('10.00', 2)").fetchone() == ([], True)
+
+
+OWNER = """
+from typing import Any
+
+from pyfuncs import stored_function
+
+SEEN: list[Any] = []
+KEPT: dict[str, Any] = {}
+
+
+class Key:
+    def __eq__(self, other: object) -> bool:
+        SEEN.append(other)
+        return True
+
+    def __hash__(self) -> int:
+        return 0
+
+
+def keep(value: Any) -> Any:
+    SEEN.append(value)
+    return value
+
+
+def counting() -> Any:
+    try:
+        while True:
+            SEEN.append((yield len(SEEN)))
+    finally:
+        SEEN.append("closed")
+
+
+@stored_function(schema="owner", roles=["student", "manager"])
+def prepare() -> str:
+    KEPT.update(eq=Key(), function=keep, lambda_=lambda value: SEEN.append(value),
+                generator=counting(), genexp=(SEEN.append(x) for x in ["secret"]))
+    next(KEPT["generator"])  # started in its own call
+    return "prepared"
+
+
+@stored_function(schema="owner", roles=["student", "manager"])
+def seen() -> str:
+    return repr(SEEN)
+"""
+
+BORROWER = """
+from typing import Any
+
+from pyfuncs import stored_function
+
+LENT: Any = None  # set from outside by the test: an object of the module `owner`
+
+
+@stored_function(schema="borrower", roles=["student", "manager"])
+def use(how: str) -> str:
+    if LENT is None:
+        return "none lent"
+    if how == "eq":
+        return str(LENT == "secret")
+    if how in ("function", "lambda_"):
+        return str(LENT("secret"))
+    if how == "generator":
+        return str(LENT.send("secret"))
+    if how == "close":
+        LENT.close()
+        return "closed"
+    return str(next(LENT))
+"""
+
+LEND_OBJECT = """
+CREATE FUNCTION public.lend_object(name text) RETURNS void LANGUAGE plpython3u AS $$
+import sys
+modules = {name.rpartition(".")[2]: module for name, module in sys.modules.items()
+           if name.startswith("routine:")}
+modules["borrower_mod"].LENT = modules["owner_mod"].KEPT["generator" if name == "close" else name]
+$$
+"""
+
+
+@pytest.mark.parametrize("how", ["eq", "function", "lambda_", "generator", "genexp", "close"])
+def test_a_modules_code_runs_only_in_its_own_modules_calls(
+    cont: psycopg.Connection[Any], tmp_path: Any, how: str
+) -> None:
+    """Code of a routine module that Python runs in another module's call (a method of an
+    object kept where calls share it, a function, a lambda, a generator resumed or closed,
+    a generator expression) is refused before its first statement: red teams had an
+    `__eq__` kept as a key in a standard library cache see other roles' keys."""
+    for name, source in (("owner_mod", OWNER), ("borrower_mod", BORROWER)):
+        (tmp_path / f"{name}.py").write_text(source)
+        deploying.deploy(cont, str(tmp_path / f"{name}.py"))
+    cont.execute(LEND_OBJECT)
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT owner.prepare(), borrower.use('')").fetchone() == (
+        "prepared", "none lent",
+    )  # fmt: skip
+    cont.execute("RESET ROLE")
+    cont.execute("SELECT public.lend_object(%s)", [how])
+    cont.execute("SET ROLE manager")
+    with pytest.raises(psycopg.Error, match="runs only in calls of its own routines"):
+        cont.execute("SELECT borrower.use(%s)", [how])
+    cont.execute("RESET ROLE")
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT owner.seen()").fetchone() == ("[]",)

@@ -71,15 +71,21 @@ def fingerprint():
 
 before = fingerprint()
 module, stage = "escape_" + name, "load"
+calling = sys.modules["pyfuncs_pg.watchdog"].CALLING
 try:
-    namespace = sandbox.load_module(source, module + ".py", module, allowed)
-    stage = "call"
-    # as a call runs it: in a copy of the context it was called in (routines.own_context)
-    got = sys.modules["pyfuncs_pg.routines"].own_context().run(namespace["attempt"])
-except BaseException as exc:
-    outcome = f"{stage} {type(exc).__name__}: {exc}"
-else:
-    outcome = f"returned {type(got).__name__}: {got!r}"[:2000]
+    try:
+        namespace = sandbox.load_module(source, module + ".py", module, allowed)
+        stage = "call"
+        # as a call runs it: as its module's call (what it returns or raises is told in it
+        # too), in a context of its own (routines.py)
+        calling[0] = namespace
+        got = sys.modules["pyfuncs_pg.routines"].own_context().run(namespace["attempt"])
+    except BaseException as exc:
+        outcome = f"{stage} {type(exc).__name__}: {exc}"
+    else:
+        outcome = f"returned {type(got).__name__}: {got!r}"[:2000]
+finally:
+    calling[0] = None
 after = fingerprint()
 if after != before:
     outcome = f"CONTAMINATED ({outcome}): {before} -> {after}"
@@ -577,7 +583,7 @@ for name, refused, made in [
     ("metaclass_attribute", METACLASS,
      'Computing = Lying("Computing", (Lying,), {"__match_args__": ("__globals__",)})\n'
      'Spy = Computing("Spy", (), {})'),
-    ("descriptor", MATCH + "may not read",
+    ("descriptor", "load TypeError: pyfuncs: the special method '__match_args__' of a routine's",
      'class Names:\n    def __get__(self, obj, cls):\n        return ("__globals__",)\n\n'
      'Spy = Lying("Spy", (), {"__match_args__": Names()})'),
     ("tuple_subclass", MATCH + "may not read",
@@ -1992,7 +1998,7 @@ for label, body in [
 ]:  # fmt: skip
     attempt(
         f"abc_{label}",
-        "load TypeError: type 'ABCMeta' is not an acceptable base type"
+        "load TypeError: pyfuncs: the special method '__subclasses__' of a routine's class"
         if label == "metaclass_by_type_with_builtins"
         else "load TypeError: pyfuncs: the class 'Meta' may not derive from ABCMeta: "
         if label.startswith("metaclass")
@@ -2350,6 +2356,48 @@ for label in ("indent_as_text", "separators"):
         + "\n",
     )
 
+# --- special methods that are not the routine's code: C calls them wherever the object is,
+# another role's call among them (a red team's bound db.execute, as a class's __eq__ in a
+# cache every call shares, queried as that role), so they are refused as the class is made
+SPECIAL = "call TypeError: pyfuncs: the special method '__eq__' of a routine's class"
+for label, made in [
+    ("type_bound_c_method", 'type("K", (), {"__eq__": SEEN.append})'),
+    ("type_c_method_of_a_base", 'type("K", (list,), {"__eq__": list.append})'),
+    ("type_stdlib_function",
+     'type("K", (collections.Counter,), {"__eq__": collections.Counter.update})'),
+    ("type_staticmethod", 'type("K", (), {"__eq__": staticmethod(SEEN.append)})'),
+    ("type_property", 'type("K", (), {"__eq__": property(SEEN.append)})'),
+    ("type_classmethod_of_a_type", 'type("K", (), {"__eq__": classmethod(list)})'),
+    ("abc_metaclass_called",
+     'type(collections.abc.Sized)("K", (), {"__eq__": SEEN.append, "__len__": len})'),
+    ("enum_functional", 'enum.Enum("K", {"__eq__": SEEN.append, "A": 1})'),
+    ("named_tuple_metaclass_called",
+     'type(Named)("K", (), {"__module__": "m", "__eq__": SEEN.append})'),
+    ("dataclass_namespace",
+     'dataclasses.make_dataclass("K", ["a"], namespace={"__eq__": SEEN.append})'),
+    ("class_statement_decorated",
+     "class K:\n    @lose\n    def __eq__(self, other):\n        return True"),
+    ("named_tuple_class_statement",
+     "class K(typing.NamedTuple):\n    x: int\n\n    @lose\n    def __eq__(self, other):\n"
+     "        return True"),
+]:  # fmt: skip
+    attempt(
+        f"special_method_{label}",
+        SPECIAL,
+        "import collections, collections.abc, dataclasses, enum, typing\n\n"
+        "SEEN = []\n\n\nclass Named(typing.NamedTuple):\n    x: int\n\n\n"
+        "def lose(method):\n    return SEEN.append\n\n\n"
+        "def attempt():\n" + textwrap.indent(made, "    ") + "\n    return SEEN\n",
+    )
+attempt(
+    "special_method_slot_named_like_one",
+    "call TypeError: pyfuncs: the special method '__slots__' of a routine's class",
+    """
+    def attempt():
+        return type("K", (), {"__slots__": ("__eq__",)})
+    """,
+)
+
 
 @pytest.fixture(scope="module")
 def runtime(cluster: Cluster, template: str) -> Iterator[psycopg.Connection[Any]]:
@@ -2395,6 +2443,7 @@ CONTAMINATING = frozenset({
     "typing_markers_on_shared_objects", "typing_cache_by_a_lying_metaclass",
     *(a.name for a in ATTEMPTS if a.name.startswith("private_")),
     *(a.name for a in ATTEMPTS if a.name.startswith("zoneinfo_cache_")),
+    *(a.name for a in ATTEMPTS if a.name.startswith("special_method_")),
 })  # fmt: skip
 
 
@@ -2490,6 +2539,115 @@ def test_what_routines_ordinarily_do_still_works(runtime: psycopg.Connection[Any
     assert row.fetchone() == (
         "returned str: 'on the y axis at 3 | on the diagonal | a pair 1 2 | points from 5 | "
         "a number 4 | RED | elsewhere | 2 | 1-2 | 77 | 1/2 | 3 | True'",
+    )
+
+
+ORDINARY_CLASSES = """
+import collections, collections.abc, dataclasses, enum, typing
+
+T = typing.TypeVar("T")
+
+
+class Money:
+    def __init__(self, cents):
+        self.cents = cents
+
+    def __eq__(self, other):
+        return isinstance(other, Money) and other.cents == self.cents
+
+    def __ne__(self, other):
+        return not self == other
+
+    @property
+    def euros(self):
+        return self.cents / 100
+
+    @classmethod
+    def zero(cls):
+        return cls(0)
+
+    @staticmethod
+    def parse(text):
+        return Money(int(text))
+
+    def __init_subclass__(cls, **kwargs):
+        cls.made = True
+
+    def __class_getitem__(cls, item):
+        return cls
+
+
+class Colour(enum.IntEnum):
+    RED = 1
+
+    def __str__(self):
+        return self.name.lower()
+
+
+Perm = enum.Flag("Perm", "R W X")
+Shape = enum.Enum("Shape", {"SQUARE": 4, "TRIANGLE": 3})
+
+
+class Pair(typing.NamedTuple):
+    left: int
+    right: int = 0
+
+    def total(self):
+        return self.left + self.right
+
+
+class Movie(typing.TypedDict):
+    title: str
+
+
+@dataclasses.dataclass(slots=True, frozen=True, order=True)
+class Point:
+    x: int
+    y: int = 0
+
+
+@typing.runtime_checkable
+class Sized(typing.Protocol):
+    def size(self) -> int: ...
+
+
+class Box(typing.Generic[T]):
+    def __init__(self, item: T) -> None:
+        self.item = item
+
+
+class Registry(collections.abc.Mapping):
+    def __getitem__(self, key):
+        return key
+
+    def __len__(self):
+        return 0
+
+    def __iter__(self):
+        return iter(())
+
+
+def attempt():
+    Row = collections.namedtuple("Row", "a b")
+    Made = dataclasses.make_dataclass("Made", ["a"], namespace={"double": lambda self: 2 * self.a})
+    Dynamic = type("Dynamic", (), {"__eq__": lambda self, other: True, "__hash__": None,
+                                   "__slots__": ("a",)})
+    return " ".join(map(str, [
+        Money(5) == Money(5), Money(5) != Money(6), Money.zero().euros, Money.parse("7").cents,
+        Money[int] is Money, Colour.RED, Perm.R | Perm.W in Perm.R | Perm.W | Perm.X,
+        Shape.SQUARE.value, Pair(1, 2).total(), Movie(title="x")["title"],
+        Point(1) < Point(2), isinstance(Box(1), Box), dict(Registry()), Row(1, 2).b,
+        Made(3).double(), Dynamic() == 1,
+    ]))
+"""
+
+
+def test_special_methods_routines_define_still_work(runtime: psycopg.Connection[Any]) -> None:
+    row = runtime.execute(
+        "SELECT public.escape_attempt('ordinary_classes', %s)", [ORDINARY_CLASSES]
+    )
+    assert row.fetchone() == (
+        "returned str: 'True True 0.0 7 True red True 4 3 x True True {} 2 6 True'",
     )
 
 
@@ -2666,6 +2824,7 @@ def test_a_window_for_imports_closes_while_code_of_a_routines_runs(
         "]) + '\\n'\n"
         "allowed = frozenset({'json', 'dataclasses'})\n"
         "namespace = sandbox.load_module(source, 'window.py', f'window_{c_hook}', allowed)\n"
+        "sys.modules['pyfuncs_pg.watchdog'].CALLING[0] = namespace  # (as in its call)\n"
         "import ast, types\n"
         "imported = types.ModuleType('ast')  # (as ast's import: the one window that thaws)\n"
         "try:\n"

@@ -11,6 +11,7 @@ import pytest
 
 from pyfuncs import errors, policy
 from pyfuncs._pg import bounded, guards, results, sandbox, values, vocabulary
+from pyfuncs._pg import watchdog as stopping
 from pyfuncs._pg.watchdog import RoutineInterrupted
 
 
@@ -49,8 +50,12 @@ def test_bounded_operations_refuse_before_they_start() -> None:
 
 
 def run(source: str, allowed: frozenset[str] = frozenset({"math", "pyfuncs"})) -> dict[str, Any]:
+    """The module's namespace, loaded as the runtime loads it; its code runs as in a call
+    of its own (watchdog.CALLING) until the next module is loaded."""
     sandbox.API = lambda module: sandbox.shim(object())
-    return sandbox.load_module(source, f"mod{abs(hash(source))}.py", "m", allowed)
+    namespace = sandbox.load_module(source, f"mod{abs(hash(source))}.py", "m", allowed)
+    stopping.CALLING[0] = namespace
+    return namespace
 
 
 def test_modules_are_compiled_with_their_guards_and_run_with_restricted_builtins() -> None:
