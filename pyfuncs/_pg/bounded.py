@@ -8,6 +8,7 @@ import struct
 import types
 from _collections import deque  # type: ignore[import-not-found]  # (collections costs ms)
 from _collections_abc import MutableMapping
+from contextvars import Context, ContextVar
 
 from .imported import imported
 
@@ -392,16 +393,47 @@ def _random_bits(generator: Any, method: Callable[..., Any]) -> Callable[..., An
     return getrandbits
 
 
+# The call whose context is current: a token of its own in each call's context (set by
+# routines.own_context), so that what a call set is given back only in that call.
+CALL: ContextVar[object] = ContextVar("pyfuncs_call")
+
+
+class LocalContext:
+    """decimal.localcontext()'s context manager, which gives back the context it replaced
+    only in the call it was entered in. C's gives it back in whatever context is current
+    when it exits: a red team's generator, suspended inside one and closed in another
+    role's call (an aborted set-returning call's, closed at the next one in the backend),
+    put its own context in that call, which computed at its precision and raised flags in
+    it for the red team to read."""
+
+    __slots__ = ("_call", "_decimal", "_made", "_saved")
+
+    def __init__(self, decimal: types.ModuleType, made: Any) -> None:
+        self._decimal, self._made = decimal, made
+
+    def __enter__(self) -> Any:
+        self._saved, self._call = self._decimal.getcontext(), CALL.get(None)
+        self._decimal.setcontext(self._made)
+        return self._made
+
+    def __exit__(self, *exc: object) -> None:
+        if CALL.get(None) is self._call:
+            self._decimal.setcontext(self._saved)
+
+
 def guarded_decimal() -> types.ModuleType:
     """decimal with a localcontext() that refuses a precision beyond MAX_DECIMAL_DIGITS
-    (the contexts it makes are current in the call, where `/` and the rest use them)."""
+    (the contexts it makes are current in the call, where `/` and the rest use them), and
+    whose manager gives back what it replaced only in its own call (LocalContext)."""
     import decimal
 
     def localcontext(ctx: Any = None, **kwargs: Any) -> Any:
         # the C localcontext sets a precision it is given past the Context type's check
         # (bound_decimal); the context it copies has a precision within bounds already
         _precision_at_most(kwargs.get("prec"))
-        return decimal.localcontext(ctx, **kwargs)
+        made = decimal.localcontext(ctx, **kwargs)  # (C checks what it is given)
+        # its copy of the context, as it enters it: in a context of its own, changing nothing
+        return LocalContext(decimal, Context().run(made.__enter__))
 
     return _stand_in(decimal, localcontext)
 

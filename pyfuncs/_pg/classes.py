@@ -348,6 +348,7 @@ _FUNCTION = types.FunctionType
 _BUILTIN = types.BuiltinFunctionType
 # C's methods a class may have under another name: what enum gives an enum of a C type
 _ALIASES = {("__str__", "__repr__"), ("__repr__", "__str__")}
+_RUNTIME = (__name__.rpartition(".")[0] + ".",)  # pyfuncs_pg. in the database
 
 
 def _made_here(function: Any, here: set[int]) -> bool:
@@ -402,7 +403,7 @@ def _plain(key: str, value: Any, bases: Any, here: set[int]) -> bool:
 
 def _routines_frames() -> set[int] | None:
     """If a routine's code is making the class: the globals of the frames between the check
-    and the nearest frame of a routine's; else None — no routine's code on the stack, or
+    and the nearest frame of a routine's (but the runtime's); else None — no routine's code on the stack, or
     the work of code that makes shared classes (an import, a view's stand-ins: `sharing`)
     is nearer (the standard library's or the runtime's own)."""
     here: set[int] = set()
@@ -413,7 +414,11 @@ def _routines_frames() -> set[int] | None:
             return here
         if sharing and any(frame is f for f in sharing):
             return None
-        here.add(id(frame.f_globals))
+        globals_ = frame.f_globals
+        # (not the runtime's: its functions a routine holds — the decorators, `getattr` —
+        # are not the class's, and the runtime's own classes are made in `sharing`)
+        if not str(globals_.get("__name__", "")).startswith(_RUNTIME):
+            here.add(id(globals_))
         frame = frame.f_back
     return None
 

@@ -96,6 +96,16 @@ class _Prepared:
         return result
 
 
+def _text(query: Any) -> str:
+    """A query as a plain str. Plans are kept by their query's text in dicts every call
+    shares, which compare a later query with the key they kept: a red team's str subclass,
+    kept as a key, had its `__eq__` say yes to another role's query, which then ran the
+    red team's plan (its SQL, with that role's rights)."""
+    if not isinstance(query, str):
+        raise TypeError(f"pyfuncs: a query is a str, not {type(query).__name__}")
+    return str.__str__(query)
+
+
 def _plan_key(query: str, params: Sequence[Any]) -> tuple[Any, ...]:
     # a query's parameters are mostly one or two: build those keys without unpacking
     count = len(params)
@@ -128,6 +138,8 @@ class Db(Queries):
 
     def _plan(self, query: str, params: Sequence[Any]) -> tuple[_Prepared, Sequence[Any]]:
         """The plan for `query` with these parameters' types, and the values to send."""
+        if type(query) is not str:
+            query = _text(query)
         key = _plan_key(query, params)
         prepared = _DIRECT.get(key)
         if prepared is not None:
@@ -165,6 +177,8 @@ class Db(Queries):
         entry = _from_the_call(self._module)
         if watchdog is not None and watchdog.budgets:
             watchdog.count_db_op()
+        if type(query) is not str:
+            query = _text(query)
         # most queries have one parameter: its key is built here, without a call
         key = (query, type(params[0])) if len(params) == 1 else _plan_key(query, params)
         prepared = _DIRECT.get(key)

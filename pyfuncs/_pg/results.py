@@ -241,12 +241,18 @@ _BASES = _bases(None)
 def size(value: Any) -> int:
     """About the bytes a plain value makes in PostgreSQL: text and bytea by their length,
     rows, arrays and json by their items and 4 for each (and for each null in them), a
-    numeric by the digits it prints (every one: `1E+131071` prints 131,072), any other
-    scalar by 8. (A red team's million nulls and numerics of few digits and large exponents
-    were counted as nothing, and made gigabytes after the call.)"""
+    numeric by the digits it prints (every one: `1E+131071` prints 131,072), and so a float
+    and a text that reads as a number with an exponent (json and numeric read them so:
+    `1e308` in json prints 309 digits), any other scalar by 8. (A red team's million nulls,
+    and numerics of one digit and large exponents, as Decimals, as text where a numeric was
+    declared and as floats in json, were counted as nothing, and made gigabytes in
+    PostgreSQL after the call, under none of its limits.)"""
     kind = type(value)
     if kind is str:
-        return len(value) if value.isascii() else len(value.encode())
+        made = len(value) if value.isascii() else len(value.encode())
+        if made < _WIDEST and ("e" in value or "E" in value):
+            return max(made, _printed(value))
+        return made
     if kind is bytes or kind is bytearray:
         return len(value)
     if kind is dict:
@@ -255,6 +261,8 @@ def size(value: Any) -> int:
         return 4 + sum(map(size, value))
     if value is None:
         return 4
+    if kind is float:
+        return max(8, _printed(repr(value)))
     if kind is _Decimal or (_Decimal is None and len(sys.modules) != _seen and _learn()
                             and kind is _Decimal):  # fmt: skip
         sign: int
@@ -262,6 +270,30 @@ def size(value: Any) -> int:
         sign, digits, exponent = value.as_tuple()
         if not isinstance(exponent, int):  # NaN, Infinity
             return 9
-        # its sign, the digits before the point (at least a 0), the point and those after it
-        return sign + max(len(digits) + exponent, 1) + (1 - exponent if exponent < 0 else 0)
+        return _width(sign, len(digits), exponent)
     return 8
+
+
+# the most a numeric prints (131,072 digits before the point, 16,383 after), and more
+_WIDEST = 150_000
+
+
+def _width(sign: int, digits: int, exponent: int) -> int:
+    """What a numeric of `digits` digits times 10**exponent prints: its sign, the digits
+    before the point (at least a 0), the point and those after it."""
+    return sign + max(digits + exponent, 1) + (1 - exponent if exponent < 0 else 0)
+
+
+def _printed(text: str) -> int:
+    """What PostgreSQL prints for `text` read as a numeric (numeric's and json's input), or
+    0 if it is not one."""
+    mantissa, _, exponent = text.strip().replace("E", "e").partition("e")
+    sign = mantissa[:1] in ("-", "+")
+    whole, _, fraction = mantissa[sign:].partition(".")
+    if not (whole + fraction).isdigit() or not (whole + fraction).isascii():
+        return 0
+    try:
+        shift = int(exponent) if exponent else 0
+    except ValueError:
+        return 0
+    return _width(sign, len(whole) + len(fraction), shift - len(fraction))

@@ -14,7 +14,7 @@ import sys
 import time
 from contextvars import copy_context
 
-from . import backstop, errors, identity, results, sandbox, vocabulary
+from . import backstop, bounded, errors, identity, results, sandbox, vocabulary
 from . import watchdog as stopping
 from .values import converter
 from .watchdog import SEQUENCE, Budget, RoutineInterrupted
@@ -45,9 +45,13 @@ def own_context() -> Any:
     and one that asks whether its division was exact was told no.)"""
     context = copy_context()
     if ISOLATED:
-        setcontext, clean = ISOLATED
-        context.run(setcontext, clean.copy())
+        context.run(_begin, *ISOLATED)
     return context
+
+
+def _begin(setcontext: Callable[[Any], None], clean: Any) -> None:
+    setcontext(clean.copy())
+    bounded.CALL.set(object())  # (see bounded.LocalContext)
 
 
 # The entry functions, compiled once per routine so that their code is the routine's own
@@ -71,14 +75,16 @@ _CALL = """\
         grave.clear()
     try:
         if isolated:
-            result = own_context().run(function, {params})
+            context = own_context()
+            result = context.run(function, {params})
         else:
+            context = None
             result = function({params})
         if watch.stop is not None:  # a stop it did not see (one a finalizer swallowed)
             watch.check()
         if type(result) in inert:
             return result
-        return finish(result)
+        return finish(result) if context is None else context.run(finish, result)
     except RoutineInterrupted:
         stopped = True
     except BaseException as exc:

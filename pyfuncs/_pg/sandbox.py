@@ -798,10 +798,18 @@ def _register(code: types.CodeType, namespace: dict[str, Any]) -> None:
 
 
 def _decorator(*args: Any, **_options: Any) -> Any:
-    """In the database the decorators only mark; the definition was read at deploy time."""
+    """In the database the decorators only mark; the definition was read at deploy time.
+    `@stored_function` or `@stored_function(**options)`, nothing else (a red team made one
+    a class's `__eq__`, which said yes to anything)."""
     if len(args) == 1 and callable(args[0]) and not _options:
         return args[0]
-    return lambda fn: fn
+    if args:
+        raise TypeError("pyfuncs: the decorators take a function, or options by keyword")
+    return _marked
+
+
+def _marked(fn: Any, /) -> Any:
+    return fn
 
 
 def shim(db: Any) -> types.ModuleType:

@@ -370,3 +370,99 @@ def test_a_modules_code_runs_only_in_its_own_modules_calls(
     cont.execute("RESET ROLE")
     cont.execute("SET ROLE student")
     assert cont.execute("SELECT owner.seen()").fetchone() == ("[]",)
+
+
+PLANTER = """
+from pyfuncs import db, stored_function
+
+THEIRS = "SELECT 'theirs: ' || $1::text AS v"
+
+
+class Query(str):
+    \"\"\"A query hashed as another module's, equal to any (as a key in the plans' cache).\"\"\"
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return hash(THEIRS)
+
+
+@stored_function(schema="planter", roles=["student", "manager"])
+def plant() -> str:
+    return str(db.fetchval(Query("SELECT 'planted, ' || $1::text AS v"), [0]))
+
+
+@stored_function(schema="planter", roles=["student", "manager"])
+def theirs(n: int) -> str:
+    return str(db.fetchval(THEIRS, [n]))
+"""
+
+
+def test_plans_are_kept_by_plain_query_text(cont: psycopg.Connection[Any], tmp_path: Any) -> None:
+    """Plans every call shares are kept by their query's text: a red team's str subclass,
+    kept as a key, said it equalled another role's query, which then ran its plan (its SQL,
+    with that role's rights). Queries are read as plain str."""
+    (tmp_path / "planter_mod.py").write_text(PLANTER)
+    deploying.deploy(cont, str(tmp_path / "planter_mod.py"))
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT planter.plant()").fetchone() == ("planted, 0",)
+    cont.execute("RESET ROLE")
+    cont.execute("SET ROLE manager")
+    assert cont.execute("SELECT planter.theirs(1)").fetchone() == ("theirs: 1",)
+
+
+ORPHANED = """
+import decimal
+from collections.abc import Iterator
+from decimal import Decimal
+
+from pyfuncs import db, stored_function
+
+KEPT: list[decimal.Context] = []
+
+
+@stored_function(schema="orphan", roles=["student", "manager"])
+def numbers() -> Iterator[str]:
+    with decimal.localcontext() as mine:
+        mine.prec = 3
+        KEPT.append(mine)
+        later = decimal.localcontext()  # gives back `mine` as it exits
+    with later:
+        yield "1"
+        yield "2"
+        yield "3"
+
+
+@stored_function(schema="orphan", roles=["student", "manager"])
+def kept() -> list[str]:
+    return sorted(str(s) for c in KEPT for s, up in c.flags.items() if up)
+
+
+@stored_function(schema="orphan", roles=["student", "manager"])
+def third() -> str:
+    for _ in db.cursor("SELECT 1"):  # (closes what aborted statements left suspended)
+        pass
+    return str(Decimal(1) / 3)
+"""
+
+
+def test_a_generator_closed_in_another_call_gives_back_no_decimal_context(
+    cont: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """A set-returning routine's generator that an aborted statement left suspended is
+    closed in the backend's next call: a red team's, suspended inside a
+    `decimal.localcontext()`, gave its own context back there (C's manager restores it in
+    whatever context is current), and another role's call computed at its precision and
+    raised flags in it for the red team to read."""
+    (tmp_path / "orphan_mod.py").write_text(ORPHANED)
+    deploying.deploy(cont, str(tmp_path / "orphan_mod.py"))
+    cont.execute("SET ROLE student")
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        cont.execute("SELECT 1 / (orphan.numbers()::int - 2)")
+    cont.execute("RESET ROLE")
+    cont.execute("SET ROLE manager")
+    assert cont.execute("SELECT orphan.third()").fetchone() == ("0.3333333333333333333333333333",)
+    cont.execute("RESET ROLE")
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT orphan.kept()").fetchone() == ([],)

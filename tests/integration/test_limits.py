@@ -74,9 +74,10 @@ def test_max_result_bytes_of_a_value_and_of_rows(lim: psycopg.Connection[Any]) -
 
 
 def test_max_result_bytes_counts_what_postgresql_makes(lim: psycopg.Connection[Any]) -> None:
-    """Nulls in json and arrays, and a numeric's digits as it prints them: a red team's
-    million nulls and numerics of one digit and a large exponent were counted as nothing
-    (and made gigabytes of jsonb and text after the call, under none of its limits)."""
+    """Nulls in json and arrays, and a numeric's digits as it prints them (a Decimal, text
+    read as a numeric, a float in json): red teams' million nulls and numerics of one digit
+    and a large exponent were counted as nothing (and made gigabytes of jsonb and text
+    after the call, under none of its limits)."""
     assert lim.execute("SELECT lim.nulls(3)").fetchone() == ({"a": [None, None, None]},)
     err = fails(lim, "SELECT lim.nulls(1000000)")
     assert "lim.nulls exceeded its limit max_result_bytes=1000 (4000009 bytes)" in str(err)
@@ -84,6 +85,12 @@ def test_max_result_bytes_counts_what_postgresql_makes(lim: psycopg.Connection[A
     for n, exponent, made in ((1, 131071, 131076), (7, -16383, 114699)):
         err = fails(lim, f"SELECT lim.wide({n}, {exponent})")
         assert f"max_result_bytes=100000 ({made} bytes)" in str(err)
+    # text where a numeric is declared, and floats in json, as PostgreSQL reads them
+    err = fails(lim, "SELECT lim.numeric_text()")
+    assert "max_result_bytes=100000 (131072 bytes)" in str(err)
+    assert lim.execute("SELECT length(lim.floats(3)::text)").fetchone() == (940,)
+    err = fails(lim, "SELECT lim.floats(1000)")
+    assert "max_result_bytes=100000 (309009 bytes)" in str(err)
 
 
 def test_configured_defaults_apply_and_zero_lifts_them(lim: psycopg.Connection[Any]) -> None:

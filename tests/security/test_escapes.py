@@ -2375,6 +2375,10 @@ for label, made in [
      'type(Named)("K", (), {"__module__": "m", "__eq__": SEEN.append})'),
     ("dataclass_namespace",
      'dataclasses.make_dataclass("K", ["a"], namespace={"__eq__": SEEN.append})'),
+    ("runtime_decorator",
+     "class K:\n    @(lambda method: stored_function)\n    def __eq__(self, other):\n"
+     "        return True"),
+    ("runtime_builtin", 'type("K", (), {"__eq__": getattr})'),
     ("class_statement_decorated",
      "class K:\n    @lose\n    def __eq__(self, other):\n        return True"),
     ("named_tuple_class_statement",
@@ -2384,7 +2388,8 @@ for label, made in [
     attempt(
         f"special_method_{label}",
         SPECIAL,
-        "import collections, collections.abc, dataclasses, enum, typing\n\n"
+        "import collections, collections.abc, dataclasses, enum, typing\n"
+        "from pyfuncs import stored_function\n\n"
         "SEEN = []\n\n\nclass Named(typing.NamedTuple):\n    x: int\n\n\n"
         "def lose(method):\n    return SEEN.append\n\n\n"
         "def attempt():\n" + textwrap.indent(made, "    ") + "\n    return SEEN\n",

@@ -317,3 +317,13 @@ def nulls(n: int) -> dict[str, list[None]]:
 @stored_function(schema="lim", max_result_bytes=100_000)
 def wide(n: int, exponent: int) -> list[Decimal]:
     return [Decimal(f"1E{exponent:+d}")] * n
+
+
+@stored_function(schema="lim", max_result_bytes=100_000)
+def numeric_text() -> Decimal:
+    return "9e131071"  # type: ignore[return-value]  # (PostgreSQL reads the text as a numeric)
+
+
+@stored_function(schema="lim", max_result_bytes=100_000)
+def floats(n: int) -> dict[str, list[float]]:
+    return {"x": [1e308] * n}
