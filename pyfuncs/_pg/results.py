@@ -242,16 +242,17 @@ def size(value: Any) -> int:
     """About the bytes a plain value makes in PostgreSQL: text and bytea by their length,
     rows, arrays and json by their items and 4 for each (and for each null in them), a
     numeric by the digits it prints (every one: `1E+131071` prints 131,072), and so a float
-    and a text that reads as a number with an exponent (json and numeric read them so:
-    `1e308` in json prints 309 digits), any other scalar by 8. (A red team's million nulls,
+    (`1e308` in json prints 309 digits) and the numbers with exponents in a text (where a
+    numeric, json, an array or a row is declared, PostgreSQL reads them as numerics), any
+    other scalar by 8. (A red team's million nulls,
     and numerics of one digit and large exponents, as Decimals, as text where a numeric was
     declared and as floats in json, were counted as nothing, and made gigabytes in
     PostgreSQL after the call, under none of its limits.)"""
     kind = type(value)
     if kind is str:
         made = len(value) if value.isascii() else len(value.encode())
-        if made < _WIDEST and ("e" in value or "E" in value):
-            return max(made, _printed(value))
+        if "e" in value or "E" in value:
+            return made + _exponents(value)
         return made
     if kind is bytes or kind is bytearray:
         return len(value)
@@ -274,8 +275,22 @@ def size(value: Any) -> int:
     return 8
 
 
-# the most a numeric prints (131,072 digits before the point, 16,383 after), and more
-_WIDEST = 150_000
+# the most digits an exponent adds to what a numeric prints (131,072 before the point,
+# 16,383 after it); and the exponents in a text (numeric's, json's, an array's or a row's
+# input reads numbers in it), compiled once needed
+_WIDEST = 147_455
+_EXPONENT: list[Any] = []
+
+
+def _exponents(text: str) -> int:
+    """The digits the exponents of the numbers in `text` could add to what PostgreSQL
+    prints of it, read as a numeric, or as json, an array or a row of numerics
+    (`"[9e131071]"` as jsonb prints 131,072 digits): each exponent's, at most _WIDEST."""
+    if not _EXPONENT:
+        import re  # (here: only a result's text with an e in it, and max_result_bytes)
+
+        _EXPONENT.append(re.compile(r"[eE][+-]?0*([0-9]{1,7})(?![0-9])").finditer)
+    return sum(min(int(m.group(1)), _WIDEST) for m in _EXPONENT[0](text))
 
 
 def _width(sign: int, digits: int, exponent: int) -> int:
@@ -285,8 +300,8 @@ def _width(sign: int, digits: int, exponent: int) -> int:
 
 
 def _printed(text: str) -> int:
-    """What PostgreSQL prints for `text` read as a numeric (numeric's and json's input), or
-    0 if it is not one."""
+    """What PostgreSQL prints for `text` (a float's repr) read as a numeric (json's input),
+    or 0 if it is not one."""
     mantissa, _, exponent = text.strip().replace("E", "e").partition("e")
     sign = mantissa[:1] in ("-", "+")
     whole, _, fraction = mantissa[sign:].partition(".")
