@@ -180,15 +180,39 @@ def lent(method: str, query: str) -> str:
     return str(list(LENT(query)) if method == "cursor" else LENT(query))
 """
 
+# what a test lends from one routine module to another's LENT, as a superuser (by path:
+# `db.execute`, `KEPT.eq` — attributes, or keys of a dict), standing for a shared cache
 LEND = """
-CREATE FUNCTION public.lend(src text, dst text, method text) RETURNS void
+CREATE FUNCTION public.lend(src text, dst text, path text) RETURNS void
 LANGUAGE plpython3u AS $$
 import sys
 modules = {name.rpartition(".")[2]: module for name, module in sys.modules.items()
            if name.startswith("routine:")}
-modules[dst].LENT = getattr(modules[src].db, method)
+found = modules[src]
+for step in path.split("."):
+    found = found[step] if isinstance(found, dict) else getattr(found, step)
+modules[dst].LENT = found
 $$
 """
+
+
+def _deploy_all(cont: psycopg.Connection[Any], tmp_path: Any, sources: dict[str, str]) -> None:
+    for name, source in sources.items():
+        (tmp_path / f"{name}.py").write_text(source)
+        deploying.deploy(cont, str(tmp_path / f"{name}.py"))
+    cont.execute(LEND)
+
+
+def _refused_when_lent(
+    cont: psycopg.Connection[Any], lent: tuple[str, str, str], call: str, how: str, match: str
+) -> None:
+    """Lend (src, dst, path); then `call` (of `how`) fails as manager's with `match`, and
+    the session goes on as manager."""
+    cont.execute("RESET ROLE")
+    cont.execute("SELECT public.lend(%s, %s, %s)", list(lent))
+    cont.execute("SET ROLE manager")
+    with pytest.raises(psycopg.Error, match=match):
+        cont.execute(call, [how])
 
 
 @pytest.mark.parametrize("method", ["execute", "fetchval", "cursor", "claims"])
@@ -200,20 +224,14 @@ def test_a_modules_db_queries_only_in_its_own_modules_calls(
     call shares (as a class's `__eq__`), where C called it in another role's call with none
     of its module's code on the stack: the query ran as that role. Here the handle is lent
     directly (by a superuser) and called from another module's call."""
-    for schema in ("handle_a", "handle_b"):
-        module = tmp_path / f"{schema}.py"
-        module.write_text(HANDLES.format(schema=schema))
-        deploying.deploy(cont, str(module))
-    cont.execute(LEND)
+    _deploy_all(cont, tmp_path, {s: HANDLES.format(schema=s) for s in ("handle_a", "handle_b")})
     cont.execute("SET ROLE student")
     assert cont.execute("SELECT handle_a.own(), handle_b.lent('', '')").fetchone() == (
         "student", "none lent",
     )  # fmt: skip
-    cont.execute("RESET ROLE")
-    cont.execute("SELECT public.lend('handle_a', 'handle_b', %s)", [method])
-    cont.execute("SET ROLE manager")
-    with pytest.raises(psycopg.Error, match="db is for the routine whose call is under way"):
-        cont.execute("SELECT handle_b.lent(%s, 'SELECT current_user')", [method])
+    _refused_when_lent(cont, ("handle_a", "handle_b", f"db.{method}"),
+                       "SELECT handle_b.lent(%s, 'SELECT current_user')", method,
+                       "db is for the routine whose call is under way")  # fmt: skip
     # each module's own handle, and the one lent in its own module's calls, still query
     assert cont.execute("SELECT handle_a.own(), handle_b.own()").fetchone() == (
         "manager", "manager",
@@ -336,15 +354,6 @@ def use(how: str) -> str:
     return str(next(LENT))
 """
 
-LEND_OBJECT = """
-CREATE FUNCTION public.lend_object(name text) RETURNS void LANGUAGE plpython3u AS $$
-import sys
-modules = {name.rpartition(".")[2]: module for name, module in sys.modules.items()
-           if name.startswith("routine:")}
-modules["borrower_mod"].LENT = modules["owner_mod"].KEPT["generator" if name == "close" else name]
-$$
-"""
-
 
 @pytest.mark.parametrize("how", ["eq", "function", "lambda_", "generator", "genexp", "close"])
 def test_a_modules_code_runs_only_in_its_own_modules_calls(
@@ -354,20 +363,15 @@ def test_a_modules_code_runs_only_in_its_own_modules_calls(
     object kept where calls share it, a function, a lambda, a generator resumed or closed,
     a generator expression) is refused before its first statement: red teams had an
     `__eq__` kept as a key in a standard library cache see other roles' keys."""
-    for name, source in (("owner_mod", OWNER), ("borrower_mod", BORROWER)):
-        (tmp_path / f"{name}.py").write_text(source)
-        deploying.deploy(cont, str(tmp_path / f"{name}.py"))
-    cont.execute(LEND_OBJECT)
+    _deploy_all(cont, tmp_path, {"owner_mod": OWNER, "borrower_mod": BORROWER})
     cont.execute("SET ROLE student")
     assert cont.execute("SELECT owner.prepare(), borrower.use('')").fetchone() == (
         "prepared", "none lent",
     )  # fmt: skip
-    cont.execute("RESET ROLE")
-    cont.execute("SELECT public.lend_object(%s)", [how])
-    cont.execute("SET ROLE manager")
-    with pytest.raises(psycopg.Error, match="runs only in calls of its own routines"):
-        cont.execute("SELECT borrower.use(%s)", [how])
-    cont.execute("RESET ROLE")
+    kept = "generator" if how == "close" else how
+    _refused_when_lent(cont, ("owner_mod", "borrower_mod", f"KEPT.{kept}"),
+                       "SELECT borrower.use(%s)", how,
+                       "runs only in calls of its own routines")  # fmt: skip
     cont.execute("SET ROLE student")
     assert cont.execute("SELECT owner.seen()").fetchone() == ("[]",)
 
