@@ -403,9 +403,9 @@ def _plain(key: str, value: Any, bases: Any, here: set[int]) -> bool:
 
 def _routines_frames() -> set[int] | None:
     """If a routine's code is making the class: the globals of the frames between the check
-    and the nearest frame of a routine's (but the runtime's); else None — no routine's code on the stack, or
-    the work of code that makes shared classes (an import, a view's stand-ins: `sharing`)
-    is nearer (the standard library's or the runtime's own)."""
+    and the nearest frame of a routine's (but the runtime's); else None: no routine's code
+    is on the stack, or code that makes shared classes (an import, a view's stand-ins:
+    `sharing`) is nearer, the standard library's or the runtime's own work."""
     here: set[int] = set()
     frame: Any = sys._getframe(2)
     routine_code, sharing = stopping.ROUTINE_CODE, _SHARING_FRAMES
@@ -427,8 +427,8 @@ def _refuse(key: str, value: Any) -> None:
     raise TypeError(
         f"pyfuncs: the special method {key!r} of a routine's class may be only a function of "
         f"its module's (a def, a lambda, or a classmethod, staticmethod or property of one), "
-        f"not {type(value).__name__} {value!r:.60}: C calls special methods wherever the "
-        "object is, another role's call among them"
+        f"not a {type(value).__name__}: C calls special methods wherever the object is, "
+        "another role's call among them"
     )
 
 
