@@ -330,6 +330,9 @@ class Guards(_Transformer):
 
     def visit_Yield(self, node: ast.Yield | ast.YieldFrom) -> ast.AST:
         self.generic_visit(node)
+        if isinstance(node, ast.YieldFrom):  # (see sandbox.delegate)
+            delegate = ast.Name("pyfuncs.delegate", ast.Load())
+            node.value = _copy_location(ast.Call(delegate, [node.value], []), node.value)
         resumed = ast.Name("pyfuncs.resumed", ast.Load())
         return _copy_location(ast.Call(resumed, [node], []), node)
 

@@ -276,20 +276,26 @@ def size(value: Any) -> int:
 
 
 # the most digits an exponent adds to what a numeric prints (131,072 before the point,
-# 16,383 after it); and the exponents in a text (numeric's, json's, an array's or a row's
-# input reads numbers in it), compiled once needed
+# 16,383 after it); and the exponents of the numbers in a text, compiled once needed
 _WIDEST = 147_455
 _EXPONENT: list[Any] = []
+_QUOTING = {ord('"'): None, ord("\\"): None}
 
 
 def _exponents(text: str) -> int:
     """The digits the exponents of the numbers in `text` could add to what PostgreSQL
     prints of it, read as a numeric, or as json, an array or a row of numerics
-    (`"[9e131071]"` as jsonb prints 131,072 digits): each exponent's, at most _WIDEST."""
+    (`"[9e131071]"` as jsonb prints 131,072 digits): each exponent's, at most _WIDEST.
+    numeric's input reads an exponent as C's strtol does (whitespace and a sign before its
+    digits: `1e 131071`, a red team's), and an array's or a row's input takes quotes and
+    backslashes out of an item before (`{1"e"131071}`): so they are taken out here too."""
     if not _EXPONENT:
         import re  # (here: only a result's text with an e in it, and max_result_bytes)
 
-        _EXPONENT.append(re.compile(r"[eE][+-]?0*([0-9]{1,7})(?![0-9])").finditer)
+        pattern = r"[0-9.][eE][ \t\n\v\f\r]*[+-]?0*([0-9]{1,7})(?![0-9])"
+        _EXPONENT.append(re.compile(pattern).finditer)
+    if '"' in text or "\\" in text:
+        text = text.translate(_QUOTING)
     return sum(min(int(m.group(1)), _WIDEST) for m in _EXPONENT[0](text))
 
 

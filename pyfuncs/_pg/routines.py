@@ -63,9 +63,9 @@ def _begin(setcontext: Callable[[Any], None], clean: Any) -> None:
 # the entry frames the watchdog let go of (watchdog.GRAVE).
 # Each call runs in a context of its own (`own_context`): what it sets there (decimal's
 # current context, in a `with decimal.localcontext()` a generator it keeps is suspended
-# in) ends with it. A set-returning routine's rows share one. decimal is the only module
-# routines may import that keeps state in the context, so until it has been imported
-# (ISOLATED is empty) there is nothing to isolate, and a call saves the copy.
+# in) ends with it. A set-returning routine's rows share one. Always: a call that imports
+# decimal itself would otherwise set it in the backend's own context, where PL/Python's
+# other functions compute (a red team's precision and traps applied to another role's).
 _CALL_HEAD = """
 def call({params}):
     began = now()  # for the watchdog, which may first see this call up to a tick later
@@ -74,17 +74,13 @@ _CALL = """\
     if grave:
         grave.clear()
     try:
-        if isolated:
-            context = own_context()
-            result = context.run(function, {params})
-        else:
-            context = None
-            result = function({params})
+        context = own_context()
+        result = context.run(function, {params})
         if watch.stop is not None:  # a stop it did not see (one a finalizer swallowed)
             watch.check()
         if type(result) in inert:
             return result
-        return finish(result) if context is None else context.run(finish, result)
+        return context.run(finish, result)
     except RoutineInterrupted:
         stopped = True
     except BaseException as exc:
@@ -205,7 +201,7 @@ class Routine:
         namespace: dict[str, Any] = {
             "grave": stopping.GRAVE, "inert": results.INERT, "finish": self._finish,
             "fail": self.fail, "RoutineInterrupted": RoutineInterrupted,
-            "own_context": own_context, "isolated": ISOLATED, "now": time.monotonic,
+            "own_context": own_context, "now": time.monotonic,
             "watch": stopping.WATCHDOG or _UNWATCHED, "clock": backstop.CLOCK,
             "settings": identity.SETTINGS, "undo": identity.undo_settings,
             "calling": stopping.CALLING, "routine": self,

@@ -375,6 +375,7 @@ def helpers(module_name: str) -> dict[str, Any]:
         "pyfuncs.check_floordiv": bounded.check_divide, "pyfuncs.check_mod": bounded.check_mod,
         "pyfuncs.spec": bounded.check_spec,
         "pyfuncs.match_class": match_class, "pyfuncs.private": private,
+        "pyfuncs.delegate": delegate,
     }  # fmt: skip
 
 
@@ -622,6 +623,23 @@ def match_class(cls: Any) -> Any:
                 )
             break
     return cls
+
+
+def delegate(iterable: Any) -> Any:
+    """What `yield from iterable` delegates to: a generator as it is, anything else through
+    a generator of the runtime's, which only asks it for its items. Python closes (and
+    throws into, and sends to) what a generator delegates to by the `close` (`throw`,
+    `send`) it finds on that object, its own attributes first: a red team's object kept
+    `items.pop` as its `close`, which C called in another role's call when the collector
+    closed the generator there."""
+    if type(iterable) is types.GeneratorType:
+        return iterable
+    return _items(iter(iterable))
+
+
+def _items(iterator: Any) -> Any:
+    for item in iterator:  # noqa: UP028  (a loop: `yield from` would close it by its close)
+        yield item
 
 
 def restricted_builtins(

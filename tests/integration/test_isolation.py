@@ -318,16 +318,13 @@ def counting() -> Any:
 
 
 @stored_function(schema="owner", roles=["student", "manager"])
-def prepare() -> str:
+def prepare(seen: bool) -> str:
+    if seen:  # (one routine: each routine of a module has the module's state of its own)
+        return repr(SEEN)
     KEPT.update(eq=Key(), function=keep, lambda_=lambda value: SEEN.append(value),
                 generator=counting(), genexp=(SEEN.append(x) for x in ["secret"]))
     next(KEPT["generator"])  # started in its own call
     return "prepared"
-
-
-@stored_function(schema="owner", roles=["student", "manager"])
-def seen() -> str:
-    return repr(SEEN)
 """
 
 BORROWER = """
@@ -365,7 +362,7 @@ def test_a_modules_code_runs_only_in_its_own_modules_calls(
     `__eq__` kept as a key in a standard library cache see other roles' keys."""
     _deploy_all(cont, tmp_path, {"owner_mod": OWNER, "borrower_mod": BORROWER})
     cont.execute("SET ROLE student")
-    assert cont.execute("SELECT owner.prepare(), borrower.use('')").fetchone() == (
+    assert cont.execute("SELECT owner.prepare(false), borrower.use('')").fetchone() == (
         "prepared", "none lent",
     )  # fmt: skip
     kept = "generator" if how == "close" else how
@@ -373,7 +370,7 @@ def test_a_modules_code_runs_only_in_its_own_modules_calls(
                        "SELECT borrower.use(%s)", how,
                        "runs only in calls of its own routines")  # fmt: skip
     cont.execute("SET ROLE student")
-    assert cont.execute("SELECT owner.seen()").fetchone() == ("[]",)
+    assert cont.execute("SELECT owner.prepare(true)").fetchone() == ("[]",)
 
 
 PLANTER = """
@@ -427,7 +424,10 @@ KEPT: list[decimal.Context] = []
 
 
 @stored_function(schema="orphan", roles=["student", "manager"])
-def numbers() -> Iterator[str]:
+def numbers(peek: bool) -> Iterator[str]:
+    if peek:  # (one routine: each routine of a module has the module's state of its own)
+        yield from sorted(str(s) for c in KEPT for s, up in c.flags.items() if up)
+        return
     with decimal.localcontext() as mine:
         mine.prec = 3
         KEPT.append(mine)
@@ -436,11 +436,6 @@ def numbers() -> Iterator[str]:
         yield "1"
         yield "2"
         yield "3"
-
-
-@stored_function(schema="orphan", roles=["student", "manager"])
-def kept() -> list[str]:
-    return sorted(str(s) for c in KEPT for s, up in c.flags.items() if up)
 
 
 @stored_function(schema="orphan", roles=["student", "manager"])
@@ -463,10 +458,111 @@ def test_a_generator_closed_in_another_call_gives_back_no_decimal_context(
     deploying.deploy(cont, str(tmp_path / "orphan_mod.py"))
     cont.execute("SET ROLE student")
     with pytest.raises(psycopg.errors.DivisionByZero):
-        cont.execute("SELECT 1 / (orphan.numbers()::int - 2)")
+        cont.execute("SELECT 1 / (orphan.numbers(false)::int - 2)")
     cont.execute("RESET ROLE")
     cont.execute("SET ROLE manager")
     assert cont.execute("SELECT orphan.third()").fetchone() == ("0.3333333333333333333333333333",)
     cont.execute("RESET ROLE")
     cont.execute("SET ROLE student")
-    assert cont.execute("SELECT orphan.kept()").fetchone() == ([],)
+    assert cont.execute("SELECT orphan.numbers(true)").fetchall() == []
+
+
+DELEGATING = """
+from collections.abc import Iterator
+
+from pyfuncs import db, stored_function
+
+LOG = ["a", "b", "c"]
+
+
+class Holder:
+    def __init__(self) -> None:
+        self.close = LOG.pop  # what Python would close a generator delegating to it with
+
+    def __iter__(self) -> "Holder":
+        return self
+
+    def __next__(self) -> str:
+        return "1"
+
+
+@stored_function(schema="delegating", roles=["student", "manager"])
+def numbers(logged: bool) -> Iterator[str]:
+    if logged:  # (one routine: each routine of a module has the module's state of its own)
+        yield str(len(LOG))
+        return
+    yield "2"
+    yield from Holder()
+
+
+@stored_function(schema="delegating", roles=["student", "manager"])
+def other() -> int:
+    return sum(1 for _ in db.cursor("SELECT 1"))  # (closes what aborted statements left)
+"""
+
+
+def test_a_generator_delegates_only_to_items_of_an_object(
+    cont: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """Python closes what a generator delegates to (`yield from x`) by the `close` it finds
+    on x, its own attributes first: a red team's object kept a C function as its `close`,
+    called in another role's call when that generator was closed there. A generator
+    delegates to anything but a generator only for its items."""
+    _deploy_all(cont, tmp_path, {"delegating_mod": DELEGATING})
+    cont.execute("SET ROLE student")
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        cont.execute("SELECT 1 / (delegating.numbers(false)::int - 1)")
+    cont.execute("SET ROLE manager")
+    assert cont.execute("SELECT delegating.other()").fetchone() == (1,)
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT delegating.numbers(true)").fetchone() == ("3",)
+
+
+FIRST_DECIMAL = """
+from collections.abc import Iterator
+from typing import Any
+
+from pyfuncs import stored_function
+
+KEPT: list[Any] = []
+
+
+def _hold(decimal: Any) -> Iterator[Any]:
+    with decimal.localcontext(prec=3) as context:
+        yield context
+
+
+@stored_function(schema="first", roles=["student", "manager"])
+def plant() -> str:
+    import decimal  # (the backend's first import of decimal: in this call)
+
+    held = _hold(decimal)
+    context = next(held)
+    context.traps[decimal.Inexact] = True
+    KEPT.append(held)
+    return "planted"
+"""
+
+PLAIN_DECIMAL = """
+CREATE FUNCTION public.plain_divide(a numeric, b numeric) RETURNS text LANGUAGE plpython3u
+AS $$
+import decimal
+return f"{a / b} {decimal.getcontext().prec}"
+$$
+"""
+
+
+def test_a_call_that_imports_decimal_changes_no_other_functions_context(
+    cont: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """A call ran in the backend's own context until decimal had been imported: one that
+    imported it itself, and kept a `localcontext` open in a generator, left its precision
+    and traps to PL/Python's other functions (a red team read another role's flags)."""
+    _deploy_all(cont, tmp_path, {"first_mod": FIRST_DECIMAL})
+    cont.execute(PLAIN_DECIMAL)
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT first.plant()").fetchone() == ("planted",)
+    cont.execute("RESET ROLE")
+    assert cont.execute("SELECT public.plain_divide(100, 7)").fetchone() == (
+        "14.28571428571428571428571429 28",
+    )  # fmt: skip

@@ -86,6 +86,8 @@ def test_max_result_bytes_counts_what_postgresql_makes(lim: psycopg.Connection[A
         err = fails(lim, f"SELECT lim.wide({n}, {exponent})")
         assert f"max_result_bytes=100000 ({made} bytes)" in str(err)
     # text where a numeric is declared, and floats in json, as PostgreSQL reads them
+    err = fails(lim, "SELECT lim.spaced()")
+    assert "max_result_bytes=100000 (147476 bytes)" in str(err)
     err = fails(lim, "SELECT lim.numeric_text()")
     assert "max_result_bytes=100000 (131079 bytes)" in str(err)
     assert lim.execute("SELECT length(lim.floats(3)::text)").fetchone() == (940,)

@@ -327,3 +327,9 @@ def numeric_text() -> Decimal:
 @stored_function(schema="lim", max_result_bytes=100_000)
 def floats(n: int) -> dict[str, list[float]]:
     return {"x": [1e308] * n}
+
+
+@stored_function(schema="lim", max_result_bytes=100_000)
+def spaced() -> list[Decimal]:
+    # numeric's input reads an exponent as C's strtol, whitespace first
+    return ["1e 131071", "1e\t-16383"]  # type: ignore[list-item]
