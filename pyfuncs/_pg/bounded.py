@@ -10,6 +10,7 @@ from _collections import deque  # type: ignore[import-not-found]  # (collections
 from _collections_abc import MutableMapping
 from contextvars import Context, ContextVar
 
+from . import watchdog as stopping
 from .imported import imported
 
 TYPE_CHECKING = False
@@ -428,6 +429,12 @@ def guarded_decimal() -> types.ModuleType:
     import decimal
 
     def localcontext(ctx: Any = None, **kwargs: Any) -> Any:
+        # only for the call under way's own code: it copies the current context, which
+        # a red team's finalizer (C's map over localcontext, in another role's call) read
+        if not stopping.from_the_call():
+            raise PermissionError(
+                "pyfuncs: decimal.localcontext() is for the code of the call under way"
+            )
         # the C localcontext sets a precision it is given past the Context type's check
         # (bound_decimal); the context it copies has a precision within bounds already
         _precision_at_most(kwargs.get("prec"))

@@ -337,10 +337,10 @@ class _Loader:
 # unchecked and keep what it is given (a red team's `db.execute` queried as another role
 # from there). So while a routine's code is making a class or setting one's attribute, each
 # special method must be the routine module's own function (or a classmethod, staticmethod
-# or property of ones), what the code making the class defined (the standard library's
-# namedtuple, enum and dataclasses, called by the routine), a method of C that the class
-# has from a base under that name anyway, or data; checked in C's type slots (backstop.c),
-# however the class is made or set.
+# or property of ones), what the standard library code making the class made for it
+# (namedtuple's, dataclasses'), what the class has from a base under that name anyway
+# (enum's, C's), or data; checked in C's type slots (backstop.c), however the class is
+# made or set (_made_here).
 
 _DESCRIPTORS = (type(object.__init__), type(list.append), type(dict.__dict__["fromkeys"]),
                 type(type.__dict__["__name__"]), type(type.__dict__["__basicsize__"]))  # fmt: skip
@@ -351,44 +351,80 @@ _ALIASES = {("__str__", "__repr__"), ("__repr__", "__str__")}
 _RUNTIME = (__name__.rpartition(".")[0] + ".",)  # pyfuncs_pg. in the database
 
 
-def _made_here(function: Any, here: set[int]) -> bool:
-    """Whether `function` is the routine module's own, defined by code making the class
-    (`here`: the globals of the frames between it and the routine's), or compiled by the
-    standard library from text it wrote (dataclasses' methods, namedtuple's `__new__`: no
-    routine can read such a function off a class)."""
-    owner = function.__globals__
-    return (
-        owner is stopping.CALLING[0] or id(owner) in here
-        or function.__code__.co_filename == "<string>"
-    )  # fmt: skip
+_DICT = type.__dict__["__dict__"].__get__
 
 
-def _plain(key: str, value: Any, bases: Any, here: set[int]) -> bool:
+def _made_here(function: Any, key: str, mro: Any, made: set[int]) -> bool:
+    """Whether `function` may be the special method `key` of a class deriving from `mro`:
+    the routine module's own (its code, or code the standard library compiled into its
+    globals: dataclasses' methods), compiled by the standard library from text it wrote
+    (namedtuple's `__new__`, dataclasses' methods and its wrapper of `__repr__`: no routine
+    can read such a function off a class), defined by
+    the code making the class as it runs (`made`: the code nested in the frames between it
+    and the routine's, namedtuple's `__repr__`), a base's own under that name (enum gives an
+    enum Enum's `__new__`), or one of the few the standard library gives its classes. Not
+    any function of a module whose code is on the stack: a red team had C's `map` make a
+    class inside `collections.Counter(...)`, with `Counter.total` as its `__del__`."""
+    code = function.__code__
+    wrapped = getattr(function, "__wrapped__", None)  # (dataclasses' repr, by functools.wraps)
+    if (
+        function.__globals__ is stopping.CALLING[0]
+        or code.co_filename == "<string>"
+        or (type(wrapped) is _FUNCTION and wrapped.__code__.co_filename == "<string>")
+        or id(code) in made
+        or (key, function) in _given()
+    ):
+        return True
+    for base in mro:
+        found = _DICT(base).get(key) if isinstance(base, type) else None
+        if found is function or getattr(found, "__func__", None) is function:
+            return True
+    return False
+
+
+def _given() -> set[tuple[str, Any]]:
+    """The functions of modules the standard library gives a class it is given (a
+    dataclass with slots its state, a protocol its __init__), once those are imported."""
+    given = set()
+    for module, pairs in (
+        ("dataclasses", (("__getstate__", "_dataclass_getstate"),
+                         ("__setstate__", "_dataclass_setstate"))),
+        ("typing", (("__init__", "_no_init_or_replace_init"),)),
+    ):  # fmt: skip
+        found = sys.modules.get(module)
+        for key, name in pairs if found is not None else ():
+            given.add((key, getattr(found, name, None)))
+    return given
+
+
+def _plain(key: str, value: Any, mro: Any, made: set[int]) -> bool:
     kind = type(value)
     if kind is _FUNCTION:
-        return _made_here(value, here)
+        return _made_here(value, key, mro, made)
     if kind is classmethod or kind is staticmethod:
         inner = value.__func__
         if type(inner) is _FUNCTION:
-            return _made_here(inner, here)
+            return _made_here(inner, key, mro, made)
         return key == "__class_getitem__" and isinstance(inner, type)  # (GenericAlias)
     if kind is property:
         parts = (value.fget, value.fset, value.fdel)
-        return all(f is None or (type(f) is _FUNCTION and _made_here(f, here)) for f in parts)
+        return all(
+            f is None or (type(f) is _FUNCTION and _made_here(f, key, mro, made)) for f in parts
+        )
     if key in ("__dict__", "__weakref__") and kind in _DESCRIPTORS[3:]:
         return True  # (another class's: dataclasses' slots=True makes the class again)
     if kind in _DESCRIPTORS:  # C's, under its own name, of object or of a base
         owner: Any = getattr(value, "__objclass__", object)
         name = getattr(value, "__name__", None)
         return (name == key or (key, name) in _ALIASES) and (
-            owner is object or any(isinstance(b, type) and issubclass(b, owner) for b in bases)
+            owner is object or any(isinstance(b, type) and issubclass(b, owner) for b in mro)
         )
     if kind is _BUILTIN:  # a C type's own __new__ (object.__new__: enum keeps its members')
-        made = getattr(value, "__self__", None)
+        made_by = getattr(value, "__self__", None)
         return (
             key in ("__new__", "__new_member__")
             and value.__name__ == "__new__"
-            and (isinstance(made, type))
+            and (isinstance(made_by, type))
         )
     if callable(value) or hasattr(kind, "__get__"):
         return False
@@ -402,23 +438,24 @@ def _plain(key: str, value: Any, bases: Any, here: set[int]) -> bool:
 
 
 def _routines_frames() -> set[int] | None:
-    """If a routine's code is making the class: the globals of the frames between the check
-    and the nearest frame of a routine's (but the runtime's); else None: no routine's code
-    is on the stack, or code that makes shared classes (an import, a view's stand-ins:
-    `sharing`) is nearer, the standard library's or the runtime's own work."""
-    here: set[int] = set()
+    """If a routine's code is making the class: the code nested in the frames between the
+    check and the nearest frame of a routine's (but the runtime's), which those frames may
+    have made functions of as they ran; else None: no routine's code is on the stack, or
+    code that makes shared classes (an import, a view's stand-ins: `sharing`) is nearer,
+    the standard library's or the runtime's own work."""
+    made: set[int] = set()
     frame: Any = sys._getframe(2)
     routine_code, sharing = stopping.ROUTINE_CODE, _SHARING_FRAMES
     while frame is not None:
-        if id(frame.f_code) in routine_code:
-            return here
+        code = frame.f_code
+        if id(code) in routine_code:
+            return made
         if sharing and any(frame is f for f in sharing):
             return None
-        globals_ = frame.f_globals
         # (not the runtime's: its functions a routine holds — the decorators, `getattr` —
         # are not the class's, and the runtime's own classes are made in `sharing`)
-        if not str(globals_.get("__name__", "")).startswith(_RUNTIME):
-            here.add(id(globals_))
+        if not str(frame.f_globals.get("__name__", "")).startswith(_RUNTIME):
+            made.update(id(c) for c in code.co_consts if type(c) is type(code))
         frame = frame.f_back
     return None
 
@@ -443,16 +480,18 @@ def check_made(args: Any) -> None:
     """type's tp_new, before it makes a class of (name, bases, namespace)."""
     if type(args) is not tuple or len(args) != 3 or not isinstance(args[2], dict):
         return  # type(x), or what type refuses anyway
-    here = None
+    made, mro = None, ()
     for key, value in dict.items(args[2]):
         name = _dunder(key)
         if name is None or name in ("__module__", "__qualname__", "__doc__"):
             continue
-        if here is None:
-            here = _routines_frames()
-            if here is None:
+        if made is None:
+            made = _routines_frames()
+            if made is None:
                 return
-        if not _plain(name, value, args[1] if type(args[1]) is tuple else (), here):
+            bases = args[1] if type(args[1]) is tuple else ()
+            mro = tuple(k for b in bases if isinstance(b, type) for k in _MRO(b))
+        if not _plain(name, value, mro, made):
             _refuse(name, value)
 
 
@@ -461,8 +500,8 @@ def check_set(cls: Any, key: Any, value: Any) -> None:
     name = _dunder(key)
     if name is None:
         return
-    here = _routines_frames()
-    if here is not None and not _plain(name, value, _MRO(cls), here):
+    made = _routines_frames()
+    if made is not None and not _plain(name, value, _MRO(cls), made):
         _refuse(name, value)
 
 

@@ -629,6 +629,21 @@ def in_transaction() -> bool:
     return True
 
 
+def from_the_call() -> bool:
+    """Whether the nearest code of a routine module's on the stack is that of the module
+    whose call is under way (CALLING): what its caller does, it does for that call, and not
+    for code that runs in it unasked (a finalizer that is a function of C or the standard
+    library, C consuming a lazy iterator a routine made in another call)."""
+    frame: Any = sys._getframe(2)
+    owners, calling = ROUTINE_CODE, CALLING[0]
+    while frame is not None:
+        owner = owners.get(id(frame.f_code))
+        if owner is not None:
+            return owner is calling
+        frame = frame.f_back
+    return False
+
+
 def dispose_orphans() -> None:
     global disposing
     if not ORPHANS:

@@ -2379,6 +2379,10 @@ for label, made in [
      "class K:\n    @(lambda method: stored_function)\n    def __eq__(self, other):\n"
      "        return True"),
     ("runtime_builtin", 'type("K", (), {"__eq__": getattr})'),
+    ("stdlib_frames_on_the_stack",
+     'list(collections.Counter(map(type, ["K"], [()], [{"__eq__": collections.Counter.total}])))'),
+    ("inherited_from_another_class",
+     'type("K", (list,), {"__eq__": collections.UserList.append})'),
     ("class_statement_decorated",
      "class K:\n    @lose\n    def __eq__(self, other):\n        return True"),
     ("named_tuple_class_statement",
@@ -2645,6 +2649,158 @@ def attempt():
         Made(3).double(), Dynamic() == 1,
     ]))
 """
+
+
+ORDINARY_MORE_CLASSES = """
+import collections, collections.abc, dataclasses, decimal, enum, fractions, typing
+
+T = typing.TypeVar("T")
+
+
+class Mood(enum.StrEnum):
+    HAPPY = enum.auto()
+
+
+class Level(str, enum.Enum):
+    LOW = "low"
+
+    @classmethod
+    def _missing_(cls, value):
+        return cls.LOW
+
+
+class Perm(enum.IntFlag, boundary=enum.STRICT):
+    R = 4
+    W = 2
+
+
+@enum.unique
+class Status(enum.Enum):
+    @staticmethod
+    def _generate_next_value_(name, start, count, last_values):
+        return name.lower()
+
+    OPEN = enum.auto()
+
+
+@dataclasses.dataclass(frozen=True)
+class Base:
+    code: int
+
+
+class Coded(Base, enum.Enum):
+    ONE = 1
+
+
+@dataclasses.dataclass(slots=True, weakref_slot=True, kw_only=True, match_args=True)
+class Item:
+    name: str
+    tags: list = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        self.tags.append(self.name)
+
+
+@dataclasses.dataclass
+class Boxed(typing.Generic[T]):
+    item: T
+
+
+class Pair(typing.NamedTuple, typing.Generic[T]):
+    left: T
+    right: T
+
+
+class Movie(typing.TypedDict, total=False):
+    title: str
+
+
+class Film(Movie):
+    year: int
+
+
+@typing.runtime_checkable
+class Holder(typing.Protocol[T]):
+    def get(self) -> T: ...
+
+
+class Oops(Exception):
+    def __str__(self):
+        return "oops"
+
+
+class Defaults(collections.UserDict):
+    def __missing__(self, key):
+        return 0
+
+
+class Counts(collections.defaultdict):
+    pass
+
+
+class Money(decimal.Decimal):
+    pass
+
+
+class Ratio(fractions.Fraction):
+    pass
+
+
+class Store(collections.abc.MutableMapping):
+    def __init__(self):
+        self.data = {}
+
+    def __getitem__(self, key):
+        return self.data[key]
+
+    def __setitem__(self, key, value):
+        self.data[key] = value
+
+    def __delitem__(self, key):
+        del self.data[key]
+
+    def __iter__(self):
+        return iter(self.data)
+
+    def __len__(self):
+        return len(self.data)
+
+
+class Temperature:
+    def __init__(self):
+        self._c = 0
+
+    @property
+    def celsius(self):
+        return self._c
+
+    @celsius.setter
+    def celsius(self, value):
+        self._c = value
+
+
+def attempt():
+    store = Store()
+    store["a"] = 1
+    hot = Temperature()
+    hot.celsius = 30
+    return " ".join(map(str, [
+        Mood.HAPPY, Level("x").value, int(Perm.R | Perm.W), Status.OPEN.value, Coded.ONE.code,
+        Item(name="a").tags, Boxed(1).item, Pair(1, 2).right, Film(title="x", year=1)["year"],
+        str(Oops()), Defaults()["k"], Counts(int)["k"], Money("1.5") + 1, Ratio(1, 2) * 2,
+        dict(store), hot.celsius,
+    ]))
+"""
+
+
+def test_more_classes_routines_define_still_work(runtime: psycopg.Connection[Any]) -> None:
+    """The classes a red team checked for false refusals of the special-method check."""
+    row = runtime.execute(
+        "SELECT public.escape_attempt('more_classes', %s)", [ORDINARY_MORE_CLASSES]
+    )
+    assert row.fetchone() == (
+        "returned str: \"happy low 6 open 1 ['a'] 1 2 1 oops 0 0 2.5 1 {'a': 1} 30\"",
+    )
 
 
 def test_special_methods_routines_define_still_work(runtime: psycopg.Connection[Any]) -> None:
