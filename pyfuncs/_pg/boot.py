@@ -106,7 +106,7 @@ def _decimal_imported(module: types.ModuleType, bounded: Any, routines: Any) -> 
     own, where decimal keeps its current one (see bounded.py and routines.py)."""
     bounded.bound_decimal(module)
     if not routines.ISOLATED:
-        routines.ISOLATED[:] = [module.setcontext, module.Context()]
+        routines.ISOLATED[:] = [module.setcontext, module.Context(), module.getcontext]
 
 
 def code_of(name: str, modules: Mapping[str, Mapping[str, Any]]) -> types.CodeType:
@@ -170,6 +170,10 @@ def start(gd: dict[str, Any]) -> None:
     when_imported("copy", sandbox.contain_copies)
     when_imported("typing", sandbox.contain_typing)
     when_imported("unicodedata", bounded.hold_unicodedata)
+    import gc  # (imported already, by the interpreter)
+
+    if routines.collecting not in gc.callbacks:
+        gc.callbacks.append(routines.collecting)
     hold_classes()  # (last: its import finder goes in front of the others)
     for name in INTERFACES:
         gd[name] = routines

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+from _thread import get_ident
 from contextvars import copy_context
 
 from . import backstop, bounded, errors, identity, results, sandbox, vocabulary
@@ -33,7 +34,8 @@ class _Unwatched:  # what entry functions ask for a stop outside PostgreSQL: nev
 
 
 _UNWATCHED = _Unwatched()
-# once decimal has been imported (boot.py): [decimal.setcontext, a context no call uses]
+# once decimal has been imported (boot.py): [decimal.setcontext, a context no call uses,
+# decimal.getcontext]
 ISOLATED: list[Any] = []
 
 
@@ -45,13 +47,39 @@ def own_context() -> Any:
     and one that asks whether its division was exact was told no.)"""
     context = copy_context()
     if ISOLATED:
-        context.run(_begin, *ISOLATED)
+        context.run(_begin, ISOLATED[0], ISOLATED[1])
     return context
 
 
 def _begin(setcontext: Callable[[Any], None], clean: Any) -> None:
     setcontext(clean.copy())
     bounded.CALL.set(object())  # (see bounded.LocalContext)
+
+
+_COLLECTIONS: list[tuple[Any, Any]] = []  # what a collection under way put aside
+_MAIN = get_ident()  # the backend's thread, which runs the calls
+
+
+def collecting(phase: str, info: Any) -> None:
+    """gc.callbacks: the collector runs finalizers (`__del__`, a suspended generator's
+    close, what those call) in whatever call is under way when it runs. While it does, no
+    call is under way (watchdog.CALLING: no routine's code runs, `db` and
+    `decimal.localcontext()` refuse) and decimal's context is a clean one of its own: a red
+    team's finalizer, a chain of the standard library's code and C's, read and raised the
+    flags of the decimal context of another role's call that way."""
+    if get_ident() != _MAIN:  # (the watchdog's thread: it runs no call)
+        return
+    if phase == "start":
+        context = ISOLATED[2]() if ISOLATED else None
+        _COLLECTIONS.append((stopping.CALLING[0], context))
+        stopping.CALLING[0] = None
+        if ISOLATED:
+            ISOLATED[0](ISOLATED[1].copy())
+    elif _COLLECTIONS:
+        calling, context = _COLLECTIONS.pop()
+        stopping.CALLING[0] = calling
+        if context is not None:
+            ISOLATED[0](context)
 
 
 # The entry functions, compiled once per routine so that their code is the routine's own

@@ -566,3 +566,69 @@ def test_a_call_that_imports_decimal_changes_no_other_functions_context(
     assert cont.execute("SELECT public.plain_divide(100, 7)").fetchone() == (
         "14.28571428571428571428571429 28",
     )  # fmt: skip
+
+
+COLLECTED = """
+import collections
+import collections.abc
+import decimal
+
+from pyfuncs import stored_function
+
+KEPT: list[object] = []
+
+
+class Cast(collections.UserList):
+    _UserList__cast = KEPT.extend  # what UserList's own comparisons call
+
+
+class Delegate:
+    def __iter__(self) -> "Delegate":
+        return self
+
+    def __next__(self) -> int:
+        return 1
+
+
+@stored_function(schema="collected", roles=["student", "manager"])
+def plant(read: bool) -> str:
+    if read:  # (one routine: each routine of a module has the module's state of its own)
+        return str(len(KEPT))
+    for _ in range(5):
+        delegate = Delegate()
+        # what Python closes a suspended generator's delegate with, as the collector
+        # finalizes it: sorting compares a Cast with a map over localcontext()
+        delegate.close = [Cast(), map(decimal.localcontext, [None])].sort
+        keys = iter(collections.abc.KeysView(delegate))  # (yield from its mapping)
+        next(keys)
+        delegate.loop = keys  # a cycle: only the collector finalizes it
+    return "planted"
+
+
+@stored_function(schema="collected", roles=["student", "manager"])
+def compute(n: int) -> str:
+    with decimal.localcontext(prec=9) as context:
+        context.traps[decimal.DivisionByZero] = False
+        made = [(i, str(i)) for i in range(20_000)]  # (the collector runs)
+        return f"{decimal.Decimal(n) / 0} {len(made)}"
+"""
+
+
+def test_the_collectors_finalizers_see_no_calls_decimal_context(
+    cont: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """The collector finalizes what it finds in whatever call is under way: a red team's
+    suspended generator, finalized there, had Python close its delegate by a chain of C's
+    and the standard library's code (no code of the routine's to refuse) that copied that
+    call's decimal context (precision, flags, traps) for the red team to read. While the
+    collector runs, no call is under way and decimal's context is a clean one."""
+    _deploy_all(cont, tmp_path, {"collected_mod": COLLECTED})
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT collected.plant(false)").fetchone() == ("planted",)
+    cont.execute("SET ROLE manager")
+    for n in range(5):
+        assert cont.execute("SELECT collected.compute(%s)", [n + 1]).fetchone() == (
+            "Infinity 20000",
+        )  # fmt: skip
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT collected.plant(true)").fetchone() == ("0",)
