@@ -58,6 +58,13 @@ def _to_linecache() -> None:
     _LINES.clear()
 
 
+# The attributes PL/Python reads off a plpy.Error as it reports it: each one missing leaves
+# an AttributeError set while it goes on to format the message, where a check for signals
+# (the watchdog's tick) raised it, and the error was reported as "unknown" (now and then).
+_READ_BY_PLPYTHON = ("detail", "hint", "schema_name", "table_name", "column_name",
+                     "datatype_name", "constraint_name")  # fmt: skip
+
+
 def make(
     type_name: str,
     message: str,
@@ -73,7 +80,8 @@ def make(
     """
     cls = ERROR_TYPES.get(type_name)
     if cls is None:
-        cls = ERROR_TYPES[type_name] = type(type_name, (plpy.Error,), {"__module__": "builtins"})
+        namespace = {"__module__": "builtins", **dict.fromkeys(_READ_BY_PLPYTHON)}
+        cls = ERROR_TYPES[type_name] = type(type_name, (plpy.Error,), namespace)
         classes.share(cls)
     err: Exception = cls(message)
     err.sqlstate = sqlstate  # type: ignore[attr-defined]
