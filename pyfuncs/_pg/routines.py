@@ -101,6 +101,7 @@ def call({params}):
 _CALL = """\
     if grave:
         grave.clear()
+    context = None
     try:
         context = own_context()
         result = context.run(function, {params})
@@ -111,8 +112,9 @@ _CALL = """\
         return context.run(finish, result)
     except RoutineInterrupted:
         stopped = True
-    except BaseException as exc:
-        error, stopped = fail(exc), False
+    except BaseException as exc:  # (told in the call's context: its __str__ is the routine's)
+        error = fail(exc) if context is None else context.run(fail, exc)
+        stopped = False
     if stopped:
         raise RoutineInterrupted()
     raise error
@@ -129,7 +131,7 @@ _WITHIN = """\
     except RoutineInterrupted:
         stopped = True
     except BaseException as exc:
-        error, stopped = fail(exc), False
+        error, stopped = work(fail, exc), False  # (work: the call's context's run)
     if stopped:
         raise RoutineInterrupted()
     raise error

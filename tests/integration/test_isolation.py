@@ -632,3 +632,49 @@ def test_the_collectors_finalizers_see_no_calls_decimal_context(
         )  # fmt: skip
     cont.execute("SET ROLE student")
     assert cont.execute("SELECT collected.plant(true)").fetchone() == ("0",)
+
+
+TOLD = """
+import decimal
+from collections.abc import Iterator
+from typing import Any
+
+from pyfuncs import stored_function
+
+KEPT: list[Any] = []
+
+
+def _hold() -> Iterator[None]:
+    with decimal.localcontext(prec=3):
+        yield
+
+
+class Told(Exception):
+    def __str__(self) -> str:  # (run as the error is told)
+        held = _hold()
+        next(held)
+        KEPT.append(held)
+        return "told"
+
+
+@stored_function(schema="told", roles=["student", "manager"])
+def fails() -> int:
+    raise Told()
+"""
+
+
+def test_an_error_is_told_in_its_calls_context(
+    cont: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """What a routine's exception runs as it is told (its `__str__`) runs in the call's
+    context: in the backend's, a decimal context it left open stayed for PL/Python's other
+    functions."""
+    _deploy_all(cont, tmp_path, {"told_mod": TOLD})
+    cont.execute(PLAIN_DECIMAL)
+    cont.execute("SET ROLE student")
+    with pytest.raises(psycopg.Error, match="told"):
+        cont.execute("SELECT told.fails()")
+    cont.execute("RESET ROLE")
+    assert cont.execute("SELECT public.plain_divide(100, 7)").fetchone() == (
+        "14.28571428571428571428571429 28",
+    )  # fmt: skip
