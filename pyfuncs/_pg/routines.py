@@ -82,6 +82,11 @@ def collecting(phase: str, info: Any) -> None:
             ISOLATED[0](context)
 
 
+# (a stop may not land in it: one that did left no call under way for the rest of the call,
+# whose own code then refused to run)
+stopping.BOOKKEEPING.add(id(collecting.__code__))
+
+
 # The entry functions, compiled once per routine so that their code is the routine's own
 # (watchdog.ENTRIES). `call` is what the body calls for a routine that returns a value (its
 # parameters are the function's), `within` runs other work of a call, whose number is `n`.
