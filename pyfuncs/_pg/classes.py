@@ -342,8 +342,10 @@ class _Loader:
 # (enum's, C's), or data; checked in C's type slots (backstop.c), however the class is
 # made or set (_made_here).
 
-_DESCRIPTORS = (type(object.__init__), type(list.append), type(dict.__dict__["fromkeys"]),
-                type(type.__dict__["__name__"]), type(type.__dict__["__basicsize__"]))  # fmt: skip
+# C's methods (a slot's wrapper, a method, a classmethod) and C's attributes (computed,
+# or a slot of __slots__) as they sit in a class's dict
+_C_METHODS = (type(object.__init__), type(list.append), type(dict.__dict__["fromkeys"]))
+_C_ATTRIBUTES = (type(type.__dict__["__name__"]), type(type.__dict__["__basicsize__"]))
 _FUNCTION = types.FunctionType
 _BUILTIN = types.BuiltinFunctionType
 # C's methods a class may have under another name: what enum gives an enum of a C type
@@ -411,9 +413,9 @@ def _plain(key: str, value: Any, mro: Any, made: set[int]) -> bool:
         return all(
             f is None or (type(f) is _FUNCTION and _made_here(f, key, mro, made)) for f in parts
         )
-    if key in ("__dict__", "__weakref__") and kind in _DESCRIPTORS[3:]:
+    if key in ("__dict__", "__weakref__") and kind in _C_ATTRIBUTES:
         return True  # (another class's: dataclasses' slots=True makes the class again)
-    if kind in _DESCRIPTORS:  # C's, under its own name, of object or of a base
+    if kind in _C_METHODS or kind in _C_ATTRIBUTES:  # C's, under its name, of object or a base
         owner: Any = getattr(value, "__objclass__", object)
         name = getattr(value, "__name__", None)
         return (name == key or (key, name) in _ALIASES) and (

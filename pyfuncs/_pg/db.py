@@ -137,9 +137,8 @@ class Db(Queries):
         self._module = module
 
     def _plan(self, query: str, params: Sequence[Any]) -> tuple[_Prepared, Sequence[Any]]:
-        """The plan for `query` with these parameters' types, and the values to send."""
-        if type(query) is not str:
-            query = _text(query)
+        """The plan for `query` (a plain str: see _text) with these parameters' types, and
+        the values to send."""
         key = _plan_key(query, params)
         prepared = _DIRECT.get(key)
         if prepared is not None:
@@ -236,7 +235,7 @@ class Db(Queries):
         """Iterate over a large result without holding it all in memory."""
         stopping.dispose_orphans()
         entry = self._count()
-        prepared, values = _guarded(entry, self._plan, query, params)
+        prepared, values = _guarded(entry, self._plan, _text(query), params)
         cur = _guarded(entry, plpy.cursor, prepared.plan, values)
         try:
             while True:

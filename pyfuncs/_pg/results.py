@@ -244,10 +244,10 @@ def size(value: Any) -> int:
     numeric by the digits it prints (every one: `1E+131071` prints 131,072), and so a float
     (`1e308` in json prints 309 digits) and the numbers with exponents in a text (where a
     numeric, json, an array or a row is declared, PostgreSQL reads them as numerics), any
-    other scalar by 8. (A red team's million nulls,
-    and numerics of one digit and large exponents, as Decimals, as text where a numeric was
-    declared and as floats in json, were counted as nothing, and made gigabytes in
-    PostgreSQL after the call, under none of its limits.)"""
+    other scalar by 8. (Red teams' million nulls, and numerics of one digit and large
+    exponents, as Decimals, as text where a numeric was declared and as floats in json,
+    were counted as nothing, and made gigabytes in PostgreSQL after the call, under none
+    of its limits.)"""
     kind = type(value)
     if kind is str:
         made = len(value) if value.isascii() else len(value.encode())

@@ -89,9 +89,10 @@ class _ForCCode(views.ModuleView):
 
 def _for_c_code(name: str) -> types.ModuleType:
     __import__(name)  # (boot's hooks hold what it keeps: bounded.hold_strptime)
-    found = VIEWS.get((name, frozenset(), ""))
+    key = (name, frozenset(), "")
+    found = VIEWS.get(key)
     if found is None:
-        found = VIEWS[(name, frozenset(), "")] = _ForCCode(f"{name} (for C code only)")
+        found = VIEWS[key] = _ForCCode(f"{name} (for C code only)")
     return found
 
 
@@ -782,8 +783,7 @@ def _its_own(namespace: dict[str, Any], module_name: str) -> dict[str, Any]:
         return True
 
     def resumed(value: Any) -> Any:  # (a generator's, as it resumes after a yield)
-        if calling[0] is not namespace:
-            foreign()
+        own()
         return value
 
     return {
