@@ -89,7 +89,7 @@ class _ForCCode(views.ModuleView):
 
 def _for_c_code(name: str) -> types.ModuleType:
     __import__(name)  # (boot's hooks hold what it keeps: bounded.hold_strptime)
-    key = (name, frozenset(), "")
+    key: tuple[str, frozenset[str], str] = (name, frozenset(), "")
     found = VIEWS.get(key)
     if found is None:
         found = VIEWS[key] = _ForCCode(f"{name} (for C code only)")
