@@ -466,6 +466,140 @@ pyfuncs_window_watch(PyObject *unused, void *frame, int what, PyObject *arg)
 }
 
 /*
+ * Finalizers apart from the call under way. An object is finalized (a suspended
+ * generator closed, and with it the object it delegates to; a `__del__` run; a file
+ * object closed) where its last reference goes, which can be in another role's call: a
+ * cache every call shares drops a routine's object there, or the collector runs there.
+ * What runs then, C's and the standard library's code on objects the routine chose, ran
+ * in that call's context (a red team's read and raised the flags of the other call's
+ * decimal context). So every type's finalizer (tp_finalize) is replaced by one of these,
+ * which runs the type's own in a context of its own: an empty contextvars.Context (where
+ * decimal's current context is a fresh default one) and no exception being handled, and
+ * gives the call its own back after. One per distinct finalizer function, as a
+ * tp_finalize is given only the object; a class made later (pyfuncs_type_new), and one
+ * whose `__del__` or bases change (pyfuncs_type_setattro), gets one as it is made.
+ */
+typedef long PySize;			/* Py_ssize_t */
+typedef void (*Finalizer) (PyObject *self);
+typedef struct
+{
+	PyObject   *(*context_new) (void);
+	int			(*context_enter) (PyObject *context);
+	int			(*context_exit) (PyObject *context);
+	PyObject   *(*get_handled) (void);
+	void		(*set_handled) (PyObject *exception);
+	void		(*fetch) (PyObject **type, PyObject **value, PyObject **traceback);
+	void		(*restore) (PyObject *type, PyObject *value, PyObject *traceback);
+	PySize		(*list_size) (PyObject *list);
+	PyObject   *(*list_item) (PyObject *list, PySize i);
+	PyObject   *(*call_one) (PyObject *callable, PyObject *argument);
+	int			(*same_as) (PyObject *text, const char *ascii);
+	void		(*decref) (PyObject *object);
+} Api;
+
+#define MAX_FINALIZERS 32
+static Api	api;
+static PySize finalize_at = -1;	/* tp_finalize's word in a type object */
+static PyObject *subclasses;	/* type.__subclasses__ */
+static Finalizer finalizers[MAX_FINALIZERS];	/* the types' own */
+static int	finalizer_count;
+
+static void
+apart(Finalizer finalize, PyObject *self)
+{
+	PyObject   *type,
+			   *value,
+			   *traceback,
+			   *context,
+			   *handled;
+
+	api.fetch(&type, &value, &traceback);
+	context = api.context_new();
+	/* (without memory for a context, the object goes unfinalized) */
+	if (context != NULL && api.context_enter(context) == 0)
+	{
+		handled = api.get_handled();
+		api.set_handled(NULL);
+		finalize(self);
+		api.set_handled(handled);
+		if (handled != NULL)
+			api.decref(handled);
+		api.context_exit(context);
+	}
+	if (context != NULL)
+		api.decref(context);
+	api.restore(type, value, traceback);
+}
+
+/* (no more distinct finalizers than CPython has: past them, an object is not finalized) */
+static void
+unfinalized(PyObject *self)
+{
+}
+
+#define APART(i) static void apart_##i(PyObject *self) { apart(finalizers[i], self); }
+APART(0) APART(1) APART(2) APART(3) APART(4) APART(5) APART(6) APART(7)
+APART(8) APART(9) APART(10) APART(11) APART(12) APART(13) APART(14) APART(15)
+APART(16) APART(17) APART(18) APART(19) APART(20) APART(21) APART(22) APART(23)
+APART(24) APART(25) APART(26) APART(27) APART(28) APART(29) APART(30) APART(31)
+
+static const Finalizer aparts[MAX_FINALIZERS] = {
+	apart_0, apart_1, apart_2, apart_3, apart_4, apart_5, apart_6, apart_7,
+	apart_8, apart_9, apart_10, apart_11, apart_12, apart_13, apart_14, apart_15,
+	apart_16, apart_17, apart_18, apart_19, apart_20, apart_21, apart_22, apart_23,
+	apart_24, apart_25, apart_26, apart_27, apart_28, apart_29, apart_30, apart_31,
+};
+
+static void
+keep_apart(PyObject *type)
+{
+	Finalizer  *slot;
+	int			i;
+
+	if (finalize_at < 0)
+		return;
+	slot = (Finalizer *) ((void **) type + finalize_at);
+	if (*slot == NULL || *slot == unfinalized)
+		return;
+	for (i = 0; i < finalizer_count; i++)
+		if (*slot == aparts[i])
+			return;
+	for (i = 0; i < finalizer_count && finalizers[i] != *slot; i++)
+		;
+	if (i == MAX_FINALIZERS)
+	{
+		*slot = unfinalized;
+		return;
+	}
+	if (i == finalizer_count)
+		finalizers[finalizer_count++] = *slot;
+	*slot = aparts[i];
+}
+
+/* type and every class derived from it: 0, or -1 with Python's error set */
+static int
+keep_apart_below(PyObject *type)
+{
+	PyObject   *below;
+	PySize		count,
+				i;
+
+	keep_apart(type);
+	below = api.call_one(subclasses, type);
+	if (below == NULL)
+		return -1;
+	count = api.list_size(below);
+	for (i = 0; i < count; i++)
+		if (keep_apart_below(api.list_item(below, i)) < 0)
+		{
+			api.decref(below);
+			return -1;
+		}
+	api.decref(below);
+	return 0;
+}
+
+/*
  * The check of every class made and of every attribute set on a class (classes.py): type's
  * own tp_new and tp_setattro are replaced by these two, which first call Python's `check`
  * with what the class is made of, or with the class, the name and the value, and go on only
@@ -496,15 +630,19 @@ pyfuncs_classes_checked(NewFunc new_original, SetAttr set_original, CallArgs a, 
 	check_set = on_set;
 }
 
-PyObject *
+PyObject   *
 pyfuncs_type_new(PyObject *meta, PyObject *args, PyObject *kwds)
 {
-	PyObject   *checked = call_with(check_made, args, NULL);
+	PyObject   *checked = call_with(check_made, args, NULL),
+			   *made;
 
 	if (checked == NULL)
 		return NULL;
 	decref(checked);
-	return made_by(meta, args, kwds);
+	made = made_by(meta, args, kwds);
+	if (made != NULL)
+		keep_apart(made);
+	return made;
 }
 
 int
@@ -519,5 +657,25 @@ pyfuncs_type_setattro(PyObject *type, PyObject *name, PyObject *value)
 			return -1;
 		decref(checked);
 	}
-	return set_by(type, name, value);
+	if (set_by(type, name, value) < 0)
+		return -1;
+	/* both make type choose the class's finalizer (and its subclasses') anew */
+	if (finalize_at >= 0 && (api.same_as(name, "__del__") == 0 || api.same_as(name, "__bases__") == 0))
+		return keep_apart_below(type);
+	return 0;
+}
+
+/*
+ * Python's functions (Api's, in its order), tp_finalize's word in a type object,
+ * type.__subclasses__ (kept alive by the caller) and the class whose every subclass to
+ * go through (object): 0, or -1 with Python's error set. Again after an extension module
+ * was loaded (its classes are made without type's tp_new).
+ */
+int
+pyfuncs_finalizers_apart(const Api *functions, PySize at, PyObject *subclasses_of, PyObject *root)
+{
+	api = *functions;
+	subclasses = subclasses_of;
+	finalize_at = at;
+	return keep_apart_below(root);
 }

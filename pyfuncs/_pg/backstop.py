@@ -89,9 +89,12 @@ def install(
 
 def refresh() -> None:
     """After a routine imported a module: the C handler learns where the code of Python's
-    extension modules loaded since is (a call stuck there is Python's too)."""
+    extension modules loaded since is (a call stuck there is Python's too), and their
+    classes' finalizers run apart (keep_finalizers_apart)."""
     if _installed:
         _installed[1](_installed[2], _installed[3], MESSAGE.encode())
+    if _apart:
+        _apart[0](*_apart[1:])
 
 
 def window_profile(codes: dict[int, Any], closing: Any, opening: Any) -> bool:
@@ -162,3 +165,45 @@ def check_classes(on_make: Any, on_set: Any) -> bool:
         (wrapped,) = [i for i in range(8) if descriptor[i] == originals[1]]
         descriptor[wrapped] = hooks[1]
     return bool(slot(type, _TP_NEW) == hooks[0] and slot(type, _TP_SETATTRO) == hooks[1])
+
+
+_TP_FINALIZE = 80
+_apart: list[Any] = []  # the library's function and its arguments
+_keep: list[Any] = []  # what they point at
+
+
+def keep_finalizers_apart() -> bool:
+    """Have every class's finalizer run in a context of its own, apart from the call under
+    way wherever it runs (backstop.c says why): the classes there are now, those made from
+    now on, and those of extension modules loaded later (refresh). False without the
+    library (or one built before it)."""
+    library: Any = _installed[0] if _installed else None
+    apart = getattr(library, "pyfuncs_finalizers_apart", None)
+    if apart is None or _apart:
+        return bool(_apart)
+    import types
+
+    api = ctypes.pythonapi
+    slot = api.PyType_GetSlot
+    slot.restype, slot.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_int]
+    finalizer = slot(types.GeneratorType, _TP_FINALIZE)
+    words = (ctypes.c_void_p * 64).from_address(id(types.GeneratorType))
+    at = [i for i in range(64) if words[i] == finalizer]
+    if not finalizer or len(at) != 1:
+        return False
+    names = ("PyContext_New", "PyContext_Enter", "PyContext_Exit", "PyErr_GetHandledException",
+             "PyErr_SetHandledException", "PyErr_Fetch", "PyErr_Restore", "PyList_Size",
+             "PyList_GetItem", "PyObject_CallOneArg", "PyUnicode_CompareWithASCIIString",
+             "Py_DecRef")  # fmt: skip
+    functions = (ctypes.c_void_p * len(names))(
+        *(ctypes.cast(getattr(api, name), ctypes.c_void_p).value for name in names)
+    )
+    # (it calls Python: the GIL stays held, and an error it sets is raised)
+    signature = ctypes.PYFUNCTYPE(
+        ctypes.c_int, ctypes.c_void_p, ctypes.c_long, ctypes.py_object, ctypes.py_object
+    )
+    call = signature(ctypes.cast(apart, ctypes.c_void_p).value or 0)
+    _apart.extend((call, ctypes.addressof(functions), at[0], type.__subclasses__, object))
+    _keep.append(functions)
+    call(*_apart[1:])
+    return bool(slot(types.GeneratorType, _TP_FINALIZE) != finalizer)

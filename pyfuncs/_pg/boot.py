@@ -157,6 +157,7 @@ def start(gd: dict[str, Any]) -> None:
         postgres, stopping.Watchdog.GRACE, stopping.Watchdog.UNWIND, overflow.STACK,
         overflow.MESSAGE,
     )  # fmt: skip
+    backstop.keep_finalizers_apart()
     sandbox.API = lambda module: sandbox.shim(db.Db(module))
     sandbox.contain_abcs()
     bounded.hold_list_items()

@@ -144,14 +144,18 @@ def contain_copies(copy: types.ModuleType) -> None:
 
 def contain_typing(typing: types.ModuleType) -> None:
     """typing caches what its subscriptions make (`Optional[int]`, `Callable[..., T]`) in
-    lru caches every call in the backend shares, keyed by the arguments' equality: a
+    lru caches every call in the backend shares. Keyed by the arguments' equality, a
     routine's class whose metaclass said it equals int (and hashed like it) was cached in
     int's place, and a later call's `Optional[int]` was `Optional[ThatClass]`; an object of
-    the routine's with its own `__eq__` (`Literal[obj]`) would run it in other calls. So, once for
-    the backend, as soon as typing is imported (boot.py), its caches key by identity: the
-    same objects give the same cached result, as before, and nothing else can."""
+    the routine's with its own `__eq__` (`Literal[obj]`) would run it in other calls. And
+    whatever a cache keeps, it lets go of in whichever call later evicts it: a red team's
+    object, kept so, was freed in another role's call and its finalizer ran there. So, once
+    for the backend, as soon as typing is imported (boot.py), its caches key by identity,
+    and keep only what every call shares (_everyones): a subscription of anything of a
+    routine's is made anew each time, as typing does for unhashable arguments."""
     import gc
 
+    _TYPING_OWN.update(map(id, vars(typing).values()))  # (typing keeps them alive)
     code = typing._SpecialForm.__getitem__.__code__  # every cached subscription's (_tp_cache)
     for function in gc.get_referrers(code):
         if not isinstance(function, types.FunctionType) or function.__code__ is not code:
@@ -197,10 +201,56 @@ class _Identity:
 
 
 def _identity(value: Any) -> Any:
+    # a TypeError, on which typing calls the function uncached: for what it may not keep,
+    # and for the unhashable
     if type(value) is tuple:
         return tuple(map(_identity, value))
-    hash(value)  # unhashable: a TypeError, on which typing calls the function uncached
+    if not _everyones(value):
+        raise TypeError("pyfuncs: not cached (a routine's)")
+    hash(value)
     return id(value)
+
+
+_TYPING_OWN: set[int] = set()  # typing's own objects (`Any`, `T`, `Optional`), by id
+_PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None), type(...)})
+_C_ALIASES = (types.GenericAlias, types.UnionType)  # (`list[int]`, `int | None`)
+_SLOTS_WITHOUT_STATE = ((), ("__weakref__",), "__weakref__")
+
+
+def _everyones(value: Any, depth: int = 0) -> bool:
+    """Whether `value` is, and holds, only what every call shares: values of the plain
+    built-in types, typing's own objects, classes no routine can change (C's, and those
+    made immutable: classes.share), and typing's aliases and other instances of those
+    classes whose state is all such (a TypeVar of a routine's, `Annotated[int, obj]` are
+    not). Told by the object's real class and real dict, which a routine's code cannot
+    answer for."""
+    kind = type(value)
+    if kind in _PLAIN or id(value) in _TYPING_OWN:
+        return True
+    if depth > 32 or not _unchangeable(kind):
+        return False
+    if kind is tuple or kind is list:  # (a list: Callable[[int], str])
+        return all(_everyones(item, depth + 1) for item in value)
+    if any(k is type for k in classes._MRO(kind)):  # a class (metaclasses are C's or shared)
+        return _unchangeable(value)
+    if kind in _C_ALIASES:
+        origin = value.__origin__ if kind is types.GenericAlias else None
+        return _everyones(origin, depth + 1) and _everyones(value.__args__, depth + 1)
+    if any(classes._DICT(k).get("__slots__", ()) not in _SLOTS_WITHOUT_STATE
+           for k in classes._MRO(kind)[:-1]):  # fmt: skip
+        return False  # (state kept in slots is not in the dict)
+    try:
+        state = object.__getattribute__(value, "__dict__")
+    except AttributeError:
+        return False
+    return type(state) is dict and all(
+        type(name) is str and _everyones(item, depth + 1) for name, item in state.items()
+    )
+
+
+def _unchangeable(kind: type) -> bool:
+    flags = classes._FLAGS(kind)
+    return not flags & classes.HEAPTYPE or bool(flags & classes.IMMUTABLE)
 
 
 def _making(func: Callable[..., Any], kind: type) -> Callable[..., Any]:

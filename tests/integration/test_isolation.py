@@ -634,6 +634,127 @@ def test_the_collectors_finalizers_see_no_calls_decimal_context(
     assert cont.execute("SELECT collected.plant(true)").fetchone() == ("0",)
 
 
+APART = """
+import collections
+import collections.abc
+import decimal
+import typing
+
+from pyfuncs import stored_function
+
+KEPT: list[object] = []
+
+
+class Cast(collections.UserList):
+    _UserList__cast = KEPT.extend  # what UserList's own comparisons call
+
+
+class Delegate:
+    def __iter__(self) -> "Delegate":
+        return self
+
+    def __next__(self) -> int:
+        return 1
+
+
+class Dying:
+    def __del__(self) -> None:
+        KEPT.append(decimal.Decimal(2).sqrt())
+        try:
+            raise  # the exception being handled, if any
+        except BaseException as exc:
+            KEPT.append("the-calls" if isinstance(exc, ValueError) else "none")
+
+
+def _suspended() -> object:
+    # Python closes a suspended generator's delegate with the `close` it finds on it:
+    # sorting compares a Cast with a map over Decimal.sqrt, in the current context
+    delegate = Delegate()
+    delegate.close = [Cast(), map(decimal.Decimal.sqrt, [decimal.Decimal(2)])].sort
+    keys = iter(collections.abc.KeysView(delegate))  # (yield from its mapping)
+    next(keys)
+    return keys
+
+
+@stored_function(schema="apart", roles=["student", "manager"])
+def finalized(how: str) -> str:
+    KEPT.clear()
+    with decimal.localcontext(prec=9) as context:
+        if how == "generator":
+            dropped = _suspended()
+            del dropped
+        elif how == "del":
+            dropped = Dying()
+            del dropped
+        elif how == "handling":
+            try:
+                raise ValueError("the call's")
+            except ValueError:
+                dropped = Dying()
+                del dropped
+        inexact = context.flags[decimal.Inexact]
+    return f"{' '.join(map(str, KEPT))} {inexact}"
+
+
+@stored_function(schema="apart", roles=["student", "manager"])
+def typed(how: str) -> str:
+    KEPT.clear()
+    if how in ("class", "int"):
+        held = type("Held", (), {"kept": _suspended()}) if how == "class" else int
+        return str(typing.Optional[held] is typing.Optional[held])  # (cached: the same)
+    dying = Dying()
+    if how == "object":
+        typing.Optional[dying]
+        typing.Literal[dying, 1]
+    elif how == "annotated":
+        typing.Annotated[int, dying]
+    elif how == "alias":
+        typing.Optional[list[dying]]
+    del dying
+    return str(len(KEPT))  # (Dying's __del__ adds two)
+"""
+
+
+SQRT_2 = "1.414213562373095048801688724"  # at decimal's default precision, 28
+
+
+@pytest.mark.parametrize(
+    ("how", "finalized"),
+    [
+        ("generator", f"{SQRT_2} False"),  # (the flags: sqrt of 2 is inexact)
+        ("del", f"{SQRT_2} none False"),
+        ("handling", f"{SQRT_2} none False"),  # (no exception to re-raise)
+    ],
+)
+def test_finalizers_run_apart_from_the_call_under_way(
+    cont: psycopg.Connection[Any], tmp_path: Any, how: str, finalized: str
+) -> None:
+    """An object is finalized where its last reference goes, which can be another role's
+    call (a shared cache's eviction): what its finalizer runs, C's and the standard
+    library's code on objects the routine chose, ran with that call's decimal context
+    (precision, flags) and saw the exception it was handling. Finalizers run in a context
+    of their own: decimal's default context there, no exception being handled."""
+    _deploy_all(cont, tmp_path, {"apart_mod": APART})
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT apart.finalized(%s)", [how]).fetchone() == (finalized,)
+
+
+@pytest.mark.parametrize(
+    ("how", "freed"),
+    [("object", "2"), ("annotated", "2"), ("alias", "2"), ("class", "False"), ("int", "True")],
+)
+def test_typings_caches_keep_nothing_of_a_routines(
+    cont: psycopg.Connection[Any], tmp_path: Any, how: str, freed: str
+) -> None:
+    """typing keeps what its subscriptions make in caches every call shares, and lets it go
+    in whichever call evicts it: a red team's object, kept so, was freed in another role's
+    call. A subscription of anything of a routine's, however deep in it, is not cached:
+    it is freed in the call that lets go of it. What every call shares still is."""
+    _deploy_all(cont, tmp_path, {"apart_mod": APART})
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT apart.typed(%s)", [how]).fetchone() == (freed,)
+
+
 TOLD = """
 import decimal
 from collections.abc import Iterator
