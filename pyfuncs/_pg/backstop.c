@@ -494,8 +494,13 @@ typedef struct
 	PyObject   *(*list_item) (PyObject *list, PySize i);
 	PyObject   *(*call_one) (PyObject *callable, PyObject *argument);
 	int			(*same_as) (PyObject *text, const char *ascii);
+	unsigned long (*type_flags) (PyObject *type);
+	PyObject   *(*get_attr) (PyObject *object, const char *name);
+	void		(*clear_error) (void);
 	void		(*decref) (PyObject *object);
 } Api;
+
+#define TYPE_SUBCLASS (1UL << 31)	/* Py_TPFLAGS_TYPE_SUBCLASS: the object is a class */
 
 #define MAX_FINALIZERS 32
 static Api	api;
@@ -503,6 +508,65 @@ static PySize finalize_at = -1;	/* tp_finalize's word in a type object */
 static PyObject *subclasses;	/* type.__subclasses__ */
 static Finalizer finalizers[MAX_FINALIZERS];	/* the types' own */
 static int	finalizer_count;
+
+/* generator, coroutine, async generator: the attribute that says what each delegates to */
+static PyObject *suspendable[3];
+static const char *const delegate_names[3] = {"gi_yieldfrom", "cr_await", "ag_await"};
+static PyObject *none;
+
+/*
+ * Whether closing generator `self` would call what its innermost delegate has as `close`
+ * (C calls the `close` it finds on anything but a generator that a `yield from` delegates
+ * to):
+ * a generator of the standard library's suspended in `yield from` an object of a
+ * routine's (KeysView's iterator, heapq.merge) closed it by a `close` the routine had set
+ * on the object, a C function that ran whatever the routine chose (red teams: in another
+ * role's call, with its decimal context; later, sorting for as long as it liked there).
+ * Such a generator is not finalized. (A routine's own generators delegate only to
+ * generators: sandbox.delegate.) On an error, the same.
+ */
+static bool
+closes_elsewhere(PyObject *self)
+{
+	PyObject   *at = self,
+			   *held = NULL,
+			   *next;
+	PyObject   *kind;
+	int			i;
+	bool		elsewhere = false;
+
+	for (;;)
+	{
+		kind = ((PyObject **) at)[1];	/* its ob_type, after ob_refcnt */
+		for (i = 0; i < 3 && suspendable[i] != kind; i++)
+			;
+		if (i == 3)				/* not a generator: does it have a close? */
+		{
+			next = at == self ? NULL : api.get_attr(at, "close");
+			if (next == NULL)
+				api.clear_error();
+			else
+				api.decref(next);
+			elsewhere = next != NULL;
+			break;
+		}
+		next = api.get_attr(at, delegate_names[i]);
+		if (next == NULL)
+		{
+			api.clear_error();
+			elsewhere = true;
+			break;
+		}
+		if (held != NULL)
+			api.decref(held);
+		held = at = next;
+		if (next == none)
+			break;
+	}
+	if (held != NULL)
+		api.decref(held);
+	return elsewhere;
+}
 
 static void
 apart(Finalizer finalize, PyObject *self)
@@ -514,6 +578,11 @@ apart(Finalizer finalize, PyObject *self)
 			   *handled;
 
 	api.fetch(&type, &value, &traceback);
+	if (closes_elsewhere(self))
+	{
+		api.restore(type, value, traceback);
+		return;
+	}
 	context = api.context_new();
 	/* (without memory for a context, the object goes unfinalized) */
 	if (context != NULL && api.context_enter(context) == 0)
@@ -640,7 +709,9 @@ pyfuncs_type_new(PyObject *meta, PyObject *args, PyObject *kwds)
 		return NULL;
 	decref(checked);
 	made = made_by(meta, args, kwds);
-	if (made != NULL)
+	/* (a metaclass's __new__, which type's calls for a derived metaclass, returns anything) */
+	if (made != NULL && finalize_at >= 0	/* ([1]: its ob_type, after ob_refcnt) */
+		&& api.type_flags(((PyObject **) made)[1]) & TYPE_SUBCLASS)
 		keep_apart(made);
 	return made;
 }
@@ -667,13 +738,20 @@ pyfuncs_type_setattro(PyObject *type, PyObject *name, PyObject *value)
 
 /*
  * Python's functions (Api's, in its order), tp_finalize's word in a type object,
- * type.__subclasses__ (kept alive by the caller) and the class whose every subclass to
- * go through (object): 0, or -1 with Python's error set. Again after an extension module
+ * type.__subclasses__ (kept alive by the caller), the class whose every subclass to go
+ * through (object), and the generator, coroutine and async generator types and None:
+ * 0, or -1 with Python's error set. Again after an extension module
  * was loaded (its classes are made without type's tp_new).
  */
 int
-pyfuncs_finalizers_apart(const Api *functions, PySize at, PyObject *subclasses_of, PyObject *root)
+pyfuncs_finalizers_apart(const Api *functions, PySize at, PyObject *subclasses_of, PyObject *root,
+						 PyObject *const *kinds)
 {
+	int			i;
+
+	for (i = 0; i < 3; i++)
+		suspendable[i] = kinds[i];
+	none = kinds[3];
 	api = *functions;
 	subclasses = subclasses_of;
 	finalize_at = at;

@@ -194,16 +194,20 @@ def keep_finalizers_apart() -> bool:
     names = ("PyContext_New", "PyContext_Enter", "PyContext_Exit", "PyErr_GetHandledException",
              "PyErr_SetHandledException", "PyErr_Fetch", "PyErr_Restore", "PyList_Size",
              "PyList_GetItem", "PyObject_CallOneArg", "PyUnicode_CompareWithASCIIString",
-             "Py_DecRef")  # fmt: skip
+             "PyType_GetFlags", "PyObject_GetAttrString", "PyErr_Clear", "Py_DecRef")  # fmt: skip
     functions = (ctypes.c_void_p * len(names))(
         *(ctypes.cast(getattr(api, name), ctypes.c_void_p).value for name in names)
     )
     # (it calls Python: the GIL stays held, and an error it sets is raised)
     signature = ctypes.PYFUNCTYPE(
-        ctypes.c_int, ctypes.c_void_p, ctypes.c_long, ctypes.py_object, ctypes.py_object
-    )
+        ctypes.c_int, ctypes.c_void_p, ctypes.c_long, ctypes.py_object, ctypes.py_object,
+        ctypes.c_void_p,
+    )  # fmt: skip
     call = signature(ctypes.cast(apart, ctypes.c_void_p).value or 0)
-    _apart.extend((call, ctypes.addressof(functions), at[0], type.__subclasses__, object))
-    _keep.append(functions)
+    kinds: Any = (ctypes.py_object * 4)()
+    kinds[:] = [types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType, None]
+    _apart.extend((call, ctypes.addressof(functions), at[0], type.__subclasses__, object,
+                   ctypes.addressof(kinds)))  # fmt: skip
+    _keep.extend((functions, kinds))
     call(*_apart[1:])
     return bool(slot(types.GeneratorType, _TP_FINALIZE) != finalizer)

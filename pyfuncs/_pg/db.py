@@ -233,8 +233,8 @@ class Db(Queries):
         self, query: str, params: Sequence[Any] = (), /, *, batch: int = 1000
     ) -> Iterator[dict[str, Any]]:
         """Iterate over a large result without holding it all in memory."""
-        stopping.dispose_orphans()
-        entry = self._count()
+        entry = self._count()  # (from this module's call: what it left is closed in it)
+        stopping.dispose_orphans(self._module)
         prepared, values = _guarded(entry, self._plan, _text(query), params)
         cur = _guarded(entry, plpy.cursor, prepared.plan, values)
         try:
@@ -250,7 +250,7 @@ class Db(Queries):
                 except ValueError:  # its portal went with an aborted one
                     pass
             else:  # PostgreSQL is aborting: closing its portal now can crash it
-                stopping.ORPHANS.append(cur)
+                stopping.ORPHANS.append((self._module, cur))
 
     def subtransaction(self) -> Savepoint:
         """A savepoint: `with db.subtransaction(): ...` undoes its writes if the block raises."""

@@ -337,11 +337,12 @@ class Routine:
         plain, within the result limits) inside the routine's call, which lasts from the
         first row to the last. The body passes what `fn` returned (a Pending), or, for a
         row type of one column, a map of it that reads the column."""
-        stopping.dispose_orphans()
         pending, self.last = self.last, None
         source: Iterator[Any] = iter(() if result is None else result)
         call = SEQUENCE()  # the call's number: one for all its rows
         run = own_context().run  # and their context
+        if stopping.ORPHANS:  # (in the call: its limits apply)
+            self.within(call, run, stopping.dispose_orphans, self.namespace)
         count = size = 0
         # a loop, not `yield from`, so that closing this generator does not close `rows`
         # by itself: see watchdog.ORPHANS
@@ -366,7 +367,7 @@ class Routine:
                 if stopping.in_transaction():  # the query needs no more rows (LIMIT, say)
                     self.within(call, run, pending.close)
                 else:  # PostgreSQL is aborting the statement
-                    stopping.ORPHANS.append(pending)
+                    stopping.ORPHANS.append((self.namespace, pending))
             raise
         raise error
 

@@ -614,12 +614,15 @@ def guard() -> None:
 # (a cancel or statement_timeout in the query consuming its rows), it drops the generator
 # during its own cleanup. Finalising it then runs Python that may call back into PostgreSQL
 # (a cursor's close, a `finally` that queries), which can crash the backend and, with it,
-# restart the cluster. So what is left suspended at that moment is kept here instead, and
-# closed at the next set-returning call or cursor in this backend: with every handler and
-# `finally` of routine code skipped (their first statement is the guard, which raises while
-# disposing) and every query refused, so none of it runs in another call's context.
+# restart the cluster. So what is left suspended at that moment is kept here instead, with
+# the routine it belongs to, and closed at that routine's next set-returning call or
+# cursor, inside that call (its limits apply): with every handler and `finally` of routine
+# code skipped (their first statement is the guard, which raises while disposing) and
+# every query refused. Never in another routine's call: what closing it sets off (the
+# finalizers of what its frames hold) spent a red team's time there, past the victim
+# call's timeout_ms.
 
-ORPHANS: list[Any] = []
+ORPHANS: list[tuple[Any, Any]] = []  # (the routine's module state, the generator or cursor)
 disposing = False
 
 
@@ -644,12 +647,15 @@ def from_the_call() -> bool:
     return False
 
 
-def dispose_orphans() -> None:
+def dispose_orphans(module: Any) -> None:
+    """Close what the routine whose module state is `module` left suspended (ORPHANS)."""
     global disposing
     if not ORPHANS:
         return
-    orphans = ORPHANS[:]
-    ORPHANS.clear()
+    orphans = [orphan for owner, orphan in ORPHANS if owner is module]
+    if not orphans:
+        return
+    ORPHANS[:] = [kept for kept in ORPHANS if kept[0] is not module]
     disposing = True
     try:
         for orphan in orphans:

@@ -639,6 +639,7 @@ import collections
 import collections.abc
 import decimal
 import typing
+from collections.abc import Iterator
 
 from pyfuncs import stored_function
 
@@ -676,12 +677,20 @@ def _suspended() -> object:
     return keys
 
 
+def _finally() -> Iterator[None]:
+    try:
+        yield
+    finally:
+        KEPT.append(decimal.Decimal(2).sqrt())
+
+
 @stored_function(schema="apart", roles=["student", "manager"])
 def finalized(how: str) -> str:
     KEPT.clear()
     with decimal.localcontext(prec=9) as context:
         if how == "generator":
-            dropped = _suspended()
+            dropped = _finally()
+            next(dropped)
             del dropped
         elif how == "del":
             dropped = Dying()
@@ -713,6 +722,121 @@ def typed(how: str) -> str:
     del dying
     return str(len(KEPT))  # (Dying's __del__ adds two)
 """
+
+
+CLOSING = """
+import collections
+import collections.abc
+import heapq
+from collections.abc import Iterator
+
+from pyfuncs import stored_function
+
+CLOSED: list[object] = []
+
+
+class Delegate:
+    def __iter__(self) -> "Delegate":
+        return self
+
+    def __next__(self) -> int:
+        return 1
+
+    def __reversed__(self) -> "Delegate":
+        return self
+
+
+class Ordered(collections.OrderedDict):
+    def __reversed__(self) -> Delegate:
+        return self["delegate"]
+
+
+def _mine(inner: Iterator[int]) -> Iterator[int]:
+    yield from inner  # (a routine's generator delegating to the standard library's)
+
+
+@stored_function(schema="closing", roles=["student", "manager"])
+def dropped(how: str) -> str:
+    CLOSED.clear()
+    delegate = Delegate()
+    delegate.close = CLOSED.clear if how == "plain" else lambda: CLOSED.append("closed")
+    CLOSED.append("kept")
+    if how in ("keys", "plain", "mine"):
+        suspended = iter(collections.abc.KeysView(delegate))  # (yield from its mapping)
+    elif how == "merge":
+        suspended = heapq.merge(delegate)  # (yield from the last iterator left)
+        next(suspended)
+    else:
+        suspended = reversed(Ordered(delegate=delegate).keys())
+    if how == "mine":
+        suspended = _mine(suspended)
+    next(suspended)
+    del suspended
+    return " ".join(map(str, CLOSED))
+"""
+
+
+@pytest.mark.parametrize("how", ["keys", "plain", "merge", "reversed", "mine"])
+def test_a_generator_is_not_closed_by_a_close_its_delegate_was_given(
+    cont: psycopg.Connection[Any], tmp_path: Any, how: str
+) -> None:
+    """Python closes what a suspended generator delegates to (`yield from x`) by the `close`
+    it finds on `x`: a generator of the standard library's (KeysView's iterator,
+    heapq.merge, an OrderedDict's reversed keys) delegating to a routine's object called a
+    C function the routine had set there, wherever the generator was finalized (red teams:
+    in another role's call, with its decimal context; sorting for as long as it liked). A
+    generator whose innermost delegate is not a generator and has a `close` is not
+    finalized."""
+    _deploy_all(cont, tmp_path, {"closing_mod": CLOSING})
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT closing.dropped(%s)", [how]).fetchone() == ("kept",)
+
+
+ABORTED = """
+from collections.abc import Iterator
+
+from pyfuncs import stored_function
+
+
+@stored_function(schema="aborted", roles=["student", "manager"])
+def numbers() -> Iterator[str]:
+    yield "2"
+    yield "3"
+
+
+@stored_function(schema="aborted", roles=["student", "manager"])
+def others(n: int) -> Iterator[int]:
+    yield from range(n)
+"""
+
+KEPT_SUSPENDED = """
+CREATE FUNCTION public.kept_suspended() RETURNS int LANGUAGE plpython3u AS $$
+import sys
+return len(next(m for n, m in sys.modules.items() if n.endswith("_pg.watchdog")).ORPHANS)
+$$
+"""
+
+
+def test_what_an_aborted_statement_left_is_closed_only_in_its_routines_call(
+    cont: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """A set-returning routine's generator an aborted statement left suspended is closed
+    in that routine's next set-returning call, inside it: closed at the next one in the
+    backend, another role's, the finalizers of what it held ran there (a red team's, a C
+    sort for as long as it liked, past that call's timeout_ms)."""
+    _deploy_all(cont, tmp_path, {"aborted_mod": ABORTED})
+    cont.execute(KEPT_SUSPENDED)
+    cont.execute("SET ROLE student")
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        cont.execute("SELECT 1 / (aborted.numbers()::int - 2)")
+    cont.execute("SET ROLE manager")
+    assert cont.execute("SELECT count(*) FROM aborted.others(5)").fetchone() == (5,)
+    cont.execute("RESET ROLE")
+    assert cont.execute("SELECT public.kept_suspended()").fetchone() == (1,)
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT count(*) FROM aborted.numbers()").fetchone() == (2,)
+    cont.execute("RESET ROLE")
+    assert cont.execute("SELECT public.kept_suspended()").fetchone() == (0,)
 
 
 SQRT_2 = "1.414213562373095048801688724"  # at decimal's default precision, 28

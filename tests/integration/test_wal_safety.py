@@ -415,21 +415,30 @@ def test_a_capture_transaction_left_open_holds_capture_up_for_seconds(
 ) -> None:
     """A consumer role that calls the capture function in a transaction and leaves it open
     keeps the capture lock. Idle, its session is ended after 10 s (the capture function gave
-    it that timeout), and the batch waiting behind it goes on; busy, the batch behind it
-    gives up after 30 s with an error that names it, and the loop tries again."""
+    it that timeout, or its own if shorter: 2 s here), and the batch waiting behind it goes
+    on; busy, the batch behind it gives up after 30 s (2 s here) with an error that names
+    it, and the loop tries again."""
     with psycopg.connect(cluster.url("postgres"), autocommit=True) as db:
         db.execute("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'walfeed')"
                    " THEN CREATE ROLE walfeed LOGIN; END IF; END $$")  # fmt: skip
     conn.execute("GRANT EXECUTE ON FUNCTION pyfuncs.realtime_wal_capture(integer), "
                  "pyfuncs.realtime_wal_slot() TO walfeed")  # fmt: skip
+    # (the capture lock's wait, as the function sets it: 30 s)
+    conn.execute("ALTER FUNCTION pyfuncs.realtime_capture_lock_take() SET lock_timeout = '2s'")
+    conn.commit()
     feed = wal_db.replace("postgres@", "walfeed@", 1)
+    with psycopg.connect(feed) as unbounded:  # (no timeout of its own: it is given 10 s)
+        unbounded.execute("SELECT * FROM pyfuncs.realtime_wal_capture()")
+        assert unbounded.execute("SHOW idle_in_transaction_session_timeout").fetchone() == (
+            "10s",
+        )  # fmt: skip
     run(wal_db, "INSERT INTO rt.counter VALUES (1, 'x')")
-    idle = psycopg.connect(feed)  # a transaction, as psycopg opens one
-    idle.execute("SELECT * FROM pyfuncs.realtime_wal_capture()")
+    idle = psycopg.connect(feed, options="-c idle_in_transaction_session_timeout=2s")
+    idle.execute("SELECT * FROM pyfuncs.realtime_wal_capture()")  # (its 2 s kept)
     started = time.monotonic()
     run(wal_db, "INSERT INTO rt.counter VALUES (2, 'y')")
-    catch_up(wal_db)  # waits for the lock, which the server takes back at 10 s
-    assert 9 < time.monotonic() - started < 25 and ids(log(wal_db)) == [1, 2]
+    catch_up(wal_db)  # waits for the lock, which the server takes back at 2 s
+    assert 1.5 < time.monotonic() - started < 10 and ids(log(wal_db)) == [1, 2]
     with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
         idle.execute("SELECT 1")
     idle.close()
