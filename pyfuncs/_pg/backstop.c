@@ -740,12 +740,17 @@ pyfuncs_type_setattro(PyObject *type, PyObject *name, PyObject *value)
  * Python's functions (Api's, in its order), tp_finalize's word in a type object,
  * type.__subclasses__ (kept alive by the caller), the class whose every subclass to go
  * through (object), and the generator, coroutine and async generator types and None:
- * 0, or -1 with Python's error set. Again after an extension module
- * was loaded (its classes are made without type's tp_new).
+ * 0, or -1 with Python's error set. Again after an extension module was loaded (its
+ * classes are made without type's tp_new).
+ *
+ * (One library serves every database of the cluster, whose runtimes, stored in each, may
+ * be older than it: a function whose arguments change gets a new name, which an older
+ * runtime does not find. One a commit older than this called it by its old name with
+ * fewer arguments, and crashed its backend.)
  */
 int
-pyfuncs_finalizers_apart(const Api *functions, PySize at, PyObject *subclasses_of, PyObject *root,
-						 PyObject *const *kinds)
+pyfuncs_finalizers_kept_apart(const Api *functions, PySize at, PyObject *subclasses_of,
+							  PyObject *root, PyObject *const *kinds)
 {
 	int			i;
 

@@ -178,7 +178,7 @@ def keep_finalizers_apart() -> bool:
     now on, and those of extension modules loaded later (refresh). False without the
     library (or one built before it)."""
     library: Any = _installed[0] if _installed else None
-    apart = getattr(library, "pyfuncs_finalizers_apart", None)
+    apart = getattr(library, "pyfuncs_finalizers_kept_apart", None)
     if apart is None or _apart:
         return bool(_apart)
     import types
