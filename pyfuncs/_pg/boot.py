@@ -102,8 +102,8 @@ def when_imported(name: str, then: Any) -> None:
 
 
 def _decimal_imported(module: types.ModuleType, bounded: Any, routines: Any) -> None:
-    """Bound Decimal's conversions, and make every call run with a decimal context of its
-    own, where decimal keeps its current one (see bounded.py and routines.py)."""
+    """Bound Decimal's conversions, and give the collector's callback a clean decimal
+    context to run in (see bounded.py and routines.collecting)."""
     bounded.bound_decimal(module)
     if not routines.ISOLATED:
         routines.ISOLATED[:] = [module.setcontext, module.Context(), module.getcontext]

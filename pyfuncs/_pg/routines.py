@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from _thread import get_ident
-from contextvars import copy_context
+from contextvars import Context
 
 from . import backstop, bounded, errors, identity, results, sandbox, vocabulary
 from . import watchdog as stopping
@@ -35,25 +35,23 @@ class _Unwatched:  # what entry functions ask for a stop outside PostgreSQL: nev
 
 _UNWATCHED = _Unwatched()
 # once decimal has been imported (boot.py): [decimal.setcontext, a context no call uses,
-# decimal.getcontext]
+# decimal.getcontext], for the collector's callback (collecting)
 ISOLATED: list[Any] = []
 
 
 def own_context() -> Any:
-    """A copy of the context a call was made in, where decimal's current context is a copy
-    of its own of a clean one. (A copy of the context shares the objects its variables
-    hold: decimal's context, made where PL/Python first converted a numeric, kept the flags
-    every call raised — a red team's routine read another role's division by zero there,
-    and one that asks whether its division was exact was told no.)"""
-    context = copy_context()
-    if ISOLATED:
-        context.run(_begin, ISOLATED[0], ISOLATED[1])
+    """A context of the call's own: empty, so that decimal's current context there is a
+    fresh default one, made as the call first computes. (A copy of the backend's context
+    shares the objects its variables hold: decimal's context, made where PL/Python first
+    converted a numeric, kept the flags every call raised — a red team's routine read
+    another role's division by zero there, and one that asks whether its division was
+    exact was told no.)"""
+    context = Context()
+    context.run(_MARK, object())  # (see bounded.LocalContext)
     return context
 
 
-def _begin(setcontext: Callable[[Any], None], clean: Any) -> None:
-    setcontext(clean.copy())
-    bounded.CALL.set(object())  # (see bounded.LocalContext)
+_MARK = bounded.CALL.set
 
 
 _COLLECTIONS: list[tuple[Any, Any]] = []  # what a collection under way put aside
