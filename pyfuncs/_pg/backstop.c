@@ -762,3 +762,62 @@ pyfuncs_finalizers_kept_apart(const Api *functions, PySize at, PyObject *subclas
 	finalize_at = at;
 	return keep_apart_below(root);
 }
+
+/*
+ * Weak references' callbacks, which Python runs as the object they refer to is freed,
+ * wherever that is: not a finalizer (above), so nothing kept them apart. A red team's
+ * routine gave a WeakValueDictionary of the standard library's (a ZoneInfo subclass's
+ * cache) a key whose hash ran for as long as it liked, and its callback, removing the
+ * entry, hashed it in another role's call as the collector freed the value there. So the
+ * weak reference type's tp_new (weakref.ref(obj, callback), and every subclass's through
+ * it) first has Python's `own` (watchdog.owned_callback) replace a callback by one that
+ * runs it only in a call of the routine that made the reference, and keeps it for that
+ * routine's next call elsewhere. Python's functions by address, as above.
+ */
+typedef struct
+{
+	PySize		(*tuple_size) (PyObject *tuple);
+	PyObject   *(*tuple_item) (PyObject *tuple, PySize i);
+	PyObject   *(*tuple_pack) (PySize n,...);
+	PyObject   *(*call_one) (PyObject *callable, PyObject *argument);
+	void		(*decref) (PyObject *object);
+} RefApi;
+
+static RefApi refs;
+static NewFunc ref_made_by;
+static PyObject *own;
+static PyObject *ref_none;
+
+PyObject   *
+pyfuncs_weakref_new(PyObject *type, PyObject *args, PyObject *kwds)
+{
+	PyObject   *callback,
+			   *owned,
+			   *changed,
+			   *made;
+
+	if (refs.tuple_size(args) != 2 || (callback = refs.tuple_item(args, 1)) == ref_none)
+		return ref_made_by(type, args, kwds);
+	owned = refs.call_one(own, callback);
+	if (owned == NULL)
+		return NULL;
+	changed = refs.tuple_pack(2, refs.tuple_item(args, 0), owned);
+	refs.decref(owned);
+	if (changed == NULL)
+		return NULL;
+	made = ref_made_by(type, changed, kwds);
+	refs.decref(changed);
+	return made;
+}
+
+/* Python's functions (RefApi's, in its order), the type's own tp_new, `own` and None, which
+ * the caller keeps alive */
+void
+pyfuncs_weakrefs_owned(const RefApi *functions, NewFunc original, PyObject *owning,
+					   PyObject *none_object)
+{
+	refs = *functions;
+	ref_made_by = original;
+	own = owning;
+	ref_none = none_object;
+}

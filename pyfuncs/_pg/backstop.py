@@ -211,3 +211,49 @@ def keep_finalizers_apart() -> bool:
     _keep.extend((functions, kinds))
     call(*_apart[1:])
     return bool(slot(types.GeneratorType, _TP_FINALIZE) != finalizer)
+
+
+_owned: list[Any] = []  # what the weak reference hook reads, kept alive
+
+
+def own_weakref_callbacks(own: Any) -> bool:
+    """Have the weak reference type's tp_new replace a callback by `own(callback)` before it
+    makes a reference (backstop.c says why), for weakref.ref and its subclasses made before
+    now that have its own (later ones inherit it). False without the library (or one built
+    before it)."""
+    library: Any = _installed[0] if _installed else None
+    hook = getattr(library, "pyfuncs_weakref_new", None)
+    if hook is None or _owned:
+        return bool(_owned)
+    import _weakref
+
+    kind = _weakref.ref
+    api = ctypes.pythonapi
+    slot = api.PyType_GetSlot
+    slot.restype, slot.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_int]
+    original = slot(kind, _TP_NEW)
+    words = (ctypes.c_void_p * 64).from_address(id(kind))
+    at = [i for i in range(64) if words[i] == original]
+    if not original or len(at) != 1:
+        return False
+    names = ("PyTuple_Size", "PyTuple_GetItem", "PyTuple_Pack", "PyObject_CallOneArg",
+             "Py_DecRef")  # fmt: skip
+    functions = (ctypes.c_void_p * len(names))(
+        *(ctypes.cast(getattr(api, name), ctypes.c_void_p).value for name in names)
+    )
+    bind = library.pyfuncs_weakrefs_owned
+    bind.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.py_object, ctypes.py_object]
+    bind.restype = None
+    bind(ctypes.addressof(functions), original, own, None)
+    _owned.extend((functions, own))
+    address = ctypes.cast(hook, ctypes.c_void_p).value
+    pending, seen = [kind], set()
+    while pending:  # the type and its subclasses that have its own
+        each = pending.pop()
+        if id(each) not in seen:
+            seen.add(id(each))
+            pending.extend(type.__subclasses__(each))
+            slots = (ctypes.c_void_p * 64).from_address(id(each))
+            if slots[at[0]] == original:
+                slots[at[0]] = address
+    return bool(slot(kind, _TP_NEW) == address)

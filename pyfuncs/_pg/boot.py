@@ -158,6 +158,7 @@ def start(gd: dict[str, Any]) -> None:
         overflow.MESSAGE,
     )  # fmt: skip
     backstop.keep_finalizers_apart()
+    backstop.own_weakref_callbacks(stopping.owned_callback)
     sandbox.API = lambda module: sandbox.shim(db.Db(module))
     sandbox.contain_abcs()
     bounded.hold_list_items()

@@ -107,6 +107,8 @@ _CALL = """\
     context = None
     try:
         context = own_context()
+        if owed:  # (callbacks of its weak references that came due elsewhere)
+            context.run(pay, routine.namespace)
         result = context.run(function, {params})
         if watch.stop is not None:  # a stop it did not see (one a finalizer swallowed)
             watch.check()
@@ -232,7 +234,8 @@ class Routine:
     def _entry(self, source: str, name: str, **names: Any) -> Callable[..., Any]:
         """One entry function, compiled for this routine (its code is this routine's)."""
         namespace: dict[str, Any] = {
-            "grave": stopping.GRAVE, "inert": results.INERT, "finish": self._finish,
+            "grave": stopping.GRAVE, "owed": stopping.OWED, "pay": stopping.pay,
+            "inert": results.INERT, "finish": self._finish,
             "fail": self.fail, "RoutineInterrupted": RoutineInterrupted,
             "own_context": own_context, "now": time.monotonic,
             "watch": stopping.WATCHDOG or _UNWATCHED, "clock": backstop.CLOCK,
@@ -339,8 +342,8 @@ class Routine:
         source: Iterator[Any] = iter(() if result is None else result)
         call = SEQUENCE()  # the call's number: one for all its rows
         run = own_context().run  # and their context
-        if stopping.ORPHANS:  # (in the call: its limits apply)
-            self.within(call, run, stopping.dispose_orphans, self.namespace)
+        if stopping.ORPHANS or stopping.OWED:  # (in the call: its limits apply)
+            self.within(call, run, _settle, self.namespace)
         count = size = 0
         # a loop, not `yield from`, so that closing this generator does not close `rows`
         # by itself: see watchdog.ORPHANS
@@ -385,6 +388,12 @@ class Routine:
         if type(row) not in results.INERT:
             row = results.plain(row)
         return row, (results.size(row) if self.max_bytes is not None else 0)
+
+
+def _settle(module: Any) -> None:
+    """What a set-returning routine's earlier calls left: see watchdog.ORPHANS and OWED."""
+    stopping.dispose_orphans(module)
+    stopping.pay(module)
 
 
 class Pending:

@@ -220,10 +220,11 @@ _SLOTS_WITHOUT_STATE = ((), ("__weakref__",), "__weakref__")
 def _everyones(value: Any, depth: int = 0) -> bool:
     """Whether `value` is, and holds, only what every call shares: values of the plain
     built-in types, typing's own objects, classes no routine can change (C's, and those
-    made immutable: classes.share), and typing's aliases and other instances of those
-    classes whose state is all such (a TypeVar of a routine's, `Annotated[int, obj]` are
-    not). Told by the object's real class and real dict, which a routine's code cannot
-    answer for."""
+    made immutable: classes.share), and instances of typing's classes (aliases, TypeVars)
+    whose state is all such (a TypeVar of a routine's, `Annotated[int, obj]` are not).
+    Told by the object's real class and real dict, which a routine's code cannot answer
+    for; the state of instances of other classes (a function's closure, a staticmethod's
+    function, an exception's arguments: a red team's kept so) is not all in a dict."""
     kind = type(value)
     if kind in _PLAIN or id(value) in _TYPING_OWN:
         return True
@@ -236,6 +237,8 @@ def _everyones(value: Any, depth: int = 0) -> bool:
     if kind in _C_ALIASES:
         origin = value.__origin__ if kind is types.GenericAlias else None
         return _everyones(origin, depth + 1) and _everyones(value.__args__, depth + 1)
+    if classes._MODULE(kind) != "typing":
+        return False
     if any(classes._DICT(k).get("__slots__", ()) not in _SLOTS_WITHOUT_STATE
            for k in classes._MRO(kind)[:-1]):  # fmt: skip
         return False  # (state kept in slots is not in the dict)

@@ -670,6 +670,46 @@ def dispose_orphans(module: Any) -> None:
         disposing = False
 
 
+# --- weak references' callbacks -----------------------------------------------------------
+# Python runs a weak reference's callback as the object it refers to is freed, wherever
+# that is: in another routine's call (a cache letting go of it), or while the collector
+# runs. A callback a routine's code gives a reference (or the standard library's code does
+# for it: a WeakValueDictionary's) runs only in that routine's calls (backstop.c has every
+# one pass through owned_callback); freed elsewhere, it is kept here and run at the start
+# of the routine's next call, inside it. A red team's callback hashed a key of its own
+# choosing, for as long as it liked, in another role's call.
+
+OWED: list[tuple[Any, Any, Any]] = []  # (the routine's module state, callback, reference)
+
+
+def owned_callback(callback: Any) -> Any:
+    """The callback a weak reference made now gets in place of `callback`."""
+    owner = CALLING[0]
+    if owner is None:  # (the runtime's own, or an import's: not a routine's)
+        return callback
+
+    def owed(reference: Any) -> None:
+        if CALLING[0] is owner:
+            callback(reference)
+        else:
+            OWED.append((owner, callback, reference))
+
+    return owed
+
+
+def pay(module: Any) -> None:
+    """Run the callbacks kept for the routine whose module state is `module` (OWED)."""
+    owed = [(callback, reference) for owner, callback, reference in OWED if owner is module]
+    if not owed:
+        return
+    OWED[:] = [kept for kept in OWED if kept[0] is not module]
+    for callback, reference in owed:
+        try:  # noqa: SIM105  (contextlib costs every backend's boot 3 ms)
+            callback(reference)
+        except Exception:  # (as Python ignores what a callback raises)
+            pass
+
+
 def interrupted(exc: BaseException) -> None:
     """Turn a query cancelled inside a routine into a sticky stop."""
     sqlstate = getattr(exc, "sqlstate", None)

@@ -708,9 +708,13 @@ def finalized(how: str) -> str:
 @stored_function(schema="apart", roles=["student", "manager"])
 def typed(how: str) -> str:
     KEPT.clear()
-    if how in ("class", "int"):
-        held = type("Held", (), {"kept": _suspended()}) if how == "class" else int
-        return str(typing.Optional[held] is typing.Optional[held])  # (cached: the same)
+    if how in ("class", "int", "staticmethod", "function", "exception"):
+        held = {
+            "class": lambda: type("Held", (), {"kept": _suspended()}), "int": lambda: int,
+            "staticmethod": lambda: staticmethod(Dying()), "function": lambda: _suspended,
+            "exception": lambda: ValueError(Dying()),
+        }[how]()  # fmt: skip
+        return str(typing.Literal[held] is typing.Literal[held])  # (cached: the same)
     dying = Dying()
     if how == "object":
         typing.Optional[dying]
@@ -839,6 +843,76 @@ def test_what_an_aborted_statement_left_is_closed_only_in_its_routines_call(
     assert cont.execute("SELECT public.kept_suspended()").fetchone() == (0,)
 
 
+OWED = """
+import zoneinfo
+
+from pyfuncs import stored_function
+
+HASHED: list[str] = []
+CALLED: list[str] = []
+KEPT: list[object] = []
+
+
+class Zones(zoneinfo.ZoneInfo):  # (C gives the class a WeakValueDictionary of its own)
+    pass
+
+
+class Key:
+    def __hash__(self) -> int:  # (run as its entry is removed)
+        HASHED.append("hashed")
+        return 1
+
+
+class Value:
+    pass
+
+
+def _called(reference: object) -> None:
+    CALLED.append("called")
+
+
+@stored_function(schema="owed", roles=["student", "manager"])
+def plant(how: str) -> str:
+    cache = Zones._weak_cache
+    if how == "read":
+        return f"{len(cache.data)} {' '.join(HASHED + CALLED)}"
+    value = Value()
+    if how == "dictionary":
+        cache[Key()] = value  # its callback removes the entry, hashing the key
+    else:  # a weak reference of the dictionary's class, with a callback of the routine's
+        cache["probe"] = value
+        reference = type(cache.data["probe"])
+        del cache["probe"]
+        KEPT.append(reference(value, _called, None))
+    value.loop = value  # a cycle: only the collector frees it
+    HASHED.clear()
+    return "planted"
+
+
+@stored_function(schema="owed", roles=["student", "manager"])
+def compute(n: int) -> int:
+    return len([(i, str(i)) for i in range(20_000)]) + n  # (the collector runs)
+"""
+
+
+@pytest.mark.parametrize(("how", "read"), [("dictionary", "0 hashed"), ("reference", "0 called")])
+def test_a_weak_references_callback_runs_only_in_its_routines_calls(
+    cont: psycopg.Connection[Any], tmp_path: Any, how: str, read: str
+) -> None:
+    """Python runs a weak reference's callback as its object is freed, wherever that is: a
+    red team's WeakValueDictionary (a ZoneInfo subclass's cache) removed an entry there
+    whose key hashed for as long as it liked, as the collector freed the value in another
+    role's call. A callback of a reference a routine made runs only in that routine's
+    calls: freed in another's, it runs at the start of the routine's next call."""
+    _deploy_all(cont, tmp_path, {"owed_mod": OWED})
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT owed.plant(%s)", [how]).fetchone() == ("planted",)
+    cont.execute("SET ROLE manager")
+    assert cont.execute("SELECT owed.compute(1)").fetchone() == (20_001,)
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT owed.plant('read')").fetchone() == (read,)
+
+
 SQRT_2 = "1.414213562373095048801688724"  # at decimal's default precision, 28
 
 
@@ -865,15 +939,17 @@ def test_finalizers_run_apart_from_the_call_under_way(
 
 @pytest.mark.parametrize(
     ("how", "freed"),
-    [("object", "2"), ("annotated", "2"), ("alias", "2"), ("class", "False"), ("int", "True")],
-)
+    [("object", "2"), ("annotated", "2"), ("alias", "2"), ("class", "False"), ("int", "True"),
+     ("staticmethod", "False"), ("function", "False"), ("exception", "False")],
+)  # fmt: skip
 def test_typings_caches_keep_nothing_of_a_routines(
     cont: psycopg.Connection[Any], tmp_path: Any, how: str, freed: str
 ) -> None:
     """typing keeps what its subscriptions make in caches every call shares, and lets it go
     in whichever call evicts it: a red team's object, kept so, was freed in another role's
-    call. A subscription of anything of a routine's, however deep in it, is not cached:
-    it is freed in the call that lets go of it. What every call shares still is."""
+    call. A subscription of anything of a routine's, however deep in it (a staticmethod's
+    function, an exception's arguments: state not in a dict), is not cached: it is freed
+    in the call that lets go of it. What every call shares still is."""
     _deploy_all(cont, tmp_path, {"apart_mod": APART})
     cont.execute("SET ROLE student")
     assert cont.execute("SELECT apart.typed(%s)", [how]).fetchone() == (freed,)
