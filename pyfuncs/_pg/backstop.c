@@ -513,17 +513,20 @@ static int	finalizer_count;
 static PyObject *suspendable[3];
 static const char *const delegate_names[3] = {"gi_yieldfrom", "cr_await", "ag_await"};
 static PyObject *none;
+static PyObject *kept_by;		/* pyfuncs_generators_kept's */
+static PyObject *truth;
 
 /*
- * Whether closing generator `self` would call what its innermost delegate has as `close`
- * (C calls the `close` it finds on anything but a generator that a `yield from` delegates
- * to):
- * a generator of the standard library's suspended in `yield from` an object of a
- * routine's (KeysView's iterator, heapq.merge) closed it by a `close` the routine had set
- * on the object, a C function that ran whatever the routine chose (red teams: in another
- * role's call, with its decimal context; later, sorting for as long as it liked there).
- * Such a generator is not finalized. (A routine's own generators delegate only to
- * generators: sandbox.delegate.) On an error, the same.
+ * Whether closing generator `self` would look up and call a `close` of what its innermost
+ * delegate is, not a generator (C closes anything but a generator a `yield from` delegates
+ * to by the `close` it finds on it, which may be a property, run as it is looked up): a
+ * generator of the standard library's suspended in `yield from` an object of a routine's
+ * (KeysView's iterator, heapq.merge) closed it by a `close` the routine had set on the
+ * object, a C function that ran whatever the routine chose (red teams: in another role's
+ * call, with its decimal context; later, sorting for as long as it liked there). Such a
+ * generator is not finalized: its frame is let go of without its `finally` blocks. (A
+ * routine's own generators delegate only to generators: sandbox.delegate.) On an error,
+ * the same.
  */
 static bool
 closes_elsewhere(PyObject *self)
@@ -540,15 +543,23 @@ closes_elsewhere(PyObject *self)
 		kind = ((PyObject **) at)[1];	/* its ob_type, after ob_refcnt */
 		for (i = 0; i < 3 && suspendable[i] != kind; i++)
 			;
-		if (i == 3)				/* not a generator: does it have a close? */
+		if (i == 3)
 		{
-			next = at == self ? NULL : api.get_attr(at, "close");
-			if (next == NULL)
-				api.clear_error();
-			else
-				api.decref(next);
-			elsewhere = next != NULL;
+			elsewhere = at != self;
 			break;
+		}
+		if (kept_by != NULL)	/* one whose frames must not run here? */
+		{
+			next = api.call_one(kept_by, at);
+			if (next != NULL)
+				api.decref(next);
+			else
+				api.clear_error();
+			if (next != truth)	/* (on an error, too) */
+			{
+				elsewhere = true;
+				break;
+			}
 		}
 		next = api.get_attr(at, delegate_names[i]);
 		if (next == NULL)
@@ -820,4 +831,22 @@ pyfuncs_weakrefs_owned(const RefApi *functions, NewFunc original, PyObject *owni
 	ref_made_by = original;
 	own = owning;
 	ref_none = none_object;
+}
+
+/*
+ * Generators whose frames may run as they are finalized: before each generator of the
+ * chain pyfuncs_finalizers_kept_apart's closes_elsewhere walks, `may_run(generator)` is
+ * asked, and a generator for which it does not return True (`true_object`) is not
+ * finalized. Round thirty-eight: a suspended generator of the standard library's (a
+ * WeakValueDictionary's items(), inside `with _IterationGuard(self)`), finalized by the
+ * collector in another role's call, committed the dictionary's pending removals there,
+ * hashing a routine's key for as long as it liked. A routine's own generators refuse to
+ * run outside its calls; the runtime's must run (they close a cursor, keep an orphan).
+ * Both kept alive by the caller.
+ */
+void
+pyfuncs_generators_kept(PyObject *may_run, PyObject *true_object)
+{
+	truth = true_object;
+	kept_by = may_run;
 }

@@ -213,6 +213,33 @@ def keep_finalizers_apart() -> bool:
     return bool(slot(types.GeneratorType, _TP_FINALIZE) != finalizer)
 
 
+# the standard library's directory: its generators' frames run only where they are closed
+# (keep_generators)
+_STANDARD = os.path.dirname(os.__file__) + os.sep
+
+
+def _may_run_finalized(generator: Any) -> bool:
+    """Whether a generator's frame may run as it is finalized, wherever that is: not one of
+    the standard library's (see backstop.c's pyfuncs_generators_kept)."""
+    code = getattr(generator, "gi_code", None) or getattr(generator, "cr_code", None)
+    if code is None:
+        code = generator.ag_code
+    return not code.co_filename.startswith(_STANDARD)
+
+
+def keep_generators() -> bool:
+    """Finalize no generator of the standard library's, or one that delegates to one
+    (backstop.c says why). False without the library (or one built before it)."""
+    library: Any = _installed[0] if _installed else None
+    bind = getattr(library, "pyfuncs_generators_kept", None)
+    if bind is None or not _apart:
+        return False
+    bind.argtypes = [ctypes.py_object, ctypes.py_object]
+    bind.restype = None
+    bind(_may_run_finalized, True)
+    return True
+
+
 _owned: list[Any] = []  # what the weak reference hook reads, kept alive
 
 

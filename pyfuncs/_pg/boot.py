@@ -158,6 +158,8 @@ def start(gd: dict[str, Any]) -> None:
         overflow.MESSAGE,
     )  # fmt: skip
     backstop.keep_finalizers_apart()
+    if backstop.keep_generators():  # (a stop waits until its question is answered)
+        stopping.BOOKKEEPING.add(id(backstop._may_run_finalized.__code__))
     backstop.own_weakref_callbacks(stopping.owned_callback)
     sandbox.API = lambda module: sandbox.shim(db.Db(module))
     sandbox.contain_abcs()

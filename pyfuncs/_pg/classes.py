@@ -211,7 +211,7 @@ class sharing:
 # set attributes of other modules' classes (ast's of _ast's) as they are imported: only
 # their imports open a window
 WINDOWED = frozenset({"enum", "typing", "ast", "_py_abc"})
-_SHARING = [0]  # `sharing`s under way, one inside another
+_SHARING = stopping.SHARING  # `sharing`s under way, one inside another
 _SHARING_FRAMES: list[Any] = []  # the frames that entered them (an import's, a view's)
 _WINDOWS: list[Any] = []  # the modules imported in the window open, outermost first
 _WINDOW_DEPTH = [0]

@@ -679,31 +679,33 @@ def dispose_orphans(module: Any) -> None:
 # of the routine's next call, inside it. A red team's callback hashed a key of its own
 # choosing, for as long as it liked, in another role's call.
 
-OWED: list[tuple[Any, Any, Any]] = []  # (the routine's module state, callback, reference)
+# by id of the routine's module state: (the module state, [(callback, reference), ...])
+OWED: dict[int, tuple[Any, list[tuple[Any, Any]]]] = {}
+SHARING = [0]  # imports (classes.sharing) under way: what they make is every call's
 
 
 def owned_callback(callback: Any) -> Any:
     """The callback a weak reference made now gets in place of `callback`."""
     owner = CALLING[0]
-    if owner is None:  # (the runtime's own, or an import's: not a routine's)
+    if owner is None or SHARING[0]:  # (the runtime's own, or an import's: every call's)
         return callback
 
     def owed(reference: Any) -> None:
         if CALLING[0] is owner:
             callback(reference)
-        else:
-            OWED.append((owner, callback, reference))
+            return
+        # (the entry keeps the module state alive: its id is no other's meanwhile)
+        OWED.setdefault(id(owner), (owner, []))[1].append((callback, reference))
 
     return owed
 
 
 def pay(module: Any) -> None:
     """Run the callbacks kept for the routine whose module state is `module` (OWED)."""
-    owed = [(callback, reference) for owner, callback, reference in OWED if owner is module]
-    if not owed:
+    kept = OWED.pop(id(module), None)
+    if kept is None:
         return
-    OWED[:] = [kept for kept in OWED if kept[0] is not module]
-    for callback, reference in owed:
+    for callback, reference in kept[1]:
         try:  # noqa: SIM105  (contextlib costs every backend's boot 3 ms)
             callback(reference)
         except Exception:  # (as Python ignores what a callback raises)

@@ -732,6 +732,7 @@ CLOSING = """
 import collections
 import collections.abc
 import heapq
+import zoneinfo
 from collections.abc import Iterator
 
 from pyfuncs import stored_function
@@ -750,6 +751,31 @@ class Delegate:
         return self
 
 
+class Zones(zoneinfo.ZoneInfo):  # (C gives the class a WeakValueDictionary of its own)
+    pass
+
+
+class Value:
+    pass
+
+
+KEY_VALUES = [Value(), Value()]
+HASHED: list[str] = []
+
+
+class Key:
+    def __hash__(self) -> int:
+        HASHED.append("hashed")
+        return id(self)
+
+
+class Looked(Delegate):
+    @property
+    def close(self) -> object:  # (looked up: run)
+        CLOSED.append("looked up")
+        return CLOSED.clear
+
+
 class Ordered(collections.OrderedDict):
     def __reversed__(self) -> Delegate:
         return self["delegate"]
@@ -762,10 +788,21 @@ def _mine(inner: Iterator[int]) -> Iterator[int]:
 @stored_function(schema="closing", roles=["student", "manager"])
 def dropped(how: str) -> str:
     CLOSED.clear()
-    delegate = Delegate()
-    delegate.close = CLOSED.clear if how == "plain" else lambda: CLOSED.append("closed")
+    delegate = Looked() if how == "property" else Delegate()
+    if how != "property":
+        delegate.close = CLOSED.clear if how == "plain" else lambda: CLOSED.append("closed")
     CLOSED.append("kept")
-    if how in ("keys", "plain", "mine"):
+    if how == "guarded":  # a WeakValueDictionary's items(): `with _IterationGuard(self)`
+        guarded = Zones._weak_cache
+        guarded[Key()] = KEY_VALUES[0]
+        guarded[Key()] = KEY_VALUES[1]
+        suspended = iter(guarded.items())
+        next(suspended)
+        KEY_VALUES.pop()  # freed while it iterates: the removal of its entry waits
+        HASHED.clear()
+        del suspended  # (its guard's exit would commit the removal, hashing the key)
+        return " ".join(CLOSED + HASHED)
+    if how in ("keys", "plain", "mine", "property"):
         suspended = iter(collections.abc.KeysView(delegate))  # (yield from its mapping)
     elif how == "merge":
         suspended = heapq.merge(delegate)  # (yield from the last iterator left)
@@ -780,7 +817,9 @@ def dropped(how: str) -> str:
 """
 
 
-@pytest.mark.parametrize("how", ["keys", "plain", "merge", "reversed", "mine"])
+@pytest.mark.parametrize(
+    "how", ["keys", "plain", "merge", "reversed", "mine", "property", "guarded"]
+)
 def test_a_generator_is_not_closed_by_a_close_its_delegate_was_given(
     cont: psycopg.Connection[Any], tmp_path: Any, how: str
 ) -> None:
@@ -789,8 +828,7 @@ def test_a_generator_is_not_closed_by_a_close_its_delegate_was_given(
     heapq.merge, an OrderedDict's reversed keys) delegating to a routine's object called a
     C function the routine had set there, wherever the generator was finalized (red teams:
     in another role's call, with its decimal context; sorting for as long as it liked). A
-    generator whose innermost delegate is not a generator and has a `close` is not
-    finalized."""
+    generator whose innermost delegate is not a generator is not finalized."""
     _deploy_all(cont, tmp_path, {"closing_mod": CLOSING})
     cont.execute("SET ROLE student")
     assert cont.execute("SELECT closing.dropped(%s)", [how]).fetchone() == ("kept",)
