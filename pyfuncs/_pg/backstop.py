@@ -119,8 +119,41 @@ def window_profile(codes: dict[int, Any], closing: Any, opening: Any) -> bool:
 
 
 # typeslots.h: the slots of type objects PyType_GetSlot reads
-_TP_NEW, _TP_SETATTRO = 65, 69
+_TP_NEW, _TP_SETATTRO, _TP_FINALIZE = 65, 69, 80
 _checking: list[Any] = []  # what type's slots call, kept alive
+
+
+def _slot(kind: type, number: int) -> tuple[int, int] | None:
+    """Slot `number` of type `kind` (a function's address) and the index of the one word of
+    the type object that holds it; None if it is empty or not found once."""
+    get = ctypes.pythonapi.PyType_GetSlot
+    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_int]
+    value = get(kind, number)
+    words = (ctypes.c_void_p * 64).from_address(id(kind))  # (a type object is ~50 words)
+    found = [i for i in range(64) if words[i] == value]
+    return (value, found[0]) if value and len(found) == 1 else None
+
+
+def _replace_below(kind: type, at: int, original: int, hook: int) -> None:
+    """Word `at` of `kind` and of every class deriving from it, where it is `original`
+    (a slot a class inherited, or has its own), made `hook`."""
+    pending, seen = [kind], set()
+    while pending:
+        each = pending.pop()
+        if id(each) not in seen:
+            seen.add(id(each))
+            pending.extend(type.__subclasses__(each))
+            words = (ctypes.c_void_p * 64).from_address(id(each))
+            if words[at] == original:
+                words[at] = hook
+
+
+def _functions(*names: str) -> Any:
+    """An array of the addresses of Python's C functions `names` (kept alive by the caller)."""
+    api = ctypes.pythonapi
+    return (ctypes.c_void_p * len(names))(
+        *(ctypes.cast(getattr(api, name), ctypes.c_void_p).value for name in names)
+    )
 
 
 def check_classes(on_make: Any, on_set: Any) -> bool:
@@ -132,42 +165,34 @@ def check_classes(on_make: Any, on_set: Any) -> bool:
     made = getattr(library, "pyfuncs_type_new", None)
     if made is None or _checking:
         return bool(_checking)
-    api = ctypes.pythonapi
-    slot = api.PyType_GetSlot
-    slot.restype, slot.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_int]
-    originals = (slot(type, _TP_NEW), slot(type, _TP_SETATTRO))
-    words = (ctypes.c_void_p * 64).from_address(id(type))  # (a type object is ~50 words)
-    at = [[i for i in range(64) if words[i] == original] for original in originals]
-    if any(len(found) != 1 for found in at):
+    found = (_slot(type, _TP_NEW), _slot(type, _TP_SETATTRO))
+    if None in found:
         return False
-    hooks = [ctypes.cast(f, ctypes.c_void_p).value for f in (made, library.pyfuncs_type_setattro)]
+    (new, new_at), (setattro, setattro_at) = found  # type: ignore[misc]
+    hooks = [ctypes.cast(f, ctypes.c_void_p).value or 0
+             for f in (made, library.pyfuncs_type_setattro)]  # fmt: skip
     bind = library.pyfuncs_classes_checked
     bind.argtypes = [ctypes.c_void_p] * 4 + [ctypes.py_object] * 2
     bind.restype = None
-    bind(*originals, ctypes.cast(api.PyObject_CallFunctionObjArgs, ctypes.c_void_p),
+    api = ctypes.pythonapi
+    bind(new, setattro, ctypes.cast(api.PyObject_CallFunctionObjArgs, ctypes.c_void_p),
          ctypes.cast(api.Py_DecRef, ctypes.c_void_p), on_make, on_set)  # fmt: skip
     _checking.extend((on_make, on_set))
-    pending, seen = [type], set()
-    while pending:  # type and every metaclass (their slots are type's, or their own)
-        kind = pending.pop()
-        if id(kind) in seen:
-            continue
-        seen.add(id(kind))
-        pending.extend(type.__subclasses__(kind))
-        slots = (ctypes.c_void_p * 64).from_address(id(kind))
-        for (i,), original, hook in zip(at, originals, hooks, strict=True):
-            if slots[i] == original:
-                slots[i] = hook
+    # type and every metaclass (their slots are type's, or their own)
+    _replace_below(type, new_at, new, hooks[0])
+    _replace_below(type, setattro_at, setattro, hooks[1])
     # type.__setattr__ and type.__delattr__ (a metaclass's super().__delattr__: enum's) call
     # the function they wrap, and refuse a type whose slot is another: they wrap the hook too
     for name in ("__setattr__", "__delattr__"):
         descriptor = (ctypes.c_void_p * 8).from_address(id(type.__dict__[name]))
-        (wrapped,) = [i for i in range(8) if descriptor[i] == originals[1]]
+        (wrapped,) = [i for i in range(8) if descriptor[i] == setattro]
         descriptor[wrapped] = hooks[1]
-    return bool(slot(type, _TP_NEW) == hooks[0] and slot(type, _TP_SETATTRO) == hooks[1])
+    return (_slot(type, _TP_NEW), _slot(type, _TP_SETATTRO)) == (
+        (hooks[0], new_at),
+        (hooks[1], setattro_at),
+    )
 
 
-_TP_FINALIZE = 80
 _apart: list[Any] = []  # the library's function and its arguments
 _keep: list[Any] = []  # what they point at
 
@@ -183,21 +208,16 @@ def keep_finalizers_apart() -> bool:
         return bool(_apart)
     import types
 
-    api = ctypes.pythonapi
-    slot = api.PyType_GetSlot
-    slot.restype, slot.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_int]
-    finalizer = slot(types.GeneratorType, _TP_FINALIZE)
-    words = (ctypes.c_void_p * 64).from_address(id(types.GeneratorType))
-    at = [i for i in range(64) if words[i] == finalizer]
-    if not finalizer or len(at) != 1:
+    found = _slot(types.GeneratorType, _TP_FINALIZE)
+    if found is None:
         return False
-    names = ("PyContext_New", "PyContext_Enter", "PyContext_Exit", "PyErr_GetHandledException",
-             "PyErr_SetHandledException", "PyErr_Fetch", "PyErr_Restore", "PyList_Size",
-             "PyList_GetItem", "PyObject_CallOneArg", "PyUnicode_CompareWithASCIIString",
-             "PyType_GetFlags", "PyObject_GetAttrString", "PyErr_Clear", "Py_DecRef")  # fmt: skip
-    functions = (ctypes.c_void_p * len(names))(
-        *(ctypes.cast(getattr(api, name), ctypes.c_void_p).value for name in names)
-    )
+    at = found[1]
+    functions = _functions(
+        "PyContext_New", "PyContext_Enter", "PyContext_Exit", "PyErr_GetHandledException",
+        "PyErr_SetHandledException", "PyErr_Fetch", "PyErr_Restore", "PyList_Size",
+        "PyList_GetItem", "PyObject_CallOneArg", "PyUnicode_CompareWithASCIIString",
+        "PyType_GetFlags", "PyObject_GetAttrString", "PyErr_Clear", "Py_DecRef",
+    )  # fmt: skip
     # (it calls Python: the GIL stays held, and an error it sets is raised)
     signature = ctypes.PYFUNCTYPE(
         ctypes.c_int, ctypes.c_void_p, ctypes.c_long, ctypes.py_object, ctypes.py_object,
@@ -206,11 +226,11 @@ def keep_finalizers_apart() -> bool:
     call = signature(ctypes.cast(apart, ctypes.c_void_p).value or 0)
     kinds: Any = (ctypes.py_object * 4)()
     kinds[:] = [types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType, None]
-    _apart.extend((call, ctypes.addressof(functions), at[0], type.__subclasses__, object,
+    _apart.extend((call, ctypes.addressof(functions), at, type.__subclasses__, object,
                    ctypes.addressof(kinds)))  # fmt: skip
     _keep.extend((functions, kinds))
     call(*_apart[1:])
-    return bool(slot(types.GeneratorType, _TP_FINALIZE) != finalizer)
+    return _slot(types.GeneratorType, _TP_FINALIZE) != found
 
 
 # the standard library's directory: its generators' frames run only where they are closed
@@ -255,32 +275,18 @@ def own_weakref_callbacks(own: Any) -> bool:
     import _weakref
 
     kind = _weakref.ref
-    api = ctypes.pythonapi
-    slot = api.PyType_GetSlot
-    slot.restype, slot.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_int]
-    original = slot(kind, _TP_NEW)
-    words = (ctypes.c_void_p * 64).from_address(id(kind))
-    at = [i for i in range(64) if words[i] == original]
-    if not original or len(at) != 1:
+    found = _slot(kind, _TP_NEW)
+    if found is None:
         return False
-    names = ("PyTuple_Size", "PyTuple_GetItem", "PyTuple_Pack", "PyObject_CallOneArg",
-             "Py_DecRef")  # fmt: skip
-    functions = (ctypes.c_void_p * len(names))(
-        *(ctypes.cast(getattr(api, name), ctypes.c_void_p).value for name in names)
+    original, at = found
+    functions = _functions(
+        "PyTuple_Size", "PyTuple_GetItem", "PyTuple_Pack", "PyObject_CallOneArg", "Py_DecRef"
     )
     bind = library.pyfuncs_weakrefs_owned
     bind.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.py_object, ctypes.py_object]
     bind.restype = None
     bind(ctypes.addressof(functions), original, own, None)
     _owned.extend((functions, own))
-    address = ctypes.cast(hook, ctypes.c_void_p).value
-    pending, seen = [kind], set()
-    while pending:  # the type and its subclasses that have its own
-        each = pending.pop()
-        if id(each) not in seen:
-            seen.add(id(each))
-            pending.extend(type.__subclasses__(each))
-            slots = (ctypes.c_void_p * 64).from_address(id(each))
-            if slots[at[0]] == original:
-                slots[at[0]] = address
-    return bool(slot(kind, _TP_NEW) == address)
+    address = ctypes.cast(hook, ctypes.c_void_p).value or 0
+    _replace_below(kind, at, original, address)  # (later subclasses inherit it)
+    return _slot(kind, _TP_NEW) == (address, at)

@@ -568,13 +568,10 @@ def test_a_call_that_imports_decimal_changes_no_other_functions_context(
     )  # fmt: skip
 
 
-COLLECTED = """
-import collections
-import collections.abc
-import decimal
-
-from pyfuncs import stored_function
-
+# a chain of C's and the standard library's code that runs what a routine chose: Python
+# closes a suspended generator's delegate by the `close` it finds on it, and sorting a
+# list with a Cast in it calls KEPT.extend on what it is compared with
+CHAIN = """
 KEPT: list[object] = []
 
 
@@ -588,7 +585,18 @@ class Delegate:
 
     def __next__(self) -> int:
         return 1
+"""
 
+COLLECTED = (
+    """
+import collections
+import collections.abc
+import decimal
+
+from pyfuncs import stored_function
+"""
+    + CHAIN
+    + """
 
 @stored_function(schema="collected", roles=["student", "manager"])
 def plant(read: bool) -> str:
@@ -612,6 +620,7 @@ def compute(n: int) -> str:
         made = [(i, str(i)) for i in range(20_000)]  # (the collector runs)
         return f"{decimal.Decimal(n) / 0} {len(made)}"
 """
+)
 
 
 def test_the_collectors_finalizers_see_no_calls_decimal_context(
@@ -634,7 +643,8 @@ def test_the_collectors_finalizers_see_no_calls_decimal_context(
     assert cont.execute("SELECT collected.plant(true)").fetchone() == ("0",)
 
 
-APART = """
+APART = (
+    """
 import collections
 import collections.abc
 import decimal
@@ -642,21 +652,9 @@ import typing
 from collections.abc import Iterator
 
 from pyfuncs import stored_function
-
-KEPT: list[object] = []
-
-
-class Cast(collections.UserList):
-    _UserList__cast = KEPT.extend  # what UserList's own comparisons call
-
-
-class Delegate:
-    def __iter__(self) -> "Delegate":
-        return self
-
-    def __next__(self) -> int:
-        return 1
-
+"""
+    + CHAIN
+    + """
 
 class Dying:
     def __del__(self) -> None:
@@ -726,6 +724,7 @@ def typed(how: str) -> str:
     del dying
     return str(len(KEPT))  # (Dying's __del__ adds two)
 """
+)
 
 
 CLOSING = """
