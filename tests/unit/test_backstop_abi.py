@@ -1,0 +1,75 @@
+"""The C library's exported functions keep their arguments.
+
+One pyfuncs_backstop.so serves every database of a cluster, and each database keeps the
+runtime it was installed with (pyfuncs.runtime_module), which may be older than the
+library: an older runtime calls the library's functions with the arguments it knew. A
+function whose arguments change (or the fields of a struct of functions it is given) must
+get a new name, which an older runtime does not find, and goes without; a runtime one
+commit older than the fix crashed its backend calling a function whose arguments had
+grown. This test holds every exported function's arguments as they are: change one, and
+rename the function."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+SOURCE = Path(__file__).parents[2] / "pyfuncs" / "_pg" / "backstop.c"
+
+# each exported function: its parameters, and the fields of the structs among them
+ABI = {
+    "pyfuncs_backstop_install": "double grace_seconds, double unwind_seconds, const char *text",
+    "pyfuncs_backstop_contain": "uintptr_t low, uintptr_t high, const char *overflow, "
+    "const char *crash",
+    "pyfuncs_window_open": "GetCode a, FromPointer b, Contains c, CallNoArgs d, DecRef e, "
+    "PyObject *routine_code, PyObject *on_close, PyObject *on_open",
+    "pyfuncs_window_watch": "PyObject *unused, void *frame, int what, PyObject *arg",
+    "pyfuncs_classes_checked": "NewFunc new_original, SetAttr set_original, CallArgs a, "
+    "DecRef b, PyObject *on_make, PyObject *on_set",
+    "pyfuncs_type_new": "PyObject *meta, PyObject *args, PyObject *kwds",
+    "pyfuncs_type_setattro": "PyObject *type, PyObject *name, PyObject *value",
+    "pyfuncs_finalizers_kept_apart": "const Api *functions, PySize at, PyObject *subclasses_of, "
+    "PyObject *root, PyObject *const *kinds | Api: context_new, context_enter, context_exit, "
+    "get_handled, set_handled, fetch, restore, list_size, list_item, call_one, same_as, "
+    "type_flags, get_attr, clear_error, decref",
+    "pyfuncs_weakref_new": "PyObject *type, PyObject *args, PyObject *kwds",
+    "pyfuncs_weakrefs_owned": "const RefApi *functions, NewFunc original, PyObject *owning, "
+    "PyObject *none_object | RefApi: tuple_size, tuple_item, tuple_pack, call_one, decref",
+    "pyfuncs_generators_kept": "PyObject *may_run, PyObject *true_object",
+}
+
+
+def _exported(source: str) -> dict[str, str]:
+    structs = {
+        name: ", ".join(re.findall(r"\(\*(\w+)\)", body))
+        for body, name in re.findall(r"typedef struct\s*\{(.*?)\}\s*(\w+);", source, re.S)
+    }
+    found = {}
+    for name, params in re.findall(r"^(?!static)[A-Za-z_][\w \*]*\n(pyfuncs_\w+)\(([^)]*)\)",
+                                   source, re.M):  # fmt: skip
+        params = " ".join(params.split())
+        given = [s for s in structs if re.search(rf"\b{s}\b", params)]
+        found[name] = " | ".join([params, *(f"{s}: {structs[s]}" for s in given)])
+    return found
+
+
+def test_every_exported_function_keeps_its_arguments() -> None:
+    exported = _exported(SOURCE.read_text())
+    changed = {
+        name: exported[name] for name in exported if ABI.get(name, exported[name]) != exported[name]
+    }
+    assert not changed, (
+        f"{sorted(changed)}: arguments changed; an older runtime in some database calls it "
+        "with the old ones. Give the function a new name (and add it to ABI)."
+    )
+    assert sorted(exported) == sorted(ABI), "a function was added or removed: update ABI"
+
+
+def test_the_manifest_reads_the_source() -> None:
+    """The parser finds every function the runtime looks the library up by (backstop.py)."""
+    runtime = (SOURCE.parent / "backstop.py").read_text()
+    looked_up = set(re.findall(r"\b(pyfuncs_\w+)\b", runtime))
+    data = {"pyfuncs_backstop", "pyfuncs_backstop_clock"}  # (the library's name, and the array)
+    assert looked_up - data <= set(_exported(SOURCE.read_text())), looked_up
+    # the array the runtime writes deadlines to: three doubles, as CLOCK reads them
+    assert "double\t\tpyfuncs_backstop_clock[3];" in SOURCE.read_text()
