@@ -394,8 +394,9 @@ def _random_bits(generator: Any, method: Callable[..., Any]) -> Callable[..., An
     return getrandbits
 
 
-# The call whose context is current: a token of its own in each call's context (set by
-# routines.own_context), so that what a call set is given back only in that call.
+# The call whose context is current: a token of its own in each call's context (every
+# call runs in a fresh one: see routines.py), set as the first localcontext() of the call
+# is entered, so that what a call set is given back only in that call.
 CALL: ContextVar[object] = ContextVar("pyfuncs_call")
 
 
@@ -413,7 +414,11 @@ class LocalContext:
         self._decimal, self._made = decimal, made
 
     def __enter__(self) -> Any:
-        self._saved, self._call = self._decimal.getcontext(), CALL.get(None)
+        call = CALL.get(None)
+        if call is None:
+            call = object()
+            CALL.set(call)
+        self._saved, self._call = self._decimal.getcontext(), call
         self._decimal.setcontext(self._made)
         return self._made
 

@@ -15,7 +15,7 @@ import time
 from _thread import get_ident
 from contextvars import Context
 
-from . import backstop, bounded, errors, identity, results, sandbox, vocabulary
+from . import backstop, errors, identity, results, sandbox, vocabulary
 from . import watchdog as stopping
 from .values import converter
 from .watchdog import SEQUENCE, Budget, RoutineInterrupted
@@ -37,21 +37,6 @@ _UNWATCHED = _Unwatched()
 # once decimal has been imported (boot.py): [decimal.setcontext, a context no call uses,
 # decimal.getcontext], for the collector's callback (collecting)
 ISOLATED: list[Any] = []
-
-
-def own_context() -> Any:
-    """A context of the call's own: empty, so that decimal's current context there is a
-    fresh default one, made as the call first computes. (A copy of the backend's context
-    shares the objects its variables hold: decimal's context, made where PL/Python first
-    converted a numeric, kept the flags every call raised — a red team's routine read
-    another role's division by zero there, and one that asks whether its division was
-    exact was told no.)"""
-    context = Context()
-    context.run(_MARK, object())  # (see bounded.LocalContext)
-    return context
-
-
-_MARK = bounded.CALL.set
 
 
 _COLLECTIONS: list[tuple[Any, Any]] = []  # what a collection under way put aside
@@ -92,11 +77,15 @@ stopping.BOOKKEEPING.add(id(collecting.__code__))
 # RoutineInterrupted, so that nothing of the routine's travels out with it (its frames,
 # their locals: what was raised in them is let go here, inside the call). `call` also drops
 # the entry frames the watchdog let go of (watchdog.GRAVE).
-# Each call runs in a context of its own (`own_context`): what it sets there (decimal's
+# Each call runs in a contextvars.Context of its own, empty: what it sets there (decimal's
 # current context, in a `with decimal.localcontext()` a generator it keeps is suspended
-# in) ends with it. A set-returning routine's rows share one. Always: a call that imports
-# decimal itself would otherwise set it in the backend's own context, where PL/Python's
-# other functions compute (a red team's precision and traps applied to another role's).
+# in) ends with it, and decimal makes a fresh default context there as the call first
+# computes. A set-returning routine's rows share one. Not a copy of the backend's context,
+# which shares the objects its variables hold: decimal's context, made where PL/Python
+# first converted a numeric, kept the flags every call raised (a red team's routine read
+# another role's division by zero there). Always: a call that imports decimal itself would
+# otherwise set it in the backend's own context, where PL/Python's other functions compute
+# (a red team's precision and traps applied to another role's).
 _CALL_HEAD = """
 def call({params}):
     began = now()  # for the watchdog, which may first see this call up to a tick later
@@ -106,7 +95,7 @@ _CALL = """\
         grave.clear()
     context = None
     try:
-        context = own_context()
+        context = Context()
         if owed:  # (callbacks of its weak references that came due elsewhere)
             context.run(pay, routine.namespace)
         result = context.run(function, {params})
@@ -219,7 +208,7 @@ class Routine:
         # the module's top-level code runs in a call of this routine: stoppable too
         self.namespace: dict[str, Any] = {}
         self.namespace = self.within(
-            SEQUENCE(), own_context().run, sandbox.load_module, source, self.filename, spec["module"],
+            SEQUENCE(), Context().run, sandbox.load_module, source, self.filename, spec["module"],
             frozenset(spec["allowed_modules"]),
         )  # fmt: skip
         self.function: Callable[..., Any] = self.namespace[spec["function"]]
@@ -237,7 +226,7 @@ class Routine:
             "grave": stopping.GRAVE, "owed": stopping.OWED, "pay": stopping.pay,
             "inert": results.INERT, "finish": self._finish,
             "fail": self.fail, "RoutineInterrupted": RoutineInterrupted,
-            "own_context": own_context, "now": time.monotonic,
+            "Context": Context, "now": time.monotonic,
             "watch": stopping.WATCHDOG or _UNWATCHED, "clock": backstop.CLOCK,
             "settings": identity.SETTINGS, "undo": identity.undo_settings,
             "calling": stopping.CALLING, "routine": self,
@@ -341,7 +330,7 @@ class Routine:
         pending, self.last = self.last, None
         source: Iterator[Any] = iter(() if result is None else result)
         call = SEQUENCE()  # the call's number: one for all its rows
-        run = own_context().run  # and their context
+        run = Context().run  # and their context
         if stopping.ORPHANS or stopping.OWED:  # (in the call: its limits apply)
             self.within(call, run, _settle, self.namespace)
         count = size = 0

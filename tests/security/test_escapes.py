@@ -39,6 +39,7 @@ from ..integration.modules import contaminate_mod, identity_mod
 HARNESS = """
 CREATE FUNCTION public.escape_attempt(name text, source text) RETURNS text
 LANGUAGE plpython3u AS $harness$
+import contextvars
 import sys
 if "pyfuncs_pg.sandbox" not in sys.modules:
     plpy.execute("SELECT pyfuncs.boot()")
@@ -79,7 +80,7 @@ try:
         # as a call runs it: as its module's call (what it returns or raises is told in it
         # too), in a context of its own (routines.py)
         calling[0] = namespace
-        got = sys.modules["pyfuncs_pg.routines"].own_context().run(namespace["attempt"])
+        got = contextvars.Context().run(namespace["attempt"])
     except BaseException as exc:
         outcome = f"{stage} {type(exc).__name__}: {exc}"
     else:
