@@ -192,15 +192,15 @@ class sharing:
     share (an import, a view's stand-in): the classes made meanwhile are shared ones after."""
 
     def __enter__(self) -> None:
-        if _SHARING[0] == 0:
+        if stopping.SHARING[0] == 0:
             self.before = _every_class()  # (held: no id is reused until it ends)
-        _SHARING[0] += 1
+        stopping.SHARING[0] += 1
         _SHARING_FRAMES.append(sys._getframe(1))
 
     def __exit__(self, *exc: object) -> None:
         _SHARING_FRAMES.pop()
-        _SHARING[0] -= 1
-        if _SHARING[0] == 0:
+        stopping.SHARING[0] -= 1
+        if stopping.SHARING[0] == 0:
             before = self.before
             del self.before
             share(*(kind for key, kind in _every_class().items() if key not in before))
@@ -211,7 +211,6 @@ class sharing:
 # set attributes of other modules' classes (ast's of _ast's) as they are imported: only
 # their imports open a window
 WINDOWED = frozenset({"enum", "typing", "ast", "_py_abc"})
-_SHARING = stopping.SHARING  # `sharing`s under way, one inside another
 _SHARING_FRAMES: list[Any] = []  # the frames that entered them (an import's, a view's)
 _WINDOWS: list[Any] = []  # the modules imported in the window open, outermost first
 _WINDOW_DEPTH = [0]

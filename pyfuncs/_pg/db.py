@@ -250,7 +250,7 @@ class Db(Queries):
                 except ValueError:  # its portal went with an aborted one
                     pass
             else:  # PostgreSQL is aborting: closing its portal now can crash it
-                stopping.ORPHANS.append((self._module, cur))
+                stopping.leave(stopping.ORPHANS, self._module, cur)
 
     def subtransaction(self) -> Savepoint:
         """A savepoint: `with db.subtransaction(): ...` undoes its writes if the block raises."""

@@ -357,7 +357,7 @@ class Routine:
                 if stopping.in_transaction():  # the query needs no more rows (LIMIT, say)
                     self.within(call, run, pending.close)
                 else:  # PostgreSQL is aborting the statement
-                    stopping.ORPHANS.append((self.namespace, pending))
+                    stopping.leave(stopping.ORPHANS, self.namespace, pending)
             raise
         raise error
 

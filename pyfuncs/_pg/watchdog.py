@@ -622,8 +622,23 @@ def guard() -> None:
 # finalizers of what its frames hold) spent a red team's time there, past the victim
 # call's timeout_ms.
 
-ORPHANS: list[tuple[Any, Any]] = []  # (the routine's module state, the generator or cursor)
+# What a routine left for its next call, by id of its module state: (the module state,
+# [what it left, ...]). (The entry keeps the module state alive: its id is no other's.)
+if TYPE_CHECKING:
+    Left = dict[int, tuple[Any, list[Any]]]
+
+ORPHANS: Left = {}  # generators and cursors
 disposing = False
+
+
+def leave(store: Left, module: Any, item: Any) -> None:
+    """Keep `item` in `store` for the next call of the routine whose module state it is."""
+    store.setdefault(id(module), (module, []))[1].append(item)
+
+
+def _taken(store: Left, module: Any) -> list[Any]:
+    kept = store.pop(id(module), None)
+    return [] if kept is None else kept[1]
 
 
 def in_transaction() -> bool:
@@ -650,12 +665,9 @@ def from_the_call() -> bool:
 def dispose_orphans(module: Any) -> None:
     """Close what the routine whose module state is `module` left suspended (ORPHANS)."""
     global disposing
-    if not ORPHANS:
-        return
-    orphans = [orphan for owner, orphan in ORPHANS if owner is module]
+    orphans = _taken(ORPHANS, module)
     if not orphans:
         return
-    ORPHANS[:] = [kept for kept in ORPHANS if kept[0] is not module]
     disposing = True
     try:
         for orphan in orphans:
@@ -679,8 +691,7 @@ def dispose_orphans(module: Any) -> None:
 # of the routine's next call, inside it. A red team's callback hashed a key of its own
 # choosing, for as long as it liked, in another role's call.
 
-# by id of the routine's module state: (the module state, [(callback, reference), ...])
-OWED: dict[int, tuple[Any, list[tuple[Any, Any]]]] = {}
+OWED: Left = {}  # (callback, reference) pairs
 SHARING = [0]  # imports (classes.sharing) under way: what they make is every call's
 
 
@@ -694,18 +705,14 @@ def owned_callback(callback: Any) -> Any:
         if CALLING[0] is owner:
             callback(reference)
             return
-        # (the entry keeps the module state alive: its id is no other's meanwhile)
-        OWED.setdefault(id(owner), (owner, []))[1].append((callback, reference))
+        leave(OWED, owner, (callback, reference))
 
     return owed
 
 
 def pay(module: Any) -> None:
     """Run the callbacks kept for the routine whose module state is `module` (OWED)."""
-    kept = OWED.pop(id(module), None)
-    if kept is None:
-        return
-    for callback, reference in kept[1]:
+    for callback, reference in _taken(OWED, module):
         try:  # noqa: SIM105  (contextlib costs every backend's boot 3 ms)
             callback(reference)
         except Exception:  # (as Python ignores what a callback raises)
