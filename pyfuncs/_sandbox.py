@@ -130,7 +130,7 @@ def _line_in(exc: BaseException, filename: str) -> int | None:
 
 
 def collect(request: dict[str, Any]) -> dict[str, Any]:
-    from pyfuncs._pg import bounded, classes, sandbox
+    from pyfuncs._pg import bounded, classes, guards, sandbox  # noqa: F401  (guards: read now)
     from pyfuncs._pg import watchdog as stopping
     from pyfuncs.definition import facts_of
 

@@ -25,7 +25,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from . import ddl
+from . import ahead, ddl
 from .collect import collect
 from .definition import Definition, reserved_schema
 from .errors import DeployError, from_psycopg, printable
@@ -306,9 +306,23 @@ def deploy_definitions(
         }, f"{d.where}: ")  # fmt: skip
         changes.append(Change(d.qualname, action, version, current["live_version"]))
         switched.append((current["id"], current["live_version"], version))
+    _compile_ahead(conn, definitions)
     deployment_id = _record(conn, target, label, switched)
     warning = notify_schema_reload(conn) if switched and notify else None
     return DeployResult(deployment_id, tuple(changes), _warnings(warning))
+
+
+def _compile_ahead(conn: psycopg.Connection[Any], definitions: Sequence[Definition]) -> None:
+    """Store the routines' modules compiled for the runtime installed, when it is this
+    pyfuncs' own (pyfuncs/ahead.py): their first call in a backend loads the code."""
+    runtime = ahead.runtime_hashes()
+    with conn.cursor() as cur:
+        if dict(cur.execute(query("runtime_hashes")).fetchall()) != runtime:
+            return  # (another runtime's backends would never read it)
+        for filename, source in sorted({(d.file, d.source) for d in definitions}):
+            row = ahead.compiled(filename, source, runtime)
+            if row is not None:
+                cur.execute(query("routine_code_put"), row)
 
 
 def _warnings(*warnings: str | None) -> tuple[str, ...]:

@@ -111,6 +111,27 @@ WHERE (pyfuncs.runtime_module.sha256, pyfuncs.runtime_module.magic)
 -- Modules an older runtime had and this one has not.
 DELETE FROM pyfuncs.runtime_module WHERE name <> ALL (%(names)s::text[])
 
+-- name: runtime_hashes
+SELECT name, sha256 FROM pyfuncs.runtime_module
+
+-- name: routine_code_put
+-- A routine module compiled ahead of its first call (pyfuncs/ahead.py); the same key is the
+-- same code.
+INSERT INTO pyfuncs.routine_code (key, runtime, code)
+VALUES (%(key)s, %(runtime)s, %(code)s)
+ON CONFLICT (key) DO NOTHING
+
+-- name: routine_code_prune
+-- Code compiled for another runtime than the one installed: no backend that loads this one
+-- reads it.
+DELETE FROM pyfuncs.routine_code WHERE runtime <> %(runtime)s
+
+-- name: live_modules
+-- The modules of the routines' live versions, to compile for a new runtime.
+SELECT DISTINCT v.source_file, v.source
+FROM pyfuncs.routine r
+JOIN pyfuncs.routine_version v ON v.routine_id = r.id AND v.version = r.live_version
+
 -- name: routine_by_id
 SELECT r.id, r.schema_name, r.name, r.kind, r.live_version, v.sha256, v.identity_args, v.signature
 FROM pyfuncs.routine r

@@ -22,6 +22,20 @@ CREATE TABLE pyfuncs.runtime_module (
 -- Every routine loads the runtime as its caller, so the code (not a secret) is public.
 GRANT SELECT ON pyfuncs.runtime_module TO PUBLIC;
 
+-- Routine modules compiled ahead of their first call: `pyfuncs deploy` (and `pyfuncs install`,
+-- for the live versions) compiles each with the guards of the runtime it ships; a backend whose
+-- runtime and Python are the same loads the code instead of compiling the module itself.
+CREATE TABLE pyfuncs.routine_code (
+    -- sha256 of vocabulary.compiled_key: Python's magic number, the runtime's modules and
+    -- their sha256, the module's file name and its source
+    key text PRIMARY KEY,
+    runtime text NOT NULL,
+    code bytea NOT NULL,
+    compiled_at timestamptz NOT NULL DEFAULT now()
+);
+-- Read by every routine's first call in a backend, as its caller; written by the deployer.
+GRANT SELECT (key, code) ON pyfuncs.routine_code TO PUBLIC;
+
 CREATE TABLE pyfuncs.routine (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     schema_name text NOT NULL,
@@ -99,10 +113,10 @@ CREATE FUNCTION pyfuncs.boot() RETURNS void
 LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
 if "pyfuncs.v1" not in GD:
     from _frozen_importlib_external import MAGIC_NUMBER  # importlib.util would cost 3 ms
-    rows = plpy.execute("SELECT name, code, magic FROM pyfuncs.runtime_module")
+    rows = plpy.execute("SELECT name, code, magic, sha256 FROM pyfuncs.runtime_module")
     if any(row["magic"] != MAGIC_NUMBER or row["code"] is None for row in rows):
         # compiled by another Python than this one: the sources too, to compile
-        rows = plpy.execute("SELECT name, source, code, magic FROM pyfuncs.runtime_module")
+        rows = plpy.execute("SELECT name, source, code, magic, sha256 FROM pyfuncs.runtime_module")
     modules = {row["name"]: row for row in rows}
     if "boot" not in modules:
         plpy.error("the pyfuncs runtime is not installed in this database",

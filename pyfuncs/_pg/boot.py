@@ -123,12 +123,14 @@ def load(modules: Mapping[str, Mapping[str, Any]], gd: dict[str, Any]) -> None:
     if not any(isinstance(f, _Rows) for f in sys.meta_path):
         sys.meta_path.insert(0, _Rows(modules))
     __import__(f"{PACKAGE}.boot")
-    sys.modules[f"{PACKAGE}.boot"].start(gd)
+    sys.modules[f"{PACKAGE}.boot"].start(gd, modules)
 
 
-def start(gd: dict[str, Any]) -> None:
+def start(gd: dict[str, Any], modules: Mapping[str, Mapping[str, Any]]) -> None:
     """Bind PL/Python and the postgres executable to the runtime, contain C stack overflows,
-    start the watchdog, and offer every interface generated bodies use."""
+    start the watchdog, and offer every interface generated bodies use. `modules` are the
+    runtime's rows: their sha256 (which boot() reads since 0018) are part of the key of
+    routine modules compiled ahead (sandbox._compiled)."""
     import ctypes
 
     import plpy
@@ -162,6 +164,9 @@ def start(gd: dict[str, Any]) -> None:
         stopping.BOOKKEEPING.add(id(backstop._may_run_finalized.__code__))
     backstop.own_weakref_callbacks(stopping.owned_callback)
     sandbox.API = lambda module: sandbox.shim(db.Db(module))
+    if all(row.get("sha256") for row in modules.values()):
+        sandbox.RUNTIME = {name: row["sha256"] for name, row in modules.items()}
+        sandbox.READ_AHEAD = db.compiled_ahead
     sandbox.contain_abcs()
     bounded.hold_list_items()
     bounded.hold_set_additions()

@@ -21,6 +21,22 @@ if TYPE_CHECKING:
 plpy: Any = None
 
 
+_AHEAD: list[Any] = []  # the plan of compiled_ahead, once prepared
+
+
+def compiled_ahead(key: str) -> bytes | None:
+    """The code `pyfuncs deploy` compiled ahead for a routine module, by its key (see
+    vocabulary.compiled_key), or None. Every name is qualified: the caller's search_path is
+    in force (and the key found is the one asked for, whatever `=` it used)."""
+    if not _AHEAD:
+        _AHEAD.append(plpy.prepare(
+            "SELECT key, code FROM pyfuncs.routine_code WHERE key OPERATOR(pg_catalog.=) $1",
+            ["pg_catalog.text"],
+        ))  # fmt: skip
+    rows = plpy.execute(_AHEAD[0], [key])
+    return rows[0]["code"] if rows.nrows() == 1 and rows[0]["key"] == key else None
+
+
 class Rows(list[dict[str, "Any"]]):  # Any is imported only for type checkers
     """Result rows as dicts, plus the number of rows a write touched (`rowcount`)."""
 

@@ -11,7 +11,8 @@ import __future__
 import _ast as ast
 import types
 
-from . import bounded, lazy
+from . import bounded
+from .sandbox import CHECKED_READS
 from .vocabulary import FRAME_ATTRIBUTES
 
 TYPE_CHECKING = False
@@ -20,12 +21,6 @@ if TYPE_CHECKING:
     from typing import Any, ClassVar, TypeVar
 
     Node = TypeVar("Node", bound=ast.AST)
-
-# attribute reads the sandbox checks (sandbox.attribute): registering a virtual subclass of
-# an ABC every call shares, str.format, whose fields can walk attributes ("{0.__class__}"),
-# and methods whose work is bounded or made to come back to Python (bounded.READS,
-# lazy.READS)
-CHECKED_READS = frozenset({"register", "format", "format_map", *bounded.READS, *lazy.READS})
 
 
 def _private(name: str) -> bool:

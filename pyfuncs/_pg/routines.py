@@ -232,8 +232,13 @@ class Routine:
             "calling": stopping.CALLING, "routine": self,
             "timeout": self.timeout, **names,
         }  # fmt: skip
-        exec(compile(source, f"<pyfuncs: {self.qualname}>", "exec"), namespace)
+        # exec of the text, not compile(): compile() first makes the classes of the ast
+        # module, 2 ms of every backend's first call that nothing else needs (the routine's
+        # module was compiled by pyfuncs deploy, pyfuncs/ahead.py); the file name tracebacks
+        # show is set after
+        exec(source, namespace)
         entry: Callable[..., Any] = namespace[name]
+        entry.__code__ = entry.__code__.replace(co_filename=f"<pyfuncs: {self.qualname}>")
         stopping.ENTRIES[id(entry.__code__)] = self  # kept alive by this routine
         return entry
 

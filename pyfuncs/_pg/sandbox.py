@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import _string  # the parser behind str.format
 import abc
+import marshal
 import sys
 import types
+from _frozen_importlib_external import MAGIC_NUMBER
+
+try:  # (here: imported later, it is an import whose classes are walked, see classes.sharing)
+    from _sha256 import sha256  # type: ignore[import-not-found]  # (hashlib's OpenSSL: 0.8 ms)
+except ImportError:  # (Python 3.12 names it _sha2)
+    from hashlib import sha256
 
 from . import backstop, bounded, classes, errors, lazy, views, vocabulary
 from . import watchdog as stopping
-from .guards import CHECKED_READS, compile_module
 from .imported import imported
 
 TYPE_CHECKING = False
@@ -58,9 +64,12 @@ def _view(name: str, allowed: frozenset[str], owner: str = "") -> types.ModuleTy
     key = (name, allowed, owner if name == "random" else "")
     found = VIEWS.get(key)
     if found is None:
-        if name in allowed:
+        if name in allowed and _made_already(name, allowed):
+            found = views.view(name, allowed)
+        elif name in allowed:
             with classes.sharing():  # (a stand-in's classes are every call's too)
                 found = views.view(name, allowed, STAND_INS[name]() if name in STAND_INS else None)
+            backstop.refresh()  # (it may have loaded an extension module)
         else:  # a package only some of whose modules are allowed: just those
             found = views.ModuleView(f"{name} (view)")
             for child in sorted(m for m in allowed if m.startswith(name + ".")):
@@ -68,8 +77,22 @@ def _view(name: str, allowed: frozenset[str], owner: str = "") -> types.ModuleTy
                 if "." not in rest:
                     types.ModuleType.__setattr__(found, rest, _view(child, allowed))
         VIEWS[key] = found
-        backstop.refresh()  # (it may have loaded an extension module)
     return found
+
+
+def _made_already(name: str, allowed: frozenset[str]) -> bool:
+    """Whether a view of the allowed module `name` makes nothing: it and its allowed
+    submodules are imported (`from __future__ import annotations`: the runtime's modules
+    imported it), none answers the attributes it lacks with code (a module's __getattr__),
+    and it has no stand-in. Then no class is made to share, no extension module loaded: the
+    two walks of every class (classes.sharing) are not needed."""
+    if name in STAND_INS:
+        return False
+    for module in (name, *(m for m in allowed if m.startswith(name + "."))):
+        real = sys.modules.get(module)
+        if real is None or "__getattr__" in vars(real):
+            return False
+    return True
 
 
 # modules the C code of allowed ones imports as it runs (datetime's strptime imports
@@ -759,12 +782,16 @@ def restricted_builtins(
     return restricted
 
 
-# methods whose results a routine gets through a check (guards.CHECKED_READS names them):
+# methods whose results a routine gets through a check (CHECKED_READS names them):
 # name -> (the class whose method it is, what to give instead, made from the object)
 READS: dict[str, tuple[bounded.Kinds, Callable[[Any, Any], Any]]] = {
     **lazy.READS,
     **bounded.READS,
 }
+# attribute reads the sandbox checks (attribute), where guards.py routes them: registering a
+# virtual subclass of an ABC every call shares, str.format, whose fields can walk attributes
+# ("{0.__class__}"), and methods whose work is bounded or made to come back to Python (READS)
+CHECKED_READS = frozenset({"register", "format", "format_map", *READS})
 
 # routine modules executed in this backend, by their exact source and allow-list, and the
 # names of their files
@@ -792,7 +819,7 @@ def load_module(
         # (another version of it, or another deployer's file of that name) gets one of its
         # own, and so do the lines of a file of the same name (tracebacks show them).
         name = _unused(f"routine:{module_name}", sys.modules)
-        filename = _unused(filename, FILENAMES)
+        deployed, filename = filename, _unused(filename, FILENAMES)
         FILENAMES.add(filename)
         module = types.ModuleType(name)
         module.__file__ = filename
@@ -803,7 +830,7 @@ def load_module(
         module.__dict__.update(helpers(name), **_its_own(module.__dict__, module_name))
         api = API(module.__dict__) if API is not None else None
         module.__dict__["__builtins__"] = restricted_builtins(allowed, name, api)
-        code = compile_module(source, filename)
+        code = _compiled(source, filename, ahead=filename == deployed)
         _register(code, module.__dict__)
         outer, stopping.CALLING[0] = stopping.CALLING[0], module.__dict__
         try:
@@ -812,6 +839,29 @@ def load_module(
             stopping.CALLING[0] = outer
         namespace = MODULES[key] = module.__dict__
     return namespace
+
+
+# The runtime's modules and their sha256, as boot() read them (boot.py), and what reads the
+# code of a routine module `pyfuncs deploy` compiled ahead by its key (db.compiled_ahead)
+RUNTIME: dict[str, str] | None = None
+READ_AHEAD: Callable[[str], bytes | None] | None = None
+
+
+def _compiled(source: str, filename: str, ahead: bool) -> types.CodeType:
+    """A routine module's code: as `pyfuncs deploy` compiled it with this runtime's guards
+    for this Python, where it did (and the module keeps the file name it was deployed with:
+    the code carries it), else compiled here. Compiling here costs a backend's first call
+    milliseconds (_ast's classes, the parse, the guards, the compile)."""
+    if ahead and RUNTIME is not None and READ_AHEAD is not None:
+        key = vocabulary.compiled_key(MAGIC_NUMBER, RUNTIME, filename, source)
+        stored = READ_AHEAD(sha256(key.encode()).hexdigest())
+        if stored is not None:
+            code = marshal.loads(stored)
+            if type(code) is types.CodeType:
+                return code
+    from .guards import compile_module
+
+    return compile_module(source, filename)
 
 
 def _its_own(namespace: dict[str, Any], module_name: str) -> dict[str, Any]:

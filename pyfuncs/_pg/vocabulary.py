@@ -60,3 +60,12 @@ ROUTINE_API = ("stored_function", "procedure", "db", "RaiseError", "Rows")
 # that module's __name__: no real module has a colon in its name, so `from pyfuncs import x`
 # cannot fall back on a module sys.modules holds as "pyfuncs.x" (CPython's import_from does)
 SHIM_NAME = "pyfuncs:routines"
+
+
+def compiled_key(magic: bytes, runtime: dict[str, str], filename: str, source: str) -> str:
+    """What a routine module's code compiled ahead of its first call was compiled from
+    (pyfuncs.routine_code is keyed by its sha256): Python's bytecode (its magic number), the
+    runtime whose guards it has (its modules' sha256, by name), the file name the code
+    carries and the module's source. `pyfuncs deploy` writes the code, the runtime reads it."""
+    modules = ",".join(f"{name}:{sha256}" for name, sha256 in sorted(runtime.items()))
+    return f"{magic.hex()}\n{modules}\n{filename}\n{source}"

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pyfuncs import migrate
+from pyfuncs import ahead, migrate
 from pyfuncs.embedded import Cluster, _pg_bin
 from pyfuncs.queries import read
 
@@ -56,7 +56,7 @@ def test_downgrade_removes_everything_and_upgrade_again_works(empty_db: str) -> 
     migrate.install(empty_db)
     with psycopg.connect(empty_db) as conn:
         names = {name for (name,) in conn.execute("SELECT name FROM pyfuncs.runtime_module")}
-    assert names == {p.stem for p in migrate.RUNTIME_DIR.glob("*.py")} - {"__init__"}
+    assert names == {p.stem for p in ahead.RUNTIME_DIR.glob("*.py")} - {"__init__"}
 
 
 def test_the_runtime_runs_compiled_where_the_bytecode_matches(empty_db: str) -> None:

@@ -116,6 +116,8 @@ FUNCTIONS = {
 # What PUBLIC may do with pyfuncs' tables (nothing else is granted to anyone).
 TABLE_GRANTS = {
     ("runtime_module", None, "SELECT"),  # routines load the runtime as their caller
+    ("routine_code", "key", "SELECT"),  # and their modules compiled ahead (the source is in
+    ("routine_code", "code", "SELECT"),  # pg_proc anyway)
     ("routine", "id", "SELECT"),  # signatures, for clients calling by name
     ("routine", "schema_name", "SELECT"),
     ("routine", "name", "SELECT"),

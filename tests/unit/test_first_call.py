@@ -31,7 +31,10 @@ from pyfuncs_pg import results, values, bounded, lazy
 # needs one imports it
 HEAVY = ("typing", "re", "enum", "collections", "functools", "contextlib", "importlib.util",
          "json", "uuid", "platform", "datetime", "decimal", "zoneinfo", "dataclasses", "inspect",
-         "random", "secrets", "hashlib", "signal", "linecache", "tokenize", "ast", "copy")  # fmt: skip
+         "random", "secrets", "hashlib", "signal", "linecache", "tokenize", "ast", "copy",
+         # the routines' modules are compiled by pyfuncs deploy: not the compiler of them, nor
+         # the classes of the ast module it needs (pyfuncs/ahead.py)
+         "_ast", "pyfuncs_pg.guards")  # fmt: skip
 
 
 def _run(script: str) -> str:
