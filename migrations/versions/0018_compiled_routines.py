@@ -1,6 +1,6 @@
 """Routine modules compiled ahead of their first call, by `pyfuncs deploy` and `pyfuncs install`,
 and loaded by a backend whose runtime and Python are the ones they were compiled for (README
-"Performance: the first call").
+"How it works").
 
 Revision ID: 0018_compiled_routines
 Revises: 0017_wal_names

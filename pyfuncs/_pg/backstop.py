@@ -290,3 +290,18 @@ def own_weakref_callbacks(own: Any) -> bool:
     address = ctypes.cast(hook, ctypes.c_void_p).value or 0
     _replace_below(kind, at, original, address)  # (later subclasses inherit it)
     return _slot(kind, _TP_NEW) == (address, at)
+
+
+def set_flags(kinds: list[type], at: int, bits: int) -> bool:
+    """Set `bits` in the flags word (byte `at` of the type object) of each class of
+    `kinds`, in one call of the library's. False without the library (or one built before
+    it): the caller sets them itself."""
+    library: Any = _installed[0] if _installed else None
+    set_all = getattr(library, "pyfuncs_flags_set", None)
+    if set_all is None:
+        return False
+    set_all.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_ulong]
+    set_all.restype = None
+    addresses = (ctypes.c_size_t * len(kinds))(*map(id, kinds))
+    set_all(addresses, len(kinds), at, bits)
+    return True

@@ -10,6 +10,7 @@ from _collections import deque  # type: ignore[import-not-found]  # (collections
 from _collections_abc import MutableMapping
 from contextvars import Context, ContextVar
 
+from . import classes
 from . import watchdog as stopping
 from .imported import imported
 
@@ -1128,9 +1129,7 @@ def _precision_at_most(prec: Any) -> None:
 def _set_on_type(kind: type, attributes: dict[str, Any]) -> None:
     """Set attributes of a type for the runtime, a type Python code may not change (a C
     type) too, named as the type's own."""
-    import ctypes
-
-    flags = _type_flags(kind, ctypes)
+    flags = classes.flags(kind)
     # only the one flag goes back: setting attributes changes others (the method cache's)
     immutable = flags.value & _IMMUTABLE_TYPE
     flags.value &= ~_IMMUTABLE_TYPE
@@ -1466,15 +1465,6 @@ def hold_struct_formats() -> None:
 
     __init__.held = True  # type: ignore[attr-defined]
     _set_on_type(kind, {"__init__": __init__})
-
-
-def _type_flags(kind: type, ctypes: Any) -> Any:
-    """The tp_flags field of a type object, found by its value (type.__flags__)."""
-    for offset in range(16, 400, 8):
-        field = ctypes.c_ulong.from_address(id(kind) + offset)
-        if field.value == kind.__flags__:
-            return field
-    raise RuntimeError("pyfuncs: the layout of type objects is not the expected one")
 
 
 def bound_fractions(fractions: types.ModuleType) -> None:

@@ -55,10 +55,10 @@ BASETYPE = 1 << 10  # Py_TPFLAGS_BASETYPE
 IMMUTABLE = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE
 HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made at run time (the others are C's)
 
-# the types withheld as bases, and the classes made immutable, by id: (the type, its
-# tp_flags field as a ctypes c_ulong)
+# the types withheld as bases, by id: (the type, its tp_flags field as a ctypes c_ulong);
+# and the classes made immutable, by id
 WITHHELD: dict[int, tuple[type, Any]] = {}
-SHARED: dict[int, tuple[type, Any]] = {}
+SHARED: dict[int, type] = {}
 
 _SUBCLASSES = type.__dict__["__subclasses__"]
 _MRO = type.__dict__["__mro__"].__get__
@@ -66,17 +66,25 @@ _FLAGS = type.__dict__["__flags__"].__get__
 _FLAGS_AT: list[int] = []  # the offset of tp_flags in a type object
 
 
-def _flags(kind: type) -> Any:
-    import ctypes
-
+def _flags_at() -> int:
+    """The offset of tp_flags in a type object, found by its value (type.__flags__)."""
     if not _FLAGS_AT:
+        import ctypes
+
         for offset in range(16, 400, 8):
             if ctypes.c_ulong.from_address(id(type) + offset).value == _FLAGS(type):
                 _FLAGS_AT.append(offset)
                 break
         else:
             raise RuntimeError("pyfuncs: the layout of type objects is not the expected one")
-    return ctypes.c_ulong.from_address(id(kind) + _FLAGS_AT[0])
+    return _FLAGS_AT[0]
+
+
+def flags(kind: type) -> Any:
+    """The tp_flags field of a type object, to read and write."""
+    import ctypes
+
+    return ctypes.c_ulong.from_address(id(kind) + _flags_at())
 
 
 def _roots() -> Iterator[type]:
@@ -102,7 +110,7 @@ def withhold() -> None:
     for root in _roots():
         for key, kind in _every_class(root).items():
             if key not in WITHHELD and _FLAGS(kind) & BASETYPE:
-                WITHHELD[key] = (kind, _flags(kind))
+                WITHHELD[key] = (kind, flags(kind))
     for _, field in WITHHELD.values():
         field.value &= ~BASETYPE
 
@@ -132,12 +140,15 @@ def share(*classes: type) -> None:
     weakref.finalize, whose own code keeps its state in class attributes (no routine
     reaches it: weakref is not an allowed module, and none of theirs hands one out)."""
     finalize = getattr(sys.modules.get("weakref"), "finalize", None)
-    for kind in classes:
-        flags = _FLAGS(kind)
-        if flags & HEAPTYPE and not flags & IMMUTABLE and kind is not finalize:
-            field = _flags(kind)
-            field.value |= IMMUTABLE
-            SHARED[id(kind)] = (kind, field)  # (held: its id is not reused)
+    mutable = [
+        kind for kind in classes
+        if _FLAGS(kind) & (HEAPTYPE | IMMUTABLE) == HEAPTYPE and kind is not finalize
+    ]  # fmt: skip
+    if not backstop.set_flags(mutable, _flags_at(), IMMUTABLE):
+        for kind in mutable:
+            flags(kind).value |= IMMUTABLE
+    for kind in mutable:
+        SHARED[id(kind)] = kind  # (held: its id is not reused)
 
 
 def refused(base: Any) -> str | None:
@@ -238,7 +249,7 @@ class window:
             self.collecting, self.profile = gc.isenabled(), sys.getprofile()
             gc.disable()
             self.before = _kinds()
-            _THAWED[:] = [field for kind, field in SHARED.values()
+            _THAWED[:] = [flags(kind) for kind in SHARED.values()
                           if self.module.__name__ == "ast" and _MODULE(kind) == "ast"]  # fmt: skip
             _ROUTINE_FRAMES[0] = 0
             self.python = not backstop.window_profile(stopping.ROUTINE_CODE, _close, _open)

@@ -36,6 +36,7 @@ ABI = {
     "pyfuncs_weakrefs_owned": "const RefApi *functions, NewFunc original, PyObject *owning, "
     "PyObject *none_object | RefApi: tuple_size, tuple_item, tuple_pack, call_one, decref",
     "pyfuncs_generators_kept": "PyObject *may_run, PyObject *true_object",
+    "pyfuncs_flags_set": "const uintptr_t *types, long count, long at, unsigned long bits",
 }
 
 
