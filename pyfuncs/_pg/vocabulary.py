@@ -68,4 +68,5 @@ def compiled_key(magic: bytes, runtime: dict[str, str], filename: str, source: s
     runtime whose guards it has (its modules' sha256, by name), the file name the code
     carries and the module's source. `pyfuncs deploy` writes the code, the runtime reads it."""
     modules = ",".join(f"{name}:{sha256}" for name, sha256 in sorted(runtime.items()))
-    return f"{magic.hex()}\n{modules}\n{filename}\n{source}"
+    # (the file name's length first: no file name and source run into another pair's)
+    return f"{magic.hex()}\n{modules}\n{len(filename)}:{filename}\n{source}"

@@ -105,6 +105,12 @@ def test_the_key_covers_python_runtime_file_and_source() -> None:
         ahead.compiled("m.py", "x = 1\n", runtime | {"guards": "other"}),
     ]
     assert all(o is not None and o["key"] != row["key"] for o in others)
+    # a file name and source that run into another pair's (a red team's note)
+    split = [
+        ahead.compiled("m.py\nx = 1", "\n", runtime),
+        ahead.compiled("m.py", "x = 1\n\n", runtime),
+    ]
+    assert split[0] is not None and split[1] is not None and split[0]["key"] != split[1]["key"]
     assert ahead.compiled("m.py", "def (:\n", runtime) is None  # the backend will say why
 
 
