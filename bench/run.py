@@ -180,19 +180,34 @@ def bench_c(url: str, runs: int = 5) -> dict[str, dict[str, float]]:
 FIRST_CALL_MS = 25  # target: a trivial routine's first call in a new connection, median
 
 
+def on_cpu_ms(pid: int) -> float:
+    """Milliseconds a backend has run on a CPU (the scheduler's count, in nanoseconds: the
+    10 ms ticks of backend_cpu_seconds are too coarse for one call)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e6
+
+
 def bench_d(url: str, runs: int = 21) -> dict[str, float]:
     """Milliseconds of the first call in a new connection (median): the cost of a backend's
     start, PL/Python's own for bare, plus the pyfuncs runtime's for pyfuncs, and what pyfuncs
-    adds. The two alternate, so that the machine's load weighs on both alike."""
+    adds; as the client waits for it, and as the backend's CPU time (which a busy machine
+    stretches less). The two alternate, so that the machine's load weighs on both alike."""
     first: dict[str, list[float]] = {name: [] for name in ("bare plpython3u", "pyfuncs")}
+    cpu: dict[str, list[float]] = {name: [] for name in first}
     for _ in range(runs):
         for name in first:
             with psycopg.connect(url, autocommit=True) as conn:
+                ran = on_cpu_ms(conn.info.backend_pid)
                 start = time.perf_counter()
                 conn.execute(sql.SQL("SELECT {}(1)").format(sql.SQL(FUNCTIONS[name])))
                 first[name].append((time.perf_counter() - start) * 1000)
+                cpu[name].append(on_cpu_ms(conn.info.backend_pid) - ran)
     medians = {name: statistics.median(v) for name, v in first.items()}
     medians["pyfuncs minus bare"] = medians["pyfuncs"] - medians["bare plpython3u"]
+    for name, values in cpu.items():
+        medians[f"{name}, backend CPU"] = statistics.median(values)
+    medians["pyfuncs minus bare, backend CPU"] = (
+        medians["pyfuncs, backend CPU"] - medians["bare plpython3u, backend CPU"]
+    )
     return medians
 
 

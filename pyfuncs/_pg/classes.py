@@ -449,19 +449,20 @@ def _plain(key: str, value: Any, mro: Any, made: set[int]) -> bool:
     )
 
 
-def _routines_frames() -> set[int] | None:
+def _routines_frames() -> tuple[set[int], str] | None:
     """If a routine's code is making the class: the code nested in the frames between the
     check and the nearest frame of a routine's (but the runtime's), which those frames may
-    have made functions of as they ran; else None: no routine's code is on the stack, or
-    code that makes shared classes (an import, a view's stand-ins: `sharing`) is nearer,
-    the standard library's or the runtime's own work."""
+    have made functions of as they ran, and the name of that routine's module; else None:
+    no routine's code is on the stack, or code that makes shared classes (an import, a
+    view's stand-ins: `sharing`) is nearer, the standard library's or the runtime's own
+    work."""
     made: set[int] = set()
     frame: Any = sys._getframe(2)
     routine_code, sharing = stopping.ROUTINE_CODE, _SHARING_FRAMES
     while frame is not None:
         code = frame.f_code
         if id(code) in routine_code:
-            return made
+            return made, str(routine_code[id(code)].get("__name__", ""))
         if sharing and any(frame is f for f in sharing):
             return None
         # (not the runtime's: its functions a routine holds — the decorators, `getattr` —
@@ -481,40 +482,74 @@ def _refuse(key: str, value: Any) -> None:
     )
 
 
-def _dunder(name: Any) -> str | None:
-    if not isinstance(name, str):
-        return None
-    name = str.__str__(name)
-    return name if name.startswith("__") and name.endswith("__") else None
-
-
 def check_made(args: Any) -> None:
     """type's tp_new, before it makes a class of (name, bases, namespace)."""
     if type(args) is not tuple or len(args) != 3 or not isinstance(args[2], dict):
         return  # type(x), or what type refuses anyway
-    made, mro = None, ()
+    found: Any = None
+    mro: Any = ()
     for key, value in dict.items(args[2]):
-        name = _dunder(key)
-        if name is None or name in ("__module__", "__qualname__", "__doc__"):
+        if not isinstance(key, str):
             continue
-        if made is None:
-            made = _routines_frames()
-            if made is None:
+        if found is None:
+            found = _routines_frames()
+            if found is None:
                 return
             bases = args[1] if type(args[1]) is tuple else ()
             mro = tuple(k for b in bases if isinstance(b, type) for k in _MRO(b))
-        if not _plain(name, value, mro, made):
-            _refuse(name, value)
+        _check(str.__str__(key), value, mro, *found)
 
 
 def check_set(cls: Any, key: Any, value: Any) -> None:
     """type's tp_setattro, before it sets an attribute of class `cls`."""
-    name = _dunder(key)
-    if name is None:
+    if not isinstance(key, str):
         return
-    made = _routines_frames()
-    if made is not None and not _plain(name, value, _MRO(cls), made):
-        _refuse(name, value)
+    found = _routines_frames()
+    if found is not None:
+        _check(str.__str__(key), value, _MRO(cls), *found, own=cls)
+
+
+def _check(key: str, value: Any, bases: Any, made: set[int], module: str, own: Any = None) -> None:
+    """One attribute a routine's code gives class `own` (or the class being made), whose
+    MRO (or its bases' MROs) is `bases`: special methods must be its own (_plain); what
+    names the class (its module, qualified name and docstring) must be plain text; and no
+    base's private attributes may be set (`_UserList__cast`: UserList's `==` calls it with
+    the other operand, and a red team's was C's `list.append` of its own, which kept
+    another module's key from the call that compared them)."""
+    if key in ("__module__", "__qualname__", "__doc__"):
+        if not _names(key, value, module):
+            raise TypeError(
+                f"pyfuncs: a routine's class may say its {key} is plain text only (and its "
+                "module is its own or no routine's), not "
+                f"{type(value).__name__}: what reads it may keep it where other calls do"
+            )
+    elif key.startswith("__") and key.endswith("__"):
+        if not _plain(key, value, bases, made):
+            _refuse(key, value)
+    elif "__" in key[1:] and key.startswith("_"):
+        private = key.partition("__")[0]
+        if any(
+            isinstance(b, type) and b is not own and private == "_" + _NAME(b).lstrip("_")
+            for b in bases
+        ):
+            raise TypeError(
+                f"pyfuncs: a routine's class may not set {key!r}, a private attribute of the "
+                "class it derives from: that class's code trusts what it finds there"
+            )
+
+
+def _names(key: str, value: Any, module: str) -> bool:
+    if key == "__doc__":
+        return value is None or type(value) is str
+    if type(value) is not str:
+        return False
+    # (a name of another routine's module, or of pyfuncs': dataclasses compile the methods
+    # they make with the globals of the module a class names)
+    return key != "__module__" or value == module or not value.startswith(_MODULES)
+
+
+_NAME = type.__dict__["__name__"].__get__
+_MODULES = ("routine:", "pyfuncs")
 
 
 def install() -> None:

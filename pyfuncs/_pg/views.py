@@ -63,14 +63,24 @@ def _typing(function: Any, name: str) -> Any:
     return function
 
 
+def _overload(given: Any) -> Any:
+    """typing.overload without its registry, which every call shares: keyed by what the
+    function says its module is (a red team's `__getattribute__` said an object of its
+    own, which compared itself with the keys of other modules' calls, there), and read only
+    by get_overloads, which routines do not get."""
+    return sys.modules["typing"]._overload_dummy
+
+
 # names routines get a stand-in for, and why: typing's markers set an attribute on whatever
 # they are given (`__final__`, `__no_type_check__`, `__dataclass_transform__`), a function
 # or class every call shares too; only static type checkers need them, so a routine's
-# decorators return what they are given, unmarked
+# decorators return what they are given, unmarked; and typing.overload keeps what it is
+# given (above)
 STAND_INS: dict[str, dict[str, Any]] = {
     "typing": {"final": _typing(lambda given: given, "final"),
                "no_type_check": _typing(lambda given: given, "no_type_check"),
-               "dataclass_transform": _typing(_dataclass_transform, "dataclass_transform")},
+               "dataclass_transform": _typing(_dataclass_transform, "dataclass_transform"),
+               "overload": _typing(_overload, "overload")},
 }  # fmt: skip
 
 

@@ -1036,3 +1036,179 @@ def test_an_error_is_told_in_its_calls_context(
     assert cont.execute("SELECT public.plain_divide(100, 7)").fetchone() == (
         "14.28571428571428571428571429 28",
     )  # fmt: skip
+
+
+OVERLOADS = """
+import typing
+
+from pyfuncs import stored_function
+
+SEEN: list[object] = []
+
+
+class Key:
+    def __hash__(self) -> int:  # (in its own call, as typing stores it)
+        return hash("routine:pyfuncs_user.ov_victim")
+
+    def __eq__(self, other: object) -> bool:  # (in whichever call compares it)
+        SEEN.append(other)
+        return False
+
+
+KEY = Key()
+
+
+class Named:
+    def __getattribute__(self, name: str) -> object:  # what typing.overload reads
+        if name == "__module__":
+            return KEY
+        raise AttributeError(name)
+
+
+@stored_function(schema="ov", roles=["student", "manager"])
+def plant() -> str:
+    typing.overload(Named())
+    return f"planted, seen {len(SEEN)}"
+"""
+VICTIM = """
+import typing
+
+from pyfuncs import stored_function
+
+
+@typing.overload
+def twice(x: int) -> int: ...
+@typing.overload
+def twice(x: str) -> str: ...
+def twice(x):
+    return x * 2
+
+
+@stored_function(schema="ov", roles=["student", "manager"])
+def victim() -> str:
+    return twice("ok")
+"""
+
+
+def test_typing_overload_keeps_nothing_of_a_routines(
+    cont: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """typing.overload keeps what it is given in a registry every call shares, keyed by
+    what the function says its module is: a red team's said an object of its own, which
+    compared itself with the keys other modules' calls looked up there (its `==` kept
+    them, from another role's call). Routines get an overload that keeps nothing."""
+    _deploy_all(cont, tmp_path, {"ov_plant": OVERLOADS, "ov_victim": VICTIM})
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT ov.plant()").fetchone() == ("planted, seen 0",)
+    cont.execute("RESET ROLE")
+    cont.execute("SET ROLE manager")
+    assert cont.execute("SELECT ov.victim()").fetchone() == ("okok",)
+    cont.execute("RESET ROLE")
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT ov.plant()").fetchone() == ("planted, seen 0",)
+
+
+NAMING = """
+import collections
+import dataclasses
+import enum
+
+from pyfuncs import stored_function
+
+SEEN: list[object] = []
+
+
+class Key:
+    pass
+
+
+def attempt(how: str) -> object:
+    if how == "module property":
+        class A:
+            @property
+            def __module__(self) -> object:
+                return Key()
+        return A
+    if how == "module object":
+        return type("B", (), {"__module__": Key()})
+    if how == "module str subclass":
+        class Text(str):
+            pass
+        return type("C", (), {"__module__": Text("routine:elsewhere")})
+    if how == "another routine's module":
+        return type("D", (), {"__module__": "routine:pyfuncs_user.ov_victim"})
+    if how == "pyfuncs' module":
+        return type("E", (), {"__module__": "pyfuncs_pg.db"})
+    if how == "qualname object":
+        return type("F", (), {"__qualname__": Key()})
+    if how == "doc property":
+        class G:
+            @property
+            def __doc__(self) -> object:
+                return Key()
+        return G
+    if how == "a base's private":
+        class H(collections.UserList):
+            _UserList__cast = SEEN.append
+        return H
+    if how == "a base's private, by type()":
+        return type("I", (collections.UserList,), {"_UserList__cast": SEEN.append})
+    raise ValueError(how)
+
+
+def fine() -> str:
+    Point = collections.namedtuple("Point", "x y")
+    Made = dataclasses.make_dataclass("Made", ["a"])
+    Color = enum.Enum("Color", "RED GREEN")
+
+    class Own(collections.UserList):
+        "its docstring"
+        __kept = 1  # (its own private attribute: _Own__kept)
+
+        def kept(self) -> int:
+            return len(self)
+
+    @dataclasses.dataclass
+    class Row:
+        a: int
+
+    return " ".join(
+        [str(Point(1, 2).x), str(Made(3).a), Color.RED.name, str(Own([4]).kept()), str(Row(5))]
+    )
+
+
+@stored_function(schema="naming", roles=["student", "manager"])
+def made(how: str) -> str:
+    if how == "fine":
+        return fine()
+    try:
+        attempt(how)
+    except TypeError as exc:
+        return "refused: " + str(exc)
+    return "made"
+"""
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["module property", "module object", "module str subclass", "another routine's module",
+     "pyfuncs' module", "qualname object", "doc property", "a base's private",
+     "a base's private, by type()"],
+)  # fmt: skip
+def test_a_routines_class_names_itself_in_plain_text_and_keeps_its_bases_privates(
+    cont: psycopg.Connection[Any], tmp_path: Any, how: str
+) -> None:
+    """What names a class (its module, qualified name, docstring) is read by code every
+    call shares, which may keep it (typing's registry kept a red team's object that way):
+    it is plain text, and a module is the class's own or no routine's (dataclasses compile
+    a class's methods with the globals of the module it names). A base's private
+    attributes are its own code's: UserList's `==` calls `_UserList__cast` with the other
+    operand, which a red team's class made C's `list.append`. Common classes are made as
+    before."""
+    _deploy_all(cont, tmp_path, {"naming_mod": NAMING})
+    cont.execute("SET ROLE student")
+    answer = cont.execute("SELECT naming.made(%s)", [how]).fetchone()
+    assert answer is not None and answer[0].startswith("refused: pyfuncs: "), answer
+    assert cont.execute("SELECT naming.made('fine')").fetchone() == (
+        "1 3 RED 1 fine.<locals>.Row(a=5)",
+    )
