@@ -205,12 +205,19 @@ class Routine:
         self.within: Callable[..., Any] = self._entry(
             _entry_source(_WITHIN_HEAD, _WITHIN, self.timeout, "now()"), "within"
         )
-        # the module's top-level code runs in a call of this routine: stoppable too
+        # the module's top-level code runs in a call of this routine: stoppable too, and a
+        # stop there fails as the call's would (the body loads outside the call's `try`)
         self.namespace: dict[str, Any] = {}
-        self.namespace = self.within(
-            SEQUENCE(), Context().run, sandbox.load_module, source, self.filename, spec["module"],
-            frozenset(spec["allowed_modules"]),
-        )  # fmt: skip
+        stopped = False
+        try:
+            self.namespace = self.within(
+                SEQUENCE(), Context().run, sandbox.load_module, source, self.filename,
+                spec["module"], frozenset(spec["allowed_modules"]),
+            )  # fmt: skip
+        except RoutineInterrupted:
+            stopped = True
+        if stopped:  # (raised here, not in the handler: nothing of the load travels with it)
+            raise self.fail(RoutineInterrupted())
         self.function: Callable[..., Any] = self.namespace[spec["function"]]
         code = getattr(self.function, "__code__", None)
         arity = code.co_argcount if code is not None and not code.co_flags & 0x0C else -1

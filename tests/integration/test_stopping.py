@@ -491,3 +491,51 @@ def test_hashing_by_reference_is_stopped_and_a_parameter_named_rows_is_a_paramet
         assert err.sqlstate == "57014" and "timeout_ms=200" in str(err), err
         assert took < 0.2 + SLACK
         assert conn.execute("SELECT spin.named_rows(41)").fetchone() == (42,)
+
+
+SLOW_LOAD = """
+from pyfuncs import stored_function
+
+TOTAL = 0
+for i in range(3 * 10**7):  # module-level work of seconds: the module is stopped loading
+    TOTAL += i
+
+
+@stored_function(schema="slowload", timeout_ms=100)
+def limited() -> int:
+    return TOTAL
+
+
+@stored_function(schema="slowload")
+def unlimited() -> int:
+    return TOTAL
+"""
+
+
+@pytest.mark.parametrize(
+    ("routine", "stop", "message"),
+    [("limited", "", "slowload.limited exceeded its limit timeout_ms=100"),
+     ("unlimited", "SET statement_timeout = 100", "slowload.unlimited canceled: statement_timeout expired"),
+     ("unlimited", "cancel", "slowload.unlimited canceled by pg_cancel_backend")],
+)  # fmt: skip
+def test_a_routine_stopped_while_its_module_loads_fails_as_a_stopped_call(
+    conn: psycopg.Connection[Any], dsn: str, tmp_path: Any, routine: str, stop: str, message: str
+) -> None:
+    """A routine's module runs its top-level code on the routine's first call in a backend,
+    before the call proper: a stop landing there (or a cancel that the lookup of its
+    compiled code, a query, acted on) left as the runtime's own exception, a traceback
+    (`ExternalRoutineException: RoutineInterrupted`), not as the stopped call's error."""
+    (tmp_path / "slowload_mod.py").write_text(SLOW_LOAD)
+    deploying.deploy(conn, str(tmp_path / "slowload_mod.py"))
+    with psycopg.connect(dsn, autocommit=True) as session:
+        if stop == "cancel":
+            _from_another_connection(
+                dsn, "SELECT pg_cancel_backend(%s)", session.info.backend_pid, 0.1
+            )
+        elif stop:
+            session.execute(stop)
+        with pytest.raises(psycopg.errors.QueryCanceled) as info:
+            session.execute(f"SELECT slowload.{routine}()")
+        assert message in str(info.value) and "RoutineInterrupted" not in str(info.value)
+        session.execute("RESET statement_timeout")
+        assert session.execute("SELECT 1").fetchone() == (1,)  # the session goes on
