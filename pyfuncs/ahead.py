@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import marshal
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,15 @@ def compiled(filename: str, source: str, runtime: dict[str, str]) -> dict[str, A
         "runtime": runtime_digest(runtime),
         "code": marshal.dumps(code),
     }
+
+
+def rows(modules: Iterable[tuple[str, str]], runtime: dict[str, str]) -> Iterator[dict[str, Any]]:
+    """The rows of pyfuncs.routine_code for routine modules, (file name, source) each, but
+    those that do not compile."""
+    for filename, source in modules:
+        row = compiled(filename, source, runtime)
+        if row is not None:
+            yield row
 
 
 def runtime_digest(runtime: dict[str, str]) -> str:

@@ -319,10 +319,9 @@ def _compile_ahead(conn: psycopg.Connection[Any], definitions: Sequence[Definiti
     with conn.cursor() as cur:
         if dict(cur.execute(query("runtime_hashes")).fetchall()) != runtime:
             return  # (another runtime's backends would never read it)
-        for filename, source in sorted({(d.file, d.source) for d in definitions}):
-            row = ahead.compiled(filename, source, runtime)
-            if row is not None:
-                cur.execute(query("routine_code_put"), row)
+        modules = sorted({(d.file, d.source) for d in definitions})
+        for row in ahead.rows(modules, runtime):
+            cur.execute(query("routine_code_put"), row)
 
 
 def _warnings(*warnings: str | None) -> tuple[str, ...]:

@@ -129,10 +129,9 @@ def install_runtime(connection: sa.Connection) -> None:
     connection.exec_driver_sql(query("runtime_prune"), {"names": list(runtime)})
     prune = {"runtime": ahead.runtime_digest(runtime)}
     connection.exec_driver_sql(query("routine_code_prune"), prune)
-    for filename, source in connection.exec_driver_sql(query("live_modules")).fetchall():
-        row = ahead.compiled(filename, source, runtime)
-        if row is not None:
-            connection.exec_driver_sql(query("routine_code_put"), row)
+    live = connection.exec_driver_sql(query("live_modules")).fetchall()
+    for row in ahead.rows(live, runtime):
+        connection.exec_driver_sql(query("routine_code_put"), row)
 
 
 def install(dsn: str) -> str | None:
