@@ -17,7 +17,7 @@ import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ._pg.vocabulary import FORBIDDEN_BUILTINS, FRAME_ATTRIBUTES, ROUTINE_API
+from ._pg.vocabulary import FORBIDDEN_BUILTINS, FRAME_ATTRIBUTES, ROUTINE_API, mangled
 from .errors import ConfigError
 
 # Pure-computation standard library. `re` is left out on purpose: a backtracking regular
@@ -196,6 +196,10 @@ class _Checker(ast.NodeVisitor):
         if _DUNDER.fullmatch(name) and name not in _ALLOWED_DUNDER_NAMES:
             self._add(node, "dunder-name", f"the name {name!r} reaches interpreter internals",
                       "use an ordinary name")  # fmt: skip
+        elif mangled(name):
+            self._add(node, "private-of-another-class",
+                      f"the name {name!r} is another class's private attribute",
+                      "use the class's public interface")  # fmt: skip
         elif name in FORBIDDEN_BUILTINS:
             self._add(node, "forbidden-builtin", f"{name}() {FORBIDDEN_BUILTINS[name]}",
                       "express it without dynamic code or namespaces")  # fmt: skip
@@ -210,6 +214,10 @@ class _Checker(ast.NodeVisitor):
             self._add(node, "dunder-attribute",
                       f"the attribute {node.attr!r} reaches interpreter internals",
                       "use the object's public interface")  # fmt: skip
+        elif mangled(node.attr):
+            self._add(node, "private-of-another-class",
+                      f"the attribute {node.attr!r} is another class's private attribute",
+                      "use the class's public interface")  # fmt: skip
         elif node.attr in FRAME_ATTRIBUTES:
             self._add(node, "frame-attribute",
                       f"the attribute {node.attr!r} leads to frames, code or globals",

@@ -55,6 +55,16 @@ FRAME_ATTRIBUTES = frozenset({
     "co_code", "co_consts", "func_globals", "func_code",
 })  # fmt: skip
 
+
+def mangled(name: str) -> bool:
+    """Whether `name` is spelled as another class's private attribute (`_UserList__cast`,
+    what Python makes of `self.__cast` inside UserList): that class's code trusts what it
+    finds there (UserList's `==` calls it with the other operand). A routine's own code
+    cannot write `self.__x` (the policy refuses names that begin with two underscores), so
+    such a spelling only reaches into another class's state."""
+    return name[:1] == "_" and name[1:2] != "_" and "__" in name[2:] and not name.endswith("__")
+
+
 # what a routine module may use of pyfuncs (the `pyfuncs` it imports has nothing else)
 ROUTINE_API = ("stored_function", "procedure", "db", "RaiseError", "Rows")
 # that module's __name__: no real module has a colon in its name, so `from pyfuncs import x`

@@ -8,7 +8,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from pyfuncs import DefinitionError
 from pyfuncs import deploy as deploying
+from pyfuncs._pg import guards
 
 from .modules import contaminate_mod, random_mod
 
@@ -1146,10 +1148,6 @@ def attempt(how: str) -> object:
             def __doc__(self) -> object:
                 return Key()
         return G
-    if how == "a base's private":
-        class H(collections.UserList):
-            _UserList__cast = SEEN.append
-        return H
     if how == "a base's private, by type()":
         return type("I", (collections.UserList,), {"_UserList__cast": SEEN.append})
     raise ValueError(how)
@@ -1191,8 +1189,7 @@ def made(how: str) -> str:
 @pytest.mark.parametrize(
     "how",
     ["module property", "module object", "module str subclass", "another routine's module",
-     "pyfuncs' module", "qualname object", "doc property", "a base's private",
-     "a base's private, by type()"],
+     "pyfuncs' module", "qualname object", "doc property", "a base's private, by type()"],
 )  # fmt: skip
 def test_a_routines_class_names_itself_in_plain_text_and_keeps_its_bases_privates(
     cont: psycopg.Connection[Any], tmp_path: Any, how: str
@@ -1211,3 +1208,25 @@ def test_a_routines_class_names_itself_in_plain_text_and_keeps_its_bases_private
     assert cont.execute("SELECT naming.made('fine')").fetchone() == (
         "1 3 RED 1 fine.<locals>.Row(a=5)",
     )
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["key._UserList__cast = SEEN.append", "cast = key._UserList__cast",
+     "class Cast(collections.UserList):\n    _UserList__cast = SEEN.append",
+     "del key._UserList__cast"],
+)  # fmt: skip
+def test_another_classes_private_attribute_is_refused_before_deploy(
+    cont: psycopg.Connection[Any], tmp_path: Any, spelling: str
+) -> None:
+    """A red team set `_UserList__cast` on an instance (the class check sees classes only)
+    and had enum.IntFlag keep it, every call's, in its map of values: another role's call
+    got the object back, and its `==` ran C's `list.append` with that call's key. Such a
+    name, in any spelling the source can have, is refused by the check before deploy and
+    again as the module is compiled (guards.py)."""
+    source = f"import collections\nSEEN = []\nkey = collections.UserList()\n{spelling}\n"
+    (tmp_path / "private_mod.py").write_text(source)
+    with pytest.raises(DefinitionError, match="private-of-another-class"):
+        deploying.deploy(cont, str(tmp_path / "private_mod.py"))
+    with pytest.raises(SyntaxError, match="_UserList__cast"):
+        guards.compile_module(source, "private_mod.py")

@@ -775,7 +775,6 @@ for label, expression in [
     ("json_encoder_private", "json._default_encoder"),
     ("random_instance", "random._inst"),
     ("decimal_private", "decimal._decimal"),
-    ("getattr_free_private", "type(uuid.NAMESPACE_DNS)._UUID__x"),
 ]:
     attempt(
         f"private_{label}",
@@ -787,6 +786,17 @@ for label, expression in [
         return {expression}
 """,
     )
+# another class's private attribute, spelled as Python mangles it: refused as compiled
+attempt(
+    "private_getattr_free_private",
+    COMPILE + "the attribute '_UUID__x' is not allowed",
+    """
+    import uuid
+
+    def attempt():
+        return type(uuid.NAMESPACE_DNS)._UUID__x
+""",
+)
 attempt(
     "decimal_context_set_by_a_generator_kept_by_a_class",
     "call ",
