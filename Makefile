@@ -10,6 +10,8 @@ PLPYTHON := /usr/share/postgresql/15/extension/plpython3u.control
 WAL2JSON := /usr/lib/postgresql/15/lib/wal2json.so
 CHROMIUM := /usr/bin/chromium
 PG_CONFIG := /usr/lib/postgresql/15/bin/pg_config
+# the server's headers (postgresql-server-dev-15); pg_config alone comes with the client package
+PG_HEADERS := /usr/include/postgresql/15/server/postgres.h
 BACKSTOP := /usr/lib/postgresql/15/lib/pyfuncs_backstop.so
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
@@ -28,13 +30,13 @@ $(WAL2JSON):
 
 # the backstop that ends the session of a routine stuck in one C call (README "Stopping
 # routines"): built against PostgreSQL's headers, installed where PostgreSQL keeps its libraries
-$(PG_CONFIG):
+$(PG_HEADERS):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql-server-dev-15 gcc
 
 backstop: $(BACKSTOP)
 
-$(BACKSTOP): pyfuncs/_pg/backstop.c $(PLPYTHON) $(PG_CONFIG)
+$(BACKSTOP): pyfuncs/_pg/backstop.c $(PLPYTHON) $(PG_HEADERS)
 	mkdir -p build
 	gcc -O2 -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Werror -fPIC \
 		-shared -I$$($(PG_CONFIG) --includedir-server) -o build/pyfuncs_backstop.so $<
