@@ -176,6 +176,7 @@ def start(gd: dict[str, Any], modules: Mapping[str, Mapping[str, Any]]) -> None:
     when_imported("fractions", bounded.bound_fractions)
     when_imported("zoneinfo", bounded.hold_zones)
     when_imported("_strptime", bounded.hold_strptime)
+    when_imported("enum", bounded.hold_flag_values)
     when_imported("copy", sandbox.contain_copies)
     when_imported("typing", sandbox.contain_typing)
     when_imported("unicodedata", bounded.hold_unicodedata)

@@ -345,6 +345,23 @@ def hold_strptime(module: types.ModuleType) -> None:
     module._strptime_datetime, module._strptime_time = _strptime_datetime, _strptime_time  # type: ignore[attr-defined]
 
 
+def hold_flag_values(enum: types.ModuleType) -> None:
+    """enum.Flag's `_missing_` with a plain int, once per backend, as enum is imported. It
+    keeps the value it is called with, and the pseudo-member it makes of it, in the map of
+    values of the class called, a class every call shares when it is enum's `Flag` or
+    `IntFlag` or re's `RegexFlag`: a red team's int subclass was kept there, and another
+    role's `IntFlag(0)` got back a member whose value was the routine's object."""
+    missing = enum.Flag.__dict__["_missing_"].__func__
+    if getattr(missing, "held", False):
+        return
+
+    def _missing_(cls: Any, value: Any) -> Any:
+        return missing(cls, int.__int__(value) if isinstance(value, int) else value)
+
+    _missing_.held = True  # type: ignore[attr-defined]
+    _set_on_type(enum.Flag, {"_missing_": classmethod(_missing_)})
+
+
 def hold_zones(zoneinfo: types.ModuleType) -> None:
     """ZoneInfo(key) in Python, once per backend, as zoneinfo is imported. C's keeps zones
     in caches every call shares, keyed by the key it was given, and compares later keys

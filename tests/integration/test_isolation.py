@@ -1109,6 +1109,53 @@ def test_typing_overload_keeps_nothing_of_a_routines(
     assert cont.execute("SELECT ov.plant()").fetchone() == ("planted, seen 0",)
 
 
+ENUM_FLAGS = """
+import enum
+
+from pyfuncs import stored_function
+
+
+class Sly(int):
+    pass
+
+
+class Own(enum.IntFlag):  # (a routine's own: its map of values is its own too)
+    A = 1
+    B = 2
+
+
+# (0 is in no map of enum's until a call asks for it; 3 is a composite of Own's)
+FLAGS = [(enum.IntFlag, 0), (enum.Flag, 0), (Own, 0), (Own, 3)]
+
+
+def kinds(values: list[object]) -> str:
+    return " ".join("int" if type(value) is int else "other" for value in values)
+
+
+@stored_function(schema="enumflags", roles=["student"])
+def plant() -> str:
+    return kinds([kind(Sly(value)).value for kind, value in FLAGS])
+
+
+@stored_function(schema="enumflags", roles=["manager"])
+def seen() -> str:
+    return kinds([kind(value).value for kind, value in FLAGS])
+"""
+
+
+def test_enum_flags_keep_only_plain_values(cont: psycopg.Connection[Any], tmp_path: Any) -> None:
+    """enum.Flag keeps what it is called with, and the member it makes of it, in its
+    class's map of values: a class every call shares for enum's Flag and IntFlag. A red
+    team's int subclass was kept there, and another role's `IntFlag(0)` got back a member
+    whose value was the routine's object. The value kept is a plain int."""
+    _deploy_all(cont, tmp_path, {"enum_flags_mod": ENUM_FLAGS})
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT enumflags.plant()").fetchone() == ("int int int int",)
+    cont.execute("RESET ROLE")
+    cont.execute("SET ROLE manager")
+    assert cont.execute("SELECT enumflags.seen()").fetchone() == ("int int int int",)
+
+
 NAMING = """
 import collections
 import dataclasses
