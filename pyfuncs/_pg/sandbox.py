@@ -835,6 +835,11 @@ def load_module(
         outer, stopping.CALLING[0] = stopping.CALLING[0], module.__dict__
         try:
             exec(code, module.__dict__)
+        except BaseException:
+            # a module that failed (or was stopped) half-way is let go; its name stays taken
+            # (what it made may live on, naming it), so the next call loads it anew as another
+            sys.modules[name] = None  # type: ignore[assignment]
+            raise
         finally:
             stopping.CALLING[0] = outer
         namespace = MODULES[key] = module.__dict__

@@ -539,3 +539,15 @@ def test_a_routine_stopped_while_its_module_loads_fails_as_a_stopped_call(
         assert message in str(info.value) and "RoutineInterrupted" not in str(info.value)
         session.execute("RESET statement_timeout")
         assert session.execute("SELECT 1").fetchone() == (1,)  # the session goes on
+        # the half-loaded module is let go, its name kept taken (the next call loads anew)
+        session.execute(LOADED)
+        assert session.execute("SELECT pg_temp.loaded('slowload_mod')").fetchone() == ("0 1",)
+
+
+LOADED = """
+CREATE FUNCTION pg_temp.loaded(name text) RETURNS text LANGUAGE plpython3u AS $$
+import sys
+held = [m for n, m in sys.modules.items() if n.startswith("routine:") and name in n]
+return f"{sum(m is not None for m in held)} {sum(m is None for m in held)}"
+$$
+"""
