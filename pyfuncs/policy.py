@@ -17,7 +17,7 @@ import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ._pg.vocabulary import FORBIDDEN_BUILTINS, FRAME_ATTRIBUTES, ROUTINE_API, mangled
+from ._pg.vocabulary import FORBIDDEN_BUILTINS, FRAME_ATTRIBUTES, ROUTINE_API, others_private
 from .errors import ConfigError
 
 # Pure-computation standard library. `re` is left out on purpose: a backtracking regular
@@ -196,7 +196,7 @@ class _Checker(ast.NodeVisitor):
         if _DUNDER.fullmatch(name) and name not in _ALLOWED_DUNDER_NAMES:
             self._add(node, "dunder-name", f"the name {name!r} reaches interpreter internals",
                       "use an ordinary name")  # fmt: skip
-        elif mangled(name):
+        elif others_private(name):
             self._add(node, "private-of-another-class",
                       f"the name {name!r} is another class's private attribute",
                       "use the class's public interface")  # fmt: skip
@@ -214,7 +214,7 @@ class _Checker(ast.NodeVisitor):
             self._add(node, "dunder-attribute",
                       f"the attribute {node.attr!r} reaches interpreter internals",
                       "use the object's public interface")  # fmt: skip
-        elif mangled(node.attr):
+        elif others_private(node.attr):
             self._add(node, "private-of-another-class",
                       f"the attribute {node.attr!r} is another class's private attribute",
                       "use the class's public interface")  # fmt: skip

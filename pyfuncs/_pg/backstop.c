@@ -52,8 +52,11 @@
 #include <time.h>
 #include <ucontext.h>
 
+#include "catalog/namespace.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
+#include "utils/guc.h"
+#include "utils/timeout.h"
 
 /* [0]: the deadline of the innermost call under way with a timeout_ms, [1]: when the
  * watchdog last completed a look, [2]: when it first raised a stop; in seconds of
@@ -862,4 +865,253 @@ pyfuncs_flags_set(const uintptr_t *types, long count, long at, unsigned long bit
 {
 	for (long i = 0; i < count; i++)
 		*(unsigned long *) (types[i] + at) |= bits;
+}
+
+/*
+ * The guards around every query of a routine's (identity.py, deadline.py) as Python
+ * functions written in C: each query made five foreign calls through ctypes and read
+ * PostgreSQL's variables through ctypes objects, several microseconds of a round trip's
+ * CPU with the caches as a round trip leaves them. Same steps, same order as Python's:
+ *
+ * enter(): the role and security context now; where the call has not opened its level of
+ * settings yet (`settings`, identity.SETTINGS: [level, the call's identity]), the
+ * identity in full (role, context, search_path and claims as bytes or None) is made
+ * first, then the level opened and both kept; then PostgreSQL is told to refuse changes
+ * of identity (the context's restricted bits). Returns what leave needs.
+ * leave(entered): the role and context as they were; what of the identity differs from
+ * the call's ("role", "search_path", "request.jwt.claims": `names`), or None.
+ * lend(): unless a query around this one has, the runtime's timer set to go off at the
+ * deadline of the innermost call under way with a timeout_ms (pyfuncs_backstop_clock[0]),
+ * if there is one; whether give_back must be called after the query.
+ * give_back(): the timer off, unless a query around this one set it, and a cancel it left
+ * pending as the query finished, too late for it, taken back; whether it went off is
+ * forgotten here (deadline.expired asks before).
+ *
+ * Python's functions by address, as above; run with the GIL held, as Python functions,
+ * so no stop of the watchdog's lands between their steps.
+ */
+typedef struct
+{
+	const char *name;
+	PyObject   *(*function) (PyObject *self, PyObject *argument);
+	int			flags;
+	const char *doc;
+}			MethodDef;					/* PyMethodDef */
+
+#define METH_NOARGS 0x0004
+#define METH_O 0x0008
+
+typedef struct
+{
+	PyObject   *(*tuple_pack) (PySize n,...);
+	PyObject   *(*tuple_item) (PyObject *tuple, PySize i);
+	PyObject   *(*list_item) (PyObject *list, PySize i);
+	int			(*list_set) (PyObject *list, PySize i, PyObject *item);
+	PyObject   *(*from_unsigned) (unsigned long value);
+	unsigned long (*as_unsigned) (PyObject *number);
+	PyObject   *(*from_long) (long value);
+	long		(*as_long) (PyObject *number);
+	PyObject   *(*from_text) (const char *text);
+	char	   *(*text_of) (PyObject *bytes);
+	int			(*is_true) (PyObject *object);
+	PyObject   *(*error) (void);
+	PyObject   *(*function_new) (MethodDef *definition, PyObject *self, PyObject *module);
+	void		(*incref) (PyObject *object);
+	void		(*decref) (PyObject *object);
+}			GuardApi;
+
+static GuardApi py;
+static PyObject *settings;
+static PyObject *objects[6];	/* None, True, False, then leave's three names */
+static char **claims_kept;		/* the claims' storage, or NULL: read by name */
+static int	timer = -1;
+static long lent;				/* queries under way inside the one that set the timer */
+
+#define RESTRICTED (SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION)
+#define CLAIMS "request.jwt.claims"
+
+static PyObject *
+object(int i)
+{
+	py.incref(objects[i]);
+	return objects[i];
+}
+
+static const char *
+claims_now(void)
+{
+	return claims_kept != NULL ? *claims_kept : GetConfigOption(CLAIMS, true, false);
+}
+
+static PyObject *
+text_or_none(const char *text)
+{
+	return text != NULL ? py.from_text(text) : object(0);
+}
+
+/* whether `now` is what `was` (bytes, or None for none) holds: 1, 0, or -1 on error */
+static int
+same_text(const char *now, PyObject *was)
+{
+	const char *kept;
+
+	if (was == objects[0])
+		return now == NULL;
+	if ((kept = py.text_of(was)) == NULL)
+		return -1;
+	return now != NULL && strcmp(now, kept) == 0;
+}
+
+/* a new tuple of `n` (2 or 4) new references, released here; or NULL */
+static PyObject *
+packed(PySize n, PyObject **items)
+{
+	PyObject   *tuple = NULL;
+	PySize		i;
+
+	for (i = 0; i < n; i++)
+		if (items[i] == NULL)
+			goto done;
+	tuple = n == 2 ? py.tuple_pack(2, items[0], items[1])
+		: py.tuple_pack(4, items[0], items[1], items[2], items[3]);
+done:
+	for (i = 0; i < n; i++)
+		if (items[i] != NULL)
+			py.decref(items[i]);
+	return tuple;
+}
+
+static PyObject *
+guard_enter(PyObject *self, PyObject *unused)
+{
+	Oid			user;
+	int			context,
+				open;
+	PyObject   *level,
+			   *items[4],
+			   *entered;
+
+	GetUserIdAndSecContext(&user, &context);
+	if ((level = py.list_item(settings, 0)) == NULL || (open = py.is_true(level)) < 0)
+		return NULL;
+	items[0] = py.from_unsigned(user);
+	items[1] = py.from_long(context);
+	if (!open)
+	{
+		items[2] = text_or_none(namespace_search_path);
+		items[3] = text_or_none(claims_now());
+	}
+	if ((entered = packed(open ? 2 : 4, items)) == NULL)
+		return NULL;
+	if (!open)
+	{
+		/* (a level is a small int, which Python does not allocate) */
+		if ((level = py.from_long(NewGUCNestLevel())) == NULL)
+		{
+			py.decref(entered);
+			return NULL;
+		}
+		py.list_set(settings, 0, level);
+		py.incref(entered);
+		py.list_set(settings, 1, entered);
+	}
+	SetUserIdAndSecContext(user, context | RESTRICTED);
+	return entered;
+}
+
+static PyObject *
+guard_leave(PyObject *self, PyObject *entered)
+{
+	PyObject   *item,
+			   *call;
+	unsigned long user;
+	long		context;
+	int			same;
+
+	if ((item = py.tuple_item(entered, 0)) == NULL)
+		return NULL;
+	user = py.as_unsigned(item);
+	if ((item = py.tuple_item(entered, 1)) == NULL)
+		return NULL;
+	context = py.as_long(item);
+	if (py.error() != NULL)
+		return NULL;
+	SetUserIdAndSecContext((Oid) user, (int) context);
+	if ((call = py.list_item(settings, 1)) == NULL || (item = py.tuple_item(call, 0)) == NULL)
+		return NULL;
+	if (py.as_unsigned(item) != user)
+		return py.error() != NULL ? NULL : object(3);
+	if ((item = py.tuple_item(call, 2)) == NULL || (same = same_text(namespace_search_path, item)) < 0)
+		return NULL;
+	if (!same)
+		return object(4);
+	if ((item = py.tuple_item(call, 3)) == NULL || (same = same_text(claims_now(), item)) < 0)
+		return NULL;
+	return object(same ? 0 : 5);
+}
+
+static PyObject *
+guard_lend(PyObject *self, PyObject *unused)
+{
+	struct timespec now;
+	double		left;
+
+	if (lent > 0)
+	{
+		lent++;
+		return object(1);
+	}
+	if (timer < 0 || pyfuncs_backstop_clock[0] <= 0)
+		return object(2);
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	left = pyfuncs_backstop_clock[0] - (now.tv_sec + now.tv_nsec / 1e9);
+	/* in whole milliseconds, rounded up: it never goes off before the deadline (one past
+	 * it goes off at once) */
+	enable_timeout_after((TimeoutId) timer, left <= 0 ? 0
+						 : left * 1000 >= INT_MAX - 1 ? INT_MAX : (int) (left * 1000) + 1);
+	lent = 1;
+	return object(1);
+}
+
+static PyObject *
+guard_give_back(PyObject *self, PyObject *unused)
+{
+	if (lent > 0 && --lent == 0)
+	{
+		disable_timeout((TimeoutId) timer, true);
+		if (get_timeout_indicator((TimeoutId) timer, true) && QueryCancelPending)
+			QueryCancelPending = false;
+	}
+	return object(0);
+}
+
+static MethodDef guards[] = {
+	{"enter", guard_enter, METH_NOARGS, NULL},
+	{"leave", guard_leave, METH_O, NULL},
+	{"lend", guard_lend, METH_NOARGS, NULL},
+	{"give_back", guard_give_back, METH_NOARGS, NULL},
+};
+
+/*
+ * Python's functions (GuardApi's, in its order), identity.SETTINGS, None, True, False and
+ * the three names leave answers (`constants`), the claims' storage (or NULL) and the
+ * runtime's timer (-1: none), all kept alive by the caller: the four functions above, as
+ * a tuple, or NULL with Python's error set.
+ */
+PyObject   *
+pyfuncs_query_guards(const GuardApi *functions, PyObject *settings_list,
+					 PyObject *const *constants, char **claims_storage, int timer_id)
+{
+	PyObject   *made[4];
+	int			i;
+
+	py = *functions;
+	settings = settings_list;
+	for (i = 0; i < 6; i++)
+		objects[i] = constants[i];
+	claims_kept = claims_storage;
+	timer = timer_id;
+	for (i = 0; i < 4; i++)
+		made[i] = py.function_new(&guards[i], NULL, NULL);
+	return packed(4, made);
 }

@@ -292,6 +292,35 @@ def own_weakref_callbacks(own: Any) -> bool:
     return _slot(kind, _TP_NEW) == (address, at)
 
 
+def query_guards(settings: list[Any], claims: int | None, timer: int) -> Any:
+    """The guards around each query of a routine's, in C (backstop.c says why): a tuple of
+    identity's enter and leave and deadline's lend and give_back, for identity's
+    `settings`, the claims' storage at address `claims` (None: read by name) and the
+    runtime's timer (-1: none). None without the library (or one built before them)."""
+    library: Any = _installed[0] if _installed else None
+    if getattr(library, "pyfuncs_query_guards", None) is None or _guards:
+        return _guards[0][0] if _guards else None
+    functions = _functions(
+        "PyTuple_Pack", "PyTuple_GetItem", "PyList_GetItem", "PyList_SetItem",
+        "PyLong_FromUnsignedLong", "PyLong_AsUnsignedLong", "PyLong_FromLong", "PyLong_AsLong",
+        "PyBytes_FromString", "PyBytes_AsString", "PyObject_IsTrue", "PyErr_Occurred",
+        "PyCFunction_NewEx", "Py_IncRef", "Py_DecRef",
+    )  # fmt: skip
+    six: Any = ctypes.py_object * 6
+    constants = six(None, True, False, "role", "search_path", "request.jwt.claims")
+    # (a PyDLL function: Python's error, if any, is raised here)
+    make = ctypes.PyDLL(library._name).pyfuncs_query_guards
+    make.argtypes = [ctypes.c_void_p, ctypes.py_object, ctypes.c_void_p, ctypes.c_void_p,
+                     ctypes.c_int]  # fmt: skip
+    make.restype = ctypes.py_object
+    guards = make(ctypes.addressof(functions), settings, constants, claims, timer)
+    _guards.append((guards, functions, settings, constants))
+    return guards
+
+
+_guards: list[Any] = []  # what query_guards made, and what they use, kept alive
+
+
 def set_flags(kinds: list[type], at: int, bits: int) -> bool:
     """Set `bits` in the flags word (byte `at` of the type object) of each class of
     `kinds`, in one call of the library's. False without the library (or one built before

@@ -159,6 +159,10 @@ def start(gd: dict[str, Any], modules: Mapping[str, Mapping[str, Any]]) -> None:
         postgres, stopping.Watchdog.GRACE, stopping.Watchdog.UNWIND, overflow.STACK,
         overflow.MESSAGE,
     )  # fmt: skip
+    guards = backstop.query_guards(identity.SETTINGS, identity._claims_at[0], deadline._timer)
+    if guards is not None:
+        identity.use(*guards[:2])
+        deadline.use(*guards[2:])
     backstop.keep_finalizers_apart()
     if backstop.keep_generators():  # (a stop waits until its question is answered)
         stopping.BOOKKEEPING.add(id(backstop._may_run_finalized.__code__))
@@ -178,6 +182,7 @@ def start(gd: dict[str, Any], modules: Mapping[str, Mapping[str, Any]]) -> None:
     when_imported("_strptime", bounded.hold_strptime)
     when_imported("enum", bounded.hold_flag_values)
     when_imported("copy", sandbox.contain_copies)
+    when_imported("dataclasses", sandbox.contain_generated)
     when_imported("typing", sandbox.contain_typing)
     when_imported("unicodedata", bounded.hold_unicodedata)
     import gc  # (imported already, by the interpreter)

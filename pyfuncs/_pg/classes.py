@@ -486,6 +486,8 @@ def check_made(args: Any) -> None:
     """type's tp_new, before it makes a class of (name, bases, namespace)."""
     if type(args) is not tuple or len(args) != 3 or not isinstance(args[2], dict):
         return  # type(x), or what type refuses anyway
+    if type(args[0]) is not str and isinstance(args[0], str) and _routines_frames() is not None:
+        _named("__name__", args[0])
     found: Any = None
     mro: Any = ()
     for key, value in dict.items(args[2]):
@@ -512,17 +514,15 @@ def check_set(cls: Any, key: Any, value: Any) -> None:
 def _check(key: str, value: Any, bases: Any, made: set[int], module: str, own: Any = None) -> None:
     """One attribute a routine's code gives class `own` (or the class being made), whose
     MRO (or its bases' MROs) is `bases`: special methods must be its own (_plain); what
-    names the class (its module, qualified name and docstring) must be plain text; and no
+    names the class (its name, module, qualified name and docstring) must be plain text
+    (typing's protocol check compared a red team's `__name__`, a str subclass, in another
+    role's isinstance); and no
     base's private attributes may be set (`_UserList__cast`: UserList's `==` calls it with
     the other operand, and a red team's was C's `list.append` of its own, which kept
     another module's key from the call that compared them)."""
-    if key in ("__module__", "__qualname__", "__doc__"):
+    if key in ("__module__", "__qualname__", "__doc__", "__name__"):
         if not _names(key, value, module):
-            raise TypeError(
-                f"pyfuncs: a routine's class may say its {key} is plain text only (and its "
-                "module is its own or no routine's), not "
-                f"{type(value).__name__}: what reads it may keep it where other calls do"
-            )
+            _named(key, value)
     elif key.startswith("__") and key.endswith("__"):
         if not _plain(key, value, bases, made):
             _refuse(key, value)
@@ -536,6 +536,14 @@ def _check(key: str, value: Any, bases: Any, made: set[int], module: str, own: A
                 f"pyfuncs: a routine's class may not set {key!r}, a private attribute of the "
                 "class it derives from: that class's code trusts what it finds there"
             )
+
+
+def _named(key: str, value: Any) -> None:
+    raise TypeError(
+        f"pyfuncs: a routine's class may say its {key} is plain text only (and its module is "
+        f"its own or no routine's), not {type(value).__name__}: what reads it may keep it, or "
+        "compare it, where other calls do"
+    )
 
 
 def _names(key: str, value: Any, module: str) -> bool:

@@ -83,33 +83,39 @@ class _Prepared:
     columns each result has (names and types), learnt again when they differ from the last
     result's: a red team's temporary table gave a query text-typed columns, and the
     conversions learnt from it gave the next role's call of that query str for its uuid and
-    timestamptz columns (one comparison of two short lists per query)."""
+    timestamptz columns (one comparison of a short list per query)."""
 
-    __slots__ = ("columns", "fixes", "plan")
+    __slots__ = ("fixes", "names", "plan", "types")
 
     def __init__(self, plan: Any) -> None:
         self.plan = plan
-        self.columns: tuple[list[str], list[int]] | None = None
+        self.names: list[str] | None = None
+        self.types: list[int] | None = None
         self.fixes: list[tuple[str, Callable[[Any], Any]]] = []
 
     def rows(self, result: Any) -> Any:
         try:
-            columns = (result.colnames(), result.coltypes())
+            types = result.coltypes()
         except plpy.Error:  # a utility statement or a write without RETURNING
             return result
-        if columns != self.columns:
-            names, oids = columns
-            self.fixes = [
-                (n, converter(OID_PARSERS[o]))  # type: ignore[misc]
-                for n, o in zip(names, oids, strict=True)
-                if o in OID_PARSERS
-            ]
-            self.columns = columns
+        # (the names matter only to columns converted: read them only then)
+        if types != self.types:
+            self._learn(result.colnames(), types)
+        elif self.fixes and (names := result.colnames()) != self.names:
+            self._learn(names, types)
         fixes = self.fixes
         for row in result if fixes else ():
             for name, convert in fixes:
                 row[name] = convert(row[name])
         return result
+
+    def _learn(self, names: list[str], types: list[int]) -> None:
+        self.fixes = [
+            (n, converter(OID_PARSERS[o]))  # type: ignore[misc]
+            for n, o in zip(names, types, strict=True)
+            if o in OID_PARSERS
+        ]
+        self.names, self.types = names, types
 
 
 def _text(query: Any) -> str:
@@ -172,16 +178,14 @@ class Db(Queries):
             _ADAPTED[adapted_key] = prepared
         return prepared, [v for _, v in adapted]
 
-    def _count(self) -> Any:
+    def _count(self) -> None:
         """Every database operation: refused in a stopped call and to code that is not the
-        call's (see _from_the_call), counted for max_db_ops. Returns the call's innermost
-        entry frame."""
+        call's (see _from_the_call), counted for max_db_ops."""
         stopping.guard()
-        entry = _from_the_call(self._module)
+        _from_the_call(self._module)
         watchdog = stopping.WATCHDOG
         if watchdog is not None and watchdog.budgets:
             watchdog.count_db_op()
-        return entry
 
     def _run(self, query: str, params: Sequence[Any]) -> Any:
         # the hot path of every query: _count (and the guard's test) and the first step of
@@ -189,7 +193,7 @@ class Db(Queries):
         watchdog = stopping.WATCHDOG
         if stopping.disposing or (watchdog is not None and watchdog.stop is not None):
             stopping.guard()
-        entry = _from_the_call(self._module)
+        _from_the_call(self._module)
         if watchdog is not None and watchdog.budgets:
             watchdog.count_db_op()
         if type(query) is not str:
@@ -201,7 +205,7 @@ class Db(Queries):
         # under max_memory_mb say, must still give back and leave)
         lent, entered, changed = False, None, None
         try:
-            lent = deadline.lend(entry)
+            lent = deadline.lend()
             entered = identity.enter()
             if prepared is None:  # (under the flag too: preparing runs types' input
                 # functions on literals, and a domain's check with them, any SQL: a red
@@ -249,13 +253,14 @@ class Db(Queries):
         self, query: str, params: Sequence[Any] = (), /, *, batch: int = 1000
     ) -> Iterator[dict[str, Any]]:
         """Iterate over a large result without holding it all in memory."""
-        entry = self._count()  # (from this module's call: what it left is closed in it)
+        self._count()  # (from this module's call: what it left is closed in it)
         stopping.dispose_orphans(self._module)
-        prepared, values = _guarded(entry, self._plan, _text(query), params)
-        cur = _guarded(entry, plpy.cursor, prepared.plan, values)
+        prepared, values = _guarded(self._plan, _text(query), params)
+        cur = _guarded(plpy.cursor, prepared.plan, values)
         try:
             while True:
-                chunk = _guarded(self._count(), cur.fetch, batch)
+                self._count()
+                chunk = _guarded(cur.fetch, batch)
                 if not chunk:
                     return
                 yield from prepared.rows(chunk)
@@ -304,15 +309,15 @@ class Savepoint:
         return self._savepoint.__exit__(*exc)
 
 
-def _from_the_call(module: dict[str, Any]) -> Any:
+def _from_the_call(module: dict[str, Any]) -> None:
     """Refuse the `db` of routine module `module` (its namespace) to code that is not that
     of a call of its routines: the code of a routine module runs only in calls of its
     routines, except for what Python runs at other times (a finalizer, `__del__` or a
     generator's `finally`, run when the garbage collector gets to it, maybe in another
     routine's call or in none), which must not query as whoever happens to be calling then.
     The caller's code is the first of a routine module's on the stack, and must be the
-    handle's module's; the call is that of the innermost entry frame, returned, and must be
-    one of that module's routines (or load it). By the stack alone, a red team's bound
+    handle's module's; the call is that of the innermost entry frame, and must be one of
+    that module's routines (or load it). By the stack alone, a red team's bound
     `db.execute`, put in a shared cache as a class's `__eq__` and called there by C in
     another role's call with none of its module's code on the stack, queried as that role."""
     owners, entries = stopping.ROUTINE_CODE, stopping.ENTRIES
@@ -323,7 +328,7 @@ def _from_the_call(module: dict[str, Any]) -> Any:
         routine = entries.get(code)
         if routine is not None:
             if owner is module and module is stopping.CALLING[0]:
-                return frame
+                return
             break
         if owner is None:
             owner = owners.get(code)
@@ -334,12 +339,12 @@ def _from_the_call(module: dict[str, Any]) -> Any:
     )
 
 
-def _guarded(entry: Any, operation: Callable[..., Any], *args: Any) -> Any:
-    """One database operation of the call whose innermost entry frame is `entry`, with its
-    deadline lent and its identity kept (Db._run does the same inline, for every query)."""
+def _guarded(operation: Callable[..., Any], *args: Any) -> Any:
+    """One database operation of the call under way, with its deadline lent and its
+    identity kept (Db._run does the same inline, for every query)."""
     lent, entered, changed = False, None, None  # (inside the try: see Db._run)
     try:
-        lent = deadline.lend(entry)
+        lent = deadline.lend()
         entered = identity.enter()
         result = operation(*args)
     except plpy.SPIError as exc:

@@ -13,8 +13,10 @@ statement_timeout keeps its own timer.
 from __future__ import annotations
 
 import ctypes
+import sys
 from time import monotonic
 
+from . import backstop
 from . import watchdog as stopping
 
 TYPE_CHECKING = False
@@ -26,17 +28,18 @@ if TYPE_CHECKING:
 _USER_TIMEOUT = {15: 12, 16: 12}
 _LONGEST = 2**31 - 1  # ms: enable_timeout_after takes an int
 
-# the postgres executable's timeout functions and our timer's id (boot() binds them; outside
-# PostgreSQL, or where the layout is not known, there is no timer and nothing is lent)
-_enable_after: Any = None
-_disable: Any = None
+# the timer set to go off in ms milliseconds, and turned off, taking back a cancel it left
+# pending (see give_back), and whether it went off since it was set; our timer's id (-1:
+# none). boot() binds them; outside PostgreSQL, or where the layout is not known, there is
+# no timer and nothing is lent
+_on: Any = None
+_off: Any = None
 _fired: Any = None
-_cancel_pending: Any = None  # QueryCancelPending
 _timer = -1
 
 
 def bind(lib: ctypes.CDLL) -> bool:
-    global _enable_after, _disable, _fired, _cancel_pending, _timer
+    global _on, _off, _fired, _timer
     option = lib.GetConfigOption
     option.restype = ctypes.c_char_p
     option.argtypes = [ctypes.c_char_p, ctypes.c_bool, ctypes.c_bool]
@@ -46,46 +49,51 @@ def bind(lib: ctypes.CDLL) -> bool:
     register = lib.RegisterTimeout
     register.restype, register.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_void_p]
     handler = ctypes.cast(lib.StatementCancelHandler, ctypes.c_void_p).value
-    _timer = register(_USER_TIMEOUT[version], handler)
-    # called around every query of a call with a timeout: like identity's, as PyDLL functions
-    # whose arguments are all ints (enable_timeout_after(TimeoutId, int ms),
-    # disable_timeout(TimeoutId, bool)), so no argtypes to convert through
+    timer = _timer = register(_USER_TIMEOUT[version], handler)
+    # like identity's, as PyDLL functions whose arguments are all ints
+    # (enable_timeout_after(TimeoutId, int ms), disable_timeout(TimeoutId, bool)), so no
+    # argtypes to convert through
     hot = ctypes.PyDLL(lib._name)
-    _enable_after, _disable = hot.enable_timeout_after, hot.disable_timeout
-    _enable_after.restype = _disable.restype = None
-    _fired = hot.get_timeout_indicator  # (TimeoutId, bool reset): whether it went off
-    _fired.restype = ctypes.c_bool
-    _cancel_pending = ctypes.c_int.in_dll(lib, "QueryCancelPending")
+    enable_after, disable = hot.enable_timeout_after, hot.disable_timeout
+    enable_after.restype = disable.restype = None
+    indicator = hot.get_timeout_indicator  # (TimeoutId, bool reset): whether it went off
+    indicator.restype = ctypes.c_bool
+    cancel_pending = ctypes.c_int.in_dll(lib, "QueryCancelPending")
+
+    def timer_on(ms: int) -> None:
+        enable_after(timer, ms)
+
+    def timer_off() -> None:
+        disable(timer, 1)  # keeping whether it went off, for the test below
+        if indicator(timer, 1) and cancel_pending.value:
+            cancel_pending.value = 0
+
+    _on, _off, _fired = timer_on, timer_off, lambda: indicator(timer, 0)
+    stopping.BOOKKEEPING.update(id(f.__code__) for f in (timer_on, timer_off))
     return True
 
 
-# the query the timer is set for (queries of routines called through SQL inside it are
-# covered by it) and whose deadline it is
+# queries under way inside the one that set the timer (queries of routines called through
+# SQL inside it are covered by it)
 _depth = 0
-_lent: tuple[Any, float] | None = None  # (the Routine, its deadline in time.monotonic())
 
 
-def lend(entry: Any) -> bool:
-    """Before a query: the timer set to the deadline of the call under way (`entry` is its
-    innermost entry frame), if it has a timeout_ms and no query around it has one set
-    already. Whether give_back must be called after the query."""
-    global _depth, _lent
+def lend() -> bool:
+    """Before a query: the timer set to the deadline of the innermost call under way with a
+    timeout_ms (backstop.CLOCK[0], which its entry function keeps), if there is one and no
+    query around this one has set it already. Whether give_back must be called after the
+    query."""
+    global _depth
     if _depth:
         _depth += 1
         return True
-    if _enable_after is None:
+    at = backstop.CLOCK[0]
+    if not at or _on is None:
         return False
-    routine = stopping.ENTRIES[id(entry.f_code)]
-    timeout, watchdog = routine.timeout, stopping.WATCHDOG
-    if timeout is None or watchdog is None:
-        return False
-    now = monotonic()
-    # when the call began, as the watchdog saw it; a call it has not seen yet began now
-    at = watchdog.began(entry, now) + timeout
     # in whole milliseconds, rounded up: the timer never fires before the deadline (one
     # past it fires at once); passed as a C int, so at most ~24 days
-    _enable_after(_timer, min(int((at - now) * 1000) + 1, _LONGEST))
-    _lent, _depth = (routine, at), 1
+    _on(min(int((at - monotonic()) * 1000) + 1, _LONGEST))
+    _depth = 1
     return True
 
 
@@ -98,22 +106,31 @@ def give_back() -> None:
     global _depth
     _depth -= 1
     if not _depth:
-        _disable(_timer, 1)  # keeping whether it went off (enabling it again forgets)
-        if _cancel_pending.value and _fired(_timer, 0):
-            _cancel_pending.value = 0
+        _off()
+
+
+def use(guard_lend: Any, guard_give_back: Any) -> None:
+    """The backstop library's lend and give_back (backstop.query_guards, given `_timer`) in
+    place of this module's."""
+    global lend, give_back
+    lend, give_back = guard_lend, guard_give_back
 
 
 def expired(exc: BaseException) -> None:
-    """A query was cancelled: if by the deadline set for it, stop the call for its limit."""
-    if not _depth or _lent is None or getattr(exc, "sqlstate", None) != "57014":
+    """A query was cancelled (before give_back): if by the timer, stop the call for the
+    limit of the innermost call under way with a timeout_ms, whose deadline it was."""
+    if getattr(exc, "sqlstate", None) != "57014" or _fired is None or not _fired():
         return
-    routine, at = _lent
-    if monotonic() < at - 0.002:  # cancelled before the deadline: not by it
-        return
-    if stopping.WATCHDOG is not None:
-        limit = round(routine.timeout * 1000)
-        stopping.WATCHDOG.stop_here("57014", f"exceeded its limit timeout_ms={limit}",
-                                    routine.qualname)  # fmt: skip
+    frame: Any = sys._getframe(1)
+    while frame is not None:
+        routine = stopping.ENTRIES.get(id(frame.f_code))
+        if routine is not None and routine.timeout is not None:
+            if stopping.WATCHDOG is not None:
+                limit = round(routine.timeout * 1000)
+                stopping.WATCHDOG.stop_here("57014", f"exceeded its limit timeout_ms={limit}",
+                                            routine.qualname)  # fmt: skip
+            return
+        frame = frame.f_back
 
 
 stopping.BOOKKEEPING.update(id(f.__code__) for f in (lend, give_back, expired))

@@ -13,7 +13,7 @@ import types
 
 from . import bounded
 from .sandbox import CHECKED_READS
-from .vocabulary import FRAME_ATTRIBUTES, mangled
+from .vocabulary import FRAME_ATTRIBUTES, others_private
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -160,13 +160,13 @@ class Guards(_Transformer):
             and (node.id != "__name__" or not isinstance(node.ctx, ast.Load))
         ):  # __name__ may be read, not rebound: what the module is called is pyfuncs' to say
             self._refuse(node, f"the name {node.id!r}")
-        if mangled(node.id):
+        if others_private(node.id):
             self._refuse(node, f"the name {node.id!r}, another class's private attribute,")
         return node
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
         self.generic_visit(node)
-        if node.attr.startswith("__") or node.attr in FRAME_ATTRIBUTES or mangled(node.attr):
+        if node.attr.startswith("__") or node.attr in FRAME_ATTRIBUTES or others_private(node.attr):
             self._refuse(node, f"the attribute {node.attr!r}")
         if not isinstance(node.ctx, ast.Load):  # x.a = ..., del x.a: may x be changed?
             check = ast.Name("pyfuncs.writable", ast.Load())

@@ -70,6 +70,7 @@ def undo_settings(commit: bool, level: int) -> None:
 _search_path: Any = None
 _claims: Any = None  # the claims' value now, once bound
 _claims_value = ctypes.c_char_p()  # the storage of the claims parameter, once pyfuncs defines it
+_claims_at: list[int | None] = [None]  # its address, once it is that storage
 
 
 def enter() -> Any:
@@ -82,6 +83,13 @@ def enter() -> Any:
 def leave(entered: Any) -> str | None:
     """After the query: the flags as they were; what the query changed, or None."""
     return None
+
+
+def use(guard_enter: Any, guard_leave: Any) -> None:
+    """The backstop library's enter and leave (backstop.query_guards, given `SETTINGS`
+    and `_claims_at[0]`) in place of bind's."""
+    global enter, leave
+    enter, leave = guard_enter, guard_leave
 
 
 def bind(lib: ctypes.CDLL) -> None:
@@ -97,6 +105,7 @@ def bind(lib: ctypes.CDLL) -> None:
     _search_path = ctypes.c_char_p.in_dll(lib, "namespace_search_path")
     if _protect_claims(lib) == "defined":  # its storage is ours: read without a call
         _claims = lambda: _claims_value.value  # noqa: E731
+        _claims_at[0] = ctypes.addressof(_claims_value)
     else:
         option = lib.GetConfigOption
         option.restype = ctypes.c_char_p

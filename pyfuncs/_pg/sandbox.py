@@ -318,7 +318,7 @@ def guarded_dataclasses() -> types.ModuleType:
                 raise TypeError("pyfuncs: a dataclass's annotations must be a plain dict")
             for name in annotations:
                 plain(name)
-            return dataclasses.dataclass(cls, **options)
+            return _made_by_the_call(dataclasses.dataclass, cls, **options)
 
         return wrap if cls is None else wrap(cls)
 
@@ -326,9 +326,54 @@ def guarded_dataclasses() -> types.ModuleType:
         fields = list(fields)  # (each a name, or a tuple that starts with one)
         for item in fields:
             plain(item[0] if isinstance(item, tuple) and item else item)
-        return dataclasses.make_dataclass(cls_name, fields, **options)
+        return _made_by_the_call(dataclasses.make_dataclass, cls_name, fields, **options)
 
     return bounded._stand_in(dataclasses, dataclass, make_dataclass)
+
+
+# the namespaces of the routine modules whose dataclasses are being made, innermost last
+_MAKING: list[dict[str, Any]] = []
+
+
+def _made_by_the_call(make: Callable[..., Any], *args: Any, **options: Any) -> Any:
+    """`make(*args, **options)` (dataclasses'), whose methods are the call's module's
+    (contain_generated)."""
+    module = stopping.CALLING[0]
+    if module is None or "pyfuncs.own" not in module:
+        raise TypeError("pyfuncs: a routine's dataclass is made in a call of its routines")
+    _MAKING.append(module)
+    try:
+        return make(*args, **options)
+    finally:
+        _MAKING.pop()
+
+
+def contain_generated(dataclasses: types.ModuleType) -> None:
+    """dataclasses compiles the methods it makes (`__init__`, `__repr__`, `__eq__`,
+    `__hash__`, a frozen class's `__setattr__`...) with the globals of the module its class
+    names, and they ran in any call: a routine's globals, whose `hash`, `type` and
+    `NotImplemented` it may rebind (a red team's frozen class called C's `list.append` of its
+    choosing as it refused an assignment), and no test that the call is the module's (a red
+    team's `__hash__`, reached by another role's isinstance, walked a tuple of 10**10 items
+    there). So, once per backend, as dataclasses is imported: the methods of a routine's
+    dataclass read its module's builtins only, and refuse to run outside its module's calls,
+    as the module's own code does (_its_own)."""
+    create = dataclasses._create_fn
+    if getattr(create, "held", False):
+        return
+
+    def _create_fn(name: str, args: Any, body: Any, *, globals: Any = None, locals: Any = None,
+                   return_type: Any = dataclasses.MISSING) -> Any:  # fmt: skip
+        if _MAKING:
+            module = _MAKING[-1]
+            locals = {} if locals is None else locals
+            locals["__pyfuncs_own__"] = module["pyfuncs.own"]
+            body = ["__pyfuncs_own__()", *body]
+            globals = {"__builtins__": module["__builtins__"]}
+        return create(name, args, body, globals=globals, locals=locals, return_type=return_type)
+
+    _create_fn.held = True  # type: ignore[attr-defined]
+    dataclasses._create_fn = _create_fn  # type: ignore[attr-defined]
 
 
 # modules routines get a changed copy of (bounded work, producers that come back to Python)
@@ -410,14 +455,19 @@ def helpers(module_name: str) -> dict[str, Any]:
                 "machinery (read a member's _name_ and _value_, or its name and value)"
             )
         if _owner(obj) == module_name:
-            # and not one a class of the module inherits from a class every call shares
+            # and not one a class of the module inherits from a class every call shares,
+            # nor, for a class, one its metaclass has (ABCMeta's `_dump_registry` printed
+            # the caches of a routine's abstract class, where other calls' checks land)
             for klass in _MRO(obj if isinstance(obj, type) else type(obj)):
                 if name in _DICT(klass):
                     if _owner(klass) == module_name or name in getattr(obj, "__dict__", ()):
                         return getattr(obj, name)
                     break
             else:
-                return getattr(obj, name)  # an instance's own, or none (AttributeError)
+                if not isinstance(obj, type) or not any(
+                    name in _DICT(klass) for klass in _MRO(type(obj))
+                ):
+                    return getattr(obj, name)  # an instance's own, or none (AttributeError)
         raise AttributeError(
             f"pyfuncs: a routine may not read the private attribute {name!r} of "
             f"{type(obj).__name__} objects it did not make: every call in this backend "
@@ -563,6 +613,18 @@ def _contain_abc_caches() -> None:
         return bool(instancecheck(cls, instance))
 
     meta.__instancecheck__ = checked_instancecheck  # type: ignore[method-assign]
+
+    def __subclasses__(cls: Any) -> list[Any]:
+        # the walk of a class every call shares asks none of a routine's classes (a class
+        # every call shares is unchangeable: classes.py), whose registry, hook or caches would
+        # decide, or see, every call's answers (a red team's class under Mapping, with
+        # another class's registry, made every role's isinstance("text", Mapping) True);
+        # a real subclass is found through its own __mro__, and routines may not register
+        # under a class every call shares
+        made = classes._SUBCLASSES(cls)
+        return [kind for kind in made if _unchangeable(kind)] if _unchangeable(cls) else made
+
+    meta.__subclasses__ = __subclasses__  # type: ignore[assignment]
 
 
 def _template(obj: Any) -> Any:

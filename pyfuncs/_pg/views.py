@@ -79,6 +79,9 @@ def _overload(given: Any) -> Any:
 STAND_INS: dict[str, dict[str, Any]] = {
     "typing": {"final": _typing(lambda given: given, "final"),
                "no_type_check": _typing(lambda given: given, "no_type_check"),
+               # (typing's calls typing's own no_type_check on what the decorator makes)
+               "no_type_check_decorator": _typing(lambda given: given,
+                                                  "no_type_check_decorator"),
                "dataclass_transform": _typing(_dataclass_transform, "dataclass_transform"),
                "overload": _typing(_overload, "overload")},
 }  # fmt: skip

@@ -56,13 +56,17 @@ FRAME_ATTRIBUTES = frozenset({
 })  # fmt: skip
 
 
-def mangled(name: str) -> bool:
-    """Whether `name` is spelled as another class's private attribute (`_UserList__cast`,
-    what Python makes of `self.__cast` inside UserList): that class's code trusts what it
-    finds there (UserList's `==` calls it with the other operand). A routine's own code
-    cannot write `self.__x` (the policy refuses names that begin with two underscores), so
-    such a spelling only reaches into another class's state."""
-    return name[:1] == "_" and name[1:2] != "_" and "__" in name[2:] and not name.endswith("__")
+def others_private(name: str) -> bool:
+    """Whether `name` is spelled as another class's private state: its private attribute
+    (`_UserList__cast`, what Python makes of `self.__cast` inside UserList: that class's
+    code trusts what it finds there, and UserList's `==` calls it with the other operand;
+    a routine's own code cannot write `self.__x`, the policy refuses names that begin with
+    two underscores), or abc's state of an abstract class (`_abc_impl`, whose registry C
+    trusts: a red team gave its class under Mapping another class's, and decided every
+    role's isinstance)."""
+    return (
+        name[:1] == "_" and name[1:2] != "_" and "__" in name[2:] and not name.endswith("__")
+    ) or name.startswith("_abc_")
 
 
 # what a routine module may use of pyfuncs (the `pyfuncs` it imports has nothing else)

@@ -289,9 +289,15 @@ def test_each_call_has_a_decimal_context_of_its_own(
 
 
 OWNER = """
+import dataclasses
 from typing import Any
 
 from pyfuncs import stored_function
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    a: int = 1
 
 SEEN: list[Any] = []
 KEPT: dict[str, Any] = {}
@@ -324,7 +330,7 @@ def prepare(seen: bool) -> str:
     if seen:  # (one routine: each routine of a module has the module's state of its own)
         return repr(SEEN)
     KEPT.update(eq=Key(), function=keep, lambda_=lambda value: SEEN.append(value),
-                generator=counting(), genexp=(SEEN.append(x) for x in ["secret"]))
+                generator=counting(), genexp=(SEEN.append(x) for x in ["secret"]), row=Row())
     next(KEPT["generator"])  # started in its own call
     return "prepared"
 """
@@ -350,18 +356,23 @@ def use(how: str) -> str:
     if how == "close":
         LENT.close()
         return "closed"
+    if how == "row":  # (the methods dataclasses made for the module's class)
+        return str([hash(LENT), LENT == LENT])
     return str(next(LENT))
 """
 
 
-@pytest.mark.parametrize("how", ["eq", "function", "lambda_", "generator", "genexp", "close"])
+@pytest.mark.parametrize(
+    "how", ["eq", "function", "lambda_", "generator", "genexp", "close", "row"]
+)
 def test_a_modules_code_runs_only_in_its_own_modules_calls(
     cont: psycopg.Connection[Any], tmp_path: Any, how: str
 ) -> None:
     """Code of a routine module that Python runs in another module's call (a method of an
     object kept where calls share it, a function, a lambda, a generator resumed or closed,
-    a generator expression) is refused before its first statement: red teams had an
-    `__eq__` kept as a key in a standard library cache see other roles' keys."""
+    a generator expression, the methods dataclasses made for its class) is refused before
+    its first statement: red teams had an `__eq__` kept as a key in a standard library cache
+    see other roles' keys, and a dataclass's `__hash__` walk 10**10 items there."""
     _deploy_all(cont, tmp_path, {"owner_mod": OWNER, "borrower_mod": BORROWER})
     cont.execute("SET ROLE student")
     assert cont.execute("SELECT owner.prepare(false), borrower.use('')").fetchone() == (
@@ -1258,22 +1269,259 @@ def test_a_routines_class_names_itself_in_plain_text_and_keeps_its_bases_private
 
 
 @pytest.mark.parametrize(
-    "spelling",
-    ["key._UserList__cast = SEEN.append", "cast = key._UserList__cast",
-     "class Cast(collections.UserList):\n    _UserList__cast = SEEN.append",
-     "del key._UserList__cast"],
+    ("spelling", "name"),
+    [("key._UserList__cast = SEEN.append", "_UserList__cast"),
+     ("cast = key._UserList__cast", "_UserList__cast"),
+     ("class Cast(collections.UserList):\n    _UserList__cast = SEEN.append", "_UserList__cast"),
+     ("del key._UserList__cast", "_UserList__cast"),
+     ("Own._abc_impl = Free._abc_impl", "_abc_impl"), ("kept = Own._abc_registry", "_abc_registry"),
+     ("class Taking(collections.abc.Mapping):\n    _abc_impl = None", "_abc_impl")],
 )  # fmt: skip
-def test_another_classes_private_attribute_is_refused_before_deploy(
-    cont: psycopg.Connection[Any], tmp_path: Any, spelling: str
+def test_another_classes_private_state_is_refused_before_deploy(
+    cont: psycopg.Connection[Any], tmp_path: Any, spelling: str, name: str
 ) -> None:
     """A red team set `_UserList__cast` on an instance (the class check sees classes only)
     and had enum.IntFlag keep it, every call's, in its map of values: another role's call
-    got the object back, and its `==` ran C's `list.append` with that call's key. Such a
-    name, in any spelling the source can have, is refused by the check before deploy and
-    again as the module is compiled (guards.py)."""
-    source = f"import collections\nSEEN = []\nkey = collections.UserList()\n{spelling}\n"
+    got the object back, and its `==` ran C's `list.append` with that call's key. Another
+    gave its class under Mapping the abc state (`_abc_impl`, whose registry C trusts) of a
+    free abstract class of its own, which had registered str: every role's
+    `isinstance("text", Mapping)` was True. Such a name, in any spelling the source can
+    have, is refused by the check before deploy and again as the module is compiled."""
+    source = (
+        "import collections\nimport collections.abc\nSEEN = []\nkey = collections.UserList()\n"
+        "class Own(collections.abc.Mapping):\n    pass\n"
+        "Free = type(collections.abc.Mapping)('Free', (), {})\n"
+        f"{spelling}\n"
+    )
     (tmp_path / "private_mod.py").write_text(source)
     with pytest.raises(DefinitionError, match="private-of-another-class"):
         deploying.deploy(cont, str(tmp_path / "private_mod.py"))
-    with pytest.raises(SyntaxError, match="_UserList__cast"):
+    with pytest.raises(SyntaxError, match=name):
         guards.compile_module(source, "private_mod.py")
+
+
+ABC_PLANT = """
+import collections.abc
+
+from pyfuncs import stored_function
+
+
+def says_yes(cls: object, other: object) -> bool:
+    return True
+
+
+def base(how: str) -> type:
+    if how == "hook function":  # (inherited: no abstract class's own namespace has it)
+        return type("Hook", (), {"__subclasshook__": classmethod(says_yes)})
+    if how == "hook data":
+        return type("Hook", (), {"__subclasshook__": None})
+    return type("Hook", (), {"__subclasses__": None})
+
+
+KEPT: list[type] = []
+
+
+@stored_function(schema="abcplant", roles=["student"])
+def plant(how: str) -> str:
+    class Planted(base(how), collections.abc.Mapping):
+        def __getitem__(self, key: object) -> object:
+            raise KeyError(key)
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            return iter(())
+
+        def __len__(self) -> int:
+            return 0
+
+    KEPT.append(Planted)
+    try:  # (in its own call, of classes no call has asked about: the answers are cached
+        # for every call)
+        return str([isinstance(x, collections.abc.Mapping)
+                    for x in (b"x", 1.5, range(1), frozenset())])
+    except Exception as exc:
+        return "raised " + str(exc)
+"""
+ABC_VICTIM = """
+import collections
+import collections.abc
+
+from pyfuncs import db, stored_function
+
+
+@stored_function(schema="abcvictim", roles=["manager"])
+def check() -> str:
+    class Fresh:  # (a class no call has asked about)
+        pass
+
+    try:
+        return str([
+            [isinstance(x, collections.abc.Mapping)
+             for x in (b"x", 1.5, range(1), frozenset(), Fresh())],
+            sorted(collections.Counter([b"ab", b"ab"]).items()),
+            db.fetchval("SELECT $1::text", [[["k", "v"]]]),
+        ])
+    except Exception as exc:
+        return "raised " + repr(exc)
+"""
+
+
+@pytest.mark.parametrize("how", ["hook function", "hook data", "subclasses data"])
+def test_a_routines_class_under_a_shared_abstract_class_decides_nothing_for_other_calls(
+    cont: psycopg.Connection[Any], tmp_path: Any, how: str
+) -> None:
+    """isinstance against a class every call shares (collections.abc.Mapping) walks its
+    subclasses, and caches the answer for every call: a routine's class there answered
+    with a `__subclasshook__` or `__subclasses__` it inherits from a plain class (ABCMeta
+    checks an abstract class's own namespace only), or with another class's registry (a
+    red team's made every role's `isinstance("text", Mapping)` True, and
+    collections.Counter and db count and send differently); answered in its own call, for
+    every call after. The walk of a shared class asks none of a routine's classes."""
+    _deploy_all(cont, tmp_path, {"abc_plant_mod": ABC_PLANT, "abc_victim_mod": ABC_VICTIM})
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT abcplant.plant(%s)", [how]).fetchone() == (
+        "[False, False, False, False]",
+    )
+    cont.execute("RESET ROLE")
+    cont.execute("SET ROLE manager")
+    assert cont.execute("SELECT abcvictim.check()").fetchone() == (
+        """[[False, False, False, False, False], [(b'ab', 2)], '[["k", "v"]]']""",
+    )
+
+
+GENERATED = """
+import dataclasses
+
+from pyfuncs import stored_function
+
+SEEN: list[object] = []
+# the names dataclasses' methods look up: the module's own, not theirs
+NotImplemented = True
+hash = len
+type = SEEN.append
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Row:
+    a: int = 1
+
+
+Made = dataclasses.make_dataclass("Made", [("b", int)], frozen=True)
+
+
+@stored_function(schema="generated", roles=["student"])
+def probe() -> str:
+    row, made = Row(), Made(2)
+    try:
+        row.a = 3
+        refused = "assigned"
+    except dataclasses.FrozenInstanceError:
+        refused = "frozen"
+    try:
+        below = str(row < 5)
+    except TypeError:
+        below = "not comparable"
+    same = made == Made(2)
+    return f"{row == 5} {below} {Row(2) > row} {refused} {len(SEEN)} {made!r} {same}"
+"""
+
+
+def test_dataclasses_methods_read_builtins_not_the_modules_names(
+    cont: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """dataclasses compiles the methods it makes with the globals of the class's module: a
+    red team rebound `hash`, `type` and `NotImplemented` there, and its frozen class's
+    `__setattr__` called C's `list.append` of its choosing. They read the builtins only."""
+    _deploy_all(cont, tmp_path, {"generated_mod": GENERATED})
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT generated.probe()").fetchone() == (
+        "False not comparable True frozen 0 Made(b=2) True",
+    )
+
+
+NAMES = """
+import collections.abc
+import enum
+import statistics
+import typing
+
+from pyfuncs import stored_function
+
+
+class Name(str):
+    pass
+
+
+class Own(collections.abc.Mapping):
+    def __getitem__(self, key: object) -> object:
+        raise KeyError(key)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+class Notes:
+    def __init__(self) -> None:
+        self.text: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.text.append(text)
+
+
+def given() -> object:
+    return statistics.mean
+
+
+@stored_function(schema="names", roles=["student"])
+def attempt(how: str) -> str:
+    try:
+        if how == "name str subclass":
+            type(Name("P"), (), {})
+        elif how == "abstract class named by a str subclass":
+            type(Name("P"), (collections.abc.Mapping,), {})
+        elif how == "enum named by a str subclass":
+            enum.Enum(Name("P"), "A B")
+        elif how == "metaclass private":
+            Own._dump_registry(file=Notes())
+        elif how == "no_type_check_decorator":
+            return str(typing.no_type_check_decorator(given)() is statistics.mean)
+    except (TypeError, AttributeError) as exc:
+        return "refused: " + str(exc)[:60]
+    return "done"
+"""
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["name str subclass", "abstract class named by a str subclass", "enum named by a str subclass",
+     "metaclass private"],
+)  # fmt: skip
+def test_a_routine_names_its_classes_in_plain_text_and_reads_no_metaclass_private(
+    cont: psycopg.Connection[Any], tmp_path: Any, how: str
+) -> None:
+    """typing's protocol check compared a routine class's `__name__`, a str subclass, in
+    another role's isinstance; and ABCMeta's `_dump_registry`, read through a routine's own
+    abstract class, printed its caches, where other roles' checks landed."""
+    _deploy_all(cont, tmp_path, {"names_mod": NAMES})
+    cont.execute("SET ROLE student")
+    answer = cont.execute("SELECT names.attempt(%s)", [how]).fetchone()
+    assert answer is not None and answer[0].startswith("refused: pyfuncs: "), answer
+
+
+def test_typing_no_type_check_decorator_marks_nothing(
+    cont: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """typing's no_type_check_decorator called typing's own no_type_check on what the
+    decorator made, past the stand-in, and marked a function every call shares (a red
+    team's: statistics.mean)."""
+    _deploy_all(cont, tmp_path, {"names_mod": NAMES})
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT names.attempt('no_type_check_decorator')").fetchone() == ("True",)
+    cont.execute("RESET ROLE")
+    cont.execute(
+        "DO $$\nimport statistics\nif hasattr(statistics.mean, '__no_type_check__'):\n"
+        "    plpy.error('marked')\n$$ "
+        "LANGUAGE plpython3u"
+    )

@@ -127,27 +127,34 @@ def test_a_routines_parameters_are_not_bound_to_temporary_types(ident: None, dsn
 
 
 GUARD = """
-CREATE FUNCTION ident.guard(through_calls boolean) RETURNS text LANGUAGE plpython3u AS $$
+CREATE FUNCTION ident.guard(way text) RETURNS text LANGUAGE plpython3u AS $$
 import ctypes, sys
 plpy.execute("SELECT pyfuncs.boot()")
 identity = sys.modules["pyfuncs_pg.identity"]
-if through_calls:  # PostgreSQL's functions, as where the variables are not found
-    identity.enter, identity.leave = identity._through(ctypes.CDLL(None))
-return identity.enter.__qualname__.split(".")[0]
+postgres = ctypes.CDLL(None)
+if way == "variables":  # PostgreSQL's variables, found in its machine code
+    identity.enter, identity.leave = identity._directly(*identity._variables(postgres))
+elif way == "functions":  # PostgreSQL's functions, as where the variables are not found
+    identity.enter, identity.leave = identity._through(postgres)
+return type(identity.enter).__name__
 $$;
 """
 
 
-@pytest.mark.parametrize("through_calls", [False, True])
-def test_the_guard_holds_on_the_variables_and_through_the_functions(
-    ident: None, dsn: str, through_calls: bool
+@pytest.mark.parametrize(
+    ("way", "kind"),
+    [("library", "builtin_function_or_method"), ("variables", "function"),
+     ("functions", "function")],
+)  # fmt: skip
+def test_the_guard_holds_in_c_on_the_variables_and_through_the_functions(
+    ident: None, dsn: str, way: str, kind: str
 ) -> None:
-    """On x86-64 the flag is set on PostgreSQL's variables directly (found in its machine
-    code and checked); elsewhere through its functions. Both refuse every attempt."""
+    """The flag is set by the backstop library's C (backstop.query_guards) where it is
+    installed; else, on x86-64, on PostgreSQL's variables directly (found in its machine
+    code and checked); elsewhere through its functions. Each refuses every attempt."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(GUARD)
-        way = conn.execute("SELECT ident.guard(%s)", [through_calls]).fetchone()
-        assert way == ("_through" if through_calls else "_directly",)
+        assert conn.execute("SELECT ident.guard(%s)", [way]).fetchone() == (kind,)
         for name in sorted(set(identity_mod.ATTEMPTS) - {"reset_all"}):  # (RESET ALL changes
             # nothing of a session with the default settings and no claims)
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="tried to change"):
