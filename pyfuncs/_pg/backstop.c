@@ -880,12 +880,13 @@ pyfuncs_flags_set(const uintptr_t *types, long count, long at, unsigned long bit
  * of identity (the context's restricted bits). Returns what leave needs.
  * leave(entered): the role and context as they were; what of the identity differs from
  * the call's ("role", "search_path", "request.jwt.claims": `names`), or None.
- * lend(): unless a query around this one has, the runtime's timer set to go off at the
- * deadline of the innermost call under way with a timeout_ms (pyfuncs_backstop_clock[0]),
- * if there is one; whether give_back must be called after the query.
- * give_back(): the timer off, unless a query around this one set it, and a cancel it left
- * pending as the query finished, too late for it, taken back; whether it went off is
- * forgotten here (deadline.expired asks before).
+ * lend(): the runtime's timer set to go off at the deadline of the innermost call under way
+ * with a timeout_ms (pyfuncs_backstop_clock[0]), if there is one, unless a query around
+ * this one set it to an earlier one; whether give_back must be called after the query.
+ * give_back(): a cancel the timer left pending as the query finished, too late for it,
+ * taken back, and whether it went off forgotten (deadline.expired asks before); the timer
+ * set again to the deadline of the query around this one, or off after the outermost.
+ * lent(): how many queries are under way with the timer lent.
  *
  * Python's functions by address, as above; run with the GIL held, as Python functions,
  * so no stop of the watchdog's lands between their steps.
@@ -925,7 +926,10 @@ static PyObject *settings;
 static PyObject *objects[6];	/* None, True, False, then leave's three names */
 static char **claims_kept;		/* the claims' storage, or NULL: read by name */
 static int	timer = -1;
-static long lent;				/* queries under way inside the one that set the timer */
+
+#define MAX_LENT 64
+static long lent;				/* queries under way since the timer was set */
+static double deadlines[MAX_LENT];	/* the deadline armed for each, outermost first */
 
 #define RESTRICTED (SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION)
 #define CLAIMS "request.jwt.claims"
@@ -962,7 +966,7 @@ same_text(const char *now, PyObject *was)
 	return now != NULL && strcmp(now, kept) == 0;
 }
 
-/* a new tuple of `n` (2 or 4) new references, released here; or NULL */
+/* a new tuple of `n` (2, 4 or 5) new references, released here; or NULL */
 static PyObject *
 packed(PySize n, PyObject **items)
 {
@@ -973,7 +977,8 @@ packed(PySize n, PyObject **items)
 		if (items[i] == NULL)
 			goto done;
 	tuple = n == 2 ? py.tuple_pack(2, items[0], items[1])
-		: py.tuple_pack(4, items[0], items[1], items[2], items[3]);
+		: n == 4 ? py.tuple_pack(4, items[0], items[1], items[2], items[3])
+		: py.tuple_pack(5, items[0], items[1], items[2], items[3], items[4]);
 done:
 	for (i = 0; i < n; i++)
 		if (items[i] != NULL)
@@ -1050,39 +1055,66 @@ guard_leave(PyObject *self, PyObject *entered)
 	return object(same ? 0 : 5);
 }
 
-static PyObject *
-guard_lend(PyObject *self, PyObject *unused)
+/* the timer set to go off at `deadline` (seconds of CLOCK_MONOTONIC), in whole milliseconds
+ * rounded up: never before it (one past it goes off at once) */
+static void
+arm(double deadline)
 {
 	struct timespec now;
 	double		left;
 
-	if (lent > 0)
-	{
-		lent++;
-		return object(1);
-	}
-	if (timer < 0 || pyfuncs_backstop_clock[0] <= 0)
-		return object(2);
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	left = pyfuncs_backstop_clock[0] - (now.tv_sec + now.tv_nsec / 1e9);
-	/* in whole milliseconds, rounded up: it never goes off before the deadline (one past
-	 * it goes off at once) */
+	left = deadline - (now.tv_sec + now.tv_nsec / 1e9);
 	enable_timeout_after((TimeoutId) timer, left <= 0 ? 0
 						 : left * 1000 >= INT_MAX - 1 ? INT_MAX : (int) (left * 1000) + 1);
-	lent = 1;
+}
+
+static PyObject *
+guard_lend(PyObject *self, PyObject *unused)
+{
+	double		deadline = pyfuncs_backstop_clock[0],
+				armed;
+
+	if (timer < 0 || (lent == 0 && deadline <= 0))
+		return object(2);
+	armed = lent == 0 ? deadline : deadlines[(lent < MAX_LENT ? lent : MAX_LENT) - 1];
+	/* the first query, or one of a routine called inside it whose deadline comes first */
+	if (lent == 0 || (deadline > 0 && deadline < armed))
+	{
+		armed = deadline;
+		arm(armed);
+	}
+	if (lent < MAX_LENT)
+		deadlines[lent] = armed;
+	lent++;
 	return object(1);
 }
 
 static PyObject *
 guard_give_back(PyObject *self, PyObject *unused)
 {
-	if (lent > 0 && --lent == 0)
-	{
+	double		inner;
+
+	if (lent == 0)
+		return object(0);
+	inner = deadlines[(lent < MAX_LENT ? lent : MAX_LENT) - 1];
+	lent--;
+	if (lent == 0)
 		disable_timeout((TimeoutId) timer, true);
-		if (get_timeout_indicator((TimeoutId) timer, true) && QueryCancelPending)
-			QueryCancelPending = false;
-	}
+	/* a deadline that came as the query finished, too late for it, leaves no cancel behind
+	 * for what runs next (the watchdog holds the call to it from here) */
+	if (get_timeout_indicator((TimeoutId) timer, true) && QueryCancelPending)
+		QueryCancelPending = false;
+	/* the query around this one's deadline, where this one's came first */
+	if (lent > 0 && lent < MAX_LENT && deadlines[lent - 1] > inner)
+		arm(deadlines[lent - 1]);
 	return object(0);
+}
+
+static PyObject *
+guard_lent(PyObject *self, PyObject *unused)
+{
+	return py.from_long(lent);
 }
 
 static MethodDef guards[] = {
@@ -1090,6 +1122,7 @@ static MethodDef guards[] = {
 	{"leave", guard_leave, METH_O, NULL},
 	{"lend", guard_lend, METH_NOARGS, NULL},
 	{"give_back", guard_give_back, METH_NOARGS, NULL},
+	{"lent", guard_lent, METH_NOARGS, NULL},
 };
 
 /*
@@ -1102,7 +1135,7 @@ PyObject   *
 pyfuncs_query_guards(const GuardApi *functions, PyObject *settings_list,
 					 PyObject *const *constants, char **claims_storage, int timer_id)
 {
-	PyObject   *made[4];
+	PyObject   *made[5];
 	int			i;
 
 	py = *functions;
@@ -1111,7 +1144,7 @@ pyfuncs_query_guards(const GuardApi *functions, PyObject *settings_list,
 		objects[i] = constants[i];
 	claims_kept = claims_storage;
 	timer = timer_id;
-	for (i = 0; i < 4; i++)
+	for (i = 0; i < 5; i++)
 		made[i] = py.function_new(&guards[i], NULL, NULL);
-	return packed(4, made);
+	return packed(5, made);
 }

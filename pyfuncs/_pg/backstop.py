@@ -294,7 +294,7 @@ def own_weakref_callbacks(own: Any) -> bool:
 
 def query_guards(settings: list[Any], claims: int | None, timer: int) -> Any:
     """The guards around each query of a routine's, in C (backstop.c says why): a tuple of
-    identity's enter and leave and deadline's lend and give_back, for identity's
+    identity's enter and leave and deadline's lend, give_back and depth, for identity's
     `settings`, the claims' storage at address `claims` (None: read by name) and the
     runtime's timer (-1: none). None without the library (or one built before them)."""
     library: Any = _installed[0] if _installed else None

@@ -265,12 +265,17 @@ class Db(Queries):
                     return
                 yield from prepared.rows(chunk)
         finally:
-            if stopping.in_transaction():
+            # closed here only in a call of its module's: closing its portal shuts down what
+            # the query runs (a set-returning routine's code, which then finishes), and the
+            # collector may free this generator in any call (a red team's ran its routine's
+            # `finally` in another role's call, querying as that role); else in the
+            # module's next call. Nor while PostgreSQL is aborting: that can crash it
+            if stopping.in_transaction() and stopping.CALLING[0] is self._module:
                 try:  # noqa: SIM105  (contextlib costs every backend's boot 3 ms)
                     cur.close()
                 except ValueError:  # its portal went with an aborted one
                     pass
-            else:  # PostgreSQL is aborting: closing its portal now can crash it
+            else:
                 stopping.leave(stopping.ORPHANS, self._module, cur)
 
     def subtransaction(self) -> Savepoint:

@@ -63,8 +63,9 @@ def bind(lib: ctypes.CDLL) -> bool:
     def timer_on(ms: int) -> None:
         enable_after(timer, ms)
 
-    def timer_off() -> None:
-        disable(timer, 1)  # keeping whether it went off, for the test below
+    def timer_off(keep: bool = False) -> None:
+        if not keep:
+            disable(timer, 1)  # keeping whether it went off, for the test below
         if indicator(timer, 1) and cancel_pending.value:
             cancel_pending.value = 0
 
@@ -73,47 +74,51 @@ def bind(lib: ctypes.CDLL) -> bool:
     return True
 
 
-# queries under way inside the one that set the timer (queries of routines called through
-# SQL inside it are covered by it)
-_depth = 0
+# the deadline armed for each query under way since the timer was set, outermost first
+# (a routine called through SQL inside a query may have an earlier one)
+_armed: list[float] = []
 
 
 def lend() -> bool:
     """Before a query: the timer set to the deadline of the innermost call under way with a
-    timeout_ms (backstop.CLOCK[0], which its entry function keeps), if there is one and no
-    query around this one has set it already. Whether give_back must be called after the
-    query."""
-    global _depth
-    if _depth:
-        _depth += 1
-        return True
+    timeout_ms (backstop.CLOCK[0], which its entry function keeps), if there is one, unless
+    a query around this one set it to an earlier one. Whether give_back must be called
+    after the query."""
     at = backstop.CLOCK[0]
-    if not at or _on is None:
+    if _on is None or (not _armed and not at):
         return False
-    # in whole milliseconds, rounded up: the timer never fires before the deadline (one
-    # past it fires at once); passed as a C int, so at most ~24 days
-    _on(min(int((at - monotonic()) * 1000) + 1, _LONGEST))
-    _depth = 1
+    armed = _armed[-1] if _armed else at
+    if not _armed or (at and at < armed):
+        armed = at
+        # in whole milliseconds, rounded up: the timer never fires before the deadline (one
+        # past it fires at once); passed as a C int, so at most ~24 days
+        _on(min(int((armed - monotonic()) * 1000) + 1, _LONGEST))
+    _armed.append(armed)
     return True
 
 
 def give_back() -> None:
-    """After the query: the timer off, unless a query around it set it. A timer that went
-    off as the query finished, too late for it to see, leaves a cancel pending that would
-    cancel whatever the session runs next (the caller's statement, after it caught the
-    routine's error): it is the call's deadline, which the watchdog enforces from here, so
-    that cancel is taken back."""
-    global _depth
-    _depth -= 1
-    if not _depth:
-        _off()
+    """After the query: a timer that went off as the query finished, too late for it to
+    see, leaves a cancel pending that would cancel whatever the session runs next (the
+    caller's statement, after it caught the routine's error): it is the call's deadline,
+    which the watchdog enforces from here, so that cancel is taken back. Then the timer is
+    set again to the deadline of the query around this one, or turned off."""
+    inner = _armed.pop()
+    _off(keep=bool(_armed))
+    if _armed and _armed[-1] > inner:
+        _on(min(int((_armed[-1] - monotonic()) * 1000) + 1, _LONGEST))
 
 
-def use(guard_lend: Any, guard_give_back: Any) -> None:
-    """The backstop library's lend and give_back (backstop.query_guards, given `_timer`) in
-    place of this module's."""
-    global lend, give_back
-    lend, give_back = guard_lend, guard_give_back
+def depth() -> int:
+    """How many queries are under way with the timer lent."""
+    return len(_armed)
+
+
+def use(guard_lend: Any, guard_give_back: Any, guard_depth: Any) -> None:
+    """The backstop library's lend, give_back and depth (backstop.query_guards, given
+    `_timer`) in place of this module's."""
+    global lend, give_back, depth
+    lend, give_back, depth = guard_lend, guard_give_back, guard_depth
 
 
 def expired(exc: BaseException) -> None:
@@ -133,4 +138,4 @@ def expired(exc: BaseException) -> None:
         frame = frame.f_back
 
 
-stopping.BOOKKEEPING.update(id(f.__code__) for f in (lend, give_back, expired))
+stopping.BOOKKEEPING.update(id(f.__code__) for f in (lend, give_back, depth, expired))

@@ -343,6 +343,7 @@ class Routine:
         source: Iterator[Any] = iter(() if result is None else result)
         call = SEQUENCE()  # the call's number: one for all its rows
         run = Context().run  # and their context
+        caller = stopping.CALLING[0]  # the module whose call asks for the rows, if any
         if stopping.ORPHANS or stopping.OWED:  # (in the call: its limits apply)
             self.within(call, run, _settle, self.namespace)
         count = size = 0
@@ -366,9 +367,13 @@ class Routine:
             error = self.fail(RoutineInterrupted())
         except GeneratorExit:
             if pending is not None:
-                if stopping.in_transaction():  # the query needs no more rows (LIMIT, say)
+                # the query needs no more rows (LIMIT, say): closed now if what asked for
+                # them is still what runs; else in the routine's next call (a red team's
+                # portal, closed as the collector freed it in another role's call, had its
+                # routine's `finally` run there); nor while PostgreSQL is aborting
+                if stopping.in_transaction() and stopping.CALLING[0] is caller:
                     self.within(call, run, pending.close)
-                else:  # PostgreSQL is aborting the statement
+                else:
                     stopping.leave(stopping.ORPHANS, self.namespace, pending)
             raise
         raise error

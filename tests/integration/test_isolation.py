@@ -1525,3 +1525,78 @@ def test_typing_no_type_check_decorator_marks_nothing(
         "    plpy.error('marked')\n$$ "
         "LANGUAGE plpython3u"
     )
+
+
+PORTAL = """
+from typing import Any, Iterator
+
+from pyfuncs import db, stored_function
+
+
+@stored_function(schema="portal", roles=["student", "manager"])
+def gen(n: int) -> Iterator[int]:
+    try:
+        yield from range(n)
+    finally:  # (run as the portal of the query that called it is closed)
+        db.execute("INSERT INTO public.seen SELECT 'closed as ' || current_user")
+        db.execute("INSERT INTO public.seen SELECT what FROM public.secret")
+
+
+@stored_function(schema="portal", roles=["student", "manager"])
+def start() -> str:
+    rows = db.cursor("SELECT portal.gen(5) AS g", batch=1)
+    first = next(rows)
+    box: list[Any] = [rows]
+    box.append(box)  # a cycle: freed by the collector, in whatever call is under way then
+    return "started " + str(first["g"])
+"""
+BUSY = """
+from pyfuncs import stored_function
+
+
+@stored_function(schema="busy", roles=["student", "manager"])
+def work(n: int) -> int:
+    kept = [[i] for i in range(n)]  # (enough to set the collector off)
+    return len(kept)
+"""
+
+
+@pytest.mark.parametrize("how", ["transaction", "statement"])
+def test_a_routines_portal_is_closed_in_its_own_calls_only(
+    cont: psycopg.Connection[Any], tmp_path: Any, how: str
+) -> None:
+    """A red team left a `db.cursor` suspended, its portal open on a query of its own
+    set-returning routine, in a reference cycle. The collector freed it in another role's
+    call (in the same transaction, or in the same statement through a SECURITY DEFINER
+    function of that role's), where closing the portal shut the set-returning routine
+    down, and its `finally` ran there, querying as that role (a table the red team may not
+    read). A portal is closed, and a set-returning routine finished, only where the call
+    that asked for its rows is under way; else in the module's next call."""
+    _deploy_all(cont, tmp_path, {"portal_mod": PORTAL, "busy_mod": BUSY})
+    cont.execute(
+        "CREATE TABLE public.secret (what text); INSERT INTO public.secret VALUES ('salary');"
+        "GRANT SELECT ON public.secret TO manager;"
+        "CREATE TABLE public.seen (what text); GRANT SELECT, INSERT ON public.seen TO PUBLIC;"
+        "GRANT USAGE ON SCHEMA busy TO manager;"
+        "CREATE FUNCTION public.report_count() RETURNS int LANGUAGE sql SECURITY DEFINER "
+        "AS $$ SELECT busy.work(300000) $$;"
+        "ALTER FUNCTION public.report_count() OWNER TO manager;"
+        "GRANT EXECUTE ON FUNCTION public.report_count() TO student"
+    )
+    if how == "transaction":
+        cont.execute("BEGIN")  # (a portal lives until its transaction ends)
+        cont.execute("SET ROLE student")
+        assert cont.execute("SELECT portal.start()").fetchone() == ("started 0",)
+        cont.execute("RESET ROLE")
+        cont.execute("SET ROLE manager")
+        assert cont.execute("SELECT busy.work(300000)").fetchone() == (300000,)
+        cont.execute("RESET ROLE")
+    else:
+        cont.execute("SET ROLE student")
+        got = cont.execute("SELECT portal.start(), public.report_count()").fetchone()
+        assert got == ("started 0", 300000)
+        cont.execute("RESET ROLE")
+    seen = cont.execute("SELECT coalesce(string_agg(what, ' '), '') FROM public.seen").fetchone()
+    if how == "transaction":
+        cont.execute("ROLLBACK")
+    assert seen is not None and "manager" not in seen[0] and "salary" not in seen[0], seen

@@ -159,7 +159,7 @@ def test_timeout_ms_holds_while_waiting_in_a_query(spin: str, routine: str) -> N
 DEADLINE_STATE = """
 CREATE FUNCTION public.deadline_state() RETURNS text LANGUAGE plpython3u AS $$
 import sys
-return str(sys.modules["pyfuncs_pg.deadline"]._depth)
+return str(sys.modules["pyfuncs_pg.deadline"].depth())
 $$
 """
 
@@ -551,3 +551,40 @@ held = [m for n, m in sys.modules.items() if n.startswith("routine:") and name i
 return f"{sum(m is not None for m in held)} {sum(m is None for m in held)}"
 $$
 """
+
+
+NESTED_DEADLINES = """
+from pyfuncs import db, stored_function
+
+
+@stored_function(schema="nested", timeout_ms=100)
+def inner_sleeps(seconds: float) -> int:
+    db.execute("SELECT pg_sleep($1)", [seconds])
+    return 1
+
+
+@stored_function(schema="nested", timeout_ms=20000)
+def outer_long(seconds: float) -> int:
+    return int(db.fetchval("SELECT nested.inner_sleeps($1)", [seconds]))
+
+
+@stored_function(schema="nested")
+def outer_plain(seconds: float) -> int:
+    return int(db.fetchval("SELECT nested.inner_sleeps($1)", [seconds]))
+"""
+
+
+@pytest.mark.parametrize("outer", ["outer_plain", "outer_long"])
+def test_an_inner_routines_deadline_holds_in_its_queries_inside_a_longer_one(
+    conn: psycopg.Connection[Any], tmp_path: Any, outer: str
+) -> None:
+    """A routine with timeout_ms=100, called through SQL by one with a timeout of 20 s,
+    waited 2 s in its query: the timer lent to the outer query was left at the outer's
+    deadline (a red team's). A query gets the earliest deadline of the calls it is in, and
+    the one around it gets its own back after."""
+    (tmp_path / "nested_mod.py").write_text(NESTED_DEADLINES)
+    deploying.deploy(conn, str(tmp_path / "nested_mod.py"))
+    err, took = run(conn, f"SELECT nested.{outer}(2.0)")
+    assert err.sqlstate == "57014" and "timeout_ms=100" in str(err), err
+    assert took < 0.1 + SLACK
+    assert conn.execute("SELECT pg_sleep(0.3)").fetchone() == ("",)  # no cancel left behind
