@@ -148,6 +148,7 @@ def start(gd: dict[str, Any], modules: Mapping[str, Mapping[str, Any]]) -> None:
     overflow.cap_address_space()
     identity.bind(postgres)
     deadline.bind(postgres)
+    db.bind(postgres)
     in_transaction = postgres.IsTransactionState
     in_transaction.restype = ctypes.c_bool
     stopping.in_transaction = in_transaction

@@ -4,6 +4,7 @@ stopped call."""
 
 from __future__ import annotations
 
+import ctypes
 import sys
 
 from . import deadline, identity, vocabulary
@@ -295,12 +296,18 @@ class Db(Queries):
 
 
 class Savepoint:
-    """PL/Python's subtransaction, entered inside the call's level of settings (identity.py)."""
+    """PL/Python's subtransaction, entered inside the call's level of settings (identity.py),
+    and left only where it is the subtransaction under way: PL/Python keeps the savepoints
+    of every call in one list and aborts, as a call ends, those it left open without
+    marking them left; a red team's generator, suspended inside one and resumed in a later
+    call, had its `__exit__` take the savepoint of another role's call off that list and
+    release the subtransaction of the query under way."""
 
-    __slots__ = ("_module", "_savepoint")
+    __slots__ = ("_entered", "_module", "_savepoint")
 
     def __init__(self, savepoint: Any, module: dict[str, Any]) -> None:
         self._savepoint, self._module = savepoint, module
+        self._entered: Any = None
 
     def __enter__(self) -> Any:
         stopping.guard()
@@ -308,10 +315,32 @@ class Savepoint:
         changed = identity.open_settings()
         if changed:
             _stop_identity(changed)
-        return self._savepoint.__enter__()
+        entered = self._savepoint.__enter__()
+        self._entered = under_way()
+        return entered
 
     def __exit__(self, *exc: Any) -> Any:
+        if self._entered is None or self._entered != under_way():
+            raise RuntimeError(
+                "pyfuncs: a savepoint is left where it was entered, in the same call and "
+                "while it is the one under way (not from a generator resumed later)"
+            )
+        self._entered = None
         return self._savepoint.__exit__(*exc)
+
+
+def under_way() -> Any:
+    """Which subtransaction is under way: its transaction's start and its number (boot()
+    binds PostgreSQL's; outside PostgreSQL, always the same)."""
+    return None
+
+
+def bind(lib: Any) -> None:
+    global under_way
+    started, number = lib.GetCurrentTransactionStartTimestamp, lib.GetCurrentSubTransactionId
+    started.restype, number.restype = ctypes.c_int64, ctypes.c_uint32
+    under_way = lambda: (started(), number())  # noqa: E731
+    stopping.BOOKKEEPING.add(id(under_way.__code__))  # (read inside Savepoint's)
 
 
 def _from_the_call(module: dict[str, Any]) -> None:

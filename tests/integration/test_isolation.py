@@ -1600,3 +1600,142 @@ def test_a_routines_portal_is_closed_in_its_own_calls_only(
     if how == "transaction":
         cont.execute("ROLLBACK")
     assert seen is not None and "manager" not in seen[0] and "salary" not in seen[0], seen
+
+
+SUBXACT = """
+from typing import Any, Iterator
+
+from pyfuncs import db, stored_function
+
+KEPT: list[Any] = []
+
+
+def _holder() -> Iterator[int]:
+    with db.subtransaction():
+        db.execute("SELECT 1")
+        yield 1
+    yield 2
+
+
+THROW: list[bool] = [False]
+
+
+def _resume() -> str:
+    try:
+        if THROW[0]:
+            return "resumed " + str(KEPT.pop().throw(KeyError("x")))
+        return "resumed " + str(next(KEPT.pop()))
+    except Exception as exc:
+        return "resume raised " + repr(exc)[:200]
+
+
+@stored_function(schema="subx", roles=["student", "manager"])
+def act(how: str) -> str:
+    if how == "keep":
+        g = _holder()
+        next(g)
+        KEPT.append(g)
+        return "kept %d" % len(KEPT)
+    if how == "resume":
+        return _resume()
+    if how.startswith("throw "):
+        THROW[0] = True
+        how = how[6:]
+    try:
+        with db.subtransaction():
+            if how == "nested":
+                got = db.fetchval("SELECT subx.act('resume')")
+            elif how == "rows":
+                got = db.execute(
+                    "SELECT subx.act('resume') AS a, repeat('x', g) AS b "
+                    "FROM generate_series(1, 200) g ORDER BY b DESC"
+                ).rowcount
+            elif how == "cursor":
+                query = "SELECT subx.act('resume') AS a, g FROM generate_series(1, 50) g"
+                got = sum(1 for _ in db.cursor(query, batch=1))
+            else:
+                got = _resume()
+            db.execute("SELECT 2")
+    except Exception as exc:
+        return "outer raised " + repr(exc)[:200]
+    return "outer " + str(got)
+"""
+
+
+LEDGER = """
+from pyfuncs import db, stored_function
+
+
+class Abort(Exception):
+    pass
+
+
+@stored_function(schema="ledger", roles=["student", "manager"])
+def transfer(helper: str) -> str:
+    \"\"\"A victim: a savepoint around its writes, undone when it aborts; it calls a
+    helper routine (another module's) through SQL and carries on if the helper fails.\"\"\"
+    outcome = "committed"
+    try:
+        with db.subtransaction():
+            try:
+                db.fetchval(helper)
+            except Exception:
+                pass
+            db.execute("INSERT INTO public.ledger VALUES ('debit')")
+            raise Abort()
+    except Abort:
+        outcome = "rolled back"
+    except Exception as exc:
+        outcome = "raised " + repr(exc)[:60]
+    return outcome + " " + str(db.fetchval("SELECT count(*) FROM public.ledger"))
+"""
+
+
+def test_a_stale_savepoint_cannot_leave_another_routines_savepoint(
+    cont: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """PL/Python keeps the savepoints routines open (`db.subtransaction()`) in one list for
+    the whole backend, and aborts as a call ends those a generator left open, without
+    marking them left. A red team's generator, kept and resumed in a later call, had the
+    stale savepoint's `__exit__` take whatever savepoint was on top of that list then (a
+    victim routine of another role's, which called the red team's inside its own savepoint)
+    and release the subtransaction of the query under way: the victim's write, which it
+    rolled back, stayed. A savepoint is left only where it is the one under way."""
+    _deploy_all(cont, tmp_path, {"subx_mod": SUBXACT, "ledger_mod": LEDGER})
+    cont.execute(
+        "CREATE TABLE public.ledger (what text); GRANT SELECT, INSERT ON public.ledger TO manager"
+    )
+    cont.execute("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA subx TO manager")
+    # the victim's behaviour with a helper that merely fails: its write is rolled back
+    cont.execute("SET ROLE manager")
+    assert cont.execute("SELECT ledger.transfer('SELECT 1/0')").fetchone() == ("rolled back 0",)
+    cont.execute("RESET ROLE")
+    # the red team (student) keeps a generator suspended inside a savepoint
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT subx.act('keep')").fetchone() == ("kept 1",)
+    cont.execute("RESET ROLE")
+    # manager's call of the victim, which calls the red team's routine
+    cont.execute("SET ROLE manager")
+    try:
+        got: Any = cont.execute("SELECT ledger.transfer('SELECT subx.act(''resume'')')").fetchone()
+    except psycopg.Error as exc:  # (what happens: the victim's SPI connection is gone)
+        got = exc
+    assert got == ("rolled back 0",), got
+
+
+@pytest.mark.parametrize("how", ["nested", "rows", "cursor", "throw nested"])
+def test_a_stale_savepoint_cannot_leave_the_query_under_way(
+    cont: psycopg.Connection[Any], tmp_path: Any, how: str
+) -> None:
+    """The same inside one module's calls released the subtransaction of the query running
+    the routine (PostgreSQL warned of a plan and a snapshot reference leaked, an SPI stack
+    left), and the call failed with SPI_finish failed: the stale exit is refused, and the
+    call goes on."""
+    _deploy_all(cont, tmp_path, {"subx_mod": SUBXACT})
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT subx.act('keep')").fetchone() == ("kept 1",)
+    try:
+        got: Any = cont.execute("SELECT subx.act(%s)", [how]).fetchone()
+    except psycopg.Error as exc:  # (what happens: SPI_finish failed)
+        got = exc
+    assert isinstance(got, tuple) and got[0].startswith("outer "), got
