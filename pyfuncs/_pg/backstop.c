@@ -55,6 +55,7 @@
 #include "catalog/namespace.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
+#include "storage/proc.h"
 #include "utils/guc.h"
 #include "utils/timeout.h"
 
@@ -1078,8 +1079,9 @@ guard_lend(PyObject *self, PyObject *unused)
 	if (timer < 0 || (lent == 0 && deadline <= 0))
 		return object(2);
 	armed = lent == 0 ? deadline : deadlines[(lent < MAX_LENT ? lent : MAX_LENT) - 1];
-	/* the first query, or one of a routine called inside it whose deadline comes first */
-	if (lent == 0 || (deadline > 0 && deadline < armed))
+	/* the first query, or one of a routine called inside it whose deadline comes first
+	 * (as deep as the deadlines are kept: deeper, the watchdog holds it to its own) */
+	if (lent == 0 || (lent < MAX_LENT && deadline > 0 && deadline < armed))
 	{
 		armed = deadline;
 		arm(armed);
@@ -1147,4 +1149,15 @@ pyfuncs_query_guards(const GuardApi *functions, PyObject *settings_list,
 	for (i = 0; i < 5; i++)
 		made[i] = py.function_new(&guards[i], NULL, NULL);
 	return packed(5, made);
+}
+
+/*
+ * The backend's local transaction id (MyProc->lxid), which tells one transaction from the
+ * next (db.py's savepoints: the transactions of one simple-query message all start at its
+ * timestamp, and subtransaction ids start again at 1 in each).
+ */
+uint32
+pyfuncs_local_transaction(void)
+{
+	return MyProc != NULL ? MyProc->lxid : 0;
 }

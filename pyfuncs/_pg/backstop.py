@@ -321,6 +321,17 @@ def query_guards(settings: list[Any], claims: int | None, timer: int) -> Any:
 _guards: list[Any] = []  # what query_guards made, and what they use, kept alive
 
 
+def local_transaction() -> Any:
+    """The library's function that tells the backend's local transaction id, or None
+    without the library (or one built before it)."""
+    library: Any = _installed[0] if _installed else None
+    if getattr(library, "pyfuncs_local_transaction", None) is None:
+        return None
+    serial = ctypes.PyDLL(library._name).pyfuncs_local_transaction
+    serial.restype, serial.argtypes = ctypes.c_uint32, []
+    return serial
+
+
 def set_flags(kinds: list[type], at: int, bits: int) -> bool:
     """Set `bits` in the flags word (byte `at` of the type object) of each class of
     `kinds`, in one call of the library's. False without the library (or one built before

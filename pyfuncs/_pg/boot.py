@@ -148,7 +148,6 @@ def start(gd: dict[str, Any], modules: Mapping[str, Mapping[str, Any]]) -> None:
     overflow.cap_address_space()
     identity.bind(postgres)
     deadline.bind(postgres)
-    db.bind(postgres)
     in_transaction = postgres.IsTransactionState
     in_transaction.restype = ctypes.c_bool
     stopping.in_transaction = in_transaction
@@ -160,6 +159,7 @@ def start(gd: dict[str, Any], modules: Mapping[str, Mapping[str, Any]]) -> None:
         postgres, stopping.Watchdog.GRACE, stopping.Watchdog.UNWIND, overflow.STACK,
         overflow.MESSAGE,
     )  # fmt: skip
+    db.bind(postgres, backstop.local_transaction())
     guards = backstop.query_guards(identity.SETTINGS, identity._claims_at[0], deadline._timer)
     if guards is not None:
         identity.use(*guards[:2])

@@ -312,6 +312,7 @@ class Savepoint:
     def __enter__(self) -> Any:
         stopping.guard()
         _from_the_call(self._module)
+        _in_a_call_entry()
         changed = identity.open_settings()
         if changed:
             _stop_identity(changed)
@@ -329,17 +330,44 @@ class Savepoint:
         return self._savepoint.__exit__(*exc)
 
 
+def _in_a_call_entry() -> None:
+    """Refuse a savepoint outside a routine's `call` entry: PL/Python aborts the savepoints
+    a call left open as its function returns, but a set-returning routine's rows (and a
+    module's top-level code) run outside that cleanup, and one left open there outlived the
+    statement and its transaction (a red team's took the session's transaction with it,
+    and another crashed the cluster rolling one back as its query ended)."""
+    frame: Any = sys._getframe(2)
+    entries = stopping.ENTRIES
+    while frame is not None:
+        routine = entries.get(id(frame.f_code))
+        if routine is not None:
+            if not routine.numbered(frame):
+                return
+            break
+        frame = frame.f_back
+    raise RuntimeError(
+        "pyfuncs: db.subtransaction() is for routines that return a value, not for a "
+        "set-returning routine's rows or a module's top-level code (nothing would end a "
+        "savepoint left open there)"
+    )
+
+
 def under_way() -> Any:
-    """Which subtransaction is under way: its transaction's start and its number (boot()
-    binds PostgreSQL's; outside PostgreSQL, always the same)."""
+    """Which subtransaction is under way: its transaction (the backend's local transaction
+    id, from the backstop library; else the transaction's start, which the transactions of
+    one simple-query message share) and its number (boot() binds PostgreSQL's; outside
+    PostgreSQL, always the same)."""
     return None
 
 
-def bind(lib: Any) -> None:
+def bind(lib: Any, local_transaction: Any = None) -> None:
     global under_way
-    started, number = lib.GetCurrentTransactionStartTimestamp, lib.GetCurrentSubTransactionId
-    started.restype, number.restype = ctypes.c_int64, ctypes.c_uint32
-    under_way = lambda: (started(), number())  # noqa: E731
+    transaction, number = local_transaction, lib.GetCurrentSubTransactionId
+    if transaction is None:
+        transaction = lib.GetCurrentTransactionStartTimestamp
+        transaction.restype = ctypes.c_int64
+    number.restype = ctypes.c_uint32
+    under_way = lambda: (transaction(), number())  # noqa: E731
     stopping.BOOKKEEPING.add(id(under_way.__code__))  # (read inside Savepoint's)
 
 

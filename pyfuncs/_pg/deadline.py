@@ -77,6 +77,7 @@ def bind(lib: ctypes.CDLL) -> bool:
 # the deadline armed for each query under way since the timer was set, outermost first
 # (a routine called through SQL inside a query may have an earlier one)
 _armed: list[float] = []
+_KEPT = 64  # as deep as an earlier deadline is armed (backstop.c's MAX_LENT)
 
 
 def lend() -> bool:
@@ -88,7 +89,7 @@ def lend() -> bool:
     if _on is None or (not _armed and not at):
         return False
     armed = _armed[-1] if _armed else at
-    if not _armed or (at and at < armed):
+    if not _armed or (at and at < armed and len(_armed) < _KEPT):
         armed = at
         # in whole milliseconds, rounded up: the timer never fires before the deadline (one
         # past it fires at once); passed as a C int, so at most ~24 days

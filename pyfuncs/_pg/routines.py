@@ -344,12 +344,12 @@ class Routine:
         call = SEQUENCE()  # the call's number: one for all its rows
         run = Context().run  # and their context
         caller = stopping.CALLING[0]  # the module whose call asks for the rows, if any
-        if stopping.ORPHANS or stopping.OWED:  # (in the call: its limits apply)
-            self.within(call, run, _settle, self.namespace)
         count = size = 0
         # a loop, not `yield from`, so that closing this generator does not close `rows`
         # by itself: see watchdog.ORPHANS
         try:
+            if stopping.ORPHANS or stopping.OWED:  # (in the call: its limits apply)
+                self.within(call, run, _settle, self.namespace)
             while True:
                 row, made = self.within(call, run, self._row, source, budget)
                 if row is _DONE:

@@ -682,6 +682,11 @@ def dispose_orphans(module: Any) -> None:
         disposing = False
 
 
+# (a stop a finalizer swallowed there may not be raised between its steps: one that was
+# left `disposing` on, and every later call in the backend failed)
+BOOKKEEPING.add(id(dispose_orphans.__code__))
+
+
 # --- weak references' callbacks -----------------------------------------------------------
 # Python runs a weak reference's callback as the object it refers to is freed, wherever
 # that is: in another routine's call (a cache letting go of it), or while the collector

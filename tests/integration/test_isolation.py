@@ -1739,3 +1739,208 @@ def test_a_stale_savepoint_cannot_leave_the_query_under_way(
     except psycopg.Error as exc:  # (what happens: SPI_finish failed)
         got = exc
     assert isinstance(got, tuple) and got[0].startswith("outer "), got
+
+
+ROW_SAVEPOINTS = """
+from typing import Any, Iterator
+
+from pyfuncs import db, stored_function
+
+KEPT: list[Any] = []
+
+
+def _holder() -> Iterator[int]:
+    with db.subtransaction():
+        yield 1
+    yield 2
+
+
+@stored_function(schema="rowsp", roles=["student"])
+def act(how: str) -> Iterator[str]:
+    if how == "left open":  # a savepoint entered in a row, kept open by a generator
+        g = _holder()
+        next(g)
+        KEPT.append(g)
+        yield how
+    elif how == "across rows":
+        with db.subtransaction():
+            yield how
+            yield how
+    else:  # a savepoint left open, rolled back as a later statement's query ends
+        try:
+            yield how
+            yield how
+        finally:
+            while KEPT:
+                try:
+                    KEPT.pop().throw(KeyError("undo"))
+                except KeyError:
+                    pass
+
+
+@stored_function(schema="rowsp", roles=["student"])
+def plain() -> str:
+    with db.subtransaction():
+        return str(db.fetchval("SELECT 1"))
+"""
+
+
+@pytest.mark.parametrize("how", ["left open", "across rows"])
+def test_a_set_returning_routines_rows_open_no_savepoint(
+    cont: psycopg.Connection[Any], tmp_path: Any, dsn: str, how: str
+) -> None:
+    """PL/Python aborts the savepoints a call left open as its function returns, but a
+    set-returning routine's rows run outside that: a savepoint a row left open outlived the
+    statement and took the session's transaction with it (its later statements, another
+    role's too, ran inside the red team's subtransaction), and one rolled back as a later
+    statement's query ended made the next statement crash the cluster. A row may not open
+    a savepoint; a routine that returns a value may, as before."""
+    _deploy_all(cont, tmp_path, {"row_savepoints_mod": ROW_SAVEPOINTS})
+    with psycopg.connect(dsn, autocommit=True) as bystander:
+        cont.execute("SET ROLE student")
+        with pytest.raises(psycopg.Error, match=r"db\.subtransaction"):
+            cont.execute("SELECT * FROM rowsp.act(%s)", [how])
+        assert cont.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert cont.execute("SELECT rowsp.act('undo') LIMIT 1").fetchone() == ("undo",)
+        assert cont.execute("SELECT 1").fetchone() == (1,)
+        assert cont.execute("SELECT rowsp.plain()").fetchone() == ("1",)
+        assert bystander.execute("SELECT 'still here'").fetchone() == ("still here",)
+
+
+STUCK = """
+from typing import Any, Iterator
+
+from pyfuncs import stored_function
+
+
+class It:
+    def __iter__(self) -> "It":
+        return self
+
+    def __next__(self) -> int:
+        return 1
+
+    @property
+    def close(self) -> Any:  # read as the orphan is closed: spins until its call is stopped
+        n = 0
+        while True:
+            n += 1
+
+    def __del__(self) -> None:  # (a stopped call's raises at once)
+        pass
+
+
+@stored_function(schema="stuck", roles=["student"], timeout_ms=200)
+def rows(how: str) -> Iterator[int]:
+    return It()
+"""
+SAFE = """
+from pyfuncs import db, stored_function
+
+
+@stored_function(schema="safe", roles=["manager"])
+def work() -> str:
+    try:
+        return str(1 / 0)
+    except ZeroDivisionError:
+        return "caught " + str(db.fetchval("SELECT current_user"))
+"""
+
+
+def test_closing_orphans_cannot_be_left_unfinished_for_later_calls(
+    cont: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """What an aborted statement left suspended is closed in its routine's next call, with
+    a flag on that makes every guard refuse meanwhile. A red team's orphan spun in its
+    `close` until the call was stopped, and its `__del__` raised the stop as it was freed
+    there: the watchdog raised it again at the next line of the runtime's code, before the
+    flag was turned off, and every later call in the backend, of any role, failed."""
+    _deploy_all(cont, tmp_path, {"stuck_mod": STUCK, "safe_mod": SAFE})
+    cont.execute("SET ROLE student")
+    cont.execute("BEGIN")
+    cont.execute("DECLARE c CURSOR FOR SELECT stuck.rows('x')")
+    cont.execute("FETCH 1 FROM c")
+    with pytest.raises(psycopg.Error):
+        cont.execute("SELECT 1/0")
+    cont.execute("ROLLBACK")
+    with pytest.raises(psycopg.Error, match="timeout_ms=200"):  # closing the orphan
+        cont.execute("SELECT stuck.rows('x') LIMIT 1")
+    cont.execute("RESET ROLE")
+    cont.execute("SET ROLE manager")
+    for _ in range(3):
+        assert cont.execute("SELECT safe.work()").fetchone() == ("caught manager",)
+
+
+SUBX_COUNTED = """
+from typing import Any, Iterator
+
+from pyfuncs import db, stored_function
+
+KEPT: list[Any] = []
+
+
+def _holder() -> Iterator[int]:
+    with db.subtransaction():
+        db.execute("SELECT 1")
+        yield 1
+    yield 2
+
+
+@stored_function(schema="subxn", roles=["student", "manager"])
+def act(how: str) -> str:
+    if how.startswith("keep"):
+        for _ in range(int(how[4:])):  # (subtransactions first: the savepoint's number)
+            db.execute("SELECT 1")
+        g = _holder()
+        next(g)
+        KEPT.append(g)
+        return "kept %d" % len(KEPT)
+    try:
+        return "resumed " + str(next(KEPT.pop()))
+    except Exception as exc:
+        return "resume raised " + repr(exc)[:200]
+"""
+
+
+def test_a_stale_savepoint_is_refused_in_a_later_transaction_of_the_same_message(
+    cont: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """A savepoint was told by its transaction's start and its SubTransactionId, and both
+    repeat: every transaction of one simple-query message starts at its timestamp, and
+    SubTransactionIds start again at 1 in each. A red team's savepoint, entered after k
+    subtransactions (k from 0 to 3) and kept in a generator, was the victim query's in the
+    next transaction of the same message, and its stale exit was let through. A
+    transaction is told by the backend's local transaction id now."""
+    _deploy_all(cont, tmp_path, {"subxn_mod": SUBX_COUNTED, "ledger_mod": LEDGER})
+    cont.execute(
+        "CREATE TABLE public.ledger (what text); GRANT SELECT, INSERT ON public.ledger TO manager;"
+        "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA subxn TO manager"
+    )
+    # (both modules loaded and their plans prepared in this backend: the count of
+    # subtransactions below is then the same every time)
+    cont.execute("SET ROLE manager")
+    assert cont.execute("SELECT ledger.transfer('SELECT subxn.act(''resume'')')").fetchone() == (
+        "rolled back 0",
+    )
+    cont.execute("RESET ROLE")
+    outcomes = []
+    for count in range(4):
+        try:
+            cur = cont.execute(
+                f"BEGIN; SET ROLE student; SELECT subxn.act('keep{count}'); COMMIT; "
+                "BEGIN; RESET ROLE; SET ROLE manager; "
+                "SELECT ledger.transfer('SELECT subxn.act(''resume'')'); COMMIT; RESET ROLE"
+            )
+            results = []
+            while True:
+                if cur.description:
+                    results += cur.fetchall()
+                if not cur.nextset():
+                    break
+            got: Any = results
+        except psycopg.Error as exc:
+            got = str(exc).splitlines()[0]
+            cont.execute("ROLLBACK")
+            cont.execute("RESET ROLE")
+        outcomes.append(got)
+    assert outcomes == [[("kept 1",), ("rolled back 0",)]] * 4, outcomes

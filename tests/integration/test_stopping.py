@@ -588,3 +588,35 @@ def test_an_inner_routines_deadline_holds_in_its_queries_inside_a_longer_one(
     assert err.sqlstate == "57014" and "timeout_ms=100" in str(err), err
     assert took < 0.1 + SLACK
     assert conn.execute("SELECT pg_sleep(0.3)").fetchone() == ("",)  # no cancel left behind
+
+
+DEEP = """
+from pyfuncs import db, stored_function
+
+
+@stored_function(schema="deep", timeout_ms=300)
+def short() -> int:
+    return int(db.fetchval("SELECT 1"))  # (a query: the timer armed at its deadline)
+
+
+@stored_function(schema="deep", timeout_ms=10000)
+def nest(n: int, seconds: float) -> str:
+    if n > 0:
+        return str(db.fetchval("SELECT deep.nest($1, $2)", [n - 1, seconds]))
+    db.fetchval("SELECT deep.short()")  # returns at once, well within its 300 ms
+    db.execute("SELECT pg_sleep($1)", [seconds])
+    return "slept"
+"""
+
+
+@pytest.mark.parametrize("depth", [10, 63, 70])
+def test_the_deadline_of_a_call_that_returned_is_not_left_armed_however_deep(
+    conn: psycopg.Connection[Any], tmp_path: Any, depth: int
+) -> None:
+    """Deeper than the 64 deadlines the timer keeps, a routine's earlier deadline was armed
+    but not given back: the timer stayed at the deadline of a call that had returned, and
+    cancelled the next query of the one around it (a red team's). Deeper than that, the
+    watchdog holds a call to its deadline."""
+    (tmp_path / "deep_mod.py").write_text(DEEP)
+    deploying.deploy(conn, str(tmp_path / "deep_mod.py"))
+    assert conn.execute("SELECT deep.nest(%s, 1.0)", [depth]).fetchone() == ("slept",)

@@ -37,6 +37,7 @@ ABI = {
     "PyObject *none_object | RefApi: tuple_size, tuple_item, tuple_pack, call_one, decref",
     "pyfuncs_generators_kept": "PyObject *may_run, PyObject *true_object",
     "pyfuncs_flags_set": "const uintptr_t *types, long count, long at, unsigned long bits",
+    "pyfuncs_local_transaction": "void",
     "pyfuncs_query_guards": "const GuardApi *functions, PyObject *settings_list, "
     "PyObject *const *constants, char **claims_storage, int timer_id | GuardApi: tuple_pack, "
     "tuple_item, list_item, list_set, from_unsigned, as_unsigned, from_long, as_long, "
