@@ -1602,7 +1602,8 @@ def test_a_routines_portal_is_closed_in_its_own_calls_only(
     assert seen is not None and "manager" not in seen[0] and "salary" not in seen[0], seen
 
 
-SUBXACT = """
+# a generator that enters a savepoint and stays suspended inside it
+HOLDER = """
 from typing import Any, Iterator
 
 from pyfuncs import db, stored_function
@@ -1615,6 +1616,10 @@ def _holder() -> Iterator[int]:
         db.execute("SELECT 1")
         yield 1
     yield 2
+"""
+SUBXACT = (
+    HOLDER
+    + """
 
 
 THROW: list[bool] = [False]
@@ -1660,6 +1665,7 @@ def act(how: str) -> str:
         return "outer raised " + repr(exc)[:200]
     return "outer " + str(got)
 """
+)
 
 
 LEDGER = """
@@ -1871,19 +1877,9 @@ def test_closing_orphans_cannot_be_left_unfinished_for_later_calls(
         assert cont.execute("SELECT safe.work()").fetchone() == ("caught manager",)
 
 
-SUBX_COUNTED = """
-from typing import Any, Iterator
-
-from pyfuncs import db, stored_function
-
-KEPT: list[Any] = []
-
-
-def _holder() -> Iterator[int]:
-    with db.subtransaction():
-        db.execute("SELECT 1")
-        yield 1
-    yield 2
+SUBX_COUNTED = (
+    HOLDER
+    + """
 
 
 @stored_function(schema="subxn", roles=["student", "manager"])
@@ -1900,6 +1896,7 @@ def act(how: str) -> str:
     except Exception as exc:
         return "resume raised " + repr(exc)[:200]
 """
+)
 
 
 def test_a_stale_savepoint_is_refused_in_a_later_transaction_of_the_same_message(
