@@ -311,8 +311,7 @@ class Savepoint:
 
     def __enter__(self) -> Any:
         stopping.guard()
-        _from_the_call(self._module)
-        _in_a_call_entry()
+        _in_a_call_entry(_from_the_call(self._module))
         changed = identity.open_settings()
         if changed:
             _stop_identity(changed)
@@ -330,21 +329,15 @@ class Savepoint:
         return self._savepoint.__exit__(*exc)
 
 
-def _in_a_call_entry() -> None:
-    """Refuse a savepoint outside a routine's `call` entry: PL/Python aborts the savepoints
-    a call left open as its function returns, but a set-returning routine's rows (and a
-    module's top-level code) run outside that cleanup, and one left open there outlived the
-    statement and its transaction (a red team's took the session's transaction with it,
-    and another crashed the cluster rolling one back as its query ended)."""
-    frame: Any = sys._getframe(2)
-    entries = stopping.ENTRIES
-    while frame is not None:
-        routine = entries.get(id(frame.f_code))
-        if routine is not None:
-            if not routine.numbered(frame):
-                return
-            break
-        frame = frame.f_back
+def _in_a_call_entry(entry: Any) -> None:
+    """Refuse a savepoint outside a routine's `call` entry (`entry` is the call's innermost
+    entry frame): PL/Python aborts the savepoints a call left open as its function returns,
+    but a set-returning routine's rows (and a module's top-level code) run outside that
+    cleanup, and one left open there outlived the statement and its transaction (a red
+    team's took the session's transaction with it, and another crashed the cluster rolling
+    one back as its query ended)."""
+    if not stopping.ENTRIES[id(entry.f_code)].numbered(entry):
+        return
     raise RuntimeError(
         "pyfuncs: db.subtransaction() is for routines that return a value, not for a "
         "set-returning routine's rows or a module's top-level code (nothing would end a "
@@ -371,15 +364,15 @@ def bind(lib: Any, local_transaction: Any = None) -> None:
     stopping.BOOKKEEPING.add(id(under_way.__code__))  # (read inside Savepoint's)
 
 
-def _from_the_call(module: dict[str, Any]) -> None:
+def _from_the_call(module: dict[str, Any]) -> Any:
     """Refuse the `db` of routine module `module` (its namespace) to code that is not that
     of a call of its routines: the code of a routine module runs only in calls of its
     routines, except for what Python runs at other times (a finalizer, `__del__` or a
     generator's `finally`, run when the garbage collector gets to it, maybe in another
     routine's call or in none), which must not query as whoever happens to be calling then.
     The caller's code is the first of a routine module's on the stack, and must be the
-    handle's module's; the call is that of the innermost entry frame, and must be one of
-    that module's routines (or load it). By the stack alone, a red team's bound
+    handle's module's; the call is that of the innermost entry frame, returned, and must be
+    one of that module's routines (or load it). By the stack alone, a red team's bound
     `db.execute`, put in a shared cache as a class's `__eq__` and called there by C in
     another role's call with none of its module's code on the stack, queried as that role."""
     owners, entries = stopping.ROUTINE_CODE, stopping.ENTRIES
@@ -390,7 +383,7 @@ def _from_the_call(module: dict[str, Any]) -> None:
         routine = entries.get(code)
         if routine is not None:
             if owner is module and module is stopping.CALLING[0]:
-                return
+                return frame
             break
         if owner is None:
             owner = owners.get(code)

@@ -91,11 +91,15 @@ def lend() -> bool:
     armed = _armed[-1] if _armed else at
     if not _armed or (at and at < armed and len(_armed) < _KEPT):
         armed = at
-        # in whole milliseconds, rounded up: the timer never fires before the deadline (one
-        # past it fires at once); passed as a C int, so at most ~24 days
-        _on(min(int((armed - monotonic()) * 1000) + 1, _LONGEST))
+        _arm(armed)
     _armed.append(armed)
     return True
+
+
+def _arm(deadline: float) -> None:
+    # in whole milliseconds, rounded up: the timer never fires before the deadline (one
+    # past it fires at once); passed as a C int, so at most ~24 days
+    _on(min(int((deadline - monotonic()) * 1000) + 1, _LONGEST))
 
 
 def give_back() -> None:
@@ -107,7 +111,7 @@ def give_back() -> None:
     inner = _armed.pop()
     _off(keep=bool(_armed))
     if _armed and _armed[-1] > inner:
-        _on(min(int((_armed[-1] - monotonic()) * 1000) + 1, _LONGEST))
+        _arm(_armed[-1])
 
 
 def depth() -> int:
@@ -139,4 +143,4 @@ def expired(exc: BaseException) -> None:
         frame = frame.f_back
 
 
-stopping.BOOKKEEPING.update(id(f.__code__) for f in (lend, give_back, depth, expired))
+stopping.BOOKKEEPING.update(id(f.__code__) for f in (lend, _arm, give_back, depth, expired))
