@@ -192,7 +192,7 @@ class Db(Queries):
         # the hot path of every query: _count (and the guard's test) and the first step of
         # _plan, inlined
         watchdog = stopping.WATCHDOG
-        if stopping.disposing or (watchdog is not None and watchdog.stop is not None):
+        if watchdog is not None and watchdog.stop is not None:
             stopping.guard()
         _from_the_call(self._module)
         if watchdog is not None and watchdog.budgets:
@@ -374,7 +374,15 @@ def _from_the_call(module: dict[str, Any]) -> Any:
     handle's module's; the call is that of the innermost entry frame, returned, and must be
     one of that module's routines (or load it). By the stack alone, a red team's bound
     `db.execute`, put in a shared cache as a class's `__eq__` and called there by C in
-    another role's call with none of its module's code on the stack, queried as that role."""
+    another role's call with none of its module's code on the stack, queried as that role.
+    Nor is it for the cleanup of a generator whose statement ended before its last row
+    (watchdog.close_apart)."""
+    if stopping.disposing:
+        raise PermissionError(
+            "pyfuncs: db is not for the cleanup of a set-returning routine's generator "
+            "whose statement ended before its last row (a LIMIT, an error): it runs "
+            "without queries"
+        )
     owners, entries = stopping.ROUTINE_CODE, stopping.ENTRIES
     owner = None
     frame: Any = sys._getframe(2)

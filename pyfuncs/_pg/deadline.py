@@ -128,19 +128,23 @@ def use(guard_lend: Any, guard_give_back: Any, guard_depth: Any) -> None:
 
 def expired(exc: BaseException) -> None:
     """A query was cancelled (before give_back): if by the timer, stop the call for the
-    limit of the innermost call under way with a timeout_ms, whose deadline it was."""
+    limit of the call under way whose deadline it was, the earliest (see lend)."""
     if getattr(exc, "sqlstate", None) != "57014" or _fired is None or not _fired():
         return
     frame: Any = sys._getframe(1)
+    due: Any = None
     while frame is not None:
         routine = stopping.ENTRIES.get(id(frame.f_code))
         if routine is not None and routine.timeout is not None:
-            if stopping.WATCHDOG is not None:
-                limit = round(routine.timeout * 1000)
-                stopping.WATCHDOG.stop_here("57014", f"exceeded its limit timeout_ms={limit}",
-                                            routine.qualname)  # fmt: skip
-            return
+            at = frame.f_locals.get("began", 0.0) + routine.timeout
+            if due is None or at < due[0]:
+                due = at, routine
         frame = frame.f_back
+    if due is not None and stopping.WATCHDOG is not None:
+        routine = due[1]
+        limit = round(routine.timeout * 1000)
+        stopping.WATCHDOG.stop_here("57014", f"exceeded its limit timeout_ms={limit}",
+                                    routine.qualname)  # fmt: skip
 
 
 stopping.BOOKKEEPING.update(id(f.__code__) for f in (lend, _arm, give_back, depth, expired))

@@ -85,6 +85,12 @@ def leave(entered: Any) -> str | None:
     return None
 
 
+def who() -> Any:
+    """The identity in force now, to compare with another reading (bind() puts the real
+    one in place; outside PostgreSQL there is none)."""
+    return None
+
+
 def use(guard_enter: Any, guard_leave: Any) -> None:
     """The backstop library's enter and leave (backstop.query_guards, given `SETTINGS`
     and `_claims_at[0]`) in place of bind's."""
@@ -94,13 +100,13 @@ def use(guard_enter: Any, guard_leave: Any) -> None:
 
 def bind(lib: ctypes.CDLL) -> None:
     """Keep the identity through the postgres executable (`lib`) from now on."""
-    global _search_path, _claims, enter, leave, _open_level, undo_settings
+    global _search_path, _claims, enter, leave, who, _open_level, undo_settings
     # (PyDLL functions whose arguments are ints: see _through; neither raises an error)
     hot = ctypes.PyDLL(lib._name)
     _open_level, undo_settings = hot.NewGUCNestLevel, hot.AtEOXact_GUC
     _open_level.restype, undo_settings.restype = ctypes.c_int, None
     variables = _variables(lib)
-    enter, leave = _through(lib) if variables is None else _directly(*variables)
+    enter, leave, user = _through(lib) if variables is None else _directly(*variables)
     stopping.BOOKKEEPING.update(id(f.__code__) for f in (enter, leave, _changed))
     _search_path = ctypes.c_char_p.in_dll(lib, "namespace_search_path")
     if _protect_claims(lib) == "defined":  # its storage is ours: read without a call
@@ -111,6 +117,7 @@ def bind(lib: ctypes.CDLL) -> None:
         option.restype = ctypes.c_char_p
         option.argtypes = [ctypes.c_char_p, ctypes.c_bool, ctypes.c_bool]
         _claims = lambda: option(CLAIMS, True, False)  # noqa: E731
+    who = lambda: (user(), _search_path.value, _claims())  # noqa: E731
 
 
 # The flag goes on before every query of a routine's and comes off after it, so this is the
@@ -188,7 +195,7 @@ def _readable(*addresses: int) -> bool:
         os.close(memory)
 
 
-def _directly(user: Any, context: Any) -> tuple[Any, Any]:
+def _directly(user: Any, context: Any) -> tuple[Any, Any, Any]:
     def enter() -> Any:
         # (what leave needs is made first: an allocation that fails after the flag is set
         # would leave it set)
@@ -203,10 +210,10 @@ def _directly(user: Any, context: Any) -> tuple[Any, Any]:
         user.value, context.value = entered[0], entered[1]
         return _changed(entered)
 
-    return enter, leave
+    return enter, leave, lambda: user.value
 
 
-def _through(lib: ctypes.CDLL) -> tuple[Any, Any]:
+def _through(lib: ctypes.CDLL) -> tuple[Any, Any, Any]:
     # as PyDLL functions (the GIL kept for two stores) without argtypes (ints and byref pass
     # as they are), a call costs a third of a CDLL call with argtypes
     hot = ctypes.PyDLL(lib._name)
@@ -228,7 +235,11 @@ def _through(lib: ctypes.CDLL) -> tuple[Any, Any]:
         put(entered[0], entered[1])
         return _changed(entered)
 
-    return enter, leave
+    def current_user() -> int:
+        get(*refs)
+        return user.value
+
+    return enter, leave, current_user
 
 
 def _changed(entered: Any) -> str | None:

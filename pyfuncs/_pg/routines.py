@@ -72,7 +72,9 @@ stopping.BOOKKEEPING.add(id(collecting.__code__))
 
 # The entry functions, compiled once per routine so that their code is the routine's own
 # (watchdog.ENTRIES). `call` is what the body calls for a routine that returns a value (its
-# parameters are the function's), `within` runs other work of a call, whose number is `n`.
+# parameters are the function's), `within` runs other work of a call, whose number is `n`
+# and which began at `began` (a set-returning routine's first row: its timeout_ms counts
+# from there, whatever ran between its rows).
 # An exception leaves as a PostgreSQL error made inside the call; a stop leaves as a fresh
 # RoutineInterrupted, so that nothing of the routine's travels out with it (its frames,
 # their locals: what was raised in them is let go here, inside the call). `call` also drops
@@ -114,7 +116,7 @@ _CALL = """\
     raise error
 """
 _WITHIN_HEAD = """
-def within(n, work, *args):
+def within(n, began, work, *args):
 """
 _WITHIN = """\
     try:
@@ -203,7 +205,7 @@ class Routine:
         self.convert = {kind: self._reading(kind) for kind in spec["converters"]}
         self.last: Pending | None = None  # what `fn` gave the body last (see rows)
         self.within: Callable[..., Any] = self._entry(
-            _entry_source(_WITHIN_HEAD, _WITHIN, self.timeout, "now()"), "within"
+            _entry_source(_WITHIN_HEAD, _WITHIN, self.timeout, "began"), "within"
         )
         # the module's top-level code runs in a call of this routine: stoppable too, and a
         # stop there fails as the call's would (the body loads outside the call's `try`)
@@ -211,8 +213,8 @@ class Routine:
         stopped = False
         try:
             self.namespace = self.within(
-                SEQUENCE(), Context().run, sandbox.load_module, source, self.filename,
-                spec["module"], frozenset(spec["allowed_modules"]),
+                SEQUENCE(), time.monotonic(), Context().run, sandbox.load_module, source,
+                self.filename, spec["module"], frozenset(spec["allowed_modules"]),
             )  # fmt: skip
         except RoutineInterrupted:
             stopped = True
@@ -337,21 +339,25 @@ class Routine:
     def rows(self, result: Any, budget: Budget | None = None) -> Iterator[Any]:
         """A set-returning routine's rows, each made (the routine's code for it, made
         plain, within the result limits) inside the routine's call, which lasts from the
-        first row to the last. The body passes what `fn` returned (a Pending), or, for a
-        row type of one column, a map of it that reads the column."""
+        first row to the last, with the identity in force at the first. The body passes
+        what `fn` returned (a Pending), or, for a row type of one column, a map of it that
+        reads the column."""
         pending, self.last = self.last, None
         source: Iterator[Any] = iter(() if result is None else result)
-        call = SEQUENCE()  # the call's number: one for all its rows
-        run = Context().run  # and their context
+        call, began = SEQUENCE(), time.monotonic()  # the call's number, its start
+        run = Context().run  # and its context: one for all its rows
         caller = stopping.CALLING[0]  # the module whose call asks for the rows, if any
+        who = identity.who()
         count = size = 0
         # a loop, not `yield from`, so that closing this generator does not close `rows`
         # by itself: see watchdog.ORPHANS
         try:
             if stopping.ORPHANS or stopping.OWED:  # (in the call: its limits apply)
-                self.within(call, run, _settle, self.namespace)
+                self.within(call, began, run, _settle, self.namespace)
             while True:
-                row, made = self.within(call, run, self._row, source, budget)
+                if count and identity.who() != who:
+                    raise self._moved()
+                row, made = self.within(call, began, run, self._row, source, budget)
                 if row is _DONE:
                     return
                 count += 1
@@ -370,13 +376,28 @@ class Routine:
                 # the query needs no more rows (LIMIT, say): closed now if what asked for
                 # them is still what runs; else in the routine's next call (a red team's
                 # portal, closed as the collector freed it in another role's call, had its
-                # routine's `finally` run there); nor while PostgreSQL is aborting
+                # routine's `finally` run there); nor while PostgreSQL is aborting. Its
+                # `finally` runs without queries either way (see watchdog.close_apart)
                 if stopping.in_transaction() and stopping.CALLING[0] is caller:
-                    self.within(call, run, pending.close)
+                    self.within(call, began, run, stopping.close_apart, [pending])
                 else:
                     stopping.leave(stopping.ORPHANS, self.namespace, pending)
             raise
+        finally:
+            stopping.forget(call)
         raise error
+
+    def _moved(self) -> Exception:
+        """The rows of a call are asked for as another role, or with another search_path or
+        claims, than its first: a cursor fetched after `SET ROLE`, or persisted at the
+        `COMMIT` of a transaction that changed roles (`WITH HOLD`)."""
+        return errors.make(
+            "PermissionDenied",
+            f"{self.qualname}: the rest of its rows were asked for with another role, "
+            "search_path or request.jwt.claims than its first: a call runs with one identity",
+            vocabulary.PERMISSION_DENIED,
+            hint="fetch a set-returning routine's rows as the role that began the call",
+        )
 
     def _row(self, source: Iterator[Any], budget: Budget | None) -> tuple[Any, int]:
         """The next row (inside the call: see rows) and its size, or _DONE."""

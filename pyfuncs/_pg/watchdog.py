@@ -348,14 +348,12 @@ class Watchdog:
         if outer is None:
             return self._look_stray(now) if stray else self._idle()
         call, routine = key(outer), ENTRIES[id(outer.f_code)]
-        # when a call of a routine's `call` entry began, as it noted (see routines.py)
-        began = outer.f_locals.get("began", now) if call is outer and call != self._call else now
+        # when the call began, as its entry noted (see routines.py)
+        began = outer.f_locals.get("began", now) if call != self._call else now
         del outer
         self._stray_since = 0.0
         if call != self._call:
-            if self._call is not None and not isinstance(self._call, int):
-                GRAVE.append(self._call)
-            self._call, self._since, self._base_memory = call, min(began, now), -1
+            self._switch(call, min(began, now))
         if routine.timeout is not None:  # look again at its deadline, if that comes first
             self._nap = min(self.TICK, max(0.001, self._since + routine.timeout - now + 0.001))
         within = self._inner_deadline(inner, now) if inner else None
@@ -386,6 +384,19 @@ class Watchdog:
             GRAVE.append(stop.call)
         self.stop = Stop(call, why[0], why[1], elapsed, who)
         return True
+
+    def _switch(self, call: Any, since: float) -> None:
+        """The outermost call under way is another than at the last look. A set-returning
+        routine's call (a number) whose rows interleave with other calls keeps the memory
+        it began with (see `forget`); any other's entry frame is let go of (GRAVE)."""
+        seen = self._call
+        if type(seen) is int:
+            if self._base_memory >= 0:
+                _BASES[seen] = self._base_memory
+        elif seen is not None:
+            GRAVE.append(seen)
+        self._call, self._since = call, since
+        self._base_memory = _BASES.pop(call, -1) if type(call) is int else -1
 
     def _inner_deadline(self, frames: list[Any], now: float) -> tuple[float, Any] | None:
         """The earliest deadline of the calls under way inside the outermost one (routines
@@ -472,15 +483,6 @@ class Watchdog:
         fields = os.pread(self._statm, 128, 0).split()
         return (int(fields[1]) - int(fields[2])) * _PAGE
 
-    def began(self, entry: Any, now: float) -> float:
-        """When the call of the entry frame `entry` began, as far as this watchdog knows: when
-        it first saw it, or `now` for a call it has not seen yet (before each query of a call
-        with a timeout: the frame itself first, then its number)."""
-        seen = self._call
-        if seen is entry or (type(seen) is int and key(entry) == seen):
-            return self._since
-        return now
-
     def stop_here(self, sqlstate: str, reason: str, who: str | None = None) -> None:
         """Stop the call under way from the main thread (a query inside it was cancelled,
         or it went past a limit), sticky like the watchdog's stops. A call stopped already
@@ -547,6 +549,14 @@ class Watchdog:
 
 
 WATCHDOG: Watchdog | None = None  # this backend's (boot() starts it)
+# the backend's private memory when each set-returning call under way whose rows another
+# call interrupted was first seen, by its number (see Watchdog._switch)
+_BASES: dict[int, int] = {}
+
+
+def forget(call: int) -> None:
+    """A set-returning routine's call (its number) has ended."""
+    _BASES.pop(call, None)
 
 
 def _untraced(frame: Any, event: str, arg: Any) -> None:
@@ -603,8 +613,6 @@ class _WallTimer:
 def guard() -> None:
     """Called first in every handler, `finally` and after every `with` of a routine module,
     and before every query: raises again for what has been told to stop."""
-    if disposing:
-        raise RoutineInterrupted()
     if WATCHDOG is not None and WATCHDOG.stop is not None:
         WATCHDOG.check()
 
@@ -616,11 +624,11 @@ def guard() -> None:
 # (a cursor's close, a `finally` that queries), which can crash the backend and, with it,
 # restart the cluster. So what is left suspended at that moment is kept here instead, with
 # the routine it belongs to, and closed at that routine's next set-returning call or
-# cursor, inside that call (its limits apply): with every handler and `finally` of routine
-# code skipped (their first statement is the guard, which raises while disposing) and
-# every query refused. Never in another routine's call: what closing it sets off (the
-# finalizers of what its frames hold) spent a red team's time there, past the victim
-# call's timeout_ms.
+# cursor, inside that call (its limits apply), which may be another role's: its handlers
+# and `finally` blocks run (module state they restore is restored), and every query is
+# refused (db, while disposing). Never in another routine's call: what closing it sets
+# off (the finalizers of what its frames hold) spent a red team's time there, past the
+# victim call's timeout_ms.
 
 # What a routine left for its next call, by id of its module state: (the module state,
 # [what it left, ...]). (The entry keeps the module state alive: its id is no other's.)
@@ -664,27 +672,37 @@ def from_the_call() -> bool:
 
 def dispose_orphans(module: Any) -> None:
     """Close what the routine whose module state is `module` left suspended (ORPHANS)."""
-    global disposing
     orphans = _taken(ORPHANS, module)
-    if not orphans:
-        return
+    if orphans:
+        close_apart(orphans)
+
+
+def close_apart(items: list[Any]) -> None:
+    """Close each of `items` (suspended generators, cursors), emptying the list, with every
+    query refused (db, while disposing): for what an aborted statement left, and for the
+    generator of a call whose statement needs no more rows. PostgreSQL closes that one
+    from its executor's cleanup, where no PL/Python function runs, and a query there is
+    an error PostgreSQL raises through Python's own frames (a longjmp past the
+    interpreter)."""
+    global disposing
     disposing = True
     try:
-        for orphan in orphans:
+        for item in items:
             try:  # noqa: SIM105  (contextlib costs every backend's boot 3 ms)
                 # in a context of its own: what its code sets there as it closes (C's
                 # decimal.localcontext gives back a context) is not the call's under way
-                Context().run(orphan.close)
+                Context().run(item.close)
             except BaseException:
                 pass
-        del orphan, orphans  # finalised here, while disposing
+        item = None
+        items.clear()  # (what they hold is finalised here, while disposing)
     finally:
         disposing = False
 
 
 # (a stop a finalizer swallowed there may not be raised between its steps: one that was
 # left `disposing` on, and every later call in the backend failed)
-BOOKKEEPING.add(id(dispose_orphans.__code__))
+BOOKKEEPING.update(id(f.__code__) for f in (dispose_orphans, close_apart))
 
 
 # --- weak references' callbacks -----------------------------------------------------------

@@ -480,6 +480,57 @@ def test_a_generator_closed_in_another_call_gives_back_no_decimal_context(
     assert cont.execute("SELECT orphan.numbers(true)").fetchall() == []
 
 
+ABANDONED = """
+from collections.abc import Iterator
+
+from pyfuncs import db, stored_function
+
+STATE = {"busy": 0, "query": "none"}
+
+
+@stored_function(schema="abandon", roles=["student", "manager"])
+def rows(peek: bool) -> Iterator[str]:
+    if peek:
+        yield f"{STATE['busy']} {STATE['query']}"
+        return
+    STATE["busy"] += 1
+    try:
+        yield "1"
+        yield "2"
+        yield "3"
+    finally:
+        STATE["busy"] -= 1
+        try:
+            STATE["query"] = str(db.fetchval("SELECT current_user"))
+        except PermissionError:
+            STATE["query"] = "refused"
+"""
+
+
+def test_a_generator_an_aborted_statement_left_runs_its_finally_without_queries(
+    cont: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """What an aborted statement left suspended is closed in the routine's next call, which
+    may be another role's: its `finally` runs there (module state it restores is restored:
+    it was skipped, and the state stayed as the abandoned call left it), and its queries
+    are refused (they would run as that role). So are those of a generator PostgreSQL
+    closes as its statement ends."""
+    (tmp_path / "abandon_mod.py").write_text(ABANDONED)
+    deploying.deploy(cont, str(tmp_path / "abandon_mod.py"))
+    cont.execute("SET ROLE student")
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        cont.execute("SELECT 1 / (abandon.rows(false)::int - 2)")
+    cont.execute("RESET ROLE")
+    cont.execute("SET ROLE manager")
+    assert cont.execute("SELECT abandon.rows(true)").fetchall() == [("0 refused",)]
+    # a call whose statement needs no more rows (LIMIT) runs its finally in its own call,
+    # from PostgreSQL's cleanup of the statement, where no PL/Python function runs: a query
+    # there was an error raised through the interpreter's frames, and is refused now
+    cont.execute("RESET ROLE")
+    assert cont.execute("SELECT abandon.rows(false) LIMIT 1").fetchall() == [("1",)]
+    assert cont.execute("SELECT abandon.rows(true)").fetchall() == [("0 refused",)]
+
+
 DELEGATING = """
 from collections.abc import Iterator
 

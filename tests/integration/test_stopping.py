@@ -571,6 +571,17 @@ def outer_long(seconds: float) -> int:
 @stored_function(schema="nested")
 def outer_plain(seconds: float) -> int:
     return int(db.fetchval("SELECT nested.inner_sleeps($1)", [seconds]))
+
+
+@stored_function(schema="nested", timeout_ms=20000)
+def inner_patient(seconds: float) -> int:
+    db.execute("SELECT pg_sleep($1)", [seconds])
+    return 1
+
+
+@stored_function(schema="nested", timeout_ms=100)
+def outer_short(seconds: float) -> int:
+    return int(db.fetchval("SELECT nested.inner_patient($1)", [seconds]))
 """
 
 
@@ -588,6 +599,19 @@ def test_an_inner_routines_deadline_holds_in_its_queries_inside_a_longer_one(
     assert err.sqlstate == "57014" and "timeout_ms=100" in str(err), err
     assert took < 0.1 + SLACK
     assert conn.execute("SELECT pg_sleep(0.3)").fetchone() == ("",)  # no cancel left behind
+
+
+def test_a_query_cancelled_at_an_outer_calls_deadline_names_that_call(
+    conn: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """The query timer goes off at the earliest deadline of the calls the query is in: a
+    red team's was reported as the innermost call's limit, which had not run out."""
+    (tmp_path / "nested_mod.py").write_text(NESTED_DEADLINES)
+    deploying.deploy(conn, str(tmp_path / "nested_mod.py"))
+    err, took = run(conn, "SELECT nested.outer_short(2.0)")
+    assert err.sqlstate == "57014", err
+    assert "nested.outer_short exceeded its limit timeout_ms=100" in str(err), err
+    assert took < 0.1 + SLACK
 
 
 DEEP = """
@@ -620,3 +644,70 @@ def test_the_deadline_of_a_call_that_returned_is_not_left_armed_however_deep(
     (tmp_path / "deep_mod.py").write_text(DEEP)
     deploying.deploy(conn, str(tmp_path / "deep_mod.py"))
     assert conn.execute("SELECT deep.nest(%s, 1.0)", [depth]).fetchone() == ("slept",)
+
+
+WOVEN = """
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+from pyfuncs import db, stored_function
+
+
+def _busy(seconds: float) -> None:
+    until = datetime.now() + timedelta(seconds=seconds)
+    while datetime.now() < until:
+        pass
+
+
+@stored_function(schema="woven", timeout_ms=300)
+def timed(n: int) -> Iterator[int]:
+    for i in range(n):
+        _busy(0.1)
+        yield i
+
+
+@stored_function(schema="woven", timeout_ms=300)
+def waiting(n: int) -> Iterator[int]:
+    for i in range(n):
+        db.execute("SELECT pg_sleep(0.29)")
+        yield i
+
+
+@stored_function(schema="woven", max_memory_mb=64)
+def growing(n: int) -> Iterator[int]:
+    kept = []
+    for i in range(n):
+        kept.append(b"x" * (20 << 20))
+        _busy(0.06)
+        yield i
+
+
+@stored_function(schema="woven")
+def other(n: int) -> Iterator[int]:
+    for i in range(n):
+        _busy(0.05)
+        yield i
+"""
+
+
+@pytest.mark.parametrize(
+    ("query", "limit"),
+    [("SELECT woven.timed(10), woven.other(10)", "timeout_ms=300"),
+     ("SELECT woven.growing(10), woven.other(10)", "max_memory_mb=64"),
+     ("SELECT woven.waiting(10)", "timeout_ms=300")],
+)  # fmt: skip
+def test_a_set_returning_calls_limits_hold_while_its_rows_interleave_with_another_call(
+    conn: psycopg.Connection[Any], tmp_path: Any, query: str, limit: str
+) -> None:
+    """A set-returning routine's rows are one call, from the first to the last: rows made
+    in turn with another call's (two in a select list) had their timeout_ms and
+    max_memory_mb counted afresh from each (a red team's, at 100 ms and 20 MB a row), and
+    a row's query was held to a deadline counted from that row (0.93 s for 300 ms)."""
+    (tmp_path / "woven_mod.py").write_text(WOVEN)
+    deploying.deploy(conn, str(tmp_path / "woven_mod.py"))
+    err, took = run(conn, query)
+    assert limit in str(err), err
+    assert took < 1.0 + SLACK
+    # each alone, within its limits, as before
+    assert len(conn.execute("SELECT woven.timed(2), woven.other(2)").fetchall()) == 2
+    assert len(conn.execute("SELECT woven.growing(2), woven.other(2)").fetchall()) == 2

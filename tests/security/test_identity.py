@@ -133,9 +133,9 @@ plpy.execute("SELECT pyfuncs.boot()")
 identity = sys.modules["pyfuncs_pg.identity"]
 postgres = ctypes.CDLL(None)
 if way == "variables":  # PostgreSQL's variables, found in its machine code
-    identity.enter, identity.leave = identity._directly(*identity._variables(postgres))
+    identity.enter, identity.leave, _ = identity._directly(*identity._variables(postgres))
 elif way == "functions":  # PostgreSQL's functions, as where the variables are not found
-    identity.enter, identity.leave = identity._through(postgres)
+    identity.enter, identity.leave, _ = identity._through(postgres)
 return type(identity.enter).__name__
 $$;
 """
@@ -235,3 +235,56 @@ def test_the_claims_are_read_without_sql(ident: None, dsn: str) -> None:
         conn.execute("SET ROLE student")
         assert conn.execute("SELECT ident.claims_only()").fetchone() == ("s1",)
         assert conn.execute("SELECT current_user").fetchone() == ("student",)
+
+
+ROWS = """
+from collections.abc import Iterator
+
+from pyfuncs import db, stored_function
+
+
+@stored_function(schema="rowsid", roles=["student", "manager"])
+def who(n: int) -> Iterator[str]:
+    for _ in range(n):
+        yield str(db.fetchval("SELECT current_user"))
+"""
+BETWEEN = {
+    "role": "RESET ROLE; SET ROLE manager",
+    "session_authorization": "RESET ROLE; SET SESSION AUTHORIZATION manager",
+    "search_path": "SET search_path = rowsid, public",
+    "claims": "SELECT set_config('request.jwt.claims', '{\"sub\": \"other\"}', false)",
+}
+
+
+@pytest.mark.parametrize("between", sorted(BETWEEN))
+@pytest.mark.parametrize("hold", [False, True])
+def test_a_set_returning_calls_rows_are_made_with_the_identity_of_its_first(
+    conn: psycopg.Connection[Any], tmp_path: Any, between: str, hold: bool
+) -> None:
+    """A set-returning routine's rows are one call, with one identity. A cursor over one,
+    fetched after the session changed role (or search_path, or claims), made the rest of
+    its rows as the new identity; and a WITH HOLD cursor's rows, left unfetched, are made
+    at COMMIT as whoever commits (a red team's, in a transaction that changed roles). The
+    rows after a change fail with 42501; a cursor fetched as one identity is unaffected."""
+    (tmp_path / "rowsid_mod.py").write_text(ROWS)
+    deploying.deploy(conn, str(tmp_path / "rowsid_mod.py"))
+    conn.execute("BEGIN")
+    conn.execute("SET ROLE student")
+    if hold:
+        conn.execute("DECLARE same CURSOR WITH HOLD FOR SELECT rowsid.who(3)")
+        conn.execute("DECLARE c CURSOR WITH HOLD FOR SELECT rowsid.who(3)")
+    else:
+        conn.execute("DECLARE same CURSOR FOR SELECT rowsid.who(3)")
+        conn.execute("DECLARE c CURSOR FOR SELECT rowsid.who(3)")
+    assert conn.execute("FETCH 1 FROM c").fetchall() == [("student",)]
+    assert conn.execute("FETCH ALL FROM same").fetchall() == [("student",)] * 3
+    conn.execute(BETWEEN[between])
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="another role, search_path"):
+        if hold:
+            conn.execute("COMMIT")  # (the rest of its rows are made now)
+        else:
+            conn.execute("FETCH 1 FROM c")
+    conn.execute("ROLLBACK")
+    conn.execute("RESET SESSION AUTHORIZATION")
+    conn.execute("RESET ROLE")
+    assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
