@@ -26,6 +26,11 @@ try:
     _pf_fn = SD["fn"]
 except KeyError:
     if {interface!r} not in GD:
+        import ctypes  # (a query in a parallel operation fails past PL/Python's frames)
+        if ctypes.CDLL(None).IsInParallelMode():
+            plpy.error("a pyfuncs routine cannot start during a parallel operation",
+                       hint="call it from a query that is not run in parallel",
+                       sqlstate="25000")
         plpy.execute("SELECT pyfuncs.boot()")
     if {interface!r} not in GD:
         plpy.error("the pyfuncs runtime in this database is older than this routine",

@@ -52,6 +52,7 @@
 #include <time.h>
 #include <ucontext.h>
 
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -928,9 +929,23 @@ static PyObject *objects[6];	/* None, True, False, then leave's three names */
 static char **claims_kept;		/* the claims' storage, or NULL: read by name */
 static int	timer = -1;
 
-#define MAX_LENT 64
+/* (deeper than PL/Python's recursion limit lets routines call each other through SQL) */
+#define MAX_LENT 1024
 static long lent;				/* queries under way since the timer was set */
 static double deadlines[MAX_LENT];	/* the deadline armed for each, outermost first */
+
+/*
+ * The subtransaction under way as each query of a routine's began (enter to leave),
+ * innermost last. PL/Python catches an error its query raises in a subtransaction it begins
+ * for the query, which comes later; an abort of one of these (or of the transaction) while
+ * the query is under way means an error went through the interpreter's frames, which
+ * PL/Python does not guard against everywhere and which leaves the interpreter corrupt
+ * (red teams found three ways; each is closed, this is the net under them): the session
+ * ends before another call runs in it.
+ */
+static SubTransactionId began_in[MAX_LENT];
+static long queries;
+static bool watching_aborts;
 
 #define RESTRICTED (SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION)
 #define CLAIMS "request.jwt.claims"
@@ -1022,6 +1037,9 @@ guard_enter(PyObject *self, PyObject *unused)
 		py.list_set(settings, 1, entered);
 	}
 	SetUserIdAndSecContext(user, context | RESTRICTED);
+	if (queries < MAX_LENT)
+		began_in[queries] = GetCurrentSubTransactionId();
+	queries++;
 	return entered;
 }
 
@@ -1034,6 +1052,8 @@ guard_leave(PyObject *self, PyObject *entered)
 	long		context;
 	int			same;
 
+	if (queries > 0)
+		queries--;
 	if ((item = py.tuple_item(entered, 0)) == NULL)
 		return NULL;
 	user = py.as_unsigned(item);
@@ -1070,47 +1090,56 @@ arm(double deadline)
 						 : left * 1000 >= INT_MAX - 1 ? INT_MAX : (int) (left * 1000) + 1);
 }
 
+/*
+ * Before a query: True where the timer was lent (give_back must follow), False where no
+ * call under way has a deadline, None where the query may not run: in a parallel
+ * operation (PL/Python begins a subtransaction for each query, which PostgreSQL refuses
+ * there with an error thrown through the interpreter's frames), or nested deeper than
+ * the deadlines kept.
+ */
 static PyObject *
 guard_lend(PyObject *self, PyObject *unused)
 {
 	double		deadline = pyfuncs_backstop_clock[0],
 				armed;
 
+	if (IsInParallelMode() || lent >= MAX_LENT)
+		return object(0);
 	if (timer < 0 || (lent == 0 && deadline <= 0))
 		return object(2);
-	armed = lent == 0 ? deadline : deadlines[(lent < MAX_LENT ? lent : MAX_LENT) - 1];
-	/* the first query, or one of a routine called inside it whose deadline comes first
-	 * (as deep as the deadlines are kept: deeper, the watchdog holds it to its own) */
-	if (lent == 0 || (lent < MAX_LENT && deadline > 0 && deadline < armed))
+	armed = lent == 0 ? deadline : deadlines[lent - 1];
+	/* the first query, or one of a routine called inside it whose deadline comes first */
+	if (lent == 0 || (deadline > 0 && deadline < armed))
 	{
 		armed = deadline;
 		arm(armed);
 	}
-	if (lent < MAX_LENT)
-		deadlines[lent] = armed;
-	lent++;
+	deadlines[lent++] = armed;
 	return object(1);
 }
 
+/* After the query: whether the timer went off while it ran (True: the call is past its
+ * deadline, also where the query caught the cancel and went on) */
 static PyObject *
 guard_give_back(PyObject *self, PyObject *unused)
 {
 	double		inner;
+	bool		fired;
 
 	if (lent == 0)
-		return object(0);
-	inner = deadlines[(lent < MAX_LENT ? lent : MAX_LENT) - 1];
-	lent--;
+		return object(2);
+	inner = deadlines[--lent];
 	if (lent == 0)
 		disable_timeout((TimeoutId) timer, true);
 	/* a deadline that came as the query finished, too late for it, leaves no cancel behind
-	 * for what runs next (the watchdog holds the call to it from here) */
-	if (get_timeout_indicator((TimeoutId) timer, true) && QueryCancelPending)
+	 * for what runs next (the caller stops the call for it) */
+	fired = get_timeout_indicator((TimeoutId) timer, true);
+	if (fired && QueryCancelPending)
 		QueryCancelPending = false;
 	/* the query around this one's deadline, where this one's came first */
-	if (lent > 0 && lent < MAX_LENT && deadlines[lent - 1] > inner)
+	if (lent > 0 && deadlines[lent - 1] > inner)
 		arm(deadlines[lent - 1]);
-	return object(0);
+	return object(fired ? 1 : 2);
 }
 
 static PyObject *
@@ -1126,6 +1155,37 @@ static MethodDef guards[] = {
 	{"give_back", guard_give_back, METH_NOARGS, NULL},
 	{"lent", guard_lent, METH_NOARGS, NULL},
 };
+
+static void
+thrown_through(void)
+{
+	queries = 0;
+	if (proc_exit_inprogress)	/* (a FATAL error, the session's end: it ends anyway) */
+		return;
+	ereport(WARNING,
+			(errmsg("pyfuncs: an error went through a routine's Python; this session ends so "
+					"that no later call runs in an interpreter left inconsistent")));
+	ProcDiePending = true;		/* as pg_terminate_backend: at the next interrupt check */
+	InterruptPending = true;
+}
+
+static void
+on_subtransaction(SubXactEvent event, SubTransactionId aborted, SubTransactionId parent,
+				  void *unused)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB && queries > 0
+		&& began_in[(queries < MAX_LENT ? queries : MAX_LENT) - 1] >= aborted)
+		thrown_through();
+}
+
+static void
+on_transaction(XactEvent event, void *unused)
+{
+	if (queries > 0 && (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT))
+		thrown_through();
+	else if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PREPARE)
+		queries = 0;
+}
 
 /*
  * Python's functions (GuardApi's, in its order), identity.SETTINGS, None, True, False and
@@ -1146,6 +1206,12 @@ pyfuncs_query_guards(const GuardApi *functions, PyObject *settings_list,
 		objects[i] = constants[i];
 	claims_kept = claims_storage;
 	timer = timer_id;
+	if (!watching_aborts)
+	{
+		RegisterXactCallback(on_transaction, NULL);
+		RegisterSubXactCallback(on_subtransaction, NULL);
+		watching_aborts = true;
+	}
 	for (i = 0; i < 5; i++)
 		made[i] = py.function_new(&guards[i], NULL, NULL);
 	return packed(5, made);

@@ -166,7 +166,7 @@ def start(gd: dict[str, Any], modules: Mapping[str, Mapping[str, Any]]) -> None:
         deadline.use(*guards[2:])
     backstop.keep_finalizers_apart()
     if backstop.keep_generators():  # (a stop waits until its question is answered)
-        stopping.BOOKKEEPING.add(id(backstop._may_run_finalized.__code__))
+        stopping.bookkeeping(backstop._may_run_finalized)
     backstop.own_weakref_callbacks(stopping.owned_callback)
     sandbox.API = lambda module: sandbox.shim(db.Db(module))
     if all(row.get("sha256") for row in modules.values()):

@@ -159,24 +159,28 @@ class Db(Queries):
     def __init__(self, module: dict[str, Any]) -> None:
         self._module = module
 
-    def _plan(self, query: str, params: Sequence[Any]) -> tuple[_Prepared, Sequence[Any]]:
+    def _plan(
+        self, query: str, params: Sequence[Any], keep: bool = True
+    ) -> tuple[_Prepared, Sequence[Any]]:
         """The plan for `query` (a plain str: see _text) with these parameters' types, and
-        the values to send."""
+        the values to send; kept for the next time unless `keep` is false."""
         key = _plan_key(query, params)
         prepared = _DIRECT.get(key)
         if prepared is not None:
             return prepared, params
         simple = simple_types()
         if all(type(v) in simple for v in params):
-            sqltypes = [simple[type(v)] for v in params]
-            prepared = _DIRECT[key] = _Prepared(plpy.prepare(query, sqltypes))
+            prepared = _Prepared(plpy.prepare(query, [simple[type(v)] for v in params]))
+            if keep:
+                _DIRECT[key] = prepared
             return prepared, params
         adapted = [adapt_param(v) for v in params]
         adapted_key = (query, tuple(t for t, _ in adapted))
         prepared = _ADAPTED.get(adapted_key)
         if prepared is None:
             prepared = _Prepared(plpy.prepare(query, list(adapted_key[1])))
-            _ADAPTED[adapted_key] = prepared
+            if keep:
+                _ADAPTED[adapted_key] = prepared
         return prepared, [v for _, v in adapted]
 
     def _count(self) -> None:
@@ -204,9 +208,12 @@ class Db(Queries):
         prepared = _DIRECT.get(key)
         # (lent and entered inside the try: an exception right after either, a MemoryError
         # under max_memory_mb say, must still give back and leave)
-        lent, entered, changed = False, None, None
+        lent: bool | None = False
+        entered, changed, fired = None, None, False
         try:
             lent = deadline.lend()
+            if lent is None:
+                raise deadline.may_not_run()
             entered = identity.enter()
             if prepared is None:  # (under the flag too: preparing runs types' input
                 # functions on literals, and a domain's check with them, any SQL: a red
@@ -219,11 +226,12 @@ class Db(Queries):
             raise
         finally:
             if lent:
-                deadline.give_back()
+                fired = deadline.give_back()
             if entered is not None:
                 changed = identity.leave(entered)
         if changed:
             _stop_identity(changed)
+        _went_on(fired)
         return prepared.rows(result)
 
     def execute(self, query: str, params: Sequence[Any] = (), /) -> Rows:
@@ -254,30 +262,49 @@ class Db(Queries):
         self, query: str, params: Sequence[Any] = (), /, *, batch: int = 1000
     ) -> Iterator[dict[str, Any]]:
         """Iterate over a large result without holding it all in memory."""
+        if type(batch) is not int or batch < 1:
+            raise ValueError(f"pyfuncs: a cursor's batch is a positive int, not {batch!r}")
         self._count()  # (from this module's call: what it left is closed in it)
         stopping.dispose_orphans(self._module)
-        prepared, values = _guarded(self._plan, _text(query), params)
-        cur = _guarded(plpy.cursor, prepared.plan, values)
+        query = _text(query)
+        for _ in range(_TRIES):
+            name = f"pyfuncs_cursor_{_NUMBER()}"  # (never the same twice in a backend)
+            # (its plan is not kept: its text is this cursor's only)
+            prepared, values = _guarded(self._plan, f"DECLARE {name} {_DECLARED}{query}",
+                                        params, False)  # fmt: skip
+            try:
+                _guarded(plpy.execute, prepared.plan, values)
+                break
+            except plpy.SPIError as exc:  # a cursor of the session's has that name
+                if getattr(exc, "sqlstate", None) != _DUPLICATE_CURSOR:
+                    raise
+        else:
+            raise RuntimeError("pyfuncs: no free name for a cursor in this session")
+        opened = under_way()
         try:
             while True:
                 self._count()
-                chunk = _guarded(cur.fetch, batch)
+                if not _still_open(opened):
+                    raise RuntimeError(
+                        "pyfuncs: a db.cursor is read in the transaction, and the "
+                        "savepoint, it was opened in, and not after either ended"
+                    )
+                chunk = _guarded(plpy.execute, f"FETCH {batch} FROM {name}")
                 if not chunk:
                     return
                 yield from prepared.rows(chunk)
         finally:
-            # closed here only in a call of its module's: closing its portal shuts down what
-            # the query runs (a set-returning routine's code, which then finishes), and the
-            # collector may free this generator in any call (a red team's ran its routine's
-            # `finally` in another role's call, querying as that role); else in the
-            # module's next call. Nor while PostgreSQL is aborting: that can crash it
-            if stopping.in_transaction() and stopping.CALLING[0] is self._module:
-                try:  # noqa: SIM105  (contextlib costs every backend's boot 3 ms)
-                    cur.close()
-                except ValueError:  # its portal went with an aborted one
-                    pass
-            else:
-                stopping.leave(stopping.ORPHANS, self._module, cur)
+            # closed here only in a call of its module's, while a PL/Python function runs
+            # (not as PostgreSQL cleans up after a statement: see watchdog.close_apart):
+            # closing it shuts down what the query runs (a set-returning routine's code,
+            # which then finishes), and the collector may free this generator in any call
+            # (a red team's ran its routine's `finally` in another role's call, querying
+            # as that role); else its transaction's end drops it
+            if (
+                not stopping.disposing and stopping.in_transaction()
+                and stopping.CALLING[0] is self._module and _still_open(opened)
+            ):  # fmt: skip
+                _close(name)
 
     def subtransaction(self) -> Savepoint:
         """A savepoint: `with db.subtransaction(): ...` undoes its writes if the block raises."""
@@ -293,6 +320,39 @@ class Db(Queries):
         import json  # here: not every backend's boot pays for it
 
         return dict(json.loads(raw))
+
+
+# A routine's cursors are SQL's, declared, fetched and closed by a name no other cursor of
+# the backend's had (`pyfuncs_cursor_N`), and read only while the subtransaction they were
+# declared in is under way. Not PL/Python's: it finds its cursor's portal by name as it
+# closes or frees the cursor, and unpins it, which raises an error through the
+# interpreter's frames where the portal of that name is another's. A red team's statement
+# aborted with a routine's cursor open (which dropped its portal), declared a cursor of the
+# same name, and had the routine's cursor closed: the interpreter was left corrupt, and the
+# next call of another role crashed. An SQL cursor is not pinned: it ends with its
+# transaction (or savepoint) whatever keeps its generator, and closing or reading one that
+# is not there is an error PL/Python reports as a Python exception.
+_NUMBER = iter(range(1, sys.maxsize)).__next__
+_DECLARED = "NO SCROLL CURSOR FOR "
+_DUPLICATE_CURSOR = "42P03"
+_TRIES = 10
+
+
+def _still_open(opened: Any) -> bool:
+    return stopping.in_transaction() and under_way()[0] == opened[0] and _active(opened[1])
+
+
+def _close(name: str) -> None:
+    try:  # noqa: SIM105  (contextlib costs every backend's boot 3 ms)
+        _guarded(plpy.execute, f"CLOSE {name}")
+    except plpy.SPIError:  # (closed already: the query inside it failed)
+        pass
+
+
+def _active(subtransaction: int) -> bool:
+    """Whether that subtransaction is under way (boot() binds PostgreSQL's
+    SubTransactionIsActive; outside PostgreSQL, always)."""
+    return True
 
 
 class Savepoint:
@@ -312,6 +372,8 @@ class Savepoint:
     def __enter__(self) -> Any:
         stopping.guard()
         _in_a_call_entry(_from_the_call(self._module))
+        if deadline.parallel():
+            raise deadline.may_not_run()
         changed = identity.open_settings()
         if changed:
             _stop_identity(changed)
@@ -354,14 +416,17 @@ def under_way() -> Any:
 
 
 def bind(lib: Any, local_transaction: Any = None) -> None:
-    global under_way
+    global under_way, _active
+    active = lib.SubTransactionIsActive
+    active.restype, active.argtypes = ctypes.c_bool, [ctypes.c_uint32]
+    _active = active
     transaction, number = local_transaction, lib.GetCurrentSubTransactionId
     if transaction is None:
         transaction = lib.GetCurrentTransactionStartTimestamp
         transaction.restype = ctypes.c_int64
     number.restype = ctypes.c_uint32
     under_way = lambda: (transaction(), number())  # noqa: E731
-    stopping.BOOKKEEPING.add(id(under_way.__code__))  # (read inside Savepoint's)
+    stopping.bookkeeping(under_way)  # (read inside Savepoint's)
 
 
 def _from_the_call(module: dict[str, Any]) -> Any:
@@ -405,9 +470,12 @@ def _from_the_call(module: dict[str, Any]) -> Any:
 def _guarded(operation: Callable[..., Any], *args: Any) -> Any:
     """One database operation of the call under way, with its deadline lent and its
     identity kept (Db._run does the same inline, for every query)."""
-    lent, entered, changed = False, None, None  # (inside the try: see Db._run)
+    lent: bool | None = False  # (inside the try: see Db._run)
+    entered, changed, fired = None, None, False
     try:
         lent = deadline.lend()
+        if lent is None:
+            raise deadline.may_not_run()
         entered = identity.enter()
         result = operation(*args)
     except plpy.SPIError as exc:
@@ -416,12 +484,22 @@ def _guarded(operation: Callable[..., Any], *args: Any) -> Any:
         raise
     finally:
         if lent:
-            deadline.give_back()
+            fired = deadline.give_back()
         if entered is not None:
             changed = identity.leave(entered)
     if changed:
         _stop_identity(changed)
+    _went_on(fired)
     return result
+
+
+def _went_on(fired: bool) -> None:
+    """After a query that returned: a stop it caught (a PL/pgSQL handler for query_canceled
+    in a DO block it ran went on past the call's deadline, its statement_timeout and cancel
+    requests: a red team's) stops the call now."""
+    if fired:
+        deadline.expired()
+    deadline.swallowed()
 
 
 def _failed(exc: BaseException) -> None:
@@ -440,6 +518,4 @@ def _stop_identity(what: str) -> None:
     raise RoutineInterrupted()
 
 
-stopping.BOOKKEEPING.update(
-    id(f.__code__) for f in (Db._run, Db.cursor, _guarded, Savepoint.__enter__, Savepoint.__exit__)
-)
+stopping.bookkeeping(Db._run, Db.cursor, _guarded, Savepoint.__enter__, Savepoint.__exit__)

@@ -36,10 +36,38 @@ _on: Any = None
 _off: Any = None
 _fired: Any = None
 _timer = -1
+# IsInParallelMode, and whether this statement has run past statement_timeout, once bound
+_parallel: Any = None
+_statement_timed_out: Any = None
+_STATEMENT_TIMEOUT = 3  # TimeoutId STATEMENT_TIMEOUT (utils/timeout.h)
 
 
 def bind(lib: ctypes.CDLL) -> bool:
-    global _on, _off, _fired, _timer
+    global _on, _off, _fired, _timer, _parallel, _statement_timed_out
+    hot = ctypes.PyDLL(lib._name)
+    _parallel = hot.IsInParallelMode
+    _parallel.restype = ctypes.c_bool
+    # Whether the timer of statement_timeout went off in this statement: PostgreSQL resets
+    # its indicator as it cancels, and the setting may have changed since the statement
+    # began (a routine's SET does not re-arm the timer); the timer's own times tell. Off
+    # (it went off, or was never set), set for this statement, and due before now.
+    active, due, set_at = (
+        hot.get_timeout_active,
+        hot.get_timeout_finish_time,
+        hot.get_timeout_start_time,
+    )
+    active.restype = ctypes.c_bool
+    started, now = hot.GetCurrentStatementStartTimestamp, hot.GetCurrentTimestamp
+    started.restype = now.restype = due.restype = set_at.restype = ctypes.c_int64
+
+    def _statement_timed_out() -> bool:
+        if active(_STATEMENT_TIMEOUT):
+            return False
+        at = due(_STATEMENT_TIMEOUT)
+        return bool(at != 0 and set_at(_STATEMENT_TIMEOUT) >= started() and at <= now())
+
+    indicator = hot.get_timeout_indicator  # (TimeoutId, bool reset): whether it went off
+    indicator.restype = ctypes.c_bool
     option = lib.GetConfigOption
     option.restype = ctypes.c_char_p
     option.argtypes = [ctypes.c_char_p, ctypes.c_bool, ctypes.c_bool]
@@ -53,43 +81,44 @@ def bind(lib: ctypes.CDLL) -> bool:
     # like identity's, as PyDLL functions whose arguments are all ints
     # (enable_timeout_after(TimeoutId, int ms), disable_timeout(TimeoutId, bool)), so no
     # argtypes to convert through
-    hot = ctypes.PyDLL(lib._name)
     enable_after, disable = hot.enable_timeout_after, hot.disable_timeout
     enable_after.restype = disable.restype = None
-    indicator = hot.get_timeout_indicator  # (TimeoutId, bool reset): whether it went off
-    indicator.restype = ctypes.c_bool
     cancel_pending = ctypes.c_int.in_dll(lib, "QueryCancelPending")
 
     def timer_on(ms: int) -> None:
         enable_after(timer, ms)
 
-    def timer_off(keep: bool = False) -> None:
+    def timer_off(keep: bool = False) -> bool:
         if not keep:
             disable(timer, 1)  # keeping whether it went off, for the test below
-        if indicator(timer, 1) and cancel_pending.value:
+        fired = bool(indicator(timer, 1))
+        if fired and cancel_pending.value:
             cancel_pending.value = 0
+        return fired
 
     _on, _off, _fired = timer_on, timer_off, lambda: indicator(timer, 0)
-    stopping.BOOKKEEPING.update(id(f.__code__) for f in (timer_on, timer_off))
+    stopping.bookkeeping(timer_on, timer_off)
     return True
 
 
 # the deadline armed for each query under way since the timer was set, outermost first
 # (a routine called through SQL inside a query may have an earlier one)
 _armed: list[float] = []
-_KEPT = 64  # as deep as an earlier deadline is armed (backstop.c's MAX_LENT)
+_KEPT = 1024  # as deep as queries nest (backstop.c's MAX_LENT): deeper than routines can
 
 
-def lend() -> bool:
+def lend() -> bool | None:
     """Before a query: the timer set to the deadline of the innermost call under way with a
     timeout_ms (backstop.CLOCK[0], which its entry function keeps), if there is one, unless
     a query around this one set it to an earlier one. Whether give_back must be called
-    after the query."""
+    after the query; None where the query may not run (see may_not_run)."""
+    if parallel() or len(_armed) >= _KEPT:
+        return None
     at = backstop.CLOCK[0]
     if _on is None or (not _armed and not at):
         return False
     armed = _armed[-1] if _armed else at
-    if not _armed or (at and at < armed and len(_armed) < _KEPT):
+    if not _armed or (at and at < armed):
         armed = at
         _arm(armed)
     _armed.append(armed)
@@ -102,16 +131,18 @@ def _arm(deadline: float) -> None:
     _on(min(int((deadline - monotonic()) * 1000) + 1, _LONGEST))
 
 
-def give_back() -> None:
+def give_back() -> bool:
     """After the query: a timer that went off as the query finished, too late for it to
     see, leaves a cancel pending that would cancel whatever the session runs next (the
     caller's statement, after it caught the routine's error): it is the call's deadline,
-    which the watchdog enforces from here, so that cancel is taken back. Then the timer is
-    set again to the deadline of the query around this one, or turned off."""
+    which the caller stops the call for (see overdue), so that cancel is taken back. Then
+    the timer is set again to the deadline of the query around this one, or turned off.
+    Whether the timer went off while the query ran."""
     inner = _armed.pop()
-    _off(keep=bool(_armed))
+    fired: bool = _off(keep=bool(_armed))
     if _armed and _armed[-1] > inner:
         _arm(_armed[-1])
+    return fired
 
 
 def depth() -> int:
@@ -126,10 +157,32 @@ def use(guard_lend: Any, guard_give_back: Any, guard_depth: Any) -> None:
     lend, give_back, depth = guard_lend, guard_give_back, guard_depth
 
 
-def expired(exc: BaseException) -> None:
-    """A query was cancelled (before give_back): if by the timer, stop the call for the
-    limit of the call under way whose deadline it was, the earliest (see lend)."""
-    if getattr(exc, "sqlstate", None) != "57014" or _fired is None or not _fired():
+def parallel() -> bool:
+    """Whether PostgreSQL is in a parallel operation (see may_not_run)."""
+    return _parallel is not None and bool(_parallel())
+
+
+def may_not_run() -> Exception:
+    """The error for a query lend refused: in a parallel operation, PostgreSQL refuses the
+    subtransaction PL/Python begins for each query with an error thrown through the
+    interpreter's frames, which left every later call in the backend to crash (a red
+    team's); or nested deeper than the deadlines are kept."""
+    if parallel():
+        return RuntimeError(
+            "pyfuncs: a routine cannot query during a parallel operation (PL/Python's "
+            "queries need a subtransaction): call it from a query that is not run in "
+            "parallel, or mark the function that calls it PARALLEL UNSAFE"
+        )
+    return RecursionError("pyfuncs: routines' queries nest too deeply")
+
+
+def expired(exc: BaseException | None = None) -> None:
+    """A query was cancelled (before give_back), or went on after the timer cancelled it
+    (`exc` None: a handler in it caught the cancel): if by the timer, stop the call for
+    the limit of the call under way whose deadline it was, the earliest (see lend)."""
+    if exc is not None and (
+        getattr(exc, "sqlstate", None) != "57014" or _fired is None or not _fired()
+    ):
         return
     frame: Any = sys._getframe(1)
     due: Any = None
@@ -145,6 +198,19 @@ def expired(exc: BaseException) -> None:
         limit = round(routine.timeout * 1000)
         stopping.WATCHDOG.stop_here("57014", f"exceeded its limit timeout_ms={limit}",
                                     routine.qualname)  # fmt: skip
+    if exc is None:
+        raise stopping.RoutineInterrupted()
 
 
-stopping.BOOKKEEPING.update(id(f.__code__) for f in (lend, _arm, give_back, depth, expired))
+def swallowed() -> None:
+    """After a query that returned: stop the call if statement_timeout went off while it
+    ran and a handler in it caught the cancel (a red team's DO block went on past it)."""
+    if _statement_timed_out is not None and _statement_timed_out():
+        stopping.interrupted(_Canceled("canceling statement due to statement timeout"))
+
+
+class _Canceled(Exception):
+    sqlstate = "57014"
+
+
+stopping.bookkeeping(lend, _arm, give_back, depth, expired)

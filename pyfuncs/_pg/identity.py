@@ -107,7 +107,7 @@ def bind(lib: ctypes.CDLL) -> None:
     _open_level.restype, undo_settings.restype = ctypes.c_int, None
     variables = _variables(lib)
     enter, leave, user = _through(lib) if variables is None else _directly(*variables)
-    stopping.BOOKKEEPING.update(id(f.__code__) for f in (enter, leave, _changed))
+    stopping.bookkeeping(enter, leave, _changed, open_settings)
     _search_path = ctypes.c_char_p.in_dll(lib, "namespace_search_path")
     if _protect_claims(lib) == "defined":  # its storage is ours: read without a call
         _claims = lambda: _claims_value.value  # noqa: E731

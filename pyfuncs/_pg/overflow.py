@@ -108,7 +108,7 @@ def contain(fatal: Callable[..., Any], lib: ctypes.CDLL) -> bool:
 
     # a stop due when the fault comes (a timeout during the long C call that overflowed)
     # must not land in the handler: it would be lost there, and the fault kill the cluster
-    stopping.BOOKKEEPING.add(id(on_fault.__code__))
+    stopping.bookkeeping(on_fault)
     # (libc's mmap, not the module's: its import costs every backend 0.2 ms)
     allocate = libc.mmap
     allocate.restype = ctypes.c_void_p

@@ -15,7 +15,7 @@ import time
 from _thread import get_ident
 from contextvars import Context
 
-from . import backstop, errors, identity, results, sandbox, vocabulary
+from . import backstop, deadline, errors, identity, results, sandbox, vocabulary
 from . import watchdog as stopping
 from .values import converter
 from .watchdog import SEQUENCE, Budget, RoutineInterrupted
@@ -67,7 +67,7 @@ def collecting(phase: str, info: Any) -> None:
 
 # (a stop may not land in it: one that did left no call under way for the rest of the call,
 # whose own code then refused to run)
-stopping.BOOKKEEPING.add(id(collecting.__code__))
+stopping.bookkeeping(collecting)
 
 
 # The entry functions, compiled once per routine so that their code is the routine's own
@@ -464,6 +464,9 @@ def routine(spec: Mapping[str, Any], source: str) -> Routine:
 
     Whether it returns a set is read from the body that calls this: a set-returning body
     hands what `fn` returns to `rows` (every version of pyfuncs/ddl.py's template does)."""
+    if deadline.parallel():  # (loading it queries: see deadline.may_not_run)
+        raise errors.make("ParallelOperation", str(deadline.may_not_run().args[0]),
+                          vocabulary.INVALID_TRANSACTION_STATE)  # fmt: skip
     return Routine(spec, source, srf=_hands_to_rows(sys._getframe(1).f_code))
 
 

@@ -16,6 +16,7 @@ CAPTURE_SKIPPED = "01PF0"  # a warning: the WAL consumer skipped transactions (c
 RAISED = "P0001"  # RaiseError, as plpgsql's RAISE
 NULL_NOT_ALLOWED = "22004"
 INVALID_ARGUMENT = "22023"
+INVALID_TRANSACTION_STATE = "25000"  # PostgreSQL's, for a parallel operation
 IDENTITY_REFUSED = "28000"
 PERMISSION_DENIED = "42501"
 OUT_OF_MEMORY = "53200"

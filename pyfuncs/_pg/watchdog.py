@@ -71,8 +71,18 @@ GRAVE: list[Any] = []
 # raised by the watchdog lands where the code is: in the middle of these it would leave a
 # lent timer or a set flag behind for the calls after. So the watchdog does not raise while
 # the main thread is in one of them, and looks again a millisecond later (the stop itself
-# is decided already, and db's next guard raises it too).
-BOOKKEEPING: set[int] = set()
+# is decided already, and db's next guard raises it too). The code objects are kept here
+# too: a function the runtime replaced (by the backstop library's) would free its code, and
+# the next code object made at that address was taken for bookkeeping (a routine's own,
+# which then could not be stopped).
+BOOKKEEPING: dict[int, Any] = {}
+
+
+def bookkeeping(*functions: Any) -> None:
+    """Count `functions` as the runtime's bookkeeping (see BOOKKEEPING)."""
+    for function in functions:
+        BOOKKEEPING[id(function.__code__)] = function.__code__
+
 
 # The code objects of every routine module loaded in this backend, by id, and the namespace
 # of the module each belongs to (sandbox.load_module fills it and keeps the code alive).
@@ -204,10 +214,7 @@ class Watchdog:
         _signal.setitimer(_signal.ITIMER_PROF, self.TICK, self.TICK)
         self._wall = _WallTimer.make(_signal.SIGPROF)
         sys.unraisablehook = self._swallowed
-        BOOKKEEPING.update(
-            id(f.__code__)
-            for f in (Watchdog._swallowed, Watchdog._report, Watchdog._trip, _untraced)
-        )
+        bookkeeping(Watchdog._swallowed, Watchdog._report, Watchdog._trip, _untraced)
 
     def _swallowed(self, unraisable: Any) -> None:
         """sys.unraisablehook. Python reports an exception raised in a finalizer (`__del__`
@@ -702,7 +709,7 @@ def close_apart(items: list[Any]) -> None:
 
 # (a stop a finalizer swallowed there may not be raised between its steps: one that was
 # left `disposing` on, and every later call in the backend failed)
-BOOKKEEPING.update(id(f.__code__) for f in (dispose_orphans, close_apart))
+bookkeeping(dispose_orphans, close_apart)
 
 
 # --- weak references' callbacks -----------------------------------------------------------

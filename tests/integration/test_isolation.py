@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from pyfuncs import DefinitionError
 from pyfuncs import deploy as deploying
@@ -529,6 +530,86 @@ def test_a_generator_an_aborted_statement_left_runs_its_finally_without_queries(
     cont.execute("RESET ROLE")
     assert cont.execute("SELECT abandon.rows(false) LIMIT 1").fetchall() == [("1",)]
     assert cont.execute("SELECT abandon.rows(true)").fetchall() == [("0 refused",)]
+
+
+CURSORS = """
+from collections.abc import Iterator
+
+from pyfuncs import db, stored_function
+
+KEPT = []
+
+
+@stored_function(schema="curs", roles=["student", "manager"])
+def rows(n: int) -> Iterator[int]:
+    for r in db.cursor("SELECT g FROM generate_series(1, $1) g", [n], batch=10):
+        yield r["g"]
+
+
+@stored_function(schema="curs", roles=["student", "manager"])
+def keep(close: bool) -> str:
+    if close:
+        try:
+            next(KEPT[-1])
+        except RuntimeError as exc:
+            read = str(exc)
+        KEPT.pop().close()
+        return "closed: " + read
+    kept = db.cursor("SELECT g FROM generate_series(1, 10) g", batch=1)
+    next(kept)
+    KEPT.append(kept)
+    return "kept"
+
+
+@stored_function(schema="curs", roles=["student", "manager"])
+def work() -> str:
+    return str(db.fetchval("SELECT current_user"))
+"""
+PORTALS = "SELECT name FROM pg_cursors WHERE name LIKE 'pyfuncs_cursor_%'"
+
+
+@pytest.mark.parametrize("how", ["aborted", "rolled_back_to_a_savepoint", "kept_by_the_routine"])
+def test_a_cursor_whose_portal_another_took_is_never_closed_or_freed(
+    cont: psycopg.Connection[Any], tmp_path: Any, how: str
+) -> None:
+    """PL/Python finds a cursor's portal by name to close or free it, and unpinning a
+    portal of that name that is not its own raises an error through the interpreter's
+    frames. A red team's statement ended with a routine's cursor open (its portal dropped),
+    declared a cursor of the same name and had the routine's cursor closed: the next call,
+    another role's, crashed. A routine's cursors are SQL cursors now, read and closed only
+    while the subtransaction they were declared in is under way."""
+    (tmp_path / "curs_mod.py").write_text(CURSORS)
+    deploying.deploy(cont, str(tmp_path / "curs_mod.py"))
+    cont.execute("SET ROLE student")
+    cont.execute("BEGIN")
+    if how == "rolled_back_to_a_savepoint":
+        cont.execute("SAVEPOINT s")
+    if how == "kept_by_the_routine":
+        assert cont.execute("SELECT curs.keep(false)").fetchone() == ("kept",)
+    else:
+        cont.execute("DECLARE c CURSOR FOR SELECT curs.rows(100)")
+        assert cont.execute("FETCH 1 FROM c").fetchone() == (1,)
+    (name,) = cont.execute(PORTALS).fetchone() or ("",)
+    if how == "aborted":
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            cont.execute("SELECT 1 / 0")
+    if how == "rolled_back_to_a_savepoint":
+        cont.execute("ROLLBACK TO SAVEPOINT s")
+    else:
+        cont.execute("ROLLBACK")
+        cont.execute("BEGIN")
+    cont.execute(sql.SQL("DECLARE {} CURSOR FOR SELECT 7").format(sql.Identifier(name)))
+    if how == "kept_by_the_routine":
+        said = cont.execute("SELECT curs.keep(true)").fetchone()
+        assert said is not None and "is read in the transaction" in said[0], said
+    else:  # (what the aborted statement left is closed in the routine's next call)
+        assert cont.execute("SELECT curs.rows(2)").fetchall() == [(1,), (2,)]
+    # the role's own cursor of that name is untouched, and the next call runs as it should
+    assert cont.execute(sql.SQL("FETCH 1 FROM {}").format(sql.Identifier(name))).fetchone() == (7,)
+    cont.execute("COMMIT")
+    cont.execute("RESET ROLE")
+    cont.execute("SET ROLE manager")
+    assert cont.execute("SELECT curs.work(), curs.work()").fetchone() == ("manager", "manager")
 
 
 DELEGATING = """

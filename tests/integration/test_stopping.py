@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -35,10 +35,12 @@ def spin(dsn: str, conn: psycopg.Connection[Any], cluster: Cluster) -> Iterator[
     assert "all server processes terminated" not in tail
 
 
-def run(conn: psycopg.Connection[Any], query: str) -> tuple[psycopg.Error, float]:
+def run(
+    conn: psycopg.Connection[Any], query: str, params: Sequence[Any] = ()
+) -> tuple[psycopg.Error, float]:
     start = time.monotonic()
     with pytest.raises(psycopg.Error) as info:
-        conn.execute(query)
+        conn.execute(query, params)
     return info.value, time.monotonic() - start
 
 
@@ -646,6 +648,43 @@ def test_the_deadline_of_a_call_that_returned_is_not_left_armed_however_deep(
     assert conn.execute("SELECT deep.nest(%s, 1.0)", [depth]).fetchone() == ("slept",)
 
 
+DEEP_INNER = """
+from pyfuncs import db, stored_function
+
+
+@stored_function(schema="dinner", timeout_ms=20000)
+def outer(n: int, seconds: float) -> str:
+    return str(db.fetchval("SELECT dinner.nest($1, $2)", [n, seconds]))
+
+
+@stored_function(schema="dinner")
+def nest(n: int, seconds: float) -> str:
+    if n > 0:
+        return str(db.fetchval("SELECT dinner.nest($1, $2)", [n - 1, seconds]))
+    return str(db.fetchval("SELECT dinner.inner($1)", [seconds]))
+
+
+@stored_function(schema="dinner", timeout_ms=200)
+def inner(seconds: float) -> str:
+    db.execute("SELECT pg_sleep($1)", [seconds])
+    return "slept"
+"""
+
+
+@pytest.mark.parametrize("depth", [10, 70])
+def test_a_deadline_holds_in_a_query_however_deep_it_is(
+    conn: psycopg.Connection[Any], tmp_path: Any, depth: int
+) -> None:
+    """The query timer kept 64 deadlines: a routine with timeout_ms=200, called through SQL
+    70 queries deep, waited out its 3 s query (a red team's). It keeps as many as routines
+    can nest now."""
+    (tmp_path / "dinner_mod.py").write_text(DEEP_INNER)
+    deploying.deploy(conn, str(tmp_path / "dinner_mod.py"))
+    err, took = run(conn, "SELECT dinner.outer(%s, 3.0)", [depth])
+    assert "timeout_ms=200" in str(err), err
+    assert took < 0.2 + SLACK + depth * 0.005
+
+
 WOVEN = """
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -711,3 +750,148 @@ def test_a_set_returning_calls_limits_hold_while_its_rows_interleave_with_anothe
     # each alone, within its limits, as before
     assert len(conn.execute("SELECT woven.timed(2), woven.other(2)").fetchall()) == 2
     assert len(conn.execute("SELECT woven.growing(2), woven.other(2)").fetchall()) == 2
+
+
+PARALLEL = """
+from pyfuncs import db, stored_function
+
+
+@stored_function(schema="par", roles=["student", "manager"], parallel="restricted")
+def restricted(x: int) -> int:
+    return int(db.fetchval("SELECT $1::bigint + 1", [x]))
+
+
+@stored_function(schema="par", roles=["student", "manager"], timeout_ms=300)
+def sleepy(seconds: float) -> str:
+    db.execute("SELECT pg_sleep($1)", [seconds])
+    return "slept"
+
+
+@stored_function(schema="par", roles=["student", "manager"])
+def saving() -> int:
+    with db.subtransaction():
+        return 1
+"""
+WRAPPERS = """
+CREATE FUNCTION pg_temp.wrap_sleepy() RETURNS text PARALLEL RESTRICTED LANGUAGE plpgsql
+AS $$ BEGIN RETURN par.sleepy(0); END $$;
+CREATE FUNCTION pg_temp.wrap_saving() RETURNS int PARALLEL RESTRICTED LANGUAGE plpgsql
+AS $$ BEGIN RETURN par.saving(); END $$;
+"""
+
+
+@pytest.mark.parametrize("loaded", [False, True])
+def test_a_routine_in_a_parallel_operation_fails_cleanly_and_later_calls_are_unharmed(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Any, loaded: bool
+) -> None:
+    """PL/Python begins a subtransaction for each query, which PostgreSQL refuses during a
+    parallel operation with an error thrown through the interpreter's frames: a login
+    role's `SET force_parallel_mode = on`, with a routine marked parallel restricted or a
+    PARALLEL RESTRICTED function of its own calling any routine, left the interpreter
+    corrupt (the next call of another role crashed, or its timeout_ms no longer held). A
+    routine's start, its load and each query now refuse first, with a Python error."""
+    (tmp_path / "par_mod.py").write_text(PARALLEL)
+    deploying.deploy(conn, str(tmp_path / "par_mod.py"))
+    with psycopg.connect(dsn, autocommit=True) as pooled:
+        if loaded:  # (else the routines' first call in the backend is the refused one)
+            assert pooled.execute("SELECT par.restricted(1), par.saving()").fetchone() == (2, 1)
+            assert pooled.execute("SELECT par.sleepy(0)").fetchone() == ("slept",)
+        pooled.execute("SET ROLE student")
+        pooled.execute(WRAPPERS)
+        pooled.execute("SET force_parallel_mode = on")
+        for query in ("SELECT par.restricted(1)", "SELECT pg_temp.wrap_sleepy()",
+                      "SELECT pg_temp.wrap_saving()"):  # fmt: skip
+            with pytest.raises(psycopg.Error, match="parallel operation"):
+                pooled.execute(query)
+        pooled.execute("RESET force_parallel_mode")
+        pooled.execute("RESET ROLE")
+        pooled.execute("SET ROLE manager")
+        assert pooled.execute("SELECT par.restricted(1), par.saving()").fetchone() == (2, 1)
+        err, took = run(pooled, "SELECT par.sleepy(2)")  # its timeout_ms holds, as before
+        assert "timeout_ms=300" in str(err) and took < 0.3 + SLACK, (err, took)
+
+
+SWALLOWING = """
+from pyfuncs import db, stored_function
+
+LOOP = (
+    "DO $$ DECLARE t timestamptz := clock_timestamp(); BEGIN "
+    "WHILE clock_timestamp() < t + interval '1 s' LOOP "
+    "BEGIN PERFORM pg_sleep(0.05); EXCEPTION WHEN query_canceled THEN NULL; END; "
+    "END LOOP; END $$"
+)
+
+
+@stored_function(schema="swallow", timeout_ms=300)
+def timed() -> str:
+    db.execute(LOOP)
+    return "went on"
+
+
+@stored_function(schema="swallow")
+def untimed() -> str:
+    db.execute(LOOP)
+    return "went on"
+"""
+
+
+@pytest.mark.parametrize(
+    ("query", "timeout", "says"),
+    [("SELECT swallow.timed()", None, "timeout_ms=300"),
+     ("SELECT swallow.untimed()", "300ms", "statement_timeout")],
+)  # fmt: skip
+def test_a_stop_a_routines_query_caught_stops_the_call_after_it(
+    conn: psycopg.Connection[Any], tmp_path: Any, query: str, timeout: str | None, says: str
+) -> None:
+    """A routine's query that catches the cancel itself (a DO block's handler for
+    query_canceled) runs on, as in PostgreSQL; the call used to return its result after it,
+    past its timeout_ms and statement_timeout (a red team's). It stops as the query
+    returns now."""
+    (tmp_path / "swallow_mod.py").write_text(SWALLOWING)
+    deploying.deploy(conn, str(tmp_path / "swallow_mod.py"))
+    if timeout is not None:
+        conn.execute("SELECT set_config('statement_timeout', %s, false)", [timeout])
+    err, took = run(conn, query)
+    assert err.sqlstate == "57014" and says in str(err), err
+    assert took < 1.0 + SLACK
+    conn.execute("RESET statement_timeout")
+    assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+THROWN = """
+CREATE FUNCTION pg_temp.thrown() RETURNS text PARALLEL RESTRICTED LANGUAGE plpython3u AS $$
+import sys
+sys.modules["pyfuncs_pg.identity"].enter()  # a routine's query is under way
+plpy.execute("SELECT 1")  # in a parallel operation: an error thrown through Python's frames
+return "not reached"
+$$;
+"""
+
+
+@pytest.mark.parametrize("savepoint", [False, True])
+def test_an_error_thrown_through_a_routines_python_ends_the_session(
+    dsn: str, cluster: Cluster, savepoint: bool
+) -> None:
+    """An error PostgreSQL throws through the interpreter's frames (which PL/Python does not
+    guard against everywhere: red teams found three ways, each closed) leaves the
+    interpreter corrupt. The backstop library sees the transaction, or a savepoint around
+    the query, abort while the query is under way, and the session ends before another
+    call runs in it; the cluster goes on. (Here, a PL/Python function of the test's own
+    queries in a parallel operation, with the runtime's flag set as a routine's query
+    would.)"""
+    started = cluster.postmaster_pid()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pyfuncs.boot()")
+        conn.execute(THROWN)
+        conn.execute("SET force_parallel_mode = on")
+        if savepoint:
+            conn.execute("BEGIN")
+            conn.execute("SAVEPOINT s")
+        with pytest.raises(psycopg.errors.InvalidTransactionState):
+            conn.execute("SELECT pg_temp.thrown()")
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("ROLLBACK TO SAVEPOINT s" if savepoint else "SELECT 1")
+            conn.execute("SELECT 1")
+    with psycopg.connect(dsn, autocommit=True) as fresh:
+        assert fresh.execute("SELECT 1").fetchone() == (1,)
+    assert cluster.postmaster_pid() == started
