@@ -1114,10 +1114,12 @@ _IMMUTABLE_TYPE = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE
 
 
 def _digits(value: Any) -> int:
-    """The digits of the int (or of the numerator or denominator) a Decimal would become."""
-    if not value.is_finite():
+    """The digits of the int (or of the numerator or denominator) a Decimal would become
+    (read with the type's own methods: a subclass's could say anything)."""
+    kind = imported("decimal").Decimal  # type: ignore[union-attr]  # (one is converting)
+    if not kind.is_finite(value):
         return 0
-    return int(max(value.adjusted() + 1, -value.as_tuple().exponent, 0))
+    return int(max(kind.adjusted(value) + 1, -kind.as_tuple(value).exponent, 0))
 
 
 def _conversion(value: Any, what: str, digits: int | None = None) -> None:
@@ -1132,8 +1134,10 @@ def _format_digits(value: Any, spec: str) -> int:
     kind = spec[-1:] if spec[-1:].isalpha() or spec[-1:] == "%" else ""
     _, dot, tail = spec.rstrip("%fFeEgGn").partition(".")
     precision = int(tail) if dot and tail.isdigit() else 0
-    if kind in ("f", "F", "%") and value.is_finite():
-        return int(max(value.adjusted(), 0) + 3 + max(precision, -value.as_tuple().exponent))
+    decimal = imported("decimal").Decimal  # type: ignore[union-attr]  # (the type's own)
+    if kind in ("f", "F", "%") and decimal.is_finite(value):
+        exponent = decimal.as_tuple(value).exponent
+        return int(max(decimal.adjusted(value), 0) + 3 + max(precision, -exponent))
     return precision
 
 
