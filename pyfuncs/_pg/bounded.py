@@ -1560,8 +1560,29 @@ def bound_fractions(fractions: types.ModuleType) -> None:
     if getattr(kind.__new__, "bounded", False):
         return
     new, rounded = kind.__new__, kind.__round__
+    rational = fractions.numbers.Rational
+    # (the slots the parts are kept in, read as Fraction's: a subclass's properties could
+    # say anything)
+    parts_of = (kind.__dict__["_numerator"].__get__, kind.__dict__["_denominator"].__get__)
 
     def __new__(cls: Any, numerator: Any = 0, denominator: Any = None, **kwargs: Any) -> Any:
+        if (
+            denominator is not None
+            and not (type(numerator) is int and type(denominator) is int)
+            and isinstance(numerator, rational)
+            and isinstance(denominator, rational)
+        ):
+            # of two Rationals, fractions multiplies their parts and takes the gcd of the
+            # products, in C: each part read here once (a property could answer a check one
+            # way and fractions another), checked, and multiplied as fractions would
+            parts = (numerator.numerator, denominator.denominator, denominator.numerator,
+                     numerator.denominator)  # fmt: skip
+            if all(isinstance(part, int) for part in parts):
+                for part in parts:
+                    if int.bit_length(part) > MAX_INT_BITS:
+                        refuse("a Fraction", int.bit_length(part), "bits", MAX_INT_BITS)
+                numerator = int.__mul__(parts[0], parts[1])
+                denominator = int.__mul__(parts[2], parts[3])
         for part in (numerator, denominator):  # (fractions' own arithmetic makes them too)
             if isinstance(part, int) and int.bit_length(part) > MAX_INT_BITS:
                 refuse("a Fraction", int.bit_length(part), "bits", MAX_INT_BITS)
@@ -1574,7 +1595,15 @@ def bound_fractions(fractions: types.ModuleType) -> None:
                 digits += int(exponent) if len(exponent) < 10 else 10**10
             if digits > MAX_DECIMAL_CONVERSION:
                 refuse("Fraction(text)", digits, "digits", MAX_DECIMAL_CONVERSION)
-        return new(cls, numerator, denominator, **kwargs)
+        made = new(cls, numerator, denominator, **kwargs)
+        # and what it was made of, whatever the argument: one Rational's parts are taken as
+        # they are (a Fraction subclass's `numerator` property gave a red team's 8 million
+        # bits)
+        for part_of in parts_of:
+            part = part_of(made)
+            if isinstance(part, int) and int.bit_length(part) > MAX_INT_BITS:
+                refuse("a Fraction", int.bit_length(part), "bits", MAX_INT_BITS)
+        return made
 
     def __round__(self: Any, ndigits: Any = None) -> Any:
         if isinstance(ndigits, int) and abs(ndigits) > MAX_DECIMAL_CONVERSION:
