@@ -500,10 +500,17 @@ def check_made(args: Any) -> None:
             bases = args[1] if type(args[1]) is tuple else ()
             mro = tuple(k for b in bases if isinstance(b, type) for k in _MRO(b))
         _check(str.__str__(key), value, mro, *found)
+    # a class under a dataclass has its fields (or says it has, by a dict of its own)
+    own = dict.get(args[2], FIELDS)
+    if found is None:  # (an empty namespace: `type(name, bases, {})`)
+        bases = args[1] if type(args[1]) is tuple else ()
+        mro = tuple(k for b in bases if isinstance(b, type) for k in _MRO(b))
+        inherited = inherited_fields(mro)
+        found = _routines_frames() if inherited else None
+    else:
+        inherited = inherited_fields(mro)
     if found is not None:
-        # a class under a dataclass has its fields (or says it has, by a dict of its own)
-        own = dict.get(args[2], FIELDS)
-        names = [*(() if own is None else fields_of(own)), *inherited_fields(mro)]
+        names = [*(() if own is None else fields_of(own)), *inherited]
         check_fields(names, mro, found[1], repr(args[0]))
 
 
@@ -592,8 +599,8 @@ def check_fields(names: Any, mro: Any, module: str, what: str) -> None:
     dict): none of its names may be a field's."""
     answering = [
         k for k in mro
-        if isinstance(k, type) and k is not object and k is not type and not made_by(k, module)
-        and ("__getattribute__" in _DICT(k) or "__getattr__" in _DICT(k))
+        if isinstance(k, type) and k is not object and k is not type  # (the lookup itself)
+        and not made_by(k, module) and _answers(k)
     ]  # fmt: skip
     for name in names:
         if type(name) is not str or _machinery(name):
@@ -615,6 +622,30 @@ def check_fields(names: Any, mro: Any, module: str, what: str) -> None:
                 "the field)"
             )
         raise TypeError(f"pyfuncs: the dataclass field {name!r} of the class {what} {why}")
+
+
+_WRAPPER = type(object.__dict__["__getattribute__"])  # (a C slot's, as a class's dict has it)
+
+
+def _answers(kind: type) -> bool:
+    """Whether class `kind` answers names of its own with a `__getattribute__` or
+    `__getattr__` (not the generic lookup, which C types such as BaseException and deque
+    name as their own too: told by the C function the slot's wrapper calls)."""
+    own = _DICT(kind)
+    if "__getattr__" in own:
+        return True
+    found = own.get("__getattribute__")
+    return found is not None and _wrapped(found) != _wrapped(object.__dict__["__getattribute__"])
+
+
+def _wrapped(descriptor: Any) -> int | None:
+    """The C function a slot's wrapper (a wrapper_descriptor: its d_wrapped, the last of
+    its seven words) calls; None for anything else."""
+    if type(descriptor) is not _WRAPPER or _WRAPPER.__basicsize__ != 7 * 8:
+        return None
+    import ctypes
+
+    return (ctypes.c_void_p * 7).from_address(id(descriptor))[6]
 
 
 def _declares(kind: type, name: str) -> bool:
