@@ -129,18 +129,36 @@ def _other_pow(base: Any, exponent: Any) -> None:
         _decimal_operands("Decimal **", base, exponent)  # the precision: see bound_decimal
 
 
-def _decimal_operands(what: str, *operands: Any) -> None:
+def _decimal_operands(what: str, *operands: Any, integral: bool = False) -> None:
+    """Refuse a Decimal power of an operand of more than MAX_DECIMAL_DIGITS digits: its
+    coefficient's, or, where the power works with integers (`integral`: a modular power),
+    the digits it has as an integer. libmpdec writes a modular power's operands out as
+    integers before it starts, and works through the exponent bit by bit: Decimal("1e8")
+    is one digit, and 100,000,001 as an integer (a red team's pow(Decimal(3),
+    Decimal("1e100000000"), Decimal(7)) ran in one C call until the backstop ended the
+    session). Read with the type's own methods: a subclass's could say anything."""
     decimal = imported("decimal")
     for operand in operands:
         if isinstance(operand, int):
-            digits = operand.bit_length() * 0.30103
+            digits = int.bit_length(operand) * 0.30103
         elif decimal is not None and isinstance(operand, decimal.Decimal):
-            digits = len(operand.as_tuple().digits) if operand.is_finite() else 0
+            kind = decimal.Decimal
+            if not kind.is_finite(operand):
+                continue
+            digits = len(kind.as_tuple(operand).digits)
+            if integral:
+                digits = max(digits, kind.adjusted(operand) + 1)
         else:
             continue
         if digits > MAX_DECIMAL_DIGITS:
             refuse(f"{what} of a {digits:,.0f}-digit number", digits, "digits",
                    MAX_DECIMAL_DIGITS)  # fmt: skip
+
+
+def _decimal_modular(what: str, base: Any, exponent: Any, modulus: Any) -> None:
+    """A Decimal modular power (`pow(a, b, m)`, Context.power(a, b, m)): all three operands
+    as integers (see _decimal_operands)."""
+    _decimal_operands(what, base, exponent, modulus, integral=True)
 
 
 def check_lshift(a: Any, b: Any) -> Any:
@@ -171,6 +189,13 @@ def checked_mul(a: Any, b: Any) -> Any:
 def checked_pow(base: Any, exponent: Any, mod: Any = None) -> Any:
     if mod is None:
         return base ** check_pow(base, exponent)
+    decimal = imported("decimal")
+    if decimal is not None and any(
+        isinstance(x, decimal.Decimal) for x in (base, exponent, mod)
+    ):  # (the Decimal type checks it too: bound_decimal; this says it was pow(...))
+        _decimal_modular("pow(Decimal, Decimal, Decimal)", base, exponent, mod)
+        if isinstance(base, int):  # (C's power makes it a Decimal: so does this)
+            base = decimal.Decimal(base)
     if isinstance(exponent, int) and isinstance(mod, int) and mod:
         # modular: the result stays below mod, but the work is one multiplication modulo
         # mod per bit of the exponent
@@ -926,6 +951,9 @@ def _context_power(context: Any, method: Callable[..., Any]) -> Callable[..., An
 
     def power(*args: Any, **kwargs: Any) -> Any:
         _decimal_operands("Decimal power", *args[:2])
+        modulo = args[2] if len(args) > 2 else kwargs.get("modulo")
+        if modulo is not None:
+            _decimal_operands("Decimal power", *args[:2], modulo, integral=True)
         return method(*args, **kwargs)
 
     return power
@@ -1086,10 +1114,12 @@ _IMMUTABLE_TYPE = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE
 
 
 def _digits(value: Any) -> int:
-    """The digits of the int (or of the numerator or denominator) a Decimal would become."""
-    if not value.is_finite():
+    """The digits of the int (or of the numerator or denominator) a Decimal would become
+    (read with the type's own methods: a subclass's could say anything)."""
+    kind = imported("decimal").Decimal  # type: ignore[union-attr]  # (one is converting)
+    if not kind.is_finite(value):
         return 0
-    return int(max(value.adjusted() + 1, -value.as_tuple().exponent, 0))
+    return int(max(kind.adjusted(value) + 1, -kind.as_tuple(value).exponent, 0))
 
 
 def _conversion(value: Any, what: str, digits: int | None = None) -> None:
@@ -1104,8 +1134,10 @@ def _format_digits(value: Any, spec: str) -> int:
     kind = spec[-1:] if spec[-1:].isalpha() or spec[-1:] == "%" else ""
     _, dot, tail = spec.rstrip("%fFeEgGn").partition(".")
     precision = int(tail) if dot and tail.isdigit() else 0
-    if kind in ("f", "F", "%") and value.is_finite():
-        return int(max(value.adjusted(), 0) + 3 + max(precision, -value.as_tuple().exponent))
+    decimal = imported("decimal").Decimal  # type: ignore[union-attr]  # (the type's own)
+    if kind in ("f", "F", "%") and decimal.is_finite(value):
+        exponent = decimal.as_tuple(value).exponent
+        return int(max(decimal.adjusted(value), 0) + 3 + max(precision, -exponent))
     return precision
 
 
@@ -1114,6 +1146,7 @@ def bound_decimal(decimal: types.ModuleType) -> None:
     the Context type, the precision of every context made or changed (however a routine
     got hold of the type: `decimal.Context`, `type(context)`, `super()`)."""
     _bound_conversions(decimal)
+    _bound_modular_powers(decimal)
     kind = decimal.Context
     if getattr(kind.__init__, "bounded", False):
         return
@@ -1132,6 +1165,39 @@ def bound_decimal(decimal: types.ModuleType) -> None:
 
     __init__.bounded = True  # type: ignore[attr-defined]
     _set_on_type(kind, {"__init__": __init__, "prec": property(prec.__get__, set_prec)})
+
+
+def _bound_modular_powers(decimal: types.ModuleType) -> None:
+    """Check a modular power's operands as integers (_decimal_operands) on the types, for
+    whoever asks: Decimal's `__pow__` and `__rpow__` with a modulus (the builtin pow(a, b,
+    m) of anyone's code, a Decimal's own `__pow__(b, m)`) and Context.power(a, b, m). (C's
+    power converted an int base too, for pow(int, Decimal, Decimal): Python's `__pow__`
+    is asked of the base only, so that one is a TypeError now, but in routines, whose pow
+    makes the base a Decimal first.)"""
+    kind, context = decimal.Decimal, decimal.Context
+    if getattr(kind.__pow__, "bounded", False):
+        return
+    power, rpower = kind.__dict__["__pow__"], kind.__dict__["__rpow__"]
+    context_power = context.__dict__["power"]
+
+    def __pow__(self: Any, other: Any, modulo: Any = None, /) -> Any:
+        if modulo is not None:
+            _decimal_modular("pow(Decimal, Decimal, Decimal)", self, other, modulo)
+        return power(self, other, modulo)
+
+    def __rpow__(self: Any, other: Any, modulo: Any = None, /) -> Any:
+        if modulo is not None:
+            _decimal_modular("pow(Decimal, Decimal, Decimal)", other, self, modulo)
+        return rpower(self, other, modulo)
+
+    def power_of(self: Any, a: Any, b: Any, modulo: Any = None) -> Any:
+        if modulo is not None:
+            _decimal_modular("Context.power", a, b, modulo)
+        return context_power(self, a, b, modulo)
+
+    __pow__.bounded = True  # type: ignore[attr-defined]
+    _set_on_type(kind, {"__pow__": __pow__, "__rpow__": __rpow__})
+    _set_on_type(context, {"power": power_of})
 
 
 def _precision_at_most(prec: Any) -> None:
@@ -1494,8 +1560,29 @@ def bound_fractions(fractions: types.ModuleType) -> None:
     if getattr(kind.__new__, "bounded", False):
         return
     new, rounded = kind.__new__, kind.__round__
+    rational = fractions.numbers.Rational
+    # (the slots the parts are kept in, read as Fraction's: a subclass's properties could
+    # say anything)
+    parts_of = (kind.__dict__["_numerator"].__get__, kind.__dict__["_denominator"].__get__)
 
     def __new__(cls: Any, numerator: Any = 0, denominator: Any = None, **kwargs: Any) -> Any:
+        if (
+            denominator is not None
+            and not (type(numerator) is int and type(denominator) is int)
+            and isinstance(numerator, rational)
+            and isinstance(denominator, rational)
+        ):
+            # of two Rationals, fractions multiplies their parts and takes the gcd of the
+            # products, in C: each part read here once (a property could answer a check one
+            # way and fractions another), checked, and multiplied as fractions would
+            parts = (numerator.numerator, denominator.denominator, denominator.numerator,
+                     numerator.denominator)  # fmt: skip
+            if all(isinstance(part, int) for part in parts):
+                for part in parts:
+                    if int.bit_length(part) > MAX_INT_BITS:
+                        refuse("a Fraction", int.bit_length(part), "bits", MAX_INT_BITS)
+                numerator = int.__mul__(parts[0], parts[1])
+                denominator = int.__mul__(parts[2], parts[3])
         for part in (numerator, denominator):  # (fractions' own arithmetic makes them too)
             if isinstance(part, int) and int.bit_length(part) > MAX_INT_BITS:
                 refuse("a Fraction", int.bit_length(part), "bits", MAX_INT_BITS)
@@ -1508,7 +1595,15 @@ def bound_fractions(fractions: types.ModuleType) -> None:
                 digits += int(exponent) if len(exponent) < 10 else 10**10
             if digits > MAX_DECIMAL_CONVERSION:
                 refuse("Fraction(text)", digits, "digits", MAX_DECIMAL_CONVERSION)
-        return new(cls, numerator, denominator, **kwargs)
+        made = new(cls, numerator, denominator, **kwargs)
+        # and what it was made of, whatever the argument: one Rational's parts are taken as
+        # they are (a Fraction subclass's `numerator` property gave a red team's 8 million
+        # bits)
+        for part_of in parts_of:
+            part = part_of(made)
+            if isinstance(part, int) and int.bit_length(part) > MAX_INT_BITS:
+                refuse("a Fraction", int.bit_length(part), "bits", MAX_INT_BITS)
+        return made
 
     def __round__(self: Any, ndigits: Any = None) -> Any:
         if isinstance(ndigits, int) and abs(ndigits) > MAX_DECIMAL_CONVERSION:

@@ -43,7 +43,7 @@ import gc
 import sys
 import types
 
-from . import backstop
+from . import backstop, vocabulary
 from . import watchdog as stopping
 
 TYPE_CHECKING = False
@@ -500,6 +500,18 @@ def check_made(args: Any) -> None:
             bases = args[1] if type(args[1]) is tuple else ()
             mro = tuple(k for b in bases if isinstance(b, type) for k in _MRO(b))
         _check(str.__str__(key), value, mro, *found)
+    # a class under a dataclass has its fields (or says it has, by a dict of its own)
+    own = dict.get(args[2], FIELDS)
+    if found is None:  # (an empty namespace: `type(name, bases, {})`)
+        bases = args[1] if type(args[1]) is tuple else ()
+        mro = tuple(k for b in bases if isinstance(b, type) for k in _MRO(b))
+        inherited = inherited_fields(mro)
+        found = _routines_frames() if inherited else None
+    else:
+        inherited = inherited_fields(mro)
+    if found is not None:
+        names = [*(() if own is None else fields_of(own)), *inherited]
+        check_fields(names, mro, found[1], repr(args[0]))
 
 
 def check_set(cls: Any, key: Any, value: Any) -> None:
@@ -508,7 +520,10 @@ def check_set(cls: Any, key: Any, value: Any) -> None:
         return
     found = _routines_frames()
     if found is not None:
-        _check(str.__str__(key), value, _MRO(cls), *found, own=cls)
+        key = str.__str__(key)
+        _check(key, value, _MRO(cls), *found, own=cls)
+        if key == FIELDS:  # (dataclasses' own, as it ends making a dataclass)
+            check_fields(fields_of(value), _MRO(cls), found[1], repr(_NAME(cls)))
 
 
 def _check(key: str, value: Any, bases: Any, made: set[int], module: str, own: Any = None) -> None:
@@ -536,6 +551,126 @@ def _check(key: str, value: Any, bases: Any, made: set[int], module: str, own: A
                 f"pyfuncs: a routine's class may not set {key!r}, a private attribute of the "
                 "class it derives from: that class's code trusts what it finds there"
             )
+
+
+FIELDS = "__dataclass_fields__"
+
+
+def inherited_fields(mro: Any) -> list[Any]:
+    """The names of the dataclass fields the classes of `mro` have (as dataclasses finds
+    them: each class's own `__dataclass_fields__`)."""
+    names: list[Any] = []
+    for kind in mro:
+        own = _DICT(kind).get(FIELDS) if isinstance(kind, type) else None
+        if own is not None:
+            names.extend(fields_of(own))
+    return names
+
+
+def fields_of(fields: Any) -> list[Any]:
+    """The names a class's `__dataclass_fields__` gives its fields: its keys and the
+    names of its Fields, which must be a plain dict of dataclasses' own Field objects
+    (what dataclasses makes; anything else, a property or a Field subclass whose `name`
+    answers as it likes, could name one field to a check and another to dataclasses)."""
+    field = getattr(sys.modules.get("dataclasses"), "Field", None)
+    if type(fields) is not dict or any(type(f) is not field for f in dict.values(fields)):
+        raise TypeError(
+            "pyfuncs: a class's dataclass fields must be a plain dict of dataclasses' Field "
+            "objects, as dataclasses makes them"
+        )
+    name = _DICT(field)["name"].__get__ if fields else None
+    return [*fields, *(name(f) for f in dict.values(fields))]  # type: ignore[misc]
+
+
+def check_fields(names: Any, mro: Any, module: str, what: str) -> None:
+    """Refuse dataclass fields named `names` of the class `what` whose MRO holds the classes
+    of `mro`, for routine module `module`. dataclasses reads a field by its name with the
+    real getattr, past the runtime's checked reads (sandbox.READS): a field's default with
+    getattr(cls, name) as the class is made (an inherited one: deque's raw `index`, whose
+    use-after-free a red team reached), and each field of an object in `replace`, `asdict`,
+    `astuple` and the `__eq__`, `__repr__`, `__hash__` and ordering it makes (a data
+    descriptor of a base wins over the object's own dict: `decimal.Context.flags`, C's
+    SignalDict, which outlived its context and wrote into freed memory). So no field may
+    be named as an attribute of any class of the MRO its module did not make (whichever
+    class would answer first: a later subclass can change that), nor as a frame's or code's
+    attribute, another class's private one (`_UserList__cast`), abc's state or the
+    interpreter's or enum's machinery. A class of the MRO with a `__getattribute__` or
+    `__getattr__` of its own answers any name (decimal.Context serves `flags` so, from no
+    dict): none of its names may be a field's."""
+    answering = [
+        k for k in mro
+        if isinstance(k, type) and k is not object and k is not type  # (the lookup itself)
+        and not made_by(k, module) and _answers(k)
+    ]  # fmt: skip
+    for name in names:
+        if type(name) is not str or _machinery(name):
+            why = "is not a plain name (the interpreter's and enum's are __x__ and _x_)"
+        elif name in vocabulary.FRAME_ATTRIBUTES:
+            why = "is the name of an attribute that leads to frames or code"
+        elif vocabulary.others_private(name):
+            why = "is spelled as a class's private attribute (_Class__x) or abc's (_abc_*)"
+        else:
+            foreign = answering + [
+                k for k in mro if isinstance(k, type) and name in _DICT(k)
+                and not made_by(k, module) and not _declares(k, name)
+            ]  # fmt: skip
+            if not foreign:
+                continue
+            why = (
+                f"would read {_NAME(foreign[0])}.{name}, an attribute of a class every call "
+                "shares: dataclasses reads fields by name, past the runtime's checks (rename "
+                "the field)"
+            )
+        raise TypeError(f"pyfuncs: the dataclass field {name!r} of the class {what} {why}")
+
+
+_WRAPPER = type(object.__dict__["__getattribute__"])  # (a C slot's, as a class's dict has it)
+
+
+def _answers(kind: type) -> bool:
+    """Whether class `kind` answers names of its own with a `__getattribute__` or
+    `__getattr__` (not the generic lookup, which C types such as BaseException and deque
+    name as their own too: told by the C function the slot's wrapper calls)."""
+    own = _DICT(kind)
+    if "__getattr__" in own:
+        return True
+    found = own.get("__getattribute__")
+    return found is not None and _wrapped(found) != _wrapped(object.__dict__["__getattribute__"])
+
+
+def _wrapped(descriptor: Any) -> int | None:
+    """The C function a slot's wrapper (a wrapper_descriptor: its d_wrapped, the last of
+    its seven words) calls; None for anything else."""
+    if type(descriptor) is not _WRAPPER or _WRAPPER.__basicsize__ != 7 * 8:
+        return None
+    import ctypes
+
+    return (ctypes.c_void_p * 7).from_address(id(descriptor))[6]
+
+
+def _declares(kind: type, name: str) -> bool:
+    """Whether class `kind` is a dataclass with a field `name` of its own (its attribute
+    `name` is that field's default or slot, as its module declared it)."""
+    own = _DICT(kind).get(FIELDS)
+    return type(own) is dict and name in own
+
+
+def made_by(kind: type, module: str) -> bool:
+    """Whether routine module `module` made class `kind`: a class no call shares (C's are
+    not heap types, and every other shared one is immutable: `share`) that names no other
+    routine's module nor pyfuncs' as its own. (A class the standard library makes for the
+    routine names the library's module: make_dataclass's says `types`.)"""
+    if _FLAGS(kind) & (HEAPTYPE | IMMUTABLE) != HEAPTYPE:
+        return False
+    named = _DICT(kind).get("__module__")
+    return named == module or not (type(named) is str and named.startswith(_MODULES))
+
+
+def _machinery(name: str) -> bool:
+    """`__x__` (the interpreter's) or `_x_` (enum's): sandbox._machinery."""
+    return (name.startswith("__") and name.endswith("__")) or (
+        len(name) > 2 and name[0] == name[-1] == "_" and name[1] != "_" and name[-2] != "_"
+    )
 
 
 def _named(key: str, value: Any) -> None:

@@ -299,7 +299,12 @@ def guarded_dataclasses() -> types.ModuleType:
     namespace)` can have any string as an annotation's name), or that are names of the
     interpreter's or of enum's (`__x__`, `_x_`): `asdict`, `astuple` and `replace` read each
     field with getattr, past the policy's check of names (a red team read datetime's
-    `__new__` so, to make an instance its class's own constructor would not)."""
+    `__new__` so, to make an instance its class's own constructor would not). Nor may a
+    field be named as an attribute of a class the module did not make, or as another
+    class's private one (classes.check_fields: a red team's field `flags` under
+    decimal.Context had `replace` hand it C's SignalDict): checked as the class is made,
+    for the bases `make_dataclass` is given, as a routine's class inherits fields
+    (classes.check_made) and, again, for the object `replace`, `asdict` and `astuple` read."""
     import dataclasses
     import keyword
 
@@ -318,17 +323,64 @@ def guarded_dataclasses() -> types.ModuleType:
                 raise TypeError("pyfuncs: a dataclass's annotations must be a plain dict")
             for name in annotations:
                 plain(name)
+            if isinstance(cls, type):  # (before dataclasses reads each default: getattr)
+                mro = _MRO(cls)
+                names = [*annotations, *classes.inherited_fields(mro)]
+                # (getattr(cls, name) finds the metaclass's attributes too: ABCMeta.register)
+                classes.check_fields(
+                    names, (*mro, *_MRO(type(cls))), _calling_module(), repr(_NAME(cls))
+                )
             return _made_by_the_call(dataclasses.dataclass, cls, **options)
 
         return wrap if cls is None else wrap(cls)
 
     def make_dataclass(cls_name: Any, fields: Any, /, **options: Any) -> Any:
         fields = list(fields)  # (each a name, or a tuple that starts with one)
-        for item in fields:
-            plain(item[0] if isinstance(item, tuple) and item else item)
+        names = [item[0] if isinstance(item, tuple) and item else item for item in fields]
+        for name in names:
+            plain(name)
+        bases = options.get("bases", ())
+        bases = tuple(bases) if type(bases) in (tuple, list) else ()  # (else: its TypeError)
+        options["bases"] = bases
+        mro = [k for base in bases if isinstance(base, type) for k in _MRO(base)]
+        names += classes.inherited_fields(mro)
+        metaclasses = [k for base in bases if isinstance(base, type) for k in _MRO(type(base))]
+        classes.check_fields(names, mro + metaclasses, _calling_module(), repr(cls_name))
         return _made_by_the_call(dataclasses.make_dataclass, cls_name, fields, **options)
 
-    return bounded._stand_in(dataclasses, dataclass, make_dataclass)
+    def read_by_name(real: Callable[..., Any]) -> Callable[..., Any]:
+        # the object's class, again (and the classes of the dataclasses asdict and astuple
+        # walk inside it were checked as they were made); dataclasses reads the fields an
+        # object has by getattr: they must be its class's (a copy's state could give it
+        # a dict of its own)
+        def reading(obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+            if not isinstance(obj, type):
+                mro = _MRO(type(obj))
+                found = getattr(obj, classes.FIELDS, None)
+                if found is not None and not any(
+                    found is _DICT(k).get(classes.FIELDS) for k in mro
+                ):
+                    raise TypeError(
+                        f"pyfuncs: a {_NAME(type(obj))}'s dataclass fields are not its class's"
+                    )
+                names = classes.inherited_fields(mro)
+                classes.check_fields(names, mro, _calling_module(), repr(_NAME(type(obj))))
+            return real(obj, *args, **kwargs)
+
+        reading.__name__ = real.__name__
+        return reading
+
+    reads = [
+        read_by_name(f) for f in (dataclasses.replace, dataclasses.asdict, dataclasses.astuple)
+    ]
+    return bounded._stand_in(dataclasses, dataclass, make_dataclass, *reads)
+
+
+def _calling_module() -> str:
+    """The name of the routine module whose call is under way ("" outside calls)."""
+    module = stopping.CALLING[0]
+    name = module.get("__name__") if module is not None else None
+    return name if type(name) is str else ""
 
 
 # the namespaces of the routine modules whose dataclasses are being made, innermost last

@@ -1570,6 +1570,209 @@ def test_dataclasses_methods_read_builtins_not_the_modules_names(
     )
 
 
+FIELDS = '''
+import collections
+import collections.abc
+import dataclasses
+import decimal
+
+from pyfuncs import stored_function
+
+KEPT = []
+
+
+@dataclasses.dataclass(eq=False, repr=False)
+class Plain:
+    """A dataclass of the module's own: its field is named like Context's flags."""
+
+    flags: object = None
+
+
+@dataclasses.dataclass
+class Named:
+    index: int = 0
+
+
+@dataclasses.dataclass
+class Indexed:
+    """A dataclass of the module's own: its field is named like deque's index."""
+
+    index: object = None
+
+
+@dataclasses.dataclass
+class Setting:
+    setdefault: object = None
+
+
+def _init(self, flags=None, setdefault=None):
+    self.data, self.flags = {}, flags
+    KEPT.append(setdefault)
+
+
+def _reduce_ex(self, protocol):
+    # the state a copy is given: dataclass fields of its own (a field named like
+    # MutableMapping's setdefault, which a UserDict has)
+    fields = {"setdefault": dataclasses.fields(Setting)[0]}
+    return Copied, (), {"data": {}, "__dataclass_fields__": fields}
+
+
+# a dataclass under UserDict whose copies (UserDict.copy: copy.copy, by __reduce_ex__) are
+# given fields of their own
+Copied = type("Copied", (Plain, collections.UserDict),
+              {"__init__": _init, "__copy__": None, "__reduce_ex__": _reduce_ex,
+               "__module__": __name__})
+
+
+def attempt(how: str) -> object:
+    if how == "decorator, a C type's attribute":
+        @dataclasses.dataclass(init=False, repr=False, eq=False)
+        class C(decimal.Context):
+            flags: object
+        return C
+    if how == "decorator, a default read off deque":
+        @dataclasses.dataclass(init=False, repr=False, eq=False)
+        class D(collections.deque):
+            index: object
+        return dataclasses.fields(D)[0].default
+    if how == "decorator, the metaclass's attribute":
+        @dataclasses.dataclass(init=False, repr=False, eq=False)
+        class R(collections.abc.Sized):
+            register: object
+
+            def __len__(self):
+                return 0
+        return dataclasses.fields(R)[0].default
+    if how == "make_dataclass with bases":
+        return dataclasses.make_dataclass("M", ["traps"], bases=(decimal.Context,))
+    if how == "make_dataclass, another class's private":
+        U = dataclasses.make_dataclass("U", ["data", "_UserList__cast"],
+                                       bases=(collections.UserList,), eq=False, repr=False)
+        u = U([], KEPT.append)
+        u == ["compared", "with"]
+        return KEPT
+    if how == "make_dataclass, abc's state":
+        return dataclasses.make_dataclass("A", ["_abc_impl"])
+    if how == "make_dataclass, a frame's attribute":
+        return dataclasses.make_dataclass("F", ["gi_frame"])
+    if how == "a later subclass":
+        class E(Plain, decimal.Context):
+            pass
+        return dataclasses.replace(E()).flags
+    if how == "a later subclass, by type()":
+        E = type("E", (Plain, decimal.Context), {})
+        return E() == E()
+    if how == "a later subclass, by make_dataclass":
+        return dataclasses.make_dataclass("E", ["other"], bases=(Indexed, collections.deque))
+    if how == "fields given by type()":
+        fields = {"flags": dataclasses.fields(Plain)[0]}
+        return type("G", (decimal.Context,), {"__dataclass_fields__": fields})
+    if how == "fields given as a property":
+        return type("H", (), {"__dataclass_fields__": property(lambda self: {})})
+    if how in ("replace", "asdict", "astuple"):
+        copy = Copied().copy()
+        {"replace": dataclasses.replace, "asdict": dataclasses.asdict,
+         "astuple": dataclasses.astuple}[how](copy)
+        return KEPT
+    raise ValueError(how)
+
+
+def fine() -> str:
+    @dataclasses.dataclass(frozen=True, order=True)
+    class Counted:
+        count: int
+        index: int = 0
+        flags: str = "f"
+        traps: str = "t"
+        register: str = "r"
+        _own: int = 7
+
+    @dataclasses.dataclass(slots=True)
+    class Slotted:
+        data: list
+
+    @dataclasses.dataclass
+    class Listed(collections.UserList):
+        data: list
+
+    @dataclasses.dataclass
+    class Failure(Exception):
+        code: int
+
+    class Later(Counted):
+        pass
+
+    Made = dataclasses.make_dataclass("Made", [("index", int, 1)], bases=(Counted,), frozen=True)
+    one = Counted(1)
+    return " ".join(map(str, [
+        dataclasses.replace(one, index=2).index, len(dataclasses.asdict(one)),
+        dataclasses.astuple(one)[-1], one == Counted(1), one < Counted(2),
+        hash(one) == hash(Counted(1)), Slotted([1]).data, Listed([2]).count(2),
+        Failure(3).code, Later(4).count, Made(5).index, dataclasses.astuple(Made(6))[:2],
+        dataclasses.replace(Plain(8)).flags, dataclasses.fields(Named)[0].default,
+    ]))
+
+
+@stored_function(schema="fields", roles=["student"])
+def made(how: str) -> str:
+    if how == "fine":
+        return fine()
+    try:
+        got = attempt(how)
+    except TypeError as exc:
+        return "refused: " + str(exc)
+    return f"got {got!r}"
+'''
+
+
+@pytest.mark.parametrize(
+    ("how", "refused"),
+    [("decorator, a C type's attribute", "field 'flags' of the class 'C' would read Context"),
+     ("decorator, a default read off deque", "field 'index' of the class 'D' would read deque"),
+     ("decorator, the metaclass's attribute",
+      "field 'register' of the class 'R' would read ABCMeta.register"),
+     ("make_dataclass with bases", "field 'traps' of the class 'M' would read Context"),
+     ("make_dataclass, another class's private",
+      "field '_UserList__cast' of the class 'U' is spelled as a class's private attribute"),
+     ("make_dataclass, abc's state", "field '_abc_impl' of the class 'A' is spelled as"),
+     ("make_dataclass, a frame's attribute", "field 'gi_frame' of the class 'F' is the name"),
+     ("a later subclass", "field 'flags' of the class 'E' would read Context"),
+     ("a later subclass, by type()", "field 'flags' of the class 'E' would read Context"),
+     ("a later subclass, by make_dataclass", "field 'index' of the class 'E' would read deque"),
+     ("fields given by type()", "field 'flags' of the class 'G' would read Context"),
+     ("fields given as a property", "a class's dataclass fields must be a plain dict"),
+     ("replace", "a Copied's dataclass fields are not its class's"),
+     ("asdict", "a Copied's dataclass fields are not its class's"),
+     ("astuple", "a Copied's dataclass fields are not its class's")],
+)  # fmt: skip
+def test_a_dataclass_field_reads_no_attribute_of_a_class_every_call_shares(
+    cont: psycopg.Connection[Any], tmp_path: Any, how: str, refused: str
+) -> None:
+    """dataclasses reads a field by its name with the real getattr, past the runtime's
+    checked reads: a red team's dataclass under decimal.Context with a field `flags` had
+    `replace` hand it C's SignalDict (its context freed, it wrote into memory another role's
+    call then used, which crashed), one under deque with a field `index` got deque's raw
+    `index` as the field's default (gh-115243, a use-after-free), and make_dataclass's field
+    `_UserList__cast` set UserList's private attribute to C's `list.append`. A field may not
+    be named as an attribute of a class the module did not make (its C `__getattribute__`
+    serves Context's `flags`; a metaclass's, `register`, is a class's default), nor as a
+    frame attribute, another class's private one or abc's state: checked by `dataclass` and
+    `make_dataclass` (its bases too) before dataclasses reads a default, when a routine's
+    class inherits fields (a later subclass changes what a name finds first) or is given
+    them, and for the object `replace`, `asdict` and `astuple` read, whose fields must be its
+    class's (a copy's state gave one a dict of its own). Ordinary dataclasses, fields
+    named `index`, `count`, `flags`, `data` or private ones of their own among them, work
+    as before."""
+    _deploy_all(cont, tmp_path, {"fields_mod": FIELDS})
+    cont.execute("SET ROLE student")
+    answer = cont.execute("SELECT fields.made(%s)", [how]).fetchone()
+    assert answer is not None and answer[0].startswith("refused: pyfuncs: "), answer
+    assert refused in answer[0], answer
+    assert cont.execute("SELECT fields.made('fine')").fetchone() == (
+        "2 6 7 True True True [1] 1 3 4 1 (6, 1) 8 0",
+    )
+
+
 NAMES = """
 import collections.abc
 import enum

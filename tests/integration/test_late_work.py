@@ -71,3 +71,51 @@ def test_the_same_tools_on_small_inputs_work(
     late: psycopg.Connection[Any], case: int, result: int
 ) -> None:
     assert late.execute("SELECT late.small(%s)", [case]).fetchone() == (result,)
+
+
+POWMOD = """
+import decimal
+from decimal import Decimal
+
+from pyfuncs import stored_function
+
+HUGE = Decimal("1e100000000")  # one digit of coefficient; 100,000,001 as an integer
+
+
+@stored_function(schema="powmod", roles=["student"], timeout_ms=500)
+def run(how: str) -> str:
+    if how == "pow":
+        return str(pow(Decimal(3), HUGE, Decimal(7)))
+    if how == "pow of an int":
+        return str(pow(3, HUGE, Decimal(7)))
+    if how == "context":
+        return str(decimal.Context().power(Decimal(3), HUGE, Decimal(7)))
+    if how == "modulus":
+        return str(decimal.Context().power(Decimal(3), Decimal(5), modulo=HUGE))
+    # small ones, as before
+    return " ".join([str(pow(Decimal(3), Decimal(200), Decimal(7))), str(pow(3, Decimal(200), 7)),
+                     str(decimal.Context().power(3, Decimal(10**999), Decimal(10**6 + 3)))])
+"""
+
+
+@pytest.mark.parametrize("how", ["pow", "pow of an int", "context", "modulus"])
+def test_a_decimal_modular_power_is_refused_before_it_starts(
+    conn: psycopg.Connection[Any], tmp_path: Any, cluster: Cluster, how: str
+) -> None:
+    """Round 47b: a Decimal modular power was bounded by its operands' coefficient digits,
+    and Decimal("1e100000000") has one: pow(Decimal(3), Decimal("1e100000000"), Decimal(7))
+    ran in one C call of libmpdec until the backstop ended the session. Its operands (the
+    modulus too) are sized as the integers libmpdec makes of them, in every spelling, and
+    the power is refused at once (a LIMIT_EXCEEDED the routine could catch); the session
+    goes on, and small modular powers work."""
+    (tmp_path / "powmod.py").write_text(POWMOD)
+    deploying.deploy(conn, str(tmp_path / "powmod.py"))
+    postmaster = cluster.postmaster_pid()
+    conn.execute("SET ROLE student")
+    start = time.monotonic()
+    with pytest.raises(psycopg.Error, match="100,000,001-digit number") as info:
+        conn.execute("SELECT powmod.run(%s)", [how])
+    assert info.value.sqlstate == "54000", info.value
+    assert time.monotonic() - start < SLACK
+    assert conn.execute("SELECT powmod.run('small')").fetchone() == ("2 2 260542",)
+    assert cluster.postmaster_pid() == postmaster, "the cluster restarted"

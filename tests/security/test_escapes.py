@@ -842,6 +842,31 @@ for label, body in [
     ("fraction_pow", "return pow(fractions.Fraction(3), 10**8)"),
     ("int_power_fraction", "return 3 ** fractions.Fraction(10**8)"),
     ("fraction_power_in_place", "x = fractions.Fraction(7)\n        x **= 10**8"),
+    # round 47b: a modular power's operands are integers to libmpdec, 1e100000000 one of
+    # 100,000,001 digits (and a subclass's own methods say nothing of its digits)
+    ("pow_modular_exponent", "return pow(D(3), D('1e100000000'), D(7))"),
+    ("pow_modular_base", "return pow(D('1e100000000'), D(3), D(7))"),
+    ("pow_modular_int_base", "return pow(3, D('1e100000000'), D(7))"),
+    ("pow_modular_int_exponent", "return pow(D(3), 10**2000, D(7))"),
+    ("context_power_modular", "return decimal.Context().power(D(3), D('1e100000000'), D(7))"),
+    ("context_power_modular_keyword",
+     "return decimal.Context().power(D(3), D(5), modulo=D('1e100000000'))"),
+    ("class_power_modular", "return decimal.Context.power(decimal.Context(), 3, D('1e9999'), 7)"),
+    ("pow_modular_subclass", "class S(D):\n            def adjusted(self):\n"
+                             "                return 0\n"
+                             "        return pow(S(3), S('1e100000000'), S(7))"),
+    ("int_of_a_subclass", "class S(D):\n            def is_finite(self):\n"
+                          "                return False\n"
+                          "        return int(S('1e1000000'))"),
+    # and a Fraction made from a Rational, whose parts fractions takes as they are
+    ("fraction_of_a_rational", "class F(fractions.Fraction):\n            @property\n"
+                               "            def numerator(self):\n"
+                               "                return 1 << 8_000_000\n"
+                               "        return fractions.Fraction(F(1))"),
+    ("fraction_of_rationals", "class F(fractions.Fraction):\n            @property\n"
+                              "            def numerator(self):\n"
+                              "                return 1 << 8_000_000\n"
+                              "        return fractions.Fraction(F(1), F(3))"),
 ]:  # fmt: skip
     attempt(
         f"bounded_{label}",
@@ -2881,7 +2906,9 @@ def attempt():
         decimal.Context(prec=500).prec, int(D("1e20")), round(D("2.5")), f"{D('1.25'):.1f}",
         D("0.75").as_integer_ratio(), str(fractions.Fraction(D("1.5"))),
         str(fractions.Fraction("1.25e2")), str(round(fractions.Fraction(1, 3), 3)),
-        decimal.Context(prec=28, Emax=99).Emax,
+        decimal.Context(prec=28, Emax=99).Emax, str(pow(D(3), D(200), D(7))),
+        str(pow(3, D(200), D(7))), str(decimal.Context().power(D(3), 200, modulo=D(7))),
+        str(fractions.Fraction(fractions.Fraction(1, 3), fractions.Fraction(2, 5))),
     ]
 """
 
@@ -2893,7 +2920,7 @@ def test_routines_keep_their_own_state_private_and_copies_and_decimals_work(
     assert row.fetchone() == (
         "returned list: [42, '333', '1.4142', 32, '2.25', '8/27', {'left': 1, 'right': 5}, "
         "('left', 'right'), 5, '1.5', {'a': 1}, 500, 100000000000000000000, 2, '1.2', "
-        "(3, 4), '3/2', '125', '333/1000', 99]",
+        "(3, 4), '3/2', '125', '333/1000', 99, '2', '2', '2', '5/6']",
     )
 
 
@@ -3065,6 +3092,39 @@ def test_fraction_powers_are_bounded_for_whoever_asks(runtime: psycopg.Connectio
         "    else:\n"
         "        raise AssertionError('computed')\n"
         "assert fractions.Fraction(3, 2) ** 2 == fractions.Fraction(9, 4)\n"
+        "$$"
+    )
+
+
+def test_decimal_modular_powers_are_bounded_for_whoever_asks(
+    runtime: psycopg.Connection[Any],
+) -> None:
+    """libmpdec writes a modular power's operands out as integers and works through the
+    exponent bit by bit, in one C call: Decimal("1e100000000") is one digit of coefficient
+    and 100,000,001 as an integer (round 47b's pow(Decimal(3), Decimal("1e100000000"),
+    Decimal(7)) ran until the backstop ended the session). Decimal's `__pow__` and
+    `__rpow__` with a modulus and Context.power(a, b, m) size their operands as integers
+    on the types, for whoever calls them; small modular powers work as before."""
+    runtime.execute("SELECT public.escape_attempt('boot', 'def attempt():\n    return 1\n')")
+    runtime.execute(
+        "DO LANGUAGE plpython3u $$\n"
+        "import decimal, sys\n"
+        "from decimal import Decimal as D\n"
+        "bounded = sys.modules['pyfuncs_pg.bounded']\n"
+        "huge = D('1e100000000')\n"
+        "for power in (lambda: pow(D(3), huge, D(7)), lambda: D(3).__pow__(huge, D(7)),\n"
+        "              lambda: huge.__rpow__(D(3), D(7)), lambda: pow(huge, 2, D(7)),\n"
+        "              lambda: decimal.Context().power(D(3), huge, D(7)),\n"
+        "              lambda: decimal.Context().power(3, 2, modulo=huge)):\n"
+        "    try:\n"
+        "        power()\n"
+        "    except bounded.OperationTooLarge as exc:\n"
+        "        assert '100,000,001-digit' in str(exc), exc\n"
+        "    else:\n"
+        "        raise AssertionError('computed')\n"
+        "assert pow(D(3), D(200), D(7)) == D(2) and D(2) ** D(3) == 8 and 2 ** D(3) == 8\n"
+        "assert decimal.Context().power(D(3), 200, D(7)) == D(2)\n"
+        "assert str(decimal.Context().power(D(2), D('0.5')))[:5] == '1.414'\n"
         "$$"
     )
 
