@@ -5,6 +5,7 @@ stopped call."""
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 
 from . import deadline, identity, vocabulary
@@ -209,11 +210,12 @@ class Db(Queries):
         # (lent and entered inside the try: an exception right after either, a MemoryError
         # under max_memory_mb say, must still give back and leave)
         lent: bool | None = False
-        entered, changed, fired = None, None, False
+        entered, changed, fired, due = None, None, False, 0
         try:
             lent = deadline.lend()
             if lent is None:
                 raise deadline.may_not_run()
+            due = deadline.statement_due()
             entered = identity.enter()
             if prepared is None:  # (under the flag too: preparing runs types' input
                 # functions on literals, and a domain's check with them, any SQL: a red
@@ -231,7 +233,8 @@ class Db(Queries):
                 changed = identity.leave(entered)
         if changed:
             _stop_identity(changed)
-        _went_on(fired)
+        if fired or due:
+            _went_on(fired, due)
         return prepared.rows(result)
 
     def execute(self, query: str, params: Sequence[Any] = (), /) -> Rows:
@@ -266,20 +269,13 @@ class Db(Queries):
             raise ValueError(f"pyfuncs: a cursor's batch is a positive int, not {batch!r}")
         self._count()  # (from this module's call: what it left is closed in it)
         stopping.dispose_orphans(self._module)
-        query = _text(query)
-        for _ in range(_TRIES):
-            name = f"pyfuncs_cursor_{_NUMBER()}"  # (never the same twice in a backend)
-            # (its plan is not kept: its text is this cursor's only)
-            prepared, values = _guarded(self._plan, f"DECLARE {name} {_DECLARED}{query}",
-                                        params, False)  # fmt: skip
-            try:
-                _guarded(plpy.execute, prepared.plan, values)
-                break
-            except plpy.SPIError as exc:  # a cursor of the session's has that name
-                if getattr(exc, "sqlstate", None) != _DUPLICATE_CURSOR:
-                    raise
-        else:
-            raise RuntimeError("pyfuncs: no free name for a cursor in this session")
+        # a name no one can declare first (a red team's WITH HOLD cursors, declared under
+        # the names coming next, kept the next role of a pooled session from any cursor);
+        # its plan is not kept: its text is this cursor's only
+        name = f"pyfuncs_cursor_{os.urandom(12).hex()}"
+        declare = f"DECLARE {name} NO SCROLL CURSOR FOR {_text(query)}"
+        prepared, values = _guarded(self._plan, declare, params, False)
+        _guarded(plpy.execute, prepared.plan, values)
         opened = under_way()
         try:
             while True:
@@ -322,8 +318,8 @@ class Db(Queries):
         return dict(json.loads(raw))
 
 
-# A routine's cursors are SQL's, declared, fetched and closed by a name no other cursor of
-# the backend's had (`pyfuncs_cursor_N`), and read only while the subtransaction they were
+# A routine's cursors are SQL's, declared, fetched and closed by a name of random hex no one
+# can guess (`pyfuncs_cursor_...`), and read only while the subtransaction they were
 # declared in is under way. Not PL/Python's: it finds its cursor's portal by name as it
 # closes or frees the cursor, and unpins it, which raises an error through the
 # interpreter's frames where the portal of that name is another's. A red team's statement
@@ -332,12 +328,6 @@ class Db(Queries):
 # next call of another role crashed. An SQL cursor is not pinned: it ends with its
 # transaction (or savepoint) whatever keeps its generator, and closing or reading one that
 # is not there is an error PL/Python reports as a Python exception.
-_NUMBER = iter(range(1, sys.maxsize)).__next__
-_DECLARED = "NO SCROLL CURSOR FOR "
-_DUPLICATE_CURSOR = "42P03"
-_TRIES = 10
-
-
 def _still_open(opened: Any) -> bool:
     return stopping.in_transaction() and under_way()[0] == opened[0] and _active(opened[1])
 
@@ -374,6 +364,7 @@ class Savepoint:
         _in_a_call_entry(_from_the_call(self._module))
         if deadline.parallel():
             raise deadline.may_not_run()
+        _room_to_move()
         changed = identity.open_settings()
         if changed:
             _stop_identity(changed)
@@ -387,8 +378,35 @@ class Savepoint:
                 "pyfuncs: a savepoint is left where it was entered, in the same call and "
                 "while it is the one under way (not from a generator resumed later)"
             )
+        _room_to_move()
         self._entered = None
         return self._savepoint.__exit__(*exc)
+
+
+# PL/Python begins and ends a savepoint, and grows its list of them, outside any error
+# handling: memory PostgreSQL cannot get there is an error thrown through the interpreter's
+# frames, which left PL/Python's list and PostgreSQL's subtransactions out of step (a red
+# team's, at the runtime's address-space cap with a thousand savepoints open, crashed the
+# cluster as the transaction aborted). So a savepoint is entered and left only with this
+# much of the address space to spare (what Python does in between cannot allocate it).
+_ROOM = 64 << 20
+
+
+def _room_to_move() -> None:
+    import resource
+
+    cap = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if cap == resource.RLIM_INFINITY:
+        return
+    with open("/proc/self/statm", "rb") as statm:
+        size = int(statm.read().split()[0]) * _PAGE
+    if size + _ROOM > cap:
+        raise MemoryError(
+            "pyfuncs: too little memory is left for a savepoint to begin or end safely"
+        )
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _in_a_call_entry(entry: Any) -> None:
@@ -471,11 +489,12 @@ def _guarded(operation: Callable[..., Any], *args: Any) -> Any:
     """One database operation of the call under way, with its deadline lent and its
     identity kept (Db._run does the same inline, for every query)."""
     lent: bool | None = False  # (inside the try: see Db._run)
-    entered, changed, fired = None, None, False
+    entered, changed, fired, due = None, None, False, 0
     try:
         lent = deadline.lend()
         if lent is None:
             raise deadline.may_not_run()
+        due = deadline.statement_due()
         entered = identity.enter()
         result = operation(*args)
     except plpy.SPIError as exc:
@@ -489,17 +508,19 @@ def _guarded(operation: Callable[..., Any], *args: Any) -> Any:
             changed = identity.leave(entered)
     if changed:
         _stop_identity(changed)
-    _went_on(fired)
+    if fired or due:
+        _went_on(fired, due)
     return result
 
 
-def _went_on(fired: bool) -> None:
+def _went_on(fired: bool, due: int) -> None:
     """After a query that returned: a stop it caught (a PL/pgSQL handler for query_canceled
     in a DO block it ran went on past the call's deadline, its statement_timeout and cancel
     requests: a red team's) stops the call now."""
     if fired:
         deadline.expired()
-    deadline.swallowed()
+    if due:
+        deadline.swallowed(due)
 
 
 def _failed(exc: BaseException) -> None:

@@ -36,35 +36,25 @@ _on: Any = None
 _off: Any = None
 _fired: Any = None
 _timer = -1
-# IsInParallelMode, and whether this statement has run past statement_timeout, once bound
+# IsInParallelMode, and statement_timeout's timer (whether it is set, when it goes off, and
+# the time now), once bound
 _parallel: Any = None
-_statement_timed_out: Any = None
+_statement_timer: Any = None
 _STATEMENT_TIMEOUT = 3  # TimeoutId STATEMENT_TIMEOUT (utils/timeout.h)
 
 
 def bind(lib: ctypes.CDLL) -> bool:
-    global _on, _off, _fired, _timer, _parallel, _statement_timed_out
+    global _on, _off, _fired, _timer, _parallel, _statement_timer
     hot = ctypes.PyDLL(lib._name)
     _parallel = hot.IsInParallelMode
     _parallel.restype = ctypes.c_bool
-    # Whether the timer of statement_timeout went off in this statement: PostgreSQL resets
-    # its indicator as it cancels, and the setting may have changed since the statement
-    # began (a routine's SET does not re-arm the timer); the timer's own times tell. Off
-    # (it went off, or was never set), set for this statement, and due before now.
-    active, due, set_at = (
-        hot.get_timeout_active,
-        hot.get_timeout_finish_time,
-        hot.get_timeout_start_time,
-    )
+    # statement_timeout's timer, read around a routine's query (see statement_due):
+    # PostgreSQL resets its indicator as it cancels
+    active, finish = hot.get_timeout_active, hot.get_timeout_finish_time
     active.restype = ctypes.c_bool
-    started, now = hot.GetCurrentStatementStartTimestamp, hot.GetCurrentTimestamp
-    started.restype = now.restype = due.restype = set_at.restype = ctypes.c_int64
-
-    def _statement_timed_out() -> bool:
-        if active(_STATEMENT_TIMEOUT):
-            return False
-        at = due(_STATEMENT_TIMEOUT)
-        return bool(at != 0 and set_at(_STATEMENT_TIMEOUT) >= started() and at <= now())
+    now = hot.GetCurrentTimestamp
+    finish.restype = now.restype = ctypes.c_int64
+    _statement_timer = active, finish, now
 
     indicator = hot.get_timeout_indicator  # (TimeoutId, bool reset): whether it went off
     indicator.restype = ctypes.c_bool
@@ -202,10 +192,22 @@ def expired(exc: BaseException | None = None) -> None:
         raise stopping.RoutineInterrupted()
 
 
-def swallowed() -> None:
-    """After a query that returned: stop the call if statement_timeout went off while it
-    ran and a handler in it caught the cancel (a red team's DO block went on past it)."""
-    if _statement_timed_out is not None and _statement_timed_out():
+def statement_due() -> int:
+    """Before a routine's query: when statement_timeout's timer goes off, if it is set, else
+    0 (PostgreSQL's time; see swallowed)."""
+    if _statement_timer is None:
+        return 0
+    active, finish, _ = _statement_timer
+    return finish(_STATEMENT_TIMEOUT) if active(_STATEMENT_TIMEOUT) else 0
+
+
+def swallowed(due: int) -> None:
+    """After a query that returned, `due` what statement_due said before it: stop the call
+    if statement_timeout went off while it ran and a handler in it caught the cancel (a red
+    team's DO block went on past it; the timer's indicator is reset as PostgreSQL cancels,
+    and is no help)."""
+    active, _, now = _statement_timer
+    if not active(_STATEMENT_TIMEOUT) and now() >= due:
         stopping.interrupted(_Canceled("canceling statement due to statement timeout"))
 
 

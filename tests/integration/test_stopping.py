@@ -838,7 +838,8 @@ def untimed() -> str:
 @pytest.mark.parametrize(
     ("query", "timeout", "says"),
     [("SELECT swallow.timed()", None, "timeout_ms=300"),
-     ("SELECT swallow.untimed()", "300ms", "statement_timeout")],
+     ("SELECT swallow.untimed()", "300ms", "statement_timeout"),
+     ("SELECT swallow.untimed() WHERE %s", "300ms", "statement_timeout")],
 )  # fmt: skip
 def test_a_stop_a_routines_query_caught_stops_the_call_after_it(
     conn: psycopg.Connection[Any], tmp_path: Any, query: str, timeout: str | None, says: str
@@ -851,7 +852,9 @@ def test_a_stop_a_routines_query_caught_stops_the_call_after_it(
     deploying.deploy(conn, str(tmp_path / "swallow_mod.py"))
     if timeout is not None:
         conn.execute("SELECT set_config('statement_timeout', %s, false)", [timeout])
-    err, took = run(conn, query)
+    # (with a parameter, the extended protocol: its timer is set at Parse, before the
+    # statement's start is taken at Execute, which a red team's went past)
+    err, took = run(conn, query, [True] if "%s" in query else ())
     assert err.sqlstate == "57014" and says in str(err), err
     assert took < 1.0 + SLACK
     conn.execute("RESET statement_timeout")
@@ -894,4 +897,106 @@ def test_an_error_thrown_through_a_routines_python_ends_the_session(
             conn.execute("SELECT 1")
     with psycopg.connect(dsn, autocommit=True) as fresh:
         assert fresh.execute("SELECT 1").fetchone() == (1,)
+    assert cluster.postmaster_pid() == started
+
+
+CAPPED = """
+from collections.abc import Iterator
+
+from pyfuncs import db, stored_function
+
+HOLD = []
+
+
+def _deep(n: int) -> int:
+    return n and max(map(_deep, [n - 1])) + 1
+
+
+def _held() -> Iterator[int]:
+    with db.subtransaction():
+        yield 1
+
+
+def _fill(smallest: int) -> int:
+    size, total = 1 << 32, 0
+    while size >= smallest:
+        try:
+            HOLD.append(bytes(size))
+            total += size
+        except MemoryError:
+            size //= 2
+    return total
+
+
+@stored_function(schema="capped", roles=["student", "manager"])
+def attack(pre: int, live: int, nest: int, unions: int) -> str:
+    try:  # (the C stack's pages, touched now: at the cap it could not grow)
+        _deep(800)
+    except RecursionError:
+        pass
+    gens = [None] * (pre + nest + 10)
+    for i in range(pre):
+        g = _held()
+        next(g)
+        gens[i] = g
+    for i in range(pre - 1, -1, -1):
+        gens[i].close()
+        gens[i] = None
+    for i in range(live):  # PL/Python's list of savepoints, just short of growing
+        g = _held()
+        next(g)
+        gens[i] = g
+    db.execute(" UNION ALL ".join(["SELECT g FROM generate_series(1, 2) g WHERE g > 5"] * unions))
+    reserve = [(i, i) for i in range(200_000)]
+    _fill(256 << 10)
+    _fill(8)  # the address space, full to the runtime's cap
+    for i in range(0, len(reserve), 2):
+        reserve[i] = None
+    refused = ""
+    for _ in range(nest):
+        try:
+            g = _held()
+            next(g)
+        except MemoryError:  # (said by the runtime's check, or by what it allocates)
+            refused = "refused"
+            break
+    HOLD.clear()
+    return refused
+
+
+@stored_function(schema="capped", roles=["student", "manager"])
+def trap() -> str:
+    return str(db.fetchval("SELECT capped.attack(1100, 1000, 60, 20)"))
+
+
+@stored_function(schema="capped", roles=["student", "manager"])
+def victim() -> str:
+    with db.subtransaction():
+        return str(db.fetchval("SELECT current_user"))
+"""
+
+
+def test_a_savepoint_is_not_begun_without_memory_to_spare(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Any, cluster: Cluster
+) -> None:
+    """PL/Python begins a savepoint and grows its list of them outside any error handling:
+    a red team's routine filled the address space to the runtime's cap with a thousand
+    savepoints open, the list could not grow, the error went through the interpreter's
+    frames, and the transaction's abort crashed the cluster. A savepoint begins and ends
+    only with 64 MB of the address space to spare now: the routine gets a MemoryError, and
+    the session, the next role's call in it and its writes go on."""
+    (tmp_path / "capped_mod.py").write_text(CAPPED)
+    deploying.deploy(conn, str(tmp_path / "capped_mod.py"))
+    conn.execute("CREATE TABLE public.ledger (v text); GRANT ALL ON public.ledger TO manager")
+    started = cluster.postmaster_pid()
+    with psycopg.connect(dsn, autocommit=True) as pooled:
+        pooled.execute("SET ROLE student")
+        said = pooled.execute("SELECT capped.trap()").fetchone()
+        assert said == ("refused",)
+        pooled.execute("RESET ROLE")
+        pooled.execute("SET ROLE manager")
+        assert pooled.execute("SELECT now() = statement_timestamp()").fetchone() == (True,)
+        pooled.execute("INSERT INTO public.ledger VALUES ('paid')")
+        assert pooled.execute("SELECT capped.victim()").fetchone() == ("manager",)
+    assert conn.execute("SELECT count(*) FROM public.ledger").fetchone() == (1,)
     assert cluster.postmaster_pid() == started
