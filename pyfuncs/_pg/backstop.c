@@ -59,6 +59,7 @@
 #include "storage/proc.h"
 #include "utils/guc.h"
 #include "utils/timeout.h"
+#include "utils/timestamp.h"
 
 /* [0]: the deadline of the innermost call under way with a timeout_ms, [1]: when the
  * watchdog last completed a look, [2]: when it first raised a stop; in seconds of
@@ -932,7 +933,8 @@ static int	timer = -1;
 /* (deeper than PL/Python's recursion limit lets routines call each other through SQL) */
 #define MAX_LENT 1024
 static long lent;				/* queries under way since the timer was set */
-static double deadlines[MAX_LENT];	/* the deadline armed for each, outermost first */
+static double deadlines[MAX_LENT];	/* the deadline armed for each (0: none), outermost first */
+static TimestampTz statement_due[MAX_LENT];	/* statement_timeout's, as each began (0: none) */
 
 /*
  * The subtransaction under way as each query of a routine's began (enter to leave),
@@ -1091,55 +1093,70 @@ arm(double deadline)
 }
 
 /*
- * Before a query: True where the timer was lent (give_back must follow), False where no
- * call under way has a deadline, None where the query may not run: in a parallel
- * operation (PL/Python begins a subtransaction for each query, which PostgreSQL refuses
- * there with an error thrown through the interpreter's frames), or nested deeper than
- * the deadlines kept.
+ * Before a query: True where give_back must follow (a call under way has a deadline, or the
+ * statement a timeout), False where nothing is watched, None where the query may not run:
+ * in a parallel operation (PL/Python begins a subtransaction for each query, which
+ * PostgreSQL refuses there with an error thrown through the interpreter's frames), or
+ * nested deeper than the deadlines kept.
  */
 static PyObject *
 guard_lend(PyObject *self, PyObject *unused)
 {
-	double		deadline = pyfuncs_backstop_clock[0],
-				armed;
+	double		deadline = timer < 0 ? 0 : pyfuncs_backstop_clock[0],
+				armed = lent > 0 ? deadlines[lent - 1] : 0;
+	TimestampTz due;
 
 	if (IsInParallelMode() || lent >= MAX_LENT)
 		return object(0);
-	if (timer < 0 || (lent == 0 && deadline <= 0))
-		return object(2);
-	armed = lent == 0 ? deadline : deadlines[lent - 1];
-	/* the first query, or one of a routine called inside it whose deadline comes first */
-	if (lent == 0 || (deadline > 0 && deadline < armed))
+	due = get_timeout_active(STATEMENT_TIMEOUT) ? get_timeout_finish_time(STATEMENT_TIMEOUT) : 0;
+	/* the first deadline, or one of a routine called inside a query whose comes first */
+	if (deadline > 0 && (armed <= 0 || deadline < armed))
 	{
 		armed = deadline;
 		arm(armed);
 	}
-	deadlines[lent++] = armed;
+	if (lent == 0 && armed <= 0 && due == 0)
+		return object(2);
+	deadlines[lent] = armed;
+	statement_due[lent++] = due;
 	return object(1);
 }
 
-/* After the query: whether the timer went off while it ran (True: the call is past its
- * deadline, also where the query caught the cancel and went on) */
+/*
+ * After the query: whether it went on past a stop it caught (a handler for query_canceled in
+ * a DO block it ran): True where the timer went off while it ran (the call is past its
+ * deadline), 2 where statement_timeout's did (PostgreSQL resets that one's indicator as it
+ * cancels: its timer is off, and was due), else False.
+ */
 static PyObject *
 guard_give_back(PyObject *self, PyObject *unused)
 {
 	double		inner;
-	bool		fired;
+	TimestampTz due;
+	bool		fired = false;
 
 	if (lent == 0)
 		return object(2);
 	inner = deadlines[--lent];
-	if (lent == 0)
-		disable_timeout((TimeoutId) timer, true);
-	/* a deadline that came as the query finished, too late for it, leaves no cancel behind
-	 * for what runs next (the caller stops the call for it) */
-	fired = get_timeout_indicator((TimeoutId) timer, true);
-	if (fired && QueryCancelPending)
-		QueryCancelPending = false;
-	/* the query around this one's deadline, where this one's came first */
-	if (lent > 0 && deadlines[lent - 1] > inner)
-		arm(deadlines[lent - 1]);
-	return object(fired ? 1 : 2);
+	due = statement_due[lent];
+	if (timer >= 0)
+	{
+		if (lent == 0 || deadlines[lent - 1] <= 0)
+			disable_timeout((TimeoutId) timer, true);
+		/* a deadline that came as the query finished, too late for it, leaves no cancel
+		 * behind for what runs next (the caller stops the call for it) */
+		fired = get_timeout_indicator((TimeoutId) timer, true);
+		if (fired && QueryCancelPending)
+			QueryCancelPending = false;
+		/* the query around this one's deadline, where this one's came first */
+		if (lent > 0 && deadlines[lent - 1] > 0 && deadlines[lent - 1] > inner)
+			arm(deadlines[lent - 1]);
+	}
+	if (fired)
+		return object(1);
+	if (due != 0 && !get_timeout_active(STATEMENT_TIMEOUT) && GetCurrentTimestamp() >= due)
+		return py.from_long(2);
+	return object(2);
 }
 
 static PyObject *

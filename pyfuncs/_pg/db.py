@@ -210,12 +210,12 @@ class Db(Queries):
         # (lent and entered inside the try: an exception right after either, a MemoryError
         # under max_memory_mb say, must still give back and leave)
         lent: bool | None = False
-        entered, changed, fired, due = None, None, False, 0
+        entered, changed = None, None
+        fired: bool | int = False
         try:
             lent = deadline.lend()
             if lent is None:
                 raise deadline.may_not_run()
-            due = deadline.statement_due()
             entered = identity.enter()
             if prepared is None:  # (under the flag too: preparing runs types' input
                 # functions on literals, and a domain's check with them, any SQL: a red
@@ -233,8 +233,8 @@ class Db(Queries):
                 changed = identity.leave(entered)
         if changed:
             _stop_identity(changed)
-        if fired or due:
-            _went_on(fired, due)
+        if fired:
+            deadline.went_on(fired)
         return prepared.rows(result)
 
     def execute(self, query: str, params: Sequence[Any] = (), /) -> Rows:
@@ -489,12 +489,12 @@ def _guarded(operation: Callable[..., Any], *args: Any) -> Any:
     """One database operation of the call under way, with its deadline lent and its
     identity kept (Db._run does the same inline, for every query)."""
     lent: bool | None = False  # (inside the try: see Db._run)
-    entered, changed, fired, due = None, None, False, 0
+    entered, changed = None, None
+    fired: bool | int = False
     try:
         lent = deadline.lend()
         if lent is None:
             raise deadline.may_not_run()
-        due = deadline.statement_due()
         entered = identity.enter()
         result = operation(*args)
     except plpy.SPIError as exc:
@@ -508,19 +508,9 @@ def _guarded(operation: Callable[..., Any], *args: Any) -> Any:
             changed = identity.leave(entered)
     if changed:
         _stop_identity(changed)
-    if fired or due:
-        _went_on(fired, due)
-    return result
-
-
-def _went_on(fired: bool, due: int) -> None:
-    """After a query that returned: a stop it caught (a PL/pgSQL handler for query_canceled
-    in a DO block it ran went on past the call's deadline, its statement_timeout and cancel
-    requests: a red team's) stops the call now."""
     if fired:
-        deadline.expired()
-    if due:
-        deadline.swallowed(due)
+        deadline.went_on(fired)
+    return result
 
 
 def _failed(exc: BaseException) -> None:

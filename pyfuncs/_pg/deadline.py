@@ -48,7 +48,7 @@ def bind(lib: ctypes.CDLL) -> bool:
     hot = ctypes.PyDLL(lib._name)
     _parallel = hot.IsInParallelMode
     _parallel.restype = ctypes.c_bool
-    # statement_timeout's timer, read around a routine's query (see statement_due):
+    # statement_timeout's timer, read around a routine's query (see lend and give_back):
     # PostgreSQL resets its indicator as it cancels
     active, finish = hot.get_timeout_active, hot.get_timeout_finish_time
     active.restype = ctypes.c_bool
@@ -93,26 +93,36 @@ def bind(lib: ctypes.CDLL) -> bool:
 
 # the deadline armed for each query under way since the timer was set, outermost first
 # (a routine called through SQL inside a query may have an earlier one)
-_armed: list[float] = []
+_armed: list[tuple[float, int]] = []
 _KEPT = 1024  # as deep as queries nest (backstop.c's MAX_LENT): deeper than routines can
 
 
 def lend() -> bool | None:
     """Before a query: the timer set to the deadline of the innermost call under way with a
     timeout_ms (backstop.CLOCK[0], which its entry function keeps), if there is one, unless
-    a query around this one set it to an earlier one. Whether give_back must be called
-    after the query; None where the query may not run (see may_not_run)."""
+    a query around this one set it to an earlier one; and statement_timeout's noted. Whether
+    give_back must be called after the query; None where the query may not run (see
+    may_not_run)."""
     if parallel() or len(_armed) >= _KEPT:
         return None
-    at = backstop.CLOCK[0]
-    if _on is None or (not _armed and not at):
-        return False
-    armed = _armed[-1] if _armed else at
-    if not _armed or (at and at < armed):
+    at = backstop.CLOCK[0] if _on is not None else 0.0
+    armed = _armed[-1][0] if _armed else 0.0
+    due = _statement_due()
+    if at > 0 and (armed <= 0 or at < armed):
         armed = at
         _arm(armed)
-    _armed.append(armed)
+    if not _armed and armed <= 0 and not due:
+        return False
+    _armed.append((armed, due))
     return True
+
+
+def _statement_due() -> int:
+    """When statement_timeout's timer goes off, if it is set, else 0 (PostgreSQL's time)."""
+    if _statement_timer is None:
+        return 0
+    active, finish, _ = _statement_timer
+    return finish(_STATEMENT_TIMEOUT) if active(_STATEMENT_TIMEOUT) else 0
 
 
 def _arm(deadline: float) -> None:
@@ -121,18 +131,29 @@ def _arm(deadline: float) -> None:
     _on(min(int((deadline - monotonic()) * 1000) + 1, _LONGEST))
 
 
-def give_back() -> bool:
+def give_back() -> bool | int:
     """After the query: a timer that went off as the query finished, too late for it to
     see, leaves a cancel pending that would cancel whatever the session runs next (the
     caller's statement, after it caught the routine's error): it is the call's deadline,
-    which the caller stops the call for (see overdue), so that cancel is taken back. Then
+    which the caller stops the call for (see went_on), so that cancel is taken back. Then
     the timer is set again to the deadline of the query around this one, or turned off.
-    Whether the timer went off while the query ran."""
-    inner = _armed.pop()
-    fired: bool = _off(keep=bool(_armed))
-    if _armed and _armed[-1] > inner:
-        _arm(_armed[-1])
-    return fired
+    Whether the query went on past a stop it caught: True where the timer went off while
+    it ran, 2 where statement_timeout's did (PostgreSQL resets that one's indicator as it
+    cancels: its timer is off, and was due), else False."""
+    inner, due = _armed.pop()
+    fired = False
+    if _on is not None:
+        outer = _armed[-1][0] if _armed else 0.0
+        fired = _off(keep=outer > 0)
+        if outer > 0 and outer > inner:
+            _arm(outer)
+    if fired:
+        return True
+    if due and _statement_timer is not None:
+        active, _, now = _statement_timer
+        if not active(_STATEMENT_TIMEOUT) and now() >= due:
+            return 2
+    return False
 
 
 def depth() -> int:
@@ -144,7 +165,11 @@ def use(guard_lend: Any, guard_give_back: Any, guard_depth: Any) -> None:
     """The backstop library's lend, give_back and depth (backstop.query_guards, given
     `_timer`) in place of this module's."""
     global lend, give_back, depth
+    PYTHON[:] = [lend, give_back, depth]  # (kept: a test uses them in a backend again)
     lend, give_back, depth = guard_lend, guard_give_back, guard_depth
+
+
+PYTHON: list[Any] = []  # this module's lend, give_back and depth, once use() replaced them
 
 
 def parallel() -> bool:
@@ -192,23 +217,14 @@ def expired(exc: BaseException | None = None) -> None:
         raise stopping.RoutineInterrupted()
 
 
-def statement_due() -> int:
-    """Before a routine's query: when statement_timeout's timer goes off, if it is set, else
-    0 (PostgreSQL's time; see swallowed)."""
-    if _statement_timer is None:
-        return 0
-    active, finish, _ = _statement_timer
-    return finish(_STATEMENT_TIMEOUT) if active(_STATEMENT_TIMEOUT) else 0
-
-
-def swallowed(due: int) -> None:
-    """After a query that returned, `due` what statement_due said before it: stop the call
-    if statement_timeout went off while it ran and a handler in it caught the cancel (a red
-    team's DO block went on past it; the timer's indicator is reset as PostgreSQL cancels,
-    and is no help)."""
-    active, _, now = _statement_timer
-    if not active(_STATEMENT_TIMEOUT) and now() >= due:
+def went_on(fired: bool | int) -> None:
+    """After a query that returned past a stop it caught (give_back's answer): stop the
+    call now (a PL/pgSQL handler for query_canceled in a DO block a red team's routine ran
+    went on past its deadline and its statement_timeout)."""
+    if fired == 2:
         stopping.interrupted(_Canceled("canceling statement due to statement timeout"))
+    else:
+        expired()
 
 
 class _Canceled(Exception):

@@ -1000,3 +1000,40 @@ def test_a_savepoint_is_not_begun_without_memory_to_spare(
         assert pooled.execute("SELECT capped.victim()").fetchone() == ("manager",)
     assert conn.execute("SELECT count(*) FROM public.ledger").fetchone() == (1,)
     assert cluster.postmaster_pid() == started
+
+
+PYTHON_DEADLINES = """
+CREATE FUNCTION pg_temp.python_deadlines() RETURNS text LANGUAGE plpython3u AS $$
+import sys
+plpy.execute("SELECT pyfuncs.boot()")
+deadline = sys.modules["pyfuncs_pg.deadline"]
+if deadline.PYTHON:  # the library's were in use: the module's own from now on
+    deadline.lend, deadline.give_back, deadline.depth = deadline.PYTHON
+return deadline.lend.__code__.co_filename
+$$;
+"""
+
+
+def test_the_deadlines_hold_through_the_runtimes_python_too(
+    conn: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """Where the backstop library is not installed, deadline.py's own lend and give_back
+    keep the query timer: nested deadlines, a stop caught inside a query, statement_timeout
+    caught there, and a parallel operation, as with the library's."""
+    for name, source in (("nested_mod", NESTED_DEADLINES), ("swallow_mod", SWALLOWING)):
+        (tmp_path / f"{name}.py").write_text(source)
+        deploying.deploy(conn, str(tmp_path / f"{name}.py"))
+    conn.execute(PYTHON_DEADLINES)
+    assert "deadline" in str(conn.execute("SELECT pg_temp.python_deadlines()").fetchone())
+    err, took = run(conn, "SELECT nested.outer_long(2.0)")
+    assert "timeout_ms=100" in str(err) and took < 0.1 + SLACK, (err, took)
+    err, took = run(conn, "SELECT nested.outer_short(2.0)")
+    assert "nested.outer_short exceeded its limit timeout_ms=100" in str(err), err
+    err, took = run(conn, "SELECT swallow.timed()")
+    assert "timeout_ms=300" in str(err) and took < 1.0 + SLACK, (err, took)
+    conn.execute("SET statement_timeout = '300ms'")
+    err, took = run(conn, "SELECT swallow.untimed() WHERE %s", [True])
+    assert "statement_timeout" in str(err) and took < 1.0 + SLACK, (err, took)
+    conn.execute("RESET statement_timeout")
+    assert conn.execute("SELECT nested.inner_sleeps(0)").fetchone() == (1,)
+    assert conn.execute("SELECT pg_sleep(0.3)").fetchone() == ("",)  # no cancel left behind
