@@ -1004,6 +1004,19 @@ done:
 	return tuple;
 }
 
+static void
+thrown_through(const char *what)
+{
+	queries = 0;
+	if (proc_exit_inprogress)	/* (a FATAL error, the session's end: it ends anyway) */
+		return;
+	ereport(WARNING,
+			(errmsg("pyfuncs: %s; this session ends so that no later call runs in a state "
+					"left inconsistent", what)));
+	ProcDiePending = true;		/* as pg_terminate_backend: at the next interrupt check */
+	InterruptPending = true;
+}
+
 static PyObject *
 guard_enter(PyObject *self, PyObject *unused)
 {
@@ -1054,8 +1067,12 @@ guard_leave(PyObject *self, PyObject *entered)
 	long		context;
 	int			same;
 
-	if (queries > 0)
-		queries--;
+	/* the query ends in the subtransaction it began in: else PL/Python ended another in
+	 * place of its own (a savepoint begun inside the query, by code of the routine's that
+	 * PostgreSQL called there), and PostgreSQL's subtransactions and its resource owners
+	 * are out of step */
+	if (queries > 0 && --queries < MAX_LENT && GetCurrentSubTransactionId() != began_in[queries])
+		thrown_through("a routine's query ended in another subtransaction than it began in");
 	if ((item = py.tuple_item(entered, 0)) == NULL)
 		return NULL;
 	user = py.as_unsigned(item);
@@ -1174,32 +1191,19 @@ static MethodDef guards[] = {
 };
 
 static void
-thrown_through(void)
-{
-	queries = 0;
-	if (proc_exit_inprogress)	/* (a FATAL error, the session's end: it ends anyway) */
-		return;
-	ereport(WARNING,
-			(errmsg("pyfuncs: an error went through a routine's Python; this session ends so "
-					"that no later call runs in an interpreter left inconsistent")));
-	ProcDiePending = true;		/* as pg_terminate_backend: at the next interrupt check */
-	InterruptPending = true;
-}
-
-static void
 on_subtransaction(SubXactEvent event, SubTransactionId aborted, SubTransactionId parent,
 				  void *unused)
 {
 	if (event == SUBXACT_EVENT_ABORT_SUB && queries > 0
 		&& began_in[(queries < MAX_LENT ? queries : MAX_LENT) - 1] >= aborted)
-		thrown_through();
+		thrown_through("an error went through a routine's Python");
 }
 
 static void
 on_transaction(XactEvent event, void *unused)
 {
 	if (queries > 0 && (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT))
-		thrown_through();
+		thrown_through("an error went through a routine's Python");
 	else if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PREPARE)
 		queries = 0;
 }

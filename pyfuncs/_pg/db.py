@@ -199,7 +199,7 @@ class Db(Queries):
         watchdog = stopping.WATCHDOG
         if watchdog is not None and watchdog.stop is not None:
             stopping.guard()
-        _from_the_call(self._module)
+        entry = _from_the_call(self._module)
         if watchdog is not None and watchdog.budgets:
             watchdog.count_db_op()
         if type(query) is not str:
@@ -212,7 +212,9 @@ class Db(Queries):
         lent: bool | None = False
         entered, changed = None, None
         fired: bool | int = False
+        outer = _QUERYING[0]
         try:
+            _QUERYING[0] = id(entry)
             lent = deadline.lend()
             if lent is None:
                 raise deadline.may_not_run()
@@ -227,6 +229,7 @@ class Db(Queries):
             _failed(exc)
             raise
         finally:
+            _QUERYING[0] = outer
             if lent:
                 fired = deadline.give_back()
             if entered is not None:
@@ -474,6 +477,11 @@ def _from_the_call(module: dict[str, Any]) -> Any:
         routine = entries.get(code)
         if routine is not None:
             if owner is module and module is stopping.CALLING[0]:
+                if id(frame) == _QUERYING[0]:
+                    raise PermissionError(
+                        "pyfuncs: db is not for code that runs inside its own call's query "
+                        "(a method of a parameter's, which PostgreSQL calls as it reads it)"
+                    )
                 return frame
             break
         if owner is None:
@@ -491,7 +499,9 @@ def _guarded(operation: Callable[..., Any], *args: Any) -> Any:
     lent: bool | None = False  # (inside the try: see Db._run)
     entered, changed = None, None
     fired: bool | int = False
+    outer = _QUERYING[0]
     try:
+        _QUERYING[0] = _innermost_entry()
         lent = deadline.lend()
         if lent is None:
             raise deadline.may_not_run()
@@ -502,6 +512,7 @@ def _guarded(operation: Callable[..., Any], *args: Any) -> Any:
         _failed(exc)
         raise
     finally:
+        _QUERYING[0] = outer
         if lent:
             fired = deadline.give_back()
         if entered is not None:
@@ -511,6 +522,23 @@ def _guarded(operation: Callable[..., Any], *args: Any) -> Any:
     if fired:
         deadline.went_on(fired)
     return result
+
+
+# The id of the entry frame of the call whose query is under way (Db._run, _guarded), if
+# any: that call's own code runs inside the query only where PostgreSQL calls a method of
+# one of its values (parameters are made plain first: values.adapt_param), and its db is
+# refused there (a red team's savepoint, begun there, was taken for the query's).
+_QUERYING: list[int | None] = [None]
+
+
+def _innermost_entry() -> int | None:
+    frame: Any = sys._getframe(2)
+    entries = stopping.ENTRIES
+    while frame is not None:
+        if id(frame.f_code) in entries:
+            return id(frame)
+        frame = frame.f_back
+    return None
 
 
 def _failed(exc: BaseException) -> None:

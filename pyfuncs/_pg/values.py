@@ -78,45 +78,85 @@ def simple_types() -> dict[type, str]:
     return SIMPLE_TYPES
 
 
+# PL/Python converts a query's parameters inside plpy.execute, after it began the query's
+# subtransaction: a value's own methods it calls there (`str()` of an int subclass, the
+# items of a sequence or mapping in jsonb) would run a routine's code inside the query. A
+# red team's opened a savepoint there, which PL/Python then released as the query's
+# subtransaction: the session was left restricted for good, a shared buffer pinned after
+# it ended, the cluster crashed. So what is sent is made of exact built-in values, read
+# without the routine's methods (C's own), before the query begins.
+_DEEPEST = 200  # (as results.MAX_DEPTH)
+
+
 def adapt_param(value: Any) -> tuple[str, Any]:
-    """The SQL type to declare for a query parameter, and the value PL/Python can send."""
+    """The SQL type to declare for a query parameter, and the value PL/Python can send:
+    of exact built-in types, all the way down."""
     if value is None:
         return TEXT, None
-    if isinstance(value, bool):
+    if isinstance(value, bool):  # (bool has no subclasses)
         return BOOL, value
     if isinstance(value, int):
-        return INT8, value
+        return INT8, int.__int__(value)
     if isinstance(value, float):
-        return FLOAT8, value
+        return FLOAT8, float.__float__(value)
     # a value of these modules' types exists only once they were imported
     decimal, datetime, uuid = imported("decimal"), imported("datetime"), imported("uuid")
     if decimal is not None and isinstance(value, decimal.Decimal):
-        return NUMERIC, value
+        return NUMERIC, value if type(value) is decimal.Decimal else decimal.Decimal(value)
     if isinstance(value, str):
-        return TEXT, value
+        return TEXT, str.__str__(value)
     if isinstance(value, bytes | bytearray | memoryview):
-        return BYTEA, bytes(value)
+        return BYTEA, bytes(memoryview(value))
     if datetime is not None:
         if isinstance(value, datetime.datetime):
-            kind = "timestamptz" if value.tzinfo else "timestamp"
-            return f"pg_catalog.{kind}", value.isoformat()
+            aware = datetime.datetime.utcoffset(value) is not None
+            kind = "timestamptz" if aware else "timestamp"
+            return f"pg_catalog.{kind}", str.__str__(datetime.datetime.isoformat(value))
         if isinstance(value, datetime.date):
-            return "pg_catalog.date", value.isoformat()
+            return "pg_catalog.date", str.__str__(datetime.date.isoformat(value))
         if isinstance(value, datetime.time):
-            return "pg_catalog.time", value.isoformat()
+            return "pg_catalog.time", str.__str__(datetime.time.isoformat(value))
     if uuid is not None and isinstance(value, uuid.UUID):
-        return "pg_catalog.uuid", str(value)
+        return "pg_catalog.uuid", str.__str__(str(value))
     if isinstance(value, Mapping):
-        return JSONB, dict(value)
+        return JSONB, _json(value, 0)
     if isinstance(value, list | tuple):
         items = [v for v in value if v is not None]
         if not items:  # like None, an empty list says nothing of its type: cast the placeholder
-            return TEXT + "[]", list(value)
+            return TEXT + "[]", [None] * len(value)
         if all(not isinstance(v, Mapping | list | tuple) for v in items):
             sqltype, _ = adapt_param(items[0])
             return sqltype + "[]", [adapt_param(v)[1] for v in value]
-        return JSONB, list(value)
+        return JSONB, _json(value, 0)
     raise TypeError(
         f"db: cannot pass a {type(value).__name__} as a query parameter; "
         "use int, float, Decimal, str, bool, bytes, datetime, date, time, UUID, dict or list"
+    )
+
+
+def _json(value: Any, depth: int) -> Any:
+    """`value` (in a jsonb parameter) of exact built-in types: objects of str keys, arrays,
+    strings, numbers, booleans and nulls."""
+    if value is None or type(value) is bool:
+        return value
+    if depth > _DEEPEST:
+        raise ValueError(f"db: a jsonb parameter nested deeper than {_DEEPEST} levels")
+    if isinstance(value, Mapping):
+        items = dict.items(value) if isinstance(value, dict) else dict(value).items()
+        made = {}
+        for key, item in items:
+            if not isinstance(key, str):
+                raise TypeError(f"db: a jsonb parameter's keys are str, not {type(key).__name__}")
+            made[str.__str__(key)] = _json(item, depth + 1)
+        return made
+    if isinstance(value, list | tuple):
+        return [_json(item, depth + 1) for item in value]
+    if isinstance(value, int | float | str):
+        return adapt_param(value)[1]
+    decimal = imported("decimal")
+    if decimal is not None and isinstance(value, decimal.Decimal):
+        return adapt_param(value)[1]
+    raise TypeError(
+        f"db: a jsonb parameter holds no {type(value).__name__}; "
+        "use dict, list, str, int, float, Decimal, bool or None"
     )

@@ -2276,3 +2276,77 @@ def test_a_stale_savepoint_is_refused_in_a_later_transaction_of_the_same_message
             cont.execute("RESET ROLE")
         outcomes.append(got)
     assert outcomes == [[("kept 1",), ("rolled back 0",)]] * 4, outcomes
+
+
+CONVERTED = """
+from decimal import Decimal
+
+from pyfuncs import db, stored_function
+
+RAN: list[str] = []
+
+
+class Seq:
+    def __len__(self) -> int:
+        RAN.append("len")
+        return 1
+
+    def __getitem__(self, i: int) -> int:
+        RAN.append("item")
+        if i == 0:
+            return 1
+        raise IndexError(i)
+
+
+class Loud(int):
+    def __str__(self) -> str:
+        RAN.append("int")
+        return "7"
+
+
+class LoudDecimal(Decimal):
+    def __str__(self) -> str:
+        RAN.append("decimal")
+        return "7"
+
+
+class Text(str):
+    def __str__(self) -> str:
+        RAN.append("str")
+        return "x"
+
+
+@stored_function(schema="conv", roles=["student", "manager"])
+def send(kind: str) -> str:
+    RAN.clear()
+    value = {"seq": {"a": Seq()}, "int": Loud(5), "decimal": LoudDecimal(5), "str": Text("y"),
+             "nested": {"a": [Loud(5), {"b": Text("y")}]}}[kind]
+    try:
+        got = db.fetchval("SELECT $1::text", [value])
+    except TypeError as exc:
+        got = "refused: " + str(exc).partition(";")[0]
+    return f"{got} ran={RAN}"
+"""
+
+
+@pytest.mark.parametrize(
+    ("kind", "sent"),
+    [("seq", "refused: db: a jsonb parameter holds no Seq"), ("int", "5"), ("decimal", "5"),
+     ("str", "y"), ("nested", '{"a": [5, {"b": "y"}]}')],
+)  # fmt: skip
+def test_no_code_of_a_routines_runs_inside_its_query_to_read_a_parameter(
+    cont: psycopg.Connection[Any], tmp_path: Any, kind: str, sent: str
+) -> None:
+    """PL/Python reads a query's parameters inside plpy.execute, after it began the
+    query's subtransaction, calling their methods (`str()` of an int or Decimal subclass,
+    a sequence's items in jsonb). A red team's began a savepoint there, which PL/Python
+    then ended as the query's own: the session was left restricted for good, a shared
+    buffer pinned past its end, the cluster crashed. Parameters are sent as exact built-in
+    values now, read with C's own methods before the query."""
+    (tmp_path / "conv_mod.py").write_text(CONVERTED)
+    deploying.deploy(cont, str(tmp_path / "conv_mod.py"))
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT conv.send(%s)", [kind]).fetchone() == (f"{sent} ran=[]",)
+    cont.execute("RESET ROLE")  # (the session can change role: it is not left restricted)
+    cont.execute("SET ROLE manager")
+    assert cont.execute("SELECT current_user").fetchone() == ("manager",)

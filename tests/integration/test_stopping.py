@@ -4,6 +4,7 @@ healthy (issue 3, "Stopping")."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -1037,3 +1038,34 @@ def test_the_deadlines_hold_through_the_runtimes_python_too(
     conn.execute("RESET statement_timeout")
     assert conn.execute("SELECT nested.inner_sleeps(0)").fetchone() == (1,)
     assert conn.execute("SELECT pg_sleep(0.3)").fetchone() == ("",)  # no cancel left behind
+
+
+ENDED_ELSEWHERE = """
+CREATE FUNCTION pg_temp.ended_elsewhere() RETURNS text LANGUAGE plpython3u AS $$
+import sys
+plpy.execute("SELECT pyfuncs.boot()")
+identity = sys.modules["pyfuncs_pg.identity"]
+entered = identity.enter()  # a routine's query begins
+plpy.subtransaction().__enter__()  # ... and is left in another subtransaction
+identity.leave(entered)
+return "went on"
+$$;
+"""
+
+
+def test_a_query_that_ends_in_another_subtransaction_ends_the_session(
+    dsn: str, cluster: Cluster
+) -> None:
+    """The net also checks that each query of a routine's ends in the subtransaction it
+    began in: a red team's savepoint, begun by its code inside the query, was ended by
+    PL/Python as the query's own, and the session was left out of step with PostgreSQL's
+    subtransactions (restricted for good, a buffer pinned past its end, the cluster
+    crashed). The session ends before another call runs in it."""
+    started = cluster.postmaster_pid()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(ENDED_ELSEWHERE)
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("SELECT pg_temp.ended_elsewhere()")
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT 1")
+    assert cluster.postmaster_pid() == started
