@@ -460,6 +460,20 @@ def third() -> str:
 """
 
 
+def _abandoned_by_student(
+    cont: psycopg.Connection[Any], tmp_path: Any, source: str, query: str
+) -> None:
+    """Deploy `source`; as student, `query` fails (division by zero) with a set-returning
+    routine's generator suspended; then the session goes on as manager."""
+    (tmp_path / "left_mod.py").write_text(source)
+    deploying.deploy(cont, str(tmp_path / "left_mod.py"))
+    cont.execute("SET ROLE student")
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        cont.execute(query)
+    cont.execute("RESET ROLE")
+    cont.execute("SET ROLE manager")
+
+
 def test_a_generator_closed_in_another_call_gives_back_no_decimal_context(
     cont: psycopg.Connection[Any], tmp_path: Any
 ) -> None:
@@ -468,13 +482,7 @@ def test_a_generator_closed_in_another_call_gives_back_no_decimal_context(
     `decimal.localcontext()`, gave its own context back there (C's manager restores it in
     whatever context is current), and another role's call computed at its precision and
     raised flags in it for the red team to read."""
-    (tmp_path / "orphan_mod.py").write_text(ORPHANED)
-    deploying.deploy(cont, str(tmp_path / "orphan_mod.py"))
-    cont.execute("SET ROLE student")
-    with pytest.raises(psycopg.errors.DivisionByZero):
-        cont.execute("SELECT 1 / (orphan.numbers(false)::int - 2)")
-    cont.execute("RESET ROLE")
-    cont.execute("SET ROLE manager")
+    _abandoned_by_student(cont, tmp_path, ORPHANED, "SELECT 1 / (orphan.numbers(false)::int - 2)")
     assert cont.execute("SELECT orphan.third()").fetchone() == ("0.3333333333333333333333333333",)
     cont.execute("RESET ROLE")
     cont.execute("SET ROLE student")
@@ -516,13 +524,7 @@ def test_a_generator_an_aborted_statement_left_runs_its_finally_without_queries(
     it was skipped, and the state stayed as the abandoned call left it), and its queries
     are refused (they would run as that role). So are those of a generator PostgreSQL
     closes as its statement ends."""
-    (tmp_path / "abandon_mod.py").write_text(ABANDONED)
-    deploying.deploy(cont, str(tmp_path / "abandon_mod.py"))
-    cont.execute("SET ROLE student")
-    with pytest.raises(psycopg.errors.DivisionByZero):
-        cont.execute("SELECT 1 / (abandon.rows(false)::int - 2)")
-    cont.execute("RESET ROLE")
-    cont.execute("SET ROLE manager")
+    _abandoned_by_student(cont, tmp_path, ABANDONED, "SELECT 1 / (abandon.rows(false)::int - 2)")
     assert cont.execute("SELECT abandon.rows(true)").fetchall() == [("0 refused",)]
     # a call whose statement needs no more rows (LIMIT) runs its finally in its own call,
     # from PostgreSQL's cleanup of the statement, where no PL/Python function runs: a query
