@@ -8,7 +8,7 @@ import ctypes
 import os
 import sys
 
-from . import deadline, identity, vocabulary
+from . import deadline, identity, overflow, vocabulary
 from . import watchdog as stopping
 from .values import OID_PARSERS, adapt_param, converter, simple_types
 from .watchdog import RoutineInterrupted
@@ -396,20 +396,10 @@ _ROOM = 64 << 20
 
 
 def _room_to_move() -> None:
-    import resource
-
-    cap = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if cap == resource.RLIM_INFINITY:
-        return
-    with open("/proc/self/statm", "rb") as statm:
-        size = int(statm.read().split()[0]) * _PAGE
-    if size + _ROOM > cap:
+    if overflow.room_left() < _ROOM:
         raise MemoryError(
             "pyfuncs: too little memory is left for a savepoint to begin or end safely"
         )
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _in_a_call_entry(entry: Any) -> None:

@@ -131,12 +131,22 @@ def contain(fatal: Callable[..., Any], lib: ctypes.CDLL) -> bool:
     return True
 
 
+def address_space() -> int:
+    """This backend's address space now, in bytes (what RLIMIT_AS caps)."""
+    with open("/proc/self/statm", "rb") as statm:
+        return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def room_left() -> float:
+    """How much of the address space the cap leaves, in bytes (infinite without a cap)."""
+    cap = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return float("inf") if cap == resource.RLIM_INFINITY else cap - address_space()
+
+
 def cap_address_space() -> int:
     """Cap this backend's address space (see above); the cap in bytes, or 0 where there is a
     lower one already or it could not be set."""
-    with open("/proc/self/statm", "rb") as statm:
-        size = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    cap = size + (ADDRESS_SPACE_MB << 20)
+    cap = address_space() + (ADDRESS_SPACE_MB << 20)
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY and soft <= cap:
         return 0
