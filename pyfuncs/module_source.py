@@ -34,7 +34,9 @@ class ModuleSource:
             # a NUL byte is a syntax error without a position (Python 3.12: a ValueError)
             where = f"{file}:{exc.lineno}:{exc.offset or 0}" if exc.lineno else file
             raise DefinitionError(f"syntax error: {exc.msg}", where=where) from None
-        except (RecursionError, MemoryError):
+        except (RecursionError, MemoryError, SystemError):
+            # SystemError: CPython 3.11 checks its own depth count after building a deep tree,
+            # and a finalizer that parses meanwhile (a traceback's carets) upsets the count
             raise DefinitionError(f"{file} nests too deeply to be parsed: split deeply nested "
                                   "expressions into named parts") from None  # fmt: skip
         except ValueError as exc:  # a NUL byte

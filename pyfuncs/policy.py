@@ -261,7 +261,7 @@ def check_source(source: str, file: str, allowed: Iterable[str] | None = None) -
         tree = ast.parse(source, file)
     except SyntaxError:
         return []
-    except (RecursionError, MemoryError):
+    except (RecursionError, MemoryError, SystemError):  # SystemError: see ModuleSource.parse
         return [Violation(file, 1, 1, "too-deep", "the code nests too deeply to be parsed",
                           "split deeply nested expressions into named parts")]  # fmt: skip
     checker = _Checker(file, frozenset(allowed) if allowed is not None else allowed_modules())

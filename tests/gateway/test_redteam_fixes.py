@@ -280,26 +280,30 @@ def test_catch_up_for_a_client_that_does_not_read_gives_up(
     async def main() -> None:
         sock = await _stalled_socket(gateway.port)
         ws = await websockets.connect(gateway.ws_url, sock=sock, max_size=None, max_queue=1)
-        await ws.send(json.dumps({"type": "auth", "token": token()}))
-        await ws.recv()
-        await ws.send(json.dumps({"type": "subscribe", "id": "first", "table": "rt.notes"}))
-        pos = json.loads(await ws.recv())["position"]
-        await ws.send(json.dumps({"type": "unsubscribe", "id": "first"}))
-        await ws.recv()
-        conn.execute("INSERT INTO rt.notes (id, body) SELECT i, repeat('x', %s) "
-                     "FROM generate_series(1, %s) i", [size // rows, rows])  # fmt: skip
-        # it stops reading: a big snapshot clogs the socket, pongs fill half the outbox
-        await ws.send(json.dumps({"type": "subscribe", "id": "big", "table": "rt.notes"}))
-        await asyncio.sleep(1)
-        for _ in range(12):
-            await ws.send('{"type": "ping"}')
-        await ws.send(json.dumps({"type": "subscribe", "id": "r", "table": "rt.notes",
-                                  "since": pos}))  # fmt: skip
-        deadline = time.monotonic() + 8
-        while not gateway.metrics()["pyfuncs_gateway_slow_consumers_total"]:
-            assert time.monotonic() < deadline, "catch-up waited for ever"
-            await asyncio.sleep(0.1)
-        ws.transport.abort()
+        try:
+            await ws.send(json.dumps({"type": "auth", "token": token()}))
+            await ws.recv()
+            await ws.send(json.dumps({"type": "subscribe", "id": "first", "table": "rt.notes"}))
+            pos = json.loads(await ws.recv())["position"]
+            await ws.send(json.dumps({"type": "unsubscribe", "id": "first"}))
+            await ws.recv()
+            conn.execute("INSERT INTO rt.notes (id, body) SELECT i, repeat('x', %s) "
+                         "FROM generate_series(1, %s) i", [size // rows, rows])  # fmt: skip
+            # it stops reading: a big snapshot clogs the socket, pongs fill half the outbox
+            await ws.send(json.dumps({"type": "subscribe", "id": "big", "table": "rt.notes"}))
+            await asyncio.sleep(1)
+            for _ in range(12):
+                await ws.send('{"type": "ping"}')
+            await ws.send(json.dumps({"type": "subscribe", "id": "r", "table": "rt.notes",
+                                      "since": pos}))  # fmt: skip
+            # until the socket's buffers are full, the client still takes messages (a few
+            # seconds of snapshot on a slow machine); after that, catch_up_wait
+            deadline = time.monotonic() + 40
+            while not gateway.metrics()["pyfuncs_gateway_slow_consumers_total"]:
+                assert time.monotonic() < deadline, "catch-up waited for ever"
+                await asyncio.sleep(0.1)
+        finally:
+            ws.transport.abort()
 
     run(main())
 

@@ -158,3 +158,38 @@ def test_allow_list_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
     assert check_source("import textwrap\n", "m.py")
     monkeypatch.setenv("PYFUNCS_ALLOWED_MODULES", "textwrap, difflib")
     assert check_source("import textwrap\nimport difflib\n", "m.py") == []
+
+
+def test_a_deep_module_parsed_while_a_finalizer_parses_is_a_clear_refusal() -> None:
+    """CPython 3.11 counts its depth while it builds a deep tree; a finalizer that parses
+    meanwhile (pytest formatting a traceback's carets) upset the count: `unexpected error:
+    SystemError: AST constructor recursion depth mismatch`."""
+    import ast
+    import gc
+
+    from pyfuncs.module_source import ModuleSource
+
+    parsing = [True]
+
+    class Parses:
+        def __del__(self) -> None:
+            ast.parse("a + b")
+            garbage()  # for the collector's next pass: finalizers all through the parse
+
+    def garbage() -> None:
+        if parsing:
+            cycle = Parses()
+            cycle.cycle = cycle  # type: ignore[attr-defined]
+
+    source = "x = 1" + " + 1" * 1000 + "\n"
+    threshold = gc.get_threshold()
+    gc.set_threshold(1)
+    try:
+        garbage()
+        with pytest.raises(DefinitionError, match="nests too deeply"):
+            ModuleSource.parse("deep", "deep.py", source)
+        assert [v.rule for v in check_source(source, "deep.py")] == ["too-deep"]
+    finally:
+        parsing.clear()
+        gc.set_threshold(*threshold)
+        gc.collect()
