@@ -1,8 +1,9 @@
 """Fixtures shared by every test that needs PostgreSQL.
 
 One embedded cluster per run (started if needed), one template database migrated once per
-session, and one fresh database per test cloned from it with CREATE DATABASE ... TEMPLATE
-(pytest-postgresql's DatabaseJanitor), so tests never see each other's routines or rows.
+session, and one fresh database per test cloned from it with CREATE DATABASE ... TEMPLATE,
+so tests never see each other's routines or rows. Cloning takes about a quarter of a second,
+a third of an average test: the next test's database is cloned in a thread while a test runs.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -55,17 +57,60 @@ def template(cluster: Cluster) -> str:
     return TEMPLATE
 
 
+class Databases:
+    """Fresh databases cloned from the template, the next one made ahead in a thread."""
+
+    SPARE = "t_spare"
+
+    def __init__(self, cluster: Cluster, template: str) -> None:
+        self.cluster, self.template = cluster, template
+        self._maker = ThreadPoolExecutor(1, thread_name_prefix="spare-database")
+        self._spare: Future[None] | None = None
+
+    def _clone(self, name: str) -> None:
+        drop_database(self.cluster, name)
+        with psycopg.connect(self.cluster.url("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(self.template)))  # fmt: skip
+
+    def take(self, name: str) -> str:
+        """A fresh database named `name`: the spare renamed, or cloned now if making the spare
+        failed (a test restarted the cluster under it)."""
+        drop_database(self.cluster, name)
+        try:
+            if self._spare is None:
+                raise LookupError("no spare yet")
+            self._spare.result()
+            with psycopg.connect(self.cluster.url("postgres"), autocommit=True) as conn:
+                conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(self.SPARE), sql.Identifier(name)))  # fmt: skip
+        except (LookupError, psycopg.Error):
+            self._clone(name)
+        self._spare = self._maker.submit(self._clone, self.SPARE)
+        return self.cluster.url(name)
+
+    def close(self) -> None:
+        if self._spare is not None:
+            self._spare.exception()
+        self._maker.shutdown()
+        drop_database(self.cluster, self.SPARE)
+
+
+@pytest.fixture(scope="session")
+def databases(cluster: Cluster, template: str) -> Iterator[Databases]:
+    made = Databases(cluster, template)
+    yield made
+    made.close()
+
+
 @pytest.fixture
-def dsn(cluster: Cluster, template: str, request: pytest.FixtureRequest) -> Iterator[str]:
+def dsn(databases: Databases, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh database for this test, with the core schema installed."""
     name = "t_" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]
-    janitor = _janitor(cluster, name, template_dbname=template)
-    drop_database(cluster, name)
-    janitor.init()
     try:
-        yield cluster.url(name)
+        yield databases.take(name)
     finally:
-        drop_database(cluster, name)
+        drop_database(databases.cluster, name)
 
 
 def drop_database(cluster: Cluster, name: str) -> None:

@@ -946,6 +946,14 @@ static TimestampTz statement_due[MAX_LENT];	/* statement_timeout's, as each bega
  * ends before another call runs in it.
  */
 static SubTransactionId began_in[MAX_LENT];
+/*
+ * And the one PL/Python began for it, in it (0: none yet). Each query of a routine's is one
+ * PL/Python operation, which begins one subtransaction: a second one begun in began_in, or
+ * began_in ending, while the query is under way means code inside the query ended the
+ * query's own (a red team's, through PL/Python's raw savepoint object, then began one that
+ * PL/Python took for the query's, which ended in the subtransaction it began in).
+ */
+static SubTransactionId its_own[MAX_LENT];
 static long queries;
 static bool watching_aborts;
 
@@ -1053,7 +1061,10 @@ guard_enter(PyObject *self, PyObject *unused)
 	}
 	SetUserIdAndSecContext(user, context | RESTRICTED);
 	if (queries < MAX_LENT)
+	{
 		began_in[queries] = GetCurrentSubTransactionId();
+		its_own[queries] = InvalidSubTransactionId;
+	}
 	queries++;
 	return entered;
 }
@@ -1191,12 +1202,25 @@ static MethodDef guards[] = {
 };
 
 static void
-on_subtransaction(SubXactEvent event, SubTransactionId aborted, SubTransactionId parent,
+on_subtransaction(SubXactEvent event, SubTransactionId sub, SubTransactionId parent,
 				  void *unused)
 {
-	if (event == SUBXACT_EVENT_ABORT_SUB && queries > 0
-		&& began_in[(queries < MAX_LENT ? queries : MAX_LENT) - 1] >= aborted)
+	long		innermost = (queries < MAX_LENT ? queries : MAX_LENT) - 1;
+
+	if (queries <= 0)
+		return;
+	if (event == SUBXACT_EVENT_ABORT_SUB && began_in[innermost] >= sub)
 		thrown_through("an error went through a routine's Python");
+	else if (event == SUBXACT_EVENT_COMMIT_SUB && began_in[innermost] >= sub)
+		thrown_through("a subtransaction under way as a routine's query began ended inside it");
+	else if (event == SUBXACT_EVENT_START_SUB && parent == began_in[innermost])
+	{
+		if (its_own[innermost] != InvalidSubTransactionId)
+			thrown_through("a routine's query began a second subtransaction: code inside it "
+						   "ended the query's own");
+		else
+			its_own[innermost] = sub;
+	}
 }
 
 static void

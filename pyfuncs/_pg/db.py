@@ -120,6 +120,13 @@ class _Prepared:
         self.names, self.types = names, types
 
 
+def _values(params: Any) -> list[Any] | tuple[Any, ...]:
+    """A query's parameters in a sequence of the runtime's own, read once here: PL/Python
+    reads the sequence it is given inside the query (a red team's `__getitem__` ran there),
+    and a list of the routine's could be changed there (by a finalizer of its)."""
+    return params if type(params) is tuple else list(params)
+
+
 def _text(query: Any) -> str:
     """A query as a plain str. Plans are kept by their query's text in dicts every call
     shares, which compare a later query with the key they kept: a red team's str subclass,
@@ -204,9 +211,14 @@ class Db(Queries):
             watchdog.count_db_op()
         if type(query) is not str:
             query = _text(query)
+        if type(params) is not tuple:
+            params = _values(params)
         # most queries have one parameter: its key is built here, without a call
         key = (query, type(params[0])) if len(params) == 1 else _plan_key(query, params)
         prepared = _DIRECT.get(key)
+        if prepared is None:  # (a query of its own, as PostgreSQL runs any SQL preparing
+            # it: types' input functions on literals, a domain's check with them)
+            prepared, params = _guarded(self._plan, query, params)
         # (lent and entered inside the try: an exception right after either, a MemoryError
         # under max_memory_mb say, must still give back and leave)
         lent: bool | None = False
@@ -219,10 +231,6 @@ class Db(Queries):
             if lent is None:
                 raise deadline.may_not_run()
             entered = identity.enter()
-            if prepared is None:  # (under the flag too: preparing runs types' input
-                # functions on literals, and a domain's check with them, any SQL: a red
-                # team's changed the role as a query was prepared)
-                prepared, params = self._plan(query, params)
             result = plpy.execute(prepared.plan, params)
         except plpy.SPIError as exc:  # its subtransaction, and what it changed, rolled back
             deadline.expired(exc)
@@ -277,7 +285,7 @@ class Db(Queries):
         # its plan is not kept: its text is this cursor's only
         name = f"pyfuncs_cursor_{os.urandom(12).hex()}"
         declare = f"DECLARE {name} NO SCROLL CURSOR FOR {_text(query)}"
-        prepared, values = _guarded(self._plan, declare, params, False)
+        prepared, values = _guarded(self._plan, declare, _values(params), False)
         _guarded(plpy.execute, prepared.plan, values)
         opened = under_way()
         try:
@@ -362,7 +370,7 @@ class Savepoint:
         self._savepoint, self._module = savepoint, module
         self._entered: Any = None
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> None:
         stopping.guard()
         _in_a_call_entry(_from_the_call(self._module))
         if deadline.parallel():
@@ -371,9 +379,10 @@ class Savepoint:
         changed = identity.open_settings()
         if changed:
             _stop_identity(changed)
-        entered = self._savepoint.__enter__()
+        self._savepoint.__enter__()
         self._entered = under_way()
-        return entered
+        # (not what PL/Python's __enter__ returns: its object, whose `exit` ends whatever
+        # subtransaction is under way, past every check here, a red team's the query's)
 
     def __exit__(self, *exc: Any) -> Any:
         if self._entered is None or self._entered != under_way():

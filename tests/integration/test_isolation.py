@@ -2352,3 +2352,86 @@ def test_no_code_of_a_routines_runs_inside_its_query_to_read_a_parameter(
     cont.execute("RESET ROLE")  # (the session can change role: it is not left restricted)
     cont.execute("SET ROLE manager")
     assert cont.execute("SELECT current_user").fetchone() == ("manager",)
+
+
+PARAMS = """
+from pyfuncs import db, stored_function
+
+SEEN: list[str] = []
+
+
+class Params:
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> object:
+        if i != 0:
+            raise IndexError(i)
+        try:
+            db.fetchval("SELECT 1")
+            SEEN.append("read before the query")
+        except PermissionError:
+            SEEN.append("read inside the query")
+        return "x"
+
+
+class Items(list):
+    def __getitem__(self, i):  # type: ignore[no-untyped-def]
+        SEEN.append("item read")
+        return list(self)[i]
+
+
+@stored_function(schema="seq", roles=["student", "manager"])
+def send(warm: bool) -> str:
+    SEEN.clear()
+    if warm:
+        db.fetchval("SELECT $1", ["warm"])  # its plan kept: no preparing before the query
+    got = db.fetchval("SELECT $1", Params())
+    kept = Items(["y"])
+    kept_too = db.fetchval("SELECT $1", kept)
+    return f"{got} {kept_too} {sorted(set(SEEN))}"
+"""
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_a_routines_parameter_sequence_is_read_before_its_query(
+    cont: psycopg.Connection[Any], tmp_path: Any, warm: bool
+) -> None:
+    """PL/Python read the parameters' sequence itself (the routine's) inside the query, with
+    its `__getitem__` (a red team's). The runtime reads it once, before the query, into a
+    list of its own."""
+    (tmp_path / "seq_mod.py").write_text(PARAMS)
+    deploying.deploy(cont, str(tmp_path / "seq_mod.py"))
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT seq.send(%s)", [warm]).fetchone() == (
+        "x y ['read before the query']",
+    )
+
+
+RAW_SAVEPOINT = """
+from pyfuncs import db, stored_function
+
+
+@stored_function(schema="raw", roles=["student", "manager"])
+def unnest() -> str:
+    with db.subtransaction() as outer:
+        with db.subtransaction():
+            try:
+                outer.exit(None, None, None)
+                return "the outer one's exit ended the inner one"
+            except AttributeError:
+                pass
+    return f"nothing: {outer!r}"
+"""
+
+
+def test_a_savepoint_hands_out_no_object_of_pl_pythons(
+    cont: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """`with db.subtransaction() as s` gave PL/Python's own savepoint object, whose `exit`
+    ends whatever subtransaction is under way, past the runtime's checks (a red team's
+    ended another savepoint's, and, from a call nested in its query, the query's own)."""
+    (tmp_path / "raw_mod.py").write_text(RAW_SAVEPOINT)
+    deploying.deploy(cont, str(tmp_path / "raw_mod.py"))
+    cont.execute("SET ROLE student")
+    assert cont.execute("SELECT raw.unnest()").fetchone() == ("nothing: None",)

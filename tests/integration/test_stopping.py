@@ -1069,3 +1069,56 @@ def test_a_query_that_ends_in_another_subtransaction_ends_the_session(
         with pytest.raises(psycopg.OperationalError):
             conn.execute("SELECT 1")
     assert cluster.postmaster_pid() == started
+
+
+OUT_OF_STEP = """
+CREATE FUNCTION pg_temp.out_of_step(how text) RETURNS text LANGUAGE plpython3u AS $$
+import sys
+plpy.execute("SELECT pyfuncs.boot()")
+identity = sys.modules["pyfuncs_pg.identity"]
+outer = plpy.subtransaction()
+outer.__enter__()
+entered = identity.enter()  # a routine's query begins, inside a savepoint
+if how == "its own ended, another begun":  # which PL/Python would end as its own
+    for _ in range(2):
+        taken = plpy.subtransaction()
+        taken.__enter__()
+        taken.__exit__(None, None, None)
+elif how == "the savepoint it began in released":
+    outer.__exit__(None, None, None)
+    plpy.subtransaction().__enter__()
+elif how == "the savepoint it began in rolled back":
+    outer.__exit__(ValueError, ValueError("x"), None)
+    plpy.subtransaction().__enter__()
+identity.leave(entered)
+return "went on"
+$$;
+"""
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["its own ended, another begun", "the savepoint it began in released",
+     "the savepoint it began in rolled back"],
+)  # fmt: skip
+def test_a_query_whose_subtransactions_went_out_of_step_ends_the_session(
+    dsn: str, cluster: Cluster, how: str
+) -> None:
+    """A red team's routine ended its query's subtransaction from inside the query (with
+    PL/Python's raw savepoint object, which db.subtransaction() handed out) and began
+    another there, which PL/Python ended as the query's: the query ended in the
+    subtransaction it began in, and the session went on with SPI's stack out of step. The
+    net ends the session when a query of a routine's begins a second subtransaction, or
+    the one it began in ends, while it is under way."""
+    started = cluster.postmaster_pid()
+    size = cluster.log_file.stat().st_size
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(OUT_OF_STEP)
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("SELECT pg_temp.out_of_step(%s)", [how])
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT 1")
+    assert cluster.postmaster_pid() == started
+    with cluster.log_file.open() as log:
+        log.seek(size)
+        assert "this session ends so that no later call runs" in log.read()
