@@ -750,16 +750,13 @@ def pay(module: Any) -> None:
 
 
 def interrupted(exc: BaseException) -> None:
-    """Turn a query cancelled inside a routine into a sticky stop."""
-    sqlstate = getattr(exc, "sqlstate", None)
-    if WATCHDOG is not None and sqlstate in (vocabulary.QUERY_CANCELED, vocabulary.ADMIN_SHUTDOWN):
+    """Turn a query cancelled inside a routine into a sticky stop. (Only a cancel: PostgreSQL
+    ends a terminated session with a FATAL error, which no code sees, so a 57P01 a query
+    raises is SQL's own, RAISE ... USING ERRCODE in a trigger say, and the routine's to
+    handle. SQL can raise 57014 too, which is taken for a cancel: it cannot be told apart.)"""
+    if WATCHDOG is not None and getattr(exc, "sqlstate", None) == vocabulary.QUERY_CANCELED:
         message = str(exc.args[0] if exc.args else exc)
         # PostgreSQL has consumed the timeout indicator by now: its message tells which
-        if sqlstate == vocabulary.ADMIN_SHUTDOWN:
-            reason = TERMINATED
-        elif "statement timeout" in message:
-            reason = BY_STATEMENT_TIMEOUT
-        else:
-            reason = BY_CANCEL_REQUEST
-        WATCHDOG.stop_here(sqlstate, reason)
+        reason = BY_STATEMENT_TIMEOUT if "statement timeout" in message else BY_CANCEL_REQUEST
+        WATCHDOG.stop_here(vocabulary.QUERY_CANCELED, reason)
         raise RoutineInterrupted() from None

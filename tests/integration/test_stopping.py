@@ -1122,3 +1122,47 @@ def test_a_query_whose_subtransactions_went_out_of_step_ends_the_session(
     with cluster.log_file.open() as log:
         log.seek(size)
         assert "this session ends so that no later call runs" in log.read()
+
+
+RAISES = """
+CREATE TABLE public.loud (v int);
+GRANT ALL ON public.loud TO student;
+CREATE FUNCTION public.loud_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.v = 1 THEN RAISE EXCEPTION 'no' USING ERRCODE = 'admin_shutdown'; END IF;
+  IF NEW.v = 2 THEN RAISE EXCEPTION 'no' USING ERRCODE = 'check_violation'; END IF;
+  RAISE EXCEPTION 'no' USING ERRCODE = 'query_canceled';
+END $$;
+CREATE TRIGGER loud BEFORE INSERT ON public.loud FOR EACH ROW EXECUTE FUNCTION public.loud_trigger();
+"""
+
+CATCHES = """
+from pyfuncs import db, stored_function
+
+
+@stored_function(schema="catch", roles=["student"])
+def insert(v: int) -> str:
+    try:
+        with db.subtransaction():
+            db.execute("INSERT INTO public.loud VALUES ($1)", [v])
+        return "inserted"
+    except Exception as exc:
+        return f"handled: {exc}"
+"""
+
+
+def test_an_sqlstate_sql_raises_is_a_stop_only_where_it_may_be_one(
+    conn: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """A table owner's trigger raising 57P01 had the routine's call taken for terminated,
+    past its handler: a terminate never reaches Python as an error (FATAL), so it is the
+    routine's to handle. 57014 cannot be told from a cancel, and stops the call."""
+    (tmp_path / "catch_mod.py").write_text(CATCHES)
+    deploying.deploy(conn, str(tmp_path / "catch_mod.py"))
+    conn.execute(RAISES)
+    conn.execute("SET ROLE student")
+    for v in (1, 2):
+        assert conn.execute("SELECT catch.insert(%s)", [v]).fetchone() == ("handled: no",)
+    with pytest.raises(psycopg.errors.QueryCanceled, match=r"catch\.insert canceled"):
+        conn.execute("SELECT catch.insert(3)")
+    assert conn.execute("SELECT catch.insert(2)").fetchone() == ("handled: no",)
