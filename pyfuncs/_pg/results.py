@@ -46,6 +46,34 @@ MAX_DEPTH = 200  # PostgreSQL's arrays have at most 6 dimensions; JSON this deep
 # types of decimal, datetime and uuid are among them once those modules have been imported
 # (before, no value can be of them, and no backend pays for importing them): see _learn.
 INERT: set[type] = {type(None), bool, int, float, str, bytes}
+
+# PostgreSQL converts a result after the call, in C no stop reaches: each item and each
+# text it reads as the declared type (a red team's 2,500 references to one 1 MB text where
+# numeric[] was declared took 7 s past timeout_ms, statement_timeout, cancel and
+# terminate). Without max_result_bytes, plain() counts that work, every reference in full,
+# and a result may come to MAX_CONVERTED: a text's characters (or a byte string's bytes, a
+# Decimal's digits) count each, every item of a list, tuple or dict ITEM.
+LONG: set[type] = {str, bytes}
+MAX_CONVERTED = 64 << 20
+ITEM = 128
+_converted = [0]
+
+
+def converted() -> int:
+    """What plain() counted of the value it last made (see MAX_CONVERTED)."""
+    return _converted[0]
+
+
+def _counted(items: Any, kinds: set[type]) -> int:
+    """The texts', byte strings' and Decimals' share of a list of inert items."""
+    if not (str in kinds or bytes in kinds or (_Decimal is not None and _Decimal in kinds)):
+        return 0
+    if kinds <= LONG:
+        return sum(map(len, items))
+    return sum(len(v) if type(v) in LONG else size(v) if type(v) is _Decimal else 0
+               for v in items)  # fmt: skip
+
+
 _ZONES: set[type] = set()  # time zones PL/Python converts without the routine's code
 _TIMES: tuple[type, ...] = ()  # datetime and time
 _LISTS: tuple[type, ...] = (range, lazy.range)  # made lists (and collections.deque)
@@ -102,7 +130,9 @@ def plain(value: Any, row: bool = True) -> Any:
     a function's result or one row of a set-returning function's."""
     kind = type(value)
     if kind in INERT and (kind is not int or -_LONGEST <= value < _LONGEST):
+        _converted[0] = len(value) if kind in LONG else 0
         return value
+    _converted[0] = 0
     if len(sys.modules) != _seen:
         _learn()
     return _plain(value, 0, row)
@@ -131,6 +161,10 @@ def _small_ints(items: Any, kinds: set[type]) -> bool:
 def _plain(value: Any, depth: int, row: bool) -> Any:
     kind = type(value)
     if kind in INERT:
+        if kind in LONG:
+            _converted[0] += len(value)
+        elif kind is _Decimal:
+            _converted[0] += size(value)
         return value if kind is not int or -_LONGEST <= value < _LONGEST else _big(value)
     text = _TEXT.get(kind)
     if text is not None:
@@ -141,16 +175,20 @@ def _plain(value: Any, depth: int, row: bool) -> Any:
         )
     inner = depth + 1
     if kind is list or kind is tuple:
+        _converted[0] += ITEM * len(value)
         kinds = set(map(type, value))
         if kinds <= INERT and _small_ints(value, kinds):
+            _converted[0] += _counted(value, kinds)
             return list(value) if kind is list else value
         items = [_plain(item, inner, False) for item in value]
         return items if kind is list else tuple(items)
     if kind is dict:
+        _converted[0] += ITEM * len(value)
         return {_plain(k, inner, False): _plain(v, inner, False) for k, v in value.items()}
     if kind in _TIMES:
         return _moment(value, kind)
     if kind is bytearray:
+        _converted[0] += len(value)
         return bytearray(value)
     return _other(value, kind, inner, row)
 
@@ -163,6 +201,7 @@ def _other(value: Any, kind: type, depth: int, row: bool) -> Any:
                 for f in dataclasses.fields(value)}  # fmt: skip
     if isinstance(value, tuple):
         items = [_plain(item, depth, False) for item in tuple.__iter__(value)]
+        _converted[0] += ITEM * len(items)
         fields = getattr(kind, "_fields", None)
         if (  # a NamedTuple row
             row and type(fields) is tuple and len(fields) == len(items)
@@ -173,15 +212,21 @@ def _other(value: Any, kind: type, depth: int, row: bool) -> Any:
     for base, copy in _BASES:
         if isinstance(value, base):
             return _plain(copy(value), depth - 1, row)
+    made: Any
     if isinstance(value, list):
-        return [_plain(item, depth, False) for item in list.__iter__(value)]
-    if isinstance(value, dict):
-        return {_plain(k, depth, False): _plain(v, depth, False) for k, v in dict.items(value)}
-    if isinstance(value, Mapping):
-        return {_plain(k, depth, False): _plain(v, depth, False) for k, v in value.items()}
-    if isinstance(value, _LISTS):
+        made = [_plain(item, depth, False) for item in list.__iter__(value)]
+    elif isinstance(value, dict):
+        made = {_plain(k, depth, False): _plain(v, depth, False) for k, v in dict.items(value)}
+    elif isinstance(value, Mapping):
+        made = {_plain(k, depth, False): _plain(v, depth, False) for k, v in value.items()}
+    elif isinstance(value, _LISTS):
         lazy_items: Any = value
-        return [_plain(item, depth, False) for item in lazy_items]
+        made = [_plain(item, depth, False) for item in lazy_items]
+    else:
+        made = None
+    if made is not None:
+        _converted[0] += ITEM * len(made)
+        return made
     if _learn():  # of a type whose module was imported since plain() looked: once more
         return _plain(value, depth - 1, row)
     what = "a set" if isinstance(value, (set, frozenset)) else f"a {kind.__name__}"

@@ -103,7 +103,7 @@ _CALL = """\
         result = context.run(function, {params})
         if watch.stop is not None:  # a stop it did not see (one a finalizer swallowed)
             watch.check()
-        if type(result) in inert:
+        if type(result) in inert and (type(result) not in long or len(result) <= most):
             return result
         return context.run(finish, result)
     except RoutineInterrupted:
@@ -234,6 +234,7 @@ class Routine:
         namespace: dict[str, Any] = {
             "grave": stopping.GRAVE, "owed": stopping.OWED, "pay": stopping.pay,
             "inert": results.INERT, "finish": self._finish,
+            "long": results.LONG, "most": results.MAX_CONVERTED,
             "fail": self.fail, "RoutineInterrupted": RoutineInterrupted,
             "Context": Context, "now": time.monotonic,
             "watch": stopping.WATCHDOG or _UNWATCHED, "clock": backstop.CLOCK,
@@ -263,7 +264,21 @@ class Routine:
             made = results.size(result)
             if made > self.max_bytes:
                 raise self._over("max_result_bytes", self.max_bytes, f"{made} bytes")
+        elif results.converted() > results.MAX_CONVERTED:
+            raise self._too_much()
         return result
+
+    def _too_much(self) -> Exception:
+        """A result (or row) that PostgreSQL would take too long to convert after the call,
+        where no stop reaches it (see results.MAX_CONVERTED)."""
+        return errors.make(
+            "LimitExceeded",
+            f"{self.qualname} returned more than PostgreSQL may convert after the call, "
+            f"where no limit applies: {results.converted()} characters, digits and items "
+            f"(an item counts {results.ITEM}), at most {results.MAX_CONVERTED}",
+            vocabulary.LIMIT_EXCEEDED,
+            hint="return less, or set max_result_bytes to bound the result yourself",
+        )
 
     def sized(self, value: Any) -> Any:
         """A single result (the body calls this only with max_result_bytes): checked inside
@@ -412,8 +427,10 @@ class Routine:
             row = next(source, _DONE)
         if row is _DONE:
             return row, 0
-        if type(row) not in results.INERT:
+        if type(row) not in results.INERT or type(row) in results.LONG:
             row = results.plain(row)
+            if self.max_bytes is None and results.converted() > results.MAX_CONVERTED:
+                raise self._too_much()
         return row, (results.size(row) if self.max_bytes is not None else 0)
 
 

@@ -269,3 +269,78 @@ def test_large_ints_and_uuids_become_text_inside_the_call(lim: psycopg.Connectio
     assert time.monotonic() - started < 2
     ids = lim.execute("SELECT lim.ids(3)").fetchone()
     assert ids is not None and ids[0] == [uuid.UUID(int=i) for i in range(3)]
+
+
+CONVERTED = """
+from collections.abc import Iterator
+from decimal import Decimal
+
+from pyfuncs import stored_function
+
+
+@stored_function(schema="conv", timeout_ms=1000, max_result_bytes=0)
+def numerics(refs: int, width: int) -> list[Decimal]:
+    return ["0" * width + "1"] * refs  # one text, `refs` references: 8 bytes each
+
+
+@stored_function(schema="conv", timeout_ms=1000, max_result_bytes=0)
+def texts(refs: int, width: int) -> list[str]:
+    return ["x" * width] * refs
+
+
+@stored_function(schema="conv", timeout_ms=1000, max_result_bytes=0)
+def text(width: int) -> str:
+    return "1" * width
+
+
+@stored_function(schema="conv", timeout_ms=1000, max_result_bytes=0)
+def items(n: int) -> list[int]:
+    return [7] * n
+
+
+@stored_function(schema="conv", timeout_ms=1000, max_result_bytes=0)
+def document(refs: int, width: int) -> dict:
+    return {"a": [{"b": "y" * width}] * refs}
+
+
+@stored_function(schema="conv", timeout_ms=1000, max_result_bytes=0)
+def rows(refs: int, width: int) -> Iterator[list[Decimal]]:
+    yield [Decimal(1)]
+    yield ["0" * width + "1"] * refs
+
+
+@stored_function(schema="conv", timeout_ms=1000, max_result_bytes=2_000_000_000)
+def allowed(refs: int, width: int) -> list[str]:
+    return ["x" * width] * refs
+"""
+
+
+@pytest.mark.parametrize(
+    ("call", "made"),
+    [("conv.numerics(2500, 1000000)", 2_500_322_500), ("conv.texts(2500, 1000000)", None),
+     ("conv.items(3000000)", 384_000_000),
+     ("conv.document(3000, 100000)", None), ("(SELECT array_agg(r) FROM conv.rows(700, 100000) r)", None)],
+    ids=["numerics", "texts", "items", "json", "rows"],
+)  # fmt: skip
+def test_a_result_postgresql_would_convert_for_long_after_the_call_is_refused_in_it(
+    conn: psycopg.Connection[Any], tmp_path: Any, call: str, made: int | None
+) -> None:
+    """PostgreSQL converts a routine's result after the call, in C no stop reaches: a red
+    team's 2,500 references to one text of a million digits, declared `list[Decimal]`, were
+    made in microseconds and converted for 7 s past timeout_ms, statement_timeout, cancel
+    and terminate. Without max_result_bytes, a result (each row of a set-returning one) may
+    come to 64 M characters, digits and items (128 each), every reference counted."""
+    (tmp_path / "conv_mod.py").write_text(CONVERTED)
+    deploying.deploy(conn, str(tmp_path / "conv_mod.py"))
+    started = time.monotonic()
+    err = fails(conn, f"SELECT {call} IS NULL")
+    assert time.monotonic() - started < 3
+    assert err.sqlstate == "54000", err
+    assert "returned more than PostgreSQL may convert after the call" in str(err), err
+    if made is not None:
+        assert f": {made} characters, digits and items" in str(err), err
+    # within it, and with max_result_bytes chosen, as before
+    assert conn.execute("SELECT array_length(conv.numerics(20, 1000000), 1)").fetchone() == (20,)
+    assert conn.execute("SELECT array_length(conv.items(400000), 1)").fetchone() == (400000,)
+    assert conn.execute("SELECT length(conv.text(10000000))").fetchone() == (10000000,)
+    assert conn.execute("SELECT array_length(conv.allowed(70, 1000000), 1)").fetchone() == (70,)
