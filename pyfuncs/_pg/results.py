@@ -56,12 +56,13 @@ INERT: set[type] = {type(None), bool, int, float, str, bytes}
 LONG: set[type] = {str, bytes}
 MAX_CONVERTED = 64 << 20
 ITEM = 128
-_converted = [0]
+_converted = [0]  # of the value being made
+_last = [0]  # of the value plain() made last
 
 
 def converted() -> int:
     """What plain() counted of the value it last made (see MAX_CONVERTED)."""
-    return _converted[0]
+    return _last[0]
 
 
 def _counted(items: Any, kinds: set[type]) -> int:
@@ -130,12 +131,17 @@ def plain(value: Any, row: bool = True) -> Any:
     a function's result or one row of a set-returning function's."""
     kind = type(value)
     if kind in INERT and (kind is not int or -_LONGEST <= value < _LONGEST):
-        _converted[0] = len(value) if kind in LONG else 0
+        _last[0] = len(value) if kind in LONG else 0
         return value
-    _converted[0] = 0
-    if len(sys.modules) != _seen:
-        _learn()
-    return _plain(value, 0, row)
+    # (a Mapping's items() is the routine's code, which may call a routine through SQL,
+    # whose own result is counted apart)
+    outer, _converted[0] = _converted[0], 0
+    try:
+        if len(sys.modules) != _seen:
+            _learn()
+        return _plain(value, 0, row)
+    finally:
+        _last[0], _converted[0] = _converted[0], outer
 
 
 def _big(value: int) -> Any:

@@ -272,10 +272,10 @@ def test_large_ints_and_uuids_become_text_inside_the_call(lim: psycopg.Connectio
 
 
 CONVERTED = """
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
 
-from pyfuncs import stored_function
+from pyfuncs import db, stored_function
 
 
 @stored_function(schema="conv", timeout_ms=1000, max_result_bytes=0)
@@ -312,6 +312,26 @@ def rows(refs: int, width: int) -> Iterator[list[Decimal]]:
 @stored_function(schema="conv", timeout_ms=1000, max_result_bytes=2_000_000_000)
 def allowed(refs: int, width: int) -> list[str]:
     return ["x" * width] * refs
+
+
+class Resets(Mapping):  # its items() calls a routine, whose own result is counted apart
+    def __getitem__(self, key: str) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(["k"])
+
+    def __len__(self) -> int:
+        return 1
+
+    def items(self):  # type: ignore[no-untyped-def]
+        db.fetchval("SELECT conv.items(1)")
+        return [("k", 1)]
+
+
+@stored_function(schema="conv", timeout_ms=1000, max_result_bytes=0)
+def nested(refs: int, width: int) -> dict:
+    return {"a": ["x" * width] * refs, "b": Resets()}
 """
 
 
@@ -319,8 +339,9 @@ def allowed(refs: int, width: int) -> list[str]:
     ("call", "made"),
     [("conv.numerics(2500, 1000000)", 2_500_322_500), ("conv.texts(2500, 1000000)", None),
      ("conv.items(3000000)", 384_000_000),
-     ("conv.document(3000, 100000)", None), ("(SELECT array_agg(r) FROM conv.rows(700, 100000) r)", None)],
-    ids=["numerics", "texts", "items", "json", "rows"],
+     ("conv.document(3000, 100000)", None), ("(SELECT array_agg(r) FROM conv.rows(700, 100000) r)", None),
+     ("conv.nested(1000, 100000)", None)],
+    ids=["numerics", "texts", "items", "json", "rows", "a call inside"],
 )  # fmt: skip
 def test_a_result_postgresql_would_convert_for_long_after_the_call_is_refused_in_it(
     conn: psycopg.Connection[Any], tmp_path: Any, call: str, made: int | None
