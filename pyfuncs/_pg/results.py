@@ -54,6 +54,7 @@ INERT: set[type] = {type(None), bool, int, float, str, bytes}
 # and a result may come to MAX_CONVERTED: a text's characters (or a byte string's bytes, a
 # Decimal's digits) count each, every item of a list, tuple or dict ITEM.
 LONG: set[type] = {str, bytes}
+SHORT: set[type] = INERT - LONG  # (what _learn adds to INERT, it adds here too)
 MAX_CONVERTED = 64 << 20
 ITEM = 128
 _converted = [0]  # of the value being made
@@ -96,10 +97,12 @@ def _learn() -> bool:
     if _Decimal is None and (decimal := imported("decimal")) is not None:
         _Decimal = decimal.Decimal
         INERT.add(_Decimal)
+        SHORT.add(_Decimal)
         new = True
     if _datetime is None and (datetime := imported("datetime")) is not None:
         _datetime = datetime
         INERT.update((datetime.date, datetime.timedelta))
+        SHORT.update((datetime.date, datetime.timedelta))
         _ZONES.add(datetime.timezone)
         _TIMES = (datetime.datetime, datetime.time)
         new = True

@@ -103,7 +103,9 @@ _CALL = """\
         result = context.run(function, {params})
         if watch.stop is not None:  # a stop it did not see (one a finalizer swallowed)
             watch.check()
-        if type(result) in inert and (type(result) not in long or len(result) <= most):
+        if type(result) in short:
+            return result
+        if type(result) in long and len(result) <= most:
             return result
         return context.run(finish, result)
     except RoutineInterrupted:
@@ -233,8 +235,8 @@ class Routine:
         """One entry function, compiled for this routine (its code is this routine's)."""
         namespace: dict[str, Any] = {
             "grave": stopping.GRAVE, "owed": stopping.OWED, "pay": stopping.pay,
-            "inert": results.INERT, "finish": self._finish,
-            "long": results.LONG, "most": results.MAX_CONVERTED,
+            "short": results.SHORT, "long": results.LONG, "most": results.MAX_CONVERTED,
+            "finish": self._finish,
             "fail": self.fail, "RoutineInterrupted": RoutineInterrupted,
             "Context": Context, "now": time.monotonic,
             "watch": stopping.WATCHDOG or _UNWATCHED, "clock": backstop.CLOCK,
