@@ -376,7 +376,21 @@ class Definition:
             "converters": sorted({p.type.convert for p in self.params if p.type.convert}),
             "limits": self.limits.as_dict(),
             "allowed_modules": sorted(policy.allowed_modules()),
+            **self._no_text(),
         }
+
+    def _no_text(self) -> dict[str, Any]:
+        """Where PostgreSQL converts a text or byte string as one item per character (an
+        array or a row declared): the runtime refuses one there. Only for such routines, so
+        that the others' specs, and their versions, are as they were."""
+        shape = self.returns
+        if shape.kind == "row":
+            columns = [[i, name] for i, (name, t) in enumerate(shape.columns)
+                       if t.sql.endswith("[]")]  # fmt: skip
+            return {"no_text": {"returns": shape.row_name or "a row", "columns": columns}}
+        if shape.kind == "scalar" and shape.scalar is not None and shape.scalar.sql.endswith("[]"):
+            return {"no_text": {"returns": shape.scalar.python, "columns": []}}
+        return {}
 
     def signature(self) -> dict[str, Any]:
         """The signature as stored in the catalog, for clients that call by name."""

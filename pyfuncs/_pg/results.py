@@ -52,9 +52,11 @@ INERT: set[type] = {type(None), bool, int, float, str, bytes}
 # numeric[] was declared took 7 s past timeout_ms, statement_timeout, cancel and
 # terminate). Without max_result_bytes, plain() counts that work, every reference in full,
 # and a result may come to MAX_CONVERTED: a text's characters (or a byte string's bytes, a
-# Decimal's digits) count each, every item of a list, tuple or dict ITEM.
+# Decimal's digits) count each, every item of a list, tuple or dict ITEM. Decimals are
+# counted in calls too: they are not SHORT.
 LONG: set[type] = {str, bytes}
-SHORT: set[type] = INERT - LONG  # (what _learn adds to INERT, it adds here too)
+TEXTS: set[type] = {str, bytes, bytearray}
+SHORT: set[type] = INERT - LONG  # (_learn adds what it adds to INERT, but Decimal)
 MAX_CONVERTED = 64 << 20
 ITEM = 128
 _converted = [0]  # of the value being made
@@ -66,13 +68,20 @@ def converted() -> int:
     return _last[0]
 
 
+def _digits(value: Any) -> int:
+    """At least the digits a Decimal makes PostgreSQL read and hold (its coefficient's, by
+    the memory it takes, and its exponent's zeros), in constant time."""
+    adjusted: int = value.adjusted()
+    return max(adjusted + 1, 0) + (sys.getsizeof(value) - 104) // 8 * 19 + 76
+
+
 def _counted(items: Any, kinds: set[type]) -> int:
     """The texts', byte strings' and Decimals' share of a list of inert items."""
     if not (str in kinds or bytes in kinds or (_Decimal is not None and _Decimal in kinds)):
         return 0
     if kinds <= LONG:
         return sum(map(len, items))
-    return sum(len(v) if type(v) in LONG else size(v) if type(v) is _Decimal else 0
+    return sum(len(v) if type(v) in LONG else _digits(v) if type(v) is _Decimal else 0
                for v in items)  # fmt: skip
 
 
@@ -96,8 +105,7 @@ def _learn() -> bool:
     new = False
     if _Decimal is None and (decimal := imported("decimal")) is not None:
         _Decimal = decimal.Decimal
-        INERT.add(_Decimal)
-        SHORT.add(_Decimal)
+        INERT.add(_Decimal)  # (not SHORT: a call counts a Decimal result's digits)
         new = True
     if _datetime is None and (datetime := imported("datetime")) is not None:
         _datetime = datetime
@@ -134,7 +142,7 @@ def plain(value: Any, row: bool = True) -> Any:
     a function's result or one row of a set-returning function's."""
     kind = type(value)
     if kind in INERT and (kind is not int or -_LONGEST <= value < _LONGEST):
-        _last[0] = len(value) if kind in LONG else 0
+        _last[0] = len(value) if kind in LONG else _digits(value) if kind is _Decimal else 0
         return value
     # (a Mapping's items() is the routine's code, which may call a routine through SQL,
     # whose own result is counted apart)
@@ -173,7 +181,7 @@ def _plain(value: Any, depth: int, row: bool) -> Any:
         if kind in LONG:
             _converted[0] += len(value)
         elif kind is _Decimal:
-            _converted[0] += size(value)
+            _converted[0] += _digits(value)
         return value if kind is not int or -_LONGEST <= value < _LONGEST else _big(value)
     text = _TEXT.get(kind)
     if text is not None:

@@ -191,7 +191,7 @@ class Routine:
 
     __slots__ = (
         "convert", "filename", "fn", "function", "last", "max_bytes", "max_db_ops",
-        "max_memory", "max_rows", "namespace", "qualname", "timeout", "within",
+        "max_memory", "max_rows", "namespace", "no_text", "qualname", "timeout", "within",
     )  # fmt: skip
 
     def __init__(self, spec: Mapping[str, Any], source: str, srf: bool = False) -> None:
@@ -205,6 +205,7 @@ class Routine:
         self.max_rows: int | None = limits["max_result_rows"]
         self.max_bytes: int | None = limits["max_result_bytes"]
         self.convert = {kind: self._reading(kind) for kind in spec["converters"]}
+        self.no_text: Mapping[str, Any] | None = spec.get("no_text")
         self.last: Pending | None = None  # what `fn` gave the body last (see rows)
         self.within: Callable[..., Any] = self._entry(
             _entry_source(_WITHIN_HEAD, _WITHIN, self.timeout, "began"), "within"
@@ -235,7 +236,9 @@ class Routine:
         """One entry function, compiled for this routine (its code is this routine's)."""
         namespace: dict[str, Any] = {
             "grave": stopping.GRAVE, "owed": stopping.OWED, "pay": stopping.pay,
-            "short": results.SHORT, "long": results.LONG, "most": results.MAX_CONVERTED,
+            "short": results.SHORT, "most": results.MAX_CONVERTED,
+            # (a text where an array or a row is declared: to finish, which refuses it)
+            "long": results.LONG if self.no_text is None else (),
             "finish": self._finish,
             "fail": self.fail, "RoutineInterrupted": RoutineInterrupted,
             "Context": Context, "now": time.monotonic,
@@ -262,6 +265,8 @@ class Routine:
         """A result not of an exact built-in type, made plain inside the call, and its
         size within max_result_bytes."""
         result = results.plain(result)
+        if self.no_text is not None:
+            self._no_text(result)
         if self.max_bytes is not None:
             made = results.size(result)
             if made > self.max_bytes:
@@ -269,6 +274,32 @@ class Routine:
         elif results.converted() > results.MAX_CONVERTED:
             raise self._too_much()
         return result
+
+    def _no_text(self, value: Any) -> None:
+        """Refuse a text or byte string where an array or a row is declared (the value, or
+        an array column of a row): PostgreSQL converts it as one item per character, after
+        the call (a red team's 20 million characters where list[Decimal] was declared ran
+        5.5 s past every stop)."""
+        assert self.no_text is not None
+        where, item = self.no_text["returns"], value
+        if type(value) not in results.TEXTS:
+            for index, name in self.no_text["columns"]:
+                if type(value) is dict:
+                    item = value.get(name)
+                elif type(value) in (list, tuple) and index < len(value):
+                    item = value[index]
+                else:
+                    continue
+                if type(item) in results.TEXTS:
+                    where = f"its column {name} (an array)"
+                    break
+            else:
+                return
+        raise TypeError(
+            f"pyfuncs: {self.qualname} returned a {type(item).__name__} where {where} is "
+            "declared, which PostgreSQL would read as one item per character: return a list"
+            " (or a row) of values"
+        )
 
     def _too_much(self) -> Exception:
         """A result (or row) that PostgreSQL would take too long to convert after the call,
@@ -431,6 +462,8 @@ class Routine:
             return row, 0
         if type(row) not in results.INERT or type(row) in results.LONG:
             row = results.plain(row)
+            if self.no_text is not None:
+                self._no_text(row)
             if self.max_bytes is None and results.converted() > results.MAX_CONVERTED:
                 raise self._too_much()
         return row, (results.size(row) if self.max_bytes is not None else 0)

@@ -309,6 +309,11 @@ def rows(refs: int, width: int) -> Iterator[list[Decimal]]:
     yield ["0" * width + "1"] * refs
 
 
+@stored_function(schema="conv", timeout_ms=5000, max_result_bytes=0)
+def decimal(half: int) -> Decimal:
+    return Decimal("9" * half + "9" * half)
+
+
 @stored_function(schema="conv", timeout_ms=1000, max_result_bytes=2_000_000_000)
 def allowed(refs: int, width: int) -> list[str]:
     return ["x" * width] * refs
@@ -340,8 +345,8 @@ def nested(refs: int, width: int) -> dict:
     [("conv.numerics(2500, 1000000)", 2_500_322_500), ("conv.texts(2500, 1000000)", None),
      ("conv.items(3000000)", 384_000_000),
      ("conv.document(3000, 100000)", None), ("(SELECT array_agg(r) FROM conv.rows(700, 100000) r)", None),
-     ("conv.nested(1000, 100000)", None)],
-    ids=["numerics", "texts", "items", "json", "rows", "a call inside"],
+     ("conv.nested(1000, 100000)", None), ("conv.decimal(35000000)", None)],
+    ids=["numerics", "texts", "items", "json", "rows", "a call inside", "one decimal"],
 )  # fmt: skip
 def test_a_result_postgresql_would_convert_for_long_after_the_call_is_refused_in_it(
     conn: psycopg.Connection[Any], tmp_path: Any, call: str, made: int | None
@@ -365,3 +370,99 @@ def test_a_result_postgresql_would_convert_for_long_after_the_call_is_refused_in
     assert conn.execute("SELECT array_length(conv.items(400000), 1)").fetchone() == (400000,)
     assert conn.execute("SELECT length(conv.text(10000000))").fetchone() == (10000000,)
     assert conn.execute("SELECT array_length(conv.allowed(70, 1000000), 1)").fetchone() == (70,)
+    assert conn.execute("SELECT conv.decimal(3)").fetchone() == (Decimal(999999),)
+
+
+TEXT_FOR_ITEMS = """
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+
+from pyfuncs import stored_function
+
+
+@dataclass
+class Row:
+    xs: list[Decimal]
+    m: int
+
+
+@stored_function(schema="items", timeout_ms=5000, max_result_bytes=0)
+def chars(n: int) -> list[Decimal]:
+    return "1" * n
+
+
+@stored_function(schema="items", timeout_ms=5000, max_result_bytes=0)
+def octets(n: int) -> list[int]:
+    return b"1" * n
+
+
+@stored_function(schema="items", timeout_ms=5000, max_result_bytes=0)
+def text_row(n: int) -> Row:
+    return '("{' + "1," * n + '1}",1)'
+
+
+@stored_function(schema="items", timeout_ms=5000, max_result_bytes=0)
+def text_column(n: int) -> Row:
+    return {"xs": "1" * n, "m": 1}
+
+
+@stored_function(schema="items", timeout_ms=5000, max_result_bytes=0)
+def text_tuple(n: int) -> Row:
+    return ("1" * n, 1)
+
+
+@stored_function(schema="items", timeout_ms=5000, max_result_bytes=0)
+def text_rows(n: int) -> Iterator[Row]:
+    yield Row([Decimal(1)], 1)
+    yield {"xs": b"1" * n, "m": 2}
+
+
+@stored_function(schema="items", timeout_ms=5000)
+def rows() -> Iterator[Row]:
+    yield Row([Decimal("1.5"), Decimal(2)], 3)
+    yield {"xs": [], "m": 4}
+
+
+@stored_function(schema="items", timeout_ms=5000)
+def nested() -> list[list[int]]:
+    return [[1, 2], [3, 4]]
+
+
+@stored_function(schema="items", timeout_ms=5000)
+def names() -> list[str]:
+    return ["ab", "c"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("call", "what"),
+    [("items.chars(20000000)", "a str where list[Decimal]"),
+     ("items.octets(20000000)", "a bytes where list[int]"),
+     ("items.text_row(10000000)", "a str where Row"),
+     ("items.text_column(20000000)", "a str where its column xs (an array)"),
+     ("items.text_tuple(20000000)", "a str where its column xs (an array)"),
+     ("(SELECT array_agg(m) FROM items.text_rows(20000000))", "a bytes where its column xs")],
+    ids=["str as numeric[]", "bytes as bigint[]", "str as a row", "str as an array column",
+         "str as a tuple's array column", "bytes as a row's array column"],
+)  # fmt: skip
+def test_a_text_where_an_array_or_a_row_is_declared_is_refused_in_the_call(
+    conn: psycopg.Connection[Any], tmp_path: Any, call: str, what: str
+) -> None:
+    """PostgreSQL converts a text or byte string returned where an array or a row is
+    declared as one item per character, after the call: a red team's 20 million characters
+    where list[Decimal] was declared ran 5.5 s past every stop, a terminate included."""
+    (tmp_path / "items_mod.py").write_text(TEXT_FOR_ITEMS)
+    deploying.deploy(conn, str(tmp_path / "items_mod.py"))
+    started = time.monotonic()
+    err = fails(conn, f"SELECT {call} IS NULL")
+    assert time.monotonic() - started < 2, err
+    assert f"returned {what}" in str(err) and "return a list" in str(err), err
+    assert conn.execute("SELECT * FROM items.rows()").fetchall() == [
+        ([Decimal("1.5"), Decimal(2)], 3),
+        ([], 4),
+    ]
+    assert conn.execute("SELECT items.nested(), items.names()").fetchone() == (
+        [[1, 2], [3, 4]],
+        ["ab", "c"],
+    )
