@@ -191,14 +191,16 @@ class Db(Queries):
                 _ADAPTED[adapted_key] = prepared
         return prepared, [v for _, v in adapted]
 
-    def _count(self) -> None:
+    def _count(self) -> int:
         """Every database operation: refused in a stopped call and to code that is not the
-        call's (see _from_the_call), counted for max_db_ops."""
+        call's (see _from_the_call), counted for max_db_ops; the id of the call's entry
+        frame."""
         stopping.guard()
-        _from_the_call(self._module)
+        entry = _from_the_call(self._module)
         watchdog = stopping.WATCHDOG
         if watchdog is not None and watchdog.budgets:
             watchdog.count_db_op()
+        return id(entry)
 
     def _run(self, query: str, params: Sequence[Any]) -> Any:
         # the hot path of every query: _count (and the guard's test) and the first step of
@@ -218,7 +220,7 @@ class Db(Queries):
         prepared = _DIRECT.get(key)
         if prepared is None:  # (a query of its own, as PostgreSQL runs any SQL preparing
             # it: types' input functions on literals, a domain's check with them)
-            prepared, params = _guarded(self._plan, query, params)
+            prepared, params = _guarded(id(entry), self._plan, query, params)
         # (lent and entered inside the try: an exception right after either, a MemoryError
         # under max_memory_mb say, must still give back and leave)
         lent: bool | None = False
@@ -278,25 +280,25 @@ class Db(Queries):
         """Iterate over a large result without holding it all in memory."""
         if type(batch) is not int or batch < 1:
             raise ValueError(f"pyfuncs: a cursor's batch is a positive int, not {batch!r}")
-        self._count()  # (from this module's call: what it left is closed in it)
+        entry = self._count()  # (from this module's call: what it left is closed in it)
         stopping.dispose_orphans(self._module)
         # a name no one can declare first (a red team's WITH HOLD cursors, declared under
         # the names coming next, kept the next role of a pooled session from any cursor);
         # its plan is not kept: its text is this cursor's only
         name = f"pyfuncs_cursor_{os.urandom(12).hex()}"
         declare = f"DECLARE {name} NO SCROLL CURSOR FOR {_text(query)}"
-        prepared, values = _guarded(self._plan, declare, _values(params), False)
-        _guarded(plpy.execute, prepared.plan, values)
+        prepared, values = _guarded(entry, self._plan, declare, _values(params), False)
+        _guarded(entry, plpy.execute, prepared.plan, values)
         opened = under_way()
         try:
             while True:
-                self._count()
+                entry = self._count()
                 if not _still_open(opened):
                     raise RuntimeError(
                         "pyfuncs: a db.cursor is read in the transaction, and the "
                         "savepoint, it was opened in, and not after either ended"
                     )
-                chunk = _guarded(plpy.execute, f"FETCH {batch} FROM {name}")
+                chunk = _guarded(entry, plpy.execute, f"FETCH {batch} FROM {name}")
                 if not chunk:
                     return
                 yield from prepared.rows(chunk)
@@ -345,7 +347,7 @@ def _still_open(opened: Any) -> bool:
 
 def _close(name: str) -> None:
     try:  # noqa: SIM105  (contextlib costs every backend's boot 3 ms)
-        _guarded(plpy.execute, f"CLOSE {name}")
+        _guarded(_innermost_entry(), plpy.execute, f"CLOSE {name}")
     except plpy.SPIError:  # (closed already: the query inside it failed)
         pass
 
@@ -492,15 +494,16 @@ def _from_the_call(module: dict[str, Any]) -> Any:
     )
 
 
-def _guarded(operation: Callable[..., Any], *args: Any) -> Any:
-    """One database operation of the call under way, with its deadline lent and its
-    identity kept (Db._run does the same inline, for every query)."""
+def _guarded(entry: int | None, operation: Callable[..., Any], *args: Any) -> Any:
+    """One database operation of the call under way (`entry`: the id of its entry frame),
+    with its deadline lent and its identity kept (Db._run does the same inline, for every
+    query)."""
     lent: bool | None = False  # (inside the try: see Db._run)
     entered, changed = None, None
     fired: bool | int = False
     outer = _QUERYING[0]
     try:
-        _QUERYING[0] = _innermost_entry()
+        _QUERYING[0] = entry
         lent = deadline.lend()
         if lent is None:
             raise deadline.may_not_run()
@@ -531,7 +534,8 @@ _QUERYING: list[int | None] = [None]
 
 
 def _innermost_entry() -> int | None:
-    frame: Any = sys._getframe(2)
+    """The id of the innermost entry frame on the stack, if any."""
+    frame: Any = sys._getframe(1)
     entries = stopping.ENTRIES
     while frame is not None:
         if id(frame.f_code) in entries:

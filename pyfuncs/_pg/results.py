@@ -56,7 +56,9 @@ INERT: set[type] = {type(None), bool, int, float, str, bytes}
 # counted in calls too: they are not SHORT.
 LONG: set[type] = {str, bytes}
 TEXTS: set[type] = {str, bytes, bytearray}
-SHORT: set[type] = INERT - LONG  # (_learn adds what it adds to INERT, but Decimal)
+# the inert types PostgreSQL converts in bounded time, which a call returns as they are
+# and plain() does not count (_learn adds what it adds to INERT, but Decimal)
+SHORT: set[type] = INERT - LONG
 MAX_CONVERTED = 64 << 20
 ITEM = 128
 _converted = [0]  # of the value being made
@@ -73,16 +75,6 @@ def _digits(value: Any) -> int:
     the memory it takes, and its exponent's zeros), in constant time."""
     adjusted: int = value.adjusted()
     return max(adjusted + 1, 0) + (sys.getsizeof(value) - 104) // 8 * 19 + 76
-
-
-def _counted(items: Any, kinds: set[type]) -> int:
-    """The texts', byte strings' and Decimals' share of a list of inert items."""
-    if not (str in kinds or bytes in kinds or (_Decimal is not None and _Decimal in kinds)):
-        return 0
-    if kinds <= LONG:
-        return sum(map(len, items))
-    return sum(len(v) if type(v) in LONG else _digits(v) if type(v) is _Decimal else 0
-               for v in items)  # fmt: skip
 
 
 _ZONES: set[type] = set()  # time zones PL/Python converts without the routine's code
@@ -194,8 +186,10 @@ def _plain(value: Any, depth: int, row: bool) -> Any:
     if kind is list or kind is tuple:
         _converted[0] += ITEM * len(value)
         kinds = set(map(type, value))
-        if kinds <= INERT and _small_ints(value, kinds):
-            _converted[0] += _counted(value, kinds)
+        # (as they are, when nothing in them counts, or only texts: else item by item)
+        if (kinds <= SHORT or kinds <= LONG) and _small_ints(value, kinds):
+            if kinds <= LONG:
+                _converted[0] += sum(map(len, value))
             return list(value) if kind is list else value
         items = [_plain(item, inner, False) for item in value]
         return items if kind is list else tuple(items)

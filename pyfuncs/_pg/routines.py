@@ -264,16 +264,22 @@ class Routine:
     def _finish(self, result: Any) -> Any:
         """A result not of an exact built-in type, made plain inside the call, and its
         size within max_result_bytes."""
-        result = results.plain(result)
-        if self.no_text is not None:
-            self._no_text(result)
+        result = self._made(result)
         if self.max_bytes is not None:
             made = results.size(result)
             if made > self.max_bytes:
                 raise self._over("max_result_bytes", self.max_bytes, f"{made} bytes")
-        elif results.converted() > results.MAX_CONVERTED:
-            raise self._too_much()
         return result
+
+    def _made(self, value: Any) -> Any:
+        """A result or a row made plain, refused where PostgreSQL would convert it for
+        long after the call (unless max_result_bytes bounds it)."""
+        value = results.plain(value)
+        if self.no_text is not None:
+            self._no_text(value)
+        if self.max_bytes is None and results.converted() > results.MAX_CONVERTED:
+            raise self._too_much()
+        return value
 
     def _no_text(self, value: Any) -> None:
         """Refuse a text or byte string where an array or a row is declared (the value, or
@@ -460,12 +466,8 @@ class Routine:
             row = next(source, _DONE)
         if row is _DONE:
             return row, 0
-        if type(row) not in results.INERT or type(row) in results.LONG:
-            row = results.plain(row)
-            if self.no_text is not None:
-                self._no_text(row)
-            if self.max_bytes is None and results.converted() > results.MAX_CONVERTED:
-                raise self._too_much()
+        if type(row) not in results.SHORT:
+            row = self._made(row)
         return row, (results.size(row) if self.max_bytes is not None else 0)
 
 

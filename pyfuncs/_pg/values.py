@@ -6,6 +6,7 @@ from __future__ import annotations
 from _collections_abc import Mapping
 
 from .imported import imported
+from .results import MAX_DEPTH
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -85,9 +86,6 @@ def simple_types() -> dict[type, str]:
 # subtransaction: the session was left restricted for good, a shared buffer pinned after
 # it ended, the cluster crashed. So what is sent is made of exact built-in values, read
 # without the routine's methods (C's own), before the query begins.
-_DEEPEST = 200  # (as results.MAX_DEPTH)
-
-
 def adapt_param(value: Any) -> tuple[str, Any]:
     """The SQL type to declare for a query parameter, and the value PL/Python can send:
     of exact built-in types, all the way down."""
@@ -139,8 +137,8 @@ def _json(value: Any, depth: int) -> Any:
     strings, numbers, booleans and nulls."""
     if value is None or type(value) is bool:
         return value
-    if depth > _DEEPEST:
-        raise ValueError(f"db: a jsonb parameter nested deeper than {_DEEPEST} levels")
+    if depth > MAX_DEPTH:
+        raise ValueError(f"db: a jsonb parameter nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, Mapping):
         items = dict.items(value) if isinstance(value, dict) else dict(value).items()
         made = {}
