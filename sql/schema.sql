@@ -19,6 +19,9 @@ CREATE TABLE pyfuncs.runtime_module (
     code bytea,
     magic bytea
 );
+-- out of line but not compressed: every new connection's first call reads it (500 kB), and
+-- undoing pglz cost more than reading the bytes
+ALTER TABLE pyfuncs.runtime_module ALTER COLUMN code SET STORAGE EXTERNAL;
 -- Every routine loads the runtime as its caller, so the code (not a secret) is public.
 GRANT SELECT ON pyfuncs.runtime_module TO PUBLIC;
 
@@ -33,6 +36,7 @@ CREATE TABLE pyfuncs.routine_code (
     code bytea NOT NULL,
     compiled_at timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE pyfuncs.routine_code ALTER COLUMN code SET STORAGE EXTERNAL;
 -- Read by every routine's first call in a backend, as its caller; written by the deployer.
 GRANT SELECT (key, code) ON pyfuncs.routine_code TO PUBLIC;
 

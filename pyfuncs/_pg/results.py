@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import sys
 from _collections_abc import Mapping, Sequence
+from math import frexp as _frexp
 
 from . import lazy
 from .bounded import MAX_INT_BITS, OperationTooLarge, refuse
@@ -51,9 +52,11 @@ INERT: set[type] = {type(None), bool, int, float, str, bytes}
 # text it reads as the declared type (a red team's 2,500 references to one 1 MB text where
 # numeric[] was declared took 7 s past timeout_ms, statement_timeout, cancel and
 # terminate). Without max_result_bytes, plain() counts that work, every reference in full,
-# and a result may come to MAX_CONVERTED: a text's characters (or a byte string's bytes, a
-# Decimal's digits) count each, every item of a list, tuple or dict ITEM. Decimals are
-# counted in calls too: they are not SHORT.
+# and a result may come to MAX_CONVERTED: a text's characters count one each if they are
+# ASCII, else WIDEST (what UTF-8 makes of them, at most), a byte string's bytes and a
+# Decimal's digits one each, every item of a list, tuple or dict ITEM, and a float, which
+# PL/Python prints with repr() (2 µs for 1.2345678901234567e+308), FLOAT more and what its
+# exponent adds (_float). Decimals are counted in calls too: not SHORT (one float is short).
 LONG: set[type] = {str, bytes}
 TEXTS: set[type] = {str, bytes, bytearray}
 # the inert types PostgreSQL converts in bounded time, which a call returns as they are
@@ -61,6 +64,8 @@ TEXTS: set[type] = {str, bytes, bytearray}
 SHORT: set[type] = INERT - LONG
 MAX_CONVERTED = 64 << 20
 ITEM = 128
+WIDEST = 4
+FLOAT = 64
 _converted = [0]  # of the value being made
 _last = [0]  # of the value plain() made last
 
@@ -68,6 +73,28 @@ _last = [0]  # of the value plain() made last
 def converted() -> int:
     """What plain() counted of the value it last made (see MAX_CONVERTED)."""
     return _last[0]
+
+
+def _text(value: str | bytes) -> int:
+    """What a text or byte string counts, in constant time."""
+    return len(value) if type(value) is bytes or value.isascii() else WIDEST * len(value)
+
+
+def _float(value: float) -> int:
+    """What a float counts beyond an item: repr() and PostgreSQL's reading of it take
+    longer the larger its exponent (5 ns more for each power of ten), in constant time."""
+    return FLOAT + abs(_frexp(value)[1]) * 3 // 5
+
+
+def _floats(items: Any, kinds: set[type]) -> int:
+    """What the floats among `items` count: each as the one of the largest exponent (the
+    largest and the smallest magnitude found in C, when all are floats)."""
+    floats = items if len(kinds) == 1 else [v for v in items if type(v) is float]
+    if not floats:
+        return 0
+    largest = max(map(abs, floats))
+    smallest = min(filter(None, map(abs, floats)), default=1.0)
+    return len(floats) * max(_float(largest), _float(smallest))
 
 
 def _digits(value: Any) -> int:
@@ -134,7 +161,10 @@ def plain(value: Any, row: bool = True) -> Any:
     a function's result or one row of a set-returning function's."""
     kind = type(value)
     if kind in INERT and (kind is not int or -_LONGEST <= value < _LONGEST):
-        _last[0] = len(value) if kind in LONG else _digits(value) if kind is _Decimal else 0
+        _last[0] = (
+            _text(value) if kind in LONG else _digits(value) if kind is _Decimal
+            else _float(value) if kind is float else 0
+        )  # fmt: skip
         return value
     # (a Mapping's items() is the routine's code, which may call a routine through SQL,
     # whose own result is counted apart)
@@ -171,9 +201,11 @@ def _plain(value: Any, depth: int, row: bool) -> Any:
     kind = type(value)
     if kind in INERT:
         if kind in LONG:
-            _converted[0] += len(value)
+            _converted[0] += _text(value)
         elif kind is _Decimal:
             _converted[0] += _digits(value)
+        elif kind is float:
+            _converted[0] += _float(value)
         return value if kind is not int or -_LONGEST <= value < _LONGEST else _big(value)
     text = _TEXT.get(kind)
     if text is not None:
@@ -186,10 +218,16 @@ def _plain(value: Any, depth: int, row: bool) -> Any:
     if kind is list or kind is tuple:
         _converted[0] += ITEM * len(value)
         kinds = set(map(type, value))
-        # (as they are, when nothing in them counts, or only texts: else item by item)
+        # (as they are, when nothing in them counts but floats, or only texts: else item by
+        # item)
         if (kinds <= SHORT or kinds <= LONG) and _small_ints(value, kinds):
             if kinds <= LONG:
-                _converted[0] += sum(map(len, value))
+                made = sum(map(len, value))
+                if str in kinds and not all(v.isascii() for v in value if type(v) is str):
+                    made *= WIDEST  # (bytes among them too: few lists mix the two)
+                _converted[0] += made
+            elif float in kinds:
+                _converted[0] += _floats(value, kinds)
             return list(value) if kind is list else value
         items = [_plain(item, inner, False) for item in value]
         return items if kind is list else tuple(items)

@@ -14,6 +14,7 @@ import sys
 import time
 from _thread import get_ident
 from contextvars import Context
+from types import FunctionType
 
 from . import backstop, deadline, errors, identity, results, sandbox, vocabulary
 from . import watchdog as stopping
@@ -23,6 +24,7 @@ from .watchdog import SEQUENCE, Budget, RoutineInterrupted
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
+    from types import CodeType
     from typing import Any
 
 _DONE = object()  # no more rows
@@ -70,11 +72,12 @@ def collecting(phase: str, info: Any) -> None:
 stopping.bookkeeping(collecting)
 
 
-# The entry functions, compiled once per routine so that their code is the routine's own
-# (watchdog.ENTRIES). `call` is what the body calls for a routine that returns a value (its
-# parameters are the function's), `within` runs other work of a call, whose number is `n`
-# and which began at `began` (a set-returning routine's first row: its timeout_ms counts
-# from there, whatever ran between its rows).
+# The entry functions, made once per routine, each with a code object of its own
+# (watchdog.ENTRIES), from code compiled once per backend (_ENTRY_CODE). `call` is what the
+# body calls for a routine that returns a value (its parameters are the function's),
+# `within` runs other work of a call, whose number is `n` and which began at `began` (a
+# set-returning routine's first row: its timeout_ms counts from there, whatever ran between
+# its rows).
 # An exception leaves as a PostgreSQL error made inside the call; a stop leaves as a fresh
 # RoutineInterrupted, so that nothing of the routine's travels out with it (its frames,
 # their locals: what was raised in them is let go here, inside the call). `call` also drops
@@ -168,6 +171,11 @@ _SETTINGS = """\
 """
 
 
+# Entry functions' code by source, compiled once per backend: a routine's entries differ
+# from another's with the same limits and arity only in what their names are bound to.
+_ENTRY_CODE: dict[str, CodeType] = {}
+
+
 def _indented(body: str) -> str:
     return "".join("    " + line if line.strip() else line for line in body.splitlines(True))
 
@@ -177,6 +185,63 @@ def _entry_source(head: str, body: str, timeout: float | None, start: str) -> st
     if timeout is not None:
         body = _DEADLINE.format(body=_indented(body), start=start)
     return head + _SETTINGS.format(body=_indented(body))
+
+
+def _declared(spec: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The checks of a routine's result (definition.Definition._declared); routines
+    deployed before them name only the texts refused where an array or a row is declared."""
+    declared = spec.get("declared")
+    if declared is None and (legacy := spec.get("no_text")) is not None:
+        columns = [[index, name, ["items"]] for index, name in legacy["columns"]]
+        declared = {"returns": legacy["returns"], "value": ["items"], "columns": columns}
+    return declared
+
+
+_CONTAINERS = {list, tuple, dict}
+
+
+def _refused(value: Any, checks: list[str]) -> str | None:
+    """Why PostgreSQL would convert `value` (plain) for long, declared as checked (see
+    definition.conversion), as a template of the value's type and where it is; or None."""
+    kind = type(value)
+    if "items" in checks and kind in results.TEXTS:
+        return (
+            "a {} where {} is declared, which PostgreSQL would read as one item per character:"
+            " return a list (or a row) of values"
+        )
+    if "text" in checks and kind is not str and (kind in _CONTAINERS or kind in results.TEXTS):
+        return (
+            "a {} where {} is declared, which PostgreSQL would make text with repr(), after "
+            "the call: return a value of the declared type"
+        )
+    if "json" in checks and _holds_bytes(value):
+        held = "a {}" if kind in results.TEXTS else "a {} holding a byte string"
+        return (
+            held + " where {} is declared, and jsonb would make each of its bytes a number,"
+            " after the call: return a str (base64, say) or a list of ints"
+        )
+    return None
+
+
+def _holds_bytes(value: Any) -> bool:
+    """Whether a plain value holds a byte string, at any depth (each container's items are
+    looked at in C, and only containers taken further)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        kind = type(item)
+        if kind is bytes or kind is bytearray:
+            return True
+        if kind is dict:
+            item = item.values()
+        elif kind is not list and kind is not tuple:
+            continue
+        kinds = set(map(type, item))
+        if bytes in kinds or bytearray in kinds:
+            return True
+        if not kinds.isdisjoint(_CONTAINERS):
+            pending.extend(v for v in item if type(v) in _CONTAINERS)
+    return False
 
 
 class Routine:
@@ -190,8 +255,8 @@ class Routine:
     """
 
     __slots__ = (
-        "convert", "filename", "fn", "function", "last", "max_bytes", "max_db_ops",
-        "max_memory", "max_rows", "namespace", "no_text", "qualname", "timeout", "within",
+        "convert", "declared", "filename", "fn", "function", "last", "max_bytes",
+        "max_db_ops", "max_memory", "max_rows", "namespace", "qualname", "timeout", "within",
     )  # fmt: skip
 
     def __init__(self, spec: Mapping[str, Any], source: str, srf: bool = False) -> None:
@@ -205,7 +270,7 @@ class Routine:
         self.max_rows: int | None = limits["max_result_rows"]
         self.max_bytes: int | None = limits["max_result_bytes"]
         self.convert = {kind: self._reading(kind) for kind in spec["converters"]}
-        self.no_text: Mapping[str, Any] | None = spec.get("no_text")
+        self.declared: Mapping[str, Any] | None = _declared(spec)
         self.last: Pending | None = None  # what `fn` gave the body last (see rows)
         self.within: Callable[..., Any] = self._entry(
             _entry_source(_WITHIN_HEAD, _WITHIN, self.timeout, "began"), "within"
@@ -236,9 +301,9 @@ class Routine:
         """One entry function, compiled for this routine (its code is this routine's)."""
         namespace: dict[str, Any] = {
             "grave": stopping.GRAVE, "owed": stopping.OWED, "pay": stopping.pay,
-            "short": results.SHORT, "most": results.MAX_CONVERTED,
-            # (a text where an array or a row is declared: to finish, which refuses it)
-            "long": results.LONG if self.no_text is None else (),
+            # (a result that _refused could refuse goes to finish)
+            "short": results.SHORT,
+            "long": self._long(), "most": results.MAX_CONVERTED // results.WIDEST,
             "finish": self._finish,
             "fail": self.fail, "RoutineInterrupted": RoutineInterrupted,
             "Context": Context, "now": time.monotonic,
@@ -247,13 +312,18 @@ class Routine:
             "calling": stopping.CALLING, "routine": self,
             "timeout": self.timeout, **names,
         }  # fmt: skip
-        # exec of the text, not compile(): compile() first makes the classes of the ast
-        # module, 2 ms of every backend's first call that nothing else needs (the routine's
-        # module was compiled by pyfuncs deploy, pyfuncs/ahead.py); the file name tracebacks
-        # show is set after
-        exec(source, namespace)
-        entry: Callable[..., Any] = namespace[name]
-        entry.__code__ = entry.__code__.replace(co_filename=f"<pyfuncs: {self.qualname}>")
+        code = _ENTRY_CODE.get(source)
+        if code is None:
+            # exec of the text, not compile(): compile() first makes the classes of the ast
+            # module, 2 ms of every backend's first call that nothing else needs (the
+            # routine's module was compiled by pyfuncs deploy, pyfuncs/ahead.py)
+            made: dict[str, Any] = {}
+            exec(source, made)
+            code = _ENTRY_CODE[source] = made[name].__code__
+        # (a code of its own: the file name tracebacks show, and the key of ENTRIES)
+        entry: Callable[..., Any] = FunctionType(
+            code.replace(co_filename=f"<pyfuncs: {self.qualname}>"), namespace, name
+        )
         stopping.ENTRIES[id(entry.__code__)] = self  # kept alive by this routine
         return entry
 
@@ -275,37 +345,45 @@ class Routine:
         """A result or a row made plain, refused where PostgreSQL would convert it for
         long after the call (unless max_result_bytes bounds it)."""
         value = results.plain(value)
-        if self.no_text is not None:
-            self._no_text(value)
+        if self.declared is not None:
+            self._refuse(value)
         if self.max_bytes is None and results.converted() > results.MAX_CONVERTED:
             raise self._too_much()
         return value
 
-    def _no_text(self, value: Any) -> None:
-        """Refuse a text or byte string where an array or a row is declared (the value, or
-        an array column of a row): PostgreSQL converts it as one item per character, after
-        the call (a red team's 20 million characters where list[Decimal] was declared ran
-        5.5 s past every stop)."""
-        assert self.no_text is not None
-        where, item = self.no_text["returns"], value
-        if type(value) not in results.TEXTS:
-            for index, name in self.no_text["columns"]:
+    def _long(self) -> set[type]:
+        """The text types a result may be returned as, as they are (the entry function's
+        fast path): those _refuse does not refuse for the value."""
+        checks = () if self.declared is None else self.declared["value"]
+        if "items" in checks:
+            return set()
+        return {str} if "json" in checks or "text" in checks else results.LONG
+
+    def _refuse(self, value: Any) -> None:
+        """Refuse a plain result, or row, that PostgreSQL would convert as it is declared for
+        long after the call (definition.conversion): the value itself, and the columns of a
+        row."""
+        assert self.declared is not None
+        where, item = self.declared["returns"], value
+        why = _refused(value, self.declared["value"])
+        if why is None and type(value) in (dict, list, tuple):
+            for index, name, checks in self.declared["columns"]:
                 if type(value) is dict:
-                    item = value.get(name)
-                elif type(value) in (list, tuple) and index < len(value):
+                    if name not in value:
+                        continue
+                    item = value[name]
+                elif index < len(value):
                     item = value[index]
                 else:
                     continue
-                if type(item) in results.TEXTS:
-                    where = f"its column {name} (an array)"
+                why = _refused(item, checks)
+                if why is not None:
+                    where = f"its column {name}"
                     break
-            else:
-                return
-        raise TypeError(
-            f"pyfuncs: {self.qualname} returned a {type(item).__name__} where {where} is "
-            "declared, which PostgreSQL would read as one item per character: return a list"
-            " (or a row) of values"
-        )
+        if why is not None:
+            raise TypeError(
+                f"pyfuncs: {self.qualname} returned {why.format(type(item).__name__, where)}"
+            )
 
     def _too_much(self) -> Exception:
         """A result (or row) that PostgreSQL would take too long to convert after the call,

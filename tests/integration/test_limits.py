@@ -440,8 +440,8 @@ def names() -> list[str]:
     [("items.chars(20000000)", "a str where list[Decimal]"),
      ("items.octets(20000000)", "a bytes where list[int]"),
      ("items.text_row(10000000)", "a str where Row"),
-     ("items.text_column(20000000)", "a str where its column xs (an array)"),
-     ("items.text_tuple(20000000)", "a str where its column xs (an array)"),
+     ("items.text_column(20000000)", "a str where its column xs is declared"),
+     ("items.text_tuple(20000000)", "a str where its column xs is declared"),
      ("(SELECT array_agg(m) FROM items.text_rows(20000000))", "a bytes where its column xs")],
     ids=["str as numeric[]", "bytes as bigint[]", "str as a row", "str as an array column",
          "str as a tuple's array column", "bytes as a row's array column"],
@@ -466,3 +466,226 @@ def test_a_text_where_an_array_or_a_row_is_declared_is_refused_in_the_call(
         [[1, 2], [3, 4]],
         ["ab", "c"],
     )
+
+
+AS_DECLARED = """
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import NamedTuple
+
+from pyfuncs import procedure, stored_function
+
+
+@dataclass
+class Doc:
+    doc: dict
+    m: int
+
+
+@dataclass
+class Named:
+    name: str
+
+
+class Label(NamedTuple):
+    label: bytes
+
+
+@dataclass
+class Mixed:
+    doc: dict
+    data: bytes
+    docs: list[dict]
+
+
+@stored_function(schema="decl", timeout_ms=200)
+def jb_scalar(n: int) -> dict:
+    return b"7" * n
+
+
+@stored_function(schema="decl", timeout_ms=200)
+def jb_nested(n: int) -> dict:
+    return {"payload": [1, "x", {"deep": [b"7" * n]}]}
+
+
+@stored_function(schema="decl", timeout_ms=200)
+def jb_row(n: int) -> Doc:
+    return Doc(b"7" * n, 1)
+
+
+@stored_function(schema="decl", timeout_ms=200)
+def jb_rows(n: int) -> Iterator[Doc]:
+    yield Doc({}, 0)
+    yield Doc([b"7" * n], 1)
+
+
+@stored_function(schema="decl", timeout_ms=200)
+def jb_array(n: int) -> list[dict]:
+    return [{}, [b"7" * n]]
+
+
+@procedure(schema="decl", timeout_ms=200)
+def jb_proc(n: int) -> dict:
+    return b"7" * n
+
+
+@stored_function(schema="decl", timeout_ms=200, max_result_bytes=10_000_000)
+def jb_sized(n: int) -> dict:
+    return b"7" * n
+
+
+@stored_function(schema="decl", timeout_ms=200)
+def list_repr(n: int) -> str:
+    return [chr(0xE0001) * n]
+
+
+@stored_function(schema="decl", timeout_ms=200)
+def dict_repr(n: int) -> str:
+    return {chr(0xE0001) * n: None}
+
+
+@stored_function(schema="decl", timeout_ms=200)
+def tuple_as_int(n: int) -> int:
+    return (chr(0xE0001) * n,)
+
+
+@stored_function(schema="decl", timeout_ms=200)
+def bytes_repr(n: int) -> str:
+    return b"\\x00" * n
+
+
+@stored_function(schema="decl", timeout_ms=200)
+def list_column(n: int) -> Named:
+    return {"name": ["x" * n]}
+
+
+@stored_function(schema="decl", timeout_ms=200)
+def floats(n: int) -> list[Decimal]:
+    return [1.7976931348623157e308] * n
+
+
+@stored_function(schema="decl", timeout_ms=200)
+def tiny_floats(n: int) -> dict:
+    return [1.0, 2.2250738585072014e-308] * (n // 2)
+
+
+@stored_function(schema="decl", timeout_ms=200)
+def wide(n: int) -> str:
+    return chr(0x1F600) * n
+
+
+@stored_function(schema="decl", timeout_ms=200)
+def wide_items(n: int) -> list[str]:
+    return ["a", chr(0x1F600) * n]
+
+
+@stored_function(schema="decl", timeout_ms=2000)
+def names() -> Iterator[Named]:
+    yield Named("ada")
+    yield Named("grace")
+
+
+@stored_function(schema="decl", timeout_ms=2000)
+def labels() -> list[Label]:
+    return [Label(b"x"), Label(b"y")]
+
+
+@stored_function(schema="decl", timeout_ms=2000)
+def mixed() -> Mixed:
+    return Mixed({"s": "text", "n": [1, 2.5, None]}, b"\\x00\\x01", [{"a": 1}, {"b": [2]}])
+
+
+@stored_function(schema="decl", timeout_ms=2000)
+def series(n: int) -> list[float]:
+    return [i / 7 for i in range(n)]
+
+
+@stored_function(schema="decl", timeout_ms=2000)
+def blobs() -> list[bytes]:
+    return [b"\\x00", b"ab"]
+
+
+@stored_function(schema="decl", timeout_ms=2000)
+def flag() -> bool:
+    return [1]
+"""
+
+
+@pytest.mark.parametrize(
+    ("call", "what"),
+    [("decl.jb_scalar(8000000)", "a bytes where json (jsonb) is declared, and jsonb would"),
+     ("decl.jb_nested(8000000)", "a dict holding a byte string where json (jsonb)"),
+     ("(decl.jb_row(8000000)).m", "a bytes where its column doc is declared, and jsonb"),
+     ("(SELECT array_agg(m) FROM decl.jb_rows(8000000))", "a list holding a byte string where its"),
+     ("decl.jb_array(8000000)", "a list holding a byte string where list[json] (jsonb[])"),
+     ("decl.jb_sized(8000000)", "a bytes where json (jsonb) is declared"),
+     ("decl.list_repr(30000000)", "a list where str (text) is declared, which PostgreSQL would"),
+     ("decl.dict_repr(30000000)", "a dict where str (text) is declared"),
+     ("decl.tuple_as_int(30000000)", "a tuple where int (bigint) is declared"),
+     ("decl.bytes_repr(16000000)", "a bytes where str (text) is declared"),
+     ("(decl.list_column(30000000)).name", "a list where its column name is declared"),
+     ("decl.floats(520000)", "more than PostgreSQL may convert"),
+     ("decl.tiny_floats(520000)", "more than PostgreSQL may convert"),
+     ("decl.wide(20000000)", "more than PostgreSQL may convert"),
+     ("decl.wide_items(20000000)", "more than PostgreSQL may convert")],
+    ids=["bytes as jsonb", "bytes deep in jsonb", "bytes as a jsonb column",
+         "bytes in a set's jsonb column", "bytes in jsonb[]", "with max_result_bytes",
+         "a list as text", "a dict as text", "a tuple as bigint", "bytes as text",
+         "a list as a text column", "floats of large exponents as numeric[]",
+         "floats of small exponents in jsonb", "a wide text", "wide texts in a list"],
+)  # fmt: skip
+def test_what_postgresql_would_convert_for_long_as_declared_is_refused_in_the_call(
+    conn: psycopg.Connection[Any], tmp_path: Any, call: str, what: str
+) -> None:
+    """Round fifty-four: PostgreSQL converts a result after the call as it is declared,
+    where no stop reaches. Bytes anywhere in jsonb become a number each (8 MB: 3 to 14 s
+    past timeout_ms, statement_timeout and a terminate; a procedure's OUT jsonb returned
+    after 4.5 s and left the cancel for the session's next statement); a list, tuple, dict
+    or byte string where text (any type but boolean and bytea) is declared becomes its
+    repr(), ten characters for a counted one (2.2 s); a float is printed with repr(), 2 µs
+    for a large exponent, and a wide character is up to 4 bytes (1.2 to 1.4 s within the
+    count). Each is refused, or counted, inside the call."""
+    (tmp_path / "decl_mod.py").write_text(AS_DECLARED)
+    deploying.deploy(conn, str(tmp_path / "decl_mod.py"))
+    conn.execute("SET statement_timeout = 2000")
+    started = time.monotonic()
+    err = fails(conn, f"SELECT {call} IS NULL")
+    assert time.monotonic() - started < 1, err
+    assert f"returned {what}" in str(err), err
+    assert conn.execute("SELECT 'the next statement'").fetchone() == ("the next statement",)
+
+
+def test_a_procedures_out_jsonb_of_bytes_is_refused_and_cancels_nothing_after(
+    conn: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """A procedure's OUT jsonb of 8 MB of bytes returned after 4.5 s under a 500 ms
+    statement_timeout, and the timeout, due during the conversion, cancelled the session's
+    next statement (a pooled session's next client's)."""
+    (tmp_path / "decl_mod.py").write_text(AS_DECLARED)
+    deploying.deploy(conn, str(tmp_path / "decl_mod.py"))
+    conn.execute("SET statement_timeout = 500")
+    started = time.monotonic()
+    err = fails(conn, "CALL decl.jb_proc(8000000, NULL)")
+    assert time.monotonic() - started < 1, err
+    assert "returned a bytes where json (jsonb) is declared" in str(err), err
+    assert conn.execute("SELECT 'the next client'").fetchone() == ("the next client",)
+
+
+def test_results_as_declared_that_convert_quickly_are_returned(
+    conn: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """What the checks of round fifty-four do not refuse: a set-returning routine of a row
+    of one text or bytea column (which round fifty-three's refused), jsonb beside bytea,
+    arrays of bytea, a long series of floats, any value where boolean is declared."""
+    (tmp_path / "decl_mod.py").write_text(AS_DECLARED)
+    deploying.deploy(conn, str(tmp_path / "decl_mod.py"))
+    assert conn.execute("SELECT * FROM decl.names()").fetchall() == [("ada",), ("grace",)]
+    assert conn.execute("SELECT * FROM decl.labels()").fetchall() == [(b"x",), (b"y",)]
+    assert conn.execute("SELECT * FROM decl.mixed()").fetchone() == (
+        {"s": "text", "n": [1, 2.5, None]},
+        b"\x00\x01",
+        [{"a": 1}, {"b": [2]}],
+    )
+    assert conn.execute("SELECT array_length(decl.series(200000), 1)").fetchone() == (200000,)
+    assert conn.execute("SELECT decl.blobs(), decl.flag()").fetchone() == ([b"\x00", b"ab"], True)
