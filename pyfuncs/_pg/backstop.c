@@ -890,6 +890,11 @@ pyfuncs_flags_set(const uintptr_t *types, long count, long at, unsigned long bit
  * taken back, and whether it went off forgotten (deadline.expired asks before); the timer
  * set again to the deadline of the query around this one, or off after the outermost.
  * lent(): how many queries are under way with the timer lent.
+ * begin(): lend, then enter, in one call (each query of a routine's, db.py): what enter
+ * returns, or None where the query may not run (lend's None).
+ * end(entered): give_back (where begin lent), then leave: None, or what leave named, or
+ * what give_back told (True, or 2).
+ * undo(level): the settings of a call's level undone (AtEOXact_GUC, not committing).
  *
  * Python's functions by address, as above; run with the GIL held, as Python functions,
  * so no stop of the watchdog's lands between their steps.
@@ -992,7 +997,7 @@ same_text(const char *now, PyObject *was)
 	return now != NULL && strcmp(now, kept) == 0;
 }
 
-/* a new tuple of `n` (2, 4 or 5) new references, released here; or NULL */
+/* a new tuple of `n` (2 to 5) new references, released here; or NULL */
 static PyObject *
 packed(PySize n, PyObject **items)
 {
@@ -1003,6 +1008,7 @@ packed(PySize n, PyObject **items)
 		if (items[i] == NULL)
 			goto done;
 	tuple = n == 2 ? py.tuple_pack(2, items[0], items[1])
+		: n == 3 ? py.tuple_pack(3, items[0], items[1], items[2])
 		: n == 4 ? py.tuple_pack(4, items[0], items[1], items[2], items[3])
 		: py.tuple_pack(5, items[0], items[1], items[2], items[3], items[4]);
 done:
@@ -1193,12 +1199,85 @@ guard_lent(PyObject *self, PyObject *unused)
 	return py.from_long(lent);
 }
 
+/* whether each query under way (by enter's count) lent the timer: begin to end */
+static bool lent_by[MAX_LENT];
+
+static PyObject *
+guard_begin(PyObject *self, PyObject *unused)
+{
+	PyObject   *lending,
+			   *entered;
+	bool		lends;
+
+	if (queries >= MAX_LENT)
+		return object(0);
+	if ((lending = guard_lend(self, NULL)) == NULL)
+		return NULL;
+	py.decref(lending);			/* (one of `objects`, which the caller keeps) */
+	if (lending == objects[0])
+		return object(0);
+	lends = lending == objects[1];
+	if ((entered = guard_enter(self, NULL)) == NULL)
+	{
+		if (lends && (lending = guard_give_back(self, NULL)) != NULL)
+			py.decref(lending);
+		return NULL;
+	}
+	lent_by[queries - 1] = lends;
+	return entered;
+}
+
+static PyObject *
+guard_end(PyObject *self, PyObject *entered)
+{
+	PyObject   *fired = NULL,
+			   *changed;
+	bool		lends = queries > 0 && queries <= MAX_LENT && lent_by[queries - 1];
+
+	if (lends && (fired = guard_give_back(self, NULL)) == NULL)
+	{
+		/* (left even so: Python's error stands) */
+		if ((changed = guard_leave(self, entered)) != NULL)
+			py.decref(changed);
+		return NULL;
+	}
+	changed = guard_leave(self, entered);
+	if (changed == NULL || changed != objects[0])
+	{
+		if (fired != NULL)
+			py.decref(fired);
+		return changed;
+	}
+	py.decref(changed);
+	if (fired == NULL || fired == objects[2])
+	{
+		if (fired != NULL)
+			py.decref(fired);
+		return object(0);
+	}
+	return fired;
+}
+
+static PyObject *
+guard_undo(PyObject *self, PyObject *level)
+{
+	long		nest = py.as_long(level);
+
+	if (py.error() != NULL)
+		return NULL;
+	AtEOXact_GUC(false, (int) nest);
+	return object(0);
+}
+
 static MethodDef guards[] = {
 	{"enter", guard_enter, METH_NOARGS, NULL},
 	{"leave", guard_leave, METH_O, NULL},
 	{"lend", guard_lend, METH_NOARGS, NULL},
 	{"give_back", guard_give_back, METH_NOARGS, NULL},
 	{"lent", guard_lent, METH_NOARGS, NULL},
+	{"begin", guard_begin, METH_NOARGS, NULL},
+	{"end", guard_end, METH_O, NULL},
+	{"undo", guard_undo, METH_O, NULL},
 };
 
 static void
@@ -1235,8 +1314,8 @@ on_transaction(XactEvent event, void *unused)
 /*
  * Python's functions (GuardApi's, in its order), identity.SETTINGS, None, True, False and
  * the three names leave answers (`constants`), the claims' storage (or NULL) and the
- * runtime's timer (-1: none), all kept alive by the caller: the four functions above, as
- * a tuple, or NULL with Python's error set.
+ * runtime's timer (-1: none), all kept alive by the caller: the first five functions
+ * above, as a tuple, or NULL with Python's error set.
  */
 PyObject   *
 pyfuncs_query_guards(const GuardApi *functions, PyObject *settings_list,
@@ -1260,6 +1339,21 @@ pyfuncs_query_guards(const GuardApi *functions, PyObject *settings_list,
 	for (i = 0; i < 5; i++)
 		made[i] = py.function_new(&guards[i], NULL, NULL);
 	return packed(5, made);
+}
+
+/*
+ * After pyfuncs_query_guards (which a runtime from before them calls alone, and which stays
+ * as it was for it): begin, end and undo, as a tuple, or NULL with Python's error set.
+ */
+PyObject   *
+pyfuncs_query_guards_joined(void)
+{
+	PyObject   *made[3];
+	int			i;
+
+	for (i = 0; i < 3; i++)
+		made[i] = py.function_new(&guards[5 + i], NULL, NULL);
+	return packed(3, made);
 }
 
 /*

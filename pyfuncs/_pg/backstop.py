@@ -294,7 +294,8 @@ def own_weakref_callbacks(own: Any) -> bool:
 
 def query_guards(settings: list[Any], claims: int | None, timer: int) -> Any:
     """The guards around each query of a routine's, in C (backstop.c says why): a tuple of
-    identity's enter and leave and deadline's lend, give_back and depth, for identity's
+    identity's enter and leave, deadline's lend, give_back and depth, and (where the library
+    has them) db's begin and end and identity's undo_settings, for identity's
     `settings`, the claims' storage at address `claims` (None: read by name) and the
     runtime's timer (-1: none). None without the library (or one built before them)."""
     library: Any = _installed[0] if _installed else None
@@ -314,6 +315,10 @@ def query_guards(settings: list[Any], claims: int | None, timer: int) -> Any:
                      ctypes.c_int]  # fmt: skip
     make.restype = ctypes.py_object
     guards = make(ctypes.addressof(functions), settings, constants, claims, timer)
+    if getattr(library, "pyfuncs_query_guards_joined", None) is not None:
+        joined = ctypes.PyDLL(library._name).pyfuncs_query_guards_joined
+        joined.argtypes, joined.restype = [], ctypes.py_object
+        guards += joined()
     _guards.append((guards, functions, settings, constants))
     return guards
 

@@ -161,9 +161,11 @@ def start(gd: dict[str, Any], modules: Mapping[str, Mapping[str, Any]]) -> None:
     )  # fmt: skip
     db.bind(postgres, backstop.local_transaction())
     guards = backstop.query_guards(identity.SETTINGS, identity._claims_at[0], deadline._timer)
-    if guards is not None:
-        identity.use(*guards[:2])
-        deadline.use(*guards[2:])
+    if guards is not None:  # (a library built before begin, end and undo has five)
+        identity.use(*guards[:2], *guards[7:])
+        deadline.use(*guards[2:5])
+        if len(guards) > 5:
+            db.use(*guards[5:7])
     backstop.keep_finalizers_apart()
     if backstop.keep_generators():  # (a stop waits until its question is answered)
         stopping.bookkeeping(backstop._may_run_finalized)

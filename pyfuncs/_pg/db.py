@@ -221,18 +221,15 @@ class Db(Queries):
         if prepared is None:  # (a query of its own, as PostgreSQL runs any SQL preparing
             # it: types' input functions on literals, a domain's check with them)
             prepared, params = _guarded(id(entry), self._plan, query, params)
-        # (lent and entered inside the try: an exception right after either, a MemoryError
-        # under max_memory_mb say, must still give back and leave)
-        lent: bool | None = False
-        entered, changed = None, None
-        fired: bool | int = False
+        # (begun inside the try: an exception right after, a MemoryError under
+        # max_memory_mb say, must still end it)
+        begun = ended = None
         outer = _QUERYING[0]
         try:
             _QUERYING[0] = id(entry)
-            lent = deadline.lend()
-            if lent is None:
+            begun = begin()
+            if begun is None:
                 raise deadline.may_not_run()
-            entered = identity.enter()
             result = plpy.execute(prepared.plan, params)
         except plpy.SPIError as exc:  # its subtransaction, and what it changed, rolled back
             deadline.expired(exc)
@@ -240,14 +237,10 @@ class Db(Queries):
             raise
         finally:
             _QUERYING[0] = outer
-            if lent:
-                fired = deadline.give_back()
-            if entered is not None:
-                changed = identity.leave(entered)
-        if changed:
-            _stop_identity(changed)
-        if fired:
-            deadline.went_on(fired)
+            if begun is not None:
+                ended = end(begun)
+        if ended is not None:
+            _ended(ended)
         return prepared.rows(result)
 
     def execute(self, query: str, params: Sequence[Any] = (), /) -> Rows:
@@ -492,6 +485,50 @@ def _from_the_call(module: dict[str, Any]) -> Any:
         "pyfuncs: db is for the routine whose call is under way, not for code that runs "
         "outside it (a finalizer, or an object of another routine module)"
     )
+
+
+def begin() -> Any:
+    """Before a routine's query: deadline.lend, then identity.enter (backstop.c's `begin`
+    does both in one call, once use() put it in place). What `end` needs, or None where the
+    query may not run (see deadline.may_not_run)."""
+    lent = deadline.lend()
+    if lent is None:
+        return None
+    try:
+        return lent, identity.enter()
+    except BaseException:
+        if lent:
+            deadline.give_back()
+        raise
+
+
+def end(begun: Any) -> Any:
+    """After the query: deadline.give_back (where it lent), then identity.leave; None, or
+    what leave named (a str), or what give_back told (True, or 2): see _ended."""
+    lent, entered = begun
+    fired = deadline.give_back() if lent else False
+    return identity.leave(entered) or fired or None
+
+
+stopping.bookkeeping(begin, end)  # (a stop lands in neither: see watchdog.bookkeeping)
+
+
+def use(guard_begin: Any, guard_end: Any) -> None:
+    """The backstop library's begin and end (backstop.query_guards) in place of these."""
+    global begin, end
+    PYTHON[:] = [begin, end]  # (kept: a test uses them in a backend again)
+    begin, end = guard_begin, guard_end
+
+
+PYTHON: list[Any] = []  # this module's begin and end, once use() replaced them
+
+
+def _ended(ended: Any) -> None:
+    """What `end` told of a query: its identity changed (stop the call), or a timer went
+    off while it ran (deadline.went_on)."""
+    if type(ended) is str:
+        _stop_identity(ended)
+    deadline.went_on(ended)
 
 
 def _guarded(entry: int | None, operation: Callable[..., Any], *args: Any) -> Any:

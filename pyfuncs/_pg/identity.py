@@ -63,7 +63,7 @@ def open_settings() -> str | None:
     return leave(enter())  # (enter opens it, and notes the call's identity)
 
 
-def undo_settings(commit: bool, level: int) -> None:
+def undo_settings(level: int) -> None:
     """AtEOXact_GUC(false, level), once bound (outside PostgreSQL, nothing to undo)."""
 
 
@@ -91,11 +91,13 @@ def who() -> Any:
     return None
 
 
-def use(guard_enter: Any, guard_leave: Any) -> None:
-    """The backstop library's enter and leave (backstop.query_guards, given `SETTINGS`
-    and `_claims_at[0]`) in place of bind's."""
-    global enter, leave
+def use(guard_enter: Any, guard_leave: Any, guard_undo: Any = None) -> None:
+    """The backstop library's enter, leave and undo (backstop.query_guards, given
+    `SETTINGS` and `_claims_at[0]`; undo where the library has it) in place of bind's."""
+    global enter, leave, undo_settings
     enter, leave = guard_enter, guard_leave
+    if guard_undo is not None:
+        undo_settings = guard_undo
 
 
 def bind(lib: ctypes.CDLL) -> None:
@@ -103,8 +105,9 @@ def bind(lib: ctypes.CDLL) -> None:
     global _search_path, _claims, enter, leave, who, _open_level, undo_settings
     # (PyDLL functions whose arguments are ints: see _through; neither raises an error)
     hot = ctypes.PyDLL(lib._name)
-    _open_level, undo_settings = hot.NewGUCNestLevel, hot.AtEOXact_GUC
-    _open_level.restype, undo_settings.restype = ctypes.c_int, None
+    _open_level, undo = hot.NewGUCNestLevel, hot.AtEOXact_GUC
+    _open_level.restype, undo.restype = ctypes.c_int, None
+    undo_settings = lambda level: undo(False, level)  # noqa: E731
     variables = _variables(lib)
     enter, leave, user = _through(lib) if variables is None else _directly(*variables)
     stopping.bookkeeping(enter, leave, _changed, open_settings)

@@ -167,7 +167,7 @@ _SETTINGS = """\
         calling[0] = outer
         opened, settings[0], settings[1] = settings[0], kept, kept_identity
         if opened:
-            undo(False, opened)
+            undo(opened)
 """
 
 
@@ -298,7 +298,7 @@ class Routine:
         self.fn: Callable[..., Any] = self._pending if srf else call
 
     def _entry(self, source: str, name: str, **names: Any) -> Callable[..., Any]:
-        """One entry function, compiled for this routine (its code is this routine's)."""
+        """One entry function of this routine's, with a code object of its own."""
         namespace: dict[str, Any] = {
             "grave": stopping.GRAVE, "owed": stopping.OWED, "pay": stopping.pay,
             # (a result that _refused could refuse goes to finish)

@@ -1007,10 +1007,12 @@ PYTHON_DEADLINES = """
 CREATE FUNCTION pg_temp.python_deadlines() RETURNS text LANGUAGE plpython3u AS $$
 import sys
 plpy.execute("SELECT pyfuncs.boot()")
-deadline = sys.modules["pyfuncs_pg.deadline"]
-if deadline.PYTHON:  # the library's were in use: the module's own from now on
+deadline, db = sys.modules["pyfuncs_pg.deadline"], sys.modules["pyfuncs_pg.db"]
+if deadline.PYTHON:  # the library's were in use: the modules' own from now on
     deadline.lend, deadline.give_back, deadline.depth = deadline.PYTHON
-return deadline.lend.__code__.co_filename
+if db.PYTHON:
+    db.begin, db.end = db.PYTHON
+return deadline.lend.__code__.co_filename + " " + db.begin.__code__.co_filename
 $$;
 """
 
@@ -1025,7 +1027,9 @@ def test_the_deadlines_hold_through_the_runtimes_python_too(
         (tmp_path / f"{name}.py").write_text(source)
         deploying.deploy(conn, str(tmp_path / f"{name}.py"))
     conn.execute(PYTHON_DEADLINES)
-    assert "deadline" in str(conn.execute("SELECT pg_temp.python_deadlines()").fetchone())
+    assert conn.execute("SELECT pg_temp.python_deadlines()").fetchone() == (
+        "pyfuncs/_pg/deadline.py pyfuncs/_pg/db.py",
+    )
     err, took = run(conn, "SELECT nested.outer_long(2.0)")
     assert "timeout_ms=100" in str(err) and took < 0.1 + SLACK, (err, took)
     err, took = run(conn, "SELECT nested.outer_short(2.0)")

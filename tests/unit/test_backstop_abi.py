@@ -42,6 +42,7 @@ ABI = {
     "PyObject *const *constants, char **claims_storage, int timer_id | GuardApi: tuple_pack, "
     "tuple_item, list_item, list_set, from_unsigned, as_unsigned, from_long, as_long, "
     "from_text, text_of, is_true, error, function_new, incref, decref",
+    "pyfuncs_query_guards_joined": "void",
 }
 
 
