@@ -395,7 +395,7 @@ class Definition:
             where = f"the column {name} of {shape.row_name or 'a row'}"
             return _declared(where, conversion(column), [])
         columns = [[i, name, conversion(t)] for i, (name, t) in enumerate(shape.columns)]
-        return _declared(shape.row_name or "a row", ["items"], columns)
+        return _declared(shape.row_name or "a row", ["row"], columns)
 
     def signature(self) -> dict[str, Any]:
         """The signature as stored in the catalog, for clients that call by name."""
@@ -420,16 +420,16 @@ class Definition:
 
 def conversion(t: SqlType) -> list[str]:
     """What to refuse where `t` is declared, as PostgreSQL converts a Python value to it
-    after the call, where no stop reaches (red teams' results took seconds there):
-    "items", a text or byte string, which an array reads as one item per character (a row
-    is "items" too); "json", a byte string anywhere in it, whose every byte jsonb makes a
-    number; "text", a list, tuple, dict or byte string, which any other type but boolean
-    and bytea reads through its repr()."""
-    if t.sql.endswith("[]"):
-        return ["items", "json"] if t.sql == "jsonb[]" else ["items"]
-    if t.is_json:
-        return ["json"]
-    return [] if t.sql in ("boolean", "bytea") else ["text"]
+    after the call, where no stop reaches (red teams' results took seconds there): "text",
+    a list, tuple, dict or byte string, which any type but boolean, bytea and jsonb reads
+    through its repr(); "json", a byte string anywhere in it, whose every byte jsonb makes a
+    number, and a tuple or byte string as a key, which it reads through its repr(); and, for
+    an array, "items": a text or byte string, which it reads as one item per character, the
+    other checks holding for its items. A row is checked as "row" (a text or byte string
+    refused), and each of its columns as its type says."""
+    element = t.sql.removesuffix("[]")
+    checks = [] if element in ("boolean", "bytea") else ["json"] if element == "jsonb" else ["text"]
+    return ["items", *checks] if t.sql.endswith("[]") else checks
 
 
 def _declared(returns: str, value: list[str], columns: list[list[Any]]) -> dict[str, Any]:

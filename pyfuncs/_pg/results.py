@@ -100,6 +100,8 @@ def _floats(items: Any, kinds: set[type]) -> int:
 def _digits(value: Any) -> int:
     """At least the digits a Decimal makes PostgreSQL read and hold (its coefficient's, by
     the memory it takes, and its exponent's zeros), in constant time."""
+    if not value:  # (a zero's exponent makes no digits: 0E+999999999 is 0)
+        return 1
     adjusted: int = value.adjusted()
     return max(adjusted + 1, 0) + (sys.getsizeof(value) - 104) // 8 * 19 + 76
 
@@ -290,6 +292,8 @@ def _other(value: Any, kind: type, depth: int, row: bool) -> Any:
 def _moment(value: Any, kind: type) -> Any:
     """A datetime or time whose time zone converts without the routine's code."""
     zone = value.tzinfo
+    if type(zone) is _datetime.timezone:  # (its name counts: repr() would print it)
+        _converted[0] += len(zone.tzname(None))
     if zone is None or type(zone) in _ZONES:
         return value
     offset = value.utcoffset()  # the routine's tzinfo, asked now, inside the call

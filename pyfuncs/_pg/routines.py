@@ -193,55 +193,87 @@ def _declared(spec: Mapping[str, Any]) -> Mapping[str, Any] | None:
     declared = spec.get("declared")
     if declared is None and (legacy := spec.get("no_text")) is not None:
         columns = [[index, name, ["items"]] for index, name in legacy["columns"]]
-        declared = {"returns": legacy["returns"], "value": ["items"], "columns": columns}
+        declared = {"returns": legacy["returns"], "value": ["row"], "columns": columns}
     return declared
 
 
 _CONTAINERS = {list, tuple, dict}
+# what str() makes text of with repr(): PL/Python converts a value to any type but boolean,
+# bytea and jsonb (and jsonb an object's key) by str() of it
+_REPRS = {tuple, dict, bytes, bytearray}
+_ITEMS = "which PostgreSQL would read as one item per character: return a list (or a row) of values"
+_TEXT = (
+    "which PostgreSQL would make text with repr(), after the call: return a value of the "
+    "declared type"
+)
+_BYTES = (
+    "and jsonb would make each of its bytes a number, after the call: return a str (base64, "
+    "say) or a list of ints"
+)
+_KEY = "which jsonb would make text with repr(), after the call: use str keys"
 
 
-def _refused(value: Any, checks: list[str]) -> str | None:
-    """Why PostgreSQL would convert `value` (plain) for long, declared as checked (see
-    definition.conversion), as a template of the value's type and where it is; or None."""
+def _refused(value: Any, checks: list[str], where: str) -> str | None:
+    """Why PostgreSQL would convert `value` (plain), `where` it is, for long after the
+    call, declared as `checks` say (see definition.conversion); or None. An array's other
+    checks than "items" are its items', under the lists that are its dimensions."""
     kind = type(value)
-    if "items" in checks and kind in results.TEXTS:
-        return (
-            "a {} where {} is declared, which PostgreSQL would read as one item per character:"
-            " return a list (or a row) of values"
-        )
-    if "text" in checks and kind is not str and (kind in _CONTAINERS or kind in results.TEXTS):
-        return (
-            "a {} where {} is declared, which PostgreSQL would make text with repr(), after "
-            "the call: return a value of the declared type"
-        )
-    if "json" in checks and _holds_bytes(value):
-        held = "a {}" if kind in results.TEXTS else "a {} holding a byte string"
-        return (
-            held + " where {} is declared, and jsonb would make each of its bytes a number,"
-            " after the call: return a str (base64, say) or a list of ints"
-        )
+    found: tuple[str, str] | None = None
+    if "row" in checks or "items" in checks:
+        if kind in results.TEXTS:
+            found = f"a {kind.__name__}", _ITEMS
+        elif "items" in checks and (kind is list or kind is tuple):
+            found = _item_refused(value, checks)
+    elif "text" in checks and (kind in _REPRS or kind is list):
+        found = f"a {kind.__name__}", _TEXT
+    elif "json" in checks:
+        found = _json_refused(value)
+    return None if found is None else f"{found[0]} where {where} is declared, {found[1]}"
+
+
+def _item_refused(items: Any, checks: list[str]) -> tuple[str, str] | None:
+    """What among an array's items (plain, under the lists that are its dimensions)
+    PostgreSQL would convert for long, and why; or None."""
+    text, json = "text" in checks, "json" in checks
+    pending = [items] if text or json else []
+    while pending:
+        level = pending.pop()
+        kinds = set(map(type, level))
+        if not kinds.isdisjoint(_REPRS):
+            if text:
+                return f"a {min(k.__name__ for k in kinds & _REPRS)} as an item", _TEXT
+            for item in level:
+                if type(item) in _REPRS and (found := _json_refused(item)) is not None:
+                    return found
+        if list in kinds:
+            pending.extend(item for item in level if type(item) is list)
     return None
 
 
-def _holds_bytes(value: Any) -> bool:
-    """Whether a plain value holds a byte string, at any depth (each container's items are
-    looked at in C, and only containers taken further)."""
-    pending = [value]
+def _json_refused(value: Any) -> tuple[str, str] | None:
+    """A byte string anywhere in a plain jsonb value, or a key jsonb reads with repr(),
+    and why; or None. (Each container's items are looked at in C, and only containers are
+    taken further.)"""
+    kind = type(value)
+    if kind is bytes or kind is bytearray:
+        return f"a {kind.__name__}", _BYTES
+    pending = [value] if kind in _CONTAINERS else []
     while pending:
         item = pending.pop()
-        kind = type(item)
-        if kind is bytes or kind is bytearray:
-            return True
-        if kind is dict:
+        if type(item) is dict:
+            keys = set(map(type, item)) & _REPRS
+            if keys:
+                return (
+                    f"a {min(k.__name__ for k in keys)} as an object's key in a {kind.__name__}",
+                    _KEY,
+                )
             item = item.values()
-        elif kind is not list and kind is not tuple:
-            continue
         kinds = set(map(type, item))
         if bytes in kinds or bytearray in kinds:
-            return True
+            return f"a {kind.__name__} holding a byte string", _BYTES
         if not kinds.isdisjoint(_CONTAINERS):
             pending.extend(v for v in item if type(v) in _CONTAINERS)
-    return False
+    return None
 
 
 class Routine:
@@ -355,7 +387,7 @@ class Routine:
         """The text types a result may be returned as, as they are (the entry function's
         fast path): those _refuse does not refuse for the value."""
         checks = () if self.declared is None else self.declared["value"]
-        if "items" in checks:
+        if "items" in checks or "row" in checks:
             return set()
         return {str} if "json" in checks or "text" in checks else results.LONG
 
@@ -364,8 +396,7 @@ class Routine:
         long after the call (definition.conversion): the value itself, and the columns of a
         row."""
         assert self.declared is not None
-        where, item = self.declared["returns"], value
-        why = _refused(value, self.declared["value"])
+        why = _refused(value, self.declared["value"], self.declared["returns"])
         if why is None and type(value) in (dict, list, tuple):
             for index, name, checks in self.declared["columns"]:
                 if type(value) is dict:
@@ -376,14 +407,11 @@ class Routine:
                     item = value[index]
                 else:
                     continue
-                why = _refused(item, checks)
+                why = _refused(item, checks, f"its column {name}")
                 if why is not None:
-                    where = f"its column {name}"
                     break
         if why is not None:
-            raise TypeError(
-                f"pyfuncs: {self.qualname} returned {why.format(type(item).__name__, where)}"
-            )
+            raise TypeError(f"pyfuncs: {self.qualname} returned {why}")
 
     def _too_much(self) -> Exception:
         """A result (or row) that PostgreSQL would take too long to convert after the call,

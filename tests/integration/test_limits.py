@@ -580,6 +580,63 @@ def wide_items(n: int) -> list[str]:
     return ["a", chr(0x1F600) * n]
 
 
+@dataclass
+class Tags:
+    tags: list[str]
+    k: int
+
+
+@stored_function(schema="decl", timeout_ms=200)
+def tuple_item(n: int) -> list[str]:
+    return ["a", ("\\x00" * n,)]
+
+
+@stored_function(schema="decl", timeout_ms=200)
+def bytes_item(n: int) -> list[str]:
+    return ["a", b"\\x00" * n]
+
+
+@stored_function(schema="decl", timeout_ms=200)
+def dict_item(n: int) -> list[Decimal]:
+    return [Decimal(1), {"\\x00" * n: 1}]
+
+
+@stored_function(schema="decl", timeout_ms=200)
+def bottom_tuple(n: int) -> list[list[str]]:
+    return [["a"], [("\\x00" * n,)]]
+
+
+@stored_function(schema="decl", timeout_ms=200)
+def tuple_column(n: int) -> Tags:
+    return Tags(["a", ("\\x00" * n,)], 1)
+
+
+@stored_function(schema="decl", timeout_ms=200)
+def tuple_rows(n: int) -> Iterator[Tags]:
+    yield Tags(["a"], 0)
+    yield Tags(["a", ("\\x00" * n,)], 1)
+
+
+@stored_function(schema="decl", timeout_ms=200)
+def jb_bytes_key(n: int) -> dict:
+    return {b"\\x00" * n: 1}
+
+
+@stored_function(schema="decl", timeout_ms=200)
+def jb_tuple_key(n: int) -> list[dict]:
+    return [{"doc": {("\\x00" * n,): 1}}]
+
+
+@procedure(schema="decl", timeout_ms=200)
+def tuple_proc(n: int) -> list[str]:
+    return ["a", ("\\x00" * n,)]
+
+
+@procedure(schema="decl", timeout_ms=200)
+def jb_key_proc(n: int) -> dict:
+    return {b"\\x00" * n: 1}
+
+
 @stored_function(schema="decl", timeout_ms=2000)
 def names() -> Iterator[Named]:
     yield Named("ada")
@@ -609,6 +666,21 @@ def blobs() -> list[bytes]:
 @stored_function(schema="decl", timeout_ms=2000)
 def flag() -> bool:
     return [1]
+
+
+@stored_function(schema="decl", timeout_ms=2000)
+def keyed() -> list[dict]:
+    return [{1: [1, 2], "a": {"b": None}}, {"c": [[1], ["x"]]}]
+
+
+@stored_function(schema="decl", timeout_ms=2000)
+def grid() -> list[list[str]]:
+    return [["a", "b"], ["c", None]]
+
+
+@stored_function(schema="decl", timeout_ms=2000)
+def zero() -> Decimal:
+    return Decimal("0E+999999")
 """
 
 
@@ -618,7 +690,7 @@ def flag() -> bool:
      ("decl.jb_nested(8000000)", "a dict holding a byte string where json (jsonb)"),
      ("(decl.jb_row(8000000)).m", "a bytes where its column doc is declared, and jsonb"),
      ("(SELECT array_agg(m) FROM decl.jb_rows(8000000))", "a list holding a byte string where its"),
-     ("decl.jb_array(8000000)", "a list holding a byte string where list[json] (jsonb[])"),
+     ("decl.jb_array(8000000)", "a bytes where list[json] (jsonb[]) is declared, and jsonb"),
      ("decl.jb_sized(8000000)", "a bytes where json (jsonb) is declared"),
      ("decl.list_repr(30000000)", "a list where str (text) is declared, which PostgreSQL would"),
      ("decl.dict_repr(30000000)", "a dict where str (text) is declared"),
@@ -628,24 +700,38 @@ def flag() -> bool:
      ("decl.floats(520000)", "more than PostgreSQL may convert"),
      ("decl.tiny_floats(520000)", "more than PostgreSQL may convert"),
      ("decl.wide(20000000)", "more than PostgreSQL may convert"),
-     ("decl.wide_items(20000000)", "more than PostgreSQL may convert")],
+     ("decl.wide_items(20000000)", "more than PostgreSQL may convert"),
+     ("decl.tuple_item(60000000)", "a tuple as an item where list[str] (text[]) is declared"),
+     ("decl.bytes_item(60000000)", "a bytes as an item where list[str]"),
+     ("decl.dict_item(60000000)", "a dict as an item where list[Decimal] (numeric[])"),
+     ("decl.bottom_tuple(60000000)", "a tuple as an item where list[list[str]]"),
+     ("(decl.tuple_column(60000000)).k", "a tuple as an item where its column tags"),
+     ("(SELECT array_agg(k) FROM decl.tuple_rows(60000000))", "a tuple as an item where its"),
+     ("decl.jb_bytes_key(60000000)", "a bytes as an object's key in a dict where json (jsonb)"),
+     ("decl.jb_tuple_key(60000000)", "a tuple as an object's key in a dict where list[json]")],
     ids=["bytes as jsonb", "bytes deep in jsonb", "bytes as a jsonb column",
          "bytes in a set's jsonb column", "bytes in jsonb[]", "with max_result_bytes",
          "a list as text", "a dict as text", "a tuple as bigint", "bytes as text",
          "a list as a text column", "floats of large exponents as numeric[]",
-         "floats of small exponents in jsonb", "a wide text", "wide texts in a list"],
+         "floats of small exponents in jsonb", "a wide text", "wide texts in a list",
+         "a tuple in text[]", "bytes in text[]", "a dict in numeric[]", "a tuple deep in text[][]",
+         "a tuple in a text[] column", "a tuple in a set's text[] column", "bytes as a jsonb key",
+         "a tuple as a key in jsonb[]"],
 )  # fmt: skip
 def test_what_postgresql_would_convert_for_long_as_declared_is_refused_in_the_call(
     conn: psycopg.Connection[Any], tmp_path: Any, call: str, what: str
 ) -> None:
-    """Round fifty-four: PostgreSQL converts a result after the call as it is declared,
+    """Rounds fifty-four and fifty-five: PostgreSQL converts a result after the call as it
+    is declared,
     where no stop reaches. Bytes anywhere in jsonb become a number each (8 MB: 3 to 14 s
     past timeout_ms, statement_timeout and a terminate; a procedure's OUT jsonb returned
     after 4.5 s and left the cancel for the session's next statement); a list, tuple, dict
     or byte string where text (any type but boolean and bytea) is declared becomes its
     repr(), ten characters for a counted one (2.2 s); a float is printed with repr(), 2 µs
     for a large exponent, and a wide character is up to 4 bytes (1.2 to 1.4 s within the
-    count). Each is refused, or counted, inside the call."""
+    count). Round fifty-five found the same repr() inside arrays (an array's items are read
+    as the element type, by str()) and of jsonb's keys (1.4 to 4.7 s, 7.8 s where the error
+    message carried the text). Each is refused, or counted, inside the call."""
     (tmp_path / "decl_mod.py").write_text(AS_DECLARED)
     deploying.deploy(conn, str(tmp_path / "decl_mod.py"))
     conn.execute("SET statement_timeout = 2000")
@@ -656,19 +742,27 @@ def test_what_postgresql_would_convert_for_long_as_declared_is_refused_in_the_ca
     assert conn.execute("SELECT 'the next statement'").fetchone() == ("the next statement",)
 
 
-def test_a_procedures_out_jsonb_of_bytes_is_refused_and_cancels_nothing_after(
-    conn: psycopg.Connection[Any], tmp_path: Any
+@pytest.mark.parametrize(
+    ("call", "what"),
+    [("decl.jb_proc(8000000, NULL)", "a bytes where json (jsonb) is declared"),
+     ("decl.tuple_proc(60000000, NULL)", "a tuple as an item where list[str] (text[])"),
+     ("decl.jb_key_proc(60000000, NULL)", "a bytes as an object's key in a dict")],
+    ids=["bytes as jsonb", "a tuple in text[]", "bytes as a jsonb key"],
+)  # fmt: skip
+def test_a_procedures_out_value_converted_for_long_is_refused_and_cancels_nothing_after(
+    conn: psycopg.Connection[Any], tmp_path: Any, call: str, what: str
 ) -> None:
     """A procedure's OUT jsonb of 8 MB of bytes returned after 4.5 s under a 500 ms
     statement_timeout, and the timeout, due during the conversion, cancelled the session's
-    next statement (a pooled session's next client's)."""
+    next statement (a pooled session's next client's); an OUT text[] with a tuple in it
+    after 11 s (round fifty-five)."""
     (tmp_path / "decl_mod.py").write_text(AS_DECLARED)
     deploying.deploy(conn, str(tmp_path / "decl_mod.py"))
     conn.execute("SET statement_timeout = 500")
     started = time.monotonic()
-    err = fails(conn, "CALL decl.jb_proc(8000000, NULL)")
+    err = fails(conn, f"CALL {call}")
     assert time.monotonic() - started < 1, err
-    assert "returned a bytes where json (jsonb) is declared" in str(err), err
+    assert f"returned {what}" in str(err), err
     assert conn.execute("SELECT 'the next client'").fetchone() == ("the next client",)
 
 
@@ -689,3 +783,8 @@ def test_results_as_declared_that_convert_quickly_are_returned(
     )
     assert conn.execute("SELECT array_length(decl.series(200000), 1)").fetchone() == (200000,)
     assert conn.execute("SELECT decl.blobs(), decl.flag()").fetchone() == ([b"\x00", b"ab"], True)
+    assert conn.execute("SELECT decl.keyed(), decl.grid(), decl.zero()").fetchone() == (
+        [{"1": [1, 2], "a": {"b": None}}, {"c": [[1], ["x"]]}],
+        [["a", "b"], ["c", None]],
+        Decimal(0),
+    )
