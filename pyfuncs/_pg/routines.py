@@ -106,8 +106,8 @@ _CALL = """\
         result = context.run(function, {params})
         if watch.stop is not None:  # a stop it did not see (one a finalizer swallowed)
             watch.check()
-        if type(result) in short:
-            return result
+        if type(result) in short and (type(result) is not int or -longest <= result < longest):
+            return result  # (an int beyond bigint's is made a Decimal: see results.plain)
         if type(result) in long and len(result) <= most:
             return result
         return context.run(finish, result)
@@ -276,6 +276,20 @@ def _json_refused(value: Any) -> tuple[str, str] | None:
     return None
 
 
+def _documents(value: Any, checks: list[str]) -> int:
+    """How many jsonb documents PostgreSQL makes of a plain value declared jsonb[]: its
+    items under the lists that are its dimensions (0 for any other type)."""
+    if "items" not in checks or "json" not in checks or type(value) not in (list, tuple):
+        return 0
+    count, pending = 0, [value]
+    while pending:
+        level = pending.pop()
+        dimensions = [item for item in level if type(item) is list]
+        count += len(level) - len(dimensions)
+        pending.extend(dimensions)
+    return count
+
+
 class Routine:
     """One deployed routine, loaded in this backend: what its generated body calls.
 
@@ -334,7 +348,7 @@ class Routine:
         namespace: dict[str, Any] = {
             "grave": stopping.GRAVE, "owed": stopping.OWED, "pay": stopping.pay,
             # (a result that _refused could refuse goes to finish)
-            "short": results.SHORT,
+            "short": results.SHORT, "longest": results.LONGEST,
             "long": self._long(), "most": results.MAX_CONVERTED // results.WIDEST,
             "finish": self._finish,
             "fail": self.fail, "RoutineInterrupted": RoutineInterrupted,
@@ -394,9 +408,11 @@ class Routine:
     def _refuse(self, value: Any) -> None:
         """Refuse a plain result, or row, that PostgreSQL would convert as it is declared for
         long after the call (definition.conversion): the value itself, and the columns of a
-        row."""
+        row. And count the documents of a jsonb[] (results.DOCUMENT each)."""
         assert self.declared is not None
-        why = _refused(value, self.declared["value"], self.declared["returns"])
+        checks = self.declared["value"]
+        why = _refused(value, checks, self.declared["returns"])
+        documents = _documents(value, checks)
         if why is None and type(value) in (dict, list, tuple):
             for index, name, checks in self.declared["columns"]:
                 if type(value) is dict:
@@ -410,8 +426,10 @@ class Routine:
                 why = _refused(item, checks, f"its column {name}")
                 if why is not None:
                     break
+                documents += _documents(item, checks)
         if why is not None:
             raise TypeError(f"pyfuncs: {self.qualname} returned {why}")
+        results.count(documents * results.DOCUMENT)
 
     def _too_much(self) -> Exception:
         """A result (or row) that PostgreSQL would take too long to convert after the call,
@@ -572,7 +590,7 @@ class Routine:
             row = next(source, _DONE)
         if row is _DONE:
             return row, 0
-        if type(row) not in results.SHORT:
+        if not results.kept(row):
             row = self._made(row)
         return row, (results.size(row) if self.max_bytes is not None else 0)
 

@@ -3,6 +3,7 @@ bounded before they start (issue 3, "Limits" and long C operations)."""
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -637,6 +638,11 @@ def jb_key_proc(n: int) -> dict:
     return {b"\\x00" * n: 1}
 
 
+@stored_function(schema="decl", timeout_ms=200)
+def jb_items(n: int) -> list[dict]:
+    return [-1234567890123456789] * n
+
+
 @stored_function(schema="decl", timeout_ms=2000)
 def names() -> Iterator[Named]:
     yield Named("ada")
@@ -708,7 +714,8 @@ def zero() -> Decimal:
      ("(decl.tuple_column(60000000)).k", "a tuple as an item where its column tags"),
      ("(SELECT array_agg(k) FROM decl.tuple_rows(60000000))", "a tuple as an item where its"),
      ("decl.jb_bytes_key(60000000)", "a bytes as an object's key in a dict where json (jsonb)"),
-     ("decl.jb_tuple_key(60000000)", "a tuple as an object's key in a dict where list[json]")],
+     ("decl.jb_tuple_key(60000000)", "a tuple as an object's key in a dict where list[json]"),
+     ("decl.jb_items(520000)", "more than PostgreSQL may convert")],
     ids=["bytes as jsonb", "bytes deep in jsonb", "bytes as a jsonb column",
          "bytes in a set's jsonb column", "bytes in jsonb[]", "with max_result_bytes",
          "a list as text", "a dict as text", "a tuple as bigint", "bytes as text",
@@ -716,7 +723,7 @@ def zero() -> Decimal:
          "floats of small exponents in jsonb", "a wide text", "wide texts in a list",
          "a tuple in text[]", "bytes in text[]", "a dict in numeric[]", "a tuple deep in text[][]",
          "a tuple in a text[] column", "a tuple in a set's text[] column", "bytes as a jsonb key",
-         "a tuple as a key in jsonb[]"],
+         "a tuple as a key in jsonb[]", "ints as documents of jsonb[]"],
 )  # fmt: skip
 def test_what_postgresql_would_convert_for_long_as_declared_is_refused_in_the_call(
     conn: psycopg.Connection[Any], tmp_path: Any, call: str, what: str
@@ -788,3 +795,81 @@ def test_results_as_declared_that_convert_quickly_are_returned(
         [["a", "b"], ["c", None]],
         Decimal(0),
     )
+
+
+BEYOND_BIGINT = """
+import math
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Annotated
+
+from pyfuncs import procedure, stored_function
+
+
+@stored_function(schema="big", timeout_ms=2000)
+def as_numeric(digits: int) -> Annotated[int, "numeric"]:
+    return 10**digits
+
+
+@stored_function(schema="big", timeout_ms=2000)
+def as_decimal(digits: int) -> Decimal:
+    return 10**digits
+
+
+@stored_function(schema="big", timeout_ms=2000)
+def in_list(digits: int) -> list[Annotated[int, "numeric"]]:
+    return [10**digits]
+
+
+@stored_function(schema="big", timeout_ms=2000)
+def rows(digits: int) -> Iterator[Annotated[int, "numeric"]]:
+    yield 10**digits
+
+
+@procedure(schema="big", timeout_ms=2000)
+def proc(digits: int) -> Annotated[int, "numeric"]:
+    return 10**digits
+
+
+@stored_function(schema="big", timeout_ms=2000, max_result_bytes=100000)
+def sized(digits: int) -> Decimal:
+    return 10**digits
+
+
+@stored_function(schema="big", timeout_ms=2000)
+def as_jsonb(digits: int) -> dict:
+    return 10**digits
+
+
+@stored_function(schema="big", roles=["student"], timeout_ms=2000)
+def factorial(n: int) -> Decimal:
+    return math.factorial(n)
+"""
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [("SELECT (big.in_list(5000))[1]", 10**5000), ("SELECT big.as_numeric(5000)", 10**5000),
+     ("SELECT big.as_decimal(5000)", 10**5000), ("SELECT * FROM big.rows(5000)", 10**5000),
+     ("CALL big.proc(5000, NULL)", 10**5000), ("SELECT big.sized(5000)", 10**5000),
+     ("SELECT big.as_jsonb(5000)::text::numeric", 10**5000),
+     ("SELECT big.factorial(1700)", math.factorial(1700))],
+    ids=["in a list", "as numeric", "as Decimal", "as rows", "a procedure's",
+         "with max_result_bytes", "as jsonb", "a factorial, called by a login role"],
+)  # fmt: skip
+def test_an_int_beyond_bigint_is_returned_as_declared(
+    conn: psycopg.Connection[Any], tmp_path: Any, cluster: Cluster, call: str, expected: int
+) -> None:
+    """Round fifty-six: an int beyond bigint's range returned as it is (the entry function's
+    fast path, a set-returning routine's rows) reached PL/Python, whose str() of it fails
+    past 4,300 digits and which then crashed on the NULL: a reviewed n! routine ended its
+    caller's session (the backstop contained the segfault; without the library, the
+    cluster's). It becomes a Decimal inside the call, on every path."""
+    (tmp_path / "big_mod.py").write_text(BEYOND_BIGINT)
+    deploying.deploy(conn, str(tmp_path / "big_mod.py"))
+    conn.commit()
+    postmaster = cluster.postmaster_pid()
+    if "factorial" in call:
+        conn.execute("SET ROLE student")
+    assert conn.execute(call).fetchone() == (expected,)
+    assert cluster.postmaster_pid() == postmaster
