@@ -106,8 +106,11 @@ _CALL = """\
         result = context.run(function, {params})
         if watch.stop is not None:  # a stop it did not see (one a finalizer swallowed)
             watch.check()
-        if type(result) in short and (type(result) is not int or -longest <= result < longest):
-            return result  # (an int beyond bigint's is made a Decimal: see results.plain)
+        if type(result) is int:  # (one beyond bigint's is made a Decimal: results.plain)
+            if -longest <= result < longest:
+                return result
+        elif type(result) in short:
+            return result
         if type(result) in long and len(result) <= most:
             return result
         return context.run(finish, result)
