@@ -143,6 +143,45 @@ def room_left() -> float:
     return float("inf") if cap == resource.RLIM_INFINITY else cap - address_space()
 
 
+# what PL/Python may need of the address space to convert a result after the call, beyond
+# twice what results.plain counted of it
+CONVERSION_ROOM = 16 << 20
+_statm: list[int] = []  # /proc/self/statm, opened once
+
+
+def room_for(made: int) -> None:
+    """Refuse, with a MemoryError inside the call, a result that PL/Python would convert
+    after it with too little of the address space left: where str() of a value fails there,
+    PL/Python goes on with the NULL and the backend crashes (a red team's routine kept the
+    space filled past its call, in a generator and in a reference cycle, and returned a
+    Decimal). `made`: what results.plain counted of it. The garbage collector runs first
+    where the room is short."""
+    cap = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if cap == resource.RLIM_INFINITY:
+        return
+    need = CONVERSION_ROOM + 2 * made
+    if cap - _space() >= need:
+        return
+    import gc  # (imported already, by the interpreter)
+
+    gc.collect()
+    if cap - _space() < need:
+        raise MemoryError(
+            "pyfuncs: too little memory is left for PostgreSQL to convert the routine's "
+            "result after the call: free what the routine keeps, or return less"
+        )
+
+
+def _space() -> int:
+    """address_space(), read without opening the file again."""
+    if not _statm:
+        _statm.append(os.open("/proc/self/statm", os.O_RDONLY))
+    return int(os.pread(_statm[0], 64, 0).split()[0]) * _PAGE
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
 def cap_address_space() -> int:
     """Cap this backend's address space (see above); the cap in bytes, or 0 where there is a
     lower one already or it could not be set."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 import sys
 from _collections_abc import Mapping, Sequence
 from math import frexp as _frexp
+from math import isnan as _isnan
 
 from . import lazy
 from .bounded import MAX_INT_BITS, OperationTooLarge, refuse
@@ -106,6 +107,8 @@ def _floats(items: Any, kinds: set[type]) -> int:
     """What the floats among `items` count: each as the one of the largest exponent (the
     largest and the smallest magnitude found in C, when all are floats)."""
     floats = items if len(kinds) == 1 else [v for v in items if type(v) is float]
+    if any(map(_isnan, floats)):  # (no comparison with a NaN is true: max() would stop there)
+        floats = [v for v in floats if v == v]
     if not floats:
         return 0
     largest = max(map(abs, floats))
@@ -114,12 +117,15 @@ def _floats(items: Any, kinds: set[type]) -> int:
 
 
 def _digits(value: Any) -> int:
-    """At least the digits a Decimal makes PostgreSQL read and hold (its coefficient's, by
-    the memory it takes, and its exponent's zeros), in constant time."""
-    if not value:  # (a zero's exponent makes no digits: 0E+999999999 is 0)
-        return 1
+    """At least the digits PostgreSQL reads and prints of a Decimal, in constant time: those
+    before the point (its exponent's zeros too; one for a zero, whatever its exponent) and
+    those after it (a red team's 1E-16383 prints 16,385), with its coefficient's bounded
+    by the memory it takes."""
     adjusted: int = value.adjusted()
-    return max(adjusted + 1, 0) + (sys.getsizeof(value) - 104) // 8 * 19 + 76
+    coefficient = (sys.getsizeof(value) - 104) // 8 * 19 + 76
+    if not value:  # (0E+999999999 prints 0; 0E-16383 16,385 characters)
+        return 1 + max(-adjusted, 0) + coefficient
+    return max(adjusted + 1, 1) + max(coefficient - 1 - adjusted, 0)
 
 
 _ZONES: set[type] = set()  # time zones PL/Python converts without the routine's code

@@ -16,7 +16,7 @@ from _thread import get_ident
 from contextvars import Context
 from types import FunctionType
 
-from . import backstop, deadline, errors, identity, results, sandbox, vocabulary
+from . import backstop, deadline, errors, identity, overflow, results, sandbox, vocabulary
 from . import watchdog as stopping
 from .values import converter
 from .watchdog import SEQUENCE, Budget, RoutineInterrupted
@@ -398,6 +398,7 @@ class Routine:
             self._refuse(value)
         if self.max_bytes is None and results.converted() > results.MAX_CONVERTED:
             raise self._too_much()
+        overflow.room_for(results.converted())
         return value
 
     def _long(self) -> set[type]:
