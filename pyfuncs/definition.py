@@ -381,7 +381,7 @@ class Definition:
 
     def _declared(self) -> dict[str, Any]:
         """How PostgreSQL converts what the routine returns, after the call, where that
-        needs checking inside it (routines.Routine._refused): for the value, and for each
+        needs checking inside it (the runtime's Routine._refuse): for the value, and for each
         column of a row, the checks of `conversion`. Void routines have none."""
         shape = self.returns
         if shape.kind == "scalar" and shape.scalar is not None:

@@ -132,9 +132,15 @@ def contain(fatal: Callable[..., Any], lib: ctypes.CDLL) -> bool:
 
 
 def address_space() -> int:
-    """This backend's address space now, in bytes (what RLIMIT_AS caps)."""
-    with open("/proc/self/statm", "rb") as statm:
-        return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    """This backend's address space now, in bytes (what RLIMIT_AS caps), read from
+    /proc/self/statm, kept open."""
+    if not _statm:
+        _statm.append(os.open("/proc/self/statm", os.O_RDONLY))
+    return int(os.pread(_statm[0], 64, 0).split()[0]) * _PAGE
+
+
+_statm: list[int] = []
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def room_left() -> float:
@@ -146,7 +152,6 @@ def room_left() -> float:
 # what PL/Python may need of the address space to convert a result after the call, beyond
 # twice what results.plain counted of it
 CONVERSION_ROOM = 16 << 20
-_statm: list[int] = []  # /proc/self/statm, opened once
 
 
 def room_for(made: int) -> None:
@@ -160,26 +165,16 @@ def room_for(made: int) -> None:
     if cap == resource.RLIM_INFINITY:
         return
     need = CONVERSION_ROOM + 2 * made
-    if cap - _space() >= need:
+    if cap - address_space() >= need:
         return
     import gc  # (imported already, by the interpreter)
 
     gc.collect()
-    if cap - _space() < need:
+    if cap - address_space() < need:
         raise MemoryError(
             "pyfuncs: too little memory is left for PostgreSQL to convert the routine's "
             "result after the call: free what the routine keeps, or return less"
         )
-
-
-def _space() -> int:
-    """address_space(), read without opening the file again."""
-    if not _statm:
-        _statm.append(os.open("/proc/self/statm", os.O_RDONLY))
-    return int(os.pread(_statm[0], 64, 0).split()[0]) * _PAGE
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def cap_address_space() -> int:
