@@ -535,16 +535,13 @@ def _guarded(entry: int | None, operation: Callable[..., Any], *args: Any) -> An
     """One database operation of the call under way (`entry`: the id of its entry frame),
     with its deadline lent and its identity kept (Db._run does the same inline, for every
     query)."""
-    lent: bool | None = False  # (inside the try: see Db._run)
-    entered, changed = None, None
-    fired: bool | int = False
+    begun = ended = None  # (inside the try: see Db._run)
     outer = _QUERYING[0]
     try:
         _QUERYING[0] = entry
-        lent = deadline.lend()
-        if lent is None:
+        begun = begin()
+        if begun is None:
             raise deadline.may_not_run()
-        entered = identity.enter()
         result = operation(*args)
     except plpy.SPIError as exc:
         deadline.expired(exc)
@@ -552,14 +549,10 @@ def _guarded(entry: int | None, operation: Callable[..., Any], *args: Any) -> An
         raise
     finally:
         _QUERYING[0] = outer
-        if lent:
-            fired = deadline.give_back()
-        if entered is not None:
-            changed = identity.leave(entered)
-    if changed:
-        _stop_identity(changed)
-    if fired:
-        deadline.went_on(fired)
+        if begun is not None:
+            ended = end(begun)
+    if ended is not None:
+        _ended(ended)
     return result
 
 

@@ -234,22 +234,28 @@ def _refused(value: Any, checks: list[str], where: str) -> str | None:
     return None if found is None else f"{found[0]} where {where} is declared, {found[1]}"
 
 
-def _item_refused(items: Any, checks: list[str]) -> tuple[str, str] | None:
-    """What among an array's items (plain, under the lists that are its dimensions)
-    PostgreSQL would convert for long, and why; or None."""
-    text, json = "text" in checks, "json" in checks
-    pending = [items] if text or json else []
+def _levels(items: Any) -> Iterator[Any]:
+    """An array's levels (plain): `items` and every list under it, the lists PostgreSQL
+    takes as its dimensions; what else a level holds is an item."""
+    pending = [items]
     while pending:
         level = pending.pop()
+        yield level
+        pending.extend(item for item in level if type(item) is list)
+
+
+def _item_refused(items: Any, checks: list[str]) -> tuple[str, str] | None:
+    """What among an array's items PostgreSQL would convert for long, and why; or None."""
+    text, json = "text" in checks, "json" in checks
+    for level in _levels(items) if text or json else ():
         kinds = set(map(type, level))
-        if not kinds.isdisjoint(_REPRS):
-            if text:
-                return f"a {min(k.__name__ for k in kinds & _REPRS)} as an item", _TEXT
-            for item in level:
-                if type(item) in _REPRS and (found := _json_refused(item)) is not None:
-                    return found
-        if list in kinds:
-            pending.extend(item for item in level if type(item) is list)
+        if kinds.isdisjoint(_REPRS):
+            continue
+        if text:
+            return f"a {min(k.__name__ for k in kinds & _REPRS)} as an item", _TEXT
+        for item in level:
+            if type(item) in _REPRS and (found := _json_refused(item)) is not None:
+                return found
     return None
 
 
@@ -281,16 +287,10 @@ def _json_refused(value: Any) -> tuple[str, str] | None:
 
 def _documents(value: Any, checks: list[str]) -> int:
     """How many jsonb documents PostgreSQL makes of a plain value declared jsonb[]: its
-    items under the lists that are its dimensions (0 for any other type)."""
+    items (see _levels; 0 for any other type)."""
     if "items" not in checks or "json" not in checks or type(value) not in (list, tuple):
         return 0
-    count, pending = 0, [value]
-    while pending:
-        level = pending.pop()
-        dimensions = [item for item in level if type(item) is list]
-        count += len(level) - len(dimensions)
-        pending.extend(dimensions)
-    return count
+    return sum(len(level) - list(map(type, level)).count(list) for level in _levels(value))
 
 
 class Routine:
@@ -350,8 +350,8 @@ class Routine:
         """One entry function of this routine's, with a code object of its own."""
         namespace: dict[str, Any] = {
             "grave": stopping.GRAVE, "owed": stopping.OWED, "pay": stopping.pay,
-            # (a result that _refused could refuse goes to finish)
             "short": results.SHORT, "longest": results.LONGEST,
+            # (a text _refuse could refuse, or one counted past the most, goes to finish)
             "long": self._long(), "most": results.MAX_CONVERTED // results.WIDEST,
             "finish": self._finish,
             "fail": self.fail, "RoutineInterrupted": RoutineInterrupted,

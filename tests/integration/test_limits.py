@@ -739,14 +739,7 @@ def test_what_postgresql_would_convert_for_long_as_declared_is_refused_in_the_ca
     count). Round fifty-five found the same repr() inside arrays (an array's items are read
     as the element type, by str()) and of jsonb's keys (1.4 to 4.7 s, 7.8 s where the error
     message carried the text). Each is refused, or counted, inside the call."""
-    (tmp_path / "decl_mod.py").write_text(AS_DECLARED)
-    deploying.deploy(conn, str(tmp_path / "decl_mod.py"))
-    conn.execute("SET statement_timeout = 2000")
-    started = time.monotonic()
-    err = fails(conn, f"SELECT {call} IS NULL")
-    assert time.monotonic() - started < 1, err
-    assert f"returned {what}" in str(err), err
-    assert conn.execute("SELECT 'the next statement'").fetchone() == ("the next statement",)
+    _refused_at_once(conn, tmp_path, f"SELECT {call} IS NULL", what, "2000")
 
 
 @pytest.mark.parametrize(
@@ -763,14 +756,22 @@ def test_a_procedures_out_value_converted_for_long_is_refused_and_cancels_nothin
     statement_timeout, and the timeout, due during the conversion, cancelled the session's
     next statement (a pooled session's next client's); an OUT text[] with a tuple in it
     after 11 s (round fifty-five)."""
+    _refused_at_once(conn, tmp_path, f"CALL {call}", what, "500")
+
+
+def _refused_at_once(
+    conn: psycopg.Connection[Any], tmp_path: Any, statement: str, what: str, timeout: str
+) -> None:
+    """`statement`, of AS_DECLARED's routines under that statement_timeout, fails within a
+    second saying what was returned, and the session's next statement runs."""
     (tmp_path / "decl_mod.py").write_text(AS_DECLARED)
     deploying.deploy(conn, str(tmp_path / "decl_mod.py"))
-    conn.execute("SET statement_timeout = 500")
+    conn.execute("SELECT set_config('statement_timeout', %s, false)", [timeout])
     started = time.monotonic()
-    err = fails(conn, f"CALL {call}")
+    err = fails(conn, statement)
     assert time.monotonic() - started < 1, err
     assert f"returned {what}" in str(err), err
-    assert conn.execute("SELECT 'the next client'").fetchone() == ("the next client",)
+    assert conn.execute("SELECT 'the next statement'").fetchone() == ("the next statement",)
 
 
 def test_results_as_declared_that_convert_quickly_are_returned(

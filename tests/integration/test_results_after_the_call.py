@@ -16,8 +16,15 @@ from pyfuncs import deploy as deploying
 from pyfuncs.embedded import Cluster
 
 
-def _timed(conn: psycopg.Connection[Any], query: str) -> tuple[float, Any]:
-    """How long `query` took, and the error it ended with (None if it returned)."""
+def _deploy(conn: psycopg.Connection[Any], tmp_path: Any, source: str) -> None:
+    (tmp_path / "results_mod.py").write_text(source)
+    deploying.deploy(conn, str(tmp_path / "results_mod.py"))
+
+
+def _timed(conn: psycopg.Connection[Any], query: str, timeout_ms: int) -> tuple[float, Any]:
+    """How long `query` took under that statement_timeout, and the error it ended with
+    (None if it returned)."""
+    conn.execute("SELECT set_config('statement_timeout', %s, false)", [str(timeout_ms)])
     started = time.monotonic()
     try:
         conn.execute(query).fetchall()
@@ -83,8 +90,7 @@ def test_a_result_converted_at_the_address_space_cap_fails_the_call_not_the_sess
     PL/Python converts the row it yielded: str() of the Decimal fails with MemoryError,
     PL/Python passes the NULL on unchecked (PLyObject_AsString -> PLyUnicode_Bytes), and
     the backend faults."""
-    (tmp_path / "cap_mod.py").write_text(AT_THE_CAP)
-    deploying.deploy(conn, str(tmp_path / "cap_mod.py"))
+    _deploy(conn, tmp_path, AT_THE_CAP)
     postmaster = cluster.postmaster_pid()
     assert conn.execute("SELECT count(*) FROM cap.rows(10, -1)").fetchone() == (1,)
     with pytest.raises(psycopg.Error) as info:
@@ -99,8 +105,7 @@ def test_a_scalar_result_converted_at_the_cap_fails_the_call_not_the_session(
 ) -> None:
     """The same with a function returning one value: the address space is held by a
     reference cycle, which only the collector frees, after PL/Python converted the result."""
-    (tmp_path / "cap_mod.py").write_text(AT_THE_CAP)
-    deploying.deploy(conn, str(tmp_path / "cap_mod.py"))
+    _deploy(conn, tmp_path, AT_THE_CAP)
     postmaster = cluster.postmaster_pid()
     assert conn.execute("SELECT cap.cycle(10, -1)").fetchone() == (Decimal("9" * 10),)
     with pytest.raises(psycopg.Error) as info:
@@ -160,11 +165,9 @@ def test_decimals_of_small_exponents_count_what_postgresql_prints_of_them(
     after the call, where no stop reaches (numeric[]'s and jsonb's output have no check for
     interrupts). 60,000 of them (12 MB counted of 64; 8 MB for the zeros) print a
     gigabyte."""
-    (tmp_path / "tiny_mod.py").write_text(SMALL_EXPONENTS)
-    deploying.deploy(conn, str(tmp_path / "tiny_mod.py"))
+    _deploy(conn, tmp_path, SMALL_EXPONENTS)
     assert conn.execute("SELECT tiny.one()").fetchone() == (Decimal("1E-16383"),)
-    conn.execute("SET statement_timeout = 500")
-    took, error = _timed(conn, query)
+    took, error = _timed(conn, query, 500)
     try:
         nxt: Any = conn.execute("SELECT 'the next statement'").fetchone()
     except psycopg.Error as exc:
@@ -192,8 +195,7 @@ def size(doc: dict) -> int:
 def test_a_deep_jsonb_argument_fails_the_call_not_the_session(
     conn: psycopg.Connection[Any], tmp_path: Any, cluster: Cluster, depth: int
 ) -> None:
-    (tmp_path / "deep_mod.py").write_text(DEEP)
-    deploying.deploy(conn, str(tmp_path / "deep_mod.py"))
+    _deploy(conn, tmp_path, DEEP)
     conn.execute("SET ROLE student")
     postmaster = cluster.postmaster_pid()
     try:
@@ -250,10 +252,8 @@ def as_ints(n: int) -> list[int]:
 def test_text_where_another_type_is_declared_fails_quickly(
     conn: psycopg.Connection[Any], tmp_path: Any, query: str
 ) -> None:
-    (tmp_path / "tao_mod.py").write_text(TEXT_AS_OTHER)
-    deploying.deploy(conn, str(tmp_path / "tao_mod.py"))
-    conn.execute("SET statement_timeout = 500")
-    took, error = _timed(conn, query)
+    _deploy(conn, tmp_path, TEXT_AS_OTHER)
+    took, error = _timed(conn, query, 500)
     assert took < 1.5, (
         f"{took:.1f} s under timeout_ms=200, statement_timeout=500: {str(error)[:300]!r}"
     )
@@ -294,16 +294,14 @@ def test_a_nan_first_does_not_hide_what_the_other_floats_count(
     """results._floats takes max() and min() of the floats' magnitudes: with a nan first,
     both are nan (no comparison with a nan is true), and every float counts as one of
     exponent 0."""
-    (tmp_path / "nan_mod.py").write_text(NAN_FIRST)
-    deploying.deploy(conn, str(tmp_path / "nan_mod.py"))
+    _deploy(conn, tmp_path, NAN_FIRST)
     err = None
     try:
         conn.execute("SELECT nan.numerics_last(340000) IS NULL")
     except psycopg.Error as exc:
         err = exc
     assert err is not None and err.sqlstate == "54000", err  # counted as it should be
-    conn.execute("SET statement_timeout = 500")
-    took, error = _timed(conn, query)
+    took, error = _timed(conn, query, 500)
     assert took < 1.0, f"{took:.1f} s under timeout_ms=200, statement_timeout=500: {error!r}"
 
 
@@ -358,10 +356,8 @@ def days(n: int) -> list[datetime.date]:
 def test_shapes_within_the_count_convert_within_a_second(
     conn: psycopg.Connection[Any], tmp_path: Any, query: str
 ) -> None:
-    (tmp_path / "shape_mod.py").write_text(SHAPES)
-    deploying.deploy(conn, str(tmp_path / "shape_mod.py"))
-    conn.execute("SET statement_timeout = 500")
-    took, error = _timed(conn, query)
+    _deploy(conn, tmp_path, SHAPES)
+    took, error = _timed(conn, query, 500)
     assert took < 1.5, (
         f"{took:.1f} s under timeout_ms=200, statement_timeout=500: {str(error)[:300]!r}"
     )
@@ -404,10 +400,8 @@ def as_numeric(n: int) -> Decimal:
 def test_a_long_decimal_where_a_narrower_type_is_declared_fails_quickly(
     conn: psycopg.Connection[Any], tmp_path: Any, query: str
 ) -> None:
-    (tmp_path / "dig_mod.py").write_text(DIGITS)
-    deploying.deploy(conn, str(tmp_path / "dig_mod.py"))
-    conn.execute("SET statement_timeout = 1000")
-    took, error = _timed(conn, query)
+    _deploy(conn, tmp_path, DIGITS)
+    took, error = _timed(conn, query, 1000)
     assert took < 2, (
         f"{took:.1f} s under timeout_ms=1000, statement_timeout=1000: {str(error)[:200]!r}"
     )
