@@ -1,7 +1,9 @@
 """What PostgreSQL does with a routine's result after its frame is gone, in C no stop
 reaches (README, Limits: what PostgreSQL converts after the call): round fifty-seven's
 attacks (a result converted with the address space full, Decimals of small exponents, a
-NaN among floats), and what that round tried that is refused or bounded."""
+NaN among floats), and what that round tried that is refused or bounded; round
+fifty-eight's (more of the address space taken by PostgreSQL's copies of texts than was
+left for them, a result sized with max_result_bytes after the call)."""
 
 from __future__ import annotations
 
@@ -113,6 +115,138 @@ def test_a_scalar_result_converted_at_the_cap_fails_the_call_not_the_session(
     assert not conn.closed, f"the session ended: {info.value!r}"
     assert conn.execute("SELECT 'the next statement'").fetchone() == ("the next statement",)
     assert cluster.postmaster_pid() == postmaster
+
+
+TEXTS_THEN_A_DECIMAL = """
+from collections.abc import Iterator
+from decimal import Decimal
+
+from pyfuncs import stored_function
+
+def _fill(hog: list, leave: int) -> None:
+    # fill the address space up to the cap, then free the largest chunks that fit `leave`
+    for k in range(33, 15, -1):
+        while True:
+            try:
+                hog.append(bytes(1 << k))
+            except MemoryError:
+                break
+    freed = 0
+    for i in sorted(range(len(hog)), key=lambda i: -len(hog[i])):
+        if freed + len(hog[i]) <= leave:
+            freed += len(hog[i])
+            hog[i] = b""
+
+
+@stored_function(schema="texts", timeout_ms=20000)
+def rows(n: int, width: int, digits: int, leave: int) -> Iterator[list[str]]:
+    text = "x" * width
+    big = Decimal("9" * digits)
+    hog: list = []
+    _fill(hog, leave)  # kept by the generator's frame while its row is converted
+    yield [text] * n + [big]
+"""
+
+
+def test_texts_converted_before_a_decimal_at_the_cap_fail_the_call_not_the_session(
+    conn: psycopg.Connection[Any], dsn: str, tmp_path: Any, cluster: Cluster
+) -> None:
+    """Round fifty-eight: the room overflow.room_for asked for (16 MB and twice what
+    results.plain counted) was not what PostgreSQL takes: of each text of a text[],
+    PL/Python's pstrdup'd copy and its datum, each rounded up to a power of two (4,093
+    characters, counted 4,221, took 12.3 kB), so str() of the Decimal after 10,000 of them
+    failed, and PL/Python, which does not check, faulted. Swept across the room it asks
+    for now (CONVERSION_FACTOR times the count): refused in the call, or converted."""
+    from pyfuncs._pg.overflow import CONVERSION_FACTOR, CONVERSION_ROOM
+
+    _deploy(conn, tmp_path, TEXTS_THEN_A_DECIMAL)
+    postmaster = cluster.postmaster_pid()
+    n, width, digits = 10_000, 4093, 18_000_000
+    count = (128 + width) * n + 128 + digits  # about what results.plain counts of the row
+    need = CONVERSION_ROOM + CONVERSION_FACTOR * count
+    outcomes = []
+    for slack in (-(64 << 20), 0, 32 << 20, 96 << 20, 160 << 20):
+        try:
+            conn.execute(
+                "SELECT r IS NULL FROM texts.rows(%s, %s, %s, %s) r",
+                [n, width, digits, need + slack],
+            ).fetchall()
+            outcomes.append("converted")
+        except psycopg.Error as exc:
+            assert not conn.closed, f"the session ended with {slack >> 20} MB to spare: {exc!r}"
+            assert exc.sqlstate == "53200", exc  # out of memory, in the call or in PostgreSQL
+            outcomes.append("refused")
+    assert outcomes[0] == "refused" and outcomes[-1] == "converted", outcomes
+    assert conn.execute("SELECT 'the next statement'").fetchone() == ("the next statement",)
+    assert cluster.postmaster_pid() == postmaster
+
+
+SIZED = """
+from pyfuncs import procedure, stored_function
+
+
+@stored_function(schema="sz", roles=["student"], timeout_ms=200, max_result_bytes=1_000_000_000)
+def echo(s: str) -> str:
+    return s
+
+
+@stored_function(schema="sz", roles=["student"], timeout_ms=200, max_result_bytes=1_000_000_000)
+def made(n: int) -> str:
+    return ".e1" * n
+
+
+@procedure(schema="sz", roles=["student"], timeout_ms=200, max_result_bytes=1_000_000_000)
+def proc(n: int) -> str:
+    return ".e1" * n
+
+
+@stored_function(schema="sz", roles=["student"], max_result_bytes=8)
+def small(kind: str) -> str | None:
+    return {"text": "123456789", "short": "12345678", "none": None}[kind]
+
+
+@stored_function(schema="sz", roles=["student"], max_result_bytes=4)
+def number(kind: str) -> float:
+    return {"float": 1.5, "int": 2}[kind]
+"""
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["SELECT sz.echo(repeat('.e1', 5500000)) IS NULL", "SELECT sz.made(5500000) IS NULL",
+     "CALL sz.proc(5500000, NULL)"],
+    ids=["a caller's text", "a routine's text", "a procedure's OUT text"],
+)  # fmt: skip
+def test_a_result_is_sized_inside_the_call(
+    conn: psycopg.Connection[Any], tmp_path: Any, query: str
+) -> None:
+    """Round fifty-eight: a text result (of an exact built-in type, which the entry function
+    returns as it is) was sized for max_result_bytes by the body after the call, where no
+    stop reaches: 16.5 M characters with an exponent every three (results._exponents) took
+    3.6 s past timeout_ms=200 and statement_timeout=300, and the procedure's left a cancel
+    that failed the session's next statement. Sized inside the call, the call stops."""
+    _deploy(conn, tmp_path, SIZED)
+    conn.execute("SET ROLE student")
+    conn.execute("SELECT sz.echo('x'), sz.made(1)")
+    took, err = _timed(conn, query, 300)
+    assert err is not None and err.sqlstate in ("57014", "54000"), err
+    assert took < 0.3 + 1.0, f"{took:.1f} s under timeout_ms=200, statement_timeout=300"
+    assert conn.execute("SELECT 'the next statement'").fetchone() == ("the next statement",)
+
+
+def test_max_result_bytes_holds_for_results_of_every_built_in_type(
+    conn: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """With the body's sizing gone, every result is sized in the call: short ones too."""
+    _deploy(conn, tmp_path, SIZED)
+    conn.execute("SET ROLE student")
+    assert conn.execute("SELECT sz.small('short'), sz.small('none')").fetchone() == (
+        "12345678", None,
+    )  # fmt: skip
+    for query in ("SELECT sz.small('text')", "SELECT sz.number('float')",
+                  "SELECT sz.number('int')"):  # fmt: skip
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="max_result_bytes="):
+            conn.execute(query)
 
 
 SMALL_EXPONENTS = """

@@ -1170,3 +1170,83 @@ def test_an_sqlstate_sql_raises_is_a_stop_only_where_it_may_be_one(
     with pytest.raises(psycopg.errors.QueryCanceled, match=r"catch\.insert canceled"):
         conn.execute("SELECT catch.insert(3)")
     assert conn.execute("SELECT catch.insert(2)").fetchone() == ("handled: no",)
+
+
+ARGUMENTS = """
+import uuid
+from collections.abc import Iterator
+
+from pyfuncs import stored_function
+
+
+@stored_function(schema="arg", roles=["student"], timeout_ms=200)
+def ids(xs: list[uuid.UUID]) -> int:
+    return len(xs)
+
+
+@stored_function(schema="arg", roles=["student"])
+def first(xs: list[uuid.UUID], x: uuid.UUID | None) -> str:
+    return f"{isinstance(xs[0], uuid.UUID)} {xs[0]} {x}"
+
+
+@stored_function(schema="arg", roles=["student"])
+def each(xs: list[uuid.UUID]) -> Iterator[str]:
+    for x in xs:
+        yield str(isinstance(x, uuid.UUID))
+"""
+
+
+@pytest.fixture
+def arguments(conn: psycopg.Connection[Any], tmp_path: Any, cluster: Cluster) -> Iterator[float]:
+    """A uuid[] of 4 million items a LOGIN role may read (PL/Python hands each item over
+    as text, and the runtime's converter reads it: values.py)."""
+    (tmp_path / "arg_mod.py").write_text(ARGUMENTS)
+    deploying.deploy(conn, str(tmp_path / "arg_mod.py"))
+    conn.execute("CREATE TABLE public.many AS SELECT array_agg(md5(g::text)::uuid) u "
+                 "FROM generate_series(1, 4000000) g")  # fmt: skip
+    conn.execute("GRANT SELECT ON public.many TO student")
+    conn.execute("CREATE FUNCTION public.bare(xs uuid[]) RETURNS int "
+                 "LANGUAGE plpython3u AS 'return 1'")  # fmt: skip
+    conn.execute("SET ROLE student")
+    conn.execute("SELECT arg.ids('{00000000-0000-0000-0000-000000000000}')")  # (loaded)
+    # what PL/Python itself takes to hand the items over, in C before the body runs (README:
+    # Limits, arguments), and pyfuncs may not add to
+    start = time.monotonic()
+    conn.execute("SELECT public.bare(u) FROM public.many")
+    postmaster = cluster.postmaster_pid()
+    yield time.monotonic() - start
+    assert cluster.postmaster_pid() == postmaster
+
+
+def test_arguments_are_read_inside_the_call_under_its_limits(
+    conn: psycopg.Connection[Any], arguments: float
+) -> None:
+    """Round fifty-eight: the body read converted arguments before the call began, where
+    no stop reached: 4 million uuids took 9 s past statement_timeout=300 and timeout_ms=200
+    (PL/Python's own handing over, about 1 s of it, is before any Python runs). Read inside
+    the call, timeout_ms and statement_timeout stop it."""
+    for setting in ("0", "300"):  # timeout_ms alone, then statement_timeout first
+        conn.execute("SELECT set_config('statement_timeout', %s, false)", [setting])
+        err, took = run(conn, "SELECT arg.ids(u) FROM public.many")
+        assert err.sqlstate == "57014", err
+        assert took < arguments + 0.3 + SLACK
+    conn.execute("SET statement_timeout = 0")
+    ids = "'{00000000-0000-0000-0000-000000000001}'"
+    assert conn.execute(f"SELECT arg.first({ids}, NULL), arg.first({ids}, {ids})").fetchone() == (
+        "True 00000000-0000-0000-0000-000000000001 None",
+        "True 00000000-0000-0000-0000-000000000001 00000000-0000-0000-0000-000000000001",
+    )  # fmt: skip
+    assert conn.execute(f"SELECT array_agg(e) FROM arg.each({ids}) e").fetchone() == (["True"],)
+
+
+def test_reading_arguments_is_ended_by_pg_terminate_backend(dsn: str, arguments: float) -> None:
+    with psycopg.connect(dsn, autocommit=True) as victim:
+        victim.execute("SET ROLE student")
+        victim.execute("SELECT arg.ids('{00000000-0000-0000-0000-000000000000}')")
+        thread = _from_another_connection(
+            dsn, "SELECT pg_terminate_backend(%s)", victim.info.backend_pid, 0.3
+        )
+        err, took = run(victim, "SELECT arg.ids(u) FROM public.many")
+        thread.join()
+    assert err.sqlstate in ("57P01", "08000", "08006") or victim.closed, err
+    assert took < max(arguments, 0.3) + SLACK
