@@ -18,8 +18,9 @@ INTERFACE = "pyfuncs.v1"
 
 # The generated PL/Python body. PL/Python passes arguments as globals named after the
 # parameters. The runtime is loaded once per backend (GD) and the routine once per function
-# (SD); per call the body checks NULLs and converts text-typed values inline, then calls the
-# user's function directly. Python 3.11 `try` costs nothing until something is raised.
+# (SD); per call the body checks NULLs and hands text-typed values to the runtime's
+# converters (which the entry function reads inside the call: routines.Unread), then calls
+# the routine's entry function. Python 3.11 `try` costs nothing until something is raised.
 BODY = """\
 # pyfuncs {qualname}: generated from {where}; edit the Python source and deploy it.
 try:
@@ -76,6 +77,8 @@ def body(d: Definition) -> str:
         result = f"SD['pf'].rows({result}, _pf_budget)" if counted else f"SD['pf'].rows({result})"
     else:
         if d.limits.max_result_bytes and d.returns.kind != "void":
+            # (a runtime since round 58 sizes every result inside the call and returns it
+            # here as it is; an older one sized a result of a built-in type here)
             result = f"SD['pf'].sized({result})"
         if d.kind == "procedure" and d.returns.kind == "scalar":
             result = f"{{'result': {result}}}"  # a procedure's OUT parameters form a row
