@@ -386,16 +386,18 @@ class Definition:
         shape = self.returns
         if shape.kind == "scalar" and shape.scalar is not None:
             scalar = shape.scalar
-            return _declared(f"{scalar.python} ({scalar.sql})", conversion(scalar), [])
+            where = f"{scalar.python} ({scalar.sql})"
+            return _declared(where, conversion(scalar), [], reads_numbers(scalar))
         if shape.kind != "row":
             return {}
         if shape.setof and len(shape.columns) == 1 and self.kind == "function":
             # (each row the body hands over is its one column's value: ddl.body)
             name, column = shape.columns[0]
             where = f"the column {name} of {shape.row_name or 'a row'}"
-            return _declared(where, conversion(column), [])
+            return _declared(where, conversion(column), [], reads_numbers(column))
         columns = [[i, name, conversion(t)] for i, (name, t) in enumerate(shape.columns)]
-        return _declared(shape.row_name or "a row", ["row"], columns)
+        numbers = any(reads_numbers(t) for _, t in shape.columns)
+        return _declared(shape.row_name or "a row", ["row"], columns, numbers)
 
     def signature(self) -> dict[str, Any]:
         """The signature as stored in the catalog, for clients that call by name."""
@@ -432,11 +434,23 @@ def conversion(t: SqlType) -> list[str]:
     return ["items", *checks] if t.sql.endswith("[]") else checks
 
 
-def _declared(returns: str, value: list[str], columns: list[list[Any]]) -> dict[str, Any]:
+def reads_numbers(t: SqlType) -> bool:
+    """Whether PostgreSQL reads a text or a float returned where `t` is declared as a
+    numeric, which prints every digit its exponent adds (`"9e131071"`: 131,072 of them), so
+    that max_result_bytes counts them (the runtime's results.size): numeric, jsonb and their
+    arrays. Elsewhere a text is its length (a red team's UUIDs and hex digests, counted by
+    the exponents their hex digits spell, were refused)."""
+    return t.sql.removesuffix("[]") in ("numeric", "jsonb")
+
+
+def _declared(
+    returns: str, value: list[str], columns: list[list[Any]], numbers: bool
+) -> dict[str, Any]:
     checked = [c for c in columns if c[2]]
     if not value and not checked:
         return {}
-    return {"declared": {"returns": returns, "value": value, "columns": checked}}
+    declared = {"returns": returns, "value": value, "columns": checked, "numbers": numbers}
+    return {"declared": declared}
 
 
 def valid_name(value: object) -> bool:

@@ -358,32 +358,33 @@ def _bases(uuid: Any) -> tuple[tuple[type, Any], ...]:
 _BASES = _bases(None)
 
 
-def size(value: Any) -> int:
+def size(value: Any, numbers: bool = True) -> int:
     """About the bytes a plain value makes in PostgreSQL: text and bytea by their length,
     rows, arrays and json by their items and 4 for each (and for each null in them), a
-    numeric by the digits it prints (every one: `1E+131071` prints 131,072), and so a float
-    (`1e308` in json prints 309 digits) and the numbers with exponents in a text (where a
-    numeric, json, an array or a row is declared, PostgreSQL reads them as numerics), any
-    other scalar by 8. (Red teams' million nulls, and numerics of one digit and large
-    exponents, as Decimals, as text where a numeric was declared and as floats in json,
-    were counted as nothing, and made gigabytes in PostgreSQL after the call, under none
-    of its limits.)"""
+    numeric by the digits it prints (every one: `1E+131071` prints 131,072), any other
+    scalar by 8. Where PostgreSQL reads texts and floats as numerics (`numbers`: a numeric
+    or jsonb, or an array or a row of them, is declared: definition.reads_numbers), a
+    float counts the digits it prints so (`1e308` in json prints 309), and a text what
+    the exponents of the numbers in it add. (Red teams' million nulls, and numerics of one
+    digit and large exponents, as Decimals, as text where a numeric was declared and as
+    floats in json, were counted as nothing, and made gigabytes in PostgreSQL after the
+    call, under none of its limits.)"""
     kind = type(value)
     if kind is str:
         made = len(value) if value.isascii() else len(value.encode())
-        if "e" in value or "E" in value:
+        if numbers and ("e" in value or "E" in value):
             return made + _exponents(value)
         return made
     if kind is bytes or kind is bytearray:
         return len(value)
     if kind is dict:
-        return 4 + sum(size(k) + size(v) for k, v in value.items())
+        return 4 + sum(size(k, numbers) + size(v, numbers) for k, v in value.items())
     if kind is list or kind is tuple:
-        return 4 + sum(map(size, value))
+        return 4 + sum(size(item, numbers) for item in value)
     if value is None:
         return 4
     if kind is float:
-        return max(8, _printed(repr(value)))
+        return max(8, _printed(repr(value))) if numbers else 8
     if kind is _Decimal or (_Decimal is None and len(sys.modules) != _seen and _learn()
                             and kind is _Decimal):  # fmt: skip
         sign: int

@@ -313,7 +313,8 @@ class Routine:
 
     __slots__ = (
         "convert", "declared", "filename", "fn", "function", "last", "max_bytes",
-        "max_db_ops", "max_memory", "max_rows", "namespace", "qualname", "timeout", "within",
+        "max_db_ops", "max_memory", "max_rows", "namespace", "numbers", "qualname", "timeout",
+        "within",
     )  # fmt: skip
 
     def __init__(self, spec: Mapping[str, Any], source: str, srf: bool = False) -> None:
@@ -328,6 +329,9 @@ class Routine:
         self.max_bytes: int | None = limits["max_result_bytes"]
         self.convert = {kind: self._unread(kind) for kind in spec["converters"]}
         self.declared: Mapping[str, Any] | None = _declared(spec)
+        # whether PostgreSQL reads the result's texts and floats as numerics (results.size;
+        # routines deployed before definition.reads_numbers count them so)
+        self.numbers: bool = self.declared is None or self.declared.get("numbers", True)
         self.last: Pending | None = None  # what `fn` gave the body last (see rows)
         self.within: Callable[..., Any] = self._entry(
             _entry_source(_WITHIN_HEAD, _WITHIN, self.timeout, "began"), "within"
@@ -402,7 +406,7 @@ class Routine:
         size within max_result_bytes."""
         result = self._made(result)
         if self.max_bytes is not None:
-            made = results.size(result)
+            made = results.size(result, self.numbers)
             if made > self.max_bytes:
                 raise self._over("max_result_bytes", self.max_bytes, f"{made} bytes")
         return result
@@ -617,7 +621,7 @@ class Routine:
             return row, 0
         if not results.kept(row):
             row = self._made(row)
-        return row, (results.size(row) if self.max_bytes is not None else 0)
+        return row, (results.size(row, self.numbers) if self.max_bytes is not None else 0)
 
 
 class Unread:

@@ -182,22 +182,26 @@ def test_texts_converted_before_a_decimal_at_the_cap_fail_the_call_not_the_sessi
 
 
 SIZED = """
+import uuid
+from decimal import Decimal
+
 from pyfuncs import procedure, stored_function
 
 
+# (texts where a numeric is declared: their exponents count, see definition.reads_numbers)
 @stored_function(schema="sz", roles=["student"], timeout_ms=200, max_result_bytes=1_000_000_000)
-def echo(s: str) -> str:
+def echo(s: str) -> Decimal:
     return s
 
 
 @stored_function(schema="sz", roles=["student"], timeout_ms=200, max_result_bytes=1_000_000_000)
-def made(n: int) -> str:
-    return ".e1" * n
+def made(n: int) -> Decimal:
+    return "1" + ".e1" * n
 
 
 @procedure(schema="sz", roles=["student"], timeout_ms=200, max_result_bytes=1_000_000_000)
-def proc(n: int) -> str:
-    return ".e1" * n
+def proc(n: int) -> Decimal:
+    return "1" + ".e1" * n
 
 
 @stored_function(schema="sz", roles=["student"], max_result_bytes=8)
@@ -208,6 +212,36 @@ def small(kind: str) -> str | None:
 @stored_function(schema="sz", roles=["student"], max_result_bytes=4)
 def number(kind: str) -> float:
     return {"float": 1.5, "int": 2}[kind]
+
+
+@stored_function(schema="sz", roles=["student"], max_result_bytes=1000)
+def ident() -> uuid.UUID:
+    return uuid.UUID("123e4567-e89b-12d3-a456-426614174000")
+
+
+@stored_function(schema="sz", roles=["student"], max_result_bytes=1000)
+def digest() -> str:
+    return "9e1234567abcdef0" * 4
+
+
+@stored_function(schema="sz", roles=["student"], max_result_bytes=10000)
+def idents() -> list[uuid.UUID]:
+    return [uuid.UUID("00000000-0000-0000-0000-0000009e9999")] * 10
+
+
+@stored_function(schema="sz", roles=["student"], max_result_bytes=1000)
+def large() -> float:
+    return 1e308
+
+
+@stored_function(schema="sz", roles=["student"], max_result_bytes=1000)
+def numeric() -> Decimal:
+    return "9e1234"  # a text where a numeric is declared: PostgreSQL reads it as one
+
+
+@stored_function(schema="sz", roles=["student"], max_result_bytes=1000)
+def document() -> dict:
+    return {"digest": "9e1234567abcdef0", "x": 1e308}
 """
 
 
@@ -222,16 +256,36 @@ def test_a_result_is_sized_inside_the_call(
 ) -> None:
     """Round fifty-eight: a text result (of an exact built-in type, which the entry function
     returns as it is) was sized for max_result_bytes by the body after the call, where no
-    stop reaches: 16.5 M characters with an exponent every three (results._exponents) took
-    3.6 s past timeout_ms=200 and statement_timeout=300, and the procedure's left a cancel
-    that failed the session's next statement. Sized inside the call, the call stops."""
+    stop reaches: 16.5 M characters with an exponent every three (results._exponents,
+    where a numeric is declared) took 3.6 s past timeout_ms=200 and statement_timeout=300,
+    and the procedure's left a cancel that failed the session's next statement. Sized
+    inside the call, the call stops."""
     _deploy(conn, tmp_path, SIZED)
     conn.execute("SET ROLE student")
-    conn.execute("SELECT sz.echo('x'), sz.made(1)")
+    conn.execute("SELECT sz.echo('1'), sz.made(0)")
     took, err = _timed(conn, query, 300)
     assert err is not None and err.sqlstate in ("57014", "54000"), err
     assert took < 0.3 + 1.0, f"{took:.1f} s under timeout_ms=200, statement_timeout=300"
     assert conn.execute("SELECT 'the next statement'").fetchone() == ("the next statement",)
+
+
+def test_max_result_bytes_counts_exponents_only_where_postgresql_reads_numbers(
+    conn: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """Round fifty-nine: every text with an `e` counted the digits its exponents would
+    print as a numeric, whatever was declared: a UUID (16 bytes) counted 4,603, a hex
+    digest of 64 characters 589,884, and max_result_bytes refused them. Exponents count
+    only where a numeric or jsonb (or an array or a row of them) is declared; there a
+    float counts the digits PostgreSQL prints of it, and a text its exponents' digits."""
+    _deploy(conn, tmp_path, SIZED)
+    conn.execute("SET ROLE student")
+    assert conn.execute("SELECT sz.ident()::text, length(sz.digest()), "
+                        "cardinality(sz.idents()), sz.large()").fetchone() == (
+        "123e4567-e89b-12d3-a456-426614174000", 64, 10, 1e308,
+    )  # fmt: skip
+    for query in ("SELECT sz.numeric()", "SELECT sz.document()"):
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="max_result_bytes=1000"):
+            conn.execute(query)
 
 
 def test_max_result_bytes_holds_for_results_of_every_built_in_type(

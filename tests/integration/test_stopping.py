@@ -1198,12 +1198,12 @@ def each(xs: list[uuid.UUID]) -> Iterator[str]:
 
 @pytest.fixture
 def arguments(conn: psycopg.Connection[Any], tmp_path: Any, cluster: Cluster) -> Iterator[float]:
-    """A uuid[] of 4 million items a LOGIN role may read (PL/Python hands each item over
+    """A uuid[] of 2 million items a LOGIN role may read (PL/Python hands each item over
     as text, and the runtime's converter reads it: values.py)."""
     (tmp_path / "arg_mod.py").write_text(ARGUMENTS)
     deploying.deploy(conn, str(tmp_path / "arg_mod.py"))
     conn.execute("CREATE TABLE public.many AS SELECT array_agg(md5(g::text)::uuid) u "
-                 "FROM generate_series(1, 4000000) g")  # fmt: skip
+                 "FROM generate_series(1, 2000000) g")  # fmt: skip
     conn.execute("GRANT SELECT ON public.many TO student")
     conn.execute("CREATE FUNCTION public.bare(xs uuid[]) RETURNS int "
                  "LANGUAGE plpython3u AS 'return 1'")  # fmt: skip
