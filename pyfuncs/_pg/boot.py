@@ -64,32 +64,63 @@ class _Rows:
 class _WhenImported:
     """Runs `then(module)` as soon as the module `name` has been imported, by whoever
     imports it (a routine, PL/Python converting a numeric, the runtime), before anything
-    can use it: a finder that hands the import on and wraps its loader."""
+    can use it: a finder that hands the import on and wraps its loader. It stays in front
+    of the other finders until `then` has run on a module imported whole: a routine's call
+    can make a first import fail partway (at a depth where the recursion limit cuts it
+    short, with the address space full, or by a stop landing in it), and a red team's next
+    import, not watched, made time zones, flags, typing's caches and Decimal's conversions
+    unguarded for every later call, and another role's crash (see _Then)."""
 
     def __init__(self, name: str, then: Any) -> None:
         self.name, self.then = name, then
+        self.broken = False  # `then` failed partway: the module is refused from then on
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> ModuleSpec | None:
         if name != self.name:
             return None
-        sys.meta_path.remove(self)
+        if self.broken:
+            raise ImportError(
+                f"pyfuncs: {name} cannot be imported in this session any more: making it "
+                "safe to share failed partway (the session was short of memory); reconnect"
+            )
         # (unicodedata is built into Debian's Python: not a file PathFinder finds)
         spec = BuiltinImporter.find_spec(name) or PathFinder.find_spec(name, path, target)
         if spec is not None and spec.loader is not None:
-            spec.loader = _Then(spec.loader, self.then)  # type: ignore[assignment]
+            spec.loader = _Then(spec.loader, self)  # type: ignore[assignment]
         return spec
 
 
 class _Then:
-    def __init__(self, loader: Any, then: Any) -> None:
-        self.loader, self.then = loader, then
+    """The loader of a module _WhenImported watches: its code and `then` run held
+    (watchdog.held: no stop lands, and the recursion limit leaves room), so that only
+    memory can make them fail. An import that fails takes with it what it made of the
+    module's package (a submodule left half set up: a red team's zoneinfo._tzpath, without a
+    search path, failed every later call's time zones), and the next import starts anew,
+    watched; where `then` failed partway, the module is refused from then on."""
+
+    def __init__(self, loader: Any, finder: _WhenImported) -> None:
+        self.loader, self.finder = loader, finder
 
     def create_module(self, spec: ModuleSpec) -> Any:
         return self.loader.create_module(spec)
 
     def exec_module(self, module: types.ModuleType) -> None:
-        self.loader.exec_module(module)
-        self.then(module)
+        sys.modules[f"{PACKAGE}.watchdog"].held(self._run, module)
+        if self.finder in sys.meta_path:
+            sys.meta_path.remove(self.finder)
+
+    def _run(self, module: types.ModuleType) -> None:
+        name, before, made = module.__name__, set(sys.modules), False
+        try:
+            self.loader.exec_module(module)
+            made = True
+            self.finder.then(module)
+        except BaseException:
+            self.finder.broken = made
+            for key in [key for key in sys.modules if key not in before]:
+                if key.startswith(name + "."):
+                    del sys.modules[key]
+            raise
 
 
 def when_imported(name: str, then: Any) -> None:

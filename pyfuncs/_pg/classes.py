@@ -322,20 +322,30 @@ class _Loader:
     def __getattr__(self, name: str) -> Any:  # get_source, resource readers, ...
         return getattr(self.loader, name)
 
+    # (each held: stopping.held, so that a routine's call cannot cut it short between
+    # making classes and sharing them)
+
     def create_module(self, spec: Any) -> Any:  # (an extension module makes its types here)
         create = getattr(self.loader, "create_module", None)
         if create is None:
             return None
-        with sharing():
-            return create(spec)
+        return stopping.held(_shared, create, spec)
 
     def exec_module(self, module: Any) -> None:
+        stopping.held(self._exec, module)
+
+    def _exec(self, module: Any) -> None:
         with sharing():
             if module.__name__ not in WINDOWED:
                 self.loader.exec_module(module)
                 return
             with window(module):
                 self.loader.exec_module(module)
+
+
+def _shared(make: Any, *args: Any) -> Any:
+    with sharing():
+        return make(*args)
 
 
 # Special methods. C calls a class's special methods (`__eq__`, `__hash__`, `__iter__`,

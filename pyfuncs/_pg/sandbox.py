@@ -63,20 +63,24 @@ def _view(name: str, allowed: frozenset[str], owner: str = "") -> types.ModuleTy
     # module's (bounded.guarded_random), which no other module's draws tell anything about
     key = (name, allowed, owner if name == "random" else "")
     found = VIEWS.get(key)
-    if found is None:
-        if name in allowed and _made_already(name, allowed):
-            found = views.view(name, allowed)
-        elif name in allowed:
-            with classes.sharing():  # (a stand-in's classes are every call's too)
-                found = views.view(name, allowed, STAND_INS[name]() if name in STAND_INS else None)
-            backstop.refresh()  # (it may have loaded an extension module)
-        else:  # a package only some of whose modules are allowed: just those
-            found = views.ModuleView(f"{name} (view)")
-            for child in sorted(m for m in allowed if m.startswith(name + ".")):
-                rest = child[len(name) + 1 :]
-                if "." not in rest:
-                    types.ModuleType.__setattr__(found, rest, _view(child, allowed))
-        VIEWS[key] = found
+    if found is None:  # (made held: stopping.held, as an import)
+        found = VIEWS[key] = stopping.held(_make_view, name, allowed)
+    return found
+
+
+def _make_view(name: str, allowed: frozenset[str]) -> types.ModuleType:
+    if name in allowed and _made_already(name, allowed):
+        return views.view(name, allowed)
+    if name in allowed:
+        with classes.sharing():  # (a stand-in's classes are every call's too)
+            found = views.view(name, allowed, STAND_INS[name]() if name in STAND_INS else None)
+        backstop.refresh()  # (it may have loaded an extension module)
+        return found
+    found = views.ModuleView(f"{name} (view)")  # a package only some of whose modules
+    for child in sorted(m for m in allowed if m.startswith(name + ".")):  # are allowed
+        rest = child[len(name) + 1 :]
+        if "." not in rest:
+            types.ModuleType.__setattr__(found, rest, _view(child, allowed))
     return found
 
 
@@ -318,18 +322,22 @@ def guarded_dataclasses() -> types.ModuleType:
 
     def dataclass(cls: Any = None, /, **options: Any) -> Any:
         def wrap(cls: Any) -> Any:
-            annotations = _DICT(cls).get("__annotations__", {}) if isinstance(cls, type) else {}
+            # (dataclasses marks what it is given before it reads its MRO: a red team's
+            # dataclass(typing.AnyStr) failed there, and left a mark on what every call
+            # shares)
+            if not (isinstance(cls, type) and classes.made_by(cls, _calling_module())):
+                raise TypeError("pyfuncs: dataclass() takes a class of the routine's own")
+            annotations = _DICT(cls).get("__annotations__", {})
             if type(annotations) is not dict:  # dataclasses reads a subclass's own items()
                 raise TypeError("pyfuncs: a dataclass's annotations must be a plain dict")
             for name in annotations:
                 plain(name)
-            if isinstance(cls, type):  # (before dataclasses reads each default: getattr)
-                mro = _MRO(cls)
-                names = [*annotations, *classes.inherited_fields(mro)]
-                # (getattr(cls, name) finds the metaclass's attributes too: ABCMeta.register)
-                classes.check_fields(
-                    names, (*mro, *_MRO(type(cls))), _calling_module(), repr(_NAME(cls))
-                )
+            mro = _MRO(cls)  # (checked before dataclasses reads each default: getattr)
+            names = [*annotations, *classes.inherited_fields(mro)]
+            # (getattr(cls, name) finds the metaclass's attributes too: ABCMeta.register)
+            classes.check_fields(
+                names, (*mro, *_MRO(type(cls))), _calling_module(), repr(_NAME(cls))
+            )
             return _made_by_the_call(dataclasses.dataclass, cls, **options)
 
         return wrap if cls is None else wrap(cls)

@@ -16,6 +16,7 @@ from . import backstop, vocabulary
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 # Stock PL/Python never looks at PostgreSQL's interrupt flags while Python bytecode runs, so a
@@ -59,6 +60,31 @@ SEQUENCE = itertools.count(1).__next__
 
 # the code of every routine's entry functions, by id: the Routine they enter
 ENTRIES: dict[int, Any] = {}
+# the runtime's work that makes what every call shares, under way (see held): a stop waits
+# until it ends, as in BOOKKEEPING
+HELD = [0]
+HEADROOM = 200  # frames such work may use beyond the recursion limit
+
+
+def held(work: Callable[..., Any], *args: Any) -> Any:
+    """`work(*args)`, with stops held until it ends and HEADROOM frames beyond the
+    recursion limit: the runtime's work that makes what every call shares (an import, its
+    classes shared and its module made safe to share: classes._Loader, boot._Then; a
+    module's view: sandbox._view). A routine's call can make it run at a depth of its
+    choosing, or land a stop in it: a red team cut a first import short so, and what it
+    left half made went unguarded for every later call (another role's crashed)."""
+    limit = sys.getrecursionlimit()
+    HELD[0] += 1  # (from here no stop lands until it is given back)
+    try:
+        sys.setrecursionlimit(limit + HEADROOM)
+        return work(*args)
+    finally:
+        HELD[0] -= 1
+        try:
+            sys.setrecursionlimit(limit)
+        except RecursionError:  # (too deep for it now: the watchdog's next look gives it back)
+            if WATCHDOG is not None and not WATCHDOG._limit:
+                WATCHDOG._limit = limit
 
 # Entry frames the watchdog let go of. A frame that has finished holds its locals (the
 # call's arguments, which the routine may have filled with objects of its own), and
@@ -303,7 +329,7 @@ class Watchdog:
             finally:
                 if collecting:
                     gc.enable()
-            if must_stop and self._bookkeeping:  # not now: see BOOKKEEPING
+            if must_stop and (self._bookkeeping or HELD[0]):  # not now: see BOOKKEEPING
                 must_stop, self._nap = False, 0.001
             elif must_stop:  # the stop is sticky: nothing to look at until it has landed
                 self._nap = self.TICK

@@ -751,7 +751,7 @@ def test_a_module_named_as_one_the_runtime_imports_is_refused(
         ),
         (
             "import dataclasses\nimport json\n\ndataclasses.dataclass(json.JSONEncoder)\n",
-            "cannot set",
+            "dataclass() takes a class of the routine's own",
         ),
     ],
     ids=["metaclass", "datetime_subclass", "shared_class"],

@@ -3039,7 +3039,7 @@ def test_a_window_for_imports_closes_while_code_of_a_routines_runs(
         "    backstop.window_profile = real\n"
         "assert sys.getprofile() is None\n"
         "assert got[0] == \"type 'type' is not an acceptable base type\", got\n"
-        "assert 'immutable type' in got[1], got\n"
+        'assert "dataclass() takes a class of the routine\'s own" in got[1], got\n'
         "assert namespace['finalizer']() == got\n"
         "try:\n"
         "    type('N', (M,), {})\n"
