@@ -60,10 +60,7 @@ SEQUENCE = itertools.count(1).__next__
 
 # the code of every routine's entry functions, by id: the Routine they enter
 ENTRIES: dict[int, Any] = {}
-# the runtime's work that makes what every call shares, under way (see held): a stop waits
-# until it ends, as in BOOKKEEPING
-HELD = [0]
-HEADROOM = 200  # frames such work may use beyond the recursion limit
+HEADROOM = 200  # frames the runtime's held work may use beyond the recursion limit
 
 
 def held(work: Callable[..., Any], *args: Any) -> Any:
@@ -72,19 +69,36 @@ def held(work: Callable[..., Any], *args: Any) -> Any:
     classes shared and its module made safe to share: classes._Loader, boot._Then; a
     module's view: sandbox._view). A routine's call can make it run at a depth of its
     choosing, or land a stop in it: a red team cut a first import short so, and what it
-    left half made went unguarded for every later call (another role's crashed)."""
+    left half made went unguarded for every later call (another role's crashed). A stop
+    waits while this frame runs no routine code inside it (_inside_held); code of a
+    routine's that runs there (a finalizer the work sets off) is stopped as anywhere."""
     limit = sys.getrecursionlimit()
-    HELD[0] += 1  # (from here no stop lands until it is given back)
     try:
         sys.setrecursionlimit(limit + HEADROOM)
         return work(*args)
     finally:
-        HELD[0] -= 1
         try:
             sys.setrecursionlimit(limit)
         except RecursionError:  # (too deep for it now: the watchdog's next look gives it back)
             if WATCHDOG is not None and not WATCHDOG._limit:
                 WATCHDOG._limit = limit
+
+
+_HELD = id(held.__code__)
+
+
+def _inside_held(frame: Any) -> bool:
+    """Whether `frame` runs inside held work with no code of a routine's (nor an entry
+    function) between them."""
+    while frame is not None:
+        code = id(frame.f_code)
+        if code == _HELD:
+            return True
+        if code in ENTRIES or code in ROUTINE_CODE or code in PRODUCERS:
+            return False
+        frame = frame.f_back
+    return False
+
 
 # Entry frames the watchdog let go of. A frame that has finished holds its locals (the
 # call's arguments, which the routine may have filled with objects of its own), and
@@ -263,7 +277,7 @@ class Watchdog:
             return
         # not in the runtime's bookkeeping (the next look raises it), and only for the
         # call that was stopped (not one that came after a stop nothing described)
-        if id(frame.f_code) in BOOKKEEPING or not self._applies(stop, frame):
+        if id(frame.f_code) in BOOKKEEPING or _inside_held(frame) or not self._applies(stop, frame):
             return
         frame.f_trace = self._trip
         frame.f_trace_lines = True
@@ -329,7 +343,7 @@ class Watchdog:
             finally:
                 if collecting:
                     gc.enable()
-            if must_stop and (self._bookkeeping or HELD[0]):  # not now: see BOOKKEEPING
+            if must_stop and self._bookkeeping:  # not now: see BOOKKEEPING (and held)
                 must_stop, self._nap = False, 0.001
             elif must_stop:  # the stop is sticky: nothing to look at until it has landed
                 self._nap = self.TICK
@@ -361,7 +375,7 @@ class Watchdog:
         """Whether the code running `frame` must be stopped now."""
         now = time.monotonic()
         self._nap = self.TICK
-        self._bookkeeping = id(frame.f_code) in BOOKKEEPING
+        self._bookkeeping = id(frame.f_code) in BOOKKEEPING or _inside_held(frame)
         self._watching = False
         outer: Any = None
         inner: list[Any] = []  # entry frames inside the outermost (calls made through SQL)
