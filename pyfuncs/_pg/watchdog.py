@@ -72,7 +72,10 @@ def held(work: Callable[..., Any], *args: Any) -> Any:
     left half made went unguarded for every later call (another role's crashed). A stop
     waits while this frame runs no routine code inside it (_inside_held); code of a
     routine's that runs there (a finalizer the work sets off) is stopped as anywhere."""
-    limit = sys.getrecursionlimit()
+    # the limit, not one held work left raised (the watchdog gives it back): raised from
+    # that, held work at the limit's edge, again and again, gave a red team's routine
+    # thousands of frames more
+    limit = (WATCHDOG._limit if WATCHDOG is not None else 0) or sys.getrecursionlimit()
     try:
         sys.setrecursionlimit(limit + HEADROOM)
         return work(*args)
@@ -331,7 +334,10 @@ class Watchdog:
         limit = self._limit or sys.getrecursionlimit()
         try:
             self._looking = True
-            sys.setrecursionlimit(limit + self.HEADROOM)
+            # (more than the limit there is now, which held work may have left raised
+            # while the routine runs deeper than `limit`: a look given less failed, every
+            # one, and a red team's routine went on past its timeout_ms and max_memory_mb)
+            sys.setrecursionlimit(max(limit, sys.getrecursionlimit()) + self.HEADROOM)
             # No routine code may run in here: the collector's finalizers would (their
             # code would run inside the look); the look keeps no reference to anything of
             # a call's from one look to the next but its entry frame, which a call lets go

@@ -7,7 +7,8 @@ depth; a full address space), and the module imported again later, unguarded, fo
 call in the backend, other roles' included; the submodules the failed import left half set
 up stayed in sys.modules. Such imports, and a module's view, now run held
 (watchdog.held), an import that fails leaves the guard armed and takes its package's half
-made submodules with it (boot._Then)."""
+made submodules with it (boot._Then). Round sixty-one: held work left the recursion limit
+raised where it ran at the limit's edge, ratcheted it, and blinded the watchdog."""
 
 from __future__ import annotations
 
@@ -429,3 +430,436 @@ def test_dataclass_of_a_shared_object_marks_nothing(
         pooled.execute("SELECT r60marks.mark()")
         pooled.execute("RESET ROLE")
         assert pooled.execute("SELECT public.r60_marked()").fetchone() == ("False False False",)
+
+
+MODS = [
+    "json",
+    "statistics",
+    "fractions",
+    "uuid",
+    "calendar",
+    "heapq",
+    "bisect",
+    "hashlib",
+    "hmac",
+    "base64",
+    "secrets",
+    "struct",
+    "unicodedata",
+    "cmath",
+    "numbers",
+    "zoneinfo",
+    "enum",
+    "typing",
+    "dataclasses",
+    "decimal",
+    "random",
+    "collections",
+    "datetime",
+    "itertools",
+    "math",
+]
+
+
+def _importers() -> str:
+    out = []
+    for m in MODS:
+        out.append(f"def _imp_{m}():\n    import {m}\n    return 1\n")
+    table = ", ".join(f"{m!r}: _imp_{m}" for m in MODS)
+    out.append(f"_IMP = {{{table}}}\n")
+    return "\n".join(out)
+
+
+RATCHET = (
+    """
+from pyfuncs import stored_function
+
+"""
+    + _importers()
+    + """
+
+def _depth(n: int) -> int:
+    try:
+        return _depth(n + 1)
+    except RecursionError:
+        return n
+
+
+def _go(n: int, mods: list, out: list, spin: bool) -> None:
+    if n > 0:
+        _go(n - 1, mods, out, spin)
+        return
+    _IMP[mods[0]]()
+    _climb(mods[1:], out, spin)
+
+
+def _down(n: int) -> None:
+    if n > 0:
+        _down(n - 1)
+        return
+    if GROW[0]:
+        _grow()
+        return
+    _spin()
+
+
+GROW = [False]
+HOG: list = []
+
+
+def _grow() -> None:
+    for _ in range(600):
+        HOG.append(b"x" * (1 << 20))
+
+
+@stored_function(schema="r61", roles=["student", "manager"], max_memory_mb=64)
+def grow_deep(count: int) -> str:
+    GROW[0] = True
+    HOG.clear()
+    out: list = []
+    _climb(MODS_LIST[:count], out, True)
+    grown = len(HOG)
+    HOG.clear()
+    return "grew by " + str(grown) + " MB"
+
+
+@stored_function(schema="r61", roles=["student", "manager"], max_memory_mb=64)
+def grow_shallow() -> str:
+    HOG.clear()
+    _grow()
+    grown = len(HOG)
+    HOG.clear()
+    return "grew by " + str(grown) + " MB"
+
+
+def _climb(mods: list, out: list, spin: bool = False) -> None:
+    # down to the deepest frame where a first import still works, import there, and again
+    # from there; then (spin) run at the deepest point reached, 150 frames above its bottom
+    room = _depth(0)
+    out.append(room)
+    for k in range(0, 40 if mods else 0):
+        try:
+            _go(room - k, mods, out, spin)
+            return
+        except RecursionError:
+            out.append(-k)
+    if spin:
+        _down(room - 150)
+
+
+@stored_function(schema="r61", roles=["student", "manager"])
+def top() -> int:
+    return _depth(0)
+
+
+@stored_function(schema="r61", roles=["student", "manager"])
+def ratchet(count: int) -> str:
+    out: list = []
+    _climb(MODS_LIST[:count], out)
+    return " ".join(str(x) for x in out)
+
+
+@stored_function(schema="r61", roles=["student", "manager"], timeout_ms=300)
+def spin_deep(count: int) -> str:
+    out: list = []
+    _climb(MODS_LIST[:count], out, True)
+    return "returned"
+
+
+def _spin() -> None:
+    n = 0
+    while n >= 0:
+        n += 1
+
+
+class _Node:
+    def __init__(self, child):
+        self.child = child
+
+    def __repr__(self):
+        return "(" + repr(self.child) + ")"
+
+
+def _nest(n: int):
+    node = None
+    for _ in range(n):
+        node = _Node(node)
+    return node
+
+
+class _Step:
+    def __init__(self, n, mods, out):
+        self.n, self.mods, self.out = n, mods, out
+
+    def __repr__(self):
+        if self.n > 0:
+            return repr(_Step(self.n - 1, self.mods, self.out))
+        room = _depth(0)
+        if room < 12:
+            raise RecursionError("no room")
+        for k in range(0, 40):
+            try:
+                _fine(room - k, self.mods, self.out)
+                return ""
+            except RecursionError:
+                continue
+        return ""
+
+
+def _fine(n: int, mods: list, out: list) -> None:
+    if n > 0:
+        _fine(n - 1, mods, out)
+        return
+    _IMP[mods[0]]()
+    _cclimb(mods[1:], out)
+
+
+def _cclimb(mods: list, out: list) -> None:
+    room = _depth(0)
+    out.append(room)
+    if not mods:
+        return
+    for n in range(room // 2, room // 5, -1):
+        try:
+            repr(_Step(n, mods, out))
+            out.append(n)
+            return
+        except RecursionError:
+            continue
+
+
+@stored_function(schema="r61", roles=["student", "manager"])
+def c_climb(count: int) -> str:
+    out: list = []
+    _cclimb(MODS_LIST[:count], out)
+    return " ".join(str(x) for x in out)
+
+
+@stored_function(schema="r61", roles=["student", "manager"])
+def deep_repr(count: int) -> str:
+    out: list = []
+    _climb(MODS_LIST[:count], out)
+    total = sum(x for x in out if x > 0)
+    return str(total) + " " + str(len(repr(_nest(total // 2 - 100))))
+
+
+MODS_LIST = """
+    + repr(MODS)
+    + """
+"""
+)
+
+
+def test_held_work_at_the_recursion_limit_leaves_the_limit_raised_for_later_calls(
+    conn: psycopg.Connection[Any], tmp_path: Any, dsn: str
+) -> None:
+    """Round sixty-one: watchdog.held raises the recursion limit by HEADROOM and gives it
+    back after; where the held frame itself sits at the limit (a first import of a view,
+    `import json` at the deepest frame that still works), giving it back fails ("too low
+    at the current depth"), and the limit stayed raised. Held work raised it again from
+    there: each first import at the new bottom added 200 frames (25 allowed modules,
+    +5000). It is raised from the limit now, not from one held work left raised."""
+    _deploy(conn, tmp_path, RATCHET, "r61_ratchet")
+    with psycopg.connect(dsn, autocommit=True) as pooled:
+        top = pooled.execute("SELECT r61.top()").fetchone()
+        assert top is not None
+        steps = pooled.execute("SELECT r61.ratchet(25)").fetchone()
+        assert steps is not None
+        # each positive number: the frames left below the frame that measured it, after a
+        # descent to that depth; their sum is (about) the depth the call reached
+        reached = sum(int(x) for x in steps[0].split() if int(x) > 0)
+        assert reached <= top[0] + 200 + 50, (
+            f"one call reached depth ~{reached} with a limit of ~{top[0]} "
+            f"(HEADROOM is 200): {steps[0]}"
+        )
+        # (and the next call in the backend, a student's, may still have it, until the
+        # watchdog's next look: seen once as top() = 5993 in place of 993)
+
+
+def test_a_routine_below_a_raised_limit_blinds_the_watchdog(
+    conn: psycopg.Connection[Any], tmp_path: Any, dsn: str, cluster: Cluster
+) -> None:
+    """Round sixty-one: with the limit left raised by held work (above), a routine running
+    deeper than the limit the watchdog would give back made every look fail (the look set
+    the limit below the depth: a RecursionError its `except Exception` swallowed), and no
+    stop was raised: a loop with timeout_ms=300 ran until the backstop library ended the
+    session (without it, nothing would have stopped it). A look now raises the limit
+    there is."""
+    _deploy(conn, tmp_path, RATCHET, "r61_ratchet")
+    postmaster = cluster.postmaster_pid()
+    with psycopg.connect(dsn, autocommit=True) as pooled:
+        with pytest.raises(psycopg.errors.QueryCanceled) as stopped:
+            pooled.execute("SELECT r61.spin_deep(3)")
+        assert "exceeded its limit timeout_ms=300" in str(stopped.value), str(stopped.value)
+        assert pooled.execute("SELECT 1").fetchone() == (1,)  # the session carries on
+    assert cluster.postmaster_pid() == postmaster
+
+
+DC = """
+import dataclasses
+import typing
+from pyfuncs import stored_function
+
+
+def _keep(cls):
+    return cls
+
+
+@dataclasses.dataclass
+class Base:
+    x: int = 1
+
+
+def _try(make) -> str:
+    try:
+        made = make()
+        return "ok:" + str(type(made))[:60]
+    except Exception as e:
+        return "refused:" + repr(e)[:160]
+
+
+def _inner():
+    @dataclasses.dataclass
+    class Inner:
+        a: int = 1
+    return Inner()
+
+
+def _frozen():
+    @dataclasses.dataclass(frozen=True)
+    class F:
+        a: int = 1
+    return F()
+
+
+def _slots():
+    @dataclasses.dataclass(slots=True)
+    class S:
+        a: int = 1
+    return S()
+
+
+def _sub():
+    @dataclasses.dataclass
+    class Sub(Base):
+        y: int = 2
+    return Sub()
+
+
+def _decorated():
+    @dataclasses.dataclass
+    @_keep
+    class D:
+        a: int = 1
+    return D()
+
+
+def _make():
+    P = dataclasses.make_dataclass("P", [("x", int)])
+    return P(1)
+
+
+def _replace():
+    return dataclasses.replace(Base(), x=5)
+
+
+def _asdict():
+    return dataclasses.asdict(Base())
+
+
+def _fields():
+    return [f.name for f in dataclasses.fields(Base)]
+
+
+def _named():
+    class NT(typing.NamedTuple):
+        a: int
+    return NT(1)
+
+
+def _order():
+    @dataclasses.dataclass(order=True, eq=True, unsafe_hash=True)
+    class O:
+        a: int = 1
+    return sorted([O(2), O(1)])
+
+
+def _kw():
+    @dataclasses.dataclass(kw_only=True, match_args=False, repr=False)
+    class K:
+        a: int = 1
+    return K(a=3).a
+
+
+def _factory():
+    @dataclasses.dataclass
+    class Fa:
+        a: list = dataclasses.field(default_factory=list)
+    return Fa()
+
+
+def _generic():
+    T = typing.TypeVar("T")
+
+    @dataclasses.dataclass
+    class G(typing.Generic[T]):
+        a: int = 1
+    return G()
+
+
+def _dc_sub_in_func():
+    @dataclasses.dataclass
+    class A:
+        a: int = 1
+
+    @dataclasses.dataclass(frozen=True)
+    class B:
+        b: int = 2
+
+    @dataclasses.dataclass
+    class C(A):
+        c: int = 3
+    return C()
+
+
+@stored_function(schema="r61dc", roles=["student", "manager"])
+def probe() -> str:
+    out = []
+    for i, f in enumerate((_inner, _frozen, _slots, _sub, _decorated, _make, _replace, _asdict,
+              _fields, _named, _order, _kw, _factory, _generic, _dc_sub_in_func)):
+        out.append(str(i) + "=" + _try(f))
+    return chr(10).join(out)
+"""
+
+
+def test_a_routine_below_a_raised_limit_escapes_max_memory_mb(
+    conn: psycopg.Connection[Any], tmp_path: Any, dsn: str
+) -> None:
+    """The same blind watchdog did not enforce max_memory_mb either (only its looks read the
+    backend's memory; the backstop library knows only deadlines and cancels): a routine
+    with max_memory_mb=64 grew by 600 MB and returned."""
+    _deploy(conn, tmp_path, RATCHET, "r61_ratchet")
+    with (
+        psycopg.connect(dsn, autocommit=True) as pooled,
+        pytest.raises(psycopg.errors.OutOfMemory),
+    ):  # the control: stopped
+        pooled.execute("SELECT r61.grow_shallow()")
+    with psycopg.connect(dsn, autocommit=True) as pooled:
+        try:
+            answer = pooled.execute("SELECT r61.grow_deep(3)").fetchone()
+        except psycopg.Error as error:
+            answer = (f"{error.sqlstate} {error}",)
+        assert answer is not None and answer[0].startswith("53200"), answer
+
+
+def test_dataclass_takes_a_routines_own_classes(
+    conn: psycopg.Connection[Any], tmp_path: Any, dsn: str
+) -> None:
+    """No false refusal by round sixty's dataclass() (made_by): classes made in functions,
+    frozen, slots, subclasses of the module's dataclasses, decorated ones, make_dataclass,
+    replace/asdict/fields, NamedTuple, Generic (round sixty-one's)."""
+    _deploy(conn, tmp_path, DC, "r61_dc")
+    with psycopg.connect(dsn, autocommit=True) as pooled:
+        pooled.execute("SET ROLE student")
+        answer = pooled.execute("SELECT r61dc.probe()").fetchone()
+    assert answer is not None and "refused" not in answer[0], answer[0]
