@@ -331,13 +331,14 @@ class Watchdog:
         # A routine that runs a few frames below the recursion limit would make every call
         # of the look fail: the look gets HEADROOM frames more while it runs (given back
         # at a later tick where the routine is too deep for the limit to go back now)
-        limit = self._limit or sys.getrecursionlimit()
+        before = sys.getrecursionlimit()
+        limit = self._limit or before
         try:
             self._looking = True
             # (more than the limit there is now, which held work may have left raised
             # while the routine runs deeper than `limit`: a look given less failed, every
             # one, and a red team's routine went on past its timeout_ms and max_memory_mb)
-            sys.setrecursionlimit(max(limit, sys.getrecursionlimit()) + self.HEADROOM)
+            sys.setrecursionlimit(max(limit, before) + self.HEADROOM)
             # No routine code may run in here: the collector's finalizers would (their
             # code would run inside the look); the look keeps no reference to anything of
             # a call's from one look to the next but its entry frame, which a call lets go
@@ -366,6 +367,12 @@ class Watchdog:
                 self._limit = 0
             except RecursionError:
                 self._limit = limit
+                try:  # noqa: SIM105  (contextlib costs every backend's boot 3 ms)
+                    # the limit there was, not the look's headroom on top of it, which each
+                    # look a routine that deep gets would add again (a red team's)
+                    sys.setrecursionlimit(before)
+                except RecursionError:
+                    pass
             try:  # (near the recursion limit any call can fail: the periodic tick remains)
                 _signal.setitimer(_signal.ITIMER_PROF, self._nap, self.TICK)
                 if self._watching and self._wall is not None:

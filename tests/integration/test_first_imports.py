@@ -8,7 +8,8 @@ call in the backend, other roles' included; the submodules the failed import lef
 up stayed in sys.modules. Such imports, and a module's view, now run held
 (watchdog.held), an import that fails leaves the guard armed and takes its package's half
 made submodules with it (boot._Then). Round sixty-one: held work left the recursion limit
-raised where it ran at the limit's edge, ratcheted it, and blinded the watchdog."""
+raised where it ran at the limit's edge, ratcheted it, and blinded the watchdog; round
+sixty-two, looks that added their headroom each time."""
 
 from __future__ import annotations
 
@@ -863,3 +864,97 @@ def test_dataclass_takes_a_routines_own_classes(
         pooled.execute("SET ROLE student")
         answer = pooled.execute("SELECT r61dc.probe()").fetchone()
     assert answer is not None and "refused" not in answer[0], answer[0]
+
+
+EDGE_MODS = ["json", "statistics", "fractions", "uuid", "calendar", "heapq", "bisect", "base64"]
+
+CLIMB = (
+    """
+from pyfuncs import stored_function
+
+"""
+    + "\n".join(f"def _imp_{m}():\n    import {m}\n    return 1\n" for m in EDGE_MODS)
+    + "\n_IMP = {"
+    + ", ".join(f"{m!r}: _imp_{m}" for m in EDGE_MODS)
+    + "}\n"
+    + """
+
+def _depth(n: int) -> int:
+    try:
+        return _depth(n + 1)
+    except RecursionError:
+        return n
+
+
+def _spin() -> None:
+    n = 0
+    while n < 20000000:
+        n += 1
+
+
+def _below(n: int, out: list) -> None:
+    if n > 0:
+        _below(n - 1, out)
+        return
+    _spin()  # deeper than the limit held work could not give back: every look raises it
+    out.append(_depth(0))
+
+
+def _go(n: int, mod: str, out: list) -> None:
+    if n > 0:
+        _go(n - 1, mod, out)
+        return
+    _IMP[mod]()  # held work at the limit's edge: its limit is left to the watchdog
+    out.append(n)
+    _below(60, out)
+
+
+@stored_function(schema="r62c", roles=["student", "manager"])
+def top() -> int:
+    return _depth(0)
+
+
+@stored_function(schema="r62c", roles=["student", "manager"])
+def climb(mod: str) -> str:
+    room = _depth(0)
+    out: list = [room]
+    for k in range(0, 40):
+        try:
+            _go(room - k, mod, out)
+            return " ".join(str(x) for x in out)
+        except RecursionError:
+            pass
+    return "none " + str(room)
+"""
+)
+
+
+def test_looks_raise_the_limit_while_a_routine_runs_below_the_one_left_to_them(
+    conn: psycopg.Connection[Any], tmp_path: Any, dsn: str
+) -> None:
+    """Round sixty-two: held work at the limit's edge leaves the true limit to the watchdog
+    (Watchdog._limit); a look raised the limit there is by HEADROOM and, where the routine
+    was deeper than `_limit`, could not give it back: each look left it 100 frames higher
+    (a routine spinning there reached 5,000 frames past a limit of 993). A look gives back
+    the limit there was before it."""
+    _deploy(conn, tmp_path, CLIMB, "r62_climb")
+    with psycopg.connect(dsn, autocommit=True) as pooled:
+        top = pooled.execute("SELECT r62c.top()").fetchone()
+        assert top is not None
+    seen = []
+    for mod in EDGE_MODS:
+        with psycopg.connect(dsn, autocommit=True) as pooled:
+            answer = pooled.execute("SELECT r62c.climb(%s)", [mod]).fetchone()
+            assert answer is not None
+            seen.append(answer[0])
+            parts = answer[0].split()
+            if parts[0] == "none" or len(parts) < 2:
+                continue
+            room = int(parts[0])
+            measured = int(parts[-1])
+            reached = room + 60 + measured
+            pooled.execute("SET ROLE student")  # the next call in the backend, another role's
+            after = pooled.execute("SELECT r62c.top()").fetchone()
+            seen.append(f"then top()={after}")
+            assert reached <= top[0] + 200 + 100 + 50, (mod, top[0], seen, reached)
+    assert seen
