@@ -9,7 +9,8 @@ up stayed in sys.modules. Such imports, and a module's view, now run held
 (watchdog.held), an import that fails leaves the guard armed and takes its package's half
 made submodules with it (boot._Then). Round sixty-one: held work left the recursion limit
 raised where it ran at the limit's edge, ratcheted it, and blinded the watchdog; round
-sixty-two, looks that added their headroom each time."""
+sixty-two, looks that added their headroom each time, and a routine at the limit's very
+edge, where Python could not call the watchdog's handler."""
 
 from __future__ import annotations
 
@@ -958,3 +959,155 @@ def test_looks_raise_the_limit_while_a_routine_runs_below_the_one_left_to_them(
             seen.append(f"then top()={after}")
             assert reached <= top[0] + 200 + 100 + 50, (mod, top[0], seen, reached)
     assert seen
+
+
+EDGE = """
+from pyfuncs import stored_function
+
+HOG: list = []
+BLOCK = list(range(1 << 17))
+COUNT = [0]
+SPINS = [0]
+
+
+def _depth(n: int) -> int:
+    try:
+        return _depth(n + 1)
+    except RecursionError:
+        return n
+
+
+def _fill() -> None:
+    # no call in here: at the recursion limit's edge a call fails, bytecode does not
+    global HOG
+    while COUNT[0] < 600:
+        HOG += [b"x" * (1 << 20)]
+        COUNT[0] = COUNT[0] + 1
+
+
+def _spin() -> None:
+    n = 0
+    while n < 30000000:
+        n += 1
+    SPINS[0] = 1
+
+
+def _bottom_grow(n: int) -> int:
+    global HOG
+    try:
+        return _bottom_grow(n + 1)
+    except RecursionError:
+        pass
+    # inline, one frame above the deepest (the deepest one's handler fails its guard):
+    # a tick's handler is entered, its first call fails
+    while COUNT[0] < 300:
+        try:
+            HOG += BLOCK  # (a MB of references; no call, no bounded operator)
+            COUNT[0] = COUNT[0] + 1
+        except RecursionError:
+            pass
+    return n
+
+
+def _bottom(n: int, work) -> int:
+    try:
+        return _bottom(n + 1, work)
+    except RecursionError:
+        pass
+    # the frame one above the deepest: `work` runs in the deepest frame there is, and a
+    # tick's handler (one frame more) cannot even be entered there
+    while not SPINS[0] and COUNT[0] < 600:
+        try:
+            work()
+        except RecursionError:
+            pass
+    return n
+
+
+@stored_function(schema="r62", roles=["student", "manager"])
+def count() -> str:
+    return str(COUNT[0]) + " " + str(len(HOG))
+
+
+@stored_function(schema="r62", roles=["student", "manager"])
+def top() -> int:
+    return _depth(0)
+
+
+@stored_function(schema="r62", roles=["student", "manager"], max_memory_mb=64)
+def grow_shallow() -> str:
+    global HOG
+    HOG = []
+    COUNT[0] = 0
+    _fill()
+    grown = len(HOG)
+    HOG = []
+    return "grew by " + str(grown) + " MB"
+
+
+@stored_function(schema="r62", roles=["student", "manager"], max_memory_mb=64)
+def grow_at_edge() -> str:
+    global HOG
+    HOG = []
+    COUNT[0] = 0
+    _bottom_grow(0)
+    grown = len(HOG) >> 17  # (each BLOCK: 2**17 references, a MB)
+    HOG = []
+    return "grew by " + str(grown) + " MB"
+
+
+@stored_function(schema="r62", roles=["student", "manager"], timeout_ms=300)
+def spin_at_edge() -> str:
+    SPINS[0] = 0
+    COUNT[0] = 0
+    _bottom(0, _spin)
+    return "returned"
+"""
+
+
+def test_a_routine_at_the_limits_very_edge_blinds_the_watchdog_for_memory(
+    conn: psycopg.Connection[Any], tmp_path: Any, dsn: str
+) -> None:
+    """Round sixty-two: a routine whose loop runs in the deepest frame the recursion limit
+    allows: the SIGPROF handler is a Python function, and entering its frame there failed
+    (a RecursionError raised into the routine, which caught it and went on), so no look
+    ran and max_memory_mb was never read; one frame above the deepest, the handler's
+    frame was entered and its first call failed the same way. A routine with
+    max_memory_mb=64 grew by 300 MB and returned; with no timeout_ms it ran 14 minutes
+    until cancelled. The library now raises the interpreter's limit before Python calls
+    the handler, which sets it back (backstop.c, Watchdog._tick)."""
+    _deploy(conn, tmp_path, EDGE, "r62_edge")
+    with (
+        psycopg.connect(dsn, autocommit=True) as pooled,
+        pytest.raises(psycopg.errors.OutOfMemory),
+    ):  # the control
+        pooled.execute("SELECT r62.grow_shallow()")
+    with psycopg.connect(dsn, autocommit=True) as pooled:
+        pooled.execute("SET statement_timeout = '10s'")  # (the test's own safety net)
+        try:
+            answer = pooled.execute("SELECT r62.grow_at_edge()").fetchone()
+        except psycopg.Error as error:
+            answer = (f"{error.sqlstate} {str(error).splitlines()[0]}",)
+            try:
+                answer += pooled.execute("SELECT r62.count()").fetchone() or ()
+            except psycopg.Error as again:
+                answer += (str(again),)
+        assert answer is not None and answer[0].startswith("53200"), answer
+
+
+def test_a_routine_at_the_limits_very_edge_is_stopped_by_its_timeout(
+    conn: psycopg.Connection[Any], tmp_path: Any, dsn: str, cluster: Cluster
+) -> None:
+    """The same for timeout_ms: stopped by the watchdog (57014, the session carries on),
+    not left to the backstop library (seen: the session ended, FATAL, "its timeout_ms
+    passed 1106 ms before"; without pyfuncs_backstop.so nothing would stop it)."""
+    _deploy(conn, tmp_path, EDGE, "r62_edge")
+    postmaster = cluster.postmaster_pid()
+    with psycopg.connect(dsn, autocommit=True) as pooled:
+        try:
+            answer = pooled.execute("SELECT r62.spin_at_edge()").fetchone()
+        except psycopg.Error as error:
+            answer = (f"{error.sqlstate} {str(error).splitlines()[0]}",)
+        assert answer is not None and "exceeded its limit timeout_ms=300" in answer[0], answer
+        assert pooled.execute("SELECT 1").fetchone() == (1,)
+    assert cluster.postmaster_pid() == postmaster
