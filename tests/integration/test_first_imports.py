@@ -81,6 +81,12 @@ def attempt(depth: int) -> str:
         _deep(depth)
     except RecursionError:
         pass
+    return _subclassed()
+
+
+def _subclassed() -> str:
+    """Whether a routine's subclass of ZoneInfo may be made (the guard's __new__ refuses
+    it with a TypeError)."""
     import zoneinfo
 
     class Z(_Mixin, zoneinfo.ZoneInfo):
@@ -121,18 +127,7 @@ def attempt_full(leave: int) -> str:
     except MemoryError:
         pass
     hog.clear()
-    import zoneinfo
-
-    class Z(_Mixin, zoneinfo.ZoneInfo):
-        pass
-
-    try:
-        Z("Europe/Paris")
-    except TypeError:
-        return "refused"
-    except Exception as e:
-        return "allowed " + repr(e)[:100]
-    return "allowed"
+    return _subclassed()
 
 
 @stored_function(schema="r60", roles=["student", "manager"])
