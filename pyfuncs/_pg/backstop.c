@@ -230,26 +230,6 @@ watch(void *context)
 					 "pyfuncs' README.")));
 }
 
-/*
- * The recursion limit, raised for the watchdog's handler before Python calls it: Python
- * calls a signal handler as a function, which it cannot do a frame below the recursion
- * limit, so a routine that recursed to the limit and looped there without calls got each
- * tick's RecursionError in its place, and the watchdog never looked (its max_memory_mb
- * went unenforced, its stops were left to this library: round sixty-two's red team).
- * Here, in front of Python's handler, the interpreter's limit (its ceval.recursion_limit,
- * which Python checks a frame past a thread's own count against, at `recursion_limit_at`)
- * is raised to pyfuncs_backstop_recursion[0], and what it was is kept in [1]: the watchdog
- * sets every count of the limit back, without a call (watchdog.py, Watchdog._tick).
- */
-int			pyfuncs_backstop_recursion[2];
-static int *recursion_limit_at;
-
-void
-pyfuncs_recursion_at(int *at)
-{
-	recursion_limit_at = at;
-}
-
 static void
 on_signal(int signo, siginfo_t *info, void *context)
 {
@@ -257,11 +237,6 @@ on_signal(int signo, siginfo_t *info, void *context)
 
 	watch(context);
 	errno = saved_errno;
-	if (recursion_limit_at != NULL && *recursion_limit_at < pyfuncs_backstop_recursion[0])
-	{
-		pyfuncs_backstop_recursion[1] = *recursion_limit_at;
-		*recursion_limit_at = pyfuncs_backstop_recursion[0];
-	}
 	if (chained.sa_flags & SA_SIGINFO)
 		chained.sa_sigaction(signo, info, context);
 	else if (chained.sa_handler != SIG_IGN && chained.sa_handler != SIG_DFL)

@@ -337,45 +337,6 @@ def local_transaction() -> Any:
     return serial
 
 
-def recursion(raised: int) -> tuple[Any, Any, Any, Any] | None:
-    """Have the library raise the interpreter's recursion limit to `raised` before Python
-    calls the watchdog's handler (backstop.c says why): the words of the limit, to set it
-    back without a call (the interpreter's, the main thread's, and that thread's count of
-    frames left), and the library's pair [raised to, what it found]. None without the
-    library (or one built before it), or where the words are not found as expected."""
-    library: Any = _installed[0] if _installed else None
-    if getattr(library, "pyfuncs_recursion_at", None) is None:
-        return None
-    import sys
-
-    api = ctypes.pythonapi
-    api.PyInterpreterState_Get.restype = api.PyThreadState_Get.restype = ctypes.c_void_p
-    interpreter, thread = api.PyInterpreterState_Get(), api.PyThreadState_Get()
-    words: Any = ctypes.c_int * 64  # (each field sought lies in the first few dozen)
-    base, seen = sys.getrecursionlimit(), []
-    for probe in (base + 7001, base + 9013):
-        sys.setrecursionlimit(probe)
-        seen.append((words.from_address(interpreter)[:], words.from_address(thread)[:]))
-    sys.setrecursionlimit(base)
-    (i1, t1), (i2, t2) = seen
-    limit_at = [k for k in range(64) if (i1[k], i2[k]) == (base + 7001, base + 9013)]
-    own_at = [k for k in range(64) if (t1[k], t2[k]) == (base + 7001, base + 9013)]
-    left_at = [k for k in range(64) if t2[k] - t1[k] == 2012 and 0 < t1[k] < base + 7001]
-    if len(limit_at) != 1 or len(own_at) != 1 or len(left_at) != 1:
-        return None
-    pair = (ctypes.c_int * 2).in_dll(library, "pyfuncs_backstop_recursion")
-    pair[0] = raised
-    at = library.pyfuncs_recursion_at
-    at.argtypes, at.restype = [ctypes.c_void_p], None
-    at(interpreter + 4 * limit_at[0])
-    return (
-        ctypes.c_int.from_address(interpreter + 4 * limit_at[0]),
-        ctypes.c_int.from_address(thread + 4 * own_at[0]),
-        ctypes.c_int.from_address(thread + 4 * left_at[0]),
-        pair,
-    )
-
-
 def set_flags(kinds: list[type], at: int, bits: int) -> bool:
     """Set `bits` in the flags word (byte `at` of the type object) of each class of
     `kinds`, in one call of the library's. False without the library (or one built before

@@ -190,9 +190,6 @@ def start(gd: dict[str, Any], modules: Mapping[str, Mapping[str, Any]]) -> None:
         postgres, stopping.Watchdog.GRACE, stopping.Watchdog.UNWIND, overflow.STACK,
         overflow.MESSAGE,
     )  # fmt: skip
-    stopping.WATCHDOG.words = backstop.recursion(
-        sys.getrecursionlimit() + stopping.Watchdog.HEADROOM
-    )
     db.bind(postgres, backstop.local_transaction())
     guards = backstop.query_guards(identity.SETTINGS, identity._claims_at[0], deadline._timer)
     if guards is not None:  # (a library built before begin, end and undo has five)

@@ -241,9 +241,6 @@ class Watchdog:
         self._statm = -1
         self._fatal: Any = None
         self._limit = 0  # the recursion limit a look could not give back yet, else 0
-        # the words of the recursion limit and the library's pair (backstop.recursion), or
-        # None: the library raises the limit for each look, which sets it back
-        self.words: Any = None
 
     def end_session(self, message: str) -> None:
         """End the session (FATAL, as PostgreSQL ends one it terminates), where something
@@ -334,11 +331,7 @@ class Watchdog:
         # A routine that runs a few frames below the recursion limit would make every call
         # of the look fail: the look gets HEADROOM frames more while it runs (given back
         # at a later tick where the routine is too deep for the limit to go back now)
-        words = self.words
-        found = 0
-        if words is not None:  # the limit before the library raised it for this look
-            found, words[3][1] = words[3][1], 0
-        before = found or sys.getrecursionlimit()
+        before = sys.getrecursionlimit()
         limit = self._limit or before
         try:
             self._looking = True
@@ -374,19 +367,12 @@ class Watchdog:
                 self._limit = 0
             except RecursionError:
                 self._limit = limit
-                # the limit there was, not the look's headroom on top of it, which each look
-                # a routine that deep gets would add again (a red team's); with the library,
-                # set without a call, deeper than it or not (the routine's next call fails)
-                if words is not None:
-                    interpreter, own, left, _ = words
-                    depth = own.value - left.value
-                    interpreter.value = own.value = before
-                    left.value = before - depth
-                else:
-                    try:  # noqa: SIM105  (contextlib costs every backend's boot 3 ms)
-                        sys.setrecursionlimit(before)
-                    except RecursionError:
-                        pass
+                try:  # noqa: SIM105  (contextlib costs every backend's boot 3 ms)
+                    # the limit there was, not the look's headroom on top of it, which each
+                    # look a routine that deep gets would add again (a red team's)
+                    sys.setrecursionlimit(before)
+                except RecursionError:
+                    pass
             try:  # (near the recursion limit any call can fail: the periodic tick remains)
                 _signal.setitimer(_signal.ITIMER_PROF, self._nap, self.TICK)
                 if self._watching and self._wall is not None:

@@ -43,7 +43,6 @@ ABI = {
     "tuple_item, list_item, list_set, from_unsigned, as_unsigned, from_long, as_long, "
     "from_text, text_of, is_true, error, function_new, incref, decref",
     "pyfuncs_query_guards_joined": "void",
-    "pyfuncs_recursion_at": "int *at",
 }
 
 
@@ -77,10 +76,7 @@ def test_the_manifest_reads_the_source() -> None:
     """The parser finds every function the runtime looks the library up by (backstop.py)."""
     runtime = (SOURCE.parent / "backstop.py").read_text()
     looked_up = set(re.findall(r"\b(pyfuncs_\w+)\b", runtime))
-    # (the library's name, and the arrays)
-    data = {"pyfuncs_backstop", "pyfuncs_backstop_clock", "pyfuncs_backstop_recursion"}
+    data = {"pyfuncs_backstop", "pyfuncs_backstop_clock"}  # (the library's name, and the array)
     assert looked_up - data <= set(_exported(SOURCE.read_text())), looked_up
-    # the array the runtime writes deadlines to: three doubles, as CLOCK reads them; and the
-    # recursion limit's pair, two ints, as backstop.recursion reads it
+    # the array the runtime writes deadlines to: three doubles, as CLOCK reads them
     assert "double\t\tpyfuncs_backstop_clock[3];" in SOURCE.read_text()
-    assert "int\t\t\tpyfuncs_backstop_recursion[2];" in SOURCE.read_text()
