@@ -1366,3 +1366,120 @@ pyfuncs_local_transaction(void)
 {
 	return MyProc != NULL ? MyProc->lxid : 0;
 }
+
+/*
+ * The watchdog's handler, with frames lent to it (watchdog.py). Python calls a signal's
+ * handler in the main thread, between two bytecodes of whatever runs there, and a call of
+ * Python code takes a frame under the recursion limit: a routine that recursed to the
+ * limit and looped there without calls got a RecursionError from each tick in the
+ * handler's place, caught it, and was never looked at (its max_memory_mb unread, its stops
+ * left to the handler above; red team round 62). Python calls a handler that is an object
+ * of this type by its vectorcall, which no check of the limit precedes: it raises the limit
+ * by `frames` for the handler's call and gives back the one there was as the call returns,
+ * at the depth where it began (unless the handler set another). The frames are lent to the
+ * handler alone: a first fix raised the limit in the C handler for SIGPROF, which lent them
+ * to whatever ran until Python called the watchdog's (C recursion of a routine's ran into
+ * them, and the count of frames left, set back after, aborted the process; round 63).
+ */
+typedef PyObject *(*Vectorcall) (PyObject *callable, PyObject *const *args, size_t nargsf,
+								 PyObject *kwnames);
+typedef struct
+{
+	PyObject   *(*type_from_spec) (void *spec);
+	PyObject   *(*generic_alloc) (PyObject *type, PySize items);
+	PyObject   *(*vectorcall_call) (PyObject *callable, PyObject *args, PyObject *kwargs);
+	PyObject   *(*vectorcall) (PyObject *callable, PyObject *const *args, size_t nargsf,
+							   PyObject *kwnames);
+	int			(*get_limit) (void);
+	void		(*set_limit) (int limit);
+	void		(*incref) (PyObject *object);
+}			LendApi;
+
+typedef struct
+{
+	PySize		refcount;
+	PyObject   *type;
+	Vectorcall	call;			/* where tp_vectorcall_offset points */
+	PyObject   *handler;
+	int			frames;
+}			Lender;
+
+typedef struct
+{
+	int			slot;
+	void	   *function;
+}			TypeSlot;					/* PyType_Slot */
+
+typedef struct
+{
+	const char *name;
+	int			basicsize;
+	int			itemsize;
+	unsigned int flags;
+	TypeSlot   *slots;
+}			TypeSpec;					/* PyType_Spec */
+
+typedef struct
+{
+	const char *name;
+	int			type;
+	PySize		offset;
+	int			flags;
+	const char *doc;
+}			MemberDef;					/* PyMemberDef */
+
+static LendApi lending;
+static PyObject *lender_type;
+
+static PyObject *
+lend(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+	Lender	   *lender = (Lender *) self;
+	int			limit = lending.get_limit();
+	PyObject   *result;
+
+	lending.set_limit(limit + lender->frames);
+	result = lending.vectorcall(lender->handler, args, nargsf, kwnames);
+	if (lending.get_limit() == limit + lender->frames)
+		lending.set_limit(limit);
+	return result;
+}
+
+/*
+ * Python's functions (LendApi's, in its order) and `handler`, kept alive by the caller: a
+ * callable that calls `handler` with `frames` lent, or NULL with Python's error set.
+ */
+PyObject   *
+pyfuncs_frames_lent(const LendApi *functions, PyObject *handler, int frames)
+{
+	static MemberDef members[] = {
+		{"__vectorcalloffset__", 19 /* T_PYSSIZET */ , offsetof(Lender, call), 1 /* READONLY */ , NULL},
+		{NULL, 0, 0, 0, NULL},
+	};
+	static TypeSlot slots[] = {
+		{50 /* Py_tp_call */ , NULL},
+		{72 /* Py_tp_members */ , members},
+		{0, NULL},
+	};
+	static TypeSpec spec = {
+		"pyfuncs.lender", sizeof(Lender), 0,
+		/* Py_TPFLAGS_DEFAULT | HAVE_VECTORCALL | IMMUTABLETYPE | DISALLOW_INSTANTIATION */
+		(1U << 18) | (1U << 11) | (1U << 8) | (1U << 7), slots,
+	};
+	Lender	   *lender;
+
+	lending = *functions;
+	if (lender_type == NULL)
+	{
+		slots[0].function = (void *) lending.vectorcall_call;
+		if ((lender_type = lending.type_from_spec(&spec)) == NULL)
+			return NULL;
+	}
+	if ((lender = (Lender *) lending.generic_alloc(lender_type, 0)) == NULL)
+		return NULL;
+	lending.incref(handler);
+	lender->handler = handler;
+	lender->frames = frames;
+	lender->call = lend;
+	return (PyObject *) lender;
+}

@@ -58,18 +58,44 @@ def library_path(postgres: ctypes.CDLL) -> str:
     return os.path.join(libdir, LIBRARY)
 
 
-def install(
-    postgres: ctypes.CDLL, grace: float, unwind: float, stack: tuple[int, int], overflow: str
-) -> bool:
+_library: list[Any] = []  # the library, once loaded
+
+
+def load(postgres: ctypes.CDLL) -> bool:
+    """Load the library; False where it is not installed."""
+    path = library_path(postgres)
+    if not _library and os.path.exists(path):
+        _library.append(ctypes.CDLL(path))
+    return bool(_library)
+
+
+def lend_frames(handler: Any, frames: int) -> Any:
+    """A callable that calls `handler` with `frames` more of the recursion limit for its
+    call alone (backstop.c says why: the watchdog's handler, called one frame below the
+    limit), or `handler` itself without the library (or one built before it)."""
+    lent = getattr(_library[0], "pyfuncs_frames_lent", None) if _library else None
+    if lent is None:
+        return handler
+    functions = _functions(
+        "PyType_FromSpec", "PyType_GenericAlloc", "PyVectorcall_Call", "PyObject_Vectorcall",
+        "Py_GetRecursionLimit", "Py_SetRecursionLimit", "Py_IncRef",
+    )  # fmt: skip
+    make = ctypes.PyDLL(_library[0]._name).pyfuncs_frames_lent
+    make.argtypes = [ctypes.c_void_p, ctypes.py_object, ctypes.c_int]
+    make.restype = ctypes.py_object
+    _keep.append(functions)
+    return make(ctypes.addressof(functions), handler, frames)
+
+
+def install(grace: float, unwind: float, stack: tuple[int, int], overflow: str) -> bool:
     """Put the C handler in front of the watchdog's (which must be installed already), point
     CLOCK at what it reads, and contain faults of Python's code (after overflow.contain:
     `stack` is where an overflow faults, `overflow` its message). False where the library
-    is not installed."""
+    is not loaded (load)."""
     global CLOCK
-    path = library_path(postgres)
-    if not os.path.exists(path):
+    if not _library:
         return False
-    library = ctypes.CDLL(path)
+    library = _library[0]
     setup = library.pyfuncs_backstop_install
     setup.argtypes = [ctypes.c_double, ctypes.c_double, ctypes.c_char_p]
     setup.restype = ctypes.c_int

@@ -182,14 +182,14 @@ def start(gd: dict[str, Any], modules: Mapping[str, Mapping[str, Any]]) -> None:
     in_transaction = postgres.IsTransactionState
     in_transaction.restype = ctypes.c_bool
     stopping.in_transaction = in_transaction
+    backstop.load(postgres)
     stopping.WATCHDOG = stopping.Watchdog()
-    stopping.WATCHDOG.start(plpy.fatal)
+    stopping.WATCHDOG.start(plpy.fatal, backstop.lend_frames)
     # (in front of the watchdog's handler)
     # (and in front of overflow's for faults, on the alternate stack it made)
     backstop.install(
-        postgres, stopping.Watchdog.GRACE, stopping.Watchdog.UNWIND, overflow.STACK,
-        overflow.MESSAGE,
-    )  # fmt: skip
+        stopping.Watchdog.GRACE, stopping.Watchdog.UNWIND, overflow.STACK, overflow.MESSAGE
+    )
     db.bind(postgres, backstop.local_transaction())
     guards = backstop.query_guards(identity.SETTINGS, identity._claims_at[0], deadline._timer)
     if guards is not None:  # (a library built before begin, end and undo has five)

@@ -248,11 +248,14 @@ class Watchdog:
         if self._fatal is not None:
             self._fatal(message, sqlstate=vocabulary.INTERNAL_ERROR)
 
-    def start(self, fatal: Any = None) -> None:
+    def start(self, fatal: Any = None, lend: Any = None) -> None:
         """Install the handler; `fatal` (plpy.fatal) ends the session of a routine that goes
-        on running GRACE after its stop."""
+        on running GRACE after its stop; `lend(handler, frames)` (backstop.lend_frames)
+        makes Python call the handler with HEADROOM frames more of the recursion limit."""
         self._fatal = fatal
-        _signal.signal(_signal.SIGPROF, self._tick)
+        _signal.signal(
+            _signal.SIGPROF, self._tick if lend is None else lend(self._tick, self.HEADROOM)
+        )
         _signal.siginterrupt(_signal.SIGPROF, False)  # PostgreSQL's system calls restart
         _signal.setitimer(_signal.ITIMER_PROF, self.TICK, self.TICK)
         self._wall = _WallTimer.make(_signal.SIGPROF)
@@ -330,7 +333,10 @@ class Watchdog:
         must_stop = False
         # A routine that runs a few frames below the recursion limit would make every call
         # of the look fail: the look gets HEADROOM frames more while it runs (given back
-        # at a later tick where the routine is too deep for the limit to go back now)
+        # at a later tick where the routine is too deep for the limit to go back now). In
+        # the deepest frame there is, Python could not call this handler at all: the
+        # library lends it HEADROOM frames for its call (backstop.lend_frames), which
+        # `before` counts, and gives them back as it returns.
         before = sys.getrecursionlimit()
         limit = self._limit or before
         try:

@@ -43,6 +43,8 @@ ABI = {
     "tuple_item, list_item, list_set, from_unsigned, as_unsigned, from_long, as_long, "
     "from_text, text_of, is_true, error, function_new, incref, decref",
     "pyfuncs_query_guards_joined": "void",
+    "pyfuncs_frames_lent": "const LendApi *functions, PyObject *handler, int frames | LendApi: "
+    "type_from_spec, generic_alloc, vectorcall_call, vectorcall, get_limit, set_limit, incref",
 }
 
 

@@ -327,12 +327,81 @@ def _sit(depth: int, target: int) -> int:
 @stored_function(schema="spin", timeout_ms=300)
 def near_the_recursion_limit(margin: int) -> int:
     """Spins `margin` frames below the recursion limit, where every call the watchdog's look
-    made failed with RecursionError, and nothing stopped it."""
+    made failed with RecursionError, and nothing stopped it (at 0, in the deepest frame
+    there is: no call can be made there, not even of the watchdog's handler)."""
     try:  # noqa: SIM105  (a with block would be one more frame to look at)
         _probe(0)
     except RecursionError:
         pass
     return _sit(0, _DEPTH[0] - margin)
+
+
+_HOG: list[int] = []
+_BLOCK = list(range(1 << 17))  # a MB of references
+
+
+def _grow(depth: int, target: int) -> int:
+    global _HOG
+    if depth < target:
+        return _grow(depth + 1, target)
+    while True:  # no call (none can be made here): a MB more each round
+        try:  # noqa: SIM105  (as above)
+            _HOG += _BLOCK
+        except Exception:
+            pass
+
+
+@stored_function(schema="spin", max_memory_mb=64, timeout_ms=5000)
+def growing_at_the_recursion_limit(margin: int) -> int:
+    """Grows `margin` frames below the recursion limit: with no look there, max_memory_mb
+    went unread (300 MB grown under 64, red team round 62)."""
+    try:  # noqa: SIM105  (as above)
+        _probe(0)
+    except RecursionError:
+        pass
+    try:
+        return _grow(0, _DEPTH[0] - margin)
+    finally:
+        _HOG[:] = []
+
+
+class _Bottom:
+    def __eq__(self, other: object) -> bool:
+        return True
+
+
+def _lists(n: int, leaf: object) -> object:
+    for _ in range(n):
+        leaf = [leaf]
+    return leaf
+
+
+def _compare(a: object, b: object) -> bool:
+    return a == b
+
+
+@stored_function(schema="spin", timeout_ms=300)
+def comparing_at_the_recursion_limit(deeper: int) -> int:
+    """Compares nested lists (C recursion, which checks for no signal) down to one level
+    above the deepest a comparison may go, long C work there, then `deeper` levels more and
+    Python code at the bottom: reached only if the limit was raised meanwhile (round 63: a
+    first fix raised it in the C handler for SIGPROF, the comparison went on past the limit,
+    and setting the limit back there aborted the process)."""
+    low, high = 1, 4000  # how deep a comparison may go from here: low may, high may not
+    while high - low > 1:
+        middle = (low + high) // 2
+        try:
+            _compare(_lists(middle, [1]), _lists(middle, [1]))
+            low = middle
+        except RecursionError:
+            high = middle
+    a, b = (_lists(low - 2, ["ab" * (low * 100)] * 400 + [_lists(deeper, _Bottom())])
+            for _ in range(2))  # fmt: skip
+    while True:
+        try:  # noqa: SIM105  (as above)
+            _compare(a, b)
+        except RecursionError:
+            pass
 
 
 @stored_function(schema="spin")
