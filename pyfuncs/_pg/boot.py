@@ -221,8 +221,11 @@ def start(gd: dict[str, Any], modules: Mapping[str, Mapping[str, Any]]) -> None:
     when_imported("unicodedata", bounded.hold_unicodedata)
     import gc  # (imported already, by the interpreter)
 
-    if routines.collecting not in gc.callbacks:
-        gc.callbacks.append(routines.collecting)
+    if not routines.COLLECTOR:  # (with frames lent, as the watchdog's hooks)
+        routines.COLLECTOR.append(
+            backstop.lend_frames(routines.collecting, stopping.Watchdog.HEADROOM)
+        )
+        gc.callbacks.append(routines.COLLECTOR[0])
     hold_classes()  # (last: its import finder goes in front of the others)
     for name in INTERFACES:
         gd[name] = routines

@@ -42,6 +42,7 @@ ISOLATED: list[Any] = []
 
 
 _COLLECTIONS: list[tuple[Any, Any]] = []  # what a collection under way put aside
+COLLECTOR: list[Any] = []  # collecting, as gc.callbacks has it (boot.py)
 _MAIN = get_ident()  # the backend's thread, which runs the calls
 
 

@@ -241,6 +241,7 @@ class Watchdog:
         self._statm = -1
         self._fatal: Any = None
         self._limit = 0  # the recursion limit a look could not give back yet, else 0
+        self._tripping: Any = Watchdog._trip  # (with frames lent: start)
 
     def end_session(self, message: str) -> None:
         """End the session (FATAL, as PostgreSQL ends one it terminates), where something
@@ -250,16 +251,21 @@ class Watchdog:
 
     def start(self, fatal: Any = None, lend: Any = None) -> None:
         """Install the handler; `fatal` (plpy.fatal) ends the session of a routine that goes
-        on running GRACE after its stop; `lend(handler, frames)` (backstop.lend_frames)
-        makes Python call the handler with HEADROOM frames more of the recursion limit."""
+        on running GRACE after its stop; `lend(hook, frames)` (backstop.lend_frames) makes
+        Python call a hook with HEADROOM frames more of the recursion limit: the handler, and
+        the hooks that raise a stop a finalizer swallowed, which Python calls wherever the
+        routine is, the deepest frame the limit allows included."""
         self._fatal = fatal
-        _signal.signal(
-            _signal.SIGPROF, self._tick if lend is None else lend(self._tick, self.HEADROOM)
-        )
+
+        def lent(hook: Any) -> Any:
+            return hook if lend is None else lend(hook, self.HEADROOM)
+
+        _signal.signal(_signal.SIGPROF, lent(self._tick))
         _signal.siginterrupt(_signal.SIGPROF, False)  # PostgreSQL's system calls restart
         _signal.setitimer(_signal.ITIMER_PROF, self.TICK, self.TICK)
         self._wall = _WallTimer.make(_signal.SIGPROF)
-        sys.unraisablehook = self._swallowed
+        sys.unraisablehook = lent(self._swallowed)
+        self._tripping = lent(Watchdog._trip)
         bookkeeping(Watchdog._swallowed, Watchdog._report, Watchdog._trip, _untraced)
 
     def _swallowed(self, unraisable: Any) -> None:
@@ -285,7 +291,7 @@ class Watchdog:
         # call that was stopped (not one that came after a stop nothing described)
         if id(frame.f_code) in BOOKKEEPING or _inside_held(frame) or not self._applies(stop, frame):
             return
-        frame.f_trace = self._trip
+        frame.f_trace = self._tripping
         frame.f_trace_lines = True
         if sys.gettrace() is None:  # a frame's own trace runs only while one is set
             sys.settrace(_untraced)

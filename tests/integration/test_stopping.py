@@ -482,6 +482,45 @@ def test_max_memory_mb_holds_at_the_recursion_limit(spin: str, margin: int) -> N
         assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)
 
 
+@pytest.mark.parametrize("margin", [0, 1, 4])
+def test_a_stop_a_finalizer_swallows_at_the_recursion_limit_is_raised_in_the_call(
+    spin: str, margin: int
+) -> None:
+    """Python swallows a stop raised in a finalizer; the watchdog's unraisablehook sets a
+    trace on the frame that ran it, which raises the stop at its next line. In the deepest
+    frame there is, Python could call neither (round 64): the stop was lost at every tick
+    and the session ended a GRACE later. They are called with frames lent now."""
+    with psycopg.connect(spin, autocommit=True) as conn:
+        error, took = run(
+            conn, "SELECT spin.looping_finalizer_at_the_recursion_limit(%s)", [margin]
+        )
+        assert error.sqlstate == "57014", error
+        assert "timeout_ms=300" in str(error)
+        assert took < 0.3 + SLACK
+        assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)
+
+
+@pytest.mark.parametrize("margin", [0, 1])
+def test_max_memory_mb_holds_in_a_finalizer_at_the_recursion_limit(spin: str, margin: int) -> None:
+    with psycopg.connect(spin, autocommit=True) as conn:
+        error, _ = run(conn, "SELECT spin.growing_finalizer_at_the_recursion_limit(%s)", [margin])
+        assert error.sqlstate == "53200", error
+        assert "max_memory_mb=64" in str(error)
+        assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)
+
+
+def test_the_recursion_limit_is_the_same_after_stops_at_it(spin: str) -> None:
+    """Neither lower (a false RecursionError in the next call, another role's) nor higher
+    after the watchdog's hooks ran there with frames lent, again and again."""
+    with psycopg.connect(spin, autocommit=True) as conn:
+        before = conn.execute("SELECT spin.recursion_depth()").fetchone()
+        for margin in (0, 1, 0):
+            run(conn, "SELECT spin.near_the_recursion_limit(%s)", [margin])
+            run(conn, "SELECT spin.looping_finalizer_at_the_recursion_limit(%s)", [margin])
+            run(conn, "SELECT spin.comparing_at_the_recursion_limit(10)")
+        assert conn.execute("SELECT spin.recursion_depth()").fetchone() == before
+
+
 @pytest.mark.parametrize("deeper", [10, 40])
 def test_the_frames_lent_to_the_watchdog_are_not_the_routines(spin: str, deeper: int) -> None:
     """C recursion under way as a tick comes does not go on into the frames lent to the

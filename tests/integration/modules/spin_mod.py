@@ -365,6 +365,63 @@ def growing_at_the_recursion_limit(margin: int) -> int:
         _HOG[:] = []
 
 
+def _in_finalizer(self: object) -> None:  # a finalizer not spelled `def __del__`
+    global _HOG
+    while _GROWING[0]:  # (no call: it runs in the deepest frame there is)
+        _HOG += _BLOCK
+    i = 0
+    while True:
+        i += 1
+
+
+_Looping = type("_Looping", (), {"__del__": _in_finalizer})
+_GROWING = [False]
+
+
+def _drop_looping(depth: int, target: int, box: list[object]) -> int:
+    if depth < target:
+        return _drop_looping(depth + 1, target, box)
+    while True:  # one frame above the deepest: the finalizer runs in the deepest
+        box[0] = _Looping()
+
+
+def _finalizer_at_the_edge(margin: int, growing: bool) -> int:
+    _GROWING[0] = growing
+    try:  # noqa: SIM105  (as above)
+        _probe(0)
+    except RecursionError:
+        pass
+    try:
+        return _drop_looping(0, _DEPTH[0] - 1 - margin, [None])
+    finally:
+        _HOG[:] = []
+
+
+@stored_function(schema="spin", timeout_ms=300)
+def looping_finalizer_at_the_recursion_limit(margin: int) -> int:
+    """A finalizer that loops in the deepest frame there is (less `margin`): the stop the
+    watchdog raises there is swallowed, and the hooks that raise it again at the next line
+    of the routine's (sys.unraisablehook, a frame's trace) could not be called there (round
+    64: the session ended a GRACE later)."""
+    return _finalizer_at_the_edge(margin, False)
+
+
+@stored_function(schema="spin", max_memory_mb=64, timeout_ms=30000)
+def growing_finalizer_at_the_recursion_limit(margin: int) -> int:
+    """The same, growing by a MB a round (round 64: 1.4 GB under 64)."""
+    return _finalizer_at_the_edge(margin, True)
+
+
+@stored_function(schema="spin")
+def recursion_depth() -> int:
+    """How deep a call may recurse from its routine's frame."""
+    try:  # noqa: SIM105  (as above)
+        _probe(0)
+    except RecursionError:
+        pass
+    return _DEPTH[0]
+
+
 class _Bottom:
     def __eq__(self, other: object) -> bool:
         return True
