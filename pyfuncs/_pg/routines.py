@@ -108,7 +108,7 @@ _CALL = """\
         if watch.stop is not None:  # a stop it did not see (one a finalizer swallowed)
             watch.check()
         if type(result) is int:  # (one beyond bigint's is made a Decimal: results.plain)
-            if -longest <= result < longest:
+            if lowest <= result < longest:
                 return result
         elif type(result) in short:
             return result
@@ -371,6 +371,7 @@ class Routine:
             # with max_result_bytes, every result goes to finish, to be sized in the call
             "short": () if sized else results.SHORT,
             "longest": 0 if sized else results.LONGEST,
+            "lowest": 0 if sized else -results.LONGEST,  # (not -longest: an int made per call)
             # (a text _refuse could refuse, or one counted past the most, goes to finish)
             "long": () if sized else self._long(),
             "most": results.MAX_CONVERTED // results.WIDEST,

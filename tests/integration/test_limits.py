@@ -845,6 +845,12 @@ def as_jsonb(digits: int) -> dict:
 @stored_function(schema="big", roles=["student"], timeout_ms=2000)
 def factorial(n: int) -> Decimal:
     return math.factorial(n)
+
+
+@stored_function(schema="big", timeout_ms=2000)
+def around_bigint(offset: int) -> Annotated[int, "numeric"]:
+    # bigint's bounds and one past each: returned as they are, or made Decimals in the call
+    return -(2**63) - offset if offset < 2 else 2**63 - 3 + offset
 """
 
 
@@ -854,12 +860,16 @@ def factorial(n: int) -> Decimal:
      ("SELECT big.as_decimal(5000)", 10**5000), ("SELECT * FROM big.rows(5000)", 10**5000),
      ("CALL big.proc(5000, NULL)", 10**5000), ("SELECT big.sized(5000)", 10**5000),
      ("SELECT big.as_jsonb(5000)::text::numeric", 10**5000),
-     ("SELECT big.factorial(1700)", math.factorial(1700))],
+     ("SELECT big.factorial(1700)", math.factorial(1700)),
+     ("SELECT array[big.around_bigint(0), big.around_bigint(1), big.around_bigint(2), "
+      "big.around_bigint(3)]::text", "{-9223372036854775808,-9223372036854775809,"
+      "9223372036854775807,9223372036854775808}")],
     ids=["in a list", "as numeric", "as Decimal", "as rows", "a procedure's",
-         "with max_result_bytes", "as jsonb", "a factorial, called by a login role"],
+         "with max_result_bytes", "as jsonb", "a factorial, called by a login role",
+         "at bigint's bounds"],
 )  # fmt: skip
 def test_an_int_beyond_bigint_is_returned_as_declared(
-    conn: psycopg.Connection[Any], tmp_path: Any, cluster: Cluster, call: str, expected: int
+    conn: psycopg.Connection[Any], tmp_path: Any, cluster: Cluster, call: str, expected: object
 ) -> None:
     """Round fifty-six: an int beyond bigint's range returned as it is (the entry function's
     fast path, a set-returning routine's rows) reached PL/Python, whose str() of it fails
