@@ -204,7 +204,7 @@ def expired(exc: BaseException | None = None) -> None:
     while frame is not None:
         routine = stopping.ENTRIES.get(id(frame.f_code))
         if routine is not None and routine.timeout is not None:
-            at = frame.f_locals.get("began", 0.0) + routine.timeout
+            at = stopping.local(frame, "began", 0.0) + routine.timeout
             if due is None or at < due[0]:
                 due = at, routine
         frame = frame.f_back

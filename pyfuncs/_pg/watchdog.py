@@ -182,9 +182,31 @@ class Stop:
             backstop.CLOCK[2] = time.monotonic()
 
 
+# Where CPython 3.11 keeps a frame's locals: the frame object's f_frame points at its data,
+# whose localsplus are its slots, in the order of co_varnames (for code without cells, as
+# entry functions are)
+_FRAME_DATA, _SLOTS = 24, 72
+_WORD = ctypes.c_void_p
+
+
+def local(frame: Any, name: str, default: Any = None) -> Any:
+    """Local `name` of an entry frame, read from its slot (`default` if it is unbound). Not
+    `frame.f_locals`: that first brings the frame's dict of locals up to date, dropping
+    what it held of a local gone since (an entry's `except ... as exc`), and that could be
+    the last reference to an object of a routine's: a red team's finalizer ran inside the
+    watchdog's look, where no look can stop it (round 64)."""
+    try:
+        index = frame.f_code.co_varnames.index(name)
+    except ValueError:
+        return default
+    data = _WORD.from_address(id(frame) + _FRAME_DATA).value or 0
+    slot = _WORD.from_address(data + _SLOTS + 8 * index).value if data else None
+    return default if not slot else ctypes.cast(slot, ctypes.py_object).value
+
+
 def key(frame: Any) -> Any:
     """What tells the call of an entry frame from any other: its number, or the frame."""
-    return frame.f_locals.get("n", frame) if ENTRIES[id(frame.f_code)].numbered(frame) else frame
+    return local(frame, "n", frame) if ENTRIES[id(frame.f_code)].numbered(frame) else frame
 
 
 def calls(frame: Any) -> list[Any]:
@@ -421,7 +443,7 @@ class Watchdog:
             return self._look_stray(now) if stray else self._idle()
         call, routine = key(outer), ENTRIES[id(outer.f_code)]
         # when the call began, as its entry noted (see routines.py)
-        began = outer.f_locals.get("began", now) if call != self._call else now
+        began = local(outer, "began", now) if call != self._call else now
         del outer
         self._stray_since = 0.0
         if call != self._call:
@@ -477,8 +499,9 @@ class Watchdog:
         found = None
         for frame in frames:
             routine = ENTRIES[id(frame.f_code)]
-            if routine.timeout is not None and "began" in frame.f_locals:
-                due = frame.f_locals["began"] + routine.timeout
+            began = local(frame, "began") if routine.timeout is not None else None
+            if began is not None:
+                due = began + routine.timeout
                 if found is None or due < found[0]:
                     found = (due, routine)
         if found is not None:  # look again at it, if that comes first

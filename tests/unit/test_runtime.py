@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import datetime
 import decimal
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -106,3 +109,56 @@ def test_the_runtime_refuses_a_module_that_would_shadow_one_it_imports() -> None
         with pytest.raises(ImportError, match="may not be called"):
             sandbox.load_module("x = 1\n", "m.py", name, policy.DEFAULT_ALLOWED)
     assert sys.modules == before
+
+
+_SEEN: list[str] = []
+
+
+class _Finalized:
+    def __del__(self) -> None:
+        _SEEN.append("finalized")
+
+
+def test_an_entry_frames_locals_are_read_without_finalizing_what_has_gone() -> None:
+    """The watchdog reads `began` and `n` of entry frames from their slots (stopping.local):
+    `frame.f_locals` would drop what the frame's dict held of a local gone since, running a
+    finalizer of the routine's inside the look (round 64). Entry functions have no cells,
+    so their slots are in co_varnames' order."""
+    from pyfuncs._pg import routines
+
+    head, body = routines._CALL_HEAD, routines._CALL.format(params="a0", reads="")
+    for source in (
+        routines._entry_source(head, body, 1.0, "began").format(params="a0"),
+        routines._entry_source(routines._WITHIN_HEAD, routines._WITHIN, None, ""),
+    ):
+        made: dict[str, Any] = {}
+        exec(source, made)  # (the runtime's own template)
+        code = next(v for v in made.values() if callable(v)).__code__
+        assert not code.co_cellvars and not code.co_freevars
+
+    def entry(n: int, began: float) -> None:
+        frame = sys._getframe()
+        try:
+            raise ValueError(_Finalized())
+        except ValueError as exc:
+            assert stopping.local(frame, "exc") is exc
+            frame.f_locals  # noqa: B018  (a look before: the frame's dict holds exc)
+        # exc is gone; the dict still holds it, and a read of its slot leaves the dict be
+        assert stopping.local(frame, "exc", "unbound") == "unbound"
+        assert (stopping.local(frame, "n"), stopping.local(frame, "began")) == (n, began)
+        assert stopping.local(frame, "nowhere", "absent") == "absent"
+        assert _SEEN == []
+        frame.f_locals  # noqa: B018  (what a look did: the dict drops exc, and it goes)
+        assert _SEEN == ["finalized"]
+
+    _SEEN.clear()
+    entry(7, 1.5)
+    # and nothing of the runtime's reads a frame's locals the other way
+    runtime = Path(stopping.__file__).parent
+    reads = [
+        f"{file.name}:{node.lineno}"
+        for file in runtime.glob("*.py")
+        for node in ast.walk(ast.parse(file.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr == "f_locals"
+    ]
+    assert reads == []
