@@ -518,8 +518,6 @@ class Watchdog:
         stop.looks += 1
         late = now - stop.since
         enough = stop.looks * self.TICK > self.GRACE or late > self.GRACE + self.UNWIND
-        if not stop.raised:  # (held, not ignored: it waits for the runtime's own work)
-            enough = late > self.GRACE + self.UNWIND
         if enough and late > self.GRACE and self._fatal is not None:
             who = f"{stop.who}: " if stop.who else ""
             why = f"{who}{stop.reason} {late * 1000:.0f} ms before"
