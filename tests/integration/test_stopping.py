@@ -455,7 +455,7 @@ def test_stops_swallowed_by_finalizers_one_c_call_runs_end_the_session(spin: str
         assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)
 
 
-@pytest.mark.parametrize("margin", [0, 1, 2, 3, 6])
+@pytest.mark.parametrize("margin", [0, 1, 3])
 def test_a_routine_near_the_recursion_limit_is_stopped(spin: str, margin: int) -> None:
     """A few frames below the limit every call of the watchdog's look failed, and the look
     swallowed it: no stop of any kind landed (a red team). In the deepest frame there is,
@@ -471,7 +471,7 @@ def test_a_routine_near_the_recursion_limit_is_stopped(spin: str, margin: int) -
         assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)
 
 
-@pytest.mark.parametrize("margin", [0, 1, 4])
+@pytest.mark.parametrize("margin", [0, 1])
 def test_max_memory_mb_holds_at_the_recursion_limit(spin: str, margin: int) -> None:
     """Growing in a loop without calls at the limit's edge, where no look ran: 53200 at 64 MB
     (a red team's routine grew by 300 MB, round 62)."""
@@ -482,7 +482,7 @@ def test_max_memory_mb_holds_at_the_recursion_limit(spin: str, margin: int) -> N
         assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)
 
 
-@pytest.mark.parametrize("margin", [0, 1, 4])
+@pytest.mark.parametrize("margin", [0, 1])
 def test_a_stop_a_finalizer_swallows_at_the_recursion_limit_is_raised_in_the_call(
     spin: str, margin: int
 ) -> None:
@@ -514,20 +514,19 @@ def test_the_recursion_limit_is_the_same_after_stops_at_it(spin: str) -> None:
     after the watchdog's hooks ran there with frames lent, again and again."""
     with psycopg.connect(spin, autocommit=True) as conn:
         before = conn.execute("SELECT spin.recursion_depth()").fetchone()
-        for margin in (0, 1, 0):
+        for margin in (0, 1):
             run(conn, "SELECT spin.near_the_recursion_limit(%s)", [margin])
             run(conn, "SELECT spin.looping_finalizer_at_the_recursion_limit(%s)", [margin])
-            run(conn, "SELECT spin.comparing_at_the_recursion_limit(10)")
+        run(conn, "SELECT spin.comparing_at_the_recursion_limit(10)")
         assert conn.execute("SELECT spin.recursion_depth()").fetchone() == before
 
 
-@pytest.mark.parametrize("deeper", [10, 40])
-def test_the_frames_lent_to_the_watchdog_are_not_the_routines(spin: str, deeper: int) -> None:
+def test_the_frames_lent_to_the_watchdog_are_not_the_routines(spin: str) -> None:
     """C recursion under way as a tick comes does not go on into the frames lent to the
     watchdog's handler: its Python code at the bottom is never reached, and the call is
     stopped at its timeout (the spin fixture checks that no backend crashed)."""
     with psycopg.connect(spin, autocommit=True) as conn:
-        error, took = run(conn, "SELECT spin.comparing_at_the_recursion_limit(%s)", [deeper])
+        error, took = run(conn, "SELECT spin.comparing_at_the_recursion_limit(40)")
         assert error.sqlstate == "57014", error
         assert took < 0.3 + 1.0 + SLACK
         assert conn.execute("SELECT spin.quick(1)").fetchone() == (2,)
@@ -1258,12 +1257,12 @@ def each(xs: list[uuid.UUID]) -> Iterator[str]:
 
 @pytest.fixture
 def arguments(conn: psycopg.Connection[Any], tmp_path: Any, cluster: Cluster) -> Iterator[float]:
-    """A uuid[] of 2 million items a LOGIN role may read (PL/Python hands each item over
+    """A uuid[] of a million items a LOGIN role may read (PL/Python hands each item over
     as text, and the runtime's converter reads it: values.py)."""
     (tmp_path / "arg_mod.py").write_text(ARGUMENTS)
     deploying.deploy(conn, str(tmp_path / "arg_mod.py"))
     conn.execute("CREATE TABLE public.many AS SELECT array_agg(md5(g::text)::uuid) u "
-                 "FROM generate_series(1, 2000000) g")  # fmt: skip
+                 "FROM generate_series(1, 1000000) g")  # fmt: skip
     conn.execute("GRANT SELECT ON public.many TO student")
     conn.execute("CREATE FUNCTION public.bare(xs uuid[]) RETURNS int "
                  "LANGUAGE plpython3u AS 'return 1'")  # fmt: skip
@@ -1279,7 +1278,7 @@ def arguments(conn: psycopg.Connection[Any], tmp_path: Any, cluster: Cluster) ->
 
 
 def test_arguments_are_read_inside_the_call_under_its_limits(
-    conn: psycopg.Connection[Any], arguments: float
+    conn: psycopg.Connection[Any], dsn: str, arguments: float
 ) -> None:
     """Round fifty-eight: the body read converted arguments before the call began, where
     no stop reached: 4 million uuids took 9 s past statement_timeout=300 and timeout_ms=200
@@ -1297,9 +1296,7 @@ def test_arguments_are_read_inside_the_call_under_its_limits(
         "True 00000000-0000-0000-0000-000000000001 00000000-0000-0000-0000-000000000001",
     )  # fmt: skip
     assert conn.execute(f"SELECT array_agg(e) FROM arg.each({ids}) e").fetchone() == (["True"],)
-
-
-def test_reading_arguments_is_ended_by_pg_terminate_backend(dsn: str, arguments: float) -> None:
+    # and pg_terminate_backend ends the reading
     with psycopg.connect(dsn, autocommit=True) as victim:
         victim.execute("SET ROLE student")
         victim.execute("SELECT arg.ids('{00000000-0000-0000-0000-000000000000}')")
