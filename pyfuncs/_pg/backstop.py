@@ -73,18 +73,22 @@ def lend_frames(handler: Any, frames: int) -> Any:
     """A callable that calls `handler` with `frames` more of the recursion limit for its
     call alone (backstop.c says why: the watchdog's handler, called one frame below the
     limit), or `handler` itself without the library (or one built before it)."""
-    lent = getattr(_library[0], "pyfuncs_frames_lent", None) if _library else None
-    if lent is None:
+    if not _lender and _library and hasattr(_library[0], "pyfuncs_frames_lent"):
+        functions = _functions(
+            "PyType_FromSpec", "PyType_GenericAlloc", "PyVectorcall_Call",
+            "PyObject_Vectorcall", "Py_GetRecursionLimit", "Py_SetRecursionLimit", "Py_IncRef",
+        )  # fmt: skip
+        make = ctypes.PyDLL(_library[0]._name).pyfuncs_frames_lent
+        make.argtypes = [ctypes.c_void_p, ctypes.py_object, ctypes.c_int]
+        make.restype = ctypes.py_object
+        _lender.extend((make, ctypes.addressof(functions), functions))
+    if not _lender:
         return handler
-    functions = _functions(
-        "PyType_FromSpec", "PyType_GenericAlloc", "PyVectorcall_Call", "PyObject_Vectorcall",
-        "Py_GetRecursionLimit", "Py_SetRecursionLimit", "Py_IncRef",
-    )  # fmt: skip
-    make = ctypes.PyDLL(_library[0]._name).pyfuncs_frames_lent
-    make.argtypes = [ctypes.c_void_p, ctypes.py_object, ctypes.c_int]
-    make.restype = ctypes.py_object
-    _keep.append(functions)
-    return make(ctypes.addressof(functions), handler, frames)
+    make, functions, _ = _lender
+    return make(functions, handler, frames)
+
+
+_lender: list[Any] = []  # the library's maker, Python's functions' addresses, the array
 
 
 def install(grace: float, unwind: float, stack: tuple[int, int], overflow: str) -> bool:
