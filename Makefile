@@ -59,8 +59,10 @@ demo: setup
 live: setup
 	$(BIN)/python -m examples.academy.live
 
+# two workers share the cluster (tests/conftest.py); the exclusive tests then run alone
 test: setup $(CHROMIUM)
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile -m "not exclusive"
+	$(BIN)/pytest -m exclusive
 
 lint: setup
 	$(BIN)/ruff check pyfuncs tests examples bench

@@ -705,6 +705,11 @@ REVOKE EXECUTE ON FUNCTION pyfuncs.realtime_wal_transient(text) FROM PUBLIC;
 -- consumer is told to resync (pruned_through moves past every position handed out). Creating
 -- a slot must come before the transaction writes anything (PostgreSQL's rule), and waits for
 -- the transactions running then to end. Runs as pyfuncs' owner: callers need no REPLICATION.
+-- The slot is created in a subtransaction of its own: at the top level of the transaction,
+-- PostgreSQL 15 failed about one creation in thirty with an internal error ("snapshot
+-- reference ... is not owned by resource owner TopTransaction") while another database
+-- created its slot and a third was created or dropped; in a subtransaction, none in
+-- hundreds. Should it still fail so, it is tried again (five times in all).
 -- Its settings are pinned (as every function that writes the log from the WAL), so that
 -- nothing it writes depends on its caller's.
 CREATE FUNCTION pyfuncs.realtime_wal_slot() RETURNS boolean
@@ -729,7 +734,16 @@ BEGIN
             HINT = 'set wal_level = logical and restart PostgreSQL, or capture with triggers: '
                    'pyfuncs realtime mode trigger';
     END IF;
-    PERFORM pg_create_logical_replication_slot(slot, 'wal2json');
+    FOR attempt IN 1..5 LOOP
+        BEGIN
+            PERFORM pg_create_logical_replication_slot(slot, 'wal2json');
+            EXIT;
+        EXCEPTION WHEN internal_error THEN
+            IF attempt = 5 THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
     PERFORM pyfuncs.realtime_wal_names_reset();
     IF EXISTS (SELECT FROM pyfuncs.realtime_state WHERE mode = 'wal')
        AND EXISTS (SELECT FROM pyfuncs.realtime_table) THEN

@@ -4,10 +4,17 @@ One embedded cluster per run (started if needed), one template database migrated
 session, and one fresh database per test cloned from it with CREATE DATABASE ... TEMPLATE,
 so tests never see each other's routines or rows. Cloning takes about a quarter of a second,
 a third of an average test: the next test's database is cloned in a thread while a test runs.
+
+`make test` runs the suite on two pytest-xdist workers sharing the cluster (each with its own
+template and spare), then the tests marked `exclusive` (they restart or reconfigure the whole
+cluster) alone. What is cluster-wide (starting the cluster, creating roles) is done under
+`cluster_lock()`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import time
@@ -27,14 +34,40 @@ from pyfuncs import migrate
 from pyfuncs.client import Client
 from pyfuncs.embedded import SUPERUSER, Cluster
 
-TEMPLATE = "pyfuncs_test_template"
 ROOT = Path(__file__).resolve().parent.parent
+PGDATA = Path(os.environ.get("PYFUNCS_TEST_PGDATA", ROOT / ".pgdata")).resolve()
+# "_gw0", "_gw1"... under xdist's workers, else ""
+WORKER = "_" + os.environ["PYTEST_XDIST_WORKER"] if "PYTEST_XDIST_WORKER" in os.environ else ""
+TEMPLATE = "pyfuncs_test_template" + WORKER
+
+
+@contextlib.contextmanager
+def cluster_lock() -> Iterator[None]:
+    """Held while doing what is cluster-wide and not idempotent under concurrency (starting
+    the cluster, CREATE ROLE if it does not exist), so that xdist's workers take turns."""
+    with open(PGDATA.with_name(PGDATA.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def ensure_role(conn: psycopg.Connection[Any], name: str, options: str = "NOLOGIN") -> None:
+    """CREATE ROLE name options, unless it exists (roles are the cluster's: under
+    `cluster_lock()`); `conn` is autocommit."""
+    with cluster_lock():
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [name]).fetchone():
+            conn.execute(
+                sql.SQL("CREATE ROLE {} {}").format(sql.Identifier(name), sql.SQL(options))
+            )
 
 
 @pytest.fixture(scope="session")
 def cluster() -> Cluster:
-    cluster = Cluster(Path(os.environ.get("PYFUNCS_TEST_PGDATA", ROOT / ".pgdata")).resolve())
-    cluster.up()
+    cluster = Cluster(PGDATA)
+    with cluster_lock():
+        cluster.up()
     return cluster
 
 
@@ -46,8 +79,9 @@ def _janitor(cluster: Cluster, dbname: str, **kwargs: object) -> DatabaseJanitor
 
 @pytest.fixture(scope="session")
 def template(cluster: Cluster) -> str:
-    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
+    with cluster_lock(), psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
         conn.execute((ROOT / "examples" / "academy" / "roles.sql").read_text())
+    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
         conn.execute("UPDATE pg_database SET datistemplate = false WHERE datname = %s", [TEMPLATE])
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEMPLATE))
@@ -60,7 +94,7 @@ def template(cluster: Cluster) -> str:
 class Databases:
     """Fresh databases cloned from the template, the next one made ahead in a thread."""
 
-    SPARE = "t_spare"
+    SPARE = "t_spare" + WORKER
 
     def __init__(self, cluster: Cluster, template: str) -> None:
         self.cluster, self.template = cluster, template
@@ -106,11 +140,15 @@ def databases(cluster: Cluster, template: str) -> Iterator[Databases]:
 @pytest.fixture
 def dsn(databases: Databases, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh database for this test, with the core schema installed."""
-    name = "t_" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]
+    name = "t_" + _digest(request)[:16]
     try:
         yield databases.take(name)
     finally:
         drop_database(databases.cluster, name)
+
+
+def _digest(request: pytest.FixtureRequest) -> str:
+    return hashlib.sha1(request.node.nodeid.encode()).hexdigest()
 
 
 def drop_database(cluster: Cluster, name: str) -> None:
@@ -166,7 +204,7 @@ def authenticator_dsn(dsn: str) -> str:
 @pytest.fixture
 def empty_db(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A database of its own where pyfuncs was never installed."""
-    name = f"mig_{request.node.name[:40].lower()}"
+    name = f"mig_{request.node.name[:34].lower()}_{_digest(request)[:6]}"
     drop_database(cluster, name)
     with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))

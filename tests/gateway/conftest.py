@@ -32,7 +32,7 @@ from pyfuncs.gateway.positions import PositionTokens
 from tests.walcapture import catch_up
 
 SECRET = "gateway-test-secret-0123456789-0123456789"
-ROLES = "student,manager,rt_nobody"  # what tokens may name (PYFUNCS_JWT_ROLES)
+ROLES = "student,manager,rt_nobody,rt_doomed,rt_no_such_role"  # what tokens may name (PYFUNCS_JWT_ROLES)
 STUDENTS = ("11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222")
 
 SCHEMA = """

@@ -125,7 +125,7 @@ def test_a_role_that_does_not_exist_is_refused_clearly_on_both_transports(
     gateway_factory: Callable[..., GatewayProcess],
 ) -> None:
     gateway = gateway_factory(max_connections_per_user=2)
-    nobody = token("rt_nobody")
+    nobody = token("rt_no_such_role")
 
     async def main() -> None:
         ws = await WsClient.connect(gateway.ws_url, nobody)
@@ -274,15 +274,15 @@ def test_allowed_origins_are_origins() -> None:
 def test_a_role_dropped_under_its_subscription_stops_only_its_deliveries(
     gateway: GatewayProcess, rt_db: str, conn: psycopg.Connection[Any]
 ) -> None:
-    conn.execute("CREATE ROLE rt_nobody; GRANT rt_nobody TO CURRENT_USER")
-    conn.execute("GRANT USAGE ON SCHEMA rt TO rt_nobody; GRANT SELECT ON rt.notes TO rt_nobody")
+    conn.execute("CREATE ROLE rt_doomed; GRANT rt_doomed TO CURRENT_USER")
+    conn.execute("GRANT USAGE ON SCHEMA rt TO rt_doomed; GRANT SELECT ON rt.notes TO rt_doomed")
 
     async def main() -> None:
-        doomed = await WsClient.connect(gateway.ws_url, token("rt_nobody"))
+        doomed = await WsClient.connect(gateway.ws_url, token("rt_doomed"))
         other = await WsClient.connect(gateway.ws_url, token())
         assert (await doomed.subscribe("a"))["type"] == "subscribed"
         assert (await other.subscribe("a"))["type"] == "subscribed"
-        conn.execute("DROP OWNED BY rt_nobody; DROP ROLE rt_nobody")
+        conn.execute("DROP OWNED BY rt_doomed; DROP ROLE rt_doomed")
         for i in range(3):
             conn.execute("INSERT INTO rt.notes (id) VALUES (%s)", [i])
         for i in range(3):
@@ -291,4 +291,8 @@ def test_a_role_dropped_under_its_subscription_stops_only_its_deliveries(
         await doomed.close()
         await other.close()
 
-    run(main())
+    try:
+        run(main())
+    finally:  # (roles are the cluster's: none is left behind by a failure)
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'rt_doomed'").fetchone():
+            conn.execute("DROP OWNED BY rt_doomed; DROP ROLE rt_doomed")

@@ -24,6 +24,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.conftest import ensure_role
+
 from .conftest import ROLES, SECRET, STUDENTS, GatewayProcess, WsClient, token
 
 # the gateway's feed role: reads the change log and the key, writes the audit
@@ -114,14 +116,8 @@ def witness(conn: psycopg.Connection[Any]) -> Iterator[Path]:
 @pytest.fixture
 def roles(rt_db: str, conn: psycopg.Connection[Any]) -> None:
     """The feed's login role, and mallory's (cluster-wide, like the academy's roles)."""
-    conn.execute("""DO $$ BEGIN
-        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rt_mallory') THEN
-            CREATE ROLE rt_mallory NOLOGIN;
-        END IF;
-        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rt_feed') THEN
-            CREATE ROLE rt_feed LOGIN;
-        END IF;
-    END $$""")
+    ensure_role(conn, "rt_mallory")
+    ensure_role(conn, "rt_feed", "LOGIN")
 
 
 @pytest.fixture

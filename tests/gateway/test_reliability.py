@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 
 from pyfuncs.embedded import Cluster
 
@@ -102,6 +103,7 @@ def test_gateway_killed_mid_burst_then_restarted(
     asyncio.run(asyncio.wait_for(main(), 120))
 
 
+@pytest.mark.exclusive
 def test_postgres_restarted_and_listen_connection_dropped(
     gateway_factory: Callable[..., GatewayProcess], rt_db: str, cluster: Cluster
 ) -> None:

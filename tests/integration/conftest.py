@@ -6,12 +6,12 @@ import psycopg
 import pytest
 
 from pyfuncs.embedded import Cluster
+from tests.conftest import ensure_role
 
 
 @pytest.fixture
 def login_role(cluster: Cluster, dsn: str) -> str:
     """A plain LOGIN role: no privilege on anything of pyfuncs' or of the tables."""
     with psycopg.connect(cluster.url("postgres"), autocommit=True) as db:
-        db.execute("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'walpoke')"
-                   " THEN CREATE ROLE walpoke LOGIN; END IF; END $$")  # fmt: skip
+        ensure_role(db, "walpoke", "LOGIN")
     return dsn.replace("postgres@", "walpoke@", 1)

@@ -15,6 +15,7 @@ from pyfuncs import DefinitionError, DeployError, errors
 from pyfuncs import deploy as deploying
 from pyfuncs.cli import main
 from pyfuncs.collect import collect
+from tests.conftest import ensure_role
 
 HEADER = "from pyfuncs import stored_function, procedure, db\n\n"
 
@@ -411,8 +412,7 @@ def test_what_the_schema_owner_made_again_under_the_same_signature_is_not_taken_
     """The schema's owner (not a superuser) drops pyfuncs' live routine and makes its own:
     CREATE OR REPLACE kept that role as the owner of the next version, with its grants, and
     a rollback dropped its routine. Refused, in one line, with nothing changed."""
-    conn.execute("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'api2_owner')"
-                 " THEN CREATE ROLE api2_owner NOLOGIN; END IF; END $$")  # fmt: skip
+    ensure_role(conn, "api2_owner")
     conn.execute("CREATE SCHEMA api2 AUTHORIZATION api2_owner")
     mod = tmp_path / "clash.py"
     deploying.deploy(conn, write(mod, CLASH))

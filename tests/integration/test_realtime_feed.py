@@ -171,6 +171,7 @@ def test_resume_from_a_position_misses_nothing_and_repeats_nothing(feed_db: str)
     assert [c.new["id"] for c in first + rest if c.new] == list(range(20))
 
 
+@pytest.mark.exclusive
 def test_the_feed_reconnects_by_itself_mid_stream(feed_db: str, cluster: Cluster) -> None:
     """Its connection terminated, then PostgreSQL restarted: the same iterator goes on with
     every change once, in order."""
@@ -314,6 +315,7 @@ def transitions(changes: list[Change]) -> list[tuple[int, int]]:
     return [(c.new["id"], c.new["n"]) for c in changes if c.new]
 
 
+@pytest.mark.exclusive
 def test_a_commit_waiting_to_be_flushed_holds_no_other_writer_up(
     trigger_db: str, conn: psycopg.Connection[Any]
 ) -> None:

@@ -22,6 +22,7 @@ from pyfuncs import capture, realtime
 from pyfuncs.embedded import Cluster
 from pyfuncs.errors import ConfigError, ResyncRequired
 from pyfuncs.realtime import Change, Position
+from tests.conftest import ensure_role
 from tests.walcapture import (
     catch_up,
     consumer,
@@ -419,8 +420,7 @@ def test_a_capture_transaction_left_open_holds_capture_up_for_seconds(
     on; busy, the batch behind it gives up after 30 s (2 s here) with an error that names
     it, and the loop tries again."""
     with psycopg.connect(cluster.url("postgres"), autocommit=True) as db:
-        db.execute("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'walfeed')"
-                   " THEN CREATE ROLE walfeed LOGIN; END IF; END $$")  # fmt: skip
+        ensure_role(db, "walfeed", "LOGIN")
     conn.execute("GRANT EXECUTE ON FUNCTION pyfuncs.realtime_wal_capture(integer), "
                  "pyfuncs.realtime_wal_slot() TO walfeed")  # fmt: skip
     # (the capture lock's wait, as the function sets it: 30 s)
@@ -471,8 +471,7 @@ def writer(cluster: Cluster, wal_db: str, conn: psycopg.Connection[Any]) -> str:
     """rt.part (captured, partitioned) and rt.docs (captured, a json column), which the role
     walwriter may write; nothing else."""
     with psycopg.connect(cluster.url("postgres"), autocommit=True) as db:
-        db.execute("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'walwriter')"
-                   " THEN CREATE ROLE walwriter LOGIN; END IF; END $$")  # fmt: skip
+        ensure_role(db, "walwriter", "LOGIN")
     conn.execute("GRANT USAGE ON SCHEMA rt TO walwriter")
     conn.execute("CREATE TABLE rt.part (id int, k int, PRIMARY KEY (id, k)) PARTITION BY LIST (k)")
     conn.execute("CREATE TABLE rt.part1 PARTITION OF rt.part FOR VALUES IN (1)")

@@ -217,6 +217,7 @@ def test_transactions_larger_than_a_write_are_written_whole(
         assert walsender(wal_db) == first  # all through the one stream
 
 
+@pytest.mark.exclusive
 def test_a_clean_shutdown_is_not_held_up_by_the_stream(wal_db: str, cluster: Cluster) -> None:
     """A walsender shutting down waits until its client's flush position reaches the end
     of what it sent; a consumer whose last transactions captured nothing must say it has
@@ -322,6 +323,7 @@ def test_a_table_renamed_again_and_again_does_not_stall_the_others(wal_db: str) 
             renamer.join()
 
 
+@pytest.mark.exclusive
 def test_a_role_without_replication_captures_with_sql_batches_until_it_may_stream(
     wal_db: str, conn: psycopg.Connection[Any], login_role: str,
     monkeypatch: pytest.MonkeyPatch,
@@ -354,6 +356,7 @@ def test_a_role_without_replication_captures_with_sql_batches_until_it_may_strea
             root.execute("ALTER ROLE walpoke NOREPLICATION")
 
 
+@pytest.mark.exclusive
 def test_a_commit_not_yet_visible_holds_up_the_stream_even_without_captured_changes(
     wal_db: str, conn: psycopg.Connection[Any]
 ) -> None:

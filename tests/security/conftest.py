@@ -10,15 +10,13 @@ import psycopg
 import pytest
 
 from pyfuncs.embedded import SUPERUSER, Cluster
+from tests.conftest import ensure_role
 
 
 @pytest.fixture(scope="session")
 def mallory_role(cluster: Cluster) -> str:
     with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
-        conn.execute(
-            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mallory') THEN "
-            "CREATE ROLE mallory LOGIN; END IF; END $$"
-        )
+        ensure_role(conn, "mallory", "LOGIN")
         conn.execute("ALTER ROLE mallory NOSUPERUSER NOCREATEROLE NOCREATEDB")
     return "mallory"
 

@@ -15,6 +15,7 @@ from psycopg import errors, sql
 from pyfuncs import capture, realtime
 from pyfuncs import deploy as deploying
 from pyfuncs.embedded import SUPERUSER, Cluster
+from tests.conftest import ensure_role
 
 from .conftest import is_superuser
 
@@ -384,11 +385,8 @@ def gatekeeper(cluster: Cluster) -> str:
     """A NOINHERIT login role that is a member of every POWERFUL role and of `student`."""
     with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
         for role, options in POWERFUL.items():
-            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone():
-                continue
-            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN " + options).format(sql.Identifier(role)))
-        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'gatekeeper'").fetchone():
-            conn.execute("CREATE ROLE gatekeeper LOGIN NOINHERIT")
+            ensure_role(conn, role, "NOLOGIN " + options)
+        ensure_role(conn, "gatekeeper", "LOGIN NOINHERIT")
         for role in (*POWERFUL, "student"):
             conn.execute(sql.SQL("GRANT {} TO gatekeeper").format(sql.Identifier(role)))
     return "gatekeeper"
