@@ -56,8 +56,11 @@
 #include "catalog/namespace.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
+#include "storage/latch.h"
 #include "storage/proc.h"
+#include "utils/elog.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
 #include "utils/timeout.h"
 #include "utils/timestamp.h"
 
@@ -942,6 +945,21 @@ static double deadlines[MAX_LENT];	/* the deadline armed for each (0: none), out
 static TimestampTz statement_due[MAX_LENT];	/* statement_timeout's, as each began (0: none) */
 
 /*
+ * A routine's query that catches its cancel (a PL/pgSQL handler for query_canceled in a DO
+ * block it runs) runs on, as in PostgreSQL, and its call stops only as it returns: a query
+ * looping so ran for as long as it liked past the call's timeout_ms and statement_timeout.
+ * A second timer (`killer`), set for each such query to GRACE after the first of those two
+ * stops, ends the session where the query still runs then, as pg_terminate_backend does
+ * (PostgreSQL acts on it at its next interrupt check, which no handler can catch), and
+ * the error the client gets says why (explain). `ends[i]`: when query i's would go off (0:
+ * never), in seconds of CLOCK_MONOTONIC.
+ */
+static int	killer = -1;
+static double ends[MAX_LENT];
+static volatile sig_atomic_t killed;
+static emit_log_hook_type prior_emit_log_hook;
+
+/*
  * The subtransaction under way as each query of a routine's began (enter to leave),
  * innermost last. PL/Python catches an error its query raises in a subtransaction it begins
  * for the query, which comes later; an abort of one of these (or of the transaction) while
@@ -1112,18 +1130,69 @@ guard_leave(PyObject *self, PyObject *entered)
 	return object(same ? 0 : 5);
 }
 
-/* the timer set to go off at `deadline` (seconds of CLOCK_MONOTONIC), in whole milliseconds
+/* a timer set to go off at `deadline` (seconds of CLOCK_MONOTONIC), in whole milliseconds
  * rounded up: never before it (one past it goes off at once) */
+static void
+arm_at(int which, double deadline)
+{
+	double		left = deadline - now();
+
+	enable_timeout_after((TimeoutId) which, left <= 0 ? 0
+						 : left * 1000 >= INT_MAX - 1 ? INT_MAX : (int) (left * 1000) + 1);
+}
+
 static void
 arm(double deadline)
 {
-	struct timespec now;
-	double		left;
+	arm_at(timer, deadline);
+}
 
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	left = deadline - (now.tv_sec + now.tv_nsec / 1e9);
-	enable_timeout_after((TimeoutId) timer, left <= 0 ? 0
-						 : left * 1000 >= INT_MAX - 1 ? INT_MAX : (int) (left * 1000) + 1);
+/* the killer's handler (in PostgreSQL's SIGALRM handler): what die() does */
+static void
+on_ran_on(void)
+{
+	killed = true;
+	ProcDiePending = true;
+	InterruptPending = true;
+	SetLatch(MyLatch);
+}
+
+/* the FATAL error of a session the killer ended says so, to the client and in the log */
+static void
+explain(ErrorData *edata)
+{
+	if (killed && edata->elevel == FATAL && edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+	{
+		killed = false;
+		edata->sqlerrcode = ERRCODE_QUERY_CANCELED;
+		edata->message = MemoryContextStrdup(ErrorContext,
+											 "pyfuncs: a routine's query ran on for a second after its "
+											 "timeout_ms or statement_timeout stopped it: it caught "
+											 "the cancel itself; the session ends");
+		edata->hint = MemoryContextStrdup(ErrorContext,
+										  "A query that catches query_canceled (a PL/pgSQL "
+										  "handler) cannot be stopped any other way; see "
+										  "\"Stopping routines\" in pyfuncs' README.");
+	}
+	if (prior_emit_log_hook)
+		prior_emit_log_hook(edata);
+}
+
+/* when a query lent now ends the session unless it has returned: GRACE after the first of
+ * the call's deadline and statement_timeout (0: never) */
+static double
+end_of(double deadline, TimestampTz due)
+{
+	double		first = deadline;
+
+	if (due != 0)
+	{
+		double		statement = now() + (due - GetCurrentTimestamp()) / 1e6;
+
+		if (first <= 0 || statement < first)
+			first = statement;
+	}
+	return first > 0 ? first + grace : 0;
 }
 
 /*
@@ -1151,6 +1220,9 @@ guard_lend(PyObject *self, PyObject *unused)
 	}
 	if (lent == 0 && armed <= 0 && due == 0)
 		return object(2);
+	ends[lent] = killer < 0 ? 0 : end_of(armed, due);
+	if (ends[lent] > 0)
+		arm_at(killer, ends[lent]);
 	deadlines[lent] = armed;
 	statement_due[lent++] = due;
 	return object(1);
@@ -1173,6 +1245,13 @@ guard_give_back(PyObject *self, PyObject *unused)
 		return object(2);
 	inner = deadlines[--lent];
 	due = statement_due[lent];
+	if (killer >= 0 && ends[lent] > 0)
+	{
+		if (lent > 0 && ends[lent - 1] > 0)
+			arm_at(killer, ends[lent - 1]);
+		else
+			disable_timeout((TimeoutId) killer, false);
+	}
 	if (timer >= 0)
 	{
 		if (lent == 0 || deadlines[lent - 1] <= 0)
@@ -1330,6 +1409,12 @@ pyfuncs_query_guards(const GuardApi *functions, PyObject *settings_list,
 		objects[i] = constants[i];
 	claims_kept = claims_storage;
 	timer = timer_id;
+	if (timer >= 0 && killer < 0)
+	{
+		killer = RegisterTimeout(USER_TIMEOUT, on_ran_on);
+		prior_emit_log_hook = emit_log_hook;
+		emit_log_hook = explain;
+	}
 	if (!watching_aborts)
 	{
 		RegisterXactCallback(on_transaction, NULL);

@@ -921,6 +921,69 @@ def test_a_stop_a_routines_query_caught_stops_the_call_after_it(
     assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
+FOREVER = """
+from pyfuncs import db, stored_function
+
+# a query that catches every cancel and never returns, asleep or busy
+ASLEEP = ("DO $$ BEGIN LOOP BEGIN PERFORM pg_sleep(0.05); "
+          "EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$")
+BUSY = ("DO $$ DECLARE n bigint := 0; BEGIN LOOP BEGIN "
+        "FOR i IN 1..100000 LOOP n := n + 1; END LOOP; "
+        "EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$")
+
+
+@stored_function(schema="forever", timeout_ms=300)
+def timed(busy: bool) -> str:
+    db.execute(BUSY if busy else ASLEEP)
+    return "went on"
+
+
+@stored_function(schema="forever")
+def untimed(busy: bool) -> str:
+    db.execute(BUSY if busy else ASLEEP)
+    return "went on"
+"""
+
+
+@pytest.mark.parametrize("busy", [False, True])
+@pytest.mark.parametrize(
+    ("routine", "timeout"), [("timed", None), ("untimed", "300ms")]
+)  # fmt: skip
+def test_a_routines_query_that_catches_its_stop_for_ever_ends_the_session(
+    dsn: str, conn: psycopg.Connection[Any], cluster: Cluster, tmp_path: Any,
+    routine: str, timeout: str | None, busy: bool,
+) -> None:  # fmt: skip
+    """A routine's query that catches every cancel (a DO block's handler for query_canceled,
+    in a loop) and never returns: it ran on for ever past timeout_ms and statement_timeout,
+    and only pg_terminate_backend ended it. A second after the stop it ignores, the session
+    ends now (as pg_terminate_backend ends it: no handler can catch that), with an error
+    that says why; the cluster goes on."""
+    (tmp_path / "forever_mod.py").write_text(FOREVER)
+    deploying.deploy(conn, str(tmp_path / "forever_mod.py"))
+    postmaster = cluster.postmaster_pid()
+    with psycopg.connect(dsn, autocommit=True) as caller:
+        if timeout is not None:
+            caller.execute("SELECT set_config('statement_timeout', %s, false)", [timeout])
+        # (without the end, the query ran for ever: terminated here after 5 s, it fails)
+        ender = threading.Timer(
+            5, conn.execute, ["SELECT pg_terminate_backend(%s)", [caller.info.backend_pid]]
+        )
+        ender.start()
+        try:
+            err, took = run(caller, f"SELECT forever.{routine}(%s)", [busy])
+        finally:
+            ender.cancel()
+        assert caller.closed or caller.broken
+    assert err.sqlstate == "57014", err
+    assert "a routine's query ran on for a second after its timeout_ms or statement_timeout" in str(
+        err
+    )
+    assert 0.3 + 1.0 <= took < 0.3 + 1.0 + SLACK
+    assert cluster.postmaster_pid() == postmaster
+    with psycopg.connect(dsn, autocommit=True) as again:
+        assert again.execute("SELECT 1").fetchone() == (1,)
+
+
 THROWN = """
 CREATE FUNCTION pg_temp.thrown() RETURNS text PARALLEL RESTRICTED LANGUAGE plpython3u AS $$
 import sys
