@@ -170,6 +170,8 @@ sample_soon(void)
 	setitimer(ITIMER_PROF, &soon, NULL);
 }
 
+static void ran_on_after_cancel(double t);
+
 static void
 watch(void *context)
 {
@@ -179,6 +181,7 @@ watch(void *context)
 	double		deadline = pyfuncs_backstop_clock[0];
 	uintptr_t	pc;
 
+	ran_on_after_cancel(t);
 	if (CritSectionCount || InterruptHoldoffCount || QueryCancelHoldoffCount || proc_exit_inprogress)
 	{
 		stuck_since = 0;
@@ -956,8 +959,20 @@ static TimestampTz statement_due[MAX_LENT];	/* statement_timeout's, as each bega
  */
 static int	killer = -1;
 static double ends[MAX_LENT];
-static volatile sig_atomic_t killed;
+static volatile sig_atomic_t killed;	/* 1: after a deadline, 2: after a cancel request */
 static emit_log_hook_type prior_emit_log_hook;
+
+/*
+ * A cancel request (SIGINT: pg_cancel_backend, a client's cancel) has no time known ahead:
+ * a handler in front of PostgreSQL's notes when one came while a routine's query was under
+ * way, and how many were (0: none, or that query has returned since), and sets a POSIX
+ * timer of the backend's own to send SIGPROF (the backstop's handler, watch) GRACE later.
+ */
+static volatile double cancelled_at;
+static volatile long cancelled_depth;
+static timer_t cancel_timer;
+static bool cancel_timer_made;
+static struct sigaction chained_cancel;	/* PostgreSQL's StatementCancelHandler */
 
 /*
  * The subtransaction under way as each query of a routine's began (enter to leave),
@@ -1039,7 +1054,7 @@ done:
 static void
 thrown_through(const char *what)
 {
-	queries = 0;
+	queries = 0, cancelled_at = 0;
 	if (proc_exit_inprogress)	/* (a FATAL error, the session's end: it ends anyway) */
 		return;
 	ereport(WARNING,
@@ -1106,8 +1121,13 @@ guard_leave(PyObject *self, PyObject *entered)
 	 * place of its own (a savepoint begun inside the query, by code of the routine's that
 	 * PostgreSQL called there), and PostgreSQL's subtransactions and its resource owners
 	 * are out of step */
-	if (queries > 0 && --queries < MAX_LENT && GetCurrentSubTransactionId() != began_in[queries])
-		thrown_through("a routine's query ended in another subtransaction than it began in");
+	if (queries > 0)
+	{
+		if (--queries < cancelled_depth)
+			cancelled_at = 0;	/* (the query a cancel request came in has returned) */
+		if (queries < MAX_LENT && GetCurrentSubTransactionId() != began_in[queries])
+			thrown_through("a routine's query ended in another subtransaction than it began in");
+	}
 	if ((item = py.tuple_item(entered, 0)) == NULL)
 		return NULL;
 	user = py.as_unsigned(item);
@@ -1147,14 +1167,54 @@ arm(double deadline)
 	arm_at(timer, deadline);
 }
 
-/* the killer's handler (in PostgreSQL's SIGALRM handler): what die() does */
+/* what die() does (in a signal handler), and why */
 static void
-on_ran_on(void)
+end_session(int why)
 {
-	killed = true;
+	killed = why;
 	ProcDiePending = true;
 	InterruptPending = true;
 	SetLatch(MyLatch);
+}
+
+/* the killer's handler (in PostgreSQL's SIGALRM handler) */
+static void
+on_ran_on(void)
+{
+	end_session(1);
+}
+
+static void
+on_cancel(int signo, siginfo_t *info, void *context)
+{
+	int			saved_errno = errno;
+
+	if (queries > 0 && !cancelled_at && cancel_timer_made)
+	{
+		/* (a little after GRACE: watch looks then, once) */
+		double		after = grace + 0.01;
+		struct itimerspec when = {{0, 0}, {(time_t) after, (long) ((after - (time_t) after) * 1e9)}};
+
+		cancelled_depth = queries;
+		cancelled_at = now();
+		timer_settime(cancel_timer, 0, &when, NULL);
+	}
+	errno = saved_errno;
+	if (chained_cancel.sa_flags & SA_SIGINFO)
+		chained_cancel.sa_sigaction(signo, info, context);
+	else if (chained_cancel.sa_handler != SIG_IGN && chained_cancel.sa_handler != SIG_DFL)
+		chained_cancel.sa_handler(signo);
+}
+
+/* (in watch) the query a cancel request came in is still under way GRACE after it */
+static void
+ran_on_after_cancel(double t)
+{
+	if (cancelled_at && t - cancelled_at >= grace && queries >= cancelled_depth)
+	{
+		cancelled_at = 0;
+		end_session(2);
+	}
 }
 
 /* the FATAL error of a session the killer ended says so, to the client and in the log */
@@ -1163,12 +1223,15 @@ explain(ErrorData *edata)
 {
 	if (killed && edata->elevel == FATAL && edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
 	{
-		killed = false;
 		edata->sqlerrcode = ERRCODE_QUERY_CANCELED;
-		edata->message = MemoryContextStrdup(ErrorContext,
-											 "pyfuncs: a routine's query ran on for a second after its "
+		edata->message = MemoryContextStrdup(ErrorContext, killed == 1
+											 ? "pyfuncs: a routine's query ran on for a second after its "
 											 "timeout_ms or statement_timeout stopped it: it caught "
-											 "the cancel itself; the session ends");
+											 "the cancel itself; the session ends"
+											 : "pyfuncs: a routine's query ran on for a second after a "
+											 "cancel request: it caught the cancel itself; the session "
+											 "ends");
+		killed = 0;
 		edata->hint = MemoryContextStrdup(ErrorContext,
 										  "A query that catches query_canceled (a PL/pgSQL "
 										  "handler) cannot be stopped any other way; see "
@@ -1387,7 +1450,7 @@ on_transaction(XactEvent event, void *unused)
 	if (queries > 0 && (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT))
 		thrown_through("an error went through a routine's Python");
 	else if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PREPARE)
-		queries = 0;
+		queries = 0, cancelled_at = 0;
 }
 
 /*
@@ -1411,9 +1474,23 @@ pyfuncs_query_guards(const GuardApi *functions, PyObject *settings_list,
 	timer = timer_id;
 	if (timer >= 0 && killer < 0)
 	{
+		struct sigevent event = {0};
+		struct sigaction action;
+
 		killer = RegisterTimeout(USER_TIMEOUT, on_ran_on);
 		prior_emit_log_hook = emit_log_hook;
 		emit_log_hook = explain;
+		event.sigev_notify = SIGEV_SIGNAL;
+		event.sigev_signo = SIGPROF;
+		if (timer_create(CLOCK_MONOTONIC, &event, &cancel_timer) == 0
+			&& sigaction(SIGINT, NULL, &chained_cancel) == 0)
+		{
+			cancel_timer_made = true;
+			action = chained_cancel;
+			action.sa_sigaction = on_cancel;
+			action.sa_flags = chained_cancel.sa_flags | SA_SIGINFO;
+			sigaction(SIGINT, &action, NULL);
+		}
 	}
 	if (!watching_aborts)
 	{

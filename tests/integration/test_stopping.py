@@ -947,22 +947,24 @@ def untimed(busy: bool) -> str:
 
 @pytest.mark.parametrize("busy", [False, True])
 @pytest.mark.parametrize(
-    ("routine", "timeout"), [("timed", None), ("untimed", "300ms")]
+    ("routine", "timeout"), [("timed", None), ("untimed", "300ms"), ("untimed", "cancel")]
 )  # fmt: skip
 def test_a_routines_query_that_catches_its_stop_for_ever_ends_the_session(
     dsn: str, conn: psycopg.Connection[Any], cluster: Cluster, tmp_path: Any,
     routine: str, timeout: str | None, busy: bool,
 ) -> None:  # fmt: skip
     """A routine's query that catches every cancel (a DO block's handler for query_canceled,
-    in a loop) and never returns: it ran on for ever past timeout_ms and statement_timeout,
-    and only pg_terminate_backend ended it. A second after the stop it ignores, the session
-    ends now (as pg_terminate_backend ends it: no handler can catch that), with an error
-    that says why; the cluster goes on."""
+    in a loop) and never returns: it ran on for ever past timeout_ms, statement_timeout and
+    a cancel request, and only pg_terminate_backend ended it. A second after the stop it
+    ignores, the session ends now (as pg_terminate_backend ends it: no handler can catch
+    that), with an error that says why; the cluster goes on."""
     (tmp_path / "forever_mod.py").write_text(FOREVER)
     deploying.deploy(conn, str(tmp_path / "forever_mod.py"))
     postmaster = cluster.postmaster_pid()
     with psycopg.connect(dsn, autocommit=True) as caller:
-        if timeout is not None:
+        if timeout == "cancel":  # (300 ms into the call)
+            threading.Timer(0.3, caller.cancel_safe).start()
+        elif timeout is not None:
             caller.execute("SELECT set_config('statement_timeout', %s, false)", [timeout])
         # (without the end, the query ran for ever: terminated here after 5 s, it fails)
         ender = threading.Timer(
@@ -975,9 +977,8 @@ def test_a_routines_query_that_catches_its_stop_for_ever_ends_the_session(
             ender.cancel()
         assert caller.closed or caller.broken
     assert err.sqlstate == "57014", err
-    assert "a routine's query ran on for a second after its timeout_ms or statement_timeout" in str(
-        err
-    )
+    after = "a cancel request" if timeout == "cancel" else "its timeout_ms or statement_timeout"
+    assert f"a routine's query ran on for a second after {after}" in str(err)
     assert 0.3 + 1.0 <= took < 0.3 + 1.0 + SLACK
     assert cluster.postmaster_pid() == postmaster
     with psycopg.connect(dsn, autocommit=True) as again:
