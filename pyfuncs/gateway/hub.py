@@ -336,10 +336,14 @@ class Hub:
         task.add_done_callback(self._tasks.discard)
 
     async def _catch_up(self, sub: Subscription) -> None:
+        """Deliver what `sub` missed, paced by its client, until it is live. A client whose
+        token expired is paused here too (the refreshed token starts catching up again:
+        app._refresh): a catch-up sent on after token_expired (a red team's)."""
         while (
             not sub.live
             and sub.client.subscriptions.get(sub.id) is sub
             and sub.client.reason is None
+            and not sub.client.suspended
         ):
             if sub.position >= self.through:
                 sub.live = True  # no await since the check: the hub's next batch includes it
@@ -365,6 +369,8 @@ class Hub:
             try:
                 async with self.sessions.feed.connection() as conn:
                     changes = await read(conn, sub.position, limit, keys=True)
+                if sub.client.suspended:
+                    return  # (expired while it read)
                 if not changes:
                     sub.live = True
                     return

@@ -341,3 +341,35 @@ def test_the_visibility_statement_cache_is_small() -> None:
     for i in range(300):
         tables._visible_statement(table, ("id", f"c{i}"), (none,))
     assert tables._cached_visible.cache_info().currsize <= 256
+
+
+def test_a_catch_up_is_paused_while_the_token_is_expired(
+    gateway_factory: Callable[..., GatewayProcess], rt_db: str, conn: psycopg.Connection[Any]
+) -> None:
+    """A resume still catching up went on sending changes after `token_expired`, for as long
+    as the catch-up lasted (its client paces it: up to the grace). It pauses now, as the
+    live path does, and the refreshed token takes it on from where it paused (round 68's;
+    batch=2 only makes the catch-up long here)."""
+    me, _ = STUDENTS
+    gateway = gateway_factory(batch=2, expiry_grace=30, heartbeat=60)
+
+    async def main() -> None:
+        first = await WsClient.connect(gateway.ws_url, token("student", me))
+        pos = (await first.subscribe("a"))["position"]
+        await first.close()
+        conn.execute("INSERT INTO rt.notes (id, owner, body) SELECT i, %s, 'x' "
+                     "FROM generate_series(1, 2000) i", [me])  # fmt: skip
+        head_commit(rt_db)
+        await gateway.has_read(2000)
+        ws = await WsClient.connect(gateway.ws_url, token("student", me, ttl=3))
+        assert (await ws.subscribe("b", since=pos))["type"] == "subscribed"
+        expired = await ws.wait_for(lambda m: m.get("code") == "token_expired", timeout=10)
+        at = ws.messages.index(expired)
+        await asyncio.sleep(1.5)
+        assert not [m for m in ws.messages[at + 1 :] if m["type"] == "change"]
+        await ws.send(type="auth", token=token("student", me))
+        await ws.wait_for(lambda m: len(ws.changes()) == 2000, timeout=30)
+        assert sorted(c["key"]["id"] for c in ws.changes()) == list(range(1, 2001))
+        await ws.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
