@@ -454,3 +454,70 @@ def test_helpers_are_bound_where_they_were_created(
     assert mallory.execute("SELECT pyfuncs.jwt_claims(), pyfuncs.current_user_id()").fetchone() == (
         {"sub": ""}, None)  # fmt: skip
     mallory.execute("SELECT pyfuncs.boot()")  # loads the runtime by its own name, still
+
+
+CAPTURE_LOCK_HOLDERS = """
+SELECT count(*) FROM pg_locks l
+WHERE l.locktype = 'relation' AND l.relation = 'pyfuncs.realtime_capture_lock'::regclass
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+SLOTS = "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()"
+
+
+@pytest.mark.exclusive  # (what makes slots elsewhere waits for its transactions meanwhile)
+@pytest.mark.parametrize(("first", "bound"), [(True, 1), (False, None)])
+def test_enabling_a_table_a_login_role_holds_waits_a_bounded_time_under_the_capture_lock(
+    dsn: str, conn: psycopg.Connection[Any], mallory: psycopg.Connection[Any], first: bool,
+    bound: int | None,
+) -> None:  # fmt: skip
+    """Enabling a table in wal mode took the capture lock (making the slot), then waited for
+    the table's locks (its triggers) with no bound: a login role that may not even read the
+    table holds one by naming it in a PREPARE, and every table's capture waited for as long
+    as it kept its transaction open (round 67's). The table is locked within the bound now
+    (10 s, or the caller's shorter lock_timeout), the enabling fails saying which table, the
+    capture lock is let go, and a slot it made is dropped."""
+    conn.execute("CREATE TABLE public.captured (id int PRIMARY KEY)")
+    conn.execute("CREATE TABLE public.next_one (id int PRIMARY KEY)")
+    capture.set_mode(conn, "wal")
+    if not first:
+        realtime.enable(conn, "public.captured")
+    mallory.execute("BEGIN")
+    mallory.execute("PREPARE hold AS DELETE FROM public.next_one")  # a lock, unchecked
+    try:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            if bound is not None:
+                admin.execute(sql.SQL("SET lock_timeout = {}").format(f"{bound}s"))
+            started = time.monotonic()
+            with pytest.raises(psycopg.errors.LockNotAvailable, match="next_one"):
+                admin.execute("SELECT pyfuncs.enable_realtime('public.next_one')")
+            assert (bound or 10) <= time.monotonic() - started < (bound or 10) + 2
+            assert admin.execute(CAPTURE_LOCK_HOLDERS).fetchone() == (0,)
+            assert admin.execute(SLOTS).fetchone() == (0 if first else 1,)
+    finally:
+        mallory.execute("ROLLBACK")
+    realtime.enable(conn, "public.next_one")  # and once the lock is gone, it is enabled
+
+
+@pytest.mark.exclusive  # (its open transaction holds up slots made elsewhere meanwhile)
+def test_making_the_slot_waits_a_bounded_time_for_a_login_roles_open_transaction(
+    dsn: str, conn: psycopg.Connection[Any], mallory_role: str
+) -> None:
+    """Making the slot (the consumer does, for a lost one) waits for every transaction open
+    in the cluster, holding the capture lock: a login role's open transaction in another
+    database held it for as long as it liked (round 67's). It gives up after 10 s (or the
+    caller's shorter lock_timeout), saying why, and lets the lock go."""
+    conn.execute("CREATE TABLE public.captured (id int PRIMARY KEY)")
+    capture.set_mode(conn, "wal")
+    realtime.enable(conn, "public.captured")
+    conn.execute("SELECT pg_drop_replication_slot(pyfuncs.realtime_slot_name())")  # "lost"
+    elsewhere = dsn.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(elsewhere.replace(f"{SUPERUSER}@", "mallory@", 1)) as squatter:
+        squatter.execute("SELECT pg_current_xact_id()")  # left open
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            started = time.monotonic()
+            with pytest.raises(psycopg.errors.LockNotAvailable, match="making the realtime slot"):
+                admin.execute("SELECT pyfuncs.realtime_wal_slot()")
+            assert 10 <= time.monotonic() - started < 12
+            assert admin.execute(CAPTURE_LOCK_HOLDERS).fetchone() == (0,)
+        squatter.rollback()
+    assert conn.execute("SELECT pyfuncs.realtime_wal_slot()").fetchone() == (True,)
