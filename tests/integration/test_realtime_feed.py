@@ -461,6 +461,7 @@ def test_a_deferrable_key_is_refused_where_it_would_break_commit_order(
     assert capture.status(conn).mode == "wal"
 
 
+@pytest.mark.exclusive  # (making the slot waits 1 s at most: others' transactions would show)
 def test_a_switch_waits_for_a_table_a_bounded_time_and_changes_nothing(
     trigger_db: str, conn: psycopg.Connection[Any], authenticator_dsn: str
 ) -> None:
