@@ -29,6 +29,11 @@ class GatewayConfig:
     auth_timeout: float = 3.0  # for the first message's token, when no header has one
     max_pending: int = 256  # WebSockets not yet authenticated, in all (more: HTTP 503)
     max_pending_per_peer: int = 32  # ... from one IP address (more: HTTP 503)
+    # a connection has this long to send a request's headers (then it is closed), and one IP
+    # address this many connections that have not yet (more are closed at once): uvicorn
+    # gives neither bound, and counts them all toward its limit (server.HttpProtocol)
+    header_timeout: float = 10.0
+    max_unsent_per_peer: int = 64
     auth_failures_audited: float = 1.0  # auth_failed audit rows per second (bursts of 30x)
     catch_up_wait: float = 60.0  # seconds a resuming subscription waits for a client to read
     shutdown_grace: float = 3.0  # seconds a stalled stream is given to end on SIGTERM
@@ -63,27 +68,33 @@ class GatewayConfig:
         """Defaults overridden by PYFUNCS_GATEWAY_<FIELD> (PYFUNCS_GATEWAY_OUTBOX_SIZE...),
         PYFUNCS_GATEWAY_METRICS_TOKEN and PYFUNCS_GATEWAY_FEED_DSN."""
         env = os.environ if environ is None else environ
-        values: dict[str, int | float] = {}
-        for f in dataclasses.fields(cls):
-            variable = f"PYFUNCS_GATEWAY_{f.name.upper()}"
-            raw = env.get(variable, "").strip()
-            if f.type not in ("int", "float") or not raw:
-                continue
-            kind = int if f.type == "int" else float
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise ConfigError(
-                    f"{variable}={raw!r} is not a {'whole ' if kind is int else ''}number"
-                ) from None
-            if not 0 < value < math.inf:  # nan and inf too
-                raise ConfigError(f"{variable}={raw!r} must be a positive, finite number")
-            values[f.name] = value
+        values = numbers_from_env(env)
         token = (env_text("PYFUNCS_GATEWAY_METRICS_TOKEN", "", env) or "").strip() or None
         feed = (env_text("PYFUNCS_GATEWAY_FEED_DSN", "", env) or "").strip()
         origins = origins_from(env_text("PYFUNCS_GATEWAY_ALLOWED_ORIGINS", "", env) or "")
         return cls(dsn, verifier, metrics_token=token, feed_dsn=feed, allowed_origins=origins,
                    **values)  # type: ignore[arg-type]  # fmt: skip
+
+
+def numbers_from_env(env: Mapping[str, str]) -> dict[str, int | float]:
+    """The number settings PYFUNCS_GATEWAY_<FIELD> sets, checked, by field name."""
+    values: dict[str, int | float] = {}
+    for f in dataclasses.fields(GatewayConfig):
+        variable = f"PYFUNCS_GATEWAY_{f.name.upper()}"
+        raw = env.get(variable, "").strip()
+        if f.type not in ("int", "float") or not raw:
+            continue
+        kind = int if f.type == "int" else float
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ConfigError(
+                f"{variable}={raw!r} is not a {'whole ' if kind is int else ''}number"
+            ) from None
+        if not 0 < value < math.inf:  # nan and inf too
+            raise ConfigError(f"{variable}={raw!r} must be a positive, finite number")
+        values[f.name] = value
+    return values
 
 
 _ORIGIN = re.compile(

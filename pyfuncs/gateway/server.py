@@ -21,22 +21,25 @@ import asyncio
 import copy
 import logging
 import math
+import os
 import re
 import resource
 import signal
 import threading
+from collections import Counter
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar
 
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 
 from ..auth import JwtVerifier
 from ..config import resolve_dsn
-from .config import GatewayConfig
+from .config import GatewayConfig, numbers_from_env
 from .protocol import SHUTDOWN, close_reason
 from .sessions import verify
 
@@ -99,6 +102,65 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 _frames: dict[str, bytes] = {}
 _FRAMES_KEPT = 1024  # messages (a batch's, for its subscriptions), then forgotten
 _CHUNK = 65536  # bytes written at once when several messages are due
+
+
+class HttpProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol, with bounds on connections that have not sent a request's
+    headers: uvicorn gives a new connection no timeout and counts it toward
+    limit_concurrency, so sockets that never sent a byte made every plain HTTP request (the
+    event stream, /health, /realtime.js) a 503 for as long as they stayed open (a red
+    team's). Each request's headers must arrive within `header_timeout` of the connection
+    or of the request's first byte, and one IP address may have `max_unsent_per_peer`
+    connections waiting for theirs; past either the connection is closed (GatewayConfig)."""
+
+    waiting: ClassVar[Counter[str]] = Counter()  # connections waiting for headers, by IP
+    limits: ClassVar[tuple[float, int] | None] = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if HttpProtocol.limits is None:  # (read in each worker process, once)
+            set_ = numbers_from_env(os.environ)
+            HttpProtocol.limits = (
+                float(set_.get("header_timeout", GatewayConfig.header_timeout)),
+                int(set_.get("max_unsent_per_peer", GatewayConfig.max_unsent_per_peer)),
+            )
+        self._peer = self.client[0] if self.client else ""
+        self._deadline: asyncio.TimerHandle | None = None
+        self._wait()
+
+    def _wait(self) -> None:
+        timeout, most = HttpProtocol.limits or (10.0, 64)  # (set by connection_made)
+        if self._deadline is None:
+            self.waiting[self._peer] += 1
+            if self.waiting[self._peer] > most:
+                self._unsent()
+                return
+            self._deadline = self.loop.call_later(timeout, self._unsent)
+
+    def _sent(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+            self.waiting[self._peer] -= 1
+            if self.waiting[self._peer] <= 0:
+                del self.waiting[self._peer]
+
+    def _unsent(self) -> None:
+        self._sent()
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._wait()  # (a keep-alive connection's next request)
+
+    def on_headers_complete(self) -> None:
+        self._sent()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._sent()
+        super().connection_lost(exc)
 
 
 def _frame(text: str) -> bytes:
@@ -229,6 +291,7 @@ def serve(host: str, port: int, workers: int, log_level: str, access_log: bool =
     uvicorn.run("pyfuncs.gateway.app:create_app", factory=True, host=host, port=port,
                 workers=workers, log_level=log_level, access_log=access_log,
                 log_config=log_config(), ws=f"{__name__}:WebSocketProtocol",
+                http=f"{__name__}:HttpProtocol",
                 ws_per_message_deflate=False, ws_max_size=config.max_message,
                 # past it uvicorn answers 503 (sockets for the database and logs aside);
                 # on SIGTERM, connections still open after the grace are cut

@@ -4,6 +4,7 @@ disclosure, rate limits, catch-up, audit, numbers, Origin)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -373,3 +374,43 @@ def test_a_catch_up_is_paused_while_the_token_is_expired(
         await ws.close()
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def _closed_by_the_server(s: socket.socket, within: float) -> bool:
+    s.settimeout(within)
+    try:
+        return s.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_connections_that_send_no_request_are_closed_and_bounded_per_peer(
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    """uvicorn gave a connection that never sent a byte no timeout and counted it toward its
+    limit: enough idle sockets from one address made every plain HTTP request (the event
+    stream, /health) a 503 for as long as they stayed open (round 68's). A connection now
+    has header_timeout to send its headers (trickling them does not help), and one address
+    max_unsent_per_peer connections waiting for theirs; the others are closed at once."""
+    gateway = gateway_factory(header_timeout=2, max_unsent_per_peer=16)
+    idle = [socket.create_connection(("127.0.0.1", gateway.port)) for _ in range(100)]
+    trickle = socket.create_connection(("127.0.0.1", gateway.port))
+    try:
+        time.sleep(0.5)
+        assert sum(_closed_by_the_server(s, 0.05) for s in idle) >= 100 - 16
+        # another address is served at once (this one is at its limit meanwhile)
+        other = ("127.0.0.2", 0)
+        with socket.create_connection(("127.0.0.1", gateway.port), source_address=other) as health:
+            health.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert health.recv(100).startswith(b"HTTP/1.1 200")
+        trickle.sendall(b"GET /health HTTP/1.1\r\n")
+        for _ in range(6):  # a byte of a header every half second: past the 2 s
+            time.sleep(0.5)
+            with contextlib.suppress(OSError):
+                trickle.sendall(b"x")
+        assert all(_closed_by_the_server(s, 0.5) for s in [*idle, trickle])
+    finally:
+        for s in [*idle, trickle]:
+            s.close()
