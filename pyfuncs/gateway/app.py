@@ -42,6 +42,7 @@ from .protocol import CLOSE_CODES, Auth, Ping, Subscribe, TooBig, Unsubscribe, c
 from .ratelimit import RateLimits
 from .server import WRITE_NOW, on_exit_signal
 from .sessions import Sessions
+from .tables import weight, weight_of
 
 log = logging.getLogger("pyfuncs.gateway")
 INTERNAL = "the gateway failed unexpectedly; reconnect and resume from your last position"
@@ -73,7 +74,7 @@ class Gateway:
         self._audit_tokens = 30 * config.auth_failures_audited
         self._audit_at = time.monotonic()
         self._unaudited = 0  # failures not audited since the last record (in its detail)
-        self.hub.on_end = lambda sub: self.limits.unsubscribe(sub.client.user)
+        self.hub.on_end = lambda sub: self.limits.unsubscribe(sub.client.user, weight(sub.filters))
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -168,29 +169,31 @@ class Gateway:
         if client not in self.clients:
             return  # closed already
         count = len(client.subscriptions)
+        values = sum(weight(sub.filters) for sub in client.subscriptions.values())
         self.hub.drop(client)
         self.clients.discard(client)
-        self.limits.disconnect(client.user, count)
+        self.limits.disconnect(client.user, count, values)
         code, message = client.reason or ("client_closed", "the client went away")
         if code == "slow_consumer":
             self.hub.metrics.slow_consumers += 1
         self.audit.record("disconnect", client.id, client=client, reason=code, message=message)
 
     async def _subscribe(self, client: Client, message: Subscribe) -> None:
+        values = weight_of(message.filters)
         try:
-            self.limits.subscribe(client.user)
+            self.limits.subscribe(client.user, values)
         except SubscriptionError as exc:
             self.audit.record("rate_limited", client.id, client=client, reason=str(exc))
             raise
         try:
             sub = await self.hub.subscribe(client, message)
         except SubscriptionError as exc:
-            self.limits.unsubscribe(client.user)
+            self.limits.unsubscribe(client.user, values)
             self.audit.record("subscribe_failed", client.id, client=client, code=exc.code,
                               reason=str(exc), table=str(message.table)[:256])  # fmt: skip
             raise
         except BaseException:
-            self.limits.unsubscribe(client.user)
+            self.limits.unsubscribe(client.user, values)
             raise
         self.audit.record("subscribe", client.id, client=client, sub=sub.id,
                           table=sub.table.qualified, filters=message.filters or [],
@@ -203,7 +206,7 @@ class Gateway:
             raise SubscriptionError("unknown_subscription", f"no subscription {sub_id!r}")
         self.hub.unsubscribe(sub)
         client.drop_snapshot(sub.id)
-        self.limits.unsubscribe(client.user)
+        self.limits.unsubscribe(client.user, weight(sub.filters))
         self.audit.record("unsubscribe", client.id, client=client, sub=sub.id)
         client.send("unsubscribed", {"type": "unsubscribed", "sub": sub.id})
 

@@ -40,6 +40,10 @@ class GatewayConfig:
     expiry_grace: float = 60.0  # to send a refreshed token after one expired
     max_connections_per_user: int = 20
     max_subscriptions_per_user: int = 100
+    # filter values (one per eq/lt/... filter, one per item of an `in`) in all of a user's
+    # subscriptions: each is converted for every row of every batch of its table, in the
+    # query every subscriber's delivery waits for
+    max_filter_values_per_user: int = 1000
     messages_per_second: float = 20.0  # from one user's clients; bursts of twice that
     max_snapshot_rows: int = 10_000  # rows a subscription may start with
     batch: int = 500  # changes read from the feed at once

@@ -469,7 +469,10 @@ class Hub:
         first = changes[0].position
         plan: dict[Table, list[tuple[Subscription, int, Visible, set[Key], Position | None]]]
         plan = {table: [] for table in by_table}
+        paused = {sub for sub in slot if sub.client.suspended}
         for sub, (group, index) in slot.items():
+            if sub in paused:
+                continue  # its token expired while the checks ran: it has these on refresh
             rows, removed = answer.get(group, NOTHING)
             ahead = sub.position if sub.position >= first else None
             plan[sub.table].append((sub, index, rows, removed, ahead))
@@ -514,7 +517,8 @@ class Hub:
             self._end(sub, "resync_required", FAILED)
         last = changes[-1].position
         for sub in subs:
-            sub.position = max(sub.position, last)
+            if sub not in paused:
+                sub.position = max(sub.position, last)
 
     def _key_missing(self, table: Table) -> None:
         if (table.qualified, table.key) not in self._warned:

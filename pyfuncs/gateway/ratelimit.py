@@ -26,6 +26,7 @@ class RateLimits:
         self.config = config
         self.connections: Counter[str] = Counter()
         self.subscriptions: Counter[str] = Counter()
+        self.filter_values: Counter[str] = Counter()
         self._buckets: dict[str, _Bucket] = {}
 
     def connect(self, user: str) -> None:
@@ -40,11 +41,12 @@ class RateLimits:
             )
         self.connections[user] += 1
 
-    def disconnect(self, user: str, subscriptions: int) -> None:
+    def disconnect(self, user: str, subscriptions: int, filter_values: int) -> None:
         self.connections[user] -= 1
         self.subscriptions[user] -= subscriptions
+        self.filter_values[user] -= filter_values
         if self.connections[user] <= 0:
-            del self.connections[user], self.subscriptions[user]
+            del self.connections[user], self.subscriptions[user], self.filter_values[user]
             self._prune()
 
     def _prune(self) -> None:
@@ -61,17 +63,29 @@ class RateLimits:
             ):
                 del self._buckets[user]
 
-    def subscribe(self, user: str) -> None:
+    def subscribe(self, user: str, filter_values: int) -> None:
+        """One more subscription of `user`'s, with filters of that many values (one user's
+        filters made every other subscriber's deliveries 15 times slower: a red team's)."""
         if self.subscriptions[user] >= self.config.max_subscriptions_per_user:
             raise SubscriptionError(
                 "rate_limited",
                 f"{user} already has {self.config.max_subscriptions_per_user} subscriptions "
                 "on this gateway; unsubscribe from one first",
             )
+        most = self.config.max_filter_values_per_user
+        if self.filter_values[user] + filter_values > most:
+            raise SubscriptionError(
+                "rate_limited",
+                f"{user}'s subscriptions on this gateway would filter on more than {most} "
+                f"values in all (these filters have {filter_values}); unsubscribe from some, "
+                "or filter on fewer values",
+            )
         self.subscriptions[user] += 1
+        self.filter_values[user] += filter_values
 
-    def unsubscribe(self, user: str) -> None:
+    def unsubscribe(self, user: str, filter_values: int) -> None:
         self.subscriptions[user] -= 1
+        self.filter_values[user] -= filter_values
 
     def message(self, user: str) -> None:
         """A message from one of `user`'s clients: a token bucket of twice the rate."""

@@ -212,6 +212,21 @@ class Filter:
 Filters = tuple[Filter, ...]
 
 
+def weight(filters: Filters) -> int:
+    """What a subscription's filters cost every batch of its table's changes: one
+    conversion per value (RateLimits counts a user's, in all)."""
+    return sum(len(f.value) if f.op == "in" else 1 for f in filters)
+
+
+def weight_of(raw: Any) -> int:
+    """weight() of filters as a client sent them; 0 where they do not parse (subscribing
+    refuses them, saying why)."""
+    try:
+        return weight(Filter.parse_all(raw))
+    except SubscriptionError:
+        return 0
+
+
 def _matches(table: Table, filters: Filters, prefix: str) -> tuple[sql.Composable, dict[str, Any]]:
     """One boolean SQL expression for a set of filters, and its parameters."""
     if not filters:

@@ -79,13 +79,13 @@ def test_a_users_message_rate_outlives_its_connections() -> None:
                 answered += 1
             except SubscriptionError as exc:
                 assert exc.code == "rate_limited"
-        limits.disconnect("sub:u", 0)
+        limits.disconnect("sub:u", 0, 0)
     assert answered <= 45
     # memory: the buckets of users gone, once full again, are forgotten
     limits = RateLimits(GatewayConfig("", None, messages_per_second=1e6))  # type: ignore[arg-type]
     for i in range(1000):
         limits.connect(f"sub:{i}")
-        limits.disconnect(f"sub:{i}", 0)
+        limits.disconnect(f"sub:{i}", 0, 0)
     assert len(limits._buckets) <= 100
 
 
@@ -414,3 +414,34 @@ def test_connections_that_send_no_request_are_closed_and_bounded_per_peer(
     finally:
         for s in [*idle, trickle]:
             s.close()
+
+
+def test_a_users_filters_are_bounded_in_all(
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    """One student's 100 subscriptions of 16 `in` filters of 100 values each (each within
+    the bounds of a subscription) made every other subscriber's deliveries 15 times slower:
+    each value is converted for every row of every batch, in the query all deliveries wait
+    for (round 68's). A user's subscriptions filter on MAX_FILTER_VALUES_PER_USER values in
+    all (1,000; 250 here); an unsubscribe or a closed connection gives them back."""
+    me, _ = STUDENTS
+    gateway = gateway_factory(max_filter_values_per_user=250)
+    hundred = [{"column": "id", "op": "in", "value": list(range(100))}]
+
+    async def main() -> None:
+        ws = await WsClient.connect(gateway.ws_url, token("student", me))
+        for sub in ("a", "b"):
+            assert (await ws.subscribe(sub, filters=hundred))["type"] == "subscribed"
+        refused = await ws.subscribe("c", filters=hundred)
+        assert refused["code"] == "rate_limited" and "more than 250 values" in refused["message"]
+        assert (await ws.subscribe("d", filters=hundred[0:0]))["type"] == "subscribed"
+        await ws.send(type="unsubscribe", id="a")
+        await ws.wait_for(lambda m: m["type"] == "unsubscribed")
+        assert (await ws.subscribe("c", filters=hundred))["type"] == "subscribed"
+        await ws.close()
+        again = await WsClient.connect(gateway.ws_url, token("student", me))
+        for sub in ("a", "b"):  # (the closed connection's were given back)
+            assert (await again.subscribe(sub, filters=hundred))["type"] == "subscribed"
+        await again.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
