@@ -1177,11 +1177,35 @@ end_session(int why)
 	SetLatch(MyLatch);
 }
 
-/* the killer's handler (in PostgreSQL's SIGALRM handler) */
+/*
+ * Whether the stop a query was given has been seen and it runs on: the cancel is no longer
+ * pending (an interrupt check took it, and raised it) and the routine's Python is not
+ * unwinding from a stop the watchdog raised (it has UNWIND for that). A query still in C
+ * code that has not reached an interrupt check (a red team's numeric division of 2 s) is
+ * not one that caught its stop: it is looked at again later.
+ */
+static bool
+ran_on(double t)
+{
+	return !QueryCancelPending
+		&& !(pyfuncs_backstop_clock[2] > 0 && t - pyfuncs_backstop_clock[2] < unwind);
+}
+
+/* the killer's handler (in PostgreSQL's SIGALRM handler; it goes off every GRACE) */
 static void
 on_ran_on(void)
 {
-	end_session(1);
+	if (ran_on(now()))
+		end_session(1);
+}
+
+/* the cancel request's timer set to go off `after` seconds from now */
+static void
+look_after(double after)
+{
+	struct itimerspec when = {{0, 0}, {(time_t) after, (long) ((after - (time_t) after) * 1e9)}};
+
+	timer_settime(cancel_timer, 0, &when, NULL);
 }
 
 static void
@@ -1189,15 +1213,15 @@ on_cancel(int signo, siginfo_t *info, void *context)
 {
 	int			saved_errno = errno;
 
-	if (queries > 0 && !cancelled_at && cancel_timer_made)
+	/* (statement_timeout and lock_timeout send it too: the first has the killer, and a
+	 * query may catch the second and try again, as PostgreSQL means it to) */
+	if (queries > 0 && !cancelled_at && cancel_timer_made
+		&& !get_timeout_indicator(STATEMENT_TIMEOUT, false)
+		&& !get_timeout_indicator(LOCK_TIMEOUT, false))
 	{
-		/* (a little after GRACE: watch looks then, once) */
-		double		after = grace + 0.01;
-		struct itimerspec when = {{0, 0}, {(time_t) after, (long) ((after - (time_t) after) * 1e9)}};
-
 		cancelled_depth = queries;
 		cancelled_at = now();
-		timer_settime(cancel_timer, 0, &when, NULL);
+		look_after(grace + 0.01);	/* (a little after GRACE: watch looks then) */
 	}
 	errno = saved_errno;
 	if (chained_cancel.sa_flags & SA_SIGINFO)
@@ -1212,8 +1236,13 @@ ran_on_after_cancel(double t)
 {
 	if (cancelled_at && t - cancelled_at >= grace && queries >= cancelled_depth)
 	{
-		cancelled_at = 0;
-		end_session(2);
+		if (!ran_on(t))
+			look_after(grace);
+		else
+		{
+			cancelled_at = 0;
+			end_session(2);
+		}
 	}
 }
 
@@ -1239,6 +1268,18 @@ explain(ErrorData *edata)
 	}
 	if (prior_emit_log_hook)
 		prior_emit_log_hook(edata);
+}
+
+/* the killer set to go off at `at` (seconds of CLOCK_MONOTONIC), then every GRACE */
+static void
+arm_killer(double at)
+{
+	double		left = at - now();
+
+	enable_timeout_every((TimeoutId) killer,
+						 TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													 left <= 0 ? 0 : left * 1000 >= INT_MAX - 1 ? INT_MAX : (int) (left * 1000) + 1),
+						 Max(1, (int) (grace * 1000)));
 }
 
 /* when a query lent now ends the session unless it has returned: GRACE after the first of
@@ -1285,7 +1326,7 @@ guard_lend(PyObject *self, PyObject *unused)
 		return object(2);
 	ends[lent] = killer < 0 ? 0 : end_of(armed, due);
 	if (ends[lent] > 0)
-		arm_at(killer, ends[lent]);
+		arm_killer(ends[lent]);
 	deadlines[lent] = armed;
 	statement_due[lent++] = due;
 	return object(1);
@@ -1311,7 +1352,7 @@ guard_give_back(PyObject *self, PyObject *unused)
 	if (killer >= 0 && ends[lent] > 0)
 	{
 		if (lent > 0 && ends[lent - 1] > 0)
-			arm_at(killer, ends[lent - 1]);
+			arm_killer(ends[lent - 1]);
 		else
 			disable_timeout((TimeoutId) killer, false);
 	}

@@ -105,15 +105,16 @@ _CHUNK = 65536  # bytes written at once when several messages are due
 
 
 class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP protocol, with bounds on connections that have not sent a request's
-    headers: uvicorn gives a new connection no timeout and counts it toward
-    limit_concurrency, so sockets that never sent a byte made every plain HTTP request (the
-    event stream, /health, /realtime.js) a 503 for as long as they stayed open (a red
-    team's). Each request's headers must arrive within `header_timeout` of the connection
-    or of the request's first byte, and one IP address may have `max_unsent_per_peer`
+    """uvicorn's HTTP protocol, with bounds on connections whose request has not arrived
+    whole: uvicorn gives a new connection no timeout (nor a request's body: each byte reset
+    its keep-alive timer) and counts it toward limit_concurrency, so sockets that never sent
+    a byte, or trickled a body, made every plain HTTP request (the event stream, /health)
+    a 503 for as long as they stayed open (red teams). Each request must arrive whole
+    (headers and body; a WebSocket upgrade: its headers) within `header_timeout` of the
+    connection or of its first byte, and one IP address may have `max_unsent_per_peer`
     connections waiting for theirs; past either the connection is closed (GatewayConfig)."""
 
-    waiting: ClassVar[Counter[str]] = Counter()  # connections waiting for headers, by IP
+    waiting: ClassVar[Counter[str]] = Counter()  # connections waiting for a request, by IP
     limits: ClassVar[tuple[float, int] | None] = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -129,15 +130,18 @@ class HttpProtocol(HttpToolsProtocol):
         self._wait()
 
     def _wait(self) -> None:
+        """Count this connection as waiting for its request, with a deadline (once)."""
+        if self._deadline is not None:
+            return
         timeout, most = HttpProtocol.limits or (10.0, 64)  # (set by connection_made)
-        if self._deadline is None:
-            self.waiting[self._peer] += 1
-            if self.waiting[self._peer] > most:
-                self._unsent()
-                return
-            self._deadline = self.loop.call_later(timeout, self._unsent)
+        if self.waiting[self._peer] >= most:  # (not counted: nothing to give back)
+            self.transport.close()
+            return
+        self.waiting[self._peer] += 1
+        self._deadline = self.loop.call_later(timeout, self._late)
 
-    def _sent(self) -> None:
+    def _arrived(self) -> None:
+        """No longer waiting: the request arrived whole, or the connection is gone."""
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
@@ -145,8 +149,8 @@ class HttpProtocol(HttpToolsProtocol):
             if self.waiting[self._peer] <= 0:
                 del self.waiting[self._peer]
 
-    def _unsent(self) -> None:
-        self._sent()
+    def _late(self) -> None:
+        self._arrived()
         if not self.transport.is_closing():
             self.transport.close()
 
@@ -155,11 +159,16 @@ class HttpProtocol(HttpToolsProtocol):
         self._wait()  # (a keep-alive connection's next request)
 
     def on_headers_complete(self) -> None:
-        self._sent()
+        if self.parser.should_upgrade():
+            self._arrived()  # (a WebSocket's handshake: its protocol takes the connection)
         super().on_headers_complete()
 
+    def on_message_complete(self) -> None:
+        self._arrived()
+        super().on_message_complete()
+
     def connection_lost(self, exc: Exception | None) -> None:
-        self._sent()
+        self._arrived()
         super().connection_lost(exc)
 
 

@@ -377,9 +377,12 @@ def test_a_catch_up_is_paused_while_the_token_is_expired(
 
 
 def _closed_by_the_server(s: socket.socket, within: float) -> bool:
+    """Whether the server closed `s` (what it answered first is read past)."""
     s.settimeout(within)
     try:
-        return s.recv(1) == b""
+        while s.recv(4096):
+            pass
+        return True
     except TimeoutError:
         return False
     except ConnectionResetError:
@@ -445,3 +448,57 @@ def test_a_users_filters_are_bounded_in_all(
         await again.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def _health_from(port: int, source: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), source_address=(source, 0), timeout=3) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        try:
+            return s.recv(100)
+        except OSError as exc:
+            return repr(exc).encode()
+
+
+def test_connections_refused_past_the_peer_bound_are_not_counted_for_ever(
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    """A connection refused for being past max_unsent_per_peer was counted and never given
+    back: past the bound, the address was locked out for good (behind a proxy: everyone).
+    Round 69's."""
+    gateway = gateway_factory(header_timeout=30, max_unsent_per_peer=4)
+    source = "127.0.0.3"
+    idle = [
+        socket.create_connection(("127.0.0.1", gateway.port), source_address=(source, 0))
+        for _ in range(12)
+    ]
+    time.sleep(0.5)
+    for s in idle:
+        s.close()
+    time.sleep(0.5)
+    for _ in range(3):
+        assert _health_from(gateway.port, source).startswith(b"HTTP/1.1 200")
+
+
+def test_a_request_body_trickled_after_its_headers_is_timed_out_and_counted(
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    """The bound stopped at the headers: a request announcing a body and sending a byte of
+    it every half second held its connection for ever, uncounted per address (round 69's).
+    The request must arrive whole within header_timeout, and counts until it has."""
+    gateway = gateway_factory(header_timeout=1, max_unsent_per_peer=2)
+    trickling = []
+    for _ in range(6):
+        s = socket.create_connection(("127.0.0.1", gateway.port), source_address=("127.0.0.5", 0))
+        with contextlib.suppress(OSError):  # (past the bound: closed at once)
+            s.sendall(b"POST /health HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n")
+        trickling.append(s)
+    try:
+        for _ in range(6):  # 3 s: three times the timeout
+            time.sleep(0.5)
+            for s in trickling:
+                with contextlib.suppress(OSError):
+                    s.sendall(b"x")
+        assert all(_closed_by_the_server(s, 0.5) for s in trickling)
+    finally:
+        for s in trickling:
+            s.close()
