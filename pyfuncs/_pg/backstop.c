@@ -952,10 +952,11 @@ static TimestampTz statement_due[MAX_LENT];	/* statement_timeout's, as each bega
  * block it runs) runs on, as in PostgreSQL, and its call stops only as it returns: a query
  * looping so ran for as long as it liked past the call's timeout_ms and statement_timeout.
  * A second timer (`killer`), set for each such query to GRACE after the first of those two
- * stops, ends the session where the query still runs then, as pg_terminate_backend does
- * (PostgreSQL acts on it at its next interrupt check, which no handler can catch), and
- * the error the client gets says why (explain). `ends[i]`: when query i's would go off (0:
- * never), in seconds of CLOCK_MONOTONIC.
+ * stops and every GRACE from then, ends the session where the query still runs and has
+ * seen its stop (ran_on), as pg_terminate_backend does (PostgreSQL acts on it at its next
+ * interrupt check, which no handler can catch), and the error the client gets says why
+ * (explain). `ends[i]`: when query i's first goes off (0: never), in seconds of
+ * CLOCK_MONOTONIC.
  */
 static int	killer = -1;
 static double ends[MAX_LENT];
@@ -1150,21 +1151,21 @@ guard_leave(PyObject *self, PyObject *entered)
 	return object(same ? 0 : 5);
 }
 
-/* a timer set to go off at `deadline` (seconds of CLOCK_MONOTONIC), in whole milliseconds
- * rounded up: never before it (one past it goes off at once) */
-static void
-arm_at(int which, double deadline)
+/* the milliseconds until `at` (seconds of CLOCK_MONOTONIC), rounded up: a timer set to go
+ * off then never goes off before it (one past it goes off at once) */
+static int
+ms_until(double at)
 {
-	double		left = deadline - now();
+	double		left = at - now();
 
-	enable_timeout_after((TimeoutId) which, left <= 0 ? 0
-						 : left * 1000 >= INT_MAX - 1 ? INT_MAX : (int) (left * 1000) + 1);
+	return left <= 0 ? 0 : left * 1000 >= INT_MAX - 1 ? INT_MAX : (int) (left * 1000) + 1;
 }
 
+/* the timer set to go off at `deadline` */
 static void
 arm(double deadline)
 {
-	arm_at(timer, deadline);
+	enable_timeout_after((TimeoutId) timer, ms_until(deadline));
 }
 
 /* what die() does (in a signal handler), and why */
@@ -1258,8 +1259,8 @@ explain(ErrorData *edata)
 											 "timeout_ms or statement_timeout stopped it: it caught "
 											 "the cancel itself; the session ends"
 											 : "pyfuncs: a routine's query ran on for a second after a "
-											 "cancel request: it caught the cancel itself; the session "
-											 "ends");
+											 "cancel request stopped it: it caught the cancel itself; "
+											 "the session ends");
 		killed = 0;
 		edata->hint = MemoryContextStrdup(ErrorContext,
 										  "A query that catches query_canceled (a PL/pgSQL "
@@ -1274,11 +1275,8 @@ explain(ErrorData *edata)
 static void
 arm_killer(double at)
 {
-	double		left = at - now();
-
 	enable_timeout_every((TimeoutId) killer,
-						 TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													 left <= 0 ? 0 : left * 1000 >= INT_MAX - 1 ? INT_MAX : (int) (left * 1000) + 1),
+						 TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms_until(at)),
 						 Max(1, (int) (grace * 1000)));
 }
 

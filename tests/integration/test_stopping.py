@@ -977,7 +977,11 @@ def test_a_routines_query_that_catches_its_stop_for_ever_ends_the_session(
             ender.cancel()
         assert caller.closed or caller.broken
     assert err.sqlstate == "57014", err
-    after = "a cancel request" if timeout == "cancel" else "its timeout_ms or statement_timeout"
+    after = (
+        "a cancel request stopped it"
+        if timeout == "cancel"
+        else "its timeout_ms or statement_timeout"
+    )
     assert f"a routine's query ran on for a second after {after}" in str(err)
     assert 0.3 + 1.0 <= took < 0.3 + 1.0 + SLACK
     assert cluster.postmaster_pid() == postmaster
