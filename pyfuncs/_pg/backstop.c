@@ -236,6 +236,16 @@ watch(void *context)
 					 "pyfuncs' README.")));
 }
 
+/* the handler ours was put in front of */
+static void
+chain(const struct sigaction *to, int signo, siginfo_t *info, void *context)
+{
+	if (to->sa_flags & SA_SIGINFO)
+		to->sa_sigaction(signo, info, context);
+	else if (to->sa_handler != SIG_IGN && to->sa_handler != SIG_DFL)
+		to->sa_handler(signo);
+}
+
 static void
 on_signal(int signo, siginfo_t *info, void *context)
 {
@@ -243,10 +253,7 @@ on_signal(int signo, siginfo_t *info, void *context)
 
 	watch(context);
 	errno = saved_errno;
-	if (chained.sa_flags & SA_SIGINFO)
-		chained.sa_sigaction(signo, info, context);
-	else if (chained.sa_handler != SIG_IGN && chained.sa_handler != SIG_DFL)
-		chained.sa_handler(signo);
+	chain(&chained, signo, info, context);
 }
 
 static void
@@ -1225,10 +1232,7 @@ on_cancel(int signo, siginfo_t *info, void *context)
 		look_after(grace + 0.01);	/* (a little after GRACE: watch looks then) */
 	}
 	errno = saved_errno;
-	if (chained_cancel.sa_flags & SA_SIGINFO)
-		chained_cancel.sa_sigaction(signo, info, context);
-	else if (chained_cancel.sa_handler != SIG_IGN && chained_cancel.sa_handler != SIG_DFL)
-		chained_cancel.sa_handler(signo);
+	chain(&chained_cancel, signo, info, context);
 }
 
 /* (in watch) the query a cancel request came in is still under way GRACE after it */
