@@ -638,7 +638,7 @@ def jb_key_proc(n: int) -> dict:
     return {b"\\x00" * n: 1}
 
 
-@stored_function(schema="decl", timeout_ms=200)
+@stored_function(schema="decl", timeout_ms=900)  # (200 ran out under two workers' load)
 def jb_items(n: int) -> list[dict]:
     return [-1234567890123456789] * n
 
