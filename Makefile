@@ -13,11 +13,15 @@ PG_CONFIG := /usr/lib/postgresql/15/bin/pg_config
 # the server's headers (postgresql-server-dev-15); pg_config alone comes with the client package
 PG_HEADERS := /usr/include/postgresql/15/server/postgres.h
 BACKSTOP := /usr/lib/postgresql/15/lib/pyfuncs_backstop.so
+PRELOAD := /usr/lib/postgresql/15/lib/pyfuncs_preload.so
+# the Python PL/Python runs (Debian's, not a virtualenv's): its headers and its library
+PY_HEADERS := /usr/include/python3.11/Python.h
+LIBPYTHON := -L/usr/lib/$$(gcc -print-multiarch) -l:libpython3.11.so.1.0
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup backstop demo live test lint bench clean db-down
+.PHONY: setup backstop preload demo live test lint bench clean db-down
 
-setup: $(PLPYTHON) $(WAL2JSON) $(BACKSTOP) $(STAMP)
+setup: $(PLPYTHON) $(WAL2JSON) $(BACKSTOP) $(PRELOAD) $(STAMP)
 
 $(PLPYTHON):
 	$(SUDO) apt-get update -qq
@@ -41,6 +45,21 @@ $(BACKSTOP): pyfuncs/_pg/backstop.c $(PLPYTHON) $(PG_HEADERS)
 	gcc -O2 -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Werror -fPIC \
 		-shared -I$$($(PG_CONFIG) --includedir-server) -o build/pyfuncs_backstop.so $<
 	$(SUDO) install -m 755 build/pyfuncs_backstop.so $@
+
+# starts PL/Python's interpreter once, in the postmaster, for every backend's first call
+# (README "The first call"); the embedded cluster lists it in shared_preload_libraries
+$(PY_HEADERS):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libpython3.11-dev
+
+preload: $(PRELOAD)
+
+$(PRELOAD): pyfuncs/_pg/preload.c $(PLPYTHON) $(PG_HEADERS) $(PY_HEADERS)
+	mkdir -p build
+	gcc -O2 -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Werror -fPIC \
+		-shared -I$$($(PG_CONFIG) --includedir-server) -I$(dir $(PY_HEADERS)) \
+		-o build/pyfuncs_preload.so $< $(LIBPYTHON)
+	$(SUDO) install -m 755 build/pyfuncs_preload.so $@
 
 # the browser client's tests drive Debian's Chromium (playwright's own browsers are not used)
 $(CHROMIUM):

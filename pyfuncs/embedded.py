@@ -23,6 +23,9 @@ DATABASE = "pyfuncs"
 # the logical decoding output plugins this server lets slots use (a setting of the Debian
 # build here): realtime capture decodes with wal2json
 OUTPUT_PLUGINS = ("pgoutput", "test_decoding", "wal2json")
+# starts PL/Python's interpreter once, in the postmaster (pyfuncs/_pg/preload.c, built by
+# `make setup`): listed in shared_preload_libraries where it is installed
+PRELOAD = "pyfuncs_preload"
 
 
 def _pg_bin() -> Path:
@@ -47,9 +50,11 @@ def _free_port() -> int:
 
 @dataclass(frozen=True)
 class Cluster:
-    """An embedded cluster rooted at `root` (by default `.pgdata` in the working directory)."""
+    """An embedded cluster rooted at `root` (by default `.pgdata` in the working directory);
+    with `preload`, Python starts in the postmaster where the preload library is installed."""
 
     root: Path
+    preload: bool = True
 
     @classmethod
     def default(cls) -> Cluster:
@@ -135,8 +140,9 @@ class Cluster:
             )  # fmt: skip
         if not self.port_file.exists():
             self.port_file.write_text(str(_free_port()))
-        if self.is_running() and not self._logical():
-            self.down()  # started before it needed wal_level=logical: restart with it
+        preload = self._preload(bin_dir)
+        if self.is_running() and not self._configured(preload):
+            self.down()  # started before it needed wal_level=logical or the preload
         if not self.is_running():
             options = " ".join([
                 f"-p {self.port}", "-c listen_addresses=127.0.0.1",
@@ -149,6 +155,7 @@ class Cluster:
                 "-c wal_level=logical", "-c max_replication_slots=100",
                 "-c max_wal_senders=20", "-c max_slot_wal_keep_size=4GB",
                 f"-c output_plugin_libraries={','.join(OUTPUT_PLUGINS)}",
+                f"-c shared_preload_libraries={','.join(preload)}",
             ])  # fmt: skip
             if os.geteuid() == 0 and self.log_file.exists():
                 shutil.chown(self.log_file, SUPERUSER, SUPERUSER)
@@ -159,7 +166,13 @@ class Cluster:
         self._ensure_database()
         return self.url()
 
-    def _logical(self) -> bool:
+    def _preload(self, bin_dir: Path) -> list[str]:
+        """What shared_preload_libraries lists: the preload library where it is installed."""
+        libdir = self._run(str(bin_dir / "pg_config"), "--pkglibdir").stdout.strip()
+        installed = (Path(libdir) / f"{PRELOAD}.so").exists()
+        return [PRELOAD] if self.preload and installed else []
+
+    def _configured(self, preload: list[str]) -> bool:
         import psycopg
 
         try:
@@ -168,10 +181,12 @@ class Cluster:
                 plugins = conn.execute(
                     "SELECT setting FROM pg_settings WHERE name = 'output_plugin_libraries'"
                 ).fetchone()
+                preloaded = conn.execute("SHOW shared_preload_libraries").fetchone()
         except psycopg.Error:
             return True  # not reachable: leave it be, as before
         allowed = plugins is None or "wal2json" in plugins[0]
-        return level is not None and level[0] == "logical" and allowed
+        logical = level is not None and level[0] == "logical" and allowed
+        return logical and preloaded is not None and preloaded[0] == ",".join(preload)
 
     def _ensure_database(self) -> None:
         import psycopg

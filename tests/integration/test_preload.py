@@ -1,0 +1,108 @@
+"""The preload (pyfuncs/_pg/preload.c): PL/Python's interpreter started once, in the
+postmaster, for every backend's first call. The embedded cluster lists it in
+shared_preload_libraries, so the rest of the suite runs with it; here, what backends then
+share and what they do not, that a session's LOAD of it changes nothing, and that pyfuncs
+runs as before on a cluster without it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pyfuncs import deploy as deploying
+from pyfuncs import migrate
+from pyfuncs.embedded import PRELOAD, Cluster
+
+from .test_embedded import root  # noqa: F401  (a cluster of its own, stopped and removed after)
+
+LOAD = sql.SQL("LOAD {}").format(sql.Literal(PRELOAD))
+SEEN = """
+CREATE FUNCTION public.seen() RETURNS text LANGUAGE plpython3u AS $$
+import json, random, sys, uuid
+return json.dumps([hash("pyfuncs"), random.getrandbits(64), str(uuid.uuid4()),
+                   sys.modules["plpy"].__name__])
+$$
+"""
+
+ROUTINES = """
+from pyfuncs import stored_function
+
+
+@stored_function(schema="public", timeout_ms=1000)
+def doubled(x: int) -> int:
+    return 2 * x
+"""
+
+
+def _seen(url: str) -> list[Any]:
+    """What a new session's first call of PL/Python sees."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT public.seen()").fetchone()
+    assert row is not None
+    return list(json.loads(row[0]))
+
+
+def _module(tmp_path: Path) -> Path:
+    path = tmp_path / "preload_routines.py"
+    path.write_text(ROUTINES)
+    return path
+
+
+@pytest.fixture
+def seen_db(empty_db: str) -> str:
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS plpython3u")
+        conn.execute(SEEN)
+    return empty_db
+
+
+def test_the_embedded_cluster_starts_python_in_the_postmaster(cluster: Cluster) -> None:
+    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
+        row = conn.execute("SHOW shared_preload_libraries").fetchone()
+    assert row == (PRELOAD,)
+    assert "pyfuncs_preload: Python 3.11" in cluster.log_file.read_text()
+
+
+def test_sessions_share_the_hash_seed_but_draw_their_own_random_numbers(seen_db: str) -> None:
+    first, second = _seen(seen_db), _seen(seen_db)
+    # one interpreter started before the backends were forked: its hash seed is theirs
+    # (README "The first call" says so); without the preload each backend draws its own
+    assert first[0] == second[0]
+    # random, uuid: imported, and seeded, in each backend
+    assert first[1] != second[1] and first[2] != second[2]
+    assert first[3] == second[3] == "plpy"
+
+
+def test_a_sessions_load_of_the_library_changes_nothing(
+    seen_db: str, dsn: str, tmp_path: Path
+) -> None:
+    with psycopg.connect(seen_db, autocommit=True) as conn:
+        conn.execute(LOAD)
+        row = conn.execute("SELECT public.seen()").fetchone()
+        assert row is not None and json.loads(row[0])[3] == "plpy"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(LOAD)
+        deploying.deploy(conn, str(_module(tmp_path)))
+        assert conn.execute("SELECT public.doubled(21)").fetchone() == (42,)
+
+
+@pytest.mark.exclusive  # (a second cluster: its start and install weigh on timed tests)
+def test_pyfuncs_runs_on_a_cluster_without_the_preload(root: Path, tmp_path: Path) -> None:  # noqa: F811
+    cluster = Cluster(root, preload=False)
+    url = cluster.up()
+    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
+        assert conn.execute("SHOW shared_preload_libraries").fetchone() == ("",)
+    migrate.install(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(SEEN)
+        deploying.deploy(conn, str(_module(tmp_path)))
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT public.doubled(21)").fetchone() == (42,)
+    first, second = _seen(url), _seen(url)
+    assert first[0] != second[0]  # each backend started Python, with a seed of its own
+    assert first[1] != second[1]
