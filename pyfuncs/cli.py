@@ -25,7 +25,7 @@ from ._pg.backstop import LIBRARY as BACKSTOP_LIBRARY
 from .collect import collect
 from .config import connect, resolve_dsn
 from .definition import valid_name
-from .embedded import Cluster
+from .embedded import PRELOAD, Cluster
 from .errors import ConfigError, PyfuncsError, from_psycopg, one_line, printable
 from .queries import query
 
@@ -115,10 +115,12 @@ def cmd_install(args: argparse.Namespace) -> None:
                 "pyfuncs install needs a superuser (it creates the untrusted plpython3u "
                 "language and the functions routines load with); connect as one with --dsn"
             )
-        libdir, found = conn.execute(
-            "SELECT setting, (pg_stat_file(setting || '/' || %s, true)).size IS NOT NULL"
-            " FROM pg_config WHERE name = 'PKGLIBDIR'", [BACKSTOP_LIBRARY],
-        ).fetchone() or ("?", False)  # fmt: skip
+        libdir, found, preloaded = conn.execute(
+            "SELECT setting, (pg_stat_file(setting || '/' || %s, true)).size IS NOT NULL,"
+            " %s = ANY (string_to_array(replace(current_setting('shared_preload_libraries'),"
+            " ' ', ''), ',')) FROM pg_config WHERE name = 'PKGLIBDIR'",
+            [BACKSTOP_LIBRARY, PRELOAD],
+        ).fetchone() or ("?", False, False)  # fmt: skip
     revision = migrate.install(resolve_dsn(args.dsn))
     print(f"pyfuncs core schema at revision {revision}, runtime installed")
     if not found:
@@ -126,6 +128,12 @@ def cmd_install(args: argparse.Namespace) -> None:
             f"note: {BACKSTOP_LIBRARY} is not in {libdir} on the database server, so a routine "
             "stuck in one call of C code cannot be stopped; build it there with `make backstop` "
             '(README "Stopping routines")'
+        )
+    if not preloaded:
+        print(
+            f"note: {PRELOAD} is not in shared_preload_libraries, so each new connection's "
+            "first call starts Python itself (8-15 ms more); install it with `make preload` "
+            'and list it there (README "The first call")'
         )
 
 

@@ -15,7 +15,7 @@ import pytest
 from psycopg import sql
 
 from pyfuncs import deploy as deploying
-from pyfuncs import migrate
+from pyfuncs.cli import main
 from pyfuncs.embedded import PRELOAD, Cluster
 
 from .test_embedded import root  # noqa: F401  (a cluster of its own, stopped and removed after)
@@ -61,11 +61,15 @@ def seen_db(empty_db: str) -> str:
     return empty_db
 
 
-def test_the_embedded_cluster_starts_python_in_the_postmaster(cluster: Cluster) -> None:
+def test_the_embedded_cluster_starts_python_in_the_postmaster(
+    cluster: Cluster, empty_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
         row = conn.execute("SHOW shared_preload_libraries").fetchone()
     assert row == (PRELOAD,)
     assert "pyfuncs_preload: Python 3.11" in cluster.log_file.read_text()
+    assert main(["install", "--dsn", empty_db]) == 0
+    assert PRELOAD not in capsys.readouterr().out  # (no note: it is listed)
 
 
 def test_sessions_share_the_hash_seed_but_draw_their_own_random_numbers(seen_db: str) -> None:
@@ -92,12 +96,17 @@ def test_a_sessions_load_of_the_library_changes_nothing(
 
 
 @pytest.mark.exclusive  # (a second cluster: its start and install weigh on timed tests)
-def test_pyfuncs_runs_on_a_cluster_without_the_preload(root: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_pyfuncs_runs_on_a_cluster_without_the_preload(
+    root: Path,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     cluster = Cluster(root, preload=False)
     url = cluster.up()
     with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
         assert conn.execute("SHOW shared_preload_libraries").fetchone() == ("",)
-    migrate.install(url)
+    assert main(["install", "--dsn", url]) == 0
+    assert f"note: {PRELOAD} is not in shared_preload_libraries" in capsys.readouterr().out
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(SEEN)
         deploying.deploy(conn, str(_module(tmp_path)))
