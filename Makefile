@@ -19,9 +19,9 @@ PY_HEADERS := /usr/include/python3.11/Python.h
 LIBPYTHON := -L/usr/lib/$$(gcc -print-multiarch) -l:libpython3.11.so.1.0
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup backstop preload demo live test lint bench clean db-down
+.PHONY: setup backstop preload locale demo live test lint bench clean db-down
 
-setup: $(PLPYTHON) $(WAL2JSON) $(BACKSTOP) $(PRELOAD) $(STAMP)
+setup: $(PLPYTHON) $(WAL2JSON) $(BACKSTOP) $(PRELOAD) locale $(STAMP)
 
 $(PLPYTHON):
 	$(SUDO) apt-get update -qq
@@ -60,6 +60,13 @@ $(PRELOAD): pyfuncs/_pg/preload.c $(PLPYTHON) $(PG_HEADERS) $(PY_HEADERS)
 		-shared -I$$($(PG_CONFIG) --includedir-server) -I$(dir $(PY_HEADERS)) \
 		-o build/pyfuncs_preload.so $< $(LIBPYTHON)
 	$(SUDO) install -m 755 build/pyfuncs_preload.so $@
+
+# a locale other than C, for the tests of values written whatever a session's lc_monetary;
+# made before the embedded cluster starts (glibc maps its locale archive once per process)
+locale:
+	@locale -a | grep -qx de_DE.utf8 || { test -f /usr/share/i18n/locales/de_DE || \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq locales; \
+		$(SUDO) localedef -i de_DE -f UTF-8 de_DE.UTF-8; }
 
 # the browser client's tests drive Debian's Chromium (playwright's own browsers are not used)
 $(CHROMIUM):

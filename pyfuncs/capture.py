@@ -36,6 +36,7 @@ from psycopg.pq.abc import PGconn
 from psycopg.rows import dict_row
 
 from ._pg.vocabulary import CAPTURE_SKIPPED
+from .config import PINNED_VALUES
 from .errors import ConfigError, from_psycopg
 from .queries import query
 
@@ -52,10 +53,7 @@ BATCH = 10_000  # rows decoded per batch (a transaction is never split)
 SESSION = "-c synchronous_commit=on -c statement_timeout=0"
 # The streaming consumer's replication session: wal2json writes values with the output
 # functions of this session, so its settings are those realtime_wal_batch pins.
-STREAM_SESSION = (
-    "-c DateStyle=ISO,MDY -c IntervalStyle=postgres -c extra_float_digits=1 "
-    "-c bytea_output=hex -c TimeZone=UTC"
-)
+STREAM_SESSION = PINNED_VALUES
 STREAM_RETRY = 60.0  # seconds of SQL batches after the slot could not be streamed
 STREAM_RESTARTS = 5  # more restarts of the stream than this ...
 STREAM_RESTARTS_WITHIN = 10.0  # ... within these seconds: SQL batches for STREAM_RETRY

@@ -43,6 +43,16 @@ def resolve_dsn(explicit: str | None = None) -> str:
 # Startup options a client sends win over ALTER DATABASE / ALTER ROLE settings; a later -c
 # wins over an earlier one, so the pin goes last.
 PINNED_SEARCH_PATH = "-c search_path=pg_catalog,pg_temp"
+# How values are written as text, whatever the server, the database, the role or a writer
+# set: capture writes the change log so (realtime_capture and realtime_wal_batch pin the same
+# in sql/schema.sql), the WAL consumer's stream so (wal2json calls the types' output
+# functions in that session), and the gateway reads rows so, to compare their keys with the
+# log's and send them alike: timestamps in UTC, intervals and dates in PostgreSQL's own
+# styles, a double's shortest exact digits, bytea in hex, money in the C locale.
+PINNED_VALUES = (
+    "-c DateStyle=ISO,MDY -c IntervalStyle=postgres -c extra_float_digits=1 "
+    "-c bytea_output=hex -c TimeZone=UTC -c lc_monetary=C"
+)
 
 
 def pinned_options(dsn: str) -> str:

@@ -34,7 +34,7 @@ from psycopg import sql
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
-from ..config import pinned_options
+from ..config import PINNED_VALUES, pinned_options
 from ..errors import ConfigError
 from ..queries import query
 from . import exact
@@ -60,11 +60,12 @@ async def connect(dsn: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
 
 
 def _options(dsn: str) -> str:
-    """The pins above, and extra_float_digits at 1 (PostgreSQL's default: a double's
-    shortest exact digits), as capture writes the change log with (sql/schema.sql): a
-    `float8` key read in a row here has the same digits as in the log, whatever the DSN,
-    the role or the database set (15 digits, with 0, would make them differ)."""
-    return f"{pinned_options(dsn)} -c extra_float_digits=1"
+    """The pins above, and values written as capture writes the change log (PINNED_VALUES):
+    a key read in a row here is the log's to the digit (a `float8` with 15 digits, with
+    extra_float_digits at 0, or a timestamptz in a database's TimeZone, made them differ),
+    and snapshots are written as events are, whatever the DSN, the role or the database
+    set. Subscribers' filters and the RLS policies run as them see the same settings."""
+    return f"{pinned_options(dsn)} {PINNED_VALUES}"
 
 
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
