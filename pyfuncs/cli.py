@@ -115,12 +115,11 @@ def cmd_install(args: argparse.Namespace) -> None:
                 "pyfuncs install needs a superuser (it creates the untrusted plpython3u "
                 "language and the functions routines load with); connect as one with --dsn"
             )
-        libdir, found, preloaded = conn.execute(
+        libdir, found, preloads = conn.execute(
             "SELECT setting, (pg_stat_file(setting || '/' || %s, true)).size IS NOT NULL,"
-            " %s = ANY (string_to_array(replace(current_setting('shared_preload_libraries'),"
-            " ' ', ''), ',')) FROM pg_config WHERE name = 'PKGLIBDIR'",
-            [BACKSTOP_LIBRARY, PRELOAD],
-        ).fetchone() or ("?", False, False)  # fmt: skip
+            " current_setting('shared_preload_libraries') FROM pg_config"
+            " WHERE name = 'PKGLIBDIR'", [BACKSTOP_LIBRARY],
+        ).fetchone() or ("?", False, "")  # fmt: skip
     revision = migrate.install(resolve_dsn(args.dsn))
     print(f"pyfuncs core schema at revision {revision}, runtime installed")
     if not found:
@@ -129,12 +128,19 @@ def cmd_install(args: argparse.Namespace) -> None:
             "stuck in one call of C code cannot be stopped; build it there with `make backstop` "
             '(README "Stopping routines")'
         )
-    if not preloaded:
+    if not _preloaded(preloads):
         print(
             f"note: {PRELOAD} is not in shared_preload_libraries, so each new connection's "
             "first call starts Python itself (8-15 ms more); install it with `make preload` "
             'and list it there (README "The first call")'
         )
+
+
+def _preloaded(setting: str) -> bool:
+    """Whether shared_preload_libraries (its text) lists the preload library, by its name,
+    under $libdir or with the file's suffix."""
+    names = (name.strip().strip('"').removeprefix("$libdir/") for name in setting.split(","))
+    return any(name in (PRELOAD, f"{PRELOAD}.so") for name in names)
 
 
 def cmd_deploy(args: argparse.Namespace) -> None:

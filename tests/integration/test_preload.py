@@ -15,7 +15,7 @@ import pytest
 from psycopg import sql
 
 from pyfuncs import deploy as deploying
-from pyfuncs.cli import main
+from pyfuncs.cli import _preloaded, main
 from pyfuncs.embedded import PRELOAD, Cluster
 
 from .test_embedded import root  # noqa: F401  (a cluster of its own, stopped and removed after)
@@ -115,3 +115,13 @@ def test_pyfuncs_runs_on_a_cluster_without_the_preload(
     first, second = _seen(url), _seen(url)
     assert first[0] != second[0]  # each backend started Python, with a seed of its own
     assert first[1] != second[1]
+
+
+@pytest.mark.parametrize(
+    ("setting", "listed"),
+    [("pyfuncs_preload", True), ("pg_stat_statements, pyfuncs_preload", True),
+     ('"pyfuncs_preload"', True), ("$libdir/pyfuncs_preload.so", True), ("", False),
+     ("pyfuncs_preload_old", False), ("pg_stat_statements", False)],
+)  # fmt: skip
+def test_install_reads_the_list_as_postgresql_does(setting: str, listed: bool) -> None:
+    assert _preloaded(setting) is listed
