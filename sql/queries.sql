@@ -380,6 +380,28 @@ WHERE c.position > %(after)s AND ch.schema_name = %(schema)s AND ch.table_name =
                ELSE false END
       ELSE false END
 
+-- name: realtime_changed_later
+-- Of keys of one table (jsonb objects of its key columns, `names`), the ordinals of those a
+-- change after a position (commit, change) writes or removes, or all of them when one
+-- truncates the table: a catch-up sends a key's latest change only (README "Resuming"), the
+-- later one takes the place of the earlier. Any op counts. The later changes' keys are made
+-- once and hashed, not compared with each key: a catch-up from far back asks for every page.
+WITH later AS MATERIALIZED (
+    SELECT ch.op, ch.new_row, ch.old_row
+    FROM pyfuncs.realtime_commit c JOIN pyfuncs.realtime_change ch ON ch.txid = c.txid
+    WHERE c.position >= %(commit)s AND (c.position, ch.id) > (%(commit)s, %(change)s)
+      AND ch.schema_name = %(schema)s AND ch.table_name = %(table)s
+), touched AS (
+    SELECT (SELECT pg_catalog.jsonb_object_agg(n.name, i.image -> n.name)
+            FROM pg_catalog.unnest(%(names)s::text[]) AS n (name)) AS key
+    FROM later l CROSS JOIN LATERAL (VALUES (l.new_row), (l.old_row)) AS i (image)
+    WHERE i.image IS NOT NULL
+)
+SELECT k.i
+FROM pg_catalog.unnest(%(keys)s::jsonb[]) WITH ORDINALITY AS k (key, i)
+WHERE k.key IN (SELECT t.key FROM touched t)
+   OR EXISTS (SELECT FROM later WHERE op = 'TRUNCATE')
+
 -- name: gateway_missing_grants
 -- Of the privileges the gateway's role needs (README "Deploying it"), those it lacks.
 SELECT g.privilege, g.name

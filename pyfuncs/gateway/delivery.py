@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from .tables import (
     Table,
     Visible,
     as_identity,
+    changed_later_query,
     removed_keys,
     removed_later_query,
     visible_query,
@@ -54,9 +56,11 @@ Answer = tuple[Visible, set[Key]]
 NOTHING: Answer = ({}, set())  # what a group whose check was not needed sees (never changed)
 
 
-def removed_later_in_batch(changes: Sequence[Change], table: Table) -> list[bool]:
+def removed_later_in_batch(
+    changes: Sequence[Change], table: Table, *, or_written: bool = False
+) -> list[bool]:
     """For each change of `table`, whether a later change of the batch removes (deletes,
-    re-keys or truncates) the row it wrote."""
+    re-keys or truncates) the row it wrote; `or_written`: or writes its key again."""
     removed: set[Key] = set()
     truncated = False
     later = [False] * len(changes)
@@ -67,6 +71,8 @@ def removed_later_in_batch(changes: Sequence[Change], table: Table) -> list[bool
         new = None if change.new is None else table.key_of(change.new)
         if change.new is not None:
             later[i] = truncated or (new is not None and new in removed)
+            if or_written and new is not None:
+                removed.add(new)
         if change.op == "TRUNCATE":
             truncated = True
         elif change.old is not None:
@@ -74,6 +80,42 @@ def removed_later_in_batch(changes: Sequence[Change], table: Table) -> list[bool
             if old is not None and (change.new is None or new != old):
                 removed.add(old)
     return later
+
+
+async def latest_of_keys(
+    conn: psycopg.AsyncConnection[Any], changes: Sequence[Change], table: Table
+) -> list[Change]:
+    """What a catch-up sends of a page of `changes`: those of `table`, one per key, its
+    latest. Each change is checked against what the subscriber sees now, so every write of
+    a row it sees now would be sent, those made while it could not see the row too (another
+    user's row, edited, then given to it): when and how often it was written. A write of a
+    key that a later change writes or removes (later in the page, or anywhere later in the
+    change log, asked on `conn`, a feed session) is skipped: that change is delivered in
+    its place, by this catch-up or live, and the skip holds for a catch-up cut short and
+    resumed too (it comes after any position this one gave). A re-key so skipped is kept as
+    the removal of its old key, which a client holding that row must be told of."""
+    mine = [c for c in changes if (c.schema, c.table) == (table.schema, table.name)]
+    later = removed_later_in_batch(mine, table, or_written=True)
+    written = {i: key for i, change in enumerate(mine)
+               if change.new is not None and not later[i]
+               and (key := table.key_of(change.new)) is not None}  # fmt: skip
+    if written:
+        end = mine[-1].position
+        keys = list(written.values())
+        cur = await conn.execute(*changed_later_query(table, end.commit, end.change, keys))
+        changed = {keys[i - 1] for (i,) in await cur.fetchall()}
+        for i, key in written.items():
+            later[i] = key in changed
+    kept = []
+    for change, overwritten in zip(mine, later, strict=True):
+        if not overwritten:
+            kept.append(change)
+            continue
+        old = None if change.old is None else table.key_of(change.old)
+        new = None if change.new is None else table.key_of(change.new)
+        if old is not None and old != new:
+            kept.append(dataclasses.replace(change, new=None))  # a re-key: its removal only
+    return kept
 
 
 async def visibility(

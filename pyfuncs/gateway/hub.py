@@ -10,9 +10,10 @@ clients.py for where it goes). So the cost grows with distinct identities, not
 connections, and delivery is in commit order for every subscription.
 
 A new subscription starts from a snapshot (or from the position it resumes from) and
-catches up on its own, reading the feed itself, until it has reached what the hub has
-read; from then on the hub delivers to it. Positions make the hand-over exact: a change is
-delivered to a subscription only if it is after the subscription's position.
+catches up on its own, reading the feed itself (sending each key's latest change only:
+delivery.latest_of_keys), until it has reached what the hub has read; from then on the hub
+delivers to it. Positions make the hand-over exact: a change is delivered to a subscription
+only if it is after the subscription's position.
 
 The feed is read in the gateway's own role, on feed sessions; questions asked as subscribers
 go to check sessions (sessions.py). One bad change or subscription
@@ -41,7 +42,14 @@ from ..queries import query
 from ..realtime import Change, Position, Snapshot, listen, read, wake_up
 from .clients import Client, Subscription
 from .config import GatewayConfig
-from .delivery import NOTHING, Group, Messages, removed_later_in_batch, visibility
+from .delivery import (
+    NOTHING,
+    Group,
+    Messages,
+    latest_of_keys,
+    removed_later_in_batch,
+    visibility,
+)
 from .metrics import Metrics
 from .positions import PositionTokens
 from .protocol import Subscribe
@@ -65,24 +73,6 @@ RESYNC = ("the change feed no longer holds the changes after your position (they
           "for a limited time): subscribe again without `since` to read the table afresh")  # fmt: skip
 FAILED = ("the gateway could not deliver a change of this table to this subscription: "
           "subscribe again without `since` to read the table afresh")  # fmt: skip
-
-
-def _not_overwritten(changes: Sequence[Change], table: Table) -> list[Change]:
-    """The changes of a catch-up read, less those of `table` that wrote a row a later change
-    of the read removes (deletes or re-keys) and that remove nothing themselves: the live
-    path skips them too (their row is gone), but here a later row with the same key would
-    be reported in their place, telling a resuming subscriber about the history of a key it
-    may not have seen (another user's row that had it, and was deleted, say). The last
-    change of the read is always kept: the subscription's position moves to it."""
-    later = removed_later_in_batch(changes, table)
-    kept = []
-    for i, change in enumerate(changes):
-        if later[i] and change.new is not None:
-            old = None if change.old is None else table.key_of(change.old)
-            if old is None or old == table.key_of(change.new):
-                continue  # an INSERT or UPDATE of a row removed later: not a removal itself
-        kept.append(change)
-    return kept
 
 
 class Hub:
@@ -369,12 +359,16 @@ class Hub:
             try:
                 async with self.sessions.feed.connection() as conn:
                     changes = await read(conn, sub.position, limit, keys=True)
+                    latest = await latest_of_keys(conn, changes, sub.table)
                 if sub.client.suspended:
                     return  # (expired while it read)
                 if not changes:
                     sub.live = True
                     return
-                await self._deliver(_not_overwritten(changes, sub.table), [sub])
+                if latest:
+                    await self._deliver(latest, [sub])
+                if not sub.client.suspended:  # (else _deliver moved nothing either)
+                    sub.position = max(sub.position, changes[-1].position)  # past the skipped
             except ResyncRequired:
                 self._end(sub, "resync_required", RESYNC)
             except psycopg.OperationalError as exc:

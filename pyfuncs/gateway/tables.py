@@ -303,10 +303,23 @@ def removed_later_query(
     """Of `keys`, those a change committed after position `after` deletes, re-keys or
     truncates (run by the gateway in its own role, in the snapshot of the visibility check);
     read the answer with `removed_keys`."""
+    return query("realtime_removed_later"), {"after": after, **_keys_of(table, keys)}
+
+
+def changed_later_query(
+    table: Table, commit: int, change: int, keys: Sequence[Key]
+) -> tuple[str, dict[str, Any]]:  # fmt: skip
+    """Of `keys`, the ordinals (from 1) of those a change after position (`commit`,
+    `change`) writes or removes (all, after a TRUNCATE): run by the gateway in its own role."""
+    params = {"commit": commit, "change": change, **_keys_of(table, keys)}
+    return query("realtime_changed_later"), params
+
+
+def _keys_of(table: Table, keys: Iterable[Key]) -> dict[str, Any]:
+    """The parameters that name a table's keys in a query of the change log."""
     objects = [Jsonb(table.key_object(k), exact.dumps) for k in keys]
-    params = {"after": after, "schema": table.schema, "table": table.name, "keys": objects,
-              "names": list(table.key)}  # fmt: skip
-    return query("realtime_removed_later"), params
+    return {"schema": table.schema, "table": table.name, "keys": objects,
+            "names": list(table.key)}  # fmt: skip
 
 
 def removed_keys(table: Table, keys: set[Key], rows: Iterable[tuple[Any, ...]]) -> set[Key]:

@@ -165,6 +165,28 @@ def feed(dsn: str, since: int) -> list[tuple[int, int]]:
         ]  # fmt: skip
 
 
+def feed_but_superseded(
+    dsn: str, since: int, applied: list[tuple[int, int]]
+) -> list[tuple[int, int]]:  # fmt: skip
+    """What a subscriber of rt.notes since commit `since` that applied `applied` must have
+    applied: every change once, in feed order, except that a change it did not apply may be
+    a write of a key that a later change writes or removes (a resume sends each key's
+    latest change only: README "Resuming")."""
+    catch_up(dsn)
+    with psycopg.connect(dsn) as db:
+        rows = db.execute(
+            "SELECT c.position, ch.id, ch.new_row->'id', ch.old_row->'id' "
+            "FROM pyfuncs.realtime_commit c JOIN pyfuncs.realtime_change ch USING (txid) "
+            "WHERE c.position > %s ORDER BY 1, 2", [since],
+        ).fetchall()  # fmt: skip
+    got, later, expected = set(applied), set(), []
+    for commit, change, new, old in reversed(rows):
+        if (commit, change) in got or new is None or new not in later:
+            expected.append((commit, change))
+        later.update(k for k in (new, old) if k is not None)
+    return expected[::-1]
+
+
 def notes(dsn: str) -> dict[int, dict[str, Any]]:
     """rt.notes as the superuser sees it: id -> the row as JSON."""
     with psycopg.connect(dsn) as db:
