@@ -36,7 +36,7 @@ from psycopg.pq.abc import PGconn
 from psycopg.rows import dict_row
 
 from ._pg.vocabulary import CAPTURE_SKIPPED
-from .config import PINNED_VALUES
+from .config import PINNED_SEARCH_PATH, PINNED_VALUES
 from .errors import ConfigError, from_psycopg
 from .queries import query
 
@@ -52,8 +52,9 @@ BATCH = 10_000  # rows decoded per batch (a transaction is never split)
 # would be cut short every time, and capture would never get past it).
 SESSION = "-c synchronous_commit=on -c statement_timeout=0"
 # The streaming consumer's replication session: wal2json writes values with the output
-# functions of this session, so its settings are those realtime_wal_batch pins.
-STREAM_SESSION = PINNED_VALUES
+# functions of this session, so its settings are those realtime_wal_batch pins (search_path
+# too: a database's made a regclass key `widgets` here, `public.widgets` everywhere else)
+STREAM_SESSION = f"{PINNED_SEARCH_PATH} {PINNED_VALUES}"
 STREAM_RETRY = 60.0  # seconds of SQL batches after the slot could not be streamed
 STREAM_RESTARTS = 5  # more restarts of the stream than this ...
 STREAM_RESTARTS_WITHIN = 10.0  # ... within these seconds: SQL batches for STREAM_RETRY

@@ -48,11 +48,14 @@ PINNED_SEARCH_PATH = "-c search_path=pg_catalog,pg_temp"
 # in sql/schema.sql), the WAL consumer's stream so (wal2json calls the types' output
 # functions in that session), and the gateway reads rows so, to compare their keys with the
 # log's and send them alike: timestamps in UTC, intervals and dates in PostgreSQL's own
-# styles, a double's shortest exact digits, bytea in hex, money in the C locale.
-PINNED_VALUES = (
-    "-c DateStyle=ISO,MDY -c IntervalStyle=postgres -c extra_float_digits=1 "
-    "-c bytea_output=hex -c TimeZone=UTC -c lc_monetary=C"
-)
+# styles, a double's shortest exact digits, bytea in hex, money in the C locale, reg* values
+# quoted only where needed (and named as search_path pg_catalog names them: the pin above).
+VALUE_SETTINGS = {
+    "DateStyle": "ISO,MDY", "IntervalStyle": "postgres", "extra_float_digits": "1",
+    "bytea_output": "hex", "TimeZone": "UTC", "lc_monetary": "C",
+    "quote_all_identifiers": "off",
+}  # fmt: skip
+PINNED_VALUES = " ".join(f"-c {name}={value}" for name, value in VALUE_SETTINGS.items())
 
 
 def pinned_options(dsn: str) -> str:

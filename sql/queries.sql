@@ -149,6 +149,14 @@ WHERE r.schema_name = %(schema)s AND r.name = %(name)s
 -- token may name, see sql/schema.sql).
 SELECT pyfuncs.set_identity(%(role)s, %(claims)s)
 
+-- name: gateway_pin_values
+-- The gateway's sessions' settings again, for the rest of a transaction that switched to
+-- a subscriber (its RLS policies, its domains' checks run there, and may set_config them;
+-- the next subscriber's rows must be written as the change log's: config.VALUE_SETTINGS)
+SELECT pg_catalog.set_config(s.name, s.value, true)
+FROM ROWS FROM (pg_catalog.unnest(%(names)s::text[]), pg_catalog.unnest(%(values)s::text[]))
+    AS s (name, value)
+
 -- name: realtime_enable
 SELECT pyfuncs.enable_realtime(%(table)s::regclass)
 
@@ -381,16 +389,22 @@ WHERE c.position > %(after)s AND ch.schema_name = %(schema)s AND ch.table_name =
       ELSE false END
 
 -- name: realtime_changed_later
--- Of keys of one table (jsonb objects of its key columns, `names`), the ordinals of those a
--- change after a position (commit, change) writes or removes, or all of them when one
--- truncates the table: a catch-up sends a key's latest change only (README "Resuming"), the
--- later one takes the place of the earlier. Any op counts. The later changes' keys are made
--- once and hashed, not compared with each key: a catch-up from far back asks for every page.
+-- Of keys of one table (jsonb objects of its key columns, `names`), the ordinals of those
+-- one of the next `window` changes of the table after a position (commit, change) writes or
+-- removes, or all of them when one truncates the table: a catch-up sends a key's latest
+-- change only (README "Resuming"), the later one takes the place of the earlier. Any op
+-- counts. The later changes' keys are made once and hashed, not compared with each key; and
+-- only `window` of them, as each page of a catch-up asks: all of the log after each page
+-- made a catch-up's cost grow with the square of its length. (In commit order only: the
+-- commits' index gives that order, and the scan stops at the window; ordering the changes
+-- of a commit too sorted every later change first.)
 WITH later AS MATERIALIZED (
     SELECT ch.op, ch.new_row, ch.old_row
     FROM pyfuncs.realtime_commit c JOIN pyfuncs.realtime_change ch ON ch.txid = c.txid
     WHERE c.position >= %(commit)s AND (c.position, ch.id) > (%(commit)s, %(change)s)
       AND ch.schema_name = %(schema)s AND ch.table_name = %(table)s
+    ORDER BY c.position
+    LIMIT %(window)s
 ), touched AS (
     SELECT (SELECT pg_catalog.jsonb_object_agg(n.name, i.image -> n.name)
             FROM pg_catalog.unnest(%(names)s::text[]) AS n (name)) AS key

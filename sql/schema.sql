@@ -295,7 +295,8 @@ SET plan_cache_mode = force_generic_plan
 -- matched the one the gateway reads: a red team), as the WAL consumer writes them
 -- (pyfuncs.config.PINNED_VALUES)
 SET "DateStyle" = 'ISO, MDY' SET "IntervalStyle" = 'postgres' SET extra_float_digits = 1
-SET bytea_output = 'hex' SET "TimeZone" = 'UTC' SET lc_monetary = 'C' AS $$
+SET bytea_output = 'hex' SET "TimeZone" = 'UTC' SET lc_monetary = 'C'
+SET quote_all_identifiers = off AS $$
 DECLARE
     enabled oid := TG_RELID;
     written bigint;
@@ -1222,7 +1223,8 @@ CREATE FUNCTION pyfuncs.realtime_wal_batch(max_changes integer)
 RETURNS TABLE (captured bigint, done boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 SET "DateStyle" = 'ISO, MDY' SET "IntervalStyle" = 'postgres' SET extra_float_digits = 1
-SET bytea_output = 'hex' SET "TimeZone" = 'UTC' SET lock_timeout = '10s' SET lc_monetary = 'C' AS $$
+SET bytea_output = 'hex' SET "TimeZone" = 'UTC' SET lock_timeout = '10s' SET lc_monetary = 'C'
+SET quote_all_identifiers = off AS $$
 DECLARE
     state record;
     slot record;

@@ -82,6 +82,11 @@ def removed_later_in_batch(
     return later
 
 
+# how many of a table's changes after a catch-up's page are asked whether they write a key
+# of the page again (latest_of_keys): the page's cost, whatever the length of the catch-up
+LOOKAHEAD = 10_000
+
+
 async def latest_of_keys(
     conn: psycopg.AsyncConnection[Any], changes: Sequence[Change], table: Table
 ) -> list[Change]:
@@ -89,11 +94,12 @@ async def latest_of_keys(
     latest. Each change is checked against what the subscriber sees now, so every write of
     a row it sees now would be sent, those made while it could not see the row too (another
     user's row, edited, then given to it): when and how often it was written. A write of a
-    key that a later change writes or removes (later in the page, or anywhere later in the
-    change log, asked on `conn`, a feed session) is skipped: that change is delivered in
-    its place, by this catch-up or live, and the skip holds for a catch-up cut short and
-    resumed too (it comes after any position this one gave). A re-key so skipped is kept as
-    the removal of its old key, which a client holding that row must be told of."""
+    key that a later change writes or removes (later in the page, or in the next LOOKAHEAD
+    changes of the table in the change log, asked on `conn`, a feed session) is skipped:
+    that change is delivered in its place, by this catch-up or live, and the skip holds for
+    a catch-up cut short and resumed too (it comes after any position this one gave). A
+    re-key so skipped is kept as the removal of its old key, which a client holding that
+    row must be told of."""
     mine = [c for c in changes if (c.schema, c.table) == (table.schema, table.name)]
     later = removed_later_in_batch(mine, table, or_written=True)
     written = {i: key for i, change in enumerate(mine)
@@ -102,7 +108,8 @@ async def latest_of_keys(
     if written:
         end = mine[-1].position
         keys = list(written.values())
-        cur = await conn.execute(*changed_later_query(table, end.commit, end.change, keys))
+        asked = changed_later_query(table, end.commit, end.change, keys, LOOKAHEAD)
+        cur = await conn.execute(*asked)
         changed = {keys[i - 1] for (i,) in await cur.fetchall()}
         for i, key in written.items():
             later[i] = key in changed

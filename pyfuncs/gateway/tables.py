@@ -23,6 +23,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ..auth import Identity
+from ..config import VALUE_SETTINGS
 from ..errors import SubscriptionError
 from ..queries import query
 from . import exact
@@ -307,11 +308,12 @@ def removed_later_query(
 
 
 def changed_later_query(
-    table: Table, commit: int, change: int, keys: Sequence[Key]
+    table: Table, commit: int, change: int, keys: Sequence[Key], window: int
 ) -> tuple[str, dict[str, Any]]:  # fmt: skip
-    """Of `keys`, the ordinals (from 1) of those a change after position (`commit`,
-    `change`) writes or removes (all, after a TRUNCATE): run by the gateway in its own role."""
-    params = {"commit": commit, "change": change, **_keys_of(table, keys)}
+    """Of `keys`, the ordinals (from 1) of those one of the next `window` changes of `table`
+    after position (`commit`, `change`) writes or removes (all, after a TRUNCATE): run by
+    the gateway in its own role."""
+    params = {"commit": commit, "change": change, "window": window, **_keys_of(table, keys)}
     return query("realtime_changed_later"), params
 
 
@@ -333,12 +335,22 @@ def removed_keys(table: Table, keys: set[Key], rows: Iterable[tuple[Any, ...]]) 
     return removed
 
 
+# the settings a subscriber's code may have changed, as the gateway's sessions start with
+_PINNED = {"names": ["search_path", *VALUE_SETTINGS],
+           "values": ["pg_catalog, pg_temp", *VALUE_SETTINGS.values()]}  # fmt: skip
+
+
 async def as_identity(conn: psycopg.AsyncConnection[Any], identity: Identity) -> None:
-    """Switch the current transaction to a subscriber's role and claims."""
+    """Switch the current transaction to a subscriber's role and claims, with the session's
+    search_path and value settings as it began: the code that ran as the subscriber before
+    (an RLS policy of another table, in a check of the same batch) may have set them, and
+    rows must be read as the change log writes them (a red team's policy set TimeZone, and
+    another subscriber's timestamptz keys no longer matched the log's)."""
     try:
         await conn.execute(query("set_identity"), identity.settings())
     except psycopg.errors.InvalidAuthorizationSpecification as exc:
         raise SubscriptionError("unauthorized", exc.diag.message_primary or str(exc)) from None
+    await conn.execute(query("gateway_pin_values"), _PINNED)
 
 
 async def readable_columns(conn: psycopg.AsyncConnection[Any], table: Table) -> list[str]:

@@ -17,6 +17,7 @@ from psycopg import sql
 from pyfuncs import deploy as deploying
 from pyfuncs.cli import _preloaded, main
 from pyfuncs.embedded import PRELOAD, Cluster
+from tests.conftest import drop_database
 
 from .test_embedded import root  # noqa: F401  (a cluster of its own, stopped and removed after)
 
@@ -125,3 +126,34 @@ def test_pyfuncs_runs_on_a_cluster_without_the_preload(
 )  # fmt: skip
 def test_install_reads_the_list_as_postgresql_does(setting: str, listed: bool) -> None:
     assert _preloaded(setting) is listed
+
+
+ENVIRONMENT = """
+CREATE FUNCTION public.environment() RETURNS text LANGUAGE plpython3u AS $$
+import json, locale, os
+return json.dumps([os.environ.get("LC_CTYPE"), locale.setlocale(locale.LC_CTYPE)])
+$$
+"""
+
+
+def test_os_environ_is_the_postmasters(cluster: Cluster) -> None:
+    """Found by round seventy, and documented (README "The first call"): `os` is imported as
+    Python starts, in the postmaster, so `os.environ` is the postmaster's environment, not
+    the backend's, in which PostgreSQL then sets LC_CTYPE and LC_COLLATE to its database's
+    locale. The locale in force (what `locale` and PostgreSQL use) is the database's."""
+    name = "preload_de_ctype"
+    drop_database(cluster, name)
+    with psycopg.connect(cluster.url("postgres"), autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 LC_CTYPE 'de_DE.UTF-8' "
+                              "LC_COLLATE 'de_DE.UTF-8'").format(sql.Identifier(name)))  # fmt: skip
+    try:
+        with psycopg.connect(cluster.url(name), autocommit=True) as db:
+            db.execute("CREATE EXTENSION IF NOT EXISTS plpython3u")
+            db.execute(ENVIRONMENT)
+            row = db.execute("SELECT public.environment()").fetchone()
+        assert row is not None
+        environ_ctype, in_force = json.loads(row[0])
+        assert in_force == "de_DE.UTF-8"
+        assert environ_ctype != in_force  # (what the postmaster had: the server's own)
+    finally:
+        drop_database(cluster, name)

@@ -1,2 +1,0 @@
-ALTER FUNCTION pyfuncs.realtime_capture() RESET lc_monetary;
-ALTER FUNCTION pyfuncs.realtime_wal_batch(integer) RESET lc_monetary;
