@@ -390,18 +390,19 @@ WHERE c.position > %(after)s AND ch.schema_name = %(schema)s AND ch.table_name =
 
 -- name: realtime_changed_later
 -- Of keys of one table (jsonb objects of its key columns, `names`), the ordinals of those
--- one of the next `window` changes of the table after a position (commit, change) writes or
--- removes, or all of them when one truncates the table: a catch-up sends a key's latest
--- change only (README "Resuming"), the later one takes the place of the earlier. Any op
--- counts. The later changes' keys are made once and hashed, not compared with each key; and
--- only `window` of them, as each page of a catch-up asks: all of the log after each page
--- made a catch-up's cost grow with the square of its length. (In commit order only: the
--- commits' index gives that order, and the scan stops at the window; ordering the changes
--- of a commit too sorted every later change first.)
+-- one of the table's next `window` changes, in the next `window` commits, after a position
+-- (commit, change) writes or removes, or all of them when one truncates the table: a
+-- catch-up sends a key's latest change only (README "Resuming"), the later one takes the
+-- place of the earlier. Any op counts. The later changes' keys are made once and hashed,
+-- not compared with each key; and only so many are looked at, as each page of a catch-up
+-- asks: all of the log after each page made a catch-up's cost grow with the square of its
+-- length. (In commit order only: the commits' index gives that order, and the scan stops at
+-- the window; ordering the changes of a commit too sorted every later change first.)
 WITH later AS MATERIALIZED (
     SELECT ch.op, ch.new_row, ch.old_row
     FROM pyfuncs.realtime_commit c JOIN pyfuncs.realtime_change ch ON ch.txid = c.txid
     WHERE c.position >= %(commit)s AND (c.position, ch.id) > (%(commit)s, %(change)s)
+      AND c.position <= %(commit)s + %(window)s
       AND ch.schema_name = %(schema)s AND ch.table_name = %(table)s
     ORDER BY c.position
     LIMIT %(window)s
