@@ -64,8 +64,9 @@ $(PRELOAD): pyfuncs/_pg/preload.c $(PLPYTHON) $(PG_HEADERS) $(PY_HEADERS)
 # a locale other than C, for the tests of values written whatever a session's lc_monetary;
 # made before the embedded cluster starts (glibc maps its locale archive once per process)
 locale:
-	@locale -a | grep -qx de_DE.utf8 || { test -f /usr/share/i18n/locales/de_DE || \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq locales; \
+	@locale -a | grep -qx de_DE.utf8 || { test -f /usr/share/i18n/locales/de_DE || { \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq locales; }; \
 		$(SUDO) localedef -i de_DE -f UTF-8 de_DE.UTF-8; }
 
 # the browser client's tests drive Debian's Chromium (playwright's own browsers are not used)
