@@ -389,33 +389,42 @@ WHERE c.position > %(after)s AND ch.schema_name = %(schema)s AND ch.table_name =
       ELSE false END
 
 -- name: realtime_changed_later
--- Of keys of one table (jsonb objects of its key columns, `names`), the ordinals of those
--- one of the table's next `window` changes, in the next `window` commits, after a position
--- (commit, change) writes or removes, or all of them when one truncates the table: a
--- catch-up sends a key's latest change only (README "Resuming"), the later one takes the
--- place of the earlier. Any op counts. The later changes' keys are made once and hashed,
--- not compared with each key; and only so many are looked at, as each page of a catch-up
--- asks: all of the log after each page made a catch-up's cost grow with the square of its
--- length. (In commit order only: the commits' index gives that order, and the scan stops at
--- the window; ordering the changes of a commit too sorted every later change first.)
+-- Of keys of one table (jsonb objects of its key columns, `names`), the ordinals of those a
+-- change of the table among the next `window` changes of the log (of any table, in the next
+-- `window` commits) after a position (commit, change) writes or removes, or all of them when
+-- one truncates the table: a catch-up sends a key's latest change only (README "Resuming"),
+-- the later one takes the place of the earlier. Any op counts. The later changes' keys are
+-- made once and hashed, not compared with each key. Only so many are looked at, as each
+-- page of a catch-up asks: all of the log after each page made a catch-up's cost grow with
+-- the square of its length. The commits are walked in order by their index and the window
+-- counts every change read (counting the table's only read on through commits of other
+-- tables, and a window of positions was bytes of WAL in wal mode: a red team's); no order
+-- is asked of the changes, which would sort them all first.
 WITH later AS MATERIALIZED (
-    SELECT ch.op, ch.new_row, ch.old_row
-    FROM pyfuncs.realtime_commit c JOIN pyfuncs.realtime_change ch ON ch.txid = c.txid
-    WHERE c.position >= %(commit)s AND (c.position, ch.id) > (%(commit)s, %(change)s)
-      AND c.position <= %(commit)s + %(window)s
-      AND ch.schema_name = %(schema)s AND ch.table_name = %(table)s
-    ORDER BY c.position
+    SELECT ch.op, ch.new_row, ch.old_row, ch.schema_name, ch.table_name
+    FROM (SELECT c.txid, c.position FROM pyfuncs.realtime_commit c
+          WHERE c.position >= %(commit)s ORDER BY c.position LIMIT %(window)s) c
+    -- each commit's changes by its index (the LIMIT keeps this a walk: joined whole, the
+    -- planner read the whole log to hash it)
+    CROSS JOIN LATERAL (
+        SELECT ch.* FROM pyfuncs.realtime_change ch
+        WHERE ch.txid = c.txid AND (c.position, ch.id) > (%(commit)s, %(change)s)
+        LIMIT %(window)s
+    ) ch
     LIMIT %(window)s
+), mine AS (
+    SELECT l.op, l.new_row, l.old_row FROM later l
+    WHERE l.schema_name = %(schema)s AND l.table_name = %(table)s
 ), touched AS (
     SELECT (SELECT pg_catalog.jsonb_object_agg(n.name, i.image -> n.name)
             FROM pg_catalog.unnest(%(names)s::text[]) AS n (name)) AS key
-    FROM later l CROSS JOIN LATERAL (VALUES (l.new_row), (l.old_row)) AS i (image)
+    FROM mine m CROSS JOIN LATERAL (VALUES (m.new_row), (m.old_row)) AS i (image)
     WHERE i.image IS NOT NULL
 )
 SELECT k.i
 FROM pg_catalog.unnest(%(keys)s::jsonb[]) WITH ORDINALITY AS k (key, i)
 WHERE k.key IN (SELECT t.key FROM touched t)
-   OR EXISTS (SELECT FROM later WHERE op = 'TRUNCATE')
+   OR EXISTS (SELECT FROM mine WHERE op = 'TRUNCATE')
 
 -- name: gateway_missing_grants
 -- Of the privileges the gateway's role needs (README "Deploying it"), those it lacks.

@@ -82,9 +82,9 @@ def removed_later_in_batch(
     return later
 
 
-# how many of a table's changes (in as many commits) after a catch-up's page are asked
-# whether they write a key of the page again (latest_of_keys): the page's cost, whatever
-# the length of the catch-up
+# how many changes of the log (of any table, in as many commits) after a catch-up's page
+# are asked whether they write a key of the page again (latest_of_keys): the page's cost,
+# whatever the length of the catch-up and the size of the commits after it
 LOOKAHEAD = 10_000
 
 
@@ -95,8 +95,8 @@ async def latest_of_keys(
     latest. Each change is checked against what the subscriber sees now, so every write of
     a row it sees now would be sent, those made while it could not see the row too (another
     user's row, edited, then given to it): when and how often it was written. A write of a
-    key that a later change writes or removes (later in the page, or in the table's next
-    LOOKAHEAD changes in the change log, within as many commits, asked on `conn`, a feed
+    key that a later change writes or removes (later in the page, or among the next
+    LOOKAHEAD changes of the change log, in as many commits, asked on `conn`, a feed
     session) is skipped:
     that change is delivered in its place, by this catch-up or live, and the skip holds for
     a catch-up cut short and resumed too (it comes after any position this one gave). A

@@ -310,9 +310,9 @@ def removed_later_query(
 def changed_later_query(
     table: Table, commit: int, change: int, keys: Sequence[Key], window: int
 ) -> tuple[str, dict[str, Any]]:  # fmt: skip
-    """Of `keys`, the ordinals (from 1) of those one of the next `window` changes of `table`,
-    in the next `window` commits, after position (`commit`, `change`) writes or removes
-    (all, after a TRUNCATE): run by the gateway in its own role."""
+    """Of `keys`, the ordinals (from 1) of those a change of `table` among the log's next
+    `window` changes (in the next `window` commits) after position (`commit`, `change`)
+    writes or removes (all, after a TRUNCATE): run by the gateway in its own role."""
     params = {"commit": commit, "change": change, "window": window, **_keys_of(table, keys)}
     return query("realtime_changed_later"), params
 
