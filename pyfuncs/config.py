@@ -42,7 +42,8 @@ def resolve_dsn(explicit: str | None = None) -> str:
 
 # Startup options a client sends win over ALTER DATABASE / ALTER ROLE settings; a later -c
 # wins over an earlier one, so the pin goes last.
-PINNED_SEARCH_PATH = "-c search_path=pg_catalog,pg_temp"
+SEARCH_PATH = "pg_catalog,pg_temp"
+PINNED_SEARCH_PATH = f"-c search_path={SEARCH_PATH}"
 # How values are written as text, whatever the server, the database, the role or a writer
 # set: capture writes the change log so (realtime_capture and realtime_wal_batch pin the same
 # in sql/schema.sql), the WAL consumer's stream so (wal2json calls the types' output

@@ -149,13 +149,15 @@ WHERE r.schema_name = %(schema)s AND r.name = %(name)s
 -- token may name, see sql/schema.sql).
 SELECT pyfuncs.set_identity(%(role)s, %(claims)s)
 
--- name: gateway_pin_values
--- The gateway's sessions' settings again, for the rest of a transaction that switched to
--- a subscriber (its RLS policies, its domains' checks run there, and may set_config them;
--- the next subscriber's rows must be written as the change log's: config.VALUE_SETTINGS)
-SELECT pg_catalog.set_config(s.name, s.value, true)
-FROM ROWS FROM (pg_catalog.unnest(%(names)s::text[]), pg_catalog.unnest(%(values)s::text[]))
-    AS s (name, value)
+-- name: gateway_as_identity
+-- set_identity, in one statement with the gateway's sessions' settings again for the rest
+-- of the transaction (the code run as the subscriber before, an RLS policy or a domain's
+-- check, may have set_config them; the next subscriber's rows must be written as the change
+-- log's: config.VALUE_SETTINGS). Any role may set them: the order does not matter.
+SELECT pyfuncs.set_identity(%(role)s, %(claims)s)
+FROM (SELECT pg_catalog.count(pg_catalog.set_config(s.name, s.value, true))
+      FROM ROWS FROM (pg_catalog.unnest(%(names)s::text[]),
+                      pg_catalog.unnest(%(values)s::text[])) AS s (name, value)) AS pinned
 
 -- name: realtime_enable
 SELECT pyfuncs.enable_realtime(%(table)s::regclass)

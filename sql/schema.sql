@@ -293,7 +293,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
 -- values written whatever the writer's session says (a key in a writer's TimeZone never
 -- matched the one the gateway reads: a red team), as the WAL consumer writes them
--- (pyfuncs.config.PINNED_VALUES)
+-- (pyfuncs.config.VALUE_SETTINGS)
 SET "DateStyle" = 'ISO, MDY' SET "IntervalStyle" = 'postgres' SET extra_float_digits = 1
 SET bytea_output = 'hex' SET "TimeZone" = 'UTC' SET lc_monetary = 'C'
 SET quote_all_identifiers = off AS $$

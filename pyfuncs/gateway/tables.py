@@ -23,7 +23,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ..auth import Identity
-from ..config import VALUE_SETTINGS
+from ..config import SEARCH_PATH, VALUE_SETTINGS
 from ..errors import SubscriptionError
 from ..queries import query
 from . import exact
@@ -337,7 +337,7 @@ def removed_keys(table: Table, keys: set[Key], rows: Iterable[tuple[Any, ...]]) 
 
 # the settings a subscriber's code may have changed, as the gateway's sessions start with
 _PINNED = {"names": ["search_path", *VALUE_SETTINGS],
-           "values": ["pg_catalog, pg_temp", *VALUE_SETTINGS.values()]}  # fmt: skip
+           "values": [SEARCH_PATH, *VALUE_SETTINGS.values()]}  # fmt: skip
 
 
 async def as_identity(conn: psycopg.AsyncConnection[Any], identity: Identity) -> None:
@@ -347,10 +347,9 @@ async def as_identity(conn: psycopg.AsyncConnection[Any], identity: Identity) ->
     rows must be read as the change log writes them (a red team's policy set TimeZone, and
     another subscriber's timestamptz keys no longer matched the log's)."""
     try:
-        await conn.execute(query("set_identity"), identity.settings())
+        await conn.execute(query("gateway_as_identity"), {**identity.settings(), **_PINNED})
     except psycopg.errors.InvalidAuthorizationSpecification as exc:
         raise SubscriptionError("unauthorized", exc.diag.message_primary or str(exc)) from None
-    await conn.execute(query("gateway_pin_values"), _PINNED)
 
 
 async def readable_columns(conn: psycopg.AsyncConnection[Any], table: Table) -> list[str]:

@@ -1,7 +1,7 @@
 """Values as subscribers receive them do not depend on the settings of a session: the rows of
 a snapshot and of a check (read in the gateway's sessions) are written as the change log's
 (written by capture, in either mode), whatever the server, the database or a writer set for
-TimeZone, IntervalStyle or lc_monetary (pyfuncs.config.PINNED_VALUES). A database whose
+TimeZone, IntervalStyle or lc_monetary (pyfuncs.config.VALUE_SETTINGS). A database whose
 TimeZone was not UTC gave snapshot rows another offset than events (and a table keyed by a
 timestamptz keys the gateway could not match with the log's); a writer's lc_monetary wrote
 the log's money in its locale."""

@@ -16,6 +16,7 @@ import pytest
 from psycopg import sql
 
 from pyfuncs import capture, realtime
+from pyfuncs.config import SEARCH_PATH, VALUE_SETTINGS
 from pyfuncs.embedded import SUPERUSER
 from tests.conftest import ensure_role
 from tests.gateway.conftest import (  # noqa: F401  (fixtures)
@@ -43,6 +44,25 @@ def _writer_dsn(dsn: str, role: str) -> str:
     return dsn.replace(f"{SUPERUSER}@", f"{role}@", 1)
 
 
+async def _an_update_arrives(
+    gateway: GatewayProcess, writer_dsn: str, table: str, key: str, value: str,
+    prepare: Callable[[psycopg.Connection[Any]], None] = lambda writer: None,
+) -> None:  # fmt: skip
+    """A manager subscribed to rt.`table` (one row, keyed by `key` = `value`) receives the
+    UPDATE of that row made by a writer whose session `prepare` set up."""
+    ws = await WsClient.connect(gateway.ws_url, token("manager"))
+    reply = await ws.subscribe("s", table=f"rt.{table}")
+    assert reply["type"] == "subscribed", reply
+    assert [r[key] for r in reply["rows"]] == [value]
+    with psycopg.connect(writer_dsn, autocommit=True) as writer:
+        prepare(writer)
+        writer.execute(sql.SQL("UPDATE {} SET note = 'second'").format(sql.Identifier("rt", table)))
+    event = await ws.wait_for(lambda m: m.get("type") == "change", timeout=8)
+    assert event["key"] == {key: value}
+    assert event["row"]["note"] == "second"
+    await ws.close()
+
+
 @pytest.mark.parametrize("mode", ["trigger", "wal"])
 def test_writer_quote_all_identifiers_makes_its_changes_vanish(
     gateway_factory: Callable[..., GatewayProcess], rt_db: str,  # noqa: F811
@@ -60,21 +80,13 @@ def test_writer_quote_all_identifiers_makes_its_changes_vanish(
     capture.set_mode(conn, mode)
     gateway = gateway_factory(heartbeat=1)
 
-    async def main() -> None:
-        ws = await WsClient.connect(gateway.ws_url, token("manager"))
-        reply = await ws.subscribe("s", table="rt.by_role")
-        assert reply["type"] == "subscribed", reply
-        assert [r["who"] for r in reply["rows"]] == ["manager"]
-        with psycopg.connect(_writer_dsn(rt_db, "rt_quoting_writer"), autocommit=True) as writer:
-            writer.execute("SET quote_all_identifiers = on")
-            assert writer.execute("SELECT 'manager'::regrole::text").fetchone() == ('"manager"',)
-            writer.execute("UPDATE rt.by_role SET note = 'second'")
-        event = await ws.wait_for(lambda m: m.get("type") == "change", timeout=8)
-        assert event["key"] == {"who": "manager"}
-        assert event["row"]["note"] == "second"
-        await ws.close()
+    def quoting(writer: psycopg.Connection[Any]) -> None:
+        writer.execute("SET quote_all_identifiers = on")
+        assert writer.execute("SELECT 'manager'::regrole::text").fetchone() == ('"manager"',)
 
-    asyncio.run(main())
+    asyncio.run(_an_update_arrives(
+        gateway, _writer_dsn(rt_db, "rt_quoting_writer"), "by_role", "who", "manager", quoting
+    ))  # fmt: skip
 
 
 REGCLASS_KEYED = """
@@ -103,19 +115,7 @@ def test_search_path_of_the_database_and_regclass_keys(
         sql.Identifier(str(name))))  # fmt: skip
     gateway = gateway_factory(heartbeat=1)
 
-    async def main() -> None:
-        ws = await WsClient.connect(gateway.ws_url, token("manager"))
-        reply = await ws.subscribe("s", table="rt.per_table")
-        assert reply["type"] == "subscribed", reply
-        assert [r["rel"] for r in reply["rows"]] == ["public.widgets"]
-        with psycopg.connect(rt_db, autocommit=True) as writer:
-            writer.execute("UPDATE rt.per_table SET note = 'second'")
-        event = await ws.wait_for(lambda m: m.get("type") == "change", timeout=8)
-        assert event["key"] == {"rel": "public.widgets"}
-        assert event["row"]["note"] == "second"
-        await ws.close()
-
-    asyncio.run(main())
+    asyncio.run(_an_update_arrives(gateway, rt_db, "per_table", "rel", "public.widgets"))
 
 
 POLICY_SETS = """
@@ -176,3 +176,16 @@ def test_a_policy_changing_settings_reaches_other_checks(
         await other.close()
 
     asyncio.run(main())
+
+
+def test_capture_pins_every_value_setting_the_gateway_pins(conn: psycopg.Connection[Any]) -> None:
+    """The settings live twice, as SET clauses of the capture functions (sql/schema.sql) and
+    as config.VALUE_SETTINGS (the gateway's sessions, the WAL stream): they must agree."""
+    for function in ("pyfuncs.realtime_capture()", "pyfuncs.realtime_wal_batch(integer)"):
+        row = conn.execute(
+            "SELECT proconfig FROM pg_proc WHERE oid = %s::regprocedure", [function]
+        ).fetchone()
+        assert row is not None
+        pinned = dict(item.split("=", 1) for item in row[0])
+        for name, value in {"search_path": SEARCH_PATH, **VALUE_SETTINGS}.items():
+            assert pinned[name].replace(" ", "") == value, (function, name)
