@@ -14,14 +14,15 @@ PG_CONFIG := /usr/lib/postgresql/15/bin/pg_config
 PG_HEADERS := /usr/include/postgresql/15/server/postgres.h
 BACKSTOP := /usr/lib/postgresql/15/lib/pyfuncs_backstop.so
 PRELOAD := /usr/lib/postgresql/15/lib/pyfuncs_preload.so
+ENTRY := /usr/lib/postgresql/15/lib/pyfuncs_entry.so
 # the Python PL/Python runs (Debian's, not a virtualenv's): its headers and its library
 PY_HEADERS := /usr/include/python3.11/Python.h
 LIBPYTHON := -L/usr/lib/$$(gcc -print-multiarch) -l:libpython3.11.so.1.0
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup backstop preload locale demo live test lint bench clean db-down
+.PHONY: setup backstop preload entry locale demo live test lint bench clean db-down
 
-setup: $(PLPYTHON) $(WAL2JSON) $(BACKSTOP) $(PRELOAD) locale $(STAMP)
+setup: $(PLPYTHON) $(WAL2JSON) $(BACKSTOP) $(PRELOAD) $(ENTRY) locale $(STAMP)
 
 $(PLPYTHON):
 	$(SUDO) apt-get update -qq
@@ -60,6 +61,16 @@ $(PRELOAD): pyfuncs/_pg/preload.c $(PLPYTHON) $(PG_HEADERS) $(PY_HEADERS)
 		-shared -I$$($(PG_CONFIG) --includedir-server) -I$(dir $(PY_HEADERS)) \
 		-o build/pyfuncs_preload.so $< $(LIBPYTHON)
 	$(SUDO) install -m 755 build/pyfuncs_preload.so $@
+
+# the work of a routine's entry in C (README "What a call costs"): a library of Python 3.11's
+# C API, which it does not link against (it uses the one PL/Python loaded)
+entry: $(ENTRY)
+
+$(ENTRY): pyfuncs/_pg/entry.c $(PLPYTHON) $(PY_HEADERS)
+	mkdir -p build
+	gcc -O2 -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Werror -fPIC \
+		-shared -I$(dir $(PY_HEADERS)) -o build/pyfuncs_entry.so $<
+	$(SUDO) install -m 755 build/pyfuncs_entry.so $@
 
 # a locale other than C, for the tests of values written whatever a session's lc_monetary;
 # made before the embedded cluster starts (glibc maps its locale archive once per process)

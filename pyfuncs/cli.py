@@ -21,6 +21,7 @@ from psycopg import sql
 
 from . import capture, migrate, realtime
 from . import deploy as deploying
+from ._pg.backstop import ENTRY_LIBRARY
 from ._pg.backstop import LIBRARY as BACKSTOP_LIBRARY
 from .collect import collect
 from .config import connect, resolve_dsn
@@ -115,11 +116,12 @@ def cmd_install(args: argparse.Namespace) -> None:
                 "pyfuncs install needs a superuser (it creates the untrusted plpython3u "
                 "language and the functions routines load with); connect as one with --dsn"
             )
-        libdir, found, preloads = conn.execute(
+        libdir, found, entries, preloads = conn.execute(
             "SELECT setting, (pg_stat_file(setting || '/' || %s, true)).size IS NOT NULL,"
+            " (pg_stat_file(setting || '/' || %s, true)).size IS NOT NULL,"
             " current_setting('shared_preload_libraries') FROM pg_config"
-            " WHERE name = 'PKGLIBDIR'", [BACKSTOP_LIBRARY],
-        ).fetchone() or ("?", False, "")  # fmt: skip
+            " WHERE name = 'PKGLIBDIR'", [BACKSTOP_LIBRARY, ENTRY_LIBRARY],
+        ).fetchone() or ("?", False, False, "")  # fmt: skip
     revision = migrate.install(resolve_dsn(args.dsn))
     print(f"pyfuncs core schema at revision {revision}, runtime installed")
     if not found:
@@ -127,6 +129,12 @@ def cmd_install(args: argparse.Namespace) -> None:
             f"note: {BACKSTOP_LIBRARY} is not in {libdir} on the database server, so a routine "
             "stuck in one call of C code cannot be stopped; build it there with `make backstop` "
             '(README "Stopping routines")'
+        )
+    if not entries:
+        print(
+            f"note: {ENTRY_LIBRARY} is not in {libdir} on the database server, so each call's "
+            "entry and each query of a routine's run in the runtime's Python (slower); build "
+            'it there with `make entry` (README "The entry library")'
         )
     if not _preloaded(preloads):
         print(

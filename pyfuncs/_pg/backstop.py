@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
 LIBRARY = "pyfuncs_backstop.so"
+ENTRY_LIBRARY = "pyfuncs_entry.so"  # entry.c: the work of a routine's `call` entry, in C
 MESSAGE = (
     "pyfuncs: a routine went on running after it was told to stop; this session ends so that "
     "no other is affected"
@@ -62,11 +64,39 @@ _library: list[Any] = []  # the library, once loaded
 
 
 def load(postgres: ctypes.CDLL) -> bool:
-    """Load the library; False where it is not installed."""
+    """Load the library, and the entry library (built with Python 3.11's headers: loaded
+    only in a 3.11); False where the backstop is not installed."""
     path = library_path(postgres)
     if not _library and os.path.exists(path):
         _library.append(ctypes.CDLL(path))
+    entries = os.path.join(os.path.dirname(path), ENTRY_LIBRARY)
+    if not _entry_new and sys.version_info[:2] == (3, 11) and os.path.exists(entries):
+        load_entries(entries)
     return bool(_library)
+
+
+_entry_new: list[Any] = []  # the entry library's pyfuncs_entry_new, once loaded
+
+
+def load_entries(path: str) -> None:
+    """Load the entry library at `path` (load does, from PostgreSQL's library directory)."""
+    library = ctypes.PyDLL(path)  # (PyDLL: its functions are called with the GIL held)
+    made = [getattr(library, name, None) for name in ("pyfuncs_entry_new", "pyfuncs_queries_new")]
+    for new in made:
+        if new is not None:
+            new.argtypes, new.restype = [ctypes.py_object], ctypes.py_object
+    _entry_new[:] = made
+
+
+def entry(config: dict[str, Any]) -> Any:
+    """The entry library's Entry for a routine's `call` (entry.c says what `config` holds),
+    or None without the library."""
+    return _entry_new[0](config) if _entry_new and _entry_new[0] else None
+
+
+def queries(config: dict[str, Any]) -> Any:
+    """The entry library's runner of db's queries (db.use_runner), or None without it."""
+    return _entry_new[1](config) if _entry_new and _entry_new[1] else None
 
 
 def lend_frames(handler: Any, frames: int) -> Any:

@@ -197,6 +197,7 @@ def start(gd: dict[str, Any], modules: Mapping[str, Mapping[str, Any]]) -> None:
         deadline.use(*guards[2:5])
         if len(guards) > 5:
             db.use(*guards[5:7])
+    db.use_runner(backstop.queries)
     backstop.keep_finalizers_apart()
     if backstop.keep_generators():  # (a stop waits until its question is answered)
         stopping.bookkeeping(backstop._may_run_finalized)

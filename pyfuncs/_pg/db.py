@@ -202,7 +202,7 @@ class Db(Queries):
             watchdog.count_db_op()
         return id(entry)
 
-    def _run(self, query: str, params: Sequence[Any]) -> Any:
+    def _run(self, query: str, params: Sequence[Any], what: int) -> Any:
         # the hot path of every query: _count (and the guard's test) and the first step of
         # _plan, inlined
         watchdog = stopping.WATCHDOG
@@ -241,31 +241,25 @@ class Db(Queries):
                 ended = end(begun)
         if ended is not None:
             _ended(ended)
-        return prepared.rows(result)
+        return _part(prepared.rows(result), what)
 
     def execute(self, query: str, params: Sequence[Any] = (), /) -> Rows:
         """Run `query` with `$1, $2 …` bound to `params`; return the rows as dicts.
 
         Plans are prepared once per backend for each query text and parameter types.
         """
-        result = self._run(query, params)
+        result = _query(self, query, params, RESULT)
         rows = Rows(result)
         rows.rowcount = result.nrows()
         return rows
 
     def fetchone(self, query: str, params: Sequence[Any] = (), /) -> dict[str, Any] | None:
         """The first row of `query`, or None."""
-        result = self._run(query, params)  # read in place: no copy for one row
-        return result[0] if len(result) else None
+        return _query(self, query, params, ROW)  # type: ignore[no-any-return]
 
     def fetchval(self, query: str, params: Sequence[Any] = (), /) -> Any:
         """The first column of the first row of `query`, or None."""
-        result = self._run(query, params)
-        if not len(result):
-            return None
-        for value in result[0].values():
-            return value
-        return None
+        return _query(self, query, params, VALUE)
 
     def cursor(
         self, query: str, params: Sequence[Any] = (), /, *, batch: int = 1000
@@ -397,6 +391,45 @@ class Savepoint:
 # cluster as the transaction aborted). So a savepoint is entered and left only with this
 # much of the address space to spare (what Python does in between cannot allocate it).
 _ROOM = 64 << 20
+
+
+# What of a query's result db's methods take: all of it, its first row (read in place: no
+# copy for one row), or that row's first column; None for the last two without rows
+RESULT, ROW, VALUE = 0, 1, 2
+
+
+def _part(result: Any, what: int) -> Any:
+    if what == RESULT:
+        return result
+    if not len(result):
+        return None
+    if what == ROW:
+        return result[0]
+    for value in result[0].values():
+        return value
+    return None
+
+
+# What db's methods run a query with: Db._run, or the entry library's runner of the same
+# work in C (entry.c), once boot() put it in place (use_runner)
+_query: Callable[[Db, str, Sequence[Any], int], Any] = Db._run
+
+
+def use_runner(make: Callable[[dict[str, Any]], Any]) -> None:
+    """Run queries with what `make` (backstop.queries) makes of what Db._run uses, unless
+    it makes nothing (no entry library)."""
+    global _query
+    runner = make({
+        "db": globals(), "stopping": vars(stopping), "from_the_call": _from_the_call,
+        "guard": stopping.guard, "owners": stopping.ROUTINE_CODE, "entries": stopping.ENTRIES,
+        "calling": stopping.CALLING, "querying": _QUERYING, "text": _text, "plans": _DIRECT,
+        "guarded": _guarded, "may_not_run": deadline.may_not_run,
+        "expired": deadline.expired, "failed": _failed, "ended": _ended,
+        "execute": plpy.execute, "SPIError": plpy.SPIError, "Error": plpy.Error,
+        "Db": Db, "Prepared": _Prepared,
+    })  # fmt: skip
+    if runner is not None:
+        _query = runner
 
 
 def _room_to_move() -> None:

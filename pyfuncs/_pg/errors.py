@@ -124,12 +124,24 @@ def class_name(value: object) -> str:
     return text(_TYPE_NAME.__get__(type(value)))
 
 
+def _deployed(name: str, filename: str) -> bool:
+    """Whether code of file `name` is of a routine module deployed as `filename`."""
+    if name == filename:
+        return True
+    serial = name[len(filename) + 1 :] if name.startswith(filename + "~") else ""
+    return serial.isdigit() and serial.isascii()
+
+
 def _translate(routine: str, filename: str, exc: BaseException) -> Exception:
     import traceback  # here: the error path pays for the import, not every backend's boot
 
     _to_linecache()
 
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
+    # (the module's frames: a copy of it loaded after another got `filename~2`, and so on,
+    # which linecache has its lines by, sandbox.load_module; shown as the file deployed)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if _deployed(f.filename, filename)]
+    for frame in frames:
+        frame.filename = filename
     where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else routine
     trace = "".join(traceback.format_list(frames)).rstrip()
     detail: str | None = None

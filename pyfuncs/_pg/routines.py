@@ -124,6 +124,13 @@ _CALL = """\
         raise RoutineInterrupted()
     raise error
 """
+# Where the entry library is installed (entry.c), `call` is this: its frame holds `began`
+# for the watchdog, and an Entry does the rest of _CALL's work in C
+_CALL_IN_C = """
+def call({params}):
+    began = now()  # for the watchdog, which may first see this call up to a tick later
+    return enter(began, {params})
+"""
 # A routine with converted parameters (values.py) reads them inside the call (see Unread)
 _READ = """\
         if type({param}) is unread:
@@ -335,7 +342,7 @@ class Routine:
         self.numbers: bool = self.declared is None or self.declared.get("numbers", True)
         self.last: Pending | None = None  # what `fn` gave the body last (see rows)
         self.within: Callable[..., Any] = self._entry(
-            _entry_source(_WITHIN_HEAD, _WITHIN, self.timeout, "began"), "within"
+            _entry_source(_WITHIN_HEAD, _WITHIN, self.timeout, "began"), "within", self._names()
         )
         # the module's top-level code runs in a call of this routine: stoppable too, and a
         # stop there fails as the call's would (the body loads outside the call's `try`)
@@ -357,16 +364,22 @@ class Routine:
         reads = "" if not self.convert else _READ_ALL if arity < 0 else "".join(
             _READ.format(param=f"a{i}") for i in range(arity)
         )  # fmt: skip
-        body = _CALL.format(params=params, reads=reads)
-        source = _entry_source(_CALL_HEAD, body, self.timeout, "began").format(params=params)
-        call = self._entry(source, "call", function=self.function)
+        names = self._names(function=self.function, namespace=self.namespace)
+        enter = backstop.entry(names)
+        if enter is not None:  # (the entry library: _CALL's work in C)
+            source = _CALL_IN_C.format(params=params)
+            names = {"now": time.monotonic, "enter": enter}
+        else:
+            body = _CALL.format(params=params, reads=reads)
+            source = _entry_source(_CALL_HEAD, body, self.timeout, "began").format(params=params)
+        call = self._entry(source, "call", names)
         call.__name__ = call.__qualname__ = getattr(self.function, "__name__", "call")
         self.fn: Callable[..., Any] = self._pending if srf else call
 
-    def _entry(self, source: str, name: str, **names: Any) -> Callable[..., Any]:
-        """One entry function of this routine's, with a code object of its own."""
+    def _names(self, **names: Any) -> dict[str, Any]:
+        """What this routine's entry functions are bound to (entry.c's config too)."""
         sized = self.max_bytes is not None
-        namespace: dict[str, Any] = {
+        return {
             "grave": stopping.GRAVE, "owed": stopping.OWED, "pay": stopping.pay,
             # with max_result_bytes, every result goes to finish, to be sized in the call
             "short": () if sized else results.SHORT,
@@ -384,6 +397,9 @@ class Routine:
             "calling": stopping.CALLING, "routine": self,
             "timeout": self.timeout, **names,
         }  # fmt: skip
+
+    def _entry(self, source: str, name: str, namespace: dict[str, Any]) -> Callable[..., Any]:
+        """One entry function of this routine's, with a code object of its own."""
         code = _ENTRY_CODE.get(source)
         if code is None:
             # exec of the text, not compile(): compile() first makes the classes of the ast

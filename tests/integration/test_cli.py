@@ -116,14 +116,18 @@ def test_install_needs_a_superuser_and_says_so(
             bare.replace(f"{SUPERUSER}@", "authenticator@", 1))  # fmt: skip
 
 
-def test_install_says_when_the_backstop_is_missing_on_the_server(
+def test_install_says_when_a_library_is_missing_on_the_server(
     capsys: pytest.CaptureFixture[str], bare: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     code, out, _ = run(capsys, "install", "--dsn", bare)  # `make setup` built it
-    assert code == 0 and "runtime installed" in out and "backstop" not in out
+    assert code == 0 and "runtime installed" in out and "is not in /" not in out
     monkeypatch.setattr("pyfuncs.cli.BACKSTOP_LIBRARY", "pyfuncs_absent.so")
     code, out, _ = run(capsys, "install", "--dsn", bare)
     assert code == 0 and "pyfuncs_absent.so is not in /" in out and "make backstop" in out
+    assert "make entry" not in out
+    monkeypatch.setattr("pyfuncs.cli.ENTRY_LIBRARY", "pyfuncs_gone.so")
+    code, out, _ = run(capsys, "install", "--dsn", bare)
+    assert "pyfuncs_gone.so is not in /" in out and "make entry" in out
 
 
 def test_dsn_before_or_after_the_command(

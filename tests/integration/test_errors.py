@@ -99,3 +99,21 @@ def test_calling_an_unknown_routine_by_name(client: Client) -> None:
     with pytest.raises(errors.ArgumentError, match=r"no routine named 'err\.nope' is deployed"):
         client.call("err.nope")
     assert client.call("err.nested", amount=3) == 3
+
+
+def test_every_routine_of_a_module_points_at_its_line(
+    client: Client, conn: psycopg.Connection[Any]
+) -> None:
+    """Each routine loads its own copy of the module in a backend (its source without the
+    routines it does not use), under a file name of its own after the first (`file~2`, so
+    that tracebacks show each copy's lines): errors name the file as deployed, whichever
+    routine of the module ran first in the backend."""
+    line = _line('raise ValueError(f"amount must be')
+    for first in ("SELECT err.custom('P0001')", "SELECT err.divide(1, 0)"):
+        with psycopg.connect(conn.info.dsn, autocommit=True) as fresh:
+            with pytest.raises(psycopg.Error):
+                fresh.execute(first)
+            with pytest.raises(psycopg.Error) as info:
+                fresh.execute("SELECT err.nested(-1)")
+        assert f"({MODULE}:{line} in _check)" in str(info.value.diag.message_primary)
+        assert f'File "{MODULE}", line {line}, in _check' in str(info.value.diag.message_detail)

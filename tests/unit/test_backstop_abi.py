@@ -78,7 +78,48 @@ def test_the_manifest_reads_the_source() -> None:
     """The parser finds every function the runtime looks the library up by (backstop.py)."""
     runtime = (SOURCE.parent / "backstop.py").read_text()
     looked_up = set(re.findall(r"\b(pyfuncs_\w+)\b", runtime))
-    data = {"pyfuncs_backstop", "pyfuncs_backstop_clock"}  # (the library's name, and the array)
+    # (the libraries' names, the array, and the entry library's functions: tested below)
+    data = {"pyfuncs_backstop", "pyfuncs_backstop_clock", "pyfuncs_entry", *ENTRY_ABI}
     assert looked_up - data <= set(_exported(SOURCE.read_text())), looked_up
     # the array the runtime writes deadlines to: three doubles, as CLOCK reads them
     assert "double\t\tpyfuncs_backstop_clock[3];" in SOURCE.read_text()
+
+
+# The entry library (entry.c) is shared the same way: each function takes a dict, and the
+# keys it requires are held here. A key it must have more of makes a new function: an
+# older runtime's dict lacks it.
+ENTRY_SOURCE = SOURCE.parent / "entry.c"
+ENTRY_ABI = {
+    "pyfuncs_entry_new": "PyObject *config | function, namespace, fail, finish, "
+    "RoutineInterrupted, settings, calling, undo, grave, owed, pay, watch, short, long, "
+    "unread, timeout, clock, most, lowest, longest",
+    "pyfuncs_queries_new": "PyObject *config | db, stopping, from_the_call, guard, owners, "
+    "entries, calling, querying, text, plans, guarded, may_not_run, expired, failed, ended, "
+    "execute, SPIError, Error, Db, Prepared",
+}
+
+
+def _entry_exported(source: str) -> dict[str, str]:
+    found = {}
+    for name, params, body in re.findall(
+        r"^PyObject \*\n(pyfuncs_\w+)\(([^)]*)\)\n\{(.*?)\n\}", source, re.M | re.S
+    ):
+        keys = re.findall(r'(?:item|PyDict_GetItemString)\(config, "(\w+)"\)', body)
+        if "queries_names" in body:
+            block = re.search(r"queries_names\[QUERIES_OBJECTS\] = \{(.*?)\};", source, re.S)
+            assert block is not None
+            keys = re.findall(r'"(\w+)"', block.group(1))
+        found[name] = f"{params} | {', '.join(keys)}"
+    return found
+
+
+def test_the_entry_library_keeps_what_it_takes() -> None:
+    exported = _entry_exported(ENTRY_SOURCE.read_text())
+    assert exported == ENTRY_ABI, (
+        "an entry library function's config changed: an older runtime in some database "
+        "gives the old one. Give the function a new name (and add it to ENTRY_ABI)."
+    )
+    runtime = (SOURCE.parent / "backstop.py").read_text()
+    looked_up = re.search(r"getattr\(library, name, None\) for name in \((.*?)\)", runtime)
+    assert looked_up is not None
+    assert set(re.findall(r'"(pyfuncs_\w+)"', looked_up.group(1))) == set(ENTRY_ABI)

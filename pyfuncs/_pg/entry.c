@@ -1,0 +1,1080 @@
+/*
+ * pyfuncs' entry: the work of a routine's `call` entry function (routines.py), in C.
+ *
+ * A call of a routine that returns a value runs in its entry function, whose frame is what
+ * the watchdog and `db` find a call by (watchdog.py, db.py). That frame stays Python's,
+ * and small: it reads the clock into its slot `began` and hands over to an Entry, an object
+ * of this library's made once per routine, which does the rest of what routines._CALL
+ * (the same work in Python, where this library is not installed) does:
+ *
+ *   - the routine's module becomes the one whose call is under way (watchdog.CALLING), the
+ *     call gets a level of settings of its own (identity.SETTINGS) and, with a timeout_ms,
+ *     its deadline is the backstop's (backstop.CLOCK[0]); each is given back as it leaves,
+ *     and the settings its queries changed are undone (identity.undo_settings);
+ *   - the frames the watchdog let go of are dropped (watchdog.GRAVE), and the callbacks of
+ *     weak references owed to the module run (watchdog.OWED);
+ *   - the function runs in a contextvars.Context of its own, and so do the reading of its
+ *     converted arguments, the making of a result that is not plain and the making of its
+ *     error;
+ *   - a stop leaves as a fresh RoutineInterrupted, any other exception as the PostgreSQL
+ *     error `fail` makes of it.
+ *
+ * No bytecode runs between those steps, so no stop of the watchdog's (which Python raises
+ * between two bytecodes) lands between them: where the Python entry needs its swaps before
+ * its try and its undo after them, here they cannot be split. Python calls it with the GIL
+ * held. The library links against nothing: Python's functions are the process's own
+ * (PL/Python's libpython), found as the library is loaded (backstop.py loads it only in a
+ * Python 3.11, the version of the headers it is built with).
+ *
+ * One library serves every database of a cluster, each with the runtime it was installed
+ * with: pyfuncs_entry_new never changes what it takes (a config dict whose keys may only be
+ * added to); a change that needs more gets a new name.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <structmember.h>
+
+typedef struct
+{
+	PyObject_HEAD
+	vectorcallfunc vectorcall;
+	PyObject   *function;		/* the routine's function */
+	PyObject   *namespace;		/* its module's namespace: CALLING[0] during its calls */
+	PyObject   *fail;			/* exception -> the PostgreSQL error to raise */
+	PyObject   *finish;			/* a result not plain -> one that is (or raises) */
+	PyObject   *interrupted;	/* RoutineInterrupted */
+	PyObject   *settings;		/* identity.SETTINGS: [level opened, identity] */
+	PyObject   *calling;		/* watchdog.CALLING */
+	PyObject   *undo;			/* identity.undo_settings */
+	PyObject   *clock;			/* backstop.CLOCK (a memoryview of doubles), or NULL */
+	double		timeout;		/* seconds, with clock */
+	PyObject   *grave;			/* watchdog.GRAVE (a list) */
+	PyObject   *owed;			/* watchdog.OWED */
+	PyObject   *pay;			/* watchdog.pay */
+	PyObject   *watch;			/* the watchdog (or what stands for none) */
+	PyObject   *shorts;			/* types of results kept as they are */
+	PyObject   *longs;			/* types of results kept as they are up to `most` long */
+	Py_ssize_t	most;
+	long long	lowest;			/* ints in [lowest, longest) are kept as they are */
+	long long	longest;
+	bool		unbounded;		/* longest is past long long's range: no bound above */
+	PyObject   *unread;			/* routines.Unread: an argument read inside the call */
+	PyObject   *zero;			/* 0 */
+}			Entry;
+
+static PyObject *stop_name;		/* "stop" */
+static PyObject *check_name;	/* "check" */
+
+static int
+entry_traverse(Entry *self, visitproc visit, void *arg)
+{
+	Py_VISIT(self->function);
+	Py_VISIT(self->namespace);
+	Py_VISIT(self->fail);
+	Py_VISIT(self->finish);
+	Py_VISIT(self->interrupted);
+	Py_VISIT(self->settings);
+	Py_VISIT(self->calling);
+	Py_VISIT(self->undo);
+	Py_VISIT(self->clock);
+	Py_VISIT(self->grave);
+	Py_VISIT(self->owed);
+	Py_VISIT(self->pay);
+	Py_VISIT(self->watch);
+	Py_VISIT(self->shorts);
+	Py_VISIT(self->longs);
+	Py_VISIT(self->unread);
+	Py_VISIT(self->zero);
+	return 0;
+}
+
+static int
+entry_clear(Entry *self)
+{
+	Py_CLEAR(self->function);
+	Py_CLEAR(self->namespace);
+	Py_CLEAR(self->fail);
+	Py_CLEAR(self->finish);
+	Py_CLEAR(self->interrupted);
+	Py_CLEAR(self->settings);
+	Py_CLEAR(self->calling);
+	Py_CLEAR(self->undo);
+	Py_CLEAR(self->clock);
+	Py_CLEAR(self->grave);
+	Py_CLEAR(self->owed);
+	Py_CLEAR(self->pay);
+	Py_CLEAR(self->watch);
+	Py_CLEAR(self->shorts);
+	Py_CLEAR(self->longs);
+	Py_CLEAR(self->unread);
+	Py_CLEAR(self->zero);
+	return 0;
+}
+
+static void
+entry_dealloc(Entry *self)
+{
+	PyObject_GC_UnTrack(self);
+	entry_clear(self);
+	Py_TYPE(self)->tp_free((PyObject *) self);
+}
+
+/* `callable(argument)` run in `context` (what Context.run does) */
+static PyObject *
+run_in(PyObject *context, PyObject *callable, PyObject *const *args, Py_ssize_t count)
+{
+	PyObject   *result;
+
+	if (PyContext_Enter(context) < 0)
+		return NULL;
+	result = PyObject_Vectorcall(callable, args, count, NULL);
+	if (PyContext_Exit(context) < 0)
+		Py_CLEAR(result);
+	return result;
+}
+
+/* Whether `result` is kept as it is (routines._CALL's tests, in their order): 1, 0, -1 */
+static int
+kept(Entry *self, PyObject *result)
+{
+	PyTypeObject *kind = Py_TYPE(result);
+	int			found;
+
+	if (kind == &PyLong_Type)
+	{
+		int			overflow;
+		long long	value = PyLong_AsLongLongAndOverflow(result, &overflow);
+
+		if (value == -1 && PyErr_Occurred())
+			return -1;
+		if (!overflow && self->lowest <= value && (self->unbounded || value < self->longest))
+			return 1;
+	}
+	else
+	{
+		found = PySequence_Contains(self->shorts, (PyObject *) kind);
+		if (found != 0)
+			return found;
+	}
+	found = PySequence_Contains(self->longs, (PyObject *) kind);
+	if (found <= 0)
+		return found;
+	{
+		Py_ssize_t	length = PyObject_Length(result);
+
+		if (length < 0)
+			return -1;
+		return length <= self->most;
+	}
+}
+
+/* The function's call in `context`, its arguments read there; its result made plain */
+static PyObject *
+called(Entry *self, PyObject *context, PyObject *const *args, Py_ssize_t count)
+{
+	PyObject   *small[8];
+	PyObject  **read = count <= 8 ? small : PyMem_Malloc(count * sizeof(PyObject *));
+	PyObject   *result = NULL;
+	Py_ssize_t	made = 0;
+	int			plain;
+
+	if (read == NULL)
+		return PyErr_NoMemory();
+	for (; made < count; made++)
+	{
+		PyObject   *arg = args[made];
+
+		read[made] = Py_TYPE(arg) == (PyTypeObject *) self->unread
+			? run_in(context, arg, NULL, 0) : Py_NewRef(arg);
+		if (read[made] == NULL)
+			goto done;
+	}
+	result = run_in(context, self->function, read, count);
+	if (result == NULL)
+		goto done;
+	{
+		/* a stop it did not see (one a finalizer swallowed) */
+		PyObject   *stop = PyObject_GetAttr(self->watch, stop_name);
+
+		if (stop == NULL)
+			goto failed;
+		Py_DECREF(stop);
+		if (stop != Py_None)
+		{
+			PyObject   *checked = PyObject_CallMethodNoArgs(self->watch, check_name);
+
+			if (checked == NULL)
+				goto failed;
+			Py_DECREF(checked);
+		}
+	}
+	plain = kept(self, result);
+	if (plain < 0)
+		goto failed;
+	if (!plain)
+	{
+		PyObject   *finished = run_in(context, self->finish, &result, 1);
+
+		Py_SETREF(result, finished);
+	}
+	goto done;
+failed:
+	Py_CLEAR(result);
+done:
+	while (made > 0)
+		Py_DECREF(read[--made]);
+	if (read != small)
+		PyMem_Free(read);
+	return result;
+}
+
+/*
+ * The call: args[0] is when it began (the entry frame's `began`), the rest the function's
+ * arguments.
+ */
+static PyObject *
+entry_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+	Entry	   *self = (Entry *) callable;
+	Py_ssize_t	count = PyVectorcall_NARGS(nargsf);
+	PyObject   *kept_level,
+			   *kept_identity,
+			   *outer,
+			   *opened,
+			   *context = NULL,
+			   *result = NULL;
+	double	   *deadline = NULL,
+				prior = 0;
+
+	if (kwnames != NULL || count < 1)
+	{
+		PyErr_SetString(PyExc_TypeError, "pyfuncs: an entry takes when its call began, then "
+						"the routine's arguments");
+		return NULL;
+	}
+	if (self->clock != NULL)
+	{
+		double		began = PyFloat_AsDouble(args[0]);
+
+		if (began == -1 && PyErr_Occurred())
+			return NULL;
+		deadline = (double *) PyMemoryView_GET_BUFFER(self->clock)->buf;
+		prior = deadline[0];
+		deadline[0] = began + self->timeout;
+	}
+	kept_level = Py_NewRef(PyList_GET_ITEM(self->settings, 0));
+	kept_identity = Py_NewRef(PyList_GET_ITEM(self->settings, 1));
+	outer = Py_NewRef(PyList_GET_ITEM(self->calling, 0));
+	PyList_SetItem(self->settings, 0, Py_NewRef(self->zero));
+	PyList_SetItem(self->calling, 0, Py_NewRef(self->namespace));
+
+	if (PyList_GET_SIZE(self->grave) && PyList_SetSlice(self->grave, 0, PY_SSIZE_T_MAX, NULL) < 0)
+		goto failed;
+	context = PyContext_New();
+	if (context == NULL)
+		goto failed;
+	{
+		int			owing = PyObject_IsTrue(self->owed);
+
+		if (owing < 0)
+			goto failed;
+		if (owing)
+		{
+			/* (callbacks of its weak references that came due elsewhere) */
+			PyObject   *paid = run_in(context, self->pay, &self->namespace, 1);
+
+			if (paid == NULL)
+				goto failed;
+			Py_DECREF(paid);
+		}
+	}
+	result = called(self, context, args + 1, count - 1);
+	if (result != NULL)
+		goto leave;
+failed:
+	if (PyErr_ExceptionMatches(self->interrupted))
+	{
+		/* a fresh one: nothing of the routine's travels out with it */
+		PyErr_Clear();
+		PyErr_SetNone(self->interrupted);
+	}
+	else
+	{
+		PyObject   *kind,
+				   *value,
+				   *trace,
+				   *error;
+
+		PyErr_Fetch(&kind, &value, &trace);
+		if (kind == NULL)
+		{
+			PyErr_SetString(PyExc_SystemError, "pyfuncs: a call failed without an error");
+			PyErr_Fetch(&kind, &value, &trace);
+		}
+		PyErr_NormalizeException(&kind, &value, &trace);
+		if (trace != NULL)
+			PyException_SetTraceback(value, trace);
+		/* (made in the call's context: its __str__ is the routine's) */
+		error = context != NULL ? run_in(context, self->fail, &value, 1)
+			: PyObject_CallOneArg(self->fail, value);
+		Py_XDECREF(kind);
+		Py_XDECREF(value);
+		Py_XDECREF(trace);
+		if (error != NULL)
+		{
+			PyErr_SetObject((PyObject *) Py_TYPE(error), error);
+			Py_DECREF(error);
+		}
+		else if (PyErr_ExceptionMatches(self->interrupted))
+		{
+			PyErr_Clear();
+			PyErr_SetNone(self->interrupted);
+		}
+	}
+leave:
+	Py_XDECREF(context);
+	if (deadline != NULL)
+		deadline[0] = prior;
+	PyList_SetItem(self->calling, 0, outer);
+	opened = PyList_GET_ITEM(self->settings, 0);
+	Py_INCREF(opened);
+	PyList_SetItem(self->settings, 0, kept_level);
+	PyList_SetItem(self->settings, 1, kept_identity);
+	{
+		int			open = PyObject_IsTrue(opened);
+
+		if (open != 0)
+		{
+			PyObject   *undone = open < 0 ? NULL : PyObject_CallOneArg(self->undo, opened);
+
+			if (undone == NULL)
+				Py_CLEAR(result);	/* (the undo's error replaces the call's) */
+			Py_XDECREF(undone);
+		}
+	}
+	Py_DECREF(opened);
+	return result;
+}
+
+static PyTypeObject EntryType = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "pyfuncs.entry",
+	.tp_basicsize = sizeof(Entry),
+	.tp_dealloc = (destructor) entry_dealloc,
+	.tp_vectorcall_offset = offsetof(Entry, vectorcall),
+	.tp_call = PyVectorcall_Call,
+	.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+	.tp_traverse = (traverseproc) entry_traverse,
+	.tp_clear = (inquiry) entry_clear,
+};
+
+/* config[name], a new reference; NULL with KeyError if missing */
+static PyObject *
+item(PyObject *config, const char *name)
+{
+	PyObject   *value = PyDict_GetItemString(config, name);
+
+	if (value == NULL)
+	{
+		PyErr_Format(PyExc_KeyError, "pyfuncs: an entry's config lacks %s", name);
+		return NULL;
+	}
+	return Py_NewRef(value);
+}
+
+/*
+ * An Entry, from a dict of what routines.Routine._entry binds its entry functions to
+ * (`function`, `namespace`, `fail`, `finish`, `RoutineInterrupted`, `settings`, `calling`,
+ * `undo`, `clock`, `timeout`, `grave`, `owed`, `pay`, `watch`, `short`, `long`, `most`,
+ * `lowest`, `longest`, `unread`). Returns NULL with Python's error set on a config it
+ * cannot use.
+ */
+PyObject *
+pyfuncs_entry_new(PyObject *config)
+{
+	Entry	   *self;
+	PyObject   *timeout;
+
+	if (!PyDict_Check(config))
+	{
+		PyErr_SetString(PyExc_TypeError, "pyfuncs: an entry's config is a dict");
+		return NULL;
+	}
+	if (stop_name == NULL)
+	{
+		if (PyType_Ready(&EntryType) < 0)
+			return NULL;
+		stop_name = PyUnicode_InternFromString("stop");
+		check_name = PyUnicode_InternFromString("check");
+		if (stop_name == NULL || check_name == NULL)
+			return NULL;
+	}
+	self = PyObject_GC_New(Entry, &EntryType);
+	if (self == NULL)
+		return NULL;
+	memset((char *) self + offsetof(Entry, vectorcall), 0,
+		   sizeof(Entry) - offsetof(Entry, vectorcall));
+	self->vectorcall = entry_call;
+	if (!(self->function = item(config, "function")) ||
+		!(self->namespace = item(config, "namespace")) ||
+		!(self->fail = item(config, "fail")) ||
+		!(self->finish = item(config, "finish")) ||
+		!(self->interrupted = item(config, "RoutineInterrupted")) ||
+		!(self->settings = item(config, "settings")) ||
+		!(self->calling = item(config, "calling")) ||
+		!(self->undo = item(config, "undo")) ||
+		!(self->grave = item(config, "grave")) ||
+		!(self->owed = item(config, "owed")) ||
+		!(self->pay = item(config, "pay")) ||
+		!(self->watch = item(config, "watch")) ||
+		!(self->shorts = item(config, "short")) ||
+		!(self->longs = item(config, "long")) ||
+		!(self->unread = item(config, "unread")) ||
+		!(timeout = PyDict_GetItemString(config, "timeout")))
+		goto bad;
+	self->zero = PyLong_FromLong(0);
+	if (self->zero == NULL)
+		goto bad;
+	if (!PyList_CheckExact(self->settings) || PyList_GET_SIZE(self->settings) != 2 ||
+		!PyList_CheckExact(self->calling) || PyList_GET_SIZE(self->calling) != 1 ||
+		!PyList_CheckExact(self->grave) || !PyType_Check(self->unread) ||
+		!PyExceptionClass_Check(self->interrupted))
+	{
+		PyErr_SetString(PyExc_TypeError, "pyfuncs: an entry's config has the wrong kinds");
+		goto bad;
+	}
+	if (timeout != Py_None)
+	{
+		Py_buffer  *view;
+
+		self->timeout = PyFloat_AsDouble(timeout);
+		if (self->timeout == -1 && PyErr_Occurred())
+			goto bad;
+		if (!(self->clock = item(config, "clock")))
+			goto bad;
+		if (!PyMemoryView_Check(self->clock) ||
+			(view = PyMemoryView_GET_BUFFER(self->clock))->len < (Py_ssize_t) sizeof(double) ||
+			view->readonly || view->itemsize != sizeof(double))
+		{
+			PyErr_SetString(PyExc_TypeError, "pyfuncs: an entry's clock is a memoryview of "
+							"doubles");
+			goto bad;
+		}
+	}
+	{
+		PyObject   *most = PyDict_GetItemString(config, "most"),
+				   *lowest = PyDict_GetItemString(config, "lowest"),
+				   *longest = PyDict_GetItemString(config, "longest");
+
+		if (most == NULL || lowest == NULL || longest == NULL)
+		{
+			PyErr_SetString(PyExc_KeyError, "pyfuncs: an entry's config lacks its bounds");
+			goto bad;
+		}
+		self->most = PyLong_AsSsize_t(most);
+		self->lowest = PyLong_AsLongLong(lowest);
+		if (PyErr_Occurred())
+			goto bad;
+		{
+			int			overflow;
+
+			self->longest = PyLong_AsLongLongAndOverflow(longest, &overflow);
+			if (PyErr_Occurred())
+				goto bad;
+			if (overflow < 0)
+			{
+				PyErr_SetString(PyExc_OverflowError, "pyfuncs: an entry's longest is too low");
+				goto bad;
+			}
+			self->unbounded = overflow > 0;	/* (bigint's: 2**63) */
+		}
+	}
+	PyObject_GC_Track(self);
+	return (PyObject *) self;
+bad:
+	Py_DECREF(self);
+	return NULL;
+}
+
+/*
+ * The query of a routine's `db` (db.Db._run, the same work in Python where this library is
+ * not installed): run(handle, query, params), called by db's methods.
+ *
+ *   - refused in a stopped call (watchdog.guard), and to code that is not the call's: the
+ *     first routine module's code on the stack outward from db's method must be the
+ *     handle's module, the innermost entry frame a call of that module's, whose query is
+ *     not the one under way (db._from_the_call, which is called to refuse, with its
+ *     reasons, wherever this walk does not accept);
+ *   - counted for max_db_ops; the query text a plain str and the parameters a sequence of
+ *     the runtime's own; the plan kept by text and the parameters' Python types (db._DIRECT;
+ *     db._guarded prepares one not kept yet);
+ *   - its deadline lent and its identity kept around the query (db.begin and db.end, read
+ *     as db has them at each query), the call's entry frame noted as the one whose query is
+ *     under way (db._QUERYING), an error of the query's told to deadline.expired and
+ *     db._failed, what end told to db._ended;
+ *   - its result's columns converted as they are (db._Prepared.rows, which this calls
+ *     unless nothing of the result needs converting).
+ *
+ * No bytecode runs between those steps (Python calls this with the GIL held), as none of
+ * the watchdog's stops lands in db._run, which is its bookkeeping.
+ */
+typedef struct
+{
+	PyObject_HEAD
+	vectorcallfunc vectorcall;
+	PyObject   *db;				/* db's namespace: begin, end */
+	PyObject   *stopping;		/* watchdog's: WATCHDOG, disposing */
+	PyObject   *from_the_call;	/* db._from_the_call */
+	PyObject   *guard;			/* watchdog.guard */
+	PyObject   *owners;			/* watchdog.ROUTINE_CODE */
+	PyObject   *entries;		/* watchdog.ENTRIES */
+	PyObject   *calling;		/* watchdog.CALLING */
+	PyObject   *querying;		/* db._QUERYING */
+	PyObject   *text;			/* db._text */
+	PyObject   *plans;			/* db._DIRECT */
+	PyObject   *guarded;		/* db._guarded */
+	PyObject   *may_not_run;	/* deadline.may_not_run */
+	PyObject   *expired;		/* deadline.expired */
+	PyObject   *failed;			/* db._failed */
+	PyObject   *ended;			/* db._ended */
+	PyObject   *execute;		/* plpy.execute */
+	PyObject   *spi_error;		/* plpy.SPIError */
+	PyObject   *error;			/* plpy.Error */
+	PyObject   *db_type;		/* db.Db */
+	PyObject   *prepared_type;	/* db._Prepared */
+	PyObject   *coltypes;		/* PL/Python's result's method coltypes, once called */
+	Py_ssize_t	slots[4];		/* where Db._module, _Prepared's plan, types, fixes are */
+}			Queries;
+
+#define QUERIES_OBJECTS 20
+#define QUERIES_FIELD(self, i) (((PyObject **) &(self)->db)[i])
+
+static const char *const queries_names[QUERIES_OBJECTS] = {
+	"db", "stopping", "from_the_call", "guard", "owners", "entries", "calling", "querying",
+	"text", "plans", "guarded", "may_not_run", "expired", "failed", "ended", "execute",
+	"SPIError", "Error", "Db", "Prepared",
+};
+
+#define NAMES 14
+static PyObject *names[NAMES];	/* interned: see queries_new */
+
+enum
+{
+	N_WATCHDOG, N_DISPOSING, N_BEGIN, N_END, N_STOP, N_BUDGETS, N_COUNT, N_MODULE, N_PLAN,
+	N_PLAN_OF, N_COLTYPES, N_ROWS, N_TYPES, N_FIXES,
+};
+
+static int
+queries_traverse(Queries *self, visitproc visit, void *arg)
+{
+	for (int i = 0; i < QUERIES_OBJECTS; i++)
+		Py_VISIT(QUERIES_FIELD(self, i));
+	Py_VISIT(self->coltypes);
+	return 0;
+}
+
+static int
+queries_clear(Queries *self)
+{
+	for (int i = 0; i < QUERIES_OBJECTS; i++)
+		Py_CLEAR(QUERIES_FIELD(self, i));
+	Py_CLEAR(self->coltypes);
+	return 0;
+}
+
+static void
+queries_dealloc(Queries *self)
+{
+	PyObject_GC_UnTrack(self);
+	queries_clear(self);
+	Py_TYPE(self)->tp_free((PyObject *) self);
+}
+
+/* namespace[name], borrowed; NULL with KeyError if it is not there */
+static PyObject *
+global(PyObject *namespace, int name)
+{
+	PyObject   *value = PyDict_GetItemWithError(namespace, names[name]);
+
+	if (value == NULL && !PyErr_Occurred())
+		PyErr_SetObject(PyExc_KeyError, names[name]);
+	return value;
+}
+
+enum
+{
+	S_MODULE, S_PLAN, S_TYPES, S_FIXES,
+};
+
+static const int slot_names[4] = {N_MODULE, N_PLAN, N_TYPES, N_FIXES};
+
+/*
+ * Attribute `slot` of `object` (of those in Queries.slots), a new reference: read where
+ * its class keeps it when `object` is of that class exactly (as Python's own LOAD_ATTR
+ * does, without looking the name up), else looked up.
+ */
+static PyObject *
+slot(Queries *self, PyObject *object, int which)
+{
+	PyObject   *kind = which == S_MODULE ? self->db_type : self->prepared_type,
+			   *value;
+
+	if ((PyObject *) Py_TYPE(object) == kind &&
+		(value = *(PyObject **) ((char *) object + self->slots[which])) != NULL)
+		return Py_NewRef(value);
+	return PyObject_GetAttr(object, names[slot_names[which]]);
+}
+
+/*
+ * The innermost entry frame, a new reference, where db._from_the_call would return it
+ * (walking out from `frame`, the frame of db's method); else what db._from_the_call says
+ * (its refusal).
+ */
+static PyObject *
+the_call(Queries *self, PyObject *module)
+{
+	PyObject   *disposing = global(self->stopping, N_DISPOSING);
+	PyFrameObject *frame;
+	PyObject   *owner = NULL;
+
+	if (disposing == NULL)
+		return NULL;
+	frame = disposing == Py_False ? PyEval_GetFrame() : NULL;
+	Py_XINCREF(frame);
+	while (frame != NULL)
+	{
+		PyCodeObject *code = PyFrame_GetCode(frame);
+		PyObject   *key = PyLong_FromVoidPtr(code),
+				   *found;
+
+		Py_DECREF(code);
+		if (key == NULL)
+			break;
+		found = PyDict_GetItemWithError(self->entries, key);
+		if (found == NULL && !PyErr_Occurred() && owner == NULL)
+			owner = PyDict_GetItemWithError(self->owners, key);
+		Py_DECREF(key);
+		if (PyErr_Occurred())
+			break;
+		if (found != NULL)
+		{
+			PyObject   *querying = PyList_GET_ITEM(self->querying, 0);
+
+			if (owner == module && module == PyList_GET_ITEM(self->calling, 0) &&
+				(!PyLong_Check(querying) || PyLong_AsVoidPtr(querying) != (void *) frame))
+				return (PyObject *) frame;
+			break;
+		}
+		Py_SETREF(frame, PyFrame_GetBack(frame));
+	}
+	Py_XDECREF(frame);
+	if (PyErr_Occurred())
+		return NULL;
+	/* refused: db._from_the_call says why (and would return the same frame if not) */
+	return PyObject_CallOneArg(self->from_the_call, module);
+}
+
+/*
+ * watchdog.guard() (`counting` 0), or the query counted for max_db_ops (1): 0, or -1 with
+ * the error set
+ */
+static int
+watched(Queries *self, int counting)
+{
+	PyObject   *watchdog = global(self->stopping, N_WATCHDOG),
+			   *value;
+	int			due;
+
+	if (watchdog == NULL)
+		return -1;
+	if (watchdog == Py_None)
+		return 0;
+	Py_INCREF(watchdog);
+	value = PyObject_GetAttr(watchdog, names[counting ? N_BUDGETS : N_STOP]);
+	if (value == NULL)
+		goto failed;
+	due = counting ? PyObject_IsTrue(value) : value != Py_None;
+	Py_DECREF(value);
+	if (due < 0)
+		goto failed;
+	if (due)
+	{
+		value = counting ? PyObject_CallMethodNoArgs(watchdog, names[N_COUNT])
+			: PyObject_CallNoArgs(self->guard);
+		if (value == NULL)
+			goto failed;
+		Py_DECREF(value);
+	}
+	Py_DECREF(watchdog);
+	return 0;
+failed:
+	Py_DECREF(watchdog);
+	return -1;
+}
+
+/* (query, type of each parameter): db._plan_key's */
+static PyObject *
+plan_key(PyObject *query, PyObject *params)
+{
+	PyObject   *fast = PySequence_Fast(params, "pyfuncs: a query's parameters");
+	Py_ssize_t	count;
+	PyObject   *key;
+
+	if (fast == NULL)
+		return NULL;
+	count = PySequence_Fast_GET_SIZE(fast);
+	key = PyTuple_New(count + 1);
+	if (key != NULL)
+	{
+		PyTuple_SET_ITEM(key, 0, Py_NewRef(query));
+		for (Py_ssize_t i = 0; i < count; i++)
+			PyTuple_SET_ITEM(key, i + 1, Py_NewRef(Py_TYPE(PySequence_Fast_GET_ITEM(fast, i))));
+	}
+	Py_DECREF(fast);
+	return key;
+}
+
+/* PL/Python's result's coltypes(): its method, called as Python's LOAD_METHOD would */
+static PyObject *
+column_types(Queries *self, PyObject *result)
+{
+	if (self->coltypes == NULL || PyObject_TypeCheck(self->coltypes, &PyMethodDescr_Type) == 0 ||
+		PyDescr_TYPE(self->coltypes) != Py_TYPE(result))
+	{
+		PyObject   *method = PyObject_GetAttr((PyObject *) Py_TYPE(result), names[N_COLTYPES]);
+
+		if (method == NULL)
+			return NULL;
+		Py_XSETREF(self->coltypes, method);
+		if (!PyObject_TypeCheck(method, &PyMethodDescr_Type))
+			return PyObject_CallMethodNoArgs(result, names[N_COLTYPES]);
+	}
+	return PyObject_Vectorcall(self->coltypes, &result, 1, NULL);
+}
+
+/* The result of `prepared`'s query, its columns converted (db._Prepared.rows) */
+static PyObject *
+converted(Queries *self, PyObject *prepared, PyObject *result)
+{
+	PyObject   *types = column_types(self, result),
+			   *kept_types,
+			   *fixes;
+	int			same = 0;
+
+	if (types == NULL)
+	{
+		if (!PyErr_ExceptionMatches(self->error))
+			goto failed;
+		PyErr_Clear();			/* a utility statement or a write without RETURNING */
+		return result;
+	}
+	kept_types = slot(self, prepared, S_TYPES);
+	fixes = slot(self, prepared, S_FIXES);
+	if (kept_types != NULL && fixes != NULL)
+		same = PyList_CheckExact(fixes) && PyList_GET_SIZE(fixes) == 0
+			? PyObject_RichCompareBool(types, kept_types, Py_EQ) : 0;
+	else
+		same = -1;
+	Py_DECREF(types);
+	Py_XDECREF(kept_types);
+	Py_XDECREF(fixes);
+	if (same < 0)
+		goto failed;
+	if (same)
+		return result;
+	Py_SETREF(result, PyObject_CallMethodOneArg(prepared, names[N_ROWS], result));
+	return result;
+failed:
+	Py_DECREF(result);
+	return NULL;
+}
+
+/* What of a result the caller takes (db._part): 0 all of it, 1 its first row, 2 that
+ * row's first column (None for both without rows) */
+static PyObject *
+part(PyObject *result, long what)
+{
+	Py_ssize_t	count;
+	PyObject   *row,
+			   *value = Py_None;
+
+	if (what == 0)
+		return result;
+	count = PyObject_Length(result);
+	if (count <= 0)
+	{
+		Py_DECREF(result);
+		return count < 0 ? NULL : Py_NewRef(Py_None);
+	}
+	row = PySequence_GetItem(result, 0);
+	Py_DECREF(result);
+	if (row == NULL || what == 1)
+		return row;
+	if (PyDict_CheckExact(row))
+	{
+		Py_ssize_t	at = 0;
+
+		PyDict_Next(row, &at, NULL, &value);
+		Py_INCREF(value);
+	}
+	else
+	{
+		PyObject   *values = PyMapping_Values(row);
+
+		value = values == NULL ? NULL
+			: Py_NewRef(PyList_GET_SIZE(values) ? PyList_GET_ITEM(values, 0) : Py_None);
+		Py_XDECREF(values);
+	}
+	Py_DECREF(row);
+	return value;
+}
+
+static PyObject *
+queries_run(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+	Queries    *self = (Queries *) callable;
+	PyObject   *module = NULL,
+			   *entry = NULL,
+			   *query = NULL,
+			   *params = NULL,
+			   *key = NULL,
+			   *prepared = NULL,
+			   *plan = NULL,
+			   *entry_id = NULL,
+			   *outer = NULL,
+			   *begun = NULL,
+			   *ended = NULL,
+			   *result = NULL,
+			   *function;
+
+	long		what;
+
+	if (kwnames != NULL || PyVectorcall_NARGS(nargsf) != 4)
+	{
+		PyErr_SetString(PyExc_TypeError, "pyfuncs: run(db, query, params, what)");
+		return NULL;
+	}
+	what = PyLong_AsLong(args[3]);
+	if (what < 0 || what > 2)
+	{
+		if (!PyErr_Occurred())
+			PyErr_SetString(PyExc_ValueError, "pyfuncs: what is 0, 1 or 2");
+		return NULL;
+	}
+	if (watched(self, 0) < 0 || !(module = slot(self, args[0], S_MODULE)) ||
+		!(entry = the_call(self, module)) || watched(self, 1) < 0)
+		goto done;
+	query = PyUnicode_CheckExact(args[1]) ? Py_NewRef(args[1])
+		: PyObject_CallOneArg(self->text, args[1]);
+	params = PyTuple_CheckExact(args[2]) ? Py_NewRef(args[2]) : PySequence_List(args[2]);
+	if (query == NULL || params == NULL || !(key = plan_key(query, params)) ||
+		!(entry_id = PyLong_FromVoidPtr(entry)))
+		goto done;
+	prepared = PyDict_GetItemWithError(self->plans, key);
+	if (prepared != NULL)
+		Py_INCREF(prepared);
+	else
+	{
+		/* (a query of its own, as PostgreSQL runs any SQL preparing it) */
+		PyObject   *plan_of,
+				   *pair;
+
+		if (PyErr_Occurred() || !(plan_of = PyObject_GetAttr(args[0], names[N_PLAN_OF])))
+			goto done;
+		pair = PyObject_CallFunctionObjArgs(self->guarded, entry_id, plan_of, query, params,
+											NULL);
+		Py_DECREF(plan_of);
+		if (pair == NULL)
+			goto done;
+		if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2)
+		{
+			Py_DECREF(pair);
+			PyErr_SetString(PyExc_SystemError, "pyfuncs: _plan gives (prepared, params)");
+			goto done;
+		}
+		prepared = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+		Py_SETREF(params, Py_NewRef(PyTuple_GET_ITEM(pair, 1)));
+		Py_DECREF(pair);
+	}
+	if (!(plan = slot(self, prepared, S_PLAN)))
+		goto done;
+	/* from here as db._run's try: the query, its errors told, then its end */
+	outer = Py_NewRef(PyList_GET_ITEM(self->querying, 0));
+	PyList_SetItem(self->querying, 0, Py_NewRef(entry_id));
+	function = global(self->db, N_BEGIN);
+	begun = function == NULL ? NULL : PyObject_CallNoArgs(function);
+	if (begun == Py_None)
+	{
+		PyObject   *refusal = PyObject_CallNoArgs(self->may_not_run);
+
+		if (refusal != NULL)
+		{
+			PyErr_SetObject((PyObject *) Py_TYPE(refusal), refusal);
+			Py_DECREF(refusal);
+		}
+	}
+	else if (begun != NULL)
+	{
+		PyObject   *call[2] = {plan, params};
+
+		result = PyObject_Vectorcall(self->execute, call, 2, NULL);
+	}
+	if (result == NULL && PyErr_ExceptionMatches(self->spi_error))
+	{
+		/* its subtransaction, and what it changed, rolled back */
+		PyObject   *kind,
+				   *value,
+				   *trace,
+				   *told;
+
+		PyErr_Fetch(&kind, &value, &trace);
+		PyErr_NormalizeException(&kind, &value, &trace);
+		if (trace != NULL)
+			PyException_SetTraceback(value, trace);
+		told = PyObject_CallOneArg(self->expired, value);
+		if (told != NULL)
+		{
+			Py_DECREF(told);
+			told = PyObject_CallOneArg(self->failed, value);
+		}
+		if (told != NULL)
+		{
+			Py_DECREF(told);
+			PyErr_Restore(kind, value, trace);
+		}
+		else
+		{
+			Py_XDECREF(kind);
+			Py_XDECREF(value);
+			Py_XDECREF(trace);
+		}
+	}
+	PyList_SetItem(self->querying, 0, outer);
+	if (begun != NULL && begun != Py_None)
+	{
+		PyObject   *kind,
+				   *value,
+				   *trace;
+
+		PyErr_Fetch(&kind, &value, &trace);
+		function = global(self->db, N_END);
+		ended = function == NULL ? NULL : PyObject_CallOneArg(function, begun);
+		if (ended == NULL)
+		{
+			/* (its error replaces the query's, as a `finally` that raises does) */
+			Py_XDECREF(kind);
+			Py_XDECREF(value);
+			Py_XDECREF(trace);
+			Py_CLEAR(result);
+		}
+		else
+			PyErr_Restore(kind, value, trace);
+	}
+	if (result != NULL && ended != NULL && ended != Py_None)
+	{
+		PyObject   *told = PyObject_CallOneArg(self->ended, ended);
+
+		if (told == NULL)
+			Py_CLEAR(result);
+		Py_XDECREF(told);
+	}
+	if (result != NULL)
+		result = converted(self, prepared, result);
+	if (result != NULL)
+		result = part(result, what);
+done:
+	Py_XDECREF(module);
+	Py_XDECREF(entry);
+	Py_XDECREF(query);
+	Py_XDECREF(params);
+	Py_XDECREF(key);
+	Py_XDECREF(prepared);
+	Py_XDECREF(plan);
+	Py_XDECREF(entry_id);
+	Py_XDECREF(begun);
+	Py_XDECREF(ended);
+	return result;
+}
+
+static PyTypeObject QueriesType = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "pyfuncs.queries",
+	.tp_basicsize = sizeof(Queries),
+	.tp_dealloc = (destructor) queries_dealloc,
+	.tp_vectorcall_offset = offsetof(Queries, vectorcall),
+	.tp_call = PyVectorcall_Call,
+	.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+	.tp_traverse = (traverseproc) queries_traverse,
+	.tp_clear = (inquiry) queries_clear,
+};
+
+/*
+ * The runner of db's queries, from a dict of what it uses (queries_names: db's and the
+ * watchdog's namespaces, then their functions and stores), or NULL with Python's error set.
+ */
+PyObject *
+pyfuncs_queries_new(PyObject *config)
+{
+	static const char *const interned[NAMES] = {
+		"WATCHDOG", "disposing", "begin", "end", "stop", "budgets", "count_db_op", "_module",
+		"plan", "_plan", "coltypes", "rows", "types", "fixes",
+	};
+	Queries    *self;
+
+	if (!PyDict_Check(config))
+	{
+		PyErr_SetString(PyExc_TypeError, "pyfuncs: a queries' config is a dict");
+		return NULL;
+	}
+	if (names[0] == NULL)
+	{
+		if (PyType_Ready(&QueriesType) < 0)
+			return NULL;
+		for (int i = 0; i < NAMES; i++)
+			if (!(names[i] = PyUnicode_InternFromString(interned[i])))
+				return NULL;
+	}
+	self = PyObject_GC_New(Queries, &QueriesType);
+	if (self == NULL)
+		return NULL;
+	self->vectorcall = queries_run;
+	for (int i = 0; i < QUERIES_OBJECTS; i++)
+		QUERIES_FIELD(self, i) = NULL;
+	self->coltypes = NULL;
+	for (int i = 0; i < QUERIES_OBJECTS; i++)
+		if (!(QUERIES_FIELD(self, i) = item(config, queries_names[i])))
+			goto bad;
+	if (!PyDict_Check(self->db) || !PyDict_Check(self->stopping) ||
+		!PyDict_CheckExact(self->owners) || !PyDict_CheckExact(self->entries) ||
+		!PyDict_CheckExact(self->plans) || !PyList_CheckExact(self->calling) ||
+		PyList_GET_SIZE(self->calling) != 1 || !PyList_CheckExact(self->querying) ||
+		PyList_GET_SIZE(self->querying) != 1)
+	{
+		PyErr_SetString(PyExc_TypeError, "pyfuncs: a queries' config has the wrong kinds");
+		goto bad;
+	}
+	for (int i = 0; i < 4; i++)
+	{
+		PyObject   *kind = i == S_MODULE ? self->db_type : self->prepared_type,
+				   *found = PyType_Check(kind)
+			? PyDict_GetItemWithError(((PyTypeObject *) kind)->tp_dict, names[slot_names[i]])
+			: NULL;
+
+		if (found == NULL || !Py_IS_TYPE(found, &PyMemberDescr_Type) ||
+			((PyMemberDescrObject *) found)->d_member->type != T_OBJECT_EX)
+		{
+			if (!PyErr_Occurred())
+				PyErr_Format(PyExc_TypeError, "pyfuncs: %U is not a slot of %R",
+							 names[slot_names[i]], kind);
+			goto bad;
+		}
+		self->slots[i] = ((PyMemberDescrObject *) found)->d_member->offset;
+	}
+	PyObject_GC_Track(self);
+	return (PyObject *) self;
+bad:
+	Py_DECREF(self);
+	return NULL;
+}

@@ -1,0 +1,178 @@
+"""The entry library (pyfuncs/_pg/entry.c), outside PostgreSQL: an Entry does what the
+Python entry (routines._CALL) does, step for step, and leaves nothing behind.
+
+The library links against nothing: loaded into this interpreter it uses this Python's C
+API, as in a backend it uses PL/Python's. `make setup` installs it where PostgreSQL keeps
+its libraries (the backend loads it from there, backstop.load)."""
+
+from __future__ import annotations
+
+import contextvars
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyfuncs._pg import backstop, routines
+from pyfuncs._pg.watchdog import RoutineInterrupted
+
+LIBDIR = subprocess.run(
+    ["/usr/lib/postgresql/15/bin/pg_config", "--pkglibdir"],
+    capture_output=True, text=True, check=True,
+).stdout.strip()  # fmt: skip
+LIBRARY = Path(LIBDIR) / backstop.ENTRY_LIBRARY
+
+VAR: contextvars.ContextVar[str] = contextvars.ContextVar("VAR", default="backend's")
+BIGINT = 1 << 63
+
+
+class Watch:
+    stop: Any = None
+    checked = 0
+
+    def check(self) -> None:
+        self.checked += 1
+        raise RoutineInterrupted()
+
+
+class Made(Exception):
+    """What `fail` makes of an exception (a PostgreSQL error, in the runtime)."""
+
+
+def _config(function: Any, timeout: float | None = None, **more: Any) -> dict[str, Any]:
+    undone: list[Any] = []
+    seen: dict[str, Any] = {"undone": undone, "finished": [], "failed": [], "paid": []}
+
+    def finish(result: Any) -> Any:
+        seen["finished"].append((result, VAR.get()))
+        return ("finished", result)
+
+    def fail(exc: BaseException) -> Exception:
+        seen["failed"].append((exc, VAR.get()))
+        return Made(f"made of {type(exc).__name__}")
+
+    config: dict[str, Any] = {
+        "function": function, "namespace": {"module": 1}, "fail": fail, "finish": finish,
+        "RoutineInterrupted": RoutineInterrupted, "settings": [7, "identity"],
+        "calling": ["outer"], "undo": undone.append, "clock": memoryview(bytearray(24)).cast(
+            "d"), "timeout": timeout, "grave": [], "owed": {}, "pay": seen["paid"].append,
+        "watch": Watch(), "short": {float, bool, type(None)}, "long": {str, bytes},
+        "most": 5, "lowest": -BIGINT, "longest": BIGINT, "unread": routines.Unread,
+        "seen": seen,
+    }  # fmt: skip
+    config.update(more)
+    return config
+
+
+@pytest.fixture(scope="module", autouse=True)
+def library() -> None:
+    assert LIBRARY.exists(), f"{LIBRARY}: run `make setup` (or `make entry`)"
+    backstop.load_entries(str(LIBRARY))
+
+
+def test_results_are_kept_as_the_python_entry_keeps_them() -> None:
+    """Ints in bigint's range, short kinds, and long kinds up to `most` leave as they are;
+    anything else is made plain by `finish`, in the call's context."""
+    for value, kept in [
+        (0, True), (BIGINT - 1, True), (-BIGINT, True), (BIGINT, False), (-BIGINT - 1, False),
+        (1.5, True), (None, True), ("abcde", True), ("abcdef", False), ([1], False),
+        (True, True),
+    ]:  # fmt: skip
+        config = _config(lambda v=value: v)
+        result = backstop.entry(config)(0.0)
+        assert (result is value) == kept, value
+        assert result == (value if kept else ("finished", value))
+    # and with max_result_bytes (lowest = longest = 0, nothing short or long) nothing is
+    config = _config(lambda: 3, short=(), long=(), lowest=0, longest=0)
+    assert backstop.entry(config)(0.0) == ("finished", 3)
+
+
+def test_a_call_runs_in_a_context_of_its_own_and_gives_everything_back() -> None:
+    def function(a: Any, b: Any) -> str:
+        VAR.set("the call's")
+        assert config["calling"] == [config["namespace"]]
+        assert config["settings"] == [0, "identity"]
+        assert clock[0] == pytest.approx(100.25)
+        config["settings"][0] = 3  # (the level a query of the call opened)
+        return f"{a}{b}{VAR.get()}" + "x" * 10
+
+    config = _config(function, timeout=0.25)
+    clock = config["clock"]
+    clock[0] = 42.0
+    enter = backstop.entry(config)
+    assert enter(100.0, 1, 2) == ("finished", "12the call's" + "x" * 10)
+    assert config["seen"]["finished"] == [("12the call's" + "x" * 10, "the call's")]
+    assert VAR.get() == "backend's"
+    assert config["calling"] == ["outer"] and config["settings"] == [7, "identity"]
+    assert clock[0] == 42.0 and config["seen"]["undone"] == [3]
+
+
+def test_arguments_read_inside_the_call_and_what_is_owed_paid_there() -> None:
+    config = _config(lambda a, b: (a, b, VAR.get()), owed={"owed": 1})
+    config["pay"] = lambda module: config["seen"]["paid"].append((module, VAR.get()))
+    config["grave"].append("a frame let go of")
+    argument = routines.Unread(lambda v: (VAR.set("read"), v)[1], 5)
+    assert backstop.entry(config)(0.0, argument, 6) == ("finished", (5, 6, "read"))
+    assert config["seen"]["paid"] == [({"module": 1}, "backend's")]
+    assert config["grave"] == [] and VAR.get() == "backend's"
+
+
+def test_an_exception_leaves_as_the_error_fail_makes_of_it_in_the_calls_context() -> None:
+    def function() -> None:
+        VAR.set("the call's")
+        raise ValueError("boom")
+
+    config = _config(function, timeout=1.0)
+    with pytest.raises(Made, match="made of ValueError"):
+        backstop.entry(config)(5.0)
+    [(exc, where)] = config["seen"]["failed"]
+    assert where == "the call's" and exc.__traceback__ is not None
+    assert config["calling"] == ["outer"] and config["settings"] == [7, "identity"]
+    assert config["clock"][0] == 0.0
+
+
+def test_a_stop_leaves_as_a_fresh_routine_interrupted() -> None:
+    stop = RoutineInterrupted("the routine's, with its frames")
+
+    def function() -> None:
+        raise stop
+
+    config = _config(function)
+    with pytest.raises(RoutineInterrupted) as caught:
+        backstop.entry(config)(0.0)
+    assert caught.value is not stop and caught.value.args == ()
+    assert config["seen"]["failed"] == [] and config["calling"] == ["outer"]
+    # a stop the function did not see (a finalizer swallowed it) is raised as it returns
+    config = _config(lambda: 1)
+    config["watch"].stop = "due"
+    with pytest.raises(RoutineInterrupted):
+        backstop.entry(config)(0.0)
+    assert config["watch"].checked == 1
+
+
+def test_an_undo_that_fails_replaces_the_result() -> None:
+    def function() -> int:
+        config["settings"][0] = 2
+        return 1
+
+    def undo(level: int) -> None:
+        raise RuntimeError(f"undo {level}")
+
+    config = _config(function, undo=undo)
+    with pytest.raises(RuntimeError, match="undo 2"):
+        backstop.entry(config)(0.0)
+    assert config["settings"] == [7, "identity"] and config["calling"] == ["outer"]
+
+
+def test_a_config_it_cannot_use_is_refused() -> None:
+    config = _config(lambda: 1)
+    del config["fail"]
+    with pytest.raises(KeyError, match="fail"):
+        backstop.entry(config)
+    with pytest.raises(TypeError, match="wrong kinds"):
+        backstop.entry(_config(lambda: 1, settings=[1]))
+    with pytest.raises(TypeError, match="memoryview of doubles"):
+        backstop.entry(_config(lambda: 1, timeout=1.0, clock=memoryview(b"x" * 8)))
+    with pytest.raises(TypeError, match="began"):
+        backstop.entry(_config(lambda: 1))()
