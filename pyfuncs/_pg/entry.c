@@ -343,15 +343,30 @@ leave:
 	PyList_SetItem(self->settings, 0, kept_level);
 	PyList_SetItem(self->settings, 1, kept_identity);
 	{
-		int			open = PyObject_IsTrue(opened);
+		/* (as a `finally` runs: with the call's error put aside, and replaced by its own) */
+		PyObject   *kind,
+				   *value,
+				   *trace;
+		int			open;
+		bool		undone = true;
 
+		PyErr_Fetch(&kind, &value, &trace);
+		open = PyObject_IsTrue(opened);
 		if (open != 0)
 		{
-			PyObject   *undone = open < 0 ? NULL : PyObject_CallOneArg(self->undo, opened);
+			PyObject   *done = open < 0 ? NULL : PyObject_CallOneArg(self->undo, opened);
 
-			if (undone == NULL)
-				Py_CLEAR(result);	/* (the undo's error replaces the call's) */
-			Py_XDECREF(undone);
+			undone = done != NULL;
+			Py_XDECREF(done);
+		}
+		if (undone)
+			PyErr_Restore(kind, value, trace);
+		else
+		{
+			Py_CLEAR(result);
+			Py_XDECREF(kind);
+			Py_XDECREF(value);
+			Py_XDECREF(trace);
 		}
 	}
 	Py_DECREF(opened);

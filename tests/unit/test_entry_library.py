@@ -176,3 +176,17 @@ def test_a_config_it_cannot_use_is_refused() -> None:
         backstop.entry(_config(lambda: 1, timeout=1.0, clock=memoryview(b"x" * 8)))
     with pytest.raises(TypeError, match="began"):
         backstop.entry(_config(lambda: 1))()
+
+
+def test_an_undo_after_a_failed_call_runs_with_the_error_put_aside() -> None:
+    """As a `finally` does: the settings a failed call's queries changed are undone, and
+    the call's error leaves after it."""
+
+    def function() -> None:
+        config["settings"][0] = 4
+        raise ValueError("after a query")
+
+    config = _config(function)
+    with pytest.raises(Made, match="made of ValueError"):
+        backstop.entry(config)(0.0)
+    assert config["seen"]["undone"] == [4] and config["settings"] == [7, "identity"]
