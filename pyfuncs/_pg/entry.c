@@ -170,30 +170,33 @@ kept(Entry *self, PyObject *result)
 	}
 }
 
-/* The function's call in `context`, its arguments read there; its result made plain */
+/*
+ * The function's call in `context`, its arguments read there (into `read`, `*made` of them)
+ * and its result made plain. The arguments read and the result as the function returned
+ * it (`*original`) are the caller's to let go of, after the call: the Python entry's locals
+ * hold them until its frame ends, after its `finally`, so that a finalizer of theirs runs
+ * outside the call, as Python's does.
+ */
 static PyObject *
-called(Entry *self, PyObject *context, PyObject *const *args, Py_ssize_t count)
+called(Entry *self, PyObject *context, PyObject *const *args, Py_ssize_t count,
+	   PyObject **read, Py_ssize_t *made, PyObject **original)
 {
-	PyObject   *small[8];
-	PyObject  **read = count <= 8 ? small : PyMem_Malloc(count * sizeof(PyObject *));
-	PyObject   *result = NULL;
-	Py_ssize_t	made = 0;
+	PyObject   *result;
 	int			plain;
 
-	if (read == NULL)
-		return PyErr_NoMemory();
-	for (; made < count; made++)
+	for (; *made < count; (*made)++)
 	{
-		PyObject   *arg = args[made];
+		PyObject   *arg = args[*made];
 
-		read[made] = Py_TYPE(arg) == (PyTypeObject *) self->unread
+		read[*made] = Py_TYPE(arg) == (PyTypeObject *) self->unread
 			? run_in(context, arg, NULL, 0) : Py_NewRef(arg);
-		if (read[made] == NULL)
-			goto done;
+		if (read[*made] == NULL)
+			return NULL;
 	}
 	result = run_in(context, self->function, read, count);
 	if (result == NULL)
-		goto done;
+		return NULL;
+	*original = Py_NewRef(result);
 	{
 		/* a stop it did not see (one a finalizer swallowed) */
 		PyObject   *stop = PyObject_GetAttr(self->watch, stop_name);
@@ -214,20 +217,11 @@ called(Entry *self, PyObject *context, PyObject *const *args, Py_ssize_t count)
 	if (plain < 0)
 		goto failed;
 	if (!plain)
-	{
-		PyObject   *finished = run_in(context, self->finish, &result, 1);
-
-		Py_SETREF(result, finished);
-	}
-	goto done;
-failed:
-	Py_CLEAR(result);
-done:
-	while (made > 0)
-		Py_DECREF(read[--made]);
-	if (read != small)
-		PyMem_Free(read);
+		Py_SETREF(result, run_in(context, self->finish, original, 1));
 	return result;
+failed:
+	Py_DECREF(result);
+	return NULL;
 }
 
 /*
@@ -247,6 +241,10 @@ entry_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *k
 			   *result = NULL;
 	double	   *deadline = NULL,
 				prior = 0;
+	PyObject   *small[8],
+			  **read = small,
+			   *original = NULL;
+	Py_ssize_t	made = 0;
 
 	if (kwnames != NULL || count < 1)
 	{
@@ -254,12 +252,18 @@ entry_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *k
 						"the routine's arguments");
 		return NULL;
 	}
+	if (count > 9 && !(read = PyMem_Malloc((count - 1) * sizeof(PyObject *))))
+		return PyErr_NoMemory();
 	if (self->clock != NULL)
 	{
 		double		began = PyFloat_AsDouble(args[0]);
 
 		if (began == -1 && PyErr_Occurred())
+		{
+			if (read != small)
+				PyMem_Free(read);
 			return NULL;
+		}
 		deadline = (double *) PyMemoryView_GET_BUFFER(self->clock)->buf;
 		prior = deadline[0];
 		deadline[0] = began + self->timeout;
@@ -290,7 +294,7 @@ entry_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *k
 			Py_DECREF(paid);
 		}
 	}
-	result = called(self, context, args + 1, count - 1);
+	result = called(self, context, args + 1, count - 1, read, &made, &original);
 	if (result != NULL)
 		goto leave;
 failed:
@@ -334,7 +338,6 @@ failed:
 		}
 	}
 leave:
-	Py_XDECREF(context);
 	if (deadline != NULL)
 		deadline[0] = prior;
 	PyList_SetItem(self->calling, 0, outer);
@@ -370,6 +373,13 @@ leave:
 		}
 	}
 	Py_DECREF(opened);
+	/* what the Python entry's frame holds until it ends (see called) */
+	Py_XDECREF(context);
+	Py_XDECREF(original);
+	while (made > 0)
+		Py_DECREF(read[--made]);
+	if (read != small)
+		PyMem_Free(read);
 	return result;
 }
 

@@ -365,7 +365,7 @@ class Routine:
             _READ.format(param=f"a{i}") for i in range(arity)
         )  # fmt: skip
         names = self._names(function=self.function, namespace=self.namespace)
-        enter = backstop.entry(names)
+        enter = None if srf else backstop.entry(names)
         if enter is not None:  # (the entry library: _CALL's work in C)
             source = _CALL_IN_C.format(params=params)
             names = {"now": time.monotonic, "enter": enter}
