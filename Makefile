@@ -62,8 +62,8 @@ $(PRELOAD): pyfuncs/_pg/preload.c $(PLPYTHON) $(PG_HEADERS) $(PY_HEADERS)
 		-o build/pyfuncs_preload.so $< $(LIBPYTHON)
 	$(SUDO) install -m 755 build/pyfuncs_preload.so $@
 
-# the work of a routine's entry in C (README "What a call costs"): a library of Python 3.11's
-# C API, which it does not link against (it uses the one PL/Python loaded)
+# a call's entry and a routine's queries in C (README "The entry library"): built with Python
+# 3.11's headers, linked against nothing (it uses the libpython PL/Python loaded)
 entry: $(ENTRY)
 
 $(ENTRY): pyfuncs/_pg/entry.c $(PLPYTHON) $(PY_HEADERS)
