@@ -952,7 +952,7 @@ def load_module(
         module.__dict__.update(helpers(name), **_its_own(module.__dict__, module_name))
         api = API(module.__dict__) if API is not None else None
         module.__dict__["__builtins__"] = restricted_builtins(allowed, name, api)
-        code = _compiled(source, filename, ahead=filename == deployed)
+        code = _compiled(source, filename, deployed)
         _register(code, module.__dict__)
         outer, stopping.CALLING[0] = stopping.CALLING[0], module.__dict__
         try:
@@ -974,21 +974,32 @@ RUNTIME: dict[str, str] | None = None
 READ_AHEAD: Callable[[str], bytes | None] | None = None
 
 
-def _compiled(source: str, filename: str, ahead: bool) -> types.CodeType:
+def _compiled(source: str, filename: str, deployed: str) -> types.CodeType:
     """A routine module's code: as `pyfuncs deploy` compiled it with this runtime's guards
-    for this Python, where it did (and the module keeps the file name it was deployed with:
-    the code carries it), else compiled here. Compiling here costs a backend's first call
-    milliseconds (_ast's classes, the parse, the guards, the compile)."""
-    if ahead and RUNTIME is not None and READ_AHEAD is not None:
-        key = vocabulary.compiled_key(MAGIC_NUMBER, RUNTIME, filename, source)
+    for this Python, where it did, else compiled here (milliseconds of a backend's first
+    call: _ast's classes, the parse, the guards, the compile). The code carries the file
+    name it was deployed with (`deployed`); a second copy of a module in the backend (a
+    routine's source is its module without the routines it does not use) gets it as the
+    name of its own (`filename`, `name~2`: its lines are its own in tracebacks)."""
+    if RUNTIME is not None and READ_AHEAD is not None:
+        key = vocabulary.compiled_key(MAGIC_NUMBER, RUNTIME, deployed, source)
         stored = READ_AHEAD(sha256(key.encode()).hexdigest())
         if stored is not None:
             code = marshal.loads(stored)
             if type(code) is types.CodeType:
-                return code
+                return code if filename == deployed else _renamed(code, filename)
     from .guards import compile_module
 
     return compile_module(source, filename)
+
+
+def _renamed(code: types.CodeType, filename: str) -> types.CodeType:
+    """`code`, and the code of every function, class and comprehension in it, carrying
+    file name `filename`."""
+    consts = tuple(
+        _renamed(c, filename) if type(c) is types.CodeType else c for c in code.co_consts
+    )
+    return code.replace(co_filename=filename, co_consts=consts)
 
 
 def _its_own(namespace: dict[str, Any], module_name: str) -> dict[str, Any]:

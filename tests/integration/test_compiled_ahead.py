@@ -63,6 +63,46 @@ def test_a_backend_loads_the_code_deploy_compiled(dsn: str, modules: Any) -> Non
     assert _first_call(dsn, "SELECT ahead.second(2)") == ("second 2", False)
 
 
+TWO = """
+from pyfuncs import stored_function
+
+def _shared(x: int) -> int:
+    return x * 10
+
+@stored_function(schema="ahead")
+def one(x: int) -> int:
+    return _shared(x) + 1
+
+@stored_function(schema="ahead")
+def two(x: int) -> int:
+    if x < 0:
+        raise ValueError("negative")
+    return _shared(x) + 2
+"""
+
+
+def test_every_routine_of_a_module_loads_its_code_compiled_ahead(
+    conn: psycopg.Connection[Any], dsn: str, tmp_path: Path
+) -> None:
+    """Each routine embeds its own copy of its module; the second copy a backend loads
+    (named `ahead_two.py~2` there) is given its code compiled ahead under that name, not
+    compiled again, and its errors still point at the deployed file and line."""
+    conn.execute(LOADED)
+    (tmp_path / "ahead_two.py").write_text(textwrap.dedent(TWO))
+    deploying.deploy(conn, str(tmp_path / "ahead_two.py"))
+    assert _codes(conn) == 2  # one per routine's copy
+    for first, second in (("one", "two"), ("two", "one")):
+        with psycopg.connect(dsn, autocommit=True) as fresh:
+            assert fresh.execute(f"SELECT ahead.{first}(1)").fetchone() is not None
+            assert fresh.execute(f"SELECT ahead.{second}(2)").fetchone() is not None
+            assert fresh.execute("SELECT public.compiled_here()").fetchone() == (False,)
+            with pytest.raises(psycopg.Error) as info:
+                fresh.execute("SELECT ahead.two(-1)")
+            line = textwrap.dedent(TWO).splitlines().index('        raise ValueError("negative")')
+            assert f"ahead_two.py:{line + 1} in two" in str(info.value.diag.message_primary)
+            assert 'raise ValueError("negative")' in str(info.value.diag.message_detail)
+
+
 def test_without_code_for_its_runtime_the_backend_compiles_the_module(
     dsn: str, modules: psycopg.Connection[Any]
 ) -> None:
