@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 LIBRARY = "pyfuncs_backstop.so"
-ENTRY_LIBRARY = "pyfuncs_entry.so"  # entry.c: the work of a routine's `call` entry, in C
+ENTRY_LIBRARY = "pyfuncs_entry.so"  # entry.c: a call's entry and a routine's queries, in C
 MESSAGE = (
     "pyfuncs: a routine went on running after it was told to stop; this session ends so that "
     "no other is affected"
@@ -70,12 +70,14 @@ def load(postgres: ctypes.CDLL) -> bool:
     if not _library and os.path.exists(path):
         _library.append(ctypes.CDLL(path))
     entries = os.path.join(os.path.dirname(path), ENTRY_LIBRARY)
-    if not _entry_new and sys.version_info[:2] == (3, 11) and os.path.exists(entries):
+    if not _makers and sys.version_info[:2] == (3, 11) and os.path.exists(entries):
         load_entries(entries)
     return bool(_library)
 
 
-_entry_new: list[Any] = []  # the entry library's pyfuncs_entry_new, once loaded
+# the entry library's makers (pyfuncs_entry_new, pyfuncs_queries_new), once loaded; None for
+# one a library built before it lacks
+_makers: list[Any] = []
 
 
 def load_entries(path: str) -> None:
@@ -85,18 +87,18 @@ def load_entries(path: str) -> None:
     for new in made:
         if new is not None:
             new.argtypes, new.restype = [ctypes.py_object], ctypes.py_object
-    _entry_new[:] = made
+    _makers[:] = made
 
 
 def entry(config: dict[str, Any]) -> Any:
     """The entry library's Entry for a routine's `call` (entry.c says what `config` holds),
     or None without the library."""
-    return _entry_new[0](config) if _entry_new and _entry_new[0] else None
+    return _makers[0](config) if _makers and _makers[0] else None
 
 
 def queries(config: dict[str, Any]) -> Any:
     """The entry library's runner of db's queries (db.use_runner), or None without it."""
-    return _entry_new[1](config) if _entry_new and _entry_new[1] else None
+    return _makers[1](config) if _makers and _makers[1] else None
 
 
 def lend_frames(handler: Any, frames: int) -> Any:

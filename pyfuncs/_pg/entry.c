@@ -26,9 +26,14 @@
  * (PL/Python's libpython), found as the library is loaded (backstop.py loads it only in a
  * Python 3.11, the version of the headers it is built with).
  *
+ * What the call held (the result as the function returned it, the arguments it read, its
+ * context) is let go of after all that is given back, as the Python entry's frame lets go
+ * of its locals: their finalizers run outside the call.
+ *
  * One library serves every database of a cluster, each with the runtime it was installed
- * with: pyfuncs_entry_new never changes what it takes (a config dict whose keys may only be
- * added to); a change that needs more gets a new name.
+ * with: pyfuncs_entry_new and pyfuncs_queries_new (below) take a dict, and never require
+ * keys other than those they do now (tests/unit/test_backstop_abi.py); one that must gets
+ * a new name.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -977,10 +977,10 @@ READ_AHEAD: Callable[[str], bytes | None] | None = None
 def _compiled(source: str, filename: str, deployed: str) -> types.CodeType:
     """A routine module's code: as `pyfuncs deploy` compiled it with this runtime's guards
     for this Python, where it did, else compiled here (milliseconds of a backend's first
-    call: _ast's classes, the parse, the guards, the compile). The code carries the file
-    name it was deployed with (`deployed`); a second copy of a module in the backend (a
-    routine's source is its module without the routines it does not use) gets it as the
-    name of its own (`filename`, `name~2`: its lines are its own in tracebacks)."""
+    call: _ast's classes, the parse, the guards, the compile). Code compiled ahead carries
+    the file name deployed (`deployed`); a second copy of a module in the backend (each
+    routine's source is its module without the routines it does not use) is given its own
+    (`filename`, `name~2`: its lines are its own in tracebacks)."""
     if RUNTIME is not None and READ_AHEAD is not None:
         key = vocabulary.compiled_key(MAGIC_NUMBER, RUNTIME, deployed, source)
         stored = READ_AHEAD(sha256(key.encode()).hexdigest())

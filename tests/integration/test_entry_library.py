@@ -77,7 +77,7 @@ CREATE OR REPLACE FUNCTION public.python_entries() RETURNS text LANGUAGE plpytho
 import sys
 plpy.execute("SELECT pyfuncs.boot()")
 backstop, db = sys.modules["pyfuncs_pg.backstop"], sys.modules["pyfuncs_pg.db"]
-backstop._entry_new[:] = []  # routines loaded from now on get the Python entry
+backstop._makers[:] = []  # routines loaded from now on get the Python entry
 db._query = db.Db._run
 return "python"
 $$;
