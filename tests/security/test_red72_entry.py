@@ -22,6 +22,8 @@ import pytest
 
 from pyfuncs import deploy as deploying
 
+from ..integration.test_entry_library import IN_USE
+
 MODULE = """
 import datetime
 import decimal
@@ -497,22 +499,9 @@ def spins_after(how: int) -> Any:
     return [Spins, SpinsCatching][how](a=1)
 """
 
-IN_PYTHON = """
-CREATE OR REPLACE FUNCTION public.python_entries() RETURNS text LANGUAGE plpython3u AS $$
-import sys
-plpy.execute("SELECT pyfuncs.boot()")
-backstop, db = sys.modules["pyfuncs_pg.backstop"], sys.modules["pyfuncs_pg.db"]
-backstop._makers[:] = []  # routines loaded from now on get the Python entry
-db._query = db.Db._run
-return "python"
-$$;
-CREATE OR REPLACE FUNCTION public.entries_in_use() RETURNS text LANGUAGE plpython3u AS $$
-import sys
-watchdog, db = sys.modules["pyfuncs_pg.watchdog"], sys.modules["pyfuncs_pg.db"]
-calls = {type(r.fn.__globals__.get("enter")).__name__ for r in watchdog.ENTRIES.values()
-         if not r.fn.__name__.startswith("_")}
-return f"{type(db._query).__name__} {sorted(calls)}"
-$$;
+IN_PYTHON = (
+    IN_USE
+    + """
 CREATE OR REPLACE FUNCTION public.seventh() RETURNS text LANGUAGE plpython3u AS $$
 import decimal
 return str(decimal.Decimal(1) / decimal.Decimal(7))
@@ -532,6 +521,7 @@ return repr((watchdog.CALLING[0] is None, identity.SETTINGS[0], db._QUERYING[0],
              backstop.CLOCK[0], watchdog.WATCHDOG.stop is None if watchdog.WATCHDOG else None))
 $$;
 """
+)
 
 
 def _outcome(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
