@@ -170,7 +170,7 @@ sample_soon(void)
 	setitimer(ITIMER_PROF, &soon, NULL);
 }
 
-static void ran_on_after_cancel(double t);
+static void ran_on_after_stop(double t);
 
 static void
 watch(void *context)
@@ -181,7 +181,7 @@ watch(void *context)
 	double		deadline = pyfuncs_backstop_clock[0];
 	uintptr_t	pc;
 
-	ran_on_after_cancel(t);
+	ran_on_after_stop(t);
 	if (CritSectionCount || InterruptHoldoffCount || QueryCancelHoldoffCount || proc_exit_inprogress)
 	{
 		stuck_since = 0;
@@ -1000,6 +1000,15 @@ static SubTransactionId began_in[MAX_LENT];
  * PL/Python took for the query's, which ended in the subtransaction it began in).
  */
 static SubTransactionId its_own[MAX_LENT];
+/*
+ * Whether each query's own subtransaction has aborted: the query ended with an error (a stop
+ * it saw late, as it returned) and is on its way out through PL/Python to the runtime, which
+ * notes the stop; it does not run on. (Code inside a query that ended the query's own, then
+ * ran on, began a second subtransaction there: that ends the session, above.)
+ */
+static bool failed[MAX_LENT];
+static unsigned long serial[MAX_LENT];	/* each query's number (by enter's count) */
+static unsigned long serials;
 static long queries;
 static bool watching_aborts;
 
@@ -1111,6 +1120,8 @@ guard_enter(PyObject *self, PyObject *unused)
 	{
 		began_in[queries] = GetCurrentSubTransactionId();
 		its_own[queries] = InvalidSubTransactionId;
+		failed[queries] = false;
+		serial[queries] = ++serials;
 	}
 	queries++;
 	return entered;
@@ -1196,15 +1207,58 @@ static bool
 ran_on(double t)
 {
 	return !QueryCancelPending
+		&& !(queries > 0 && failed[(queries < MAX_LENT ? queries : MAX_LENT) - 1])
 		&& !(pyfuncs_backstop_clock[2] > 0 && t - pyfuncs_backstop_clock[2] < unwind);
+}
+
+/*
+ * A query seen running on past its stop ends the session when it is seen so again CONFIRM
+ * later, still under way: PostgreSQL takes a stop a query saw late (the cancel is no longer
+ * pending) a few hundred microseconds before the error it raises aborts the query's
+ * subtransaction (`failed`), and a look in between is not a query that caught its stop. The
+ * query (by its serial, at its depth) seen running on first, when, and which stop it had.
+ */
+#define CONFIRM 0.25
+static struct
+{
+	int			why;			/* 0: none, else end_session's */
+	long		depth;
+	unsigned long query;
+	double		since;
+}			suspect;
+
+static void look_after(double after);
+
+/* (in a signal handler) the query at `depth` (1: the outermost), given its stop `why` GRACE
+ * ago or more: whether it runs on (the session ends where it was seen so CONFIRM ago) */
+static bool
+judge(double t, int why, long depth)
+{
+	unsigned long query = serial[(depth < MAX_LENT ? depth : MAX_LENT) - 1];
+
+	if (!ran_on(t))
+		return false;
+	if (suspect.why != why || suspect.depth != depth || suspect.query != query)
+	{
+		suspect.why = why, suspect.depth = depth, suspect.query = query, suspect.since = t;
+		look_after(CONFIRM);
+	}
+	else if (t - suspect.since >= CONFIRM)
+	{
+		suspect.why = 0;
+		if (why == 2)
+			cancelled_at = 0;
+		end_session(why);
+	}
+	return true;
 }
 
 /* the killer's handler (in PostgreSQL's SIGALRM handler; it goes off every GRACE) */
 static void
 on_ran_on(void)
 {
-	if (ran_on(now()))
-		end_session(1);
+	if (queries > 0)
+		judge(now(), 1, queries);
 }
 
 /* the cancel request's timer set to go off `after` seconds from now */
@@ -1235,20 +1289,18 @@ on_cancel(int signo, siginfo_t *info, void *context)
 	chain(&chained_cancel, signo, info, context);
 }
 
-/* (in watch) the query a cancel request came in is still under way GRACE after it */
+/* (in watch) the query a cancel request came in is still under way GRACE after it, or the
+ * killer's is CONFIRM after it was first seen running on */
 static void
-ran_on_after_cancel(double t)
+ran_on_after_stop(double t)
 {
 	if (cancelled_at && t - cancelled_at >= grace && queries >= cancelled_depth)
 	{
-		if (!ran_on(t))
+		if (!judge(t, 2, cancelled_depth))
 			look_after(grace);
-		else
-		{
-			cancelled_at = 0;
-			end_session(2);
-		}
 	}
+	else if (suspect.why == 1 && queries >= suspect.depth)
+		judge(t, 1, suspect.depth);
 }
 
 /* the FATAL error of a session the killer ended says so, to the client and in the log */
@@ -1477,6 +1529,8 @@ on_subtransaction(SubXactEvent event, SubTransactionId sub, SubTransactionId par
 		thrown_through("an error went through a routine's Python");
 	else if (event == SUBXACT_EVENT_COMMIT_SUB && began_in[innermost] >= sub)
 		thrown_through("a subtransaction under way as a routine's query began ended inside it");
+	else if (event == SUBXACT_EVENT_ABORT_SUB && sub == its_own[innermost])
+		failed[innermost] = true;
 	else if (event == SUBXACT_EVENT_START_SUB && parent == began_in[innermost])
 	{
 		if (its_own[innermost] != InvalidSubTransactionId)

@@ -942,12 +942,30 @@ def timed(busy: bool) -> str:
 def untimed(busy: bool) -> str:
     db.execute(BUSY if busy else ASLEEP)
     return "went on"
+
+
+# the same, where the stop lands in a routine called inside it (its query nested in this one)
+NESTING = ("DO $$ BEGIN LOOP BEGIN PERFORM forever.inner(); "
+           "EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$")
+
+
+@stored_function(schema="forever")
+def inner() -> int:
+    db.execute("SELECT pg_sleep(0.05)")
+    return 1
+
+
+@stored_function(schema="forever")
+def nesting() -> str:
+    db.execute(NESTING)
+    return "went on"
 """
 
 
 @pytest.mark.parametrize("busy", [False, True])
 @pytest.mark.parametrize(
-    ("routine", "timeout"), [("timed", None), ("untimed", "300ms"), ("untimed", "cancel")]
+    ("routine", "timeout"),
+    [("timed", None), ("untimed", "300ms"), ("untimed", "cancel")],
 )  # fmt: skip
 def test_a_routines_query_that_catches_its_stop_for_ever_ends_the_session(
     dsn: str, conn: psycopg.Connection[Any], cluster: Cluster, tmp_path: Any,
@@ -956,8 +974,8 @@ def test_a_routines_query_that_catches_its_stop_for_ever_ends_the_session(
     """A routine's query that catches every cancel (a DO block's handler for query_canceled,
     in a loop) and never returns: it ran on for ever past timeout_ms, statement_timeout and
     a cancel request, and only pg_terminate_backend ended it. A second after the stop it
-    ignores, the session ends now (as pg_terminate_backend ends it: no handler can catch
-    that), with an error that says why; the cluster goes on."""
+    ignores (and a quarter second later), the session ends now (as pg_terminate_backend
+    ends it: no handler can catch that), with an error that says why; the cluster goes on."""
     (tmp_path / "forever_mod.py").write_text(FOREVER)
     deploying.deploy(conn, str(tmp_path / "forever_mod.py"))
     postmaster = cluster.postmaster_pid()
@@ -983,10 +1001,30 @@ def test_a_routines_query_that_catches_its_stop_for_ever_ends_the_session(
         else "its timeout_ms or statement_timeout"
     )
     assert f"a routine's query ran on for a second after {after}" in str(err)
-    assert 0.3 + 1.0 <= took < 0.3 + 1.0 + SLACK
+    assert 0.3 + 1.25 <= took < 0.3 + 1.25 + SLACK  # (GRACE, then a look CONFIRM later)
     assert cluster.postmaster_pid() == postmaster
     with psycopg.connect(dsn, autocommit=True) as again:
         assert again.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("timeout", ["300ms", "cancel"])
+def test_a_query_catching_the_stop_of_a_routine_it_calls_does_not_run_on(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Any, timeout: str
+) -> None:
+    """Where the stop lands in a routine the query calls (its query nested in this one),
+    which the query catches and calls again: the call stops as the stop is raised, not a
+    second later, and the session goes on."""
+    (tmp_path / "forever_mod.py").write_text(FOREVER)
+    deploying.deploy(conn, str(tmp_path / "forever_mod.py"))
+    with psycopg.connect(dsn, autocommit=True) as caller:
+        if timeout == "cancel":
+            threading.Timer(0.3, caller.cancel_safe).start()
+        else:
+            caller.execute("SELECT set_config('statement_timeout', %s, false)", [timeout])
+        err, took = run(caller, "SELECT forever.nesting()")
+        assert err.sqlstate == "57014" and took < 0.3 + SLACK, (str(err), took)
+        caller.execute("RESET statement_timeout")
+        assert caller.execute("SELECT forever.inner()").fetchone() == (1,)
 
 
 THROWN = """
