@@ -967,7 +967,8 @@ static TimestampTz statement_due[MAX_LENT];	/* statement_timeout's, as each bega
  */
 static int	killer = -1;
 static double ends[MAX_LENT];
-static volatile sig_atomic_t killed;	/* 1: after a deadline, 2: after a cancel request */
+static volatile sig_atomic_t killed;	/* 1: after a deadline, 2: after a cancel request, 3:
+										 * a stop not seen for UNWIND */
 static emit_log_hook_type prior_emit_log_hook;
 
 /*
@@ -1215,40 +1216,69 @@ ran_on(double t)
  * A query seen running on past its stop ends the session when it is seen so again CONFIRM
  * later, still under way: PostgreSQL takes a stop a query saw late (the cancel is no longer
  * pending) a few hundred microseconds before the error it raises aborts the query's
- * subtransaction (`failed`), and a look in between is not a query that caught its stop. The
- * query (by its serial, at its depth) seen running on first, when, and which stop it had.
+ * subtransaction (`failed`), and a look in between is not a query that caught its stop.
+ * And one seen with its stop pending, not yet seen, ends it when still so UNWIND later: C
+ * code that checks for no interrupt for that long, or a query whose cancels come one after
+ * the other (another session of the same role's, sending them) and are caught, each one
+ * pending as the look comes. The query (the innermost, by its serial), when it was first
+ * seen running on and first seen with its stop pending (0: not yet), and which stop the
+ * first look was for (looks for a deadline and for a cancel request alternate).
  */
 #define CONFIRM 0.25
+#define CAUGHT_HINT "A query that catches query_canceled (a PL/pgSQL handler) cannot be " \
+	"stopped any other way; see \"Stopping routines\" in pyfuncs' README."
 static struct
 {
-	int			why;			/* 0: none, else end_session's */
 	long		depth;
 	unsigned long query;
 	double		since;
+	double		pending_since;
+	int			why;
 }			suspect;
 
 static void look_after(double after);
 
-/* (in a signal handler) the query at `depth` (1: the outermost), given its stop `why` GRACE
- * ago or more: whether it runs on (the session ends where it was seen so CONFIRM ago) */
+/* whether the suspect is the innermost query under way */
 static bool
-judge(double t, int why, long depth)
+suspected(void)
 {
-	unsigned long query = serial[(depth < MAX_LENT ? depth : MAX_LENT) - 1];
+	long		depth = queries < MAX_LENT ? queries : MAX_LENT;
 
-	if (!ran_on(t))
-		return false;
-	if (suspect.why != why || suspect.depth != depth || suspect.query != query)
+	return depth > 0 && suspect.depth == depth && suspect.query == serial[depth - 1];
+}
+
+/* (in a signal handler) the innermost query, given its stop `why` GRACE ago or more (1: a
+ * deadline, 2: a cancel request): whether it runs on (the session ends where it was seen so
+ * CONFIRM ago, or its stop has been pending for UNWIND) */
+static bool
+judge(double t, int why)
+{
+	if (!suspected())
 	{
-		suspect.why = why, suspect.depth = depth, suspect.query = query, suspect.since = t;
+		suspect.depth = queries < MAX_LENT ? queries : MAX_LENT;
+		suspect.query = serial[suspect.depth - 1];
+		suspect.why = why;
+		suspect.since = suspect.pending_since = 0;
+	}
+	if (!ran_on(t))
+	{
+		/* (else an error on its way out, or Python unwinding) */
+		if (QueryCancelPending && !suspect.pending_since)
+			suspect.pending_since = t;
+		else if (QueryCancelPending && t - suspect.pending_since >= unwind)
+			end_session(3);
+		return false;
+	}
+	if (!suspect.since)
+	{
+		suspect.since = t;
 		look_after(CONFIRM);
 	}
 	else if (t - suspect.since >= CONFIRM)
 	{
-		suspect.why = 0;
-		if (why == 2)
+		if (suspect.why == 2)
 			cancelled_at = 0;
-		end_session(why);
+		end_session(suspect.why);
 	}
 	return true;
 }
@@ -1258,7 +1288,7 @@ static void
 on_ran_on(void)
 {
 	if (queries > 0)
-		judge(now(), 1, queries);
+		judge(now(), 1);
 }
 
 /* the cancel request's timer set to go off `after` seconds from now */
@@ -1296,32 +1326,37 @@ ran_on_after_stop(double t)
 {
 	if (cancelled_at && t - cancelled_at >= grace && queries >= cancelled_depth)
 	{
-		if (!judge(t, 2, cancelled_depth))
+		if (!judge(t, 2))
 			look_after(grace);
 	}
-	else if (suspect.why == 1 && queries >= suspect.depth)
-		judge(t, 1, suspect.depth);
+	else if (suspect.since && suspected())
+		judge(t, suspect.why);
 }
 
-/* the FATAL error of a session the killer ended says so, to the client and in the log */
+/* the FATAL error of a session the killer ended says so, to the client and in the log:
+ * its message and hint, for each value of `killed` */
+static const char *const ended[3][2] = {
+	{"pyfuncs: a routine's query ran on for a second after its timeout_ms or statement_timeout "
+		"stopped it: it caught the cancel itself; the session ends",
+	CAUGHT_HINT},
+	{"pyfuncs: a routine's query ran on for a second after a cancel request stopped it: it "
+		"caught the cancel itself; the session ends",
+	CAUGHT_HINT},
+	{"pyfuncs: a routine's query did not see its stop for ten seconds (C code that checks for "
+		"no interrupt, or cancels that keep coming, each caught); the session ends",
+		"A query that does not see its stop for that long cannot be stopped any other way; see "
+	"\"Stopping routines\" in pyfuncs' README."},
+};
+
 static void
 explain(ErrorData *edata)
 {
 	if (killed && edata->elevel == FATAL && edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
 	{
 		edata->sqlerrcode = ERRCODE_QUERY_CANCELED;
-		edata->message = MemoryContextStrdup(ErrorContext, killed == 1
-											 ? "pyfuncs: a routine's query ran on for a second after its "
-											 "timeout_ms or statement_timeout stopped it: it caught "
-											 "the cancel itself; the session ends"
-											 : "pyfuncs: a routine's query ran on for a second after a "
-											 "cancel request stopped it: it caught the cancel itself; "
-											 "the session ends");
+		edata->message = MemoryContextStrdup(ErrorContext, ended[killed - 1][0]);
+		edata->hint = MemoryContextStrdup(ErrorContext, ended[killed - 1][1]);
 		killed = 0;
-		edata->hint = MemoryContextStrdup(ErrorContext,
-										  "A query that catches query_canceled (a PL/pgSQL "
-										  "handler) cannot be stopped any other way; see "
-										  "\"Stopping routines\" in pyfuncs' README.");
 	}
 	if (prior_emit_log_hook)
 		prior_emit_log_hook(edata);

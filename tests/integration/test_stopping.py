@@ -944,6 +944,27 @@ def untimed(busy: bool) -> str:
     return "went on"
 
 
+# a query that catches every cancel, then runs C code that checks for none for ~1.5 s
+HELD = ("DO $$ BEGIN LOOP BEGIN BEGIN PERFORM pg_sleep(60); "
+        "EXCEPTION WHEN query_canceled THEN "
+        "PERFORM length(((7::numeric ^ 130000) / (11::numeric ^ 55000)"
+        " + (7::numeric ^ 130001) / (11::numeric ^ 55001)"
+        " + (7::numeric ^ 130002) / (11::numeric ^ 55002))::text); "
+        "END; EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$")
+
+
+@stored_function(schema="forever", timeout_ms=300)
+def held_timed() -> str:
+    db.execute(HELD)
+    return "went on"
+
+
+@stored_function(schema="forever")
+def held_untimed() -> str:
+    db.execute(HELD)
+    return "went on"
+
+
 # the same, where the stop lands in a routine called inside it (its query nested in this one)
 NESTING = ("DO $$ BEGIN LOOP BEGIN PERFORM forever.inner(); "
            "EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$")
@@ -1005,6 +1026,55 @@ def test_a_routines_query_that_catches_its_stop_for_ever_ends_the_session(
     assert cluster.postmaster_pid() == postmaster
     with psycopg.connect(dsn, autocommit=True) as again:
         assert again.execute("SELECT 1").fetchone() == (1,)
+
+
+PESTER = """
+CREATE FUNCTION pg_temp.pester(pid int, seconds float) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    until timestamptz := clock_timestamp() + seconds * interval '1 s';
+BEGIN
+    SET LOCAL client_min_messages = error;  -- (the WARNING of a session gone)
+    WHILE clock_timestamp() < until AND pg_cancel_backend(pid) LOOP
+        PERFORM pg_sleep(0.001);
+    END LOOP;
+END $$"""
+
+
+@pytest.mark.parametrize("routine", ["held_timed", "held_untimed"])
+def test_a_query_whose_stop_is_kept_pending_stops_within_eleven_seconds(
+    dsn: str, conn: psycopg.Connection[Any], cluster: Cluster, tmp_path: Any, routine: str
+) -> None:
+    """A query that catches every cancel, then runs C code that checks for no interrupt for
+    ~1.5 s, while another session of the same role's cancels it every millisecond: a look
+    finds a cancel pending nearly every time (a query that has not yet seen its stop is
+    looked at again), and where none found it running on, it ran past its timeout_ms and
+    every cancel for ever. A query whose stop has been pending at every look for UNWIND
+    ends the session at its next interrupt check: the call stops within GRACE + UNWIND (and
+    a look) of its stop, however the looks fall."""
+    (tmp_path / "forever_mod.py").write_text(FOREVER)
+    deploying.deploy(conn, str(tmp_path / "forever_mod.py"))
+    postmaster = cluster.postmaster_pid()
+    with psycopg.connect(dsn, autocommit=True) as caller:
+        caller.execute("SELECT forever.inner()")  # (the runtime started: no cancel in that)
+        pid = caller.info.backend_pid
+
+        def cancels() -> None:  # (until the session is gone, 25 s at most)
+            with psycopg.connect(dsn, autocommit=True) as other:
+                other.execute(PESTER)
+                other.execute("SELECT pg_temp.pester(%s, 25)", [pid])
+
+        def end() -> None:
+            conn.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+        sender, ender = threading.Thread(target=cancels), threading.Timer(20, end)
+        sender.start(), ender.start()
+        try:
+            err, took = run(caller, f"SELECT forever.{routine}()")
+        finally:
+            ender.cancel(), caller.close(), sender.join()  # (the sender stops as it goes)
+    assert err.sqlstate == "57014", err
+    assert took < 1.0 + 10.0 + 1.0 + 1.5 + SLACK, (str(err), took)  # (+ a look, a division)
+    assert cluster.postmaster_pid() == postmaster
 
 
 @pytest.mark.parametrize("timeout", ["300ms", "cancel"])
