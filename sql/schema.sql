@@ -157,7 +157,8 @@ RETURN nullif(pyfuncs.jwt_claims() OPERATOR(pg_catalog.->>) 'sub', '')::pg_catal
 -- or can make itself one or act as one: one that is, or is a member (directly or not, with
 -- or without INHERIT: a member may SET ROLE to it) of, a role that is SUPERUSER, CREATEROLE,
 -- REPLICATION or BYPASSRLS, or a predefined role that reads or writes the server's files,
--- runs programs or reads and writes all data.
+-- runs programs, reads and writes all data, signals or watches other sessions, reads every
+-- setting, checkpoints, or owns the database.
 CREATE FUNCTION pyfuncs.set_identity(role text, claims text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -167,7 +168,10 @@ BEGIN
                    WHERE (p.rolsuper OR p.rolcreaterole OR p.rolreplication OR p.rolbypassrls
                           OR p.rolname IN ('pg_execute_server_program', 'pg_read_server_files',
                                            'pg_write_server_files', 'pg_read_all_data',
-                                           'pg_write_all_data'))
+                                           'pg_write_all_data', 'pg_signal_backend',
+                                           'pg_monitor', 'pg_read_all_stats',
+                                           'pg_read_all_settings', 'pg_stat_scan_tables',
+                                           'pg_checkpoint', 'pg_database_owner'))
                      AND pg_has_role(a.oid, p.oid, 'MEMBER')) AS powerful
     INTO r FROM pg_roles a WHERE a.rolname = role;
     IF NOT FOUND THEN
@@ -177,8 +181,9 @@ BEGIN
     IF r.powerful OR role = session_user THEN
         RAISE EXCEPTION 'pyfuncs: a token may not act as %', quote_ident(role)
             USING ERRCODE = '28000',
-                  HINT = 'tokens name application roles: not a superuser or a role with '
-                         'superuser-like powers or a member of one, not the login role';
+                  HINT = 'tokens name application roles: not a superuser, a role with '
+                         'powers over the server, other sessions or all data, or a member '
+                         'of one, not the login role';
     END IF;
     PERFORM set_config('role', role, true);
     PERFORM set_config('request.jwt.claims', claims, true);

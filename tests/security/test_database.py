@@ -368,6 +368,12 @@ POWERFUL = {
     "tok_writefiles": "IN ROLE pg_write_server_files",
     "tok_readall": "IN ROLE pg_read_all_data",
     "tok_writeall": "IN ROLE pg_write_all_data",
+    "tok_signal": "IN ROLE pg_signal_backend",  # (other roles' sessions: cancel, terminate)
+    "tok_monitor": "IN ROLE pg_monitor",
+    "tok_stats": "IN ROLE pg_read_all_stats",
+    "tok_settings": "IN ROLE pg_read_all_settings",
+    "tok_scan": "IN ROLE pg_stat_scan_tables",
+    "tok_checkpoint": "IN ROLE pg_checkpoint",
     "tok_nested": "IN ROLE tok_writefiles",  # through another role
     # members of a role with such an attribute may SET ROLE to it (with or without INHERIT)
     "tok_boss": "SUPERUSER",
@@ -412,6 +418,16 @@ def test_set_identity_refuses_what_no_token_may_become(
             conn.execute("SELECT pyfuncs.set_identity('student', '{\"sub\": \"s1\"}')")
             assert conn.execute("SELECT current_user, pyfuncs.jwt_claim('sub')").fetchone() == (
                 "student", "s1")  # fmt: skip
+    # the database's owner (a member of pg_database_owner here)
+    with psycopg.connect(dsn, autocommit=True) as su:
+        ensure_role(su, "tok_owner")
+        su.execute(sql.SQL("ALTER DATABASE {} OWNER TO tok_owner").format(
+            sql.Identifier(su.info.dbname)))  # fmt: skip
+    with (
+        psycopg.connect(authenticator_dsn) as conn,
+        pytest.raises(errors.InvalidAuthorizationSpecification, match="may not act as"),
+    ):
+        conn.execute("SELECT pyfuncs.set_identity('tok_owner', '{}')")
 
 
 def test_pyfuncs_and_system_tables_cannot_be_enabled(conn: psycopg.Connection[Any]) -> None:
