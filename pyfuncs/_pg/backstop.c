@@ -1255,10 +1255,11 @@ judge(double t, int why)
 {
 	if (!suspected())
 	{
+		/* (the query last: the other handler, coming in between, takes it for another) */
+		suspect.since = suspect.pending_since = 0;
+		suspect.why = why;
 		suspect.depth = queries < MAX_LENT ? queries : MAX_LENT;
 		suspect.query = serial[suspect.depth - 1];
-		suspect.why = why;
-		suspect.since = suspect.pending_since = 0;
 	}
 	if (!ran_on(t))
 	{
