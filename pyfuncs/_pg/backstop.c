@@ -1008,8 +1008,33 @@ static SubTransactionId its_own[MAX_LENT];
  * ran on, began a second subtransaction there: that ends the session, above.)
  */
 static bool failed[MAX_LENT];
-static unsigned long serial[MAX_LENT];	/* each query's number (by enter's count) */
-static unsigned long serials;
+static unsigned long outermost;	/* the outermost query's number (by enter's count of them) */
+static double outermost_began;	/* and when it began */
+
+/*
+ * A query seen running on past its stop ends the session when it is seen running on again
+ * CONFIRM later (looks come every CONFIRM from the first), the same outermost query still
+ * under way: PostgreSQL takes a stop a query saw late (the cancel is no longer pending) a few
+ * hundred microseconds before the error it raises aborts the query's subtransaction
+ * (`failed`), and a look in between is not a query that caught its stop. One seen with its
+ * stop pending or interrupts held off ends the session when still so UNWIND later: C code
+ * that checks for no interrupt for that long, or a query whose cancels come one after the
+ * other (another session of the same role's, sending them) and are caught, each one pending
+ * as the look comes. By the outermost query: one running on, calling routines whose queries
+ * come and go, stays the suspect (a red team's did). When it was first seen running on and
+ * first seen with its stop pending or interrupts held off (0: not yet), and which stop the
+ * first look was for (looks for a deadline and for a cancel request alternate).
+ */
+#define CONFIRM 0.25
+#define CAUGHT_HINT "A query that catches query_canceled (a PL/pgSQL handler) cannot be " \
+	"stopped any other way; see \"Stopping routines\" in pyfuncs' README."
+static struct
+{
+	unsigned long query;
+	double		since;
+	double		pending_since;
+	int			why;
+}			suspect;
 static long queries;
 static bool watching_aborts;
 
@@ -1122,9 +1147,9 @@ guard_enter(PyObject *self, PyObject *unused)
 		began_in[queries] = GetCurrentSubTransactionId();
 		its_own[queries] = InvalidSubTransactionId;
 		failed[queries] = false;
-		serial[queries] = ++serials;
 	}
-	queries++;
+	if (queries++ == 0)
+		outermost++, outermost_began = now();
 	return entered;
 }
 
@@ -1199,88 +1224,69 @@ end_session(int why)
 
 /*
  * Whether the stop a query was given has been seen and it runs on: the cancel is no longer
- * pending (an interrupt check took it, and raised it) and the routine's Python is not
- * unwinding from a stop the watchdog raised (it has UNWIND for that). A query still in C
- * code that has not reached an interrupt check (a red team's numeric division of 2 s) is
- * not one that caught its stop: it is looked at again later.
+ * pending (an interrupt check took it, and raised it), PostgreSQL's code is not holding
+ * interrupts off more than the signal handler asking does (`held` times) (an abort under
+ * way: one of a red team's, of a block inside the query, took 2 s), the query's own subtransaction has not aborted (`failed`), and the routine's
+ * Python is not unwinding from a stop the watchdog raised during the outermost query (it
+ * has UNWIND for that). A query still in C code that has not reached an interrupt check (a
+ * red team's numeric division of 2 s) is not one that caught its stop: it is looked at
+ * again later.
  */
 static bool
-ran_on(double t)
+ran_on(double t, uint32 held)
 {
-	return !QueryCancelPending
-		&& !(queries > 0 && failed[(queries < MAX_LENT ? queries : MAX_LENT) - 1])
-		&& !(pyfuncs_backstop_clock[2] > 0 && t - pyfuncs_backstop_clock[2] < unwind);
-}
+	double		raised = pyfuncs_backstop_clock[2];
 
-/*
- * A query seen running on past its stop ends the session when it is seen so again CONFIRM
- * later, still under way: PostgreSQL takes a stop a query saw late (the cancel is no longer
- * pending) a few hundred microseconds before the error it raises aborts the query's
- * subtransaction (`failed`), and a look in between is not a query that caught its stop.
- * And one seen with its stop pending, not yet seen, ends it when still so UNWIND later: C
- * code that checks for no interrupt for that long, or a query whose cancels come one after
- * the other (another session of the same role's, sending them) and are caught, each one
- * pending as the look comes. The query (the innermost, by its serial), when it was first
- * seen running on and first seen with its stop pending (0: not yet), and which stop the
- * first look was for (looks for a deadline and for a cancel request alternate).
- */
-#define CONFIRM 0.25
-#define CAUGHT_HINT "A query that catches query_canceled (a PL/pgSQL handler) cannot be " \
-	"stopped any other way; see \"Stopping routines\" in pyfuncs' README."
-static struct
-{
-	long		depth;
-	unsigned long query;
-	double		since;
-	double		pending_since;
-	int			why;
-}			suspect;
+	return !QueryCancelPending && InterruptHoldoffCount <= held
+		&& !(queries > 0 && failed[(queries < MAX_LENT ? queries : MAX_LENT) - 1])
+		&& !(raised >= outermost_began && t - raised < unwind);
+}
 
 static void look_after(double after);
 
-/* whether the suspect is the innermost query under way */
+/* whether the suspect is the outermost query under way */
 static bool
 suspected(void)
 {
-	long		depth = queries < MAX_LENT ? queries : MAX_LENT;
-
-	return depth > 0 && suspect.depth == depth && suspect.query == serial[depth - 1];
+	return queries > 0 && suspect.query == outermost;
 }
 
-/* (in a signal handler) the innermost query, given its stop `why` GRACE ago or more (1: a
+/* (in a signal handler, which holds interrupts off `own` times: PostgreSQL's SIGALRM
+ * handler does, once) the outermost query, given its stop `why` GRACE ago or more (1: a
  * deadline, 2: a cancel request): whether it runs on (the session ends where it was seen so
- * CONFIRM ago, or its stop has been pending for UNWIND) */
+ * CONFIRM ago, or its stop has been pending for UNWIND); the next look is set */
 static bool
-judge(double t, int why)
+judge(double t, int why, uint32 own)
 {
+	bool		held;
+
 	if (!suspected())
 	{
 		/* (the query last: the other handler, coming in between, takes it for another) */
 		suspect.since = suspect.pending_since = 0;
 		suspect.why = why;
-		suspect.depth = queries < MAX_LENT ? queries : MAX_LENT;
-		suspect.query = serial[suspect.depth - 1];
+		suspect.query = outermost;
 	}
-	if (!ran_on(t))
+	if (!ran_on(t, own))
 	{
-		/* (else an error on its way out, or Python unwinding) */
-		if (QueryCancelPending && !suspect.pending_since)
+		/* (neither: an error on its way out, or Python unwinding) */
+		held = QueryCancelPending || InterruptHoldoffCount > own;
+		if (held && !suspect.pending_since)
 			suspect.pending_since = t;
-		else if (QueryCancelPending && t - suspect.pending_since >= unwind)
+		else if (held && t - suspect.pending_since >= unwind)
 			end_session(3);
+		look_after(suspect.since ? CONFIRM : grace);
 		return false;
 	}
 	if (!suspect.since)
-	{
 		suspect.since = t;
-		look_after(CONFIRM);
-	}
 	else if (t - suspect.since >= CONFIRM)
 	{
 		if (suspect.why == 2)
 			cancelled_at = 0;
 		end_session(suspect.why);
 	}
+	look_after(CONFIRM);
 	return true;
 }
 
@@ -1289,7 +1295,7 @@ static void
 on_ran_on(void)
 {
 	if (queries > 0)
-		judge(now(), 1);
+		judge(now(), 1, 1);
 }
 
 /* the cancel request's timer set to go off `after` seconds from now */
@@ -1326,12 +1332,9 @@ static void
 ran_on_after_stop(double t)
 {
 	if (cancelled_at && t - cancelled_at >= grace && queries >= cancelled_depth)
-	{
-		if (!judge(t, 2))
-			look_after(grace);
-	}
+		judge(t, 2, 0);
 	else if (suspect.since && suspected())
-		judge(t, suspect.why);
+		judge(t, suspect.why, 0);
 }
 
 /* the FATAL error of a session the killer ended says so, to the client and in the log:
