@@ -1010,20 +1010,22 @@ static SubTransactionId its_own[MAX_LENT];
 static bool failed[MAX_LENT];
 static unsigned long outermost;	/* the outermost query's number (by enter's count of them) */
 static double outermost_began;	/* and when it began */
+static Size error_quiet;		/* and ErrorContext's size then (no error under way) */
 
 /*
  * A query seen running on past its stop ends the session when it is seen running on again
  * CONFIRM later (looks come every CONFIRM from the first), the same outermost query still
  * under way: PostgreSQL takes a stop a query saw late (the cancel is no longer pending) a few
  * hundred microseconds before the error it raises aborts the query's subtransaction
- * (`failed`), and a look in between is not a query that caught its stop. One seen with its
- * stop pending or interrupts held off ends the session when still so UNWIND later: C code
- * that checks for no interrupt for that long, or a query whose cancels come one after the
+ * (`failed`), and a look in between is not a query that caught its stop. One found HELD
+ * ends the session when found so again UNWIND later (whatever the looks between found): C
+ * code that checks for no interrupt for that long, a query whose cancels come one after the
  * other (another session of the same role's, sending them) and are caught, each one pending
- * as the look comes. By the outermost query: one running on, calling routines whose queries
- * come and go, stays the suspect (a red team's did). When it was first seen running on and
- * first seen with its stop pending or interrupts held off (0: not yet), and which stop the
- * first look was for (looks for a deadline and for a cancel request alternate).
+ * as the look comes, or one that runs on through routines it calls, each stopped by its own
+ * timeout_ms (each stop opens a window of Python unwinding). By the outermost query: one
+ * running on, calling routines whose queries come and go, stays the suspect (a red team's
+ * did). When it was first found running on and first found HELD (0: not yet), and which
+ * stop the first look was for (looks for a deadline and for a cancel request alternate).
  */
 #define CONFIRM 0.25
 #define CAUGHT_HINT "A query that catches query_canceled (a PL/pgSQL handler) cannot be " \
@@ -1034,7 +1036,10 @@ static struct
 	double		since;
 	double		pending_since;
 	int			why;
+	unsigned long aborts;		/* `aborts` at the last look */
 }			suspect;
+/* subtransactions aborted inside routines' queries: an error on its way up through blocks */
+static volatile unsigned long aborts;
 static long queries;
 static bool watching_aborts;
 
@@ -1149,7 +1154,11 @@ guard_enter(PyObject *self, PyObject *unused)
 		failed[queries] = false;
 	}
 	if (queries++ == 0)
-		outermost++, outermost_began = now();
+	{
+		outermost++;
+		outermost_began = now();
+		error_quiet = ErrorContext->mem_allocated;
+	}
 	return entered;
 }
 
@@ -1168,8 +1177,16 @@ guard_leave(PyObject *self, PyObject *entered)
 	 * are out of step */
 	if (queries > 0)
 	{
+		/* the query a cancel request came in has returned: the query around it, if any, is
+		 * the one that goes on past it (a red team's caught the nested routine's error and
+		 * ran on for ever) */
 		if (--queries < cancelled_depth)
-			cancelled_at = 0;	/* (the query a cancel request came in has returned) */
+		{
+			if (queries == 0)
+				cancelled_at = 0;
+			else
+				cancelled_depth = queries;
+		}
 		if (queries < MAX_LENT && GetCurrentSubTransactionId() != began_in[queries])
 			thrown_through("a routine's query ended in another subtransaction than it began in");
 	}
@@ -1223,23 +1240,38 @@ end_session(int why)
 }
 
 /*
- * Whether the stop a query was given has been seen and it runs on: the cancel is no longer
- * pending (an interrupt check took it, and raised it), PostgreSQL's code is not holding
- * interrupts off more than the signal handler asking does (`held` times) (an abort under
- * way: one of a red team's, of a block inside the query, took 2 s), the query's own subtransaction has not aborted (`failed`), and the routine's
- * Python is not unwinding from a stop the watchdog raised during the outermost query (it
- * has UNWIND for that). A query still in C code that has not reached an interrupt check (a
- * red team's numeric division of 2 s) is not one that caught its stop: it is looked at
- * again later.
+ * What a look finds of a query given its stop. ENDING: the query's own subtransaction has
+ * aborted (`failed`): its error is on its way out. HELD: it has not seen its stop, or cannot
+ * yet: the cancel is still pending (C code that has not reached an interrupt check: a red
+ * team's numeric division of 2 s), PostgreSQL's code holds interrupts off beyond the asking
+ * signal handler's own holds (`own`: an abort under way; round 73 made one of a block inside
+ * the query take 2 s), or a routine's Python unwinds from a stop the watchdog raised during
+ * the outermost query (for up to UNWIND: round 69 found the first version ending such a
+ * session), or a subtransaction inside the query aborted since the last look (`aborting`:
+ * an error on its way up through blocks, which PL/pgSQL copies at each: round 74 made one
+ * take 4.7 s through 250), or an error is being made (ErrorContext holds more than as the
+ * outermost query began: the same red team's took seconds to make its context of 25 MB).
+ * RUNS_ON: none of these, past its stop.
  */
-static bool
-ran_on(double t, uint32 held)
+typedef enum
+{
+	RUNS_ON,
+	HELD,
+	ENDING,
+}			Found;
+
+static Found
+found(double t, uint32 own, bool aborting)
 {
 	double		raised = pyfuncs_backstop_clock[2];
 
-	return !QueryCancelPending && InterruptHoldoffCount <= held
-		&& !(queries > 0 && failed[(queries < MAX_LENT ? queries : MAX_LENT) - 1])
-		&& !(raised >= outermost_began && t - raised < unwind);
+	if (queries > 0 && failed[(queries < MAX_LENT ? queries : MAX_LENT) - 1])
+		return ENDING;
+	if (QueryCancelPending || InterruptHoldoffCount > own || aborting
+		|| ErrorContext->mem_allocated > error_quiet
+		|| (raised >= outermost_began && t - raised < unwind))
+		return HELD;
+	return RUNS_ON;
 }
 
 static void look_after(double after);
@@ -1258,22 +1290,25 @@ suspected(void)
 static bool
 judge(double t, int why, uint32 own)
 {
-	bool		held;
+	Found		now_found;
+
+	unsigned long aborted = aborts;
 
 	if (!suspected())
 	{
 		/* (the query last: the other handler, coming in between, takes it for another) */
 		suspect.since = suspect.pending_since = 0;
 		suspect.why = why;
+		suspect.aborts = aborted;
 		suspect.query = outermost;
 	}
-	if (!ran_on(t, own))
+	now_found = found(t, own, aborted != suspect.aborts);
+	suspect.aborts = aborted;
+	if (now_found != RUNS_ON)
 	{
-		/* (neither: an error on its way out, or Python unwinding) */
-		held = QueryCancelPending || InterruptHoldoffCount > own;
-		if (held && !suspect.pending_since)
+		if (now_found == HELD && !suspect.pending_since)
 			suspect.pending_since = t;
-		else if (held && t - suspect.pending_since >= unwind)
+		else if (now_found == HELD && t - suspect.pending_since >= unwind)
 			end_session(3);
 		look_after(suspect.since ? CONFIRM : grace);
 		return false;
@@ -1347,7 +1382,8 @@ static const char *const ended[3][2] = {
 		"caught the cancel itself; the session ends",
 	CAUGHT_HINT},
 	{"pyfuncs: a routine's query did not see its stop for ten seconds (C code that checks for "
-		"no interrupt, or cancels that keep coming, each caught); the session ends",
+		"no interrupt, cancels that keep coming, each caught, or Python unwinding that long); "
+		"the session ends",
 		"A query that does not see its stop for that long cannot be stopped any other way; see "
 	"\"Stopping routines\" in pyfuncs' README."},
 };
@@ -1564,6 +1600,8 @@ on_subtransaction(SubXactEvent event, SubTransactionId sub, SubTransactionId par
 
 	if (queries <= 0)
 		return;
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		aborts++;
 	if (event == SUBXACT_EVENT_ABORT_SUB && began_in[innermost] >= sub)
 		thrown_through("an error went through a routine's Python");
 	else if (event == SUBXACT_EVENT_COMMIT_SUB && began_in[innermost] >= sub)

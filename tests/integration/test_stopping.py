@@ -965,6 +965,27 @@ def held_untimed() -> str:
     return "went on"
 
 
+# a query that caught its stop and runs on through a routine it calls again and again, each
+# call stopped by its own timeout_ms (each stop the watchdog raises opens a window of Python
+# unwinding, in which a look does not take the query for running on)
+UNWINDS = ("DO $$ DECLARE caught bool := false; BEGIN LOOP BEGIN "
+           "IF caught THEN PERFORM forever.spins(); ELSE PERFORM pg_sleep(60); END IF; "
+           "EXCEPTION WHEN query_canceled THEN caught := true; END; END LOOP; END $$")
+
+
+@stored_function(schema="forever", timeout_ms=50)
+def spins() -> int:
+    n = 0
+    while True:
+        n += 1
+
+
+@stored_function(schema="forever")
+def unwinds() -> str:
+    db.execute(UNWINDS)
+    return "went on"
+
+
 # the same, where the stop lands in a routine called inside it (its query nested in this one)
 NESTING = ("DO $$ BEGIN LOOP BEGIN PERFORM forever.inner(); "
            "EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$")
@@ -1074,6 +1095,37 @@ def test_a_query_whose_stop_is_kept_pending_stops_within_eleven_seconds(
             ender.cancel(), caller.close(), sender.join()  # (the sender stops as it goes)
     assert err.sqlstate == "57014", err
     assert took < 1.0 + 10.0 + 1.0 + 1.5 + SLACK, (str(err), took)  # (+ a look, a division)
+    assert cluster.postmaster_pid() == postmaster
+
+
+def test_a_query_running_on_through_routines_stopped_one_after_the_other_ends_the_session(
+    dsn: str, conn: psycopg.Connection[Any], cluster: Cluster, tmp_path: Any
+) -> None:
+    """A query that caught its statement_timeout runs on calling a routine again and again,
+    each call stopped by its own timeout_ms (50 ms): every stop the watchdog raises opens
+    UNWIND of Python unwinding, in which a look does not take the query for running on, so
+    every look could find it unwinding. Found so for UNWIND, it ends the session (GRACE +
+    UNWIND and a look after its stop), if the watchdog has not ended it first (the routine
+    it calls went on after its stop)."""
+    (tmp_path / "forever_mod.py").write_text(FOREVER)
+    deploying.deploy(conn, str(tmp_path / "forever_mod.py"))
+    postmaster = cluster.postmaster_pid()
+    with psycopg.connect(dsn, autocommit=True) as caller:
+        caller.execute("SELECT set_config('statement_timeout', '300ms', false)")
+        ender = threading.Timer(
+            20, conn.execute, ["SELECT pg_terminate_backend(%s)", [caller.info.backend_pid]]
+        )
+        ender.start()
+        try:
+            err, took = run(caller, "SELECT forever.unwinds()")
+        finally:
+            ender.cancel()
+        assert caller.closed or caller.broken, (str(err), took)
+    assert err.sqlstate == "57014", err
+    # (or, first, the watchdog's own end of a routine that went on after its stop)
+    said = "did not see its stop for ten seconds" in str(err) or "went on running" in str(err)
+    assert said, str(err)
+    assert took < 0.3 + 1.0 + 10.0 + 1.0 + SLACK, took
     assert cluster.postmaster_pid() == postmaster
 
 
