@@ -1285,13 +1285,12 @@ suspected(void)
 
 /* (in a signal handler, which holds interrupts off `own` times: PostgreSQL's SIGALRM
  * handler does, once) the outermost query, given its stop `why` GRACE ago or more (1: a
- * deadline, 2: a cancel request): whether it runs on (the session ends where it was seen so
- * CONFIRM ago, or its stop has been pending for UNWIND); the next look is set */
-static bool
+ * deadline, 2: a cancel request), looked at: the session ends where it runs on and was
+ * found so CONFIRM ago, or is HELD and was found so UNWIND ago; the next look is set */
+static void
 judge(double t, int why, uint32 own)
 {
 	Found		now_found;
-
 	unsigned long aborted = aborts;
 
 	if (!suspected())
@@ -1311,7 +1310,7 @@ judge(double t, int why, uint32 own)
 		else if (now_found == HELD && t - suspect.pending_since >= unwind)
 			end_session(3);
 		look_after(suspect.since ? CONFIRM : grace);
-		return false;
+		return;
 	}
 	if (!suspect.since)
 		suspect.since = t;
@@ -1322,7 +1321,6 @@ judge(double t, int why, uint32 own)
 		end_session(suspect.why);
 	}
 	look_after(CONFIRM);
-	return true;
 }
 
 /* the killer's handler (in PostgreSQL's SIGALRM handler; it goes off every GRACE) */
