@@ -15,6 +15,8 @@ import pytest
 from pyfuncs import deploy as deploying
 from pyfuncs.embedded import Cluster
 
+from ..integration.test_ran_on import _err
+
 MOD = """
 from pyfuncs import db, stored_function
 
@@ -148,7 +150,7 @@ def quick() -> int:
 # long we let it before ending it ourselves
 BOUND_CAUGHT = 1.0 + 0.25 + 1.0
 BOUND_PENDING = 1.0 + 10.0 + 1.0 + 1.0
-GIVE_UP = 22.0
+GIVE_UP = 28.0
 
 
 @pytest.fixture
@@ -158,15 +160,6 @@ def red(dsn: str, conn: psycopg.Connection[Any], cluster: Cluster, tmp_path: Any
     postmaster = cluster.postmaster_pid()
     yield dsn
     assert cluster.postmaster_pid() == postmaster
-
-
-def _err(c: psycopg.Connection[Any], q: str, p: Any = ()) -> tuple[psycopg.Error | None, float]:
-    t = time.monotonic()
-    try:
-        c.execute(q, p)
-    except psycopg.Error as exc:
-        return exc, time.monotonic() - t
-    return None, time.monotonic() - t
 
 
 def _with_ender(

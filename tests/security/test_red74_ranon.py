@@ -13,7 +13,6 @@ session as one that "caught the cancel")."""
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import psycopg
@@ -21,6 +20,8 @@ import pytest
 
 from pyfuncs import deploy as deploying
 from pyfuncs.embedded import SUPERUSER, Cluster
+
+from .test_red73_ranon import BOUND_PENDING, _with_ender
 
 MOD = """
 from pyfuncs import db, stored_function
@@ -157,10 +158,6 @@ def quick() -> int:
     return 1
 """
 
-BOUND_CAUGHT = 1.0 + 0.25 + 1.0
-BOUND_PENDING = 1.0 + 10.0 + 1.0 + 1.0
-GIVE_UP = 28.0
-
 
 @pytest.fixture
 def red(
@@ -173,28 +170,6 @@ def red(
     postmaster = cluster.postmaster_pid()
     yield dsn.replace(f"{SUPERUSER}@", "mallory@", 1)
     assert cluster.postmaster_pid() == postmaster
-
-
-def _err(c: psycopg.Connection[Any], q: str, p: Any = ()) -> tuple[psycopg.Error | None, float]:
-    t = time.monotonic()
-    try:
-        c.execute(q, p)
-    except psycopg.Error as exc:
-        return exc, time.monotonic() - t
-    return None, time.monotonic() - t
-
-
-def _with_ender(
-    conn: psycopg.Connection[Any], c: psycopg.Connection[Any], q: str, after: float = GIVE_UP
-) -> tuple[psycopg.Error | None, float]:
-    """Run q on c; terminate c's backend ourselves `after` seconds in (the escape's end)."""
-    pid = c.info.backend_pid
-    ender = threading.Timer(after, conn.execute, ["SELECT pg_terminate_backend(%s)", [pid]])
-    ender.start()
-    try:
-        return _err(c, q)
-    finally:
-        ender.cancel()
 
 
 def _first(err: psycopg.Error | None) -> str:
