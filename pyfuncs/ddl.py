@@ -21,11 +21,16 @@ INTERFACE = "pyfuncs.v1"
 # (SD); per call the body checks NULLs and hands text-typed values to the runtime's
 # converters (which the entry function reads inside the call: routines.Unread), then calls
 # the routine's entry function. Python 3.11 `try` costs nothing until something is raised.
+# The entry function is kept in the procedure's globals too (`_pf_entry`; no parameter may
+# start with `_pf`): PL/Python writes each call's arguments there, so the lookup reads what
+# the call touches anyway, not SD (with 16 clients on 2 cores each line a call touches
+# comes cold, ~35 ns).
 BODY = """\
 # pyfuncs {qualname}: generated from {where}; edit the Python source and deploy it.
+global _pf_entry
 try:
-    _pf_fn = SD["fn"]
-except KeyError:
+    _pf_fn = _pf_entry
+except NameError:
     if {interface!r} not in GD:
         import ctypes  # (a query in a parallel operation fails past PL/Python's frames)
         if ctypes.CDLL(None).IsInParallelMode():
@@ -39,7 +44,7 @@ except KeyError:
     _pf_spec = {spec!r}
     _pf_source = {source!r}
     SD["pf"] = GD[{interface!r}].routine(_pf_spec, _pf_source)
-    _pf_fn = SD["fn"] = SD["pf"].fn
+    _pf_fn = _pf_entry = SD["fn"] = SD["pf"].fn
 {checks}{begin}try:
     return {result}
 except BaseException as _pf_error:  # RoutineInterrupted is a BaseException on purpose

@@ -44,29 +44,35 @@
 typedef struct
 {
 	PyObject_HEAD
+	/* what every call reads first, together (the call's objects are cold when the backend
+	 * gets its turn among many) */
 	vectorcallfunc vectorcall;
 	PyObject   *function;		/* the routine's function */
 	PyObject   *namespace;		/* its module's namespace: CALLING[0] during its calls */
-	PyObject   *fail;			/* exception -> the PostgreSQL error to raise */
-	PyObject   *finish;			/* a result not plain -> one that is (or raises) */
-	PyObject   *interrupted;	/* RoutineInterrupted */
 	PyObject   *settings;		/* identity.SETTINGS: [level opened, identity] */
 	PyObject   *calling;		/* watchdog.CALLING */
-	PyObject   *undo;			/* identity.undo_settings */
-	PyObject   *clock;			/* backstop.CLOCK (a memoryview of doubles), or NULL */
+	double	   *deadline;		/* CLOCK[0] (clock's buffer, which stays where it is), or NULL */
 	double		timeout;		/* seconds, with clock */
 	PyObject   *grave;			/* watchdog.GRAVE (a list) */
 	PyObject   *owed;			/* watchdog.OWED */
-	PyObject   *pay;			/* watchdog.pay */
-	PyObject   *watch;			/* the watchdog (or what stands for none) */
-	PyObject   *shorts;			/* types of results kept as they are */
-	PyObject   *longs;			/* types of results kept as they are up to `most` long */
-	Py_ssize_t	most;
+	PyObject   *unread;			/* routines.Unread: an argument read inside the call */
+	PyObject   *zero;			/* 0 */
+	const unsigned char *stop_set;	/* the watchdog's stop_set byte, or NULL: ask watch */
 	long long	lowest;			/* ints in [lowest, longest) are kept as they are */
 	long long	longest;
 	bool		unbounded;		/* longest is past long long's range: no bound above */
-	PyObject   *unread;			/* routines.Unread: an argument read inside the call */
-	PyObject   *zero;			/* 0 */
+	/* the rest */
+	PyObject   *clock;			/* backstop.CLOCK (a memoryview of doubles), or NULL */
+	PyObject   *stop_flag;		/* what stop_set points into (a memoryview), or NULL */
+	PyObject   *watch;			/* the watchdog (or what stands for none) */
+	PyObject   *fail;			/* exception -> the PostgreSQL error to raise */
+	PyObject   *finish;			/* a result not plain -> one that is (or raises) */
+	PyObject   *interrupted;	/* RoutineInterrupted */
+	PyObject   *undo;			/* identity.undo_settings */
+	PyObject   *pay;			/* watchdog.pay */
+	PyObject   *shorts;			/* types of results kept as they are */
+	PyObject   *longs;			/* types of results kept as they are up to `most` long */
+	Py_ssize_t	most;
 }			Entry;
 
 static PyObject *stop_name;		/* "stop" */
@@ -92,6 +98,7 @@ entry_traverse(Entry *self, visitproc visit, void *arg)
 	Py_VISIT(self->longs);
 	Py_VISIT(self->unread);
 	Py_VISIT(self->zero);
+	Py_VISIT(self->stop_flag);
 	return 0;
 }
 
@@ -115,6 +122,9 @@ entry_clear(Entry *self)
 	Py_CLEAR(self->longs);
 	Py_CLEAR(self->unread);
 	Py_CLEAR(self->zero);
+	Py_CLEAR(self->stop_flag);
+	self->stop_set = NULL;
+	self->deadline = NULL;
 	return 0;
 }
 
@@ -204,12 +214,18 @@ called(Entry *self, PyObject *context, PyObject *const *args, Py_ssize_t count,
 	*original = Py_NewRef(result);
 	{
 		/* a stop it did not see (one a finalizer swallowed) */
-		PyObject   *stop = PyObject_GetAttr(self->watch, stop_name);
+		int			set = self->stop_set != NULL ? self->stop_set[0] != 0 : -1;
 
-		if (stop == NULL)
-			goto failed;
-		Py_DECREF(stop);
-		if (stop != Py_None)
+		if (set < 0)
+		{
+			PyObject   *stop = PyObject_GetAttr(self->watch, stop_name);
+
+			if (stop == NULL)
+				goto failed;
+			Py_DECREF(stop);
+			set = stop != Py_None;
+		}
+		if (set)
 		{
 			PyObject   *checked = PyObject_CallMethodNoArgs(self->watch, check_name);
 
@@ -259,7 +275,7 @@ entry_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *k
 	}
 	if (count > 9 && !(read = PyMem_Malloc((count - 1) * sizeof(PyObject *))))
 		return PyErr_NoMemory();
-	if (self->clock != NULL)
+	if (self->deadline != NULL)
 	{
 		double		began = PyFloat_AsDouble(args[0]);
 
@@ -269,7 +285,7 @@ entry_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *k
 				PyMem_Free(read);
 			return NULL;
 		}
-		deadline = (double *) PyMemoryView_GET_BUFFER(self->clock)->buf;
+		deadline = self->deadline;
 		prior = deadline[0];
 		deadline[0] = began + self->timeout;
 	}
@@ -414,12 +430,19 @@ item(PyObject *config, const char *name)
 	return Py_NewRef(value);
 }
 
+/* config[name] (borrowed), or NULL without an error: a key an older runtime does not give */
+static PyObject *
+optional(PyObject *config, const char *name)
+{
+	return PyDict_GetItemString(config, name);
+}
+
 /*
  * An Entry, from a dict of what routines.Routine._entry binds its entry functions to
  * (`function`, `namespace`, `fail`, `finish`, `RoutineInterrupted`, `settings`, `calling`,
  * `undo`, `clock`, `timeout`, `grave`, `owed`, `pay`, `watch`, `short`, `long`, `most`,
- * `lowest`, `longest`, `unread`). Returns NULL with Python's error set on a config it
- * cannot use.
+ * `lowest`, `longest`, `unread`; and, if given, `stop_set`, the byte that says whether
+ * `watch` holds a stop). Returns NULL with Python's error set on a config it cannot use.
  */
 PyObject *
 pyfuncs_entry_new(PyObject *config)
@@ -492,6 +515,7 @@ pyfuncs_entry_new(PyObject *config)
 							"doubles");
 			goto bad;
 		}
+		self->deadline = (double *) view->buf;
 	}
 	{
 		PyObject   *most = PyDict_GetItemString(config, "most"),
@@ -519,6 +543,23 @@ pyfuncs_entry_new(PyObject *config)
 				goto bad;
 			}
 			self->unbounded = overflow > 0;	/* (bigint's: 2**63) */
+		}
+	}
+	{
+		/* (optional: a runtime from before it asks `watch` for its `stop`) */
+		PyObject   *flag = optional(config, "stop_set");
+
+		if (flag != NULL)
+		{
+			if (!PyMemoryView_Check(flag) || PyMemoryView_GET_BUFFER(flag)->len < 1 ||
+				PyMemoryView_GET_BUFFER(flag)->itemsize != 1)
+			{
+				PyErr_SetString(PyExc_TypeError, "pyfuncs: an entry's stop_set is a memoryview "
+								"of bytes");
+				goto bad;
+			}
+			self->stop_flag = Py_NewRef(flag);
+			self->stop_set = PyMemoryView_GET_BUFFER(flag)->buf;
 		}
 	}
 	PyObject_GC_Track(self);

@@ -32,6 +32,7 @@ _DONE = object()  # no more rows
 
 class _Unwatched:  # what entry functions ask for a stop outside PostgreSQL: never one
     stop = None
+    stop_set = memoryview(bytes(1))
     check = staticmethod(lambda: None)
 
 
@@ -105,7 +106,7 @@ _CALL = """\
         if owed:  # (callbacks of its weak references that came due elsewhere)
             context.run(pay, routine.namespace)
 {reads}        result = context.run(function, {params})
-        if watch.stop is not None:  # a stop it did not see (one a finalizer swallowed)
+        if stop_set[0]:  # a stop it did not see (one a finalizer swallowed)
             watch.check()
         if type(result) is int:  # (one beyond bigint's is made a Decimal: results.plain)
             if lowest <= result < longest:
@@ -145,7 +146,7 @@ def within(n, began, work, *args):
 _WITHIN = """\
     try:
         done = work(*args)
-        if watch.stop is not None:
+        if stop_set[0]:
             watch.check()
         return done
     except RoutineInterrupted:
@@ -379,6 +380,7 @@ class Routine:
     def _names(self, **names: Any) -> dict[str, Any]:
         """What this routine's entry functions are bound to (entry.c's config too)."""
         sized = self.max_bytes is not None
+        watch = stopping.WATCHDOG or _UNWATCHED
         return {
             "grave": stopping.GRAVE, "owed": stopping.OWED, "pay": stopping.pay,
             # with max_result_bytes, every result goes to finish, to be sized in the call
@@ -392,7 +394,7 @@ class Routine:
             "finish": self._finish,
             "fail": self.fail, "RoutineInterrupted": RoutineInterrupted,
             "Context": Context, "now": time.monotonic,
-            "watch": stopping.WATCHDOG or _UNWATCHED, "clock": backstop.CLOCK,
+            "watch": watch, "stop_set": watch.stop_set, "clock": backstop.CLOCK,
             "settings": identity.SETTINGS, "undo": identity.undo_settings,
             "calling": stopping.CALLING, "routine": self,
             "timeout": self.timeout, **names,

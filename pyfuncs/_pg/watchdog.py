@@ -241,7 +241,10 @@ class Watchdog:
         self._timeout_indicator = lib.get_timeout_indicator
         self._timeout_indicator.argtypes = [ctypes.c_int, ctypes.c_bool]
         self._timeout_indicator.restype = ctypes.c_bool
-        self.stop: Stop | None = None
+        # whether `stop` is set, as one byte: what the entry library reads as each call
+        # returns (entry.c), where `stop` would be an attribute looked up per call
+        self.stop_set = memoryview(bytearray(1))
+        self._stop: Stop | None = None
         # the calls of routines with max_db_ops under way, innermost last (main thread only;
         # their generated bodies push and pop them, so counting needs no stack walk)
         self.budgets: list[Budget] = []
@@ -270,6 +273,16 @@ class Watchdog:
         may have happened that no later call should run after; nothing without plpy."""
         if self._fatal is not None:
             self._fatal(message, sqlstate=vocabulary.INTERNAL_ERROR)
+
+    @property
+    def stop(self) -> Stop | None:
+        """The stop the call under way (or stray code) is to see, if any."""
+        return self._stop
+
+    @stop.setter
+    def stop(self, stop: Stop | None) -> None:
+        self._stop = stop
+        self.stop_set[0] = stop is not None
 
     def start(self, fatal: Any = None, lend: Any = None) -> None:
         """Install the handler; `fatal` (plpy.fatal) ends the session of a routine that goes

@@ -87,12 +87,13 @@ def test_the_manifest_reads_the_source() -> None:
 
 # The entry library (entry.c) is shared the same way: each function takes a dict, and the
 # keys it requires are held here. A key it must have more of makes a new function: an
-# older runtime's dict lacks it.
+# older runtime's dict lacks it. A key it may be given (`optional`) is listed apart: an
+# older runtime's dict without it gets what the function did before it.
 ENTRY_SOURCE = SOURCE.parent / "entry.c"
 ENTRY_ABI = {
     "pyfuncs_entry_new": "PyObject *config | function, namespace, fail, finish, "
     "RoutineInterrupted, settings, calling, undo, grave, owed, pay, watch, short, long, "
-    "unread, timeout, clock, most, lowest, longest",
+    "unread, timeout, clock, most, lowest, longest | optional: stop_set",
     "pyfuncs_queries_new": "PyObject *config | db, stopping, from_the_call, guard, owners, "
     "entries, calling, querying, text, plans, guarded, may_not_run, expired, failed, ended, "
     "execute, SPIError, Error, Db, Prepared",
@@ -110,6 +111,9 @@ def _entry_exported(source: str) -> dict[str, str]:
             assert block is not None
             keys = re.findall(r'"(\w+)"', block.group(1))
         found[name] = f"{params} | {', '.join(keys)}"
+        optional = re.findall(r'optional\(config, "(\w+)"\)', body)
+        if optional:
+            found[name] += f" | optional: {', '.join(optional)}"
     return found
 
 

@@ -151,6 +151,19 @@ def test_a_stop_leaves_as_a_fresh_routine_interrupted() -> None:
     assert config["watch"].checked == 1
 
 
+def test_with_the_watchdogs_byte_a_stop_is_read_there() -> None:
+    """The runtime gives the watchdog's `stop_set` (one byte, kept by its `stop`): the
+    entry reads it instead of looking `stop` up on the watchdog at every call."""
+    flag = memoryview(bytearray(1))
+    config = _config(lambda: 1, stop_set=flag)
+    config["watch"].stop = "due"  # (not what it reads now)
+    assert backstop.entry(config)(0.0) == 1 and config["watch"].checked == 0
+    flag[0] = 1
+    with pytest.raises(RoutineInterrupted):
+        backstop.entry(config)(0.0)
+    assert config["watch"].checked == 1
+
+
 def test_an_undo_that_fails_replaces_the_result() -> None:
     def function() -> int:
         config["settings"][0] = 2
@@ -176,6 +189,9 @@ def test_a_config_it_cannot_use_is_refused() -> None:
         backstop.entry(_config(lambda: 1, timeout=1.0, clock=memoryview(b"x" * 8)))
     with pytest.raises(TypeError, match="began"):
         backstop.entry(_config(lambda: 1))()
+    for odd in (bytearray(1), memoryview(bytearray(8)).cast("d"), memoryview(b"")):
+        with pytest.raises(TypeError, match="stop_set is a memoryview of bytes"):
+            backstop.entry(_config(lambda: 1, stop_set=odd))
 
 
 def test_an_undo_after_a_failed_call_runs_with_the_error_put_aside() -> None:
