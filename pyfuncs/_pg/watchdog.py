@@ -241,10 +241,10 @@ class Watchdog:
         self._timeout_indicator = lib.get_timeout_indicator
         self._timeout_indicator.argtypes = [ctypes.c_int, ctypes.c_bool]
         self._timeout_indicator.restype = ctypes.c_bool
-        # whether `stop` is set, as one byte: what the entry library reads as each call
-        # returns (entry.c), where `stop` would be an attribute looked up per call
+        # whether `stop` is set, as one byte (kept by _hold): what the entry library reads
+        # as each call returns (entry.c), where `stop` would be an attribute looked up
         self.stop_set = memoryview(bytearray(1))
-        self._stop: Stop | None = None
+        self.stop: Stop | None = None
         # the calls of routines with max_db_ops under way, innermost last (main thread only;
         # their generated bodies push and pop them, so counting needs no stack walk)
         self.budgets: list[Budget] = []
@@ -274,15 +274,17 @@ class Watchdog:
         if self._fatal is not None:
             self._fatal(message, sqlstate=vocabulary.INTERNAL_ERROR)
 
-    @property
-    def stop(self) -> Stop | None:
-        """The stop the call under way (or stray code) is to see, if any."""
-        return self._stop
-
-    @stop.setter
-    def stop(self, stop: Stop | None) -> None:
-        self._stop = stop
-        self.stop_set[0] = stop is not None
+    def _hold(self, stop: Stop | None) -> None:
+        """Make `stop` the one held (None: none), its byte with it: `stop` is read by every
+        guard, so it stays a plain attribute, set here only. A look landing in between may
+        hold another (its handler runs between any two bytecodes): the byte follows what is
+        held when it is written, read again until the two agree."""
+        self.stop = stop
+        while True:
+            held = self.stop is not None
+            self.stop_set[0] = held
+            if (self.stop is not None) is held:
+                return
 
     def start(self, fatal: Any = None, lend: Any = None) -> None:
         """Install the handler; `fatal` (plpy.fatal) ends the session of a routine that goes
@@ -475,7 +477,8 @@ class Watchdog:
             # walk the stack for it
             if not isinstance(stop.call, int):
                 GRAVE.append(stop.call)
-            self.stop = stop = None
+            self._hold(None)
+            stop = None
         elapsed, who = now - self._since, None
         why = self._why(routine, elapsed)
         if why is None and within is not None and now > within[0]:
@@ -489,7 +492,7 @@ class Watchdog:
             return False
         if stop is not None and stop.call is not None and not isinstance(stop.call, int):
             GRAVE.append(stop.call)
-        self.stop = Stop(call, why[0], why[1], elapsed, who)
+        self._hold(Stop(call, why[0], why[1], elapsed, who))
         return True
 
     def _switch(self, call: Any, since: float) -> None:
@@ -539,7 +542,7 @@ class Watchdog:
     def _idle(self) -> bool:
         self._stray_since = 0.0
         if self.stop is not None and self.stop.call is None:
-            self.stop = None  # the stray code has gone
+            self._hold(None)  # the stray code has gone
         return False
 
     def _look_stray(self, now: float) -> bool:
@@ -560,7 +563,7 @@ class Watchdog:
             return False
         if stop is not None and stop.call is not None and not isinstance(stop.call, int):
             GRAVE.append(stop.call)
-        self.stop = Stop(None, sqlstate, reason, stray_for, "code of a routine module")
+        self._hold(Stop(None, sqlstate, reason, stray_for, "code of a routine module"))
         return True
 
     def _why(self, routine: Any, elapsed: float) -> tuple[str, str] | None:
@@ -599,10 +602,12 @@ class Watchdog:
         if not under_way:
             return
         call = under_way[-1]
-        if self.stop is None or self.stop.call != call:
+        stop = self.stop
+        if stop is None or stop.call != call:
             elapsed = time.monotonic() - self._since if call == self._call else None
-            self.stop = Stop(call, sqlstate, reason, elapsed, who)
-        self.stop.raising()  # (every caller raises it next)
+            stop = Stop(call, sqlstate, reason, elapsed, who)
+            self._hold(stop)
+        stop.raising()  # (every caller raises it next)
 
     def count_db_op(self) -> None:
         """Before each query, prepare or cursor fetch: refuse it for a stopped call, and
@@ -642,7 +647,7 @@ class Watchdog:
         which must not be able to carry on either."""
         stop = self.stop
         if stop is None or not self._applies(stop, sys._getframe(1)):
-            self.stop = None
+            self._hold(None)
             if sys.gettrace() is _untraced:  # a stop a finalizer swallowed, not raised again
                 sys.settrace(None)
         if stop is None:

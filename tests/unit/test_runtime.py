@@ -183,3 +183,23 @@ def test_sharing_walks_what_calls_share_and_what_was_made_not_what_a_routine_kee
     found = classes._made_since(shared, unshared)
     assert made in found and derived in found
     assert also_below not in found and not set(below) & set(found)
+
+
+def test_the_watchdogs_stop_is_set_only_with_its_byte() -> None:
+    """The entry library reads whether the watchdog holds a stop from its byte `stop_set`
+    (entry.c), every guard from `stop`: each assignment of `stop` goes through `_hold`,
+    which keeps the two together (an assignment elsewhere would leave a call's entry blind
+    to a stop a finalizer swallowed)."""
+    tree = ast.parse(Path(stopping.__file__).read_text())
+    assigned: list[str] = []
+    for function in ast.walk(tree):
+        if isinstance(function, ast.FunctionDef):
+            for node in ast.walk(function):
+                targets = (
+                    node.targets
+                    if isinstance(node, ast.Assign)
+                    else ([node.target] if isinstance(node, ast.AnnAssign | ast.AugAssign) else [])
+                )
+                assigned += [function.name for target in targets for sub in ast.walk(target)
+                             if isinstance(sub, ast.Attribute) and sub.attr == "stop"]  # fmt: skip
+    assert sorted(assigned) == ["__init__", "_hold"], assigned
