@@ -86,6 +86,12 @@ def test_results_are_kept_as_the_python_entry_keeps_them() -> None:
     # and with max_result_bytes (lowest = longest = 0, nothing short or long) nothing is
     config = _config(lambda: 3, short=(), long=(), lowest=0, longest=0)
     assert backstop.entry(config)(0.0) == ("finished", 3)
+    # at the bounds of ranges, and of each count of Python's 30-bit digits
+    for low, high in [(-5, 7), (-(2**30), 2**30), (-(2**60), 2**60), (2**29, 2**31)]:
+        for value in {low - 1, low, low + 1, high - 1, high, high + 1, 0, 2**30 - 1, 2**30,
+                      -(2**30), 2**60 - 1, 2**60, -(2**60) + 1}:  # fmt: skip
+            result = backstop.entry(_config(lambda v=value: v, lowest=low, longest=high))(0.0)
+            assert result == (value if low <= value < high else ("finished", value)), value
 
 
 def test_a_call_runs_in_a_context_of_its_own_and_gives_everything_back() -> None:
