@@ -232,3 +232,25 @@ def test_what_the_call_held_is_let_go_of_after_it_gave_everything_back() -> None
     argument = routines.Unread(lambda v: Held([v]), "argument")
     assert backstop.entry(config)(0.0, argument) == "made plain"
     assert sorted(seen) == [(name, "outer", 7) for name in ("argument", "context", "result")]
+
+
+def test_each_call_sees_an_empty_context_whatever_the_last_left() -> None:
+    """No call of an entry sees the variables another set in its context, reset or not,
+    nor a copy one kept of it."""
+    seen: list[str] = []
+
+    def function(how: str) -> int:
+        seen.append(VAR.get())
+        token = VAR.set(f"set by {how}")
+        if how == "reset":
+            VAR.reset(token)
+        elif how == "kept":
+            kept.append(contextvars.copy_context())
+        return 1
+
+    kept: list[contextvars.Context] = []
+    enter = backstop.entry(_config(function))
+    for how in ["reset", "reset", "left set", "reset", "kept", "left set", "reset"]:
+        assert enter(0.0, how) == 1
+    assert seen == ["backend's"] * 7 and VAR.get() == "backend's"
+    assert kept[0][VAR] == "set by kept"  # (a copy: what it holds stays its own)
