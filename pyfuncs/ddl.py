@@ -23,8 +23,8 @@ INTERFACE = "pyfuncs.v1"
 # the routine's entry function. Python 3.11 `try` costs nothing until something is raised.
 # The entry function is kept in the procedure's globals too (`_pf_entry`; no parameter may
 # start with `_pf`): PL/Python writes each call's arguments there, so the lookup reads what
-# the call touches anyway, not SD (with 16 clients on 2 cores each line a call touches
-# comes cold, ~35 ns).
+# the call touches anyway, not SD (with 16 clients a core, each line and page a call
+# touches comes cold).
 BODY = """\
 # pyfuncs {qualname}: generated from {where}; edit the Python source and deploy it.
 global _pf_entry

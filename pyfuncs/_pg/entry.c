@@ -137,8 +137,8 @@ entry_dealloc(Entry *self)
 }
 
 /*
- * list[i] = value, stealing value (PyList_SetItem's work, inline: with 16 clients on 2
- * cores each page of code a call runs comes cold, and listobject.c's is one a call needs
+ * list[i] = value, stealing value (PyList_SetItem's work, inline: with 16 clients a
+ * core each page of code a call runs comes cold, and listobject.c's is one a call needs
  * for nothing else). Where the list has lost that item, PyList_SetItem says so.
  */
 static inline void

@@ -106,7 +106,7 @@ _CALL = """\
         if owed:  # (callbacks of its weak references that came due elsewhere)
             context.run(pay, routine.namespace)
 {reads}        result = context.run(function, {params})
-        if stop_set[0]:  # a stop it did not see (one a finalizer swallowed)
+        if watch.stop is not None:  # a stop it did not see (one a finalizer swallowed)
             watch.check()
         if type(result) is int:  # (one beyond bigint's is made a Decimal: results.plain)
             if lowest <= result < longest:
@@ -146,7 +146,7 @@ def within(n, began, work, *args):
 _WITHIN = """\
     try:
         done = work(*args)
-        if stop_set[0]:
+        if watch.stop is not None:
             watch.check()
         return done
     except RoutineInterrupted:
@@ -394,7 +394,8 @@ class Routine:
             "finish": self._finish,
             "fail": self.fail, "RoutineInterrupted": RoutineInterrupted,
             "Context": Context, "now": time.monotonic,
-            "watch": watch, "stop_set": watch.stop_set, "clock": backstop.CLOCK,
+            "watch": watch, "stop_set": watch.stop_set,  # (entry.c reads the byte)
+            "clock": backstop.CLOCK,
             "settings": identity.SETTINGS, "undo": identity.undo_settings,
             "calling": stopping.CALLING, "routine": self,
             "timeout": self.timeout, **names,
