@@ -176,6 +176,20 @@ def _first(err: psycopg.Error | None) -> str:
     return str(err).splitlines()[0] if err is not None else "-"
 
 
+def _stopped(red: str, conn: psycopg.Connection[Any], how: str, query: str) -> Any:
+    """`query` run as mallory, stopped after 0.3 s (`how`: statement_timeout, a cancel
+    request, or its own timeout_ms), with the ender at hand: (its error, seconds taken)."""
+    with psycopg.connect(red, autocommit=True) as c:
+        c.execute("SELECT red74.quick()")
+        if how == "statement_timeout":
+            c.execute("SET statement_timeout = '300ms'")
+        elif how == "cancel":
+            threading.Timer(0.3, c.cancel_safe).start()
+        err, took = _with_ender(conn, c, query)
+    print("\nOBS", err and err.sqlstate, _first(err), round(took, 2))
+    return err, took
+
+
 @pytest.mark.parametrize("how", ["statement_timeout", "cancel"])
 def test_b_unwinding_window_then_pending_for_ten_seconds(
     red: str, conn: psycopg.Connection[Any], how: str
@@ -183,16 +197,9 @@ def test_b_unwinding_window_then_pending_for_ten_seconds(
     """B: the query catches its stop, then spends UNWIND in a window a nested routine's
     watchdog stop opened (looks: not running on, not pending), then keeps a cancel of its
     own pending at every look for another 10 s: GRACE + UNWIND + a look at most?"""
-    with psycopg.connect(red, autocommit=True) as c:
-        c.execute("SELECT red74.quick()")
-        if how == "statement_timeout":
-            c.execute("SET statement_timeout = '300ms'")
-        else:
-            threading.Timer(0.3, c.cancel_safe).start()
-        err, took = _with_ender(conn, c, "SELECT red74.unwind_then_held()")
-        print("\nOBS", err and err.sqlstate, _first(err), round(took, 2))
-        assert err is not None
-        assert took < 0.3 + BOUND_PENDING, (err.sqlstate, _first(err), round(took, 2))
+    err, took = _stopped(red, conn, how, "SELECT red74.unwind_then_held()")
+    assert err is not None
+    assert took < 0.3 + BOUND_PENDING, (err.sqlstate, _first(err), round(took, 2))
 
 
 @pytest.mark.parametrize("how", ["statement_timeout", "cancel"])
@@ -200,16 +207,9 @@ def test_b_pending_alone_ends_within_eleven_seconds(
     red: str, conn: psycopg.Connection[Any], how: str
 ) -> None:
     """B (control): the held phase alone ends the session by the 10 s rule."""
-    with psycopg.connect(red, autocommit=True) as c:
-        c.execute("SELECT red74.quick()")
-        if how == "statement_timeout":
-            c.execute("SET statement_timeout = '300ms'")
-        else:
-            threading.Timer(0.3, c.cancel_safe).start()
-        err, took = _with_ender(conn, c, "SELECT red74.held_only()")
-        print("\nOBS", err and err.sqlstate, _first(err), round(took, 2))
-        assert err is not None
-        assert took < 0.3 + BOUND_PENDING, (err.sqlstate, _first(err), round(took, 2))
+    err, took = _stopped(red, conn, how, "SELECT red74.held_only()")
+    assert err is not None
+    assert took < 0.3 + BOUND_PENDING, (err.sqlstate, _first(err), round(took, 2))
 
 
 @pytest.mark.parametrize("how", ["statement_timeout", "cancel"])
@@ -218,16 +218,9 @@ def test_b_a_nested_routine_stopped_again_and_again(
 ) -> None:
     """B: the query catches its stop and calls, for ever, a nested routine the watchdog
     stops each time (its timeout_ms): does each stop reopen the 10 s window?"""
-    with psycopg.connect(red, autocommit=True) as c:
-        c.execute("SELECT red74.quick()")
-        if how == "statement_timeout":
-            c.execute("SET statement_timeout = '300ms'")
-        else:
-            threading.Timer(0.3, c.cancel_safe).start()
-        err, took = _with_ender(conn, c, "SELECT red74.respin()")
-        print("\nOBS", err and err.sqlstate, _first(err), round(took, 2))
-        assert err is not None
-        assert took < 0.3 + BOUND_PENDING, (err.sqlstate, _first(err), round(took, 2))
+    err, took = _stopped(red, conn, how, "SELECT red74.respin()")
+    assert err is not None
+    assert took < 0.3 + BOUND_PENDING, (err.sqlstate, _first(err), round(took, 2))
 
 
 def test_b_documented_a_cancel_request_a_short_query_catches_is_consumed(
@@ -281,17 +274,10 @@ def test_b_a_stop_landing_in_a_nested_routines_query_caught_by_the_outer(
     its own query under way (depth 2); the nested call fails with 57014, which the outer
     query catches, then it sleeps on for ever. The session must end within GRACE + CONFIRM
     (or GRACE + UNWIND: the nested call's stop gives Python 10 s) and a look."""
-    with psycopg.connect(red, autocommit=True) as c:
-        c.execute("SELECT red74.quick()")
-        routine = "red74.nested_catch_timed()" if how == "timeout_ms" else "red74.nested_catch()"
-        if how == "statement_timeout":
-            c.execute("SET statement_timeout = '300ms'")
-        elif how == "cancel":
-            threading.Timer(0.3, c.cancel_safe).start()
-        err, took = _with_ender(conn, c, f"SELECT {routine}")
-        print("\nOBS", err and err.sqlstate, _first(err), round(took, 2))
-        assert err is not None
-        assert took < 0.3 + BOUND_PENDING, (err.sqlstate, _first(err), round(took, 2))
+    routine = "red74.nested_catch_timed()" if how == "timeout_ms" else "red74.nested_catch()"
+    err, took = _stopped(red, conn, how, f"SELECT {routine}")
+    assert err is not None
+    assert took < 0.3 + BOUND_PENDING, (err.sqlstate, _first(err), round(took, 2))
 
 
 # A recursive PL/pgSQL function, a block with a handler for division_by_zero (not the
