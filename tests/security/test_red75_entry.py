@@ -261,12 +261,15 @@ def test_a_stopped_call_does_not_leave_its_stop_for_the_next(r75: str) -> None:
                 assert conn.execute("SELECT r75.quick(%s)", [i]).fetchone() == (i + 1,)
 
 
-def test_parameters_reserved_for_the_body(r75: str, conn: psycopg.Connection[Any],
-                                          tmp_path: Path) -> None:
+def test_parameters_reserved_for_the_body(
+    r75: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
     for name in ("_pf_entry", "_pf_fn", "_pf", "_pf_error", "\uff3fpf_entry"):
-        source = (f"from pyfuncs import stored_function\n\n"
-                  f"@stored_function(schema='r75c')\n"
-                  f"def f({name}: int) -> int:\n    return {name}\n")
+        source = (
+            f"from pyfuncs import stored_function\n\n"
+            f"@stored_function(schema='r75c')\n"
+            f"def f({name}: int) -> int:\n    return {name}\n"
+        )
         path = tmp_path / "r75c_mod.py"
         path.write_text(source, encoding="utf-8")
         with pytest.raises(Exception) as info:
@@ -280,8 +283,9 @@ def test_parameters_reserved_for_the_body(r75: str, conn: psycopg.Connection[Any
         assert other.execute("SELECT r75.quick(n => 1)").fetchone() == (2,)
 
 
-def test_routine_code_cannot_reach_the_procedure_globals(r75: str, conn: psycopg.Connection[Any],
-                                                         tmp_path: Path) -> None:
+def test_routine_code_cannot_reach_the_procedure_globals(
+    r75: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
     path = tmp_path / "r75b_mod.py"
     path.write_text(REACH)
     try:
