@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -61,6 +62,22 @@ def ensure_role(conn: psycopg.Connection[Any], name: str, options: str = "NOLOGI
             conn.execute(
                 sql.SQL("CREATE ROLE {} {}").format(sql.Identifier(name), sql.SQL(options))
             )
+
+
+@contextlib.contextmanager
+def cancel_after(conn: psycopg.Connection[Any], seconds: float) -> Iterator[None]:
+    """A client's cancel request for `conn`, sent `seconds` into the block (in a thread), and
+    delivered when the block is left. PostgreSQL 15's postmaster signals a cancel request's
+    backend twice (its pid, then its process group); the second, late on a busy machine,
+    cancels whatever statement runs by then: a next statement sent before it lands can be
+    cancelled too, in plain PostgreSQL as with routines (CI saw it). libpq's cancel returns
+    once the server has closed its connection, after both signals."""
+    timer = threading.Timer(seconds, conn.cancel_safe)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.join()
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ a statement_timeout honoured, a lock_timeout caught and tried again (round 69's,
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from pyfuncs import deploy as deploying
 from pyfuncs.embedded import Cluster
+from tests.conftest import cancel_after
 
 MOD = """
 from pyfuncs import db, stored_function
@@ -105,9 +107,8 @@ def test_a_query_slow_to_see_its_cancel_is_not_a_query_that_caught_it(
         routine = "ranon.timed()" if how == "timeout_ms" else "ranon.untimed()"
         if how == "statement_timeout":
             c.execute("SET statement_timeout = '200ms'")
-        elif how == "cancel":
-            threading.Timer(0.2, c.cancel_safe).start()
-        err, took = _err(c, f"SELECT {routine}")
+        with cancel_after(c, 0.2) if how == "cancel" else contextlib.nullcontext():
+            err, took = _err(c, f"SELECT {routine}")
         assert err is not None
         alive = not (c.closed or c.broken)
         assert alive and err.sqlstate == "57014", (err.sqlstate, str(err), took)
@@ -151,8 +152,8 @@ def test_a_query_ending_on_its_cancel_as_the_backstop_looks_is_not_one_that_ran_
             )
         )
         flood.start()
-        threading.Timer(0.1, c.cancel_safe).start()
-        err, took = _err(c, "SELECT ranon.untimed()")
+        with cancel_after(c, 0.1):
+            err, took = _err(c, "SELECT ranon.untimed()")
         flood.join()
         assert took > 1.5, f"the division took only {took:.2f} s here"
         assert sent and sent[0] > 1000, sent
@@ -165,29 +166,29 @@ def test_plain_do_block_catching_cancel_in_a_booted_session_runs_on(ranon: str) 
     """No routine's query under way: a cancel behaves as in PostgreSQL."""
     with psycopg.connect(ranon, autocommit=True) as c:
         c.execute("SELECT ranon.quick()")
-        threading.Timer(0.3, c.cancel_safe).start()
-        err, took = _err(
-            c,
-            "DO $$ DECLARE t timestamptz := clock_timestamp(); BEGIN "
-            "WHILE clock_timestamp() < t + interval '2.5 s' LOOP BEGIN "
-            "PERFORM pg_sleep(0.05); EXCEPTION WHEN query_canceled THEN NULL; "
-            "END; END LOOP; END $$",
-        )
+        with cancel_after(c, 0.3):
+            err, took = _err(
+                c,
+                "DO $$ DECLARE t timestamptz := clock_timestamp(); BEGIN "
+                "WHILE clock_timestamp() < t + interval '2.5 s' LOOP BEGIN "
+                "PERFORM pg_sleep(0.05); EXCEPTION WHEN query_canceled THEN NULL; "
+                "END; END LOOP; END $$",
+            )
         assert err is None and took >= 2.4
         assert c.execute("SELECT ranon.quick()").fetchone() == (1,)
 
 
 def test_a_cancel_honoured_leaves_nothing_for_the_next_call(ranon: str) -> None:
     with psycopg.connect(ranon, autocommit=True) as c:
-        threading.Timer(0.3, c.cancel_safe).start()
-        err, _ = _err(c, "SELECT ranon.sleeps(3)")
+        with cancel_after(c, 0.3):
+            err, _ = _err(c, "SELECT ranon.sleeps(3)")
         assert err is not None and err.sqlstate == "57014"
         # the next call's query runs past the cancel timer's GRACE: not killed
         assert c.execute("SELECT ranon.sleeps(2)").fetchone() == ("slept",)
         # and in a transaction block, cancelled then rolled back, then again
         c.execute("BEGIN")
-        threading.Timer(0.3, c.cancel_safe).start()
-        err, _ = _err(c, "SELECT ranon.sleeps(3)")
+        with cancel_after(c, 0.3):
+            err, _ = _err(c, "SELECT ranon.sleeps(3)")
         assert err is not None
         c.execute("ROLLBACK")
         assert c.execute("SELECT ranon.sleeps(1.5)").fetchone() == ("slept",)
@@ -195,8 +196,8 @@ def test_a_cancel_honoured_leaves_nothing_for_the_next_call(ranon: str) -> None:
 
 def test_a_cancel_of_a_nested_routine_leaves_the_session(ranon: str) -> None:
     with psycopg.connect(ranon, autocommit=True) as c:
-        threading.Timer(0.3, c.cancel_safe).start()
-        err, took = _err(c, "SELECT ranon.outer()")
+        with cancel_after(c, 0.3):
+            err, took = _err(c, "SELECT ranon.outer()")
         assert err is not None and err.sqlstate == "57014" and took < 1.5, (str(err), took)
         assert not (c.closed or c.broken)
         assert c.execute("SELECT ranon.sleeps(1.5)").fetchone() == ("slept",)

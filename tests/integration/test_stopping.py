@@ -15,6 +15,7 @@ import pytest
 
 from pyfuncs import deploy as deploying
 from pyfuncs.embedded import Cluster
+from tests.conftest import cancel_after
 
 from .modules import spin_mod
 
@@ -1139,11 +1140,10 @@ def test_a_query_catching_the_stop_of_a_routine_it_calls_does_not_run_on(
     (tmp_path / "forever_mod.py").write_text(FOREVER)
     deploying.deploy(conn, str(tmp_path / "forever_mod.py"))
     with psycopg.connect(dsn, autocommit=True) as caller:
-        if timeout == "cancel":
-            threading.Timer(0.3, caller.cancel_safe).start()
-        else:
+        if timeout != "cancel":
             caller.execute("SELECT set_config('statement_timeout', %s, false)", [timeout])
-        err, took = run(caller, "SELECT forever.nesting()")
+        with cancel_after(caller, 0.3) if timeout == "cancel" else contextlib.nullcontext():
+            err, took = run(caller, "SELECT forever.nesting()")
         assert err.sqlstate == "57014" and took < 0.3 + SLACK, (str(err), took)
         caller.execute("RESET statement_timeout")
         assert caller.execute("SELECT forever.inner()").fetchone() == (1,)

@@ -5,6 +5,7 @@ UNWIND where its stop keeps being pending). Each test PASSES where the promise h
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from pyfuncs import deploy as deploying
 from pyfuncs.embedded import Cluster
+from tests.conftest import cancel_after
 
 from ..integration.test_ran_on import _err
 
@@ -213,9 +215,8 @@ def test_a_slow_rollback_of_a_nested_block_is_not_running_on(
         routine = "red73.slow_abort_timed()" if how == "timeout_ms" else "red73.slow_abort()"
         if how == "statement_timeout":
             c.execute("SET statement_timeout = '3000ms'")
-        elif how == "cancel":
-            threading.Timer(3.0, c.cancel_safe).start()
-        err, took = _with_ender(conn, c, f"SELECT {routine}")
+        with cancel_after(c, 3.0) if how == "cancel" else contextlib.nullcontext():
+            err, took = _with_ender(conn, c, f"SELECT {routine}")
         assert err is not None
         try:
             c.execute("RESET statement_timeout")

@@ -12,6 +12,7 @@ session as one that "caught the cancel")."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 
 from pyfuncs import deploy as deploying
 from pyfuncs.embedded import SUPERUSER, Cluster
+from tests.conftest import cancel_after
 
 from .test_red73_ranon import BOUND_PENDING, _with_ender
 
@@ -308,9 +310,8 @@ def test_a_a_long_error_path_through_nested_blocks_is_not_running_on(
         c.execute("SELECT red74.quick()")
         if how == "statement_timeout":
             c.execute("SET statement_timeout = '300ms'")
-        else:
-            threading.Timer(0.3, c.cancel_safe).start()
-        err, took = _with_ender(conn, c, "SELECT red74.deep(250)")
+        with cancel_after(c, 0.3) if how == "cancel" else contextlib.nullcontext():
+            err, took = _with_ender(conn, c, "SELECT red74.deep(250)")
         try:
             after: Any = c.execute("SELECT red74.quick()").fetchone()
         except psycopg.Error as exc:
