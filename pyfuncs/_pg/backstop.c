@@ -951,6 +951,7 @@ static int	timer = -1;
 /* (deeper than PL/Python's recursion limit lets routines call each other through SQL) */
 #define MAX_LENT 1024
 static long lent;				/* queries under way since the timer was set */
+static double lent_at;			/* when the last query was lent, until it is entered (0) */
 static double deadlines[MAX_LENT];	/* the deadline armed for each (0: none), outermost first */
 static TimestampTz statement_due[MAX_LENT];	/* statement_timeout's, as each began (0: none) */
 
@@ -1156,9 +1157,10 @@ guard_enter(PyObject *self, PyObject *unused)
 	if (queries++ == 0)
 	{
 		outermost++;
-		outermost_began = now();
+		outermost_began = lent_at > 0 ? lent_at : now();
 		error_quiet = ErrorContext->mem_allocated;
 	}
+	lent_at = 0;
 	return entered;
 }
 
@@ -1215,18 +1217,18 @@ guard_leave(PyObject *self, PyObject *entered)
 /* the milliseconds until `at` (seconds of CLOCK_MONOTONIC), rounded up: a timer set to go
  * off then never goes off before it (one past it goes off at once) */
 static int
-ms_until(double at)
+ms_until(double at, double t)
 {
-	double		left = at - now();
+	double		left = at - t;
 
 	return left <= 0 ? 0 : left * 1000 >= INT_MAX - 1 ? INT_MAX : (int) (left * 1000) + 1;
 }
 
-/* the timer set to go off at `deadline` */
+/* the timer set to go off at `deadline`, `t` being now */
 static void
-arm(double deadline)
+arm(double deadline, double t)
 {
-	enable_timeout_after((TimeoutId) timer, ms_until(deadline));
+	enable_timeout_after((TimeoutId) timer, ms_until(deadline, t));
 }
 
 /* what die() does (in a signal handler), and why */
@@ -1400,25 +1402,34 @@ explain(ErrorData *edata)
 		prior_emit_log_hook(edata);
 }
 
+/* the killer set to go off GRACE after `first` (PostgreSQL's time), then every GRACE */
+static void
+killer_after(TimestampTz first)
+{
+	int			every = Max(1, (int) (grace * 1000));
+
+	enable_timeout_every((TimeoutId) killer, TimestampTzPlusMilliseconds(first, every), every);
+}
+
 /* the killer set to go off at `at` (seconds of CLOCK_MONOTONIC), then every GRACE */
 static void
 arm_killer(double at)
 {
 	enable_timeout_every((TimeoutId) killer,
-						 TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms_until(at)),
+						 TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms_until(at, now())),
 						 Max(1, (int) (grace * 1000)));
 }
 
-/* when a query lent now ends the session unless it has returned: GRACE after the first of
+/* when a query lent at `t` ends the session unless it has returned: GRACE after the first of
  * the call's deadline and statement_timeout (0: never) */
 static double
-end_of(double deadline, TimestampTz due)
+end_of(double deadline, TimestampTz due, double t)
 {
 	double		first = deadline;
 
 	if (due != 0)
 	{
-		double		statement = now() + (due - GetCurrentTimestamp()) / 1e6;
+		double		statement = t + (due - GetCurrentTimestamp()) / 1e6;
 
 		if (first <= 0 || statement < first)
 			first = statement;
@@ -1438,21 +1449,30 @@ guard_lend(PyObject *self, PyObject *unused)
 {
 	double		deadline = timer < 0 ? 0 : pyfuncs_backstop_clock[0],
 				armed = lent > 0 ? deadlines[lent - 1] : 0;
-	TimestampTz due;
+	TimestampTz due,
+				armed_at = 0;	/* the timer's, where this query sets it */
+	double		t;
 
 	if (IsInParallelMode() || lent >= MAX_LENT)
 		return object(0);
+	t = lent_at = now();		/* (one clock read for the query: enter's too) */
 	due = get_timeout_active(STATEMENT_TIMEOUT) ? get_timeout_finish_time(STATEMENT_TIMEOUT) : 0;
 	/* the first deadline, or one of a routine called inside a query whose comes first */
 	if (deadline > 0 && (armed <= 0 || deadline < armed))
 	{
 		armed = deadline;
-		arm(armed);
+		arm(armed, t);
+		armed_at = get_timeout_finish_time((TimeoutId) timer);
 	}
 	if (lent == 0 && armed <= 0 && due == 0)
 		return object(2);
-	ends[lent] = killer < 0 ? 0 : end_of(armed, due);
-	if (ends[lent] > 0)
+	ends[lent] = killer < 0 ? 0 : end_of(armed, due, t);
+	/* (from the timer's time and statement_timeout's, where they are known: no clock read) */
+	if (ends[lent] > 0 && armed_at != 0 && (due == 0 || armed_at <= due))
+		killer_after(armed_at);
+	else if (ends[lent] > 0 && armed <= 0)
+		killer_after(due);
+	else if (ends[lent] > 0)
 		arm_killer(ends[lent]);
 	deadlines[lent] = armed;
 	statement_due[lent++] = due;
@@ -1471,6 +1491,8 @@ guard_give_back(PyObject *self, PyObject *unused)
 	double		inner;
 	TimestampTz due;
 	bool		fired = false;
+	DisableTimeoutParams off[2];
+	int			n = 0;
 
 	if (lent == 0)
 		return object(2);
@@ -1481,12 +1503,14 @@ guard_give_back(PyObject *self, PyObject *unused)
 		if (lent > 0 && ends[lent - 1] > 0)
 			arm_killer(ends[lent - 1]);
 		else
-			disable_timeout((TimeoutId) killer, false);
+			off[n++] = (DisableTimeoutParams) {(TimeoutId) killer, false};
 	}
+	if (timer >= 0 && (lent == 0 || deadlines[lent - 1] <= 0))
+		off[n++] = (DisableTimeoutParams) {(TimeoutId) timer, true};
+	if (n > 0)					/* (together: PostgreSQL reads the clock once, if at all) */
+		disable_timeouts(off, n);
 	if (timer >= 0)
 	{
-		if (lent == 0 || deadlines[lent - 1] <= 0)
-			disable_timeout((TimeoutId) timer, true);
 		/* a deadline that came as the query finished, too late for it, leaves no cancel
 		 * behind for what runs next (the caller stops the call for it) */
 		fired = get_timeout_indicator((TimeoutId) timer, true);
@@ -1494,7 +1518,7 @@ guard_give_back(PyObject *self, PyObject *unused)
 			QueryCancelPending = false;
 		/* the query around this one's deadline, where this one's came first */
 		if (lent > 0 && deadlines[lent - 1] > 0 && deadlines[lent - 1] > inner)
-			arm(deadlines[lent - 1]);
+			arm(deadlines[lent - 1], now());
 	}
 	if (fired)
 		return object(1);

@@ -655,6 +655,13 @@ typedef struct
 	PyObject   *prepared_type;	/* db._Prepared */
 	PyObject   *coltypes;		/* PL/Python's result's method coltypes, once called */
 	Py_ssize_t	slots[4];		/* where Db._module, _Prepared's plan, types, fixes are */
+	/* the watchdog seen last, its stop_set (a memoryview of the byte `stop_byte` points
+	 * into) and its budgets (a list): what says whether it holds a stop and whether calls
+	 * under way count queries, read without looking their names up (see watched) */
+	PyObject   *watchdog;
+	PyObject   *stop_flag;
+	const unsigned char *stop_byte;
+	PyObject   *budgets;
 }			Queries;
 
 #define QUERIES_OBJECTS 20
@@ -666,13 +673,13 @@ static const char *const queries_names[QUERIES_OBJECTS] = {
 	"SPIError", "Error", "Db", "Prepared",
 };
 
-#define NAMES 14
+#define NAMES 15
 static PyObject *names[NAMES];	/* interned: see queries_new */
 
 enum
 {
 	N_WATCHDOG, N_DISPOSING, N_BEGIN, N_END, N_STOP, N_BUDGETS, N_COUNT, N_MODULE, N_PLAN,
-	N_PLAN_OF, N_COLTYPES, N_ROWS, N_TYPES, N_FIXES,
+	N_PLAN_OF, N_COLTYPES, N_ROWS, N_TYPES, N_FIXES, N_STOP_SET,
 };
 
 static int
@@ -681,6 +688,9 @@ queries_traverse(Queries *self, visitproc visit, void *arg)
 	for (int i = 0; i < QUERIES_OBJECTS; i++)
 		Py_VISIT(QUERIES_FIELD(self, i));
 	Py_VISIT(self->coltypes);
+	Py_VISIT(self->watchdog);
+	Py_VISIT(self->stop_flag);
+	Py_VISIT(self->budgets);
 	return 0;
 }
 
@@ -690,6 +700,10 @@ queries_clear(Queries *self)
 	for (int i = 0; i < QUERIES_OBJECTS; i++)
 		Py_CLEAR(QUERIES_FIELD(self, i));
 	Py_CLEAR(self->coltypes);
+	Py_CLEAR(self->watchdog);
+	Py_CLEAR(self->stop_flag);
+	Py_CLEAR(self->budgets);
+	self->stop_byte = NULL;
 	return 0;
 }
 
@@ -786,6 +800,43 @@ the_call(Queries *self, PyObject *module)
 }
 
 /*
+ * Where `watchdog` is another than the one seen last, its stop byte and budgets kept: a
+ * watchdog's `stop_set` and `budgets` are made with it and never replaced (its `stop` is
+ * set with the byte, see watchdog.Watchdog._hold; tests/unit/test_runtime.py). Of another
+ * kind, nothing is kept, and watched reads the attributes by name. 0, or -1 with the error
+ * set.
+ */
+static int
+seen(Queries *self, PyObject *watchdog)
+{
+	PyObject   *flag = PyObject_GetAttr(watchdog, names[N_STOP_SET]),
+			   *budgets = flag == NULL ? NULL : PyObject_GetAttr(watchdog, names[N_BUDGETS]);
+
+	if (budgets == NULL)
+	{
+		Py_CLEAR(flag);
+		if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+			return -1;
+		PyErr_Clear();			/* (a watchdog older than its byte: read by name) */
+	}
+	Py_CLEAR(self->stop_flag);
+	Py_CLEAR(self->budgets);
+	self->stop_byte = NULL;
+	Py_XSETREF(self->watchdog, Py_NewRef(watchdog));
+	if (flag != NULL && PyMemoryView_Check(flag) && PyList_CheckExact(budgets) &&
+		PyMemoryView_GET_BUFFER(flag)->len == 1 && !PyMemoryView_GET_BUFFER(flag)->readonly)
+	{
+		self->stop_byte = PyMemoryView_GET_BUFFER(flag)->buf;
+		self->stop_flag = flag;
+		self->budgets = budgets;
+		return 0;
+	}
+	Py_XDECREF(flag);
+	Py_XDECREF(budgets);
+	return 0;
+}
+
+/*
  * watchdog.guard() (`counting` 0), or the query counted for max_db_ops (1): 0, or -1 with
  * the error set
  */
@@ -801,13 +852,20 @@ watched(Queries *self, int counting)
 	if (watchdog == Py_None)
 		return 0;
 	Py_INCREF(watchdog);
-	value = PyObject_GetAttr(watchdog, names[counting ? N_BUDGETS : N_STOP]);
-	if (value == NULL)
+	if (watchdog != self->watchdog && seen(self, watchdog) < 0)
 		goto failed;
-	due = counting ? PyObject_IsTrue(value) : value != Py_None;
-	Py_DECREF(value);
-	if (due < 0)
-		goto failed;
+	if (self->stop_byte != NULL)
+		due = counting ? PyList_GET_SIZE(self->budgets) > 0 : self->stop_byte[0] != 0;
+	else
+	{
+		value = PyObject_GetAttr(watchdog, names[counting ? N_BUDGETS : N_STOP]);
+		if (value == NULL)
+			goto failed;
+		due = counting ? PyObject_IsTrue(value) : value != Py_None;
+		Py_DECREF(value);
+		if (due < 0)
+			goto failed;
+	}
 	if (due)
 	{
 		value = counting ? PyObject_CallMethodNoArgs(watchdog, names[N_COUNT])
@@ -1128,7 +1186,7 @@ pyfuncs_queries_new(PyObject *config)
 {
 	static const char *const interned[NAMES] = {
 		"WATCHDOG", "disposing", "begin", "end", "stop", "budgets", "count_db_op", "_module",
-		"plan", "_plan", "coltypes", "rows", "types", "fixes",
+		"plan", "_plan", "coltypes", "rows", "types", "fixes", "stop_set",
 	};
 	Queries    *self;
 
@@ -1151,7 +1209,8 @@ pyfuncs_queries_new(PyObject *config)
 	self->vectorcall = queries_run;
 	for (int i = 0; i < QUERIES_OBJECTS; i++)
 		QUERIES_FIELD(self, i) = NULL;
-	self->coltypes = NULL;
+	self->coltypes = self->watchdog = self->stop_flag = self->budgets = NULL;
+	self->stop_byte = NULL;
 	for (int i = 0; i < QUERIES_OBJECTS; i++)
 		if (!(QUERIES_FIELD(self, i) = item(config, queries_names[i])))
 			goto bad;
