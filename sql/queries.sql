@@ -372,23 +372,26 @@ VALUES (%(at)s, %(event)s, %(connection)s, %(role)s, %(subject)s, %(detail)s)
 
 -- name: realtime_removed_later
 -- Changes committed after a position that delete, re-key or truncate rows of one table
--- (for keys given as jsonb objects): the gateway defers telling a subscriber that such a row
--- left its view, and sends the DELETE instead when it gets there. An UPDATE counts only if
--- it changes a key column (their names given): CASE makes that cheap test come first, as
--- comparing the old row with every key is not (a busy table's later changes, times the keys
--- of a batch).
+-- (for keys given as jsonb objects of its key columns, `names`): the gateway defers telling
+-- a subscriber that such a row left its view, and sends the DELETE instead when it gets
+-- there. An UPDATE counts only if it changes a key column: CASE makes that cheap test come
+-- first. A change's old key is made once and looked up among the keys hashed (IN of a
+-- subquery: a hashed SubPlan), not compared with each (a busy table's later changes, times
+-- the keys of a batch); equal, as realtime_changed_later's, not contained (an array key
+-- contains a shorter one).
 SELECT ch.op, ch.old_row, ch.new_row
 FROM pyfuncs.realtime_commit c JOIN pyfuncs.realtime_change ch ON ch.txid = c.txid
 WHERE c.position > %(after)s AND ch.schema_name = %(schema)s AND ch.table_name = %(table)s
   AND CASE ch.op
       WHEN 'TRUNCATE' THEN true
-      WHEN 'DELETE' THEN ch.old_row @> ANY (%(keys)s::jsonb[])
-      WHEN 'UPDATE' THEN
-          CASE WHEN EXISTS (SELECT FROM pg_catalog.unnest(%(names)s::text[]) AS k (name)
-                            WHERE ch.old_row -> k.name IS DISTINCT FROM ch.new_row -> k.name)
-               THEN ch.old_row @> ANY (%(keys)s::jsonb[])
-               ELSE false END
+      WHEN 'DELETE' THEN true
+      WHEN 'UPDATE' THEN EXISTS (SELECT FROM pg_catalog.unnest(%(names)s::text[]) AS k (name)
+                                 WHERE ch.old_row -> k.name IS DISTINCT FROM ch.new_row -> k.name)
       ELSE false END
+  AND (ch.op = 'TRUNCATE'
+       OR (SELECT pg_catalog.jsonb_object_agg(k.name, ch.old_row -> k.name)
+           FROM pg_catalog.unnest(%(names)s::text[]) AS k (name))
+          IN (SELECT pg_catalog.unnest(%(keys)s::jsonb[])))
 
 -- name: realtime_changed_later
 -- Of keys of one table (jsonb objects of its key columns, `names`), the ordinals of those a
