@@ -221,6 +221,8 @@ class Db(Queries):
         if prepared is None:  # (a query of its own, as PostgreSQL runs any SQL preparing
             # it: types' input functions on literals, a domain's check with them)
             prepared, params = _guarded(id(entry), self._plan, query, params)
+        if watchdog is not None and watchdog.stop is not None:  # (held while planning or
+            stopping.guard()  # counting: the runtime's bookkeeping, see entry.c)
         # (begun inside the try: an exception right after, a MemoryError under
         # max_memory_mb say, must still end it)
         begun = ended = None

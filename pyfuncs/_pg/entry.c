@@ -1067,6 +1067,11 @@ queries_run(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *
 	}
 	if (!(plan = slot(self, prepared, S_PLAN)))
 		goto done;
+	/* a stop the watchdog held while Python ran above (the planning of a query not kept
+	 * yet, the count: its bookkeeping, where a stop is held and raised later) is raised
+	 * here, before the query (round 76 read that it let one query run) */
+	if ((self->stop_byte == NULL || self->stop_byte[0]) && watched(self, 0) < 0)
+		goto done;
 	/* from here as db._run's try: the query, its errors told, then its end */
 	outer = Py_NewRef(PyList_GET_ITEM(self->querying, 0));
 	swap_in(self->querying, 0, Py_NewRef(entry_id));
