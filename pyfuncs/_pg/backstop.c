@@ -1467,8 +1467,9 @@ guard_lend(PyObject *self, PyObject *unused)
 	if (lent == 0 && armed <= 0 && due == 0)
 		return object(2);
 	ends[lent] = killer < 0 ? 0 : end_of(armed, due, t);
-	/* (from the timer's time and statement_timeout's, where they are known: no clock read) */
-	if (ends[lent] > 0 && armed_at != 0 && (due == 0 || armed_at <= due))
+	/* (from the timer's time and statement_timeout's, where they are known: no clock read;
+	 * not from a deadline already passed, for which the timer is set to now) */
+	if (ends[lent] > 0 && armed_at != 0 && armed > t && (due == 0 || armed_at <= due))
 		killer_after(armed_at);
 	else if (ends[lent] > 0 && armed <= 0)
 		killer_after(due);
