@@ -94,7 +94,9 @@ def one_core(cluster: Cluster, url: str) -> dict[str, Any]:
     between levels within a run as the kernel places clients and backends on the cores
     (README, Benchmarks), which measures the placement more than the function."""
     postmaster = cluster.postmaster_pid()
-    cores = os.sched_getaffinity(postmaster)
+    # (the machine's cores, as this process has them: a run killed in this part left the
+    # postmaster on one, which its own affinity would keep for good)
+    cores = os.sched_getaffinity(0)
     one = {min(cores)}
     steady: dict[str, list[float]] = {name: [] for name in ONE_CORE}
     os.sched_setaffinity(postmaster, one)
