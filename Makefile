@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 PLPYTHON := /usr/share/postgresql/15/extension/plpython3u.control
 WAL2JSON := /usr/lib/postgresql/15/lib/wal2json.so
 CHROMIUM := /usr/bin/chromium
+VALGRIND := /usr/bin/valgrind
 PG_CONFIG := /usr/lib/postgresql/15/bin/pg_config
 # the server's headers (postgresql-server-dev-15); pg_config alone comes with the client package
 PG_HEADERS := /usr/include/postgresql/15/server/postgres.h
@@ -20,7 +21,7 @@ PY_HEADERS := /usr/include/python3.11/Python.h
 LIBPYTHON := -L/usr/lib/$$(gcc -print-multiarch) -l:libpython3.11.so.1.0
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup backstop preload entry locale demo live test lint bench clean db-down
+.PHONY: setup backstop preload entry locale demo live test lint bench footprint clean db-down
 
 setup: $(PLPYTHON) $(WAL2JSON) $(BACKSTOP) $(PRELOAD) $(ENTRY) locale $(STAMP)
 
@@ -63,13 +64,16 @@ $(PRELOAD): pyfuncs/_pg/preload.c $(PLPYTHON) $(PG_HEADERS) $(PY_HEADERS)
 	$(SUDO) install -m 755 build/pyfuncs_preload.so $@
 
 # a call's entry and a routine's queries in C (README "The entry library"): built with Python
-# 3.11's headers, linked against nothing (it uses the libpython PL/Python loaded)
+# 3.11's headers and PostgreSQL's (PL/Python's result object), linked against nothing (it
+# uses the libpython PL/Python loaded)
 entry: $(ENTRY)
 
-$(ENTRY): pyfuncs/_pg/entry.c $(PLPYTHON) $(PY_HEADERS)
+$(ENTRY): pyfuncs/_pg/entry.c $(PLPYTHON) $(PY_HEADERS) $(PG_HEADERS)
 	mkdir -p build
-	gcc -O2 -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Werror -fPIC \
-		-shared -I$(dir $(PY_HEADERS)) -o build/pyfuncs_entry.so $<
+	# (-Os: its code comes cold at each call on a busy core, where smaller is faster)
+	gcc -Os -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Werror -fPIC \
+		-shared -I$$($(PG_CONFIG) --includedir-server) -I$(dir $(PY_HEADERS)) \
+		-o build/pyfuncs_entry.so $<
 	$(SUDO) install -m 755 build/pyfuncs_entry.so $@
 
 # a locale other than C, for the tests of values written whatever a session's lc_monetary;
@@ -110,6 +114,15 @@ lint: setup
 bench: setup
 	$(BIN)/python -m bench.run; routines=$$?; $(BIN)/python -m bench.capture; capture=$$?; \
 		$(BIN)/python -m bench.realtime && exit $$(( routines || capture ))
+
+# the lines of memory a cold call touches, counted by Valgrind (bench/footprint.py; after
+# `make bench`, whose database it copies)
+footprint: setup $(VALGRIND)
+	$(BIN)/python -m bench.footprint
+
+$(VALGRIND):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq valgrind
 
 db-down: setup
 	$(BIN)/pyfuncs db down

@@ -75,25 +75,30 @@ def load(postgres: ctypes.CDLL) -> bool:
     return bool(_library)
 
 
-# the entry library's makers (pyfuncs_entry_new, pyfuncs_queries_new), once loaded; None for
-# one a library built before it lacks
+# the entry library's makers (pyfuncs_entry_new, pyfuncs_queries_new,
+# pyfuncs_entry_clocked_new), once loaded; None for one a library built before it lacks
 _makers: list[Any] = []
+_MAKERS = ("pyfuncs_entry_new", "pyfuncs_queries_new", "pyfuncs_entry_clocked_new")
 
 
 def load_entries(path: str) -> None:
     """Load the entry library at `path` (load does, from PostgreSQL's library directory)."""
     library = ctypes.PyDLL(path)  # (PyDLL: its functions are called with the GIL held)
-    made = [getattr(library, name, None) for name in ("pyfuncs_entry_new", "pyfuncs_queries_new")]
+    made = [getattr(library, name, None) for name in _MAKERS]
     for new in made:
         if new is not None:
             new.argtypes, new.restype = [ctypes.py_object], ctypes.py_object
     _makers[:] = made
 
 
-def entry(config: dict[str, Any]) -> Any:
+def entry(config: dict[str, Any]) -> tuple[Any, bool]:
     """The entry library's Entry for a routine's `call` (entry.c says what `config` holds),
-    or None without the library."""
-    return _makers[0](config) if _makers and _makers[0] else None
+    or None without the library; and whether it is clocked: it notes when its call began in
+    the entry frame's `began` itself, and takes the routine's arguments alone (else it is
+    given that time first)."""
+    if _makers and _makers[2]:
+        return _makers[2](config), True
+    return (_makers[0](config) if _makers and _makers[0] else None), False
 
 
 def queries(config: dict[str, Any]) -> Any:

@@ -427,7 +427,8 @@ def use_runner(make: Callable[[dict[str, Any]], Any]) -> None:
         "calling": stopping.CALLING, "querying": _QUERYING, "text": _text, "plans": _DIRECT,
         "guarded": _guarded, "may_not_run": deadline.may_not_run,
         "expired": deadline.expired, "failed": _failed, "ended": _ended,
-        "execute": plpy.execute, "SPIError": plpy.SPIError, "Error": plpy.Error,
+        "execute": plpy.execute, "SPIError": plpy.SPIError,
+        "Error": plpy.Error,  # (libraries built before stop 41 require it)
         "Db": Db, "Prepared": _Prepared,
     })  # fmt: skip
     if runner is not None:

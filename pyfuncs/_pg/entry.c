@@ -3,9 +3,11 @@
  *
  * A call of a routine that returns a value runs in its entry function, whose frame is what
  * the watchdog and `db` find a call by (watchdog.py, db.py). That frame stays Python's,
- * and small: it reads the clock into its slot `began` and hands over to an Entry, an object
- * of this library's made once per routine, which does the rest of what routines._CALL
- * (the same work in Python, where this library is not installed) does:
+ * and small: it hands over to an Entry, an object of this library's made once per routine,
+ * which notes when the call began in the frame's slot `began` (a clocked one, see
+ * note_began; one made by pyfuncs_entry_new is given that time by the frame) and does the
+ * rest of what routines._CALL (the same work in Python, where this library is not
+ * installed) does:
  *
  *   - the routine's module becomes the one whose call is under way (watchdog.CALLING), the
  *     call gets a level of settings of its own (identity.SETTINGS) and, with a timeout_ms,
@@ -24,7 +26,8 @@
  * its try and its undo after them, here they cannot be split. Python calls it with the GIL
  * held. The library links against nothing: Python's functions are the process's own
  * (PL/Python's libpython), found as the library is loaded (backstop.py loads it only in a
- * Python 3.11, the version of the headers it is built with).
+ * Python 3.11, the version of the headers it is built with), and PostgreSQL's (it reads
+ * PL/Python's result objects as PostgreSQL 15's headers describe them).
  *
  * What the call held (the result as the function returned it, the arguments it read, its
  * context) is let go of after all that is given back, as the Python entry's frame lets go
@@ -35,11 +38,18 @@
  * keys other than those they do now (tests/unit/test_backstop_abi.py); one that must gets
  * a new name.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "postgres.h"
+
+#include "plpy_resultobject.h"	/* (Python.h, as PL/Python includes it) */
 #include <stdbool.h>
 #include <stddef.h>
 #include <structmember.h>
+#include <time.h>
+
+#define Py_BUILD_CORE 1			/* (the frame a clocked entry notes its start in, and */
+#include "internal/pycore_frame.h"	/* the variables of a context) */
+#include "internal/pycore_context.h"
+#undef Py_BUILD_CORE
 
 typedef struct
 {
@@ -61,6 +71,9 @@ typedef struct
 	long long	lowest;			/* ints in [lowest, longest) are kept as they are */
 	long long	longest;
 	bool		unbounded;		/* longest is past long long's range: no bound above */
+	bool		small_kept;		/* every int below 2**60 in size is in [lowest, longest) */
+	bool		clocked;		/* reads when its call began itself (pyfuncs_entry_clocked_new) */
+	PyObject   *spare;			/* an empty Context a call left unshared: the next call's */
 	/* the rest */
 	PyObject   *clock;			/* backstop.CLOCK (a memoryview of doubles), or NULL */
 	PyObject   *stop_flag;		/* what stop_set points into (a memoryview), or NULL */
@@ -77,6 +90,7 @@ typedef struct
 
 static PyObject *stop_name;		/* "stop" */
 static PyObject *check_name;	/* "check" */
+static PyObject *began_name;	/* "began" */
 
 static int
 entry_traverse(Entry *self, visitproc visit, void *arg)
@@ -99,6 +113,7 @@ entry_traverse(Entry *self, visitproc visit, void *arg)
 	Py_VISIT(self->unread);
 	Py_VISIT(self->zero);
 	Py_VISIT(self->stop_flag);
+	Py_VISIT(self->spare);
 	return 0;
 }
 
@@ -123,6 +138,7 @@ entry_clear(Entry *self)
 	Py_CLEAR(self->unread);
 	Py_CLEAR(self->zero);
 	Py_CLEAR(self->stop_flag);
+	Py_CLEAR(self->spare);
 	self->stop_set = NULL;
 	self->deadline = NULL;
 	return 0;
@@ -191,7 +207,13 @@ kept(Entry *self, PyObject *result)
 	if (kind == &PyLong_Type)
 	{
 		int			overflow;
-		long long	value = PyLong_AsLongLongAndOverflow(result, &overflow);
+		long long	value;
+
+		/* (at most two of Python's 30-bit digits: inside bigint's range, which is the bound
+		 * where max_result_bytes does not send every result to finish) */
+		if (self->small_kept && Py_SIZE(result) >= -2 && Py_SIZE(result) <= 2)
+			return 1;
+		value = PyLong_AsLongLongAndOverflow(result, &overflow);
 
 		if (value == -1 && PyErr_Occurred())
 			return -1;
@@ -276,9 +298,50 @@ failed:
 	return NULL;
 }
 
+/* time.monotonic()'s clock, in seconds */
+static inline double
+monotonic(void)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return now.tv_sec + now.tv_nsec * 1e-9;
+}
+
+/*
+ * A clocked entry's call notes when it began in its entry frame (routines._CALL_CLOCKED,
+ * Python's innermost frame as it calls the Entry): the local `began` that frame leaves
+ * unbound for this, which the watchdog reads (watchdog.local; unbound, it takes the time of
+ * its look, at most a few bytecodes later). A frame without that local is left alone.
+ * Python's clock and its float, called from the entry frame, were a seventh of the memory
+ * a trivial call touches on top of PL/Python's own (their code, cold at each backend's turn
+ * with 16 clients a core).
+ */
+static int
+note_began(double began)
+{
+	_PyInterpreterFrame *frame = PyThreadState_Get()->cframe->current_frame;
+	PyCodeObject *code;
+	PyObject   *value;
+
+	if (frame == NULL)
+		return 0;
+	code = frame->f_code;
+	for (int i = 0; i < code->co_nlocals; i++)
+	{
+		if (PyTuple_GET_ITEM(code->co_localsplusnames, i) != began_name)
+			continue;
+		if ((value = PyFloat_FromDouble(began)) == NULL)
+			return -1;
+		Py_XSETREF(frame->localsplus[i], value);
+		break;
+	}
+	return 0;
+}
+
 /*
  * The call: args[0] is when it began (the entry frame's `began`), the rest the function's
- * arguments.
+ * arguments; or, for a clocked entry, all its arguments.
  */
 static PyObject *
 entry_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
@@ -297,12 +360,31 @@ entry_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *k
 			  **read = small,
 			   *original = NULL;
 	Py_ssize_t	made = 0;
+	PyObject   *const *params = args + 1;	/* the function's arguments */
+	double		began = 0;
 
-	if (kwnames != NULL || count < 1)
+	if (kwnames != NULL || (!self->clocked && count < 1))
 	{
-		PyErr_SetString(PyExc_TypeError, "pyfuncs: an entry takes when its call began, then "
-						"the routine's arguments");
+		PyErr_SetString(PyExc_TypeError, self->clocked
+						? "pyfuncs: an entry takes the routine's arguments, by position"
+						: "pyfuncs: an entry takes when its call began, then the routine's "
+						"arguments");
 		return NULL;
+	}
+	if (self->clocked)
+	{
+		began = monotonic();
+		if (note_began(began) < 0)
+			return NULL;
+		params = args;
+	}
+	else
+	{
+		count--;
+		if (self->deadline != NULL && (began = PyFloat_CheckExact(args[0])
+									   ? PyFloat_AS_DOUBLE(args[0])
+									   : PyFloat_AsDouble(args[0])) == -1 && PyErr_Occurred())
+			return NULL;
 	}
 	if (PyList_GET_SIZE(self->settings) != 2 || PyList_GET_SIZE(self->calling) != 1)
 	{
@@ -310,19 +392,10 @@ entry_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *k
 						"lost its items");
 		return NULL;
 	}
-	if (count > 9 && !(read = PyMem_Malloc((count - 1) * sizeof(PyObject *))))
+	if (count > 8 && !(read = PyMem_Malloc(count * sizeof(PyObject *))))
 		return PyErr_NoMemory();
 	if (self->deadline != NULL)
 	{
-		double		began = PyFloat_CheckExact(args[0]) ? PyFloat_AS_DOUBLE(args[0])
-			: PyFloat_AsDouble(args[0]);
-
-		if (began == -1 && PyErr_Occurred())
-		{
-			if (read != small)
-				PyMem_Free(read);
-			return NULL;
-		}
 		deadline = self->deadline;
 		prior = deadline[0];
 		deadline[0] = began + self->timeout;
@@ -335,8 +408,12 @@ entry_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *k
 
 	if (PyList_GET_SIZE(self->grave) && PyList_SetSlice(self->grave, 0, PY_SSIZE_T_MAX, NULL) < 0)
 		goto failed;
-	context = PyContext_New();
-	if (context == NULL)
+	if (self->spare != NULL)
+	{
+		context = self->spare;
+		self->spare = NULL;
+	}
+	else if ((context = PyContext_New()) == NULL)
 		goto failed;
 	{
 		int			owing = truth(self->owed, self->zero);
@@ -353,7 +430,7 @@ entry_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *k
 			Py_DECREF(paid);
 		}
 	}
-	result = called(self, context, args + 1, count - 1, read, &made, &original);
+	result = called(self, context, params, count, read, &made, &original);
 	if (result != NULL)
 		goto leave;
 failed:
@@ -432,8 +509,16 @@ leave:
 		}
 	}
 	Py_DECREF(opened);
-	/* what the Python entry's frame holds until it ends (see called) */
-	Py_XDECREF(context);
+	/* what the Python entry's frame holds until it ends (see called); a context the call
+	 * left empty, that nothing else holds (a ContextVar's token would) nor refers to, is the
+	 * next call's, as fresh as a new one (making and freeing one was a twelfth of the memory
+	 * a trivial call touches on top of PL/Python's own) */
+	if (context != NULL && self->spare == NULL && Py_REFCNT(context) == 1 &&
+		PyContext_CheckExact(context) && ((PyContext *) context)->ctx_vars->h_count == 0 &&
+		((PyContext *) context)->ctx_weakreflist == NULL)
+		self->spare = context;
+	else
+		Py_XDECREF(context);
 	Py_XDECREF(original);
 	while (made > 0)
 		Py_DECREF(read[--made]);
@@ -482,8 +567,8 @@ optional(PyObject *config, const char *name)
  * `lowest`, `longest`, `unread`; and, if given, `stop_set`, the byte that says whether
  * `watch` holds a stop). Returns NULL with Python's error set on a config it cannot use.
  */
-PyObject *
-pyfuncs_entry_new(PyObject *config)
+static PyObject *
+entry_new(PyObject *config, bool clocked)
 {
 	Entry	   *self;
 	PyObject   *timeout;
@@ -499,7 +584,8 @@ pyfuncs_entry_new(PyObject *config)
 			return NULL;
 		stop_name = PyUnicode_InternFromString("stop");
 		check_name = PyUnicode_InternFromString("check");
-		if (stop_name == NULL || check_name == NULL)
+		began_name = PyUnicode_InternFromString("began");
+		if (stop_name == NULL || check_name == NULL || began_name == NULL)
 			return NULL;
 	}
 	self = PyObject_GC_New(Entry, &EntryType);
@@ -508,6 +594,7 @@ pyfuncs_entry_new(PyObject *config)
 	memset((char *) self + offsetof(Entry, vectorcall), 0,
 		   sizeof(Entry) - offsetof(Entry, vectorcall));
 	self->vectorcall = entry_call;
+	self->clocked = clocked;
 	if (!(self->function = item(config, "function")) ||
 		!(self->namespace = item(config, "namespace")) ||
 		!(self->fail = item(config, "fail")) ||
@@ -581,6 +668,8 @@ pyfuncs_entry_new(PyObject *config)
 				goto bad;
 			}
 			self->unbounded = overflow > 0;	/* (bigint's: 2**63) */
+			self->small_kept = self->lowest <= -(1LL << 60) &&
+				(self->unbounded || self->longest >= (1LL << 60));
 		}
 	}
 	{
@@ -605,6 +694,23 @@ pyfuncs_entry_new(PyObject *config)
 bad:
 	Py_DECREF(self);
 	return NULL;
+}
+
+PyObject *
+pyfuncs_entry_new(PyObject *config)
+{
+	return entry_new(config, false);
+}
+
+/*
+ * An Entry that reads when its call began itself, and notes it in its entry frame (see
+ * note_began): its calls take the routine's arguments alone. (A name of its own: a runtime
+ * from before it passes the time first, to pyfuncs_entry_new's.)
+ */
+PyObject *
+pyfuncs_entry_clocked_new(PyObject *config)
+{
+	return entry_new(config, true);
 }
 
 /*
@@ -650,10 +756,9 @@ typedef struct
 	PyObject   *ended;			/* db._ended */
 	PyObject   *execute;		/* plpy.execute */
 	PyObject   *spi_error;		/* plpy.SPIError */
-	PyObject   *error;			/* plpy.Error */
 	PyObject   *db_type;		/* db.Db */
 	PyObject   *prepared_type;	/* db._Prepared */
-	PyObject   *coltypes;		/* PL/Python's result's method coltypes, once called */
+	PyObject   *coltypes;		/* coltypes, the method of PL/Python's results, once seen */
 	Py_ssize_t	slots[4];		/* where Db._module, _Prepared's plan, types, fixes are */
 	/* the watchdog seen last, its stop_set (a memoryview of the byte `stop_byte` points
 	 * into) and its budgets (a list): what says whether it holds a stop and whether calls
@@ -664,13 +769,13 @@ typedef struct
 	PyObject   *budgets;
 }			Queries;
 
-#define QUERIES_OBJECTS 20
+#define QUERIES_OBJECTS 19
 #define QUERIES_FIELD(self, i) (((PyObject **) &(self)->db)[i])
 
 static const char *const queries_names[QUERIES_OBJECTS] = {
 	"db", "stopping", "from_the_call", "guard", "owners", "entries", "calling", "querying",
 	"text", "plans", "guarded", "may_not_run", "expired", "failed", "ended", "execute",
-	"SPIError", "Error", "Db", "Prepared",
+	"SPIError", "Db", "Prepared",
 };
 
 #define NAMES 15
@@ -903,48 +1008,69 @@ plan_key(PyObject *query, PyObject *params)
 	return key;
 }
 
-/* PL/Python's result's coltypes(): its method, called as Python's LOAD_METHOD would */
-static PyObject *
-column_types(Queries *self, PyObject *result)
+/*
+ * Whether the columns of a result (`desc`, its description) have the types whose oids `kept`
+ * lists, as coltypes() made it: read from the description, without the list of ints
+ * coltypes() would make (with 16 clients a core, that list, its comparison and their code
+ * were a twentieth of the memory a query of a routine's touches on top of PL/Python's own,
+ * all of it cold at each backend's turn).
+ */
+static bool
+same_types(TupleDesc desc, PyObject *kept)
 {
-	if (self->coltypes == NULL || PyObject_TypeCheck(self->coltypes, &PyMethodDescr_Type) == 0 ||
-		PyDescr_TYPE(self->coltypes) != Py_TYPE(result))
+	if (!PyList_CheckExact(kept) || PyList_GET_SIZE(kept) != desc->natts)
+		return false;
+	for (int i = 0; i < desc->natts; i++)
 	{
-		PyObject   *method = PyObject_GetAttr((PyObject *) Py_TYPE(result), names[N_COLTYPES]);
+		PyObject   *oid = PyList_GET_ITEM(kept, i);
+		unsigned long value;
 
-		if (method == NULL)
-			return NULL;
-		Py_XSETREF(self->coltypes, method);
-		if (!PyObject_TypeCheck(method, &PyMethodDescr_Type))
-			return PyObject_CallMethodNoArgs(result, names[N_COLTYPES]);
+		if (!PyLong_CheckExact(oid))
+			return false;
+		value = PyLong_AsUnsignedLong(oid);
+		if (value == (unsigned long) -1 && PyErr_Occurred())
+		{
+			PyErr_Clear();
+			return false;
+		}
+		if (value != TupleDescAttr(desc, i)->atttypid)
+			return false;
 	}
-	return PyObject_Vectorcall(self->coltypes, &result, 1, NULL);
+	return true;
 }
 
 /* The result of `prepared`'s query, its columns converted (db._Prepared.rows) */
 static PyObject *
 converted(Queries *self, PyObject *prepared, PyObject *result)
 {
-	PyObject   *types = column_types(self, result),
-			   *kept_types,
+	PyObject   *kept_types,
 			   *fixes;
-	int			same = 0;
+	int			same;
 
-	if (types == NULL)
+	if (self->coltypes == NULL || PyDescr_TYPE(self->coltypes) != Py_TYPE(result))
 	{
-		if (!PyErr_ExceptionMatches(self->error))
+		/* (learnt from the first result: coltypes, PL/Python's method of its results) */
+		PyObject   *method = PyObject_GetAttr((PyObject *) Py_TYPE(result), names[N_COLTYPES]);
+
+		if (method == NULL)
 			goto failed;
-		PyErr_Clear();			/* a utility statement or a write without RETURNING */
-		return result;
+		if (!PyObject_TypeCheck(method, &PyMethodDescr_Type) ||
+			Py_TYPE(result)->tp_basicsize != sizeof(PLyResultObject))
+		{
+			/* not PL/Python's result (never, but then Python's work does it all) */
+			Py_DECREF(method);
+			Py_SETREF(result, PyObject_CallMethodOneArg(prepared, names[N_ROWS], result));
+			return result;
+		}
+		Py_XSETREF(self->coltypes, method);
 	}
+	if (((PLyResultObject *) result)->tupdesc == NULL)
+		return result;			/* a utility statement or a write without RETURNING */
 	kept_types = slot(self, prepared, S_TYPES);
 	fixes = slot(self, prepared, S_FIXES);
-	if (kept_types != NULL && fixes != NULL)
-		same = PyList_CheckExact(fixes) && PyList_GET_SIZE(fixes) == 0
-			? PyObject_RichCompareBool(types, kept_types, Py_EQ) : 0;
-	else
-		same = -1;
-	Py_DECREF(types);
+	same = kept_types == NULL || fixes == NULL ? -1
+		: PyList_CheckExact(fixes) && PyList_GET_SIZE(fixes) == 0 &&
+		same_types(((PLyResultObject *) result)->tupdesc, kept_types);
 	Py_XDECREF(kept_types);
 	Py_XDECREF(fixes);
 	if (same < 0)

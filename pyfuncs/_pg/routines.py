@@ -126,11 +126,19 @@ _CALL = """\
     raise error
 """
 # Where the entry library is installed (entry.c), `call` is this: its frame holds `began`
-# for the watchdog, and an Entry does the rest of _CALL's work in C
+# for the watchdog, and an Entry does the rest of _CALL's work in C ...
 _CALL_IN_C = """
 def call({params}):
     began = now()  # for the watchdog, which may first see this call up to a tick later
     return enter(began, {params})
+"""
+# ... where a clocked Entry notes `began` in this frame itself (entry.c, note_began):
+# Python's clock, called from here, cost more than the rest of this frame
+_CALL_CLOCKED = """
+def call({params}):
+    if 0:
+        began = 0.0  # (unbound: the Entry's to note)
+    return enter({params})
 """
 # A routine with converted parameters (values.py) reads them inside the call (see Unread)
 _READ = """\
@@ -366,9 +374,9 @@ class Routine:
             _READ.format(param=f"a{i}") for i in range(arity)
         )  # fmt: skip
         names = self._names(function=self.function, namespace=self.namespace)
-        enter = None if srf else backstop.entry(names)
+        enter, clocked = (None, False) if srf else backstop.entry(names)
         if enter is not None:  # (the entry library: _CALL's work in C)
-            source = _CALL_IN_C.format(params=params)
+            source = (_CALL_CLOCKED if clocked else _CALL_IN_C).format(params=params)
             names = {"now": time.monotonic, "enter": enter}
         else:
             body = _CALL.format(params=params, reads=reads)

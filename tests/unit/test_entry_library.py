@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import contextvars
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pyfuncs._pg import backstop, routines
-from pyfuncs._pg.watchdog import RoutineInterrupted
+from pyfuncs._pg.watchdog import RoutineInterrupted, local
 
 LIBDIR = subprocess.run(
     ["/usr/lib/postgresql/15/bin/pg_config", "--pkglibdir"],
@@ -71,6 +73,22 @@ def library() -> None:
     backstop.load_entries(str(LIBRARY))
 
 
+def _enter(config: dict[str, Any]) -> Any:
+    """An Entry as pyfuncs_entry_new makes it (a runtime from before clocked entries): its
+    calls are given when they began, first."""
+    return backstop._makers[0](config)
+
+
+def _clocked(config: dict[str, Any], arity: int) -> Any:
+    """A routine's `call` entry function around a clocked Entry (routines._CALL_CLOCKED)."""
+    enter, clocked = backstop.entry(config)
+    assert clocked
+    params = ", ".join(f"a{i}" for i in range(arity))
+    namespace: dict[str, Any] = {"enter": enter}
+    exec(routines._CALL_CLOCKED.format(params=params), namespace)
+    return namespace["call"]
+
+
 def test_results_are_kept_as_the_python_entry_keeps_them() -> None:
     """Ints in bigint's range, short kinds, and long kinds up to `most` leave as they are;
     anything else is made plain by `finish`, in the call's context."""
@@ -80,17 +98,17 @@ def test_results_are_kept_as_the_python_entry_keeps_them() -> None:
         (True, True),
     ]:  # fmt: skip
         config = _config(lambda v=value: v)
-        result = backstop.entry(config)(0.0)
+        result = _enter(config)(0.0)
         assert (result is value) == kept, value
         assert result == (value if kept else ("finished", value))
     # and with max_result_bytes (lowest = longest = 0, nothing short or long) nothing is
     config = _config(lambda: 3, short=(), long=(), lowest=0, longest=0)
-    assert backstop.entry(config)(0.0) == ("finished", 3)
+    assert _enter(config)(0.0) == ("finished", 3)
     # at the bounds of ranges, and of each count of Python's 30-bit digits
     for low, high in [(-5, 7), (-(2**30), 2**30), (-(2**60), 2**60), (2**29, 2**31)]:
         for value in {low - 1, low, low + 1, high - 1, high, high + 1, 0, 2**30 - 1, 2**30,
                       -(2**30), 2**60 - 1, 2**60, -(2**60) + 1}:  # fmt: skip
-            result = backstop.entry(_config(lambda v=value: v, lowest=low, longest=high))(0.0)
+            result = _enter(_config(lambda v=value: v, lowest=low, longest=high))(0.0)
             assert result == (value if low <= value < high else ("finished", value)), value
 
 
@@ -106,7 +124,7 @@ def test_a_call_runs_in_a_context_of_its_own_and_gives_everything_back() -> None
     config = _config(function, timeout=0.25)
     clock = config["clock"]
     clock[0] = 42.0
-    enter = backstop.entry(config)
+    enter = _enter(config)
     assert enter(100.0, 1, 2) == ("finished", "12the call's" + "x" * 10)
     assert config["seen"]["finished"] == [("12the call's" + "x" * 10, "the call's")]
     assert VAR.get() == "backend's"
@@ -119,7 +137,7 @@ def test_arguments_read_inside_the_call_and_what_is_owed_paid_there() -> None:
     config["pay"] = lambda module: config["seen"]["paid"].append((module, VAR.get()))
     config["grave"].append("a frame let go of")
     argument = routines.Unread(lambda v: (VAR.set("read"), v)[1], 5)
-    assert backstop.entry(config)(0.0, argument, 6) == ("finished", (5, 6, "read"))
+    assert _enter(config)(0.0, argument, 6) == ("finished", (5, 6, "read"))
     assert config["seen"]["paid"] == [({"module": 1}, "backend's")]
     assert config["grave"] == [] and VAR.get() == "backend's"
 
@@ -131,7 +149,7 @@ def test_an_exception_leaves_as_the_error_fail_makes_of_it_in_the_calls_context(
 
     config = _config(function, timeout=1.0)
     with pytest.raises(Made, match="made of ValueError"):
-        backstop.entry(config)(5.0)
+        _enter(config)(5.0)
     [(exc, where)] = config["seen"]["failed"]
     assert where == "the call's" and exc.__traceback__ is not None
     assert config["calling"] == ["outer"] and config["settings"] == [7, "identity"]
@@ -146,14 +164,14 @@ def test_a_stop_leaves_as_a_fresh_routine_interrupted() -> None:
 
     config = _config(function)
     with pytest.raises(RoutineInterrupted) as caught:
-        backstop.entry(config)(0.0)
+        _enter(config)(0.0)
     assert caught.value is not stop and caught.value.args == ()
     assert config["seen"]["failed"] == [] and config["calling"] == ["outer"]
     # a stop the function did not see (a finalizer swallowed it) is raised as it returns
     config = _config(lambda: 1)
     config["watch"].stop = "due"
     with pytest.raises(RoutineInterrupted):
-        backstop.entry(config)(0.0)
+        _enter(config)(0.0)
     assert config["watch"].checked == 1
 
 
@@ -163,10 +181,10 @@ def test_with_the_watchdogs_byte_a_stop_is_read_there() -> None:
     flag = memoryview(bytearray(1))
     config = _config(lambda: 1, stop_set=flag)
     config["watch"].stop = "due"  # (not what it reads now)
-    assert backstop.entry(config)(0.0) == 1 and config["watch"].checked == 0
+    assert _enter(config)(0.0) == 1 and config["watch"].checked == 0
     flag[0] = 1
     with pytest.raises(RoutineInterrupted):
-        backstop.entry(config)(0.0)
+        _enter(config)(0.0)
     assert config["watch"].checked == 1
 
 
@@ -180,7 +198,7 @@ def test_an_undo_that_fails_replaces_the_result() -> None:
 
     config = _config(function, undo=undo)
     with pytest.raises(RuntimeError, match="undo 2"):
-        backstop.entry(config)(0.0)
+        _enter(config)(0.0)
     assert config["settings"] == [7, "identity"] and config["calling"] == ["outer"]
 
 
@@ -188,16 +206,16 @@ def test_a_config_it_cannot_use_is_refused() -> None:
     config = _config(lambda: 1)
     del config["fail"]
     with pytest.raises(KeyError, match="fail"):
-        backstop.entry(config)
+        _enter(config)
     with pytest.raises(TypeError, match="wrong kinds"):
-        backstop.entry(_config(lambda: 1, settings=[1]))
+        _enter(_config(lambda: 1, settings=[1]))
     with pytest.raises(TypeError, match="memoryview of doubles"):
-        backstop.entry(_config(lambda: 1, timeout=1.0, clock=memoryview(b"x" * 8)))
+        _enter(_config(lambda: 1, timeout=1.0, clock=memoryview(b"x" * 8)))
     with pytest.raises(TypeError, match="began"):
-        backstop.entry(_config(lambda: 1))()
+        _enter(_config(lambda: 1))()
     for odd in (bytearray(1), memoryview(bytearray(8)).cast("d"), memoryview(b"")):
         with pytest.raises(TypeError, match="stop_set is a memoryview of bytes"):
-            backstop.entry(_config(lambda: 1, stop_set=odd))
+            _enter(_config(lambda: 1, stop_set=odd))
 
 
 def test_an_undo_after_a_failed_call_runs_with_the_error_put_aside() -> None:
@@ -210,7 +228,7 @@ def test_an_undo_after_a_failed_call_runs_with_the_error_put_aside() -> None:
 
     config = _config(function)
     with pytest.raises(Made, match="made of ValueError"):
-        backstop.entry(config)(0.0)
+        _enter(config)(0.0)
     assert config["seen"]["undone"] == [4] and config["settings"] == [7, "identity"]
 
 
@@ -230,7 +248,7 @@ def test_what_the_call_held_is_let_go_of_after_it_gave_everything_back() -> None
 
     config = _config(function, finish=lambda result: "made plain")
     argument = routines.Unread(lambda v: Held([v]), "argument")
-    assert backstop.entry(config)(0.0, argument) == "made plain"
+    assert _enter(config)(0.0, argument) == "made plain"
     assert sorted(seen) == [(name, "outer", 7) for name in ("argument", "context", "result")]
 
 
@@ -249,8 +267,66 @@ def test_each_call_sees_an_empty_context_whatever_the_last_left() -> None:
         return 1
 
     kept: list[contextvars.Context] = []
-    enter = backstop.entry(_config(function))
+    enter = _enter(_config(function))
     for how in ["reset", "reset", "left set", "reset", "kept", "left set", "reset"]:
         assert enter(0.0, how) == 1
     assert seen == ["backend's"] * 7 and VAR.get() == "backend's"
     assert kept[0][VAR] == "set by kept"  # (a copy: what it holds stays its own)
+
+
+def test_a_clocked_entry_notes_when_its_call_began_in_the_entry_frame() -> None:
+    """It reads the clock itself, notes the time in the entry frame's `began` (where the
+    watchdog reads it) and sets the call's deadline from it; the function gets the
+    arguments alone."""
+    noted: list[Any] = []
+
+    def function(a: Any, b: Any) -> Any:
+        entry_frame = sys._getframe(1)  # (the Entry, C, has no frame of its own)
+        noted.append((local(entry_frame, "began"), clock[0]))
+        return a + b
+
+    config = _config(function, timeout=0.25)
+    clock = config["clock"]
+    clock[0] = 42.0
+    call = _clocked(config, 2)
+    before = time.monotonic()
+    assert call(1, 2) == 3
+    after = time.monotonic()
+    began, deadline = noted[0]
+    assert before <= began <= after and deadline == pytest.approx(began + 0.25)
+    assert clock[0] == 42.0
+    assert call(3, 4) == 7 and noted[1][0] >= began  # (noted again, in the next call's frame)
+
+
+def test_a_clocked_entry_leaves_a_frame_without_began_alone() -> None:
+    """Called from a frame that has no local `began`, it notes nothing there."""
+
+    def caller(enter: Any) -> Any:
+        other = "kept"
+        result = enter(5)
+        return result, other, sorted(sys._getframe().f_locals)
+
+    enter, _ = backstop.entry(_config(lambda a: a * 2))
+    assert caller(enter) == (10, "kept", ["enter", "other", "result"])
+
+
+def test_a_context_still_held_is_not_the_next_calls() -> None:
+    """A call's context is the next call's only where it is empty and nothing holds it: a
+    ContextVar token kept from a call keeps its context (whose variables a reset then
+    empties) out of every later call."""
+    tokens: list[Any] = []
+    seen: list[str] = []
+
+    def function(how: str) -> int:
+        seen.append(VAR.get())
+        if how == "keep a token":
+            tokens.append(VAR.set("set by a kept token's call"))
+        elif how == "reset it":
+            with pytest.raises(ValueError):  # (made in another context: not this call's)
+                VAR.reset(tokens[0])
+        return 1
+
+    call = _clocked(_config(function), 1)
+    for how in ["keep a token", "reset it", "nothing", "nothing"]:
+        assert call(how) == 1
+    assert seen == ["backend's"] * 4 and VAR.get() == "backend's"
