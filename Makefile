@@ -65,12 +65,12 @@ $(PRELOAD): pyfuncs/_pg/preload.c $(PLPYTHON) $(PG_HEADERS) $(PY_HEADERS)
 
 # a call's entry and a routine's queries in C (README "The entry library"): built with Python
 # 3.11's headers and PostgreSQL's (PL/Python's result object), linked against nothing (it
-# uses the libpython PL/Python loaded)
+# uses the libpython PL/Python loaded); -Os: its code comes cold at each call on a busy core
+# (README, Benchmarks)
 entry: $(ENTRY)
 
 $(ENTRY): pyfuncs/_pg/entry.c $(PLPYTHON) $(PY_HEADERS) $(PG_HEADERS)
 	mkdir -p build
-	# (-Os: its code comes cold at each call on a busy core, where smaller is faster)
 	gcc -Os -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Werror -fPIC \
 		-shared -I$$($(PG_CONFIG) --includedir-server) -I$(dir $(PY_HEADERS)) \
 		-o build/pyfuncs_entry.so $<

@@ -377,7 +377,7 @@ class Routine:
         enter, clocked = (None, False) if srf else backstop.entry(names)
         if enter is not None:  # (the entry library: _CALL's work in C)
             source = (_CALL_CLOCKED if clocked else _CALL_IN_C).format(params=params)
-            names = {"now": time.monotonic, "enter": enter}
+            names = {"enter": enter} if clocked else {"now": time.monotonic, "enter": enter}
         else:
             body = _CALL.format(params=params, reads=reads)
             source = _entry_source(_CALL_HEAD, body, self.timeout, "began").format(params=params)
