@@ -758,7 +758,7 @@ typedef struct
 	PyObject   *spi_error;		/* plpy.SPIError */
 	PyObject   *db_type;		/* db.Db */
 	PyObject   *prepared_type;	/* db._Prepared */
-	PyObject   *coltypes;		/* coltypes, the method of PL/Python's results, once seen */
+	PyObject   *results;		/* the type of PL/Python's results, once seen */
 	Py_ssize_t	slots[4];		/* where Db._module, _Prepared's plan, types, fixes are */
 	/* the watchdog seen last, its stop_set (a memoryview of the byte `stop_byte` points
 	 * into) and its budgets (a list): what says whether it holds a stop and whether calls
@@ -792,7 +792,7 @@ queries_traverse(Queries *self, visitproc visit, void *arg)
 {
 	for (int i = 0; i < QUERIES_OBJECTS; i++)
 		Py_VISIT(QUERIES_FIELD(self, i));
-	Py_VISIT(self->coltypes);
+	Py_VISIT(self->results);
 	Py_VISIT(self->watchdog);
 	Py_VISIT(self->stop_flag);
 	Py_VISIT(self->budgets);
@@ -804,7 +804,7 @@ queries_clear(Queries *self)
 {
 	for (int i = 0; i < QUERIES_OBJECTS; i++)
 		Py_CLEAR(QUERIES_FIELD(self, i));
-	Py_CLEAR(self->coltypes);
+	Py_CLEAR(self->results);
 	Py_CLEAR(self->watchdog);
 	Py_CLEAR(self->stop_flag);
 	Py_CLEAR(self->budgets);
@@ -1047,22 +1047,24 @@ converted(Queries *self, PyObject *prepared, PyObject *result)
 			   *fixes;
 	int			same;
 
-	if (self->coltypes == NULL || PyDescr_TYPE(self->coltypes) != Py_TYPE(result))
+	if ((PyObject *) Py_TYPE(result) != self->results)
 	{
-		/* (learnt from the first result: coltypes, PL/Python's method of its results) */
+		/* (learnt from the first result: its type has PL/Python's method coltypes) */
 		PyObject   *method = PyObject_GetAttr((PyObject *) Py_TYPE(result), names[N_COLTYPES]);
+		bool		plpython;
 
 		if (method == NULL)
 			goto failed;
-		if (!PyObject_TypeCheck(method, &PyMethodDescr_Type) ||
-			Py_TYPE(result)->tp_basicsize != sizeof(PLyResultObject))
+		plpython = PyObject_TypeCheck(method, &PyMethodDescr_Type) &&
+			Py_TYPE(result)->tp_basicsize == sizeof(PLyResultObject);
+		Py_DECREF(method);
+		if (!plpython)
 		{
-			/* not PL/Python's result (never, but then Python's work does it all) */
-			Py_DECREF(method);
+			/* (never: but then Python's work does it all) */
 			Py_SETREF(result, PyObject_CallMethodOneArg(prepared, names[N_ROWS], result));
 			return result;
 		}
-		Py_XSETREF(self->coltypes, method);
+		Py_XSETREF(self->results, Py_NewRef((PyObject *) Py_TYPE(result)));
 	}
 	if (((PLyResultObject *) result)->tupdesc == NULL)
 		return result;			/* a utility statement or a write without RETURNING */
@@ -1340,7 +1342,7 @@ pyfuncs_queries_new(PyObject *config)
 	self->vectorcall = queries_run;
 	for (int i = 0; i < QUERIES_OBJECTS; i++)
 		QUERIES_FIELD(self, i) = NULL;
-	self->coltypes = self->watchdog = self->stop_flag = self->budgets = NULL;
+	self->results = self->watchdog = self->stop_flag = self->budgets = NULL;
 	self->stop_byte = NULL;
 	for (int i = 0; i < QUERIES_OBJECTS; i++)
 		if (!(QUERIES_FIELD(self, i) = item(config, queries_names[i])))
