@@ -24,14 +24,22 @@ INTERFACE = "pyfuncs.v1"
 # The entry function is kept in the procedure's globals too (`_pf_entry`; no parameter may
 # start with `_pf`): PL/Python writes each call's arguments there, so the lookup reads what
 # the call touches anyway, not SD (with 16 clients a core, each line and page a call
-# touches comes cold).
+# touches comes cold). For the same reason a call's path comes first and runs straight
+# through: the loading, once per function, comes after it, and loops back to it.
 BODY = """\
 # pyfuncs {qualname}: generated from {where}; edit the Python source and deploy it.
 global _pf_entry
-try:
-    _pf_fn = _pf_entry
-except NameError:
-    if {interface!r} not in GD:
+while True:
+    try:
+        _pf_fn = _pf_entry
+    except NameError:
+        pass
+    else:
+{checks}{begin}        try:
+            return {result}
+        except BaseException as _pf_error:  # RoutineInterrupted is a BaseException on purpose
+            raise SD["pf"].fail(_pf_error) from None
+{end}    if {interface!r} not in GD:
         import ctypes  # (a query in a parallel operation fails past PL/Python's frames)
         if ctypes.CDLL(None).IsInParallelMode():
             plpy.error("a pyfuncs routine cannot start during a parallel operation",
@@ -44,17 +52,13 @@ except NameError:
     _pf_spec = {spec!r}
     _pf_source = {source!r}
     SD["pf"] = GD[{interface!r}].routine(_pf_spec, _pf_source)
-    _pf_fn = _pf_entry = SD["fn"] = SD["pf"].fn
-{checks}{begin}try:
-    return {result}
-except BaseException as _pf_error:  # RoutineInterrupted is a BaseException on purpose
-    raise SD["pf"].fail(_pf_error) from None
-{end}"""
+    _pf_entry = SD["fn"] = SD["pf"].fn
+"""
 
 
 def body(d: Definition) -> str:
     checks = "".join(
-        f"if {p.name} is None:\n    raise SD['pf'].null({p.name!r})\n"
+        f"        if {p.name} is None:\n            raise SD['pf'].null({p.name!r})\n"
         for p in d.params
         if not p.type.nullable
     )
@@ -65,8 +69,8 @@ def body(d: Definition) -> str:
     result = f"_pf_fn({args})"
     # max_db_ops: the call's budget of operations, for the runtime to count against
     counted = d.limits.max_db_ops is not None
-    begin = "_pf_budget = SD['pf'].begin()\n" if counted else ""
-    end = "finally:\n    SD['pf'].end()\n" if counted else ""
+    begin = "        _pf_budget = SD['pf'].begin()\n" if counted else ""
+    end = "        finally:\n            SD['pf'].end()\n" if counted else ""
     shape = d.returns
     # a single column: PostgreSQL types the result by that column (one OUT parameter, or
     # TABLE of one column), so the body returns the field, not the row

@@ -112,12 +112,55 @@ class _Prepared:
         return result
 
     def _learn(self, names: list[str], types: list[int]) -> None:
+        kinds = {o: OID_PARSERS[o] for o in types if o in OID_PARSERS}
+        # PL/Python hands a domain's values over as its base type's (a domain over uuid as
+        # str), and an array of domains as an array of those: types made in a database
+        # (from FIRST_MADE on) are asked about
+        made = [o for o in types if o not in kinds and o >= FIRST_MADE]
+        if made:
+            kinds.update(_based_on(made))
         self.fixes = [
-            (n, converter(OID_PARSERS[o]))  # type: ignore[misc]
+            (n, converter(kinds[o]))  # type: ignore[misc]
             for n, o in zip(names, types, strict=True)
-            if o in OID_PARSERS
+            if o in kinds
         ]
         self.names, self.types = names, types
+
+
+# the first oid PostgreSQL gives a type not in its own catalog's data (FirstGenbkiObjectId)
+FIRST_MADE = 10_000
+_BASES: list[Any] = []  # the plan of _based_on, once prepared
+
+
+def _based_on(types: list[int]) -> dict[int, str]:
+    """What OID_PARSERS gives the base type of each of `types` that is a domain (through
+    domains of domains) or an array of one. Asked as the caller (pg_type is everyone's to
+    read), every name and operator qualified: the caller's search_path is in force, and a
+    conversion learnt here serves every later call of the query, another role's too."""
+    if not _BASES:
+        _BASES.append(plpy.prepare(
+            """WITH RECURSIVE chain(start, oid, element) AS (
+                SELECT t, t, false FROM pg_catalog.unnest($1) AS t
+                UNION ALL
+                SELECT c.start,
+                       CASE WHEN y.typtype OPERATOR(pg_catalog.=) 'd' THEN y.typbasetype
+                            ELSE y.typelem END,
+                       c.element OR y.typtype OPERATOR(pg_catalog.<>) 'd'
+                FROM chain c JOIN pg_catalog.pg_type y ON y.oid OPERATOR(pg_catalog.=) c.oid
+                WHERE y.typtype OPERATOR(pg_catalog.=) 'd'
+                   OR (NOT c.element AND y.typcategory OPERATOR(pg_catalog.=) 'A'
+                       AND y.typelem OPERATOR(pg_catalog.<>) 0))
+            SELECT start, oid, element FROM chain""",
+            ["pg_catalog.oid[]"],
+        ))  # fmt: skip
+    kinds: dict[int, str] = {}
+    for row in plpy.execute(_BASES[0], [types]):
+        kind = OID_PARSERS.get(row["oid"])
+        if kind is not None and row["element"]:
+            kind = None if kind.startswith("list:") else "list:" + kind
+        if kind is not None:  # (any step of a chain that is found gives the same)
+            kinds[row["start"]] = kind
+    return kinds
 
 
 def _values(params: Any) -> list[Any] | tuple[Any, ...]:

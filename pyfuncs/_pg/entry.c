@@ -74,6 +74,9 @@ typedef struct
 	bool		small_kept;		/* every int below 2**60 in size is in [lowest, longest) */
 	bool		clocked;		/* reads when its call began itself (pyfuncs_entry_clocked_new) */
 	PyObject   *spare;			/* an empty Context a call left unshared: the next call's */
+	PyObject   *began;			/* the float a clocked entry noted last (see note_began) */
+	PyObject   *began_code;		/* the code of the frame it noted it in last, and */
+	int			began_slot;		/* the slot of its `began` there (-1: it has none) */
 	/* the rest */
 	PyObject   *clock;			/* backstop.CLOCK (a memoryview of doubles), or NULL */
 	PyObject   *stop_flag;		/* what stop_set points into (a memoryview), or NULL */
@@ -114,6 +117,8 @@ entry_traverse(Entry *self, visitproc visit, void *arg)
 	Py_VISIT(self->zero);
 	Py_VISIT(self->stop_flag);
 	Py_VISIT(self->spare);
+	Py_VISIT(self->began);
+	Py_VISIT(self->began_code);
 	return 0;
 }
 
@@ -139,6 +144,8 @@ entry_clear(Entry *self)
 	Py_CLEAR(self->zero);
 	Py_CLEAR(self->stop_flag);
 	Py_CLEAR(self->spare);
+	Py_CLEAR(self->began);
+	Py_CLEAR(self->began_code);
 	self->stop_set = NULL;
 	self->deadline = NULL;
 	return 0;
@@ -318,24 +325,43 @@ monotonic(void)
  * with 16 clients a core).
  */
 static int
-note_began(double began)
+note_began(Entry *self, double began)
 {
 	_PyInterpreterFrame *frame = PyThreadState_Get()->cframe->current_frame;
-	PyCodeObject *code;
-	PyObject   *value;
+	PyObject   *value = self->began;
 
 	if (frame == NULL)
 		return 0;
-	code = frame->f_code;
-	for (int i = 0; i < code->co_nlocals; i++)
+	if ((PyObject *) frame->f_code != self->began_code)
 	{
-		if (PyTuple_GET_ITEM(code->co_localsplusnames, i) != began_name)
-			continue;
+		PyCodeObject *code = frame->f_code;
+
+		/* (the code held: no other code takes its address while the slot is kept) */
+		Py_XSETREF(self->began_code, Py_NewRef((PyObject *) code));
+		self->began_slot = -1;
+		for (int i = 0; i < code->co_nlocals; i++)
+			if (PyTuple_GET_ITEM(code->co_localsplusnames, i) == began_name)
+			{
+				self->began_slot = i;
+				break;
+			}
+	}
+	if (self->began_slot < 0)
+		return 0;
+	/* the float noted last, where nothing holds it any more (the frame it was noted in has
+	 * ended, and the watchdog kept none of it): nothing can tell it from a new one */
+	if (value != NULL && Py_REFCNT(value) == 1)
+	{
+		((PyFloatObject *) value)->ob_fval = began;
+		Py_INCREF(value);
+	}
+	else
+	{
 		if ((value = PyFloat_FromDouble(began)) == NULL)
 			return -1;
-		Py_XSETREF(frame->localsplus[i], value);
-		break;
+		Py_XSETREF(self->began, Py_NewRef(value));
 	}
+	Py_XSETREF(frame->localsplus[self->began_slot], value);
 	return 0;
 }
 
@@ -374,7 +400,7 @@ entry_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *k
 	if (self->clocked)
 	{
 		began = monotonic();
-		if (note_began(began) < 0)
+		if (note_began(self, began) < 0)
 			return NULL;
 		params = args;
 	}

@@ -161,6 +161,77 @@ def test_a_shared_plan_converts_each_result_by_its_own_columns(
     assert cont.execute("SELECT plans.kinds()").fetchone() == ("other other",)
 
 
+DOMAINED = """
+import datetime
+import uuid
+
+from pyfuncs import db, stored_function
+
+
+@stored_function(schema="plans", roles=["student", "manager"])
+def domain_kinds() -> str:
+    row = db.fetchone("SELECT * FROM domained")
+    return " ".join(f"{name}:{kind(value)}" for name, value in row.items())
+
+
+def kind(value: object) -> str:
+    if isinstance(value, list):
+        return "[" + ",".join(kind(v) for v in value) + "]"
+    for name, made in KINDS:
+        if isinstance(value, made):
+            return name
+    return "other"
+
+
+KINDS = [("UUID", uuid.UUID), ("datetime", datetime.datetime), ("date", datetime.date),
+         ("str", str)]
+"""
+
+
+def test_columns_of_domains_convert_as_their_base_types_do(
+    cont: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """A domain has an oid of its own, and PL/Python hands its values over as its base
+    type's: a domain over uuid came back as str, and so did an array of them. Neither the
+    caller's search_path (its own pg_type, unnest and `=` first) nor a query's temporary
+    table changes what the next role's call of the same query gets."""
+    module = tmp_path / "domained_mod.py"
+    module.write_text(DOMAINED)
+    deploying.deploy(cont, str(module))
+    cont.execute(
+        "CREATE DOMAIN public.ident AS uuid; CREATE DOMAIN public.ident2 AS public.ident;"
+        "CREATE DOMAIN public.stamps AS timestamptz[]; CREATE DOMAIN public.word AS text;"
+        "CREATE TABLE public.domained (a public.ident, b public.ident2, c public.ident[],"
+        " d public.stamps, e public.word, f date);"
+        "INSERT INTO public.domained VALUES (gen_random_uuid(), gen_random_uuid(),"
+        " ARRAY[gen_random_uuid()], ARRAY[now()], 'x', current_date);"
+        "GRANT SELECT ON public.domained TO student, manager;"
+        "CREATE SCHEMA evil; GRANT USAGE ON SCHEMA evil TO student;"
+        "CREATE TABLE evil.pg_type AS SELECT * FROM pg_catalog.pg_type;"
+        "GRANT SELECT ON evil.pg_type TO student;"
+        "CREATE FUNCTION evil.unnest(oid[]) RETURNS SETOF oid LANGUAGE sql"
+        " AS 'SELECT 25::oid'; GRANT EXECUTE ON FUNCTION evil.unnest(oid[]) TO student;"
+        "CREATE FUNCTION evil.same(oid, oid) RETURNS bool LANGUAGE sql AS 'SELECT true';"
+        "CREATE OPERATOR evil.= (FUNCTION = evil.same, LEFTARG = oid, RIGHTARG = oid)"
+    )
+    expected = ("a:UUID b:UUID c:[UUID] d:[datetime] e:str f:date",)
+    cont.execute("SET ROLE student")
+    cont.execute("SET search_path = evil, pg_catalog, public")
+    assert cont.execute("SELECT plans.domain_kinds()").fetchone() == expected
+    # the same query over a temporary table of text columns, first on the path
+    cont.execute("CREATE TEMP TABLE domained (a text, b text, c text, d text, e text, f text)")
+    cont.execute("INSERT INTO domained VALUES ('1', '2', '3', '4', '5', '6')")
+    cont.execute("SET search_path = pg_temp, public")
+    assert cont.execute("SELECT plans.domain_kinds()").fetchone() == (
+        "a:str b:str c:str d:str e:str f:str",
+    )
+    cont.execute("DROP TABLE pg_temp.domained")
+    cont.execute("RESET ROLE")
+    cont.execute("RESET search_path")
+    cont.execute("SET ROLE manager")
+    assert cont.execute("SELECT plans.domain_kinds()").fetchone() == expected
+
+
 HANDLES = """
 from typing import Any
 

@@ -298,6 +298,31 @@ def test_a_clocked_entry_notes_when_its_call_began_in_the_entry_frame() -> None:
     assert call(3, 4) == 7 and noted[1][0] >= began  # (noted again, in the next call's frame)
 
 
+def test_a_noted_start_is_reused_only_where_nothing_holds_it() -> None:
+    """The float a call's start was noted in is the next call's only where nothing holds
+    it any more (the watchdog may keep what it read): one that is held keeps its value."""
+    seen: list[tuple[int, float]] = []
+    held: list[Any] = []
+
+    def function(keep: bool) -> int:
+        began = local(sys._getframe(1), "began")
+        seen.append((id(began), began + 0.0))  # (a copy: float() gives the float itself)
+        if keep:
+            held.append(began)
+        return 1
+
+    call = _clocked(_config(function), 1)
+    for keep in [True, False, False, True, False]:
+        assert call(keep) == 1
+        time.sleep(0.001)
+    ids = [i for i, _ in seen]
+    times = [t for _, t in seen]
+    assert times == sorted(times) and len(set(times)) == 5
+    assert ids[2] == ids[1] and ids[3] == ids[2]  # (reused while nothing held it)
+    assert ids[4] != ids[3]  # (the fourth is held: the fifth is a float of its own)
+    assert held == [times[0], times[3]]
+
+
 def test_a_clocked_entry_leaves_a_frame_without_began_alone() -> None:
     """Called from a frame that has no local `began`, it notes nothing there."""
 
