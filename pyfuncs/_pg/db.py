@@ -117,14 +117,20 @@ class _Prepared:
         # str), and an array of domains as an array of those: types made in a database
         # (from FIRST_MADE on) are asked about
         made = [o for o in types if o not in kinds and o >= FIRST_MADE]
+        seen = True
         if made:
-            kinds.update(_based_on(made))
+            based, seen = _based_on(made)
+            kinds.update(based)
         self.fixes = [
             (n, converter(kinds[o]))  # type: ignore[misc]
             for n, o in zip(names, types, strict=True)
             if o in kinds
         ]
-        self.names, self.types = names, types
+        # a type the caller's snapshot does not show yet (made after its transaction's
+        # snapshot, which the lookup reads with; the result's types are the catalog's
+        # latest) is left unconverted for this call only: the next result learns again
+        # (a red team's old snapshot fixed a domain's values as str for every later call)
+        self.names, self.types = names, types if seen else None
 
 
 # the first oid PostgreSQL gives a type not in its own catalog's data (FirstGenbkiObjectId)
@@ -132,15 +138,17 @@ FIRST_MADE = 10_000
 _BASES: list[Any] = []  # the plan of _based_on, once prepared
 
 
-def _based_on(types: list[int]) -> dict[int, str]:
+def _based_on(types: list[int]) -> tuple[dict[int, str], bool]:
     """What OID_PARSERS gives the base type of each of `types` that is a domain (through
-    domains of domains) or an array of one. Asked as the caller (pg_type is everyone's to
-    read), every name and operator qualified: the caller's search_path is in force, and a
-    conversion learnt here serves every later call of the query, another role's too."""
+    domains of domains) or an array of one, and whether the caller's snapshot shows all of
+    `types`. Asked as the caller (pg_type is everyone's to read), every name and operator
+    qualified: the caller's search_path is in force, and a conversion learnt here serves
+    every later call of the query, another role's too."""
     if not _BASES:
         _BASES.append(plpy.prepare(
             """WITH RECURSIVE chain(start, oid, element) AS (
-                SELECT t, t, false FROM pg_catalog.unnest($1) AS t
+                SELECT y.oid, y.oid, false FROM pg_catalog.pg_type y
+                WHERE y.oid OPERATOR(pg_catalog.=) ANY ($1)
                 UNION ALL
                 SELECT c.start,
                        CASE WHEN y.typtype OPERATOR(pg_catalog.=) 'd' THEN y.typbasetype
@@ -154,13 +162,15 @@ def _based_on(types: list[int]) -> dict[int, str]:
             ["pg_catalog.oid[]"],
         ))  # fmt: skip
     kinds: dict[int, str] = {}
+    seen = set()
     for row in plpy.execute(_BASES[0], [types]):
+        seen.add(row["start"])
         kind = OID_PARSERS.get(row["oid"])
         if kind is not None and row["element"]:
             kind = None if kind.startswith("list:") else "list:" + kind
         if kind is not None:  # (any step of a chain that is found gives the same)
             kinds[row["start"]] = kind
-    return kinds
+    return kinds, seen.issuperset(types)
 
 
 def _values(params: Any) -> list[Any] | tuple[Any, ...]:
@@ -657,6 +667,13 @@ def _failed(exc: BaseException) -> None:
     """A routine's query failed: stopped by PostgreSQL (a cancel), or refused a change of
     identity; either stops the call for good."""
     stopping.interrupted(exc)
+    if getattr(exc, "sqlstate", None) == vocabulary.UNDEFINED_OBJECT:
+        # PostgreSQL keeps a plan whose type was dropped (a domain with no constraints,
+        # made again; another role's temporary type the plan was made with again under its
+        # search_path) and fails it on every later run: every call's plans are let go of
+        # and prepared again as they are next run (the one call this happened in has failed)
+        _DIRECT.clear()
+        _ADAPTED.clear()
     what = identity.refused(exc)
     if what is not None:
         _stop_identity(what)

@@ -19,6 +19,7 @@ INVALID_ARGUMENT = "22023"
 INVALID_TRANSACTION_STATE = "25000"  # PostgreSQL's, for a parallel operation
 IDENTITY_REFUSED = "28000"
 PERMISSION_DENIED = "42501"
+UNDEFINED_OBJECT = "42704"  # PostgreSQL's: a type (of a plan kept, say) that does not exist
 OUT_OF_MEMORY = "53200"
 LIMIT_EXCEEDED = "54000"
 QUERY_CANCELED = "57014"
