@@ -665,7 +665,8 @@ def _innermost_entry() -> int | None:
 
 def _failed(exc: BaseException) -> None:
     """A routine's query failed: stopped by PostgreSQL (a cancel), or refused a change of
-    identity; either stops the call for good."""
+    identity, either of which stops the call for good; or its plan is one PostgreSQL kept
+    past a type it needs."""
     stopping.interrupted(exc)
     if getattr(exc, "sqlstate", None) == vocabulary.UNDEFINED_OBJECT:
         # PostgreSQL keeps a plan whose type was dropped (a domain with no constraints,
