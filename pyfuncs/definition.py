@@ -54,7 +54,7 @@ MAX_PROBLEMS = 20  # problems reported for one routine
 # Names PL/Python itself puts in a routine's globals, and the builtins the generated body
 # uses (pyfuncs/ddl.py): a parameter must not hide them.
 _RESERVED_PARAMS = frozenset({"args", "plpy", "self", "SD", "GD", "TD", "map", "isinstance",
-                              "getattr", "dict", "BaseException"})  # fmt: skip
+                              "getattr", "dict", "BaseException", "NameError"})  # fmt: skip
 _ATTR = "__pyfuncs__"
 # the keyword each decorator takes, and the types its value may have
 _OPTIONS: dict[str, tuple[type, ...]] = {

@@ -187,6 +187,11 @@ def test_missing_roles_are_reported_before_anything_changes(
         ("@stored_function\ndef f(SD: int) -> int:\n    return 1\n", "reserved by PL/Python"),
         ("@stored_function\ndef f(map: int) -> int:\n    return 1\n", "reserved by PL/Python"),
         ("@stored_function\ndef f(dict: int) -> int:\n    return 1\n", "reserved by PL/Python"),
+        # (the body's first call catches NameError: as an int parameter, it failed for good)
+        (
+            "@stored_function\ndef f(NameError: int) -> int:\n    return 1\n",
+            "reserved by PL/Python",
+        ),
         ("@stored_function\ndef f(a: int = 1, *, b: int) -> int:\n    return 1\n", "needs one too"),
         (
             "@stored_function\ndef f(a: int = None) -> int:\n    return 1\n",
