@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,8 +25,30 @@ def mallory_role(cluster: Cluster) -> str:
 @pytest.fixture
 def mallory(dsn: str, mallory_role: str) -> Iterator[psycopg.Connection[Any]]:
     """A connection as mallory (autocommit)."""
-    with psycopg.connect(dsn.replace(f"{SUPERUSER}@", "mallory@", 1), autocommit=True) as conn:
+    with psycopg.connect(mallory_dsn(dsn), autocommit=True) as conn:
         yield conn
+
+
+def mallory_dsn(dsn: str) -> str:
+    """The same database, as mallory."""
+    return dsn.replace(f"{SUPERUSER}@", "mallory@", 1)
+
+
+def value(conn: psycopg.Connection[Any], query: str, params: Any = ()) -> Any:
+    """The first column of `query`'s one row."""
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def timed(conn: psycopg.Connection[Any], query: str, params: Any = ()) -> tuple[Any, float]:
+    """`query`'s first row, or the error it raised, and how long it took (seconds)."""
+    began = time.monotonic()
+    try:
+        got: Any = conn.execute(query, params).fetchone()
+    except psycopg.Error as exc:
+        got = exc
+    return got, time.monotonic() - began
 
 
 def is_superuser(conn: psycopg.Connection[Any], role: str = "mallory") -> bool:

@@ -23,7 +23,9 @@ import psycopg
 import pytest
 
 from pyfuncs import deploy as deploying
-from pyfuncs.embedded import SUPERUSER, Cluster
+from pyfuncs.embedded import Cluster
+
+from .conftest import mallory_dsn, timed, value
 
 MOD = """
 import decimal
@@ -275,25 +277,6 @@ def r77(
     assert cluster.postmaster_pid() == postmaster
 
 
-def _mallory(dsn: str) -> str:
-    return dsn.replace(f"{SUPERUSER}@", "mallory@", 1)
-
-
-def _val(c: psycopg.Connection[Any], q: str, p: Any = ()) -> Any:
-    row = c.execute(q, p).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def _timed(c: psycopg.Connection[Any], q: str, p: Any = ()) -> tuple[Any, float]:
-    t = time.monotonic()
-    try:
-        got: Any = c.execute(q, p).fetchone()
-    except psycopg.Error as exc:
-        got = exc
-    return got, time.monotonic() - t
-
-
 # --- the reused Context carries nothing -------------------------------------------------
 
 DEFAULT = "0.6666666666666666666666666667"
@@ -302,29 +285,29 @@ DEFAULT = "0.6666666666666666666666666667"
 def test_decimal_context_does_not_reach_the_next_call(r77: str) -> None:
     with psycopg.connect(r77, autocommit=True) as c:
         for _ in range(3):
-            assert _val(c, "SELECT r77.quick()") == 1  # contexts left empty: reused
-            assert _val(c, "SELECT r77.dec_low()") == "0.666"
-            assert _val(c, "SELECT r77.dec_default()") == DEFAULT
-            assert _val(c, "SELECT r77.dec_held()") == "0.333"
-            assert _val(c, "SELECT r77.dec_default()") == DEFAULT
-            assert _val(c, "SELECT r77.quick()") == 1
-            assert _val(c, "SELECT r77.dec_default()") == DEFAULT
+            assert value(c, "SELECT r77.quick()") == 1  # contexts left empty: reused
+            assert value(c, "SELECT r77.dec_low()") == "0.666"
+            assert value(c, "SELECT r77.dec_default()") == DEFAULT
+            assert value(c, "SELECT r77.dec_held()") == "0.333"
+            assert value(c, "SELECT r77.dec_default()") == DEFAULT
+            assert value(c, "SELECT r77.quick()") == 1
+            assert value(c, "SELECT r77.dec_default()") == DEFAULT
 
 
 def test_decimal_context_does_not_reach_another_roles_call(r77: str) -> None:
     with psycopg.connect(r77, autocommit=True) as c:
-        assert _val(c, "SELECT r77.dec_default()") == DEFAULT
-        assert _val(c, "SELECT r77.dec_held()") == "0.333"
-        assert _val(c, "SELECT r77.dec_low()") == "0.666"
+        assert value(c, "SELECT r77.dec_default()") == DEFAULT
+        assert value(c, "SELECT r77.dec_held()") == "0.333"
+        assert value(c, "SELECT r77.dec_low()") == "0.666"
         c.execute("SET SESSION AUTHORIZATION mallory")
-        assert _val(c, "SELECT current_user") == "mallory"
-        assert _val(c, "SELECT r77.dec_default()") == DEFAULT
-        assert _val(c, "SELECT r77.dec_held()") == "0.333"
+        assert value(c, "SELECT current_user") == "mallory"
+        assert value(c, "SELECT r77.dec_default()") == DEFAULT
+        assert value(c, "SELECT r77.dec_held()") == "0.333"
         c.execute("RESET SESSION AUTHORIZATION")
         c.execute("SET ROLE mallory")
-        assert _val(c, "SELECT r77.dec_default()") == DEFAULT
+        assert value(c, "SELECT r77.dec_default()") == DEFAULT
         c.execute("RESET ROLE")
-        assert _val(c, "SELECT r77.dec_default()") == DEFAULT
+        assert value(c, "SELECT r77.dec_default()") == DEFAULT
 
 
 def test_a_failed_call_leaves_nothing_for_the_next(r77: str) -> None:
@@ -332,10 +315,10 @@ def test_a_failed_call_leaves_nothing_for_the_next(r77: str) -> None:
     may be held by the traceback): the next calls get the default context."""
     with psycopg.connect(r77, autocommit=True) as c:
         for _ in range(2):
-            got, _ = _timed(c, "SELECT r77.spin()")
+            got, _ = timed(c, "SELECT r77.spin()")
             assert isinstance(got, psycopg.errors.QueryCanceled), got
-            assert _val(c, "SELECT r77.dec_default()") == DEFAULT
-            assert _val(c, "SELECT r77.quick()") == 1
+            assert value(c, "SELECT r77.dec_default()") == DEFAULT
+            assert value(c, "SELECT r77.quick()") == 1
 
 
 # --- timeout_ms on time ------------------------------------------------------------------
@@ -360,11 +343,11 @@ def test_timeout_ms_stops_first_and_later_calls_on_time(r77: str, query: str) ->
                 for _ in range(20):
                     c.execute("SELECT r77.quick(), r77.quick_args(1, 2)")
             for _ in range(3):
-                got, took = _timed(c, query)
+                got, took = timed(c, query)
                 assert isinstance(got, psycopg.errors.QueryCanceled), got
                 assert "timeout_ms=100" in str(got), str(got)
                 times.append(took)
-                assert _val(c, "SELECT r77.quick()") == 1
+                assert value(c, "SELECT r77.quick()") == 1
     print(query, [round(t * 1000) for t in times])
     assert max(times) < ON_TIME, times
     assert min(times) >= 0.095, times
@@ -376,11 +359,11 @@ def test_timeout_ms_after_a_long_idle_and_a_long_call(r77: str) -> None:
     with psycopg.connect(r77, autocommit=True) as c:
         c.execute("SELECT r77.quick()")
         time.sleep(0.4)
-        got, took = _timed(c, "SELECT r77.spin()")
+        got, took = timed(c, "SELECT r77.spin()")
         assert isinstance(got, psycopg.errors.QueryCanceled), got
         assert 0.095 <= took < ON_TIME, took
         c.execute("SELECT pg_sleep(0.3), r77.quick()")
-        got, took = _timed(c, "SELECT r77.spin()")
+        got, took = timed(c, "SELECT r77.spin()")
         assert isinstance(got, psycopg.errors.QueryCanceled), got
         assert 0.095 <= took < ON_TIME, took
 
@@ -388,24 +371,24 @@ def test_timeout_ms_after_a_long_idle_and_a_long_call(r77: str) -> None:
 def test_a_nested_routines_shorter_timeout_stops_on_time(r77: str) -> None:
     with psycopg.connect(r77, autocommit=True) as c:
         for _ in range(3):
-            got, took = _timed(c, "SELECT r77.outer_nested()")
+            got, took = timed(c, "SELECT r77.outer_nested()")
             assert isinstance(got, psycopg.errors.QueryCanceled), got
             assert "timeout_ms=100" in str(got), str(got)
             assert took < ON_TIME, took
-        got, took = _timed(c, "SELECT r77.outer_short_inner_quick(200)")
+        got, took = timed(c, "SELECT r77.outer_short_inner_quick(200)")
         assert isinstance(got, psycopg.errors.QueryCanceled), got
         assert "timeout_ms=150" in str(got), str(got)
         assert took < 0.15 + 0.08, took
 
 
 def test_mallory_spinning_is_stopped_on_time(r77: str) -> None:
-    with psycopg.connect(_mallory(r77), autocommit=True) as c:
+    with psycopg.connect(mallory_dsn(r77), autocommit=True) as c:
         for q in (
             "SELECT r77.spin()",
             "SELECT r77.spin_args(0, 1, 2, 3, 4, 5, 6, 7, 8, 9)",
             "SELECT r77.outer_nested()",
         ):
-            got, took = _timed(c, q)
+            got, took = timed(c, q)
             assert isinstance(got, psycopg.errors.QueryCanceled), got
             assert took < ON_TIME, (q, took)
 
@@ -416,30 +399,30 @@ def test_mallory_spinning_is_stopped_on_time(r77: str) -> None:
 def test_altered_column_types_are_converted(r77: str, conn: psycopg.Connection[Any]) -> None:
     with psycopg.connect(r77, autocommit=True) as c:
         c.execute("SET search_path = r77")
-        assert _val(c, "SELECT r77.kind()") == "str"
-        assert _val(c, "SELECT r77.kinds()") == "str,str,str"
-        assert _val(c, "SELECT r77.kinds_exec()") == "str,str,str"
+        assert value(c, "SELECT r77.kind()") == "str"
+        assert value(c, "SELECT r77.kinds()") == "str,str,str"
+        assert value(c, "SELECT r77.kinds_exec()") == "str,str,str"
         conn.execute("ALTER TABLE r77.t ALTER v TYPE uuid USING v::uuid")
         conn.execute(
             "ALTER TABLE r77.w ALTER a TYPE uuid USING a::uuid, "
             "ALTER b TYPE timestamptz USING b::timestamptz, ALTER c TYPE numeric USING c::numeric"
         )
         conn.commit()
-        assert _val(c, "SELECT r77.kind()") == "UUID"
-        assert _val(c, "SELECT r77.kinds()") == "UUID,datetime,Decimal"
-        assert _val(c, "SELECT r77.kinds_exec()") == "UUID,datetime,Decimal"
+        assert value(c, "SELECT r77.kind()") == "UUID"
+        assert value(c, "SELECT r77.kinds()") == "UUID,datetime,Decimal"
+        assert value(c, "SELECT r77.kinds_exec()") == "UUID,datetime,Decimal"
         # the same oids, another column order (one query text, kept fixes by name)
         conn.execute("ALTER TABLE r77.w RENAME a TO tmp")
         conn.execute("ALTER TABLE r77.w RENAME c TO a")
         conn.execute("ALTER TABLE r77.w RENAME tmp TO c")
         conn.commit()
-        assert _val(c, "SELECT r77.kinds()") == "Decimal,datetime,UUID"
+        assert value(c, "SELECT r77.kinds()") == "Decimal,datetime,UUID"
         conn.execute("ALTER TABLE r77.t ALTER v TYPE text")
         conn.commit()
-        assert _val(c, "SELECT r77.kind()") == "str"
+        assert value(c, "SELECT r77.kind()") == "str"
         conn.execute("ALTER TABLE r77.t ALTER v TYPE uuid USING v::uuid")
         conn.commit()
-        assert _val(c, "SELECT r77.kind()") == "UUID"
+        assert value(c, "SELECT r77.kind()") == "UUID"
 
 
 def test_a_temporary_table_of_another_role_does_not_change_conversions(
@@ -449,20 +432,20 @@ def test_a_temporary_table_of_another_role_does_not_change_conversions(
     conn.commit()
     with psycopg.connect(r77, autocommit=True) as c:
         c.execute("SET search_path = r77, pg_temp")
-        assert _val(c, "SELECT r77.kind()") == "UUID"
+        assert value(c, "SELECT r77.kind()") == "UUID"
         c.execute("SET SESSION AUTHORIZATION mallory")
         c.execute("CREATE TEMP TABLE t (v text)")
         c.execute("INSERT INTO pg_temp.t VALUES ('not a uuid')")
         c.execute("SET search_path = pg_temp, r77")
-        assert _val(c, "SELECT r77.kind()") == "str"
+        assert value(c, "SELECT r77.kind()") == "str"
         c.execute("RESET SESSION AUTHORIZATION")
         c.execute("SET search_path = r77, pg_temp")
-        assert _val(c, "SELECT r77.kind()") == "UUID"
+        assert value(c, "SELECT r77.kind()") == "UUID"
         c.execute("SET ROLE mallory")
         c.execute("SET search_path = pg_temp, r77")
-        assert _val(c, "SELECT r77.kind()") == "str"
+        assert value(c, "SELECT r77.kind()") == "str"
         c.execute("SET search_path = r77, pg_temp")
-        assert _val(c, "SELECT r77.kind()") == "UUID"
+        assert value(c, "SELECT r77.kind()") == "UUID"
         c.execute("RESET ROLE")
 
 
@@ -478,20 +461,20 @@ def test_user_schemas_of_two_roles(r77: str, conn: psycopg.Connection[Any]) -> N
     with psycopg.connect(r77, autocommit=True) as c:
         c.execute("""SET search_path = "$user", r77""")
         for _ in range(2):
-            assert _val(c, "SELECT r77.kind()") == "UUID"
+            assert value(c, "SELECT r77.kind()") == "UUID"
             c.execute("SET ROLE mallory")
-            assert _val(c, "SELECT r77.kind()") == "datetime"
+            assert value(c, "SELECT r77.kind()") == "datetime"
             c.execute("RESET ROLE")
             c.execute("SET SESSION AUTHORIZATION mallory")
-            assert _val(c, "SELECT r77.kind()") == "datetime"
+            assert value(c, "SELECT r77.kind()") == "datetime"
             c.execute("RESET SESSION AUTHORIZATION")
 
 
 def test_utility_statements_and_writes_without_returning(r77: str) -> None:
-    with psycopg.connect(_mallory(r77), autocommit=True) as c:
+    with psycopg.connect(mallory_dsn(r77), autocommit=True) as c:
         for n in (3, 5, 3):
-            assert _val(c, "SELECT r77.writes(%s)", [n]) == str(n)
-            assert _val(c, "SELECT r77.kinds()") == "str,str,str"
+            assert value(c, "SELECT r77.writes(%s)", [n]) == str(n)
+            assert value(c, "SELECT r77.kinds()") == "str,str,str"
 
 
 def test_cursor_and_array_conversions_follow_altered_types(
@@ -500,30 +483,30 @@ def test_cursor_and_array_conversions_follow_altered_types(
     with psycopg.connect(r77, autocommit=True) as c:
         conn.execute("INSERT INTO r77.w SELECT * FROM r77.w")
         conn.commit()
-        assert _val(c, "SELECT r77.kinds_cursor()") == "str,str,str;str,str,str"
-        assert _val(c, "SELECT r77.array_kind()") == "str"
+        assert value(c, "SELECT r77.kinds_cursor()") == "str,str,str;str,str,str"
+        assert value(c, "SELECT r77.array_kind()") == "str"
         conn.execute(
             "ALTER TABLE r77.w ALTER a TYPE uuid USING a::uuid, "
             "ALTER b TYPE timestamptz USING b::timestamptz, ALTER c TYPE numeric USING c::numeric"
         )
         conn.execute("ALTER TABLE r77.arr ALTER arr TYPE uuid[] USING arr::uuid[]")
         conn.commit()
-        assert _val(c, "SELECT r77.kinds_cursor()") == (
+        assert value(c, "SELECT r77.kinds_cursor()") == (
             "UUID,datetime,Decimal;UUID,datetime,Decimal"
         )
-        assert _val(c, "SELECT r77.array_kind()") == "UUID"
-        assert _val(c, "SELECT r77.kinds()") == "UUID,datetime,Decimal"
+        assert value(c, "SELECT r77.array_kind()") == "UUID"
+        assert value(c, "SELECT r77.kinds()") == "UUID,datetime,Decimal"
 
 
 def test_statement_timeout_and_cancel_stop_a_clocked_call(r77: str) -> None:
-    with psycopg.connect(_mallory(r77), autocommit=True) as c:
+    with psycopg.connect(mallory_dsn(r77), autocommit=True) as c:
         c.execute("SET statement_timeout = 40")
         for _ in range(2):
-            got, took = _timed(c, "SELECT r77.spin()")
+            got, took = timed(c, "SELECT r77.spin()")
             assert isinstance(got, psycopg.errors.QueryCanceled), got
             assert took < 0.04 + 0.08, took
         c.execute("SET statement_timeout = 0")
-        pid = _val(c, "SELECT pg_backend_pid()")
+        pid = value(c, "SELECT pg_backend_pid()")
         with psycopg.connect(r77, autocommit=True) as other:
             for _ in range(2):
                 t = time.monotonic()
@@ -535,12 +518,12 @@ def test_statement_timeout_and_cancel_stop_a_clocked_call(r77: str) -> None:
 
                 th = threading.Thread(target=cancel)
                 th.start()
-                got, took = _timed(c, "SELECT r77.spin_local_began()")
+                got, took = timed(c, "SELECT r77.spin_local_began()")
                 th.join()
                 assert isinstance(got, psycopg.errors.QueryCanceled), got
                 assert took < 0.095, took
                 assert time.monotonic() - t < 1
-        assert _val(c, "SELECT r77.quick()") == 1
+        assert value(c, "SELECT r77.quick()") == 1
 
 
 def test_a_backends_first_timed_call_is_late_only_by_its_loading(r77: str) -> None:
@@ -549,13 +532,13 @@ def test_a_backends_first_timed_call_is_late_only_by_its_loading(r77: str) -> No
     with the module loaded by another routine of it, spin's own first call (its Entry made
     then) is on time."""
     with psycopg.connect(r77, autocommit=True) as c:
-        _, load = _timed(c, "SELECT r77.quick()")
+        _, load = timed(c, "SELECT r77.quick()")
     with psycopg.connect(r77, autocommit=True) as c:
-        got, first = _timed(c, "SELECT r77.spin()")
+        got, first = timed(c, "SELECT r77.spin()")
         assert isinstance(got, psycopg.errors.QueryCanceled), got
     with psycopg.connect(r77, autocommit=True) as c:
         c.execute("SELECT r77.quick()")
-        got, warm = _timed(c, "SELECT r77.spin_local_began()")
+        got, warm = timed(c, "SELECT r77.spin_local_began()")
         assert isinstance(got, psycopg.errors.QueryCanceled), got
     print("load", round(load * 1000), "first", round(first * 1000), "warm", round(warm * 1000))
     assert 0.095 <= warm < ON_TIME, warm
@@ -563,54 +546,54 @@ def test_a_backends_first_timed_call_is_late_only_by_its_loading(r77: str) -> No
 
 
 def test_nested_and_recursive_calls_keep_every_deadline(r77: str) -> None:
-    with psycopg.connect(_mallory(r77), autocommit=True) as c:
+    with psycopg.connect(mallory_dsn(r77), autocommit=True) as c:
         for _ in range(3):
             for q in (
                 "SELECT r77.outer_short('long')",
                 "SELECT r77.outer_short('rec')",
                 "SELECT r77.rec(4)",
             ):
-                got, took = _timed(c, q)
+                got, took = timed(c, q)
                 assert isinstance(got, psycopg.errors.QueryCanceled), (q, got)
                 assert "timeout_ms=100" in str(got), str(got)
                 assert took < ON_TIME, (q, took)
-            assert _val(c, "SELECT r77.rec_quick(5)") == DEFAULT
-            assert _val(c, "SELECT r77.dec_low()") == "0.666"
-            assert _val(c, "SELECT r77.rec_quick(2)") == DEFAULT
+            assert value(c, "SELECT r77.rec_quick(5)") == DEFAULT
+            assert value(c, "SELECT r77.dec_low()") == "0.666"
+            assert value(c, "SELECT r77.rec_quick(2)") == DEFAULT
 
 
 def test_utility_statements_whose_result_types_change(r77: str) -> None:
-    with psycopg.connect(_mallory(r77), autocommit=True) as c:
+    with psycopg.connect(mallory_dsn(r77), autocommit=True) as c:
         for text, typed, want in (
             ("text", "uuid", "UUID"),
             ("uuid", "text", "str"),
             ("text", "timestamptz", "datetime"),
         ):
-            value = "'2024-01-02 03:04:05+00'" if typed == "timestamptz" else "v"
-            c.execute(f"PREPARE r77p AS SELECT {value}::{text} FROM r77.t")
-            first = _val(c, "SELECT r77.kind_of('EXECUTE r77p')")
+            column = "'2024-01-02 03:04:05+00'" if typed == "timestamptz" else "v"
+            c.execute(f"PREPARE r77p AS SELECT {column}::{text} FROM r77.t")
+            first = value(c, "SELECT r77.kind_of('EXECUTE r77p')")
             assert first == ("UUID" if text == "uuid" else "str"), first
             c.execute("DEALLOCATE r77p")
-            c.execute(f"PREPARE r77p AS SELECT {value}::{typed} FROM r77.t")
-            assert _val(c, "SELECT r77.kind_of('EXECUTE r77p')") == want
+            c.execute(f"PREPARE r77p AS SELECT {column}::{typed} FROM r77.t")
+            assert value(c, "SELECT r77.kind_of('EXECUTE r77p')") == want
             c.execute("DEALLOCATE r77p")
             with c.transaction():
-                c.execute(f"DECLARE r77c CURSOR FOR SELECT {value}::{text} FROM r77.t")
-                first = _val(c, "SELECT r77.kinds_of('FETCH 1 FROM r77c')")
+                c.execute(f"DECLARE r77c CURSOR FOR SELECT {column}::{text} FROM r77.t")
+                first = value(c, "SELECT r77.kinds_of('FETCH 1 FROM r77c')")
                 assert first == ("UUID" if text == "uuid" else "str"), first
                 c.execute("CLOSE r77c")
                 c.execute(
-                    f"DECLARE r77c CURSOR FOR SELECT {value}::{typed}, gen_random_uuid() FROM r77.t"
+                    f"DECLARE r77c CURSOR FOR SELECT {column}::{typed}, gen_random_uuid() FROM r77.t"
                 )
-                assert _val(c, "SELECT r77.kinds_of('FETCH 1 FROM r77c')") == f"{want},UUID"
-        assert _val(c, "SELECT r77.kind_of('SHOW work_mem')") == "str"
-        assert _val(c, "SELECT r77.kinds_of('SHOW work_mem')") == "str"
+                assert value(c, "SELECT r77.kinds_of('FETCH 1 FROM r77c')") == f"{want},UUID"
+        assert value(c, "SELECT r77.kind_of('SHOW work_mem')") == "str"
+        assert value(c, "SELECT r77.kinds_of('SHOW work_mem')") == "str"
 
 
 def test_set_returning_routines_around_clocked_calls(r77: str) -> None:
-    with psycopg.connect(_mallory(r77), autocommit=True) as c:
+    with psycopg.connect(mallory_dsn(r77), autocommit=True) as c:
         for _ in range(2):
-            got, took = _timed(c, "SELECT * FROM r77.rows_spin(3)")
+            got, took = timed(c, "SELECT * FROM r77.rows_spin(3)")
             assert isinstance(got, psycopg.errors.QueryCanceled), got
             assert "timeout_ms=100" in str(got), str(got)
             assert took < ON_TIME, took
@@ -618,26 +601,26 @@ def test_set_returning_routines_around_clocked_calls(r77: str) -> None:
                 "SELECT r, r77.dec_default(), r77.quick() FROM r77.rows_quick(4) AS r"
             ).fetchall()
             assert rows == [("0.67", DEFAULT, 1)] * 4, rows
-            got, took = _timed(c, "SELECT r77.spin() FROM r77.rows_quick(3)")
+            got, took = timed(c, "SELECT r77.spin() FROM r77.rows_quick(3)")
             assert isinstance(got, psycopg.errors.QueryCanceled), got
             assert took < ON_TIME, took
-            assert _val(c, "SELECT r77.dec_default()") == DEFAULT
+            assert value(c, "SELECT r77.dec_default()") == DEFAULT
 
 
 def test_reading_a_large_argument_counts_in_timeout_ms(r77: str) -> None:
     arg = "SELECT array_agg(now() + i * interval '1 s') FROM generate_series(1, %s) AS i"
-    with psycopg.connect(_mallory(r77), autocommit=True) as c:
+    with psycopg.connect(mallory_dsn(r77), autocommit=True) as c:
         n = 20_000
         while True:  # an argument that takes the untimed twin a good 200 ms to read
-            _, base = _timed(c, f"SELECT r77.reads_many_untimed(({arg}))", [1])
-            row, took = _timed(c, f"SELECT r77.reads_many_untimed(({arg}))", [n])
+            _, base = timed(c, f"SELECT r77.reads_many_untimed(({arg}))", [1])
+            row, took = timed(c, f"SELECT r77.reads_many_untimed(({arg}))", [n])
             assert row == (n,), row
             if took - base > 0.25 or n > 2_000_000:
                 break
             n *= 2
         print("n", n, "untimed", round(took * 1000))
         for _ in range(2):
-            got, _ = _timed(c, f"SELECT r77.reads_many(({arg}))", [n])
+            got, _ = timed(c, f"SELECT r77.reads_many(({arg}))", [n])
             assert isinstance(got, psycopg.errors.QueryCanceled), got
             # (stopped by its limit where the untimed twin returns: the body itself is
             # instant, so the limit counted the reading; its time against the twin's is not

@@ -18,7 +18,9 @@ import psycopg
 import pytest
 
 from pyfuncs import deploy as deploying
-from pyfuncs.embedded import SUPERUSER, Cluster
+from pyfuncs.embedded import Cluster
+
+from .conftest import mallory_dsn, timed, value
 
 U = "0b1e5a7e-3f39-4a4e-9f52-2b1c1f3b2a10"
 
@@ -181,33 +183,14 @@ def r78(
     assert cluster.postmaster_pid() == postmaster
 
 
-def _mallory(dsn: str) -> str:
-    return dsn.replace(f"{SUPERUSER}@", "mallory@", 1)
-
-
-def _val(c: psycopg.Connection[Any], q: str, p: Any = ()) -> Any:
-    row = c.execute(q, p).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def _timed(c: psycopg.Connection[Any], q: str, p: Any = ()) -> tuple[Any, float]:
-    t = time.monotonic()
-    try:
-        got: Any = c.execute(q, p).fetchone()
-    except psycopg.Error as exc:
-        got = exc
-    return got, time.monotonic() - t
-
-
 def _after_a_dropped_type(c: psycopg.Connection[Any], q: str) -> Any:
     """What `q` gives once a type a shared plan was made with is gone: PostgreSQL keeps
     the plan and fails it (42704); the runtime lets every plan go then, so one call fails
     and the next is planned again (README, Known limits)."""
     try:
-        return _val(c, q)
+        return value(c, q)
     except psycopg.errors.UndefinedObject:
-        return _val(c, q)
+        return value(c, q)
 
 
 ALL = "a=UUID;b=datetime;c=date;d=time;e=UUID;f=[UUID];g=[UUID];h=str;i=str;j=[[UUID]]"
@@ -217,10 +200,10 @@ ALL = "a=UUID;b=datetime;c=date;d=time;e=UUID;f=[UUID];g=[UUID];h=str;i=str;j=[[
 
 
 def test_domains_convert_as_their_base_types(r78: str) -> None:
-    with psycopg.connect(_mallory(r78), autocommit=True) as m:
+    with psycopg.connect(mallory_dsn(r78), autocommit=True) as m:
         for _ in range(3):
-            assert _val(m, "SELECT r78.dom_kinds()") == ALL
-        assert _val(m, "SELECT r78.dom_cursor()") == "UUID[UUID]"
+            assert value(m, "SELECT r78.dom_kinds()") == ALL
+        assert value(m, "SELECT r78.dom_cursor()") == "UUID[UUID]"
         assert [r[0] for r in m.execute("SELECT r78.dom_rows(2)")] == ["UUID", "UUID"]
 
 
@@ -229,14 +212,14 @@ def test_an_old_snapshot_does_not_poison_later_calls(
 ) -> None:
     # a call whose transaction's snapshot predates the domain (a migration committed after
     # it began) must not leave what later calls in the backend (another role's too) learn
-    with psycopg.connect(_mallory(r78)) as m:
+    with psycopg.connect(mallory_dsn(r78)) as m:
         m.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         m.execute("SELECT 1")
         conn.execute("CREATE DOMAIN r78.late AS uuid")
         conn.commit()
-        first = _val(m, "SELECT r78.late_kind()")
+        first = value(m, "SELECT r78.late_kind()")
         m.commit()
-        later = [_val(m, "SELECT r78.late_kind()") for _ in range(2)]
+        later = [value(m, "SELECT r78.late_kind()") for _ in range(2)]
         m.commit()
     assert later == ["UUID", "UUID"], (first, later)
 
@@ -250,42 +233,42 @@ def test_an_old_snapshot_does_not_poison_another_roles_call(
         c.execute("SELECT 1")
         conn.execute("CREATE DOMAIN r78.late AS uuid")
         conn.commit()
-        _val(c, "SELECT r78.late_kind()")
+        value(c, "SELECT r78.late_kind()")
         c.commit()
         c.execute("RESET SESSION AUTHORIZATION")
         c.commit()
-        assert _val(c, "SELECT r78.late_kind()") == "UUID"
+        assert value(c, "SELECT r78.late_kind()") == "UUID"
 
 
 def test_a_temporary_type_named_uuid_reaches_no_other_call(r78: str) -> None:
     with psycopg.connect(r78, autocommit=True) as c:
-        assert _val(c, "SELECT r78.temp_kind()") == "UUID"
+        assert value(c, "SELECT r78.temp_kind()") == "UUID"
         c.execute("SET ROLE mallory")
         c.execute("CREATE DOMAIN pg_temp.uuid AS text")
-        mine = _val(c, "SELECT r78.temp_kind()")
+        mine = value(c, "SELECT r78.temp_kind()")
         assert mine == "str"  # her own type: not a uuid
         c.execute(
             "CREATE OR REPLACE FUNCTION pg_temp.unnest(oid[]) RETURNS SETOF oid "
             "LANGUAGE sql AS 'SELECT 2950::oid'"
         )
-        assert _val(c, "SELECT r78.dom_kinds()") == ALL
+        assert value(c, "SELECT r78.dom_kinds()") == ALL
         c.execute("DROP DOMAIN pg_temp.uuid")
         c.execute("RESET ROLE")
         assert _after_a_dropped_type(c, "SELECT r78.temp_kind()") == "UUID"
-        assert _val(c, "SELECT r78.temp_kind()") == "UUID"
-        assert _val(c, "SELECT r78.dom_kinds()") == ALL
+        assert value(c, "SELECT r78.temp_kind()") == "UUID"
+        assert value(c, "SELECT r78.dom_kinds()") == ALL
 
 
 def test_the_lookup_is_not_counted_in_max_db_ops(r78: str) -> None:
     # the first call in a backend asks pg_type: its budget of one query still holds
-    with psycopg.connect(_mallory(r78), autocommit=True) as m:
-        assert _val(m, "SELECT r78.dom_budget()") == "UUID"
-        assert _val(m, "SELECT r78.dom_budget()") == "UUID"
+    with psycopg.connect(mallory_dsn(r78), autocommit=True) as m:
+        assert value(m, "SELECT r78.dom_budget()") == "UUID"
+        assert value(m, "SELECT r78.dom_budget()") == "UUID"
 
 
 def test_statement_timeout_in_the_lookup_leaves_nothing_learnt(r78: str) -> None:
-    with psycopg.connect(_mallory(r78), autocommit=True) as m:
-        _val(m, "SELECT r78.quick()")  # booted
+    with psycopg.connect(mallory_dsn(r78), autocommit=True) as m:
+        value(m, "SELECT r78.quick()")  # booted
         failed = 0
         for _ in range(8):
             try:
@@ -294,31 +277,31 @@ def test_statement_timeout_in_the_lookup_leaves_nothing_learnt(r78: str) -> None
             except psycopg.Error:
                 failed += 1
             m.execute("RESET statement_timeout")
-        assert _val(m, "SELECT r78.dom_kinds()") == ALL
+        assert value(m, "SELECT r78.dom_kinds()") == ALL
 
 
 def test_a_stop_in_the_lookup_stops_and_leaves_nothing_learnt(
     r78: str, conn: psycopg.Connection[Any]
 ) -> None:
-    with psycopg.connect(_mallory(r78), autocommit=True) as m:
-        _val(m, "SELECT r78.quick()")  # booted, the lookup's plan not yet prepared
+    with psycopg.connect(mallory_dsn(r78), autocommit=True) as m:
+        value(m, "SELECT r78.quick()")  # booted, the lookup's plan not yet prepared
         lock = psycopg.connect(r78)
         lock.execute("LOCK TABLE pg_catalog.pg_type IN ACCESS EXCLUSIVE MODE")
         try:
-            got, took = _timed(m, "SELECT r78.dom_timed()")
+            got, took = timed(m, "SELECT r78.dom_timed()")
         finally:
             lock.rollback()
             lock.close()
         assert isinstance(got, psycopg.Error), got
         assert took < 3.0
-        assert _val(m, "SELECT r78.dom_timed()") == "datetime"
-        assert _val(m, "SELECT r78.dom_kinds()") == ALL
+        assert value(m, "SELECT r78.dom_timed()") == "datetime"
+        assert value(m, "SELECT r78.dom_kinds()") == ALL
 
 
 def test_cancel_in_the_lookup(r78: str, conn: psycopg.Connection[Any]) -> None:
-    with psycopg.connect(_mallory(r78), autocommit=True) as m:
-        pid = _val(m, "SELECT pg_backend_pid()")
-        _val(m, "SELECT r78.quick()")
+    with psycopg.connect(mallory_dsn(r78), autocommit=True) as m:
+        pid = value(m, "SELECT pg_backend_pid()")
+        value(m, "SELECT r78.quick()")
         lock = psycopg.connect(r78)
         lock.execute("LOCK TABLE pg_catalog.pg_type IN ACCESS EXCLUSIVE MODE")
         # (a cancel request, not pg_cancel_backend: parsing that waits for pg_type too)
@@ -326,32 +309,32 @@ def test_cancel_in_the_lookup(r78: str, conn: psycopg.Connection[Any]) -> None:
             t = threading.Timer(0.3, m.cancel)
             t.start()
             try:
-                got, _ = _timed(m, "SELECT r78.dom_kinds()")
+                got, _ = timed(m, "SELECT r78.dom_kinds()")
             finally:
                 t.join()
                 lock.rollback()
                 lock.close()
         assert isinstance(got, psycopg.errors.QueryCanceled), got
-        assert _val(m, "SELECT r78.dom_kinds()") == ALL
+        assert value(m, "SELECT r78.dom_kinds()") == ALL
 
 
 def test_a_domain_dropped_and_made_again(r78: str, conn: psycopg.Connection[Any]) -> None:
-    with psycopg.connect(_mallory(r78), autocommit=True) as m:
+    with psycopg.connect(mallory_dsn(r78), autocommit=True) as m:
         conn.execute("CREATE DOMAIN r78.late AS uuid")
         conn.commit()
-        assert _val(m, "SELECT r78.late_kind()") == "UUID"
+        assert value(m, "SELECT r78.late_kind()") == "UUID"
         conn.execute("DROP DOMAIN r78.late")
         conn.execute("CREATE DOMAIN r78.late AS text")
         conn.commit()
         # (PostgreSQL keeps the shared plan with the dropped type: it failed every later
         # call in the backend, "type with OID ... does not exist"; now one)
         assert _after_a_dropped_type(m, "SELECT r78.late_kind()") == "str"
-        assert _val(m, "SELECT r78.late_kind()") == "str"
+        assert value(m, "SELECT r78.late_kind()") == "str"
         conn.execute("DROP DOMAIN r78.late")
         conn.execute("CREATE DOMAIN r78.late AS uuid")
         conn.commit()
         assert _after_a_dropped_type(m, "SELECT r78.late_kind()") == "UUID"
-        assert _val(m, "SELECT r78.late_kind()") == "UUID"
+        assert value(m, "SELECT r78.late_kind()") == "UUID"
 
 
 # --- 2. the body's loop ------------------------------------------------------------------
@@ -359,23 +342,23 @@ def test_a_domain_dropped_and_made_again(r78: str, conn: psycopg.Connection[Any]
 
 def test_first_calls_run_once(r78: str, conn: psycopg.Connection[Any]) -> None:
     def count() -> int:
-        n = _val(conn, "SELECT count(*) FROM r78.log")
+        n = value(conn, "SELECT count(*) FROM r78.log")
         conn.commit()
         return int(n)
 
     for first in ("null", "need", "once", "proc", "srf"):
         conn.execute("DELETE FROM r78.log")
         conn.commit()
-        with psycopg.connect(_mallory(r78), autocommit=True) as m:
+        with psycopg.connect(mallory_dsn(r78), autocommit=True) as m:
             if first == "null":
                 with pytest.raises(psycopg.Error):
                     m.execute("SELECT r78.need(NULL, %s::uuid)", [U])
                 assert count() == 0
             elif first == "need":
-                assert _val(m, "SELECT r78.need(1, %s::uuid)", [U]) == "UUID,None"
+                assert value(m, "SELECT r78.need(1, %s::uuid)", [U]) == "UUID,None"
                 assert count() == 1
             elif first == "once":
-                assert _val(m, "SELECT r78.once(7)") == 7
+                assert value(m, "SELECT r78.once(7)") == 7
                 assert count() == 1
             elif first == "proc":
                 m.execute("CALL r78.proc(3)")
@@ -386,11 +369,11 @@ def test_first_calls_run_once(r78: str, conn: psycopg.Connection[Any]) -> None:
                 with pytest.raises(psycopg.Error):
                     m.execute("SELECT r78.srf(3)").fetchall()
             # and the second call
-            assert _val(m, "SELECT r78.need(1, %s::uuid, now())", [U]) == "UUID,datetime"
+            assert value(m, "SELECT r78.need(1, %s::uuid, now())", [U]) == "UUID,datetime"
 
 
 def test_a_failed_first_load_leaves_the_next_call_whole(r78: str) -> None:
-    with psycopg.connect(_mallory(r78), autocommit=True) as m:
+    with psycopg.connect(mallory_dsn(r78), autocommit=True) as m:
         m.execute("SET max_parallel_workers_per_gather = 2")
         m.execute("SET parallel_setup_cost = 0")
         m.execute("SET parallel_tuple_cost = 0")
@@ -398,45 +381,45 @@ def test_a_failed_first_load_leaves_the_next_call_whole(r78: str) -> None:
         with contextlib.suppress(psycopg.Error):
             m.execute("SELECT r78.quick() FROM r78.w").fetchall()
         m.execute("RESET ALL")
-        assert _val(m, "SELECT r78.quick()") == 1
-        assert _val(m, "SELECT r78.once(2)") == 2
+        assert value(m, "SELECT r78.quick()") == 1
+        assert value(m, "SELECT r78.once(2)") == 2
 
 
 def test_a_stop_while_loading(r78: str) -> None:
     # timeout_ms does not cover the loading; statement_timeout does: stop it there, then call
-    with psycopg.connect(_mallory(r78), autocommit=True) as m:
+    with psycopg.connect(mallory_dsn(r78), autocommit=True) as m:
         for ms in (1, 2, 5, 10, 20):
-            with psycopg.connect(_mallory(r78), autocommit=True) as f:
+            with psycopg.connect(mallory_dsn(r78), autocommit=True) as f:
                 f.execute(f"SET statement_timeout = {ms}")
                 with contextlib.suppress(psycopg.Error):
                     f.execute("SELECT r78.once(1)").fetchone()
                 f.execute("RESET statement_timeout")
-                got, took = _timed(f, "SELECT r78.spin()")
+                got, took = timed(f, "SELECT r78.spin()")
                 assert isinstance(got, psycopg.Error) and took < 3.0
-                assert _val(f, "SELECT r78.once(5)") == 5
-        assert _val(m, "SELECT r78.quick()") == 1
+                assert value(f, "SELECT r78.once(5)") == 5
+        assert value(m, "SELECT r78.quick()") == 1
 
 
 # --- 3. the reused began -----------------------------------------------------------------
 
 
 def test_timeout_holds_after_many_calls(r78: str) -> None:
-    with psycopg.connect(_mallory(r78), autocommit=True) as m:
+    with psycopg.connect(mallory_dsn(r78), autocommit=True) as m:
         for _ in range(300):
-            _val(m, "SELECT r78.quick()")
+            value(m, "SELECT r78.quick()")
         for n in (0, 50, 300):
-            got, took = _timed(m, "SELECT r78.spin_after(%s)", [n])
+            got, took = timed(m, "SELECT r78.spin_after(%s)", [n])
             assert isinstance(got, psycopg.Error), got
             assert took < 2.0
         time.sleep(0.3)  # an idle gap: a stale began would make the next spin stop at once
-        got, took = _timed(m, "SELECT r78.spin()")
+        got, took = timed(m, "SELECT r78.spin()")
         assert isinstance(got, psycopg.Error) and 0.08 < took < 2.0, took
 
 
 def test_nested_calls_keep_their_own_began(r78: str) -> None:
-    with psycopg.connect(_mallory(r78), autocommit=True) as m:
+    with psycopg.connect(mallory_dsn(r78), autocommit=True) as m:
         for _ in range(20):
-            assert _val(m, "SELECT r78.rec(4)") == 4
-        got, took = _timed(m, "SELECT r78.rec_spin(3)")
+            assert value(m, "SELECT r78.rec(4)") == 4
+        got, took = timed(m, "SELECT r78.rec_spin(3)")
         assert isinstance(got, psycopg.Error) and 0.15 < took < 2.0, (got, took)
-        assert _val(m, "SELECT r78.rec(2)") == 2
+        assert value(m, "SELECT r78.rec(2)") == 2
