@@ -51,6 +51,17 @@
 #include "internal/pycore_context.h"
 #undef Py_BUILD_CORE
 
+/* what a call took from the one it was entered from, to give back as it leaves */
+typedef struct
+{
+	_PyInterpreterFrame *frame;	/* a split entry's: its call's entry frame */
+	PyObject   *kept_level;		/* identity.SETTINGS' items, */
+	PyObject   *kept_identity;
+	PyObject   *outer;			/* watchdog.CALLING[0] */
+	PyObject   *context;		/* a split entry's: the call's context, or NULL */
+	double		prior;			/* the backstop's deadline */
+}			Record;
+
 typedef struct
 {
 	PyObject_HEAD
@@ -77,6 +88,9 @@ typedef struct
 	PyObject   *began;			/* the float a clocked entry noted last (see note_began) */
 	PyObject   *began_code;		/* the code of the frame it noted it in last, and */
 	int			began_slot;		/* the slot of its `began` there (-1: it has none) */
+	Record	   *records;		/* a split entry's calls under way, innermost last */
+	int			depth;
+	int			room;
 	/* the rest */
 	PyObject   *clock;			/* backstop.CLOCK (a memoryview of doubles), or NULL */
 	PyObject   *stop_flag;		/* what stop_set points into (a memoryview), or NULL */
@@ -90,6 +104,10 @@ typedef struct
 	PyObject   *longs;			/* types of results kept as they are up to `most` long */
 	Py_ssize_t	most;
 }			Entry;
+
+/* (the steps of a call, each inside the call's function: with -Os, a call of a function
+ * elsewhere costs the call a line of code more, cold at each backend's turn) */
+#define HOT static inline __attribute__((always_inline))
 
 static PyObject *stop_name;		/* "stop" */
 static PyObject *check_name;	/* "check" */
@@ -119,6 +137,13 @@ entry_traverse(Entry *self, visitproc visit, void *arg)
 	Py_VISIT(self->spare);
 	Py_VISIT(self->began);
 	Py_VISIT(self->began_code);
+	for (int i = 0; i < self->depth; i++)
+	{
+		Py_VISIT(self->records[i].kept_level);
+		Py_VISIT(self->records[i].kept_identity);
+		Py_VISIT(self->records[i].outer);
+		Py_VISIT(self->records[i].context);
+	}
 	return 0;
 }
 
@@ -146,6 +171,15 @@ entry_clear(Entry *self)
 	Py_CLEAR(self->spare);
 	Py_CLEAR(self->began);
 	Py_CLEAR(self->began_code);
+	while (self->depth > 0)
+	{
+		Record	   *record = &self->records[--self->depth];
+
+		Py_CLEAR(record->kept_level);
+		Py_CLEAR(record->kept_identity);
+		Py_CLEAR(record->outer);
+		Py_CLEAR(record->context);
+	}
 	self->stop_set = NULL;
 	self->deadline = NULL;
 	return 0;
@@ -156,6 +190,7 @@ entry_dealloc(Entry *self)
 {
 	PyObject_GC_UnTrack(self);
 	entry_clear(self);
+	PyMem_Free(self->records);
 	Py_TYPE(self)->tp_free((PyObject *) self);
 }
 
@@ -164,7 +199,7 @@ entry_dealloc(Entry *self)
  * core each page of code a call runs comes cold, and listobject.c's is one a call needs
  * for nothing else). Where the list has lost that item, PyList_SetItem says so.
  */
-static inline void
+HOT void
 swap_in(PyObject *list, Py_ssize_t i, PyObject *value)
 {
 	PyObject   *old;
@@ -180,7 +215,7 @@ swap_in(PyObject *list, Py_ssize_t i, PyObject *value)
 }
 
 /* PyObject_IsTrue, without its call for what a call meets every time (see swap_in) */
-static inline int
+HOT int
 truth(PyObject *value, PyObject *zero)
 {
 	if (value == zero || value == Py_None || value == Py_False)
@@ -205,7 +240,7 @@ run_in(PyObject *context, PyObject *callable, PyObject *const *args, Py_ssize_t 
 }
 
 /* Whether `result` is kept as it is (routines._CALL's tests, in their order): 1, 0, -1 */
-static int
+HOT int
 kept(Entry *self, PyObject *result)
 {
 	PyTypeObject *kind = Py_TYPE(result);
@@ -245,6 +280,31 @@ kept(Entry *self, PyObject *result)
 	}
 }
 
+/* A stop the function did not see (one a finalizer swallowed) raised: 0, or -1 with it */
+HOT int
+stop_seen(Entry *self)
+{
+	int			set = self->stop_set != NULL ? self->stop_set[0] != 0 : -1;
+	PyObject   *checked;
+
+	if (set < 0)
+	{
+		PyObject   *stop = PyObject_GetAttr(self->watch, stop_name);
+
+		if (stop == NULL)
+			return -1;
+		Py_DECREF(stop);
+		set = stop != Py_None;
+	}
+	if (!set)
+		return 0;
+	checked = PyObject_CallMethodNoArgs(self->watch, check_name);
+	if (checked == NULL)
+		return -1;
+	Py_DECREF(checked);
+	return 0;
+}
+
 /*
  * The function's call in `context`, its arguments read there (into `read`, `*made` of them)
  * and its result made plain. The arguments read and the result as the function returned
@@ -272,28 +332,8 @@ called(Entry *self, PyObject *context, PyObject *const *args, Py_ssize_t count,
 	if (result == NULL)
 		return NULL;
 	*original = Py_NewRef(result);
-	{
-		/* a stop it did not see (one a finalizer swallowed) */
-		int			set = self->stop_set != NULL ? self->stop_set[0] != 0 : -1;
-
-		if (set < 0)
-		{
-			PyObject   *stop = PyObject_GetAttr(self->watch, stop_name);
-
-			if (stop == NULL)
-				goto failed;
-			Py_DECREF(stop);
-			set = stop != Py_None;
-		}
-		if (set)
-		{
-			PyObject   *checked = PyObject_CallMethodNoArgs(self->watch, check_name);
-
-			if (checked == NULL)
-				goto failed;
-			Py_DECREF(checked);
-		}
-	}
+	if (stop_seen(self) < 0)
+		goto failed;
 	plain = kept(self, result);
 	if (plain < 0)
 		goto failed;
@@ -306,7 +346,7 @@ failed:
 }
 
 /* time.monotonic()'s clock, in seconds */
-static inline double
+HOT double
 monotonic(void)
 {
 	struct timespec now;
@@ -324,7 +364,7 @@ monotonic(void)
  * a trivial call touches on top of PL/Python's own (their code, cold at each backend's turn
  * with 16 clients a core).
  */
-static int
+HOT int
 note_began(Entry *self, double began)
 {
 	_PyInterpreterFrame *frame = PyThreadState_Get()->cframe->current_frame;
@@ -366,100 +406,14 @@ note_began(Entry *self, double began)
 }
 
 /*
- * The call: args[0] is when it began (the entry frame's `began`), the rest the function's
- * arguments; or, for a clocked entry, all its arguments.
+ * The error a call leaves with, made of the one raised (Python's error indicator, which it
+ * replaces): a stop as a fresh RoutineInterrupted, nothing of the routine's travelling out
+ * with it; any other exception as the PostgreSQL error `fail` makes of it, in the call's
+ * `context` (NULL: the current one).
  */
-static PyObject *
-entry_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+static void
+made_error(Entry *self, PyObject *context)
 {
-	Entry	   *self = (Entry *) callable;
-	Py_ssize_t	count = PyVectorcall_NARGS(nargsf);
-	PyObject   *kept_level,
-			   *kept_identity,
-			   *outer,
-			   *opened,
-			   *context = NULL,
-			   *result = NULL;
-	double	   *deadline = NULL,
-				prior = 0;
-	PyObject   *small[8],
-			  **read = small,
-			   *original = NULL;
-	Py_ssize_t	made = 0;
-	PyObject   *const *params = args + 1;	/* the function's arguments */
-	double		began = 0;
-
-	if (kwnames != NULL || (!self->clocked && count < 1))
-	{
-		PyErr_SetString(PyExc_TypeError, self->clocked
-						? "pyfuncs: an entry takes the routine's arguments, by position"
-						: "pyfuncs: an entry takes when its call began, then the routine's "
-						"arguments");
-		return NULL;
-	}
-	if (self->clocked)
-	{
-		began = monotonic();
-		if (note_began(self, began) < 0)
-			return NULL;
-		params = args;
-	}
-	else
-	{
-		count--;
-		if (self->deadline != NULL && (began = PyFloat_CheckExact(args[0])
-									   ? PyFloat_AS_DOUBLE(args[0])
-									   : PyFloat_AsDouble(args[0])) == -1 && PyErr_Occurred())
-			return NULL;
-	}
-	if (PyList_GET_SIZE(self->settings) != 2 || PyList_GET_SIZE(self->calling) != 1)
-	{
-		PyErr_SetString(PyExc_SystemError, "pyfuncs: identity.SETTINGS or watchdog.CALLING "
-						"lost its items");
-		return NULL;
-	}
-	if (count > 8 && !(read = PyMem_Malloc(count * sizeof(PyObject *))))
-		return PyErr_NoMemory();
-	if (self->deadline != NULL)
-	{
-		deadline = self->deadline;
-		prior = deadline[0];
-		deadline[0] = began + self->timeout;
-	}
-	kept_level = Py_NewRef(PyList_GET_ITEM(self->settings, 0));
-	kept_identity = Py_NewRef(PyList_GET_ITEM(self->settings, 1));
-	outer = Py_NewRef(PyList_GET_ITEM(self->calling, 0));
-	swap_in(self->settings, 0, Py_NewRef(self->zero));
-	swap_in(self->calling, 0, Py_NewRef(self->namespace));
-
-	if (PyList_GET_SIZE(self->grave) && PyList_SetSlice(self->grave, 0, PY_SSIZE_T_MAX, NULL) < 0)
-		goto failed;
-	if (self->spare != NULL)
-	{
-		context = self->spare;
-		self->spare = NULL;
-	}
-	else if ((context = PyContext_New()) == NULL)
-		goto failed;
-	{
-		int			owing = truth(self->owed, self->zero);
-
-		if (owing < 0)
-			goto failed;
-		if (owing)
-		{
-			/* (callbacks of its weak references that came due elsewhere) */
-			PyObject   *paid = run_in(context, self->pay, &self->namespace, 1);
-
-			if (paid == NULL)
-				goto failed;
-			Py_DECREF(paid);
-		}
-	}
-	result = called(self, context, params, count, read, &made, &original);
-	if (result != NULL)
-		goto leave;
-failed:
 	if (PyErr_ExceptionMatches(self->interrupted))
 	{
 		/* a fresh one: nothing of the routine's travels out with it */
@@ -499,16 +453,73 @@ failed:
 			PyErr_SetNone(self->interrupted);
 		}
 	}
-leave:
-	if (deadline != NULL)
-		deadline[0] = prior;
-	swap_in(self->calling, 0, outer);
+}
+
+/*
+ * A call takes a deadline, module and level of its own, keeping the outer call's in
+ * `record` (no Python code runs: nothing can land between the swaps); 0, or -1 with an
+ * error and nothing taken.
+ */
+HOT int
+took(Entry *self, Record *record, double began)
+{
+	if (PyList_GET_SIZE(self->settings) != 2 || PyList_GET_SIZE(self->calling) != 1)
+	{
+		PyErr_SetString(PyExc_SystemError, "pyfuncs: identity.SETTINGS or watchdog.CALLING "
+						"lost its items");
+		return -1;
+	}
+	if (self->deadline != NULL)
+	{
+		record->prior = self->deadline[0];
+		self->deadline[0] = began + self->timeout;
+	}
+	record->kept_level = Py_NewRef(PyList_GET_ITEM(self->settings, 0));
+	record->kept_identity = Py_NewRef(PyList_GET_ITEM(self->settings, 1));
+	record->outer = Py_NewRef(PyList_GET_ITEM(self->calling, 0));
+	swap_in(self->settings, 0, Py_NewRef(self->zero));
+	swap_in(self->calling, 0, Py_NewRef(self->namespace));
+	return 0;
+}
+
+/*
+ * What a call does first, inside what it took: drops the frames the watchdog let go of, and
+ * returns its context (the spare, or a new one); NULL with an error.
+ */
+HOT PyObject *
+opening(Entry *self)
+{
+	PyObject   *context = self->spare;
+
+	if (PyList_GET_SIZE(self->grave) && PyList_SetSlice(self->grave, 0, PY_SSIZE_T_MAX, NULL) < 0)
+		return NULL;
+	if (context != NULL)
+	{
+		self->spare = NULL;
+		return context;
+	}
+	return PyContext_New();
+}
+
+/*
+ * Gives the call it was entered from back its deadline, module, level and identity (the
+ * record's references, stolen) and undoes the settings this call's queries changed, as a `finally`
+ * runs: with the call's error put aside, and replaced by the undo's own. Returns `result`
+ * (stolen), or NULL with Python's error set.
+ */
+HOT PyObject *
+given_back(Entry *self, PyObject *result, Record *record)
+{
+	PyObject   *opened;
+
+	if (self->deadline != NULL)
+		self->deadline[0] = record->prior;
+	swap_in(self->calling, 0, record->outer);
 	opened = PyList_GET_SIZE(self->settings) > 0 ? PyList_GET_ITEM(self->settings, 0) : Py_None;
 	Py_INCREF(opened);
-	swap_in(self->settings, 0, kept_level);
-	swap_in(self->settings, 1, kept_identity);
+	swap_in(self->settings, 0, record->kept_level);
+	swap_in(self->settings, 1, record->kept_identity);
 	{
-		/* (as a `finally` runs: with the call's error put aside, and replaced by its own) */
 		PyObject   *kind,
 				   *value,
 				   *trace;
@@ -535,16 +546,101 @@ leave:
 		}
 	}
 	Py_DECREF(opened);
-	/* what the Python entry's frame holds until it ends (see called); a context the call
-	 * left empty, that nothing else holds (a ContextVar's token would) nor refers to, is the
-	 * next call's, as fresh as a new one (making and freeing one was a twelfth of the memory
-	 * a trivial call touches on top of PL/Python's own) */
+	return result;
+}
+
+/*
+ * A call's context let go of: one it left empty, that nothing else holds (a ContextVar's
+ * token would) nor refers to, is the next call's, as fresh as a new one (making and
+ * freeing one was a twelfth of the memory a trivial call touches on top of PL/Python's own).
+ */
+HOT void
+spared(Entry *self, PyObject *context)
+{
 	if (context != NULL && self->spare == NULL && Py_REFCNT(context) == 1 &&
 		PyContext_CheckExact(context) && ((PyContext *) context)->ctx_vars->h_count == 0 &&
 		((PyContext *) context)->ctx_weakreflist == NULL)
 		self->spare = context;
 	else
 		Py_XDECREF(context);
+}
+
+/*
+ * The call: args[0] is when it began (the entry frame's `began`), the rest the function's
+ * arguments; or, for a clocked entry, all its arguments.
+ */
+static PyObject *
+entry_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+	Entry	   *self = (Entry *) callable;
+	Py_ssize_t	count = PyVectorcall_NARGS(nargsf);
+	Record		record = {0};
+	PyObject   *context = NULL,
+			   *result = NULL;
+	PyObject   *small[8],
+			  **read = small,
+			   *original = NULL;
+	Py_ssize_t	made = 0;
+	PyObject   *const *params = args + 1;	/* the function's arguments */
+	double		began = 0;
+
+	if (kwnames != NULL || (!self->clocked && count < 1))
+	{
+		PyErr_SetString(PyExc_TypeError, self->clocked
+						? "pyfuncs: an entry takes the routine's arguments, by position"
+						: "pyfuncs: an entry takes when its call began, then the routine's "
+						"arguments");
+		return NULL;
+	}
+	if (self->clocked)
+	{
+		began = monotonic();
+		if (note_began(self, began) < 0)
+			return NULL;
+		params = args;
+	}
+	else
+	{
+		count--;
+		if (self->deadline != NULL && (began = PyFloat_CheckExact(args[0])
+									   ? PyFloat_AS_DOUBLE(args[0])
+									   : PyFloat_AsDouble(args[0])) == -1 && PyErr_Occurred())
+			return NULL;
+	}
+	if (count > 8 && !(read = PyMem_Malloc(count * sizeof(PyObject *))))
+		return PyErr_NoMemory();
+	if (took(self, &record, began) < 0)
+	{
+		if (read != small)
+			PyMem_Free(read);
+		return NULL;
+	}
+	if ((context = opening(self)) == NULL)
+		goto failed;
+	{
+		int			owing = truth(self->owed, self->zero);
+
+		if (owing < 0)
+			goto failed;
+		if (owing)
+		{
+			/* (callbacks of its weak references that came due elsewhere) */
+			PyObject   *paid = run_in(context, self->pay, &self->namespace, 1);
+
+			if (paid == NULL)
+				goto failed;
+			Py_DECREF(paid);
+		}
+	}
+	result = called(self, context, params, count, read, &made, &original);
+	if (result != NULL)
+		goto leave;
+failed:
+	made_error(self, context);
+leave:
+	result = given_back(self, result, &record);
+	spared(self, context);
+	/* what the Python entry's frame holds until it ends (see called) */
 	Py_XDECREF(original);
 	while (made > 0)
 		Py_DECREF(read[--made]);
@@ -552,6 +648,181 @@ leave:
 		PyMem_Free(read);
 	return result;
 }
+
+/*
+ * A split call (a clocked Entry's, where the runtime asks for it): its entry frame calls the
+ * routine's function itself, between the Entry's enter() and leave(result), in a `try` whose handler
+ * calls failed() (routines._CALL_SPLIT). The function's frame then runs in the evaluation
+ * of the entry frame's, where an Entry's C call of it started an evaluation of its own:
+ * with 16 clients a core, those were a twentieth of the memory a trivial call touches.
+ *
+ * Python raises a stop where it looks for one: as a frame starts, at a jump backwards and
+ * after a call of C (here: enter's, the function's if it is C, leave's and failed's). One
+ * that lands after enter's or the function's call is the call's own, caught by the handler;
+ * one that lands after leave's or failed's, the call having given back what it took, leaves
+ * as the stop it is. So a call's record (what it took, and its entry frame) stays with the
+ * Entry from enter until whichever of leave and failed ends the call in that frame: a
+ * record of another frame's (an outer call of the same routine's) is left alone.
+ */
+
+/* the record of the call under way in the current frame, or NULL */
+HOT Record *
+current(Entry *self)
+{
+	_PyInterpreterFrame *frame = PyThreadState_Get()->cframe->current_frame;
+
+	if (self->depth > 0 && self->records[self->depth - 1].frame == frame)
+		return &self->records[self->depth - 1];
+	return NULL;
+}
+
+/*
+ * Ends the current call: exits its context, gives back what it took (given_back: `result`
+ * stolen, or NULL with Python's error set, which the undo's replaces) and lets go of its
+ * context.
+ */
+HOT PyObject *
+ended(Entry *self, PyObject *result)
+{
+	Record		record = self->records[--self->depth];
+
+	if (record.context != NULL && PyContext_Exit(record.context) < 0)
+		Py_CLEAR(result);
+	result = given_back(self, result, &record);
+	spared(self, record.context);
+	return result;
+}
+
+/*
+ * enter(function): the call begins (see entry_call), in its context until it ends; returns
+ * `function`, for the entry frame to call
+ */
+static PyObject *
+split_enter(PyObject *op, PyObject *function)
+{
+	Entry	   *self = (Entry *) op;
+	Record		record = {.frame = PyThreadState_Get()->cframe->current_frame};
+	double		began = monotonic();
+	int			depth;
+	PyObject   *context;
+
+	if (note_began(self, began) < 0)
+		return NULL;
+	if (self->depth == self->room)
+	{
+		int			room = self->room ? 2 * self->room : 4;
+		Record	   *records = PyMem_Realloc(self->records, room * sizeof(Record));
+
+		if (records == NULL)
+			return PyErr_NoMemory();
+		self->records = records;
+		self->room = room;
+	}
+	if (took(self, &record, began) < 0)
+		return NULL;
+	self->records[depth = self->depth++] = record;
+	/* (from here on, Python code may run: a call of this routine's inside it moves records) */
+	if ((context = opening(self)) == NULL)
+		return NULL;
+	if (PyContext_Enter(context) < 0)
+	{
+		Py_DECREF(context);
+		return NULL;
+	}
+	self->records[depth].context = context;
+	{
+		int			owing = truth(self->owed, self->zero);
+
+		if (owing < 0)
+			return NULL;
+		if (owing)
+		{
+			/* (callbacks of its weak references that came due elsewhere) */
+			PyObject   *paid = PyObject_CallOneArg(self->pay, self->namespace);
+
+			if (paid == NULL)
+				return NULL;
+			Py_DECREF(paid);
+		}
+	}
+	return Py_NewRef(function);
+}
+
+/*
+ * leave(result): the function returned `result`; the call ends with it made plain, or with
+ * the error that making it plain raised (made here: `result`, which the entry frame holds
+ * until this returns, is let go of after what the call took was given back, as the Python
+ * entry's frame lets go of its local)
+ */
+static PyObject *
+split_leave(PyObject *op, PyObject *result)
+{
+	Entry	   *self = (Entry *) op;
+	int			plain;
+
+	if (current(self) == NULL)
+	{
+		PyErr_SetString(PyExc_SystemError, "pyfuncs: leave() without a call under way");
+		return NULL;
+	}
+	if (stop_seen(self) < 0 || (plain = kept(self, result)) < 0)
+		result = NULL;
+	else if (plain)
+		Py_INCREF(result);
+	else
+		result = PyObject_CallOneArg(self->finish, result);
+	if (result == NULL)
+		made_error(self, NULL);
+	if (current(self) == NULL)	/* (a call inside it lost its record: nothing to end) */
+	{
+		Py_XDECREF(result);
+		PyErr_SetString(PyExc_SystemError, "pyfuncs: a call's record was lost");
+		return NULL;
+	}
+	return ended(self, result);
+}
+
+/*
+ * failed(): the exception the handler caught, as the error the call leaves with (returned,
+ * for the entry frame to raise after its handler: nothing of the routine's is its context).
+ * If it was raised in the call, the call ends, and the exception is let go of inside it: the
+ * finalizers of its frames' locals run under the call's limits.
+ */
+static PyObject *
+split_failed(PyObject *op, PyObject *const *args, Py_ssize_t count)
+{
+	Entry	   *self = (Entry *) op;
+	_PyErr_StackItem *handled = PyThreadState_Get()->exc_info;
+	PyObject   *caught = handled->exc_value,
+			   *kind,
+			   *value,
+			   *trace;
+
+	if (count != 0 || caught == NULL || !PyExceptionInstance_Check(caught))
+	{
+		PyErr_SetString(PyExc_SystemError, "pyfuncs: failed() is called in a handler, "
+						"without arguments");
+		return NULL;
+	}
+	/* the handler's exception, taken out of it (what is raised here has no context) */
+	handled->exc_value = Py_NewRef(Py_None);
+	PyErr_Restore(Py_NewRef(Py_TYPE(caught)), caught, PyException_GetTraceback(caught));
+	made_error(self, NULL);
+	if (current(self) != NULL)
+		ended(self, NULL);
+	PyErr_Fetch(&kind, &value, &trace);
+	PyErr_NormalizeException(&kind, &value, &trace);
+	Py_XDECREF(kind);
+	Py_XDECREF(trace);
+	return value;
+}
+
+static PyMethodDef split_methods[] = {
+	{"enter", split_enter, METH_O, NULL},
+	{"leave", split_leave, METH_O, NULL},
+	{"failed", (PyCFunction) (void (*)(void)) split_failed, METH_FASTCALL, NULL},
+	{NULL}
+};
 
 static PyTypeObject EntryType = {
 	PyVarObject_HEAD_INIT(NULL, 0)
@@ -563,6 +834,7 @@ static PyTypeObject EntryType = {
 	.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
 	.tp_traverse = (traverseproc) entry_traverse,
 	.tp_clear = (inquiry) entry_clear,
+	.tp_methods = split_methods,
 };
 
 /* config[name], a new reference; NULL with KeyError if missing */

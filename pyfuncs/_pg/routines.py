@@ -140,6 +140,21 @@ def call({params}):
         began = 0.0  # (unbound: the Entry's to note)
     return enter({params})
 """
+# ... and where that Entry can be split (entry.c, split_enter), this frame calls the function
+# itself, between the Entry's enter(function), which returns it, and leave(result): the
+# function's frame then runs in this frame's evaluation, not one of its own. The error leaves
+# after the handler, so that nothing of the routine's is its context (failed() takes the
+# exception out of the handler).
+_CALL_SPLIT = """
+def call({params}):
+    if 0:
+        began = 0.0  # (unbound: enter() notes it)
+    try:
+        return leave(enter(function)({params}))
+    except BaseException:
+        error = failed()
+    raise error
+"""
 # A routine with converted parameters (values.py) reads them inside the call (see Unread)
 _READ = """\
         if type({param}) is unread:
@@ -375,7 +390,11 @@ class Routine:
         )  # fmt: skip
         names = self._names(function=self.function, namespace=self.namespace)
         enter, clocked = (None, False) if srf else backstop.entry(names)
-        if enter is not None:  # (the entry library: _CALL's work in C)
+        if enter is not None and clocked and not self.convert and hasattr(enter, "leave"):
+            source = _CALL_SPLIT.format(params=params)
+            names = {"enter": enter.enter, "leave": enter.leave, "failed": enter.failed,
+                     "function": self.function}  # fmt: skip
+        elif enter is not None:  # (the entry library: _CALL's work in C)
             source = (_CALL_CLOCKED if clocked else _CALL_IN_C).format(params=params)
             names = {"enter": enter} if clocked else {"now": time.monotonic, "enter": enter}
         else:

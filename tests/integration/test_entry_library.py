@@ -62,6 +62,12 @@ def spins() -> int:
 @stored_function(schema="fast", timeout_ms=200, volatility="volatile")
 def sleeps() -> int:
     return db.fetchval("SELECT 1 FROM pg_sleep(5)")
+
+from datetime import date
+
+@stored_function(schema="fast")
+def day(d: date) -> int:
+    return d.day
 """
 
 # which does the work in this backend: the library's objects, or the runtime's Python
@@ -69,7 +75,10 @@ IN_USE = """
 CREATE OR REPLACE FUNCTION public.entries_in_use() RETURNS text LANGUAGE plpython3u AS $$
 import sys
 watchdog, db = sys.modules["pyfuncs_pg.watchdog"], sys.modules["pyfuncs_pg.db"]
-calls = {type(r.fn.__globals__.get("enter")).__name__ for r in watchdog.ENTRIES.values()
+def kind(names):  # the Entry's type; "split": the entry frame calls the function itself
+    enter = names.get("enter")
+    return type(getattr(enter, "__self__", enter)).__name__ + (" split" if "leave" in names else "")
+calls = {kind(r.fn.__globals__) for r in watchdog.ENTRIES.values()
          if not r.fn.__name__.startswith("_")}
 return f"{type(db._query).__name__} {sorted(calls)}"
 $$;
@@ -89,6 +98,7 @@ CALLS = [
     ("SELECT fast.text(3)", "xxx"),
     ("SELECT fast.text(0)", "made plain"),  # (not kept as it is: finished inside the call)
     ("SELECT fast.queried(3)", "6 {'v': 3, 'w': 'b'} [1, 2, 3] 3 None None"),
+    ("SELECT fast.day('2026-12-04')", 4),  # (converted: an Entry reads it, not split)
 ]
 
 
@@ -123,7 +133,9 @@ def _behaves(conn: psycopg.Connection[Any]) -> None:
 def test_the_library_runs_entries_and_queries(fast: psycopg.Connection[Any], dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         _behaves(conn)
-        assert conn.execute("SELECT public.entries_in_use()").fetchone() == ("queries ['entry']",)
+        assert conn.execute("SELECT public.entries_in_use()").fetchone() == (
+            "queries ['entry', 'entry split']",
+        )
 
 
 def test_the_runtimes_python_does_the_same_work(fast: psycopg.Connection[Any], dsn: str) -> None:

@@ -7,9 +7,13 @@ its libraries (the backend loads it from there, backstop.load)."""
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import ctypes
+import functools
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -89,7 +93,36 @@ def _clocked(config: dict[str, Any], arity: int) -> Any:
     return namespace["call"]
 
 
-def test_results_are_kept_as_the_python_entry_keeps_them() -> None:
+def _split(config: dict[str, Any], arity: int) -> Any:
+    """A routine's `call` entry function that calls the function itself, between a clocked
+    Entry's enter() and leave() (routines._CALL_SPLIT)."""
+    enter, clocked = backstop.entry(config)
+    assert clocked
+    params = ", ".join(f"a{i}" for i in range(arity))
+    namespace: dict[str, Any] = {
+        "enter": enter.enter, "leave": enter.leave, "failed": enter.failed,
+        "function": config["function"],
+    }  # fmt: skip
+    exec(routines._CALL_SPLIT.format(params=params), namespace)
+    return namespace["call"]
+
+
+@pytest.fixture(params=["entry", "split"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """An Entry that calls the function (given when its call began: the oldest maker's), or
+    a split call (the entry frame calls it)."""
+    return str(request.param)
+
+
+def _call(config: dict[str, Any], kind: str, arity: int = 0) -> Any:
+    """A call of `config`'s function, as `kind` makes it: takes the function's arguments."""
+    if kind == "split":
+        return _split(config, arity)
+    enter = _enter(config)
+    return lambda *args: enter(0.0, *args)
+
+
+def test_results_are_kept_as_the_python_entry_keeps_them(kind: str) -> None:
     """Ints in bigint's range, short kinds, and long kinds up to `most` leave as they are;
     anything else is made plain by `finish`, in the call's context."""
     for value, kept in [
@@ -98,34 +131,41 @@ def test_results_are_kept_as_the_python_entry_keeps_them() -> None:
         (True, True),
     ]:  # fmt: skip
         config = _config(lambda v=value: v)
-        result = _enter(config)(0.0)
+        result = _call(config, kind)()
         assert (result is value) == kept, value
         assert result == (value if kept else ("finished", value))
     # and with max_result_bytes (lowest = longest = 0, nothing short or long) nothing is
     config = _config(lambda: 3, short=(), long=(), lowest=0, longest=0)
-    assert _enter(config)(0.0) == ("finished", 3)
+    assert _call(config, kind)() == ("finished", 3)
     # at the bounds of ranges, and of each count of Python's 30-bit digits
     for low, high in [(-5, 7), (-(2**30), 2**30), (-(2**60), 2**60), (2**29, 2**31)]:
         for value in {low - 1, low, low + 1, high - 1, high, high + 1, 0, 2**30 - 1, 2**30,
                       -(2**30), 2**60 - 1, 2**60, -(2**60) + 1}:  # fmt: skip
-            result = _enter(_config(lambda v=value: v, lowest=low, longest=high))(0.0)
+            result = _call(_config(lambda v=value: v, lowest=low, longest=high), kind)()
             assert result == (value if low <= value < high else ("finished", value)), value
 
 
-def test_a_call_runs_in_a_context_of_its_own_and_gives_everything_back() -> None:
+def test_a_call_runs_in_a_context_of_its_own_and_gives_everything_back(kind: str) -> None:
+    deadlines: list[float] = []
+
     def function(a: Any, b: Any) -> str:
         VAR.set("the call's")
         assert config["calling"] == [config["namespace"]]
         assert config["settings"] == [0, "identity"]
-        assert clock[0] == pytest.approx(100.25)
+        deadlines.append(clock[0])
         config["settings"][0] = 3  # (the level a query of the call opened)
         return f"{a}{b}{VAR.get()}" + "x" * 10
 
     config = _config(function, timeout=0.25)
     clock = config["clock"]
     clock[0] = 42.0
-    enter = _enter(config)
-    assert enter(100.0, 1, 2) == ("finished", "12the call's" + "x" * 10)
+    before = time.monotonic()
+    if kind == "split":  # (it reads when its call began itself)
+        assert _split(config, 2)(1, 2) == ("finished", "12the call's" + "x" * 10)
+        assert before + 0.25 <= deadlines[0] <= time.monotonic() + 0.25
+    else:
+        assert _enter(config)(100.0, 1, 2) == ("finished", "12the call's" + "x" * 10)
+        assert deadlines == [pytest.approx(100.25)]
     assert config["seen"]["finished"] == [("12the call's" + "x" * 10, "the call's")]
     assert VAR.get() == "backend's"
     assert config["calling"] == ["outer"] and config["settings"] == [7, "identity"]
@@ -142,21 +182,21 @@ def test_arguments_read_inside_the_call_and_what_is_owed_paid_there() -> None:
     assert config["grave"] == [] and VAR.get() == "backend's"
 
 
-def test_an_exception_leaves_as_the_error_fail_makes_of_it_in_the_calls_context() -> None:
+def test_an_exception_leaves_as_the_error_fail_makes_of_it_in_the_calls_context(kind: str) -> None:
     def function() -> None:
         VAR.set("the call's")
         raise ValueError("boom")
 
     config = _config(function, timeout=1.0)
     with pytest.raises(Made, match="made of ValueError"):
-        _enter(config)(5.0)
+        _call(config, kind)()
     [(exc, where)] = config["seen"]["failed"]
     assert where == "the call's" and exc.__traceback__ is not None
     assert config["calling"] == ["outer"] and config["settings"] == [7, "identity"]
     assert config["clock"][0] == 0.0
 
 
-def test_a_stop_leaves_as_a_fresh_routine_interrupted() -> None:
+def test_a_stop_leaves_as_a_fresh_routine_interrupted(kind: str) -> None:
     stop = RoutineInterrupted("the routine's, with its frames")
 
     def function() -> None:
@@ -164,31 +204,31 @@ def test_a_stop_leaves_as_a_fresh_routine_interrupted() -> None:
 
     config = _config(function)
     with pytest.raises(RoutineInterrupted) as caught:
-        _enter(config)(0.0)
+        _call(config, kind)()
     assert caught.value is not stop and caught.value.args == ()
     assert config["seen"]["failed"] == [] and config["calling"] == ["outer"]
     # a stop the function did not see (a finalizer swallowed it) is raised as it returns
     config = _config(lambda: 1)
     config["watch"].stop = "due"
     with pytest.raises(RoutineInterrupted):
-        _enter(config)(0.0)
+        _call(config, kind)()
     assert config["watch"].checked == 1
 
 
-def test_with_the_watchdogs_byte_a_stop_is_read_there() -> None:
+def test_with_the_watchdogs_byte_a_stop_is_read_there(kind: str) -> None:
     """The runtime gives the watchdog's `stop_set` (one byte, kept by its `stop`): the
     entry reads it instead of looking `stop` up on the watchdog at every call."""
     flag = memoryview(bytearray(1))
     config = _config(lambda: 1, stop_set=flag)
     config["watch"].stop = "due"  # (not what it reads now)
-    assert _enter(config)(0.0) == 1 and config["watch"].checked == 0
+    assert _call(config, kind)() == 1 and config["watch"].checked == 0
     flag[0] = 1
     with pytest.raises(RoutineInterrupted):
-        _enter(config)(0.0)
+        _call(config, kind)()
     assert config["watch"].checked == 1
 
 
-def test_an_undo_that_fails_replaces_the_result() -> None:
+def test_an_undo_that_fails_replaces_the_result(kind: str) -> None:
     def function() -> int:
         config["settings"][0] = 2
         return 1
@@ -197,8 +237,9 @@ def test_an_undo_that_fails_replaces_the_result() -> None:
         raise RuntimeError(f"undo {level}")
 
     config = _config(function, undo=undo)
-    with pytest.raises(RuntimeError, match="undo 2"):
-        _enter(config)(0.0)
+    # (a split call's failed() makes the error of it; an Entry leaves that to the body)
+    with pytest.raises(Made if kind == "split" else RuntimeError, match=r"RuntimeError|undo 2"):
+        _call(config, kind)()
     assert config["settings"] == [7, "identity"] and config["calling"] == ["outer"]
 
 
@@ -218,7 +259,7 @@ def test_a_config_it_cannot_use_is_refused() -> None:
             _enter(_config(lambda: 1, stop_set=odd))
 
 
-def test_an_undo_after_a_failed_call_runs_with_the_error_put_aside() -> None:
+def test_an_undo_after_a_failed_call_runs_with_the_error_put_aside(kind: str) -> None:
     """As a `finally` does: the settings a failed call's queries changed are undone, and
     the call's error leaves after it."""
 
@@ -228,7 +269,7 @@ def test_an_undo_after_a_failed_call_runs_with_the_error_put_aside() -> None:
 
     config = _config(function)
     with pytest.raises(Made, match="made of ValueError"):
-        _enter(config)(0.0)
+        _call(config, kind)()
     assert config["seen"]["undone"] == [4] and config["settings"] == [7, "identity"]
 
 
@@ -252,7 +293,7 @@ def test_what_the_call_held_is_let_go_of_after_it_gave_everything_back() -> None
     assert sorted(seen) == [(name, "outer", 7) for name in ("argument", "context", "result")]
 
 
-def test_each_call_sees_an_empty_context_whatever_the_last_left() -> None:
+def test_each_call_sees_an_empty_context_whatever_the_last_left(kind: str) -> None:
     """No call of an entry sees the variables another set in its context, reset or not,
     nor a copy one kept of it."""
     seen: list[str] = []
@@ -267,9 +308,9 @@ def test_each_call_sees_an_empty_context_whatever_the_last_left() -> None:
         return 1
 
     kept: list[contextvars.Context] = []
-    enter = _enter(_config(function))
+    enter = _call(_config(function), kind, 1)
     for how in ["reset", "reset", "left set", "reset", "kept", "left set", "reset"]:
-        assert enter(0.0, how) == 1
+        assert enter(how) == 1
     assert seen == ["backend's"] * 7 and VAR.get() == "backend's"
     assert kept[0][VAR] == "set by kept"  # (a copy: what it holds stays its own)
 
@@ -355,3 +396,147 @@ def test_a_context_still_held_is_not_the_next_calls() -> None:
     for how in ["keep a token", "reset it", "nothing", "nothing"]:
         assert call(how) == 1
     assert seen == ["backend's"] * 4 and VAR.get() == "backend's"
+
+
+# A split call (routines._CALL_SPLIT): stops land where Python looks for them, which is also
+# after enter's, leave's and failed's calls in the entry frame. Each test sets one there
+# (Python raises an exception set for a thread at the next place it looks: here, the entry
+# frame's, right after the C call that set it).
+_SET_ASYNC = ctypes.pythonapi.PyThreadState_SetAsyncExc
+_SET_ASYNC.argtypes = [ctypes.c_ulong, ctypes.py_object]
+
+
+def _given_back(config: dict[str, Any]) -> bool:
+    return config["calling"] == ["outer"] and config["settings"] == [7, "identity"]
+
+
+def test_a_split_calls_stop_landing_after_enter_ends_the_call() -> None:
+    """enter() pays what is owed with a C callable that sets a stop: it lands in the entry
+    frame after enter returned, and the handler's failed() ends the call."""
+    ran: list[int] = []
+    config = _config(lambda: ran.append(1) or 1, owed={"owed": 1}, namespace=RoutineInterrupted,
+                     timeout=1.0)  # fmt: skip
+    config["pay"] = functools.partial(_SET_ASYNC, threading.get_ident())
+    with pytest.raises(RoutineInterrupted) as caught:
+        _split(config, 0)()
+    assert ran == [] and caught.value.__context__ is None and caught.value.args == ()
+    assert _given_back(config) and config["clock"][0] == 0.0
+    config["pay"], config["owed"] = config["seen"]["paid"].append, {}
+    assert _split(config, 0)() == 1  # (nothing left over for the next call)
+
+
+def test_a_split_calls_stop_landing_in_enter_or_the_function_ends_the_call() -> None:
+    def pay(module: Any) -> None:
+        raise RoutineInterrupted("in enter")
+
+    config = _config(lambda: 1, owed={"owed": 1}, pay=pay)
+    with pytest.raises(RoutineInterrupted) as caught:
+        _split(config, 0)()
+    assert caught.value.args == () and _given_back(config)
+
+    def function(a: Any) -> None:
+        VAR.set("the call's")
+        raise RoutineInterrupted("the routine's, with its frames")
+
+    config = _config(function)
+    with pytest.raises(RoutineInterrupted) as caught:
+        _split(config, 1)(1)
+    assert caught.value.args == () and caught.value.__context__ is None
+    assert config["seen"]["failed"] == [] and _given_back(config) and VAR.get() == "backend's"
+
+
+def test_a_split_calls_stop_landing_after_leave_leaves_as_a_stop() -> None:
+    """finish (C here) sets a stop as it makes the result plain: the call has given back
+    everything when it lands, and failed() hands it on, fresh."""
+    config = _config(lambda: RoutineInterrupted, timeout=1.0)
+    config["finish"] = functools.partial(_SET_ASYNC, threading.get_ident())
+    with pytest.raises(RoutineInterrupted) as caught:
+        _split(config, 0)()
+    assert caught.value.__context__ is None and _given_back(config)
+    assert config["clock"][0] == 0.0 and config["seen"]["failed"] == []
+
+
+def test_failed_takes_the_exception_out_of_the_handler() -> None:
+    """What is raised in the handler after failed() (a stop landing there) has nothing of
+    the routine's as its context; the error leaves without one too."""
+    seen: list[Any] = []
+    source = routines._CALL_SPLIT.format(params="").replace(
+        "error = failed()", "error = failed()\n        seen.append(sys.exc_info())"
+    )
+    assert "seen.append" in source
+
+    def function() -> None:
+        raise ValueError("the routine's")
+
+    config = _config(function)
+    enter = backstop.entry(config)[0]
+    namespace = {"enter": enter.enter, "leave": enter.leave, "failed": enter.failed,
+                 "function": function, "seen": seen, "sys": sys}  # fmt: skip
+    exec(source, namespace)
+    with pytest.raises(Made) as caught:
+        namespace["call"]()
+    assert seen == [(None, None, None)]
+    assert caught.value.__context__ is None and caught.value.__cause__ is None
+    assert _given_back(config)
+
+
+def test_an_exceptions_frames_are_let_go_of_inside_the_split_call() -> None:
+    """failed() lets go of the exception before it gives anything back: the finalizers of
+    its frames' locals run inside the call (where the Python entry's handler ends), the
+    result's after it (round 72)."""
+    seen: list[Any] = []
+
+    class Held(list):  # type: ignore[type-arg]
+        def __del__(self) -> None:
+            seen.append((self[0], config["calling"][0] is config["namespace"]))
+
+    def function(fail: bool) -> Any:
+        local = Held(["local"])
+        if fail:
+            raise ValueError(local)
+        return Held(["result"])
+
+    config = _config(function, finish=lambda result: "made plain", fail=lambda exc: Made())
+    call = _split(config, 1)
+    with pytest.raises(Made):
+        call(True)
+    assert seen == [("local", True)]
+    seen.clear()
+    assert call(False) == "made plain"
+    assert sorted(seen) == [("local", True), ("result", False)]
+
+
+def test_nested_split_calls_of_one_routine_each_give_back_their_own() -> None:
+    """Calls of the routine inside its call (through SQL, in the runtime) keep records of
+    their own: each ends its own, whichever way it leaves, at any depth."""
+    depths: list[Any] = []
+
+    def function(n: int) -> int:
+        config["settings"][1] = f"identity {n}"
+        if n <= 0:
+            if n < 0:
+                raise ValueError("inside")
+            return 0
+        with contextlib.suppress(Made):
+            call(n - 1 if n % 3 else -1)
+        depths.append((n, config["settings"][1], config["calling"][0] is config["namespace"]))
+        if n == 7:
+            raise ValueError("at 7")
+        return n
+
+    config = _config(function)
+    call = _split(config, 1)
+    assert call(5) == 5
+    with pytest.raises(Made):
+        call(7)
+    assert all(identity == f"identity {n}" and inside for n, identity, inside in depths)
+    assert _given_back(config)
+    assert call(0) == 0
+
+
+def test_leave_and_failed_outside_a_call_are_refused() -> None:
+    enter = backstop.entry(_config(lambda: 1))[0]
+    with pytest.raises(SystemError, match="leave"):
+        enter.leave(1)
+    with pytest.raises(SystemError, match="failed"):
+        enter.failed()
