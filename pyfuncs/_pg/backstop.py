@@ -89,6 +89,20 @@ def load_entries(path: str) -> None:
         if new is not None:
             new.argtypes, new.restype = [ctypes.py_object], ctypes.py_object
     _makers[:] = made
+    headroom = getattr(library, "pyfuncs_query_headroom", None)  # (a library since stop 43)
+    if headroom is not None:
+        headroom.argtypes, headroom.restype = [], ctypes.c_int
+    _headroom[:] = [headroom] if headroom is not None else []
+
+
+_headroom: list[Any] = []  # the library's pyfuncs_query_headroom, once loaded
+
+
+def query_headroom() -> None:
+    """Refuses a routine's query this close to the recursion limit with a RecursionError
+    (entry.c, QUERY_HEADROOM; nothing without the library)."""
+    if _headroom:
+        _headroom[0]()
 
 
 def entry(config: dict[str, Any]) -> tuple[Any, bool]:

@@ -8,7 +8,7 @@ import ctypes
 import os
 import sys
 
-from . import deadline, identity, overflow, vocabulary
+from . import backstop, deadline, identity, overflow, vocabulary
 from . import watchdog as stopping
 from .values import OID_PARSERS, adapt_param, converter, simple_types
 from .watchdog import RoutineInterrupted
@@ -258,6 +258,7 @@ class Db(Queries):
     def _run(self, query: str, params: Sequence[Any], what: int) -> Any:
         # the hot path of every query: _count (and the guard's test) and the first step of
         # _plan, inlined
+        backstop.query_headroom()  # (as entry.c's runner: not at the recursion limit's edge)
         watchdog = stopping.WATCHDOG
         if watchdog is not None and watchdog.stop is not None:
             stopping.guard()
@@ -624,6 +625,7 @@ def _guarded(entry: int | None, operation: Callable[..., Any], *args: Any) -> An
     """One database operation of the call under way (`entry`: the id of its entry frame),
     with its deadline lent and its identity kept (Db._run does the same inline, for every
     query)."""
+    backstop.query_headroom()
     begun = ended = None  # (inside the try: see Db._run)
     outer = _QUERYING[0]
     try:

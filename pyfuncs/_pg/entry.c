@@ -23,8 +23,9 @@
  *
  * No bytecode runs between those steps, so no stop of the watchdog's (which Python raises
  * between two bytecodes) lands between them: where the Python entry needs its swaps before
- * its try and its undo after them, here they cannot be split. Python calls it with the GIL
- * held. The library links against nothing: Python's functions are the process's own
+ * its try and its undo after them, here they cannot be split. A split call (see
+ * split_enter) has the entry frame call the function between two of them, and keeps a
+ * record of what its call took until it gives it back. Python calls it with the GIL held. The library links against nothing: Python's functions are the process's own
  * (PL/Python's libpython), found as the library is loaded (backstop.py loads it only in a
  * Python 3.11, the version of the headers it is built with), and PostgreSQL's (it reads
  * PL/Python's result objects as PostgreSQL 15's headers describe them).
@@ -482,23 +483,38 @@ took(Entry *self, Record *record, double began)
 	return 0;
 }
 
-/*
- * What a call does first, inside what it took: drops the frames the watchdog let go of, and
- * returns its context (the spare, or a new one); NULL with an error.
- */
+/* A call's context: the spare, or a new one; NULL with an error */
 HOT PyObject *
 opening(Entry *self)
 {
 	PyObject   *context = self->spare;
 
-	if (PyList_GET_SIZE(self->grave) && PyList_SetSlice(self->grave, 0, PY_SSIZE_T_MAX, NULL) < 0)
-		return NULL;
 	if (context != NULL)
 	{
 		self->spare = NULL;
 		return context;
 	}
 	return PyContext_New();
+}
+
+/*
+ * Drops the frames the watchdog let go of, inside what the call took and in its `context`
+ * (NULL: the current one), so that a finalizer of the routine's that runs there sets
+ * nothing in another's (decimal's context: round 79); 0, or -1 with an error.
+ */
+HOT int
+buried(Entry *self, PyObject *context)
+{
+	int			done;
+
+	if (!PyList_GET_SIZE(self->grave))
+		return 0;
+	if (context != NULL && PyContext_Enter(context) < 0)
+		return -1;
+	done = PyList_SetSlice(self->grave, 0, PY_SSIZE_T_MAX, NULL);
+	if (context != NULL && PyContext_Exit(context) < 0)
+		done = -1;
+	return done;
 }
 
 /*
@@ -615,7 +631,7 @@ entry_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *k
 			PyMem_Free(read);
 		return NULL;
 	}
-	if ((context = opening(self)) == NULL)
+	if ((context = opening(self)) == NULL || buried(self, context) < 0)
 		goto failed;
 	{
 		int			owing = truth(self->owed, self->zero);
@@ -697,7 +713,7 @@ ended(Entry *self, PyObject *result)
  * enter(function): the call begins (see entry_call), in its context until it ends; returns
  * `function`, for the entry frame to call
  */
-static PyObject *
+HOT PyObject *
 split_enter(PyObject *op, PyObject *function)
 {
 	Entry	   *self = (Entry *) op;
@@ -706,6 +722,12 @@ split_enter(PyObject *op, PyObject *function)
 	int			depth;
 	PyObject   *context;
 
+	if (current(self) != NULL)
+	{
+		/* (none can be: leave and failed run whenever enter did, see Step) */
+		PyErr_SetString(PyExc_SystemError, "pyfuncs: a call's record was left in its frame");
+		return NULL;
+	}
 	if (note_began(self, began) < 0)
 		return NULL;
 	if (self->depth == self->room)
@@ -730,6 +752,8 @@ split_enter(PyObject *op, PyObject *function)
 		return NULL;
 	}
 	self->records[depth].context = context;
+	if (buried(self, NULL) < 0)
+		return NULL;
 	{
 		int			owing = truth(self->owed, self->zero);
 
@@ -754,7 +778,7 @@ split_enter(PyObject *op, PyObject *function)
  * until this returns, is let go of after what the call took was given back, as the Python
  * entry's frame lets go of its local)
  */
-static PyObject *
+HOT PyObject *
 split_leave(PyObject *op, PyObject *result)
 {
 	Entry	   *self = (Entry *) op;
@@ -817,10 +841,102 @@ split_failed(PyObject *op, PyObject *const *args, Py_ssize_t count)
 	return value;
 }
 
-static PyMethodDef split_methods[] = {
-	{"enter", split_enter, METH_O, NULL},
-	{"leave", split_leave, METH_O, NULL},
-	{"failed", (PyCFunction) (void (*)(void)) split_failed, METH_FASTCALL, NULL},
+/*
+ * enter, leave and failed are objects of their own (Steps), not methods: Python checks the
+ * recursion limit before it calls a method of C (and raises RecursionError instead, which
+ * a routine recursing to the limit's edge can arrange), but not before it calls an object's
+ * vectorcall. So leave and failed run whenever enter has: a call that began always ends
+ * (round 79 left a call's record, its module and its context in place so, and crashed a
+ * later call that ended it).
+ */
+typedef struct
+{
+	PyObject_HEAD
+	vectorcallfunc vectorcall;
+	PyObject   *entry;
+}			Step;
+
+static int
+step_traverse(Step *self, visitproc visit, void *arg)
+{
+	Py_VISIT(self->entry);
+	return 0;
+}
+
+static int
+step_clear(Step *self)
+{
+	Py_CLEAR(self->entry);
+	return 0;
+}
+
+static void
+step_dealloc(Step *self)
+{
+	PyObject_GC_UnTrack(self);
+	step_clear(self);
+	Py_TYPE(self)->tp_free((PyObject *) self);
+}
+
+static PyObject *
+step_enter(PyObject *step, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+	if (kwnames != NULL || PyVectorcall_NARGS(nargsf) != 1)
+	{
+		PyErr_SetString(PyExc_TypeError, "pyfuncs: enter() takes the function");
+		return NULL;
+	}
+	return split_enter(((Step *) step)->entry, args[0]);
+}
+
+static PyObject *
+step_leave(PyObject *step, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+	if (kwnames != NULL || PyVectorcall_NARGS(nargsf) != 1)
+	{
+		PyErr_SetString(PyExc_TypeError, "pyfuncs: leave() takes the result");
+		return NULL;
+	}
+	return split_leave(((Step *) step)->entry, args[0]);
+}
+
+static PyObject *
+step_failed(PyObject *step, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+	return split_failed(((Step *) step)->entry, args,
+						kwnames != NULL ? -1 : PyVectorcall_NARGS(nargsf));
+}
+
+static PyTypeObject StepType = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "pyfuncs.step",
+	.tp_basicsize = sizeof(Step),
+	.tp_dealloc = (destructor) step_dealloc,
+	.tp_vectorcall_offset = offsetof(Step, vectorcall),
+	.tp_call = PyVectorcall_Call,
+	.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+	.tp_traverse = (traverseproc) step_traverse,
+	.tp_clear = (inquiry) step_clear,
+};
+
+/* entry.enter, .leave, .failed: a Step of the entry's (closure: the step's vectorcall) */
+static PyObject *
+step_of(PyObject *entry, void *closure)
+{
+	Step	   *step;
+
+	if (PyType_Ready(&StepType) < 0 || (step = PyObject_GC_New(Step, &StepType)) == NULL)
+		return NULL;
+	step->vectorcall = (vectorcallfunc) closure;
+	step->entry = Py_NewRef(entry);
+	PyObject_GC_Track(step);
+	return (PyObject *) step;
+}
+
+static PyGetSetDef split_steps[] = {
+	{"enter", step_of, NULL, NULL, step_enter},
+	{"leave", step_of, NULL, NULL, step_leave},
+	{"failed", step_of, NULL, NULL, step_failed},
 	{NULL}
 };
 
@@ -834,7 +950,7 @@ static PyTypeObject EntryType = {
 	.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
 	.tp_traverse = (traverseproc) entry_traverse,
 	.tp_clear = (inquiry) entry_clear,
-	.tp_methods = split_methods,
+	.tp_getset = split_steps,
 };
 
 /* config[name], a new reference; NULL with KeyError if missing */
@@ -1424,6 +1540,28 @@ part(PyObject *result, long what)
 	return value;
 }
 
+/*
+ * Frames a routine's query leaves below Python's recursion limit. PL/Python converts a
+ * query's parameters (and PostgreSQL's calls of functions inside it, their results) with
+ * Python's C API, some of which checks the limit, and PL/Python does not check what it
+ * gives back: an int's str() refused at the limit crashed the backend (round 79). So no
+ * query of a routine's runs within this many frames of the limit: it fails with a
+ * RecursionError, which a routine may catch.
+ */
+#define QUERY_HEADROOM 50
+
+/* Whether a query may run this deep: 0, or -1 with a RecursionError (also db._guarded's) */
+int
+pyfuncs_query_headroom(void)
+{
+	if (PyThreadState_Get()->recursion_remaining >= QUERY_HEADROOM)
+		return 0;
+	PyErr_Format(PyExc_RecursionError, "pyfuncs: a routine's query %d frames or fewer from "
+				 "Python's recursion limit: PL/Python needs them to convert its values; "
+				 "query from a shallower frame", QUERY_HEADROOM);
+	return -1;
+}
+
 static PyObject *
 queries_run(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
@@ -1449,6 +1587,8 @@ queries_run(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *
 		PyErr_SetString(PyExc_TypeError, "pyfuncs: run(db, query, params, what)");
 		return NULL;
 	}
+	if (pyfuncs_query_headroom() < 0)
+		return NULL;
 	what = PyLong_AsLong(args[3]);
 	if (what < 0 || what > 2)
 	{

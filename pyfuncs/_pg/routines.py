@@ -83,7 +83,7 @@ stopping.bookkeeping(collecting)
 # An exception leaves as a PostgreSQL error made inside the call; a stop leaves as a fresh
 # RoutineInterrupted, so that nothing of the routine's travels out with it (its frames,
 # their locals: what was raised in them is let go here, inside the call). `call` also drops
-# the entry frames the watchdog let go of (watchdog.GRAVE).
+# the entry frames the watchdog let go of (watchdog.GRAVE), in the call's context.
 # Each call runs in a contextvars.Context of its own, empty: what it sets there (decimal's
 # current context, in a `with decimal.localcontext()` a generator it keeps is suspended
 # in) ends with it, and decimal makes a fresh default context there as the call first
@@ -98,11 +98,11 @@ def call({params}):
     began = now()  # for the watchdog, which may first see this call up to a tick later
 """
 _CALL = """\
-    if grave:
-        grave.clear()
     context = None
     try:
         context = Context()
+        if grave:  # (in the call's context: what a finalizer of the routine's sets ends there)
+            context.run(grave.clear)
         if owed:  # (callbacks of its weak references that came due elsewhere)
             context.run(pay, routine.namespace)
 {reads}        result = context.run(function, {params})

@@ -202,7 +202,7 @@ def test_timing_sweep_of_stops_around_the_return(r75: str) -> None:
         for k in range(0, 6_000_000, 250_000):
             _stopped(conn, f"SELECT r75.local_fin({k})")
         in_use = conn.execute("SELECT public.entries_in_use()").fetchone()
-        assert in_use is not None and "entry" in in_use[0], in_use  # the C entry ran
+        assert in_use is not None and "split" in in_use[0], in_use  # the C entry ran
 
 
 @pytest.mark.parametrize("routine", ["result_fin", "result_list_fin"])

@@ -79,7 +79,8 @@ def test_the_manifest_reads_the_source() -> None:
     runtime = (SOURCE.parent / "backstop.py").read_text()
     looked_up = set(re.findall(r"\b(pyfuncs_\w+)\b", runtime))
     # (the libraries' names, the array, and the entry library's functions: tested below)
-    data = {"pyfuncs_backstop", "pyfuncs_backstop_clock", "pyfuncs_entry", *ENTRY_ABI}
+    data = {"pyfuncs_backstop", "pyfuncs_backstop_clock", "pyfuncs_entry", *ENTRY_ABI,
+            *ENTRY_FUNCTIONS}  # fmt: skip
     assert looked_up - data <= set(_exported(SOURCE.read_text())), looked_up
     # the array the runtime writes deadlines to: three doubles, as CLOCK reads them
     assert "double\t\tpyfuncs_backstop_clock[3];" in SOURCE.read_text()
@@ -126,6 +127,21 @@ def _entry_exported(source: str) -> dict[str, str]:
         if optional:
             found[name] += f" | optional: {', '.join(optional)}"
     return found
+
+
+# (and functions of its own that take nothing: the runtime calls them through ctypes as
+# they are declared here, and one a library built before it lacks is not called)
+ENTRY_FUNCTIONS = {"pyfuncs_query_headroom": "int (void)"}
+
+
+def test_the_entry_librarys_other_functions_keep_their_signatures() -> None:
+    source = ENTRY_SOURCE.read_text()
+    for name, signature in ENTRY_FUNCTIONS.items():
+        result, params = signature.split(" ", 1)
+        assert f"\n{result}\n{name}{params}\n{{" in source, name
+    runtime = (SOURCE.parent / "backstop.py").read_text()
+    assert 'getattr(library, "pyfuncs_query_headroom", None)' in runtime
+    assert "headroom.argtypes, headroom.restype = [], ctypes.c_int" in runtime
 
 
 def test_the_entry_library_keeps_what_it_takes() -> None:

@@ -540,3 +540,86 @@ def test_leave_and_failed_outside_a_call_are_refused() -> None:
         enter.leave(1)
     with pytest.raises(SystemError, match="failed"):
         enter.failed()
+
+
+_SET_LIMIT = ctypes.pythonapi.Py_SetRecursionLimit  # (sys's refuses a limit below the depth)
+
+
+def _depth() -> int:
+    """The recursion depth Python counts here (frames, and C calls under way), as the
+    refusal of a limit below it says."""
+    with pytest.raises(RecursionError) as refused:
+        sys.setrecursionlimit(1)
+    return int(str(refused.value).split("depth ")[1].split(":")[0])
+
+
+def test_a_split_call_at_the_recursion_limits_edge_always_ends() -> None:
+    """Round 79: enter, leave and failed were methods, which Python does not call past the
+    recursion limit (it raises RecursionError instead), and the limit moves during a call
+    (held work raises it, the watchdog's look gives it back): enter ran and failed did not,
+    and the call never gave back its module or context. They are called whatever the depth
+    now: a call that began ends, whether the function recurses to the limit itself, or the
+    limit comes down to (or below) the entry frame's depth while the function runs."""
+
+    def down(n: int) -> int:
+        return n if n <= 0 else down(n - 1)
+
+    def function(n: int, lower: int | None) -> int:
+        VAR.set("the call's")
+        if lower is not None:
+            _SET_LIMIT(_depth() + lower)
+            if n:
+                raise ValueError("at the edge")
+            return n
+        try:
+            return down(n)
+        except RecursionError:
+            return -1
+
+    def at(depth: int, call: Any, n: int, lower: int | None) -> Any:
+        if depth > 0:
+            return at(depth - 1, call, n, lower)
+        try:
+            return call(n, lower)
+        except BaseException as error:  # (at the lowered limit: give it back first)
+            _SET_LIMIT(limit)
+            return type(error).__name__
+
+    config = _config(function)
+    limit = sys.getrecursionlimit()
+    outcomes = set()
+    try:
+        for depth in (0, 1, 5, 20):
+            for lower in (None, 1, 0, -1, -2, -3):
+                for n in (0, 1, 10_000):
+                    # (a fresh entry frame's code: Python calls through its unspecialized
+                    # path first, which checks the limit where the specialized one may not)
+                    outcomes.add(at(depth, _split(config, 2), n, lower))
+                    _SET_LIMIT(limit)
+                    assert _given_back(config) and VAR.get() == "backend's", (depth, n, lower)
+    finally:
+        _SET_LIMIT(limit)
+    assert {0, -1, "RecursionError", "Made"} <= outcomes, outcomes
+    assert _split(config, 2)(3, None) == 0 and _given_back(config)
+
+
+def test_frames_let_go_of_are_dropped_in_the_calls_context(kind: str) -> None:
+    """Round 79: the frames the watchdog let go of were dropped before the call entered its
+    context, so a finalizer of the routine's ran (its module the one under way) in the
+    context of whatever called: what it set there (decimal's context) outlived the call."""
+    seen: list[Any] = []
+
+    class Held:
+        def __del__(self) -> None:
+            seen.append((VAR.get(), config["calling"][0] is config["namespace"]))
+            VAR.set("set by a finalizer")
+
+    config = _config(lambda: 1)
+    config["grave"].append(Held())
+    token = VAR.set("the caller's")
+    try:
+        assert _call(config, kind)() == 1
+        assert VAR.get() == "the caller's"
+    finally:
+        VAR.reset(token)
+    assert seen == [("backend's", True)] and config["grave"] == []
