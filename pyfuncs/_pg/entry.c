@@ -813,7 +813,7 @@ split_leave(PyObject *op, PyObject *result)
  * finalizers of its frames' locals run under the call's limits.
  */
 static PyObject *
-split_failed(PyObject *op, PyObject *const *args, Py_ssize_t count)
+split_failed(PyObject *op)
 {
 	Entry	   *self = (Entry *) op;
 	_PyErr_StackItem *handled = PyThreadState_Get()->exc_info;
@@ -822,10 +822,9 @@ split_failed(PyObject *op, PyObject *const *args, Py_ssize_t count)
 			   *value,
 			   *trace;
 
-	if (count != 0 || caught == NULL || !PyExceptionInstance_Check(caught))
+	if (caught == NULL || !PyExceptionInstance_Check(caught))
 	{
-		PyErr_SetString(PyExc_SystemError, "pyfuncs: failed() is called in a handler, "
-						"without arguments");
+		PyErr_SetString(PyExc_SystemError, "pyfuncs: failed() is called in a handler");
 		return NULL;
 	}
 	/* the handler's exception, taken out of it (what is raised here has no context) */
@@ -842,101 +841,82 @@ split_failed(PyObject *op, PyObject *const *args, Py_ssize_t count)
 }
 
 /*
- * enter, leave and failed are objects of their own (Steps), not methods: Python checks the
- * recursion limit before it calls a method of C (and raises RecursionError instead, which
- * a routine recursing to the limit's edge can arrange), but not before it calls an object's
- * vectorcall. So leave and failed run whenever enter has: a call that began always ends
- * (round 79 left a call's record, its module and its context in place so, and crashed a
- * later call that ended it).
+ * enter, leave and failed are types (whose vectorcall is the step: Python calls a type's
+ * without checking the recursion limit, and, one with a vectorcall and no instances, by a
+ * specialized instruction), called with the Entry first: enter(entry, function). Python
+ * checks the limit before it calls a method of C, and raises RecursionError instead, and the
+ * limit moves during a call (held work raises it, the watchdog's look gives it back): with
+ * methods, round 79 had enter run and failed not, and the call kept its module and context
+ * for good. So leave and failed run whenever enter has: a call that began always ends.
  */
-typedef struct
-{
-	PyObject_HEAD
-	vectorcallfunc vectorcall;
-	PyObject   *entry;
-}			Step;
+static PyTypeObject EntryType;
 
-static int
-step_traverse(Step *self, visitproc visit, void *arg)
+/* the Entry a step is given first; NULL with a TypeError */
+static inline Entry *
+step_entry(PyObject *const *args, size_t nargsf, PyObject *kwnames, Py_ssize_t count,
+		   const char *usage)
 {
-	Py_VISIT(self->entry);
-	return 0;
-}
-
-static int
-step_clear(Step *self)
-{
-	Py_CLEAR(self->entry);
-	return 0;
-}
-
-static void
-step_dealloc(Step *self)
-{
-	PyObject_GC_UnTrack(self);
-	step_clear(self);
-	Py_TYPE(self)->tp_free((PyObject *) self);
+	if (kwnames == NULL && PyVectorcall_NARGS(nargsf) == count &&
+		Py_TYPE(args[0]) == &EntryType)
+		return (Entry *) args[0];
+	PyErr_Format(PyExc_TypeError, "pyfuncs: %s", usage);
+	return NULL;
 }
 
 static PyObject *
-step_enter(PyObject *step, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+enter_step(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
-	if (kwnames != NULL || PyVectorcall_NARGS(nargsf) != 1)
-	{
-		PyErr_SetString(PyExc_TypeError, "pyfuncs: enter() takes the function");
-		return NULL;
-	}
-	return split_enter(((Step *) step)->entry, args[0]);
+	Entry	   *self = step_entry(args, nargsf, kwnames, 2, "enter(entry, function)");
+
+	return self == NULL ? NULL : split_enter((PyObject *) self, args[1]);
 }
 
 static PyObject *
-step_leave(PyObject *step, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+leave_step(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
-	if (kwnames != NULL || PyVectorcall_NARGS(nargsf) != 1)
-	{
-		PyErr_SetString(PyExc_TypeError, "pyfuncs: leave() takes the result");
-		return NULL;
-	}
-	return split_leave(((Step *) step)->entry, args[0]);
+	Entry	   *self = step_entry(args, nargsf, kwnames, 2, "leave(entry, result)");
+
+	return self == NULL ? NULL : split_leave((PyObject *) self, args[1]);
 }
 
 static PyObject *
-step_failed(PyObject *step, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+failed_step(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
-	return split_failed(((Step *) step)->entry, args,
-						kwnames != NULL ? -1 : PyVectorcall_NARGS(nargsf));
+	Entry	   *self = step_entry(args, nargsf, kwnames, 1, "failed(entry), in a handler");
+
+	return self == NULL ? NULL : split_failed((PyObject *) self);
 }
 
-static PyTypeObject StepType = {
-	PyVarObject_HEAD_INIT(NULL, 0)
-	.tp_name = "pyfuncs.step",
-	.tp_basicsize = sizeof(Step),
-	.tp_dealloc = (destructor) step_dealloc,
-	.tp_vectorcall_offset = offsetof(Step, vectorcall),
-	.tp_call = PyVectorcall_Call,
-	.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-	.tp_traverse = (traverseproc) step_traverse,
-	.tp_clear = (inquiry) step_clear,
+#define STEP_TYPE(name, step) { \
+	PyVarObject_HEAD_INIT(NULL, 0) \
+	.tp_name = "pyfuncs." name, \
+	.tp_basicsize = sizeof(PyObject), \
+	.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | \
+		Py_TPFLAGS_DISALLOW_INSTANTIATION, \
+	.tp_vectorcall = step, \
+}
+
+static PyTypeObject steps[3] = {
+	STEP_TYPE("enter", enter_step),
+	STEP_TYPE("leave", leave_step),
+	STEP_TYPE("failed", failed_step),
 };
 
-/* entry.enter, .leave, .failed: a Step of the entry's (closure: the step's vectorcall) */
+/* entry.enter, .leave, .failed: the step (closure: its index in steps) */
 static PyObject *
 step_of(PyObject *entry, void *closure)
 {
-	Step	   *step;
+	PyTypeObject *step = &steps[(intptr_t) closure];
 
-	if (PyType_Ready(&StepType) < 0 || (step = PyObject_GC_New(Step, &StepType)) == NULL)
+	if (PyType_Ready(step) < 0)
 		return NULL;
-	step->vectorcall = (vectorcallfunc) closure;
-	step->entry = Py_NewRef(entry);
-	PyObject_GC_Track(step);
-	return (PyObject *) step;
+	return Py_NewRef((PyObject *) step);
 }
 
 static PyGetSetDef split_steps[] = {
-	{"enter", step_of, NULL, NULL, step_enter},
-	{"leave", step_of, NULL, NULL, step_leave},
-	{"failed", step_of, NULL, NULL, step_failed},
+	{"enter", step_of, NULL, NULL, (void *) 0},
+	{"leave", step_of, NULL, NULL, (void *) 1},
+	{"failed", step_of, NULL, NULL, (void *) 2},
 	{NULL}
 };
 

@@ -141,18 +141,18 @@ def call({params}):
     return enter({params})
 """
 # ... and where that Entry can be split (entry.c, split_enter), this frame calls the function
-# itself, between the Entry's enter(function), which returns it, and leave(result): the
-# function's frame then runs in this frame's evaluation, not one of its own. The error leaves
-# after the handler, so that nothing of the routine's is its context (failed() takes the
-# exception out of the handler).
+# itself, between the library's enter(entry, function), which returns it, and leave(entry,
+# result): the function's frame then runs in this frame's evaluation, not one of its own.
+# The error leaves after the handler, so that nothing of the routine's is its context
+# (failed() takes the exception out of the handler).
 _CALL_SPLIT = """
 def call({params}):
     if 0:
         began = 0.0  # (unbound: enter() notes it)
     try:
-        return leave(enter(function)({params}))
+        return leave(entry, enter(entry, function)({params}))
     except BaseException:
-        error = failed()
+        error = failed(entry)
     raise error
 """
 # A routine with converted parameters (values.py) reads them inside the call (see Unread)
@@ -392,8 +392,8 @@ class Routine:
         enter, clocked = (None, False) if srf else backstop.entry(names)
         if enter is not None and clocked and not self.convert and hasattr(enter, "leave"):
             source = _CALL_SPLIT.format(params=params)
-            names = {"enter": enter.enter, "leave": enter.leave, "failed": enter.failed,
-                     "function": self.function}  # fmt: skip
+            names = {"entry": enter, "enter": enter.enter, "leave": enter.leave,
+                     "failed": enter.failed, "function": self.function}  # fmt: skip
         elif enter is not None:  # (the entry library: _CALL's work in C)
             source = (_CALL_CLOCKED if clocked else _CALL_IN_C).format(params=params)
             names = {"enter": enter} if clocked else {"now": time.monotonic, "enter": enter}

@@ -100,7 +100,7 @@ def _split(config: dict[str, Any], arity: int) -> Any:
     assert clocked
     params = ", ".join(f"a{i}" for i in range(arity))
     namespace: dict[str, Any] = {
-        "enter": enter.enter, "leave": enter.leave, "failed": enter.failed,
+        "entry": enter, "enter": enter.enter, "leave": enter.leave, "failed": enter.failed,
         "function": config["function"],
     }  # fmt: skip
     exec(routines._CALL_SPLIT.format(params=params), namespace)
@@ -461,7 +461,7 @@ def test_failed_takes_the_exception_out_of_the_handler() -> None:
     the routine's as its context; the error leaves without one too."""
     seen: list[Any] = []
     source = routines._CALL_SPLIT.format(params="").replace(
-        "error = failed()", "error = failed()\n        seen.append(sys.exc_info())"
+        "error = failed(entry)", "error = failed(entry)\n        seen.append(sys.exc_info())"
     )
     assert "seen.append" in source
 
@@ -470,8 +470,8 @@ def test_failed_takes_the_exception_out_of_the_handler() -> None:
 
     config = _config(function)
     enter = backstop.entry(config)[0]
-    namespace = {"enter": enter.enter, "leave": enter.leave, "failed": enter.failed,
-                 "function": function, "seen": seen, "sys": sys}  # fmt: skip
+    namespace = {"entry": enter, "enter": enter.enter, "leave": enter.leave,
+                 "failed": enter.failed, "function": function, "seen": seen, "sys": sys}  # fmt: skip
     exec(source, namespace)
     with pytest.raises(Made) as caught:
         namespace["call"]()
@@ -535,11 +535,14 @@ def test_nested_split_calls_of_one_routine_each_give_back_their_own() -> None:
 
 
 def test_leave_and_failed_outside_a_call_are_refused() -> None:
-    enter = backstop.entry(_config(lambda: 1))[0]
+    entry = backstop.entry(_config(lambda: 1))[0]
     with pytest.raises(SystemError, match="leave"):
-        enter.leave(1)
+        entry.leave(entry, 1)
     with pytest.raises(SystemError, match="failed"):
-        enter.failed()
+        entry.failed(entry)
+    for wrong in [(), (1, 1), (entry,)]:  # (the entry first, and nothing else)
+        with pytest.raises(TypeError, match="leave"):
+            entry.leave(*wrong)
 
 
 _SET_LIMIT = ctypes.pythonapi.Py_SetRecursionLimit  # (sys's refuses a limit below the depth)
@@ -588,15 +591,24 @@ def test_a_split_call_at_the_recursion_limits_edge_always_ends() -> None:
     config = _config(function)
     limit = sys.getrecursionlimit()
     outcomes = set()
+    warm = _split(config, 2)  # (its instructions specialized by the calls before)
+    for _ in range(100):
+        assert warm(1, None) == 0
+        with pytest.raises(Made):  # (through failed; the limit raised, and given back)
+            warm(1, 10_000)
+        _SET_LIMIT(limit)
     try:
         for depth in (0, 1, 5, 20):
             for lower in (None, 1, 0, -1, -2, -3):
                 for n in (0, 1, 10_000):
-                    # (a fresh entry frame's code: Python calls through its unspecialized
-                    # path first, which checks the limit where the specialized one may not)
-                    outcomes.add(at(depth, _split(config, 2), n, lower))
-                    _SET_LIMIT(limit)
-                    assert _given_back(config) and VAR.get() == "backend's", (depth, n, lower)
+                    # (and a fresh entry frame's code: Python calls through its unspecialized
+                    # path first, which checks the limit for a method where the specialized
+                    # one may not)
+                    for call in (warm, _split(config, 2)):
+                        outcomes.add(at(depth, call, n, lower))
+                        _SET_LIMIT(limit)
+                        assert _given_back(config), (depth, n, lower)
+                        assert VAR.get() == "backend's", (depth, n, lower)
     finally:
         _SET_LIMIT(limit)
     assert {0, -1, "RecursionError", "Made"} <= outcomes, outcomes
