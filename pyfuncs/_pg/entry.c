@@ -724,7 +724,7 @@ split_enter(PyObject *op, PyObject *function)
 
 	if (current(self) != NULL)
 	{
-		/* (none can be: leave and failed run whenever enter did, see Step) */
+		/* (none can be: leave and failed run whenever enter did, see steps[]) */
 		PyErr_SetString(PyExc_SystemError, "pyfuncs: a call's record was left in its frame");
 		return NULL;
 	}
