@@ -51,6 +51,25 @@ def oob_byte(off: int) -> str:
 
 
 @stored_function(schema="r81")
+def odd_error(kind: str) -> str:
+    """Unicode errors whose start/end/object make their C __str__ misbehave."""
+    if kind == "encode":
+        e: Exception = UnicodeEncodeError("ascii", "abc", -5, -4, "r")
+    elif kind == "translate":
+        e = UnicodeTranslateError("abc", -5, -4, "r")
+    elif kind == "decode_obj":
+        e = UnicodeDecodeError("utf-8", b"abc", 0, 1, "r")
+        e.object = (1, 2, 3, 4, 5, 6, 7, 8)
+        e.start = 4
+        e.end = 5
+    elif kind == "raise":
+        raise UnicodeEncodeError("ascii", "abc", -5, -4, "r")
+    else:
+        raise ValueError(kind)
+    return str(e)
+
+
+@stored_function(schema="r81")
 def type_pointer() -> bool:
     """Reads ob_type of an int of its own: 8 bytes at id(x) + 8, compared with id(int)."""
     x = 10**30
@@ -161,3 +180,17 @@ def test_a_fault_from_an_out_of_bounds_read_ends_only_the_session(r81: str, off:
             got, _ = timed(c, "SELECT r81.oob_byte(%s)", [off])
             print(got)
         assert value(other, "SELECT 1") == 1
+
+
+@pytest.mark.parametrize("kind", ["encode", "translate", "decode_obj", "raise"])
+def test_odd_unicode_errors_give_a_clean_error(r81: str, kind: str) -> None:
+    """UnicodeEncodeError/UnicodeTranslateError with a negative start (PyUnicode_ReadChar
+    fails and __str__ returns a result with an exception set), a UnicodeDecodeError whose
+    `object` was set to a tuple (read as bytes), str()'d or raised uncaught: a value or a
+    clean error, no SystemError text or crash (promises 5, 6)."""
+    with _connect(r81) as c:
+        got, _ = timed(c, "SELECT r81.odd_error(%s)", [kind])
+        print(kind, got)
+        text = str(got)
+        assert "SystemError" not in text and "exception set" not in text, text
+        assert value(c, "SELECT 1") == 1
