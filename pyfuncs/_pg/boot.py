@@ -211,6 +211,7 @@ def start(gd: dict[str, Any], modules: Mapping[str, Mapping[str, Any]]) -> None:
     bounded.hold_set_additions()
     bounded.hold_struct_formats()
     bounded.hold_dict_tables()
+    bounded.hold_unicode_errors()
     when_imported("decimal", lambda module: _decimal_imported(module, bounded, routines))
     when_imported("fractions", bounded.bound_fractions)
     when_imported("zoneinfo", bounded.hold_zones)

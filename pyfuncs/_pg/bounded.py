@@ -1275,7 +1275,9 @@ def _bound_conversions(decimal: types.ModuleType) -> None:
 #   (guarded_struct); itertools (lazy.py); bytearray (vocabulary.FORBIDDEN_BUILTINS);
 # - on the types, for the whole backend (boot.py): list ordering and slice assignment
 #   (hold_list_items), set additions (hold_set_additions), dict tables (hold_dict_tables),
-#   Struct formats (hold_struct_formats), ZoneInfo's constructor (hold_zones);
+#   Struct formats (hold_struct_formats), ZoneInfo's constructor (hold_zones), the
+#   messages of UnicodeDecodeError, UnicodeEncodeError and UnicodeTranslateError
+#   (hold_unicode_errors);
 # - in sandbox.py: copies, abstract classes, enums' metaclasses, dataclass field names.
 
 
@@ -1524,6 +1526,71 @@ def hold_dict_tables() -> None:
 
     clear_any.held = True  # type: ignore[attr-defined]
     _set_on_type(dict, {"clear": clear_any, "update": update_any, "__ior__": __ior__})
+
+
+def hold_unicode_errors() -> None:
+    """The `__str__` of UnicodeDecodeError, UnicodeEncodeError and UnicodeTranslateError
+    trusts the error's `start`, `end` and `object`, which neither the constructor nor
+    assignment checks: with `end == start + 1` and a `start` below the object's length, a
+    negative one too, it reads the byte (or character) at `start`, wherever that is, into
+    the message (gh-123378, fixed in 3.12.6 and 3.13; Debian's 3.11.2 has it: a red team
+    read its backend's memory and, through the preload's layout, shared buffers, a byte per
+    `str()`; an `object` of another type is read as bytes or as a str too). Once per
+    backend, the three format their message in Python from the C members, as 3.11 does,
+    indexing the object only where `start` lies inside it and the object is of the kind
+    the error is about. The other C paths that read those members are the codecs' error
+    handlers, which routines cannot reach (codecs is not allowed)."""
+    if getattr(UnicodeDecodeError.__str__, "held", False):
+        return
+
+    def character(code: int) -> str:
+        if code <= 0xFF:
+            return f"\\x{code:02x}"
+        return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+    def message(kind: type, item: Any, one: str, many: str) -> Callable[[Any], str]:
+        """kind's __str__: `one` formats the message about one item of the object, `many`
+        about a range, from the C members (each of the three types has its own)."""
+        members = kind.__dict__
+        size, index = item.__len__, item.__getitem__
+        encoding, data, start, end, reason = (
+            members[name].__get__ for name in ("encoding", "object", "start", "end", "reason")
+        )
+
+        def __str__(self: Any) -> str:
+            held = data(self)
+            if held is None:  # (not initialized)
+                return ""
+            what, why, at, upto = str(encoding(self)), str(reason(self)), start(self), end(self)
+            # (the object's own length and item, as C reads them: not a subclass's methods)
+            if isinstance(held, item) and 0 <= at < size(held) and upto == at + 1:
+                shown = index(held, at)
+                shown = f"0x{shown:02x}" if item is bytes else character(ord(shown))
+                return one.format(what=what, shown=shown, at=at, why=why)
+            return many.format(what=what, at=at, last=upto - 1, why=why)
+
+        return __str__
+
+    patched = {
+        UnicodeDecodeError: message(
+            UnicodeDecodeError, bytes,
+            "'{what}' codec can't decode byte {shown} in position {at}: {why}",
+            "'{what}' codec can't decode bytes in position {at}-{last}: {why}",
+        ),
+        UnicodeEncodeError: message(
+            UnicodeEncodeError, str,
+            "'{what}' codec can't encode character '{shown}' in position {at}: {why}",
+            "'{what}' codec can't encode characters in position {at}-{last}: {why}",
+        ),
+        UnicodeTranslateError: message(
+            UnicodeTranslateError, str,
+            "can't translate character '{shown}' in position {at}: {why}",
+            "can't translate characters in position {at}-{last}: {why}",
+        ),
+    }  # fmt: skip
+    patched[UnicodeDecodeError].held = True  # type: ignore[attr-defined]
+    for kind, method in patched.items():
+        _set_on_type(kind, {"__str__": method})
 
 
 def hold_struct_formats() -> None:
