@@ -853,6 +853,67 @@ pyfuncs_weakrefs_owned(const RefApi *functions, NewFunc original, PyObject *owni
 }
 
 /*
+ * date, datetime and time from a pickle's state (`date(b"\x00\x00\x01\x01")`, the form copy
+ * and pickle call them with): C checks the month only (a time's hour), so a routine made a
+ * date of year 0, whose weekday is -1, and ctime() read a pointer before its table of day
+ * names and ran strlen over what it pointed to (round 82). The three types' tp_new are
+ * replaced by these, which, when given one or two arguments (the form a state comes in),
+ * hand what was made to Python's `check`, which returns it or raises if a field is out of
+ * range. Python's functions (RefApi's) by address, as above.
+ */
+static RefApi moments;
+static NewFunc moment_made_by[3];
+static PyObject *moment_check;
+
+static PyObject *
+moment_new(int kind, PyObject *type, PyObject *args, PyObject *kwds)
+{
+	PyObject   *made = moment_made_by[kind] (type, args, kwds),
+			   *checked;
+	PySize		given;
+
+	if (made == NULL)
+		return NULL;
+	given = moments.tuple_size(args);
+	if (given < 1 || given > 2)
+		return made;
+	checked = moments.call_one(moment_check, made);
+	moments.decref(made);
+	return checked;
+}
+
+PyObject   *
+pyfuncs_date_new(PyObject *type, PyObject *args, PyObject *kwds)
+{
+	return moment_new(0, type, args, kwds);
+}
+
+PyObject   *
+pyfuncs_datetime_new(PyObject *type, PyObject *args, PyObject *kwds)
+{
+	return moment_new(1, type, args, kwds);
+}
+
+PyObject   *
+pyfuncs_time_new(PyObject *type, PyObject *args, PyObject *kwds)
+{
+	return moment_new(2, type, args, kwds);
+}
+
+/* Python's functions (RefApi's), the three types' own tp_new (date, datetime, time) and
+ * `check`, which the caller keeps alive */
+void
+pyfuncs_moments_checked(const RefApi *functions, const NewFunc *originals, PyObject *check)
+{
+	int			i;
+
+	moments = *functions;
+	for (i = 0; i < 3; i++)
+		moment_made_by[i] = originals[i];
+	moment_check = check;
+}
+
+/*
  * Generators whose frames may run as they are finalized: before each generator of the
  * chain pyfuncs_finalizers_kept_apart's closes_elsewhere walks, `may_run(generator)` is
  * asked, and a generator for which it does not return True (`true_object`) is not

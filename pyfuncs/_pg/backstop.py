@@ -373,6 +373,45 @@ def own_weakref_callbacks(own: Any) -> bool:
     return _slot(kind, _TP_NEW) == (address, at)
 
 
+_moments: list[Any] = []  # what the date, datetime and time hooks read, kept alive
+
+
+def check_moments(check: Any) -> bool:
+    """Have the tp_new of datetime's date, datetime and time hand what they made from one or
+    two arguments (a pickle's state among them) to `check` (backstop.c says why), for the
+    three and the classes deriving from them that have their own. False without the
+    library (or one built before it)."""
+    library: Any = _installed[0] if _installed else None
+    hooks: list[Any] = [
+        getattr(library, f"pyfuncs_{name}_new", None) for name in ("date", "datetime", "time")
+    ]
+    if None in hooks or _moments:
+        return bool(_moments)
+    import datetime
+
+    kinds = (datetime.date, datetime.datetime, datetime.time)
+    slots = [_slot(kind, _TP_NEW) for kind in kinds]
+    found = [slot for slot in slots if slot is not None]
+    if len(found) != len(kinds):
+        return False
+    functions = _functions(
+        "PyTuple_Size", "PyTuple_GetItem", "PyTuple_Pack", "PyObject_CallOneArg", "Py_DecRef"
+    )
+    originals = (ctypes.c_void_p * 3)(*(original for original, _ in found))
+    bind = library.pyfuncs_moments_checked
+    bind.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.py_object]
+    bind.restype = None
+    bind(ctypes.addressof(functions), ctypes.addressof(originals), check)
+    _moments.extend((functions, originals, check))
+    made = [
+        (ctypes.cast(hook, ctypes.c_void_p).value or 0, at)
+        for hook, (_, at) in zip(hooks, found, strict=True)
+    ]
+    for kind, (original, at), (address, _) in zip(kinds, found, made, strict=True):
+        _replace_below(kind, at, original, address)
+    return [_slot(kind, _TP_NEW) for kind in kinds] == made
+
+
 def query_guards(settings: list[Any], claims: int | None, timer: int) -> Any:
     """The guards around each query of a routine's, in C (backstop.c says why): a tuple of
     identity's enter and leave, deadline's lend, give_back and depth, and (where the library

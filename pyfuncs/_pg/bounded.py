@@ -1277,7 +1277,7 @@ def _bound_conversions(decimal: types.ModuleType) -> None:
 #   (hold_list_items), set additions (hold_set_additions), dict tables (hold_dict_tables),
 #   Struct formats (hold_struct_formats), ZoneInfo's constructor (hold_zones), the
 #   messages of UnicodeDecodeError, UnicodeEncodeError and UnicodeTranslateError
-#   (hold_unicode_errors);
+#   (hold_unicode_errors), defaultdict's factory (hold_default_factories);
 # - in sandbox.py: copies, abstract classes, enums' metaclasses, dataclass field names.
 
 
@@ -1591,6 +1591,52 @@ def hold_unicode_errors() -> None:
     patched[UnicodeDecodeError].held = True  # type: ignore[attr-defined]
     for kind, method in patched.items():
         _set_on_type(kind, {"__str__": method})
+
+
+def hold_default_factories() -> None:
+    """defaultdict's C `__missing__` calls `default_factory` without holding it: a factory
+    that is a bound method of an object nothing else holds (`items.sort`) is freed with
+    that object when code it runs sets `default_factory`, and the method runs on in freed
+    memory (round 82: `list.sort` wrote the list's size and item pointer into a routine's
+    bytes object that took the memory, and freed a pointer the routine chose). Once per
+    backend, the type's `__missing__` is Python's, holding the factory in a local while it
+    runs: one Python call more per missing key."""
+    from collections import defaultdict
+
+    if getattr(defaultdict.__missing__, "held", False):
+        return
+    factory_of = defaultdict.__dict__["default_factory"].__get__
+
+    def __missing__(self: Any, key: Any) -> Any:
+        factory = factory_of(self)
+        if factory is None:
+            raise KeyError(key)
+        self[key] = made = factory()
+        return made
+
+    __missing__.held = True  # type: ignore[attr-defined]
+    _set_on_type(defaultdict, {"__missing__": __missing__})
+
+
+def moment_check(datetime: types.ModuleType) -> Callable[[Any], Any]:
+    """What the backstop's hooks of the tp_new of date, datetime and time call with what they
+    made from one or two arguments (backstop.check_moments): made from a pickle's state, C
+    checks only the month (a time's hour), and a date of year 0 had ctime() read before its
+    table of day names (round 82). The check makes the object again from its fields, which
+    C's constructor checks all, and returns it."""
+    date, moment, time = datetime.date, datetime.datetime, datetime.time
+
+    def check(made: Any) -> Any:
+        if isinstance(made, moment):
+            moment(made.year, made.month, made.day, made.hour, made.minute, made.second,
+                   made.microsecond)  # fmt: skip
+        elif isinstance(made, date):
+            date(made.year, made.month, made.day)
+        elif isinstance(made, time):
+            time(made.hour, made.minute, made.second, made.microsecond)
+        return made
+
+    return check
 
 
 def hold_struct_formats() -> None:

@@ -125,7 +125,10 @@ def _real(of: range) -> builtins.range:
 
 def iter(obj: Any, *sentinel: Any) -> Iterator[Any]:  # what routines know as `iter`
     """Python's iter; `iter(f, sentinel)`, which calls f in C until it returns sentinel,
-    through Python."""
+    through Python. The C iterator calls f without holding it and drops it when a call
+    returns the sentinel: a call of f that advanced the same iterator to the sentinel
+    freed f under the outer call (round 82). Behind the generator nothing of a routine's
+    holds the C iterator, and advancing the generator from inside is a ValueError."""
     if not sentinel:
         return builtins.iter(obj)
     return _each(builtins.iter(obj, *sentinel))

@@ -6,6 +6,9 @@ routine may build exceptions freely, so `str(UnicodeDecodeError("utf-8", b, off,
 an arbitrary read of everything below an object of the routine's, with `id()` telling
 where things are.
 
+Closed: the three Unicode errors' messages are made in Python from checked members
+(bounded.hold_unicode_errors).
+
 Promises attacked: no way out of pure computation / to the runtime's internals (1), no
 call affecting another (2: a previous client's data is read), no crash of the cluster
 (5). A passing test: the promise held. Each test's docstring says what it tried."""

@@ -14,6 +14,10 @@ gh-123378 (round 81) — audited across builtins and the allowed modules. Two br
   a date whose weekday is -1, and `ctime()` indexes its table of day names with it
   (`DayNames[-1]`), then `strlen`s whatever pointer it found.
 
+Both closed: defaultdict's `__missing__` is Python's, holding the factory
+(bounded.hold_default_factories); date, datetime and time made from one or two arguments
+are checked field by field (backstop.c's tp_new hooks, bounded.moment_check).
+
 Promises attacked: no way out of pure computation / to the interpreter's memory (1), no
 crash of the cluster (5). A passing test: the promise held."""
 
@@ -31,9 +35,10 @@ from pyfuncs.embedded import Cluster
 from .conftest import mallory_dsn, timed, value
 
 MODULE = '''
-import struct
 import datetime
+import struct
 from collections import defaultdict
+from typing import Any
 from pyfuncs import stored_function
 
 _KEPT = []  # what must never be freed in this backend (an object freed under its holder)
@@ -97,6 +102,51 @@ def chosen_free() -> str:
 def date_weekday(year_byte: int, day: int) -> int:
     """A date made from a pickle's state with year 0: its weekday."""
     return datetime.date(bytes([0, year_byte, 1, day])).weekday()
+
+
+@stored_function(schema="r82")
+def moment_state(kind: str, state: list[int], as_text: bool) -> str:
+    """A date, datetime or time made from a pickle's state, as bytes or as latin-1 text."""
+    raw = bytes(state)
+    made = {"date": datetime.date, "datetime": datetime.datetime, "time": datetime.time}[kind](
+        raw.decode("latin-1") if as_text else raw
+    )
+    return made.isoformat()
+
+
+@stored_function(schema="r82")
+def sentinel_reentry() -> str:
+    """iter(f, sentinel) whose f advances the same iterator (which, in C, reaching the
+    sentinel there, drops f while the outer call of it runs)."""
+    box: dict[str, Any] = {}
+
+    def f() -> Any:
+        if "inside" not in box:
+            box["inside"] = True
+            try:
+                next(box["it"])
+            except ValueError as e:
+                return "refused: " + str(e)
+        return None
+
+    box["it"] = iter(f, None)
+    return str(next(box["it"]))
+
+
+@stored_function(schema="r82")
+def defaults() -> str:
+    """defaultdict as routines use it, after its __missing__ is the runtime's."""
+    d = defaultdict(list)
+    d["a"].append(1)
+    d["a"].append(2)
+    c = _Factory(int)
+    c["x"] += 3
+    try:
+        defaultdict()["k"]
+        missing = "none"
+    except KeyError as e:
+        missing = repr(e)
+    return f"{dict(d)}|{dict(c)}|{missing}|{'k' in d}"
 
 
 @stored_function(schema="r82")
@@ -178,3 +228,71 @@ def test_ctime_of_a_date_of_year_zero_does_not_crash(r82: str, day: int) -> None
             assert got[0][:3] in {"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"}, got
         else:
             assert "crashed" not in str(got), got
+
+
+def test_defaultdict_as_routines_use_it(r82: str) -> None:
+    """The factory's value made and stored for a missing key, a subclass's too, KeyError
+    without a factory: as C's __missing__ did."""
+    with _connect(r82) as c:
+        assert value(c, "SELECT r82.defaults()") == "{'a': [1, 2]}|{'x': 3}|KeyError('k')|False"
+
+
+@pytest.mark.parametrize(
+    ("kind", "state"),
+    [
+        ("date", [0, 0, 1, 1]),  # year 0
+        ("date", [7, 232, 2, 30]),  # 30 February 2024
+        ("date", [7, 232, 1, 0]),  # day 0
+        ("date", [255, 255, 12, 31]),  # year 65535
+        ("datetime", [0, 0, 1, 1, 0, 0, 0, 0, 0, 0]),  # year 0
+        ("datetime", [7, 232, 1, 1, 25, 0, 0, 0, 0, 0]),  # hour 25
+        ("datetime", [7, 232, 1, 1, 0, 99, 0, 0, 0, 0]),  # minute 99
+        ("datetime", [7, 232, 1, 1, 0, 0, 61, 0, 0, 0]),  # second 61
+        ("datetime", [7, 232, 1, 1, 0, 0, 0, 255, 255, 255]),  # microsecond 16,777,215
+        ("datetime", [7, 232, 129, 40, 0, 0, 0, 0, 0, 0]),  # fold bit, day 40
+        ("time", [0, 99, 0, 0, 0, 0]),  # minute 99
+        ("time", [0, 0, 99, 0, 0, 0]),  # second 99
+        ("time", [128, 0, 0, 255, 255, 255]),  # fold bit, microsecond too large
+    ],
+)
+@pytest.mark.parametrize("as_text", [False, True])
+def test_a_moment_from_a_state_out_of_range_is_refused(
+    r82: str, kind: str, state: list[int], as_text: bool
+) -> None:
+    """date, datetime and time from a pickle's state (bytes, or latin-1 text) with a field
+    out of range, which C does not check (only the month, a time's hour): a clean
+    ValueError, never a value."""
+    with _connect(r82) as c:
+        got, _ = timed(c, "SELECT r82.moment_state(%s, %s, %s)", [kind, state, as_text])
+        assert isinstance(got, psycopg.Error), got
+        assert "ValueError" in str(got) and "crashed" not in str(got), got
+
+
+@pytest.mark.parametrize(
+    ("kind", "state", "expected"),
+    [
+        ("date", [7, 232, 2, 29], "2024-02-29"),
+        ("date", [0, 1, 1, 1], "0001-01-01"),
+        ("date", [39, 15, 12, 31], "9999-12-31"),
+        ("datetime", [39, 15, 12, 31, 23, 59, 59, 15, 66, 63], "9999-12-31T23:59:59.999999"),
+        ("datetime", [7, 232, 139, 3, 1, 30, 0, 0, 0, 0], "2024-11-03T01:30:00"),
+        ("time", [23, 59, 59, 15, 66, 63], "23:59:59.999999"),
+        ("time", [129, 30, 0, 0, 0, 0], "01:30:00"),
+    ],
+)
+def test_moments_from_valid_states_as_before(
+    r82: str, kind: str, state: list[int], expected: str
+) -> None:
+    """The same constructor with states in range (what pickle and copy give it), at the
+    limits and with the fold bit: made as before."""
+    with _connect(r82) as c:
+        for as_text in (False, True):
+            got = value(c, "SELECT r82.moment_state(%s, %s, %s)", [kind, state, as_text])
+            assert got == expected, (as_text, got)
+
+
+def test_a_sentinel_iterators_callable_cannot_advance_it(r82: str) -> None:
+    """iter(f, sentinel) whose f calls next() on the same iterator: refused (the C iterator
+    is behind a generator), so it is never made to drop f while f runs."""
+    with _connect(r82) as c:
+        assert value(c, "SELECT r82.sentinel_reentry()") == "refused: generator already executing"

@@ -35,6 +35,11 @@ ABI = {
     "pyfuncs_weakref_new": "PyObject *type, PyObject *args, PyObject *kwds",
     "pyfuncs_weakrefs_owned": "const RefApi *functions, NewFunc original, PyObject *owning, "
     "PyObject *none_object | RefApi: tuple_size, tuple_item, tuple_pack, call_one, decref",
+    "pyfuncs_date_new": "PyObject *type, PyObject *args, PyObject *kwds",
+    "pyfuncs_datetime_new": "PyObject *type, PyObject *args, PyObject *kwds",
+    "pyfuncs_time_new": "PyObject *type, PyObject *args, PyObject *kwds",
+    "pyfuncs_moments_checked": "const RefApi *functions, const NewFunc *originals, "
+    "PyObject *check | RefApi: tuple_size, tuple_item, tuple_pack, call_one, decref",
     "pyfuncs_generators_kept": "PyObject *may_run, PyObject *true_object",
     "pyfuncs_flags_set": "const uintptr_t *types, long count, long at, unsigned long bits",
     "pyfuncs_local_transaction": "void",
