@@ -1,5 +1,11 @@
-"""Round 83: the three fixes of rounds 81 and 82 attacked, and the audit of C code of CPython
-3.11.2 that trusts what a routine controls continued.
+"""Round 83: decimal's C code takes the current context borrowed (`CURRENT_CONTEXT`: a
+reference from the context variable, dropped at once) and uses it after running code of the
+routine's (CPython gh-148382, open upstream). A Decimal compared with a Rational reads the
+Rational's `numerator` and `denominator` in between; a `numerator` property that closes a
+generator suspended inside `with decimal.localcontext()` makes the outer context current
+again and frees the local one, which C then records the comparison's InvalidOperation in
+(`ctx->status |= status`, after reading `ctx->traps`): a write into freed memory, which a
+routine's bytes object took (its 14th byte became 0x01).
 
 Promises attacked: no way out of pure computation / to the interpreter's memory (1), no
 crash of the cluster (5). A passing test: the promise held."""
