@@ -914,6 +914,64 @@ pyfuncs_moments_checked(const RefApi *functions, const NewFunc *originals, PyObj
 }
 
 /*
+ * Decimal's comparisons take the current decimal context without holding it, and, with an
+ * operand that is a Rational (a Fraction, a routine's subclass of one), read its numerator
+ * and denominator, which may run code of the routine's, before they raise flags in the
+ * context: code that made another context current there (closing a generator suspended
+ * inside a localcontext()) freed the context, and the comparison wrote into freed memory
+ * (round 83, gh-148382). Decimal's tp_richcompare is replaced by this, which holds the
+ * current context (Python's `current`, decimal.getcontext) around the comparison when the
+ * other operand is of a kind other than `plain` (Decimal, int, bool, float: no code of a
+ * routine's runs while they are compared).
+ */
+typedef PyObject *(*RichCompare) (PyObject *a, PyObject *b, int op);
+
+typedef struct
+{
+	PyObject   *(*call_no_args) (PyObject *callable);
+	void		(*decref) (PyObject *object);
+} HoldApi;
+
+static HoldApi holding;
+static RichCompare compared_by;
+static PyObject *current_context;
+static PyObject *plain_operands[4];
+
+PyObject   *
+pyfuncs_decimal_compare(PyObject *a, PyObject *b, int op)
+{
+	PyObject   *kind = ((PyObject **) b)[1],	/* ob_type, after ob_refcnt */
+			   *held,
+			   *result;
+	int			i;
+
+	for (i = 0; i < 4; i++)
+		if (kind == plain_operands[i])
+			return compared_by(a, b, op);
+	held = holding.call_no_args(current_context);
+	if (held == NULL)
+		return NULL;
+	result = compared_by(a, b, op);
+	holding.decref(held);
+	return result;
+}
+
+/* Python's functions (HoldApi's), Decimal's own tp_richcompare, `current` and the four
+ * plain kinds, which the caller keeps alive */
+void
+pyfuncs_decimal_contexts_held(const HoldApi *functions, RichCompare original,
+							  PyObject *current, PyObject *const *plain)
+{
+	int			i;
+
+	holding = *functions;
+	compared_by = original;
+	current_context = current;
+	for (i = 0; i < 4; i++)
+		plain_operands[i] = plain[i];
+}
+
+/*
  * Generators whose frames may run as they are finalized: before each generator of the
  * chain pyfuncs_finalizers_kept_apart's closes_elsewhere walks, `may_run(generator)` is
  * asked, and a generator for which it does not return True (`true_object`) is not

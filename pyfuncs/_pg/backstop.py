@@ -200,7 +200,7 @@ def window_profile(codes: dict[int, Any], closing: Any, opening: Any) -> bool:
 
 
 # typeslots.h: the slots of type objects PyType_GetSlot reads
-_TP_NEW, _TP_SETATTRO, _TP_FINALIZE = 65, 69, 80
+_TP_NEW, _TP_RICHCOMPARE, _TP_SETATTRO, _TP_FINALIZE = 65, 67, 69, 80
 _checking: list[Any] = []  # what type's slots call, kept alive
 
 
@@ -410,6 +410,36 @@ def check_moments(check: Any) -> bool:
     for kind, (original, at), (address, _) in zip(kinds, found, made, strict=True):
         _replace_below(kind, at, original, address)
     return [_slot(kind, _TP_NEW) for kind in kinds] == made
+
+
+_decimals: list[Any] = []  # what the Decimal comparison hook reads, kept alive
+
+
+def hold_decimal_contexts(decimal: Any) -> bool:
+    """Have Decimal's tp_richcompare hold the current context around a comparison with an
+    operand of a kind whose comparison may run a routine's code (backstop.c says why), for
+    Decimal and the classes deriving from it that have its own. False without the library
+    (or one built before it)."""
+    library: Any = _installed[0] if _installed else None
+    hook = getattr(library, "pyfuncs_decimal_compare", None)
+    if hook is None or _decimals:
+        return bool(_decimals)
+    kind = decimal.Decimal
+    found = _slot(kind, _TP_RICHCOMPARE)
+    if found is None:
+        return False
+    original, at = found
+    functions = _functions("PyObject_CallNoArgs", "Py_DecRef")
+    four: Any = ctypes.py_object * 4
+    plain = four(kind, int, bool, float)
+    bind = library.pyfuncs_decimal_contexts_held
+    bind.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.py_object, ctypes.c_void_p]
+    bind.restype = None
+    bind(ctypes.addressof(functions), original, decimal.getcontext, ctypes.addressof(plain))
+    _decimals.extend((functions, plain, decimal.getcontext))
+    address = ctypes.cast(hook, ctypes.c_void_p).value or 0
+    _replace_below(kind, at, original, address)
+    return _slot(kind, _TP_RICHCOMPARE) == (address, at)
 
 
 def query_guards(settings: list[Any], claims: int | None, timer: int) -> Any:

@@ -132,10 +132,12 @@ def when_imported(name: str, then: Any) -> None:
         sys.meta_path.insert(0, _WhenImported(name, then))
 
 
-def _decimal_imported(module: types.ModuleType, bounded: Any, routines: Any) -> None:
-    """Bound Decimal's conversions, and give the collector's callback a clean decimal
-    context to run in (see bounded.py and routines.collecting)."""
+def _decimal_imported(module: types.ModuleType, bounded: Any, routines: Any, backstop: Any) -> None:
+    """Bound Decimal's conversions, hold the context its comparisons use (backstop.c), and
+    give the collector's callback a clean decimal context to run in (see bounded.py and
+    routines.collecting)."""
     bounded.bound_decimal(module)
+    backstop.hold_decimal_contexts(module)
     if not routines.ISOLATED:
         routines.ISOLATED[:] = [module.setcontext, module.Context(), module.getcontext]
 
@@ -213,7 +215,8 @@ def start(gd: dict[str, Any], modules: Mapping[str, Mapping[str, Any]]) -> None:
     bounded.hold_dict_tables()
     bounded.hold_unicode_errors()
     bounded.hold_default_factories()
-    when_imported("decimal", lambda module: _decimal_imported(module, bounded, routines))
+    bounded.hold_os_error_members()
+    when_imported("decimal", lambda module: _decimal_imported(module, bounded, routines, backstop))
     when_imported("fractions", bounded.bound_fractions)
     when_imported("datetime", lambda module: backstop.check_moments(bounded.moment_check(module)))
     when_imported("zoneinfo", bounded.hold_zones)

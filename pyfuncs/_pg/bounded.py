@@ -1277,7 +1277,8 @@ def _bound_conversions(decimal: types.ModuleType) -> None:
 #   (hold_list_items), set additions (hold_set_additions), dict tables (hold_dict_tables),
 #   Struct formats (hold_struct_formats), ZoneInfo's constructor (hold_zones), the
 #   messages of UnicodeDecodeError, UnicodeEncodeError and UnicodeTranslateError
-#   (hold_unicode_errors), defaultdict's factory (hold_default_factories);
+#   (hold_unicode_errors), defaultdict's factory (hold_default_factories), OSError's
+#   members (hold_os_error_members);
 # - in sandbox.py: copies, abstract classes, enums' metaclasses, dataclass field names.
 
 
@@ -1594,18 +1595,29 @@ def hold_unicode_errors() -> None:
 
 
 def hold_default_factories() -> None:
-    """defaultdict's C `__missing__` calls `default_factory` without holding it: a factory
-    that is a bound method of an object nothing else holds (`items.sort`) is freed with
-    that object when code it runs sets `default_factory`, and the method runs on in freed
-    memory (round 82: `list.sort` wrote the list's size and item pointer into a routine's
-    bytes object that took the memory, and freed a pointer the routine chose). Once per
-    backend, the type's `__missing__` is Python's, holding the factory in a local while it
-    runs: one Python call more per missing key."""
+    """defaultdict's C code uses `default_factory` without holding it:
+
+    - `__missing__` calls it: a factory that is a bound method of an object nothing else
+      holds (`items.sort`) is freed with that object when code it runs sets
+      `default_factory`, and the method runs on in freed memory (round 82: `list.sort`
+      wrote the list's size and item pointer into a routine's bytes object that took the
+      memory, and freed a pointer the routine chose);
+    - `__repr__` marks it as being shown and unmarks it whatever the mark said: a repr of
+      the same defaultdict, run from inside the repr of a list that was its factory, took
+      away the mark of the outer `repr` of that list, which was what held the list once the
+      routine dropped it, and the list's repr went on over freed items (round 83, gh-145492:
+      C read an address of the routine's choosing as an object).
+
+    Once per backend, the type's `__missing__` and `__repr__` are Python's, holding the
+    factory in a local while they use it: one Python call more per missing key or repr. A
+    factory shown inside its own repr shows as `...`, as C's did."""
     from collections import defaultdict
 
     if getattr(defaultdict.__missing__, "held", False):
         return
     factory_of = defaultdict.__dict__["default_factory"].__get__
+    dict_repr = dict.__repr__
+    showing: set[int] = set()  # the factories being shown, by id (each held while it is)
 
     def __missing__(self: Any, key: Any) -> Any:
         factory = factory_of(self)
@@ -1614,8 +1626,45 @@ def hold_default_factories() -> None:
         self[key] = made = factory()
         return made
 
+    def __repr__(self: Any) -> str:
+        shown = dict_repr(self)
+        factory = factory_of(self)
+        if factory is None:
+            made_by = "None"
+        elif id(factory) in showing:
+            made_by = "..."
+        else:
+            showing.add(id(factory))
+            try:
+                made_by = repr(factory)
+            finally:
+                showing.discard(id(factory))
+        return f"{type(self).__name__}({made_by}, {shown})"
+
     __missing__.held = True  # type: ignore[attr-defined]
-    _set_on_type(defaultdict, {"__missing__": __missing__})
+    _set_on_type(defaultdict, {"__missing__": __missing__, "__repr__": __repr__})
+
+
+def hold_os_error_members() -> None:
+    """OSError's C `__str__` formats `errno`, `strerror`, `filename` and `filename2` one after
+    another without holding them, and routines may set them: an `errno` whose `__str__` set
+    `strerror` freed the string C was about to format, and C formatted what took its memory
+    (round 83). Once per backend, OSError's `__str__` (its subclasses' too) holds the four
+    in locals while C's makes the message: one Python call more per str()."""
+    if getattr(OSError.__str__, "held", False):
+        return
+    members = OSError.__dict__
+    fields = [members[name].__get__ for name in ("errno", "strerror", "filename", "filename2")]
+    message = members["__str__"]  # C's, by its slot's wrapper
+
+    def __str__(self: Any) -> str:
+        held = [field(self) for field in fields]
+        text: str = message(self)
+        del held  # (what C formatted was held until it was done)
+        return text
+
+    __str__.held = True  # type: ignore[attr-defined]
+    _set_on_type(OSError, {"__str__": __str__})
 
 
 def moment_check(datetime: types.ModuleType) -> Callable[[Any], Any]:

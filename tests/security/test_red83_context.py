@@ -7,6 +7,9 @@ again and frees the local one, which C then records the comparison's InvalidOper
 (`ctx->status |= status`, after reading `ctx->traps`): a write into freed memory, which a
 routine's bytes object took (its 14th byte became 0x01).
 
+Closed: Decimal's tp_richcompare holds the current context around a comparison with an
+operand other than a Decimal, int, bool or float (backstop.c pyfuncs_decimal_compare).
+
 Promises attacked: no way out of pure computation / to the interpreter's memory (1), no
 crash of the cluster (5). A passing test: the promise held."""
 

@@ -40,6 +40,9 @@ ABI = {
     "pyfuncs_time_new": "PyObject *type, PyObject *args, PyObject *kwds",
     "pyfuncs_moments_checked": "const RefApi *functions, const NewFunc *originals, "
     "PyObject *check | RefApi: tuple_size, tuple_item, tuple_pack, call_one, decref",
+    "pyfuncs_decimal_compare": "PyObject *a, PyObject *b, int op",
+    "pyfuncs_decimal_contexts_held": "const HoldApi *functions, RichCompare original, "
+    "PyObject *current, PyObject *const *plain | HoldApi: call_no_args, decref",
     "pyfuncs_generators_kept": "PyObject *may_run, PyObject *true_object",
     "pyfuncs_flags_set": "const uintptr_t *types, long count, long at, unsigned long bits",
     "pyfuncs_local_transaction": "void",
