@@ -4,7 +4,13 @@ Round 83 replaced Decimal's tp_richcompare (and that of the subclasses that exis
 with one that holds the current context. But a class a routine makes later gets its slot
 from Decimal's `__lt__`/`__eq__`… wrapper descriptors (type_new's fixup_slot_dispatchers:
 an inherited slot wrapper's `d_wrapped`), which still point at C's own dec_richcompare: a
-routine's `class D(decimal.Decimal): pass` compares without the hook.
+routine's `class D(decimal.Decimal): pass` compares without the hook (BREAK: the freed
+context's flag write lands in a routine's bytes object, 14th byte 0x01, as in round 83).
+
+Suggested fix: point the `d_wrapped` of Decimal's six comparison wrapper descriptors
+(`__lt__` … `__ge__` in the type's dict) at the hook as well, so classes made later inherit
+it (and a direct call of the wrapper goes through it); or have the class-making hook
+(pyfuncs_type_new) replace the slot of a new Decimal subclass that has C's own.
 
 Promises attacked: no way out of pure computation / to the interpreter's memory (1), no
 crash of the cluster (5). A passing test: the promise held."""
