@@ -28,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from types import WrapperDescriptorType
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -201,6 +202,7 @@ def window_profile(codes: dict[int, Any], closing: Any, opening: Any) -> bool:
 
 # typeslots.h: the slots of type objects PyType_GetSlot reads
 _TP_NEW, _TP_RICHCOMPARE, _TP_SETATTRO, _TP_FINALIZE = 65, 67, 69, 80
+_WRAPPED = 6  # the word of a slot's wrapper (a wrapper_descriptor) that holds its function
 _checking: list[Any] = []  # what type's slots call, kept alive
 
 
@@ -439,7 +441,17 @@ def hold_decimal_contexts(decimal: Any) -> bool:
     _decimals.extend((functions, plain, decimal.getcontext))
     address = ctypes.cast(hook, ctypes.c_void_p).value or 0
     _replace_below(kind, at, original, address)
-    return _slot(kind, _TP_RICHCOMPARE) == (address, at)
+    # a class made later takes its slot from the six comparisons' wrappers in Decimal's
+    # dict, which call the function they wrap (round 84: a routine's subclass compared
+    # with C's own): they wrap the hook too
+    wrapped = []
+    for name in ("__lt__", "__le__", "__eq__", "__ne__", "__gt__", "__ge__"):
+        wrapper = kind.__dict__[name]
+        words = (ctypes.c_void_p * (_WRAPPED + 1)).from_address(id(wrapper))
+        if type(wrapper) is WrapperDescriptorType and words[_WRAPPED] == original:
+            words[_WRAPPED] = address
+        wrapped.append(words[_WRAPPED])
+    return _slot(kind, _TP_RICHCOMPARE) == (address, at) and set(wrapped) == {address}
 
 
 def query_guards(settings: list[Any], claims: int | None, timer: int) -> Any:

@@ -12,6 +12,9 @@ Suggested fix: point the `d_wrapped` of Decimal's six comparison wrapper descrip
 it (and a direct call of the wrapper goes through it); or have the class-making hook
 (pyfuncs_type_new) replace the slot of a new Decimal subclass that has C's own.
 
+Closed: the six comparison wrappers in Decimal's dict wrap the hook too, so a class made
+later takes it (backstop.hold_decimal_contexts).
+
 Promises attacked: no way out of pure computation / to the interpreter's memory (1), no
 crash of the cluster (5). A passing test: the promise held."""
 
