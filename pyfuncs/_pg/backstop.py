@@ -344,6 +344,8 @@ def keep_generators() -> bool:
 
 
 _owned: list[Any] = []  # what the weak reference hook reads, kept alive
+# backstop.c's RefApi, in its order
+_REF_API = ("PyTuple_Size", "PyTuple_GetItem", "PyTuple_Pack", "PyObject_CallOneArg", "Py_DecRef")
 
 
 def own_weakref_callbacks(own: Any) -> bool:
@@ -362,9 +364,7 @@ def own_weakref_callbacks(own: Any) -> bool:
     if found is None:
         return False
     original, at = found
-    functions = _functions(
-        "PyTuple_Size", "PyTuple_GetItem", "PyTuple_Pack", "PyObject_CallOneArg", "Py_DecRef"
-    )
+    functions = _functions(*_REF_API)
     bind = library.pyfuncs_weakrefs_owned
     bind.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.py_object, ctypes.py_object]
     bind.restype = None
@@ -396,9 +396,7 @@ def check_moments(check: Any) -> bool:
     found = [slot for slot in slots if slot is not None]
     if len(found) != len(kinds):
         return False
-    functions = _functions(
-        "PyTuple_Size", "PyTuple_GetItem", "PyTuple_Pack", "PyObject_CallOneArg", "Py_DecRef"
-    )
+    functions = _functions(*_REF_API)
     originals = (ctypes.c_void_p * 3)(*(original for original, _ in found))
     bind = library.pyfuncs_moments_checked
     bind.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.py_object]

@@ -1278,7 +1278,9 @@ def _bound_conversions(decimal: types.ModuleType) -> None:
 #   Struct formats (hold_struct_formats), ZoneInfo's constructor (hold_zones), the
 #   messages of UnicodeDecodeError, UnicodeEncodeError and UnicodeTranslateError
 #   (hold_unicode_errors), defaultdict's factory (hold_default_factories), OSError's
-#   members (hold_os_error_members);
+#   members (hold_os_error_members); and with hooks of the C library (backstop.py): date,
+#   datetime and time made from a state (check_moments, moment_check), the context of
+#   Decimal's comparisons (hold_decimal_contexts);
 # - in sandbox.py: copies, abstract classes, enums' metaclasses, dataclass field names.
 
 
