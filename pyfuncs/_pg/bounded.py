@@ -1596,7 +1596,7 @@ def hold_unicode_errors() -> None:
         _set_on_type(kind, {"__str__": method})
 
 
-def hold_default_factories() -> None:
+def hold_default_factories(collections: types.ModuleType) -> None:
     """defaultdict's C code uses `default_factory` without holding it:
 
     - `__missing__` calls it: a factory that is a bound method of an object nothing else
@@ -1612,9 +1612,9 @@ def hold_default_factories() -> None:
 
     Once per backend, the type's `__missing__` and `__repr__` are Python's, holding the
     factory in a local while they use it: one Python call more per missing key or repr. A
-    factory shown inside its own repr shows as `...`, as C's did."""
-    from collections import defaultdict
-
+    factory shown inside its own repr shows as `...`, as C's did. (As collections is
+    imported: the runtime's start does not import it.)"""
+    defaultdict = collections.defaultdict
     if getattr(defaultdict.__missing__, "held", False):
         return
     factory_of = defaultdict.__dict__["default_factory"].__get__
