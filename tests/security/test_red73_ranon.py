@@ -83,7 +83,15 @@ CAUGHT_THEN_C = ("DO $$ BEGIN BEGIN PERFORM pg_sleep(20); "
                  " + (7::numeric ^ 130001) / (11::numeric ^ 55001)"
                  " + (7::numeric ^ 130002) / (11::numeric ^ 55002)"
                  " + (7::numeric ^ 130003) / (11::numeric ^ 55003)"
-                 " + (7::numeric ^ 130004) / (11::numeric ^ 55004))::text); "
+                 " + (7::numeric ^ 130004) / (11::numeric ^ 55004)"
+                 # (~5 s of C here: the session is ended a second or so after the stop,
+                 # long before, also on a loaded machine; with half of it, ~2.6 s, a loaded
+                 # CI run saw the work end first, and the stop land as a plain cancel)
+                 " + (7::numeric ^ 130005) / (11::numeric ^ 55005)"
+                 " + (7::numeric ^ 130006) / (11::numeric ^ 55006)"
+                 " + (7::numeric ^ 130007) / (11::numeric ^ 55007)"
+                 " + (7::numeric ^ 130008) / (11::numeric ^ 55008)"
+                 " + (7::numeric ^ 130009) / (11::numeric ^ 55009))::text); "
                  "END; END $$")
 
 
