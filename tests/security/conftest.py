@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
+from pyfuncs import deploy as deploying
 from pyfuncs.embedded import SUPERUSER, Cluster
 from tests.conftest import ensure_role
 
@@ -55,3 +59,30 @@ def is_superuser(conn: psycopg.Connection[Any], role: str = "mallory") -> bool:
     row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", [role]).fetchone()
     assert row is not None
     return bool(row[0])
+
+
+def connect_mallory(dsn: str) -> psycopg.Connection[Any]:
+    """A new connection as mallory (autocommit)."""
+    return psycopg.connect(mallory_dsn(dsn), autocommit=True)
+
+
+@contextlib.contextmanager
+def deployed_for_mallory(
+    conn: psycopg.Connection[Any], cluster: Cluster, path: Path, source: str, schema: str
+) -> Iterator[None]:
+    """A round's routine module (`source`, written to `path`) deployed, its schema's routines
+    granted to mallory; afterwards, no crash recovery of the cluster happened meanwhile."""
+    path.write_text(source)
+    deploying.deploy(conn, str(path))
+    name = sql.Identifier(schema)
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO mallory").format(name))
+    conn.execute(sql.SQL("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {} TO mallory").format(name))
+    conn.commit()
+    postmaster = cluster.postmaster_pid()
+    log_size = cluster.log_file.stat().st_size
+    yield
+    assert cluster.postmaster_pid() == postmaster, "the cluster restarted"
+    with cluster.log_file.open(errors="replace") as log:
+        log.seek(log_size)
+        tail = log.read()
+    assert "all server processes terminated" not in tail, "the cluster went through crash recovery"

@@ -21,10 +21,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from pyfuncs import deploy as deploying
 from pyfuncs.embedded import Cluster
 
-from .conftest import mallory_dsn, timed, value
+from .conftest import connect_mallory, deployed_for_mallory, timed, value
 
 MODULE = '''
 from pyfuncs import stored_function
@@ -163,23 +162,11 @@ def scan(marker: str, span: int) -> str:
 @pytest.fixture
 def r81(dsn: str, conn: psycopg.Connection[Any], cluster: Cluster, tmp_path: Path,
         mallory_role: str) -> Any:  # fmt: skip
-    (tmp_path / "r81_mod.py").write_text(MODULE)
-    deploying.deploy(conn, str(tmp_path / "r81_mod.py"))
-    conn.execute("GRANT USAGE ON SCHEMA r81 TO mallory")
-    conn.execute("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA r81 TO mallory")
-    conn.commit()
-    postmaster = cluster.postmaster_pid()
-    log_size = cluster.log_file.stat().st_size
-    yield dsn
-    assert cluster.postmaster_pid() == postmaster, "the cluster restarted"
-    with cluster.log_file.open(errors="replace") as log:
-        log.seek(log_size)
-        tail = log.read()
-    assert "all server processes terminated" not in tail, "the cluster restarted"
+    with deployed_for_mallory(conn, cluster, tmp_path / "r81_mod.py", MODULE, "r81"):
+        yield dsn
 
 
-def _connect(dsn: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(mallory_dsn(dsn), autocommit=True)
+_connect = connect_mallory
 
 
 def test_a_unicode_decode_errors_str_reads_no_byte_outside_its_object(r81: str) -> None:

@@ -21,10 +21,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from pyfuncs import deploy as deploying
 from pyfuncs.embedded import Cluster
 
-from .conftest import mallory_dsn, timed, value
+from .conftest import connect_mallory, deployed_for_mallory, timed, value
 
 MODULE = '''
 import decimal
@@ -88,23 +87,11 @@ def decimal_compares() -> str:
 @pytest.fixture
 def r83(dsn: str, conn: psycopg.Connection[Any], cluster: Cluster, tmp_path: Path,
         mallory_role: str) -> Any:  # fmt: skip
-    (tmp_path / "r83_context.py").write_text(MODULE)
-    deploying.deploy(conn, str(tmp_path / "r83_context.py"))
-    conn.execute("GRANT USAGE ON SCHEMA r83 TO mallory")
-    conn.execute("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA r83 TO mallory")
-    conn.commit()
-    postmaster = cluster.postmaster_pid()
-    log_size = cluster.log_file.stat().st_size
-    yield dsn
-    assert cluster.postmaster_pid() == postmaster, "the cluster restarted"
-    with cluster.log_file.open(errors="replace") as log:
-        log.seek(log_size)
-        tail = log.read()
-    assert "all server processes terminated" not in tail, "the cluster went through crash recovery"
+    with deployed_for_mallory(conn, cluster, tmp_path / "r83_context.py", MODULE, "r83"):
+        yield dsn
 
 
-def _connect(dsn: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(mallory_dsn(dsn), autocommit=True)
+_connect = connect_mallory
 
 
 def test_a_decimal_comparison_does_not_write_into_a_freed_context(r83: str) -> None:

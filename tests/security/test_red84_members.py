@@ -17,10 +17,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from pyfuncs import deploy as deploying
 from pyfuncs.embedded import Cluster
 
-from .conftest import mallory_dsn, timed
+from .conftest import connect_mallory, deployed_for_mallory, timed
 
 MODULE = '''
 from pyfuncs import stored_function
@@ -121,24 +120,12 @@ def other_exceptions() -> list[str]:
 
 @pytest.fixture
 def r84m(dsn: str, conn: psycopg.Connection[Any], cluster: Cluster, tmp_path: Path,
-         mallory_role: str) -> Any:  # fmt: skip
-    (tmp_path / "r84_members.py").write_text(MODULE)
-    deploying.deploy(conn, str(tmp_path / "r84_members.py"))
-    conn.execute("GRANT USAGE ON SCHEMA r84m TO mallory")
-    conn.execute("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA r84m TO mallory")
-    conn.commit()
-    postmaster = cluster.postmaster_pid()
-    log_size = cluster.log_file.stat().st_size
-    yield dsn
-    assert cluster.postmaster_pid() == postmaster, "the cluster restarted"
-    with cluster.log_file.open(errors="replace") as log:
-        log.seek(log_size)
-        tail = log.read()
-    assert "all server processes terminated" not in tail, "the cluster went through crash recovery"
+        mallory_role: str) -> Any:  # fmt: skip
+    with deployed_for_mallory(conn, cluster, tmp_path / "r84_members.py", MODULE, "r84m"):
+        yield dsn
 
 
-def _connect(dsn: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(mallory_dsn(dsn), autocommit=True)
+_connect = connect_mallory
 
 
 def _clean(shown: str) -> bool:
